@@ -1,0 +1,406 @@
+//! The SQLite catalog: packs and chunks (the pack index), blobs (file
+//! contents), packages with their inodes and directory entries, and
+//! generations. FORMAT.md ("Catalog") describes every table.
+//!
+//! Connections use WAL (readers never block the writer), a busy timeout, and
+//! `synchronous = FULL` so that a committed generation survives power loss.
+//! Writers take the write lock up front (`BEGIN IMMEDIATE`) and hold it only
+//! for the commit itself: all slow work (reading, chunking, compressing,
+//! writing packs) happens before.
+
+mod schema;
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
+
+use crate::error::{Result, StoreError};
+use crate::hash::Hash;
+use crate::pack::{ChunkLocation, Codec};
+use crate::tree::{Xattrs, decode_xattrs};
+
+pub use schema::SCHEMA_VERSION;
+
+/// Inode kinds as stored in `inodes.kind`.
+pub mod kind {
+    /// Directory.
+    pub const DIR: i64 = 1;
+    /// Regular file.
+    pub const FILE: i64 = 2;
+    /// Symbolic link.
+    pub const SYMLINK: i64 = 3;
+}
+
+/// How long a connection waits for a lock held by another process.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A package as the catalog records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PackageRow {
+    /// Catalog id.
+    pub id: i64,
+    /// App name.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// Where it came from (e.g. `dir:/path`).
+    pub origin: String,
+    /// The package identity.
+    pub tree_hash: Hash,
+    /// Inode id of its root directory.
+    pub root: i64,
+    /// When it was added (seconds since the epoch).
+    pub added: i64,
+    /// Number of regular-file entries.
+    pub files: i64,
+    /// Sum of regular-file sizes over entries.
+    pub bytes: i64,
+    /// Package metadata as JSON (description, dependencies, licence...).
+    pub metadata: String,
+}
+
+impl PackageRow {
+    /// `NAME/VERSION`.
+    pub fn spec(&self) -> String {
+        format!("{}/{}", self.name, self.version)
+    }
+}
+
+/// A package within a generation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberRow {
+    /// The package.
+    pub package: PackageRow,
+    /// True when this version is the App's `Current`.
+    pub current: bool,
+}
+
+/// An inode as the catalog records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InodeRow {
+    /// Catalog id; stable, used as the inode number of the mounted view.
+    pub id: i64,
+    /// Owning package id.
+    pub package: i64,
+    /// One of [`kind`].
+    pub kind: i64,
+    /// Permission bits (`& 0o7777`).
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Size (files: content length; symlinks: target length; dirs: 0).
+    pub size: u64,
+    /// Modification time.
+    pub mtime: i64,
+    /// Link count.
+    pub nlink: u32,
+    /// Content blob id (files).
+    pub blob: Option<i64>,
+    /// Content hash (files).
+    pub content: Option<Hash>,
+    /// Symlink target.
+    pub target: Option<Vec<u8>>,
+    /// Extended attributes.
+    pub xattrs: Xattrs,
+}
+
+/// A directory entry joined with its inode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEntryRow {
+    /// Entry name.
+    pub name: Vec<u8>,
+    /// The inode it names.
+    pub inode: InodeRow,
+}
+
+/// A generation and the size of its package set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GenerationRow {
+    /// Generation number; the highest is the current one.
+    pub id: i64,
+    /// Creation time (seconds since the epoch).
+    pub created: i64,
+    /// What created it (`add hello/2.10`, `rollback to 3`...).
+    pub action: String,
+    /// For rollback/switch: the generation whose package set it restored.
+    pub restores: Option<i64>,
+    /// Number of packages in it.
+    pub packages: i64,
+}
+
+/// A connection to a store's catalog.
+pub struct Catalog {
+    conn: Connection,
+}
+
+const INODE_COLUMNS: &str = "i.id, i.package, i.kind, i.mode, i.uid, i.gid, i.size, i.mtime, i.nlink, i.blob, b.hash, i.target, i.xattrs";
+
+fn inode_from_row(r: &Row<'_>, base: usize) -> rusqlite::Result<InodeRow> {
+    let content: Option<Vec<u8>> = r.get(base + 10)?;
+    let xattrs: Option<Vec<u8>> = r.get(base + 12)?;
+    Ok(InodeRow {
+        id: r.get(base)?,
+        package: r.get(base + 1)?,
+        kind: r.get(base + 2)?,
+        mode: r.get(base + 3)?,
+        uid: r.get(base + 4)?,
+        gid: r.get(base + 5)?,
+        size: r.get::<_, i64>(base + 6)? as u64,
+        mtime: r.get(base + 7)?,
+        nlink: r.get(base + 8)?,
+        blob: r.get(base + 9)?,
+        content: content.as_deref().and_then(Hash::from_slice),
+        target: r.get(base + 11)?,
+        // A malformed xattr blob cannot come from this program; report it as
+        // no xattrs rather than failing every stat of the file.
+        xattrs: xattrs.as_deref().and_then(decode_xattrs).unwrap_or_default(),
+    })
+}
+
+const PACKAGE_COLUMNS: &str =
+    "p.id, p.name, p.version, p.origin, p.tree_hash, p.root, p.added, p.files, p.bytes, p.metadata";
+
+fn package_from_row(r: &Row<'_>) -> rusqlite::Result<PackageRow> {
+    let tree_hash: Vec<u8> = r.get(4)?;
+    Ok(PackageRow {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        version: r.get(2)?,
+        origin: r.get(3)?,
+        tree_hash: Hash::from_slice(&tree_hash).unwrap_or(Hash([0; 32])),
+        root: r.get(5)?,
+        added: r.get(6)?,
+        files: r.get(7)?,
+        bytes: r.get(8)?,
+        metadata: r.get(9)?,
+    })
+}
+
+/// Applies the connection settings every catalog connection uses.
+fn configure(conn: &Connection) -> Result<()> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    conn.pragma_update(None, "cache_size", -32_000)?;
+    Ok(())
+}
+
+impl Catalog {
+    /// Opens (and if needed creates and migrates) the catalog at `path`.
+    pub fn open(path: &Path, create: bool) -> Result<Self> {
+        let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        if create {
+            flags |= OpenFlags::SQLITE_OPEN_CREATE;
+        }
+        let mut conn = Connection::open_with_flags(path, flags).map_err(|e| match e {
+            rusqlite::Error::SqliteFailure(ref f, _)
+                if f.code == rusqlite::ErrorCode::CannotOpen =>
+            {
+                StoreError::NotAStore {
+                    path: path.to_path_buf(),
+                    reason: "no catalog.db".into(),
+                }
+            }
+            e => e.into(),
+        })?;
+        configure(&conn)?;
+        schema::migrate(&mut conn)?;
+        Ok(Catalog { conn })
+    }
+
+    /// The underlying connection, for modules of this crate that run their own
+    /// statements (ingest commit, gc, verify).
+    pub(crate) fn conn(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+
+    /// Reads a `meta` value.
+    pub fn meta(&self, key: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// Writes a `meta` value.
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO meta(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+
+    /// The current generation: the highest-numbered one, if any.
+    pub fn current_generation(&self) -> Result<Option<i64>> {
+        Ok(self
+            .conn
+            .query_row("SELECT max(id) FROM generations", [], |r| r.get(0))?)
+    }
+
+    /// One generation, if it exists.
+    pub fn generation(&self, id: i64) -> Result<Option<GenerationRow>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT g.id, g.created, g.action, g.restores,
+                        (SELECT count(*) FROM generation_packages gp WHERE gp.generation = g.id)
+                 FROM generations g WHERE g.id = ?1",
+                [id],
+                |r| {
+                    Ok(GenerationRow {
+                        id: r.get(0)?,
+                        created: r.get(1)?,
+                        action: r.get(2)?,
+                        restores: r.get(3)?,
+                        packages: r.get(4)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// All retained generations, oldest first.
+    pub fn generations(&self) -> Result<Vec<GenerationRow>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT g.id, g.created, g.action, g.restores, count(gp.package)
+             FROM generations g LEFT JOIN generation_packages gp ON gp.generation = g.id
+             GROUP BY g.id ORDER BY g.id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(GenerationRow {
+                id: r.get(0)?,
+                created: r.get(1)?,
+                action: r.get(2)?,
+                restores: r.get(3)?,
+                packages: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The packages of generation `id`, sorted by name then version.
+    pub fn members(&self, generation: i64) -> Result<Vec<MemberRow>> {
+        let sql = format!(
+            "SELECT {PACKAGE_COLUMNS}, gp.current FROM generation_packages gp
+             JOIN packages p ON p.id = gp.package
+             WHERE gp.generation = ?1 ORDER BY p.name, p.version"
+        );
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map([generation], |r| {
+            Ok(MemberRow {
+                package: package_from_row(r)?,
+                current: r.get(10)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The packages of the current generation (empty before the first add).
+    pub fn current_members(&self) -> Result<Vec<MemberRow>> {
+        match self.current_generation()? {
+            Some(g) => self.members(g),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// A stored package by name and version, whether or not any generation
+    /// still includes it.
+    pub fn package(&self, name: &str, version: &str) -> Result<Option<PackageRow>> {
+        let sql = format!("SELECT {PACKAGE_COLUMNS} FROM packages p WHERE p.name = ?1 AND p.version = ?2");
+        Ok(self
+            .conn
+            .query_row(&sql, params![name, version], package_from_row)
+            .optional()?)
+    }
+
+    /// One inode.
+    pub fn inode(&self, id: i64) -> Result<Option<InodeRow>> {
+        let sql = format!("SELECT {INODE_COLUMNS} FROM inodes i LEFT JOIN blobs b ON b.id = i.blob WHERE i.id = ?1");
+        Ok(self
+            .conn
+            .query_row(&sql, [id], |r| inode_from_row(r, 0))
+            .optional()?)
+    }
+
+    /// The whole listing of directory `dir`, sorted by name, in one query.
+    pub fn dir_entries(&self, dir: i64) -> Result<Vec<DirEntryRow>> {
+        let sql = format!(
+            "SELECT d.name, {INODE_COLUMNS} FROM dirents d
+             JOIN inodes i ON i.id = d.inode LEFT JOIN blobs b ON b.id = i.blob
+             WHERE d.dir = ?1 ORDER BY d.name"
+        );
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map([dir], |r| {
+            Ok(DirEntryRow {
+                name: r.get(0)?,
+                inode: inode_from_row(r, 1)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Looks up one name in a directory.
+    pub fn lookup(&self, dir: i64, name: &[u8]) -> Result<Option<InodeRow>> {
+        let sql = format!(
+            "SELECT {INODE_COLUMNS} FROM dirents d
+             JOIN inodes i ON i.id = d.inode LEFT JOIN blobs b ON b.id = i.blob
+             WHERE d.dir = ?1 AND d.name = ?2"
+        );
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        Ok(stmt
+            .query_row(params![dir, name], |r| inode_from_row(r, 0))
+            .optional()?)
+    }
+
+    /// Where each chunk of blob `blob` lives, in content order.
+    pub fn blob_chunks(&self, blob: i64) -> Result<Vec<ChunkLocation>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT c.hash, p.name, c.offset, c.stored_len, c.raw_len, c.codec
+             FROM blob_chunks bc JOIN chunks c ON c.id = bc.chunk JOIN packs p ON p.id = c.pack
+             WHERE bc.blob = ?1 ORDER BY bc.seq",
+        )?;
+        let rows = stmt.query_map([blob], location_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// True when a chunk with this hash is indexed.
+    pub fn has_chunk(&self, hash: &Hash) -> Result<bool> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT 1 FROM chunks WHERE hash = ?1")?;
+        Ok(stmt.exists([hash.as_bytes()])?)
+    }
+
+    /// Runs SQLite's own consistency check of the catalog file.
+    pub fn integrity_check(&self) -> Result<Vec<String>> {
+        let mut stmt = self.conn.prepare("PRAGMA integrity_check")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        let problems: Vec<String> = rows
+            .collect::<rusqlite::Result<Vec<_>>>()?
+            .into_iter()
+            .filter(|s| s != "ok")
+            .collect();
+        Ok(problems)
+    }
+}
+
+/// Decodes a `chunks` row joined with its pack name.
+pub(crate) fn location_from_row(r: &Row<'_>) -> rusqlite::Result<ChunkLocation> {
+    let hash: Vec<u8> = r.get(0)?;
+    let codec: i64 = r.get(5)?;
+    Ok(ChunkLocation {
+        hash: Hash::from_slice(&hash).unwrap_or(Hash([0; 32])),
+        pack: r.get(1)?,
+        offset: r.get::<_, i64>(2)? as u64,
+        stored_len: r.get(3)?,
+        raw_len: r.get(4)?,
+        // An unknown codec number reads as zstd and then fails verification
+        // with a clear "damaged" error instead of a panic.
+        codec: Codec::from_byte(codec as u8).unwrap_or(Codec::Zstd),
+    })
+}

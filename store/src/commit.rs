@@ -1,0 +1,293 @@
+//! The one transaction that makes new packages visible: it indexes the packs
+//! and chunks written by the content pipeline, records blobs, packages with
+//! their inodes and directory entries, and a new generation.
+//!
+//! Durability rule (FORMAT.md, "Durability"): every pack referenced here was
+//! fsynced, and the packs directory too, before this transaction begins; the
+//! transaction itself commits with `synchronous = FULL`.
+
+use std::collections::HashMap;
+
+use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
+
+use crate::catalog::{Catalog, kind};
+use crate::error::{Result, StoreError};
+use crate::generations::{self, Member};
+use crate::hash::Hash;
+use crate::ingest::{ContentBatch, FileContent};
+use crate::tree::{InodeKind, Tree, encode_xattrs};
+
+/// A package whose content has been ingested and which is ready to commit.
+pub struct StagedPackage {
+    /// App name.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// Origin description (`dir:/abs/path`, later `deb:...`).
+    pub origin: String,
+    /// JSON metadata.
+    pub metadata: String,
+    /// The tree with every file's content hash filled in.
+    pub tree: Tree,
+}
+
+/// What a commit did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommitOutcome {
+    /// The new generation, or `None` when nothing changed (every package was
+    /// already installed with an identical tree).
+    pub generation: Option<i64>,
+    /// `NAME/VERSION` of packages newly stored.
+    pub added: Vec<String>,
+    /// `NAME/VERSION` of packages that were already stored identically.
+    pub unchanged: Vec<String>,
+}
+
+/// Commits `packages` and the content `batch` in one transaction.
+pub fn commit_packages(
+    catalog: &mut Catalog,
+    packages: &[StagedPackage],
+    batch: &ContentBatch,
+) -> Result<CommitOutcome> {
+    let tx = catalog
+        .conn()
+        .transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let chunk_ids = index_chunks(&tx, batch)?;
+    let mut blob_ids = HashMap::new();
+    let mut missing = 0usize;
+    for content in crate::ingest::distinct_contents(&batch.files).into_values() {
+        match insert_blob(&tx, content, &chunk_ids)? {
+            Ok(id) => {
+                blob_ids.insert(content.hash, id);
+            }
+            Err(n) => missing += n,
+        }
+    }
+    if missing > 0 {
+        // Dropping the transaction rolls it back: nothing of this add lands.
+        return Err(StoreError::ConcurrentGc(missing));
+    }
+
+    let previous = generations::current_in(&tx)?;
+    let before = generations::members_of(&tx, previous)?;
+    let mut members: Vec<Member> = before.clone();
+    let mut outcome = CommitOutcome {
+        generation: None,
+        added: Vec::new(),
+        unchanged: Vec::new(),
+    };
+    for staged in packages {
+        let spec = format!("{}/{}", staged.name, staged.version);
+        let tree_hash = staged.tree.tree_hash();
+        let existing: Option<(i64, Vec<u8>)> = tx
+            .query_row(
+                "SELECT id, tree_hash FROM packages WHERE name = ?1 AND version = ?2",
+                params![staged.name, staged.version],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let package_id = match existing {
+            Some((id, stored)) if stored == tree_hash.as_bytes() => {
+                if members.iter().any(|m| m.package == id) {
+                    outcome.unchanged.push(spec);
+                    continue;
+                }
+                id
+            }
+            Some((_, stored)) => {
+                return Err(StoreError::VersionConflict {
+                    name: staged.name.clone(),
+                    version: staged.version.clone(),
+                    existing: Hash::from_slice(&stored).unwrap_or(Hash([0; 32])),
+                });
+            }
+            None => insert_package(&tx, staged, tree_hash, &blob_ids)?,
+        };
+        members = generations::with_added(members, package_id, &staged.name);
+        outcome.added.push(spec);
+    }
+    if generations::same_state(&before, &members) {
+        // Nothing to show: keep the catalog as it was (packs written by this
+        // run hold only chunks that are now unreferenced; gc reclaims them).
+        return Ok(outcome);
+    }
+    let action = format!("add {}", outcome.added.join(" "));
+    outcome.generation = Some(generations::create(&tx, &action, None, &members)?);
+    tx.commit()?;
+    Ok(outcome)
+}
+
+/// Indexes the packs and chunks this run wrote; returns hash -> chunk id for
+/// every chunk the batch references (written or reused) that exists now.
+fn index_chunks(tx: &Transaction<'_>, batch: &ContentBatch) -> Result<HashMap<Hash, i64>> {
+    let mut pack_ids = HashMap::new();
+    for pack in &batch.packs {
+        tx.execute(
+            "INSERT INTO packs(name, size) VALUES (?1, ?2)",
+            params![pack.name, pack.size as i64],
+        )?;
+        pack_ids.insert(pack.name.clone(), tx.last_insert_rowid());
+    }
+    let mut insert = tx.prepare_cached(
+        "INSERT OR IGNORE INTO chunks(hash, pack, offset, stored_len, raw_len, codec)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    for loc in &batch.written {
+        let pack = pack_ids
+            .get(&loc.pack)
+            .ok_or_else(|| StoreError::Invalid(format!("chunk in unknown pack {}", loc.pack)))?;
+        insert.execute(params![
+            loc.hash.as_bytes(),
+            pack,
+            loc.offset as i64,
+            loc.stored_len,
+            loc.raw_len,
+            loc.codec as u8
+        ])?;
+    }
+    let mut select = tx.prepare_cached("SELECT id FROM chunks WHERE hash = ?1")?;
+    let mut ids = HashMap::new();
+    for hash in batch.written.iter().map(|l| &l.hash).chain(batch.reused.iter()) {
+        if ids.contains_key(hash) {
+            continue;
+        }
+        if let Some(id) = select
+            .query_row([hash.as_bytes()], |r| r.get::<_, i64>(0))
+            .optional()?
+        {
+            ids.insert(*hash, id);
+        }
+    }
+    // Anything reused that has disappeared since we looked is left out of
+    // the map; insert_blob reports it, unless the blob already exists.
+    Ok(ids)
+}
+
+/// Inserts (or finds) the blob for `content`. `Ok(Err(n))` means `n` of its
+/// chunks no longer exist.
+fn insert_blob(
+    tx: &Transaction<'_>,
+    content: &FileContent,
+    chunk_ids: &HashMap<Hash, i64>,
+) -> Result<std::result::Result<i64, usize>> {
+    if let Some(id) = tx
+        .prepare_cached("SELECT id FROM blobs WHERE hash = ?1")?
+        .query_row([content.hash.as_bytes()], |r| r.get::<_, i64>(0))
+        .optional()?
+    {
+        // Invariant: a blob row exists only while all its chunks do (gc
+        // deletes blobs before the chunks they reference).
+        return Ok(Ok(id));
+    }
+    let missing = content
+        .chunks
+        .iter()
+        .filter(|(h, _)| !chunk_ids.contains_key(h))
+        .count();
+    if missing > 0 {
+        return Ok(Err(missing));
+    }
+    tx.prepare_cached("INSERT INTO blobs(hash, size) VALUES (?1, ?2)")?
+        .execute(params![content.hash.as_bytes(), content.size as i64])?;
+    let blob = tx.last_insert_rowid();
+    let mut stmt =
+        tx.prepare_cached("INSERT INTO blob_chunks(blob, seq, chunk) VALUES (?1, ?2, ?3)")?;
+    for (seq, (hash, _)) in content.chunks.iter().enumerate() {
+        stmt.execute(params![blob, seq as i64, chunk_ids[hash]])?;
+    }
+    // Chunks condemned by an earlier gc run are live again.
+    let mut rescue = tx.prepare_cached("DELETE FROM gc_condemned WHERE chunk = ?1")?;
+    for (hash, _) in &content.chunks {
+        rescue.execute([chunk_ids[hash]])?;
+    }
+    Ok(Ok(blob))
+}
+
+/// Inserts the package row, its inodes and its directory entries.
+fn insert_package(
+    tx: &Transaction<'_>,
+    staged: &StagedPackage,
+    tree_hash: Hash,
+    blob_ids: &HashMap<Hash, i64>,
+) -> Result<i64> {
+    let tree = &staged.tree;
+    let (mut files, mut bytes) = (0i64, 0i64);
+    for e in &tree.entries {
+        if let InodeKind::File { size, .. } = tree.inodes[e.inode as usize].kind {
+            files += 1;
+            bytes += size as i64;
+        }
+    }
+    tx.execute(
+        "INSERT INTO packages(name, version, origin, tree_hash, root, added, files, bytes, metadata)
+         VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6, ?7, ?8)",
+        params![
+            staged.name,
+            staged.version,
+            staged.origin,
+            tree_hash.as_bytes(),
+            crate::store::now_secs(),
+            files,
+            bytes,
+            staged.metadata
+        ],
+    )?;
+    let package = tx.last_insert_rowid();
+    let nlinks = tree.link_counts();
+    let mut insert_inode = tx.prepare_cached(
+        "INSERT INTO inodes(package, kind, mode, uid, gid, size, mtime, nlink, blob, target, xattrs)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )?;
+    let mut ids = Vec::with_capacity(tree.inodes.len());
+    for (i, inode) in tree.inodes.iter().enumerate() {
+        let (k, size, blob, target) = match &inode.kind {
+            InodeKind::Dir => (kind::DIR, 0u64, None, None),
+            InodeKind::File { size, content } => {
+                let hash = content.ok_or_else(|| {
+                    StoreError::Invalid(format!("{}: file content was not ingested", staged.name))
+                })?;
+                let blob = blob_ids.get(&hash).copied().ok_or_else(|| {
+                    StoreError::Invalid(format!("{}: content {hash} has no blob", staged.name))
+                })?;
+                (kind::FILE, *size, Some(blob), None)
+            }
+            InodeKind::Symlink { target } => (kind::SYMLINK, target.len() as u64, None, Some(target.clone())),
+        };
+        let xattrs = (!inode.xattrs.is_empty()).then(|| encode_xattrs(&inode.xattrs));
+        insert_inode.execute(params![
+            package,
+            k,
+            inode.mode,
+            inode.uid,
+            inode.gid,
+            size as i64,
+            inode.mtime,
+            nlinks[i],
+            blob,
+            target,
+            xattrs
+        ])?;
+        ids.push(tx.last_insert_rowid());
+    }
+    tx.execute("UPDATE packages SET root = ?1 WHERE id = ?2", params![ids[0], package])?;
+    let mut insert_dirent =
+        tx.prepare_cached("INSERT INTO dirents(dir, name, inode) VALUES (?1, ?2, ?3)")?;
+    for e in &tree.entries {
+        insert_dirent
+            .execute(params![ids[e.parent as usize], e.name, ids[e.inode as usize]])
+            .map_err(|err| match err {
+                rusqlite::Error::SqliteFailure(f, _)
+                    if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    StoreError::Invalid(format!(
+                        "{}/{}: duplicate entry {:?}",
+                        staged.name,
+                        staged.version,
+                        String::from_utf8_lossy(&e.name)
+                    ))
+                }
+                other => other.into(),
+            })?;
+    }
+    Ok(package)
+}

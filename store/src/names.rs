@@ -1,0 +1,106 @@
+//! Validation of package names and versions.
+//!
+//! Both become path components of `/Programs/App/Version`, so they must be
+//! usable as one: non-empty, no `/`, not `.` or `..`, no control characters.
+//! `Current` is reserved as a version because `App/Current` is the link to the
+//! chosen version.
+
+use crate::error::{Result, StoreError};
+
+/// Longest accepted name or version, in bytes (a file-name component limit).
+pub const MAX_LEN: usize = 255;
+
+fn check(what: &'static str, value: &str) -> Result<()> {
+    let fail = |reason| {
+        Err(StoreError::InvalidName {
+            what,
+            value: value.to_string(),
+            reason,
+        })
+    };
+    if value.is_empty() {
+        return fail("must not be empty");
+    }
+    if value.len() > MAX_LEN {
+        return fail("longer than 255 bytes");
+    }
+    if value == "." || value == ".." {
+        return fail("must not be `.` or `..`");
+    }
+    if value.contains('/') {
+        return fail("must not contain `/`");
+    }
+    if value.chars().any(|c| c.is_control()) {
+        return fail("must not contain control characters");
+    }
+    if value.starts_with('-') {
+        return fail("must not start with `-`");
+    }
+    if value.chars().any(char::is_whitespace) {
+        return fail("must not contain whitespace");
+    }
+    Ok(())
+}
+
+/// Checks a package name.
+pub fn check_name(name: &str) -> Result<()> {
+    check("name", name)
+}
+
+/// Checks a package version.
+pub fn check_version(version: &str) -> Result<()> {
+    check("version", version)?;
+    if version == "Current" {
+        return Err(StoreError::InvalidName {
+            what: "version",
+            value: version.into(),
+            reason: "`Current` is reserved for the link to the chosen version",
+        });
+    }
+    Ok(())
+}
+
+/// Splits `NAME/VERSION` (version optional) and validates both parts.
+pub fn parse_spec(spec: &str) -> Result<(String, Option<String>)> {
+    match spec.split_once('/') {
+        Some((name, version)) => {
+            check_name(name)?;
+            check_version(version)?;
+            Ok((name.to_string(), Some(version.to_string())))
+        }
+        None => {
+            check_name(spec)?;
+            Ok((spec.to_string(), None))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_debian_style_versions() {
+        for v in ["2.10-3", "1:15.0.6-4+b1", "12.2.0-14+deb12u1", "43~beta"] {
+            check_version(v).unwrap();
+        }
+        check_name("libstdc++6").unwrap();
+    }
+
+    #[test]
+    fn refuses_bad_components() {
+        for bad in ["", ".", "..", "a/b", "x\u{1}y", "tab\tbed", "-rf"] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+            assert!(check_version(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_version("Current").is_err());
+        assert!(check_name(&"a".repeat(256)).is_err());
+    }
+
+    #[test]
+    fn parses_specs() {
+        assert_eq!(parse_spec("hello").unwrap(), ("hello".into(), None));
+        assert_eq!(parse_spec("hello/2.10").unwrap(), ("hello".into(), Some("2.10".into())));
+        assert!(parse_spec("hello/2.10/x").is_err());
+    }
+}

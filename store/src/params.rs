@@ -1,0 +1,47 @@
+//! Format parameters frozen in FORMAT.md (store format v1).
+//!
+//! They were chosen by measurement on the 233-package benchmark corpus (see
+//! `bench/README.md`, "Choosing the chunk parameters"). Changing any of them
+//! changes chunk boundaries and therefore destroys deduplication against data
+//! already stored, so they are part of the on-disk format, not tunables.
+
+/// FastCDC (v2020, normalisation level 1) minimum chunk size in bytes.
+pub const CHUNK_MIN: usize = 32 * 1024;
+/// FastCDC average chunk size in bytes.
+pub const CHUNK_AVG: usize = 128 * 1024;
+/// FastCDC maximum chunk size in bytes; also the largest chunk the store holds.
+pub const CHUNK_MAX: usize = 512 * 1024;
+/// Files smaller than this are stored as a single chunk, never cut.
+pub const SMALL_FILE_MAX: u64 = 256 * 1024;
+/// zstd level used for chunk payloads.
+pub const ZSTD_LEVEL: i32 = 3;
+/// A chunk is stored compressed only when that saves at least 1/32 of its size;
+/// otherwise decompression would cost time for almost nothing.
+pub const MIN_SAVING_DIVISOR: usize = 32;
+/// A pack is closed once it holds at least this many bytes.
+pub const PACK_TARGET_SIZE: u64 = 64 * 1024 * 1024;
+
+/// Chunking parameters, passed explicitly so that the measurement tools in
+/// `bench/` can try other values; the store itself always uses [`FROZEN`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkParams {
+    /// FastCDC minimum chunk size (even).
+    pub min: usize,
+    /// FastCDC average chunk size (even).
+    pub avg: usize,
+    /// FastCDC maximum chunk size (even).
+    pub max: usize,
+    /// Files below this size become one chunk.
+    pub small_file_max: u64,
+    /// zstd compression level.
+    pub zstd_level: i32,
+}
+
+/// The parameters of store format v1.
+pub const FROZEN: ChunkParams = ChunkParams {
+    min: CHUNK_MIN,
+    avg: CHUNK_AVG,
+    max: CHUNK_MAX,
+    small_file_max: SMALL_FILE_MAX,
+    zstd_level: ZSTD_LEVEL,
+};

@@ -1,0 +1,517 @@
+//! The store as a whole: directory layout, opening, and the package
+//! operations (`add`, `remove`, `rollback`, `switch`) that each commit one new
+//! generation.
+//!
+//! Layout (FORMAT.md, "Store directory"):
+//!
+//! ```text
+//! STORE/catalog.db        SQLite catalog (+ -wal, -shm)
+//! STORE/packs/*.pack      chunk packs
+//! STORE/locks/            advisory lock files
+//! ```
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::TransactionBehavior;
+
+use crate::catalog::{Catalog, InodeRow, PackageRow, kind};
+use crate::commit::{CommitOutcome, StagedPackage, commit_packages};
+use crate::error::{Result, StoreError};
+use crate::generations;
+use crate::ingest::{FileJob, ingest_files};
+use crate::lock::{INGEST_LOCK, StoreLock};
+use crate::names;
+use crate::pack::{ChunkLocation, read_chunk};
+use crate::params::FROZEN;
+use crate::scan::{ScanOptions, scan_dir};
+use crate::tree::InodeKind;
+
+/// Catalog file name inside the store directory.
+pub const CATALOG_FILE: &str = "catalog.db";
+/// Pack directory name inside the store directory.
+pub const PACKS_DIR: &str = "packs";
+/// Lock directory name inside the store directory.
+pub const LOCKS_DIR: &str = "locks";
+/// Value of `meta.format`: the store format this build writes.
+pub const STORE_FORMAT: &str = "nexus-store-v1";
+
+/// How often a transaction that lost reused chunks to a concurrent gc is
+/// retried before giving up.
+const GC_RACE_RETRIES: usize = 3;
+
+/// Seconds since the epoch (0 if the clock is before 1970).
+pub fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Observer of long operations (the CLI draws a progress bar with it).
+pub trait Progress: Sync {
+    /// Content ingest is starting: `bytes` in `files` files.
+    fn start(&self, _bytes: u64, _files: u64) {}
+    /// `bytes` more content bytes were processed.
+    fn advance(&self, _bytes: u64) {}
+    /// The operation entered a new phase (for a status line).
+    fn phase(&self, _what: &str) {}
+}
+
+/// A [`Progress`] that ignores everything.
+pub struct NoProgress;
+impl Progress for NoProgress {}
+
+/// One directory to import as NAME/VERSION.
+#[derive(Clone, Debug)]
+pub struct AddDir {
+    /// The directory.
+    pub path: PathBuf,
+    /// App name.
+    pub name: String,
+    /// Version.
+    pub version: String,
+}
+
+/// Options of [`Store::add_dirs`].
+#[derive(Clone, Copy, Debug)]
+pub struct AddOptions {
+    /// Drop special files instead of failing.
+    pub skip_special: bool,
+    /// Worker threads for content processing.
+    pub threads: usize,
+}
+
+impl Default for AddOptions {
+    fn default() -> Self {
+        AddOptions {
+            skip_special: false,
+            threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+        }
+    }
+}
+
+/// Open pack files, shared by readers.
+#[derive(Default)]
+struct PackFiles {
+    open: Mutex<HashMap<String, Arc<File>>>,
+}
+
+/// An open store.
+pub struct Store {
+    dir: PathBuf,
+    catalog: Catalog,
+    packs: PackFiles,
+}
+
+impl Store {
+    /// Creates a store in `dir` (which may exist and be empty, or hold a store
+    /// already: then this only opens it).
+    pub fn init(dir: &Path) -> Result<Store> {
+        for sub in [PACKS_DIR, LOCKS_DIR] {
+            fs::create_dir_all(dir.join(sub)).map_err(|e| StoreError::io(dir.join(sub), e))?;
+        }
+        let catalog = Catalog::open(&dir.join(CATALOG_FILE), true)?;
+        match catalog.meta("format")? {
+            None => {
+                catalog.set_meta("format", STORE_FORMAT)?;
+                catalog.set_meta("chunk_min", &FROZEN.min.to_string())?;
+                catalog.set_meta("chunk_avg", &FROZEN.avg.to_string())?;
+                catalog.set_meta("chunk_max", &FROZEN.max.to_string())?;
+                catalog.set_meta("small_file_max", &FROZEN.small_file_max.to_string())?;
+                catalog.set_meta("zstd_level", &FROZEN.zstd_level.to_string())?;
+            }
+            Some(f) if f == STORE_FORMAT => {}
+            Some(other) => {
+                return Err(StoreError::NotAStore {
+                    path: dir.to_path_buf(),
+                    reason: format!("unknown format {other:?}"),
+                });
+            }
+        }
+        sync_dir(dir)?;
+        Self::open(dir)
+    }
+
+    /// Opens an existing store.
+    pub fn open(dir: &Path) -> Result<Store> {
+        let catalog_path = dir.join(CATALOG_FILE);
+        if !catalog_path.is_file() {
+            return Err(StoreError::NotAStore {
+                path: dir.to_path_buf(),
+                reason: "no catalog.db".into(),
+            });
+        }
+        let catalog = Catalog::open(&catalog_path, false)?;
+        match catalog.meta("format")?.as_deref() {
+            Some(STORE_FORMAT) => {}
+            other => {
+                return Err(StoreError::NotAStore {
+                    path: dir.to_path_buf(),
+                    reason: format!("catalog format is {other:?}, expected {STORE_FORMAT}"),
+                });
+            }
+        }
+        Ok(Store {
+            dir: dir.to_path_buf(),
+            catalog,
+            packs: PackFiles::default(),
+        })
+    }
+
+    /// The store directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The catalog, for queries.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// Mutable catalog access for the crate's own transactions.
+    pub(crate) fn catalog_mut(&mut self) -> &mut Catalog {
+        &mut self.catalog
+    }
+
+    /// The directory holding packs.
+    pub fn packs_dir(&self) -> PathBuf {
+        self.dir.join(PACKS_DIR)
+    }
+
+    /// The directory holding lock files.
+    pub fn locks_dir(&self) -> PathBuf {
+        self.dir.join(LOCKS_DIR)
+    }
+
+    /// Imports directories as packages, all in one transaction that creates
+    /// one generation (none if every package was already installed
+    /// identically).
+    pub fn add_dirs(&mut self, dirs: &[AddDir], options: AddOptions, progress: &dyn Progress) -> Result<CommitOutcome> {
+        let mut seen = HashSet::new();
+        for d in dirs {
+            names::check_name(&d.name)?;
+            names::check_version(&d.version)?;
+            let spec = format!("{}/{}", d.name, d.version);
+            if !seen.insert(spec.clone()) {
+                return Err(StoreError::DuplicateInTransaction(spec));
+            }
+        }
+        progress.phase("scanning");
+        let scan_options = ScanOptions {
+            skip_special: options.skip_special,
+        };
+        let mut scanned = Vec::with_capacity(dirs.len());
+        for d in dirs {
+            scanned.push(scan_dir(&d.path, scan_options)?);
+        }
+        let mut jobs = Vec::new();
+        let mut targets = Vec::new();
+        for (p, s) in scanned.iter().enumerate() {
+            for (inode, path) in &s.sources {
+                let size = match s.tree.inodes[*inode as usize].kind {
+                    InodeKind::File { size, .. } => size,
+                    _ => 0,
+                };
+                jobs.push(FileJob {
+                    path: path.clone(),
+                    size,
+                });
+                targets.push((p, *inode));
+            }
+        }
+        let total: u64 = jobs.iter().map(|j| j.size).sum();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            progress.start(total, jobs.len() as u64);
+            progress.phase("storing content");
+            // Held from before the first pack exists until the commit ended.
+            let _ingest_lock = StoreLock::shared(&self.locks_dir(), INGEST_LOCK)?;
+            let advance = |n: u64| progress.advance(n);
+            let batch = ingest_files(&self.dir, &jobs, &FROZEN, options.threads, &advance)?;
+            let mut staged = Vec::with_capacity(dirs.len());
+            for (d, s) in dirs.iter().zip(&scanned) {
+                let origin = fs::canonicalize(&d.path).unwrap_or_else(|_| d.path.clone());
+                staged.push(StagedPackage {
+                    name: d.name.clone(),
+                    version: d.version.clone(),
+                    origin: format!("dir:{}", origin.display()),
+                    metadata: "{}".into(),
+                    tree: s.tree.clone(),
+                });
+            }
+            for ((p, inode), content) in targets.iter().zip(&batch.files) {
+                if let InodeKind::File { content: slot, .. } = &mut staged[*p].tree.inodes[*inode as usize].kind {
+                    *slot = Some(content.hash);
+                }
+            }
+            progress.phase("committing");
+            sync_dir(&self.packs_dir())?;
+            match commit_packages(&mut self.catalog, &staged, &batch) {
+                Err(StoreError::ConcurrentGc(n)) if attempt <= GC_RACE_RETRIES => {
+                    tracing::warn!("{n} reused chunks were collected by a concurrent gc; retrying");
+                    continue;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Removes packages (`NAME` = every version, `NAME/VERSION` = one) from
+    /// the installed set, as one new generation. Their data stays until gc.
+    pub fn remove(&mut self, specs: &[String]) -> Result<i64> {
+        let parsed = specs
+            .iter()
+            .map(|s| names::parse_spec(s))
+            .collect::<Result<Vec<_>>>()?;
+        let tx = self
+            .catalog
+            .conn()
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let current = generations::current_in(&tx)?;
+        let mut members = generations::members_of(&tx, current)?;
+        let mut removed = Vec::new();
+        for (spec, (name, version)) in specs.iter().zip(&parsed) {
+            let mut matched = Vec::new();
+            for m in &members {
+                if &m.name != name {
+                    continue;
+                }
+                let v: String = tx.query_row("SELECT version FROM packages WHERE id = ?1", [m.package], |r| r.get(0))?;
+                if version.as_ref().is_none_or(|want| *want == v) {
+                    matched.push((m.package, format!("{name}/{v}")));
+                }
+            }
+            if matched.is_empty() {
+                return Err(StoreError::NotFound(format!("{spec} is not installed")));
+            }
+            for (package, label) in matched {
+                members = generations::with_removed(members, package);
+                removed.push(label);
+            }
+        }
+        let action = format!("remove {}", removed.join(" "));
+        let id = generations::create(&tx, &action, None, &members)?;
+        tx.commit()?;
+        Ok(id)
+    }
+
+    /// Makes a new generation with the package set of generation `target`.
+    pub fn switch(&mut self, target: i64) -> Result<i64> {
+        self.restore(target, &format!("switch to {target}"))
+    }
+
+    /// Goes back one step: a new generation with the package set of the
+    /// generation before the one whose content is live now. Repeated rollbacks
+    /// keep walking back through history.
+    pub fn rollback(&mut self) -> Result<i64> {
+        let current = self
+            .catalog
+            .current_generation()?
+            .ok_or_else(|| StoreError::Invalid("nothing to roll back: the store has no generations".into()))?;
+        let live = self.catalog.generation(current)?.and_then(|g| g.restores).unwrap_or(current);
+        let target: Option<i64> = self.catalog.conn().query_row(
+            "SELECT max(id) FROM generations WHERE id < ?1",
+            [live],
+            |r| r.get(0),
+        )?;
+        let target = target.ok_or_else(|| {
+            StoreError::Invalid(format!("no retained generation before {live} to roll back to"))
+        })?;
+        self.restore(target, &format!("rollback to {target}"))
+    }
+
+    fn restore(&mut self, target: i64, action: &str) -> Result<i64> {
+        let tx = self
+            .catalog
+            .conn()
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let exists: bool = tx.query_row("SELECT count(*) FROM generations WHERE id = ?1", [target], |r| r.get(0))?;
+        if !exists {
+            return Err(StoreError::NotFound(format!(
+                "generation {target} does not exist (or was removed by gc)"
+            )));
+        }
+        let members = generations::members_of(&tx, Some(target))?;
+        let id = generations::create(&tx, action, Some(target), &members)?;
+        tx.commit()?;
+        Ok(id)
+    }
+
+    /// A package of the current generation by `NAME/VERSION`.
+    pub fn installed(&self, spec: &str) -> Result<PackageRow> {
+        let (name, version) = names::parse_spec(spec)?;
+        let version = version.ok_or_else(|| StoreError::Invalid(format!("{spec}: give NAME/VERSION")))?;
+        self.catalog
+            .current_members()?
+            .into_iter()
+            .map(|m| m.package)
+            .find(|p| p.name == name && p.version == version)
+            .ok_or_else(|| StoreError::NotFound(format!("{name}/{version} is not installed")))
+    }
+
+    /// Resolves a `/`-separated path inside a package (no symlinks followed).
+    pub fn resolve(&self, package: &PackageRow, path: &[u8]) -> Result<InodeRow> {
+        let mut inode = self
+            .catalog
+            .inode(package.root)?
+            .ok_or_else(|| StoreError::Invalid(format!("{}: root inode missing", package.spec())))?;
+        for component in path.split(|&b| b == b'/').filter(|c| !c.is_empty() && *c != b".") {
+            if inode.kind != kind::DIR {
+                return Err(no_such_path(package, path));
+            }
+            inode = self
+                .catalog
+                .lookup(inode.id, component)?
+                .ok_or_else(|| no_such_path(package, path))?;
+        }
+        Ok(inode)
+    }
+
+    /// Reads a whole blob, verifying every chunk, into `out`.
+    pub fn read_blob(&self, blob: i64, out: &mut dyn std::io::Write) -> Result<u64> {
+        let mut chunks = self.catalog.blob_chunks(blob)?;
+        let mut total = 0;
+        let mut i = 0;
+        let mut refreshed = false;
+        while i < chunks.len() {
+            let data = match self.read_chunk(&chunks[i]) {
+                Ok(d) => d,
+                // A concurrent gc may have moved the chunk to a new pack and
+                // deleted the old one: look the locations up once more.
+                Err(StoreError::Damaged { reason, .. }) if reason.contains("pack file missing") && !refreshed => {
+                    refreshed = true;
+                    chunks = self.catalog.blob_chunks(blob)?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            out.write_all(&data).map_err(|e| StoreError::io("<output>", e))?;
+            total += data.len() as u64;
+            i += 1;
+        }
+        Ok(total)
+    }
+
+    /// Reads and verifies one chunk.
+    pub fn read_chunk(&self, loc: &ChunkLocation) -> Result<Vec<u8>> {
+        let file = self.pack_file(&loc.pack).map_err(|e| StoreError::Damaged {
+            chunk: loc.hash,
+            reason: e,
+        })?;
+        read_chunk(&file, loc)
+    }
+
+    fn pack_file(&self, name: &str) -> std::result::Result<Arc<File>, String> {
+        let mut open = self.packs.open.lock().map_err(|_| "lock poisoned".to_string())?;
+        if let Some(f) = open.get(name) {
+            return Ok(f.clone());
+        }
+        let path = self.packs_dir().join(name);
+        let file = File::open(&path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                format!("pack file missing: {}", path.display())
+            } else {
+                format!("{}: {e}", path.display())
+            }
+        })?;
+        let file = Arc::new(file);
+        open.insert(name.to_string(), file.clone());
+        Ok(file)
+    }
+
+    /// Forgets cached pack handles (after gc rewrote packs).
+    pub fn forget_open_packs(&self) {
+        if let Ok(mut open) = self.packs.open.lock() {
+            open.clear();
+        }
+    }
+
+    /// Totals for `nip stats`.
+    pub fn stats(&mut self) -> Result<Stats> {
+        let conn = self.catalog.conn();
+        let (packs, stored_bytes): (i64, i64) =
+            conn.query_row("SELECT count(*), coalesce(sum(size), 0) FROM packs", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let (chunks, chunk_raw_bytes, chunk_stored_bytes): (i64, i64, i64) = conn.query_row(
+            "SELECT count(*), coalesce(sum(raw_len), 0), coalesce(sum(stored_len), 0) FROM chunks",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        let (blobs, blob_bytes): (i64, i64) =
+            conn.query_row("SELECT count(*), coalesce(sum(size), 0) FROM blobs", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let (packages, logical_bytes, files): (i64, i64, i64) = conn.query_row(
+            "SELECT count(*), coalesce(sum(bytes), 0), coalesce(sum(files), 0) FROM packages",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        let generations: i64 = conn.query_row("SELECT count(*) FROM generations", [], |r| r.get(0))?;
+        let catalog_bytes = [CATALOG_FILE, "catalog.db-wal"]
+            .iter()
+            .filter_map(|f| fs::metadata(self.dir.join(f)).ok())
+            .map(|m| m.len())
+            .sum::<u64>();
+        Ok(Stats {
+            packs: packs as u64,
+            stored_bytes: stored_bytes as u64,
+            catalog_bytes,
+            chunks: chunks as u64,
+            chunk_raw_bytes: chunk_raw_bytes as u64,
+            chunk_stored_bytes: chunk_stored_bytes as u64,
+            blobs: blobs as u64,
+            blob_bytes: blob_bytes as u64,
+            packages: packages as u64,
+            files: files as u64,
+            logical_bytes: logical_bytes as u64,
+            generations: generations as u64,
+        })
+    }
+}
+
+/// Store totals.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Stats {
+    /// Pack files indexed.
+    pub packs: u64,
+    /// Bytes in indexed pack files.
+    pub stored_bytes: u64,
+    /// Bytes of the catalog (database and WAL).
+    pub catalog_bytes: u64,
+    /// Distinct chunks.
+    pub chunks: u64,
+    /// Their uncompressed bytes.
+    pub chunk_raw_bytes: u64,
+    /// Their stored payload bytes.
+    pub chunk_stored_bytes: u64,
+    /// Distinct file contents.
+    pub blobs: u64,
+    /// Their bytes.
+    pub blob_bytes: u64,
+    /// Packages stored (in any retained generation).
+    pub packages: u64,
+    /// Regular-file entries over all packages.
+    pub files: u64,
+    /// Bytes of those entries (what unpacking everything would write).
+    pub logical_bytes: u64,
+    /// Retained generations.
+    pub generations: u64,
+}
+
+fn no_such_path(package: &PackageRow, path: &[u8]) -> StoreError {
+    StoreError::NoSuchPath {
+        package: package.spec(),
+        path: String::from_utf8_lossy(path).into_owned(),
+    }
+}
+
+/// fsyncs a directory so that entries created in it are durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| StoreError::io(dir, e))
+}

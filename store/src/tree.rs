@@ -1,0 +1,422 @@
+//! The in-memory model of a package tree and its identity, the tree hash.
+//!
+//! A [`Tree`] is what every importer (directory scan, and later archives)
+//! produces and what the catalog stores: inodes (with POSIX metadata) and
+//! directory entries naming them, so hard links are several entries sharing one
+//! inode. Its [`Tree::tree_hash`] is BLAKE3 over the canonical listing defined
+//! in FORMAT.md ("Tree hash"): it depends on names, types, modes, ownership,
+//! content hashes, link targets, hard-link structure and xattrs, and not on
+//! mtimes or on the order in which entries were found.
+
+use std::collections::HashMap;
+
+use crate::hash::Hash;
+
+/// Index of an inode within a [`Tree`]; the root directory is `0`.
+pub type InodeIndex = u32;
+
+/// Extended attributes: name and value, kept sorted by name.
+pub type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// What an inode is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InodeKind {
+    /// A directory.
+    Dir,
+    /// A regular file. `content` is `None` until the content pipeline has
+    /// hashed it.
+    File {
+        /// Size in bytes.
+        size: u64,
+        /// BLAKE3 of the whole content.
+        content: Option<Hash>,
+    },
+    /// A symbolic link and its target, byte-exact.
+    Symlink {
+        /// The link target.
+        target: Vec<u8>,
+    },
+}
+
+/// One inode: kind plus the POSIX metadata the store keeps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Inode {
+    /// Type and type-specific data.
+    pub kind: InodeKind,
+    /// Permission bits including setuid, setgid and sticky (`st_mode & 0o7777`).
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Modification time, seconds since the epoch.
+    pub mtime: i64,
+    /// Extended attributes, sorted by name.
+    pub xattrs: Xattrs,
+}
+
+/// A directory entry: `name` in directory `parent` refers to `inode`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// The directory holding the entry.
+    pub parent: InodeIndex,
+    /// The name, byte-exact (never contains `/` or NUL, never `.` or `..`).
+    pub name: Vec<u8>,
+    /// The inode named.
+    pub inode: InodeIndex,
+}
+
+/// A package tree: `inodes[0]` is the root directory.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tree {
+    /// All inodes; hard-linked files appear once.
+    pub inodes: Vec<Inode>,
+    /// All directory entries.
+    pub entries: Vec<Entry>,
+}
+
+const TAG_DIR: u8 = b'D';
+const TAG_FILE: u8 = b'F';
+const TAG_HARDLINK: u8 = b'H';
+const TAG_SYMLINK: u8 = b'L';
+/// First bytes of the canonical listing.
+pub const TREE_HASH_DOMAIN: &[u8] = b"nexus-tree-v1\n";
+
+impl Tree {
+    /// A tree holding only a root directory with the given metadata.
+    pub fn with_root(mode: u32, uid: u32, gid: u32, mtime: i64, xattrs: Xattrs) -> Self {
+        Tree {
+            inodes: vec![Inode {
+                kind: InodeKind::Dir,
+                mode,
+                uid,
+                gid,
+                mtime,
+                xattrs,
+            }],
+            entries: Vec::new(),
+        }
+    }
+
+    /// Adds an inode and returns its index.
+    pub fn push_inode(&mut self, inode: Inode) -> InodeIndex {
+        self.inodes.push(inode);
+        (self.inodes.len() - 1) as InodeIndex
+    }
+
+    /// Adds a directory entry.
+    pub fn push_entry(&mut self, parent: InodeIndex, name: Vec<u8>, inode: InodeIndex) {
+        self.entries.push(Entry {
+            parent,
+            name,
+            inode,
+        });
+    }
+
+    /// Children of every directory, each list sorted by name.
+    pub fn children(&self) -> Vec<Vec<usize>> {
+        let mut children = vec![Vec::new(); self.inodes.len()];
+        for (i, e) in self.entries.iter().enumerate() {
+            children[e.parent as usize].push(i);
+        }
+        for list in &mut children {
+            list.sort_by(|&a, &b| self.entries[a].name.cmp(&self.entries[b].name));
+        }
+        children
+    }
+
+    /// Number of directory entries naming each inode (the hard-link count of
+    /// files); directories get `2 + subdirectories`.
+    pub fn link_counts(&self) -> Vec<u32> {
+        let mut counts = vec![0u32; self.inodes.len()];
+        for e in &self.entries {
+            counts[e.inode as usize] += 1;
+        }
+        let mut subdirs = vec![0u32; self.inodes.len()];
+        for e in &self.entries {
+            if self.inodes[e.inode as usize].kind == InodeKind::Dir {
+                subdirs[e.parent as usize] += 1;
+            }
+        }
+        for (i, inode) in self.inodes.iter().enumerate() {
+            if inode.kind == InodeKind::Dir {
+                counts[i] = 2 + subdirs[i];
+            }
+        }
+        counts
+    }
+
+    /// Every entry with its full relative path, in canonical (depth-first,
+    /// byte-sorted) order. The root is not included.
+    pub fn walk(&self) -> Vec<(Vec<u8>, usize)> {
+        let children = self.children();
+        let mut out = Vec::with_capacity(self.entries.len());
+        // Explicit stack of (directory inode, path prefix, next child index)
+        // so that deep trees cannot overflow the call stack.
+        let mut stack: Vec<(usize, Vec<u8>, usize)> = vec![(0, Vec::new(), 0)];
+        while let Some((dir, prefix, next)) = stack.pop() {
+            let Some(&entry_index) = children[dir].get(next) else {
+                continue;
+            };
+            stack.push((dir, prefix.clone(), next + 1));
+            let entry = &self.entries[entry_index];
+            let mut path = prefix;
+            if !path.is_empty() {
+                path.push(b'/');
+            }
+            path.extend_from_slice(&entry.name);
+            out.push((path.clone(), entry_index));
+            let child = entry.inode as usize;
+            if self.inodes[child].kind == InodeKind::Dir {
+                stack.push((child, path, 0));
+            }
+        }
+        out
+    }
+
+    /// The package identity: BLAKE3 over the canonical listing (FORMAT.md).
+    ///
+    /// Panics in debug builds if a file has no content hash yet; in release
+    /// such a file hashes as all-zero content, which can never collide with a
+    /// real tree because real trees always carry hashes.
+    pub fn tree_hash(&self) -> Hash {
+        let mut h = blake3::Hasher::new();
+        h.update(TREE_HASH_DOMAIN);
+        write_record_common(&mut h, TAG_DIR, b"", &self.inodes[0]);
+        write_xattrs(&mut h, &self.inodes[0].xattrs);
+        let mut first_seen: HashMap<InodeIndex, u64> = HashMap::new();
+        for (ordinal, (path, entry_index)) in self.walk().into_iter().enumerate() {
+            let ordinal = ordinal as u64 + 1;
+            let inode_index = self.entries[entry_index].inode;
+            let inode = &self.inodes[inode_index as usize];
+            match &inode.kind {
+                InodeKind::Dir => {
+                    write_record_common(&mut h, TAG_DIR, &path, inode);
+                }
+                InodeKind::File { size, content } => {
+                    if let Some(&primary) = first_seen.get(&inode_index) {
+                        h.update(&[TAG_HARDLINK]);
+                        write_bytes(&mut h, &path);
+                        h.update(&primary.to_le_bytes());
+                        continue;
+                    }
+                    first_seen.insert(inode_index, ordinal);
+                    debug_assert!(content.is_some(), "file without content hash");
+                    write_record_common(&mut h, TAG_FILE, &path, inode);
+                    h.update(&size.to_le_bytes());
+                    h.update(content.unwrap_or(Hash([0; 32])).as_bytes());
+                }
+                InodeKind::Symlink { target } => {
+                    write_record_common(&mut h, TAG_SYMLINK, &path, inode);
+                    write_bytes(&mut h, target);
+                }
+            }
+            write_xattrs(&mut h, &inode.xattrs);
+        }
+        Hash::from(h.finalize())
+    }
+}
+
+fn write_bytes(h: &mut blake3::Hasher, bytes: &[u8]) {
+    h.update(&(bytes.len() as u32).to_le_bytes());
+    h.update(bytes);
+}
+
+fn write_record_common(h: &mut blake3::Hasher, tag: u8, path: &[u8], inode: &Inode) {
+    h.update(&[tag]);
+    write_bytes(h, path);
+    h.update(&(inode.mode & 0o7777).to_le_bytes());
+    h.update(&inode.uid.to_le_bytes());
+    h.update(&inode.gid.to_le_bytes());
+}
+
+fn write_xattrs(h: &mut blake3::Hasher, xattrs: &Xattrs) {
+    h.update(&(xattrs.len() as u32).to_le_bytes());
+    for (name, value) in xattrs {
+        write_bytes(h, name);
+        write_bytes(h, value);
+    }
+}
+
+/// Encodes xattrs for the catalog (`inodes.xattrs`): the same length-prefixed
+/// form as in the tree hash. Empty lists are stored as SQL NULL by callers.
+pub fn encode_xattrs(xattrs: &Xattrs) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&(xattrs.len() as u32).to_le_bytes());
+    for (name, value) in xattrs {
+        out.extend_from_slice(&(name.len() as u32).to_le_bytes());
+        out.extend_from_slice(name);
+        out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+        out.extend_from_slice(value);
+    }
+    out
+}
+
+/// Decodes [`encode_xattrs`]; `None` when the bytes are malformed.
+pub fn decode_xattrs(mut bytes: &[u8]) -> Option<Xattrs> {
+    fn take_u32(b: &mut &[u8]) -> Option<u32> {
+        let (head, rest) = b.split_first_chunk::<4>()?;
+        *b = rest;
+        Some(u32::from_le_bytes(*head))
+    }
+    fn take_bytes(b: &mut &[u8]) -> Option<Vec<u8>> {
+        let len = take_u32(b)? as usize;
+        if b.len() < len {
+            return None;
+        }
+        let (head, rest) = b.split_at(len);
+        *b = rest;
+        Some(head.to_vec())
+    }
+    let count = take_u32(&mut bytes)?;
+    let mut out = Vec::with_capacity((count as usize).min(1024));
+    for _ in 0..count {
+        let name = take_bytes(&mut bytes)?;
+        let value = take_bytes(&mut bytes)?;
+        out.push((name, value));
+    }
+    bytes.is_empty().then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn file(content: &[u8], mode: u32) -> Inode {
+        Inode {
+            kind: InodeKind::File {
+                size: content.len() as u64,
+                content: Some(Hash::of(content)),
+            },
+            mode,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            xattrs: Vec::new(),
+        }
+    }
+
+    fn dir() -> Inode {
+        Inode {
+            kind: InodeKind::Dir,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            xattrs: Vec::new(),
+        }
+    }
+
+    /// A flat description of a tree: paths are built under subdirectory `d`
+    /// or at the root, so insertion order can be permuted freely.
+    #[derive(Clone, Debug)]
+    struct Spec {
+        files: Vec<(Vec<u8>, Vec<u8>, u32, bool)>, // name, content, mode, in subdir
+    }
+
+    fn build(spec: &Spec, order: &[usize]) -> Tree {
+        let mut t = Tree::with_root(0o755, 0, 0, 0, Vec::new());
+        let sub = t.push_inode(dir());
+        t.push_entry(0, b"d".to_vec(), sub);
+        for &i in order {
+            let (name, content, mode, in_sub) = &spec.files[i];
+            let ino = t.push_inode(file(content, *mode));
+            t.push_entry(if *in_sub { sub } else { 0 }, name.clone(), ino);
+        }
+        t
+    }
+
+    fn spec_strategy() -> impl Strategy<Value = Spec> {
+        proptest::collection::btree_map(
+            proptest::collection::vec(prop_oneof![Just(b'a'), Just(b'b'), Just(0xffu8), Just(b'.')], 1..6)
+                .prop_filter("not d", |n| n != b"d" && n != b"." && n != b".."),
+            (proptest::collection::vec(any::<u8>(), 0..64), 0u32..0o7777, any::<bool>()),
+            1..12,
+        )
+        .prop_map(|m| Spec {
+            files: m.into_iter().map(|(n, (c, mode, s))| (n, c, mode, s)).collect(),
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn tree_hash_ignores_insertion_order(spec in spec_strategy(), seed in any::<u64>()) {
+            let n = spec.files.len();
+            let forward: Vec<usize> = (0..n).collect();
+            let mut shuffled = forward.clone();
+            // Deterministic Fisher-Yates driven by the seed.
+            let mut s = seed | 1;
+            for i in (1..n).rev() {
+                s ^= s << 13; s ^= s >> 7; s ^= s << 17;
+                shuffled.swap(i, (s % (i as u64 + 1)) as usize);
+            }
+            prop_assert_eq!(build(&spec, &forward).tree_hash(), build(&spec, &shuffled).tree_hash());
+        }
+
+        #[test]
+        fn tree_hash_sees_every_field(spec in spec_strategy(), which in 0usize..5, pick in any::<prop::sample::Index>()) {
+            let order: Vec<usize> = (0..spec.files.len()).collect();
+            let base = build(&spec, &order);
+            let mut changed = base.clone();
+            // inode 2.. are the files, in `order`
+            let target = 2 + pick.index(spec.files.len());
+            let inode = &mut changed.inodes[target];
+            match which {
+                0 => inode.mode ^= 0o4000,
+                1 => inode.uid += 1,
+                2 => inode.xattrs.push((b"user.x".to_vec(), b"1".to_vec())),
+                3 => if let InodeKind::File { content, .. } = &mut inode.kind {
+                    *content = Some(Hash::of(b"something else entirely, not in strategy range"));
+                },
+                _ => {
+                    let e = changed.entries.iter_mut().find(|e| e.inode as usize == target).unwrap();
+                    e.name.push(b'z');
+                }
+            }
+            prop_assert_ne!(base.tree_hash(), changed.tree_hash());
+        }
+
+        #[test]
+        fn xattr_encoding_round_trips(x in proptest::collection::vec((proptest::collection::vec(any::<u8>(), 0..20), proptest::collection::vec(any::<u8>(), 0..40)), 0..6)) {
+            prop_assert_eq!(decode_xattrs(&encode_xattrs(&x)), Some(x));
+        }
+
+        #[test]
+        fn xattr_decoding_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = decode_xattrs(&bytes);
+        }
+    }
+
+    #[test]
+    fn mtime_is_not_identity_but_hardlinks_are() {
+        let mut a = Tree::with_root(0o755, 0, 0, 0, Vec::new());
+        let f = a.push_inode(file(b"x", 0o644));
+        a.push_entry(0, b"one".to_vec(), f);
+        let mut b = a.clone();
+        b.inodes[1].mtime = 12345;
+        assert_eq!(a.tree_hash(), b.tree_hash());
+
+        // same names and contents, but hard-linked vs two separate files
+        let mut linked = a.clone();
+        linked.push_entry(0, b"two".to_vec(), f);
+        let mut copied = a.clone();
+        let g = copied.push_inode(file(b"x", 0o644));
+        copied.push_entry(0, b"two".to_vec(), g);
+        assert_ne!(linked.tree_hash(), copied.tree_hash());
+        assert_eq!(linked.link_counts()[1], 2);
+    }
+
+    #[test]
+    fn walk_is_depth_first_and_sorted() {
+        let mut t = Tree::with_root(0o755, 0, 0, 0, Vec::new());
+        let d = t.push_inode(dir());
+        let x = t.push_inode(file(b"", 0o644));
+        let y = t.push_inode(file(b"", 0o644));
+        t.push_entry(0, b"z".to_vec(), x);
+        t.push_entry(0, b"a".to_vec(), d);
+        t.push_entry(d, b"b".to_vec(), y);
+        let paths: Vec<Vec<u8>> = t.walk().into_iter().map(|(p, _)| p).collect();
+        assert_eq!(paths, vec![b"a".to_vec(), b"a/b".to_vec(), b"z".to_vec()]);
+    }
+}
