@@ -374,6 +374,36 @@ impl Store {
         Ok(inode)
     }
 
+    /// Every entry of a package with its `/`-joined path, depth-first in name
+    /// order (one catalog query per directory). The root itself is first,
+    /// with an empty path.
+    pub fn walk_package(&self, package: &PackageRow) -> Result<Vec<(Vec<u8>, InodeRow)>> {
+        let root = self
+            .catalog
+            .inode(package.root)?
+            .ok_or_else(|| StoreError::Invalid(format!("{}: root inode missing", package.spec())))?;
+        let mut out = vec![(Vec::new(), root)];
+        let mut pending = vec![(Vec::new(), package.root)];
+        while let Some((prefix, dir)) = pending.pop() {
+            let mut subdirs = Vec::new();
+            for entry in self.catalog.dir_entries(dir)? {
+                let mut path = prefix.clone();
+                if !path.is_empty() {
+                    path.push(b'/');
+                }
+                path.extend_from_slice(&entry.name);
+                if entry.inode.kind == kind::DIR {
+                    subdirs.push((path.clone(), entry.inode.id));
+                }
+                out.push((path, entry.inode));
+            }
+            // Reverse so the stack pops them in name order.
+            pending.extend(subdirs.into_iter().rev());
+        }
+        out.sort_by(|a, b| a.0.split(|&c| c == b'/').cmp(b.0.split(|&c| c == b'/')));
+        Ok(out)
+    }
+
     /// Reads a whole blob, verifying every chunk, into `out`.
     pub fn read_blob(&self, blob: i64, out: &mut dyn std::io::Write) -> Result<u64> {
         let mut chunks = self.catalog.blob_chunks(blob)?;

@@ -1,1 +1,33 @@
-fn main(){}
+//! The `nip` binary: see `nip --help`.
+
+use clap::Parser;
+use nexus_cli::exit;
+use nexus_cli::nip::{Cli, run};
+use nexus_store::StoreError;
+
+fn main() {
+    let cli = Cli::parse();
+    let filter = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let code = match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("nip: error: {err:#}");
+            if let Some(StoreError::Damaged { .. }) = err.downcast_ref::<StoreError>() {
+                eprintln!("nip: the store holds damaged data; run `nip verify` for the full list");
+            }
+            exit::ERROR
+        }
+    };
+    std::process::exit(code);
+}

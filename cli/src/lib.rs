@@ -1,0 +1,7 @@
+//! Shared plumbing of the `nip` and `nexus` binaries: where the store lives,
+//! progress bars, and exit codes.
+
+pub mod exit;
+pub mod location;
+pub mod nip;
+pub mod progress;

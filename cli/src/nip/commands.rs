@@ -1,0 +1,372 @@
+//! What each `nip` command does.
+
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use nexus_store::catalog::kind;
+use nexus_store::{AddDir, AddOptions, Store, export, gc, names, verify};
+use serde_json::json;
+
+use super::output::{file_json, kind_name, lossy, mode_string, timestamp};
+use super::{Cli, Command};
+use crate::exit;
+use crate::location::default_store_dir;
+use crate::progress::Bar;
+
+/// Runs a parsed command line; returns the process exit code.
+pub fn run(cli: Cli) -> Result<i32> {
+    let dir = cli.store.clone().unwrap_or_else(default_store_dir);
+    match cli.command {
+        Command::Init => {
+            Store::init(&dir).with_context(|| format!("creating the store in {}", dir.display()))?;
+            println!("store ready in {}", dir.display());
+            Ok(exit::OK)
+        }
+        Command::Add {
+            paths,
+            name,
+            version,
+            skip_special,
+            threads,
+            json,
+        } => add(&dir, paths, name, version, skip_special, threads, json),
+        Command::Remove { specs } => {
+            let generation = open(&dir)?.remove(&specs)?;
+            println!("removed {}; generation {generation}", specs.join(" "));
+            Ok(exit::OK)
+        }
+        Command::List { generation, json } => list(&dir, generation, json),
+        Command::Info { name, json } => info(&dir, &name, json),
+        Command::Files { spec, json } => files(&dir, &spec, json),
+        Command::History { json } => history(&dir, json),
+        Command::Rollback => {
+            let mut store = open(&dir)?;
+            let generation = store.rollback()?;
+            let action = store.catalog().generation(generation)?.map(|g| g.action).unwrap_or_default();
+            println!("generation {generation}: {action}");
+            Ok(exit::OK)
+        }
+        Command::Switch { generation } => {
+            let new = open(&dir)?.switch(generation)?;
+            println!("generation {new}: switch to {generation}");
+            Ok(exit::OK)
+        }
+        Command::Gc { keep, grace, json } => {
+            let mut store = open(&dir)?;
+            let report = gc::collect(
+                &mut store,
+                gc::GcOptions {
+                    keep_last: keep,
+                    grace: Duration::from_secs(grace),
+                    ..Default::default()
+                },
+            )?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "gc: {} generations, {} packages, {} file contents dropped; {} chunks deleted, {} newly unreferenced (kept {grace} s); {} packs deleted, {} rewritten; {} bytes freed{}",
+                    report.generations_deleted,
+                    report.packages_deleted,
+                    report.blobs_deleted,
+                    report.chunks_deleted,
+                    report.chunks_condemned,
+                    report.packs_deleted,
+                    report.packs_rewritten,
+                    report.bytes_freed,
+                    if report.debris_sweep_skipped { " (an add is running: stale pack files left for next time)" } else { "" }
+                );
+            }
+            Ok(exit::OK)
+        }
+        Command::Verify { json } => {
+            let mut store = open(&dir)?;
+            let report = verify::verify(&mut store)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                for problem in &report.catalog_problems {
+                    println!("catalog: {problem}");
+                }
+                for (chunk, reason) in &report.damaged_chunks {
+                    println!("damaged chunk {chunk}: {reason}");
+                }
+                for d in &report.damaged {
+                    println!("damaged: {}: {} ({})", d.package, d.path, d.reason);
+                }
+                println!(
+                    "{} chunks, {} file contents checked: {}",
+                    report.chunks_checked,
+                    report.files_checked,
+                    if report.ok { "all good" } else { "DAMAGED" }
+                );
+            }
+            Ok(if report.ok { exit::OK } else { exit::DAMAGED })
+        }
+        Command::Cat { spec, path } => {
+            let store = open(&dir)?;
+            let package = store.installed(&spec)?;
+            let inode = store.resolve(&package, path.as_os_str().as_bytes())?;
+            if inode.kind != kind::FILE {
+                bail!("{spec}: {} is a {}, not a file", path.display(), kind_name(inode.kind));
+            }
+            // Verify the whole file before writing anything, so a damaged
+            // file never leaks a prefix of good bytes into a pipeline.
+            let mut buf = Vec::with_capacity(inode.size as usize);
+            if let Some(blob) = inode.blob {
+                store.read_blob(blob, &mut buf)?;
+            }
+            let mut out = std::io::stdout().lock();
+            out.write_all(&buf)?;
+            out.flush()?;
+            Ok(exit::OK)
+        }
+        Command::Export { spec, dest } => {
+            let store = open(&dir)?;
+            let package = store.installed(&spec)?;
+            export::export(&store, &package, &dest)?;
+            println!("{spec} written to {}", dest.display());
+            Ok(exit::OK)
+        }
+        Command::Stats { json } => {
+            let stats = open(&dir)?.stats()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&stats)?);
+            } else {
+                println!(
+                    "{} packages, {} files, {} logical bytes\n{} distinct contents, {} chunks ({} raw bytes)\n{} packs, {} stored bytes; catalog {} bytes; {} generations",
+                    stats.packages,
+                    stats.files,
+                    stats.logical_bytes,
+                    stats.blobs,
+                    stats.chunks,
+                    stats.chunk_raw_bytes,
+                    stats.packs,
+                    stats.stored_bytes,
+                    stats.catalog_bytes,
+                    stats.generations
+                );
+            }
+            Ok(exit::OK)
+        }
+    }
+}
+
+fn open(dir: &Path) -> Result<Store> {
+    Store::open(dir).with_context(|| format!("opening the store in {}", dir.display()))
+}
+
+/// Name and version of a directory in `.../App/Version` layout.
+fn name_from_layout(path: &Path) -> Result<(String, String)> {
+    let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let version = canonical.file_name().and_then(|v| v.to_str());
+    let name = canonical.parent().and_then(|p| p.file_name()).and_then(|n| n.to_str());
+    match (name, version) {
+        (Some(n), Some(v)) => Ok((n.to_string(), v.to_string())),
+        _ => bail!(
+            "{}: cannot take NAME/VERSION from the path (expected .../App/Version); give --name and --version",
+            path.display()
+        ),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn add(
+    dir: &Path,
+    paths: Vec<PathBuf>,
+    name: Option<String>,
+    version: Option<String>,
+    skip_special: bool,
+    threads: Option<usize>,
+    json: bool,
+) -> Result<i32> {
+    let requests = match (name, version) {
+        (Some(name), Some(version)) => {
+            if paths.len() != 1 {
+                bail!("--name/--version name one package; give exactly one PATH (or none of the flags to take names from App/Version paths)");
+            }
+            vec![AddDir {
+                path: paths[0].clone(),
+                name,
+                version,
+            }]
+        }
+        _ => paths
+            .iter()
+            .map(|p| {
+                let (name, version) = name_from_layout(p)?;
+                Ok(AddDir {
+                    path: p.clone(),
+                    name,
+                    version,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?,
+    };
+    for r in &requests {
+        names::check_name(&r.name).with_context(|| format!("{}", r.path.display()))?;
+        names::check_version(&r.version).with_context(|| format!("{}", r.path.display()))?;
+    }
+    let mut store = open(dir)?;
+    let mut options = AddOptions {
+        skip_special,
+        ..AddOptions::default()
+    };
+    if let Some(t) = threads {
+        options.threads = t.max(1);
+    }
+    let bar = Bar::for_stderr();
+    let started = std::time::Instant::now();
+    let result = store.add_dirs(&requests, options, &bar);
+    bar.finish();
+    let outcome = result?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "generation": outcome.generation,
+                "added": outcome.added,
+                "unchanged": outcome.unchanged,
+                "seconds": started.elapsed().as_secs_f64(),
+            }))?
+        );
+    } else {
+        match outcome.generation {
+            Some(g) => println!("added {}; generation {g}", outcome.added.join(" ")),
+            None => println!("nothing to do: {} already installed", outcome.unchanged.join(" ")),
+        }
+    }
+    Ok(exit::OK)
+}
+
+fn list(dir: &Path, generation: Option<i64>, json: bool) -> Result<i32> {
+    let store = open(dir)?;
+    let members = match generation {
+        Some(g) => {
+            if store.catalog().generation(g)?.is_none() {
+                bail!("generation {g} does not exist (or was removed by gc)");
+            }
+            store.catalog().members(g)?
+        }
+        None => store.catalog().current_members()?,
+    };
+    if json {
+        let rows: Vec<_> = members
+            .iter()
+            .map(|m| {
+                json!({
+                    "name": m.package.name,
+                    "version": m.package.version,
+                    "tree_hash": m.package.tree_hash.to_hex(),
+                    "current": m.current,
+                    "files": m.package.files,
+                    "bytes": m.package.bytes,
+                    "origin": m.package.origin,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        for m in &members {
+            println!(
+                "{:<28} {:<24} {}",
+                m.package.name,
+                m.package.version,
+                if m.current { "Current" } else { "" }
+            );
+        }
+    }
+    Ok(exit::OK)
+}
+
+fn info(dir: &Path, name: &str, json: bool) -> Result<i32> {
+    names::check_name(name)?;
+    let store = open(dir)?;
+    let installed = store.catalog().current_members()?;
+    let mut versions = Vec::new();
+    for m in installed.iter().filter(|m| m.package.name == name) {
+        versions.push((m.package.clone(), true, m.current));
+    }
+    if versions.is_empty() {
+        bail!("{name} is not installed");
+    }
+    if json {
+        let rows: Vec<_> = versions
+            .iter()
+            .map(|(p, installed, current)| {
+                json!({
+                    "name": p.name, "version": p.version, "tree_hash": p.tree_hash.to_hex(),
+                    "origin": p.origin, "added": p.added, "files": p.files, "bytes": p.bytes,
+                    "installed": installed, "current": current,
+                    "metadata": serde_json::from_str::<serde_json::Value>(&p.metadata).unwrap_or_default(),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        for (p, _, current) in &versions {
+            println!("{}/{}{}", p.name, p.version, if *current { "  (Current)" } else { "" });
+            println!("  tree hash  {}", p.tree_hash);
+            println!("  origin     {}", p.origin);
+            println!("  added      {}", timestamp(p.added));
+            println!("  files      {} ({} bytes)", p.files, p.bytes);
+        }
+    }
+    Ok(exit::OK)
+}
+
+fn files(dir: &Path, spec: &str, json: bool) -> Result<i32> {
+    let store = open(dir)?;
+    let package = store.installed(spec)?;
+    let entries = store.walk_package(&package)?;
+    if json {
+        let rows: Vec<_> = entries.iter().map(|(path, inode)| file_json(path, inode)).collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        let mut out = std::io::stdout().lock();
+        for (path, inode) in entries.iter().skip(1) {
+            let mut line = format!(
+                "{} {:>5} {:>5} {:>10} {}",
+                mode_string(inode.kind, inode.mode),
+                inode.uid,
+                inode.gid,
+                inode.size,
+                lossy(path)
+            );
+            if let Some(t) = &inode.target {
+                line.push_str(" -> ");
+                line.push_str(&lossy(t));
+            }
+            writeln!(out, "{line}")?;
+        }
+    }
+    Ok(exit::OK)
+}
+
+fn history(dir: &Path, json: bool) -> Result<i32> {
+    let store = open(dir)?;
+    let generations = store.catalog().generations()?;
+    if json {
+        let rows: Vec<_> = generations
+            .iter()
+            .map(|g| json!({"id": g.id, "created": g.created, "action": g.action, "restores": g.restores, "packages": g.packages}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        let live = generations.last().map(|g| g.id);
+        for g in &generations {
+            println!(
+                "{:>5}{} {}  {:>4} packages  {}",
+                g.id,
+                if Some(g.id) == live { "*" } else { " " },
+                timestamp(g.created),
+                g.packages,
+                g.action
+            );
+        }
+    }
+    Ok(exit::OK)
+}

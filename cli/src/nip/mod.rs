@@ -1,0 +1,177 @@
+//! `nip`, the package manager: command-line definition and dispatch.
+
+mod commands;
+mod output;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+pub use commands::run;
+
+/// nip — the Nexus package manager.
+///
+/// Packages live in a content-addressed store (default /var/lib/nexus for
+/// root, $XDG_DATA_HOME/nexus otherwise) and appear as /Programs/App/Version.
+/// Every change (add, remove, rollback, switch) is one all-or-nothing
+/// transaction that creates a new numbered generation; the highest is live.
+///
+/// Exit codes: 0 success; 1 error (nothing was changed); 2 bad command line;
+/// 3 `verify` found damaged data.
+#[derive(Debug, Parser)]
+#[command(name = "nip", version, about, long_about, max_term_width = 100)]
+pub struct Cli {
+    /// Store directory.
+    #[arg(long, global = true, env = "NEXUS_STORE", value_name = "DIR")]
+    pub store: Option<PathBuf>,
+
+    /// Log more (-v info, -vv debug); also RUST_LOG.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// nip's commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the store (does nothing if it exists).
+    Init,
+
+    /// Import directory trees as packages, all in one transaction.
+    ///
+    /// Without --name/--version, each PATH must end in App/Version (the
+    /// GoboLinux layout), e.g. `nip add corpus/*/*` imports a whole tree of
+    /// programs at once. Adding a NAME/VERSION again with an identical tree
+    /// does nothing; with a different tree it is refused (versions are
+    /// immutable). Device nodes, FIFOs and sockets are refused unless
+    /// --skip-special.
+    ///
+    /// Example: nip add ./hello-root --name hello --version 2.10-3
+    Add {
+        /// Directories to import.
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
+        /// Package name (only with a single PATH).
+        #[arg(long, requires = "version")]
+        name: Option<String>,
+        /// Package version (only with a single PATH).
+        #[arg(long, requires = "name")]
+        version: Option<String>,
+        /// Leave out device nodes, FIFOs and sockets instead of failing.
+        #[arg(long)]
+        skip_special: bool,
+        /// Worker threads for hashing and compression (default: all cores).
+        #[arg(long, value_name = "N")]
+        threads: Option<usize>,
+        /// Print the outcome as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Remove packages from the installed set (NAME = all versions).
+    ///
+    /// The data stays in the store until `nip gc` finds no retained
+    /// generation using it, so `nip rollback` brings them back instantly.
+    Remove {
+        /// NAME or NAME/VERSION.
+        #[arg(required = true, value_name = "SPEC")]
+        specs: Vec<String>,
+    },
+
+    /// List installed packages (of the current generation).
+    List {
+        /// Show generation N instead of the current one.
+        #[arg(long, value_name = "N")]
+        generation: Option<i64>,
+        /// JSON array of {name, version, tree_hash, current, files, bytes, origin}.
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Show every stored version of a package and which one is Current.
+    Info {
+        /// Package name.
+        name: String,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// List the files of an installed package with their metadata.
+    Files {
+        /// NAME/VERSION.
+        spec: String,
+        /// JSON array of {path, type, mode, uid, gid, size, mtime, target, hash, inode, nlink, xattrs}.
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Show the generations, oldest first; the last one is live.
+    History {
+        /// JSON array of {id, created, action, restores, packages}.
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Go back: make a new generation equal to the one before the live
+    /// content. Repeat to walk further back.
+    Rollback,
+
+    /// Make a new generation equal to generation GEN.
+    Switch {
+        /// Generation number (see `nip history`).
+        generation: i64,
+    },
+
+    /// Delete data that no retained generation references.
+    ///
+    /// Retention: the newest --keep generations are kept (the live one
+    /// always). Unreferenced chunks are deleted only after they have been
+    /// unreferenced for --grace seconds, so gc is safe to run while other
+    /// `nip add`s are in progress.
+    Gc {
+        /// Generations to keep.
+        #[arg(long, default_value_t = 10, value_name = "N")]
+        keep: usize,
+        /// Seconds data must have been unreferenced before it is deleted.
+        #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
+        grace: u64,
+        /// JSON report.
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Re-hash every chunk and file; name each damaged file. Exit 3 if any.
+    Verify {
+        /// JSON report {ok, chunks_checked, files_checked, damaged: [{package, path, reason}]}.
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Write a file of an installed package to stdout (verified).
+    Cat {
+        /// NAME/VERSION.
+        spec: String,
+        /// Path inside the package, e.g. usr/bin/hello.
+        path: PathBuf,
+    },
+
+    /// Write an installed package out as a directory tree (verified), with
+    /// modes, ownership (as root), mtimes, links and xattrs.
+    Export {
+        /// NAME/VERSION.
+        spec: String,
+        /// Destination directory (must not exist).
+        dest: PathBuf,
+    },
+
+    /// Store totals: packs, chunks, stored and logical bytes.
+    Stats {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+}

@@ -1,0 +1,113 @@
+//! Rendering catalog rows for humans and as JSON.
+
+use nexus_store::catalog::{InodeRow, kind};
+use serde_json::{Value, json};
+
+/// Formats seconds since the epoch as `YYYY-MM-DD HH:MM:SS` UTC.
+pub fn timestamp(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// The `type` string of an inode.
+pub fn kind_name(k: i64) -> &'static str {
+    match k {
+        kind::DIR => "dir",
+        kind::FILE => "file",
+        kind::SYMLINK => "symlink",
+        _ => "unknown",
+    }
+}
+
+/// A path for display; non-UTF-8 bytes are replaced (JSON adds the exact
+/// bytes in hex).
+pub fn lossy(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// One `nip files --json` entry.
+pub fn file_json(path: &[u8], inode: &InodeRow) -> Value {
+    let mut v = json!({
+        "path": lossy(path),
+        "type": kind_name(inode.kind),
+        "mode": inode.mode,
+        "uid": inode.uid,
+        "gid": inode.gid,
+        "size": inode.size,
+        "mtime": inode.mtime,
+        "inode": inode.id,
+        "nlink": inode.nlink,
+        "xattrs": inode.xattrs.iter().map(|(k, val)| (lossy(k), Value::String(hex::encode(val)))).collect::<serde_json::Map<_, _>>(),
+    });
+    if std::str::from_utf8(path).is_err() {
+        v["path_hex"] = Value::String(hex::encode(path));
+    }
+    if let Some(h) = &inode.content {
+        v["hash"] = Value::String(h.to_hex());
+    }
+    if let Some(t) = &inode.target {
+        v["target"] = Value::String(lossy(t));
+        if std::str::from_utf8(t).is_err() {
+            v["target_hex"] = Value::String(hex::encode(t));
+        }
+    }
+    v
+}
+
+/// `ls -l`-style permission string.
+pub fn mode_string(k: i64, mode: u32) -> String {
+    let mut s = String::with_capacity(10);
+    s.push(match k {
+        kind::DIR => 'd',
+        kind::SYMLINK => 'l',
+        _ => '-',
+    });
+    let bits = [(0o400, 'r'), (0o200, 'w'), (0o100, 'x'), (0o040, 'r'), (0o020, 'w'), (0o010, 'x'), (0o004, 'r'), (0o002, 'w'), (0o001, 'x')];
+    for (i, (bit, c)) in bits.iter().enumerate() {
+        let set = mode & bit != 0;
+        let special = match i {
+            2 => mode & 0o4000 != 0,
+            5 => mode & 0o2000 != 0,
+            8 => mode & 0o1000 != 0,
+            _ => false,
+        };
+        s.push(match (set, special, i) {
+            (true, true, 8) => 't',
+            (false, true, 8) => 'T',
+            (true, true, _) => 's',
+            (false, true, _) => 'S',
+            (true, false, _) => *c,
+            (false, false, _) => '-',
+        });
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_times_and_modes() {
+        assert_eq!(timestamp(0), "1970-01-01 00:00:00");
+        assert_eq!(timestamp(1_700_000_000), "2023-11-14 22:13:20");
+        assert_eq!(mode_string(kind::FILE, 0o4755), "-rwsr-xr-x");
+        assert_eq!(mode_string(kind::DIR, 0o1777), "drwxrwxrwt");
+    }
+}
