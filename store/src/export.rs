@@ -28,7 +28,7 @@ pub fn export(store: &Store, package: &PackageRow, dest: &Path) -> Result<()> {
         .inode(package.root)?
         .ok_or_else(|| StoreError::Invalid(format!("{}: root inode missing", package.spec())))?;
     fs::create_dir(dest).map_err(|e| StoreError::io(dest, e))?;
-    let is_root = unsafe { libc::geteuid() } == 0;
+    let privileged = unsafe { libc::geteuid() } == 0;
     let mut first_path: HashMap<i64, PathBuf> = HashMap::new();
     // Directories get their final mode and mtime after their content is
     // written (a read-only directory could not be filled, and writing into a
@@ -51,23 +51,26 @@ pub fn export(store: &Store, package: &PackageRow, dest: &Path) -> Result<()> {
                         continue;
                     }
                     write_file(store, &inode, &path)?;
-                    apply_metadata(&path, &inode, is_root, false)?;
+                    apply_metadata(&path, &inode, privileged, false)?;
                     first_path.insert(inode.id, path);
                 }
                 kind::SYMLINK => {
                     let target = inode.target.clone().unwrap_or_default();
                     std::os::unix::fs::symlink(OsStr::from_bytes(&target), &path)
                         .map_err(|e| StoreError::io(&path, e))?;
-                    apply_metadata(&path, &inode, is_root, true)?;
+                    apply_metadata(&path, &inode, privileged, true)?;
                 }
                 other => {
-                    return Err(StoreError::Invalid(format!("{}: unknown inode kind {other}", path.display())));
+                    return Err(StoreError::Invalid(format!(
+                        "{}: unknown inode kind {other}",
+                        path.display()
+                    )));
                 }
             }
         }
     }
     for (path, inode) in dirs.iter().rev() {
-        apply_metadata(path, inode, is_root, false)?;
+        apply_metadata(path, inode, privileged, false)?;
     }
     Ok(())
 }
@@ -83,18 +86,17 @@ fn write_file(store: &Store, inode: &InodeRow, path: &Path) -> Result<()> {
     if let Some(blob) = inode.blob {
         store.read_blob(blob, &mut out)?;
     }
-    let file: File = out.into_inner().map_err(|e| StoreError::io(path, e.into_error()))?;
+    let file: File = out
+        .into_inner()
+        .map_err(|e| StoreError::io(path, e.into_error()))?;
     file.sync_data().ok();
     Ok(())
 }
 
-fn apply_metadata(path: &Path, inode: &InodeRow, is_root: bool, is_symlink: bool) -> Result<()> {
-    for (name, value) in &inode.xattrs {
-        xattr::set(path, OsStr::from_bytes(name), value).map_err(|e| StoreError::io(path, e))?;
-    }
+fn apply_metadata(path: &Path, inode: &InodeRow, privileged: bool, is_symlink: bool) -> Result<()> {
     let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|_| StoreError::Invalid(format!("{}: path contains NUL", path.display())))?;
-    if is_root {
+    if privileged {
         // chown before chmod: chown clears setuid/setgid bits.
         // SAFETY: valid NUL-terminated path.
         if unsafe { libc::lchown(c_path.as_ptr(), inode.uid, inode.gid) } != 0 {
@@ -105,12 +107,31 @@ fn apply_metadata(path: &Path, inode: &InodeRow, is_root: bool, is_symlink: bool
         fs::set_permissions(path, fs::Permissions::from_mode(inode.mode))
             .map_err(|e| StoreError::io(path, e))?;
     }
+    // xattrs last: the kernel drops `security.capability` on chown and on
+    // writes, so setting it earlier would lose it.
+    for (name, value) in &inode.xattrs {
+        xattr::set(path, OsStr::from_bytes(name), value).map_err(|e| StoreError::io(path, e))?;
+    }
     let times = [
-        libc::timespec { tv_sec: inode.mtime as libc::time_t, tv_nsec: 0 },
-        libc::timespec { tv_sec: inode.mtime as libc::time_t, tv_nsec: 0 },
+        libc::timespec {
+            tv_sec: inode.mtime as libc::time_t,
+            tv_nsec: 0,
+        },
+        libc::timespec {
+            tv_sec: inode.mtime as libc::time_t,
+            tv_nsec: 0,
+        },
     ];
     // SAFETY: valid path and a two-element timespec array.
-    if unsafe { libc::utimensat(libc::AT_FDCWD, c_path.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) } != 0 {
+    if unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c_path.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    } != 0
+    {
         return Err(StoreError::io(path, std::io::Error::last_os_error()));
     }
     Ok(())

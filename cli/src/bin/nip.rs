@@ -6,6 +6,10 @@ use nexus_cli::nip::{Cli, run};
 use nexus_store::StoreError;
 
 fn main() {
+    // Like every Unix filter, die quietly when the reader of our output goes
+    // away (`nip files x/1 | head`) instead of panicking on EPIPE.
+    // SAFETY: called before any thread exists; SIG_DFL is a valid handler.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     let filter = match cli.verbose {
         0 => "warn",
