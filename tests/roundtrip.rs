@@ -1,0 +1,316 @@
+//! Round trip: real package trees (fetched with `apt-get download`, unpacked
+//! with `dpkg-deb -x`) are added to a store and read back through it — with
+//! `nip export`, `nip files --json` and `nip cat` — and every byte, mode,
+//! owner, mtime, symlink, hard link and xattr must be identical.
+
+use std::ffi::OsString;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nexus_integration_tests::debs::{Unpacked, fetch_and_unpack};
+use nexus_integration_tests::fixtures::{
+    Scratch, chmod, copy_tree, lchown, random_bytes, set_mtime, text_bytes, write_file,
+};
+use nexus_integration_tests::tree::{
+    Kind, Snapshot, assert_files_json_match, assert_same_tree, snapshot,
+};
+use nexus_integration_tests::{Store, fetch_debs, is_root, unpack_deb};
+
+/// Real packages: tiny (hello), with shared libraries and their symlinks
+/// (libjq1, libonig5), a static binary (busybox-static), many files
+/// (coreutils), hard links (perl-base: `perl` and `perl5.36.0`) and a larger
+/// interpreter tree (python3.11-minimal).
+const PACKAGES: &[&str] = &[
+    "hello",
+    "jq",
+    "libjq1",
+    "libonig5",
+    "busybox-static",
+    "coreutils",
+    "perl-base",
+    "python3.11-minimal",
+];
+
+/// Checks `nip cat` on the largest file of the package and on up to `sample`
+/// others spread over the tree: the bytes must be the source's.
+fn check_cat(store: &Store, spec: &str, snap: &Snapshot, sample: usize) {
+    let mut files: Vec<(&PathBuf, u64)> = snap.files().map(|(p, n)| (p, n.size)).collect();
+    assert!(!files.is_empty(), "{spec}: the source has no regular files");
+    files.sort_by_key(|&(p, size)| (std::cmp::Reverse(size), p.clone()));
+    let step = (files.len() / sample.max(1)).max(1);
+    let chosen = std::iter::once(files[0]).chain(files.iter().copied().step_by(step).take(sample));
+    for (rel, _) in chosen {
+        let run = store.cat(spec, rel.as_os_str());
+        assert!(run.success(), "cat of an intact file failed:\n{run}");
+        let expected = fs::read(snap.abs(rel)).unwrap();
+        assert!(
+            run.stdout == expected,
+            "`nip cat {spec} {}` returned {} bytes that differ from the source's {} bytes",
+            rel.display(),
+            run.stdout.len(),
+            expected.len()
+        );
+    }
+}
+
+/// Exports `spec` and compares it with `source` in every respect, then
+/// checks `nip files --json` and `nip cat` against the source too.
+fn check_round_trip(store: &Store, spec: &str, source: &Path, export_root: &Path) {
+    fs::create_dir_all(export_root).unwrap();
+    let dest = export_root.join(spec.replace('/', "@"));
+    store.export(spec, &dest);
+    assert_same_tree(source, &dest, &format!("nip export {spec}"));
+    let snap = snapshot(source);
+    assert_files_json_match(&snap, &store.files(spec), &format!("nip files {spec}"));
+    check_cat(store, spec, &snap, 10);
+}
+
+#[test]
+fn real_packages_round_trip() {
+    let scratch = Scratch::new("roundtrip");
+    let pkgs: Vec<Unpacked> = fetch_and_unpack(PACKAGES, &scratch.join("src"));
+    let store = Store::init();
+    let generations_before = store.history();
+
+    let mut args = vec![OsString::from("add")];
+    args.extend(pkgs.iter().map(|p| p.dir.clone().into_os_string()));
+    store.ok(&args);
+
+    // All paths form one transaction: exactly one new generation holding all.
+    let history = store.history();
+    assert_eq!(
+        history.len(),
+        generations_before.len() + 1,
+        "one `nip add` of {} packages must create exactly one generation; history: {history:?}",
+        pkgs.len()
+    );
+    let current = history.last().unwrap();
+    assert_eq!(
+        current.packages,
+        pkgs.len() as u64,
+        "the new generation should hold every added package: {current:?}"
+    );
+
+    let listed = store.list();
+    let mut hashes = std::collections::BTreeSet::new();
+    for p in &pkgs {
+        let entry = listed
+            .iter()
+            .find(|l| l.name == p.name && l.version == p.version)
+            .unwrap_or_else(|| panic!("{} is missing from `nip list`: {listed:?}", p.spec()));
+        assert!(
+            entry.current,
+            "{} is the only version of its App, so it must be current: {entry:?}",
+            p.spec()
+        );
+        assert!(
+            entry.tree_hash.len() == 64 && entry.tree_hash.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{}: tree_hash is not 64 hex digits: {:?}",
+            p.spec(),
+            entry.tree_hash
+        );
+        assert!(
+            hashes.insert(entry.tree_hash.clone()),
+            "two different packages share tree hash {}",
+            entry.tree_hash
+        );
+    }
+
+    for p in &pkgs {
+        check_round_trip(&store, &p.spec(), &p.dir, &scratch.join("export"));
+    }
+
+    // The real trees must actually exercise what we claim to test.
+    let perl = pkgs.iter().find(|p| p.name == "perl-base").unwrap();
+    assert!(
+        snapshot(&perl.dir).hardlink_groups() > 0,
+        "perl-base no longer ships hard links; pick another package to cover them"
+    );
+    let libjq = pkgs.iter().find(|p| p.name == "libjq1").unwrap();
+    assert!(
+        snapshot(&libjq.dir)
+            .nodes
+            .values()
+            .any(|n| n.kind == Kind::Symlink),
+        "libjq1 no longer ships symlinks; pick another package to cover them"
+    );
+    store.assert_verify_clean("after adding real packages");
+}
+
+/// The value of a `security.capability` xattr granting `cap_net_raw+ep`
+/// (VFS_CAP_REVISION_2, effective flag, permitted = 1 << CAP_NET_RAW), as
+/// `setcap cap_net_raw+ep` writes it.
+fn cap_net_raw_ep() -> Vec<u8> {
+    let mut v = Vec::with_capacity(20);
+    v.extend_from_slice(&(0x0200_0000u32 | 1).to_le_bytes()); // magic_etc
+    v.extend_from_slice(&(1u32 << 13).to_le_bytes()); // permitted[0]
+    v.extend_from_slice(&0u32.to_le_bytes()); // inheritable[0]
+    v.extend_from_slice(&0u32.to_le_bytes()); // permitted[1]
+    v.extend_from_slice(&0u32.to_le_bytes()); // inheritable[1]
+    v
+}
+
+/// Builds, from a copy of the real `hello` tree, a tree with every kind of
+/// metadata the store promises to keep. Returns the names of the features
+/// that could not be set up (only when not running as root).
+fn build_crafted_tree(tree: &Path) -> Vec<&'static str> {
+    let root = is_root();
+    let mut skipped = Vec::new();
+    let p = |rel: &str| tree.join(rel);
+
+    // Plain content of several kinds.
+    write_file(&p("data/empty"), b"");
+    fs::create_dir_all(p("data/empty-dir")).unwrap();
+    write_file(&p("data/text.txt"), &text_bytes(7, 20_000));
+    write_file(
+        &p("data/large.bin"),
+        &random_bytes(b"crafted-large", 3 * 1024 * 1024 + 17),
+    );
+    // Hard links: a pair across directories (on the multi-chunk file) and a
+    // triple in one directory.
+    fs::create_dir_all(p("links")).unwrap();
+    fs::hard_link(p("data/large.bin"), p("links/large-again.bin")).unwrap();
+    write_file(&p("links/a"), b"three names, one inode\n");
+    fs::hard_link(p("links/a"), p("links/b")).unwrap();
+    fs::hard_link(p("links/a"), p("links/c")).unwrap();
+    // Non-UTF-8 names and targets, dangling, absolute and directory symlinks.
+    let odd = OsString::from(std::ffi::OsStr::from_bytes(b"odd-\xff\xfe"));
+    write_file(&p("names").join(&odd), b"a file whose name is not UTF-8\n");
+    std::os::unix::fs::symlink(&odd, p("names/link-to-odd")).unwrap();
+    std::os::unix::fs::symlink("does/not/exist", p("names/dangling")).unwrap();
+    std::os::unix::fs::symlink("/usr/bin/hello", p("names/absolute")).unwrap();
+    std::os::unix::fs::symlink("../data", p("names/dir-link")).unwrap();
+    // Special permission bits.
+    fs::copy(p("usr/bin/hello"), p("usr/bin/hello-suid")).unwrap();
+    fs::create_dir_all(p("perm/setgid-dir")).unwrap();
+    fs::create_dir_all(p("perm/sticky-dir")).unwrap();
+    fs::create_dir_all(p("perm/read-only-dir")).unwrap();
+    write_file(&p("perm/read-only-dir/inside"), b"in a 0555 directory\n");
+    write_file(&p("perm/private"), b"0600\n");
+    write_file(&p("perm/no-permissions"), b"mode 0000\n");
+
+    // Ownership first: chown clears setuid bits and file capabilities.
+    if root {
+        lchown(&p("data/text.txt"), 1234, 5678);
+        lchown(&p("perm/setgid-dir"), 1001, 1002);
+        lchown(&p("names/dangling"), 4321, 8765);
+        lchown(&p("usr/bin/hello-suid"), 0, 0);
+    } else {
+        skipped.push("foreign ownership");
+    }
+    chmod(&p("usr/bin/hello-suid"), 0o4755);
+    chmod(&p("perm/setgid-dir"), 0o2775);
+    chmod(&p("perm/sticky-dir"), 0o1777);
+    chmod(&p("perm/private"), 0o600);
+    if root {
+        chmod(&p("perm/no-permissions"), 0o000);
+    }
+
+    // Extended attributes, after chown/chmod.
+    xattr::set(
+        p("usr/share/doc/hello/copyright"),
+        "user.test",
+        b"hello xattr",
+    )
+    .unwrap();
+    xattr::set(p("usr/share/doc/hello/copyright"), "user.empty", b"").unwrap();
+    xattr::set(p("data"), "user.dir", b"\x00\x01binary\xff").unwrap();
+    xattr::set(p("links/a"), "user.on-hardlink", b"shared by three names").unwrap();
+    if root {
+        xattr::set(p("usr/bin/hello"), "security.capability", &cap_net_raw_ep()).unwrap();
+        // user.* is not allowed on symlinks; trusted.* is (for root).
+        xattr::set(p("names/absolute"), "trusted.nexus-test", b"on a symlink").unwrap();
+    } else {
+        skipped.push("security.capability and trusted.* xattrs");
+    }
+
+    // Times last: creating entries changes their directory's mtime.
+    set_mtime(&p("data/text.txt"), 1);
+    set_mtime(&p("data/empty"), 4_000_000_000);
+    set_mtime(&p("names/dangling"), 1_234_567_890);
+    set_mtime(&p("data"), 1_000_000_000);
+    set_mtime(&p("names"), 999_999_999);
+    chmod(&p("perm/read-only-dir"), 0o555);
+    skipped
+}
+
+#[test]
+fn crafted_metadata_round_trips() {
+    let scratch = Scratch::new("crafted");
+    let hello = &fetch_debs(&["hello"])[0];
+    let base = scratch.join("base");
+    unpack_deb(hello, &base);
+    let tree = scratch.join("crafted");
+    copy_tree(&base, &tree);
+    let skipped = build_crafted_tree(&tree);
+    if !skipped.is_empty() {
+        eprintln!("not running as root: not covering {skipped:?}");
+    }
+
+    // The source must really have what we test, or the test proves nothing.
+    let snap = snapshot(&tree);
+    let node = |rel: &str| {
+        snap.nodes
+            .get(Path::new(rel))
+            .unwrap_or_else(|| panic!("crafted tree lacks {rel}"))
+    };
+    assert_eq!(
+        node("usr/bin/hello-suid").mode,
+        0o4755,
+        "setuid bit did not stick in the source"
+    );
+    assert_eq!(node("perm/setgid-dir").mode, 0o2775);
+    assert_eq!(node("perm/sticky-dir").mode, 0o1777);
+    assert!(node("usr/share/doc/hello/copyright").xattrs.len() >= 2);
+    assert!(snap.hardlink_groups() >= 2);
+    if is_root() {
+        assert!(
+            node("usr/bin/hello")
+                .xattrs
+                .contains_key(std::ffi::OsStr::new("security.capability"))
+        );
+        assert_eq!(
+            (node("data/text.txt").uid, node("data/text.txt").gid),
+            (1234, 5678)
+        );
+    }
+
+    let store = Store::init();
+    store.ok([
+        OsString::from("add"),
+        tree.clone().into_os_string(),
+        "--name".into(),
+        "crafted".into(),
+        "--version".into(),
+        "1".into(),
+    ]);
+    check_round_trip(&store, "crafted/1", &tree, &scratch.join("export"));
+
+    // The non-UTF-8 name can be read back by its byte-exact path.
+    let odd_rel = Path::new(std::ffi::OsStr::from_bytes(b"names/odd-\xff\xfe"));
+    let run = store.cat("crafted/1", odd_rel.as_os_str());
+    assert!(run.success(), "cat of a non-UTF-8 path failed:\n{run}");
+    assert_eq!(run.stdout, b"a file whose name is not UTF-8\n");
+
+    // Same tree under another name: the tree hash is a function of the tree.
+    let copy = scratch.join("copy");
+    copy_tree(&tree, &copy);
+    store.ok([
+        OsString::from("add"),
+        copy.into_os_string(),
+        "--name".into(),
+        "crafted-copy".into(),
+        "--version".into(),
+        "1".into(),
+    ]);
+    let a = store.listed("crafted", "1").expect("crafted/1 not listed");
+    let b = store
+        .listed("crafted-copy", "1")
+        .expect("crafted-copy/1 not listed");
+    assert_eq!(
+        a.tree_hash, b.tree_hash,
+        "identical trees (cp -a) got different tree hashes"
+    );
+    store.assert_verify_clean("after adding the crafted tree");
+}
