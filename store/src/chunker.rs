@@ -69,7 +69,13 @@ fn chunk_large<R: Read>(
     total: &mut u64,
     sink: &mut impl FnMut(RawChunk) -> Result<(), String>,
 ) -> Result<(Hash, u64), ChunkError> {
-    let cdc = StreamCDC::with_level(source, params.min, params.avg, params.max, Normalization::Level1);
+    let cdc = StreamCDC::with_level(
+        source,
+        params.min,
+        params.avg,
+        params.max,
+        Normalization::Level1,
+    );
     for chunk in cdc {
         let chunk = chunk.map_err(|e| ChunkError::Io(e.into()))?;
         whole.update(&chunk.data);
@@ -144,6 +150,10 @@ mod tests {
         let (_, b) = chunks_of(&edited);
         let set: std::collections::HashSet<Hash> = a.iter().map(|c| c.hash).collect();
         let shared = b.iter().filter(|c| set.contains(&c.hash)).count();
-        assert!(shared + 3 >= b.len(), "only {shared} of {} chunks shared", b.len());
+        assert!(
+            shared + 3 >= b.len(),
+            "only {shared} of {} chunks shared",
+            b.len()
+        );
     }
 }

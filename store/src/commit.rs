@@ -129,7 +129,7 @@ fn index_chunks(tx: &Transaction<'_>, batch: &ContentBatch) -> Result<HashMap<Ha
         pack_ids.insert(pack.name.clone(), tx.last_insert_rowid());
     }
     let mut insert = tx.prepare_cached(
-        "INSERT OR IGNORE INTO chunks(hash, pack, offset, stored_len, raw_len, codec)
+        "INSERT OR IGNORE INTO chunks(hash, pack, offset, block_len, inner, len)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?;
     for loc in &batch.written {
@@ -140,14 +140,19 @@ fn index_chunks(tx: &Transaction<'_>, batch: &ContentBatch) -> Result<HashMap<Ha
             loc.hash.as_bytes(),
             pack,
             loc.offset as i64,
-            loc.stored_len,
-            loc.raw_len,
-            loc.codec as u8
+            loc.block_len,
+            loc.inner,
+            loc.len
         ])?;
     }
     let mut select = tx.prepare_cached("SELECT id FROM chunks WHERE hash = ?1")?;
     let mut ids = HashMap::new();
-    for hash in batch.written.iter().map(|l| &l.hash).chain(batch.reused.iter()) {
+    for hash in batch
+        .written
+        .iter()
+        .map(|l| &l.hash)
+        .chain(batch.reused.iter())
+    {
         if ids.contains_key(hash) {
             continue;
         }
@@ -251,7 +256,12 @@ fn insert_package(
                 })?;
                 (kind::FILE, *size, Some(blob), None)
             }
-            InodeKind::Symlink { target } => (kind::SYMLINK, target.len() as u64, None, Some(target.clone())),
+            InodeKind::Symlink { target } => (
+                kind::SYMLINK,
+                target.len() as u64,
+                None,
+                Some(target.clone()),
+            ),
         };
         let xattrs = (!inode.xattrs.is_empty()).then(|| encode_xattrs(&inode.xattrs));
         insert_inode.execute(params![
@@ -269,12 +279,19 @@ fn insert_package(
         ])?;
         ids.push(tx.last_insert_rowid());
     }
-    tx.execute("UPDATE packages SET root = ?1 WHERE id = ?2", params![ids[0], package])?;
+    tx.execute(
+        "UPDATE packages SET root = ?1 WHERE id = ?2",
+        params![ids[0], package],
+    )?;
     let mut insert_dirent =
         tx.prepare_cached("INSERT INTO dirents(dir, name, inode) VALUES (?1, ?2, ?3)")?;
     for e in &tree.entries {
         insert_dirent
-            .execute(params![ids[e.parent as usize], e.name, ids[e.inode as usize]])
+            .execute(params![
+                ids[e.parent as usize],
+                e.name,
+                ids[e.inode as usize]
+            ])
             .map_err(|err| match err {
                 rusqlite::Error::SqliteFailure(f, _)
                     if f.code == rusqlite::ErrorCode::ConstraintViolation =>

@@ -27,7 +27,7 @@ use rusqlite::{TransactionBehavior, params};
 
 use crate::error::{Result, StoreError};
 use crate::lock::{GC_LOCK, INGEST_LOCK, StoreLock};
-use crate::pack::{PACK_SUFFIX, PackWriter, SealedPack};
+use crate::pack::{Block, BlockBuilder, PACK_SUFFIX, PackWriter, SealedPack, block_compressor};
 use crate::store::{Store, now_secs, sync_dir};
 
 /// Retention and timing policy.
@@ -118,8 +118,10 @@ fn sweep_catalog(store: &mut Store, options: GcOptions, report: &mut GcReport) -
         "DELETE FROM generation_packages WHERE generation NOT IN (SELECT id FROM gc_keep)",
         [],
     )?;
-    report.generations_deleted =
-        tx.execute("DELETE FROM generations WHERE id NOT IN (SELECT id FROM gc_keep)", [])? as u64;
+    report.generations_deleted = tx.execute(
+        "DELETE FROM generations WHERE id NOT IN (SELECT id FROM gc_keep)",
+        [],
+    )? as u64;
     tx.execute_batch(
         "CREATE TEMP TABLE IF NOT EXISTS gc_dead(id INTEGER PRIMARY KEY);
          DELETE FROM gc_dead;
@@ -129,8 +131,10 @@ fn sweep_catalog(store: &mut Store, options: GcOptions, report: &mut GcReport) -
              (SELECT id FROM inodes WHERE package IN (SELECT id FROM gc_dead));
          DELETE FROM inodes WHERE package IN (SELECT id FROM gc_dead);",
     )?;
-    report.packages_deleted =
-        tx.execute("DELETE FROM packages WHERE id IN (SELECT id FROM gc_dead)", [])? as u64;
+    report.packages_deleted = tx.execute(
+        "DELETE FROM packages WHERE id IN (SELECT id FROM gc_dead)",
+        [],
+    )? as u64;
     tx.execute_batch(
         "DELETE FROM gc_dead;
          INSERT INTO gc_dead SELECT id FROM blobs
@@ -176,8 +180,11 @@ struct PackUse {
 fn sweep_packs(store: &mut Store, options: GcOptions, report: &mut GcReport) -> Result<()> {
     let uses: Vec<PackUse> = {
         let mut stmt = store.catalog_mut().conn().prepare(
-            "SELECT p.id, p.name, p.size, count(c.id), coalesce(sum(c.stored_len + 48), 0)
-             FROM packs p LEFT JOIN chunks c ON c.pack = p.id GROUP BY p.id",
+            "SELECT p.id, p.name, p.size,
+                    (SELECT count(*) FROM chunks c WHERE c.pack = p.id),
+                    (SELECT coalesce(sum(block_len), 0) FROM
+                        (SELECT DISTINCT c.offset, c.block_len FROM chunks c WHERE c.pack = p.id))
+             FROM packs p",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok(PackUse {
@@ -201,9 +208,10 @@ fn sweep_packs(store: &mut Store, options: GcOptions, report: &mut GcReport) -> 
                 report.packs_deleted += 1;
             }
         } else if (pack.live_bytes as f64) < options.repack_below * pack.size as f64
-            && repack(store, &pack)? {
-                report.packs_rewritten += 1;
-            }
+            && repack(store, &pack)?
+        {
+            report.packs_rewritten += 1;
+        }
     }
     Ok(())
 }
@@ -218,34 +226,53 @@ fn remove_pack_file(store: &Store, name: &str) -> Result<()> {
     }
 }
 
-/// Copies the live chunks of `pack` into a new pack. Returns false when it
+/// Copies the live chunks of `pack` into new blocks of a new pack (dead
+/// chunks inside a live block are dropped too). Returns false when it
 /// left the pack alone (e.g. a chunk failed verification: its damage must stay
 /// visible to `verify`, not be silently dropped).
 fn repack(store: &mut Store, pack: &PackUse) -> Result<bool> {
     let _writer = StoreLock::shared(&store.locks_dir(), INGEST_LOCK)?;
     let locations = {
         let mut stmt = store.catalog_mut().conn().prepare(
-            "SELECT c.hash, p.name, c.offset, c.stored_len, c.raw_len, c.codec, c.id
-             FROM chunks c JOIN packs p ON p.id = c.pack WHERE c.pack = ?1 ORDER BY c.offset",
+            "SELECT c.hash, p.name, c.offset, c.block_len, c.inner, c.len, c.id
+             FROM chunks c JOIN packs p ON p.id = c.pack WHERE c.pack = ?1 ORDER BY c.offset, c.inner",
         )?;
-        let rows = stmt.query_map([pack.id], |r| Ok((crate::catalog::location_from_row(r)?, r.get::<_, i64>(6)?)))?;
+        let rows = stmt.query_map([pack.id], |r| {
+            Ok((crate::catalog::location_from_row(r)?, r.get::<_, i64>(6)?))
+        })?;
         rows.collect::<rusqlite::Result<Vec<_>>>()?
     };
     let mut writer = PackWriter::create(&store.packs_dir())?;
-    let mut compressor = zstd::bulk::Compressor::new(crate::params::ZSTD_LEVEL)
-        .map_err(|e| StoreError::Invalid(format!("zstd: {e}")))?;
+    let mut compressor = block_compressor(crate::params::ZSTD_LEVEL)?;
     let mut moved = Vec::with_capacity(locations.len());
-    for (loc, id) in &locations {
-        let raw = match store.read_chunk(loc) {
-            Ok(raw) => raw,
+    let mut builder = BlockBuilder::default();
+    let mut pending_ids = Vec::new();
+    let mut block: Option<Block> = None;
+    for (i, (loc, id)) in locations.iter().enumerate() {
+        if i == 0 || locations[i - 1].0.block_key() != loc.block_key() {
+            block = None;
+        }
+        let taken = match block.take() {
+            Some(b) => Ok(b),
+            None => store.read_block(loc),
+        }
+        .and_then(|b| {
+            builder.push(loc.hash, b.chunk(loc)?);
+            Ok(b)
+        });
+        match taken {
+            Ok(b) => block = Some(b),
             Err(e) => {
                 tracing::warn!("not repacking {}: {e}", pack.name);
                 drop(writer);
                 return Ok(false);
             }
-        };
-        let encoded = crate::pack::encode_chunk(&mut compressor, loc.hash, raw);
-        moved.push((*id, writer.append(&encoded)?));
+        }
+        pending_ids.push(*id);
+        if builder.raw_len() >= crate::params::BLOCK_TARGET || i + 1 == locations.len() {
+            let written = writer.append(&builder.finish(&mut compressor))?;
+            moved.extend(pending_ids.drain(..).zip(written));
+        }
     }
     let sealed: SealedPack = writer.seal()?;
     sync_dir(&store.packs_dir())?;
@@ -260,10 +287,17 @@ fn repack(store: &mut Store, pack: &PackUse) -> Result<bool> {
     let new_id = tx.last_insert_rowid();
     {
         let mut update = tx.prepare(
-            "UPDATE chunks SET pack = ?1, offset = ?2, stored_len = ?3, codec = ?4 WHERE id = ?5 AND pack = ?6",
+            "UPDATE chunks SET pack = ?1, offset = ?2, block_len = ?3, inner = ?4 WHERE id = ?5 AND pack = ?6",
         )?;
         for (id, loc) in &moved {
-            update.execute(params![new_id, loc.offset as i64, loc.stored_len, loc.codec as u8, id, pack.id])?;
+            update.execute(params![
+                new_id,
+                loc.offset as i64,
+                loc.block_len,
+                loc.inner,
+                id,
+                pack.id
+            ])?;
         }
     }
     let old_gone = tx.execute(
@@ -283,7 +317,10 @@ fn sweep_debris(store: &mut Store, options: GcOptions, report: &mut GcReport) ->
         return Ok(());
     };
     let known: HashSet<String> = {
-        let mut stmt = store.catalog_mut().conn().prepare("SELECT name FROM packs")?;
+        let mut stmt = store
+            .catalog_mut()
+            .conn()
+            .prepare("SELECT name FROM packs")?;
         let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
         rows.collect::<rusqlite::Result<_>>()?
     };
@@ -307,4 +344,74 @@ fn sweep_debris(store: &mut Store, options: GcOptions, report: &mut GcReport) ->
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{AddDir, AddOptions, NoProgress};
+
+    fn text(seed: u32, len: usize) -> Vec<u8> {
+        (0..len)
+            .flat_map(|i| {
+                format!(
+                    "line {i} of file {seed}
+"
+                )
+                .into_bytes()
+            })
+            .take(len)
+            .collect()
+    }
+
+    /// Two packages share one pack (one transaction); removing one leaves the
+    /// pack mostly dead, and gc rewrites it with only the live chunks, which
+    /// still read back byte for byte.
+    #[test]
+    fn mostly_dead_pack_is_rewritten_and_survivors_read_back() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (keep_dir, drop_dir) = (tmp.path().join("keep"), tmp.path().join("drop"));
+        fs::create_dir_all(&keep_dir).unwrap();
+        fs::create_dir_all(&drop_dir).unwrap();
+        let kept = text(1, 300_000);
+        fs::write(keep_dir.join("kept.txt"), &kept).unwrap();
+        for i in 0..8 {
+            fs::write(drop_dir.join(format!("f{i}")), text(100 + i, 400_000)).unwrap();
+        }
+        let mut store = Store::init(&tmp.path().join("store")).unwrap();
+        let dirs = [
+            AddDir {
+                path: keep_dir,
+                name: "keep".into(),
+                version: "1".into(),
+            },
+            AddDir {
+                path: drop_dir,
+                name: "drop".into(),
+                version: "1".into(),
+            },
+        ];
+        store
+            .add_dirs(&dirs, AddOptions::default(), &NoProgress)
+            .unwrap();
+        store.remove(&["drop".to_string()]).unwrap();
+        let options = GcOptions {
+            keep_last: 1,
+            grace: Duration::ZERO,
+            repack_below: 0.5,
+        };
+        let report = collect(&mut store, options).unwrap();
+        assert_eq!(report.packages_deleted, 1, "{report:?}");
+        assert!(report.chunks_deleted > 0, "{report:?}");
+        assert_eq!(report.packs_rewritten, 1, "{report:?}");
+        assert!(report.bytes_freed > 0, "{report:?}");
+
+        let package = store.installed("keep/1").unwrap();
+        let inode = store.resolve(&package, b"kept.txt").unwrap();
+        let mut out = Vec::new();
+        store.read_blob(inode.blob.unwrap(), &mut out).unwrap();
+        assert_eq!(out, kept);
+        let verified = crate::verify::verify(&mut store).unwrap();
+        assert!(verified.ok, "{verified:?}");
+    }
 }

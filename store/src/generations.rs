@@ -45,9 +45,9 @@ pub fn with_removed(mut members: Vec<Member>, package: i64) -> Vec<Member> {
             .iter_mut()
             .filter(|m| m.name == removed.name)
             .max_by_key(|m| m.package)
-        {
-            next.current = true;
-        }
+    {
+        next.current = true;
+    }
     members
 }
 
@@ -122,12 +122,19 @@ mod tests {
     #[test]
     fn adding_selects_the_new_version() {
         let members = with_added(vec![m(1, "hello", true), m(2, "jq", true)], 3, "hello");
-        assert_eq!(members, vec![m(1, "hello", false), m(2, "jq", true), m(3, "hello", true)]);
+        assert_eq!(
+            members,
+            vec![m(1, "hello", false), m(2, "jq", true), m(3, "hello", true)]
+        );
     }
 
     #[test]
     fn removing_current_falls_back_to_latest_remaining() {
-        let members = vec![m(1, "hello", false), m(4, "hello", false), m(5, "hello", true)];
+        let members = vec![
+            m(1, "hello", false),
+            m(4, "hello", false),
+            m(5, "hello", true),
+        ];
         let after = with_removed(members, 5);
         assert_eq!(after, vec![m(1, "hello", false), m(4, "hello", true)]);
         let after = with_removed(after, 1);

@@ -1,12 +1,15 @@
 //! The content pipeline: files in, durable packs and per-file chunk lists out.
 //!
-//! Worker threads (one per core) take files largest-first, stream each through
-//! [`chunk_stream`], and for every chunk decide whether the store or this
-//! session already has it (deduplication happens before compression, so
-//! repeated content costs only hashing). New chunks are zstd-compressed by the
-//! worker and sent over a bounded channel to one pack-writer thread, which
-//! appends them to packs and seals (fsyncs) each full pack. Memory is bounded
-//! by the channel depth times the maximum chunk size, whatever the file sizes.
+//! Worker threads (one per core) take files (large ones largest-first, then
+//! small ones in tree order, so that neighbours compress together), stream
+//! each through [`chunk_stream`], and for every chunk decide whether the
+//! store or this session already has it (deduplication happens before
+//! compression, so repeated content costs only hashing). Each worker gathers
+//! its new chunks into a block; a full block (about 1 MiB) is zstd-compressed
+//! by the worker and sent over a bounded channel to one pack-writer thread,
+//! which appends it to a pack and seals (fsyncs) each full pack. Memory is
+//! bounded by the channel depth times the block size plus one block per
+//! worker, whatever the file sizes.
 //!
 //! Nothing here touches the catalog's write lock; the caller commits the
 //! result in one transaction ([`crate::commit`]).
@@ -15,7 +18,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 
 use crossbeam_channel::{Receiver, Sender, bounded};
@@ -24,11 +27,16 @@ use crate::catalog::Catalog;
 use crate::chunker::{ChunkError, chunk_stream};
 use crate::error::{Result, StoreError};
 use crate::hash::Hash;
-use crate::pack::{ChunkLocation, EncodedChunk, PackWriter, SealedPack, encode_chunk};
+use crate::pack::{
+    BlockBuilder, ChunkLocation, EncodedBlock, PackWriter, SealedPack, block_compressor,
+};
 use crate::params::{ChunkParams, PACK_TARGET_SIZE};
 
-/// Chunks in flight between the workers and the pack writer.
-const CHANNEL_DEPTH: usize = 32;
+/// Blocks in flight between the workers and the pack writer.
+const CHANNEL_DEPTH: usize = 8;
+/// Files at least this large are taken first, largest first; smaller ones
+/// follow in tree order so that similar neighbours share blocks.
+const LARGE_FILE: u64 = 64 * 1024;
 
 /// A file's content as the store keeps it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,7 +86,6 @@ struct Shared<'a> {
     results: Mutex<Vec<Option<FileContent>>>,
     first_error: Mutex<Option<StoreError>>,
     progress: ProgressFn<'a>,
-    bytes: AtomicU64,
 }
 
 impl Shared<'_> {
@@ -100,9 +107,14 @@ pub fn ingest_files(
     progress: ProgressFn<'_>,
 ) -> Result<ContentBatch> {
     let mut order: Vec<usize> = (0..jobs.len()).collect();
-    // Largest first: long files start early, small ones fill the gaps at the
-    // end, so both cores stay busy until the last file.
-    order.sort_by_key(|&i| std::cmp::Reverse(jobs[i].size));
+    // Large files first, largest first: long files start early and small
+    // ones fill the gaps at the end, so both cores stay busy until the last
+    // file. Small files keep their tree order (a stable sort), so files of
+    // one directory, often alike, land in the same block.
+    order.sort_by_key(|&i| {
+        let size = jobs[i].size;
+        std::cmp::Reverse(if size >= LARGE_FILE { size } else { 0 })
+    });
     let shared = Shared {
         jobs,
         order,
@@ -113,11 +125,10 @@ pub fn ingest_files(
         results: Mutex::new(vec![None; jobs.len()]),
         first_error: Mutex::new(None),
         progress,
-        bytes: AtomicU64::new(0),
     };
     let packs_dir = store_dir.join(crate::store::PACKS_DIR);
     let catalog_path = store_dir.join(crate::store::CATALOG_FILE);
-    let (tx, rx) = bounded::<EncodedChunk>(CHANNEL_DEPTH);
+    let (tx, rx) = bounded::<EncodedBlock>(CHANNEL_DEPTH);
 
     let writer_result = thread::scope(|scope| {
         let writer = scope.spawn(|| pack_writer(&packs_dir, rx));
@@ -138,7 +149,11 @@ pub fn ingest_files(
         Ok(r) => r?,
         Err(_) => return Err(StoreError::Invalid("pack writer thread panicked".into())),
     };
-    if let Some(e) = shared.first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+    if let Some(e) = shared
+        .first_error
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner())
+    {
         return Err(e);
     }
     let files = shared
@@ -152,20 +167,32 @@ pub fn ingest_files(
         files,
         packs,
         written,
-        reused: shared.reused.into_inner().unwrap_or_else(|p| p.into_inner()),
+        reused: shared
+            .reused
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner()),
     })
 }
 
-fn worker(shared: &Shared<'_>, catalog_path: &Path, params: &ChunkParams, tx: Sender<EncodedChunk>) -> Result<()> {
+fn worker(
+    shared: &Shared<'_>,
+    catalog_path: &Path,
+    params: &ChunkParams,
+    tx: Sender<EncodedBlock>,
+) -> Result<()> {
     let catalog = Catalog::open(catalog_path, false)?;
-    let mut compressor = zstd::bulk::Compressor::new(params.zstd_level)
-        .map_err(|e| StoreError::Invalid(format!("zstd: {e}")))?;
+    let mut compressor = block_compressor(params.zstd_level)?;
+    let mut block = BlockBuilder::default();
     loop {
         if shared.failed.load(Ordering::SeqCst) {
             return Ok(());
         }
         let n = shared.next.fetch_add(1, Ordering::SeqCst);
         let Some(&index) = shared.order.get(n) else {
+            if !block.is_empty() {
+                tx.send(block.finish(&mut compressor))
+                    .map_err(|_| StoreError::Invalid("pack writer stopped".into()))?;
+            }
             return Ok(());
         };
         let job = &shared.jobs[index];
@@ -187,20 +214,23 @@ fn worker(shared: &Shared<'_>, catalog_path: &Path, params: &ChunkParams, tx: Se
                         .map_err(|_| "lock poisoned".to_string())?
                         .insert(chunk.hash);
                 } else {
-                    let encoded = encode_chunk(&mut compressor, chunk.hash, chunk.data);
-                    tx.send(encoded)
-                        .map_err(|_| "pack writer stopped".to_string())?;
+                    block.push(chunk.hash, &chunk.data);
+                    if block.raw_len() >= params.block_target {
+                        tx.send(block.finish(&mut compressor))
+                            .map_err(|_| "pack writer stopped".to_string())?;
+                    }
                 }
             }
-            let total = shared.bytes.fetch_add(len, Ordering::Relaxed) + len;
-            let _ = total;
             (shared.progress)(len);
             Ok(())
         };
-        let (hash, size) = chunk_stream(file, job.size, params, &mut sink).map_err(|e| match e {
-            ChunkError::Io(io) => StoreError::io(&job.path, io),
-            ChunkError::Sink(msg) => StoreError::Invalid(format!("{}: {msg}", job.path.display())),
-        })?;
+        let (hash, size) =
+            chunk_stream(file, job.size, params, &mut sink).map_err(|e| match e {
+                ChunkError::Io(io) => StoreError::io(&job.path, io),
+                ChunkError::Sink(msg) => {
+                    StoreError::Invalid(format!("{}: {msg}", job.path.display()))
+                }
+            })?;
         if size != job.size {
             return Err(StoreError::BadInput {
                 path: job.path.clone(),
@@ -215,20 +245,24 @@ fn worker(shared: &Shared<'_>, catalog_path: &Path, params: &ChunkParams, tx: Se
     }
 }
 
-fn pack_writer(dir: &Path, rx: Receiver<EncodedChunk>) -> Result<(Vec<SealedPack>, Vec<ChunkLocation>)> {
+fn pack_writer(
+    dir: &Path,
+    rx: Receiver<EncodedBlock>,
+) -> Result<(Vec<SealedPack>, Vec<ChunkLocation>)> {
     let mut sealed = Vec::new();
     let mut written = Vec::new();
     let mut current: Option<PackWriter> = None;
-    for chunk in rx {
+    for block in rx {
         let writer = match current.as_mut() {
             Some(w) => w,
             None => current.insert(PackWriter::create(dir)?),
         };
-        written.push(writer.append(&chunk)?);
+        written.extend(writer.append(&block)?);
         if writer.len() >= PACK_TARGET_SIZE
-            && let Some(full) = current.take() {
-                sealed.push(full.seal()?);
-            }
+            && let Some(full) = current.take()
+        {
+            sealed.push(full.seal()?);
+        }
     }
     if let Some(last) = current.take() {
         sealed.push(last.seal()?);

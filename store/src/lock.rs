@@ -83,9 +83,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = StoreLock::shared(dir.path(), INGEST_LOCK).unwrap();
         let _b = StoreLock::shared(dir.path(), INGEST_LOCK).unwrap();
-        assert!(StoreLock::try_exclusive(dir.path(), INGEST_LOCK).unwrap().is_none());
+        assert!(
+            StoreLock::try_exclusive(dir.path(), INGEST_LOCK)
+                .unwrap()
+                .is_none()
+        );
         drop(a);
         drop(_b);
-        assert!(StoreLock::try_exclusive(dir.path(), INGEST_LOCK).unwrap().is_some());
+        assert!(
+            StoreLock::try_exclusive(dir.path(), INGEST_LOCK)
+                .unwrap()
+                .is_some()
+        );
     }
 }

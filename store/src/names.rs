@@ -100,7 +100,10 @@ mod tests {
     #[test]
     fn parses_specs() {
         assert_eq!(parse_spec("hello").unwrap(), ("hello".into(), None));
-        assert_eq!(parse_spec("hello/2.10").unwrap(), ("hello".into(), Some("2.10".into())));
+        assert_eq!(
+            parse_spec("hello/2.10").unwrap(),
+            ("hello".into(), Some("2.10".into()))
+        );
         assert!(parse_spec("hello/2.10/x").is_err());
     }
 }

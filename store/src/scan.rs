@@ -102,10 +102,11 @@ pub fn scan_dir(root: &Path, options: ScanOptions) -> Result<ScannedTree> {
             } else if ft.is_file() {
                 let key = (meta.dev(), meta.ino());
                 if meta.nlink() > 1
-                    && let Some(&existing) = hardlinks.get(&key) {
-                        tree.push_entry(dir_inode, name_bytes, existing);
-                        continue;
-                    }
+                    && let Some(&existing) = hardlinks.get(&key)
+                {
+                    tree.push_entry(dir_inode, name_bytes, existing);
+                    continue;
+                }
                 let kind = InodeKind::File {
                     size: meta.len(),
                     content: None,
@@ -194,7 +195,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert!(scan_dir(&dir.path().join("nope"), ScanOptions::default()).is_err());
         fs::write(dir.path().join("f"), b"x").unwrap();
-        let err = scan_dir(&dir.path().join("f"), ScanOptions::default()).err().unwrap();
+        let err = scan_dir(&dir.path().join("f"), ScanOptions::default())
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("not a directory"));
     }
 }

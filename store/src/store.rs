@@ -25,7 +25,7 @@ use crate::generations;
 use crate::ingest::{FileJob, ingest_files};
 use crate::lock::{INGEST_LOCK, StoreLock};
 use crate::names;
-use crate::pack::{ChunkLocation, read_chunk};
+use crate::pack::{Block, ChunkLocation, read_block, read_chunk};
 use crate::params::FROZEN;
 use crate::scan::{ScanOptions, scan_dir};
 use crate::tree::InodeKind;
@@ -192,7 +192,12 @@ impl Store {
     /// Imports directories as packages, all in one transaction that creates
     /// one generation (none if every package was already installed
     /// identically).
-    pub fn add_dirs(&mut self, dirs: &[AddDir], options: AddOptions, progress: &dyn Progress) -> Result<CommitOutcome> {
+    pub fn add_dirs(
+        &mut self,
+        dirs: &[AddDir],
+        options: AddOptions,
+        progress: &dyn Progress,
+    ) -> Result<CommitOutcome> {
         let mut seen = HashSet::new();
         for d in dirs {
             names::check_name(&d.name)?;
@@ -247,7 +252,9 @@ impl Store {
                 });
             }
             for ((p, inode), content) in targets.iter().zip(&batch.files) {
-                if let InodeKind::File { content: slot, .. } = &mut staged[*p].tree.inodes[*inode as usize].kind {
+                if let InodeKind::File { content: slot, .. } =
+                    &mut staged[*p].tree.inodes[*inode as usize].kind
+                {
                     *slot = Some(content.hash);
                 }
             }
@@ -283,7 +290,11 @@ impl Store {
                 if &m.name != name {
                     continue;
                 }
-                let v: String = tx.query_row("SELECT version FROM packages WHERE id = ?1", [m.package], |r| r.get(0))?;
+                let v: String = tx.query_row(
+                    "SELECT version FROM packages WHERE id = ?1",
+                    [m.package],
+                    |r| r.get(0),
+                )?;
                 if version.as_ref().is_none_or(|want| *want == v) {
                     matched.push((m.package, format!("{name}/{v}")));
                 }
@@ -311,18 +322,23 @@ impl Store {
     /// generation before the one whose content is live now. Repeated rollbacks
     /// keep walking back through history.
     pub fn rollback(&mut self) -> Result<i64> {
-        let current = self
+        let current = self.catalog.current_generation()?.ok_or_else(|| {
+            StoreError::Invalid("nothing to roll back: the store has no generations".into())
+        })?;
+        let live = self
             .catalog
-            .current_generation()?
-            .ok_or_else(|| StoreError::Invalid("nothing to roll back: the store has no generations".into()))?;
-        let live = self.catalog.generation(current)?.and_then(|g| g.restores).unwrap_or(current);
+            .generation(current)?
+            .and_then(|g| g.restores)
+            .unwrap_or(current);
         let target: Option<i64> = self.catalog.conn().query_row(
             "SELECT max(id) FROM generations WHERE id < ?1",
             [live],
             |r| r.get(0),
         )?;
         let target = target.ok_or_else(|| {
-            StoreError::Invalid(format!("no retained generation before {live} to roll back to"))
+            StoreError::Invalid(format!(
+                "no retained generation before {live} to roll back to"
+            ))
         })?;
         self.restore(target, &format!("rollback to {target}"))
     }
@@ -332,7 +348,11 @@ impl Store {
             .catalog
             .conn()
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let exists: bool = tx.query_row("SELECT count(*) FROM generations WHERE id = ?1", [target], |r| r.get(0))?;
+        let exists: bool = tx.query_row(
+            "SELECT count(*) FROM generations WHERE id = ?1",
+            [target],
+            |r| r.get(0),
+        )?;
         if !exists {
             return Err(StoreError::NotFound(format!(
                 "generation {target} does not exist (or was removed by gc)"
@@ -347,7 +367,8 @@ impl Store {
     /// A package of the current generation by `NAME/VERSION`.
     pub fn installed(&self, spec: &str) -> Result<PackageRow> {
         let (name, version) = names::parse_spec(spec)?;
-        let version = version.ok_or_else(|| StoreError::Invalid(format!("{spec}: give NAME/VERSION")))?;
+        let version =
+            version.ok_or_else(|| StoreError::Invalid(format!("{spec}: give NAME/VERSION")))?;
         self.catalog
             .current_members()?
             .into_iter()
@@ -358,11 +379,13 @@ impl Store {
 
     /// Resolves a `/`-separated path inside a package (no symlinks followed).
     pub fn resolve(&self, package: &PackageRow, path: &[u8]) -> Result<InodeRow> {
-        let mut inode = self
-            .catalog
-            .inode(package.root)?
-            .ok_or_else(|| StoreError::Invalid(format!("{}: root inode missing", package.spec())))?;
-        for component in path.split(|&b| b == b'/').filter(|c| !c.is_empty() && *c != b".") {
+        let mut inode = self.catalog.inode(package.root)?.ok_or_else(|| {
+            StoreError::Invalid(format!("{}: root inode missing", package.spec()))
+        })?;
+        for component in path
+            .split(|&b| b == b'/')
+            .filter(|c| !c.is_empty() && *c != b".")
+        {
             if inode.kind != kind::DIR {
                 return Err(no_such_path(package, path));
             }
@@ -378,10 +401,9 @@ impl Store {
     /// order (one catalog query per directory). The root itself is first,
     /// with an empty path.
     pub fn walk_package(&self, package: &PackageRow) -> Result<Vec<(Vec<u8>, InodeRow)>> {
-        let root = self
-            .catalog
-            .inode(package.root)?
-            .ok_or_else(|| StoreError::Invalid(format!("{}: root inode missing", package.spec())))?;
+        let root = self.catalog.inode(package.root)?.ok_or_else(|| {
+            StoreError::Invalid(format!("{}: root inode missing", package.spec()))
+        })?;
         let mut out = vec![(Vec::new(), root)];
         let mut pending = vec![(Vec::new(), package.root)];
         while let Some((prefix, dir)) = pending.pop() {
@@ -410,23 +432,49 @@ impl Store {
         let mut total = 0;
         let mut i = 0;
         let mut refreshed = false;
+        // Consecutive chunks of a file usually share a block: decode it once.
+        let mut cached: Option<Block> = None;
         while i < chunks.len() {
-            let data = match self.read_chunk(&chunks[i]) {
-                Ok(d) => d,
+            let loc = &chunks[i];
+            let same_block = i > 0 && chunks[i - 1].block_key() == loc.block_key();
+            if !same_block || cached.is_none() {
+                cached = None;
+            }
+            let block = match cached.take() {
+                Some(b) => Ok(b),
+                None => self.read_block(loc),
+            };
+            let block = match block {
+                Ok(b) => b,
                 // A concurrent gc may have moved the chunk to a new pack and
                 // deleted the old one: look the locations up once more.
-                Err(StoreError::Damaged { reason, .. }) if reason.contains("pack file missing") && !refreshed => {
+                Err(StoreError::Damaged { reason, .. })
+                    if reason.contains("pack file missing") && !refreshed =>
+                {
                     refreshed = true;
                     chunks = self.catalog.blob_chunks(blob)?;
                     continue;
                 }
                 Err(e) => return Err(e),
             };
-            out.write_all(&data).map_err(|e| StoreError::io("<output>", e))?;
+            let data = block.chunk(loc)?;
+            out.write_all(data)
+                .map_err(|e| StoreError::io("<output>", e))?;
             total += data.len() as u64;
+            cached = Some(block);
             i += 1;
         }
         Ok(total)
+    }
+
+    /// Reads and decodes the block holding `loc` (its chunks are verified
+    /// one by one when taken out with [`Block::chunk`]).
+    pub fn read_block(&self, loc: &ChunkLocation) -> Result<Block> {
+        let file = self.pack_file(&loc.pack).map_err(|e| StoreError::Damaged {
+            chunk: loc.hash,
+            reason: e,
+        })?;
+        read_block(&file, loc)
     }
 
     /// Reads and verifies one chunk.
@@ -439,7 +487,11 @@ impl Store {
     }
 
     fn pack_file(&self, name: &str) -> std::result::Result<Arc<File>, String> {
-        let mut open = self.packs.open.lock().map_err(|_| "lock poisoned".to_string())?;
+        let mut open = self
+            .packs
+            .open
+            .lock()
+            .map_err(|_| "lock poisoned".to_string())?;
         if let Some(f) = open.get(name) {
             return Ok(f.clone());
         }
@@ -466,21 +518,31 @@ impl Store {
     /// Totals for `nip stats`.
     pub fn stats(&mut self) -> Result<Stats> {
         let conn = self.catalog.conn();
-        let (packs, stored_bytes): (i64, i64) =
-            conn.query_row("SELECT count(*), coalesce(sum(size), 0) FROM packs", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let (packs, stored_bytes): (i64, i64) = conn.query_row(
+            "SELECT count(*), coalesce(sum(size), 0) FROM packs",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
         let (chunks, chunk_raw_bytes, chunk_stored_bytes): (i64, i64, i64) = conn.query_row(
-            "SELECT count(*), coalesce(sum(raw_len), 0), coalesce(sum(stored_len), 0) FROM chunks",
+            "SELECT count(*), coalesce(sum(len), 0),
+                    (SELECT coalesce(sum(block_len), 0)
+                     FROM (SELECT DISTINCT pack, offset, block_len FROM chunks))
+             FROM chunks",
             [],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?;
-        let (blobs, blob_bytes): (i64, i64) =
-            conn.query_row("SELECT count(*), coalesce(sum(size), 0) FROM blobs", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let (blobs, blob_bytes): (i64, i64) = conn.query_row(
+            "SELECT count(*), coalesce(sum(size), 0) FROM blobs",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
         let (packages, logical_bytes, files): (i64, i64, i64) = conn.query_row(
             "SELECT count(*), coalesce(sum(bytes), 0), coalesce(sum(files), 0) FROM packages",
             [],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?;
-        let generations: i64 = conn.query_row("SELECT count(*) FROM generations", [], |r| r.get(0))?;
+        let generations: i64 =
+            conn.query_row("SELECT count(*) FROM generations", [], |r| r.get(0))?;
         let catalog_bytes = [CATALOG_FILE, "catalog.db-wal"]
             .iter()
             .filter_map(|f| fs::metadata(self.dir.join(f)).ok())

@@ -329,13 +329,23 @@ mod tests {
 
     fn spec_strategy() -> impl Strategy<Value = Spec> {
         proptest::collection::btree_map(
-            proptest::collection::vec(prop_oneof![Just(b'a'), Just(b'b'), Just(0xffu8), Just(b'.')], 1..6)
-                .prop_filter("not d", |n| n != b"d" && n != b"." && n != b".."),
-            (proptest::collection::vec(any::<u8>(), 0..64), 0u32..0o7777, any::<bool>()),
+            proptest::collection::vec(
+                prop_oneof![Just(b'a'), Just(b'b'), Just(0xffu8), Just(b'.')],
+                1..6,
+            )
+            .prop_filter("not d", |n| n != b"d" && n != b"." && n != b".."),
+            (
+                proptest::collection::vec(any::<u8>(), 0..64),
+                0u32..0o7777,
+                any::<bool>(),
+            ),
             1..12,
         )
         .prop_map(|m| Spec {
-            files: m.into_iter().map(|(n, (c, mode, s))| (n, c, mode, s)).collect(),
+            files: m
+                .into_iter()
+                .map(|(n, (c, mode, s))| (n, c, mode, s))
+                .collect(),
         })
     }
 

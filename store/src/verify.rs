@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use crate::error::{Result, StoreError};
 use crate::hash::Hash;
-use crate::pack::ChunkLocation;
+use crate::pack::{Block, ChunkLocation};
 use crate::store::Store;
 
 /// One damaged file.
@@ -52,19 +52,42 @@ pub fn verify(store: &mut Store) -> Result<VerifyReport> {
     // Pass 1: every chunk.
     let chunks: Vec<(i64, ChunkLocation)> = {
         let mut stmt = store.catalog_mut().conn().prepare(
-            "SELECT c.hash, p.name, c.offset, c.stored_len, c.raw_len, c.codec, c.id
+            "SELECT c.hash, p.name, c.offset, c.block_len, c.inner, c.len, c.id
              FROM chunks c JOIN packs p ON p.id = c.pack ORDER BY c.pack, c.offset",
         )?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(6)?, crate::catalog::location_from_row(r)?)))?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get::<_, i64>(6)?, crate::catalog::location_from_row(r)?))
+        })?;
         rows.collect::<rusqlite::Result<_>>()?
     };
     let mut bad_chunks: HashMap<i64, String> = HashMap::new();
+    // Chunks come in block order: each block is read and decoded once.
+    let mut block: Option<((String, u64), std::result::Result<Block, String>)> = None;
     for (id, loc) in &chunks {
         report.chunks_checked += 1;
-        match store.read_chunk(loc) {
-            Ok(_) => {}
+        let key = (loc.pack.clone(), loc.offset);
+        if block.as_ref().is_none_or(|(k, _)| *k != key) {
+            let decoded = match store.read_block(loc) {
+                Ok(b) => Ok(b),
+                Err(StoreError::Damaged { reason, .. }) => Err(reason),
+                Err(e) => return Err(e),
+            };
+            block = Some((key, decoded));
+        }
+        let checked = match block.as_ref().map(|(_, b)| b) {
+            Some(Ok(b)) => b.chunk(loc).map(|_| ()),
+            Some(Err(reason)) => Err(StoreError::Damaged {
+                chunk: loc.hash,
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        };
+        match checked {
+            Ok(()) => {}
             Err(StoreError::Damaged { reason, .. }) => {
-                report.damaged_chunks.push((loc.hash.to_hex(), reason.clone()));
+                report
+                    .damaged_chunks
+                    .push((loc.hash.to_hex(), reason.clone()));
                 bad_chunks.insert(*id, reason);
             }
             Err(e) => return Err(e),
@@ -81,7 +104,7 @@ pub fn verify(store: &mut Store) -> Result<VerifyReport> {
     let blobs: Vec<BlobInfo> = {
         let conn = store.catalog_mut().conn();
         let mut stmt = conn.prepare(
-            "SELECT b.id, b.hash, b.size, bc.chunk, c.hash, c.raw_len
+            "SELECT b.id, b.hash, b.size, bc.chunk, c.hash, c.len
              FROM blobs b JOIN blob_chunks bc ON bc.blob = b.id LEFT JOIN chunks c ON c.id = bc.chunk
              ORDER BY b.id, bc.seq",
         )?;
@@ -92,7 +115,10 @@ pub fn verify(store: &mut Store) -> Result<VerifyReport> {
             let chunk_hash: Option<Vec<u8>> = r.get(4)?;
             let entry = (
                 r.get::<_, i64>(3)?,
-                chunk_hash.as_deref().and_then(Hash::from_slice).unwrap_or(Hash([0; 32])),
+                chunk_hash
+                    .as_deref()
+                    .and_then(Hash::from_slice)
+                    .unwrap_or(Hash([0; 32])),
                 r.get::<_, Option<u32>>(5)?.unwrap_or(0),
             );
             match out.last_mut() {
@@ -114,7 +140,11 @@ pub fn verify(store: &mut Store) -> Result<VerifyReport> {
     let mut bad_blobs: HashMap<i64, String> = HashMap::new();
     for blob in &blobs {
         report.files_checked += 1;
-        if let Some((chunk, _, _)) = blob.chunks.iter().find(|(c, _, _)| !known_chunks.contains(c)) {
+        if let Some((chunk, _, _)) = blob
+            .chunks
+            .iter()
+            .find(|(c, _, _)| !known_chunks.contains(c))
+        {
             bad_blobs.insert(blob.id, format!("chunk #{chunk} is missing from the index"));
             continue;
         }
@@ -124,7 +154,10 @@ pub fn verify(store: &mut Store) -> Result<VerifyReport> {
         }
         let size: u64 = blob.chunks.iter().map(|(_, _, len)| *len as u64).sum();
         if size != blob.size {
-            bad_blobs.insert(blob.id, format!("chunks add up to {size} bytes, file has {}", blob.size));
+            bad_blobs.insert(
+                blob.id,
+                format!("chunks add up to {size} bytes, file has {}", blob.size),
+            );
             continue;
         }
         if blob.chunks.len() == 1 {
@@ -158,7 +191,9 @@ pub fn verify(store: &mut Store) -> Result<VerifyReport> {
         }
     }
     report.damaged = damaged.into_iter().collect();
-    report.ok = report.damaged.is_empty() && report.damaged_chunks.is_empty() && report.catalog_problems.is_empty();
+    report.ok = report.damaged.is_empty()
+        && report.damaged_chunks.is_empty()
+        && report.catalog_problems.is_empty();
     Ok(report)
 }
 
@@ -189,7 +224,10 @@ fn paths_using_blob(store: &mut Store, blob: i64) -> Result<Vec<(String, String)
         let mut partial: Vec<(i64, Vec<u8>)> = vec![(inode, Vec::new())];
         while let Some((node, suffix)) = partial.pop() {
             if node == root {
-                out.push((package.clone(), String::from_utf8_lossy(&suffix).into_owned()));
+                out.push((
+                    package.clone(),
+                    String::from_utf8_lossy(&suffix).into_owned(),
+                ));
                 continue;
             }
             let names: Vec<(i64, Vec<u8>)> = parents

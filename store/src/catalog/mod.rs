@@ -17,7 +17,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 
 use crate::error::{Result, StoreError};
 use crate::hash::Hash;
-use crate::pack::{ChunkLocation, Codec};
+use crate::pack::ChunkLocation;
 use crate::tree::{Xattrs, decode_xattrs};
 
 pub use schema::SCHEMA_VERSION;
@@ -156,7 +156,10 @@ fn inode_from_row(r: &Row<'_>, base: usize) -> rusqlite::Result<InodeRow> {
         target: r.get(base + 11)?,
         // A malformed xattr blob cannot come from this program; report it as
         // no xattrs rather than failing every stat of the file.
-        xattrs: xattrs.as_deref().and_then(decode_xattrs).unwrap_or_default(),
+        xattrs: xattrs
+            .as_deref()
+            .and_then(decode_xattrs)
+            .unwrap_or_default(),
     })
 }
 
@@ -311,7 +314,9 @@ impl Catalog {
     /// A stored package by name and version, whether or not any generation
     /// still includes it.
     pub fn package(&self, name: &str, version: &str) -> Result<Option<PackageRow>> {
-        let sql = format!("SELECT {PACKAGE_COLUMNS} FROM packages p WHERE p.name = ?1 AND p.version = ?2");
+        let sql = format!(
+            "SELECT {PACKAGE_COLUMNS} FROM packages p WHERE p.name = ?1 AND p.version = ?2"
+        );
         Ok(self
             .conn
             .query_row(&sql, params![name, version], package_from_row)
@@ -320,7 +325,9 @@ impl Catalog {
 
     /// One inode.
     pub fn inode(&self, id: i64) -> Result<Option<InodeRow>> {
-        let sql = format!("SELECT {INODE_COLUMNS} FROM inodes i LEFT JOIN blobs b ON b.id = i.blob WHERE i.id = ?1");
+        let sql = format!(
+            "SELECT {INODE_COLUMNS} FROM inodes i LEFT JOIN blobs b ON b.id = i.blob WHERE i.id = ?1"
+        );
         Ok(self
             .conn
             .query_row(&sql, [id], |r| inode_from_row(r, 0))
@@ -360,7 +367,7 @@ impl Catalog {
     /// Where each chunk of blob `blob` lives, in content order.
     pub fn blob_chunks(&self, blob: i64) -> Result<Vec<ChunkLocation>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT c.hash, p.name, c.offset, c.stored_len, c.raw_len, c.codec
+            "SELECT c.hash, p.name, c.offset, c.block_len, c.inner, c.len
              FROM blob_chunks bc JOIN chunks c ON c.id = bc.chunk JOIN packs p ON p.id = c.pack
              WHERE bc.blob = ?1 ORDER BY bc.seq",
         )?;
@@ -392,15 +399,14 @@ impl Catalog {
 /// Decodes a `chunks` row joined with its pack name.
 pub(crate) fn location_from_row(r: &Row<'_>) -> rusqlite::Result<ChunkLocation> {
     let hash: Vec<u8> = r.get(0)?;
-    let codec: i64 = r.get(5)?;
     Ok(ChunkLocation {
+        // A malformed hash reads as zeros and then fails verification with a
+        // clear "damaged" error instead of a panic.
         hash: Hash::from_slice(&hash).unwrap_or(Hash([0; 32])),
         pack: r.get(1)?,
         offset: r.get::<_, i64>(2)? as u64,
-        stored_len: r.get(3)?,
-        raw_len: r.get(4)?,
-        // An unknown codec number reads as zstd and then fails verification
-        // with a clear "damaged" error instead of a panic.
-        codec: Codec::from_byte(codec as u8).unwrap_or(Codec::Zstd),
+        block_len: r.get(3)?,
+        inner: r.get(4)?,
+        len: r.get(5)?,
     })
 }

@@ -29,9 +29,9 @@ const MIGRATIONS: &[&str] = &[
         hash       BLOB NOT NULL UNIQUE,
         pack       INTEGER NOT NULL REFERENCES packs(id),
         offset     INTEGER NOT NULL,
-        stored_len INTEGER NOT NULL,
-        raw_len    INTEGER NOT NULL,
-        codec      INTEGER NOT NULL
+        block_len  INTEGER NOT NULL,
+        inner      INTEGER NOT NULL,
+        len        INTEGER NOT NULL
     ) STRICT;
     CREATE INDEX chunks_by_pack ON chunks(pack);
 
