@@ -117,7 +117,9 @@ impl BlockBuilder {
         // compress_to_buffer fails when the output does not fit the budget:
         // that is exactly the "does not pay" case, found without a second pass.
         let (codec, payload) = match compressor.compress_to_buffer(&raw[..], &mut out) {
-            Ok(n) if n < budget && !raw.is_empty() => {
+            // The buffer holds `budget` bytes, so success means zstd saved
+            // at least 1/32.
+            Ok(n) if !raw.is_empty() => {
                 out.truncate(n);
                 (Codec::Zstd, out)
             }
@@ -410,6 +412,11 @@ pub fn decode_block(buf: &[u8]) -> std::result::Result<Block, String> {
         Codec::Raw if stored_len == raw_len => payload.to_vec(),
         Codec::Raw => return Err("raw block with stored length != raw length".into()),
         Codec::Zstd => {
+            // Exactly one frame: the format has no use for several, and a
+            // reader accepting them would accept payloads no writer makes.
+            if zstd::zstd_safe::find_frame_compressed_size(payload) != Ok(payload.len()) {
+                return Err("zstd payload is not exactly one frame".into());
+            }
             let mut out = Vec::with_capacity(raw_len);
             zstd::bulk::Decompressor::new()
                 .and_then(|mut d| d.decompress_to_buffer(payload, &mut out))

@@ -125,6 +125,7 @@ impl Store {
                 catalog.set_meta("chunk_max", &FROZEN.max.to_string())?;
                 catalog.set_meta("small_file_max", &FROZEN.small_file_max.to_string())?;
                 catalog.set_meta("zstd_level", &FROZEN.zstd_level.to_string())?;
+                catalog.set_meta("block_target", &FROZEN.block_target.to_string())?;
             }
             Some(f) if f == STORE_FORMAT => {}
             Some(other) => {
