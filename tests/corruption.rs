@@ -1,9 +1,16 @@
-//! Corruption: one byte of a pack file is flipped behind the store's back.
-//! `nip verify` must exit 3 and name exactly the files whose content includes
-//! the damaged chunk (computed here independently, from our own source files
-//! and the documented pack format), and reading those files must fail with an
-//! error instead of returning wrong bytes, while every other file still reads
-//! fine.
+//! Corruption: one byte of a pack file is flipped (or the pack is cut short)
+//! behind the store's back. `nip verify` must exit 3 and name exactly the
+//! files whose content includes a damaged chunk, and reading those files must
+//! fail with an error instead of returning wrong bytes, while every other file
+//! still reads fine.
+//!
+//! Which chunks are damaged is computed here independently, from our own
+//! source files and the documented pack format (see `support/pack.rs`), with
+//! the reader rules of the format:
+//! * a damaged block header, a table whose lengths do not add up, or a zstd
+//!   payload that does not decode damages every chunk of the block;
+//! * a table entry whose hash no longer names its chunk damages that chunk;
+//! * a flipped byte in a raw payload damages only the chunk covering it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
@@ -11,19 +18,24 @@ use std::ffi::OsString;
 use nexus_integration_tests::Store;
 use nexus_integration_tests::fixtures::{Scratch, random_bytes, text_bytes, write_file};
 use nexus_integration_tests::nip::{EXIT_DAMAGED, Run};
-use nexus_integration_tests::pack::{self, Record};
+use nexus_integration_tests::pack::{self, Block, DecodedBlock, field};
 
 /// `(package spec, path inside the package)`.
 type FileId = (String, String);
 
-/// A store holding two small packages whose contents the test knows exactly.
+/// A chunk hash.
+type Hash = [u8; 32];
+
+/// A store holding three small packages whose contents the test knows exactly.
 struct Fixture {
     _scratch: Scratch,
     store: Store,
-    /// Every regular file of both packages and its content.
+    /// Every regular file of the packages and its content.
     files: BTreeMap<FileId, Vec<u8>>,
-    /// Content shared by three files in two packages (one chunk).
-    shared: Vec<u8>,
+    /// The chunks making up each file.
+    chunks_of: BTreeMap<FileId, BTreeSet<Hash>>,
+    /// Every block of the store, as read (and checked) before any damage.
+    blocks: Vec<DecodedBlock>,
     /// The multi-chunk file.
     large: FileId,
 }
@@ -32,22 +44,44 @@ fn id(spec: &str, path: &str) -> FileId {
     (spec.to_string(), path.to_string())
 }
 
-/// Builds `alpha/1` (distinct small files, two files with the same content
-/// `S`, one 3 MiB incompressible file) and `beta/1` (a third copy of `S` and a
-/// file of its own), added in one transaction.
+fn hex(hash: &Hash) -> String {
+    blake3::Hash::from_bytes(*hash).to_hex().to_string()
+}
+
+/// Builds the store in two transactions, so that both codecs occur whatever
+/// order the store packs files in:
+///
+/// 1. `bulk/1`: incompressible data only — a 3 MiB file cut into many chunks
+///    and five small files — so every block of it is stored raw;
+/// 2. `alpha/1` and `beta/1`, mostly text (compressed): content `S` in three
+///    files of both packages (one chunk), other text, small random files, and
+///    copies of `bulk/1`'s small files (already stored, so those chunks stay
+///    in the raw blocks).
+///
+/// Both run with one worker thread (each worker fills its own blocks), so
+/// that small files share blocks with each other and with the tail of the
+/// large file. The expected damage is always computed from the blocks as
+/// found on disk, never from an assumed layout.
 fn fixture() -> Fixture {
     let scratch = Scratch::new("corruption");
     let shared = text_bytes(42, 6000);
     let mut files = BTreeMap::new();
+
+    let large = id("bulk/1", "big/large.bin");
+    files.insert(large.clone(), random_bytes(b"large", 3 * 1024 * 1024 + 5));
+    for i in 0..5u8 {
+        let data = random_bytes(&[b'r', i], 2048 + 1500 * i as usize);
+        files.insert(id("bulk/1", &format!("r/r{i}.bin")), data.clone());
+        files.insert(id("alpha/1", &format!("copies/bulk-r{i}.bin")), data);
+    }
+
     files.insert(id("alpha/1", "shared.txt"), shared.clone());
     files.insert(id("alpha/1", "docs/shared-copy.txt"), shared.clone());
     for i in 0..5u8 {
         let data = random_bytes(&[b'u', i], 2048 + 1500 * i as usize);
         files.insert(id("alpha/1", &format!("uniq/u{i}.bin")), data);
     }
-    files.insert(id("alpha/1", "notes.txt"), text_bytes(7, 9000));
-    let large = id("alpha/1", "big/large.bin");
-    files.insert(large.clone(), random_bytes(b"large", 3 * 1024 * 1024 + 5));
+    files.insert(id("alpha/1", "notes.txt"), text_bytes(7, 20_000));
     files.insert(id("beta/1", "share/again.txt"), shared.clone());
     files.insert(id("beta/1", "own.txt"), text_bytes(99, 3000));
 
@@ -57,6 +91,12 @@ fn fixture() -> Fixture {
     let store = Store::init();
     store.ok([
         OsString::from("add"),
+        OsString::from("--threads=1"),
+        scratch.join("src/bulk/1").into_os_string(),
+    ]);
+    store.ok([
+        OsString::from("add"),
+        OsString::from("--threads=1"),
         scratch.join("src/alpha/1").into_os_string(),
         scratch.join("src/beta/1").into_os_string(),
     ]);
@@ -65,64 +105,192 @@ fn fixture() -> Fixture {
         run.code() == Some(0) && report.ok,
         "the store must verify clean before it is damaged:\n{run}"
     );
-    let distinct_chunks: BTreeSet<[u8; 32]> = pack::read_all_packs(&store.packs_dir())
-        .iter()
-        .map(|r| r.hash)
-        .collect();
+
+    // Read (and check) every block, and find which file uses which chunk.
+    let blocks = pack::read_all_packs(&store.packs_dir());
+    let mut stored: BTreeMap<Hash, &[u8]> = BTreeMap::new();
+    for b in &blocks {
+        for (e, bytes) in b.block.entries.iter().zip(&b.chunks) {
+            assert!(
+                stored.insert(e.hash, bytes).is_none(),
+                "chunk {} is stored twice (identical content must be stored once)",
+                e.hash_hex()
+            );
+        }
+    }
+    let chunks_of = file_chunks(&files, &large, &stored);
+    let used: BTreeSet<Hash> = chunks_of.values().flatten().copied().collect();
+    let in_packs: BTreeSet<Hash> = stored.keys().copied().collect();
+    assert_eq!(
+        used, in_packs,
+        "a fresh store should hold exactly the chunks of its files"
+    );
     assert_eq!(
         report.chunks_checked,
-        distinct_chunks.len() as u64,
+        in_packs.len() as u64,
         "a fresh store references every chunk in its packs, so verify should check them all"
     );
     assert!(
         report.files_checked > 0,
         "verify checked no files: {report:?}"
     );
-    Fixture {
+
+    let fx = Fixture {
         _scratch: scratch,
         store,
         files,
-        shared,
+        chunks_of,
+        blocks,
         large,
+    };
+    // The fixture is built so that both codecs occur, each in a block shared
+    // by several files; check that it worked.
+    let zstd = fx.busiest_block(true);
+    assert!(
+        fx.files_using(&fx.all_chunks(zstd)).len() >= 5,
+        "a compressed block should hold chunks of many files: {}",
+        fx.layout()
+    );
+    let raw = fx.busiest_block(false);
+    let large = &fx.chunks_of[&fx.large];
+    assert!(
+        fx.files_using(&fx.all_chunks(raw)).len() >= 3
+            && raw.entries.iter().any(|e| large.contains(&e.hash)),
+        "a raw block should hold chunks of the large file and of small files: {}",
+        fx.layout()
+    );
+    fx
+}
+
+/// The chunks of each file: small files are one chunk named by their content
+/// hash; the large file is rebuilt from the stored chunks that are no small
+/// file's, matching their bytes against its content.
+fn file_chunks(
+    files: &BTreeMap<FileId, Vec<u8>>,
+    large: &FileId,
+    stored: &BTreeMap<Hash, &[u8]>,
+) -> BTreeMap<FileId, BTreeSet<Hash>> {
+    let mut chunks_of = BTreeMap::new();
+    for (fid, data) in files {
+        if fid == large {
+            continue;
+        }
+        assert!(
+            data.len() < pack::SMALL_FILE_MAX,
+            "fixture: {fid:?} is not small"
+        );
+        let h = *blake3::hash(data).as_bytes();
+        assert!(
+            stored.contains_key(&h),
+            "the single chunk of {fid:?} ({}) is in no pack",
+            hex(&h)
+        );
+        chunks_of.insert(fid.clone(), BTreeSet::from([h]));
     }
+    let small: BTreeSet<Hash> = chunks_of.values().flatten().copied().collect();
+    let candidates: Vec<(&Hash, &&[u8])> = stored
+        .iter()
+        .filter(|(h, bytes)| !small.contains(*h) && !bytes.is_empty())
+        .collect();
+    let data = &files[large];
+    let mut pos = 0;
+    let mut seq: Vec<Hash> = Vec::new();
+    while pos < data.len() {
+        let (h, bytes) = candidates
+            .iter()
+            .find(|(_, bytes)| data[pos..].starts_with(bytes))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no stored chunk matches the large file at offset {pos} (after {} chunks)",
+                    seq.len()
+                )
+            });
+        assert!(
+            pos + bytes.len() == data.len() || bytes.len() >= 16 * 1024,
+            "chunk {} of the large file is {} bytes, below the 16 KiB minimum",
+            seq.len(),
+            bytes.len()
+        );
+        seq.push(**h);
+        pos += bytes.len();
+    }
+    assert!(
+        seq.len() >= 8,
+        "a 3 MiB file should be cut into many chunks (average 64 KiB), found {}",
+        seq.len()
+    );
+    chunks_of.insert(large.clone(), seq.into_iter().collect());
+    chunks_of
 }
 
 impl Fixture {
-    /// The files below the small-file threshold (each stored as one chunk
-    /// named by its content hash), with their hashes.
-    fn small_file_hashes(&self) -> BTreeSet<[u8; 32]> {
-        self.files
+    /// The zstd (or raw) block holding chunks of the most files.
+    fn busiest_block(&self, zstd: bool) -> &Block {
+        self.blocks
             .iter()
-            .filter(|(id, _)| **id != self.large)
-            .map(|(_, data)| *blake3::hash(data).as_bytes())
+            .map(|b| &b.block)
+            .filter(|b| b.is_zstd() == zstd)
+            .max_by_key(|b| self.files_using(&self.all_chunks(b)).len())
+            .unwrap_or_else(|| {
+                panic!(
+                    "no {} block in the store: {}",
+                    if zstd { "zstd" } else { "raw" },
+                    self.layout()
+                )
+            })
+    }
+
+    /// The blocks of the store, for failure messages.
+    fn layout(&self) -> String {
+        let lines: Vec<String> = self
+            .blocks
+            .iter()
+            .map(|b| {
+                let files = self.files_using(&self.all_chunks(&b.block));
+                format!("  {}: files {files:?}", b.block.describe())
+            })
+            .collect();
+        format!("blocks:\n{}", lines.join("\n"))
+    }
+
+    /// The block holding chunk `hash` and the index of its table entry.
+    fn locate(&self, hash: &Hash) -> (&Block, usize) {
+        self.blocks
+            .iter()
+            .find_map(|b| b.block.position(hash).map(|k| (&b.block, k)))
+            .unwrap_or_else(|| panic!("chunk {} is in no block", hex(hash)))
+    }
+
+    /// The chunk hash of small file `fid`.
+    fn small_chunk(&self, fid: &FileId) -> Hash {
+        let set = &self.chunks_of[fid];
+        assert_eq!(set.len(), 1, "{fid:?} is not a single-chunk file");
+        *set.iter().next().unwrap()
+    }
+
+    /// Every chunk of `block`.
+    fn all_chunks(&self, block: &Block) -> BTreeSet<Hash> {
+        block.entries.iter().map(|e| e.hash).collect()
+    }
+
+    /// The files that use at least one of `chunks`.
+    fn files_using(&self, chunks: &BTreeSet<Hash>) -> BTreeSet<FileId> {
+        self.chunks_of
+            .iter()
+            .filter(|(_, set)| !set.is_disjoint(chunks))
+            .map(|(fid, _)| fid.clone())
             .collect()
     }
 
-    /// The one pack record holding the chunk with content `data`.
-    fn record_of(&self, data: &[u8]) -> Record {
-        let hash = *blake3::hash(data).as_bytes();
-        let records: Vec<Record> = pack::read_all_packs(&self.store.packs_dir())
-            .into_iter()
-            .filter(|r| r.hash == hash)
-            .collect();
-        assert_eq!(
-            records.len(),
-            1,
-            "expected exactly one record for chunk {} (identical content is stored once): {records:?}",
-            blake3::Hash::from_bytes(hash).to_hex()
+    /// Checks `nip verify` (JSON and human forms) names exactly the files
+    /// using one of the `damaged` chunks, and that each of those files fails
+    /// to read while all others read back correctly.
+    fn assert_damage_reported(&self, damaged: &BTreeSet<Hash>, what: &str) {
+        let expected = self.files_using(damaged);
+        assert!(
+            !expected.is_empty(),
+            "{what}: test bug, the damaged chunks belong to no file"
         );
-        assert_eq!(
-            records[0].raw_len as usize,
-            data.len(),
-            "raw length of {records:?}"
-        );
-        records.into_iter().next().unwrap()
-    }
-
-    /// Checks `nip verify` (JSON and human forms) names exactly `expected`,
-    /// and that each of those files fails to read while all others read back
-    /// correctly.
-    fn assert_damage_reported(&self, expected: &BTreeSet<FileId>, what: &str) {
         let (run, report) = self.store.verify();
         assert_eq!(
             run.code(),
@@ -137,8 +305,8 @@ impl Fixture {
             .collect();
         let named_set: BTreeSet<FileId> = named.iter().cloned().collect();
         assert_eq!(
-            &named_set, expected,
-            "{what}: verify must name exactly the files containing the damaged chunk:\n{run}"
+            named_set, expected,
+            "{what}: verify must name exactly the files containing a damaged chunk:\n{run}"
         );
         assert_eq!(
             named.len(),
@@ -159,9 +327,9 @@ impl Fixture {
             "{what}: plain verify must exit 3 too:\n{human}"
         );
         let text = format!("{}{}", human.stdout_text(), human.stderr);
-        for (spec, path) in &self.files_ids() {
+        for fid @ (spec, path) in self.files.keys() {
             let line = format!("{spec}: {path}");
-            let damaged = expected.contains(&(spec.clone(), path.clone()));
+            let damaged = expected.contains(fid);
             assert_eq!(
                 text.contains(&line),
                 damaged,
@@ -174,9 +342,9 @@ impl Fixture {
             );
         }
 
-        for ((spec, path), data) in &self.files {
+        for (fid @ (spec, path), data) in &self.files {
             let run = self.store.cat(spec, path);
-            if expected.contains(&(spec.clone(), path.clone())) {
+            if expected.contains(fid) {
                 assert_cat_refuses(&run, data, what);
             } else {
                 assert!(
@@ -190,10 +358,6 @@ impl Fixture {
                 );
             }
         }
-    }
-
-    fn files_ids(&self) -> Vec<FileId> {
-        self.files.keys().cloned().collect()
     }
 }
 
@@ -222,107 +386,221 @@ fn assert_cat_refuses(run: &Run, data: &[u8], what: &str) {
 }
 
 #[test]
-fn flipped_byte_in_shared_small_chunk() {
+fn flipped_byte_in_zstd_payload_damages_the_whole_block() {
     let fx = fixture();
-    let record = fx.record_of(&fx.shared);
-    pack::flip_byte(
-        &record.pack,
-        record.payload_offset() + record.stored_len as u64 / 2,
+    let block = fx.busiest_block(true);
+    let shared = fx.small_chunk(&id("alpha/1", "shared.txt"));
+    assert!(
+        block.position(&shared).is_some(),
+        "fixture: the text shared by three files should be in the zstd block"
     );
-    let expected: BTreeSet<FileId> = fx
-        .files
-        .iter()
-        .filter(|(_, data)| **data == fx.shared)
-        .map(|(id, _)| id.clone())
-        .collect();
-    assert_eq!(
-        expected.len(),
-        3,
-        "fixture: the shared content is in three files"
+    pack::flip_byte(
+        &block.pack,
+        block.payload_offset() + block.stored_len as u64 / 2,
     );
     fx.assert_damage_reported(
-        &expected,
-        "payload byte flipped in the chunk shared by three files",
+        &fx.all_chunks(block),
+        &format!(
+            "payload byte flipped in the middle of the {}",
+            block.describe()
+        ),
     );
 }
 
 #[test]
-fn flipped_byte_in_large_file_chunk() {
+fn flipped_byte_in_raw_payload_damages_one_small_chunk() {
     let fx = fixture();
-    let small = fx.small_file_hashes();
-    let large_records: Vec<Record> = pack::read_all_packs(&fx.store.packs_dir())
-        .into_iter()
-        .filter(|r| !small.contains(&r.hash))
+    // A small random file whose raw block also holds other files' chunks; it
+    // has a copy in another package (same chunk, stored once).
+    let (block, k) = (0..5)
+        .map(|i| fx.locate(&fx.small_chunk(&id("bulk/1", &format!("r/r{i}.bin")))))
+        .find(|(b, _)| fx.files_using(&fx.all_chunks(b)).len() >= 3)
+        .unwrap_or_else(|| panic!("no small random file shares its block: {}", fx.layout()));
+    assert!(
+        !block.is_zstd(),
+        "fixture: {} should be raw",
+        block.describe()
+    );
+    let range = block.raw_chunk_range(k);
+    pack::flip_byte(&block.pack, (range.start + range.end) / 2);
+    let hash = block.entries[k].hash;
+    assert_eq!(
+        fx.files_using(&BTreeSet::from([hash])).len(),
+        2,
+        "fixture: the small random file and its copy share one chunk"
+    );
+    fx.assert_damage_reported(
+        &BTreeSet::from([hash]),
+        &format!(
+            "byte flipped in chunk {} (entry {k}) of the {}",
+            hex(&hash),
+            block.describe()
+        ),
+    );
+}
+
+#[test]
+fn flipped_byte_in_raw_payload_damages_one_large_file_chunk() {
+    let fx = fixture();
+    // A chunk of the large file in the raw block holding the most files, not
+    // at either end of the block.
+    let block = fx.busiest_block(false);
+    let large = &fx.chunks_of[&fx.large];
+    let candidates: Vec<usize> = (0..block.entries.len())
+        .filter(|&k| large.contains(&block.entries[k].hash))
         .collect();
     assert!(
-        large_records.len() >= 2,
-        "a 3 MiB file should be cut into several chunks, found {} records outside the small files",
-        large_records.len()
+        !candidates.is_empty(),
+        "no chunk of the large file in {}",
+        block.describe()
     );
-    let total: u64 = large_records.iter().map(|r| r.raw_len as u64).sum();
-    assert_eq!(
-        total,
-        fx.files[&fx.large].len() as u64,
-        "the non-small-file chunks should add up to the large file"
-    );
-    let record = &large_records[large_records.len() / 2];
-    pack::flip_byte(
-        &record.pack,
-        record.payload_offset() + record.stored_len as u64 / 2,
-    );
-    let expected = BTreeSet::from([fx.large.clone()]);
+    let k = candidates[candidates.len() / 2];
+    let range = block.raw_chunk_range(k);
+    pack::flip_byte(&block.pack, (range.start + range.end) / 2);
+    let hash = block.entries[k].hash;
     fx.assert_damage_reported(
-        &expected,
-        "payload byte flipped in a chunk in the middle of the large file",
+        &BTreeSet::from([hash]),
+        &format!(
+            "byte flipped in large-file chunk {} (entry {k}) of the {}",
+            hex(&hash),
+            block.describe()
+        ),
     );
 }
 
-#[test]
-fn flipped_byte_in_record_header() {
-    let fx = fixture();
-    let target = id("alpha/1", "uniq/u3.bin");
-    let record = fx.record_of(&fx.files[&target]);
-    // A byte inside the stored chunk hash: the record no longer matches.
-    pack::flip_byte(&record.pack, record.offset + 5);
-    fx.assert_damage_reported(
-        &BTreeSet::from([target]),
-        "byte flipped in a record header's chunk hash",
-    );
+/// Which block a header case damages.
+#[derive(Clone, Copy, Debug)]
+enum Target {
+    Zstd,
+    Raw,
 }
 
 #[test]
-fn truncated_pack_damages_the_files_at_its_end() {
-    let fx = fixture();
-    // Cut the pack holding the last record in the middle of that record's
-    // payload: exactly the files using that chunk are damaged.
-    let records = pack::read_all_packs(&fx.store.packs_dir());
-    let last = records
-        .iter()
-        .filter(|r| {
-            let len = std::fs::metadata(&r.pack).unwrap().len();
-            r.payload_offset() + r.stored_len as u64 == len
-        })
-        .max_by_key(|r| r.offset)
-        .expect("no record ends its pack")
-        .clone();
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&last.pack)
-        .unwrap();
-    f.set_len(last.payload_offset() + last.stored_len as u64 / 2)
-        .unwrap();
-    drop(f);
-    let expected: BTreeSet<FileId> = if fx.small_file_hashes().contains(&last.hash) {
-        fx.files
+fn flipped_byte_in_block_header_or_lengths_damages_the_whole_block() {
+    // (block, offset in the block, what it breaks)
+    let cases: &[(Target, u64, &str)] = &[
+        (Target::Zstd, field::MAGIC + 1, "block magic"),
+        (Target::Raw, field::MAGIC + 3, "block magic"),
+        (Target::Raw, field::CODEC, "codec (raw -> unknown)"),
+        (Target::Zstd, field::CODEC, "codec (zstd -> unknown)"),
+        (Target::Raw, field::RESERVED_A + 1, "reserved byte"),
+        (Target::Zstd, field::RESERVED_B + 7, "reserved byte"),
+        (Target::Raw, field::COUNT, "chunk count"),
+        (Target::Zstd, field::COUNT, "chunk count"),
+        (
+            Target::Raw,
+            field::RAW_LEN,
+            "raw_len (sum of the table lengths)",
+        ),
+        (Target::Zstd, field::RAW_LEN + 2, "raw_len (over 4 MiB)"),
+        (Target::Raw, field::RAW_LEN + 2, "raw_len (over 4 MiB)"),
+        (Target::Raw, field::STORED_LEN, "stored_len (block length)"),
+        (
+            Target::Zstd,
+            field::STORED_LEN + 1,
+            "stored_len (block length)",
+        ),
+    ];
+    for &(target, at, what) in cases {
+        let fx = fixture();
+        let block = match target {
+            Target::Zstd => fx.busiest_block(true),
+            Target::Raw => fx.busiest_block(false),
+        };
+        pack::flip_byte(&block.pack, block.offset + at);
+        fx.assert_damage_reported(
+            &fx.all_chunks(block),
+            &format!(
+                "header byte {at} ({what}) flipped in the {}",
+                block.describe()
+            ),
+        );
+    }
+    // A table length no longer adds up to raw_len.
+    for target in [Target::Zstd, Target::Raw] {
+        let fx = fixture();
+        let block = match target {
+            Target::Zstd => fx.busiest_block(true),
+            Target::Raw => fx.busiest_block(false),
+        };
+        let k = block.entries.len() / 2;
+        pack::flip_byte(&block.pack, block.entry_offset(k) + 32);
+        fx.assert_damage_reported(
+            &fx.all_chunks(block),
+            &format!(
+                "length of table entry {k} flipped in the {}",
+                block.describe()
+            ),
+        );
+    }
+}
+
+#[test]
+fn flipped_byte_in_table_hash_damages_only_that_chunk() {
+    // In the zstd block: the payload still decodes, one entry is wrong.
+    {
+        let fx = fixture();
+        let target = id("alpha/1", "uniq/u3.bin");
+        let (block, k) = fx.locate(&fx.small_chunk(&target));
+        assert!(block.is_zstd(), "fixture: {target:?} should be compressed");
+        pack::flip_byte(&block.pack, block.entry_offset(k) + 5);
+        fx.assert_damage_reported(
+            &BTreeSet::from([block.entries[k].hash]),
+            &format!(
+                "hash of table entry {k} flipped in the {}",
+                block.describe()
+            ),
+        );
+    }
+    // In a raw block, for a chunk of the large file.
+    {
+        let fx = fixture();
+        let block = fx.busiest_block(false);
+        let large = &fx.chunks_of[&fx.large];
+        let k = (0..block.entries.len())
+            .rev()
+            .find(|&k| large.contains(&block.entries[k].hash))
+            .expect("no large-file chunk in the busiest raw block");
+        pack::flip_byte(&block.pack, block.entry_offset(k) + 31);
+        fx.assert_damage_reported(
+            &BTreeSet::from([block.entries[k].hash]),
+            &format!(
+                "hash of table entry {k} flipped in the {}",
+                block.describe()
+            ),
+        );
+    }
+}
+
+#[test]
+fn truncated_pack_damages_the_files_of_its_last_block() {
+    // The compressed block was written last, so it ends its pack. Cut that
+    // pack in the middle of the block's payload (the zstd frame no longer
+    // decodes), then (in a fresh store) in the middle of its header: either
+    // way every chunk of the block is lost.
+    for (cut, what) in [
+        (None, "in the middle of the payload"),
+        (Some(field::COUNT + 2), "in the middle of the header"),
+    ] {
+        let fx = fixture();
+        let block = fx
+            .blocks
             .iter()
-            .filter(|(_, data)| *blake3::hash(data).as_bytes() == last.hash)
-            .map(|(id, _)| id.clone())
-            .collect()
-    } else {
-        BTreeSet::from([fx.large.clone()])
-    };
-    fx.assert_damage_reported(
-        &expected,
-        &format!("pack truncated inside record {}", last.hash_hex()),
-    );
+            .map(|b| &b.block)
+            .filter(|b| b.is_zstd())
+            .find(|b| std::fs::metadata(&b.pack).unwrap().len() == b.end())
+            .unwrap_or_else(|| panic!("no zstd block ends its pack: {}", fx.layout()));
+        let len = match cut {
+            None => block.payload_offset() + block.stored_len as u64 / 2,
+            Some(at) => block.offset + at,
+        };
+        pack::truncate(&block.pack, len);
+        fx.assert_damage_reported(
+            &fx.all_chunks(block),
+            &format!(
+                "pack cut to {len} bytes, {what} of the {}",
+                block.describe()
+            ),
+        );
+    }
 }

@@ -1,12 +1,26 @@
-//! An independent reader for pack files (store format v1), used to find and
-//! damage specific chunks on disk.
+//! An independent reader for pack files (store format v1 with compression
+//! blocks), used to check the on-disk format and to find and damage specific
+//! blocks and chunks.
 //!
-//! A pack is the 8-byte magic `NXPACK01` followed by records. Each record is a
-//! 48-byte header — bytes 0..32 the BLAKE3 of the uncompressed chunk, 32..36
-//! the raw length (u32 LE), 36..40 the stored length (u32 LE), byte 40 the
-//! codec (0 raw, 1 zstd), 41..48 zero — followed by `stored length` payload
-//! bytes. This module deliberately does not use the store crate: the tests
-//! check the format as documented, not as implemented.
+//! A pack is the 8-byte magic `NXPACK01` followed by blocks. A block is a
+//! 32-byte header, a table of `count` 36-byte entries, then `stored_len`
+//! payload bytes:
+//!
+//! * header: bytes 0..4 the magic `NXBK`, byte 4 the codec (0 raw, 1 zstd),
+//!   5..8 zero, 8..12 `count` (u32 LE, at least 1), 12..16 `raw_len` (u32 LE,
+//!   the sum of the chunk lengths, at most 4 MiB), 16..20 `stored_len` (u32 LE),
+//!   20..32 zero;
+//! * table entry `k`: the BLAKE3 of chunk `k` (32 bytes), then its length
+//!   (u32 LE);
+//! * payload: the chunks concatenated in table order (chunk `k` starts at the
+//!   sum of the lengths before it, its "inner offset"), stored as is (raw) or as
+//!   one zstd frame of exactly `raw_len` bytes with the content checksum on.
+//!
+//! A block is compressed only if that saves at least 1/32 of its raw length,
+//! and it is closed as soon as its raw length reaches 1 MiB.
+//!
+//! This module deliberately does not use the store crate: the tests check the
+//! format as documented, not as implemented.
 
 use std::fs;
 use std::os::unix::fs::FileExt;
@@ -14,36 +28,143 @@ use std::path::{Path, PathBuf};
 
 /// Magic bytes opening every pack.
 pub const MAGIC: &[u8; 8] = b"NXPACK01";
-/// Record header size.
-pub const HEADER_LEN: u64 = 48;
+/// Magic bytes opening every block.
+pub const BLOCK_MAGIC: &[u8; 4] = b"NXBK";
+/// Block header size.
+pub const BLOCK_HEADER_LEN: u64 = 32;
+/// Size of one table entry.
+pub const ENTRY_LEN: u64 = 36;
+/// Codec byte of a block stored as is.
+pub const CODEC_RAW: u8 = 0;
+/// Codec byte of a zstd-compressed block.
+pub const CODEC_ZSTD: u8 = 1;
+/// Readers refuse blocks holding more raw bytes than this.
+pub const BLOCK_MAX_RAW: u32 = 4 * 1024 * 1024;
+/// A block is closed once its raw length reaches this.
+pub const BLOCK_TARGET: u64 = 1024 * 1024;
+/// The zstd level blocks are compressed with.
+pub const ZSTD_LEVEL: i32 = 3;
+/// The largest chunk the chunker cuts.
+pub const CHUNK_MAX: u64 = 256 * 1024;
+/// Files smaller than this are a single chunk (chunk hash = file hash).
+pub const SMALL_FILE_MAX: usize = 128 * 1024;
 
-/// One record found in a pack.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Record {
-    /// The pack file.
-    pub pack: PathBuf,
-    /// Offset of the record header in the pack.
-    pub offset: u64,
-    /// BLAKE3 of the uncompressed chunk.
-    pub hash: [u8; 32],
-    /// Uncompressed length.
-    pub raw_len: u32,
-    /// Payload length on disk.
-    pub stored_len: u32,
-    /// Codec byte (0 raw, 1 zstd).
-    pub codec: u8,
+/// Offsets of the header fields, relative to the block header.
+pub mod field {
+    /// The block magic, 4 bytes.
+    pub const MAGIC: u64 = 0;
+    /// The codec byte.
+    pub const CODEC: u64 = 4;
+    /// First reserved range (must be zero), 3 bytes.
+    pub const RESERVED_A: u64 = 5;
+    /// Number of chunks, u32 LE.
+    pub const COUNT: u64 = 8;
+    /// Sum of the chunk lengths, u32 LE.
+    pub const RAW_LEN: u64 = 12;
+    /// Payload length, u32 LE.
+    pub const STORED_LEN: u64 = 16;
+    /// Second reserved range (must be zero), 12 bytes.
+    pub const RESERVED_B: u64 = 20;
 }
 
-impl Record {
-    /// Offset of the first payload byte.
-    pub fn payload_offset(&self) -> u64 {
-        self.offset + HEADER_LEN
-    }
+/// One table entry of a block.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// BLAKE3 of the chunk.
+    pub hash: [u8; 32],
+    /// Length of the chunk.
+    pub len: u32,
+    /// Offset of the chunk in the block's decoded payload.
+    pub inner: u64,
+}
 
+impl Entry {
     /// The chunk hash in hex.
     pub fn hash_hex(&self) -> String {
         blake3::Hash::from_bytes(self.hash).to_hex().to_string()
     }
+}
+
+/// One block found in a pack.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Block {
+    /// The pack file.
+    pub pack: PathBuf,
+    /// Offset of the block header in the pack.
+    pub offset: u64,
+    /// Codec byte ([`CODEC_RAW`] or [`CODEC_ZSTD`]).
+    pub codec: u8,
+    /// Sum of the chunk lengths.
+    pub raw_len: u32,
+    /// Payload length on disk.
+    pub stored_len: u32,
+    /// The table, in payload order.
+    pub entries: Vec<Entry>,
+}
+
+impl Block {
+    /// Offset of table entry `k` in the pack.
+    pub fn entry_offset(&self, k: usize) -> u64 {
+        self.offset + BLOCK_HEADER_LEN + ENTRY_LEN * k as u64
+    }
+
+    /// Offset of the first payload byte in the pack.
+    pub fn payload_offset(&self) -> u64 {
+        self.entry_offset(self.entries.len())
+    }
+
+    /// Header, table and payload length.
+    pub fn block_len(&self) -> u64 {
+        BLOCK_HEADER_LEN + ENTRY_LEN * self.entries.len() as u64 + self.stored_len as u64
+    }
+
+    /// Offset just past the block in the pack.
+    pub fn end(&self) -> u64 {
+        self.offset + self.block_len()
+    }
+
+    /// True for a zstd block.
+    pub fn is_zstd(&self) -> bool {
+        self.codec == CODEC_ZSTD
+    }
+
+    /// The index of the entry for chunk `hash`, if the block holds it.
+    pub fn position(&self, hash: &[u8; 32]) -> Option<usize> {
+        self.entries.iter().position(|e| e.hash == *hash)
+    }
+
+    /// Where the bytes of chunk `k` lie in the pack; only meaningful for raw
+    /// blocks, whose payload is the chunks as is.
+    pub fn raw_chunk_range(&self, k: usize) -> std::ops::Range<u64> {
+        assert_eq!(
+            self.codec, CODEC_RAW,
+            "chunk byte ranges exist only in raw blocks: {self:?}"
+        );
+        let start = self.payload_offset() + self.entries[k].inner;
+        start..start + self.entries[k].len as u64
+    }
+
+    /// A short description for failure messages.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} block at {}@{} ({} chunks, {} raw / {} stored bytes)",
+            if self.is_zstd() { "zstd" } else { "raw" },
+            self.pack.display(),
+            self.offset,
+            self.entries.len(),
+            self.raw_len,
+            self.stored_len
+        )
+    }
+}
+
+/// A block together with its decoded chunks.
+#[derive(Clone, Debug)]
+pub struct DecodedBlock {
+    /// The block.
+    pub block: Block,
+    /// The bytes of each chunk, in table order.
+    pub chunks: Vec<Vec<u8>>,
 }
 
 /// The pack files of a store (`STORE/packs/*.pack`), sorted by name.
@@ -58,54 +179,189 @@ pub fn pack_files(packs_dir: &Path) -> Vec<PathBuf> {
     packs
 }
 
-/// Parses every record of one pack, failing the test if the file does not
-/// follow the documented format.
-pub fn read_pack(path: &Path) -> Vec<Record> {
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+}
+
+/// Parses and decodes every block of one pack, failing the test if the file
+/// does not follow the documented format in every respect: magics, reserved
+/// bytes, codecs, lengths, the zstd frame (one frame, content checksum on,
+/// exactly `raw_len` bytes), the 1/32 saving rule, the block size rule and
+/// the BLAKE3 of every chunk.
+pub fn read_pack(path: &Path) -> Vec<DecodedBlock> {
     let data = fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let name = path.display();
+    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+    assert!(
+        stem.len() == 32
+            && stem
+                .bytes()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)),
+        "{name}: a pack must be named by 32 lowercase hex digits"
+    );
     assert!(
         data.len() >= MAGIC.len() && &data[..MAGIC.len()] == MAGIC,
-        "{} does not start with the pack magic {MAGIC:?}",
-        path.display()
+        "{name} does not start with the pack magic {MAGIC:?}"
     );
-    let mut records = Vec::new();
+    let mut blocks = Vec::new();
     let mut pos = MAGIC.len();
     while pos < data.len() {
+        let hlen = BLOCK_HEADER_LEN as usize;
         assert!(
-            pos + HEADER_LEN as usize <= data.len(),
-            "{}: truncated record header at offset {pos}",
-            path.display()
+            pos + hlen <= data.len(),
+            "{name}: truncated block header at offset {pos}"
         );
-        let h = &data[pos..pos + HEADER_LEN as usize];
-        let raw_len = u32::from_le_bytes(h[32..36].try_into().unwrap());
-        let stored_len = u32::from_le_bytes(h[36..40].try_into().unwrap());
-        let codec = h[40];
+        let h = &data[pos..pos + hlen];
         assert!(
-            codec <= 1 && h[41..48].iter().all(|&b| b == 0),
-            "{}: record at offset {pos} has an invalid codec/padding {:?}",
-            path.display(),
-            &h[40..48]
+            &h[..4] == BLOCK_MAGIC,
+            "{name}: block at offset {pos} does not start with {BLOCK_MAGIC:?}: {:?}",
+            &h[..4]
         );
-        let end = pos + HEADER_LEN as usize + stored_len as usize;
+        let codec = h[4];
+        assert!(
+            codec == CODEC_RAW || codec == CODEC_ZSTD,
+            "{name}: block at offset {pos} has unknown codec {codec}"
+        );
+        assert!(
+            h[5..8].iter().chain(&h[20..32]).all(|&b| b == 0),
+            "{name}: block at offset {pos} has non-zero reserved bytes: {h:?}"
+        );
+        let count = u32_at(h, 8) as usize;
+        let raw_len = u32_at(h, 12);
+        let stored_len = u32_at(h, 16);
+        assert!(count >= 1, "{name}: block at offset {pos} holds no chunk");
+        assert!(
+            raw_len <= BLOCK_MAX_RAW,
+            "{name}: block at offset {pos} claims {raw_len} raw bytes, over {BLOCK_MAX_RAW}"
+        );
+        let table = pos + hlen;
+        let payload = table + count * ENTRY_LEN as usize;
+        let end = payload + stored_len as usize;
         assert!(
             end <= data.len(),
-            "{}: record at offset {pos} claims {stored_len} payload bytes, past the end of the file",
-            path.display()
+            "{name}: block at offset {pos} ({count} chunks, {stored_len} payload bytes) runs past the end of the file ({} bytes)",
+            data.len()
         );
-        records.push(Record {
-            pack: path.to_path_buf(),
-            offset: pos as u64,
-            hash: h[..32].try_into().unwrap(),
-            raw_len,
-            stored_len,
-            codec,
+        let mut entries = Vec::with_capacity(count);
+        let mut inner = 0u64;
+        for k in 0..count {
+            let e = &data[table + k * ENTRY_LEN as usize..table + (k + 1) * ENTRY_LEN as usize];
+            let len = u32_at(e, 32);
+            assert!(
+                len as u64 <= CHUNK_MAX,
+                "{name}: block at offset {pos}, entry {k}: chunk of {len} bytes, over the maximum {CHUNK_MAX}"
+            );
+            entries.push(Entry {
+                hash: e[..32].try_into().unwrap(),
+                len,
+                inner,
+            });
+            inner += len as u64;
+        }
+        assert_eq!(
+            inner, raw_len as u64,
+            "{name}: block at offset {pos}: the table lengths do not add up to raw_len"
+        );
+        let last_len = entries.last().unwrap().len as u64;
+        assert!(
+            inner - last_len < BLOCK_TARGET,
+            "{name}: block at offset {pos} ({raw_len} raw bytes) was not closed when it reached {BLOCK_TARGET} bytes"
+        );
+        let stored = &data[payload..end];
+        let raw = match codec {
+            CODEC_RAW => {
+                assert_eq!(
+                    stored_len, raw_len,
+                    "{name}: raw block at offset {pos}: stored and raw lengths differ"
+                );
+                check_incompressible(stored, &format!("{name}: raw block at offset {pos}"));
+                stored.to_vec()
+            }
+            _ => {
+                assert!(
+                    stored_len < raw_len && raw_len - stored_len >= raw_len / 32,
+                    "{name}: zstd block at offset {pos} saves less than 1/32 ({raw_len} -> {stored_len}): it should be raw"
+                );
+                check_zstd_frame(stored, &format!("{name}: zstd block at offset {pos}"));
+                let raw = zstd::bulk::decompress(stored, raw_len as usize).unwrap_or_else(|e| {
+                    panic!("{name}: zstd block at offset {pos} does not decode: {e}")
+                });
+                assert_eq!(
+                    raw.len(),
+                    raw_len as usize,
+                    "{name}: zstd block at offset {pos} decodes to the wrong length"
+                );
+                raw
+            }
+        };
+        let chunks: Vec<Vec<u8>> = entries
+            .iter()
+            .enumerate()
+            .map(|(k, e)| {
+                let bytes = raw[e.inner as usize..(e.inner + e.len as u64) as usize].to_vec();
+                assert_eq!(
+                    *blake3::hash(&bytes).as_bytes(),
+                    e.hash,
+                    "{name}: block at offset {pos}, entry {k}: BLAKE3 of the chunk does not match the table"
+                );
+                bytes
+            })
+            .collect();
+        blocks.push(DecodedBlock {
+            block: Block {
+                pack: path.to_path_buf(),
+                offset: pos as u64,
+                codec,
+                raw_len,
+                stored_len,
+                entries,
+            },
+            chunks,
         });
         pos = end;
     }
-    records
+    blocks
 }
 
-/// All records of all packs in `packs_dir`.
-pub fn read_all_packs(packs_dir: &Path) -> Vec<Record> {
+/// Checks that a block stored raw is one zstd would not have shrunk by 1/32
+/// (give or take a few bytes of frame header, which depend on encoder
+/// settings the format leaves open).
+fn check_incompressible(raw: &[u8], what: &str) {
+    const SLACK: usize = 64;
+    let packed = zstd::bulk::compress(raw, ZSTD_LEVEL)
+        .unwrap_or_else(|e| panic!("{what}: zstd cannot compress it: {e}"));
+    assert!(
+        packed.len() + raw.len() / 32 + SLACK > raw.len(),
+        "{what}: zstd level {ZSTD_LEVEL} shrinks its {} bytes to {}, so it should have been compressed",
+        raw.len(),
+        packed.len()
+    );
+}
+
+/// Checks that `payload` is exactly one zstd frame with the content checksum
+/// flag set.
+fn check_zstd_frame(payload: &[u8], what: &str) {
+    const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+    assert!(
+        payload.len() > 5 && payload[..4] == ZSTD_MAGIC,
+        "{what}: the payload is not a zstd frame"
+    );
+    // Frame_Header_Descriptor, bit 2: Content_Checksum_flag.
+    assert!(
+        payload[4] & 0x04 != 0,
+        "{what}: the zstd frame has no content checksum"
+    );
+    let frame_len = zstd::zstd_safe::find_frame_compressed_size(payload)
+        .unwrap_or_else(|e| panic!("{what}: cannot size the zstd frame (error {e})"));
+    assert_eq!(
+        frame_len,
+        payload.len(),
+        "{what}: the payload is not exactly one zstd frame"
+    );
+}
+
+/// All blocks of all packs in `packs_dir`, decoded.
+pub fn read_all_packs(packs_dir: &Path) -> Vec<DecodedBlock> {
     pack_files(packs_dir)
         .iter()
         .flat_map(|p| read_pack(p))
@@ -126,4 +382,15 @@ pub fn flip_byte(path: &Path, offset: u64) {
     f.write_all_at(&b, offset)
         .unwrap_or_else(|e| panic!("write {}@{offset}: {e}", path.display()));
     f.sync_all().expect("fsync after flipping a byte");
+}
+
+/// Cuts `path` to `len` bytes.
+pub fn truncate(path: &Path, len: u64) {
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("cannot open {} for writing: {e}", path.display()));
+    f.set_len(len)
+        .unwrap_or_else(|e| panic!("truncate {} to {len}: {e}", path.display()));
+    f.sync_all().expect("fsync after truncating");
 }

@@ -21,7 +21,8 @@ pub fn run(cli: Cli) -> Result<i32> {
     let dir = cli.store.clone().unwrap_or_else(default_store_dir);
     match cli.command {
         Command::Init => {
-            Store::init(&dir).with_context(|| format!("creating the store in {}", dir.display()))?;
+            Store::init(&dir)
+                .with_context(|| format!("creating the store in {}", dir.display()))?;
             println!("store ready in {}", dir.display());
             Ok(exit::OK)
         }
@@ -45,7 +46,11 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Rollback => {
             let mut store = open(&dir)?;
             let generation = store.rollback()?;
-            let action = store.catalog().generation(generation)?.map(|g| g.action).unwrap_or_default();
+            let action = store
+                .catalog()
+                .generation(generation)?
+                .map(|g| g.action)
+                .unwrap_or_default();
             println!("generation {generation}: {action}");
             Ok(exit::OK)
         }
@@ -77,7 +82,11 @@ pub fn run(cli: Cli) -> Result<i32> {
                     report.packs_deleted,
                     report.packs_rewritten,
                     report.bytes_freed,
-                    if report.debris_sweep_skipped { " (an add is running: stale pack files left for next time)" } else { "" }
+                    if report.debris_sweep_skipped {
+                        " (an add is running: stale pack files left for next time)"
+                    } else {
+                        ""
+                    }
                 );
             }
             Ok(exit::OK)
@@ -111,7 +120,11 @@ pub fn run(cli: Cli) -> Result<i32> {
             let package = store.installed(&spec)?;
             let inode = store.resolve(&package, path.as_os_str().as_bytes())?;
             if inode.kind != kind::FILE {
-                bail!("{spec}: {} is a {}, not a file", path.display(), kind_name(inode.kind));
+                bail!(
+                    "{spec}: {} is a {}, not a file",
+                    path.display(),
+                    kind_name(inode.kind)
+                );
             }
             // Verify the whole file before writing anything, so a damaged
             // file never leaks a prefix of good bytes into a pipeline.
@@ -163,7 +176,10 @@ fn open(dir: &Path) -> Result<Store> {
 fn name_from_layout(path: &Path) -> Result<(String, String)> {
     let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     let version = canonical.file_name().and_then(|v| v.to_str());
-    let name = canonical.parent().and_then(|p| p.file_name()).and_then(|n| n.to_str());
+    let name = canonical
+        .parent()
+        .and_then(|p| p.file_name())
+        .and_then(|n| n.to_str());
     match (name, version) {
         (Some(n), Some(v)) => Ok((n.to_string(), v.to_string())),
         _ => bail!(
@@ -186,7 +202,9 @@ fn add(
     let requests = match (name, version) {
         (Some(name), Some(version)) => {
             if paths.len() != 1 {
-                bail!("--name/--version name one package; give exactly one PATH (or none of the flags to take names from App/Version paths)");
+                bail!(
+                    "--name/--version name one package; give exactly one PATH (or none of the flags to take names from App/Version paths)"
+                );
             }
             vec![AddDir {
                 path: paths[0].clone(),
@@ -236,7 +254,10 @@ fn add(
     } else {
         match outcome.generation {
             Some(g) => println!("added {}; generation {g}", outcome.added.join(" ")),
-            None => println!("nothing to do: {} already installed", outcome.unchanged.join(" ")),
+            None => println!(
+                "nothing to do: {} already installed",
+                outcome.unchanged.join(" ")
+            ),
         }
     }
     Ok(exit::OK)
@@ -308,7 +329,12 @@ fn info(dir: &Path, name: &str, json: bool) -> Result<i32> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
         for (p, _, current) in &versions {
-            println!("{}/{}{}", p.name, p.version, if *current { "  (Current)" } else { "" });
+            println!(
+                "{}/{}{}",
+                p.name,
+                p.version,
+                if *current { "  (Current)" } else { "" }
+            );
             println!("  tree hash  {}", p.tree_hash);
             println!("  origin     {}", p.origin);
             println!("  added      {}", timestamp(p.added));
@@ -323,7 +349,10 @@ fn files(dir: &Path, spec: &str, json: bool) -> Result<i32> {
     let package = store.installed(spec)?;
     let entries = store.walk_package(&package)?;
     if json {
-        let rows: Vec<_> = entries.iter().map(|(path, inode)| file_json(path, inode)).collect();
+        let rows: Vec<_> = entries
+            .iter()
+            .map(|(path, inode)| file_json(path, inode))
+            .collect();
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
         let mut out = std::io::stdout().lock();
