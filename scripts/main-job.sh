@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The main job: a store at the default location with a real package grafted.
+#
+#   sudo scripts/main-job.sh [DEBIAN-PACKAGE...]     (default: hello jq)
+#
+# On a fresh Debian 12 machine it installs what it needs (apt-get; Rust via
+# rustup if cargo is missing), builds nip, creates the store at the embedded
+# default location (/var/lib/nexus for root), downloads the given Debian
+# packages with `apt-get download`, unpacks each with `dpkg-deb -x` and adds
+# it as App/Version, then shows what the store holds and verifies it.
+# Running it again is harmless: adding an identical package is a no-op.
+#
+# The /Programs mount arrives with `nexus mount` (issue 3); until then,
+# `nip cat` and `nip export` read packages back out of the store.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+# shellcheck source=scripts/setup.sh
+. "$root/scripts/setup.sh"
+
+need_root
+install_packages
+ensure_rust
+
+cargo build --release --locked -p nexus-cli
+nip="$root/target/release/nip"
+
+"$nip" init
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+chmod 755 "$work"
+packages=("$@")
+[[ ${#packages[@]} -gt 0 ]] || packages=(hello jq)
+cd "$work"
+# apt-get download drops privileges to _apt: let it write here.
+if id _apt >/dev/null 2>&1; then chown _apt "$work"; fi
+apt-get download "${packages[@]}"
+dirs=()
+for deb in ./*.deb; do
+    name=$(dpkg-deb -f "$deb" Package)
+    version=$(dpkg-deb -f "$deb" Version)
+    version=${version#*:}              # an epoch is not part of the directory name
+    dpkg-deb -x "$deb" "tree/$name/$version"
+    dirs+=("tree/$name/$version")
+done
+# One transaction, one new generation, for all of them.
+"$nip" add "${dirs[@]}"
+"$nip" list
+"$nip" history
+"$nip" verify
+first=${dirs[0]#tree/}
+echo
+echo "files of $first:"
+"$nip" files "$first" | head -20

@@ -1,0 +1,41 @@
+# Shared set-up for scripts/main-job.sh and scripts/test.sh (sourced).
+
+# Debian packages the tests, the main job and the benchmark smoke run use.
+NEXUS_APT_PACKAGES=(
+    build-essential pkg-config ca-certificates curl  # building the workspace
+    fuse3                                            # /Programs mounts
+    attr libcap2-bin                                 # xattrs, setcap in tests
+    casync borgbackup squashfs-tools shellcheck      # benchmark comparisons
+)
+
+need_root() {
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "$0: run as root (sudo $0): the store keeps file owners, sets capabilities and mounts /Programs" >&2
+        exit 1
+    fi
+}
+
+install_packages() {
+    local missing=()
+    local p
+    for p in "${NEXUS_APT_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    done
+    if [[ ${#missing[@]} -gt 0 ]]; then
+        echo "installing: ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    fi
+}
+
+ensure_rust() {
+    if ! command -v cargo >/dev/null && [[ -x "$HOME/.cargo/bin/cargo" ]]; then
+        PATH="$HOME/.cargo/bin:$PATH"
+    fi
+    if ! command -v cargo >/dev/null; then
+        echo "installing Rust 1.95 with rustup"
+        curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs |
+            sh -s -- -y --profile minimal --default-toolchain 1.95 -c rustfmt,clippy
+        PATH="$HOME/.cargo/bin:$PATH"
+    fi
+}

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace, as CI does (`.ci/run` calls this script).
+#
+#   sudo scripts/test.sh
+#
+# On a fresh Debian 12 machine it first installs what the tests need with
+# apt-get (FUSE, attr tools, the benchmark's comparison tools), and Rust
+# through rustup if cargo is missing. It must run as root: the tests keep
+# file ownership, set security.capability and mount file systems.
+#
+# Steps (one shared debug build, so the whole run stays well under 30 min on
+# two cores):
+#   1. format and lint checks (cargo fmt --check, clippy -D warnings)
+#   2. cargo test --workspace (unit, property and end-to-end tests; the
+#      end-to-end tests fetch real Debian packages with apt-get download)
+#   3. the benchmark scripts' smoke run (shellcheck + bench/ingest.sh --smoke
+#      on a tiny corpus, with the debug nip build)
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+# shellcheck source=scripts/setup.sh
+. "$root/scripts/setup.sh"
+
+log() { printf '\n== %s\n' "$*"; }
+
+need_root
+install_packages
+ensure_rust
+
+log "format and lint"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+log "tests"
+cargo test --workspace --locked
+
+log "benchmark smoke run"
+shellcheck bench/*.sh scripts/*.sh .ci/run
+NIP="$root/target/debug/nip" bench/ingest.sh --smoke
+
+log "all tests passed"
