@@ -27,8 +27,8 @@ use rusqlite::{TransactionBehavior, params};
 
 use crate::error::{Result, StoreError};
 use crate::lock::{GC_LOCK, INGEST_LOCK, StoreLock};
-use crate::pack::{Block, BlockBuilder, PACK_SUFFIX, PackWriter, SealedPack, block_compressor};
-use crate::store::{Store, now_secs, sync_dir};
+use crate::pack::{BlockBuilder, PACK_SUFFIX, PackWriter, SealedPack, block_compressor};
+use crate::store::{BlockCursor, Store, now_secs, sync_dir};
 
 /// Retention and timing policy.
 #[derive(Clone, Copy, Debug)]
@@ -247,21 +247,10 @@ fn repack(store: &mut Store, pack: &PackUse) -> Result<bool> {
     let mut moved = Vec::with_capacity(locations.len());
     let mut builder = BlockBuilder::default();
     let mut pending_ids = Vec::new();
-    let mut block: Option<Block> = None;
+    let mut cursor = BlockCursor::default();
     for (i, (loc, id)) in locations.iter().enumerate() {
-        if i == 0 || locations[i - 1].0.block_key() != loc.block_key() {
-            block = None;
-        }
-        let taken = match block.take() {
-            Some(b) => Ok(b),
-            None => store.read_block(loc),
-        }
-        .and_then(|b| {
-            builder.push(loc.hash, b.chunk(loc)?);
-            Ok(b)
-        });
-        match taken {
-            Ok(b) => block = Some(b),
+        match cursor.chunk(store, loc) {
+            Ok(data) => builder.push(loc.hash, data),
             Err(e) => {
                 tracing::warn!("not repacking {}: {e}", pack.name);
                 drop(writer);

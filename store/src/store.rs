@@ -430,23 +430,13 @@ impl Store {
     /// Reads a whole blob, verifying every chunk, into `out`.
     pub fn read_blob(&self, blob: i64, out: &mut dyn std::io::Write) -> Result<u64> {
         let mut chunks = self.catalog.blob_chunks(blob)?;
+        let mut cursor = BlockCursor::default();
         let mut total = 0;
         let mut i = 0;
         let mut refreshed = false;
-        // Consecutive chunks of a file usually share a block: decode it once.
-        let mut cached: Option<Block> = None;
         while i < chunks.len() {
-            let loc = &chunks[i];
-            let same_block = i > 0 && chunks[i - 1].block_key() == loc.block_key();
-            if !same_block || cached.is_none() {
-                cached = None;
-            }
-            let block = match cached.take() {
-                Some(b) => Ok(b),
-                None => self.read_block(loc),
-            };
-            let block = match block {
-                Ok(b) => b,
+            let data = match cursor.chunk(self, &chunks[i]) {
+                Ok(data) => data,
                 // A concurrent gc may have moved the chunk to a new pack and
                 // deleted the old one: look the locations up once more.
                 Err(StoreError::Damaged { reason, .. })
@@ -454,15 +444,14 @@ impl Store {
                 {
                     refreshed = true;
                     chunks = self.catalog.blob_chunks(blob)?;
+                    cursor = BlockCursor::default();
                     continue;
                 }
                 Err(e) => return Err(e),
             };
-            let data = block.chunk(loc)?;
             out.write_all(data)
                 .map_err(|e| StoreError::io("<output>", e))?;
             total += data.len() as u64;
-            cached = Some(block);
             i += 1;
         }
         Ok(total)
@@ -599,6 +588,33 @@ fn no_such_path(package: &PackageRow, path: &[u8]) -> StoreError {
     StoreError::NoSuchPath {
         package: package.spec(),
         path: String::from_utf8_lossy(path).into_owned(),
+    }
+}
+
+/// Reads chunks one after another, keeping the last decoded block: chunks
+/// read in block order (a file's chunks, or the index in pack order) decode
+/// each block once instead of once per chunk.
+#[derive(Default)]
+pub struct BlockCursor {
+    last: Option<((String, u64), Block)>,
+}
+
+impl BlockCursor {
+    /// Returns the verified bytes of the chunk `loc` names.
+    pub fn chunk<'a>(&'a mut self, store: &Store, loc: &ChunkLocation) -> Result<&'a [u8]> {
+        let cached =
+            matches!(&self.last, Some((key, _)) if (key.0.as_str(), key.1) == loc.block_key());
+        if !cached {
+            // Drop the old block first: a failed read must not leave it
+            // looking like the block of `loc`.
+            self.last = None;
+            let block = store.read_block(loc)?;
+            self.last = Some(((loc.pack.clone(), loc.offset), block));
+        }
+        match &self.last {
+            Some((_, block)) => block.chunk(loc),
+            None => Err(StoreError::Invalid("block cursor lost its block".into())),
+        }
     }
 }
 

@@ -11,7 +11,8 @@ use std::collections::{BTreeSet, HashMap};
 
 use crate::error::{Result, StoreError};
 use crate::hash::Hash;
-use crate::pack::{Block, ChunkLocation};
+use crate::pack::ChunkLocation;
+use crate::store::BlockCursor;
 use crate::store::Store;
 
 /// One damaged file.
@@ -53,7 +54,7 @@ pub fn verify(store: &mut Store) -> Result<VerifyReport> {
     let chunks: Vec<(i64, ChunkLocation)> = {
         let mut stmt = store.catalog_mut().conn().prepare(
             "SELECT c.hash, p.name, c.offset, c.block_len, c.inner, c.len, c.id
-             FROM chunks c JOIN packs p ON p.id = c.pack ORDER BY c.pack, c.offset",
+             FROM chunks c JOIN packs p ON p.id = c.pack ORDER BY c.pack, c.offset, c.inner",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok((r.get::<_, i64>(6)?, crate::catalog::location_from_row(r)?))
@@ -62,26 +63,10 @@ pub fn verify(store: &mut Store) -> Result<VerifyReport> {
     };
     let mut bad_chunks: HashMap<i64, String> = HashMap::new();
     // Chunks come in block order: each block is read and decoded once.
-    let mut block: Option<((String, u64), std::result::Result<Block, String>)> = None;
+    let mut cursor = BlockCursor::default();
     for (id, loc) in &chunks {
         report.chunks_checked += 1;
-        let key = (loc.pack.clone(), loc.offset);
-        if block.as_ref().is_none_or(|(k, _)| *k != key) {
-            let decoded = match store.read_block(loc) {
-                Ok(b) => Ok(b),
-                Err(StoreError::Damaged { reason, .. }) => Err(reason),
-                Err(e) => return Err(e),
-            };
-            block = Some((key, decoded));
-        }
-        let checked = match block.as_ref().map(|(_, b)| b) {
-            Some(Ok(b)) => b.chunk(loc).map(|_| ()),
-            Some(Err(reason)) => Err(StoreError::Damaged {
-                chunk: loc.hash,
-                reason: reason.clone(),
-            }),
-            None => Ok(()),
-        };
+        let checked = cursor.chunk(store, loc).map(|_| ());
         match checked {
             Ok(()) => {}
             Err(StoreError::Damaged { reason, .. }) => {
