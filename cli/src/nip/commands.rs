@@ -168,6 +168,21 @@ pub fn run(cli: Cli) -> Result<i32> {
     }
 }
 
+/// Names a few packages in full; a long list becomes a count (`--json`
+/// gives every name).
+fn summarize(specs: &[String]) -> String {
+    const SHOWN: usize = 6;
+    if specs.len() <= SHOWN {
+        specs.join(" ")
+    } else {
+        format!(
+            "{} and {} more packages",
+            specs[..SHOWN].join(" "),
+            specs.len() - SHOWN
+        )
+    }
+}
+
 fn open(dir: &Path) -> Result<Store> {
     Store::open(dir).with_context(|| format!("opening the store in {}", dir.display()))
 }
@@ -253,10 +268,10 @@ fn add(
         );
     } else {
         match outcome.generation {
-            Some(g) => println!("added {}; generation {g}", outcome.added.join(" ")),
+            Some(g) => println!("added {}; generation {g}", summarize(&outcome.added)),
             None => println!(
                 "nothing to do: {} already installed",
-                outcome.unchanged.join(" ")
+                summarize(&outcome.unchanged)
             ),
         }
     }
