@@ -345,21 +345,29 @@ pub fn differences(expected: &Path, actual: &Path) -> Vec<String> {
 /// Fails the test, listing the differences, unless the trees are the same.
 pub fn assert_same_tree(expected: &Path, actual: &Path, context: &str) {
     let diffs = differences(expected, actual);
-    if !diffs.is_empty() {
-        let mut msg = format!(
-            "{context}: {} differs from the source {} in {} ways:\n",
+    fail_on_differences(
+        &format!(
+            "{context}: {} differs from the source {}",
             actual.display(),
-            expected.display(),
-            diffs.len()
-        );
-        for d in diffs.iter().take(60) {
-            let _ = writeln!(msg, "  {d}");
-        }
-        if diffs.len() > 60 {
-            let _ = writeln!(msg, "  ... and {} more", diffs.len() - 60);
-        }
-        panic!("{msg}");
+            expected.display()
+        ),
+        &diffs,
+    );
+}
+
+/// Panics with `what` and the first 60 differences, if there are any.
+fn fail_on_differences(what: &str, diffs: &[String]) {
+    if diffs.is_empty() {
+        return;
     }
+    let mut msg = format!("{what} in {} ways:\n", diffs.len());
+    for d in diffs.iter().take(60) {
+        let _ = writeln!(msg, "  {d}");
+    }
+    if diffs.len() > 60 {
+        let _ = writeln!(msg, "  ... and {} more", diffs.len() - 60);
+    }
+    panic!("{msg}");
 }
 
 /// BLAKE3 of a file's content, hex.
@@ -516,18 +524,11 @@ pub fn files_json_differences(source: &Snapshot, listing: &[FileEntry]) -> Vec<S
 /// Fails the test unless `nip files --json` agrees with the source tree.
 pub fn assert_files_json_match(source: &Snapshot, listing: &[FileEntry], context: &str) {
     let diffs = files_json_differences(source, listing);
-    if !diffs.is_empty() {
-        let mut msg = format!(
-            "{context}: `nip files --json` disagrees with the source {} in {} ways:\n",
-            source.root.display(),
-            diffs.len()
-        );
-        for d in diffs.iter().take(60) {
-            let _ = writeln!(msg, "  {d}");
-        }
-        if diffs.len() > 60 {
-            let _ = writeln!(msg, "  ... and {} more", diffs.len() - 60);
-        }
-        panic!("{msg}");
-    }
+    fail_on_differences(
+        &format!(
+            "{context}: `nip files --json` disagrees with the source {}",
+            source.root.display()
+        ),
+        &diffs,
+    );
 }
