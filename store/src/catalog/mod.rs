@@ -76,10 +76,25 @@ pub struct MemberRow {
     pub current: bool,
 }
 
+/// A package of a generation together with its root directory: what a view
+/// presenting a generation as `App/Version` trees needs, read in one query
+/// ([`Catalog::rooted_members`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RootedMember {
+    /// The package and whether it is its App's `Current`.
+    pub member: MemberRow,
+    /// Its root directory inode.
+    pub root: InodeRow,
+    /// The lowest package id stored under the same App name (its oldest
+    /// retained version, in this generation or not): a number that names the
+    /// App for as long as that package is kept, whatever the generation.
+    pub app_first_package: i64,
+}
+
 /// An inode as the catalog records it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InodeRow {
-    /// Catalog id; stable, used as the inode number of the mounted view.
+    /// Catalog id; stable, the mounted view derives its inode numbers from it.
     pub id: i64,
     /// Owning package id.
     pub package: i64,
@@ -311,6 +326,32 @@ impl Catalog {
         }
     }
 
+    /// The packages of generation `id` with their root directory inodes, sorted
+    /// by name then version, in one query.
+    pub fn rooted_members(&self, generation: i64) -> Result<Vec<RootedMember>> {
+        let sql = format!(
+            "SELECT {PACKAGE_COLUMNS}, gp.current,
+                    (SELECT min(q.id) FROM packages q WHERE q.name = p.name),
+                    {INODE_COLUMNS}
+             FROM generation_packages gp
+             JOIN packages p ON p.id = gp.package
+             JOIN inodes i ON i.id = p.root LEFT JOIN blobs b ON b.id = i.blob
+             WHERE gp.generation = ?1 ORDER BY p.name, p.version"
+        );
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map([generation], |r| {
+            Ok(RootedMember {
+                member: MemberRow {
+                    package: package_from_row(r)?,
+                    current: r.get(10)?,
+                },
+                app_first_package: r.get(11)?,
+                root: inode_from_row(r, 12)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// A stored package by name and version, whether or not any generation
     /// still includes it.
     pub fn package(&self, name: &str, version: &str) -> Result<Option<PackageRow>> {
@@ -364,6 +405,16 @@ impl Catalog {
             .optional()?)
     }
 
+    /// The directory holding `inode`, if a directory entry names it (package
+    /// roots have none). Directories have exactly one name, so this is their
+    /// parent; for a hard-linked file it is one of its directories.
+    pub fn parent_dir(&self, inode: i64) -> Result<Option<i64>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT dir FROM dirents WHERE inode = ?1 ORDER BY dir LIMIT 1")?;
+        Ok(stmt.query_row([inode], |r| r.get(0)).optional()?)
+    }
+
     /// Where each chunk of blob `blob` lives, in content order.
     pub fn blob_chunks(&self, blob: i64) -> Result<Vec<ChunkLocation>> {
         let mut stmt = self.conn.prepare_cached(
@@ -409,4 +460,95 @@ pub(crate) fn location_from_row(r: &Row<'_>) -> rusqlite::Result<ChunkLocation> 
         inner: r.get(4)?,
         len: r.get(5)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
+
+    use crate::store::{AddDir, AddOptions, NoProgress, Store};
+
+    fn add(store: &mut Store, dir: &std::path::Path, name: &str, version: &str) {
+        let d = AddDir {
+            path: dir.to_path_buf(),
+            name: name.into(),
+            version: version.into(),
+        };
+        store
+            .add_dirs(&[d], AddOptions::default(), &NoProgress)
+            .unwrap();
+    }
+
+    #[test]
+    fn rooted_members_name_apps_by_their_first_package() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (one, two, other) = (
+            tmp.path().join("one"),
+            tmp.path().join("two"),
+            tmp.path().join("other"),
+        );
+        for (d, content) in [(&one, "1"), (&two, "2"), (&other, "x")] {
+            fs::create_dir_all(d.join("sub")).unwrap();
+            fs::write(d.join("sub/file"), content).unwrap();
+        }
+        fs::set_permissions(&two, fs::Permissions::from_mode(0o750)).unwrap();
+        let mut store = Store::init(&tmp.path().join("store")).unwrap();
+        add(&mut store, &one, "hello", "1");
+        add(&mut store, &other, "jq", "1.6");
+        add(&mut store, &two, "hello", "2");
+        let catalog = store.catalog();
+        let generation = catalog.current_generation().unwrap().unwrap();
+        let rooted = catalog.rooted_members(generation).unwrap();
+        let summary: Vec<(String, String, bool)> = rooted
+            .iter()
+            .map(|r| {
+                let p = &r.member.package;
+                (p.name.clone(), p.version.clone(), r.member.current)
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("hello".into(), "1".into(), false),
+                ("hello".into(), "2".into(), true),
+                ("jq".into(), "1.6".into(), true),
+            ]
+        );
+        let hello1 = rooted[0].member.package.id;
+        assert_eq!(rooted[0].app_first_package, hello1);
+        assert_eq!(rooted[1].app_first_package, hello1);
+        assert_eq!(
+            rooted[2].app_first_package, rooted[2].member.package.id,
+            "jq is named by its own first package"
+        );
+        for r in &rooted {
+            assert_eq!(r.root.id, r.member.package.root);
+            assert_eq!(r.root.kind, super::kind::DIR);
+        }
+        assert_eq!(rooted[1].root.mode, 0o750);
+        // The first generation still shows only hello/1.
+        let first = catalog.rooted_members(generation - 2).unwrap();
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].app_first_package, hello1);
+    }
+
+    #[test]
+    fn parent_dir_walks_up_to_the_package_root() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        fs::create_dir_all(src.join("a/b")).unwrap();
+        fs::write(src.join("a/b/f"), "f").unwrap();
+        let mut store = Store::init(&tmp.path().join("store")).unwrap();
+        add(&mut store, &src, "p", "1");
+        let package = store.installed("p/1").unwrap();
+        let file = store.resolve(&package, b"a/b/f").unwrap();
+        let b = store.resolve(&package, b"a/b").unwrap();
+        let a = store.resolve(&package, b"a").unwrap();
+        let catalog = store.catalog();
+        assert_eq!(catalog.parent_dir(file.id).unwrap(), Some(b.id));
+        assert_eq!(catalog.parent_dir(b.id).unwrap(), Some(a.id));
+        assert_eq!(catalog.parent_dir(a.id).unwrap(), Some(package.root));
+        assert_eq!(catalog.parent_dir(package.root).unwrap(), None);
+    }
 }
