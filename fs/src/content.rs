@@ -1,0 +1,219 @@
+//! File content: where a file's bytes are (its chunk layout) and reading a
+//! byte range of it through a bounded cache of decoded blocks.
+//!
+//! Chunks are stored compressed together in blocks of about 1 MiB, and the
+//! kernel reads in pieces of 128 KiB to 1 MiB, so without a cache a
+//! sequential read would decode each block several times. Decoded blocks are
+//! kept in a [`quick_cache`] bounded by their byte size; each chunk is
+//! checked against its BLAKE3 name the first time it is taken out of a
+//! cached block and trusted while the block stays cached. A chunk that fails
+//! the check is an error every time: the reader never returns bytes whose
+//! hash differs from the chunk's name.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use nexus_store::pack::{Block, ChunkLocation, read_block};
+use quick_cache::Weighter;
+use quick_cache::sync::Cache;
+
+use crate::error::{Result, ViewError};
+
+/// Where the bytes of one file content are: its chunks in order, and the
+/// file offset at which each starts.
+#[derive(Debug)]
+pub(crate) struct Layout {
+    chunks: Vec<ChunkLocation>,
+    starts: Vec<u64>,
+    size: u64,
+}
+
+impl Layout {
+    /// Builds the layout of a content of `size` bytes; an error unless the
+    /// chunk lengths add up to it.
+    pub(crate) fn new(chunks: Vec<ChunkLocation>, size: u64) -> Result<Layout> {
+        let mut starts = Vec::with_capacity(chunks.len());
+        let mut at = 0u64;
+        for c in &chunks {
+            starts.push(at);
+            at += u64::from(c.len);
+        }
+        if at != size {
+            return Err(ViewError::Inconsistent(format!(
+                "the chunks of a {size}-byte file add up to {at} bytes"
+            )));
+        }
+        Ok(Layout {
+            chunks,
+            starts,
+            size,
+        })
+    }
+
+    /// Approximate memory the layout takes (for cache weights).
+    pub(crate) fn weight(&self) -> u64 {
+        let per_chunk = std::mem::size_of::<ChunkLocation>() + 8 + 40;
+        (64 + self.chunks.len() * per_chunk) as u64
+    }
+}
+
+/// A decoded block and which of its chunks were verified already.
+struct CachedBlock {
+    block: Block,
+    verified: Vec<AtomicBool>,
+}
+
+impl CachedBlock {
+    fn new(block: Block) -> CachedBlock {
+        let verified = block
+            .entries
+            .iter()
+            .map(|_| AtomicBool::new(false))
+            .collect();
+        CachedBlock { block, verified }
+    }
+
+    /// The verified bytes of the chunk `loc` names.
+    fn chunk(&self, loc: &ChunkLocation) -> Result<&[u8]> {
+        let entries = &self.block.entries;
+        // Empty chunks share their inner offset with the next chunk.
+        let first = entries.partition_point(|e| e.inner < loc.inner);
+        let index = entries[first..]
+            .iter()
+            .take_while(|e| e.inner == loc.inner)
+            .position(|e| e.hash == loc.hash && e.len == loc.len)
+            .map(|i| first + i);
+        if let Some(i) = index
+            && self.verified[i].load(Ordering::Acquire)
+        {
+            let start = loc.inner as usize;
+            if let Some(bytes) = self.block.data.get(start..start + loc.len as usize) {
+                return Ok(bytes);
+            }
+        }
+        // Not verified yet (or not listed): the store's check, which hashes
+        // the bytes and explains any mismatch.
+        let bytes = self.block.chunk(loc)?;
+        if let Some(i) = index {
+            self.verified[i].store(true, Ordering::Release);
+        }
+        Ok(bytes)
+    }
+
+    fn weight(&self) -> u64 {
+        (self.block.data.len() + self.block.entries.len() * 48 + 128) as u64
+    }
+}
+
+#[derive(Clone)]
+struct BlockWeighter;
+
+impl Weighter<(String, u64), Arc<CachedBlock>> for BlockWeighter {
+    fn weight(&self, _key: &(String, u64), block: &Arc<CachedBlock>) -> u64 {
+        block.weight()
+    }
+}
+
+/// Reads file contents from the packs of one store.
+pub(crate) struct ContentReader {
+    packs_dir: PathBuf,
+    packs: Mutex<HashMap<String, Arc<File>>>,
+    blocks: Cache<(String, u64), Arc<CachedBlock>, BlockWeighter>,
+}
+
+impl ContentReader {
+    /// A reader of the packs in `packs_dir` keeping up to `cache_bytes` of
+    /// decoded blocks.
+    pub(crate) fn new(packs_dir: &Path, cache_bytes: u64) -> ContentReader {
+        // Blocks are about 1 MiB decoded.
+        let estimated = (cache_bytes / (1 << 20)).max(4) as usize;
+        ContentReader {
+            packs_dir: packs_dir.to_path_buf(),
+            packs: Mutex::new(HashMap::new()),
+            blocks: Cache::with_weighter(estimated, cache_bytes.max(1), BlockWeighter),
+        }
+    }
+
+    /// An open handle on pack `name`. Handles stay open: a pack gc deletes
+    /// after we opened it still reads the same (immutable) bytes.
+    fn pack(&self, name: &str) -> Result<Arc<File>> {
+        let mut packs = self.packs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = packs.get(name) {
+            return Ok(f.clone());
+        }
+        let path = self.packs_dir.join(name);
+        let file = File::open(&path).map_err(|e| {
+            if e.kind() == io::ErrorKind::NotFound {
+                ViewError::PackMissing(path.display().to_string())
+            } else {
+                ViewError::Store(nexus_store::StoreError::io(&path, e))
+            }
+        })?;
+        let file = Arc::new(file);
+        packs.insert(name.to_string(), file.clone());
+        Ok(file)
+    }
+
+    fn block(&self, loc: &ChunkLocation) -> Result<Arc<CachedBlock>> {
+        let key = (loc.pack.clone(), loc.offset);
+        self.blocks.get_or_insert_with(&key, || {
+            let file = self.pack(&loc.pack)?;
+            Ok(Arc::new(CachedBlock::new(read_block(&file, loc)?)))
+        })
+    }
+
+    /// Reads up to `size` bytes at `offset` of the content `layout`
+    /// describes (fewer only at the end of the file).
+    pub(crate) fn read(&self, layout: &Layout, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let end = layout.size.min(offset.saturating_add(u64::from(size)));
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        // The last chunk starting at or before `offset`.
+        let mut i = layout.starts.partition_point(|&s| s <= offset) - 1;
+        let mut at = offset;
+        while at < end {
+            let (loc, start) = (&layout.chunks[i], layout.starts[i]);
+            i += 1;
+            if loc.len == 0 {
+                continue;
+            }
+            let block = self.block(loc)?;
+            let bytes = block.chunk(loc)?;
+            let from = (at - start) as usize;
+            let to = ((end - start) as usize).min(bytes.len());
+            out.extend_from_slice(&bytes[from..to]);
+            at = start + to as u64;
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nexus_store::Hash;
+
+    fn loc(len: u32) -> ChunkLocation {
+        ChunkLocation {
+            hash: Hash([0; 32]),
+            pack: "p".into(),
+            offset: 0,
+            block_len: 0,
+            inner: 0,
+            len,
+        }
+    }
+
+    #[test]
+    fn layouts_must_add_up() {
+        assert!(Layout::new(vec![loc(3), loc(4)], 7).is_ok());
+        assert!(Layout::new(vec![loc(3), loc(4)], 8).is_err());
+        assert!(Layout::new(vec![loc(0)], 0).is_ok());
+    }
+}

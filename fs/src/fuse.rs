@@ -1,0 +1,463 @@
+//! The FUSE adapter: serves a [`View`] to the kernel with `fuser`.
+//!
+//! Every request becomes one view call; this module only translates types
+//! and decides how long the kernel may cache each answer. Package content is
+//! immutable, so its entries and attributes get long lifetimes
+//! ([`IMMUTABLE_TTL`]) and files are opened with `FOPEN_KEEP_CACHE` (pages
+//! stay cached across opens) and directories inside packages with
+//! `FOPEN_CACHE_DIR`. The root, App directories and `Current` links change
+//! with the generation and get [`GENERATION_TTL`]. Several request threads
+//! serve the mount, each with its own cloned `/dev/fuse` descriptor.
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, MountOption, OpenAccMode, OpenFlags, ReplyAttr, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr,
+    Request, Session, SessionACL, SessionUnmounter,
+};
+
+use crate::attr::{Attr, Entry, Kind};
+use crate::error::ViewError;
+use crate::view::View;
+
+/// How long the kernel may keep what never changes: package entries and
+/// attributes.
+pub const IMMUTABLE_TTL: Duration = Duration::from_secs(24 * 3600);
+/// How long the kernel may keep what a generation switch changes: the root,
+/// App directories, `Current` links and the names in them.
+pub const GENERATION_TTL: Duration = Duration::from_secs(1);
+
+/// How a view is mounted.
+#[derive(Clone, Debug)]
+pub struct MountOptions {
+    /// Let every user (not only the one mounting) use the mount
+    /// (`allow_other`; for a non-root user it needs `user_allow_other` in
+    /// `/etc/fuse.conf`).
+    pub allow_other: bool,
+    /// Request threads (at least 1).
+    pub threads: usize,
+    /// Honour setuid and setgid bits of programs run from the mount (only
+    /// root can mount so).
+    pub suid: bool,
+}
+
+/// The `fuser` file system: a view and nothing else.
+pub struct NexusFs {
+    view: Arc<View>,
+}
+
+impl NexusFs {
+    /// Serves `view`.
+    pub fn new(view: Arc<View>) -> NexusFs {
+        NexusFs { view }
+    }
+}
+
+fn time(secs: i64) -> SystemTime {
+    let offset = Duration::from_secs(secs.unsigned_abs());
+    let t = if secs >= 0 {
+        UNIX_EPOCH.checked_add(offset)
+    } else {
+        UNIX_EPOCH.checked_sub(offset)
+    };
+    t.unwrap_or(UNIX_EPOCH)
+}
+
+fn file_type(kind: Kind) -> FileType {
+    match kind {
+        Kind::Dir => FileType::Directory,
+        Kind::File => FileType::RegularFile,
+        Kind::Symlink => FileType::Symlink,
+    }
+}
+
+fn file_attr(a: &Attr) -> FileAttr {
+    let t = time(a.mtime);
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: t,
+        mtime: t,
+        ctime: t,
+        crtime: t,
+        kind: file_type(a.kind),
+        perm: (a.perm & 0o7777) as u16,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+fn ttl(immutable: bool) -> Duration {
+    if immutable {
+        IMMUTABLE_TTL
+    } else {
+        GENERATION_TTL
+    }
+}
+
+/// The errno for a failed view call; damage and inconsistencies are logged.
+fn errno(op: &str, ino: INodeNo, e: &ViewError) -> Errno {
+    if e.is_serious() {
+        tracing::error!("{op} of inode {}: {e}", ino.0);
+    } else {
+        tracing::debug!("{op} of inode {}: {e}", ino.0);
+    }
+    Errno::from_i32(e.errno())
+}
+
+fn reply_entry(reply: ReplyEntry, entry: &Entry) {
+    reply.entry_with_ttls(
+        &ttl(entry.attr.immutable),
+        &ttl(entry.immutable),
+        &file_attr(&entry.attr),
+        Generation(0),
+    );
+}
+
+/// Answers a size probe (`size == 0`) or the data of an xattr request.
+fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
+    if size == 0 {
+        reply.size(u32::try_from(data.len()).unwrap_or(u32::MAX));
+    } else if data.len() > size as usize {
+        reply.error(Errno::from_i32(libc::ERANGE));
+    } else {
+        reply.data(data);
+    }
+}
+
+impl Filesystem for NexusFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        // Each is an optimisation: take what the kernel offers.
+        for flag in [
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+        ] {
+            if config.add_capabilities(flag).is_err() {
+                tracing::debug!("the kernel does not offer {flag:?}");
+            }
+        }
+        let _ = config.set_max_background(64);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.view.lookup(parent.0, name.as_bytes()) {
+            Ok(entry) => reply_entry(reply, &entry),
+            Err(e) => reply.error(errno("lookup", parent, &e)),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.view.getattr(ino.0) {
+            Ok(attr) => reply.attr(&ttl(attr.immutable), &file_attr(&attr)),
+            Err(e) => reply.error(errno("getattr", ino, &e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.view.readlink(ino.0) {
+            Ok(target) => reply.data(&target),
+            Err(e) => reply.error(errno("readlink", ino, &e)),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.acc_mode() != OpenAccMode::O_RDONLY {
+            reply.error(Errno::from_i32(libc::EROFS));
+            return;
+        }
+        match self.view.open_file(ino.0) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            Err(e) => reply.error(errno("open", ino, &e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.view.read(fh.0, offset, size) {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(errno("read", ino, &e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.view.release(fh.0);
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.view.opendir(ino.0) {
+            Ok((fh, listing)) => {
+                let flags = if listing.immutable {
+                    FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR
+                } else {
+                    FopenFlags::empty()
+                };
+                reply.opened(FileHandle(fh), flags);
+            }
+            Err(e) => reply.error(errno("opendir", ino, &e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let listing = match self.view.listing(fh.0) {
+            Ok(l) => l,
+            Err(e) => return reply.error(errno("readdir", ino, &e)),
+        };
+        // An entry's offset is that of the next one: resume after it.
+        for (i, e) in listing.entries.iter().enumerate().skip(offset as usize) {
+            let name = OsStr::from_bytes(&e.name);
+            if reply.add(
+                INodeNo(e.attr.ino),
+                i as u64 + 1,
+                file_type(e.attr.kind),
+                name,
+            ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let listing = match self.view.listing(fh.0) {
+            Ok(l) => l,
+            Err(e) => return reply.error(errno("readdirplus", ino, &e)),
+        };
+        for (i, e) in listing.entries.iter().enumerate().skip(offset as usize) {
+            let name = OsStr::from_bytes(&e.name);
+            let lifetime = ttl(e.immutable && e.attr.immutable);
+            let attr = file_attr(&e.attr);
+            if reply.add(
+                INodeNo(e.attr.ino),
+                i as u64 + 1,
+                name,
+                &lifetime,
+                &attr,
+                Generation(0),
+            ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.view.release(fh.0);
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let s = self.view.statfs();
+        reply.statfs(
+            s.blocks,
+            0,
+            0,
+            s.files,
+            0,
+            s.block_size,
+            s.name_max,
+            s.block_size,
+        );
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match self.view.getxattr(ino.0, name.as_bytes()) {
+            Ok(value) => reply_xattr(reply, size, &value),
+            Err(e) => reply.error(errno("getxattr", ino, &e)),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.view.listxattr(ino.0) {
+            Ok(names) => reply_xattr(reply, size, &names),
+            Err(e) => reply.error(errno("listxattr", ino, &e)),
+        }
+    }
+}
+
+/// A mounted view, not yet serving requests.
+pub struct Mounted {
+    session: Session<NexusFs>,
+    mountpoint: PathBuf,
+}
+
+/// Mounts `view` read-only at `mountpoint`. When this returns the kernel has
+/// completed the FUSE handshake: the mount exists, and requests are served
+/// once [`Mounted::run`] is called.
+pub fn mount(view: Arc<View>, mountpoint: &Path, options: &MountOptions) -> io::Result<Mounted> {
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName("nexus".into()),
+        MountOption::Subtype("nexus".into()),
+        MountOption::RO,
+        MountOption::DefaultPermissions,
+        MountOption::NoAtime,
+        MountOption::Exec,
+        MountOption::NoDev,
+    ];
+    if options.suid {
+        config.mount_options.push(MountOption::Suid);
+    }
+    if options.allow_other {
+        config.acl = SessionACL::All;
+    }
+    config.n_threads = Some(options.threads.max(1));
+    config.clone_fd = true;
+    let session = Session::new(NexusFs::new(view), mountpoint, &config)?;
+    Ok(Mounted {
+        session,
+        mountpoint: mountpoint.to_path_buf(),
+    })
+}
+
+impl Mounted {
+    /// Something another thread can unmount with (e.g. on SIGTERM).
+    pub fn unmounter(&mut self) -> Unmounter {
+        Unmounter {
+            session: self.session.unmount_callable(),
+            mountpoint: self.mountpoint.clone(),
+        }
+    }
+
+    /// Serves requests until the file system is unmounted.
+    pub fn run(self) -> io::Result<()> {
+        self.session.run()
+    }
+}
+
+/// How an unmount went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unmounted {
+    /// The mount is gone and the session ends now.
+    Clean,
+    /// The mount was busy: it was detached (gone from the tree at once), and
+    /// the session ends when the last file open in it is closed.
+    Detached,
+}
+
+/// Unmounts a [`Mounted`] view from another thread.
+pub struct Unmounter {
+    session: SessionUnmounter,
+    mountpoint: PathBuf,
+}
+
+impl Unmounter {
+    /// Unmounts; a busy mount is detached lazily instead of failing, so no
+    /// dead mount is left behind once the session ends.
+    pub fn unmount(&mut self) -> io::Result<Unmounted> {
+        match self.session.unmount() {
+            Ok(()) => Ok(Unmounted::Clean),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                detach(&self.mountpoint)?;
+                Ok(Unmounted::Detached)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Lazily unmounts whatever is mounted at `mountpoint` (`umount -l`): as
+/// root with `umount2(MNT_DETACH)`, otherwise through `fusermount3 -uz`.
+pub fn detach(mountpoint: &Path) -> io::Result<()> {
+    let path = std::ffi::CString::new(mountpoint.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: a valid NUL-terminated path; umount2 has no other preconditions.
+    if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::EPERM) {
+        return Err(err);
+    }
+    fusermount(mountpoint, true)
+}
+
+/// Unmounts with the setuid helper `fusermount3` (or `fusermount`), as a
+/// user who mounted without being root must.
+pub fn fusermount(mountpoint: &Path, lazy: bool) -> io::Result<()> {
+    let flags = if lazy { "-uz" } else { "-u" };
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "no fusermount3 or fusermount");
+    for helper in ["fusermount3", "fusermount"] {
+        match std::process::Command::new(helper)
+            .arg(flags)
+            .arg("--")
+            .arg(mountpoint)
+            .output()
+        {
+            Ok(out) if out.status.success() => return Ok(()),
+            Ok(out) => {
+                return Err(io::Error::other(format!(
+                    "{helper} {flags} {}: {}",
+                    mountpoint.display(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}

@@ -1,0 +1,34 @@
+//! The Nexus store presented as a file system tree: `/Programs/App/Version/…`
+//! with `/Programs/App/Current` links to each App's chosen version.
+//!
+//! The tree is written once, independent of how it is served:
+//!
+//! - [`view`] is the transport-neutral file system: inode numbers
+//!   ([`ino`]), attributes and directory entries ([`attr`]), directory
+//!   listings, symlinks, extended attributes and file reads, with errors that
+//!   map to errno values ([`error`]). It knows nothing of FUSE.
+//! - [`fuse`] serves a view through the kernel's FUSE interface (`fuser`):
+//!   a thin adapter that turns requests into view calls and view answers
+//!   into replies with cache lifetimes. A virtio-fs adapter for VM guests is
+//!   planned beside it.
+//!
+//! Internals: `generation` loads the root and App levels of a generation in
+//! one query; `content` reads file bytes through a bounded cache of decoded,
+//! verified blocks; `pool` shares catalog connections between request
+//! threads.
+
+pub mod attr;
+mod content;
+pub mod error;
+pub mod fuse;
+mod generation;
+pub mod ino;
+mod pool;
+pub mod view;
+
+#[cfg(test)]
+mod tests;
+
+pub use attr::{Attr, Entry, FsStats, Kind, Listing};
+pub use error::{Result, ViewError};
+pub use view::{CURRENT, GenerationChoice, View, ViewOptions};

@@ -1,0 +1,50 @@
+//! A small pool of catalog connections shared by the request threads.
+//!
+//! A SQLite connection serves one thread at a time, so each request borrows
+//! one for the duration of its query. The pool is filled when the view opens,
+//! so that requests never pay for opening a connection (which runs the schema
+//! check in a write transaction); it only grows if more threads query at once
+//! than it was filled for.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use nexus_store::catalog::Catalog;
+
+use crate::error::Result;
+
+/// Idle connections to one catalog.
+pub(crate) struct CatalogPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Catalog>>,
+}
+
+impl CatalogPool {
+    /// Opens `size` connections to the catalog at `path`.
+    pub(crate) fn open(path: &Path, size: usize) -> Result<CatalogPool> {
+        let idle = (0..size.max(1))
+            .map(|_| Catalog::open(path, false))
+            .collect::<nexus_store::Result<Vec<_>>>()?;
+        Ok(CatalogPool {
+            path: path.to_path_buf(),
+            idle: Mutex::new(idle),
+        })
+    }
+
+    fn idle(&self) -> MutexGuard<'_, Vec<Catalog>> {
+        // The vector stays consistent even if a holder panicked.
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` with a connection of the pool.
+    pub(crate) fn with<T>(&self, f: impl FnOnce(&Catalog) -> Result<T>) -> Result<T> {
+        let borrowed = self.idle().pop();
+        let catalog = match borrowed {
+            Some(c) => c,
+            None => Catalog::open(&self.path, false)?,
+        };
+        let result = f(&catalog);
+        self.idle().push(catalog);
+        result
+    }
+}

@@ -1,0 +1,383 @@
+//! Tests of the view against real stores built in temporary directories.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use nexus_store::{AddDir, AddOptions, NoProgress, Store};
+
+use crate::attr::{Entry, Kind};
+use crate::error::ViewError;
+use crate::ino::{self, Node};
+use crate::view::{GenerationChoice, View, ViewOptions};
+
+/// Deterministic incompressible bytes (xorshift64*: enough to defeat zstd).
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
+        })
+        .collect()
+}
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    store: PathBuf,
+    src: PathBuf,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = tmp.path().join("store");
+        Store::init(&store).unwrap();
+        let src = tmp.path().join("src");
+        Fixture {
+            _tmp: tmp,
+            store,
+            src,
+        }
+    }
+
+    /// Adds `dir` (below the source root) as NAME/VERSION.
+    fn add(&self, dir: &str, name: &str, version: &str) {
+        let mut store = Store::open(&self.store).unwrap();
+        let d = AddDir {
+            path: self.src.join(dir),
+            name: name.into(),
+            version: version.into(),
+        };
+        store
+            .add_dirs(&[d], AddOptions::default(), &NoProgress)
+            .unwrap();
+    }
+
+    fn view(&self, generation: GenerationChoice) -> View {
+        let options = ViewOptions {
+            generation,
+            cache_bytes: 8 << 20,
+            connections: 2,
+        };
+        View::open(&self.store, options).unwrap()
+    }
+}
+
+/// A tree with every kind of entry: text, a multi-block random file, an
+/// empty file, a symlink, hard links, xattrs and special mode bits.
+fn rich_tree(root: &Path) -> Vec<u8> {
+    fs::create_dir_all(root.join("bin")).unwrap();
+    fs::create_dir_all(root.join("share/doc")).unwrap();
+    let big = noise(1, 3 * 1024 * 1024 + 4321);
+    fs::write(root.join("share/big.bin"), &big).unwrap();
+    fs::write(root.join("share/doc/README"), "read me\n".repeat(500)).unwrap();
+    fs::write(root.join("share/empty"), b"").unwrap();
+    fs::write(root.join("bin/tool"), b"#!/bin/sh\necho tool\n").unwrap();
+    fs::set_permissions(root.join("bin/tool"), fs::Permissions::from_mode(0o4755)).unwrap();
+    fs::hard_link(root.join("bin/tool"), root.join("bin/tool-again")).unwrap();
+    std::os::unix::fs::symlink("../share/doc/README", root.join("bin/readme")).unwrap();
+    xattr::set(root.join("share/doc/README"), "user.nexus", b"\x00value").unwrap();
+    big
+}
+
+/// Looks a `/`-separated path up from the root, component by component.
+fn walk(view: &View, path: &str) -> Result<Entry, ViewError> {
+    let mut parent = ino::ROOT;
+    let mut found = None;
+    for part in path.split('/').filter(|p| !p.is_empty()) {
+        let entry = view.lookup(parent, part.as_bytes())?;
+        parent = entry.attr.ino;
+        found = Some(entry);
+    }
+    found.ok_or(ViewError::NotFound)
+}
+
+fn names(view: &View, ino: u64) -> Vec<String> {
+    view.list(ino)
+        .unwrap()
+        .entries
+        .iter()
+        .map(|e| String::from_utf8_lossy(&e.name).into_owned())
+        .collect()
+}
+
+fn read_all(view: &View, ino: u64, piece: u32) -> Vec<u8> {
+    let fh = view.open_file(ino).unwrap();
+    let mut out = Vec::new();
+    loop {
+        let data = view.read(fh, out.len() as u64, piece).unwrap();
+        if data.is_empty() {
+            break;
+        }
+        out.extend_from_slice(&data);
+    }
+    view.release(fh);
+    out
+}
+
+#[test]
+fn the_root_lists_apps_and_apps_list_versions_and_current() {
+    let f = Fixture::new();
+    for (dir, content) in [("h1", "one"), ("h2", "two"), ("j", "jq")] {
+        fs::create_dir_all(f.src.join(dir)).unwrap();
+        fs::write(f.src.join(dir).join("file"), content).unwrap();
+    }
+    fs::set_permissions(f.src.join("h2"), fs::Permissions::from_mode(0o750)).unwrap();
+    f.add("h1", "hello", "1");
+    f.add("j", "jq", "1.6");
+    f.add("h2", "hello", "2");
+    let view = f.view(GenerationChoice::Live);
+    assert_eq!(view.generation(), Some(3));
+    assert_eq!(names(&view, ino::ROOT), [".", "..", "hello", "jq"]);
+    let root = view.getattr(ino::ROOT).unwrap();
+    assert_eq!(
+        (root.kind, root.nlink, root.immutable),
+        (Kind::Dir, 4, false)
+    );
+
+    let hello = view.lookup(ino::ROOT, b"hello").unwrap();
+    assert!(!hello.immutable && !hello.attr.immutable);
+    assert_eq!(hello.attr.nlink, 4, "2 + two versions");
+    assert_eq!(view.getattr(hello.attr.ino).unwrap(), hello.attr);
+    assert_eq!(
+        names(&view, hello.attr.ino),
+        [".", "..", "1", "2", "Current"]
+    );
+
+    let current = view.lookup(hello.attr.ino, b"Current").unwrap();
+    assert_eq!(current.attr.kind, Kind::Symlink);
+    assert_eq!(view.readlink(current.attr.ino).unwrap(), b"2");
+    assert_eq!(current.attr.size, 1);
+    assert_eq!(
+        Node::from_ino(current.attr.ino),
+        Node::from_ino(hello.attr.ino).map(|n| match n {
+            Node::App(a) => Node::Current(a),
+            other => other,
+        })
+    );
+
+    let two = view.lookup(hello.attr.ino, b"2").unwrap();
+    assert_eq!((two.attr.kind, two.attr.perm), (Kind::Dir, 0o750));
+    assert!(
+        two.attr.immutable && !two.immutable,
+        "a Version's name comes and goes"
+    );
+    let listing = view.list(two.attr.ino).unwrap();
+    assert!(listing.immutable);
+    assert_eq!(
+        listing.entries[1].attr, hello.attr,
+        "`..` of a Version is its App"
+    );
+    let file = view.lookup(two.attr.ino, b"file").unwrap();
+    assert_eq!(read_all(&view, file.attr.ino, 4096), b"two");
+
+    assert!(matches!(
+        view.lookup(ino::ROOT, b"nope"),
+        Err(ViewError::NotFound)
+    ));
+    assert!(matches!(
+        view.lookup(hello.attr.ino, b"3"),
+        Err(ViewError::NotFound)
+    ));
+    assert!(matches!(
+        view.list(current.attr.ino),
+        Err(ViewError::NotDir)
+    ));
+    assert!(matches!(
+        view.open_file(hello.attr.ino),
+        Err(ViewError::IsDir)
+    ));
+    assert_eq!(view.statfs().files, 3);
+}
+
+#[test]
+fn package_trees_read_back_exactly() {
+    let f = Fixture::new();
+    let big = rich_tree(&f.src.join("rich"));
+    f.add("rich", "rich", "1.0");
+    let view = f.view(GenerationChoice::Live);
+    let base = "rich/1.0";
+
+    let tool = walk(&view, &format!("{base}/bin/tool")).unwrap();
+    let again = walk(&view, &format!("{base}/bin/tool-again")).unwrap();
+    assert_eq!(tool.attr.ino, again.attr.ino, "hard links are one inode");
+    assert_eq!((tool.attr.nlink, tool.attr.perm), (2, 0o4755));
+    assert!(tool.immutable && tool.attr.immutable);
+
+    let link = walk(&view, &format!("{base}/bin/readme")).unwrap();
+    assert_eq!(link.attr.kind, Kind::Symlink);
+    assert_eq!(
+        view.readlink(link.attr.ino).unwrap(),
+        b"../share/doc/README"
+    );
+    assert!(matches!(
+        view.readlink(tool.attr.ino),
+        Err(ViewError::WrongKind)
+    ));
+
+    let readme = walk(&view, &format!("{base}/share/doc/README")).unwrap();
+    assert_eq!(view.listxattr(readme.attr.ino).unwrap(), b"user.nexus\0");
+    assert_eq!(
+        view.getxattr(readme.attr.ino, b"user.nexus").unwrap(),
+        b"\x00value"
+    );
+    assert!(matches!(
+        view.getxattr(readme.attr.ino, b"user.other"),
+        Err(ViewError::NoXattr)
+    ));
+    assert_eq!(view.listxattr(tool.attr.ino).unwrap(), b"");
+    assert_eq!(view.listxattr(ino::ROOT).unwrap(), b"");
+
+    let empty = walk(&view, &format!("{base}/share/empty")).unwrap();
+    assert_eq!(read_all(&view, empty.attr.ino, 4096), b"");
+
+    let big_entry = walk(&view, &format!("{base}/share/big.bin")).unwrap();
+    assert_eq!(big_entry.attr.size, big.len() as u64);
+    for piece in [128 * 1024, 1 << 20, 4096 + 7] {
+        assert!(
+            read_all(&view, big_entry.attr.ino, piece) == big,
+            "piece {piece}"
+        );
+    }
+    // Reads at arbitrary offsets, across chunk and block boundaries and past
+    // the end.
+    let fh = view.open_file(big_entry.attr.ino).unwrap();
+    let mut x = 12345u64;
+    for _ in 0..200 {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let offset = (x >> 20) % (big.len() as u64 + 1000);
+        let size = ((x >> 8) % 300_000) as u32;
+        let got = view.read(fh, offset, size).unwrap();
+        let start = (offset as usize).min(big.len());
+        let end = (offset as usize + size as usize).min(big.len());
+        assert!(got == big[start..end], "read({offset}, {size})");
+    }
+    view.release(fh);
+    assert!(matches!(view.read(fh, 0, 10), Err(ViewError::BadHandle(_))));
+
+    // A directory listing agrees with lookups, `.` and `..` first.
+    let bin = walk(&view, &format!("{base}/bin")).unwrap();
+    let listing = view.list(bin.attr.ino).unwrap();
+    let listed: Vec<&[u8]> = listing.entries.iter().map(|e| &e.name[..]).collect();
+    assert_eq!(
+        listed,
+        [&b"."[..], b"..", b"readme", b"tool", b"tool-again"]
+    );
+    let root = walk(&view, base).unwrap();
+    assert_eq!(listing.entries[0].attr, bin.attr);
+    assert_eq!(listing.entries[1].attr, root.attr);
+    for e in &listing.entries[2..] {
+        assert_eq!(view.lookup(bin.attr.ino, &e.name).unwrap().attr, e.attr);
+        assert_eq!(view.getattr(e.attr.ino).unwrap(), e.attr);
+    }
+}
+
+#[test]
+fn fixed_generations_stay_and_live_views_follow() {
+    let f = Fixture::new();
+    for dir in ["a", "b"] {
+        fs::create_dir_all(f.src.join(dir)).unwrap();
+        fs::write(f.src.join(dir).join("f"), dir).unwrap();
+    }
+    f.add("a", "app", "1");
+    let live = f.view(GenerationChoice::Live);
+    let fixed = f.view(GenerationChoice::Fixed(1));
+    let app = live.lookup(ino::ROOT, b"app").unwrap();
+    f.add("b", "app", "2");
+    assert_eq!(names(&live, app.attr.ino), [".", "..", "1", "Current"]);
+    assert!(live.refresh().unwrap());
+    assert!(!live.refresh().unwrap(), "nothing changed since");
+    assert_eq!(live.generation(), Some(2));
+    assert_eq!(names(&live, app.attr.ino), [".", "..", "1", "2", "Current"]);
+    let current = live.lookup(app.attr.ino, b"Current").unwrap();
+    assert_eq!(live.readlink(current.attr.ino).unwrap(), b"2");
+
+    assert!(!fixed.refresh().unwrap());
+    assert_eq!(fixed.generation(), Some(1));
+    assert_eq!(names(&fixed, app.attr.ino), [".", "..", "1", "Current"]);
+    assert_eq!(fixed.readlink(current.attr.ino).unwrap(), b"1");
+
+    let missing = View::open(
+        &f.store,
+        ViewOptions {
+            generation: GenerationChoice::Fixed(7),
+            ..ViewOptions::default()
+        },
+    );
+    assert!(matches!(missing, Err(ViewError::NoGeneration(7))));
+}
+
+#[test]
+fn inode_numbers_are_the_same_in_every_view() {
+    let f = Fixture::new();
+    rich_tree(&f.src.join("rich"));
+    f.add("rich", "rich", "1");
+    let paths = [
+        "rich",
+        "rich/Current",
+        "rich/1",
+        "rich/1/bin/tool",
+        "rich/1/bin/readme",
+        "rich/1/share/doc",
+    ];
+    let first = f.view(GenerationChoice::Live);
+    let second = f.view(GenerationChoice::Fixed(1));
+    for path in paths {
+        let a = walk(&first, path).unwrap().attr.ino;
+        assert_eq!(a, walk(&second, path).unwrap().attr.ino, "{path}");
+        assert!(a < 1 << 32, "{path}: {a}");
+    }
+}
+
+#[test]
+fn an_empty_store_is_an_empty_root() {
+    let f = Fixture::new();
+    let view = f.view(GenerationChoice::Live);
+    assert_eq!(view.generation(), None);
+    assert_eq!(names(&view, ino::ROOT), [".", ".."]);
+    assert_eq!(view.statfs().files, 0);
+    assert!(!view.refresh().unwrap());
+}
+
+#[test]
+fn a_damaged_chunk_is_an_error_never_bytes() {
+    let f = Fixture::new();
+    fs::create_dir_all(f.src.join("d")).unwrap();
+    let data = noise(9, 2 * 1024 * 1024);
+    fs::write(f.src.join("d/data"), &data).unwrap();
+    f.add("d", "d", "1");
+    let packs: Vec<PathBuf> = fs::read_dir(f.store.join("packs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(packs.len(), 1);
+    let mut bytes = fs::read(&packs[0]).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x20;
+    fs::write(&packs[0], &bytes).unwrap();
+
+    let view = f.view(GenerationChoice::Live);
+    let file = walk(&view, "d/1/data").unwrap();
+    let fh = view.open_file(file.attr.ino).unwrap();
+    let mut failed = 0;
+    let mut offset = 0u64;
+    while offset < data.len() as u64 {
+        match view.read(fh, offset, 128 * 1024) {
+            Ok(got) => {
+                let at = offset as usize;
+                assert!(got == data[at..at + got.len()], "wrong bytes at {offset}");
+            }
+            Err(e) => {
+                assert_eq!(e.errno(), libc::EIO, "{e}");
+                failed += 1;
+            }
+        }
+        offset += 128 * 1024;
+    }
+    assert!(failed > 0, "the flipped byte went unnoticed");
+}

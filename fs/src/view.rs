@@ -1,0 +1,534 @@
+//! The view: the store's packages as `ROOT/App/Version/...` with
+//! `ROOT/App/Current` links, for one generation (the live one, followed with
+//! [`View::refresh`], or a fixed one).
+//!
+//! The root and App levels come from memory ([`GenerationTree`], one catalog
+//! query per generation change). Below them everything is a package inode,
+//! read from the catalog on demand: a lookup is one indexed query, a whole
+//! directory listing is one query (never one per entry), and inode rows seen
+//! in listings and lookups are kept in a bounded cache so that the `stat` and
+//! `getxattr` calls that follow a listing do not query again. Package inodes
+//! are immutable, so nothing cached about them ever needs invalidating; only
+//! the in-memory top levels change when the generation does.
+//!
+//! Files are read through handles: [`View::open_file`] looks up the file's chunk
+//! layout once (and keeps recent layouts), [`View::read`] serves byte ranges
+//! through the block cache of [`crate::content`]. A handle keeps the content
+//! it was opened with, whatever generation becomes live meanwhile.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use nexus_store::Store;
+use nexus_store::catalog::{Catalog, InodeRow, kind};
+use nexus_store::store::CATALOG_FILE;
+use quick_cache::Weighter;
+use quick_cache::sync::Cache;
+
+use crate::attr::{Attr, Entry, FsStats, Kind, Listing};
+use crate::content::{ContentReader, Layout};
+use crate::error::{Result, ViewError};
+use crate::generation::{App, GenerationTree};
+use crate::ino::{self, Node};
+use crate::pool::CatalogPool;
+
+/// The name of the link to an App's chosen version.
+pub const CURRENT: &str = "Current";
+
+/// Which generation a view shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GenerationChoice {
+    /// The live (newest) generation; [`View::refresh`] moves to a newer one.
+    Live,
+    /// Always this generation.
+    Fixed(i64),
+}
+
+/// How a view is set up.
+#[derive(Clone, Copy, Debug)]
+pub struct ViewOptions {
+    /// The generation shown.
+    pub generation: GenerationChoice,
+    /// Bytes of decoded blocks kept in memory.
+    pub cache_bytes: u64,
+    /// Catalog connections opened up front (one per request thread is right).
+    pub connections: usize,
+}
+
+impl Default for ViewOptions {
+    fn default() -> Self {
+        ViewOptions {
+            generation: GenerationChoice::Live,
+            cache_bytes: 64 << 20,
+            connections: 4,
+        }
+    }
+}
+
+/// Inode rows kept in memory after a listing or lookup.
+const INODE_CACHE_ITEMS: usize = 65_536;
+/// Bytes of chunk layouts kept for files opened again.
+const LAYOUT_CACHE_BYTES: u64 = 16 << 20;
+
+#[derive(Clone)]
+struct LayoutWeighter;
+
+impl Weighter<i64, Arc<Layout>> for LayoutWeighter {
+    fn weight(&self, _blob: &i64, layout: &Arc<Layout>) -> u64 {
+        layout.weight()
+    }
+}
+
+/// An open regular file.
+struct OpenFile {
+    blob: i64,
+    size: u64,
+    layout: RwLock<Arc<Layout>>,
+}
+
+/// What a handle refers to.
+enum Handle {
+    File(Arc<OpenFile>),
+    Dir(Arc<Listing>),
+}
+
+/// The transport-neutral file system over one store.
+pub struct View {
+    choice: GenerationChoice,
+    pool: CatalogPool,
+    tree: RwLock<Arc<GenerationTree>>,
+    inodes: Cache<i64, Arc<InodeRow>>,
+    layouts: Cache<i64, Arc<Layout>, LayoutWeighter>,
+    content: ContentReader,
+    handles: Mutex<HashMap<u64, Handle>>,
+    next_handle: AtomicU64,
+}
+
+fn wanted(catalog: &Catalog, choice: GenerationChoice) -> Result<Option<i64>> {
+    match choice {
+        GenerationChoice::Live => Ok(catalog.current_generation()?),
+        GenerationChoice::Fixed(n) => Ok(Some(n)),
+    }
+}
+
+fn dir_attr(ino: u64, nlink: usize, mtime: i64) -> Attr {
+    Attr {
+        ino,
+        kind: Kind::Dir,
+        perm: 0o755,
+        uid: 0,
+        gid: 0,
+        size: 0,
+        mtime,
+        nlink: u32::try_from(nlink.saturating_add(2)).unwrap_or(u32::MAX),
+        immutable: false,
+    }
+}
+
+fn root_attr(tree: &GenerationTree) -> Attr {
+    dir_attr(ino::ROOT, tree.apps.len(), tree.created)
+}
+
+fn app_attr(tree: &GenerationTree, app: &App) -> Result<Attr> {
+    Ok(dir_attr(
+        Node::App(app.anchor).ino()?,
+        app.versions.len(),
+        tree.created,
+    ))
+}
+
+fn current_attr(tree: &GenerationTree, app: &App, target: &str) -> Result<Attr> {
+    Ok(Attr {
+        ino: Node::Current(app.anchor).ino()?,
+        kind: Kind::Symlink,
+        perm: 0o777,
+        uid: 0,
+        gid: 0,
+        size: target.len() as u64,
+        mtime: tree.created,
+        nlink: 1,
+        immutable: false,
+    })
+}
+
+/// The entries of an App directory, sorted by name.
+fn app_entries(tree: &GenerationTree, app: &App) -> Result<Vec<Entry>> {
+    let mut entries = Vec::with_capacity(app.versions.len() + 1);
+    for (version, root) in &app.versions {
+        entries.push(Entry {
+            name: version.as_bytes().to_vec(),
+            attr: Attr::of_row(root)?,
+            immutable: false,
+        });
+    }
+    if let Some(target) = &app.current {
+        entries.push(Entry {
+            name: CURRENT.as_bytes().to_vec(),
+            attr: current_attr(tree, app, target)?,
+            immutable: false,
+        });
+    }
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(entries)
+}
+
+fn dot_entries(this: Attr, parent: Attr) -> [Entry; 2] {
+    let immutable = this.immutable;
+    [
+        Entry {
+            name: b".".to_vec(),
+            attr: this,
+            immutable,
+        },
+        Entry {
+            name: b"..".to_vec(),
+            attr: parent,
+            immutable,
+        },
+    ]
+}
+
+impl View {
+    /// Opens the store in `store_dir` and loads the generation to show.
+    pub fn open(store_dir: &Path, options: ViewOptions) -> Result<View> {
+        // Store::open checks that this is a store of a format we know.
+        let packs_dir = Store::open(store_dir)?.packs_dir();
+        let pool = CatalogPool::open(&store_dir.join(CATALOG_FILE), options.connections)?;
+        let tree = pool.with(|c| GenerationTree::load(c, wanted(c, options.generation)?))?;
+        Ok(View {
+            choice: options.generation,
+            pool,
+            tree: RwLock::new(Arc::new(tree)),
+            inodes: Cache::new(INODE_CACHE_ITEMS),
+            layouts: Cache::with_weighter(4096, LAYOUT_CACHE_BYTES, LayoutWeighter),
+            content: ContentReader::new(&packs_dir, options.cache_bytes),
+            handles: Mutex::new(HashMap::new()),
+            next_handle: AtomicU64::new(1),
+        })
+    }
+
+    fn tree(&self) -> Arc<GenerationTree> {
+        self.tree.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn handles(&self) -> MutexGuard<'_, HashMap<u64, Handle>> {
+        self.handles.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The generation shown (`None` while the store has none).
+    pub fn generation(&self) -> Option<i64> {
+        self.tree().id
+    }
+
+    /// For a live view: loads the live generation if it is not the one shown.
+    /// Returns whether the view changed. Costs one small query when nothing
+    /// changed.
+    pub fn refresh(&self) -> Result<bool> {
+        if self.choice != GenerationChoice::Live {
+            return Ok(false);
+        }
+        let live = self.pool.with(|c| Ok(c.current_generation()?))?;
+        if live == self.tree().id {
+            return Ok(false);
+        }
+        let tree = self.pool.with(|c| GenerationTree::load(c, live))?;
+        *self.tree.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(tree);
+        Ok(true)
+    }
+
+    /// A package inode row, from the cache or the catalog.
+    fn inode(&self, id: i64) -> Result<Arc<InodeRow>> {
+        if let Some(row) = self.inodes.get(&id) {
+            return Ok(row);
+        }
+        let row = self
+            .pool
+            .with(|c| Ok(c.inode(id)?))?
+            .ok_or(ViewError::NotFound)?;
+        Ok(self.remember(row))
+    }
+
+    fn remember(&self, row: InodeRow) -> Arc<InodeRow> {
+        let row = Arc::new(row);
+        self.inodes.insert(row.id, row.clone());
+        row
+    }
+
+    /// The attributes of inode `ino`.
+    pub fn getattr(&self, ino: u64) -> Result<Attr> {
+        let tree = self.tree();
+        match Node::from_ino(ino).ok_or(ViewError::NotFound)? {
+            Node::Root => Ok(root_attr(&tree)),
+            Node::App(anchor) => app_attr(&tree, tree.app(anchor).ok_or(ViewError::NotFound)?),
+            Node::Current(anchor) => {
+                let app = tree.app(anchor).ok_or(ViewError::NotFound)?;
+                let target = app.current.as_deref().ok_or(ViewError::NotFound)?;
+                current_attr(&tree, app, target)
+            }
+            Node::Package(id) => Attr::of_row(&*self.inode(id)?),
+        }
+    }
+
+    /// Looks `name` up in directory `parent`.
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Entry> {
+        let tree = self.tree();
+        let attr = match Node::from_ino(parent).ok_or(ViewError::NotFound)? {
+            Node::Root => {
+                let name = std::str::from_utf8(name).map_err(|_| ViewError::NotFound)?;
+                app_attr(&tree, tree.apps.get(name).ok_or(ViewError::NotFound)?)?
+            }
+            Node::App(anchor) => {
+                let app = tree.app(anchor).ok_or(ViewError::NotFound)?;
+                let name = std::str::from_utf8(name).map_err(|_| ViewError::NotFound)?;
+                match (name, &app.current) {
+                    (CURRENT, Some(target)) => current_attr(&tree, app, target)?,
+                    _ => Attr::of_row(app.versions.get(name).ok_or(ViewError::NotFound)?)?,
+                }
+            }
+            Node::Current(_) => return Err(ViewError::NotDir),
+            Node::Package(dir) => {
+                let row = self
+                    .pool
+                    .with(|c| Ok(c.lookup(dir, name)?))?
+                    .ok_or(ViewError::NotFound)?;
+                return Ok(Entry {
+                    name: name.to_vec(),
+                    attr: Attr::of_row(&self.remember(row))?,
+                    immutable: true,
+                });
+            }
+        };
+        Ok(Entry {
+            name: name.to_vec(),
+            attr,
+            immutable: false,
+        })
+    }
+
+    /// The whole listing of directory `ino`, `.` and `..` first.
+    pub fn list(&self, ino: u64) -> Result<Listing> {
+        let tree = self.tree();
+        match Node::from_ino(ino).ok_or(ViewError::NotFound)? {
+            Node::Root => {
+                let root = root_attr(&tree);
+                let mut entries = Vec::from(dot_entries(root.clone(), root));
+                for app in tree.apps.values() {
+                    entries.push(Entry {
+                        name: app.name.as_bytes().to_vec(),
+                        attr: app_attr(&tree, app)?,
+                        immutable: false,
+                    });
+                }
+                Ok(Listing {
+                    entries,
+                    immutable: false,
+                })
+            }
+            Node::App(anchor) => {
+                let app = tree.app(anchor).ok_or(ViewError::NotFound)?;
+                let mut entries = Vec::from(dot_entries(app_attr(&tree, app)?, root_attr(&tree)));
+                entries.extend(app_entries(&tree, app)?);
+                Ok(Listing {
+                    entries,
+                    immutable: false,
+                })
+            }
+            Node::Current(_) => Err(ViewError::NotDir),
+            Node::Package(id) => {
+                let this = self.inode(id)?;
+                if this.kind != kind::DIR {
+                    return Err(ViewError::NotDir);
+                }
+                let rows = self.pool.with(|c| Ok(c.dir_entries(id)?))?;
+                let this = Attr::of_row(&this)?;
+                let parent = self.parent_attr(&tree, id)?.unwrap_or_else(|| this.clone());
+                let mut entries = Vec::from(dot_entries(this, parent));
+                entries.reserve(rows.len());
+                for row in rows {
+                    let inode = self.remember(row.inode);
+                    entries.push(Entry {
+                        name: row.name,
+                        attr: Attr::of_row(&inode)?,
+                        immutable: true,
+                    });
+                }
+                Ok(Listing {
+                    entries,
+                    immutable: true,
+                })
+            }
+        }
+    }
+
+    /// The attributes of the directory holding package directory `id`, if
+    /// known: the App for a package root of the generation shown, else the
+    /// directory whose entry names it.
+    fn parent_attr(&self, tree: &GenerationTree, id: i64) -> Result<Option<Attr>> {
+        if let Some(anchor) = tree.root_app.get(&id) {
+            return match tree.app(*anchor) {
+                Some(app) => Ok(Some(app_attr(tree, app)?)),
+                None => Ok(None),
+            };
+        }
+        match self.pool.with(|c| Ok(c.parent_dir(id)?))? {
+            Some(parent) => Ok(Some(Attr::of_row(&*self.inode(parent)?)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn add_handle(&self, handle: Handle) -> u64 {
+        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        self.handles().insert(fh, handle);
+        fh
+    }
+
+    /// Opens directory `ino` for reading: its listing is taken now and served
+    /// from memory until [`View::release`].
+    pub fn opendir(&self, ino: u64) -> Result<(u64, Arc<Listing>)> {
+        let listing = Arc::new(self.list(ino)?);
+        Ok((self.add_handle(Handle::Dir(listing.clone())), listing))
+    }
+
+    /// The listing of an open directory handle.
+    pub fn listing(&self, fh: u64) -> Result<Arc<Listing>> {
+        match self.handles().get(&fh) {
+            Some(Handle::Dir(listing)) => Ok(listing.clone()),
+            _ => Err(ViewError::BadHandle(fh)),
+        }
+    }
+
+    /// Forgets a file or directory handle.
+    pub fn release(&self, fh: u64) {
+        self.handles().remove(&fh);
+    }
+
+    /// The target of symlink `ino`.
+    pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
+        match Node::from_ino(ino).ok_or(ViewError::NotFound)? {
+            Node::Current(anchor) => {
+                let tree = self.tree();
+                let app = tree.app(anchor).ok_or(ViewError::NotFound)?;
+                let target = app.current.as_deref().ok_or(ViewError::NotFound)?;
+                Ok(target.as_bytes().to_vec())
+            }
+            Node::Package(id) => {
+                let row = self.inode(id)?;
+                match (&row.target, row.kind) {
+                    (Some(target), kind::SYMLINK) => Ok(target.clone()),
+                    _ => Err(ViewError::WrongKind),
+                }
+            }
+            Node::Root | Node::App(_) => Err(ViewError::WrongKind),
+        }
+    }
+
+    /// The extended attributes of `ino` (none outside packages).
+    fn xattr_row(&self, ino: u64) -> Result<Option<Arc<InodeRow>>> {
+        match Node::from_ino(ino).ok_or(ViewError::NotFound)? {
+            Node::Package(id) => Ok(Some(self.inode(id)?)),
+            _ => {
+                self.getattr(ino)?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// The value of extended attribute `name` of `ino`.
+    pub fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>> {
+        self.xattr_row(ino)?
+            .and_then(|row| {
+                row.xattrs
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, v)| v.clone())
+            })
+            .ok_or(ViewError::NoXattr)
+    }
+
+    /// The names of the extended attributes of `ino`, each followed by a NUL
+    /// byte (the `listxattr(2)` format).
+    pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        if let Some(row) = self.xattr_row(ino)? {
+            for (name, _) in &row.xattrs {
+                out.extend_from_slice(name);
+                out.push(0);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Totals of the generation shown, for `statfs`.
+    pub fn statfs(&self) -> FsStats {
+        let tree = self.tree();
+        const BLOCK: u64 = 4096;
+        FsStats {
+            block_size: BLOCK as u32,
+            blocks: tree.bytes.div_ceil(BLOCK),
+            files: tree.files,
+            name_max: 255,
+        }
+    }
+
+    fn load_layout(&self, blob: i64, size: u64) -> Result<Arc<Layout>> {
+        let chunks = self.pool.with(|c| Ok(c.blob_chunks(blob)?))?;
+        let layout = Arc::new(Layout::new(chunks, size)?);
+        self.layouts.insert(blob, layout.clone());
+        Ok(layout)
+    }
+
+    /// Opens regular file `ino` for reading; returns the handle.
+    pub fn open_file(&self, ino: u64) -> Result<u64> {
+        let Some(Node::Package(id)) = Node::from_ino(ino) else {
+            return Err(match self.getattr(ino)?.kind {
+                Kind::Dir => ViewError::IsDir,
+                _ => ViewError::WrongKind,
+            });
+        };
+        let row = self.inode(id)?;
+        match row.kind {
+            kind::FILE => {}
+            kind::DIR => return Err(ViewError::IsDir),
+            _ => return Err(ViewError::WrongKind),
+        }
+        let blob = row
+            .blob
+            .ok_or_else(|| ViewError::Inconsistent(format!("file inode {id} has no content")))?;
+        let layout = match self.layouts.get(&blob) {
+            Some(layout) => layout,
+            None => self.load_layout(blob, row.size)?,
+        };
+        let file = OpenFile {
+            blob,
+            size: row.size,
+            layout: RwLock::new(layout),
+        };
+        Ok(self.add_handle(Handle::File(Arc::new(file))))
+    }
+
+    /// Reads up to `size` bytes at `offset` of the open file `fh` (fewer only
+    /// at the end of the file). Damaged data is an error, never returned.
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let file = match self.handles().get(&fh) {
+            Some(Handle::File(file)) => file.clone(),
+            _ => return Err(ViewError::BadHandle(fh)),
+        };
+        let layout = file
+            .layout
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match self.content.read(&layout, offset, size) {
+            // gc may have moved the chunks to a new pack: look again, once.
+            Err(ViewError::PackMissing(pack)) => {
+                tracing::info!("{pack} is gone; reloading the chunk locations");
+                let fresh = self.load_layout(file.blob, file.size)?;
+                *file.layout.write().unwrap_or_else(|p| p.into_inner()) = fresh.clone();
+                self.content.read(&fresh, offset, size)
+            }
+            other => other,
+        }
+    }
+}
