@@ -3,5 +3,6 @@
 
 pub mod exit;
 pub mod location;
+pub mod nexus;
 pub mod nip;
 pub mod progress;

@@ -1,0 +1,192 @@
+//! `nexus`, the system builder: command-line definition and dispatch. Today
+//! it mounts the store as the `/Programs` tree (`nexus mount`, `nexus
+//! umount`).
+
+mod daemon;
+mod mounts;
+mod serve;
+mod signals;
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use crate::exit;
+use crate::location::default_store_dir;
+
+/// nexus — the Nexus system builder: presents the store as /Programs.
+///
+/// `nexus mount /Programs` shows every installed package of the store
+/// (default /var/lib/nexus for root, $XDG_DATA_HOME/nexus otherwise) as
+/// /Programs/App/Version, and /Programs/App/Current as a link to the version
+/// `nip` made current. The mount is read-only; it shows the live generation
+/// and follows `nip add`, `remove`, `rollback` and `switch` without a remount
+/// (within about two seconds), or one fixed generation with --generation.
+///
+/// Exit codes: 0 success; 1 error; 2 bad command line.
+#[derive(Debug, Parser)]
+#[command(name = "nexus", version, about, long_about, max_term_width = 100)]
+pub struct Cli {
+    /// Store directory.
+    #[arg(long, global = true, env = "NEXUS_STORE", value_name = "DIR")]
+    pub store: Option<PathBuf>,
+
+    /// Log more (-v info, -vv debug); also RUST_LOG.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// nexus's commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Mount the store read-only at MOUNTPOINT as App/Version trees.
+    ///
+    /// The command returns once the mount is ready (programs can run from
+    /// it) and leaves a daemon serving it until `nexus umount MOUNTPOINT`, or
+    /// until the daemon gets SIGTERM or SIGINT: then it unmounts cleanly. A
+    /// busy mount (a file open in it, a shell inside) is detached instead: it
+    /// disappears at once and the daemon ends when the last user is gone.
+    /// With --foreground nothing is forked and logs go to stderr.
+    ///
+    /// Files keep their modes (setuid and setgid too), owners, mtimes,
+    /// symlinks, hard links and extended attributes (security.capability
+    /// included); inode numbers are the same after every remount.
+    ///
+    /// Example: nexus mount /Programs --allow-other
+    Mount {
+        /// An existing directory to mount on.
+        mountpoint: PathBuf,
+        /// Show generation N (see `nip history`) instead of following the
+        /// live one.
+        #[arg(long, value_name = "N")]
+        generation: Option<i64>,
+        /// Stay in the foreground (do not daemonize); log to stderr.
+        #[arg(long)]
+        foreground: bool,
+        /// Let every user use the mount, not only the one who mounted it
+        /// (a workstation's /Programs). Permissions are checked by the
+        /// kernel against each file's mode.
+        #[arg(long)]
+        allow_other: bool,
+        /// Request threads.
+        #[arg(long, default_value_t = 4, value_name = "N",
+              value_parser = clap::value_parser!(u16).range(1..=64))]
+        threads: u16,
+        /// Mebibytes of decompressed data kept in memory.
+        #[arg(long, default_value_t = 64, value_name = "MIB")]
+        cache_mib: u64,
+        /// Write the daemon's process id to FILE once the mount is ready
+        /// (removed when it exits).
+        #[arg(long, value_name = "FILE")]
+        pid_file: Option<PathBuf>,
+        /// Append the daemon's log to FILE (default: the daemon logs
+        /// nothing; in the foreground, logs go to stderr).
+        #[arg(long, value_name = "FILE")]
+        log_file: Option<PathBuf>,
+    },
+
+    /// Unmount a nexus mount (also one whose daemon died).
+    ///
+    /// Refuses a busy mount unless --lazy, and anything that is not a nexus
+    /// mount. The daemon ends by itself once its mount is gone.
+    Umount {
+        /// Where the store is mounted.
+        mountpoint: PathBuf,
+        /// Detach a busy mount now; it goes away when its last user does.
+        #[arg(long)]
+        lazy: bool,
+    },
+}
+
+/// Sets up `tracing`: to `file` if given, else to stderr. The level comes
+/// from `-v` (warnings by default; info in a log file), or RUST_LOG.
+fn init_logging(verbose: u8, file: Option<File>) {
+    // fuser warns "Failed to umount filesystem" whenever the mount was
+    // removed from outside (`nexus umount`, SIGTERM): the normal way to stop,
+    // so not worth a warning unless debugging.
+    let level = match (verbose, file.is_some()) {
+        (0, false) => "warn,fuser::session=error",
+        (0, true) | (1, _) => "info,fuser::session=error",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match file {
+        Some(f) => builder.with_ansi(false).with_writer(Mutex::new(f)).init(),
+        None => builder.with_writer(std::io::stderr).init(),
+    }
+}
+
+/// Runs a parsed command line; returns the process exit code.
+pub fn run(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Command::Mount {
+            mountpoint,
+            generation,
+            foreground,
+            allow_other,
+            threads,
+            cache_mib,
+            pid_file,
+            log_file,
+        } => {
+            let store = cli.store.unwrap_or_else(default_store_dir);
+            let request = serve::Request {
+                store: std::path::absolute(&store)
+                    .with_context(|| format!("store path {}", store.display()))?,
+                mountpoint: serve::check_mountpoint(&mountpoint)?,
+                generation,
+                allow_other,
+                threads: usize::from(threads),
+                cache_bytes: cache_mib.saturating_mul(1 << 20),
+                pid_file: pid_file.map(std::path::absolute).transpose()?,
+            };
+            let log = log_file
+                .map(|path| {
+                    File::options()
+                        .create(true)
+                        .append(true)
+                        .open(&path)
+                        .with_context(|| format!("opening the log file {}", path.display()))
+                })
+                .transpose()?;
+            if foreground {
+                init_logging(cli.verbose, log);
+                serve::serve(&request, None)?;
+                return Ok(exit::OK);
+            }
+            match daemon::daemonize()? {
+                daemon::Role::Parent(message) => {
+                    println!("{message}");
+                    Ok(exit::OK)
+                }
+                daemon::Role::Daemon(mut ready) => {
+                    init_logging(cli.verbose, log);
+                    let outcome = serve::serve(&request, Some(&mut ready));
+                    if let Err(e) = &outcome {
+                        ready.fail(&format!("{e:#}"));
+                        tracing::error!("{e:#}");
+                    }
+                    std::process::exit(if outcome.is_ok() {
+                        exit::OK
+                    } else {
+                        exit::ERROR
+                    });
+                }
+            }
+        }
+        Command::Umount { mountpoint, lazy } => {
+            init_logging(cli.verbose, None);
+            mounts::umount(&mountpoint, lazy)?;
+            Ok(exit::OK)
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! Finding mounts in `/proc/self/mountinfo` and `nexus umount`.
+
+use std::ffi::{CString, OsString};
+use std::io;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+
+/// What mountinfo says about one mount.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountEntry {
+    /// Where it is mounted.
+    pub mount_point: PathBuf,
+    /// File system type (`fuse`, `fuse.nexus`, `ext4`...).
+    pub fs_type: String,
+    /// The source (`nexus` for our mounts).
+    pub source: String,
+}
+
+impl MountEntry {
+    /// True for a mount made by `nexus mount`.
+    pub fn is_nexus(&self) -> bool {
+        (self.fs_type == "fuse" || self.fs_type.starts_with("fuse.")) && self.source == "nexus"
+    }
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, `\012`...).
+fn unescape(field: &str) -> Vec<u8> {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (bytes[i], octal) {
+            (b'\\', Some(d)) => {
+                let value = d.iter().fold(0u32, |v, c| v * 8 + u32::from(c - b'0'));
+                out.push(value as u8);
+                i += 4;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Parses mountinfo text (see proc(5)): `ID PARENT MAJ:MIN ROOT MOUNTPOINT
+/// OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPEROPTIONS`.
+pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
+    text.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let dash = fields.iter().position(|f| *f == "-")?;
+            let mount_point = fields.get(4)?;
+            Some(MountEntry {
+                mount_point: PathBuf::from(OsString::from_vec(unescape(mount_point))),
+                fs_type: String::from_utf8_lossy(&unescape(fields.get(dash + 1)?)).into_owned(),
+                source: String::from_utf8_lossy(&unescape(fields.get(dash + 2)?)).into_owned(),
+            })
+        })
+        .collect()
+}
+
+/// The topmost mount at `path` (canonical), if any.
+pub fn find_mount(path: &Path) -> Result<Option<MountEntry>> {
+    let text =
+        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    Ok(parse_mountinfo(&text)
+        .into_iter()
+        .rfind(|m| m.mount_point == path))
+}
+
+/// The canonical form of a mount point, even when it cannot be reached (the
+/// mount of a dead daemon answers "transport endpoint is not connected"):
+/// then its parent is canonicalised instead.
+fn resolve(path: &Path) -> Result<PathBuf> {
+    if let Ok(p) = std::fs::canonicalize(path) {
+        return Ok(p);
+    }
+    let abs = std::path::absolute(path).with_context(|| format!("{}", path.display()))?;
+    match (abs.parent(), abs.file_name()) {
+        (Some(parent), Some(name)) => Ok(std::fs::canonicalize(parent)
+            .with_context(|| format!("{}", parent.display()))?
+            .join(name)),
+        _ => Ok(abs),
+    }
+}
+
+/// `nexus umount`: unmounts the nexus mount at `mountpoint`.
+pub fn umount(mountpoint: &Path, lazy: bool) -> Result<()> {
+    let path = resolve(mountpoint)?;
+    let entry =
+        find_mount(&path)?.ok_or_else(|| anyhow!("{} is not a mount point", path.display()))?;
+    if !entry.is_nexus() {
+        bail!(
+            "{} is a {} mount of {:?}, not a nexus mount; use umount(8)",
+            path.display(),
+            entry.fs_type,
+            entry.source
+        );
+    }
+    let c_path = CString::new(path.as_os_str().as_bytes())?;
+    let flags = if lazy { libc::MNT_DETACH } else { 0 };
+    // SAFETY: a valid NUL-terminated path.
+    if unsafe { libc::umount2(c_path.as_ptr(), flags) } == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        // Not root: the setuid helper unmounts FUSE mounts of their owner.
+        Some(libc::EPERM) => nexus_fs::fuse::fusermount(&path, lazy)
+            .with_context(|| format!("unmounting {}", path.display())),
+        Some(libc::EBUSY) => bail!(
+            "{} is busy: a process has a file open or its working directory in it; \
+             end those, or use --lazy to detach it now and let it go when they finish",
+            path.display()
+        ),
+        _ => Err(err).with_context(|| format!("unmounting {}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_lines_are_parsed_and_unescaped() {
+        let text = "\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+98 22 0:52 / /tmp/with\\040space rw,nosuid,nodev,relatime shared:51 - fuse nexus ro,user_id=0,group_id=0
+99 22 0:53 / /home/u/Programs rw,nosuid master:3 - fuse.nexus nexus rw,user_id=1000
+100 22 0:54 / /mnt/other rw - fuse.sshfs host:/x rw
+";
+        let mounts = parse_mountinfo(text);
+        assert_eq!(mounts.len(), 4);
+        assert_eq!(mounts[1].mount_point, Path::new("/tmp/with space"));
+        assert_eq!(mounts[1].fs_type, "fuse");
+        assert!(mounts[1].is_nexus());
+        assert!(mounts[2].is_nexus(), "mounted through fusermount");
+        assert!(!mounts[3].is_nexus());
+        assert!(!mounts[0].is_nexus());
+    }
+
+    #[test]
+    fn unescape_keeps_what_is_not_an_escape() {
+        assert_eq!(unescape("a\\040b"), b"a b");
+        assert_eq!(unescape("tab\\011x"), b"tab\tx");
+        assert_eq!(unescape("back\\slash"), b"back\\slash");
+        assert_eq!(unescape("end\\04"), b"end\\04");
+    }
+}

@@ -1,0 +1,121 @@
+//! Mounting the view and serving it until it is unmounted.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use nexus_fs::fuse::{self, MountOptions};
+use nexus_fs::{GenerationChoice, View, ViewOptions};
+
+use super::daemon::Ready;
+use super::signals;
+
+/// How often a live mount checks for a new generation.
+const REFRESH_EVERY: Duration = Duration::from_millis(500);
+
+/// What `nexus mount` was asked for, with absolute paths.
+#[derive(Debug)]
+pub struct Request {
+    /// The store directory.
+    pub store: PathBuf,
+    /// The mount point (canonical).
+    pub mountpoint: PathBuf,
+    /// A fixed generation, or `None` to follow the live one.
+    pub generation: Option<i64>,
+    /// `allow_other`.
+    pub allow_other: bool,
+    /// Request threads.
+    pub threads: usize,
+    /// Decoded-block cache size.
+    pub cache_bytes: u64,
+    /// Where to write the daemon's pid.
+    pub pid_file: Option<PathBuf>,
+}
+
+/// The canonical path of `path`, which must be a directory.
+pub fn check_mountpoint(path: &Path) -> Result<PathBuf> {
+    let canonical =
+        std::fs::canonicalize(path).with_context(|| format!("mount point {}", path.display()))?;
+    if !canonical.is_dir() {
+        bail!("mount point {} is not a directory", path.display());
+    }
+    Ok(canonical)
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Keeps a live view on the newest generation.
+fn follow_live_generation(view: Arc<View>) -> Result<()> {
+    std::thread::Builder::new()
+        .name("refresh".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(REFRESH_EVERY);
+                match view.refresh() {
+                    Ok(true) => tracing::info!("now showing generation {:?}", view.generation()),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!("checking for a new generation: {e}"),
+                }
+            }
+        })
+        .context("starting the refresh thread")?;
+    Ok(())
+}
+
+/// Mounts and serves until unmounted. `ready` (the daemon's pipe) is told
+/// once the mount is usable.
+pub fn serve(request: &Request, ready: Option<&mut Ready>) -> Result<()> {
+    // Before any thread exists, so that every thread inherits the mask.
+    signals::block_termination()?;
+    let choice = match request.generation {
+        Some(n) => GenerationChoice::Fixed(n),
+        None => GenerationChoice::Live,
+    };
+    let options = ViewOptions {
+        generation: choice,
+        cache_bytes: request.cache_bytes,
+        connections: request.threads + 1,
+    };
+    let view = View::open(&request.store, options)
+        .with_context(|| format!("opening the store in {}", request.store.display()))?;
+    let view = Arc::new(view);
+    let mount_options = MountOptions {
+        allow_other: request.allow_other,
+        threads: request.threads,
+        suid: is_root(),
+    };
+    let mut mounted = fuse::mount(view.clone(), &request.mountpoint, &mount_options)
+        .with_context(|| format!("mounting on {}", request.mountpoint.display()))?;
+    signals::unmount_on_termination(mounted.unmounter())?;
+    if choice == GenerationChoice::Live {
+        follow_live_generation(view.clone())?;
+    }
+    if let Some(pid_file) = &request.pid_file {
+        std::fs::write(pid_file, format!("{}\n", std::process::id()))
+            .with_context(|| format!("writing {}", pid_file.display()))?;
+    }
+    let shown = match view.generation() {
+        Some(g) => format!("generation {g}"),
+        None => "the empty store".to_string(),
+    };
+    let message = format!(
+        "mounted {shown} of {} on {} (pid {})",
+        request.store.display(),
+        request.mountpoint.display(),
+        std::process::id()
+    );
+    tracing::info!("{message}");
+    if let Some(ready) = ready {
+        ready.ok(&message);
+    }
+    let served = mounted.run().context("serving the mount");
+    if let Some(pid_file) = &request.pid_file {
+        let _ = std::fs::remove_file(pid_file);
+    }
+    tracing::info!("{} is unmounted", request.mountpoint.display());
+    served
+}
