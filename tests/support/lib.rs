@@ -1,10 +1,11 @@
 //! Shared helpers for the end-to-end tests of the Nexus store.
 //!
-//! The tests drive the real `nip` binary (see [`nip`]) against real Debian
-//! packages fetched at test time with `apt-get download` (see [`debs`]); no
-//! third-party file is ever committed. Trees are compared with [`tree`], pack
-//! files are parsed independently of the store crate with [`pack`], and
-//! synthetic data comes from [`fixtures`] and [`rng`].
+//! The tests drive the real `nip` and `nexus` binaries (see [`nip`] and
+//! [`nexus`]) against real Debian packages fetched at test time with
+//! `apt-get download` (see [`debs`]); no third-party file is ever committed.
+//! Trees are compared with [`tree`], pack files are parsed independently of
+//! the store crate with [`pack`], and synthetic data comes from [`fixtures`],
+//! [`crafted`] and [`rng`].
 //!
 //! Conventions:
 //! * every helper panics with a message that says what was being done and
@@ -13,8 +14,10 @@
 //!   dropped, unless `NEXUS_TEST_KEEP=1` is set (handy when debugging);
 //! * randomised tests print their seed; `NEXUS_TEST_SEED=N` replays a run.
 
+pub mod crafted;
 pub mod debs;
 pub mod fixtures;
+pub mod nexus;
 pub mod nip;
 pub mod pack;
 pub mod rng;
@@ -24,6 +27,7 @@ use std::sync::{Mutex, MutexGuard};
 
 pub use debs::{deb_field, fetch_debs, unpack_deb, unpack_deb_as_app};
 pub use fixtures::Scratch;
+pub use nexus::{Mount, nexus_bin};
 pub use nip::{Store, nip_bin};
 pub use tree::{assert_same_tree, snapshot};
 
