@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared set-up for scripts/main-job.sh and scripts/test.sh (sourced).
 
 # Debian packages the tests, the main job and the benchmark smoke run use.
@@ -6,6 +7,8 @@ NEXUS_APT_PACKAGES=(
     fuse3                                            # /Programs mounts
     attr libcap2-bin                                 # xattrs, setcap in tests
     casync borgbackup squashfs-tools shellcheck      # benchmark comparisons
+    squashfuse python3                               # mount benchmark (bench/mount.sh)
+    autoconf automake libtool libfuse3-dev liblz4-dev libzstd-dev uuid-dev  # erofsfuse build (bench/mount.sh)
 )
 
 need_root() {

@@ -33,6 +33,8 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 log "tests"
+# `cargo test` alone does not build the binaries the end-to-end tests drive.
+cargo build --workspace --locked
 cargo test --workspace --locked
 
 log "benchmark smoke run"

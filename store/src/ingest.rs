@@ -1,30 +1,36 @@
-//! The content pipeline: files in, durable packs and per-file chunk lists out.
+//! The content pipeline: file contents in, durable packs and per-file chunk
+//! lists out.
 //!
-//! Worker threads (one per core) take files (large ones largest-first, then
-//! small ones in tree order, so that neighbours compress together), stream
-//! each through [`chunk_stream`], and for every chunk decide whether the
-//! store or this session already has it (deduplication happens before
-//! compression, so repeated content costs only hashing). Each worker gathers
-//! its new chunks into a block; a full block (about 1 MiB) is zstd-compressed
-//! by the worker and sent over a bounded channel to one pack-writer thread,
-//! which appends it to a pack and seals (fsyncs) each full pack. Memory is
-//! bounded by the channel depth times the block size plus one block per
-//! worker, whatever the file sizes.
+//! A content run ([`run_session`]) starts compressor threads (one per core)
+//! and one pack-writer thread, then lets the caller feed content through
+//! [`Producer`]s: a producer streams a file through [`chunk_stream`] and, for
+//! every chunk, decides whether the store or this run already has it
+//! (deduplication happens before compression, so repeated content costs only
+//! hashing). New chunks are gathered into a block; a full block (about 1 MiB)
+//! goes over a bounded channel to the compressors, and from them to the
+//! writer, which appends it to a pack and seals (fsyncs) each full pack.
+//!
+//! Directories use one producer per core, each taking whole files
+//! ([`ingest_files`]); an archive, which can only be read front to back, uses
+//! one producer while compression still runs on every core. Memory is bounded
+//! by the channel depths times the block size plus one block per producer,
+//! whatever the file sizes.
 //!
 //! Nothing here touches the catalog's write lock; the caller commits the
 //! result in one transaction ([`crate::commit`]).
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 
 use crossbeam_channel::{Receiver, Sender, bounded};
 
 use crate::catalog::Catalog;
-use crate::chunker::{ChunkError, chunk_stream};
+use crate::chunker::{ChunkError, RawChunk, chunk_stream};
 use crate::error::{Result, StoreError};
 use crate::hash::Hash;
 use crate::pack::{
@@ -32,7 +38,7 @@ use crate::pack::{
 };
 use crate::params::{ChunkParams, PACK_TARGET_SIZE};
 
-/// Blocks in flight between the workers and the pack writer.
+/// Blocks in flight on each channel (to the compressors, to the writer).
 const CHANNEL_DEPTH: usize = 8;
 /// Files at least this large are taken first, largest first; smaller ones
 /// follow in tree order so that similar neighbours share blocks.
@@ -76,29 +82,192 @@ pub struct ContentBatch {
 /// Progress callback: called with the number of content bytes just processed.
 pub type ProgressFn<'a> = &'a (dyn Fn(u64) + Sync);
 
-struct Shared<'a> {
-    jobs: &'a [FileJob],
-    order: Vec<usize>,
-    next: AtomicUsize,
-    failed: AtomicBool,
+/// What every producer of one content run shares.
+pub struct Session<'a> {
+    catalog_path: PathBuf,
+    params: &'a ChunkParams,
+    /// Chunks this run has seen (written or found in the catalog).
     claimed: Mutex<HashSet<Hash>>,
+    /// Chunks found in the catalog instead of written.
     reused: Mutex<HashSet<Hash>>,
-    results: Mutex<Vec<Option<FileContent>>>,
-    first_error: Mutex<Option<StoreError>>,
-    progress: ProgressFn<'a>,
+    to_compress: Sender<BlockBuilder>,
 }
 
-impl Shared<'_> {
-    fn fail(&self, e: StoreError) {
-        self.failed.store(true, Ordering::SeqCst);
-        let mut slot = self.first_error.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.is_none() {
-            *slot = Some(e);
-        }
+impl Session<'_> {
+    /// A new producer, with its own catalog connection and block.
+    pub fn producer(&self) -> Result<Producer<'_>> {
+        Ok(Producer {
+            session: self,
+            catalog: Catalog::open(&self.catalog_path, false)?,
+            block: BlockBuilder::default(),
+        })
+    }
+
+    fn lock_failed<T>(_: T) -> StoreError {
+        StoreError::Invalid("ingest state lock poisoned".into())
     }
 }
 
-/// Reads, chunks, deduplicates, compresses and packs the content of `jobs`.
+/// Feeds file contents into a content run; one per thread.
+///
+/// Its last, partial block is handed over when it is dropped.
+pub struct Producer<'s> {
+    session: &'s Session<'s>,
+    catalog: Catalog,
+    block: BlockBuilder,
+}
+
+impl Producer<'_> {
+    /// Stores the content read from `source` (`size` bytes are expected: a
+    /// different length is reported as [`ChunkError::Io`] by the caller's
+    /// check) and returns its hash and chunk list. `progress` is called with
+    /// the bytes of each chunk as it is processed.
+    pub fn add(
+        &mut self,
+        source: impl Read,
+        size: u64,
+        progress: &dyn Fn(u64),
+    ) -> std::result::Result<FileContent, ChunkError> {
+        let mut chunks = Vec::new();
+        let params = self.session.params;
+        let (hash, size) = chunk_stream(source, size, params, |chunk| {
+            chunks.push((chunk.hash, chunk.data.len() as u32));
+            let len = chunk.data.len() as u64;
+            self.take(chunk).map_err(|e| e.to_string())?;
+            progress(len);
+            Ok(())
+        })?;
+        Ok(FileContent { hash, size, chunks })
+    }
+
+    fn take(&mut self, chunk: RawChunk) -> Result<()> {
+        let session = self.session;
+        let is_new = session
+            .claimed
+            .lock()
+            .map_err(Session::lock_failed)?
+            .insert(chunk.hash);
+        if !is_new {
+            return Ok(());
+        }
+        if self.catalog.has_chunk(&chunk.hash)? {
+            session
+                .reused
+                .lock()
+                .map_err(Session::lock_failed)?
+                .insert(chunk.hash);
+            return Ok(());
+        }
+        self.block.push(chunk.hash, &chunk.data);
+        if self.block.raw_len() >= session.params.block_target {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if self.block.is_empty() {
+            return Ok(());
+        }
+        self.session
+            .to_compress
+            .send(std::mem::take(&mut self.block))
+            .map_err(|_| StoreError::Invalid("the pack writer stopped".into()))
+    }
+}
+
+impl Drop for Producer<'_> {
+    fn drop(&mut self) {
+        // If this fails the pipeline is already broken and the run fails with
+        // the writer's error; the commit would also refuse chunks never
+        // written.
+        let _ = self.flush();
+    }
+}
+
+/// Runs one content run: starts the compressors and the pack writer, calls
+/// `feed` with the session to produce content, then waits until every block
+/// is durable (packs sealed and fsynced). `feed` returns a value of its own
+/// and the contents it stored, which go into the batch to commit.
+pub fn run_session<T>(
+    store_dir: &Path,
+    params: &ChunkParams,
+    threads: usize,
+    feed: impl FnOnce(&Session<'_>) -> Result<(T, Vec<FileContent>)>,
+) -> Result<(T, ContentBatch)> {
+    let packs_dir = store_dir.join(crate::store::PACKS_DIR);
+    let (to_compress, compress_rx) = bounded::<BlockBuilder>(CHANNEL_DEPTH);
+    let (to_write, write_rx) = bounded::<EncodedBlock>(CHANNEL_DEPTH);
+    thread::scope(|scope| {
+        let writer = scope.spawn(|| pack_writer(&packs_dir, write_rx));
+        let compressors: Vec<_> = (0..threads.max(1))
+            .map(|_| {
+                let (rx, tx) = (compress_rx.clone(), to_write.clone());
+                scope.spawn(move || compress_blocks(params.zstd_level, rx, tx))
+            })
+            .collect();
+        drop((compress_rx, to_write));
+        let session = Session {
+            catalog_path: store_dir.join(crate::store::CATALOG_FILE),
+            params,
+            claimed: Mutex::new(HashSet::new()),
+            reused: Mutex::new(HashSet::new()),
+            to_compress,
+        };
+        let fed = feed(&session);
+        // Dropping the session closes the channel: the compressors, then the
+        // writer, drain what is in flight and finish.
+        let Session {
+            reused,
+            to_compress,
+            ..
+        } = session;
+        drop(to_compress);
+        let reused = reused.into_inner().unwrap_or_else(|p| p.into_inner());
+        let mut pipeline_error = None;
+        for c in compressors {
+            let outcome = c.join().unwrap_or_else(|_| {
+                Err(StoreError::Invalid("a compressor thread panicked".into()))
+            });
+            if let Err(e) = outcome {
+                pipeline_error.get_or_insert(e);
+            }
+        }
+        let written = writer.join().unwrap_or_else(|_| {
+            Err(StoreError::Invalid(
+                "the pack writer thread panicked".into(),
+            ))
+        });
+        // A broken pipeline is the real cause of any "writer stopped" error a
+        // producer saw, so it is reported first.
+        let (packs, written) = written?;
+        if let Some(e) = pipeline_error {
+            return Err(e);
+        }
+        let (value, files) = fed?;
+        Ok((
+            value,
+            ContentBatch {
+                files,
+                packs,
+                written,
+                reused,
+            },
+        ))
+    })
+}
+
+fn compress_blocks(level: i32, rx: Receiver<BlockBuilder>, tx: Sender<EncodedBlock>) -> Result<()> {
+    let mut compressor = block_compressor(level)?;
+    for mut block in rx {
+        tx.send(block.finish(&mut compressor))
+            .map_err(|_| StoreError::Invalid("the pack writer stopped".into()))?;
+    }
+    Ok(())
+}
+
+/// Reads, chunks, deduplicates, compresses and packs the content of `jobs`
+/// (files on disk), with `threads` producers.
 pub fn ingest_files(
     store_dir: &Path,
     jobs: &[FileJob],
@@ -115,134 +284,74 @@ pub fn ingest_files(
         let size = jobs[i].size;
         std::cmp::Reverse(if size >= LARGE_FILE { size } else { 0 })
     });
-    let shared = Shared {
-        jobs,
-        order,
-        next: AtomicUsize::new(0),
-        failed: AtomicBool::new(false),
-        claimed: Mutex::new(HashSet::new()),
-        reused: Mutex::new(HashSet::new()),
-        results: Mutex::new(vec![None; jobs.len()]),
-        first_error: Mutex::new(None),
-        progress,
-    };
-    let packs_dir = store_dir.join(crate::store::PACKS_DIR);
-    let catalog_path = store_dir.join(crate::store::CATALOG_FILE);
-    let (tx, rx) = bounded::<EncodedBlock>(CHANNEL_DEPTH);
-
-    let writer_result = thread::scope(|scope| {
-        let writer = scope.spawn(|| pack_writer(&packs_dir, rx));
-        for _ in 0..threads.max(1) {
-            let tx = tx.clone();
-            let shared = &shared;
-            let catalog_path = &catalog_path;
-            scope.spawn(move || {
-                if let Err(e) = worker(shared, catalog_path, params, tx) {
-                    shared.fail(e);
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<FileContent>>> = Mutex::new(vec![None; jobs.len()]);
+    let ((), batch) = run_session(store_dir, params, threads, |session| {
+        thread::scope(|scope| {
+            let workers: Vec<_> = (0..threads.max(1))
+                .map(|_| {
+                    scope.spawn(|| -> Result<()> {
+                        let mut producer = session.producer()?;
+                        while let Some(&index) = order.get(next.fetch_add(1, Ordering::SeqCst)) {
+                            let content = ingest_file(&mut producer, &jobs[index], progress);
+                            let content = match content {
+                                Ok(c) => c,
+                                Err(e) => {
+                                    // Stop the other workers early.
+                                    next.store(order.len(), Ordering::SeqCst);
+                                    return Err(e);
+                                }
+                            };
+                            results.lock().map_err(Session::lock_failed)?[index] = Some(content);
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            let mut first_error = None;
+            for w in workers {
+                let outcome = w.join().unwrap_or_else(|_| {
+                    Err(StoreError::Invalid("an ingest worker panicked".into()))
+                });
+                if let Err(e) = outcome {
+                    first_error.get_or_insert(e);
                 }
-            });
-        }
-        drop(tx);
-        writer.join()
-    });
-    let (packs, written) = match writer_result {
-        Ok(r) => r?,
-        Err(_) => return Err(StoreError::Invalid("pack writer thread panicked".into())),
-    };
-    if let Some(e) = shared
-        .first_error
-        .into_inner()
-        .unwrap_or_else(|p| p.into_inner())
-    {
-        return Err(e);
-    }
-    let files = shared
-        .results
-        .into_inner()
-        .unwrap_or_else(|p| p.into_inner())
-        .into_iter()
-        .collect::<Option<Vec<_>>>()
-        .ok_or_else(|| StoreError::Invalid("a file was not processed".into()))?;
-    Ok(ContentBatch {
-        files,
-        packs,
-        written,
-        reused: shared
-            .reused
+            }
+            first_error.map_or(Ok(()), Err)
+        })?;
+        let files = results
             .into_inner()
-            .unwrap_or_else(|p| p.into_inner()),
-    })
+            .unwrap_or_else(|p| p.into_inner())
+            .into_iter()
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| StoreError::Invalid("a file was not processed".into()))?;
+        Ok(((), files))
+    })?;
+    Ok(batch)
 }
 
-fn worker(
-    shared: &Shared<'_>,
-    catalog_path: &Path,
-    params: &ChunkParams,
-    tx: Sender<EncodedBlock>,
-) -> Result<()> {
-    let catalog = Catalog::open(catalog_path, false)?;
-    let mut compressor = block_compressor(params.zstd_level)?;
-    let mut block = BlockBuilder::default();
-    loop {
-        if shared.failed.load(Ordering::SeqCst) {
-            return Ok(());
-        }
-        let n = shared.next.fetch_add(1, Ordering::SeqCst);
-        let Some(&index) = shared.order.get(n) else {
-            if !block.is_empty() {
-                tx.send(block.finish(&mut compressor))
-                    .map_err(|_| StoreError::Invalid("pack writer stopped".into()))?;
-            }
-            return Ok(());
-        };
-        let job = &shared.jobs[index];
-        let file = File::open(&job.path).map_err(|e| StoreError::io(&job.path, e))?;
-        let mut chunks = Vec::new();
-        let mut sink = |chunk: crate::chunker::RawChunk| -> Result<(), String> {
-            let len = chunk.data.len() as u64;
-            chunks.push((chunk.hash, chunk.data.len() as u32));
-            let is_new = shared
-                .claimed
-                .lock()
-                .map_err(|_| "lock poisoned".to_string())?
-                .insert(chunk.hash);
-            if is_new {
-                if catalog.has_chunk(&chunk.hash).map_err(|e| e.to_string())? {
-                    shared
-                        .reused
-                        .lock()
-                        .map_err(|_| "lock poisoned".to_string())?
-                        .insert(chunk.hash);
-                } else {
-                    block.push(chunk.hash, &chunk.data);
-                    if block.raw_len() >= params.block_target {
-                        tx.send(block.finish(&mut compressor))
-                            .map_err(|_| "pack writer stopped".to_string())?;
-                    }
-                }
-            }
-            (shared.progress)(len);
-            Ok(())
-        };
-        let (hash, size) =
-            chunk_stream(file, job.size, params, &mut sink).map_err(|e| match e {
-                ChunkError::Io(io) => StoreError::io(&job.path, io),
-                ChunkError::Sink(msg) => {
-                    StoreError::Invalid(format!("{}: {msg}", job.path.display()))
-                }
-            })?;
-        if size != job.size {
-            return Err(StoreError::BadInput {
-                path: job.path.clone(),
-                reason: format!("changed while being read (size {} then {size})", job.size),
-            });
-        }
-        let mut results = shared
-            .results
-            .lock()
-            .map_err(|_| StoreError::Invalid("lock poisoned".into()))?;
-        results[index] = Some(FileContent { hash, size, chunks });
+fn ingest_file(
+    producer: &mut Producer<'_>,
+    job: &FileJob,
+    progress: ProgressFn<'_>,
+) -> Result<FileContent> {
+    let file = File::open(&job.path).map_err(|e| StoreError::io(&job.path, e))?;
+    let content = producer
+        .add(file, job.size, progress)
+        .map_err(|e| match e {
+            ChunkError::Io(io) => StoreError::io(&job.path, io),
+            ChunkError::Sink(msg) => StoreError::Invalid(format!("{}: {msg}", job.path.display())),
+        })?;
+    if content.size != job.size {
+        return Err(StoreError::BadInput {
+            path: job.path.clone(),
+            reason: format!(
+                "changed while being read (size {} then {})",
+                job.size, content.size
+            ),
+        });
     }
+    Ok(content)
 }
 
 fn pack_writer(
