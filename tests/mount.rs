@@ -510,3 +510,19 @@ fn only_allow_other_lets_other_users_in() {
     private.umount();
     shared.umount();
 }
+
+#[test]
+fn nexus_umount_removes_the_mount_of_a_dead_daemon() {
+    if !root_or_skip("nexus_umount_removes_the_mount_of_a_dead_daemon") {
+        return;
+    }
+    let scratch = Scratch::new("mount-dead");
+    let (store, _) = small_store(&scratch);
+    let mount = Mount::start(store.path(), &scratch.join("mnt"), &[]);
+    // SAFETY: plain kill(2) of the daemon we started.
+    assert_eq!(unsafe { libc::kill(mount.pid(), libc::SIGKILL) }, 0);
+    assert!(wait_for(Duration::from_secs(10), || !alive(mount.pid())));
+    let err = fs::read_dir(mount.point()).expect_err("a dead daemon's mount is readable");
+    assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN), "{err}");
+    mount.umount();
+}
