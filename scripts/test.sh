@@ -13,8 +13,8 @@
 #   1. format and lint checks (cargo fmt --check, clippy -D warnings)
 #   2. cargo test --workspace (unit, property and end-to-end tests; the
 #      end-to-end tests fetch real Debian packages with apt-get download)
-#   3. the benchmark scripts' smoke run (shellcheck + bench/ingest.sh --smoke
-#      on a tiny corpus, with the debug nip build)
+#   3. the benchmark scripts' smoke runs (shellcheck, then bench/ingest.sh
+#      and bench/mount.sh --smoke on a tiny corpus, with the debug builds)
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -40,5 +40,6 @@ cargo test --workspace --locked
 log "benchmark smoke run"
 shellcheck bench/*.sh scripts/*.sh .ci/run
 NIP="$root/target/debug/nip" bench/ingest.sh --smoke
+NIP="$root/target/debug/nip" NEXUS="$root/target/debug/nexus" bench/mount.sh --smoke
 
 log "all tests passed"
