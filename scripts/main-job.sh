@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The main job: a store at the default location with a real package grafted.
+# The main job: a store at the default location with real packages grafted,
+# mounted at /Programs.
 #
 #   sudo scripts/main-job.sh [DEBIAN-PACKAGE...]     (default: hello jq)
 #
@@ -7,11 +8,10 @@
 # rustup if cargo is missing), builds nip, creates the store at the embedded
 # default location (/var/lib/nexus for root), downloads the given Debian
 # packages with `apt-get download`, unpacks each with `dpkg-deb -x` and adds
-# it as App/Version, then shows what the store holds and verifies it.
-# Running it again is harmless: adding an identical package is a no-op.
-#
-# The /Programs mount arrives with `nexus mount` (issue 3); until then,
-# `nip cat` and `nip export` read packages back out of the store.
+# it as App/Version, verifies the store, mounts it at /Programs (the
+# daemon stays running; `nexus umount /Programs` ends it) and runs hello
+# from the mount. Running it again is harmless: adding an identical package
+# is a no-op, and an existing /Programs mount is replaced.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -25,6 +25,7 @@ ensure_rust
 
 cargo build --release --locked -p nexus-cli
 nip="$root/target/release/nip"
+nexus="$root/target/release/nexus"
 
 "$nip" init
 work=$(mktemp -d)
@@ -41,6 +42,7 @@ for deb in ./*.deb; do
     name=$(dpkg-deb -f "$deb" Package)
     version=$(dpkg-deb -f "$deb" Version)
     version=${version#*:}              # an epoch is not part of the directory name
+    mkdir -p "tree/$name"
     dpkg-deb -x "$deb" "tree/$name/$version"
     dirs+=("tree/$name/$version")
 done
@@ -49,7 +51,14 @@ done
 "$nip" list
 "$nip" history
 "$nip" verify
-first=${dirs[0]#tree/}
+
+if mountpoint -q /Programs; then "$nexus" umount /Programs; fi
+mkdir -p /Programs
+"$nexus" mount /Programs --allow-other
 echo
-echo "files of $first:"
-"$nip" files "$first" | head -20
+ls -l /Programs /Programs/*/
+if [[ -x /Programs/hello/Current/usr/bin/hello ]]; then
+    echo
+    echo "running /Programs/hello/Current/usr/bin/hello:"
+    /Programs/hello/Current/usr/bin/hello
+fi

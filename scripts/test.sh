@@ -38,7 +38,7 @@ cargo build --workspace --locked
 cargo test --workspace --locked
 
 log "benchmark smoke run"
-shellcheck bench/*.sh scripts/*.sh .ci/run
+shellcheck -x bench/*.sh scripts/*.sh .ci/run
 NIP="$root/target/debug/nip" bench/ingest.sh --smoke
 NIP="$root/target/debug/nip" NEXUS="$root/target/debug/nexus" bench/mount.sh --smoke
 
