@@ -266,15 +266,14 @@ fn compress_blocks(level: i32, rx: Receiver<BlockBuilder>, tx: Sender<EncodedBlo
     Ok(())
 }
 
-/// Reads, chunks, deduplicates, compresses and packs the content of `jobs`
-/// (files on disk), with `threads` producers.
+/// Feeds the content of `jobs` (files on disk) into an open content run with
+/// `threads` producers; returns each job's content, in job order.
 pub fn ingest_files(
-    store_dir: &Path,
+    session: &Session<'_>,
     jobs: &[FileJob],
-    params: &ChunkParams,
     threads: usize,
     progress: ProgressFn<'_>,
-) -> Result<ContentBatch> {
+) -> Result<Vec<FileContent>> {
     let mut order: Vec<usize> = (0..jobs.len()).collect();
     // Large files first, largest first: long files start early and small
     // ones fill the gaps at the end, so both cores stay busy until the last
@@ -286,48 +285,44 @@ pub fn ingest_files(
     });
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<FileContent>>> = Mutex::new(vec![None; jobs.len()]);
-    let ((), batch) = run_session(store_dir, params, threads, |session| {
-        thread::scope(|scope| {
-            let workers: Vec<_> = (0..threads.max(1))
-                .map(|_| {
-                    scope.spawn(|| -> Result<()> {
-                        let mut producer = session.producer()?;
-                        while let Some(&index) = order.get(next.fetch_add(1, Ordering::SeqCst)) {
-                            let content = ingest_file(&mut producer, &jobs[index], progress);
-                            let content = match content {
-                                Ok(c) => c,
-                                Err(e) => {
-                                    // Stop the other workers early.
-                                    next.store(order.len(), Ordering::SeqCst);
-                                    return Err(e);
-                                }
-                            };
-                            results.lock().map_err(Session::lock_failed)?[index] = Some(content);
-                        }
-                        Ok(())
-                    })
+    thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads.max(1))
+            .map(|_| {
+                scope.spawn(|| -> Result<()> {
+                    let mut producer = session.producer()?;
+                    while let Some(&index) = order.get(next.fetch_add(1, Ordering::SeqCst)) {
+                        let content = ingest_file(&mut producer, &jobs[index], progress);
+                        let content = match content {
+                            Ok(c) => c,
+                            Err(e) => {
+                                // Stop the other workers early.
+                                next.store(order.len(), Ordering::SeqCst);
+                                return Err(e);
+                            }
+                        };
+                        results.lock().map_err(Session::lock_failed)?[index] = Some(content);
+                    }
+                    Ok(())
                 })
-                .collect();
-            let mut first_error = None;
-            for w in workers {
-                let outcome = w.join().unwrap_or_else(|_| {
-                    Err(StoreError::Invalid("an ingest worker panicked".into()))
-                });
-                if let Err(e) = outcome {
-                    first_error.get_or_insert(e);
-                }
+            })
+            .collect();
+        let mut first_error = None;
+        for w in workers {
+            let outcome = w
+                .join()
+                .unwrap_or_else(|_| Err(StoreError::Invalid("an ingest worker panicked".into())));
+            if let Err(e) = outcome {
+                first_error.get_or_insert(e);
             }
-            first_error.map_or(Ok(()), Err)
-        })?;
-        let files = results
-            .into_inner()
-            .unwrap_or_else(|p| p.into_inner())
-            .into_iter()
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| StoreError::Invalid("a file was not processed".into()))?;
-        Ok(((), files))
+        }
+        first_error.map_or(Ok(()), Err)
     })?;
-    Ok(batch)
+    results
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner())
+        .into_iter()
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| StoreError::Invalid("a file was not processed".into()))
 }
 
 fn ingest_file(

@@ -9,6 +9,7 @@
 pub mod catalog;
 pub mod chunker;
 pub mod commit;
+pub mod dirs;
 pub mod error;
 pub mod export;
 pub mod gc;

@@ -20,15 +20,15 @@ use rusqlite::TransactionBehavior;
 
 use crate::catalog::{Catalog, InodeRow, PackageRow, kind};
 use crate::commit::{CommitOutcome, StagedPackage, commit_packages};
+use crate::dirs::{ScannedDir, scan_dirs, stage_dirs};
 use crate::error::{Result, StoreError};
 use crate::generations;
-use crate::ingest::{FileJob, ingest_files};
+use crate::ingest::{FileContent, Session, run_session};
 use crate::lock::{INGEST_LOCK, StoreLock};
 use crate::names;
 use crate::pack::{Block, ChunkLocation, read_block, read_chunk};
 use crate::params::FROZEN;
-use crate::scan::{ScanOptions, scan_dir};
-use crate::tree::InodeKind;
+use crate::scan::ScanOptions;
 
 /// Catalog file name inside the store directory.
 pub const CATALOG_FILE: &str = "catalog.db";
@@ -199,66 +199,62 @@ impl Store {
         options: AddOptions,
         progress: &dyn Progress,
     ) -> Result<CommitOutcome> {
-        let mut seen = HashSet::new();
-        for d in dirs {
-            names::check_name(&d.name)?;
-            names::check_version(&d.version)?;
-            let spec = format!("{}/{}", d.name, d.version);
-            if !seen.insert(spec.clone()) {
-                return Err(StoreError::DuplicateInTransaction(spec));
-            }
-        }
+        // Checked before scanning as well as before the commit, so a typo
+        // fails at once rather than after the content was stored.
+        check_specs(dirs.iter().map(|d| (d.name.as_str(), d.version.as_str())))?;
         progress.phase("scanning");
-        let scan_options = ScanOptions {
-            skip_special: options.skip_special,
-        };
-        let mut scanned = Vec::with_capacity(dirs.len());
-        for d in dirs {
-            scanned.push(scan_dir(&d.path, scan_options)?);
-        }
-        let mut jobs = Vec::new();
-        let mut targets = Vec::new();
-        for (p, s) in scanned.iter().enumerate() {
-            for (inode, path) in &s.sources {
-                let size = match s.tree.inodes[*inode as usize].kind {
-                    InodeKind::File { size, .. } => size,
-                    _ => 0,
-                };
-                jobs.push(FileJob {
-                    path: path.clone(),
-                    size,
-                });
-                targets.push((p, *inode));
-            }
-        }
-        let total: u64 = jobs.iter().map(|j| j.size).sum();
+        let scanned = scan_dirs(
+            dirs,
+            ScanOptions {
+                skip_special: options.skip_special,
+            },
+        )?;
+        let total: u64 = scanned.iter().map(ScannedDir::content_bytes).sum();
+        let files: usize = scanned.iter().map(|d| d.scanned.sources.len()).sum();
+        self.add_staged_with(options.threads, progress, |session| {
+            progress.start(total, files as u64);
+            let advance = |n: u64| progress.advance(n);
+            stage_dirs(session, &scanned, options.threads, &advance)
+        })
+    }
+
+    /// Adds packages whose content `read` stores, as one transaction that
+    /// creates one generation (none if every package was already installed
+    /// identically): the one mechanism behind every importer.
+    ///
+    /// `read` gets an open content run (`threads` compressors and the pack
+    /// writer) and returns the packages, their trees' file hashes filled in,
+    /// and the contents it stored. The ingest lock is held from before the
+    /// first pack is written until the commit ends, so gc cannot sweep the
+    /// new packs as debris. If a concurrent gc collected chunks this run
+    /// reused, `read` is called again (at most three more times), so it must
+    /// be able to start over. An error of `read` leaves the store unchanged:
+    /// the packs it wrote are never indexed, and gc removes them.
+    pub fn add_staged_with<E>(
+        &mut self,
+        threads: usize,
+        progress: &dyn Progress,
+        mut read: impl FnMut(&Session<'_>) -> Result<(Vec<StagedPackage>, Vec<FileContent>), E>,
+    ) -> Result<CommitOutcome, E>
+    where
+        E: From<StoreError>,
+    {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            progress.start(total, jobs.len() as u64);
             progress.phase("storing content");
             // Held from before the first pack exists until the commit ended.
             let _ingest_lock = StoreLock::shared(&self.locks_dir(), INGEST_LOCK)?;
-            let advance = |n: u64| progress.advance(n);
-            let batch = ingest_files(&self.dir, &jobs, &FROZEN, options.threads, &advance)?;
-            let mut staged = Vec::with_capacity(dirs.len());
-            for (d, s) in dirs.iter().zip(&scanned) {
-                let origin = fs::canonicalize(&d.path).unwrap_or_else(|_| d.path.clone());
-                staged.push(StagedPackage {
-                    name: d.name.clone(),
-                    version: d.version.clone(),
-                    origin: format!("dir:{}", origin.display()),
-                    metadata: "{}".into(),
-                    tree: s.tree.clone(),
-                });
-            }
-            for ((p, inode), content) in targets.iter().zip(&batch.files) {
-                if let InodeKind::File { content: slot, .. } =
-                    &mut staged[*p].tree.inodes[*inode as usize].kind
-                {
-                    *slot = Some(content.hash);
-                }
-            }
+            // The importer's own error travels as the run's value, so the
+            // pipeline still shuts down in order before it is returned.
+            let (staged, batch) = run_session(&self.dir, &FROZEN, threads, |session| {
+                Ok(match read(session) {
+                    Ok((staged, files)) => (Ok(staged), files),
+                    Err(e) => (Err(e), Vec::new()),
+                })
+            })?;
+            let staged = staged?;
+            check_specs(staged.iter().map(|p| (p.name.as_str(), p.version.as_str())))?;
             progress.phase("committing");
             sync_dir(&self.packs_dir())?;
             match commit_packages(&mut self.catalog, &staged, &batch) {
@@ -266,7 +262,7 @@ impl Store {
                     tracing::warn!("{n} reused chunks were collected by a concurrent gc; retrying");
                     continue;
                 }
-                other => return other,
+                other => return Ok(other?),
             }
         }
     }
@@ -582,6 +578,21 @@ pub struct Stats {
     pub logical_bytes: u64,
     /// Retained generations.
     pub generations: u64,
+}
+
+/// Refuses invalid names and versions, and the same NAME/VERSION twice in
+/// one transaction.
+fn check_specs<'a>(specs: impl Iterator<Item = (&'a str, &'a str)>) -> Result<()> {
+    let mut seen = HashSet::new();
+    for (name, version) in specs {
+        names::check_name(name)?;
+        names::check_version(version)?;
+        let spec = format!("{name}/{version}");
+        if !seen.insert(spec.clone()) {
+            return Err(StoreError::DuplicateInTransaction(spec));
+        }
+    }
+    Ok(())
 }
 
 fn no_such_path(package: &PackageRow, path: &[u8]) -> StoreError {
