@@ -1,0 +1,201 @@
+//! `nip add`'s engine: directories and package files together, in one
+//! transaction of the store.
+//!
+//! Directories are scanned first (so a bad tree fails before anything is
+//! stored) and their files fed by one producer per core; package files are
+//! then read one after another, front to back, by one producer, while the
+//! store's compressors still use every core. Each package is read straight
+//! from its file into the store: nothing is unpacked to disk.
+
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use nexus_store::commit::{CommitOutcome, StagedPackage};
+use nexus_store::dirs::{ScannedDir, scan_dirs, stage_dirs};
+use nexus_store::ingest::{FileContent, Producer};
+use nexus_store::scan::ScanOptions;
+use nexus_store::{AddDir, Hash, Progress, Store, StoreError, names};
+
+use crate::error::{Failure, GraftError, Problem, ReadResult, SourceError};
+use crate::package::{ContentSink, ReadOptions, check_size, read_package};
+
+/// A package file to graft, with optional NAME/VERSION overrides.
+#[derive(Clone, Debug)]
+pub struct ArchiveRequest {
+    /// The package file.
+    pub path: PathBuf,
+    /// Replaces the name from the package's metadata.
+    pub name: Option<String>,
+    /// Replaces the version from the package's metadata.
+    pub version: Option<String>,
+}
+
+/// Something to add.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// A directory tree with its NAME/VERSION.
+    Dir(AddDir),
+    /// A package file.
+    Archive(ArchiveRequest),
+}
+
+/// Options of [`add`].
+#[derive(Clone, Copy, Debug)]
+pub struct AddOptions {
+    /// Compressor threads, and directory producers.
+    pub threads: usize,
+    /// Reading options (limits, special files) for package files; its
+    /// `skip_special` applies to directories too.
+    pub read: ReadOptions,
+}
+
+/// Adds every source in one transaction that makes one generation.
+pub fn add(
+    store: &mut Store,
+    sources: &[Source],
+    options: AddOptions,
+    progress: &dyn Progress,
+) -> Result<CommitOutcome, GraftError> {
+    let mut dirs = Vec::new();
+    let mut archives = Vec::new();
+    for s in sources {
+        match s {
+            Source::Dir(d) => dirs.push(d.clone()),
+            Source::Archive(a) => {
+                check_overrides(a)?;
+                archives.push(a.clone());
+            }
+        }
+    }
+    for d in &dirs {
+        names::check_name(&d.name)?;
+        names::check_version(&d.version)?;
+    }
+    progress.phase("scanning");
+    let scanned = scan_dirs(
+        &dirs,
+        ScanOptions {
+            skip_special: options.read.skip_special,
+        },
+    )?;
+    let mut total: u64 = scanned.iter().map(ScannedDir::content_bytes).sum();
+    for a in &archives {
+        total += fs::metadata(&a.path)
+            .map_err(|e| GraftError::Io {
+                path: a.path.clone(),
+                source: e,
+            })?
+            .len();
+    }
+    let files = scanned
+        .iter()
+        .map(|d| d.scanned.sources.len())
+        .sum::<usize>()
+        + archives.len();
+    store.add_staged_with(options.threads, progress, |session| {
+        progress.start(total, files as u64);
+        let advance = |n: u64| progress.advance(n);
+        let (mut staged, mut contents) = stage_dirs(session, &scanned, options.threads, &advance)?;
+        let mut producer = session.producer()?;
+        for a in &archives {
+            staged.push(stage_archive(
+                a,
+                &options.read,
+                &mut producer,
+                &mut contents,
+                progress,
+            )?);
+        }
+        Ok((staged, contents))
+    })
+}
+
+fn check_overrides(a: &ArchiveRequest) -> Result<(), GraftError> {
+    if let Some(n) = &a.name {
+        names::check_name(n)?;
+    }
+    if let Some(v) = &a.version {
+        names::check_version(v)?;
+    }
+    Ok(())
+}
+
+/// Reads one package file into the store.
+fn stage_archive(
+    request: &ArchiveRequest,
+    options: &ReadOptions,
+    producer: &mut Producer<'_>,
+    contents: &mut Vec<FileContent>,
+    progress: &dyn Progress,
+) -> Result<StagedPackage, GraftError> {
+    let path = &request.path;
+    let file = File::open(path).map_err(|e| GraftError::Io {
+        path: path.clone(),
+        source: e,
+    })?;
+    let mut sink = ProducerSink { producer, contents };
+    let package =
+        read_package(SourceFile { file, progress }, options, &mut sink).map_err(|f| f.at(path))?;
+    let name = request.name.clone().unwrap_or(package.name);
+    let version = request.version.clone().unwrap_or(package.version);
+    let invalid = |e: StoreError| GraftError::Package {
+        file: path.clone(),
+        problem: Problem::Metadata(format!("{e} (give --name/--version)")),
+    };
+    names::check_name(&name).map_err(invalid)?;
+    names::check_version(&version).map_err(invalid)?;
+    Ok(StagedPackage {
+        name,
+        version,
+        origin: format!("{}:{}", package.kind, absolute(path).display()),
+        metadata: package.metadata.to_string(),
+        tree: package.tree,
+    })
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// The package file: reports progress, and marks its own read errors so
+/// they are not taken for corruption.
+struct SourceFile<'p> {
+    file: File,
+    progress: &'p dyn Progress,
+}
+
+impl Read for SourceFile<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self
+            .file
+            .read(buf)
+            .map_err(|e| io::Error::new(e.kind(), SourceError(e)))?;
+        self.progress.advance(n as u64);
+        Ok(n)
+    }
+}
+
+/// Stores file contents through a producer of the store's content run.
+struct ProducerSink<'a, 's> {
+    producer: &'a mut Producer<'s>,
+    contents: &'a mut Vec<FileContent>,
+}
+
+impl ContentSink for ProducerSink<'_, '_> {
+    fn store(&mut self, content: &mut dyn Read, size: u64, entry: &str) -> ReadResult<Hash> {
+        let stored = self
+            .producer
+            .add(content, size, &|_| {})
+            .map_err(|e| match e {
+                nexus_store::chunker::ChunkError::Io(io) => Failure::from_io(io, entry),
+                nexus_store::chunker::ChunkError::Sink(msg) => {
+                    Failure::Store(StoreError::Invalid(msg))
+                }
+            })?;
+        check_size(entry, stored.size, size)?;
+        let hash = stored.hash;
+        self.contents.push(stored);
+        Ok(hash)
+    }
+}

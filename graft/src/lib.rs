@@ -1,0 +1,46 @@
+//! Grafting other distributions' packages into the Nexus store: Debian
+//! `.deb`, Arch/pacman `.pkg.tar.{zst,xz,gz}` and pkgsrc binary `.tgz`.
+//!
+//! Layers, from bytes to store:
+//!
+//! - [`sniff`] recognises a file by content and opens its decompressor;
+//! - [`tarstream`] reads a tar stream into format-neutral
+//!   [`entry::ArchiveEntry`]s (ar members are read by the `ar` crate in
+//!   [`deb`]); [`pax`] parses pax records;
+//! - [`control`], [`pkginfo`] and [`pkgsrc`] parse each format's metadata;
+//!   [`deb`] and [`tarpkg`] put a format together;
+//! - [`entry`] maps archive paths to package paths, and [`builder`] builds
+//!   the package tree, refusing traversal, writes through symlinks,
+//!   duplicates and bad hard links, whatever the format;
+//! - [`package`] is what formats share, including the [`package::ContentSink`]
+//!   contents stream into, so the parsing layer runs (and is fuzzed)
+//!   without a store;
+//! - [`add`] feeds the store: directories and package files in one
+//!   transaction, through `Store::add_staged_with`.
+//!
+//! [`limits`] bounds what a hostile package can make us unpack or hold.
+//! The mapping into `App/Version` is documented in README.md and
+//! ARCHITECTURE.md.
+
+pub mod add;
+pub mod builder;
+pub mod control;
+pub mod deb;
+pub mod entry;
+pub mod error;
+pub mod limits;
+pub mod package;
+pub mod pax;
+pub mod pkginfo;
+pub mod pkgsrc;
+pub mod sniff;
+pub mod tarpkg;
+pub mod tarstream;
+
+#[cfg(test)]
+mod tests;
+
+pub use add::{AddOptions, ArchiveRequest, Source, add};
+pub use error::{Failure, GraftError, LimitExceeded, Problem};
+pub use limits::Limits;
+pub use package::{ContentSink, HashSink, Kind, Package, ReadOptions, read_package};

@@ -1,0 +1,142 @@
+//! A package read from an archive, and what every format shares: where
+//! file contents go ([`ContentSink`]), the options, the step from archive
+//! entry to tree, and recognising the format ([`read_package`]).
+
+use std::fmt;
+use std::io::Read;
+
+use nexus_store::Hash;
+use nexus_store::tree::Tree;
+
+use crate::builder::{Added, TreeBuilder};
+use crate::entry::{ArchiveEntry, EntryKind, Mapping, components};
+use crate::error::{Failure, Problem, ReadResult};
+use crate::limits::Limits;
+use crate::sniff::{Format, Peeked, SNIFF_LEN, sniff};
+
+/// The package formats nip grafts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Debian `.deb`.
+    Deb,
+    /// Arch Linux / pacman `.pkg.tar.*`.
+    Pacman,
+    /// pkgsrc binary package `.tgz`.
+    Pkgsrc,
+}
+
+impl Kind {
+    /// The name used in origins (`deb:/path`) and metadata.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Deb => "deb",
+            Kind::Pacman => "pacman",
+            Kind::Pkgsrc => "pkgsrc",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A package read from an archive, its file contents already stored.
+#[derive(Clone, Debug)]
+pub struct Package {
+    /// Its format.
+    pub kind: Kind,
+    /// App name, from the package's metadata.
+    pub name: String,
+    /// Version as a path component (the epoch dropped; see README).
+    pub version: String,
+    /// Everything else the metadata says, as JSON (`packages.metadata`).
+    pub metadata: serde_json::Value,
+    /// The tree, every file's content hash filled in.
+    pub tree: Tree,
+}
+
+/// How to read packages.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReadOptions {
+    /// Size and count limits, per package.
+    pub limits: Limits,
+    /// Leave device nodes and FIFOs out instead of refusing the package.
+    pub skip_special: bool,
+}
+
+/// Where file contents go as the archive streams by: the store, or (for
+/// tests and fuzzing) nowhere but a hash.
+pub trait ContentSink {
+    /// Stores `size` bytes read from `content` (the file `entry` of the
+    /// archive) and returns their BLAKE3. Fewer bytes is an error: the
+    /// archive is truncated.
+    fn store(&mut self, content: &mut dyn Read, size: u64, entry: &str) -> ReadResult<Hash>;
+}
+
+/// A [`ContentSink`] that only hashes: the parsing layer without a store.
+#[derive(Default)]
+pub struct HashSink {
+    /// Files stored.
+    pub files: u64,
+    /// Bytes stored.
+    pub bytes: u64,
+}
+
+impl ContentSink for HashSink {
+    fn store(&mut self, content: &mut dyn Read, size: u64, entry: &str) -> ReadResult<Hash> {
+        let mut h = blake3::Hasher::new();
+        let n = std::io::copy(content, &mut h).map_err(|e| Failure::from_io(e, entry))?;
+        check_size(entry, n, size)?;
+        self.files += 1;
+        self.bytes += n;
+        Ok(Hash::from(h.finalize()))
+    }
+}
+
+/// Refuses content shorter than its entry claimed.
+pub fn check_size(entry: &str, got: u64, size: u64) -> Result<(), Problem> {
+    if got != size {
+        return Err(Problem::Corrupt(format!(
+            "entry {entry:?} is truncated ({got} of its {size} bytes)"
+        )));
+    }
+    Ok(())
+}
+
+/// Places `entry` in the package by `mapping`, storing its content if it
+/// is a new regular file.
+pub fn graft_entry(
+    builder: &mut TreeBuilder,
+    mapping: Mapping,
+    sink: &mut dyn ContentSink,
+    entry: &ArchiveEntry,
+    content: &mut dyn Read,
+) -> ReadResult<Added> {
+    let raw = components(&entry.path)?;
+    let place = mapping.place(raw.clone());
+    let link = match &entry.kind {
+        EntryKind::HardLink { target } => Some(mapping.place(components(target)?)),
+        _ => None,
+    };
+    let added = builder.add(entry, &raw, &place, link.as_ref())?;
+    if let (Added::File(ino), EntryKind::File { size }) = (added, &entry.kind) {
+        let hash = sink.store(content, *size, &entry.display())?;
+        builder.set_content(ino, hash);
+    }
+    Ok(added)
+}
+
+/// Reads a package of any supported format, recognised by its content.
+pub fn read_package(
+    reader: impl Read,
+    options: &ReadOptions,
+    sink: &mut dyn ContentSink,
+) -> ReadResult<Package> {
+    let peeked = Peeked::new(reader, SNIFF_LEN).map_err(|e| Failure::from_io(e, "reading"))?;
+    match sniff(peeked.head())? {
+        Format::Ar => crate::deb::read_deb(peeked, options, sink),
+        Format::Tar(_) => crate::tarpkg::read_tar_package(peeked, options, sink),
+    }
+}

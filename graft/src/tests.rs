@@ -1,0 +1,334 @@
+//! Whole packages built in memory, read through the parsing layer.
+
+use std::io::Write;
+
+use nexus_store::tree::InodeKind;
+
+use crate::entry::lossy;
+use crate::error::{Failure, Problem};
+use crate::limits::Limits;
+use crate::package::{HashSink, Kind, Package, ReadOptions, read_package};
+use crate::pax::record;
+
+/// A tar entry to build.
+enum E<'a> {
+    Dir(&'a str),
+    File(&'a str, &'a [u8], u32),
+    Link(&'a str, &'a str),
+    Hard(&'a str, &'a str),
+    Pax(&'a str, &'a [u8], Vec<u8>),
+}
+
+fn tar(entries: &[E<'_>]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for e in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        match e {
+            E::Dir(p) => {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_mode(0o755);
+                h.set_size(0);
+                b.append_data(&mut h, p, &[][..]).unwrap();
+            }
+            E::File(p, data, mode) => {
+                h.set_mode(*mode);
+                h.set_size(data.len() as u64);
+                b.append_data(&mut h, p, *data).unwrap();
+            }
+            E::Link(p, target) => {
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_mode(0o777);
+                h.set_size(0);
+                b.append_link(&mut h, p, target).unwrap();
+            }
+            E::Hard(p, target) => {
+                h.set_entry_type(tar::EntryType::Link);
+                h.set_mode(0o644);
+                h.set_size(0);
+                b.append_link(&mut h, p, target).unwrap();
+            }
+            E::Pax(p, data, pax) => {
+                let mut ph = tar::Header::new_ustar();
+                ph.set_entry_type(tar::EntryType::XHeader);
+                ph.set_size(pax.len() as u64);
+                b.append_data(&mut ph, "PaxHeader", &pax[..]).unwrap();
+                h.set_mode(0o755);
+                h.set_size(data.len() as u64);
+                b.append_data(&mut h, p, *data).unwrap();
+            }
+        }
+    }
+    b.into_inner().unwrap()
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+fn ar(members: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    let mut b = ar::Builder::new(Vec::new());
+    for (name, data) in members {
+        let h = ar::Header::new(name.as_bytes().to_vec(), data.len() as u64);
+        b.append(&h, &data[..]).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+const COPYRIGHT: &[u8] = b"Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\nFiles: *\nLicense: GPL-3+\n";
+
+fn deb(data_tar: Vec<u8>) -> Vec<u8> {
+    let control = tar(&[
+        E::Dir("./"),
+        E::File(
+            "./control",
+            b"Package: hello\nVersion: 1:2.10-3\nDepends: libc6\nDescription: hi\n long\n",
+            0o644,
+        ),
+        E::File("./postinst", b"#!/bin/sh\n", 0o755),
+        E::File("./md5sums", b"x\n", 0o644),
+    ]);
+    ar(&[
+        ("debian-binary", b"2.0\n".to_vec()),
+        ("control.tar.gz", gzip(&control)),
+        ("data.tar.zst", zstd::encode_all(&data_tar[..], 3).unwrap()),
+    ])
+}
+
+fn hello_data() -> Vec<u8> {
+    tar(&[
+        E::Dir("./"),
+        E::Dir("./usr/"),
+        E::Dir("./usr/bin/"),
+        E::File("./usr/bin/hello", b"\x7fELF hello", 0o4755),
+        E::Hard("./usr/bin/hi", "./usr/bin/hello"),
+        E::Link("./usr/bin/hey", "hello"),
+        E::File("./etc/hello.conf", b"greeting=hi\n", 0o644),
+        E::File("./usr/share/doc/hello/copyright", COPYRIGHT, 0o644),
+    ])
+}
+
+fn read(bytes: &[u8]) -> Result<Package, Failure> {
+    read_package(bytes, &ReadOptions::default(), &mut HashSink::default())
+}
+
+fn problem(bytes: &[u8], options: ReadOptions) -> String {
+    match read_package(bytes, &options, &mut HashSink::default()) {
+        Err(Failure::Problem(p)) => p.to_string(),
+        Err(other) => panic!("expected a problem, got {other:?}"),
+        Ok(p) => panic!("expected a problem, read {}/{}", p.name, p.version),
+    }
+}
+
+fn paths(p: &Package) -> Vec<String> {
+    p.tree.walk().iter().map(|(path, _)| lossy(path)).collect()
+}
+
+#[test]
+fn reads_a_deb() {
+    let p = read(&deb(hello_data())).unwrap();
+    assert_eq!(
+        (p.kind, p.name.as_str(), p.version.as_str()),
+        (Kind::Deb, "hello", "2.10-3")
+    );
+    assert_eq!(p.metadata["version"], "1:2.10-3");
+    assert_eq!(p.metadata["license"][0], "GPL-3+");
+    assert_eq!(p.metadata["depends"][0], "libc6");
+    assert_eq!(p.metadata["scripts"]["postinst"], "#!/bin/sh\n");
+    assert_eq!(
+        paths(&p),
+        [
+            "bin",
+            "bin/hello",
+            "bin/hey",
+            "bin/hi",
+            "etc",
+            "etc/hello.conf",
+            "share",
+            "share/doc",
+            "share/doc/hello",
+            "share/doc/hello/copyright"
+        ]
+    );
+    let hello = p
+        .tree
+        .entries
+        .iter()
+        .find(|e| e.name == b"hello")
+        .unwrap()
+        .inode;
+    assert_eq!(p.tree.inodes[hello as usize].mode, 0o4755);
+    assert_eq!(p.tree.link_counts()[hello as usize], 2);
+    assert!(matches!(
+        p.tree.inodes[hello as usize].kind,
+        InodeKind::File {
+            content: Some(_),
+            ..
+        }
+    ));
+}
+
+#[test]
+fn reads_pacman_and_pkgsrc_packages() {
+    let pkginfo =
+        b"pkgname = tool\npkgver = 2:1.0-2\npkgdesc = a tool\nlicense = MIT\ndepend = glibc\n";
+    let mut pax = record(
+        b"SCHILY.xattr.security.capability",
+        b"\x01\x00\x00\x02\x00\x20\x00\x00",
+    );
+    pax.extend(record(b"uid", b"1234"));
+    let pacman = tar(&[
+        E::File(".PKGINFO", pkginfo, 0o644),
+        E::File(".BUILDINFO", b"format = 2\n", 0o644),
+        E::File(".INSTALL", b"post_install() { :; }\n", 0o644),
+        E::File(".MTREE", b"\x1f\x8bnot read", 0o644),
+        E::Pax("usr/bin/ping", b"ping", pax),
+        E::File(".hidden-later", b"x", 0o644),
+    ]);
+    let mut bz = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::fast());
+    bz.write_all(&pacman).unwrap();
+    let p = read(&bz.finish().unwrap()).unwrap();
+    assert_eq!(
+        (p.kind, p.name.as_str(), p.version.as_str()),
+        (Kind::Pacman, "tool", "1.0-2")
+    );
+    assert_eq!(p.metadata["install"], "post_install() { :; }\n");
+    assert_eq!(p.metadata["ignored"][0], ".hidden-later");
+    assert_eq!(paths(&p), ["bin", "bin/ping"]);
+    let ping = &p.tree.inodes[p.tree.entries[1].inode as usize];
+    assert_eq!(ping.uid, 1234);
+    assert_eq!(ping.xattrs[0].0, b"security.capability");
+
+    let contents = b"@name hello-2.12nb1\n@pkgdep libiconv>=1\n@cwd /usr/pkg\nbin/hello\n@comment MD5:00\nman/man1/hello.1\n";
+    let pkgsrc = |extra: &[E<'_>]| {
+        let mut entries = vec![
+            E::File("+CONTENTS", contents, 0o644),
+            E::File("+COMMENT", b"says hello\n", 0o644),
+            E::File(
+                "+BUILD_INFO",
+                b"LICENSE=gnu-gpl-v3\nMACHINE_ARCH=x86_64\n",
+                0o644,
+            ),
+            E::File("bin/hello", b"hello", 0o755),
+            E::File("man/man1/hello.1", b".TH", 0o644),
+        ];
+        for e in extra {
+            entries.push(match e {
+                E::File(p, d, m) => E::File(p, d, *m),
+                _ => unreachable!(),
+            });
+        }
+        gzip(&tar(&entries))
+    };
+    let p = read(&pkgsrc(&[])).unwrap();
+    assert_eq!(
+        (p.kind, p.name.as_str(), p.version.as_str()),
+        (Kind::Pkgsrc, "hello", "2.12nb1")
+    );
+    assert_eq!(p.metadata["license"][0], "gnu-gpl-v3");
+    assert_eq!(p.metadata["prefix"], "/usr/pkg");
+    assert_eq!(
+        paths(&p),
+        ["bin", "bin/hello", "man", "man/man1", "man/man1/hello.1"]
+    );
+    let err = problem(
+        &pkgsrc(&[E::File("bin/extra", b"x", 0o755)]),
+        ReadOptions::default(),
+    );
+    assert!(err.contains("does not list"), "{err}");
+    let err = problem(
+        &pkgsrc(&[E::File("+DESC", b"late", 0o644)]),
+        ReadOptions::default(),
+    );
+    assert!(err.contains("comes after"), "{err}");
+}
+
+#[test]
+fn refuses_broken_debs() {
+    let good = deb(hello_data());
+    for cut in [good.len() - 10, good.len() / 2, 70] {
+        let err = problem(&good[..cut], ReadOptions::default());
+        assert!(err.contains("corrupt or truncated"), "cut at {cut}: {err}");
+    }
+    let mut flipped = good.clone();
+    let at = flipped.len() - 20;
+    flipped[at] ^= 0xff;
+    let err = problem(&flipped, ReadOptions::default());
+    assert!(err.contains("corrupt"), "{err}");
+
+    let odd = ar(&[
+        ("debian-binary", b"2.0\n".to_vec()),
+        (
+            "control.tar.gz",
+            gzip(&tar(&[E::File(
+                "./control",
+                b"Package: a1\nVersion: 1\n",
+                0o644,
+            )])),
+        ),
+        ("data.tar.lz4", b"\x04\x22\x4d\x18 lz4 frame".to_vec()),
+    ]);
+    let err = problem(&odd, ReadOptions::default());
+    assert!(
+        err.contains("unknown compression") && err.contains("data.tar.lz4"),
+        "{err}"
+    );
+
+    let bad_meta = ar(&[
+        ("debian-binary", b"2.0\n".to_vec()),
+        (
+            "control.tar.gz",
+            gzip(&tar(&[E::File("./control", b"Package: a1\n", 0o644)])),
+        ),
+    ]);
+    let err = problem(&bad_meta, ReadOptions::default());
+    assert!(err.contains("no Version"), "{err}");
+}
+
+#[test]
+fn limits_stop_bombs() {
+    let zeros = vec![0u8; 1 << 20];
+    let bomb = deb(tar(&[E::File("./usr/share/zeros", &zeros, 0o644)]));
+    let small = ReadOptions {
+        limits: Limits {
+            max_unpacked_size: 512 << 10,
+            max_entries: 100,
+        },
+        skip_special: false,
+    };
+    let err = problem(&bomb, small);
+    assert!(err.contains("--max-unpacked-size"), "{err}");
+    let few = ReadOptions {
+        limits: Limits {
+            max_unpacked_size: 1 << 30,
+            max_entries: 5,
+        },
+        skip_special: false,
+    };
+    let err = problem(&deb(hello_data()), few);
+    assert!(err.contains("--max-entries"), "{err}");
+}
+
+#[test]
+fn recognises_what_is_not_a_package() {
+    let err = problem(
+        b"just some text that is long enough",
+        ReadOptions::default(),
+    );
+    assert!(err.contains("not a package"), "{err}");
+    let err = problem(&gzip(b"not a tar"), ReadOptions::default());
+    assert!(
+        err.contains("gzip-compressed data that is not a tar"),
+        "{err}"
+    );
+    let plain = tar(&[E::File("README", b"hi", 0o644)]);
+    let err = problem(&plain, ReadOptions::default());
+    assert!(err.contains("without .PKGINFO"), "{err}");
+    let err = problem(&ar(&[("foo.o", vec![1, 2])]), ReadOptions::default());
+    assert!(err.contains("not a .deb"), "{err}");
+    let _ = Problem::Corrupt(String::new());
+}
