@@ -6,8 +6,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use nexus_graft::{
+    self as graft, AddOptions, ArchiveRequest, GraftError, Limits, ReadOptions, Source,
+};
 use nexus_store::catalog::kind;
-use nexus_store::{AddDir, AddOptions, Store, export, gc, names, verify};
+use nexus_store::{AddDir, Store, export, gc, names, verify};
 use serde_json::json;
 
 use super::output::{file_json, kind_name, lossy, mode_string, timestamp};
@@ -31,9 +34,20 @@ pub fn run(cli: Cli) -> Result<i32> {
             name,
             version,
             skip_special,
+            max_unpacked_size,
+            max_entries,
             threads,
             json,
-        } => add(&dir, paths, name, version, skip_special, threads, json),
+        } => {
+            let read = ReadOptions {
+                limits: Limits {
+                    max_unpacked_size,
+                    max_entries,
+                },
+                skip_special,
+            };
+            add(&dir, paths, name, version, read, threads, json)
+        }
         Command::Remove { specs } => {
             let generation = open(&dir)?.remove(&specs)?;
             println!("removed {}; generation {generation}", specs.join(" "));
@@ -204,58 +218,73 @@ fn name_from_layout(path: &Path) -> Result<(String, String)> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Directories become directory sources, anything else a package file
+/// (a missing path stays a directory, whose scan names it in the error).
+fn source(path: &Path, name: Option<(String, String)>) -> Result<Source> {
+    if std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+        let (name, version) = name.unzip();
+        return Ok(Source::Archive(ArchiveRequest {
+            path: path.to_path_buf(),
+            name,
+            version,
+        }));
+    }
+    let (name, version) = match name {
+        Some(nv) => nv,
+        None => name_from_layout(path)?,
+    };
+    Ok(Source::Dir(AddDir {
+        path: path.to_path_buf(),
+        name,
+        version,
+    }))
+}
+
 fn add(
     dir: &Path,
     paths: Vec<PathBuf>,
     name: Option<String>,
     version: Option<String>,
-    skip_special: bool,
+    read: ReadOptions,
     threads: Option<usize>,
     json: bool,
 ) -> Result<i32> {
-    let requests = match (name, version) {
+    let sources = match (name, version) {
         (Some(name), Some(version)) => {
             if paths.len() != 1 {
                 bail!(
-                    "--name/--version name one package; give exactly one PATH (or none of the flags to take names from App/Version paths)"
+                    "--name/--version name one package; give exactly one PATH (or none of the flags to take names from App/Version paths and package files)"
                 );
             }
-            vec![AddDir {
-                path: paths[0].clone(),
-                name,
-                version,
-            }]
+            names::check_name(&name)?;
+            names::check_version(&version)?;
+            vec![source(&paths[0], Some((name, version)))?]
         }
         _ => paths
             .iter()
-            .map(|p| {
-                let (name, version) = name_from_layout(p)?;
-                Ok(AddDir {
-                    path: p.clone(),
-                    name,
-                    version,
-                })
-            })
+            .map(|p| source(p, None))
             .collect::<Result<Vec<_>>>()?,
     };
-    for r in &requests {
-        names::check_name(&r.name).with_context(|| format!("{}", r.path.display()))?;
-        names::check_version(&r.version).with_context(|| format!("{}", r.path.display()))?;
+    for s in &sources {
+        if let Source::Dir(d) = s {
+            names::check_name(&d.name).with_context(|| format!("{}", d.path.display()))?;
+            names::check_version(&d.version).with_context(|| format!("{}", d.path.display()))?;
+        }
     }
     let mut store = open(dir)?;
-    let mut options = AddOptions {
-        skip_special,
-        ..AddOptions::default()
+    let options = AddOptions {
+        threads: threads.map_or(nexus_store::AddOptions::default().threads, |t| t.max(1)),
+        read,
     };
-    if let Some(t) = threads {
-        options.threads = t.max(1);
-    }
     let bar = Bar::for_stderr();
     let started = std::time::Instant::now();
-    let result = store.add_dirs(&requests, options, &bar);
+    let result = graft::add(&mut store, &sources, options, &bar);
     bar.finish();
-    let outcome = result?;
+    // A store error keeps its type, so `nip` can tell damage apart.
+    let outcome = result.map_err(|e| match e {
+        GraftError::Store(s) => anyhow::Error::from(s),
+        other => anyhow::Error::from(other),
+    })?;
     if json {
         println!(
             "{}",

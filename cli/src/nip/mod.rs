@@ -40,29 +40,44 @@ pub enum Command {
     /// Create the store (does nothing if it exists).
     Init,
 
-    /// Import directory trees as packages, all in one transaction.
+    /// Import packages: directory trees and package files, all in one
+    /// transaction.
     ///
-    /// Without --name/--version, each PATH must end in App/Version (the
+    /// A directory without --name/--version must end in App/Version (the
     /// GoboLinux layout), e.g. `nip add corpus/*/*` imports a whole tree of
-    /// programs at once. Adding a NAME/VERSION again with an identical tree
-    /// does nothing; with a different tree it is refused (versions are
-    /// immutable). Device nodes, FIFOs and sockets are refused unless
-    /// --skip-special.
+    /// programs at once. A file is recognised by its content: a Debian
+    /// .deb, an Arch/pacman .pkg.tar.{zst,xz,gz} or a pkgsrc binary .tgz;
+    /// its name and version come from its own metadata (`usr/` is dropped
+    /// from .deb and pacman paths, so usr/bin/hello becomes
+    /// hello/VERSION/bin/hello; a version's epoch is left out). Nothing is
+    /// unpacked to disk. Archives with unsafe paths, duplicates, broken
+    /// links or more than the limits unpack to are refused.
     ///
-    /// Example: nip add ./hello-root --name hello --version 2.10-3
+    /// Adding a NAME/VERSION again with an identical tree does nothing;
+    /// with a different tree it is refused (versions are immutable).
+    /// Device nodes, FIFOs and sockets are refused unless --skip-special.
+    ///
+    /// Examples: nip add hello_2.10-3_amd64.deb jq_1.6-2.1_amd64.deb;
+    /// nip add ./hello-root --name hello --version 2.10-3
     Add {
-        /// Directories to import.
+        /// Directories and package files to import.
         #[arg(required = true, value_name = "PATH")]
         paths: Vec<PathBuf>,
-        /// Package name (only with a single PATH).
+        /// Package name (only with a single PATH; overrides a package's own).
         #[arg(long, requires = "version")]
         name: Option<String>,
-        /// Package version (only with a single PATH).
+        /// Package version (only with a single PATH; overrides a package's own).
         #[arg(long, requires = "name")]
         version: Option<String>,
         /// Leave out device nodes, FIFOs and sockets instead of failing.
         #[arg(long)]
         skip_special: bool,
+        /// Most bytes one package file may unpack to (suffixes K, M, G, T).
+        #[arg(long, value_name = "SIZE", default_value = "8G", value_parser = parse_size)]
+        max_unpacked_size: u64,
+        /// Most entries (files, directories, links) in one package file.
+        #[arg(long, value_name = "N", default_value_t = 1_000_000)]
+        max_entries: u64,
         /// Worker threads for hashing and compression (default: all cores).
         #[arg(long, value_name = "N")]
         threads: Option<usize>,
@@ -174,4 +189,49 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Parses a size: a number of bytes with an optional binary suffix (`K`,
+/// `M`, `G`, `T`, also spelt `KiB`...).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
+    let (digits, shift) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return Err(format!("{text:?}: unknown unit {c:?} (use K, M, G or T)")),
+            };
+            (&t[..i], shift)
+        }
+        _ => (t, 0),
+    };
+    let n: u64 = digits
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (e.g. 8G, 512M, 1048576)"))?;
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn parses_sizes() {
+        assert_eq!(parse_size("1024"), Ok(1024));
+        assert_eq!(parse_size("8G"), Ok(8 << 30));
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("2k"), Ok(2048));
+        assert!(parse_size("1X").is_err());
+        assert!(parse_size("G").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
 }
