@@ -14,6 +14,7 @@
 //!   dropped, unless `NEXUS_TEST_KEEP=1` is set (handy when debugging);
 //! * randomised tests print their seed; `NEXUS_TEST_SEED=N` replays a run.
 
+pub mod archive;
 pub mod crafted;
 pub mod debs;
 pub mod fixtures;
