@@ -27,6 +27,9 @@ use crate::attr::{Attr, Entry, Kind};
 use crate::error::ViewError;
 use crate::view::View;
 
+mod index;
+pub use index::{INDEX_TTL, IndexFs, IndexNotifier, MountedIndex, mount_index};
+
 /// How long the kernel may keep what never changes: package entries and
 /// attributes.
 pub const IMMUTABLE_TTL: Duration = Duration::from_secs(24 * 3600);

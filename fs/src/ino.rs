@@ -9,7 +9,7 @@
 //! | `4·i` | package inode `inodes.id = i` (files, symlinks, directories, package roots) |
 //! | `4·a + 1` (a ≥ 1) | App directory, `a` = the App's first stored package id |
 //! | `4·a + 2` | that App's `Current` link |
-//! | `4·x + 3` | reserved (the Index tree) |
+//! | `4·x + 3` | the Index tree ([`crate::index`]; never decoded here) |
 //!
 //! Hard links are one catalog inode, so they get one number. An App is named
 //! by the lowest package id stored under its name

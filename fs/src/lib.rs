@@ -11,6 +11,10 @@
 //!   a thin adapter that turns requests into view calls and view answers
 //!   into replies with cache lifetimes. A virtio-fs adapter for VM guests is
 //!   planned beside it.
+//! - [`index`] is the Index (GoboLinux's `/System/Index`): `bin`, `lib`,
+//!   `share`… of every App's `Current` version merged into one tree of
+//!   symlinks into the mount, served by [`fuse::mount_index`] as a second
+//!   mount.
 //!
 //! Internals: `generation` loads the root and App levels of a generation in
 //! one query; `content` reads file bytes through a bounded cache of decoded,
@@ -22,6 +26,7 @@ mod content;
 pub mod error;
 pub mod fuse;
 mod generation;
+pub mod index;
 pub mod ino;
 mod pool;
 pub mod view;
@@ -31,4 +36,5 @@ mod tests;
 
 pub use attr::{Attr, Entry, FsStats, Kind, Listing};
 pub use error::{Result, ViewError};
+pub use index::{Index, IndexChanges};
 pub use view::{CURRENT, GenerationChoice, View, ViewOptions};

@@ -1,0 +1,279 @@
+//! The FUSE adapter of the [`Index`]: a second, read-only mount of
+//! directories and symlinks only.
+//!
+//! Everything in the index changes with the generation, so every entry and
+//! attribute gets the short [`INDEX_TTL`] and no directory listing is cached
+//! by the kernel; [`IndexNotifier`] additionally tells the kernel at once
+//! which cached names a generation change made stale. FUSE calls the root
+//! `1`; the index calls it [`ROOT`], and this adapter translates both ways.
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuser::{
+    Config, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
+    MountOption, Notifier, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request, Session, SessionACL,
+};
+
+use super::{MountOptions, Unmounter, errno, file_attr, file_type, reply_xattr};
+use crate::index::{Index, IndexChanges, ROOT};
+
+/// How long the kernel may keep an index entry or attribute. Short, because
+/// all of them change with the generation: should a notification be lost, a
+/// switch still shows within this; with notifications it shows at once.
+pub const INDEX_TTL: Duration = Duration::from_secs(1);
+
+/// The `fuser` file system of an index.
+pub struct IndexFs {
+    index: Arc<Index>,
+}
+
+impl IndexFs {
+    /// Serves `index`.
+    pub fn new(index: Arc<Index>) -> IndexFs {
+        IndexFs { index }
+    }
+}
+
+/// The index's number for a FUSE node id.
+fn node(ino: INodeNo) -> u64 {
+    if ino == INodeNo::ROOT { ROOT } else { ino.0 }
+}
+
+/// The FUSE node id for an index number.
+fn fuse_node(ino: u64) -> INodeNo {
+    if ino == ROOT {
+        INodeNo::ROOT
+    } else {
+        INodeNo(ino)
+    }
+}
+
+impl Filesystem for IndexFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        for flag in [
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+        ] {
+            if config.add_capabilities(flag).is_err() {
+                tracing::debug!("the kernel does not offer {flag:?}");
+            }
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.index.lookup(node(parent), name.as_bytes()) {
+            Ok(entry) => reply.entry_with_ttls(
+                &INDEX_TTL,
+                &INDEX_TTL,
+                &file_attr(&entry.attr),
+                Generation(0),
+            ),
+            Err(e) => reply.error(errno("index lookup", parent, &e)),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.index.getattr(node(ino)) {
+            Ok(attr) => reply.attr(&INDEX_TTL, &file_attr(&attr)),
+            Err(e) => reply.error(errno("index getattr", ino, &e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.index.readlink(node(ino)) {
+            Ok(target) => reply.data(&target),
+            Err(e) => reply.error(errno("index readlink", ino, &e)),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.index.opendir(node(ino)) {
+            // No FOPEN_CACHE_DIR: a listing is only good for its generation.
+            Ok((fh, _)) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(errno("index opendir", ino, &e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let listing = match self.index.listing(fh.0) {
+            Ok(l) => l,
+            Err(e) => return reply.error(errno("index readdir", ino, &e)),
+        };
+        // An entry's offset is that of the next one: resume after it.
+        for (i, e) in listing.entries.iter().enumerate().skip(offset as usize) {
+            let name = OsStr::from_bytes(&e.name);
+            if reply.add(
+                fuse_node(e.attr.ino),
+                i as u64 + 1,
+                file_type(e.attr.kind),
+                name,
+            ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let listing = match self.index.listing(fh.0) {
+            Ok(l) => l,
+            Err(e) => return reply.error(errno("index readdirplus", ino, &e)),
+        };
+        for (i, e) in listing.entries.iter().enumerate().skip(offset as usize) {
+            let name = OsStr::from_bytes(&e.name);
+            if reply.add(
+                fuse_node(e.attr.ino),
+                i as u64 + 1,
+                name,
+                &INDEX_TTL,
+                &file_attr(&e.attr),
+                Generation(0),
+            ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.index.release(fh.0);
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        // Only links and directories: nothing to count in blocks or files.
+        reply.statfs(0, 0, 0, 0, 0, 4096, 255, 4096);
+    }
+
+    // The index has no extended attributes; answering (rather than "not
+    // implemented") keeps `ls -l` and friends from logging warnings.
+    fn getxattr(&self, _req: &Request, ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
+        match self.index.getattr(node(ino)) {
+            Ok(_) => reply.error(fuser::Errno::from_i32(libc::ENODATA)),
+            Err(e) => reply.error(errno("index getxattr", ino, &e)),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.index.getattr(node(ino)) {
+            Ok(_) => reply_xattr(reply, size, &[]),
+            Err(e) => reply.error(errno("index listxattr", ino, &e)),
+        }
+    }
+}
+
+/// A mounted index, not yet serving requests.
+pub struct MountedIndex {
+    session: Session<IndexFs>,
+    mountpoint: std::path::PathBuf,
+}
+
+/// Mounts `index` read-only at `mountpoint`, with the `allow_other` and
+/// thread count of `options` (its links lead into the main mount, which
+/// decides about setuid). When this returns the mount exists; requests are
+/// served once [`MountedIndex::run`] is called.
+pub fn mount_index(
+    index: Arc<Index>,
+    mountpoint: &Path,
+    options: &MountOptions,
+) -> io::Result<MountedIndex> {
+    let mut config = Config::default();
+    config.mount_options = vec![
+        // `nexus umount` recognises nexus mounts by this source name.
+        MountOption::FSName("nexus".into()),
+        MountOption::Subtype("nexus-index".into()),
+        MountOption::RO,
+        MountOption::DefaultPermissions,
+        MountOption::NoAtime,
+        MountOption::NoSuid,
+        MountOption::NoDev,
+    ];
+    if options.allow_other {
+        config.acl = SessionACL::All;
+    }
+    config.n_threads = Some(options.threads.max(1));
+    config.clone_fd = true;
+    let session = Session::new(IndexFs::new(index), mountpoint, &config)?;
+    Ok(MountedIndex {
+        session,
+        mountpoint: mountpoint.to_path_buf(),
+    })
+}
+
+impl MountedIndex {
+    /// Something another thread can unmount with (e.g. on SIGTERM, or when
+    /// the main mount goes away).
+    pub fn unmounter(&mut self) -> Unmounter {
+        Unmounter {
+            session: self.session.unmount_callable(),
+            mountpoint: self.mountpoint.clone(),
+        }
+    }
+
+    /// Something another thread can tell the kernel about index changes
+    /// with.
+    pub fn notifier(&self) -> IndexNotifier {
+        IndexNotifier(self.session.notifier())
+    }
+
+    /// Serves requests until the index is unmounted.
+    pub fn run(self) -> io::Result<()> {
+        self.session.run()
+    }
+}
+
+/// Tells the kernel which of its cached index entries are stale.
+#[derive(Clone)]
+pub struct IndexNotifier(Notifier);
+
+impl IndexNotifier {
+    /// Invalidates what `changes` lists: each stale name in its directory,
+    /// and the cached attributes of each changed symlink. Must not be called
+    /// from a request of the same mount (the kernel may wait for that
+    /// request to finish before taking the notification). Returns the first
+    /// error after trying everything; after an unmount every notification
+    /// fails and nothing needs invalidating anyway.
+    pub fn apply(&self, changes: &IndexChanges) -> io::Result<()> {
+        let mut first_error = None;
+        for (dir, name) in &changes.entries {
+            if let Err(e) = self.0.inval_entry(fuse_node(*dir), OsStr::from_bytes(name)) {
+                first_error.get_or_insert(e);
+            }
+        }
+        for ino in &changes.inodes {
+            if let Err(e) = self.0.inval_inode(fuse_node(*ino), 0, 0) {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}

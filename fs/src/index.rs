@@ -1,0 +1,742 @@
+//! The Index, as GoboLinux's `/System/Index`: one tree that merges the
+//! standard directories of every App's `Current` version, as symlinks into
+//! the `/Programs` mount, so that `PATH=INDEX/bin` finds every program.
+//!
+//! # What it holds
+//!
+//! The index root always lists the directories of [`layout`]: `bin`,
+//! `include`, `lib`, `libexec`, `sbin` and `share`. Each is merged from a
+//! list of *sources*, paths inside every App's `Current` version, so that
+//! both trees laid out GoboLinux-style (`bin/` at the package root) and
+//! Debian packages unpacked with `dpkg-deb -x` (`usr/bin/`) are found:
+//!
+//! | index | sources, in rank order within one App |
+//! |---|---|
+//! | `bin` | `bin`, `usr/bin`, `usr/games` |
+//! | `include` | `include`, `usr/include` |
+//! | `lib` | `lib`, `usr/lib`, `lib/TRIPLET`, `usr/lib/TRIPLET` |
+//! | `libexec` | `libexec`, `usr/libexec` |
+//! | `sbin` | `sbin`, `usr/sbin` |
+//! | `share` | `share`, `usr/share` |
+//!
+//! `TRIPLET` is the Debian multiarch tuple of the machine ([`MULTIARCH`],
+//! `x86_64-linux-gnu` on amd64): Debian puts shared libraries in
+//! `usr/lib/x86_64-linux-gnu`, and taking that directory's content into
+//! `lib` too means `LD_LIBRARY_PATH=INDEX/lib` (or one `ld.so.conf` line)
+//! finds them. `INDEX/lib/x86_64-linux-gnu` exists as well, merged like any
+//! subdirectory. `etc` is left out on purpose: configuration belongs to the
+//! system, not to packages (GoboLinux keeps it apart, in `/System/Settings`),
+//! and `lib64` holds only the dynamic loader, which is found by its absolute
+//! path.
+//!
+//! A name whose highest-ranked source is a file or a symlink is a symlink in
+//! the index, to `MOUNT/App/Current/SOURCE/…/name`: through `Current`, so a
+//! version switch changes what the link reaches without changing the link.
+//! A name whose highest-ranked source is a directory is a real directory in
+//! the index, merged recursively by the same rule from every source that has
+//! that name as a directory. Symlinks in packages are never followed while
+//! merging: a symlink to a directory is a leaf.
+//!
+//! # The clash rule
+//!
+//! Sources are ranked by App name (bytewise ascending: `alpha` before `beta`,
+//! `Zed` before `abc`), then, within one App, by the order of the table
+//! above (`bin` before `usr/bin`). For every name the highest-ranked source
+//! that has it decides: its file or symlink wins outright (lower-ranked
+//! entries of that name are hidden, directories included); if it is a
+//! directory, the lower-ranked directories of that name are merged into it
+//! and lower-ranked files of that name are hidden.
+//!
+//! # Numbers, caching and generations
+//!
+//! Index inode numbers are `4·x + 3` (see [`crate::ino`]), never a number of
+//! the main view; the root is `3` ([`ROOT`]). `x` is given to each index path
+//! the first time it is seen and never reused by this process, so a number
+//! names the same path in every generation (the kernel never sees a number
+//! change meaning), though not across remounts. Directories report a link
+//! count of 1, the customary "unknown": counting subdirectories would mean
+//! merging every one of them.
+//!
+//! The index follows the generation its [`View`] shows. A merged directory
+//! is computed on first use, from one directory-listing query per source
+//! directory (never one per entry), and kept for the generation; the
+//! listings themselves are of immutable package directories and stay in a
+//! bounded cache across generations, so a new generation costs queries only
+//! for packages it adds. [`Index::refresh`] reports which names the kernel
+//! may hold that a generation change made stale, for transports that can
+//! invalidate; everything in the index is generation-bound, so transports
+//! also give it short cache lifetimes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, RwLock};
+
+use nexus_store::catalog::{Catalog, kind};
+use nexus_store::store::CATALOG_FILE;
+use quick_cache::Weighter;
+use quick_cache::sync::Cache;
+
+use crate::attr::{Attr, Entry, Kind, Listing};
+use crate::error::{Result, ViewError};
+use crate::generation::GenerationTree;
+use crate::pool::CatalogPool;
+use crate::view::{CURRENT, View};
+
+/// The index root's inode number (`4·0 + 3`). FUSE calls its root `1`; the
+/// adapter translates.
+pub const ROOT: u64 = 3;
+
+/// The Debian multiarch tuple of the machine this was built for, whose
+/// library directories also feed the index's `lib`.
+pub const MULTIARCH: Option<&str> = multiarch();
+
+const fn multiarch() -> Option<&'static str> {
+    if !cfg!(all(target_os = "linux", target_env = "gnu")) {
+        None
+    } else if cfg!(target_arch = "x86_64") {
+        Some("x86_64-linux-gnu")
+    } else if cfg!(target_arch = "aarch64") {
+        Some("aarch64-linux-gnu")
+    } else if cfg!(target_arch = "x86") {
+        Some("i386-linux-gnu")
+    } else if cfg!(target_arch = "riscv64") {
+        Some("riscv64-linux-gnu")
+    } else {
+        None
+    }
+}
+
+/// One directory of the index root and where its content comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IndexDir {
+    /// Its name under the index root.
+    pub name: &'static str,
+    /// Paths inside an App's `Current` version merged into it, highest rank
+    /// first.
+    pub sources: Vec<String>,
+}
+
+/// The directories of the index root, sorted by name, with their sources
+/// (the table in the [module documentation](self)).
+pub fn layout() -> &'static [IndexDir] {
+    static LAYOUT: LazyLock<Vec<IndexDir>> = LazyLock::new(|| {
+        let dir = |name, sources: &[&str]| IndexDir {
+            name,
+            sources: sources.iter().map(|s| s.to_string()).collect(),
+        };
+        let mut lib = dir("lib", &["lib", "usr/lib"]);
+        if let Some(triplet) = MULTIARCH {
+            lib.sources.push(format!("lib/{triplet}"));
+            lib.sources.push(format!("usr/lib/{triplet}"));
+        }
+        vec![
+            dir("bin", &["bin", "usr/bin", "usr/games"]),
+            dir("include", &["include", "usr/include"]),
+            lib,
+            dir("libexec", &["libexec", "usr/libexec"]),
+            dir("sbin", &["sbin", "usr/sbin"]),
+            dir("share", &["share", "usr/share"]),
+        ]
+    });
+    &LAYOUT
+}
+
+/// What a generation change made stale in the index, for a transport that
+/// can tell its clients (FUSE invalidation notifications). Names that only
+/// appeared need nothing: a failed lookup is never cached.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IndexChanges {
+    /// The generation the index shows now.
+    pub generation: Option<i64>,
+    /// `(directory inode, name)` of entries that disappeared or now name
+    /// something else (another link target, a directory instead of a link
+    /// or the reverse), in directories that had been listed or looked in.
+    pub entries: Vec<(u64, Vec<u8>)>,
+    /// Symlinks whose target changed (their cached attributes are stale).
+    pub inodes: Vec<u64>,
+}
+
+impl IndexChanges {
+    /// True when nothing needs invalidating.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty() && self.inodes.is_empty()
+    }
+}
+
+/// Entries of package directories kept across generations (their sum of
+/// names, weighed by entry).
+const LISTING_CACHE_ENTRIES: u64 = 1 << 18;
+/// Superseded generations kept for [`Index::refresh`] to compare; beyond
+/// this the oldest is forgotten and the transport's short cache lifetime
+/// covers what it held.
+const RETIRED_MAX: usize = 4;
+
+/// One entry of a package directory, as the merge needs it.
+#[derive(Debug)]
+struct Child {
+    name: Box<[u8]>,
+    id: i64,
+    kind: i64,
+}
+
+#[derive(Clone)]
+struct ListingWeighter;
+
+impl Weighter<i64, Arc<[Child]>> for ListingWeighter {
+    fn weight(&self, _dir: &i64, children: &Arc<[Child]>) -> u64 {
+        children.len() as u64 + 1
+    }
+}
+
+/// A package directory feeding an index directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Source {
+    /// The App whose `Current` version holds it.
+    app: Arc<str>,
+    /// Its catalog inode id.
+    dir: i64,
+    /// Its path inside the App's `Current` version.
+    rel: Arc<[u8]>,
+}
+
+/// What a name in an index directory is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Merged {
+    /// A directory merged from these sources, highest rank first.
+    Dir(Vec<Source>),
+    /// A symlink with this target.
+    Link(Vec<u8>),
+}
+
+impl Merged {
+    fn kind(&self) -> Kind {
+        match self {
+            Merged::Dir(_) => Kind::Dir,
+            Merged::Link(_) => Kind::Symlink,
+        }
+    }
+}
+
+/// A merged index directory: name → what it is, sorted bytewise.
+type MergedDir = BTreeMap<Box<[u8]>, Merged>;
+
+/// The index of one generation: its Apps and the directories computed so
+/// far.
+struct IndexGeneration {
+    id: Option<i64>,
+    created: i64,
+    /// App name → the root inode of its `Current` version, sorted by name
+    /// (the rank order).
+    apps: Vec<(Arc<str>, i64)>,
+    /// Index path (`bin`, `share/man/man1`) → its merged directory.
+    dirs: Mutex<HashMap<Arc<[u8]>, Arc<MergedDir>>>,
+}
+
+impl IndexGeneration {
+    fn new(tree: &GenerationTree) -> IndexGeneration {
+        let apps = tree
+            .apps
+            .values()
+            .filter_map(|app| {
+                let root = app.versions.get(app.current.as_deref()?)?;
+                Some((Arc::from(app.name.as_str()), root.id))
+            })
+            .collect();
+        IndexGeneration {
+            id: tree.id,
+            created: tree.created,
+            apps,
+            dirs: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn dirs(&self) -> MutexGuard<'_, HashMap<Arc<[u8]>, Arc<MergedDir>>> {
+        // The map stays consistent even if a holder panicked.
+        self.dirs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Index paths and the numbers given to them.
+#[derive(Default)]
+struct Numbers {
+    by_path: HashMap<Arc<[u8]>, u64>,
+    /// `x` → path; `x = 0` is the root (the empty path).
+    paths: Vec<Arc<[u8]>>,
+}
+
+/// `PARENT/NAME` as an index path (no leading slash; the root is empty).
+fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut path = Vec::with_capacity(parent.len() + 1 + name.len());
+    if !parent.is_empty() {
+        path.extend_from_slice(parent);
+        path.push(b'/');
+    }
+    path.extend_from_slice(name);
+    path
+}
+
+/// Splits an index path into its parent and last name.
+fn split(path: &[u8]) -> (&[u8], &[u8]) {
+    match path.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&path[..i], &path[i + 1..]),
+        None => (&[], path),
+    }
+}
+
+/// The transport-neutral Index over a [`View`]'s generation.
+pub struct Index {
+    view: Arc<View>,
+    pool: CatalogPool,
+    /// Where the view is mounted, as bytes without a trailing slash.
+    mount: Vec<u8>,
+    numbers: RwLock<Numbers>,
+    listings: Cache<i64, Arc<[Child]>, ListingWeighter>,
+    current: RwLock<Arc<IndexGeneration>>,
+    retired: Mutex<Vec<Arc<IndexGeneration>>>,
+    handles: Mutex<HashMap<u64, Arc<Listing>>>,
+    next_handle: AtomicU64,
+}
+
+impl Index {
+    /// The index of the generation `view` shows, for the store in
+    /// `store_dir`, with links into `mount` (where `view` is mounted; an
+    /// absolute path). `connections` catalog connections are opened up front.
+    pub fn open(
+        view: Arc<View>,
+        store_dir: &Path,
+        mount: &Path,
+        connections: usize,
+    ) -> Result<Index> {
+        let pool = CatalogPool::open(&store_dir.join(CATALOG_FILE), connections)?;
+        let generation = pool.with(|c| GenerationTree::load(c, view.generation()))?;
+        let mut mount = mount.as_os_str().as_encoded_bytes().to_vec();
+        while mount.len() > 1 && mount.ends_with(b"/") {
+            mount.pop();
+        }
+        let numbers = Numbers {
+            by_path: HashMap::from([(Arc::from(&b""[..]), 0)]),
+            paths: vec![Arc::from(&b""[..])],
+        };
+        Ok(Index {
+            view,
+            pool,
+            mount,
+            numbers: RwLock::new(numbers),
+            listings: Cache::with_weighter(16_384, LISTING_CACHE_ENTRIES, ListingWeighter),
+            current: RwLock::new(Arc::new(IndexGeneration::new(&generation))),
+            retired: Mutex::new(Vec::new()),
+            handles: Mutex::new(HashMap::new()),
+            next_handle: AtomicU64::new(1),
+        })
+    }
+
+    /// The generation the index shows (`None` for an empty store).
+    pub fn generation(&self) -> Option<i64> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).id
+    }
+
+    /// The index of the generation the view shows now, loading it (one
+    /// query) if the view moved since the last call.
+    fn sync(&self) -> Result<Arc<IndexGeneration>> {
+        let wanted = self.view.generation();
+        let shown = self
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if shown.id == wanted {
+            return Ok(shown);
+        }
+        let tree = self.pool.with(|c| GenerationTree::load(c, wanted))?;
+        let fresh = Arc::new(IndexGeneration::new(&tree));
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        if current.id == wanted {
+            // Another request thread loaded it meanwhile.
+            return Ok(current.clone());
+        }
+        let old = std::mem::replace(&mut *current, fresh.clone());
+        drop(current);
+        let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        retired.push(old);
+        if retired.len() > RETIRED_MAX {
+            retired.remove(0);
+        }
+        Ok(fresh)
+    }
+
+    /// Moves the index to the generation the view shows and reports what
+    /// that made stale since the previous call (`None` when the generation
+    /// did not change). Every directory of the superseded generations that
+    /// was computed (listed or looked in) is computed again for the new one
+    /// and compared name by name.
+    pub fn refresh(&self) -> Result<Option<IndexChanges>> {
+        let now = self.sync()?;
+        let retired = std::mem::take(&mut *self.retired.lock().unwrap_or_else(|p| p.into_inner()));
+        if retired.is_empty() {
+            return Ok(None);
+        }
+        let mut changes = IndexChanges {
+            generation: now.id,
+            ..IndexChanges::default()
+        };
+        for old in retired {
+            let dirs: Vec<(Arc<[u8]>, Arc<MergedDir>)> = old
+                .dirs()
+                .iter()
+                .map(|(p, d)| (p.clone(), d.clone()))
+                .collect();
+            for (path, before) in dirs {
+                // A directory gone in the new generation is reported by its
+                // parent (computed too, since it was looked in to reach it).
+                let Some(after) = self.dir(&now, &path)? else {
+                    continue;
+                };
+                let dir_ino = self.number(&path)?;
+                for (name, was) in before.iter() {
+                    match (was, after.get(name)) {
+                        (Merged::Dir(_), Some(Merged::Dir(_))) => {}
+                        (Merged::Link(a), Some(Merged::Link(b))) if a == b => {}
+                        (was, _) => {
+                            changes.entries.push((dir_ino, name.to_vec()));
+                            if matches!(was, Merged::Link(_)) {
+                                changes.inodes.push(self.number(&join(&path, name))?);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        changes.entries.sort();
+        changes.entries.dedup();
+        changes.inodes.sort_unstable();
+        changes.inodes.dedup();
+        Ok(Some(changes))
+    }
+
+    /// The inode number of index path `path`, given on first sight.
+    fn number(&self, path: &[u8]) -> Result<u64> {
+        let x = {
+            let numbers = self.numbers.read().unwrap_or_else(|p| p.into_inner());
+            numbers.by_path.get(path).copied()
+        };
+        let x = match x {
+            Some(x) => x,
+            None => {
+                let mut numbers = self.numbers.write().unwrap_or_else(|p| p.into_inner());
+                let next = numbers.paths.len() as u64;
+                let path: Arc<[u8]> = Arc::from(path);
+                let x = *numbers.by_path.entry(path.clone()).or_insert(next);
+                if x == next {
+                    numbers.paths.push(path);
+                }
+                x
+            }
+        };
+        x.checked_mul(4)
+            .and_then(|n| n.checked_add(3))
+            .ok_or_else(|| ViewError::Inconsistent("index inode numbers exhausted".into()))
+    }
+
+    /// The index path inode number `ino` was given to.
+    fn path(&self, ino: u64) -> Result<Arc<[u8]>> {
+        if ino & 3 != 3 {
+            return Err(ViewError::NotFound);
+        }
+        let numbers = self.numbers.read().unwrap_or_else(|p| p.into_inner());
+        usize::try_from(ino >> 2)
+            .ok()
+            .and_then(|x| numbers.paths.get(x))
+            .cloned()
+            .ok_or(ViewError::NotFound)
+    }
+
+    /// The entries of package directory `dir`, from the cache or one query.
+    fn children(&self, dir: i64) -> Result<Arc<[Child]>> {
+        if let Some(children) = self.listings.get(&dir) {
+            return Ok(children);
+        }
+        let rows = self.pool.with(|c: &Catalog| Ok(c.dir_entries(dir)?))?;
+        let children: Arc<[Child]> = rows
+            .into_iter()
+            .map(|row| Child {
+                name: row.name.into_boxed_slice(),
+                id: row.inode.id,
+                kind: row.inode.kind,
+            })
+            .collect();
+        self.listings.insert(dir, children.clone());
+        Ok(children)
+    }
+
+    /// The package directory at `rel` below package directory `root`, if
+    /// every component is a real directory (symlinks are not followed).
+    fn resolve(&self, root: i64, rel: &str) -> Result<Option<i64>> {
+        let mut dir = root;
+        for part in rel.split('/') {
+            let children = self.children(dir)?;
+            // Listings are sorted bytewise by name (the catalog's order).
+            match children.binary_search_by(|c| c.name[..].cmp(part.as_bytes())) {
+                Ok(i) if children[i].kind == kind::DIR => dir = children[i].id,
+                _ => return Ok(None),
+            }
+        }
+        Ok(Some(dir))
+    }
+
+    /// The sources of top-level index directory `top`, in rank order.
+    fn top_sources(&self, generation: &IndexGeneration, top: &IndexDir) -> Result<Vec<Source>> {
+        let mut sources = Vec::new();
+        for (app, root) in &generation.apps {
+            for rel in &top.sources {
+                if let Some(dir) = self.resolve(*root, rel)? {
+                    sources.push(Source {
+                        app: app.clone(),
+                        dir,
+                        rel: Arc::from(rel.as_bytes()),
+                    });
+                }
+            }
+        }
+        Ok(sources)
+    }
+
+    fn link_target(&self, source: &Source, name: &[u8]) -> Vec<u8> {
+        let mut target = self.mount.clone();
+        for part in [
+            source.app.as_bytes(),
+            CURRENT.as_bytes(),
+            &source.rel[..],
+            name,
+        ] {
+            if !target.ends_with(b"/") {
+                target.push(b'/');
+            }
+            target.extend_from_slice(part);
+        }
+        target
+    }
+
+    /// Merges `sources` (highest rank first) by the clash rule.
+    fn merge(&self, sources: &[Source]) -> Result<MergedDir> {
+        let mut merged = MergedDir::new();
+        for source in sources {
+            for child in self.children(source.dir)?.iter() {
+                let is_dir = child.kind == kind::DIR;
+                match merged.get_mut(&child.name) {
+                    None => {
+                        let entry = if is_dir {
+                            Merged::Dir(vec![Source {
+                                app: source.app.clone(),
+                                dir: child.id,
+                                rel: Arc::from(join(&source.rel, &child.name)),
+                            }])
+                        } else {
+                            Merged::Link(self.link_target(source, &child.name))
+                        };
+                        merged.insert(child.name.clone(), entry);
+                    }
+                    Some(Merged::Dir(lower)) if is_dir => lower.push(Source {
+                        app: source.app.clone(),
+                        dir: child.id,
+                        rel: Arc::from(join(&source.rel, &child.name)),
+                    }),
+                    // A higher-ranked source decided this name.
+                    Some(_) => {}
+                }
+            }
+        }
+        Ok(merged)
+    }
+
+    /// The merged directory at index path `path` (not the root) in
+    /// `generation`, computed on first use; `None` if it is not a directory
+    /// there.
+    fn dir(&self, generation: &IndexGeneration, path: &[u8]) -> Result<Option<Arc<MergedDir>>> {
+        if let Some(dir) = generation.dirs().get(path) {
+            return Ok(Some(dir.clone()));
+        }
+        let (parent, name) = split(path);
+        let sources = if parent.is_empty() {
+            match layout().iter().find(|d| d.name.as_bytes() == name) {
+                Some(top) => self.top_sources(generation, top)?,
+                None => return Ok(None),
+            }
+        } else {
+            let Some(parent) = self.dir(generation, parent)? else {
+                return Ok(None);
+            };
+            match parent.get(name) {
+                Some(Merged::Dir(sources)) => sources.clone(),
+                _ => return Ok(None),
+            }
+        };
+        let merged = Arc::new(self.merge(&sources)?);
+        // Another thread may have computed it meanwhile: keep the first, so
+        // that every answer of a generation comes from one computation.
+        let mut dirs = generation.dirs();
+        Ok(Some(dirs.entry(Arc::from(path)).or_insert(merged).clone()))
+    }
+
+    fn dir_attr(&self, generation: &IndexGeneration, ino: u64) -> Attr {
+        Attr {
+            ino,
+            kind: Kind::Dir,
+            perm: 0o755,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            mtime: generation.created,
+            // The number of subdirectories is unknown until each is merged;
+            // 1 is the customary "unknown" that keeps find(1) from using
+            // link counts to skip directories.
+            nlink: 1,
+            immutable: false,
+        }
+    }
+
+    fn attr(&self, generation: &IndexGeneration, path: &[u8], what: &Merged) -> Result<Attr> {
+        let ino = self.number(path)?;
+        Ok(match what {
+            Merged::Dir(_) => self.dir_attr(generation, ino),
+            Merged::Link(target) => Attr {
+                ino,
+                kind: Kind::Symlink,
+                perm: 0o777,
+                uid: 0,
+                gid: 0,
+                size: target.len() as u64,
+                mtime: generation.created,
+                nlink: 1,
+                immutable: false,
+            },
+        })
+    }
+
+    /// What index path `path` (not the root) is in `generation`.
+    fn find(&self, generation: &IndexGeneration, path: &[u8]) -> Result<Merged> {
+        let (parent, name) = split(path);
+        if parent.is_empty() {
+            return match layout().iter().any(|d| d.name.as_bytes() == name) {
+                // The sources are not needed to answer for a top directory.
+                true => Ok(Merged::Dir(Vec::new())),
+                false => Err(ViewError::NotFound),
+            };
+        }
+        let dir = self.dir(generation, parent)?.ok_or(ViewError::NotFound)?;
+        dir.get(name).cloned().ok_or(ViewError::NotFound)
+    }
+
+    /// The attributes of index inode `ino`.
+    pub fn getattr(&self, ino: u64) -> Result<Attr> {
+        let generation = self.sync()?;
+        let path = self.path(ino)?;
+        if path.is_empty() {
+            return Ok(self.dir_attr(&generation, ROOT));
+        }
+        let what = self.find(&generation, &path)?;
+        self.attr(&generation, &path, &what)
+    }
+
+    /// Looks `name` up in index directory `parent`.
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Entry> {
+        let generation = self.sync()?;
+        let parent = self.path(parent)?;
+        if !parent.is_empty() && self.find(&generation, &parent)?.kind() != Kind::Dir {
+            return Err(ViewError::NotDir);
+        }
+        let path = join(&parent, name);
+        let what = self.find(&generation, &path)?;
+        Ok(Entry {
+            name: name.to_vec(),
+            attr: self.attr(&generation, &path, &what)?,
+            immutable: false,
+        })
+    }
+
+    /// The whole listing of index directory `ino`, `.` and `..` first.
+    pub fn list(&self, ino: u64) -> Result<Listing> {
+        let generation = self.sync()?;
+        let path = self.path(ino)?;
+        let this = self.dir_attr(&generation, ino);
+        let mut entries = Vec::new();
+        let dot = |name: &[u8], attr: Attr| Entry {
+            name: name.to_vec(),
+            attr,
+            immutable: false,
+        };
+        if path.is_empty() {
+            entries.push(dot(b".", this.clone()));
+            entries.push(dot(b"..", this));
+            for top in layout() {
+                let ino = self.number(top.name.as_bytes())?;
+                entries.push(dot(top.name.as_bytes(), self.dir_attr(&generation, ino)));
+            }
+            return Ok(Listing {
+                entries,
+                immutable: false,
+            });
+        }
+        let Some(dir) = self.dir(&generation, &path)? else {
+            return Err(match self.find(&generation, &path) {
+                Ok(_) => ViewError::NotDir,
+                Err(e) => e,
+            });
+        };
+        let (parent, _) = split(&path);
+        let parent_ino = self.number(parent)?;
+        entries.reserve(dir.len() + 2);
+        entries.push(dot(b".", this));
+        entries.push(dot(b"..", self.dir_attr(&generation, parent_ino)));
+        for (name, what) in dir.iter() {
+            let attr = self.attr(&generation, &join(&path, name), what)?;
+            entries.push(dot(name, attr));
+        }
+        Ok(Listing {
+            entries,
+            immutable: false,
+        })
+    }
+
+    /// The target of index symlink `ino`.
+    pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
+        let generation = self.sync()?;
+        let path = self.path(ino)?;
+        if path.is_empty() {
+            return Err(ViewError::WrongKind);
+        }
+        match self.find(&generation, &path)? {
+            Merged::Link(target) => Ok(target),
+            Merged::Dir(_) => Err(ViewError::WrongKind),
+        }
+    }
+
+    fn handles(&self) -> MutexGuard<'_, HashMap<u64, Arc<Listing>>> {
+        self.handles.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Opens index directory `ino` for reading: its listing is taken now and
+    /// served from memory until [`Index::release`].
+    pub fn opendir(&self, ino: u64) -> Result<(u64, Arc<Listing>)> {
+        let listing = Arc::new(self.list(ino)?);
+        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        self.handles().insert(fh, listing.clone());
+        Ok((fh, listing))
+    }
+
+    /// The listing of an open directory handle.
+    pub fn listing(&self, fh: u64) -> Result<Arc<Listing>> {
+        self.handles()
+            .get(&fh)
+            .cloned()
+            .ok_or(ViewError::BadHandle(fh))
+    }
+
+    /// Forgets a directory handle.
+    pub fn release(&self, fh: u64) {
+        self.handles().remove(&fh);
+    }
+}
+
+#[cfg(test)]
+mod tests;

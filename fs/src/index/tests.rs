@@ -1,0 +1,368 @@
+//! Tests of the index against real stores built in temporary directories.
+
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use nexus_store::{AddDir, AddOptions, NoProgress, Store};
+
+use super::{Index, MULTIARCH, ROOT};
+use crate::attr::Kind;
+use crate::error::ViewError;
+use crate::ino::Node;
+use crate::view::{GenerationChoice, View, ViewOptions};
+
+/// Where the view is taken to be mounted (links point below it).
+const MOUNT: &str = "/P";
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    store: PathBuf,
+    src: PathBuf,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = tmp.path().join("store");
+        Store::init(&store).unwrap();
+        let src = tmp.path().join("src");
+        Fixture {
+            _tmp: tmp,
+            store,
+            src,
+        }
+    }
+
+    /// Writes `files` (path → content; content `@TARGET` makes a symlink)
+    /// below `NAME-VERSION` in the source root and adds it as NAME/VERSION.
+    fn add(&self, name: &str, version: &str, files: &[(&str, &str)]) {
+        let dir = self.src.join(format!("{name}-{version}"));
+        for (path, content) in files {
+            let path = dir.join(path);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            match content.strip_prefix('@') {
+                Some(target) => symlink(target, &path).unwrap(),
+                None => fs::write(&path, content).unwrap(),
+            }
+        }
+        fs::create_dir_all(&dir).unwrap();
+        let mut store = Store::open(&self.store).unwrap();
+        let add = AddDir {
+            path: dir,
+            name: name.into(),
+            version: version.into(),
+        };
+        store
+            .add_dirs(&[add], AddOptions::default(), &NoProgress)
+            .unwrap();
+    }
+
+    fn store(&self) -> Store {
+        Store::open(&self.store).unwrap()
+    }
+
+    fn index(&self, generation: GenerationChoice) -> (Arc<View>, Index) {
+        let options = ViewOptions {
+            generation,
+            cache_bytes: 1 << 20,
+            connections: 1,
+        };
+        let view = Arc::new(View::open(&self.store, options).unwrap());
+        let index = Index::open(view.clone(), &self.store, Path::new(MOUNT), 2).unwrap();
+        (view, index)
+    }
+}
+
+/// Looks a `/`-separated path up from the index root.
+fn walk(index: &Index, path: &str) -> Result<crate::attr::Entry, ViewError> {
+    let mut parent = ROOT;
+    let mut found = Err(ViewError::NotFound);
+    for part in path.split('/') {
+        let entry = index.lookup(parent, part.as_bytes())?;
+        parent = entry.attr.ino;
+        found = Ok(entry);
+    }
+    found
+}
+
+fn names(index: &Index, path: &str) -> Vec<String> {
+    let ino = if path.is_empty() {
+        ROOT
+    } else {
+        walk(index, path).unwrap().attr.ino
+    };
+    index
+        .list(ino)
+        .unwrap()
+        .entries
+        .iter()
+        .map(|e| String::from_utf8_lossy(&e.name).into_owned())
+        .collect()
+}
+
+fn target(index: &Index, path: &str) -> String {
+    let entry = walk(index, path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    assert_eq!(entry.attr.kind, Kind::Symlink, "{path}");
+    let target = index.readlink(entry.attr.ino).unwrap();
+    assert_eq!(entry.attr.size, target.len() as u64, "{path}");
+    String::from_utf8(target).unwrap()
+}
+
+#[test]
+fn packages_merge_by_the_clash_rule() {
+    let f = Fixture::new();
+    f.add(
+        "alpha",
+        "1",
+        &[
+            ("bin/tool", "alpha"),
+            ("usr/bin/tool2", "alpha"),
+            ("usr/share/thing", "a file"),
+            ("usr/share/doc/alpha/README", "alpha"),
+            ("usr/lib/x86_64-linux-gnu/libfoo.so.1", "@libfoo.so.1.0"),
+            ("usr/lib/x86_64-linux-gnu/libfoo.so.1.0", "alpha lib"),
+            ("usr/lib/libbar.so", "bar"),
+            ("etc/alpha.conf", "not indexed"),
+        ],
+    );
+    f.add(
+        "beta",
+        "1",
+        &[
+            ("bin/tool", "beta"),
+            ("bin/tool2", "beta"),
+            ("usr/bin/only-beta", "beta"),
+            ("share/thing/inside", "a directory"),
+            ("share/doc/beta/README", "beta"),
+            ("usr/lib/x86_64-linux-gnu/libfoo.so.1", "beta lib"),
+        ],
+    );
+    f.add(
+        "gamma",
+        "1",
+        &[
+            ("bin/x", "root bin"),
+            ("usr/bin/x", "usr bin"),
+            ("usr/bin/dirlink", "@../share"),
+            ("usr/share/man/man1/gamma.1", "manual"),
+            ("include/gamma.h", "header"),
+            ("libexec/gamma-helper", "helper"),
+            ("usr/sbin/gammad", "daemon"),
+        ],
+    );
+    // Uppercase sorts before lowercase, bytewise.
+    f.add("Zed", "1", &[("usr/bin/tool", "Zed")]);
+    let (_view, index) = f.index(GenerationChoice::Live);
+
+    assert_eq!(
+        names(&index, ""),
+        [
+            ".", "..", "bin", "include", "lib", "libexec", "sbin", "share"
+        ]
+    );
+    assert_eq!(
+        names(&index, "bin"),
+        [".", "..", "dirlink", "only-beta", "tool", "tool2", "x"]
+    );
+    // The App that sorts first wins, wherever in it the name is...
+    assert_eq!(target(&index, "bin/tool"), "/P/Zed/Current/usr/bin/tool");
+    assert_eq!(
+        target(&index, "bin/tool2"),
+        "/P/alpha/Current/usr/bin/tool2"
+    );
+    // ...and within one App, bin/ beats usr/bin/.
+    assert_eq!(target(&index, "bin/x"), "/P/gamma/Current/bin/x");
+    assert_eq!(
+        target(&index, "bin/only-beta"),
+        "/P/beta/Current/usr/bin/only-beta"
+    );
+    // A symlink is a leaf, even to a directory.
+    assert_eq!(
+        target(&index, "bin/dirlink"),
+        "/P/gamma/Current/usr/bin/dirlink"
+    );
+    // A file that ranks higher hides a directory of the same name.
+    assert_eq!(
+        target(&index, "share/thing"),
+        "/P/alpha/Current/usr/share/thing"
+    );
+    // Directories merge recursively, real directories in the index.
+    assert_eq!(names(&index, "share"), [".", "..", "doc", "man", "thing"]);
+    assert_eq!(names(&index, "share/doc"), [".", "..", "alpha", "beta"]);
+    assert_eq!(
+        target(&index, "share/doc/beta/README"),
+        "/P/beta/Current/share/doc/beta/README"
+    );
+    assert_eq!(
+        target(&index, "share/man/man1/gamma.1"),
+        "/P/gamma/Current/usr/share/man/man1/gamma.1"
+    );
+    assert_eq!(walk(&index, "share/man").unwrap().attr.kind, Kind::Dir);
+    assert_eq!(
+        target(&index, "include/gamma.h"),
+        "/P/gamma/Current/include/gamma.h"
+    );
+    assert_eq!(
+        target(&index, "libexec/gamma-helper"),
+        "/P/gamma/Current/libexec/gamma-helper"
+    );
+    assert_eq!(
+        target(&index, "sbin/gammad"),
+        "/P/gamma/Current/usr/sbin/gammad"
+    );
+    assert_eq!(
+        target(&index, "lib/libbar.so"),
+        "/P/alpha/Current/usr/lib/libbar.so"
+    );
+    assert_eq!(
+        target(&index, "lib/x86_64-linux-gnu/libfoo.so.1"),
+        "/P/alpha/Current/usr/lib/x86_64-linux-gnu/libfoo.so.1"
+    );
+    if MULTIARCH == Some("x86_64-linux-gnu") {
+        // The multiarch directory's content is in lib/ itself too.
+        assert_eq!(
+            names(&index, "lib"),
+            [
+                ".",
+                "..",
+                "libbar.so",
+                "libfoo.so.1",
+                "libfoo.so.1.0",
+                "x86_64-linux-gnu"
+            ]
+        );
+        assert_eq!(
+            target(&index, "lib/libfoo.so.1"),
+            "/P/alpha/Current/usr/lib/x86_64-linux-gnu/libfoo.so.1"
+        );
+    }
+
+    // Listings, lookups and getattr agree; the numbers are the index's own.
+    let mut seen = std::collections::HashSet::new();
+    for dir in ["", "bin", "share", "share/doc", "share/doc/alpha"] {
+        let ino = if dir.is_empty() {
+            ROOT
+        } else {
+            walk(&index, dir).unwrap().attr.ino
+        };
+        let listing = index.list(ino).unwrap();
+        assert!(!listing.immutable);
+        assert_eq!(listing.entries[0].attr, index.getattr(ino).unwrap());
+        for e in &listing.entries[2..] {
+            assert_eq!(index.lookup(ino, &e.name).unwrap().attr, e.attr);
+            assert_eq!(index.getattr(e.attr.ino).unwrap(), e.attr);
+            assert!(!e.immutable && !e.attr.immutable);
+            assert_eq!(e.attr.ino & 3, 3, "index numbers are 4·x + 3");
+            assert_eq!(Node::from_ino(e.attr.ino), None, "not a view number");
+            assert!(seen.insert(e.attr.ino), "{:?} reuses a number", e.name);
+        }
+    }
+    assert_eq!(
+        index
+            .list(walk(&index, "share").unwrap().attr.ino)
+            .unwrap()
+            .entries[1]
+            .attr,
+        index.getattr(ROOT).unwrap(),
+        "`..` of a top directory is the root"
+    );
+
+    // What is not there.
+    assert!(matches!(walk(&index, "etc"), Err(ViewError::NotFound)));
+    assert!(matches!(walk(&index, "bin/nope"), Err(ViewError::NotFound)));
+    assert!(matches!(walk(&index, "bin/tool/x"), Err(ViewError::NotDir)));
+    let tool = walk(&index, "bin/tool").unwrap().attr.ino;
+    assert!(matches!(index.list(tool), Err(ViewError::NotDir)));
+    assert!(matches!(index.readlink(ROOT), Err(ViewError::WrongKind)));
+    let bin = walk(&index, "bin").unwrap().attr.ino;
+    assert!(matches!(index.readlink(bin), Err(ViewError::WrongKind)));
+    assert!(matches!(index.getattr(1), Err(ViewError::NotFound)));
+    assert!(matches!(
+        index.getattr(4 * 9999 + 3),
+        Err(ViewError::NotFound)
+    ));
+
+    // Directory handles serve the listing taken at opendir.
+    let (fh, listing) = index.opendir(bin).unwrap();
+    assert_eq!(index.listing(fh).unwrap(), listing);
+    index.release(fh);
+    assert!(matches!(index.listing(fh), Err(ViewError::BadHandle(_))));
+}
+
+#[test]
+fn the_index_follows_its_view_and_reports_what_went_stale() {
+    let f = Fixture::new();
+    f.add("alpha", "1", &[("bin/tool", "alpha"), ("bin/a", "a")]);
+    f.add(
+        "beta",
+        "1",
+        &[("usr/bin/tool", "beta"), ("usr/share/doc/beta/x", "x")],
+    );
+    let (view, index) = f.index(GenerationChoice::Live);
+    let (_fixed_view, fixed) = f.index(GenerationChoice::Fixed(2));
+    assert_eq!(index.generation(), Some(2));
+    assert_eq!(index.refresh().unwrap(), None, "nothing moved yet");
+
+    // Look around, as a shell searching PATH and a user would.
+    let bin = walk(&index, "bin").unwrap().attr.ino;
+    let tool = walk(&index, "bin/tool").unwrap().attr.ino;
+    let a = walk(&index, "bin/a").unwrap().attr.ino;
+    assert_eq!(target(&index, "bin/tool"), "/P/alpha/Current/bin/tool");
+    assert_eq!(names(&index, "share/doc/beta"), [".", "..", "x"]);
+
+    // The index follows the view, not the catalog: it moves when the view
+    // does.
+    f.store().remove(&["alpha/1".to_string()]).unwrap();
+    assert_eq!(target(&index, "bin/tool"), "/P/alpha/Current/bin/tool");
+    view.refresh().unwrap();
+    let changes = index.refresh().unwrap().expect("the view moved");
+    assert_eq!(changes.generation, Some(3));
+    assert_eq!(index.generation(), Some(3));
+    assert_eq!(
+        changes.entries,
+        [(bin, b"a".to_vec()), (bin, b"tool".to_vec())],
+        "gone and changed names; the unchanged share/doc/beta is not listed"
+    );
+    assert_eq!(changes.inodes, [tool.min(a), tool.max(a)]);
+    assert_eq!(index.refresh().unwrap(), None, "reported once");
+
+    // The same paths keep their numbers; what is gone is gone.
+    assert_eq!(walk(&index, "bin/tool").unwrap().attr.ino, tool);
+    assert_eq!(target(&index, "bin/tool"), "/P/beta/Current/usr/bin/tool");
+    assert!(matches!(walk(&index, "bin/a"), Err(ViewError::NotFound)));
+    assert!(matches!(index.getattr(a), Err(ViewError::NotFound)));
+
+    // A switch back is followed too, even when a request noticed it first.
+    f.store().switch(2).unwrap();
+    view.refresh().unwrap();
+    assert_eq!(target(&index, "bin/tool"), "/P/alpha/Current/bin/tool");
+    let changes = index.refresh().unwrap().expect("the view moved");
+    assert_eq!(changes.entries, [(bin, b"tool".to_vec())]);
+    assert!(changes.inodes.contains(&tool));
+
+    // A new version of an App changes no link: they go through `Current`.
+    f.add(
+        "beta",
+        "2",
+        &[("usr/bin/tool", "beta 2"), ("usr/share/doc/beta/x", "x 2")],
+    );
+    view.refresh().unwrap();
+    let changes = index.refresh().unwrap().expect("the view moved");
+    assert!(changes.is_empty(), "{changes:?}");
+
+    // A fixed view's index stays where it was.
+    assert_eq!(fixed.generation(), Some(2));
+    assert_eq!(target(&fixed, "bin/tool"), "/P/alpha/Current/bin/tool");
+    assert_eq!(fixed.refresh().unwrap(), None);
+}
+
+#[test]
+fn an_empty_store_has_empty_index_directories() {
+    let f = Fixture::new();
+    let (_view, index) = f.index(GenerationChoice::Live);
+    assert_eq!(index.generation(), None);
+    assert_eq!(names(&index, "bin"), [".", ".."]);
+    assert_eq!(names(&index, "share"), [".", ".."]);
+}
