@@ -3,6 +3,7 @@
 //! umount`).
 
 mod daemon;
+mod index;
 mod mounts;
 mod serve;
 mod signals;
@@ -59,10 +60,25 @@ pub enum Command {
     /// symlinks, hard links and extended attributes (security.capability
     /// included); inode numbers are the same after every remount.
     ///
-    /// Example: nexus mount /Programs --allow-other
+    /// With --index DIR the daemon also mounts the Index on DIR, as
+    /// GoboLinux's /System/Index: bin, include, lib, libexec, sbin and share,
+    /// each merged from every App's Current version (from bin/ and usr/bin/,
+    /// lib/, usr/lib/ and the multiarch usr/lib/x86_64-linux-gnu/, ...) as
+    /// directories of symlinks to MOUNTPOINT/App/Current/..., so that
+    /// PATH=DIR/bin finds every program and LD_LIBRARY_PATH=DIR/lib every
+    /// library. On a name clash the App whose name sorts first (bytewise)
+    /// wins, and within one App bin/ beats usr/bin/. The index follows the
+    /// mount's generation and is unmounted with it; `nexus umount DIR`
+    /// removes only the index.
+    ///
+    /// Example: nexus mount /Programs --allow-other --index /System/Index
     Mount {
         /// An existing directory to mount on.
         mountpoint: PathBuf,
+        /// Also mount the Index (every App's programs, libraries, headers
+        /// and data as one tree of symlinks) on DIR.
+        #[arg(long, value_name = "DIR")]
+        index: Option<PathBuf>,
         /// Show generation N (see `nip history`) instead of following the
         /// live one.
         #[arg(long, value_name = "N")]
@@ -130,6 +146,7 @@ pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Mount {
             mountpoint,
+            index,
             generation,
             foreground,
             allow_other,
@@ -139,10 +156,15 @@ pub fn run(cli: Cli) -> Result<i32> {
             log_file,
         } => {
             let store = cli.store.unwrap_or_else(default_store_dir);
+            let mountpoint = serve::check_mountpoint(&mountpoint)?;
+            let index = index
+                .map(|dir| index::check_index_dir(&dir, &mountpoint))
+                .transpose()?;
             let request = serve::Request {
                 store: std::path::absolute(&store)
                     .with_context(|| format!("store path {}", store.display()))?,
-                mountpoint: serve::check_mountpoint(&mountpoint)?,
+                mountpoint,
+                index,
                 generation,
                 allow_other,
                 threads: usize::from(threads),

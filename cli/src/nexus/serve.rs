@@ -9,7 +9,7 @@ use nexus_fs::fuse::{self, MountOptions};
 use nexus_fs::{GenerationChoice, View, ViewOptions};
 
 use super::daemon::Ready;
-use super::signals;
+use super::{index, signals};
 
 /// How often a live mount checks for a new generation.
 const REFRESH_EVERY: Duration = Duration::from_millis(500);
@@ -21,6 +21,8 @@ pub struct Request {
     pub store: PathBuf,
     /// The mount point (canonical).
     pub mountpoint: PathBuf,
+    /// Where to mount the Index too (canonical), if anywhere.
+    pub index: Option<PathBuf>,
     /// A fixed generation, or `None` to follow the live one.
     pub generation: Option<i64>,
     /// `allow_other`.
@@ -90,7 +92,20 @@ pub fn serve(request: &Request, ready: Option<&mut Ready>) -> Result<()> {
     };
     let mut mounted = fuse::mount(view.clone(), &request.mountpoint, &mount_options)
         .with_context(|| format!("mounting on {}", request.mountpoint.display()))?;
-    signals::unmount_on_termination(mounted.unmounter())?;
+    let mut index = match &request.index {
+        Some(dir) => Some(index::mount(
+            view.clone(),
+            &request.store,
+            &request.mountpoint,
+            dir,
+            &mount_options,
+        )?),
+        None => None,
+    };
+    // The index first: its links lead into the main mount.
+    let mut unmounters: Vec<_> = index.iter_mut().map(|i| i.unmounter()).collect();
+    unmounters.push(mounted.unmounter());
+    signals::unmount_on_termination(unmounters)?;
     if choice == GenerationChoice::Live {
         follow_live_generation(view.clone())?;
     }
@@ -98,12 +113,21 @@ pub fn serve(request: &Request, ready: Option<&mut Ready>) -> Result<()> {
         std::fs::write(pid_file, format!("{}\n", std::process::id()))
             .with_context(|| format!("writing {}", pid_file.display()))?;
     }
+    // Only once nothing else can fail: an early error return would leave the
+    // index thread serving after the main mount is gone.
+    let index = index
+        .map(|i| i.serve(choice == GenerationChoice::Live))
+        .transpose()?;
     let shown = match view.generation() {
         Some(g) => format!("generation {g}"),
         None => "the empty store".to_string(),
     };
+    let indexed = match &request.index {
+        Some(dir) => format!(", its index on {}", dir.display()),
+        None => String::new(),
+    };
     let message = format!(
-        "mounted {shown} of {} on {} (pid {})",
+        "mounted {shown} of {} on {}{indexed} (pid {})",
         request.store.display(),
         request.mountpoint.display(),
         std::process::id()
@@ -113,6 +137,9 @@ pub fn serve(request: &Request, ready: Option<&mut Ready>) -> Result<()> {
         ready.ok(&message);
     }
     let served = mounted.run().context("serving the mount");
+    if let Some(index) = index {
+        index.stop();
+    }
     if let Some(pid_file) = &request.pid_file {
         let _ = std::fs::remove_file(pid_file);
     }

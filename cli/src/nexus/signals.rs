@@ -3,9 +3,9 @@
 //! The signals are blocked in every thread (the mask is set before any
 //! thread exists, and threads inherit it) and one thread takes them with
 //! `sigwait`, so that unmounting runs as ordinary code, not in a signal
-//! handler. The first signal unmounts (detaching a busy mount); the session
-//! then ends and the process exits normally. A second signal ends the
-//! process at once.
+//! handler. The first signal unmounts (detaching a busy mount; with
+//! `--index`, both mounts); the sessions then end and the process exits
+//! normally. A second signal ends the process at once.
 
 use std::io;
 
@@ -36,8 +36,9 @@ pub fn block_termination() -> Result<()> {
     Ok(())
 }
 
-/// Starts the thread that unmounts with `unmounter` on SIGTERM or SIGINT.
-pub fn unmount_on_termination(mut unmounter: Unmounter) -> Result<()> {
+/// Starts the thread that unmounts with each of `unmounters`, in order, on
+/// SIGTERM or SIGINT.
+pub fn unmount_on_termination(mut unmounters: Vec<Unmounter>) -> Result<()> {
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -55,12 +56,14 @@ pub fn unmount_on_termination(mut unmounter: Unmounter) -> Result<()> {
                     std::process::exit(crate::exit::ERROR);
                 }
                 tracing::info!("signal {signal}: unmounting");
-                match unmounter.unmount() {
-                    Ok(Unmounted::Clean) => tracing::info!("unmounted"),
-                    Ok(Unmounted::Detached) => tracing::warn!(
-                        "the mount is busy: detached it; exiting when its last file is closed"
-                    ),
-                    Err(e) => tracing::error!("unmounting failed: {e}"),
+                for unmounter in &mut unmounters {
+                    match unmounter.unmount() {
+                        Ok(Unmounted::Clean) => tracing::info!("unmounted"),
+                        Ok(Unmounted::Detached) => tracing::warn!(
+                            "the mount is busy: detached it; exiting when its last file is closed"
+                        ),
+                        Err(e) => tracing::error!("unmounting failed: {e}"),
+                    }
                 }
             }
         })
