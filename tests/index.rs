@@ -1,0 +1,352 @@
+//! The Index (`nexus mount MOUNTPOINT --index DIR`): real Debian packages
+//! run through `PATH=DIR/bin` and `LD_LIBRARY_PATH=DIR/lib`, name clashes
+//! between crafted Apps resolve by the documented rule (the App whose name
+//! sorts first wins; within one App `bin/` beats `usr/bin/`), the index
+//! follows `nip remove` and `nip switch` within a second, and both mounts go
+//! away together on `nexus umount` and SIGTERM.
+
+use std::ffi::OsString;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nexus_integration_tests::debs::{Unpacked, fetch_and_unpack};
+use nexus_integration_tests::fixtures::{Scratch, chmod, write_file};
+use nexus_integration_tests::nexus::{Mount, alive, is_mounted, nexus, show, wait_for};
+use nexus_integration_tests::{Store, is_root};
+
+/// How long a generation change may take to show in the index.
+const SHOW_WITHIN: Duration = Duration::from_secs(1);
+
+/// The FUSE tests mount file systems: root only (as CI runs them).
+fn root_or_skip(test: &str) -> bool {
+    if !is_root() {
+        eprintln!("{test}: skipped, mounting needs root");
+    }
+    is_root()
+}
+
+/// Names in a directory, sorted.
+fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("readdir {}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// An index directory made for a test; unmounted lazily on drop if the test
+/// did not see it go, so that a failing test leaves nothing mounted.
+struct IndexDir(PathBuf);
+
+impl IndexDir {
+    fn new(scratch: &Scratch) -> IndexDir {
+        let dir = scratch.join("index");
+        fs::create_dir_all(&dir).unwrap();
+        IndexDir(fs::canonicalize(dir).unwrap())
+    }
+
+    fn arg(&self) -> &str {
+        self.0.to_str().expect("a UTF-8 scratch path")
+    }
+
+    fn join(&self, rel: &str) -> PathBuf {
+        self.0.join(rel)
+    }
+
+    /// Fails unless the index is unmounted within `timeout` and its
+    /// directory readable again.
+    fn assert_gone(&self, timeout: Duration, context: &str) {
+        assert!(
+            wait_for(timeout, || !is_mounted(&self.0)),
+            "{context}: the index on {} is still mounted",
+            self.0.display()
+        );
+        fs::read_dir(&self.0)
+            .unwrap_or_else(|e| panic!("{context}: {} is unreadable: {e}", self.0.display()));
+    }
+}
+
+impl Drop for IndexDir {
+    fn drop(&mut self) {
+        if is_mounted(&self.0) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
+/// Runs `sh -c script` with the index's `bin` first in `PATH` (the system's
+/// after it, for `sh` itself) and `extra` environment; returns its stdout,
+/// failing on a non-zero exit.
+fn sh_in(index: &IndexDir, script: &str, extra: &[(&str, PathBuf)]) -> String {
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(script)
+        .env_clear()
+        .env(
+            "PATH",
+            format!("{}:/usr/bin:/bin", index.join("bin").display()),
+        )
+        .stdin(Stdio::null());
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run /bin/sh");
+    assert!(out.status.success(), "{script}: {}", show(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn real_programs_run_through_the_index() {
+    if !root_or_skip("real_programs_run_through_the_index") {
+        return;
+    }
+    let scratch = Scratch::new("index-real");
+    let pkgs: Vec<Unpacked> =
+        fetch_and_unpack(&["hello", "jq", "libjq1", "libonig5"], &scratch.join("src"));
+    let store = Store::init();
+    let mut args = vec![OsString::from("add")];
+    args.extend(pkgs.iter().map(|p| p.dir.clone().into_os_string()));
+    store.ok(&args);
+
+    let index = IndexDir::new(&scratch);
+    let mount = Mount::start(
+        store.path(),
+        &scratch.join("mnt"),
+        &["--index", index.arg()],
+    );
+    assert_eq!(
+        names(&index.0),
+        ["bin", "include", "lib", "libexec", "sbin", "share"]
+    );
+    assert_eq!(
+        fs::read_link(index.join("bin/hello")).unwrap(),
+        mount.join("hello/Current/usr/bin/hello"),
+        "links go through Current into the mount"
+    );
+
+    // Programs are found through PATH, libraries through the index's lib
+    // (Debian's usr/lib/x86_64-linux-gnu content is merged into it).
+    assert_eq!(
+        sh_in(&index, "command -v hello; command -v jq", &[]),
+        format!(
+            "{}\n{}\n",
+            index.join("bin/hello").display(),
+            index.join("bin/jq").display()
+        )
+    );
+    assert_eq!(sh_in(&index, "hello", &[]), "Hello, world!\n");
+    let libs = [("LD_LIBRARY_PATH", index.join("lib"))];
+    let resolved = sh_in(&index, "LD_TRACE_LOADED_OBJECTS=1 jq", &libs);
+    for lib in ["libjq.so.1", "libonig.so.5"] {
+        let expected = format!("{lib} => {}", index.join("lib").join(lib).display());
+        assert!(
+            resolved.contains(&expected),
+            "jq does not load {lib} from the index:\n{resolved}"
+        );
+    }
+    assert_eq!(
+        sh_in(
+            &index,
+            r#"echo '{"a": [1, 2, 3]}' | jq -c '.a | map(. * 2)'"#,
+            &libs
+        ),
+        "[2,4,6]\n"
+    );
+    let multiarch = index.join("lib/x86_64-linux-gnu");
+    assert!(
+        fs::symlink_metadata(&multiarch).unwrap().is_dir(),
+        "the multiarch directory is merged too"
+    );
+    assert!(names(&multiarch).contains(&"libjq.so.1".to_string()));
+
+    // Subdirectories are real directories, merged from several packages,
+    // with links at the leaves that read as the packaged files.
+    let man1 = index.join("share/man/man1");
+    assert!(fs::symlink_metadata(&man1).unwrap().is_dir());
+    assert!(
+        names(&man1).starts_with(&["hello.1.gz".to_string(), "jq.1.gz".to_string()]),
+        "{:?}",
+        names(&man1)
+    );
+    let hello = pkgs.iter().find(|p| p.name == "hello").unwrap();
+    assert!(
+        fs::symlink_metadata(man1.join("hello.1.gz"))
+            .unwrap()
+            .is_symlink()
+    );
+    assert_eq!(
+        fs::read(man1.join("hello.1.gz")).unwrap(),
+        fs::read(hello.dir.join("usr/share/man/man1/hello.1.gz")).unwrap()
+    );
+
+    // Index inode numbers are 4·x + 3 (the root 3), never a number of the
+    // main view.
+    assert_eq!(fs::metadata(&index.0).unwrap().ino(), 3);
+    for path in ["bin", "bin/hello", "share/man/man1", "lib/libjq.so.1"] {
+        let ino = fs::symlink_metadata(index.join(path)).unwrap().ino();
+        assert_eq!(ino % 4, 3, "{path}: {ino}");
+    }
+
+    // SIGTERM takes both mounts down.
+    // SAFETY: plain kill(2) of the daemon we started.
+    assert_eq!(unsafe { libc::kill(mount.pid(), libc::SIGTERM) }, 0);
+    index.assert_gone(Duration::from_secs(10), "after SIGTERM");
+    mount.assert_gone(Duration::from_secs(10), "after SIGTERM");
+}
+
+/// Polls `condition` every 10 ms; true if it holds before `deadline`.
+fn holds_before(deadline: Instant, mut condition: impl FnMut() -> bool) -> bool {
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+/// Writes an executable script printing `says` at `root/rel`.
+fn program(root: &Path, rel: &str, says: &str) {
+    let path = root.join(rel);
+    write_file(&path, format!("#!/bin/sh\necho {says}\n").as_bytes());
+    chmod(&path, 0o755);
+}
+
+#[test]
+fn clashes_resolve_by_the_rule_and_switches_show_within_a_second() {
+    if !root_or_skip("clashes_resolve_by_the_rule_and_switches_show_within_a_second") {
+        return;
+    }
+    let scratch = Scratch::new("index-clash");
+    let src = scratch.join("src");
+    let (alpha, beta, gamma) = (src.join("alpha/1"), src.join("beta/1"), src.join("gamma/1"));
+    program(&alpha, "bin/tool", "alpha");
+    program(&alpha, "usr/bin/tool2", "alpha-usr");
+    program(&alpha, "usr/bin/only-alpha", "only-alpha");
+    program(&beta, "usr/bin/tool", "beta-usr");
+    program(&beta, "bin/tool2", "beta");
+    program(&gamma, "usr/bin/x", "gamma-usr");
+    program(&gamma, "bin/x", "gamma");
+    let store = Store::init();
+    store.ok([
+        OsString::from("add"),
+        alpha.into_os_string(),
+        beta.into_os_string(),
+        gamma.into_os_string(),
+    ]);
+
+    let index = IndexDir::new(&scratch);
+    let mount = Mount::start(
+        store.path(),
+        &scratch.join("mnt"),
+        &["--index", index.arg()],
+    );
+    let link = |name: &str| fs::read_link(index.join("bin").join(name)).ok();
+    // alpha sorts before beta, wherever in them the names are; within gamma
+    // bin/ beats usr/bin/.
+    assert_eq!(
+        sh_in(&index, "tool; tool2; x; only-alpha", &[]),
+        "alpha\nalpha-usr\ngamma\nonly-alpha\n"
+    );
+    assert_eq!(link("tool"), Some(mount.join("alpha/Current/bin/tool")));
+    assert_eq!(
+        link("tool2"),
+        Some(mount.join("alpha/Current/usr/bin/tool2"))
+    );
+    assert_eq!(link("x"), Some(mount.join("gamma/Current/bin/x")));
+
+    // Removing alpha: its names go or pass to beta, within a second of the
+    // command even for names the kernel has just cached. The second counts
+    // from the moment the kernel cached the name, so that only an
+    // invalidation, not the entry's expiry (also a second), can make it.
+    let started = Instant::now();
+    fs::symlink_metadata(index.join("bin/only-alpha")).unwrap();
+    store.ok(["remove", "alpha/1"]);
+    assert!(
+        holds_before(started + SHOW_WITHIN, || {
+            link("tool") == Some(mount.join("beta/Current/usr/bin/tool"))
+                && fs::symlink_metadata(index.join("bin/only-alpha")).is_err()
+        }),
+        "the index does not follow `nip remove` within {SHOW_WITHIN:?}:\n{}",
+        mount.log()
+    );
+    eprintln!("the index followed nip remove in {:?}", started.elapsed());
+    assert_eq!(sh_in(&index, "tool; tool2", &[]), "beta-usr\nbeta\n");
+    assert_eq!(names(&index.join("bin")), ["tool", "tool2", "x"]);
+
+    // A switch back to the first generation brings alpha's back.
+    let started = Instant::now();
+    store.ok(["switch", "1"]);
+    assert!(
+        holds_before(started + SHOW_WITHIN, || link("tool")
+            == Some(mount.join("alpha/Current/bin/tool"))),
+        "the index does not follow `nip switch` within {SHOW_WITHIN:?}:\n{}",
+        mount.log()
+    );
+    assert_eq!(
+        sh_in(&index, "tool; only-alpha", &[]),
+        "alpha\nonly-alpha\n"
+    );
+
+    // `nexus umount MOUNTPOINT` takes the index down with the mount.
+    mount.umount();
+    index.assert_gone(Duration::from_secs(10), "after nexus umount");
+}
+
+#[test]
+fn the_index_alone_can_be_unmounted_and_bad_index_directories_are_refused() {
+    if !root_or_skip("the_index_alone_can_be_unmounted") {
+        return;
+    }
+    let scratch = Scratch::new("index-alone");
+    program(&scratch.join("src/small/1"), "bin/tool", "tool");
+    let store = Store::init();
+    store.ok([
+        OsString::from("add"),
+        scratch.join("src/small/1").into_os_string(),
+    ]);
+    let point = scratch.join("mnt");
+    fs::create_dir_all(point.join("inside")).unwrap();
+
+    // Refused before anything is mounted.
+    for (dir, says) in [
+        (scratch.join("nonexistent"), "index directory"),
+        (point.clone(), "must not contain each other"),
+        (point.join("inside"), "must not contain each other"),
+        (scratch.path().to_path_buf(), "must not contain each other"),
+    ] {
+        let out = nexus(
+            store.path(),
+            [
+                OsString::from("mount"),
+                point.clone().into_os_string(),
+                "--index".into(),
+                dir.into_os_string(),
+            ],
+        );
+        assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(says),
+            "{}",
+            show(&out)
+        );
+        assert!(!is_mounted(&fs::canonicalize(&point).unwrap()));
+    }
+
+    let index = IndexDir::new(&scratch);
+    let mount = Mount::start(store.path(), &point, &["--index", index.arg()]);
+    let out = nexus(store.path(), ["umount", index.arg()]);
+    assert!(out.status.success(), "{}", show(&out));
+    index.assert_gone(Duration::from_secs(10), "after nexus umount INDEX");
+    assert!(alive(mount.pid()), "unmounting the index ended the daemon");
+    assert_eq!(
+        fs::read(mount.join("small/1/bin/tool")).unwrap(),
+        b"#!/bin/sh\necho tool\n",
+        "the main mount serves on"
+    );
+    mount.umount();
+}
