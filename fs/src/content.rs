@@ -158,6 +158,21 @@ impl ContentReader {
         Ok(file)
     }
 
+    /// Opens every pack `layout` reads from (once: handles are kept for the
+    /// reader's lifetime). From then on the layout reads even after gc
+    /// deleted those pack files.
+    pub(crate) fn open_packs(&self, layout: &Layout) -> Result<()> {
+        let mut last: Option<&str> = None;
+        for loc in &layout.chunks {
+            // A file's chunks are mostly in one pack, in runs.
+            if last != Some(loc.pack.as_str()) {
+                self.pack(&loc.pack)?;
+                last = Some(&loc.pack);
+            }
+        }
+        Ok(())
+    }
+
     fn block(&self, loc: &ChunkLocation) -> Result<Arc<CachedBlock>> {
         let key = (loc.pack.clone(), loc.offset);
         self.blocks.get_or_insert_with(&key, || {

@@ -30,7 +30,7 @@ pub enum ViewError {
     #[error("generation {0} does not exist (or was removed by gc)")]
     NoGeneration(i64),
     /// A pack named by the catalog is missing: gc may have moved its chunks;
-    /// the reader looks the chunk locations up again once.
+    /// opening a file looks the chunk locations up again once.
     #[error("pack file missing: {0}")]
     PackMissing(String),
     /// The catalog holds something this build cannot present (an inode id

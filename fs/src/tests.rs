@@ -381,3 +381,46 @@ fn a_damaged_chunk_is_an_error_never_bytes() {
     }
     assert!(failed > 0, "the flipped byte went unnoticed");
 }
+
+#[test]
+fn an_open_file_reads_on_after_its_package_is_collected() {
+    let f = Fixture::new();
+    fs::create_dir_all(f.src.join("d")).unwrap();
+    let data = noise(5, 3 * 1024 * 1024 + 7);
+    fs::write(f.src.join("d/data"), &data).unwrap();
+    f.add("d", "d", "1");
+    let view = f.view(GenerationChoice::Live);
+    let file = walk(&view, "d/1/data").unwrap();
+    // Opened, not read yet: nothing of its pack has been read so far.
+    let fh = view.open_file(file.attr.ino).unwrap();
+
+    let mut store = Store::open(&f.store).unwrap();
+    store.remove(&["d".to_string()]).unwrap();
+    let options = nexus_store::gc::GcOptions {
+        keep_last: 1,
+        grace: std::time::Duration::ZERO,
+        ..Default::default()
+    };
+    let report = nexus_store::gc::collect(&mut store, options).unwrap();
+    assert_eq!(report.packages_deleted, 1, "{report:?}");
+    assert!(report.packs_deleted >= 1, "{report:?}");
+    assert_eq!(
+        fs::read_dir(f.store.join("packs")).unwrap().count(),
+        0,
+        "gc left pack files"
+    );
+    view.refresh().unwrap();
+    assert!(matches!(walk(&view, "d"), Err(ViewError::NotFound)));
+
+    // The handle reads the bytes it opened, as an unlinked file would.
+    let mut out = Vec::new();
+    loop {
+        let piece = view.read(fh, out.len() as u64, 256 * 1024).unwrap();
+        if piece.is_empty() {
+            break;
+        }
+        out.extend_from_slice(&piece);
+    }
+    assert!(out == data, "the open file changed");
+    view.release(fh);
+}

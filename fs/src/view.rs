@@ -14,7 +14,8 @@
 //! Files are read through handles: [`View::open_file`] looks up the file's chunk
 //! layout once (and keeps recent layouts), [`View::read`] serves byte ranges
 //! through the block cache of [`crate::content`]. A handle keeps the content
-//! it was opened with, whatever generation becomes live meanwhile.
+//! it was opened with, whatever generation becomes live meanwhile and
+//! whatever gc deletes: its packs are opened with it and stay open.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -81,11 +82,10 @@ impl Weighter<i64, Arc<Layout>> for LayoutWeighter {
     }
 }
 
-/// An open regular file.
+/// An open regular file: where its bytes were when it was opened. Its packs
+/// are open too (see [`View::open_file`]), so the locations stay valid.
 struct OpenFile {
-    blob: i64,
-    size: u64,
-    layout: RwLock<Arc<Layout>>,
+    layout: Arc<Layout>,
 }
 
 /// What a handle refers to.
@@ -500,11 +500,23 @@ impl View {
             Some(layout) => layout,
             None => self.load_layout(blob, row.size)?,
         };
-        let file = OpenFile {
-            blob,
-            size: row.size,
-            layout: RwLock::new(layout),
+        // Open the packs now rather than at the first read: the reader keeps
+        // pack files open, so whatever `nip remove` and gc do from here on
+        // (deleting the package, its packs, or moving its chunks to a new
+        // pack), this handle reads the bytes it opened, as an unlinked file
+        // would. A pack gone already means gc moved the chunks since the
+        // layout was looked up: look again, once.
+        let layout = match self.content.open_packs(&layout) {
+            Ok(()) => layout,
+            Err(ViewError::PackMissing(pack)) => {
+                tracing::info!("{pack} is gone; looking up the chunk locations again");
+                let fresh = self.load_layout(blob, row.size)?;
+                self.content.open_packs(&fresh)?;
+                fresh
+            }
+            Err(e) => return Err(e),
         };
+        let file = OpenFile { layout };
         Ok(self.add_handle(Handle::File(Arc::new(file))))
     }
 
@@ -515,20 +527,6 @@ impl View {
             Some(Handle::File(file)) => file.clone(),
             _ => return Err(ViewError::BadHandle(fh)),
         };
-        let layout = file
-            .layout
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        match self.content.read(&layout, offset, size) {
-            // gc may have moved the chunks to a new pack: look again, once.
-            Err(ViewError::PackMissing(pack)) => {
-                tracing::info!("{pack} is gone; reloading the chunk locations");
-                let fresh = self.load_layout(file.blob, file.size)?;
-                *file.layout.write().unwrap_or_else(|p| p.into_inner()) = fresh.clone();
-                self.content.read(&fresh, offset, size)
-            }
-            other => other,
-        }
+        self.content.read(&file.layout, offset, size)
     }
 }
