@@ -6,7 +6,9 @@
 //! - [`view`] is the transport-neutral file system: inode numbers
 //!   ([`ino`]), attributes and directory entries ([`attr`]), directory
 //!   listings, symlinks, extended attributes and file reads, with errors that
-//!   map to errno values ([`error`]). It knows nothing of FUSE.
+//!   map to errno values ([`error`]). It knows nothing of FUSE. When a live
+//!   view moves to a new generation it says what changed ([`changes`]), so
+//!   that transports can drop what their clients cached.
 //! - [`fuse`] serves a view through the kernel's FUSE interface (`fuser`):
 //!   a thin adapter that turns requests into view calls and view answers
 //!   into replies with cache lifetimes. A virtio-fs adapter for VM guests is
@@ -22,6 +24,7 @@
 //! threads.
 
 pub mod attr;
+pub mod changes;
 mod content;
 pub mod error;
 pub mod fuse;
@@ -35,6 +38,7 @@ pub mod view;
 mod tests;
 
 pub use attr::{Attr, Entry, FsStats, Kind, Listing};
+pub use changes::{Changes, Invalidation};
 pub use error::{Result, ViewError};
 pub use index::{Index, IndexChanges};
 pub use view::{CURRENT, GenerationChoice, View, ViewOptions};

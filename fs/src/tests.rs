@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use nexus_store::{AddDir, AddOptions, NoProgress, Store};
 
 use crate::attr::{Entry, Kind};
+use crate::changes::{AppChange, Changes, CurrentChange, Invalidation, VersionChange};
 use crate::error::ViewError;
 use crate::ino::{self, Node};
 use crate::view::{GenerationChoice, View, ViewOptions};
@@ -290,14 +291,15 @@ fn fixed_generations_stay_and_live_views_follow() {
     let app = live.lookup(ino::ROOT, b"app").unwrap();
     f.add("b", "app", "2");
     assert_eq!(names(&live, app.attr.ino), [".", "..", "1", "Current"]);
-    assert!(live.refresh().unwrap());
-    assert!(!live.refresh().unwrap(), "nothing changed since");
+    let changes = live.refresh().unwrap().expect("the live view moves");
+    assert_eq!((changes.from, changes.to), (Some(1), Some(2)));
+    assert!(live.refresh().unwrap().is_none(), "nothing changed since");
     assert_eq!(live.generation(), Some(2));
     assert_eq!(names(&live, app.attr.ino), [".", "..", "1", "2", "Current"]);
     let current = live.lookup(app.attr.ino, b"Current").unwrap();
     assert_eq!(live.readlink(current.attr.ino).unwrap(), b"2");
 
-    assert!(!fixed.refresh().unwrap());
+    assert!(fixed.refresh().unwrap().is_none());
     assert_eq!(fixed.generation(), Some(1));
     assert_eq!(names(&fixed, app.attr.ino), [".", "..", "1", "Current"]);
     assert_eq!(fixed.readlink(current.attr.ino).unwrap(), b"1");
@@ -341,7 +343,7 @@ fn an_empty_store_is_an_empty_root() {
     assert_eq!(view.generation(), None);
     assert_eq!(names(&view, ino::ROOT), [".", ".."]);
     assert_eq!(view.statfs().files, 0);
-    assert!(!view.refresh().unwrap());
+    assert!(view.refresh().unwrap().is_none());
 }
 
 #[test]
@@ -423,4 +425,150 @@ fn an_open_file_reads_on_after_its_package_is_collected() {
     }
     assert!(out == data, "the open file changed");
     view.release(fh);
+}
+
+/// The changes of one refresh, which must have moved the view.
+fn moved(view: &View) -> Changes {
+    let changes = view.refresh().unwrap().expect("the live view moves");
+    let invalidations = changes.invalidations();
+    let distinct: std::collections::HashSet<_> = invalidations.iter().collect();
+    assert_eq!(distinct.len(), invalidations.len(), "{invalidations:?}");
+    changes
+}
+
+fn version(app: &str, app_ino: u64, version: &str, view: &View) -> VersionChange {
+    VersionChange {
+        app: app.into(),
+        app_ino,
+        version: version.into(),
+        ino: walk(view, &format!("{app}/{version}")).unwrap().attr.ino,
+    }
+}
+
+fn entry(parent: u64, name: &str) -> Invalidation {
+    Invalidation::Entry {
+        parent,
+        name: name.as_bytes().to_vec(),
+    }
+}
+
+#[test]
+fn refresh_reports_what_changed_and_what_to_invalidate() {
+    let f = Fixture::new();
+    for dir in ["a1", "a2", "b1"] {
+        fs::create_dir_all(f.src.join(dir)).unwrap();
+        fs::write(f.src.join(dir).join("f"), dir).unwrap();
+    }
+    f.add("a1", "a", "1");
+    let live = f.view(GenerationChoice::Live);
+    let old = f.view(GenerationChoice::Fixed(1));
+    let a = walk(&live, "a").unwrap().attr.ino;
+    let a_current = walk(&live, "a/Current").unwrap().attr.ino;
+    let current =
+        |app: &str, app_ino, link_ino, from: Option<&str>, to: Option<&str>| CurrentChange {
+            app: app.into(),
+            app_ino,
+            link_ino,
+            from: from.map(String::from),
+            to: to.map(String::from),
+        };
+
+    // A new version becomes Current.
+    f.add("a2", "a", "2");
+    let c = moved(&live);
+    assert_eq!(c.versions_added, [version("a", a, "2", &live)]);
+    assert!(c.versions_removed.is_empty() && c.apps_added.is_empty());
+    assert_eq!(
+        c.current_changed,
+        [current("a", a, a_current, Some("1"), Some("2"))]
+    );
+    assert!(c.attrs_changed.contains(&a), "a lists one more version");
+    let inv = c.invalidations();
+    assert!(inv.contains(&entry(a, "2")), "{inv:?}");
+    assert!(inv.contains(&Invalidation::Inode(a_current)), "{inv:?}");
+    assert!(inv.contains(&Invalidation::Inode(a)), "{inv:?}");
+    assert!(
+        !inv.contains(&entry(a, "Current")),
+        "the link keeps its name and number: {inv:?}"
+    );
+
+    // A new App.
+    f.add("b1", "b", "1");
+    let c = moved(&live);
+    let b = walk(&live, "b").unwrap().attr.ino;
+    let b_current = walk(&live, "b/Current").unwrap().attr.ino;
+    assert_eq!(
+        c.apps_added,
+        [AppChange {
+            name: "b".into(),
+            ino: b
+        }]
+    );
+    assert_eq!(c.versions_added, [version("b", b, "1", &live)]);
+    assert_eq!(
+        c.current_changed,
+        [current("b", b, b_current, None, Some("1"))]
+    );
+    assert!(
+        c.attrs_changed.contains(&ino::ROOT),
+        "the root lists one more App"
+    );
+    let inv = c.invalidations();
+    for i in [entry(ino::ROOT, "b"), entry(b, "1"), entry(b, "Current")] {
+        assert!(inv.contains(&i), "{i:?} missing from {inv:?}");
+    }
+    assert!(
+        !inv.contains(&entry(a, "2")),
+        "a's names did not change: {inv:?}"
+    );
+
+    // Several generations at once: a version goes, the App b goes, and the
+    // view moves from generation 3 straight to 5.
+    let mut store = Store::open(&f.store).unwrap();
+    let removed_a2 = version("a", a, "2", &live);
+    let removed_b1 = version("b", b, "1", &live);
+    store.remove(&["a/2".to_string()]).unwrap();
+    store.remove(&["b".to_string()]).unwrap();
+    let c = moved(&live);
+    assert_eq!((c.from, c.to), (Some(3), Some(5)));
+    assert_eq!(
+        c.apps_removed,
+        [AppChange {
+            name: "b".into(),
+            ino: b
+        }]
+    );
+    assert_eq!(c.versions_removed, [removed_a2, removed_b1]);
+    assert!(c.versions_added.is_empty() && c.apps_added.is_empty());
+    assert_eq!(
+        c.current_changed,
+        [
+            current("a", a, a_current, Some("2"), Some("1")),
+            current("b", b, b_current, Some("1"), None),
+        ]
+    );
+    for ino in [ino::ROOT, a, b, b_current] {
+        assert!(c.attrs_changed.contains(&ino), "{ino} in {c:?}");
+    }
+    let inv = c.invalidations();
+    for i in [
+        entry(ino::ROOT, "b"),
+        entry(a, "2"),
+        entry(b, "1"),
+        entry(b, "Current"),
+        Invalidation::Inode(a_current),
+    ] {
+        assert!(inv.contains(&i), "{i:?} missing from {inv:?}");
+    }
+    assert!(matches!(walk(&live, "b"), Err(ViewError::NotFound)));
+
+    // Back to generation 1's content: the same changes as a frozen view of
+    // generation 1 would need, had it followed.
+    store.switch(1).unwrap();
+    let c = moved(&live);
+    assert!(c.apps_added.is_empty() && c.apps_removed.is_empty());
+    assert!(c.versions_added.is_empty() && c.versions_removed.is_empty());
+    assert!(c.current_changed.is_empty(), "a/Current stays at 1: {c:?}");
+    assert_eq!(names(&live, a), names(&old, a));
+    assert!(live.refresh().unwrap().is_none());
 }

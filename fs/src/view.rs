@@ -16,6 +16,10 @@
 //! through the block cache of [`crate::content`]. A handle keeps the content
 //! it was opened with, whatever generation becomes live meanwhile and
 //! whatever gc deletes: its packs are opened with it and stay open.
+//!
+//! [`View::refresh`] moves a live view to a new generation and returns the
+//! [`Changes`], from which a transport that caches answers learns what to
+//! invalidate.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -29,6 +33,7 @@ use quick_cache::Weighter;
 use quick_cache::sync::Cache;
 
 use crate::attr::{Attr, Entry, FsStats, Kind, Listing};
+use crate::changes::Changes;
 use crate::content::{ContentReader, Layout};
 use crate::error::{Result, ViewError};
 use crate::generation::{App, GenerationTree};
@@ -99,6 +104,7 @@ pub struct View {
     choice: GenerationChoice,
     pool: CatalogPool,
     tree: RwLock<Arc<GenerationTree>>,
+    refreshing: Mutex<()>,
     inodes: Cache<i64, Arc<InodeRow>>,
     layouts: Cache<i64, Arc<Layout>, LayoutWeighter>,
     content: ContentReader,
@@ -127,11 +133,11 @@ fn dir_attr(ino: u64, nlink: usize, mtime: i64) -> Attr {
     }
 }
 
-fn root_attr(tree: &GenerationTree) -> Attr {
+pub(crate) fn root_attr(tree: &GenerationTree) -> Attr {
     dir_attr(ino::ROOT, tree.apps.len(), tree.created)
 }
 
-fn app_attr(tree: &GenerationTree, app: &App) -> Result<Attr> {
+pub(crate) fn app_attr(tree: &GenerationTree, app: &App) -> Result<Attr> {
     Ok(dir_attr(
         Node::App(app.anchor).ino()?,
         app.versions.len(),
@@ -139,7 +145,7 @@ fn app_attr(tree: &GenerationTree, app: &App) -> Result<Attr> {
     ))
 }
 
-fn current_attr(tree: &GenerationTree, app: &App, target: &str) -> Result<Attr> {
+pub(crate) fn current_attr(tree: &GenerationTree, app: &App, target: &str) -> Result<Attr> {
     Ok(Attr {
         ino: Node::Current(app.anchor).ino()?,
         kind: Kind::Symlink,
@@ -201,6 +207,7 @@ impl View {
             choice: options.generation,
             pool,
             tree: RwLock::new(Arc::new(tree)),
+            refreshing: Mutex::new(()),
             inodes: Cache::new(INODE_CACHE_ITEMS),
             layouts: Cache::with_weighter(4096, LAYOUT_CACHE_BYTES, LayoutWeighter),
             content: ContentReader::new(&packs_dir, options.cache_bytes),
@@ -222,20 +229,25 @@ impl View {
         self.tree().id
     }
 
-    /// For a live view: loads the live generation if it is not the one shown.
-    /// Returns whether the view changed. Costs one small query when nothing
-    /// changed.
-    pub fn refresh(&self) -> Result<bool> {
+    /// For a live view: moves to the live generation if it is not the one
+    /// shown, and says what changed (`None`: the view did not move). Costs
+    /// one small query when nothing changed.
+    pub fn refresh(&self) -> Result<Option<Changes>> {
         if self.choice != GenerationChoice::Live {
-            return Ok(false);
+            return Ok(None);
         }
+        // One refresh at a time, so that the changes returned describe
+        // exactly the tree this call replaced.
+        let _one = self.refreshing.lock().unwrap_or_else(|p| p.into_inner());
         let live = self.pool.with(|c| Ok(c.current_generation()?))?;
-        if live == self.tree().id {
-            return Ok(false);
+        let old = self.tree();
+        if live == old.id {
+            return Ok(None);
         }
         let tree = self.pool.with(|c| GenerationTree::load(c, live))?;
+        let changes = Changes::between(&old, &tree)?;
         *self.tree.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(tree);
-        Ok(true)
+        Ok(Some(changes))
     }
 
     /// A package inode row, from the cache or the catalog.

@@ -58,8 +58,10 @@ fn follow_live_generation(view: Arc<View>) -> Result<()> {
             loop {
                 std::thread::sleep(REFRESH_EVERY);
                 match view.refresh() {
-                    Ok(true) => tracing::info!("now showing generation {:?}", view.generation()),
-                    Ok(false) => {}
+                    Ok(Some(changes)) => {
+                        tracing::info!("now showing generation {:?}", changes.to)
+                    }
+                    Ok(None) => {}
                     Err(e) => tracing::warn!("checking for a new generation: {e}"),
                 }
             }
