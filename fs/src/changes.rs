@@ -262,6 +262,30 @@ impl Changes {
         out.extend(self.attrs_changed.iter().copied().map(Invalidation::Inode));
         distinct(out)
     }
+
+    /// What must be invalidated again once the view's grace for removed
+    /// names ([`crate::view::REMOVED_NAMES_GRACE`]) has passed: the names this
+    /// change removed from App directories, and the inodes of removed Apps
+    /// and links, which the view still answered for meanwhile (and a client
+    /// may have cached anew). Empty when nothing was removed.
+    pub fn after_grace(&self) -> Vec<Invalidation> {
+        let mut out = Vec::new();
+        for v in &self.versions_removed {
+            out.push(Invalidation::Entry {
+                parent: v.app_ino,
+                name: v.version.as_bytes().to_vec(),
+            });
+        }
+        for c in self.current_changed.iter().filter(|c| c.to.is_none()) {
+            out.push(Invalidation::Entry {
+                parent: c.app_ino,
+                name: CURRENT.as_bytes().to_vec(),
+            });
+            out.push(Invalidation::Inode(c.link_ino));
+        }
+        out.extend(self.apps_removed.iter().map(|a| Invalidation::Inode(a.ino)));
+        distinct(out)
+    }
 }
 
 /// `all` without repetitions, in order.

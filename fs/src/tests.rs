@@ -572,3 +572,59 @@ fn refresh_reports_what_changed_and_what_to_invalidate() {
     assert_eq!(names(&live, a), names(&old, a));
     assert!(live.refresh().unwrap().is_none());
 }
+
+#[test]
+fn removed_names_resolve_unlisted_for_the_grace() {
+    let f = Fixture::new();
+    for dir in ["a1", "a2"] {
+        fs::create_dir_all(f.src.join(dir)).unwrap();
+        fs::write(f.src.join(dir).join("f"), dir).unwrap();
+    }
+    f.add("a1", "a", "1");
+    f.add("a2", "a", "2");
+    let patient = f
+        .view(GenerationChoice::Live)
+        .with_removed_names_grace(std::time::Duration::from_secs(3600));
+    let strict = f
+        .view(GenerationChoice::Live)
+        .with_removed_names_grace(std::time::Duration::ZERO);
+    let a = walk(&patient, "a").unwrap().attr.ino;
+    let current = walk(&patient, "a/Current").unwrap().attr.ino;
+    let second = walk(&patient, "a/2").unwrap().attr.ino;
+
+    // A walk reads Current, then a switch removes the version it points to…
+    assert_eq!(patient.readlink(current).unwrap(), b"2");
+    let mut store = Store::open(&f.store).unwrap();
+    store.switch(1).unwrap();
+    let c = patient.refresh().unwrap().expect("moved");
+    strict.refresh().unwrap().expect("moved");
+    // …and the walk still finds it, though it is no longer listed.
+    assert_eq!(patient.lookup(a, b"2").unwrap().attr.ino, second);
+    assert_eq!(names(&patient, a), [".", "..", "1", "Current"]);
+    assert_eq!(patient.readlink(current).unwrap(), b"1", "the link moved");
+    assert!(matches!(strict.lookup(a, b"2"), Err(ViewError::NotFound)));
+    assert_eq!(c.after_grace(), [entry(a, "2")]);
+
+    // A whole App removed: the root no longer names it, but a walk already
+    // inside it goes on.
+    store.remove(&["a".to_string()]).unwrap();
+    let c = patient.refresh().unwrap().expect("moved");
+    strict.refresh().unwrap().expect("moved");
+    assert!(matches!(walk(&patient, "a"), Err(ViewError::NotFound)));
+    assert_eq!(names(&patient, ino::ROOT), [".", ".."]);
+    assert_eq!(patient.getattr(a).unwrap().kind, Kind::Dir);
+    assert_eq!(patient.readlink(current).unwrap(), b"1");
+    assert_eq!(patient.lookup(a, b"Current").unwrap().attr.ino, current);
+    assert!(patient.lookup(a, b"1").is_ok());
+    assert!(matches!(strict.getattr(a), Err(ViewError::NotFound)));
+    assert!(matches!(strict.readlink(current), Err(ViewError::NotFound)));
+    let later = c.after_grace();
+    for i in [
+        entry(a, "1"),
+        entry(a, "Current"),
+        Invalidation::Inode(current),
+        Invalidation::Inode(a),
+    ] {
+        assert!(later.contains(&i), "{i:?} missing from {later:?}");
+    }
+}

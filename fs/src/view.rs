@@ -19,12 +19,15 @@
 //!
 //! [`View::refresh`] moves a live view to a new generation and returns the
 //! [`Changes`], from which a transport that caches answers learns what to
-//! invalidate.
+//! invalidate. The names a move removes from App directories still resolve
+//! (unlisted) for [`REMOVED_NAMES_GRACE`], so that a path walk through
+//! `Current` that read the link just before the move does not fail.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
 
 use nexus_store::Store;
 use nexus_store::catalog::{Catalog, InodeRow, kind};
@@ -42,6 +45,20 @@ use crate::pool::CatalogPool;
 
 /// The name of the link to an App's chosen version.
 pub const CURRENT: &str = "Current";
+
+/// How long the names a generation switch removed from App directories still
+/// resolve, unlisted (see [`View::with_removed_names_grace`]).
+///
+/// Resolving `App/Current/...` takes two steps: reading the link, then
+/// looking its target up in the App directory. A switch that removes the
+/// version `Current` pointed to can fall between the two; for this long the
+/// old names still resolve, so that a walk under way ends where the link sent
+/// it instead of failing. The two steps normally take microseconds, but a
+/// walker descheduled between them on an overloaded machine (two cores, three
+/// spinning processes, parallel readers, a debug build) was seen to need over
+/// 300 ms. A walk stalled for longer still fails with `ENOENT`, as it would
+/// on a disk whose old version was deleted right after the link moved.
+pub const REMOVED_NAMES_GRACE: Duration = Duration::from_millis(500);
 
 /// Which generation a view shows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,12 +116,20 @@ enum Handle {
     Dir(Arc<Listing>),
 }
 
+/// The tree shown before the last refresh, while its names still resolve.
+struct Recent {
+    tree: Arc<GenerationTree>,
+    until: Instant,
+}
+
 /// The transport-neutral file system over one store.
 pub struct View {
     choice: GenerationChoice,
     pool: CatalogPool,
     tree: RwLock<Arc<GenerationTree>>,
     refreshing: Mutex<()>,
+    recent: RwLock<Option<Recent>>,
+    grace: Duration,
     inodes: Cache<i64, Arc<InodeRow>>,
     layouts: Cache<i64, Arc<Layout>, LayoutWeighter>,
     content: ContentReader,
@@ -208,6 +233,8 @@ impl View {
             pool,
             tree: RwLock::new(Arc::new(tree)),
             refreshing: Mutex::new(()),
+            recent: RwLock::new(None),
+            grace: REMOVED_NAMES_GRACE,
             inodes: Cache::new(INODE_CACHE_ITEMS),
             layouts: Cache::with_weighter(4096, LAYOUT_CACHE_BYTES, LayoutWeighter),
             content: ContentReader::new(&packs_dir, options.cache_bytes),
@@ -216,8 +243,50 @@ impl View {
         })
     }
 
+    /// Sets how long names a switch removed from App directories still
+    /// resolve ([`REMOVED_NAMES_GRACE`] by default; zero: not at all).
+    pub fn with_removed_names_grace(mut self, grace: Duration) -> View {
+        self.grace = grace;
+        self
+    }
+
+    /// How long names a switch removed from App directories still resolve.
+    pub fn removed_names_grace(&self) -> Duration {
+        self.grace
+    }
+
     fn tree(&self) -> Arc<GenerationTree> {
         self.tree.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The tree shown before the last refresh, while its grace lasts.
+    fn recent(&self) -> Option<Arc<GenerationTree>> {
+        let recent = self.recent.read().unwrap_or_else(|p| p.into_inner());
+        recent
+            .as_ref()
+            .filter(|r| Instant::now() < r.until)
+            .map(|r| r.tree.clone())
+    }
+
+    /// `answer` for App `anchor` as the tree shown has it, or, if the App or
+    /// the name asked about is gone from it, as the tree shown before had it
+    /// while the grace lasts.
+    fn at_app<T>(
+        &self,
+        anchor: i64,
+        answer: impl Fn(&GenerationTree, &App) -> Result<T>,
+    ) -> Result<T> {
+        let in_tree = |tree: &GenerationTree| match tree.app(anchor) {
+            Some(app) => answer(tree, app),
+            None => Err(ViewError::NotFound),
+        };
+        match in_tree(&self.tree()) {
+            Err(ViewError::NotFound) => match self.recent() {
+                Some(before) => in_tree(&before),
+                None => Err(ViewError::NotFound),
+            },
+            other => other,
+        }
     }
 
     fn handles(&self) -> MutexGuard<'_, HashMap<u64, Handle>> {
@@ -232,6 +301,10 @@ impl View {
     /// For a live view: moves to the live generation if it is not the one
     /// shown, and says what changed (`None`: the view did not move). Costs
     /// one small query when nothing changed.
+    ///
+    /// Names the move removed from App directories still resolve for the
+    /// grace ([`REMOVED_NAMES_GRACE`]); a transport that lets clients cache
+    /// names must drop [`Changes::after_grace`] again once it has passed.
     pub fn refresh(&self) -> Result<Option<Changes>> {
         if self.choice != GenerationChoice::Live {
             return Ok(None);
@@ -246,6 +319,12 @@ impl View {
         }
         let tree = self.pool.with(|c| GenerationTree::load(c, live))?;
         let changes = Changes::between(&old, &tree)?;
+        // The old names first: a lookup that misses in the new tree must
+        // find them.
+        *self.recent.write().unwrap_or_else(|p| p.into_inner()) = Some(Recent {
+            tree: old,
+            until: Instant::now() + self.grace,
+        });
         *self.tree.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(tree);
         Ok(Some(changes))
     }
@@ -273,12 +352,11 @@ impl View {
         let tree = self.tree();
         match Node::from_ino(ino).ok_or(ViewError::NotFound)? {
             Node::Root => Ok(root_attr(&tree)),
-            Node::App(anchor) => app_attr(&tree, tree.app(anchor).ok_or(ViewError::NotFound)?),
-            Node::Current(anchor) => {
-                let app = tree.app(anchor).ok_or(ViewError::NotFound)?;
+            Node::App(anchor) => self.at_app(anchor, app_attr),
+            Node::Current(anchor) => self.at_app(anchor, |tree, app| {
                 let target = app.current.as_deref().ok_or(ViewError::NotFound)?;
-                current_attr(&tree, app, target)
-            }
+                current_attr(tree, app, target)
+            }),
             Node::Package(id) => Attr::of_row(&*self.inode(id)?),
         }
     }
@@ -292,12 +370,11 @@ impl View {
                 app_attr(&tree, tree.apps.get(name).ok_or(ViewError::NotFound)?)?
             }
             Node::App(anchor) => {
-                let app = tree.app(anchor).ok_or(ViewError::NotFound)?;
                 let name = std::str::from_utf8(name).map_err(|_| ViewError::NotFound)?;
-                match (name, &app.current) {
-                    (CURRENT, Some(target)) => current_attr(&tree, app, target)?,
-                    _ => Attr::of_row(app.versions.get(name).ok_or(ViewError::NotFound)?)?,
-                }
+                self.at_app(anchor, |tree, app| match (name, &app.current) {
+                    (CURRENT, Some(target)) => current_attr(tree, app, target),
+                    _ => Attr::of_row(app.versions.get(name).ok_or(ViewError::NotFound)?),
+                })?
             }
             Node::Current(_) => return Err(ViewError::NotDir),
             Node::Package(dir) => {
@@ -419,12 +496,10 @@ impl View {
     /// The target of symlink `ino`.
     pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
         match Node::from_ino(ino).ok_or(ViewError::NotFound)? {
-            Node::Current(anchor) => {
-                let tree = self.tree();
-                let app = tree.app(anchor).ok_or(ViewError::NotFound)?;
+            Node::Current(anchor) => self.at_app(anchor, |_, app| {
                 let target = app.current.as_deref().ok_or(ViewError::NotFound)?;
                 Ok(target.as_bytes().to_vec())
-            }
+            }),
             Node::Package(id) => {
                 let row = self.inode(id)?;
                 match (&row.target, row.kind) {
