@@ -6,8 +6,11 @@
 //! ([`IMMUTABLE_TTL`]) and files are opened with `FOPEN_KEEP_CACHE` (pages
 //! stay cached across opens) and directories inside packages with
 //! `FOPEN_CACHE_DIR`. The root, App directories and `Current` links change
-//! with the generation and get [`GENERATION_TTL`]. Several request threads
-//! serve the mount, each with its own cloned `/dev/fuse` descriptor.
+//! with the generation: when a live view moves, an [`Invalidator`] tells the
+//! kernel what became stale (FUSE notifications), and [`GENERATION_TTL`]
+//! bounds how long a stale answer could live should a notification be lost.
+//! Several request threads serve the mount, each with its own cloned
+//! `/dev/fuse` descriptor.
 
 use std::ffi::OsStr;
 use std::io;
@@ -18,12 +21,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    InitFlags, KernelConfig, LockOwner, MountOption, OpenAccMode, OpenFlags, ReplyAttr, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr,
-    Request, Session, SessionACL, SessionUnmounter,
+    InitFlags, KernelConfig, LockOwner, MountOption, Notifier, OpenAccMode, OpenFlags, ReplyAttr,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyXattr, Request, Session, SessionACL, SessionUnmounter,
 };
 
 use crate::attr::{Attr, Entry, Kind};
+use crate::changes::Invalidation;
 use crate::error::ViewError;
 use crate::view::View;
 
@@ -34,8 +38,12 @@ pub use index::{INDEX_TTL, IndexFs, IndexNotifier, MountedIndex, mount_index};
 /// attributes.
 pub const IMMUTABLE_TTL: Duration = Duration::from_secs(24 * 3600);
 /// How long the kernel may keep what a generation switch changes: the root,
-/// App directories, `Current` links and the names in them.
-pub const GENERATION_TTL: Duration = Duration::from_secs(1);
+/// App directories, `Current` links and the names in them. A switch
+/// invalidates them at once through notifications, so this is only the bound
+/// on staleness should a notification fail; it is short enough for that and
+/// long enough for a test to tell a notification from an expiry. (`Current`
+/// targets are never cached: every path walk through a link reads it.)
+pub const GENERATION_TTL: Duration = Duration::from_secs(5);
 
 /// How a view is mounted.
 #[derive(Clone, Debug)]
@@ -386,9 +394,64 @@ impl Mounted {
         }
     }
 
+    /// Something another thread can invalidate the kernel's caches with.
+    pub fn invalidator(&self) -> Invalidator {
+        Invalidator {
+            notifier: self.session.notifier(),
+        }
+    }
+
     /// Serves requests until the file system is unmounted.
     pub fn run(self) -> io::Result<()> {
         self.session.run()
+    }
+}
+
+/// Tells the kernel which of its cached answers a generation change made
+/// stale, so that a switch shows at once instead of when they expire
+/// ([`crate::Changes`]).
+///
+/// Call it after the view has moved (never before: the kernel would ask
+/// again and cache the old answers anew), and never from a request handler:
+/// dropping a name waits for the lookups in progress in its directory.
+#[derive(Clone, Debug)]
+pub struct Invalidator {
+    notifier: Notifier,
+}
+
+impl Invalidator {
+    /// Sends one notification per invalidation (from
+    /// [`crate::Changes::invalidations`] or [`crate::Changes::after_grace`]), all of them
+    /// even if some fail; returns how many were sent. Names the kernel has
+    /// not cached are no error. The error, if any, counts the failures and
+    /// carries the first.
+    pub fn send(&self, all: &[Invalidation]) -> io::Result<usize> {
+        let mut failed = 0usize;
+        let mut first = None;
+        for invalidation in all {
+            let sent = match invalidation {
+                Invalidation::Entry { parent, name } => self
+                    .notifier
+                    .inval_entry(INodeNo(*parent), OsStr::from_bytes(name)),
+                // Offset 0, length 0: the attributes and every cached page
+                // (a directory's cached listing, a link's cached target).
+                Invalidation::Inode(ino) => self.notifier.inval_inode(INodeNo(*ino), 0, 0),
+            };
+            if let Err(e) = sent {
+                failed += 1;
+                first.get_or_insert(e);
+            }
+        }
+        match first {
+            None => Ok(all.len()),
+            Some(e) => Err(io::Error::new(
+                e.kind(),
+                format!(
+                    "{failed} of {} cache invalidations failed, the first with: {e}",
+                    all.len()
+                ),
+            )),
+        }
     }
 }
 

@@ -1,18 +1,21 @@
 //! Mounting the view and serving it until it is unmounted.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use nexus_fs::fuse::{self, MountOptions};
-use nexus_fs::{GenerationChoice, View, ViewOptions};
+use nexus_fs::fuse::{self, Invalidator, MountOptions};
+use nexus_fs::{Changes, GenerationChoice, Invalidation, View, ViewOptions};
 
 use super::daemon::Ready;
 use super::{index, signals};
 
-/// How often a live mount checks for a new generation.
-const REFRESH_EVERY: Duration = Duration::from_millis(500);
+/// How often a live mount checks for a new generation: most of the delay
+/// before a switch shows in the mount. The check is one indexed query
+/// (`max(id)` of the generations), so checking often costs next to nothing.
+const REFRESH_EVERY: Duration = Duration::from_millis(100);
 
 /// What `nexus mount` was asked for, with absolute paths.
 #[derive(Debug)]
@@ -50,24 +53,76 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Keeps a live view on the newest generation.
-fn follow_live_generation(view: Arc<View>) -> Result<()> {
+/// Keeps a live view on the newest generation, and the kernel's caches in
+/// step with it.
+fn follow_live_generation(view: Arc<View>, invalidator: Invalidator) -> Result<()> {
     std::thread::Builder::new()
         .name("refresh".into())
         .spawn(move || {
+            // Names switches removed, to drop again once the view stops
+            // resolving them (it did meanwhile, and the kernel may have
+            // cached them anew); oldest first.
+            let mut after_grace: VecDeque<(Instant, Vec<Invalidation>)> = VecDeque::new();
             loop {
                 std::thread::sleep(REFRESH_EVERY);
                 match view.refresh() {
                     Ok(Some(changes)) => {
-                        tracing::info!("now showing generation {:?}", changes.to)
+                        invalidate(&invalidator, &changes);
+                        let later = changes.after_grace();
+                        if !later.is_empty() {
+                            // Measured from now, after the view moved: the
+                            // view's grace ends first.
+                            after_grace
+                                .push_back((Instant::now() + view.removed_names_grace(), later));
+                        }
                     }
                     Ok(None) => {}
                     Err(e) => tracing::warn!("checking for a new generation: {e}"),
+                }
+                while let Some((due, _)) = after_grace.front() {
+                    if *due > Instant::now() {
+                        break;
+                    }
+                    if let Some((_, later)) = after_grace.pop_front()
+                        && let Err(e) = invalidator.send(&later)
+                    {
+                        tracing::warn!(
+                            "dropping removed names: {e}; they may resolve for up to {:?} more",
+                            fuse::GENERATION_TTL
+                        );
+                    }
                 }
             }
         })
         .context("starting the refresh thread")?;
     Ok(())
+}
+
+/// Drops what the kernel cached about the previous generation.
+fn invalidate(invalidator: &Invalidator, changes: &Changes) {
+    let started = Instant::now();
+    let shown = format!(
+        "generation {:?} (from {:?}: {} Apps added, {} removed; {} versions added, {} removed; \
+         {} Current links changed)",
+        changes.to,
+        changes.from,
+        changes.apps_added.len(),
+        changes.apps_removed.len(),
+        changes.versions_added.len(),
+        changes.versions_removed.len(),
+        changes.current_changed.len(),
+    );
+    match invalidator.send(&changes.invalidations()) {
+        Ok(sent) => tracing::info!(
+            "now showing {shown}; {sent} cache invalidations sent in {:?}",
+            started.elapsed()
+        ),
+        // The kernel's answers expire on their own within the TTL.
+        Err(e) => tracing::warn!(
+            "now showing {shown}, but {e}; stale answers may remain for up to {:?}",
+            fuse::GENERATION_TTL
+        ),
+    }
 }
 
 /// Mounts and serves until unmounted. `ready` (the daemon's pipe) is told
@@ -109,7 +164,7 @@ pub fn serve(request: &Request, ready: Option<&mut Ready>) -> Result<()> {
     unmounters.push(mounted.unmounter());
     signals::unmount_on_termination(unmounters)?;
     if choice == GenerationChoice::Live {
-        follow_live_generation(view.clone())?;
+        follow_live_generation(view.clone(), mounted.invalidator())?;
     }
     if let Some(pid_file) = &request.pid_file {
         std::fs::write(pid_file, format!("{}\n", std::process::id()))
