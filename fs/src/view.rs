@@ -566,8 +566,30 @@ impl View {
         Ok(layout)
     }
 
-    /// Opens regular file `ino` for reading; returns the handle.
-    pub fn open_file(&self, ino: u64) -> Result<u64> {
+    /// Reads up to `size` bytes at `offset` of regular file `ino` without an
+    /// open handle (fewer only at the end of the file). This is the read path
+    /// of transports that skip opens: package files never change, so the
+    /// inode alone says what to read. A pack that gc removed since the chunk
+    /// locations were cached is looked up again, once. Damaged data is an
+    /// error, never returned.
+    pub fn read_inode(&self, ino: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let (blob, file_size) = self.file_content(ino)?;
+        let layout = match self.layouts.get(&blob) {
+            Some(layout) => layout,
+            None => self.load_layout(blob, file_size)?,
+        };
+        match self.content.read(&layout, offset, size) {
+            Err(ViewError::PackMissing(pack)) => {
+                tracing::info!("{pack} is gone; looking up the chunk locations again");
+                let fresh = self.load_layout(blob, file_size)?;
+                self.content.read(&fresh, offset, size)
+            }
+            other => other,
+        }
+    }
+
+    /// The content (blob id) and size of regular file `ino`.
+    fn file_content(&self, ino: u64) -> Result<(i64, u64)> {
         let Some(Node::Package(id)) = Node::from_ino(ino) else {
             return Err(match self.getattr(ino)?.kind {
                 Kind::Dir => ViewError::IsDir,
@@ -583,9 +605,15 @@ impl View {
         let blob = row
             .blob
             .ok_or_else(|| ViewError::Inconsistent(format!("file inode {id} has no content")))?;
+        Ok((blob, row.size))
+    }
+
+    /// Opens regular file `ino` for reading; returns the handle.
+    pub fn open_file(&self, ino: u64) -> Result<u64> {
+        let (blob, file_size) = self.file_content(ino)?;
         let layout = match self.layouts.get(&blob) {
             Some(layout) => layout,
-            None => self.load_layout(blob, row.size)?,
+            None => self.load_layout(blob, file_size)?,
         };
         // Open the packs now rather than at the first read: the reader keeps
         // pack files open, so whatever `nip remove` and gc do from here on
@@ -597,7 +625,7 @@ impl View {
             Ok(()) => layout,
             Err(ViewError::PackMissing(pack)) => {
                 tracing::info!("{pack} is gone; looking up the chunk locations again");
-                let fresh = self.load_layout(blob, row.size)?;
+                let fresh = self.load_layout(blob, file_size)?;
                 self.content.open_packs(&fresh)?;
                 fresh
             }
