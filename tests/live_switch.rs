@@ -3,7 +3,8 @@
 //! remount, while parallel readers keep opening and reading files through
 //! `App/Current`. Every read returns exactly one version's bytes, never a
 //! mix and never an error; files opened under a version keep returning that
-//! version's bytes, across switches and after gc collected the version.
+//! version's bytes across switches, and, as the daemon has served them
+//! before, even after gc collected the version.
 
 use std::ffi::OsString;
 use std::fs::{self, File};
@@ -353,8 +354,9 @@ fn switches_show_within_a_second_and_readers_never_see_a_mix() {
     );
 
     // Back to version 1 alone, then collect version 2 for good (no retained
-    // generation holds it, no grace): the file held open under it still
-    // reads, now only from what the daemon kept open.
+    // generation holds it, no grace): the file held open under it, whose
+    // bytes the daemon has served before, still reads, now only from what
+    // the daemon holds (its inode row, its chunk layout, its open pack).
     store.ok(["rollback"]);
     assert!(
         time_until(SHOW_WITHIN, || !exists(&second)).is_some(),
