@@ -13,6 +13,17 @@ use nexus_store::catalog::Catalog;
 
 use crate::error::Result;
 
+/// Private page cache per pooled connection, in KiB: the daemon keeps
+/// several connections for its whole life, and the kernel caches the
+/// catalog file for all of them.
+const PAGE_CACHE_KIB: u32 = 2048;
+
+fn open_small(path: &Path) -> nexus_store::Result<Catalog> {
+    let catalog = Catalog::open(path, false)?;
+    catalog.limit_page_cache(PAGE_CACHE_KIB)?;
+    Ok(catalog)
+}
+
 /// Idle connections to one catalog.
 pub(crate) struct CatalogPool {
     path: PathBuf,
@@ -23,7 +34,7 @@ impl CatalogPool {
     /// Opens `size` connections to the catalog at `path`.
     pub(crate) fn open(path: &Path, size: usize) -> Result<CatalogPool> {
         let idle = (0..size.max(1))
-            .map(|_| Catalog::open(path, false))
+            .map(|_| open_small(path))
             .collect::<nexus_store::Result<Vec<_>>>()?;
         Ok(CatalogPool {
             path: path.to_path_buf(),
@@ -41,7 +52,7 @@ impl CatalogPool {
         let borrowed = self.idle().pop();
         let catalog = match borrowed {
             Some(c) => c,
-            None => Catalog::open(&self.path, false)?,
+            None => open_small(&self.path)?,
         };
         let result = f(&catalog);
         self.idle().push(catalog);

@@ -5,6 +5,14 @@ use nexus_cli::exit;
 use nexus_cli::nexus::{Cli, run};
 
 fn main() {
+    // The mount daemon allocates and frees a ~1 MiB buffer per decoded
+    // block. glibc raises its mmap threshold after the first such free, and
+    // from then on keeps those buffers in its heaps, where they fragment
+    // and hold hundreds of MB after a full walk. A fixed threshold keeps
+    // large buffers in mmap, returned to the kernel when freed.
+    // SAFETY: mallopt only changes allocator tuning; called before any
+    // thread exists.
+    unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024) };
     let cli = Cli::parse();
     let code = match run(cli) {
         Ok(code) => code,

@@ -232,6 +232,16 @@ impl Catalog {
 
     /// The underlying connection, for modules of this crate that run their own
     /// statements (ingest commit, gc, verify).
+    /// Caps this connection's private page cache at `kib` KiB. Long-lived
+    /// readers that keep several connections (the mount daemon) use a small
+    /// cache each: the kernel's page cache already holds the catalog file,
+    /// and a 32 MB cache per connection would multiply the daemon's memory.
+    pub fn limit_page_cache(&self, kib: u32) -> Result<()> {
+        self.conn
+            .pragma_update(None, "cache_size", -i64::from(kib))?;
+        Ok(())
+    }
+
     pub(crate) fn conn(&mut self) -> &mut Connection {
         &mut self.conn
     }
