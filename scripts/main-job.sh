@@ -7,8 +7,8 @@
 # On a fresh Debian 12 machine it installs what it needs (apt-get; Rust via
 # rustup if cargo is missing), builds nip, creates the store at the embedded
 # default location (/var/lib/nexus for root), downloads the given Debian
-# packages with `apt-get download`, unpacks each with `dpkg-deb -x` and adds
-# it as App/Version, verifies the store, mounts it at /Programs (the
+# packages with `apt-get download` and grafts the .deb files as App/Version,
+# verifies the store, mounts it at /Programs (the
 # daemon stays running; `nexus umount /Programs` ends it) and runs hello
 # from the mount. Running it again is harmless: adding an identical package
 # is a no-op, and an existing /Programs mount is replaced.
@@ -37,17 +37,9 @@ cd "$work"
 # apt-get download drops privileges to _apt: let it write here.
 if id _apt >/dev/null 2>&1; then chown _apt "$work"; fi
 apt-get download "${packages[@]}"
-dirs=()
-for deb in ./*.deb; do
-    name=$(dpkg-deb -f "$deb" Package)
-    version=$(dpkg-deb -f "$deb" Version)
-    version=${version#*:}              # an epoch is not part of the directory name
-    mkdir -p "tree/$name"
-    dpkg-deb -x "$deb" "tree/$name/$version"
-    dirs+=("tree/$name/$version")
-done
-# One transaction, one new generation, for all of them.
-"$nip" add "${dirs[@]}"
+# Grafted straight from the .deb files (usr/bin/hello becomes
+# hello/<version>/bin/hello), in one transaction, one new generation.
+"$nip" add ./*.deb
 "$nip" list
 "$nip" history
 "$nip" verify
@@ -57,8 +49,8 @@ mkdir -p /Programs
 "$nexus" mount /Programs --allow-other
 echo
 ls -l /Programs /Programs/*/
-if [[ -x /Programs/hello/Current/usr/bin/hello ]]; then
+if [[ -x /Programs/hello/Current/bin/hello ]]; then
     echo
-    echo "running /Programs/hello/Current/usr/bin/hello:"
-    /Programs/hello/Current/usr/bin/hello
+    echo "running /Programs/hello/Current/bin/hello:"
+    /Programs/hello/Current/bin/hello
 fi
