@@ -26,7 +26,7 @@ use fuser::{
     ReplyXattr, Request, Session, SessionACL, SessionUnmounter,
 };
 
-use crate::attr::{Attr, Entry, Kind};
+use crate::attr::{Attr, Entry, Kind, Listing};
 use crate::changes::Invalidation;
 use crate::error::ViewError;
 use crate::view::View;
@@ -79,6 +79,49 @@ fn time(secs: i64) -> SystemTime {
         UNIX_EPOCH.checked_sub(offset)
     };
     t.unwrap_or(UNIX_EPOCH)
+}
+
+/// Answers a READDIR from a directory listing, resuming after `offset`
+/// (an entry's offset is that of the next one) until the reply is full.
+fn fill_dir(
+    listing: &Listing,
+    offset: u64,
+    node: impl Fn(u64) -> INodeNo,
+    mut reply: ReplyDirectory,
+) {
+    for (i, e) in listing.entries.iter().enumerate().skip(offset as usize) {
+        let name = OsStr::from_bytes(&e.name);
+        if reply.add(node(e.attr.ino), i as u64 + 1, file_type(e.attr.kind), name) {
+            break;
+        }
+    }
+    reply.ok();
+}
+
+/// Answers a READDIRPLUS like [`fill_dir`], with each entry's attributes
+/// and the lifetime `ttl` gives it.
+fn fill_dir_plus(
+    listing: &Listing,
+    offset: u64,
+    node: impl Fn(u64) -> INodeNo,
+    ttl: impl Fn(&Entry) -> Duration,
+    mut reply: ReplyDirectoryPlus,
+) {
+    for (i, e) in listing.entries.iter().enumerate().skip(offset as usize) {
+        let name = OsStr::from_bytes(&e.name);
+        let attr = file_attr(&e.attr);
+        if reply.add(
+            node(e.attr.ino),
+            i as u64 + 1,
+            name,
+            &ttl(e),
+            &attr,
+            Generation(0),
+        ) {
+            break;
+        }
+    }
+    reply.ok();
 }
 
 fn file_type(kind: Kind) -> FileType {
@@ -275,25 +318,12 @@ impl Filesystem for NexusFs {
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectory,
+        reply: ReplyDirectory,
     ) {
-        let listing = match self.view.listing(fh.0) {
-            Ok(l) => l,
-            Err(e) => return reply.error(errno("readdir", ino, &e)),
-        };
-        // An entry's offset is that of the next one: resume after it.
-        for (i, e) in listing.entries.iter().enumerate().skip(offset as usize) {
-            let name = OsStr::from_bytes(&e.name);
-            if reply.add(
-                INodeNo(e.attr.ino),
-                i as u64 + 1,
-                file_type(e.attr.kind),
-                name,
-            ) {
-                break;
-            }
+        match self.view.listing(fh.0) {
+            Ok(listing) => fill_dir(&listing, offset, INodeNo, reply),
+            Err(e) => reply.error(errno("readdir", ino, &e)),
         }
-        reply.ok();
     }
 
     fn readdirplus(
@@ -302,28 +332,18 @@ impl Filesystem for NexusFs {
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectoryPlus,
+        reply: ReplyDirectoryPlus,
     ) {
-        let listing = match self.view.listing(fh.0) {
-            Ok(l) => l,
-            Err(e) => return reply.error(errno("readdirplus", ino, &e)),
-        };
-        for (i, e) in listing.entries.iter().enumerate().skip(offset as usize) {
-            let name = OsStr::from_bytes(&e.name);
-            let lifetime = ttl(e.immutable && e.attr.immutable);
-            let attr = file_attr(&e.attr);
-            if reply.add(
-                INodeNo(e.attr.ino),
-                i as u64 + 1,
-                name,
-                &lifetime,
-                &attr,
-                Generation(0),
-            ) {
-                break;
-            }
+        match self.view.listing(fh.0) {
+            Ok(listing) => fill_dir_plus(
+                &listing,
+                offset,
+                INodeNo,
+                |e| ttl(e.immutable && e.attr.immutable),
+                reply,
+            ),
+            Err(e) => reply.error(errno("readdirplus", ino, &e)),
         }
-        reply.ok();
     }
 
     fn releasedir(

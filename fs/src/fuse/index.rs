@@ -20,7 +20,7 @@ use fuser::{
     ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request, Session, SessionACL,
 };
 
-use super::{MountOptions, Unmounter, errno, file_attr, file_type, reply_xattr};
+use super::{MountOptions, Unmounter, errno, file_attr, fill_dir, fill_dir_plus, reply_xattr};
 use crate::index::{Index, IndexChanges, ROOT};
 
 /// How long the kernel may keep an index entry or attribute. Short, because
@@ -108,25 +108,12 @@ impl Filesystem for IndexFs {
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectory,
+        reply: ReplyDirectory,
     ) {
-        let listing = match self.index.listing(fh.0) {
-            Ok(l) => l,
-            Err(e) => return reply.error(errno("index readdir", ino, &e)),
-        };
-        // An entry's offset is that of the next one: resume after it.
-        for (i, e) in listing.entries.iter().enumerate().skip(offset as usize) {
-            let name = OsStr::from_bytes(&e.name);
-            if reply.add(
-                fuse_node(e.attr.ino),
-                i as u64 + 1,
-                file_type(e.attr.kind),
-                name,
-            ) {
-                break;
-            }
+        match self.index.listing(fh.0) {
+            Ok(listing) => fill_dir(&listing, offset, fuse_node, reply),
+            Err(e) => reply.error(errno("index readdir", ino, &e)),
         }
-        reply.ok();
     }
 
     fn readdirplus(
@@ -135,26 +122,12 @@ impl Filesystem for IndexFs {
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectoryPlus,
+        reply: ReplyDirectoryPlus,
     ) {
-        let listing = match self.index.listing(fh.0) {
-            Ok(l) => l,
-            Err(e) => return reply.error(errno("index readdirplus", ino, &e)),
-        };
-        for (i, e) in listing.entries.iter().enumerate().skip(offset as usize) {
-            let name = OsStr::from_bytes(&e.name);
-            if reply.add(
-                fuse_node(e.attr.ino),
-                i as u64 + 1,
-                name,
-                &INDEX_TTL,
-                &file_attr(&e.attr),
-                Generation(0),
-            ) {
-                break;
-            }
+        match self.index.listing(fh.0) {
+            Ok(listing) => fill_dir_plus(&listing, offset, fuse_node, |_| INDEX_TTL, reply),
+            Err(e) => reply.error(errno("index readdirplus", ino, &e)),
         }
-        reply.ok();
     }
 
     fn releasedir(
