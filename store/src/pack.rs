@@ -165,7 +165,7 @@ impl EncodedBlock {
     }
 
     /// The header and chunk table, as written before the payload.
-    fn head(&self) -> Vec<u8> {
+    pub fn head(&self) -> Vec<u8> {
         let mut h = Vec::with_capacity(BLOCK_HEADER_LEN + TABLE_ENTRY_LEN * self.chunks.len());
         h.extend_from_slice(BLOCK_MAGIC);
         h.push(self.codec as u8);

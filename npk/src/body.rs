@@ -1,0 +1,452 @@
+//! The body: what the archive holds — package trees with their metadata,
+//! file contents as lists of chunks, and where each chunk is in the
+//! archive (FORMAT.md, section 8.3).
+//!
+//! Decoding validates everything a reader relies on, so that a hostile
+//! body is refused before anything acts on it: every count fits the bytes
+//! left, every index is in range, each tree is a tree (every directory but
+//! the root named exactly once, every entry reachable from the root, names
+//! safe and unique), each declared tree hash matches the tree, and every
+//! file's content is listed with the right size.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
+
+use nexus_store::Hash;
+use nexus_store::names::{check_name, check_version};
+use nexus_store::tree::{Entry, Inode, InodeKind, Tree, decode_xattrs, encode_xattrs};
+
+use crate::error::FormatError;
+use crate::wire::{Reader, Writer};
+
+/// First bytes of a decoded body.
+pub const BODY_MAGIC: &[u8; 8] = b"NXBODY01";
+/// Largest decoded body accepted (a body describes metadata only).
+pub const BODY_MAX: u64 = 512 << 20;
+/// Domain string of the root hash.
+const ROOT_DOMAIN: &[u8] = b"nexus-root-v1\n";
+
+const KIND_DIR: u8 = 1;
+const KIND_FILE: u8 = 2;
+const KIND_SYMLINK: u8 = 3;
+
+/// One package of an archive.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BodyPackage {
+    /// App name.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// Where it came from in the store that packed it.
+    pub origin: String,
+    /// Metadata JSON, as the catalog keeps it.
+    pub metadata: String,
+    /// Whether it is its App's `Current` (images).
+    pub current: bool,
+    /// The tree hash (checked against `tree`).
+    pub tree_hash: Hash,
+    /// The package tree, every file's content hash filled in.
+    pub tree: Tree,
+}
+
+/// A distinct file content: its chunks, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BodyBlob {
+    /// BLAKE3 of the whole content.
+    pub hash: Hash,
+    /// Its length.
+    pub size: u64,
+    /// Indexes into [`Body::chunks`].
+    pub chunks: Vec<u32>,
+}
+
+/// Where a chunk is in the archive: a block, as in a pack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BodyChunk {
+    /// BLAKE3 of the chunk.
+    pub hash: Hash,
+    /// Its length.
+    pub len: u32,
+    /// Offset of its block from the start of the archive.
+    pub offset: u64,
+    /// Length of the block.
+    pub block_len: u32,
+    /// Offset of the chunk in the decoded block.
+    pub inner: u32,
+}
+
+/// The decoded body.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Body {
+    /// Packages, in the order they were packed.
+    pub packages: Vec<BodyPackage>,
+    /// File contents.
+    pub blobs: Vec<BodyBlob>,
+    /// Chunks.
+    pub chunks: Vec<BodyChunk>,
+}
+
+/// The root hash of a set of packages: BLAKE3 over their names, versions,
+/// tree hashes and `Current` flags, sorted by name and version. It names
+/// what an archive holds independently of how it is laid out, so the same
+/// package packed in two stores has the same root.
+pub fn root_hash<'a>(packages: impl IntoIterator<Item = &'a BodyPackage>) -> Hash {
+    let mut list: Vec<&BodyPackage> = packages.into_iter().collect();
+    list.sort_by(|a, b| (&a.name, &a.version).cmp(&(&b.name, &b.version)));
+    let mut w = Writer::default();
+    w.raw(ROOT_DOMAIN);
+    w.u32(list.len() as u32);
+    for p in list {
+        w.str(&p.name);
+        w.str(&p.version);
+        w.hash(&p.tree_hash);
+        w.u8(p.current as u8);
+    }
+    Hash::of(&w.buf)
+}
+
+impl Body {
+    /// The blob with this content hash.
+    pub fn blob(&self, hash: &Hash) -> Option<&BodyBlob> {
+        self.blobs.iter().find(|b| &b.hash == hash)
+    }
+
+    /// Encodes the body (uncompressed).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        w.raw(BODY_MAGIC);
+        w.u32(self.packages.len() as u32);
+        for p in &self.packages {
+            w.str(&p.name);
+            w.str(&p.version);
+            w.str(&p.origin);
+            w.str(&p.metadata);
+            w.u8(p.current as u8);
+            w.hash(&p.tree_hash);
+            w.u32(p.tree.inodes.len() as u32);
+            for inode in &p.tree.inodes {
+                encode_inode(&mut w, inode);
+            }
+            w.u32(p.tree.entries.len() as u32);
+            for e in &p.tree.entries {
+                w.u32(e.parent);
+                w.u32(e.inode);
+                w.bytes(&e.name);
+            }
+        }
+        w.u32(self.blobs.len() as u32);
+        for b in &self.blobs {
+            w.hash(&b.hash);
+            w.u64(b.size);
+            w.u32(b.chunks.len() as u32);
+            for &c in &b.chunks {
+                w.u32(c);
+            }
+        }
+        w.u32(self.chunks.len() as u32);
+        for c in &self.chunks {
+            w.hash(&c.hash);
+            w.u32(c.len);
+            w.u64(c.offset);
+            w.u32(c.block_len);
+            w.u32(c.inner);
+        }
+        w.buf
+    }
+
+    /// Decodes and validates a body whose blocks lie in
+    /// `[blocks_start, blocks_end)` of the archive.
+    pub fn decode(bytes: &[u8], blocks_start: u64, blocks_end: u64) -> Result<Body, FormatError> {
+        let mut r = Reader::new(bytes, "body");
+        if r.take(8, "magic")? != BODY_MAGIC {
+            return Err(malformed("body: bad magic".into()));
+        }
+        let n = r.count("package count", 40)?;
+        let mut packages = Vec::with_capacity(n);
+        for _ in 0..n {
+            packages.push(decode_package(&mut r)?);
+        }
+        let n = r.count("blob count", 44)?;
+        let mut blobs = Vec::with_capacity(n);
+        for _ in 0..n {
+            let hash = r.hash("blob hash")?;
+            let size = r.u64("blob size")?;
+            let k = r.count("blob chunk count", 4)?;
+            let mut chunks = Vec::with_capacity(k);
+            for _ in 0..k {
+                chunks.push(r.u32("chunk index")?);
+            }
+            blobs.push(BodyBlob { hash, size, chunks });
+        }
+        let n = r.count("chunk count", 52)?;
+        let mut chunks = Vec::with_capacity(n);
+        for _ in 0..n {
+            chunks.push(BodyChunk {
+                hash: r.hash("chunk hash")?,
+                len: r.u32("chunk length")?,
+                offset: r.u64("block offset")?,
+                block_len: r.u32("block length")?,
+                inner: r.u32("inner offset")?,
+            });
+        }
+        r.finish()?;
+        let body = Body {
+            packages,
+            blobs,
+            chunks,
+        };
+        body.validate(blocks_start, blocks_end)?;
+        Ok(body)
+    }
+
+    fn validate(&self, blocks_start: u64, blocks_end: u64) -> Result<(), FormatError> {
+        let mut seen_chunks = HashSet::new();
+        for c in &self.chunks {
+            if !seen_chunks.insert(c.hash) {
+                return Err(malformed(format!("chunk {} listed twice", c.hash)));
+            }
+            let end = c.offset.checked_add(u64::from(c.block_len));
+            if c.offset < blocks_start || end.is_none_or(|e| e > blocks_end) {
+                return Err(malformed(format!(
+                    "chunk {}: its block lies outside the archive's data",
+                    c.hash
+                )));
+            }
+            if u64::from(c.inner) + u64::from(c.len) > u64::from(c.block_len) * 1024 {
+                // A block decodes to at most 4 MiB and is at least a header
+                // long, so this only rules out absurd values early; the
+                // block decoder checks the rest.
+                return Err(malformed(format!("chunk {}: absurd inner offset", c.hash)));
+            }
+        }
+        let mut blob_sizes = HashMap::new();
+        for b in &self.blobs {
+            let mut total: u64 = 0;
+            for &i in &b.chunks {
+                let c = self.chunks.get(i as usize).ok_or_else(|| {
+                    malformed(format!("content {}: chunk index {i} out of range", b.hash))
+                })?;
+                total += u64::from(c.len);
+            }
+            if total != b.size {
+                return Err(malformed(format!(
+                    "content {}: its chunks add up to {total} bytes, not {}",
+                    b.hash, b.size
+                )));
+            }
+            if blob_sizes.insert(b.hash, b.size).is_some() {
+                return Err(malformed(format!("content {} listed twice", b.hash)));
+            }
+        }
+        let mut specs = HashSet::new();
+        for p in &self.packages {
+            let spec = format!("{}/{}", p.name, p.version);
+            if !specs.insert(spec.clone()) {
+                return Err(malformed(format!("package {spec} listed twice")));
+            }
+            for inode in &p.tree.inodes {
+                if let InodeKind::File { size, content } = &inode.kind {
+                    let hash = content.unwrap_or(Hash([0; 32]));
+                    if blob_sizes.get(&hash) != Some(size) {
+                        return Err(malformed(format!(
+                            "{spec}: a file's content {hash} ({size} bytes) is not in the archive"
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn malformed(msg: String) -> FormatError {
+    FormatError::Malformed(msg)
+}
+
+fn encode_inode(w: &mut Writer, inode: &Inode) {
+    let kind = match &inode.kind {
+        InodeKind::Dir => KIND_DIR,
+        InodeKind::File { .. } => KIND_FILE,
+        InodeKind::Symlink { .. } => KIND_SYMLINK,
+    };
+    w.u8(kind);
+    w.u32(inode.mode & 0o7777);
+    w.u32(inode.uid);
+    w.u32(inode.gid);
+    w.i64(inode.mtime);
+    w.bytes(&encode_xattrs(&inode.xattrs));
+    match &inode.kind {
+        InodeKind::Dir => {}
+        InodeKind::File { size, content } => {
+            w.u64(*size);
+            w.hash(&content.unwrap_or(Hash([0; 32])));
+        }
+        InodeKind::Symlink { target } => w.bytes(target),
+    }
+}
+
+fn decode_inode(r: &mut Reader<'_>) -> Result<Inode, FormatError> {
+    let kind = r.u8("inode kind")?;
+    let mode = r.u32("mode")?;
+    if mode & !0o7777 != 0 {
+        return Err(malformed(format!("mode {mode:o} has bits beyond 07777")));
+    }
+    let uid = r.u32("uid")?;
+    let gid = r.u32("gid")?;
+    let mtime = r.i64("mtime")?;
+    let xattrs =
+        decode_xattrs(r.bytes("xattrs")?).ok_or_else(|| malformed("malformed xattrs".into()))?;
+    if xattrs.windows(2).any(|w| w[0].0 >= w[1].0) || xattrs.iter().any(|(n, _)| n.is_empty()) {
+        return Err(malformed("xattr names empty, unsorted or repeated".into()));
+    }
+    let kind = match kind {
+        KIND_DIR => InodeKind::Dir,
+        KIND_FILE => InodeKind::File {
+            size: r.u64("file size")?,
+            content: Some(r.hash("content hash")?),
+        },
+        KIND_SYMLINK => {
+            let target = r.bytes("symlink target")?.to_vec();
+            if target.is_empty() || target.len() > 4096 || target.contains(&0) {
+                return Err(malformed(
+                    "symlink target empty, too long or with NUL".into(),
+                ));
+            }
+            InodeKind::Symlink { target }
+        }
+        k => return Err(malformed(format!("unknown inode kind {k}"))),
+    };
+    Ok(Inode {
+        kind,
+        mode,
+        uid,
+        gid,
+        mtime,
+        xattrs,
+    })
+}
+
+fn decode_package(r: &mut Reader<'_>) -> Result<BodyPackage, FormatError> {
+    let name = r.str("package name")?.to_string();
+    let version = r.str("package version")?.to_string();
+    check_name(&name).map_err(|e| malformed(e.to_string()))?;
+    check_version(&version).map_err(|e| malformed(e.to_string()))?;
+    let spec = format!("{name}/{version}");
+    let origin = r.str("origin")?.to_string();
+    let metadata = r.str("metadata")?.to_string();
+    let current = match r.u8("current")? {
+        0 => false,
+        1 => true,
+        v => return Err(malformed(format!("{spec}: current flag {v}"))),
+    };
+    let tree_hash = r.hash("tree hash")?;
+    let n = r.count("inode count", 25)?;
+    let mut tree = Tree::default();
+    for _ in 0..n {
+        tree.inodes.push(decode_inode(r)?);
+    }
+    let n = r.count("entry count", 12)?;
+    for _ in 0..n {
+        let parent = r.u32("entry parent")?;
+        let inode = r.u32("entry inode")?;
+        let name = r.bytes("entry name")?.to_vec();
+        tree.entries.push(Entry {
+            parent,
+            name,
+            inode,
+        });
+    }
+    check_tree(&tree).map_err(|why| malformed(format!("{spec}: {why}")))?;
+    if tree.tree_hash() != tree_hash {
+        return Err(malformed(format!(
+            "{spec}: the tree does not match its tree hash"
+        )));
+    }
+    Ok(BodyPackage {
+        name,
+        version,
+        origin,
+        metadata,
+        current,
+        tree_hash,
+        tree,
+    })
+}
+
+/// Checks that `tree` is a tree a store can hold.
+fn check_tree(tree: &Tree) -> Result<(), String> {
+    let n = tree.inodes.len();
+    if tree.inodes.first().map(|i| &i.kind) != Some(&InodeKind::Dir) {
+        return Err("the root is not a directory".into());
+    }
+    let mut named = vec![0u32; n];
+    let mut names = HashSet::new();
+    for e in &tree.entries {
+        let (p, i) = (e.parent as usize, e.inode as usize);
+        if p >= n || i >= n {
+            return Err("an entry refers to a missing inode".into());
+        }
+        if tree.inodes[p].kind != InodeKind::Dir {
+            return Err("an entry's parent is not a directory".into());
+        }
+        if i == 0 {
+            return Err("an entry names the root".into());
+        }
+        let name = &e.name;
+        if name.is_empty()
+            || name == b"."
+            || name == b".."
+            || name.len() > 255
+            || name.contains(&b'/')
+            || name.contains(&0)
+        {
+            return Err(format!("unsafe name {:?}", String::from_utf8_lossy(name)));
+        }
+        if !names.insert((e.parent, name.as_slice())) {
+            return Err(format!(
+                "duplicate name {:?}",
+                String::from_utf8_lossy(name)
+            ));
+        }
+        named[i] += 1;
+    }
+    for (i, inode) in tree.inodes.iter().enumerate().skip(1) {
+        match (&inode.kind, named[i]) {
+            (InodeKind::Dir, 1) => {}
+            (InodeKind::Dir, _) => return Err("a directory is not named exactly once".into()),
+            (_, 0) => return Err("an inode is named by no entry".into()),
+            _ => {}
+        }
+    }
+    // With every directory named once, walking from the root terminates;
+    // entries it does not reach hang off a cycle detached from the root.
+    if tree.walk().len() != tree.entries.len() {
+        return Err("some entries are not reachable from the root".into());
+    }
+    Ok(())
+}
+
+/// Decompresses a body frame, refusing more than [`BODY_MAX`] bytes.
+pub fn decompress(frame: &[u8]) -> Result<Vec<u8>, FormatError> {
+    let decoder = zstd::stream::read::Decoder::new(frame)
+        .map_err(|e| malformed(format!("body: zstd: {e}")))?;
+    let mut out = Vec::new();
+    decoder
+        .take(BODY_MAX + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| malformed(format!("body: zstd: {e}")))?;
+    if out.len() as u64 > BODY_MAX {
+        return Err(malformed(format!("body larger than {BODY_MAX} bytes")));
+    }
+    Ok(out)
+}
+
+/// Compresses an encoded body (zstd 19 with checksum: written once, small).
+pub fn compress(body: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut c = zstd::bulk::Compressor::new(19)?;
+    c.include_checksum(true)?;
+    c.compress(body)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,177 @@
+use proptest::prelude::*;
+
+use super::*;
+
+fn file(content: &[u8], mode: u32) -> Inode {
+    Inode {
+        kind: InodeKind::File {
+            size: content.len() as u64,
+            content: Some(Hash::of(content)),
+        },
+        mode,
+        uid: 0,
+        gid: 0,
+        mtime: 1,
+        xattrs: Vec::new(),
+    }
+}
+
+fn dir() -> Inode {
+    Inode {
+        kind: InodeKind::Dir,
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+        mtime: 1,
+        xattrs: vec![(b"user.a".to_vec(), b"1".to_vec())],
+    }
+}
+
+/// A body with one package: root/{bin/{tool, tool-hard}, link -> bin/tool}.
+fn sample(contents: &[Vec<u8>]) -> Body {
+    let mut tree = Tree::default();
+    tree.push_inode(dir());
+    let bin = tree.push_inode(dir());
+    tree.push_entry(0, b"bin".to_vec(), bin);
+    let mut blobs = Vec::new();
+    let mut chunks = Vec::new();
+    for (i, c) in contents.iter().enumerate() {
+        let f = tree.push_inode(file(c, 0o4755));
+        tree.push_entry(bin, format!("tool{i}").into_bytes(), f);
+        tree.push_entry(bin, format!("hard{i}").into_bytes(), f);
+        if blobs.iter().any(|b: &BodyBlob| b.hash == Hash::of(c)) {
+            continue;
+        }
+        chunks.push(BodyChunk {
+            hash: Hash::of(c),
+            len: c.len() as u32,
+            offset: 32,
+            block_len: 100,
+            inner: 0,
+        });
+        blobs.push(BodyBlob {
+            hash: Hash::of(c),
+            size: c.len() as u64,
+            chunks: vec![chunks.len() as u32 - 1],
+        });
+    }
+    let l = tree.push_inode(Inode {
+        kind: InodeKind::Symlink {
+            target: b"bin/tool0".to_vec(),
+        },
+        mode: 0o777,
+        uid: 0,
+        gid: 0,
+        mtime: 1,
+        xattrs: Vec::new(),
+    });
+    tree.push_entry(0, b"link".to_vec(), l);
+    let package = BodyPackage {
+        name: "tool".into(),
+        version: "1.0".into(),
+        origin: "dir:/x".into(),
+        metadata: "{}".into(),
+        current: true,
+        tree_hash: tree.tree_hash(),
+        tree,
+    };
+    Body {
+        packages: vec![package],
+        blobs,
+        chunks,
+    }
+}
+
+#[test]
+fn round_trip() {
+    let body = sample(&[b"a".to_vec(), b"bb".to_vec()]);
+    let bytes = body.encode();
+    assert_eq!(Body::decode(&bytes, 32, 1000).unwrap(), body);
+    let frame = compress(&bytes).unwrap();
+    assert_eq!(decompress(&frame).unwrap(), bytes);
+}
+
+#[test]
+fn hostile_bodies_are_refused() {
+    let good = sample(&[b"a".to_vec()]);
+    let check = |mutate: &dyn Fn(&mut Body), why: &str| {
+        let mut b = good.clone();
+        mutate(&mut b);
+        // Keep the declared tree hash in step so that the structural check,
+        // not the hash, must catch the problem.
+        for p in &mut b.packages {
+            if check_tree(&p.tree).is_ok() {
+                p.tree_hash = p.tree.tree_hash();
+            }
+        }
+        let err = Body::decode(&b.encode(), 32, 1000).unwrap_err().to_string();
+        assert!(err.contains(why), "{err} should mention {why}");
+    };
+    check(
+        &|b| b.packages[0].tree.entries[0].name = b"..".to_vec(),
+        "unsafe name",
+    );
+    check(
+        &|b| b.packages[0].tree.entries[0].name = b"a/b".to_vec(),
+        "unsafe name",
+    );
+    check(
+        &|b| b.packages[0].tree.entries[2].name = b"tool0".to_vec(),
+        "duplicate name",
+    );
+    check(
+        &|b| b.packages[0].tree.entries[0].inode = 0,
+        "names the root",
+    );
+    check(
+        &|b| b.packages[0].tree.entries[0].inode = 99,
+        "missing inode",
+    );
+    check(
+        &|b| b.packages[0].tree.entries[1].parent = 2,
+        "not a directory",
+    );
+    check(&|b| b.packages[0].name = "../x".into(), "invalid name");
+    check(&|b| b.chunks[0].offset = 2000, "outside");
+    check(&|b| b.blobs[0].size = 5, "add up");
+    check(&|b| b.blobs[0].chunks = vec![7], "out of range");
+    check(
+        &|b| {
+            let p = b.packages[0].clone();
+            b.packages.push(p);
+        },
+        "listed twice",
+    );
+    check(
+        &|b| {
+            // A directory that contains itself, detached from the root.
+            let t = &mut b.packages[0].tree;
+            let d = t.push_inode(dir());
+            t.push_entry(d, b"self".to_vec(), d);
+        },
+        "not reachable",
+    );
+    // A wrong tree hash.
+    let mut b = good.clone();
+    b.packages[0].tree_hash = Hash::of(b"other");
+    assert!(Body::decode(&b.encode(), 32, 1000).is_err());
+}
+
+proptest! {
+    #[test]
+    fn random_contents_round_trip(contents in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 1..6)) {
+        let body = sample(&contents);
+        prop_assert_eq!(Body::decode(&body.encode(), 32, 1000).unwrap(), body);
+    }
+
+    #[test]
+    fn truncation_or_garbage_never_panics(cut in 0usize..400, flip in 0usize..400) {
+        let bytes = sample(&[b"xyz".to_vec()]).encode();
+        let _ = Body::decode(&bytes[..cut.min(bytes.len())], 32, 1000);
+        let mut b = bytes.clone();
+        if flip < b.len() {
+            b[flip] ^= 0x80;
+        }
+        let _ = Body::decode(&b, 32, 1000);
+    }
+}

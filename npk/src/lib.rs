@@ -1,0 +1,27 @@
+//! The signed Nexus archive: `.npk` packages (and, with the same format,
+//! system images), and the ed25519 key store that decides whom to trust.
+//!
+//! An archive is self-contained: a header, the chunk data in the store's
+//! block format, a body describing the package trees and where each chunk
+//! is, and a signed manifest that covers every byte before it
+//! (FORMAT.md, section 8). Layers:
+//!
+//! - [`wire`] encodes and bounds-checks integers and byte strings;
+//! - [`manifest`] is the fixed header, manifest and trailer;
+//! - [`body`] is the variable part, validated as it is decoded;
+//! - [`write`] packs packages of a store; [`read`] opens and verifies;
+//! - [`keys`] is the key store shared by `nip key` and `nexus key`.
+
+pub mod body;
+pub mod error;
+pub mod keys;
+pub mod manifest;
+pub mod read;
+pub mod wire;
+pub mod write;
+
+pub use error::{FormatError, NpkError, TrustError};
+pub use keys::{KeyStore, PublicKey, SecretKey, TrustSet};
+pub use manifest::{ArchiveKind, Manifest};
+pub use read::{Archive, Policy, Signer, is_archive};
+pub use write::{Member, WriteOptions, Written, write_archive};

@@ -1,0 +1,298 @@
+//! Opening an archive: checking its signature and integrity, decoding its
+//! body, and reading file contents chunk by verified chunk.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use ed25519_dalek::{Signature, VerifyingKey};
+use nexus_store::Hash;
+use nexus_store::pack::{Block, ChunkLocation, decode_block};
+use nexus_store::params::BLOCK_MAX_RAW;
+
+use crate::body::{self, Body, BodyBlob, root_hash};
+use crate::error::{FormatError, NpkError, Result, TrustError};
+use crate::keys::{PublicKey, TrustSet, key_id};
+use crate::manifest::{
+    ArchiveKind, HEADER_LEN, Manifest, TRAILER_LEN, decode_header, decode_trailer,
+};
+
+/// What signatures [`Archive::open`] accepts.
+#[derive(Clone, Copy, Debug)]
+pub enum Policy<'a> {
+    /// Only archives signed by a key of this set, not revoked, unaltered.
+    Trusted(&'a TrustSet),
+    /// Anything well-formed (`--insecure`); problems are logged as warnings.
+    Insecure,
+}
+
+/// Who signed an accepted archive.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Signer {
+    /// A trusted key.
+    Trusted(PublicKey),
+    /// Accepted only because of [`Policy::Insecure`]: why it would have
+    /// been refused.
+    Unverified(String),
+}
+
+/// An opened, checked archive.
+pub struct Archive {
+    file: File,
+    path: PathBuf,
+    /// The manifest.
+    pub manifest: Manifest,
+    /// The decoded body.
+    pub body: Body,
+    /// Who signed it.
+    pub signer: Signer,
+}
+
+impl std::fmt::Debug for Archive {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Archive")
+            .field("path", &self.path)
+            .field("manifest", &self.manifest)
+            .finish_non_exhaustive()
+    }
+}
+
+/// True if `head` starts like an archive.
+pub fn is_archive(head: &[u8]) -> bool {
+    head.starts_with(crate::manifest::MAGIC)
+}
+
+impl Archive {
+    /// Opens `path`: checks the format, the signature against `policy`,
+    /// the hash of every byte the manifest covers, and decodes the body.
+    pub fn open(path: &Path, policy: Policy<'_>) -> Result<Archive> {
+        let file = File::open(path).map_err(|e| NpkError::io(path, e))?;
+        let len = file.metadata().map_err(|e| NpkError::io(path, e))?.len();
+        let mut header = [0u8; HEADER_LEN as usize];
+        read_at(&file, path, &mut header, 0).map_err(|e| match e {
+            NpkError::Io { source, .. } if source.kind() == io::ErrorKind::UnexpectedEof => {
+                FormatError::NotNpk.into()
+            }
+            e => e,
+        })?;
+        let kind = decode_header(&header)?;
+        if len < HEADER_LEN + TRAILER_LEN {
+            return Err(FormatError::Malformed(
+                "truncated: shorter than header and trailer".into(),
+            )
+            .into());
+        }
+        let mut trailer = vec![0u8; TRAILER_LEN as usize];
+        read_at(&file, path, &mut trailer, len - TRAILER_LEN)?;
+        let (manifest, signature) = decode_trailer(&trailer)?;
+        if manifest.kind != kind {
+            return Err(
+                FormatError::Malformed("header and manifest disagree on the kind".into()).into(),
+            );
+        }
+        let content_len = len - TRAILER_LEN;
+        if manifest.body_offset < HEADER_LEN
+            || manifest.body_offset.checked_add(manifest.body_len) != Some(content_len)
+        {
+            return Err(FormatError::Malformed(
+                "the manifest's body position does not match the file (truncated or extended)"
+                    .into(),
+            )
+            .into());
+        }
+
+        let signer = match check_signature(&manifest, &signature, policy) {
+            Ok(key) => Signer::Trusted(key),
+            Err(problem) => match policy {
+                Policy::Trusted(_) => return Err(problem.into()),
+                Policy::Insecure => {
+                    tracing::warn!(
+                        "{}: {problem}; importing anyway (--insecure)",
+                        path.display()
+                    );
+                    Signer::Unverified(problem.to_string())
+                }
+            },
+        };
+
+        // Every byte before the trailer, hashed in one pass; the body is
+        // kept on the way.
+        let mut hasher = blake3::Hasher::new();
+        let mut body_frame = Vec::with_capacity(manifest.body_len.min(1 << 30) as usize);
+        let mut buf = vec![0u8; 1 << 20];
+        let mut pos = 0u64;
+        while pos < content_len {
+            let n = (content_len - pos).min(buf.len() as u64) as usize;
+            read_at(&file, path, &mut buf[..n], pos)?;
+            hasher.update(&buf[..n]);
+            let end = pos + n as u64;
+            if end > manifest.body_offset {
+                let from = manifest.body_offset.saturating_sub(pos) as usize;
+                body_frame.extend_from_slice(&buf[from..n]);
+            }
+            pos = end;
+        }
+        if Hash::from(hasher.finalize()) != manifest.content_hash {
+            let problem =
+                TrustError::Tampered("its bytes do not match the signed content hash".into());
+            match policy {
+                Policy::Trusted(_) => return Err(problem.into()),
+                Policy::Insecure => tracing::warn!("{}: {problem}", path.display()),
+            }
+        }
+        let body = Body::decode(
+            &body::decompress(&body_frame)?,
+            HEADER_LEN,
+            manifest.body_offset,
+        )?;
+        if root_hash(&body.packages) != manifest.root {
+            let problem =
+                TrustError::Tampered("its packages do not match the signed root hash".into());
+            match policy {
+                Policy::Trusted(_) => return Err(problem.into()),
+                Policy::Insecure => tracing::warn!("{}: {problem}", path.display()),
+            }
+        }
+        if kind == ArchiveKind::Package && body.packages.len() != 1 {
+            return Err(FormatError::Malformed(format!(
+                "a package archive holds {} packages, not one",
+                body.packages.len()
+            ))
+            .into());
+        }
+        Ok(Archive {
+            file,
+            path: path.to_path_buf(),
+            manifest,
+            body,
+            signer,
+        })
+    }
+
+    /// The archive's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A reader of the content `blob`, verifying every chunk.
+    pub fn blob_reader<'a>(&'a self, blob: &'a BodyBlob) -> BlobReader<'a> {
+        BlobReader {
+            archive: self,
+            blob,
+            next: 0,
+            block: None,
+            chunk: Vec::new(),
+            pos: 0,
+        }
+    }
+
+    /// Reads and decodes the block at `offset` (verified chunk by chunk
+    /// when taken out).
+    fn read_block(&self, offset: u64, block_len: u32) -> Result<Block> {
+        if block_len as usize > BLOCK_MAX_RAW * 2 + (1 << 20) {
+            return Err(NpkError::Damaged(format!(
+                "block at {offset}: absurd length {block_len}"
+            )));
+        }
+        let mut buf = vec![0u8; block_len as usize];
+        read_at(&self.file, &self.path, &mut buf, offset)?;
+        decode_block(&buf).map_err(|why| NpkError::Damaged(format!("block at {offset}: {why}")))
+    }
+}
+
+fn check_signature(
+    manifest: &Manifest,
+    signature: &[u8; 64],
+    policy: Policy<'_>,
+) -> std::result::Result<PublicKey, TrustError> {
+    if manifest.unsigned() {
+        return Err(TrustError::Unsigned);
+    }
+    let key = match policy {
+        Policy::Trusted(set) => set.check(&manifest.signer)?.clone(),
+        Policy::Insecure => PublicKey {
+            name: "(unverified)".into(),
+            key: VerifyingKey::from_bytes(&manifest.signer).map_err(|_| {
+                TrustError::BadSignature {
+                    id: key_id(&manifest.signer),
+                }
+            })?,
+        },
+    };
+    key.key
+        .verify_strict(
+            &manifest.signed_message(),
+            &Signature::from_bytes(signature),
+        )
+        .map_err(|_| TrustError::BadSignature { id: key.id() })?;
+    match policy {
+        Policy::Trusted(_) => Ok(key),
+        // A good signature by a key nobody trusts is still untrusted.
+        Policy::Insecure => Err(TrustError::UnknownKey { id: key.id() }),
+    }
+}
+
+fn read_at(file: &File, path: &Path, buf: &mut [u8], offset: u64) -> Result<()> {
+    file.read_exact_at(buf, offset)
+        .map_err(|e| NpkError::io(path, e))
+}
+
+/// Reads one file content out of an archive, chunk by chunk; a chunk whose
+/// bytes do not hash to its name is an error, never data.
+pub struct BlobReader<'a> {
+    archive: &'a Archive,
+    blob: &'a BodyBlob,
+    next: usize,
+    block: Option<(u64, Block)>,
+    chunk: Vec<u8>,
+    pos: usize,
+}
+
+impl BlobReader<'_> {
+    fn load_next(&mut self) -> Result<bool> {
+        let Some(&index) = self.blob.chunks.get(self.next) else {
+            return Ok(false);
+        };
+        self.next += 1;
+        let c = self.archive.body.chunks[index as usize];
+        if self.block.as_ref().map(|(o, _)| *o) != Some(c.offset) {
+            self.block = None;
+            self.block = Some((c.offset, self.archive.read_block(c.offset, c.block_len)?));
+        }
+        let Some((_, block)) = &self.block else {
+            return Ok(false);
+        };
+        let loc = ChunkLocation {
+            hash: c.hash,
+            pack: self.archive.path.display().to_string(),
+            offset: c.offset,
+            block_len: c.block_len,
+            inner: c.inner,
+            len: c.len,
+        };
+        let bytes = block
+            .chunk(&loc)
+            .map_err(|e| NpkError::Damaged(e.to_string()))?;
+        self.chunk.clear();
+        self.chunk.extend_from_slice(bytes);
+        self.pos = 0;
+        Ok(true)
+    }
+}
+
+impl Read for BlobReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.chunk.len() {
+            match self.load_next() {
+                Ok(true) => {}
+                Ok(false) => return Ok(0),
+                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.pos);
+        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}

@@ -1,0 +1,350 @@
+//! Writing an archive from packages of a store.
+//!
+//! The output is deterministic: the same packages, options and signing key
+//! give the same bytes (packages in the order given, files in canonical
+//! tree order, chunks in the order files first use them, zstd run
+//! single-threaded), which makes images reproducible.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use nexus_store::catalog::{PackageRow, kind};
+use nexus_store::pack::{BlockBuilder, EncodedBlock, block_compressor};
+use nexus_store::params::{BLOCK_TARGET, ZSTD_LEVEL};
+use nexus_store::store::BlockCursor;
+use nexus_store::tree::{Inode, InodeKind, Tree};
+use nexus_store::{Hash, Store, StoreError};
+
+use crate::body::{self, Body, BodyBlob, BodyChunk, BodyPackage, root_hash};
+use crate::error::{NpkError, Result};
+use crate::keys::SecretKey;
+use crate::manifest::{ArchiveKind, END_MAGIC, HEADER_LEN, Manifest, encode_header};
+
+/// A package to write, and whether it is its App's `Current`.
+pub struct Member<'a> {
+    /// The package.
+    pub package: &'a PackageRow,
+    /// `Current` flag (images).
+    pub current: bool,
+}
+
+/// How to write an archive.
+pub struct WriteOptions<'a> {
+    /// Package or image.
+    pub kind: ArchiveKind,
+    /// Snapshot counter (0 for packages).
+    pub counter: u64,
+    /// Creation time, seconds since the epoch.
+    pub created: i64,
+    /// Who signs; `None` writes an unsigned archive.
+    pub signer: Option<&'a SecretKey>,
+}
+
+/// What was written.
+#[derive(Clone, Debug)]
+pub struct Written {
+    /// The manifest, as signed.
+    pub manifest: Manifest,
+    /// Archive length in bytes.
+    pub bytes: u64,
+    /// Distinct file contents.
+    pub blobs: usize,
+    /// Distinct chunks.
+    pub chunks: usize,
+}
+
+/// Writes `members` of `store` to `out` (through a temporary file renamed
+/// into place, so `out` is never half-written).
+pub fn write_archive(
+    store: &Store,
+    members: &[Member<'_>],
+    out: &Path,
+    options: &WriteOptions<'_>,
+) -> Result<Written> {
+    let dir = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let file_name = out
+        .file_name()
+        .ok_or_else(|| NpkError::Key(format!("{}: not a file name", out.display())))?;
+    let tmp: PathBuf = dir.join(format!(
+        ".{}.tmp{}",
+        file_name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = write_to(store, members, &tmp, options);
+    match result {
+        Ok(written) => {
+            fs::rename(&tmp, out).map_err(|e| NpkError::io(out, e))?;
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| NpkError::io(dir, e))?;
+            Ok(written)
+        }
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// A file writer that hashes and counts what goes through it.
+struct Hashing {
+    out: BufWriter<File>,
+    hasher: blake3::Hasher,
+    pos: u64,
+    path: PathBuf,
+}
+
+impl Hashing {
+    fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.out
+            .write_all(bytes)
+            .map_err(|e| NpkError::io(&self.path, e))?;
+        self.hasher.update(bytes);
+        self.pos += bytes.len() as u64;
+        Ok(())
+    }
+}
+
+fn write_to(
+    store: &Store,
+    members: &[Member<'_>],
+    tmp: &Path,
+    options: &WriteOptions<'_>,
+) -> Result<Written> {
+    let file = File::create(tmp).map_err(|e| NpkError::io(tmp, e))?;
+    let mut out = Hashing {
+        out: BufWriter::with_capacity(1 << 20, file),
+        hasher: blake3::Hasher::new(),
+        pos: 0,
+        path: tmp.to_path_buf(),
+    };
+    out.write(&encode_header(options.kind))?;
+    debug_assert_eq!(out.pos, HEADER_LEN);
+
+    let mut packages = Vec::with_capacity(members.len());
+    let mut files: Vec<(Hash, i64)> = Vec::new();
+    for m in members {
+        let (tree, blobs) = package_tree(store, m.package)?;
+        files.extend(blobs);
+        packages.push(BodyPackage {
+            name: m.package.name.clone(),
+            version: m.package.version.clone(),
+            origin: m.package.origin.clone(),
+            metadata: m.package.metadata.clone(),
+            current: m.current,
+            tree_hash: tree.tree_hash(),
+            tree,
+        });
+        if packages.last().map(|p| p.tree_hash) != Some(m.package.tree_hash) {
+            return Err(StoreError::Invalid(format!(
+                "{}: its stored tree no longer matches its tree hash (run `nip verify`)",
+                m.package.spec()
+            ))
+            .into());
+        }
+    }
+
+    let mut blocks = BlockWriter::new()?;
+    let mut blobs: Vec<BodyBlob> = Vec::new();
+    let mut blob_seen: HashMap<Hash, ()> = HashMap::new();
+    let mut cursor = BlockCursor::default();
+    for (hash, blob_id) in files {
+        if blob_seen.insert(hash, ()).is_some() {
+            continue;
+        }
+        let locations = store.catalog().blob_chunks(blob_id)?;
+        let mut indexes = Vec::with_capacity(locations.len());
+        let mut size = 0u64;
+        for loc in &locations {
+            size += u64::from(loc.len);
+            if let Some(&i) = blocks.index.get(&loc.hash) {
+                indexes.push(i);
+                continue;
+            }
+            let bytes = cursor.chunk(store, loc)?;
+            indexes.push(blocks.push(loc.hash, bytes, &mut out)?);
+        }
+        blobs.push(BodyBlob {
+            hash,
+            size,
+            chunks: indexes,
+        });
+    }
+    blocks.flush(&mut out)?;
+
+    let body = Body {
+        packages,
+        blobs,
+        chunks: blocks.chunks,
+    };
+    let root = root_hash(&body.packages);
+    let frame = body::compress(&body.encode()).map_err(|e| NpkError::io(tmp, e))?;
+    let body_offset = out.pos;
+    out.write(&frame)?;
+    let mut manifest = Manifest {
+        kind: options.kind,
+        signer: [0; 32],
+        counter: options.counter,
+        created: options.created,
+        body_offset,
+        body_len: frame.len() as u64,
+        content_hash: Hash::from(out.hasher.finalize()),
+        root,
+    };
+    let mut signature = [0u8; 64];
+    if let Some(key) = options.signer {
+        manifest.signer = *key.public().key.as_bytes();
+        signature = key.sign(&manifest.signed_message());
+    }
+    let manifest_bytes = manifest.encode();
+    out.write(&manifest_bytes)?;
+    out.write(&signature)?;
+    out.write(END_MAGIC)?;
+    let bytes = out.pos;
+    let file = out
+        .out
+        .into_inner()
+        .map_err(|e| NpkError::io(tmp, e.into_error()))?;
+    file.sync_all().map_err(|e| NpkError::io(tmp, e))?;
+    Ok(Written {
+        manifest,
+        bytes,
+        blobs: body.blobs.len(),
+        chunks: body.chunks.len(),
+    })
+}
+
+/// Gathers chunks into blocks as the store's ingest does, and remembers
+/// where each chunk went.
+struct BlockWriter {
+    builder: BlockBuilder,
+    compressor: zstd::bulk::Compressor<'static>,
+    /// Chunks pushed but not yet written: (index in `chunks`, inner offset).
+    pending: Vec<(usize, u32)>,
+    chunks: Vec<BodyChunk>,
+    index: HashMap<Hash, u32>,
+}
+
+impl BlockWriter {
+    fn new() -> Result<Self> {
+        Ok(BlockWriter {
+            builder: BlockBuilder::default(),
+            compressor: block_compressor(ZSTD_LEVEL)?,
+            pending: Vec::new(),
+            chunks: Vec::new(),
+            index: HashMap::new(),
+        })
+    }
+
+    fn push(&mut self, hash: Hash, bytes: &[u8], out: &mut Hashing) -> Result<u32> {
+        let i = self.chunks.len();
+        self.pending.push((i, self.builder.raw_len() as u32));
+        self.chunks.push(BodyChunk {
+            hash,
+            len: bytes.len() as u32,
+            offset: 0,
+            block_len: 0,
+            inner: 0,
+        });
+        self.index.insert(hash, i as u32);
+        self.builder.push(hash, bytes);
+        if self.builder.raw_len() >= BLOCK_TARGET {
+            self.flush(out)?;
+        }
+        Ok(i as u32)
+    }
+
+    fn flush(&mut self, out: &mut Hashing) -> Result<()> {
+        if self.builder.is_empty() {
+            return Ok(());
+        }
+        let block: EncodedBlock = self.builder.finish(&mut self.compressor);
+        let offset = out.pos;
+        out.write(&block.head())?;
+        out.write(&block.payload)?;
+        let block_len = block.encoded_len() as u32;
+        for (i, inner) in self.pending.drain(..) {
+            let c = &mut self.chunks[i];
+            c.offset = offset;
+            c.block_len = block_len;
+            c.inner = inner;
+        }
+        Ok(())
+    }
+}
+
+/// A package's tree as the store holds it, and its files' (content, blob id)
+/// in canonical order.
+fn package_tree(store: &Store, package: &PackageRow) -> Result<(Tree, Vec<(Hash, i64)>)> {
+    let walk = store.walk_package(package)?;
+    let mut tree = Tree::default();
+    let mut by_id: HashMap<i64, u32> = HashMap::new();
+    let mut by_path: HashMap<Vec<u8>, u32> = HashMap::new();
+    let mut files = Vec::new();
+    for (path, row) in walk {
+        let index = match by_id.get(&row.id) {
+            Some(&i) => i,
+            None => {
+                let kind = match row.kind {
+                    kind::DIR => InodeKind::Dir,
+                    kind::FILE => {
+                        let (Some(content), Some(blob)) = (row.content, row.blob) else {
+                            return Err(StoreError::Invalid(format!(
+                                "{}: a file without content in the catalog",
+                                package.spec()
+                            ))
+                            .into());
+                        };
+                        files.push((content, blob));
+                        InodeKind::File {
+                            size: row.size,
+                            content: Some(content),
+                        }
+                    }
+                    _ => InodeKind::Symlink {
+                        target: row.target.clone().unwrap_or_default(),
+                    },
+                };
+                let i = tree.push_inode(Inode {
+                    kind,
+                    mode: row.mode,
+                    uid: row.uid,
+                    gid: row.gid,
+                    mtime: row.mtime,
+                    xattrs: row.xattrs.clone(),
+                });
+                by_id.insert(row.id, i);
+                i
+            }
+        };
+        if path.is_empty() {
+            continue; // the root, inode 0
+        }
+        let (parent_path, name) = match path.iter().rposition(|&b| b == b'/') {
+            Some(slash) => (&path[..slash], &path[slash + 1..]),
+            None => (&path[..0], &path[..]),
+        };
+        let parent = match by_path.get(parent_path) {
+            Some(&p) => p,
+            None if parent_path.is_empty() => 0,
+            None => {
+                return Err(StoreError::Invalid(format!(
+                    "{}: {} is listed before its directory",
+                    package.spec(),
+                    String::from_utf8_lossy(&path)
+                ))
+                .into());
+            }
+        };
+        tree.push_entry(parent, name.to_vec(), index);
+        if row.kind == kind::DIR {
+            by_path.insert(path.clone(), index);
+        }
+    }
+    Ok((tree, files))
+}
