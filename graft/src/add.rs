@@ -18,6 +18,7 @@ use nexus_store::scan::ScanOptions;
 use nexus_store::{AddDir, Hash, Progress, Store, StoreError, names};
 
 use crate::error::{Failure, GraftError, Problem, ReadResult, SourceError};
+use crate::npk::{self, Trust};
 use crate::package::{ContentSink, ReadOptions, check_size, read_package};
 
 /// A package file to graft, with optional NAME/VERSION overrides.
@@ -41,13 +42,15 @@ pub enum Source {
 }
 
 /// Options of [`add`].
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct AddOptions {
     /// Compressor threads, and directory producers.
     pub threads: usize,
     /// Reading options (limits, special files) for package files; its
     /// `skip_special` applies to directories too.
     pub read: ReadOptions,
+    /// Whose signatures `.npk` archives must carry.
+    pub trust: Trust,
 }
 
 /// Adds every source in one transaction that makes one generation.
@@ -59,12 +62,20 @@ pub fn add(
 ) -> Result<CommitOutcome, GraftError> {
     let mut dirs = Vec::new();
     let mut archives = Vec::new();
+    let mut npks = Vec::new();
     for s in sources {
         match s {
             Source::Dir(d) => dirs.push(d.clone()),
             Source::Archive(a) => {
                 check_overrides(a)?;
-                archives.push(a.clone());
+                if npk::looks_like_npk(&a.path)? {
+                    // Checked (signature, every byte) before anything is
+                    // stored: a refused archive costs no store work.
+                    progress.phase("verifying");
+                    npks.push((a.clone(), npk::open(&a.path, &options.trust)?));
+                } else {
+                    archives.push(a.clone());
+                }
             }
         }
     }
@@ -88,11 +99,15 @@ pub fn add(
             })?
             .len();
     }
+    for (_, archive) in &npks {
+        total += archive.body.blobs.iter().map(|b| b.size).sum::<u64>();
+    }
     let files = scanned
         .iter()
         .map(|d| d.scanned.sources.len())
         .sum::<usize>()
-        + archives.len();
+        + archives.len()
+        + npks.len();
     store.add_staged_with(options.threads, progress, |session| {
         progress.start(total, files as u64);
         let advance = |n: u64| progress.advance(n);
@@ -102,6 +117,16 @@ pub fn add(
             staged.push(stage_archive(
                 a,
                 &options.read,
+                &mut producer,
+                &mut contents,
+                progress,
+            )?);
+        }
+        for (request, archive) in &npks {
+            staged.extend(npk::stage(
+                archive,
+                request,
+                &options.read.limits,
                 &mut producer,
                 &mut contents,
                 progress,

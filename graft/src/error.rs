@@ -192,6 +192,14 @@ pub enum GraftError {
         #[source]
         source: io::Error,
     },
+    /// A `.npk` is refused: malformed, unsigned, untrusted or altered.
+    #[error("{}: {error}", file.display())]
+    Npk {
+        /// The archive.
+        file: PathBuf,
+        /// Why.
+        error: nexus_npk::NpkError,
+    },
     /// The store failed (this includes refused directories and names).
     #[error(transparent)]
     Store(#[from] StoreError),

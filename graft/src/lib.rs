@@ -1,5 +1,6 @@
-//! Grafting other distributions' packages into the Nexus store: Debian
-//! `.deb`, Arch/pacman `.pkg.tar.{zst,xz,gz}` and pkgsrc binary `.tgz`.
+//! Grafting packages into the Nexus store: Debian `.deb`, Arch/pacman
+//! `.pkg.tar.{zst,xz,gz}`, pkgsrc binary `.tgz`, and Nexus's own signed
+//! `.npk` (whose format lives in the `nexus-npk` crate; [`npk`] imports it).
 //!
 //! Layers, from bytes to store:
 //!
@@ -29,6 +30,7 @@ pub mod deb;
 pub mod entry;
 pub mod error;
 pub mod limits;
+pub mod npk;
 pub mod package;
 pub mod pax;
 pub mod pkginfo;
@@ -43,4 +45,5 @@ mod tests;
 pub use add::{AddOptions, ArchiveRequest, Source, add};
 pub use error::{Failure, GraftError, LimitExceeded, Problem};
 pub use limits::Limits;
+pub use npk::Trust;
 pub use package::{ContentSink, HashSink, Kind, Package, ReadOptions, read_package};
