@@ -1,7 +1,8 @@
 //! Shared plumbing of the `nip` and `nexus` binaries: where the store lives,
-//! progress bars, and exit codes.
+//! progress bars, exit codes, and the key commands both share.
 
 pub mod exit;
+pub mod keys;
 pub mod location;
 pub mod nexus;
 pub mod nip;

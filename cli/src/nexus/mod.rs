@@ -16,6 +16,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use crate::exit;
+use crate::keys::default_keys_dir;
 use crate::location::default_store_dir;
 
 /// nexus — the Nexus system builder: presents the store as /Programs.
@@ -34,6 +35,11 @@ pub struct Cli {
     /// Store directory.
     #[arg(long, global = true, env = "NEXUS_STORE", value_name = "DIR")]
     pub store: Option<PathBuf>,
+
+    /// Key store: signing keys and trusted keys, shared with `nip key`
+    /// (default STORE/keys).
+    #[arg(long, global = true, env = "NEXUS_KEYS", value_name = "DIR")]
+    pub keys: Option<PathBuf>,
 
     /// Log more (-v info, -vv debug); also RUST_LOG.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -119,6 +125,10 @@ pub enum Command {
         #[arg(long)]
         lazy: bool,
     },
+
+    /// Signing keys and trusted keys (the same key store as `nip key`).
+    #[command(subcommand)]
+    Key(crate::keys::KeyCommand),
 }
 
 /// Sets up `tracing`: to `file` if given, else to stderr. The level comes
@@ -209,6 +219,12 @@ pub fn run(cli: Cli) -> Result<i32> {
             init_logging(cli.verbose, None);
             mounts::umount(&mountpoint, lazy)?;
             Ok(exit::OK)
+        }
+        Command::Key(command) => {
+            init_logging(cli.verbose, None);
+            let store = cli.store.unwrap_or_else(default_store_dir);
+            let keys = cli.keys.unwrap_or_else(|| default_keys_dir(&store));
+            crate::keys::run(&keys, command)
         }
     }
 }

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use nexus_graft::{
-    self as graft, AddOptions, ArchiveRequest, GraftError, Limits, ReadOptions, Source,
+    self as graft, AddOptions, ArchiveRequest, GraftError, Limits, ReadOptions, Source, Trust,
 };
+use nexus_npk::{ArchiveKind, KeyStore, Member, WriteOptions, write_archive};
 use nexus_store::catalog::kind;
 use nexus_store::{AddDir, Store, export, gc, names, verify};
 use serde_json::json;
@@ -16,12 +17,14 @@ use serde_json::json;
 use super::output::{file_json, kind_name, lossy, mode_string, timestamp};
 use super::{Cli, Command};
 use crate::exit;
+use crate::keys::default_keys_dir;
 use crate::location::default_store_dir;
 use crate::progress::Bar;
 
 /// Runs a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> Result<i32> {
     let dir = cli.store.clone().unwrap_or_else(default_store_dir);
+    let keys_dir = cli.keys.clone().unwrap_or_else(|| default_keys_dir(&dir));
     match cli.command {
         Command::Init => {
             Store::init(&dir)
@@ -37,8 +40,14 @@ pub fn run(cli: Cli) -> Result<i32> {
             max_unpacked_size,
             max_entries,
             threads,
+            insecure,
             json,
         } => {
+            let trust = if insecure {
+                Trust::Insecure
+            } else {
+                Trust::Keys(KeyStore::new(&keys_dir).trust_set()?)
+            };
             let read = ReadOptions {
                 limits: Limits {
                     max_unpacked_size,
@@ -46,8 +55,20 @@ pub fn run(cli: Cli) -> Result<i32> {
                 },
                 skip_special,
             };
-            add(&dir, paths, name, version, read, threads, json)
+            let options = AddOptions {
+                threads: threads.map_or(nexus_store::AddOptions::default().threads, |t| t.max(1)),
+                read,
+                trust,
+            };
+            add(&dir, paths, name, version, options, json)
         }
+        Command::Pack {
+            spec,
+            output,
+            key,
+            unsigned: _,
+        } => pack(&dir, &keys_dir, &spec, &output, key.as_deref()),
+        Command::Key(command) => crate::keys::run(&keys_dir, command),
         Command::Remove { specs } => {
             let generation = open(&dir)?.remove(&specs)?;
             println!("removed {}; generation {generation}", specs.join(" "));
@@ -245,8 +266,7 @@ fn add(
     paths: Vec<PathBuf>,
     name: Option<String>,
     version: Option<String>,
-    read: ReadOptions,
-    threads: Option<usize>,
+    options: AddOptions,
     json: bool,
 ) -> Result<i32> {
     let sources = match (name, version) {
@@ -272,10 +292,6 @@ fn add(
         }
     }
     let mut store = open(dir)?;
-    let options = AddOptions {
-        threads: threads.map_or(nexus_store::AddOptions::default().threads, |t| t.max(1)),
-        read,
-    };
     let bar = Bar::for_stderr();
     let started = std::time::Instant::now();
     let result = graft::add(&mut store, &sources, options, &bar);
@@ -305,6 +321,53 @@ fn add(
         }
     }
     Ok(exit::OK)
+}
+
+fn pack(dir: &Path, keys_dir: &Path, spec: &str, output: &Path, key: Option<&str>) -> Result<i32> {
+    let store = open(dir)?;
+    let package = store.installed(spec)?;
+    let signer = key
+        .map(|name| KeyStore::new(keys_dir).secret(name))
+        .transpose()?;
+    let written = write_archive(
+        &store,
+        &[Member {
+            package: &package,
+            current: true,
+        }],
+        output,
+        &WriteOptions {
+            kind: ArchiveKind::Package,
+            counter: 0,
+            created: source_date_epoch()?,
+            signer: signer.as_ref(),
+        },
+    )
+    .with_context(|| format!("packing {spec} into {}", output.display()))?;
+    let by = signer
+        .map(|s| format!("signed by {} ({})", s.name, s.public().id()))
+        .unwrap_or_else(|| "UNSIGNED".to_string());
+    println!(
+        "{}: {spec}, {} bytes, {} file contents in {} chunks, {by}; tree {}",
+        output.display(),
+        written.bytes,
+        written.blobs,
+        written.chunks,
+        package.tree_hash
+    );
+    Ok(exit::OK)
+}
+
+/// The creation time to record: `SOURCE_DATE_EPOCH` when set (reproducible
+/// builds), otherwise now.
+fn source_date_epoch() -> Result<i64> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")),
+        Err(_) => Ok(nexus_store::store::now_secs()),
+    }
 }
 
 fn list(dir: &Path, generation: Option<i64>, json: bool) -> Result<i32> {

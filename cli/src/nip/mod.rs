@@ -25,6 +25,11 @@ pub struct Cli {
     #[arg(long, global = true, env = "NEXUS_STORE", value_name = "DIR")]
     pub store: Option<PathBuf>,
 
+    /// Key store: signing keys and the keys whose .npk signatures are
+    /// accepted (default STORE/keys).
+    #[arg(long, global = true, env = "NEXUS_KEYS", value_name = "DIR")]
+    pub keys: Option<PathBuf>,
+
     /// Log more (-v info, -vv debug); also RUST_LOG.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -46,8 +51,8 @@ pub enum Command {
     /// A directory without --name/--version must end in App/Version (the
     /// GoboLinux layout), e.g. `nip add corpus/*/*` imports a whole tree of
     /// programs at once. A file is recognised by its content: a Debian
-    /// .deb, an Arch/pacman .pkg.tar.{zst,xz,gz} or a pkgsrc binary .tgz;
-    /// its name and version come from its own metadata (`usr/` is dropped
+    /// .deb, an Arch/pacman .pkg.tar.{zst,xz,gz}, a pkgsrc binary .tgz or
+    /// a Nexus .npk; its name and version come from its own metadata (`usr/` is dropped
     /// from .deb and pacman paths, so usr/bin/hello becomes
     /// hello/VERSION/bin/hello; a version's epoch is left out). Nothing is
     /// unpacked to disk. Archives with unsafe paths, duplicates, broken
@@ -56,6 +61,10 @@ pub enum Command {
     /// Adding a NAME/VERSION again with an identical tree does nothing;
     /// with a different tree it is refused (versions are immutable).
     /// Device nodes, FIFOs and sockets are refused unless --skip-special.
+    ///
+    /// A .npk must be signed by a trusted key (`nip key`), not revoked,
+    /// and unaltered; otherwise it is refused unless --insecure. It keeps
+    /// its tree hash: the package is the same in every store.
     ///
     /// Examples: nip add hello_2.10-3_amd64.deb jq_1.6-2.1_amd64.deb;
     /// nip add ./hello-root --name hello --version 2.10-3
@@ -81,10 +90,41 @@ pub enum Command {
         /// Worker threads for hashing and compression (default: all cores).
         #[arg(long, value_name = "N")]
         threads: Option<usize>,
+        /// Accept .npk archives that are unsigned, signed by an unknown key
+        /// or altered (each still checked chunk by chunk).
+        #[arg(long)]
+        insecure: bool,
         /// Print the outcome as JSON.
         #[arg(long)]
         json: bool,
     },
+
+    /// Write an installed package as a signed, self-contained .npk.
+    ///
+    /// The archive holds the package's tree and metadata and every chunk
+    /// of its files (FORMAT.md, section 8), signed with the ed25519 key
+    /// NAME from the key store. `nip add FILE.npk` in any store that
+    /// trusts the key imports it with the same tree hash. The same
+    /// package, key and SOURCE_DATE_EPOCH give the same bytes.
+    ///
+    /// Example: nip key generate builder; nip pack hello/2.10-3 --key builder -o hello.npk
+    Pack {
+        /// NAME/VERSION.
+        spec: String,
+        /// Output file.
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+        /// Signing key name (see `nip key list`).
+        #[arg(long, value_name = "NAME", required_unless_present = "unsigned")]
+        key: Option<String>,
+        /// Write an unsigned archive (importing it needs --insecure).
+        #[arg(long, conflicts_with = "key")]
+        unsigned: bool,
+    },
+
+    /// Signing keys and trusted keys (shared with `nexus key`).
+    #[command(subcommand)]
+    Key(crate::keys::KeyCommand),
 
     /// Remove packages from the installed set (NAME = all versions).
     ///
