@@ -391,6 +391,29 @@ fn a_live_mount_follows_new_generations() {
             == ["1", "Current"]),
         "the removed version is still listed"
     );
+    // The root's listing, cached by the kernel once read, follows too.
+    let before = names(mount.point());
+    assert!(!before.contains(&"other".to_string()), "{before:?}");
+    let other = scratch.join("other");
+    write_file(&other.join("bin/other"), b"other\n");
+    store.ok([
+        OsString::from("add"),
+        other.into_os_string(),
+        "--name".into(),
+        "other".into(),
+        "--version".into(),
+        "1".into(),
+    ]);
+    assert!(
+        wait_for(Duration::from_secs(5), || names(mount.point())
+            .contains(&"other".to_string())),
+        "a new App is not listed in the root"
+    );
+    store.ok(["remove", "other"]);
+    assert!(
+        wait_for(Duration::from_secs(5), || names(mount.point()) == before),
+        "a removed App is still listed in the root"
+    );
     mount.umount();
 }
 

@@ -22,6 +22,10 @@ pub enum ViewError {
     /// The extended attribute does not exist.
     #[error("no such extended attribute")]
     NoXattr,
+    /// An extended attribute of a kind the store does not keep labels of
+    /// (`security.selinux` where a package carries none).
+    #[error("extended attribute not supported")]
+    XattrUnsupported,
     /// A file or directory handle the view did not hand out (or already
     /// released).
     #[error("unknown handle {0}")]
@@ -52,6 +56,7 @@ impl ViewError {
             ViewError::IsDir => libc::EISDIR,
             ViewError::WrongKind => libc::EINVAL,
             ViewError::NoXattr => libc::ENODATA,
+            ViewError::XattrUnsupported => libc::EOPNOTSUPP,
             ViewError::BadHandle(_) => libc::EBADF,
             ViewError::PackMissing(_) | ViewError::Inconsistent(_) | ViewError::Store(_) => {
                 libc::EIO

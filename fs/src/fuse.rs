@@ -20,10 +20,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    InitFlags, KernelConfig, LockOwner, MountOption, Notifier, OpenAccMode, OpenFlags, ReplyAttr,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyXattr, Request, Session, SessionACL, SessionUnmounter,
+    Config, Errno, FileAttr, FileHandle, FileType, Filesystem, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, MountOption, Notifier, OpenAccMode, OpenFlags, ReplyAttr, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr,
+    Request, Session, SessionACL, SessionUnmounter,
 };
 
 use crate::attr::{Attr, Entry, Kind, Listing};
@@ -202,6 +202,12 @@ impl Filesystem for NexusFs {
             // `ls -l` asks the daemon for system.posix_acl_* once per inode
             // instead of once per call.
             InitFlags::FUSE_POSIX_ACL,
+            // A cached directory listing is re-checked against the
+            // directory's mtime when its attributes expire: the fallback
+            // that bounds a stale root or App listing should a switch's
+            // invalidation be lost (package files never change, so for
+            // them this costs nothing).
+            InitFlags::FUSE_AUTO_INVAL_DATA,
         ] {
             if config.add_capabilities(flag).is_err() {
                 tracing::debug!("the kernel does not offer {flag:?}");
@@ -279,7 +285,11 @@ impl Filesystem for NexusFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        // ENOSYS once, and the kernel never sends FLUSH again (it succeeds
+        // every close itself): a read-only file system has nothing to
+        // flush, and a FLUSH round trip per close() was most of the cost
+        // of reading many small files from a warm page cache.
+        reply.error(Errno::from_i32(libc::ENOSYS));
     }
 
     fn release(
@@ -299,15 +309,19 @@ impl Filesystem for NexusFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.view.opendir(ino.0) {
-            Ok((fh, listing)) => {
-                let flags = if listing.immutable {
-                    FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR
-                } else {
-                    FopenFlags::empty()
-                };
-                reply.opened(FileHandle(fh), flags);
-            }
+        // As with files (see `open`): check it is a directory, then answer
+        // ENOSYS. The kernel then opens directories without asking (no
+        // OPENDIR or RELEASEDIR round trips) and keeps every listing it has
+        // read in its page cache (FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR is its
+        // default in that mode), so a warm `find` or `ls -lR` sends no
+        // request at all. Listings of the root and of Apps change with the
+        // generation: a switch invalidates them (see `Notifier`), and
+        // FUSE_AUTO_INVAL_DATA makes the kernel re-check a cached listing
+        // once the directory's 5 s attributes expire, should a notification
+        // be lost.
+        match self.view.getattr(ino.0) {
+            Ok(attr) if attr.kind == Kind::Dir => reply.error(Errno::from_i32(libc::ENOSYS)),
+            Ok(_) => reply.error(Errno::from_i32(libc::ENOTDIR)),
             Err(e) => reply.error(errno("opendir", ino, &e)),
         }
     }
@@ -316,11 +330,12 @@ impl Filesystem for NexusFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         reply: ReplyDirectory,
     ) {
-        match self.view.listing(fh.0) {
+        // Directories are not opened (see `opendir`): read by inode.
+        match self.view.dir_listing(ino.0) {
             Ok(listing) => fill_dir(&listing, offset, INodeNo, reply),
             Err(e) => reply.error(errno("readdir", ino, &e)),
         }
@@ -330,11 +345,11 @@ impl Filesystem for NexusFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         reply: ReplyDirectoryPlus,
     ) {
-        match self.view.listing(fh.0) {
+        match self.view.dir_listing(ino.0) {
             Ok(listing) => fill_dir_plus(
                 &listing,
                 offset,

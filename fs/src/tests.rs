@@ -229,6 +229,10 @@ fn package_trees_read_back_exactly() {
         view.getxattr(readme.attr.ino, b"user.other"),
         Err(ViewError::NoXattr)
     ));
+    // No label kept: "not supported", so `ls -l` stops asking per file.
+    let label = view.getxattr(readme.attr.ino, b"security.selinux");
+    assert!(matches!(label, Err(ViewError::XattrUnsupported)));
+    assert_eq!(ViewError::XattrUnsupported.errno(), libc::EOPNOTSUPP);
     assert_eq!(view.listxattr(tool.attr.ino).unwrap(), b"");
     assert_eq!(view.listxattr(ino::ROOT).unwrap(), b"");
 

@@ -84,7 +84,7 @@ impl Default for ViewOptions {
     fn default() -> Self {
         ViewOptions {
             generation: GenerationChoice::Live,
-            cache_bytes: 64 << 20,
+            cache_bytes: 32 << 20,
             connections: 4,
         }
     }
@@ -92,11 +92,31 @@ impl Default for ViewOptions {
 
 /// Inode rows kept in memory after a listing or lookup.
 const INODE_CACHE_ITEMS: usize = 65_536;
+/// The SELinux label attribute (see [`View::getxattr`]).
+const SELINUX_XATTR: &[u8] = b"security.selinux";
 /// Bytes of chunk layouts kept for files opened again.
 const LAYOUT_CACHE_BYTES: u64 = 16 << 20;
 
 #[derive(Clone)]
 struct LayoutWeighter;
+
+/// Bytes of package directory listings kept for [`View::dir_listing`].
+const LISTING_CACHE_BYTES: u64 = 4 << 20;
+
+#[derive(Clone)]
+struct ListingWeighter;
+
+impl Weighter<u64, Arc<Listing>> for ListingWeighter {
+    fn weight(&self, _ino: &u64, listing: &Arc<Listing>) -> u64 {
+        // Names plus the fixed part of each entry, roughly.
+        listing
+            .entries
+            .iter()
+            .map(|e| e.name.len() as u64 + 96)
+            .sum::<u64>()
+            .max(1)
+    }
+}
 
 impl Weighter<i64, Arc<Layout>> for LayoutWeighter {
     fn weight(&self, _blob: &i64, layout: &Arc<Layout>) -> u64 {
@@ -132,6 +152,7 @@ pub struct View {
     grace: Duration,
     inodes: Cache<i64, Arc<InodeRow>>,
     layouts: Cache<i64, Arc<Layout>, LayoutWeighter>,
+    listings: Cache<u64, Arc<Listing>, ListingWeighter>,
     content: ContentReader,
     handles: Mutex<HashMap<u64, Handle>>,
     next_handle: AtomicU64,
@@ -237,6 +258,7 @@ impl View {
             grace: REMOVED_NAMES_GRACE,
             inodes: Cache::new(INODE_CACHE_ITEMS),
             layouts: Cache::with_weighter(4096, LAYOUT_CACHE_BYTES, LayoutWeighter),
+            listings: Cache::with_weighter(1024, LISTING_CACHE_BYTES, ListingWeighter),
             content: ContentReader::new(&packs_dir, options.cache_bytes),
             handles: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
@@ -473,6 +495,22 @@ impl View {
         fh
     }
 
+    /// The listing of directory `ino` for a transport that reads
+    /// directories without opening them (FUSE once the kernel is told opens
+    /// need no reply): a package directory's listing never changes and is
+    /// kept for the next piece of the same listing; the root's and an
+    /// App's are taken from the generation shown at each call.
+    pub fn dir_listing(&self, ino: u64) -> Result<Arc<Listing>> {
+        if let Some(listing) = self.listings.get(&ino) {
+            return Ok(listing);
+        }
+        let listing = Arc::new(self.list(ino)?);
+        if listing.immutable {
+            self.listings.insert(ino, listing.clone());
+        }
+        Ok(listing)
+    }
+
     /// Opens directory `ino` for reading: its listing is taken now and served
     /// from memory until [`View::release`].
     pub fn opendir(&self, ino: u64) -> Result<(u64, Arc<Listing>)> {
@@ -523,15 +561,26 @@ impl View {
     }
 
     /// The value of extended attribute `name` of `ino`.
+    ///
+    /// A missing `security.selinux` is "not supported" rather than "no such
+    /// attribute": the store keeps no labels unless a package brought one,
+    /// and `ls -l` asks for the label of every file it lists — a round
+    /// trip to the daemon each, since the kernel caches no xattrs of FUSE
+    /// file systems — until one answer says the file system does not
+    /// support labels; then it stops asking for the whole mount. That alone
+    /// made a warm `ls -lR` several times slower than on a local disk.
     pub fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>> {
-        self.xattr_row(ino)?
-            .and_then(|row| {
-                row.xattrs
-                    .iter()
-                    .find(|(n, _)| n == name)
-                    .map(|(_, v)| v.clone())
-            })
-            .ok_or(ViewError::NoXattr)
+        let value = self.xattr_row(ino)?.and_then(|row| {
+            row.xattrs
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+        });
+        match value {
+            Some(v) => Ok(v),
+            None if name == SELINUX_XATTR => Err(ViewError::XattrUnsupported),
+            None => Err(ViewError::NoXattr),
+        }
     }
 
     /// The names of the extended attributes of `ino`, each followed by a NUL

@@ -101,8 +101,11 @@ pub enum Command {
         #[arg(long, default_value_t = 4, value_name = "N",
               value_parser = clap::value_parser!(u16).range(1..=64))]
         threads: u16,
-        /// Mebibytes of decompressed data kept in memory.
-        #[arg(long, default_value_t = 64, value_name = "MIB")]
+        /// Mebibytes of decompressed blocks kept in memory. Once read,
+        /// files are served from the kernel's page cache; this cache only
+        /// spares re-decoding a block while readers work through it, so a
+        /// few blocks (1 MiB each) per concurrent reader suffice.
+        #[arg(long, default_value_t = 32, value_name = "MIB")]
         cache_mib: u64,
         /// Write the daemon's process id to FILE once the mount is ready
         /// (removed when it exits).
