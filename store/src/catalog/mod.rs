@@ -379,10 +379,9 @@ impl Catalog {
         let sql = format!(
             "SELECT {INODE_COLUMNS} FROM inodes i LEFT JOIN blobs b ON b.id = i.blob WHERE i.id = ?1"
         );
-        Ok(self
-            .conn
-            .query_row(&sql, [id], |r| inode_from_row(r, 0))
-            .optional()?)
+        // Cached: the mount asks for inodes one by one, often.
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        Ok(stmt.query_row([id], |r| inode_from_row(r, 0)).optional()?)
     }
 
     /// The whole listing of directory `dir`, sorted by name, in one query.
