@@ -10,9 +10,12 @@
 //! version loses its epoch. `apply_fhs_mapping` applies it to an unpacked
 //! tree so the two can be compared entry by entry.
 //!
-//! makepkg refuses to run as root (and CI runs as root), so the pacman
-//! package is assembled by hand like makepkg does: its dot-files first,
-//! then the tree, as a pax tar with xattrs, zstd-compressed.
+//! Pacman packages come two ways: built by Debian's makepkg from the
+//! PKGBUILDs in `tests/pacman/` (makepkg refuses to run as root, and CI
+//! runs as root, so it runs as `nobody` there), and assembled by hand like
+//! makepkg does (its dot-files first, then the tree, as a pax tar with
+//! xattrs, zstd-compressed) for what fakeroot cannot record, such as a
+//! `security.capability` xattr.
 
 use std::ffi::{OsStr, OsString};
 use std::fs;
@@ -268,6 +271,116 @@ fn crafted_pacman_package_matches_bsdtar() {
     assert_eq!(meta["license"][0], "MIT", "{info}");
     assert_eq!(meta["install"], "post_install() {\n  :\n}\n", "{info}");
     assert_eq!(meta["buildinfo"]["pkgarch"], "x86_64", "{info}");
+}
+
+/// Numeric id of `nobody` (`id -u`/`id -g`).
+fn nobody_id(flag: &str) -> u32 {
+    let out = Command::new("id").args([flag, "nobody"]).output().unwrap();
+    assert!(out.status.success(), "id {flag} nobody failed");
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// Builds the PKGBUILD in `tests/pacman/NAME` with Debian's makepkg and
+/// returns the package file. makepkg refuses to run as root, so as root it
+/// runs as `nobody`, in a build directory (under `scratch`) that `nobody`
+/// owns; fakeroot gives package() the owners and modes it records.
+fn makepkg(scratch: &Scratch, name: &str) -> PathBuf {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("pacman")
+        .join(name);
+    let build = scratch.join(format!("makepkg-{name}"));
+    fs::create_dir_all(&build).unwrap();
+    for f in fs::read_dir(&source).unwrap() {
+        let f = f.unwrap();
+        fs::copy(f.path(), build.join(f.file_name())).unwrap();
+    }
+    let mut cmd = if is_root() {
+        let (uid, gid) = (nobody_id("-u"), nobody_id("-g"));
+        chmod(scratch.path(), 0o711);
+        for f in fs::read_dir(&build).unwrap() {
+            lchown(&f.unwrap().path(), uid, gid);
+        }
+        lchown(&build, uid, gid);
+        let mut c = Command::new("runuser");
+        c.args(["-u", "nobody", "--", "makepkg"]);
+        c
+    } else {
+        Command::new("makepkg")
+    };
+    cmd.current_dir(&build)
+        .env("HOME", &build)
+        .env("PKGDEST", build.join("out"))
+        .env("BUILDDIR", build.join("build"))
+        .env("SRCDEST", build.join("src"))
+        .env("PKGEXT", ".pkg.tar.zst")
+        .args(["--nodeps", "--noconfirm", "--noprogressbar"]);
+    let out = cmd.output().unwrap_or_else(|e| {
+        panic!("cannot run makepkg (Debian packages makepkg and pacman-package-manager, see scripts/setup.sh): {e}")
+    });
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut built: Vec<PathBuf> = fs::read_dir(build.join("out"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(built.len(), 1, "makepkg made {built:?}");
+    built.remove(0)
+}
+
+#[test]
+fn makepkg_package_matches_bsdtar() {
+    let scratch = Scratch::new("graft-makepkg");
+    let package = makepkg(&scratch, "nexus-tool");
+    let store = Store::init();
+    store.ok(add_args(&[&package]));
+    let exported = scratch.join("exported");
+    store.export("nexus-tool/2.0-3", &exported);
+
+    let expected = scratch.join("expected");
+    fs::create_dir_all(&expected).unwrap();
+    run(Command::new("bsdtar")
+        .args(["-x", "-p", "--xattrs", "--numeric-owner", "-f"])
+        .arg(&package)
+        .arg("-C")
+        .arg(&expected));
+    for meta in [".PKGINFO", ".BUILDINFO", ".INSTALL", ".MTREE"] {
+        fs::remove_file(expected.join(meta)).unwrap();
+    }
+    // makepkg writes no entry for the root, so `usr/` gives it its
+    // metadata, as in nip's mapping.
+    let usr = fs::metadata(expected.join("usr")).unwrap();
+    apply_fhs_mapping(&expected);
+    chmod(&expected, usr.mode() & 0o7777);
+    set_mtime(&expected, usr.mtime());
+    assert_same_tree(&expected, &exported, "makepkg's nexus-tool");
+
+    // What makepkg was asked for is there: setuid, a hard link, a symlink,
+    // fakeroot's owner, the empty directory.
+    let tool = fs::symlink_metadata(exported.join("bin/tool")).unwrap();
+    assert_eq!(tool.mode() & 0o7777, 0o4755);
+    let again = fs::symlink_metadata(exported.join("bin/tool-again")).unwrap();
+    assert_eq!((tool.ino(), tool.nlink()), (again.ino(), 2));
+    assert_eq!(
+        fs::read_link(exported.join("bin/tool-link")).unwrap(),
+        Path::new("tool")
+    );
+    let conf = fs::symlink_metadata(exported.join("etc/tool.conf")).unwrap();
+    assert_eq!((conf.uid(), conf.gid()), (1234, 5678));
+    assert!(exported.join("share/nexus-tool/empty").is_dir());
+
+    let info = store.json(["info", "nexus-tool"]);
+    let meta = &info[0]["metadata"];
+    assert_eq!(meta["format"], "pacman", "{info}");
+    assert_eq!(meta["version"], "1:2.0-3", "{info}");
+    assert_eq!(meta["license"][0], "MIT", "{info}");
+    assert_eq!(meta["depends"][0], "glibc", "{info}");
+    assert_eq!(meta["install"], "post_install() {\n  :\n}\n", "{info}");
+    assert_eq!(meta["buildinfo"]["pkgarch"], "any", "{info}");
+    store.assert_verify_clean("after grafting makepkg's package");
 }
 
 #[test]
