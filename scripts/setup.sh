@@ -7,6 +7,8 @@ NEXUS_APT_PACKAGES=(
     fuse3                                            # /Programs mounts
     attr libcap2-bin                                 # xattrs, setcap in tests
     libarchive-tools                                 # bsdtar: pacman packages in tests/graft.rs
+    makepkg pacman-package-manager fakeroot          # makepkg builds tests/pacman/*/PKGBUILD (it needs pacman in PATH)
+    nix-bin xz-utils zstd                            # nix-store --dump/--restore, .nar.xz/.nar.zst in tests/graft.rs
     casync borgbackup squashfs-tools shellcheck      # benchmark comparisons
     squashfuse python3                               # mount benchmark (bench/mount.sh)
     autoconf automake libtool libfuse3-dev liblz4-dev libzstd-dev uuid-dev  # erofsfuse build (bench/mount.sh)

@@ -1,24 +1,32 @@
 //! Grafting package files: real Debian packages compared with `dpkg-deb -x`,
 //! a crafted pacman package compared with `bsdtar -x`, a crafted pkgsrc
-//! package, and hostile archives of every kind, each refused with a clear
-//! error that leaves the store unchanged.
+//! package, NARs made by `nix-store --dump` (from real packages' trees and
+//! a crafted one) compared with `nix-store --restore`, and hostile
+//! archives of every kind, each refused with a clear error that leaves the
+//! store unchanged.
 //!
 //! The documented mapping (README.md, "Package files"): `usr/X` of a `.deb`
 //! or pacman package lands at `X`, everything else keeps its path, and the
 //! version loses its epoch. `apply_fhs_mapping` applies it to an unpacked
 //! tree so the two can be compared entry by entry.
 //!
-//! makepkg refuses to run as root (and CI runs as root), so the pacman
-//! package is assembled by hand like makepkg does: its dot-files first,
-//! then the tree, as a pax tar with xattrs, zstd-compressed.
+//! Pacman packages come two ways: built by Debian's makepkg from the
+//! PKGBUILDs in `tests/pacman/` (makepkg refuses to run as root, and CI
+//! runs as root, so it runs as `nobody` there), and assembled by hand like
+//! makepkg does (its dot-files first, then the tree, as a pax tar with
+//! xattrs, zstd-compressed) for what fakeroot cannot record, such as a
+//! `security.capability` xattr.
 
 use std::ffi::{OsStr, OsString};
 use std::fs;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use nexus_integration_tests::archive::{TarEntry, ar, deb, pacman, tar, zstd};
+use nexus_integration_tests::archive::{
+    NarNode, TarEntry, ar, deb, nar, nar_str, pacman, tar, zstd,
+};
 use nexus_integration_tests::crafted::cap_net_raw_ep;
 use nexus_integration_tests::fixtures::{chmod, lchown, set_mtime, write_file};
 use nexus_integration_tests::nip::EXIT_ERROR;
@@ -263,6 +271,116 @@ fn crafted_pacman_package_matches_bsdtar() {
     assert_eq!(meta["license"][0], "MIT", "{info}");
     assert_eq!(meta["install"], "post_install() {\n  :\n}\n", "{info}");
     assert_eq!(meta["buildinfo"]["pkgarch"], "x86_64", "{info}");
+}
+
+/// Numeric id of `nobody` (`id -u`/`id -g`).
+fn nobody_id(flag: &str) -> u32 {
+    let out = Command::new("id").args([flag, "nobody"]).output().unwrap();
+    assert!(out.status.success(), "id {flag} nobody failed");
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// Builds the PKGBUILD in `tests/pacman/NAME` with Debian's makepkg and
+/// returns the package file. makepkg refuses to run as root, so as root it
+/// runs as `nobody`, in a build directory (under `scratch`) that `nobody`
+/// owns; fakeroot gives package() the owners and modes it records.
+fn makepkg(scratch: &Scratch, name: &str) -> PathBuf {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("pacman")
+        .join(name);
+    let build = scratch.join(format!("makepkg-{name}"));
+    fs::create_dir_all(&build).unwrap();
+    for f in fs::read_dir(&source).unwrap() {
+        let f = f.unwrap();
+        fs::copy(f.path(), build.join(f.file_name())).unwrap();
+    }
+    let mut cmd = if is_root() {
+        let (uid, gid) = (nobody_id("-u"), nobody_id("-g"));
+        chmod(scratch.path(), 0o711);
+        for f in fs::read_dir(&build).unwrap() {
+            lchown(&f.unwrap().path(), uid, gid);
+        }
+        lchown(&build, uid, gid);
+        let mut c = Command::new("runuser");
+        c.args(["-u", "nobody", "--", "makepkg"]);
+        c
+    } else {
+        Command::new("makepkg")
+    };
+    cmd.current_dir(&build)
+        .env("HOME", &build)
+        .env("PKGDEST", build.join("out"))
+        .env("BUILDDIR", build.join("build"))
+        .env("SRCDEST", build.join("src"))
+        .env("PKGEXT", ".pkg.tar.zst")
+        .args(["--nodeps", "--noconfirm", "--noprogressbar"]);
+    let out = cmd.output().unwrap_or_else(|e| {
+        panic!("cannot run makepkg (Debian packages makepkg and pacman-package-manager, see scripts/setup.sh): {e}")
+    });
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut built: Vec<PathBuf> = fs::read_dir(build.join("out"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(built.len(), 1, "makepkg made {built:?}");
+    built.remove(0)
+}
+
+#[test]
+fn makepkg_package_matches_bsdtar() {
+    let scratch = Scratch::new("graft-makepkg");
+    let package = makepkg(&scratch, "nexus-tool");
+    let store = Store::init();
+    store.ok(add_args(&[&package]));
+    let exported = scratch.join("exported");
+    store.export("nexus-tool/2.0-3", &exported);
+
+    let expected = scratch.join("expected");
+    fs::create_dir_all(&expected).unwrap();
+    run(Command::new("bsdtar")
+        .args(["-x", "-p", "--xattrs", "--numeric-owner", "-f"])
+        .arg(&package)
+        .arg("-C")
+        .arg(&expected));
+    for meta in [".PKGINFO", ".BUILDINFO", ".INSTALL", ".MTREE"] {
+        fs::remove_file(expected.join(meta)).unwrap();
+    }
+    // makepkg writes no entry for the root, so `usr/` gives it its
+    // metadata, as in nip's mapping.
+    let usr = fs::metadata(expected.join("usr")).unwrap();
+    apply_fhs_mapping(&expected);
+    chmod(&expected, usr.mode() & 0o7777);
+    set_mtime(&expected, usr.mtime());
+    assert_same_tree(&expected, &exported, "makepkg's nexus-tool");
+
+    // What makepkg was asked for is there: setuid, a hard link, a symlink,
+    // fakeroot's owner, the empty directory.
+    let tool = fs::symlink_metadata(exported.join("bin/tool")).unwrap();
+    assert_eq!(tool.mode() & 0o7777, 0o4755);
+    let again = fs::symlink_metadata(exported.join("bin/tool-again")).unwrap();
+    assert_eq!((tool.ino(), tool.nlink()), (again.ino(), 2));
+    assert_eq!(
+        fs::read_link(exported.join("bin/tool-link")).unwrap(),
+        Path::new("tool")
+    );
+    let conf = fs::symlink_metadata(exported.join("etc/tool.conf")).unwrap();
+    assert_eq!((conf.uid(), conf.gid()), (1234, 5678));
+    assert!(exported.join("share/nexus-tool/empty").is_dir());
+
+    let info = store.json(["info", "nexus-tool"]);
+    let meta = &info[0]["metadata"];
+    assert_eq!(meta["format"], "pacman", "{info}");
+    assert_eq!(meta["version"], "1:2.0-3", "{info}");
+    assert_eq!(meta["license"][0], "MIT", "{info}");
+    assert_eq!(meta["depends"][0], "glibc", "{info}");
+    assert_eq!(meta["install"], "post_install() {\n  :\n}\n", "{info}");
+    assert_eq!(meta["buildinfo"]["pkgarch"], "any", "{info}");
+    store.assert_verify_clean("after grafting makepkg's package");
 }
 
 #[test]
@@ -564,4 +682,363 @@ fn name_and_version_flags_override_a_package() {
     ]);
     assert!(store.listed("mytool", "7").is_some());
     assert!(store.listed("tool", "1.0-1").is_none());
+}
+
+/// A store path name for a NAR file: a valid 32-character hash part (Nix
+/// base-32), then `NAME-VERSION`.
+fn store_file_name(name: &str, version: &str, suffix: &str) -> String {
+    format!("{}-{name}-{version}.nar{suffix}", "0".repeat(32))
+}
+
+/// Gives a tree restored by `nix-store --restore` what the store keeps of
+/// a NAR: owner 0:0, mtime 1, files 0444 (0555 when executable),
+/// directories 0555. Children first, so directories get their mtime last.
+fn normalise_like_nix_store(path: &Path) {
+    let meta = fs::symlink_metadata(path).unwrap();
+    if meta.is_dir() {
+        for e in fs::read_dir(path).unwrap() {
+            normalise_like_nix_store(&e.unwrap().path());
+        }
+        chmod(path, 0o555);
+    } else if meta.is_file() {
+        chmod(
+            path,
+            if meta.mode() & 0o111 != 0 {
+                0o555
+            } else {
+                0o444
+            },
+        );
+    }
+    lchown(path, 0, 0);
+    set_mtime(path, 1);
+}
+
+fn nix_store(args: &[&OsStr], stdin: Option<&Path>, stdout: Option<&Path>) {
+    let mut cmd = Command::new("nix-store");
+    cmd.args(args);
+    if let Some(input) = stdin {
+        cmd.stdin(fs::File::open(input).unwrap());
+    }
+    if let Some(output) = stdout {
+        cmd.stdout(fs::File::create(output).unwrap());
+    }
+    let status = cmd.status().unwrap_or_else(|e| {
+        panic!("cannot run nix-store (Debian package nix-bin, see scripts/setup.sh): {e}")
+    });
+    assert!(status.success(), "{cmd:?} failed with {status}");
+}
+
+/// `nix-store --dump DIR > FILE`.
+fn dump(dir: &Path, file: &Path) {
+    nix_store(&[OsStr::new("--dump"), dir.as_os_str()], None, Some(file));
+}
+
+/// `nix-store --restore DIR < FILE`.
+fn restore(file: &Path, dir: &Path) {
+    nix_store(
+        &[OsStr::new("--restore"), dir.as_os_str()],
+        Some(file),
+        None,
+    );
+}
+
+/// The crafted store path: an executable, a plain file, a symlink, an
+/// empty file and directory, nested directories, a name that is not
+/// UTF-8, and a file of several chunks.
+fn crafted_store_path(root: &Path) {
+    let tool = root.join("bin/tool");
+    write_file(&tool, b"#!/bin/sh\necho tool\n");
+    chmod(&tool, 0o755);
+    std::os::unix::fs::symlink("tool", root.join("bin/tool-link")).unwrap();
+    std::os::unix::fs::symlink("/nix/store/x-glibc/lib/libc.so.6", root.join("lib-c")).unwrap();
+    write_file(&root.join("share/doc/tool/deep/er/README"), b"read me\n");
+    write_file(&root.join("share/empty-file"), b"");
+    fs::create_dir_all(root.join("share/empty-dir")).unwrap();
+    let odd = std::ffi::OsStr::from_bytes(b"caf\xe9");
+    write_file(&root.join("share").join(odd), b"latin-1 name\n");
+    let big = nexus_integration_tests::fixtures::random_bytes(b"nar", 3 << 20);
+    write_file(&root.join("lib/big.bin"), &big);
+}
+
+#[test]
+fn nars_match_nix_store_restore() {
+    let scratch = Scratch::new("graft-nar");
+    let debs = fetch_debs(&["hello", "jq"]);
+    let mut trees = Vec::new();
+    for deb in &debs {
+        let name = deb_field(deb, "Package");
+        let version = without_epoch(&deb_field(deb, "Version")).to_string();
+        let dir = scratch.join(format!("src/{name}"));
+        fs::create_dir_all(&dir).unwrap();
+        unpack_deb(deb, &dir);
+        trees.push((name, version, dir));
+    }
+    let crafted = scratch.join("src/tool");
+    crafted_store_path(&crafted);
+    trees.push(("tool".into(), "1.0".into(), crafted));
+
+    let store = Store::init();
+    for (name, version, dir) in &trees {
+        let spec = format!("{name}/{version}");
+        let plain = scratch.join(store_file_name(name, version, ""));
+        dump(dir, &plain);
+        run(Command::new("xz").args(["-k", "-T1"]).arg(&plain));
+        run(Command::new("zstd").args(["-q", "-k"]).arg(&plain));
+        store.ok(add_args(&[&plain]));
+        let listed = store.listed(name, version).unwrap();
+        // The same tree, compressed: the same package again (a different
+        // tree under the same NAME/VERSION would be refused).
+        for suffix in [".xz", ".zst"] {
+            let packed = scratch.join(store_file_name(name, version, suffix));
+            let out = store.json([OsStr::new("add"), packed.as_os_str()]);
+            assert_eq!(
+                out["generation"],
+                serde_json::Value::Null,
+                "{spec}{suffix}: {out}"
+            );
+            assert_eq!(
+                store.listed(name, version).unwrap().tree_hash,
+                listed.tree_hash
+            );
+        }
+
+        let expected = scratch.join(format!("restored/{name}"));
+        fs::create_dir_all(expected.parent().unwrap()).unwrap();
+        restore(&plain, &expected);
+        normalise_like_nix_store(&expected);
+        let exported = scratch.join(format!("exported/{name}"));
+        fs::create_dir_all(exported.parent().unwrap()).unwrap();
+        store.export(&spec, &exported);
+        assert_same_tree(&expected, &exported, &format!("{spec} from its NAR"));
+        // What the store gives back is the same NAR, byte for byte.
+        let again = scratch.join(format!("again-{name}.nar"));
+        dump(&exported, &again);
+        assert!(
+            fs::read(&again).unwrap() == fs::read(&plain).unwrap(),
+            "{spec}: nix-store --dump of the export differs from the NAR"
+        );
+        // And the restored tree, added as a directory, is the same package.
+        let dirs = Store::init();
+        dirs.ok([
+            OsStr::new("add"),
+            expected.as_os_str(),
+            OsStr::new("--name"),
+            OsStr::new(name),
+            OsStr::new("--version"),
+            OsStr::new(version),
+        ]);
+        assert_eq!(
+            dirs.listed(name, version).unwrap().tree_hash,
+            listed.tree_hash
+        );
+
+        let info = store.json(["info", name.as_str()]);
+        let meta = &info[0]["metadata"];
+        assert_eq!(meta["format"], "nar", "{info}");
+        assert_eq!(meta["mapping"], "identity", "{info}");
+        assert_eq!(
+            meta["store_path"],
+            format!("/nix/store/{}-{name}-{version}", "0".repeat(32)),
+            "{info}"
+        );
+    }
+    // The store path's root is the package root: usr/ stays.
+    let hello = store.cat(&format!("hello/{}", trees[0].1), "usr/bin/hello");
+    assert!(hello.success(), "{hello}");
+
+    // Flags name a NAR whose file name is no store path name.
+    let renamed = scratch.join("tool.nar");
+    fs::copy(scratch.join(store_file_name("tool", "1.0", "")), &renamed).unwrap();
+    let run = store.fails_with(&[EXIT_ERROR], add_args(&[&renamed]));
+    assert!(
+        run.stderr.contains("not a store path name") && run.stderr.contains("--name"),
+        "{run}"
+    );
+    store.ok([
+        OsStr::new("add"),
+        renamed.as_os_str(),
+        OsStr::new("--name"),
+        OsStr::new("tool"),
+        OsStr::new("--version"),
+        OsStr::new("2.0"),
+    ]);
+    assert_eq!(
+        store.listed("tool", "2.0").unwrap().tree_hash,
+        store.listed("tool", "1.0").unwrap().tree_hash
+    );
+    store.assert_verify_clean("after grafting NARs");
+}
+
+#[test]
+fn hostile_nars_are_refused() {
+    let scratch = Scratch::new("graft-hostile-nar");
+    let store = Store::init();
+    let base = scratch.join(store_file_name("base", "1", ""));
+    fs::write(&base, nar(&NarNode::dir(&[("a", NarNode::file(b"a\n"))]))).unwrap();
+    store.ok(add_args(&[&base]));
+
+    let f = || NarNode::file(b"x\n");
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "traversal",
+            nar(&NarNode::dir(&[("..", f())])),
+            "path traversal",
+        ),
+        (
+            "slash",
+            nar(&NarNode::dir(&[("etc/passwd", f())])),
+            "`/` in a name",
+        ),
+        ("dot", nar(&NarNode::dir(&[(".", f())])), "`.` as a name"),
+        ("empty-name", nar(&NarNode::dir(&[("", f())])), "empty name"),
+        ("nul", nar(&NarNode::dir(&[("a\0b", f())])), "NUL byte"),
+        (
+            "unsorted",
+            nar(&NarNode::dir(&[("b", f()), ("a", f())])),
+            "not sorted",
+        ),
+        (
+            "duplicate",
+            nar(&NarNode::dir(&[("a", f()), ("a", f())])),
+            "duplicate entry",
+        ),
+        ("single-file", nar(&f()), "not a directory"),
+        (
+            "symlink-root",
+            nar(&NarNode::Symlink(b"/etc".to_vec())),
+            "not a directory",
+        ),
+        (
+            "long-name",
+            nar(&NarNode::dir(&[(&"n".repeat(300), f())])),
+            "at most 255 bytes",
+        ),
+    ];
+    for (label, bytes, problem) in &cases {
+        let file = store_file_name(label, "1", "");
+        refused(&store, &scratch, &file, bytes, &[], problem);
+    }
+
+    let good = nar(&NarNode::dir(&[
+        ("bin", NarNode::dir(&[("a", f()), ("b", f())])),
+        ("share", f()),
+    ]));
+    refused(
+        &store,
+        &scratch,
+        &store_file_name("truncated", "1", ""),
+        &good[..good.len() - 20],
+        &[],
+        "truncated",
+    );
+    let mut trailing = good.clone();
+    trailing.extend_from_slice(&[0u8; 64]);
+    refused(
+        &store,
+        &scratch,
+        &store_file_name("trailing", "1", ""),
+        &trailing,
+        &[],
+        "data after the end",
+    );
+    let mut absurd = nar(&NarNode::dir(&[("f", f())]));
+    // The file's size field: make it claim a petabyte.
+    let at = absurd.len() - 8 * 8;
+    absurd[at..at + 8].copy_from_slice(&(1u64 << 50).to_le_bytes());
+    refused(
+        &store,
+        &scratch,
+        &store_file_name("absurd-size", "1", ""),
+        &absurd,
+        &[],
+        "--max-unpacked-size",
+    );
+    let mut huge_string = Vec::new();
+    nar_str(&mut huge_string, b"nix-archive-1");
+    nar_str(&mut huge_string, b"(");
+    huge_string.extend((1u64 << 62).to_le_bytes());
+    refused(
+        &store,
+        &scratch,
+        &store_file_name("absurd-string", "1", ""),
+        &huge_string,
+        &[],
+        "a string of 4611686018427387904 bytes",
+    );
+    let mut deep = NarNode::dir(&[("f", f())]);
+    for _ in 0..300 {
+        deep = NarNode::Dir(vec![(b"d".to_vec(), deep)]);
+    }
+    refused(
+        &store,
+        &scratch,
+        &store_file_name("deep", "1", ""),
+        &nar(&deep),
+        &[],
+        "nesting",
+    );
+    let bomb = zstd(&nar(&NarNode::dir(&[(
+        "zeros",
+        NarNode::file(&vec![0u8; 8 << 20]),
+    )])));
+    assert!(bomb.len() < 4096, "the bomb must compress well");
+    refused(
+        &store,
+        &scratch,
+        &store_file_name("bomb", "1", ".zst"),
+        &bomb,
+        &["--max-unpacked-size", "1M"],
+        "--max-unpacked-size",
+    );
+    let many: Vec<(String, NarNode)> = (0..20).map(|i| (format!("f{i:02}"), f())).collect();
+    let many: Vec<(&str, NarNode)> = many.iter().map(|(n, f)| (n.as_str(), f.clone())).collect();
+    refused(
+        &store,
+        &scratch,
+        &store_file_name("many", "1", ""),
+        &nar(&NarNode::dir(&many)),
+        &["--max-entries", "10"],
+        "--max-entries",
+    );
+    // A flipped byte in an xz-compressed file's content: only xz's check
+    // can tell, and the bytes after it are garbage to the NAR parser.
+    let big = nar(&NarNode::dir(&[(
+        "big",
+        NarNode::file(&nexus_integration_tests::fixtures::random_bytes(
+            b"flip",
+            1 << 16,
+        )),
+    )]));
+    let big_file = scratch.join("big.nar");
+    fs::write(&big_file, &big).unwrap();
+    run(Command::new("xz").args(["-k", "-T1"]).arg(&big_file));
+    let mut flipped = fs::read(scratch.join("big.nar.xz")).unwrap();
+    let at = flipped.len() / 2;
+    flipped[at] ^= 0x55;
+    refused(
+        &store,
+        &scratch,
+        &store_file_name("flipped", "1", ".xz"),
+        &flipped,
+        &[],
+        "corrupt",
+    );
+    refused(
+        &store,
+        &scratch,
+        "unnamed.nar",
+        &good,
+        &[],
+        "not a store path name",
+    );
+    refused(
+        &store,
+        &scratch,
+        &format!("{}-source.nar", "0".repeat(32)),
+        &good,
+        &[],
+        "has no version",
+    );
+    store.assert_verify_clean("after the hostile NARs");
 }

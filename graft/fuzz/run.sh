@@ -6,15 +6,16 @@
 #
 # Needs cargo-fuzz (`cargo install cargo-fuzz`); `--sanitizer none` lets it
 # build on the stable toolchain. Seeds are generated on first use into
-# corpus/TARGET (small valid packages made with tar, ar, gzip and zstd, and
-# a real .deb when the test cache has one); crashes land in
+# corpus/TARGET (small valid packages made with tar, ar, gzip and zstd, a
+# real .deb when the test cache has one, and NARs when nix-store is
+# installed); crashes land in
 # artifacts/TARGET/. Neither directory is committed.
 set -euo pipefail
 
 seconds=${1:-60}
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$here"
-targets=(sniff deb pacman pkgsrc)
+targets=(sniff deb pacman pkgsrc nar)
 
 seed() {
     local work
@@ -49,9 +50,31 @@ seed() {
     local real
     real=$(find /var/tmp/nexus-test-debs -maxdepth 1 -name 'hello_*.deb' 2>/dev/null | head -n1 || true)
     if [[ -n $real ]]; then cp "$real" corpus/deb/real.deb; fi
+    seed_nar "$work"
+}
+
+seed_nar() {
+    local work=$1
+    mkdir -p corpus/nar
+    command -v nix-store >/dev/null || return 0
+    nix-store --dump "$work/root" > corpus/nar/root.nar
+    nix-store --dump "$work/pkgsrc" > corpus/nar/pkgsrc.nar
+    if command -v zstd >/dev/null; then zstd -q -c corpus/nar/root.nar > corpus/nar/root.nar.zst; fi
+    xz -c corpus/nar/pkgsrc.nar > corpus/nar/pkgsrc.nar.xz
+    cp corpus/nar/root.nar corpus/sniff/
 }
 
 [[ -d corpus/deb ]] || seed
+if [[ ! -d corpus/nar ]]; then
+    work=$(mktemp -d)
+    mkdir -p "$work/root/usr/bin" "$work/pkgsrc/bin"
+    printf '#!/bin/sh\necho hi\n' > "$work/root/usr/bin/tool"
+    chmod 755 "$work/root/usr/bin/tool"
+    ln -s tool "$work/root/usr/bin/link"
+    printf 'hello\n' > "$work/pkgsrc/bin/hello"
+    seed_nar "$work"
+    rm -rf "$work"
+fi
 cargo fuzz build --sanitizer none -O
 summary=()
 for t in "${targets[@]}"; do

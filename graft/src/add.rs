@@ -19,7 +19,7 @@ use nexus_store::{AddDir, Hash, Progress, Store, StoreError, names};
 
 use crate::error::{Failure, GraftError, Problem, ReadResult, SourceError};
 use crate::npk::{self, Trust};
-use crate::package::{ContentSink, ReadOptions, check_size, read_package};
+use crate::package::{ContentSink, Naming, ReadOptions, check_size, read_named_package};
 
 /// A package file to graft, with optional NAME/VERSION overrides.
 #[derive(Clone, Debug)]
@@ -160,8 +160,13 @@ fn stage_archive(
         source: e,
     })?;
     let mut sink = ProducerSink { producer, contents };
-    let package =
-        read_package(SourceFile { file, progress }, options, &mut sink).map_err(|f| f.at(path))?;
+    let naming = Naming {
+        file_name: path.file_name().and_then(|n| n.to_str()),
+        name: request.name.as_deref(),
+        version: request.version.as_deref(),
+    };
+    let package = read_named_package(SourceFile { file, progress }, &naming, options, &mut sink)
+        .map_err(|f| f.at(path))?;
     let name = request.name.clone().unwrap_or(package.name);
     let version = request.version.clone().unwrap_or(package.version);
     let invalid = |e: StoreError| GraftError::Package {

@@ -1,15 +1,17 @@
 //! Grafting packages into the Nexus store: Debian `.deb`, Arch/pacman
-//! `.pkg.tar.{zst,xz,gz}`, pkgsrc binary `.tgz`, and Nexus's own signed
-//! `.npk` (whose format lives in the `nexus-npk` crate; [`npk`] imports it).
+//! `.pkg.tar.{zst,xz,gz}`, pkgsrc binary `.tgz`, Nix archives (`.nar`,
+//! `.nar.xz`, `.nar.zst`), and Nexus's own signed `.npk` (whose format
+//! lives in the `nexus-npk` crate; [`npk`] imports it).
 //!
 //! Layers, from bytes to store:
 //!
 //! - [`sniff`] recognises a file by content and opens its decompressor;
-//! - [`tarstream`] reads a tar stream into format-neutral
-//!   [`entry::ArchiveEntry`]s (ar members are read by the `ar` crate in
-//!   [`deb`]); [`pax`] parses pax records;
+//! - [`tarstream`] reads a tar stream and [`narstream`] a NAR stream into
+//!   format-neutral [`entry::ArchiveEntry`]s (ar members are read by the
+//!   `ar` crate in [`deb`]); [`pax`] parses pax records;
 //! - [`control`], [`pkginfo`] and [`pkgsrc`] parse each format's metadata;
-//!   [`deb`] and [`tarpkg`] put a format together;
+//!   [`deb`], [`tarpkg`] and [`nar`] put a format together (a NAR's name
+//!   and version come from its file's name);
 //! - [`entry`] maps archive paths to package paths, and [`builder`] builds
 //!   the package tree, refusing traversal, writes through symlinks,
 //!   duplicates and bad hard links, whatever the format;
@@ -30,6 +32,8 @@ pub mod deb;
 pub mod entry;
 pub mod error;
 pub mod limits;
+pub mod nar;
+pub mod narstream;
 pub mod npk;
 pub mod package;
 pub mod pax;
@@ -46,4 +50,6 @@ pub use add::{AddOptions, ArchiveRequest, Source, add};
 pub use error::{Failure, GraftError, LimitExceeded, Problem};
 pub use limits::Limits;
 pub use npk::Trust;
-pub use package::{ContentSink, HashSink, Kind, Package, ReadOptions, read_package};
+pub use package::{
+    ContentSink, HashSink, Kind, Naming, Package, ReadOptions, read_named_package, read_package,
+};

@@ -1,6 +1,6 @@
 //! A package read from an archive, and what every format shares: where
 //! file contents go ([`ContentSink`]), the options, the step from archive
-//! entry to tree, and recognising the format ([`read_package`]).
+//! entry to tree, and recognising the format ([`read_named_package`]).
 
 use std::fmt;
 use std::io::Read;
@@ -11,8 +11,10 @@ use nexus_store::tree::Tree;
 use crate::builder::{Added, TreeBuilder};
 use crate::entry::{ArchiveEntry, EntryKind, Mapping, components};
 use crate::error::{Failure, Problem, ReadResult};
-use crate::limits::Limits;
-use crate::sniff::{Format, Peeked, SNIFF_LEN, sniff};
+use crate::limits::{Budget, Limits};
+use crate::sniff::{
+    Format, NAR_MAGIC, Peeked, SNIFF_LEN, hex_prefix, is_tar_header, open_decoded, sniff,
+};
 
 /// The package formats nip grafts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,6 +25,8 @@ pub enum Kind {
     Pacman,
     /// pkgsrc binary package `.tgz`.
     Pkgsrc,
+    /// Nix archive (`.nar`, `.nar.xz`, `.nar.zst`).
+    Nar,
 }
 
 impl Kind {
@@ -32,6 +36,7 @@ impl Kind {
             Kind::Deb => "deb",
             Kind::Pacman => "pacman",
             Kind::Pkgsrc => "pkgsrc",
+            Kind::Nar => "nar",
         }
     }
 }
@@ -64,6 +69,18 @@ pub struct ReadOptions {
     pub limits: Limits,
     /// Leave device nodes and FIFOs out instead of refusing the package.
     pub skip_special: bool,
+}
+
+/// What names a package besides its bytes: the file's name (a NAR is named
+/// only by the store path in it) and `nip add --name`/`--version`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Naming<'a> {
+    /// The package file's name, without its directory.
+    pub file_name: Option<&'a str>,
+    /// `--name`, if given.
+    pub name: Option<&'a str>,
+    /// `--version`, if given.
+    pub version: Option<&'a str>,
 }
 
 /// Where file contents go as the archive streams by: the store, or (for
@@ -129,14 +146,42 @@ pub fn graft_entry(
 }
 
 /// Reads a package of any supported format, recognised by its content.
+/// A NAR, which names no package, cannot be read this way: see
+/// [`read_named_package`].
 pub fn read_package(
     reader: impl Read,
     options: &ReadOptions,
     sink: &mut dyn ContentSink,
 ) -> ReadResult<Package> {
+    read_named_package(reader, &Naming::default(), options, sink)
+}
+
+/// Reads a package of any supported format, recognised by its content
+/// (compressed files by what they hold once decompressed); `naming` names
+/// a NAR.
+pub fn read_named_package(
+    reader: impl Read,
+    naming: &Naming<'_>,
+    options: &ReadOptions,
+    sink: &mut dyn ContentSink,
+) -> ReadResult<Package> {
     let peeked = Peeked::new(reader, SNIFF_LEN).map_err(|e| Failure::from_io(e, "reading"))?;
-    match sniff(peeked.head())? {
-        Format::Ar => crate::deb::read_deb(peeked, options, sink),
-        Format::Tar(_) => crate::tarpkg::read_tar_package(peeked, options, sink),
+    if sniff(peeked.head())? == Format::Ar {
+        return crate::deb::read_deb(peeked, options, sink);
+    }
+    let budget = Budget::new(options.limits);
+    let decoded = open_decoded(peeked, &budget)?;
+    let head = decoded.stream.head();
+    if head.starts_with(NAR_MAGIC) {
+        crate::nar::read_nar_package(decoded, &budget, naming, options, sink)
+    } else if is_tar_header(head) {
+        crate::tarpkg::read_tar_stream(decoded, &budget, options, sink)
+    } else {
+        Err(Problem::UnknownFormat(format!(
+            "{} is neither a tar archive nor a NAR (first bytes {})",
+            decoded.describe("data"),
+            hex_prefix(head)
+        ))
+        .into())
     }
 }

@@ -3,20 +3,26 @@
 //! A `.deb` is an ar archive (`!<arch>\n`) whose first member is
 //! `debian-binary`. Pacman and pkgsrc packages are tar archives, possibly
 //! compressed; which of the two is decided by their leading metadata
-//! entries (`crate::tarpkg`). Compressions are recognised by their magic
-//! numbers: gzip `1f 8b`, xz `fd 37 7a 58 5a 00`, zstd `28 b5 2f fd`, bzip2
-//! `BZh`; a tar stream by `ustar` at offset 257 or, for old-style headers,
-//! by a valid header checksum.
+//! entries (`crate::tarpkg`). A Nix NAR, possibly compressed, starts with
+//! the string `nix-archive-1` in NAR framing ([`NAR_MAGIC`]). Compressions
+//! are recognised by their magic numbers: gzip `1f 8b`, xz
+//! `fd 37 7a 58 5a 00`, zstd `28 b5 2f fd`, bzip2 `BZh`; a tar stream by
+//! `ustar` at offset 257 or, for old-style headers, by a valid header
+//! checksum. What a compressed file holds is recognised the same way once
+//! it is decompressed ([`open_decoded`]).
 
 use std::io::{self, Read};
 
-use crate::error::Problem;
-use crate::limits::XZ_MEMORY_KIB;
+use crate::error::{Failure, Problem, ReadResult};
+use crate::limits::{Budget, Metered, XZ_MEMORY_KIB};
 
 /// First bytes of an ar archive.
 pub const AR_MAGIC: &[u8] = b"!<arch>\n";
 /// How many bytes [`sniff`] wants to see (one tar header).
 pub const SNIFF_LEN: usize = 512;
+/// First bytes of a NAR: the string `nix-archive-1` as NAR writes strings
+/// (a 64-bit little-endian length, the bytes, zeros up to a multiple of 8).
+pub const NAR_MAGIC: &[u8] = b"\x0d\0\0\0\0\0\0\0nix-archive-1\0\0\0";
 
 /// How a stream is compressed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,8 +72,13 @@ impl Compression {
 pub enum Format {
     /// An ar archive (a `.deb` if its first member is `debian-binary`).
     Ar,
-    /// A tar archive (pacman or pkgsrc), with this compression.
-    Tar(Compression),
+    /// An uncompressed tar archive (pacman or pkgsrc).
+    Tar,
+    /// An uncompressed Nix archive.
+    Nar,
+    /// Compressed data: a tar archive or a NAR, told apart once
+    /// decompressed.
+    Compressed(Compression),
 }
 
 /// True if `block` (the first 512 bytes of a stream) is a tar header.
@@ -104,22 +115,71 @@ pub fn is_tar_header(block: &[u8]) -> bool {
 
 /// Recognises a package file from its first bytes (at least [`SNIFF_LEN`]
 /// when the file is that long). For compressed files only the compression
-/// is checked here; that it holds a tar archive is checked once it is
-/// decompressed.
+/// is checked here; what they hold is checked once they are decompressed.
 pub fn sniff(head: &[u8]) -> Result<Format, Problem> {
     if head.starts_with(AR_MAGIC) {
         return Ok(Format::Ar);
     }
+    if head.starts_with(NAR_MAGIC) {
+        return Ok(Format::Nar);
+    }
     if let Some(c) = Compression::from_magic(head) {
-        return Ok(Format::Tar(c));
+        return Ok(Format::Compressed(c));
     }
     if is_tar_header(head) {
-        return Ok(Format::Tar(Compression::None));
+        return Ok(Format::Tar);
     }
     Err(Problem::UnknownFormat(format!(
-        "neither a .deb (ar archive), nor a tar archive, plain or compressed with gzip, xz, zstd or bzip2 (first bytes {})",
+        "neither a .deb (ar archive), nor a tar archive or a Nix NAR, plain or compressed with gzip, xz, zstd or bzip2 (first bytes {})",
         hex_prefix(head)
     )))
+}
+
+/// A package stream opened for reading: decompressed, every decompressed
+/// byte counted against the package's budget, and its first
+/// [`SNIFF_LEN`] bytes read ahead to recognise what it holds.
+pub struct Decoded<'a> {
+    /// The compression it was stored with.
+    pub compression: Compression,
+    /// The decompressed, metered stream.
+    pub stream: Peeked<Metered<'a, Box<dyn Read + 'a>>>,
+}
+
+impl Decoded<'_> {
+    /// Names the stream in messages: "the xz-compressed NAR".
+    pub fn describe(&self, what: &str) -> String {
+        match self.compression {
+            Compression::None => format!("the {what}"),
+            c => format!("the {}-compressed {what}", c.name()),
+        }
+    }
+}
+
+/// Opens `reader` (a tar archive or a NAR, plain or compressed) through
+/// its decompressor, recognised by magic number, and meters it with
+/// `budget`. An unknown compression is refused here.
+pub fn open_decoded<'a>(reader: impl Read + 'a, budget: &'a Budget) -> ReadResult<Decoded<'a>> {
+    let peeked = Peeked::new(reader, SNIFF_LEN).map_err(|e| Failure::from_io(e, "reading"))?;
+    let compression = match Compression::from_magic(peeked.head()) {
+        Some(c) => c,
+        None if is_tar_header(peeked.head()) || peeked.head().starts_with(NAR_MAGIC) => {
+            Compression::None
+        }
+        None => {
+            return Err(Problem::UnknownFormat(format!(
+                "neither a tar archive nor a NAR, plain or compressed (first bytes {})",
+                hex_prefix(peeked.head())
+            ))
+            .into());
+        }
+    };
+    let decoded = decoder(compression, peeked).map_err(|e| Failure::from_io(e, "decoding"))?;
+    let stream = Peeked::new(Metered::new(decoded, budget), SNIFF_LEN)
+        .map_err(|e| Failure::from_io(e, compression.name()))?;
+    Ok(Decoded {
+        compression,
+        stream,
+    })
 }
 
 /// The first bytes of `head` in hex, for messages.
@@ -214,21 +274,23 @@ mod tests {
         assert_eq!(sniff(b"!<arch>\ndebian-binary").unwrap(), Format::Ar);
         assert_eq!(
             sniff(&[0x1f, 0x8b, 8, 0]).unwrap(),
-            Format::Tar(Compression::Gzip)
+            Format::Compressed(Compression::Gzip)
         );
         assert_eq!(
             sniff(&[0xfd, b'7', b'z', b'X', b'Z', 0, 0]).unwrap(),
-            Format::Tar(Compression::Xz)
+            Format::Compressed(Compression::Xz)
         );
         assert_eq!(
             sniff(&[0x28, 0xb5, 0x2f, 0xfd, 0]).unwrap(),
-            Format::Tar(Compression::Zstd)
+            Format::Compressed(Compression::Zstd)
         );
-        assert_eq!(sniff(b"BZh91AY").unwrap(), Format::Tar(Compression::Bzip2));
         assert_eq!(
-            sniff(&tar_with_one_file()).unwrap(),
-            Format::Tar(Compression::None)
+            sniff(b"BZh91AY").unwrap(),
+            Format::Compressed(Compression::Bzip2)
         );
+        assert_eq!(sniff(&tar_with_one_file()).unwrap(), Format::Tar);
+        assert_eq!(sniff(NAR_MAGIC).unwrap(), Format::Nar);
+        assert!(sniff(&NAR_MAGIC[..20]).is_err());
         let err = sniff(b"PK\x03\x04 a zip file").unwrap_err().to_string();
         assert!(err.contains("50 4b 03 04"), "{err}");
         assert!(sniff(b"").unwrap_err().to_string().contains("empty"));

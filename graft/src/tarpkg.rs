@@ -26,11 +26,11 @@ use serde_json::{Map, Value, json};
 use crate::builder::TreeBuilder;
 use crate::entry::{ArchiveEntry, EntryKind, Mapping, Placement, components, lossy};
 use crate::error::{Failure, Problem, ReadResult};
-use crate::limits::{Budget, METADATA_FILE_MAX, Metered, read_capped};
+use crate::limits::{Budget, METADATA_FILE_MAX, read_capped};
 use crate::package::{ContentSink, Kind, Package, ReadOptions, check_size, graft_entry};
 use crate::pkginfo::{self, Info, parse_info, single, values};
 use crate::pkgsrc::{Contents, parse_build_info, parse_contents, split_pkgname};
-use crate::sniff::{Compression, Peeked, SNIFF_LEN, decoder, hex_prefix, is_tar_header};
+use crate::sniff::{Decoded, is_tar_header, open_decoded};
 use crate::tarstream::read_tar;
 
 /// Pacman metadata files whose text is kept.
@@ -42,45 +42,40 @@ enum Flavour {
     Pkgsrc { contents: Contents },
 }
 
-/// Reads a pacman or pkgsrc package from `reader`.
+/// Reads a pacman or pkgsrc package from `reader` (a tar archive, plain or
+/// compressed).
 pub fn read_tar_package(
     reader: impl Read,
     options: &ReadOptions,
     sink: &mut dyn ContentSink,
 ) -> ReadResult<Package> {
     let budget = Budget::new(options.limits);
-    let peeked = Peeked::new(reader, SNIFF_LEN).map_err(|e| Failure::from_io(e, "reading"))?;
-    let compression = match Compression::from_magic(peeked.head()) {
-        Some(c) => c,
-        None if is_tar_header(peeked.head()) => Compression::None,
-        None => {
-            return Err(Problem::UnknownFormat(format!(
-                "not a tar archive, plain or compressed (first bytes {})",
-                hex_prefix(peeked.head())
-            ))
-            .into());
-        }
-    };
-    let decoded = decoder(compression, peeked).map_err(|e| Failure::from_io(e, "decoding"))?;
-    let tar = Peeked::new(Metered::new(decoded, &budget), SNIFF_LEN)
-        .map_err(|e| Failure::from_io(e, compression.name()))?;
-    if !is_tar_header(tar.head()) {
+    let decoded = open_decoded(reader, &budget)?;
+    if !is_tar_header(decoded.stream.head()) {
         return Err(Problem::UnknownFormat(format!(
-            "{}-compressed data that is not a tar archive",
-            compression.name()
+            "{} is not a tar archive",
+            decoded.describe("data")
         ))
         .into());
     }
-    let what = match compression {
-        Compression::None => "the tar archive".to_string(),
-        c => format!("the {}-compressed tar archive", c.name()),
-    };
+    read_tar_stream(decoded, &budget, options, sink)
+}
 
+/// Reads a pacman or pkgsrc package from an opened tar stream (its first
+/// bytes checked to be a tar header), within `budget`.
+pub fn read_tar_stream(
+    decoded: Decoded<'_>,
+    budget: &Budget,
+    options: &ReadOptions,
+    sink: &mut dyn ContentSink,
+) -> ReadResult<Package> {
+    let what = decoded.describe("tar archive");
+    let tar = decoded.stream;
     let mut builder = TreeBuilder::new(options.skip_special);
     let mut captured: Vec<(String, Vec<u8>)> = Vec::new();
     let mut flavour: Option<Flavour> = None;
     let mut ignored: Vec<String> = Vec::new();
-    read_tar(tar, &budget, &what, |entry, content| {
+    read_tar(tar, budget, &what, |entry, content| {
         let comps = components(&entry.path)?;
         let top_meta = match comps.as_slice() {
             [one] if one.starts_with(b".") || one.starts_with(b"+") => Some(lossy(one)),

@@ -7,7 +7,10 @@ use nexus_store::tree::InodeKind;
 use crate::entry::lossy;
 use crate::error::{Failure, Problem};
 use crate::limits::Limits;
-use crate::package::{HashSink, Kind, Package, ReadOptions, read_package};
+use crate::narstream::tests::Nar;
+use crate::package::{
+    HashSink, Kind, Naming, Package, ReadOptions, read_named_package, read_package,
+};
 use crate::pax::record;
 
 /// A tar entry to build.
@@ -322,7 +325,7 @@ fn recognises_what_is_not_a_package() {
     assert!(err.contains("not a package"), "{err}");
     let err = problem(&gzip(b"not a tar"), ReadOptions::default());
     assert!(
-        err.contains("gzip-compressed data that is not a tar"),
+        err.contains("gzip-compressed data is neither a tar archive nor a NAR"),
         "{err}"
     );
     let plain = tar(&[E::File("README", b"hi", 0o644)]);
@@ -331,4 +334,127 @@ fn recognises_what_is_not_a_package() {
     let err = problem(&ar(&[("foo.o", vec![1, 2])]), ReadOptions::default());
     assert!(err.contains("not a .deb"), "{err}");
     let _ = Problem::Corrupt(String::new());
+}
+
+/// A store path with `bin/hello` (executable), `lib` (a symlink) and
+/// `share/doc/README`.
+fn hello_nar() -> Vec<u8> {
+    let entry = |n: Nar, name: &str, kind: &str| {
+        n.tokens(&["entry", "(", "name", name, "node", "(", "type", kind])
+    };
+    let n = Nar::default()
+        .s(b"nix-archive-1")
+        .tokens(&["(", "type", "directory"]);
+    let n = entry(n, "bin", "directory");
+    let n = entry(n, "hello", "regular")
+        .tokens(&["executable", "", "contents"])
+        .s(b"\x7fELF hello")
+        .tokens(&[")", ")", ")", ")"]);
+    let n = entry(n, "lib", "symlink").tokens(&["target", "/nix/store/x-glibc/lib", ")", ")"]);
+    let n = entry(n, "share", "directory");
+    let n = entry(n, "doc", "directory");
+    let n = entry(n, "README", "regular")
+        .tokens(&["contents"])
+        .s(b"read me\n")
+        .tokens(&[")", ")", ")", ")", ")", ")"]);
+    n.tokens(&[")"]).0
+}
+
+const NAR_NAME: &str = "0c3nb2wmh5rmb1ps3w1k8kyprgy1vd4c-hello-2.12.1.nar";
+
+fn read_nar(bytes: &[u8], file_name: &str) -> Result<Package, Failure> {
+    let naming = Naming {
+        file_name: Some(file_name),
+        ..Naming::default()
+    };
+    read_named_package(
+        bytes,
+        &naming,
+        &ReadOptions::default(),
+        &mut HashSink::default(),
+    )
+}
+
+#[test]
+fn reads_a_nar_plain_or_compressed() {
+    let nar = hello_nar();
+    let mut bz = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::fast());
+    bz.write_all(&nar).unwrap();
+    let forms = [
+        ("", nar.clone()),
+        (".zst", zstd::encode_all(&nar[..], 3).unwrap()),
+        (".gz", gzip(&nar)),
+        (".bz2", bz.finish().unwrap()),
+    ];
+    for (suffix, bytes) in forms {
+        let p = read_nar(&bytes, &format!("{NAR_NAME}{suffix}")).unwrap();
+        assert_eq!(
+            (p.kind, p.name.as_str(), p.version.as_str()),
+            (Kind::Nar, "hello", "2.12.1"),
+            "{suffix}"
+        );
+        assert_eq!(
+            p.metadata["store_path"],
+            "/nix/store/0c3nb2wmh5rmb1ps3w1k8kyprgy1vd4c-hello-2.12.1"
+        );
+        assert_eq!(
+            paths(&p),
+            [
+                "bin",
+                "bin/hello",
+                "lib",
+                "share",
+                "share/doc",
+                "share/doc/README"
+            ]
+        );
+        let modes: Vec<(u32, i64, u32)> = p
+            .tree
+            .inodes
+            .iter()
+            .map(|i| (i.mode, i.mtime, i.uid))
+            .collect();
+        assert_eq!(modes[0], (0o555, 1, 0), "the root");
+        let by_name = |n: &[u8]| {
+            let ino = p.tree.entries.iter().find(|e| e.name == n).unwrap().inode;
+            p.tree.inodes[ino as usize].clone()
+        };
+        assert_eq!(by_name(b"hello").mode, 0o555);
+        assert_eq!(by_name(b"README").mode, 0o444);
+        assert_eq!(by_name(b"share").mode, 0o555);
+        assert_eq!(
+            by_name(b"lib").kind,
+            InodeKind::Symlink {
+                target: b"/nix/store/x-glibc/lib".to_vec()
+            }
+        );
+    }
+}
+
+#[test]
+fn a_nar_needs_a_store_path_name_or_flags() {
+    let err = match read_nar(&hello_nar(), "hello.nar") {
+        Err(Failure::Problem(p)) => p.to_string(),
+        other => panic!("expected a problem, got {other:?}"),
+    };
+    assert!(
+        err.contains("not a store path name") && err.contains("--name"),
+        "{err}"
+    );
+    let naming = Naming {
+        file_name: Some("hello.nar"),
+        name: Some("hi"),
+        version: Some("1"),
+    };
+    let p = read_named_package(
+        &hello_nar()[..],
+        &naming,
+        &ReadOptions::default(),
+        &mut HashSink::default(),
+    )
+    .unwrap();
+    assert_eq!((p.name.as_str(), p.version.as_str()), ("hi", "1"));
+    // Without a file name at all (read_package), the message says so too.
+    let err = problem(&hello_nar(), ReadOptions::default());
+    assert!(err.contains("a NAR names no package"), "{err}");
 }

@@ -229,3 +229,93 @@ pub fn pacman(name: &str, version: &str, entries: &[TarEntry]) -> Vec<u8> {
     all.extend_from_slice(entries);
     zstd(&tar(&all))
 }
+
+/// A node of a hand-made NAR, spelled freely (entries are written in the
+/// order given, names as given), so that hostile archives can be made.
+#[derive(Clone, Debug)]
+pub enum NarNode {
+    /// A regular file.
+    File {
+        /// Content.
+        data: Vec<u8>,
+        /// The executable flag.
+        executable: bool,
+    },
+    /// A symbolic link and its target.
+    Symlink(Vec<u8>),
+    /// A directory and its entries.
+    Dir(Vec<(Vec<u8>, NarNode)>),
+}
+
+impl NarNode {
+    /// A plain file.
+    pub fn file(data: &[u8]) -> NarNode {
+        NarNode::File {
+            data: data.to_vec(),
+            executable: false,
+        }
+    }
+
+    /// A directory of `(name, node)` entries.
+    pub fn dir(entries: &[(&str, NarNode)]) -> NarNode {
+        NarNode::Dir(
+            entries
+                .iter()
+                .map(|(n, node)| (n.as_bytes().to_vec(), node.clone()))
+                .collect(),
+        )
+    }
+}
+
+/// Appends a NAR string: its length as a 64-bit little-endian number, its
+/// bytes, then zeros up to a multiple of 8 bytes.
+pub fn nar_str(out: &mut Vec<u8>, s: &[u8]) {
+    out.extend((s.len() as u64).to_le_bytes());
+    out.extend(s);
+    out.resize(out.len().div_ceil(8) * 8, 0);
+}
+
+fn nar_tokens(out: &mut Vec<u8>, tokens: &[&str]) {
+    for t in tokens {
+        nar_str(out, t.as_bytes());
+    }
+}
+
+fn nar_node(out: &mut Vec<u8>, node: &NarNode) {
+    match node {
+        NarNode::File { data, executable } => {
+            nar_tokens(out, &["(", "type", "regular"]);
+            if *executable {
+                nar_tokens(out, &["executable", ""]);
+            }
+            nar_tokens(out, &["contents"]);
+            nar_str(out, data);
+            nar_str(out, b")");
+        }
+        NarNode::Symlink(target) => {
+            nar_tokens(out, &["(", "type", "symlink", "target"]);
+            nar_str(out, target);
+            nar_str(out, b")");
+        }
+        NarNode::Dir(entries) => {
+            nar_tokens(out, &["(", "type", "directory"]);
+            for (name, child) in entries {
+                nar_tokens(out, &["entry", "(", "name"]);
+                nar_str(out, name);
+                nar_str(out, b"node");
+                nar_node(out, child);
+                nar_str(out, b")");
+            }
+            nar_str(out, b")");
+        }
+    }
+}
+
+/// A NAR (`nix-archive-1`) of `root`, written from the grammar in Eelco
+/// Dolstra's thesis (figure 5.2), not from the code under test.
+pub fn nar(root: &NarNode) -> Vec<u8> {
+    let mut out = Vec::new();
+    nar_str(&mut out, b"nix-archive-1");
+    nar_node(&mut out, root);
+    out
+}

@@ -51,10 +51,12 @@ pub enum Command {
     /// A directory without --name/--version must end in App/Version (the
     /// GoboLinux layout), e.g. `nip add corpus/*/*` imports a whole tree of
     /// programs at once. A file is recognised by its content: a Debian
-    /// .deb, an Arch/pacman .pkg.tar.{zst,xz,gz}, a pkgsrc binary .tgz or
-    /// a Nexus .npk; its name and version come from its own metadata (`usr/` is dropped
-    /// from .deb and pacman paths, so usr/bin/hello becomes
-    /// hello/VERSION/bin/hello; a version's epoch is left out). Nothing is
+    /// .deb, an Arch/pacman .pkg.tar.{zst,xz,gz}, a pkgsrc binary .tgz,
+    /// a Nix NAR (.nar, .nar.xz, .nar.zst) or a Nexus .npk; its name and
+    /// version come from its own metadata (`usr/` is dropped from .deb and
+    /// pacman paths, so usr/bin/hello becomes hello/VERSION/bin/hello; a
+    /// version's epoch is left out), a NAR's from its file name, the store
+    /// path name HASH-NAME-VERSION.nar (the store path is the package root). Nothing is
     /// unpacked to disk. Archives with unsafe paths, duplicates, broken
     /// links or more than the limits unpack to are refused.
     ///
