@@ -11,7 +11,7 @@ use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-use nexus_store::commit::{CommitOutcome, StagedPackage};
+use nexus_store::commit::{CommitOutcome, Membership, StagedPackage};
 use nexus_store::dirs::{ScannedDir, scan_dirs, stage_dirs};
 use nexus_store::ingest::{FileContent, Producer};
 use nexus_store::scan::ScanOptions;
@@ -51,6 +51,9 @@ pub struct AddOptions {
     pub read: ReadOptions,
     /// Whose signatures `.npk` archives must carry.
     pub trust: Trust,
+    /// Accept a system image older than one already accepted from the same
+    /// key (`--allow-downgrade`).
+    pub allow_downgrade: bool,
 }
 
 /// Adds every source in one transaction that makes one generation.
@@ -58,6 +61,21 @@ pub fn add(
     store: &mut Store,
     sources: &[Source],
     options: AddOptions,
+    progress: &dyn Progress,
+) -> Result<CommitOutcome, GraftError> {
+    add_as(store, sources, options, Membership::Add, progress)
+}
+
+/// As [`add`], with the new generation's package set formed by
+/// `membership` (a profile build makes a generation of exactly its
+/// packages). A system image among the sources must be the only source:
+/// it is a whole system state, imported as exactly its packages and
+/// `Current` choices, its counter checked against replay.
+pub fn add_as(
+    store: &mut Store,
+    sources: &[Source],
+    options: AddOptions,
+    mut membership: Membership,
     progress: &dyn Progress,
 ) -> Result<CommitOutcome, GraftError> {
     let mut dirs = Vec::new();
@@ -108,7 +126,21 @@ pub fn add(
         .sum::<usize>()
         + archives.len()
         + npks.len();
-    store.add_staged_with(options.threads, progress, |session| {
+    if let Some((request, image)) = npks
+        .iter()
+        .find(|(_, a)| a.manifest.kind == nexus_npk::ArchiveKind::Image)
+    {
+        if sources.len() != 1 {
+            return Err(GraftError::Package {
+                file: request.path.clone(),
+                problem: Problem::Metadata(
+                    "a system image is a whole system state: add it on its own".into(),
+                ),
+            });
+        }
+        membership = npk::image_membership(image, request, options.allow_downgrade);
+    }
+    store.stage_and_commit(options.threads, progress, &membership, |session| {
         progress.start(total, files as u64);
         let advance = |n: u64| progress.advance(n);
         let (mut staged, mut contents) = stage_dirs(session, &scanned, options.threads, &advance)?;

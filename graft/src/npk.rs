@@ -10,7 +10,7 @@ use std::path::Path;
 
 use nexus_npk::body::BodyPackage;
 use nexus_npk::{Archive, NpkError, Signer, TrustSet};
-use nexus_store::commit::StagedPackage;
+use nexus_store::commit::{CounterCheck, ExactSet, Membership, StagedPackage};
 use nexus_store::ingest::{FileContent, Producer};
 use nexus_store::tree::InodeKind;
 use nexus_store::{Progress, names};
@@ -58,6 +58,40 @@ pub fn open(path: &Path, trust: &Trust) -> Result<Archive, GraftError> {
         tracing::info!("{}: signed by {} ({})", path.display(), key.name, key.id());
     }
     Ok(archive)
+}
+
+/// The package set importing `image` makes: exactly its packages, its
+/// `Current` choices, and its counter checked against the highest this
+/// store accepted from the same key.
+pub fn image_membership(
+    image: &Archive,
+    request: &ArchiveRequest,
+    allow_downgrade: bool,
+) -> Membership {
+    let current = image
+        .body
+        .packages
+        .iter()
+        .filter(|p| p.current)
+        .map(|p| format!("{}/{}", p.name, p.version))
+        .collect();
+    let counter = match &image.signer {
+        Signer::Trusted(key) => Some(CounterCheck {
+            key_id: key.id(),
+            counter: image.manifest.counter,
+            allow_downgrade,
+        }),
+        Signer::Unverified(_) => None,
+    };
+    Membership::Exactly(ExactSet {
+        current,
+        action: format!(
+            "image {} (counter {})",
+            request.path.display(),
+            image.manifest.counter
+        ),
+        counter,
+    })
 }
 
 /// Stages every package of `archive`, storing its file contents.

@@ -43,11 +43,64 @@ pub struct CommitOutcome {
     pub unchanged: Vec<String>,
 }
 
-/// Commits `packages` and the content `batch` in one transaction.
+/// How a commit forms the new generation's package set.
+#[derive(Clone, Debug, Default)]
+pub enum Membership {
+    /// The live set plus the staged packages, each becoming its App's
+    /// `Current` (`nip add`).
+    #[default]
+    Add,
+    /// Exactly the staged packages (importing a system image, building a
+    /// profile): whatever was live before is not in the new generation.
+    Exactly(ExactSet),
+}
+
+/// The package set of [`Membership::Exactly`].
+#[derive(Clone, Debug, Default)]
+pub struct ExactSet {
+    /// `NAME/VERSION` of the staged packages that are their App's `Current`
+    /// (an App with none listed gets its highest version by package order).
+    pub current: Vec<String>,
+    /// The history line, e.g. `switch to image hello.img`.
+    pub action: String,
+    /// Replay protection of signed images: refuse the commit if the
+    /// counter is lower than the highest recorded for its key, else record it.
+    pub counter: Option<CounterCheck>,
+}
+
+/// An image's signer and counter, checked and recorded in the commit.
+#[derive(Clone, Debug)]
+pub struct CounterCheck {
+    /// The signing key's id.
+    pub key_id: String,
+    /// The image's counter.
+    pub counter: u64,
+    /// Accept a counter lower than the highest seen (`--allow-downgrade`).
+    pub allow_downgrade: bool,
+}
+
+/// The `meta` key holding the highest image counter seen for a key.
+pub fn counter_meta_key(key_id: &str) -> String {
+    format!("image_counter:{key_id}")
+}
+
+/// Commits `packages` and the content `batch` in one transaction, adding
+/// them to the live set.
 pub fn commit_packages(
     catalog: &mut Catalog,
     packages: &[StagedPackage],
     batch: &ContentBatch,
+) -> Result<CommitOutcome> {
+    commit_with(catalog, packages, batch, &Membership::Add)
+}
+
+/// Commits `packages` and the content `batch` in one transaction; the new
+/// generation's members follow `membership`.
+pub fn commit_with(
+    catalog: &mut Catalog,
+    packages: &[StagedPackage],
+    batch: &ContentBatch,
+    membership: &Membership,
 ) -> Result<CommitOutcome> {
     let tx = catalog
         .conn()
@@ -70,7 +123,16 @@ pub fn commit_packages(
 
     let previous = generations::current_in(&tx)?;
     let before = generations::members_of(&tx, previous)?;
-    let mut members: Vec<Member> = before.clone();
+    let exact = match membership {
+        Membership::Add => None,
+        Membership::Exactly(set) => Some(set),
+    };
+    let mut members: Vec<Member> = if exact.is_some() {
+        Vec::new()
+    } else {
+        before.clone()
+    };
+    let mut ids: HashMap<String, i64> = HashMap::new();
     let mut outcome = CommitOutcome {
         generation: None,
         added: Vec::new(),
@@ -88,9 +150,11 @@ pub fn commit_packages(
             .optional()?;
         let package_id = match existing {
             Some((id, stored)) if stored == tree_hash.as_bytes() => {
-                if members.iter().any(|m| m.package == id) {
-                    outcome.unchanged.push(spec);
-                    continue;
+                if before.iter().any(|m| m.package == id) {
+                    outcome.unchanged.push(spec.clone());
+                    if exact.is_none() {
+                        continue;
+                    }
                 }
                 id
             }
@@ -104,17 +168,89 @@ pub fn commit_packages(
             None => insert_package(&tx, staged, tree_hash, &blob_ids)?,
         };
         members = generations::with_added(members, package_id, &staged.name);
-        outcome.added.push(spec);
+        ids.insert(spec.clone(), package_id);
+        if !outcome.unchanged.contains(&spec) {
+            outcome.added.push(spec);
+        }
+    }
+    if let Some(set) = exact {
+        apply_current(&mut members, &ids, &set.current)?;
+        if let Some(check) = &set.counter {
+            check_counter(&tx, check)?;
+        }
     }
     if generations::same_state(&before, &members) {
         // Nothing to show: keep the catalog as it was (packs written by this
         // run hold only chunks that are now unreferenced; gc reclaims them).
+        // A counter seen is still recorded.
+        if exact.is_some_and(|s| s.counter.is_some()) {
+            tx.commit()?;
+        }
         return Ok(outcome);
     }
-    let action = format!("add {}", outcome.added.join(" "));
+    let action = match exact {
+        Some(set) => set.action.clone(),
+        None => format!("add {}", outcome.added.join(" ")),
+    };
     outcome.generation = Some(generations::create(&tx, &action, None, &members)?);
     tx.commit()?;
     Ok(outcome)
+}
+
+/// Sets the `Current` flags of an exact set: each listed version is its
+/// App's `Current`; an App with none listed keeps the one staged last (as
+/// `with_added` left it).
+fn apply_current(
+    members: &mut [Member],
+    ids: &HashMap<String, i64>,
+    current: &[String],
+) -> Result<()> {
+    for spec in current {
+        let id = *ids.get(spec).ok_or_else(|| {
+            StoreError::Invalid(format!(
+                "{spec} is named Current but is not in the package set"
+            ))
+        })?;
+        let name = members
+            .iter()
+            .find(|m| m.package == id)
+            .map(|m| m.name.clone())
+            .unwrap_or_default();
+        for m in members.iter_mut().filter(|m| m.name == name) {
+            m.current = m.package == id;
+        }
+    }
+    Ok(())
+}
+
+/// Refuses an image counter below the highest recorded for its key (unless
+/// allowed), and records the new highest, in the commit's transaction.
+fn check_counter(tx: &Transaction<'_>, check: &CounterCheck) -> Result<()> {
+    let key = counter_meta_key(&check.key_id);
+    let seen: Option<String> = tx
+        .query_row("SELECT value FROM meta WHERE key = ?1", [&key], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    let seen: Option<u64> = seen.and_then(|v| v.parse().ok());
+    if let Some(highest) = seen {
+        if check.counter < highest && !check.allow_downgrade {
+            return Err(StoreError::Downgrade {
+                key_id: check.key_id.clone(),
+                counter: check.counter,
+                highest,
+            });
+        }
+        if check.counter <= highest {
+            return Ok(());
+        }
+    }
+    tx.execute(
+        "INSERT INTO meta(key, value) VALUES (?1, ?2)
+         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        params![key, check.counter.to_string()],
+    )?;
+    Ok(())
 }
 
 /// Indexes the packs and chunks this run wrote; returns hash -> chunk id for

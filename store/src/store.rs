@@ -19,7 +19,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rusqlite::TransactionBehavior;
 
 use crate::catalog::{Catalog, InodeRow, PackageRow, kind};
-use crate::commit::{CommitOutcome, StagedPackage, commit_packages};
+use crate::commit::{CommitOutcome, Membership, StagedPackage, commit_with};
 use crate::dirs::{ScannedDir, scan_dirs, stage_dirs};
 use crate::error::{Result, StoreError};
 use crate::generations;
@@ -234,6 +234,22 @@ impl Store {
         &mut self,
         threads: usize,
         progress: &dyn Progress,
+        read: impl FnMut(&Session<'_>) -> Result<(Vec<StagedPackage>, Vec<FileContent>), E>,
+    ) -> Result<CommitOutcome, E>
+    where
+        E: From<StoreError>,
+    {
+        self.stage_and_commit(threads, progress, &Membership::Add, read)
+    }
+
+    /// As [`Store::add_staged_with`], with the new generation's package set
+    /// formed by `membership`: [`Membership::Exactly`] makes a generation of
+    /// exactly the staged packages (importing an image, building a profile).
+    pub fn stage_and_commit<E>(
+        &mut self,
+        threads: usize,
+        progress: &dyn Progress,
+        membership: &Membership,
         mut read: impl FnMut(&Session<'_>) -> Result<(Vec<StagedPackage>, Vec<FileContent>), E>,
     ) -> Result<CommitOutcome, E>
     where
@@ -257,7 +273,7 @@ impl Store {
             check_specs(staged.iter().map(|p| (p.name.as_str(), p.version.as_str())))?;
             progress.phase("committing");
             sync_dir(&self.packs_dir())?;
-            match commit_packages(&mut self.catalog, &staged, &batch) {
+            match commit_with(&mut self.catalog, &staged, &batch, membership) {
                 Err(StoreError::ConcurrentGc(n)) if attempt <= GC_RACE_RETRIES => {
                     tracing::warn!("{n} reused chunks were collected by a concurrent gc; retrying");
                     continue;

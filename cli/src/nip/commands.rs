@@ -41,6 +41,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             max_entries,
             threads,
             insecure,
+            allow_downgrade,
             json,
         } => {
             let trust = if insecure {
@@ -59,6 +60,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 threads: threads.map_or(nexus_store::AddOptions::default().threads, |t| t.max(1)),
                 read,
                 trust,
+                allow_downgrade,
             };
             add(&dir, paths, name, version, options, json)
         }

@@ -96,6 +96,10 @@ pub enum Command {
         /// or altered (each still checked chunk by chunk).
         #[arg(long)]
         insecure: bool,
+        /// Accept a system image whose counter is lower than one this store
+        /// already accepted from the same key (a deliberate downgrade).
+        #[arg(long)]
+        allow_downgrade: bool,
         /// Print the outcome as JSON.
         #[arg(long)]
         json: bool,
