@@ -23,5 +23,5 @@ pub mod write;
 pub use error::{FormatError, NpkError, TrustError};
 pub use keys::{KeyStore, PublicKey, SecretKey, TrustSet};
 pub use manifest::{ArchiveKind, Manifest};
-pub use read::{Archive, Policy, Signer, is_archive};
+pub use read::{Archive, Check, Policy, Signer, is_archive};
 pub use write::{Member, WriteOptions, Written, write_archive};

@@ -27,6 +27,16 @@ pub enum Policy<'a> {
     Insecure,
 }
 
+/// How much of the file [`Archive::open`] hashes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Check {
+    /// Every byte against the signed content hash (importing, `verify`).
+    Full,
+    /// The manifest, body and root hash only; chunks are verified as they
+    /// are read (serving an image without reading it all first).
+    Manifest,
+}
+
 /// Who signed an accepted archive.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Signer {
@@ -67,6 +77,12 @@ impl Archive {
     /// Opens `path`: checks the format, the signature against `policy`,
     /// the hash of every byte the manifest covers, and decodes the body.
     pub fn open(path: &Path, policy: Policy<'_>) -> Result<Archive> {
+        Archive::open_with(path, policy, Check::Full)
+    }
+
+    /// Opens `path` as [`Archive::open`] does, hashing as much as `check`
+    /// says.
+    pub fn open_with(path: &Path, policy: Policy<'_>, check: Check) -> Result<Archive> {
         let file = File::open(path).map_err(|e| NpkError::io(path, e))?;
         let len = file.metadata().map_err(|e| NpkError::io(path, e))?.len();
         let mut header = [0u8; HEADER_LEN as usize];
@@ -116,26 +132,16 @@ impl Archive {
             },
         };
 
-        // Every byte before the trailer, hashed in one pass; the body is
-        // kept on the way.
-        let mut hasher = blake3::Hasher::new();
-        let mut body_frame = Vec::with_capacity(manifest.body_len.min(1 << 30) as usize);
-        let mut buf = vec![0u8; 1 << 20];
-        let mut pos = 0u64;
-        while pos < content_len {
-            let n = (content_len - pos).min(buf.len() as u64) as usize;
-            read_at(&file, path, &mut buf[..n], pos)?;
-            hasher.update(&buf[..n]);
-            let end = pos + n as u64;
-            if end > manifest.body_offset {
-                let from = manifest.body_offset.saturating_sub(pos) as usize;
-                body_frame.extend_from_slice(&buf[from..n]);
-            }
-            pos = end;
-        }
-        if Hash::from(hasher.finalize()) != manifest.content_hash {
+        let body_frame = if check == Check::Full {
+            hash_content(&file, path, &manifest, content_len, policy)?
+        } else {
+            let mut frame = vec![0u8; manifest.body_len.min(content_len) as usize];
+            read_at(&file, path, &mut frame, manifest.body_offset)?;
+            frame
+        };
+        if Hash::of(&body_frame) != manifest.body_hash {
             let problem =
-                TrustError::Tampered("its bytes do not match the signed content hash".into());
+                TrustError::Tampered("its body does not match the signed body hash".into());
             match policy {
                 Policy::Trusted(_) => return Err(problem.into()),
                 Policy::Insecure => tracing::warn!("{}: {problem}", path.display()),
@@ -199,6 +205,40 @@ impl Archive {
         read_at(&self.file, &self.path, &mut buf, offset)?;
         decode_block(&buf).map_err(|why| NpkError::Damaged(format!("block at {offset}: {why}")))
     }
+}
+
+/// Hashes every byte before the trailer against the manifest's content
+/// hash, in one pass that keeps the body on the way.
+fn hash_content(
+    file: &File,
+    path: &Path,
+    manifest: &Manifest,
+    content_len: u64,
+    policy: Policy<'_>,
+) -> Result<Vec<u8>> {
+    let mut hasher = blake3::Hasher::new();
+    let mut body_frame = Vec::with_capacity(manifest.body_len.min(1 << 30) as usize);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = 0u64;
+    while pos < content_len {
+        let n = (content_len - pos).min(buf.len() as u64) as usize;
+        read_at(file, path, &mut buf[..n], pos)?;
+        hasher.update(&buf[..n]);
+        let end = pos + n as u64;
+        if end > manifest.body_offset {
+            let from = manifest.body_offset.saturating_sub(pos) as usize;
+            body_frame.extend_from_slice(&buf[from..n]);
+        }
+        pos = end;
+    }
+    if Hash::from(hasher.finalize()) != manifest.content_hash {
+        let problem = TrustError::Tampered("its bytes do not match the signed content hash".into());
+        match policy {
+            Policy::Trusted(_) => return Err(problem.into()),
+            Policy::Insecure => tracing::warn!("{}: {problem}", path.display()),
+        }
+    }
+    Ok(body_frame)
 }
 
 fn check_signature(

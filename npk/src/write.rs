@@ -195,6 +195,7 @@ fn write_to(
         body_len: frame.len() as u64,
         content_hash: Hash::from(out.hasher.finalize()),
         root,
+        body_hash: Hash::of(&frame),
     };
     let mut signature = [0u8; 64];
     if let Some(key) = options.signer {
