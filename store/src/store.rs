@@ -23,7 +23,7 @@ use crate::commit::{CommitOutcome, Membership, StagedPackage, commit_with};
 use crate::dirs::{ScannedDir, scan_dirs, stage_dirs};
 use crate::error::{Result, StoreError};
 use crate::generations;
-use crate::ingest::{FileContent, Session, run_session};
+use crate::ingest::{ContentBatch, FileContent, Session, run_session};
 use crate::lock::{INGEST_LOCK, StoreLock};
 use crate::names;
 use crate::pack::{Block, ChunkLocation, read_block, read_chunk};
@@ -281,6 +281,21 @@ impl Store {
                 other => return Ok(other?),
             }
         }
+    }
+
+    /// Commits packages whose chunks are already in pack files that the
+    /// ingest pipeline did not write (an image file linked into `packs/`
+    /// to be served in place): `batch` names those packs, every chunk's
+    /// location and every content's chunk list. The caller guarantees the
+    /// packs are durable and immutable; one transaction, as every commit.
+    pub fn commit_batch(
+        &mut self,
+        staged: &[StagedPackage],
+        batch: &ContentBatch,
+        membership: &Membership,
+    ) -> Result<CommitOutcome> {
+        check_specs(staged.iter().map(|p| (p.name.as_str(), p.version.as_str())))?;
+        commit_with(&mut self.catalog, staged, batch, membership)
     }
 
     /// Removes packages (`NAME` = every version, `NAME/VERSION` = one) from
