@@ -494,6 +494,27 @@ impl Store {
         read_block(&file, loc)
     }
 
+    /// The block holding `loc` exactly as stored (header, table, payload),
+    /// not decoded or verified: for copying blocks verbatim into an
+    /// archive after checking them with [`crate::pack::decode_block`].
+    pub fn read_block_bytes(&self, loc: &ChunkLocation) -> Result<Vec<u8>> {
+        let file = self.pack_file(&loc.pack).map_err(|e| StoreError::Damaged {
+            chunk: loc.hash,
+            reason: e,
+        })?;
+        let mut buf = vec![0u8; loc.block_len as usize];
+        std::os::unix::fs::FileExt::read_exact_at(&*file, &mut buf, loc.offset).map_err(|e| {
+            StoreError::Damaged {
+                chunk: loc.hash,
+                reason: format!(
+                    "pack {} block at {}: read failed: {e}",
+                    loc.pack, loc.offset
+                ),
+            }
+        })?;
+        Ok(buf)
+    }
+
     /// Reads and verifies one chunk.
     pub fn read_chunk(&self, loc: &ChunkLocation) -> Result<Vec<u8>> {
         let file = self.pack_file(&loc.pack).map_err(|e| StoreError::Damaged {
