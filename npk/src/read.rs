@@ -5,6 +5,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use ed25519_dalek::{Signature, VerifyingKey};
 use nexus_store::Hash;
@@ -51,6 +52,10 @@ pub enum Signer {
 pub struct Archive {
     file: File,
     path: PathBuf,
+    /// The block decoded last, shared by every [`BlobReader`]: contents
+    /// read in block order (see [`Archive::blobs_in_block_order`]) decode
+    /// each block once.
+    last_block: Mutex<Option<(u64, Arc<Block>)>>,
     /// The manifest.
     pub manifest: Manifest,
     /// The decoded body.
@@ -170,6 +175,7 @@ impl Archive {
         Ok(Archive {
             file,
             path: path.to_path_buf(),
+            last_block: Mutex::new(None),
             manifest,
             body,
             signer,
@@ -187,15 +193,36 @@ impl Archive {
             archive: self,
             blob,
             next: 0,
-            block: None,
             chunk: Vec::new(),
             pos: 0,
         }
     }
 
-    /// Reads and decodes the block at `offset` (verified chunk by chunk
-    /// when taken out).
-    fn read_block(&self, offset: u64, block_len: u32) -> Result<Block> {
+    /// The archive's contents ordered by where their first chunk is, so
+    /// that reading them one after another decodes each block about once.
+    pub fn blobs_in_block_order(&self) -> Vec<&BodyBlob> {
+        let mut blobs: Vec<&BodyBlob> = self.body.blobs.iter().collect();
+        blobs.sort_by_key(|b| {
+            b.chunks.first().map(|&i| {
+                (
+                    self.body.chunks[i as usize].offset,
+                    self.body.chunks[i as usize].inner,
+                )
+            })
+        });
+        blobs
+    }
+
+    /// The decoded block at `offset` (verified chunk by chunk when taken
+    /// out), from the one-block cache or the file.
+    fn block(&self, offset: u64, block_len: u32) -> Result<Arc<Block>> {
+        let mut last = self.last_block.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((o, block)) = last.as_ref()
+            && *o == offset
+        {
+            return Ok(block.clone());
+        }
+        *last = None;
         if block_len as usize > BLOCK_MAX_RAW * 2 + (1 << 20) {
             return Err(NpkError::Damaged(format!(
                 "block at {offset}: absurd length {block_len}"
@@ -203,7 +230,12 @@ impl Archive {
         }
         let mut buf = vec![0u8; block_len as usize];
         read_at(&self.file, &self.path, &mut buf, offset)?;
-        decode_block(&buf).map_err(|why| NpkError::Damaged(format!("block at {offset}: {why}")))
+        let block = Arc::new(
+            decode_block(&buf)
+                .map_err(|why| NpkError::Damaged(format!("block at {offset}: {why}")))?,
+        );
+        *last = Some((offset, block.clone()));
+        Ok(block)
     }
 }
 
@@ -284,7 +316,6 @@ pub struct BlobReader<'a> {
     archive: &'a Archive,
     blob: &'a BodyBlob,
     next: usize,
-    block: Option<(u64, Block)>,
     chunk: Vec<u8>,
     pos: usize,
 }
@@ -296,13 +327,7 @@ impl BlobReader<'_> {
         };
         self.next += 1;
         let c = self.archive.body.chunks[index as usize];
-        if self.block.as_ref().map(|(o, _)| *o) != Some(c.offset) {
-            self.block = None;
-            self.block = Some((c.offset, self.archive.read_block(c.offset, c.block_len)?));
-        }
-        let Some((_, block)) = &self.block else {
-            return Ok(false);
-        };
+        let block = self.archive.block(c.offset, c.block_len)?;
         let loc = ChunkLocation {
             hash: c.hash,
             pack: self.archive.path.display().to_string(),

@@ -102,7 +102,7 @@ pub fn verify(
     // Every file content, chunk by verified chunk, against its own hash.
     let mut files = 0u64;
     let mut bytes = 0u64;
-    for blob in &archive.body.blobs {
+    for blob in archive.blobs_in_block_order() {
         let mut reader = archive.blob_reader(blob);
         let mut hasher = blake3::Hasher::new();
         let mut buf = vec![0u8; 1 << 16];
