@@ -48,7 +48,7 @@ impl SourceFile {
         help: Option<String>,
     ) -> Diag {
         let (line, column) = self.line_col(span.offset());
-        Diag {
+        Diag(Box::new(Problem {
             message: message.into(),
             path: self.path.clone(),
             line,
@@ -58,7 +58,7 @@ impl SourceFile {
             label: label.into(),
             help,
             more: Vec::new(),
-        }
+        }))
     }
 
     /// The file's syntax errors, as reported by the `kdl` crate, as one
@@ -74,7 +74,7 @@ impl SourceFile {
         });
         match diags.next() {
             Some(mut first) => {
-                first.more = diags.collect();
+                first.0.more = diags.map(|d| *d.0).collect();
                 first
             }
             None => self.error(SourceSpan::from(0..0), "invalid KDL", "here", None),
@@ -82,10 +82,39 @@ impl SourceFile {
     }
 }
 
-/// A problem in a KDL file, at a place in it.
+/// A problem in a KDL file, at a place in it (boxed: results that may
+/// carry it stay small).
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+#[error(transparent)]
+#[diagnostic(transparent)]
+pub struct Diag(Box<Problem>);
+
+impl Diag {
+    /// The file the diagnostic is about.
+    pub fn file(&self) -> &Path {
+        &self.0.path
+    }
+
+    /// 1-based line of the problem.
+    pub fn line(&self) -> usize {
+        self.0.line
+    }
+
+    /// 1-based column (in characters) of the problem.
+    pub fn column(&self) -> usize {
+        self.0.column
+    }
+
+    /// What is wrong, without the location.
+    pub fn message(&self) -> &str {
+        &self.0.message
+    }
+}
+
+/// What a [`Diag`] holds.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 #[error("{}:{line}:{column}: {message}", path.display())]
-pub struct Diag {
+pub struct Problem {
     /// What is wrong.
     pub message: String,
     /// The file.
@@ -103,12 +132,5 @@ pub struct Diag {
     help: Option<String>,
     /// Further problems in the same file (several syntax errors).
     #[related]
-    pub more: Vec<Diag>,
-}
-
-impl Diag {
-    /// The file the diagnostic is about.
-    pub fn file(&self) -> &Path {
-        &self.path
-    }
+    pub more: Vec<Problem>,
 }

@@ -10,7 +10,7 @@ pub enum SystemError {
     /// A profile or recipe file is wrong, at a place in it.
     #[error(transparent)]
     #[diagnostic(transparent)]
-    Kdl(Box<Diag>),
+    Kdl(Diag),
     /// A file or directory could not be read.
     #[error("{}: {source}", path.display())]
     Io {
@@ -65,7 +65,7 @@ pub enum SystemError {
 
 impl From<Diag> for SystemError {
     fn from(d: Diag) -> Self {
-        SystemError::Kdl(Box::new(d))
+        SystemError::Kdl(d)
     }
 }
 

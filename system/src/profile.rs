@@ -258,7 +258,7 @@ mod tests {
     /// The line a bad profile's diagnostic points at, and its message.
     fn bad(text: &str) -> (usize, String) {
         let d = parse(text).expect_err("accepted");
-        (d.line, d.to_string())
+        (d.line(), d.to_string())
     }
 
     #[test]

@@ -328,7 +328,7 @@ mod tests {
 
     fn bad(text: &str) -> (usize, String) {
         let d = parse(text).expect_err("accepted");
-        (d.line, d.to_string())
+        (d.line(), d.to_string())
     }
 
     #[test]
