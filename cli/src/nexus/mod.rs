@@ -2,6 +2,7 @@
 //! it mounts the store as the `/Programs` tree (`nexus mount`, `nexus
 //! umount`).
 
+mod build;
 mod daemon;
 mod index;
 mod mounts;
@@ -132,6 +133,10 @@ pub enum Command {
     /// Signing keys and trusted keys (the same key store as `nip key`).
     #[command(subcommand)]
     Key(crate::keys::KeyCommand),
+
+    /// Build a system profile into a generation (and a signed image).
+    #[command(long_about = build::LONG_ABOUT)]
+    Build(build::BuildArgs),
 }
 
 /// Sets up `tracing`: to `file` if given, else to stderr. The level comes
@@ -228,6 +233,12 @@ pub fn run(cli: Cli) -> Result<i32> {
             let store = cli.store.unwrap_or_else(default_store_dir);
             let keys = cli.keys.unwrap_or_else(|| default_keys_dir(&store));
             crate::keys::run(&keys, command)
+        }
+        Command::Build(args) => {
+            init_logging(cli.verbose, None);
+            let store = cli.store.unwrap_or_else(default_store_dir);
+            let keys = cli.keys.unwrap_or_else(|| default_keys_dir(&store));
+            build::run(&store, &keys, args)
         }
     }
 }

@@ -16,6 +16,7 @@ use serde_json::json;
 
 use super::output::{file_json, kind_name, lossy, mode_string, timestamp};
 use super::{Cli, Command};
+use crate::clock::source_date_epoch;
 use crate::exit;
 use crate::keys::default_keys_dir;
 use crate::location::default_store_dir;
@@ -358,18 +359,6 @@ fn pack(dir: &Path, keys_dir: &Path, spec: &str, output: &Path, key: Option<&str
         package.tree_hash
     );
     Ok(exit::OK)
-}
-
-/// The creation time to record: `SOURCE_DATE_EPOCH` when set (reproducible
-/// builds), otherwise now.
-fn source_date_epoch() -> Result<i64> {
-    match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")),
-        Err(_) => Ok(nexus_store::store::now_secs()),
-    }
 }
 
 fn list(dir: &Path, generation: Option<i64>, json: bool) -> Result<i32> {

@@ -1,0 +1,15 @@
+//! The time recorded in archives and images.
+
+use anyhow::{Context, Result};
+
+/// The creation time to record: `SOURCE_DATE_EPOCH` when set (reproducible
+/// builds), otherwise now.
+pub fn source_date_epoch() -> Result<i64> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")),
+        Err(_) => Ok(nexus_store::store::now_secs()),
+    }
+}
