@@ -376,6 +376,13 @@ fn bad_files_get_diagnostics_that_name_the_line() {
         )],
         &["hello.kdl:3:12", "unknown recipe kind `rpm`"],
     );
+    // A profile line whose recipe does not exist.
+    refused(
+        &store,
+        "profile \"bad\" {\n    package \"hello\" \"*\"\n    package \"jq\" \"*\" recipe=\"jq-nightly\"\n}\n",
+        &[hello],
+        &["bad.kdl:3:5", "no recipe `jq-nightly`"],
+    );
     // A directory recipe without a version.
     refused(
         &store,

@@ -64,7 +64,26 @@ pub fn build(
     let recipes: Vec<Recipe> = profile
         .entries
         .iter()
-        .map(|e| load_recipe(&options.recipes, &e.recipe))
+        .map(|e| {
+            load_recipe(&options.recipes, &e.recipe).map_err(|err| match err {
+                // A recipe that cannot be found is the profile line's
+                // problem: point at the line.
+                SystemError::Recipe(message) => profile
+                    .file
+                    .error(
+                        e.span,
+                        message,
+                        "no such recipe",
+                        Some(format!(
+                            "add {}/{}.kdl, or name another recipe with recipe=\"...\"",
+                            options.recipes.display(),
+                            e.recipe
+                        )),
+                    )
+                    .into(),
+                other => other,
+            })
+        })
         .collect::<Result<_>>()?;
     for (entry, recipe) in profile.entries.iter().zip(&recipes) {
         check_app(profile, entry, recipe)?;
@@ -369,6 +388,7 @@ fn check_staged(profile: &Profile, staged: &[StagedPackage]) -> std::result::Res
 
 fn apps(profile: &Profile) -> String {
     let mut names: Vec<&str> = profile.entries.iter().map(|e| e.app.as_str()).collect();
+    names.sort_unstable();
     names.dedup();
     names.join(", ")
 }
