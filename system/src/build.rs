@@ -392,3 +392,69 @@ fn apps(profile: &Profile) -> String {
     names.dedup();
     names.join(", ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diag::SourceFile;
+    use nexus_store::tree::Tree;
+
+    fn profile(text: &str) -> Profile {
+        Profile::parse(SourceFile::new("profiles/p.kdl", text)).unwrap()
+    }
+
+    fn staged(spec: &str) -> StagedPackage {
+        let (name, version) = spec.split_once('/').unwrap();
+        StagedPackage {
+            name: name.into(),
+            version: version.into(),
+            origin: format!("deb:/cache/{name}.deb"),
+            metadata: "{}".into(),
+            tree: Tree::default(),
+        }
+    }
+
+    #[test]
+    fn staged_packages_must_be_the_profile() {
+        let p = profile(
+            "profile \"p\" {\n  package \"hello\" \"= 2.10-3\" current=#true\n  package \"hello\" \"= 2.10-6\"\n  package \"jq\" \">= 1.6\"\n}\n",
+        );
+        let ok = [
+            staged("hello/2.10-3"),
+            staged("hello/2.10-6"),
+            staged("jq/1.6-2.1"),
+        ];
+        assert_eq!(check_staged(&p, &ok), Ok(()));
+
+        let old_jq = [
+            staged("hello/2.10-3"),
+            staged("hello/2.10-6"),
+            staged("jq/1.5"),
+        ];
+        let err = check_staged(&p, &old_jq).unwrap_err();
+        assert!(
+            err.contains("package `jq` does not satisfy `>= 1.6`"),
+            "{err}"
+        );
+        assert!(
+            err.contains("profiles/p.kdl:4") && err.contains("jq/1.5 (from deb:/cache/jq.deb)"),
+            "{err}"
+        );
+
+        let stranger = [
+            staged("hello/2.10-3"),
+            staged("hello/2.10-6"),
+            staged("jq/1.6"),
+            staged("sed/4.9"),
+        ];
+        let err = check_staged(&p, &stranger).unwrap_err();
+        assert!(
+            err.contains("sed/4.9") && err.contains("not in profile `p`"),
+            "{err}"
+        );
+
+        let missing = [staged("hello/2.10-3"), staged("jq/1.6")];
+        let err = check_staged(&p, &missing).unwrap_err();
+        assert!(err.contains("does not satisfy `= 2.10-6`"), "{err}");
+    }
+}

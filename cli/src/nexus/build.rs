@@ -58,7 +58,7 @@ pub struct BuildArgs {
     pub output: Option<PathBuf>,
 
     /// The signing key of the image (`nexus key generate NAME`).
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", requires = "output")]
     pub key: Option<String>,
 
     /// The image's snapshot counter. Stores refuse to switch to an image
@@ -126,7 +126,6 @@ pub fn run(store_dir: &Path, keys_dir: &Path, args: BuildArgs) -> Result<i32> {
     let signer = args
         .key
         .as_deref()
-        .filter(|_| args.output.is_some())
         .map(|name| KeyStore::new(keys_dir).secret(name))
         .transpose()?;
     let profile = match locate::load_profile(&profiles, &args.profile) {
