@@ -156,7 +156,7 @@ fn signed_packages_move_between_stores_with_their_tree_hash() {
 /// payload, the body, each manifest field, the signature and the end mark.
 fn tamper_offsets(bytes: &[u8]) -> Vec<(usize, &'static str)> {
     let len = bytes.len();
-    let manifest = len - 232;
+    let manifest = len - 264;
     let body_offset =
         u64::from_le_bytes(bytes[manifest + 64..manifest + 72].try_into().unwrap()) as usize;
     vec![
@@ -177,8 +177,9 @@ fn tamper_offsets(bytes: &[u8]) -> Vec<(usize, &'static str)> {
         (manifest + 70, "manifest body offset"),
         (manifest + 90, "manifest content hash"),
         (manifest + 120, "manifest root hash"),
-        (manifest + 150, "manifest reserved"),
-        (manifest + 170, "signature"),
+        (manifest + 150, "manifest body hash"),
+        (manifest + 180, "manifest reserved"),
+        (manifest + 200, "signature"),
         (len - 3, "end magic"),
     ]
 }
@@ -234,7 +235,7 @@ fn altered_or_truncated_archives_are_refused() {
         32,
         100,
         bytes.len() / 2,
-        bytes.len() - 233,
+        bytes.len() - 265,
         bytes.len() - 1,
     ] {
         let file = scratch.join(format!("cut-{cut}.npk"));

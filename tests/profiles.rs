@@ -276,6 +276,19 @@ fn every_profile_builds_and_reuses_what_is_stored() {
             "3",
         ],
     );
+    // Without --counter, the next of the key's counters, as nexus snapshot.
+    let again = build_ok(
+        &store,
+        "micro",
+        &cache,
+        &[
+            "-o",
+            scratch.join("micro2.img").to_str().unwrap(),
+            "--key",
+            "builder",
+        ],
+    );
+    assert_eq!(again["image"]["counter"], 4, "{again}");
     let other = Store::init();
     let trusted = fs::read_dir(store.path().join("keys/trusted"))
         .unwrap()

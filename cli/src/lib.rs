@@ -1,8 +1,7 @@
 //! Shared plumbing of the `nip` and `nexus` binaries: where the store lives,
-//! progress bars, exit codes, the clock of archives, and the key commands
-//! both share.
+//! progress bars, exit codes, and the key commands both share.
 
-pub mod clock;
+pub mod epoch;
 pub mod exit;
 pub mod keys;
 pub mod location;

@@ -41,4 +41,4 @@ pub use attr::{Attr, Entry, FsStats, Kind, Listing};
 pub use changes::{Changes, Invalidation};
 pub use error::{Result, ViewError};
 pub use index::{Index, IndexChanges};
-pub use view::{CURRENT, GenerationChoice, View, ViewOptions};
+pub use view::{CONTENT_HASH_XATTR, CURRENT, GenerationChoice, View, ViewOptions};

@@ -229,6 +229,18 @@ fn package_trees_read_back_exactly() {
         view.getxattr(readme.attr.ino, b"user.other"),
         Err(ViewError::NoXattr)
     ));
+    // The recorded content hash, answered but not listed.
+    let hash = view
+        .getxattr(readme.attr.ino, b"user.nexus.blake3")
+        .unwrap();
+    let content = view
+        .read_inode(readme.attr.ino, 0, readme.attr.size as u32)
+        .unwrap();
+    assert_eq!(hash, nexus_store::Hash::of(&content).to_hex().into_bytes());
+    assert!(matches!(
+        view.getxattr(ino::ROOT, b"user.nexus.blake3"),
+        Err(ViewError::NoXattr)
+    ));
     // No label kept: "not supported", so `ls -l` stops asking per file.
     let label = view.getxattr(readme.attr.ino, b"security.selinux");
     assert!(matches!(label, Err(ViewError::XattrUnsupported)));

@@ -92,6 +92,9 @@ impl Default for ViewOptions {
 
 /// Inode rows kept in memory after a listing or lookup.
 const INODE_CACHE_ITEMS: usize = 65_536;
+/// The attribute answering a regular file's BLAKE3 (64 lowercase hex
+/// digits), as the store recorded it: not listed, never stored.
+pub const CONTENT_HASH_XATTR: &[u8] = b"user.nexus.blake3";
 /// The SELinux label attribute (see [`View::getxattr`]).
 const SELINUX_XATTR: &[u8] = b"security.selinux";
 /// Bytes of chunk layouts kept for files opened again.
@@ -594,7 +597,17 @@ impl View {
     /// support labels; then it stops asking for the whole mount. That alone
     /// made a warm `ls -lR` several times slower than on a local disk.
     pub fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>> {
-        let value = self.xattr_row(ino)?.and_then(|row| {
+        let row = self.xattr_row(ino)?;
+        if name == CONTENT_HASH_XATTR {
+            // Not listed by listxattr (the tree stays as packaged), but
+            // answered: the hash the store recorded, for clients that
+            // verify what they read (Rumk guests over virtio-fs).
+            return match row.as_ref().and_then(|r| r.content) {
+                Some(hash) => Ok(hash.to_hex().into_bytes()),
+                None => Err(ViewError::NoXattr),
+            };
+        }
+        let value = row.and_then(|row| {
             row.xattrs
                 .iter()
                 .find(|(n, _)| n == name)

@@ -113,45 +113,49 @@ pub fn stage(
             "--name/--version apply to an archive of one package".into(),
         )));
     }
-    let mut staged = Vec::new();
+    // Which contents the packages use (the body holds no others, but only
+    // what is used is stored), stored in block order: each block of the
+    // archive is then decoded about once.
+    let mut used = HashSet::new();
     for package in &archive.body.packages {
         check_limits(package, limits).map_err(&refused)?;
-        let mut stored = HashSet::new();
         for inode in &package.tree.inodes {
-            let InodeKind::File {
+            if let InodeKind::File {
                 content: Some(hash),
                 ..
             } = &inode.kind
-            else {
-                continue;
-            };
-            if !stored.insert(*hash) {
-                continue;
+            {
+                used.insert(*hash);
             }
-            let blob = archive
-                .body
-                .blob(hash)
-                .ok_or_else(|| refused(Problem::Corrupt(format!("content {hash} missing"))))?;
-            let mut reader = archive.blob_reader(blob);
-            let file = producer
-                .add(&mut reader, blob.size, &|n| progress.advance(n))
-                .map_err(|e| match e {
-                    nexus_store::chunker::ChunkError::Io(io) => GraftError::Npk {
-                        file: path.to_path_buf(),
-                        error: NpkError::Damaged(io.to_string()),
-                    },
-                    nexus_store::chunker::ChunkError::Sink(msg) => {
-                        GraftError::Store(nexus_store::StoreError::Invalid(msg))
-                    }
-                })?;
-            if file.hash != *hash || file.size != blob.size {
-                return Err(refused(Problem::Corrupt(format!(
-                    "content {hash} reads back as {} ({} bytes)",
-                    file.hash, file.size
-                ))));
-            }
-            contents.push(file);
         }
+    }
+    for blob in archive.blobs_in_block_order() {
+        if !used.contains(&blob.hash) {
+            continue;
+        }
+        let hash = &blob.hash;
+        let mut reader = archive.blob_reader(blob);
+        let file = producer
+            .add(&mut reader, blob.size, &|n| progress.advance(n))
+            .map_err(|e| match e {
+                nexus_store::chunker::ChunkError::Io(io) => GraftError::Npk {
+                    file: path.to_path_buf(),
+                    error: NpkError::Damaged(io.to_string()),
+                },
+                nexus_store::chunker::ChunkError::Sink(msg) => {
+                    GraftError::Store(nexus_store::StoreError::Invalid(msg))
+                }
+            })?;
+        if file.hash != *hash || file.size != blob.size {
+            return Err(refused(Problem::Corrupt(format!(
+                "content {hash} reads back as {} ({} bytes)",
+                file.hash, file.size
+            ))));
+        }
+        contents.push(file);
+    }
+    let mut staged = Vec::new();
+    for package in &archive.body.packages {
         let name = request.name.clone().unwrap_or_else(|| package.name.clone());
         let version = request
             .version

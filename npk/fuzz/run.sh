@@ -38,7 +38,7 @@ seed() {
     python3 - "$work/signed.npk" corpus/body <<'PY'
 import struct, sys
 data = open(sys.argv[1], 'rb').read()
-m = len(data) - 232
+m = len(data) - 264
 off, ln = struct.unpack('<QQ', data[m + 64:m + 80])
 open(sys.argv[2] + '/body.zst', 'wb').write(data[off:off + ln])
 open(sys.argv[2] + '/trailer', 'wb').write(data[m:])

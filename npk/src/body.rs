@@ -14,6 +14,7 @@ use std::io::Read;
 
 use nexus_store::Hash;
 use nexus_store::names::{check_name, check_version};
+use nexus_store::params::BLOCK_MAX_RAW;
 use nexus_store::tree::{Entry, Inode, InodeKind, Tree, decode_xattrs, encode_xattrs};
 
 use crate::error::FormatError;
@@ -212,11 +213,13 @@ impl Body {
                     c.hash
                 )));
             }
-            if u64::from(c.inner) + u64::from(c.len) > u64::from(c.block_len) * 1024 {
-                // A block decodes to at most 4 MiB and is at least a header
-                // long, so this only rules out absurd values early; the
-                // block decoder checks the rest.
-                return Err(malformed(format!("chunk {}: absurd inner offset", c.hash)));
+            // A block decodes to at most BLOCK_MAX_RAW bytes; the block
+            // decoder checks the rest when the chunk is read.
+            if u64::from(c.inner) + u64::from(c.len) > BLOCK_MAX_RAW as u64 {
+                return Err(malformed(format!(
+                    "chunk {}: extends past the largest block",
+                    c.hash
+                )));
             }
         }
         let mut blob_sizes = HashMap::new();

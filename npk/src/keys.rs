@@ -270,6 +270,41 @@ impl KeyStore {
         })
     }
 
+    /// The snapshot counter to sign the next image with key NAME: `explicit`
+    /// if given (at least 1), else one more than the highest this key store
+    /// has used; the highest is recorded (`KEYS/secret/NAME.counter`) so
+    /// that counters only go up.
+    pub fn take_counter(&self, name: &str, explicit: Option<u64>) -> Result<u64> {
+        check_name(name)?;
+        let path = self.dir.join("secret").join(format!("{name}.counter"));
+        let used = match fs::read_to_string(&path) {
+            Ok(text) => text
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| NpkError::Key(format!("{}: not a counter", path.display())))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(NpkError::io(&path, e)),
+        };
+        let counter = match explicit {
+            Some(0) => return Err(NpkError::Key("image counters start at 1".into())),
+            Some(n) => n,
+            None => used
+                .checked_add(1)
+                .ok_or_else(|| NpkError::Key("the counter of this key is exhausted".into()))?,
+        };
+        if counter > used {
+            let dir = self.ensure_dir("secret", 0o700)?;
+            let tmp = dir.join(format!(".{name}.counter.tmp{}", std::process::id()));
+            let mut f = File::create(&tmp).map_err(|e| NpkError::io(&tmp, e))?;
+            f.write_all(format!("{counter}\n").as_bytes())
+                .and_then(|_| f.sync_all())
+                .map_err(|e| NpkError::io(&tmp, e))?;
+            fs::rename(&tmp, &path).map_err(|e| NpkError::io(&path, e))?;
+            sync_dir(&dir)?;
+        }
+        Ok(counter)
+    }
+
     /// Trusts the public key in `file`. Refuses a revoked key.
     pub fn trust(&self, file: &Path) -> Result<PublicKey> {
         let text = fs::read_to_string(file).map_err(|e| NpkError::io(file, e))?;

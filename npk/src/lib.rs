@@ -10,8 +10,10 @@
 //! - [`manifest`] is the fixed header, manifest and trailer;
 //! - [`body`] is the variable part, validated as it is decoded;
 //! - [`write`] packs packages of a store; [`read`] opens and verifies;
+//! - [`adopt`] makes a throw-away store that serves an image in place;
 //! - [`keys`] is the key store shared by `nip key` and `nexus key`.
 
+pub mod adopt;
 pub mod body;
 pub mod error;
 pub mod keys;
@@ -23,5 +25,5 @@ pub mod write;
 pub use error::{FormatError, NpkError, TrustError};
 pub use keys::{KeyStore, PublicKey, SecretKey, TrustSet};
 pub use manifest::{ArchiveKind, Manifest};
-pub use read::{Archive, Policy, Signer, is_archive};
+pub use read::{Archive, Check, Policy, Signer, is_archive};
 pub use write::{Member, WriteOptions, Written, write_archive};

@@ -17,7 +17,7 @@ pub const VERSION: u32 = 1;
 /// Header length.
 pub const HEADER_LEN: u64 = 32;
 /// Manifest length.
-pub const MANIFEST_LEN: usize = 160;
+pub const MANIFEST_LEN: usize = 192;
 /// Signature length.
 pub const SIGNATURE_LEN: usize = 64;
 /// Trailer length: manifest, signature, end magic.
@@ -111,6 +111,9 @@ pub struct Manifest {
     pub content_hash: Hash,
     /// The root hash: what the archive holds (see `crate::body::root_hash`).
     pub root: Hash,
+    /// BLAKE3 of the body as stored (compressed): lets a reader trust the
+    /// body, and with it every chunk list, without hashing the whole file.
+    pub body_hash: Hash,
 }
 
 impl Manifest {
@@ -119,7 +122,7 @@ impl Manifest {
         self.signer == [0; 32]
     }
 
-    /// The 160 bytes that are signed.
+    /// The 192 bytes that are signed.
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::default();
         w.raw(MANIFEST_MAGIC);
@@ -132,6 +135,7 @@ impl Manifest {
         w.u64(self.body_len);
         w.hash(&self.content_hash);
         w.hash(&self.root);
+        w.hash(&self.body_hash);
         w.raw(&[0; 16]);
         debug_assert_eq!(w.buf.len(), MANIFEST_LEN);
         w.buf
@@ -159,6 +163,7 @@ impl Manifest {
             body_len: r.u64("body length")?,
             content_hash: r.hash("content hash")?,
             root: r.hash("root hash")?,
+            body_hash: r.hash("body hash")?,
         };
         if r.take(16, "reserved")?.iter().any(|&b| b != 0) {
             return Err(FormatError::Malformed(
@@ -211,6 +216,7 @@ mod tests {
             body_len: 77,
             content_hash: Hash::of(b"a"),
             root: Hash::of(b"b"),
+            body_hash: Hash::of(b"c"),
         };
         let bytes = m.encode();
         assert_eq!(bytes.len(), MANIFEST_LEN);

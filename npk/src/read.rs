@@ -5,6 +5,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use ed25519_dalek::{Signature, VerifyingKey};
 use nexus_store::Hash;
@@ -27,6 +28,16 @@ pub enum Policy<'a> {
     Insecure,
 }
 
+/// How much of the file [`Archive::open`] hashes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Check {
+    /// Every byte against the signed content hash (importing, `verify`).
+    Full,
+    /// The manifest, body and root hash only; chunks are verified as they
+    /// are read (serving an image without reading it all first).
+    Manifest,
+}
+
 /// Who signed an accepted archive.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Signer {
@@ -41,6 +52,10 @@ pub enum Signer {
 pub struct Archive {
     file: File,
     path: PathBuf,
+    /// The block decoded last, shared by every [`BlobReader`]: contents
+    /// read in block order (see [`Archive::blobs_in_block_order`]) decode
+    /// each block once.
+    last_block: Mutex<Option<(u64, Arc<Block>)>>,
     /// The manifest.
     pub manifest: Manifest,
     /// The decoded body.
@@ -67,6 +82,12 @@ impl Archive {
     /// Opens `path`: checks the format, the signature against `policy`,
     /// the hash of every byte the manifest covers, and decodes the body.
     pub fn open(path: &Path, policy: Policy<'_>) -> Result<Archive> {
+        Archive::open_with(path, policy, Check::Full)
+    }
+
+    /// Opens `path` as [`Archive::open`] does, hashing as much as `check`
+    /// says.
+    pub fn open_with(path: &Path, policy: Policy<'_>, check: Check) -> Result<Archive> {
         let file = File::open(path).map_err(|e| NpkError::io(path, e))?;
         let len = file.metadata().map_err(|e| NpkError::io(path, e))?.len();
         let mut header = [0u8; HEADER_LEN as usize];
@@ -116,26 +137,16 @@ impl Archive {
             },
         };
 
-        // Every byte before the trailer, hashed in one pass; the body is
-        // kept on the way.
-        let mut hasher = blake3::Hasher::new();
-        let mut body_frame = Vec::with_capacity(manifest.body_len.min(1 << 30) as usize);
-        let mut buf = vec![0u8; 1 << 20];
-        let mut pos = 0u64;
-        while pos < content_len {
-            let n = (content_len - pos).min(buf.len() as u64) as usize;
-            read_at(&file, path, &mut buf[..n], pos)?;
-            hasher.update(&buf[..n]);
-            let end = pos + n as u64;
-            if end > manifest.body_offset {
-                let from = manifest.body_offset.saturating_sub(pos) as usize;
-                body_frame.extend_from_slice(&buf[from..n]);
-            }
-            pos = end;
-        }
-        if Hash::from(hasher.finalize()) != manifest.content_hash {
+        let body_frame = if check == Check::Full {
+            hash_content(&file, path, &manifest, content_len, policy)?
+        } else {
+            let mut frame = vec![0u8; manifest.body_len.min(content_len) as usize];
+            read_at(&file, path, &mut frame, manifest.body_offset)?;
+            frame
+        };
+        if Hash::of(&body_frame) != manifest.body_hash {
             let problem =
-                TrustError::Tampered("its bytes do not match the signed content hash".into());
+                TrustError::Tampered("its body does not match the signed body hash".into());
             match policy {
                 Policy::Trusted(_) => return Err(problem.into()),
                 Policy::Insecure => tracing::warn!("{}: {problem}", path.display()),
@@ -164,6 +175,7 @@ impl Archive {
         Ok(Archive {
             file,
             path: path.to_path_buf(),
+            last_block: Mutex::new(None),
             manifest,
             body,
             signer,
@@ -181,15 +193,36 @@ impl Archive {
             archive: self,
             blob,
             next: 0,
-            block: None,
             chunk: Vec::new(),
             pos: 0,
         }
     }
 
-    /// Reads and decodes the block at `offset` (verified chunk by chunk
-    /// when taken out).
-    fn read_block(&self, offset: u64, block_len: u32) -> Result<Block> {
+    /// The archive's contents ordered by where their first chunk is, so
+    /// that reading them one after another decodes each block about once.
+    pub fn blobs_in_block_order(&self) -> Vec<&BodyBlob> {
+        let mut blobs: Vec<&BodyBlob> = self.body.blobs.iter().collect();
+        blobs.sort_by_key(|b| {
+            b.chunks.first().map(|&i| {
+                (
+                    self.body.chunks[i as usize].offset,
+                    self.body.chunks[i as usize].inner,
+                )
+            })
+        });
+        blobs
+    }
+
+    /// The decoded block at `offset` (verified chunk by chunk when taken
+    /// out), from the one-block cache or the file.
+    fn block(&self, offset: u64, block_len: u32) -> Result<Arc<Block>> {
+        let mut last = self.last_block.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((o, block)) = last.as_ref()
+            && *o == offset
+        {
+            return Ok(block.clone());
+        }
+        *last = None;
         if block_len as usize > BLOCK_MAX_RAW * 2 + (1 << 20) {
             return Err(NpkError::Damaged(format!(
                 "block at {offset}: absurd length {block_len}"
@@ -197,8 +230,47 @@ impl Archive {
         }
         let mut buf = vec![0u8; block_len as usize];
         read_at(&self.file, &self.path, &mut buf, offset)?;
-        decode_block(&buf).map_err(|why| NpkError::Damaged(format!("block at {offset}: {why}")))
+        let block = Arc::new(
+            decode_block(&buf)
+                .map_err(|why| NpkError::Damaged(format!("block at {offset}: {why}")))?,
+        );
+        *last = Some((offset, block.clone()));
+        Ok(block)
     }
+}
+
+/// Hashes every byte before the trailer against the manifest's content
+/// hash, in one pass that keeps the body on the way.
+fn hash_content(
+    file: &File,
+    path: &Path,
+    manifest: &Manifest,
+    content_len: u64,
+    policy: Policy<'_>,
+) -> Result<Vec<u8>> {
+    let mut hasher = blake3::Hasher::new();
+    let mut body_frame = Vec::with_capacity(manifest.body_len.min(1 << 30) as usize);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = 0u64;
+    while pos < content_len {
+        let n = (content_len - pos).min(buf.len() as u64) as usize;
+        read_at(file, path, &mut buf[..n], pos)?;
+        hasher.update(&buf[..n]);
+        let end = pos + n as u64;
+        if end > manifest.body_offset {
+            let from = manifest.body_offset.saturating_sub(pos) as usize;
+            body_frame.extend_from_slice(&buf[from..n]);
+        }
+        pos = end;
+    }
+    if Hash::from(hasher.finalize()) != manifest.content_hash {
+        let problem = TrustError::Tampered("its bytes do not match the signed content hash".into());
+        match policy {
+            Policy::Trusted(_) => return Err(problem.into()),
+            Policy::Insecure => tracing::warn!("{}: {problem}", path.display()),
+        }
+    }
+    Ok(body_frame)
 }
 
 fn check_signature(
@@ -244,7 +316,6 @@ pub struct BlobReader<'a> {
     archive: &'a Archive,
     blob: &'a BodyBlob,
     next: usize,
-    block: Option<(u64, Block)>,
     chunk: Vec<u8>,
     pos: usize,
 }
@@ -256,13 +327,7 @@ impl BlobReader<'_> {
         };
         self.next += 1;
         let c = self.archive.body.chunks[index as usize];
-        if self.block.as_ref().map(|(o, _)| *o) != Some(c.offset) {
-            self.block = None;
-            self.block = Some((c.offset, self.archive.read_block(c.offset, c.block_len)?));
-        }
-        let Some((_, block)) = &self.block else {
-            return Ok(false);
-        };
+        let block = self.archive.block(c.offset, c.block_len)?;
         let loc = ChunkLocation {
             hash: c.hash,
             pack: self.archive.path.display().to_string(),

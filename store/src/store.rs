@@ -23,7 +23,7 @@ use crate::commit::{CommitOutcome, Membership, StagedPackage, commit_with};
 use crate::dirs::{ScannedDir, scan_dirs, stage_dirs};
 use crate::error::{Result, StoreError};
 use crate::generations;
-use crate::ingest::{FileContent, Session, run_session};
+use crate::ingest::{ContentBatch, FileContent, Session, run_session};
 use crate::lock::{INGEST_LOCK, StoreLock};
 use crate::names;
 use crate::pack::{Block, ChunkLocation, read_block, read_chunk};
@@ -283,6 +283,21 @@ impl Store {
         }
     }
 
+    /// Commits packages whose chunks are already in pack files that the
+    /// ingest pipeline did not write (an image file linked into `packs/`
+    /// to be served in place): `batch` names those packs, every chunk's
+    /// location and every content's chunk list. The caller guarantees the
+    /// packs are durable and immutable; one transaction, as every commit.
+    pub fn commit_batch(
+        &mut self,
+        staged: &[StagedPackage],
+        batch: &ContentBatch,
+        membership: &Membership,
+    ) -> Result<CommitOutcome> {
+        check_specs(staged.iter().map(|p| (p.name.as_str(), p.version.as_str())))?;
+        commit_with(&mut self.catalog, staged, batch, membership)
+    }
+
     /// Removes packages (`NAME` = every version, `NAME/VERSION` = one) from
     /// the installed set, as one new generation. Their data stays until gc.
     pub fn remove(&mut self, specs: &[String]) -> Result<i64> {
@@ -477,6 +492,27 @@ impl Store {
             reason: e,
         })?;
         read_block(&file, loc)
+    }
+
+    /// The block holding `loc` exactly as stored (header, table, payload),
+    /// not decoded or verified: for copying blocks verbatim into an
+    /// archive after checking them with [`crate::pack::decode_block`].
+    pub fn read_block_bytes(&self, loc: &ChunkLocation) -> Result<Vec<u8>> {
+        let file = self.pack_file(&loc.pack).map_err(|e| StoreError::Damaged {
+            chunk: loc.hash,
+            reason: e,
+        })?;
+        let mut buf = vec![0u8; loc.block_len as usize];
+        std::os::unix::fs::FileExt::read_exact_at(&*file, &mut buf, loc.offset).map_err(|e| {
+            StoreError::Damaged {
+                chunk: loc.hash,
+                reason: format!(
+                    "pack {} block at {}: read failed: {e}",
+                    loc.pack, loc.offset
+                ),
+            }
+        })?;
+        Ok(buf)
     }
 
     /// Reads and verifies one chunk.

@@ -14,7 +14,7 @@ use nexus_system::fetch::default_cache_dir;
 use nexus_system::{BuildOptions, Built, SystemError, locate};
 use serde_json::json;
 
-use crate::clock::source_date_epoch;
+use crate::epoch::source_date_epoch;
 use crate::exit;
 use crate::progress::Bar;
 
@@ -35,9 +35,10 @@ and is not in the profile is no longer in /Programs (`nip rollback`
 brings it back).
 
 With -o FILE, the generation is also written as a system image signed
-with --key (verify it with `nexus verify`, import it elsewhere with
-`nip add`). SOURCE_DATE_EPOCH, when set, is the image's creation time, so
-the same generation, key and --counter give the same bytes.
+with --key, exactly as `nexus snapshot` would write it (verify it with
+`nexus verify`, make it another machine's system with `nexus switch
+FILE`). SOURCE_DATE_EPOCH, when set, is the image's creation time, so the
+same generation, key and --counter give the same bytes.
 
 A bad profile or recipe is reported with its file, line and the spot
 underlined; nothing is fetched or stored then.
@@ -61,11 +62,11 @@ pub struct BuildArgs {
     #[arg(long, value_name = "NAME", requires = "output")]
     pub key: Option<String>,
 
-    /// The image's snapshot counter. Stores refuse to switch to an image
-    /// whose counter is lower than one they have seen from the same key, so
-    /// raise it with every image you ship.
-    #[arg(long, value_name = "N", default_value_t = 1)]
-    pub counter: u64,
+    /// The image's snapshot counter [default: one more than the last
+    /// this key signed, as `nexus snapshot`]. Stores refuse to switch to an
+    /// image whose counter is lower than one they accepted from the same key.
+    #[arg(long, value_name = "N", requires = "output")]
+    pub counter: Option<u64>,
 
     /// Profiles directory [default: `profiles/` of the nearest directory,
     /// from the current one upwards, that has one (the repository)].
@@ -156,7 +157,12 @@ pub fn run(store_dir: &Path, keys_dir: &Path, args: BuildArgs) -> Result<i32> {
     };
     let image = match (&args.output, &signer) {
         (Some(out), Some(key)) => {
-            let members = store.catalog().members(built.generation)?;
+            let counter = KeyStore::new(keys_dir).take_counter(&key.name, args.counter)?;
+            let mut members = store.catalog().members(built.generation)?;
+            // Deterministic order, whatever the catalog's (as nexus snapshot).
+            members.sort_by(|a, b| {
+                (&a.package.name, &a.package.version).cmp(&(&b.package.name, &b.package.version))
+            });
             let members: Vec<Member<'_>> = members
                 .iter()
                 .map(|m| Member {
@@ -170,13 +176,13 @@ pub fn run(store_dir: &Path, keys_dir: &Path, args: BuildArgs) -> Result<i32> {
                 out,
                 &WriteOptions {
                     kind: ArchiveKind::Image,
-                    counter: args.counter,
+                    counter,
                     created: source_date_epoch()?,
                     signer: Some(key),
                 },
             )
             .with_context(|| format!("writing the image {}", out.display()))?;
-            Some((out, written, key.public().id(), key.name.clone()))
+            Some((out, written, key.public().id(), key.name.clone(), counter))
         }
         _ => None,
     };
@@ -186,8 +192,8 @@ pub fn run(store_dir: &Path, keys_dir: &Path, args: BuildArgs) -> Result<i32> {
             .iter()
             .map(|p| json!({"spec": p.spec, "current": p.current, "reused": p.reused}))
             .collect();
-        let image = image.as_ref().map(|(out, w, id, _)| {
-            json!({"path": out, "bytes": w.bytes, "key": id, "counter": args.counter})
+        let image = image.as_ref().map(|(out, w, id, _, counter)| {
+            json!({"path": out, "bytes": w.bytes, "key": id, "counter": counter})
         });
         println!(
             "{}",
@@ -201,12 +207,11 @@ pub fn run(store_dir: &Path, keys_dir: &Path, args: BuildArgs) -> Result<i32> {
         );
     } else {
         print_built(&profile.name, &built);
-        if let Some((out, w, id, name)) = &image {
+        if let Some((out, w, id, name, counter)) = &image {
             println!(
-                "{}: system image, {} bytes, signed by {id} ({name}), counter {}",
+                "{}: system image, {} bytes, signed by {id} ({name}), counter {counter}",
                 out.display(),
-                w.bytes,
-                args.counter
+                w.bytes
             );
         }
     }

@@ -4,6 +4,7 @@
 
 mod build;
 mod daemon;
+mod image;
 mod index;
 mod mounts;
 mod serve;
@@ -88,8 +89,13 @@ pub enum Command {
         index: Option<PathBuf>,
         /// Show generation N (see `nip history`) instead of following the
         /// live one.
-        #[arg(long, value_name = "N")]
+        #[arg(long, value_name = "N", conflicts_with = "image")]
         generation: Option<i64>,
+        /// Serve the signed image FILE (from `nexus snapshot`) read-only,
+        /// without importing it: its signature and body are checked before
+        /// the mount appears, and every chunk as it is read.
+        #[arg(long, value_name = "FILE")]
+        image: Option<PathBuf>,
         /// Stay in the foreground (do not daemonize); log to stderr.
         #[arg(long)]
         foreground: bool,
@@ -134,6 +140,71 @@ pub enum Command {
     #[command(subcommand)]
     Key(crate::keys::KeyCommand),
 
+    /// Freeze a generation into one signed, self-contained image file.
+    ///
+    /// The image holds every package of the generation (trees, metadata,
+    /// every chunk) and its Current choices, under a manifest signed with
+    /// KEY: key id, a counter that only goes up per key (the next one, or
+    /// --counter), the creation time (SOURCE_DATE_EPOCH when set) and the
+    /// root hash. The same generation, key, --counter and SOURCE_DATE_EPOCH
+    /// give a byte-identical file. Other machines check it with `nexus
+    /// verify`, serve it with `nexus mount --image`, or make it their live
+    /// system with `nexus switch FILE`.
+    ///
+    /// Example: nexus snapshot --key admin -o system-42.img
+    Snapshot {
+        /// Freeze generation N (default: the live one).
+        #[arg(long, value_name = "N")]
+        generation: Option<i64>,
+        /// Signing key name (see `nexus key list`).
+        #[arg(long, value_name = "NAME")]
+        key: String,
+        /// Snapshot counter (default: one more than this key's last).
+        #[arg(long, value_name = "N")]
+        counter: Option<u64>,
+        /// Output file.
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+    },
+
+    /// Check an image or .npk: signature by a trusted, unrevoked key, every
+    /// hash (file, body, each chunk, each file content), and for images the
+    /// counter against the highest this store has accepted from the key.
+    ///
+    /// Exit codes: 0 good; 1 an older image (a downgrade or replay); 3
+    /// unsigned, untrusted, altered or damaged.
+    Verify {
+        /// The image or .npk file.
+        file: PathBuf,
+        /// Do not fail an image older than one already accepted.
+        #[arg(long)]
+        allow_downgrade: bool,
+        /// JSON report {file, ok, detail, kind, signer, counter, created, root, packages}.
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Make generation GEN, or the system in image FILE, the live one.
+    ///
+    /// One catalog transaction; every live mount then shows it within a
+    /// second, without a remount (files already open keep their bytes). An
+    /// image is checked like `nexus verify` and imported as exactly its
+    /// packages and Current choices; one whose counter is lower than the
+    /// highest accepted from its key is refused unless --allow-downgrade.
+    /// Switching to a retained generation is always allowed.
+    ///
+    /// Examples: nexus switch 7; nexus switch system-42.img
+    Switch {
+        /// A generation number (see `nip history`) or an image file.
+        target: String,
+        /// Accept an image older than one already accepted from its key.
+        #[arg(long)]
+        allow_downgrade: bool,
+    },
+
+    /// Go back to the generation before the live one (repeat to go further).
+    Rollback,
+
     /// Build a system profile into a generation (and a signed image).
     #[command(long_about = build::LONG_ABOUT)]
     Build(build::BuildArgs),
@@ -159,6 +230,13 @@ fn init_logging(verbose: u8, file: Option<File>) {
     }
 }
 
+/// The store directory and the key store directory the options name.
+fn store_and_keys(store: Option<PathBuf>, keys: Option<PathBuf>) -> (PathBuf, PathBuf) {
+    let store = store.unwrap_or_else(default_store_dir);
+    let keys = keys.unwrap_or_else(|| default_keys_dir(&store));
+    (store, keys)
+}
+
 /// Runs a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
@@ -166,6 +244,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             mountpoint,
             index,
             generation,
+            image,
             foreground,
             allow_other,
             threads,
@@ -173,7 +252,14 @@ pub fn run(cli: Cli) -> Result<i32> {
             pid_file,
             log_file,
         } => {
-            let store = cli.store.unwrap_or_else(default_store_dir);
+            let (store, keys) = store_and_keys(cli.store, cli.keys);
+            let image = match image {
+                Some(path) => Some(serve::ImageRequest {
+                    path: std::path::absolute(&path)?,
+                    trust: nexus_npk::KeyStore::new(&keys).trust_set()?,
+                }),
+                None => None,
+            };
             let mountpoint = serve::check_mountpoint(&mountpoint)?;
             let index = index
                 .map(|dir| index::check_index_dir(&dir, &mountpoint))
@@ -188,6 +274,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 threads: usize::from(threads),
                 cache_bytes: cache_mib.saturating_mul(1 << 20),
                 pid_file: pid_file.map(std::path::absolute).transpose()?,
+                image,
             };
             let log = log_file
                 .map(|path| {
@@ -228,16 +315,46 @@ pub fn run(cli: Cli) -> Result<i32> {
             mounts::umount(&mountpoint, lazy)?;
             Ok(exit::OK)
         }
+        Command::Snapshot {
+            generation,
+            key,
+            counter,
+            output,
+        } => {
+            init_logging(cli.verbose, None);
+            let (store, keys) = store_and_keys(cli.store, cli.keys);
+            image::snapshot(&store, &keys, generation, &key, counter, &output)
+        }
+        Command::Verify {
+            file,
+            allow_downgrade,
+            json,
+        } => {
+            init_logging(cli.verbose, None);
+            let (store, keys) = store_and_keys(cli.store, cli.keys);
+            image::verify(&store, &keys, &file, allow_downgrade, json)
+        }
+        Command::Switch {
+            target,
+            allow_downgrade,
+        } => {
+            init_logging(cli.verbose, None);
+            let (store, keys) = store_and_keys(cli.store, cli.keys);
+            image::switch(&store, &keys, &target, allow_downgrade)
+        }
+        Command::Rollback => {
+            init_logging(cli.verbose, None);
+            let (store, _) = store_and_keys(cli.store, cli.keys);
+            image::rollback(&store)
+        }
         Command::Key(command) => {
             init_logging(cli.verbose, None);
-            let store = cli.store.unwrap_or_else(default_store_dir);
-            let keys = cli.keys.unwrap_or_else(|| default_keys_dir(&store));
+            let (_, keys) = store_and_keys(cli.store, cli.keys);
             crate::keys::run(&keys, command)
         }
         Command::Build(args) => {
             init_logging(cli.verbose, None);
-            let store = cli.store.unwrap_or_else(default_store_dir);
-            let keys = cli.keys.unwrap_or_else(|| default_keys_dir(&store));
+            let (store, keys) = store_and_keys(cli.store, cli.keys);
             build::run(&store, &keys, args)
         }
     }

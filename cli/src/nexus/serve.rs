@@ -36,6 +36,37 @@ pub struct Request {
     pub cache_bytes: u64,
     /// Where to write the daemon's pid.
     pub pid_file: Option<PathBuf>,
+    /// Serve this signed image instead of the store (`--image`).
+    pub image: Option<ImageRequest>,
+}
+
+/// An image to serve in place, and the keys its signature must be by.
+#[derive(Debug)]
+pub struct ImageRequest {
+    /// The image file (absolute).
+    pub path: PathBuf,
+    /// Trusted and revoked keys.
+    pub trust: nexus_npk::TrustSet,
+}
+
+/// Checks `image` (signature, body and root hash; chunks are verified as
+/// they are read) and makes the throw-away store that serves it in place.
+/// The store lives in a temporary directory removed when the guard drops.
+fn adopt_image(image: &ImageRequest) -> Result<(PathBuf, tempfile::TempDir)> {
+    let archive = nexus_npk::Archive::open_with(
+        &image.path,
+        nexus_npk::Policy::Trusted(&image.trust),
+        nexus_npk::Check::Manifest,
+    )
+    .with_context(|| format!("checking the image {}", image.path.display()))?;
+    let dir = tempfile::Builder::new()
+        .prefix("nexus-image-")
+        .tempdir()
+        .context("creating the image's scratch store")?;
+    let store = dir.path().join("store");
+    nexus_npk::adopt::adopt(&archive, &store)
+        .with_context(|| format!("describing the image {}", image.path.display()))?;
+    Ok((store, dir))
 }
 
 /// The canonical path of `path`, which must be a directory.
@@ -139,8 +170,17 @@ pub fn serve(request: &Request, ready: Option<&mut Ready>) -> Result<()> {
         cache_bytes: request.cache_bytes,
         connections: request.threads + 1,
     };
-    let view = View::open(&request.store, options)
-        .with_context(|| format!("opening the store in {}", request.store.display()))?;
+    // An image is served through a scratch store describing it (removed
+    // when serving ends and `_scratch` drops).
+    let (store_dir, _scratch) = match &request.image {
+        Some(image) => {
+            let (dir, guard) = adopt_image(image)?;
+            (dir, Some(guard))
+        }
+        None => (request.store.clone(), None),
+    };
+    let view = View::open(&store_dir, options)
+        .with_context(|| format!("opening the store in {}", store_dir.display()))?;
     let view = Arc::new(view);
     let mount_options = MountOptions {
         allow_other: request.allow_other,
@@ -152,7 +192,7 @@ pub fn serve(request: &Request, ready: Option<&mut Ready>) -> Result<()> {
     let mut index = match &request.index {
         Some(dir) => Some(index::mount(
             view.clone(),
-            &request.store,
+            &store_dir,
             &request.mountpoint,
             dir,
             &mount_options,
@@ -183,9 +223,12 @@ pub fn serve(request: &Request, ready: Option<&mut Ready>) -> Result<()> {
         Some(dir) => format!(", its index on {}", dir.display()),
         None => String::new(),
     };
+    let source = match &request.image {
+        Some(image) => format!("image {}", image.path.display()),
+        None => format!("{shown} of {}", request.store.display()),
+    };
     let message = format!(
-        "mounted {shown} of {} on {}{indexed} (pid {})",
-        request.store.display(),
+        "mounted {source} on {}{indexed} (pid {})",
         request.mountpoint.display(),
         std::process::id()
     );

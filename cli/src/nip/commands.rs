@@ -16,7 +16,7 @@ use serde_json::json;
 
 use super::output::{file_json, kind_name, lossy, mode_string, timestamp};
 use super::{Cli, Command};
-use crate::clock::source_date_epoch;
+use crate::epoch::source_date_epoch;
 use crate::exit;
 use crate::keys::default_keys_dir;
 use crate::location::default_store_dir;

@@ -92,6 +92,17 @@ fn round_trip() {
 }
 
 #[test]
+fn highly_compressed_blocks_are_accepted() {
+    // A small stored block may decode to megabytes (zeros compress ~1:10^4).
+    let mut body = sample(&[vec![0u8; 40]]);
+    body.chunks[0].block_len = 100;
+    body.chunks[0].inner = 3 << 20;
+    assert!(Body::decode(&body.encode(), 32, 1000).is_ok());
+    body.chunks[0].inner = 5 << 20;
+    assert!(Body::decode(&body.encode(), 32, 1000).is_err());
+}
+
+#[test]
 fn hostile_bodies_are_refused() {
     let good = sample(&[b"a".to_vec()]);
     let check = |mutate: &dyn Fn(&mut Body), why: &str| {

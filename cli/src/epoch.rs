@@ -1,9 +1,8 @@
-//! The time recorded in archives and images.
+//! The creation time recorded in archives.
 
 use anyhow::{Context, Result};
 
-/// The creation time to record: `SOURCE_DATE_EPOCH` when set (reproducible
-/// builds), otherwise now.
+/// `SOURCE_DATE_EPOCH` when set (reproducible builds), otherwise now.
 pub fn source_date_epoch() -> Result<i64> {
     match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(v) => v
