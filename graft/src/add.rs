@@ -39,7 +39,15 @@ pub enum Source {
     Dir(AddDir),
     /// A package file.
     Archive(ArchiveRequest),
+    /// A package already in the store, `NAME/VERSION`, taken as it is
+    /// (nothing is read but its catalog rows): with
+    /// [`Membership::Exactly`], a profile build keeps what is stored.
+    Stored(String, String),
 }
+
+/// Checks the staged packages before they are committed; an `Err` (its
+/// text says why) refuses them all and leaves the store unchanged.
+pub type Accept<'a> = &'a dyn Fn(&[StagedPackage]) -> Result<(), String>;
 
 /// Options of [`add`].
 #[derive(Clone, Debug)]
@@ -75,14 +83,49 @@ pub fn add_as(
     store: &mut Store,
     sources: &[Source],
     options: AddOptions,
+    membership: Membership,
+    progress: &dyn Progress,
+) -> Result<CommitOutcome, GraftError> {
+    add_checked(store, sources, options, membership, &|_| Ok(()), progress)
+}
+
+/// As [`add_as`], with `accept` judging the staged packages (names,
+/// versions as the packages state them) before the commit: a profile
+/// build checks its version constraints against what was grafted.
+pub fn add_checked(
+    store: &mut Store,
+    sources: &[Source],
+    options: AddOptions,
     mut membership: Membership,
+    accept: Accept<'_>,
     progress: &dyn Progress,
 ) -> Result<CommitOutcome, GraftError> {
     let mut dirs = Vec::new();
     let mut archives = Vec::new();
     let mut npks = Vec::new();
+    let mut stored = Vec::new();
     for s in sources {
         match s {
+            Source::Stored(name, version) => {
+                let row = store
+                    .catalog()
+                    .package(name, version)?
+                    .ok_or_else(|| StoreError::NotFound(format!("{name}/{version}")))?;
+                // Its tree as stored: same tree hash, so the commit finds
+                // the package rather than inserting it (no content needed).
+                let (tree, _) =
+                    nexus_npk::write::package_tree(store, &row).map_err(|e| GraftError::Npk {
+                        file: PathBuf::from(row.spec()),
+                        error: e,
+                    })?;
+                stored.push(StagedPackage {
+                    name: row.name,
+                    version: row.version,
+                    origin: row.origin,
+                    metadata: row.metadata,
+                    tree,
+                });
+            }
             Source::Dir(d) => dirs.push(d.clone()),
             Source::Archive(a) => {
                 check_overrides(a)?;
@@ -164,6 +207,14 @@ pub fn add_as(
                 progress,
             )?);
         }
+        staged.extend(stored.iter().map(|p| StagedPackage {
+            name: p.name.clone(),
+            version: p.version.clone(),
+            origin: p.origin.clone(),
+            metadata: p.metadata.clone(),
+            tree: p.tree.clone(),
+        }));
+        accept(&staged).map_err(GraftError::Refused)?;
         Ok((staged, contents))
     })
 }

@@ -200,6 +200,10 @@ pub enum GraftError {
         /// Why.
         error: nexus_npk::NpkError,
     },
+    /// The caller refused the staged packages before the commit (a profile
+    /// build whose package misses its version constraint).
+    #[error("{0}")]
+    Refused(String),
     /// The store failed (this includes refused directories and names).
     #[error(transparent)]
     Store(#[from] StoreError),

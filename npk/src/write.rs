@@ -354,7 +354,7 @@ impl BlockWriter {
 
 /// A package's tree as the store holds it, and its files' (content, blob id)
 /// in canonical order.
-fn package_tree(store: &Store, package: &PackageRow) -> Result<(Tree, Vec<(Hash, i64)>)> {
+pub fn package_tree(store: &Store, package: &PackageRow) -> Result<(Tree, Vec<(Hash, i64)>)> {
     let walk = store.walk_package(package)?;
     let mut tree = Tree::default();
     let mut by_id: HashMap<i64, u32> = HashMap::new();

@@ -2,6 +2,7 @@
 //! it mounts the store as the `/Programs` tree (`nexus mount`, `nexus
 //! umount`).
 
+mod build;
 mod daemon;
 mod image;
 mod index;
@@ -203,6 +204,10 @@ pub enum Command {
 
     /// Go back to the generation before the live one (repeat to go further).
     Rollback,
+
+    /// Build a system profile into a generation (and a signed image).
+    #[command(long_about = build::LONG_ABOUT)]
+    Build(build::BuildArgs),
 }
 
 /// Sets up `tracing`: to `file` if given, else to stderr. The level comes
@@ -346,6 +351,11 @@ pub fn run(cli: Cli) -> Result<i32> {
             init_logging(cli.verbose, None);
             let (_, keys) = store_and_keys(cli.store, cli.keys);
             crate::keys::run(&keys, command)
+        }
+        Command::Build(args) => {
+            init_logging(cli.verbose, None);
+            let (store, keys) = store_and_keys(cli.store, cli.keys);
+            build::run(&store, &keys, args)
         }
     }
 }

@@ -374,6 +374,16 @@ impl Catalog {
             .optional()?)
     }
 
+    /// Every stored version of App `name`, whether or not any generation
+    /// still includes it (a profile build reuses one that fits).
+    pub fn packages_named(&self, name: &str) -> Result<Vec<PackageRow>> {
+        let sql =
+            format!("SELECT {PACKAGE_COLUMNS} FROM packages p WHERE p.name = ?1 ORDER BY p.id");
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map(params![name], package_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// One inode.
     pub fn inode(&self, id: i64) -> Result<Option<InodeRow>> {
         let sql = format!(

@@ -1,0 +1,460 @@
+//! Building a profile: resolve each line to a stored package or a recipe,
+//! graft what is missing, check the version constraints against what was
+//! grafted, and commit a generation of exactly the profile's packages.
+//!
+//! Everything is one store transaction (`nexus_graft::add::add_checked`
+//! with `Membership::Exactly`): a failed fetch, script or constraint
+//! leaves the store as it was.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use nexus_graft::AddOptions;
+use nexus_graft::add::{ArchiveRequest, Source, add_checked};
+use nexus_store::commit::{ExactSet, Membership, StagedPackage};
+use nexus_store::{AddDir, Progress, Store};
+
+use crate::error::{Result, SystemError};
+use crate::locate::load_recipe;
+use crate::profile::{Entry, Profile};
+use crate::recipe::{self, Recipe};
+use crate::{fetch, script, version};
+
+/// Where recipes and fetched packages are, and how to graft.
+pub struct BuildOptions {
+    /// The recipes directory.
+    pub recipes: PathBuf,
+    /// The cache of Debian packages fetched with apt.
+    pub cache: PathBuf,
+    /// Grafting options (threads, limits, whose `.npk` signatures count).
+    pub add: AddOptions,
+}
+
+/// One package of the built generation.
+#[derive(Clone, Debug)]
+pub struct BuiltPackage {
+    /// `NAME/VERSION`.
+    pub spec: String,
+    /// It is its App's `Current`.
+    pub current: bool,
+    /// It was already in the store and was not fetched or read again.
+    pub reused: bool,
+}
+
+/// What a build made.
+#[derive(Clone, Debug)]
+pub struct Built {
+    /// The generation holding exactly the profile's packages.
+    pub generation: i64,
+    /// False when the live generation already was exactly that.
+    pub new_generation: bool,
+    /// Its packages, by name.
+    pub packages: Vec<BuiltPackage>,
+}
+
+/// Builds `profile` into `store`.
+pub fn build(
+    store: &mut Store,
+    profile: &Profile,
+    options: &BuildOptions,
+    progress: &dyn Progress,
+) -> Result<Built> {
+    // Every recipe is read and checked before any work: a typo costs no
+    // download.
+    let recipes: Vec<Recipe> = profile
+        .entries
+        .iter()
+        .map(|e| {
+            load_recipe(&options.recipes, &e.recipe).map_err(|err| match err {
+                // A recipe that cannot be found is the profile line's
+                // problem: point at the line.
+                SystemError::Recipe(message) => profile
+                    .file
+                    .error(
+                        e.span,
+                        message,
+                        "no such recipe",
+                        Some(format!(
+                            "add {}/{}.kdl, or name another recipe with recipe=\"...\"",
+                            options.recipes.display(),
+                            e.recipe
+                        )),
+                    )
+                    .into(),
+                other => other,
+            })
+        })
+        .collect::<Result<_>>()?;
+    for (entry, recipe) in profile.entries.iter().zip(&recipes) {
+        check_app(profile, entry, recipe)?;
+    }
+
+    // What the store already has is reused; a fetched or built package
+    // needs its source made ready first (scripts first: they fail fastest).
+    let mut sources: Vec<Option<Source>> = vec![None; recipes.len()];
+    let mut reused = HashSet::new();
+    for (i, (entry, recipe)) in profile.entries.iter().zip(&recipes).enumerate() {
+        if let Some(v) = stored_version(store, profile, entry, recipe, &reused)? {
+            tracing::info!("{}/{v}: already stored, reused", entry.app);
+            reused.insert(format!("{}/{v}", entry.app));
+            sources[i] = Some(Source::Stored(entry.app.clone(), v));
+        }
+    }
+    let mut scratch = Vec::new(); // build scripts' outputs, kept until the commit
+    let order = (0..recipes.len())
+        .filter(|&i| matches!(recipes[i].source, recipe::Source::Script { .. }))
+        .chain(
+            (0..recipes.len())
+                .filter(|&i| !matches!(recipes[i].source, recipe::Source::Script { .. })),
+        );
+    for i in order.collect::<Vec<_>>() {
+        if sources[i].is_none() {
+            progress.phase(&format!("preparing {}", recipes[i].name));
+            sources[i] = Some(prepare(
+                &profile.entries[i],
+                &recipes[i],
+                options,
+                &mut scratch,
+            )?);
+        }
+    }
+    let sources: Vec<Source> = sources.into_iter().flatten().collect();
+
+    let membership = Membership::Exactly(ExactSet {
+        current: profile.current_pins(),
+        action: format!("build profile {}", profile.name),
+        counter: None,
+    });
+    let accept = |staged: &[StagedPackage]| check_staged(profile, staged);
+    let outcome = add_checked(
+        store,
+        &sources,
+        options.add.clone(),
+        membership,
+        &accept,
+        progress,
+    )?;
+    drop(scratch);
+    let (generation, new_generation) = match outcome.generation {
+        Some(g) => (g, true),
+        // The live generation already was exactly this set.
+        None => (
+            store
+                .catalog()
+                .current_generation()?
+                .ok_or_else(|| SystemError::Recipe("the store has no generation".into()))?,
+            false,
+        ),
+    };
+    let packages = store
+        .catalog()
+        .members(generation)?
+        .into_iter()
+        .map(|m| {
+            let spec = m.package.spec();
+            BuiltPackage {
+                reused: reused.contains(&spec),
+                current: m.current,
+                spec,
+            }
+        })
+        .collect();
+    Ok(Built {
+        generation,
+        new_generation,
+        packages,
+    })
+}
+
+/// The App a recipe makes, when known before grafting: its `app`, else a
+/// Debian package's name, else (directories, scripts) the recipe's name.
+/// A package file's name is only known once read (checked then).
+fn known_app(recipe: &Recipe) -> Option<&str> {
+    match (&recipe.app, &recipe.source) {
+        (Some(app), _) => Some(app),
+        (None, recipe::Source::Debian { package, .. }) => Some(package),
+        (None, recipe::Source::Dir { .. } | recipe::Source::Script { .. }) => Some(&recipe.name),
+        (None, recipe::Source::File { .. }) => None,
+    }
+}
+
+fn check_app(profile: &Profile, entry: &Entry, recipe: &Recipe) -> Result<()> {
+    match known_app(recipe) {
+        Some(app) if app != entry.app => Err(profile
+            .file
+            .error(
+                entry.span,
+                format!(
+                    "recipe `{}` ({}) makes App `{app}`, not `{}`",
+                    recipe.name,
+                    recipe.file.path.display(),
+                    entry.app
+                ),
+                "wrong recipe?",
+                Some(format!(
+                    "give the recipe app \"{}\", or name another recipe with recipe=\"...\"",
+                    entry.app
+                )),
+            )
+            .into()),
+        _ => Ok(()),
+    }
+}
+
+/// Drops a Debian epoch (`1:2.0` → `2.0`), as grafting does.
+fn without_epoch(v: &str) -> &str {
+    match v.split_once(':') {
+        Some((e, rest)) if e.bytes().all(|b| b.is_ascii_digit()) => rest,
+        _ => v,
+    }
+}
+
+/// The highest stored version of the entry's App that satisfies its
+/// constraint and the recipe's own version (if it names one), and that no
+/// other line took already.
+fn stored_version(
+    store: &Store,
+    profile: &Profile,
+    entry: &Entry,
+    recipe: &Recipe,
+    taken: &HashSet<String>,
+) -> Result<Option<String>> {
+    let pinned = recipe.version.as_deref().or(match &recipe.source {
+        recipe::Source::Debian { version, .. } => version.as_deref().map(without_epoch),
+        _ => None,
+    });
+    // Another line of the same App pins this version: leave it to that one.
+    let others: Vec<&str> = profile
+        .entries
+        .iter()
+        .filter(|e| e.app == entry.app && !std::ptr::eq(*e, entry))
+        .filter_map(|e| e.constraint.exact())
+        .collect();
+    Ok(store
+        .catalog()
+        .packages_named(&entry.app)?
+        .into_iter()
+        .map(|p| p.version)
+        .filter(|v| entry.constraint.matches(v))
+        .filter(|v| pinned.is_none_or(|p| p == v))
+        .filter(|v| !others.contains(&v.as_str()))
+        .filter(|v| !taken.contains(&format!("{}/{v}", entry.app)))
+        .max_by(|a, b| version::compare(a, b)))
+}
+
+/// Makes a recipe's source ready to graft: fetch, check or build it.
+fn prepare(
+    entry: &Entry,
+    recipe: &Recipe,
+    options: &BuildOptions,
+    scratch: &mut Vec<tempfile::TempDir>,
+) -> Result<Source> {
+    let archive = |path: PathBuf| {
+        Source::Archive(ArchiveRequest {
+            path,
+            name: recipe.app.clone(),
+            version: recipe.version.clone(),
+        })
+    };
+    let dir = |path: PathBuf| {
+        Source::Dir(AddDir {
+            path,
+            name: entry.app.clone(),
+            // The parser requires a version for directories and scripts.
+            version: recipe.version.clone().unwrap_or_default(),
+        })
+    };
+    let exists = |path: &Path| -> Result<()> {
+        if path.exists() {
+            Ok(())
+        } else {
+            Err(SystemError::Recipe(format!(
+                "recipe `{}` ({}): {} does not exist",
+                recipe.name,
+                recipe.file.path.display(),
+                path.display()
+            )))
+        }
+    };
+    Ok(match &recipe.source {
+        recipe::Source::Debian { package, version } => {
+            archive(fetch::fetch(&options.cache, package, version.as_deref())?)
+        }
+        recipe::Source::File { format, path } => {
+            exists(path)?;
+            let is_npk = nexus_graft::npk::looks_like_npk(path)?;
+            if is_npk != (format == "npk") {
+                return Err(SystemError::Recipe(format!(
+                    "recipe `{}` ({}): {} is {}a .npk archive, but the recipe says `{format}`",
+                    recipe.name,
+                    recipe.file.path.display(),
+                    path.display(),
+                    if is_npk { "" } else { "not " }
+                )));
+            }
+            archive(path.clone())
+        }
+        recipe::Source::Dir { path } => {
+            exists(path)?;
+            dir(path.clone())
+        }
+        recipe::Source::Script { path, workdir } => {
+            exists(workdir)?;
+            let tmp = tempfile::Builder::new()
+                .prefix("nexus-build-")
+                .tempdir()
+                .map_err(|e| SystemError::Io {
+                    path: std::env::temp_dir(),
+                    source: e,
+                })?;
+            let out = tmp.path().join("out");
+            std::fs::create_dir(&out).map_err(|e| SystemError::Io {
+                path: out.clone(),
+                source: e,
+            })?;
+            script::run(recipe, path, workdir, &out)?;
+            scratch.push(tmp);
+            dir(out)
+        }
+    })
+}
+
+/// The staged packages must be exactly the profile's: one per line, each
+/// of the line's App and within its constraint.
+fn check_staged(profile: &Profile, staged: &[StagedPackage]) -> std::result::Result<(), String> {
+    let mut by_app: BTreeMap<&str, Vec<&StagedPackage>> = BTreeMap::new();
+    for p in staged {
+        if !profile.entries.iter().any(|e| e.app == p.name) {
+            return Err(format!(
+                "{}/{} (from {}) is not in profile `{}`, which lists {}; give its recipe app \"NAME\"",
+                p.name,
+                p.version,
+                p.origin,
+                profile.name,
+                apps(profile)
+            ));
+        }
+        by_app.entry(&p.name).or_default().push(p);
+    }
+    for entry in &profile.entries {
+        let (line, _) = profile.file.line_col(entry.span.offset());
+        let at = format!("{}:{line}", profile.file.path.display());
+        let got = by_app.get(entry.app.as_str()).cloned().unwrap_or_default();
+        let fits: Vec<&&StagedPackage> = got
+            .iter()
+            .filter(|p| entry.constraint.matches(&p.version))
+            .collect();
+        match fits.as_slice() {
+            [_] => {}
+            [] => {
+                let what = got
+                    .iter()
+                    .map(|p| format!("{}/{} (from {})", p.name, p.version, p.origin))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                return Err(format!(
+                    "package `{}` does not satisfy `{}` ({at}, recipe `{}`): grafted {}",
+                    entry.app,
+                    entry.constraint,
+                    entry.recipe,
+                    if what.is_empty() {
+                        "nothing of that name".into()
+                    } else {
+                        what
+                    }
+                ));
+            }
+            _ => {
+                return Err(format!(
+                    "package `{}` `{}` ({at}) matches several grafted versions",
+                    entry.app, entry.constraint
+                ));
+            }
+        }
+    }
+    let lines_per_app = |app: &str| profile.entries.iter().filter(|e| e.app == app).count();
+    for (app, got) in by_app {
+        if got.len() != lines_per_app(app) {
+            return Err(format!(
+                "{} versions of `{app}` were grafted but profile `{}` lists {}",
+                got.len(),
+                profile.name,
+                lines_per_app(app)
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn apps(profile: &Profile) -> String {
+    let mut names: Vec<&str> = profile.entries.iter().map(|e| e.app.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    names.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diag::SourceFile;
+    use nexus_store::tree::Tree;
+
+    fn profile(text: &str) -> Profile {
+        Profile::parse(SourceFile::new("profiles/p.kdl", text)).unwrap()
+    }
+
+    fn staged(spec: &str) -> StagedPackage {
+        let (name, version) = spec.split_once('/').unwrap();
+        StagedPackage {
+            name: name.into(),
+            version: version.into(),
+            origin: format!("deb:/cache/{name}.deb"),
+            metadata: "{}".into(),
+            tree: Tree::default(),
+        }
+    }
+
+    #[test]
+    fn staged_packages_must_be_the_profile() {
+        let p = profile(
+            "profile \"p\" {\n  package \"hello\" \"= 2.10-3\" current=#true\n  package \"hello\" \"= 2.10-6\"\n  package \"jq\" \">= 1.6\"\n}\n",
+        );
+        let ok = [
+            staged("hello/2.10-3"),
+            staged("hello/2.10-6"),
+            staged("jq/1.6-2.1"),
+        ];
+        assert_eq!(check_staged(&p, &ok), Ok(()));
+
+        let old_jq = [
+            staged("hello/2.10-3"),
+            staged("hello/2.10-6"),
+            staged("jq/1.5"),
+        ];
+        let err = check_staged(&p, &old_jq).unwrap_err();
+        assert!(
+            err.contains("package `jq` does not satisfy `>= 1.6`"),
+            "{err}"
+        );
+        assert!(
+            err.contains("profiles/p.kdl:4") && err.contains("jq/1.5 (from deb:/cache/jq.deb)"),
+            "{err}"
+        );
+
+        let stranger = [
+            staged("hello/2.10-3"),
+            staged("hello/2.10-6"),
+            staged("jq/1.6"),
+            staged("sed/4.9"),
+        ];
+        let err = check_staged(&p, &stranger).unwrap_err();
+        assert!(
+            err.contains("sed/4.9") && err.contains("not in profile `p`"),
+            "{err}"
+        );
+
+        let missing = [staged("hello/2.10-3"), staged("jq/1.6")];
+        let err = check_staged(&p, &missing).unwrap_err();
+        assert!(err.contains("does not satisfy `= 2.10-6`"), "{err}");
+    }
+}

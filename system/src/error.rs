@@ -1,0 +1,73 @@
+//! What can go wrong while building a system.
+
+use std::path::PathBuf;
+
+use crate::diag::Diag;
+
+/// Errors of `nexus-system`.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum SystemError {
+    /// A profile or recipe file is wrong, at a place in it.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Kdl(Diag),
+    /// A file or directory could not be read.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No such profile.
+    #[error("no profile `{name}` in {} (profiles there: {available})", dir.display())]
+    NoProfile {
+        /// The name asked for.
+        name: String,
+        /// Where profiles were looked for.
+        dir: PathBuf,
+        /// The profiles there, comma-separated.
+        available: String,
+    },
+    /// A profile line names a recipe that does not exist (or two files of
+    /// that name).
+    #[error("{0}")]
+    Recipe(String),
+    /// Fetching a Debian package failed.
+    #[error("apt-get download {package}: {message}")]
+    Fetch {
+        /// What was asked of apt.
+        package: String,
+        /// apt's output, or why it could not run.
+        message: String,
+    },
+    /// A recipe's build script failed (or cannot run yet).
+    #[error("recipe `{recipe}`: build script {} failed ({status}):\n{output}", script.display())]
+    Script {
+        /// The recipe.
+        recipe: String,
+        /// The script.
+        script: PathBuf,
+        /// Its exit status.
+        status: String,
+        /// The end of what it wrote to stderr.
+        output: String,
+    },
+    /// Grafting or committing failed; this includes a package that does
+    /// not satisfy its profile line (nothing was committed then).
+    #[error(transparent)]
+    Graft(#[from] nexus_graft::GraftError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] nexus_store::StoreError),
+}
+
+impl From<Diag> for SystemError {
+    fn from(d: Diag) -> Self {
+        SystemError::Kdl(d)
+    }
+}
+
+/// Result alias.
+pub type Result<T, E = SystemError> = std::result::Result<T, E>;

@@ -1,0 +1,306 @@
+//! System profiles (`profiles/NAME.kdl`): which packages a system holds,
+//! at which versions, and which version of each App is `Current`.
+//!
+//! ```kdl
+//! profile "fleet" {
+//!     description "core, plus a second hello to switch to"
+//!     package "hello" "= 2.10-3" current=#true
+//!     package "hello" "= 2.10-6" recipe="hello-traditional"
+//!     package "jq" ">= 1.6"
+//! }
+//! ```
+//!
+//! The schema is documented in `profiles/README.md`.
+
+use std::collections::BTreeMap;
+
+use kdl::KdlNode;
+use miette::SourceSpan;
+
+use crate::constraint::Constraint;
+use crate::diag::{Diag, SourceFile};
+use crate::schema::{self, one_of};
+
+/// The nodes a profile's block may hold.
+const PROFILE_NODES: &[&str] = &["description", "package"];
+const PACKAGE_USAGE: &str = "package \"APP\" \"CONSTRAINT\" [recipe=\"NAME\"] [current=#true]";
+
+/// One package line of a profile.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// The App, as `/Programs/App`.
+    pub app: String,
+    /// Which versions are acceptable.
+    pub constraint: Constraint,
+    /// The recipe that makes it (default: the App's name).
+    pub recipe: String,
+    /// This version is the App's `Current` (always true for an App listed
+    /// once).
+    pub current: bool,
+    /// Where the line is, for diagnostics after parsing.
+    pub span: SourceSpan,
+}
+
+/// A parsed, validated profile.
+#[derive(Clone, Debug)]
+pub struct Profile {
+    /// Its name (the file's stem).
+    pub name: String,
+    /// What it is for.
+    pub description: Option<String>,
+    /// Its packages, in file order.
+    pub entries: Vec<Entry>,
+    /// The file, for diagnostics about its lines found later.
+    pub file: SourceFile,
+}
+
+impl Profile {
+    /// Parses and validates a profile file.
+    pub fn parse(file: SourceFile) -> Result<Profile, Diag> {
+        let doc = schema::top_node(&file, "profile")?;
+        let top = &doc.nodes()[0];
+        let name = file
+            .path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut description = None;
+        let mut entries = Vec::new();
+        for node in top.iter_children() {
+            match node.name().value() {
+                "description" => {
+                    description = Some(
+                        schema::single_string(&file, node, "description \"TEXT\"")?.to_string(),
+                    );
+                }
+                "package" => entries.push(package(&file, node)?),
+                other => {
+                    return Err(file.error(
+                        node.name().span(),
+                        format!("unknown node `{other}` in a profile"),
+                        "not part of the schema",
+                        Some(format!("a profile holds {}", one_of(PROFILE_NODES))),
+                    ));
+                }
+            }
+        }
+        if entries.is_empty() {
+            return Err(file.error(
+                top.span(),
+                "the profile lists no package",
+                "empty",
+                Some(format!("add {PACKAGE_USAGE}")),
+            ));
+        }
+        check_versions(&file, &mut entries)?;
+        Ok(Profile {
+            name,
+            description,
+            entries,
+            file,
+        })
+    }
+
+    /// `NAME/VERSION` of each App listed more than once, for its `Current`
+    /// version (such entries are pinned with `= V`).
+    pub fn current_pins(&self) -> Vec<String> {
+        self.entries
+            .iter()
+            .filter(|e| e.current)
+            .filter_map(|e| e.constraint.exact().map(|v| format!("{}/{v}", e.app)))
+            .collect()
+    }
+}
+
+fn package(file: &SourceFile, node: &KdlNode) -> Result<Entry, Diag> {
+    schema::only_props(file, node, &["recipe", "current"])?;
+    let args = schema::args(node);
+    let Some(app_entry) = args.first() else {
+        return Err(file.error(
+            node.span(),
+            "`package` names no App",
+            "incomplete",
+            Some(format!("write it as {PACKAGE_USAGE}")),
+        ));
+    };
+    let app = schema::string(file, app_entry, "the App name")?;
+    if let Err(e) = nexus_store::names::check_name(app) {
+        return Err(file.error(app_entry.span(), e.to_string(), "bad App name", None));
+    }
+    let Some(constraint_entry) = args.get(1) else {
+        return Err(file.error(
+            node.span(),
+            format!("missing version constraint for `{app}`"),
+            "no version",
+            Some(format!(
+                "write e.g. package \"{app}\" \">= 1.0\", or \"*\" for any version"
+            )),
+        ));
+    };
+    if let Some(extra) = args.get(2) {
+        return Err(file.error(
+            extra.span(),
+            "`package` takes two arguments",
+            "one too many",
+            Some(format!("write it as {PACKAGE_USAGE}")),
+        ));
+    }
+    let text = schema::string(file, constraint_entry, "the version constraint")?;
+    let constraint = Constraint::parse(text).map_err(|e| {
+        file.error(
+            constraint_entry.span(),
+            format!("bad version constraint `{text}`: {e}"),
+            "bad constraint",
+            Some("write `*`, or `OP VERSION` with OP one of =, >=, >, <=, <, joined by `,` (e.g. \">= 1.6, < 2\")".into()),
+        )
+    })?;
+    let recipe = match schema::string_prop(file, node, "recipe")? {
+        Some((r, e)) => {
+            if let Err(err) = crate::recipe::check_recipe_name(r) {
+                return Err(file.error(e.span(), err, "bad recipe name", None));
+            }
+            r.to_string()
+        }
+        None => app.to_string(),
+    };
+    let current = schema::bool_prop(file, node, "current")?;
+    Ok(Entry {
+        app: app.to_string(),
+        constraint,
+        recipe,
+        // Settled by check_versions, which sees every line of the App.
+        current: current.unwrap_or(false),
+        span: node.span(),
+    })
+}
+
+/// An App listed once is its own `Current`. An App listed more than once
+/// must pin each version with `= V` (so its versions are told apart, both
+/// when reusing stored packages and when checking grafted ones), list no
+/// version twice, and mark exactly one line `current=#true`.
+fn check_versions(file: &SourceFile, entries: &mut [Entry]) -> Result<(), Diag> {
+    let mut by_app: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (i, e) in entries.iter().enumerate() {
+        by_app.entry(e.app.clone()).or_default().push(i);
+    }
+    for (app, lines) in by_app {
+        if let [only] = lines[..] {
+            entries[only].current = true;
+            continue;
+        }
+        let mut seen: Vec<&str> = Vec::new();
+        for &i in &lines {
+            let e = &entries[i];
+            let Some(v) = e.constraint.exact() else {
+                return Err(file.error(
+                    e.span,
+                    format!(
+                        "`{app}` is listed {} times, so each line must pin its version with `= V`",
+                        lines.len()
+                    ),
+                    "not an exact version",
+                    Some(format!("e.g. package \"{app}\" \"= 1.2-3\"")),
+                ));
+            };
+            if seen.contains(&v) {
+                return Err(file.error(
+                    e.span,
+                    format!("`{app}` {v} is listed twice"),
+                    "duplicate",
+                    None,
+                ));
+            }
+            seen.push(v);
+        }
+        let current: Vec<usize> = lines
+            .iter()
+            .copied()
+            .filter(|&i| entries[i].current)
+            .collect();
+        if current.len() != 1 {
+            let at = current.get(1).copied().unwrap_or(lines[0]);
+            return Err(file.error(
+                entries[at].span,
+                format!(
+                    "`{app}` is listed {} times and {} of its lines say current=#true; exactly one must",
+                    lines.len(),
+                    current.len()
+                ),
+                "which version is Current?",
+                Some("mark the version /Programs/APP/Current should point to with current=#true".into()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Profile, Diag> {
+        Profile::parse(SourceFile::new("profiles/p.kdl", text))
+    }
+
+    #[test]
+    fn a_good_profile() {
+        let p = parse(
+            "// comment\nprofile \"p\" {\n  description \"d\"\n  package \"hello\" \"= 2.10-3\" current=#true\n  package \"hello\" \"= 2.10-6\" recipe=\"hello-traditional\"\n  package \"jq\" \">= 1.6\"\n}\n",
+        )
+        .unwrap();
+        assert_eq!(p.entries.len(), 3);
+        assert_eq!(p.entries[1].recipe, "hello-traditional");
+        assert!(p.entries[0].current && !p.entries[1].current && p.entries[2].current);
+        assert_eq!(p.current_pins(), vec!["hello/2.10-3".to_string()]);
+        assert_eq!(p.description.as_deref(), Some("d"));
+    }
+
+    /// The line a bad profile's diagnostic points at, and its message.
+    fn bad(text: &str) -> (usize, String) {
+        let d = parse(text).expect_err("accepted");
+        (d.line(), d.to_string())
+    }
+
+    #[test]
+    fn diagnostics_name_the_line() {
+        let (line, msg) =
+            bad("profile \"p\" {\n  package \"jq\" \">= 1.6\"\n  pakage \"hello\" \"*\"\n}\n");
+        assert_eq!(line, 3, "{msg}");
+        assert!(msg.contains("unknown node `pakage`"), "{msg}");
+        assert!(msg.starts_with("profiles/p.kdl:3:"), "{msg}");
+
+        let (line, msg) = bad("profile \"p\" {\n\n  package \"jq\"\n}\n");
+        assert_eq!(line, 3);
+        assert!(msg.contains("missing version constraint for `jq`"), "{msg}");
+
+        let (line, msg) = bad("profile \"p\" {\n  package \"jq\" \"~> 1.6\"\n}\n");
+        assert_eq!(line, 2);
+        assert!(msg.contains("bad version constraint"), "{msg}");
+
+        let (line, msg) = bad("profile \"p\" {\n  package \"jq\" \"*\" curent=#true\n}\n");
+        assert_eq!(line, 2);
+        assert!(msg.contains("unknown property `curent`"), "{msg}");
+
+        let (line, msg) =
+            bad("profile \"p\" {\n  package \"a\" \"= 1\"\n  package \"a\" \"= 2\"\n}\n");
+        assert_eq!(line, 2);
+        assert!(msg.contains("exactly one must"), "{msg}");
+
+        let (line, msg) = bad(
+            "profile \"p\" {\n  package \"a\" \"= 1\"\n  package \"a\" \">= 2\" current=#true\n}\n",
+        );
+        assert_eq!(line, 3);
+        assert!(msg.contains("pin its version"), "{msg}");
+
+        let (line, msg) = bad("profile \"other\" {\n  package \"a\" \"*\"\n}\n");
+        assert_eq!(line, 1);
+        assert!(msg.contains("file is `p.kdl`"), "{msg}");
+    }
+
+    #[test]
+    fn syntax_errors_point_at_the_line() {
+        let (line, msg) = bad("profile \"p\" {\n  package \"jq\" \">= 1.6\n}\n");
+        assert!(line >= 2, "{msg}");
+        assert!(msg.starts_with("profiles/p.kdl:"), "{msg}");
+    }
+}
