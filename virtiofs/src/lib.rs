@@ -32,9 +32,12 @@ use std::time::Duration;
 pub const REFRESH_EVERY: Duration = Duration::from_millis(100);
 
 /// How long after a switch (`nip switch`, `rollback`, `add`, `remove`)
-/// every guest sees the new generation's `App/Current` targets, Apps and
-/// versions: the daemon notices within [`REFRESH_EVERY`], and what a guest
-/// cached expires within [`GENERATION_TTL`]. A version the switch removed
-/// may still resolve (not listed) for `nexus_fs::view::REMOVED_NAMES_GRACE`
-/// more, so that path walks under way end where they were sent.
+/// every guest sees the new generation: the daemon notices within
+/// [`REFRESH_EVERY`], and what a guest cached of the root, App directories
+/// and attributes expires within [`GENERATION_TTL`]. `Current` targets are
+/// never cached by a guest (a path walk reads the link each time), so a
+/// moved `Current` shows within [`REFRESH_EVERY`] already. A version the
+/// switch removed may still resolve (unlisted) for
+/// `nexus_fs::view::REMOVED_NAMES_GRACE` more, so that path walks under way
+/// end where they were sent.
 pub const SWITCH_BOUND: Duration = Duration::from_millis(1100);

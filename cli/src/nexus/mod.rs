@@ -125,11 +125,12 @@ pub enum Command {
     /// removes the socket).
     ///
     /// The live generation is followed: after `nip switch`, `rollback`,
-    /// `add` or `remove`, guests see the new Current links, Apps and
-    /// versions within 1.1 s (guests get no cache invalidations, so the
-    /// root, App directories and Current links are cached for 1 s only;
-    /// package contents never change and are cached for a day). A running
-    /// program keeps reading the files it opened.
+    /// `add` or `remove`, guests follow moved Current links within 0.1 s
+    /// (guests never cache link targets) and see added or removed Apps and
+    /// versions within 1.1 s (guests get no cache invalidations, so names
+    /// in the root and App directories are cached for 1 s only; package
+    /// contents never change and are cached for a day). A running program
+    /// keeps reading the files it opened.
     ///
     /// Guests are not trusted: malformed requests get errors, writes get
     /// EROFS, and nothing outside the view can be named.
