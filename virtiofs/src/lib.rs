@@ -15,11 +15,19 @@
 //!   virtqueues in, FUSE replies out.
 //! - [`listener`] — [`serve`]: the socket several guests connect to, one
 //!   device (and thread) per connection, all sharing one view.
+//! - `loopback` (feature `loopback`) — raw request bytes through the whole
+//!   decode-and-answer path in memory, and a fixture store: for the
+//!   hostile-request tests and the fuzz target (`virtiofs/fuzz`).
 
 pub mod device;
 pub mod error;
 pub mod fs;
 pub mod listener;
+#[cfg(any(test, feature = "loopback"))]
+pub mod loopback;
+
+#[cfg(test)]
+mod tests;
 
 pub use device::FsDevice;
 pub use error::Error;
