@@ -6,7 +6,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The vhost-user socket could not be created (or listened on).
-    #[error("listening on {path}: {source}")]
+    #[error("listening on {path}")]
     Listen {
         /// The socket path.
         path: PathBuf,

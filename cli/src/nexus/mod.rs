@@ -135,14 +135,15 @@ pub enum Command {
     /// Guests are not trusted: malformed requests get errors, writes get
     /// EROFS, and nothing outside the view can be named.
     ///
-    /// A QEMU guest uses it with shared memory and a vhost-user-fs device:
-    ///
-    ///   -object memory-backend-memfd,id=mem,size=1G,share=on -numa node,memdev=mem
-    ///   -chardev socket,id=c0,path=SOCKET -device vhost-user-fs-pci,chardev=c0,tag=programs
-    ///
-    /// and inside the guest: mount -t virtiofs -o ro programs /Programs
-    ///
     /// Example: nexus serve --virtio-fs /run/nexus/programs.sock
+    #[command(after_long_help = "\
+A QEMU guest needs shared memory and a vhost-user-fs device:
+
+  -object memory-backend-memfd,id=mem,size=1G,share=on -numa node,memdev=mem
+  -chardev socket,id=c0,path=SOCKET
+  -device vhost-user-fs-pci,chardev=c0,tag=programs
+
+and mounts it with: mount -t virtiofs -o ro programs /Programs")]
     Serve {
         /// Listen on this vhost-user socket for guests (QEMU's -chardev
         /// socket,path=SOCKET).
