@@ -129,10 +129,11 @@ impl GuestKit {
     pub fn get() -> &'static GuestKit {
         static KIT: OnceLock<GuestKit> = OnceLock::new();
         KIT.get_or_init(|| {
+            // busybox first: fetching runs `apt-get update` if apt has no
+            // package lists yet, which `apt-cache depends` needs too.
+            let busybox_dir = unpacked(&fetch_debs(&["busybox-static"])[0]);
             let kernel_pkg = kernel_package();
-            let debs = fetch_debs(&[kernel_pkg.as_str(), "busybox-static"]);
-            let kernel_dir = unpacked(&debs[0]);
-            let busybox_dir = unpacked(&debs[1]);
+            let kernel_dir = unpacked(&fetch_debs(&[kernel_pkg.as_str()])[0]);
             let boot = kernel_dir.join("boot");
             let kernel = fs::read_dir(&boot)
                 .unwrap_or_else(|e| panic!("readdir {}: {e}", boot.display()))
