@@ -230,7 +230,9 @@ pub struct Guest {
 
 impl Guest {
     /// Boots `initramfs` under TCG with a vhost-user-fs device on `socket`;
-    /// the console goes to `console`.
+    /// the console goes to `console`. `no_timer_check`: on a loaded host
+    /// the emulated timer can tick too slowly for the kernel's IO-APIC
+    /// timer check, which then panics ("IO-APIC + timer doesn't work").
     pub fn boot(kit: &GuestKit, initramfs: &Path, socket: &Path, console: &Path) -> Guest {
         let mem = format!("{GUEST_MIB}M");
         let child = Command::new("qemu-system-x86_64")
@@ -247,7 +249,7 @@ impl Guest {
             .arg(&kit.kernel)
             .arg("-initrd")
             .arg(initramfs)
-            .args(["-append", "console=ttyS0 quiet panic=-1"])
+            .args(["-append", "console=ttyS0 quiet panic=-1 no_timer_check"])
             .arg("-serial")
             .arg(format!("file:{}", console.display()))
             .args([
