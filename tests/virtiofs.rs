@@ -191,9 +191,13 @@ fn two_guests_at_once_share_the_store_and_follow_a_switch() {
     let started = Instant::now();
     let a = Guest::boot(kit, &a_init, server.socket(), &a_dir.join("console"));
     let b = Guest::boot(kit, &b_init, server.socket(), &b_dir.join("console"));
-    let both_waiting = wait_for(GUEST_TIMEOUT, || {
-        a.console().contains("WAITING 2") && b.console().contains("WAITING 2")
+    // Stop waiting early when a guest has ended (or died) instead.
+    let ended = |c: &str| c.contains("NEXUS-GUEST-DONE") || c.contains("Kernel panic");
+    wait_for(GUEST_TIMEOUT, || {
+        let (ca, cb) = (a.console(), b.console());
+        (ca.contains("WAITING 2") && cb.contains("WAITING 2")) || ended(&ca) || ended(&cb)
     });
+    let both_waiting = a.console().contains("WAITING 2") && b.console().contains("WAITING 2");
     assert!(
         both_waiting,
         "the guests did not both read Current -> 2:\n--- a ---\n{}\n--- b ---\n{}\n--- daemon ---\n{}",
