@@ -14,6 +14,9 @@
 #                    (default: a fresh one built with `nip add`)
 #   --big APP/VER    the package read sequentially (default: the corpus's
 #                    largest App/Version by bytes)
+#   --no-drop        do not drop the host's page cache before each server
+#                    (polite on a shared machine; "cold" is then the
+#                    server's and the guest's caches only)
 #   --keep           keep the work dir (store, consoles, logs)
 #   --out DIR        where to write virtiofs-<date>.{md,json} (default:
 #                    bench/out; --smoke writes nothing there)
@@ -47,7 +50,7 @@ export LC_ALL=C
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
 
-smoke=0 runs=1 keep=0 store_arg="" big_arg=""
+smoke=0 runs=1 keep=0 drop=1 store_arg="" big_arg=""
 out_dir="$here/out"
 while [[ $# -gt 0 ]]; do
     case $1 in
@@ -56,6 +59,7 @@ while [[ $# -gt 0 ]]; do
         --store) store_arg=$2; shift 2 ;;
         --big) big_arg=$2; shift 2 ;;
         --keep) keep=1; shift ;;
+        --no-drop) drop=0; shift ;;
         --out) out_dir=$2; shift 2 ;;
         -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
@@ -208,7 +212,8 @@ wait_socket() {   # SOCKET PID LOG
 }
 
 drop_host_caches() {
-    [[ $smoke -eq 1 ]] && return 0   # keep the smoke run polite to neighbours
+    # The smoke run stays polite to neighbours.
+    [[ $smoke -eq 1 || $drop -eq 0 ]] && return 0
     sync
     echo 3 >/proc/sys/vm/drop_caches
 }
@@ -260,7 +265,7 @@ report=$work/report.md
     echo "Guest: QEMU $(qemu-system-x86_64 --version | head -n1 | awk '{print $4}') TCG, 1 vCPU, 512 MiB, $kernel_pkg."
     echo "Corpus: ${#packages[@]} packages; names in the view (find): nexus $(names_of nexus), virtiofsd $(names_of virtiofsd-auto)."
     echo "Big package: $big ($big_files files, $big_bytes bytes), sha256 of its sorted files: same from every server."
-    echo "Runs: $runs (median). Seconds inside the guest; cold = fresh server$([[ $smoke -eq 0 ]] && echo ", host page cache dropped"); warm = server caches warm, guest caches dropped."
+    echo "Runs: $runs (median). Seconds inside the guest; cold = fresh server and guest$([[ $smoke -eq 0 && $drop -eq 1 ]] && echo ", host page cache dropped"); warm = server caches warm, guest caches dropped."
     echo
     echo "| server | find cold | find warm | read cold | read warm | read warm MB/s |"
     echo "|---|---|---|---|---|---|"
