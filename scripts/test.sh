@@ -13,9 +13,9 @@
 #   1. format and lint checks (cargo fmt --check, clippy -D warnings)
 #   2. cargo test --workspace (unit, property and end-to-end tests; the
 #      end-to-end tests fetch real Debian packages with apt-get download)
-#   3. the benchmark scripts' smoke runs (shellcheck, then bench/ingest.sh
-#      bench/mount.sh and bench/images.sh --smoke on a tiny corpus, with the
-#      debug builds)
+#   3. the benchmark scripts' smoke runs (shellcheck, then bench/ingest.sh,
+#      bench/mount.sh, bench/images.sh and bench/virtiofs.sh --smoke on a
+#      tiny corpus, with the debug builds)
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -43,5 +43,6 @@ shellcheck -x bench/*.sh scripts/*.sh .ci/run
 NIP="$root/target/debug/nip" bench/ingest.sh --smoke
 NIP="$root/target/debug/nip" NEXUS="$root/target/debug/nexus" bench/mount.sh --smoke
 NIP="$root/target/debug/nip" NEXUS="$root/target/debug/nexus" bench/images.sh --smoke --switches 6
+NIP="$root/target/debug/nip" NEXUS="$root/target/debug/nexus" bench/virtiofs.sh --smoke
 
 log "all tests passed"

@@ -23,6 +23,7 @@ pub mod nip;
 pub mod pack;
 pub mod rng;
 pub mod tree;
+pub mod vm;
 
 use std::sync::{Mutex, MutexGuard};
 

@@ -1,6 +1,7 @@
 //! `nexus`, the system builder: command-line definition and dispatch. Today
 //! it mounts the store as the `/Programs` tree (`nexus mount`, `nexus
-//! umount`).
+//! umount`) and serves the same tree to VM guests (`nexus serve
+//! --virtio-fs`).
 
 mod daemon;
 mod image;
@@ -8,6 +9,7 @@ mod index;
 mod mounts;
 mod serve;
 mod signals;
+mod virtiofs;
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -20,7 +22,8 @@ use crate::exit;
 use crate::keys::default_keys_dir;
 use crate::location::default_store_dir;
 
-/// nexus — the Nexus system builder: presents the store as /Programs.
+/// nexus — the Nexus system builder: presents the store as /Programs, on
+/// this machine and to VM guests.
 ///
 /// `nexus mount /Programs` shows every installed package of the store
 /// (default /var/lib/nexus for root, $XDG_DATA_HOME/nexus otherwise) as
@@ -28,6 +31,9 @@ use crate::location::default_store_dir;
 /// `nip` made current. The mount is read-only; it shows the live generation
 /// and follows `nip add`, `remove`, `rollback` and `switch` without a remount
 /// (within about two seconds), or one fixed generation with --generation.
+///
+/// `nexus serve --virtio-fs SOCKET` serves the same tree to virtual machines
+/// as a vhost-user-fs (virtio-fs) device: many guests share one store.
 ///
 /// Exit codes: 0 success; 1 error; 2 bad command line.
 #[derive(Debug, Parser)]
@@ -119,6 +125,58 @@ pub enum Command {
         pid_file: Option<PathBuf>,
         /// Append the daemon's log to FILE (default: the daemon logs
         /// nothing; in the foreground, logs go to stderr).
+        #[arg(long, value_name = "FILE")]
+        log_file: Option<PathBuf>,
+    },
+
+    /// Serve the store to VM guests as a virtio-fs device (vhost-user-fs).
+    ///
+    /// Listens on the vhost-user socket SOCKET (a stale socket file is
+    /// replaced) and serves every guest that connects the same read-only
+    /// App/Version tree as `nexus mount`, straight from the store: no host
+    /// file is opened per guest file. Several guests may connect to the one
+    /// socket at once; they share the daemon's block cache. Runs in the
+    /// foreground, logging to stderr, until SIGTERM or SIGINT (which
+    /// removes the socket).
+    ///
+    /// The live generation is followed: after `nip switch`, `rollback`,
+    /// `add` or `remove`, guests follow moved Current links within 0.1 s
+    /// (guests never cache link targets) and see added or removed Apps and
+    /// versions within 1.1 s (guests get no cache invalidations, so names
+    /// in the root and App directories are cached for 1 s only; package
+    /// contents never change and are cached for a day). A running program
+    /// keeps reading the files it opened.
+    ///
+    /// Guests are not trusted: malformed requests get errors, writes get
+    /// EROFS, and nothing outside the view can be named.
+    ///
+    /// Example: nexus serve --virtio-fs /run/nexus/programs.sock
+    #[command(after_long_help = "\
+A QEMU guest needs shared memory and a vhost-user-fs device:
+
+  -object memory-backend-memfd,id=mem,size=1G,share=on -numa node,memdev=mem
+  -chardev socket,id=c0,path=SOCKET
+  -device vhost-user-fs-pci,chardev=c0,tag=programs
+
+and mounts it with: mount -t virtiofs -o ro programs /Programs")]
+    Serve {
+        /// Listen on this vhost-user socket for guests (QEMU's -chardev
+        /// socket,path=SOCKET).
+        #[arg(long = "virtio-fs", value_name = "SOCKET")]
+        virtio_fs: PathBuf,
+        /// Serve generation N (see `nip history`) instead of following the
+        /// live one.
+        #[arg(long, value_name = "N")]
+        generation: Option<i64>,
+        /// Mebibytes of decompressed data kept in memory, shared by all
+        /// guests.
+        #[arg(long, default_value_t = 128, value_name = "MIB")]
+        cache_mib: u64,
+        /// Guests served at once; later ones wait until one disconnects.
+        #[arg(long, default_value_t = 64, value_name = "N",
+              value_parser = clap::value_parser!(u16).range(1..))]
+        max_guests: u16,
+        /// Append the log to FILE instead of stderr.
         #[arg(long, value_name = "FILE")]
         log_file: Option<PathBuf>,
     },
@@ -304,6 +362,36 @@ pub fn run(cli: Cli) -> Result<i32> {
                     });
                 }
             }
+        }
+        Command::Serve {
+            virtio_fs,
+            generation,
+            cache_mib,
+            max_guests,
+            log_file,
+        } => {
+            let store = cli.store.unwrap_or_else(default_store_dir);
+            let log = log_file
+                .map(|path| {
+                    File::options()
+                        .create(true)
+                        .append(true)
+                        .open(&path)
+                        .with_context(|| format!("opening the log file {}", path.display()))
+                })
+                .transpose()?;
+            init_logging(cli.verbose, log);
+            let request = virtiofs::Request {
+                store: std::path::absolute(&store)
+                    .with_context(|| format!("store path {}", store.display()))?,
+                socket: std::path::absolute(&virtio_fs)
+                    .with_context(|| format!("socket path {}", virtio_fs.display()))?,
+                generation,
+                cache_bytes: cache_mib.saturating_mul(1 << 20),
+                max_guests: usize::from(max_guests),
+            };
+            virtiofs::serve(&request)?;
+            Ok(exit::OK)
         }
         Command::Umount { mountpoint, lazy } => {
             init_logging(cli.verbose, None);
