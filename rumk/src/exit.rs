@@ -1,0 +1,34 @@
+//! Leaving the VM through QEMU's `isa-debug-exit` device
+//! (`-device isa-debug-exit,iobase=0xf4,iosize=0x04`): QEMU exits with
+//! status `(code << 1) | 1`, so a host can tell the guest's outcome.
+
+use crate::port::outl;
+
+/// The I/O port `nexus rumk run` and the tests give `isa-debug-exit`.
+const DEBUG_EXIT_PORT: u16 = 0xf4;
+
+/// How the guest ended; the discriminant is written to `isa-debug-exit`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Status {
+    /// Every file read was verified (QEMU exits 1).
+    Verified = 0,
+    /// At least one file could not be read or failed its BLAKE3 check
+    /// (QEMU exits 3).
+    Failed = 1,
+    /// No usable virtio-fs device, or the FUSE session could not start
+    /// (QEMU exits 5).
+    NoDevice = 2,
+    /// The guest panicked (QEMU exits 7).
+    Panic = 3,
+}
+
+/// Ends the VM with `status`. Without the exit device the guest halts.
+pub fn exit(status: Status) -> ! {
+    outl(DEBUG_EXIT_PORT, status as u32);
+    crate::println!("RUMK halt: no isa-debug-exit device at {DEBUG_EXIT_PORT:#x}");
+    loop {
+        // SAFETY: interrupts are off (boot.rs), so this halts for good.
+        unsafe { core::arch::asm!("cli; hlt", options(nomem, nostack)) };
+    }
+}
