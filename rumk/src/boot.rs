@@ -113,7 +113,7 @@ boot_pdpt:
 boot_pd:
     .skip 4 * 4096
 boot_stack:
-    .skip 256 * 1024
+    .skip 512 * 1024
 boot_stack_top:
 "#,
     options(att_syntax)

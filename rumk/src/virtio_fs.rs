@@ -1,0 +1,131 @@
+//! The virtio-fs device (virtio 1.2, 5.11): feature negotiation, the tag
+//! from its configuration, and its two queues — high priority (FORGET,
+//! which has no reply) and the first request queue. Requests are sent one
+//! at a time and polled for (this guest runs with interrupts off).
+
+use virtio_drivers::device::common::Feature;
+use virtio_drivers::queue::VirtQueue;
+use virtio_drivers::transport::{DeviceStatus, Transport};
+
+use crate::hal::RumkHal;
+
+/// Entries per virtqueue: a request uses at most three descriptors and
+/// only one is in flight.
+pub const QUEUE_SIZE: usize = 8;
+const HIPRIO_QUEUE: u16 = 0;
+const REQUEST_QUEUE: u16 = 1;
+/// `virtio_fs_config.tag` is 36 bytes, NUL-padded.
+const TAG_LEN: usize = 36;
+/// Offset of `num_request_queues` in the configuration.
+const NUM_REQUEST_QUEUES: usize = 36;
+
+/// Why the device could not be used.
+#[derive(Debug)]
+pub enum Error {
+    /// The device does not offer VIRTIO_F_VERSION_1 or refused our features.
+    Features,
+    /// The configuration is unreadable or announces no request queue.
+    Config,
+    /// Setting up or using a virtqueue failed.
+    Queue(virtio_drivers::Error),
+    /// The device claims to have written more than the buffers hold.
+    Overrun,
+}
+
+impl core::fmt::Display for Error {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Error::Features => write!(f, "feature negotiation failed (need VIRTIO_F_VERSION_1)"),
+            Error::Config => write!(f, "unusable device configuration"),
+            Error::Queue(e) => write!(f, "virtqueue: {e}"),
+            Error::Overrun => write!(f, "device reports more bytes than the reply buffers hold"),
+        }
+    }
+}
+
+/// An initialised virtio-fs device.
+pub struct VirtioFs<T: Transport> {
+    transport: T,
+    hiprio: VirtQueue<RumkHal, QUEUE_SIZE>,
+    requests: VirtQueue<RumkHal, QUEUE_SIZE>,
+    tag: [u8; TAG_LEN],
+}
+
+impl<T: Transport> VirtioFs<T> {
+    /// Negotiates features (VERSION_1 only: no indirect descriptors, no
+    /// event index), reads the tag and sets up the queues.
+    pub fn new(mut transport: T) -> Result<Self, Error> {
+        let features = transport.begin_init(Feature::VERSION_1);
+        // begin_init does not check that the device accepted the features.
+        if !features.contains(Feature::VERSION_1)
+            || !transport.get_status().contains(DeviceStatus::FEATURES_OK)
+        {
+            transport.set_status(DeviceStatus::FAILED);
+            return Err(Error::Features);
+        }
+        let tag: [u8; TAG_LEN] = transport.read_config_space(0).map_err(|_| Error::Config)?;
+        let queues: u32 = transport
+            .read_config_space(NUM_REQUEST_QUEUES)
+            .map_err(|_| Error::Config)?;
+        if queues == 0 {
+            transport.set_status(DeviceStatus::FAILED);
+            return Err(Error::Config);
+        }
+        let hiprio =
+            VirtQueue::new(&mut transport, HIPRIO_QUEUE, false, false).map_err(Error::Queue)?;
+        let requests =
+            VirtQueue::new(&mut transport, REQUEST_QUEUE, false, false).map_err(Error::Queue)?;
+        transport.finish_init();
+        Ok(VirtioFs {
+            transport,
+            hiprio,
+            requests,
+            tag,
+        })
+    }
+
+    /// The tag the host gave the device (up to its first NUL), if UTF-8.
+    pub fn tag(&self) -> &str {
+        let end = self.tag.iter().position(|&b| b == 0).unwrap_or(TAG_LEN);
+        core::str::from_utf8(&self.tag[..end]).unwrap_or("?")
+    }
+
+    /// Sends `request` on the request queue and waits for the reply in
+    /// `header` then `body`; returns the bytes the device wrote, checked
+    /// to fit the buffers.
+    pub fn call(
+        &mut self,
+        request: &[u8],
+        header: &mut [u8],
+        body: &mut [u8],
+    ) -> Result<usize, Error> {
+        let room = header.len() + body.len();
+        let inputs = [request];
+        let written = if body.is_empty() {
+            let mut outputs = [header];
+            self.requests
+                .add_notify_wait_pop(&inputs, &mut outputs, &mut self.transport)
+        } else {
+            let mut outputs = [header, body];
+            self.requests
+                .add_notify_wait_pop(&inputs, &mut outputs, &mut self.transport)
+        }
+        .map_err(Error::Queue)?;
+        let written = written as usize;
+        if written > room {
+            return Err(Error::Overrun);
+        }
+        Ok(written)
+    }
+
+    /// Sends `request`, which has no reply (FORGET), on the high-priority
+    /// queue and waits for the device to take it.
+    pub fn send(&mut self, request: &[u8]) -> Result<(), Error> {
+        let inputs = [request];
+        let mut outputs: [&mut [u8]; 0] = [];
+        self.hiprio
+            .add_notify_wait_pop(&inputs, &mut outputs, &mut self.transport)
+            .map(|_| ())
+            .map_err(Error::Queue)
+    }
+}
