@@ -22,6 +22,7 @@ pub mod nexus;
 pub mod nip;
 pub mod pack;
 pub mod rng;
+pub mod rumk;
 pub mod tree;
 pub mod vm;
 
