@@ -1,6 +1,8 @@
 //! Leaving the VM through QEMU's `isa-debug-exit` device
 //! (`-device isa-debug-exit,iobase=0xf4,iosize=0x04`): QEMU exits with
-//! status `(code << 1) | 1`, so a host can tell the guest's outcome.
+//! status `(code << 1) | 1`, so a host can tell the guest's outcome. The
+//! codes start at 0x10 so that no outcome reads as QEMU's own statuses
+//! (0, or 1 for a QEMU error).
 
 use crate::port::outl;
 
@@ -11,16 +13,16 @@ const DEBUG_EXIT_PORT: u16 = 0xf4;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
 pub enum Status {
-    /// Every file read was verified (QEMU exits 1).
-    Verified = 0,
+    /// Every file read was verified (QEMU exits 33).
+    Verified = 0x10,
     /// At least one file could not be read or failed its BLAKE3 check
-    /// (QEMU exits 3).
-    Failed = 1,
+    /// (QEMU exits 35).
+    Failed = 0x11,
     /// No usable virtio-fs device, or the FUSE session could not start
-    /// (QEMU exits 5).
-    NoDevice = 2,
-    /// The guest panicked (QEMU exits 7).
-    Panic = 3,
+    /// (QEMU exits 37).
+    NoDevice = 0x12,
+    /// The guest panicked (QEMU exits 39).
+    Panic = 0x13,
 }
 
 /// Ends the VM with `status`. Without the exit device the guest halts.

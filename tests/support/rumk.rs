@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 use crate::nexus::wait_for;
 
 /// QEMU's exit status when the guest verified every file.
-pub const VERIFIED: i32 = 1;
+pub const VERIFIED: i32 = 33;
 /// QEMU's exit status when a file failed to read or verify.
-pub const FAILED: i32 = 3;
+pub const FAILED: i32 = 35;
 /// QEMU's exit status when the guest found no usable device.
-pub const NO_DEVICE: i32 = 5;
+pub const NO_DEVICE: i32 = 37;
 
 /// The two machine types a Rumk guest boots on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
