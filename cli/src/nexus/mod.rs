@@ -3,10 +3,12 @@
 //! umount`) and serves the same tree to VM guests (`nexus serve
 //! --virtio-fs`).
 
+mod build;
 mod daemon;
 mod image;
 mod index;
 mod mounts;
+mod rumk;
 mod serve;
 mod signals;
 mod virtiofs;
@@ -166,8 +168,13 @@ and mounts it with: mount -t virtiofs -o ro programs /Programs")]
         virtio_fs: PathBuf,
         /// Serve generation N (see `nip history`) instead of following the
         /// live one.
-        #[arg(long, value_name = "N")]
+        #[arg(long, value_name = "N", conflicts_with = "image")]
         generation: Option<i64>,
+        /// Serve the signed image FILE (from `nexus snapshot`) read-only,
+        /// without importing it: its signature and body are checked before
+        /// the socket appears, and every chunk as it is read.
+        #[arg(long, value_name = "FILE")]
+        image: Option<PathBuf>,
         /// Mebibytes of decompressed data kept in memory, shared by all
         /// guests.
         #[arg(long, default_value_t = 128, value_name = "MIB")]
@@ -180,6 +187,15 @@ and mounts it with: mount -t virtiofs -o ro programs /Programs")]
         #[arg(long, value_name = "FILE")]
         log_file: Option<PathBuf>,
     },
+
+    /// Build a system part and graft it into the store.
+    #[command(subcommand)]
+    Build(BuildTarget),
+
+    /// Rumk guests: freestanding VMs that read the store over virtio-fs
+    /// and verify every byte.
+    #[command(subcommand)]
+    Rumk(RumkCommand),
 
     /// Unmount a nexus mount (also one whose daemon died).
     ///
@@ -261,6 +277,83 @@ and mounts it with: mount -t virtiofs -o ro programs /Programs")]
 
     /// Go back to the generation before the live one (repeat to go further).
     Rollback,
+}
+
+/// What `nexus build` builds.
+#[derive(Debug, Subcommand)]
+pub enum BuildTarget {
+    /// Build the Rumk guest kernel and graft it as rumk/VERSION.
+    ///
+    /// Runs the build of recipes/rumk/minimal-rumk.kdl (its script builds
+    /// rumk/ with cargo, outside the main workspace) and grafts the kernel
+    /// into the store as rumk/VERSION/boot/rumk, VERSION from the recipe.
+    /// Rebuilding unchanged sources changes nothing; a different kernel
+    /// under an existing version is refused (bump the version).
+    ///
+    /// Interim: until the KDL recipe machinery is merged, this runs the
+    /// recipe's script directly rather than through a profile.
+    ///
+    /// Example: nexus build rumk && nexus rumk run -- hello/Current/bin/hello
+    Rumk {
+        /// The Nexus source tree holding recipes/ and rumk/ (default: the
+        /// current directory).
+        #[arg(long, value_name = "DIR")]
+        source: Option<PathBuf>,
+    },
+}
+
+/// `nexus rumk` commands.
+#[derive(Debug, Subcommand)]
+pub enum RumkCommand {
+    /// Boot a Rumk guest against the store and report what it verified.
+    ///
+    /// Starts `nexus serve --virtio-fs` on a private socket, boots the
+    /// guest in QEMU (TCG) on the chosen machine, and passes ARGS to it:
+    /// paths below the store's root (App/Version/... or App/Current/...)
+    /// that it reads, BLAKE3-verifying every byte against the store's
+    /// record. The guest first lists the Apps. Its console is this
+    /// command's output.
+    ///
+    /// The kernel is the store's rumk/Current/boot/rumk (see `nexus build
+    /// rumk`) of the generation or image served, checked against its
+    /// recorded BLAKE3 before it boots, unless --kernel names a file.
+    ///
+    /// Exit codes: 0 every file verified; 3 a file could not be read or
+    /// failed verification; 1 anything else (no kernel, QEMU or the guest
+    /// failed, timeout).
+    ///
+    /// Example: nexus rumk run --machine q35 -- hello/Current/bin/hello
+    Run {
+        /// Serve generation N (see `nip history`) instead of the live one.
+        #[arg(long, value_name = "N", conflicts_with = "image")]
+        generation: Option<i64>,
+        /// Serve the signed image FILE (from `nexus snapshot`) instead of
+        /// the store; the kernel comes from the image too.
+        #[arg(long, value_name = "FILE")]
+        image: Option<PathBuf>,
+        /// microvm boots virtio-mmio, q35 virtio-pci.
+        #[arg(long, value_enum, default_value = "microvm")]
+        machine: rumk::Machine,
+        /// Boot this kernel file instead of the store's rumk/Current.
+        #[arg(long, value_name = "FILE")]
+        kernel: Option<PathBuf>,
+        /// Guest memory (MiB), shared with the daemon.
+        #[arg(long, default_value_t = 128, value_name = "MIB",
+              value_parser = clap::value_parser!(u32).range(32..=65536))]
+        memory_mib: u32,
+        /// Stop a guest still running after SECS seconds.
+        #[arg(long, default_value_t = 60, value_name = "SECS")]
+        timeout: u64,
+        /// The QEMU binary.
+        #[arg(long, default_value = "qemu-system-x86_64", value_name = "PATH")]
+        qemu: PathBuf,
+        /// Append the daemon's log to FILE.
+        #[arg(long, value_name = "FILE")]
+        log_file: Option<PathBuf>,
+        /// Paths for the guest to read and verify.
+        #[arg(last = true, value_name = "ARGS")]
+        args: Vec<String>,
+    },
 }
 
 /// Sets up `tracing`: to `file` if given, else to stderr. The level comes
@@ -366,11 +459,12 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Serve {
             virtio_fs,
             generation,
+            image,
             cache_mib,
             max_guests,
             log_file,
         } => {
-            let store = cli.store.unwrap_or_else(default_store_dir);
+            let (store, keys) = store_and_keys(cli.store, cli.keys);
             let log = log_file
                 .map(|path| {
                     File::options()
@@ -387,6 +481,13 @@ pub fn run(cli: Cli) -> Result<i32> {
                 socket: std::path::absolute(&virtio_fs)
                     .with_context(|| format!("socket path {}", virtio_fs.display()))?,
                 generation,
+                image: match image {
+                    Some(path) => Some(serve::ImageRequest {
+                        path: std::path::absolute(&path)?,
+                        trust: nexus_npk::KeyStore::new(&keys).trust_set()?,
+                    }),
+                    None => None,
+                },
                 cache_bytes: cache_mib.saturating_mul(1 << 20),
                 max_guests: usize::from(max_guests),
             };
@@ -434,6 +535,45 @@ pub fn run(cli: Cli) -> Result<i32> {
             init_logging(cli.verbose, None);
             let (_, keys) = store_and_keys(cli.store, cli.keys);
             crate::keys::run(&keys, command)
+        }
+        Command::Build(BuildTarget::Rumk { source }) => {
+            init_logging(cli.verbose, None);
+            let (store, _) = store_and_keys(cli.store, cli.keys);
+            build::build_rumk(&store, source)
+        }
+        Command::Rumk(RumkCommand::Run {
+            generation,
+            image,
+            machine,
+            kernel,
+            memory_mib,
+            timeout,
+            qemu,
+            log_file,
+            args,
+        }) => {
+            init_logging(cli.verbose, None);
+            let (store, keys) = store_and_keys(cli.store, cli.keys);
+            let request = rumk::RunRequest {
+                store: std::path::absolute(&store)
+                    .with_context(|| format!("store path {}", store.display()))?,
+                generation,
+                image: match image {
+                    Some(path) => Some(serve::ImageRequest {
+                        path: std::path::absolute(&path)?,
+                        trust: nexus_npk::KeyStore::new(&keys).trust_set()?,
+                    }),
+                    None => None,
+                },
+                kernel: kernel.map(std::path::absolute).transpose()?,
+                machine,
+                memory_mib,
+                timeout: std::time::Duration::from_secs(timeout),
+                qemu,
+                args,
+                log_file: log_file.map(std::path::absolute).transpose()?,
+            };
+            rumk::run(&request)
         }
     }
 }

@@ -19,6 +19,8 @@ pub struct Request {
     pub socket: PathBuf,
     /// A fixed generation, or `None` to follow the live one.
     pub generation: Option<i64>,
+    /// Serve this signed image instead of the store (`--image`).
+    pub image: Option<super::serve::ImageRequest>,
     /// Decoded-block cache size, shared by every guest.
     pub cache_bytes: u64,
     /// Guests served at once.
@@ -62,8 +64,17 @@ pub fn serve(request: &Request) -> Result<()> {
         // One per guest's queue thread; the pool grows past this if needed.
         connections: request.max_guests.clamp(1, 8) + 1,
     };
-    let view = View::open(&request.store, options)
-        .with_context(|| format!("opening the store in {}", request.store.display()))?;
+    // An image is served through a scratch store describing it (removed
+    // when serving ends and `_scratch` drops), as `nexus mount --image`.
+    let (store_dir, _scratch) = match &request.image {
+        Some(image) => {
+            let (dir, guard) = super::serve::adopt_image(image)?;
+            (dir, Some(guard))
+        }
+        None => (request.store.clone(), None),
+    };
+    let view = View::open(&store_dir, options)
+        .with_context(|| format!("opening the store in {}", store_dir.display()))?;
     let view = Arc::new(view);
     let socket = request.socket.clone();
     signals::exit_on_termination(move || {
@@ -72,9 +83,10 @@ pub fn serve(request: &Request) -> Result<()> {
     if choice == GenerationChoice::Live {
         follow_live_generation(view.clone())?;
     }
-    let shown = match view.generation() {
-        Some(g) => format!("generation {g}"),
-        None => "the empty store".to_string(),
+    let shown = match (&request.image, view.generation()) {
+        (Some(image), _) => format!("image {}", image.path.display()),
+        (None, Some(g)) => format!("generation {g}"),
+        (None, None) => "the empty store".to_string(),
     };
     let serve_options = ServeOptions {
         max_guests: request.max_guests,
