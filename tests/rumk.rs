@@ -186,3 +186,209 @@ fn a_corrupted_chunk_or_a_missing_file_makes_the_guest_fail() {
     assert_eq!(out.lines("RUMK done:"), ["RUMK done: 1 verified, 2 failed"]);
     server.stop();
 }
+
+/// `nexus` with a clean environment.
+fn nexus(store: &std::path::Path) -> Command {
+    let mut c = Command::new(nexus_integration_tests::nexus_bin());
+    c.arg("--store")
+        .arg(store)
+        .env_remove("NEXUS_STORE")
+        .env_remove("CARGO_TARGET_DIR")
+        .env("RUST_BACKTRACE", "1");
+    c
+}
+
+fn show(out: &std::process::Output) -> String {
+    format!(
+        "exit {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn nexus_build_rumk_grafts_the_guest_and_nexus_rumk_run_boots_it() {
+    if !qemu_or_skip("nexus_build_rumk_grafts_the_guest_and_nexus_rumk_run_boots_it") {
+        return;
+    }
+    // The guest's own build first: nexus build rumk then finds it done.
+    rumk::kernel();
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let store = Store::init();
+    let debs = fetch_debs(&["hello"]);
+    store.ok(["add".as_ref(), debs[0].as_os_str()]);
+
+    let build = |what: &str| {
+        let out = nexus(store.path())
+            .args(["build", "rumk", "--source"])
+            .arg(&source)
+            .output()
+            .expect("run nexus build rumk");
+        assert!(
+            out.status.success(),
+            "nexus build rumk ({what}):\n{}",
+            show(&out)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let first = build("first");
+    assert!(first.starts_with("added rumk/"), "{first}");
+    let again = build("again");
+    assert!(
+        again.starts_with("nothing to do: rumk/"),
+        "a rebuild changed the store: {again}"
+    );
+    let rumk = store
+        .list()
+        .into_iter()
+        .find(|p| p.name == "rumk")
+        .expect("rumk is grafted");
+    let files: Vec<_> = store
+        .files(&rumk.spec())
+        .into_iter()
+        .map(|f| f.path)
+        .collect();
+    assert!(files.contains(&"boot/rumk".to_string()), "{files:?}");
+
+    for machine in ["microvm", "q35"] {
+        let out = nexus(store.path())
+            .args(["rumk", "run", "--machine", machine, "--"])
+            .args(["hello/Current/bin/hello", "rumk/Current/boot/rumk"])
+            .output()
+            .expect("run nexus rumk run");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{machine}:\n{}", show(&out));
+        assert!(
+            stdout.contains("RUMK apps: hello rumk"),
+            "{machine}:\n{}",
+            show(&out)
+        );
+        assert!(
+            stdout.contains("RUMK done: 2 verified, 0 failed"),
+            "{machine}:\n{}",
+            show(&out)
+        );
+    }
+    // A failed verification is exit code 3, as for nip verify.
+    let out = nexus(store.path())
+        .args(["rumk", "run", "--", "hello/Current/no-such-file"])
+        .output()
+        .expect("run nexus rumk run");
+    assert_eq!(out.status.code(), Some(3), "{}", show(&out));
+    // Generation 1 predates the guest: there is no kernel to boot.
+    let out = nexus(store.path())
+        .args([
+            "rumk",
+            "run",
+            "--generation",
+            "1",
+            "--",
+            "hello/Current/bin/hello",
+        ])
+        .output()
+        .expect("run nexus rumk run");
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("nexus build rumk"),
+        "{}",
+        show(&out)
+    );
+}
+
+#[test]
+fn two_rumk_guests_and_a_linux_guest_share_one_store_at_once() {
+    if !qemu_or_skip("two_rumk_guests_and_a_linux_guest_share_one_store_at_once") {
+        return;
+    }
+    rumk::kernel();
+    let kit = nexus_integration_tests::vm::GuestKit::get();
+    let store = Store::init();
+    let debs = fetch_debs(&["hello"]);
+    store.ok(["add".as_ref(), debs[0].as_os_str()]);
+    let hello = store
+        .list()
+        .into_iter()
+        .find(|p| p.name == "hello")
+        .expect("hello");
+    let (paths, expected) = expected_lines(&store, &hello.spec());
+    let args = paths.join(" ");
+    let server = Server::start(store.path(), &[]);
+    let scratch = Scratch::new("rumk-share");
+
+    // The Linux guest hashes hello's binary and keeps its mount busy until
+    // the Rumk guests are done (it waits for /proc/uptime to pass a mark
+    // the test cannot set, so it simply lists the mount a while).
+    let script = "echo \"SUM $(sha256sum /mnt/hello/Current/bin/hello)\"\n\
+                  i=0; while [ $i -lt 30 ]; do ls /mnt/hello/Current/bin >/dev/null; i=$((i+1)); sleep 0.2; done\n\
+                  echo \"SUM2 $(sha256sum /mnt/hello/Current/bin/hello)\"\n";
+    let initramfs = kit.initramfs(scratch.path(), script);
+    let linux = nexus_integration_tests::vm::Guest::boot(
+        kit,
+        &initramfs,
+        server.socket(),
+        &scratch.join("linux-console"),
+    );
+    let mounted = nexus_integration_tests::nexus::wait_for(Duration::from_secs(180), || {
+        linux.console().contains("NEXUS-GUEST-MOUNTED")
+    });
+    assert!(
+        mounted,
+        "the Linux guest did not mount:\n{}",
+        linux.console()
+    );
+
+    let guests: Vec<_> = Machine::ALL
+        .iter()
+        .map(|&m| {
+            rumk::spawn(
+                m,
+                server.socket(),
+                &scratch.join(format!("rumk-{}", m.name())),
+                &args,
+            )
+        })
+        .collect();
+    for (guest, machine) in guests.into_iter().zip(Machine::ALL) {
+        let out = guest.finish(GUEST_TIMEOUT);
+        assert_eq!(out.status, Some(VERIFIED), "{machine:?}:\n{}", out.console);
+        assert_eq!(
+            sorted(out.lines("RUMK ok ")),
+            expected,
+            "{machine:?}:\n{}",
+            out.console
+        );
+    }
+    let linux_still_up = !linux.console().contains("NEXUS-GUEST-DONE");
+    let console = linux.finish(Duration::from_secs(240));
+    let sums: Vec<&str> = console
+        .lines()
+        .filter(|l| l.starts_with("SUM"))
+        .map(|l| l.split_whitespace().nth(1).unwrap_or(""))
+        .collect();
+    let host = store.cat(&hello.spec(), "bin/hello").stdout;
+    let host_sum = {
+        let out = Command::new("sha256sum")
+            .arg("-")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                c.stdin.take().expect("stdin").write_all(&host)?;
+                c.wait_with_output()
+            })
+            .expect("run sha256sum");
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .to_string()
+    };
+    assert_eq!(sums, [host_sum.as_str(), host_sum.as_str()], "{console}");
+    assert!(
+        linux_still_up,
+        "the Linux guest ended before the Rumk guests did: they did not share the store at once"
+    );
+    server.stop();
+}

@@ -6,7 +6,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -118,8 +118,70 @@ pub fn qemu(kernel: &Path, machine: Machine, socket: &Path, console: &Path, args
     c
 }
 
-/// Boots the guest and waits (at most `timeout`) for it to exit; a guest
-/// still running then is killed and fails the test.
+/// A running Rumk guest.
+pub struct Running {
+    child: Child,
+    machine: Machine,
+    console: PathBuf,
+    started: Instant,
+}
+
+/// Starts the guest; [`Running::finish`] waits for its verdict.
+pub fn spawn(machine: Machine, socket: &Path, console: &Path, args: &str) -> Running {
+    let child = qemu(kernel(), machine, socket, console, args)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run qemu-system-x86_64: {e}"));
+    Running {
+        child,
+        machine,
+        console: console.to_path_buf(),
+        started: Instant::now(),
+    }
+}
+
+impl Running {
+    /// Waits (at most `timeout` from boot) for the guest to exit; a guest
+    /// still running then is killed and fails the test.
+    pub fn finish(mut self, timeout: Duration) -> Outcome {
+        let machine = self.machine;
+        let done = wait_for(timeout.saturating_sub(self.started.elapsed()), || {
+            matches!(self.child.try_wait(), Ok(Some(_)))
+        });
+        if !done {
+            let _ = self.child.kill();
+        }
+        let status = self.child.wait().expect("wait for qemu");
+        let elapsed = self.started.elapsed();
+        let mut stderr = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            use std::io::Read;
+            let _ = e.read_to_string(&mut stderr);
+        }
+        let console =
+            String::from_utf8_lossy(&fs::read(&self.console).unwrap_or_default()).into_owned();
+        assert!(
+            done,
+            "the {machine:?} guest did not exit within {timeout:?}:\n--- qemu stderr ---\n{stderr}\n--- console ---\n{console}"
+        );
+        if !stderr.trim().is_empty() {
+            eprintln!("qemu ({machine:?}) stderr: {stderr}");
+        }
+        Outcome {
+            status: status.code(),
+            console,
+            elapsed,
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Boots the guest and waits (at most `timeout`) for it to exit.
 pub fn boot(
     machine: Machine,
     socket: &Path,
@@ -127,32 +189,5 @@ pub fn boot(
     args: &str,
     timeout: Duration,
 ) -> Outcome {
-    let started = Instant::now();
-    let mut child = qemu(kernel(), machine, socket, console, args)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run qemu-system-x86_64: {e}"));
-    let done = wait_for(timeout, || matches!(child.try_wait(), Ok(Some(_))));
-    if !done {
-        let _ = child.kill();
-    }
-    let status = child.wait().expect("wait for qemu");
-    let elapsed = started.elapsed();
-    let mut stderr = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        use std::io::Read;
-        let _ = e.read_to_string(&mut stderr);
-    }
-    let console = String::from_utf8_lossy(&fs::read(console).unwrap_or_default()).into_owned();
-    assert!(
-        done,
-        "the {machine:?} guest did not exit within {timeout:?}:\n--- qemu stderr ---\n{stderr}\n--- console ---\n{console}"
-    );
-    if !stderr.trim().is_empty() {
-        eprintln!("qemu ({machine:?}) stderr: {stderr}");
-    }
-    Outcome {
-        status: status.code(),
-        console,
-        elapsed,
-    }
+    spawn(machine, socket, console, args).finish(timeout)
 }
