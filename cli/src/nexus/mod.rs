@@ -1,7 +1,8 @@
 //! `nexus`, the system builder: command-line definition and dispatch. Today
 //! it mounts the store as the `/Programs` tree (`nexus mount`, `nexus
-//! umount`) and serves the same tree to VM guests (`nexus serve
-//! --virtio-fs`).
+//! umount`), serves the same tree to VM guests (`nexus serve
+//! --virtio-fs`), and builds and boots Rumk guests (`nexus build rumk`,
+//! `nexus rumk run`).
 
 mod build;
 mod daemon;
@@ -36,6 +37,7 @@ use crate::location::default_store_dir;
 ///
 /// `nexus serve --virtio-fs SOCKET` serves the same tree to virtual machines
 /// as a vhost-user-fs (virtio-fs) device: many guests share one store.
+/// `nexus rumk run` boots a Rumk guest on it that verifies what it reads.
 ///
 /// Exit codes: 0 success; 1 error; 2 bad command line.
 #[derive(Debug, Parser)]
