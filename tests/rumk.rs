@@ -187,6 +187,59 @@ fn a_corrupted_chunk_or_a_missing_file_makes_the_guest_fail() {
     server.stop();
 }
 
+#[test]
+fn a_file_whose_bytes_differ_from_the_recorded_hash_fails_verification() {
+    if !qemu_or_skip("a_file_whose_bytes_differ_from_the_recorded_hash_fails_verification") {
+        return;
+    }
+    rumk::kernel();
+    let store = Store::init();
+    let debs = fetch_debs(&["hello"]);
+    store.ok(["add".as_ref(), debs[0].as_os_str()]);
+    let hello = store
+        .list()
+        .into_iter()
+        .find(|p| p.name == "hello")
+        .expect("hello");
+    let real = blake3::hash(&store.cat(&hello.spec(), "bin/hello").stdout);
+    let forged = blake3::hash(b"not the bytes of bin/hello");
+    // The catalog records each content's BLAKE3 (blobs.hash, FORMAT.md);
+    // the chunks stay intact, so the daemon serves the real bytes and only
+    // the guest's whole-file check can notice.
+    let db = rusqlite::Connection::open(store.path().join("catalog.db")).expect("open the catalog");
+    let changed = db
+        .execute(
+            "UPDATE blobs SET hash = ?1 WHERE hash = ?2",
+            (forged.as_bytes().as_slice(), real.as_bytes().as_slice()),
+        )
+        .expect("forge the recorded hash");
+    assert_eq!(changed, 1, "bin/hello's content is not in blobs");
+    drop(db);
+
+    let server = Server::start(store.path(), &[]);
+    let scratch = Scratch::new("rumk");
+    let out = rumk::boot(
+        Machine::Q35,
+        server.socket(),
+        &scratch.join("console"),
+        "hello/Current/bin/hello hello/Current/share/doc/hello/copyright",
+        GUEST_TIMEOUT,
+    );
+    assert_eq!(out.status, Some(FAILED), "{}", out.console);
+    assert_eq!(
+        out.lines("RUMK FAIL "),
+        [format!(
+            "RUMK FAIL hello/Current/bin/hello: BLAKE3 mismatch: recorded {}, read {}",
+            forged.to_hex(),
+            real.to_hex()
+        )],
+        "{}",
+        out.console
+    );
+    assert_eq!(out.lines("RUMK ok ").len(), 1, "{}", out.console);
+    server.stop();
+}
+
 /// `nexus` with a clean environment.
 fn nexus(store: &std::path::Path) -> Command {
     let mut c = Command::new(nexus_integration_tests::nexus_bin());
