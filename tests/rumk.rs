@@ -347,6 +347,38 @@ fn nexus_build_rumk_grafts_the_guest_and_nexus_rumk_run_boots_it() {
         "{}",
         show(&out)
     );
+
+    // A signed image carries the guest with it: once rumk is removed from
+    // the store, --image still boots the image's own kernel, served from
+    // the image.
+    let scratch = Scratch::new("rumk-image");
+    let image = scratch.join("system.npk");
+    for args in [
+        vec!["key", "generate", "admin"],
+        vec![
+            "snapshot",
+            "--key",
+            "admin",
+            "-o",
+            image.to_str().expect("UTF-8 path"),
+        ],
+    ] {
+        let out = nexus(store.path()).args(&args).output().expect("run nexus");
+        assert!(out.status.success(), "nexus {args:?}:\n{}", show(&out));
+    }
+    store.ok(["remove", "rumk"]);
+    let out = nexus(store.path())
+        .args(["rumk", "run", "--image"])
+        .arg(&image)
+        .args(["--", "rumk/Current/boot/rumk"])
+        .output()
+        .expect("run nexus rumk run --image");
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("RUMK done: 1 verified, 0 failed"),
+        "{}",
+        show(&out)
+    );
 }
 
 #[test]
@@ -369,11 +401,12 @@ fn two_rumk_guests_and_a_linux_guest_share_one_store_at_once() {
     let server = Server::start(store.path(), &[]);
     let scratch = Scratch::new("rumk-share");
 
-    // The Linux guest hashes hello's binary and keeps its mount busy until
-    // the Rumk guests are done (it waits for /proc/uptime to pass a mark
-    // the test cannot set, so it simply lists the mount a while).
+    // The Linux guest hashes hello's binary, then keeps reading its mount
+    // until the App `rumk-done` appears in it: the test adds that App once
+    // both Rumk guests have finished, so all three certainly overlapped.
     let script = "echo \"SUM $(sha256sum /mnt/hello/Current/bin/hello)\"\n\
-                  i=0; while [ $i -lt 30 ]; do ls /mnt/hello/Current/bin >/dev/null; i=$((i+1)); sleep 0.2; done\n\
+                  i=0; while [ ! -e /mnt/rumk-done ] && [ $i -lt 900 ]; do ls /mnt/hello/Current/bin >/dev/null; i=$((i+1)); sleep 0.2; done\n\
+                  echo \"WAITED $i\"\n\
                   echo \"SUM2 $(sha256sum /mnt/hello/Current/bin/hello)\"\n";
     let initramfs = kit.initramfs(scratch.path(), script);
     let linux = nexus_integration_tests::vm::Guest::boot(
@@ -412,8 +445,15 @@ fn two_rumk_guests_and_a_linux_guest_share_one_store_at_once() {
             out.console
         );
     }
-    let linux_still_up = !linux.console().contains("NEXUS-GUEST-DONE");
+    let linux_still_up = !linux.console().contains("WAITED");
+    let marker = scratch.join("rumk-done/1");
+    write_file(&marker.join("done"), b"both Rumk guests finished\n");
+    store.ok(["add".as_ref(), marker.as_os_str()]);
     let console = linux.finish(Duration::from_secs(240));
+    assert!(
+        !console.contains("WAITED 900"),
+        "the Linux guest never saw rumk-done appear:\n{console}"
+    );
     let sums: Vec<&str> = console
         .lines()
         .filter(|l| l.starts_with("SUM"))
@@ -441,7 +481,7 @@ fn two_rumk_guests_and_a_linux_guest_share_one_store_at_once() {
     assert_eq!(sums, [host_sum.as_str(), host_sum.as_str()], "{console}");
     assert!(
         linux_still_up,
-        "the Linux guest ended before the Rumk guests did: they did not share the store at once"
+        "the Linux guest stopped reading before the Rumk guests ended:\n{console}"
     );
     server.stop();
 }

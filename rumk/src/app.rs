@@ -157,7 +157,7 @@ fn list_programs<T: Transport>(s: &mut Session<T>) -> Result<(), fuse::Error> {
         });
         for &node in &held[..n] {
             if let Err(e) = s.forget(node, 1) {
-                break_with(e);
+                forget_failed(e);
             }
         }
         match step {
@@ -173,7 +173,7 @@ fn list_programs<T: Transport>(s: &mut Session<T>) -> Result<(), fuse::Error> {
 
 /// A FORGET that could not be sent costs the server a little memory,
 /// nothing more: it is reported, not fatal.
-fn break_with(e: fuse::Error) {
+fn forget_failed(e: fuse::Error) {
     println!("RUMK warning: FORGET not sent: {e}");
 }
 
@@ -186,7 +186,7 @@ struct Held {
 impl Held {
     fn push(&mut self, node: u64) -> Result<(), Failure> {
         if self.len == MAX_HELD {
-            return Err(Failure::TooManyLinks);
+            return Err(Failure::PathTooLong);
         }
         self.nodes[self.len] = node;
         self.len += 1;
@@ -196,7 +196,7 @@ impl Held {
     fn forget_all<T: Transport>(&mut self, s: &mut Session<T>) {
         for &node in &self.nodes[..self.len] {
             if let Err(e) = s.forget(node, 1) {
-                break_with(e);
+                forget_failed(e);
             }
         }
         self.len = 0;

@@ -559,6 +559,8 @@ pub fn run(cli: Cli) -> Result<i32> {
             let request = rumk::RunRequest {
                 store: std::path::absolute(&store)
                     .with_context(|| format!("store path {}", store.display()))?,
+                keys: std::path::absolute(&keys)
+                    .with_context(|| format!("key store path {}", keys.display()))?,
                 generation,
                 image: match image {
                     Some(path) => Some(serve::ImageRequest {

@@ -48,6 +48,8 @@ pub enum Machine {
 pub struct RunRequest {
     /// The store (absolute).
     pub store: PathBuf,
+    /// The key store, for the daemon's image check.
+    pub keys: PathBuf,
     /// Serve (and take the kernel from) generation N instead of the live one.
     pub generation: Option<i64>,
     /// Serve (and take the kernel from) this signed image, checked.
@@ -87,7 +89,7 @@ pub fn run(request: &RunRequest) -> Result<i32> {
         None => extract_kernel(request, scratch.path())?,
     };
     let socket = scratch.path().join("programs.sock");
-    let mut daemon = Daemon::start(request, &socket)?;
+    let mut daemon = Daemon::start(request, &socket, &scratch.path().join("serve.err"))?;
     let started = Instant::now();
     let mut qemu = qemu_command(request, &kernel, &socket)
         .spawn()
@@ -104,7 +106,10 @@ pub fn run(request: &RunRequest) -> Result<i32> {
         if let Some(status) = daemon.exited()? {
             let _ = qemu.kill();
             let _ = qemu.wait();
-            bail!("nexus serve --virtio-fs ended ({status}) while the guest ran");
+            bail!(
+                "nexus serve --virtio-fs ended ({status}) while the guest ran: {}",
+                daemon.errors()
+            );
         }
         std::thread::sleep(Duration::from_millis(10));
     };
@@ -243,14 +248,19 @@ fn extract_kernel(request: &RunRequest, dir: &Path) -> Result<PathBuf> {
 /// The `nexus serve --virtio-fs` child; stopped with SIGTERM.
 struct Daemon {
     child: Child,
+    /// Its standard error: a file, not a pipe nobody drains while the
+    /// guest runs (a full pipe would stall the daemon).
+    stderr: PathBuf,
 }
 
 impl Daemon {
-    fn start(request: &RunRequest, socket: &Path) -> Result<Daemon> {
+    fn start(request: &RunRequest, socket: &Path, stderr: &Path) -> Result<Daemon> {
         let exe = std::env::current_exe().context("locating the nexus binary")?;
         let mut c = Command::new(exe);
         c.arg("--store")
             .arg(&request.store)
+            .arg("--keys")
+            .arg(&request.keys)
             .arg("serve")
             .arg("--virtio-fs")
             .arg(socket);
@@ -264,22 +274,25 @@ impl Daemon {
             c.arg("-v").arg("--log-file").arg(log);
         }
         // Its start-up line would mix with the guest's console.
+        let err = std::fs::File::create(stderr)
+            .with_context(|| format!("creating {}", stderr.display()))?;
         let child = c
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(err)
             .spawn()
             .context("starting nexus serve --virtio-fs")?;
-        let mut daemon = Daemon { child };
+        let mut daemon = Daemon {
+            child,
+            stderr: stderr.to_path_buf(),
+        };
         let deadline = Instant::now() + SOCKET_WAIT;
         while !socket.exists() {
             if let Some(status) = daemon.exited()? {
-                let mut err = String::new();
-                if let Some(mut e) = daemon.child.stderr.take() {
-                    use std::io::Read;
-                    let _ = e.read_to_string(&mut err);
-                }
-                bail!("nexus serve --virtio-fs failed ({status}): {}", err.trim());
+                bail!(
+                    "nexus serve --virtio-fs failed ({status}): {}",
+                    daemon.errors()
+                );
             }
             if Instant::now() > deadline {
                 bail!("nexus serve --virtio-fs made no socket within {SOCKET_WAIT:?}");
@@ -287,6 +300,14 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(10));
         }
         Ok(daemon)
+    }
+
+    /// What the daemon wrote to standard error, trimmed.
+    fn errors(&self) -> String {
+        std::fs::read_to_string(&self.stderr)
+            .unwrap_or_default()
+            .trim()
+            .to_string()
     }
 
     fn exited(&mut self) -> Result<Option<std::process::ExitStatus>> {
