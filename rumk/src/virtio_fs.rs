@@ -2,6 +2,14 @@
 //! from its configuration, and its two queues — high priority (FORGET,
 //! which has no reply) and the first request queue. Requests are sent one
 //! at a time and polled for (this guest runs with interrupts off).
+//!
+//! A notification can be lost: a vhost-user backend drops a kick that
+//! arrives before it has enabled the ring, and this guest sends its first
+//! request right after DRIVER_OK. So the wait for a reply notifies the
+//! device again every [`REKICK_SPINS`] polls (a spurious notification is
+//! harmless) instead of spinning for ever on a request the device never
+//! saw. After any queue error the device is not used again: buffers may
+//! still be in its hands.
 
 use virtio_drivers::device::common::Feature;
 use virtio_drivers::queue::VirtQueue;
@@ -14,6 +22,8 @@ use crate::hal::RumkHal;
 pub const QUEUE_SIZE: usize = 8;
 const HIPRIO_QUEUE: u16 = 0;
 const REQUEST_QUEUE: u16 = 1;
+/// Polls of the used ring between two notifications of the same request.
+const REKICK_SPINS: u32 = 1 << 20;
 /// `virtio_fs_config.tag` is 36 bytes, NUL-padded.
 const TAG_LEN: usize = 36;
 /// Offset of `num_request_queues` in the configuration.
@@ -30,6 +40,8 @@ pub enum Error {
     Queue(virtio_drivers::Error),
     /// The device claims to have written more than the buffers hold.
     Overrun,
+    /// An earlier queue error: the device is no longer used.
+    Broken,
 }
 
 impl core::fmt::Display for Error {
@@ -39,6 +51,7 @@ impl core::fmt::Display for Error {
             Error::Config => write!(f, "unusable device configuration"),
             Error::Queue(e) => write!(f, "virtqueue: {e}"),
             Error::Overrun => write!(f, "device reports more bytes than the reply buffers hold"),
+            Error::Broken => write!(f, "device abandoned after an earlier queue error"),
         }
     }
 }
@@ -49,6 +62,8 @@ pub struct VirtioFs<T: Transport> {
     hiprio: VirtQueue<RumkHal, QUEUE_SIZE>,
     requests: VirtQueue<RumkHal, QUEUE_SIZE>,
     tag: [u8; TAG_LEN],
+    /// Set by a queue error; no request is sent after it.
+    broken: bool,
 }
 
 impl<T: Transport> VirtioFs<T> {
@@ -81,6 +96,7 @@ impl<T: Transport> VirtioFs<T> {
             hiprio,
             requests,
             tag,
+            broken: false,
         })
     }
 
@@ -99,19 +115,37 @@ impl<T: Transport> VirtioFs<T> {
         header: &mut [u8],
         body: &mut [u8],
     ) -> Result<usize, Error> {
+        if self.broken {
+            return Err(Error::Broken);
+        }
         let room = header.len() + body.len();
         let inputs = [request];
         let written = if body.is_empty() {
             let mut outputs = [header];
-            self.requests
-                .add_notify_wait_pop(&inputs, &mut outputs, &mut self.transport)
+            roundtrip(
+                &mut self.requests,
+                &mut self.transport,
+                REQUEST_QUEUE,
+                &inputs,
+                &mut outputs,
+            )
         } else {
             let mut outputs = [header, body];
-            self.requests
-                .add_notify_wait_pop(&inputs, &mut outputs, &mut self.transport)
-        }
-        .map_err(Error::Queue)?;
-        let written = written as usize;
+            roundtrip(
+                &mut self.requests,
+                &mut self.transport,
+                REQUEST_QUEUE,
+                &inputs,
+                &mut outputs,
+            )
+        };
+        let written = match written {
+            Ok(n) => n as usize,
+            Err(e) => {
+                self.broken = true;
+                return Err(e);
+            }
+        };
         if written > room {
             return Err(Error::Overrun);
         }
@@ -121,11 +155,46 @@ impl<T: Transport> VirtioFs<T> {
     /// Sends `request`, which has no reply (FORGET), on the high-priority
     /// queue and waits for the device to take it.
     pub fn send(&mut self, request: &[u8]) -> Result<(), Error> {
+        if self.broken {
+            return Err(Error::Broken);
+        }
         let inputs = [request];
         let mut outputs: [&mut [u8]; 0] = [];
-        self.hiprio
-            .add_notify_wait_pop(&inputs, &mut outputs, &mut self.transport)
-            .map(|_| ())
-            .map_err(Error::Queue)
+        roundtrip(
+            &mut self.hiprio,
+            &mut self.transport,
+            HIPRIO_QUEUE,
+            &inputs,
+            &mut outputs,
+        )
+        .map(|_| ())
+        .inspect_err(|_| self.broken = true)
     }
+}
+
+/// Adds one request to `queue`, notifies the device, and polls for its
+/// completion, notifying again every [`REKICK_SPINS`] polls; returns the
+/// bytes the device says it wrote.
+fn roundtrip<'a, T: Transport>(
+    queue: &mut VirtQueue<RumkHal, QUEUE_SIZE>,
+    transport: &mut T,
+    index: u16,
+    inputs: &'a [&'a [u8]],
+    outputs: &'a mut [&'a mut [u8]],
+) -> Result<u32, Error> {
+    // SAFETY: the buffers are borrowed for this whole call, and it returns
+    // only after `pop_used` took the token back, or after an error that
+    // makes the caller abandon the device (`broken`).
+    let token = unsafe { queue.add(inputs, outputs) }.map_err(Error::Queue)?;
+    transport.notify(index);
+    let mut spins: u32 = 0;
+    while !queue.can_pop() {
+        spins = spins.wrapping_add(1);
+        if spins.is_multiple_of(REKICK_SPINS) {
+            transport.notify(index);
+        }
+        core::hint::spin_loop();
+    }
+    // SAFETY: the same buffers as given to `add` for this token.
+    unsafe { queue.pop_used(token, inputs, outputs) }.map_err(Error::Queue)
 }
