@@ -12,7 +12,8 @@
 # two cores):
 #   1. format and lint checks (cargo fmt --check, clippy -D warnings), for
 #      the workspace and for the Rumk guest (rumk/, its own workspace and
-#      flags), then the guest's release build (scripts/build-rumk.sh)
+#      flags), the guest's host unit tests, then its release build
+#      (scripts/build-rumk.sh)
 #   2. cargo test --workspace (unit, property and end-to-end tests; the
 #      end-to-end tests fetch real Debian packages with apt-get download)
 #   3. the benchmark scripts' smoke runs (shellcheck, then bench/ingest.sh,
@@ -37,7 +38,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # The guest reads its flags from rumk/.cargo/config.toml: run from there,
 # with its own target directory.
 (cd rumk && cargo fmt -- --check &&
-    CARGO_TARGET_DIR="$root/rumk/target" cargo clippy --all-targets --release --locked -- -D warnings)
+    CARGO_TARGET_DIR="$root/rumk/target" cargo clippy --all-targets --release --locked -- -D warnings &&
+    CARGO_TARGET_DIR="$root/rumk/target" cargo test --lib --release --locked)
 scripts/build-rumk.sh
 
 log "tests"

@@ -10,10 +10,8 @@
 
 use core::fmt;
 
-use virtio_drivers::transport::Transport;
-
 use crate::exit::Status;
-use crate::fuse::{self, Entry, S_IFDIR, S_IFLNK, S_IFREG, Session};
+use crate::fuse::{self, Channel, Entry, S_IFDIR, S_IFLNK, S_IFREG, Session};
 use crate::{print, println};
 
 /// The attribute holding a regular file's recorded BLAKE3.
@@ -114,7 +112,7 @@ impl fmt::Display for Failure {
 
 /// Lists the programs, verifies each file named in `cmdline`; the status
 /// tells whether every one was verified.
-pub fn run<T: Transport>(s: &mut Session<T>, cmdline: &str) -> Status {
+pub fn run<C: Channel>(s: &mut Session<C>, cmdline: &str) -> Status {
     if let Err(e) = list_programs(s) {
         println!("RUMK FAIL listing the programs: {e}");
         return Status::Failed;
@@ -141,7 +139,7 @@ pub fn run<T: Transport>(s: &mut Session<T>, cmdline: &str) -> Status {
 }
 
 /// Prints the names at the root of the view (the Apps) on one line.
-fn list_programs<T: Transport>(s: &mut Session<T>) -> Result<(), fuse::Error> {
+fn list_programs<C: Channel>(s: &mut Session<C>) -> Result<(), fuse::Error> {
     let fh = s.opendir(fuse::ROOT)?;
     print!("RUMK apps:");
     let mut offset = 0;
@@ -193,7 +191,7 @@ impl Held {
         Ok(())
     }
 
-    fn forget_all<T: Transport>(&mut self, s: &mut Session<T>) {
+    fn forget_all<C: Channel>(&mut self, s: &mut Session<C>) {
         for &node in &self.nodes[..self.len] {
             if let Err(e) = s.forget(node, 1) {
                 forget_failed(e);
@@ -204,7 +202,7 @@ impl Held {
 }
 
 /// Reads the file at `path` and verifies it: its size and BLAKE3.
-fn verify<T: Transport>(s: &mut Session<T>, path: &[u8]) -> Result<(u64, [u8; 32]), Failure> {
+fn verify<C: Channel>(s: &mut Session<C>, path: &[u8]) -> Result<(u64, [u8; 32]), Failure> {
     let mut held = Held {
         nodes: [0; MAX_HELD],
         len: 0,
@@ -216,7 +214,7 @@ fn verify<T: Transport>(s: &mut Session<T>, path: &[u8]) -> Result<(u64, [u8; 32
 
 /// Resolves `path` (relative to the root of the view) following symbolic
 /// links; returns the final entry, a LOOKUP's (its node id is in `held`).
-fn walk<T: Transport>(s: &mut Session<T>, path: &[u8], held: &mut Held) -> Result<Entry, Failure> {
+fn walk<C: Channel>(s: &mut Session<C>, path: &[u8], held: &mut Held) -> Result<Entry, Failure> {
     let mut buf = [0u8; MAX_PATH];
     if path.len() > MAX_PATH {
         return Err(Failure::PathTooLong);
@@ -298,10 +296,7 @@ fn walk<T: Transport>(s: &mut Session<T>, path: &[u8], held: &mut Held) -> Resul
 }
 
 /// Reads all of the regular file `entry` and checks its BLAKE3.
-fn verify_node<T: Transport>(
-    s: &mut Session<T>,
-    entry: &Entry,
-) -> Result<(u64, [u8; 32]), Failure> {
+fn verify_node<C: Channel>(s: &mut Session<C>, entry: &Entry) -> Result<(u64, [u8; 32]), Failure> {
     // The attributes of the lookup may be cached by a server; ask afresh.
     let attr = s.getattr(entry.nodeid)?;
     if attr.kind() != S_IFREG {
@@ -344,7 +339,7 @@ fn verify_node<T: Transport>(
 }
 
 /// The BLAKE3 the store recorded for node `node`.
-fn recorded_hash<T: Transport>(s: &mut Session<T>, node: u64) -> Result<[u8; 32], Failure> {
+fn recorded_hash<C: Channel>(s: &mut Session<C>, node: u64) -> Result<[u8; 32], Failure> {
     let mut hex = [0u8; 64];
     let value = match s.getxattr(node, HASH_XATTR, &mut hex) {
         Ok(v) => v,
@@ -367,4 +362,107 @@ fn recorded_hash<T: Transport>(s: &mut Session<T>, node: u64) -> Result<[u8; 32]
         }
     }
     Ok(hash)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testfs::{Node, TestFs};
+
+    fn session(fs: TestFs) -> Session<TestFs> {
+        Session::init(fs).unwrap_or_else(|e| panic!("INIT: {e}"))
+    }
+
+    fn ok(s: &mut Session<TestFs>, path: &str) -> u64 {
+        match verify(s, path.as_bytes()) {
+            Ok((size, hash)) => {
+                assert_eq!(hash, *blake3::hash(b"hello, world\n").as_bytes());
+                size
+            }
+            Err(e) => panic!("{path}: {e}"),
+        }
+    }
+
+    #[test]
+    fn paths_through_links_and_dot_dot_verify() {
+        let mut s = session(TestFs::new());
+        for path in [
+            "hello/Current/bin/hello",
+            "hello/1.0/bin/hi",
+            "/hello//Current/./bin/../bin/hi",
+        ] {
+            assert_eq!(ok(&mut s, path), 13);
+        }
+        assert_eq!(run(&mut s, "hello/Current/bin/hello"), Status::Verified);
+    }
+
+    #[test]
+    fn every_lookup_is_forgotten() {
+        let mut s = session(TestFs::new());
+        assert_eq!(run(&mut s, "hello/Current/bin/hi nope"), Status::Failed);
+        let held: std::vec::Vec<_> = s
+            .device_for_tests()
+            .lookups
+            .iter()
+            .filter(|(_, n)| **n != 0)
+            .collect();
+        assert!(held.is_empty(), "lookups not forgotten: {held:?}");
+    }
+
+    #[test]
+    fn failures_are_reported_not_used() {
+        let mut fs = TestFs::new();
+        fs.flip_read = true;
+        let mut s = session(fs);
+        assert!(matches!(
+            verify(&mut s, b"hello/Current/bin/hello"),
+            Err(Failure::Mismatch { .. })
+        ));
+        assert!(matches!(
+            verify(&mut s, b"hello/Current/bin"),
+            Err(Failure::NotAFile)
+        ));
+        assert!(matches!(
+            verify(&mut s, b"hello/Current/bin/hello/x"),
+            Err(Failure::NotADirectory)
+        ));
+        assert!(matches!(verify(&mut s, b"nope"), Err(Failure::NotFound)));
+    }
+
+    #[test]
+    fn links_are_bounded_and_stay_in_the_view() {
+        let mut fs = TestFs::new();
+        fs.nodes.insert(7, Node::Link(b"hi".to_vec())); // hi -> hi
+        fs.nodes.insert(3, Node::Link(b"/etc".to_vec())); // Current -> /etc
+        let mut s = session(fs);
+        assert!(matches!(
+            verify(&mut s, b"hello/1.0/bin/hi"),
+            Err(Failure::TooManyLinks)
+        ));
+        assert!(matches!(
+            verify(&mut s, b"hello/Current/bin/hello"),
+            Err(Failure::AbsoluteLink)
+        ));
+    }
+
+    #[test]
+    fn a_recorded_hash_must_be_64_lowercase_hex_digits() {
+        for bad in [
+            "ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef0123456789",
+            "abc",
+            "g000000000000000000000000000000000000000000000000000000000000000",
+        ] {
+            let mut fs = TestFs::new();
+            fs.nodes
+                .insert(6, Node::File(b"hello, world\n".to_vec(), bad.into()));
+            let mut s = session(fs);
+            assert!(
+                matches!(
+                    verify(&mut s, b"hello/1.0/bin/hello"),
+                    Err(Failure::BadHash)
+                ),
+                "{bad}"
+            );
+        }
+    }
 }

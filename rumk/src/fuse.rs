@@ -10,10 +10,9 @@
 //! store's view does so: reads need no handle), which is taken, as the
 //! Linux client does, as "no open needed".
 
-use virtio_drivers::transport::Transport;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-use crate::virtio_fs::{self, VirtioFs};
+use crate::virtio_fs;
 
 const FUSE_MAJOR: u32 = 7;
 const FUSE_MINOR: u32 = 31;
@@ -263,6 +262,25 @@ fn errno_name(n: i32) -> &'static str {
     }
 }
 
+/// What carries FUSE messages: the virtio-fs device ([`virtio_fs::VirtioFs`]),
+/// or a scripted server in the unit tests.
+pub trait Channel {
+    /// Sends `request` and waits for the reply in `header` then `body`;
+    /// returns the bytes written.
+    fn call(
+        &mut self,
+        request: &[u8],
+        header: &mut [u8],
+        body: &mut [u8],
+    ) -> Result<usize, virtio_fs::Error>;
+
+    /// Sends `request`, which has no reply.
+    fn send(&mut self, request: &[u8]) -> Result<(), virtio_fs::Error>;
+
+    /// The file system's tag.
+    fn tag(&self) -> &str;
+}
+
 /// One directory entry from READDIRPLUS.
 pub struct DirEntry<'a> {
     /// The entry's name (never `.` or `..`).
@@ -273,8 +291,8 @@ pub struct DirEntry<'a> {
 }
 
 /// A FUSE session over one virtio-fs device.
-pub struct Session<T: Transport> {
-    device: VirtioFs<T>,
+pub struct Session<C: Channel> {
+    device: C,
     unique: u64,
     request: [u8; MAX_REQUEST],
     header: [u8; OUT_HEADER],
@@ -286,9 +304,9 @@ pub struct Session<T: Transport> {
     pub minor: u32,
 }
 
-impl<T: Transport> Session<T> {
+impl<C: Channel> Session<C> {
     /// Starts a session: INIT, protocol 7.x with no optional features.
-    pub fn init(device: VirtioFs<T>) -> Result<Self, Error> {
+    pub fn init(device: C) -> Result<Self, Error> {
         let mut s = Session {
             device,
             unique: 0,
@@ -320,6 +338,12 @@ impl<T: Transport> Session<T> {
     /// The virtio-fs tag.
     pub fn tag(&self) -> &str {
         self.device.tag()
+    }
+
+    /// The channel, for the tests to inspect.
+    #[cfg(test)]
+    pub fn device_for_tests(&self) -> &C {
+        &self.device
     }
 
     /// Sends one request (`args` concatenated after the header) and returns
@@ -363,6 +387,9 @@ impl<T: Transport> Session<T> {
             .map_err(Error::Device)?;
         if written < OUT_HEADER {
             return Err(Error::Protocol("reply shorter than its header"));
+        }
+        if written > OUT_HEADER + want {
+            return Err(Error::Protocol("reply longer than its buffers"));
         }
         let out = OutHeader::read_from_bytes(&self.header)
             .map_err(|_| Error::Protocol("reply header"))?;
@@ -587,5 +614,65 @@ impl<T: Transport> Session<T> {
             return Err(Error::Protocol("directory offset did not advance"));
         }
         Ok(Some(next))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testfs::TestFs;
+
+    fn session(fs: TestFs) -> Session<TestFs> {
+        Session::init(fs).unwrap_or_else(|e| panic!("INIT: {e}"))
+    }
+
+    #[test]
+    fn init_takes_the_servers_version_and_read_size() {
+        let s = session(TestFs::new());
+        assert_eq!(s.minor, 33);
+        assert_eq!(s.max_read(), 8192);
+    }
+
+    #[test]
+    fn a_reply_to_another_request_is_refused() {
+        let mut fs = TestFs::new();
+        fs.wrong_unique = true;
+        assert!(matches!(
+            Session::init(fs),
+            Err(Error::Protocol("reply to another request"))
+        ));
+    }
+
+    #[test]
+    fn a_reply_claiming_more_bytes_than_it_holds_is_refused() {
+        let mut s = session(TestFs::new());
+        s.device.lie_about_length = true;
+        assert!(matches!(s.lookup(ROOT, b"hello"), Err(Error::Protocol(_))));
+    }
+
+    #[test]
+    fn errors_and_bad_names_are_reported() {
+        let mut s = session(TestFs::new());
+        assert!(matches!(s.lookup(ROOT, b"nope"), Err(Error::Errno(2))));
+        assert!(matches!(s.lookup(ROOT, b"a\0b"), Err(Error::BadName)));
+        assert!(matches!(s.lookup(ROOT, &[b'x'; 256]), Err(Error::BadName)));
+        assert_eq!(s.open(6).ok(), Some(None), "ENOSYS means no open needed");
+    }
+
+    #[test]
+    fn readdirplus_lists_names_and_reads_are_bounded() {
+        let mut s = session(TestFs::new());
+        let fh = s.opendir(2).unwrap_or_else(|e| panic!("{e}"));
+        let mut names = std::vec::Vec::new();
+        let next = s
+            .readdirplus(2, fh, 0, |d| names.push(d.name.to_vec()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(names, [b"1.0".to_vec(), b"Current".to_vec()]);
+        let end = s
+            .readdirplus(2, fh, next.unwrap_or(0), |_| {})
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(end, None);
+        let data = s.read(6, None, 0, 4).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(data, b"hell");
     }
 }

@@ -1,32 +1,23 @@
 //! Rumk: a freestanding x86_64 guest that mounts the Nexus store's view
 //! over virtio-fs, lists the programs, reads the files named on its command
 //! line and verifies the BLAKE3 of every byte against the hash the store
-//! recorded, then leaves through `isa-debug-exit` (see [`exit::Status`]).
+//! recorded, then leaves through `isa-debug-exit` (see [`Status`]).
 //!
-//! Modules, one job each: [`boot`] (PVH entry to long mode), [`rt`] (what
-//! `core` needs from a libc), [`port`] and [`serial`] (console), [`exit`],
-//! [`hal`] (DMA for virtio-drivers), [`transport`] (finding the device;
-//! MMIO and PCI registers), [`virtio_fs`] (the device and its queues),
-//! [`fuse`] (the FUSE client) and [`app`] (listing and verifying).
+//! This binary is the boot path only: [`boot`] (PVH entry to long mode),
+//! [`rt`] (what `core` needs from a libc) and the Rust entry point; the
+//! rest is the `rumk` library (`lib.rs`).
 
 #![no_std]
 #![no_main]
 
-mod app;
 mod boot;
-mod exit;
-mod fuse;
-mod hal;
-mod port;
 mod rt;
-mod serial;
-mod transport;
-mod virtio_fs;
 
 use core::panic::PanicInfo;
 
-use exit::Status;
-use transport::Found;
+use rumk::exit::{self, Status};
+use rumk::transport::{self, Found};
+use rumk::{app, fuse, println, serial, virtio_fs};
 use virtio_drivers::transport::Transport;
 
 /// Called by the boot code in long mode with the `hvm_start_info` address.

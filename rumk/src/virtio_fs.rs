@@ -15,6 +15,7 @@ use virtio_drivers::device::common::Feature;
 use virtio_drivers::queue::VirtQueue;
 use virtio_drivers::transport::{DeviceStatus, Transport};
 
+use crate::fuse::Channel;
 use crate::hal::RumkHal;
 
 /// Entries per virtqueue: a request uses at most three descriptors and
@@ -99,9 +100,11 @@ impl<T: Transport> VirtioFs<T> {
             broken: false,
         })
     }
+}
 
+impl<T: Transport> Channel for VirtioFs<T> {
     /// The tag the host gave the device (up to its first NUL), if UTF-8.
-    pub fn tag(&self) -> &str {
+    fn tag(&self) -> &str {
         let end = self.tag.iter().position(|&b| b == 0).unwrap_or(TAG_LEN);
         core::str::from_utf8(&self.tag[..end]).unwrap_or("?")
     }
@@ -109,12 +112,7 @@ impl<T: Transport> VirtioFs<T> {
     /// Sends `request` on the request queue and waits for the reply in
     /// `header` then `body`; returns the bytes the device wrote, checked
     /// to fit the buffers.
-    pub fn call(
-        &mut self,
-        request: &[u8],
-        header: &mut [u8],
-        body: &mut [u8],
-    ) -> Result<usize, Error> {
+    fn call(&mut self, request: &[u8], header: &mut [u8], body: &mut [u8]) -> Result<usize, Error> {
         if self.broken {
             return Err(Error::Broken);
         }
@@ -154,7 +152,7 @@ impl<T: Transport> VirtioFs<T> {
 
     /// Sends `request`, which has no reply (FORGET), on the high-priority
     /// queue and waits for the device to take it.
-    pub fn send(&mut self, request: &[u8]) -> Result<(), Error> {
+    fn send(&mut self, request: &[u8]) -> Result<(), Error> {
         if self.broken {
             return Err(Error::Broken);
         }
