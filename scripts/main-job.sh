@@ -9,9 +9,11 @@
 # default location (/var/lib/nexus for root), downloads the given Debian
 # packages with `apt-get download` and grafts the .deb files as App/Version,
 # verifies the store, mounts it at /Programs (the
-# daemon stays running; `nexus umount /Programs` ends it) and runs hello
-# from the mount. Running it again is harmless: adding an identical package
-# is a no-op, and an existing /Programs mount is replaced.
+# daemon stays running; `nexus umount /Programs` ends it), runs hello
+# from the mount, and boots a Rumk guest (`nexus build rumk`, `nexus rumk
+# run`) that reads hello over virtio-fs and verifies it. Running it again is
+# harmless: adding an identical package is a no-op, and an existing
+# /Programs mount is replaced.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -53,4 +55,10 @@ if [[ -x /Programs/hello/Current/bin/hello ]]; then
     echo
     echo "running /Programs/hello/Current/bin/hello:"
     /Programs/hello/Current/bin/hello
+    # A Rumk guest (rumk/, grafted as rumk/VERSION) boots in QEMU, reads
+    # hello over virtio-fs and verifies its BLAKE3 against the store's.
+    echo
+    echo "a Rumk guest verifying hello over virtio-fs:"
+    "$nexus" build rumk --source "$root"
+    "$nexus" rumk run -- hello/Current/bin/hello rumk/Current/boot/rumk
 fi

@@ -10,12 +10,15 @@
 #
 # Steps (one shared debug build, so the whole run stays well under 30 min on
 # two cores):
-#   1. format and lint checks (cargo fmt --check, clippy -D warnings)
+#   1. format and lint checks (cargo fmt --check, clippy -D warnings), for
+#      the workspace and for the Rumk guest (rumk/, its own workspace and
+#      flags), the guest's host unit tests, then its release build
+#      (scripts/build-rumk.sh)
 #   2. cargo test --workspace (unit, property and end-to-end tests; the
 #      end-to-end tests fetch real Debian packages with apt-get download)
-#   3. the benchmark scripts' smoke runs (shellcheck, then bench/ingest.sh
-#      bench/mount.sh and bench/images.sh --smoke on a tiny corpus, with the
-#      debug builds)
+#   3. the benchmark scripts' smoke runs (shellcheck, then bench/ingest.sh,
+#      bench/mount.sh, bench/images.sh and bench/virtiofs.sh --smoke on a
+#      tiny corpus, with the debug builds)
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -32,6 +35,12 @@ ensure_rust
 log "format and lint"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The guest reads its flags from rumk/.cargo/config.toml: run from there,
+# with its own target directory.
+(cd rumk && cargo fmt -- --check &&
+    CARGO_TARGET_DIR="$root/rumk/target" cargo clippy --all-targets --release --locked -- -D warnings &&
+    CARGO_TARGET_DIR="$root/rumk/target" cargo test --lib --release --locked)
+scripts/build-rumk.sh
 
 log "tests"
 # `cargo test` alone does not build the binaries the end-to-end tests drive.
@@ -43,5 +52,6 @@ shellcheck -x bench/*.sh scripts/*.sh .ci/run
 NIP="$root/target/debug/nip" bench/ingest.sh --smoke
 NIP="$root/target/debug/nip" NEXUS="$root/target/debug/nexus" bench/mount.sh --smoke
 NIP="$root/target/debug/nip" NEXUS="$root/target/debug/nexus" bench/images.sh --smoke --switches 6
+NIP="$root/target/debug/nip" NEXUS="$root/target/debug/nexus" bench/virtiofs.sh --smoke
 
 log "all tests passed"

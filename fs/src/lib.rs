@@ -11,8 +11,8 @@
 //!   that transports can drop what their clients cached.
 //! - [`fuse`] serves a view through the kernel's FUSE interface (`fuser`):
 //!   a thin adapter that turns requests into view calls and view answers
-//!   into replies with cache lifetimes. A virtio-fs adapter for VM guests is
-//!   planned beside it.
+//!   into replies with cache lifetimes. The virtio-fs adapter for VM guests
+//!   is the `nexus-virtiofs` crate, over the same view.
 //! - [`index`] is the Index (GoboLinux's `/System/Index`): `bin`, `lib`,
 //!   `share`… of every App's `Current` version merged into one tree of
 //!   symlinks into the mount, served by [`fuse::mount_index`] as a second

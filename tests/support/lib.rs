@@ -22,7 +22,9 @@ pub mod nexus;
 pub mod nip;
 pub mod pack;
 pub mod rng;
+pub mod rumk;
 pub mod tree;
+pub mod vm;
 
 use std::sync::{Mutex, MutexGuard};
 

@@ -50,9 +50,20 @@ Examples:
 /// `nexus build`'s arguments.
 #[derive(Debug, Args)]
 pub struct BuildArgs {
+    /// `rumk`: build the Rumk guest kernel from
+    /// recipes/rumk/minimal-rumk.kdl and add it to the live set as
+    /// rumk/VERSION (instead of a profile).
+    #[arg(value_name = "TARGET", required_unless_present = "profile", conflicts_with = "profile")]
+    pub target: Option<String>,
+
     /// The profile: profiles/NAME.kdl.
     #[arg(long, value_name = "NAME")]
-    pub profile: String,
+    pub profile: Option<String>,
+
+    /// With `rumk`: the Nexus source tree holding recipes/ and rumk/
+    /// (default: the current directory).
+    #[arg(long, value_name = "DIR", requires = "target")]
+    pub source: Option<PathBuf>,
 
     /// Also write the generation as a signed system image to FILE.
     #[arg(short = 'o', long = "output", value_name = "FILE", requires = "key")]
@@ -112,6 +123,9 @@ fn find_profiles_dir() -> Result<PathBuf> {
 
 /// Runs `nexus build`.
 pub fn run(store_dir: &Path, keys_dir: &Path, args: BuildArgs) -> Result<i32> {
+    let Some(profile_name) = args.profile.clone() else {
+        bail!("nexus build: give --profile NAME (or the target `rumk`)");
+    };
     let profiles = match args.profiles {
         Some(p) => p,
         None => find_profiles_dir()?,
@@ -129,7 +143,7 @@ pub fn run(store_dir: &Path, keys_dir: &Path, args: BuildArgs) -> Result<i32> {
         .as_deref()
         .map(|name| KeyStore::new(keys_dir).secret(name))
         .transpose()?;
-    let profile = match locate::load_profile(&profiles, &args.profile) {
+    let profile = match locate::load_profile(&profiles, &profile_name) {
         Ok(p) => p,
         Err(e) => return report(e),
     };

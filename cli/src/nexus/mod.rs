@@ -1,14 +1,19 @@
 //! `nexus`, the system builder: command-line definition and dispatch. Today
 //! it mounts the store as the `/Programs` tree (`nexus mount`, `nexus
-//! umount`).
+//! umount`), serves the same tree to VM guests (`nexus serve
+//! --virtio-fs`), and builds and boots Rumk guests (`nexus build rumk`,
+//! `nexus rumk run`).
 
 mod build;
+mod rumk_build;
 mod daemon;
 mod image;
 mod index;
 mod mounts;
+mod rumk;
 mod serve;
 mod signals;
+mod virtiofs;
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -21,7 +26,8 @@ use crate::exit;
 use crate::keys::default_keys_dir;
 use crate::location::default_store_dir;
 
-/// nexus — the Nexus system builder: presents the store as /Programs.
+/// nexus — the Nexus system builder: presents the store as /Programs, on
+/// this machine and to VM guests.
 ///
 /// `nexus mount /Programs` shows every installed package of the store
 /// (default /var/lib/nexus for root, $XDG_DATA_HOME/nexus otherwise) as
@@ -29,6 +35,10 @@ use crate::location::default_store_dir;
 /// `nip` made current. The mount is read-only; it shows the live generation
 /// and follows `nip add`, `remove`, `rollback` and `switch` without a remount
 /// (within about two seconds), or one fixed generation with --generation.
+///
+/// `nexus serve --virtio-fs SOCKET` serves the same tree to virtual machines
+/// as a vhost-user-fs (virtio-fs) device: many guests share one store.
+/// `nexus rumk run` boots a Rumk guest on it that verifies what it reads.
 ///
 /// Exit codes: 0 success; 1 error; 2 bad command line.
 #[derive(Debug, Parser)]
@@ -124,6 +134,68 @@ pub enum Command {
         log_file: Option<PathBuf>,
     },
 
+    /// Serve the store to VM guests as a virtio-fs device (vhost-user-fs).
+    ///
+    /// Listens on the vhost-user socket SOCKET (a stale socket file is
+    /// replaced) and serves every guest that connects the same read-only
+    /// App/Version tree as `nexus mount`, straight from the store: no host
+    /// file is opened per guest file. Several guests may connect to the one
+    /// socket at once; they share the daemon's block cache. Runs in the
+    /// foreground, logging to stderr, until SIGTERM or SIGINT (which
+    /// removes the socket).
+    ///
+    /// The live generation is followed: after `nip switch`, `rollback`,
+    /// `add` or `remove`, guests follow moved Current links within 0.1 s
+    /// (guests never cache link targets) and see added or removed Apps and
+    /// versions within 1.1 s (guests get no cache invalidations, so names
+    /// in the root and App directories are cached for 1 s only; package
+    /// contents never change and are cached for a day). A running program
+    /// keeps reading the files it opened.
+    ///
+    /// Guests are not trusted: malformed requests get errors, writes get
+    /// EROFS, and nothing outside the view can be named.
+    ///
+    /// Example: nexus serve --virtio-fs /run/nexus/programs.sock
+    #[command(after_long_help = "\
+A QEMU guest needs shared memory and a vhost-user-fs device:
+
+  -object memory-backend-memfd,id=mem,size=1G,share=on -numa node,memdev=mem
+  -chardev socket,id=c0,path=SOCKET
+  -device vhost-user-fs-pci,chardev=c0,tag=programs
+
+and mounts it with: mount -t virtiofs -o ro programs /Programs")]
+    Serve {
+        /// Listen on this vhost-user socket for guests (QEMU's -chardev
+        /// socket,path=SOCKET).
+        #[arg(long = "virtio-fs", value_name = "SOCKET")]
+        virtio_fs: PathBuf,
+        /// Serve generation N (see `nip history`) instead of following the
+        /// live one.
+        #[arg(long, value_name = "N", conflicts_with = "image")]
+        generation: Option<i64>,
+        /// Serve the signed image FILE (from `nexus snapshot`) read-only,
+        /// without importing it: its signature and body are checked before
+        /// the socket appears, and every chunk as it is read.
+        #[arg(long, value_name = "FILE")]
+        image: Option<PathBuf>,
+        /// Mebibytes of decompressed data kept in memory, shared by all
+        /// guests.
+        #[arg(long, default_value_t = 128, value_name = "MIB")]
+        cache_mib: u64,
+        /// Guests served at once; later ones wait until one disconnects.
+        #[arg(long, default_value_t = 64, value_name = "N",
+              value_parser = clap::value_parser!(u16).range(1..))]
+        max_guests: u16,
+        /// Append the log to FILE instead of stderr.
+        #[arg(long, value_name = "FILE")]
+        log_file: Option<PathBuf>,
+    },
+
+    /// Rumk guests: freestanding VMs that read the store over virtio-fs
+    /// and verify every byte.
+    #[command(subcommand)]
+    Rumk(RumkCommand),
+
     /// Unmount a nexus mount (also one whose daemon died).
     ///
     /// Refuses a busy mount unless --lazy, and anything that is not a nexus
@@ -208,6 +280,60 @@ pub enum Command {
     /// Build a system profile into a generation (and a signed image).
     #[command(long_about = build::LONG_ABOUT)]
     Build(build::BuildArgs),
+}
+
+/// `nexus rumk` commands.
+#[derive(Debug, Subcommand)]
+pub enum RumkCommand {
+    /// Boot a Rumk guest against the store and report what it verified.
+    ///
+    /// Starts `nexus serve --virtio-fs` on a private socket, boots the
+    /// guest in QEMU (TCG) on the chosen machine, and passes ARGS to it:
+    /// paths below the store's root (App/Version/... or App/Current/...)
+    /// that it reads, BLAKE3-verifying every byte against the store's
+    /// record. The guest first lists the Apps. Its console is this
+    /// command's output.
+    ///
+    /// The kernel is the store's rumk/Current/boot/rumk (see `nexus build
+    /// rumk`) of the generation or image served, checked against its
+    /// recorded BLAKE3 before it boots, unless --kernel names a file.
+    ///
+    /// Exit codes: 0 every file verified; 3 a file could not be read or
+    /// failed verification; 1 anything else (no kernel, QEMU or the guest
+    /// failed, timeout).
+    ///
+    /// Example: nexus rumk run --machine q35 -- hello/Current/bin/hello
+    Run {
+        /// Serve generation N (see `nip history`) instead of the live one.
+        #[arg(long, value_name = "N", conflicts_with = "image")]
+        generation: Option<i64>,
+        /// Serve the signed image FILE (from `nexus snapshot`) instead of
+        /// the store; the kernel comes from the image too.
+        #[arg(long, value_name = "FILE")]
+        image: Option<PathBuf>,
+        /// microvm boots virtio-mmio, q35 virtio-pci.
+        #[arg(long, value_enum, default_value = "microvm")]
+        machine: rumk::Machine,
+        /// Boot this kernel file instead of the store's rumk/Current.
+        #[arg(long, value_name = "FILE")]
+        kernel: Option<PathBuf>,
+        /// Guest memory (MiB), shared with the daemon.
+        #[arg(long, default_value_t = 128, value_name = "MIB",
+              value_parser = clap::value_parser!(u32).range(32..=65536))]
+        memory_mib: u32,
+        /// Stop a guest still running after SECS seconds.
+        #[arg(long, default_value_t = 60, value_name = "SECS")]
+        timeout: u64,
+        /// The QEMU binary.
+        #[arg(long, default_value = "qemu-system-x86_64", value_name = "PATH")]
+        qemu: PathBuf,
+        /// Append the daemon's log to FILE.
+        #[arg(long, value_name = "FILE")]
+        log_file: Option<PathBuf>,
+        /// Paths for the guest to read and verify.
+        #[arg(last = true, value_name = "ARGS")]
+        args: Vec<String>,
+    },
 }
 
 /// Sets up `tracing`: to `file` if given, else to stderr. The level comes
@@ -310,6 +436,44 @@ pub fn run(cli: Cli) -> Result<i32> {
                 }
             }
         }
+        Command::Serve {
+            virtio_fs,
+            generation,
+            image,
+            cache_mib,
+            max_guests,
+            log_file,
+        } => {
+            let (store, keys) = store_and_keys(cli.store, cli.keys);
+            let log = log_file
+                .map(|path| {
+                    File::options()
+                        .create(true)
+                        .append(true)
+                        .open(&path)
+                        .with_context(|| format!("opening the log file {}", path.display()))
+                })
+                .transpose()?;
+            init_logging(cli.verbose, log);
+            let request = virtiofs::Request {
+                store: std::path::absolute(&store)
+                    .with_context(|| format!("store path {}", store.display()))?,
+                socket: std::path::absolute(&virtio_fs)
+                    .with_context(|| format!("socket path {}", virtio_fs.display()))?,
+                generation,
+                image: match image {
+                    Some(path) => Some(serve::ImageRequest {
+                        path: std::path::absolute(&path)?,
+                        trust: nexus_npk::KeyStore::new(&keys).trust_set()?,
+                    }),
+                    None => None,
+                },
+                cache_bytes: cache_mib.saturating_mul(1 << 20),
+                max_guests: usize::from(max_guests),
+            };
+            virtiofs::serve(&request)?;
+            Ok(exit::OK)
+        }
         Command::Umount { mountpoint, lazy } => {
             init_logging(cli.verbose, None);
             mounts::umount(&mountpoint, lazy)?;
@@ -355,7 +519,49 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Build(args) => {
             init_logging(cli.verbose, None);
             let (store, keys) = store_and_keys(cli.store, cli.keys);
-            build::run(&store, &keys, args)
+            match args.target.as_deref() {
+                Some("rumk") => rumk_build::build_rumk(&store, args.source),
+                Some(other) => anyhow::bail!(
+                    "nexus build {other}: unknown target (`nexus build rumk`, or --profile NAME)"
+                ),
+                None => build::run(&store, &keys, args),
+            }
+        }
+        Command::Rumk(RumkCommand::Run {
+            generation,
+            image,
+            machine,
+            kernel,
+            memory_mib,
+            timeout,
+            qemu,
+            log_file,
+            args,
+        }) => {
+            init_logging(cli.verbose, None);
+            let (store, keys) = store_and_keys(cli.store, cli.keys);
+            let request = rumk::RunRequest {
+                store: std::path::absolute(&store)
+                    .with_context(|| format!("store path {}", store.display()))?,
+                keys: std::path::absolute(&keys)
+                    .with_context(|| format!("key store path {}", keys.display()))?,
+                generation,
+                image: match image {
+                    Some(path) => Some(serve::ImageRequest {
+                        path: std::path::absolute(&path)?,
+                        trust: nexus_npk::KeyStore::new(&keys).trust_set()?,
+                    }),
+                    None => None,
+                },
+                kernel: kernel.map(std::path::absolute).transpose()?,
+                machine,
+                memory_mib,
+                timeout: std::time::Duration::from_secs(timeout),
+                qemu,
+                args,
+                log_file: log_file.map(std::path::absolute).transpose()?,
+            };
+            rumk::run(&request)
         }
     }
 }

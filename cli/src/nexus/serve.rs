@@ -52,7 +52,7 @@ pub struct ImageRequest {
 /// Checks `image` (signature, body and root hash; chunks are verified as
 /// they are read) and makes the throw-away store that serves it in place.
 /// The store lives in a temporary directory removed when the guard drops.
-fn adopt_image(image: &ImageRequest) -> Result<(PathBuf, tempfile::TempDir)> {
+pub(super) fn adopt_image(image: &ImageRequest) -> Result<(PathBuf, tempfile::TempDir)> {
     let archive = nexus_npk::Archive::open_with(
         &image.path,
         nexus_npk::Policy::Trusted(&image.trust),

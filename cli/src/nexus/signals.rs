@@ -1,4 +1,5 @@
-//! Unmounting on SIGTERM and SIGINT.
+//! Unmounting (or, for `nexus serve`, removing the socket) on SIGTERM and
+//! SIGINT.
 //!
 //! The signals are blocked in every thread (the mask is set before any
 //! thread exists, and threads inherit it) and one thread takes them with
@@ -66,6 +67,25 @@ pub fn unmount_on_termination(mut unmounters: Vec<Unmounter>) -> Result<()> {
                     }
                 }
             }
+        })
+        .context("starting the signal thread")?;
+    Ok(())
+}
+
+/// Starts the thread that, on SIGTERM or SIGINT, runs `cleanup` and ends
+/// the process with exit code 0 (`nexus serve`: its guests lose the device,
+/// nothing else is left to tidy).
+pub fn exit_on_termination(cleanup: impl FnOnce() + Send + 'static) -> Result<()> {
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let set = termination_set();
+            let mut signal = 0;
+            // SAFETY: a valid set and an out-parameter we own.
+            while unsafe { libc::sigwait(&set, &mut signal) } != 0 {}
+            tracing::info!("signal {signal}: stopping");
+            cleanup();
+            std::process::exit(crate::exit::OK);
         })
         .context("starting the signal thread")?;
     Ok(())

@@ -1,0 +1,105 @@
+//! `nexus serve --virtio-fs SOCKET`: the view served to VM guests as a
+//! vhost-user-fs device, until SIGTERM or SIGINT.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use nexus_fs::{GenerationChoice, View, ViewOptions};
+use nexus_virtiofs::{REFRESH_EVERY, ServeOptions};
+
+use super::signals;
+
+/// What `nexus serve --virtio-fs` was asked for, with absolute paths.
+#[derive(Debug)]
+pub struct Request {
+    /// The store directory.
+    pub store: PathBuf,
+    /// The vhost-user socket to listen on.
+    pub socket: PathBuf,
+    /// A fixed generation, or `None` to follow the live one.
+    pub generation: Option<i64>,
+    /// Serve this signed image instead of the store (`--image`).
+    pub image: Option<super::serve::ImageRequest>,
+    /// Decoded-block cache size, shared by every guest.
+    pub cache_bytes: u64,
+    /// Guests served at once.
+    pub max_guests: usize,
+}
+
+/// Keeps a live view on the newest generation. Guests get no invalidations:
+/// what they cached of the old one expires by itself (`SWITCH_BOUND`).
+fn follow_live_generation(view: Arc<View>) -> Result<()> {
+    std::thread::Builder::new()
+        .name("refresh".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(REFRESH_EVERY);
+                match view.refresh() {
+                    Ok(Some(changes)) => tracing::info!(
+                        "now serving generation {:?} (from {:?})",
+                        changes.to,
+                        changes.from
+                    ),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!("checking for a new generation: {e}"),
+                }
+            }
+        })
+        .context("starting the refresh thread")?;
+    Ok(())
+}
+
+/// Serves until a termination signal.
+pub fn serve(request: &Request) -> Result<()> {
+    // Before any thread exists, so that every thread inherits the mask.
+    signals::block_termination()?;
+    let choice = match request.generation {
+        Some(n) => GenerationChoice::Fixed(n),
+        None => GenerationChoice::Live,
+    };
+    let options = ViewOptions {
+        generation: choice,
+        cache_bytes: request.cache_bytes,
+        // One per guest's queue thread; the pool grows past this if needed.
+        connections: request.max_guests.clamp(1, 8) + 1,
+    };
+    // An image is served through a scratch store describing it (removed
+    // when serving ends and `_scratch` drops), as `nexus mount --image`.
+    let (store_dir, _scratch) = match &request.image {
+        Some(image) => {
+            let (dir, guard) = super::serve::adopt_image(image)?;
+            (dir, Some(guard))
+        }
+        None => (request.store.clone(), None),
+    };
+    let view = View::open(&store_dir, options)
+        .with_context(|| format!("opening the store in {}", store_dir.display()))?;
+    let view = Arc::new(view);
+    let socket = request.socket.clone();
+    signals::exit_on_termination(move || {
+        let _ = std::fs::remove_file(&socket);
+    })?;
+    if choice == GenerationChoice::Live {
+        follow_live_generation(view.clone())?;
+    }
+    let shown = match (&request.image, view.generation()) {
+        (Some(image), _) => format!("image {}", image.path.display()),
+        (None, Some(g)) => format!("generation {g}"),
+        (None, None) => "the empty store".to_string(),
+    };
+    let serve_options = ServeOptions {
+        max_guests: request.max_guests,
+    };
+    nexus_virtiofs::serve(view, &request.socket, serve_options, || {
+        // On stderr even without -v: scripts wait for this line (or the
+        // socket) before starting guests.
+        eprintln!(
+            "nexus: serving {shown} of {} to virtio-fs guests on {} (pid {})",
+            request.store.display(),
+            request.socket.display(),
+            std::process::id()
+        );
+    })
+    .with_context(|| format!("serving on {}", request.socket.display()))
+}

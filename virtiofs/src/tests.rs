@@ -1,0 +1,359 @@
+//! Hostile and ordinary requests through the real decoder and adapter
+//! ([`crate::loopback`]) against a small real store.
+
+use std::mem::size_of;
+use std::sync::Arc;
+
+use fuse_backend_rs::abi::fuse_abi::{
+    AttrOut, CreateIn, EntryOut, FallocateIn, GetattrIn, LinkIn, MkdirIn, MknodIn, Opcode, OpenIn,
+    ReadIn, RenameIn, SetattrIn, SetxattrIn, WriteIn,
+};
+use nexus_fs::{GenerationChoice, View, ViewOptions};
+use vm_memory::ByteValued;
+
+use crate::fs::{GENERATION_TTL, IMMUTABLE_TTL, MAX_OPEN_DIRS, MAX_READ};
+use crate::loopback::{
+    FixtureInodes, Loopback, Reply, fixture, fixture_data, fixture_inodes, request,
+};
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    view: Arc<View>,
+    ino: FixtureInodes,
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = fixture(dir.path()).expect("fixture store");
+    let options = ViewOptions {
+        generation: GenerationChoice::Live,
+        cache_bytes: 4 << 20,
+        connections: 2,
+    };
+    let view = Arc::new(View::open(&store, options).expect("open the view"));
+    let ino = fixture_inodes(&view).expect("fixture inodes");
+    Setup {
+        _dir: dir,
+        view,
+        ino,
+    }
+}
+
+fn bytes<T: ByteValued>(value: T) -> Vec<u8> {
+    value.as_slice().to_vec()
+}
+
+fn zeroed<T: ByteValued + Default>() -> Vec<u8> {
+    bytes(T::default())
+}
+
+fn cat(parts: &[&[u8]]) -> Vec<u8> {
+    parts.concat()
+}
+
+fn send(guest: &Loopback, op: Opcode, nodeid: u64, body: &[u8]) -> Reply {
+    guest
+        .send(&request(op as u32, nodeid, None, body), 64 * 1024)
+        .unwrap_or_else(|| panic!("{op:?} got no reply"))
+}
+
+/// The errno of a reply (0: success).
+fn errno(reply: &Reply) -> i32 {
+    -reply.header.error
+}
+
+fn read_in(offset: u64, size: u32) -> Vec<u8> {
+    bytes(ReadIn {
+        offset,
+        size,
+        ..Default::default()
+    })
+}
+
+fn getattr_works(guest: &Loopback, ino: u64) {
+    let reply = send(guest, Opcode::Getattr, ino, &zeroed::<GetattrIn>());
+    assert_eq!(errno(&reply), 0, "getattr of {ino} after hostile requests");
+}
+
+#[test]
+fn ordinary_requests_get_the_views_answers_and_lifetimes() {
+    let s = setup();
+    let guest = Loopback::new(s.view.clone());
+    let reply = send(&guest, Opcode::Lookup, nexus_fs::ino::ROOT, b"demo\0");
+    let entry = EntryOut::from_slice(&reply.body[..size_of::<EntryOut>()]).expect("entry");
+    assert_eq!(entry.nodeid, s.ino.app);
+    assert_eq!(entry.entry_valid, GENERATION_TTL.as_secs());
+
+    let reply = send(&guest, Opcode::Getattr, s.ino.file, &zeroed::<GetattrIn>());
+    let attr = AttrOut::from_slice(&reply.body[..size_of::<AttrOut>()]).expect("attr");
+    assert_eq!(attr.attr_valid, IMMUTABLE_TTL.as_secs());
+    assert_eq!(attr.attr.size, fixture_data("2").len() as u64);
+
+    let reply = send(&guest, Opcode::Readlink, s.ino.current, &[]);
+    assert_eq!(reply.body, b"2");
+    let reply = send(&guest, Opcode::Readlink, s.ino.symlink, &[]);
+    assert_eq!(reply.body, b"data.bin");
+
+    let reply = send(&guest, Opcode::Read, s.ino.file, &read_in(1000, 5000));
+    assert_eq!(reply.body, fixture_data("2")[1000..6000]);
+
+    // Opens are answered ENOSYS: the kernel then reads without them.
+    let reply = send(&guest, Opcode::Open, s.ino.file, &zeroed::<OpenIn>());
+    assert_eq!(errno(&reply), libc::ENOSYS);
+}
+
+#[test]
+fn every_request_that_would_write_is_erofs() {
+    let s = setup();
+    let guest = Loopback::new(s.view.clone());
+    let dir = s.ino.dir;
+    let cases: Vec<(Opcode, u64, Vec<u8>)> = vec![
+        (Opcode::Setattr, s.ino.file, zeroed::<SetattrIn>()),
+        (Opcode::Symlink, dir, b"new\0target\0".to_vec()),
+        (Opcode::Mknod, dir, cat(&[&zeroed::<MknodIn>(), b"new\0"])),
+        (Opcode::Mkdir, dir, cat(&[&zeroed::<MkdirIn>(), b"new\0"])),
+        (Opcode::Unlink, dir, b"data.bin\0".to_vec()),
+        (Opcode::Rmdir, s.ino.version, b"share\0".to_vec()),
+        (
+            Opcode::Rename,
+            dir,
+            cat(&[&bytes(RenameIn { newdir: dir }), b"data.bin\0other\0"]),
+        ),
+        (
+            Opcode::Link,
+            dir,
+            cat(&[
+                &bytes(LinkIn {
+                    oldnodeid: s.ino.file,
+                }),
+                b"new\0",
+            ]),
+        ),
+        (Opcode::Create, dir, cat(&[&zeroed::<CreateIn>(), b"new\0"])),
+        (
+            Opcode::Write,
+            s.ino.file,
+            cat(&[
+                &bytes(WriteIn {
+                    size: 4,
+                    ..Default::default()
+                }),
+                b"evil",
+            ]),
+        ),
+        (
+            Opcode::Setxattr,
+            s.ino.file,
+            cat(&[
+                &bytes(SetxattrIn {
+                    size: 1,
+                    ..Default::default()
+                }),
+                b"user.x\0v",
+            ]),
+        ),
+        (Opcode::Removexattr, s.ino.file, b"user.x\0".to_vec()),
+        (Opcode::Fallocate, s.ino.file, zeroed::<FallocateIn>()),
+        (
+            Opcode::Open,
+            s.ino.file,
+            bytes(OpenIn {
+                flags: libc::O_RDWR as u32,
+                fuse_flags: 0,
+            }),
+        ),
+    ];
+    for (op, nodeid, body) in cases {
+        let reply = send(&guest, op, nodeid, &body);
+        assert_eq!(errno(&reply), libc::EROFS, "{op:?}");
+    }
+    let reply = send(&guest, Opcode::Read, s.ino.file, &read_in(0, 4));
+    assert_eq!(reply.body, fixture_data("2")[..4], "the file changed");
+}
+
+#[test]
+fn unknown_opcodes_are_enosys() {
+    let s = setup();
+    let guest = Loopback::new(s.view.clone());
+    for op in [0, 7, 19, 50, 99, 4096, u32::MAX] {
+        let reply = guest
+            .send(&request(op, s.ino.file, None, &[0; 64]), 4096)
+            .unwrap_or_else(|| panic!("opcode {op} got no reply"));
+        assert_eq!(errno(&reply), libc::ENOSYS, "opcode {op}");
+    }
+    getattr_works(&guest, s.ino.file);
+}
+
+#[test]
+fn wrong_lengths_are_refused_without_harm() {
+    let s = setup();
+    let guest = Loopback::new(s.view.clone());
+    let getattr = request(
+        Opcode::Getattr as u32,
+        s.ino.file,
+        None,
+        &zeroed::<GetattrIn>(),
+    );
+    // A header cut short: nothing to answer.
+    assert!(guest.send(&getattr[..20], 4096).is_none());
+    assert!(guest.send(&[], 4096).is_none());
+    // A body shorter than the request's argument struct.
+    assert!(guest.send(&getattr[..44], 4096).is_none());
+    // A header claiming a gigabyte.
+    let huge = request(Opcode::Getattr as u32, s.ino.file, Some(1 << 30), &[0; 16]);
+    let reply = guest.send(&huge, 4096).expect("a reply");
+    assert_eq!(errno(&reply), libc::ENOMEM);
+    // A name without its terminating NUL, and one longer than the body.
+    let reply = send(&guest, Opcode::Lookup, s.ino.dir, b"data.bin");
+    assert_ne!(errno(&reply), 0);
+    let short = request(Opcode::Lookup as u32, s.ino.dir, Some(41), b"data.bin\0");
+    if let Some(reply) = guest.send(&short, 4096) {
+        assert_ne!(errno(&reply), 0);
+    }
+    // No room for a reply at all.
+    assert!(guest.send(&getattr, 0).is_none());
+    assert!(guest.send(&getattr, 8).is_none());
+    getattr_works(&guest, s.ino.file);
+}
+
+#[test]
+fn reads_are_clamped_and_bad_offsets_are_empty() {
+    let s = setup();
+    let guest = Loopback::new(s.view.clone());
+    let data = fixture_data("2");
+    // More than the reply buffer holds: what fits, from the right place.
+    let room = 8192;
+    let reply = guest
+        .send(
+            &request(
+                Opcode::Read as u32,
+                s.ino.file,
+                None,
+                &read_in(10, u32::MAX),
+            ),
+            room,
+        )
+        .expect("a reply");
+    assert_eq!(errno(&reply), 0);
+    assert!(!reply.body.is_empty() && reply.body.len() <= room as usize);
+    assert_eq!(reply.body, data[10..10 + reply.body.len()]);
+    // Never more than MAX_READ, however large the buffer.
+    let reply = guest
+        .send(
+            &request(Opcode::Read as u32, s.ino.file, None, &read_in(0, u32::MAX)),
+            u32::MAX,
+        )
+        .expect("a reply");
+    assert!(reply.body.len() <= MAX_READ as usize);
+    assert_eq!(reply.body, data[..reply.body.len()]);
+    for offset in [data.len() as u64, u64::MAX - 1, u64::MAX] {
+        let reply = send(&guest, Opcode::Read, s.ino.file, &read_in(offset, 4096));
+        assert_eq!((errno(&reply), reply.body.len()), (0, 0), "offset {offset}");
+    }
+    let reply = send(&guest, Opcode::Read, s.ino.dir, &read_in(0, 4096));
+    assert_eq!(errno(&reply), libc::EISDIR);
+    let reply = send(&guest, Opcode::Read, s.ino.symlink, &read_in(0, 4096));
+    assert_eq!(errno(&reply), libc::EINVAL);
+}
+
+#[test]
+fn nothing_outside_the_view_can_be_named() {
+    let s = setup();
+    let guest = Loopback::new(s.view.clone());
+    // Numbers the view never hands out, and the Index's (4x+3).
+    for ino in [0, 2, 3, 7, 4 << 40, u64::MAX - 3, u64::MAX] {
+        let reply = send(&guest, Opcode::Getattr, ino, &zeroed::<GetattrIn>());
+        assert_eq!(errno(&reply), libc::ENOENT, "getattr of inode {ino}");
+        let reply = send(&guest, Opcode::Read, ino, &read_in(0, 16));
+        assert_eq!(errno(&reply), libc::ENOENT, "read of inode {ino}");
+    }
+    // Names that climb or carry a path.
+    for parent in [nexus_fs::ino::ROOT, s.ino.app, s.ino.version, s.ino.dir] {
+        for name in [
+            &b"..\0"[..],
+            b".\0",
+            b"../..\0",
+            b"../../etc\0",
+            b"2/share\0",
+            b"/etc\0",
+        ] {
+            let reply = send(&guest, Opcode::Lookup, parent, name);
+            assert_eq!(
+                errno(&reply),
+                libc::ENOENT,
+                "lookup of {name:?} in {parent}"
+            );
+        }
+    }
+    getattr_works(&guest, s.ino.file);
+}
+
+fn opendir(guest: &Loopback, ino: u64) -> Result<u64, i32> {
+    let reply = send(guest, Opcode::Opendir, ino, &zeroed::<OpenIn>());
+    match errno(&reply) {
+        0 => Ok(u64::from_ne_bytes(reply.body[..8].try_into().expect("fh"))),
+        e => Err(e),
+    }
+}
+
+fn readdir(guest: &Loopback, ino: u64, fh: u64, offset: u64) -> Reply {
+    let body = bytes(ReadIn {
+        fh,
+        offset,
+        size: 4096,
+        ..Default::default()
+    });
+    send(guest, Opcode::Readdir, ino, &body)
+}
+
+fn releasedir(guest: &Loopback, ino: u64, fh: u64) {
+    let body = bytes(ReadIn {
+        fh,
+        ..Default::default()
+    });
+    // RELEASEDIR takes a ReleaseIn, which is no larger than ReadIn.
+    send(guest, Opcode::Releasedir, ino, &body[..24]);
+}
+
+#[test]
+fn directory_handles_belong_to_the_guest_that_opened_them() {
+    let s = setup();
+    let a = Loopback::new(s.view.clone());
+    let b = Loopback::new(s.view.clone());
+    let fh = opendir(&a, s.ino.dir).expect("opendir");
+    let listing = readdir(&a, s.ino.dir, fh, 0);
+    assert_eq!(errno(&listing), 0);
+    assert!(!listing.body.is_empty());
+    // Another guest can neither read nor close it.
+    assert_eq!(errno(&readdir(&b, s.ino.dir, fh, 0)), libc::EBADF);
+    releasedir(&b, s.ino.dir, fh);
+    assert_eq!(errno(&readdir(&a, s.ino.dir, fh, 0)), 0);
+    // Offsets past the end are an empty listing.
+    let past = readdir(&a, s.ino.dir, fh, u64::MAX);
+    assert_eq!((errno(&past), past.body.len()), (0, 0));
+    // Handles never handed out, and released ones, are EBADF.
+    assert_eq!(errno(&readdir(&a, s.ino.dir, fh + 1000, 0)), libc::EBADF);
+    releasedir(&a, s.ino.dir, fh);
+    assert_eq!(errno(&readdir(&a, s.ino.dir, fh, 0)), libc::EBADF);
+    // A guest that goes away releases its handles in the view.
+    let fh = opendir(&b, s.ino.dir).expect("opendir");
+    assert!(s.view.listing(fh).is_ok());
+    drop(b);
+    assert!(s.view.listing(fh).is_err());
+}
+
+#[test]
+fn open_directories_are_capped_per_guest() {
+    let s = setup();
+    let guest = Loopback::new(s.view.clone());
+    let mut handles = Vec::new();
+    for _ in 0..MAX_OPEN_DIRS {
+        handles.push(opendir(&guest, s.ino.dir).expect("opendir under the cap"));
+    }
+    assert_eq!(opendir(&guest, s.ino.dir), Err(libc::EMFILE));
+    // Another guest is not affected.
+    let other = Loopback::new(s.view.clone());
+    assert!(opendir(&other, s.ino.dir).is_ok());
+    releasedir(&guest, s.ino.dir, handles[0]);
+    assert!(opendir(&guest, s.ino.dir).is_ok());
+}
