@@ -14,6 +14,9 @@
 #                    (default: a fresh one built with `nip add`)
 #   --big APP/VER    the package read sequentially (default: the corpus's
 #                    largest App/Version by bytes)
+#   --list FILE      only these App/Version dirs of the corpus (one a line,
+#                    as corpus-all.list), e.g. a subset small enough for
+#                    virtiofsd's file descriptor limit
 #   --no-drop        do not drop the host's page cache before each server
 #                    (polite on a shared machine; "cold" is then the
 #                    server's and the guest's caches only)
@@ -32,11 +35,15 @@
 # Each guest (QEMU TCG, 1 vCPU, 512 MiB, Debian's cloud kernel, a busybox
 # initramfs) mounts the device read-only at /mnt and runs, timing each step
 # with /proc/uptime:
-#   1. `find /mnt` (every name in the view)            — cold
-#   2. read the big package: every file, sorted, through `cat` into
+#   1. read the big package: every file, sorted, through `cat` into
 #      `sha256sum`                                      — cold
+#   2. `find /mnt` (every name in the view)            — cold
 #   3. drop the guest's caches; both again              — warm (the server's
 #      caches, not the guest's, are warm)
+# Errors the guest sees (e.g. virtiofsd's EMFILE: it holds a host file
+# descriptor per guest inode, so a tree with more inodes than its
+# RLIMIT_NOFILE cannot be walked) are counted and reported with the first
+# message; a step with errors has no valid time.
 # Cold means: a fresh server (and, outside --smoke, the host's page cache
 # dropped before it starts). The big package's sha256 must be the same from
 # both servers. virtiofsd runs with its default cache=auto and with
@@ -50,7 +57,7 @@ export LC_ALL=C
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
 
-smoke=0 runs=1 keep=0 drop=1 store_arg="" big_arg=""
+smoke=0 runs=1 keep=0 drop=1 store_arg="" big_arg="" list_arg=""
 out_dir="$here/out"
 while [[ $# -gt 0 ]]; do
     case $1 in
@@ -58,6 +65,7 @@ while [[ $# -gt 0 ]]; do
         --runs) runs=$2; shift 2 ;;
         --store) store_arg=$2; shift 2 ;;
         --big) big_arg=$2; shift 2 ;;
+        --list) list_arg=$(realpath "$2"); shift 2 ;;
         --keep) keep=1; shift ;;
         --no-drop) drop=0; shift ;;
         --out) out_dir=$2; shift 2 ;;
@@ -133,7 +141,21 @@ else
     corpus=$bench_root/corpus
     [[ -d $corpus ]] || die "no corpus in $corpus: run bench/fetch-corpus.sh first"
 fi
-mapfile -t packages < <(cd "$corpus" && find . -mindepth 2 -maxdepth 2 -type d | sed 's|^\./||' | sort)
+if [[ -n $list_arg ]]; then
+    [[ $smoke -eq 0 ]] || die "--list is for the full corpus"
+    # virtiofsd exports one directory: the listed packages are linked
+    # into a tree of their own (hard links, so on the corpus' file system).
+    view=$bench_root/virtiofs-view.$$
+    mapfile -t packages < <(grep -v '^\s*$' "$list_arg" | sort)
+    for p in "${packages[@]}"; do
+        mkdir -p "$view/$(dirname "$p")"
+        cp -al "$corpus/$p" "$view/$p"
+    done
+    corpus=$view
+    trap 'cleanup; rm -rf "$view"' EXIT
+else
+    mapfile -t packages < <(cd "$corpus" && find . -mindepth 2 -maxdepth 2 -type d | sed 's|^\./||' | sort)
+fi
 [[ ${#packages[@]} -gt 0 ]] || die "no App/Version dirs in $corpus"
 if [[ -n $big_arg ]]; then
     big=$big_arg
@@ -171,10 +193,12 @@ for m in ${modules[*]}; do insmod /lib/modules/\$m.ko || echo "FAIL insmod \$m";
 now() { cut -d' ' -f1 /proc/uptime; }
 if mount -t virtiofs -o ro programs /mnt; then
   for pass in cold warm; do
-    t0=\$(now); n=\$(find /mnt | wc -l); t1=\$(now)
-    echo "RESULT \$pass find \$t0 \$t1 \$n"
-    t0=\$(now); sum=\$(find "/mnt/$big" -type f -print0 | sort -z | xargs -0 cat | sha256sum | cut -d' ' -f1); t1=\$(now)
-    echo "RESULT \$pass read \$t0 \$t1 \$sum"
+    t0=\$(now); sum=\$( { find "/mnt/$big" -type f -print0 | sort -z | xargs -0 cat; } 2>/tmp/err | sha256sum | cut -d' ' -f1); t1=\$(now)
+    echo "RESULT \$pass read \$t0 \$t1 \$sum \$(wc -l < /tmp/err)"
+    head -n1 /tmp/err | sed "s/^/ERROR \$pass read /"
+    t0=\$(now); n=\$(find /mnt 2>/tmp/err | wc -l); t1=\$(now)
+    echo "RESULT \$pass find \$t0 \$t1 \$n \$(wc -l < /tmp/err)"
+    head -n1 /tmp/err | sed "s/^/ERROR \$pass find /"
     sync; echo 3 > /proc/sys/vm/drop_caches
   done
 else
@@ -220,7 +244,9 @@ drop_host_caches() {
 
 # Results: lines "SERVER RUN PASS STEP SECONDS EXTRA".
 results=$work/results.txt
+errors=$work/errors.txt
 : >"$results"
+: >"$errors"
 measure() {   # SERVER RUN
     local server=$1 run=$2 sock=$work/$1-$2.sock console=$work/$1-$2.console pid
     rm -f "$sock"
@@ -241,7 +267,8 @@ measure() {   # SERVER RUN
     kill "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
     tr -d '\r' <"$console" | awk -v s="$server" -v r="$run" \
-        '$1 == "RESULT" { printf "%s %s %s %s %.2f %s\n", s, r, $2, $3, $5 - $4, $6 }' >>"$results"
+        '$1 == "RESULT" { printf "%s %s %s %s %.2f %s %s\n", s, r, $2, $3, $5 - $4, $6, $7 }' >>"$results"
+    tr -d '\r' <"$console" | sed -n "s/^ERROR /$server $run /p" >>"$errors"
     log "$server run $run: $(grep "^$server $run " "$results" | awk '{printf "%s/%s %ss  ", $3, $4, $5}')"
 }
 
@@ -252,9 +279,17 @@ done
 
 # ---- report ------------------------------------------------------------------
 median() { sort -n | awk '{a[NR] = $1} END {if (NR == 0) print "n/a"; else if (NR % 2) print a[(NR + 1) / 2]; else printf "%.2f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
-figure() { awk -v s="$1" -v p="$2" -v t="$3" '$1 == s && $3 == p && $4 == t {print $5}' "$results" | median; }
-sums=$(awk '$4 == "read" {print $6}' "$results" | sort -u)
-[[ $(wc -l <<<"$sums") -eq 1 ]] || { cat "$results" >&2; die "the servers disagree on the big package's bytes"; }
+figure() {   # SERVER PASS STEP: the median seconds, or how many errors spoiled it
+    local failed
+    failed=$(awk -v s="$1" -v p="$2" -v t="$3" '$1 == s && $3 == p && $4 == t && $7 > 0 {n += $7} END {print n + 0}' "$results")
+    if [[ $failed -gt 0 ]]; then
+        echo "FAIL ($failed errors)"
+    else
+        awk -v s="$1" -v p="$2" -v t="$3" '$1 == s && $3 == p && $4 == t {print $5}' "$results" | median
+    fi
+}
+sums=$(awk '$4 == "read" && $7 == 0 {print $6}' "$results" | sort -u)
+[[ $(wc -l <<<"$sums") -le 1 ]] || { cat "$results" >&2; die "the servers disagree on the big package's bytes"; }
 names_of() { awk -v s="$1" '$1 == s && $4 == "find" {print $6; exit}' "$results"; }
 
 report=$work/report.md
@@ -267,13 +302,19 @@ report=$work/report.md
     echo "Big package: $big ($big_files files, $big_bytes bytes), sha256 of its sorted files: same from every server."
     echo "Runs: $runs (median). Seconds inside the guest; cold = fresh server and guest$([[ $smoke -eq 0 && $drop -eq 1 ]] && echo ", host page cache dropped"); warm = server caches warm, guest caches dropped."
     echo
-    echo "| server | find cold | find warm | read cold | read warm | read warm MB/s |"
+    echo "| server | read cold | read warm | read warm MB/s | find cold | find warm |"
     echo "|---|---|---|---|---|---|"
     for s in "${servers[@]}"; do
         rw=$(figure "$s" warm read)
-        mbs=$(awk -v b="$big_bytes" -v t="$rw" 'BEGIN { if (t > 0) printf "%.1f", b / t / 1e6; else print "n/a" }')
-        echo "| $s | $(figure "$s" cold find) | $(figure "$s" warm find) | $(figure "$s" cold read) | $rw | $mbs |"
+        mbs=$(awk -v b="$big_bytes" -v t="$rw" 'BEGIN { if (t + 0 > 0) printf "%.1f", b / t / 1e6; else print "n/a" }')
+        echo "| $s | $(figure "$s" cold read) | $rw | $mbs | $(figure "$s" cold find) | $(figure "$s" warm find) |"
     done
+    if [[ -s $errors ]]; then
+        echo
+        echo "First error each failing step saw (server, run, pass, step, message):"
+        echo
+        sed 's/^/    /' "$errors"
+    fi
     echo
     echo "Target (issue 6): nexus at least as fast as virtiofsd on both."
 } >"$report"
