@@ -5,12 +5,12 @@
 //! `nexus rumk run`).
 
 mod build;
-mod rumk_build;
 mod daemon;
 mod image;
 mod index;
 mod mounts;
 mod rumk;
+mod rumk_build;
 mod serve;
 mod signals;
 mod virtiofs;
@@ -228,6 +228,11 @@ and mounts it with: mount -t virtiofs -o ro programs /Programs")]
         /// Freeze generation N (default: the live one).
         #[arg(long, value_name = "N")]
         generation: Option<i64>,
+        /// Freeze the system of profile NAME instead: built first, as
+        /// `nexus build --profile NAME -o FILE` does (profiles/ and
+        /// recipes/ found from the current directory up).
+        #[arg(long, value_name = "NAME", conflicts_with = "generation")]
+        profile: Option<String>,
         /// Signing key name (see `nexus key list`).
         #[arg(long, value_name = "NAME")]
         key: String,
@@ -481,6 +486,32 @@ pub fn run(cli: Cli) -> Result<i32> {
         }
         Command::Snapshot {
             generation,
+            profile: Some(profile),
+            key,
+            counter,
+            output,
+        } => {
+            init_logging(cli.verbose, None);
+            let _ = generation; // clap makes --profile and --generation exclusive
+            let (store, keys) = store_and_keys(cli.store, cli.keys);
+            let args = build::BuildArgs {
+                target: None,
+                profile: Some(profile),
+                source: None,
+                output: Some(output),
+                key: Some(key),
+                counter,
+                profiles: None,
+                recipes: None,
+                cache: None,
+                threads: None,
+                json: false,
+            };
+            build::run(&store, &keys, args)
+        }
+        Command::Snapshot {
+            generation,
+            profile: None,
             key,
             counter,
             output,
