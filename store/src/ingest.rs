@@ -36,13 +36,18 @@ use crate::hash::Hash;
 use crate::pack::{
     BlockBuilder, ChunkLocation, EncodedBlock, PackWriter, SealedPack, block_compressor,
 };
-use crate::params::{ChunkParams, PACK_TARGET_SIZE};
+use crate::params::{BLOCK_TARGET, ChunkParams, PACK_TARGET_SIZE};
 
 /// Blocks in flight on each channel (to the compressors, to the writer).
 const CHANNEL_DEPTH: usize = 8;
-/// Files at least this large are taken first, largest first; smaller ones
-/// follow in tree order so that similar neighbours share blocks.
-const LARGE_FILE: u64 = 64 * 1024;
+/// Files at least this large are taken first, largest first; the others
+/// keep their tree order. Such a file fills blocks of its own, so moving it
+/// costs no locality, while a smaller one shares its block with its
+/// neighbours: in tree order those are the files of the same directory,
+/// read together later (a cold read of a package then decodes each block
+/// once, instead of once per file when mid-size files of every package
+/// were interleaved by size).
+const LARGE_FILE: u64 = 2 * BLOCK_TARGET as u64;
 
 /// A file's content as the store keeps it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -275,10 +280,10 @@ pub fn ingest_files(
     progress: ProgressFn<'_>,
 ) -> Result<Vec<FileContent>> {
     let mut order: Vec<usize> = (0..jobs.len()).collect();
-    // Large files first, largest first: long files start early and small
-    // ones fill the gaps at the end, so both cores stay busy until the last
-    // file. Small files keep their tree order (a stable sort), so files of
-    // one directory, often alike, land in the same block.
+    // Large files first, largest first: long files start early and the
+    // others fill the gaps at the end, so both cores stay busy until the
+    // last file. The others keep their tree order (a stable sort), so
+    // files of one directory, often alike and read together, share blocks.
     order.sort_by_key(|&i| {
         let size = jobs[i].size;
         std::cmp::Reverse(if size >= LARGE_FILE { size } else { 0 })
