@@ -84,7 +84,7 @@ impl Default for ViewOptions {
     fn default() -> Self {
         ViewOptions {
             generation: GenerationChoice::Live,
-            cache_bytes: 32 << 20,
+            cache_bytes: 24 << 20,
             connections: 4,
         }
     }
@@ -98,7 +98,7 @@ pub const CONTENT_HASH_XATTR: &[u8] = b"user.nexus.blake3";
 /// The SELinux label attribute (see [`View::getxattr`]).
 const SELINUX_XATTR: &[u8] = b"security.selinux";
 /// Bytes of chunk layouts kept for files opened again.
-const LAYOUT_CACHE_BYTES: u64 = 16 << 20;
+const LAYOUT_CACHE_BYTES: u64 = 8 << 20;
 
 #[derive(Clone)]
 struct LayoutWeighter;
