@@ -53,7 +53,11 @@ pub struct BuildArgs {
     /// `rumk`: build the Rumk guest kernel from
     /// recipes/rumk/minimal-rumk.kdl and add it to the live set as
     /// rumk/VERSION (instead of a profile).
-    #[arg(value_name = "TARGET", required_unless_present = "profile", conflicts_with = "profile")]
+    #[arg(
+        value_name = "TARGET",
+        required_unless_present = "profile",
+        conflicts_with = "profile"
+    )]
     pub target: Option<String>,
 
     /// The profile: profiles/NAME.kdl.
