@@ -46,7 +46,11 @@ apt-get download "${packages[@]}"
 "$nip" history
 "$nip" verify
 
-if mountpoint -q /Programs; then "$nexus" umount /Programs; fi
+# A mount left by an earlier run goes first, even one whose daemon died
+# (`mountpoint` cannot stat it; /proc/mounts still lists it).
+if awk '$2 == "/Programs" { found = 1 } END { exit !found }' /proc/mounts; then
+    "$nexus" umount /Programs
+fi
 mkdir -p /Programs
 "$nexus" mount /Programs --allow-other
 echo
