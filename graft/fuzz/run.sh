@@ -75,22 +75,6 @@ if [[ ! -d corpus/nar ]]; then
     seed_nar "$work"
     rm -rf "$work"
 fi
-cargo fuzz build --sanitizer none -O
-summary=()
-for t in "${targets[@]}"; do
-    mkdir -p "corpus/$t" "artifacts/$t"
-    log=$(mktemp)
-    set +e
-    cargo fuzz run --sanitizer none -O "$t" "corpus/$t" -- \
-        -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=20 \
-        -artifact_prefix="artifacts/$t/" >"$log" 2>&1
-    status=$?
-    set -e
-    runs=$(grep -o 'Done [0-9]* runs' "$log" | grep -o '[0-9]*' | tail -n1 || true)
-    [[ -n $runs ]] || runs=$(grep -o '^#[0-9]*' "$log" | tr -d '#' | tail -n1 || true)
-    crashes=$(find "artifacts/$t" -type f | wc -l)
-    summary+=("$t: ${runs:-?} executions in ${seconds} s, exit $status, ${crashes} crash/timeout artifacts")
-    if [[ $status -ne 0 ]]; then tail -n 30 "$log"; fi
-    rm -f "$log"
-done
-printf '%s\n' "${summary[@]}"
+# shellcheck source=scripts/fuzz-lib.sh
+source "$here/../../scripts/fuzz-lib.sh"
+fuzz_targets "$seconds" "${targets[@]}"

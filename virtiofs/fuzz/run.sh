@@ -13,20 +13,6 @@ set -euo pipefail
 seconds=${1:-60}
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$here"
-t=requests
-mkdir -p "corpus/$t" "artifacts/$t"
-cargo fuzz build --sanitizer none -O "$t"
-log=$(mktemp)
-set +e
-cargo fuzz run --sanitizer none -O "$t" "corpus/$t" -- \
-    -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=20 \
-    -artifact_prefix="artifacts/$t/" >"$log" 2>&1
-status=$?
-set -e
-runs=$(grep -o 'Done [0-9]* runs' "$log" | grep -o '[0-9]*' | tail -n1 || true)
-[[ -n $runs ]] || runs=$(grep -o '^#[0-9]*' "$log" | tr -d '#' | tail -n1 || true)
-cov=$(grep -o 'cov: [0-9]*' "$log" | tail -n1 || true)
-crashes=$(find "artifacts/$t" -type f | wc -l)
-if [[ $status -ne 0 ]]; then tail -n 40 "$log"; fi
-rm -f "$log"
-echo "$t: ${runs:-?} executions in ${seconds} s (${cov:-cov: ?}), exit $status, ${crashes} crash/timeout artifacts"
+# shellcheck source=scripts/fuzz-lib.sh
+source "$here/../../scripts/fuzz-lib.sh"
+fuzz_targets "$seconds" requests
