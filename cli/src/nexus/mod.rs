@@ -384,13 +384,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             log_file,
         } => {
             let (store, keys) = store_and_keys(cli.store, cli.keys);
-            let image = match image {
-                Some(path) => Some(serve::ImageRequest {
-                    path: std::path::absolute(&path)?,
-                    trust: nexus_npk::KeyStore::new(&keys).trust_set()?,
-                }),
-                None => None,
-            };
+            let image = serve::ImageRequest::from_option(image, &keys)?;
             let mountpoint = serve::check_mountpoint(&mountpoint)?;
             let index = index
                 .map(|dir| index::check_index_dir(&dir, &mountpoint))
@@ -466,13 +460,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 socket: std::path::absolute(&virtio_fs)
                     .with_context(|| format!("socket path {}", virtio_fs.display()))?,
                 generation,
-                image: match image {
-                    Some(path) => Some(serve::ImageRequest {
-                        path: std::path::absolute(&path)?,
-                        trust: nexus_npk::KeyStore::new(&keys).trust_set()?,
-                    }),
-                    None => None,
-                },
+                image: serve::ImageRequest::from_option(image, &keys)?,
                 cache_bytes: cache_mib.saturating_mul(1 << 20),
                 max_guests: usize::from(max_guests),
             };
@@ -577,13 +565,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 keys: std::path::absolute(&keys)
                     .with_context(|| format!("key store path {}", keys.display()))?,
                 generation,
-                image: match image {
-                    Some(path) => Some(serve::ImageRequest {
-                        path: std::path::absolute(&path)?,
-                        trust: nexus_npk::KeyStore::new(&keys).trust_set()?,
-                    }),
-                    None => None,
-                },
+                image: serve::ImageRequest::from_option(image, &keys)?,
                 kernel: kernel.map(std::path::absolute).transpose()?,
                 machine,
                 memory_mib,

@@ -49,6 +49,22 @@ pub struct ImageRequest {
     pub trust: nexus_npk::TrustSet,
 }
 
+impl ImageRequest {
+    /// The `--image FILE` of a command, if given, with the trust of the key
+    /// store in `keys`.
+    pub fn from_option(image: Option<PathBuf>, keys: &Path) -> Result<Option<ImageRequest>> {
+        image
+            .map(|path| {
+                Ok(ImageRequest {
+                    path: std::path::absolute(&path)
+                        .with_context(|| format!("image path {}", path.display()))?,
+                    trust: nexus_npk::KeyStore::new(keys).trust_set()?,
+                })
+            })
+            .transpose()
+    }
+}
+
 /// Checks `image` (signature, body and root hash; chunks are verified as
 /// they are read) and makes the throw-away store that serves it in place.
 /// The store lives in a temporary directory removed when the guard drops.
