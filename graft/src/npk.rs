@@ -68,13 +68,7 @@ pub fn image_membership(
     request: &ArchiveRequest,
     allow_downgrade: bool,
 ) -> Membership {
-    let current = image
-        .body
-        .packages
-        .iter()
-        .filter(|p| p.current)
-        .map(|p| format!("{}/{}", p.name, p.version))
-        .collect();
+    let current = image.body.current_specs();
     let counter = match &image.signer {
         Signer::Trusted(key) => Some(CounterCheck {
             key_id: key.id(),

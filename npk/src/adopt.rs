@@ -73,12 +73,7 @@ pub fn adopt(archive: &Archive, dir: &Path) -> Result<(Store, CommitOutcome)> {
             tree: p.tree.clone(),
         })
         .collect();
-    let current = body
-        .packages
-        .iter()
-        .filter(|p| p.current)
-        .map(|p| format!("{}/{}", p.name, p.version))
-        .collect();
+    let current = body.current_specs();
     let membership = Membership::Exactly(ExactSet {
         current,
         action: format!("image {}", image.display()),

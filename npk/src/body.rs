@@ -107,6 +107,15 @@ pub fn root_hash<'a>(packages: impl IntoIterator<Item = &'a BodyPackage>) -> Has
 }
 
 impl Body {
+    /// `NAME/VERSION` of the packages that are their App's `Current`.
+    pub fn current_specs(&self) -> Vec<String> {
+        self.packages
+            .iter()
+            .filter(|p| p.current)
+            .map(|p| format!("{}/{}", p.name, p.version))
+            .collect()
+    }
+
     /// The blob with this content hash.
     pub fn blob(&self, hash: &Hash) -> Option<&BodyBlob> {
         self.blobs.iter().find(|b| &b.hash == hash)
