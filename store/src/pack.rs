@@ -348,6 +348,12 @@ fn damaged(loc: &ChunkLocation, reason: String) -> StoreError {
 /// header against the index. A block that cannot be decoded damages every
 /// chunk in it; the error names `loc`'s chunk.
 pub fn read_block(file: &File, loc: &ChunkLocation) -> Result<Block> {
+    let buf = read_block_bytes(file, loc)?;
+    decode_block(&buf).map_err(|reason| damaged(loc, reason))
+}
+
+/// The block holding `loc` exactly as stored in an open pack, not decoded.
+pub fn read_block_bytes(file: &File, loc: &ChunkLocation) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; loc.block_len as usize];
     file.read_exact_at(&mut buf, loc.offset).map_err(|e| {
         if e.kind() == io::ErrorKind::UnexpectedEof {
@@ -356,7 +362,7 @@ pub fn read_block(file: &File, loc: &ChunkLocation) -> Result<Block> {
             damaged(loc, format!("read failed: {e}"))
         }
     })?;
-    decode_block(&buf).map_err(|reason| damaged(loc, reason))
+    Ok(buf)
 }
 
 /// Decodes one whole block (header, table, payload) held in `buf`.

@@ -502,17 +502,7 @@ impl Store {
             chunk: loc.hash,
             reason: e,
         })?;
-        let mut buf = vec![0u8; loc.block_len as usize];
-        std::os::unix::fs::FileExt::read_exact_at(&*file, &mut buf, loc.offset).map_err(|e| {
-            StoreError::Damaged {
-                chunk: loc.hash,
-                reason: format!(
-                    "pack {} block at {}: read failed: {e}",
-                    loc.pack, loc.offset
-                ),
-            }
-        })?;
-        Ok(buf)
+        crate::pack::read_block_bytes(&file, loc)
     }
 
     /// Reads and verifies one chunk.
