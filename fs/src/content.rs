@@ -10,6 +10,7 @@
 //! the check is an error every time: the reader never returns bytes whose
 //! hash differs from the chunk's name.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
@@ -17,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use nexus_store::pack::{Block, ChunkLocation, read_block};
+use nexus_store::pack::{Block, ChunkLocation, read_block_reusing};
 use quick_cache::Weighter;
 use quick_cache::sync::{Cache, DefaultLifecycle};
 use quick_cache::{DefaultHashBuilder, OptionsBuilder};
@@ -66,20 +67,68 @@ impl Layout {
     }
 }
 
+/// Decoded-block buffers kept for reuse (at most this many, about 1 MiB
+/// each): enough for every request thread to decode at once.
+const SPARE_BUFFERS: usize = 8;
+
+/// Payload buffers of evicted blocks, handed to the next decode. A block
+/// decoded into fresh memory makes the kernel map and zero a megabyte page
+/// by page; under a cold read of many files that cost more than zstd.
+#[derive(Default)]
+struct SpareBuffers(Mutex<Vec<Vec<u8>>>);
+
+impl SpareBuffers {
+    fn take(&self) -> Vec<u8> {
+        let mut spare = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        spare.pop().unwrap_or_default()
+    }
+
+    fn give(&self, buffer: Vec<u8>) {
+        // Buffers grown past the usual block size (a rare large block) are
+        // not worth keeping around.
+        if buffer.capacity() == 0 || buffer.capacity() > 2 * nexus_store::params::BLOCK_TARGET {
+            return;
+        }
+        let mut spare = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if spare.len() < SPARE_BUFFERS {
+            spare.push(buffer);
+        }
+    }
+}
+
+thread_local! {
+    /// Stored (compressed) bytes of the block being decoded, per thread.
+    static STORED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// Bytes of a read spanning several chunks, assembled per thread.
+    static ASSEMBLED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
 /// A decoded block and which of its chunks were verified already.
 struct CachedBlock {
     block: Block,
     verified: Vec<AtomicBool>,
+    /// Where the payload buffer goes when the block leaves the cache.
+    spare: Arc<SpareBuffers>,
+}
+
+impl Drop for CachedBlock {
+    fn drop(&mut self) {
+        self.spare.give(std::mem::take(&mut self.block.data));
+    }
 }
 
 impl CachedBlock {
-    fn new(block: Block) -> CachedBlock {
+    fn new(block: Block, spare: Arc<SpareBuffers>) -> CachedBlock {
         let verified = block
             .entries
             .iter()
             .map(|_| AtomicBool::new(false))
             .collect();
-        CachedBlock { block, verified }
+        CachedBlock {
+            block,
+            verified,
+            spare,
+        }
     }
 
     /// The verified bytes of the chunk `loc` names.
@@ -128,6 +177,7 @@ pub(crate) struct ContentReader {
     packs_dir: PathBuf,
     packs: Mutex<HashMap<String, Arc<File>>>,
     blocks: Cache<(String, u64), Arc<CachedBlock>, BlockWeighter>,
+    spare: Arc<SpareBuffers>,
 }
 
 impl ContentReader {
@@ -161,6 +211,7 @@ impl ContentReader {
             packs_dir: packs_dir.to_path_buf(),
             packs: Mutex::new(HashMap::new()),
             blocks,
+            spare: Arc::default(),
         }
     }
 
@@ -203,35 +254,68 @@ impl ContentReader {
         let key = (loc.pack.clone(), loc.offset);
         self.blocks.get_or_insert_with(&key, || {
             let file = self.pack(&loc.pack)?;
-            Ok(Arc::new(CachedBlock::new(read_block(&file, loc)?)))
+            let block = STORED.with(|stored| {
+                let mut stored = stored.borrow_mut();
+                read_block_reusing(&file, loc, &mut stored, self.spare.take())
+            })?;
+            Ok(Arc::new(CachedBlock::new(block, self.spare.clone())))
         })
     }
 
     /// Reads up to `size` bytes at `offset` of the content `layout`
-    /// describes (fewer only at the end of the file).
-    pub(crate) fn read(&self, layout: &Layout, offset: u64, size: u32) -> Result<Vec<u8>> {
+    /// describes (fewer only at the end of the file) and hands them to
+    /// `consume`, which must not read through this reader again.
+    ///
+    /// A range inside one chunk is handed over straight from the cached
+    /// block; a range over several chunks is assembled in a buffer this
+    /// thread reuses. Either way no memory is allocated per read: a
+    /// transport writes the bytes to its channel from where they lie.
+    pub(crate) fn read_with<T>(
+        &self,
+        layout: &Layout,
+        offset: u64,
+        size: u32,
+        consume: impl FnOnce(&[u8]) -> T,
+    ) -> Result<T> {
         let end = layout.size.min(offset.saturating_add(u64::from(size)));
         if offset >= end {
-            return Ok(Vec::new());
+            return Ok(consume(&[]));
         }
-        let mut out = Vec::with_capacity((end - offset) as usize);
-        // The last chunk starting at or before `offset`.
+        // The last chunk starting at or before `offset`, skipping empty
+        // chunks (they share their start with the next one).
         let mut i = layout.starts.partition_point(|&s| s <= offset) - 1;
-        let mut at = offset;
-        while at < end {
-            let (loc, start) = (&layout.chunks[i], layout.starts[i]);
-            i += 1;
-            if loc.len == 0 {
-                continue;
-            }
-            let block = self.block(loc)?;
-            let bytes = block.chunk(loc)?;
-            let from = (at - start) as usize;
-            let to = ((end - start) as usize).min(bytes.len());
-            out.extend_from_slice(&bytes[from..to]);
-            at = start + to as u64;
+        let (first, first_start) = (&layout.chunks[i], layout.starts[i]);
+        if end <= first_start + u64::from(first.len) {
+            let block = self.block(first)?;
+            let bytes = block.chunk(first)?;
+            let from = (offset - first_start) as usize;
+            let to = (end - first_start) as usize;
+            return Ok(consume(&bytes[from..to]));
         }
-        Ok(out)
+        ASSEMBLED.with(|assembled| {
+            let mut out = assembled.borrow_mut();
+            out.clear();
+            let mut at = offset;
+            while at < end {
+                let (loc, start) = (&layout.chunks[i], layout.starts[i]);
+                i += 1;
+                if loc.len == 0 {
+                    continue;
+                }
+                let block = self.block(loc)?;
+                let bytes = block.chunk(loc)?;
+                let from = (at - start) as usize;
+                let to = ((end - start) as usize).min(bytes.len());
+                out.extend_from_slice(&bytes[from..to]);
+                at = start + to as u64;
+            }
+            let result = consume(&out);
+            // A rare huge read should not pin its buffer for the thread's life.
+            if out.capacity() > 4 << 20 {
+                *out = Vec::new();
+            }
+            Ok(result)
+        })
     }
 }
 

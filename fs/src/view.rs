@@ -659,19 +659,42 @@ impl View {
     /// locations were cached is looked up again, once. Damaged data is an
     /// error, never returned.
     pub fn read_inode(&self, ino: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        self.read_inode_with(ino, offset, size, <[u8]>::to_vec)
+    }
+
+    /// [`View::read_inode`], handing the bytes to `consume` where they lie
+    /// (in the block cache, or a per-thread buffer) instead of copying them
+    /// into a new vector: a transport writes them to its channel from there.
+    /// `consume` must not read from this view.
+    pub fn read_inode_with<T>(
+        &self,
+        ino: u64,
+        offset: u64,
+        size: u32,
+        consume: impl FnOnce(&[u8]) -> T,
+    ) -> Result<T> {
         let (blob, file_size) = self.file_content(ino)?;
         let layout = match self.layouts.get(&blob) {
             Some(layout) => layout,
             None => self.load_layout(blob, file_size)?,
         };
-        match self.content.read(&layout, offset, size) {
+        // Only an unreadable pack lets `consume` go unused, and then it is
+        // needed for the retry: keep it aside until a read succeeds.
+        let mut consume = Some(consume);
+        let mut attempt = |layout: &Layout| {
+            self.content.read_with(layout, offset, size, |bytes| {
+                consume.take().map(|f| f(bytes))
+            })
+        };
+        let result = match attempt(&layout) {
             Err(ViewError::PackMissing(pack)) => {
                 tracing::info!("{pack} is gone; looking up the chunk locations again");
                 let fresh = self.load_layout(blob, file_size)?;
-                self.content.read(&fresh, offset, size)
+                attempt(&fresh)
             }
             other => other,
-        }
+        }?;
+        result.ok_or_else(|| ViewError::Inconsistent("a read was answered twice".into()))
     }
 
     /// The content (blob id) and size of regular file `ino`.
@@ -724,10 +747,22 @@ impl View {
     /// Reads up to `size` bytes at `offset` of the open file `fh` (fewer only
     /// at the end of the file). Damaged data is an error, never returned.
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        self.read_with(fh, offset, size, <[u8]>::to_vec)
+    }
+
+    /// [`View::read`], handing the bytes to `consume` where they lie (see
+    /// [`View::read_inode_with`]).
+    pub fn read_with<T>(
+        &self,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        consume: impl FnOnce(&[u8]) -> T,
+    ) -> Result<T> {
         let file = match self.handles().get(&fh) {
             Some(Handle::File(file)) => file.clone(),
             _ => return Err(ViewError::BadHandle(fh)),
         };
-        self.content.read(&file.layout, offset, size)
+        self.content.read_with(&file.layout, offset, size, consume)
     }
 }

@@ -15,6 +15,7 @@
 //! writer is debris that `gc` removes (see [`crate::lock`] for how gc tells
 //! debris from a pack still being written).
 
+use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -348,25 +349,73 @@ fn damaged(loc: &ChunkLocation, reason: String) -> StoreError {
 /// header against the index. A block that cannot be decoded damages every
 /// chunk in it; the error names `loc`'s chunk.
 pub fn read_block(file: &File, loc: &ChunkLocation) -> Result<Block> {
-    let buf = read_block_bytes(file, loc)?;
-    decode_block(&buf).map_err(|reason| damaged(loc, reason))
+    read_block_reusing(file, loc, &mut Vec::new(), Vec::new())
+}
+
+/// [`read_block`] with caller-provided memory: `scratch` receives the stored
+/// bytes and `out` (emptied first) becomes the decoded payload. Readers
+/// that decode many blocks (the mount) pass buffers they recycle: a fresh
+/// megabyte per block is a fresh mapping the kernel must fault in and zero
+/// page by page, which cost more than the decompression itself.
+pub fn read_block_reusing(
+    file: &File,
+    loc: &ChunkLocation,
+    scratch: &mut Vec<u8>,
+    out: Vec<u8>,
+) -> Result<Block> {
+    read_block_bytes_into(file, loc, scratch)?;
+    decode_block_into(scratch, out).map_err(|reason| damaged(loc, reason))
 }
 
 /// The block holding `loc` exactly as stored in an open pack, not decoded.
 pub fn read_block_bytes(file: &File, loc: &ChunkLocation) -> Result<Vec<u8>> {
-    let mut buf = vec![0u8; loc.block_len as usize];
-    file.read_exact_at(&mut buf, loc.offset).map_err(|e| {
+    let mut buf = Vec::new();
+    read_block_bytes_into(file, loc, &mut buf)?;
+    Ok(buf)
+}
+
+/// [`read_block_bytes`] into `buf`, which is resized to the block's length.
+pub fn read_block_bytes_into(file: &File, loc: &ChunkLocation, buf: &mut Vec<u8>) -> Result<()> {
+    buf.resize(loc.block_len as usize, 0);
+    file.read_exact_at(buf, loc.offset).map_err(|e| {
         if e.kind() == io::ErrorKind::UnexpectedEof {
             damaged(loc, "block extends past the end of the pack".into())
         } else {
             damaged(loc, format!("read failed: {e}"))
         }
-    })?;
-    Ok(buf)
+    })
+}
+
+thread_local! {
+    /// One zstd decompression context per thread: creating one per block
+    /// allocates (and faults in) its tables every time.
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { RefCell::new(None) };
+}
+
+/// Decompresses the single zstd frame `payload` into `out` (which has room
+/// for the expected length) with this thread's context.
+fn zstd_decompress(payload: &[u8], out: &mut Vec<u8>) -> std::result::Result<usize, String> {
+    DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let decompressor = match &mut *slot {
+            Some(d) => d,
+            None => slot.insert(zstd::bulk::Decompressor::new().map_err(|e| format!("zstd: {e}"))?),
+        };
+        decompressor
+            .decompress_to_buffer(payload, out)
+            .map_err(|e| format!("zstd: {e}"))
+    })
 }
 
 /// Decodes one whole block (header, table, payload) held in `buf`.
 pub fn decode_block(buf: &[u8]) -> std::result::Result<Block, String> {
+    decode_block_into(buf, Vec::new())
+}
+
+/// [`decode_block`] into `out`, whose allocation is reused for the payload
+/// (its contents are discarded).
+pub fn decode_block_into(buf: &[u8], mut out: Vec<u8>) -> std::result::Result<Block, String> {
     let head = buf
         .get(..BLOCK_HEADER_LEN)
         .ok_or("block shorter than its header")?;
@@ -414,8 +463,9 @@ pub fn decode_block(buf: &[u8]) -> std::result::Result<Block, String> {
         return Err("chunk table lengths do not add up to the block's raw length".into());
     }
     let payload = &buf[table_end..];
-    let data = match codec {
-        Codec::Raw if stored_len == raw_len => payload.to_vec(),
+    out.clear();
+    match codec {
+        Codec::Raw if stored_len == raw_len => out.extend_from_slice(payload),
         Codec::Raw => return Err("raw block with stored length != raw length".into()),
         Codec::Zstd => {
             // Exactly one frame: the format has no use for several, and a
@@ -423,17 +473,14 @@ pub fn decode_block(buf: &[u8]) -> std::result::Result<Block, String> {
             if zstd::zstd_safe::find_frame_compressed_size(payload) != Ok(payload.len()) {
                 return Err("zstd payload is not exactly one frame".into());
             }
-            let mut out = Vec::with_capacity(raw_len);
-            zstd::bulk::Decompressor::new()
-                .and_then(|mut d| d.decompress_to_buffer(payload, &mut out))
-                .map_err(|e| format!("zstd: {e}"))?;
+            out.reserve(raw_len);
+            zstd_decompress(payload, &mut out)?;
             if out.len() != raw_len {
                 return Err(format!("decoded {} bytes, expected {raw_len}", out.len()));
             }
-            out
         }
-    };
-    Ok(Block { entries, data })
+    }
+    Ok(Block { entries, data: out })
 }
 
 /// Reads one chunk from an open pack. Never returns bytes that do not hash
@@ -490,6 +537,27 @@ mod tests {
         assert_eq!(codec, Codec::Raw);
         let f = File::open(dir.path().join(&locs[0].pack)).unwrap();
         assert_eq!(read_chunk(&f, &locs[0]).unwrap(), random);
+    }
+
+    #[test]
+    fn recycled_buffers_decode_the_same_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = b"recycled buffers must not leak old bytes ".repeat(200);
+        let random = noise(11, 4096);
+        let (zstd_locs, _) = write_block(dir.path(), &[&text, b"tail"]);
+        let (raw_locs, codec) = write_block(dir.path(), &[&random]);
+        assert_eq!(codec, Codec::Raw);
+        let mut scratch = vec![0x55; 3 << 20];
+        for loc in [&zstd_locs[0], &zstd_locs[1], &raw_locs[0]] {
+            let f = File::open(dir.path().join(&loc.pack)).unwrap();
+            let fresh = read_block(&f, loc).unwrap();
+            // A dirty buffer longer than the block, as a cache hands back.
+            let used = read_block_reusing(&f, loc, &mut scratch, vec![0xAA; 2 << 20]).unwrap();
+            assert_eq!(used.data, fresh.data);
+            assert_eq!(used.entries, fresh.entries);
+            assert_eq!(scratch.len(), loc.block_len as usize);
+            assert_eq!(used.chunk(loc).unwrap(), fresh.chunk(loc).unwrap());
+        }
     }
 
     #[test]
