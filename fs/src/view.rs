@@ -361,13 +361,23 @@ impl View {
         // One refresh at a time, so that the changes returned describe
         // exactly the tree this call replaced.
         let _one = self.refreshing.lock().unwrap_or_else(|p| p.into_inner());
-        let live = self.pool.with(|c| Ok(c.current_generation()?))?;
         let old = self.tree();
-        if live == old.id {
+        // A fresh snapshot: the commit that moved the live generation must
+        // be seen, and the new tree loaded from that same snapshot.
+        let moved = self.pool.with_fresh(|c| {
+            let live = c.current_generation()?;
+            if live == old.id {
+                return Ok(None);
+            }
+            GenerationTree::load(c, live).map(Some)
+        })?;
+        let Some(tree) = moved else {
             return Ok(None);
-        }
-        let tree = self.pool.with(|c| GenerationTree::load(c, live))?;
+        };
         let changes = Changes::between(&old, &tree)?;
+        // Before anyone can see the new tree: every request that does must
+        // query a snapshot that holds its packages.
+        self.pool.renew_all();
         // The old names first: a lookup that misses in the new tree must
         // find them.
         *self.recent.write().unwrap_or_else(|p| p.into_inner()) = Some(Recent {
@@ -645,8 +655,16 @@ impl View {
         }
     }
 
-    fn load_layout(&self, blob: i64, size: u64) -> Result<Arc<Layout>> {
-        let chunks = self.pool.with(|c| Ok(c.blob_chunks(blob)?))?;
+    /// Looks up where the chunks of `blob` are; `fresh` after a pack went
+    /// missing (gc moved the chunks, and an older snapshot would still
+    /// point at the old pack).
+    fn load_layout(&self, blob: i64, size: u64, fresh: bool) -> Result<Arc<Layout>> {
+        let query = |c: &Catalog| Ok(c.blob_chunks(blob)?);
+        let chunks = if fresh {
+            self.pool.with_fresh(query)?
+        } else {
+            self.pool.with(query)?
+        };
         let layout = Arc::new(Layout::new(chunks, size)?);
         self.layouts.insert(blob, layout.clone());
         Ok(layout)
@@ -676,7 +694,7 @@ impl View {
         let (blob, file_size) = self.file_content(ino)?;
         let layout = match self.layouts.get(&blob) {
             Some(layout) => layout,
-            None => self.load_layout(blob, file_size)?,
+            None => self.load_layout(blob, file_size, false)?,
         };
         // Only an unreadable pack lets `consume` go unused, and then it is
         // needed for the retry: keep it aside until a read succeeds.
@@ -689,7 +707,7 @@ impl View {
         let result = match attempt(&layout) {
             Err(ViewError::PackMissing(pack)) => {
                 tracing::info!("{pack} is gone; looking up the chunk locations again");
-                let fresh = self.load_layout(blob, file_size)?;
+                let fresh = self.load_layout(blob, file_size, true)?;
                 attempt(&fresh)
             }
             other => other,
@@ -722,7 +740,7 @@ impl View {
         let (blob, file_size) = self.file_content(ino)?;
         let layout = match self.layouts.get(&blob) {
             Some(layout) => layout,
-            None => self.load_layout(blob, file_size)?,
+            None => self.load_layout(blob, file_size, false)?,
         };
         // Open the packs now rather than at the first read: the reader keeps
         // pack files open, so whatever `nip remove` and gc do from here on
@@ -734,7 +752,7 @@ impl View {
             Ok(()) => layout,
             Err(ViewError::PackMissing(pack)) => {
                 tracing::info!("{pack} is gone; looking up the chunk locations again");
-                let fresh = self.load_layout(blob, file_size)?;
+                let fresh = self.load_layout(blob, file_size, true)?;
                 self.content.open_packs(&fresh)?;
                 fresh
             }

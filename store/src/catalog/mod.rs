@@ -248,6 +248,24 @@ impl Catalog {
         Ok(())
     }
 
+    /// Starts a read transaction: the queries that follow see one snapshot
+    /// of the catalog and skip the locking and change checks SQLite does
+    /// around every query run on its own, until [`Catalog::end_read`].
+    /// A long-lived reader (the mount daemon) keeps one open across many
+    /// small queries, and ends it to see newer commits.
+    pub fn begin_read(&self) -> Result<()> {
+        self.conn.execute_batch("BEGIN DEFERRED")?;
+        Ok(())
+    }
+
+    /// Ends the transaction [`Catalog::begin_read`] started, if one is open.
+    pub fn end_read(&self) -> Result<()> {
+        if !self.conn.is_autocommit() {
+            self.conn.execute_batch("COMMIT")?;
+        }
+        Ok(())
+    }
+
     /// The underlying connection, for modules of this crate that run their own
     /// statements (ingest commit, gc, verify).
     pub(crate) fn conn(&mut self) -> &mut Connection {
