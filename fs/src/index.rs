@@ -348,7 +348,11 @@ impl Index {
         if shown.id == wanted {
             return Ok(shown);
         }
-        let tree = self.pool.with(|c| GenerationTree::load(c, wanted))?;
+        // The view moved to a generation committed after some of our
+        // connections began their snapshots: load it from a fresh one, and
+        // make the others renew theirs before anyone sees the new index.
+        let tree = self.pool.with_fresh(|c| GenerationTree::load(c, wanted))?;
+        self.pool.renew_all();
         let fresh = Arc::new(IndexGeneration::new(&tree));
         let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
         if current.id == wanted {
