@@ -68,8 +68,8 @@ impl Layout {
 }
 
 /// Decoded-block buffers kept for reuse (at most this many, about 1 MiB
-/// each): enough for every request thread to decode at once.
-const SPARE_BUFFERS: usize = 8;
+/// each): enough for the request threads decoding at once.
+const SPARE_BUFFERS: usize = 4;
 
 /// Payload buffers of evicted blocks, handed to the next decode. A block
 /// decoded into fresh memory makes the kernel map and zero a megabyte page
@@ -159,7 +159,9 @@ impl CachedBlock {
     }
 
     fn weight(&self) -> u64 {
-        (self.block.data.len() + self.block.entries.len() * 48 + 128) as u64
+        // The capacity: a recycled buffer may be larger than this block,
+        // and all of it was touched by an earlier one.
+        (self.block.data.capacity() + self.block.entries.len() * 48 + 128) as u64
     }
 }
 

@@ -34,7 +34,7 @@ use crate::error::Result;
 /// Private page cache per pooled connection, in KiB: the daemon keeps
 /// several connections for its whole life, and the kernel caches the
 /// catalog file for all of them.
-const PAGE_CACHE_KIB: u32 = 2048;
+const PAGE_CACHE_KIB: u32 = 1024;
 
 /// Longest a connection reads from one snapshot, and longest an idle
 /// connection keeps one.

@@ -464,6 +464,9 @@ pub fn decode_block_into(buf: &[u8], mut out: Vec<u8>) -> std::result::Result<Bl
     }
     let payload = &buf[table_end..];
     out.clear();
+    // Exact: a recycled buffer a little too small for this block must not
+    // double its size.
+    out.reserve_exact(raw_len);
     match codec {
         Codec::Raw if stored_len == raw_len => out.extend_from_slice(payload),
         Codec::Raw => return Err("raw block with stored length != raw length".into()),
@@ -473,7 +476,6 @@ pub fn decode_block_into(buf: &[u8], mut out: Vec<u8>) -> std::result::Result<Bl
             if zstd::zstd_safe::find_frame_compressed_size(payload) != Ok(payload.len()) {
                 return Err("zstd payload is not exactly one frame".into());
             }
-            out.reserve(raw_len);
             zstd_decompress(payload, &mut out)?;
             if out.len() != raw_len {
                 return Err(format!("decoded {} bytes, expected {raw_len}", out.len()));

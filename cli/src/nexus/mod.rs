@@ -122,7 +122,7 @@ pub enum Command {
         /// files are served from the kernel's page cache; this cache only
         /// spares re-decoding a block while readers work through it, so a
         /// few blocks (1 MiB each) per concurrent reader suffice.
-        #[arg(long, default_value_t = 24, value_name = "MIB")]
+        #[arg(long, default_value_t = nexus_fs::view::DEFAULT_BLOCK_CACHE_MIB, value_name = "MIB")]
         cache_mib: u64,
         /// Write the daemon's process id to FILE once the mount is ready
         /// (removed when it exits).
