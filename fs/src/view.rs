@@ -95,7 +95,7 @@ impl Default for ViewOptions {
 /// newer version often reads chunks deduplicated into the older version's
 /// blocks): on the benchmark corpus with four readers, 40 MiB decoded 20%
 /// fewer blocks than 24 MiB, and a cold full read was about 1 s faster.
-pub const DEFAULT_BLOCK_CACHE_MIB: u64 = 48;
+pub const DEFAULT_BLOCK_CACHE_MIB: u64 = 40;
 
 /// Inode rows kept in memory after a listing or lookup: a read follows
 /// its lookup closely, and the kernel keeps attributes for a day, so this
