@@ -158,11 +158,50 @@ impl CachedBlock {
         Ok(bytes)
     }
 
+    /// The verified bytes of `chunks`, which [`contiguous_run`] found to
+    /// lie one after another in this block, as one slice.
+    fn run(&self, chunks: &[ChunkLocation]) -> Result<&[u8]> {
+        let mut span: Option<(usize, usize)> = None;
+        for loc in chunks.iter().filter(|c| c.len > 0) {
+            let bytes = self.chunk(loc)?;
+            let start = loc.inner as usize;
+            span = Some(match span {
+                None => (start, start + bytes.len()),
+                Some((from, _)) => (from, start + bytes.len()),
+            });
+        }
+        let (from, to) = span.unwrap_or((0, 0));
+        self.block
+            .data
+            .get(from..to)
+            .ok_or_else(|| ViewError::Inconsistent("a chunk run extends past its block".into()))
+    }
+
     fn weight(&self) -> u64 {
         // The capacity: a recycled buffer may be larger than this block,
         // and all of it was touched by an earlier one.
         (self.block.data.capacity() + self.block.entries.len() * 48 + 128) as u64
     }
+}
+
+/// The first non-empty chunk of `chunks` when all the non-empty ones lie
+/// one after another in the same block (so that their bytes are one slice
+/// of it once decoded).
+struct Run<'a> {
+    first: &'a ChunkLocation,
+}
+
+fn contiguous_run(chunks: &[ChunkLocation]) -> Option<Run<'_>> {
+    let mut present = chunks.iter().filter(|c| c.len > 0);
+    let first = present.next()?;
+    let mut next_inner = u64::from(first.inner) + u64::from(first.len);
+    for c in present {
+        if c.offset != first.offset || c.pack != first.pack || u64::from(c.inner) != next_inner {
+            return None;
+        }
+        next_inner += u64::from(c.len);
+    }
+    Some(Run { first })
 }
 
 #[derive(Clone)]
@@ -284,14 +323,18 @@ impl ContentReader {
             return Ok(consume(&[]));
         }
         // The last chunk starting at or before `offset`, skipping empty
-        // chunks (they share their start with the next one).
+        // chunks (they share their start with the next one), and the last
+        // one starting before `end`.
         let mut i = layout.starts.partition_point(|&s| s <= offset) - 1;
-        let (first, first_start) = (&layout.chunks[i], layout.starts[i]);
-        if end <= first_start + u64::from(first.len) {
-            let block = self.block(first)?;
-            let bytes = block.chunk(first)?;
-            let from = (offset - first_start) as usize;
-            let to = (end - first_start) as usize;
+        let last = layout.starts.partition_point(|&s| s < end) - 1;
+        let covering = &layout.chunks[i..=last];
+        if let Some(run) = contiguous_run(covering) {
+            // One stretch of one decoded block (the usual case: a file's
+            // chunks were stored one after another).
+            let block = self.block(run.first)?;
+            let bytes = block.run(covering)?;
+            let from = (offset - layout.starts[i]) as usize;
+            let to = (end - layout.starts[i]) as usize;
             return Ok(consume(&bytes[from..to]));
         }
         ASSEMBLED.with(|assembled| {
@@ -335,6 +378,39 @@ mod tests {
             inner: 0,
             len,
         }
+    }
+
+    fn at(offset: u64, inner: u32, len: u32) -> ChunkLocation {
+        ChunkLocation {
+            offset,
+            inner,
+            ..loc(len)
+        }
+    }
+
+    #[test]
+    fn runs_are_chunks_side_by_side_in_one_block() {
+        let side_by_side = [at(0, 0, 3), at(0, 3, 4), at(0, 7, 0), at(0, 7, 2)];
+        let run = contiguous_run(&side_by_side).expect("one run");
+        assert_eq!((run.first.inner, run.first.len), (0, 3));
+        // Empty chunks are skipped wherever their location points.
+        assert!(contiguous_run(&[at(9, 0, 0), at(0, 5, 3), at(0, 8, 1)]).is_some());
+        assert!(
+            contiguous_run(&[at(0, 0, 3), at(0, 4, 4)]).is_none(),
+            "a gap"
+        );
+        assert!(
+            contiguous_run(&[at(0, 3, 3), at(0, 0, 3)]).is_none(),
+            "out of order"
+        );
+        assert!(
+            contiguous_run(&[at(0, 0, 3), at(1, 3, 3)]).is_none(),
+            "two blocks"
+        );
+        let mut other_pack = at(0, 3, 3);
+        other_pack.pack = "q".into();
+        assert!(contiguous_run(&[at(0, 0, 3), other_pack]).is_none());
+        assert!(contiguous_run(&[at(0, 0, 0)]).is_none(), "nothing to read");
     }
 
     #[test]
