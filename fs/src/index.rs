@@ -460,7 +460,9 @@ impl Index {
         if let Some(children) = self.listings.get(&dir) {
             return Ok(children);
         }
-        let rows = self.pool.with(|c: &Catalog| Ok(c.dir_entries(dir)?))?;
+        let rows = self
+            .pool
+            .with(|c: &Catalog| Ok(c.dir_entries_without_hash(dir)?))?;
         let children: Arc<[Child]> = rows
             .into_iter()
             .map(|row| Child {

@@ -115,7 +115,7 @@ pub struct InodeRow {
     pub nlink: u32,
     /// Content blob id (files).
     pub blob: Option<i64>,
-    /// Content hash (files).
+    /// Content hash (files; `None` from the `*_without_hash` queries).
     pub content: Option<Hash>,
     /// Symlink target.
     pub target: Option<Vec<u8>>,
@@ -152,7 +152,53 @@ pub struct Catalog {
     conn: Connection,
 }
 
-const INODE_COLUMNS: &str = "i.id, i.package, i.kind, i.mode, i.uid, i.gid, i.size, i.mtime, i.nlink, i.blob, b.hash, i.target, i.xattrs";
+/// The columns [`inode_from_row`] reads, with the content hash taken from
+/// `blobs b` (`hash`) or left out (`no_hash`: one join fewer).
+macro_rules! inode_columns {
+    (hash) => {
+        "i.id, i.package, i.kind, i.mode, i.uid, i.gid, i.size, i.mtime, i.nlink, i.blob, b.hash, i.target, i.xattrs"
+    };
+    (no_hash) => {
+        "i.id, i.package, i.kind, i.mode, i.uid, i.gid, i.size, i.mtime, i.nlink, i.blob, NULL, i.target, i.xattrs"
+    };
+}
+
+const INODE_COLUMNS: &str = inode_columns!(hash);
+
+// The queries a mount runs for every name and file, as static strings:
+// their statement-cache key needs no formatting per call.
+const INODE_SQL: &str = concat!(
+    "SELECT ",
+    inode_columns!(hash),
+    " FROM inodes i LEFT JOIN blobs b ON b.id = i.blob WHERE i.id = ?1"
+);
+const INODE_NO_HASH_SQL: &str = concat!(
+    "SELECT ",
+    inode_columns!(no_hash),
+    " FROM inodes i WHERE i.id = ?1"
+);
+const DIR_ENTRIES_SQL: &str = concat!(
+    "SELECT d.name, ",
+    inode_columns!(hash),
+    " FROM dirents d JOIN inodes i ON i.id = d.inode LEFT JOIN blobs b ON b.id = i.blob",
+    " WHERE d.dir = ?1 ORDER BY d.name"
+);
+const DIR_ENTRIES_NO_HASH_SQL: &str = concat!(
+    "SELECT d.name, ",
+    inode_columns!(no_hash),
+    " FROM dirents d JOIN inodes i ON i.id = d.inode WHERE d.dir = ?1 ORDER BY d.name"
+);
+const LOOKUP_SQL: &str = concat!(
+    "SELECT ",
+    inode_columns!(hash),
+    " FROM dirents d JOIN inodes i ON i.id = d.inode LEFT JOIN blobs b ON b.id = i.blob",
+    " WHERE d.dir = ?1 AND d.name = ?2"
+);
+const LOOKUP_NO_HASH_SQL: &str = concat!(
+    "SELECT ",
+    inode_columns!(no_hash),
+    " FROM dirents d JOIN inodes i ON i.id = d.inode WHERE d.dir = ?1 AND d.name = ?2"
+);
 
 fn inode_from_row(r: &Row<'_>, base: usize) -> rusqlite::Result<InodeRow> {
     let content: Option<Vec<u8>> = r.get(base + 10)?;
@@ -412,22 +458,35 @@ impl Catalog {
 
     /// One inode.
     pub fn inode(&self, id: i64) -> Result<Option<InodeRow>> {
-        let sql = format!(
-            "SELECT {INODE_COLUMNS} FROM inodes i LEFT JOIN blobs b ON b.id = i.blob WHERE i.id = ?1"
-        );
+        self.inode_by(INODE_SQL, id)
+    }
+
+    /// One inode without its content hash ([`InodeRow::content`] is `None`;
+    /// [`Catalog::blob_hash`] has it): one join fewer, for readers that
+    /// look up every inode and rarely need the hash (the mount).
+    pub fn inode_without_hash(&self, id: i64) -> Result<Option<InodeRow>> {
+        self.inode_by(INODE_NO_HASH_SQL, id)
+    }
+
+    fn inode_by(&self, sql: &str, id: i64) -> Result<Option<InodeRow>> {
         // Cached: the mount asks for inodes one by one, often.
-        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let mut stmt = self.conn.prepare_cached(sql)?;
         Ok(stmt.query_row([id], |r| inode_from_row(r, 0)).optional()?)
     }
 
     /// The whole listing of directory `dir`, sorted by name, in one query.
     pub fn dir_entries(&self, dir: i64) -> Result<Vec<DirEntryRow>> {
-        let sql = format!(
-            "SELECT d.name, {INODE_COLUMNS} FROM dirents d
-             JOIN inodes i ON i.id = d.inode LEFT JOIN blobs b ON b.id = i.blob
-             WHERE d.dir = ?1 ORDER BY d.name"
-        );
-        let mut stmt = self.conn.prepare_cached(&sql)?;
+        self.dir_entries_by(DIR_ENTRIES_SQL, dir)
+    }
+
+    /// [`Catalog::dir_entries`] without content hashes (see
+    /// [`Catalog::inode_without_hash`]).
+    pub fn dir_entries_without_hash(&self, dir: i64) -> Result<Vec<DirEntryRow>> {
+        self.dir_entries_by(DIR_ENTRIES_NO_HASH_SQL, dir)
+    }
+
+    fn dir_entries_by(&self, sql: &str, dir: i64) -> Result<Vec<DirEntryRow>> {
+        let mut stmt = self.conn.prepare_cached(sql)?;
         let rows = stmt.query_map([dir], |r| {
             Ok(DirEntryRow {
                 name: r.get(0)?,
@@ -439,15 +498,29 @@ impl Catalog {
 
     /// Looks up one name in a directory.
     pub fn lookup(&self, dir: i64, name: &[u8]) -> Result<Option<InodeRow>> {
-        let sql = format!(
-            "SELECT {INODE_COLUMNS} FROM dirents d
-             JOIN inodes i ON i.id = d.inode LEFT JOIN blobs b ON b.id = i.blob
-             WHERE d.dir = ?1 AND d.name = ?2"
-        );
-        let mut stmt = self.conn.prepare_cached(&sql)?;
+        self.lookup_by(LOOKUP_SQL, dir, name)
+    }
+
+    /// [`Catalog::lookup`] without the content hash (see
+    /// [`Catalog::inode_without_hash`]).
+    pub fn lookup_without_hash(&self, dir: i64, name: &[u8]) -> Result<Option<InodeRow>> {
+        self.lookup_by(LOOKUP_NO_HASH_SQL, dir, name)
+    }
+
+    fn lookup_by(&self, sql: &str, dir: i64, name: &[u8]) -> Result<Option<InodeRow>> {
+        let mut stmt = self.conn.prepare_cached(sql)?;
         Ok(stmt
             .query_row(params![dir, name], |r| inode_from_row(r, 0))
             .optional()?)
+    }
+
+    /// The content hash of blob `blob`, if it exists.
+    pub fn blob_hash(&self, blob: i64) -> Result<Option<Hash>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT hash FROM blobs WHERE id = ?1")?;
+        let hash: Option<Vec<u8>> = stmt.query_row([blob], |r| r.get(0)).optional()?;
+        Ok(hash.as_deref().and_then(Hash::from_slice))
     }
 
     /// The directory holding `inode`, if a directory entry names it (package
