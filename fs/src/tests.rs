@@ -698,3 +698,50 @@ fn a_tiny_block_cache_recycles_buffers_without_mixing_bytes() {
         assert!(got == want, "{name} read back differently");
     }
 }
+
+#[test]
+fn lookups_answered_from_listings_agree_with_single_lookups() {
+    let f = Fixture::new();
+    let dir = f.src.join("many");
+    // A small directory (its listing answers lookups from the second on)
+    // and one too large for that (looked up name by name throughout).
+    fs::create_dir_all(dir.join("small")).unwrap();
+    fs::create_dir_all(dir.join("large")).unwrap();
+    let small: Vec<String> = (0..20).map(|i| format!("f{i:02}")).collect();
+    let large: Vec<String> = (0..3000).map(|i| format!("file-number-{i:05}")).collect();
+    for name in &small {
+        fs::write(dir.join("small").join(name), format!("content of {name}")).unwrap();
+    }
+    for name in &large {
+        fs::write(dir.join("large").join(name), format!("content of {name}")).unwrap();
+    }
+    f.add("many", "many", "1");
+
+    for (sub, names) in [("small", &small), ("large", &large)] {
+        let view = f.view(GenerationChoice::Live);
+        let dir_ino = walk(&view, &format!("many/1/{sub}")).unwrap().attr.ino;
+        // Misses before, between and after the names, at every stage.
+        for round in 0..3 {
+            for missing in [&b"a"[..], b"f", b"f00x", b"zzz", b"file-number-"] {
+                assert!(
+                    matches!(view.lookup(dir_ino, missing), Err(ViewError::NotFound)),
+                    "{sub}, round {round}: {missing:?}"
+                );
+            }
+        }
+        let mut inodes = std::collections::HashSet::new();
+        for (i, name) in names.iter().enumerate().rev() {
+            let entry = view.lookup(dir_ino, name.as_bytes()).unwrap();
+            assert_eq!(entry.name, name.as_bytes());
+            assert!(inodes.insert(entry.attr.ino), "{name}: a distinct inode");
+            let content = view.read_inode(entry.attr.ino, 0, 100).unwrap();
+            assert_eq!(content, format!("content of {name}").as_bytes());
+            if i % 97 == 0 {
+                // A new view's first lookup there is a single query.
+                let reference = f.view(GenerationChoice::Live);
+                let single = reference.lookup(dir_ino, name.as_bytes()).unwrap();
+                assert_eq!(single.attr, entry.attr, "{name}");
+            }
+        }
+    }
+}

@@ -115,19 +115,38 @@ struct LayoutWeighter;
 /// Bytes of package directory listings kept for [`View::dir_listing`].
 const LISTING_CACHE_BYTES: u64 = 4 << 20;
 
+/// Largest listing loaded to answer lookups (about 2,000 entries): in a
+/// bigger directory names are looked up one by one.
+const LOOKUP_LISTING_MAX_BYTES: u64 = LISTING_CACHE_BYTES / 16;
+/// Package directories remembered as looked in (see [`View::lookup_listed`]).
+const LOOKED_IN_ITEMS: usize = 4096;
+
+/// What lookups in a package directory whose listing is not cached do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LookedIn {
+    /// One name was looked up: the next lookup loads the listing.
+    Once,
+    /// The listing is too large to load for lookups.
+    ByName,
+}
+
 #[derive(Clone)]
 struct ListingWeighter;
 
 impl Weighter<u64, Arc<Listing>> for ListingWeighter {
     fn weight(&self, _ino: &u64, listing: &Arc<Listing>) -> u64 {
-        // Names plus the fixed part of each entry, roughly.
-        listing
-            .entries
-            .iter()
-            .map(|e| e.name.len() as u64 + 96)
-            .sum::<u64>()
-            .max(1)
+        listing_weight(listing)
     }
+}
+
+/// Memory a listing takes: names plus the fixed part of each entry, roughly.
+fn listing_weight(listing: &Listing) -> u64 {
+    listing
+        .entries
+        .iter()
+        .map(|e| e.name.len() as u64 + 96)
+        .sum::<u64>()
+        .max(1)
 }
 
 impl Weighter<i64, Arc<Layout>> for LayoutWeighter {
@@ -165,6 +184,7 @@ pub struct View {
     inodes: Cache<i64, Arc<InodeRow>>,
     layouts: Cache<i64, Arc<Layout>, LayoutWeighter>,
     listings: Cache<u64, Arc<Listing>, ListingWeighter>,
+    looked_in: Cache<u64, LookedIn>,
     content: ContentReader,
     handles: Mutex<HashMap<u64, Handle>>,
     next_handle: AtomicU64,
@@ -295,6 +315,7 @@ impl View {
             inodes: Cache::new(INODE_CACHE_ITEMS),
             layouts: Cache::with_weighter(4096, LAYOUT_CACHE_BYTES, LayoutWeighter),
             listings: Cache::with_weighter(1024, LISTING_CACHE_BYTES, ListingWeighter),
+            looked_in: Cache::new(LOOKED_IN_ITEMS),
             content: ContentReader::new(&packs_dir, options.cache_bytes),
             handles: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
@@ -415,6 +436,39 @@ impl View {
         row
     }
 
+    /// Answers a lookup in package directory `dir` from its listing when
+    /// that is cached, or loads the listing at the second lookup there: a
+    /// cold read of a tree looks up every name of every directory, and one
+    /// range query per directory costs less than a query per name. `None`:
+    /// look the name up on its own (first lookup, or a large directory).
+    fn lookup_listed(&self, dir: u64, name: &[u8]) -> Result<Option<Option<Entry>>> {
+        let listing = match self.listings.get(&dir) {
+            Some(listing) => listing,
+            None => match self.looked_in.get(&dir) {
+                None => {
+                    self.looked_in.insert(dir, LookedIn::Once);
+                    return Ok(None);
+                }
+                Some(LookedIn::ByName) => return Ok(None),
+                Some(LookedIn::Once) => {
+                    let listing = self.dir_listing(dir)?;
+                    if listing_weight(&listing) > LOOKUP_LISTING_MAX_BYTES {
+                        self.looked_in.insert(dir, LookedIn::ByName);
+                    }
+                    listing
+                }
+            },
+        };
+        // `.` and `..` first, then the entries sorted by name (bytes).
+        let named = listing.entries.get(2..).unwrap_or_default();
+        Ok(Some(
+            named
+                .binary_search_by(|e| e.name.as_slice().cmp(name))
+                .ok()
+                .map(|i| named[i].clone()),
+        ))
+    }
+
     /// The attributes of inode `ino`.
     pub fn getattr(&self, ino: u64) -> Result<Attr> {
         let tree = self.tree();
@@ -446,6 +500,9 @@ impl View {
             }
             Node::Current(_) => return Err(ViewError::NotDir),
             Node::Package(dir) => {
+                if let Some(listed) = self.lookup_listed(parent, name)? {
+                    return listed.ok_or(ViewError::NotFound);
+                }
                 let row = self
                     .pool
                     .with(|c| Ok(c.lookup_without_hash(dir, name)?))?
