@@ -745,3 +745,59 @@ fn lookups_answered_from_listings_agree_with_single_lookups() {
         }
     }
 }
+
+#[test]
+fn damage_after_a_block_was_verified_is_still_an_error() {
+    {
+        let f = Fixture::new();
+        fs::create_dir_all(f.src.join("d")).unwrap();
+        // Compressible (zstd blocks with a checksum), several blocks.
+        let line = b"a line of text that zstd compresses into far fewer bytes\n";
+        let data: Vec<u8> = line.iter().copied().cycle().take(3 << 20).collect();
+        fs::write(f.src.join("d/data"), &data).unwrap();
+        f.add("d", "d", "1");
+        // Nothing cached: every read decodes its block again.
+        let view = View::open(
+            &f.store,
+            ViewOptions {
+                cache_bytes: 1,
+                connections: 1,
+                ..ViewOptions::default()
+            },
+        )
+        .unwrap();
+        let ino = walk(&view, "d/1/data").unwrap().attr.ino;
+        let read_all = || {
+            let mut failed = 0;
+            for offset in (0..data.len() as u64).step_by(128 * 1024) {
+                match view.read_inode(ino, offset, 128 * 1024) {
+                    Ok(got) => {
+                        let at = offset as usize;
+                        assert!(got == data[at..at + got.len()], "wrong bytes at {offset}");
+                    }
+                    Err(e) => {
+                        assert_eq!(e.errno(), libc::EIO, "{e}");
+                        failed += 1;
+                    }
+                }
+            }
+            failed
+        };
+        // Twice intact: every block verified, then decoded again.
+        assert_eq!((read_all(), read_all()), (0, 0));
+        // Now damage the pack under the reader (it keeps it open).
+        let packs: Vec<PathBuf> = fs::read_dir(f.store.join("packs"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        let mut bytes = fs::read(&packs[0]).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x20;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&packs[0])
+            .and_then(|mut file| std::io::Write::write_all(&mut file, &bytes))
+            .unwrap();
+        assert!(read_all() > 0, "the damage went unnoticed");
+    }
+}
