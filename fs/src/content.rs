@@ -60,6 +60,11 @@ impl Layout {
         })
     }
 
+    /// The size of the content.
+    pub(crate) fn size(&self) -> u64 {
+        self.size
+    }
+
     /// Approximate memory the layout takes (for cache weights).
     pub(crate) fn weight(&self) -> u64 {
         let per_chunk = std::mem::size_of::<ChunkLocation>() + 8 + 40;

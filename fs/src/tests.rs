@@ -715,6 +715,12 @@ fn lookups_answered_from_listings_agree_with_single_lookups() {
     for name in &large {
         fs::write(dir.join("large").join(name), format!("content of {name}")).unwrap();
     }
+    // Beside the small files: a file of many chunks, an empty one and a
+    // hard link, whose layouts come with the listing too.
+    let big = noise(3, 700_000);
+    fs::write(dir.join("small/g-big"), &big).unwrap();
+    fs::write(dir.join("small/g-empty"), b"").unwrap();
+    fs::hard_link(dir.join("small/f03"), dir.join("small/g-link")).unwrap();
     f.add("many", "many", "1");
 
     for (sub, names) in [("small", &small), ("large", &large)] {
@@ -742,6 +748,26 @@ fn lookups_answered_from_listings_agree_with_single_lookups() {
                 let single = reference.lookup(dir_ino, name.as_bytes()).unwrap();
                 assert_eq!(single.attr, entry.attr, "{name}");
             }
+        }
+        if sub == "small" {
+            let big_ino = view.lookup(dir_ino, b"g-big").unwrap().attr.ino;
+            let mut read = Vec::new();
+            while read.len() < big.len() {
+                let piece = view
+                    .read_inode(big_ino, read.len() as u64, 100_000)
+                    .unwrap();
+                assert!(!piece.is_empty());
+                read.extend_from_slice(&piece);
+            }
+            assert!(read == big, "the file of many chunks reads back");
+            let empty = view.lookup(dir_ino, b"g-empty").unwrap().attr.ino;
+            assert_eq!(view.read_inode(empty, 0, 10).unwrap(), b"");
+            let link = view.lookup(dir_ino, b"g-link").unwrap().attr;
+            assert_eq!(link.ino, view.lookup(dir_ino, b"f03").unwrap().attr.ino);
+            assert_eq!(
+                view.read_inode(link.ino, 0, 100).unwrap(),
+                b"content of f03"
+            );
         }
     }
 }

@@ -441,7 +441,11 @@ impl View {
     /// cold read of a tree looks up every name of every directory, and one
     /// range query per directory costs less than a query per name. `None`:
     /// look the name up on its own (first lookup, or a large directory).
-    fn lookup_listed(&self, dir: u64, name: &[u8]) -> Result<Option<Option<Entry>>> {
+    ///
+    /// When it loads a listing it also loads where the chunks of the
+    /// directory's files are (one query): names looked up one after another
+    /// are usually files about to be read.
+    fn lookup_listed(&self, id: i64, dir: u64, name: &[u8]) -> Result<Option<Option<Entry>>> {
         let listing = match self.listings.get(&dir) {
             Some(listing) => listing,
             None => match self.looked_in.get(&dir) {
@@ -454,6 +458,8 @@ impl View {
                     let listing = self.dir_listing(dir)?;
                     if listing_weight(&listing) > LOOKUP_LISTING_MAX_BYTES {
                         self.looked_in.insert(dir, LookedIn::ByName);
+                    } else {
+                        self.load_dir_layouts(id)?;
                     }
                     listing
                 }
@@ -500,7 +506,7 @@ impl View {
             }
             Node::Current(_) => return Err(ViewError::NotDir),
             Node::Package(dir) => {
-                if let Some(listed) = self.lookup_listed(parent, name)? {
+                if let Some(listed) = self.lookup_listed(dir, parent, name)? {
                     return listed.ok_or(ViewError::NotFound);
                 }
                 let row = self
@@ -732,6 +738,42 @@ impl View {
         }
     }
 
+    /// The layout of blob `blob`, from the cache or the catalog, checked
+    /// against the `size` the inode says the content has.
+    fn layout(&self, blob: i64, size: u64) -> Result<Arc<Layout>> {
+        let layout = match self.layouts.get(&blob) {
+            Some(layout) => layout,
+            None => self.load_layout(blob, size, false)?,
+        };
+        if layout.size() != size {
+            return Err(ViewError::Inconsistent(format!(
+                "the chunks of a {size}-byte file add up to {} bytes",
+                layout.size()
+            )));
+        }
+        Ok(layout)
+    }
+
+    /// Caches the layouts of the files directly in package directory `id`
+    /// that are not cached yet, from one query. Each layout's size is the
+    /// sum of its chunks; reads check it against the inode's size.
+    fn load_dir_layouts(&self, id: i64) -> Result<()> {
+        let rows = self.pool.with(|c| Ok(c.dir_blob_chunks(id)?))?;
+        let mut rows = rows.into_iter().peekable();
+        while let Some((blob, first)) = rows.next() {
+            let mut chunks = vec![first];
+            while let Some((_, loc)) = rows.next_if(|(b, _)| *b == blob) {
+                chunks.push(loc);
+            }
+            if self.layouts.get(&blob).is_none() {
+                let size = chunks.iter().map(|c| u64::from(c.len)).sum();
+                self.layouts
+                    .insert(blob, Arc::new(Layout::new(chunks, size)?));
+            }
+        }
+        Ok(())
+    }
+
     /// Looks up where the chunks of `blob` are; `fresh` after a pack went
     /// missing (gc moved the chunks, and an older snapshot would still
     /// point at the old pack).
@@ -769,10 +811,7 @@ impl View {
         consume: impl FnOnce(&[u8]) -> T,
     ) -> Result<T> {
         let (blob, file_size) = self.file_content(ino)?;
-        let layout = match self.layouts.get(&blob) {
-            Some(layout) => layout,
-            None => self.load_layout(blob, file_size, false)?,
-        };
+        let layout = self.layout(blob, file_size)?;
         // Only an unreadable pack lets `consume` go unused, and then it is
         // needed for the retry: keep it aside until a read succeeds.
         let mut consume = Some(consume);
@@ -815,10 +854,7 @@ impl View {
     /// Opens regular file `ino` for reading; returns the handle.
     pub fn open_file(&self, ino: u64) -> Result<u64> {
         let (blob, file_size) = self.file_content(ino)?;
-        let layout = match self.layouts.get(&blob) {
-            Some(layout) => layout,
-            None => self.load_layout(blob, file_size, false)?,
-        };
+        let layout = self.layout(blob, file_size)?;
         // Open the packs now rather than at the first read: the reader keeps
         // pack files open, so whatever `nip remove` and gc do from here on
         // (deleting the package, its packs, or moving its chunks to a new

@@ -544,6 +544,21 @@ impl Catalog {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// Where the chunks of every file directly in directory `dir` live, as
+    /// (blob, location) pairs grouped by blob, each in content order: one
+    /// query for what [`Catalog::blob_chunks`] takes one query per file for.
+    pub fn dir_blob_chunks(&self, dir: i64) -> Result<Vec<(i64, ChunkLocation)>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT c.hash, p.name, c.offset, c.block_len, c.inner, c.len, bc.blob
+             FROM blob_chunks bc JOIN chunks c ON c.id = bc.chunk JOIN packs p ON p.id = c.pack
+             WHERE bc.blob IN (SELECT i.blob FROM dirents d JOIN inodes i ON i.id = d.inode
+                               WHERE d.dir = ?1 AND i.blob IS NOT NULL)
+             ORDER BY bc.blob, bc.seq",
+        )?;
+        let rows = stmt.query_map([dir], |r| Ok((r.get::<_, i64>(6)?, location_from_row(r)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// True when a chunk with this hash is indexed.
     pub fn has_chunk(&self, hash: &Hash) -> Result<bool> {
         let mut stmt = self
