@@ -192,11 +192,7 @@ impl CachedBlock {
 /// The first non-empty chunk of `chunks` when all the non-empty ones lie
 /// one after another in the same block (so that their bytes are one slice
 /// of it once decoded).
-struct Run<'a> {
-    first: &'a ChunkLocation,
-}
-
-fn contiguous_run(chunks: &[ChunkLocation]) -> Option<Run<'_>> {
+fn contiguous_run(chunks: &[ChunkLocation]) -> Option<&ChunkLocation> {
     let mut present = chunks.iter().filter(|c| c.len > 0);
     let first = present.next()?;
     let mut next_inner = u64::from(first.inner) + u64::from(first.len);
@@ -206,7 +202,7 @@ fn contiguous_run(chunks: &[ChunkLocation]) -> Option<Run<'_>> {
         }
         next_inner += u64::from(c.len);
     }
-    Some(Run { first })
+    Some(first)
 }
 
 #[derive(Clone)]
@@ -333,10 +329,10 @@ impl ContentReader {
         let mut i = layout.starts.partition_point(|&s| s <= offset) - 1;
         let last = layout.starts.partition_point(|&s| s < end) - 1;
         let covering = &layout.chunks[i..=last];
-        if let Some(run) = contiguous_run(covering) {
+        if let Some(first) = contiguous_run(covering) {
             // One stretch of one decoded block (the usual case: a file's
             // chunks were stored one after another).
-            let block = self.block(run.first)?;
+            let block = self.block(first)?;
             let bytes = block.run(covering)?;
             let from = (offset - layout.starts[i]) as usize;
             let to = (end - layout.starts[i]) as usize;
@@ -397,7 +393,7 @@ mod tests {
     fn runs_are_chunks_side_by_side_in_one_block() {
         let side_by_side = [at(0, 0, 3), at(0, 3, 4), at(0, 7, 0), at(0, 7, 2)];
         let run = contiguous_run(&side_by_side).expect("one run");
-        assert_eq!((run.first.inner, run.first.len), (0, 3));
+        assert_eq!((run.inner, run.len), (0, 3));
         // Empty chunks are skipped wherever their location points.
         assert!(contiguous_run(&[at(9, 0, 0), at(0, 5, 3), at(0, 8, 1)]).is_some());
         assert!(

@@ -194,6 +194,44 @@ fn the_root_lists_apps_and_apps_list_versions_and_current() {
     assert_eq!(view.statfs().files, 3);
 }
 
+/// Flips a byte in the middle of the store's only pack, in place (a
+/// reader that holds the pack open sees it).
+fn flip_pack_byte(store: &Path) {
+    let packs: Vec<PathBuf> = fs::read_dir(store.join("packs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(packs.len(), 1);
+    let mut bytes = fs::read(&packs[0]).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x20;
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&packs[0])
+        .and_then(|mut file| std::io::Write::write_all(&mut file, &bytes))
+        .unwrap();
+}
+
+/// Reads `data`'s file in 128 KiB pieces through `read(offset, size)`;
+/// every byte returned must be right and every failure EIO. Returns the
+/// number of failed reads.
+fn failed_reads(data: &[u8], read: impl Fn(u64, u32) -> Result<Vec<u8>, ViewError>) -> usize {
+    let mut failed = 0;
+    for offset in (0..data.len() as u64).step_by(128 * 1024) {
+        match read(offset, 128 * 1024) {
+            Ok(got) => {
+                let at = offset as usize;
+                assert!(got == data[at..at + got.len()], "wrong bytes at {offset}");
+            }
+            Err(e) => {
+                assert_eq!(e.errno(), libc::EIO, "{e}");
+                failed += 1;
+            }
+        }
+    }
+    failed
+}
+
 #[test]
 fn package_trees_read_back_exactly() {
     let f = Fixture::new();
@@ -369,34 +407,12 @@ fn a_damaged_chunk_is_an_error_never_bytes() {
     let data = noise(9, 2 * 1024 * 1024);
     fs::write(f.src.join("d/data"), &data).unwrap();
     f.add("d", "d", "1");
-    let packs: Vec<PathBuf> = fs::read_dir(f.store.join("packs"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    assert_eq!(packs.len(), 1);
-    let mut bytes = fs::read(&packs[0]).unwrap();
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 0x20;
-    fs::write(&packs[0], &bytes).unwrap();
+    flip_pack_byte(&f.store);
 
     let view = f.view(GenerationChoice::Live);
     let file = walk(&view, "d/1/data").unwrap();
     let fh = view.open_file(file.attr.ino).unwrap();
-    let mut failed = 0;
-    let mut offset = 0u64;
-    while offset < data.len() as u64 {
-        match view.read(fh, offset, 128 * 1024) {
-            Ok(got) => {
-                let at = offset as usize;
-                assert!(got == data[at..at + got.len()], "wrong bytes at {offset}");
-            }
-            Err(e) => {
-                assert_eq!(e.errno(), libc::EIO, "{e}");
-                failed += 1;
-            }
-        }
-        offset += 128 * 1024;
-    }
+    let failed = failed_reads(&data, |offset, size| view.read(fh, offset, size));
     assert!(failed > 0, "the flipped byte went unnoticed");
 }
 
@@ -774,56 +790,28 @@ fn lookups_answered_from_listings_agree_with_single_lookups() {
 
 #[test]
 fn damage_after_a_block_was_verified_is_still_an_error() {
-    {
-        let f = Fixture::new();
-        fs::create_dir_all(f.src.join("d")).unwrap();
-        // Compressible (zstd blocks with a checksum), several blocks.
-        let line = b"a line of text that zstd compresses into far fewer bytes\n";
-        let data: Vec<u8> = line.iter().copied().cycle().take(3 << 20).collect();
-        fs::write(f.src.join("d/data"), &data).unwrap();
-        f.add("d", "d", "1");
-        // Nothing cached: every read decodes its block again.
-        let view = View::open(
-            &f.store,
-            ViewOptions {
-                cache_bytes: 1,
-                connections: 1,
-                ..ViewOptions::default()
-            },
-        )
-        .unwrap();
-        let ino = walk(&view, "d/1/data").unwrap().attr.ino;
-        let read_all = || {
-            let mut failed = 0;
-            for offset in (0..data.len() as u64).step_by(128 * 1024) {
-                match view.read_inode(ino, offset, 128 * 1024) {
-                    Ok(got) => {
-                        let at = offset as usize;
-                        assert!(got == data[at..at + got.len()], "wrong bytes at {offset}");
-                    }
-                    Err(e) => {
-                        assert_eq!(e.errno(), libc::EIO, "{e}");
-                        failed += 1;
-                    }
-                }
-            }
-            failed
-        };
-        // Twice intact: every block verified, then decoded again.
-        assert_eq!((read_all(), read_all()), (0, 0));
-        // Now damage the pack under the reader (it keeps it open).
-        let packs: Vec<PathBuf> = fs::read_dir(f.store.join("packs"))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        let mut bytes = fs::read(&packs[0]).unwrap();
-        let middle = bytes.len() / 2;
-        bytes[middle] ^= 0x20;
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&packs[0])
-            .and_then(|mut file| std::io::Write::write_all(&mut file, &bytes))
-            .unwrap();
-        assert!(read_all() > 0, "the damage went unnoticed");
-    }
+    let f = Fixture::new();
+    fs::create_dir_all(f.src.join("d")).unwrap();
+    // Compressible (zstd blocks with a checksum), several blocks.
+    let line = b"a line of text that zstd compresses into far fewer bytes\n";
+    let data: Vec<u8> = line.iter().copied().cycle().take(3 << 20).collect();
+    fs::write(f.src.join("d/data"), &data).unwrap();
+    f.add("d", "d", "1");
+    // Nothing cached: every read decodes its block again.
+    let view = View::open(
+        &f.store,
+        ViewOptions {
+            cache_bytes: 1,
+            connections: 1,
+            ..ViewOptions::default()
+        },
+    )
+    .unwrap();
+    let ino = walk(&view, "d/1/data").unwrap().attr.ino;
+    let read_all = || failed_reads(&data, |offset, size| view.read_inode(ino, offset, size));
+    // Twice intact: every block verified, then decoded again.
+    assert_eq!((read_all(), read_all()), (0, 0));
+    // Now damage the pack under the reader (it keeps it open).
+    flip_pack_byte(&f.store);
+    assert!(read_all() > 0, "the damage went unnoticed");
 }
