@@ -381,3 +381,60 @@ fn switches_show_within_a_second_and_readers_never_see_a_mix() {
     drop(held);
     mount.umount();
 }
+
+/// Adds the directory `dir` as NAME/VERSION.
+fn add_dir(store: &Store, dir: &Path, name: &str, version: &str) {
+    store.ok([
+        OsString::from("add"),
+        dir.as_os_str().to_owned(),
+        "--name".into(),
+        name.into(),
+        "--version".into(),
+        version.into(),
+    ]);
+}
+
+/// The attack of issue 12 (H1): `nip remove foo`, `nip gc`, `nip add bar`
+/// under a live mount made SQLite hand foo's catalog ids to bar, and the
+/// daemon, which had read foo's file, served foo's bytes as bar's.
+#[test]
+fn a_package_added_after_gc_never_reads_as_the_collected_one() {
+    if !is_root() {
+        eprintln!("a_package_added_after_gc: skipped, mounting needs root");
+        return;
+    }
+    let scratch = Scratch::new("gc-ids");
+    let foo = b"FOO: private content of package foo.".to_vec();
+    let bar = b"BAR: other package, attacker text!!!".to_vec();
+    assert_eq!(foo.len(), bar.len(), "same size, as in the reproduction");
+    write_file(&scratch.join("base/bin/base"), b"base\n");
+    write_file(&scratch.join("foo/bin/f"), &foo);
+    write_file(&scratch.join("bar/bin/f"), &bar);
+    let store = Store::init();
+    add_dir(&store, &scratch.join("base"), "base", "1");
+    add_dir(&store, &scratch.join("foo"), "foo", "1");
+    let mount = Mount::start(store.path(), &scratch.join("mnt"), &[]);
+    assert_eq!(fs::read(mount.join("foo/1/bin/f")).unwrap(), foo);
+
+    store.ok(["remove", "foo"]);
+    store.ok(["gc", "--keep", "1"]);
+    add_dir(&store, &scratch.join("bar"), "bar", "1");
+    let path = mount.join("bar/1/bin/f");
+    assert!(
+        time_until(SHOW_WITHIN, || exists(&path)).is_some(),
+        "bar/1 does not show"
+    );
+    let got = fs::read(&path).unwrap();
+    assert!(
+        got == bar,
+        "the mount served {:?} for bar/1/bin/f",
+        String::from_utf8_lossy(&got)
+    );
+    // Also from the daemon, not the kernel's pages.
+    let file = File::open(&path).unwrap();
+    drop_cached_pages(&file);
+    assert_eq!(read_whole(&file, bar.len()).unwrap(), bar);
+    assert_eq!(store.cat("bar/1", "bin/f").stdout, bar);
+    drop(file);
+    mount.umount();
+}

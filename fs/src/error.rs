@@ -10,6 +10,10 @@ pub enum ViewError {
     /// away).
     #[error("no such file or directory")]
     NotFound,
+    /// An inode the catalog once held and gc has since deleted: a client's
+    /// handle outlived the file.
+    #[error("stale file handle (the file was garbage-collected)")]
+    Stale,
     /// A directory operation on something else.
     #[error("not a directory")]
     NotDir,
@@ -26,17 +30,15 @@ pub enum ViewError {
     /// (`security.selinux` where a package carries none).
     #[error("extended attribute not supported")]
     XattrUnsupported,
-    /// A file or directory handle the view did not hand out (or already
-    /// released).
+    /// A directory handle that was not handed out (or already released).
     #[error("unknown handle {0}")]
     BadHandle(u64),
+    /// Opening one more directory handle would exceed the client's limits.
+    #[error("too many open directories")]
+    TooManyOpen,
     /// The fixed generation asked for does not exist.
     #[error("generation {0} does not exist (or was removed by gc)")]
     NoGeneration(i64),
-    /// A pack named by the catalog is missing: gc may have moved its chunks;
-    /// opening a file looks the chunk locations up again once.
-    #[error("pack file missing: {0}")]
-    PackMissing(String),
     /// The catalog holds something this build cannot present (an inode id
     /// beyond the inode number space, a chunk list that does not add up).
     #[error("inconsistent catalog: {0}")]
@@ -52,15 +54,15 @@ impl ViewError {
     pub fn errno(&self) -> i32 {
         match self {
             ViewError::NotFound | ViewError::NoGeneration(_) => libc::ENOENT,
+            ViewError::Stale => libc::ESTALE,
             ViewError::NotDir => libc::ENOTDIR,
             ViewError::IsDir => libc::EISDIR,
             ViewError::WrongKind => libc::EINVAL,
             ViewError::NoXattr => libc::ENODATA,
             ViewError::XattrUnsupported => libc::EOPNOTSUPP,
             ViewError::BadHandle(_) => libc::EBADF,
-            ViewError::PackMissing(_) | ViewError::Inconsistent(_) | ViewError::Store(_) => {
-                libc::EIO
-            }
+            ViewError::TooManyOpen => libc::EMFILE,
+            ViewError::Inconsistent(_) | ViewError::Store(_) => libc::EIO,
         }
     }
 

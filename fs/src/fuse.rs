@@ -3,36 +3,41 @@
 //! Every request becomes one view call; this module only translates types
 //! and decides how long the kernel may cache each answer. Package content is
 //! immutable, so its entries and attributes get long lifetimes
-//! ([`IMMUTABLE_TTL`]) and files are opened with `FOPEN_KEEP_CACHE` (pages
-//! stay cached across opens) and directories inside packages with
-//! `FOPEN_CACHE_DIR`. The root, App directories and `Current` links change
-//! with the generation: when a live view moves, an [`Invalidator`] tells the
-//! kernel what became stale (FUSE notifications), and [`GENERATION_TTL`]
-//! bounds how long a stale answer could live should a notification be lost.
-//! Several request threads serve the mount, each with its own cloned
-//! `/dev/fuse` descriptor.
+//! ([`IMMUTABLE_TTL`]), and opens of files and directories are answered
+//! `ENOSYS`: the kernel then opens them without asking the daemon and keeps
+//! their pages and listings cached across opens (no handles exist; reads
+//! and listings go by inode). The root, App directories and `Current` links
+//! change with the generation: when a live view moves, an [`Invalidator`]
+//! tells the kernel what became stale (FUSE notifications), and
+//! [`GENERATION_TTL`] bounds how long a stale answer could live should a
+//! notification be lost. Several request threads serve the mount, each with
+//! its own cloned `/dev/fuse` descriptor. The Index's mount (`index`)
+//! shares the reply and session code (`reply`, `session`).
 
 use std::ffi::OsStr;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use fuser::{
-    Config, Errno, FileAttr, FileHandle, FileType, Filesystem, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, MountOption, Notifier, OpenAccMode, OpenFlags, ReplyAttr, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr,
-    Request, Session, SessionACL, SessionUnmounter,
+    Errno, FileHandle, Filesystem, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
+    OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 
-use crate::attr::{Attr, Entry, Kind, Listing};
-use crate::changes::Invalidation;
-use crate::error::ViewError;
+use crate::attr::{Entry, Kind};
+use crate::lookups::Lookups;
 use crate::view::View;
 
 mod index;
-pub use index::{INDEX_TTL, IndexFs, IndexNotifier, MountedIndex, mount_index};
+mod reply;
+mod session;
+
+pub use index::{INDEX_TTL, IndexFollower, IndexFs, index_invalidations, mount_index};
+use reply::{errno, file_attr, fill_dir, fill_dir_plus, reply_xattr};
+pub use session::{Invalidator, MountOptions, Mounted, Unmounted, Unmounter, detach, fusermount};
 
 /// How long the kernel may keep what never changes: package entries and
 /// attributes.
@@ -45,111 +50,18 @@ pub const IMMUTABLE_TTL: Duration = Duration::from_secs(24 * 3600);
 /// targets are never cached: every path walk through a link reads it.)
 pub const GENERATION_TTL: Duration = Duration::from_secs(5);
 
-/// How a view is mounted.
-#[derive(Clone, Debug)]
-pub struct MountOptions {
-    /// Let every user (not only the one mounting) use the mount
-    /// (`allow_other`; for a non-root user it needs `user_allow_other` in
-    /// `/etc/fuse.conf`).
-    pub allow_other: bool,
-    /// Request threads (at least 1).
-    pub threads: usize,
-    /// Honour setuid and setgid bits of programs run from the mount (only
-    /// root can mount so).
-    pub suid: bool,
-}
-
-/// The `fuser` file system: a view and nothing else.
+/// The `fuser` file system: a view, and what the kernel holds of it.
 pub struct NexusFs {
     view: Arc<View>,
+    /// The inodes the kernel has looked up and not forgotten.
+    lookups: Arc<Lookups>,
 }
 
 impl NexusFs {
     /// Serves `view`.
     pub fn new(view: Arc<View>) -> NexusFs {
-        NexusFs { view }
-    }
-}
-
-fn time(secs: i64) -> SystemTime {
-    let offset = Duration::from_secs(secs.unsigned_abs());
-    let t = if secs >= 0 {
-        UNIX_EPOCH.checked_add(offset)
-    } else {
-        UNIX_EPOCH.checked_sub(offset)
-    };
-    t.unwrap_or(UNIX_EPOCH)
-}
-
-/// Answers a READDIR from a directory listing, resuming after `offset`
-/// (an entry's offset is that of the next one) until the reply is full.
-fn fill_dir(
-    listing: &Listing,
-    offset: u64,
-    node: impl Fn(u64) -> INodeNo,
-    mut reply: ReplyDirectory,
-) {
-    for (i, e) in listing.entries.iter().enumerate().skip(offset as usize) {
-        let name = OsStr::from_bytes(&e.name);
-        if reply.add(node(e.attr.ino), i as u64 + 1, file_type(e.attr.kind), name) {
-            break;
-        }
-    }
-    reply.ok();
-}
-
-/// Answers a READDIRPLUS like [`fill_dir`], with each entry's attributes
-/// and the lifetime `ttl` gives it.
-fn fill_dir_plus(
-    listing: &Listing,
-    offset: u64,
-    node: impl Fn(u64) -> INodeNo,
-    ttl: impl Fn(&Entry) -> Duration,
-    mut reply: ReplyDirectoryPlus,
-) {
-    for (i, e) in listing.entries.iter().enumerate().skip(offset as usize) {
-        let name = OsStr::from_bytes(&e.name);
-        let attr = file_attr(&e.attr);
-        if reply.add(
-            node(e.attr.ino),
-            i as u64 + 1,
-            name,
-            &ttl(e),
-            &attr,
-            Generation(0),
-        ) {
-            break;
-        }
-    }
-    reply.ok();
-}
-
-fn file_type(kind: Kind) -> FileType {
-    match kind {
-        Kind::Dir => FileType::Directory,
-        Kind::File => FileType::RegularFile,
-        Kind::Symlink => FileType::Symlink,
-    }
-}
-
-fn file_attr(a: &Attr) -> FileAttr {
-    let t = time(a.mtime);
-    FileAttr {
-        ino: INodeNo(a.ino),
-        size: a.size,
-        blocks: a.size.div_ceil(512),
-        atime: t,
-        mtime: t,
-        ctime: t,
-        crtime: t,
-        kind: file_type(a.kind),
-        perm: (a.perm & 0o7777) as u16,
-        nlink: a.nlink,
-        uid: a.uid,
-        gid: a.gid,
-        rdev: 0,
-        blksize: 4096,
-        flags: 0,
+        let lookups = view.new_client();
+        NexusFs { view, lookups }
     }
 }
 
@@ -161,33 +73,15 @@ fn ttl(immutable: bool) -> Duration {
     }
 }
 
-/// The errno for a failed view call; damage and inconsistencies are logged.
-fn errno(op: &str, ino: INodeNo, e: &ViewError) -> Errno {
-    if e.is_serious() {
-        tracing::error!("{op} of inode {}: {e}", ino.0);
-    } else {
-        tracing::debug!("{op} of inode {}: {e}", ino.0);
-    }
-    Errno::from_i32(e.errno())
-}
-
-fn reply_entry(reply: ReplyEntry, entry: &Entry) {
-    reply.entry_with_ttls(
-        &ttl(entry.attr.immutable),
-        &ttl(entry.immutable),
-        &file_attr(&entry.attr),
-        Generation(0),
-    );
-}
-
-/// Answers a size probe (`size == 0`) or the data of an xattr request.
-fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
-    if size == 0 {
-        reply.size(u32::try_from(data.len()).unwrap_or(u32::MAX));
-    } else if data.len() > size as usize {
-        reply.error(Errno::from_i32(libc::ERANGE));
-    } else {
-        reply.data(data);
+impl NexusFs {
+    fn reply_entry(&self, reply: ReplyEntry, entry: &Entry) {
+        self.view.looked_up(&self.lookups, entry);
+        reply.entry_with_ttls(
+            &ttl(entry.attr.immutable),
+            &ttl(entry.immutable),
+            &file_attr(&entry.attr),
+            Generation(self.view.inode_generation()),
+        );
     }
 }
 
@@ -219,9 +113,13 @@ impl Filesystem for NexusFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.view.lookup(parent.0, name.as_bytes()) {
-            Ok(entry) => reply_entry(reply, &entry),
+            Ok(entry) => self.reply_entry(reply, &entry),
             Err(e) => reply.error(errno("lookup", parent, &e)),
         }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.lookups.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -309,8 +207,8 @@ impl Filesystem for NexusFs {
         reply: ReplyEmpty,
     ) {
         // File opens are answered with ENOSYS (see `open`), so the kernel
-        // sends no release; a handle from another path is still forgotten.
-        self.view.release(fh.0);
+        // sends no release, and no handle was handed out to forget.
+        let _ = fh;
         reply.ok();
     }
 
@@ -341,7 +239,7 @@ impl Filesystem for NexusFs {
         reply: ReplyDirectory,
     ) {
         // Directories are not opened (see `opendir`): read by inode.
-        match self.view.dir_listing(ino.0) {
+        match self.view.list(ino.0) {
             Ok(listing) => fill_dir(&listing, offset, INodeNo, reply),
             Err(e) => reply.error(errno("readdir", ino, &e)),
         }
@@ -355,12 +253,14 @@ impl Filesystem for NexusFs {
         offset: u64,
         reply: ReplyDirectoryPlus,
     ) {
-        match self.view.dir_listing(ino.0) {
+        match self.view.list(ino.0) {
             Ok(listing) => fill_dir_plus(
                 &listing,
                 offset,
                 INodeNo,
                 |e| ttl(e.immutable && e.attr.immutable),
+                Generation(self.view.inode_generation()),
+                |e| self.view.looked_up(&self.lookups, e),
                 reply,
             ),
             Err(e) => reply.error(errno("readdirplus", ino, &e)),
@@ -371,11 +271,11 @@ impl Filesystem for NexusFs {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.view.release(fh.0);
+        // Directory opens are answered with ENOSYS too (see `opendir`).
         reply.ok();
     }
 
@@ -408,180 +308,13 @@ impl Filesystem for NexusFs {
     }
 }
 
-/// A mounted view, not yet serving requests.
-pub struct Mounted {
-    session: Session<NexusFs>,
-    mountpoint: PathBuf,
-}
-
-/// Mounts `view` read-only at `mountpoint`. When this returns the kernel has
-/// completed the FUSE handshake: the mount exists, and requests are served
-/// once [`Mounted::run`] is called.
-pub fn mount(view: Arc<View>, mountpoint: &Path, options: &MountOptions) -> io::Result<Mounted> {
-    let mut config = Config::default();
-    config.mount_options = vec![
-        MountOption::FSName("nexus".into()),
-        MountOption::Subtype("nexus".into()),
-        MountOption::RO,
-        MountOption::DefaultPermissions,
-        MountOption::NoAtime,
-        MountOption::Exec,
-        MountOption::NoDev,
-    ];
-    if options.suid {
-        config.mount_options.push(MountOption::Suid);
-    }
-    if options.allow_other {
-        config.acl = SessionACL::All;
-    }
-    config.n_threads = Some(options.threads.max(1));
-    config.clone_fd = true;
-    let session = Session::new(NexusFs::new(view), mountpoint, &config)?;
-    Ok(Mounted {
-        session,
-        mountpoint: mountpoint.to_path_buf(),
-    })
-}
-
-impl Mounted {
-    /// Something another thread can unmount with (e.g. on SIGTERM).
-    pub fn unmounter(&mut self) -> Unmounter {
-        Unmounter {
-            session: self.session.unmount_callable(),
-            mountpoint: self.mountpoint.clone(),
-        }
-    }
-
-    /// Something another thread can invalidate the kernel's caches with.
-    pub fn invalidator(&self) -> Invalidator {
-        Invalidator {
-            notifier: self.session.notifier(),
-        }
-    }
-
-    /// Serves requests until the file system is unmounted.
-    pub fn run(self) -> io::Result<()> {
-        self.session.run()
-    }
-}
-
-/// Tells the kernel which of its cached answers a generation change made
-/// stale, so that a switch shows at once instead of when they expire
-/// ([`crate::Changes`]).
-///
-/// Call it after the view has moved (never before: the kernel would ask
-/// again and cache the old answers anew), and never from a request handler:
-/// dropping a name waits for the lookups in progress in its directory.
-#[derive(Clone, Debug)]
-pub struct Invalidator {
-    notifier: Notifier,
-}
-
-impl Invalidator {
-    /// Sends one notification per invalidation (from
-    /// [`crate::Changes::invalidations`] or [`crate::Changes::after_grace`]), all of them
-    /// even if some fail; returns how many were sent. Names the kernel has
-    /// not cached are no error. The error, if any, counts the failures and
-    /// carries the first.
-    pub fn send(&self, all: &[Invalidation]) -> io::Result<usize> {
-        let mut failed = 0usize;
-        let mut first = None;
-        for invalidation in all {
-            let sent = match invalidation {
-                Invalidation::Entry { parent, name } => self
-                    .notifier
-                    .inval_entry(INodeNo(*parent), OsStr::from_bytes(name)),
-                // Offset 0, length 0: the attributes and every cached page
-                // (a directory's cached listing, a link's cached target).
-                Invalidation::Inode(ino) => self.notifier.inval_inode(INodeNo(*ino), 0, 0),
-            };
-            if let Err(e) = sent {
-                failed += 1;
-                first.get_or_insert(e);
-            }
-        }
-        match first {
-            None => Ok(all.len()),
-            Some(e) => Err(io::Error::new(
-                e.kind(),
-                format!(
-                    "{failed} of {} cache invalidations failed, the first with: {e}",
-                    all.len()
-                ),
-            )),
-        }
-    }
-}
-
-/// How an unmount went.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Unmounted {
-    /// The mount is gone and the session ends now.
-    Clean,
-    /// The mount was busy: it was detached (gone from the tree at once), and
-    /// the session ends when the last file open in it is closed.
-    Detached,
-}
-
-/// Unmounts a [`Mounted`] view from another thread.
-pub struct Unmounter {
-    session: SessionUnmounter,
-    mountpoint: PathBuf,
-}
-
-impl Unmounter {
-    /// Unmounts; a busy mount is detached lazily instead of failing, so no
-    /// dead mount is left behind once the session ends.
-    pub fn unmount(&mut self) -> io::Result<Unmounted> {
-        match self.session.unmount() {
-            Ok(()) => Ok(Unmounted::Clean),
-            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                detach(&self.mountpoint)?;
-                Ok(Unmounted::Detached)
-            }
-            Err(e) => Err(e),
-        }
-    }
-}
-
-/// Lazily unmounts whatever is mounted at `mountpoint` (`umount -l`): as
-/// root with `umount2(MNT_DETACH)`, otherwise through `fusermount3 -uz`.
-pub fn detach(mountpoint: &Path) -> io::Result<()> {
-    let path = std::ffi::CString::new(mountpoint.as_os_str().as_bytes())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    // SAFETY: a valid NUL-terminated path; umount2 has no other preconditions.
-    if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } == 0 {
-        return Ok(());
-    }
-    let err = io::Error::last_os_error();
-    if err.raw_os_error() != Some(libc::EPERM) {
-        return Err(err);
-    }
-    fusermount(mountpoint, true)
-}
-
-/// Unmounts with the setuid helper `fusermount3` (or `fusermount`), as a
-/// user who mounted without being root must.
-pub fn fusermount(mountpoint: &Path, lazy: bool) -> io::Result<()> {
-    let flags = if lazy { "-uz" } else { "-u" };
-    let mut last = io::Error::new(io::ErrorKind::NotFound, "no fusermount3 or fusermount");
-    for helper in ["fusermount3", "fusermount"] {
-        match std::process::Command::new(helper)
-            .arg(flags)
-            .arg("--")
-            .arg(mountpoint)
-            .output()
-        {
-            Ok(out) if out.status.success() => return Ok(()),
-            Ok(out) => {
-                return Err(io::Error::other(format!(
-                    "{helper} {flags} {}: {}",
-                    mountpoint.display(),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                )));
-            }
-            Err(e) => last = e,
-        }
-    }
-    Err(last)
+/// Mounts `view` read-only at `mountpoint` (type `fuse.nexus`). When this
+/// returns the kernel has completed the FUSE handshake: the mount exists,
+/// and requests are served once [`Mounted::run`] is called.
+pub fn mount(
+    view: Arc<View>,
+    mountpoint: &Path,
+    options: &MountOptions,
+) -> io::Result<Mounted<NexusFs>> {
+    session::mount(NexusFs::new(view), mountpoint, "nexus", options)
 }

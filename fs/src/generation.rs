@@ -3,11 +3,13 @@
 //! catalog query and kept in memory; package trees below are read from the
 //! catalog on demand.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use nexus_store::catalog::{Catalog, InodeRow};
+use nexus_store::read::Reader;
 
 use crate::error::{Result, ViewError};
+use crate::view::GenerationChoice;
 
 /// One App of a generation.
 #[derive(Debug)]
@@ -36,6 +38,8 @@ pub(crate) struct GenerationTree {
     pub by_anchor: HashMap<i64, String>,
     /// Package root inode id → the anchor of its App (to answer `..`).
     pub root_app: HashMap<i64, i64>,
+    /// The packages shown (catalog ids).
+    pub packages: HashSet<i64>,
     /// Regular-file entries over all packages.
     pub files: u64,
     /// Bytes of those entries.
@@ -56,6 +60,7 @@ impl GenerationTree {
         };
         for rooted in catalog.rooted_members(id)? {
             let package = rooted.member.package;
+            tree.packages.insert(package.id);
             tree.files += u64::try_from(package.files).unwrap_or(0);
             tree.bytes += u64::try_from(package.bytes).unwrap_or(0);
             tree.root_app
@@ -77,6 +82,18 @@ impl GenerationTree {
             app.versions.insert(package.version, rooted.root);
         }
         Ok(tree)
+    }
+
+    /// Loads the generation `choice` names, from a fresh snapshot (`Live`:
+    /// the newest).
+    pub(crate) fn load_wanted(reader: &Reader, choice: GenerationChoice) -> Result<GenerationTree> {
+        reader.query_fresh(|c| {
+            let wanted = match choice {
+                GenerationChoice::Live => c.current_generation()?,
+                GenerationChoice::Fixed(n) => Some(n),
+            };
+            GenerationTree::load(c, wanted)
+        })
     }
 
     /// The App an anchor names.

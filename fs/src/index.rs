@@ -69,18 +69,16 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, RwLock};
 
 use nexus_store::catalog::{Catalog, kind};
-use nexus_store::store::CATALOG_FILE;
 use quick_cache::Weighter;
 use quick_cache::sync::Cache;
 
 use crate::attr::{Attr, Entry, Kind, Listing};
 use crate::error::{Result, ViewError};
 use crate::generation::GenerationTree;
-use crate::pool::CatalogPool;
+use crate::handles::DirHandles;
 use crate::view::{CURRENT, View};
 
 /// The index root's inode number (`4·0 + 3`). FUSE calls its root `1`; the
@@ -287,29 +285,22 @@ fn split(path: &[u8]) -> (&[u8], &[u8]) {
 /// The transport-neutral Index over a [`View`]'s generation.
 pub struct Index {
     view: Arc<View>,
-    pool: CatalogPool,
     /// Where the view is mounted, as bytes without a trailing slash.
     mount: Vec<u8>,
     numbers: RwLock<Numbers>,
     listings: Cache<i64, Arc<[Child]>, ListingWeighter>,
     current: RwLock<Arc<IndexGeneration>>,
     retired: Mutex<Vec<Arc<IndexGeneration>>>,
-    handles: Mutex<HashMap<u64, Arc<Listing>>>,
-    next_handle: AtomicU64,
+    handles: DirHandles,
 }
 
 impl Index {
-    /// The index of the generation `view` shows, for the store in
-    /// `store_dir`, with links into `mount` (where `view` is mounted; an
-    /// absolute path). `connections` catalog connections are opened up front.
-    pub fn open(
-        view: Arc<View>,
-        store_dir: &Path,
-        mount: &Path,
-        connections: usize,
-    ) -> Result<Index> {
-        let pool = CatalogPool::open(&store_dir.join(CATALOG_FILE), connections)?;
-        let generation = pool.with(|c| GenerationTree::load(c, view.generation()))?;
+    /// The index of the generation `view` shows, with links into `mount`
+    /// (where `view` is mounted; an absolute path). It reads through the
+    /// view's store reader and follows the view's generation tree: nothing
+    /// is loaded twice.
+    pub fn open(view: Arc<View>, mount: &Path) -> Index {
+        let generation = view.tree();
         let mut mount = mount.as_os_str().as_encoded_bytes().to_vec();
         while mount.len() > 1 && mount.ends_with(b"/") {
             mount.pop();
@@ -318,17 +309,15 @@ impl Index {
             by_path: HashMap::from([(Arc::from(&b""[..]), 0)]),
             paths: vec![Arc::from(&b""[..])],
         };
-        Ok(Index {
+        Index {
             view,
-            pool,
             mount,
             numbers: RwLock::new(numbers),
             listings: Cache::with_weighter(16_384, LISTING_CACHE_ENTRIES, ListingWeighter),
             current: RwLock::new(Arc::new(IndexGeneration::new(&generation))),
             retired: Mutex::new(Vec::new()),
-            handles: Mutex::new(HashMap::new()),
-            next_handle: AtomicU64::new(1),
-        })
+            handles: DirHandles::default(),
+        }
     }
 
     /// The generation the index shows (`None` for an empty store).
@@ -336,26 +325,23 @@ impl Index {
         self.current.read().unwrap_or_else(|p| p.into_inner()).id
     }
 
-    /// The index of the generation the view shows now, loading it (one
-    /// query) if the view moved since the last call.
+    /// The index of the generation the view shows now, started afresh if
+    /// the view moved since the last call.
     fn sync(&self) -> Result<Arc<IndexGeneration>> {
-        let wanted = self.view.generation();
+        let tree = self.view.tree();
         let shown = self
             .current
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        if shown.id == wanted {
+        if shown.id == tree.id {
             return Ok(shown);
         }
-        // The view moved to a generation committed after some of our
-        // connections began their snapshots: load it from a fresh one, and
-        // make the others renew theirs before anyone sees the new index.
-        let tree = self.pool.with_fresh(|c| GenerationTree::load(c, wanted))?;
-        self.pool.renew_all();
+        // The view renewed its snapshots before it published this tree, so
+        // every query from here on sees its packages.
         let fresh = Arc::new(IndexGeneration::new(&tree));
         let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
-        if current.id == wanted {
+        if current.id == tree.id {
             // Another request thread loaded it meanwhile.
             return Ok(current.clone());
         }
@@ -461,8 +447,9 @@ impl Index {
             return Ok(children);
         }
         let rows = self
-            .pool
-            .with(|c: &Catalog| Ok(c.dir_entries_without_hash(dir)?))?;
+            .view
+            .reader()
+            .query(|c: &Catalog| c.dir_entries_without_hash(dir))?;
         let children: Arc<[Child]> = rows
             .into_iter()
             .map(|row| Child {
@@ -717,30 +704,22 @@ impl Index {
         }
     }
 
-    fn handles(&self) -> MutexGuard<'_, HashMap<u64, Arc<Listing>>> {
-        self.handles.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Opens index directory `ino` for reading: its listing is taken now and
     /// served from memory until [`Index::release`].
     pub fn opendir(&self, ino: u64) -> Result<(u64, Arc<Listing>)> {
         let listing = Arc::new(self.list(ino)?);
-        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        self.handles().insert(fh, listing.clone());
+        let fh = self.handles.open(listing.clone())?;
         Ok((fh, listing))
     }
 
     /// The listing of an open directory handle.
     pub fn listing(&self, fh: u64) -> Result<Arc<Listing>> {
-        self.handles()
-            .get(&fh)
-            .cloned()
-            .ok_or(ViewError::BadHandle(fh))
+        self.handles.get(fh)
     }
 
     /// Forgets a directory handle.
     pub fn release(&self, fh: u64) {
-        self.handles().remove(&fh);
+        self.handles.release(fh);
     }
 }
 

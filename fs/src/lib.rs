@@ -6,9 +6,14 @@
 //! - [`view`] is the transport-neutral file system: inode numbers
 //!   ([`ino`]), attributes and directory entries ([`attr`]), directory
 //!   listings, symlinks, extended attributes and file reads, with errors that
-//!   map to errno values ([`error`]). It knows nothing of FUSE. When a live
-//!   view moves to a new generation it says what changed ([`changes`]), so
-//!   that transports can drop what their clients cached.
+//!   map to errno values ([`error`]). It knows nothing of FUSE, and reads
+//!   everything through the store's one read path
+//!   ([`nexus_store::read::Reader`]). When a live view moves to a new
+//!   generation it says what changed ([`changes`]), so that transports can
+//!   drop what their clients cached.
+//! - [`follow`] is the one loop that keeps a live view on the newest
+//!   generation and tells every [`follow::Follower`] (a FUSE mount's
+//!   invalidator, the Index) what changed.
 //! - [`fuse`] serves a view through the kernel's FUSE interface (`fuser`):
 //!   a thin adapter that turns requests into view calls and view answers
 //!   into replies with cache lifetimes. The virtio-fs adapter for VM guests
@@ -16,22 +21,23 @@
 //! - [`index`] is the Index (GoboLinux's `/System/Index`): `bin`, `lib`,
 //!   `share`… of every App's `Current` version merged into one tree of
 //!   symlinks into the mount, served by [`fuse::mount_index`] as a second
-//!   mount.
+//!   mount. It shares the view's reader and generation tree.
+//! - [`handles`] holds directory handles for the clients that open
+//!   directories (VM guests, the Index mount), bounded in count and bytes.
 //!
 //! Internals: `generation` loads the root and App levels of a generation in
-//! one query; `content` reads file bytes through a bounded cache of decoded,
-//! verified blocks; `pool` shares catalog connections between request
-//! threads.
+//! one query.
 
 pub mod attr;
 pub mod changes;
-mod content;
 pub mod error;
+pub mod follow;
 pub mod fuse;
 mod generation;
+pub mod handles;
 pub mod index;
 pub mod ino;
-mod pool;
+pub mod lookups;
 pub mod view;
 
 #[cfg(test)]

@@ -106,16 +106,14 @@ fn names(view: &View, ino: u64) -> Vec<String> {
 }
 
 fn read_all(view: &View, ino: u64, piece: u32) -> Vec<u8> {
-    let fh = view.open_file(ino).unwrap();
     let mut out = Vec::new();
     loop {
-        let data = view.read(fh, out.len() as u64, piece).unwrap();
+        let data = view.read_inode(ino, out.len() as u64, piece).unwrap();
         if data.is_empty() {
             break;
         }
         out.extend_from_slice(&data);
     }
-    view.release(fh);
     out
 }
 
@@ -188,7 +186,7 @@ fn the_root_lists_apps_and_apps_list_versions_and_current() {
         Err(ViewError::NotDir)
     ));
     assert!(matches!(
-        view.open_file(hello.attr.ino),
+        view.read_inode(hello.attr.ino, 0, 1),
         Err(ViewError::IsDir)
     ));
     assert_eq!(view.statfs().files, 3);
@@ -299,7 +297,6 @@ fn package_trees_read_back_exactly() {
     }
     // Reads at arbitrary offsets, across chunk and block boundaries and past
     // the end.
-    let fh = view.open_file(big_entry.attr.ino).unwrap();
     let mut x = 12345u64;
     for _ in 0..200 {
         x = x
@@ -307,13 +304,11 @@ fn package_trees_read_back_exactly() {
             .wrapping_add(1442695040888963407);
         let offset = (x >> 20) % (big.len() as u64 + 1000);
         let size = ((x >> 8) % 300_000) as u32;
-        let got = view.read(fh, offset, size).unwrap();
+        let got = view.read_inode(big_entry.attr.ino, offset, size).unwrap();
         let start = (offset as usize).min(big.len());
         let end = (offset as usize + size as usize).min(big.len());
         assert!(got == big[start..end], "read({offset}, {size})");
     }
-    view.release(fh);
-    assert!(matches!(view.read(fh, 0, 10), Err(ViewError::BadHandle(_))));
 
     // A directory listing agrees with lookups, `.` and `..` first.
     let bin = walk(&view, &format!("{base}/bin")).unwrap();
@@ -411,13 +406,25 @@ fn a_damaged_chunk_is_an_error_never_bytes() {
 
     let view = f.view(GenerationChoice::Live);
     let file = walk(&view, "d/1/data").unwrap();
-    let fh = view.open_file(file.attr.ino).unwrap();
-    let failed = failed_reads(&data, |offset, size| view.read(fh, offset, size));
+    let failed = failed_reads(&data, |offset, size| {
+        view.read_inode(file.attr.ino, offset, size)
+    });
     assert!(failed > 0, "the flipped byte went unnoticed");
 }
 
+/// Reads `ino` whole, 256 KiB at a time, from `from`.
+fn read_from(view: &View, ino: u64, mut out: Vec<u8>) -> Result<Vec<u8>, ViewError> {
+    loop {
+        let piece = view.read_inode(ino, out.len() as u64, 256 * 1024)?;
+        if piece.is_empty() {
+            return Ok(out);
+        }
+        out.extend_from_slice(&piece);
+    }
+}
+
 #[test]
-fn an_open_file_reads_on_after_its_package_is_collected() {
+fn a_file_being_read_keeps_its_bytes_while_gc_keeps_its_package() {
     let f = Fixture::new();
     fs::create_dir_all(f.src.join("d")).unwrap();
     let data = noise(5, 3 * 1024 * 1024 + 7);
@@ -425,8 +432,33 @@ fn an_open_file_reads_on_after_its_package_is_collected() {
     f.add("d", "d", "1");
     let view = f.view(GenerationChoice::Live);
     let file = walk(&view, "d/1/data").unwrap();
-    // Opened, not read yet: nothing of its pack has been read so far.
-    let fh = view.open_file(file.attr.ino).unwrap();
+    let first = view.read_inode(file.attr.ino, 0, 4096).unwrap();
+
+    // Removed and collected with the default grace: its rows and chunks
+    // stay for the grace, and the file reads on.
+    let mut store = Store::open(&f.store).unwrap();
+    store.remove(&["d".to_string()]).unwrap();
+    let options = nexus_store::gc::GcOptions {
+        keep_last: 1,
+        ..Default::default()
+    };
+    nexus_store::gc::collect(&mut store, options).unwrap();
+    view.refresh().unwrap();
+    assert!(matches!(walk(&view, "d"), Err(ViewError::NotFound)));
+    let out = read_from(&view, file.attr.ino, first).unwrap();
+    assert!(out == data, "the file changed");
+}
+
+#[test]
+fn a_file_whose_package_was_collected_is_stale_never_other_bytes() {
+    let f = Fixture::new();
+    fs::create_dir_all(f.src.join("d")).unwrap();
+    let data = noise(5, 3 * 1024 * 1024 + 7);
+    fs::write(f.src.join("d/data"), &data).unwrap();
+    f.add("d", "d", "1");
+    let view = f.view(GenerationChoice::Live);
+    let file = walk(&view, "d/1/data").unwrap();
+    let first = view.read_inode(file.attr.ino, 0, 4096).unwrap();
 
     let mut store = Store::open(&f.store).unwrap();
     store.remove(&["d".to_string()]).unwrap();
@@ -443,20 +475,32 @@ fn an_open_file_reads_on_after_its_package_is_collected() {
         0,
         "gc left pack files"
     );
+    // Another package now takes the place the first had in the catalog.
+    fs::create_dir_all(f.src.join("e")).unwrap();
+    fs::write(f.src.join("e/data"), b"other package, other bytes").unwrap();
+    f.add("e", "e", "1");
     view.refresh().unwrap();
-    assert!(matches!(walk(&view, "d"), Err(ViewError::NotFound)));
 
-    // The handle reads the bytes it opened, as an unlinked file would.
-    let mut out = Vec::new();
-    loop {
-        let piece = view.read(fh, out.len() as u64, 256 * 1024).unwrap();
-        if piece.is_empty() {
-            break;
-        }
-        out.extend_from_slice(&piece);
+    // The view noticed the gc and closed the deleted pack; what it still
+    // knows of the file leads to no bytes, and never to another file's.
+    match read_from(&view, file.attr.ino, first) {
+        Err(ViewError::Stale | ViewError::Store(_) | ViewError::NotFound) => {}
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(out) => assert!(out == data, "a collected file returned other bytes"),
     }
-    assert!(out == data, "the open file changed");
-    view.release(fh);
+    // Looked up afresh, the inode number names nothing.
+    let fresh = f.view(GenerationChoice::Live);
+    assert!(matches!(
+        fresh.getattr(file.attr.ino),
+        Err(ViewError::Stale)
+    ));
+    assert_eq!(
+        walk(&fresh, "e/1/data")
+            .map(|e| fresh.read_inode(e.attr.ino, 0, 100).unwrap())
+            .unwrap(),
+        b"other package, other bytes"
+    );
+    assert_ne!(walk(&fresh, "e/1/data").unwrap().attr.ino, file.attr.ino);
 }
 
 /// The changes of one refresh, which must have moved the view.

@@ -33,7 +33,7 @@ pub fn adopt(archive: &Archive, dir: &Path) -> Result<(Store, CommitOutcome)> {
         .iter()
         .map(|c| ChunkLocation {
             hash: c.hash,
-            pack: name.clone(),
+            pack: name.as_str().into(),
             offset: c.offset,
             block_len: c.block_len,
             inner: c.inner,

@@ -5,12 +5,12 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use ed25519_dalek::{Signature, VerifyingKey};
 use nexus_store::Hash;
-use nexus_store::pack::{Block, ChunkLocation, decode_block};
-use nexus_store::params::BLOCK_MAX_RAW;
+use nexus_store::pack::ChunkLocation;
+use nexus_store::read::{BlockReader, SingleFile};
 
 use crate::body::{self, Body, BodyBlob, root_hash};
 use crate::error::{FormatError, NpkError, Result, TrustError};
@@ -50,12 +50,13 @@ pub enum Signer {
 
 /// An opened, checked archive.
 pub struct Archive {
-    file: File,
     path: PathBuf,
-    /// The block decoded last, shared by every [`BlobReader`]: contents
-    /// read in block order (see [`Archive::blobs_in_block_order`]) decode
-    /// each block once.
-    last_block: Mutex<Option<(u64, Arc<Block>)>>,
+    /// Name given to the archive's blocks (it is their one "pack").
+    pack: Arc<str>,
+    /// The store's block reader over this file: contents read in block
+    /// order (see [`Archive::blobs_in_block_order`]) decode each block once,
+    /// and every chunk is verified against its name.
+    blocks: BlockReader,
     /// The manifest.
     pub manifest: Manifest,
     /// The decoded body.
@@ -72,6 +73,10 @@ impl std::fmt::Debug for Archive {
             .finish_non_exhaustive()
     }
 }
+
+/// Decoded blocks kept while an archive is read: contents are read in block
+/// order, so a few blocks suffice.
+const BLOCK_CACHE_BYTES: u64 = 8 << 20;
 
 /// True if `head` starts like an archive.
 pub fn is_archive(head: &[u8]) -> bool {
@@ -172,10 +177,11 @@ impl Archive {
             ))
             .into());
         }
+        let source = SingleFile::new(file, path);
         Ok(Archive {
-            file,
             path: path.to_path_buf(),
-            last_block: Mutex::new(None),
+            pack: path.display().to_string().into(),
+            blocks: BlockReader::new(Arc::new(source), BLOCK_CACHE_BYTES),
             manifest,
             body,
             signer,
@@ -211,31 +217,6 @@ impl Archive {
             })
         });
         blobs
-    }
-
-    /// The decoded block at `offset` (verified chunk by chunk when taken
-    /// out), from the one-block cache or the file.
-    fn block(&self, offset: u64, block_len: u32) -> Result<Arc<Block>> {
-        let mut last = self.last_block.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((o, block)) = last.as_ref()
-            && *o == offset
-        {
-            return Ok(block.clone());
-        }
-        *last = None;
-        if block_len as usize > BLOCK_MAX_RAW * 2 + (1 << 20) {
-            return Err(NpkError::Damaged(format!(
-                "block at {offset}: absurd length {block_len}"
-            )));
-        }
-        let mut buf = vec![0u8; block_len as usize];
-        read_at(&self.file, &self.path, &mut buf, offset)?;
-        let block = Arc::new(
-            decode_block(&buf)
-                .map_err(|why| NpkError::Damaged(format!("block at {offset}: {why}")))?,
-        );
-        *last = Some((offset, block.clone()));
-        Ok(block)
     }
 }
 
@@ -327,20 +308,22 @@ impl BlobReader<'_> {
         };
         self.next += 1;
         let c = self.archive.body.chunks[index as usize];
-        let block = self.archive.block(c.offset, c.block_len)?;
         let loc = ChunkLocation {
             hash: c.hash,
-            pack: self.archive.path.display().to_string(),
+            pack: self.archive.pack.clone(),
             offset: c.offset,
             block_len: c.block_len,
             inner: c.inner,
             len: c.len,
         };
-        let bytes = block
-            .chunk(&loc)
+        let chunk = &mut self.chunk;
+        self.archive
+            .blocks
+            .chunk_with(&loc, |bytes| {
+                chunk.clear();
+                chunk.extend_from_slice(bytes);
+            })
             .map_err(|e| NpkError::Damaged(e.to_string()))?;
-        self.chunk.clear();
-        self.chunk.extend_from_slice(bytes);
         self.pos = 0;
         Ok(true)
     }

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use nexus_store::catalog::{PackageRow, kind};
 use nexus_store::pack::{
@@ -239,7 +240,7 @@ fn copy_chunks(
     blocks: &mut BlockWriter,
     out: &mut Hashing,
 ) -> Result<()> {
-    let mut by_block: BTreeMap<(String, u64), Vec<&ChunkLocation>> = BTreeMap::new();
+    let mut by_block: BTreeMap<(Arc<str>, u64), Vec<&ChunkLocation>> = BTreeMap::new();
     let mut seen: HashSet<Hash> = HashSet::new();
     for (_, locations) in wanted {
         for loc in locations {
@@ -253,7 +254,7 @@ fn copy_chunks(
     }
     for chunks in by_block.values() {
         let first = chunks[0];
-        let raw = store.read_block_bytes(first)?;
+        let raw = store.reader().blocks().stored_block(first)?;
         let block = decode_block(&raw).map_err(|reason| StoreError::Damaged {
             chunk: first.hash,
             reason: format!("pack {} block at {}: {reason}", first.pack, first.offset),

@@ -270,7 +270,7 @@ fn index_chunks(tx: &Transaction<'_>, batch: &ContentBatch) -> Result<HashMap<Ha
     )?;
     for loc in &batch.written {
         let pack = pack_ids
-            .get(&loc.pack)
+            .get(&*loc.pack)
             .ok_or_else(|| StoreError::Invalid(format!("chunk in unknown pack {}", loc.pack)))?;
         insert.execute(params![
             loc.hash.as_bytes(),

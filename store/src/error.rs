@@ -22,7 +22,7 @@ pub enum StoreError {
     #[error("catalog: {0}")]
     Catalog(#[from] rusqlite::Error),
     /// The directory is not a store, or one of a newer format.
-    #[error("{path} is not a Nexus store ({reason}); run `nip init` to create one")]
+    #[error("{path} is not a Nexus store ({reason})")]
     NotAStore {
         /// The directory that was opened.
         path: PathBuf,
@@ -36,6 +36,15 @@ pub enum StoreError {
         found: i64,
         /// Highest version this build knows.
         supported: i64,
+    },
+    /// The catalog is at another schema version than this reader needs (a
+    /// writer of this build migrates it when it opens the store).
+    #[error("catalog schema version {found}, but this reader needs version {expected}")]
+    SchemaMismatch {
+        /// Version found on disk.
+        found: i64,
+        /// The version this build writes.
+        expected: i64,
     },
     /// A package name or version is not acceptable.
     #[error("invalid {what} {value:?}: {reason}")]
@@ -101,6 +110,23 @@ pub enum StoreError {
         chunk: Hash,
         /// What was wrong.
         reason: String,
+    },
+    /// A pack the catalog names does not exist: gc may have moved its
+    /// chunks to a new pack since their locations were looked up.
+    #[error("pack file missing: {pack}")]
+    PackMissing {
+        /// The pack's file name.
+        pack: String,
+    },
+    /// A read extends past the end of a pack.
+    #[error("{pack}: {len} bytes at {offset} extend past its end")]
+    PackShort {
+        /// The pack (file name, or the archive's path).
+        pack: String,
+        /// Where the read started.
+        offset: u64,
+        /// How many bytes it wanted.
+        len: u64,
     },
     /// A concurrent `nip gc` removed data this transaction wanted to reuse.
     #[error("{0} chunks this transaction reuses were garbage-collected concurrently; retry")]

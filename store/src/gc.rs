@@ -28,7 +28,7 @@ use rusqlite::{TransactionBehavior, params};
 use crate::error::{Result, StoreError};
 use crate::lock::{GC_LOCK, INGEST_LOCK, StoreLock};
 use crate::pack::{BlockBuilder, PACK_SUFFIX, PackWriter, SealedPack, block_compressor};
-use crate::store::{BlockCursor, Store, now_secs, sync_dir};
+use crate::store::{Store, now_secs, sync_dir};
 
 /// Retention and timing policy.
 #[derive(Clone, Copy, Debug)]
@@ -84,7 +84,21 @@ pub fn collect(store: &mut Store, options: GcOptions) -> Result<GcReport> {
     sweep_packs(store, options, &mut report)?;
     sweep_debris(store, options, &mut report)?;
     report.bytes_freed = before.saturating_sub(pack_bytes(store)?);
-    store.forget_open_packs();
+    let changed = report.packages_deleted
+        + report.blobs_deleted
+        + report.chunks_deleted
+        + report.packs_deleted
+        + report.packs_rewritten;
+    if changed > 0 {
+        // Long-lived readers (mounts) drop cached chunk locations and close
+        // the packs they hold when they see it change.
+        store.catalog_mut().conn().execute(
+            "INSERT INTO meta(key, value) VALUES (?1, '1')
+             ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1",
+            [crate::read::GC_EPOCH_KEY],
+        )?;
+    }
+    store.reader().blocks().forget_packs();
     Ok(report)
 }
 
@@ -247,10 +261,13 @@ fn repack(store: &mut Store, pack: &PackUse) -> Result<bool> {
     let mut moved = Vec::with_capacity(locations.len());
     let mut builder = BlockBuilder::default();
     let mut pending_ids = Vec::new();
-    let mut cursor = BlockCursor::default();
     for (i, (loc, id)) in locations.iter().enumerate() {
-        match cursor.chunk(store, loc) {
-            Ok(data) => builder.push(loc.hash, data),
+        match store
+            .reader()
+            .blocks()
+            .chunk_with(loc, |data| builder.push(loc.hash, data))
+        {
+            Ok(()) => {}
             Err(e) => {
                 tracing::warn!("not repacking {}: {e}", pack.name);
                 drop(writer);

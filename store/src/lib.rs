@@ -20,6 +20,7 @@ pub mod lock;
 pub mod names;
 pub mod pack;
 pub mod params;
+pub mod read;
 pub mod scan;
 pub mod store;
 pub mod tree;

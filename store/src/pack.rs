@@ -17,9 +17,10 @@
 
 use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufWriter, Write};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -65,7 +66,7 @@ pub struct ChunkLocation {
     /// Chunk name.
     pub hash: Hash,
     /// File name of the pack (without directory).
-    pub pack: String,
+    pub pack: Arc<str>,
     /// Offset of the block header in the pack.
     pub offset: u64,
     /// Length of the whole block on disk (header, table and payload).
@@ -200,7 +201,7 @@ fn new_pack_name() -> String {
 
 /// Appends records to one new pack.
 pub struct PackWriter {
-    name: String,
+    name: Arc<str>,
     path: PathBuf,
     out: BufWriter<File>,
     len: u64,
@@ -209,8 +210,8 @@ pub struct PackWriter {
 impl PackWriter {
     /// Creates and locks a new pack in `dir`.
     pub fn create(dir: &Path) -> Result<Self> {
-        let name = format!("{}{}", new_pack_name(), PACK_SUFFIX);
-        let path = dir.join(&name);
+        let name: Arc<str> = format!("{}{}", new_pack_name(), PACK_SUFFIX).into();
+        let path = dir.join(&*name);
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -275,7 +276,7 @@ impl PackWriter {
             .map_err(|e| StoreError::io(&path, e.into_error()))?;
         file.sync_all().map_err(|e| StoreError::io(&path, e))?;
         Ok(SealedPack {
-            name: self.name,
+            name: self.name.to_string(),
             size: self.len,
         })
     }
@@ -338,52 +339,13 @@ impl Block {
     }
 }
 
-fn damaged(loc: &ChunkLocation, reason: String) -> StoreError {
+/// The error for chunk `loc`, whose block is damaged in the way `reason`
+/// says.
+pub(crate) fn damaged(loc: &ChunkLocation, reason: String) -> StoreError {
     StoreError::Damaged {
         chunk: loc.hash,
         reason: format!("pack {} block at {}: {reason}", loc.pack, loc.offset),
     }
-}
-
-/// Reads and decodes the block holding `loc` from an open pack, checking the
-/// header against the index. A block that cannot be decoded damages every
-/// chunk in it; the error names `loc`'s chunk.
-pub fn read_block(file: &File, loc: &ChunkLocation) -> Result<Block> {
-    read_block_reusing(file, loc, &mut Vec::new(), Vec::new())
-}
-
-/// [`read_block`] with caller-provided memory: `scratch` receives the stored
-/// bytes and `out` (emptied first) becomes the decoded payload. Readers
-/// that decode many blocks (the mount) pass buffers they recycle: a fresh
-/// megabyte per block is a fresh mapping the kernel must fault in and zero
-/// page by page, which cost more than the decompression itself.
-pub fn read_block_reusing(
-    file: &File,
-    loc: &ChunkLocation,
-    scratch: &mut Vec<u8>,
-    out: Vec<u8>,
-) -> Result<Block> {
-    read_block_bytes_into(file, loc, scratch)?;
-    decode_block_into(scratch, out).map_err(|reason| damaged(loc, reason))
-}
-
-/// The block holding `loc` exactly as stored in an open pack, not decoded.
-pub fn read_block_bytes(file: &File, loc: &ChunkLocation) -> Result<Vec<u8>> {
-    let mut buf = Vec::new();
-    read_block_bytes_into(file, loc, &mut buf)?;
-    Ok(buf)
-}
-
-/// [`read_block_bytes`] into `buf`, which is resized to the block's length.
-pub fn read_block_bytes_into(file: &File, loc: &ChunkLocation, buf: &mut Vec<u8>) -> Result<()> {
-    buf.resize(loc.block_len as usize, 0);
-    file.read_exact_at(buf, loc.offset).map_err(|e| {
-        if e.kind() == io::ErrorKind::UnexpectedEof {
-            damaged(loc, "block extends past the end of the pack".into())
-        } else {
-            damaged(loc, format!("read failed: {e}"))
-        }
-    })
 }
 
 thread_local! {
@@ -485,15 +447,25 @@ pub fn decode_block_into(buf: &[u8], mut out: Vec<u8>) -> std::result::Result<Bl
     Ok(Block { entries, data: out })
 }
 
-/// Reads one chunk from an open pack. Never returns bytes that do not hash
-/// to `loc.hash`.
-pub fn read_chunk(file: &File, loc: &ChunkLocation) -> Result<Vec<u8>> {
-    read_block(file, loc)?.chunk(loc).map(<[u8]>::to_vec)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Reads chunk `loc` from the pack in `dir` with nothing but the
+    /// format's own functions.
+    fn read_chunk(dir: &Path, loc: &ChunkLocation) -> Result<Vec<u8>> {
+        let block = read_stored(dir, loc);
+        decode_block(&block)
+            .map_err(|why| damaged(loc, why))?
+            .chunk(loc)
+            .map(<[u8]>::to_vec)
+    }
+
+    fn read_stored(dir: &Path, loc: &ChunkLocation) -> Vec<u8> {
+        let pack = std::fs::read(dir.join(&*loc.pack)).unwrap();
+        let at = loc.offset as usize;
+        pack[at..at + loc.block_len as usize].to_vec()
+    }
 
     fn write_block(dir: &Path, chunks: &[&[u8]]) -> (Vec<ChunkLocation>, Codec) {
         let mut c = block_compressor(3).unwrap();
@@ -529,16 +501,14 @@ mod tests {
         let chunks: [&[u8]; 4] = [&text, b"", &other, b""];
         let (locs, codec) = write_block(dir.path(), &chunks);
         assert_eq!(codec, Codec::Zstd);
-        let f = File::open(dir.path().join(&locs[0].pack)).unwrap();
         for (loc, data) in locs.iter().zip(chunks) {
-            assert_eq!(read_chunk(&f, loc).unwrap(), data);
+            assert_eq!(read_chunk(dir.path(), loc).unwrap(), data);
         }
 
         let random = noise(7, 4096);
         let (locs, codec) = write_block(dir.path(), &[&random]);
         assert_eq!(codec, Codec::Raw);
-        let f = File::open(dir.path().join(&locs[0].pack)).unwrap();
-        assert_eq!(read_chunk(&f, &locs[0]).unwrap(), random);
+        assert_eq!(read_chunk(dir.path(), &locs[0]).unwrap(), random);
     }
 
     #[test]
@@ -549,15 +519,13 @@ mod tests {
         let (zstd_locs, _) = write_block(dir.path(), &[&text, b"tail"]);
         let (raw_locs, codec) = write_block(dir.path(), &[&random]);
         assert_eq!(codec, Codec::Raw);
-        let mut scratch = vec![0x55; 3 << 20];
         for loc in [&zstd_locs[0], &zstd_locs[1], &raw_locs[0]] {
-            let f = File::open(dir.path().join(&loc.pack)).unwrap();
-            let fresh = read_block(&f, loc).unwrap();
+            let stored = read_stored(dir.path(), loc);
+            let fresh = decode_block(&stored).unwrap();
             // A dirty buffer longer than the block, as a cache hands back.
-            let used = read_block_reusing(&f, loc, &mut scratch, vec![0xAA; 2 << 20]).unwrap();
+            let used = decode_block_into(&stored, vec![0xAA; 2 << 20]).unwrap();
             assert_eq!(used.data, fresh.data);
             assert_eq!(used.entries, fresh.entries);
-            assert_eq!(scratch.len(), loc.block_len as usize);
             assert_eq!(used.chunk(loc).unwrap(), fresh.chunk(loc).unwrap());
         }
     }
@@ -567,11 +535,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = (b"first chunk".repeat(30), b"second chunk".repeat(30));
         let (locs, _) = write_block(dir.path(), &[&a, &b]);
-        let f = File::open(dir.path().join(&locs[0].pack)).unwrap();
         let mut wrong = locs[1].clone();
         wrong.inner = 0;
         assert!(matches!(
-            read_chunk(&f, &wrong),
+            read_chunk(dir.path(), &wrong),
             Err(StoreError::Damaged { .. })
         ));
     }
@@ -588,15 +555,14 @@ mod tests {
         let random = noise(1, 2000);
         for chunks in [[&text[..], &text[..100]], [&random[..], &random[..300]]] {
             let (locs, _) = write_block(dir.path(), &chunks);
-            let path = dir.path().join(&locs[0].pack);
+            let path = dir.path().join(&*locs[0].pack);
             let original = std::fs::read(&path).unwrap();
             for i in locs[0].offset as usize..original.len() {
                 let mut bytes = original.clone();
                 bytes[i] ^= 0x40;
                 std::fs::write(&path, &bytes).unwrap();
-                let f = File::open(&path).unwrap();
                 // A flip may damage one chunk or both, never return wrong data.
-                let results: Vec<_> = locs.iter().map(|l| read_chunk(&f, l)).collect();
+                let results: Vec<_> = locs.iter().map(|l| read_chunk(dir.path(), l)).collect();
                 for (r, data) in results.iter().zip(chunks) {
                     match r {
                         Ok(got) => assert_eq!(got, data, "flip at {i} returned wrong bytes"),

@@ -26,6 +26,11 @@ pub const BLOCK_TARGET: usize = 1024 * 1024;
 /// Readers refuse blocks claiming more raw bytes than this (a damaged or
 /// hostile header must not make them allocate gigabytes).
 pub const BLOCK_MAX_RAW: usize = 4 * 1024 * 1024;
+/// Largest stored block a reader reads: the header and table of a block
+/// and a payload that decodes to at most [`BLOCK_MAX_RAW`] bytes never come
+/// near it, so a larger length in an index or archive is refused before
+/// anything is allocated for it.
+pub const BLOCK_MAX_STORED: usize = BLOCK_MAX_RAW * 2 + (1 << 20);
 /// A pack is closed once it holds at least this many bytes.
 pub const PACK_TARGET_SIZE: u64 = 64 * 1024 * 1024;
 

@@ -10,10 +10,10 @@
 //! STORE/locks/            advisory lock files
 //! ```
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::TransactionBehavior;
@@ -26,8 +26,8 @@ use crate::generations;
 use crate::ingest::{ContentBatch, FileContent, Session, run_session};
 use crate::lock::{INGEST_LOCK, StoreLock};
 use crate::names;
-use crate::pack::{Block, ChunkLocation, read_block, read_chunk};
 use crate::params::FROZEN;
+use crate::read::{LocalPacks, Reader, ReaderOptions};
 use crate::scan::ScanOptions;
 
 /// Catalog file name inside the store directory.
@@ -96,17 +96,11 @@ impl Default for AddOptions {
     }
 }
 
-/// Open pack files, shared by readers.
-#[derive(Default)]
-struct PackFiles {
-    open: Mutex<HashMap<String, Arc<File>>>,
-}
-
 /// An open store.
 pub struct Store {
     dir: PathBuf,
     catalog: Catalog,
-    packs: PackFiles,
+    reader: Reader,
 }
 
 impl Store {
@@ -158,10 +152,12 @@ impl Store {
                 });
             }
         }
+        let packs = Arc::new(LocalPacks::new(&dir.join(PACKS_DIR)));
+        let reader = Reader::open_checked(dir, ReaderOptions::default(), packs)?;
         Ok(Store {
             dir: dir.to_path_buf(),
             catalog,
-            packs: PackFiles::default(),
+            reader,
         })
     }
 
@@ -454,93 +450,14 @@ impl Store {
         Ok(out)
     }
 
+    /// The read side of the store: file contents and verified chunks.
+    pub fn reader(&self) -> &Reader {
+        &self.reader
+    }
+
     /// Reads a whole blob, verifying every chunk, into `out`.
     pub fn read_blob(&self, blob: i64, out: &mut dyn std::io::Write) -> Result<u64> {
-        let mut chunks = self.catalog.blob_chunks(blob)?;
-        let mut cursor = BlockCursor::default();
-        let mut total = 0;
-        let mut i = 0;
-        let mut refreshed = false;
-        while i < chunks.len() {
-            let data = match cursor.chunk(self, &chunks[i]) {
-                Ok(data) => data,
-                // A concurrent gc may have moved the chunk to a new pack and
-                // deleted the old one: look the locations up once more.
-                Err(StoreError::Damaged { reason, .. })
-                    if reason.contains("pack file missing") && !refreshed =>
-                {
-                    refreshed = true;
-                    chunks = self.catalog.blob_chunks(blob)?;
-                    cursor = BlockCursor::default();
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            out.write_all(data)
-                .map_err(|e| StoreError::io("<output>", e))?;
-            total += data.len() as u64;
-            i += 1;
-        }
-        Ok(total)
-    }
-
-    /// Reads and decodes the block holding `loc` (its chunks are verified
-    /// one by one when taken out with [`Block::chunk`]).
-    pub fn read_block(&self, loc: &ChunkLocation) -> Result<Block> {
-        let file = self.pack_file(&loc.pack).map_err(|e| StoreError::Damaged {
-            chunk: loc.hash,
-            reason: e,
-        })?;
-        read_block(&file, loc)
-    }
-
-    /// The block holding `loc` exactly as stored (header, table, payload),
-    /// not decoded or verified: for copying blocks verbatim into an
-    /// archive after checking them with [`crate::pack::decode_block`].
-    pub fn read_block_bytes(&self, loc: &ChunkLocation) -> Result<Vec<u8>> {
-        let file = self.pack_file(&loc.pack).map_err(|e| StoreError::Damaged {
-            chunk: loc.hash,
-            reason: e,
-        })?;
-        crate::pack::read_block_bytes(&file, loc)
-    }
-
-    /// Reads and verifies one chunk.
-    pub fn read_chunk(&self, loc: &ChunkLocation) -> Result<Vec<u8>> {
-        let file = self.pack_file(&loc.pack).map_err(|e| StoreError::Damaged {
-            chunk: loc.hash,
-            reason: e,
-        })?;
-        read_chunk(&file, loc)
-    }
-
-    fn pack_file(&self, name: &str) -> std::result::Result<Arc<File>, String> {
-        let mut open = self
-            .packs
-            .open
-            .lock()
-            .map_err(|_| "lock poisoned".to_string())?;
-        if let Some(f) = open.get(name) {
-            return Ok(f.clone());
-        }
-        let path = self.packs_dir().join(name);
-        let file = File::open(&path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                format!("pack file missing: {}", path.display())
-            } else {
-                format!("{}: {e}", path.display())
-            }
-        })?;
-        let file = Arc::new(file);
-        open.insert(name.to_string(), file.clone());
-        Ok(file)
-    }
-
-    /// Forgets cached pack handles (after gc rewrote packs).
-    pub fn forget_open_packs(&self) {
-        if let Ok(mut open) = self.packs.open.lock() {
-            open.clear();
-        }
+        self.reader.copy_content(blob, out)
     }
 
     /// Totals for `nip stats`.
@@ -641,33 +558,6 @@ fn no_such_path(package: &PackageRow, path: &[u8]) -> StoreError {
     StoreError::NoSuchPath {
         package: package.spec(),
         path: String::from_utf8_lossy(path).into_owned(),
-    }
-}
-
-/// Reads chunks one after another, keeping the last decoded block: chunks
-/// read in block order (a file's chunks, or the index in pack order) decode
-/// each block once instead of once per chunk.
-#[derive(Default)]
-pub struct BlockCursor {
-    last: Option<((String, u64), Block)>,
-}
-
-impl BlockCursor {
-    /// Returns the verified bytes of the chunk `loc` names.
-    pub fn chunk<'a>(&'a mut self, store: &Store, loc: &ChunkLocation) -> Result<&'a [u8]> {
-        let cached =
-            matches!(&self.last, Some((key, _)) if (key.0.as_str(), key.1) == loc.block_key());
-        if !cached {
-            // Drop the old block first: a failed read must not leave it
-            // looking like the block of `loc`.
-            self.last = None;
-            let block = store.read_block(loc)?;
-            self.last = Some(((loc.pack.clone(), loc.offset), block));
-        }
-        match &self.last {
-            Some((_, block)) => block.chunk(loc),
-            None => Err(StoreError::Invalid("block cursor lost its block".into())),
-        }
     }
 }
 

@@ -12,7 +12,6 @@ use std::collections::{BTreeSet, HashMap};
 use crate::error::{Result, StoreError};
 use crate::hash::Hash;
 use crate::pack::ChunkLocation;
-use crate::store::BlockCursor;
 use crate::store::Store;
 
 /// One damaged file.
@@ -43,6 +42,16 @@ pub struct VerifyReport {
     pub damaged: Vec<Damage>,
 }
 
+/// The reason to report when a read failed because the data is damaged
+/// or gone; any other error stops the check.
+fn damage(e: StoreError) -> Result<String> {
+    match e {
+        StoreError::Damaged { reason, .. } => Ok(reason),
+        StoreError::PackMissing { pack } => Ok(format!("pack file missing: {pack}")),
+        e => Err(e),
+    }
+}
+
 /// Verifies the whole store.
 pub fn verify(store: &mut Store) -> Result<VerifyReport> {
     let mut report = VerifyReport {
@@ -63,19 +72,15 @@ pub fn verify(store: &mut Store) -> Result<VerifyReport> {
     };
     let mut bad_chunks: HashMap<i64, String> = HashMap::new();
     // Chunks come in block order: each block is read and decoded once.
-    let mut cursor = BlockCursor::default();
     for (id, loc) in &chunks {
         report.chunks_checked += 1;
-        let checked = cursor.chunk(store, loc).map(|_| ());
-        match checked {
-            Ok(()) => {}
-            Err(StoreError::Damaged { reason, .. }) => {
-                report
-                    .damaged_chunks
-                    .push((loc.hash.to_hex(), reason.clone()));
-                bad_chunks.insert(*id, reason);
-            }
-            Err(e) => return Err(e),
+        let checked = store.reader().blocks().chunk_with(loc, |_| ());
+        if let Err(e) = checked {
+            let reason = damage(e)?;
+            report
+                .damaged_chunks
+                .push((loc.hash.to_hex(), reason.clone()));
+            bad_chunks.insert(*id, reason);
         }
     }
 
@@ -157,10 +162,9 @@ pub fn verify(store: &mut Store) -> Result<VerifyReport> {
             Ok(_) => {
                 bad_blobs.insert(blob.id, "file BLAKE3 mismatch".into());
             }
-            Err(StoreError::Damaged { reason, .. }) => {
-                bad_blobs.insert(blob.id, reason);
+            Err(e) => {
+                bad_blobs.insert(blob.id, damage(e)?);
             }
-            Err(e) => return Err(e),
         }
     }
 

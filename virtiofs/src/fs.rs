@@ -15,10 +15,9 @@
 //! to the guest's buffer and [`MAX_READ`], and every request that would
 //! write is `EROFS`.
 
-use std::collections::HashSet;
 use std::ffi::CStr;
 use std::io;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use fuse_backend_rs::abi::fuse_abi::{
@@ -28,6 +27,8 @@ use fuse_backend_rs::api::filesystem::{
     Context, DirEntry, Entry as FuseEntry, FileSystem, GetxattrReply, ListxattrReply,
     ZeroCopyReader, ZeroCopyWriter,
 };
+use nexus_fs::handles::{DirHandles, HandleBudget, HandleLimits};
+use nexus_fs::lookups::Lookups;
 use nexus_fs::{Attr, Entry, Kind, Listing, View, ViewError};
 
 /// How long a guest may keep what never changes: package entries and
@@ -47,48 +48,50 @@ pub const GENERATION_TTL: Duration = Duration::from_secs(1);
 /// read, not a buffer of its choosing.
 pub const MAX_READ: u32 = 1 << 20;
 
-/// Directory handles one guest may hold open at once. Each holds a whole
-/// listing in the daemon's memory; a guest opening more gets `EMFILE`.
+/// Directory handles one guest may hold open at once; a guest opening more
+/// gets `EMFILE`.
 pub const MAX_OPEN_DIRS: usize = 4096;
+
+/// Bytes of directory listings one guest's open handles may hold (each
+/// handle counts its listing, shared or not); a guest opening more gets
+/// `EMFILE`.
+pub const MAX_DIR_BYTES_PER_GUEST: u64 = 64 << 20;
+
+/// Bytes of directory listings all guests of one daemon may hold together
+/// ([`crate::ServeOptions::dir_bytes`] by default).
+pub const MAX_DIR_BYTES: u64 = 512 << 20;
 
 /// A view as one guest sees it.
 pub struct GuestFs {
     view: Arc<View>,
     /// The directory handles this guest opened and has not released: the
-    /// only ones it may use.
-    dirs: Mutex<HashSet<u64>>,
+    /// only ones it may use. Dropped (and their bytes given back to the
+    /// daemon's budget) when the guest goes.
+    dirs: DirHandles,
+    /// The inodes this guest has looked up and not forgotten: their
+    /// packages stay readable (see `nexus_fs::lookups`).
+    lookups: Arc<Lookups>,
 }
 
 impl GuestFs {
-    /// Serves `view` to one guest.
-    pub fn new(view: Arc<View>) -> GuestFs {
+    /// Serves `view` to one guest, whose open directories count against
+    /// `budget` (shared by every guest of the daemon).
+    pub fn new(view: Arc<View>, budget: Arc<HandleBudget>) -> GuestFs {
+        let limits = HandleLimits {
+            handles: MAX_OPEN_DIRS,
+            bytes: MAX_DIR_BYTES_PER_GUEST,
+        };
+        let lookups = view.new_client();
         GuestFs {
             view,
-            dirs: Mutex::new(HashSet::new()),
+            dirs: DirHandles::new(limits, Some(budget)),
+            lookups,
         }
-    }
-
-    fn dirs(&self) -> MutexGuard<'_, HashSet<u64>> {
-        self.dirs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The listing of directory handle `fh`, if this guest opened it.
     fn listing(&self, fh: u64) -> io::Result<Arc<Listing>> {
-        if !self.dirs().contains(&fh) {
-            return Err(errno(libc::EBADF));
-        }
-        self.view
-            .listing(fh)
-            .map_err(|e| view_error("readdir", fh, &e))
-    }
-}
-
-impl Drop for GuestFs {
-    /// A guest that goes away releases the handles it still held.
-    fn drop(&mut self) {
-        for fh in self.dirs().drain() {
-            self.view.release(fh);
-        }
+        self.dirs.get(fh).map_err(|e| view_error("readdir", fh, &e))
     }
 }
 
@@ -151,10 +154,10 @@ fn dirent_type(kind: Kind) -> u32 {
 
 /// The reply to a LOOKUP (and each READDIRPLUS entry): the name's and the
 /// attributes' lifetimes follow what the view says can change.
-fn fuse_entry(entry: &Entry) -> FuseEntry {
+fn fuse_entry(entry: &Entry, generation: u64) -> FuseEntry {
     FuseEntry {
         inode: entry.attr.ino,
-        generation: 0,
+        generation,
         attr: stat(&entry.attr),
         attr_flags: 0,
         attr_timeout: ttl(entry.attr.immutable),
@@ -217,8 +220,21 @@ impl FileSystem for GuestFs {
 
     fn lookup(&self, _ctx: &Context, parent: u64, name: &CStr) -> io::Result<FuseEntry> {
         match self.view.lookup(parent, name.to_bytes()) {
-            Ok(entry) => Ok(fuse_entry(&entry)),
+            Ok(entry) => {
+                self.view.looked_up(&self.lookups, &entry);
+                Ok(fuse_entry(&entry, self.view.inode_generation()))
+            }
             Err(e) => Err(view_error("lookup", parent, &e)),
+        }
+    }
+
+    fn forget(&self, _ctx: &Context, inode: u64, count: u64) {
+        self.lookups.forget(inode, count);
+    }
+
+    fn batch_forget(&self, _ctx: &Context, requests: Vec<(u64, u64)>) {
+        for (inode, count) in requests {
+            self.lookups.forget(inode, count);
         }
     }
 
@@ -347,17 +363,21 @@ impl FileSystem for GuestFs {
         ino: u64,
         _flags: u32,
     ) -> io::Result<(Option<u64>, OpenOptions)> {
-        if self.dirs().len() >= MAX_OPEN_DIRS {
-            tracing::warn!("a guest holds {MAX_OPEN_DIRS} open directories: refusing more");
-            return Err(errno(libc::EMFILE));
-        }
-        let (fh, listing) = self
+        let listing = self
             .view
-            .opendir(ino)
+            .list(ino)
             .map_err(|e| view_error("opendir", ino, &e))?;
-        self.dirs().insert(fh);
+        let immutable = listing.immutable;
+        let fh = self.dirs.open(listing).map_err(|e| {
+            let (handles, bytes) = self.dirs.usage();
+            tracing::warn!(
+                "a guest holds {handles} open directories ({bytes} bytes of listings): \
+                 refusing more"
+            );
+            view_error("opendir", ino, &e)
+        })?;
         // Listings inside packages never change: the guest may cache them.
-        let options = if listing.immutable {
+        let options = if immutable {
             OpenOptions::KEEP_CACHE | OpenOptions::CACHE_DIR
         } else {
             OpenOptions::empty()
@@ -388,14 +408,21 @@ impl FileSystem for GuestFs {
         add_entry: &mut dyn FnMut(DirEntry, FuseEntry) -> io::Result<usize>,
     ) -> io::Result<()> {
         let listing = self.listing(handle)?;
-        fill(&listing, offset, |d, e| add_entry(d, fuse_entry(e)))
+        let generation = self.view.inode_generation();
+        fill(&listing, offset, |d, e| {
+            let added = add_entry(d, fuse_entry(e, generation))?;
+            // The guest's kernel counts a lookup of every entry it took
+            // but `.` and `..`.
+            if added > 0 && e.name != b"." && e.name != b".." {
+                self.view.looked_up(&self.lookups, e);
+            }
+            Ok(added)
+        })
     }
 
     fn releasedir(&self, _ctx: &Context, _ino: u64, _flags: u32, handle: u64) -> io::Result<()> {
         // Only this guest's own handles: another guest's stay open.
-        if self.dirs().remove(&handle) {
-            self.view.release(handle);
-        }
+        self.dirs.release(handle);
         Ok(())
     }
 

@@ -36,15 +36,12 @@ pub use listener::{ServeOptions, serve};
 
 use std::time::Duration;
 
-/// How often `nexus serve` checks for a new live generation.
-pub const REFRESH_EVERY: Duration = Duration::from_millis(100);
-
 /// How long after a switch (`nip switch`, `rollback`, `add`, `remove`)
 /// every guest sees the new generation: the daemon notices within
-/// [`REFRESH_EVERY`], and what a guest cached of the root, App directories
+/// [`nexus_fs::follow::REFRESH_EVERY`], and what a guest cached of the root, App directories
 /// and attributes expires within [`GENERATION_TTL`]. `Current` targets are
 /// never cached by a guest (a path walk reads the link each time), so a
-/// moved `Current` shows within [`REFRESH_EVERY`] already. A version the
+/// moved `Current` shows within [`nexus_fs::follow::REFRESH_EVERY`] already. A version the
 /// switch removed may still resolve (unlisted) for
 /// `nexus_fs::view::REMOVED_NAMES_GRACE` more, so that path walks under way
 /// end where they were sent.

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use nexus_fs::View;
+use nexus_fs::handles::HandleBudget;
 use vhost::vhost_user::Listener;
 use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
@@ -22,11 +23,18 @@ pub struct ServeOptions {
     /// Guests served at once; more wait in the socket's backlog until one
     /// disconnects. Each costs two threads and its open directories.
     pub max_guests: usize,
+    /// Bytes of directory listings all guests' open handles may hold
+    /// together (each guest is also held to
+    /// [`crate::fs::MAX_DIR_BYTES_PER_GUEST`]).
+    pub dir_bytes: u64,
 }
 
 impl Default for ServeOptions {
     fn default() -> Self {
-        ServeOptions { max_guests: 64 }
+        ServeOptions {
+            max_guests: 64,
+            dir_bytes: crate::fs::MAX_DIR_BYTES,
+        }
     }
 }
 
@@ -57,6 +65,7 @@ pub fn serve(
         source,
     })?;
     ready();
+    let budget = HandleBudget::new(options.dir_bytes);
     let active = Arc::new(AtomicUsize::new(0));
     let mut guest = 0u64;
     loop {
@@ -66,7 +75,8 @@ pub fn serve(
         // A fresh device for the next guest: it exists before the guest
         // connects because the daemon needs it to answer the handshake.
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
-        let device = Arc::new(FsDevice::new(GuestFs::new(view.clone()), mem.clone())?);
+        let guest_fs = GuestFs::new(view.clone(), budget.clone());
+        let device = Arc::new(FsDevice::new(guest_fs, mem.clone())?);
         let name = format!("guest-{guest}");
         let mut daemon = VhostUserDaemon::new(name.clone(), device, mem)
             .map_err(|e| Error::Daemon(e.to_string()))?;

@@ -14,6 +14,7 @@ use fuse_backend_rs::abi::fuse_abi::{InHeader, OutHeader};
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
 use nexus_fs::View;
+use nexus_fs::handles::HandleBudget;
 use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
 use virtio_queue::desc::RawDescriptor;
 use virtio_queue::desc::split::Descriptor;
@@ -42,10 +43,16 @@ pub struct Reply {
 }
 
 impl Loopback {
-    /// A guest connection to `view`.
+    /// A guest connection to `view`, alone on its daemon.
     pub fn new(view: Arc<View>) -> Loopback {
+        Loopback::with_budget(view, HandleBudget::new(crate::fs::MAX_DIR_BYTES))
+    }
+
+    /// A guest connection to `view` whose open directories count against
+    /// `budget`, shared with the other guests given it.
+    pub fn with_budget(view: Arc<View>, budget: Arc<HandleBudget>) -> Loopback {
         Loopback {
-            server: Server::new(GuestFs::new(view)),
+            server: Server::new(GuestFs::new(view, budget)),
         }
     }
 

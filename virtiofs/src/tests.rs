@@ -11,10 +11,13 @@ use fuse_backend_rs::abi::fuse_abi::{
 use nexus_fs::{GenerationChoice, View, ViewOptions};
 use vm_memory::ByteValued;
 
-use crate::fs::{GENERATION_TTL, IMMUTABLE_TTL, MAX_OPEN_DIRS, MAX_READ};
+use crate::fs::{
+    GENERATION_TTL, IMMUTABLE_TTL, MAX_DIR_BYTES, MAX_DIR_BYTES_PER_GUEST, MAX_OPEN_DIRS, MAX_READ,
+};
 use crate::loopback::{
     FixtureInodes, Loopback, Reply, fixture, fixture_data, fixture_inodes, request,
 };
+use nexus_fs::handles::HandleBudget;
 
 struct Setup {
     _dir: tempfile::TempDir,
@@ -318,8 +321,9 @@ fn releasedir(guest: &Loopback, ino: u64, fh: u64) {
 #[test]
 fn directory_handles_belong_to_the_guest_that_opened_them() {
     let s = setup();
-    let a = Loopback::new(s.view.clone());
-    let b = Loopback::new(s.view.clone());
+    let budget = HandleBudget::new(MAX_DIR_BYTES);
+    let a = Loopback::with_budget(s.view.clone(), budget.clone());
+    let b = Loopback::with_budget(s.view.clone(), budget.clone());
     let fh = opendir(&a, s.ino.dir).expect("opendir");
     let listing = readdir(&a, s.ino.dir, fh, 0);
     assert_eq!(errno(&listing), 0);
@@ -335,11 +339,13 @@ fn directory_handles_belong_to_the_guest_that_opened_them() {
     assert_eq!(errno(&readdir(&a, s.ino.dir, fh + 1000, 0)), libc::EBADF);
     releasedir(&a, s.ino.dir, fh);
     assert_eq!(errno(&readdir(&a, s.ino.dir, fh, 0)), libc::EBADF);
-    // A guest that goes away releases its handles in the view.
+    // A guest that goes away releases its handles: the daemon holds
+    // nothing for it any more.
     let fh = opendir(&b, s.ino.dir).expect("opendir");
-    assert!(s.view.listing(fh).is_ok());
+    assert_eq!(errno(&readdir(&b, s.ino.dir, fh, 0)), 0);
+    assert!(budget.used() > 0);
     drop(b);
-    assert!(s.view.listing(fh).is_err());
+    assert_eq!(budget.used(), 0);
 }
 
 #[test]
@@ -356,4 +362,133 @@ fn open_directories_are_capped_per_guest() {
     assert!(opendir(&other, s.ino.dir).is_ok());
     releasedir(&guest, s.ino.dir, handles[0]);
     assert!(opendir(&guest, s.ino.dir).is_ok());
+}
+
+/// A store whose only package holds one directory of `entries` files.
+fn big_directory_store(dir: &std::path::Path, entries: usize) -> Arc<View> {
+    use nexus_store::{AddDir, AddOptions, NoProgress, Store};
+    let src = dir.join("src");
+    std::fs::create_dir_all(src.join("many")).expect("mkdir");
+    for i in 0..entries {
+        std::fs::write(
+            src.join(format!("many/a-rather-long-file-name-{i:06}")),
+            b"x",
+        )
+        .expect("write");
+    }
+    let store = dir.join("store");
+    let mut s = Store::init(&store).expect("store");
+    let add = AddDir {
+        path: src,
+        name: "big".into(),
+        version: "1".into(),
+    };
+    s.add_dirs(&[add], AddOptions::default(), &NoProgress)
+        .expect("add");
+    Arc::new(View::open(&store, ViewOptions::default()).expect("view"))
+}
+
+/// The attack of issue 13 (M4): one guest opening one large directory
+/// over and over made the daemon copy its listing each time (10 GB for
+/// 4096 opens of 20,000 entries). Each guest is now held to
+/// MAX_DIR_BYTES_PER_GUEST and all guests to the daemon's budget.
+#[test]
+fn opening_a_large_directory_again_and_again_is_bounded_in_bytes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let view = big_directory_store(dir.path(), 20_000);
+    let version = view.lookup(
+        view.lookup(nexus_fs::ino::ROOT, b"big").unwrap().attr.ino,
+        b"1",
+    );
+    let many = view
+        .lookup(version.unwrap().attr.ino, b"many")
+        .unwrap()
+        .attr
+        .ino;
+    let budget = HandleBudget::new(MAX_DIR_BYTES_PER_GUEST * 3 / 2);
+    let guest = Loopback::with_budget(view.clone(), budget.clone());
+    let mut opened = 0;
+    let refused = loop {
+        match opendir(&guest, many) {
+            Ok(_) => opened += 1,
+            Err(e) => break e,
+        }
+        assert!(
+            opened < MAX_OPEN_DIRS,
+            "4096 opens of a 20,000-entry directory went through"
+        );
+    };
+    assert_eq!(refused, libc::EMFILE);
+    assert!(opened > 0);
+    assert!(
+        budget.used() <= MAX_DIR_BYTES_PER_GUEST,
+        "{} bytes held",
+        budget.used()
+    );
+    // A second guest gets what is left of the daemon's budget, not more.
+    let other = Loopback::with_budget(view.clone(), budget.clone());
+    let mut more = 0;
+    while opendir(&other, many).is_ok() {
+        more += 1;
+        assert!(more < MAX_OPEN_DIRS);
+    }
+    assert!(
+        more < opened,
+        "the shared budget bounds every guest together"
+    );
+    assert!(budget.used() <= MAX_DIR_BYTES_PER_GUEST * 3 / 2);
+    // Small directories are still fine for a guest below its limits.
+    drop(guest);
+    let again = Loopback::with_budget(view, budget);
+    assert!(opendir(&again, many).is_ok());
+}
+
+/// The attack of issue 13 (H3): a guest enumerating package inode numbers
+/// read a 0600 file of a package the served generation does not hold. Only
+/// the packages of generations the daemon has shown can be reached.
+#[test]
+fn packages_outside_the_served_generations_cannot_be_named() {
+    use nexus_store::{AddDir, AddOptions, NoProgress, Store};
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store_dir = dir.path().join("store");
+    let mut store = Store::init(&store_dir).expect("store");
+    for (name, secret) in [("secret", true), ("public", false)] {
+        let src = dir.path().join(name);
+        std::fs::create_dir_all(&src).expect("mkdir");
+        let file = src.join("key");
+        std::fs::write(&file, format!("{name} bytes: TOP-SECRET-KEY-MATERIAL")).expect("write");
+        if secret {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        }
+        let add = AddDir {
+            path: src,
+            name: name.into(),
+            version: "1".into(),
+        };
+        store
+            .add_dirs(&[add], AddOptions::default(), &NoProgress)
+            .expect("add");
+    }
+    store.remove(&["secret".to_string()]).expect("remove");
+    let view = Arc::new(View::open(&store_dir, ViewOptions::default()).expect("view"));
+    let guest = Loopback::new(view);
+    let mut readable = Vec::new();
+    for id in 1..200u64 {
+        let ino = 4 * id;
+        let reply = send(&guest, Opcode::Read, ino, &read_in(0, 4096));
+        if errno(&reply) == 0 && !reply.body.is_empty() {
+            readable.push(String::from_utf8_lossy(&reply.body).into_owned());
+        }
+        let attr = send(&guest, Opcode::Getattr, ino, &zeroed::<GetattrIn>());
+        assert!(matches!(errno(&attr), 0 | libc::ENOENT), "getattr of {ino}");
+    }
+    assert!(
+        readable.iter().all(|text| !text.starts_with("secret")),
+        "a guest read a package of another generation: {readable:?}"
+    );
+    assert!(
+        readable.iter().any(|text| text.starts_with("public")),
+        "the served package must stay readable: {readable:?}"
+    );
 }

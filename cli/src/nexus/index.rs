@@ -10,16 +10,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use nexus_fs::fuse::{self, IndexNotifier, MountOptions, MountedIndex, Unmounted, Unmounter};
+use nexus_fs::fuse::{
+    self, IndexFollower, IndexFs, Invalidator, MountOptions, Mounted, Unmounted, Unmounter,
+};
 use nexus_fs::{Index, View};
-
-/// How often the index checks whether the view moved to another generation:
-/// a pointer comparison when it did not, so checking often is free, and the
-/// delay between a switch and the index showing it is mostly this.
-const REFRESH_EVERY: Duration = Duration::from_millis(100);
 
 /// Request threads of the index mount: its answers come from memory once a
 /// directory is merged, so few are needed.
@@ -47,7 +43,7 @@ pub fn check_index_dir(dir: &Path, mountpoint: &Path) -> Result<PathBuf> {
 
 /// A mounted index, not yet serving.
 pub struct IndexMount {
-    mounted: MountedIndex,
+    mounted: Mounted<IndexFs>,
     index: Arc<Index>,
     dir: PathBuf,
 }
@@ -55,14 +51,11 @@ pub struct IndexMount {
 /// Mounts the index of `view` (mounted at `mountpoint`) on `dir`.
 pub fn mount(
     view: Arc<View>,
-    store: &Path,
     mountpoint: &Path,
     dir: &Path,
     options: &MountOptions,
 ) -> Result<IndexMount> {
-    let index = Index::open(view, store, mountpoint, THREADS + 1)
-        .with_context(|| format!("opening the index of {}", store.display()))?;
-    let index = Arc::new(index);
+    let index = Arc::new(Index::open(view, mountpoint));
     let options = MountOptions {
         threads: THREADS,
         ..options.clone()
@@ -81,6 +74,9 @@ pub struct IndexServer {
     serving: JoinHandle<()>,
     unmounter: Unmounter,
     dir: PathBuf,
+    index: Arc<Index>,
+    invalidator: Invalidator,
+    ended: Arc<AtomicBool>,
 }
 
 impl IndexMount {
@@ -89,21 +85,14 @@ impl IndexMount {
         self.mounted.unmounter()
     }
 
-    /// Serves the index on its own threads; with `follow`, a thread also
-    /// keeps it on the view's generation and tells the kernel what each move
-    /// made stale.
-    pub fn serve(mut self, follow: bool) -> Result<IndexServer> {
+    /// Serves the index on its own threads.
+    pub fn serve(mut self) -> Result<IndexServer> {
         let unmounter = self.mounted.unmounter();
+        let invalidator = self.mounted.invalidator();
         let ended = Arc::new(AtomicBool::new(false));
-        if follow {
-            let notifier = self.mounted.notifier();
-            let (index, ended) = (self.index.clone(), ended.clone());
-            std::thread::Builder::new()
-                .name("index-refresh".into())
-                .spawn(move || follow_view(&index, &notifier, &ended))
-                .context("starting the index refresh thread")?;
-        }
         let dir = self.dir.clone();
+        let index = self.index.clone();
+        let serving_ended = ended.clone();
         let serving = std::thread::Builder::new()
             .name("index".into())
             .spawn(move || {
@@ -111,47 +100,31 @@ impl IndexMount {
                     Ok(()) => tracing::info!("the index on {} is unmounted", self.dir.display()),
                     Err(e) => tracing::error!("serving the index on {}: {e}", self.dir.display()),
                 }
-                ended.store(true, Ordering::Relaxed);
+                serving_ended.store(true, Ordering::Relaxed);
             })
             .context("starting the index thread")?;
         Ok(IndexServer {
             serving,
             unmounter,
             dir,
+            index,
+            invalidator,
+            ended,
         })
     }
 }
 
-/// Keeps the index on the view's generation until the index mount ends.
-fn follow_view(index: &Index, notifier: &IndexNotifier, ended: &AtomicBool) {
-    while !ended.load(Ordering::Relaxed) {
-        std::thread::sleep(REFRESH_EVERY);
-        let started = Instant::now();
-        match index.refresh() {
-            Ok(None) => {}
-            Ok(Some(changes)) => {
-                let count = changes.entries.len() + changes.inodes.len();
-                match notifier.apply(&changes) {
-                    Ok(()) => tracing::info!(
-                        "index now shows generation {:?}; {count} cache invalidations in {:?}",
-                        changes.generation,
-                        started.elapsed()
-                    ),
-                    // Stale entries expire on their own within the TTL.
-                    Err(e) => tracing::warn!(
-                        "index now shows generation {:?}, but invalidating failed: {e}; \
-                         stale entries may remain for up to {:?}",
-                        changes.generation,
-                        fuse::INDEX_TTL
-                    ),
-                }
-            }
-            Err(e) => tracing::warn!("moving the index to a new generation: {e}"),
-        }
-    }
-}
-
 impl IndexServer {
+    /// What keeps the index on the view's generation (see
+    /// `nexus_fs::follow`), until the index mount ends.
+    pub fn follower(&self) -> IndexFollower {
+        IndexFollower::new(
+            self.index.clone(),
+            self.invalidator.clone(),
+            self.ended.clone(),
+        )
+    }
+
     /// Unmounts the index (detaching it if busy) and waits for its threads.
     pub fn stop(mut self) {
         match self.unmounter.unmount() {

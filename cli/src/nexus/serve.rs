@@ -1,21 +1,15 @@
 //! Mounting the view and serving it until it is unmounted.
 
-use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use nexus_fs::fuse::{self, Invalidator, MountOptions};
-use nexus_fs::{Changes, GenerationChoice, Invalidation, View, ViewOptions};
+use nexus_fs::follow::{self, Follower};
+use nexus_fs::fuse::{self, MountOptions};
+use nexus_fs::{GenerationChoice, View, ViewOptions};
 
 use super::daemon::Ready;
 use super::{index, signals};
-
-/// How often a live mount checks for a new generation: most of the delay
-/// before a switch shows in the mount. The check is one indexed query
-/// (`max(id)` of the generations), so checking often costs next to nothing.
-const REFRESH_EVERY: Duration = Duration::from_millis(100);
 
 /// What `nexus mount` was asked for, with absolute paths.
 #[derive(Debug)]
@@ -100,78 +94,6 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Keeps a live view on the newest generation, and the kernel's caches in
-/// step with it.
-fn follow_live_generation(view: Arc<View>, invalidator: Invalidator) -> Result<()> {
-    std::thread::Builder::new()
-        .name("refresh".into())
-        .spawn(move || {
-            // Names switches removed, to drop again once the view stops
-            // resolving them (it did meanwhile, and the kernel may have
-            // cached them anew); oldest first.
-            let mut after_grace: VecDeque<(Instant, Vec<Invalidation>)> = VecDeque::new();
-            loop {
-                std::thread::sleep(REFRESH_EVERY);
-                match view.refresh() {
-                    Ok(Some(changes)) => {
-                        invalidate(&invalidator, &changes);
-                        let later = changes.after_grace();
-                        if !later.is_empty() {
-                            // Measured from now, after the view moved: the
-                            // view's grace ends first.
-                            after_grace
-                                .push_back((Instant::now() + view.removed_names_grace(), later));
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(e) => tracing::warn!("checking for a new generation: {e}"),
-                }
-                while let Some((due, _)) = after_grace.front() {
-                    if *due > Instant::now() {
-                        break;
-                    }
-                    if let Some((_, later)) = after_grace.pop_front()
-                        && let Err(e) = invalidator.send(&later)
-                    {
-                        tracing::warn!(
-                            "dropping removed names: {e}; they may resolve for up to {:?} more",
-                            fuse::GENERATION_TTL
-                        );
-                    }
-                }
-            }
-        })
-        .context("starting the refresh thread")?;
-    Ok(())
-}
-
-/// Drops what the kernel cached about the previous generation.
-fn invalidate(invalidator: &Invalidator, changes: &Changes) {
-    let started = Instant::now();
-    let shown = format!(
-        "generation {:?} (from {:?}: {} Apps added, {} removed; {} versions added, {} removed; \
-         {} Current links changed)",
-        changes.to,
-        changes.from,
-        changes.apps_added.len(),
-        changes.apps_removed.len(),
-        changes.versions_added.len(),
-        changes.versions_removed.len(),
-        changes.current_changed.len(),
-    );
-    match invalidator.send(&changes.invalidations()) {
-        Ok(sent) => tracing::info!(
-            "now showing {shown}; {sent} cache invalidations sent in {:?}",
-            started.elapsed()
-        ),
-        // The kernel's answers expire on their own within the TTL.
-        Err(e) => tracing::warn!(
-            "now showing {shown}, but {e}; stale answers may remain for up to {:?}",
-            fuse::GENERATION_TTL
-        ),
-    }
-}
-
 /// Mounts and serves until unmounted. `ready` (the daemon's pipe) is told
 /// once the mount is usable.
 pub fn serve(request: &Request, ready: Option<&mut Ready>) -> Result<()> {
@@ -208,7 +130,6 @@ pub fn serve(request: &Request, ready: Option<&mut Ready>) -> Result<()> {
     let mut index = match &request.index {
         Some(dir) => Some(index::mount(
             view.clone(),
-            &store_dir,
             &request.mountpoint,
             dir,
             &mount_options,
@@ -219,18 +140,20 @@ pub fn serve(request: &Request, ready: Option<&mut Ready>) -> Result<()> {
     let mut unmounters: Vec<_> = index.iter_mut().map(|i| i.unmounter()).collect();
     unmounters.push(mounted.unmounter());
     signals::unmount_on_termination(unmounters)?;
-    if choice == GenerationChoice::Live {
-        follow_live_generation(view.clone(), mounted.invalidator())?;
-    }
     if let Some(pid_file) = &request.pid_file {
         std::fs::write(pid_file, format!("{}\n", std::process::id()))
             .with_context(|| format!("writing {}", pid_file.display()))?;
     }
     // Only once nothing else can fail: an early error return would leave the
     // index thread serving after the main mount is gone.
-    let index = index
-        .map(|i| i.serve(choice == GenerationChoice::Live))
-        .transpose()?;
+    let index = index.map(|i| i.serve()).transpose()?;
+    // The main mount's kernel caches, then the index's, follow the view.
+    let mut followers: Vec<Box<dyn Follower>> = vec![Box::new(mounted.invalidator())];
+    if let Some(index) = &index {
+        followers.push(Box::new(index.follower()));
+    }
+    let following = follow::follow(view.clone(), followers)
+        .context("starting the thread that follows the live generation")?;
     let shown = match view.generation() {
         Some(g) => format!("generation {g}"),
         None => "the empty store".to_string(),
@@ -253,6 +176,7 @@ pub fn serve(request: &Request, ready: Option<&mut Ready>) -> Result<()> {
         ready.ok(&message);
     }
     let served = mounted.run().context("serving the mount");
+    drop(following);
     if let Some(index) = index {
         index.stop();
     }

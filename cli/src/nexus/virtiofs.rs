@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use nexus_fs::{GenerationChoice, View, ViewOptions};
-use nexus_virtiofs::{REFRESH_EVERY, ServeOptions};
+use nexus_virtiofs::ServeOptions;
 
 use super::signals;
 
@@ -25,29 +25,6 @@ pub struct Request {
     pub cache_bytes: u64,
     /// Guests served at once.
     pub max_guests: usize,
-}
-
-/// Keeps a live view on the newest generation. Guests get no invalidations:
-/// what they cached of the old one expires by itself (`SWITCH_BOUND`).
-fn follow_live_generation(view: Arc<View>) -> Result<()> {
-    std::thread::Builder::new()
-        .name("refresh".into())
-        .spawn(move || {
-            loop {
-                std::thread::sleep(REFRESH_EVERY);
-                match view.refresh() {
-                    Ok(Some(changes)) => tracing::info!(
-                        "now serving generation {:?} (from {:?})",
-                        changes.to,
-                        changes.from
-                    ),
-                    Ok(None) => {}
-                    Err(e) => tracing::warn!("checking for a new generation: {e}"),
-                }
-            }
-        })
-        .context("starting the refresh thread")?;
-    Ok(())
 }
 
 /// Serves until a termination signal.
@@ -80,9 +57,10 @@ pub fn serve(request: &Request) -> Result<()> {
     signals::exit_on_termination(move || {
         let _ = std::fs::remove_file(&socket);
     })?;
-    if choice == GenerationChoice::Live {
-        follow_live_generation(view.clone())?;
-    }
+    // Guests get no invalidations: what they cached of the old generation
+    // expires by itself (`SWITCH_BOUND`); the loop only moves the view.
+    let _following = nexus_fs::follow::follow(view.clone(), Vec::new())
+        .context("starting the thread that follows the live generation")?;
     let shown = match (&request.image, view.generation()) {
         (Some(image), _) => format!("image {}", image.path.display()),
         (None, Some(g)) => format!("generation {g}"),
@@ -90,6 +68,7 @@ pub fn serve(request: &Request) -> Result<()> {
     };
     let serve_options = ServeOptions {
         max_guests: request.max_guests,
+        ..ServeOptions::default()
     };
     nexus_virtiofs::serve(view, &request.socket, serve_options, || {
         // On stderr even without -v: scripts wait for this line (or the

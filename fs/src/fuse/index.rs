@@ -15,12 +15,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fuser::{
-    Config, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
-    MountOption, Notifier, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request, Session, SessionACL,
+    FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, OpenFlags,
+    ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyXattr, Request,
 };
 
-use super::{MountOptions, Unmounter, errno, file_attr, fill_dir, fill_dir_plus, reply_xattr};
+use super::reply::{errno, file_attr, fill_dir, fill_dir_plus, reply_xattr};
+use super::session::{self, MountOptions, Mounted};
+use crate::changes::Invalidation;
 use crate::index::{Index, IndexChanges, ROOT};
 
 /// How long the kernel may keep an index entry or attribute. Short, because
@@ -125,7 +127,16 @@ impl Filesystem for IndexFs {
         reply: ReplyDirectoryPlus,
     ) {
         match self.index.listing(fh.0) {
-            Ok(listing) => fill_dir_plus(&listing, offset, fuse_node, |_| INDEX_TTL, reply),
+            Ok(listing) => fill_dir_plus(
+                &listing,
+                offset,
+                fuse_node,
+                |_| INDEX_TTL,
+                Generation(0),
+                // Index inodes are not package inodes: nothing to keep.
+                |_| {},
+                reply,
+            ),
             Err(e) => reply.error(errno("index readdirplus", ino, &e)),
         }
     }
@@ -164,89 +175,90 @@ impl Filesystem for IndexFs {
     }
 }
 
-/// A mounted index, not yet serving requests.
-pub struct MountedIndex {
-    session: Session<IndexFs>,
-    mountpoint: std::path::PathBuf,
-}
-
-/// Mounts `index` read-only at `mountpoint`, with the `allow_other` and
-/// thread count of `options` (its links lead into the main mount, which
-/// decides about setuid). When this returns the mount exists; requests are
-/// served once [`MountedIndex::run`] is called.
+/// Mounts `index` read-only at `mountpoint` (type `fuse.nexus-index`), with
+/// the `allow_other` and thread count of `options` but never setuid (its
+/// links lead into the main mount, which decides about that). When this
+/// returns the mount exists; requests are served once [`Mounted::run`] is
+/// called.
 pub fn mount_index(
     index: Arc<Index>,
     mountpoint: &Path,
     options: &MountOptions,
-) -> io::Result<MountedIndex> {
-    let mut config = Config::default();
-    config.mount_options = vec![
-        // `nexus umount` recognises nexus mounts by this source name.
-        MountOption::FSName("nexus".into()),
-        MountOption::Subtype("nexus-index".into()),
-        MountOption::RO,
-        MountOption::DefaultPermissions,
-        MountOption::NoAtime,
-        MountOption::NoSuid,
-        MountOption::NoDev,
-    ];
-    if options.allow_other {
-        config.acl = SessionACL::All;
-    }
-    config.n_threads = Some(options.threads.max(1));
-    config.clone_fd = true;
-    let session = Session::new(IndexFs::new(index), mountpoint, &config)?;
-    Ok(MountedIndex {
-        session,
-        mountpoint: mountpoint.to_path_buf(),
-    })
+) -> io::Result<Mounted<IndexFs>> {
+    let options = MountOptions {
+        suid: false,
+        ..options.clone()
+    };
+    session::mount(IndexFs::new(index), mountpoint, "nexus-index", &options)
 }
 
-impl MountedIndex {
-    /// Something another thread can unmount with (e.g. on SIGTERM, or when
-    /// the main mount goes away).
-    pub fn unmounter(&mut self) -> Unmounter {
-        Unmounter {
-            session: self.session.unmount_callable(),
-            mountpoint: self.mountpoint.clone(),
+/// The kernel invalidations `changes` calls for: each stale name in its
+/// directory, and the cached attributes of each changed symlink, with the
+/// index's numbers translated to FUSE's.
+pub fn index_invalidations(changes: &IndexChanges) -> Vec<Invalidation> {
+    let entries = changes
+        .entries
+        .iter()
+        .map(|(dir, name)| Invalidation::Entry {
+            parent: fuse_node(*dir).0,
+            name: name.clone(),
+        });
+    let inodes = changes
+        .inodes
+        .iter()
+        .map(|ino| Invalidation::Inode(fuse_node(*ino).0));
+    entries.chain(inodes).collect()
+}
+
+/// Keeps a mounted index on its view's generation: each move of the view
+/// recomputes what the index had shown and invalidates what changed.
+pub struct IndexFollower {
+    index: Arc<Index>,
+    invalidator: super::Invalidator,
+    /// Set once the index mount stopped serving: nothing to tell then.
+    ended: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl IndexFollower {
+    /// Follows `index`, mounted with `invalidator`, until `ended` is set.
+    pub fn new(
+        index: Arc<Index>,
+        invalidator: super::Invalidator,
+        ended: Arc<std::sync::atomic::AtomicBool>,
+    ) -> IndexFollower {
+        IndexFollower {
+            index,
+            invalidator,
+            ended,
         }
-    }
-
-    /// Something another thread can tell the kernel about index changes
-    /// with.
-    pub fn notifier(&self) -> IndexNotifier {
-        IndexNotifier(self.session.notifier())
-    }
-
-    /// Serves requests until the index is unmounted.
-    pub fn run(self) -> io::Result<()> {
-        self.session.run()
     }
 }
 
-/// Tells the kernel which of its cached index entries are stale.
-#[derive(Clone)]
-pub struct IndexNotifier(Notifier);
-
-impl IndexNotifier {
-    /// Invalidates what `changes` lists: each stale name in its directory,
-    /// and the cached attributes of each changed symlink. Must not be called
-    /// from a request of the same mount (the kernel may wait for that
-    /// request to finish before taking the notification). Returns the first
-    /// error after trying everything; after an unmount every notification
-    /// fails and nothing needs invalidating anyway.
-    pub fn apply(&self, changes: &IndexChanges) -> io::Result<()> {
-        let mut first_error = None;
-        for (dir, name) in &changes.entries {
-            if let Err(e) = self.0.inval_entry(fuse_node(*dir), OsStr::from_bytes(name)) {
-                first_error.get_or_insert(e);
-            }
+impl crate::follow::Follower for IndexFollower {
+    fn moved(&mut self, _changes: &crate::Changes) {
+        if self.ended.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
         }
-        for ino in &changes.inodes {
-            if let Err(e) = self.0.inval_inode(fuse_node(*ino), 0, 0) {
-                first_error.get_or_insert(e);
+        let started = std::time::Instant::now();
+        match self.index.refresh() {
+            Ok(None) => {}
+            Ok(Some(changes)) => {
+                let invalidations = index_invalidations(&changes);
+                match self.invalidator.send(&invalidations) {
+                    Ok(sent) => tracing::info!(
+                        "index now shows generation {:?}; {sent} cache invalidations in {:?}",
+                        changes.generation,
+                        started.elapsed()
+                    ),
+                    // Stale entries expire on their own within the TTL.
+                    Err(e) => tracing::warn!(
+                        "index now shows generation {:?}, but {e}; stale entries may remain \
+                         for up to {INDEX_TTL:?}",
+                        changes.generation,
+                    ),
+                }
             }
+            Err(e) => tracing::warn!("moving the index to a new generation: {e}"),
         }
-        first_error.map_or(Ok(()), Err)
     }
 }

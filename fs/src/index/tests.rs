@@ -70,7 +70,7 @@ impl Fixture {
             connections: 1,
         };
         let view = Arc::new(View::open(&self.store, options).unwrap());
-        let index = Index::open(view.clone(), &self.store, Path::new(MOUNT), 2).unwrap();
+        let index = Index::open(view.clone(), Path::new(MOUNT));
         (view, index)
     }
 }

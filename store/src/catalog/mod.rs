@@ -284,6 +284,24 @@ impl Catalog {
         Ok(Catalog { conn })
     }
 
+    /// Opens the catalog at `path`, which must exist at this build's
+    /// schema version: for the extra connections of a long-lived reader,
+    /// which must not take the write lock a migration check needs (the
+    /// store was opened, and migrated, once before).
+    pub fn open_existing(path: &Path) -> Result<Self> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags)?;
+        configure(&conn)?;
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version != SCHEMA_VERSION {
+            return Err(StoreError::SchemaMismatch {
+                found: version,
+                expected: SCHEMA_VERSION,
+            });
+        }
+        Ok(Catalog { conn })
+    }
+
     /// Caps this connection's private page cache at `kib` KiB. Long-lived
     /// readers that keep several connections (the mount daemon) use a small
     /// cache each: the kernel's page cache already holds the catalog file,
@@ -333,6 +351,26 @@ impl Catalog {
             params![key, value],
         )?;
         Ok(())
+    }
+
+    /// The number naming this catalog's id space (FUSE inode generation
+    /// numbers): set once, when the catalog got never-reused ids.
+    pub fn store_incarnation(&self) -> Result<u64> {
+        Ok(self
+            .meta("incarnation")?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// True when inode id `id` was handed out by this catalog (whether or
+    /// not the inode still exists): ids are never reused, so an id at or
+    /// below the highest ever issued names a file that existed.
+    pub fn inode_id_issued(&self, id: i64) -> Result<bool> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT seq FROM sqlite_sequence WHERE name = 'inodes'")?;
+        let highest: Option<i64> = stmt.query_row([], |r| r.get(0)).optional()?;
+        Ok(id > 0 && highest.is_some_and(|h| id <= h))
     }
 
     /// The current generation: the highest-numbered one, if any.
@@ -587,7 +625,7 @@ pub(crate) fn location_from_row(r: &Row<'_>) -> rusqlite::Result<ChunkLocation> 
         // A malformed hash reads as zeros and then fails verification with a
         // clear "damaged" error instead of a panic.
         hash: Hash::from_slice(&hash).unwrap_or(Hash([0; 32])),
-        pack: r.get(1)?,
+        pack: r.get::<_, String>(1)?.into(),
         offset: r.get::<_, i64>(2)? as u64,
         block_len: r.get(3)?,
         inner: r.get(4)?,

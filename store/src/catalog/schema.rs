@@ -108,6 +108,98 @@ const MIGRATIONS: &[&str] = &[
         since INTEGER NOT NULL
     ) STRICT;
     "#,
+    // v2: catalog ids are never reused. Without AUTOINCREMENT, SQLite
+    // hands out max(id)+1 again once gc deleted the highest rows, and
+    // readers that name files by id (the mount's inode numbers, its caches,
+    // VM guests) would meet another package's file under an old number.
+    // Tables are rebuilt with AUTOINCREMENT (SQLite cannot add it in
+    // place); copying the rows sets each table's sequence to its highest
+    // id. `incarnation` names this catalog's id space for FUSE's inode
+    // generation numbers.
+    r#"
+    CREATE TABLE packs_v2 (
+        id   INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL UNIQUE,
+        size INTEGER NOT NULL
+    ) STRICT;
+    INSERT INTO packs_v2 SELECT id, name, size FROM packs;
+    DROP TABLE packs;
+    ALTER TABLE packs_v2 RENAME TO packs;
+
+    CREATE TABLE chunks_v2 (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        hash       BLOB NOT NULL UNIQUE,
+        pack       INTEGER NOT NULL REFERENCES packs(id),
+        offset     INTEGER NOT NULL,
+        block_len  INTEGER NOT NULL,
+        inner      INTEGER NOT NULL,
+        len        INTEGER NOT NULL
+    ) STRICT;
+    INSERT INTO chunks_v2 SELECT id, hash, pack, offset, block_len, inner, len FROM chunks;
+    DROP TABLE chunks;
+    ALTER TABLE chunks_v2 RENAME TO chunks;
+    CREATE INDEX chunks_by_pack ON chunks(pack);
+
+    CREATE TABLE blobs_v2 (
+        id   INTEGER PRIMARY KEY AUTOINCREMENT,
+        hash BLOB NOT NULL UNIQUE,
+        size INTEGER NOT NULL
+    ) STRICT;
+    INSERT INTO blobs_v2 SELECT id, hash, size FROM blobs;
+    DROP TABLE blobs;
+    ALTER TABLE blobs_v2 RENAME TO blobs;
+
+    CREATE TABLE packages_v2 (
+        id        INTEGER PRIMARY KEY AUTOINCREMENT,
+        name      TEXT NOT NULL,
+        version   TEXT NOT NULL,
+        origin    TEXT NOT NULL,
+        tree_hash BLOB NOT NULL,
+        root      INTEGER NOT NULL,
+        added     INTEGER NOT NULL,
+        files     INTEGER NOT NULL,
+        bytes     INTEGER NOT NULL,
+        metadata  TEXT NOT NULL DEFAULT '{}',
+        UNIQUE (name, version)
+    ) STRICT;
+    INSERT INTO packages_v2 SELECT id, name, version, origin, tree_hash, root, added, files,
+        bytes, metadata FROM packages;
+    DROP TABLE packages;
+    ALTER TABLE packages_v2 RENAME TO packages;
+
+    CREATE TABLE inodes_v2 (
+        id      INTEGER PRIMARY KEY AUTOINCREMENT,
+        package INTEGER NOT NULL,
+        kind    INTEGER NOT NULL,
+        mode    INTEGER NOT NULL,
+        uid     INTEGER NOT NULL,
+        gid     INTEGER NOT NULL,
+        size    INTEGER NOT NULL,
+        mtime   INTEGER NOT NULL,
+        nlink   INTEGER NOT NULL,
+        blob    INTEGER,
+        target  BLOB,
+        xattrs  BLOB
+    ) STRICT;
+    INSERT INTO inodes_v2 SELECT id, package, kind, mode, uid, gid, size, mtime, nlink, blob,
+        target, xattrs FROM inodes;
+    DROP TABLE inodes;
+    ALTER TABLE inodes_v2 RENAME TO inodes;
+    CREATE INDEX inodes_by_package ON inodes(package);
+    CREATE INDEX inodes_by_blob ON inodes(blob) WHERE blob IS NOT NULL;
+
+    CREATE TABLE generations_v2 (
+        id       INTEGER PRIMARY KEY AUTOINCREMENT,
+        created  INTEGER NOT NULL,
+        action   TEXT NOT NULL,
+        restores INTEGER
+    ) STRICT;
+    INSERT INTO generations_v2 SELECT id, created, action, restores FROM generations;
+    DROP TABLE generations;
+    ALTER TABLE generations_v2 RENAME TO generations;
+
+    INSERT OR IGNORE INTO meta(key, value) VALUES ('incarnation', abs(random() % 4294967296));
+    "#,
 ];
 
 /// The schema version this build writes.

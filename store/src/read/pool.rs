@@ -27,9 +27,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use nexus_store::catalog::Catalog;
-
-use crate::error::Result;
+use crate::catalog::Catalog;
+use crate::error::{Result, StoreError};
 
 /// Private page cache per pooled connection, in KiB: the daemon keeps
 /// several connections for its whole life, and the kernel caches the
@@ -40,8 +39,8 @@ const PAGE_CACHE_KIB: u32 = 1024;
 /// connection keeps one.
 const SNAPSHOT_LIFETIME: Duration = Duration::from_millis(200);
 
-fn open_small(path: &Path) -> nexus_store::Result<Catalog> {
-    let catalog = Catalog::open(path, false)?;
+fn open_small(path: &Path) -> Result<Catalog> {
+    let catalog = Catalog::open_existing(path)?;
     catalog.limit_page_cache(PAGE_CACHE_KIB)?;
     Ok(catalog)
 }
@@ -89,6 +88,8 @@ impl Pooled {
 
 struct Shared {
     path: PathBuf,
+    /// Whether connections keep read snapshots across queries.
+    snapshots: bool,
     idle: Mutex<Vec<Pooled>>,
     /// Bumped by [`CatalogPool::renew_all`].
     epoch: AtomicU64,
@@ -107,29 +108,41 @@ pub(crate) struct CatalogPool {
 }
 
 impl CatalogPool {
-    /// Opens `size` connections to the catalog at `path`.
-    pub(crate) fn open(path: &Path, size: usize) -> Result<CatalogPool> {
-        let idle = (0..size.max(1))
+    /// Opens `size` connections to the catalog at `path` (more are opened
+    /// when more threads query at once). With `snapshots`, connections keep
+    /// read snapshots across queries as the module documentation says;
+    /// without, every query runs on its own and sees the latest commit.
+    pub(crate) fn open(path: &Path, size: usize, snapshots: bool) -> Result<CatalogPool> {
+        let idle = (0..size)
             .map(|_| open_small(path).map(Pooled::new))
-            .collect::<nexus_store::Result<Vec<_>>>()?;
+            .collect::<Result<Vec<_>>>()?;
         let shared = Arc::new(Shared {
             path: path.to_path_buf(),
+            snapshots,
             idle: Mutex::new(idle),
             epoch: AtomicU64::new(0),
         });
-        spawn_snapshot_reaper(Arc::downgrade(&shared));
+        if snapshots {
+            spawn_snapshot_reaper(Arc::downgrade(&shared));
+        }
         Ok(CatalogPool { shared })
     }
 
     /// Runs `f` with a connection of the pool, reading from a snapshot at
     /// most [`SNAPSHOT_LIFETIME`] old.
-    pub(crate) fn with<T>(&self, f: impl FnOnce(&Catalog) -> Result<T>) -> Result<T> {
+    pub(crate) fn with<T, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&Catalog) -> Result<T, E>,
+    ) -> Result<T, E> {
         self.run(false, f)
     }
 
     /// Runs `f` with a connection of the pool reading from a new snapshot:
     /// it sees every commit made before this call.
-    pub(crate) fn with_fresh<T>(&self, f: impl FnOnce(&Catalog) -> Result<T>) -> Result<T> {
+    pub(crate) fn with_fresh<T, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&Catalog) -> Result<T, E>,
+    ) -> Result<T, E> {
         self.run(true, f)
     }
 
@@ -140,13 +153,19 @@ impl CatalogPool {
         self.shared.epoch.fetch_add(1, Ordering::AcqRel);
     }
 
-    fn run<T>(&self, fresh: bool, f: impl FnOnce(&Catalog) -> Result<T>) -> Result<T> {
+    fn run<T, E: From<StoreError>>(
+        &self,
+        fresh: bool,
+        f: impl FnOnce(&Catalog) -> Result<T, E>,
+    ) -> Result<T, E> {
         let borrowed = self.shared.idle().pop();
         let mut conn = match borrowed {
             Some(c) => c,
             None => Pooled::new(open_small(&self.shared.path)?),
         };
-        conn.ready(self.shared.epoch.load(Ordering::Acquire), fresh);
+        if self.shared.snapshots {
+            conn.ready(self.shared.epoch.load(Ordering::Acquire), fresh);
+        }
         let result = f(&conn.catalog);
         if result.is_err() {
             // Whatever went wrong, the next query starts clean.
@@ -187,11 +206,10 @@ fn spawn_snapshot_reaper(shared: Weak<Shared>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nexus_store::Store;
-    use nexus_store::store::CATALOG_FILE;
+    use crate::store::{CATALOG_FILE, Store};
 
     fn generation_count(pool: &CatalogPool, fresh: bool) -> i64 {
-        let count = |c: &Catalog| Ok(c.generations()?.len() as i64);
+        let count = |c: &Catalog| Ok::<_, StoreError>(c.generations()?.len() as i64);
         if fresh {
             pool.with_fresh(count).unwrap()
         } else {
@@ -209,21 +227,17 @@ mod tests {
         std::fs::write(src.join("f"), b"x").unwrap();
         let add = |version: &str| {
             let mut store = Store::open(&dir).unwrap();
-            let d = nexus_store::AddDir {
+            let d = crate::AddDir {
                 path: src.clone(),
                 name: "p".into(),
                 version: version.into(),
             };
             store
-                .add_dirs(
-                    &[d],
-                    nexus_store::AddOptions::default(),
-                    &nexus_store::NoProgress,
-                )
+                .add_dirs(&[d], crate::AddOptions::default(), &crate::NoProgress)
                 .unwrap();
         };
         add("1");
-        let pool = CatalogPool::open(&dir.join(CATALOG_FILE), 1).unwrap();
+        let pool = CatalogPool::open(&dir.join(CATALOG_FILE), 1, true).unwrap();
         let before = generation_count(&pool, false);
         add("2");
         // The one connection still reads its snapshot...
@@ -245,7 +259,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("store");
         Store::init(&dir).unwrap();
-        let pool = CatalogPool::open(&dir.join(CATALOG_FILE), 2).unwrap();
+        let pool = CatalogPool::open(&dir.join(CATALOG_FILE), 2, true).unwrap();
         let open_snapshots = || {
             pool.shared
                 .idle()
@@ -253,7 +267,8 @@ mod tests {
                 .filter(|c| c.snapshot.is_some())
                 .count()
         };
-        pool.with(|c| Ok(c.generations()?.len())).unwrap();
+        pool.with(|c| Ok::<_, StoreError>(c.generations()?.len()))
+            .unwrap();
         assert_eq!(open_snapshots(), 1);
         // An idle daemon must not keep writers' WAL from being reset.
         std::thread::sleep(SNAPSHOT_LIFETIME * 3);

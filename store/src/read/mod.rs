@@ -1,0 +1,27 @@
+//! The one read path: every byte of a stored file is read here, by the
+//! mount and virtio-fs daemons, `nip cat`, `export` and `verify`, gc's
+//! repacking and image serving alike.
+//!
+//! From the bottom up:
+//!
+//! - `source`: where pack bytes come from ([`PackSource`]): the store's
+//!   own `packs/` directory ([`LocalPacks`], a bounded set of open
+//!   handles) or a signed archive served in place ([`SingleFile`]). A
+//!   remote pack store is another implementation of the same trait.
+//! - `blocks`: [`BlockReader`] reads a block, decodes it, verifies each
+//!   chunk against its BLAKE3 name and keeps decoded blocks in a bounded
+//!   cache; it reads byte ranges of a content given its [`Layout`].
+//! - [`Reader`]: catalog queries from a pool of connections (with read
+//!   snapshots for daemons), layouts cached by content id, and the one
+//!   retry when gc moved a pack.
+
+mod blocks;
+mod layout;
+mod pool;
+mod reader;
+mod source;
+
+pub use blocks::BlockReader;
+pub use layout::Layout;
+pub use reader::{GC_EPOCH_KEY, Reader, ReaderOptions};
+pub use source::{LocalPacks, OPEN_PACKS, PackSource, SingleFile};
