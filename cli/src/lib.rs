@@ -7,4 +7,5 @@ pub mod keys;
 pub mod location;
 pub mod nexus;
 pub mod nip;
+pub mod open;
 pub mod progress;

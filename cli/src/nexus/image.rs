@@ -18,9 +18,7 @@ use crate::epoch::source_date_epoch;
 use crate::exit;
 use crate::progress::Bar;
 
-fn open_store(dir: &Path) -> Result<Store> {
-    Store::open(dir).with_context(|| format!("opening the store in {}", dir.display()))
-}
+use crate::open::open_store;
 
 /// `nexus snapshot`: writes generation `generation` (default: the live one)
 /// as an image signed with key `key`.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use nexus_fs::follow::{self, Follower};
 use nexus_fs::fuse::{self, MountOptions};
-use nexus_fs::{GenerationChoice, View, ViewOptions};
+use nexus_fs::{GenerationChoice, ViewOptions};
 
 use super::daemon::Ready;
 use super::{index, signals};
@@ -117,8 +117,7 @@ pub fn serve(request: &Request, ready: Option<&mut Ready>) -> Result<()> {
         }
         None => (request.store.clone(), None),
     };
-    let view = View::open(&store_dir, options)
-        .with_context(|| format!("opening the store in {}", store_dir.display()))?;
+    let view = crate::open::open_view(&store_dir, options)?;
     let view = Arc::new(view);
     let mount_options = MountOptions {
         allow_other: request.allow_other,

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use nexus_fs::{GenerationChoice, View, ViewOptions};
+use nexus_fs::{GenerationChoice, ViewOptions};
 use nexus_virtiofs::ServeOptions;
 
 use super::signals;
@@ -50,8 +50,7 @@ pub fn serve(request: &Request) -> Result<()> {
         }
         None => (request.store.clone(), None),
     };
-    let view = View::open(&store_dir, options)
-        .with_context(|| format!("opening the store in {}", store_dir.display()))?;
+    let view = crate::open::open_view(&store_dir, options)?;
     let view = Arc::new(view);
     let socket = request.socket.clone();
     signals::exit_on_termination(move || {

@@ -222,7 +222,7 @@ fn summarize(specs: &[String]) -> String {
 }
 
 fn open(dir: &Path) -> Result<Store> {
-    Store::open(dir).with_context(|| format!("opening the store in {}", dir.display()))
+    crate::open::open_store(dir)
 }
 
 /// Name and version of a directory in `.../App/Version` layout.
