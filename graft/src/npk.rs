@@ -56,11 +56,7 @@ pub fn open(
         file: path.to_path_buf(),
         error,
     };
-    let expiry = if allow_expired {
-        Expiry::Ignore
-    } else {
-        Expiry::now()
-    };
+    let expiry = Expiry::unless_allowed(allow_expired);
     let policy = match trust {
         Trust::Keys(set) => nexus_npk::Policy::Trusted(set, expiry),
         Trust::Insecure => nexus_npk::Policy::Insecure,

@@ -597,8 +597,8 @@ impl KeyStore {
     /// (anyone who can write there decides which signatures root accepts).
     pub fn audit(&self) -> Vec<String> {
         let mut out = Vec::new();
-        for sub in ["", PACKAGES, IMAGES, LEGACY, REVOKED] {
-            let path = self.dir.join(sub);
+        let lists = [PACKAGES, IMAGES, LEGACY, REVOKED].map(|l| self.dir.join(l));
+        for path in std::iter::once(self.dir.clone()).chain(lists) {
             let Ok(meta) = fs::symlink_metadata(&path) else {
                 continue;
             };
@@ -861,7 +861,7 @@ mod tests {
                 .domain(),
             Some(DEFAULT_DOMAIN)
         );
-        assert_eq!(set.legacy_keys(), 1);
+        assert_eq!(set.trusted.iter().filter(|t| t.legacy).count(), 2);
         // Named by the old id, revoked: every trust file of it goes.
         old.revoke(&pk.id()[..16]).unwrap();
         assert!(
@@ -1002,6 +1002,20 @@ mod tests {
             mode("keys/secret"),
             0o700,
             "a too open directory is tightened"
+        );
+        // Anyone who can write the trust lists decides what root accepts.
+        assert!(keys.audit().iter().all(|w| w.contains("owned by uid")));
+        fs::set_permissions(
+            d.path().join("keys/trusted-images"),
+            fs::Permissions::from_mode(0o777),
+        )
+        .unwrap();
+        let warnings = keys.audit();
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("trusted-images") && w.contains("writable by group or others")),
+            "{warnings:?}"
         );
         let elsewhere = tempfile::tempdir().unwrap();
         let hijacked = KeyStore::new(d.path().join("hijacked"));

@@ -31,13 +31,6 @@ pub enum Policy<'a> {
     Insecure,
 }
 
-impl<'a> Policy<'a> {
-    /// Signed by a key of `set` for the archive's kind, and not expired now.
-    pub fn trusted(set: &'a TrustSet) -> Self {
-        Policy::Trusted(set, Expiry::now())
-    }
-}
-
 /// Whether an expired archive is refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Expiry {
@@ -51,6 +44,15 @@ impl Expiry {
     /// Refused when expired at the system's current time.
     pub fn now() -> Self {
         Expiry::Enforce(unix_now())
+    }
+
+    /// Refused when expired now, unless `allow_expired`.
+    pub fn unless_allowed(allow_expired: bool) -> Self {
+        if allow_expired {
+            Expiry::Ignore
+        } else {
+            Expiry::now()
+        }
     }
 }
 

@@ -168,14 +168,6 @@ impl TrustSet {
             .filter(move |t| t.domain() == Some(domain))
             .map(|t| &t.key)
     }
-
-    /// How many keys are trusted in the format-1 layout only.
-    pub fn legacy_keys(&self) -> usize {
-        self.trusted
-            .iter()
-            .filter(|t| t.legacy && t.scope.kind() == ArchiveKind::Package)
-            .count()
-    }
 }
 
 /// A glob pattern over App names: `*` matches any run of characters

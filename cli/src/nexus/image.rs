@@ -42,11 +42,7 @@ pub struct Allow {
 
 impl Allow {
     fn expiry(self) -> Expiry {
-        if self.expired {
-            Expiry::Ignore
-        } else {
-            Expiry::now()
-        }
+        Expiry::unless_allowed(self.expired)
     }
 }
 

@@ -89,11 +89,7 @@ impl ImageRequest {
 /// that serves it in place. The store lives in a temporary directory
 /// removed when the guard drops.
 pub(super) fn adopt_image(image: &ImageRequest) -> Result<(PathBuf, tempfile::TempDir)> {
-    let expiry = if image.allow_expired {
-        nexus_npk::Expiry::Ignore
-    } else {
-        nexus_npk::Expiry::now()
-    };
+    let expiry = nexus_npk::Expiry::unless_allowed(image.allow_expired);
     let archive = nexus_npk::Archive::open_with(
         &image.path,
         nexus_npk::Policy::Trusted(&image.trust, expiry),
