@@ -274,14 +274,21 @@ fn every_profile_builds_and_reuses_what_is_stored() {
     );
     assert_eq!(again["image"]["counter"], 4, "{again}");
     let other = Store::init();
-    let trusted = fs::read_dir(store.path().join("keys/trusted"))
+    let public = fs::read_dir(store.path().join("keys/public"))
         .unwrap()
         .next()
         .unwrap()
         .unwrap()
         .path();
-    other.ok(["key", "trust", trusted.to_str().unwrap()]);
-    other.ok(["add", image.to_str().unwrap()]);
+    other.ok(["key", "trust", public.to_str().unwrap(), "--for", "images"]);
+    let switched = Command::new(nexus_bin())
+        .arg("--store")
+        .arg(other.path())
+        .args(["switch", "--image"])
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(switched.status.success(), "{}", show(&switched));
     assert_eq!(
         live(&other),
         live(&store),

@@ -3,6 +3,7 @@
 
 pub mod epoch;
 pub mod exit;
+pub mod hints;
 pub mod keys;
 pub mod location;
 pub mod nexus;

@@ -11,11 +11,12 @@ use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-use nexus_store::commit::{CommitOutcome, Membership, StagedPackage};
+use nexus_npk::ArchiveKind;
+use nexus_store::commit::{CommitOutcome, Membership, Precondition, StagedPackage};
 use nexus_store::dirs::{ScannedDir, scan_dirs, stage_dirs};
 use nexus_store::ingest::{FileContent, Producer};
 use nexus_store::scan::ScanOptions;
-use nexus_store::{AddDir, Hash, Progress, Store, StoreError, names};
+use nexus_store::{AddDir, Hash, Progress, Store, StoreError, names, version};
 
 use crate::error::{Failure, GraftError, Problem, ReadResult, SourceError};
 use crate::npk::{self, Trust};
@@ -59,26 +60,110 @@ pub struct AddOptions {
     pub read: ReadOptions,
     /// Whose signatures `.npk` archives must carry.
     pub trust: Trust,
-    /// Accept a system image older than one already accepted from the same
-    /// key (`--allow-downgrade`).
+    /// [`add`]: let an App's `Current` move to an older version;
+    /// [`import_image`]: accept an image older than one its trust domain
+    /// accepted before.
     pub allow_downgrade: bool,
+    /// Accept signed archives whose signature has expired.
+    pub allow_expired: bool,
 }
 
-/// Adds every source in one transaction that makes one generation.
+/// An App's `Current` would move to an older version: refused by
+/// [`add`] unless downgrades are allowed (a replayed, legitimately signed
+/// old package must not quietly become the one that runs).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{app}/{to} is older than {app}/{from}, its Current version: adding it would downgrade {app}"
+)]
+pub struct OlderCurrent {
+    /// The App.
+    pub app: String,
+    /// Its `Current` version now.
+    pub from: String,
+    /// The older version that would become `Current`.
+    pub to: String,
+}
+
+/// The precondition that no App's `Current` moves to an older version
+/// (Debian ordering, `nexus_store::version`), checked inside the commit.
+pub fn no_older_current() -> Precondition {
+    Precondition::new("no App's Current moves to an older version", |pending| {
+        for change in pending.current_changes()? {
+            if let (Some(from), Some(to)) = (change.from, change.to)
+                && version::compare(&to, &from).is_lt()
+            {
+                return Err(StoreError::Refused(Box::new(OlderCurrent {
+                    app: change.app,
+                    from,
+                    to,
+                })));
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Adds every source in one transaction that makes one generation: each
+/// package becomes its App's `Current`, unless that would move `Current`
+/// to an older version (refused unless `options.allow_downgrade`). System
+/// images are refused: see [`import_image`].
 pub fn add(
     store: &mut Store,
     sources: &[Source],
     options: AddOptions,
     progress: &dyn Progress,
 ) -> Result<CommitOutcome, GraftError> {
-    add_as(store, sources, options, Membership::Add, progress)
+    let membership = if options.allow_downgrade {
+        Membership::Add
+    } else {
+        Membership::Add.with_precondition(no_older_current())
+    };
+    add_as(store, sources, options, membership, progress)
+}
+
+/// Makes the system image at `path` the live system: one generation of
+/// exactly its packages and `Current` choices, committed only if its
+/// counter passes the replay check of its signer's trust domain (older
+/// refused unless `options.allow_downgrade`). A package archive is refused.
+pub fn import_image(
+    store: &mut Store,
+    path: &Path,
+    options: AddOptions,
+    progress: &dyn Progress,
+) -> Result<CommitOutcome, GraftError> {
+    progress.phase("verifying");
+    let image = npk::open(
+        path,
+        &options.trust,
+        ArchiveKind::Image,
+        options.allow_expired,
+    )?;
+    let membership = npk::image_membership(&image, &options.trust, options.allow_downgrade);
+    let request = ArchiveRequest {
+        path: path.to_path_buf(),
+        name: None,
+        version: None,
+    };
+    let total = image.body.blobs.iter().map(|b| b.size).sum::<u64>();
+    store.stage_and_commit(options.threads, progress, &membership, |session| {
+        progress.start(total, 1);
+        let mut contents = Vec::new();
+        let mut producer = session.producer()?;
+        let staged = npk::stage(
+            &image,
+            &request,
+            &options.read.limits,
+            &mut producer,
+            &mut contents,
+            progress,
+        )?;
+        Ok((staged, contents))
+    })
 }
 
 /// As [`add`], with the new generation's package set formed by
-/// `membership` (a profile build makes a generation of exactly its
-/// packages). A system image among the sources must be the only source:
-/// it is a whole system state, imported as exactly its packages and
-/// `Current` choices, its counter checked against replay.
+/// `membership` as it is (a profile build makes a generation of exactly
+/// its packages).
 pub fn add_as(
     store: &mut Store,
     sources: &[Source],
@@ -96,7 +181,7 @@ pub fn add_checked(
     store: &mut Store,
     sources: &[Source],
     options: AddOptions,
-    mut membership: Membership,
+    membership: Membership,
     accept: Accept<'_>,
     progress: &dyn Progress,
 ) -> Result<CommitOutcome, GraftError> {
@@ -133,7 +218,14 @@ pub fn add_checked(
                     // Checked (signature, every byte) before anything is
                     // stored: a refused archive costs no store work.
                     progress.phase("verifying");
-                    npks.push((a.clone(), npk::open(&a.path, &options.trust)?));
+                    let archive = npk::open(
+                        &a.path,
+                        &options.trust,
+                        ArchiveKind::Package,
+                        options.allow_expired,
+                    )?;
+                    npk::check_rename(&archive, a)?;
+                    npks.push((a.clone(), archive));
                 } else {
                     archives.push(a.clone());
                 }
@@ -169,20 +261,6 @@ pub fn add_checked(
         .sum::<usize>()
         + archives.len()
         + npks.len();
-    if let Some((request, image)) = npks
-        .iter()
-        .find(|(_, a)| a.manifest.kind == nexus_npk::ArchiveKind::Image)
-    {
-        if sources.len() != 1 {
-            return Err(GraftError::Package {
-                file: request.path.clone(),
-                problem: Problem::Metadata(
-                    "a system image is a whole system state: add it on its own".into(),
-                ),
-            });
-        }
-        membership = npk::image_membership(image, request, options.allow_downgrade);
-    }
     store.stage_and_commit(options.threads, progress, &membership, |session| {
         progress.start(total, files as u64);
         let advance = |n: u64| progress.advance(n);

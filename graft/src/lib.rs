@@ -46,7 +46,7 @@ pub mod tarstream;
 #[cfg(test)]
 mod tests;
 
-pub use add::{AddOptions, ArchiveRequest, Source, add};
+pub use add::{AddOptions, ArchiveRequest, OlderCurrent, Source, add, import_image};
 pub use error::{Failure, GraftError, LimitExceeded, Problem};
 pub use limits::Limits;
 pub use npk::Trust;

@@ -9,8 +9,8 @@ use std::fs;
 use std::path::Path;
 
 use nexus_npk::body::BodyPackage;
-use nexus_npk::{Archive, NpkError, Signer, TrustSet};
-use nexus_store::commit::{CounterCheck, ExactSet, Membership, StagedPackage};
+use nexus_npk::{Archive, ArchiveKind, Claim, Expiry, NpkError, Signer, TrustSet};
+use nexus_store::commit::{ExactSet, Membership, StagedPackage};
 use nexus_store::ingest::{FileContent, Producer};
 use nexus_store::tree::InodeKind;
 use nexus_store::{Progress, names};
@@ -43,49 +43,80 @@ pub fn looks_like_npk(path: &Path) -> Result<bool, GraftError> {
     Ok(nexus_npk::is_archive(&head[..n]))
 }
 
-/// Opens and checks an archive.
-pub fn open(path: &Path, trust: &Trust) -> Result<Archive, GraftError> {
-    let policy = match trust {
-        Trust::Keys(set) => nexus_npk::Policy::Trusted(set),
-        Trust::Insecure => nexus_npk::Policy::Insecure,
-    };
-    let archive = Archive::open(path, policy).map_err(|error| GraftError::Npk {
+/// Opens and checks an archive of `kind` (an archive of the other kind is
+/// refused: a package is never taken for a whole system, nor an image
+/// added as packages); an expired one is refused unless `allow_expired`.
+pub fn open(
+    path: &Path,
+    trust: &Trust,
+    kind: ArchiveKind,
+    allow_expired: bool,
+) -> Result<Archive, GraftError> {
+    let failed = |error: NpkError| GraftError::Npk {
         file: path.to_path_buf(),
         error,
-    })?;
+    };
+    let expiry = Expiry::unless_allowed(allow_expired);
+    let policy = match trust {
+        Trust::Keys(set) => nexus_npk::Policy::Trusted(set, expiry),
+        Trust::Insecure => nexus_npk::Policy::Insecure,
+    };
+    // The kind first (from the header; the signed manifest must agree):
+    // "this is an image" says more than who may sign one.
+    let found = Archive::kind_of(path).map_err(failed)?;
+    if found != kind {
+        return Err(failed(NpkError::KindMismatch {
+            expected: kind,
+            found,
+        }));
+    }
+    let archive = Archive::open(path, policy).map_err(failed)?;
     // Unverified archives were reported by the reader already.
-    if let Signer::Trusted(key) = &archive.signer {
-        tracing::info!("{}: signed by {} ({})", path.display(), key.name, key.id());
+    if let Signer::Trusted(grant) = &archive.signer {
+        tracing::info!(
+            "{}: signed by {} ({}), trusted for {}",
+            path.display(),
+            grant.key.name,
+            grant.key.id(),
+            grant.scope
+        );
     }
     Ok(archive)
 }
 
-/// The package set importing `image` makes: exactly its packages, its
-/// `Current` choices, and its counter checked against the highest this
-/// store accepted from the same key.
-pub fn image_membership(
-    image: &Archive,
-    request: &ArchiveRequest,
-    allow_downgrade: bool,
-) -> Membership {
-    let current = image.body.current_specs();
-    let counter = match &image.signer {
-        Signer::Trusted(key) => Some(CounterCheck {
-            key_id: key.id(),
-            counter: image.manifest.counter,
-            allow_downgrade,
-        }),
-        Signer::Unverified(_) => None,
-    };
-    Membership::Exactly(ExactSet {
-        current,
+/// Refuses `request`'s new name for the package of `archive` unless its
+/// key may sign that App too: a key limited to some Apps signs only for
+/// them, whatever the package is renamed to here.
+pub fn check_rename(archive: &Archive, request: &ArchiveRequest) -> Result<(), GraftError> {
+    if let (Signer::Trusted(grant), Some(name)) = (&archive.signer, &request.name) {
+        grant.check_app(name).map_err(|e| GraftError::Npk {
+            file: request.path.clone(),
+            error: e.into(),
+        })?;
+    }
+    Ok(())
+}
+
+/// The package set importing `image` makes: exactly its packages and its
+/// `Current` choices, committed only if its counter passes the replay
+/// check of its trust domain (and is then recorded with it).
+pub fn image_membership(image: &Archive, trust: &Trust, allow_downgrade: bool) -> Membership {
+    let exact = Membership::Exactly(ExactSet {
+        current: image.body.current_specs(),
         action: format!(
             "image {} (counter {})",
-            request.path.display(),
+            image.path().display(),
             image.manifest.counter
         ),
-        counter,
-    })
+    });
+    let claim = match trust {
+        Trust::Keys(set) => Claim::of(image, set),
+        Trust::Insecure => None,
+    };
+    match claim {
+        Some(claim) => exact.with_precondition(claim.precondition(allow_downgrade)),
+        None => exact,
+    }
 }
 
 /// Stages every package of `archive`, storing its file contents.
@@ -107,6 +138,7 @@ pub fn stage(
             "--name/--version apply to an archive of one package".into(),
         )));
     }
+
     // Which contents the packages use (the body holds no others, but only
     // what is used is stored), stored in block order: each block of the
     // archive is then decoded about once.

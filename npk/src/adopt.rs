@@ -77,7 +77,6 @@ pub fn adopt(archive: &Archive, dir: &Path) -> Result<(Store, CommitOutcome)> {
     let membership = Membership::Exactly(ExactSet {
         current,
         action: format!("image {}", image.display()),
-        counter: None,
     });
     let outcome = store
         .commit_batch(&staged, &batch, &membership)

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use nexus_store::StoreError;
 
+use crate::manifest::ArchiveKind;
+
 /// The bytes are not a well-formed `.npk`.
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
@@ -12,7 +14,7 @@ pub enum FormatError {
     #[error("not a Nexus archive (no NEXUSNPK magic)")]
     NotNpk,
     /// A version this build does not read.
-    #[error("archive format version {0} is not supported (this build reads version 1)")]
+    #[error("archive format version {0} is not supported (this build reads versions 1 and 2)")]
     UnsupportedVersion(u32),
     /// Anything else malformed: truncation, bad lengths, inconsistent tables.
     #[error("malformed archive: {0}")]
@@ -23,15 +25,49 @@ pub enum FormatError {
 #[derive(Debug, thiserror::Error)]
 pub enum TrustError {
     /// No signature at all.
-    #[error("the archive is unsigned (use --insecure to import it anyway)")]
+    #[error("the archive is unsigned")]
     Unsigned,
     /// Signed by a key that is not in the trust store.
-    #[error(
-        "signed by key {id}, which is not trusted (trust it with `nip key trust FILE`, or use --insecure)"
-    )]
+    #[error("signed by key {id}, which is not trusted")]
     UnknownKey {
         /// The key id.
         id: String,
+    },
+    /// Signed by a key trusted for the other kind of archive (a package
+    /// key signing an image would replace the whole system).
+    #[error(
+        "signed by key {id} ({name}), which is not trusted to sign {}s",
+        kind.name()
+    )]
+    WrongKind {
+        /// The key id.
+        id: String,
+        /// The key's name.
+        name: String,
+        /// The archive's kind.
+        kind: ArchiveKind,
+    },
+    /// A package of an App its key is not trusted for.
+    #[error(
+        "package of App {app} signed by key {id} ({name}), which is trusted only for Apps {patterns}"
+    )]
+    AppNotAllowed {
+        /// The key id.
+        id: String,
+        /// The key's name.
+        name: String,
+        /// The package's App.
+        app: String,
+        /// The key's App patterns.
+        patterns: String,
+    },
+    /// The signature's validity ended (freeze protection).
+    #[error("the archive expired at {expires} (seconds since the epoch; it is {now} now)")]
+    Expired {
+        /// When it expired.
+        expires: i64,
+        /// The time it was checked at.
+        now: i64,
     },
     /// Signed by a key that was revoked.
     #[error("signed by key {id} ({name}), which has been revoked")]
@@ -77,6 +113,36 @@ pub enum NpkError {
     /// A problem with a key or the key store.
     #[error("{0}")]
     Key(String),
+    /// A secret key file others could read or replace.
+    #[error("refusing the secret key {}: {why}", path.display())]
+    UnsafeSecretKey {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// An image counter asked for that the key may have signed already.
+    #[error(
+        "counter {counter} is not above {highest}, the highest key {key} has signed: two different images could carry one counter"
+    )]
+    CounterUsed {
+        /// The key's name.
+        key: String,
+        /// The counter asked for.
+        counter: u64,
+        /// The highest the key has signed.
+        highest: u64,
+    },
+    /// A package where an image was expected, or an image where a package
+    /// was: an image replaces the whole system, so it is never imported
+    /// as packages, nor a package as a system.
+    #[error("{}, not {}", spelled(*found), spelled(*expected))]
+    KindMismatch {
+        /// What the caller accepts.
+        expected: ArchiveKind,
+        /// What the archive is.
+        found: ArchiveKind,
+    },
     /// A chunk of the archive is damaged (its bytes do not hash to its name).
     #[error("damaged archive data: {0}")]
     Damaged(String),
@@ -89,6 +155,14 @@ impl NpkError {
             path: path.into(),
             source,
         }
+    }
+}
+
+/// "a package" or "a system image".
+fn spelled(kind: ArchiveKind) -> &'static str {
+    match kind {
+        ArchiveKind::Package => "a package",
+        ArchiveKind::Image => "a system image",
     }
 }
 

@@ -11,7 +11,10 @@
 //! - [`body`] is the variable part, validated as it is decoded;
 //! - [`write`] packs packages of a store; [`read`] opens and verifies;
 //! - [`adopt`] makes a throw-away store that serves an image in place;
-//! - [`keys`] is the key store shared by `nip key` and `nexus key`.
+//! - [`keys`] is the key store shared by `nip key` and `nexus key`;
+//! - [`trust`] is the policy signatures are judged by: keys trusted for
+//!   packages (of some Apps) or for images (of a trust domain);
+//! - [`replay`] keeps image counters going up per trust domain.
 
 pub mod adopt;
 pub mod body;
@@ -19,11 +22,15 @@ pub mod error;
 pub mod keys;
 pub mod manifest;
 pub mod read;
+pub mod replay;
+pub mod trust;
 pub mod wire;
 pub mod write;
 
 pub use error::{FormatError, NpkError, TrustError};
-pub use keys::{KeyStore, PublicKey, SecretKey, TrustSet};
+pub use keys::{CounterRequest, KeyStore, PublicKey, SecretKey};
 pub use manifest::{ArchiveKind, Manifest};
-pub use read::{Archive, Check, Policy, Signer, is_archive};
+pub use read::{Archive, Check, Expiry, Policy, Signer, is_archive};
+pub use replay::{Claim, ReplayError};
+pub use trust::{AppPattern, Scope, TrustSet, TrustedKey};
 pub use write::{Member, WriteOptions, Written, write_archive};

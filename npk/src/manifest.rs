@@ -12,8 +12,12 @@ pub const MAGIC: &[u8; 8] = b"NEXUSNPK";
 pub const END_MAGIC: &[u8; 8] = b"NXNPKEND";
 /// First 8 bytes of the manifest.
 pub const MANIFEST_MAGIC: &[u8; 8] = b"NXMANIF1";
-/// The archive format version this build writes and reads.
-pub const VERSION: u32 = 1;
+/// The archive format version this build writes: 2 added the expiry time
+/// to the manifest.
+pub const VERSION: u32 = 2;
+/// The oldest archive format version this build reads (version 1: no
+/// expiry, read as never expiring).
+pub const OLDEST_VERSION: u32 = 1;
 /// Header length.
 pub const HEADER_LEN: u64 = 32;
 /// Manifest length.
@@ -63,7 +67,7 @@ impl ArchiveKind {
     }
 }
 
-/// Encodes the 32-byte header.
+/// Encodes the 32-byte header of a current-version archive.
 pub fn encode_header(kind: ArchiveKind) -> Vec<u8> {
     let mut w = Writer::default();
     w.raw(MAGIC);
@@ -73,36 +77,51 @@ pub fn encode_header(kind: ArchiveKind) -> Vec<u8> {
     w.buf
 }
 
-/// Decodes the header.
-pub fn decode_header(bytes: &[u8]) -> Result<ArchiveKind, FormatError> {
+/// Decodes the header: the archive's kind and format version.
+pub fn decode_header(bytes: &[u8]) -> Result<(ArchiveKind, u32), FormatError> {
     if bytes.len() < HEADER_LEN as usize || &bytes[..8] != MAGIC {
         return Err(FormatError::NotNpk);
     }
     let mut r = Reader::new(&bytes[8..HEADER_LEN as usize], "header");
-    let version = r.u32("version")?;
-    if version != VERSION {
-        return Err(FormatError::UnsupportedVersion(version));
-    }
+    let version = check_version(r.u32("version")?)?;
     let kind = ArchiveKind::from_code(r.u32("kind")?)?;
     if r.take(16, "reserved")?.iter().any(|&b| b != 0) {
         return Err(FormatError::Malformed(
             "reserved header bytes are not zero".into(),
         ));
     }
-    Ok(kind)
+    Ok((kind, version))
+}
+
+fn check_version(version: u32) -> Result<u32, FormatError> {
+    if (OLDEST_VERSION..=VERSION).contains(&version) {
+        Ok(version)
+    } else {
+        Err(FormatError::UnsupportedVersion(version))
+    }
 }
 
 /// The signed statement about an archive.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Manifest {
+    /// The archive format version (as the header's): [`VERSION`] for
+    /// everything written now; 1 for archives written before expiry
+    /// times existed (kept, so that their signed bytes re-encode exactly).
+    pub version: u32,
     /// Same as the header's.
     pub kind: ArchiveKind,
     /// The signer's ed25519 public key; all zero when unsigned.
     pub signer: [u8; 32],
-    /// Snapshot counter (images; 0 for packages): only goes up per key.
+    /// Snapshot counter (images; 0 for packages): only goes up per trust
+    /// domain (see `crate::replay`).
     pub counter: u64,
     /// Creation time, seconds since the epoch (`SOURCE_DATE_EPOCH` when set).
     pub created: i64,
+    /// When the signature stops vouching for the archive, seconds since the
+    /// epoch; `None` never (always for version 1). Readers refuse an
+    /// expired archive unless told otherwise, so a held-back image cannot
+    /// be served forever (freeze protection).
+    pub expires: Option<i64>,
     /// Where the body starts.
     pub body_offset: u64,
     /// The body's length on disk (compressed).
@@ -122,11 +141,18 @@ impl Manifest {
         self.signer == [0; 32]
     }
 
-    /// The 192 bytes that are signed.
+    /// True when the archive has expired at `now` (seconds since the epoch).
+    pub fn expired_at(&self, now: i64) -> bool {
+        self.expires.is_some_and(|t| t <= now)
+    }
+
+    /// The 192 bytes that are signed. A version-1 manifest has no room for
+    /// an expiry: `expires` must then be `None`.
     pub fn encode(&self) -> Vec<u8> {
+        debug_assert!(self.version >= 2 || self.expires.is_none());
         let mut w = Writer::default();
         w.raw(MANIFEST_MAGIC);
-        w.u32(VERSION);
+        w.u32(self.version);
         w.u32(self.kind.code());
         w.raw(&self.signer);
         w.u64(self.counter);
@@ -136,7 +162,13 @@ impl Manifest {
         w.hash(&self.content_hash);
         w.hash(&self.root);
         w.hash(&self.body_hash);
-        w.raw(&[0; 16]);
+        if self.version >= 2 {
+            // 0 is "never": no archive expires at the epoch itself.
+            w.i64(self.expires.unwrap_or(0));
+            w.raw(&[0; 8]);
+        } else {
+            w.raw(&[0; 16]);
+        }
         debug_assert_eq!(w.buf.len(), MANIFEST_LEN);
         w.buf
     }
@@ -147,14 +179,12 @@ impl Manifest {
         if r.take(8, "magic")? != MANIFEST_MAGIC {
             return Err(FormatError::Malformed("bad manifest magic".into()));
         }
-        let version = r.u32("version")?;
-        if version != VERSION {
-            return Err(FormatError::UnsupportedVersion(version));
-        }
+        let version = check_version(r.u32("version")?)?;
         let kind = ArchiveKind::from_code(r.u32("kind")?)?;
         let mut signer = [0u8; 32];
         signer.copy_from_slice(r.take(32, "signer")?);
-        let m = Manifest {
+        let mut m = Manifest {
+            version,
             kind,
             signer,
             counter: r.u64("counter")?,
@@ -164,8 +194,13 @@ impl Manifest {
             content_hash: r.hash("content hash")?,
             root: r.hash("root hash")?,
             body_hash: r.hash("body hash")?,
+            expires: None,
         };
-        if r.take(16, "reserved")?.iter().any(|&b| b != 0) {
+        if version >= 2 {
+            m.expires = Some(r.i64("expires")?).filter(|&t| t != 0);
+        }
+        let reserved = if version >= 2 { 8 } else { 16 };
+        if r.take(reserved, "reserved")?.iter().any(|&b| b != 0) {
             return Err(FormatError::Malformed(
                 "reserved manifest bytes are not zero".into(),
             ));
@@ -208,10 +243,12 @@ mod tests {
     #[test]
     fn manifest_round_trip() {
         let m = Manifest {
+            version: VERSION,
             kind: ArchiveKind::Image,
             signer: [7; 32],
             counter: 42,
             created: -5,
+            expires: Some(1_000_000),
             body_offset: 1000,
             body_len: 77,
             content_hash: Hash::of(b"a"),
@@ -228,7 +265,73 @@ mod tests {
         }
         assert_eq!(
             decode_header(&encode_header(ArchiveKind::Package)).unwrap(),
-            ArchiveKind::Package
+            (ArchiveKind::Package, VERSION)
         );
+        assert!(!m.expired_at(999_999));
+        assert!(m.expired_at(1_000_000));
+        let never = Manifest {
+            expires: None,
+            ..m.clone()
+        };
+        assert_eq!(Manifest::decode(&never.encode()).unwrap(), never);
+        assert!(!never.expired_at(i64::MAX));
+    }
+
+    proptest::proptest! {
+        /// A signature covers the re-encoded manifest: whatever decodes
+        /// must encode back to exactly its bytes, in either version.
+        #[test]
+        fn decoded_manifests_encode_to_their_bytes(
+            version in 1u32..=2,
+            kind in 1u32..=2,
+            fields in proptest::collection::vec(proptest::num::u8::ANY, 160),
+            expires in proptest::num::i64::ANY,
+        ) {
+            let mut bytes = MANIFEST_MAGIC.to_vec();
+            bytes.extend_from_slice(&version.to_le_bytes());
+            bytes.extend_from_slice(&kind.to_le_bytes());
+            bytes.extend_from_slice(&fields);
+            let expires = if version == 2 { expires } else { 0 };
+            bytes.extend_from_slice(&expires.to_le_bytes());
+            bytes.extend_from_slice(&[0; 8]);
+            let m = Manifest::decode(&bytes).unwrap();
+            proptest::prop_assert_eq!(m.encode(), bytes);
+        }
+    }
+
+    /// A version-1 manifest (written before expiry times) still decodes,
+    /// re-encodes to the very bytes its signature covers, and never
+    /// expires; bytes where version 2 keeps the expiry must be zero in it.
+    #[test]
+    fn version_1_manifests_still_read() {
+        let v2 = Manifest {
+            version: VERSION,
+            kind: ArchiveKind::Package,
+            signer: [1; 32],
+            counter: 0,
+            created: 1_600_000_000,
+            expires: None,
+            body_offset: 32,
+            body_len: 9,
+            content_hash: Hash::of(b"a"),
+            root: Hash::of(b"b"),
+            body_hash: Hash::of(b"c"),
+        };
+        let mut bytes = v2.encode();
+        bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
+        let v1 = Manifest::decode(&bytes).unwrap();
+        assert_eq!(v1.version, 1);
+        assert_eq!(v1.expires, None);
+        assert_eq!(v1.encode(), bytes);
+        bytes[176] = 1; // an "expiry" smuggled into a version-1 manifest
+        assert!(Manifest::decode(&bytes).is_err());
+        for unknown in [0u32, 3] {
+            let mut b = v2.encode();
+            b[8..12].copy_from_slice(&unknown.to_le_bytes());
+            assert!(matches!(
+                Manifest::decode(&b),
+                Err(FormatError::UnsupportedVersion(_))
+            ));
+        }
     }
 }

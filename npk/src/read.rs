@@ -14,18 +14,53 @@ use nexus_store::read::{BlockReader, SingleFile};
 
 use crate::body::{self, Body, BodyBlob, root_hash};
 use crate::error::{FormatError, NpkError, Result, TrustError};
-use crate::keys::{PublicKey, TrustSet, key_id};
+use crate::keys::{PublicKey, key_id};
 use crate::manifest::{
     ArchiveKind, HEADER_LEN, Manifest, TRAILER_LEN, decode_header, decode_trailer,
 };
+use crate::trust::{Scope, TrustSet, TrustedKey};
 
 /// What signatures [`Archive::open`] accepts.
 #[derive(Clone, Copy, Debug)]
 pub enum Policy<'a> {
-    /// Only archives signed by a key of this set, not revoked, unaltered.
-    Trusted(&'a TrustSet),
+    /// Only archives signed by a key of this set trusted for their kind
+    /// (a package: for its App), not revoked, unaltered, and not expired
+    /// as `Expiry` says.
+    Trusted(&'a TrustSet, Expiry),
     /// Anything well-formed (`--insecure`); problems are logged as warnings.
     Insecure,
+}
+
+/// Whether an expired archive is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expiry {
+    /// Refused when expired at this time (seconds since the epoch).
+    Enforce(i64),
+    /// Accepted with a warning (an admin's deliberate choice).
+    Ignore,
+}
+
+impl Expiry {
+    /// Refused when expired at the system's current time.
+    pub fn now() -> Self {
+        Expiry::Enforce(unix_now())
+    }
+
+    /// Refused when expired now, unless `allow_expired`.
+    pub fn unless_allowed(allow_expired: bool) -> Self {
+        if allow_expired {
+            Expiry::Ignore
+        } else {
+            Expiry::now()
+        }
+    }
+}
+
+/// The system's time, seconds since the epoch.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// How much of the file [`Archive::open`] hashes.
@@ -41,8 +76,8 @@ pub enum Check {
 /// Who signed an accepted archive.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Signer {
-    /// A trusted key.
-    Trusted(PublicKey),
+    /// A key trusted for this archive (its grant: what it may sign).
+    Trusted(Box<TrustedKey>),
     /// Accepted only because of [`Policy::Insecure`]: why it would have
     /// been refused.
     Unverified(String),
@@ -84,6 +119,15 @@ pub fn is_archive(head: &[u8]) -> bool {
 }
 
 impl Archive {
+    /// What the archive at `path` says it is, from its header alone (not
+    /// verified: enough to refuse the wrong kind of archive early).
+    pub fn kind_of(path: &Path) -> Result<ArchiveKind> {
+        let file = File::open(path).map_err(|e| NpkError::io(path, e))?;
+        let mut header = [0u8; HEADER_LEN as usize];
+        read_header(&file, path, &mut header)?;
+        Ok(decode_header(&header)?.0)
+    }
+
     /// Opens `path`: checks the format, the signature against `policy`,
     /// the hash of every byte the manifest covers, and decodes the body.
     pub fn open(path: &Path, policy: Policy<'_>) -> Result<Archive> {
@@ -96,13 +140,8 @@ impl Archive {
         let file = File::open(path).map_err(|e| NpkError::io(path, e))?;
         let len = file.metadata().map_err(|e| NpkError::io(path, e))?.len();
         let mut header = [0u8; HEADER_LEN as usize];
-        read_at(&file, path, &mut header, 0).map_err(|e| match e {
-            NpkError::Io { source, .. } if source.kind() == io::ErrorKind::UnexpectedEof => {
-                FormatError::NotNpk.into()
-            }
-            e => e,
-        })?;
-        let kind = decode_header(&header)?;
+        read_header(&file, path, &mut header)?;
+        let (kind, version) = decode_header(&header)?;
         if len < HEADER_LEN + TRAILER_LEN {
             return Err(FormatError::Malformed(
                 "truncated: shorter than header and trailer".into(),
@@ -112,10 +151,11 @@ impl Archive {
         let mut trailer = vec![0u8; TRAILER_LEN as usize];
         read_at(&file, path, &mut trailer, len - TRAILER_LEN)?;
         let (manifest, signature) = decode_trailer(&trailer)?;
-        if manifest.kind != kind {
-            return Err(
-                FormatError::Malformed("header and manifest disagree on the kind".into()).into(),
-            );
+        if manifest.kind != kind || manifest.version != version {
+            return Err(FormatError::Malformed(
+                "header and manifest disagree on the kind or version".into(),
+            )
+            .into());
         }
         let content_len = len - TRAILER_LEN;
         if manifest.body_offset < HEADER_LEN
@@ -129,18 +169,16 @@ impl Archive {
         }
 
         let signer = match check_signature(&manifest, &signature, policy) {
-            Ok(key) => Signer::Trusted(key),
+            Ok(key) => Signer::Trusted(Box::new(key)),
             Err(problem) => match policy {
-                Policy::Trusted(_) => return Err(problem.into()),
+                Policy::Trusted(..) => return Err(problem.into()),
                 Policy::Insecure => {
-                    tracing::warn!(
-                        "{}: {problem}; importing anyway (--insecure)",
-                        path.display()
-                    );
+                    tracing::warn!("{}: {problem}; accepted anyway (insecure)", path.display());
                     Signer::Unverified(problem.to_string())
                 }
             },
         };
+        check_expiry(path, &manifest, policy)?;
 
         let body_frame = if check == Check::Full {
             hash_content(&file, path, &manifest, content_len, policy)?
@@ -153,7 +191,7 @@ impl Archive {
             let problem =
                 TrustError::Tampered("its body does not match the signed body hash".into());
             match policy {
-                Policy::Trusted(_) => return Err(problem.into()),
+                Policy::Trusted(..) => return Err(problem.into()),
                 Policy::Insecure => tracing::warn!("{}: {problem}", path.display()),
             }
         }
@@ -166,7 +204,7 @@ impl Archive {
             let problem =
                 TrustError::Tampered("its packages do not match the signed root hash".into());
             match policy {
-                Policy::Trusted(_) => return Err(problem.into()),
+                Policy::Trusted(..) => return Err(problem.into()),
                 Policy::Insecure => tracing::warn!("{}: {problem}", path.display()),
             }
         }
@@ -176,6 +214,15 @@ impl Archive {
                 body.packages.len()
             ))
             .into());
+        }
+        // A package key may be limited to some Apps: checked against the
+        // App the (now verified) body names.
+        if let Signer::Trusted(grant) = &signer
+            && let Scope::Packages { .. } = grant.scope
+        {
+            for package in &body.packages {
+                grant.check_app(&package.name)?;
+            }
         }
         let source = SingleFile::new(file, path);
         Ok(Archive {
@@ -247,43 +294,86 @@ fn hash_content(
     if Hash::from(hasher.finalize()) != manifest.content_hash {
         let problem = TrustError::Tampered("its bytes do not match the signed content hash".into());
         match policy {
-            Policy::Trusted(_) => return Err(problem.into()),
+            Policy::Trusted(..) => return Err(problem.into()),
             Policy::Insecure => tracing::warn!("{}: {problem}", path.display()),
         }
     }
     Ok(body_frame)
 }
 
+/// Refuses an expired archive (after its signature was checked: the
+/// expiry is only worth what the signature is), as `policy` says.
+fn check_expiry(path: &Path, manifest: &Manifest, policy: Policy<'_>) -> Result<()> {
+    let Some(expires) = manifest.expires else {
+        if manifest.version < 2 && manifest.kind == ArchiveKind::Image {
+            tracing::warn!(
+                "{}: an image of format version 1, signed before archives carried an expiry: nothing limits how long it is accepted",
+                path.display()
+            );
+        }
+        return Ok(());
+    };
+    let (now, enforce) = match policy {
+        Policy::Trusted(_, Expiry::Enforce(now)) => (now, true),
+        _ => (unix_now(), false),
+    };
+    if expires > now {
+        return Ok(());
+    }
+    let problem = TrustError::Expired { expires, now };
+    if enforce {
+        return Err(problem.into());
+    }
+    tracing::warn!("{}: {problem}; accepted anyway", path.display());
+    Ok(())
+}
+
 fn check_signature(
     manifest: &Manifest,
     signature: &[u8; 64],
     policy: Policy<'_>,
-) -> std::result::Result<PublicKey, TrustError> {
+) -> std::result::Result<TrustedKey, TrustError> {
     if manifest.unsigned() {
         return Err(TrustError::Unsigned);
     }
-    let key = match policy {
-        Policy::Trusted(set) => set.check(&manifest.signer)?.clone(),
-        Policy::Insecure => PublicKey {
-            name: "(unverified)".into(),
-            key: VerifyingKey::from_bytes(&manifest.signer).map_err(|_| {
-                TrustError::BadSignature {
-                    id: key_id(&manifest.signer),
-                }
-            })?,
+    let grant = match policy {
+        Policy::Trusted(set, _) => set.check(&manifest.signer, manifest.kind)?.clone(),
+        Policy::Insecure => TrustedKey {
+            key: PublicKey {
+                name: "(unverified)".into(),
+                key: VerifyingKey::from_bytes(&manifest.signer).map_err(|_| {
+                    TrustError::BadSignature {
+                        id: key_id(&manifest.signer),
+                    }
+                })?,
+            },
+            scope: Scope::Packages { apps: Vec::new() },
+            legacy: false,
         },
     };
-    key.key
+    grant
+        .key
+        .key
         .verify_strict(
             &manifest.signed_message(),
             &Signature::from_bytes(signature),
         )
-        .map_err(|_| TrustError::BadSignature { id: key.id() })?;
+        .map_err(|_| TrustError::BadSignature { id: grant.key.id() })?;
     match policy {
-        Policy::Trusted(_) => Ok(key),
+        Policy::Trusted(..) => Ok(grant),
         // A good signature by a key nobody trusts is still untrusted.
-        Policy::Insecure => Err(TrustError::UnknownKey { id: key.id() }),
+        Policy::Insecure => Err(TrustError::UnknownKey { id: grant.key.id() }),
     }
+}
+
+/// Reads the header; a file shorter than one is not an archive.
+fn read_header(file: &File, path: &Path, header: &mut [u8; HEADER_LEN as usize]) -> Result<()> {
+    read_at(file, path, header, 0).map_err(|e| match e {
+        NpkError::Io { source, .. } if source.kind() == io::ErrorKind::UnexpectedEof => {
+            FormatError::NotNpk.into()
+        }
+        e => e,
+    })
 }
 
 fn read_at(file: &File, path: &Path, buf: &mut [u8], offset: u64) -> Result<()> {

@@ -40,6 +40,9 @@ pub struct WriteOptions<'a> {
     pub counter: u64,
     /// Creation time, seconds since the epoch.
     pub created: i64,
+    /// When the signature stops vouching for the archive, seconds since
+    /// the epoch; `None` never.
+    pub expires: Option<i64>,
     /// Who signs; `None` writes an unsigned archive.
     pub signer: Option<&'a SecretKey>,
 }
@@ -190,10 +193,14 @@ fn write_to(
     let body_offset = out.pos;
     out.write(&frame)?;
     let mut manifest = Manifest {
+        version: crate::manifest::VERSION,
         kind: options.kind,
         signer: [0; 32],
         counter: options.counter,
         created: options.created,
+        // 0 encodes "never": an expiry at the epoch itself (long past
+        // anyway) is written as the second before it.
+        expires: options.expires.map(|t| if t == 0 { -1 } else { t }),
         body_offset,
         body_len: frame.len() as u64,
         content_hash: Hash::from(out.hasher.finalize()),

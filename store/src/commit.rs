@@ -6,9 +6,10 @@
 //! fsynced, and the packs directory too, before this transaction begins; the
 //! transaction itself commits with `synchronous = FULL`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
-use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
 use crate::catalog::{Catalog, kind};
 use crate::error::{Result, StoreError};
@@ -43,7 +44,8 @@ pub struct CommitOutcome {
     pub unchanged: Vec<String>,
 }
 
-/// How a commit forms the new generation's package set.
+/// How a commit forms the new generation's package set, and what must hold
+/// for it to happen.
 #[derive(Clone, Debug, Default)]
 pub enum Membership {
     /// The live set plus the staged packages, each becoming its App's
@@ -53,6 +55,35 @@ pub enum Membership {
     /// Exactly the staged packages (importing a system image, building a
     /// profile): whatever was live before is not in the new generation.
     Exactly(ExactSet),
+    /// The inner membership, committed only if every precondition holds
+    /// (built by [`Membership::with_precondition`]).
+    Checked(Box<Membership>, Vec<Precondition>),
+}
+
+impl Membership {
+    /// This membership, committed only if `precondition` holds too.
+    pub fn with_precondition(self, precondition: Precondition) -> Membership {
+        match self {
+            Membership::Checked(inner, mut list) => {
+                list.push(precondition);
+                Membership::Checked(inner, list)
+            }
+            other => Membership::Checked(Box::new(other), vec![precondition]),
+        }
+    }
+
+    /// The exact set, if the membership is one, and every precondition.
+    fn parts(&self) -> (Option<&ExactSet>, Vec<&Precondition>) {
+        match self {
+            Membership::Add => (None, Vec::new()),
+            Membership::Exactly(set) => (Some(set), Vec::new()),
+            Membership::Checked(inner, list) => {
+                let (set, mut all) = inner.parts();
+                all.extend(list);
+                (set, all)
+            }
+        }
+    }
 }
 
 /// The package set of [`Membership::Exactly`].
@@ -63,25 +94,114 @@ pub struct ExactSet {
     pub current: Vec<String>,
     /// The history line, e.g. `switch to image hello.img`.
     pub action: String,
-    /// Replay protection of signed images: refuse the commit if the
-    /// counter is lower than the highest recorded for its key, else record it.
-    pub counter: Option<CounterCheck>,
 }
 
-/// An image's signer and counter, checked and recorded in the commit.
-#[derive(Clone, Debug)]
-pub struct CounterCheck {
-    /// The signing key's id.
-    pub key_id: String,
-    /// The image's counter.
-    pub counter: u64,
-    /// Accept a counter lower than the highest seen (`--allow-downgrade`).
-    pub allow_downgrade: bool,
+/// A rule a commit must satisfy, written by the crate whose policy it is
+/// (image replay counters in `npk`, no older `Current` in `graft`) so that
+/// the store knows none of them. It runs inside the commit's transaction,
+/// once the new generation's members are known and before anything is
+/// visible: what it reads cannot change before the commit, and what it
+/// records (`meta` rows) lands with the generation or not at all. An
+/// error — [`StoreError::Refused`] for a refusal — rolls the commit back.
+#[derive(Clone)]
+pub struct Precondition {
+    what: String,
+    check: Arc<CheckFn>,
 }
 
-/// The `meta` key holding the highest image counter seen for a key.
-pub fn counter_meta_key(key_id: &str) -> String {
-    format!("image_counter:{key_id}")
+/// The check a [`Precondition`] runs.
+type CheckFn = dyn Fn(&mut PendingCommit<'_>) -> Result<()> + Send + Sync;
+
+impl Precondition {
+    /// A precondition named `what` (for logs) that runs `check`.
+    pub fn new(
+        what: impl Into<String>,
+        check: impl Fn(&mut PendingCommit<'_>) -> Result<()> + Send + Sync + 'static,
+    ) -> Self {
+        Precondition {
+            what: what.into(),
+            check: Arc::new(check),
+        }
+    }
+}
+
+impl std::fmt::Debug for Precondition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Precondition").field(&self.what).finish()
+    }
+}
+
+/// What a [`Precondition`] sees of a commit in progress, and may record.
+pub struct PendingCommit<'a> {
+    conn: &'a Connection,
+    before: &'a [Member],
+    after: &'a [Member],
+    recorded: bool,
+}
+
+/// An App whose `Current` version the commit changes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CurrentChange {
+    /// The App.
+    pub app: String,
+    /// Its `Current` version in the live generation, if it had one.
+    pub from: Option<String>,
+    /// Its `Current` version in the new generation, if it keeps one.
+    pub to: Option<String>,
+}
+
+impl PendingCommit<'_> {
+    /// The catalog's `meta` value of `key`, as of this transaction.
+    pub fn meta(&self, key: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// Sets `meta` `key` to `value` as part of the commit (kept even when
+    /// the commit makes no new generation).
+    pub fn set_meta(&mut self, key: &str, value: &str) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO meta(key, value) VALUES (?1, ?2)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )?;
+        self.recorded = true;
+        Ok(())
+    }
+
+    /// Every App whose `Current` version differs between the live
+    /// generation and the one being committed, by App name.
+    pub fn current_changes(&self) -> Result<Vec<CurrentChange>> {
+        let mut apps: BTreeMap<&str, (Option<i64>, Option<i64>)> = BTreeMap::new();
+        for m in self.before.iter().filter(|m| m.current) {
+            apps.entry(&m.name).or_default().0 = Some(m.package);
+        }
+        for m in self.after.iter().filter(|m| m.current) {
+            apps.entry(&m.name).or_default().1 = Some(m.package);
+        }
+        let mut version = self
+            .conn
+            .prepare_cached("SELECT version FROM packages WHERE id = ?1")?;
+        let mut changes = Vec::new();
+        for (app, (from, to)) in apps {
+            if from == to {
+                continue;
+            }
+            let mut name = |id: Option<i64>| -> Result<Option<String>> {
+                id.map(|id| version.query_row([id], |r| r.get(0)))
+                    .transpose()
+                    .map_err(StoreError::from)
+            };
+            changes.push(CurrentChange {
+                app: app.to_string(),
+                from: name(from)?,
+                to: name(to)?,
+            });
+        }
+        Ok(changes)
+    }
 }
 
 /// Commits `packages` and the content `batch` in one transaction, adding
@@ -123,10 +243,7 @@ pub fn commit_with(
 
     let previous = generations::current_in(&tx)?;
     let before = generations::members_of(&tx, previous)?;
-    let exact = match membership {
-        Membership::Add => None,
-        Membership::Exactly(set) => Some(set),
-    };
+    let (exact, preconditions) = membership.parts();
     let mut members: Vec<Member> = if exact.is_some() {
         Vec::new()
     } else {
@@ -175,15 +292,23 @@ pub fn commit_with(
     }
     if let Some(set) = exact {
         apply_current(&mut members, &ids, &set.current)?;
-        if let Some(check) = &set.counter {
-            check_counter(&tx, check)?;
-        }
     }
+    let mut pending = PendingCommit {
+        conn: &tx,
+        before: &before,
+        after: &members,
+        recorded: false,
+    };
+    for precondition in preconditions {
+        tracing::debug!("checking {}", precondition.what);
+        (precondition.check)(&mut pending)?;
+    }
+    let recorded = pending.recorded;
     if generations::same_state(&before, &members) {
         // Nothing to show: keep the catalog as it was (packs written by this
         // run hold only chunks that are now unreferenced; gc reclaims them).
-        // A counter seen is still recorded.
-        if exact.is_some_and(|s| s.counter.is_some()) {
+        // What a precondition recorded (an image counter seen) is kept.
+        if recorded {
             tx.commit()?;
         }
         return Ok(outcome);
@@ -220,36 +345,6 @@ fn apply_current(
             m.current = m.package == id;
         }
     }
-    Ok(())
-}
-
-/// Refuses an image counter below the highest recorded for its key (unless
-/// allowed), and records the new highest, in the commit's transaction.
-fn check_counter(tx: &Transaction<'_>, check: &CounterCheck) -> Result<()> {
-    let key = counter_meta_key(&check.key_id);
-    let seen: Option<String> = tx
-        .query_row("SELECT value FROM meta WHERE key = ?1", [&key], |r| {
-            r.get(0)
-        })
-        .optional()?;
-    let seen: Option<u64> = seen.and_then(|v| v.parse().ok());
-    if let Some(highest) = seen {
-        if check.counter < highest && !check.allow_downgrade {
-            return Err(StoreError::Downgrade {
-                key_id: check.key_id.clone(),
-                counter: check.counter,
-                highest,
-            });
-        }
-        if check.counter <= highest {
-            return Ok(());
-        }
-    }
-    tx.execute(
-        "INSERT INTO meta(key, value) VALUES (?1, ?2)
-         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-        params![key, check.counter.to_string()],
-    )?;
     Ok(())
 }
 
@@ -443,4 +538,96 @@ fn insert_package(
             })?;
     }
     Ok(package)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Store;
+
+    /// An empty package `name/version` (a root directory, its mtime telling
+    /// versions apart).
+    fn package(name: &str, version: &str, mtime: i64) -> StagedPackage {
+        StagedPackage {
+            name: name.into(),
+            version: version.into(),
+            origin: "test".into(),
+            metadata: "{}".into(),
+            tree: Tree::with_root(0o755, 0, 0, mtime, Vec::new()),
+        }
+    }
+
+    fn add(store: &mut Store, p: StagedPackage, membership: &Membership) -> Result<CommitOutcome> {
+        store.commit_batch(&[p], &ContentBatch::default(), membership)
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("no {0} today")]
+    struct NotToday(String);
+
+    #[test]
+    fn a_precondition_sees_the_current_changes_and_can_refuse_the_commit() {
+        let d = tempfile::tempdir().unwrap();
+        let mut store = Store::init(d.path()).unwrap();
+        add(&mut store, package("a", "2", 2), &Membership::Add).unwrap();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let refuse_a = Precondition::new("no a", move |pending| {
+            let changes = pending.current_changes()?;
+            log.lock().unwrap().extend(changes.clone());
+            if changes.iter().any(|c| c.app == "a") {
+                return Err(StoreError::Refused(Box::new(NotToday("a".into()))));
+            }
+            pending.set_meta("seen", "yes")
+        });
+        let guarded = Membership::Add.with_precondition(refuse_a);
+        let before = store.catalog().current_generation().unwrap();
+        let refused = add(&mut store, package("a", "1", 1), &guarded);
+        assert!(
+            matches!(&refused, Err(StoreError::Refused(e)) if e.downcast_ref::<NotToday>().is_some()),
+            "{refused:?}"
+        );
+        assert_eq!(
+            seen.lock().unwrap()[..],
+            [CurrentChange {
+                app: "a".into(),
+                from: Some("2".into()),
+                to: Some("1".into()),
+            }]
+        );
+        // Refused: no generation, no package, no meta.
+        assert_eq!(store.catalog().current_generation().unwrap(), before);
+        assert!(store.catalog().package("a", "1").unwrap().is_none());
+        assert_eq!(store.catalog().meta("seen").unwrap(), None);
+        // Another App passes, and what the precondition recorded lands.
+        add(&mut store, package("b", "1", 1), &guarded).unwrap();
+        assert_eq!(
+            store.catalog().meta("seen").unwrap().as_deref(),
+            Some("yes")
+        );
+        assert_eq!(
+            seen.lock().unwrap().last(),
+            Some(&CurrentChange {
+                app: "b".into(),
+                from: None,
+                to: Some("1".into()),
+            })
+        );
+    }
+
+    #[test]
+    fn what_a_precondition_records_lands_even_without_a_new_generation() {
+        let d = tempfile::tempdir().unwrap();
+        let mut store = Store::init(d.path()).unwrap();
+        add(&mut store, package("a", "1", 1), &Membership::Add).unwrap();
+        let record = Precondition::new("record", |pending| pending.set_meta("k", "v"));
+        let outcome = add(
+            &mut store,
+            package("a", "1", 1),
+            &Membership::Add.with_precondition(record),
+        )
+        .unwrap();
+        assert_eq!(outcome.generation, None, "nothing changed");
+        assert_eq!(store.catalog().meta("k").unwrap().as_deref(), Some("v"));
+    }
 }

@@ -64,18 +64,12 @@ pub enum StoreError {
         /// Why it was refused.
         reason: String,
     },
-    /// A signed image older than one already accepted from the same key.
-    #[error(
-        "image counter {counter} of key {key_id} is lower than {highest}, the highest this store has accepted from that key: a downgrade or a replayed image (use --allow-downgrade if intended)"
-    )]
-    Downgrade {
-        /// The signer's key id.
-        key_id: String,
-        /// The image's counter.
-        counter: u64,
-        /// The highest counter recorded for the key.
-        highest: u64,
-    },
+    /// A precondition of the commit refused it (a policy another crate
+    /// attached, such as image replay protection or refusing an older
+    /// `Current`; see `commit::Precondition`). Nothing was changed; the
+    /// boxed error is the policy's own, typed, for callers to downcast.
+    #[error(transparent)]
+    Refused(Box<dyn std::error::Error + Send + Sync>),
     /// NAME/VERSION exists already with different content.
     #[error(
         "{name}/{version} already exists with a different tree ({existing}); versions are immutable, pick a new version"

@@ -25,6 +25,7 @@ pub mod scan;
 pub mod store;
 pub mod tree;
 pub mod verify;
+pub mod version;
 
 pub use error::{Result, StoreError};
 pub use hash::Hash;

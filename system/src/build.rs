@@ -123,7 +123,6 @@ pub fn build(
     let membership = Membership::Exactly(ExactSet {
         current: profile.current_pins(),
         action: format!("build profile {}", profile.name),
-        counter: None,
     });
     let accept = |staged: &[StagedPackage]| check_staged(profile, staged);
     let outcome = add_checked(

@@ -18,6 +18,9 @@ fn main() {
         Ok(code) => code,
         Err(err) => {
             eprintln!("nexus: error: {err:#}");
+            if let Some(hint) = nexus_cli::hints::hint(&err) {
+                eprintln!("nexus: {hint}");
+            }
             exit::ERROR
         }
     };

@@ -27,6 +27,9 @@ fn main() {
         Ok(code) => code,
         Err(err) => {
             eprintln!("nip: error: {err:#}");
+            if let Some(hint) = nexus_cli::hints::hint(&err) {
+                eprintln!("nip: {hint}");
+            }
             if let Some(StoreError::Damaged { .. }) = err.downcast_ref::<StoreError>() {
                 eprintln!("nip: the store holds damaged data; run `nip verify` for the full list");
             }

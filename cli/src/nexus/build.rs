@@ -8,13 +8,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use nexus_graft::{AddOptions, ReadOptions, Trust};
-use nexus_npk::{ArchiveKind, KeyStore, Member, WriteOptions, write_archive};
+use nexus_npk::{ArchiveKind, CounterRequest, KeyStore, Member, WriteOptions, write_archive};
 use nexus_store::Store;
 use nexus_system::fetch::default_cache_dir;
 use nexus_system::{BuildOptions, Built, SystemError, locate};
 use serde_json::json;
 
-use crate::epoch::source_date_epoch;
+use crate::epoch::{ExpiresIn, source_date_epoch};
 use crate::exit;
 use crate::progress::Bar;
 
@@ -78,10 +78,21 @@ pub struct BuildArgs {
     pub key: Option<String>,
 
     /// The image's snapshot counter [default: one more than the last
-    /// this key signed, as `nexus snapshot`]. Stores refuse to switch to an
-    /// image whose counter is lower than one they accepted from the same key.
+    /// this key signed, as `nexus snapshot`]. Stores refuse an image whose
+    /// counter is lower than one they accepted in its trust domain.
     #[arg(long, value_name = "N", requires = "output")]
     pub counter: Option<u64>,
+
+    /// Sign with --counter even if the key has signed that counter or a
+    /// higher one (re-signing an old state on purpose).
+    #[arg(long, requires = "counter")]
+    pub force_counter: bool,
+
+    /// How long the image's signature vouches for it, as `nexus snapshot
+    /// --expires-in`.
+    #[arg(long, value_name = "DURATION", default_value = crate::epoch::IMAGE_LIFETIME,
+          value_parser = ExpiresIn::parse)]
+    pub expires_in: ExpiresIn,
 
     /// Profiles directory [default: `profiles/` of the nearest directory,
     /// from the current one upwards, that has one (the repository)].
@@ -164,6 +175,7 @@ pub fn run(store_dir: &Path, keys_dir: &Path, args: BuildArgs) -> Result<i32> {
             // A `.npk` recipe must be signed by a key this store trusts.
             trust: Trust::Keys(KeyStore::new(keys_dir).trust_set()?),
             allow_downgrade: false,
+            allow_expired: false,
         },
     };
     let bar = Bar::for_stderr();
@@ -175,7 +187,10 @@ pub fn run(store_dir: &Path, keys_dir: &Path, args: BuildArgs) -> Result<i32> {
     };
     let image = match (&args.output, &signer) {
         (Some(out), Some(key)) => {
-            let counter = KeyStore::new(keys_dir).take_counter(&key.name, args.counter)?;
+            let counter = KeyStore::new(keys_dir).take_counter(
+                &key.name,
+                CounterRequest::new(args.counter, args.force_counter),
+            )?;
             let mut members = store.catalog().members(built.generation)?;
             // Deterministic order, whatever the catalog's (as nexus snapshot).
             members.sort_by(|a, b| {
@@ -188,6 +203,7 @@ pub fn run(store_dir: &Path, keys_dir: &Path, args: BuildArgs) -> Result<i32> {
                     current: m.current,
                 })
                 .collect();
+            let created = source_date_epoch()?;
             let written = write_archive(
                 &store,
                 &members,
@@ -195,7 +211,8 @@ pub fn run(store_dir: &Path, keys_dir: &Path, args: BuildArgs) -> Result<i32> {
                 &WriteOptions {
                     kind: ArchiveKind::Image,
                     counter,
-                    created: source_date_epoch()?,
+                    created,
+                    expires: args.expires_in.expires(created),
                     signer: Some(key),
                 },
             )

@@ -6,17 +6,45 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use nexus_graft::{AddOptions, ArchiveRequest, ReadOptions, Source, Trust};
+use nexus_graft::{AddOptions, ReadOptions, Trust};
 use nexus_npk::{
-    Archive, ArchiveKind, Check, KeyStore, Member, Policy, WriteOptions, write_archive,
+    Archive, ArchiveKind, Check, Claim, CounterRequest, Expiry, KeyStore, Member, NpkError, Policy,
+    WriteOptions, replay, write_archive,
 };
-use nexus_store::commit::counter_meta_key;
 use nexus_store::{Hash, Store};
 use serde_json::json;
 
-use crate::epoch::source_date_epoch;
+use super::serve::ImageRequest;
+use crate::epoch::{ExpiresIn, source_date_epoch};
 use crate::exit;
 use crate::progress::Bar;
+
+/// How `nexus snapshot` signs.
+#[derive(Debug)]
+pub struct Signing {
+    /// The signing key's name.
+    pub key: String,
+    /// Which counter.
+    pub counter: CounterRequest,
+    /// How long the signature vouches for the image.
+    pub expires_in: ExpiresIn,
+}
+
+/// What a check of an image lets through (`--allow-downgrade`,
+/// `--allow-expired`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Allow {
+    /// An image older than one accepted in its trust domain.
+    pub downgrade: bool,
+    /// An expired signature.
+    pub expired: bool,
+}
+
+impl Allow {
+    fn expiry(self) -> Expiry {
+        Expiry::unless_allowed(self.expired)
+    }
+}
 
 use crate::open::open_store;
 
@@ -26,8 +54,7 @@ pub fn snapshot(
     store_dir: &Path,
     keys_dir: &Path,
     generation: Option<i64>,
-    key: &str,
-    counter: Option<u64>,
+    signing: &Signing,
     out: &Path,
 ) -> Result<i32> {
     let store = open_store(store_dir)?;
@@ -47,8 +74,9 @@ pub fn snapshot(
         (&a.package.name, &a.package.version).cmp(&(&b.package.name, &b.package.version))
     });
     let keys = KeyStore::new(keys_dir);
-    let secret = keys.secret(key)?;
-    let counter = keys.take_counter(key, counter)?;
+    let secret = keys.secret(&signing.key)?;
+    let counter = keys.take_counter(&signing.key, signing.counter)?;
+    let created = source_date_epoch()?;
     let started = std::time::Instant::now();
     let written = write_archive(
         &store,
@@ -63,7 +91,8 @@ pub fn snapshot(
         &WriteOptions {
             kind: ArchiveKind::Image,
             counter,
-            created: source_date_epoch()?,
+            created,
+            expires: signing.expires_in.expires(created),
             signer: Some(&secret),
         },
     )
@@ -81,22 +110,23 @@ pub fn snapshot(
     Ok(exit::OK)
 }
 
-/// `nexus verify FILE`: signature, counter and every hash.
+/// `nexus verify FILE`: signature, expiry, counter and every hash.
 pub fn verify(
     store_dir: &Path,
     keys_dir: &Path,
     file: &Path,
-    allow_downgrade: bool,
+    allow: Allow,
     json_out: bool,
 ) -> Result<i32> {
     let trust = KeyStore::new(keys_dir).trust_set()?;
-    let archive = match Archive::open_with(file, Policy::Trusted(&trust), Check::Full) {
-        Ok(a) => a,
-        Err(e) => {
-            report(json_out, file, false, &e.to_string(), None)?;
-            return Ok(exit::DAMAGED);
-        }
-    };
+    let archive =
+        match Archive::open_with(file, Policy::Trusted(&trust, allow.expiry()), Check::Full) {
+            Ok(a) => a,
+            Err(e) => {
+                report(json_out, file, false, &e.to_string(), None, None)?;
+                return Ok(exit::DAMAGED);
+            }
+        };
     // Every file content, chunk by verified chunk, against its own hash.
     let mut files = 0u64;
     let mut bytes = 0u64;
@@ -109,13 +139,8 @@ pub fn verify(
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) => {
-                    report(
-                        json_out,
-                        file,
-                        false,
-                        &format!("content {}: {e}", blob.hash),
-                        Some(&archive),
-                    )?;
+                    let why = format!("content {}: {e}", blob.hash);
+                    report(json_out, file, false, &why, Some(&archive), None)?;
                     return Ok(exit::DAMAGED);
                 }
             };
@@ -123,47 +148,40 @@ pub fn verify(
             bytes += n as u64;
         }
         if Hash::from(hasher.finalize()) != blob.hash {
-            report(
-                json_out,
-                file,
-                false,
-                &format!("content {} does not match its hash", blob.hash),
-                Some(&archive),
-            )?;
+            let why = format!("content {} does not match its hash", blob.hash);
+            report(json_out, file, false, &why, Some(&archive), None)?;
             return Ok(exit::DAMAGED);
         }
         files += 1;
     }
-    // The counter against the highest this store accepted from the key.
-    if archive.manifest.kind == ArchiveKind::Image
-        && let nexus_npk::Signer::Trusted(key) = &archive.signer
-        && let Ok(store) = Store::open(store_dir)
-        && let Some(highest) = store
-            .catalog()
-            .meta(&counter_meta_key(&key.id()))?
-            .and_then(|v| v.parse::<u64>().ok())
-        && archive.manifest.counter < highest
-        && !allow_downgrade
-    {
-        report(
-            json_out,
-            file,
-            false,
-            &format!(
-                "counter {} is lower than {highest}, the highest this store accepted from key {}: an older or replayed image",
-                archive.manifest.counter,
-                key.id()
-            ),
-            Some(&archive),
-        )?;
-        return Ok(exit::ERROR);
+    let mut detail = format!("{files} file contents, {bytes} bytes verified");
+    // The counter against the highest this store accepted in the domain.
+    let mut counter_checked = None;
+    if let Some(claim) = Claim::of(&archive, &trust) {
+        match Store::open(store_dir) {
+            Ok(store) => {
+                if let Err(replayed) = replay::check(&store, &claim, allow.downgrade)? {
+                    let why = replayed.to_string();
+                    report(json_out, file, false, &why, Some(&archive), Some(true))?;
+                    return Ok(exit::ERROR);
+                }
+                counter_checked = Some(true);
+            }
+            Err(e) => {
+                counter_checked = Some(false);
+                detail.push_str(&format!(
+                    "; the counter was NOT checked against replay: no store to check it against ({e})"
+                ));
+            }
+        }
     }
     report(
         json_out,
         file,
         true,
-        &format!("{files} file contents, {bytes} bytes verified"),
+        &detail,
         Some(&archive),
+        counter_checked,
     )?;
     Ok(exit::OK)
 }
@@ -174,9 +192,12 @@ fn report(
     ok: bool,
     detail: &str,
     archive: Option<&Archive>,
+    counter_checked: Option<bool>,
 ) -> Result<()> {
     let signer = archive.map(|a| match &a.signer {
-        nexus_npk::Signer::Trusted(k) => format!("{} ({})", k.name, k.id()),
+        nexus_npk::Signer::Trusted(g) => {
+            format!("{} ({}), trusted for {}", g.key.name, g.key.id(), g.scope)
+        }
         nexus_npk::Signer::Unverified(why) => format!("unverified: {why}"),
     });
     if json_out {
@@ -190,15 +211,21 @@ fn report(
                 "kind": m.map(|m| m.kind.name()),
                 "signer": signer,
                 "counter": m.map(|m| m.counter),
+                "counter_checked": counter_checked,
                 "created": m.map(|m| m.created),
+                "expires": m.and_then(|m| m.expires),
                 "root": m.map(|m| m.root.to_hex()),
                 "packages": archive.map(|a| a.body.packages.iter().map(|p| format!("{}/{}", p.name, p.version)).collect::<Vec<_>>()),
             }))?
         );
     } else if ok {
         let a = archive.context("verified archive missing")?;
+        let expires = a
+            .manifest
+            .expires
+            .map_or("never expires".to_string(), |t| format!("expires at {t}"));
         println!(
-            "{}: OK — {} of {} packages, counter {}, signed by {}; {detail}",
+            "{}: OK — {} of {} packages, counter {}, {expires}, signed by {}; {detail}",
             file.display(),
             a.manifest.kind.name(),
             a.body.packages.len(),
@@ -211,46 +238,68 @@ fn report(
     Ok(())
 }
 
+/// What `nexus switch` switches to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SwitchTarget {
+    /// A retained generation.
+    Generation(i64),
+    /// A signed system image file.
+    Image(PathBuf),
+}
+
+impl SwitchTarget {
+    /// Digits only: a generation number, whatever files exist (a file
+    /// named `12` in the current directory must not turn `nexus switch 12`
+    /// into importing it). Anything else: an image file.
+    pub fn parse(text: &str) -> Result<SwitchTarget> {
+        if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+            let generation = text
+                .parse()
+                .with_context(|| format!("generation {text} is out of range"))?;
+            return Ok(SwitchTarget::Generation(generation));
+        }
+        Ok(SwitchTarget::Image(PathBuf::from(text)))
+    }
+}
+
 /// `nexus switch GEN|FILE`: a generation number switches to that retained
 /// generation; a file is a signed image, imported as exactly its packages
-/// and `Current` choices (refused if older than one already accepted from
-/// its key, unless `allow_downgrade`).
+/// and `Current` choices (refused if older than one already accepted in
+/// its trust domain, or expired, unless `allow` says otherwise).
 pub fn switch(
     store_dir: &Path,
     keys_dir: &Path,
-    target: &str,
-    allow_downgrade: bool,
+    target: SwitchTarget,
+    allow: Allow,
 ) -> Result<i32> {
-    let path = PathBuf::from(target);
-    if let (Ok(generation), false) = (target.parse::<i64>(), path.exists()) {
-        let started = std::time::Instant::now();
-        let mut store = open_store(store_dir)?;
-        let new = store.switch(generation)?;
-        // Opening the catalog and the one durable transaction: what a
-        // switch costs, whatever starting a process costs.
-        println!(
-            "generation {new}: switch to {generation} ({:.2} ms)",
-            started.elapsed().as_secs_f64() * 1000.0
-        );
-        return Ok(exit::OK);
-    }
+    let path = match target {
+        SwitchTarget::Generation(generation) => {
+            let started = std::time::Instant::now();
+            let mut store = open_store(store_dir)?;
+            let new = store.switch(generation)?;
+            // Opening the catalog and the one durable transaction: what a
+            // switch costs, whatever starting a process costs.
+            println!(
+                "generation {new}: switch to {generation} ({:.2} ms)",
+                started.elapsed().as_secs_f64() * 1000.0
+            );
+            return Ok(exit::OK);
+        }
+        SwitchTarget::Image(path) => path,
+    };
     if !path.is_file() {
-        bail!("{target} is neither a generation number nor an image file");
+        bail!("{}: no such image file", path.display());
     }
     let mut store = open_store(store_dir)?;
     let options = AddOptions {
         threads: nexus_store::AddOptions::default().threads,
         read: ReadOptions::default(),
         trust: Trust::Keys(KeyStore::new(keys_dir).trust_set()?),
-        allow_downgrade,
+        allow_downgrade: allow.downgrade,
+        allow_expired: allow.expired,
     };
-    let source = Source::Archive(ArchiveRequest {
-        path: path.clone(),
-        name: None,
-        version: None,
-    });
     let bar = Bar::for_stderr();
-    let outcome = nexus_graft::add(&mut store, &[source], options, &bar);
+    let outcome = nexus_graft::import_image(&mut store, &path, options, &bar);
     bar.finish();
     let outcome = outcome.map_err(|e| match e {
         nexus_graft::GraftError::Store(s) => anyhow::Error::from(s),
@@ -266,6 +315,46 @@ pub fn switch(
     Ok(exit::OK)
 }
 
+/// Refuses to serve a package as a system, then checks the counter of the
+/// image `archive` (opened for `image`) against the store's record and
+/// records it. Without a store to hold the record, serving is refused
+/// unless downgrades are allowed (then nothing is checked, and it is said).
+pub(super) fn record_served(archive: &Archive, image: &ImageRequest) -> Result<()> {
+    if archive.manifest.kind != ArchiveKind::Image {
+        return Err(NpkError::KindMismatch {
+            expected: ArchiveKind::Image,
+            found: archive.manifest.kind,
+        })
+        .with_context(|| format!("serving {}", image.path.display()));
+    }
+    let Some(claim) = Claim::of(archive, &image.trust) else {
+        return Ok(());
+    };
+    let mut store = match Store::open(&image.store) {
+        Ok(store) => store,
+        Err(e) if image.allow_downgrade => {
+            tracing::warn!(
+                "{}: image counter {} NOT checked against replay ({e})",
+                image.path.display(),
+                claim.counter
+            );
+            return Ok(());
+        }
+        Err(e) => {
+            return Err(e).context(
+                "the image's counter must be checked against the store's record (give a store with --store, or serve without the check with --allow-downgrade)",
+            );
+        }
+    };
+    replay::record(&mut store, claim, image.allow_downgrade).with_context(|| {
+        format!(
+            "checking the counter of {} against the store in {}",
+            image.path.display(),
+            image.store.display()
+        )
+    })
+}
+
 /// `nexus rollback`: back to the generation before the live one.
 pub fn rollback(store_dir: &Path) -> Result<i32> {
     let mut store = open_store(store_dir)?;
@@ -277,4 +366,25 @@ pub fn rollback(store_dir: &Path) -> Result<i32> {
         .unwrap_or_default();
     println!("generation {generation}: {action}");
     Ok(exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digits_are_a_generation_and_anything_else_a_file() {
+        assert_eq!(
+            SwitchTarget::parse("12").unwrap(),
+            SwitchTarget::Generation(12)
+        );
+        for file in ["./12", "12.npk", "system.img", "/srv/12", "-1", "+3", "1e3"] {
+            assert_eq!(
+                SwitchTarget::parse(file).unwrap(),
+                SwitchTarget::Image(PathBuf::from(file)),
+                "{file}"
+            );
+        }
+        assert!(SwitchTarget::parse("99999999999999999999").is_err());
+    }
 }

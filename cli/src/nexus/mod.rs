@@ -16,7 +16,7 @@ mod signals;
 mod virtiofs;
 
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use anyhow::{Context, Result};
@@ -101,11 +101,8 @@ pub enum Command {
         /// live one.
         #[arg(long, value_name = "N", conflicts_with = "image")]
         generation: Option<i64>,
-        /// Serve the signed image FILE (from `nexus snapshot`) read-only,
-        /// without importing it: its signature and body are checked before
-        /// the mount appears, and every chunk as it is read.
-        #[arg(long, value_name = "FILE")]
-        image: Option<PathBuf>,
+        #[command(flatten)]
+        image: ImageArgs,
         /// Stay in the foreground (do not daemonize); log to stderr.
         #[arg(long)]
         foreground: bool,
@@ -173,11 +170,9 @@ and mounts it with: mount -t virtiofs -o ro programs /Programs")]
         /// live one.
         #[arg(long, value_name = "N", conflicts_with = "image")]
         generation: Option<i64>,
-        /// Serve the signed image FILE (from `nexus snapshot`) read-only,
-        /// without importing it: its signature and body are checked before
-        /// the socket appears, and every chunk as it is read.
-        #[arg(long, value_name = "FILE")]
-        image: Option<PathBuf>,
+        #[command(flatten)]
+        image: ImageArgs,
+
         /// Mebibytes of decompressed data kept in memory, shared by all
         /// guests.
         #[arg(long, default_value_t = 128, value_name = "MIB")]
@@ -216,12 +211,16 @@ and mounts it with: mount -t virtiofs -o ro programs /Programs")]
     ///
     /// The image holds every package of the generation (trees, metadata,
     /// every chunk) and its Current choices, under a manifest signed with
-    /// KEY: key id, a counter that only goes up per key (the next one, or
-    /// --counter), the creation time (SOURCE_DATE_EPOCH when set) and the
-    /// root hash. The same generation, key, --counter and SOURCE_DATE_EPOCH
-    /// give a byte-identical file. Other machines check it with `nexus
-    /// verify`, serve it with `nexus mount --image`, or make it their live
-    /// system with `nexus switch FILE`.
+    /// KEY: key id, a counter (the key's next one, or --counter), the
+    /// creation time (SOURCE_DATE_EPOCH when set), the expiry time
+    /// (--expires-in after the creation time) and the root hash. The same
+    /// generation, key, --counter, SOURCE_DATE_EPOCH and --expires-in give
+    /// a byte-identical file. Other machines that trust KEY for images
+    /// check it with `nexus verify`, serve it with `nexus mount --image`,
+    /// or make it their live system with `nexus switch FILE`; they refuse
+    /// it once expired, or once they accepted a higher counter in the
+    /// key's trust domain. When a domain's signing key is replaced, start
+    /// the new key's counters above the old key's (--counter).
     ///
     /// Example: nexus snapshot --key admin -o system-42.img
     Snapshot {
@@ -236,27 +235,49 @@ and mounts it with: mount -t virtiofs -o ro programs /Programs")]
         /// Signing key name (see `nexus key list`).
         #[arg(long, value_name = "NAME")]
         key: String,
-        /// Snapshot counter (default: one more than this key's last).
+        /// Snapshot counter (default: one more than this key's last);
+        /// refused unless above every counter the key has signed.
         #[arg(long, value_name = "N")]
         counter: Option<u64>,
+        /// Sign with --counter even if the key has signed that counter or
+        /// a higher one (re-signing an old state on purpose: two different
+        /// images with one counter are refused by every store that saw the
+        /// other).
+        #[arg(long, requires = "counter")]
+        force_counter: bool,
+        /// How long the signature vouches for the image, from its creation
+        /// time: e.g. `90d`, `12h`, `1y` (units s, m, h, d, w, y), or
+        /// `never`. Machines refuse an expired image, so one a mirror keeps
+        /// serving after newer ones exist stops working: re-sign well
+        /// within this time.
+        #[arg(long, value_name = "DURATION", default_value = crate::epoch::IMAGE_LIFETIME,
+              value_parser = crate::epoch::ExpiresIn::parse)]
+        expires_in: crate::epoch::ExpiresIn,
         /// Output file.
         #[arg(short, long, value_name = "FILE")]
         output: PathBuf,
     },
 
-    /// Check an image or .npk: signature by a trusted, unrevoked key, every
-    /// hash (file, body, each chunk, each file content), and for images the
-    /// counter against the highest this store has accepted from the key.
+    /// Check an image or .npk: signature by a key trusted for its kind
+    /// (a package: for its App), not revoked, not expired; every hash
+    /// (file, body, each chunk, each file content); and for images the
+    /// counter against the highest this store has accepted in the key's
+    /// trust domain (said so when there is no store to check against).
     ///
-    /// Exit codes: 0 good; 1 an older image (a downgrade or replay); 3
-    /// unsigned, untrusted, altered or damaged.
+    /// Exit codes: 0 good; 1 an older image (a downgrade or replay) or one
+    /// whose counter names other content; 3 unsigned, untrusted, expired,
+    /// altered or damaged.
     Verify {
         /// The image or .npk file.
         file: PathBuf,
         /// Do not fail an image older than one already accepted.
         #[arg(long)]
         allow_downgrade: bool,
-        /// JSON report {file, ok, detail, kind, signer, counter, created, root, packages}.
+        /// Do not fail an archive whose signature has expired.
+        #[arg(long)]
+        allow_expired: bool,
+        /// JSON report {file, ok, detail, kind, signer, counter,
+        /// counter_checked, created, expires, root, packages}.
         #[arg(long)]
         json: bool,
     },
@@ -264,19 +285,36 @@ and mounts it with: mount -t virtiofs -o ro programs /Programs")]
     /// Make generation GEN, or the system in image FILE, the live one.
     ///
     /// One catalog transaction; every live mount then shows it within a
-    /// second, without a remount (files already open keep their bytes). An
-    /// image is checked like `nexus verify` and imported as exactly its
-    /// packages and Current choices; one whose counter is lower than the
-    /// highest accepted from its key is refused unless --allow-downgrade.
-    /// Switching to a retained generation is always allowed.
+    /// second, without a remount (files already open keep their bytes).
     ///
-    /// Examples: nexus switch 7; nexus switch system-42.img
+    /// TARGET is a generation number when it is one (digits only), even
+    /// if a file of that name exists; anything else is an image file. Name
+    /// an image file with digits only as ./12, or with --image FILE.
+    ///
+    /// An image must be signed by a key trusted for images (`nip key trust
+    /// --for images`); it is checked like `nexus verify` and imported as
+    /// exactly its packages and Current choices. One whose counter is lower
+    /// than the highest accepted in its trust domain, or equal to it with
+    /// other content, is refused unless --allow-downgrade; an expired one
+    /// unless --allow-expired. A package (.npk) is refused: add it with
+    /// `nip add`. Switching to a retained generation is always allowed.
+    ///
+    /// Examples: nexus switch 7; nexus switch system-42.img; nexus switch
+    /// --image 42
     Switch {
         /// A generation number (see `nip history`) or an image file.
-        target: String,
-        /// Accept an image older than one already accepted from its key.
+        #[arg(required_unless_present = "image", conflicts_with = "image")]
+        target: Option<String>,
+        /// The image file to switch to (whatever its name).
+        #[arg(long, value_name = "FILE")]
+        image: Option<PathBuf>,
+        /// Accept an image older than one already accepted in its trust
+        /// domain.
         #[arg(long)]
         allow_downgrade: bool,
+        /// Accept an image whose signature has expired.
+        #[arg(long)]
+        allow_expired: bool,
     },
 
     /// Go back to the generation before the live one (repeat to go further).
@@ -285,6 +323,40 @@ and mounts it with: mount -t virtiofs -o ro programs /Programs")]
     /// Build a system profile into a generation (and a signed image).
     #[command(long_about = build::LONG_ABOUT)]
     Build(build::BuildArgs),
+}
+
+/// `--image FILE` and what it may let through, as `mount`, `serve` and
+/// `rumk run` take them.
+#[derive(Debug, clap::Args)]
+pub struct ImageArgs {
+    /// Serve the signed image FILE (from `nexus snapshot`) read-only
+    /// instead of the store, without importing it: its signature (by a key
+    /// trusted for images), expiry, counter and body are checked before
+    /// serving starts, and every chunk as it is read.
+    #[arg(long, value_name = "FILE")]
+    image: Option<PathBuf>,
+    /// With --image: serve an image older than one the store has accepted
+    /// in its trust domain (refused by default: the image's counter is
+    /// checked against the store's record, and recorded).
+    #[arg(long, requires = "image")]
+    allow_downgrade: bool,
+    /// With --image: serve an image whose signature has expired.
+    #[arg(long, requires = "image")]
+    allow_expired: bool,
+}
+
+impl ImageArgs {
+    /// The image to serve, if any, checked against the keys in `keys` and
+    /// the counter record of the store in `store`.
+    fn request(self, keys: &Path, store: &Path) -> Result<Option<serve::ImageRequest>> {
+        serve::ImageRequest::from_option(
+            self.image,
+            keys,
+            store,
+            self.allow_downgrade,
+            self.allow_expired,
+        )
+    }
 }
 
 /// `nexus rumk` commands.
@@ -312,10 +384,9 @@ pub enum RumkCommand {
         /// Serve generation N (see `nip history`) instead of the live one.
         #[arg(long, value_name = "N", conflicts_with = "image")]
         generation: Option<i64>,
-        /// Serve the signed image FILE (from `nexus snapshot`) instead of
-        /// the store; the kernel comes from the image too.
-        #[arg(long, value_name = "FILE")]
-        image: Option<PathBuf>,
+        #[command(flatten)]
+        image: ImageArgs,
+
         /// microvm boots virtio-mmio, q35 virtio-pci.
         #[arg(long, value_enum, default_value = "microvm")]
         machine: rumk::Machine,
@@ -384,7 +455,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             log_file,
         } => {
             let (store, keys) = store_and_keys(cli.store, cli.keys);
-            let image = serve::ImageRequest::from_option(image, &keys)?;
+            let image = image.request(&keys, &store)?;
             let mountpoint = serve::check_mountpoint(&mountpoint)?;
             let index = index
                 .map(|dir| index::check_index_dir(&dir, &mountpoint))
@@ -460,7 +531,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 socket: std::path::absolute(&virtio_fs)
                     .with_context(|| format!("socket path {}", virtio_fs.display()))?,
                 generation,
-                image: serve::ImageRequest::from_option(image, &keys)?,
+                image: image.request(&keys, &store)?,
                 cache_bytes: cache_mib.saturating_mul(1 << 20),
                 max_guests: usize::from(max_guests),
             };
@@ -477,6 +548,8 @@ pub fn run(cli: Cli) -> Result<i32> {
             profile: Some(profile),
             key,
             counter,
+            force_counter,
+            expires_in,
             output,
         } => {
             init_logging(cli.verbose, None);
@@ -489,6 +562,8 @@ pub fn run(cli: Cli) -> Result<i32> {
                 output: Some(output),
                 key: Some(key),
                 counter,
+                force_counter,
+                expires_in,
                 profiles: None,
                 recipes: None,
                 cache: None,
@@ -502,28 +577,51 @@ pub fn run(cli: Cli) -> Result<i32> {
             profile: None,
             key,
             counter,
+            force_counter,
+            expires_in,
             output,
         } => {
             init_logging(cli.verbose, None);
             let (store, keys) = store_and_keys(cli.store, cli.keys);
-            image::snapshot(&store, &keys, generation, &key, counter, &output)
+            let signing = image::Signing {
+                key,
+                counter: nexus_npk::CounterRequest::new(counter, force_counter),
+                expires_in,
+            };
+            image::snapshot(&store, &keys, generation, &signing, &output)
         }
         Command::Verify {
             file,
             allow_downgrade,
+            allow_expired,
             json,
         } => {
             init_logging(cli.verbose, None);
             let (store, keys) = store_and_keys(cli.store, cli.keys);
-            image::verify(&store, &keys, &file, allow_downgrade, json)
+            let allow = image::Allow {
+                downgrade: allow_downgrade,
+                expired: allow_expired,
+            };
+            image::verify(&store, &keys, &file, allow, json)
         }
         Command::Switch {
             target,
+            image,
             allow_downgrade,
+            allow_expired,
         } => {
             init_logging(cli.verbose, None);
             let (store, keys) = store_and_keys(cli.store, cli.keys);
-            image::switch(&store, &keys, &target, allow_downgrade)
+            let target = match (target, image) {
+                (_, Some(file)) => image::SwitchTarget::Image(file),
+                (Some(text), None) => image::SwitchTarget::parse(&text)?,
+                (None, None) => anyhow::bail!("give a generation number or --image FILE"),
+            };
+            let allow = image::Allow {
+                downgrade: allow_downgrade,
+                expired: allow_expired,
+            };
+            image::switch(&store, &keys, target, allow)
         }
         Command::Rollback => {
             init_logging(cli.verbose, None);
@@ -565,7 +663,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 keys: std::path::absolute(&keys)
                     .with_context(|| format!("key store path {}", keys.display()))?,
                 generation,
-                image: serve::ImageRequest::from_option(image, &keys)?,
+                image: image.request(&keys, &store)?,
                 kernel: kernel.map(std::path::absolute).transpose()?,
                 machine,
                 memory_mib,

@@ -269,6 +269,14 @@ impl Daemon {
         }
         if let Some(image) = &request.image {
             c.arg("--image").arg(&image.path);
+            for (allowed, flag) in [
+                (image.allow_downgrade, "--allow-downgrade"),
+                (image.allow_expired, "--allow-expired"),
+            ] {
+                if allowed {
+                    c.arg(flag);
+                }
+            }
         }
         if let Some(log) = &request.log_file {
             c.arg("-v").arg("--log-file").arg(log);

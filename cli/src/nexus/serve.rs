@@ -34,41 +34,63 @@ pub struct Request {
     pub image: Option<ImageRequest>,
 }
 
-/// An image to serve in place, and the keys its signature must be by.
+/// An image to serve in place, the keys its signature must be by, and the
+/// store whose record of image counters it is checked against.
 #[derive(Debug)]
 pub struct ImageRequest {
     /// The image file (absolute).
     pub path: PathBuf,
     /// Trusted and revoked keys.
     pub trust: nexus_npk::TrustSet,
+    /// The store holding the replay record (`image_counter:DOMAIN`).
+    pub store: PathBuf,
+    /// Serve an image older than the store's record (`--allow-downgrade`).
+    pub allow_downgrade: bool,
+    /// Serve an expired image (`--allow-expired`).
+    pub allow_expired: bool,
 }
 
 impl ImageRequest {
     /// The `--image FILE` of a command, if given, with the trust of the key
-    /// store in `keys`.
-    pub fn from_option(image: Option<PathBuf>, keys: &Path) -> Result<Option<ImageRequest>> {
+    /// store in `keys` and the counter record of the store in `store`.
+    pub fn from_option(
+        image: Option<PathBuf>,
+        keys: &Path,
+        store: &Path,
+        allow_downgrade: bool,
+        allow_expired: bool,
+    ) -> Result<Option<ImageRequest>> {
         image
             .map(|path| {
                 Ok(ImageRequest {
                     path: std::path::absolute(&path)
                         .with_context(|| format!("image path {}", path.display()))?,
                     trust: nexus_npk::KeyStore::new(keys).trust_set()?,
+                    store: std::path::absolute(store)
+                        .with_context(|| format!("store path {}", store.display()))?,
+                    allow_downgrade,
+                    allow_expired,
                 })
             })
             .transpose()
     }
 }
 
-/// Checks `image` (signature, body and root hash; chunks are verified as
-/// they are read) and makes the throw-away store that serves it in place.
-/// The store lives in a temporary directory removed when the guard drops.
+/// Checks `image` (signature by a key trusted for images, expiry, body and
+/// root hash; chunks are verified as they are read), checks its counter
+/// against the store's record and records it (an image served advances its
+/// trust domain as one switched to does), and makes the throw-away store
+/// that serves it in place. The store lives in a temporary directory
+/// removed when the guard drops.
 pub(super) fn adopt_image(image: &ImageRequest) -> Result<(PathBuf, tempfile::TempDir)> {
+    let expiry = nexus_npk::Expiry::unless_allowed(image.allow_expired);
     let archive = nexus_npk::Archive::open_with(
         &image.path,
-        nexus_npk::Policy::Trusted(&image.trust),
+        nexus_npk::Policy::Trusted(&image.trust, expiry),
         nexus_npk::Check::Manifest,
     )
     .with_context(|| format!("checking the image {}", image.path.display()))?;
+    super::image::record_served(&archive, image)?;
     let dir = tempfile::Builder::new()
         .prefix("nexus-image-")
         .tempdir()

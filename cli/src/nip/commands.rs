@@ -16,7 +16,7 @@ use serde_json::json;
 
 use super::output::{file_json, kind_name, lossy, mode_string, timestamp};
 use super::{Cli, Command};
-use crate::epoch::source_date_epoch;
+use crate::epoch::{ExpiresIn, source_date_epoch};
 use crate::exit;
 use crate::keys::default_keys_dir;
 use crate::location::default_store_dir;
@@ -43,6 +43,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             threads,
             insecure,
             allow_downgrade,
+            allow_expired,
             json,
         } => {
             let trust = if insecure {
@@ -62,6 +63,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 read,
                 trust,
                 allow_downgrade,
+                allow_expired,
             };
             add(&dir, paths, name, version, options, json)
         }
@@ -70,7 +72,8 @@ pub fn run(cli: Cli) -> Result<i32> {
             output,
             key,
             unsigned: _,
-        } => pack(&dir, &keys_dir, &spec, &output, key.as_deref()),
+            expires_in,
+        } => pack(&dir, &keys_dir, &spec, &output, key.as_deref(), expires_in),
         Command::Key(command) => crate::keys::run(&keys_dir, command),
         Command::Remove { specs } => {
             let generation = open(&dir)?.remove(&specs)?;
@@ -326,12 +329,20 @@ fn add(
     Ok(exit::OK)
 }
 
-fn pack(dir: &Path, keys_dir: &Path, spec: &str, output: &Path, key: Option<&str>) -> Result<i32> {
+fn pack(
+    dir: &Path,
+    keys_dir: &Path,
+    spec: &str,
+    output: &Path,
+    key: Option<&str>,
+    expires_in: ExpiresIn,
+) -> Result<i32> {
     let store = open(dir)?;
     let package = store.installed(spec)?;
     let signer = key
         .map(|name| KeyStore::new(keys_dir).secret(name))
         .transpose()?;
+    let created = source_date_epoch()?;
     let written = write_archive(
         &store,
         &[Member {
@@ -342,7 +353,8 @@ fn pack(dir: &Path, keys_dir: &Path, spec: &str, output: &Path, key: Option<&str
         &WriteOptions {
             kind: ArchiveKind::Package,
             counter: 0,
-            created: source_date_epoch()?,
+            created,
+            expires: expires_in.expires(created),
             signer: signer.as_ref(),
         },
     )

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use crate::epoch::ExpiresIn;
+
 pub use commands::run;
 
 /// nip — the Nexus package manager.
@@ -64,9 +66,17 @@ pub enum Command {
     /// with a different tree it is refused (versions are immutable).
     /// Device nodes, FIFOs and sockets are refused unless --skip-special.
     ///
-    /// A .npk must be signed by a trusted key (`nip key`), not revoked,
-    /// and unaltered; otherwise it is refused unless --insecure. It keeps
-    /// its tree hash: the package is the same in every store.
+    /// A .npk must be signed by a key trusted for packages of its App
+    /// (`nip key trust --for packages`), not revoked, unaltered and not
+    /// expired; otherwise it is refused unless --insecure (or
+    /// --allow-expired). It keeps its tree hash: the package is the same
+    /// in every store. A signed system image is refused: it replaces the
+    /// whole system, through `nexus switch --image FILE`.
+    ///
+    /// Each package becomes its App's Current version; one older (Debian
+    /// ordering) than the App's Current is refused unless
+    /// --allow-downgrade, so an old, legitimately signed package cannot be
+    /// replayed to bring back what a newer one fixed.
     ///
     /// Examples: nip add hello_2.10-3_amd64.deb jq_1.6-2.1_amd64.deb;
     /// nip add ./hello-root --name hello --version 2.10-3
@@ -96,10 +106,13 @@ pub enum Command {
         /// or altered (each still checked chunk by chunk).
         #[arg(long)]
         insecure: bool,
-        /// Accept a system image whose counter is lower than one this store
-        /// already accepted from the same key (a deliberate downgrade).
+        /// Let an App's Current move to an older version (a deliberate
+        /// downgrade).
         #[arg(long)]
         allow_downgrade: bool,
+        /// Accept .npk archives whose signature has expired.
+        #[arg(long)]
+        allow_expired: bool,
         /// Print the outcome as JSON.
         #[arg(long)]
         json: bool,
@@ -110,8 +123,9 @@ pub enum Command {
     /// The archive holds the package's tree and metadata and every chunk
     /// of its files (FORMAT.md, section 8), signed with the ed25519 key
     /// NAME from the key store. `nip add FILE.npk` in any store that
-    /// trusts the key imports it with the same tree hash. The same
-    /// package, key and SOURCE_DATE_EPOCH give the same bytes.
+    /// trusts the key for packages imports it with the same tree hash. The
+    /// same package, key, SOURCE_DATE_EPOCH and --expires-in give the same
+    /// bytes.
     ///
     /// Example: nip key generate builder; nip pack hello/2.10-3 --key builder -o hello.npk
     Pack {
@@ -126,6 +140,13 @@ pub enum Command {
         /// Write an unsigned archive (importing it needs --insecure).
         #[arg(long, conflicts_with = "key")]
         unsigned: bool,
+        /// How long the signature vouches for the package, from its
+        /// creation time (SOURCE_DATE_EPOCH when set): `never`, or e.g.
+        /// `30d`, `12h`, `1y` (units s, m, h, d, w, y). Stores refuse it
+        /// once expired.
+        #[arg(long, value_name = "DURATION", default_value = "never",
+              value_parser = ExpiresIn::parse)]
+        expires_in: ExpiresIn,
     },
 
     /// Signing keys and trusted keys (shared with `nexus key`).
