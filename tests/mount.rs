@@ -124,6 +124,10 @@ fn real_packages_are_served_faithfully_and_run_from_the_mount() {
         "crafted".into(),
         "--version".into(),
         "1".into(),
+        // Files of other owners and a group-writable directory, kept as
+        // they are (the crafted tree's whole point).
+        "--trust-source-owner".into(),
+        "--keep-source-privileges".into(),
     ]);
 
     let mount = Mount::start(store.path(), &scratch.join("mnt"), &[]);

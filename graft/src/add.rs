@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use nexus_store::commit::{CommitOutcome, Membership, StagedPackage};
 use nexus_store::dirs::{ScannedDir, scan_dirs, stage_dirs};
 use nexus_store::ingest::{FileContent, Producer};
-use nexus_store::scan::ScanOptions;
+use nexus_store::scan::{ScanOptions, SourcePolicy};
 use nexus_store::{AddDir, Hash, Progress, Store, StoreError, names};
 
 use crate::error::{Failure, GraftError, Problem, ReadResult, SourceError};
@@ -62,6 +62,8 @@ pub struct AddOptions {
     /// Accept a system image older than one already accepted from the same
     /// key (`--allow-downgrade`).
     pub allow_downgrade: bool,
+    /// Whom directory imports trust besides root.
+    pub source_policy: SourcePolicy,
 }
 
 /// Adds every source in one transaction that makes one generation.
@@ -149,6 +151,7 @@ pub fn add_checked(
         &dirs,
         ScanOptions {
             skip_special: options.read.skip_special,
+            policy: options.source_policy,
         },
     )?;
     let mut total: u64 = scanned.iter().map(ScannedDir::content_bytes).sum();

@@ -164,6 +164,7 @@ pub fn run(store_dir: &Path, keys_dir: &Path, args: BuildArgs) -> Result<i32> {
             // A `.npk` recipe must be signed by a key this store trusts.
             trust: Trust::Keys(KeyStore::new(keys_dir).trust_set()?),
             allow_downgrade: false,
+            source_policy: Default::default(),
         },
     };
     let bar = Bar::for_stderr();

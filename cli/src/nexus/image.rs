@@ -245,6 +245,7 @@ pub fn switch(
         read: ReadOptions::default(),
         trust: Trust::Keys(KeyStore::new(keys_dir).trust_set()?),
         allow_downgrade,
+        source_policy: Default::default(),
     };
     let source = Source::Archive(ArchiveRequest {
         path: path.clone(),

@@ -11,7 +11,8 @@ use nexus_graft::{
 };
 use nexus_npk::{ArchiveKind, KeyStore, Member, WriteOptions, write_archive};
 use nexus_store::catalog::kind;
-use nexus_store::{AddDir, Store, export, gc, names, verify};
+use nexus_store::scan::SourcePolicy;
+use nexus_store::{AddDir, Store, StoreError, export, gc, names, verify};
 use serde_json::json;
 
 use super::output::{file_json, kind_name, lossy, mode_string, timestamp};
@@ -38,6 +39,9 @@ pub fn run(cli: Cli) -> Result<i32> {
             name,
             version,
             skip_special,
+            trust_source_owner,
+            keep_source_privileges,
+            lock_timeout,
             max_unpacked_size,
             max_entries,
             threads,
@@ -62,8 +66,13 @@ pub fn run(cli: Cli) -> Result<i32> {
                 read,
                 trust,
                 allow_downgrade,
+                source_policy: SourcePolicy {
+                    trust_owner: trust_source_owner,
+                    keep_privileges: keep_source_privileges,
+                },
             };
-            add(&dir, paths, name, version, options, json)
+            let lock_timeout = Duration::from_secs(lock_timeout);
+            add(&dir, paths, name, version, options, lock_timeout, json)
         }
         Command::Pack {
             spec,
@@ -144,10 +153,14 @@ pub fn run(cli: Cli) -> Result<i32> {
                 for d in &report.damaged {
                     println!("damaged: {}: {} ({})", d.package, d.path, d.reason);
                 }
+                for d in &report.damaged_packages {
+                    println!("damaged package: {}: {}", d.package, d.reason);
+                }
                 println!(
-                    "{} chunks, {} file contents checked: {}",
+                    "{} chunks, {} file contents, {} package trees checked: {}",
                     report.chunks_checked,
                     report.files_checked,
+                    report.packages_checked,
                     if report.ok { "all good" } else { "DAMAGED" }
                 );
             }
@@ -175,10 +188,21 @@ pub fn run(cli: Cli) -> Result<i32> {
             out.flush()?;
             Ok(exit::OK)
         }
-        Command::Export { spec, dest } => {
+        Command::Export {
+            spec,
+            dest,
+            no_same_owner,
+            no_xattrs,
+            preserve_privileged,
+        } => {
             let store = open(&dir)?;
             let package = store.installed(&spec)?;
-            export::export(&store, &package, &dest)?;
+            let options = export::ExportOptions {
+                same_owner: !no_same_owner,
+                xattrs: !no_xattrs,
+                preserve_privileged,
+            };
+            export::export(&store, &package, &dest, options)?;
             println!("{spec} written to {}", dest.display());
             Ok(exit::OK)
         }
@@ -270,6 +294,7 @@ fn add(
     name: Option<String>,
     version: Option<String>,
     options: AddOptions,
+    lock_timeout: Duration,
     json: bool,
 ) -> Result<i32> {
     let sources = match (name, version) {
@@ -295,13 +320,21 @@ fn add(
         }
     }
     let mut store = open(dir)?;
+    store.set_lock_timeout(lock_timeout);
     let bar = Bar::for_stderr();
     let started = std::time::Instant::now();
     let result = graft::add(&mut store, &sources, options, &bar);
     bar.finish();
     // A store error keeps its type, so `nip` can tell damage apart.
     let outcome = result.map_err(|e| match e {
-        GraftError::Store(s) => anyhow::Error::from(s),
+        GraftError::Store(s) => {
+            let hint = add_hint(&s);
+            let err = anyhow::Error::from(s);
+            match hint {
+                Some(hint) => err.context(hint),
+                None => err,
+            }
+        }
         other => anyhow::Error::from(other),
     })?;
     if json {
@@ -324,6 +357,22 @@ fn add(
         }
     }
     Ok(exit::OK)
+}
+
+/// What `nip add` can do about a refused directory or a busy store.
+fn add_hint(error: &StoreError) -> Option<&'static str> {
+    match error {
+        StoreError::UntrustedSource { .. } => Some(
+            "refusing a directory root does not control; if you trust whoever owns or can write to it, add --trust-source-owner (and --keep-source-privileges to keep setuid bits and capabilities of files root does not own)",
+        ),
+        StoreError::SpecialFile { .. } => {
+            Some("use --skip-special to leave device nodes, FIFOs and sockets out")
+        }
+        StoreError::LockTimeout { .. } => Some(
+            "another nip add or gc holds the store; wait for it, or give it longer with --lock-timeout",
+        ),
+        _ => None,
+    }
 }
 
 fn pack(dir: &Path, keys_dir: &Path, spec: &str, output: &Path, key: Option<&str>) -> Result<i32> {
