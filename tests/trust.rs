@@ -20,11 +20,11 @@
 use std::ffi::OsStr;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nexus_integration_tests::archive::{TarEntry, pacman};
-use nexus_integration_tests::fixtures::{Scratch, chmod, lchown, write_file};
+use nexus_integration_tests::fixtures::{Scratch, cat_as_nobody, chmod, lchown, write_file};
 use nexus_integration_tests::nip::{EXIT_DAMAGED, EXIT_ERROR};
 use nexus_integration_tests::{Store, is_root};
 
@@ -130,18 +130,6 @@ fn as_root_foreign_trees_need_trust_and_lose_privileges() {
     store.assert_verify_clean("after trusted imports");
 }
 
-/// Runs `cat PATH` as `nobody`; true if it could read it.
-fn nobody_can_read(path: &Path) -> bool {
-    Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "cat"])
-        .arg(path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("run setpriv")
-        .success()
-}
-
 fn mode_of(path: &Path) -> u32 {
     std::fs::symlink_metadata(path).unwrap().mode() & 0o7777
 }
@@ -177,7 +165,7 @@ fn the_store_is_private_to_its_owner() {
     }
     for f in &files {
         assert_eq!(mode_of(f), 0o600, "{}", f.display());
-        assert!(!nobody_can_read(f), "nobody read {}", f.display());
+        assert!(!cat_as_nobody(f), "nobody read {}", f.display());
     }
 
     // A store made before stores were private is made private when its
@@ -188,14 +176,11 @@ fn the_store_is_private_to_its_owner() {
     for f in &files {
         chmod(f, 0o644);
     }
-    assert!(
-        nobody_can_read(&packs[0]),
-        "setup: the old store is readable"
-    );
+    assert!(cat_as_nobody(&packs[0]), "setup: the old store is readable");
     store.ok(["list"]);
     for f in &files {
         assert_eq!(mode_of(f), 0o600, "{} after reopening", f.display());
-        assert!(!nobody_can_read(f), "nobody read {}", f.display());
+        assert!(!cat_as_nobody(f), "nobody read {}", f.display());
     }
     assert_eq!(mode_of(root), 0o700);
 }
@@ -402,9 +387,7 @@ fn verify_names_a_package_whose_metadata_was_flipped() {
     let out = String::from_utf8_lossy(&run.stdout);
     assert!(out.contains("damaged package: flipped/1"), "{run}");
     assert!(!out.contains("intact/1"), "{run}");
-    let report = store
-        .fails_with(&[EXIT_DAMAGED], ["verify", "--json"])
-        .json();
+    let report = store.run(["verify", "--json"]).json();
     assert_eq!(report["damaged_packages"][0]["package"], "flipped/1");
 }
 

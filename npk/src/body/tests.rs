@@ -205,6 +205,24 @@ proptest! {
     }
 }
 
+/// A body of one package named NAME/1 with `tree` and a tree hash that is
+/// not its own: the limits must refuse it before any hashing.
+fn unhashed(name: &str, tree: Tree, blobs: Vec<BodyBlob>) -> Body {
+    Body {
+        packages: vec![BodyPackage {
+            name: name.into(),
+            version: "1".into(),
+            origin: "dir:/x".into(),
+            metadata: "{}".into(),
+            current: true,
+            tree_hash: Hash::of(b"never computed"),
+            tree,
+        }],
+        blobs,
+        chunks: Vec::new(),
+    }
+}
+
 /// A package whose tree is one chain of `depth` directories.
 fn chain(depth: usize) -> Body {
     let mut tree = Tree::default();
@@ -215,20 +233,7 @@ fn chain(depth: usize) -> Body {
         tree.push_entry(parent, b"d".to_vec(), d);
         parent = d;
     }
-    Body {
-        packages: vec![BodyPackage {
-            name: "deep".into(),
-            version: "1".into(),
-            origin: "dir:/x".into(),
-            metadata: "{}".into(),
-            current: true,
-            // Not its real hash: the limits must refuse it before hashing.
-            tree_hash: Hash::of(b"never computed"),
-            tree,
-        }],
-        blobs: Vec::new(),
-        chunks: Vec::new(),
-    }
+    unhashed("deep", tree, Vec::new())
 }
 
 #[test]
@@ -271,23 +276,12 @@ fn total_path_bytes_are_limited() {
         name.truncate(255);
         tree.push_entry(parent, name, f);
     }
-    let body = Body {
-        packages: vec![BodyPackage {
-            name: "wide".into(),
-            version: "1".into(),
-            origin: "dir:/x".into(),
-            metadata: "{}".into(),
-            current: true,
-            tree_hash: Hash::of(b"never computed"),
-            tree,
-        }],
-        blobs: vec![BodyBlob {
-            hash: Hash::of(b""),
-            size: 0,
-            chunks: Vec::new(),
-        }],
+    let empty = BodyBlob {
+        hash: Hash::of(b""),
+        size: 0,
         chunks: Vec::new(),
     };
+    let body = unhashed("wide", tree, vec![empty]);
     let err = Body::decode(&body.encode(), 32, 1000)
         .unwrap_err()
         .to_string();
