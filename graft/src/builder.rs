@@ -99,7 +99,20 @@ fn path_key(comps: &[Vec<u8>]) -> [u8; 32] {
     *h.finalize().as_bytes()
 }
 
+/// A path for a message about its length: long ones cut in the middle.
+fn abbreviated(name: &str) -> String {
+    const KEEP: usize = 60;
+    let chars: Vec<char> = name.chars().collect();
+    if chars.len() <= 2 * KEEP {
+        return name.to_string();
+    }
+    let head: String = chars[..KEEP].iter().collect();
+    let tail: String = chars[chars.len() - KEEP..].iter().collect();
+    format!("{head}…{tail}")
+}
+
 fn path_limit(name: &str, limit: PathLimit) -> Problem {
+    let name = abbreviated(name);
     Problem::Limit(match limit {
         PathLimit::TooDeep { depth } => LimitExceeded {
             what: format!("entry {name:?}: its depth of {depth} path components"),
