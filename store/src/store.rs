@@ -129,13 +129,19 @@ impl Store {
     /// modes are enforced by the mount; the bytes behind them must not be
     /// readable beside it.
     pub fn init(dir: &Path) -> Result<Store> {
+        // Directories above the store keep the usual modes; the store and
+        // its subdirectories are created private.
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::create_dir_all(parent).map_err(|e| StoreError::io(parent, e))?;
+        }
         for sub in [Path::new(""), Path::new(PACKS_DIR), Path::new(LOCKS_DIR)] {
             let path = dir.join(sub);
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(PRIVATE_DIR_MODE)
-                .create(&path)
-                .map_err(|e| StoreError::io(&path, e))?;
+            match fs::DirBuilder::new().mode(PRIVATE_DIR_MODE).create(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                    return Err(StoreError::io(&path, e));
+                }
+                _ => {}
+            }
         }
         let catalog_path = dir.join(CATALOG_FILE);
         // Created empty (an empty file is an empty database) with its final
