@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use nexus_integration_tests::crafted::build_crafted_tree;
 use nexus_integration_tests::debs::{Unpacked, fetch_and_unpack};
-use nexus_integration_tests::fixtures::{Scratch, copy_tree, random_bytes, write_file};
+use nexus_integration_tests::fixtures::{
+    Scratch, cat_as_nobody, copy_tree, random_bytes, write_file,
+};
 use nexus_integration_tests::nexus::{Mount, alive, is_mounted, nexus, show, wait_for};
 use nexus_integration_tests::tree::{Kind, assert_same_tree, snapshot};
 use nexus_integration_tests::{Store, fetch_debs, heavy_test_guard, is_root, pack, unpack_deb};
@@ -124,6 +126,10 @@ fn real_packages_are_served_faithfully_and_run_from_the_mount() {
         "crafted".into(),
         "--version".into(),
         "1".into(),
+        // Files of other owners and a group-writable directory, kept as
+        // they are (the crafted tree's whole point).
+        "--trust-source-owner".into(),
+        "--keep-source-privileges".into(),
     ]);
 
     let mount = Mount::start(store.path(), &scratch.join("mnt"), &[]);
@@ -498,18 +504,6 @@ fn inode_numbers_identify_inodes() {
     let distinct: BTreeSet<u64> = numbers.values().copied().collect();
     assert_eq!(distinct.len(), numbers.len(), "{numbers:?}");
     mount.umount();
-}
-
-/// Runs `cat PATH` as the user `nobody`; returns whether it succeeded.
-fn cat_as_nobody(path: &Path) -> bool {
-    Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "cat"])
-        .arg(path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("run setpriv")
-        .success()
 }
 
 #[test]

@@ -186,6 +186,10 @@ fn crafted_metadata_round_trips() {
         "crafted".into(),
         "--version".into(),
         "1".into(),
+        // Files of other owners and a group-writable directory, kept as
+        // they are (the crafted tree's whole point).
+        "--trust-source-owner".into(),
+        "--keep-source-privileges".into(),
     ]);
     check_round_trip(&store, "crafted/1", &tree, &scratch.join("export"));
 
@@ -205,6 +209,10 @@ fn crafted_metadata_round_trips() {
         "crafted-copy".into(),
         "--version".into(),
         "1".into(),
+        // Files of other owners and a group-writable directory, kept as
+        // they are (the crafted tree's whole point).
+        "--trust-source-owner".into(),
+        "--keep-source-privileges".into(),
     ]);
     let a = store.listed("crafted", "1").expect("crafted/1 not listed");
     let b = store

@@ -91,6 +91,25 @@ fn hint_for(e: &(dyn std::error::Error + 'static)) -> Option<String> {
             _ => None,
         };
     }
+    if let Some(s) = e.downcast_ref::<StoreError>() {
+        return match s {
+            StoreError::UntrustedSource { .. } => Some(
+                "if you trust whoever owns or can write to that directory, add --trust-source-owner (and --keep-source-privileges to keep setuid bits and capabilities of files root does not own)"
+                    .into(),
+            ),
+            StoreError::SpecialFile { .. } => {
+                Some("use --skip-special to leave device nodes, FIFOs and sockets out".into())
+            }
+            StoreError::LockTimeout { .. } => Some(
+                "another nip add or gc holds the store; wait for it, or give it longer with --lock-timeout"
+                    .into(),
+            ),
+            StoreError::NotAStore { .. } => Some(
+                "create a store with `nip init`, or choose another with --store".into(),
+            ),
+            _ => None,
+        };
+    }
     if e.downcast_ref::<ReplayError>().is_some() {
         return Some("accept an older image on purpose with --allow-downgrade".into());
     }

@@ -15,7 +15,7 @@ use nexus_npk::ArchiveKind;
 use nexus_store::commit::{CommitOutcome, Membership, Precondition, StagedPackage};
 use nexus_store::dirs::{ScannedDir, scan_dirs, stage_dirs};
 use nexus_store::ingest::{FileContent, Producer};
-use nexus_store::scan::ScanOptions;
+use nexus_store::scan::{ScanOptions, SourcePolicy};
 use nexus_store::{AddDir, Hash, Progress, Store, StoreError, names, version};
 
 use crate::error::{Failure, GraftError, Problem, ReadResult, SourceError};
@@ -66,6 +66,8 @@ pub struct AddOptions {
     pub allow_downgrade: bool,
     /// Accept signed archives whose signature has expired.
     pub allow_expired: bool,
+    /// Whom directory imports trust besides root.
+    pub source_policy: SourcePolicy,
 }
 
 /// An App's `Current` would move to an older version: refused by
@@ -241,6 +243,7 @@ pub fn add_checked(
         &dirs,
         ScanOptions {
             skip_special: options.read.skip_special,
+            policy: options.source_policy,
         },
     )?;
     let mut total: u64 = scanned.iter().map(ScannedDir::content_bytes).sum();

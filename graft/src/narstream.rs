@@ -31,7 +31,7 @@ use crate::error::{Failure, LimitExceeded, Problem, ReadResult};
 use crate::limits::{Budget, Counted};
 
 /// Deepest directory nesting accepted (real store paths rarely pass 20).
-pub const MAX_DEPTH: usize = 256;
+pub const MAX_DEPTH: usize = nexus_store::tree::MAX_DEPTH;
 /// Longest keyword string (`nix-archive-1`, `executable`, ...).
 const KEYWORD_MAX: u64 = 16;
 /// The NAR's root, as an archive path.

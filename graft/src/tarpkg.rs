@@ -295,7 +295,7 @@ fn pkgsrc_package(
             }
         }
     }
-    let present: BTreeSet<Vec<u8>> = builder.non_dir_paths().map(<[u8]>::to_vec).collect();
+    let present: BTreeSet<Vec<u8>> = builder.non_dir_paths().into_iter().collect();
     if let Some(extra) = present.difference(&listed).next() {
         return Err(Problem::Metadata(format!(
             "the archive holds {:?}, which +CONTENTS does not list",

@@ -14,6 +14,8 @@
 
 use std::io::{self, Read};
 
+use nexus_store::tree::check_xattr;
+
 use crate::entry::{ArchiveEntry, EntryKind, EntryMeta, lossy};
 use crate::error::{Failure, Problem, ReadResult};
 use crate::limits::{Budget, Counted, EXTENSION_MAX, read_capped};
@@ -235,9 +237,10 @@ fn describe(
             .into());
         }
         if let Some(attr) = key.strip_prefix(b"SCHILY.xattr.") {
-            if attr.is_empty() {
-                return Err(Problem::Corrupt(format!("{name:?}: xattr without a name")).into());
-            }
+            // A name with NUL would break the NUL-separated listings the
+            // mount answers with; the kernel takes nothing longer.
+            check_xattr(attr, value)
+                .map_err(|reason| Problem::Corrupt(format!("{name:?}: {reason}")))?;
             xattrs.push((attr.to_vec(), value.clone()));
         }
     }
@@ -387,5 +390,44 @@ mod tests {
             format!("{err:?}").contains("--max-unpacked-size"),
             "{err:?}"
         );
+    }
+
+    #[test]
+    fn refuses_xattrs_the_kernel_could_not_hold() {
+        let long_name = [b"user.".to_vec(), vec![b'n'; 251]].concat();
+        let cases: [(&[u8], Vec<u8>, &str); 4] = [
+            (b"SCHILY.xattr.", b"v".to_vec(), "without a name"),
+            (b"SCHILY.xattr.user.a\0b", b"v".to_vec(), "NUL"),
+            (&long_name, b"v".to_vec(), "longer than 255"),
+            (
+                b"SCHILY.xattr.user.big",
+                vec![7u8; 65537],
+                "larger than 64 KiB",
+            ),
+        ];
+        for (key, value, expect) in cases {
+            let key = if key.starts_with(b"SCHILY") {
+                key.to_vec()
+            } else {
+                [b"SCHILY.xattr.".as_slice(), key].concat()
+            };
+            let mut b = tar::Builder::new(Vec::new());
+            let pax = record(&key, &value);
+            let mut ph = header(tar::EntryType::XHeader, pax.len() as u64);
+            b.append_data(&mut ph, "PaxHeaders/f", &pax[..]).unwrap();
+            let mut h = header(tar::EntryType::Regular, 1);
+            b.append_data(&mut h, "f", &b"x"[..]).unwrap();
+            let err = read_all(&b.into_inner().unwrap()).unwrap_err();
+            assert!(format!("{err:?}").contains(expect), "{expect}: {err:?}");
+        }
+        // At the limits, accepted.
+        let mut b = tar::Builder::new(Vec::new());
+        let name = [b"SCHILY.xattr.user.".to_vec(), vec![b'n'; 250]].concat();
+        let pax = record(&name, &vec![1u8; 65536]);
+        let mut ph = header(tar::EntryType::XHeader, pax.len() as u64);
+        b.append_data(&mut ph, "PaxHeaders/f", &pax[..]).unwrap();
+        let mut h = header(tar::EntryType::Regular, 1);
+        b.append_data(&mut h, "f", &b"x"[..]).unwrap();
+        read_all(&b.into_inner().unwrap()).unwrap();
     }
 }

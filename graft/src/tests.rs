@@ -128,7 +128,14 @@ fn problem(bytes: &[u8], options: ReadOptions) -> String {
 }
 
 fn paths(p: &Package) -> Vec<String> {
-    p.tree.walk().iter().map(|(path, _)| lossy(path)).collect()
+    let mut out = Vec::new();
+    p.tree
+        .visit(|v| -> Result<(), ()> {
+            out.push(lossy(v.path));
+            Ok(())
+        })
+        .unwrap();
+    out
 }
 
 #[test]

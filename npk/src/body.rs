@@ -6,8 +6,12 @@
 //! body is refused before anything acts on it: every count fits the bytes
 //! left, every index is in range, each tree is a tree (every directory but
 //! the root named exactly once, every entry reachable from the root, names
-//! safe and unique), each declared tree hash matches the tree, and every
-//! file's content is listed with the right size.
+//! safe and unique, at most [`nexus_store::tree::MAX_DEPTH`] deep, paths
+//! adding up to at most [`nexus_store::tree::MAX_PATH_BYTES`]), each declared tree hash matches the tree, and every
+//! file's content is listed with the right size. The limits are checked
+//! by one walk with one path buffer before the tree hash (which costs the
+//! sum of every path's length) is computed: a chain 20 000 directories
+//! deep once cost 771 MB to validate.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
@@ -15,7 +19,9 @@ use std::io::Read;
 use nexus_store::Hash;
 use nexus_store::names::{check_name, check_version};
 use nexus_store::params::BLOCK_MAX_RAW;
-use nexus_store::tree::{Entry, Inode, InodeKind, Tree, decode_xattrs, encode_xattrs};
+use nexus_store::tree::{
+    Entry, Inode, InodeKind, PathBudget, Tree, check_xattr, decode_xattrs, encode_xattrs,
+};
 
 use crate::error::FormatError;
 use crate::wire::{Reader, Writer};
@@ -308,8 +314,11 @@ fn decode_inode(r: &mut Reader<'_>) -> Result<Inode, FormatError> {
     let mtime = r.i64("mtime")?;
     let xattrs =
         decode_xattrs(r.bytes("xattrs")?).ok_or_else(|| malformed("malformed xattrs".into()))?;
-    if xattrs.windows(2).any(|w| w[0].0 >= w[1].0) || xattrs.iter().any(|(n, _)| n.is_empty()) {
-        return Err(malformed("xattr names empty, unsorted or repeated".into()));
+    if xattrs.windows(2).any(|w| w[0].0 >= w[1].0) {
+        return Err(malformed("xattr names unsorted or repeated".into()));
+    }
+    for (name, value) in &xattrs {
+        check_xattr(name, value).map_err(|reason| malformed(reason.to_string()))?;
     }
     let kind = match kind {
         KIND_DIR => InodeKind::Dir,
@@ -432,7 +441,15 @@ fn check_tree(tree: &Tree) -> Result<(), String> {
     }
     // With every directory named once, walking from the root terminates;
     // entries it does not reach hang off a cycle detached from the root.
-    if tree.walk().len() != tree.entries.len() {
+    // The walk stops at the first entry beyond the depth or path limits.
+    let mut budget = PathBudget::default();
+    let mut reached = 0usize;
+    tree.visit(|v| {
+        reached += 1;
+        budget.charge(v.depth, v.path.len())
+    })
+    .map_err(|limit| limit.to_string())?;
+    if reached != tree.entries.len() {
         return Err("some entries are not reachable from the root".into());
     }
     Ok(())

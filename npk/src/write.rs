@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -75,10 +76,16 @@ pub fn write_archive(
     let file_name = out
         .file_name()
         .ok_or_else(|| NpkError::Key(format!("{}: not a file name", out.display())))?;
+    // Unpredictable, and created with O_EXCL|O_NOFOLLOW below: a name
+    // planted in a shared directory (a symlink to a file root can write)
+    // makes the write fail instead of landing elsewhere.
+    let mut nonce = [0u8; 8];
+    getrandom::fill(&mut nonce).map_err(|e| NpkError::io(dir, std::io::Error::other(e)))?;
     let tmp: PathBuf = dir.join(format!(
-        ".{}.tmp{}",
+        ".{}.tmp{}.{}",
         file_name.to_string_lossy(),
-        std::process::id()
+        std::process::id(),
+        hex::encode(nonce)
     ));
     let result = write_to(store, members, &tmp, options);
     match result {
@@ -121,7 +128,13 @@ fn write_to(
     tmp: &Path,
     options: &WriteOptions<'_>,
 ) -> Result<Written> {
-    let file = File::create(tmp).map_err(|e| NpkError::io(tmp, e))?;
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(tmp)
+        .map_err(|e| NpkError::io(tmp, e))?;
     let mut out = Hashing {
         out: BufWriter::with_capacity(1 << 20, file),
         hasher: blake3::Hasher::new(),
@@ -429,4 +442,59 @@ pub fn package_tree(store: &Store, package: &PackageRow) -> Result<(Tree, Vec<(H
         }
     }
     Ok((tree, files))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nexus_store::{AddDir, AddOptions, NoProgress};
+
+    /// The review's L2: the temporary file had a predictable name
+    /// (`.NAME.tmpPID`) and was opened with `File::create`, which follows a
+    /// symlink planted there and truncates its target.
+    #[test]
+    fn a_planted_temporary_name_writes_nothing_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        fs::create_dir_all(src.join("bin")).unwrap();
+        fs::write(src.join("bin/tool"), b"#!/bin/sh\n").unwrap();
+        let mut store = Store::init(&dir.path().join("store")).unwrap();
+        let add = AddDir {
+            path: src,
+            name: "tool".into(),
+            version: "1".into(),
+        };
+        store
+            .add_dirs(&[add], AddOptions::default(), &NoProgress)
+            .unwrap();
+        let package = store.installed("tool/1").unwrap();
+
+        let victim = dir.path().join("victim");
+        fs::write(&victim, b"precious").unwrap();
+        let out_dir = dir.path().join("shared");
+        fs::create_dir(&out_dir).unwrap();
+        let planted = out_dir.join(format!(".tool.npk.tmp{}", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        let out = out_dir.join("tool.npk");
+        let options = WriteOptions {
+            kind: ArchiveKind::Package,
+            counter: 0,
+            created: 0,
+            expires: None,
+            signer: None,
+        };
+        let member = Member {
+            package: &package,
+            current: true,
+        };
+        write_archive(&store, &[member], &out, &options).unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
+        assert!(fs::symlink_metadata(&out).unwrap().is_file());
+        // Nothing left behind but the planted link.
+        let left: Vec<_> = fs::read_dir(&out_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left.len(), 2, "{left:?}");
+    }
 }

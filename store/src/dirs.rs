@@ -65,9 +65,9 @@ pub fn stage_dirs(
     let mut jobs = Vec::new();
     let mut targets = Vec::new();
     for (p, d) in dirs.iter().enumerate() {
-        for (inode, path) in &d.scanned.sources {
+        for (inode, source) in &d.scanned.sources {
             jobs.push(FileJob {
-                path: path.clone(),
+                source: source.clone(),
                 size: file_size(&d.scanned, *inode),
             });
             targets.push((p, *inode));

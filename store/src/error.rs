@@ -70,6 +70,52 @@ pub enum StoreError {
     /// boxed error is the policy's own, typed, for callers to downcast.
     #[error(transparent)]
     Refused(Box<dyn std::error::Error + Send + Sync>),
+    /// A directory to import holds a device node, FIFO or socket.
+    #[error("{path}: is {what}; packages may hold only files, directories and symlinks")]
+    SpecialFile {
+        /// The offending path.
+        path: PathBuf,
+        /// "a FIFO", "a socket", "a character device", ...
+        what: &'static str,
+    },
+    /// A directory being imported changed between the scan and the read
+    /// (or during the read): nothing of it is stored.
+    #[error("{path} changed while it was being imported ({what}); nothing was stored")]
+    SourceChanged {
+        /// The file or directory that changed.
+        path: PathBuf,
+        /// What changed.
+        what: String,
+    },
+    /// Root was asked to import a tree that someone else owns or can write
+    /// to, without being told to trust them.
+    #[error(
+        "{path}: {reason}; root imports a directory only if root owns it, what it holds and the directories above it, and nobody else can write to them"
+    )]
+    UntrustedSource {
+        /// The offending file or directory.
+        path: PathBuf,
+        /// Who owns it or may write to it.
+        reason: String,
+    },
+    /// A tree to import exceeds a per-package path limit.
+    #[error("{path}: {limit}")]
+    PathLimit {
+        /// The entry at which the limit was exceeded.
+        path: PathBuf,
+        /// Which limit.
+        limit: crate::tree::PathLimit,
+    },
+    /// A store lock stayed taken longer than the caller would wait.
+    #[error("{path}: still locked after {waited_secs} s by {}", holders_text(.holders))]
+    LockTimeout {
+        /// The lock file.
+        path: PathBuf,
+        /// How long we waited.
+        waited_secs: u64,
+        /// Processes holding it (from `/proc/locks`), when known.
+        holders: Vec<u32>,
+    },
     /// NAME/VERSION exists already with different content.
     #[error(
         "{name}/{version} already exists with a different tree ({existing}); versions are immutable, pick a new version"
@@ -128,6 +174,20 @@ pub enum StoreError {
     /// The operation makes no sense in the current state.
     #[error("{0}")]
     Invalid(String),
+}
+
+fn holders_text(holders: &[u32]) -> String {
+    match holders {
+        [] => "another process (which one is unknown)".into(),
+        [one] => format!("process {one}"),
+        many => format!(
+            "processes {}",
+            many.iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
 }
 
 impl StoreError {

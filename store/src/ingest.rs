@@ -20,7 +20,6 @@
 //! result in one transaction ([`crate::commit`]).
 
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -37,6 +36,7 @@ use crate::pack::{
     BlockBuilder, ChunkLocation, EncodedBlock, PackWriter, SealedPack, block_compressor,
 };
 use crate::params::{BLOCK_TARGET, ChunkParams, PACK_TARGET_SIZE};
+use crate::scan::SourceFile;
 
 /// Blocks in flight on each channel (to the compressors, to the writer).
 const CHANNEL_DEPTH: usize = 8;
@@ -62,8 +62,9 @@ pub struct FileContent {
 
 /// One file to ingest.
 pub struct FileJob {
-    /// Where to read it.
-    pub path: PathBuf,
+    /// Where to read it: a file found by a directory scan, opened again
+    /// below its directory and checked to be the file scanned.
+    pub source: SourceFile,
     /// Its size according to the scan (a different size at read time is an
     /// error: the file changed under us).
     pub size: u64,
@@ -335,22 +336,23 @@ fn ingest_file(
     job: &FileJob,
     progress: ProgressFn<'_>,
 ) -> Result<FileContent> {
-    let file = File::open(&job.path).map_err(|e| StoreError::io(&job.path, e))?;
+    let path = job.source.path();
+    let file = job.source.open()?;
     let content = producer
-        .add(file, job.size, progress)
+        .add(&file, job.size, progress)
         .map_err(|e| match e {
-            ChunkError::Io(io) => StoreError::io(&job.path, io),
-            ChunkError::Sink(msg) => StoreError::Invalid(format!("{}: {msg}", job.path.display())),
+            ChunkError::Io(io) => StoreError::io(path, io),
+            ChunkError::Sink(msg) => StoreError::Invalid(format!("{}: {msg}", path.display())),
         })?;
     if content.size != job.size {
-        return Err(StoreError::BadInput {
-            path: job.path.clone(),
-            reason: format!(
-                "changed while being read (size {} then {})",
-                job.size, content.size
-            ),
+        return Err(StoreError::SourceChanged {
+            path: path.to_path_buf(),
+            what: format!("size {} then {}", job.size, content.size),
         });
     }
+    // Written to, or its metadata changed, while it was read: the bytes
+    // might not belong with the metadata taken at the scan.
+    job.source.check_unchanged(&file)?;
     Ok(content)
 }
 

@@ -1,9 +1,14 @@
 //! Validation of package names and versions.
 //!
 //! Both become path components of `/Programs/App/Version`, so they must be
-//! usable as one: non-empty, no `/`, not `.` or `..`, no control characters.
+//! usable as one: non-empty, no `/`, not `.` or `..`, no control characters
+//! and no Unicode format characters (General_Category Cf: bidirectional
+//! overrides such as U+202E, zero-width joiners, the BOM), which would let
+//! a listing show one name while meaning another.
 //! `Current` is reserved as a version because `App/Current` is the link to the
 //! chosen version.
+
+use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 
 use crate::error::{Result, StoreError};
 
@@ -32,6 +37,12 @@ fn check(what: &'static str, value: &str) -> Result<()> {
     }
     if value.chars().any(|c| c.is_control()) {
         return fail("must not contain control characters");
+    }
+    if value
+        .chars()
+        .any(|c| c.general_category() == GeneralCategory::Format)
+    {
+        return fail("must not contain Unicode format characters (such as U+202E)");
     }
     if value.starts_with('-') {
         return fail("must not start with `-`");
@@ -94,6 +105,23 @@ mod tests {
             assert!(check_version(bad).is_err(), "{bad:?}");
         }
         assert!(check_version("Current").is_err());
+        // Bidirectional overrides, zero-width characters, the BOM and tag
+        // characters (all of General_Category Cf) would spoof listings.
+        for bad in [
+            "evil\u{202E}txt.exe",
+            "a\u{200B}b",
+            "a\u{200D}b",
+            "\u{FEFF}app",
+            "a\u{2066}b",
+            "a\u{E0041}",
+            "soft\u{00AD}hyphen",
+        ] {
+            let err = check_name(bad).unwrap_err().to_string();
+            assert!(err.contains("format characters"), "{bad:?}: {err}");
+            assert!(check_version(bad).is_err(), "{bad:?}");
+        }
+        // Letters of any script stay allowed.
+        check_name("résumé-ツール").unwrap();
         assert!(check_name(&"a".repeat(256)).is_err());
     }
 

@@ -215,7 +215,7 @@ impl PackWriter {
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o644)
+            .mode(crate::store::PRIVATE_FILE_MODE)
             .open(&path)
             .map_err(|e| StoreError::io(&path, e))?;
         let mut out = BufWriter::with_capacity(1 << 20, file);

@@ -1,29 +1,82 @@
 //! Turning a directory on disk into a [`Tree`] (metadata only; content is read
-//! later by the ingest pipeline).
+//! later by the ingest pipeline), without trusting whoever can write to it.
 //!
-//! Policy for special files (FORMAT.md, "What a package may contain"): device
-//! nodes, FIFOs and sockets are refused with an error naming the path, because
-//! a read-only program tree has no use for them and a device node in a shared
-//! mount is a security hole. `skip_special` drops them instead, with a warning.
+//! Root often imports trees a user built. Looked up by path, such a tree
+//! can be changed between two looks: a component swapped for a symlink
+//! (`renameat2(RENAME_EXCHANGE)`) made the store pair one file's metadata
+//! (uid 0, mode 04755) with another file's bytes, or read a root-only file
+//! through a symlink. So the walk never resolves a path twice:
+//!
+//! * every directory is opened relative to its parent's descriptor with
+//!   `O_NOFOLLOW`, and every entry is looked at through a descriptor of its
+//!   own (`O_PATH | O_NOFOLLOW`): type, mode, owner and xattrs all come from
+//!   that one inode (xattrs through `/proc/self/fd`, the one way to read
+//!   them from an `O_PATH` descriptor, which works for symlinks too);
+//! * a regular file is opened again when its content is read
+//!   ([`SourceFile::open`]), below the kept root descriptor with
+//!   `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, and refused unless
+//!   device, inode, type, mode, owner, size, mtime and ctime are what the
+//!   scan saw (ctime moves with every chmod, chown, xattr change and
+//!   write); after the read they are compared once more.
+//!
+//! Policy (FORMAT.md, "What a package may contain"; ARCHITECTURE.md, "Threat
+//! model"):
+//!
+//! * device nodes, FIFOs and sockets are refused with an error naming the
+//!   path (a device node in a shared mount is a security hole), or dropped
+//!   with a warning when `skip_special` is set;
+//! * run as root, a tree is refused unless root owns it, every entry in it
+//!   and every directory above it, and none of them is writable by group or
+//!   others (a sticky directory excepted: others cannot move root's entries
+//!   in it) — git's `safe.directory` rule — unless the caller trusts the
+//!   tree's owner ([`SourcePolicy::trust_owner`]);
+//! * a file whose owner on disk is not root never brings setuid or setgid
+//!   bits, a `security.capability` xattr or group 0 into the store unless
+//!   the caller asks ([`SourcePolicy::keep_privileges`]): whoever owns the
+//!   file could not have given it root's powers.
 
 use std::collections::HashMap;
-use std::fs::{self, Metadata};
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use rustix::fs::{self as rfs, FileType, Mode, OFlags, ResolveFlags, Stat};
+use rustix::io::Errno;
 
 use crate::error::{Result, StoreError};
-use crate::tree::{Inode, InodeIndex, InodeKind, Tree, Xattrs};
+use crate::tree::{Inode, InodeIndex, InodeKind, PathBudget, Tree, Xattrs, check_xattr};
+
+/// The group a file not owned by root is given instead of group 0 (the
+/// kernel's overflow id, `nogroup`): the file's owner cannot vouch for
+/// root's group.
+pub const OVERFLOW_GID: u32 = 65534;
+
+/// The xattr that grants file capabilities.
+const CAPABILITY_XATTR: &[u8] = b"security.capability";
 
 /// A scanned directory: its tree, and where on disk each regular file's
 /// content is to be read from.
 pub struct ScannedTree {
     /// The tree, with file contents not yet hashed.
     pub tree: Tree,
-    /// `(inode, path)` for every regular-file inode (once per hard-link group).
-    pub sources: Vec<(InodeIndex, PathBuf)>,
+    /// `(inode, file)` for every regular-file inode (once per hard-link group).
+    pub sources: Vec<(InodeIndex, SourceFile)>,
     /// Special files that were skipped (only with `skip_special`).
     pub skipped: Vec<PathBuf>,
+}
+
+/// Whom a directory import trusts besides root.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourcePolicy {
+    /// When run as root, import a tree even though someone other than root
+    /// owns it (or a directory above it), or can write to it.
+    pub trust_owner: bool,
+    /// Keep setuid and setgid bits, `security.capability` and group 0 on
+    /// files whose owner on disk is not root.
+    pub keep_privileges: bool,
 }
 
 /// Options for [`scan_dir`].
@@ -31,173 +84,562 @@ pub struct ScannedTree {
 pub struct ScanOptions {
     /// Drop device nodes, FIFOs and sockets instead of failing.
     pub skip_special: bool,
+    /// Whom to trust.
+    pub policy: SourcePolicy,
 }
 
-/// Reads the xattrs of `path` (not following symlinks), sorted by name.
-fn read_xattrs(path: &Path) -> Result<Xattrs> {
-    let names = match xattr::list(path) {
-        Ok(names) => names,
-        // File systems without xattr support simply have none.
-        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(Vec::new()),
-        Err(e) => return Err(StoreError::io(path, e)),
-    };
-    let mut out = Vec::new();
-    for name in names {
-        match xattr::get(path, &name) {
-            Ok(Some(value)) => out.push((name.as_bytes().to_vec(), value)),
-            Ok(None) => {}
-            Err(e) => return Err(StoreError::io(path, e)),
+/// What identifies a file and everything the store takes from it, as seen
+/// through one descriptor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Identity {
+    dev: u64,
+    ino: u64,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    size: u64,
+    mtime: (i64, u64),
+    ctime: (i64, u64),
+}
+
+impl Identity {
+    fn of(st: &Stat) -> Identity {
+        Identity {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            mode: st.st_mode,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            size: st.st_size as u64,
+            mtime: (st.st_mtime, st.st_mtime_nsec),
+            ctime: (st.st_ctime, st.st_ctime_nsec),
         }
+    }
+
+    /// What differs between two looks at "the same" file, if anything.
+    fn change(&self, now: &Identity) -> Option<&'static str> {
+        if (self.dev, self.ino) != (now.dev, now.ino) {
+            Some("it is another file now")
+        } else if self.mode != now.mode {
+            Some("its type or mode changed")
+        } else if (self.uid, self.gid) != (now.uid, now.gid) {
+            Some("its owner changed")
+        } else if self.size != now.size {
+            Some("its size changed")
+        } else if self.mtime != now.mtime {
+            Some("it was modified")
+        } else if self.ctime != now.ctime {
+            Some("its metadata or xattrs changed")
+        } else {
+            None
+        }
+    }
+}
+
+/// A regular file found by the scan: where its bytes are, and what it was
+/// when scanned.
+#[derive(Clone, Debug)]
+pub struct SourceFile {
+    /// The scanned directory, kept open: files are opened below it.
+    root: Arc<OwnedFd>,
+    /// The file's path below `root`.
+    relative: PathBuf,
+    /// The file's path as the caller spelt it, for messages.
+    display: PathBuf,
+    identity: Identity,
+}
+
+impl SourceFile {
+    /// The file's path (the scanned directory joined with its path inside).
+    pub fn path(&self) -> &Path {
+        &self.display
+    }
+
+    /// Its size when scanned.
+    pub fn size(&self) -> u64 {
+        self.identity.size
+    }
+
+    /// Opens the file for reading, below the scanned directory and through
+    /// no symlink, and checks that it is the file the scan saw, unchanged.
+    pub fn open(&self) -> Result<File> {
+        let fd = open_beneath(&self.root, &self.relative).map_err(|e| match e {
+            // A component became a symlink or another mount, or vanished.
+            Errno::LOOP | Errno::XDEV | Errno::NOENT | Errno::NOTDIR | Errno::AGAIN => {
+                self.changed("a directory on its path was replaced or it disappeared")
+            }
+            e => StoreError::io(&self.display, e.into()),
+        })?;
+        let file = File::from(fd);
+        self.check_unchanged(&file)?;
+        Ok(file)
+    }
+
+    /// Checks that `file` (opened with [`SourceFile::open`]) still is what
+    /// the scan saw: after its content was read, this catches writes and
+    /// metadata changes made during the read.
+    pub fn check_unchanged(&self, file: &File) -> Result<()> {
+        let st = rfs::fstat(file).map_err(|e| StoreError::io(&self.display, e.into()))?;
+        match self.identity.change(&Identity::of(&st)) {
+            Some(what) => Err(self.changed(what)),
+            None => Ok(()),
+        }
+    }
+
+    fn changed(&self, what: &str) -> StoreError {
+        StoreError::SourceChanged {
+            path: self.display.clone(),
+            what: what.to_string(),
+        }
+    }
+}
+
+/// Opens `relative` below `root` for reading without following any symlink.
+fn open_beneath(root: &OwnedFd, relative: &Path) -> rustix::io::Result<OwnedFd> {
+    // Never blocks on a FIFO, never becomes a controlling terminal: the
+    // type is checked only after the open.
+    let flags =
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
+    let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+    let mut again = 0;
+    loop {
+        match rfs::openat2(root, relative, flags, Mode::empty(), resolve) {
+            // The kernel asks for a retry when a rename raced the lookup.
+            Err(Errno::AGAIN) if again < 8 => again += 1,
+            // Kernels before 5.6 (or a seccomp filter) lack openat2: one
+            // component at a time, each refused if it is a symlink.
+            Err(Errno::NOSYS) => return open_by_components(root, relative, flags),
+            other => return other,
+        }
+    }
+}
+
+fn open_by_components(
+    root: &OwnedFd,
+    relative: &Path,
+    flags: OFlags,
+) -> rustix::io::Result<OwnedFd> {
+    let names: Vec<&OsStr> = relative
+        .components()
+        .map(|c| match c {
+            Component::Normal(name) => Ok(name),
+            _ => Err(Errno::INVAL),
+        })
+        .collect::<rustix::io::Result<_>>()?;
+    let Some((last, dirs)) = names.split_last() else {
+        return Err(Errno::INVAL);
+    };
+    let mut dir: Option<OwnedFd> = None;
+    for name in dirs {
+        let at = dir.as_ref().map_or(root.as_fd(), |d| d.as_fd());
+        let next = rfs::openat(
+            at,
+            *name,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        dir = Some(next);
+    }
+    let at = dir.as_ref().map_or(root.as_fd(), |d| d.as_fd());
+    rfs::openat(at, *last, flags, Mode::empty())
+}
+
+/// Reads the xattrs of the inode `fd` refers to (any kind of descriptor,
+/// `O_PATH` included), sorted by name.
+fn read_xattrs(fd: BorrowedFd<'_>, display: &Path) -> Result<Xattrs> {
+    // `/proc/self/fd/N` leads to the inode itself, even to a symlink: the
+    // f*xattr calls refuse `O_PATH` descriptors.
+    let proc = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    // The kernel's own limits: a list and a value are at most 64 KiB.
+    let mut list = vec![0u8; 64 << 10];
+    let len = match rfs::listxattr(&proc, &mut list[..]) {
+        Ok(len) => len,
+        // File systems without xattr support simply have none.
+        Err(Errno::NOTSUP) => return Ok(Vec::new()),
+        Err(e) => return Err(StoreError::io(display, e.into())),
+    };
+    let mut value = vec![0u8; 64 << 10];
+    let mut out = Vec::new();
+    for name in list[..len].split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let c_name = std::ffi::CString::new(name)
+            .map_err(|_| StoreError::Invalid("xattr name with NUL".into()))?;
+        let n = match rfs::getxattr(&proc, c_name.as_c_str(), &mut value[..]) {
+            Ok(n) => n,
+            // Removed between the listing and now: its inode no longer has it.
+            Err(Errno::NODATA) => continue,
+            Err(e) => return Err(StoreError::io(display, e.into())),
+        };
+        check_xattr(name, &value[..n]).map_err(|reason| StoreError::BadInput {
+            path: display.to_path_buf(),
+            reason: reason.into(),
+        })?;
+        out.push((name.to_vec(), value[..n].to_vec()));
     }
     out.sort();
     Ok(out)
 }
 
-fn inode_from(meta: &Metadata, kind: InodeKind, xattrs: Xattrs) -> Inode {
+/// True when this process is root, for whom foreign trees are refused.
+fn running_as_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Why root would not trust `st` as part of a tree (or a directory above
+/// one), if it would not.
+fn distrust(st: &Stat) -> Option<String> {
+    if st.st_uid != 0 {
+        return Some(format!("owned by uid {}, not root", st.st_uid));
+    }
+    let kind = FileType::from_raw_mode(st.st_mode);
+    let sticky_dir = kind == FileType::Directory && st.st_mode & 0o1000 != 0;
+    if kind != FileType::Symlink && st.st_mode & 0o022 != 0 && !sticky_dir {
+        return Some(format!(
+            "writable by its group or by others (mode {:04o})",
+            st.st_mode & 0o7777
+        ));
+    }
+    None
+}
+
+fn untrusted(path: &Path, reason: String) -> StoreError {
+    StoreError::UntrustedSource {
+        path: path.to_path_buf(),
+        reason,
+    }
+}
+
+/// The inode the store keeps for `st`, with the privileges its owner could
+/// not have granted taken away unless the caller keeps them.
+fn inode_from(st: &Stat, kind: InodeKind, mut xattrs: Xattrs, policy: SourcePolicy) -> Inode {
+    let mut mode = st.st_mode & 0o7777;
+    let mut gid = st.st_gid;
+    if st.st_uid != 0 && !policy.keep_privileges {
+        mode &= !0o6000;
+        xattrs.retain(|(name, _)| name != CAPABILITY_XATTR);
+        if gid == 0 {
+            gid = OVERFLOW_GID;
+        }
+    }
     Inode {
         kind,
-        mode: meta.mode() & 0o7777,
-        uid: meta.uid(),
-        gid: meta.gid(),
-        mtime: meta.mtime(),
+        mode,
+        uid: st.st_uid,
+        gid,
+        mtime: st.st_mtime,
         xattrs,
     }
 }
 
-/// Scans `root` recursively without following symlinks.
-pub fn scan_dir(root: &Path, options: ScanOptions) -> Result<ScannedTree> {
-    let root_meta = fs::symlink_metadata(root).map_err(|e| StoreError::io(root, e))?;
-    if !root_meta.is_dir() {
-        return Err(StoreError::BadInput {
-            path: root.to_path_buf(),
-            reason: "not a directory".into(),
-        });
+/// Opens the directory to scan (for reading), after checking, when root
+/// must distrust foreign trees, every directory above it.
+fn open_root(root: &Path, check_ancestors: bool) -> Result<OwnedFd> {
+    let not_a_dir = || StoreError::BadInput {
+        path: root.to_path_buf(),
+        reason: "not a directory".into(),
+    };
+    let read_dir = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let open_err = |e: Errno| match e {
+        Errno::NOTDIR => not_a_dir(),
+        e => StoreError::io(root, e.into()),
+    };
+    if !check_ancestors {
+        return rfs::openat(rfs::CWD, root, read_dir, Mode::empty()).map_err(open_err);
     }
-    let mut tree = Tree::default();
-    tree.push_inode(inode_from(&root_meta, InodeKind::Dir, read_xattrs(root)?));
-    let mut sources = Vec::new();
-    let mut skipped = Vec::new();
-    let mut hardlinks: HashMap<(u64, u64), InodeIndex> = HashMap::new();
-    let mut pending: Vec<(PathBuf, InodeIndex)> = vec![(root.to_path_buf(), 0)];
+    // From `/` down, one component at a time and through no symlink, so the
+    // directories checked are the ones the tree is found through.
+    let canonical = std::fs::canonicalize(root).map_err(|e| StoreError::io(root, e))?;
+    let step = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let mut at = rfs::openat(rfs::CWD, "/", step, Mode::empty()).map_err(open_err)?;
+    let mut above = PathBuf::from("/");
+    for component in canonical.components() {
+        let Component::Normal(name) = component else {
+            continue;
+        };
+        let st = rfs::fstat(&at).map_err(|e| StoreError::io(&above, e.into()))?;
+        if let Some(reason) = distrust(&st) {
+            return Err(untrusted(
+                &above,
+                format!("a directory above the tree is {reason}"),
+            ));
+        }
+        at = rfs::openat(&at, name, step, Mode::empty()).map_err(|e| match e {
+            Errno::LOOP => StoreError::SourceChanged {
+                path: canonical.clone(),
+                what: "a directory on its path was replaced by a symlink".into(),
+            },
+            e => open_err(e),
+        })?;
+        above.push(name);
+    }
+    rfs::openat(&at, ".", read_dir, Mode::empty()).map_err(open_err)
+}
 
-    while let Some((dir_path, dir_inode)) = pending.pop() {
-        let reader = fs::read_dir(&dir_path).map_err(|e| StoreError::io(&dir_path, e))?;
+/// One directory being walked: its open descriptor and the subdirectories
+/// still to enter.
+struct Frame {
+    dir: Arc<OwnedFd>,
+    /// Length of the directory's path below the root (bytes).
+    relative_len: usize,
+    subdirs: std::vec::IntoIter<(Vec<u8>, InodeIndex, Identity)>,
+}
+
+/// The walk of one tree.
+struct Walk<'a> {
+    root: &'a Path,
+    root_fd: Arc<OwnedFd>,
+    options: ScanOptions,
+    check_owner: bool,
+    tree: Tree,
+    sources: Vec<(InodeIndex, SourceFile)>,
+    skipped: Vec<PathBuf>,
+    hardlinks: HashMap<(u64, u64), InodeIndex>,
+    budget: PathBudget,
+    /// The path, below the root, of the directory being read.
+    relative: Vec<u8>,
+}
+
+impl Walk<'_> {
+    fn display(&self, name: &[u8]) -> PathBuf {
+        let mut p = self.root.join(OsStr::from_bytes(&self.relative));
+        p.push(OsStr::from_bytes(name));
+        p
+    }
+
+    fn relative_to(&self, name: &[u8]) -> Vec<u8> {
+        let mut p = self.relative.clone();
+        if !p.is_empty() {
+            p.push(b'/');
+        }
+        p.extend_from_slice(name);
+        p
+    }
+
+    fn trust(&self, st: &Stat, path: &Path) -> Result<()> {
+        match distrust(st).filter(|_| self.check_owner) {
+            Some(reason) => Err(untrusted(path, reason)),
+            None => Ok(()),
+        }
+    }
+
+    /// Reads the directory `dir` (the tree's inode `dir_inode`, `depth`
+    /// components below the root): every entry becomes an inode; returns
+    /// the subdirectories, to be entered next.
+    fn read_dir(
+        &mut self,
+        dir: &OwnedFd,
+        dir_inode: InodeIndex,
+        depth: usize,
+    ) -> Result<Vec<(Vec<u8>, InodeIndex, Identity)>> {
+        let here = self.root.join(OsStr::from_bytes(&self.relative));
+        let io = |e: Errno| StoreError::io(&here, e.into());
         let mut names = Vec::new();
-        for entry in reader {
-            let entry = entry.map_err(|e| StoreError::io(&dir_path, e))?;
-            names.push(entry.file_name());
+        for entry in rfs::Dir::read_from(dir).map_err(io)? {
+            let entry = entry.map_err(io)?;
+            let name = entry.file_name().to_bytes();
+            if name != b"." && name != b".." {
+                names.push(name.to_vec());
+            }
         }
         // Sorted so that inode numbering, and thus the catalog, is
         // deterministic for the same input.
         names.sort();
+        let mut subdirs = Vec::new();
         for name in names {
-            let path = dir_path.join(&name);
-            let meta = fs::symlink_metadata(&path).map_err(|e| StoreError::io(&path, e))?;
-            let ft = meta.file_type();
-            let name_bytes = name.as_bytes().to_vec();
-            if ft.is_dir() {
-                let ino = tree.push_inode(inode_from(&meta, InodeKind::Dir, read_xattrs(&path)?));
-                tree.push_entry(dir_inode, name_bytes, ino);
-                pending.push((path, ino));
-            } else if ft.is_file() {
-                let key = (meta.dev(), meta.ino());
-                if meta.nlink() > 1
-                    && let Some(&existing) = hardlinks.get(&key)
-                {
-                    tree.push_entry(dir_inode, name_bytes, existing);
-                    continue;
-                }
-                let kind = InodeKind::File {
-                    size: meta.len(),
-                    content: None,
-                };
-                let ino = tree.push_inode(inode_from(&meta, kind, read_xattrs(&path)?));
-                if meta.nlink() > 1 {
-                    hardlinks.insert(key, ino);
-                }
-                tree.push_entry(dir_inode, name_bytes, ino);
-                sources.push((ino, path));
-            } else if ft.is_symlink() {
-                let target = fs::read_link(&path).map_err(|e| StoreError::io(&path, e))?;
-                let kind = InodeKind::Symlink {
-                    target: target.as_os_str().as_bytes().to_vec(),
-                };
-                let ino = tree.push_inode(inode_from(&meta, kind, read_xattrs(&path)?));
-                tree.push_entry(dir_inode, name_bytes, ino);
-            } else {
-                let what = if ft.is_fifo() {
-                    "a FIFO"
-                } else if ft.is_socket() {
-                    "a socket"
-                } else if ft.is_block_device() {
-                    "a block device"
-                } else if ft.is_char_device() {
-                    "a character device"
-                } else {
-                    "an unknown file type"
-                };
-                if options.skip_special {
+            let path = self.display(&name);
+            let path_len =
+                self.relative.len() + usize::from(!self.relative.is_empty()) + name.len();
+            self.budget
+                .charge(depth, path_len)
+                .map_err(|limit| StoreError::PathLimit {
+                    path: path.clone(),
+                    limit,
+                })?;
+            let c_name = std::ffi::CString::new(name.clone())
+                .map_err(|_| StoreError::Invalid("file name with NUL".into()))?;
+            let fd = rfs::openat(
+                dir,
+                c_name.as_c_str(),
+                OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| match e {
+                Errno::NOENT => StoreError::SourceChanged {
+                    path: path.clone(),
+                    what: "it disappeared".into(),
+                },
+                e => StoreError::io(&path, e.into()),
+            })?;
+            let st = rfs::fstat(&fd).map_err(|e| StoreError::io(&path, e.into()))?;
+            let kind = FileType::from_raw_mode(st.st_mode);
+            if let Some(what) = special(kind) {
+                if self.options.skip_special {
                     tracing::warn!("skipping {}: {what}", path.display());
-                    skipped.push(path);
+                    self.skipped.push(path);
                     continue;
                 }
-                return Err(StoreError::BadInput {
-                    path,
-                    reason: format!(
-                        "is {what}; packages may hold only files, directories and symlinks (use --skip-special to leave such files out)"
-                    ),
-                });
+                return Err(StoreError::SpecialFile { path, what });
+            }
+            self.trust(&st, &path)?;
+            let policy = self.options.policy;
+            match kind {
+                FileType::Directory => {
+                    let xattrs = read_xattrs(fd.as_fd(), &path)?;
+                    let ino = self
+                        .tree
+                        .push_inode(inode_from(&st, InodeKind::Dir, xattrs, policy));
+                    self.tree.push_entry(dir_inode, name.clone(), ino);
+                    subdirs.push((name, ino, Identity::of(&st)));
+                }
+                FileType::RegularFile => {
+                    let key = (st.st_dev, st.st_ino);
+                    if st.st_nlink > 1
+                        && let Some(&existing) = self.hardlinks.get(&key)
+                    {
+                        self.tree.push_entry(dir_inode, name, existing);
+                        continue;
+                    }
+                    let xattrs = read_xattrs(fd.as_fd(), &path)?;
+                    let kind = InodeKind::File {
+                        size: st.st_size as u64,
+                        content: None,
+                    };
+                    let ino = self.tree.push_inode(inode_from(&st, kind, xattrs, policy));
+                    if st.st_nlink > 1 {
+                        self.hardlinks.insert(key, ino);
+                    }
+                    let relative = PathBuf::from(OsStr::from_bytes(&self.relative_to(&name)));
+                    self.tree.push_entry(dir_inode, name, ino);
+                    self.sources.push((
+                        ino,
+                        SourceFile {
+                            root: self.root_fd.clone(),
+                            relative,
+                            display: path,
+                            identity: Identity::of(&st),
+                        },
+                    ));
+                }
+                FileType::Symlink => {
+                    // The link the descriptor holds, not whatever the name
+                    // means by now.
+                    let target = rfs::readlinkat(&fd, c"", Vec::new())
+                        .map_err(|e| StoreError::io(&path, e.into()))?;
+                    let kind = InodeKind::Symlink {
+                        target: target.into_bytes(),
+                    };
+                    let xattrs = read_xattrs(fd.as_fd(), &path)?;
+                    let ino = self.tree.push_inode(inode_from(&st, kind, xattrs, policy));
+                    self.tree.push_entry(dir_inode, name, ino);
+                }
+                _ => {
+                    return Err(StoreError::BadInput {
+                        path,
+                        reason: "is an unknown file type".into(),
+                    });
+                }
             }
         }
+        Ok(subdirs)
+    }
+
+    /// Opens the subdirectory `name` of `parent` again, checking that it is
+    /// the directory read when its parent was.
+    fn enter(&self, parent: &OwnedFd, name: &[u8], scanned: &Identity) -> Result<OwnedFd> {
+        let path = self.display(name);
+        let changed = |what: &str| StoreError::SourceChanged {
+            path: path.clone(),
+            what: what.to_string(),
+        };
+        let c_name = std::ffi::CString::new(name)
+            .map_err(|_| StoreError::Invalid("file name with NUL".into()))?;
+        let fd = rfs::openat(
+            parent,
+            c_name.as_c_str(),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| match e {
+            Errno::LOOP | Errno::NOTDIR | Errno::NOENT => {
+                changed("it was replaced by something else or disappeared")
+            }
+            e => StoreError::io(&path, e.into()),
+        })?;
+        let st = rfs::fstat(&fd).map_err(|e| StoreError::io(&path, e.into()))?;
+        match scanned.change(&Identity::of(&st)) {
+            Some(what) => Err(changed(what)),
+            None => Ok(fd),
+        }
+    }
+}
+
+/// The description of a special file type, `None` for the kinds a package
+/// may hold.
+fn special(kind: FileType) -> Option<&'static str> {
+    match kind {
+        FileType::Fifo => Some("a FIFO"),
+        FileType::Socket => Some("a socket"),
+        FileType::BlockDevice => Some("a block device"),
+        FileType::CharacterDevice => Some("a character device"),
+        _ => None,
+    }
+}
+
+/// Scans `root` recursively, without following symlinks, under `options`'
+/// policy.
+pub fn scan_dir(root: &Path, options: ScanOptions) -> Result<ScannedTree> {
+    let check_owner = !options.policy.trust_owner && running_as_root();
+    let root_fd = Arc::new(open_root(root, check_owner)?);
+    let st = rfs::fstat(&*root_fd).map_err(|e| StoreError::io(root, e.into()))?;
+    let mut walk = Walk {
+        root,
+        root_fd: root_fd.clone(),
+        options,
+        check_owner,
+        tree: Tree::default(),
+        sources: Vec::new(),
+        skipped: Vec::new(),
+        hardlinks: HashMap::new(),
+        budget: PathBudget::default(),
+        relative: Vec::new(),
+    };
+    walk.trust(&st, root)?;
+    let xattrs = read_xattrs(root_fd.as_fd(), root)?;
+    walk.tree
+        .push_inode(inode_from(&st, InodeKind::Dir, xattrs, options.policy));
+    let subdirs = walk.read_dir(&root_fd, 0, 1)?;
+    // Directories are entered depth first; only the directories on the way
+    // down are open, at most `MAX_DEPTH` of them.
+    let mut stack = vec![Frame {
+        dir: root_fd,
+        relative_len: 0,
+        subdirs: subdirs.into_iter(),
+    }];
+    while let Some(top) = stack.last_mut() {
+        let Some((name, ino, identity)) = top.subdirs.next() else {
+            stack.pop();
+            continue;
+        };
+        let parent = top.dir.clone();
+        walk.relative.truncate(top.relative_len);
+        let fd = walk.enter(&parent, &name, &identity)?;
+        if !walk.relative.is_empty() {
+            walk.relative.push(b'/');
+        }
+        walk.relative.extend_from_slice(&name);
+        let depth = stack.len() + 1;
+        let subdirs = walk.read_dir(&fd, ino, depth)?;
+        stack.push(Frame {
+            dir: Arc::new(fd),
+            relative_len: walk.relative.len(),
+            subdirs: subdirs.into_iter(),
+        });
     }
     Ok(ScannedTree {
-        tree,
-        sources,
-        skipped,
+        tree: walk.tree,
+        sources: walk.sources,
+        skipped: walk.skipped,
     })
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::unix::fs::symlink;
-
-    #[test]
-    fn scans_files_links_and_hardlinks() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path();
-        fs::create_dir(root.join("bin")).unwrap();
-        fs::write(root.join("bin/tool"), b"#!/bin/sh\n").unwrap();
-        fs::hard_link(root.join("bin/tool"), root.join("bin/tool2")).unwrap();
-        symlink("tool", root.join("bin/link")).unwrap();
-        let scanned = scan_dir(root, ScanOptions::default()).unwrap();
-        // root, bin, tool (shared by two names), link
-        assert_eq!(scanned.tree.inodes.len(), 4);
-        assert_eq!(scanned.tree.entries.len(), 4);
-        assert_eq!(scanned.sources.len(), 1);
-    }
-
-    #[test]
-    fn refuses_fifos_unless_told_to_skip() {
-        let dir = tempfile::tempdir().unwrap();
-        let fifo = dir.path().join("pipe");
-        let c = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
-        // SAFETY: valid NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
-        let err = scan_dir(dir.path(), ScanOptions::default()).err().unwrap();
-        assert!(err.to_string().contains("FIFO"), "{err}");
-        let ok = scan_dir(dir.path(), ScanOptions { skip_special: true }).unwrap();
-        assert_eq!(ok.skipped, vec![fifo]);
-    }
-
-    #[test]
-    fn refuses_missing_and_non_directories() {
-        let dir = tempfile::tempdir().unwrap();
-        assert!(scan_dir(&dir.path().join("nope"), ScanOptions::default()).is_err());
-        fs::write(dir.path().join("f"), b"x").unwrap();
-        let err = scan_dir(&dir.path().join("f"), ScanOptions::default())
-            .err()
-            .unwrap();
-        assert!(err.to_string().contains("not a directory"));
-    }
-}
+mod tests;

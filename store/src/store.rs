@@ -12,9 +12,10 @@
 
 use std::collections::HashSet;
 use std::fs::{self, File};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::TransactionBehavior;
 
@@ -24,11 +25,11 @@ use crate::dirs::{ScannedDir, scan_dirs, stage_dirs};
 use crate::error::{Result, StoreError};
 use crate::generations;
 use crate::ingest::{ContentBatch, FileContent, Session, run_session};
-use crate::lock::{INGEST_LOCK, StoreLock};
+use crate::lock::{DEFAULT_LOCK_TIMEOUT, INGEST_LOCK, StoreLock};
 use crate::names;
 use crate::params::FROZEN;
 use crate::read::{LocalPacks, Reader, ReaderOptions};
-use crate::scan::ScanOptions;
+use crate::scan::{ScanOptions, SourcePolicy};
 
 /// Catalog file name inside the store directory.
 pub const CATALOG_FILE: &str = "catalog.db";
@@ -38,6 +39,11 @@ pub const PACKS_DIR: &str = "packs";
 pub const LOCKS_DIR: &str = "locks";
 /// Value of `meta.format`: the store format this build writes.
 pub const STORE_FORMAT: &str = "nexus-store-v1";
+
+/// Mode of the store directory, `packs/` and `locks/`.
+pub const PRIVATE_DIR_MODE: u32 = 0o700;
+/// Mode of the catalog, its WAL and shared memory, packs and lock files.
+pub const PRIVATE_FILE_MODE: u32 = 0o600;
 
 /// How often a transaction that lost reused chunks to a concurrent gc is
 /// retried before giving up.
@@ -81,6 +87,8 @@ pub struct AddDir {
 pub struct AddOptions {
     /// Drop special files instead of failing.
     pub skip_special: bool,
+    /// Whom the import trusts besides root (owners of the directories).
+    pub policy: SourcePolicy,
     /// Worker threads for content processing.
     pub threads: usize,
 }
@@ -89,6 +97,7 @@ impl Default for AddOptions {
     fn default() -> Self {
         AddOptions {
             skip_special: false,
+            policy: SourcePolicy::default(),
             threads: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),
@@ -101,16 +110,46 @@ pub struct Store {
     dir: PathBuf,
     catalog: Catalog,
     reader: Reader,
+    lock_timeout: Duration,
 }
 
 impl Store {
     /// Creates a store in `dir` (which may exist and be empty, or hold a store
     /// already: then this only opens it).
+    ///
+    /// The store is private to its owner (FORMAT.md, section 1): the store
+    /// directory, `packs/` and `locks/` are 0700, the catalog 0600 (SQLite
+    /// gives its `-wal` and `-shm` the catalog's mode), packs 0600. File
+    /// modes are enforced by the mount; the bytes behind them must not be
+    /// readable beside it.
     pub fn init(dir: &Path) -> Result<Store> {
-        for sub in [PACKS_DIR, LOCKS_DIR] {
-            fs::create_dir_all(dir.join(sub)).map_err(|e| StoreError::io(dir.join(sub), e))?;
+        // Directories above the store keep the usual modes; the store and
+        // its subdirectories are created private.
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::create_dir_all(parent).map_err(|e| StoreError::io(parent, e))?;
         }
-        let catalog = Catalog::open(&dir.join(CATALOG_FILE), true)?;
+        for sub in [Path::new(""), Path::new(PACKS_DIR), Path::new(LOCKS_DIR)] {
+            let path = dir.join(sub);
+            match fs::DirBuilder::new().mode(PRIVATE_DIR_MODE).create(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                    return Err(StoreError::io(&path, e));
+                }
+                _ => {}
+            }
+        }
+        let catalog_path = dir.join(CATALOG_FILE);
+        // Created empty (an empty file is an empty database) with its final
+        // mode before SQLite opens it, so it is never readable by others.
+        fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(PRIVATE_FILE_MODE)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&catalog_path)
+            .map_err(|e| StoreError::io(&catalog_path, e))?;
+        tighten_modes(dir);
+        let catalog = Catalog::open(&catalog_path, true)?;
         match catalog.meta("format")? {
             None => {
                 catalog.set_meta("format", STORE_FORMAT)?;
@@ -142,6 +181,10 @@ impl Store {
                 reason: "no catalog.db".into(),
             });
         }
+        // A store made before stores were private is made private by its
+        // owner's first open; anyone else (a reader of a store it does not
+        // own) changes nothing.
+        tighten_modes(dir);
         let catalog = Catalog::open(&catalog_path, false)?;
         match catalog.meta("format")?.as_deref() {
             Some(STORE_FORMAT) => {}
@@ -158,7 +201,15 @@ impl Store {
             dir: dir.to_path_buf(),
             catalog,
             reader,
+            lock_timeout: DEFAULT_LOCK_TIMEOUT,
         })
+    }
+
+    /// How long a writer waits for a store lock another process holds
+    /// before failing with [`StoreError::LockTimeout`] (default
+    /// [`DEFAULT_LOCK_TIMEOUT`]).
+    pub fn set_lock_timeout(&mut self, timeout: Duration) {
+        self.lock_timeout = timeout;
     }
 
     /// The store directory.
@@ -203,6 +254,7 @@ impl Store {
             dirs,
             ScanOptions {
                 skip_special: options.skip_special,
+                policy: options.policy,
             },
         )?;
         let total: u64 = scanned.iter().map(ScannedDir::content_bytes).sum();
@@ -256,7 +308,8 @@ impl Store {
             attempt += 1;
             progress.phase("storing content");
             // Held from before the first pack exists until the commit ended.
-            let _ingest_lock = StoreLock::shared(&self.locks_dir(), INGEST_LOCK)?;
+            let _ingest_lock =
+                StoreLock::shared_within(&self.locks_dir(), INGEST_LOCK, self.lock_timeout)?;
             // The importer's own error travels as the run's value, so the
             // pipeline still shuts down in order before it is returned.
             let (staged, batch) = run_session(&self.dir, &FROZEN, threads, |session| {
@@ -558,6 +611,44 @@ fn no_such_path(package: &PackageRow, path: &[u8]) -> StoreError {
     StoreError::NoSuchPath {
         package: package.spec(),
         path: String::from_utf8_lossy(path).into_owned(),
+    }
+}
+
+/// Makes a store made before stores were private (or by a looser hand)
+/// private: directories 0700, catalog files, packs and locks 0600. Only
+/// what this process owns is touched, and failures are only logged: a
+/// reader that does not own the store must still be able to open it. Packs
+/// are visited only when `packs/` itself was open to others.
+fn tighten_modes(dir: &Path) {
+    let euid = rustix::process::geteuid().as_raw();
+    let tighten = |path: &Path, mode: u32| -> bool {
+        let Ok(meta) = fs::symlink_metadata(path) else {
+            return false;
+        };
+        if meta.uid() != euid || meta.file_type().is_symlink() || meta.mode() & 0o777 == mode {
+            return false;
+        }
+        if let Err(e) = fs::set_permissions(path, fs::Permissions::from_mode(mode)) {
+            tracing::debug!("cannot make {} private: {e}", path.display());
+            return false;
+        }
+        true
+    };
+    tighten(dir, PRIVATE_DIR_MODE);
+    tighten(&dir.join(LOCKS_DIR), PRIVATE_DIR_MODE);
+    for file in [CATALOG_FILE, "catalog.db-wal", "catalog.db-shm"] {
+        tighten(&dir.join(file), PRIVATE_FILE_MODE);
+    }
+    for lock in [crate::lock::INGEST_LOCK, crate::lock::GC_LOCK] {
+        tighten(&dir.join(LOCKS_DIR).join(lock), PRIVATE_FILE_MODE);
+    }
+    let packs = dir.join(PACKS_DIR);
+    if tighten(&packs, PRIVATE_DIR_MODE)
+        && let Ok(entries) = fs::read_dir(&packs)
+    {
+        for entry in entries.flatten() {
+            tighten(&entry.path(), PRIVATE_FILE_MODE);
+        }
     }
 }
 

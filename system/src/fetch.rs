@@ -8,6 +8,7 @@
 
 use std::fs::{self, File};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -37,10 +38,19 @@ struct CacheLock(File);
 impl CacheLock {
     fn acquire(dir: &Path) -> Result<CacheLock> {
         let path = dir.join(".lock");
-        let file = File::create(&path).map_err(|e| SystemError::Io {
-            path: path.clone(),
-            source: e,
-        })?;
+        // Never through a symlink planted in the cache, never truncating.
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(|e| SystemError::Io {
+                path: path.clone(),
+                source: e,
+            })?;
         // SAFETY: flock on a descriptor we own; blocks until the lock is ours.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
             return Err(SystemError::Io {
@@ -125,4 +135,26 @@ pub fn fetch(cache: &Path, package: &str, version: Option<&str>) -> Result<PathB
             cache.display()
         ),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cache chosen through `NEXUS_CACHE` may hold a `.lock` an attacker
+    /// planted as a symlink: it must not be followed (nor its target
+    /// truncated).
+    #[test]
+    fn the_cache_lock_never_follows_a_planted_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        fs::write(&victim, b"precious").unwrap();
+        let cache = dir.path().join("cache");
+        fs::create_dir(&cache).unwrap();
+        std::os::unix::fs::symlink(&victim, cache.join(".lock")).unwrap();
+        assert!(CacheLock::acquire(&cache).is_err());
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
+        fs::remove_file(cache.join(".lock")).unwrap();
+        drop(CacheLock::acquire(&cache).unwrap());
+    }
 }

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use tempfile::TempDir;
 
@@ -287,4 +287,17 @@ pub fn generate_data(dir: &Path, total: u64, seed: u64) {
         written += len;
         i += 1;
     }
+}
+
+/// Runs `cat PATH` as the user `nobody` (uid and gid 65534, no other
+/// groups); returns whether it could read it.
+pub fn cat_as_nobody(path: &Path) -> bool {
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "cat"])
+        .arg(path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run setpriv")
+        .success()
 }

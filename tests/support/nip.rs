@@ -378,9 +378,16 @@ impl Store {
         );
     }
 
-    /// `nip export SPEC DEST`.
+    /// `nip export SPEC DEST --preserve-privileged`: everything the package
+    /// records, setuid bits and privileged xattrs included, to compare
+    /// with its source.
     pub fn export(&self, spec: &str, dest: &Path) -> Run {
-        self.ok([OsStr::new("export"), OsStr::new(spec), dest.as_os_str()])
+        self.ok([
+            OsStr::new("export"),
+            OsStr::new(spec),
+            dest.as_os_str(),
+            OsStr::new("--preserve-privileged"),
+        ])
     }
 
     /// `nip cat SPEC PATH`, whatever its outcome.

@@ -176,6 +176,7 @@ pub fn run(store_dir: &Path, keys_dir: &Path, args: BuildArgs) -> Result<i32> {
             trust: Trust::Keys(KeyStore::new(keys_dir).trust_set()?),
             allow_downgrade: false,
             allow_expired: false,
+            source_policy: Default::default(),
         },
     };
     let bar = Bar::for_stderr();

@@ -297,6 +297,7 @@ pub fn switch(
         trust: Trust::Keys(KeyStore::new(keys_dir).trust_set()?),
         allow_downgrade: allow.downgrade,
         allow_expired: allow.expired,
+        source_policy: Default::default(),
     };
     let bar = Bar::for_stderr();
     let outcome = nexus_graft::import_image(&mut store, &path, options, &bar);

@@ -162,8 +162,7 @@ pub fn serve(request: &Request, ready: Option<&mut Ready>) -> Result<()> {
     unmounters.push(mounted.unmounter());
     signals::unmount_on_termination(unmounters)?;
     if let Some(pid_file) = &request.pid_file {
-        std::fs::write(pid_file, format!("{}\n", std::process::id()))
-            .with_context(|| format!("writing {}", pid_file.display()))?;
+        write_pid_file(pid_file).with_context(|| format!("writing {}", pid_file.display()))?;
     }
     // Only once nothing else can fail: an early error return would leave the
     // index thread serving after the main mount is gone.
@@ -206,4 +205,44 @@ pub fn serve(request: &Request, ready: Option<&mut Ready>) -> Result<()> {
     }
     tracing::info!("{} is unmounted", request.mountpoint.display());
     served
+}
+
+/// Writes our pid to `path` through a fresh temporary file renamed over it:
+/// a symlink planted at `path` is replaced, never written through.
+fn write_pid_file(path: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".nexus-pid")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .tempfile_in(dir)?;
+    writeln!(tmp, "{}", std::process::id())?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod pid_file_tests {
+    use super::*;
+
+    /// `--pid-file` in a shared directory: a symlink planted at the name is
+    /// replaced, its target untouched.
+    #[test]
+    fn a_planted_pid_file_symlink_is_replaced_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let pid_file = dir.path().join("nexus.pid");
+        std::os::unix::fs::symlink(&victim, &pid_file).unwrap();
+        write_pid_file(&pid_file).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert!(std::fs::symlink_metadata(&pid_file).unwrap().is_file());
+        assert_eq!(
+            std::fs::read_to_string(&pid_file).unwrap(),
+            format!("{}\n", std::process::id())
+        );
+    }
 }

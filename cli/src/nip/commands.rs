@@ -11,6 +11,7 @@ use nexus_graft::{
 };
 use nexus_npk::{ArchiveKind, KeyStore, Member, WriteOptions, write_archive};
 use nexus_store::catalog::kind;
+use nexus_store::scan::SourcePolicy;
 use nexus_store::{AddDir, Store, export, gc, names, verify};
 use serde_json::json;
 
@@ -38,6 +39,9 @@ pub fn run(cli: Cli) -> Result<i32> {
             name,
             version,
             skip_special,
+            trust_source_owner,
+            keep_source_privileges,
+            lock_timeout,
             max_unpacked_size,
             max_entries,
             threads,
@@ -64,8 +68,13 @@ pub fn run(cli: Cli) -> Result<i32> {
                 trust,
                 allow_downgrade,
                 allow_expired,
+                source_policy: SourcePolicy {
+                    trust_owner: trust_source_owner,
+                    keep_privileges: keep_source_privileges,
+                },
             };
-            add(&dir, paths, name, version, options, json)
+            let lock_timeout = Duration::from_secs(lock_timeout);
+            add(&dir, paths, name, version, options, lock_timeout, json)
         }
         Command::Pack {
             spec,
@@ -147,10 +156,14 @@ pub fn run(cli: Cli) -> Result<i32> {
                 for d in &report.damaged {
                     println!("damaged: {}: {} ({})", d.package, d.path, d.reason);
                 }
+                for d in &report.damaged_packages {
+                    println!("damaged package: {}: {}", d.package, d.reason);
+                }
                 println!(
-                    "{} chunks, {} file contents checked: {}",
+                    "{} chunks, {} file contents, {} package trees checked: {}",
                     report.chunks_checked,
                     report.files_checked,
+                    report.packages_checked,
                     if report.ok { "all good" } else { "DAMAGED" }
                 );
             }
@@ -178,10 +191,21 @@ pub fn run(cli: Cli) -> Result<i32> {
             out.flush()?;
             Ok(exit::OK)
         }
-        Command::Export { spec, dest } => {
+        Command::Export {
+            spec,
+            dest,
+            no_same_owner,
+            no_xattrs,
+            preserve_privileged,
+        } => {
             let store = open(&dir)?;
             let package = store.installed(&spec)?;
-            export::export(&store, &package, &dest)?;
+            let options = export::ExportOptions {
+                same_owner: !no_same_owner,
+                xattrs: !no_xattrs,
+                preserve_privileged,
+            };
+            export::export(&store, &package, &dest, options)?;
             println!("{spec} written to {}", dest.display());
             Ok(exit::OK)
         }
@@ -273,6 +297,7 @@ fn add(
     name: Option<String>,
     version: Option<String>,
     options: AddOptions,
+    lock_timeout: Duration,
     json: bool,
 ) -> Result<i32> {
     let sources = match (name, version) {
@@ -298,6 +323,7 @@ fn add(
         }
     }
     let mut store = open(dir)?;
+    store.set_lock_timeout(lock_timeout);
     let bar = Bar::for_stderr();
     let started = std::time::Instant::now();
     let result = graft::add(&mut store, &sources, options, &bar);

@@ -78,6 +78,15 @@ pub enum Command {
     /// --allow-downgrade, so an old, legitimately signed package cannot be
     /// replayed to bring back what a newer one fixed.
     ///
+    /// Run as root, nip imports a directory only if root owns it, all it
+    /// holds and every directory above it, and nobody else can write to
+    /// them (as git's safe.directory): whoever can write to a tree while
+    /// root imports it decides what root imports. --trust-source-owner
+    /// accepts such a tree; even then, files not owned by root lose their
+    /// setuid/setgid bits, file capabilities (security.capability) and
+    /// group 0 unless --keep-source-privileges. A file or directory that
+    /// changes while it is read fails the whole add.
+    ///
     /// Examples: nip add hello_2.10-3_amd64.deb jq_1.6-2.1_amd64.deb;
     /// nip add ./hello-root --name hello --version 2.10-3
     Add {
@@ -93,6 +102,18 @@ pub enum Command {
         /// Leave out device nodes, FIFOs and sockets instead of failing.
         #[arg(long)]
         skip_special: bool,
+        /// As root, import directories that someone other than root owns
+        /// or can write to (you trust whoever that is).
+        #[arg(long)]
+        trust_source_owner: bool,
+        /// Keep setuid/setgid bits, file capabilities and group 0 of files
+        /// in the directories that root does not own.
+        #[arg(long)]
+        keep_source_privileges: bool,
+        /// Seconds to wait for a store lock held by another process
+        /// (another add, a gc) before giving up and naming it.
+        #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+        lock_timeout: u64,
         /// Most bytes one package file may unpack to (suffixes K, M, G, T).
         #[arg(long, value_name = "SIZE", default_value = "8G", value_parser = parse_size)]
         max_unpacked_size: u64,
@@ -226,9 +247,13 @@ pub enum Command {
         json: bool,
     },
 
-    /// Re-hash every chunk and file; name each damaged file. Exit 3 if any.
+    /// Re-hash every chunk and file, and recompute every package's tree
+    /// hash from the catalog; name each damaged file, and each package
+    /// whose modes, owners, xattrs, names or links were changed. Exit 3 if
+    /// any.
     Verify {
-        /// JSON report {ok, chunks_checked, files_checked, damaged: [{package, path, reason}]}.
+        /// JSON report {ok, chunks_checked, files_checked, damaged: [{package,
+        /// path, reason}], packages_checked, damaged_packages: [{package, reason}]}.
         #[arg(long)]
         json: bool,
     },
@@ -243,11 +268,27 @@ pub enum Command {
 
     /// Write an installed package out as a directory tree (verified), with
     /// modes, ownership (as root), mtimes, links and xattrs.
+    ///
+    /// What a package claims about privileges is left out unless
+    /// --preserve-privileged: setuid/setgid bits, and security.* (file
+    /// capabilities, SELinux labels), trusted.* and system.* (ACLs) xattrs,
+    /// which an unsigned package file may carry.
     Export {
         /// NAME/VERSION.
         spec: String,
         /// Destination directory (must not exist).
         dest: PathBuf,
+        /// Leave files owned by the exporter, as tar --no-same-owner (the
+        /// default when not root).
+        #[arg(long)]
+        no_same_owner: bool,
+        /// Write no extended attributes, as tar --no-xattrs.
+        #[arg(long)]
+        no_xattrs: bool,
+        /// Also restore setuid/setgid bits and security.*, trusted.* and
+        /// system.* xattrs.
+        #[arg(long, conflicts_with = "no_xattrs")]
+        preserve_privileged: bool,
     },
 
     /// Store totals: packs, chunks, stored and logical bytes.

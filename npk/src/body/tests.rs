@@ -1,5 +1,7 @@
 use proptest::prelude::*;
 
+use nexus_store::tree::{MAX_DEPTH, MAX_PATH_BYTES};
+
 use super::*;
 
 fn file(content: &[u8], mode: u32) -> Inode {
@@ -162,6 +164,22 @@ fn hostile_bodies_are_refused() {
         },
         "not reachable",
     );
+    check(
+        &|b| b.packages[0].tree.inodes[1].xattrs = vec![(b"user.a\0b".to_vec(), b"1".to_vec())],
+        "NUL",
+    );
+    check(
+        &|b| b.packages[0].tree.inodes[1].xattrs = vec![(vec![b'u'; 256], b"1".to_vec())],
+        "longer than 255",
+    );
+    check(
+        &|b| b.packages[0].tree.inodes[1].xattrs = vec![(b"user.v".to_vec(), vec![0; 65537])],
+        "larger than 64 KiB",
+    );
+    check(
+        &|b| b.packages[0].tree.inodes[1].xattrs = vec![(Vec::new(), b"1".to_vec())],
+        "without a name",
+    );
     // A wrong tree hash.
     let mut b = good.clone();
     b.packages[0].tree_hash = Hash::of(b"other");
@@ -185,4 +203,87 @@ proptest! {
         }
         let _ = Body::decode(&b, 32, 1000);
     }
+}
+
+/// A body of one package named NAME/1 with `tree` and a tree hash that is
+/// not its own: the limits must refuse it before any hashing.
+fn unhashed(name: &str, tree: Tree, blobs: Vec<BodyBlob>) -> Body {
+    Body {
+        packages: vec![BodyPackage {
+            name: name.into(),
+            version: "1".into(),
+            origin: "dir:/x".into(),
+            metadata: "{}".into(),
+            current: true,
+            tree_hash: Hash::of(b"never computed"),
+            tree,
+        }],
+        blobs,
+        chunks: Vec::new(),
+    }
+}
+
+/// A package whose tree is one chain of `depth` directories.
+fn chain(depth: usize) -> Body {
+    let mut tree = Tree::default();
+    tree.push_inode(dir());
+    let mut parent = 0;
+    for _ in 0..depth {
+        let d = tree.push_inode(dir());
+        tree.push_entry(parent, b"d".to_vec(), d);
+        parent = d;
+    }
+    unhashed("deep", tree, Vec::new())
+}
+
+#[test]
+fn deep_chains_are_refused_quickly() {
+    let mut at_limit = chain(MAX_DEPTH);
+    at_limit.packages[0].tree_hash = at_limit.packages[0].tree.tree_hash();
+    Body::decode(&at_limit.encode(), 32, 1000).unwrap();
+
+    // 200 000 levels: about 7 MB encoded; validating it by materialised
+    // paths would hold ~77 GB.
+    let deep = chain(200_000).encode();
+    let started = std::time::Instant::now();
+    let err = Body::decode(&deep, 32, 1000).unwrap_err().to_string();
+    assert!(
+        err.contains("257 levels deep") && err.contains("limit of 256"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn total_path_bytes_are_limited() {
+    // Wide rather than deep: 72 000 entries with 255-byte names under a
+    // directory 14 levels of 250-byte names down: about 271 MB of paths.
+    let mut tree = Tree::default();
+    tree.push_inode(dir());
+    let mut parent = 0;
+    for _ in 0..14 {
+        let d = tree.push_inode(dir());
+        tree.push_entry(parent, vec![b'p'; 250], d);
+        parent = d;
+    }
+    let f = tree.push_inode(file(b"", 0o644));
+    for i in 0..72_000u32 {
+        let mut name = format!("{i:0>255}").into_bytes();
+        name.truncate(255);
+        tree.push_entry(parent, name, f);
+    }
+    let empty = BodyBlob {
+        hash: Hash::of(b""),
+        size: 0,
+        chunks: Vec::new(),
+    };
+    let body = unhashed("wide", tree, vec![empty]);
+    let err = Body::decode(&body.encode(), 32, 1000)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&MAX_PATH_BYTES.to_string()), "{err}");
 }

@@ -117,8 +117,11 @@ impl Reader {
             layouts: Cache::with_weighter(4096, LAYOUT_CACHE_BYTES, LayoutWeighter),
             gc_epoch: AtomicU64::new(u64::MAX),
         };
-        // Only records the epoch: nothing is cached yet.
-        reader.check_gc_epoch()?;
+        if options.snapshots {
+            // A long-lived reader: only records the epoch (nothing is
+            // cached yet), so that the next check sees a gc run since.
+            reader.check_gc_epoch()?;
+        }
         Ok(reader)
     }
 
