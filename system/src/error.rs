@@ -54,6 +54,29 @@ pub enum SystemError {
         /// The end of what it wrote to stderr.
         output: String,
     },
+    /// A profile, recipe or source could have been planted or replaced by
+    /// another user: refused unread.
+    #[error("untrusted build input: {0}")]
+    Untrusted(#[from] crate::trust::Unsafe),
+    /// The build sandbox could not be set up.
+    #[error(transparent)]
+    Sandbox(#[from] crate::sandbox::SandboxError),
+    /// A recipe's pinned fetch (its crates, its toolchain) failed.
+    #[error("recipe `{recipe}`: pinned fetch: {message}")]
+    PinnedFetch {
+        /// The recipe.
+        recipe: String,
+        /// What failed.
+        message: String,
+    },
+    /// A build user that cannot be used.
+    #[error("build user `{spec}`: {why}")]
+    BuildUser {
+        /// As given.
+        spec: String,
+        /// Why not.
+        why: String,
+    },
     /// Grafting or committing failed; this includes a package that does
     /// not satisfy its profile line (nothing was committed then).
     #[error(transparent)]
