@@ -653,3 +653,76 @@ chmod 6755 "$out/bin/keep"
     );
     drop(s);
 }
+
+#[test]
+fn a_planted_or_altered_cached_deb_is_refused() {
+    use nexus_integration_tests::archive::{self, TarEntry};
+    let real = fetch_debs(&["hello"]).remove(0);
+    let name = real.file_name().unwrap().to_str().unwrap().to_string();
+    let (s, p, r) = scratch_dirs(
+        "profile \"bad\" {\n    package \"hello\" \"*\"\n}\n",
+        &[(
+            "hello",
+            "recipe \"hello\" {\n    source \"debian\" \"hello\"\n}\n",
+        )],
+    );
+    let build_with = |store: &Store, cache: &Path| {
+        let args = dirs_args(&p, &r, cache);
+        let mut all = vec!["--profile", "bad"];
+        all.extend(args.iter().map(String::as_str));
+        build(store, &all)
+    };
+
+    // A well-formed .deb of hello's very name and version, other bytes,
+    // put into the cache by someone else: apt's index does not vouch for it.
+    let planted = s.join("planted-cache");
+    fs::create_dir(&planted).unwrap();
+    let control = format!(
+        "Package: hello\nVersion: {}\nArchitecture: {}\nMaintainer: nobody\nDescription: planted\n",
+        deb_field(&real, "Version"),
+        deb_field(&real, "Architecture")
+    );
+    let data = archive::tar(&[
+        TarEntry::dir("./usr/"),
+        TarEntry::dir("./usr/bin/"),
+        TarEntry::file("./usr/bin/hello", b"#!/bin/sh\necho planted\n", 0o755),
+    ]);
+    fs::write(planted.join(&name), archive::deb(&control, &data)).unwrap();
+    let store = Store::init();
+    let before = store.state();
+    let out = build_with(&store, &planted);
+    assert_eq!(out.status.code(), Some(EXIT_ERROR), "{}", show(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&name) && stderr.contains("SHA256"),
+        "{}",
+        show(&out)
+    );
+    store.assert_unchanged(&before, "a build from a planted .deb");
+
+    // Fetched by the build, it is pinned in the cache's lock file...
+    let fresh = s.join("fresh-cache");
+    let out = build_with(&store, &fresh);
+    assert!(out.status.success(), "{}", show(&out));
+    let lock = fs::read_to_string(fresh.join("debs.lock")).unwrap();
+    assert!(
+        lock.lines().any(|l| l.ends_with(&format!(" {name}"))),
+        "{lock}"
+    );
+    // ...and once altered, refused on reuse.
+    let cached = fresh.join(&name);
+    let mut bytes = fs::read(&cached).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    fs::write(&cached, bytes).unwrap();
+    let other = Store::init();
+    let before = other.state();
+    let out = build_with(&other, &fresh);
+    assert_eq!(out.status.code(), Some(EXIT_ERROR), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("pinned"),
+        "{}",
+        show(&out)
+    );
+    other.assert_unchanged(&before, "a build from an altered cached .deb");
+}

@@ -28,6 +28,7 @@ pub mod error;
 pub mod fetch;
 pub mod locate;
 pub mod normalise;
+pub mod pins;
 pub mod profile;
 pub mod qemu;
 pub mod recipe;
