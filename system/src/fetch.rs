@@ -206,6 +206,7 @@ fn download(cache: &Path, pins: &mut Pins, target: &str) -> Result<PathBuf> {
     let expected = indexed(target)?;
     let staging = tempfile::Builder::new()
         .prefix("nexus-apt-")
+        .permissions(fs::Permissions::from_mode(0o700))
         .tempdir()
         .map_err(io(&std::env::temp_dir()))?;
     if is_root()

@@ -102,6 +102,7 @@ pub fn run(
     // build user except through the sandbox's mounts.
     let scratch = tempfile::Builder::new()
         .prefix("nexus-build-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .tempdir()
         .map_err(io(&std::env::temp_dir()))?;
     let out = scratch.path().join(OUT);

@@ -55,6 +55,14 @@ pub enum SandboxError {
         /// The error.
         errno: Errno,
     },
+    /// The build user could not read a source directory.
+    #[error("the build user (uid {uid}) cannot read {}: make it readable to that user, or choose another build user", path.display())]
+    Unreadable {
+        /// The source.
+        path: PathBuf,
+        /// The build user.
+        uid: u32,
+    },
     /// A source directory lies where the sandbox puts its own file system.
     #[error("{} is under {masked}, which the build sandbox replaces", path.display())]
     Masked {
@@ -130,6 +138,18 @@ pub fn run(sandbox: &Sandbox<'_>) -> Result<Finished, SandboxError> {
         }
     }
     let as_root = nix::unistd::geteuid().is_root();
+    // The build user's writable directories below are reachable only
+    // through the sandbox's mounts, never through the scratch directory.
+    let scratch_meta = fs::metadata(sandbox.scratch).map_err(io(sandbox.scratch))?;
+    if scratch_meta.permissions().mode() & 0o077 != 0 {
+        fs::set_permissions(sandbox.scratch, fs::Permissions::from_mode(0o700))
+            .map_err(io(sandbox.scratch))?;
+    }
+    let hidden = if as_root {
+        hidden_above(sandbox.sources, sandbox.user)?
+    } else {
+        Vec::new()
+    };
     let new_root = sandbox.scratch.join("root");
     let tmp = sandbox.scratch.join("tmp");
     let log = sandbox.scratch.join("log");
@@ -167,6 +187,7 @@ pub fn run(sandbox: &Sandbox<'_>) -> Result<Finished, SandboxError> {
         tmp: &tmp,
         sources: sandbox.sources,
         run: sandbox.run,
+        hidden: &hidden,
     });
     let mut argv = vec![c(sandbox.program)];
     argv.extend(sandbox.args.iter().map(c));
@@ -235,6 +256,53 @@ pub fn run(sandbox: &Sandbox<'_>) -> Result<Finished, SandboxError> {
     Ok(Finished { code: status, log })
 }
 
+/// Whether `user` (with no supplementary groups) may use `meta` with the
+/// permission bits `bits` (0o5: read and search, 0o1: search).
+fn allows(meta: &fs::Metadata, user: &BuildUser, bits: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let mode = meta.mode();
+    let class = if meta.uid() == user.uid {
+        mode >> 6
+    } else if meta.gid() == user.gid {
+        mode >> 3
+    } else {
+        mode
+    };
+    class & bits == bits
+}
+
+/// For each source outside `/tmp`, the topmost directory above it that
+/// `user` may not search (see [`plan`]); each source itself must be
+/// readable by `user`.
+fn hidden_above(sources: &[PathBuf], user: &BuildUser) -> Result<Vec<PathBuf>, SandboxError> {
+    let mut hidden: Vec<PathBuf> = Vec::new();
+    for source in sources {
+        let meta = fs::metadata(source).map_err(io(source))?;
+        if !allows(&meta, user, 0o5) {
+            return Err(SandboxError::Unreadable {
+                path: source.clone(),
+                uid: user.uid,
+            });
+        }
+        if masked_under(source).is_some() {
+            continue;
+        }
+        let mut above: Vec<&Path> = source.ancestors().skip(1).collect();
+        above.reverse();
+        for dir in above.into_iter().skip(1) {
+            let meta = fs::metadata(dir).map_err(io(dir))?;
+            if !allows(&meta, user, 0o1) {
+                if !hidden.iter().any(|h| dir.starts_with(h)) {
+                    hidden.retain(|h| !h.starts_with(dir));
+                    hidden.push(dir.to_path_buf());
+                }
+                break;
+            }
+        }
+    }
+    Ok(hidden)
+}
+
 fn describe(stage: Stage, index: usize, steps: &[Step], sandbox: &Sandbox<'_>) -> String {
     match stage {
         Stage::Step => steps
@@ -285,6 +353,8 @@ mod tests {
         })
         .unwrap();
         let log = fs::read_to_string(&finished.log).unwrap();
+        let private = fs::metadata(scratch.path()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(private, 0o700, "the scratch directory is not private");
         (finished.code, log, out)
     }
 
@@ -319,6 +389,36 @@ mod tests {
         assert!(out.path().join("made").is_file());
         assert!(!src_path.join("planted").exists());
         assert!(!Path::new("/etc/nexus-sandbox-probe").exists());
+    }
+
+    #[test]
+    fn sources_below_a_directory_the_build_user_cannot_search_are_reachable() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        // /var/tmp/DIR is root's, 0700: the build user cannot pass it.
+        let private = tempfile::tempdir_in("/var/tmp").unwrap();
+        fs::set_permissions(private.path(), fs::Permissions::from_mode(0o700)).unwrap();
+        let src = private.path().join("repo/src");
+        fs::create_dir_all(&src).unwrap();
+        for d in [private.path().join("repo"), src.clone()] {
+            fs::set_permissions(&d, fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        fs::write(private.path().join("repo/secret"), b"not a source").unwrap();
+        fs::write(src.join("input"), b"source bytes").unwrap();
+        let script = format!(
+            "cat {src}/input > /run/nexus/out/copied || exit 10\n\
+             if ls {dir}/repo/secret 2>/dev/null; then exit 11; fi\n\
+             exit 7",
+            src = src.display(),
+            dir = private.path().display(),
+        );
+        let (code, log, out) = sandboxed(&script, std::slice::from_ref(&src));
+        assert_eq!(code, 7, "check {code} failed:\n{log}");
+        assert_eq!(
+            fs::read(out.path().join("copied")).unwrap(),
+            b"source bytes"
+        );
     }
 
     #[test]

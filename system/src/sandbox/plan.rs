@@ -12,7 +12,13 @@
 //! | `/dev` | a read-only tmpfs with `null`, `zero`, `full`, `random`, `urandom`, `tty`, a private `shm` |
 //! | `/tmp` | the build's private, writable scratch directory (also `$HOME`) |
 //! | `/run` | a read-only tmpfs (no host sockets) holding `/run/nexus/NAME` for each [`RunMount`] |
-//! | sources | the recipe's directories, read-only, at their own paths (bound again when under `/tmp`) |
+//! | sources | the recipe's directories, read-only, at their own paths |
+//!
+//! A source under `/tmp` is bound again into the private `/tmp`. A source
+//! below a directory the build user may not search (as `/root`, 0700)
+//! would be unreachable at its own path: that directory is replaced by an
+//! empty read-only tmpfs in which only the sources below it reappear, so
+//! the build sees the sources and nothing else of it.
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -157,6 +163,9 @@ pub struct Layout<'a> {
     pub sources: &'a [PathBuf],
     /// Directories at `/run/nexus/NAME`.
     pub run: &'a [RunMount],
+    /// Host directories the build user may not search, above sources:
+    /// each becomes an empty tmpfs holding only the sources below it.
+    pub hidden: &'a [PathBuf],
 }
 
 /// The steps that build `layout`, in order; the child then pivots into
@@ -234,16 +243,26 @@ pub fn steps(layout: &Layout<'_>) -> Vec<Step> {
         set: ATTR_NOSUID | ATTR_NODEV,
         recursive: true,
     });
-    // Sources under /tmp, at their own paths inside the private /tmp.
+    // Directories the build user cannot search: emptied.
+    for hidden in layout.hidden {
+        v.push(Step::Mount {
+            fstype: text("tmpfs"),
+            target: cstring(&under(root, hidden)),
+            flags: MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            data: text("mode=0755,size=1m"),
+        });
+    }
+    // Sources in a replaced directory, at their own paths inside it.
     for source in layout.sources {
-        if masked_under(source) != Some("/tmp") {
+        let base = if masked_under(source) == Some("/tmp") {
+            Path::new("/tmp")
+        } else if let Some(hidden) = layout.hidden.iter().find(|h| source.starts_with(h)) {
+            hidden.as_path()
+        } else {
             continue;
-        }
+        };
         let target = under(root, source);
-        let mut dirs: Vec<&Path> = source
-            .ancestors()
-            .take_while(|a| *a != Path::new("/tmp"))
-            .collect();
+        let mut dirs: Vec<&Path> = source.ancestors().take_while(|a| *a != base).collect();
         dirs.reverse();
         for d in dirs {
             v.push(Step::Mkdir {
@@ -258,6 +277,13 @@ pub fn steps(layout: &Layout<'_>) -> Vec<Step> {
             target: cstring(&target),
             set: ATTR_RDONLY | ATTR_NOSUID | ATTR_NODEV,
             recursive: true,
+        });
+    }
+    for hidden in layout.hidden {
+        v.push(Step::SetAttr {
+            target: cstring(&under(root, hidden)),
+            set: ATTR_RDONLY,
+            recursive: false,
         });
     }
     // /run: nothing of the host's (no daemon sockets), only ours.
@@ -300,8 +326,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sources_under_tmp_are_bound_again_others_are_visible() {
-        let sources = [PathBuf::from("/tmp/x/recipes"), PathBuf::from("/work/src")];
+    fn sources_under_tmp_or_hidden_dirs_are_bound_again_others_are_visible() {
+        let sources = [
+            PathBuf::from("/tmp/x/recipes"),
+            PathBuf::from("/work/src"),
+            PathBuf::from("/root/nexus/rumk"),
+        ];
         let run = [RunMount {
             source: "/var/tmp/s/out".into(),
             name: "out".into(),
@@ -312,12 +342,18 @@ mod tests {
             tmp: Path::new("/var/tmp/s/tmp"),
             sources: &sources,
             run: &run,
+            hidden: &[PathBuf::from("/root")],
         });
         let text: Vec<String> = steps.iter().map(Step::describe).collect();
         assert!(text.contains(&"binding /tmp/x/recipes on /var/tmp/s/root/tmp/x/recipes".into()));
         assert!(text.contains(&"creating /var/tmp/s/root/tmp/x".into()));
         assert!(!text.iter().any(|t| t.contains("/work/src")), "{text:#?}");
         assert!(text.contains(&"binding /var/tmp/s/out on /var/tmp/s/root/run/nexus/out".into()));
+        assert!(text.contains(&"mounting tmpfs on /var/tmp/s/root/root".into()));
+        assert!(text.contains(&"creating /var/tmp/s/root/root/nexus".into()));
+        assert!(
+            text.contains(&"binding /root/nexus/rumk on /var/tmp/s/root/root/nexus/rumk".into())
+        );
         // The whole host tree is read-only before anything is added.
         assert!(matches!(
             steps[2],
