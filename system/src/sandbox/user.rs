@@ -5,9 +5,10 @@
 //! it with `useradd --system --no-create-home --shell /usr/sbin/nologin
 //! nexusbld`): no other process runs as it, so nothing outside a build can
 //! signal or trace the build or reach its files. Without that account the
-//! build runs as `nobody` (65534), which other services may share; they
-//! still cannot see the build's files (its scratch directory is root's,
-//! mode 0700) but could signal it. Root is never a build user.
+//! build runs as `nobody` (65534), which other services may share: they
+//! cannot reach the build's files through the file system (its scratch
+//! directory is root's, mode 0700) but, running as the same user, could
+//! signal or trace it. Root is never a build user.
 
 use nix::unistd::{Gid, Group, Uid, User};
 
