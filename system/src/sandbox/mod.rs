@@ -422,6 +422,36 @@ mod tests {
     }
 
     #[test]
+    fn an_unprivileged_caller_gets_the_same_confinement() {
+        if !nix::unistd::geteuid().is_root() {
+            return; // this very test, run as another user, is the point
+        }
+        // The probe above, run by this test binary as nobody: the sandbox
+        // then needs a user namespace of its own.
+        use std::os::unix::process::CommandExt;
+        let exe = std::env::current_exe().unwrap();
+        let out = std::process::Command::new(&exe)
+            .args([
+                "--exact",
+                "sandbox::tests::the_script_sees_a_confined_world",
+                "--test-threads=1",
+            ])
+            .current_dir("/")
+            .env("TMPDIR", "/tmp")
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("1 passed"),
+            "{}\n{text}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[test]
     fn a_setup_failure_is_named() {
         let scratch = tempfile::tempdir().unwrap();
         let err = run(&Sandbox {
