@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Builds the Rumk guest kernel (rumk/, a freestanding crate outside the
 # main workspace) and prints the path of the ELF image QEMU boots with
-# -kernel. `nexus build rumk` and tests/rumk.rs run the same cargo command.
+# -kernel. The recipe's build script (recipes/rumk/build.sh, which `nexus
+# build rumk` runs in the build sandbox) and tests/rumk.rs run it.
 #
 #   scripts/build-rumk.sh            # release build, prints the image path
 #
 # RUMK_TARGET_DIR overrides the guest's own target directory (default
-# rumk/target: never the workspace's, whose flags and profile differ).
+# rumk/target: never the workspace's, whose flags and profile differ; the
+# sandboxed build, whose source tree is read-only, builds in its /tmp).
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

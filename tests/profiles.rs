@@ -413,3 +413,323 @@ fn a_grafted_package_outside_its_constraint_is_refused() {
         &["package `hello` does not satisfy `>= 3`", "bad.kdl:2"],
     );
 }
+
+/// `nexus --store STORE build ARGS` run in `cwd`, environment as [`build`].
+fn build_in(store: &Store, cwd: &Path, args: &[&str]) -> Output {
+    Command::new(nexus_bin())
+        .arg("--store")
+        .arg(store.path())
+        .arg("build")
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("NEXUS_PROFILES")
+        .env_remove("NEXUS_RECIPES")
+        .env_remove("NEXUS_CACHE")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", nexus_bin().display()))
+}
+
+fn chown_tree(path: &Path, uid: u32) {
+    nexus_integration_tests::fixtures::lchown(path, uid, uid);
+    if path.is_dir() {
+        for e in fs::read_dir(path).unwrap() {
+            chown_tree(&e.unwrap().path(), uid);
+        }
+    }
+}
+
+/// A store whose live set holds one package, `base/1`.
+fn store_with_base() -> (Store, Scratch) {
+    let store = Store::init();
+    let tree = Scratch::new("base");
+    nexus_integration_tests::fixtures::write_file(&tree.join("base/1/bin/base"), b"base\n");
+    store.ok(["add", tree.join("base/1").to_str().unwrap()]);
+    (store, tree)
+}
+
+#[test]
+fn a_profile_planted_in_a_writable_ancestor_is_not_built_as_root() {
+    if !nexus_integration_tests::is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    // A user (nobody) plants profiles/ and a script recipe in a shared,
+    // world-writable directory, as /tmp; root builds from a job directory
+    // below it.
+    let s = Scratch::new("planted");
+    let shared = s.join("shared");
+    fs::create_dir(&shared).unwrap();
+    nexus_integration_tests::fixtures::chmod(&shared, 0o1777);
+    let marker = shared.join("PWNED");
+    fs::create_dir_all(shared.join("profiles")).unwrap();
+    fs::create_dir_all(shared.join("recipes")).unwrap();
+    fs::write(
+        shared.join("profiles/core.kdl"),
+        "profile \"core\" {\n    package \"evil\" \"*\"\n}\n",
+    )
+    .unwrap();
+    fs::write(
+        shared.join("recipes/evil.kdl"),
+        "recipe \"evil\" {\n    source \"script\" \"evil.sh\"\n    version \"1\"\n}\n",
+    )
+    .unwrap();
+    fs::write(
+        shared.join("recipes/evil.sh"),
+        format!(
+            "id > {} || true\nmkdir -p \"$NEXUS_OUT/bin\"\necho evil > \"$NEXUS_OUT/bin/evil\"\n",
+            marker.display()
+        ),
+    )
+    .unwrap();
+    for d in ["profiles", "recipes"] {
+        chown_tree(&shared.join(d), 65534);
+    }
+    let job = shared.join("root-work/job");
+    fs::create_dir_all(&job).unwrap();
+    let (store, _base) = store_with_base();
+    let before = store.state();
+
+    // No upward search as root: the planted profiles are never read.
+    let out = build_in(&store, &job, &["--profile", "core"]);
+    assert_eq!(out.status.code(), Some(EXIT_ERROR), "{}", show(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("/etc/nexus/profiles") && stderr.contains("--profiles"),
+        "{}",
+        show(&out)
+    );
+    assert!(!marker.exists(), "the planted script ran");
+    store.assert_unchanged(&before, "a build from a planted profile");
+
+    // Named explicitly, they are refused as another user's.
+    let flags = [
+        format!("--profiles={}", shared.join("profiles").display()),
+        format!("--recipes={}", shared.join("recipes").display()),
+    ];
+    let mut args = vec!["--profile", "core"];
+    args.extend(flags.iter().map(String::as_str));
+    let out = build_in(&store, &job, &args);
+    assert_eq!(out.status.code(), Some(EXIT_ERROR), "{}", show(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("owned by uid 65534") && stderr.contains("--trust-dirs"),
+        "{}",
+        show(&out)
+    );
+    assert!(!marker.exists(), "the planted script ran");
+    store.assert_unchanged(&before, "a build from another user's profiles");
+
+    // Root-owned but in a world-writable directory without the sticky bit:
+    // anyone could swap them, so they are refused too.
+    let open = s.join("open");
+    fs::create_dir(&open).unwrap();
+    nexus_integration_tests::fixtures::chmod(&open, 0o777);
+    fs::create_dir(open.join("profiles")).unwrap();
+    fs::copy(
+        shared.join("profiles/core.kdl"),
+        open.join("profiles/core.kdl"),
+    )
+    .unwrap();
+    let flag = format!("--profiles={}", open.join("profiles").display());
+    let out = build_in(&store, &job, &["--profile", "core", &flag, &flags[1]]);
+    assert_eq!(out.status.code(), Some(EXIT_ERROR), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("writable by everyone"),
+        "{}",
+        show(&out)
+    );
+    store.assert_unchanged(&before, "a build from swappable profiles");
+
+    // Vouched for, the build runs, but the script is sandboxed: it cannot
+    // write outside its output.
+    args.push("--trust-dirs");
+    let out = build_in(&store, &job, &args);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(
+        !marker.exists(),
+        "the sandboxed script wrote outside $NEXUS_OUT"
+    );
+    assert_eq!(
+        store.cat("evil/1", "bin/evil").stdout,
+        b"evil\n",
+        "the vouched-for build"
+    );
+}
+
+#[test]
+fn build_scripts_run_sandboxed_and_their_output_is_normalised() {
+    if !nexus_integration_tests::is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let host_pid = std::process::id();
+    let etc_probe = format!("/etc/nexus-sandbox-probe-{host_pid}");
+    let script = format!(
+        r#"set -u
+out="$NEXUS_OUT"
+report="$out/report"
+try() {{ if eval "$2" >/dev/null 2>&1; then echo "$1 yes"; else echo "$1 no"; fi >> "$report"; }}
+try write-source "echo x > '$NEXUS_RECIPE_DIR/planted'"
+try write-etc "echo x > {etc_probe}"
+try write-tmp "echo x > /tmp/x"
+try network "bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port}'"
+try host-process "test -e /proc/{host_pid}"
+echo "processes $(ls -d /proc/[0-9]* | wc -l)" >> "$report"
+echo "uid $(id -u)" >> "$report"
+mkdir -p "$out/bin"
+printf '#!/bin/sh\necho hi\n' > "$out/bin/evil"
+chmod 4755 "$out/bin/evil"
+cp "$out/bin/evil" "$out/bin/keep"
+chmod 6755 "$out/bin/keep"
+"#
+    );
+    let (s, p, r) = scratch_dirs(
+        "profile \"bad\" {\n    package \"probe\" \"= 1\"\n}\n",
+        &[(
+            "probe",
+            "recipe \"probe\" {\n    source \"script\" \"probe.sh\"\n    version \"1\"\n    privileged \"bin/keep\"\n}\n",
+        )],
+    );
+    fs::write(r.join("sub/probe.sh"), script).unwrap();
+    let store = Store::init();
+    let args = dirs_args(&p, &r, &nexus_integration_tests::debs::cache_dir());
+    let mut all = vec!["--profile", "bad"];
+    all.extend(args.iter().map(String::as_str));
+    let out = build(&store, &all);
+    assert!(out.status.success(), "{}", show(&out));
+
+    let report = String::from_utf8(store.cat("probe/1", "report").stdout).unwrap();
+    let lines: Vec<&str> = report.lines().collect();
+    for want in [
+        "write-source no",
+        "write-etc no",
+        "write-tmp yes",
+        "network no",
+        "host-process no",
+    ] {
+        assert!(
+            lines.contains(&want),
+            "{want:?} not in the report:\n{report}"
+        );
+    }
+    // Its own pid namespace: the script's shell, its pid 1 and the
+    // commands of that one line.
+    let processes: usize = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("processes "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no process count:\n{report}"));
+    assert!(
+        processes <= 5,
+        "the script saw {processes} processes:\n{report}"
+    );
+    assert!(
+        !lines.contains(&"uid 0"),
+        "the script ran as root:\n{report}"
+    );
+    assert!(!r.join("sub/planted").exists());
+    assert!(!Path::new(&etc_probe).exists());
+    assert!(
+        matches!(listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the script reached the host's network"
+    );
+
+    // Imported owned by root; setuid only where the recipe says so.
+    let files = store.files("probe/1");
+    let file = |path: &str| {
+        files
+            .iter()
+            .find(|f| f.path == path)
+            .unwrap_or_else(|| panic!("no {path} in {files:?}"))
+    };
+    assert!(files.iter().all(|f| f.uid == 0 && f.gid == 0), "{files:?}");
+    assert_eq!(
+        file("bin/evil").mode,
+        0o755,
+        "setuid kept on an undeclared file"
+    );
+    assert_eq!(
+        file("bin/keep").mode,
+        0o6755,
+        "the declared privileged file"
+    );
+    drop(s);
+}
+
+#[test]
+fn a_planted_or_altered_cached_deb_is_refused() {
+    use nexus_integration_tests::archive::{self, TarEntry};
+    let real = fetch_debs(&["hello"]).remove(0);
+    let name = real.file_name().unwrap().to_str().unwrap().to_string();
+    let (s, p, r) = scratch_dirs(
+        "profile \"bad\" {\n    package \"hello\" \"*\"\n}\n",
+        &[(
+            "hello",
+            "recipe \"hello\" {\n    source \"debian\" \"hello\"\n}\n",
+        )],
+    );
+    let build_with = |store: &Store, cache: &Path| {
+        let args = dirs_args(&p, &r, cache);
+        let mut all = vec!["--profile", "bad"];
+        all.extend(args.iter().map(String::as_str));
+        build(store, &all)
+    };
+
+    // A well-formed .deb of hello's very name and version, other bytes,
+    // put into the cache by someone else: apt's index does not vouch for it.
+    let planted = s.join("planted-cache");
+    fs::create_dir(&planted).unwrap();
+    let control = format!(
+        "Package: hello\nVersion: {}\nArchitecture: {}\nMaintainer: nobody\nDescription: planted\n",
+        deb_field(&real, "Version"),
+        deb_field(&real, "Architecture")
+    );
+    let data = archive::tar(&[
+        TarEntry::dir("./usr/"),
+        TarEntry::dir("./usr/bin/"),
+        TarEntry::file("./usr/bin/hello", b"#!/bin/sh\necho planted\n", 0o755),
+    ]);
+    fs::write(planted.join(&name), archive::deb(&control, &data)).unwrap();
+    let store = Store::init();
+    let before = store.state();
+    let out = build_with(&store, &planted);
+    assert_eq!(out.status.code(), Some(EXIT_ERROR), "{}", show(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&name) && stderr.contains("SHA256"),
+        "{}",
+        show(&out)
+    );
+    store.assert_unchanged(&before, "a build from a planted .deb");
+
+    // Fetched by the build, it is pinned in the cache's lock file...
+    let fresh = s.join("fresh-cache");
+    let out = build_with(&store, &fresh);
+    assert!(out.status.success(), "{}", show(&out));
+    let lock = fs::read_to_string(fresh.join("debs.lock")).unwrap();
+    assert!(
+        lock.lines().any(|l| l.ends_with(&format!(" {name}"))),
+        "{lock}"
+    );
+    // ...and once altered, refused on reuse.
+    let cached = fresh.join(&name);
+    let mut bytes = fs::read(&cached).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    fs::write(&cached, bytes).unwrap();
+    let other = Store::init();
+    let before = other.state();
+    let out = build_with(&other, &fresh);
+    assert_eq!(out.status.code(), Some(EXIT_ERROR), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("pinned"),
+        "{}",
+        show(&out)
+    );
+    other.assert_unchanged(&before, "a build from an altered cached .deb");
+}

@@ -265,8 +265,8 @@ fn nexus_build_rumk_grafts_the_guest_and_nexus_rumk_run_boots_it() {
     if !qemu_or_skip("nexus_build_rumk_grafts_the_guest_and_nexus_rumk_run_boots_it") {
         return;
     }
-    // The guest's own build first: nexus build rumk then finds it done.
-    rumk::kernel();
+    // nexus build rumk compiles the guest in its build sandbox, from the
+    // crates of its pinned fetch, in a private target directory.
     let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let store = Store::init();
     let debs = fetch_debs(&["hello"]);
@@ -287,10 +287,11 @@ fn nexus_build_rumk_grafts_the_guest_and_nexus_rumk_run_boots_it() {
     };
     let first = build("first");
     assert!(first.starts_with("added rumk/"), "{first}");
+    // Stored already: reused, as a profile build reuses what fits.
     let again = build("again");
     assert!(
         again.starts_with("nothing to do: rumk/"),
-        "a rebuild changed the store: {again}"
+        "a second build changed the store: {again}"
     );
     let rumk = store
         .list()

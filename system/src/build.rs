@@ -18,7 +18,8 @@ use crate::error::{Result, SystemError};
 use crate::locate::load_recipe;
 use crate::profile::{Entry, Profile};
 use crate::recipe::{self, Recipe};
-use crate::{fetch, script, version};
+use crate::script::{self, ScriptOptions};
+use crate::{fetch, version};
 
 /// Where recipes and fetched packages are, and how to graft.
 pub struct BuildOptions {
@@ -28,6 +29,9 @@ pub struct BuildOptions {
     pub cache: PathBuf,
     /// Grafting options (threads, limits, whose `.npk` signatures count).
     pub add: AddOptions,
+    /// How build scripts run, and whether the paths recipes name are
+    /// checked ([`crate::trust`]).
+    pub script: ScriptOptions,
 }
 
 /// One package of the built generation.
@@ -65,24 +69,26 @@ pub fn build(
         .entries
         .iter()
         .map(|e| {
-            load_recipe(&options.recipes, &e.recipe).map_err(|err| match err {
-                // A recipe that cannot be found is the profile line's
-                // problem: point at the line.
-                SystemError::Recipe(message) => profile
-                    .file
-                    .error(
-                        e.span,
-                        message,
-                        "no such recipe",
-                        Some(format!(
-                            "add {}/{}.kdl, or name another recipe with recipe=\"...\"",
-                            options.recipes.display(),
-                            e.recipe
-                        )),
-                    )
-                    .into(),
-                other => other,
-            })
+            load_recipe(&options.recipes, &e.recipe, options.script.trust).map_err(
+                |err| match err {
+                    // A recipe that cannot be found is the profile line's
+                    // problem: point at the line.
+                    SystemError::Recipe(message) => profile
+                        .file
+                        .error(
+                            e.span,
+                            message,
+                            "no such recipe",
+                            Some(format!(
+                                "add {}/{}.kdl, or name another recipe with recipe=\"...\"",
+                                options.recipes.display(),
+                                e.recipe
+                            )),
+                        )
+                        .into(),
+                    other => other,
+                },
+            )
         })
         .collect::<Result<_>>()?;
     for (entry, recipe) in profile.entries.iter().zip(&recipes) {
@@ -111,7 +117,7 @@ pub fn build(
         if sources[i].is_none() {
             progress.phase(&format!("preparing {}", recipes[i].name));
             sources[i] = Some(prepare(
-                &profile.entries[i],
+                &profile.entries[i].app,
                 &recipes[i],
                 options,
                 &mut scratch,
@@ -162,6 +168,80 @@ pub fn build(
         generation,
         new_generation,
         packages,
+    })
+}
+
+/// What [`add_recipe`] did.
+#[derive(Clone, Debug)]
+pub struct Added {
+    /// `NAME/VERSION` of the recipe's package.
+    pub spec: String,
+    /// The new generation, or `None` when the live set already held the
+    /// package as its App's `Current`.
+    pub generation: Option<i64>,
+    /// It was already stored: taken as it is, not built again.
+    pub reused: bool,
+}
+
+/// Makes recipe `name` (under `options.recipes`) and adds its package to
+/// the live set as its App's `Current`, leaving every other package where
+/// it is (as `nip add`): the way one package, such as the Rumk guest, is
+/// built outside a profile. A stored package of the recipe's App and
+/// version is taken as it is, as a profile build would.
+pub fn add_recipe(
+    store: &mut Store,
+    name: &str,
+    options: &BuildOptions,
+    progress: &dyn Progress,
+) -> Result<Added> {
+    let recipe = load_recipe(&options.recipes, name, options.script.trust)?;
+    let app = known_app(&recipe).map(str::to_string);
+    let stored = match (&app, &recipe.version) {
+        (Some(app), Some(version)) => store
+            .catalog()
+            .package(app, version)?
+            .map(|p| (p.name, p.version)),
+        _ => None,
+    };
+    let mut scratch = Vec::new();
+    let reused = stored.is_some();
+    let source = match stored {
+        Some((app, version)) => Source::Stored(app, version),
+        None => {
+            progress.phase(&format!("preparing {}", recipe.name));
+            prepare(
+                app.as_deref().unwrap_or(&recipe.name),
+                &recipe,
+                options,
+                &mut scratch,
+            )?
+        }
+    };
+    let spec = std::cell::RefCell::new(String::new());
+    let accept = |staged: &[StagedPackage]| match staged {
+        [one] => {
+            *spec.borrow_mut() = format!("{}/{}", one.name, one.version);
+            Ok(())
+        }
+        _ => Err(format!(
+            "recipe `{}` made {} packages, not one",
+            recipe.name,
+            staged.len()
+        )),
+    };
+    let outcome = add_checked(
+        store,
+        &[source],
+        options.add.clone(),
+        Membership::Add,
+        &accept,
+        progress,
+    )?;
+    drop(scratch);
+    Ok(Added {
+        spec: spec.into_inner(),
+        generation: outcome.generation,
+        reused,
     })
 }
 
@@ -243,10 +323,10 @@ fn stored_version(
 
 /// Makes a recipe's source ready to graft: fetch, check or build it.
 fn prepare(
-    entry: &Entry,
+    app: &str,
     recipe: &Recipe,
     options: &BuildOptions,
-    scratch: &mut Vec<tempfile::TempDir>,
+    scratch: &mut Vec<script::Output>,
 ) -> Result<Source> {
     let archive = |path: PathBuf| {
         Source::Archive(ArchiveRequest {
@@ -258,13 +338,14 @@ fn prepare(
     let dir = |path: PathBuf| {
         Source::Dir(AddDir {
             path,
-            name: entry.app.clone(),
+            name: app.to_string(),
             // The parser requires a version for directories and scripts.
             version: recipe.version.clone().unwrap_or_default(),
         })
     };
     let exists = |path: &Path| -> Result<()> {
         if path.exists() {
+            options.script.trust.check(path)?;
             Ok(())
         } else {
             Err(SystemError::Recipe(format!(
@@ -299,21 +380,10 @@ fn prepare(
         }
         recipe::Source::Script { path, workdir } => {
             exists(workdir)?;
-            let tmp = tempfile::Builder::new()
-                .prefix("nexus-build-")
-                .tempdir()
-                .map_err(|e| SystemError::Io {
-                    path: std::env::temp_dir(),
-                    source: e,
-                })?;
-            let out = tmp.path().join("out");
-            std::fs::create_dir(&out).map_err(|e| SystemError::Io {
-                path: out.clone(),
-                source: e,
-            })?;
-            script::run(recipe, path, workdir, &out)?;
-            scratch.push(tmp);
-            dir(out)
+            let output = script::run(recipe, path, workdir, &options.script)?;
+            let root = output.root.clone();
+            scratch.push(output);
+            dir(root)
         }
     })
 }

@@ -42,6 +42,33 @@ pub enum SystemError {
         /// apt's output, or why it could not run.
         message: String,
     },
+    /// A `.deb` in the fetch cache, or fresh from apt, does not have the
+    /// bytes apt's index named (or its pin recorded): planted or altered.
+    #[error("{}: SHA256 {actual_sha256}, but apt's index pinned {expected_sha256}: refusing it (delete it to fetch it again)", file.display())]
+    DebMismatch {
+        /// The file.
+        file: PathBuf,
+        /// The pinned SHA256.
+        expected_sha256: String,
+        /// Its SHA256.
+        actual_sha256: String,
+    },
+    /// A cached `.deb` that nothing vouches for.
+    #[error("{}: refusing an unverified cached package: {message}", file.display())]
+    DebUnverified {
+        /// The file.
+        file: PathBuf,
+        /// Why it cannot be checked.
+        message: String,
+    },
+    /// The cache's lock file of pins is malformed.
+    #[error("{}: {message}", file.display())]
+    DebPin {
+        /// The lock file.
+        file: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     /// A recipe's build script failed (or cannot run yet).
     #[error("recipe `{recipe}`: build script {} failed ({status}):\n{output}", script.display())]
     Script {
@@ -53,6 +80,29 @@ pub enum SystemError {
         status: String,
         /// The end of what it wrote to stderr.
         output: String,
+    },
+    /// A profile, recipe or source could have been planted or replaced by
+    /// another user: refused unread.
+    #[error("untrusted build input: {0}")]
+    Untrusted(#[from] crate::trust::Unsafe),
+    /// The build sandbox could not be set up.
+    #[error(transparent)]
+    Sandbox(#[from] crate::sandbox::SandboxError),
+    /// A recipe's pinned fetch (its crates, its toolchain) failed.
+    #[error("recipe `{recipe}`: pinned fetch: {message}")]
+    PinnedFetch {
+        /// The recipe.
+        recipe: String,
+        /// What failed.
+        message: String,
+    },
+    /// A build user that cannot be used.
+    #[error("build user `{spec}`: {why}")]
+    BuildUser {
+        /// As given.
+        spec: String,
+        /// Why not.
+        why: String,
     },
     /// Grafting or committing failed; this includes a package that does
     /// not satisfy its profile line (nothing was committed then).

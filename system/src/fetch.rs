@@ -1,18 +1,32 @@
 //! Debian packages fetched with `apt-get download` into a cache directory,
-//! once: a package already in the cache is not fetched again.
+//! once: a package already in the cache is not fetched again, and is
+//! reused only with the bytes apt's signed index named.
 //!
 //! An exclusive `flock` on `CACHE/.lock` serialises fetches between builds
 //! (and with the integration tests, which share the layout), and apt names
 //! each file `NAME_VERSION_ARCH.deb` (the epoch's `:` as `%3a`), which is
 //! how cached files are found again.
+//!
+//! Every file is pinned ([`crate::pins`]): `apt-get download --print-uris`
+//! gives the SHA256 of apt's (signed) index, which `CACHE/debs.lock`
+//! records when the file is fetched; a cached file is reused only if it
+//! still has those bytes. A cached file with no pin yet (another tool put
+//! it there) is taken only if apt's index gives its name and hash now.
+//!
+//! apt runs as the caller. As root it keeps its own privilege drop: it
+//! downloads as `_apt` into a private directory `_apt` owns, and root
+//! copies the file into the cache while hashing it, so nothing `_apt`
+//! could still change is what the pin vouches for.
 
 use std::fs::{self, File};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::error::{Result, SystemError};
+use crate::pins::{self, Pin, Pins};
 
 /// The default cache: `/var/cache/nexus/debs` for root, else
 /// `$XDG_CACHE_HOME/nexus/debs` (default `~/.cache/nexus/debs`).
@@ -89,57 +103,220 @@ fn cached(dir: &Path, package: &str, version: Option<&str>) -> Option<PathBuf> {
         .map(|e| e.path())
 }
 
+/// What apt's index says of one package version: its file name, size and
+/// SHA256.
+#[derive(Debug, PartialEq, Eq)]
+struct Indexed {
+    file: String,
+    pin: Pin,
+}
+
+/// Parses `apt-get download --print-uris`: `'URI' FILE SIZE SHA256:HEX`.
+fn parse_print_uris(out: &str) -> Option<Indexed> {
+    let line = out.lines().find(|l| l.starts_with('\''))?;
+    let mut fields = line.rsplitn(4, ' ');
+    let hash = fields.next()?;
+    let size = fields.next()?.parse().ok()?;
+    let file = fields.next()?;
+    let sha256 = hash.strip_prefix("SHA256:")?.to_ascii_lowercase();
+    let plain = !file.is_empty() && !file.contains('/') && file.ends_with(".deb");
+    (plain && sha256.len() == 64 && sha256.bytes().all(|b| b.is_ascii_hexdigit())).then(|| {
+        Indexed {
+            file: file.to_string(),
+            pin: Pin { sha256, size },
+        }
+    })
+}
+
+/// What apt's index says of `target` (`NAME` or `NAME=VERSION`); reads
+/// only apt's local lists.
+fn indexed(target: &str) -> Result<Indexed> {
+    let fail = |message: String| SystemError::Fetch {
+        package: target.to_string(),
+        message,
+    };
+    let out = Command::new("apt-get")
+        .args(["-q", "download", "--print-uris", "--", target])
+        .output()
+        .map_err(|e| fail(format!("cannot run apt-get: {e}")))?;
+    if !out.status.success() {
+        return Err(fail(format!(
+            "{}\n{}(is the name right? do apt's lists need `apt-get update`?)",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    parse_print_uris(&String::from_utf8_lossy(&out.stdout)).ok_or_else(|| {
+        fail(format!(
+            "apt-get --print-uris gave no file with a SHA256:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        ))
+    })
+}
+
+/// The version in a cached file's name `NAME_VERSION_ARCH.deb`.
+fn version_in_name(name: &str) -> Option<String> {
+    let stem = name.strip_suffix(".deb")?;
+    let mut parts = stem.split('_');
+    let (_, version, _) = (parts.next()?, parts.next()?, parts.next()?);
+    Some(version.replace("%3a", ":"))
+}
+
+/// Checks a cached file before reuse: against its pin, or (none yet)
+/// against apt's index, then pinned.
+fn check_cached(cache: &Path, pins: &mut Pins, path: &Path, package: &str) -> Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if let Some(pin) = pins.get(&name) {
+        return pins::verify(path, pin);
+    }
+    let version = version_in_name(&name).ok_or_else(|| SystemError::DebUnverified {
+        file: path.to_path_buf(),
+        message: "its name is not NAME_VERSION_ARCH.deb".into(),
+    })?;
+    let apt = indexed(&format!("{package}={version}")).map_err(|e| SystemError::DebUnverified {
+        file: path.to_path_buf(),
+        message: format!(
+            "it is not pinned in {} and apt cannot vouch for it: {e}",
+            pins::LOCK_FILE
+        ),
+    })?;
+    if apt.file != name {
+        return Err(SystemError::DebUnverified {
+            file: path.to_path_buf(),
+            message: format!("apt's index names that version {}", apt.file),
+        });
+    }
+    pins::verify(path, &apt.pin)?;
+    pins.record(cache, &name, apt.pin)
+}
+
+/// The `_apt` account apt drops to as root, if the system has one.
+fn apt_user() -> Option<(u32, u32)> {
+    nix::unistd::User::from_name("_apt")
+        .ok()
+        .flatten()
+        .map(|u| (u.uid.as_raw(), u.gid.as_raw()))
+}
+
+/// Downloads `target` with apt into a private directory (owned by `_apt`
+/// as root, so apt's sandbox stays on) and copies it into the cache,
+/// checking it against apt's index; returns its path in the cache.
+fn download(cache: &Path, pins: &mut Pins, target: &str) -> Result<PathBuf> {
+    let fail = |message: String| SystemError::Fetch {
+        package: target.to_string(),
+        message,
+    };
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| SystemError::Io { path, source }
+    };
+    let expected = indexed(target)?;
+    let staging = tempfile::Builder::new()
+        .prefix("nexus-apt-")
+        .permissions(fs::Permissions::from_mode(0o700))
+        .tempdir()
+        .map_err(io(&std::env::temp_dir()))?;
+    if is_root()
+        && let Some((uid, gid)) = apt_user()
+    {
+        std::os::unix::fs::chown(staging.path(), Some(uid), Some(gid))
+            .map_err(io(staging.path()))?;
+    }
+    tracing::info!("fetching {target} with apt-get download");
+    let out = Command::new("apt-get")
+        .current_dir(staging.path())
+        .args(["-q", "download", "--", target])
+        .output()
+        .map_err(|e| fail(format!("cannot run apt-get: {e}")))?;
+    if !out.status.success() {
+        return Err(fail(format!(
+            "{}\n{}(is the name right? do apt's lists need `apt-get update`?)",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    let fetched = staging.path().join(&expected.file);
+    let source = File::open(&fetched).map_err(|e| {
+        fail(format!(
+            "apt-get succeeded but left no {} ({e})",
+            expected.file
+        ))
+    })?;
+    // Copied (not moved) while hashing: the pin vouches for exactly the
+    // bytes that land in the cache, in a file only the caller owns.
+    let mut partial = tempfile::Builder::new()
+        .prefix(".fetch-")
+        .tempfile_in(cache)
+        .map_err(io(cache))?;
+    let got = pins::hash_copy(source, partial.as_file_mut()).map_err(io(&fetched))?;
+    if got != expected.pin {
+        return Err(SystemError::DebMismatch {
+            file: fetched,
+            expected_sha256: expected.pin.sha256,
+            actual_sha256: got.sha256,
+        });
+    }
+    let dest = cache.join(&expected.file);
+    fs::set_permissions(partial.path(), fs::Permissions::from_mode(0o644))
+        .map_err(io(partial.path()))?;
+    partial.persist(&dest).map_err(|e| io(&dest)(e.error))?;
+    pins.record(cache, &expected.file, expected.pin)?;
+    Ok(dest)
+}
+
 /// The `.deb` of `package` (`version`, or apt's candidate), from the
-/// cache or fetched into it.
+/// cache (checked against its pin) or fetched into it (and pinned).
 pub fn fetch(cache: &Path, package: &str, version: Option<&str>) -> Result<PathBuf> {
     fs::create_dir_all(cache).map_err(|e| SystemError::Io {
         path: cache.to_path_buf(),
         source: e,
     })?;
     let _lock = CacheLock::acquire(cache)?;
+    let mut pins = Pins::read(cache)?;
     if let Some(found) = cached(cache, package, version) {
-        tracing::info!("{package}: cached {}", found.display());
+        check_cached(cache, &mut pins, &found, package)?;
+        tracing::info!("{package}: cached {}, SHA256 as pinned", found.display());
         return Ok(found);
     }
     let target = match version {
         Some(v) => format!("{package}={v}"),
         None => package.to_string(),
     };
-    let mut cmd = Command::new("apt-get");
-    cmd.current_dir(cache).arg("-q");
-    if is_root() {
-        // As root, apt would drop to `_apt`, which cannot write to the
-        // cache directory; stay root.
-        cmd.args(["-o", "APT::Sandbox::User=root"]);
-    }
-    cmd.args(["download", "--", &target]);
-    tracing::info!("fetching {target} with apt-get download");
-    let out = cmd.output().map_err(|e| SystemError::Fetch {
-        package: target.clone(),
-        message: format!("cannot run apt-get: {e}"),
-    })?;
-    if !out.status.success() {
-        return Err(SystemError::Fetch {
-            package: target,
-            message: format!(
-                "{}\n{}(is the name right? do apt's lists need `apt-get update`?)",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        });
-    }
-    cached(cache, package, version).ok_or_else(|| SystemError::Fetch {
-        package: target,
-        message: format!(
-            "apt-get succeeded but left no {package}_*.deb in {}",
-            cache.display()
-        ),
-    })
+    download(cache, &mut pins, &target)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn print_uris_lines_parse() {
+        let out = "'http://deb.debian.org/debian/pool/main/h/hello/hello_2.10-3_amd64.deb' hello_2.10-3_amd64.deb 53080 SHA256:2e6e2f1a0007dc43bc91c273fd36e91e40a4f1c2765a03eca68b70a42103878a\n";
+        assert_eq!(
+            parse_print_uris(out),
+            Some(Indexed {
+                file: "hello_2.10-3_amd64.deb".into(),
+                pin: Pin {
+                    sha256: "2e6e2f1a0007dc43bc91c273fd36e91e40a4f1c2765a03eca68b70a42103878a"
+                        .into(),
+                    size: 53080
+                }
+            })
+        );
+        // No SHA256 (an older apt's MD5Sum), or a path for a name: refused.
+        assert_eq!(parse_print_uris("'u' a_1_all.deb 5 MD5Sum:abcd\n"), None);
+        assert_eq!(
+            parse_print_uris(&out.replace(" hello_2", " ../hello_2")),
+            None
+        );
+        assert_eq!(
+            version_in_name("libc6_2.36-9%3a1_amd64.deb").as_deref(),
+            Some("2.36-9:1")
+        );
+    }
 
     /// A cache chosen through `NEXUS_CACHE` may hold a `.lock` an attacker
     /// planted as a symlink: it must not be followed (nor its target

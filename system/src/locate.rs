@@ -4,6 +4,10 @@
 //! `NAME.kdl` anywhere under `RECIPES` (so related recipes can share a
 //! directory, as `recipes/rumk/`). Only the files a build needs are read:
 //! a broken recipe of another package does not stop this build.
+//!
+//! Every file is read only once [`Trust::check`] passes on it: as root, a
+//! profile or recipe that another user owns or could have replaced (a
+//! writable directory on its path) is refused, not read.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -12,8 +16,10 @@ use crate::diag::SourceFile;
 use crate::error::{Result, SystemError};
 use crate::profile::Profile;
 use crate::recipe::{Recipe, check_recipe_name};
+use crate::trust::Trust;
 
-fn read(path: &Path) -> Result<SourceFile> {
+fn read(path: &Path, trust: Trust) -> Result<SourceFile> {
+    trust.check(path)?;
     let text = fs::read_to_string(path).map_err(|e| SystemError::Io {
         path: path.to_path_buf(),
         source: e,
@@ -38,8 +44,8 @@ pub fn profile_names(dir: &Path) -> Result<Vec<String>> {
     Ok(names)
 }
 
-/// Reads and validates profile `name` from `dir`.
-pub fn load_profile(dir: &Path, name: &str) -> Result<Profile> {
+/// Reads and validates profile `name` from `dir`, if `trust` allows.
+pub fn load_profile(dir: &Path, name: &str, trust: Trust) -> Result<Profile> {
     let available = || profile_names(dir).map(|n| n.join(", ")).unwrap_or_default();
     if check_recipe_name(name).is_err() {
         return Err(SystemError::NoProfile {
@@ -56,7 +62,7 @@ pub fn load_profile(dir: &Path, name: &str) -> Result<Profile> {
             available: available(),
         });
     }
-    Ok(Profile::parse(read(&path)?)?)
+    Ok(Profile::parse(read(&path, trust)?)?)
 }
 
 /// Every `NAME.kdl` under `dir`, recursively.
@@ -79,13 +85,13 @@ fn find_all(dir: &Path, file_name: &str, found: &mut Vec<PathBuf>) -> Result<()>
     Ok(())
 }
 
-/// Reads and validates recipe `name` from under `dir`.
-pub fn load_recipe(dir: &Path, name: &str) -> Result<Recipe> {
+/// Reads and validates recipe `name` from under `dir`, if `trust` allows.
+pub fn load_recipe(dir: &Path, name: &str, trust: Trust) -> Result<Recipe> {
     check_recipe_name(name).map_err(SystemError::Recipe)?;
     let mut found = Vec::new();
     find_all(dir, &format!("{name}.kdl"), &mut found)?;
     match found.as_slice() {
-        [one] => Ok(Recipe::parse(read(one)?)?),
+        [one] => Ok(Recipe::parse(read(one, trust)?)?),
         [] => Err(SystemError::Recipe(format!(
             "no recipe `{name}`: no {name}.kdl under {}",
             dir.display()

@@ -18,7 +18,16 @@ use kdl::KdlNode;
 use crate::diag::{Diag, SourceFile};
 use crate::schema::{self, one_of};
 
-const RECIPE_NODES: &[&str] = &["description", "source", "app", "version"];
+const RECIPE_NODES: &[&str] = &[
+    "description",
+    "source",
+    "app",
+    "version",
+    "fetch",
+    "privileged",
+];
+/// The kinds of pinned fetch, as written in `fetch "KIND" ...`.
+pub const FETCH_KINDS: &[&str] = &["cargo"];
 /// The source kinds, as written in `source "KIND" ...`.
 pub const KINDS: &[&str] = &[
     "debian", "deb", "pacman", "nar", "pkgsrc", "npk", "dir", "script",
@@ -57,6 +66,19 @@ pub enum Source {
     },
 }
 
+/// What a build script's sandbox gets fetched for it before it runs: the
+/// script itself never has a network.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fetch {
+    /// The crates a Cargo project's lock file pins (by checksum), vendored
+    /// with `cargo vendor --locked`; the script gets them and the host's
+    /// Rust toolchain read-only, and cargo configured to build offline.
+    Cargo {
+        /// The project's `Cargo.toml` (its `Cargo.lock` beside it).
+        manifest: PathBuf,
+    },
+}
+
 /// A parsed, validated recipe.
 #[derive(Clone, Debug)]
 pub struct Recipe {
@@ -72,6 +94,11 @@ pub struct Recipe {
     /// The version to store it under (default: the package's own; required
     /// for `dir` and `script`, which have none).
     pub version: Option<String>,
+    /// A build script's pinned fetch, if it needs one.
+    pub fetch: Option<Fetch>,
+    /// Paths in a build script's output that keep their setuid/setgid bits
+    /// (everything else loses them on import).
+    pub privileged: Vec<PathBuf>,
     /// The file, for diagnostics.
     pub file: SourceFile,
 }
@@ -111,6 +138,8 @@ impl Recipe {
         let mut source: Option<(Source, &KdlNode)> = None;
         let mut app = None;
         let mut version = None;
+        let mut fetch: Option<(Fetch, &KdlNode)> = None;
+        let mut privileged: Option<(Vec<PathBuf>, &KdlNode)> = None;
         for node in top.iter_children() {
             match node.name().value() {
                 "description" => {
@@ -144,6 +173,14 @@ impl Recipe {
                     }
                     version = Some(v.to_string());
                 }
+                "fetch" => {
+                    once(&file, node, fetch.as_ref().map(|f| f.1))?;
+                    fetch = Some((parse_fetch(&file, node, &base)?, node));
+                }
+                "privileged" => {
+                    once(&file, node, privileged.as_ref().map(|p| p.1))?;
+                    privileged = Some((parse_privileged(&file, node)?, node));
+                }
                 other => {
                     return Err(file.error(
                         node.name().span(),
@@ -173,15 +210,114 @@ impl Recipe {
                 Some("add version \"1.0\" to the recipe".into()),
             ));
         }
+        // Only a build script runs in the sandbox these configure.
+        for node in [
+            fetch.as_ref().map(|f| f.1),
+            privileged.as_ref().map(|p| p.1),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if !matches!(source, Source::Script { .. }) {
+                return Err(file.error(
+                    node.span(),
+                    format!("`{}` applies to build scripts only", node.name().value()),
+                    "not a `script` source",
+                    Some(format!(
+                        "the source on line {} is no `script`",
+                        file.line_col(source_node.span().offset()).0
+                    )),
+                ));
+            }
+        }
         Ok(Recipe {
             name,
             description,
             source,
             app,
             version,
+            fetch: fetch.map(|f| f.0),
+            privileged: privileged.map(|p| p.0).unwrap_or_default(),
             file,
         })
     }
+}
+
+/// Refuses a second node where one is allowed.
+fn once(file: &SourceFile, node: &KdlNode, first: Option<&KdlNode>) -> Result<(), Diag> {
+    match first {
+        Some(first) => {
+            let (line, _) = file.line_col(first.span().offset());
+            Err(file.error(
+                node.span(),
+                format!("a second `{}`", node.name().value()),
+                "one per recipe",
+                Some(format!("the first is on line {line}")),
+            ))
+        }
+        None => Ok(()),
+    }
+}
+
+fn parse_fetch(file: &SourceFile, node: &KdlNode, base: &Path) -> Result<Fetch, Diag> {
+    let usage = "fetch \"cargo\" \"PATH/Cargo.toml\"";
+    schema::only_props(file, node, &[])?;
+    let a = schema::exact_args(file, node, 2, usage)?;
+    let kind = schema::string(file, a[0], "the fetch kind")?;
+    if !FETCH_KINDS.contains(&kind) {
+        return Err(file.error(
+            a[0].span(),
+            format!("unknown fetch kind `{kind}`"),
+            "unknown kind",
+            Some(format!("the kinds are {}", one_of(FETCH_KINDS))),
+        ));
+    }
+    let manifest = schema::string(file, a[1], "the manifest")?;
+    if !manifest.ends_with("Cargo.toml") {
+        return Err(file.error(
+            a[1].span(),
+            format!("`{manifest}` is not a Cargo.toml"),
+            "not a manifest",
+            Some(format!("write it as {usage}")),
+        ));
+    }
+    Ok(Fetch::Cargo {
+        manifest: base.join(manifest),
+    })
+}
+
+fn parse_privileged(file: &SourceFile, node: &KdlNode) -> Result<Vec<PathBuf>, Diag> {
+    schema::only_props(file, node, &[])?;
+    let entries = schema::args(node);
+    if entries.is_empty() {
+        return Err(file.error(
+            node.span(),
+            "`privileged` names no path",
+            "incomplete",
+            Some("write it as privileged \"bin/PROGRAM\" ...".into()),
+        ));
+    }
+    entries
+        .into_iter()
+        .map(|e| {
+            let value = schema::string(file, e, "a privileged path")?;
+            let path = Path::new(value);
+            let plain = !value.is_empty()
+                && path
+                    .components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_)));
+            if plain {
+                Ok(path.to_path_buf())
+            } else {
+                Err(file.error(
+                    e.span(),
+                    format!("`{value}` is not a path inside the package"),
+                    "not a relative path",
+                    Some("name a file of $NEXUS_OUT relative to it, as \"bin/su\"".into()),
+                ))
+            }
+        })
+        .collect()
 }
 
 fn parse_source(file: &SourceFile, node: &KdlNode, base: &Path) -> Result<Source, Diag> {
@@ -324,6 +460,38 @@ mod tests {
                 path: "recipes/sub/files/x.deb".into()
             }
         );
+    }
+
+    #[test]
+    fn fetch_and_privileged_belong_to_scripts() {
+        let r = parse(
+            "recipe \"r\" {\n  source \"script\" \"b.sh\" workdir=\"src\"\n  fetch \"cargo\" \"src/Cargo.toml\"\n  privileged \"bin/su\" \"sbin/ping\"\n  version \"1\"\n}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            r.fetch,
+            Some(Fetch::Cargo {
+                manifest: "recipes/sub/src/Cargo.toml".into()
+            })
+        );
+        assert_eq!(
+            r.privileged,
+            [PathBuf::from("bin/su"), PathBuf::from("sbin/ping")]
+        );
+        let (line, msg) =
+            bad("recipe \"r\" {\n  source \"debian\" \"hello\"\n  privileged \"bin/su\"\n}\n");
+        assert_eq!(line, 3);
+        assert!(msg.contains("build scripts only"), "{msg}");
+        let (line, msg) = bad(
+            "recipe \"r\" {\n  source \"script\" \"b.sh\"\n  version \"1\"\n  privileged \"../etc/shadow\"\n}\n",
+        );
+        assert_eq!(line, 4);
+        assert!(msg.contains("not a path inside the package"), "{msg}");
+        let (line, msg) = bad(
+            "recipe \"r\" {\n  source \"script\" \"b.sh\"\n  version \"1\"\n  fetch \"git\" \"x\"\n}\n",
+        );
+        assert_eq!(line, 4);
+        assert!(msg.contains("unknown fetch kind `git`"), "{msg}");
     }
 
     fn bad(text: &str) -> (usize, String) {

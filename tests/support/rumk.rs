@@ -12,12 +12,14 @@ use std::time::{Duration, Instant};
 
 use crate::nexus::wait_for;
 
+use nexus_system::qemu;
+
 /// QEMU's exit status when the guest verified every file.
-pub const VERIFIED: i32 = 33;
+pub const VERIFIED: i32 = qemu::RUMK_VERIFIED;
 /// QEMU's exit status when a file failed to read or verify.
-pub const FAILED: i32 = 35;
+pub const FAILED: i32 = qemu::RUMK_FAILED;
 /// QEMU's exit status when the guest found no usable device.
-pub const NO_DEVICE: i32 = 37;
+pub const NO_DEVICE: i32 = qemu::RUMK_NO_DEVICE;
 
 /// The two machine types a Rumk guest boots on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,42 +81,25 @@ impl Outcome {
 }
 
 /// The QEMU command booting `kernel` on `machine` with a vhost-user-fs
-/// device on `socket`, console to `console`; the same wiring as
-/// `nexus rumk run`.
+/// device on `socket`, console to `console`: nexus-system's command line,
+/// the one `nexus rumk run` boots with.
 pub fn qemu(kernel: &Path, machine: Machine, socket: &Path, console: &Path, args: &str) -> Command {
-    let mut c = Command::new("qemu-system-x86_64");
-    c.args(["-accel", "tcg", "-m", "128M", "-smp", "1"])
-        .args([
-            "-nodefaults",
-            "-no-reboot",
-            "-display",
-            "none",
-            "-monitor",
-            "none",
-        ])
-        .args(["-object", "memory-backend-memfd,id=mem,size=128M,share=on"])
-        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
-        .arg("-chardev")
-        .arg(format!("socket,id=fs0,path={}", socket.display()))
-        .arg("-serial")
-        .arg(format!("file:{}", console.display()))
-        .arg("-kernel")
-        .arg(kernel)
-        .arg("-append")
-        .arg(args);
-    match machine {
-        Machine::Microvm => c
-            .args(["-M", "microvm,memory-backend=mem"])
-            .args(["-global", "virtio-mmio.force-legacy=false"])
-            .args(["-device", "vhost-user-fs-device,chardev=fs0,tag=programs"]),
-        Machine::Q35 => c
-            .args(["-M", "q35"])
-            .args(["-numa", "node,memdev=mem"])
-            .args(["-device", "vhost-user-fs-pci,chardev=fs0,tag=programs"]),
-    };
-    c.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    let mut c = qemu::Guest {
+        qemu: Path::new("qemu-system-x86_64"),
+        machine: match machine {
+            Machine::Microvm => qemu::Machine::Microvm,
+            Machine::Q35 => qemu::Machine::Q35,
+        },
+        memory_mib: 128,
+        kernel,
+        initrd: None,
+        append: args,
+        socket,
+        console: qemu::Console::File(console.to_path_buf()),
+        debug_exit: true,
+    }
+    .command();
+    c.stdout(Stdio::null()).stderr(Stdio::piped());
     c
 }
 

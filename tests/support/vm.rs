@@ -34,7 +34,7 @@ pub const MODULES: [&str; 7] = [
 ];
 
 /// The virtio-fs tag guests mount.
-pub const TAG: &str = "programs";
+pub const TAG: &str = nexus_system::qemu::TAG;
 
 /// Guest RAM (MiB), shared with the daemon as a memfd.
 const GUEST_MIB: u32 = 256;
@@ -234,40 +234,23 @@ impl Guest {
     /// the emulated timer can tick too slowly for the kernel's IO-APIC
     /// timer check, which then panics ("IO-APIC + timer doesn't work").
     pub fn boot(kit: &GuestKit, initramfs: &Path, socket: &Path, console: &Path) -> Guest {
-        let mem = format!("{GUEST_MIB}M");
-        let child = Command::new("qemu-system-x86_64")
-            .args(["-accel", "tcg", "-m", &mem, "-smp", "1"])
-            .args([
-                "-nodefaults",
-                "-no-reboot",
-                "-display",
-                "none",
-                "-monitor",
-                "none",
-            ])
-            .arg("-kernel")
-            .arg(&kit.kernel)
-            .arg("-initrd")
-            .arg(initramfs)
-            .args(["-append", "console=ttyS0 quiet panic=-1 no_timer_check"])
-            .arg("-serial")
-            .arg(format!("file:{}", console.display()))
-            .args([
-                "-object",
-                &format!("memory-backend-memfd,id=mem,size={mem},share=on"),
-            ])
-            .args(["-numa", "node,memdev=mem"])
-            .arg("-chardev")
-            .arg(format!("socket,id=c0,path={}", socket.display()))
-            .args([
-                "-device",
-                &format!("vhost-user-fs-pci,chardev=c0,tag={TAG}"),
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run qemu-system-x86_64: {e}"));
+        use nexus_system::qemu;
+        let child = qemu::Guest {
+            qemu: Path::new("qemu-system-x86_64"),
+            machine: qemu::Machine::Pc,
+            memory_mib: GUEST_MIB,
+            kernel: &kit.kernel,
+            initrd: Some(initramfs),
+            append: "console=ttyS0 quiet panic=-1 no_timer_check",
+            socket,
+            console: qemu::Console::File(console.to_path_buf()),
+            debug_exit: false,
+        }
+        .command()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run qemu-system-x86_64: {e}"));
         Guest {
             child,
             console: console.to_path_buf(),

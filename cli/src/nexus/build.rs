@@ -7,10 +7,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use nexus_graft::{AddOptions, ReadOptions, Trust};
+use nexus_graft::{AddOptions, ReadOptions, Trust as KeyTrust};
 use nexus_npk::{ArchiveKind, CounterRequest, KeyStore, Member, WriteOptions, write_archive};
-use nexus_store::Store;
+
 use nexus_system::fetch::default_cache_dir;
+use nexus_system::sandbox::BuildUser;
+use nexus_system::script::ScriptOptions;
+use nexus_system::trust::{self, Trust, euid};
 use nexus_system::{BuildOptions, Built, SystemError, locate};
 use serde_json::json;
 
@@ -43,6 +46,25 @@ same generation, key and --counter give the same bytes.
 A bad profile or recipe is reported with its file, line and the spot
 underlined; nothing is fetched or stored then.
 
+Where profiles and recipes come from: --profiles DIR and --recipes DIR
+(recipes default to recipes/ beside the profiles). Without --profiles,
+root takes /etc/nexus/profiles, else /usr/share/nexus/profiles: root never
+searches the current directory or its parents, where anyone able to write
+an ancestor (as /tmp) could plant a profile that replaces the system. Any
+other user gets profiles/ of the current directory or its nearest parent
+that has one, searching only through directories that user or root owns
+and no one else may write. As root, a directory (or a file or directory on
+the way to it) that another user owns or may write is refused, unless
+--trust-dirs says the caller vouches for it.
+
+Build scripts run sandboxed: as an unprivileged build user (--build-user;
+as root, the `nexusbld` account if it exists, else nobody), in new mount,
+pid, network, IPC and UTS namespaces, with no network, the host file
+system read-only, their sources read-only and only $NEXUS_OUT and a
+private /tmp writable. What they output is imported owned by root,
+without setuid/setgid bits or file capabilities unless the recipe
+declares the path `privileged` (see recipes/README.md).
+
 Examples:
   nexus build --profile=core
   nexus build --profile fleet -o fleet.img --key builder --counter 7";
@@ -50,9 +72,10 @@ Examples:
 /// `nexus build`'s arguments.
 #[derive(Debug, Args)]
 pub struct BuildArgs {
-    /// `rumk`: build the Rumk guest kernel from
-    /// recipes/rumk/minimal-rumk.kdl and add it to the live set as
-    /// rumk/VERSION (instead of a profile).
+    /// `rumk`: build the Rumk guest kernel from its recipe
+    /// (recipes/rumk/minimal-rumk.kdl) and add it to the live set as
+    /// rumk/VERSION (instead of a profile); a stored rumk/VERSION is
+    /// taken as it is.
     #[arg(
         value_name = "TARGET",
         required_unless_present = "profile",
@@ -65,7 +88,7 @@ pub struct BuildArgs {
     pub profile: Option<String>,
 
     /// With `rumk`: the Nexus source tree holding recipes/ and rumk/
-    /// (default: the current directory).
+    /// (its recipes are SOURCE/recipes) [default: as --recipes].
     #[arg(long, value_name = "DIR", requires = "target")]
     pub source: Option<PathBuf>,
 
@@ -94,15 +117,30 @@ pub struct BuildArgs {
           value_parser = ExpiresIn::parse)]
     pub expires_in: ExpiresIn,
 
-    /// Profiles directory [default: `profiles/` of the nearest directory,
-    /// from the current one upwards, that has one (the repository)].
+    /// Profiles directory [default for root: /etc/nexus/profiles, else
+    /// /usr/share/nexus/profiles; for other users: `profiles/` of the
+    /// nearest directory, from the current one upwards through directories
+    /// only they or root can write, that has one].
     #[arg(long, env = "NEXUS_PROFILES", value_name = "DIR")]
     pub profiles: Option<PathBuf>,
 
     /// Recipes directory [default: `recipes/` beside the profiles
-    /// directory].
+    /// directory; with `rumk`: SOURCE/recipes, else as for profiles].
     #[arg(long, env = "NEXUS_RECIPES", value_name = "DIR")]
     pub recipes: Option<PathBuf>,
+
+    /// As root, build from the profiles, recipes and sources named even if
+    /// another user owns them or could write them (or a directory on the
+    /// way to them). Without it such directories are refused.
+    #[arg(long)]
+    pub trust_dirs: bool,
+
+    /// The user build scripts run as when nexus runs as root: USER, UID,
+    /// USER:GROUP or UID:GID, never root [default: the `nexusbld` account
+    /// if it exists, else nobody]. Another user's build runs as that user,
+    /// in a user namespace of its own.
+    #[arg(long, value_name = "USER")]
+    pub build_user: Option<String>,
 
     /// Where Debian packages fetched with `apt-get download` are kept
     /// [default: /var/cache/nexus/debs for root, else
@@ -114,26 +152,134 @@ pub struct BuildArgs {
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
 
-    /// Print what was built as JSON: {generation, new_generation,
-    /// packages: [{spec, current, reused}], image}.
+    /// Print what was built as JSON: {profile, generation, new_generation,
+    /// packages: [{spec, current, reused}], image}; with `rumk`: {spec,
+    /// generation, reused}.
     #[arg(long)]
     pub json: bool,
 }
 
-/// The profiles directory when none is given: `profiles/` in the current
-/// directory or the nearest parent that has one.
-fn find_profiles_dir() -> Result<PathBuf> {
-    let cwd = std::env::current_dir().context("reading the current directory")?;
-    for dir in cwd.ancestors() {
-        let candidate = dir.join("profiles");
-        if candidate.is_dir() {
-            return Ok(candidate);
-        }
+/// A directory a build reads from, and how it was chosen.
+pub struct Located {
+    /// The directory.
+    pub dir: PathBuf,
+    /// Whether what is read from it is checked.
+    pub trust: Trust,
+}
+
+/// How a directory the caller named is trusted: as root, checked unless
+/// `--trust-dirs`; another user's own choice is theirs.
+fn named(dir: PathBuf, trust_dirs: bool) -> Located {
+    let caller = euid();
+    let trust = if caller == 0 && !trust_dirs {
+        Trust::Checked { caller }
+    } else {
+        Trust::Vouched
+    };
+    Located { dir, trust }
+}
+
+/// A directory nobody named: root's built-in ones, or (not as root) `name`
+/// found upwards from the current directory through safe directories.
+fn default_dir(name: &str, builtin: &[&str], flag: &str) -> Result<Located> {
+    let caller = euid();
+    let checked = Trust::Checked { caller };
+    if caller == 0 {
+        return match trust::first_existing(builtin) {
+            Some(dir) => Ok(Located {
+                dir,
+                trust: checked,
+            }),
+            None => bail!(
+                "no {name} directory: as root, nexus build reads only {} or the directory {flag} names (it does not search the current directory's parents)",
+                builtin.join(" or ")
+            ),
+        };
     }
-    bail!(
-        "no profiles/ directory in {} or its parents: give --profiles DIR (and --recipes DIR)",
-        cwd.display()
-    )
+    let cwd = std::env::current_dir().context("reading the current directory")?;
+    match trust::find_upwards(&cwd, name, caller) {
+        Some(dir) => Ok(Located {
+            dir,
+            trust: checked,
+        }),
+        None => bail!(
+            "no {name}/ directory in {} or its parents that only you or root can write: give {flag}",
+            cwd.display()
+        ),
+    }
+}
+
+/// Checks a located directory; the error says how to vouch for it.
+fn checked(located: &Located) -> Result<()> {
+    located.trust.check(&located.dir).map_err(|e| {
+        anyhow::anyhow!(
+            "refusing {}: {e}; another user could replace what is built from it (give --trust-dirs to build from it anyway)",
+            located.dir.display()
+        )
+    })
+}
+
+/// The profiles and recipes directories of a profile build.
+fn profile_dirs(args: &BuildArgs) -> Result<(Located, Located)> {
+    let profiles = match &args.profiles {
+        Some(p) => named(p.clone(), args.trust_dirs),
+        None => default_dir("profiles", trust::BUILTIN_PROFILES, "--profiles DIR")?,
+    };
+    let recipes = match &args.recipes {
+        Some(r) => named(r.clone(), args.trust_dirs),
+        None => Located {
+            dir: profiles
+                .dir
+                .parent()
+                .map(|p| p.join("recipes"))
+                .unwrap_or_else(|| PathBuf::from("recipes")),
+            trust: profiles.trust,
+        },
+    };
+    checked(&profiles)?;
+    if recipes.dir.exists() {
+        checked(&recipes)?;
+    }
+    Ok((profiles, recipes))
+}
+
+/// The recipes directory of `nexus build rumk`: --recipes, SOURCE/recipes,
+/// else the default.
+pub fn rumk_recipes_dir(args: &BuildArgs) -> Result<Located> {
+    let located = match (&args.recipes, &args.source) {
+        (Some(r), _) => named(r.clone(), args.trust_dirs),
+        (None, Some(s)) => named(s.join("recipes"), args.trust_dirs),
+        (None, None) => default_dir("recipes", trust::BUILTIN_RECIPES, "--source DIR")?,
+    };
+    checked(&located)?;
+    Ok(located)
+}
+
+/// Build options shared by profiles and single recipes.
+pub fn build_options(keys_dir: &Path, args: &BuildArgs, recipes: &Located) -> Result<BuildOptions> {
+    let user = match &args.build_user {
+        Some(spec) => BuildUser::parse(spec)?,
+        None => BuildUser::default_user(),
+    };
+    Ok(BuildOptions {
+        recipes: recipes.dir.clone(),
+        cache: args.cache.clone().unwrap_or_else(default_cache_dir),
+        add: AddOptions {
+            threads: args
+                .threads
+                .map_or(nexus_store::AddOptions::default().threads, |t| t.max(1)),
+            read: ReadOptions::default(),
+            // A `.npk` recipe must be signed by a key this store trusts.
+            trust: KeyTrust::Keys(KeyStore::new(keys_dir).trust_set()?),
+            allow_downgrade: false,
+            allow_expired: false,
+            source_policy: Default::default(),
+        },
+        script: ScriptOptions {
+            user,
+            trust: recipes.trust,
+        },
+    })
 }
 
 /// Runs `nexus build`.
@@ -141,44 +287,19 @@ pub fn run(store_dir: &Path, keys_dir: &Path, args: BuildArgs) -> Result<i32> {
     let Some(profile_name) = args.profile.clone() else {
         bail!("nexus build: give --profile NAME (or the target `rumk`)");
     };
-    let profiles = match args.profiles {
-        Some(p) => p,
-        None => find_profiles_dir()?,
-    };
-    let recipes = match args.recipes {
-        Some(r) => r,
-        None => profiles
-            .parent()
-            .map(|p| p.join("recipes"))
-            .unwrap_or_else(|| PathBuf::from("recipes")),
-    };
+    let (profiles, recipes) = profile_dirs(&args)?;
     // The signing key is checked before any work.
     let signer = args
         .key
         .as_deref()
         .map(|name| KeyStore::new(keys_dir).secret(name))
         .transpose()?;
-    let profile = match locate::load_profile(&profiles, &profile_name) {
+    let profile = match locate::load_profile(&profiles.dir, &profile_name, profiles.trust) {
         Ok(p) => p,
         Err(e) => return report(e),
     };
-    let mut store = Store::open(store_dir)
-        .with_context(|| format!("opening the store in {}", store_dir.display()))?;
-    let options = BuildOptions {
-        recipes,
-        cache: args.cache.unwrap_or_else(default_cache_dir),
-        add: AddOptions {
-            threads: args
-                .threads
-                .map_or(nexus_store::AddOptions::default().threads, |t| t.max(1)),
-            read: ReadOptions::default(),
-            // A `.npk` recipe must be signed by a key this store trusts.
-            trust: Trust::Keys(KeyStore::new(keys_dir).trust_set()?),
-            allow_downgrade: false,
-            allow_expired: false,
-            source_policy: Default::default(),
-        },
-    };
+    let options = build_options(keys_dir, &args, &recipes)?;
+    let mut store = crate::open::open_store(store_dir)?;
     let bar = Bar::for_stderr();
     let result = nexus_system::build(&mut store, &profile, &options, &bar);
     bar.finish();
@@ -278,7 +399,7 @@ fn print_built(profile: &str, built: &Built) {
 
 /// Prints a build error; a problem in a KDL file as a miette report (file,
 /// line, the spot underlined).
-fn report(err: SystemError) -> Result<i32> {
+pub fn report(err: SystemError) -> Result<i32> {
     match err {
         SystemError::Kdl(diag) => {
             let theme = if std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
@@ -294,6 +415,10 @@ fn report(err: SystemError) -> Result<i32> {
             eprint!("nexus: error:\n{out}");
             Ok(exit::ERROR)
         }
+        SystemError::Untrusted(e) => Err(anyhow::anyhow!(
+            "refusing to build from {}: {e}; another user could replace what is built from it (give --trust-dirs to build from it anyway)",
+            e.path().display()
+        )),
         other => Err(other.into()),
     }
 }

@@ -228,8 +228,8 @@ and mounts it with: mount -t virtiofs -o ro programs /Programs")]
         #[arg(long, value_name = "N")]
         generation: Option<i64>,
         /// Freeze the system of profile NAME instead: built first, as
-        /// `nexus build --profile NAME -o FILE` does (profiles/ and
-        /// recipes/ found from the current directory up).
+        /// `nexus build --profile NAME -o FILE` does (with its default
+        /// profiles and recipes directories).
         #[arg(long, value_name = "NAME", conflicts_with = "generation")]
         profile: Option<String>,
         /// Signing key name (see `nexus key list`).
@@ -566,6 +566,8 @@ pub fn run(cli: Cli) -> Result<i32> {
                 expires_in,
                 profiles: None,
                 recipes: None,
+                trust_dirs: false,
+                build_user: None,
                 cache: None,
                 threads: None,
                 json: false,
@@ -637,7 +639,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             init_logging(cli.verbose, None);
             let (store, keys) = store_and_keys(cli.store, cli.keys);
             match args.target.as_deref() {
-                Some("rumk") => rumk_build::build_rumk(&store, args.source),
+                Some("rumk") => rumk_build::build_rumk(&store, &keys, &args),
                 Some(other) => anyhow::bail!(
                     "nexus build {other}: unknown target (`nexus build rumk`, or --profile NAME)"
                 ),

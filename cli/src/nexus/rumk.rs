@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
-use nexus_fs::{CONTENT_HASH_XATTR, GenerationChoice, Kind, View, ViewOptions};
+use nexus_fs::{CONTENT_HASH_XATTR, GenerationChoice, Kind, ViewOptions};
+use nexus_system::qemu;
 
 use crate::exit;
 
@@ -23,16 +24,8 @@ use crate::exit;
 pub const APP: &str = "rumk";
 /// The kernel's path inside a `rumk` version.
 pub const KERNEL_PATH: &str = "boot/rumk";
-/// The tag the guest's device gets (the guest takes the first device).
-const TAG: &str = "programs";
 /// How long to wait for the daemon's socket.
 const SOCKET_WAIT: Duration = Duration::from_secs(20);
-
-// The guest's verdicts: QEMU exits with (code << 1) | 1 (rumk/src/exit.rs).
-const GUEST_VERIFIED: i32 = 0x21;
-const GUEST_FAILED: i32 = 0x23;
-const GUEST_NO_DEVICE: i32 = 0x25;
-const GUEST_PANIC: i32 = 0x27;
 
 /// The machine types a Rumk guest boots on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -119,62 +112,43 @@ pub fn run(request: &RunRequest) -> Result<i32> {
         bail!("the guest did not finish within {:?}", request.timeout);
     };
     match status.code() {
-        Some(GUEST_VERIFIED) => {
+        Some(qemu::RUMK_VERIFIED) => {
             eprintln!(
                 "nexus: the guest verified every file ({:.2?})",
                 started.elapsed()
             );
             Ok(exit::OK)
         }
-        Some(GUEST_FAILED) => {
+        Some(qemu::RUMK_FAILED) => {
             eprintln!("nexus: the guest found a file it could not read or verify");
             Ok(exit::DAMAGED)
         }
-        Some(GUEST_NO_DEVICE) => bail!("the guest found no usable virtio-fs device"),
-        Some(GUEST_PANIC) => bail!("the guest panicked"),
+        Some(qemu::RUMK_NO_DEVICE) => bail!("the guest found no usable virtio-fs device"),
+        Some(qemu::RUMK_PANIC) => bail!("the guest panicked"),
         _ => bail!("QEMU ended with {status} without a verdict from the guest"),
     }
 }
 
-/// The QEMU command line: TCG (this host's KVM stops on SSE), guest RAM
-/// as a shared memfd (vhost-user needs it), the console on stdout,
-/// `isa-debug-exit` for the verdict, and the vhost-user-fs device on the
-/// transport of `machine`.
+/// The QEMU command line (nexus-system's, the one every guest boots
+/// with): the console on stdout, `isa-debug-exit` for the verdict, the
+/// vhost-user-fs device on the transport of `machine`.
 pub fn qemu_command(request: &RunRequest, kernel: &Path, socket: &Path) -> Command {
-    let mem = format!("{}M", request.memory_mib);
-    let mut c = Command::new(&request.qemu);
-    c.args(["-accel", "tcg", "-m", &mem, "-smp", "1"])
-        .args([
-            "-nodefaults",
-            "-no-reboot",
-            "-display",
-            "none",
-            "-monitor",
-            "none",
-        ])
-        .arg("-object")
-        .arg(format!("memory-backend-memfd,id=mem,size={mem},share=on"))
-        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
-        .args(["-serial", "stdio"])
-        .arg("-chardev")
-        .arg(format!("socket,id=fs0,path={}", socket.display()))
-        .arg("-kernel")
-        .arg(kernel)
-        .arg("-append")
-        .arg(request.args.join(" "));
-    match request.machine {
-        Machine::Microvm => c
-            .args(["-M", "microvm,memory-backend=mem"])
-            .args(["-global", "virtio-mmio.force-legacy=false"])
-            .arg("-device")
-            .arg(format!("vhost-user-fs-device,chardev=fs0,tag={TAG}")),
-        Machine::Q35 => c
-            .args(["-M", "q35", "-numa", "node,memdev=mem"])
-            .arg("-device")
-            .arg(format!("vhost-user-fs-pci,chardev=fs0,tag={TAG}")),
-    };
-    c.stdin(Stdio::null());
-    c
+    let append = request.args.join(" ");
+    qemu::Guest {
+        qemu: &request.qemu,
+        machine: match request.machine {
+            Machine::Microvm => qemu::Machine::Microvm,
+            Machine::Q35 => qemu::Machine::Q35,
+        },
+        memory_mib: request.memory_mib,
+        kernel,
+        initrd: None,
+        append: &append,
+        socket,
+        console: qemu::Console::Stdout,
+        debug_exit: true,
+    }
+    .command()
 }
 
 /// Copies `rumk/Current/boot/rumk` out of the view that will be served,
@@ -194,8 +168,7 @@ fn extract_kernel(request: &RunRequest, dir: &Path) -> Result<PathBuf> {
         },
         ..ViewOptions::default()
     };
-    let view = View::open(&store, options)
-        .with_context(|| format!("opening the store in {}", store.display()))?;
+    let view = crate::open::open_view(&store, options)?;
     let missing = || {
         format!(
             "no {APP}/Current/{KERNEL_PATH} in the store (build and graft it with `nexus build rumk`, or boot a file with --kernel)"
