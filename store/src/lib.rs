@@ -20,6 +20,7 @@ pub mod lock;
 pub mod names;
 pub mod pack;
 pub mod params;
+pub mod runtime;
 pub mod scan;
 pub mod store;
 pub mod tree;
@@ -27,4 +28,4 @@ pub mod verify;
 
 pub use error::{Result, StoreError};
 pub use hash::Hash;
-pub use store::{AddDir, AddOptions, NoProgress, Progress, Stats, Store};
+pub use store::{AddDir, AddOptions, CurrentChange, NoProgress, Progress, Stats, Store};
