@@ -8,3 +8,4 @@ pub mod location;
 pub mod nexus;
 pub mod nip;
 pub mod progress;
+pub mod render;

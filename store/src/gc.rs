@@ -4,7 +4,8 @@
 //!    * **retained**: the newest `keep_last` generations (always the live
 //!      one), those live within `keep_younger_than`, every pinned generation
 //!      and every generation a running reader serves (its runtime root,
-//!      [`crate::runtime`]); the others are deleted;
+//!      [`crate::runtime`]); the others are deleted. Packages that
+//!      processes hold open under a running mount are kept as if retained;
 //!    * **mark**: packages no retained generation holds, blobs no retained
 //!      package uses and chunks no retained blob uses are *condemned* with
 //!      the time first seen; anything retained again is un-condemned;
@@ -83,6 +84,9 @@ pub struct GcReport {
     /// Generations the age and count policy alone would have dropped, kept
     /// because a running mount or virtio-fs daemon serves them.
     pub kept_in_use: Vec<i64>,
+    /// Packages in no retained generation kept because a process holds
+    /// files of them open under a running mount (`NAME/VERSION`).
+    pub kept_open: Vec<String>,
     /// Packages newly found in no retained generation (deleted after the
     /// grace window).
     pub packages_condemned: u64,
@@ -110,6 +114,14 @@ pub struct GcReport {
     pub gc_epoch: i64,
 }
 
+/// What running readers use, besides what the retention policy keeps.
+struct Roots {
+    /// Generations served by running mounts and virtio-fs daemons.
+    generations: BTreeSet<i64>,
+    /// `(NAME, VERSION)` of packages processes hold open under a mount.
+    open: BTreeSet<(String, String)>,
+}
+
 /// Runs one garbage collection.
 pub fn collect(store: &mut Store, options: GcOptions) -> Result<GcReport> {
     let _gc = StoreLock::try_exclusive(&store.locks_dir(), GC_LOCK)?
@@ -120,12 +132,16 @@ pub fn collect(store: &mut Store, options: GcOptions) -> Result<GcReport> {
     };
     // Read before the catalog transaction: a reader registering later opened
     // its view later, and what it resolved meanwhile is under the grace.
-    let in_use: BTreeSet<i64> = runtime::live(store.dir())?
-        .into_iter()
-        .flat_map(|r| r.served.generations)
-        .collect();
+    let records = runtime::live(store.dir())?;
+    let roots = Roots {
+        generations: records
+            .iter()
+            .flat_map(|r| r.served.generations.iter().copied())
+            .collect(),
+        open: runtime::packages_open_under(&records),
+    };
     let before = pack_bytes(store)?;
-    sweep_catalog(store, options, &in_use, &mut report)?;
+    sweep_catalog(store, options, &roots, &mut report)?;
     sweep_packs(store, options, &mut report)?;
     sweep_debris(store, options, &mut report)?;
     report.bytes_freed = before.saturating_sub(pack_bytes(store)?);
@@ -210,7 +226,7 @@ fn choose_retained(
 fn sweep_catalog(
     store: &mut Store,
     options: GcOptions,
-    in_use: &BTreeSet<i64>,
+    roots: &Roots,
     report: &mut GcReport,
 ) -> Result<()> {
     let now = now_secs();
@@ -219,7 +235,7 @@ fn sweep_catalog(
         .catalog_mut()
         .conn()
         .transaction_with_behavior(TransactionBehavior::Immediate)?;
-    choose_retained(&tx, options, in_use, now, report)?;
+    choose_retained(&tx, options, &roots.generations, now, report)?;
     tx.execute(
         "DELETE FROM generation_packages WHERE generation NOT IN (SELECT id FROM gc_keep)",
         [],
@@ -234,14 +250,28 @@ fn sweep_catalog(
         [],
     )?;
 
-    // Mark: what the retained generations reach, level by level.
+    // Mark: what the retained generations and open files reach, level by
+    // level.
     tx.execute_batch(
         "CREATE TEMP TABLE IF NOT EXISTS gc_live_packages(id INTEGER PRIMARY KEY);
          CREATE TEMP TABLE IF NOT EXISTS gc_live_blobs(id INTEGER PRIMARY KEY);
          CREATE TEMP TABLE IF NOT EXISTS gc_live_chunks(id INTEGER PRIMARY KEY);
          DELETE FROM gc_live_packages; DELETE FROM gc_live_blobs; DELETE FROM gc_live_chunks;
-         INSERT INTO gc_live_packages SELECT DISTINCT package FROM generation_packages;
-         INSERT OR IGNORE INTO gc_live_blobs
+         INSERT INTO gc_live_packages SELECT DISTINCT package FROM generation_packages;",
+    )?;
+    {
+        let mut keep = tx.prepare(
+            "INSERT OR IGNORE INTO gc_live_packages
+             SELECT id FROM packages WHERE name = ?1 AND version = ?2",
+        )?;
+        for (name, version) in &roots.open {
+            if keep.execute(params![name, version])? > 0 {
+                report.kept_open.push(format!("{name}/{version}"));
+            }
+        }
+    }
+    tx.execute_batch(
+        "INSERT OR IGNORE INTO gc_live_blobs
              SELECT i.blob FROM inodes i JOIN gc_live_packages l ON l.id = i.package
              WHERE i.blob IS NOT NULL;
          INSERT OR IGNORE INTO gc_live_chunks

@@ -284,6 +284,22 @@ pub fn diff(
     })
 }
 
+/// What generation `id` changed from the retained generation before it,
+/// or from the empty store for the very first generation (number 1).
+/// `None` when gc has removed every generation before `id`: there is
+/// nothing left to compare with.
+pub fn diff_from_previous(
+    catalog: &Catalog,
+    id: i64,
+    sizes: DiffSizes,
+) -> Result<Option<GenerationDiff>> {
+    match catalog.previous_generation(id)? {
+        Some(previous) => diff(catalog, Some(previous), id, sizes).map(Some),
+        None if id == 1 => diff(catalog, None, id, sizes).map(Some),
+        None => Ok(None),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,6 +23,7 @@
 //! record's lock file in between, and a lock on an unlinked file protects
 //! nothing.
 
+use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
@@ -451,6 +452,92 @@ pub fn sweep_dead(store_dir: &Path) -> Result<u64> {
     Ok(removed)
 }
 
+/// The packages (`(NAME, VERSION)`) that processes on this machine hold
+/// open under a running mount: open files, mapped files (programs and
+/// libraries), working directories. A long-running program started from a
+/// version that has left every retained generation keeps it this way, as
+/// Nix keeps the store paths it finds in `/proc`.
+///
+/// Best effort by nature: processes this user may not inspect, and those in
+/// another mount namespace (which see the mount under another path), are
+/// not seen; gc's grace window covers them for a while.
+pub fn packages_open_under(records: &[ServedRecord]) -> BTreeSet<(String, String)> {
+    let targets: Vec<Vec<u8>> = records
+        .iter()
+        .filter(|r| r.served.kind == ServedKind::Mount)
+        .map(|r| r.served.target.as_os_str().as_bytes().to_vec())
+        .collect();
+    let mut found = BTreeSet::new();
+    if targets.is_empty() {
+        return found;
+    }
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return found;
+    };
+    let mut note = |path: &[u8]| {
+        for target in &targets {
+            if let Some(package) = package_under(path, target) {
+                found.insert(package);
+            }
+        }
+    };
+    for entry in procs.flatten() {
+        let name = entry.file_name();
+        if !name.as_bytes().iter().all(u8::is_ascii_digit) {
+            continue;
+        }
+        let proc_dir = entry.path();
+        for link in ["cwd", "exe", "root"] {
+            if let Ok(path) = fs::read_link(proc_dir.join(link)) {
+                note(path.as_os_str().as_bytes());
+            }
+        }
+        if let Ok(fds) = fs::read_dir(proc_dir.join("fd")) {
+            for fd in fds.flatten() {
+                if let Ok(path) = fs::read_link(fd.path()) {
+                    note(path.as_os_str().as_bytes());
+                }
+            }
+        }
+        if let Ok(maps) = fs::read(proc_dir.join("maps")) {
+            for line in maps.split(|&b| b == b'\n') {
+                if let Some(path) = mapped_path(line) {
+                    note(path);
+                }
+            }
+        }
+    }
+    found
+}
+
+/// The file path of a `/proc/PID/maps` line (the sixth field, which may
+/// hold spaces), if it names one.
+fn mapped_path(line: &[u8]) -> Option<&[u8]> {
+    let mut rest = line;
+    for _ in 0..5 {
+        let start = rest.iter().position(|b| *b != b' ')?;
+        rest = &rest[start..];
+        let end = rest.iter().position(|b| *b == b' ')?;
+        rest = &rest[end..];
+    }
+    let start = rest.iter().position(|b| *b != b' ')?;
+    let path = &rest[start..];
+    path.starts_with(b"/").then_some(path)
+}
+
+/// `(APP, VERSION)` of `path` when it lies inside a package under the mount
+/// at `target` (`TARGET/APP/VERSION[/...]`).
+fn package_under(path: &[u8], target: &[u8]) -> Option<(String, String)> {
+    let rest = path.strip_prefix(target)?.strip_prefix(b"/")?;
+    let mut parts = rest.split(|&b| b == b'/');
+    let app = std::str::from_utf8(parts.next()?).ok()?;
+    let version = std::str::from_utf8(parts.next()?).ok()?;
+    // `Current` is a link: an open path never ends up in it, but a
+    // working directory named through it may.
+    (!app.is_empty() && !version.is_empty() && version != "Current")
+        .then(|| (app.to_string(), version.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -562,5 +649,57 @@ mod tests {
         let root = RuntimeRoot::register(store.path(), served(vec![1])).unwrap();
         fs::write(root.record_path(), b"{\"format\": \"something-else\"}").unwrap();
         assert!(live(store.path()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn paths_under_a_mount_name_their_package() {
+        let t = b"/Programs".as_slice();
+        let hello = Some(("hello".to_string(), "2.10".to_string()));
+        assert_eq!(package_under(b"/Programs/hello/2.10/bin/hello", t), hello);
+        assert_eq!(package_under(b"/Programs/hello/2.10", t), hello);
+        assert_eq!(package_under(b"/Programs/hello", t), None);
+        assert_eq!(package_under(b"/Programs/hello/Current/bin", t), None);
+        assert_eq!(package_under(b"/ProgramsX/hello/2.10/bin", t), None);
+        assert_eq!(package_under(b"/usr/bin/hello", t), None);
+        let line = b"7f0000-7f1000 r-xp 00000000 00:2a 400 /Programs/a b/1 x/lib/libz.so";
+        assert_eq!(
+            mapped_path(line),
+            Some(b"/Programs/a b/1 x/lib/libz.so".as_slice())
+        );
+        assert_eq!(mapped_path(b"7f0000-7f1000 rw-p 00000000 00:00 0 "), None);
+        assert_eq!(
+            mapped_path(b"7f0000-7f1000 rw-p 00000000 00:00 0   [heap]"),
+            None
+        );
+    }
+
+    #[test]
+    fn an_open_file_under_a_served_mount_names_its_package() {
+        let store = tempfile::tempdir().unwrap();
+        // A directory standing in for the mount point: what matters is the
+        // path this process holds open under it.
+        let point = tempfile::tempdir().unwrap();
+        let dir = point.path().join("hello/2.10/bin");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("hello"), b"x").unwrap();
+        let point = fs::canonicalize(point.path()).unwrap();
+        let _root = RuntimeRoot::register(
+            store.path(),
+            Served {
+                kind: ServedKind::Mount,
+                target: point.clone(),
+                generations: vec![1],
+            },
+        )
+        .unwrap();
+        let records = live(store.path()).unwrap();
+        let held = File::open(point.join("hello/2.10/bin/hello")).unwrap();
+        let open = packages_open_under(&records);
+        assert!(
+            open.contains(&("hello".to_string(), "2.10".to_string())),
+            "{open:?}"
+        );
+        drop(held);
+        assert!(packages_open_under(&records).is_empty());
     }
 }

@@ -2,15 +2,16 @@
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use nexus_fs::fuse::{self, Invalidator, MountOptions};
 use nexus_fs::{Changes, GenerationChoice, Invalidation, View, ViewOptions};
+use nexus_store::runtime::{RuntimeRoot, ServedKind};
 
 use super::daemon::Ready;
-use super::{index, signals};
+use super::{index, runtime_root, signals};
 
 /// How often a live mount checks for a new generation: most of the delay
 /// before a switch shows in the mount. The check is one indexed query
@@ -102,7 +103,11 @@ fn is_root() -> bool {
 
 /// Keeps a live view on the newest generation, and the kernel's caches in
 /// step with it.
-fn follow_live_generation(view: Arc<View>, invalidator: Invalidator) -> Result<()> {
+fn follow_live_generation(
+    view: Arc<View>,
+    invalidator: Invalidator,
+    served: Weak<RuntimeRoot>,
+) -> Result<()> {
     std::thread::Builder::new()
         .name("refresh".into())
         .spawn(move || {
@@ -114,6 +119,7 @@ fn follow_live_generation(view: Arc<View>, invalidator: Invalidator) -> Result<(
                 std::thread::sleep(REFRESH_EVERY);
                 match view.refresh() {
                     Ok(Some(changes)) => {
+                        runtime_root::moved(&served, changes.to);
                         invalidate(&invalidator, &changes);
                         let later = changes.after_grace();
                         if !later.is_empty() {
@@ -198,6 +204,17 @@ pub fn serve(request: &Request, ready: Option<&mut Ready>) -> Result<()> {
     let view = View::open(&store_dir, options)
         .with_context(|| format!("opening the store in {}", store_dir.display()))?;
     let view = Arc::new(view);
+    // What gc must keep while this mount runs (an image's scratch store
+    // needs no keeping). Removed when serving ends.
+    let served = match &request.image {
+        None => Some(Arc::new(runtime_root::announce(
+            &store_dir,
+            ServedKind::Mount,
+            &request.mountpoint,
+            view.generation(),
+        )?)),
+        Some(_) => None,
+    };
     let mount_options = MountOptions {
         allow_other: request.allow_other,
         threads: request.threads,
@@ -220,7 +237,8 @@ pub fn serve(request: &Request, ready: Option<&mut Ready>) -> Result<()> {
     unmounters.push(mounted.unmounter());
     signals::unmount_on_termination(unmounters)?;
     if choice == GenerationChoice::Live {
-        follow_live_generation(view.clone(), mounted.invalidator())?;
+        let served = served.as_ref().map_or_else(Weak::new, Arc::downgrade);
+        follow_live_generation(view.clone(), mounted.invalidator(), served)?;
     }
     if let Some(pid_file) = &request.pid_file {
         std::fs::write(pid_file, format!("{}\n", std::process::id()))

@@ -2,13 +2,14 @@
 //! vhost-user-fs device, until SIGTERM or SIGINT.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use anyhow::{Context, Result};
 use nexus_fs::{GenerationChoice, View, ViewOptions};
+use nexus_store::runtime::{RuntimeRoot, ServedKind};
 use nexus_virtiofs::{REFRESH_EVERY, ServeOptions};
 
-use super::signals;
+use super::{runtime_root, signals};
 
 /// What `nexus serve --virtio-fs` was asked for, with absolute paths.
 #[derive(Debug)]
@@ -29,18 +30,21 @@ pub struct Request {
 
 /// Keeps a live view on the newest generation. Guests get no invalidations:
 /// what they cached of the old one expires by itself (`SWITCH_BOUND`).
-fn follow_live_generation(view: Arc<View>) -> Result<()> {
+fn follow_live_generation(view: Arc<View>, served: Weak<RuntimeRoot>) -> Result<()> {
     std::thread::Builder::new()
         .name("refresh".into())
         .spawn(move || {
             loop {
                 std::thread::sleep(REFRESH_EVERY);
                 match view.refresh() {
-                    Ok(Some(changes)) => tracing::info!(
-                        "now serving generation {:?} (from {:?})",
-                        changes.to,
-                        changes.from
-                    ),
+                    Ok(Some(changes)) => {
+                        runtime_root::moved(&served, changes.to);
+                        tracing::info!(
+                            "now serving generation {:?} (from {:?})",
+                            changes.to,
+                            changes.from
+                        )
+                    }
                     Ok(None) => {}
                     Err(e) => tracing::warn!("checking for a new generation: {e}"),
                 }
@@ -76,12 +80,25 @@ pub fn serve(request: &Request) -> Result<()> {
     let view = View::open(&store_dir, options)
         .with_context(|| format!("opening the store in {}", store_dir.display()))?;
     let view = Arc::new(view);
+    // What gc must keep while guests are served (not for an image);
+    // removed on termination, by the signal thread that owns it.
+    let served = match &request.image {
+        None => Some(Arc::new(runtime_root::announce(
+            &store_dir,
+            ServedKind::VirtioFs,
+            &request.socket,
+            view.generation(),
+        )?)),
+        Some(_) => None,
+    };
+    let following = served.as_ref().map_or_else(Weak::new, Arc::downgrade);
     let socket = request.socket.clone();
     signals::exit_on_termination(move || {
         let _ = std::fs::remove_file(&socket);
+        drop(served);
     })?;
     if choice == GenerationChoice::Live {
-        follow_live_generation(view.clone())?;
+        follow_live_generation(view.clone(), following)?;
     }
     let shown = match (&request.image, view.generation()) {
         (Some(image), _) => format!("image {}", image.path.display()),

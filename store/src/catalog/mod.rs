@@ -606,6 +606,15 @@ impl Catalog {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// The retained generation just before `id`, if any.
+    pub fn previous_generation(&self, id: i64) -> Result<Option<i64>> {
+        Ok(self
+            .conn
+            .query_row("SELECT max(id) FROM generations WHERE id < ?1", [id], |r| {
+                r.get(0)
+            })?)
+    }
+
     /// The `gc_epoch` meta value: bumped by every gc that deleted catalog
     /// rows or packs (0 in a store gc never changed).
     pub fn gc_epoch(&self) -> Result<i64> {
