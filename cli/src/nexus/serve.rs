@@ -119,8 +119,8 @@ fn follow_live_generation(
                 std::thread::sleep(REFRESH_EVERY);
                 match view.refresh() {
                     Ok(Some(changes)) => {
-                        runtime_root::moved(&served, changes.to);
                         invalidate(&invalidator, &changes);
+                        runtime_root::moved(&served, changes.to);
                         let later = changes.after_grace();
                         if !later.is_empty() {
                             // Measured from now, after the view moved: the
