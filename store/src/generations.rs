@@ -197,11 +197,30 @@ pub enum DiffSizes {
     LogicalAndStored,
 }
 
+/// The error for a generation that is not (or no longer) in the catalog.
+fn missing(generation: i64) -> StoreError {
+    StoreError::NotFound(format!(
+        "generation {generation} does not exist (or was removed by gc)"
+    ))
+}
+
+/// Fails unless generation `generation` exists, inside a transaction.
+pub fn require_in(tx: &Transaction<'_>, generation: i64) -> Result<()> {
+    let exists: bool = tx.query_row(
+        "SELECT count(*) FROM generations WHERE id = ?1",
+        [generation],
+        |r| r.get(0),
+    )?;
+    if exists {
+        Ok(())
+    } else {
+        Err(missing(generation))
+    }
+}
+
 fn members_or_missing(catalog: &Catalog, generation: i64) -> Result<Vec<MemberRow>> {
     if catalog.generation(generation)?.is_none() {
-        return Err(StoreError::NotFound(format!(
-            "generation {generation} does not exist (or was removed by gc)"
-        )));
+        return Err(missing(generation));
     }
     catalog.members(generation)
 }

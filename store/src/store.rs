@@ -376,16 +376,7 @@ impl Store {
             .catalog
             .conn()
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let exists: bool = tx.query_row(
-            "SELECT count(*) FROM generations WHERE id = ?1",
-            [target],
-            |r| r.get(0),
-        )?;
-        if !exists {
-            return Err(StoreError::NotFound(format!(
-                "generation {target} does not exist (or was removed by gc)"
-            )));
-        }
+        generations::require_in(&tx, target)?;
         let members = generations::members_of(&tx, Some(target))?;
         let id = generations::create(&tx, action, Some(target), &members)?;
         tx.commit()?;
@@ -614,16 +605,7 @@ impl Store {
             .catalog
             .conn()
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let exists: bool = tx.query_row(
-            "SELECT count(*) FROM generations WHERE id = ?1",
-            [generation],
-            |r| r.get(0),
-        )?;
-        if !exists {
-            return Err(StoreError::NotFound(format!(
-                "generation {generation} does not exist (or was removed by gc)"
-            )));
-        }
+        generations::require_in(&tx, generation)?;
         let added = tx.execute(
             "INSERT OR IGNORE INTO pins(generation, pinned) VALUES (?1, ?2)",
             rusqlite::params![generation, now_secs()],

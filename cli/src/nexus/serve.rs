@@ -206,15 +206,14 @@ pub fn serve(request: &Request, ready: Option<&mut Ready>) -> Result<()> {
     let view = Arc::new(view);
     // What gc must keep while this mount runs (an image's scratch store
     // needs no keeping). Removed when serving ends.
-    let served = match &request.image {
-        None => Some(Arc::new(runtime_root::announce(
-            &store_dir,
-            ServedKind::Mount,
-            &request.mountpoint,
-            view.generation(),
-        )?)),
-        Some(_) => None,
-    };
+    let served = request
+        .image
+        .is_none()
+        .then(|| {
+            let target = &request.mountpoint;
+            runtime_root::announce(&store_dir, ServedKind::Mount, target, view.generation())
+        })
+        .transpose()?;
     let mount_options = MountOptions {
         allow_other: request.allow_other,
         threads: request.threads,

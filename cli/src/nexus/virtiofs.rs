@@ -82,15 +82,14 @@ pub fn serve(request: &Request) -> Result<()> {
     let view = Arc::new(view);
     // What gc must keep while guests are served (not for an image);
     // removed on termination, by the signal thread that owns it.
-    let served = match &request.image {
-        None => Some(Arc::new(runtime_root::announce(
-            &store_dir,
-            ServedKind::VirtioFs,
-            &request.socket,
-            view.generation(),
-        )?)),
-        Some(_) => None,
-    };
+    let served = request
+        .image
+        .is_none()
+        .then(|| {
+            let target = &request.socket;
+            runtime_root::announce(&store_dir, ServedKind::VirtioFs, target, view.generation())
+        })
+        .transpose()?;
     let following = served.as_ref().map_or_else(Weak::new, Arc::downgrade);
     let socket = request.socket.clone();
     signals::exit_on_termination(move || {

@@ -29,37 +29,28 @@ pub fn pin(dir: &Path, generation: Option<i64>, json: bool) -> Result<i32> {
         return Ok(exit::OK);
     };
     let changed = store.pin(generation)?;
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(
-                &json!({"generation": generation, "pinned": true, "changed": changed})
-            )?
-        );
-    } else if changed {
-        println!(
-            "generation {generation} pinned: `nip gc` keeps it until `nip unpin {generation}`"
-        );
-    } else {
-        println!("generation {generation} was pinned already");
-    }
-    Ok(exit::OK)
+    print_pin_change(generation, true, changed, json)
 }
 
 /// `nip unpin GEN`.
 pub fn unpin(dir: &Path, generation: i64, json: bool) -> Result<i32> {
     let changed = open(dir)?.unpin(generation)?;
+    print_pin_change(generation, false, changed, json)
+}
+
+fn print_pin_change(generation: i64, pinned: bool, changed: bool, json: bool) -> Result<i32> {
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(
-                &json!({"generation": generation, "pinned": false, "changed": changed})
-            )?
-        );
-    } else if changed {
-        println!("generation {generation} unpinned: `nip gc` may collect it");
-    } else {
-        println!("generation {generation} was not pinned");
+        let report = json!({"generation": generation, "pinned": pinned, "changed": changed});
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(exit::OK);
+    }
+    match (pinned, changed) {
+        (true, true) => println!(
+            "generation {generation} pinned: `nip gc` keeps it until `nip unpin {generation}`"
+        ),
+        (true, false) => println!("generation {generation} was pinned already"),
+        (false, true) => println!("generation {generation} unpinned: `nip gc` may collect it"),
+        (false, false) => println!("generation {generation} was not pinned"),
     }
     Ok(exit::OK)
 }
