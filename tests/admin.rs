@@ -275,6 +275,11 @@ fn older_than_keeps_what_was_live_within_the_age() {
     assert_eq!(report["generations_deleted"], 2, "{report}");
     // 3 was live until 4 replaced it ten days ago: still restorable.
     assert_eq!(history_ids(&store), vec![3, 4, 5]);
+    // The oldest kept has nothing left to compare with.
+    let history = store.json(["history"]);
+    assert!(history[0]["diff"].is_null(), "{history}");
+    assert_eq!(history[1]["diff"]["from"], 3, "{history}");
+    assert_eq!(history[1]["diff"]["apps_added"][0], "d", "{history}");
 
     let report = store.json(["gc", "--older-than", "5d", "--keep", "3"]);
     assert_eq!(

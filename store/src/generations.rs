@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use rusqlite::{Transaction, params};
 
-use crate::catalog::{Catalog, MemberRow};
+use crate::catalog::{Catalog, GenerationRow, MemberRow};
 use crate::error::{Result, StoreError};
 
 /// One member of a generation while it is being computed.
@@ -245,34 +245,44 @@ pub fn diff(
         None => Vec::new(),
     };
     let after = members_or_missing(catalog, to)?;
+    let mut d = compare(from, &before, to, &after);
+    if sizes == DiffSizes::LogicalAndStored {
+        d.stored_bytes = Some(SizeChange::new(
+            match from {
+                Some(g) => catalog.generation_stored_bytes(g)?,
+                None => 0,
+            },
+            catalog.generation_stored_bytes(to)?,
+        ));
+    }
+    Ok(d)
+}
+
+/// The diff of two member lists, logical sizes only.
+fn compare(
+    from: Option<i64>,
+    before: &[MemberRow],
+    to: i64,
+    after: &[MemberRow],
+) -> GenerationDiff {
     let key = |m: &MemberRow| (m.package.name.clone(), m.package.version.clone());
     let versions = |ms: &[MemberRow]| ms.iter().map(key).collect::<BTreeSet<_>>();
-    let (had, has) = (versions(&before), versions(&after));
+    let (had, has) = (versions(before), versions(after));
     let apps = |ms: &[MemberRow]| {
         ms.iter()
             .map(|m| m.package.name.clone())
             .collect::<BTreeSet<_>>()
     };
-    let (apps_before, apps_after) = (apps(&before), apps(&after));
+    let (apps_before, apps_after) = (apps(before), apps(after));
     let currents = |ms: &[MemberRow]| {
         ms.iter()
             .filter(|m| m.current)
             .map(|m| (m.package.name.clone(), m.package.version.clone()))
             .collect::<BTreeMap<_, _>>()
     };
-    let (current_before, current_after) = (currents(&before), currents(&after));
+    let (current_before, current_after) = (currents(before), currents(after));
     let logical = |ms: &[MemberRow]| ms.iter().map(|m| m.package.bytes.max(0) as u64).sum();
-    let stored_bytes = match sizes {
-        DiffSizes::Logical => None,
-        DiffSizes::LogicalAndStored => Some(SizeChange::new(
-            match from {
-                Some(g) => catalog.generation_stored_bytes(g)?,
-                None => 0,
-            },
-            catalog.generation_stored_bytes(to)?,
-        )),
-    };
-    Ok(GenerationDiff {
+    GenerationDiff {
         from,
         to,
         apps_added: apps_after.difference(&apps_before).cloned().collect(),
@@ -298,9 +308,28 @@ pub fn diff(
                 })
             })
             .collect(),
-        logical_bytes: SizeChange::new(logical(&before), logical(&after)),
-        stored_bytes,
-    })
+        logical_bytes: SizeChange::new(logical(before), logical(after)),
+        stored_bytes: None,
+    }
+}
+
+/// Every retained generation, oldest first, with what it changed from
+/// the one before it (as [`diff_from_previous`], logical sizes only),
+/// reading each generation's packages once.
+pub fn history(catalog: &Catalog) -> Result<Vec<(GenerationRow, Option<GenerationDiff>)>> {
+    let mut out = Vec::new();
+    let mut previous: Option<(i64, Vec<MemberRow>)> = None;
+    for g in catalog.generations()? {
+        let members = catalog.members(g.id)?;
+        let d = match &previous {
+            Some((id, before)) => Some(compare(Some(*id), before, g.id, &members)),
+            None if g.id == 1 => Some(compare(None, &[], g.id, &members)),
+            None => None,
+        };
+        previous = Some((g.id, members));
+        out.push((g, d));
+    }
+    Ok(out)
 }
 
 /// What generation `id` changed from the retained generation before it,

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use nexus_store::generations::{DiffSizes, GenerationDiff, diff, diff_from_previous};
+use nexus_store::generations::{self, DiffSizes, GenerationDiff, diff};
 use serde_json::json;
 
 use super::commands::open;
@@ -89,15 +89,10 @@ fn print_diff(d: &GenerationDiff) {
 /// changed from the one before.
 pub fn history(dir: &Path, json: bool) -> Result<i32> {
     let store = open(dir)?;
-    let generations = store.catalog().generations()?;
-    let diffs = generations
-        .iter()
-        .map(|g| diff_from_previous(store.catalog(), g.id, DiffSizes::Logical))
-        .collect::<Result<Vec<_>, _>>()?;
+    let history = generations::history(store.catalog())?;
     if json {
-        let rows: Vec<_> = generations
+        let rows: Vec<_> = history
             .iter()
-            .zip(&diffs)
             .map(|(g, d)| {
                 json!({
                     "id": g.id, "created": g.created, "action": g.action,
@@ -107,8 +102,8 @@ pub fn history(dir: &Path, json: bool) -> Result<i32> {
             .collect();
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
-        let live = generations.last().map(|g| g.id);
-        for (g, d) in generations.iter().zip(&diffs) {
+        let live = history.last().map(|(g, _)| g.id);
+        for (g, d) in &history {
             let summary = d
                 .as_ref()
                 .map(diff_summary)
