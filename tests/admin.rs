@@ -562,6 +562,13 @@ fn nexus_status_shows_what_runs_and_what_it_serves() {
         "gc left the dead daemon's record"
     );
 
+    // A daemon stopped with SIGTERM removes its record itself.
+    let stopped = Server::start(store.path(), &[]);
+    let records = || fs::read_dir(store.path().join("run")).unwrap().count();
+    let with_it = records();
+    stopped.stop();
+    assert_eq!(records(), with_it - 2, "SIGTERM left the record or lock");
+
     fixed.umount();
     following.umount();
     let status = nexus_json(store.path(), &["status"]);
