@@ -171,23 +171,23 @@ impl RuntimeRoot {
             stem,
             pid,
             started: now_secs(),
-            served: Mutex::new(served),
+            served: Mutex::new(served.clone()),
             _lock: lock,
         };
-        root.write()?;
+        root.write(&served)?;
         Ok(root)
     }
 
     /// Rewrites the record with the generations now served (the one shown
     /// first), after the view moved.
     pub fn update(&self, generations: Vec<i64>) -> Result<()> {
+        // Held while writing: two updates never share the temporary file.
         let mut served = self.served.lock().unwrap_or_else(|p| p.into_inner());
         if served.generations == generations {
             return Ok(());
         }
         served.generations = generations;
-        drop(served);
-        self.write()
+        self.write(&served)
     }
 
     /// What the record says now.
@@ -211,9 +211,8 @@ impl RuntimeRoot {
     /// a reader sees the old record or the new one, never a torn one. The
     /// temporary name is ours alone while we hold the lock. No fsync: a
     /// record means nothing once its process is gone, and a crash ends it.
-    fn write(&self) -> Result<()> {
-        let served = self.served();
-        let file = RecordFile::new(self.pid, &served, self.started);
+    fn write(&self, served: &Served) -> Result<()> {
+        let file = RecordFile::new(self.pid, served, self.started);
         let text = serde_json::to_vec_pretty(&file)
             .map_err(|e| StoreError::Invalid(format!("encoding a runtime record: {e}")))?;
         let tmp = self.dir.join(format!(".{}{RECORD_SUFFIX}.tmp", self.stem));
