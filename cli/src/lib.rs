@@ -10,3 +10,4 @@ pub mod nexus;
 pub mod nip;
 pub mod open;
 pub mod progress;
+pub mod render;

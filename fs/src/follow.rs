@@ -34,6 +34,11 @@ pub trait Follower: Send {
     fn grace_ended(&mut self, later: &[Invalidation]) {
         let _ = later;
     }
+
+    /// Called on every turn of the loop, moved or not (every
+    /// [`REFRESH_EVERY`]), for followers that watch something besides the
+    /// generation.
+    fn tick(&mut self) {}
 }
 
 /// The running loop; dropping it stops the loop (after its current turn).
@@ -92,6 +97,9 @@ pub fn follow(view: Arc<View>, mut followers: Vec<Box<dyn Follower>>) -> io::Res
                     }
                     Ok(None) => {}
                     Err(e) => tracing::warn!("checking for a new generation: {e}"),
+                }
+                for follower in followers.iter_mut() {
+                    follower.tick();
                 }
                 while let Some((due, _)) = after_grace.front() {
                     if *due > Instant::now() {

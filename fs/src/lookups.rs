@@ -9,6 +9,7 @@
 //! packages it publishes as runtime roots, which gc keeps.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 /// The package inodes one client holds, with the kernel's lookup counts.
@@ -16,6 +17,9 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 pub struct Lookups {
     /// Inode number → (its package, lookup count).
     held: Mutex<HashMap<u64, (i64, u64)>>,
+    /// Shared by every client of a view: bumped whenever an inode starts or
+    /// stops being held.
+    changes: Arc<AtomicU64>,
 }
 
 impl Lookups {
@@ -27,7 +31,10 @@ impl Lookups {
     /// reply, a READDIRPLUS entry other than `.` and `..`).
     pub(crate) fn add(&self, ino: u64, package: i64) {
         let mut held = self.held();
-        let entry = held.entry(ino).or_insert((package, 0));
+        let entry = held.entry(ino).or_insert_with(|| {
+            self.changes.fetch_add(1, Ordering::Relaxed);
+            (package, 0)
+        });
         entry.1 = entry.1.saturating_add(1);
     }
 
@@ -39,6 +46,7 @@ impl Lookups {
             entry.1 = entry.1.saturating_sub(n);
             if entry.1 == 0 {
                 held.remove(&ino);
+                self.changes.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -62,16 +70,30 @@ impl Lookups {
 #[derive(Debug, Default)]
 pub(crate) struct Clients {
     all: Mutex<Vec<Weak<Lookups>>>,
+    changes: Arc<AtomicU64>,
 }
 
 impl Clients {
     /// A new client's lookups, counted until it is dropped.
     pub(crate) fn register(&self) -> Arc<Lookups> {
-        let lookups = Arc::new(Lookups::default());
+        let lookups = Arc::new(Lookups {
+            held: Mutex::default(),
+            changes: self.changes.clone(),
+        });
         let mut all = self.all.lock().unwrap_or_else(|p| p.into_inner());
         all.retain(|w| w.strong_count() > 0);
         all.push(Arc::downgrade(&lookups));
         lookups
+    }
+
+    /// A number that changes whenever some client starts or stops holding
+    /// an inode (or a client goes).
+    pub(crate) fn version(&self) -> u64 {
+        let clients = self.all.lock().unwrap_or_else(|p| p.into_inner());
+        let live = clients.iter().filter(|w| w.strong_count() > 0).count() as u64;
+        self.changes
+            .load(Ordering::Relaxed)
+            .wrapping_add(live << 48)
     }
 
     /// The packages some client still holds an inode of.

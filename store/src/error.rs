@@ -134,6 +134,16 @@ pub enum StoreError {
     /// A package, version or generation was not found.
     #[error("{0}")]
     NotFound(String),
+    /// A version asked for by name is not in the store at all.
+    #[error("{name}/{version} is not stored ({})", stored_versions(name, stored))]
+    VersionNotStored {
+        /// App name.
+        name: String,
+        /// The version asked for.
+        version: String,
+        /// The versions of the App that are stored.
+        stored: Vec<String>,
+    },
     /// A path inside a package was not found.
     #[error("{package}: no such path {path:?}")]
     NoSuchPath {
@@ -197,6 +207,14 @@ impl StoreError {
             path: path.into(),
             source,
         }
+    }
+}
+
+fn stored_versions(name: &str, stored: &[String]) -> String {
+    if stored.is_empty() {
+        format!("no version of {name} is stored")
+    } else {
+        format!("stored versions: {}", stored.join(", "))
     }
 }
 

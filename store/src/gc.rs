@@ -1,16 +1,28 @@
 //! Garbage collection (FORMAT.md, "Garbage collection").
 //!
-//! 1. One transaction applies the retention policy (keep the newest
-//!    `keep_last` generations, always including the current one), deletes
-//!    packages no retained generation holds, blobs no inode references, and
-//!    marks chunks no blob references as *condemned* (with the time first
-//!    seen). Chunks condemned for at least `grace` and still unreferenced are
-//!    deleted from the index in the same transaction.
+//! 1. One transaction applies the retention policy, marks and sweeps:
+//!    * **retained**: the newest `keep_last` generations (always the live
+//!      one), those live within `keep_younger_than`, every pinned generation
+//!      and every generation a running reader serves (its runtime root,
+//!      [`crate::runtime`]); the others are deleted. Packages that
+//!      processes hold open under a running mount are kept as if retained;
+//!    * **mark**: packages no retained generation holds, blobs no retained
+//!      package uses and chunks no retained blob uses are *condemned* with
+//!      the time first seen; anything retained again is un-condemned;
+//!    * **sweep**: what has been condemned for at least `grace` is deleted
+//!      (a package with its inodes and directory entries), a blob only once
+//!      no inode names it and a chunk once no blob does. So a package, its
+//!      contents and their chunks leave together, one grace after the last
+//!      generation holding them went: a reader that resolved a name just
+//!      before (a path walk, a mount opening its view) finds its rows.
 //! 2. Packs without live chunks are deleted; packs that are mostly dead are
 //!    rewritten (live chunks copied, verified, to a new pack; index updated in
 //!    one transaction; old file deleted).
 //! 3. Pack files the catalog does not know (debris of crashed writers) are
 //!    deleted, but only while no writer holds the ingest lock.
+//!
+//! Every transaction that deletes rows bumps the `meta` key `gc_epoch`, so
+//! long-lived readers know when to drop what they cached by id.
 //!
 //! Safety against a concurrent `nip add`: an add commits only after checking,
 //! inside its own write transaction, that every chunk it reuses still exists
@@ -19,22 +31,31 @@
 //! grace window only makes such retries rare. Anything gc cannot classify
 //! (an unknown file in `packs/`, a pack it cannot read) is left alone.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::fs;
 use std::time::Duration;
 
-use rusqlite::{TransactionBehavior, params};
+use rusqlite::{Transaction, TransactionBehavior, params};
 
 use crate::error::{Result, StoreError};
 use crate::lock::{GC_LOCK, INGEST_LOCK, StoreLock};
 use crate::pack::{BlockBuilder, PACK_SUFFIX, PackWriter, SealedPack, block_compressor};
+use crate::runtime;
 use crate::store::{Store, now_secs, sync_dir};
+
+/// The `meta` key gc bumps whenever it deleted catalog rows or packs.
+pub const GC_EPOCH_KEY: &str = "gc_epoch";
 
 /// Retention and timing policy.
 #[derive(Clone, Copy, Debug)]
 pub struct GcOptions {
     /// Keep this many newest generations (at least 1: the current one).
     pub keep_last: usize,
+    /// Also keep every generation that was live at some moment within this
+    /// long before now (as Nix's `--delete-older-than`: a generation
+    /// created before the cutoff but replaced after it is kept, so that the
+    /// state of the cutoff itself can be restored).
+    pub keep_younger_than: Option<Duration>,
     /// Unreferenced data is deleted only after being unreferenced this long.
     pub grace: Duration,
     /// Rewrite packs whose live bytes are below this fraction of their size.
@@ -45,6 +66,7 @@ impl Default for GcOptions {
     fn default() -> Self {
         GcOptions {
             keep_last: 10,
+            keep_younger_than: None,
             grace: Duration::from_secs(3600),
             repack_below: 0.5,
         }
@@ -56,9 +78,24 @@ impl Default for GcOptions {
 pub struct GcReport {
     /// Generations dropped by the retention policy.
     pub generations_deleted: u64,
-    /// Packages no retained generation held.
+    /// Generations the age and count policy alone would have dropped, kept
+    /// because they are pinned.
+    pub kept_pinned: Vec<i64>,
+    /// Generations the age and count policy alone would have dropped, kept
+    /// because a running mount or virtio-fs daemon serves them.
+    pub kept_in_use: Vec<i64>,
+    /// Packages in no retained generation kept because a client of a
+    /// running mount or virtio-fs daemon still holds files of them (a
+    /// program has them open; `NAME/VERSION`).
+    pub kept_open: Vec<String>,
+    /// Packages newly found in no retained generation (deleted after the
+    /// grace window).
+    pub packages_condemned: u64,
+    /// Packages deleted, with their inodes and directory entries.
     pub packages_deleted: u64,
-    /// File contents no longer referenced.
+    /// File contents newly found unused by retained packages.
+    pub blobs_condemned: u64,
+    /// File contents deleted.
     pub blobs_deleted: u64,
     /// Chunks newly marked as unreferenced (deleted after the grace window).
     pub chunks_condemned: u64,
@@ -72,32 +109,47 @@ pub struct GcReport {
     pub bytes_freed: u64,
     /// Whether the debris sweep was skipped because an add was running.
     pub debris_sweep_skipped: bool,
+    /// Runtime records of processes that are gone, deleted.
+    pub stale_runtime_records: u64,
+    /// The `gc_epoch` after this run.
+    pub gc_epoch: i64,
+}
+
+/// What running readers use, besides what the retention policy keeps.
+struct Roots {
+    /// Generations served by running mounts and virtio-fs daemons.
+    generations: BTreeSet<i64>,
+    /// Packages (ids) clients of running readers still hold inodes of.
+    held: BTreeSet<i64>,
 }
 
 /// Runs one garbage collection.
 pub fn collect(store: &mut Store, options: GcOptions) -> Result<GcReport> {
     let _gc = StoreLock::try_exclusive(&store.locks_dir(), GC_LOCK)?
         .ok_or_else(|| StoreError::Invalid("another gc is running on this store".into()))?;
-    let mut report = GcReport::default();
+    let mut report = GcReport {
+        stale_runtime_records: runtime::sweep_dead(store.dir())?,
+        ..GcReport::default()
+    };
+    // Read before the catalog transaction: a reader registering later opened
+    // its view later, and what it resolved meanwhile is under the grace.
+    let records = runtime::live(store.dir())?;
+    let roots = Roots {
+        generations: records
+            .iter()
+            .flat_map(|r| r.served.generations.iter().copied())
+            .collect(),
+        held: records
+            .iter()
+            .flat_map(|r| r.served.packages.iter().copied())
+            .collect(),
+    };
     let before = pack_bytes(store)?;
-    sweep_catalog(store, options, &mut report)?;
+    sweep_catalog(store, options, &roots, &mut report)?;
     sweep_packs(store, options, &mut report)?;
     sweep_debris(store, options, &mut report)?;
     report.bytes_freed = before.saturating_sub(pack_bytes(store)?);
-    let changed = report.packages_deleted
-        + report.blobs_deleted
-        + report.chunks_deleted
-        + report.packs_deleted
-        + report.packs_rewritten;
-    if changed > 0 {
-        // Long-lived readers (mounts) drop cached chunk locations and close
-        // the packs they hold when they see it change.
-        store.catalog_mut().conn().execute(
-            "INSERT INTO meta(key, value) VALUES (?1, '1')
-             ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1",
-            [crate::read::GC_EPOCH_KEY],
-        )?;
-    }
+    report.gc_epoch = store.catalog().gc_epoch()?;
     store.reader().blocks().forget_packs();
     Ok(report)
 }
@@ -112,14 +164,26 @@ fn pack_bytes(store: &Store) -> Result<u64> {
     Ok(total)
 }
 
-fn sweep_catalog(store: &mut Store, options: GcOptions, report: &mut GcReport) -> Result<()> {
-    let now = now_secs();
-    let deadline = now - options.grace.as_secs() as i64;
+/// Bumps `gc_epoch` inside `tx`.
+fn bump_epoch(tx: &Transaction<'_>) -> Result<()> {
+    tx.execute(
+        "INSERT INTO meta(key, value) VALUES (?1, '1')
+         ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1",
+        [GC_EPOCH_KEY],
+    )?;
+    Ok(())
+}
+
+/// Fills the temporary table `gc_keep` with the generations to retain and
+/// records in `report` which of them only pins and runtime roots kept.
+fn choose_retained(
+    tx: &Transaction<'_>,
+    options: GcOptions,
+    in_use: &BTreeSet<i64>,
+    now: i64,
+    report: &mut GcReport,
+) -> Result<()> {
     let keep = options.keep_last.max(1) as i64;
-    let tx = store
-        .catalog_mut()
-        .conn()
-        .transaction_with_behavior(TransactionBehavior::Immediate)?;
     tx.execute_batch(
         "CREATE TEMP TABLE IF NOT EXISTS gc_keep(id INTEGER PRIMARY KEY);
          DELETE FROM gc_keep;",
@@ -128,6 +192,54 @@ fn sweep_catalog(store: &mut Store, options: GcOptions, report: &mut GcReport) -
         "INSERT INTO gc_keep SELECT id FROM generations ORDER BY id DESC LIMIT ?1",
         [keep],
     )?;
+    if let Some(age) = options.keep_younger_than {
+        let cutoff = now.saturating_sub(i64::try_from(age.as_secs()).unwrap_or(i64::MAX));
+        // Live at some moment after the cutoff: created after it, or
+        // replaced (by the next generation) after it.
+        tx.execute(
+            "INSERT OR IGNORE INTO gc_keep
+             SELECT g.id FROM generations g
+             WHERE g.created >= ?1
+                OR coalesce((SELECT min(n.created) FROM generations n WHERE n.id > g.id), ?1) >= ?1",
+            [cutoff],
+        )?;
+    }
+    let pinned: Vec<i64> = {
+        let mut stmt = tx.prepare(
+            "SELECT p.generation FROM pins p
+             WHERE p.generation IN (SELECT id FROM generations)
+               AND p.generation NOT IN (SELECT id FROM gc_keep) ORDER BY 1",
+        )?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    let mut add =
+        tx.prepare("INSERT OR IGNORE INTO gc_keep SELECT id FROM generations WHERE id = ?1")?;
+    for g in &pinned {
+        add.execute([g])?;
+    }
+    for g in in_use {
+        if add.execute([g])? > 0 {
+            report.kept_in_use.push(*g);
+        }
+    }
+    report.kept_pinned = pinned;
+    Ok(())
+}
+
+fn sweep_catalog(
+    store: &mut Store,
+    options: GcOptions,
+    roots: &Roots,
+    report: &mut GcReport,
+) -> Result<()> {
+    let now = now_secs();
+    let deadline = now - options.grace.as_secs() as i64;
+    let tx = store
+        .catalog_mut()
+        .conn()
+        .transaction_with_behavior(TransactionBehavior::Immediate)?;
+    choose_retained(&tx, options, &roots.generations, now, report)?;
     tx.execute(
         "DELETE FROM generation_packages WHERE generation NOT IN (SELECT id FROM gc_keep)",
         [],
@@ -136,12 +248,71 @@ fn sweep_catalog(store: &mut Store, options: GcOptions, report: &mut GcReport) -
         "DELETE FROM generations WHERE id NOT IN (SELECT id FROM gc_keep)",
         [],
     )? as u64;
+    // A pin outlives nothing it names.
+    tx.execute(
+        "DELETE FROM pins WHERE generation NOT IN (SELECT id FROM generations)",
+        [],
+    )?;
+
+    // Mark: what the retained generations and open files reach, level by
+    // level.
+    tx.execute_batch(
+        "CREATE TEMP TABLE IF NOT EXISTS gc_live_packages(id INTEGER PRIMARY KEY);
+         CREATE TEMP TABLE IF NOT EXISTS gc_live_blobs(id INTEGER PRIMARY KEY);
+         CREATE TEMP TABLE IF NOT EXISTS gc_live_chunks(id INTEGER PRIMARY KEY);
+         DELETE FROM gc_live_packages; DELETE FROM gc_live_blobs; DELETE FROM gc_live_chunks;
+         INSERT INTO gc_live_packages SELECT DISTINCT package FROM generation_packages;",
+    )?;
+    {
+        let mut keep = tx.prepare(
+            "INSERT OR IGNORE INTO gc_live_packages SELECT id FROM packages WHERE id = ?1",
+        )?;
+        let mut spec = tx.prepare("SELECT name || '/' || version FROM packages WHERE id = ?1")?;
+        for id in &roots.held {
+            if keep.execute([id])? > 0 {
+                report.kept_open.push(spec.query_row([id], |r| r.get(0))?);
+            }
+        }
+    }
+    tx.execute_batch(
+        "INSERT OR IGNORE INTO gc_live_blobs
+             SELECT i.blob FROM inodes i JOIN gc_live_packages l ON l.id = i.package
+             WHERE i.blob IS NOT NULL;
+         INSERT OR IGNORE INTO gc_live_chunks
+             SELECT bc.chunk FROM blob_chunks bc JOIN gc_live_blobs l ON l.id = bc.blob;
+         DELETE FROM gc_condemned_packages WHERE package IN (SELECT id FROM gc_live_packages);
+         DELETE FROM gc_condemned_blobs WHERE blob IN (SELECT id FROM gc_live_blobs);
+         DELETE FROM gc_condemned WHERE chunk IN (SELECT id FROM gc_live_chunks);",
+    )?;
+    report.packages_condemned = tx.execute(
+        "INSERT OR IGNORE INTO gc_condemned_packages(package, since)
+         SELECT id, ?1 FROM packages WHERE id NOT IN (SELECT id FROM gc_live_packages)",
+        [now],
+    )? as u64;
+    report.blobs_condemned = tx.execute(
+        "INSERT OR IGNORE INTO gc_condemned_blobs(blob, since)
+         SELECT id, ?1 FROM blobs WHERE id NOT IN (SELECT id FROM gc_live_blobs)",
+        [now],
+    )? as u64;
+    report.chunks_condemned = tx.execute(
+        "INSERT OR IGNORE INTO gc_condemned(chunk, since)
+         SELECT id, ?1 FROM chunks WHERE id NOT IN (SELECT id FROM gc_live_chunks)",
+        [now],
+    )? as u64;
+
+    // Sweep: condemned long enough. Packages first, then what only they
+    // used: blobs no inode names any more, chunks no blob uses any more.
     tx.execute_batch(
         "CREATE TEMP TABLE IF NOT EXISTS gc_dead(id INTEGER PRIMARY KEY);
-         DELETE FROM gc_dead;
-         INSERT INTO gc_dead SELECT id FROM packages
-             WHERE id NOT IN (SELECT package FROM generation_packages);
-         DELETE FROM dirents WHERE dir IN
+         DELETE FROM gc_dead;",
+    )?;
+    tx.execute(
+        "INSERT INTO gc_dead SELECT package FROM gc_condemned_packages
+         WHERE since <= ?1 AND package NOT IN (SELECT id FROM gc_live_packages)",
+        [deadline],
+    )?;
+    tx.execute_batch(
+        "DELETE FROM dirents WHERE dir IN
              (SELECT id FROM inodes WHERE package IN (SELECT id FROM gc_dead));
          DELETE FROM inodes WHERE package IN (SELECT id FROM gc_dead);",
     )?;
@@ -149,36 +320,38 @@ fn sweep_catalog(store: &mut Store, options: GcOptions, report: &mut GcReport) -
         "DELETE FROM packages WHERE id IN (SELECT id FROM gc_dead)",
         [],
     )? as u64;
-    tx.execute_batch(
-        "DELETE FROM gc_dead;
-         INSERT INTO gc_dead SELECT id FROM blobs
-             WHERE id NOT IN (SELECT blob FROM inodes WHERE blob IS NOT NULL);
-         DELETE FROM blob_chunks WHERE blob IN (SELECT id FROM gc_dead);",
+    tx.execute("DELETE FROM gc_dead", [])?;
+    tx.execute(
+        "INSERT INTO gc_dead SELECT c.blob FROM gc_condemned_blobs c
+         WHERE c.since <= ?1 AND NOT EXISTS (SELECT 1 FROM inodes i WHERE i.blob = c.blob)",
+        [deadline],
+    )?;
+    tx.execute(
+        "DELETE FROM blob_chunks WHERE blob IN (SELECT id FROM gc_dead)",
+        [],
     )?;
     report.blobs_deleted =
         tx.execute("DELETE FROM blobs WHERE id IN (SELECT id FROM gc_dead)", [])? as u64;
-    // Mark: unreferenced chunks start their grace period; referenced ones are
-    // rescued.
-    tx.execute(
-        "DELETE FROM gc_condemned WHERE chunk IN (SELECT chunk FROM blob_chunks)",
-        [],
-    )?;
-    report.chunks_condemned = tx.execute(
-        "INSERT OR IGNORE INTO gc_condemned(chunk, since)
-         SELECT id, ?1 FROM chunks WHERE id NOT IN (SELECT chunk FROM blob_chunks)",
-        [now],
-    )? as u64;
-    // Sweep: condemned long enough and still unreferenced.
     report.chunks_deleted = tx.execute(
-        "DELETE FROM chunks WHERE id IN (SELECT chunk FROM gc_condemned WHERE since <= ?1)
-           AND id NOT IN (SELECT chunk FROM blob_chunks)",
+        "DELETE FROM chunks WHERE id IN (SELECT c.chunk FROM gc_condemned c
+             WHERE c.since <= ?1
+               AND NOT EXISTS (SELECT 1 FROM blob_chunks bc WHERE bc.chunk = c.chunk))",
         [deadline],
     )? as u64;
-    tx.execute(
-        "DELETE FROM gc_condemned WHERE chunk NOT IN (SELECT id FROM chunks)",
-        [],
+    tx.execute_batch(
+        "DELETE FROM gc_condemned_packages WHERE package NOT IN (SELECT id FROM packages);
+         DELETE FROM gc_condemned_blobs WHERE blob NOT IN (SELECT id FROM blobs);
+         DELETE FROM gc_condemned WHERE chunk NOT IN (SELECT id FROM chunks);
+         DROP TABLE gc_keep; DROP TABLE gc_dead;
+         DROP TABLE gc_live_packages; DROP TABLE gc_live_blobs; DROP TABLE gc_live_chunks;",
     )?;
-    tx.execute_batch("DROP TABLE gc_keep; DROP TABLE gc_dead;")?;
+    let deleted = report.generations_deleted
+        + report.packages_deleted
+        + report.blobs_deleted
+        + report.chunks_deleted;
+    if deleted > 0 {
+        bump_epoch(&tx)?;
+    }
     tx.commit()?;
     Ok(())
 }
@@ -213,10 +386,18 @@ fn sweep_packs(store: &mut Store, options: GcOptions, report: &mut GcReport) -> 
     };
     for pack in uses {
         if pack.live_chunks == 0 {
-            let deleted = store.catalog_mut().conn().execute(
+            let tx = store
+                .catalog_mut()
+                .conn()
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let deleted = tx.execute(
                 "DELETE FROM packs WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM chunks WHERE pack = ?1)",
                 [pack.id],
             )?;
+            if deleted > 0 {
+                bump_epoch(&tx)?;
+            }
+            tx.commit()?;
             if deleted > 0 {
                 remove_pack_file(store, &pack.name)?;
                 report.packs_deleted += 1;
@@ -310,6 +491,9 @@ fn repack(store: &mut Store, pack: &PackUse) -> Result<bool> {
         "DELETE FROM packs WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM chunks WHERE pack = ?1)",
         [pack.id],
     )? > 0;
+    // Chunks moved: locations cached by readers point into a pack that is
+    // about to go.
+    bump_epoch(&tx)?;
     tx.commit()?;
     if old_gone {
         remove_pack_file(store, &pack.name)?;
@@ -403,6 +587,7 @@ mod tests {
         store.remove(&["drop".to_string()]).unwrap();
         let options = GcOptions {
             keep_last: 1,
+            keep_younger_than: None,
             grace: Duration::ZERO,
             repack_below: 0.5,
         };
@@ -419,5 +604,209 @@ mod tests {
         assert_eq!(out, kept);
         let verified = crate::verify::verify(&mut store).unwrap();
         assert!(verified.ok, "{verified:?}");
+    }
+
+    /// Adds a one-file package NAME/VERSION whose file holds `seed`'s text.
+    fn add(store: &mut Store, root: &std::path::Path, name: &str, version: &str, seed: u32) {
+        let dir = root.join(format!("src-{name}-{version}"));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("file"), text(seed, 200_000)).unwrap();
+        let d = AddDir {
+            path: dir,
+            name: name.into(),
+            version: version.into(),
+        };
+        store
+            .add_dirs(&[d], AddOptions::default(), &NoProgress)
+            .unwrap();
+    }
+
+    /// The file of NAME/VERSION read back from the store, whichever
+    /// generation holds it.
+    fn read_file(store: &Store, name: &str, version: &str) -> Vec<u8> {
+        let package = store.catalog().package(name, version).unwrap().unwrap();
+        let inode = store.resolve(&package, b"file").unwrap();
+        let mut out = Vec::new();
+        store.read_blob(inode.blob.unwrap(), &mut out).unwrap();
+        out
+    }
+
+    fn now_only(keep_last: usize) -> GcOptions {
+        GcOptions {
+            keep_last,
+            grace: Duration::ZERO,
+            ..GcOptions::default()
+        }
+    }
+
+    #[test]
+    fn pinned_and_served_generations_survive_keep_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = Store::init(&tmp.path().join("store")).unwrap();
+        add(&mut store, tmp.path(), "a", "1", 1); // generation 1
+        store.remove(&["a".to_string()]).unwrap(); // 2
+        add(&mut store, tmp.path(), "b", "1", 2); // 3
+        store.remove(&["b".to_string()]).unwrap(); // 4
+        add(&mut store, tmp.path(), "c", "1", 3); // 5
+        assert!(store.pin(1).unwrap());
+        let served = runtime::RuntimeRoot::register(
+            store.dir(),
+            runtime::Served {
+                kind: runtime::ServedKind::Mount,
+                target: "/Programs".into(),
+                generations: vec![3],
+                packages: Vec::new(),
+            },
+        )
+        .unwrap();
+        let epoch = store.catalog().gc_epoch().unwrap();
+
+        let report = collect(&mut store, now_only(1)).unwrap();
+        assert_eq!(report.kept_pinned, vec![1], "{report:?}");
+        assert_eq!(report.kept_in_use, vec![3], "{report:?}");
+        assert_eq!(report.generations_deleted, 2, "{report:?}");
+        assert_eq!(report.packages_deleted, 0, "{report:?}");
+        assert!(report.gc_epoch > epoch, "{report:?}");
+        let kept: Vec<i64> = store
+            .catalog()
+            .generations()
+            .unwrap()
+            .iter()
+            .map(|g| g.id)
+            .collect();
+        assert_eq!(kept, vec![1, 3, 5]);
+        assert_eq!(read_file(&store, "a", "1"), text(1, 200_000));
+        assert_eq!(read_file(&store, "b", "1"), text(2, 200_000));
+
+        // Unpinned and no longer served: collected, with their data.
+        drop(served);
+        assert!(store.unpin(1).unwrap());
+        assert!(!store.unpin(1).unwrap(), "unpinning twice");
+        let report = collect(&mut store, now_only(1)).unwrap();
+        assert_eq!(report.generations_deleted, 2, "{report:?}");
+        assert_eq!(report.packages_deleted, 2, "{report:?}");
+        assert_eq!(report.blobs_deleted, 2, "{report:?}");
+        assert!(report.chunks_deleted > 0, "{report:?}");
+        assert!(store.catalog().package("a", "1").unwrap().is_none());
+        let verified = crate::verify::verify(&mut store).unwrap();
+        assert!(verified.ok, "{verified:?}");
+    }
+
+    #[test]
+    fn rows_wait_out_the_grace_window_like_chunks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = Store::init(&tmp.path().join("store")).unwrap();
+        add(&mut store, tmp.path(), "a", "1", 1);
+        add(&mut store, tmp.path(), "b", "1", 2);
+        store.remove(&["a".to_string(), "b".to_string()]).unwrap();
+        let hour = GcOptions {
+            keep_last: 1,
+            ..GcOptions::default()
+        };
+        let report = collect(&mut store, hour).unwrap();
+        assert_eq!(
+            (report.packages_condemned, report.blobs_condemned),
+            (2, 2),
+            "{report:?}"
+        );
+        assert!(report.chunks_condemned > 0, "{report:?}");
+        assert_eq!(
+            (
+                report.packages_deleted,
+                report.blobs_deleted,
+                report.chunks_deleted
+            ),
+            (0, 0, 0),
+            "{report:?}"
+        );
+        // Within the grace, every row still reads.
+        assert_eq!(read_file(&store, "a", "1"), text(1, 200_000));
+
+        // b comes back before the grace ends: it is rescued, a is not.
+        store.set_current("b", "1").unwrap();
+        let conn = store.catalog_mut().conn();
+        for table in [
+            "gc_condemned_packages",
+            "gc_condemned_blobs",
+            "gc_condemned",
+        ] {
+            conn.execute(&format!("UPDATE {table} SET since = since - 7200"), [])
+                .unwrap();
+        }
+        let epoch = store.catalog().gc_epoch().unwrap();
+        let report = collect(&mut store, hour).unwrap();
+        assert_eq!(report.packages_deleted, 1, "{report:?}");
+        assert_eq!(report.blobs_deleted, 1, "{report:?}");
+        assert!(report.chunks_deleted > 0, "{report:?}");
+        assert!(report.gc_epoch > epoch, "{report:?}");
+        assert!(store.catalog().package("a", "1").unwrap().is_none());
+        assert_eq!(read_file(&store, "b", "1"), text(2, 200_000));
+
+        // Nothing left to delete: the epoch stays.
+        let report = collect(&mut store, hour).unwrap();
+        assert_eq!(store.catalog().gc_epoch().unwrap(), report.gc_epoch);
+        let again = collect(&mut store, hour).unwrap();
+        assert_eq!(again.gc_epoch, report.gc_epoch, "{again:?}");
+        let verified = crate::verify::verify(&mut store).unwrap();
+        assert!(verified.ok, "{verified:?}");
+    }
+
+    #[test]
+    fn older_than_keeps_what_was_live_within_the_window() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = Store::init(&tmp.path().join("store")).unwrap();
+        for (i, name) in ["a", "b", "c", "d", "e"].iter().enumerate() {
+            add(&mut store, tmp.path(), name, "1", i as u32);
+        }
+        let day = 86_400;
+        let now = now_secs();
+        // Generations 1..5 created 100, 50, 40, 10 and 1 days ago.
+        for (id, days) in [(1, 100), (2, 50), (3, 40), (4, 10), (5, 1)] {
+            store
+                .catalog_mut()
+                .conn()
+                .execute(
+                    "UPDATE generations SET created = ?1 WHERE id = ?2",
+                    params![now - days * day, id],
+                )
+                .unwrap();
+        }
+        let options = GcOptions {
+            keep_last: 1,
+            keep_younger_than: Some(Duration::from_secs(30 * day as u64)),
+            grace: Duration::ZERO,
+            ..GcOptions::default()
+        };
+        let report = collect(&mut store, options).unwrap();
+        assert_eq!(report.generations_deleted, 2, "{report:?}");
+        let kept: Vec<i64> = store
+            .catalog()
+            .generations()
+            .unwrap()
+            .iter()
+            .map(|g| g.id)
+            .collect();
+        // 3 was live until 4 replaced it 10 days ago: restorable.
+        assert_eq!(kept, vec![3, 4, 5]);
+
+        // --keep N as well: either rule keeps a generation.
+        let options = GcOptions {
+            keep_last: 3,
+            keep_younger_than: Some(Duration::from_secs(5 * day as u64)),
+            grace: Duration::ZERO,
+            ..GcOptions::default()
+        };
+        assert_eq!(collect(&mut store, options).unwrap().generations_deleted, 0);
+        let options = GcOptions {
+            keep_last: 1,
+            keep_younger_than: Some(Duration::from_secs(5 * day as u64)),
+            grace: Duration::ZERO,
+            ..GcOptions::default()
+        };
+        assert_eq!(
+            collect(&mut store, options).unwrap().generations_deleted,
+            1,
+            "3 was replaced 10 days ago, 4 only a day ago"
+        );
     }
 }

@@ -21,6 +21,7 @@ pub mod names;
 pub mod pack;
 pub mod params;
 pub mod read;
+pub mod runtime;
 pub mod scan;
 pub mod store;
 pub mod tree;
@@ -29,4 +30,4 @@ pub mod version;
 
 pub use error::{Result, StoreError};
 pub use hash::Hash;
-pub use store::{AddDir, AddOptions, NoProgress, Progress, Stats, Store};
+pub use store::{AddDir, AddOptions, CurrentChange, NoProgress, Progress, Stats, Store};

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rusqlite::TransactionBehavior;
+use rusqlite::{OptionalExtension, TransactionBehavior};
 
 use crate::catalog::{Catalog, InodeRow, PackageRow, kind};
 use crate::commit::{CommitOutcome, Membership, StagedPackage, commit_with};
@@ -425,16 +425,7 @@ impl Store {
             .catalog
             .conn()
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let exists: bool = tx.query_row(
-            "SELECT count(*) FROM generations WHERE id = ?1",
-            [target],
-            |r| r.get(0),
-        )?;
-        if !exists {
-            return Err(StoreError::NotFound(format!(
-                "generation {target} does not exist (or was removed by gc)"
-            )));
-        }
+        generations::require_in(&tx, target)?;
         let members = generations::members_of(&tx, Some(target))?;
         let id = generations::create(&tx, action, Some(target), &members)?;
         tx.commit()?;
@@ -559,6 +550,105 @@ impl Store {
             files: files as u64,
             logical_bytes: logical_bytes as u64,
             generations: generations as u64,
+        })
+    }
+}
+
+/// What [`Store::set_current`] did.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct CurrentChange {
+    /// The new generation; `None` when the version was `Current` already.
+    pub generation: Option<i64>,
+    /// The App's `Current` version before, if it had one.
+    pub previous: Option<String>,
+    /// True when the version was stored but not in the live generation,
+    /// and came back into it.
+    pub reinstated: bool,
+}
+
+// Administration: pins and per-App `Current` choices.
+impl Store {
+    /// Pins generation `generation`: gc never collects it (nor its packages)
+    /// until it is unpinned. Returns false if it was pinned already.
+    pub fn pin(&mut self, generation: i64) -> Result<bool> {
+        let tx = self
+            .catalog
+            .conn()
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        generations::require_in(&tx, generation)?;
+        let added = tx.execute(
+            "INSERT OR IGNORE INTO pins(generation, pinned) VALUES (?1, ?2)",
+            rusqlite::params![generation, now_secs()],
+        )?;
+        tx.commit()?;
+        Ok(added > 0)
+    }
+
+    /// Unpins generation `generation`; returns false if it was not pinned.
+    pub fn unpin(&mut self, generation: i64) -> Result<bool> {
+        Ok(self
+            .catalog
+            .conn()
+            .execute("DELETE FROM pins WHERE generation = ?1", [generation])?
+            > 0)
+    }
+
+    /// Makes the stored version `version` of App `name` its `Current`, as
+    /// one new generation (GoboLinux's `SymlinkProgram`). A version that is
+    /// stored but not in the live generation (removed, still kept for
+    /// rollback or within gc's grace) comes back into it.
+    pub fn set_current(&mut self, name: &str, version: &str) -> Result<CurrentChange> {
+        names::check_name(name)?;
+        names::check_version(version)?;
+        let tx = self
+            .catalog
+            .conn()
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let package: Option<i64> = tx
+            .query_row(
+                "SELECT id FROM packages WHERE name = ?1 AND version = ?2",
+                rusqlite::params![name, version],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(package) = package else {
+            let stored = {
+                let mut stmt =
+                    tx.prepare("SELECT version FROM packages WHERE name = ?1 ORDER BY id")?;
+                let rows = stmt.query_map([name], |r| r.get::<_, String>(0))?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()?
+            };
+            return Err(StoreError::VersionNotStored {
+                name: name.to_string(),
+                version: version.to_string(),
+                stored,
+            });
+        };
+        let live = generations::current_in(&tx)?;
+        let members = generations::members_of(&tx, live)?;
+        let previous = match members.iter().find(|m| m.name == name && m.current) {
+            Some(m) if m.package == package => {
+                return Ok(CurrentChange {
+                    generation: None,
+                    previous: Some(version.to_string()),
+                    reinstated: false,
+                });
+            }
+            Some(m) => Some(tx.query_row(
+                "SELECT version FROM packages WHERE id = ?1",
+                [m.package],
+                |r| r.get::<_, String>(0),
+            )?),
+            None => None,
+        };
+        let reinstated = !members.iter().any(|m| m.package == package);
+        let members = generations::with_added(members, package, name);
+        let id = generations::create(&tx, &format!("current {name}/{version}"), None, &members)?;
+        tx.commit()?;
+        Ok(CurrentChange {
+            generation: Some(id),
+            previous,
+            reinstated,
         })
     }
 }

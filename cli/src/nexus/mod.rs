@@ -11,8 +11,10 @@ mod index;
 mod mounts;
 mod rumk;
 mod rumk_build;
+mod runtime_root;
 mod serve;
 mod signals;
+mod status;
 mod virtiofs;
 
 use std::fs::File;
@@ -319,6 +321,26 @@ and mounts it with: mount -t virtiofs -o ro programs /Programs")]
 
     /// Go back to the generation before the live one (repeat to go further).
     Rollback,
+
+    /// Show what is live and what serves it.
+    ///
+    /// The live generation and what it changed; every running `nexus
+    /// mount` and `nexus serve --virtio-fs` of this store with the
+    /// generation it serves (each records it in STORE/run while it runs;
+    /// `nip gc` keeps what they serve); pinned generations; the newest
+    /// image counter accepted per trust domain; the store's size; and the
+    /// download cache, if there is one.
+    Status {
+        /// The download cache to measure (default as `nexus build`).
+        #[arg(long, env = "NEXUS_CACHE", value_name = "DIR")]
+        cache: Option<PathBuf>,
+        /// JSON {store, live_generation, serving: [{pid, kind, target,
+        /// generation, generations, started, updated}], pins,
+        /// image_counters: [{domain, value}], size, gc_epoch,
+        /// download_cache}.
+        #[arg(long)]
+        json: bool,
+    },
 
     /// Build a system profile into a generation (and a signed image).
     #[command(long_about = build::LONG_ABOUT)]
@@ -629,6 +651,12 @@ pub fn run(cli: Cli) -> Result<i32> {
             init_logging(cli.verbose, None);
             let (store, _) = store_and_keys(cli.store, cli.keys);
             image::rollback(&store)
+        }
+        Command::Status { cache, json } => {
+            init_logging(cli.verbose, None);
+            let (store, _) = store_and_keys(cli.store, cli.keys);
+            let cache = cache.unwrap_or_else(nexus_system::fetch::default_cache_dir);
+            status::run(&store, &cache, json)
         }
         Command::Key(command) => {
             init_logging(cli.verbose, None);

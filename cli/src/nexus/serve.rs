@@ -7,9 +7,10 @@ use anyhow::{Context, Result, bail};
 use nexus_fs::follow::{self, Follower};
 use nexus_fs::fuse::{self, MountOptions};
 use nexus_fs::{GenerationChoice, ViewOptions};
+use nexus_store::runtime::ServedKind;
 
 use super::daemon::Ready;
-use super::{index, signals};
+use super::{index, runtime_root, signals};
 
 /// What `nexus mount` was asked for, with absolute paths.
 #[derive(Debug)]
@@ -141,6 +142,16 @@ pub fn serve(request: &Request, ready: Option<&mut Ready>) -> Result<()> {
     };
     let view = crate::open::open_view(&store_dir, options)?;
     let view = Arc::new(view);
+    // What gc must keep while this mount runs (an image's scratch store
+    // needs no keeping). Removed when serving ends.
+    let served = request
+        .image
+        .is_none()
+        .then(|| {
+            let target = &request.mountpoint;
+            runtime_root::announce(&store_dir, ServedKind::Mount, target, view.clone())
+        })
+        .transpose()?;
     let mount_options = MountOptions {
         allow_other: request.allow_other,
         threads: request.threads,
@@ -171,6 +182,11 @@ pub fn serve(request: &Request, ready: Option<&mut Ready>) -> Result<()> {
     let mut followers: Vec<Box<dyn Follower>> = vec![Box::new(mounted.invalidator())];
     if let Some(index) = &index {
         followers.push(Box::new(index.follower()));
+    }
+    // What gc must keep, updated as the view moves and the kernel looks up
+    // and forgets files.
+    if let Some(served) = served {
+        followers.push(Box::new(served));
     }
     let following = follow::follow(view.clone(), followers)
         .context("starting the thread that follows the live generation")?;

@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use nexus_fs::{GenerationChoice, ViewOptions};
+use nexus_store::runtime::ServedKind;
 use nexus_virtiofs::ServeOptions;
 
-use super::signals;
+use super::{runtime_root, signals};
 
 /// What `nexus serve --virtio-fs` was asked for, with absolute paths.
 #[derive(Debug)]
@@ -52,13 +53,32 @@ pub fn serve(request: &Request) -> Result<()> {
     };
     let view = crate::open::open_view(&store_dir, options)?;
     let view = Arc::new(view);
+    // What gc must keep while guests are served (not for an image);
+    // removed on termination, by the signal thread that owns it.
+    let served = request
+        .image
+        .is_none()
+        .then(|| {
+            let target = &request.socket;
+            runtime_root::announce(&store_dir, ServedKind::VirtioFs, target, view.clone())
+        })
+        .transpose()?;
+    let record = served.as_ref().map(|s| s.root());
     let socket = request.socket.clone();
     signals::exit_on_termination(move || {
         let _ = std::fs::remove_file(&socket);
+        if let Some(record) = record {
+            record.withdraw();
+        }
     })?;
     // Guests get no invalidations: what they cached of the old generation
-    // expires by itself (`SWITCH_BOUND`); the loop only moves the view.
-    let _following = nexus_fs::follow::follow(view.clone(), Vec::new())
+    // expires by itself (`SWITCH_BOUND`); the loop moves the view and keeps
+    // the runtime record current.
+    let followers: Vec<Box<dyn nexus_fs::follow::Follower>> = served
+        .into_iter()
+        .map(|s| Box::new(s) as Box<dyn nexus_fs::follow::Follower>)
+        .collect();
+    let _following = nexus_fs::follow::follow(view.clone(), followers)
         .context("starting the thread that follows the live generation")?;
     let shown = match (&request.image, view.generation()) {
         (Some(image), _) => format!("image {}", image.path.display()),

@@ -92,7 +92,11 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::List { generation, json } => list(&dir, generation, json),
         Command::Info { name, json } => info(&dir, &name, json),
         Command::Files { spec, json } => files(&dir, &spec, json),
-        Command::History { json } => history(&dir, json),
+        Command::History { json } => super::changes::history(&dir, json),
+        Command::Diff { from, to, json } => super::changes::show_diff(&dir, from, to, json),
+        Command::Pin { generation, json } => super::pins::pin(&dir, generation, json),
+        Command::Unpin { generation, json } => super::pins::unpin(&dir, generation, json),
+        Command::Current { app, version, json } => super::pins::current(&dir, &app, &version, json),
         Command::Rollback => {
             let mut store = open(&dir)?;
             let generation = store.rollback()?;
@@ -109,12 +113,18 @@ pub fn run(cli: Cli) -> Result<i32> {
             println!("generation {new}: switch to {generation}");
             Ok(exit::OK)
         }
-        Command::Gc { keep, grace, json } => {
+        Command::Gc {
+            keep,
+            older_than,
+            grace,
+            json,
+        } => {
             let mut store = open(&dir)?;
             let report = gc::collect(
                 &mut store,
                 gc::GcOptions {
-                    keep_last: keep,
+                    keep_last: keep.unwrap_or(if older_than.is_some() { 1 } else { 10 }),
+                    keep_younger_than: older_than,
                     grace: Duration::from_secs(grace),
                     ..Default::default()
                 },
@@ -138,6 +148,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                         ""
                     }
                 );
+                super::pins::print_gc_retention(&report, grace);
             }
             Ok(exit::OK)
         }
@@ -248,7 +259,7 @@ fn summarize(specs: &[String]) -> String {
     }
 }
 
-fn open(dir: &Path) -> Result<Store> {
+pub(super) fn open(dir: &Path) -> Result<Store> {
     crate::open::open_store(dir)
 }
 
@@ -506,31 +517,6 @@ fn files(dir: &Path, spec: &str, json: bool) -> Result<i32> {
                 line.push_str(&lossy(t));
             }
             writeln!(out, "{line}")?;
-        }
-    }
-    Ok(exit::OK)
-}
-
-fn history(dir: &Path, json: bool) -> Result<i32> {
-    let store = open(dir)?;
-    let generations = store.catalog().generations()?;
-    if json {
-        let rows: Vec<_> = generations
-            .iter()
-            .map(|g| json!({"id": g.id, "created": g.created, "action": g.action, "restores": g.restores, "packages": g.packages}))
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-    } else {
-        let live = generations.last().map(|g| g.id);
-        for g in &generations {
-            println!(
-                "{:>5}{} {}  {:>4} packages  {}",
-                g.id,
-                if Some(g.id) == live { "*" } else { " " },
-                timestamp(g.created),
-                g.packages,
-                g.action
-            );
         }
     }
     Ok(exit::OK)

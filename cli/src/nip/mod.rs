@@ -1,7 +1,10 @@
 //! `nip`, the package manager: command-line definition and dispatch.
 
+mod age;
+mod changes;
 mod commands;
 mod output;
+mod pins;
 
 use std::path::PathBuf;
 
@@ -10,6 +13,7 @@ use clap::{Parser, Subcommand};
 use crate::epoch::ExpiresIn;
 
 pub use commands::run;
+pub(crate) use output::timestamp;
 
 /// nip — the Nexus package manager.
 ///
@@ -213,8 +217,72 @@ pub enum Command {
     },
 
     /// Show the generations, oldest first; the last one is live.
+    ///
+    /// Each line ends with what the generation changed from the one before
+    /// it: Current moves (`hello 1→2`), versions added (`+jq/1.6`) and
+    /// removed (`-curl/8`) and the change in file bytes; `nip diff` tells
+    /// one change in full.
     History {
-        /// JSON array of {id, created, action, restores, packages}.
+        /// JSON array of {id, created, action, restores, packages, diff},
+        /// diff as `nip diff --json` without stored_bytes (null for the
+        /// oldest generation kept after gc).
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// What changed from generation FROM to generation TO (default: the
+    /// live one): Apps and versions added and removed, Current moves, and
+    /// the size of each side in file bytes and in stored (deduplicated,
+    /// compressed) pack bytes.
+    ///
+    /// Example: nip diff 7 (what happened since generation 7)
+    Diff {
+        /// The earlier generation (see `nip history`).
+        from: i64,
+        /// The later generation (default: the live one).
+        to: Option<i64>,
+        /// JSON {from, to, apps_added, apps_removed, versions_added,
+        /// versions_removed, current_moved, logical_bytes, stored_bytes},
+        /// sizes as {before, after, delta} in bytes.
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Pin generation GEN: `nip gc` never collects it, nor anything it
+    /// holds, until `nip unpin GEN` (as `ostree admin pin`). Without GEN,
+    /// list the pins.
+    Pin {
+        /// Generation number (see `nip history`).
+        generation: Option<i64>,
+        /// JSON: {generation, pinned, changed}, or the list [{generation, pinned}].
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Unpin generation GEN, so that gc's retention rules decide again.
+    Unpin {
+        /// Generation number.
+        generation: i64,
+        /// JSON: {generation, pinned, changed}.
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Make VERSION of APP its Current, as one new generation (GoboLinux's
+    /// SymlinkProgram).
+    ///
+    /// VERSION must be stored: installed, or removed but still kept (by a
+    /// retained generation or gc's grace), which brings it back. Refused,
+    /// with nothing changed, for a version the store does not hold.
+    ///
+    /// Example: nip current hello 2.10-3
+    Current {
+        /// App name.
+        app: String,
+        /// The version to make Current.
+        version: String,
+        /// JSON: {app, version, previous, generation, reinstated}
+        /// (generation null: it was Current already).
         #[arg(long)]
         json: bool,
     },
@@ -231,14 +299,29 @@ pub enum Command {
 
     /// Delete data that no retained generation references.
     ///
-    /// Retention: the newest --keep generations are kept (the live one
-    /// always). Unreferenced chunks are deleted only after they have been
-    /// unreferenced for --grace seconds, so gc is safe to run while other
-    /// `nip add`s are in progress.
+    /// Retained: the newest --keep generations (the live one always); with
+    /// --older-than AGE, also every generation that was live within AGE,
+    /// as Nix's --delete-older-than (so the state of AGE ago can still be
+    /// restored): each option only ever keeps more. --older-than alone
+    /// keeps no count (as if --keep 1). Always retained: pinned
+    /// generations (`nip pin`), and what running mounts and virtio-fs
+    /// daemons serve (`nexus status`) or programs hold open under a
+    /// mount.
+    ///
+    /// Packages, file contents and chunks that no retained generation
+    /// uses are deleted only after they have been unused for --grace
+    /// seconds, so gc is safe to run while other `nip add`s are in
+    /// progress and while readers resolve paths.
+    ///
+    /// Example: nip gc --older-than 30d
     Gc {
-        /// Generations to keep.
-        #[arg(long, default_value_t = 10, value_name = "N")]
-        keep: usize,
+        /// Generations to keep (default 10; 1 with --older-than).
+        #[arg(long, value_name = "N")]
+        keep: Option<usize>,
+        /// Also keep generations that were live within AGE (s, m, h, d or
+        /// w: 30d, 12h, 2w).
+        #[arg(long, value_name = "AGE", value_parser = age::parse_age)]
+        older_than: Option<std::time::Duration>,
         /// Seconds data must have been unreferenced before it is deleted.
         #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
         grace: u64,

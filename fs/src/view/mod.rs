@@ -185,15 +185,34 @@ impl View {
         }
     }
 
-    /// The packages a running daemon of this view needs kept: those of the
-    /// generation shown and of the one shown before while its names still
-    /// resolve, and every package a client still holds an inode of. A
+    /// The generations a running daemon of this view serves: the one shown
+    /// first, then the one shown before while its names still resolve. A
     /// daemon publishes them as its runtime root; gc keeps them.
-    pub fn runtime_packages(&self) -> std::collections::HashSet<i64> {
-        let mut packages = self.clients.held_packages();
-        self.namespace
-            .with_trees(|tree| packages.extend(tree.packages.iter().copied()));
+    pub fn served_generations(&self) -> Vec<i64> {
+        let mut generations: Vec<i64> = Vec::new();
+        self.namespace.with_trees(|tree| {
+            if let Some(id) = tree.id
+                && !generations.contains(&id)
+            {
+                generations.push(id);
+            }
+        });
+        generations
+    }
+
+    /// The packages some client of this view still holds an inode of
+    /// (sorted): a daemon publishes them with its runtime root, so that gc
+    /// keeps what programs have open even when no generation holds it.
+    pub fn held_packages(&self) -> Vec<i64> {
+        let mut packages: Vec<i64> = self.clients.held_packages().into_iter().collect();
+        packages.sort_unstable();
         packages
+    }
+
+    /// A number that changes whenever what clients hold changes (see
+    /// [`View::held_packages`]), so a publisher rewrites only then.
+    pub fn held_version(&self) -> u64 {
+        self.clients.version()
     }
 
     /// For a live view: moves to the live generation if it is not the one

@@ -618,6 +618,85 @@ impl Catalog {
     }
 }
 
+/// A pinned generation: never collected by gc until unpinned.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct PinRow {
+    /// The generation.
+    pub generation: i64,
+    /// When it was pinned (seconds since the epoch).
+    pub pinned: i64,
+}
+
+// Queries for administration: pins, gc's epoch, meta keys by prefix, the
+// stored size of a generation.
+impl Catalog {
+    /// Every pin, by generation.
+    pub fn pins(&self) -> Result<Vec<PinRow>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT generation, pinned FROM pins ORDER BY generation")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(PinRow {
+                generation: r.get(0)?,
+                pinned: r.get(1)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The retained generation just before `id`, if any.
+    pub fn previous_generation(&self, id: i64) -> Result<Option<i64>> {
+        Ok(self
+            .conn
+            .query_row("SELECT max(id) FROM generations WHERE id < ?1", [id], |r| {
+                r.get(0)
+            })?)
+    }
+
+    /// The `gc_epoch` meta value: bumped by every gc that deleted catalog
+    /// rows or packs (0 in a store gc never changed).
+    pub fn gc_epoch(&self) -> Result<i64> {
+        Ok(self
+            .meta(crate::gc::GC_EPOCH_KEY)?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// Every `meta` key starting with `prefix`, with its value, by key.
+    pub fn meta_with_prefix(&self, prefix: &str) -> Result<Vec<(String, String)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT key, value FROM meta WHERE substr(key, 1, length(?1)) = ?1 ORDER BY key",
+        )?;
+        let rows = stmt.query_map([prefix], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The pack bytes that the distinct chunks of generation `generation`
+    /// occupy: each chunk counts for its share of its block's stored length
+    /// (header and table included), in proportion to its raw length among
+    /// the indexed chunks of that block. Shared chunks count once.
+    pub fn generation_stored_bytes(&self, generation: i64) -> Result<u64> {
+        let bytes: f64 = self.conn.query_row(
+            "WITH used(chunk) AS (
+                 SELECT DISTINCT bc.chunk FROM generation_packages gp
+                 JOIN inodes i ON i.package = gp.package AND i.blob IS NOT NULL
+                 JOIN blob_chunks bc ON bc.blob = i.blob
+                 WHERE gp.generation = ?1),
+             located AS (
+                 SELECT c.pack, c.offset, c.block_len, c.len FROM used u JOIN chunks c ON c.id = u.chunk),
+             blocks AS (
+                 SELECT c.pack, c.offset, sum(c.len) AS raw FROM chunks c
+                 WHERE c.pack IN (SELECT DISTINCT pack FROM located)
+                 GROUP BY c.pack, c.offset)
+             SELECT coalesce(sum(CAST(l.len AS REAL) * l.block_len / max(b.raw, 1)), 0)
+             FROM located l JOIN blocks b ON b.pack = l.pack AND b.offset = l.offset",
+            [generation],
+            |r| r.get(0),
+        )?;
+        Ok(bytes.round() as u64)
+    }
+}
+
 /// Decodes a `chunks` row joined with its pack name.
 pub(crate) fn location_from_row(r: &Row<'_>) -> rusqlite::Result<ChunkLocation> {
     let hash: Vec<u8> = r.get(0)?;

@@ -200,6 +200,27 @@ const MIGRATIONS: &[&str] = &[
 
     INSERT OR IGNORE INTO meta(key, value) VALUES ('incarnation', abs(random() % 4294967296));
     "#,
+    // v3: pins, and the grace window for package and blob rows (gc condemns
+    // them as it does chunks). New tables only, so this migration does not
+    // depend on any other.
+    r#"
+    CREATE TABLE pins (
+        generation INTEGER PRIMARY KEY,
+        pinned     INTEGER NOT NULL
+    ) STRICT;
+
+    CREATE TABLE gc_condemned_packages (
+        package INTEGER PRIMARY KEY,
+        since   INTEGER NOT NULL
+    ) STRICT;
+
+    CREATE TABLE gc_condemned_blobs (
+        blob  INTEGER PRIMARY KEY,
+        since INTEGER NOT NULL
+    ) STRICT;
+
+    INSERT OR IGNORE INTO meta(key, value) VALUES ('gc_epoch', '0');
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -23,5 +23,5 @@ mod source;
 
 pub use blocks::BlockReader;
 pub use layout::Layout;
-pub use reader::{GC_EPOCH_KEY, Reader, ReaderOptions};
+pub use reader::{Reader, ReaderOptions};
 pub use source::{LocalPacks, OPEN_PACKS, PackSource, SingleFile};

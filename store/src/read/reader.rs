@@ -59,9 +59,6 @@ impl Weighter<i64, Arc<Layout>> for LayoutWeighter {
 /// Largest catalog [`Reader::prefetch_catalog`] reads ahead.
 const PREFETCH_MAX: u64 = 512 << 20;
 
-/// The `meta` key gc bumps whenever it deleted rows or packs.
-pub const GC_EPOCH_KEY: &str = "gc_epoch";
-
 /// The read side of a store: what `nip cat`, `export` and `verify`, the
 /// mount and virtio-fs daemons and image serving read through.
 ///
@@ -182,8 +179,8 @@ impl Reader {
     /// the open packs (returns true: callers drop what they cached by
     /// catalog id too). One small query.
     pub fn check_gc_epoch(&self) -> Result<bool> {
-        let epoch = self.query_fresh(|c| c.meta(GC_EPOCH_KEY))?;
-        let epoch = epoch.and_then(|e| e.parse::<u64>().ok()).unwrap_or(0);
+        let epoch = self.query_fresh(|c| c.gc_epoch())?;
+        let epoch = u64::try_from(epoch).unwrap_or(0);
         let before = self.gc_epoch.swap(epoch, Ordering::AcqRel);
         if before == epoch || before == u64::MAX {
             return Ok(false);
