@@ -26,4 +26,4 @@ pub use error::{FormatError, NpkError, TrustError};
 pub use keys::{KeyStore, PublicKey, SecretKey, TrustSet};
 pub use manifest::{ArchiveKind, Manifest};
 pub use read::{Archive, Check, Policy, Signer, is_archive};
-pub use write::{Member, WriteOptions, Written, write_archive};
+pub use write::{Member, WriteOptions, Written, write_archive, write_archive_with_progress};

@@ -16,7 +16,7 @@ use nexus_store::pack::{
 };
 use nexus_store::params::{BLOCK_TARGET, ZSTD_LEVEL};
 use nexus_store::tree::{Inode, InodeKind, Tree};
-use nexus_store::{Hash, Store, StoreError};
+use nexus_store::{Hash, NoProgress, Progress, Store, StoreError};
 
 use crate::body::{self, Body, BodyBlob, BodyChunk, BodyPackage, root_hash};
 use crate::error::{NpkError, Result};
@@ -64,6 +64,17 @@ pub fn write_archive(
     out: &Path,
     options: &WriteOptions<'_>,
 ) -> Result<Written> {
+    write_archive_with_progress(store, members, out, options, &NoProgress)
+}
+
+/// [`write_archive`], reporting the chunk bytes copied to `progress`.
+pub fn write_archive_with_progress(
+    store: &Store,
+    members: &[Member<'_>],
+    out: &Path,
+    options: &WriteOptions<'_>,
+    progress: &dyn Progress,
+) -> Result<Written> {
     let dir = out
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -76,7 +87,7 @@ pub fn write_archive(
         file_name.to_string_lossy(),
         std::process::id()
     ));
-    let result = write_to(store, members, &tmp, options);
+    let result = write_to(store, members, &tmp, options, progress);
     match result {
         Ok(written) => {
             fs::rename(&tmp, out).map_err(|e| NpkError::io(out, e))?;
@@ -116,6 +127,7 @@ fn write_to(
     members: &[Member<'_>],
     tmp: &Path,
     options: &WriteOptions<'_>,
+    progress: &dyn Progress,
 ) -> Result<Written> {
     let file = File::create(tmp).map_err(|e| NpkError::io(tmp, e))?;
     let mut out = Hashing {
@@ -160,7 +172,7 @@ fn write_to(
         }
     }
     let mut blocks = BlockWriter::new()?;
-    copy_chunks(store, &wanted, &mut blocks, &mut out)?;
+    copy_chunks(store, &wanted, &mut blocks, &mut out, progress)?;
     blocks.flush(&mut out)?;
     let mut blobs: Vec<BodyBlob> = Vec::with_capacity(wanted.len());
     for (hash, locations) in &wanted {
@@ -238,6 +250,7 @@ fn copy_chunks(
     wanted: &[(Hash, Vec<ChunkLocation>)],
     blocks: &mut BlockWriter,
     out: &mut Hashing,
+    progress: &dyn Progress,
 ) -> Result<()> {
     let mut by_block: BTreeMap<(String, u64), Vec<&ChunkLocation>> = BTreeMap::new();
     let mut seen: HashSet<Hash> = HashSet::new();
@@ -251,6 +264,10 @@ fn copy_chunks(
             }
         }
     }
+    progress.start(
+        by_block.values().flatten().map(|l| u64::from(l.len)).sum(),
+        wanted.len() as u64,
+    );
     for chunks in by_block.values() {
         let first = chunks[0];
         let raw = store.read_block_bytes(first)?;
@@ -259,6 +276,7 @@ fn copy_chunks(
             reason: format!("pack {} block at {}: {reason}", first.pack, first.offset),
         })?;
         let needed: u64 = chunks.iter().map(|l| u64::from(l.len)).sum();
+        progress.advance(needed);
         let total = block.data.len() as u64;
         if needed * VERBATIM_DENOMINATOR >= total * VERBATIM_NUMERATOR {
             for loc in chunks {

@@ -13,10 +13,20 @@ use std::path::{Path, PathBuf};
 
 use crate::catalog::{InodeRow, PackageRow, kind};
 use crate::error::{Result, StoreError};
-use crate::store::Store;
+use crate::store::{NoProgress, Progress, Store};
 
 /// Writes `package` to `dest`, which must not exist yet.
 pub fn export(store: &Store, package: &PackageRow, dest: &Path) -> Result<()> {
+    export_with_progress(store, package, dest, &NoProgress)
+}
+
+/// [`export`], reporting the file bytes written to `progress`.
+pub fn export_with_progress(
+    store: &Store,
+    package: &PackageRow,
+    dest: &Path,
+    progress: &dyn Progress,
+) -> Result<()> {
     if fs::symlink_metadata(dest).is_ok() {
         return Err(StoreError::BadInput {
             path: dest.to_path_buf(),
@@ -28,6 +38,7 @@ pub fn export(store: &Store, package: &PackageRow, dest: &Path) -> Result<()> {
         .inode(package.root)?
         .ok_or_else(|| StoreError::Invalid(format!("{}: root inode missing", package.spec())))?;
     fs::create_dir(dest).map_err(|e| StoreError::io(dest, e))?;
+    progress.start(package.bytes.max(0) as u64, package.files.max(0) as u64);
     let privileged = unsafe { libc::geteuid() } == 0;
     let mut first_path: HashMap<i64, PathBuf> = HashMap::new();
     // Directories get their final mode and mtime after their content is
@@ -51,6 +62,7 @@ pub fn export(store: &Store, package: &PackageRow, dest: &Path) -> Result<()> {
                         continue;
                     }
                     write_file(store, &inode, &path)?;
+                    progress.advance(inode.size);
                     apply_metadata(&path, &inode, privileged, false)?;
                     first_path.insert(inode.id, path);
                 }

@@ -12,8 +12,7 @@ use std::collections::{BTreeSet, HashMap};
 use crate::error::{Result, StoreError};
 use crate::hash::Hash;
 use crate::pack::ChunkLocation;
-use crate::store::BlockCursor;
-use crate::store::Store;
+use crate::store::{BlockCursor, NoProgress, Progress, Store};
 
 /// One damaged file.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
@@ -45,6 +44,11 @@ pub struct VerifyReport {
 
 /// Verifies the whole store.
 pub fn verify(store: &mut Store) -> Result<VerifyReport> {
+    verify_with_progress(store, &NoProgress)
+}
+
+/// [`verify`], reporting the chunk bytes checked to `progress`.
+pub fn verify_with_progress(store: &mut Store, progress: &dyn Progress) -> Result<VerifyReport> {
     let mut report = VerifyReport {
         catalog_problems: store.catalog().integrity_check()?,
         ..Default::default()
@@ -62,10 +66,16 @@ pub fn verify(store: &mut Store) -> Result<VerifyReport> {
         rows.collect::<rusqlite::Result<_>>()?
     };
     let mut bad_chunks: HashMap<i64, String> = HashMap::new();
+    progress.start(
+        chunks.iter().map(|(_, loc)| u64::from(loc.len)).sum(),
+        chunks.len() as u64,
+    );
+    progress.phase("chunks");
     // Chunks come in block order: each block is read and decoded once.
     let mut cursor = BlockCursor::default();
     for (id, loc) in &chunks {
         report.chunks_checked += 1;
+        progress.advance(u64::from(loc.len));
         let checked = cursor.chunk(store, loc).map(|_| ());
         match checked {
             Ok(()) => {}
@@ -80,6 +90,7 @@ pub fn verify(store: &mut Store) -> Result<VerifyReport> {
     }
 
     // Pass 2: every file content.
+    progress.phase("files");
     struct BlobInfo {
         id: i64,
         hash: Hash,
