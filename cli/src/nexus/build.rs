@@ -2,7 +2,6 @@
 //! profile's packages, grafted through recipes where the store lacks them,
 //! and optionally its signed system image.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -11,7 +10,7 @@ use nexus_graft::{AddOptions, ReadOptions, Trust};
 use nexus_npk::{ArchiveKind, KeyStore, Member, WriteOptions, write_archive};
 use nexus_store::Store;
 use nexus_system::fetch::default_cache_dir;
-use nexus_system::{BuildOptions, Built, SystemError, locate};
+use nexus_system::{BuildOptions, Built, locate};
 use serde_json::json;
 
 use crate::epoch::source_date_epoch;
@@ -147,10 +146,9 @@ pub fn run(store_dir: &Path, keys_dir: &Path, args: BuildArgs) -> Result<i32> {
         .as_deref()
         .map(|name| KeyStore::new(keys_dir).secret(name))
         .transpose()?;
-    let profile = match locate::load_profile(&profiles, &profile_name) {
-        Ok(p) => p,
-        Err(e) => return report(e),
-    };
+    // A bad profile or recipe is a KDL diagnostic: the error reporter
+    // renders it with its file, line and the spot underlined.
+    let profile = locate::load_profile(&profiles, &profile_name)?;
     let mut store = Store::open(store_dir)
         .with_context(|| format!("opening the store in {}", store_dir.display()))?;
     let options = BuildOptions {
@@ -169,10 +167,7 @@ pub fn run(store_dir: &Path, keys_dir: &Path, args: BuildArgs) -> Result<i32> {
     let bar = Bar::for_stderr();
     let result = nexus_system::build(&mut store, &profile, &options, &bar);
     bar.finish();
-    let built = match result {
-        Ok(b) => b,
-        Err(e) => return report(e),
-    };
+    let built = result?;
     let image = match (&args.output, &signer) {
         (Some(out), Some(key)) => {
             let counter = KeyStore::new(keys_dir).take_counter(&key.name, args.counter)?;
@@ -256,26 +251,4 @@ fn print_built(profile: &str, built: &Built) {
         built.packages.len(),
         built.generation
     );
-}
-
-/// Prints a build error; a problem in a KDL file as a miette report (file,
-/// line, the spot underlined).
-fn report(err: SystemError) -> Result<i32> {
-    match err {
-        SystemError::Kdl(diag) => {
-            let theme = if std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
-            {
-                miette::GraphicalTheme::unicode()
-            } else {
-                miette::GraphicalTheme::unicode_nocolor()
-            };
-            let mut out = String::new();
-            miette::GraphicalReportHandler::new_themed(theme)
-                .render_report(&mut out, &diag)
-                .context("rendering a diagnostic")?;
-            eprint!("nexus: error:\n{out}");
-            Ok(exit::ERROR)
-        }
-        other => Err(other.into()),
-    }
 }

@@ -1,14 +1,14 @@
-//! `nexus snapshot`, `verify`, `switch` and `rollback`: freezing a
-//! generation into a signed image, checking one, and moving the live
-//! generation (which every live mount follows).
+//! `nexus snapshot` and `verify`: freezing a generation into a signed
+//! image and checking one (`switch` and `rollback`, which move the live
+//! generation, are `crate::generations`).
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use nexus_graft::{AddOptions, ArchiveRequest, ReadOptions, Source, Trust};
 use nexus_npk::{
-    Archive, ArchiveKind, Check, KeyStore, Member, Policy, WriteOptions, write_archive,
+    Archive, ArchiveKind, Check, KeyStore, Member, Policy, WriteOptions,
+    write_archive_with_progress,
 };
 use nexus_store::commit::counter_meta_key;
 use nexus_store::{Hash, Store};
@@ -16,6 +16,7 @@ use serde_json::json;
 
 use crate::epoch::source_date_epoch;
 use crate::exit;
+use crate::human;
 use crate::progress::Bar;
 
 fn open_store(dir: &Path) -> Result<Store> {
@@ -31,6 +32,7 @@ pub fn snapshot(
     key: &str,
     counter: Option<u64>,
     out: &Path,
+    json_out: bool,
 ) -> Result<i32> {
     let store = open_store(store_dir)?;
     let catalog = store.catalog();
@@ -52,7 +54,8 @@ pub fn snapshot(
     let secret = keys.secret(key)?;
     let counter = keys.take_counter(key, counter)?;
     let started = std::time::Instant::now();
-    let written = write_archive(
+    let bar = Bar::for_stderr();
+    let written = write_archive_with_progress(
         &store,
         &members
             .iter()
@@ -68,13 +71,31 @@ pub fn snapshot(
             created: source_date_epoch()?,
             signer: Some(&secret),
         },
-    )
-    .with_context(|| format!("writing {}", out.display()))?;
+        &bar,
+    );
+    bar.finish();
+    let written = written.with_context(|| format!("writing {}", out.display()))?;
+    if json_out {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "file": out,
+                "generation": generation,
+                "packages": members.len(),
+                "bytes": written.bytes,
+                "counter": counter,
+                "key": {"id": secret.public().id(), "name": secret.name},
+                "root": written.manifest.root.to_hex(),
+                "seconds": started.elapsed().as_secs_f64(),
+            }))?
+        );
+        return Ok(exit::OK);
+    }
     println!(
-        "{}: generation {generation}, {} packages, {} bytes, counter {counter}, signed by {} ({}), root {} ({:.2} s)",
+        "{}: generation {generation}, {} packages, {}, counter {counter}, signed by {} ({}), root {} ({:.2} s)",
         out.display(),
         members.len(),
-        written.bytes,
+        human::size(written.bytes),
         secret.name,
         secret.public().id(),
         written.manifest.root,
@@ -211,72 +232,4 @@ fn report(
         println!("{}: FAILED — {detail}", file.display());
     }
     Ok(())
-}
-
-/// `nexus switch GEN|FILE`: a generation number switches to that retained
-/// generation; a file is a signed image, imported as exactly its packages
-/// and `Current` choices (refused if older than one already accepted from
-/// its key, unless `allow_downgrade`).
-pub fn switch(
-    store_dir: &Path,
-    keys_dir: &Path,
-    target: &str,
-    allow_downgrade: bool,
-) -> Result<i32> {
-    let path = PathBuf::from(target);
-    if let (Ok(generation), false) = (target.parse::<i64>(), path.exists()) {
-        let started = std::time::Instant::now();
-        let mut store = open_store(store_dir)?;
-        let new = store.switch(generation)?;
-        // Opening the catalog and the one durable transaction: what a
-        // switch costs, whatever starting a process costs.
-        println!(
-            "generation {new}: switch to {generation} ({:.2} ms)",
-            started.elapsed().as_secs_f64() * 1000.0
-        );
-        return Ok(exit::OK);
-    }
-    if !path.is_file() {
-        bail!("{target} is neither a generation number nor an image file");
-    }
-    let mut store = open_store(store_dir)?;
-    let options = AddOptions {
-        threads: nexus_store::AddOptions::default().threads,
-        read: ReadOptions::default(),
-        trust: Trust::Keys(KeyStore::new(keys_dir).trust_set()?),
-        allow_downgrade,
-    };
-    let source = Source::Archive(ArchiveRequest {
-        path: path.clone(),
-        name: None,
-        version: None,
-    });
-    let bar = Bar::for_stderr();
-    let outcome = nexus_graft::add(&mut store, &[source], options, &bar);
-    bar.finish();
-    let outcome = outcome.map_err(|e| match e {
-        nexus_graft::GraftError::Store(s) => anyhow::Error::from(s),
-        other => anyhow::Error::from(other),
-    })?;
-    match outcome.generation {
-        Some(g) => println!("generation {g}: image {}", path.display()),
-        None => println!(
-            "nothing to do: the live generation is {} already",
-            path.display()
-        ),
-    }
-    Ok(exit::OK)
-}
-
-/// `nexus rollback`: back to the generation before the live one.
-pub fn rollback(store_dir: &Path) -> Result<i32> {
-    let mut store = open_store(store_dir)?;
-    let generation = store.rollback()?;
-    let action = store
-        .catalog()
-        .generation(generation)?
-        .map(|g| g.action)
-        .unwrap_or_default();
-    println!("generation {generation}: {action}");
-    Ok(exit::OK)
 }
