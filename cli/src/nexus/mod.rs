@@ -56,8 +56,9 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "DIR")]
     pub store: Option<PathBuf>,
 
-    /// Key store: signing keys and trusted keys, shared with `nip key`
-    /// [env: NEXUS_KEYS; config: keys; default: STORE/keys].
+    /// Key store: signing keys, and the keys whose signatures are accepted
+    /// (shared by nip and nexus) [env: NEXUS_KEYS; config: keys; default:
+    /// STORE/keys].
     #[arg(long, global = true, value_name = "DIR")]
     pub keys: Option<PathBuf>,
 
