@@ -662,6 +662,35 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_is_valid_with_every_setting_uncommented() {
+        // dist/nexus.kdl comments every setting out; uncommented, each must
+        // parse (so the example cannot teach a wrong spelling).
+        let example = include_str!("../../dist/nexus.kdl");
+        let setting = |line: &str| {
+            TOP_NODES.iter().any(|n| line.starts_with(&format!("{n} ")))
+                || line.starts_with("    ")
+                || line == "}"
+        };
+        let uncommented: String = example
+            .lines()
+            .map(|l| match l.strip_prefix("// ") {
+                Some(rest) if setting(rest) => rest,
+                _ => l,
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let c = parse(&uncommented).unwrap_or_else(|d| panic!("{d}\n{uncommented}"));
+        assert!(c.store.is_some() && c.keys.is_some(), "{uncommented}");
+        let m = &c.mount;
+        assert!(m.mountpoint.is_some() && m.index.is_some() && m.log_file.is_some());
+        assert!(m.threads.is_some() && m.cache_mib.is_some() && m.allow_other.is_some());
+        assert!(c.serve.cache_mib.is_some() && c.serve.log_file.is_some());
+        assert_eq!(c.remotes.len(), 1);
+        // Commented, it sets nothing.
+        assert_eq!(parse(example).unwrap(), FileConfig::default());
+    }
+
+    #[test]
     fn an_empty_file_sets_nothing() {
         assert_eq!(parse("").unwrap(), FileConfig::default());
         assert_eq!(parse("// only a comment\n").unwrap(), FileConfig::default());
