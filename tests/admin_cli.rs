@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use nexus_integration_tests::fixtures::write_file;
-use nexus_integration_tests::nexus::{is_mounted, wait_for};
+use nexus_integration_tests::nexus::{is_mounted, show, wait_for};
 use nexus_integration_tests::nip::{EXIT_ERROR, EXIT_OK, EXIT_USAGE};
 use nexus_integration_tests::{Scratch, Store, is_root, nexus_bin, nip_bin};
 use serde_json::Value;
@@ -34,15 +34,6 @@ fn run(bin: &Path, env: &[(&str, &OsStr)], args: &[&OsStr]) -> Output {
         show(&out)
     );
     out
-}
-
-fn show(out: &Output) -> String {
-    format!(
-        "{}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn json(out: &Output) -> Value {

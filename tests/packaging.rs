@@ -5,8 +5,9 @@
 //! where the Index is.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
+use nexus_integration_tests::nexus::show;
 use nexus_integration_tests::{Scratch, is_root, nexus_bin, nip_bin};
 
 /// The repository.
@@ -15,15 +16,6 @@ fn repo() -> PathBuf {
         .parent()
         .expect("tests/ sits in the repository")
         .to_path_buf()
-}
-
-fn show(out: &Output) -> String {
-    format!(
-        "{}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn ok(cmd: &mut Command) -> String {
