@@ -222,9 +222,9 @@ pub fn run(store_dir: &Path, keys_dir: &Path, args: BuildArgs) -> Result<i32> {
         print_built(&profile.name, &built);
         if let Some((out, w, id, name, counter)) = &image {
             println!(
-                "{}: system image, {} bytes, signed by {id} ({name}), counter {counter}",
+                "{}: system image, {}, signed by {id} ({name}), counter {counter}",
                 out.display(),
-                w.bytes
+                crate::human::size(w.bytes)
             );
         }
     }

@@ -185,7 +185,7 @@ pub fn verify(
         json_out,
         file,
         true,
-        &format!("{files} file contents, {bytes} bytes verified"),
+        &format!("{files} file contents, {} verified", human::size(bytes)),
         Some(&archive),
     )?;
     Ok(exit::OK)
