@@ -2,7 +2,7 @@
 # The main job: a store at the default location with real packages grafted,
 # mounted at /Programs.
 #
-#   sudo scripts/main-job.sh [DEBIAN-PACKAGE...]     (default: hello jq)
+#   scripts/main-job.sh [DEBIAN-PACKAGE...]     (as root; default: hello jq)
 #
 # On a fresh Debian 12 machine it installs what it needs (apt-get; Rust via
 # rustup if cargo is missing), builds nip, creates the store at the embedded

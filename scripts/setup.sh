@@ -17,7 +17,7 @@ NEXUS_APT_PACKAGES=(
 
 need_root() {
     if [[ $(id -u) -ne 0 ]]; then
-        echo "$0: run as root (sudo $0): the store keeps file owners, sets capabilities and mounts /Programs" >&2
+        echo "$0: run as root: the store keeps file owners, sets capabilities and mounts /Programs" >&2
         exit 1
     fi
 }
@@ -44,5 +44,16 @@ ensure_rust() {
         curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs |
             sh -s -- -y --profile minimal --default-toolchain 1.95 -c rustfmt,clippy
         PATH="$HOME/.cargo/bin:$PATH"
+    fi
+}
+
+# cargo-deb builds the Debian package (scripts/deb.sh, tests/packaging.rs).
+# Pinned, so that a new release cannot change what the package holds; built
+# once per machine (a few minutes), then found in ~/.cargo/bin.
+NEXUS_CARGO_DEB_VERSION=3.8.0
+ensure_cargo_deb() {
+    if ! cargo deb --version 2>/dev/null | grep -qF "$NEXUS_CARGO_DEB_VERSION"; then
+        echo "installing cargo-deb $NEXUS_CARGO_DEB_VERSION"
+        cargo install cargo-deb --locked --version "$NEXUS_CARGO_DEB_VERSION"
     fi
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace, as CI does (`.ci/run` calls this script).
 #
-#   sudo scripts/test.sh
+#   scripts/test.sh        (as root)
 #
 # On a fresh Debian 12 machine it first installs what the tests need with
 # apt-get (FUSE, attr tools, the benchmark's comparison tools), and Rust
@@ -31,6 +31,7 @@ log() { printf '\n== %s\n' "$*"; }
 need_root
 install_packages
 ensure_rust
+ensure_cargo_deb
 
 log "format and lint"
 cargo fmt --all -- --check

@@ -110,6 +110,14 @@ fn hint_for(e: &(dyn std::error::Error + 'static)) -> Option<String> {
             _ => None,
         };
     }
+    if let Some(nexus_system::SystemError::Untrusted(_)) =
+        e.downcast_ref::<nexus_system::SystemError>()
+    {
+        return Some(
+            "another user could replace what is built from there; give --trust-dirs to build from it anyway"
+                .into(),
+        );
+    }
     if e.downcast_ref::<ReplayError>().is_some() {
         return Some("accept an older image on purpose with --allow-downgrade".into());
     }

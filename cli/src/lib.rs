@@ -1,13 +1,21 @@
-//! Shared plumbing of the `nip` and `nexus` binaries: where the store lives,
-//! progress bars, exit codes, and the key commands both share.
+//! Shared plumbing of the `nip` and `nexus` binaries: the configuration
+//! and where each setting comes from, error reporting (text and JSON),
+//! progress bars, sizes and times for people, exit codes, man pages and
+//! completions, and the commands both binaries share (keys, config,
+//! switch and rollback).
 
+pub mod config;
+pub mod config_cmd;
+pub mod docs;
 pub mod epoch;
 pub mod exit;
+pub mod generations;
 pub mod hints;
+pub mod human;
 pub mod keys;
 pub mod location;
 pub mod nexus;
 pub mod nip;
 pub mod open;
 pub mod progress;
-pub mod render;
+pub mod report;

@@ -33,4 +33,4 @@ pub use manifest::{ArchiveKind, Manifest};
 pub use read::{Archive, Check, Expiry, Policy, Signer, is_archive};
 pub use replay::{Claim, ReplayError};
 pub use trust::{AppPattern, Scope, TrustSet, TrustedKey};
-pub use write::{Member, WriteOptions, Written, write_archive};
+pub use write::{Member, WriteOptions, Written, write_archive, write_archive_with_progress};

@@ -18,7 +18,7 @@ use nexus_store::pack::{
 };
 use nexus_store::params::{BLOCK_TARGET, ZSTD_LEVEL};
 use nexus_store::tree::{Inode, InodeKind, Tree};
-use nexus_store::{Hash, Store, StoreError};
+use nexus_store::{Hash, NoProgress, Progress, Store, StoreError};
 
 use crate::body::{self, Body, BodyBlob, BodyChunk, BodyPackage, root_hash};
 use crate::error::{NpkError, Result};
@@ -69,6 +69,17 @@ pub fn write_archive(
     out: &Path,
     options: &WriteOptions<'_>,
 ) -> Result<Written> {
+    write_archive_with_progress(store, members, out, options, &NoProgress)
+}
+
+/// [`write_archive`], reporting the chunk bytes copied to `progress`.
+pub fn write_archive_with_progress(
+    store: &Store,
+    members: &[Member<'_>],
+    out: &Path,
+    options: &WriteOptions<'_>,
+    progress: &dyn Progress,
+) -> Result<Written> {
     let dir = out
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -87,7 +98,7 @@ pub fn write_archive(
         std::process::id(),
         hex::encode(nonce)
     ));
-    let result = write_to(store, members, &tmp, options);
+    let result = write_to(store, members, &tmp, options, progress);
     match result {
         Ok(written) => {
             fs::rename(&tmp, out).map_err(|e| NpkError::io(out, e))?;
@@ -127,6 +138,7 @@ fn write_to(
     members: &[Member<'_>],
     tmp: &Path,
     options: &WriteOptions<'_>,
+    progress: &dyn Progress,
 ) -> Result<Written> {
     let file = fs::OpenOptions::new()
         .write(true)
@@ -177,7 +189,7 @@ fn write_to(
         }
     }
     let mut blocks = BlockWriter::new()?;
-    copy_chunks(store, &wanted, &mut blocks, &mut out)?;
+    copy_chunks(store, &wanted, &mut blocks, &mut out, progress)?;
     blocks.flush(&mut out)?;
     let mut blobs: Vec<BodyBlob> = Vec::with_capacity(wanted.len());
     for (hash, locations) in &wanted {
@@ -259,6 +271,7 @@ fn copy_chunks(
     wanted: &[(Hash, Vec<ChunkLocation>)],
     blocks: &mut BlockWriter,
     out: &mut Hashing,
+    progress: &dyn Progress,
 ) -> Result<()> {
     let mut by_block: BTreeMap<(Arc<str>, u64), Vec<&ChunkLocation>> = BTreeMap::new();
     let mut seen: HashSet<Hash> = HashSet::new();
@@ -272,6 +285,10 @@ fn copy_chunks(
             }
         }
     }
+    progress.start(
+        by_block.values().flatten().map(|l| u64::from(l.len)).sum(),
+        wanted.len() as u64,
+    );
     for chunks in by_block.values() {
         let first = chunks[0];
         let raw = store.reader().blocks().stored_block(first)?;
@@ -280,6 +297,7 @@ fn copy_chunks(
             reason: format!("pack {} block at {}: {reason}", first.pack, first.offset),
         })?;
         let needed: u64 = chunks.iter().map(|l| u64::from(l.len)).sum();
+        progress.advance(needed);
         let total = block.data.len() as u64;
         if needed * VERBATIM_DENOMINATOR >= total * VERBATIM_NUMERATOR {
             for loc in chunks {

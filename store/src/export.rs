@@ -30,7 +30,7 @@ use rustix::fs::{self as rfs, AtFlags, Gid, Mode, OFlags, Timespec, Timestamps, 
 
 use crate::catalog::{DirEntryRow, InodeRow, PackageRow, kind};
 use crate::error::{Result, StoreError};
-use crate::store::Store;
+use crate::store::{NoProgress, Progress, Store};
 
 /// What [`export`] restores besides names, contents, permission bits and
 /// mtimes.
@@ -92,6 +92,17 @@ pub fn export(
     dest: &Path,
     options: ExportOptions,
 ) -> Result<()> {
+    export_with_progress(store, package, dest, options, &NoProgress)
+}
+
+/// [`export`], reporting the file bytes written to `progress`.
+pub fn export_with_progress(
+    store: &Store,
+    package: &PackageRow,
+    dest: &Path,
+    options: ExportOptions,
+    progress: &dyn Progress,
+) -> Result<()> {
     if std::fs::symlink_metadata(dest).is_ok() {
         return Err(StoreError::BadInput {
             path: dest.to_path_buf(),
@@ -107,6 +118,7 @@ pub fn export(
         move |e: rustix::io::Errno| StoreError::io(&path, e.into())
     };
     rfs::mkdirat(rfs::CWD, dest, Mode::from_raw_mode(0o700)).map_err(io(dest))?;
+    progress.start(package.bytes.max(0) as u64, package.files.max(0) as u64);
     let dest_fd = rfs::openat(
         rfs::CWD,
         dest,
@@ -177,6 +189,7 @@ pub fn export(
                     continue;
                 }
                 let file = writer.write_file(dir, &name, &inode, &relative)?;
+                progress.advance(inode.size);
                 writer.finish(file.as_fd(), None, &inode, &relative)?;
                 first_path.insert(inode.id, relative);
             }

@@ -41,7 +41,7 @@ use crate::error::{Result, StoreError};
 use crate::lock::{GC_LOCK, INGEST_LOCK, StoreLock};
 use crate::pack::{BlockBuilder, PACK_SUFFIX, PackWriter, SealedPack, block_compressor};
 use crate::runtime;
-use crate::store::{Store, now_secs, sync_dir};
+use crate::store::{NoProgress, Progress, Store, now_secs, sync_dir};
 
 /// The `meta` key gc bumps whenever it deleted catalog rows or packs.
 pub const GC_EPOCH_KEY: &str = "gc_epoch";
@@ -125,6 +125,16 @@ struct Roots {
 
 /// Runs one garbage collection.
 pub fn collect(store: &mut Store, options: GcOptions) -> Result<GcReport> {
+    collect_with_progress(store, options, &NoProgress)
+}
+
+/// [`collect`], reporting its phases and the pack bytes it went through to
+/// `progress`.
+pub fn collect_with_progress(
+    store: &mut Store,
+    options: GcOptions,
+    progress: &dyn Progress,
+) -> Result<GcReport> {
     let _gc = StoreLock::try_exclusive(&store.locks_dir(), GC_LOCK)?
         .ok_or_else(|| StoreError::Invalid("another gc is running on this store".into()))?;
     let mut report = GcReport {
@@ -145,8 +155,10 @@ pub fn collect(store: &mut Store, options: GcOptions) -> Result<GcReport> {
             .collect(),
     };
     let before = pack_bytes(store)?;
+    progress.phase("catalog");
     sweep_catalog(store, options, &roots, &mut report)?;
-    sweep_packs(store, options, &mut report)?;
+    sweep_packs(store, options, &mut report, progress)?;
+    progress.phase("debris");
     sweep_debris(store, options, &mut report)?;
     report.bytes_freed = before.saturating_sub(pack_bytes(store)?);
     report.gc_epoch = store.catalog().gc_epoch()?;
@@ -364,7 +376,12 @@ struct PackUse {
     live_bytes: i64,
 }
 
-fn sweep_packs(store: &mut Store, options: GcOptions, report: &mut GcReport) -> Result<()> {
+fn sweep_packs(
+    store: &mut Store,
+    options: GcOptions,
+    report: &mut GcReport,
+    progress: &dyn Progress,
+) -> Result<()> {
     let uses: Vec<PackUse> = {
         let mut stmt = store.catalog_mut().conn().prepare(
             "SELECT p.id, p.name, p.size,
@@ -384,7 +401,13 @@ fn sweep_packs(store: &mut Store, options: GcOptions, report: &mut GcReport) -> 
         })?;
         rows.collect::<rusqlite::Result<_>>()?
     };
+    progress.start(
+        uses.iter().map(|p| p.size.max(0) as u64).sum(),
+        uses.len() as u64,
+    );
+    progress.phase("packs");
     for pack in uses {
+        progress.advance(pack.size.max(0) as u64);
         if pack.live_chunks == 0 {
             let tx = store
                 .catalog_mut()

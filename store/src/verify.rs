@@ -18,7 +18,7 @@ use crate::catalog::kind;
 use crate::error::{Result, StoreError};
 use crate::hash::Hash;
 use crate::pack::ChunkLocation;
-use crate::store::Store;
+use crate::store::{NoProgress, Progress, Store};
 use crate::tree::{Inode, InodeIndex, InodeKind, Tree, decode_xattrs};
 
 /// One damaged file.
@@ -75,6 +75,11 @@ fn damage(e: StoreError) -> Result<String> {
 
 /// Verifies the whole store.
 pub fn verify(store: &mut Store) -> Result<VerifyReport> {
+    verify_with_progress(store, &NoProgress)
+}
+
+/// [`verify`], reporting the chunk bytes checked to `progress`.
+pub fn verify_with_progress(store: &mut Store, progress: &dyn Progress) -> Result<VerifyReport> {
     let mut report = VerifyReport {
         catalog_problems: store.catalog().integrity_check()?,
         ..Default::default()
@@ -92,9 +97,15 @@ pub fn verify(store: &mut Store) -> Result<VerifyReport> {
         rows.collect::<rusqlite::Result<_>>()?
     };
     let mut bad_chunks: HashMap<i64, String> = HashMap::new();
+    progress.start(
+        chunks.iter().map(|(_, loc)| u64::from(loc.len)).sum(),
+        chunks.len() as u64,
+    );
+    progress.phase("chunks");
     // Chunks come in block order: each block is read and decoded once.
     for (id, loc) in &chunks {
         report.chunks_checked += 1;
+        progress.advance(u64::from(loc.len));
         let checked = store.reader().blocks().chunk_with(loc, |_| ());
         if let Err(e) = checked {
             let reason = damage(e)?;
@@ -106,6 +117,7 @@ pub fn verify(store: &mut Store) -> Result<VerifyReport> {
     }
 
     // Pass 2: every file content.
+    progress.phase("files");
     struct BlobInfo {
         id: i64,
         hash: Hash,

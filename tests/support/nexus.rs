@@ -42,6 +42,9 @@ where
         .arg(store)
         .args(args)
         .env_remove("NEXUS_STORE")
+        .env_remove("NEXUS_KEYS")
+        // Not the machine's /etc/nexus/nexus.kdl: an empty configuration.
+        .env("NEXUS_CONFIG", "/dev/null")
         .env("RUST_BACKTRACE", "1")
         .stdin(Stdio::null());
     let out = cmd

@@ -198,6 +198,9 @@ impl Store {
             .arg(&self.root)
             .args(args)
             .env_remove("NEXUS_STORE")
+            .env_remove("NEXUS_KEYS")
+            // Not the machine's /etc/nexus/nexus.kdl: an empty configuration.
+            .env("NEXUS_CONFIG", "/dev/null")
             .env("RUST_BACKTRACE", "1")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null());

@@ -1,8 +1,7 @@
 //! The `nexus` binary: see `nexus --help`.
 
-use clap::Parser;
-use nexus_cli::exit;
 use nexus_cli::nexus::{Cli, run};
+use nexus_cli::report;
 
 fn main() {
     // The mount daemon allocates and frees a ~1 MiB buffer per decoded
@@ -13,16 +12,6 @@ fn main() {
     // SAFETY: mallopt only changes allocator tuning; called before any
     // thread exists.
     unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024) };
-    let cli = Cli::parse();
-    let code = match run(cli) {
-        Ok(code) => code,
-        Err(err) => {
-            eprintln!("nexus: error: {err:#}");
-            if let Some(hint) = nexus_cli::hints::hint(&err) {
-                eprintln!("nexus: {hint}");
-            }
-            exit::ERROR
-        }
-    };
+    let code = report::main("nexus", |cli: Cli| run(cli), nexus_cli::hints::hint);
     std::process::exit(code);
 }

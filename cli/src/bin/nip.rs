@@ -1,8 +1,7 @@
 //! The `nip` binary: see `nip --help`.
 
-use clap::Parser;
-use nexus_cli::exit;
 use nexus_cli::nip::{Cli, run};
+use nexus_cli::report;
 use nexus_store::StoreError;
 
 fn main() {
@@ -10,31 +9,32 @@ fn main() {
     // away (`nip files x/1 | head`) instead of panicking on EPIPE.
     // SAFETY: called before any thread exists; SIG_DFL is a valid handler.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-    let cli = Cli::parse();
-    let filter = match cli.verbose {
-        0 => "warn",
-        1 => "info",
-        _ => "debug",
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let code = match run(cli) {
-        Ok(code) => code,
-        Err(err) => {
-            eprintln!("nip: error: {err:#}");
-            if let Some(hint) = nexus_cli::hints::hint(&err) {
-                eprintln!("nip: {hint}");
-            }
-            if let Some(StoreError::Damaged { .. }) = err.downcast_ref::<StoreError>() {
-                eprintln!("nip: the store holds damaged data; run `nip verify` for the full list");
-            }
-            exit::ERROR
-        }
-    };
+    let code = report::main(
+        "nip",
+        |cli: Cli| {
+            let filter = match cli.verbose {
+                0 => "warn",
+                1 => "info",
+                _ => "debug",
+            };
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            run(cli)
+        },
+        |err| {
+            nexus_cli::hints::hint(err).or_else(|| {
+                matches!(
+                    err.downcast_ref::<StoreError>(),
+                    Some(StoreError::Damaged { .. })
+                )
+                .then(|| "the store holds damaged data; run `nip verify` for the full list".into())
+            })
+        },
+    );
     std::process::exit(code);
 }

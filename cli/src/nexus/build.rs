@@ -2,7 +2,6 @@
 //! profile's packages, grafted through recipes where the store lacks them,
 //! and optionally its signed system image.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -14,7 +13,7 @@ use nexus_system::fetch::default_cache_dir;
 use nexus_system::sandbox::BuildUser;
 use nexus_system::script::ScriptOptions;
 use nexus_system::trust::{self, Trust, euid};
-use nexus_system::{BuildOptions, Built, SystemError, locate};
+use nexus_system::{BuildOptions, Built, locate};
 use serde_json::json;
 
 use crate::epoch::{ExpiresIn, source_date_epoch};
@@ -294,19 +293,15 @@ pub fn run(store_dir: &Path, keys_dir: &Path, args: BuildArgs) -> Result<i32> {
         .as_deref()
         .map(|name| KeyStore::new(keys_dir).secret(name))
         .transpose()?;
-    let profile = match locate::load_profile(&profiles.dir, &profile_name, profiles.trust) {
-        Ok(p) => p,
-        Err(e) => return report(e),
-    };
+    // A bad profile or recipe is a KDL diagnostic: the error reporter
+    // renders it with its file, line and the spot underlined.
+    let profile = locate::load_profile(&profiles.dir, &profile_name, profiles.trust)?;
     let options = build_options(keys_dir, &args, &recipes)?;
     let mut store = crate::open::open_store(store_dir)?;
     let bar = Bar::for_stderr();
     let result = nexus_system::build(&mut store, &profile, &options, &bar);
     bar.finish();
-    let built = match result {
-        Ok(b) => b,
-        Err(e) => return report(e),
-    };
+    let built = result?;
     let image = match (&args.output, &signer) {
         (Some(out), Some(key)) => {
             let counter = KeyStore::new(keys_dir).take_counter(
@@ -366,9 +361,9 @@ pub fn run(store_dir: &Path, keys_dir: &Path, args: BuildArgs) -> Result<i32> {
         print_built(&profile.name, &built);
         if let Some((out, w, id, name, counter)) = &image {
             println!(
-                "{}: system image, {} bytes, signed by {id} ({name}), counter {counter}",
+                "{}: system image, {}, signed by {id} ({name}), counter {counter}",
                 out.display(),
-                w.bytes
+                crate::human::size(w.bytes)
             );
         }
     }
@@ -395,30 +390,4 @@ fn print_built(profile: &str, built: &Built) {
         built.packages.len(),
         built.generation
     );
-}
-
-/// Prints a build error; a problem in a KDL file as a miette report (file,
-/// line, the spot underlined).
-pub fn report(err: SystemError) -> Result<i32> {
-    match err {
-        SystemError::Kdl(diag) => {
-            let theme = if std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
-            {
-                miette::GraphicalTheme::unicode()
-            } else {
-                miette::GraphicalTheme::unicode_nocolor()
-            };
-            let mut out = String::new();
-            miette::GraphicalReportHandler::new_themed(theme)
-                .render_report(&mut out, &diag)
-                .context("rendering a diagnostic")?;
-            eprint!("nexus: error:\n{out}");
-            Ok(exit::ERROR)
-        }
-        SystemError::Untrusted(e) => Err(anyhow::anyhow!(
-            "refusing to build from {}: {e}; another user could replace what is built from it (give --trust-dirs to build from it anyway)",
-            e.path().display()
-        )),
-        other => Err(other.into()),
-    }
 }

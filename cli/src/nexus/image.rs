@@ -1,15 +1,14 @@
-//! `nexus snapshot`, `verify`, `switch` and `rollback`: freezing a
-//! generation into a signed image, checking one, and moving the live
-//! generation (which every live mount follows).
+//! `nexus snapshot` and `verify`: freezing a generation into a signed
+//! image and checking one (`switch` and `rollback`, which move the live
+//! generation, are `crate::generations`).
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use nexus_graft::{AddOptions, ReadOptions, Trust};
 use nexus_npk::{
     Archive, ArchiveKind, Check, Claim, CounterRequest, Expiry, KeyStore, Member, NpkError, Policy,
-    WriteOptions, replay, write_archive,
+    WriteOptions, replay, write_archive_with_progress,
 };
 use nexus_store::{Hash, Store};
 use serde_json::json;
@@ -17,6 +16,7 @@ use serde_json::json;
 use super::serve::ImageRequest;
 use crate::epoch::{ExpiresIn, source_date_epoch};
 use crate::exit;
+use crate::human;
 use crate::progress::Bar;
 
 /// How `nexus snapshot` signs.
@@ -56,6 +56,7 @@ pub fn snapshot(
     generation: Option<i64>,
     signing: &Signing,
     out: &Path,
+    json_out: bool,
 ) -> Result<i32> {
     let store = open_store(store_dir)?;
     let catalog = store.catalog();
@@ -78,7 +79,8 @@ pub fn snapshot(
     let counter = keys.take_counter(&signing.key, signing.counter)?;
     let created = source_date_epoch()?;
     let started = std::time::Instant::now();
-    let written = write_archive(
+    let bar = Bar::for_stderr();
+    let written = write_archive_with_progress(
         &store,
         &members
             .iter()
@@ -95,13 +97,31 @@ pub fn snapshot(
             expires: signing.expires_in.expires(created),
             signer: Some(&secret),
         },
-    )
-    .with_context(|| format!("writing {}", out.display()))?;
+        &bar,
+    );
+    bar.finish();
+    let written = written.with_context(|| format!("writing {}", out.display()))?;
+    if json_out {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "file": out,
+                "generation": generation,
+                "packages": members.len(),
+                "bytes": written.bytes,
+                "counter": counter,
+                "key": {"id": secret.public().id(), "name": secret.name},
+                "root": written.manifest.root.to_hex(),
+                "seconds": started.elapsed().as_secs_f64(),
+            }))?
+        );
+        return Ok(exit::OK);
+    }
     println!(
-        "{}: generation {generation}, {} packages, {} bytes, counter {counter}, signed by {} ({}), root {} ({:.2} s)",
+        "{}: generation {generation}, {} packages, {}, counter {counter}, signed by {} ({}), root {} ({:.2} s)",
         out.display(),
         members.len(),
-        written.bytes,
+        human::size(written.bytes),
         secret.name,
         secret.public().id(),
         written.manifest.root,
@@ -154,7 +174,7 @@ pub fn verify(
         }
         files += 1;
     }
-    let mut detail = format!("{files} file contents, {bytes} bytes verified");
+    let mut detail = format!("{files} file contents, {} verified", human::size(bytes));
     // The counter against the highest this store accepted in the domain.
     let mut counter_checked = None;
     if let Some(claim) = Claim::of(&archive, &trust) {
@@ -238,84 +258,6 @@ fn report(
     Ok(())
 }
 
-/// What `nexus switch` switches to.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SwitchTarget {
-    /// A retained generation.
-    Generation(i64),
-    /// A signed system image file.
-    Image(PathBuf),
-}
-
-impl SwitchTarget {
-    /// Digits only: a generation number, whatever files exist (a file
-    /// named `12` in the current directory must not turn `nexus switch 12`
-    /// into importing it). Anything else: an image file.
-    pub fn parse(text: &str) -> Result<SwitchTarget> {
-        if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
-            let generation = text
-                .parse()
-                .with_context(|| format!("generation {text} is out of range"))?;
-            return Ok(SwitchTarget::Generation(generation));
-        }
-        Ok(SwitchTarget::Image(PathBuf::from(text)))
-    }
-}
-
-/// `nexus switch GEN|FILE`: a generation number switches to that retained
-/// generation; a file is a signed image, imported as exactly its packages
-/// and `Current` choices (refused if older than one already accepted in
-/// its trust domain, or expired, unless `allow` says otherwise).
-pub fn switch(
-    store_dir: &Path,
-    keys_dir: &Path,
-    target: SwitchTarget,
-    allow: Allow,
-) -> Result<i32> {
-    let path = match target {
-        SwitchTarget::Generation(generation) => {
-            let started = std::time::Instant::now();
-            let mut store = open_store(store_dir)?;
-            let new = store.switch(generation)?;
-            // Opening the catalog and the one durable transaction: what a
-            // switch costs, whatever starting a process costs.
-            println!(
-                "generation {new}: switch to {generation} ({:.2} ms)",
-                started.elapsed().as_secs_f64() * 1000.0
-            );
-            return Ok(exit::OK);
-        }
-        SwitchTarget::Image(path) => path,
-    };
-    if !path.is_file() {
-        bail!("{}: no such image file", path.display());
-    }
-    let mut store = open_store(store_dir)?;
-    let options = AddOptions {
-        threads: nexus_store::AddOptions::default().threads,
-        read: ReadOptions::default(),
-        trust: Trust::Keys(KeyStore::new(keys_dir).trust_set()?),
-        allow_downgrade: allow.downgrade,
-        allow_expired: allow.expired,
-        source_policy: Default::default(),
-    };
-    let bar = Bar::for_stderr();
-    let outcome = nexus_graft::import_image(&mut store, &path, options, &bar);
-    bar.finish();
-    let outcome = outcome.map_err(|e| match e {
-        nexus_graft::GraftError::Store(s) => anyhow::Error::from(s),
-        other => anyhow::Error::from(other),
-    })?;
-    match outcome.generation {
-        Some(g) => println!("generation {g}: image {}", path.display()),
-        None => println!(
-            "nothing to do: the live generation is {} already",
-            path.display()
-        ),
-    }
-    Ok(exit::OK)
-}
-
 /// Refuses to serve a package as a system, then checks the counter of the
 /// image `archive` (opened for `image`) against the store's record and
 /// records it. Without a store to hold the record, serving is refused
@@ -354,38 +296,4 @@ pub(super) fn record_served(archive: &Archive, image: &ImageRequest) -> Result<(
             image.store.display()
         )
     })
-}
-
-/// `nexus rollback`: back to the generation before the live one.
-pub fn rollback(store_dir: &Path) -> Result<i32> {
-    let mut store = open_store(store_dir)?;
-    let generation = store.rollback()?;
-    let action = store
-        .catalog()
-        .generation(generation)?
-        .map(|g| g.action)
-        .unwrap_or_default();
-    println!("generation {generation}: {action}");
-    Ok(exit::OK)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn digits_are_a_generation_and_anything_else_a_file() {
-        assert_eq!(
-            SwitchTarget::parse("12").unwrap(),
-            SwitchTarget::Generation(12)
-        );
-        for file in ["./12", "12.npk", "system.img", "/srv/12", "-1", "+3", "1e3"] {
-            assert_eq!(
-                SwitchTarget::parse(file).unwrap(),
-                SwitchTarget::Image(PathBuf::from(file)),
-                "{file}"
-            );
-        }
-        assert!(SwitchTarget::parse("99999999999999999999").is_err());
-    }
 }

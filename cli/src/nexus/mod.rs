@@ -24,9 +24,8 @@ use std::sync::Mutex;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
+use crate::config::{Overrides, Settings, same_dir};
 use crate::exit;
-use crate::keys::default_keys_dir;
-use crate::location::default_store_dir;
 
 /// nexus — the Nexus system builder: presents the store as /Programs, on
 /// this machine and to VM guests.
@@ -36,24 +35,39 @@ use crate::location::default_store_dir;
 /// /Programs/App/Version, and /Programs/App/Current as a link to the version
 /// `nip` made current. The mount is read-only; it shows the live generation
 /// and follows `nip add`, `remove`, `rollback` and `switch` without a remount
-/// (within about two seconds), or one fixed generation with --generation.
+/// (within about 100 ms), or one fixed generation with --generation.
 ///
 /// `nexus serve --virtio-fs SOCKET` serves the same tree to virtual machines
 /// as a vhost-user-fs (virtio-fs) device: many guests share one store.
 /// `nexus rumk run` boots a Rumk guest on it that verifies what it reads.
+/// `nexus snapshot` freezes a generation into a signed image that `nexus
+/// verify` checks and `nexus switch FILE` makes live.
 ///
-/// Exit codes: 0 success; 1 error; 2 bad command line.
+/// Settings come from flags, then the environment (NEXUS_STORE, NEXUS_KEYS),
+/// then /etc/nexus/nexus.kdl (or the file NEXUS_CONFIG or --config names),
+/// then built-in defaults; `nexus config show` lists them and their origins.
+/// With --json, an error is also printed on stdout as {"error", "causes",
+/// "exit_code"}.
+///
+/// Exit codes: 0 success; 1 error; 2 bad command line; 3 damaged or
+/// untrusted data (`nexus verify`, `nexus rumk run`).
 #[derive(Debug, Parser)]
 #[command(name = "nexus", version, about, long_about, max_term_width = 100)]
 pub struct Cli {
-    /// Store directory.
-    #[arg(long, global = true, env = "NEXUS_STORE", value_name = "DIR")]
+    /// Store directory [env: NEXUS_STORE; config: store].
+    #[arg(long, global = true, value_name = "DIR")]
     pub store: Option<PathBuf>,
 
-    /// Key store: signing keys and trusted keys, shared with `nip key`
-    /// (default STORE/keys).
-    #[arg(long, global = true, env = "NEXUS_KEYS", value_name = "DIR")]
+    /// Key store: signing keys, and the keys whose signatures are accepted
+    /// (shared by nip and nexus) [env: NEXUS_KEYS; config: keys; default:
+    /// STORE/keys].
+    #[arg(long, global = true, value_name = "DIR")]
     pub keys: Option<PathBuf>,
+
+    /// Configuration file [env: NEXUS_CONFIG; default:
+    /// /etc/nexus/nexus.kdl, if it exists].
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 
     /// Log more (-v info, -vv debug); also RUST_LOG.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -91,12 +105,19 @@ pub enum Command {
     /// mount's generation and is unmounted with it; `nexus umount DIR`
     /// removes only the index.
     ///
+    /// Without MOUNTPOINT, the system mount is made: on mount.mountpoint
+    /// of the configuration (default /Programs), with the configuration's
+    /// mount.index; the configuration's allow-other, threads, cache-mib and
+    /// log-file apply to every mount unless a flag says otherwise.
+    ///
     /// Example: nexus mount /Programs --allow-other --index /System/Index
     Mount {
-        /// An existing directory to mount on.
-        mountpoint: PathBuf,
+        /// An existing directory to mount on [default: the configuration's
+        /// mount.mountpoint, or /Programs].
+        mountpoint: Option<PathBuf>,
         /// Also mount the Index (every App's programs, libraries, headers
-        /// and data as one tree of symlinks) on DIR.
+        /// and data as one tree of symlinks) on DIR [default: the
+        /// configuration's mount.index, for a mount on mount.mountpoint].
         #[arg(long, value_name = "DIR")]
         index: Option<PathBuf>,
         /// Show generation N (see `nip history`) instead of following the
@@ -110,25 +131,28 @@ pub enum Command {
         foreground: bool,
         /// Let every user use the mount, not only the one who mounted it
         /// (a workstation's /Programs). Permissions are checked by the
-        /// kernel against each file's mode.
-        #[arg(long)]
-        allow_other: bool,
-        /// Request threads.
-        #[arg(long, default_value_t = 4, value_name = "N",
+        /// kernel against each file's mode. `--allow-other=false` overrides
+        /// the configuration [default: mount.allow-other, or false].
+        #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+              default_missing_value = "true")]
+        allow_other: Option<bool>,
+        /// Request threads [default: mount.threads, or 4].
+        #[arg(long, value_name = "N",
               value_parser = clap::value_parser!(u16).range(1..=64))]
-        threads: u16,
+        threads: Option<u16>,
         /// Mebibytes of decompressed blocks kept in memory. Once read,
         /// files are served from the kernel's page cache; this cache only
         /// spares re-decoding a block while readers work through it, so a
-        /// few blocks (1 MiB each) per concurrent reader suffice.
-        #[arg(long, default_value_t = nexus_fs::view::DEFAULT_BLOCK_CACHE_MIB, value_name = "MIB")]
-        cache_mib: u64,
+        /// few blocks (1 MiB each) per concurrent reader suffice [default:
+        /// mount.cache-mib, or 40].
+        #[arg(long, value_name = "MIB")]
+        cache_mib: Option<u64>,
         /// Write the daemon's process id to FILE once the mount is ready
         /// (removed when it exits).
         #[arg(long, value_name = "FILE")]
         pid_file: Option<PathBuf>,
-        /// Append the daemon's log to FILE (default: the daemon logs
-        /// nothing; in the foreground, logs go to stderr).
+        /// Append the daemon's log to FILE [default: mount.log-file; without
+        /// one the daemon logs nothing; in the foreground, logs go to stderr].
         #[arg(long, value_name = "FILE")]
         log_file: Option<PathBuf>,
     },
@@ -176,14 +200,15 @@ and mounts it with: mount -t virtiofs -o ro programs /Programs")]
         image: ImageArgs,
 
         /// Mebibytes of decompressed data kept in memory, shared by all
-        /// guests.
-        #[arg(long, default_value_t = 128, value_name = "MIB")]
-        cache_mib: u64,
+        /// guests [default: serve.cache-mib, or 128].
+        #[arg(long, value_name = "MIB")]
+        cache_mib: Option<u64>,
         /// Guests served at once; later ones wait until one disconnects.
         #[arg(long, default_value_t = 64, value_name = "N",
               value_parser = clap::value_parser!(u16).range(1..))]
         max_guests: u16,
-        /// Append the log to FILE instead of stderr.
+        /// Append the log to FILE instead of stderr [default:
+        /// serve.log-file].
         #[arg(long, value_name = "FILE")]
         log_file: Option<PathBuf>,
     },
@@ -203,6 +228,9 @@ and mounts it with: mount -t virtiofs -o ro programs /Programs")]
         /// Detach a busy mount now; it goes away when its last user does.
         #[arg(long)]
         lazy: bool,
+        /// JSON: {unmounted}.
+        #[arg(long)]
+        json: bool,
     },
 
     /// Signing keys and trusted keys (the same key store as `nip key`).
@@ -258,6 +286,10 @@ and mounts it with: mount -t virtiofs -o ro programs /Programs")]
         /// Output file.
         #[arg(short, long, value_name = "FILE")]
         output: PathBuf,
+        /// JSON: {file, generation, packages, bytes, counter, key: {id,
+        /// name}, root, seconds} (with --profile: as `nexus build --json`).
+        #[arg(long)]
+        json: bool,
     },
 
     /// Check an image or .npk: signature by a key trusted for its kind
@@ -284,43 +316,20 @@ and mounts it with: mount -t virtiofs -o ro programs /Programs")]
         json: bool,
     },
 
-    /// Make generation GEN, or the system in image FILE, the live one.
-    ///
-    /// One catalog transaction; every live mount then shows it within a
-    /// second, without a remount (files already open keep their bytes).
-    ///
-    /// TARGET is a generation number when it is one (digits only), even
-    /// if a file of that name exists; anything else is an image file. Name
-    /// an image file with digits only as ./12, or with --image FILE.
-    ///
-    /// An image must be signed by a key trusted for images (`nip key trust
-    /// --for images`); it is checked like `nexus verify` and imported as
-    /// exactly its packages and Current choices. One whose counter is lower
-    /// than the highest accepted in its trust domain, or equal to it with
-    /// other content, is refused unless --allow-downgrade; an expired one
-    /// unless --allow-expired. A package (.npk) is refused: add it with
-    /// `nip add`. Switching to a retained generation is always allowed.
-    ///
-    /// Examples: nexus switch 7; nexus switch system-42.img; nexus switch
-    /// --image 42
-    Switch {
-        /// A generation number (see `nip history`) or an image file.
-        #[arg(required_unless_present = "image", conflicts_with = "image")]
-        target: Option<String>,
-        /// The image file to switch to (whatever its name).
-        #[arg(long, value_name = "FILE")]
-        image: Option<PathBuf>,
-        /// Accept an image older than one already accepted in its trust
-        /// domain.
-        #[arg(long)]
-        allow_downgrade: bool,
-        /// Accept an image whose signature has expired.
-        #[arg(long)]
-        allow_expired: bool,
-    },
+    /// Make generation GEN, or the system in image FILE, the live one (the
+    /// same command as `nip switch`).
+    #[command(long_about = crate::generations::SWITCH_ABOUT)]
+    Switch(crate::generations::SwitchArgs),
 
-    /// Go back to the generation before the live one (repeat to go further).
-    Rollback,
+    /// Go back to the generation before the live one (the same command as
+    /// `nip rollback`).
+    #[command(long_about = crate::generations::ROLLBACK_ABOUT)]
+    Rollback(crate::generations::RollbackArgs),
+
+    /// The settings in force and where each came from (shared with `nip
+    /// config`).
+    #[command(subcommand)]
+    Config(crate::config_cmd::ConfigCommand),
 
     /// Show what is live and what serves it.
     ///
@@ -454,15 +463,34 @@ fn init_logging(verbose: u8, file: Option<File>) {
     }
 }
 
-/// The store directory and the key store directory the options name.
-fn store_and_keys(store: Option<PathBuf>, keys: Option<PathBuf>) -> (PathBuf, PathBuf) {
-    let store = store.unwrap_or_else(default_store_dir);
-    let keys = keys.unwrap_or_else(|| default_keys_dir(&store));
-    (store, keys)
+impl Cli {
+    /// The global options that override the configuration file.
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            config: self.config.clone(),
+            store: self.store.clone(),
+            keys: self.keys.clone(),
+        }
+    }
+}
+
+/// Opens a log file for appending.
+fn open_log(path: Option<PathBuf>) -> Result<Option<File>> {
+    path.map(|path| {
+        File::options()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening the log file {}", path.display()))
+    })
+    .transpose()
 }
 
 /// Runs a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> Result<i32> {
+    let settings = Settings::load(&cli.overrides())?;
+    let store = settings.store.value.clone();
+    let keys = settings.keys.value.clone();
     match cli.command {
         Command::Mount {
             mountpoint,
@@ -476,7 +504,23 @@ pub fn run(cli: Cli) -> Result<i32> {
             pid_file,
             log_file,
         } => {
-            let (store, keys) = store_and_keys(cli.store, cli.keys);
+            let m = &settings.mount;
+            // The configuration's Index goes with the system mount only: a
+            // second mount elsewhere (an old generation, an image) must not
+            // try to mount another Index on the same directory.
+            let system_mount = mountpoint
+                .as_deref()
+                .is_none_or(|dir| same_dir(dir, &m.mountpoint.value));
+            let mountpoint = mountpoint.unwrap_or_else(|| m.mountpoint.value.clone());
+            let index = match index {
+                Some(dir) => Some(dir),
+                None if system_mount => m.index.value.clone(),
+                None => None,
+            };
+            let allow_other = m.allow_other.clone().or_flag(allow_other, "--allow-other");
+            let threads = m.threads.clone().or_flag(threads, "--threads");
+            let cache_mib = m.cache_mib.clone().or_flag(cache_mib, "--cache-mib");
+            let log_file = m.log_file.clone().or_flag(log_file.map(Some), "--log-file");
             let image = image.request(&keys, &store)?;
             let mountpoint = serve::check_mountpoint(&mountpoint)?;
             let index = index
@@ -488,21 +532,13 @@ pub fn run(cli: Cli) -> Result<i32> {
                 mountpoint,
                 index,
                 generation,
-                allow_other,
-                threads: usize::from(threads),
-                cache_bytes: cache_mib.saturating_mul(1 << 20),
+                allow_other: allow_other.value,
+                threads: usize::from(threads.value),
+                cache_bytes: cache_mib.value.saturating_mul(1 << 20),
                 pid_file: pid_file.map(std::path::absolute).transpose()?,
                 image,
             };
-            let log = log_file
-                .map(|path| {
-                    File::options()
-                        .create(true)
-                        .append(true)
-                        .open(&path)
-                        .with_context(|| format!("opening the log file {}", path.display()))
-                })
-                .transpose()?;
+            let log = open_log(log_file.value)?;
             if foreground {
                 init_logging(cli.verbose, log);
                 serve::serve(&request, None)?;
@@ -536,16 +572,10 @@ pub fn run(cli: Cli) -> Result<i32> {
             max_guests,
             log_file,
         } => {
-            let (store, keys) = store_and_keys(cli.store, cli.keys);
-            let log = log_file
-                .map(|path| {
-                    File::options()
-                        .create(true)
-                        .append(true)
-                        .open(&path)
-                        .with_context(|| format!("opening the log file {}", path.display()))
-                })
-                .transpose()?;
+            let s = &settings.serve;
+            let cache_mib = s.cache_mib.clone().or_flag(cache_mib, "--cache-mib");
+            let log_file = s.log_file.clone().or_flag(log_file.map(Some), "--log-file");
+            let log = open_log(log_file.value)?;
             init_logging(cli.verbose, log);
             let request = virtiofs::Request {
                 store: std::path::absolute(&store)
@@ -554,15 +584,26 @@ pub fn run(cli: Cli) -> Result<i32> {
                     .with_context(|| format!("socket path {}", virtio_fs.display()))?,
                 generation,
                 image: image.request(&keys, &store)?,
-                cache_bytes: cache_mib.saturating_mul(1 << 20),
+                cache_bytes: cache_mib.value.saturating_mul(1 << 20),
                 max_guests: usize::from(max_guests),
             };
             virtiofs::serve(&request)?;
             Ok(exit::OK)
         }
-        Command::Umount { mountpoint, lazy } => {
+        Command::Umount {
+            mountpoint,
+            lazy,
+            json,
+        } => {
             init_logging(cli.verbose, None);
             mounts::umount(&mountpoint, lazy)?;
+            if json {
+                let unmounted = std::path::absolute(&mountpoint)?;
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({ "unmounted": unmounted }))?
+                );
+            }
             Ok(exit::OK)
         }
         Command::Snapshot {
@@ -573,10 +614,10 @@ pub fn run(cli: Cli) -> Result<i32> {
             force_counter,
             expires_in,
             output,
+            json,
         } => {
             init_logging(cli.verbose, None);
             let _ = generation; // clap makes --profile and --generation exclusive
-            let (store, keys) = store_and_keys(cli.store, cli.keys);
             let args = build::BuildArgs {
                 target: None,
                 profile: Some(profile),
@@ -592,7 +633,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 build_user: None,
                 cache: None,
                 threads: None,
-                json: false,
+                json,
             };
             build::run(&store, &keys, args)
         }
@@ -604,15 +645,15 @@ pub fn run(cli: Cli) -> Result<i32> {
             force_counter,
             expires_in,
             output,
+            json,
         } => {
             init_logging(cli.verbose, None);
-            let (store, keys) = store_and_keys(cli.store, cli.keys);
             let signing = image::Signing {
                 key,
                 counter: nexus_npk::CounterRequest::new(counter, force_counter),
                 expires_in,
             };
-            image::snapshot(&store, &keys, generation, &signing, &output)
+            image::snapshot(&store, &keys, generation, &signing, &output, json)
         }
         Command::Verify {
             file,
@@ -621,51 +662,32 @@ pub fn run(cli: Cli) -> Result<i32> {
             json,
         } => {
             init_logging(cli.verbose, None);
-            let (store, keys) = store_and_keys(cli.store, cli.keys);
             let allow = image::Allow {
                 downgrade: allow_downgrade,
                 expired: allow_expired,
             };
             image::verify(&store, &keys, &file, allow, json)
         }
-        Command::Switch {
-            target,
-            image,
-            allow_downgrade,
-            allow_expired,
-        } => {
+        Command::Switch(args) => {
             init_logging(cli.verbose, None);
-            let (store, keys) = store_and_keys(cli.store, cli.keys);
-            let target = match (target, image) {
-                (_, Some(file)) => image::SwitchTarget::Image(file),
-                (Some(text), None) => image::SwitchTarget::parse(&text)?,
-                (None, None) => anyhow::bail!("give a generation number or --image FILE"),
-            };
-            let allow = image::Allow {
-                downgrade: allow_downgrade,
-                expired: allow_expired,
-            };
-            image::switch(&store, &keys, target, allow)
+            crate::generations::switch(&store, &keys, args)
         }
-        Command::Rollback => {
+        Command::Rollback(args) => {
             init_logging(cli.verbose, None);
-            let (store, _) = store_and_keys(cli.store, cli.keys);
-            image::rollback(&store)
+            crate::generations::rollback(&store, args)
         }
         Command::Status { cache, json } => {
             init_logging(cli.verbose, None);
-            let (store, _) = store_and_keys(cli.store, cli.keys);
             let cache = cache.unwrap_or_else(nexus_system::fetch::default_cache_dir);
             status::run(&store, &cache, json)
         }
+        Command::Config(command) => crate::config_cmd::run(&settings, command),
         Command::Key(command) => {
             init_logging(cli.verbose, None);
-            let (_, keys) = store_and_keys(cli.store, cli.keys);
             crate::keys::run(&keys, command)
         }
         Command::Build(args) => {
             init_logging(cli.verbose, None);
-            let (store, keys) = store_and_keys(cli.store, cli.keys);
             match args.target.as_deref() {
                 Some("rumk") => rumk_build::build_rumk(&store, &keys, &args),
                 Some(other) => anyhow::bail!(
@@ -686,7 +708,6 @@ pub fn run(cli: Cli) -> Result<i32> {
             args,
         }) => {
             init_logging(cli.verbose, None);
-            let (store, keys) = store_and_keys(cli.store, cli.keys);
             let request = rumk::RunRequest {
                 store: std::path::absolute(&store)
                     .with_context(|| format!("store path {}", store.display()))?,

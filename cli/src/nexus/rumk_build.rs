@@ -16,7 +16,7 @@ use anyhow::Result;
 use nexus_store::NoProgress;
 use serde_json::json;
 
-use super::build::{BuildArgs, build_options, report, rumk_recipes_dir};
+use super::build::{BuildArgs, build_options, rumk_recipes_dir};
 use crate::exit;
 
 /// The recipe, relative to the recipes directory.
@@ -31,10 +31,7 @@ pub fn build_rumk(store: &Path, keys: &Path, args: &BuildArgs) -> Result<i32> {
         "nexus: building recipe {RECIPE} from {}",
         recipes.dir.display()
     );
-    let added = match nexus_system::build::add_recipe(&mut store, RECIPE, &options, &NoProgress) {
-        Ok(a) => a,
-        Err(e) => return report(e),
-    };
+    let added = nexus_system::build::add_recipe(&mut store, RECIPE, &options, &NoProgress)?;
     if args.json {
         println!(
             "{}",

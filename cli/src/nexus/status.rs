@@ -15,7 +15,7 @@ use nexus_store::runtime::{self, ServedRecord};
 use serde_json::{Value, json};
 
 use crate::exit;
-use crate::render::{diff_summary, human_bytes};
+use crate::human::{self, diff_summary};
 
 /// The `meta` key prefix of the image counters, one key per trust domain.
 const COUNTER_PREFIX: &str = "image_counter:";
@@ -156,14 +156,13 @@ fn to_json(s: &Status) -> Value {
 }
 
 fn print(s: &Status) {
-    let timestamp = crate::nip::timestamp;
     println!("Store {}", s.store.display());
     match &s.live {
         Some(g) => {
             println!(
                 "● generation {} (live), {}: {}",
                 g.id,
-                timestamp(g.created),
+                human::time(g.created),
                 g.action
             );
             println!(
@@ -199,7 +198,7 @@ fn print(s: &Status) {
                 r.served.kind.as_str(),
                 r.served.target.display(),
                 r.pid,
-                timestamp(r.started)
+                human::time(r.started)
             );
         }
     }
@@ -212,18 +211,18 @@ fn print(s: &Status) {
     println!(
         "Size: {} packages ({} of files) in {} generations; {} packs, {}; catalog {}",
         s.stats.packages,
-        human_bytes(s.stats.logical_bytes),
+        human::size(s.stats.logical_bytes),
         s.stats.generations,
         s.stats.packs,
-        human_bytes(s.stats.stored_bytes),
-        human_bytes(s.stats.catalog_bytes)
+        human::size(s.stats.stored_bytes),
+        human::size(s.stats.catalog_bytes)
     );
     if let Some((dir, u)) = &s.cache {
         println!(
             "Download cache: {}, {} files, {}",
             dir.display(),
             u.files,
-            human_bytes(u.bytes)
+            human::size(u.bytes)
         );
     }
 }

@@ -8,9 +8,9 @@ use nexus_store::generations::{self, DiffSizes, GenerationDiff, diff};
 use serde_json::json;
 
 use super::commands::open;
-use super::output::timestamp;
+
 use crate::exit;
-use crate::render::{diff_summary, human_bytes, signed_bytes};
+use crate::human::{self, diff_summary, signed_bytes};
 
 /// `nip diff FROM [TO]` (TO defaults to the live generation).
 pub fn show_diff(dir: &Path, from: i64, to: Option<i64>, json: bool) -> Result<i32> {
@@ -53,7 +53,7 @@ fn print_diff(d: &GenerationDiff) {
         format!(
             "{sign} {:<32} {:>12}",
             format!("{}/{}", v.name, v.version),
-            human_bytes(v.bytes)
+            human::size(v.bytes)
         )
     };
     list(
@@ -74,8 +74,8 @@ fn print_diff(d: &GenerationDiff) {
     let size = |what: &str, s: &nexus_store::generations::SizeChange| {
         println!(
             "{what:<14} {} → {} ({})",
-            human_bytes(s.before),
-            human_bytes(s.after),
+            human::size(s.before),
+            human::size(s.after),
             signed_bytes(s.delta)
         );
     };
@@ -112,7 +112,7 @@ pub fn history(dir: &Path, json: bool) -> Result<i32> {
                 "{:>5}{} {}  {:>4} packages  {}  [{summary}]",
                 g.id,
                 if Some(g.id) == live { "*" } else { " " },
-                timestamp(g.created),
+                human::time(g.created),
                 g.packages,
                 g.action
             );

@@ -9,29 +9,34 @@ use anyhow::{Context, Result, bail};
 use nexus_graft::{
     self as graft, AddOptions, ArchiveRequest, GraftError, Limits, ReadOptions, Source, Trust,
 };
-use nexus_npk::{ArchiveKind, KeyStore, Member, WriteOptions, write_archive};
+use nexus_npk::{ArchiveKind, KeyStore, Member, WriteOptions, write_archive_with_progress};
 use nexus_store::catalog::kind;
 use nexus_store::scan::SourcePolicy;
 use nexus_store::{AddDir, Store, export, gc, names, verify};
 use serde_json::json;
 
-use super::output::{file_json, kind_name, lossy, mode_string, timestamp};
+use super::output::{file_json, kind_name, lossy, mode_string};
 use super::{Cli, Command};
+use crate::config::Settings;
 use crate::epoch::{ExpiresIn, source_date_epoch};
 use crate::exit;
-use crate::keys::default_keys_dir;
-use crate::location::default_store_dir;
+use crate::human;
 use crate::progress::Bar;
 
 /// Runs a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> Result<i32> {
-    let dir = cli.store.clone().unwrap_or_else(default_store_dir);
-    let keys_dir = cli.keys.clone().unwrap_or_else(|| default_keys_dir(&dir));
+    let settings = Settings::load(&cli.overrides())?;
+    let dir = settings.store.value.clone();
+    let keys_dir = settings.keys.value.clone();
     match cli.command {
-        Command::Init => {
+        Command::Init { json } => {
             Store::init(&dir)
                 .with_context(|| format!("creating the store in {}", dir.display()))?;
-            println!("store ready in {}", dir.display());
+            if json {
+                println!("{}", serde_json::to_string_pretty(&json!({"store": dir}))?);
+            } else {
+                println!("store ready in {}", dir.display());
+            }
             Ok(exit::OK)
         }
         Command::Add {
@@ -82,11 +87,29 @@ pub fn run(cli: Cli) -> Result<i32> {
             key,
             unsigned: _,
             expires_in,
-        } => pack(&dir, &keys_dir, &spec, &output, key.as_deref(), expires_in),
+            json,
+        } => pack(
+            &dir,
+            &keys_dir,
+            &spec,
+            &output,
+            key.as_deref(),
+            expires_in,
+            json,
+        ),
         Command::Key(command) => crate::keys::run(&keys_dir, command),
-        Command::Remove { specs } => {
+        Command::Remove { specs, json } => {
             let generation = open(&dir)?.remove(&specs)?;
-            println!("removed {}; generation {generation}", specs.join(" "));
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &json!({"generation": generation, "removed": specs})
+                    )?
+                );
+            } else {
+                println!("removed {}; generation {generation}", specs.join(" "));
+            }
             Ok(exit::OK)
         }
         Command::List { generation, json } => list(&dir, generation, json),
@@ -97,22 +120,9 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Pin { generation, json } => super::pins::pin(&dir, generation, json),
         Command::Unpin { generation, json } => super::pins::unpin(&dir, generation, json),
         Command::Current { app, version, json } => super::pins::current(&dir, &app, &version, json),
-        Command::Rollback => {
-            let mut store = open(&dir)?;
-            let generation = store.rollback()?;
-            let action = store
-                .catalog()
-                .generation(generation)?
-                .map(|g| g.action)
-                .unwrap_or_default();
-            println!("generation {generation}: {action}");
-            Ok(exit::OK)
-        }
-        Command::Switch { generation } => {
-            let new = open(&dir)?.switch(generation)?;
-            println!("generation {new}: switch to {generation}");
-            Ok(exit::OK)
-        }
+        Command::Rollback(args) => crate::generations::rollback(&dir, args),
+        Command::Switch(args) => crate::generations::switch(&dir, &keys_dir, args),
+        Command::Config(command) => crate::config_cmd::run(&settings, command),
         Command::Gc {
             keep,
             older_than,
@@ -120,7 +130,8 @@ pub fn run(cli: Cli) -> Result<i32> {
             json,
         } => {
             let mut store = open(&dir)?;
-            let report = gc::collect(
+            let bar = Bar::for_stderr();
+            let report = gc::collect_with_progress(
                 &mut store,
                 gc::GcOptions {
                     keep_last: keep.unwrap_or(if older_than.is_some() { 1 } else { 10 }),
@@ -128,12 +139,15 @@ pub fn run(cli: Cli) -> Result<i32> {
                     grace: Duration::from_secs(grace),
                     ..Default::default()
                 },
-            )?;
+                &bar,
+            );
+            bar.finish();
+            let report = report?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 println!(
-                    "gc: {} generations, {} packages, {} file contents dropped; {} chunks deleted, {} newly unreferenced (kept {grace} s); {} packs deleted, {} rewritten; {} bytes freed{}",
+                    "gc: {} generations, {} packages, {} file contents dropped; {} chunks deleted, {} newly unreferenced (kept {grace} s); {} packs deleted, {} rewritten; {} freed{}",
                     report.generations_deleted,
                     report.packages_deleted,
                     report.blobs_deleted,
@@ -141,7 +155,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                     report.chunks_condemned,
                     report.packs_deleted,
                     report.packs_rewritten,
-                    report.bytes_freed,
+                    human::size(report.bytes_freed),
                     if report.debris_sweep_skipped {
                         " (an add is running: stale pack files left for next time)"
                     } else {
@@ -154,7 +168,10 @@ pub fn run(cli: Cli) -> Result<i32> {
         }
         Command::Verify { json } => {
             let mut store = open(&dir)?;
-            let report = verify::verify(&mut store)?;
+            let bar = Bar::for_stderr();
+            let report = verify::verify_with_progress(&mut store, &bar);
+            bar.finish();
+            let report = report?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -208,6 +225,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             no_same_owner,
             no_xattrs,
             preserve_privileged,
+            json,
         } => {
             let store = open(&dir)?;
             let package = store.installed(&spec)?;
@@ -216,8 +234,28 @@ pub fn run(cli: Cli) -> Result<i32> {
                 xattrs: !no_xattrs,
                 preserve_privileged,
             };
-            export::export(&store, &package, &dest, options)?;
-            println!("{spec} written to {}", dest.display());
+            let bar = Bar::for_stderr();
+            let exported = export::export_with_progress(&store, &package, &dest, options, &bar);
+            bar.finish();
+            exported?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({
+                        "spec": package.spec(),
+                        "dest": dest,
+                        "files": package.files,
+                        "bytes": package.bytes,
+                    }))?
+                );
+            } else {
+                println!(
+                    "{spec} written to {} ({} files, {})",
+                    dest.display(),
+                    package.files,
+                    human::size(package.bytes.max(0) as u64)
+                );
+            }
             Ok(exit::OK)
         }
         Command::Stats { json } => {
@@ -226,16 +264,16 @@ pub fn run(cli: Cli) -> Result<i32> {
                 println!("{}", serde_json::to_string_pretty(&stats)?);
             } else {
                 println!(
-                    "{} packages, {} files, {} logical bytes\n{} distinct contents, {} chunks ({} raw bytes)\n{} packs, {} stored bytes; catalog {} bytes; {} generations",
+                    "{} packages, {} files, {} logical\n{} distinct contents, {} chunks ({} raw)\n{} packs, {} stored; catalog {}; {} generations",
                     stats.packages,
                     stats.files,
-                    stats.logical_bytes,
+                    human::size(stats.logical_bytes),
                     stats.blobs,
                     stats.chunks,
-                    stats.chunk_raw_bytes,
+                    human::size(stats.chunk_raw_bytes),
                     stats.packs,
-                    stats.stored_bytes,
-                    stats.catalog_bytes,
+                    human::size(stats.stored_bytes),
+                    human::size(stats.catalog_bytes),
                     stats.generations
                 );
             }
@@ -280,10 +318,16 @@ fn name_from_layout(path: &Path) -> Result<(String, String)> {
     }
 }
 
-/// Directories become directory sources, anything else a package file
-/// (a missing path stays a directory, whose scan names it in the error).
+/// Directories become directory sources, anything else a package file.
 fn source(path: &Path, name: Option<(String, String)>) -> Result<Source> {
-    if std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+    let meta = std::fs::metadata(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            anyhow::anyhow!("{}: no such file or directory", path.display())
+        } else {
+            anyhow::Error::from(e).context(path.display().to_string())
+        }
+    })?;
+    if !meta.is_dir() {
         let (name, version) = name.unzip();
         return Ok(Source::Archive(ArchiveRequest {
             path: path.to_path_buf(),
@@ -293,13 +337,61 @@ fn source(path: &Path, name: Option<(String, String)>) -> Result<Source> {
     }
     let (name, version) = match name {
         Some(nv) => nv,
-        None => name_from_layout(path)?,
+        None => {
+            refuse_app_dir(path)?;
+            name_from_layout(path)?
+        }
     };
     Ok(Source::Dir(AddDir {
         path: path.to_path_buf(),
         name,
         version,
     }))
+}
+
+/// Refuses a directory that looks like an App (`hello/` holding `1.0/` and
+/// `2.0/`) where a version (`hello/1.0`) is expected: taken as App/Version
+/// it would become App `src`, version `hello`, holding both versions as
+/// plain directories.
+fn refuse_app_dir(path: &Path) -> Result<()> {
+    let versions = app_dir_versions(path)?;
+    if versions.is_empty() {
+        return Ok(());
+    }
+    let shown = |v: &String| path.join(v).display().to_string();
+    bail!(
+        "{} looks like an App directory holding versions {}: add {} (or give --name and --version to import it as one package)",
+        path.display(),
+        versions.join(", "),
+        versions.iter().map(shown).collect::<Vec<_>>().join(" ")
+    )
+}
+
+/// The version directories of `path` if it has the shape of an App
+/// directory: only directories whose names start with a digit (a version),
+/// beside at most GoboLinux's `Current` link and `Settings`/`Variable`
+/// directories; an empty list otherwise.
+fn app_dir_versions(path: &Path) -> Result<Vec<String>> {
+    const APP_EXTRAS: &[&str] = &["Current", "Settings", "Variable"];
+    let mut versions = Vec::new();
+    let entries = std::fs::read_dir(path).with_context(|| format!("reading {}", path.display()))?;
+    for entry in entries {
+        let entry = entry.with_context(|| format!("reading {}", path.display()))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            return Ok(Vec::new());
+        };
+        if APP_EXTRAS.contains(&name) {
+            continue;
+        }
+        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        if !is_dir || !name.starts_with(|c: char| c.is_ascii_digit()) {
+            return Ok(Vec::new());
+        }
+        versions.push(name.to_string());
+    }
+    versions.sort();
+    Ok(versions)
 }
 
 fn add(
@@ -373,6 +465,7 @@ fn pack(
     output: &Path,
     key: Option<&str>,
     expires_in: ExpiresIn,
+    json: bool,
 ) -> Result<i32> {
     let store = open(dir)?;
     let package = store.installed(spec)?;
@@ -380,7 +473,8 @@ fn pack(
         .map(|name| KeyStore::new(keys_dir).secret(name))
         .transpose()?;
     let created = source_date_epoch()?;
-    let written = write_archive(
+    let bar = Bar::for_stderr();
+    let written = write_archive_with_progress(
         &store,
         &[Member {
             package: &package,
@@ -394,15 +488,35 @@ fn pack(
             expires: expires_in.expires(created),
             signer: signer.as_ref(),
         },
-    )
-    .with_context(|| format!("packing {spec} into {}", output.display()))?;
+        &bar,
+    );
+    bar.finish();
+    let written = written.with_context(|| format!("packing {spec} into {}", output.display()))?;
+    if json {
+        let signer = signer
+            .as_ref()
+            .map(|s| json!({"id": s.public().id(), "name": s.name}));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "file": output,
+                "spec": package.spec(),
+                "bytes": written.bytes,
+                "blobs": written.blobs,
+                "chunks": written.chunks,
+                "tree_hash": package.tree_hash.to_hex(),
+                "signer": signer,
+            }))?
+        );
+        return Ok(exit::OK);
+    }
     let by = signer
         .map(|s| format!("signed by {} ({})", s.name, s.public().id()))
         .unwrap_or_else(|| "UNSIGNED".to_string());
     println!(
-        "{}: {spec}, {} bytes, {} file contents in {} chunks, {by}; tree {}",
+        "{}: {spec}, {}, {} file contents in {} chunks, {by}; tree {}",
         output.display(),
-        written.bytes,
+        human::size(written.bytes),
         written.blobs,
         written.chunks,
         package.tree_hash
@@ -484,8 +598,12 @@ fn info(dir: &Path, name: &str, json: bool) -> Result<i32> {
             );
             println!("  tree hash  {}", p.tree_hash);
             println!("  origin     {}", p.origin);
-            println!("  added      {}", timestamp(p.added));
-            println!("  files      {} ({} bytes)", p.files, p.bytes);
+            println!("  added      {}", human::time(p.added));
+            println!(
+                "  files      {} ({})",
+                p.files,
+                human::size(p.bytes.max(0) as u64)
+            );
         }
     }
     Ok(exit::OK)

@@ -13,7 +13,6 @@ use clap::{Parser, Subcommand};
 use crate::epoch::ExpiresIn;
 
 pub use commands::run;
-pub(crate) use output::timestamp;
 
 /// nip — the Nexus package manager.
 ///
@@ -22,19 +21,33 @@ pub(crate) use output::timestamp;
 /// Every change (add, remove, rollback, switch) is one all-or-nothing
 /// transaction that creates a new numbered generation; the highest is live.
 ///
+/// Settings come from flags, then the environment (NEXUS_STORE, NEXUS_KEYS),
+/// then /etc/nexus/nexus.kdl (or the file NEXUS_CONFIG or --config names),
+/// then built-in defaults; `nip config show` lists them and their origins.
+///
+/// Every command that changes something or that a script may read takes
+/// --json; with --json, an error is also printed on stdout as
+/// {"error", "causes", "exit_code"}.
+///
 /// Exit codes: 0 success; 1 error (nothing was changed); 2 bad command line;
 /// 3 `verify` found damaged data.
 #[derive(Debug, Parser)]
 #[command(name = "nip", version, about, long_about, max_term_width = 100)]
 pub struct Cli {
-    /// Store directory.
-    #[arg(long, global = true, env = "NEXUS_STORE", value_name = "DIR")]
+    /// Store directory [env: NEXUS_STORE; config: store].
+    #[arg(long, global = true, value_name = "DIR")]
     pub store: Option<PathBuf>,
 
-    /// Key store: signing keys and the keys whose .npk signatures are
-    /// accepted (default STORE/keys).
-    #[arg(long, global = true, env = "NEXUS_KEYS", value_name = "DIR")]
+    /// Key store: signing keys, and the keys whose signatures are accepted
+    /// (shared by nip and nexus) [env: NEXUS_KEYS; config: keys; default:
+    /// STORE/keys].
+    #[arg(long, global = true, value_name = "DIR")]
     pub keys: Option<PathBuf>,
+
+    /// Configuration file [env: NEXUS_CONFIG; default:
+    /// /etc/nexus/nexus.kdl, if it exists].
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 
     /// Log more (-v info, -vv debug); also RUST_LOG.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -45,18 +58,34 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// The global options that override the configuration file.
+    pub fn overrides(&self) -> crate::config::Overrides {
+        crate::config::Overrides {
+            config: self.config.clone(),
+            store: self.store.clone(),
+            keys: self.keys.clone(),
+        }
+    }
+}
+
 /// nip's commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create the store (does nothing if it exists).
-    Init,
+    Init {
+        /// JSON: {store}.
+        #[arg(long)]
+        json: bool,
+    },
 
     /// Import packages: directory trees and package files, all in one
     /// transaction.
     ///
     /// A directory without --name/--version must end in App/Version (the
     /// GoboLinux layout), e.g. `nip add corpus/*/*` imports a whole tree of
-    /// programs at once. A file is recognised by its content: a Debian
+    /// programs at once; an App directory holding versions (hello/ with
+    /// 1.0/ and 2.0/) is refused, naming the versions to add instead. A file is recognised by its content: a Debian
     /// .deb, an Arch/pacman .pkg.tar.{zst,xz,gz}, a pkgsrc binary .tgz,
     /// a Nix NAR (.nar, .nar.xz, .nar.zst) or a Nexus .npk; its name and
     /// version come from its own metadata (`usr/` is dropped from .deb and
@@ -138,7 +167,7 @@ pub enum Command {
         /// Accept .npk archives whose signature has expired.
         #[arg(long)]
         allow_expired: bool,
-        /// Print the outcome as JSON.
+        /// JSON: {generation, added, unchanged, seconds}.
         #[arg(long)]
         json: bool,
     },
@@ -172,6 +201,9 @@ pub enum Command {
         #[arg(long, value_name = "DURATION", default_value = "never",
               value_parser = ExpiresIn::parse)]
         expires_in: ExpiresIn,
+        /// JSON: {file, spec, bytes, blobs, chunks, tree_hash, signer: {id, name} or null}.
+        #[arg(long)]
+        json: bool,
     },
 
     /// Signing keys and trusted keys (shared with `nexus key`).
@@ -186,6 +218,9 @@ pub enum Command {
         /// NAME or NAME/VERSION.
         #[arg(required = true, value_name = "SPEC")]
         specs: Vec<String>,
+        /// JSON: {generation, removed}.
+        #[arg(long)]
+        json: bool,
     },
 
     /// List installed packages (of the current generation).
@@ -287,15 +322,13 @@ pub enum Command {
         json: bool,
     },
 
-    /// Go back: make a new generation equal to the one before the live
-    /// content. Repeat to walk further back.
-    Rollback,
+    /// Go back to the generation before the live one (repeat to go further).
+    #[command(long_about = crate::generations::ROLLBACK_ABOUT)]
+    Rollback(crate::generations::RollbackArgs),
 
-    /// Make a new generation equal to generation GEN.
-    Switch {
-        /// Generation number (see `nip history`).
-        generation: i64,
-    },
+    /// Make generation GEN, or the system in image FILE, the live one.
+    #[command(long_about = crate::generations::SWITCH_ABOUT)]
+    Switch(crate::generations::SwitchArgs),
 
     /// Delete data that no retained generation references.
     ///
@@ -372,6 +405,9 @@ pub enum Command {
         /// system.* xattrs.
         #[arg(long, conflicts_with = "no_xattrs")]
         preserve_privileged: bool,
+        /// JSON: {spec, dest, files, bytes}.
+        #[arg(long)]
+        json: bool,
     },
 
     /// Store totals: packs, chunks, stored and logical bytes.
@@ -380,6 +416,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+
+    /// The settings in force and where each came from (shared with
+    /// `nexus config`).
+    #[command(subcommand)]
+    Config(crate::config_cmd::ConfigCommand),
 }
 
 /// Parses a size: a number of bytes with an optional binary suffix (`K`,

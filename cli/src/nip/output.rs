@@ -3,28 +3,6 @@
 use nexus_store::catalog::{InodeRow, kind};
 use serde_json::{Value, json};
 
-/// Formats seconds since the epoch as `YYYY-MM-DD HH:MM:SS` UTC.
-pub fn timestamp(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 /// The `type` string of an inode.
 pub fn kind_name(k: i64) -> &'static str {
     match k {
@@ -114,9 +92,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn formats_times_and_modes() {
-        assert_eq!(timestamp(0), "1970-01-01 00:00:00");
-        assert_eq!(timestamp(1_700_000_000), "2023-11-14 22:13:20");
+    fn formats_modes() {
         assert_eq!(mode_string(kind::FILE, 0o4755), "-rwsr-xr-x");
         assert_eq!(mode_string(kind::DIR, 0o1777), "drwxrwxrwt");
     }

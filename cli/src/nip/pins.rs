@@ -9,8 +9,8 @@ use nexus_store::gc::GcReport;
 use serde_json::json;
 
 use super::commands::open;
-use super::output::timestamp;
 use crate::exit;
+use crate::human;
 
 /// `nip pin [GEN]`: pins GEN, or lists the pins.
 pub fn pin(dir: &Path, generation: Option<i64>, json: bool) -> Result<i32> {
@@ -23,7 +23,7 @@ pub fn pin(dir: &Path, generation: Option<i64>, json: bool) -> Result<i32> {
             println!("no generation is pinned");
         } else {
             for p in &pins {
-                println!("{:>5}  pinned {}", p.generation, timestamp(p.pinned));
+                println!("{:>5}  pinned {}", p.generation, human::time(p.pinned));
             }
         }
         return Ok(exit::OK);

@@ -1,28 +1,40 @@
-//! Sizes and generation changes for humans, shared by `nip` and `nexus`
-//! (`--json` output keeps exact numbers).
+//! Sizes, times and generation changes as people read them, for text
+//! output shared by `nip` and `nexus` (JSON keeps exact byte counts and
+//! seconds since the epoch).
 
+use bytesize::ByteSize;
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
 use nexus_store::generations::GenerationDiff;
 
-/// Bytes with a binary unit: `512 B`, `1.5 KiB`, `3.2 GiB`.
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
-    if bytes < 1024 {
-        return format!("{bytes} B");
+/// A byte count in binary units: `512 B`, `1.4 MiB`, `3.0 GiB`.
+pub fn size(bytes: u64) -> String {
+    ByteSize::b(bytes).display().iec().to_string()
+}
+
+/// Seconds since the epoch as `YYYY-MM-DD HH:MM:SS ZONE` in the system's
+/// time zone (`TZ`, else `/etc/localtime`).
+pub fn time(secs: i64) -> String {
+    time_in(secs, &TimeZone::system())
+}
+
+/// [`time`] in a given zone.
+pub fn time_in(secs: i64, zone: &TimeZone) -> String {
+    match Timestamp::from_second(secs) {
+        Ok(t) => t
+            .to_zoned_datetime(zone.clone())
+            .strftime("%Y-%m-%d %H:%M:%S %Z")
+            .to_string(),
+        // Out of jiff's range (years beyond ±9999): say what is stored.
+        Err(_) => format!("{secs} s after the epoch"),
     }
-    let mut value = bytes as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
 }
 
 /// A size change with its sign: `+1.5 KiB`, `-20 B`, `±0 B`.
 pub fn signed_bytes(delta: i64) -> String {
     match delta.signum() {
-        1 => format!("+{}", human_bytes(delta.unsigned_abs())),
-        -1 => format!("-{}", human_bytes(delta.unsigned_abs())),
+        1 => format!("+{}", size(delta.unsigned_abs())),
+        -1 => format!("-{}", size(delta.unsigned_abs())),
         _ => "±0 B".to_string(),
     }
 }
@@ -75,10 +87,10 @@ mod tests {
 
     #[test]
     fn sizes_read_like_people_write_them() {
-        assert_eq!(human_bytes(0), "0 B");
-        assert_eq!(human_bytes(1023), "1023 B");
-        assert_eq!(human_bytes(1536), "1.5 KiB");
-        assert_eq!(human_bytes(3 << 30), "3.0 GiB");
+        assert_eq!(size(0), "0 B");
+        assert_eq!(size(1023), "1023 B");
+        assert_eq!(size(1536), "1.5 KiB");
+        assert_eq!(size(3 << 30), "3.0 GiB");
         assert_eq!(signed_bytes(-2048), "-2.0 KiB");
         assert_eq!(signed_bytes(0), "±0 B");
     }
@@ -120,6 +132,21 @@ mod tests {
         assert_eq!(
             diff_summary(&diff),
             "2 versions added, 5 removed, 1 Current moved (+1.5 KiB)"
+        );
+    }
+
+    #[test]
+    fn times_are_shown_in_a_zone() {
+        assert_eq!(time_in(0, &TimeZone::UTC), "1970-01-01 00:00:00 UTC");
+        assert_eq!(
+            time_in(1_700_000_000, &TimeZone::UTC),
+            "2023-11-14 22:13:20 UTC"
+        );
+        let paris = TimeZone::get("Europe/Paris").unwrap();
+        assert_eq!(time_in(1_700_000_000, &paris), "2023-11-14 23:13:20 CET");
+        assert_eq!(
+            time_in(i64::MAX, &TimeZone::UTC),
+            format!("{} s after the epoch", i64::MAX)
         );
     }
 }
