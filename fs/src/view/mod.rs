@@ -185,19 +185,12 @@ impl View {
         }
     }
 
-    /// The generations a running daemon of this view serves: the one shown
-    /// first, then the one shown before while its names still resolve. A
-    /// daemon publishes them as its runtime root; gc keeps them.
+    /// The generation a running daemon of this view serves (none for an
+    /// empty store). A daemon publishes it as its runtime root; gc keeps
+    /// it. (What a program still reads of an older one is kept through
+    /// [`View::held_packages`].)
     pub fn served_generations(&self) -> Vec<i64> {
-        let mut generations: Vec<i64> = Vec::new();
-        self.namespace.with_trees(|tree| {
-            if let Some(id) = tree.id
-                && !generations.contains(&id)
-            {
-                generations.push(id);
-            }
-        });
-        generations
+        self.generation().into_iter().collect()
     }
 
     /// The packages some client of this view still holds an inode of
