@@ -204,16 +204,6 @@ impl PendingCommit<'_> {
     }
 }
 
-/// Commits `packages` and the content `batch` in one transaction, adding
-/// them to the live set.
-pub fn commit_packages(
-    catalog: &mut Catalog,
-    packages: &[StagedPackage],
-    batch: &ContentBatch,
-) -> Result<CommitOutcome> {
-    commit_with(catalog, packages, batch, &Membership::Add)
-}
-
 /// Commits `packages` and the content `batch` in one transaction; the new
 /// generation's members follow `membership`.
 pub fn commit_with(

@@ -21,7 +21,7 @@ use rusqlite::{OptionalExtension, TransactionBehavior};
 
 use crate::catalog::{Catalog, InodeRow, PackageRow, kind};
 use crate::commit::{CommitOutcome, Membership, StagedPackage, commit_with};
-use crate::dirs::{ScannedDir, scan_dirs, stage_dirs};
+use crate::dirs::DirSet;
 use crate::error::{Result, StoreError};
 use crate::generations;
 use crate::ingest::{ContentBatch, FileContent, Session, run_session};
@@ -250,19 +250,16 @@ impl Store {
         // fails at once rather than after the content was stored.
         check_specs(dirs.iter().map(|d| (d.name.as_str(), d.version.as_str())))?;
         progress.phase("scanning");
-        let scanned = scan_dirs(
+        let set = DirSet::scan(
             dirs,
             ScanOptions {
                 skip_special: options.skip_special,
                 policy: options.policy,
             },
         )?;
-        let total: u64 = scanned.iter().map(ScannedDir::content_bytes).sum();
-        let files: usize = scanned.iter().map(|d| d.scanned.sources.len()).sum();
         self.add_staged_with(options.threads, progress, |session| {
-            progress.start(total, files as u64);
-            let advance = |n: u64| progress.advance(n);
-            stage_dirs(session, &scanned, options.threads, &advance)
+            progress.start(set.content_bytes(), set.files());
+            set.stage(session, options.threads, &|n| progress.advance(n))
         })
     }
 
