@@ -330,7 +330,7 @@ fn stage_archive(
     let version = request.version.clone().unwrap_or(package.version);
     let invalid = |e: StoreError| GraftError::Package {
         file: path.clone(),
-        problem: Problem::Metadata(format!("{e} (give --name/--version)")),
+        problem: Problem::Naming(e.to_string()),
     };
     names::check_name(&name).map_err(invalid)?;
     names::check_version(&version).map_err(invalid)?;

@@ -172,7 +172,7 @@ fn write_to(
         });
         if packages.last().map(|p| p.tree_hash) != Some(m.package.tree_hash) {
             return Err(StoreError::Invalid(format!(
-                "{}: its stored tree no longer matches its tree hash (run `nip verify`)",
+                "{}: its stored tree no longer matches its tree hash",
                 m.package.spec()
             ))
             .into());
