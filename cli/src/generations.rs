@@ -30,7 +30,8 @@ pub enum SwitchTarget {
 
 /// Digits only: a generation number, whatever files exist (a file named
 /// `12` in the current directory must not turn `switch 12` into importing
-/// it). Anything else: an image file (`./12` names a file called `12`).
+/// it). Anything else: an existing image file (`./12` names a file called
+/// `12`); neither is a usage error.
 fn parse_target(text: &str) -> Result<SwitchTarget, String> {
     if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
         return text
@@ -38,7 +39,13 @@ fn parse_target(text: &str) -> Result<SwitchTarget, String> {
             .map(SwitchTarget::Generation)
             .map_err(|_| format!("generation {text} is out of range"));
     }
-    Ok(SwitchTarget::Image(PathBuf::from(text)))
+    let path = PathBuf::from(text);
+    if path.is_file() {
+        return Ok(SwitchTarget::Image(path));
+    }
+    Err(format!(
+        "{text:?} is neither a generation number (digits; see `nip history`) nor an image file"
+    ))
 }
 
 /// `switch`'s arguments (`nip switch`, and its alias `nexus switch`).
@@ -228,15 +235,24 @@ mod tests {
 
     #[test]
     fn digits_are_a_generation_and_anything_else_a_file() {
-        // Whatever files exist: the parser never looks at the disk.
+        // Digits are a generation whatever files exist.
         assert_eq!(parse_target("12"), Ok(SwitchTarget::Generation(12)));
-        for file in ["./12", "12.npk", "system.img", "/srv/12", "-1", "+3", "1e3"] {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["12", "12.npk", "system.img", "-1", "+3", "1e3"] {
+            let file = dir.path().join(name);
+            std::fs::write(&file, b"x").unwrap();
+            let text = file.to_str().unwrap();
             assert_eq!(
-                parse_target(file),
-                Ok(SwitchTarget::Image(PathBuf::from(file))),
-                "{file}"
+                parse_target(text),
+                Ok(SwitchTarget::Image(file.clone())),
+                "{text}"
             );
         }
+        assert!(parse_target("not-a-number").is_err(), "no such file");
+        assert!(
+            parse_target(dir.path().to_str().unwrap()).is_err(),
+            "a directory"
+        );
         assert!(parse_target("99999999999999999999").is_err());
     }
 }

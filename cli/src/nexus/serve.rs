@@ -180,6 +180,11 @@ pub fn serve(request: &Request, ready: Option<&mut Ready>) -> Result<()> {
     let index = index.map(|i| i.serve()).transpose()?;
     // The main mount's kernel caches, then the index's, follow the view.
     let mut followers: Vec<Box<dyn Follower>> = vec![Box::new(mounted.invalidator())];
+    // Names of what the view no longer shows are dropped from the kernel
+    // once unused, so that gc can take them.
+    if let Some(reaper) = mounted.reaper(view.clone()) {
+        followers.push(Box::new(reaper));
+    }
     if let Some(index) = &index {
         followers.push(Box::new(index.follower()));
     }

@@ -173,16 +173,22 @@ impl View {
         self.clients.register()
     }
 
-    /// Counts one more lookup of `entry` by `client` (a LOOKUP reply, a
-    /// READDIRPLUS entry other than `.` and `..`): while the client holds
+    /// Counts one more lookup of `entry`, found in directory `parent`, by
+    /// `client` (a LOOKUP reply, a READDIRPLUS entry other than `.` and
+    /// `..`): while the client holds
     /// a package inode, its package stays readable (see
     /// [`View::runtime_packages`]).
-    pub fn looked_up(&self, client: &Lookups, entry: &Entry) {
+    pub fn looked_up(&self, client: &Lookups, parent: u64, entry: &Entry) {
         if let Some(Node::Package(id)) = Node::from_ino(entry.attr.ino)
             && let Ok(row) = self.inode(id)
         {
-            client.add(entry.attr.ino, row.package);
+            client.add(entry.attr.ino, row.package, parent, &entry.name);
         }
+    }
+
+    /// The packages of the generation shown.
+    pub fn shown_packages(&self) -> std::collections::HashSet<i64> {
+        self.tree().packages.clone()
     }
 
     /// The generation a running daemon of this view serves (none for an
