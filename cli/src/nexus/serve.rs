@@ -10,6 +10,7 @@ use nexus_fs::{GenerationChoice, ViewOptions};
 use nexus_store::runtime::ServedKind;
 
 use super::daemon::Ready;
+use super::sandbox::{self, Confinement, Daemon, SandboxArgs};
 use super::{index, runtime_root, signals};
 
 /// What `nexus mount` was asked for, with absolute paths.
@@ -33,6 +34,8 @@ pub struct Request {
     pub pid_file: Option<PathBuf>,
     /// Serve this signed image instead of the store (`--image`).
     pub image: Option<ImageRequest>,
+    /// The sandbox's switches.
+    pub sandbox: SandboxArgs,
 }
 
 /// An image to serve in place, the keys its signature must be by, and the
@@ -171,10 +174,33 @@ pub fn serve(request: &Request, ready: Option<&mut Ready>) -> Result<()> {
     // The index first: its links lead into the main mount.
     let mut unmounters: Vec<_> = index.iter_mut().map(|i| i.unmounter()).collect();
     unmounters.push(mounted.unmounter());
-    signals::unmount_on_termination(unmounters)?;
+    let mut mounts: Vec<PathBuf> = request.index.iter().cloned().collect();
+    mounts.push(request.mountpoint.clone());
     if let Some(pid_file) = &request.pid_file {
         write_pid_file(pid_file).with_context(|| format!("writing {}", pid_file.display()))?;
     }
+    let image = request
+        .image
+        .as_ref()
+        .zip(_scratch.as_ref())
+        .map(|(image, scratch)| (image.path.as_path(), scratch.path()));
+    let confined = sandbox::confine(&Confinement {
+        args: &request.sandbox,
+        daemon: Daemon::Mount,
+        store: &store_dir,
+        records: served.is_some(),
+        image,
+        mounts,
+        socket: None,
+        pid_file: request.pid_file.as_deref(),
+        log_dir: None,
+    })
+    .inspect_err(|_| {
+        if let Some(pid_file) = &request.pid_file {
+            let _ = std::fs::remove_file(pid_file);
+        }
+    })?;
+    signals::unmount_on_termination(confined.unmounters(unmounters))?;
     // Only once nothing else can fail: an early error return would leave the
     // index thread serving after the main mount is gone.
     let index = index.map(|i| i.serve()).transpose()?;
@@ -214,11 +240,12 @@ pub fn serve(request: &Request, ready: Option<&mut Ready>) -> Result<()> {
     let served = mounted.run().context("serving the mount");
     drop(following);
     if let Some(index) = index {
+        // Confined, the index's own unmount would be refused.
+        confined.unmount_remaining();
         index.stop();
     }
-    if let Some(pid_file) = &request.pid_file {
-        let _ = std::fs::remove_file(pid_file);
-    }
+    // Removes the pid file (confined, through the keeper).
+    drop(confined);
     tracing::info!("{} is unmounted", request.mountpoint.display());
     served
 }
