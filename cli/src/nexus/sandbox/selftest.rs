@@ -97,7 +97,7 @@ pub(super) fn run(out: &mut File, c: &Confinement) {
     });
     report(out, "connect-unix", {
         let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-        let result = if fd < 0 {
+        if fd < 0 {
             outcome(fd.into())
         } else {
             let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
@@ -115,8 +115,7 @@ pub(super) fn run(out: &mut File, c: &Confinement) {
             let result = outcome(rc.into());
             unsafe { libc::close(fd) };
             result
-        };
-        result
+        }
     });
     report(out, "fork", {
         let pid = unsafe { libc::fork() };
