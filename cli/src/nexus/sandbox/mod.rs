@@ -12,11 +12,11 @@
 //! - **Capabilities**: as root, exactly `CAP_DAC_READ_SEARCH` (to read the
 //!   store, which is private to root, as new packs appear) and
 //!   `CAP_DAC_OVERRIDE` (to write its runtime record in root's `STORE/run`
-//!   and the catalog's `-wal`/`-shm`), effective and permitted; nothing
+//!   and the catalog's `-shm`), effective and permitted; nothing
 //!   inheritable, ambient or in the bounding set beyond them. Landlock
 //!   confines what the two reach to exactly those paths. Otherwise none.
-//! - **Landlock** ([`rules`]): read the catalog and the packs; read and
-//!   write the catalog's `-wal` and `-shm`; create, write and remove files
+//! - **Landlock** ([`rules`]): read the catalog, its `-wal` and the
+//!   packs; read and write the WAL index (`-shm`); create, write and remove files
 //!   (and bind sockets) in `STORE/run`; read, write and ioctl `/dev/fuse`
 //!   (a FUSE mount reopens it per request thread); for an image, read the
 //!   image and use its scratch store. Nothing else, no TCP, no abstract
@@ -459,16 +459,15 @@ fn landlock_rules(c: &Confinement) -> Vec<Rule> {
             grant: Grant::Read,
         },
     ];
-    for suffix in ["-wal", "-shm"] {
+    // The WAL is only read (its writers are nip's); the WAL index is
+    // written by every reader (its read marks and locks). Both exist while
+    // any connection is open, as the daemon's are.
+    for (suffix, grant) in [("-wal", Grant::Read), ("-shm", Grant::ReadWrite)] {
         let mut name = OsStr::new(nexus_store::store::CATALOG_FILE).to_os_string();
         name.push(suffix);
         let path = store.join(name);
-        // They exist while any connection is open, as the daemon's are.
         if path.exists() {
-            rules.push(Rule {
-                path,
-                grant: Grant::ReadWrite,
-            });
+            rules.push(Rule { path, grant });
         }
     }
     if c.records {

@@ -67,6 +67,13 @@ pub(super) fn run(out: &mut File, c: &Confinement) {
         open(Path::new("/etc/shadow"), libc::O_RDONLY),
     );
     report(out, "write-catalog", open(&catalog, libc::O_WRONLY));
+    let mut wal = catalog.clone().into_os_string();
+    wal.push("-wal");
+    report(
+        out,
+        "write-catalog-wal",
+        open(Path::new(&wal), libc::O_WRONLY),
+    );
     report(
         out,
         "create-in-store",
