@@ -206,9 +206,15 @@ fn assert_selftest(report: &Path) {
 /// A store with a real Debian package (hello) and a small directory
 /// package `demo/1`.
 fn store_with_packages(scratch: &Scratch) -> Store {
-    let store = Store::init();
+    let store = demo_store(scratch);
     let debs = fetch_debs(&["hello"]);
     store.ok([OsString::from("add"), debs[0].clone().into_os_string()]);
+    store
+}
+
+/// A store with only `demo/1`.
+fn demo_store(scratch: &Scratch) -> Store {
+    let store = Store::init();
     add_demo(&store, scratch, "1");
     store
 }
@@ -312,8 +318,7 @@ fn a_daemon_killed_outright_leaves_no_dead_mount() {
         return;
     }
     let scratch = Scratch::new("sandbox-killed");
-    let store = Store::init();
-    add_demo(&store, &scratch, "1");
+    let store = demo_store(&scratch);
     let mount = Mount::start(store.path(), &scratch.join("mnt"), &[]);
     let keeper = keeper_of(mount.pid());
     // SAFETY: plain kill(2) of the daemon this test started.
@@ -332,8 +337,7 @@ fn no_sandbox_serves_unconfined_and_says_so_loudly() {
         return;
     }
     let scratch = Scratch::new("sandbox-off");
-    let store = Store::init();
-    add_demo(&store, &scratch, "1");
+    let store = demo_store(&scratch);
     let mount = Mount::start(store.path(), &scratch.join("mnt"), &["--no-sandbox"]);
     let s = status(mount.pid(), mount.pid());
     assert_eq!(s["Seccomp"], "0");
@@ -380,8 +384,7 @@ fn the_virtio_fs_daemon_serves_confined_and_accepts_new_guests() {
         return;
     }
     let scratch = Scratch::new("sandbox-virtiofs");
-    let store = Store::init();
-    add_demo(&store, &scratch, "1");
+    let store = demo_store(&scratch);
     let report = scratch.join("selftest");
     let server = Server::start(
         store.path(),
@@ -441,8 +444,7 @@ fn the_socket_is_private_unless_a_group_is_let_in() {
         return;
     }
     let scratch = Scratch::new("sandbox-socket");
-    let store = Store::init();
-    add_demo(&store, &scratch, "1");
+    let store = demo_store(&scratch);
 
     let server = Server::start(store.path(), &[]);
     let meta = fs::symlink_metadata(server.socket()).unwrap();

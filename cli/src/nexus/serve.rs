@@ -179,22 +179,18 @@ pub fn serve(request: &Request, ready: Option<&mut Ready>) -> Result<()> {
     if let Some(pid_file) = &request.pid_file {
         write_pid_file(pid_file).with_context(|| format!("writing {}", pid_file.display()))?;
     }
-    let image = request
-        .image
-        .as_ref()
-        .zip(_scratch.as_ref())
-        .map(|(image, scratch)| (image.path.as_path(), scratch.path()));
-    let confined = sandbox::confine(&Confinement {
-        args: &request.sandbox,
-        daemon: Daemon::Mount,
-        store: &store_dir,
-        records: served.is_some(),
-        image,
-        mounts,
-        socket: None,
-        pid_file: request.pid_file.as_deref(),
-        log_dir: None,
-    })
+    let confined = sandbox::confine(
+        &Confinement {
+            records: served.is_some(),
+            mounts,
+            pid_file: request.pid_file.as_deref(),
+            ..Confinement::new(&request.sandbox, Daemon::Mount, &store_dir)
+        }
+        .serving_image(
+            request.image.as_ref().map(|i| i.path.as_path()),
+            _scratch.as_ref().map(|s| s.path()),
+        ),
+    )
     .inspect_err(|_| {
         if let Some(pid_file) = &request.pid_file {
             let _ = std::fs::remove_file(pid_file);

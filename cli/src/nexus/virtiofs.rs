@@ -70,22 +70,17 @@ pub fn serve(request: &Request) -> Result<()> {
         .transpose()?;
     let socket = nexus_virtiofs::bind(&request.socket, &request.socket_options)
         .with_context(|| format!("serving on {}", request.socket.display()))?;
-    let image = request
-        .image
-        .as_ref()
-        .zip(_scratch.as_ref())
-        .map(|(image, scratch)| (image.path.as_path(), scratch.path()));
-    let confined = sandbox::confine(&Confinement {
-        args: &request.sandbox,
-        daemon: Daemon::VirtioFs,
-        store: &store_dir,
-        records: served.is_some(),
-        image,
-        mounts: Vec::new(),
-        socket: Some(&socket),
-        pid_file: None,
-        log_dir: None,
-    })?;
+    let confined = sandbox::confine(
+        &Confinement {
+            records: served.is_some(),
+            socket: Some(&socket),
+            ..Confinement::new(&request.sandbox, Daemon::VirtioFs, &store_dir)
+        }
+        .serving_image(
+            request.image.as_ref().map(|i| i.path.as_path()),
+            _scratch.as_ref().map(|s| s.path()),
+        ),
+    )?;
     let record = served.as_ref().map(|s| s.root());
     signals::exit_on_termination(move || {
         if let Some(record) = record {

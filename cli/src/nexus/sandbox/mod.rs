@@ -190,6 +190,33 @@ pub struct Confinement<'a> {
     pub log_dir: Option<&'a Path>,
 }
 
+impl<'a> Confinement<'a> {
+    /// A daemon reading `store` (no record, image, mounts, socket, pid
+    /// file or log directory: set those that apply).
+    pub fn new(args: &'a SandboxArgs, daemon: Daemon, store: &'a Path) -> Confinement<'a> {
+        Confinement {
+            args,
+            daemon,
+            store,
+            records: false,
+            image: None,
+            mounts: Vec::new(),
+            socket: None,
+            pid_file: None,
+            log_dir: None,
+        }
+    }
+
+    /// Serving `image` through the scratch store in `scratch`, when both
+    /// are given.
+    pub fn serving_image(self, image: Option<&'a Path>, scratch: Option<&'a Path>) -> Self {
+        Confinement {
+            image: image.zip(scratch),
+            ..self
+        }
+    }
+}
+
 /// Something that unmounts one mount (e.g. on SIGTERM).
 pub trait Unmount: Send {
     /// Unmounts; a busy mount is detached.
