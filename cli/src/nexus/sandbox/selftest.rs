@@ -160,6 +160,20 @@ pub(super) fn run(out: &mut File, c: &Confinement) {
             .into()
         }),
     );
+    // With CAP_DAC_READ_SEARCH, open_by_handle_at would open any file of
+    // the host by its handle, around Landlock's paths ("shocker").
+    report(
+        out,
+        "open-by-handle",
+        outcome(unsafe {
+            libc::syscall(
+                libc::SYS_open_by_handle_at,
+                libc::AT_FDCWD,
+                std::ptr::null::<u8>(),
+                libc::O_RDONLY,
+            )
+        }),
+    );
     report(
         out,
         "setuid-root",

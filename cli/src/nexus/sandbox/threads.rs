@@ -18,7 +18,12 @@
 //!
 //! The handler makes raw system calls only (async-signal-safe: it may
 //! interrupt a thread holding any lock), and the step it applies is plain
-//! data prepared beforehand.
+//! data prepared beforehand. A thread that blocks the signal (the highest
+//! real-time one) cannot be confined: the daemon then refuses to serve,
+//! naming it. Each thread gets a Landlock domain of its own (the same
+//! rules): Landlock's signal scope lets threads of one process signal
+//! each other whatever their domains (on kernels with the fix that allows
+//! it), and nothing in the daemon signals another thread anyway.
 
 use std::collections::HashSet;
 use std::io;
