@@ -135,8 +135,8 @@ pub fn serve(request: &Request, ready: Option<&mut Ready>) -> Result<()> {
         connections: request.threads + 1,
     };
     // An image is served through a scratch store describing it (removed
-    // when serving ends and `_scratch` drops).
-    let (store_dir, _scratch) = match &request.image {
+    // when serving ends and `scratch` drops).
+    let (store_dir, scratch) = match &request.image {
         Some(image) => {
             let (dir, guard) = adopt_image(image)?;
             (dir, Some(guard))
@@ -188,7 +188,7 @@ pub fn serve(request: &Request, ready: Option<&mut Ready>) -> Result<()> {
         }
         .serving_image(
             request.image.as_ref().map(|i| i.path.as_path()),
-            _scratch.as_ref().map(|s| s.path()),
+            scratch.as_ref().map(|s| s.path()),
         ),
     )
     .inspect_err(|_| {
@@ -240,7 +240,9 @@ pub fn serve(request: &Request, ready: Option<&mut Ready>) -> Result<()> {
         confined.unmount_remaining();
         index.stop();
     }
-    // Removes the pid file (confined, through the keeper).
+    // The image's scratch store, then (confined, through the keeper, which
+    // may remove the emptied directory) the pid file.
+    drop(scratch);
     drop(confined);
     tracing::info!("{} is unmounted", request.mountpoint.display());
     served

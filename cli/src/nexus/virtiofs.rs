@@ -48,8 +48,8 @@ pub fn serve(request: &Request) -> Result<()> {
         connections: request.max_guests.clamp(1, 8) + 1,
     };
     // An image is served through a scratch store describing it (removed
-    // when serving ends and `_scratch` drops), as `nexus mount --image`.
-    let (store_dir, _scratch) = match &request.image {
+    // when serving ends and `scratch` drops), as `nexus mount --image`.
+    let (store_dir, scratch) = match &request.image {
         Some(image) => {
             let (dir, guard) = super::serve::adopt_image(image)?;
             (dir, Some(guard))
@@ -78,7 +78,7 @@ pub fn serve(request: &Request) -> Result<()> {
         }
         .serving_image(
             request.image.as_ref().map(|i| i.path.as_path()),
-            _scratch.as_ref().map(|s| s.path()),
+            scratch.as_ref().map(|s| s.path()),
         ),
     )?;
     let record = served.as_ref().map(|s| s.root());
@@ -86,6 +86,9 @@ pub fn serve(request: &Request) -> Result<()> {
         if let Some(record) = record {
             record.withdraw();
         }
+        // The image's scratch store, emptied here; its directory and the
+        // socket are removed by `finish` (confined, by the keeper).
+        drop(scratch);
         confined.finish();
     })?;
     // Guests get no invalidations: what they cached of the old generation
