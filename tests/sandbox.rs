@@ -22,7 +22,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nexus_integration_tests::fixtures::{Scratch, write_file};
-use nexus_integration_tests::nexus::{alive, is_mounted, wait_for};
+use nexus_integration_tests::nexus::{alive, is_mounted, nexus, show, wait_for};
 use nexus_integration_tests::vm::Server;
 use nexus_integration_tests::{Mount, Store, fetch_debs, is_root, nexus_bin};
 
@@ -490,4 +490,35 @@ fn the_socket_is_private_unless_a_group_is_let_in() {
         )
         .contains("bits beyond")
     );
+}
+
+/// The sandbox user must exist and must not be root; the daemon then
+/// refuses to mount at all (nothing is left mounted).
+#[test]
+fn the_sandbox_user_must_exist_and_not_be_root() {
+    if !root_or_skip("the_sandbox_user_must_exist_and_not_be_root") {
+        return;
+    }
+    let scratch = Scratch::new("sandbox-user");
+    let store = demo_store(&scratch);
+    let point = scratch.join("mnt");
+    fs::create_dir(&point).unwrap();
+    for (user, says) in [("no-such-user-here", "no such user"), ("root", "is root")] {
+        let out = nexus(
+            store.path(),
+            [
+                "mount".as_ref(),
+                point.as_os_str(),
+                "--sandbox-user".as_ref(),
+                user.as_ref(),
+            ],
+        );
+        assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(says),
+            "{}",
+            show(&out)
+        );
+        assert!(!is_mounted(&point), "a refused daemon left its mount");
+    }
 }
