@@ -56,11 +56,14 @@
 //!   appended to (so give logs a directory of their own).
 //! - `--no-sandbox` turns all of this off, loudly, for debugging.
 
+mod args;
 mod filter;
 mod keeper;
+mod mountinfo;
 mod rules;
 mod selftest;
 mod threads;
+mod user;
 
 use std::ffi::{CString, OsStr};
 use std::io::{self, Write};
@@ -72,6 +75,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use nexus_fs::fuse::{Unmounted, Unmounter};
 
+pub use args::{SandboxArgs, SocketArgs};
 use keeper::{Fusermount, KeeperPlan, KeptFile, KeptMount};
 use rules::{Grant, Rule};
 
@@ -81,81 +85,6 @@ const CAP_DAC_OVERRIDE: u64 = 1 << 1;
 const CAP_DAC_READ_SEARCH: u64 = 1 << 2;
 /// `CAP_SYS_ADMIN`.
 const CAP_SYS_ADMIN: u64 = 1 << 21;
-
-/// The sandbox user when `--sandbox-user` is not given, if it exists.
-const DEFAULT_USER: &str = "nexus";
-/// The sandbox user when [`DEFAULT_USER`] does not exist.
-const FALLBACK_USER: &str = "nobody";
-
-/// The command-line switches of the sandbox, shared by `nexus mount` and
-/// `nexus serve`.
-#[derive(clap::Args, Clone, Debug, Default)]
-pub struct SandboxArgs {
-    /// Serve without the sandbox, as root with every capability (for
-    /// debugging only: the daemon then parses requests, a VM guest's
-    /// included, with full privileges; this is logged as a warning).
-    #[arg(long)]
-    pub no_sandbox: bool,
-    /// The user a daemon started as root serves as once confined
-    /// [default: nexus if that user exists, else nobody].
-    #[arg(long, value_name = "USER", conflicts_with = "no_sandbox")]
-    pub sandbox_user: Option<String>,
-    /// Test hook: after confining, try what the sandbox forbids and write
-    /// what happened to FILE (JSON lines), then serve as usual.
-    #[arg(long, value_name = "FILE", hide = true, conflicts_with = "no_sandbox")]
-    pub sandbox_selftest: Option<PathBuf>,
-}
-
-/// Who may connect to the vhost-user socket.
-#[derive(clap::Args, Clone, Debug, Default)]
-pub struct SocketArgs {
-    /// The socket's permissions, in octal: 600 lets only the daemon's
-    /// user (root) connect; 660 with --socket-group lets a QEMU running
-    /// as a member of that group connect too [default: 600].
-    #[arg(long, value_name = "MODE", value_parser = parse_mode)]
-    pub socket_mode: Option<u32>,
-    /// The socket's group (a name or a number).
-    #[arg(long, value_name = "GROUP")]
-    pub socket_group: Option<String>,
-}
-
-fn parse_mode(text: &str) -> Result<u32, String> {
-    let mode = u32::from_str_radix(text, 8)
-        .map_err(|_| format!("{text:?} is not an octal mode such as 600 or 660"))?;
-    if mode & !0o777 != 0 {
-        return Err(format!(
-            "{text:?} has bits beyond the permissions (rwx for user, group, others)"
-        ));
-    }
-    Ok(mode)
-}
-
-impl SocketArgs {
-    /// How the socket is created.
-    pub fn options(&self) -> Result<nexus_virtiofs::SocketOptions> {
-        let group = self
-            .socket_group
-            .as_deref()
-            .map(|name| {
-                let found = match name.parse::<u32>() {
-                    Ok(gid) => nix::unistd::Group::from_gid(gid.into()),
-                    Err(_) => nix::unistd::Group::from_name(name),
-                };
-                match found {
-                    Ok(Some(group)) => Ok(group.gid.as_raw()),
-                    Ok(None) => bail!("--socket-group {name}: no such group"),
-                    Err(e) => bail!("--socket-group {name}: {e}"),
-                }
-            })
-            .transpose()?;
-        Ok(nexus_virtiofs::SocketOptions {
-            mode: self
-                .socket_mode
-                .unwrap_or(nexus_virtiofs::SocketOptions::default().mode),
-            group,
-        })
-    }
-}
 
 /// Which daemon confines itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -356,7 +285,7 @@ pub fn confine(confinement: &Confinement) -> Result<Confined> {
     }
     let root = is_root();
     let identity = root
-        .then(|| sandbox_user(confinement.args.sandbox_user.as_deref()))
+        .then(|| user::sandbox_user(confinement.args.sandbox_user.as_deref()))
         .transpose()?;
     let keep_caps = if root {
         CAP_DAC_READ_SEARCH | CAP_DAC_OVERRIDE
@@ -424,44 +353,6 @@ pub fn confine(confinement: &Confinement) -> Result<Confined> {
         mounts: confinement.mounts.len(),
         socket,
         pid_file: confinement.pid_file.map(Path::to_path_buf),
-    })
-}
-
-/// The sandbox user.
-struct SandboxUser {
-    name: String,
-    uid: libc::uid_t,
-    gid: libc::gid_t,
-}
-
-fn sandbox_user(asked: Option<&str>) -> Result<SandboxUser> {
-    let lookup = |name: &str| {
-        nix::unistd::User::from_name(name).with_context(|| format!("looking up the user {name}"))
-    };
-    let user = match asked {
-        Some(name) => {
-            lookup(name)?.with_context(|| format!("--sandbox-user {name}: no such user"))?
-        }
-        None => match lookup(DEFAULT_USER)? {
-            Some(user) => user,
-            None => lookup(FALLBACK_USER)?.with_context(|| {
-                format!(
-                    "neither a {DEFAULT_USER} nor a {FALLBACK_USER} user exists to serve as: \
-                     name one with --sandbox-user"
-                )
-            })?,
-        },
-    };
-    if user.uid.is_root() {
-        bail!(
-            "the sandbox user {} is root: choose an unprivileged one with --sandbox-user",
-            user.name
-        );
-    }
-    Ok(SandboxUser {
-        name: user.name,
-        uid: user.uid.as_raw(),
-        gid: user.gid.as_raw(),
     })
 }
 
@@ -541,7 +432,7 @@ fn keeper_plan(c: &Confinement, root: bool, last_cap: u32) -> Result<KeeperPlan>
         .map(|path| {
             Ok(KeptMount {
                 path: cstring(path)?,
-                dev: mount_device(path)?,
+                dev: mountinfo::mount_device(path)?,
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -602,77 +493,4 @@ fn find_program(names: &[&str]) -> Option<PathBuf> {
             .map(|dir| dir.join(name))
             .find(|p| p.is_file())
     })
-}
-
-/// The device number of the file system mounted at `path` (the topmost
-/// mount there), from `/proc/self/mountinfo`: reading it asks nothing of
-/// the FUSE server, which does not serve yet.
-fn mount_device(path: &Path) -> Result<(u32, u32)> {
-    let table = std::fs::read("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
-    let wanted = path.as_os_str().as_bytes();
-    let mut found = None;
-    for line in table.split(|&b| b == b'\n') {
-        let fields: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
-        let (Some(dev), Some(point)) = (fields.get(2), fields.get(4)) else {
-            continue;
-        };
-        if unescape_mountinfo(point) != wanted {
-            continue;
-        }
-        let dev = std::str::from_utf8(dev).ok().and_then(|d| {
-            let (major, minor) = d.split_once(':')?;
-            Some((major.parse().ok()?, minor.parse().ok()?))
-        });
-        if dev.is_some() {
-            found = dev;
-        }
-    }
-    found.with_context(|| format!("{} is not a mount point", path.display()))
-}
-
-/// A mountinfo field with its octal escapes (`\040` for a space) decoded.
-fn unescape_mountinfo(field: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(field.len());
-    let mut i = 0;
-    while i < field.len() {
-        if field[i] == b'\\'
-            && let Some(digits) = field.get(i + 1..i + 4)
-            && let Ok(text) = std::str::from_utf8(digits)
-            && let Ok(byte) = u8::from_str_radix(text, 8)
-        {
-            out.push(byte);
-            i += 4;
-            continue;
-        }
-        out.push(field[i]);
-        i += 1;
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mountinfo_escapes_are_decoded() {
-        assert_eq!(unescape_mountinfo(br"/a\040b\134c"), b"/a b\\c");
-        assert_eq!(unescape_mountinfo(br"/plain"), b"/plain");
-        assert_eq!(unescape_mountinfo(br"/odd\04"), br"/odd\04");
-    }
-
-    #[test]
-    fn socket_modes_are_octal_permissions_only() {
-        assert_eq!(parse_mode("600"), Ok(0o600));
-        assert_eq!(parse_mode("0660"), Ok(0o660));
-        assert!(parse_mode("4755").is_err());
-        assert!(parse_mode("rw").is_err());
-    }
-
-    #[test]
-    fn the_mount_device_of_root_is_found() {
-        let (major, _) = mount_device(Path::new("/")).unwrap();
-        assert!(major < 4096);
-        assert!(mount_device(Path::new("/surely/not/a/mount/point")).is_err());
-    }
 }
