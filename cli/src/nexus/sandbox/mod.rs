@@ -16,8 +16,8 @@
 //!   inheritable, ambient or in the bounding set beyond them. Landlock
 //!   confines what the two reach to exactly those paths. Otherwise none.
 //! - **Landlock** ([`rules`]): read the catalog, its `-wal` and the
-//!   packs; read and write the WAL index (`-shm`); create, write and remove files
-//!   (and bind sockets) in `STORE/run`; read, write and ioctl `/dev/fuse`
+//!   packs; read and write the WAL index (`-shm`); create, write and
+//!   remove files (and bind sockets) in `STORE/run`; read, write and ioctl `/dev/fuse`
 //!   (a FUSE mount reopens it per request thread); for an image, read the
 //!   image and use its scratch store. Nothing else, no TCP, no abstract
 //!   sockets or signals outside the daemon, no mount changes.
@@ -50,7 +50,10 @@
 //! - takeover of the FUSE device by a new daemon: a listening Unix
 //!   stream socket in `STORE/run` (`socket`, `bind`, `listen`, `accept4`,
 //!   `sendmsg` with `SCM_RIGHTS`) is allowed; the new daemon connects, not
-//!   the old one.
+//!   the old one. The old daemon must end through [`Confined::finish`]
+//!   (or drop its [`Confined`]) once it has handed the device over: a
+//!   daemon that ends without finishing has its keeper detach its mounts.
+//!   The new daemon confines itself as any other, with its own keeper.
 //! - a log reopened on SIGHUP: pass its directory as
 //!   [`Confinement::log_dir`]; files there may then be created and
 //!   appended to (so give logs a directory of their own).
