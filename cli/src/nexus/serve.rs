@@ -235,9 +235,11 @@ pub fn serve(request: &Request, ready: Option<&mut Ready>) -> Result<()> {
     }
     let served = mounted.run().context("serving the mount");
     drop(following);
+    // Whatever of the daemon's mounts is still mounted (the index when the
+    // main mount went away from outside, the main mount when serving
+    // failed): confined, the mounts' own unmounting would be refused.
+    confined.unmount_remaining();
     if let Some(index) = index {
-        // Confined, the index's own unmount would be refused.
-        confined.unmount_remaining();
         index.stop();
     }
     // The image's scratch store, then (confined, through the keeper, which
