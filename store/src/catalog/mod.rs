@@ -280,11 +280,14 @@ impl Catalog {
     }
 
     /// Opens the catalog at `path`, which must exist at this build's
-    /// schema version: for the extra connections of a long-lived reader,
-    /// which must not take the write lock a migration check needs (the
-    /// store was opened, and migrated, once before).
+    /// schema version, read-only: for the connections of a reader, which
+    /// must not take the write lock a migration check needs (the store was
+    /// opened, and migrated, once before). Read-only, so that a daemon that
+    /// confines itself later holds no descriptor that could write the
+    /// catalog (the WAL index, `-shm`, stays writable, as every WAL reader
+    /// needs).
     pub fn open_existing(path: &Path) -> Result<Self> {
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags)?;
         configure(&conn)?;
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
