@@ -179,6 +179,13 @@ impl App {
     pub fn on_key(&mut self, key: KeyEvent, store: &Store) {
         let ctrl_c =
             key.code == KeyCode::Char('c') && key.modifiers.contains(KeyModifiers::CONTROL);
+        // Ctrl-S is not s, nor Alt-Y y: a chord is never taken for a key.
+        let chord = key
+            .modifiers
+            .intersects(KeyModifiers::CONTROL | KeyModifiers::ALT);
+        if chord && !ctrl_c {
+            return;
+        }
         match self.overlay.take() {
             Some(Overlay::Confirm(confirmation)) => match key.code {
                 KeyCode::Char('y' | 'Y') => self.confirm(confirmation, store),
@@ -514,6 +521,31 @@ mod tests {
             pins: Vec::new(),
         });
         assert_eq!((app.selected.apps, app.selected.generations), (0, 0));
+    }
+
+    #[test]
+    fn chords_are_not_keys_and_ctrl_c_quits() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::init(&dir.path().join("store")).unwrap();
+        let snapshot = Snapshot {
+            generations: (1..=3).rev().map(generation).collect(),
+            ..Snapshot::default()
+        };
+        let mut app = App::new(dir.path().join("store"), snapshot);
+        app.focus = Pane::Generations;
+        for modifier in [KeyModifiers::CONTROL, KeyModifiers::ALT] {
+            for key in ['j', 's', 'r', 'p', 'q'] {
+                app.on_key(KeyEvent::new(KeyCode::Char(key), modifier), &store);
+            }
+        }
+        assert_eq!(app.selected.generations, 0, "Ctrl-J is not j");
+        assert!(app.overlay.is_none(), "nothing asked");
+        assert!(!app.quit, "Ctrl-Q is not q");
+        app.on_key(
+            KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL),
+            &store,
+        );
+        assert!(app.quit, "Ctrl-C quits (raw mode sends no SIGINT)");
     }
 
     #[test]
