@@ -122,6 +122,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Rollback(args) => crate::generations::rollback(&dir, args),
         Command::Switch(args) => crate::generations::switch(&dir, &keys_dir, args),
         Command::Config(command) => crate::config_cmd::run(&settings, command),
+        Command::Tui => super::tui::run(&dir),
         Command::Gc {
             keep,
             older_than,
