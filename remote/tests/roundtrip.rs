@@ -1,0 +1,186 @@
+//! Publish from one store to a `file://` remote, pull into another, read
+//! back through the remote pack source: the library path end to end (the
+//! real S3 and HTTP servers are exercised by tests/remote.rs).
+
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use nexus_npk::{KeyStore, Scope};
+use nexus_remote::client::Timeouts;
+use nexus_remote::publish::{PublishOptions, publish};
+use nexus_remote::pull::{PullOptions, pull};
+use nexus_remote::{RemoteError, endpoint_of, open_reader};
+use nexus_store::catalog::NewRemote;
+use nexus_store::read::ReaderOptions;
+use nexus_store::{AddDir, AddOptions, NoProgress, Store};
+
+fn text(seed: u32, len: usize) -> Vec<u8> {
+    (0..len)
+        .flat_map(|i| format!("{seed}:{i} ").into_bytes())
+        .take(len)
+        .collect()
+}
+
+fn add(store: &mut Store, root: &Path, name: &str, version: &str, files: &[(&str, Vec<u8>)]) {
+    let dir = root.join(format!("src-{name}-{version}"));
+    fs::create_dir_all(&dir).unwrap();
+    for (f, bytes) in files {
+        fs::write(dir.join(f), bytes).unwrap();
+    }
+    let d = AddDir {
+        path: dir,
+        name: name.into(),
+        version: version.into(),
+    };
+    store
+        .add_dirs(&[d], AddOptions::default(), &NoProgress)
+        .unwrap();
+}
+
+fn read_all(dir: &Path, name: &str, version: &str, path: &str) -> (Vec<u8>, u64) {
+    let (reader, source) = open_reader(dir, ReaderOptions::default()).unwrap();
+    let store = Store::open(dir).unwrap();
+    let package = store.catalog().package(name, version).unwrap().unwrap();
+    let inode = store.resolve(&package, path.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    reader.copy_content(inode.blob.unwrap(), &mut out).unwrap();
+    (out, source.counters().bytes.load(Ordering::Relaxed))
+}
+
+#[test]
+fn a_published_generation_pulls_and_reads_lazily_and_only_the_difference() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let remote_dir = tmp.path().join("remote");
+    let keys = KeyStore::new(tmp.path().join("keys"));
+    keys.generate("pub").unwrap();
+    let key = keys.secret("pub").unwrap();
+    let public = keys.public_file("pub").unwrap();
+
+    let mut host_a = Store::init(&a).unwrap();
+    let big = text(1, 3 << 20);
+    add(
+        &mut host_a,
+        tmp.path(),
+        "tool",
+        "1",
+        &[("big", big.clone()), ("small", b"hi".to_vec())],
+    );
+    add(
+        &mut host_a,
+        tmp.path(),
+        "other",
+        "1",
+        &[("data", text(2, 500_000))],
+    );
+
+    let url = format!("file://{}", remote_dir.display());
+    let mut host_b = Store::init(&b).unwrap();
+    let row = host_b
+        .catalog()
+        .add_remote(&NewRemote {
+            name: "origin".into(),
+            url: url.clone(),
+            endpoint: None,
+            region: None,
+            domain: "origin".into(),
+        })
+        .unwrap();
+    let endpoint = endpoint_of(&row).unwrap();
+    let trust_b = tmp.path().join("keys-b");
+    let keys_b = KeyStore::new(&trust_b);
+    keys_b
+        .trust(
+            &public,
+            Scope::Images {
+                domain: "origin".into(),
+            },
+        )
+        .unwrap();
+
+    let (reader_a, _) = open_reader(&a, ReaderOptions::default()).unwrap();
+    let options = PublishOptions {
+        generation: None,
+        keys: &keys,
+        key_name: "pub",
+        trust: &keys.trust_set().unwrap(),
+        expires_in: Some(Duration::from_secs(3600)),
+        fresh: false,
+    };
+    let first = publish(&host_a, &reader_a, &endpoint, &key, &options, &NoProgress).unwrap();
+    assert_eq!(first.packages, 2);
+    assert!(first.packs_uploaded >= 1);
+
+    let pulled = pull(
+        &mut host_b,
+        &row,
+        &keys_b.trust_set().unwrap(),
+        Timeouts::default(),
+        PullOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(pulled.counter, first.counter);
+    assert!(pulled.generation.is_some());
+    // Nothing but metadata so far: no pack here, the cache empty.
+    assert_eq!(fs::read_dir(b.join("packs")).unwrap().count(), 0);
+    let (small, fetched) = read_all(&b, "tool", "1", "small");
+    assert_eq!(small, b"hi");
+    assert!(fetched < big.len() as u64 / 2, "{fetched}");
+    let (read, _) = read_all(&b, "tool", "1", "big");
+    assert_eq!(read, big);
+    // Cached: read again without the remote.
+    fs::rename(&remote_dir, tmp.path().join("gone")).unwrap();
+    let (again, fetched) = read_all(&b, "tool", "1", "big");
+    assert_eq!((again, fetched), (big.clone(), 0));
+    fs::rename(tmp.path().join("gone"), &remote_dir).unwrap();
+
+    // Replaying the same manifest: nothing new; an older one: refused.
+    let old_manifest = fs::read(remote_dir.join("manifest")).unwrap();
+    let mut big2 = big.clone();
+    big2.extend_from_slice(b"version two");
+    add(
+        &mut host_a,
+        tmp.path(),
+        "tool",
+        "2",
+        &[("big", big2.clone())],
+    );
+    let (reader_a, _) = open_reader(&a, ReaderOptions::default()).unwrap();
+    let second = publish(&host_a, &reader_a, &endpoint, &key, &options, &NoProgress).unwrap();
+    assert!(second.counter > first.counter);
+    assert!(second.chunks_reused > 0, "{second:?}");
+    assert!(
+        second.bytes_uploaded < big.len() as u64 / 2,
+        "only the difference is uploaded: {second:?}"
+    );
+    pull(
+        &mut host_b,
+        &row,
+        &keys_b.trust_set().unwrap(),
+        Timeouts::default(),
+        PullOptions::default(),
+    )
+    .unwrap();
+    let (read2, fetched) = read_all(&b, "tool", "2", "big");
+    assert_eq!(read2, big2);
+    assert!(
+        fetched < big.len() as u64 / 2,
+        "the previous version's blocks are cached: {fetched}"
+    );
+    fs::write(remote_dir.join("manifest"), &old_manifest).unwrap();
+    let replayed = pull(
+        &mut host_b,
+        &row,
+        &keys_b.trust_set().unwrap(),
+        Timeouts::default(),
+        PullOptions::default(),
+    );
+    assert!(
+        matches!(replayed, Err(RemoteError::Replayed { .. })),
+        "{replayed:?}"
+    );
+    let _ = Arc::new(());
+}
