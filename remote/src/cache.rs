@@ -67,16 +67,9 @@ pub struct DiskCache {
 
 impl DiskCache {
     /// The cache in `STORE/remote-cache`, holding at most `limit` bytes
-    /// (created 0700 if missing).
+    /// (its directories are made, 0700, by the first block cached).
     pub fn open(store_dir: &Path, limit: u64) -> std::io::Result<DiskCache> {
         let dir = store_dir.join(CACHE_DIR);
-        for d in [dir.clone(), dir.join("blocks"), dir.join("tmp")] {
-            match fs::DirBuilder::new().mode(0o700).create(&d) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(e),
-            }
-        }
         let cache = DiskCache {
             dir,
             limit,
@@ -182,8 +175,10 @@ impl DiskCache {
     }
 
     fn write(&self, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-        if let Some(parent) = path.parent() {
-            match fs::DirBuilder::new().mode(0o700).create(parent) {
+        let tmp_dir = self.dir.join("tmp");
+        let parent = path.parent().unwrap_or(&tmp_dir);
+        for d in [&self.dir, &self.dir.join("blocks"), &tmp_dir, parent] {
+            match fs::DirBuilder::new().mode(0o700).create(d) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(e),
@@ -275,9 +270,11 @@ impl DiskCache {
 
     /// Deletes every cached block.
     pub fn clear(&self) -> std::io::Result<()> {
-        let blocks = self.dir.join("blocks");
-        fs::remove_dir_all(&blocks)?;
-        fs::DirBuilder::new().mode(0o700).create(&blocks)?;
+        match fs::remove_dir_all(self.dir.join("blocks")) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
         self.estimate.store(0, Ordering::Relaxed);
         Ok(())
     }
