@@ -43,11 +43,13 @@ use crate::error::{RemoteError, Result};
 use crate::location::{Endpoint, Location};
 use crate::manifest::RemoteManifest;
 use crate::meta::Meta;
-use crate::pull::{fetch_manifest, fetch_meta};
+use crate::pull::{accept, fetch_meta, read_manifest};
 use crate::{MANIFEST_KEY, history_key, meta_key};
 
 /// Uploads in flight at once.
 const UPLOADERS: usize = 3;
+/// Counters tried past one whose history slot is taken.
+const HISTORY_TRIES: u32 = 8;
 
 /// How to publish.
 pub struct PublishOptions<'a> {
@@ -139,14 +141,20 @@ pub fn publish(
         ))));
     }
     progress.phase("reading the remote");
-    let previous = fetch_manifest(&client, options.trust, None, true).or_else(|e| match e {
-        // Not signed by a key we trust: its counter still counts, its
-        // chunks are not reused.
-        RemoteError::Untrusted { .. } | RemoteError::WrongDomain { .. } if options.fresh => {
-            Ok(None)
-        }
-        other => Err(other),
-    })?;
+    // The manifest this publish replaces: its counter is to be exceeded
+    // and its version replaced, whoever signed it; its chunks are reused
+    // only if a key this store trusts signed it (a remote could otherwise
+    // make the new manifest name objects that are not there).
+    let previous = read_manifest(&client)?;
+    if let Some(p) = &previous
+        && !options.fresh
+    {
+        accept(&remote, p, options.trust, None, true).map_err(|e| {
+            RemoteError::Invalid(format!(
+                "{e}; publish with --fresh to upload everything instead of reusing what it names"
+            ))
+        })?;
+    }
     let reusable: HashMap<Hash, (String, u64, ChunkLocation)> = match &previous {
         Some(p) if !options.fresh => {
             let meta = fetch_meta(&client, &p.manifest)?;
@@ -364,27 +372,43 @@ pub fn publish(
     let expires = options
         .expires_in
         .map(|d| created.saturating_add(i64::try_from(d.as_secs()).unwrap_or(i64::MAX)));
-    let (_, object) = RemoteManifest {
-        signer: [0; 32],
-        counter,
-        created,
-        expires,
-        root,
-        meta: meta_hash,
-        meta_len: meta_bytes.len() as u64,
-        generation,
-    }
-    .sign(key);
-    let object = Bytes::from(object);
     let conflict = |what: &str| RemoteError::Conflict {
         remote: remote.clone(),
         what: what.to_string(),
     };
-    // Write-once: of two publishers that took the same counter, one wins.
-    let history = history_key(counter);
-    if client.put(&history, object.clone(), WriteMode::Create)? != Written::Written {
-        return Err(conflict(&history));
-    }
+    // Write-once: of two publishers that took the same counter, one wins;
+    // the other (or one after a publisher killed between this write and
+    // the manifest's) takes the next counter. The manifest's replace
+    // below decides between live publishers.
+    let mut tries = 0;
+    let object = loop {
+        let (_, object) = RemoteManifest {
+            signer: [0; 32],
+            counter,
+            created,
+            expires,
+            root,
+            meta: meta_hash,
+            meta_len: meta_bytes.len() as u64,
+            generation,
+        }
+        .sign(key);
+        let object = Bytes::from(object);
+        match client.put(&history_key(counter), object.clone(), WriteMode::Create)? {
+            Written::Written => break object,
+            _ if tries < HISTORY_TRIES => {
+                tries += 1;
+                counter = options.keys.take_counter(
+                    options.key_name,
+                    CounterRequest::Exactly {
+                        counter: counter + 1,
+                        force: true,
+                    },
+                )?;
+            }
+            _ => return Err(conflict(&history_key(counter))),
+        }
+    };
     let mode = match (&endpoint.location, &previous) {
         // Under the lease, renamed into place.
         (Location::File { .. }, _) => WriteMode::Overwrite,

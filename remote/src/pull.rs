@@ -54,21 +54,17 @@ pub struct Pulled {
     pub root: String,
 }
 
-/// A checked manifest and the grant of its signer.
-pub(crate) struct Accepted {
+/// A manifest as fetched: well formed, not yet trusted.
+pub(crate) struct Fetched {
     pub manifest: RemoteManifest,
+    pub signature: [u8; 64],
     pub e_tag: Option<String>,
     pub bytes: u64,
 }
 
-/// Fetches and checks the newest manifest of `client`'s remote against
-/// `trust` and trust domain `domain`; `None` when nothing is published.
-pub(crate) fn fetch_manifest(
-    client: &Client,
-    trust: &TrustSet,
-    domain: Option<&str>,
-    allow_expired: bool,
-) -> Result<Option<Accepted>> {
+/// Fetches the newest manifest of `client`'s remote and decodes it;
+/// `None` when nothing is published.
+pub(crate) fn read_manifest(client: &Client) -> Result<Option<Fetched>> {
     let remote = client.name().to_string();
     let Some(fetched) = client.get(MANIFEST_KEY)? else {
         return Ok(None);
@@ -90,8 +86,28 @@ pub(crate) fn fetch_manifest(
             what: MANIFEST_KEY.into(),
             source,
         })?;
+    Ok(Some(Fetched {
+        manifest,
+        signature,
+        e_tag: fetched.e_tag,
+        bytes: fetched.bytes.len() as u64,
+    }))
+}
+
+/// Checks a fetched manifest: signed by a key of `trust` trusted for
+/// images (of trust domain `domain`, when given), not revoked, not
+/// expired unless `allow_expired`.
+pub(crate) fn accept(
+    remote: &str,
+    fetched: &Fetched,
+    trust: &TrustSet,
+    domain: Option<&str>,
+    allow_expired: bool,
+) -> Result<()> {
+    let remote = remote.to_string();
+    let (manifest, signature) = (&fetched.manifest, &fetched.signature);
     let grant = manifest
-        .check_signature(&signature, trust)
+        .check_signature(signature, trust)
         .map_err(|source| RemoteError::Untrusted {
             remote: remote.clone(),
             source,
@@ -119,11 +135,7 @@ pub(crate) fn fetch_manifest(
             "the manifest of remote {remote} never expires: nothing would reveal a mirror that keeps serving it"
         );
     }
-    Ok(Some(Accepted {
-        manifest,
-        e_tag: fetched.e_tag,
-        bytes: fetched.bytes.len() as u64,
-    }))
+    Ok(())
 }
 
 /// Fetches the metadata object a checked manifest names and validates it.
@@ -175,8 +187,15 @@ pub fn pull(
     options: PullOptions,
 ) -> Result<Pulled> {
     let client = Client::open(&endpoint_of(remote)?, timeouts)?;
-    let accepted = fetch_manifest(&client, trust, Some(&remote.domain), options.allow_expired)?
+    let accepted = read_manifest(&client)?
         .ok_or_else(|| RemoteError::NothingPublished(remote.name.clone()))?;
+    accept(
+        &remote.name,
+        &accepted,
+        trust,
+        Some(&remote.domain),
+        options.allow_expired,
+    )?;
     let m = &accepted.manifest;
     let claim = Claim::new(&remote.domain, m.counter, m.root, trust);
     // Refused before the metadata is fetched; checked again in the commit.
