@@ -88,6 +88,7 @@ NEXUS_S3_SECRET_KEY=nexus-test-secret
 # Starts one SeaweedFS for the whole run on 127.0.0.1:8333 (S3), unless one
 # answers there already; sets NEXUS_WEED_PID to the one it started (the
 # caller stops it). -ip and the telemetry switch keep it off the network.
+# shellcheck disable=SC2034 # NEXUS_WEED_PID is the caller's
 start_seaweedfs() {
     NEXUS_WEED_PID=
     if (exec 3<>/dev/tcp/127.0.0.1/8333) 2>/dev/null; then
@@ -101,8 +102,8 @@ start_seaweedfs() {
     weed mini -dir="$dir/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.telemetry=false \
         -webdav=false -s3.config="$dir/s3.json" >"$dir/weed.log" 2>&1 &
     NEXUS_WEED_PID=$!
-    local i
-    for i in $(seq 1 120); do
+    local _
+    for _ in $(seq 1 120); do
         if (exec 3<>/dev/tcp/127.0.0.1/8333) 2>/dev/null; then
             sleep 2 # the filer behind the S3 gateway
             return 0
