@@ -22,13 +22,12 @@ use nexus_integration_tests::{Store, fetch_debs, heavy_test_guard, is_root};
 fn signing_key(store: &Store) -> PathBuf {
     store.ok(["key", "generate", "publisher"]);
     let dir = store.path().join("keys/public");
-    let file = fs::read_dir(&dir)
+    fs::read_dir(&dir)
         .expect("public keys")
         .flatten()
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|e| e == "pub"))
-        .expect("the publisher's public key");
-    file
+        .expect("the publisher's public key")
 }
 
 /// A subscriber store with remote `name` at `url`, trusting `key`.

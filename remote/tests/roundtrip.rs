@@ -184,3 +184,94 @@ fn a_published_generation_pulls_and_reads_lazily_and_only_the_difference() {
     );
     let _ = Arc::new(());
 }
+
+/// Random (incompressible, so stored as is) bytes.
+fn noise(seed: u8, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len);
+    let mut h = blake3::Hasher::new();
+    h.update(&[seed]);
+    let mut reader = h.finalize_xof();
+    out.resize(len, 0);
+    reader.fill(&mut out);
+    out
+}
+
+#[test]
+fn no_byte_of_an_unpublished_package_leaves_the_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("a");
+    let keys = KeyStore::new(tmp.path().join("keys"));
+    keys.generate("pub").unwrap();
+    let key = keys.secret("pub").unwrap();
+    let mut store = Store::init(&a).unwrap();
+    // Both in one add: their chunks share blocks and a pack.
+    let (public, secret) = (noise(1, 200_000), noise(2, 200_000));
+    for (name, bytes) in [("public", &public), ("secret", &secret)] {
+        let dir = tmp.path().join(name);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("f"), bytes).unwrap();
+    }
+    let dirs: Vec<AddDir> = ["public", "secret"]
+        .iter()
+        .map(|n| AddDir {
+            path: tmp.path().join(n),
+            name: n.to_string(),
+            version: "1".into(),
+        })
+        .collect();
+    store
+        .add_dirs(&dirs, AddOptions::default(), &NoProgress)
+        .unwrap();
+    store.remove(&["secret".to_string()]).unwrap();
+    let pack = fs::read_dir(a.join("packs"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    let local = fs::read(pack.path()).unwrap();
+    let probe = &secret[100_000..100_064];
+    assert!(local.windows(64).any(|w| w == probe), "stored as is");
+
+    let remote_dir = tmp.path().join("remote");
+    let row = store
+        .catalog()
+        .add_remote(&NewRemote {
+            name: "out".into(),
+            url: format!("file://{}", remote_dir.display()),
+            endpoint: None,
+            region: None,
+            domain: "out".into(),
+        })
+        .unwrap();
+    let (reader, _) = open_reader(&a, ReaderOptions::default()).unwrap();
+    let options = PublishOptions {
+        generation: None,
+        keys: &keys,
+        key_name: "pub",
+        trust: &keys.trust_set().unwrap(),
+        expires_in: None,
+        fresh: false,
+    };
+    publish(
+        &store,
+        &reader,
+        &endpoint_of(&row).unwrap(),
+        &key,
+        &options,
+        &NoProgress,
+    )
+    .unwrap();
+    let mut published = Vec::new();
+    for entry in fs::read_dir(remote_dir.join("packs")).unwrap() {
+        published.extend(fs::read(entry.unwrap().path()).unwrap());
+    }
+    assert!(
+        published
+            .windows(64)
+            .any(|w| w == &public[100_000..100_064])
+    );
+    assert!(
+        !published.windows(64).any(|w| w == probe),
+        "bytes of the unpublished package were uploaded"
+    );
+}
