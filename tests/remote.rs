@@ -159,6 +159,26 @@ fn a_host_pulls_a_published_store_and_runs_a_program_reading_only_part_of_it() {
         }
     }
     mount.umount();
+
+    // Host D prefetches what C's first start read, in that order (C's
+    // access record): its own first start then fetches nothing more.
+    let record = c.path().join("remote-cache/access.log");
+    let d = subscriber("mirror", &nginx.url(), &key, &["--domain", "dir"]);
+    d.ok(["pull", "mirror"]);
+    let report = d
+        .ok(["prefetch", "--recorded", record.to_str().unwrap(), "--json"])
+        .json();
+    assert!(report["fetched"].as_u64().unwrap() > 0, "{report}");
+    let before = nginx.pack_bytes_sent();
+    let mount = Mount::start(d.path(), &scratch.join("mnt-d"), &[]);
+    let out = run_python(mount.point());
+    assert!(out.status.success() && out.stdout == b"42\n", "{out:?}");
+    assert_eq!(
+        nginx.pack_bytes_sent(),
+        before,
+        "the recorded blocks were all the first start needed"
+    );
+    mount.umount();
 }
 
 /// A package of `len` random bytes (so publishing it has something to

@@ -27,6 +27,29 @@ pub struct Prefetched {
     pub fetched_bytes: u64,
 }
 
+/// The blocks of an access record (`PACK OFFSET LENGTH` lines, as
+/// [`crate::source::ACCESS_LOG`] holds), in order, each once; lines that
+/// name no pack are refused.
+pub fn parse_recorded(text: &str) -> Result<Vec<(String, u64, u32)>, String> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let mut words = line.split(' ');
+        let parsed = (|| {
+            let pack = words.next()?;
+            let offset = words.next()?.parse().ok()?;
+            let len = words.next()?.parse().ok()?;
+            (words.next().is_none() && crate::meta::is_pack_name(pack))
+                .then(|| (pack.to_string(), offset, len))
+        })();
+        let block = parsed.ok_or_else(|| format!("line {}: not `PACK OFFSET LENGTH`", n + 1))?;
+        if seen.insert(block.clone()) {
+            out.push(block);
+        }
+    }
+    Ok(out)
+}
+
 /// Fetches every block of `blocks` (pack, offset, length) that is neither
 /// local nor cached. The first error is returned once every block was
 /// tried.

@@ -76,7 +76,17 @@ pub struct RemotePacks {
     health: Mutex<HashMap<i64, Health>>,
     inflight: Mutex<HashMap<(String, u64, usize), Inflight>>,
     counters: Arc<Counters>,
+    /// The access record (`remote-cache/access.log`), opened on first use.
+    record: Mutex<Option<std::fs::File>>,
+    store_dir: std::path::PathBuf,
 }
+
+/// The access record: every block fetched from a remote, in order, one
+/// `PACK OFFSET LENGTH` line each (what programs read at their first
+/// start: `nip prefetch --recorded` fetches the same ahead of time).
+pub const ACCESS_LOG: &str = "access.log";
+/// The record stops growing past this size.
+const ACCESS_LOG_MAX: u64 = 4 << 20;
 
 impl RemotePacks {
     /// The source of the store in `store_dir`, with its remote settings.
@@ -94,6 +104,8 @@ impl RemotePacks {
             health: Mutex::new(HashMap::new()),
             inflight: Mutex::new(HashMap::new()),
             counters: Arc::default(),
+            record: Mutex::new(None),
+            store_dir: store_dir.to_path_buf(),
         })
     }
 
@@ -227,6 +239,7 @@ impl RemotePacks {
         };
         if cacheable {
             self.cache.put(pack, offset, &bytes);
+            self.record(pack, offset, bytes.len());
         }
         buf.copy_from_slice(&bytes);
         Ok(())
@@ -266,6 +279,31 @@ impl RemotePacks {
                 .map_err(|e| e.to_string())?;
         }
         Ok(true)
+    }
+
+    /// Appends a fetched block to the access record (best effort).
+    fn record(&self, pack: &str, offset: u64, len: usize) {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut slot = self.record.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            let path = self
+                .store_dir
+                .join(crate::cache::CACHE_DIR)
+                .join(ACCESS_LOG);
+            *slot = std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(path)
+                .ok();
+        }
+        if let Some(file) = slot.as_mut()
+            && file.metadata().is_ok_and(|m| m.len() < ACCESS_LOG_MAX)
+        {
+            let _ = writeln!(file, "{pack} {offset} {len}");
+        }
     }
 
     /// True when the block is in the local packs or the cache (no read).

@@ -285,10 +285,22 @@ fn chunks_the_store_has_are_never_fetched_and_gc_forgets_remote_packs() {
     let key = keys.secret("pub").unwrap();
     let shared = text(7, 2 << 20);
     let mut host_a = Store::init(&a).unwrap();
-    add(&mut host_a, tmp.path(), "tool", "1", &[("big", shared.clone())]);
+    add(
+        &mut host_a,
+        tmp.path(),
+        "tool",
+        "1",
+        &[("big", shared.clone())],
+    );
     // Host B has the same content locally already (another package).
     let mut host_b = Store::init(&b).unwrap();
-    add(&mut host_b, &tmp.path().join("b-src"), "mine", "1", &[("copy", shared.clone())]);
+    add(
+        &mut host_b,
+        &tmp.path().join("b-src"),
+        "mine",
+        "1",
+        &[("copy", shared.clone())],
+    );
     let remote_dir = tmp.path().join("remote");
     let url = format!("file://{}", remote_dir.display());
     let new = |name: &str| NewRemote {
@@ -308,30 +320,68 @@ fn chunks_the_store_has_are_never_fetched_and_gc_forgets_remote_packs() {
         expires_in: None,
         fresh: false,
     };
-    publish(&host_a, &reader_a, &endpoint_of(&row_a).unwrap(), &key, &options, &NoProgress)
-        .unwrap();
+    publish(
+        &host_a,
+        &reader_a,
+        &endpoint_of(&row_a).unwrap(),
+        &key,
+        &options,
+        &NoProgress,
+    )
+    .unwrap();
     let row_b = host_b.catalog().add_remote(&new("dir")).unwrap();
     let trust_b = KeyStore::new(tmp.path().join("keys-b"));
     trust_b
         .trust(
             &keys.public_file("pub").unwrap(),
-            Scope::Images { domain: "dir".into() },
+            Scope::Images {
+                domain: "dir".into(),
+            },
         )
         .unwrap();
     let trust = trust_b.trust_set().unwrap();
-    pull(&mut host_b, &row_b, &trust, Timeouts::default(), PullOptions::default()).unwrap();
+    pull(
+        &mut host_b,
+        &row_b,
+        &trust,
+        Timeouts::default(),
+        PullOptions::default(),
+    )
+    .unwrap();
     let (read, fetched) = read_all(&b, "tool", "1", "big");
     assert_eq!(read, shared);
     assert_eq!(fetched, 0, "every chunk was local already");
 
     // A package only the remote has; then its generation is collected.
-    add(&mut host_a, tmp.path(), "only", "1", &[("f", text(9, 1 << 20))]);
+    add(
+        &mut host_a,
+        tmp.path(),
+        "only",
+        "1",
+        &[("f", text(9, 1 << 20))],
+    );
     let (reader_a, _) = open_reader(&a, ReaderOptions::default()).unwrap();
-    publish(&host_a, &reader_a, &endpoint_of(&row_a).unwrap(), &key, &options, &NoProgress)
-        .unwrap();
-    pull(&mut host_b, &row_b, &trust, Timeouts::default(), PullOptions::default()).unwrap();
+    publish(
+        &host_a,
+        &reader_a,
+        &endpoint_of(&row_a).unwrap(),
+        &key,
+        &options,
+        &NoProgress,
+    )
+    .unwrap();
+    pull(
+        &mut host_b,
+        &row_b,
+        &trust,
+        Timeouts::default(),
+        PullOptions::default(),
+    )
+    .unwrap();
     assert!(!host_b.catalog().remote_packs().unwrap().is_empty());
-    host_b.remove(&["only".to_string(), "tool".to_string()]).unwrap();
+    host_b
+        .remove(&["only".to_string(), "tool".to_string()])
+        .unwrap();
     let options = nexus_store::gc::GcOptions {
         keep_last: 1,
         grace: Duration::ZERO,

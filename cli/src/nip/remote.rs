@@ -150,8 +150,14 @@ pub struct PullArgs {
 pub struct PrefetchArgs {
     /// Packages of the live generation: APP (its Current version) or
     /// APP/VERSION.
-    #[arg(required = true, value_name = "APP[/VERSION]")]
+    #[arg(required_unless_present = "recorded", value_name = "APP[/VERSION]")]
     pub packages: Vec<String>,
+    /// Also fetch, first and in their order, the blocks an access record
+    /// lists (STORE/remote-cache/access.log: what programs read at their
+    /// first start, on this host or one whose record was copied here);
+    /// blocks this store does not read from a remote are skipped.
+    #[arg(long, value_name = "FILE")]
+    pub recorded: Option<PathBuf>,
     /// Also set the size of the disk cache (as `nip remote cache --size`).
     #[arg(long, value_parser = parse_size, value_name = "SIZE")]
     pub cache_size: Option<u64>,
@@ -546,6 +552,24 @@ pub fn run_prefetch(args: PrefetchArgs, dir: &Path) -> Result<i32> {
     let members = store.catalog().current_members()?;
     let mut blocks = Vec::new();
     let mut names = Vec::new();
+    let mut skipped = 0u64;
+    if let Some(file) = &args.recorded {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("reading the access record {}", file.display()))?;
+        let recorded = nexus_remote::prefetch::parse_recorded(&text)
+            .map_err(|why| anyhow::anyhow!("{}: {why}", file.display()))?;
+        for (pack, offset, len) in recorded {
+            let known = store.catalog().pack_remote(&pack)?.is_some()
+                && !store.catalog().block_chunks(&pack, offset)?.is_empty();
+            if known {
+                blocks.push((pack, offset, len));
+            } else {
+                skipped += 1;
+            }
+        }
+        names.push(format!("{} (recorded)", file.display()));
+    }
+    let recorded_count = blocks.len();
     for spec in &args.packages {
         let (name, version) = parse_spec(spec)?;
         let found = members.iter().find(|m| {
@@ -560,8 +584,16 @@ pub fn run_prefetch(args: PrefetchArgs, dir: &Path) -> Result<i32> {
         names.push(member.package.spec());
         blocks.extend(store.catalog().package_blocks(member.package.id)?);
     }
-    blocks.sort();
-    blocks.dedup();
+    // The recorded blocks keep their order, ahead of the packages' (in
+    // pack order); each block once.
+    let mut seen = std::collections::HashSet::new();
+    let mut rest = blocks.split_off(recorded_count);
+    rest.sort();
+    let blocks: Vec<_> = blocks
+        .into_iter()
+        .chain(rest)
+        .filter(|b| seen.insert(b.clone()))
+        .collect();
     let source = crate::open::remote_source(&store)?;
     let bar = Bar::for_stderr();
     let done = prefetch(&source, &blocks, &bar);
@@ -575,6 +607,7 @@ pub fn run_prefetch(args: PrefetchArgs, dir: &Path) -> Result<i32> {
             "cached": done.cached,
             "fetched": done.fetched,
             "fetched_bytes": done.fetched_bytes,
+            "recorded_skipped": skipped,
         }))?;
     } else {
         println!(
