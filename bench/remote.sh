@@ -90,7 +90,7 @@ trap cleanup EXIT
 
 ensure_remote_servers >&2
 start_seaweedfs
-bucket="nexus-bench-$(date +%s)-$$"
+bucket="nexus-bench/run-$(date +%s)-$$"
 
 # The corpus and the program.
 if [[ $smoke -eq 1 ]]; then

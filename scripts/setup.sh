@@ -99,8 +99,11 @@ start_seaweedfs() {
     mkdir -p "$dir/data"
     printf '{"identities":[{"name":"nexus","credentials":[{"accessKey":"%s","secretKey":"%s"}],"actions":["Admin","Read","Write","List"]}]}\n' \
         "$NEXUS_S3_ACCESS_KEY" "$NEXUS_S3_SECRET_KEY" >"$dir/s3.json"
+    # -volume.max: volume slots are only a count (each bucket takes several);
+    # the automatic one, free space over the volume size, runs out on a
+    # full disk long before the space does.
     weed mini -dir="$dir/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.telemetry=false \
-        -webdav=false -s3.config="$dir/s3.json" >"$dir/weed.log" 2>&1 &
+        -webdav=false -volume.max=1000 -s3.config="$dir/s3.json" >"$dir/weed.log" 2>&1 &
     NEXUS_WEED_PID=$!
     local _
     for _ in $(seq 1 120); do

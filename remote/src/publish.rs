@@ -247,47 +247,53 @@ pub fn publish(
     let uploaded = Uploads::default();
     let (tx, rx) = std::sync::mpsc::sync_channel::<(String, Bytes)>(1);
     let rx = std::sync::Mutex::new(rx);
-    let new_packs = std::thread::scope(|scope| -> Result<Vec<NewPack>> {
-        let rx = &rx;
-        let (client, remote, uploaded) = (&client, &remote, &uploaded);
-        let mut workers = Vec::new();
+    // The first failed upload; the others then only drain the channel
+    // (the builder must never wait on a queue nobody reads) and the
+    // builder stops at its next pack.
+    let failure: std::sync::Mutex<Option<RemoteError>> = std::sync::Mutex::new(None);
+    let built = std::thread::scope(|scope| {
         for _ in 0..UPLOADERS {
-            workers.push(scope.spawn(move || -> Result<()> {
+            scope.spawn(|| {
                 loop {
                     let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
                     let Ok((name, bytes)) = next else {
-                        return Ok(());
+                        return;
                     };
-                    let len = bytes.len() as u64;
-                    match client.put(&format!("packs/{name}"), bytes, WriteMode::Create)? {
-                        // Named by its content: one there already is this one.
-                        Written::Written | Written::Exists => {}
-                        Written::Changed => unreachable_write(remote, &name)?,
+                    if uploaded.failed.load(Ordering::Acquire) {
+                        continue;
                     }
-                    uploaded.packs.fetch_add(1, Ordering::Relaxed);
-                    uploaded.bytes.fetch_add(len, Ordering::Relaxed);
+                    let len = bytes.len() as u64;
+                    let put = client
+                        .put(&format!("packs/{name}"), bytes, WriteMode::Create)
+                        .and_then(|written| match written {
+                            // Named by its content: one there already is this one.
+                            Written::Written | Written::Exists => Ok(()),
+                            Written::Changed => unreachable_write(&remote, &name),
+                        });
+                    match put {
+                        Ok(()) => {
+                            uploaded.packs.fetch_add(1, Ordering::Relaxed);
+                            uploaded.bytes.fetch_add(len, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            uploaded.failed.store(true, Ordering::Release);
+                            failure
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .get_or_insert(e);
+                        }
+                    }
                 }
-            }));
+            });
         }
-        let built = build_packs(reader, &by_block, &wanted, progress, &tx);
+        let built = build_packs(reader, &by_block, &wanted, progress, &tx, &uploaded.failed);
         drop(tx);
-        let mut failure = None;
-        for w in workers {
-            match w.join() {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => failure = failure.or(Some(e)),
-                Err(_) => {
-                    failure = failure.or(Some(RemoteError::Invalid(
-                        "an upload thread panicked".into(),
-                    )))
-                }
-            }
-        }
-        match (built, failure) {
-            (Err(e), _) | (Ok(_), Some(e)) => Err(e),
-            (Ok(packs), None) => Ok(packs),
-        }
-    })?;
+        built
+    });
+    if let Some(e) = failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(e);
+    }
+    let new_packs = built?;
     for pack in new_packs {
         let index = pack_names.len() as u32;
         pack_names.push((pack.name.clone(), pack.size));
@@ -447,6 +453,8 @@ fn unreachable_write(remote: &str, what: &str) -> Result<()> {
 struct Uploads {
     packs: AtomicU64,
     bytes: AtomicU64,
+    /// An upload failed: the builder stops.
+    failed: std::sync::atomic::AtomicBool,
 }
 
 /// A pack built for the remote, with where its chunks are.
@@ -538,10 +546,14 @@ fn build_packs(
     wanted: &HashSet<Hash>,
     progress: &dyn Progress,
     uploads: &std::sync::mpsc::SyncSender<(String, Bytes)>,
+    failed: &std::sync::atomic::AtomicBool,
 ) -> Result<Vec<NewPack>> {
     let mut done = Vec::new();
     let mut open = OpenPack::new()?;
     let send = |pack: OpenPack, done: &mut Vec<NewPack>| -> Result<()> {
+        if failed.load(Ordering::Acquire) {
+            return Err(RemoteError::Invalid("an upload failed".into()));
+        }
         let (new, bytes) = pack.seal();
         uploads
             .send((new.name.clone(), bytes))

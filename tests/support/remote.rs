@@ -77,6 +77,8 @@ pub fn ensure_seaweedfs() {
                     "-ip.bind=127.0.0.1",
                     "-master.telemetry=false",
                     "-webdav=false",
+                    // As scripts/setup.sh: slots are a count, not space.
+                    "-volume.max=1000",
                 ])
                 .arg(format!("-s3.config={}", dir.join("s3.json").display()))
                 .stdin(Stdio::null())
@@ -114,13 +116,14 @@ pub fn ensure_seaweedfs() {
     });
 }
 
-/// A bucket name of its own for one test.
+/// A place of its own for one test: `BUCKET/PREFIX` in the one bucket the
+/// tests share (SeaweedFS gives every bucket volumes of its own).
 pub fn bucket(label: &str) -> String {
     let mut nonce = [0u8; 6];
     let seed = format!("{label}{:?}{}", Instant::now(), std::process::id());
     nonce.copy_from_slice(&blake3::hash(seed.as_bytes()).as_bytes()[..6]);
     let hex: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
-    format!("nexus-{label}-{hex}")
+    format!("nexus-tests/{label}-{hex}")
 }
 
 /// Runs `nip --store STORE ARGS...` with `env` set, to completion (at most
