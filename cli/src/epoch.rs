@@ -10,7 +10,7 @@ pub fn source_date_epoch() -> Result<i64> {
             .trim()
             .parse()
             .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")),
-        Err(_) => Ok(nexus_store::store::now_secs()),
+        Err(_) => Ok(nexus_store::now_secs()),
     }
 }
 

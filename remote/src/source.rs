@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use nexus_store::catalog::{Catalog, RemoteRow};
 use nexus_store::pack::{ChunkLocation, decode_block};
 use nexus_store::read::{LocalPacks, PackSource};
-use nexus_store::store::{CATALOG_FILE, PACKS_DIR};
+use nexus_store::{CATALOG_FILE, PACKS_DIR};
 use nexus_store::{Result, StoreError};
 
 use crate::cache::DiskCache;

@@ -14,8 +14,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
+use nexus_store::Hash;
 use nexus_store::chunker::chunk_stream;
-use nexus_store::hash::Hash;
 use nexus_store::pack::{BlockBuilder, block_compressor};
 use nexus_store::params::ChunkParams;
 

@@ -31,20 +31,18 @@
 //! grace window only makes such retries rare. Anything gc cannot classify
 //! (an unknown file in `packs/`, a pack it cannot read) is left alone.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 use std::fs;
 use std::time::Duration;
 
-use rusqlite::{Transaction, TransactionBehavior, params};
-
+use crate::catalog::sweep::{self, PackUse, Retention};
 use crate::error::{Result, StoreError};
 use crate::lock::{GC_LOCK, INGEST_LOCK, StoreLock};
 use crate::pack::{BlockBuilder, PACK_SUFFIX, PackWriter, SealedPack, block_compressor};
 use crate::runtime;
 use crate::store::{NoProgress, Progress, Store, now_secs, sync_dir};
 
-/// The `meta` key gc bumps whenever it deleted catalog rows or packs.
-pub const GC_EPOCH_KEY: &str = "gc_epoch";
+pub use crate::catalog::sweep::GC_EPOCH_KEY;
 
 /// Retention and timing policy.
 #[derive(Clone, Copy, Debug)]
@@ -176,69 +174,6 @@ fn pack_bytes(store: &Store) -> Result<u64> {
     Ok(total)
 }
 
-/// Bumps `gc_epoch` inside `tx`.
-fn bump_epoch(tx: &Transaction<'_>) -> Result<()> {
-    tx.execute(
-        "INSERT INTO meta(key, value) VALUES (?1, '1')
-         ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1",
-        [GC_EPOCH_KEY],
-    )?;
-    Ok(())
-}
-
-/// Fills the temporary table `gc_keep` with the generations to retain and
-/// records in `report` which of them only pins and runtime roots kept.
-fn choose_retained(
-    tx: &Transaction<'_>,
-    options: GcOptions,
-    in_use: &BTreeSet<i64>,
-    now: i64,
-    report: &mut GcReport,
-) -> Result<()> {
-    let keep = options.keep_last.max(1) as i64;
-    tx.execute_batch(
-        "CREATE TEMP TABLE IF NOT EXISTS gc_keep(id INTEGER PRIMARY KEY);
-         DELETE FROM gc_keep;",
-    )?;
-    tx.execute(
-        "INSERT INTO gc_keep SELECT id FROM generations ORDER BY id DESC LIMIT ?1",
-        [keep],
-    )?;
-    if let Some(age) = options.keep_younger_than {
-        let cutoff = now.saturating_sub(i64::try_from(age.as_secs()).unwrap_or(i64::MAX));
-        // Live at some moment after the cutoff: created after it, or
-        // replaced (by the next generation) after it.
-        tx.execute(
-            "INSERT OR IGNORE INTO gc_keep
-             SELECT g.id FROM generations g
-             WHERE g.created >= ?1
-                OR coalesce((SELECT min(n.created) FROM generations n WHERE n.id > g.id), ?1) >= ?1",
-            [cutoff],
-        )?;
-    }
-    let pinned: Vec<i64> = {
-        let mut stmt = tx.prepare(
-            "SELECT p.generation FROM pins p
-             WHERE p.generation IN (SELECT id FROM generations)
-               AND p.generation NOT IN (SELECT id FROM gc_keep) ORDER BY 1",
-        )?;
-        let rows = stmt.query_map([], |r| r.get(0))?;
-        rows.collect::<rusqlite::Result<_>>()?
-    };
-    let mut add =
-        tx.prepare("INSERT OR IGNORE INTO gc_keep SELECT id FROM generations WHERE id = ?1")?;
-    for g in &pinned {
-        add.execute([g])?;
-    }
-    for g in in_use {
-        if add.execute([g])? > 0 {
-            report.kept_in_use.push(*g);
-        }
-    }
-    report.kept_pinned = pinned;
-    Ok(())
-}
-
 fn sweep_catalog(
     store: &mut Store,
     options: GcOptions,
@@ -246,137 +181,29 @@ fn sweep_catalog(
     report: &mut GcReport,
 ) -> Result<()> {
     let now = now_secs();
-    let deadline = now - options.grace.as_secs() as i64;
-    let tx = store
-        .catalog_mut()
-        .conn()
-        .transaction_with_behavior(TransactionBehavior::Immediate)?;
-    choose_retained(&tx, options, &roots.generations, now, report)?;
-    tx.execute(
-        "DELETE FROM generation_packages WHERE generation NOT IN (SELECT id FROM gc_keep)",
-        [],
+    let retention = Retention {
+        keep_last: options.keep_last,
+        keep_younger_than: options.keep_younger_than,
+        in_use: &roots.generations,
+        held: &roots.held,
+    };
+    let counts = sweep::mark_and_sweep(
+        store.catalog_mut().conn(),
+        &retention,
+        now,
+        now - options.grace.as_secs() as i64,
     )?;
-    report.generations_deleted = tx.execute(
-        "DELETE FROM generations WHERE id NOT IN (SELECT id FROM gc_keep)",
-        [],
-    )? as u64;
-    // A pin outlives nothing it names.
-    tx.execute(
-        "DELETE FROM pins WHERE generation NOT IN (SELECT id FROM generations)",
-        [],
-    )?;
-
-    // Mark: what the retained generations and open files reach, level by
-    // level.
-    tx.execute_batch(
-        "CREATE TEMP TABLE IF NOT EXISTS gc_live_packages(id INTEGER PRIMARY KEY);
-         CREATE TEMP TABLE IF NOT EXISTS gc_live_blobs(id INTEGER PRIMARY KEY);
-         CREATE TEMP TABLE IF NOT EXISTS gc_live_chunks(id INTEGER PRIMARY KEY);
-         DELETE FROM gc_live_packages; DELETE FROM gc_live_blobs; DELETE FROM gc_live_chunks;
-         INSERT INTO gc_live_packages SELECT DISTINCT package FROM generation_packages;",
-    )?;
-    {
-        let mut keep = tx.prepare(
-            "INSERT OR IGNORE INTO gc_live_packages SELECT id FROM packages WHERE id = ?1",
-        )?;
-        let mut spec = tx.prepare("SELECT name || '/' || version FROM packages WHERE id = ?1")?;
-        for id in &roots.held {
-            if keep.execute([id])? > 0 {
-                report.kept_open.push(spec.query_row([id], |r| r.get(0))?);
-            }
-        }
-    }
-    tx.execute_batch(
-        "INSERT OR IGNORE INTO gc_live_blobs
-             SELECT i.blob FROM inodes i JOIN gc_live_packages l ON l.id = i.package
-             WHERE i.blob IS NOT NULL;
-         INSERT OR IGNORE INTO gc_live_chunks
-             SELECT bc.chunk FROM blob_chunks bc JOIN gc_live_blobs l ON l.id = bc.blob;
-         DELETE FROM gc_condemned_packages WHERE package IN (SELECT id FROM gc_live_packages);
-         DELETE FROM gc_condemned_blobs WHERE blob IN (SELECT id FROM gc_live_blobs);
-         DELETE FROM gc_condemned WHERE chunk IN (SELECT id FROM gc_live_chunks);",
-    )?;
-    report.packages_condemned = tx.execute(
-        "INSERT OR IGNORE INTO gc_condemned_packages(package, since)
-         SELECT id, ?1 FROM packages WHERE id NOT IN (SELECT id FROM gc_live_packages)",
-        [now],
-    )? as u64;
-    report.blobs_condemned = tx.execute(
-        "INSERT OR IGNORE INTO gc_condemned_blobs(blob, since)
-         SELECT id, ?1 FROM blobs WHERE id NOT IN (SELECT id FROM gc_live_blobs)",
-        [now],
-    )? as u64;
-    report.chunks_condemned = tx.execute(
-        "INSERT OR IGNORE INTO gc_condemned(chunk, since)
-         SELECT id, ?1 FROM chunks WHERE id NOT IN (SELECT id FROM gc_live_chunks)",
-        [now],
-    )? as u64;
-
-    // Sweep: condemned long enough. Packages first, then what only they
-    // used: blobs no inode names any more, chunks no blob uses any more.
-    tx.execute_batch(
-        "CREATE TEMP TABLE IF NOT EXISTS gc_dead(id INTEGER PRIMARY KEY);
-         DELETE FROM gc_dead;",
-    )?;
-    tx.execute(
-        "INSERT INTO gc_dead SELECT package FROM gc_condemned_packages
-         WHERE since <= ?1 AND package NOT IN (SELECT id FROM gc_live_packages)",
-        [deadline],
-    )?;
-    tx.execute_batch(
-        "DELETE FROM dirents WHERE dir IN
-             (SELECT id FROM inodes WHERE package IN (SELECT id FROM gc_dead));
-         DELETE FROM inodes WHERE package IN (SELECT id FROM gc_dead);",
-    )?;
-    report.packages_deleted = tx.execute(
-        "DELETE FROM packages WHERE id IN (SELECT id FROM gc_dead)",
-        [],
-    )? as u64;
-    tx.execute("DELETE FROM gc_dead", [])?;
-    tx.execute(
-        "INSERT INTO gc_dead SELECT c.blob FROM gc_condemned_blobs c
-         WHERE c.since <= ?1 AND NOT EXISTS (SELECT 1 FROM inodes i WHERE i.blob = c.blob)",
-        [deadline],
-    )?;
-    tx.execute(
-        "DELETE FROM blob_chunks WHERE blob IN (SELECT id FROM gc_dead)",
-        [],
-    )?;
-    report.blobs_deleted =
-        tx.execute("DELETE FROM blobs WHERE id IN (SELECT id FROM gc_dead)", [])? as u64;
-    report.chunks_deleted = tx.execute(
-        "DELETE FROM chunks WHERE id IN (SELECT c.chunk FROM gc_condemned c
-             WHERE c.since <= ?1
-               AND NOT EXISTS (SELECT 1 FROM blob_chunks bc WHERE bc.chunk = c.chunk))",
-        [deadline],
-    )? as u64;
-    tx.execute_batch(
-        "DELETE FROM gc_condemned_packages WHERE package NOT IN (SELECT id FROM packages);
-         DELETE FROM gc_condemned_blobs WHERE blob NOT IN (SELECT id FROM blobs);
-         DELETE FROM gc_condemned WHERE chunk NOT IN (SELECT id FROM chunks);
-         DROP TABLE gc_keep; DROP TABLE gc_dead;
-         DROP TABLE gc_live_packages; DROP TABLE gc_live_blobs; DROP TABLE gc_live_chunks;",
-    )?;
-    let deleted = report.generations_deleted
-        + report.packages_deleted
-        + report.blobs_deleted
-        + report.chunks_deleted;
-    if deleted > 0 {
-        bump_epoch(&tx)?;
-    }
-    tx.commit()?;
+    report.generations_deleted = counts.generations_deleted;
+    report.kept_pinned = counts.kept_pinned;
+    report.kept_in_use = counts.kept_in_use;
+    report.kept_open = counts.kept_open;
+    report.packages_condemned = counts.packages_condemned;
+    report.packages_deleted = counts.packages_deleted;
+    report.blobs_condemned = counts.blobs_condemned;
+    report.blobs_deleted = counts.blobs_deleted;
+    report.chunks_condemned = counts.chunks_condemned;
+    report.chunks_deleted = counts.chunks_deleted;
     Ok(())
-}
-
-struct PackUse {
-    id: i64,
-    name: String,
-    size: i64,
-    live_chunks: i64,
-    live_bytes: i64,
-    /// The pack is an object of a remote: no file here to delete or
-    /// rewrite, only its row.
-    remote: bool,
 }
 
 fn sweep_packs(
@@ -385,27 +212,7 @@ fn sweep_packs(
     report: &mut GcReport,
     progress: &dyn Progress,
 ) -> Result<()> {
-    let uses: Vec<PackUse> = {
-        let mut stmt = store.catalog_mut().conn().prepare(
-            "SELECT p.id, p.name, p.size,
-                    (SELECT count(*) FROM chunks c WHERE c.pack = p.id),
-                    (SELECT coalesce(sum(block_len), 0) FROM
-                        (SELECT DISTINCT c.offset, c.block_len FROM chunks c WHERE c.pack = p.id)),
-                    p.remote IS NOT NULL
-             FROM packs p",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok(PackUse {
-                id: r.get(0)?,
-                name: r.get(1)?,
-                size: r.get(2)?,
-                live_chunks: r.get(3)?,
-                live_bytes: r.get(4)?,
-                remote: r.get(5)?,
-            })
-        })?;
-        rows.collect::<rusqlite::Result<_>>()?
-    };
+    let uses = sweep::pack_uses(store.catalog_mut().conn())?;
     progress.start(
         uses.iter()
             .filter(|p| !p.remote)
@@ -417,19 +224,8 @@ fn sweep_packs(
     for pack in uses {
         progress.advance(pack.size.max(0) as u64);
         if pack.live_chunks == 0 {
-            let tx = store
-                .catalog_mut()
-                .conn()
-                .transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let deleted = tx.execute(
-                "DELETE FROM packs WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM chunks WHERE pack = ?1)",
-                [pack.id],
-            )?;
-            if deleted > 0 {
-                bump_epoch(&tx)?;
-            }
-            tx.commit()?;
-            if deleted > 0 && !pack.remote {
+            let deleted = sweep::delete_empty_pack(store.catalog_mut().conn(), pack.id)?;
+            if deleted && !pack.remote {
                 remove_pack_file(store, &pack.name)?;
                 report.packs_deleted += 1;
             }
@@ -459,16 +255,7 @@ fn remove_pack_file(store: &Store, name: &str) -> Result<()> {
 /// visible to `verify`, not be silently dropped).
 fn repack(store: &mut Store, pack: &PackUse) -> Result<bool> {
     let _writer = StoreLock::shared(&store.locks_dir(), INGEST_LOCK)?;
-    let locations = {
-        let mut stmt = store.catalog_mut().conn().prepare(
-            "SELECT c.hash, p.name, c.offset, c.block_len, c.inner, c.len, c.id
-             FROM chunks c JOIN packs p ON p.id = c.pack WHERE c.pack = ?1 ORDER BY c.offset, c.inner",
-        )?;
-        let rows = stmt.query_map([pack.id], |r| {
-            Ok((crate::catalog::location_from_row(r)?, r.get::<_, i64>(6)?))
-        })?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()?
-    };
+    let locations = sweep::pack_chunks(store.catalog_mut().conn(), pack.id)?;
     let mut writer = PackWriter::create(&store.packs_dir())?;
     let mut compressor = block_compressor(crate::params::ZSTD_LEVEL)?;
     let mut moved = Vec::with_capacity(locations.len());
@@ -495,38 +282,7 @@ fn repack(store: &mut Store, pack: &PackUse) -> Result<bool> {
     }
     let sealed: SealedPack = writer.seal()?;
     sync_dir(&store.packs_dir())?;
-    let tx = store
-        .catalog_mut()
-        .conn()
-        .transaction_with_behavior(TransactionBehavior::Immediate)?;
-    tx.execute(
-        "INSERT INTO packs(name, size) VALUES (?1, ?2)",
-        params![sealed.name, sealed.size as i64],
-    )?;
-    let new_id = tx.last_insert_rowid();
-    {
-        let mut update = tx.prepare(
-            "UPDATE chunks SET pack = ?1, offset = ?2, block_len = ?3, inner = ?4 WHERE id = ?5 AND pack = ?6",
-        )?;
-        for (id, loc) in &moved {
-            update.execute(params![
-                new_id,
-                loc.offset as i64,
-                loc.block_len,
-                loc.inner,
-                id,
-                pack.id
-            ])?;
-        }
-    }
-    let old_gone = tx.execute(
-        "DELETE FROM packs WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM chunks WHERE pack = ?1)",
-        [pack.id],
-    )? > 0;
-    // Chunks moved: locations cached by readers point into a pack that is
-    // about to go.
-    bump_epoch(&tx)?;
-    tx.commit()?;
+    let old_gone = sweep::record_repack(store.catalog_mut().conn(), &sealed, &moved, pack.id)?;
     if old_gone {
         remove_pack_file(store, &pack.name)?;
     }
@@ -538,14 +294,7 @@ fn sweep_debris(store: &mut Store, options: GcOptions, report: &mut GcReport) ->
         report.debris_sweep_skipped = true;
         return Ok(());
     };
-    let known: HashSet<String> = {
-        let mut stmt = store
-            .catalog_mut()
-            .conn()
-            .prepare("SELECT name FROM packs")?;
-        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-        rows.collect::<rusqlite::Result<_>>()?
-    };
+    let known = sweep::pack_names(store.catalog_mut().conn())?;
     let dir = store.packs_dir();
     let now = std::time::SystemTime::now();
     for entry in fs::read_dir(&dir).map_err(|e| StoreError::io(&dir, e))? {
@@ -799,7 +548,7 @@ mod tests {
                 .conn()
                 .execute(
                     "UPDATE generations SET created = ?1 WHERE id = ?2",
-                    params![now - days * day, id],
+                    rusqlite::params![now - days * day, id],
                 )
                 .unwrap();
         }

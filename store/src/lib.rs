@@ -6,28 +6,35 @@
 //! generations. See ARCHITECTURE.md for the map and FORMAT.md for every
 //! on-disk structure.
 
+// The modules other crates use, each a part of the store's API.
 pub mod catalog;
 pub mod chunker;
 pub mod commit;
 pub mod dirs;
-pub mod error;
 pub mod export;
 pub mod gc;
 pub mod generations;
-pub mod hash;
 pub mod ingest;
-pub mod lock;
 pub mod names;
 pub mod pack;
 pub mod params;
 pub mod read;
 pub mod runtime;
 pub mod scan;
-pub mod store;
 pub mod tree;
 pub mod verify;
 pub mod version;
 
+// Internal: reached through the re-exports below or through `Store`.
+mod error;
+mod hash;
+mod lock;
+mod store;
+
 pub use error::{Result, StoreError};
 pub use hash::Hash;
-pub use store::{AddDir, AddOptions, CurrentChange, NoProgress, Progress, Stats, Store};
+pub use lock::DEFAULT_LOCK_TIMEOUT;
+pub use store::{
+    AddDir, AddOptions, CATALOG_FILE, CurrentChange, NoProgress, PACKS_DIR, Progress, Stats, Store,
+    now_secs,
+};

@@ -17,9 +17,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{OptionalExtension, TransactionBehavior};
+use rusqlite::TransactionBehavior;
 
-use crate::catalog::{Catalog, InodeRow, PackageRow};
+use crate::catalog::{Catalog, InodeRow, PackageRow, writes};
 use crate::commit::{CommitOutcome, Membership, StagedPackage, commit_with};
 use crate::dirs::DirSet;
 use crate::error::{Result, StoreError};
@@ -365,11 +365,7 @@ impl Store {
                 if &m.name != name {
                     continue;
                 }
-                let v: String = tx.query_row(
-                    "SELECT version FROM packages WHERE id = ?1",
-                    [m.package],
-                    |r| r.get(0),
-                )?;
+                let v = writes::package_version(&tx, m.package)?;
                 if version.as_ref().is_none_or(|want| *want == v) {
                     matched.push((m.package, format!("{name}/{v}")));
                 }
@@ -405,12 +401,7 @@ impl Store {
             .generation(current)?
             .and_then(|g| g.restores)
             .unwrap_or(current);
-        let target: Option<i64> = self.catalog.conn().query_row(
-            "SELECT max(id) FROM generations WHERE id < ?1",
-            [live],
-            |r| r.get(0),
-        )?;
-        let target = target.ok_or_else(|| {
+        let target = self.catalog.previous_generation(live)?.ok_or_else(|| {
             StoreError::Invalid(format!(
                 "no retained generation before {live} to roll back to"
             ))
@@ -511,50 +502,25 @@ impl Store {
 
     /// Totals for `nip stats`.
     pub fn stats(&mut self) -> Result<Stats> {
-        let conn = self.catalog.conn();
-        let (packs, stored_bytes): (i64, i64) = conn.query_row(
-            "SELECT count(*), coalesce(sum(size), 0) FROM packs",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
-        let (chunks, chunk_raw_bytes, chunk_stored_bytes): (i64, i64, i64) = conn.query_row(
-            "SELECT count(*), coalesce(sum(len), 0),
-                    (SELECT coalesce(sum(block_len), 0)
-                     FROM (SELECT DISTINCT pack, offset, block_len FROM chunks))
-             FROM chunks",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )?;
-        let (blobs, blob_bytes): (i64, i64) = conn.query_row(
-            "SELECT count(*), coalesce(sum(size), 0) FROM blobs",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
-        let (packages, logical_bytes, files): (i64, i64, i64) = conn.query_row(
-            "SELECT count(*), coalesce(sum(bytes), 0), coalesce(sum(files), 0) FROM packages",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )?;
-        let generations: i64 =
-            conn.query_row("SELECT count(*) FROM generations", [], |r| r.get(0))?;
+        let totals = self.catalog.totals()?;
         let catalog_bytes = [CATALOG_FILE, "catalog.db-wal"]
             .iter()
             .filter_map(|f| fs::metadata(self.dir.join(f)).ok())
             .map(|m| m.len())
             .sum::<u64>();
         Ok(Stats {
-            packs: packs as u64,
-            stored_bytes: stored_bytes as u64,
+            packs: totals.packs,
+            stored_bytes: totals.stored_bytes,
             catalog_bytes,
-            chunks: chunks as u64,
-            chunk_raw_bytes: chunk_raw_bytes as u64,
-            chunk_stored_bytes: chunk_stored_bytes as u64,
-            blobs: blobs as u64,
-            blob_bytes: blob_bytes as u64,
-            packages: packages as u64,
-            files: files as u64,
-            logical_bytes: logical_bytes as u64,
-            generations: generations as u64,
+            chunks: totals.chunks,
+            chunk_raw_bytes: totals.chunk_raw_bytes,
+            chunk_stored_bytes: totals.chunk_stored_bytes,
+            blobs: totals.blobs,
+            blob_bytes: totals.blob_bytes,
+            packages: totals.packages,
+            files: totals.files,
+            logical_bytes: totals.logical_bytes,
+            generations: totals.generations,
         })
     }
 }
@@ -581,21 +547,14 @@ impl Store {
             .conn()
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         generations::require_in(&tx, generation)?;
-        let added = tx.execute(
-            "INSERT OR IGNORE INTO pins(generation, pinned) VALUES (?1, ?2)",
-            rusqlite::params![generation, now_secs()],
-        )?;
+        let added = writes::pin(&tx, generation, now_secs())?;
         tx.commit()?;
-        Ok(added > 0)
+        Ok(added)
     }
 
     /// Unpins generation `generation`; returns false if it was not pinned.
     pub fn unpin(&mut self, generation: i64) -> Result<bool> {
-        Ok(self
-            .catalog
-            .conn()
-            .execute("DELETE FROM pins WHERE generation = ?1", [generation])?
-            > 0)
+        writes::unpin(self.catalog.conn(), generation)
     }
 
     /// Makes the stored version `version` of App `name` its `Current`, as
@@ -609,20 +568,8 @@ impl Store {
             .catalog
             .conn()
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let package: Option<i64> = tx
-            .query_row(
-                "SELECT id FROM packages WHERE name = ?1 AND version = ?2",
-                rusqlite::params![name, version],
-                |r| r.get(0),
-            )
-            .optional()?;
-        let Some(package) = package else {
-            let stored = {
-                let mut stmt =
-                    tx.prepare("SELECT version FROM packages WHERE name = ?1 ORDER BY id")?;
-                let rows = stmt.query_map([name], |r| r.get::<_, String>(0))?;
-                rows.collect::<rusqlite::Result<Vec<_>>>()?
-            };
+        let Some((package, _)) = writes::package_by_spec(&tx, name, version)? else {
+            let stored = writes::stored_versions(&tx, name)?;
             return Err(StoreError::VersionNotStored {
                 name: name.to_string(),
                 version: version.to_string(),
@@ -639,11 +586,7 @@ impl Store {
                     reinstated: false,
                 });
             }
-            Some(m) => Some(tx.query_row(
-                "SELECT version FROM packages WHERE id = ?1",
-                [m.package],
-                |r| r.get::<_, String>(0),
-            )?),
+            Some(m) => Some(writes::package_version(&tx, m.package)?),
             None => None,
         };
         let reinstated = !members.iter().any(|m| m.package == package);

@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
+use crate::catalog::audit;
 use crate::error::{Result, StoreError};
 use crate::hash::Hash;
 use crate::pack::ChunkLocation;
@@ -105,34 +106,23 @@ pub fn verify_with_progress(store: &mut Store, progress: &dyn Progress) -> Resul
     // are only counted.
     let mut remote_chunks: HashSet<i64> = HashSet::new();
     let mut remote_packs: BTreeMap<String, RemotePack> = BTreeMap::new();
-    let chunks: Vec<(i64, ChunkLocation)> = {
-        let mut stmt = store.catalog_mut().conn().prepare(
-            "SELECT c.hash, p.name, c.offset, c.block_len, c.inner, c.len, c.id, r.name
-             FROM chunks c JOIN packs p ON p.id = c.pack LEFT JOIN remotes r ON r.id = p.remote
-             ORDER BY c.pack, c.offset, c.inner",
-        )?;
-        let mut rows = stmt.query([])?;
-        let mut local = Vec::new();
-        while let Some(r) = rows.next()? {
-            let id: i64 = r.get(6)?;
-            let loc = crate::catalog::location_from_row(r)?;
-            match r.get::<_, Option<String>>(7)? {
-                None => local.push((id, loc)),
-                Some(remote) => {
-                    remote_chunks.insert(id);
-                    remote_packs
-                        .entry(loc.pack.to_string())
-                        .or_insert_with(|| RemotePack {
-                            pack: loc.pack.to_string(),
-                            remote,
-                            chunks: 0,
-                        })
-                        .chunks += 1;
-                }
+    let mut chunks: Vec<(i64, ChunkLocation)> = Vec::new();
+    for (id, loc, remote) in audit::chunk_locations(store.catalog_mut().conn())? {
+        match remote {
+            None => chunks.push((id, loc)),
+            Some(remote) => {
+                remote_chunks.insert(id);
+                remote_packs
+                    .entry(loc.pack.to_string())
+                    .or_insert_with(|| RemotePack {
+                        pack: loc.pack.to_string(),
+                        remote,
+                        chunks: 0,
+                    })
+                    .chunks += 1;
             }
         }
-        local
-    };
+    }
     report.remote_packs = remote_packs.into_values().collect();
     let mut bad_chunks: HashMap<i64, String> = HashMap::new();
     progress.start(
@@ -156,47 +146,7 @@ pub fn verify_with_progress(store: &mut Store, progress: &dyn Progress) -> Resul
 
     // Pass 2: every file content.
     progress.phase("files");
-    struct BlobInfo {
-        id: i64,
-        hash: Hash,
-        size: u64,
-        chunks: Vec<(i64, Hash, u32)>,
-    }
-    let blobs: Vec<BlobInfo> = {
-        let conn = store.catalog_mut().conn();
-        let mut stmt = conn.prepare(
-            "SELECT b.id, b.hash, b.size, bc.chunk, c.hash, c.len
-             FROM blobs b JOIN blob_chunks bc ON bc.blob = b.id LEFT JOIN chunks c ON c.id = bc.chunk
-             ORDER BY b.id, bc.seq",
-        )?;
-        let mut rows = stmt.query([])?;
-        let mut out: Vec<BlobInfo> = Vec::new();
-        while let Some(r) = rows.next()? {
-            let id: i64 = r.get(0)?;
-            let chunk_hash: Option<Vec<u8>> = r.get(4)?;
-            let entry = (
-                r.get::<_, i64>(3)?,
-                chunk_hash
-                    .as_deref()
-                    .and_then(Hash::from_slice)
-                    .unwrap_or(Hash([0; 32])),
-                r.get::<_, Option<u32>>(5)?.unwrap_or(0),
-            );
-            match out.last_mut() {
-                Some(last) if last.id == id => last.chunks.push(entry),
-                _ => {
-                    let hash: Vec<u8> = r.get(1)?;
-                    out.push(BlobInfo {
-                        id,
-                        hash: Hash::from_slice(&hash).unwrap_or(Hash([0; 32])),
-                        size: r.get::<_, i64>(2)? as u64,
-                        chunks: vec![entry],
-                    });
-                }
-            }
-        }
-        out
-    };
+    let blobs = audit::contents(store.catalog_mut().conn())?;
     let mut known_chunks: HashSet<i64> = chunks.iter().map(|(id, _)| *id).collect();
     known_chunks.extend(remote_chunks.iter().copied());
     let mut bad_blobs: HashMap<i64, String> = HashMap::new();
@@ -253,7 +203,7 @@ pub fn verify_with_progress(store: &mut Store, progress: &dyn Progress) -> Resul
     // Name the damaged files.
     let mut damaged = BTreeSet::new();
     for (blob, reason) in &bad_blobs {
-        for (package, path) in paths_using_blob(store, *blob)? {
+        for (package, path) in audit::paths_using_content(store.catalog_mut().conn(), *blob)? {
             damaged.insert(Damage {
                 package,
                 path,
@@ -300,42 +250,4 @@ impl std::io::Write for HashingWriter {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
-}
-
-/// Every `(NAME/VERSION, path)` whose file content is `blob`.
-fn paths_using_blob(store: &mut Store, blob: i64) -> Result<Vec<(String, String)>> {
-    let conn = store.catalog_mut().conn();
-    let mut inodes = conn.prepare_cached(
-        "SELECT i.id, p.name || '/' || p.version, p.root FROM inodes i JOIN packages p ON p.id = i.package WHERE i.blob = ?1",
-    )?;
-    let found: Vec<(i64, String, i64)> = inodes
-        .query_map([blob], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-        .collect::<rusqlite::Result<_>>()?;
-    let mut parents = conn.prepare_cached("SELECT dir, name FROM dirents WHERE inode = ?1")?;
-    let mut out = Vec::new();
-    for (inode, package, root) in found {
-        // Walk up from each name of the inode to the package root.
-        let mut partial: Vec<(i64, Vec<u8>)> = vec![(inode, Vec::new())];
-        while let Some((node, suffix)) = partial.pop() {
-            if node == root {
-                out.push((
-                    package.clone(),
-                    String::from_utf8_lossy(&suffix).into_owned(),
-                ));
-                continue;
-            }
-            let names: Vec<(i64, Vec<u8>)> = parents
-                .query_map([node], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<rusqlite::Result<_>>()?;
-            for (dir, name) in names {
-                let mut path = name;
-                if !suffix.is_empty() {
-                    path.push(b'/');
-                    path.extend_from_slice(&suffix);
-                }
-                partial.push((dir, path));
-            }
-        }
-    }
-    Ok(out)
 }

@@ -8,9 +8,13 @@
 //! for the commit itself: all slow work (reading, chunking, compressing,
 //! writing packs) happens before.
 
+pub(crate) mod audit;
+pub(crate) mod generations;
 mod remotes;
 mod schema;
+pub(crate) mod sweep;
 mod trees;
+pub(crate) mod writes;
 
 use std::path::Path;
 use std::time::Duration;
@@ -26,6 +30,33 @@ use crate::tree::{InodeType, Xattrs, decode_xattrs};
 pub use remotes::{BlockChunk, NewRemote, RemoteRow, RemoteUse};
 pub use schema::SCHEMA_VERSION;
 pub use trees::PackageTree;
+
+/// Row counts and byte totals of a catalog ([`Catalog::totals`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Pack files.
+    pub packs: u64,
+    /// Their bytes.
+    pub stored_bytes: u64,
+    /// Chunks.
+    pub chunks: u64,
+    /// Their uncompressed bytes.
+    pub chunk_raw_bytes: u64,
+    /// Bytes of the distinct blocks holding them.
+    pub chunk_stored_bytes: u64,
+    /// File contents.
+    pub blobs: u64,
+    /// Their bytes.
+    pub blob_bytes: u64,
+    /// Packages.
+    pub packages: u64,
+    /// Files in them.
+    pub files: u64,
+    /// Bytes of those files.
+    pub logical_bytes: u64,
+    /// Generations.
+    pub generations: u64,
+}
 
 /// How long a connection waits for a lock held by another process.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -661,6 +692,50 @@ impl Catalog {
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Row counts and byte totals of the whole catalog, for `nip stats`.
+    pub fn totals(&self) -> Result<Totals> {
+        let conn = &self.conn;
+        let (packs, stored_bytes): (i64, i64) = conn.query_row(
+            "SELECT count(*), coalesce(sum(size), 0) FROM packs",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let (chunks, chunk_raw_bytes, chunk_stored_bytes): (i64, i64, i64) = conn.query_row(
+            "SELECT count(*), coalesce(sum(len), 0),
+                    (SELECT coalesce(sum(block_len), 0)
+                     FROM (SELECT DISTINCT pack, offset, block_len FROM chunks))
+             FROM chunks",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        let (blobs, blob_bytes): (i64, i64) = conn.query_row(
+            "SELECT count(*), coalesce(sum(size), 0) FROM blobs",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let (packages, logical_bytes, files): (i64, i64, i64) = conn.query_row(
+            "SELECT count(*), coalesce(sum(bytes), 0), coalesce(sum(files), 0) FROM packages",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        let generations: i64 =
+            conn.query_row("SELECT count(*) FROM generations", [], |r| r.get(0))?;
+        let n = |v: i64| v.max(0) as u64;
+        Ok(Totals {
+            packs: n(packs),
+            stored_bytes: n(stored_bytes),
+            chunks: n(chunks),
+            chunk_raw_bytes: n(chunk_raw_bytes),
+            chunk_stored_bytes: n(chunk_stored_bytes),
+            blobs: n(blobs),
+            blob_bytes: n(blob_bytes),
+            packages: n(packages),
+            files: n(files),
+            logical_bytes: n(logical_bytes),
+            generations: n(generations),
+        })
     }
 
     /// The retained generation just before `id`, if any.

@@ -372,11 +372,11 @@ fn landlock_rules(c: &Confinement) -> Vec<Rule> {
     let store = c.store;
     let mut rules = vec![
         Rule {
-            path: store.join(nexus_store::store::CATALOG_FILE),
+            path: store.join(nexus_store::CATALOG_FILE),
             grant: Grant::Read,
         },
         Rule {
-            path: store.join(nexus_store::store::PACKS_DIR),
+            path: store.join(nexus_store::PACKS_DIR),
             grant: Grant::Read,
         },
     ];
@@ -384,7 +384,7 @@ fn landlock_rules(c: &Confinement) -> Vec<Rule> {
     // written by every reader (its read marks and locks). Both exist while
     // any connection is open, as the daemon's are.
     for (suffix, grant) in [("-wal", Grant::Read), ("-shm", Grant::ReadWrite)] {
-        let mut name = OsStr::new(nexus_store::store::CATALOG_FILE).to_os_string();
+        let mut name = OsStr::new(nexus_store::CATALOG_FILE).to_os_string();
         name.push(suffix);
         let path = store.join(name);
         if path.exists() {

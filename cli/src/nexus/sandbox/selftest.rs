@@ -52,13 +52,13 @@ fn report(out: &mut File, probe: &str, result: io::Result<()>) {
 
 /// Runs the probes and writes their outcomes to `out`.
 pub(super) fn run(out: &mut File, c: &Confinement) {
-    let catalog = c.store.join(nexus_store::store::CATALOG_FILE);
+    let catalog = c.store.join(nexus_store::CATALOG_FILE);
     // What serving needs still works.
     report(out, "read-catalog", open(&catalog, libc::O_RDONLY));
     report(
         out,
         "list-packs",
-        std::fs::read_dir(c.store.join(nexus_store::store::PACKS_DIR)).map(drop),
+        std::fs::read_dir(c.store.join(nexus_store::PACKS_DIR)).map(drop),
     );
     // Files outside the store, and the store's own files for writing.
     report(

@@ -9,7 +9,7 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use nexus_store::store::CATALOG_FILE;
+use nexus_store::CATALOG_FILE;
 
 /// A file's identity, size and modification time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
