@@ -8,7 +8,7 @@ use std::os::unix::fs::symlink;
 use std::path::Path;
 
 use nexus_store::commit::{CommitOutcome, ExactSet, Membership, StagedPackage};
-use nexus_store::ingest::{ContentBatch, FileContent};
+use nexus_store::ingest::ContentBatch;
 use nexus_store::pack::{ChunkLocation, SealedPack};
 use nexus_store::{Store, StoreError};
 
@@ -40,22 +40,7 @@ pub fn adopt(archive: &Archive, dir: &Path) -> Result<(Store, CommitOutcome)> {
             len: c.len,
         })
         .collect();
-    let files = body
-        .blobs
-        .iter()
-        .map(|b| FileContent {
-            hash: b.hash,
-            size: b.size,
-            chunks: b
-                .chunks
-                .iter()
-                .map(|&i| {
-                    let c = &body.chunks[i as usize];
-                    (c.hash, c.len)
-                })
-                .collect(),
-        })
-        .collect();
+    let files = body.file_contents();
     let batch = ContentBatch {
         files,
         packs: vec![SealedPack { name, size }],

@@ -113,6 +113,26 @@ pub fn root_hash<'a>(packages: impl IntoIterator<Item = &'a BodyPackage>) -> Has
 }
 
 impl Body {
+    /// Every file content with its chunk list, as a store session commits
+    /// contents (an archive or a remote's metadata made a content batch).
+    pub fn file_contents(&self) -> Vec<nexus_store::ingest::FileContent> {
+        self.blobs
+            .iter()
+            .map(|b| nexus_store::ingest::FileContent {
+                hash: b.hash,
+                size: b.size,
+                chunks: b
+                    .chunks
+                    .iter()
+                    .map(|&i| {
+                        let c = &self.chunks[i as usize];
+                        (c.hash, c.len)
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
     /// `NAME/VERSION` of the packages that are their App's `Current`.
     pub fn current_specs(&self) -> Vec<String> {
         self.packages

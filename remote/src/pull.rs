@@ -13,7 +13,7 @@ use nexus_npk::read::unix_now;
 use nexus_npk::{Claim, ReplayError, TrustSet};
 use nexus_store::catalog::RemoteRow;
 use nexus_store::commit::{ExactSet, Membership, StagedPackage};
-use nexus_store::ingest::{ContentBatch, FileContent};
+use nexus_store::ingest::ContentBatch;
 use nexus_store::pack::SealedPack;
 use nexus_store::{Hash, Store, StoreError};
 
@@ -216,22 +216,7 @@ pub fn pull(
         });
     }
     let body = &meta.body;
-    let files = body
-        .blobs
-        .iter()
-        .map(|b| FileContent {
-            hash: b.hash,
-            size: b.size,
-            chunks: b
-                .chunks
-                .iter()
-                .map(|&i| {
-                    let c = &body.chunks[i as usize];
-                    (c.hash, c.len)
-                })
-                .collect(),
-        })
-        .collect();
+    let files = body.file_contents();
     let batch = ContentBatch {
         files,
         packs: meta

@@ -31,10 +31,11 @@ mod hash;
 mod lock;
 mod store;
 
+pub use catalog::Stats;
 pub use error::{Result, StoreError};
 pub use hash::Hash;
 pub use lock::DEFAULT_LOCK_TIMEOUT;
 pub use store::{
-    AddDir, AddOptions, CATALOG_FILE, CurrentChange, NoProgress, PACKS_DIR, Progress, Stats, Store,
+    AddDir, AddOptions, CATALOG_FILE, CurrentChange, NoProgress, PACKS_DIR, Progress, Store,
     now_secs,
 };

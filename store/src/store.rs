@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::TransactionBehavior;
 
-use crate::catalog::{Catalog, InodeRow, PackageRow, writes};
+use crate::catalog::{Catalog, InodeRow, PackageRow, Stats, writes};
 use crate::commit::{CommitOutcome, Membership, StagedPackage, commit_with};
 use crate::dirs::DirSet;
 use crate::error::{Result, StoreError};
@@ -502,25 +502,14 @@ impl Store {
 
     /// Totals for `nip stats`.
     pub fn stats(&mut self) -> Result<Stats> {
-        let totals = self.catalog.totals()?;
         let catalog_bytes = [CATALOG_FILE, "catalog.db-wal"]
             .iter()
             .filter_map(|f| fs::metadata(self.dir.join(f)).ok())
             .map(|m| m.len())
             .sum::<u64>();
         Ok(Stats {
-            packs: totals.packs,
-            stored_bytes: totals.stored_bytes,
             catalog_bytes,
-            chunks: totals.chunks,
-            chunk_raw_bytes: totals.chunk_raw_bytes,
-            chunk_stored_bytes: totals.chunk_stored_bytes,
-            blobs: totals.blobs,
-            blob_bytes: totals.blob_bytes,
-            packages: totals.packages,
-            files: totals.files,
-            logical_bytes: totals.logical_bytes,
-            generations: totals.generations,
+            ..self.catalog.stats()?
         })
     }
 }
@@ -599,35 +588,6 @@ impl Store {
             reinstated,
         })
     }
-}
-
-/// Store totals.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct Stats {
-    /// Pack files indexed.
-    pub packs: u64,
-    /// Bytes in indexed pack files.
-    pub stored_bytes: u64,
-    /// Bytes of the catalog (database and WAL).
-    pub catalog_bytes: u64,
-    /// Distinct chunks.
-    pub chunks: u64,
-    /// Their uncompressed bytes.
-    pub chunk_raw_bytes: u64,
-    /// Their stored payload bytes.
-    pub chunk_stored_bytes: u64,
-    /// Distinct file contents.
-    pub blobs: u64,
-    /// Their bytes.
-    pub blob_bytes: u64,
-    /// Packages stored (in any retained generation).
-    pub packages: u64,
-    /// Regular-file entries over all packages.
-    pub files: u64,
-    /// Bytes of those entries (what unpacking everything would write).
-    pub logical_bytes: u64,
-    /// Retained generations.
-    pub generations: u64,
 }
 
 /// Refuses invalid names and versions, and the same NAME/VERSION twice in

@@ -31,30 +31,33 @@ pub use remotes::{BlockChunk, NewRemote, RemoteRow, RemoteUse};
 pub use schema::SCHEMA_VERSION;
 pub use trees::PackageTree;
 
-/// Row counts and byte totals of a catalog ([`Catalog::totals`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Totals {
-    /// Pack files.
+/// Store totals for `nip stats`: row counts and bytes of the catalog's
+/// tables ([`Catalog::stats`]) and the catalog's own size (the store's).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Stats {
+    /// Pack files indexed.
     pub packs: u64,
-    /// Their bytes.
+    /// Bytes in indexed pack files.
     pub stored_bytes: u64,
-    /// Chunks.
+    /// Bytes of the catalog (database and WAL).
+    pub catalog_bytes: u64,
+    /// Distinct chunks.
     pub chunks: u64,
     /// Their uncompressed bytes.
     pub chunk_raw_bytes: u64,
-    /// Bytes of the distinct blocks holding them.
+    /// Their stored payload bytes.
     pub chunk_stored_bytes: u64,
-    /// File contents.
+    /// Distinct file contents.
     pub blobs: u64,
     /// Their bytes.
     pub blob_bytes: u64,
-    /// Packages.
+    /// Packages stored (in any retained generation).
     pub packages: u64,
-    /// Files in them.
+    /// Regular-file entries over all packages.
     pub files: u64,
-    /// Bytes of those files.
+    /// Bytes of those entries (what unpacking everything would write).
     pub logical_bytes: u64,
-    /// Generations.
+    /// Retained generations.
     pub generations: u64,
 }
 
@@ -694,8 +697,9 @@ impl Catalog {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// Row counts and byte totals of the whole catalog, for `nip stats`.
-    pub fn totals(&self) -> Result<Totals> {
+    /// Row counts and byte totals of the whole catalog, for `nip stats`
+    /// (`catalog_bytes` left 0: the files are the store's).
+    pub fn stats(&self) -> Result<Stats> {
         let conn = &self.conn;
         let (packs, stored_bytes): (i64, i64) = conn.query_row(
             "SELECT count(*), coalesce(sum(size), 0) FROM packs",
@@ -723,8 +727,9 @@ impl Catalog {
         let generations: i64 =
             conn.query_row("SELECT count(*) FROM generations", [], |r| r.get(0))?;
         let n = |v: i64| v.max(0) as u64;
-        Ok(Totals {
+        Ok(Stats {
             packs: n(packs),
+            catalog_bytes: 0,
             stored_bytes: n(stored_bytes),
             chunks: n(chunks),
             chunk_raw_bytes: n(chunk_raw_bytes),
