@@ -83,7 +83,12 @@ cleanup() {
     local m p
     for m in "${mounts[@]}"; do umount -l "$m" 2>/dev/null || true; done
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    if [[ -n ${NEXUS_WEED_PID:-} ]]; then kill "$NEXUS_WEED_PID" 2>/dev/null || true; fi
+    if [[ -n ${NEXUS_WEED_PID:-} ]]; then
+        kill "$NEXUS_WEED_PID" 2>/dev/null || true
+        wait "$NEXUS_WEED_PID" 2>/dev/null || true
+        # Its data holds two copies of the store's packs: gigabytes.
+        [[ -z ${NEXUS_WEED_DIR:-} ]] || rm -rf "$NEXUS_WEED_DIR"
+    fi
     if [[ $keep -eq 0 ]]; then rm -rf "$work"; else log "kept $work"; fi
 }
 trap cleanup EXIT
@@ -133,10 +138,17 @@ published_bytes=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])
 publish_mbs=$(fdiv "$(fdiv "$published_bytes" 1048576)" "$publish_s")
 sync_s="" sync_mbs="" sync_bytes=$(du -sb "$pub/packs" | cut -f1)
 if command -v aws > /dev/null; then
+    # A bucket of its own: removing it (SeaweedFS drops the bucket's
+    # volumes) gives the space back at once, which deleting the objects
+    # does not (deletes only mark needles until a vacuum).
+    sync_bucket="nexus-bench-sync-$(date +%s)-$$"
     log "aws s3 sync of packs/ ($sync_bytes bytes)"
+    aws --endpoint-url "$endpoint" s3 mb "s3://$sync_bucket" > "$work/sync.log" 2>&1
     t0=$(us_now)
-    aws --endpoint-url "$endpoint" s3 sync --only-show-errors "$pub/packs" "s3://$bucket/sync/" > "$work/sync.log" 2>&1
+    aws --endpoint-url "$endpoint" s3 sync --only-show-errors "$pub/packs" "s3://$sync_bucket/sync/" >> "$work/sync.log" 2>&1
     t1=$(us_now)
+    aws --endpoint-url "$endpoint" s3 rb --force "s3://$sync_bucket" >> "$work/sync.log" 2>&1 ||
+        log "could not remove bucket $sync_bucket (see $work/sync.log)"
     sync_s=$(fdiv $((t1 - t0)) 1000000)
     sync_mbs=$(fdiv "$(fdiv "$sync_bytes" 1048576)" "$sync_s")
 else
@@ -184,6 +196,8 @@ measure() {   # measure LABEL VIA EAGER: sets m_s, m_bytes, m_run (medians)
             referenced=$("$NIP" --store "$work/sub-$label-$r" remote list --json |
                 python3 -c 'import json,sys; print(sum(r["pack_bytes"] for r in json.load(sys.stdin)["remotes"]))')
         fi
+        # An eager subscriber holds every pack: keep the disk for the next.
+        [[ $keep -eq 1 ]] || rm -rf "$work/sub-$label-$r"
     done
     m_s=$(median "${times[@]}") m_run=$(median "${run[@]}")
 }
@@ -223,6 +237,8 @@ teager_s=$m_s teager_bytes=$m_bytes teager_run=$m_run
 
 ratio=$(fdiv "$lazy_bytes" "$referenced")
 slow=$(fdiv "$lazy_run" "$local_s")
+slow_total=$(fdiv "$lazy_s" "$local_s")
+tslow_total=$(fdiv "$tlazy_s" "$local_s")
 report=$(cat <<EOF
 ## Remote: publish to SeaweedFS, a fresh subscriber's first run ($(date +%F))
 
@@ -243,7 +259,8 @@ Corpus: $(wc -l < "$list") packages; program: \`$program_name\`; runs: $runs.
 
 Referenced pack bytes: $referenced. Targets: first run < 10% of them:
 $(status_le "$ratio" 0.10) ($(fmt %.3f "$ratio")); the lazy run within 2x of a warm local
-store: $(status_le "$slow" 2) ($(fmt %.2f "$slow")x).
+store: $(status_le "$slow" 2) ($(fmt %.2f "$slow")x the run alone; pull → first run's
+end: $(status_le "$slow_total" 2), $(fmt %.2f "$slow_total")x, throttled $(status_le "$tslow_total" 2), $(fmt %.2f "$tslow_total")x).
 EOF
 )
 printf '%s\n' "$report"
@@ -251,9 +268,10 @@ if [[ $smoke -eq 0 ]]; then
     mkdir -p "$out_dir"
     stamp=$(date +%Y%m%d-%H%M%S)
     printf '%s\n' "$report" > "$out_dir/remote-$stamp.md"
-    printf '{"publish_s":%s,"published_bytes":%s,"sync_s":%s,"sync_bytes":%s,"lazy_s":%s,"lazy_run_s":%s,"lazy_bytes":%s,"eager_s":%s,"eager_bytes":%s,"throttled_lazy_s":%s,"throttled_lazy_bytes":%s,"throttled_eager_s":%s,"local_run_s":%s,"referenced_bytes":%s}\n' \
+    printf '{"publish_s":%s,"published_bytes":%s,"sync_s":%s,"sync_bytes":%s,"lazy_s":%s,"lazy_run_s":%s,"lazy_bytes":%s,"eager_s":%s,"eager_bytes":%s,"throttled_lazy_s":%s,"throttled_lazy_bytes":%s,"throttled_eager_s":%s,"local_run_s":%s,"referenced_bytes":%s,"eager_run_s":%s,"throttled_lazy_run_s":%s,"throttled_eager_bytes":%s,"runs":%s}\n' \
         "$(jnum "$publish_s")" "$published_bytes" "$(jnum "$sync_s")" "$sync_bytes" "$(jnum "$lazy_s")" \
         "$(jnum "$lazy_run")" "$lazy_bytes" "$(jnum "$eager_s")" "$eager_bytes" "$(jnum "$tlazy_s")" \
-        "$tlazy_bytes" "$(jnum "$teager_s")" "$(jnum "$local_s")" "$referenced" > "$out_dir/remote-$stamp.json"
+        "$tlazy_bytes" "$(jnum "$teager_s")" "$(jnum "$local_s")" "$referenced" "$(jnum "$eager_run")" \
+        "$(jnum "$tlazy_run")" "$teager_bytes" "$runs" > "$out_dir/remote-$stamp.json"
     log "wrote $out_dir/remote-$stamp.md"
 fi

@@ -87,10 +87,12 @@ NEXUS_S3_SECRET_KEY=nexus-test-secret
 
 # Starts one SeaweedFS for the whole run on 127.0.0.1:8333 (S3), unless one
 # answers there already; sets NEXUS_WEED_PID to the one it started (the
-# caller stops it). -ip and the telemetry switch keep it off the network.
-# shellcheck disable=SC2034 # NEXUS_WEED_PID is the caller's
+# caller stops it) and NEXUS_WEED_DIR to its data (the caller removes it).
+# -ip and the telemetry switch keep it off the network.
+# shellcheck disable=SC2034 # NEXUS_WEED_PID and NEXUS_WEED_DIR are the caller's
 start_seaweedfs() {
-    NEXUS_WEED_PID=
+    NEXUS_WEED_PID=''
+    NEXUS_WEED_DIR=''
     if (exec 3<>/dev/tcp/127.0.0.1/8333) 2>/dev/null; then
         return 0
     fi
@@ -104,7 +106,7 @@ start_seaweedfs() {
     # full disk long before the space does.
     weed mini -dir="$dir/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.telemetry=false \
         -webdav=false -volume.max=1000 -s3.config="$dir/s3.json" >"$dir/weed.log" 2>&1 &
-    NEXUS_WEED_PID=$!
+    NEXUS_WEED_PID=$! NEXUS_WEED_DIR=$dir
     local _
     for _ in $(seq 1 120); do
         if (exec 3<>/dev/tcp/127.0.0.1/8333) 2>/dev/null; then
