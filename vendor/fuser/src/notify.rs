@@ -104,6 +104,21 @@ impl Notifier {
         self.send_inval(notify_code::FUSE_NOTIFY_DELETE, &notif)
     }
 
+    /// Ask the kernel to queue again every request that was read from this
+    /// connection but not answered yet (`FUSE_NOTIFY_RESEND`, Linux 6.9 or
+    /// later; the kernel offers [`crate::InitFlags::FUSE_HAS_RESEND`]).
+    ///
+    /// A server that takes over a connection from another process (see
+    /// [`crate::Session::from_initialized_fd`]) calls this once the old
+    /// process is gone: requests it had read and never answered are then
+    /// read again, instead of waiting forever.
+    /// # Errors
+    /// Returns an error if the kernel rejects the notification (`EINVAL`
+    /// from kernels without it, `ENOTCONN` once the connection is gone).
+    pub fn resend(&self) -> io::Result<()> {
+        self.send(notify_code::FUSE_NOTIFY_RESEND, &Notification::new_resend())
+    }
+
     #[allow(unused)]
     fn send_inval(&self, code: notify_code, notification: &Notification<'_>) -> io::Result<()> {
         match self.send(code, notification) {

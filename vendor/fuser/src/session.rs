@@ -221,6 +221,38 @@ impl<FS: Filesystem> Session<FS> {
         Ok(session)
     }
 
+    /// Wrap a `/dev/fuse` file descriptor whose connection is already
+    /// initialised: mounted, and past its `FUSE_INIT` handshake, typically
+    /// by another process that handed the descriptor over (`SCM_RIGHTS`, or
+    /// systemd's file descriptor store) so that this one serves the mount
+    /// from now on, without unmounting it. No handshake is done, so
+    /// [`Filesystem::init`] is not called: the kernel keeps the settings it
+    /// negotiated with the first server.
+    ///
+    /// The session does not know the mount: unmounting must be done by
+    /// path (`umount2`, `fusermount -u`). Requests the previous server read
+    /// and did not answer can be queued again with [`Notifier::resend`].
+    pub fn from_initialized_fd(
+        filesystem: FS,
+        fd: OwnedFd,
+        acl: SessionACL,
+        config: Config,
+    ) -> Self {
+        Session {
+            filesystem: FilesystemHolder {
+                fs: Some(filesystem),
+            },
+            ch: Channel::new(Arc::new(DevFuse(File::from(fd)))),
+            mount: UmountOnDrop {
+                mount: Arc::new(Mutex::new(None)),
+            },
+            allowed: acl,
+            session_owner: geteuid(),
+            proto_version: None,
+            config,
+        }
+    }
+
     /// Run the session loop in a background thread. If the returned handle is dropped,
     /// the filesystem is unmounted and the given session ends.
     pub fn spawn(self) -> io::Result<BackgroundSession> {

@@ -477,11 +477,22 @@ fn fuse_mount_sys(
         source = name;
     }
 
+    // As libfuse does: the type is `fuse.SUBTYPE`, so that mount tables
+    // (findmnt, /proc/self/mountinfo) name the file system; fusermount does
+    // the same for mounts by other users.
+    #[cfg(target_os = "linux")]
+    let fstype = match options
+        .iter()
+        .find(|x| matches!(**x, MountOption::Subtype(_)))
+    {
+        Some(MountOption::Subtype(subtype)) => format!("fuse.{subtype}"),
+        _ => "fuse".to_string(),
+    };
     #[cfg(target_os = "linux")]
     let result = nix::mount::mount(
         Some(source),
         mountpoint,
-        Some("fuse"),
+        Some(fstype.as_str()),
         flags,
         Some(mount_options.as_str()),
     );
