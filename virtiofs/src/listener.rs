@@ -60,10 +60,34 @@ pub fn serve(
     options: ServeOptions,
     ready: impl FnOnce(),
 ) -> Result<(), Error> {
-    let mut listener = Listener::new(socket, true).map_err(|source| Error::Listen {
+    let listener = Listener::new(socket, true).map_err(|source| Error::Listen {
         path: socket.to_path_buf(),
         source,
     })?;
+    serve_on(view, listener, socket, options, ready)
+}
+
+/// Serves `view` to every guest that connects to `listener`, a socket
+/// already listening (bound by the caller with the permissions it wants,
+/// or passed by systemd's socket activation), as [`serve`] does; `socket`
+/// names it in messages.
+pub fn serve_listener(
+    view: Arc<View>,
+    listener: std::os::unix::net::UnixListener,
+    socket: &Path,
+    options: ServeOptions,
+    ready: impl FnOnce(),
+) -> Result<(), Error> {
+    serve_on(view, Listener::from(listener), socket, options, ready)
+}
+
+fn serve_on(
+    view: Arc<View>,
+    mut listener: Listener,
+    socket: &Path,
+    options: ServeOptions,
+    ready: impl FnOnce(),
+) -> Result<(), Error> {
     ready();
     let budget = HandleBudget::new(options.dir_bytes);
     let active = Arc::new(AtomicUsize::new(0));

@@ -14,14 +14,21 @@ pub struct MountEntry {
     pub mount_point: PathBuf,
     /// File system type (`fuse`, `fuse.nexus`, `ext4`...).
     pub fs_type: String,
-    /// The source (`nexus` for our mounts).
+    /// The source (the store directory for our mounts; `nexus` for those
+    /// of older versions).
     pub source: String,
 }
 
+/// The types of nexus mounts: the store, and the Index.
+pub const NEXUS_TYPES: [&str; 2] = ["fuse.nexus", "fuse.nexus-index"];
+
 impl MountEntry {
-    /// True for a mount made by `nexus mount`.
+    /// True for a mount made by `nexus mount`: of a nexus type, or (made by
+    /// an older version, which gave the type `fuse`) with source `nexus`.
     pub fn is_nexus(&self) -> bool {
-        (self.fs_type == "fuse" || self.fs_type.starts_with("fuse.")) && self.source == "nexus"
+        NEXUS_TYPES.contains(&self.fs_type.as_str())
+            || ((self.fs_type == "fuse" || self.fs_type.starts_with("fuse."))
+                && self.source == "nexus")
     }
 }
 
@@ -135,9 +142,17 @@ mod tests {
 98 22 0:52 / /tmp/with\\040space rw,nosuid,nodev,relatime shared:51 - fuse nexus ro,user_id=0,group_id=0
 99 22 0:53 / /home/u/Programs rw,nosuid master:3 - fuse.nexus nexus rw,user_id=1000
 100 22 0:54 / /mnt/other rw - fuse.sshfs host:/x rw
+101 22 0:55 / /Programs ro,nosuid master:3 - fuse.nexus /var/lib/nexus ro,allow_other
+102 22 0:56 / /System/Index ro master:3 - fuse.nexus-index /var/lib/nexus ro,allow_other
 ";
         let mounts = parse_mountinfo(text);
-        assert_eq!(mounts.len(), 4);
+        assert_eq!(mounts.len(), 6);
+        assert!(
+            mounts[4].is_nexus(),
+            "typed fuse.nexus, the store as source"
+        );
+        assert_eq!(mounts[4].source, "/var/lib/nexus");
+        assert!(mounts[5].is_nexus(), "the Index");
         assert_eq!(mounts[1].mount_point, Path::new("/tmp/with space"));
         assert_eq!(mounts[1].fs_type, "fuse");
         assert!(mounts[1].is_nexus());

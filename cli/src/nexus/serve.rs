@@ -1,16 +1,18 @@
 //! Mounting the view and serving it until it is unmounted.
 
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use nexus_fs::follow::{self, Follower};
-use nexus_fs::fuse::{self, MountOptions};
-use nexus_fs::{GenerationChoice, ViewOptions};
+use nexus_fs::fuse::{self, MountOptions, Mounted, NexusFs};
+use nexus_fs::{GenerationChoice, View, ViewOptions};
 use nexus_store::runtime::ServedKind;
 
 use super::daemon::Ready;
-use super::{index, runtime_root, signals};
+use super::signals::{self, Termination};
+use super::{index, inherited, runtime_root, systemd, takeover};
 
 /// What `nexus mount` was asked for, with absolute paths.
 #[derive(Debug)]
@@ -31,6 +33,10 @@ pub struct Request {
     pub cache_bytes: u64,
     /// Where to write the daemon's pid.
     pub pid_file: Option<PathBuf>,
+    /// The log file, if the log goes to one (a successor logs there too).
+    pub log_file: Option<PathBuf>,
+    /// Ignore setuid bits even when mounting as root (`--nosuid`).
+    pub nosuid: bool,
     /// Serve this signed image instead of the store (`--image`).
     pub image: Option<ImageRequest>,
 }
@@ -117,22 +123,84 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// How a mount daemon serves, whichever way it got its mounts (made them,
+/// or took them over): what it tells a successor it serves.
+#[derive(Clone, Debug)]
+pub(super) struct Settings {
+    /// The store directory served.
+    pub store: PathBuf,
+    /// The mount point (canonical).
+    pub mountpoint: PathBuf,
+    /// The Index's mount point, if any.
+    pub index: Option<PathBuf>,
+    /// A fixed generation, or `None` to follow the live one.
+    pub generation: Option<i64>,
+    /// The mount options.
+    pub mount: MountOptions,
+    /// Decoded-block cache size.
+    pub cache_bytes: u64,
+    /// Where the daemon's pid is written.
+    pub pid_file: Option<PathBuf>,
+    /// The log file, if the log goes to one.
+    pub log_file: Option<PathBuf>,
+    /// The image served (`--image`), if any: such a mount is not handed
+    /// over (its store is a scratch directory of this process).
+    pub image: Option<PathBuf>,
+}
+
+impl Settings {
+    fn of(request: &Request) -> Settings {
+        Settings {
+            store: request.store.clone(),
+            mountpoint: request.mountpoint.clone(),
+            index: request.index.clone(),
+            generation: request.generation,
+            mount: MountOptions {
+                allow_other: request.allow_other,
+                threads: request.threads,
+                suid: is_root() && !request.nosuid,
+                source: request.store.clone(),
+            },
+            cache_bytes: request.cache_bytes,
+            pid_file: request.pid_file.clone(),
+            log_file: request.log_file.clone(),
+            image: request.image.as_ref().map(|i| i.path.clone()),
+        }
+    }
+
+    /// The view options of these settings.
+    pub fn view_options(&self) -> ViewOptions {
+        ViewOptions {
+            generation: match self.generation {
+                Some(n) => GenerationChoice::Fixed(n),
+                None => GenerationChoice::Live,
+            },
+            cache_bytes: self.cache_bytes,
+            connections: self.mount.threads + 1,
+        }
+    }
+}
+
+/// The mounts a daemon serves, not yet serving.
+pub(super) struct Mounts {
+    /// The main mount.
+    pub main: Mounted<NexusFs>,
+    /// The Index's, if any.
+    pub index: Option<index::IndexMount>,
+    /// Whether they were handed over by another process (a takeover, or
+    /// systemd's file descriptor store after a crash): that process may
+    /// have left requests unanswered, which the kernel must send again.
+    pub adopted: bool,
+}
+
 /// Mounts and serves until unmounted. `ready` (the daemon's pipe) is told
 /// once the mount is usable.
 pub fn serve(request: &Request, ready: Option<&mut Ready>) -> Result<()> {
-    // Before any thread exists, so that every thread inherits the mask.
-    signals::block_termination()?;
-    let choice = match request.generation {
-        Some(n) => GenerationChoice::Fixed(n),
-        None => GenerationChoice::Live,
-    };
-    let options = ViewOptions {
-        generation: choice,
-        cache_bytes: request.cache_bytes,
-        connections: request.threads + 1,
-    };
-    // An image is served through a scratch store describing it (removed
-    // when serving ends and `_scratch` drops).
+    // First: until it runs, SIGTERM would kill the daemon outright.
+    let termination = signals::watch()?;
+    let settings = Settings::of(request);
+    // The store to serve: an image is served through a scratch store
+    // describing it (removed when serving ends and `_scratch` drops).
     let (store_dir, _scratch) = match &request.image {
         Some(image) => {
             let (dir, guard) = adopt_image(image)?;
@@ -140,11 +208,11 @@ pub fn serve(request: &Request, ready: Option<&mut Ready>) -> Result<()> {
         }
         None => (request.store.clone(), None),
     };
-    let view = crate::open::open_view(&store_dir, options)?;
-    let view = Arc::new(view);
+    // The view.
+    let view = Arc::new(crate::open::open_view(&store_dir, settings.view_options())?);
     // What gc must keep while this mount runs (an image's scratch store
     // needs no keeping). Removed when serving ends.
-    let served = request
+    let record = request
         .image
         .is_none()
         .then(|| {
@@ -152,85 +220,227 @@ pub fn serve(request: &Request, ready: Option<&mut Ready>) -> Result<()> {
             runtime_root::announce(&store_dir, ServedKind::Mount, target, view.clone())
         })
         .transpose()?;
-    let mount_options = MountOptions {
-        allow_other: request.allow_other,
-        threads: request.threads,
-        suid: is_root(),
+    // The mounts: those systemd kept for us if the previous daemon died,
+    // else new ones.
+    let mounts = match inherited::mounts(&view, &settings)? {
+        Some(mounts) => mounts,
+        None => mount(&view, &settings)?,
     };
-    let mut mounted = fuse::mount(view.clone(), &request.mountpoint, &mount_options)
-        .with_context(|| format!("mounting on {}", request.mountpoint.display()))?;
-    let mut index = match &request.index {
+    let daemon = Daemon {
+        settings,
+        view,
+        mounts,
+        record,
+        takeover: None,
+    };
+    daemon.run(termination, ready)
+}
+
+/// Makes the mounts of `settings`.
+fn mount(view: &Arc<View>, settings: &Settings) -> Result<Mounts> {
+    let main = fuse::mount(view.clone(), &settings.mountpoint, &settings.mount)
+        .with_context(|| format!("mounting on {}", settings.mountpoint.display()))?;
+    let index = match &settings.index {
         Some(dir) => Some(index::mount(
             view.clone(),
-            &request.mountpoint,
+            &settings.mountpoint,
             dir,
-            &mount_options,
+            &settings.mount,
         )?),
         None => None,
     };
-    // The index first: its links lead into the main mount.
-    let mut unmounters: Vec<_> = index.iter_mut().map(|i| i.unmounter()).collect();
-    unmounters.push(mounted.unmounter());
-    signals::unmount_on_termination(unmounters)?;
-    if let Some(pid_file) = &request.pid_file {
-        write_pid_file(pid_file).with_context(|| format!("writing {}", pid_file.display()))?;
+    Ok(Mounts {
+        main,
+        index,
+        adopted: false,
+    })
+}
+
+/// A daemon with its mounts, about to serve them.
+pub(super) struct Daemon {
+    /// How it serves.
+    pub settings: Settings,
+    /// Its view.
+    pub view: Arc<View>,
+    /// Its mounts.
+    pub mounts: Mounts,
+    /// Its runtime record (none for an image).
+    pub record: Option<runtime_root::Recorder>,
+    /// The takeover socket a successor bound (to be renamed into place),
+    /// with its temporary path; `None`: bind it here.
+    pub takeover: Option<(std::os::unix::net::UnixListener, PathBuf)>,
+}
+
+impl Daemon {
+    /// Serves until the mounts are gone: sets up unmounting on SIGTERM,
+    /// the pid file, the takeover socket, the threads that follow the live
+    /// generation, tells whoever waits that the mount is ready, and serves.
+    pub fn run(self, termination: Termination, ready: Option<&mut Ready>) -> Result<()> {
+        let Daemon {
+            settings,
+            view,
+            mounts,
+            record,
+            takeover,
+        } = self;
+        let Mounts {
+            main: mut mounted,
+            index,
+            adopted,
+        } = mounts;
+        let mut index = index;
+        if adopted {
+            // The previous daemon is gone: what it read and left unanswered
+            // is queued again (the kernel keeps it pending until then).
+            mounted.resend().context(
+                "asking the kernel to send again the requests the previous daemon left \
+                 (FUSE_NOTIFY_RESEND needs Linux 6.9 or later)",
+            )?;
+            if let Some(index) = &index {
+                index.resend().context("resending the index's requests")?;
+            }
+        }
+        // The index first: its links lead into the main mount.
+        let mut unmounters: Vec<_> = index.iter_mut().map(|i| i.unmounter()).collect();
+        unmounters.push(mounted.unmounter());
+        termination.unmount(unmounters);
+        if let Some(pid_file) = &settings.pid_file {
+            write_pid_file(pid_file).with_context(|| format!("writing {}", pid_file.display()))?;
+        }
+        // systemd keeps the connections, so that a restart after a crash
+        // finds the mounts live (see `inherited`).
+        let fuse_fd = mounted
+            .device()
+            .context("duplicating the mount's descriptor")?;
+        systemd::store_fd(systemd::FUSE_FD_NAME, fuse_fd.as_fd());
+        let index_fd = index
+            .as_ref()
+            .map(|i| i.device())
+            .transpose()
+            .context("duplicating the index's descriptor")?;
+        if let Some(fd) = &index_fd {
+            systemd::store_fd(systemd::INDEX_FD_NAME, fd.as_fd());
+        }
+        // A successor can take the mounts over (not an image's).
+        let _listening = match settings.image {
+            Some(_) => None,
+            None => Some(listen_for_successor(
+                &settings,
+                &view,
+                index.as_ref().map(|i| i.index()),
+                (fuse_fd, index_fd),
+                record.as_ref().map(|r| r.root()),
+                &termination,
+                takeover,
+            )?),
+        };
+        // Only once nothing else can fail: an early error return would leave
+        // the index thread serving after the main mount is gone.
+        let index = index.map(|i| i.serve()).transpose()?;
+        // The main mount's kernel caches, then the index's, follow the view.
+        let mut followers: Vec<Box<dyn Follower>> = vec![Box::new(mounted.invalidator())];
+        // Names of what the view no longer shows are dropped from the kernel
+        // once unused, so that gc can take them.
+        if let Some(reaper) = mounted.reaper(view.clone()) {
+            followers.push(Box::new(reaper));
+        }
+        if let Some(index) = &index {
+            followers.push(Box::new(index.follower()));
+        }
+        // What gc must keep, updated as the view moves and the kernel looks up
+        // and forgets files.
+        if let Some(record) = record {
+            followers.push(Box::new(record));
+        }
+        let target = settings.mountpoint.display().to_string();
+        if systemd::supervised() {
+            followers.push(Box::new(systemd::StatusFollower {
+                store: settings.store.clone(),
+                target: target.clone(),
+            }));
+        }
+        let following = follow::follow(view.clone(), followers)
+            .context("starting the thread that follows the live generation")?;
+        let shown = match view.generation() {
+            Some(g) => format!("generation {g}"),
+            None => "the empty store".to_string(),
+        };
+        let indexed = match &settings.index {
+            Some(dir) => format!(", its index on {}", dir.display()),
+            None => String::new(),
+        };
+        let source = match &settings.image {
+            Some(image) => format!("image {}", image.display()),
+            None => format!("{shown} of {}", settings.store.display()),
+        };
+        let verb = if adopted { "took over" } else { "mounted" };
+        let message = format!(
+            "{verb} {source} on {target}{indexed} (pid {})",
+            std::process::id()
+        );
+        tracing::info!("{message}");
+        let status = systemd::status_line(view.generation(), &settings.store, &target);
+        if adopted {
+            systemd::ready_as_main(&status);
+        } else {
+            systemd::ready(&status);
+        }
+        if let Some(ready) = ready {
+            ready.ok(&message);
+        }
+        let served = mounted.run().context("serving the mount");
+        drop(following);
+        if let Some(index) = index {
+            index.stop();
+        }
+        systemd::remove_fd(systemd::FUSE_FD_NAME);
+        if settings.index.is_some() {
+            systemd::remove_fd(systemd::INDEX_FD_NAME);
+        }
+        if let Some(pid_file) = &settings.pid_file {
+            let _ = std::fs::remove_file(pid_file);
+        }
+        tracing::info!("{target} is unmounted");
+        served
     }
-    // Only once nothing else can fail: an early error return would leave the
-    // index thread serving after the main mount is gone.
-    let index = index.map(|i| i.serve()).transpose()?;
-    // The main mount's kernel caches, then the index's, follow the view.
-    let mut followers: Vec<Box<dyn Follower>> = vec![Box::new(mounted.invalidator())];
-    // Names of what the view no longer shows are dropped from the kernel
-    // once unused, so that gc can take them.
-    if let Some(reaper) = mounted.reaper(view.clone()) {
-        followers.push(Box::new(reaper));
-    }
-    if let Some(index) = &index {
-        followers.push(Box::new(index.follower()));
-    }
-    // What gc must keep, updated as the view moves and the kernel looks up
-    // and forgets files.
-    if let Some(served) = served {
-        followers.push(Box::new(served));
-    }
-    let following = follow::follow(view.clone(), followers)
-        .context("starting the thread that follows the live generation")?;
-    let shown = match view.generation() {
-        Some(g) => format!("generation {g}"),
-        None => "the empty store".to_string(),
+}
+
+/// Starts listening for a successor (`nexus takeover`) on the takeover
+/// socket: `bound`, a socket a successor bound under a temporary name,
+/// is renamed into place; otherwise one is bound.
+fn listen_for_successor(
+    settings: &Settings,
+    view: &Arc<View>,
+    index: Option<Arc<nexus_fs::Index>>,
+    (fuse, index_fuse): (OwnedFd, Option<OwnedFd>),
+    record: Option<Arc<nexus_store::runtime::RuntimeRoot>>,
+    termination: &Termination,
+    bound: Option<(std::os::unix::net::UnixListener, PathBuf)>,
+) -> Result<takeover::Listening> {
+    let path = takeover::socket_path(&settings.store, &settings.mountpoint);
+    let listener = match bound {
+        Some((listener, temporary)) => {
+            std::fs::rename(&temporary, &path)
+                .with_context(|| format!("moving the takeover socket to {}", path.display()))?;
+            listener
+        }
+        None => takeover::bind(&path)?,
     };
-    let indexed = match &request.index {
-        Some(dir) => format!(", its index on {}", dir.display()),
-        None => String::new(),
+    let giver = takeover::Giver {
+        settings: settings.clone(),
+        view: view.clone(),
+        index,
+        fuse,
+        index_fuse,
+        record,
+        termination: termination.clone(),
     };
-    let source = match &request.image {
-        Some(image) => format!("image {}", image.path.display()),
-        None => format!("{shown} of {}", request.store.display()),
-    };
-    let message = format!(
-        "mounted {source} on {}{indexed} (pid {})",
-        request.mountpoint.display(),
-        std::process::id()
-    );
-    tracing::info!("{message}");
-    if let Some(ready) = ready {
-        ready.ok(&message);
-    }
-    let served = mounted.run().context("serving the mount");
-    drop(following);
-    if let Some(index) = index {
-        index.stop();
-    }
-    if let Some(pid_file) = &request.pid_file {
-        let _ = std::fs::remove_file(pid_file);
-    }
-    tracing::info!("{} is unmounted", request.mountpoint.display());
-    served
+    takeover::listen(listener, &path, giver)
 }
 
 /// Writes our pid to `path` through a fresh temporary file renamed over it:
 /// a symlink planted at `path` is replaced, never written through.
-fn write_pid_file(path: &Path) -> std::io::Result<()> {
+pub(super) fn write_pid_file(path: &Path) -> std::io::Result<()> {
     use std::io::Write;
     let dir = path
         .parent()
