@@ -348,7 +348,9 @@ impl Daemon {
             followers.push(Box::new(index.follower()));
         }
         // What gc must keep, updated as the view moves and the kernel looks up
-        // and forgets files.
+        // and forgets files. Withdrawn when serving ends (the takeover
+        // thread holds the record too, and never ends).
+        let withdraw = record.as_ref().map(|r| r.root());
         if let Some(record) = record {
             followers.push(Box::new(record));
         }
@@ -390,6 +392,9 @@ impl Daemon {
         }
         let served = mounted.run().context("serving the mount");
         drop(following);
+        if let Some(record) = withdraw {
+            record.withdraw();
+        }
         if let Some(index) = index {
             index.stop();
         }
