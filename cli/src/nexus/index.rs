@@ -26,11 +26,7 @@ const THREADS: usize = 2;
 /// the other (and mounting inside our own mount before it serves would
 /// hang).
 pub fn check_index_dir(dir: &Path, mountpoint: &Path) -> Result<PathBuf> {
-    let canonical =
-        std::fs::canonicalize(dir).with_context(|| format!("index directory {}", dir.display()))?;
-    if !canonical.is_dir() {
-        bail!("index directory {} is not a directory", dir.display());
-    }
+    let canonical = super::mounts::check_dir(dir, "index directory")?;
     if canonical.starts_with(mountpoint) || mountpoint.starts_with(&canonical) {
         bail!(
             "the index directory {} and the mount point {} must not contain each other",

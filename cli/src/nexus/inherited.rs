@@ -66,6 +66,10 @@ pub(super) fn mounts(view: &Arc<View>, settings: &Settings) -> Result<Option<Mou
                 }
                 systemd::remove_fd(systemd::INDEX_FD_NAME);
                 drop(fd);
+                tracing::info!(
+                    "mounting the index on {} afresh: its numbers died with the previous daemon",
+                    dir.display()
+                );
             }
             Some(index::mount(
                 view.clone(),

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
-use crate::config::{Overrides, Settings, same_dir};
+use crate::config::{Overrides, Settings};
 use crate::exit;
 
 /// nexus — the Nexus system builder: presents the store as /Programs, on
@@ -579,9 +579,11 @@ pub fn run(cli: Cli) -> Result<i32> {
             // The configuration's Index goes with the system mount only: a
             // second mount elsewhere (an old generation, an image) must not
             // try to mount another Index on the same directory.
+            // Compared without looking into either: a mount there may be
+            // waiting for this very daemon (a restart on the live mount).
             let system_mount = mountpoint
                 .as_deref()
-                .is_none_or(|dir| same_dir(dir, &m.mountpoint.value));
+                .is_none_or(|dir| mounts::same_place(dir, &m.mountpoint.value));
             let mountpoint = mountpoint.unwrap_or_else(|| m.mountpoint.value.clone());
             let index = match index {
                 Some(dir) => Some(dir),

@@ -89,12 +89,49 @@ fn resolve(path: &Path) -> Result<PathBuf> {
     if let Ok(p) = std::fs::canonicalize(path) {
         return Ok(p);
     }
+    beside(path)
+}
+
+/// The canonical form of `path`'s parent joined with its last name: `path`
+/// itself is not looked at.
+fn beside(path: &Path) -> Result<PathBuf> {
     let abs = std::path::absolute(path).with_context(|| format!("{}", path.display()))?;
     match (abs.parent(), abs.file_name()) {
         (Some(parent), Some(name)) => Ok(std::fs::canonicalize(parent)
             .with_context(|| format!("{}", parent.display()))?
             .join(name)),
         _ => Ok(abs),
+    }
+}
+
+/// The canonical path of the directory `path`, checked to be one, for a
+/// daemon about to mount or adopt a mount there (`what` names it in
+/// errors). A nexus mount at `path` is never looked into: its daemon may be
+/// the one starting (a restart on the live mount), and the kernel would
+/// wait for it.
+pub fn check_dir(path: &Path, what: &str) -> Result<PathBuf> {
+    let canonical = beside(path).with_context(|| format!("{what} {}", path.display()))?;
+    // Before anything stats it (even lstat asks a FUSE daemon).
+    if find_mount(&canonical)?.is_some_and(|m| m.is_nexus()) {
+        return Ok(canonical);
+    }
+    let canonical = match std::fs::symlink_metadata(&canonical) {
+        Ok(meta) if meta.file_type().is_symlink() => std::fs::canonicalize(&canonical)
+            .with_context(|| format!("{what} {}", path.display()))?,
+        _ => canonical,
+    };
+    if !canonical.is_dir() {
+        bail!("{what} {} is not a directory", path.display());
+    }
+    Ok(canonical)
+}
+
+/// Whether `a` and `b` name the same place, by their canonical parents and
+/// last names: neither is looked at (see [`check_dir`]).
+pub fn same_place(a: &Path, b: &Path) -> bool {
+    match (beside(a), beside(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
     }
 }
 

@@ -4,7 +4,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use nexus_fs::follow::{self, Follower};
 use nexus_fs::fuse::{self, MountOptions, Mounted, NexusFs};
 use nexus_fs::{GenerationChoice, View, ViewOptions};
@@ -110,12 +110,7 @@ pub(super) fn adopt_image(image: &ImageRequest) -> Result<(PathBuf, tempfile::Te
 
 /// The canonical path of `path`, which must be a directory.
 pub fn check_mountpoint(path: &Path) -> Result<PathBuf> {
-    let canonical =
-        std::fs::canonicalize(path).with_context(|| format!("mount point {}", path.display()))?;
-    if !canonical.is_dir() {
-        bail!("mount point {} is not a directory", path.display());
-    }
-    Ok(canonical)
+    super::mounts::check_dir(path, "mount point")
 }
 
 fn is_root() -> bool {
