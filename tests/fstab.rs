@@ -6,7 +6,6 @@
 //! read; generic options (noauto, nofail, _netdev, x-systemd.*) are
 //! ignored; `umount` unmounts.
 
-use std::ffi::OsStr;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -141,15 +140,7 @@ fn mount_t_fuse_nexus_and_an_fstab_line_mount_the_store() {
     let scratch = Scratch::new("fstab");
     write_file(&scratch.join("tool/bin/tool"), b"#!/bin/sh\necho tool\n");
     let store = Store::init();
-    let tool = scratch.join("tool");
-    store.ok([
-        OsStr::new("add"),
-        tool.as_os_str(),
-        OsStr::new("--name"),
-        OsStr::new("tool"),
-        OsStr::new("--version"),
-        OsStr::new("1"),
-    ]);
+    store.add_dir(&scratch.join("tool"), "tool", "1");
     let store_dir = fs::canonicalize(store.path()).unwrap();
     let point = scratch.join("Programs");
     let index = scratch.join("Index");

@@ -16,7 +16,6 @@
 
 use std::ffi::OsString;
 use std::fs;
-use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
@@ -26,7 +25,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nexus_integration_tests::fixtures::{Scratch, write_file};
-use nexus_integration_tests::nexus::{alive, is_mounted, wait_for};
+use nexus_integration_tests::nexus::{alive, is_mounted, vhost_user_features, wait_for};
 use nexus_integration_tests::{Store, is_root, nexus_bin};
 
 /// The repository.
@@ -276,18 +275,6 @@ fn start_service(
     cmd.spawn().expect("the service starts")
 }
 
-/// Adds the directory `dir` as NAME/VERSION.
-fn add_dir(store: &Store, dir: &Path, name: &str, version: &str) {
-    store.ok([
-        OsString::from("add"),
-        dir.as_os_str().to_owned(),
-        "--name".into(),
-        name.into(),
-        "--version".into(),
-        version.into(),
-    ]);
-}
-
 /// `generation N` in a STATUS= line.
 fn generation_in(status: &str) -> Option<i64> {
     let rest = status.split("generation ").nth(1)?;
@@ -300,20 +287,51 @@ fn terminate(child: &Child) {
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
 }
 
+/// What each mount test starts from: a store holding App `a` (the
+/// directory `b` is ready to be added as a second generation, `extra`
+/// files join `a`), a mount point named `Programs`, and a fake
+/// `NOTIFY_SOCKET`.
+struct Fixture {
+    scratch: Scratch,
+    store: Store,
+    mnt: PathBuf,
+    notify: NotifySocket,
+}
+
+impl Fixture {
+    fn new(label: &str, extra: &[(&str, &[u8])]) -> Fixture {
+        let scratch = Scratch::new(label);
+        write_file(&scratch.join("a/bin/a"), b"first\n");
+        write_file(&scratch.join("b/bin/b"), b"second\n");
+        for (rel, data) in extra {
+            write_file(&scratch.join("a").join(rel), data);
+        }
+        let store = Store::init();
+        store.add_dir(&scratch.join("a"), "a", "1");
+        let mnt = scratch.join("Programs");
+        fs::create_dir_all(&mnt).unwrap();
+        let mnt = fs::canonicalize(mnt).unwrap();
+        let notify = NotifySocket::new(scratch.path());
+        Fixture {
+            scratch,
+            store,
+            mnt,
+            notify,
+        }
+    }
+}
+
 #[test]
 fn the_mount_unit_notifies_readiness_status_and_stopping() {
     if !root_or_skip("the_mount_unit_notifies") {
         return;
     }
-    let scratch = Scratch::new("systemd-mount");
-    write_file(&scratch.join("a/bin/a"), b"first\n");
-    write_file(&scratch.join("b/bin/b"), b"second\n");
-    let store = Store::init();
-    add_dir(&store, &scratch.join("a"), "a", "1");
-    let mnt = scratch.join("Programs");
-    fs::create_dir_all(&mnt).unwrap();
-    let mnt = fs::canonicalize(mnt).unwrap();
-    let notify = NotifySocket::new(scratch.path());
+    let Fixture {
+        scratch,
+        store,
+        mnt,
+        notify,
+    } = Fixture::new("systemd-mount", &[]);
     let argv = exec_start("nexus-mount@.service", "Programs", &mnt);
     let log = scratch.join("journal");
     let child = start_service(&argv, &notify, store.path(), &log, &[]);
@@ -341,7 +359,7 @@ fn the_mount_unit_notifies_readiness_status_and_stopping() {
     assert_eq!(target, Path::new("/dev/fuse"));
 
     // A switch: STATUS= follows.
-    add_dir(&store, &scratch.join("b"), "b", "1");
+    store.add_dir(&scratch.join("b"), "b", "1");
     let (moved, _) = notify.until(Duration::from_secs(5), "a STATUS= of generation 2", |n| {
         n.value("STATUS").and_then(generation_in) == Some(2)
     });
@@ -371,18 +389,15 @@ fn a_daemon_restarted_with_its_stored_descriptor_resumes_the_live_mount() {
     if !root_or_skip("a_daemon_restarted_with_its_stored_descriptor") {
         return;
     }
-    let scratch = Scratch::new("systemd-fdstore");
-    write_file(&scratch.join("a/bin/a"), b"first\n");
-    write_file(
-        &scratch.join("a/share/late"),
-        b"read only after the crash\n",
+    let Fixture {
+        scratch,
+        store,
+        mnt,
+        notify,
+    } = Fixture::new(
+        "systemd-fdstore",
+        &[("share/late", b"read only after the crash\n")],
     );
-    let store = Store::init();
-    add_dir(&store, &scratch.join("a"), "a", "1");
-    let mnt = scratch.join("Programs");
-    fs::create_dir_all(&mnt).unwrap();
-    let mnt = fs::canonicalize(mnt).unwrap();
-    let notify = NotifySocket::new(scratch.path());
     let argv = exec_start("nexus-mount@.service", "Programs", &mnt);
     let first = start_service(&argv, &notify, store.path(), &scratch.join("log1"), &[]);
     let mut first = Service {
@@ -442,24 +457,90 @@ fn a_daemon_restarted_with_its_stored_descriptor_resumes_the_live_mount() {
     second.mountpoint = None;
 }
 
-/// A vhost-user `GET_FEATURES` over `socket`: the backend answers.
-fn vhost_user_features(socket: &mut UnixStream) -> u64 {
-    // request 1 (GET_FEATURES), flags: version 1, no payload.
-    let mut request = Vec::new();
-    for word in [1u32, 1, 0] {
-        request.extend(word.to_le_bytes());
+/// The mount id (mountinfo's first field) of what is mounted at `point`.
+fn mount_id(point: &Path) -> Option<u64> {
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .rev()
+        .filter(|l| l.split(' ').nth(4) == point.to_str())
+        .find_map(|l| l.split(' ').next()?.parse().ok())
+}
+
+/// A restart from the descriptor store keeps the main mount (the same
+/// mount, never unmounted) and replaces the Index's, whose numbers died
+/// with the old daemon.
+#[test]
+fn a_restart_from_the_descriptor_store_remounts_only_the_index() {
+    if !root_or_skip("a_restart_from_the_descriptor_store") {
+        return;
     }
-    socket
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    socket.write_all(&request).unwrap();
-    let mut reply = [0u8; 20];
-    socket.read_exact(&mut reply).unwrap();
-    let word = |i: usize| u32::from_le_bytes(reply[i * 4..i * 4 + 4].try_into().unwrap());
-    assert_eq!(word(0), 1, "a reply to GET_FEATURES");
-    assert_ne!(word(1) & 0x4, 0, "flagged as a reply");
-    assert_eq!(word(2), 8);
-    u64::from_le_bytes(reply[12..20].try_into().unwrap())
+    let Fixture {
+        scratch,
+        store,
+        mnt,
+        notify,
+    } = Fixture::new("systemd-index", &[]);
+    let index = scratch.join("Index");
+    fs::create_dir_all(&index).unwrap();
+    let index = fs::canonicalize(index).unwrap();
+    let argv: Vec<OsString> = vec![
+        nexus_bin().into(),
+        "mount".into(),
+        mnt.clone().into(),
+        "--index".into(),
+        index.clone().into(),
+    ];
+    let first = start_service(&argv, &notify, store.path(), &scratch.join("log1"), &[]);
+    let mut first = Service {
+        child: first,
+        mountpoint: Some(mnt.clone()),
+    };
+    let _index_guard = Service {
+        child: Command::new("true").spawn().unwrap(),
+        mountpoint: Some(index.clone()),
+    };
+    let (_, before) = notify.until(Duration::from_secs(30), "READY=1", |n| n.has("READY=1"));
+    let mut stored: Vec<(OwnedFd, String)> = before
+        .into_iter()
+        .filter(|n| n.has("FDSTORE=1"))
+        .map(|mut n| {
+            let name = n.value("FDNAME").unwrap().to_string();
+            (n.fds.pop().expect("a descriptor"), name)
+        })
+        .collect();
+    stored.sort_by(|a, b| a.1.cmp(&b.1));
+    let names: Vec<&str> = stored.iter().map(|(_, n)| n.as_str()).collect();
+    assert_eq!(names, ["nexus-fuse", "nexus-index"]);
+    let link = mnt.join("a/Current/bin/a");
+    assert_eq!(fs::read_link(index.join("bin/a")).unwrap(), link);
+    let main_id = mount_id(&mnt).unwrap();
+
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    first.mountpoint = None;
+    let passed: Vec<(RawFd, &str)> = stored
+        .iter()
+        .map(|(fd, name)| (fd.as_raw_fd(), name.as_str()))
+        .collect();
+    let second = start_service(&argv, &notify, store.path(), &scratch.join("log2"), &passed);
+    let mut second = Service {
+        child: second,
+        mountpoint: Some(mnt.clone()),
+    };
+    notify.until(Duration::from_secs(30), "READY=1", |n| n.has("READY=1"));
+    drop(stored);
+    assert_eq!(mount_id(&mnt), Some(main_id), "the main mount was replaced");
+    // (Mount ids are reused: the log says the index was replaced.)
+    let log = fs::read_to_string(scratch.join("log2")).unwrap();
+    assert!(log.contains("mounting the index on"), "{log}");
+    assert!(mount_id(&index).is_some(), "no index mounted");
+    assert_eq!(fs::read_link(index.join("bin/a")).unwrap(), link);
+    assert_eq!(fs::read(index.join("bin/a")).unwrap(), b"first\n");
+    terminate(&second.child);
+    assert!(second.child.wait().unwrap().success());
+    assert!(!is_mounted(&mnt) && !is_mounted(&index), "still mounted");
+    second.mountpoint = None;
 }
 
 #[test]
@@ -467,7 +548,7 @@ fn the_virtiofs_units_serve_on_the_activated_socket() {
     let scratch = Scratch::new("systemd-virtiofs");
     write_file(&scratch.join("a/bin/a"), b"first\n");
     let store = Store::init();
-    add_dir(&store, &scratch.join("a"), "a", "1");
+    store.add_dir(&scratch.join("a"), "a", "1");
     // The socket unit's socket, made as systemd makes it (in a scratch
     // directory instead of /run/nexus).
     let listen = unit_value_socket("ListenStream");
@@ -527,14 +608,12 @@ fn the_log_file_is_reopened_on_sighup() {
     if !root_or_skip("the_log_file_is_reopened_on_sighup") {
         return;
     }
-    let scratch = Scratch::new("sighup");
-    write_file(&scratch.join("a/bin/a"), b"first\n");
-    write_file(&scratch.join("b/bin/b"), b"second\n");
-    let store = Store::init();
-    add_dir(&store, &scratch.join("a"), "a", "1");
-    let mnt = scratch.join("mnt");
-    fs::create_dir_all(&mnt).unwrap();
-    let mnt = fs::canonicalize(mnt).unwrap();
+    let Fixture {
+        scratch,
+        store,
+        mnt,
+        ..
+    } = Fixture::new("sighup", &[]);
     let log = scratch.join("nexus.log");
     let child = Command::new(nexus_bin())
         .arg("--store")
@@ -571,7 +650,7 @@ fn the_log_file_is_reopened_on_sighup() {
         wait_for(Duration::from_secs(5), || log.exists()),
         "no new log file after SIGHUP"
     );
-    add_dir(&store, &scratch.join("b"), "b", "1");
+    store.add_dir(&scratch.join("b"), "b", "1");
     assert!(
         wait_for(Duration::from_secs(5), || fs::read_to_string(&log)
             .is_ok_and(|t| t.contains("now showing generation Some(2)"))),

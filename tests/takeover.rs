@@ -35,18 +35,6 @@ fn root_or_skip(test: &str) -> bool {
     is_root()
 }
 
-/// Adds the directory `dir` as NAME/VERSION.
-fn add_dir(store: &Store, dir: &Path, name: &str, version: &str) {
-    store.ok([
-        OsString::from("add"),
-        dir.as_os_str().to_owned(),
-        "--name".into(),
-        name.into(),
-        "--version".into(),
-        version.into(),
-    ]);
-}
-
 /// Every regular file under `root`, by path relative to it, with content.
 fn files_of(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     let mut out = BTreeMap::new();
@@ -186,7 +174,7 @@ fn the_daemon_is_replaced_twenty_times_under_running_programs() {
     // here (the holder drops it before every read).
     let old = random_bytes(b"takeover-held", 3 << 20);
     write_file(&scratch.join("tool/data/big.bin"), &old);
-    add_dir(&store, &scratch.join("tool"), "tool", "1");
+    store.add_dir(&scratch.join("tool"), "tool", "1");
     let index = scratch.join("index");
     fs::create_dir_all(&index).unwrap();
     let index = fs::canonicalize(index).unwrap();
@@ -469,7 +457,7 @@ fn a_failed_or_foreign_successor_leaves_the_daemon_serving() {
     write_file(&scratch.join("a/bin/a"), b"a\n");
     write_file(&scratch.join("b/bin/b"), b"b\n");
     let store = Store::init();
-    add_dir(&store, &scratch.join("a"), "a", "1");
+    store.add_dir(&scratch.join("a"), "a", "1");
     let mount = Mount::start(store.path(), &scratch.join("mnt"), &[]);
     assert_eq!(fs::read(mount.join("a/1/bin/a")).unwrap(), b"a\n");
     let run = store.path().join("run");
@@ -503,7 +491,7 @@ fn a_failed_or_foreign_successor_leaves_the_daemon_serving() {
     };
     // A package the kernel has not looked into yet (its App directory is
     // looked up now: that changes nothing a takeover hands over).
-    add_dir(&store, &scratch.join("b"), "b", "1");
+    store.add_dir(&scratch.join("b"), "b", "1");
     assert!(wait_for(Duration::from_secs(2), || mount
         .join("b")
         .exists()));

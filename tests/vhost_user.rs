@@ -9,17 +9,16 @@
 
 use std::ffi::OsStr;
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use nexus_integration_tests::fixtures::{Scratch, write_file};
-use nexus_integration_tests::nexus::show;
+use nexus_integration_tests::nexus::{show, vhost_user_features};
 use nexus_integration_tests::{Store, is_root, nexus_bin};
 
 /// The repository.
@@ -34,15 +33,7 @@ fn repo() -> PathBuf {
 fn store(scratch: &Scratch) -> Store {
     write_file(&scratch.join("a/bin/a"), b"a\n");
     let store = Store::init();
-    let dir = scratch.join("a");
-    store.ok([
-        OsStr::new("add"),
-        dir.as_os_str(),
-        OsStr::new("--name"),
-        OsStr::new("a"),
-        OsStr::new("--version"),
-        OsStr::new("1"),
-    ]);
+    store.add_dir(&scratch.join("a"), "a", "1");
     store
 }
 
@@ -90,22 +81,6 @@ fn serve(
     Backend(cmd.spawn().expect("nexus serve starts"))
 }
 
-/// A vhost-user `GET_FEATURES` over `socket`: the backend answers.
-fn get_features(socket: &mut UnixStream) -> u64 {
-    let mut request = Vec::new();
-    for word in [1u32, 1, 0] {
-        request.extend(word.to_le_bytes());
-    }
-    socket
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    socket.write_all(&request).unwrap();
-    let mut reply = [0u8; 20];
-    socket.read_exact(&mut reply).unwrap();
-    assert_eq!(u32::from_le_bytes(reply[0..4].try_into().unwrap()), 1);
-    u64::from_le_bytes(reply[12..20].try_into().unwrap())
-}
-
 #[test]
 fn an_inherited_socket_is_served() {
     let scratch = Scratch::new("vhost-fd");
@@ -129,7 +104,7 @@ fn an_inherited_socket_is_served() {
     let line = backend.wait_serving();
     assert!(line.contains(path.to_str().unwrap()), "{line}");
     let mut guest = UnixStream::connect(&path).unwrap();
-    assert_ne!(get_features(&mut guest) & (1 << 30), 0);
+    assert_ne!(vhost_user_features(&mut guest) & (1 << 30), 0);
 
     // Not a listening socket: refused with a clear error.
     let out = Command::new(nexus_bin())
