@@ -558,3 +558,48 @@ fn a_failed_or_foreign_successor_leaves_the_daemon_serving() {
     assert_eq!(fs::read(mount.join("a/1/bin/a")).unwrap(), b"a\n");
     mount.umount();
 }
+
+/// A mount of an image is served from a scratch store of its daemon's own:
+/// it refuses to hand over, and says why; it serves on.
+#[test]
+fn an_image_mount_refuses_a_takeover_saying_why() {
+    if !root_or_skip("an_image_mount_refuses_a_takeover") {
+        return;
+    }
+    let scratch = Scratch::new("takeover-image");
+    write_file(&scratch.join("a/bin/a"), b"a\n");
+    let store = Store::init();
+    store.add_dir(&scratch.join("a"), "a", "1");
+    let image = scratch.join("system.img");
+    for args in [
+        vec![OsString::from("key"), "generate".into(), "admin".into()],
+        vec![
+            "snapshot".into(),
+            "--key".into(),
+            "admin".into(),
+            "-o".into(),
+            image.clone().into_os_string(),
+        ],
+    ] {
+        let out = nexus(store.path(), &args);
+        assert!(out.status.success(), "{}", show(&out));
+    }
+    let mount = Mount::start(
+        store.path(),
+        &scratch.join("mnt"),
+        &["--image", image.to_str().unwrap()],
+    );
+    let out = nexus(
+        store.path(),
+        [
+            OsString::from("takeover"),
+            mount.point().as_os_str().to_owned(),
+        ],
+    );
+    assert!(!out.status.success(), "an image mount was taken over");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("serves the image"), "{}", show(&out));
+    assert!(alive(mount.pid()));
+    assert_eq!(fs::read(mount.join("a/1/bin/a")).unwrap(), b"a\n");
+    mount.umount();
+}

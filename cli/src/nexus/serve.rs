@@ -316,18 +316,22 @@ impl Daemon {
         if let Some(fd) = &index_fd {
             systemd::store_fd(systemd::INDEX_FD_NAME, fd.as_fd());
         }
-        // A successor can take the mounts over (not an image's).
-        let _listening = match settings.image {
-            Some(_) => None,
-            None => Some(listen_for_successor(
-                &settings,
-                &view,
-                index.as_ref().map(|i| i.index()),
-                (fuse_fd, index_fd),
-                record.as_ref().map(|r| r.root()),
-                &termination,
-                takeover,
-            )?),
+        // A successor can take the mounts over (an image's refuses, saying
+        // why). Serving does not depend on it.
+        let _listening = match listen_for_successor(
+            &settings,
+            &view,
+            index.as_ref().map(|i| i.index()),
+            (fuse_fd, index_fd),
+            record.as_ref().map(|r| r.root()),
+            &termination,
+            takeover,
+        ) {
+            Ok(listening) => Some(listening),
+            Err(e) => {
+                tracing::warn!("{e:#}: `nexus takeover` cannot replace this daemon");
+                None
+            }
         };
         // Only once nothing else can fail: an early error return would leave
         // the index thread serving after the main mount is gone.

@@ -2,7 +2,7 @@
 //! to the successor that asks.
 
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -60,6 +60,15 @@ impl Drop for Listening {
 /// Binds a takeover socket at `path` (replacing a stale one): mode 0600,
 /// in a directory only the daemon's user can enter.
 pub fn bind(path: &Path) -> Result<UnixListener> {
+    // STORE/run exists unless only images were served; as the runtime
+    // records make it: private to the store's owner.
+    if let Some(dir) = path.parent() {
+        match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
+        }
+    }
     crate::nexus::socket::bind(path, 0o600, None)
         .with_context(|| format!("listening for a successor on {}", path.display()))
 }

@@ -163,6 +163,12 @@ pub struct HandedState {
 /// The offer of a daemon serving with `settings` the generation `view`
 /// shows.
 pub(super) fn offer(settings: &super::serve::Settings, view: &nexus_fs::View) -> Result<Offer> {
+    if let Some(image) = &settings.image {
+        return Err(anyhow!(
+            "it serves the image {} from a scratch store of its own; remount to upgrade",
+            image.display()
+        ));
+    }
     let optional = |p: &Option<PathBuf>| p.as_deref().map(text).transpose();
     Ok(Offer {
         pid: std::process::id(),
