@@ -83,6 +83,17 @@ impl Drop for Killed {
     }
 }
 
+/// Detaches a mount the test did not take down (a failing test).
+struct Detach(PathBuf);
+
+impl Drop for Detach {
+    fn drop(&mut self) {
+        if is_mounted(&self.0) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
 /// Kills the daemon serving at the end, whichever it is, should the test
 /// fail before unmounting.
 struct LatestDaemon(Arc<AtomicU64>);
@@ -178,6 +189,7 @@ fn the_daemon_is_replaced_twenty_times_under_running_programs() {
     let index = scratch.join("index");
     fs::create_dir_all(&index).unwrap();
     let index = fs::canonicalize(index).unwrap();
+    let _detach_index = Detach(index.clone());
     let mount = Mount::start(
         store.path(),
         &scratch.join("mnt"),
