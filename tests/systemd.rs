@@ -218,7 +218,7 @@ impl Drop for Service {
     }
 }
 
-/// Runs `argv` as systemd runs a service: `NOTIFY_SOCKET`, the store in the
+/// Runs `argv` as systemd runs a service: `NOTIFY_SOCKET`, `FDSTORE`, the store in the
 /// environment, stdout and stderr to `log` (and `JOURNAL_STREAM` naming it,
 /// as systemd names the journal stream), and `passed` as descriptors from 3
 /// on with `LISTEN_FDS`, `LISTEN_PID` (the service's own pid, set by the
@@ -264,7 +264,11 @@ fn start_service(
         }
         cmd
     };
-    cmd.env("NOTIFY_SOCKET", &notify.path)
+    // As systemd sets it for a unit with FileDescriptorStoreMax= (the
+    // mount unit's value; the daemon stores its descriptors only then).
+    let store_max = unit_value("nexus-mount@.service", "Service", "FileDescriptorStoreMax");
+    cmd.env("FDSTORE", store_max)
+        .env("NOTIFY_SOCKET", &notify.path)
         .env("NEXUS_STORE", store)
         .env("NEXUS_CONFIG", "/dev/null")
         .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))

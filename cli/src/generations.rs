@@ -126,9 +126,7 @@ pub fn switch(store_dir: &Path, keys_dir: &Path, args: SwitchArgs) -> Result<i32
     let target = args.target();
     let (row, changed, image) = match &target {
         SwitchTarget::Generation(generation) => {
-            let mut store = open(store_dir)?;
-            let new = store.switch(*generation)?;
-            (generation_row(&store, new)?, true, None)
+            (switch_to_generation(store_dir, *generation)?, true, None)
         }
         SwitchTarget::Image(path) => {
             let (store, generation) = import_image(store_dir, keys_dir, path, &args)?;
@@ -156,7 +154,7 @@ pub fn switch(store_dir: &Path, keys_dir: &Path, args: SwitchArgs) -> Result<i32
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         match (image, changed) {
-            (None, _) => println!("generation {}: {} ({ms:.2} ms)", row.id, row.action),
+            (None, _) => println!("{} ({ms:.2} ms)", generation_made(&row)),
             (Some(path), true) => println!("generation {}: image {}", row.id, path.display()),
             (Some(path), false) => println!(
                 "nothing to do: the live generation {} is {} already",
@@ -170,15 +168,36 @@ pub fn switch(store_dir: &Path, keys_dir: &Path, args: SwitchArgs) -> Result<i32
 
 /// Runs `rollback`.
 pub fn rollback(store_dir: &Path, args: RollbackArgs) -> Result<i32> {
-    let mut store = open(store_dir)?;
-    let generation = store.rollback()?;
-    let row = generation_row(&store, generation)?;
+    let row = roll_back(store_dir)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&row_json(&row, true))?);
     } else {
-        println!("generation {}: {}", row.id, row.action);
+        println!("{}", generation_made(&row));
     }
     Ok(exit::OK)
+}
+
+/// Makes a new generation with the package set and Current choices of
+/// retained generation `generation`: the one operation behind `switch GEN`
+/// (and `nip tui`'s switch). Returns the new generation.
+pub fn switch_to_generation(store_dir: &Path, generation: i64) -> Result<GenerationRow> {
+    let mut store = open(store_dir)?;
+    let new = store.switch(generation)?;
+    generation_row(&store, new)
+}
+
+/// Goes back one step (see [`ROLLBACK_ABOUT`]): the one operation behind
+/// `rollback` (and `nip tui`'s). Returns the new generation.
+pub fn roll_back(store_dir: &Path) -> Result<GenerationRow> {
+    let mut store = open(store_dir)?;
+    let generation = store.rollback()?;
+    generation_row(&store, generation)
+}
+
+/// What a new generation is, as `switch` and `rollback` report it:
+/// `generation 8: switch to 3`.
+pub fn generation_made(row: &GenerationRow) -> String {
+    format!("generation {}: {}", row.id, row.action)
 }
 
 fn generation_row(store: &Store, id: i64) -> Result<GenerationRow> {

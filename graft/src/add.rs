@@ -200,11 +200,7 @@ pub fn add_checked(
                     .ok_or_else(|| StoreError::NotFound(format!("{name}/{version}")))?;
                 // Its tree as stored: same tree hash, so the commit finds
                 // the package rather than inserting it (no content needed).
-                let (tree, _) =
-                    nexus_npk::write::package_tree(store, &row).map_err(|e| GraftError::Npk {
-                        file: PathBuf::from(row.spec()),
-                        error: e,
-                    })?;
+                let tree = store.catalog().package_tree(&row)?.tree;
                 stored.push(StagedPackage {
                     name: row.name,
                     version: row.version,

@@ -11,12 +11,12 @@ use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
-use crate::catalog::{Catalog, kind};
+use crate::catalog::Catalog;
 use crate::error::{Result, StoreError};
 use crate::generations::{self, Member};
 use crate::hash::Hash;
 use crate::ingest::{ContentBatch, FileContent};
-use crate::tree::{InodeKind, Tree, encode_xattrs};
+use crate::tree::{InodeKind, InodeType, Tree, encode_xattrs};
 
 /// A package whose content has been ingested and which is ready to commit.
 pub struct StagedPackage {
@@ -467,7 +467,7 @@ fn insert_package(
     let mut ids = Vec::with_capacity(tree.inodes.len());
     for (i, inode) in tree.inodes.iter().enumerate() {
         let (k, size, blob, target) = match &inode.kind {
-            InodeKind::Dir => (kind::DIR, 0u64, None, None),
+            InodeKind::Dir => (InodeType::Dir, 0u64, None, None),
             InodeKind::File { size, content } => {
                 let hash = content.ok_or_else(|| {
                     StoreError::Invalid(format!("{}: file content was not ingested", staged.name))
@@ -475,10 +475,10 @@ fn insert_package(
                 let blob = blob_ids.get(&hash).copied().ok_or_else(|| {
                     StoreError::Invalid(format!("{}: content {hash} has no blob", staged.name))
                 })?;
-                (kind::FILE, *size, Some(blob), None)
+                (InodeType::File, *size, Some(blob), None)
             }
             InodeKind::Symlink { target } => (
-                kind::SYMLINK,
+                InodeType::Symlink,
                 target.len() as u64,
                 None,
                 Some(target.clone()),
@@ -487,7 +487,7 @@ fn insert_package(
         let xattrs = (!inode.xattrs.is_empty()).then(|| encode_xattrs(&inode.xattrs));
         insert_inode.execute(params![
             package,
-            k,
+            k.to_i64(),
             inode.mode,
             inode.uid,
             inode.gid,

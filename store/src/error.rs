@@ -178,6 +178,15 @@ pub enum StoreError {
         /// How many bytes it wanted.
         len: u64,
     },
+    /// A stored package's catalog rows do not form its tree (a damaged or
+    /// altered catalog).
+    #[error("package #{package}: {what}")]
+    CatalogDamaged {
+        /// The package's catalog id.
+        package: i64,
+        /// What is wrong.
+        what: String,
+    },
     /// A concurrent `nip gc` removed data this transaction wanted to reuse.
     #[error("{0} chunks this transaction reuses were garbage-collected concurrently; retry")]
     ConcurrentGc(usize),

@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{OptionalExtension, TransactionBehavior};
 
-use crate::catalog::{Catalog, InodeRow, PackageRow, kind};
+use crate::catalog::{Catalog, InodeRow, PackageRow};
 use crate::commit::{CommitOutcome, Membership, StagedPackage, commit_with};
 use crate::dirs::DirSet;
 use crate::error::{Result, StoreError};
@@ -30,6 +30,7 @@ use crate::names;
 use crate::params::FROZEN;
 use crate::read::{LocalPacks, Reader, ReaderOptions};
 use crate::scan::{ScanOptions, SourcePolicy};
+use crate::tree::InodeType;
 
 /// Catalog file name inside the store directory.
 pub const CATALOG_FILE: &str = "catalog.db";
@@ -451,7 +452,7 @@ impl Store {
             .split(|&b| b == b'/')
             .filter(|c| !c.is_empty() && *c != b".")
         {
-            if inode.kind != kind::DIR {
+            if inode.kind != InodeType::Dir {
                 return Err(no_such_path(package, path));
             }
             inode = self
@@ -479,7 +480,7 @@ impl Store {
                     path.push(b'/');
                 }
                 path.extend_from_slice(&entry.name);
-                if entry.inode.kind == kind::DIR {
+                if entry.inode.kind == InodeType::Dir {
                     subdirs.push((path.clone(), entry.inode.id));
                 }
                 out.push((path, entry.inode));

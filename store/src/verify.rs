@@ -14,12 +14,10 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use crate::catalog::kind;
 use crate::error::{Result, StoreError};
 use crate::hash::Hash;
 use crate::pack::ChunkLocation;
 use crate::store::{NoProgress, Progress, Store};
-use crate::tree::{Inode, InodeIndex, InodeKind, Tree, decode_xattrs};
 
 /// One damaged file.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
@@ -215,19 +213,21 @@ pub fn verify_with_progress(store: &mut Store, progress: &dyn Progress) -> Resul
     report.damaged = damaged.into_iter().collect();
 
     // Pass 3: every package's metadata against its tree hash.
-    let packages: Vec<(i64, String, Vec<u8>, i64)> = {
-        let conn = store.catalog_mut().conn();
-        let mut stmt = conn.prepare(
-            "SELECT id, name || '/' || version, tree_hash, root FROM packages ORDER BY id",
-        )?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
-        rows.collect::<rusqlite::Result<_>>()?
-    };
-    for (id, spec, recorded, root) in packages {
+    let packages = store.catalog().all_packages()?;
+    for package in packages {
         report.packages_checked += 1;
-        if let Some(reason) = check_package_tree(store, id, root, &recorded)? {
+        let problem = match store.catalog().package_tree(&package) {
+            Ok(rebuilt) if rebuilt.tree.tree_hash() == package.tree_hash => None,
+            Ok(_) => Some(
+                "its modes, owners, xattrs, names or links in the catalog no longer match its tree hash"
+                    .to_string(),
+            ),
+            Err(StoreError::CatalogDamaged { what, .. }) => Some(what),
+            Err(e) => return Err(e),
+        };
+        if let Some(reason) = problem {
             report.damaged_packages.push(PackageDamage {
-                package: spec,
+                package: package.spec(),
                 reason,
             });
         }
@@ -238,104 +238,6 @@ pub fn verify_with_progress(store: &mut Store, progress: &dyn Progress) -> Resul
         && report.catalog_problems.is_empty()
         && report.damaged_packages.is_empty();
     Ok(report)
-}
-
-/// Rebuilds package `id`'s tree from its catalog rows and compares its tree
-/// hash with `recorded`; says what is wrong, if anything.
-fn check_package_tree(
-    store: &mut Store,
-    id: i64,
-    root: i64,
-    recorded: &[u8],
-) -> Result<Option<String>> {
-    let conn = store.catalog_mut().conn();
-    let mut inodes = conn.prepare_cached(
-        "SELECT i.id, i.kind, i.mode, i.uid, i.gid, i.size, i.mtime, b.hash, i.target, i.xattrs
-         FROM inodes i LEFT JOIN blobs b ON b.id = i.blob WHERE i.package = ?1 ORDER BY i.id",
-    )?;
-    let mut tree = Tree::default();
-    let mut index: HashMap<i64, InodeIndex> = HashMap::new();
-    let mut rows = inodes.query([id])?;
-    let mut pending = Vec::new();
-    while let Some(r) = rows.next()? {
-        let inode_id: i64 = r.get(0)?;
-        let kind: i64 = r.get(1)?;
-        let content: Option<Vec<u8>> = r.get(7)?;
-        let target: Option<Vec<u8>> = r.get(8)?;
-        let xattrs: Option<Vec<u8>> = r.get(9)?;
-        let Some(xattrs) = xattrs.as_deref().map_or(Some(Vec::new()), decode_xattrs) else {
-            return Ok(Some(format!("inode #{inode_id}: malformed xattrs")));
-        };
-        let kind = match kind {
-            kind::DIR => InodeKind::Dir,
-            kind::FILE => InodeKind::File {
-                size: r.get::<_, i64>(5)? as u64,
-                content: Some(
-                    content
-                        .as_deref()
-                        .and_then(Hash::from_slice)
-                        .unwrap_or(Hash([0; 32])),
-                ),
-            },
-            kind::SYMLINK => InodeKind::Symlink {
-                target: target.unwrap_or_default(),
-            },
-            other => return Ok(Some(format!("inode #{inode_id}: unknown kind {other}"))),
-        };
-        let inode = Inode {
-            kind,
-            mode: r.get(2)?,
-            uid: r.get(3)?,
-            gid: r.get(4)?,
-            mtime: r.get(6)?,
-            xattrs,
-        };
-        // The root is inode 0 of a tree.
-        if inode_id == root {
-            pending.insert(0, (inode_id, inode));
-        } else {
-            pending.push((inode_id, inode));
-        }
-    }
-    drop(rows);
-    if pending.first().is_none_or(|(i, _)| *i != root) {
-        return Ok(Some("its root directory is missing".into()));
-    }
-    for (inode_id, inode) in pending {
-        index.insert(inode_id, tree.push_inode(inode));
-    }
-    let mut entries = conn.prepare_cached(
-        "SELECT d.dir, d.name, d.inode FROM dirents d JOIN inodes i ON i.id = d.dir
-         WHERE i.package = ?1",
-    )?;
-    let rows = entries.query_map([id], |r| {
-        Ok((
-            r.get::<_, i64>(0)?,
-            r.get::<_, Vec<u8>>(1)?,
-            r.get::<_, i64>(2)?,
-        ))
-    })?;
-    for row in rows {
-        let (dir, name, inode) = row?;
-        let (Some(&parent), Some(&child)) = (index.get(&dir), index.get(&inode)) else {
-            return Ok(Some(format!(
-                "entry {:?} names an inode of another package",
-                String::from_utf8_lossy(&name)
-            )));
-        };
-        tree.push_entry(parent, name, child);
-    }
-    // A cycle or an absurd depth would make the walk endless or costly.
-    if let Err(limit) = tree.check_limits() {
-        return Ok(Some(format!("its tree is malformed: {limit}")));
-    }
-    if tree.tree_hash().as_bytes().as_slice() != recorded {
-        return Ok(Some(
-            "its modes, owners, xattrs, names or links in the catalog no longer match its tree hash"
-                .into(),
-        ));
-    }
-    Ok(None)
 }
 
 struct HashingWriter(blake3::Hasher);

@@ -15,6 +15,7 @@ mod mounts;
 mod rumk;
 mod rumk_build;
 mod runtime_root;
+mod sandbox;
 mod serve;
 mod signals;
 mod socket;
@@ -173,6 +174,8 @@ pub enum Command {
         /// one the daemon logs nothing; in the foreground, logs go to stderr].
         #[arg(long, value_name = "FILE")]
         log_file: Option<PathBuf>,
+        #[command(flatten)]
+        sandbox: sandbox::SandboxArgs,
     },
 
     /// Replace the daemon serving MOUNTPOINT by one of this binary, without
@@ -207,6 +210,8 @@ pub enum Command {
         /// JSON: {mountpoint, pid, message}.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        sandbox: sandbox::SandboxArgs,
     },
 
     /// Serve the store to VM guests as a virtio-fs device (vhost-user-fs).
@@ -265,15 +270,6 @@ and mounts it with: mount -t virtiofs -o ro programs /Programs")]
         /// instead of binding SOCKET.
         #[arg(long, value_name = "FD", conflicts_with = "virtio_fs")]
         fd: Option<i32>,
-        /// Mode of SOCKET's file (octal): who may connect, and so read the
-        /// whole store.
-        #[arg(long, value_name = "MODE", default_value = "0600",
-              value_parser = socket::parse_mode)]
-        socket_mode: u32,
-        /// Give SOCKET's file to GROUP (a name or a number), e.g. the group
-        /// QEMU runs as, with --socket-mode 0660.
-        #[arg(long, value_name = "GROUP")]
-        socket_group: Option<String>,
         /// Print the vhost-user backend capabilities (JSON) and exit.
         #[arg(long)]
         print_capabilities: bool,
@@ -296,6 +292,10 @@ and mounts it with: mount -t virtiofs -o ro programs /Programs")]
         /// serve.log-file].
         #[arg(long, value_name = "FILE")]
         log_file: Option<PathBuf>,
+        #[command(flatten)]
+        socket: sandbox::SocketArgs,
+        #[command(flatten)]
+        sandbox: sandbox::SandboxArgs,
     },
 
     /// Rumk guests: freestanding VMs that read the store over virtio-fs
@@ -574,6 +574,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             pid_file,
             nosuid,
             log_file,
+            sandbox,
         } => {
             let m = &settings.mount;
             // The configuration's Index goes with the system mount only: a
@@ -612,6 +613,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 log_file: log_file.value.clone(),
                 nosuid,
                 image,
+                sandbox,
             };
             let destination = logging::destination(log_file.value.clone());
             if let logging::Destination::File(path) = &destination {
@@ -634,6 +636,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             foreground,
             log_file,
             json,
+            sandbox,
         } => {
             let mountpoint = takeover::canonical_mountpoint(&mountpoint)?;
             if let Some(path) = &log_file {
@@ -645,6 +648,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 mountpoint: mountpoint.clone(),
                 log_file: log_file.map(std::path::absolute).transpose()?,
                 verbose: cli.verbose,
+                sandbox,
             };
             // Forks even under systemd: `systemctl reload` waits for this
             // command to return; the new daemon becomes the unit's main
@@ -672,31 +676,25 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Serve {
             virtio_fs,
             fd,
-            socket_mode,
-            socket_group,
             print_capabilities: _,
             generation,
             image,
             cache_mib,
             max_guests,
             log_file,
+            socket,
+            sandbox,
         } => {
             let s = &settings.serve;
             let cache_mib = s.cache_mib.clone().or_flag(cache_mib, "--cache-mib");
             let log_file = s.log_file.clone().or_flag(log_file.map(Some), "--log-file");
             logging::init(cli.verbose, &logging::destination(log_file.value))?;
-            let group = socket_group
-                .as_deref()
-                .map(socket::group_id)
-                .transpose()
-                .context("--socket-group")?;
             let listen = match (virtio_fs, fd) {
                 (_, Some(fd)) => virtiofs::Listen::Fd(virtiofs::inherited_socket(fd)?),
                 (Some(path), None) => virtiofs::Listen::Path {
                     path: std::path::absolute(&path)
                         .with_context(|| format!("socket path {}", path.display()))?,
-                    mode: socket_mode,
-                    group,
+                    options: socket.options()?,
                 },
                 (None, None) => match virtiofs::activation_socket()? {
                     Some(fd) => virtiofs::Listen::Fd(fd),
@@ -717,6 +715,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 image: image.request(&keys, &store)?,
                 cache_bytes: cache_mib.value.saturating_mul(1 << 20),
                 max_guests: usize::from(max_guests),
+                sandbox,
             };
             virtiofs::serve(request)?;
             Ok(exit::OK)

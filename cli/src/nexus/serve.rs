@@ -1,6 +1,6 @@
 //! Mounting the view and serving it until it is unmounted.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -11,6 +11,7 @@ use nexus_fs::{GenerationChoice, View, ViewOptions};
 use nexus_store::runtime::ServedKind;
 
 use super::daemon::Ready;
+use super::sandbox::{self, Confinement, SandboxArgs};
 use super::signals::{self, Termination};
 use super::{index, inherited, runtime_root, systemd, takeover};
 
@@ -39,6 +40,8 @@ pub struct Request {
     pub nosuid: bool,
     /// Serve this signed image instead of the store (`--image`).
     pub image: Option<ImageRequest>,
+    /// The sandbox's switches.
+    pub sandbox: SandboxArgs,
 }
 
 /// An image to serve in place, the keys its signature must be by, and the
@@ -141,6 +144,8 @@ pub(super) struct Settings {
     /// The image served (`--image`), if any: such a mount is not handed
     /// over (its store is a scratch directory of this process).
     pub image: Option<PathBuf>,
+    /// The sandbox's switches.
+    pub sandbox: SandboxArgs,
 }
 
 impl Settings {
@@ -160,6 +165,7 @@ impl Settings {
             pid_file: request.pid_file.clone(),
             log_file: request.log_file.clone(),
             image: request.image.as_ref().map(|i| i.path.clone()),
+            sandbox: request.sandbox.clone(),
         }
     }
 
@@ -195,8 +201,8 @@ pub fn serve(request: &Request, ready: Option<&mut Ready>) -> Result<()> {
     let termination = signals::watch()?;
     let settings = Settings::of(request);
     // The store to serve: an image is served through a scratch store
-    // describing it (removed when serving ends and `_scratch` drops).
-    let (store_dir, _scratch) = match &request.image {
+    // describing it (removed when serving ends and `scratch` drops).
+    let (store_dir, scratch) = match &request.image {
         Some(image) => {
             let (dir, guard) = adopt_image(image)?;
             (dir, Some(guard))
@@ -223,6 +229,8 @@ pub fn serve(request: &Request, ready: Option<&mut Ready>) -> Result<()> {
     };
     let daemon = Daemon {
         settings,
+        store_dir,
+        scratch,
         view,
         mounts,
         record,
@@ -255,6 +263,10 @@ fn mount(view: &Arc<View>, settings: &Settings) -> Result<Mounts> {
 pub(super) struct Daemon {
     /// How it serves.
     pub settings: Settings,
+    /// The store it reads (for an image, its scratch store).
+    pub store_dir: PathBuf,
+    /// An image's scratch store, removed when serving ends.
+    pub scratch: Option<tempfile::TempDir>,
     /// Its view.
     pub view: Arc<View>,
     /// Its mounts.
@@ -267,12 +279,15 @@ pub(super) struct Daemon {
 }
 
 impl Daemon {
-    /// Serves until the mounts are gone: sets up unmounting on SIGTERM,
-    /// the pid file, the takeover socket, the threads that follow the live
-    /// generation, tells whoever waits that the mount is ready, and serves.
+    /// Serves until the mounts are gone: the pid file, systemd's
+    /// descriptor store, the takeover socket, the sandbox, unmounting on
+    /// SIGTERM, the threads that follow the live generation; then tells
+    /// whoever waits that the mount is ready, and serves.
     pub fn run(self, termination: Termination, ready: Option<&mut Ready>) -> Result<()> {
         let Daemon {
             settings,
+            store_dir,
+            scratch,
             view,
             mounts,
             record,
@@ -284,6 +299,8 @@ impl Daemon {
             adopted,
         } = mounts;
         let mut index = index;
+        // Before the sandbox forbids making the socket.
+        systemd::connect();
         if adopted {
             // The previous daemon is gone: what it read and left unanswered
             // is queued again (the kernel keeps it pending until then).
@@ -298,41 +315,76 @@ impl Daemon {
         // The index first: its links lead into the main mount.
         let mut unmounters: Vec<_> = index.iter_mut().map(|i| i.unmounter()).collect();
         unmounters.push(mounted.unmounter());
-        termination.unmount(unmounters);
+        let mut mount_points: Vec<PathBuf> = settings.index.iter().cloned().collect();
+        mount_points.push(settings.mountpoint.clone());
         if let Some(pid_file) = &settings.pid_file {
             write_pid_file(pid_file).with_context(|| format!("writing {}", pid_file.display()))?;
         }
-        // systemd keeps the connections, so that a restart after a crash
-        // finds the mounts live (see `inherited`).
+        // systemd keeps the connections (when the unit has a descriptor
+        // store), so that a restart after a crash finds the mounts live
+        // (see `inherited`).
         let fuse_fd = mounted
             .device()
             .context("duplicating the mount's descriptor")?;
-        systemd::store_fd(systemd::FUSE_FD_NAME, fuse_fd.as_fd());
         let index_fd = index
             .as_ref()
             .map(|i| i.device())
             .transpose()
             .context("duplicating the index's descriptor")?;
+        let stored = systemd::store_fd(systemd::FUSE_FD_NAME, fuse_fd.as_fd());
         if let Some(fd) = &index_fd {
             systemd::store_fd(systemd::INDEX_FD_NAME, fd.as_fd());
         }
-        // A successor can take the mounts over (an image's refuses, saying
-        // why). Serving does not depend on it.
-        let _listening = match listen_for_successor(
-            &settings,
-            &view,
-            index.as_ref().map(|i| i.index()),
-            (fuse_fd, index_fd),
-            record.as_ref().map(|r| r.root()),
-            &termination,
-            takeover,
-        ) {
-            Ok(listening) => Some(listening),
+        // The takeover socket, bound while binding is still allowed.
+        let takeover_socket = match takeover_socket(&settings, takeover) {
+            Ok(socket) => Some(socket),
             Err(e) => {
                 tracing::warn!("{e:#}: `nexus takeover` cannot replace this daemon");
                 None
             }
         };
+        let owner = rustix::process::getuid();
+        let log_dir = settings.log_file.as_deref().and_then(Path::parent);
+        let confined = Arc::new(
+            sandbox::confine(&Confinement {
+                records: record.is_some(),
+                mounts: mount_points,
+                pid_file: settings.pid_file.as_deref(),
+                log_dir,
+                mounts_outlive_daemon: stored,
+                ..Confinement::new(&settings.sandbox, sandbox::Daemon::Mount, &store_dir)
+                    .serving_image(
+                        settings.image.as_deref(),
+                        scratch.as_ref().map(|s| s.path()),
+                    )
+            })
+            .inspect_err(|_| {
+                if let Some(pid_file) = &settings.pid_file {
+                    let _ = std::fs::remove_file(pid_file);
+                }
+            })?,
+        );
+        termination.unmount(confined.unmounters(unmounters));
+        // A successor can take the mounts over (an image's refuses, saying
+        // why). Serving does not depend on it.
+        let _listening = takeover_socket.and_then(|(listener, path)| {
+            let giver = takeover::Giver {
+                settings: settings.clone(),
+                owner,
+                view: view.clone(),
+                index: index.as_ref().map(|i| i.index()),
+                fuse: fuse_fd,
+                index_fuse: index_fd,
+                record: record.as_ref().map(|r| r.root()),
+                termination: termination.clone(),
+                confined: confined.clone(),
+            };
+            takeover::listen(listener, &path, giver)
+                .inspect_err(|e| {
+                    tracing::warn!("{e:#}: `nexus takeover` cannot replace this daemon")
+                })
+                .ok()
+        });
         // Only once nothing else can fail: an early error return would leave
         // the index thread serving after the main mount is gone.
         let index = index.map(|i| i.serve()).transpose()?;
@@ -394,6 +446,11 @@ impl Daemon {
         if let Some(record) = withdraw {
             record.withdraw();
         }
+        // Whatever of the daemon's mounts is still mounted (the index when
+        // the main mount went away from outside, the main mount when
+        // serving failed): confined, the mounts' own unmounting would be
+        // refused.
+        confined.unmount_remaining();
         if let Some(index) = index {
             index.stop();
         }
@@ -401,26 +458,22 @@ impl Daemon {
         if settings.index.is_some() {
             systemd::remove_fd(systemd::INDEX_FD_NAME);
         }
-        if let Some(pid_file) = &settings.pid_file {
-            let _ = std::fs::remove_file(pid_file);
-        }
+        // The image's scratch store, then (confined, through the keeper,
+        // which may remove the emptied directory) the pid file.
+        drop(scratch);
+        confined.finish();
         tracing::info!("{target} is unmounted");
         served
     }
 }
 
-/// Starts listening for a successor (`nexus takeover`) on the takeover
-/// socket: `bound`, a socket a successor bound under a temporary name,
-/// is renamed into place; otherwise one is bound.
-fn listen_for_successor(
+/// The takeover socket (`nexus takeover`): `bound`, a socket a successor
+/// bound under a temporary name, is renamed into place; otherwise one is
+/// bound. Returns it with its path.
+fn takeover_socket(
     settings: &Settings,
-    view: &Arc<View>,
-    index: Option<Arc<nexus_fs::Index>>,
-    (fuse, index_fuse): (OwnedFd, Option<OwnedFd>),
-    record: Option<Arc<nexus_store::runtime::RuntimeRoot>>,
-    termination: &Termination,
     bound: Option<(std::os::unix::net::UnixListener, PathBuf)>,
-) -> Result<takeover::Listening> {
+) -> Result<(std::os::unix::net::UnixListener, PathBuf)> {
     let path = takeover::socket_path(&settings.store, &settings.mountpoint);
     let listener = match bound {
         Some((listener, temporary)) => {
@@ -430,16 +483,7 @@ fn listen_for_successor(
         }
         None => takeover::bind(&path)?,
     };
-    let giver = takeover::Giver {
-        settings: settings.clone(),
-        view: view.clone(),
-        index,
-        fuse,
-        index_fuse,
-        record,
-        termination: termination.clone(),
-    };
-    takeover::listen(listener, &path, giver)
+    Ok((listener, path))
 }
 
 /// Writes our pid to `path` through a fresh temporary file renamed over it:

@@ -13,18 +13,20 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::{Context, Result};
-use nexus_fs::fuse::{Unmounted, Unmounter};
+use nexus_fs::fuse::Unmounted;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
+use super::sandbox::Unmount;
 use super::{logging, systemd};
 
 /// What a termination signal does.
 enum Action {
     /// Not said yet: remember the signal.
     Unset,
-    /// Unmount with each, in order.
-    Unmount(Vec<Unmounter>),
+    /// Unmount with each, in order (directly, or through the sandbox's
+    /// keeper).
+    Unmount(Vec<Box<dyn Unmount>>),
     /// Run this, then exit with success.
     Exit(Box<dyn FnOnce() + Send>),
     /// The daemon handed its mounts over and is exiting: do nothing.
@@ -50,7 +52,7 @@ impl Termination {
 
     /// From now on, termination unmounts with each of `unmounters`, in
     /// order; at once if a signal already came.
-    pub fn unmount(&self, unmounters: Vec<Unmounter>) {
+    pub fn unmount(&self, unmounters: Vec<Box<dyn Unmount>>) {
         let mut state = self.state();
         state.action = Action::Unmount(unmounters);
         if state.received > 0 {

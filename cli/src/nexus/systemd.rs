@@ -8,11 +8,24 @@
 //!
 //! Everything here does nothing unless `NOTIFY_SOCKET` is set. A failed
 //! notification is logged, never fatal: the daemon serves either way.
+//!
+//! The socket is connected once, by [`connect`], before the daemon
+//! confines itself: a confined daemon may send on a connected socket but
+//! not make one (`sandbox`).
 
-use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
+use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixDatagram;
+use std::sync::OnceLock;
 
 use nexus_fs::Changes;
 use nexus_fs::follow::Follower;
+use rustix::net::{
+    AddressFamily, SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketAddrUnix,
+    SocketFlags, SocketType,
+};
 use sd_notify::NotifyState;
 
 /// `FDNAME` of the main mount's `/dev/fuse` descriptor in the store.
@@ -20,13 +33,76 @@ pub const FUSE_FD_NAME: &str = "nexus-fuse";
 /// `FDNAME` of the Index mount's descriptor.
 pub const INDEX_FD_NAME: &str = "nexus-index";
 
+/// The connected `NOTIFY_SOCKET`, if there is one.
+static SOCKET: OnceLock<Option<UnixDatagram>> = OnceLock::new();
+
 /// True when a service manager listens (`NOTIFY_SOCKET` is set).
 pub fn supervised() -> bool {
     std::env::var_os("NOTIFY_SOCKET").is_some_and(|v| !v.is_empty())
 }
 
+/// Connects to `NOTIFY_SOCKET` (a path, or `@name` in the abstract
+/// namespace) if it is set. Call it before the daemon confines itself;
+/// later calls do nothing.
+pub fn connect() {
+    SOCKET.get_or_init(|| {
+        let address = std::env::var_os("NOTIFY_SOCKET").filter(|v| !v.is_empty())?;
+        match open(address.as_bytes()) {
+            Ok(socket) => Some(socket),
+            Err(e) => {
+                tracing::warn!(
+                    "NOTIFY_SOCKET={}: {e}; systemd will not hear from this daemon",
+                    address.to_string_lossy()
+                );
+                None
+            }
+        }
+    });
+}
+
+fn open(address: &[u8]) -> io::Result<UnixDatagram> {
+    let address = match address.strip_prefix(b"@") {
+        Some(name) => SocketAddrUnix::new_abstract_name(name)?,
+        None => SocketAddrUnix::new(std::ffi::OsStr::from_bytes(address))?,
+    };
+    let socket: OwnedFd = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::DGRAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    rustix::net::connect(&socket, &address)?;
+    Ok(UnixDatagram::from(socket))
+}
+
+/// Sends `states` with `fds`; `Ok(false)` when there is no manager.
+fn notify(states: &[NotifyState], fds: &[BorrowedFd<'_>]) -> io::Result<bool> {
+    connect();
+    let Some(Some(socket)) = SOCKET.get() else {
+        return Ok(false);
+    };
+    let message: String = states.iter().map(|s| format!("{s}\n")).collect();
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(io::Error::other(
+            "too many descriptors for one notification",
+        ));
+    }
+    let sent = rustix::net::sendmsg(
+        socket.as_fd(),
+        &[IoSlice::new(message.as_bytes())],
+        &mut control,
+        SendFlags::NOSIGNAL,
+    )?;
+    if sent != message.len() {
+        return Err(io::Error::other("the notification was cut short"));
+    }
+    Ok(true)
+}
+
 fn send(what: &str, states: &[NotifyState]) {
-    if let Err(e) = sd_notify::notify(states) {
+    if let Err(e) = notify(states, &[]) {
         tracing::warn!("telling systemd {what}: {e}");
     }
 }
@@ -81,29 +157,48 @@ pub fn stopping() {
     send("the daemon stops", &[NotifyState::Stopping]);
 }
 
-/// Keeps `fd` in the unit's file descriptor store under `name` (needs
-/// `FileDescriptorStoreMax=` in the unit; the manager ignores it
-/// otherwise).
-pub fn store_fd(name: &str, fd: BorrowedFd<'_>) {
-    if !supervised() {
-        return;
+/// Whether the unit keeps descriptors (`FileDescriptorStoreMax=` set:
+/// systemd then says how many in `FDSTORE`).
+fn has_descriptor_store() -> bool {
+    std::env::var("FDSTORE")
+        .ok()
+        .and_then(|n| n.parse::<u32>().ok())
+        .is_some_and(|n| n > 0)
+}
+
+/// Keeps `fd` in the unit's file descriptor store under `name`; true when
+/// it was handed to systemd (a unit with a descriptor store).
+pub fn store_fd(name: &str, fd: BorrowedFd<'_>) -> bool {
+    if !supervised() || !has_descriptor_store() {
+        return false;
     }
-    if let Err(e) =
-        sd_notify::notify_with_fds(&[NotifyState::FdStore, NotifyState::FdName(name)], &[fd])
-    {
-        tracing::warn!("storing {name} with systemd: {e}");
+    let fd_name = format!("FDNAME={name}");
+    let states = [
+        NotifyState::Custom("FDSTORE=1"),
+        NotifyState::Custom(&fd_name),
+    ];
+    match notify(&states, &[fd]) {
+        Ok(sent) => sent,
+        Err(e) => {
+            tracing::warn!("storing {name} with systemd: {e}");
+            false
+        }
     }
 }
 
 /// Removes `name` from the unit's file descriptor store (a mount that
 /// ended: a restart must mount afresh).
 pub fn remove_fd(name: &str) {
-    if !supervised() {
+    if !supervised() || !has_descriptor_store() {
         return;
     }
+    let fd_name = format!("FDNAME={name}");
     send(
         "to forget a descriptor",
-        &[NotifyState::FdStoreRemove, NotifyState::FdName(name)],
+        &[
+            NotifyState::Custom("FDSTOREREMOVE=1"),
+            NotifyState::Custom(&fd_name),
+        ],
     );
 }
 

@@ -3,11 +3,11 @@
 //!
 //! As a conventional vhost-user backend (QEMU's docs/interop/vhost-user.rst,
 //! "Backend program conventions"; virtiofsd does the same): it listens on
-//! SOCKET (`--socket-path` too) with mode `--socket-mode` (0600) and group
-//! `--socket-group`, or on a socket it was given (`--fd N`, or systemd's
-//! socket activation, `LISTEN_FDS`), prints its capabilities
-//! (`--print-capabilities`), and tells systemd when it is ready (besides the
-//! line on stderr that scripts wait for).
+//! SOCKET (`--socket-path` too) with the mode and group asked for
+//! (`--socket-mode`, 0600, and `--socket-group`), or on a socket it was
+//! given (`--fd N`, or systemd's socket activation, `LISTEN_FDS`), prints
+//! its capabilities (`--print-capabilities`), and tells systemd when it is
+//! ready (besides the line on stderr that scripts wait for).
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
@@ -17,9 +17,10 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use nexus_fs::{GenerationChoice, ViewOptions};
 use nexus_store::runtime::ServedKind;
-use nexus_virtiofs::ServeOptions;
+use nexus_virtiofs::{GuestSocket, ServeOptions, SocketOptions};
 
-use super::{runtime_root, signals, socket, systemd};
+use super::sandbox::{self, Confinement, Daemon, SandboxArgs};
+use super::{runtime_root, signals, systemd};
 
 /// What `--print-capabilities` prints: a vhost-user backend of type `fs`
 /// (QEMU's `VHostUserBackendCapabilities`), with no optional feature.
@@ -28,14 +29,12 @@ pub const CAPABILITIES: &str = "{\n  \"type\": \"fs\"\n}";
 /// Where the guests connect.
 #[derive(Debug)]
 pub enum Listen {
-    /// Bind this path, with this mode and group.
+    /// Bind this path with these permissions.
     Path {
         /// The socket's path.
         path: PathBuf,
-        /// Its mode.
-        mode: u32,
-        /// Its group, if not ours.
-        group: Option<u32>,
+        /// Who may connect.
+        options: SocketOptions,
     },
     /// A listening socket this process was given (`--fd`, socket
     /// activation).
@@ -57,6 +56,8 @@ pub struct Request {
     pub cache_bytes: u64,
     /// Guests served at once.
     pub max_guests: usize,
+    /// The sandbox's switches.
+    pub sandbox: SandboxArgs,
 }
 
 /// The socket systemd passed (socket activation), if it passed exactly one;
@@ -92,6 +93,8 @@ pub fn inherited_socket(fd: i32) -> Result<OwnedFd> {
 pub fn serve(request: Request) -> Result<()> {
     // First: until it runs, SIGTERM would kill the daemon outright.
     let termination = signals::watch()?;
+    // Before the sandbox forbids making the socket.
+    systemd::connect();
     let choice = match request.generation {
         Some(n) => GenerationChoice::Fixed(n),
         None => GenerationChoice::Live,
@@ -103,8 +106,8 @@ pub fn serve(request: Request) -> Result<()> {
         connections: request.max_guests.clamp(1, 8) + 1,
     };
     // An image is served through a scratch store describing it (removed
-    // when serving ends and `_scratch` drops), as `nexus mount --image`.
-    let (store_dir, _scratch) = match &request.image {
+    // when serving ends and `scratch` drops), as `nexus mount --image`.
+    let (store_dir, scratch) = match &request.image {
         Some(image) => {
             let (dir, guard) = super::serve::adopt_image(image)?;
             (dir, Some(guard))
@@ -113,41 +116,46 @@ pub fn serve(request: Request) -> Result<()> {
     };
     let view = crate::open::open_view(&store_dir, options)?;
     let view = Arc::new(view);
-    // The socket: bound here (so that a stale socket file is replaced and
-    // removed at the end), or given.
-    let (listener, socket, bound) = match request.listen {
-        Listen::Path { path, mode, group } => (socket::bind(&path, mode, group)?, path, true),
-        Listen::Fd(fd) => {
-            let listener = UnixListener::from(fd);
-            let path = listener
-                .local_addr()
-                .ok()
-                .and_then(|a| a.as_pathname().map(PathBuf::from))
-                .unwrap_or_else(|| PathBuf::from("(inherited socket)"));
-            (listener, path, false)
-        }
+    // The socket: bound here (a stale socket file is replaced; it is
+    // removed when serving ends), or given (then it is not ours).
+    let socket = match request.listen {
+        Listen::Path { path, options } => nexus_virtiofs::bind(&path, &options)
+            .with_context(|| format!("serving on {}", path.display()))?,
+        Listen::Fd(fd) => GuestSocket::inherited(UnixListener::from(fd)),
     };
+    let target = socket.path().to_path_buf();
     // What gc must keep while guests are served (not for an image);
     // removed on termination, by the signal thread that owns it.
     let served = request
         .image
         .is_none()
-        .then(|| runtime_root::announce(&store_dir, ServedKind::VirtioFs, &socket, view.clone()))
+        .then(|| runtime_root::announce(&store_dir, ServedKind::VirtioFs, &target, view.clone()))
         .transpose()?;
-    let record = served.as_ref().map(|s| s.root());
-    let removed = bound.then(|| socket.clone());
-    termination.exit(move || {
-        if let Some(socket) = removed {
-            let _ = std::fs::remove_file(socket);
+    let confined = sandbox::confine(
+        &Confinement {
+            records: served.is_some(),
+            socket: Some(&socket),
+            ..Confinement::new(&request.sandbox, Daemon::VirtioFs, &store_dir)
         }
+        .serving_image(
+            request.image.as_ref().map(|i| i.path.as_path()),
+            scratch.as_ref().map(|s| s.path()),
+        ),
+    )?;
+    let record = served.as_ref().map(|s| s.root());
+    termination.exit(move || {
         if let Some(record) = record {
             record.withdraw();
         }
+        // The image's scratch store, emptied here; its directory and the
+        // socket are removed by `finish` (confined, by the keeper).
+        drop(scratch);
+        confined.finish();
     });
     // Guests get no invalidations: what they cached of the old generation
     // expires by itself (`SWITCH_BOUND`); the loop moves the view and keeps
     // the runtime record current.
-    let target = socket.display().to_string();
+    let shown_on = target.display().to_string();
     let mut followers: Vec<Box<dyn nexus_fs::follow::Follower>> = served
         .into_iter()
         .map(|s| Box::new(s) as Box<dyn nexus_fs::follow::Follower>)
@@ -155,7 +163,7 @@ pub fn serve(request: Request) -> Result<()> {
     if systemd::supervised() {
         followers.push(Box::new(systemd::StatusFollower {
             store: request.store.clone(),
-            target: target.clone(),
+            target: shown_on.clone(),
         }));
     }
     let _following = nexus_fs::follow::follow(view.clone(), followers)
@@ -169,16 +177,16 @@ pub fn serve(request: Request) -> Result<()> {
         max_guests: request.max_guests,
         ..ServeOptions::default()
     };
-    let status = systemd::status_line(view.generation(), &request.store, &target);
-    nexus_virtiofs::serve_listener(view, listener, &socket, serve_options, || {
+    let status = systemd::status_line(view.generation(), &request.store, &shown_on);
+    nexus_virtiofs::serve(view, socket, serve_options, || {
         // On stderr even without -v: scripts wait for this line (or the
         // socket) before starting guests.
         eprintln!(
-            "nexus: serving {shown} of {} to virtio-fs guests on {target} (pid {})",
+            "nexus: serving {shown} of {} to virtio-fs guests on {shown_on} (pid {})",
             request.store.display(),
             std::process::id()
         );
         systemd::ready(&status);
     })
-    .with_context(|| format!("serving on {target}"))
+    .with_context(|| format!("serving on {shown_on}"))
 }

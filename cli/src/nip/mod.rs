@@ -5,6 +5,7 @@ mod changes;
 mod commands;
 mod output;
 mod pins;
+mod tui;
 
 use std::path::PathBuf;
 
@@ -329,6 +330,22 @@ pub enum Command {
     /// Make generation GEN, or the system in image FILE, the live one.
     #[command(long_about = crate::generations::SWITCH_ABOUT)]
     Switch(crate::generations::SwitchArgs),
+
+    /// Browse and change the store in a terminal interface.
+    ///
+    /// Apps with their stored versions (which one is Current, which are
+    /// installed), the generations with what each changed (as `nip
+    /// history`; Enter for the whole `nip diff`) and the pins. Keys: s
+    /// switches to the selected generation, r rolls back, p pins or unpins
+    /// the selected generation, c makes the selected version Current; each
+    /// asks first, naming what will happen, and is the same command as
+    /// `nip switch`, `nip rollback`, `nip pin`/`unpin` and `nip current`.
+    /// Tab moves between the panes, ? lists the keys, q quits. The screen
+    /// follows the store while another nip changes it.
+    ///
+    /// Needs a terminal; scripts read the same with `nip list`, `nip
+    /// history` and `nip pin`, with --json.
+    Tui,
 
     /// Delete data that no retained generation references.
     ///

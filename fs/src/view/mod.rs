@@ -24,8 +24,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nexus_store::catalog::{InodeRow, kind};
+use nexus_store::catalog::InodeRow;
 use nexus_store::read::{Reader, ReaderOptions};
+use nexus_store::tree::InodeType;
 
 use crate::attr::{Attr, Entry, FsStats, Listing};
 use crate::changes::Changes;
@@ -326,7 +327,7 @@ impl View {
             Node::Package(id) => {
                 let row = self.inode(id)?;
                 match (&row.target, row.kind) {
-                    (Some(target), kind::SYMLINK) => Ok(target.clone()),
+                    (Some(target), InodeType::Symlink) => Ok(target.clone()),
                     _ => Err(ViewError::WrongKind),
                 }
             }
@@ -363,7 +364,7 @@ impl View {
             // read without it (one join fewer per lookup), so look it up now.
             let blob = row
                 .as_ref()
-                .filter(|r| r.kind == kind::FILE)
+                .filter(|r| r.kind == InodeType::File)
                 .and_then(|r| r.blob);
             let hash = match (row.as_ref().and_then(|r| r.content), blob) {
                 (Some(hash), _) => Some(hash),

@@ -14,6 +14,7 @@ use nexus_store::runtime::RuntimeRoot;
 
 use super::wire;
 use super::{Envelope, HandedState, Message};
+use crate::nexus::sandbox::Confined;
 use crate::nexus::serve::Settings;
 use crate::nexus::signals::Termination;
 use crate::nexus::systemd;
@@ -40,6 +41,12 @@ pub struct Giver {
     pub record: Option<Arc<RuntimeRoot>>,
     /// Its signal thread, told to ignore termination once handed over.
     pub termination: Termination,
+    /// The user that started it (root for a system mount), the only one
+    /// it hands over to (confined, it serves as another).
+    pub owner: rustix::process::Uid,
+    /// Its sandbox: the keeper must exit without unmounting once the
+    /// mounts are handed over.
+    pub confined: Arc<Confined>,
 }
 
 /// The takeover socket of a running daemon; dropping it removes the
@@ -69,7 +76,7 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
             Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
         }
     }
-    crate::nexus::socket::bind(path, 0o600, None)
+    crate::nexus::socket::bind(path, 0o600)
         .with_context(|| format!("listening for a successor on {}", path.display()))
 }
 
@@ -104,27 +111,29 @@ pub fn listen(listener: UnixListener, path: &Path, giver: Giver) -> Result<Liste
     })
 }
 
-/// Refuses a peer that is not of this process's user: the descriptors
-/// handed over control everything the mount shows (setuid programs
-/// included).
-pub fn check_peer(stream: &UnixStream) -> Result<u32> {
+/// The peer's pid and uid (`SO_PEERCRED`).
+pub fn peer(stream: &UnixStream) -> Result<(u32, rustix::process::Uid)> {
     let peer = rustix::net::sockopt::socket_peercred(stream.as_fd())
         .context("reading the peer's credentials")?;
-    let ours = rustix::process::geteuid();
-    if peer.uid != ours {
+    Ok((peer.pid.as_raw_nonzero().get() as u32, peer.uid))
+}
+
+/// Refuses a peer that is not of user `owner`: the descriptors handed over
+/// control everything the mount shows (setuid programs included).
+pub fn check_peer(stream: &UnixStream, owner: rustix::process::Uid) -> Result<u32> {
+    let (pid, uid) = peer(stream)?;
+    if uid != owner {
         bail!(
-            "refused a takeover by pid {} of uid {}: only uid {} may take over",
-            peer.pid.as_raw_nonzero(),
-            peer.uid.as_raw(),
-            ours.as_raw()
+            "refused a takeover by pid {pid} of uid {}: only uid {} may take over",
+            uid.as_raw(),
+            owner.as_raw()
         );
     }
-    Ok(peer.pid.as_raw_nonzero().get() as u32)
+    Ok(pid)
 }
 
 fn receive(stream: &mut UnixStream, timeout: Duration) -> Result<Message> {
-    stream.set_read_timeout(Some(timeout))?;
-    let (envelope, fds): (Envelope, _) = wire::receive(stream)?;
+    let (envelope, fds): (Envelope, _) = wire::receive(stream, timeout)?;
     if !fds.is_empty() {
         bail!("the successor sent descriptors");
     }
@@ -143,8 +152,7 @@ fn send(
 /// One exchange with a would-be successor. Returns only if it did not
 /// complete; on commit the process exits.
 fn hand_over(stream: &mut UnixStream, giver: &Giver) -> Result<()> {
-    let peer = check_peer(stream)?;
-    stream.set_write_timeout(Some(QUICK))?;
+    let peer = check_peer(stream, giver.owner)?;
     let Message::Hello { pid, version } = receive(stream, QUICK)? else {
         bail!("pid {peer} did not start with hello");
     };
@@ -219,11 +227,13 @@ fn send_state_and_wait(
         bail!("pid {pid} did not commit");
     };
     // Point of no return: the successor serves. Leave without unmounting
-    // (no destructor runs), withdrawing the record the successor replaced.
+    // (no destructor runs; the keeper exits without unmounting),
+    // withdrawing the record the successor replaced.
     giver.termination.ignore();
     if let Some(record) = &giver.record {
         record.withdraw();
     }
+    giver.confined.handed_over();
     tracing::info!(
         "handed {} over to pid {committed}; exiting",
         giver.settings.mountpoint.display()
@@ -258,11 +268,12 @@ mod tests {
             .spawn()
             .unwrap();
         let (stream, _) = listener.accept().unwrap();
-        let err = check_peer(&stream).unwrap_err();
+        let root = rustix::process::Uid::ROOT;
+        let err = check_peer(&stream, root).unwrap_err();
         assert!(format!("{err}").contains("uid 65534"), "{err}");
         let (ours, _) = (UnixStream::connect(&path).unwrap(), ());
         let (accepted, _) = listener.accept().unwrap();
-        assert!(check_peer(&accepted).is_ok());
+        assert!(check_peer(&accepted, root).is_ok());
         drop(ours);
         let mut child = child;
         let _ = child.wait();

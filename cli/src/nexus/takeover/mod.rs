@@ -39,7 +39,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, anyhow};
 use serde::{Deserialize, Serialize};
 
-pub use giver::{Giver, Listening, bind, listen};
+pub use giver::{Giver, bind, listen};
 pub use taker::{TakeoverRequest, canonical_mountpoint, takeover};
 
 /// The `format` of every message of this protocol version.

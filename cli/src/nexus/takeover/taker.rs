@@ -13,7 +13,7 @@ use nexus_fs::fuse::{self, MountOptions};
 use nexus_fs::lookups::HeldInode;
 use nexus_store::runtime::ServedKind;
 
-use super::giver::{bind, check_peer};
+use super::giver::{bind, peer};
 use super::wire;
 use super::{Envelope, HandedState, Message, Offer, socket_path};
 use crate::nexus::daemon::Ready;
@@ -34,6 +34,8 @@ pub struct TakeoverRequest {
     pub log_file: Option<PathBuf>,
     /// `-v` count.
     pub verbose: u8,
+    /// The new daemon's sandbox switches.
+    pub sandbox: crate::nexus::sandbox::SandboxArgs,
 }
 
 fn send(stream: &mut UnixStream, message: Message) -> Result<()> {
@@ -41,8 +43,12 @@ fn send(stream: &mut UnixStream, message: Message) -> Result<()> {
     Ok(())
 }
 
+/// How long the old daemon may take to answer (it answers at once; only a
+/// stuck daemon takes longer).
+const ANSWER: Duration = Duration::from_secs(60);
+
 fn receive(stream: &mut UnixStream) -> Result<(Message, Vec<OwnedFd>)> {
-    let (envelope, fds): (Envelope, _) = wire::receive(stream)?;
+    let (envelope, fds): (Envelope, _) = wire::receive(stream, ANSWER)?;
     Ok((envelope.open()?, fds))
 }
 
@@ -76,7 +82,31 @@ fn settings_of(offer: &Offer, request: &TakeoverRequest) -> Result<Settings> {
             .clone()
             .or_else(|| offer.log_file.as_ref().map(PathBuf::from)),
         image: None,
+        sandbox: request.sandbox.clone(),
     })
+}
+
+/// Whether the peer on the takeover socket is the daemon serving the mount
+/// point: of our own user, or (confined, it serves as another) the process
+/// whose live runtime record names the mount point and that made the offer.
+fn check_daemon(stream: &UnixStream, offer: &Offer, settings: &Settings) -> Result<()> {
+    let (pid, uid) = peer(stream)?;
+    if uid == rustix::process::geteuid() {
+        return Ok(());
+    }
+    let records =
+        nexus_store::runtime::live(&settings.store).context("reading the runtime records")?;
+    let serving = records
+        .iter()
+        .any(|r| r.pid == pid && r.served.target == settings.mountpoint);
+    if pid != offer.pid || !serving {
+        bail!(
+            "the process on the takeover socket (pid {pid}, uid {}) is not the daemon serving {}",
+            uid.as_raw(),
+            settings.mountpoint.display()
+        );
+    }
+    Ok(())
 }
 
 /// For a live view: shows `generation` first (see `View::show_first`).
@@ -102,7 +132,6 @@ pub fn takeover(request: &TakeoverRequest, ready: Option<&mut Ready>) -> Result<
             socket.display()
         )
     })?;
-    check_peer(&stream).context("checking the daemon on the takeover socket")?;
     send(
         &mut stream,
         Message::Hello {
@@ -116,6 +145,7 @@ pub fn takeover(request: &TakeoverRequest, ready: Option<&mut Ready>) -> Result<
         other => bail!("the daemon answered {other:?}"),
     };
     let settings = settings_of(&offer, request)?;
+    check_daemon(&stream, &offer, &settings)?;
     logging::init(
         request.verbose,
         &logging::destination(settings.log_file.clone()),
@@ -231,6 +261,8 @@ fn adopt(
     let listener = bind(&temporary)?;
     Ok(Daemon {
         settings: settings.clone(),
+        store_dir: settings.store.clone(),
+        scratch: None,
         view,
         mounts: Mounts {
             main,
@@ -307,6 +339,7 @@ mod tests {
             mountpoint: "/mnt".into(),
             log_file: None,
             verbose: 0,
+            sandbox: Default::default(),
         };
         assert!(settings_of(&offer, &request).is_err());
         request.mountpoint = "/Programs".into();
