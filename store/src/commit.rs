@@ -16,6 +16,7 @@ use crate::error::{Result, StoreError};
 use crate::generations::{self, Member};
 use crate::hash::Hash;
 use crate::ingest::{ContentBatch, FileContent};
+use crate::pack::SealedPack;
 use crate::tree::{InodeKind, InodeType, Tree, encode_xattrs};
 
 /// A package whose content has been ingested and which is ready to commit.
@@ -343,16 +344,34 @@ fn apply_current(
 fn index_chunks(tx: &Transaction<'_>, batch: &ContentBatch) -> Result<HashMap<Hash, i64>> {
     let mut pack_ids = HashMap::new();
     for pack in &batch.packs {
-        tx.execute(
-            "INSERT INTO packs(name, size) VALUES (?1, ?2)",
-            params![pack.name, pack.size as i64],
-        )?;
-        pack_ids.insert(pack.name.clone(), tx.last_insert_rowid());
+        let id = match batch.remote {
+            None => {
+                tx.execute(
+                    "INSERT INTO packs(name, size) VALUES (?1, ?2)",
+                    params![pack.name, pack.size as i64],
+                )?;
+                tx.last_insert_rowid()
+            }
+            Some(remote) => index_remote_pack(tx, pack, remote)?,
+        };
+        pack_ids.insert(pack.name.clone(), id);
     }
-    let mut insert = tx.prepare_cached(
-        "INSERT OR IGNORE INTO chunks(hash, pack, offset, block_len, inner, len)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?;
+    // A chunk the store knows keeps its location, except that a chunk
+    // written to the store's own packs replaces a location on a remote
+    // (an import stores what was remote-only: `Catalog::has_chunk`).
+    let mut insert = tx.prepare_cached(match batch.remote {
+        None => {
+            "INSERT INTO chunks(hash, pack, offset, block_len, inner, len)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT(hash) DO UPDATE SET pack = excluded.pack, offset = excluded.offset,
+                 block_len = excluded.block_len, inner = excluded.inner
+             WHERE (SELECT remote FROM packs WHERE id = chunks.pack) IS NOT NULL"
+        }
+        Some(_) => {
+            "INSERT OR IGNORE INTO chunks(hash, pack, offset, block_len, inner, len)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+        }
+    })?;
     for loc in &batch.written {
         let pack = pack_ids
             .get(&*loc.pack)
@@ -387,6 +406,30 @@ fn index_chunks(tx: &Transaction<'_>, batch: &ContentBatch) -> Result<HashMap<Ha
     // Anything reused that has disappeared since we looked is left out of
     // the map; insert_blob reports it, unless the blob already exists.
     Ok(ids)
+}
+
+/// Indexes a pack of remote `remote` (or finds it indexed by an earlier
+/// pull: a pack several remotes serve is read from the one pulled from
+/// last). A name that is one of the store's own packs is refused: its
+/// chunk locations would be read from the wrong file.
+fn index_remote_pack(tx: &Transaction<'_>, pack: &SealedPack, remote: i64) -> Result<i64> {
+    tx.execute(
+        "INSERT INTO packs(name, size, remote) VALUES (?1, ?2, ?3)
+         ON CONFLICT(name) DO UPDATE SET remote = excluded.remote WHERE packs.remote IS NOT NULL",
+        params![pack.name, pack.size as i64, remote],
+    )?;
+    let (id, owner): (i64, Option<i64>) = tx.query_row(
+        "SELECT id, remote FROM packs WHERE name = ?1",
+        [&pack.name],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    if owner != Some(remote) {
+        return Err(StoreError::Invalid(format!(
+            "the remote names a pack {} as this store's own packs are named",
+            pack.name
+        )));
+    }
+    Ok(id)
 }
 
 /// Inserts (or finds) the blob for `content`. `Ok(Err(n))` means `n` of its

@@ -492,6 +492,13 @@ impl Store {
         Ok(out)
     }
 
+    /// Reads pack bytes from `source` from now on (a source that also
+    /// reaches the packs of remotes, say) instead of `packs/` alone.
+    pub fn set_source(&mut self, source: Arc<dyn crate::read::PackSource>) -> Result<()> {
+        self.reader = Reader::open_checked(&self.dir, ReaderOptions::default(), source)?;
+        Ok(())
+    }
+
     /// The read side of the store: file contents and verified chunks.
     pub fn reader(&self) -> &Reader {
         &self.reader

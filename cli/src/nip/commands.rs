@@ -123,6 +123,10 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Switch(args) => crate::generations::switch(&dir, &keys_dir, args),
         Command::Config(command) => crate::config_cmd::run(&settings, command),
         Command::Tui => super::tui::run(&dir),
+        Command::Remote(command) => super::remote::run_remote(command, &dir, &keys_dir, &settings),
+        Command::Publish(args) => super::remote::run_publish(args, &dir, &keys_dir, &settings),
+        Command::Pull(args) => super::remote::run_pull(args, &dir, &keys_dir, &settings),
+        Command::Prefetch(args) => super::remote::run_prefetch(args, &dir),
         Command::Gc {
             keep,
             older_than,
@@ -186,6 +190,12 @@ pub fn run(cli: Cli) -> Result<i32> {
                 }
                 for d in &report.damaged_packages {
                     println!("damaged package: {}: {}", d.package, d.reason);
+                }
+                for r in &report.remote_packs {
+                    println!(
+                        "remote-only pack {} on {}: {} chunks not read here (each is verified when fetched)",
+                        r.pack, r.remote, r.chunks
+                    );
                 }
                 println!(
                     "{} chunks, {} file contents, {} package trees checked: {}",

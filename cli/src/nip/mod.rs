@@ -5,6 +5,7 @@ mod changes;
 mod commands;
 mod output;
 mod pins;
+mod remote;
 mod tui;
 
 use std::path::PathBuf;
@@ -438,6 +439,43 @@ pub enum Command {
     /// `nexus config`).
     #[command(subcommand)]
     Config(crate::config_cmd::ConfigCommand),
+
+    /// Remotes: S3-compatible object storage, HTTP mirrors and directories
+    /// this store publishes to or pulls from (add, list, remove, cache).
+    #[command(subcommand)]
+    Remote(remote::RemoteCommand),
+
+    /// Publish a generation to a remote: its new chunks, its metadata, then
+    /// a signed manifest (counter, expiry).
+    ///
+    /// Objects are written first and the manifest last, conditionally (S3
+    /// If-Match/If-None-Match; a lock for file:// remotes), so a publisher
+    /// killed at any moment leaves the previous manifest with everything
+    /// it names, and of two publishers at once one fails naming the
+    /// conflict. Chunks the remote has are not uploaded again; no byte of
+    /// a package that is not published is uploaded.
+    ///
+    /// Example: nip publish origin --expires-in 7d
+    Publish(remote::PublishArgs),
+
+    /// Make the newest generation a remote published a local generation,
+    /// exactly its packages; file contents are fetched when first read.
+    ///
+    /// The manifest must be signed by a key trusted for images of the
+    /// remote's trust domain, not revoked, not expired, with a counter
+    /// above the highest this store accepted there; its metadata must be
+    /// the bytes it names. Anything refused leaves the store as it was.
+    /// Chunks the store has are never fetched. Running mounts follow the
+    /// new generation as they follow any switch.
+    ///
+    /// Example: nip pull origin
+    Pull(remote::PullArgs),
+
+    /// Fetch the blocks of packages into the disk cache ahead of use, so
+    /// they read at local speed (and offline).
+    ///
+    /// Example: nip prefetch python3.11 openjdk-17-jre-headless/17.0.13
+    Prefetch(remote::PrefetchArgs),
 }
 
 /// Parses a size: a number of bytes with an optional binary suffix (`K`,

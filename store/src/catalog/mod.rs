@@ -8,6 +8,7 @@
 //! for the commit itself: all slow work (reading, chunking, compressing,
 //! writing packs) happens before.
 
+mod remotes;
 mod schema;
 mod trees;
 
@@ -22,6 +23,7 @@ use crate::hash::Hash;
 use crate::pack::ChunkLocation;
 use crate::tree::{InodeType, Xattrs, decode_xattrs};
 
+pub use remotes::{BlockChunk, NewRemote, RemoteRow, RemoteUse};
 pub use schema::SCHEMA_VERSION;
 pub use trees::PackageTree;
 
@@ -610,11 +612,15 @@ impl Catalog {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// True when a chunk with this hash is indexed.
+    /// True when a chunk with this hash is indexed in one of the store's
+    /// own packs. A chunk known only on a remote counts as absent, so that
+    /// an import stores it here: what is added locally never depends on a
+    /// remote (the commit then moves the chunk's location to the new pack).
     pub fn has_chunk(&self, hash: &Hash) -> Result<bool> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT 1 FROM chunks WHERE hash = ?1")?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT 1 FROM chunks c JOIN packs p ON p.id = c.pack
+             WHERE c.hash = ?1 AND p.remote IS NULL",
+        )?;
         Ok(stmt.exists([hash.as_bytes()])?)
     }
 
