@@ -332,6 +332,52 @@ fn a_daemon_killed_outright_leaves_no_dead_mount() {
     assert!(wait_for(Duration::from_secs(5), || !alive(keeper)));
 }
 
+/// The device number of the file system at `point` (major, minor).
+fn device_of(point: &Path) -> u64 {
+    fs::symlink_metadata(point).unwrap().dev()
+}
+
+/// A keeper outliving its daemon's mount must not unmount the mount made
+/// at the same path since (`umount /Programs; mount /Programs`): that one
+/// often gets the very device number the old one had, so the keeper knows
+/// its mount by its unique id.
+#[test]
+fn a_keeper_never_unmounts_a_newer_mount_at_its_path() {
+    if !root_or_skip("a_keeper_never_unmounts_a_newer_mount_at_its_path") {
+        return;
+    }
+    let scratch = Scratch::new("sandbox-remount");
+    let store = demo_store(&scratch);
+    let first = Mount::start(store.path(), &scratch.join("mnt"), &[]);
+    let keeper = keeper_of(first.pid());
+    let old_device = device_of(first.point());
+    // The old daemon stops answering; its mount is detached from outside
+    // and a new daemon mounts the same path.
+    // SAFETY: plain kill(2) of the daemon this test started.
+    assert_eq!(unsafe { libc::kill(first.pid(), libc::SIGSTOP) }, 0);
+    let out = Command::new("umount")
+        .arg("-l")
+        .arg(first.point())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "umount -l: {}", show(&out));
+    let second = Mount::start(store.path(), first.point(), &[]);
+    let reused = device_of(second.point()) == old_device;
+    // The old daemon dies: its keeper cleans up what is still its own.
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(first.pid(), libc::SIGKILL) }, 0);
+    assert!(wait_for(Duration::from_secs(10), || !alive(keeper)));
+    assert!(
+        is_mounted(second.point()),
+        "the old keeper unmounted the new daemon's mount (device number reused: {reused})"
+    );
+    assert_eq!(
+        fs::read(second.join("demo/1/bin/tool")).unwrap(),
+        b"demo 1\n"
+    );
+    second.umount();
+}
+
 /// `nexus takeover` with the sandbox on: the confined daemon hands its
 /// mount over through the socket it bound before confinement (accept,
 /// `SO_PEERCRED`, `sendmsg` with `SCM_RIGHTS`, all allowed it); its keeper

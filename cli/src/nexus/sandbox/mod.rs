@@ -447,8 +447,10 @@ fn keeper_plan(c: &Confinement, root: bool, last_cap: u32) -> Result<KeeperPlan>
         .mounts
         .iter()
         .map(|path| {
+            let path_c = cstring(path)?;
             Ok(KeptMount {
-                path: cstring(path)?,
+                unique_id: keeper::unique_mount_id(&path_c).ok().flatten(),
+                path: path_c,
                 dev: mountinfo::mount_device(path)?,
             })
         })
