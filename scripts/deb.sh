@@ -11,7 +11,10 @@
 # The package holds nip and nexus, their man pages and bash/zsh/fish
 # completions (written by the nexus-docs binary from the clap definitions),
 # /etc/nexus/nexus.kdl, /etc/profile.d/nexus.sh and
-# /etc/ld.so.conf.d/zz-nexus.conf (dist/README.md). Install it with
+# /etc/ld.so.conf.d/zz-nexus.conf (dist/README.md), the systemd units
+# (dist/systemd), the mount helper /usr/sbin/mount.fuse.nexus and the
+# vhost-user backend /usr/libexec/nexus-virtiofsd (links to nexus) with its
+# QEMU description (dist/qemu). Install it with
 # `dpkg -i FILE`, remove it with `dpkg -r nexus` (`dpkg -P nexus` also
 # removes /etc/nexus/nexus.kdl). Needs cargo-deb (scripts/setup.sh's
 # ensure_cargo_deb installs it).

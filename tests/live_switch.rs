@@ -304,7 +304,12 @@ fn switches_show_within_a_second_and_readers_never_see_a_mix() {
         } else {
             &["1", "Current"]
         };
-        assert_eq!(listing(&app), expected, "step {step}");
+        // The view moves before the kernel is told (the follow loop
+        // refreshes, then notifies): the cached listing may lag the names
+        // for a moment, within the same second.
+        if time_until(SHOW_WITHIN, || listing(&app) == expected).is_none() {
+            assert_eq!(listing(&app), expected, "step {step}");
+        }
 
         // The files opened before the loop still read their own version,
         // from the daemon rather than the kernel's pages every other time.

@@ -91,8 +91,25 @@ fn the_package_holds_everything_and_installs_and_purges_cleanly() {
         "./etc/nexus/nexus.kdl",
         "./etc/profile.d/nexus.sh",
         "./etc/ld.so.conf.d/zz-nexus.conf",
+        "./usr/lib/systemd/system/nexus-mount@.service",
+        "./usr/lib/systemd/system/nexus-virtiofs@.service",
+        "./usr/lib/systemd/system/nexus-virtiofs@.socket",
+        "./usr/share/qemu/vhost-user/50-nexus-virtiofsd.json",
+        "./usr/share/man/man1/nexus-takeover.1.gz",
     ] {
         assert!(files.contains(&expected), "{expected} missing:\n{listing}");
+    }
+    // The mount helper and the vhost-user backend are nexus by other names.
+    for link in [
+        "./usr/sbin/mount.fuse.nexus",
+        "./usr/libexec/nexus-virtiofsd",
+    ] {
+        assert!(
+            listing
+                .lines()
+                .any(|l| l.starts_with('l') && l.contains(&format!("{link} -> ../bin/nexus"))),
+            "{link} is not a link to ../bin/nexus:\n{listing}"
+        );
     }
     assert!(
         !files.iter().any(|f| f.contains("nexus-docs")),
@@ -150,6 +167,15 @@ fn the_package_holds_everything_and_installs_and_purges_cleanly() {
     assert!(conffiles.contains("/etc/nexus/nexus.kdl"), "{conffiles}");
     let version = ok(Command::new("/usr/bin/nexus").arg("--version"));
     assert!(version.starts_with("nexus "), "{version}");
+    // The helpers are nexus by other names, where mount(8) and QEMU look.
+    assert_eq!(
+        std::fs::canonicalize("/sbin/mount.fuse.nexus").unwrap(),
+        Path::new("/usr/bin/nexus")
+    );
+    let caps = ok(Command::new("/usr/libexec/nexus-virtiofsd").arg("--print-capabilities"));
+    let caps: serde_json::Value = serde_json::from_str(&caps).unwrap();
+    assert_eq!(caps["type"], "fs");
+    assert!(Path::new("/usr/lib/systemd/system/nexus-mount@.service").is_file());
     // The installed binary reads the installed configuration by default.
     let shown = ok(Command::new("/usr/bin/nip")
         .env_remove("NEXUS_CONFIG")

@@ -332,6 +332,119 @@ fn a_daemon_killed_outright_leaves_no_dead_mount() {
     assert!(wait_for(Duration::from_secs(5), || !alive(keeper)));
 }
 
+/// The device number of the file system at `point` (major, minor).
+fn device_of(point: &Path) -> u64 {
+    fs::symlink_metadata(point).unwrap().dev()
+}
+
+/// A keeper outliving its daemon's mount must not unmount the mount made
+/// at the same path since (`umount /Programs; mount /Programs`): that one
+/// often gets the very device number the old one had, so the keeper knows
+/// its mount by its unique id.
+#[test]
+fn a_keeper_never_unmounts_a_newer_mount_at_its_path() {
+    if !root_or_skip("a_keeper_never_unmounts_a_newer_mount_at_its_path") {
+        return;
+    }
+    let scratch = Scratch::new("sandbox-remount");
+    let store = demo_store(&scratch);
+    let first = Mount::start(store.path(), &scratch.join("mnt"), &[]);
+    let keeper = keeper_of(first.pid());
+    let old_device = device_of(first.point());
+    // The old daemon stops answering; its mount is detached from outside
+    // and a new daemon mounts the same path.
+    // SAFETY: plain kill(2) of the daemon this test started.
+    assert_eq!(unsafe { libc::kill(first.pid(), libc::SIGSTOP) }, 0);
+    let out = Command::new("umount")
+        .arg("-l")
+        .arg(first.point())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "umount -l: {}", show(&out));
+    let second = Mount::start(store.path(), first.point(), &[]);
+    let reused = device_of(second.point()) == old_device;
+    // The old daemon dies: its keeper cleans up what is still its own.
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(first.pid(), libc::SIGKILL) }, 0);
+    assert!(wait_for(Duration::from_secs(10), || !alive(keeper)));
+    assert!(
+        is_mounted(second.point()),
+        "the old keeper unmounted the new daemon's mount (device number reused: {reused})"
+    );
+    assert_eq!(
+        fs::read(second.join("demo/1/bin/tool")).unwrap(),
+        b"demo 1\n"
+    );
+    second.umount();
+}
+
+/// `nexus takeover` with the sandbox on: the confined daemon hands its
+/// mount over through the socket it bound before confinement (accept,
+/// `SO_PEERCRED`, `sendmsg` with `SCM_RIGHTS`, all allowed it); its keeper
+/// exits without unmounting; the successor confines itself and gets a
+/// keeper of its own, which detaches the mount when the successor is
+/// killed.
+#[test]
+fn a_confined_daemon_hands_over_to_a_confined_successor_with_its_own_keeper() {
+    if !root_or_skip("a_confined_daemon_hands_over_to_a_confined_successor") {
+        return;
+    }
+    let scratch = Scratch::new("sandbox-takeover");
+    let store = demo_store(&scratch);
+    let mount = Mount::start(store.path(), &scratch.join("mnt"), &[]);
+    assert_confined(mount.pid(), "the first daemon");
+    let first_keeper = keeper_of(mount.pid());
+    let mut held = fs::File::open(mount.join("demo/1/bin/tool")).unwrap();
+
+    let out = nexus(
+        store.path(),
+        [
+            OsString::from("takeover"),
+            mount.point().as_os_str().to_owned(),
+            "--json".into(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "nexus takeover of a confined daemon: {}\n{}",
+        show(&out),
+        mount.log()
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let successor = i32::try_from(report["pid"].as_i64().unwrap()).unwrap();
+    assert_ne!(successor, mount.pid());
+    assert!(
+        wait_for(Duration::from_secs(10), || !alive(mount.pid())),
+        "the old daemon still runs\n{}",
+        mount.log()
+    );
+    assert!(
+        wait_for(Duration::from_secs(5), || !alive(first_keeper)),
+        "the old daemon's keeper outlived the handover"
+    );
+    assert!(is_mounted(mount.point()), "the handover unmounted");
+    assert_confined(successor, "the successor");
+    let keeper = keeper_of(successor);
+    assert_keeper(keeper, true);
+    let mut text = String::new();
+    held.read_to_string(&mut text).unwrap();
+    assert_eq!(text, "demo 1\n", "the file held open across the handover");
+    assert_eq!(
+        fs::read(mount.join("demo/1/bin/tool")).unwrap(),
+        b"demo 1\n"
+    );
+    drop(held);
+
+    // SAFETY: plain kill(2) of the daemon this test made take over.
+    assert_eq!(unsafe { libc::kill(successor, libc::SIGKILL) }, 0);
+    assert!(
+        wait_for(Duration::from_secs(10), || !is_mounted(mount.point())),
+        "the killed successor's mount is still there: it has no keeper"
+    );
+    fs::read_dir(mount.point()).expect("the mount point is a plain directory again");
+    assert!(wait_for(Duration::from_secs(5), || !alive(keeper)));
+}
+
 #[test]
 fn no_sandbox_serves_unconfined_and_says_so_loudly() {
     if !root_or_skip("no_sandbox_serves_unconfined_and_says_so_loudly") {

@@ -35,7 +35,19 @@ pub fn main<C: Parser>(
     run: impl FnOnce(C) -> Result<i32>,
     hint: impl Fn(&anyhow::Error) -> Option<String>,
 ) -> i32 {
-    let matches = match C::command().try_get_matches() {
+    main_with_args(program, std::env::args_os(), run, hint)
+}
+
+/// [`main`] for the command line `args` (the program name first) instead
+/// of the process's: a program called by another name (a mount helper)
+/// translates its arguments first.
+pub fn main_with_args<C: Parser>(
+    program: &str,
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+    run: impl FnOnce(C) -> Result<i32>,
+    hint: impl Fn(&anyhow::Error) -> Option<String>,
+) -> i32 {
+    let matches = match C::command().try_get_matches_from(args) {
         Ok(m) => m,
         Err(e) => return usage_error(e),
     };

@@ -36,7 +36,7 @@ mod index;
 mod reply;
 mod session;
 
-pub use index::{INDEX_TTL, IndexFollower, IndexFs, index_invalidations, mount_index};
+pub use index::{INDEX_TTL, IndexFollower, IndexFs, adopt_index, index_invalidations, mount_index};
 use reply::{errno, file_attr, fill_dir, fill_dir_plus, reply_xattr};
 pub use session::{Invalidator, MountOptions, Mounted, Unmounted, Unmounter, detach, fusermount};
 
@@ -372,4 +372,30 @@ pub fn mount(
     let mut mounted = session::mount(fs, mountpoint, "nexus", options)?;
     mounted.lookups = Some(lookups);
     Ok(mounted)
+}
+
+/// Serves `view` on the mount at `mountpoint` that another daemon made and
+/// handed over with its `/dev/fuse` descriptor `device` (see
+/// [`Mounted::device`]); the kernel holds the inodes in `held`, as that
+/// daemon counted them. Requests are served once [`Mounted::run`] is
+/// called, after [`Mounted::resend`].
+pub fn adopt(
+    view: Arc<View>,
+    held: &[crate::lookups::HeldInode],
+    device: std::os::fd::OwnedFd,
+    mountpoint: &Path,
+    options: &MountOptions,
+) -> Mounted<NexusFs> {
+    let lookups = view.new_client_holding(held);
+    let mut mounted = session::adopt(
+        NexusFs {
+            view,
+            lookups: lookups.clone(),
+        },
+        device,
+        mountpoint,
+        options,
+    );
+    mounted.lookups = Some(lookups);
+    mounted
 }

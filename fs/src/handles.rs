@@ -103,6 +103,12 @@ impl DirHandles {
         }
     }
 
+    /// The same handles, numbered from `first` on instead of 1.
+    pub fn numbered_from(self, first: u64) -> DirHandles {
+        self.next.store(first, Ordering::Relaxed);
+        self
+    }
+
     fn open_handles(&self) -> MutexGuard<'_, Open> {
         self.open.lock().unwrap_or_else(|p| p.into_inner())
     }

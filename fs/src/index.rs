@@ -78,6 +78,7 @@ use quick_cache::sync::Cache;
 
 use crate::attr::{Attr, Entry, Kind, Listing};
 use crate::error::{Result, ViewError};
+use crate::gate::Gate;
 use crate::generation::GenerationTree;
 use crate::handles::DirHandles;
 use crate::view::{CURRENT, View};
@@ -264,6 +265,27 @@ struct Numbers {
     paths: Vec<Arc<[u8]>>,
 }
 
+impl Numbers {
+    /// Only the root numbered.
+    fn root_only() -> Numbers {
+        Numbers {
+            by_path: HashMap::from([(Arc::from(&b""[..]), 0)]),
+            paths: vec![Arc::from(&b""[..])],
+        }
+    }
+}
+
+/// The first directory handle number of an index: the time in nanoseconds,
+/// so that a daemon that took the mount over (or restarted on it) never
+/// gives a number its predecessor gave to a directory the kernel still has
+/// open (each predecessor opened fewer directories than nanoseconds passed).
+fn handle_base() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX >> 1))
+        .max(1)
+}
+
 /// `PARENT/NAME` as an index path (no leading slash; the root is empty).
 fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
     let mut path = Vec::with_capacity(parent.len() + 1 + name.len());
@@ -289,6 +311,9 @@ pub struct Index {
     /// Where the view is mounted, as bytes without a trailing slash.
     mount: Vec<u8>,
     numbers: RwLock<Numbers>,
+    /// Passed before giving a new path a number; closed while a takeover
+    /// copies the numbers ([`Index::freeze_numbers`]).
+    numbering: Gate,
     listings: Cache<i64, Arc<[Child]>, ListingWeighter>,
     current: RwLock<Arc<IndexGeneration>>,
     retired: Mutex<Vec<Arc<IndexGeneration>>>,
@@ -301,24 +326,66 @@ impl Index {
     /// view's store reader and follows the view's generation tree: nothing
     /// is loaded twice.
     pub fn open(view: Arc<View>, mount: &Path) -> Index {
+        Index::with_numbers(view, mount, Numbers::root_only())
+    }
+
+    /// The index of `view` mounted at `mount`, as [`Index::open`], that
+    /// keeps the numbers another daemon gave: `paths[x]` is the path of
+    /// number `4·x + 3`, as [`Index::freeze_numbers`] returned them (the
+    /// kernel still holds those numbers). `paths` must start with the root
+    /// (the empty path) and name no path twice.
+    pub fn open_numbered(view: Arc<View>, mount: &Path, paths: Vec<Vec<u8>>) -> Result<Index> {
+        let mut numbers = Numbers::default();
+        for path in paths {
+            let path: Arc<[u8]> = Arc::from(path);
+            let x = numbers.paths.len() as u64;
+            if numbers.by_path.insert(path.clone(), x).is_some() {
+                return Err(ViewError::Inconsistent(
+                    "index numbers hand over a path twice".into(),
+                ));
+            }
+            numbers.paths.push(path);
+        }
+        if numbers.paths.first().is_none_or(|root| !root.is_empty()) {
+            return Err(ViewError::Inconsistent(
+                "index numbers must start with the root".into(),
+            ));
+        }
+        Ok(Index::with_numbers(view, mount, numbers))
+    }
+
+    fn with_numbers(view: Arc<View>, mount: &Path, numbers: Numbers) -> Index {
         let generation = view.tree();
         let mut mount = mount.as_os_str().as_encoded_bytes().to_vec();
         while mount.len() > 1 && mount.ends_with(b"/") {
             mount.pop();
         }
-        let numbers = Numbers {
-            by_path: HashMap::from([(Arc::from(&b""[..]), 0)]),
-            paths: vec![Arc::from(&b""[..])],
-        };
         Index {
             view,
             mount,
             numbers: RwLock::new(numbers),
+            numbering: Gate::default(),
             listings: Cache::with_weighter(16_384, LISTING_CACHE_ENTRIES, ListingWeighter),
             current: RwLock::new(Arc::new(IndexGeneration::new(&generation))),
             retired: Mutex::new(Vec::new()),
-            handles: DirHandles::default(),
+            handles: DirHandles::default().numbered_from(handle_base()),
         }
+    }
+
+    /// Stops new numbers from being given, waiting for one being given
+    /// now, and returns the path of every number given so far (`paths[x]`
+    /// for `4·x + 3`): what a daemon taking over the index mount needs
+    /// ([`Index::open_numbered`]). A request that would give a new number
+    /// waits until [`Index::thaw_numbers`].
+    pub fn freeze_numbers(&self) -> Vec<Vec<u8>> {
+        self.numbering.close();
+        let numbers = self.numbers.read().unwrap_or_else(|p| p.into_inner());
+        numbers.paths.iter().map(|p| p.to_vec()).collect()
+    }
+
+    /// Lets new numbers be given again after [`Index::freeze_numbers`].
+    pub fn thaw_numbers(&self) {
+        self.numbering.open();
     }
 
     /// The generation the index shows (`None` for an empty store).
@@ -414,6 +481,7 @@ impl Index {
         let x = match x {
             Some(x) => x,
             None => {
+                let _pass = self.numbering.enter();
                 let mut numbers = self.numbers.write().unwrap_or_else(|p| p.into_inner());
                 let next = numbers.paths.len() as u64;
                 let path: Arc<[u8]> = Arc::from(path);
@@ -716,6 +784,16 @@ impl Index {
     /// The listing of an open directory handle.
     pub fn listing(&self, fh: u64) -> Result<Arc<Listing>> {
         self.handles.get(fh)
+    }
+
+    /// The listing of handle `fh` of directory `ino`; for a handle this
+    /// index never gave (one the daemon it took the mount over from gave),
+    /// the listing of `ino` now.
+    pub fn listing_of(&self, fh: u64, ino: u64) -> Result<Arc<Listing>> {
+        match self.handles.get(fh) {
+            Err(ViewError::BadHandle(_)) => self.list(ino).map(Arc::new),
+            other => other,
+        }
     }
 
     /// Forgets a directory handle.

@@ -24,6 +24,8 @@
 //!   mount. It shares the view's reader and generation tree.
 //! - [`handles`] holds directory handles for the clients that open
 //!   directories (VM guests, the Index mount), bounded in count and bytes.
+//! - [`gate`] holds request threads back while a daemon hands its mounts
+//!   to a successor and copies what the kernel holds.
 //!
 //! Internals: `generation` loads the root and App levels of a generation in
 //! one query.
@@ -33,6 +35,7 @@ pub mod changes;
 pub mod error;
 pub mod follow;
 pub mod fuse;
+pub mod gate;
 mod generation;
 pub mod handles;
 pub mod index;

@@ -15,10 +15,32 @@
 //! mount drops again, now and then, the names of held inodes whose
 //! package the view no longer shows ([`Lookups::orphans`]): the kernel then
 //! forgets what no program uses any more, and gc can take it.
+//!
+//! A daemon that hands its mount to a successor hands these counts over too
+//! ([`HeldInode`]): the kernel still holds the inodes, and the successor
+//! must keep their packages served and kept. Changes pass a [`Gate`] that
+//! the handover closes while it copies them.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use crate::gate::Gate;
+
+/// One inode a client holds, as a takeover hands it over.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeldInode {
+    /// The inode number.
+    pub ino: u64,
+    /// The package (catalog id) it belongs to.
+    pub package: i64,
+    /// The kernel's lookup count.
+    pub count: u64,
+    /// The directory it was last learned in.
+    pub parent: u64,
+    /// The name it was last learned under.
+    pub name: Vec<u8>,
+}
 
 /// One inode a client holds.
 #[derive(Debug)]
@@ -40,6 +62,9 @@ pub struct Lookups {
     /// Shared by every client of a view: bumped whenever an inode starts or
     /// stops being held.
     changes: Arc<AtomicU64>,
+    /// Shared by every client of a view: closed while a takeover copies the
+    /// counts.
+    gate: Arc<Gate>,
 }
 
 impl Lookups {
@@ -51,6 +76,7 @@ impl Lookups {
     /// directory `parent`, once more (a LOOKUP reply, a READDIRPLUS entry
     /// other than `.` and `..`).
     pub(crate) fn add(&self, ino: u64, package: i64, parent: u64, name: &[u8]) {
+        let _pass = self.gate.enter();
         let mut held = self.held();
         let entry = held.entry(ino).or_insert_with(|| {
             self.changes.fetch_add(1, Ordering::Relaxed);
@@ -71,6 +97,7 @@ impl Lookups {
     /// The client forgot `n` lookups of inode `ino` (FORGET); at zero it no
     /// longer holds it. Counts the client never had are ignored.
     pub fn forget(&self, ino: u64, n: u64) {
+        let _pass = self.gate.enter();
         let mut held = self.held();
         if let Some(entry) = held.get_mut(&ino) {
             entry.count = entry.count.saturating_sub(n);
@@ -106,6 +133,23 @@ impl Lookups {
             .map(|h| (h.parent, h.name.to_vec()))
             .collect()
     }
+
+    /// Every inode held, with its package, count and name, sorted by inode.
+    pub fn table(&self) -> Vec<HeldInode> {
+        let mut table: Vec<HeldInode> = self
+            .held()
+            .iter()
+            .map(|(&ino, h)| HeldInode {
+                ino,
+                package: h.package,
+                count: h.count,
+                parent: h.parent,
+                name: h.name.to_vec(),
+            })
+            .collect();
+        table.sort_unstable_by_key(|h| h.ino);
+        table
+    }
 }
 
 /// Every client of one view.
@@ -113,14 +157,38 @@ impl Lookups {
 pub(crate) struct Clients {
     all: Mutex<Vec<Weak<Lookups>>>,
     changes: Arc<AtomicU64>,
+    gate: Arc<Gate>,
 }
 
 impl Clients {
     /// A new client's lookups, counted until it is dropped.
     pub(crate) fn register(&self) -> Arc<Lookups> {
+        self.register_holding(&[])
+    }
+
+    /// A new client that already holds `held` (handed over by the daemon
+    /// that served it before).
+    pub(crate) fn register_holding(&self, held: &[HeldInode]) -> Arc<Lookups> {
+        let table = held
+            .iter()
+            .filter(|h| h.count > 0)
+            .map(|h| {
+                let entry = Held {
+                    package: h.package,
+                    count: h.count,
+                    parent: h.parent,
+                    name: h.name.clone().into_boxed_slice(),
+                };
+                (h.ino, entry)
+            })
+            .collect();
+        if !held.is_empty() {
+            self.changes.fetch_add(1, Ordering::Relaxed);
+        }
         let lookups = Arc::new(Lookups {
-            held: Mutex::default(),
+            held: Mutex::new(table),
             changes: self.changes.clone(),
+            gate: self.gate.clone(),
         });
         let mut all = self.all.lock().unwrap_or_else(|p| p.into_inner());
         all.retain(|w| w.strong_count() > 0);
@@ -136,6 +204,30 @@ impl Clients {
         self.changes
             .load(Ordering::Relaxed)
             .wrapping_add(live << 48)
+    }
+
+    /// The gate every client's changes pass.
+    pub(crate) fn gate(&self) -> &Gate {
+        &self.gate
+    }
+
+    /// What every client holds, counts summed per inode, sorted by inode.
+    pub(crate) fn held_table(&self) -> Vec<HeldInode> {
+        let mut sum: HashMap<u64, HeldInode> = HashMap::new();
+        let all = self.all.lock().unwrap_or_else(|p| p.into_inner());
+        for client in all.iter().filter_map(Weak::upgrade) {
+            for held in client.table() {
+                match sum.get_mut(&held.ino) {
+                    Some(h) => h.count = h.count.saturating_add(held.count),
+                    None => {
+                        sum.insert(held.ino, held);
+                    }
+                }
+            }
+        }
+        let mut table: Vec<HeldInode> = sum.into_values().collect();
+        table.sort_unstable_by_key(|h| h.ino);
+        table
     }
 
     /// The packages some client still holds an inode of.
@@ -178,5 +270,36 @@ mod tests {
         a.forget(40, 1);
         assert!(clients.held_packages().is_empty());
         assert!(a.is_empty());
+    }
+
+    #[test]
+    fn a_handed_over_table_is_held_as_it_was() {
+        let old = Clients::default();
+        let a = old.register();
+        a.add(40, 7, 4, b"x");
+        a.add(40, 7, 4, b"x");
+        a.add(48, 9, 8, b"z");
+        let table = a.table();
+        assert_eq!(table.len(), 2);
+        assert_eq!((table[0].ino, table[0].package, table[0].count), (40, 7, 2));
+        assert_eq!((table[1].parent, &table[1].name[..]), (8, &b"z"[..]));
+        assert_eq!(old.held_table(), table);
+        let new = Clients::default();
+        let b = new.register_holding(&table);
+        assert_eq!(new.held_packages(), HashSet::from([7, 9]));
+        assert_eq!(
+            b.orphans(&HashSet::from([7])),
+            vec![(8, b"z".to_vec())],
+            "names are handed over too"
+        );
+        b.forget(40, 1);
+        assert_eq!(
+            new.held_packages(),
+            HashSet::from([7, 9]),
+            "one lookup left"
+        );
+        b.forget(40, 1);
+        b.forget(48, 1);
+        assert!(new.held_packages().is_empty());
     }
 }

@@ -30,6 +30,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -163,6 +164,10 @@ pub struct RuntimeRoot {
     pid: u32,
     started: i64,
     served: Mutex<Served>,
+    /// Set, under `served`'s lock, once the record is removed: an update
+    /// racing the withdrawal (the follow thread against the signal thread)
+    /// must not write the record back.
+    withdrawn: AtomicBool,
     _lock: File,
 }
 
@@ -179,6 +184,7 @@ impl RuntimeRoot {
             pid,
             started: now_secs(),
             served: Mutex::new(served.clone()),
+            withdrawn: AtomicBool::new(false),
             _lock: lock,
         };
         root.write(&served)?;
@@ -190,6 +196,9 @@ impl RuntimeRoot {
     pub fn update(&self, generations: Vec<i64>, packages: Vec<i64>) -> Result<()> {
         // Held while writing: two updates never share the temporary file.
         let mut served = self.served.lock().unwrap_or_else(|p| p.into_inner());
+        if self.withdrawn.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         if served.generations == generations && served.packages == packages {
             return Ok(());
         }
@@ -245,6 +254,9 @@ impl RuntimeRoot {
 impl RuntimeRoot {
     /// Removes the record (the process stops serving; also on drop).
     pub fn withdraw(&self) {
+        // After any update in progress, and before any later one.
+        let _served = self.served.lock().unwrap_or_else(|p| p.into_inner());
+        self.withdrawn.store(true, Ordering::Relaxed);
         // Record first, then the lock file, while the lock is still held:
         // nobody can mistake the record for a dead one meanwhile.
         let _ = fs::remove_file(self.record_path());
@@ -507,6 +519,18 @@ mod tests {
         drop(root);
         assert!(super::live(store.path()).unwrap().is_empty());
         assert_eq!(fs::read_dir(&dir).unwrap().count(), 0, "files left behind");
+    }
+
+    /// The follow thread may update the record while the signal thread
+    /// withdraws it: nothing is written back once it is withdrawn.
+    #[test]
+    fn an_update_after_the_withdrawal_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = RuntimeRoot::register(dir.path(), served(vec![1])).unwrap();
+        root.withdraw();
+        root.update(vec![2], vec![7]).unwrap();
+        assert!(!root.record_path().exists(), "the record came back");
+        assert!(live(dir.path()).unwrap().is_empty());
     }
 
     #[test]

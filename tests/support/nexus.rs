@@ -238,3 +238,28 @@ impl Drop for Mount {
         }
     }
 }
+
+/// Sends a vhost-user `GET_FEATURES` (request 1, version-1 flags, no
+/// payload) over `socket`, a connection to a `nexus serve` backend, and
+/// returns the feature bits of its reply, failing the test unless it is a
+/// well-formed reply.
+pub fn vhost_user_features(socket: &mut std::os::unix::net::UnixStream) -> u64 {
+    use std::io::{Read, Write};
+    let mut request = Vec::new();
+    for word in [1u32, 1, 0] {
+        request.extend(word.to_le_bytes());
+    }
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("a read timeout");
+    socket.write_all(&request).expect("sending GET_FEATURES");
+    let mut reply = [0u8; 20];
+    socket
+        .read_exact(&mut reply)
+        .expect("the reply to GET_FEATURES");
+    let word = |i: usize| u32::from_le_bytes(reply[i * 4..i * 4 + 4].try_into().unwrap());
+    assert_eq!(word(0), 1, "a reply to GET_FEATURES");
+    assert_ne!(word(1) & 0x4, 0, "flagged as a reply");
+    assert_eq!(word(2), 8, "a u64 payload");
+    u64::from_le_bytes(reply[12..20].try_into().unwrap())
+}

@@ -280,6 +280,18 @@ impl Store {
         run
     }
 
+    /// `nip add DIR --name NAME --version VERSION`, which must succeed.
+    pub fn add_dir(&self, dir: &Path, name: &str, version: &str) -> Run {
+        self.ok([
+            OsStr::new("add"),
+            dir.as_os_str(),
+            OsStr::new("--name"),
+            OsStr::new(name),
+            OsStr::new("--version"),
+            OsStr::new(version),
+        ])
+    }
+
     /// Runs `nip` and fails the test unless it exits with one of `codes`
     /// (never 0) without panicking and with an explanation on stderr.
     pub fn fails_with<I, S>(&self, codes: &[i32], args: I) -> Run

@@ -92,6 +92,29 @@ impl GuestSocket {
     pub fn identity(&self) -> (u64, u64) {
         self.identity
     }
+
+    /// A socket this process was given already listening (systemd's
+    /// socket activation, `--fd`): named by the path it is bound to, if
+    /// any. Its file is not this process's to remove.
+    pub fn inherited(listener: UnixListener) -> GuestSocket {
+        let path = listener
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(Path::to_path_buf))
+            .unwrap_or_else(|| PathBuf::from("(an inherited socket)"));
+        GuestSocket {
+            listener,
+            path,
+            // No file to tell apart: nothing matches it.
+            identity: (u64::MAX, u64::MAX),
+        }
+    }
+
+    /// The listening socket alone (a socket bound for another protocol
+    /// than vhost-user, with the same care).
+    pub fn into_listener(self) -> UnixListener {
+        self.listener
+    }
 }
 
 /// Runs `f` with the process's umask set to `mask`. The umask is the
@@ -109,7 +132,9 @@ fn with_umask<T>(mask: libc::mode_t, f: impl FnOnce() -> T) -> T {
 /// Creates the socket at `path` with `options`: a stale socket there is
 /// replaced, anything else refused. The socket is born `0600` (the
 /// umask, so that nobody can connect in the moment before its group and
-/// mode are set), in a directory nobody else can rename things in.
+/// mode are set), under a temporary name in a directory nobody else can
+/// rename things in, and appears at `path` only with its group and mode
+/// (whoever waits for the file, QEMU or a test, finds them set).
 pub fn bind(path: &Path, options: &SocketOptions) -> Result<GuestSocket, Error> {
     let socket_error = |source| Error::Socket {
         path: path.to_path_buf(),
@@ -140,20 +165,62 @@ pub fn bind(path: &Path, options: &SocketOptions) -> Result<GuestSocket, Error> 
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(socket_error(e)),
     }
-    let listener = with_umask(0o177, || UnixListener::bind(path)).map_err(socket_error)?;
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(format!(".{}.tmp", std::process::id()));
+    let temporary = PathBuf::from(temporary);
+    // Left by a daemon of the same pid that died here.
+    if std::fs::symlink_metadata(&temporary).is_ok_and(|m| m.file_type().is_socket()) {
+        std::fs::remove_file(&temporary).map_err(socket_error)?;
+    }
+    let listener = with_umask(0o177, || UnixListener::bind(&temporary)).map_err(socket_error)?;
+    let placed = (|| {
+        if let Some(gid) = options.group {
+            std::os::unix::fs::lchown(&temporary, None, Some(gid))?;
+        }
+        if options.mode != 0o600 {
+            std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(options.mode))?;
+        }
+        rename_no_replace(&temporary, path)
+    })();
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(if e.kind() == io::ErrorKind::AlreadyExists {
+            Error::NotASocket {
+                path: path.to_path_buf(),
+            }
+        } else {
+            socket_error(e)
+        });
+    }
     let meta = std::fs::symlink_metadata(path).map_err(socket_error)?;
-    if let Some(gid) = options.group {
-        std::os::unix::fs::lchown(path, None, Some(gid)).map_err(socket_error)?;
-    }
-    if options.mode != 0o600 {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(options.mode))
-            .map_err(socket_error)?;
-    }
     Ok(GuestSocket {
         listener,
         path: path.to_path_buf(),
         identity: (meta.dev(), meta.ino()),
     })
+}
+
+/// Renames `from` to `to` unless something is at `to` (then
+/// `AlreadyExists`): a file planted after the check is never replaced.
+fn rename_no_replace(from: &Path, to: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other);
+    let (from, to) = (c(from)?, c(to)?);
+    // SAFETY: renameat2 on two NUL-terminated paths we own.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Serves `view` to every guest that connects to `socket`, until the

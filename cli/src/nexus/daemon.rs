@@ -7,7 +7,8 @@
 //! and the reason, and closes the pipe. The daemon starts a new session and
 //! points its standard streams at `/dev/null`, so that nothing waiting for
 //! the parent's output (a shell's `$(…)`, a test harness) also waits for the
-//! daemon.
+//! daemon; stderr is kept when it is systemd's journal stream (the daemon
+//! logs there).
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -17,8 +18,14 @@ use anyhow::{Context, Result, bail};
 
 /// Which side of the fork this is.
 pub enum Role {
-    /// The original process; the daemon reported this message on success.
-    Parent(String),
+    /// The original process; the daemon (`pid`) reported `message` on
+    /// success.
+    Parent {
+        /// The daemon's report.
+        message: String,
+        /// The daemon's pid.
+        pid: i32,
+    },
     /// The daemon; it must report through [`Ready`].
     Daemon(Ready),
 }
@@ -59,14 +66,15 @@ fn pipe() -> Result<(File, File)> {
     Ok((File::from(r), File::from(w)))
 }
 
-/// Points stdin, stdout and stderr at `/dev/null`.
-fn detach_stdio() -> Result<()> {
+/// Points stdin, stdout and (unless `keep_stderr`) stderr at `/dev/null`.
+fn detach_stdio(keep_stderr: bool) -> Result<()> {
     let null = File::options()
         .read(true)
         .write(true)
         .open("/dev/null")
         .context("opening /dev/null")?;
-    for fd in 0..3 {
+    let last = if keep_stderr { 2 } else { 3 };
+    for fd in 0..last {
         // SAFETY: dup2 onto the standard descriptors, which we own.
         if unsafe { libc::dup2(null.as_raw_fd(), fd) } < 0 {
             return Err(std::io::Error::last_os_error()).context("redirecting stdio");
@@ -78,8 +86,9 @@ fn detach_stdio() -> Result<()> {
 /// Forks. Must be called while the process has one thread. The parent waits
 /// until the daemon reports and returns [`Role::Parent`] on success or the
 /// daemon's error; the daemon gets [`Role::Daemon`], in a new session, with
-/// `/` as its working directory and stdio on `/dev/null`.
-pub fn daemonize() -> Result<Role> {
+/// `/` as its working directory and stdio on `/dev/null` (stderr kept if
+/// `keep_stderr`).
+pub fn daemonize(keep_stderr: bool) -> Result<Role> {
     let (mut read, write) = pipe()?;
     // SAFETY: the process is single-threaded here (nothing has spawned a
     // thread yet), so the child may go on running arbitrary code.
@@ -95,7 +104,7 @@ pub fn daemonize() -> Result<Role> {
             libc::setsid();
             libc::chdir(c"/".as_ptr());
         }
-        if let Err(e) = detach_stdio() {
+        if let Err(e) = detach_stdio(keep_stderr) {
             ready.fail(&format!("{e:#}"));
             std::process::exit(crate::exit::ERROR);
         }
@@ -106,7 +115,10 @@ pub fn daemonize() -> Result<Role> {
     let read_result = read.read_to_string(&mut report);
     let (status, message) = report.split_once('\n').unwrap_or((report.as_str(), ""));
     match (read_result, status) {
-        (Ok(_), "ok") => Ok(Role::Parent(message.to_string())),
+        (Ok(_), "ok") => Ok(Role::Parent {
+            message: message.to_string(),
+            pid,
+        }),
         (Ok(_), "error") => bail!("{message}"),
         _ => {
             let mut status = 0;
@@ -118,6 +130,37 @@ pub fn daemonize() -> Result<Role> {
                 "exited".to_string()
             };
             bail!("the mount daemon (pid {pid}) {how} before the mount was ready")
+        }
+    }
+}
+
+/// Runs `serve`, a daemon's work: in this process when `fork` is false
+/// (`--foreground`, or under systemd, which wants its main process to be
+/// the daemon), else in a forked daemon, this process waiting until it
+/// reports ready. Returns the daemon's report (message and pid) in the
+/// process that forked; the daemon itself never returns.
+pub fn run_daemon(
+    fork: bool,
+    keep_stderr: bool,
+    serve: impl FnOnce(Option<&mut Ready>) -> Result<()>,
+) -> Result<Option<(String, i32)>> {
+    if !fork {
+        serve(None)?;
+        return Ok(None);
+    }
+    match daemonize(keep_stderr)? {
+        Role::Parent { message, pid } => Ok(Some((message, pid))),
+        Role::Daemon(mut ready) => {
+            let outcome = serve(Some(&mut ready));
+            if let Err(e) = &outcome {
+                ready.fail(&format!("{e:#}"));
+                tracing::error!("{e:#}");
+            }
+            std::process::exit(if outcome.is_ok() {
+                crate::exit::OK
+            } else {
+                crate::exit::ERROR
+            });
         }
     }
 }

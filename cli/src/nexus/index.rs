@@ -26,11 +26,7 @@ const THREADS: usize = 2;
 /// the other (and mounting inside our own mount before it serves would
 /// hang).
 pub fn check_index_dir(dir: &Path, mountpoint: &Path) -> Result<PathBuf> {
-    let canonical =
-        std::fs::canonicalize(dir).with_context(|| format!("index directory {}", dir.display()))?;
-    if !canonical.is_dir() {
-        bail!("index directory {} is not a directory", dir.display());
-    }
+    let canonical = super::mounts::check_dir(dir, "index directory")?;
     if canonical.starts_with(mountpoint) || mountpoint.starts_with(&canonical) {
         bail!(
             "the index directory {} and the mount point {} must not contain each other",
@@ -69,6 +65,34 @@ pub fn mount(
     })
 }
 
+/// Serves the index of `view` (mounted at `mountpoint`) on the index mount
+/// at `dir` that another daemon made and handed over: its `/dev/fuse`
+/// descriptor `device`, and the numbers it gave (`paths`, see
+/// [`Index::open_numbered`]).
+pub fn adopt(
+    view: Arc<View>,
+    mountpoint: &Path,
+    dir: &Path,
+    options: &MountOptions,
+    device: std::os::fd::OwnedFd,
+    paths: Vec<Vec<u8>>,
+) -> Result<IndexMount> {
+    let index = Arc::new(
+        Index::open_numbered(view, mountpoint, paths)
+            .context("taking over the numbers of the index")?,
+    );
+    let options = MountOptions {
+        threads: THREADS,
+        ..options.clone()
+    };
+    let mounted = fuse::adopt_index(index.clone(), device, dir, &options);
+    Ok(IndexMount {
+        mounted,
+        index,
+        dir: dir.to_path_buf(),
+    })
+}
+
 /// An index being served.
 pub struct IndexServer {
     serving: JoinHandle<()>,
@@ -83,6 +107,22 @@ impl IndexMount {
     /// Something another thread (the signal thread) can unmount it with.
     pub fn unmounter(&mut self) -> Unmounter {
         self.mounted.unmounter()
+    }
+
+    /// The index (what a takeover hands over its numbers of).
+    pub fn index(&self) -> Arc<Index> {
+        self.index.clone()
+    }
+
+    /// A duplicate of the index mount's `/dev/fuse` descriptor.
+    pub fn device(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        self.mounted.device()
+    }
+
+    /// Asks the kernel to send again the index requests the previous
+    /// daemon left unanswered (see [`Mounted::resend`]).
+    pub fn resend(&self) -> std::io::Result<()> {
+        self.mounted.resend()
     }
 
     /// Serves the index on its own threads.

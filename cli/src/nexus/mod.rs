@@ -8,6 +8,9 @@ mod build;
 mod daemon;
 mod image;
 mod index;
+mod inherited;
+mod logging;
+pub mod mount_helper;
 mod mounts;
 mod rumk;
 mod rumk_build;
@@ -15,17 +18,18 @@ mod runtime_root;
 mod sandbox;
 mod serve;
 mod signals;
+mod socket;
 mod status;
+mod systemd;
+mod takeover;
 mod virtiofs;
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
-use crate::config::{Overrides, Settings, same_dir};
+use crate::config::{Overrides, Settings};
 use crate::exit;
 
 /// nexus — the Nexus system builder: presents the store as /Programs, on
@@ -91,6 +95,16 @@ pub enum Command {
     /// disappears at once and the daemon ends when the last user is gone.
     /// With --foreground nothing is forked and logs go to stderr.
     ///
+    /// Under systemd (NOTIFY_SOCKET set: a Type=notify unit such as the
+    /// shipped nexus-mount@.service) nothing is forked either: the daemon
+    /// tells systemd READY=1 once the mount is live, STATUS= with the
+    /// generation served (updated on every switch) and STOPPING=1, logs to
+    /// the journal unless a log file is set, and keeps the mount's
+    /// connection in the unit's file descriptor store, so that a daemon
+    /// restarted after a crash resumes the live mount instead of mounting
+    /// anew. SIGHUP reopens the log file (for logrotate). To upgrade the
+    /// daemon without unmounting, see `nexus takeover`.
+    ///
     /// Files keep their modes (setuid and setgid too), owners, mtimes,
     /// symlinks, hard links and extended attributes (security.capability
     /// included); inode numbers are the same after every remount.
@@ -152,10 +166,50 @@ pub enum Command {
         /// (removed when it exits).
         #[arg(long, value_name = "FILE")]
         pid_file: Option<PathBuf>,
+        /// Ignore the setuid and setgid bits of programs run from the mount
+        /// (mount's nosuid); a mount by root honours them otherwise.
+        #[arg(long)]
+        nosuid: bool,
         /// Append the daemon's log to FILE [default: mount.log-file; without
         /// one the daemon logs nothing; in the foreground, logs go to stderr].
         #[arg(long, value_name = "FILE")]
         log_file: Option<PathBuf>,
+        #[command(flatten)]
+        sandbox: sandbox::SandboxArgs,
+    },
+
+    /// Replace the daemon serving MOUNTPOINT by one of this binary, without
+    /// unmounting.
+    ///
+    /// Run from a newly installed nexus, it starts a daemon that takes over
+    /// the live mount (and its Index) from the daemon serving it, which then
+    /// exits: programs running from the mount, files open in it and shells
+    /// inside it carry on, and no request fails. The new daemon serves with
+    /// the old one's settings (store, Index, allow-other, threads, cache,
+    /// pid file, log file) and, first, the generation it showed, then
+    /// follows the live one as usual. The command returns once the new
+    /// daemon serves.
+    ///
+    /// `systemctl reload nexus-mount@Programs` runs this through the unit.
+    /// The old daemon hands over only to a process of its own user (root
+    /// for a system mount). Needs Linux 6.9 or later (the kernel re-sends
+    /// requests the old daemon left unanswered) and an old daemon of a
+    /// version with takeover. A mount of an image (--image) cannot be
+    /// taken over: remount it.
+    ///
+    /// Example: nexus takeover /Programs
+    Takeover {
+        /// Where the store is mounted.
+        mountpoint: PathBuf,
+        /// Stay in the foreground (do not daemonize).
+        #[arg(long)]
+        foreground: bool,
+        /// Log to FILE instead of where the old daemon logged.
+        #[arg(long, value_name = "FILE")]
+        log_file: Option<PathBuf>,
+        /// JSON: {mountpoint, pid, message}.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         sandbox: sandbox::SandboxArgs,
     },
@@ -179,7 +233,19 @@ pub enum Command {
     /// keeps reading the files it opened.
     ///
     /// Guests are not trusted: malformed requests get errors, writes get
-    /// EROFS, and nothing outside the view can be named.
+    /// EROFS, and nothing outside the view can be named. Whoever can connect
+    /// to the socket reads every file of the store, whatever its
+    /// permissions: the socket is 0600 unless --socket-mode and
+    /// --socket-group say otherwise.
+    ///
+    /// A conventional vhost-user backend (as virtiofsd): --socket-path is
+    /// --virtio-fs; --fd N serves on an inherited listening socket; under
+    /// systemd's socket activation (LISTEN_FDS, the shipped
+    /// nexus-virtiofs@.socket) it serves on the socket passed, and says
+    /// READY=1 and STATUS= to systemd; --print-capabilities prints its
+    /// vhost-user capabilities as JSON. Installed as
+    /// /usr/libexec/nexus-virtiofsd, it takes these options without `serve`
+    /// (QEMU's /usr/share/qemu/vhost-user/50-nexus-virtiofsd.json names it).
     ///
     /// Example: nexus serve --virtio-fs /run/nexus/programs.sock
     #[command(after_long_help = "\
@@ -192,9 +258,21 @@ A QEMU guest needs shared memory and a vhost-user-fs device:
 and mounts it with: mount -t virtiofs -o ro programs /Programs")]
     Serve {
         /// Listen on this vhost-user socket for guests (QEMU's -chardev
-        /// socket,path=SOCKET).
-        #[arg(long = "virtio-fs", value_name = "SOCKET")]
-        virtio_fs: PathBuf,
+        /// socket,path=SOCKET). Needed unless --fd, or a socket passed by
+        /// systemd.
+        #[arg(
+            long = "virtio-fs",
+            visible_alias = "socket-path",
+            value_name = "SOCKET"
+        )]
+        virtio_fs: Option<PathBuf>,
+        /// Serve on the listening unix socket inherited as descriptor FD
+        /// instead of binding SOCKET.
+        #[arg(long, value_name = "FD", conflicts_with = "virtio_fs")]
+        fd: Option<i32>,
+        /// Print the vhost-user backend capabilities (JSON) and exit.
+        #[arg(long)]
+        print_capabilities: bool,
         /// Serve generation N (see `nip history`) instead of following the
         /// live one.
         #[arg(long, value_name = "N", conflicts_with = "image")]
@@ -450,24 +528,11 @@ pub enum RumkCommand {
     },
 }
 
-/// Sets up `tracing`: to `file` if given, else to stderr. The level comes
-/// from `-v` (warnings by default; info in a log file), or RUST_LOG.
-fn init_logging(verbose: u8, file: Option<File>) {
-    // fuser warns "Failed to umount filesystem" whenever the mount was
-    // removed from outside (`nexus umount`, SIGTERM): the normal way to stop,
-    // so not worth a warning unless debugging.
-    let level = match (verbose, file.is_some()) {
-        (0, false) => "warn,fuser::session=error",
-        (0, true) | (1, _) => "info,fuser::session=error",
-        _ => "debug",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match file {
-        Some(f) => builder.with_ansi(false).with_writer(Mutex::new(f)).init(),
-        None => builder.with_writer(std::io::stderr).init(),
-    }
+/// Sets up `tracing` on stderr, for the commands that are no daemon.
+fn init_logging(verbose: u8) {
+    // Only the global subscriber being set already can fail, and then
+    // logging works anyway.
+    let _ = logging::init(verbose, &logging::Destination::Stderr);
 }
 
 impl Cli {
@@ -481,20 +546,18 @@ impl Cli {
     }
 }
 
-/// Opens a log file for appending.
-fn open_log(path: Option<PathBuf>) -> Result<Option<File>> {
-    path.map(|path| {
-        File::options()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .with_context(|| format!("opening the log file {}", path.display()))
-    })
-    .transpose()
-}
-
 /// Runs a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> Result<i32> {
+    // Before anything can fail: management software (libvirt) asks a
+    // vhost-user backend for its capabilities with nothing else set up.
+    if let Command::Serve {
+        print_capabilities: true,
+        ..
+    } = &cli.command
+    {
+        println!("{}", virtiofs::CAPABILITIES);
+        return Ok(exit::OK);
+    }
     let settings = Settings::load(&cli.overrides())?;
     let store = settings.store.value.clone();
     let keys = settings.keys.value.clone();
@@ -509,6 +572,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             threads,
             cache_mib,
             pid_file,
+            nosuid,
             log_file,
             sandbox,
         } => {
@@ -516,9 +580,11 @@ pub fn run(cli: Cli) -> Result<i32> {
             // The configuration's Index goes with the system mount only: a
             // second mount elsewhere (an old generation, an image) must not
             // try to mount another Index on the same directory.
+            // Compared without looking into either: a mount there may be
+            // waiting for this very daemon (a restart on the live mount).
             let system_mount = mountpoint
                 .as_deref()
-                .is_none_or(|dir| same_dir(dir, &m.mountpoint.value));
+                .is_none_or(|dir| mounts::same_place(dir, &m.mountpoint.value));
             let mountpoint = mountpoint.unwrap_or_else(|| m.mountpoint.value.clone());
             let index = match index {
                 Some(dir) => Some(dir),
@@ -544,37 +610,73 @@ pub fn run(cli: Cli) -> Result<i32> {
                 threads: usize::from(threads.value),
                 cache_bytes: cache_mib.value.saturating_mul(1 << 20),
                 pid_file: pid_file.map(std::path::absolute).transpose()?,
+                log_file: log_file.value.clone(),
+                nosuid,
                 image,
                 sandbox,
             };
-            let log = open_log(log_file.value)?;
-            if foreground {
-                init_logging(cli.verbose, log);
-                serve::serve(&request, None)?;
-                return Ok(exit::OK);
+            let destination = logging::destination(log_file.value.clone());
+            if let logging::Destination::File(path) = &destination {
+                logging::check_file(path)?;
             }
-            match daemon::daemonize()? {
-                daemon::Role::Parent(message) => {
+            // No fork under systemd: its main process is the daemon.
+            let fork = !foreground && !systemd::supervised();
+            let keep_stderr = destination == logging::Destination::Journal;
+            let report = daemon::run_daemon(fork, keep_stderr, |ready| {
+                logging::init(cli.verbose, &destination)?;
+                serve::serve(&request, ready)
+            })?;
+            if let Some((message, _)) = report {
+                println!("{message}");
+            }
+            Ok(exit::OK)
+        }
+        Command::Takeover {
+            mountpoint,
+            foreground,
+            log_file,
+            json,
+            sandbox,
+        } => {
+            let mountpoint = takeover::canonical_mountpoint(&mountpoint)?;
+            if let Some(path) = &log_file {
+                logging::check_file(path)?;
+            }
+            let request = takeover::TakeoverRequest {
+                store: std::path::absolute(&store)
+                    .with_context(|| format!("store path {}", store.display()))?,
+                mountpoint: mountpoint.clone(),
+                log_file: log_file.map(std::path::absolute).transpose()?,
+                verbose: cli.verbose,
+                sandbox,
+            };
+            // Forks even under systemd: `systemctl reload` waits for this
+            // command to return; the new daemon becomes the unit's main
+            // process (MAINPID=).
+            let keep_stderr = logging::stderr_is_journal();
+            let report = daemon::run_daemon(!foreground, keep_stderr, |ready| {
+                takeover::takeover(&request, ready)
+            })?;
+            if let Some((message, pid)) = report {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&serde_json::json!({
+                            "mountpoint": mountpoint,
+                            "pid": pid,
+                            "message": message,
+                        }))?
+                    );
+                } else {
                     println!("{message}");
-                    Ok(exit::OK)
-                }
-                daemon::Role::Daemon(mut ready) => {
-                    init_logging(cli.verbose, log);
-                    let outcome = serve::serve(&request, Some(&mut ready));
-                    if let Err(e) = &outcome {
-                        ready.fail(&format!("{e:#}"));
-                        tracing::error!("{e:#}");
-                    }
-                    std::process::exit(if outcome.is_ok() {
-                        exit::OK
-                    } else {
-                        exit::ERROR
-                    });
                 }
             }
+            Ok(exit::OK)
         }
         Command::Serve {
             virtio_fs,
+            fd,
+            print_capabilities: _,
             generation,
             image,
             cache_mib,
@@ -586,21 +688,36 @@ pub fn run(cli: Cli) -> Result<i32> {
             let s = &settings.serve;
             let cache_mib = s.cache_mib.clone().or_flag(cache_mib, "--cache-mib");
             let log_file = s.log_file.clone().or_flag(log_file.map(Some), "--log-file");
-            let log = open_log(log_file.value)?;
-            init_logging(cli.verbose, log);
+            logging::init(cli.verbose, &logging::destination(log_file.value))?;
+            let listen = match (virtio_fs, fd) {
+                (_, Some(fd)) => virtiofs::Listen::Fd(virtiofs::inherited_socket(fd)?),
+                (Some(path), None) => virtiofs::Listen::Path {
+                    path: std::path::absolute(&path)
+                        .with_context(|| format!("socket path {}", path.display()))?,
+                    options: socket.options()?,
+                },
+                (None, None) => match virtiofs::activation_socket()? {
+                    Some(fd) => virtiofs::Listen::Fd(fd),
+                    None => {
+                        eprintln!(
+                            "nexus serve: no socket: give --virtio-fs SOCKET, --fd N, or \
+                             start it by systemd socket activation"
+                        );
+                        return Ok(exit::USAGE);
+                    }
+                },
+            };
             let request = virtiofs::Request {
                 store: std::path::absolute(&store)
                     .with_context(|| format!("store path {}", store.display()))?,
-                socket: std::path::absolute(&virtio_fs)
-                    .with_context(|| format!("socket path {}", virtio_fs.display()))?,
+                listen,
                 generation,
                 image: image.request(&keys, &store)?,
                 cache_bytes: cache_mib.value.saturating_mul(1 << 20),
                 max_guests: usize::from(max_guests),
-                socket_options: socket.options()?,
                 sandbox,
             };
-            virtiofs::serve(&request)?;
+            virtiofs::serve(request)?;
             Ok(exit::OK)
         }
         Command::Umount {
@@ -608,7 +725,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             lazy,
             json,
         } => {
-            init_logging(cli.verbose, None);
+            init_logging(cli.verbose);
             mounts::umount(&mountpoint, lazy)?;
             if json {
                 let unmounted = std::path::absolute(&mountpoint)?;
@@ -629,7 +746,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             output,
             json,
         } => {
-            init_logging(cli.verbose, None);
+            init_logging(cli.verbose);
             let _ = generation; // clap makes --profile and --generation exclusive
             let args = build::BuildArgs {
                 target: None,
@@ -660,7 +777,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             output,
             json,
         } => {
-            init_logging(cli.verbose, None);
+            init_logging(cli.verbose);
             let signing = image::Signing {
                 key,
                 counter: nexus_npk::CounterRequest::new(counter, force_counter),
@@ -674,7 +791,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             allow_expired,
             json,
         } => {
-            init_logging(cli.verbose, None);
+            init_logging(cli.verbose);
             let allow = image::Allow {
                 downgrade: allow_downgrade,
                 expired: allow_expired,
@@ -682,25 +799,25 @@ pub fn run(cli: Cli) -> Result<i32> {
             image::verify(&store, &keys, &file, allow, json)
         }
         Command::Switch(args) => {
-            init_logging(cli.verbose, None);
+            init_logging(cli.verbose);
             crate::generations::switch(&store, &keys, args)
         }
         Command::Rollback(args) => {
-            init_logging(cli.verbose, None);
+            init_logging(cli.verbose);
             crate::generations::rollback(&store, args)
         }
         Command::Status { cache, json } => {
-            init_logging(cli.verbose, None);
+            init_logging(cli.verbose);
             let cache = cache.unwrap_or_else(nexus_system::fetch::default_cache_dir);
             status::run(&store, &cache, json)
         }
         Command::Config(command) => crate::config_cmd::run(&settings, command),
         Command::Key(command) => {
-            init_logging(cli.verbose, None);
+            init_logging(cli.verbose);
             crate::keys::run(&keys, command)
         }
         Command::Build(args) => {
-            init_logging(cli.verbose, None);
+            init_logging(cli.verbose);
             match args.target.as_deref() {
                 Some("rumk") => rumk_build::build_rumk(&store, &keys, &args),
                 Some(other) => anyhow::bail!(
@@ -720,7 +837,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             log_file,
             args,
         }) => {
-            init_logging(cli.verbose, None);
+            init_logging(cli.verbose);
             let request = rumk::RunRequest {
                 store: std::path::absolute(&store)
                     .with_context(|| format!("store path {}", store.display()))?,

@@ -14,14 +14,21 @@ pub struct MountEntry {
     pub mount_point: PathBuf,
     /// File system type (`fuse`, `fuse.nexus`, `ext4`...).
     pub fs_type: String,
-    /// The source (`nexus` for our mounts).
+    /// The source (the store directory for our mounts; `nexus` for those
+    /// of older versions).
     pub source: String,
 }
 
+/// The types of nexus mounts: the store, and the Index.
+pub const NEXUS_TYPES: [&str; 2] = ["fuse.nexus", "fuse.nexus-index"];
+
 impl MountEntry {
-    /// True for a mount made by `nexus mount`.
+    /// True for a mount made by `nexus mount`: of a nexus type, or (made by
+    /// an older version, which gave the type `fuse`) with source `nexus`.
     pub fn is_nexus(&self) -> bool {
-        (self.fs_type == "fuse" || self.fs_type.starts_with("fuse.")) && self.source == "nexus"
+        NEXUS_TYPES.contains(&self.fs_type.as_str())
+            || ((self.fs_type == "fuse" || self.fs_type.starts_with("fuse."))
+                && self.source == "nexus")
     }
 }
 
@@ -82,12 +89,49 @@ fn resolve(path: &Path) -> Result<PathBuf> {
     if let Ok(p) = std::fs::canonicalize(path) {
         return Ok(p);
     }
+    beside(path)
+}
+
+/// The canonical form of `path`'s parent joined with its last name: `path`
+/// itself is not looked at.
+fn beside(path: &Path) -> Result<PathBuf> {
     let abs = std::path::absolute(path).with_context(|| format!("{}", path.display()))?;
     match (abs.parent(), abs.file_name()) {
         (Some(parent), Some(name)) => Ok(std::fs::canonicalize(parent)
             .with_context(|| format!("{}", parent.display()))?
             .join(name)),
         _ => Ok(abs),
+    }
+}
+
+/// The canonical path of the directory `path`, checked to be one, for a
+/// daemon about to mount or adopt a mount there (`what` names it in
+/// errors). A nexus mount at `path` is never looked into: its daemon may be
+/// the one starting (a restart on the live mount), and the kernel would
+/// wait for it.
+pub fn check_dir(path: &Path, what: &str) -> Result<PathBuf> {
+    let canonical = beside(path).with_context(|| format!("{what} {}", path.display()))?;
+    // Before anything stats it (even lstat asks a FUSE daemon).
+    if find_mount(&canonical)?.is_some_and(|m| m.is_nexus()) {
+        return Ok(canonical);
+    }
+    let canonical = match std::fs::symlink_metadata(&canonical) {
+        Ok(meta) if meta.file_type().is_symlink() => std::fs::canonicalize(&canonical)
+            .with_context(|| format!("{what} {}", path.display()))?,
+        _ => canonical,
+    };
+    if !canonical.is_dir() {
+        bail!("{what} {} is not a directory", path.display());
+    }
+    Ok(canonical)
+}
+
+/// Whether `a` and `b` name the same place, by their canonical parents and
+/// last names: neither is looked at (see [`check_dir`]).
+pub fn same_place(a: &Path, b: &Path) -> bool {
+    match (beside(a), beside(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
     }
 }
 
@@ -135,9 +179,17 @@ mod tests {
 98 22 0:52 / /tmp/with\\040space rw,nosuid,nodev,relatime shared:51 - fuse nexus ro,user_id=0,group_id=0
 99 22 0:53 / /home/u/Programs rw,nosuid master:3 - fuse.nexus nexus rw,user_id=1000
 100 22 0:54 / /mnt/other rw - fuse.sshfs host:/x rw
+101 22 0:55 / /Programs ro,nosuid master:3 - fuse.nexus /var/lib/nexus ro,allow_other
+102 22 0:56 / /System/Index ro master:3 - fuse.nexus-index /var/lib/nexus ro,allow_other
 ";
         let mounts = parse_mountinfo(text);
-        assert_eq!(mounts.len(), 4);
+        assert_eq!(mounts.len(), 6);
+        assert!(
+            mounts[4].is_nexus(),
+            "typed fuse.nexus, the store as source"
+        );
+        assert_eq!(mounts[4].source, "/var/lib/nexus");
+        assert!(mounts[5].is_nexus(), "the Index");
         assert_eq!(mounts[1].mount_point, Path::new("/tmp/with space"));
         assert_eq!(mounts[1].fs_type, "fuse");
         assert!(mounts[1].is_nexus());

@@ -25,7 +25,9 @@ pub fn announce(
         kind,
         target: target.to_path_buf(),
         generations: view.served_generations(),
-        packages: Vec::new(),
+        // Not empty when the daemon took a mount over: the kernel already
+        // holds files of these packages.
+        packages: view.held_packages(),
     };
     let root = RuntimeRoot::register(store, served).with_context(|| {
         format!(

@@ -1,17 +1,19 @@
 //! Mounting the view and serving it until it is unmounted.
 
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use nexus_fs::follow::{self, Follower};
-use nexus_fs::fuse::{self, MountOptions};
-use nexus_fs::{GenerationChoice, ViewOptions};
+use nexus_fs::fuse::{self, MountOptions, Mounted, NexusFs};
+use nexus_fs::{GenerationChoice, View, ViewOptions};
 use nexus_store::runtime::ServedKind;
 
 use super::daemon::Ready;
-use super::sandbox::{self, Confinement, Daemon, SandboxArgs};
-use super::{index, runtime_root, signals};
+use super::sandbox::{self, Confinement, SandboxArgs};
+use super::signals::{self, Termination};
+use super::{index, inherited, runtime_root, systemd, takeover};
 
 /// What `nexus mount` was asked for, with absolute paths.
 #[derive(Debug)]
@@ -32,6 +34,10 @@ pub struct Request {
     pub cache_bytes: u64,
     /// Where to write the daemon's pid.
     pub pid_file: Option<PathBuf>,
+    /// The log file, if the log goes to one (a successor logs there too).
+    pub log_file: Option<PathBuf>,
+    /// Ignore setuid bits even when mounting as root (`--nosuid`).
+    pub nosuid: bool,
     /// Serve this signed image instead of the store (`--image`).
     pub image: Option<ImageRequest>,
     /// The sandbox's switches.
@@ -107,12 +113,7 @@ pub(super) fn adopt_image(image: &ImageRequest) -> Result<(PathBuf, tempfile::Te
 
 /// The canonical path of `path`, which must be a directory.
 pub fn check_mountpoint(path: &Path) -> Result<PathBuf> {
-    let canonical =
-        std::fs::canonicalize(path).with_context(|| format!("mount point {}", path.display()))?;
-    if !canonical.is_dir() {
-        bail!("mount point {} is not a directory", path.display());
-    }
-    Ok(canonical)
+    super::mounts::check_dir(path, "mount point")
 }
 
 fn is_root() -> bool {
@@ -120,22 +121,87 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// How a mount daemon serves, whichever way it got its mounts (made them,
+/// or took them over): what it tells a successor it serves.
+#[derive(Clone, Debug)]
+pub(super) struct Settings {
+    /// The store directory served.
+    pub store: PathBuf,
+    /// The mount point (canonical).
+    pub mountpoint: PathBuf,
+    /// The Index's mount point, if any.
+    pub index: Option<PathBuf>,
+    /// A fixed generation, or `None` to follow the live one.
+    pub generation: Option<i64>,
+    /// The mount options.
+    pub mount: MountOptions,
+    /// Decoded-block cache size.
+    pub cache_bytes: u64,
+    /// Where the daemon's pid is written.
+    pub pid_file: Option<PathBuf>,
+    /// The log file, if the log goes to one.
+    pub log_file: Option<PathBuf>,
+    /// The image served (`--image`), if any: such a mount is not handed
+    /// over (its store is a scratch directory of this process).
+    pub image: Option<PathBuf>,
+    /// The sandbox's switches.
+    pub sandbox: SandboxArgs,
+}
+
+impl Settings {
+    fn of(request: &Request) -> Settings {
+        Settings {
+            store: request.store.clone(),
+            mountpoint: request.mountpoint.clone(),
+            index: request.index.clone(),
+            generation: request.generation,
+            mount: MountOptions {
+                allow_other: request.allow_other,
+                threads: request.threads,
+                suid: is_root() && !request.nosuid,
+                source: request.store.clone(),
+            },
+            cache_bytes: request.cache_bytes,
+            pid_file: request.pid_file.clone(),
+            log_file: request.log_file.clone(),
+            image: request.image.as_ref().map(|i| i.path.clone()),
+            sandbox: request.sandbox.clone(),
+        }
+    }
+
+    /// The view options of these settings.
+    pub fn view_options(&self) -> ViewOptions {
+        ViewOptions {
+            generation: match self.generation {
+                Some(n) => GenerationChoice::Fixed(n),
+                None => GenerationChoice::Live,
+            },
+            cache_bytes: self.cache_bytes,
+            connections: self.mount.threads + 1,
+        }
+    }
+}
+
+/// The mounts a daemon serves, not yet serving.
+pub(super) struct Mounts {
+    /// The main mount.
+    pub main: Mounted<NexusFs>,
+    /// The Index's, if any.
+    pub index: Option<index::IndexMount>,
+    /// Whether they were handed over by another process (a takeover, or
+    /// systemd's file descriptor store after a crash): that process may
+    /// have left requests unanswered, which the kernel must send again.
+    pub adopted: bool,
+}
+
 /// Mounts and serves until unmounted. `ready` (the daemon's pipe) is told
 /// once the mount is usable.
 pub fn serve(request: &Request, ready: Option<&mut Ready>) -> Result<()> {
-    // Before any thread exists, so that every thread inherits the mask.
-    signals::block_termination()?;
-    let choice = match request.generation {
-        Some(n) => GenerationChoice::Fixed(n),
-        None => GenerationChoice::Live,
-    };
-    let options = ViewOptions {
-        generation: choice,
-        cache_bytes: request.cache_bytes,
-        connections: request.threads + 1,
-    };
-    // An image is served through a scratch store describing it (removed
-    // when serving ends and `scratch` drops).
+    // First: until it runs, SIGTERM would kill the daemon outright.
+    let termination = signals::watch()?;
+    let settings = Settings::of(request);
+    // The store to serve: an image is served through a scratch store
+    // describing it (removed when serving ends and `scratch` drops).
     let (store_dir, scratch) = match &request.image {
         Some(image) => {
             let (dir, guard) = adopt_image(image)?;
@@ -143,11 +209,11 @@ pub fn serve(request: &Request, ready: Option<&mut Ready>) -> Result<()> {
         }
         None => (request.store.clone(), None),
     };
-    let view = crate::open::open_view(&store_dir, options)?;
-    let view = Arc::new(view);
+    // The view.
+    let view = Arc::new(crate::open::open_view(&store_dir, settings.view_options())?);
     // What gc must keep while this mount runs (an image's scratch store
     // needs no keeping). Removed when serving ends.
-    let served = request
+    let record = request
         .image
         .is_none()
         .then(|| {
@@ -155,109 +221,274 @@ pub fn serve(request: &Request, ready: Option<&mut Ready>) -> Result<()> {
             runtime_root::announce(&store_dir, ServedKind::Mount, target, view.clone())
         })
         .transpose()?;
-    let mount_options = MountOptions {
-        allow_other: request.allow_other,
-        threads: request.threads,
-        suid: is_root(),
+    // The mounts: those systemd kept for us if the previous daemon died,
+    // else new ones.
+    let mounts = match inherited::mounts(&view, &settings)? {
+        Some(mounts) => mounts,
+        None => mount(&view, &settings)?,
     };
-    let mut mounted = fuse::mount(view.clone(), &request.mountpoint, &mount_options)
-        .with_context(|| format!("mounting on {}", request.mountpoint.display()))?;
-    let mut index = match &request.index {
+    let daemon = Daemon {
+        settings,
+        store_dir,
+        scratch,
+        view,
+        mounts,
+        record,
+        takeover: None,
+    };
+    daemon.run(termination, ready)
+}
+
+/// Makes the mounts of `settings`.
+fn mount(view: &Arc<View>, settings: &Settings) -> Result<Mounts> {
+    let main = fuse::mount(view.clone(), &settings.mountpoint, &settings.mount)
+        .with_context(|| format!("mounting on {}", settings.mountpoint.display()))?;
+    let index = match &settings.index {
         Some(dir) => Some(index::mount(
             view.clone(),
-            &request.mountpoint,
+            &settings.mountpoint,
             dir,
-            &mount_options,
+            &settings.mount,
         )?),
         None => None,
     };
-    // The index first: its links lead into the main mount.
-    let mut unmounters: Vec<_> = index.iter_mut().map(|i| i.unmounter()).collect();
-    unmounters.push(mounted.unmounter());
-    let mut mounts: Vec<PathBuf> = request.index.iter().cloned().collect();
-    mounts.push(request.mountpoint.clone());
-    if let Some(pid_file) = &request.pid_file {
-        write_pid_file(pid_file).with_context(|| format!("writing {}", pid_file.display()))?;
-    }
-    let confined = sandbox::confine(
-        &Confinement {
-            records: served.is_some(),
+    Ok(Mounts {
+        main,
+        index,
+        adopted: false,
+    })
+}
+
+/// A daemon with its mounts, about to serve them.
+pub(super) struct Daemon {
+    /// How it serves.
+    pub settings: Settings,
+    /// The store it reads (for an image, its scratch store).
+    pub store_dir: PathBuf,
+    /// An image's scratch store, removed when serving ends.
+    pub scratch: Option<tempfile::TempDir>,
+    /// Its view.
+    pub view: Arc<View>,
+    /// Its mounts.
+    pub mounts: Mounts,
+    /// Its runtime record (none for an image).
+    pub record: Option<runtime_root::Recorder>,
+    /// The takeover socket a successor bound (to be renamed into place),
+    /// with its temporary path; `None`: bind it here.
+    pub takeover: Option<(std::os::unix::net::UnixListener, PathBuf)>,
+}
+
+impl Daemon {
+    /// Serves until the mounts are gone: the pid file, systemd's
+    /// descriptor store, the takeover socket, the sandbox, unmounting on
+    /// SIGTERM, the threads that follow the live generation; then tells
+    /// whoever waits that the mount is ready, and serves.
+    pub fn run(self, termination: Termination, ready: Option<&mut Ready>) -> Result<()> {
+        let Daemon {
+            settings,
+            store_dir,
+            scratch,
+            view,
             mounts,
-            pid_file: request.pid_file.as_deref(),
-            ..Confinement::new(&request.sandbox, Daemon::Mount, &store_dir)
+            record,
+            takeover,
+        } = self;
+        let Mounts {
+            main: mut mounted,
+            index,
+            adopted,
+        } = mounts;
+        let mut index = index;
+        // Before the sandbox forbids making the socket.
+        systemd::connect();
+        if adopted {
+            // The previous daemon is gone: what it read and left unanswered
+            // is queued again (the kernel keeps it pending until then).
+            mounted.resend().context(
+                "asking the kernel to send again the requests the previous daemon left \
+                 (FUSE_NOTIFY_RESEND needs Linux 6.9 or later)",
+            )?;
+            if let Some(index) = &index {
+                index.resend().context("resending the index's requests")?;
+            }
         }
-        .serving_image(
-            request.image.as_ref().map(|i| i.path.as_path()),
-            scratch.as_ref().map(|s| s.path()),
-        ),
-    )
-    .inspect_err(|_| {
-        if let Some(pid_file) = &request.pid_file {
-            let _ = std::fs::remove_file(pid_file);
+        // The index first: its links lead into the main mount.
+        let mut unmounters: Vec<_> = index.iter_mut().map(|i| i.unmounter()).collect();
+        unmounters.push(mounted.unmounter());
+        let mut mount_points: Vec<PathBuf> = settings.index.iter().cloned().collect();
+        mount_points.push(settings.mountpoint.clone());
+        if let Some(pid_file) = &settings.pid_file {
+            write_pid_file(pid_file).with_context(|| format!("writing {}", pid_file.display()))?;
         }
-    })?;
-    signals::unmount_on_termination(confined.unmounters(unmounters))?;
-    // Only once nothing else can fail: an early error return would leave the
-    // index thread serving after the main mount is gone.
-    let index = index.map(|i| i.serve()).transpose()?;
-    // The main mount's kernel caches, then the index's, follow the view.
-    let mut followers: Vec<Box<dyn Follower>> = vec![Box::new(mounted.invalidator())];
-    // Names of what the view no longer shows are dropped from the kernel
-    // once unused, so that gc can take them.
-    if let Some(reaper) = mounted.reaper(view.clone()) {
-        followers.push(Box::new(reaper));
+        // systemd keeps the connections (when the unit has a descriptor
+        // store), so that a restart after a crash finds the mounts live
+        // (see `inherited`).
+        let fuse_fd = mounted
+            .device()
+            .context("duplicating the mount's descriptor")?;
+        let index_fd = index
+            .as_ref()
+            .map(|i| i.device())
+            .transpose()
+            .context("duplicating the index's descriptor")?;
+        let stored = systemd::store_fd(systemd::FUSE_FD_NAME, fuse_fd.as_fd());
+        if let Some(fd) = &index_fd {
+            systemd::store_fd(systemd::INDEX_FD_NAME, fd.as_fd());
+        }
+        // The takeover socket, bound while binding is still allowed.
+        let takeover_socket = match takeover_socket(&settings, takeover) {
+            Ok(socket) => Some(socket),
+            Err(e) => {
+                tracing::warn!("{e:#}: `nexus takeover` cannot replace this daemon");
+                None
+            }
+        };
+        let owner = rustix::process::getuid();
+        let log_dir = settings.log_file.as_deref().and_then(Path::parent);
+        let confined = Arc::new(
+            sandbox::confine(&Confinement {
+                records: record.is_some(),
+                mounts: mount_points,
+                pid_file: settings.pid_file.as_deref(),
+                log_dir,
+                mounts_outlive_daemon: stored,
+                ..Confinement::new(&settings.sandbox, sandbox::Daemon::Mount, &store_dir)
+                    .serving_image(
+                        settings.image.as_deref(),
+                        scratch.as_ref().map(|s| s.path()),
+                    )
+            })
+            .inspect_err(|_| {
+                if let Some(pid_file) = &settings.pid_file {
+                    let _ = std::fs::remove_file(pid_file);
+                }
+            })?,
+        );
+        termination.unmount(confined.unmounters(unmounters));
+        // A successor can take the mounts over (an image's refuses, saying
+        // why). Serving does not depend on it.
+        let _listening = takeover_socket.and_then(|(listener, path)| {
+            let giver = takeover::Giver {
+                settings: settings.clone(),
+                owner,
+                view: view.clone(),
+                index: index.as_ref().map(|i| i.index()),
+                fuse: fuse_fd,
+                index_fuse: index_fd,
+                record: record.as_ref().map(|r| r.root()),
+                termination: termination.clone(),
+                confined: confined.clone(),
+            };
+            takeover::listen(listener, &path, giver)
+                .inspect_err(|e| {
+                    tracing::warn!("{e:#}: `nexus takeover` cannot replace this daemon")
+                })
+                .ok()
+        });
+        // Only once nothing else can fail: an early error return would leave
+        // the index thread serving after the main mount is gone.
+        let index = index.map(|i| i.serve()).transpose()?;
+        // The main mount's kernel caches, then the index's, follow the view.
+        let mut followers: Vec<Box<dyn Follower>> = vec![Box::new(mounted.invalidator())];
+        // Names of what the view no longer shows are dropped from the kernel
+        // once unused, so that gc can take them.
+        if let Some(reaper) = mounted.reaper(view.clone()) {
+            followers.push(Box::new(reaper));
+        }
+        if let Some(index) = &index {
+            followers.push(Box::new(index.follower()));
+        }
+        // What gc must keep, updated as the view moves and the kernel looks up
+        // and forgets files. Withdrawn when serving ends (the takeover
+        // thread holds the record too, and never ends).
+        let withdraw = record.as_ref().map(|r| r.root());
+        if let Some(record) = record {
+            followers.push(Box::new(record));
+        }
+        let target = settings.mountpoint.display().to_string();
+        if systemd::supervised() {
+            followers.push(Box::new(systemd::StatusFollower {
+                store: settings.store.clone(),
+                target: target.clone(),
+            }));
+        }
+        let following = follow::follow(view.clone(), followers)
+            .context("starting the thread that follows the live generation")?;
+        let shown = match view.generation() {
+            Some(g) => format!("generation {g}"),
+            None => "the empty store".to_string(),
+        };
+        let indexed = match &settings.index {
+            Some(dir) => format!(", its index on {}", dir.display()),
+            None => String::new(),
+        };
+        let source = match &settings.image {
+            Some(image) => format!("image {}", image.display()),
+            None => format!("{shown} of {}", settings.store.display()),
+        };
+        let verb = if adopted { "took over" } else { "mounted" };
+        let message = format!(
+            "{verb} {source} on {target}{indexed} (pid {})",
+            std::process::id()
+        );
+        tracing::info!("{message}");
+        let status = systemd::status_line(view.generation(), &settings.store, &target);
+        if adopted {
+            systemd::ready_as_main(&status);
+        } else {
+            systemd::ready(&status);
+        }
+        if let Some(ready) = ready {
+            ready.ok(&message);
+        }
+        let served = mounted.run().context("serving the mount");
+        drop(following);
+        if let Some(record) = withdraw {
+            record.withdraw();
+        }
+        // Whatever of the daemon's mounts is still mounted (the index when
+        // the main mount went away from outside, the main mount when
+        // serving failed): confined, the mounts' own unmounting would be
+        // refused.
+        confined.unmount_remaining();
+        if let Some(index) = index {
+            index.stop();
+        }
+        systemd::remove_fd(systemd::FUSE_FD_NAME);
+        if settings.index.is_some() {
+            systemd::remove_fd(systemd::INDEX_FD_NAME);
+        }
+        // The image's scratch store, then (confined, through the keeper,
+        // which may remove the emptied directory) the pid file.
+        drop(scratch);
+        confined.finish();
+        tracing::info!("{target} is unmounted");
+        served
     }
-    if let Some(index) = &index {
-        followers.push(Box::new(index.follower()));
-    }
-    // What gc must keep, updated as the view moves and the kernel looks up
-    // and forgets files.
-    if let Some(served) = served {
-        followers.push(Box::new(served));
-    }
-    let following = follow::follow(view.clone(), followers)
-        .context("starting the thread that follows the live generation")?;
-    let shown = match view.generation() {
-        Some(g) => format!("generation {g}"),
-        None => "the empty store".to_string(),
+}
+
+/// The takeover socket (`nexus takeover`): `bound`, a socket a successor
+/// bound under a temporary name, is renamed into place; otherwise one is
+/// bound. Returns it with its path.
+fn takeover_socket(
+    settings: &Settings,
+    bound: Option<(std::os::unix::net::UnixListener, PathBuf)>,
+) -> Result<(std::os::unix::net::UnixListener, PathBuf)> {
+    let path = takeover::socket_path(&settings.store, &settings.mountpoint);
+    let listener = match bound {
+        Some((listener, temporary)) => {
+            std::fs::rename(&temporary, &path)
+                .with_context(|| format!("moving the takeover socket to {}", path.display()))?;
+            listener
+        }
+        None => takeover::bind(&path)?,
     };
-    let indexed = match &request.index {
-        Some(dir) => format!(", its index on {}", dir.display()),
-        None => String::new(),
-    };
-    let source = match &request.image {
-        Some(image) => format!("image {}", image.path.display()),
-        None => format!("{shown} of {}", request.store.display()),
-    };
-    let message = format!(
-        "mounted {source} on {}{indexed} (pid {})",
-        request.mountpoint.display(),
-        std::process::id()
-    );
-    tracing::info!("{message}");
-    if let Some(ready) = ready {
-        ready.ok(&message);
-    }
-    let served = mounted.run().context("serving the mount");
-    drop(following);
-    // Whatever of the daemon's mounts is still mounted (the index when the
-    // main mount went away from outside, the main mount when serving
-    // failed): confined, the mounts' own unmounting would be refused.
-    confined.unmount_remaining();
-    if let Some(index) = index {
-        index.stop();
-    }
-    // The image's scratch store, then (confined, through the keeper, which
-    // may remove the emptied directory) the pid file.
-    drop(scratch);
-    drop(confined);
-    tracing::info!("{} is unmounted", request.mountpoint.display());
-    served
+    Ok((listener, path))
 }
 
 /// Writes our pid to `path` through a fresh temporary file renamed over it:
 /// a symlink planted at `path` is replaced, never written through.
-fn write_pid_file(path: &Path) -> std::io::Result<()> {
+pub(super) fn write_pid_file(path: &Path) -> std::io::Result<()> {
     use std::io::Write;
     let dir = path
         .parent()

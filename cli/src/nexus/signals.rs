@@ -1,94 +1,148 @@
-//! Unmounting (or, for `nexus serve`, removing the socket) on SIGTERM and
-//! SIGINT.
+//! What the daemons do on signals: SIGTERM and SIGINT end them (a mount
+//! daemon unmounts, and its sessions then end; `nexus serve` removes its
+//! socket and exits), SIGHUP reopens the log file (logrotate).
 //!
-//! The signals are blocked in every thread (the mask is set before any
-//! thread exists, and threads inherit it) and one thread takes them with
-//! `sigwait`, so that unmounting runs as ordinary code, not in a signal
-//! handler. The first signal unmounts (detaching a busy mount; with
-//! `--index`, both mounts); the sessions then end and the process exits
-//! normally. A second signal ends the process at once.
+//! `signal-hook`'s handlers only write to a pipe; one thread reads it and
+//! acts, so everything runs as ordinary code, not in a signal handler. The
+//! thread starts before anything can fail halfway (a signal that arrives
+//! before the daemon said what to do is remembered and acted on once it
+//! has). The first termination signal ends the daemon cleanly (detaching a
+//! busy mount; with `--index`, both mounts); a second one ends the process
+//! at once.
 
-use std::io;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::{Context, Result};
 use nexus_fs::fuse::Unmounted;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 
 use super::sandbox::Unmount;
+use super::{logging, systemd};
 
-/// The signals that end the daemon.
-fn termination_set() -> libc::sigset_t {
-    // SAFETY: sigemptyset/sigaddset initialise and fill a set we own.
-    unsafe {
-        let mut set = std::mem::zeroed::<libc::sigset_t>();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        set
+/// What a termination signal does.
+enum Action {
+    /// Not said yet: remember the signal.
+    Unset,
+    /// Unmount with each, in order (directly, or through the sandbox's
+    /// keeper).
+    Unmount(Vec<Box<dyn Unmount>>),
+    /// Run this, then exit with success.
+    Exit(Box<dyn FnOnce() + Send>),
+    /// The daemon handed its mounts over and is exiting: do nothing.
+    Ignore,
+}
+
+struct State {
+    action: Action,
+    /// Termination signals received.
+    received: u32,
+}
+
+/// The signal thread: tell it what termination means once it is known.
+#[derive(Clone)]
+pub struct Termination {
+    state: Arc<Mutex<State>>,
+}
+
+impl Termination {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// From now on, termination unmounts with each of `unmounters`, in
+    /// order; at once if a signal already came.
+    pub fn unmount(&self, unmounters: Vec<Box<dyn Unmount>>) {
+        let mut state = self.state();
+        state.action = Action::Unmount(unmounters);
+        if state.received > 0 {
+            act(&mut state);
+        }
+    }
+
+    /// From now on, termination runs `cleanup` and exits with code 0; at
+    /// once if a signal already came.
+    pub fn exit(&self, cleanup: impl FnOnce() + Send + 'static) {
+        let mut state = self.state();
+        state.action = Action::Exit(Box::new(cleanup));
+        if state.received > 0 {
+            act(&mut state);
+        }
+    }
+
+    /// From now on, termination signals are ignored: the daemon handed its
+    /// mounts to a successor and exits by itself (unmounting now would take
+    /// the mounts from the successor).
+    pub fn ignore(&self) {
+        self.state().action = Action::Ignore;
     }
 }
 
-/// Blocks SIGTERM and SIGINT in the calling thread and every thread it
-/// creates afterwards. Call before creating any thread.
-pub fn block_termination() -> Result<()> {
-    let set = termination_set();
-    // SAFETY: a valid set; the old mask is not wanted.
-    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    if rc != 0 {
-        return Err(io::Error::from_raw_os_error(rc)).context("blocking SIGTERM and SIGINT");
+/// Does what a termination signal calls for.
+fn act(state: &mut State) {
+    match std::mem::replace(&mut state.action, Action::Unset) {
+        Action::Unset => {
+            // Still starting: what to do is not known yet (there may be a
+            // mount to undo). The daemon acts once it says.
+            tracing::info!("stopping once started");
+        }
+        Action::Ignore => state.action = Action::Ignore,
+        Action::Exit(cleanup) => {
+            systemd::stopping();
+            tracing::info!("stopping");
+            cleanup();
+            std::process::exit(crate::exit::OK);
+        }
+        Action::Unmount(mut unmounters) => {
+            systemd::stopping();
+            tracing::info!("unmounting");
+            for unmounter in &mut unmounters {
+                match unmounter.unmount() {
+                    Ok(Unmounted::Clean) => tracing::info!("unmounted"),
+                    Ok(Unmounted::Detached) => tracing::warn!(
+                        "the mount is busy: detached it; exiting when its last file is closed"
+                    ),
+                    Err(e) => tracing::error!("unmounting failed: {e}"),
+                }
+            }
+        }
     }
-    Ok(())
 }
 
-/// Starts the thread that unmounts with each of `unmounters`, in order, on
-/// SIGTERM or SIGINT (directly, or through the sandbox's keeper).
-pub fn unmount_on_termination(mut unmounters: Vec<Box<dyn Unmount>>) -> Result<()> {
+/// Starts the signal thread. Call it first thing: until it runs, SIGTERM
+/// kills the process outright.
+pub fn watch() -> Result<Termination> {
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .context("installing the handlers of SIGTERM, SIGINT and SIGHUP")?;
+    let termination = Termination {
+        state: Arc::new(Mutex::new(State {
+            action: Action::Unset,
+            received: 0,
+        })),
+    };
+    let watched = termination.clone();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            let set = termination_set();
-            let mut received = 0;
-            loop {
-                let mut signal = 0;
-                // SAFETY: a valid set and an out-parameter we own.
-                if unsafe { libc::sigwait(&set, &mut signal) } != 0 {
+            for signal in signals.forever() {
+                if signal == SIGHUP {
+                    match logging::reopen() {
+                        Ok(true) => tracing::info!("SIGHUP: reopened the log file"),
+                        Ok(false) => {}
+                        Err(e) => tracing::error!("SIGHUP: reopening the log file: {e}"),
+                    }
                     continue;
                 }
-                received += 1;
-                if received > 1 {
+                let mut state = watched.state();
+                state.received += 1;
+                if state.received > 1 && !matches!(state.action, Action::Ignore) {
                     tracing::warn!("signal {signal} again: exiting without waiting");
                     std::process::exit(crate::exit::ERROR);
                 }
-                tracing::info!("signal {signal}: unmounting");
-                for unmounter in &mut unmounters {
-                    match unmounter.unmount() {
-                        Ok(Unmounted::Clean) => tracing::info!("unmounted"),
-                        Ok(Unmounted::Detached) => tracing::warn!(
-                            "the mount is busy: detached it; exiting when its last file is closed"
-                        ),
-                        Err(e) => tracing::error!("unmounting failed: {e}"),
-                    }
-                }
+                tracing::info!("signal {signal}");
+                act(&mut state);
             }
         })
         .context("starting the signal thread")?;
-    Ok(())
-}
-
-/// Starts the thread that, on SIGTERM or SIGINT, runs `cleanup` and ends
-/// the process with exit code 0 (`nexus serve`: its guests lose the device,
-/// nothing else is left to tidy).
-pub fn exit_on_termination(cleanup: impl FnOnce() + Send + 'static) -> Result<()> {
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            let set = termination_set();
-            let mut signal = 0;
-            // SAFETY: a valid set and an out-parameter we own.
-            while unsafe { libc::sigwait(&set, &mut signal) } != 0 {}
-            tracing::info!("signal {signal}: stopping");
-            cleanup();
-            std::process::exit(crate::exit::OK);
-        })
-        .context("starting the signal thread")?;
-    Ok(())
+    Ok(termination)
 }

@@ -112,7 +112,7 @@ impl Filesystem for IndexFs {
         offset: u64,
         reply: ReplyDirectory,
     ) {
-        match self.index.listing(fh.0) {
+        match self.index.listing_of(fh.0, node(ino)) {
             Ok(listing) => fill_dir(&listing, offset, fuse_node, reply),
             Err(e) => reply.error(errno("index readdir", ino, &e)),
         }
@@ -126,7 +126,7 @@ impl Filesystem for IndexFs {
         offset: u64,
         reply: ReplyDirectoryPlus,
     ) {
-        match self.index.listing(fh.0) {
+        match self.index.listing_of(fh.0, node(ino)) {
             Ok(listing) => fill_dir_plus(
                 &listing,
                 offset,
@@ -190,6 +190,18 @@ pub fn mount_index(
         ..options.clone()
     };
     session::mount(IndexFs::new(index), mountpoint, "nexus-index", &options)
+}
+
+/// Serves `index` on the index mount at `mountpoint` that another daemon
+/// made and handed over with its `/dev/fuse` descriptor `device`, as
+/// [`crate::fuse::adopt`] does for the main mount.
+pub fn adopt_index(
+    index: Arc<Index>,
+    device: std::os::fd::OwnedFd,
+    mountpoint: &Path,
+    options: &MountOptions,
+) -> Mounted<IndexFs> {
+    session::adopt(IndexFs::new(index), device, mountpoint, options)
 }
 
 /// The kernel invalidations `changes` calls for: each stale name in its

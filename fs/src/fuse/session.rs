@@ -1,8 +1,10 @@
-//! Mounting a `fuser` file system, and what other threads need while it is
-//! served: unmounting it, and telling the kernel what became stale.
+//! Mounting a `fuser` file system, or adopting one another process mounted
+//! (a takeover), and what other threads need while it is served:
+//! unmounting it, and telling the kernel what became stale.
 
 use std::ffi::OsStr;
 use std::io;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -27,6 +29,9 @@ pub struct MountOptions {
     /// Honour setuid and setgid bits of programs run from the mount (only
     /// root can mount so).
     pub suid: bool,
+    /// The mount's source as mount tables show it (`findmnt`'s SOURCE):
+    /// the store directory.
+    pub source: PathBuf,
 }
 
 /// A mounted file system, not yet serving requests.
@@ -36,6 +41,30 @@ pub struct Mounted<FS: Filesystem> {
     /// What the kernel holds of a view's package inodes (the `/Programs`
     /// mount; not the Index).
     pub(super) lookups: Option<Arc<Lookups>>,
+    /// Whether fuser knows the mount (it made it) and unmounts it itself;
+    /// an adopted one is unmounted by path.
+    own_mount: bool,
+}
+
+/// The source name given to `fusermount3` when the store path cannot be
+/// (it passes options comma-separated, unescaped).
+const PLAIN_SOURCE: &str = "nexus";
+
+/// The `fsname=` of a mount of `source`.
+fn fsname(source: &Path, by_root: bool) -> String {
+    let text = source.to_string_lossy();
+    // mount(2) takes the source as its own argument, but fusermount3 gets
+    // it inside the comma-separated option string.
+    if text.is_empty() || (!by_root && text.contains([',', '\\'])) {
+        PLAIN_SOURCE.to_string()
+    } else {
+        text.into_owned()
+    }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
 }
 
 /// Mounts `fs` read-only at `mountpoint` as type `fuse.SUBTYPE`. When this
@@ -47,10 +76,12 @@ pub(super) fn mount<FS: Filesystem>(
     subtype: &str,
     options: &MountOptions,
 ) -> io::Result<Mounted<FS>> {
-    let mut config = Config::default();
+    let mut config = session_config(options);
     config.mount_options = vec![
-        // `nexus umount` recognises nexus mounts by this source name.
-        MountOption::FSName("nexus".into()),
+        // The store as the source and `fuse.SUBTYPE` as the type, as
+        // findmnt shows them; `nexus umount` recognises nexus mounts by the
+        // type.
+        MountOption::FSName(fsname(&options.source, is_root())),
         MountOption::Subtype(subtype.into()),
         MountOption::RO,
         MountOption::DefaultPermissions,
@@ -62,26 +93,76 @@ pub(super) fn mount<FS: Filesystem>(
             MountOption::NoSuid
         },
     ];
-    if options.allow_other {
-        config.acl = SessionACL::All;
-    }
-    config.n_threads = Some(options.threads.max(1));
-    config.clone_fd = true;
     let session = Session::new(fs, mountpoint, &config)?;
     Ok(Mounted {
         session,
         mountpoint: mountpoint.to_path_buf(),
         lookups: None,
+        own_mount: true,
     })
+}
+
+/// The session settings of `options` (everything but the mount options).
+fn session_config(options: &MountOptions) -> Config {
+    let mut config = Config::default();
+    if options.allow_other {
+        config.acl = SessionACL::All;
+    }
+    config.n_threads = Some(options.threads.max(1));
+    // Every request thread reads from the one descriptor, none from a clone
+    // of it: the kernel ends (with an error to the reader) the requests
+    // read through a cloned descriptor when it is closed, so a daemon that
+    // hands its mount over and exits would fail the requests its threads
+    // held. With one descriptor, which the successor holds too, they stay
+    // pending and are sent again (`Mounted::resend`).
+    config.clone_fd = false;
+    config
+}
+
+/// Adopts the mount at `mountpoint` whose `/dev/fuse` descriptor `device`
+/// another process handed over (a takeover, or systemd's file descriptor
+/// store): the connection is live and initialised, so no mount and no
+/// handshake happen. Requests are served once [`Mounted::run`] is called;
+/// call [`Mounted::resend`] first, once the previous server is gone.
+pub(super) fn adopt<FS: Filesystem>(
+    fs: FS,
+    device: OwnedFd,
+    mountpoint: &Path,
+    options: &MountOptions,
+) -> Mounted<FS> {
+    let config = session_config(options);
+    let acl = config.acl;
+    Mounted {
+        session: Session::from_initialized_fd(fs, device, acl, config),
+        mountpoint: mountpoint.to_path_buf(),
+        lookups: None,
+        own_mount: false,
+    }
 }
 
 impl<FS: Filesystem> Mounted<FS> {
     /// Something another thread can unmount with (e.g. on SIGTERM).
     pub fn unmounter(&mut self) -> Unmounter {
         Unmounter {
-            session: self.session.unmount_callable(),
+            session: self.own_mount.then(|| self.session.unmount_callable()),
             mountpoint: self.mountpoint.clone(),
         }
+    }
+
+    /// A duplicate of the mount's `/dev/fuse` descriptor: what a successor
+    /// needs to serve the mount ([`adopt`]), and what systemd's file
+    /// descriptor store keeps. The connection lives while any duplicate
+    /// is open.
+    pub fn device(&self) -> io::Result<OwnedFd> {
+        self.session.as_fd().try_clone_to_owned()
+    }
+
+    /// Asks the kernel to queue again the requests read from this
+    /// connection and never answered (`FUSE_NOTIFY_RESEND`, Linux 6.9):
+    /// those the previous server held when it went. Harmless when there
+    /// are none; an error on kernels without it.
+    pub fn resend(&self) -> io::Result<()> {
+        self.session.notifier().resend()
     }
 
     /// Something another thread can invalidate the kernel's caches with.
@@ -181,7 +262,8 @@ pub enum Unmounted {
 
 /// Unmounts a [`Mounted`] file system from another thread.
 pub struct Unmounter {
-    session: SessionUnmounter,
+    /// fuser's, for a mount fuser made; `None` for an adopted one.
+    session: Option<SessionUnmounter>,
     mountpoint: PathBuf,
 }
 
@@ -189,7 +271,11 @@ impl Unmounter {
     /// Unmounts; a busy mount is detached lazily instead of failing, so no
     /// dead mount is left behind once the session ends.
     pub fn unmount(&mut self) -> io::Result<Unmounted> {
-        match self.session.unmount() {
+        let unmounted = match &mut self.session {
+            Some(session) => session.unmount(),
+            None => unmount_path(&self.mountpoint),
+        };
+        match unmounted {
             Ok(()) => Ok(Unmounted::Clean),
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
                 detach(&self.mountpoint)?;
@@ -198,6 +284,22 @@ impl Unmounter {
             Err(e) => Err(e),
         }
     }
+}
+
+/// Unmounts whatever is mounted at `mountpoint`: as root with `umount2`,
+/// otherwise through `fusermount3 -u`.
+fn unmount_path(mountpoint: &Path) -> io::Result<()> {
+    let path = std::ffi::CString::new(mountpoint.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: a valid NUL-terminated path; umount2 has no other preconditions.
+    if unsafe { libc::umount2(path.as_ptr(), 0) } == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::EPERM) {
+        return Err(err);
+    }
+    fusermount(mountpoint, false)
 }
 
 /// Lazily unmounts whatever is mounted at `mountpoint` (`umount -l`): as

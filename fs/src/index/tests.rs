@@ -366,3 +366,46 @@ fn an_empty_store_has_empty_index_directories() {
     assert_eq!(names(&index, "bin"), [".", ".."]);
     assert_eq!(names(&index, "share"), [".", ".."]);
 }
+
+/// A daemon that takes the index mount over keeps every number the kernel
+/// holds meaning the same path, gives new paths new numbers, refuses a
+/// numbering that is not one, and answers a directory handle it never gave
+/// with a fresh listing.
+#[test]
+fn handed_over_numbers_keep_their_paths() {
+    let f = Fixture::new();
+    f.add("alpha", "1", &[("bin/a", "a"), ("share/man/man1/a.1", "m")]);
+    f.add("beta", "1", &[("bin/b", "b"), ("lib/libb.so", "l")]);
+    let (view, old) = f.index(GenerationChoice::Live);
+    let seen: Vec<(&str, u64)> = ["share/man/man1/a.1", "bin/b", "bin"]
+        .into_iter()
+        .map(|p| (p, walk(&old, p).unwrap().attr.ino))
+        .collect();
+    let paths = old.freeze_numbers();
+    assert_eq!(paths[0], b"", "the root first");
+    old.thaw_numbers();
+
+    let new = Index::open_numbered(view.clone(), Path::new(MOUNT), paths.clone()).unwrap();
+    for (path, ino) in &seen {
+        assert_eq!(new.getattr(*ino).unwrap().ino, *ino, "{path}");
+        assert_eq!(walk(&new, path).unwrap().attr.ino, *ino, "{path}");
+    }
+    assert_eq!(new.readlink(seen[1].1).unwrap(), b"/P/beta/Current/bin/b");
+    let fresh = walk(&new, "lib/libb.so").unwrap().attr.ino;
+    assert!(
+        seen.iter().all(|(_, ino)| *ino != fresh),
+        "a new path reuses a handed-over number"
+    );
+    // A handle of the old daemon: the listing of the directory now.
+    let bin = seen[2].1;
+    let listing = new.listing_of(12345, bin).unwrap();
+    assert!(listing.entries.iter().any(|e| e.name == b"b"));
+    // A handle the new index gives is never one of a low, old number.
+    let (fh, _) = new.opendir(bin).unwrap();
+    assert!(fh > 1 << 40, "handle {fh} could be one the old daemon gave");
+
+    let mut twice = paths.clone();
+    twice.push(paths[1].clone());
+    assert!(Index::open_numbered(view.clone(), Path::new(MOUNT), twice).is_err());
+    assert!(Index::open_numbered(view, Path::new(MOUNT), paths[1..].to_vec()).is_err());
+}

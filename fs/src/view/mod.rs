@@ -33,7 +33,7 @@ use crate::changes::Changes;
 use crate::error::{Result, ViewError};
 use crate::generation::GenerationTree;
 use crate::ino::Node;
-use crate::lookups::{Clients, Lookups};
+use crate::lookups::{Clients, HeldInode, Lookups};
 
 use namespace::Namespace;
 pub use namespace::REMOVED_NAMES_GRACE;
@@ -172,6 +172,49 @@ impl View {
     /// [`Lookups::forget`] are counted until it is dropped.
     pub fn new_client(&self) -> Arc<Lookups> {
         self.clients.register()
+    }
+
+    /// A new client that already holds `held`: the kernel behind a mount
+    /// this daemon took over from another, which handed over what the
+    /// kernel holds ([`View::freeze_clients`]). Their packages are served
+    /// and kept from now on, whatever generation they came from, so that
+    /// files programs have open stay readable.
+    pub fn new_client_holding(&self, held: &[HeldInode]) -> Arc<Lookups> {
+        self.packages.serve_packages(held.iter().map(|h| h.package));
+        self.clients.register_holding(held)
+    }
+
+    /// Stops every client's lookup counts from changing, waiting for the
+    /// changes under way: what [`Lookups::table`] says then stays true until
+    /// [`View::thaw_clients`]. A request thread that would change a count
+    /// waits meanwhile (see [`crate::gate`]).
+    pub fn freeze_clients(&self) {
+        self.clients.gate().close();
+    }
+
+    /// What the clients hold looked up, counts summed per inode: what a
+    /// daemon hands to its successor, taken between
+    /// [`View::freeze_clients`] and [`View::thaw_clients`].
+    pub fn held_table(&self) -> Vec<HeldInode> {
+        self.clients.held_table()
+    }
+
+    /// Lets lookup counts change again after [`View::freeze_clients`].
+    pub fn thaw_clients(&self) {
+        self.clients.gate().open();
+    }
+
+    /// For a live view not yet served: shows generation `id` (`None`: the
+    /// empty store) until the next [`View::refresh`], which then reports
+    /// what changed from it. A daemon taking over a mount shows first what
+    /// its predecessor showed, so that the kernel hears of every change
+    /// since.
+    pub fn show_first(&self, id: Option<i64>) -> Result<()> {
+        if self.generation() == id {
+            return Ok(());
+        }
+        self.namespace
+            .show_first(&self.reader, id, |tree| self.packages.serve(tree))
     }
 
     /// Counts one more lookup of `entry`, found in directory `parent`, by

@@ -230,6 +230,28 @@ impl Namespace {
         Ok(Some(changes))
     }
 
+    /// Replaces the tree shown by generation `id`'s (for a live view before
+    /// it is served; see `View::show_first`). `before_publish` runs once
+    /// the tree is loaded.
+    pub(crate) fn show_first(
+        &self,
+        reader: &Reader,
+        id: Option<i64>,
+        before_publish: impl FnOnce(&GenerationTree),
+    ) -> Result<()> {
+        if self.choice != GenerationChoice::Live {
+            return Err(ViewError::Inconsistent(
+                "only a live view can show another generation".into(),
+            ));
+        }
+        let _one = self.refreshing.lock().unwrap_or_else(|p| p.into_inner());
+        let tree = reader.query_fresh(|c| GenerationTree::load(c, id))?;
+        before_publish(&tree);
+        reader.renew_snapshots();
+        *self.tree.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(tree);
+        Ok(())
+    }
+
     /// The attributes of the root, an App or a `Current` link.
     pub(crate) fn getattr(&self, node: Node) -> Result<Attr> {
         match node {

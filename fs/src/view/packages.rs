@@ -100,6 +100,12 @@ impl Packages {
         served.extend(tree.packages.iter().copied());
     }
 
+    /// Serves `packages` too (packages a client holds inodes of).
+    pub(crate) fn serve_packages(&self, packages: impl IntoIterator<Item = i64>) {
+        let mut served = self.served.write().unwrap_or_else(|p| p.into_inner());
+        served.extend(packages);
+    }
+
     fn is_served(&self, package: i64) -> bool {
         self.served
             .read()

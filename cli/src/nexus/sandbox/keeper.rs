@@ -14,7 +14,10 @@
 //! When the daemon's end of the socket closes without a `finish` (it was
 //! killed, or a forbidden system call ended it), the keeper detaches the
 //! mounts it still has and finishes: no dead mount ("transport endpoint
-//! is not connected") is left behind.
+//! is not connected") is left behind. Under systemd with a descriptor
+//! store (`FDSTORE`), it leaves them instead: the store keeps their
+//! connections, and the daemon systemd restarts resumes them. A daemon
+//! that hands its mounts to a successor finishes first.
 //!
 //! The keeper parses nothing but one- and two-byte requests from the
 //! daemon. It keeps only the capabilities it needs (`CAP_SYS_ADMIN` to
@@ -35,12 +38,16 @@ use std::sync::Mutex;
 
 use nexus_fs::fuse::Unmounted;
 
-/// A mount the keeper unmounts: its path and the device number of the
-/// file system mounted there by the daemon.
+/// A mount the keeper unmounts: its path and the identity (unique id,
+/// device number) of the file system mounted there by the daemon.
 #[derive(Debug)]
 pub(super) struct KeptMount {
     pub path: CString,
     pub dev: (u32, u32),
+    /// The mount's unique id (`STATX_MNT_ID_UNIQUE`, Linux 6.8), never
+    /// reused, unlike the device number, which a mount made at the same
+    /// path right after this one is gone often gets again.
+    pub unique_id: Option<u64>,
 }
 
 /// A file the keeper removes when it is still the one identified.
@@ -76,6 +83,9 @@ pub(super) struct KeeperPlan {
     /// `no_new_privs` needs `CAP_SYS_ADMIN`, and `no_new_privs` would stop
     /// the setuid `fusermount3`).
     pub filter: Option<seccompiler::BpfProgram>,
+    /// Leave the mounts when the daemon dies: systemd keeps their
+    /// connections and restarts the daemon on them.
+    pub leave_mounts: bool,
 }
 
 /// Requests and answers.
@@ -277,8 +287,12 @@ fn keeper_main(plan: &KeeperPlan, socket: RawFd) -> ! {
             (1.., _) => {}
             _ => {
                 // The daemon is gone without finishing: leave no dead
-                // mount and none of its files behind.
+                // mount and none of its files behind; unless systemd keeps
+                // the mounts' connections for the daemon it restarts.
                 for (index, mount) in plan.mounts.iter().enumerate() {
+                    if plan.leave_mounts {
+                        break;
+                    }
                     if !unmounted.get(index).copied().unwrap_or(false) {
                         let _ = unmount(plan, mount, true);
                     }
@@ -290,11 +304,36 @@ fn keeper_main(plan: &KeeperPlan, socket: RawFd) -> ! {
     }
 }
 
-/// Whether the file system at `mount.path` is still the daemon's: same
-/// device number, read without asking the (perhaps dead) daemon
-/// (`AT_STATX_DONT_SYNC`). A path that cannot be examined is taken to be
-/// the daemon's dead mount.
+/// The unique id of the mount at `path` (`STATX_MNT_ID_UNIQUE`), read
+/// without asking the (perhaps not yet serving, perhaps dead) FUSE server
+/// (`AT_STATX_DONT_SYNC`): `Err` when the path cannot be examined, `Ok(None)`
+/// on a kernel older than 6.8.
+pub(super) fn unique_mount_id(path: &std::ffi::CStr) -> Result<Option<u64>, i32> {
+    // SAFETY: statx into a zeroed structure on this stack, on a
+    // NUL-terminated path.
+    unsafe {
+        let mut stx: libc::statx = std::mem::zeroed();
+        let rc = libc::statx(
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::AT_STATX_DONT_SYNC | libc::AT_SYMLINK_NOFOLLOW | libc::AT_NO_AUTOMOUNT,
+            libc::STATX_TYPE | libc::STATX_MNT_ID_UNIQUE,
+            &mut stx,
+        );
+        if rc != 0 {
+            return Err(errno());
+        }
+        Ok((stx.stx_mask & libc::STATX_MNT_ID_UNIQUE != 0).then_some(stx.stx_mnt_id))
+    }
+}
+
+/// Whether the file system at `mount.path` is still the daemon's: the
+/// same mount (its unique id), or on older kernels the same device number.
+/// A path that cannot be examined is taken to be the daemon's dead mount.
 fn still_ours(mount: &KeptMount) -> bool {
+    if let (Some(ours), Ok(Some(there))) = (mount.unique_id, unique_mount_id(&mount.path)) {
+        return ours == there;
+    }
     // SAFETY: statx into a zeroed structure on this stack.
     unsafe {
         let mut stx: libc::statx = std::mem::zeroed();

@@ -120,6 +120,10 @@ pub struct Confinement<'a> {
     pub pid_file: Option<&'a Path>,
     /// A directory in which a log may be reopened.
     pub log_dir: Option<&'a Path>,
+    /// The mounts' connections are kept by systemd's file descriptor store
+    /// (`nexus-mount@.service`): should the daemon die, the keeper leaves
+    /// the mounts for the daemon systemd restarts on them.
+    pub mounts_outlive_daemon: bool,
 }
 
 impl<'a> Confinement<'a> {
@@ -136,6 +140,7 @@ impl<'a> Confinement<'a> {
             socket: None,
             pid_file: None,
             log_dir: None,
+            mounts_outlive_daemon: false,
         }
     }
 
@@ -233,6 +238,15 @@ impl Confined {
                     Err(e) => tracing::warn!("unmounting mount {index} of this daemon: {e}"),
                 }
             }
+        }
+    }
+
+    /// The daemon handed its mounts to a successor (`nexus takeover`) and
+    /// exits: the keeper, if any, exits without unmounting anything, and
+    /// leaves the pid file the successor rewrote.
+    pub fn handed_over(&self) {
+        if let Some(keeper) = &self.keeper {
+            keeper.finish();
         }
     }
 
@@ -433,8 +447,10 @@ fn keeper_plan(c: &Confinement, root: bool, last_cap: u32) -> Result<KeeperPlan>
         .mounts
         .iter()
         .map(|path| {
+            let path_c = cstring(path)?;
             Ok(KeptMount {
-                path: cstring(path)?,
+                unique_id: keeper::unique_mount_id(&path_c).ok().flatten(),
+                path: path_c,
                 dev: mountinfo::mount_device(path)?,
             })
         })
@@ -485,6 +501,7 @@ fn keeper_plan(c: &Confinement, root: bool, last_cap: u32) -> Result<KeeperPlan>
         scratch,
         keep_caps,
         filter,
+        leave_mounts: c.mounts_outlive_daemon,
     })
 }
 

@@ -1,0 +1,88 @@
+//! A restart on live mounts: a daemon whose predecessor died (a crash, a
+//! kill) finds the predecessor's `/dev/fuse` descriptors in what systemd
+//! passes it from the unit's file descriptor store (`FDSTORE=1`, see
+//! `systemd`), and serves those mounts instead of mounting anew: the mount
+//! never disappeared, and the requests the dead daemon had read are sent
+//! again.
+//!
+//! What the dead daemon knew is lost with it: which inodes the kernel
+//! holds (so files of packages no generation holds any more, open in
+//! programs, read as gone until reopened, and gc does not keep them), and
+//! the numbers its Index gave. The Index cannot be served without those
+//! (a number would name another path), so its old mount is detached and a
+//! new one made: the Index alone disappears for a moment. A takeover
+//! (`nexus takeover`, `systemctl reload`) hands all of it over instead.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use nexus_fs::View;
+use nexus_fs::fuse;
+
+use super::serve::{Mounts, Settings};
+use super::{index, mounts, systemd};
+
+/// The mounts of `settings` adopted from descriptors systemd passed, or
+/// `None` when it passed none (or the mount they were for is gone).
+pub(super) fn mounts(view: &Arc<View>, settings: &Settings) -> Result<Option<Mounts>> {
+    let passed = systemd::passed_fds().context("reading the descriptors systemd passed")?;
+    let mut main_fd = None;
+    let mut index_fd = None;
+    for (fd, name) in passed {
+        match name.as_str() {
+            systemd::FUSE_FD_NAME => main_fd = Some(fd),
+            systemd::INDEX_FD_NAME => index_fd = Some(fd),
+            other => tracing::warn!("ignoring a descriptor named {other:?} from systemd"),
+        }
+    }
+    let Some(main_fd) = main_fd else {
+        if index_fd.is_some() {
+            systemd::remove_fd(systemd::INDEX_FD_NAME);
+        }
+        return Ok(None);
+    };
+    let mountpoint = &settings.mountpoint;
+    if !mounts::find_mount(mountpoint)?.is_some_and(|m| m.is_nexus()) {
+        tracing::warn!(
+            "systemd kept a mount's descriptor, but {} is no nexus mount now: mounting afresh",
+            mountpoint.display()
+        );
+        systemd::remove_fd(systemd::FUSE_FD_NAME);
+        systemd::remove_fd(systemd::INDEX_FD_NAME);
+        return Ok(None);
+    }
+    tracing::info!(
+        "resuming the live mount on {} that the previous daemon left",
+        mountpoint.display()
+    );
+    let main = fuse::adopt(view.clone(), &[], main_fd, mountpoint, &settings.mount);
+    let index = match &settings.index {
+        Some(dir) => {
+            if let Some(fd) = index_fd {
+                // Its numbers died with the old daemon: replace the mount.
+                if mounts::find_mount(dir)?.is_some_and(|m| m.is_nexus()) {
+                    fuse::detach(dir)
+                        .with_context(|| format!("detaching the old index on {}", dir.display()))?;
+                }
+                systemd::remove_fd(systemd::INDEX_FD_NAME);
+                drop(fd);
+                tracing::info!(
+                    "mounting the index on {} afresh: its numbers died with the previous daemon",
+                    dir.display()
+                );
+            }
+            Some(index::mount(
+                view.clone(),
+                mountpoint,
+                dir,
+                &settings.mount,
+            )?)
+        }
+        None => None,
+    };
+    Ok(Some(Mounts {
+        main,
+        index,
+        adopted: true,
+    }))
+}

@@ -1,0 +1,355 @@
+//! The successor's side: `nexus takeover MOUNTPOINT`.
+
+use std::io::Read;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use nexus_fs::View;
+use nexus_fs::fuse::{self, MountOptions};
+use nexus_fs::lookups::HeldInode;
+use nexus_store::runtime::ServedKind;
+
+use super::giver::{bind, peer};
+use super::wire;
+use super::{Envelope, HandedState, Message, Offer, socket_path};
+use crate::nexus::daemon::Ready;
+use crate::nexus::serve::{Daemon, Mounts, Settings};
+use crate::nexus::{index, logging, runtime_root, systemd};
+
+/// How long the old daemon may take to exit once it was told to.
+const EXIT_WAIT: Duration = Duration::from_secs(30);
+
+/// What `nexus takeover` was asked for.
+#[derive(Debug)]
+pub struct TakeoverRequest {
+    /// The store directory (absolute).
+    pub store: PathBuf,
+    /// The mount point (canonical).
+    pub mountpoint: PathBuf,
+    /// Log here instead of where the old daemon logged.
+    pub log_file: Option<PathBuf>,
+    /// `-v` count.
+    pub verbose: u8,
+    /// The new daemon's sandbox switches.
+    pub sandbox: crate::nexus::sandbox::SandboxArgs,
+}
+
+fn send(stream: &mut UnixStream, message: Message) -> Result<()> {
+    wire::send(stream, &Envelope::new(message), &[])?;
+    Ok(())
+}
+
+/// How long the old daemon may take to answer (it answers at once; only a
+/// stuck daemon takes longer).
+const ANSWER: Duration = Duration::from_secs(60);
+
+fn receive(stream: &mut UnixStream) -> Result<(Message, Vec<OwnedFd>)> {
+    let (envelope, fds): (Envelope, _) = wire::receive(stream, ANSWER)?;
+    Ok((envelope.open()?, fds))
+}
+
+/// The settings the old daemon served with, checked against what was
+/// asked.
+fn settings_of(offer: &Offer, request: &TakeoverRequest) -> Result<Settings> {
+    let mountpoint = PathBuf::from(&offer.mountpoint);
+    if mountpoint != request.mountpoint {
+        bail!(
+            "the daemon on the takeover socket serves {}, not {}",
+            mountpoint.display(),
+            request.mountpoint.display()
+        );
+    }
+    let store = PathBuf::from(&offer.store);
+    Ok(Settings {
+        mount: MountOptions {
+            allow_other: offer.allow_other,
+            threads: offer.threads.max(1),
+            suid: offer.suid,
+            source: store.clone(),
+        },
+        store,
+        mountpoint,
+        index: offer.index.as_ref().map(PathBuf::from),
+        generation: offer.fixed_generation,
+        cache_bytes: offer.cache_bytes,
+        pid_file: offer.pid_file.as_ref().map(PathBuf::from),
+        log_file: request
+            .log_file
+            .clone()
+            .or_else(|| offer.log_file.as_ref().map(PathBuf::from)),
+        image: None,
+        sandbox: request.sandbox.clone(),
+    })
+}
+
+/// Whether the peer on the takeover socket is the daemon serving the mount
+/// point: of our own user, or (confined, it serves as another) the process
+/// whose live runtime record names the mount point and that made the offer.
+fn check_daemon(stream: &UnixStream, offer: &Offer, settings: &Settings) -> Result<()> {
+    let (pid, uid) = peer(stream)?;
+    if uid == rustix::process::geteuid() {
+        return Ok(());
+    }
+    let records =
+        nexus_store::runtime::live(&settings.store).context("reading the runtime records")?;
+    let serving = records
+        .iter()
+        .any(|r| r.pid == pid && r.served.target == settings.mountpoint);
+    if pid != offer.pid || !serving {
+        bail!(
+            "the process on the takeover socket (pid {pid}, uid {}) is not the daemon serving {}",
+            uid.as_raw(),
+            settings.mountpoint.display()
+        );
+    }
+    Ok(())
+}
+
+/// For a live view: shows `generation` first (see `View::show_first`).
+fn show(view: &View, settings: &Settings, generation: Option<i64>) -> Result<()> {
+    if settings.generation.is_none() {
+        view.show_first(generation)
+            .context("loading the generation the old daemon shows")?;
+    }
+    Ok(())
+}
+
+/// Takes over the mounts at `request.mountpoint` from the daemon serving
+/// them and serves them until they are unmounted. `ready` (the parent's
+/// pipe) is told once this daemon serves.
+pub fn takeover(request: &TakeoverRequest, ready: Option<&mut Ready>) -> Result<()> {
+    let termination = crate::nexus::signals::watch()?;
+    let socket = socket_path(&request.store, &request.mountpoint);
+    let mut stream = UnixStream::connect(&socket).with_context(|| {
+        format!(
+            "no daemon of this store answers for {} on {} (is it mounted, by nexus with \
+             takeover support, from this store?)",
+            request.mountpoint.display(),
+            socket.display()
+        )
+    })?;
+    send(
+        &mut stream,
+        Message::Hello {
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        },
+    )?;
+    let offer = match receive(&mut stream)?.0 {
+        Message::Offer(offer) => offer,
+        Message::Refused { reason } => bail!("the daemon refused to hand over: {reason}"),
+        other => bail!("the daemon answered {other:?}"),
+    };
+    let settings = settings_of(&offer, request)?;
+    check_daemon(&stream, &offer, &settings)?;
+    logging::init(
+        request.verbose,
+        &logging::destination(settings.log_file.clone()),
+    )?;
+    tracing::info!(
+        "taking over {} from pid {} (nexus {})",
+        settings.mountpoint.display(),
+        offer.pid,
+        offer.version
+    );
+    // The slow part, while the old daemon still serves.
+    let view = Arc::new(crate::open::open_view(
+        &settings.store,
+        settings.view_options(),
+    )?);
+    show(&view, &settings, offer.shown_generation)?;
+    send(&mut stream, Message::Ready)?;
+    // From here the old daemon holds back what would change its state:
+    // be quick.
+    let (state, fds) = match receive(&mut stream)? {
+        (Message::State(state), fds) => (state, fds),
+        (Message::Refused { reason }, _) => bail!("the daemon refused to hand over: {reason}"),
+        (other, _) => bail!("the daemon answered {other:?}"),
+    };
+    let daemon = adopt(&settings, view, state, fds)?;
+    // Point of no return: tell systemd first who its main process will be,
+    // so that the old one's exit does not end the unit.
+    systemd::main_pid();
+    send(
+        &mut stream,
+        Message::Commit {
+            pid: std::process::id(),
+        },
+    )?;
+    wait_for_exit(&mut stream, offer.pid);
+    daemon.run(termination, ready)
+}
+
+/// Adopts the handed-over connections and state; returns the daemon ready
+/// to serve once the old one is gone.
+fn adopt(
+    settings: &Settings,
+    view: Arc<View>,
+    state: HandedState,
+    fds: Vec<OwnedFd>,
+) -> Result<Daemon> {
+    let wanted: Vec<&str> = if settings.index.is_some() {
+        vec!["fuse", "index"]
+    } else {
+        vec!["fuse"]
+    };
+    if state.fds != wanted || fds.len() != wanted.len() {
+        bail!(
+            "the daemon sent descriptors {:?} ({} attached), expected {wanted:?}",
+            state.fds,
+            fds.len()
+        );
+    }
+    if view.generation() != state.shown_generation {
+        show(&view, settings, state.shown_generation)?;
+    }
+    let held: Vec<HeldInode> = state
+        .held
+        .iter()
+        .map(super::WireHeld::held)
+        .collect::<Result<_>>()
+        .context("the inodes the kernel holds")?;
+    let mut fds = fds.into_iter();
+    let main_fd = fds.next().ok_or_else(|| anyhow!("no mount descriptor"))?;
+    let main = fuse::adopt(
+        view.clone(),
+        &held,
+        main_fd,
+        &settings.mountpoint,
+        &settings.mount,
+    );
+    let index = match &settings.index {
+        Some(dir) => {
+            let paths = state
+                .index_paths
+                .iter()
+                .map(hex::decode)
+                .collect::<Result<Vec<_>, _>>()
+                .context("the index's numbers")?;
+            let fd = fds.next().ok_or_else(|| anyhow!("no index descriptor"))?;
+            Some(index::adopt(
+                view.clone(),
+                &settings.mountpoint,
+                dir,
+                &settings.mount,
+                fd,
+                paths,
+            )?)
+        }
+        None => None,
+    };
+    // Recorded before the old daemon withdraws its record, with the
+    // packages the kernel holds: gc keeps them throughout.
+    let record = runtime_root::announce(
+        &settings.store,
+        ServedKind::Mount,
+        &settings.mountpoint,
+        view.clone(),
+    )?;
+    if let Some(pid_file) = &settings.pid_file {
+        crate::nexus::serve::write_pid_file(pid_file)
+            .with_context(|| format!("writing {}", pid_file.display()))?;
+    }
+    // This daemon's own takeover socket, moved into place once the old
+    // daemon (whose socket it replaces) is gone.
+    let path = socket_path(&settings.store, &settings.mountpoint);
+    let temporary = path.with_extension(format!("sock.{}", std::process::id()));
+    let listener = bind(&temporary)?;
+    Ok(Daemon {
+        settings: settings.clone(),
+        store_dir: settings.store.clone(),
+        scratch: None,
+        view,
+        mounts: Mounts {
+            main,
+            index,
+            adopted: true,
+        },
+        record: Some(record),
+        takeover: Some((listener, temporary)),
+    })
+}
+
+/// Waits until the old daemon (`pid`) has exited: its end of the socket
+/// closes only once all its threads are gone, so none of them can read or
+/// answer a request any more.
+fn wait_for_exit(stream: &mut UnixStream, pid: u32) {
+    let _ = stream.set_read_timeout(Some(EXIT_WAIT));
+    let mut byte = [0u8; 1];
+    loop {
+        match stream.read(&mut byte) {
+            Ok(0) => return,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                tracing::warn!(
+                    "the old daemon (pid {pid}) did not exit within {EXIT_WAIT:?} ({e}); \
+                     serving anyway"
+                );
+                return;
+            }
+        }
+    }
+}
+
+/// The mount point of `path` if a nexus mount is there, for `nexus
+/// takeover`'s argument.
+pub fn canonical_mountpoint(path: &Path) -> Result<PathBuf> {
+    let canonical =
+        std::fs::canonicalize(path).with_context(|| format!("mount point {}", path.display()))?;
+    match crate::nexus::mounts::find_mount(&canonical)? {
+        Some(m) if m.is_nexus() => Ok(canonical),
+        Some(m) => bail!(
+            "{} is a {} mount, not a nexus mount",
+            canonical.display(),
+            m.fs_type
+        ),
+        None => bail!("{} is not a mount point", canonical.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nexus_fs::GenerationChoice;
+
+    #[test]
+    fn an_offer_for_another_mount_point_is_refused() {
+        let offer = Offer {
+            pid: 1,
+            version: "0".into(),
+            store: "/var/lib/nexus".into(),
+            mountpoint: "/Programs".into(),
+            index: Some("/System/Index".into()),
+            fixed_generation: None,
+            shown_generation: Some(3),
+            allow_other: true,
+            suid: true,
+            threads: 4,
+            cache_bytes: 1 << 20,
+            pid_file: None,
+            log_file: Some("/var/log/nexus.log".into()),
+        };
+        let mut request = TakeoverRequest {
+            store: "/var/lib/nexus".into(),
+            mountpoint: "/mnt".into(),
+            log_file: None,
+            verbose: 0,
+            sandbox: Default::default(),
+        };
+        assert!(settings_of(&offer, &request).is_err());
+        request.mountpoint = "/Programs".into();
+        let settings = settings_of(&offer, &request).unwrap();
+        assert_eq!(settings.index.as_deref(), Some(Path::new("/System/Index")));
+        assert_eq!(
+            settings.log_file.as_deref(),
+            Some(Path::new("/var/log/nexus.log"))
+        );
+        assert!(settings.mount.allow_other && settings.mount.suid);
+        assert_eq!(settings.view_options().generation, GenerationChoice::Live);
+    }
+}

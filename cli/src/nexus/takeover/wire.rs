@@ -1,0 +1,213 @@
+//! The takeover socket's framing (FORMAT.md, "Takeover protocol"): each
+//! message is a 4-byte big-endian length and that many bytes of JSON; the
+//! descriptors a message carries (`SCM_RIGHTS`) come with its first byte.
+//!
+//! Receiving waits at most a given time, with `poll` rather than a socket
+//! timeout: a confined daemon may not `setsockopt` (`sandbox`).
+
+use std::io::{self, IoSlice, IoSliceMut, Read, Write};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// The largest message accepted: a daemon's lookup table of a few million
+/// inodes fits; a peer cannot make the other side allocate more.
+pub const MAX_MESSAGE: u32 = 256 << 20;
+/// The most descriptors one message may carry (a mount and its Index).
+pub const MAX_FDS: usize = 4;
+
+/// Sends `message`, with `fds` attached.
+pub fn send<T: Serialize>(
+    stream: &mut UnixStream,
+    message: &T,
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<()> {
+    let body = serde_json::to_vec(message).map_err(io::Error::other)?;
+    let len = u32::try_from(body.len())
+        .ok()
+        .filter(|&n| n <= MAX_MESSAGE)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "message too large"))?;
+    let header = len.to_be_bytes();
+    if fds.len() > MAX_FDS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "too many descriptors for one message",
+        ));
+    }
+    // The descriptors go with the header, in one sendmsg that must take at
+    // least its first byte.
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(io::Error::other("no room for the descriptors"));
+    }
+    let sent = loop {
+        match rustix::net::sendmsg(
+            stream.as_fd(),
+            &[IoSlice::new(&header)],
+            &mut control,
+            SendFlags::NOSIGNAL,
+        ) {
+            Ok(n) => break n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    stream.write_all(&header[sent..])?;
+    stream.write_all(&body)?;
+    stream.flush()
+}
+
+/// Waits until `stream` has something to read (or its peer went) by
+/// `deadline`; `TimedOut` after it.
+pub fn wait_readable(stream: &UnixStream, deadline: Instant) -> io::Result<()> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let millis = i32::try_from(left.as_millis().max(1)).unwrap_or(i32::MAX);
+        let mut poll = libc::pollfd {
+            fd: std::os::fd::AsRawFd::as_raw_fd(stream),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one pollfd we own, for a descriptor `stream` keeps open.
+        match unsafe { libc::poll(&mut poll, 1, millis) } {
+            n if n > 0 => return Ok(()),
+            0 if Instant::now() >= deadline => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the other side did not answer in time",
+                ));
+            }
+            0 => continue,
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+/// Reads exactly `buf.len()` bytes by `deadline`.
+fn read_exact_by(stream: &mut UnixStream, buf: &mut [u8], deadline: Instant) -> io::Result<()> {
+    let mut got = 0;
+    while got < buf.len() {
+        wait_readable(stream, deadline)?;
+        match stream.read(&mut buf[got..]) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Receives one message and the descriptors that came with it, waiting at
+/// most `timeout`. An orderly end of the stream before a message is
+/// `UnexpectedEof`.
+pub fn receive<T: DeserializeOwned>(
+    stream: &mut UnixStream,
+    timeout: Duration,
+) -> io::Result<(T, Vec<OwnedFd>)> {
+    let deadline = Instant::now() + timeout;
+    let mut header = [0u8; 4];
+    let mut fds = Vec::new();
+    let mut got = 0;
+    while got < header.len() {
+        wait_readable(stream, deadline)?;
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let received = match rustix::net::recvmsg(
+            stream.as_fd(),
+            &mut [IoSliceMut::new(&mut header[got..])],
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC,
+        ) {
+            Ok(r) => r,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        for message in control.drain() {
+            if let RecvAncillaryMessage::ScmRights(received) = message {
+                fds.extend(received);
+            }
+        }
+        if received.bytes == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the other side closed the connection",
+            ));
+        }
+        if received.flags.contains(rustix::net::ReturnFlags::CTRUNC) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "more descriptors than a message may carry",
+            ));
+        }
+        got += received.bytes;
+    }
+    let len = u32::from_be_bytes(header);
+    if len > MAX_MESSAGE {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("a message of {len} bytes (at most {MAX_MESSAGE})"),
+        ));
+    }
+    let mut body = vec![0u8; len as usize];
+    read_exact_by(stream, &mut body, deadline)?;
+    let message =
+        serde_json::from_slice(&body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    Ok((message, fds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn messages_and_descriptors_cross_in_order() {
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        let file = tempfile::tempfile().unwrap();
+        send(&mut a, &serde_json::json!({"n": 1}), &[file.as_fd()]).unwrap();
+        send(&mut a, &serde_json::json!({"n": 2}), &[]).unwrap();
+        let (first, fds): (serde_json::Value, _) = receive(&mut b, Duration::from_secs(5)).unwrap();
+        assert_eq!(first["n"], 1);
+        assert_eq!(fds.len(), 1);
+        assert_ne!(fds[0].as_raw_fd(), file.as_raw_fd());
+        let (second, fds): (serde_json::Value, _) =
+            receive(&mut b, Duration::from_secs(5)).unwrap();
+        assert_eq!(second["n"], 2);
+        assert!(fds.is_empty());
+        drop(a);
+        let end = receive::<serde_json::Value>(&mut b, Duration::from_secs(5)).unwrap_err();
+        assert_eq!(end.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
+    fn a_silent_peer_times_out() {
+        let (_a, mut b) = UnixStream::pair().unwrap();
+        let started = Instant::now();
+        let err = receive::<serde_json::Value>(&mut b, Duration::from_millis(200)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= Duration::from_millis(200));
+    }
+
+    #[test]
+    fn an_oversized_length_is_refused_before_allocating() {
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        a.write_all(&u32::MAX.to_be_bytes()).unwrap();
+        let err = receive::<serde_json::Value>(&mut b, Duration::from_secs(5)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+}
