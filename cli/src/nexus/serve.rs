@@ -143,7 +143,7 @@ pub fn serve(request: &Request, ready: Option<&mut Ready>) -> Result<()> {
         }
         None => (request.store.clone(), None),
     };
-    let view = crate::open::open_view(&store_dir, options)?;
+    let (view, source) = crate::open::open_view_and_source(&store_dir, options)?;
     let view = Arc::new(view);
     // What gc must keep while this mount runs (an image's scratch store
     // needs no keeping). Removed when serving ends.
@@ -184,6 +184,7 @@ pub fn serve(request: &Request, ready: Option<&mut Ready>) -> Result<()> {
             records: served.is_some(),
             mounts,
             pid_file: request.pid_file.as_deref(),
+            remote: Some(&source),
             ..Confinement::new(&request.sandbox, Daemon::Mount, &store_dir)
         }
         .serving_image(

@@ -56,7 +56,7 @@ pub fn serve(request: &Request) -> Result<()> {
         }
         None => (request.store.clone(), None),
     };
-    let view = crate::open::open_view(&store_dir, options)?;
+    let (view, source) = crate::open::open_view_and_source(&store_dir, options)?;
     let view = Arc::new(view);
     // What gc must keep while guests are served (not for an image);
     // removed on termination, by the signal thread that owns it.
@@ -74,6 +74,7 @@ pub fn serve(request: &Request) -> Result<()> {
         &Confinement {
             records: served.is_some(),
             socket: Some(&socket),
+            remote: Some(&source),
             ..Confinement::new(&request.sandbox, Daemon::VirtioFs, &store_dir)
         }
         .serving_image(
