@@ -5,6 +5,7 @@
 //! publishers killed mid-write, servers frozen and killed mid-read, bytes
 //! altered on the server, old and expired manifests served again.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -380,6 +381,98 @@ fn mirrored(label: &str, timeout: &str) -> Mirrored {
         subscriber,
         key,
     }
+}
+
+/// A selftest report (`--sandbox-selftest`) once its probe `last` is in:
+/// probe name → outcome.
+fn selftest_report(path: &Path, last: &str) -> BTreeMap<String, serde_json::Value> {
+    let marker = format!("\"{last}\"");
+    assert!(
+        wait_for(Duration::from_secs(20), || fs::read_to_string(path)
+            .is_ok_and(|t| t.contains(&marker))),
+        "no complete selftest report at {}",
+        path.display()
+    );
+    fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["probe"].as_str().unwrap().to_string(), v)
+        })
+        .collect()
+}
+
+/// Asserts that `probe` was refused by the sandbox (EACCES from Landlock,
+/// EPERM from seccomp), not failed by accident (ECONNREFUSED, ENOENT).
+fn assert_refused(report: &BTreeMap<String, serde_json::Value>, who: &str, probe: &str) {
+    let outcome = report
+        .get(probe)
+        .unwrap_or_else(|| panic!("the {who} selftest did not try {probe}: {report:?}"));
+    assert_eq!(
+        outcome["allowed"], false,
+        "the {who} could {probe}: {outcome}"
+    );
+    let errno = outcome["errno"].as_i64().unwrap() as i32;
+    assert!(
+        [libc::EACCES, libc::EPERM].contains(&errno),
+        "{who}: {probe} failed, but not because it was refused: {outcome}"
+    );
+}
+
+#[test]
+fn a_store_with_remotes_keeps_its_daemon_off_the_network_and_its_fetcher_to_the_remotes_port() {
+    if !is_root() {
+        eprintln!("skipped: mounting needs root");
+        return;
+    }
+    let m = mirrored("remote-sandbox", "5");
+    let report = m.scratch.join("selftest");
+    let mount = Mount::start(
+        m.subscriber.path(),
+        &m.scratch.join("mnt"),
+        &["--sandbox-selftest", report.to_str().unwrap()],
+    );
+    // Served through the fetcher, cached by the daemon.
+    let data = fs::read(mount.join("one/Current/data")).expect("read from the remote");
+    assert_eq!(data.len(), 3 << 20);
+    assert!(
+        cached_bytes(&m.subscriber) > 0,
+        "the daemon caches what it fetched"
+    );
+
+    // The daemon: no network at all, its block cache writable.
+    let daemon = selftest_report(&report, "spawn-thread");
+    assert_refused(&daemon, "daemon", "socket-inet");
+    assert_refused(&daemon, "daemon", "connect-unix");
+    assert_eq!(daemon["write-remote-cache"]["allowed"], true, "{daemon:?}");
+
+    // The fetcher: the remote's port and nothing else; no store file.
+    let mut fetcher_report = report.into_os_string();
+    fetcher_report.push(".fetcher");
+    let fetcher = selftest_report(Path::new(&fetcher_report), "mmap-exec");
+    assert_eq!(
+        fetcher["connect-tcp-remote-port"]["allowed"],
+        true,
+        "the fetcher reaches nginx on {}: {fetcher:?}",
+        m.nginx.port()
+    );
+    for probe in [
+        "connect-tcp-other-port",
+        "read-catalog",
+        "read-etc-shadow",
+        "create-in-tmp",
+        "socket-unix",
+        "fork",
+        "execve",
+        "ptrace-init",
+        "setuid-root",
+        "kill-init",
+        "mmap-exec",
+    ] {
+        assert_refused(&fetcher, "fetcher", probe);
+    }
+    mount.umount();
 }
 
 #[test]

@@ -48,6 +48,12 @@ pub fn open_store(dir: &Path) -> Result<Store> {
 
 /// Opens a view of the store in `dir`.
 pub fn open_view(dir: &Path, options: ViewOptions) -> Result<View> {
+    open_view_and_source(dir, options).map(|(view, _)| view)
+}
+
+/// Opens a view of the store in `dir`, and returns its pack source too (a
+/// daemon tells it how to reach remotes once confined).
+pub fn open_view_and_source(dir: &Path, options: ViewOptions) -> Result<(View, Arc<RemotePacks>)> {
     let view_error = |e: ViewError| {
         let hint = matches!(e, ViewError::Store(StoreError::NotAStore { .. }));
         anyhow::Error::new(e).context(context(dir, hint))
@@ -64,8 +70,9 @@ pub fn open_view(dir: &Path, options: ViewOptions) -> Result<View> {
             connections: options.connections,
             snapshots: true,
         },
-        source,
+        source.clone(),
     )
     .map_err(|e| store_error(dir, e))?;
-    View::with_reader(Arc::new(reader), options.generation).map_err(view_error)
+    let view = View::with_reader(Arc::new(reader), options.generation).map_err(view_error)?;
+    Ok((view, source))
 }

@@ -11,6 +11,8 @@
 //! - [`meta`] — the metadata object (an image body and a pack table);
 //! - [`publish`] — objects first, the manifest last, conditionally;
 //! - [`pull`] — the manifest and metadata checked, then one commit;
+//! - [`fetcher`] — remote reads from a separate fetcher process, for a
+//!   confined daemon that has no network;
 //! - [`cache`] — the bounded on-disk cache of verified blocks;
 //! - [`source`] — [`RemotePacks`], the pack source a store with remotes
 //!   is read through (local packs, then the cache, then the remote);
@@ -24,6 +26,7 @@
 pub mod cache;
 pub mod client;
 pub mod error;
+pub mod fetcher;
 pub mod location;
 pub mod manifest;
 pub mod meta;

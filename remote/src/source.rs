@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use nexus_store::catalog::{Catalog, RemoteRow};
@@ -30,8 +30,7 @@ use nexus_store::{CATALOG_FILE, PACKS_DIR};
 use nexus_store::{Result, StoreError};
 
 use crate::cache::DiskCache;
-use crate::client::{Client, Timeouts};
-use crate::location::{Endpoint, Location};
+use crate::fetcher::{Clients, FetcherLink};
 use crate::settings::RemoteSettings;
 
 /// How long a remote that failed a read is treated as unreachable.
@@ -67,12 +66,14 @@ pub struct RemotePacks {
     local: LocalPacks,
     catalog: Mutex<Catalog>,
     cache: DiskCache,
-    timeouts: Timeouts,
     /// Pack name → its remote (packs are never renamed, and a pack's
     /// remote changes only when another remote is pulled from, which is
     /// still a remote serving the same bytes).
     remotes_of: Mutex<HashMap<String, Arc<RemoteRow>>>,
-    clients: Mutex<HashMap<i64, Arc<Client>>>,
+    clients: Clients,
+    /// The fetcher process remote reads go through, once set (a
+    /// confined daemon has no network of its own).
+    link: OnceLock<FetcherLink>,
     health: Mutex<HashMap<i64, Health>>,
     inflight: Mutex<HashMap<(String, u64, usize), Inflight>>,
     counters: Arc<Counters>,
@@ -98,9 +99,9 @@ impl RemotePacks {
             local: LocalPacks::new(&store_dir.join(PACKS_DIR)),
             catalog: Mutex::new(catalog),
             cache,
-            timeouts: settings.timeouts(),
             remotes_of: Mutex::new(HashMap::new()),
-            clients: Mutex::new(HashMap::new()),
+            clients: Clients::new(settings.timeouts()),
+            link: OnceLock::new(),
             health: Mutex::new(HashMap::new()),
             inflight: Mutex::new(HashMap::new()),
             counters: Arc::default(),
@@ -137,26 +138,21 @@ impl RemotePacks {
         Ok(found)
     }
 
-    fn client(&self, remote: &RemoteRow) -> Result<Arc<Client>> {
-        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = clients.get(&remote.id) {
-            return Ok(c.clone());
-        }
-        let failed = |why: String| StoreError::Remote {
-            pack: String::new(),
-            remote: remote.name.clone(),
-            reason: why,
-        };
-        let endpoint = Endpoint {
-            name: remote.name.clone(),
-            location: Location::parse(&remote.url).map_err(|e| failed(e.to_string()))?,
-            endpoint: remote.endpoint.clone(),
-            region: remote.region.clone(),
-        };
-        let client =
-            Arc::new(Client::open(&endpoint, self.timeouts).map_err(|e| failed(e.to_string()))?);
-        clients.insert(remote.id, client.clone());
-        Ok(client)
+    /// The deadlines of its remote reads.
+    pub fn timeouts(&self) -> crate::client::Timeouts {
+        self.clients.timeouts()
+    }
+
+    /// The remotes the catalog lists now.
+    pub fn remotes(&self) -> Result<Vec<RemoteRow>> {
+        self.catalog().remotes()
+    }
+
+    /// From now on, reads from remotes go through the fetcher process at
+    /// the other end of `link` (module [`crate::fetcher`]). Only the first
+    /// call counts.
+    pub fn fetch_through(&self, link: FetcherLink) {
+        let _ = self.link.set(link);
     }
 
     /// Fails at once while `remote` is marked unreachable.
@@ -202,9 +198,11 @@ impl RemotePacks {
     /// verifies them as the block the catalog places there, caches them.
     fn fetch(&self, remote: &RemoteRow, pack: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.check_online(remote, pack)?;
-        let client = self.client(remote)?;
         let range = offset..offset + buf.len() as u64;
-        let fetched = client.get_range(&format!("packs/{pack}"), range);
+        let fetched = match self.link.get() {
+            Some(link) => link.get_range(remote, pack, range),
+            None => self.clients.get_range(remote, pack, range),
+        };
         let bytes = match fetched {
             Ok(bytes) => bytes,
             Err(e) => {
@@ -309,6 +307,15 @@ impl RemotePacks {
     /// True when the block is in the local packs or the cache (no read).
     pub fn is_local(&self, pack: &str, offset: u64, len: usize) -> Result<bool> {
         Ok(self.remote_of(pack)?.is_none() || self.cache.contains(pack, offset, len))
+    }
+}
+
+impl std::fmt::Debug for RemotePacks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemotePacks")
+            .field("store_dir", &self.store_dir)
+            .field("through_fetcher", &self.link.get().is_some())
+            .finish_non_exhaustive()
     }
 }
 

@@ -439,6 +439,18 @@ and mounts it with: mount -t virtiofs -o ro programs /Programs")]
     /// Build a system profile into a generation (and a signed image).
     #[command(long_about = build::LONG_ABOUT)]
     Build(build::BuildArgs),
+
+    /// Internal: the remote fetcher a mount or virtio-fs daemon starts for
+    /// a store with remotes (reads remotes on the confined daemon's
+    /// behalf, over the descriptors it inherits).
+    #[command(hide = true)]
+    RemoteFetcher {
+        /// A connection inherited from the daemon (repeated).
+        #[arg(long = "fd", value_name = "N", required = true)]
+        fds: Vec<i32>,
+        #[command(flatten)]
+        sandbox: sandbox::SandboxArgs,
+    },
 }
 
 /// `--image FILE` and what it may let through, as `mount`, `serve` and
@@ -812,6 +824,10 @@ pub fn run(cli: Cli) -> Result<i32> {
             status::run(&store, &cache, json)
         }
         Command::Config(command) => crate::config_cmd::run(&settings, command),
+        Command::RemoteFetcher { fds, sandbox } => {
+            init_logging(cli.verbose, None);
+            sandbox::serve_fetcher(&sandbox, &store, &fds).map(|()| 0)
+        }
         Command::Key(command) => {
             init_logging(cli.verbose);
             crate::keys::run(&keys, command)

@@ -210,7 +210,8 @@ pub fn serve(request: &Request, ready: Option<&mut Ready>) -> Result<()> {
         None => (request.store.clone(), None),
     };
     // The view.
-    let view = Arc::new(crate::open::open_view(&store_dir, settings.view_options())?);
+    let (view, source) = crate::open::open_view_and_source(&store_dir, settings.view_options())?;
+    let view = Arc::new(view);
     // What gc must keep while this mount runs (an image's scratch store
     // needs no keeping). Removed when serving ends.
     let record = request
@@ -232,6 +233,7 @@ pub fn serve(request: &Request, ready: Option<&mut Ready>) -> Result<()> {
         store_dir,
         scratch,
         view,
+        source,
         mounts,
         record,
         takeover: None,
@@ -269,6 +271,9 @@ pub(super) struct Daemon {
     pub scratch: Option<tempfile::TempDir>,
     /// Its view.
     pub view: Arc<View>,
+    /// The view's pack source (told, when confined, to reach remotes
+    /// through a fetcher process).
+    pub source: Arc<nexus_remote::RemotePacks>,
     /// Its mounts.
     pub mounts: Mounts,
     /// Its runtime record (none for an image).
@@ -289,6 +294,7 @@ impl Daemon {
             store_dir,
             scratch,
             view,
+            source,
             mounts,
             record,
             takeover,
@@ -352,6 +358,7 @@ impl Daemon {
                 pid_file: settings.pid_file.as_deref(),
                 log_dir,
                 mounts_outlive_daemon: stored,
+                remote: Some(&source),
                 ..Confinement::new(&settings.sandbox, sandbox::Daemon::Mount, &store_dir)
                     .serving_image(
                         settings.image.as_deref(),

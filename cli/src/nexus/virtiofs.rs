@@ -114,7 +114,7 @@ pub fn serve(request: Request) -> Result<()> {
         }
         None => (request.store.clone(), None),
     };
-    let view = crate::open::open_view(&store_dir, options)?;
+    let (view, source) = crate::open::open_view_and_source(&store_dir, options)?;
     let view = Arc::new(view);
     // The socket: bound here (a stale socket file is replaced; it is
     // removed when serving ends), or given (then it is not ours).
@@ -135,6 +135,7 @@ pub fn serve(request: Request) -> Result<()> {
         &Confinement {
             records: served.is_some(),
             socket: Some(&socket),
+            remote: Some(&source),
             ..Confinement::new(&request.sandbox, Daemon::VirtioFs, &store_dir)
         }
         .serving_image(

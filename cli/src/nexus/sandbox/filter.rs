@@ -86,22 +86,109 @@ const LEGACY: &[libc::c_long] = &[];
 /// threads with `clone3` and falls back to `clone`, whose flags a filter
 /// can check, on `ENOSYS` only. The allowlist lets a filter be added:
 /// another filter can only forbid more.)
-pub(super) fn server(daemon: Daemon) -> Result<Vec<BpfProgram>, seccompiler::BackendError> {
+///
+/// `remote_cache`: the store has remotes, whose verified blocks the
+/// daemon caches (directories made and removed, a block's time refreshed
+/// through its open descriptor).
+pub(super) fn server(
+    daemon: Daemon,
+    remote_cache: bool,
+) -> Result<Vec<BpfProgram>, seccompiler::BackendError> {
+    Ok(vec![
+        daemon_allowlist(daemon, remote_cache)?,
+        clone3_enosys()?,
+    ])
+}
+
+/// The remote fetcher's filters (module `fetcher`), in the same order:
+/// what threads, memory and reading files need, as the daemon's, and
+/// Internet sockets instead of Unix ones.
+pub(super) fn fetcher() -> Result<Vec<BpfProgram>, seccompiler::BackendError> {
+    let mut rules = Rules::new();
+    common(&mut rules);
+    allow_when(
+        &mut rules,
+        libc::SYS_ioctl,
+        [libc::FIONBIO, libc::FIOCLEX, libc::FIONREAD, libc::TCGETS]
+            .into_iter()
+            .map(|op| when(vec![arg(1, SeccompCmpOp::Eq, op)]))
+            .collect(),
+    );
+    // TCP to the remotes (Landlock names the ports), UDP for DNS; no Unix
+    // socket (nothing local to reach) and no netlink (glibc's resolver
+    // does without).
+    let type_mask = !((libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK) as u64) & 0xffff_ffff;
+    let mut sockets = Vec::new();
+    for family in [libc::AF_INET, libc::AF_INET6] {
+        for kind in [libc::SOCK_STREAM, libc::SOCK_DGRAM] {
+            sockets.push(when(vec![
+                arg(0, SeccompCmpOp::Eq, family as u64),
+                arg(1, SeccompCmpOp::MaskedEq(type_mask), kind as u64),
+            ]));
+        }
+    }
+    allow_when(&mut rules, libc::SYS_socket, sockets);
+    allow(
+        &mut rules,
+        &[
+            libc::SYS_connect,
+            libc::SYS_setsockopt,
+            libc::SYS_getsockopt,
+            libc::SYS_getsockname,
+            libc::SYS_getpeername,
+            libc::SYS_sendto,
+            libc::SYS_recvfrom,
+            libc::SYS_sendmsg,
+            libc::SYS_recvmsg,
+            libc::SYS_sendmmsg,
+            libc::SYS_recvmmsg,
+            libc::SYS_shutdown,
+            libc::SYS_uname,
+        ],
+    );
+    Ok(vec![allowlist(rules)?, clone3_enosys()?])
+}
+
+/// The filter making `clone3` fail with `ENOSYS`.
+fn clone3_enosys() -> Result<BpfProgram, seccompiler::BackendError> {
     let mut clone3 = Rules::new();
     allow(&mut clone3, &[libc::SYS_clone3]);
-    let clone3 = compile(
+    compile(
         clone3,
         SeccompAction::Allow,
         SeccompAction::Errno(libc::ENOSYS as u32),
-    )?;
-    Ok(vec![daemon_allowlist(daemon)?, clone3])
+    )
 }
 
-fn daemon_allowlist(daemon: Daemon) -> Result<BpfProgram, seccompiler::BackendError> {
+fn daemon_allowlist(
+    daemon: Daemon,
+    remote_cache: bool,
+) -> Result<BpfProgram, seccompiler::BackendError> {
     let mut rules = Rules::new();
+    common(&mut rules);
+    if remote_cache {
+        // Landlock confines these to the cache directory.
+        allow(&mut rules, &[libc::SYS_mkdirat]);
+        #[cfg(target_arch = "x86_64")]
+        allow(&mut rules, &[libc::SYS_mkdir, libc::SYS_rmdir]);
+        // futimens only (no path): the times of a file already open.
+        allow_when(
+            &mut rules,
+            libc::SYS_utimensat,
+            vec![when(vec![arg(1, SeccompCmpOp::Eq, 0)])],
+        );
+    }
+    daemon_sockets(&mut rules, daemon);
+    allowlist(rules)
+}
+
+/// What every confined process of ours calls: memory, threads, time,
+/// signals to itself, and reading and writing the files Landlock lets it
+/// open.
+fn common(rules: &mut Rules) {
     // Memory, threads, time, signals to itself, randomness.
     allow(
-        &mut rules,
+        rules,
         &[
             libc::SYS_brk,
             libc::SYS_munmap,
@@ -138,7 +225,7 @@ fn daemon_allowlist(daemon: Daemon) -> Result<BpfProgram, seccompiler::BackendEr
     );
     // Adding a filter (the clone3 one, after this).
     allow_when(
-        &mut rules,
+        rules,
         libc::SYS_seccomp,
         vec![when(vec![arg(
             0,
@@ -154,20 +241,20 @@ fn daemon_allowlist(daemon: Daemon) -> Result<BpfProgram, seccompiler::BackendEr
             0,
         )])]
     };
-    allow_when(&mut rules, libc::SYS_mmap, no_exec());
-    allow_when(&mut rules, libc::SYS_mprotect, no_exec());
+    allow_when(rules, libc::SYS_mmap, no_exec());
+    allow_when(rules, libc::SYS_mprotect, no_exec());
     // Threads, never processes. clone3's flags are in memory a filter
     // cannot read: ENOSYS makes glibc fall back to clone, whose it can.
     let thread = libc::CLONE_THREAD as u64;
     allow_when(
-        &mut rules,
+        rules,
         libc::SYS_clone,
         vec![when(vec![arg(0, SeccompCmpOp::MaskedEq(thread), thread)])],
     );
     // Thread names, and no_new_privs (set already; seccompiler sets it
     // again before adding a filter).
     allow_when(
-        &mut rules,
+        rules,
         libc::SYS_prctl,
         [
             libc::PR_SET_NAME,
@@ -182,20 +269,20 @@ fn daemon_allowlist(daemon: Daemon) -> Result<BpfProgram, seccompiler::BackendEr
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() } as u64;
     allow_when(
-        &mut rules,
+        rules,
         libc::SYS_tgkill,
         vec![when(vec![arg(0, SeccompCmpOp::Eq, pid)])],
     );
     // Limits may be read, not raised.
     allow_when(
-        &mut rules,
+        rules,
         libc::SYS_prlimit64,
         vec![when(vec![arg(2, SeccompCmpOp::Eq, 0)])],
     );
     // Files: Landlock decides which; these only read and write them, take
     // SQLite's and the runtime record's locks, and replace records.
     allow(
-        &mut rules,
+        rules,
         &[
             libc::SYS_openat,
             libc::SYS_close,
@@ -233,7 +320,11 @@ fn daemon_allowlist(daemon: Daemon) -> Result<BpfProgram, seccompiler::BackendEr
             libc::SYS_epoll_pwait,
         ],
     );
-    allow(&mut rules, LEGACY);
+    allow(rules, LEGACY);
+}
+
+/// The daemon's ioctls and Unix sockets.
+fn daemon_sockets(rules: &mut Rules, daemon: Daemon) {
     // Descriptor flags and terminals only; the FUSE device's clone.
     let mut ioctls = vec![
         when(vec![arg(1, SeccompCmpOp::Eq, libc::FIONBIO)]),
@@ -243,13 +334,13 @@ fn daemon_allowlist(daemon: Daemon) -> Result<BpfProgram, seccompiler::BackendEr
     if daemon == Daemon::Mount {
         ioctls.push(when(vec![arg(1, SeccompCmpOp::Eq, FUSE_DEV_IOC_CLONE)]));
     }
-    allow_when(&mut rules, libc::SYS_ioctl, ioctls);
+    allow_when(rules, libc::SYS_ioctl, ioctls);
     // Unix stream and seqpacket sockets that listen and accept (guests,
     // a taking-over daemon) or are already connected; never `connect`,
     // and `sendto` only without an address, so nothing outside reaches.
     let type_mask = !((libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK) as u64) & 0xffff_ffff;
     allow_when(
-        &mut rules,
+        rules,
         libc::SYS_socket,
         [libc::SOCK_STREAM, libc::SOCK_SEQPACKET]
             .into_iter()
@@ -262,7 +353,7 @@ fn daemon_allowlist(daemon: Daemon) -> Result<BpfProgram, seccompiler::BackendEr
             .collect(),
     );
     allow(
-        &mut rules,
+        rules,
         &[
             libc::SYS_bind,
             libc::SYS_listen,
@@ -278,11 +369,10 @@ fn daemon_allowlist(daemon: Daemon) -> Result<BpfProgram, seccompiler::BackendEr
         ],
     );
     allow_when(
-        &mut rules,
+        rules,
         libc::SYS_sendto,
         vec![when(vec![arg(4, SeccompCmpOp::Eq, 0)])],
     );
-    allowlist(rules)
 }
 
 /// The keeper's filter (module `keeper`): its requests, unmounting,
@@ -318,8 +408,9 @@ mod tests {
 
     #[test]
     fn both_filters_compile() {
-        assert_eq!(server(Daemon::Mount).unwrap().len(), 2);
-        assert_eq!(server(Daemon::VirtioFs).unwrap().len(), 2);
+        assert_eq!(server(Daemon::Mount, false).unwrap().len(), 2);
+        assert_eq!(server(Daemon::VirtioFs, true).unwrap().len(), 2);
+        assert_eq!(fetcher().unwrap().len(), 2);
         assert!(!keeper().unwrap().is_empty());
     }
 }

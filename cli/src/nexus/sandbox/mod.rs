@@ -27,6 +27,11 @@
 //!   to itself only); anything else fails with `EPERM`.
 //! - **`no_new_privs`**, and as root new **network and IPC namespaces**
 //!   (empty: no interface, not even loopback).
+//! - **Remotes** ([`fetcher`]): a store with remotes keeps this network-less
+//!   confinement; a fetcher process, started just before and confined on
+//!   its own (TCP to the remotes' ports, no store file), reads remotes for
+//!   it. The daemon only gains its block cache, `STORE/remote-cache`
+//!   (make, write, rename and remove files and directories there).
 //!
 //! Not used, and why: a mount namespace with `pivot_root` into the store
 //! (virtiofsd's model) would have to rebuild, at the same absolute paths,
@@ -60,6 +65,7 @@
 //! - `--no-sandbox` turns all of this off, loudly, for debugging.
 
 mod args;
+mod fetcher;
 mod filter;
 mod keeper;
 mod mountinfo;
@@ -71,7 +77,7 @@ mod user;
 use std::ffi::{CString, OsStr};
 use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -79,6 +85,7 @@ use anyhow::{Context, Result, bail};
 use nexus_fs::fuse::{Unmounted, Unmounter};
 
 pub use args::{SandboxArgs, SocketArgs};
+pub use fetcher::serve as serve_fetcher;
 use keeper::{Fusermount, KeeperPlan, KeptFile, KeptMount};
 use rules::{Grant, Rule};
 
@@ -124,6 +131,9 @@ pub struct Confinement<'a> {
     /// (`nexus-mount@.service`): should the daemon die, the keeper leaves
     /// the mounts for the daemon systemd restarts on them.
     pub mounts_outlive_daemon: bool,
+    /// The store's pack source: when the store has remotes, it is told to
+    /// read them through a fetcher process.
+    pub remote: Option<&'a nexus_remote::RemotePacks>,
 }
 
 impl<'a> Confinement<'a> {
@@ -141,6 +151,7 @@ impl<'a> Confinement<'a> {
             pid_file: None,
             log_dir: None,
             mounts_outlive_daemon: false,
+            remote: None,
         }
     }
 
@@ -310,7 +321,25 @@ pub fn confine(confinement: &Confinement) -> Result<Confined> {
         0
     };
     let abi = rules::kernel_abi();
-    let ruleset = rules::ruleset(&landlock_rules(confinement))
+    // Remotes are those of the catalog now: one added later is read after
+    // the daemon restarts (the fetcher says so).
+    let remotes = match confinement.remote {
+        Some(source) => source.remotes().context("listing the store's remotes")?,
+        None => Vec::new(),
+    };
+    let remote_cache = !remotes.is_empty();
+    if let Some(source) = confinement.remote.filter(|_| remote_cache) {
+        let cache = confinement.store.join(nexus_remote::cache::CACHE_DIR);
+        // It must exist to be granted.
+        match std::fs::DirBuilder::new().mode(0o700).create(&cache) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e).with_context(|| format!("creating {}", cache.display())),
+        }
+        let link = fetcher::spawn(confinement.args, confinement.store, source.timeouts().read)?;
+        source.fetch_through(link);
+    }
+    let ruleset = rules::ruleset(&landlock_rules(confinement, remote_cache), &[])
         .context("preparing the daemon's sandbox (--no-sandbox serves without it)")?;
     let report = confinement
         .args
@@ -322,7 +351,7 @@ pub fn confine(confinement: &Confinement) -> Result<Confined> {
         .transpose()?;
     let last_cap = last_capability();
     let server_filter =
-        filter::server(confinement.daemon).context("compiling the seccomp filter")?;
+        filter::server(confinement.daemon, remote_cache).context("compiling the seccomp filter")?;
     let plan = keeper_plan(confinement, root, last_cap)?;
     let keeper = Arc::new(keeper::spawn(&plan).context("starting the keeper process")?);
     let step = threads::ThreadStep {
@@ -351,7 +380,7 @@ pub fn confine(confinement: &Confinement) -> Result<Confined> {
         None => "its own user, no capabilities".to_string(),
     };
     tracing::info!(
-        "sandboxed: {who}; Landlock ABI {}; seccomp allowlist; no_new_privs{}; {threads} threads; \
+        "sandboxed: {who}; Landlock ABI {}; seccomp allowlist; no_new_privs{}{}; {threads} threads; \
          keeper pid {}",
         abi,
         if root {
@@ -359,10 +388,15 @@ pub fn confine(confinement: &Confinement) -> Result<Confined> {
         } else {
             ""
         },
+        if remote_cache {
+            "; remotes read by the fetcher process, blocks cached in remote-cache"
+        } else {
+            ""
+        },
         keeper.pid(),
     );
     if let Some(mut report) = report {
-        selftest::run(&mut report, confinement);
+        selftest::run(&mut report, confinement, remote_cache);
         let _ = report.flush();
     }
     Ok(Confined {
@@ -381,8 +415,9 @@ fn last_capability() -> u32 {
         .unwrap_or(63)
 }
 
-/// The Landlock rules of a daemon (module documentation).
-fn landlock_rules(c: &Confinement) -> Vec<Rule> {
+/// The Landlock rules of a daemon (module documentation); `remote_cache`:
+/// its store has remotes, whose blocks it caches.
+fn landlock_rules(c: &Confinement, remote_cache: bool) -> Vec<Rule> {
     let store = c.store;
     let mut rules = vec![
         Rule {
@@ -419,6 +454,12 @@ fn landlock_rules(c: &Confinement) -> Vec<Rule> {
         rules.push(Rule {
             path: scratch.to_path_buf(),
             grant: Grant::Scratch,
+        });
+    }
+    if remote_cache {
+        rules.push(Rule {
+            path: store.join(nexus_remote::cache::CACHE_DIR),
+            grant: Grant::Cache,
         });
     }
     if c.daemon == Daemon::Mount {

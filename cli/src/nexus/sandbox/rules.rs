@@ -6,14 +6,16 @@
 //! outside these paths, nor bind or connect TCP sockets (ABI 4), connect
 //! abstract Unix sockets or signal processes outside its domain (ABI 6),
 //! nor connect pathname Unix sockets (ABI 9), on kernels that have those.
+//! The remote fetcher's ruleset alone grants TCP connections, to the
+//! remotes' ports.
 //! Descriptors opened before keep working: Landlock checks at `open`.
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use landlock::{
-    ABI, Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, PathBeneath, PathFd,
-    Ruleset, RulesetAttr, RulesetCreatedAttr, Scope,
+    ABI, Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, NetPort, PathBeneath,
+    PathFd, Ruleset, RulesetAttr, RulesetCreatedAttr, Scope,
 };
 
 /// The newest ABI this build asks for; older kernels enforce what they
@@ -39,6 +41,10 @@ pub(super) enum Grant {
     /// Create and append to files in a directory (a log reopened after
     /// rotation).
     Append,
+    /// All of [`Grant::Scratch`], make directories, and move files between
+    /// them (the remote block cache: written to `tmp/`, renamed into
+    /// `blocks/PACK/`).
+    Cache,
 }
 
 impl Grant {
@@ -54,6 +60,7 @@ impl Grant {
             }
             Grant::Scratch => Grant::Records.access() | AccessFs::RemoveDir,
             Grant::Append => AccessFs::WriteFile | AccessFs::MakeReg,
+            Grant::Cache => Grant::Scratch.access() | AccessFs::MakeDir | AccessFs::Refer,
         }
     }
 }
@@ -100,9 +107,10 @@ pub(super) fn kernel_abi() -> i64 {
     version.max(0)
 }
 
-/// Makes the ruleset granting `rules` and nothing else; returns its
-/// descriptor, for every thread to restrict itself with.
-pub(super) fn ruleset(rules: &[Rule]) -> Result<OwnedFd, RulesError> {
+/// Makes the ruleset granting `rules`, TCP connections to `ports`, and
+/// nothing else; returns its descriptor, for every thread to restrict
+/// itself with.
+pub(super) fn ruleset(rules: &[Rule], ports: &[u16]) -> Result<OwnedFd, RulesError> {
     if kernel_abi() < 1 {
         return Err(RulesError::Unsupported);
     }
@@ -124,6 +132,9 @@ pub(super) fn ruleset(rules: &[Rule]) -> Result<OwnedFd, RulesError> {
             access &= AccessFs::from_file(WANTED);
         }
         created = created.add_rule(PathBeneath::new(fd, access))?;
+    }
+    for &port in ports {
+        created = created.add_rule(NetPort::new(port, AccessNet::ConnectTcp))?;
     }
     let fd: Option<OwnedFd> = created.into();
     fd.ok_or(RulesError::Unsupported)

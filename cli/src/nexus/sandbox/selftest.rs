@@ -2,7 +2,9 @@
 //! daemon confined itself, try what an attacker who took it over would,
 //! and write each outcome to FILE as a JSON line, `{"probe", "allowed",
 //! "errno", "error"}`. The daemon then serves as usual, so that the same
-//! process shows the confinement refuses these and still serves.
+//! process shows the confinement refuses these and still serves. The
+//! remote fetcher ([`super::fetcher`]) writes its own probes to
+//! `FILE.fetcher`.
 //!
 //! Every probe is harmless if the sandbox failed to refuse it: paths that
 //! do not exist where the call would otherwise act, a child that exits at
@@ -51,7 +53,7 @@ fn report(out: &mut File, probe: &str, result: io::Result<()>) {
 }
 
 /// Runs the probes and writes their outcomes to `out`.
-pub(super) fn run(out: &mut File, c: &Confinement) {
+pub(super) fn run(out: &mut File, c: &Confinement, remote_cache: bool) {
     let catalog = c.store.join(nexus_store::CATALOG_FILE);
     // What serving needs still works.
     report(out, "read-catalog", open(&catalog, libc::O_RDONLY));
@@ -124,6 +126,32 @@ pub(super) fn run(out: &mut File, c: &Confinement) {
             result
         }
     });
+    escapes(out);
+    if remote_cache {
+        // The remote block cache is writable (blocks fetched are kept).
+        let cache = c.store.join(nexus_remote::cache::CACHE_DIR);
+        let probe = cache.join("nexus-selftest-probe");
+        report(
+            out,
+            "write-remote-cache",
+            std::fs::write(&probe, b"probe").and_then(|()| std::fs::remove_file(&probe)),
+        );
+    }
+    // A thread can still be made (the request threads need them).
+    report(
+        out,
+        "spawn-thread",
+        std::thread::Builder::new()
+            .spawn(|| ())
+            .and_then(|h| h.join().map_err(|_| io::Error::other("panicked"))),
+    );
+}
+
+/// What neither the daemon nor its fetcher may do: make processes, run
+/// programs, trace, become root, signal outside, mount, map code.
+fn escapes(out: &mut File) {
+    // SAFETY (all probes below): system calls on constants, NUL-terminated
+    // paths and null pointers; any child exits at once.
     report(out, "fork", {
         let pid = unsafe { libc::fork() };
         if pid == 0 {
@@ -207,12 +235,65 @@ pub(super) fn run(out: &mut File, c: &Confinement) {
             Ok(())
         }
     });
-    // A thread can still be made (the request threads need them).
+}
+
+/// A TCP connection attempt to `127.0.0.1:port`.
+fn connect_tcp(port: u16) -> io::Result<()> {
+    // SAFETY: a socket we close, and an address on this stack.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut addr: libc::sockaddr_in = std::mem::zeroed();
+        addr.sin_family = libc::AF_INET as libc::sa_family_t;
+        addr.sin_port = port.to_be();
+        addr.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+        let rc = libc::connect(
+            fd,
+            std::ptr::from_ref(&addr).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        let result = outcome(rc.into());
+        libc::close(fd);
+        result
+    }
+}
+
+/// The fetcher's probes: it reaches the remotes' `ports` and nothing else
+/// (no other port, no store file, no Unix socket), and makes no process.
+pub(super) fn fetcher(out: &mut File, store: &Path, ports: &[u16]) {
     report(
         out,
-        "spawn-thread",
-        std::thread::Builder::new()
-            .spawn(|| ())
-            .and_then(|h| h.join().map_err(|_| io::Error::other("panicked"))),
+        "read-catalog",
+        open(&store.join(nexus_store::CATALOG_FILE), libc::O_RDONLY),
     );
+    report(
+        out,
+        "read-etc-shadow",
+        open(Path::new("/etc/shadow"), libc::O_RDONLY),
+    );
+    report(
+        out,
+        "create-in-tmp",
+        open(
+            Path::new("/tmp/nexus-fetcher-probe"),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+        ),
+    );
+    if let Some(&port) = ports.first() {
+        report(out, "connect-tcp-remote-port", connect_tcp(port));
+    }
+    // A port no remote uses (ports are listed, so one of the two is free).
+    let other = if ports.contains(&1) { 2 } else { 1 };
+    report(out, "connect-tcp-other-port", connect_tcp(other));
+    report(out, "socket-unix", {
+        // SAFETY: a socket we close.
+        let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        if fd >= 0 {
+            unsafe { libc::close(fd) };
+        }
+        outcome(fd.into())
+    });
+    escapes(out);
 }

@@ -157,10 +157,9 @@ pub fn takeover(request: &TakeoverRequest, ready: Option<&mut Ready>) -> Result<
         offer.version
     );
     // The slow part, while the old daemon still serves.
-    let view = Arc::new(crate::open::open_view(
-        &settings.store,
-        settings.view_options(),
-    )?);
+    let (view, source) =
+        crate::open::open_view_and_source(&settings.store, settings.view_options())?;
+    let view = Arc::new(view);
     show(&view, &settings, offer.shown_generation)?;
     send(&mut stream, Message::Ready)?;
     // From here the old daemon holds back what would change its state:
@@ -264,6 +263,7 @@ fn adopt(
         store_dir: settings.store.clone(),
         scratch: None,
         view,
+        source,
         mounts: Mounts {
             main,
             index,

@@ -1,0 +1,289 @@
+//! Remote reads from another process: a confined daemon that serves a
+//! store with remotes has no network (ARCHITECTURE.md, "The daemons'
+//! sandbox"), so a small fetcher process, started before the daemon
+//! confines itself and confined on its own, talks to the remotes for it.
+//!
+//! The fetcher only ever does one thing: the bytes `START..START+LEN` of
+//! `packs/NAME` on remote `ID`, for a well-formed pack name and a remote it
+//! loaded from the catalog when it started. It holds no store file, so a
+//! daemon taken over through a guest or FUSE request can reach, through
+//! it, only the ranges of pack objects its own reads would fetch anyway;
+//! and what the fetcher returns is verified by the daemon
+//! ([`crate::source::RemotePacks`]) before it is served or cached, as any
+//! remote's bytes.
+//!
+//! The daemon holds several connections (Unix stream socket pairs) and
+//! uses each for one request at a time; the fetcher serves each on a
+//! thread of its own. One request, little-endian:
+//! `ID (i64) START (u64) LEN (u32) NAME_LEN (u8) NAME`; one answer:
+//! `STATUS (u8: 0 bytes follow, 1 an error text follows) LEN (u32) BYTES`.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::ops::Range;
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Condvar, Mutex};
+
+use bytes::Bytes;
+use nexus_store::catalog::RemoteRow;
+
+use crate::client::{Client, Timeouts};
+use crate::error::{RemoteError, Result};
+use crate::meta::is_pack_name;
+
+/// The longest range one request may ask for (blocks are far smaller).
+pub const MAX_RANGE: u32 = 64 << 20;
+/// Answer status: the bytes follow.
+const OK: u8 = 0;
+/// Answer status: an error text follows.
+const FAILED: u8 = 1;
+
+/// The clients of a set of remotes, opened on first use (opening makes no
+/// request).
+pub struct Clients {
+    timeouts: Timeouts,
+    open: Mutex<HashMap<i64, Arc<Client>>>,
+}
+
+impl Clients {
+    /// No client yet; each will read within `timeouts`.
+    pub fn new(timeouts: Timeouts) -> Clients {
+        Clients {
+            timeouts,
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The deadlines each client reads within.
+    pub fn timeouts(&self) -> Timeouts {
+        self.timeouts
+    }
+
+    /// The client of `remote`.
+    pub fn get(&self, remote: &RemoteRow) -> Result<Arc<Client>> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = open.get(&remote.id) {
+            return Ok(c.clone());
+        }
+        let client = Arc::new(Client::open(&crate::endpoint_of(remote)?, self.timeouts)?);
+        open.insert(remote.id, client.clone());
+        Ok(client)
+    }
+
+    /// Reads `range` of pack `pack` from `remote`.
+    pub fn get_range(&self, remote: &RemoteRow, pack: &str, range: Range<u64>) -> Result<Bytes> {
+        self.get(remote)?.get_range(&format!("packs/{pack}"), range)
+    }
+}
+
+/// The fetcher process's side: the remotes it serves.
+pub struct FetcherServer {
+    remotes: HashMap<i64, RemoteRow>,
+    clients: Clients,
+}
+
+impl FetcherServer {
+    /// Serves `remotes` (those the catalog lists when the fetcher starts),
+    /// each read within `timeouts`.
+    pub fn new(remotes: Vec<RemoteRow>, timeouts: Timeouts) -> FetcherServer {
+        FetcherServer {
+            remotes: remotes.into_iter().map(|r| (r.id, r)).collect(),
+            clients: Clients::new(timeouts),
+        }
+    }
+
+    /// Answers the requests of one connection until the daemon closes it.
+    pub fn serve(&self, mut stream: UnixStream) -> io::Result<()> {
+        loop {
+            let mut head = [0u8; 21];
+            match stream.read_exact(&mut head) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+                Err(e) => return Err(e),
+            }
+            let id = i64::from_le_bytes(head[0..8].try_into().unwrap_or_default());
+            let start = u64::from_le_bytes(head[8..16].try_into().unwrap_or_default());
+            let len = u32::from_le_bytes(head[16..20].try_into().unwrap_or_default());
+            let mut name = vec![0u8; usize::from(head[20])];
+            stream.read_exact(&mut name)?;
+            let answer = self.answer(id, start, len, &name);
+            let (status, body) = match &answer {
+                Ok(bytes) => (OK, bytes.as_ref()),
+                Err(why) => (FAILED, why.as_bytes()),
+            };
+            let mut out = Vec::with_capacity(5 + body.len());
+            out.push(status);
+            out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+            out.extend_from_slice(body);
+            stream.write_all(&out)?;
+        }
+    }
+
+    fn answer(
+        &self,
+        id: i64,
+        start: u64,
+        len: u32,
+        name: &[u8],
+    ) -> std::result::Result<Bytes, String> {
+        let pack = std::str::from_utf8(name)
+            .ok()
+            .filter(|n| is_pack_name(n))
+            .ok_or("not a pack name")?;
+        let remote = self
+            .remotes
+            .get(&id)
+            .ok_or("a remote added after the daemon started (restart the daemon to read it)")?;
+        if len == 0 || len > MAX_RANGE {
+            return Err(format!("a range of {len} bytes"));
+        }
+        let end = start
+            .checked_add(u64::from(len))
+            .ok_or("a range past 2^64")?;
+        self.clients
+            .get_range(remote, pack, start..end)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The daemon's side: connections to its fetcher, one request on each at
+/// a time.
+pub struct FetcherLink {
+    pool: Mutex<Pool>,
+    returned: Condvar,
+}
+
+/// The connections not in use, and how many still work.
+struct Pool {
+    idle: Vec<UnixStream>,
+    alive: usize,
+}
+
+impl FetcherLink {
+    /// Requests go over `streams` (whose read timeout bounds a fetcher
+    /// that stopped answering).
+    pub fn new(streams: Vec<UnixStream>) -> FetcherLink {
+        FetcherLink {
+            pool: Mutex::new(Pool {
+                alive: streams.len(),
+                idle: streams,
+            }),
+            returned: Condvar::new(),
+        }
+    }
+
+    fn pool(&self) -> std::sync::MutexGuard<'_, Pool> {
+        self.pool.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads `range` of pack `pack` from `remote` through the fetcher.
+    pub fn get_range(&self, remote: &RemoteRow, pack: &str, range: Range<u64>) -> Result<Bytes> {
+        let unavailable = |why: String| RemoteError::Unavailable {
+            remote: remote.name.clone(),
+            what: format!("packs/{pack}"),
+            why,
+        };
+        let len = u32::try_from(range.end.saturating_sub(range.start))
+            .ok()
+            .filter(|&l| l <= MAX_RANGE)
+            .ok_or_else(|| unavailable("a range too long for one request".into()))?;
+        let name = u8::try_from(pack.len()).map_err(|_| unavailable("not a pack name".into()))?;
+        let mut stream = {
+            let mut pool = self.pool();
+            loop {
+                if let Some(s) = pool.idle.pop() {
+                    break s;
+                }
+                if pool.alive == 0 {
+                    return Err(unavailable("the fetcher process is gone".into()));
+                }
+                pool = self.returned.wait(pool).unwrap_or_else(|p| p.into_inner());
+            }
+        };
+        let mut request = Vec::with_capacity(21 + pack.len());
+        request.extend_from_slice(&remote.id.to_le_bytes());
+        request.extend_from_slice(&range.start.to_le_bytes());
+        request.extend_from_slice(&len.to_le_bytes());
+        request.push(name);
+        request.extend_from_slice(pack.as_bytes());
+        let exchange = |stream: &mut UnixStream| -> io::Result<(u8, Vec<u8>)> {
+            stream.write_all(&request)?;
+            let mut head = [0u8; 5];
+            stream.read_exact(&mut head)?;
+            let body_len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]);
+            if body_len > MAX_RANGE {
+                return Err(io::Error::other("an answer too long"));
+            }
+            let mut body = vec![0u8; body_len as usize];
+            stream.read_exact(&mut body)?;
+            Ok((head[0], body))
+        };
+        let result = exchange(&mut stream);
+        {
+            let mut pool = self.pool();
+            match result {
+                Ok(_) => pool.idle.push(stream),
+                // The connection is out of step (or gone): never reused.
+                Err(_) => pool.alive -= 1,
+            }
+        }
+        self.returned.notify_all();
+        match result {
+            Ok((OK, body)) => Ok(Bytes::from(body)),
+            Ok((_, body)) => Err(unavailable(String::from_utf8_lossy(&body).into_owned())),
+            Err(e) => Err(unavailable(format!("the fetcher process: {e}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PACK: &str = "0123456789abcdef0123456789abcdef.pack";
+
+    fn remote(id: i64, dir: &std::path::Path) -> RemoteRow {
+        RemoteRow {
+            id,
+            name: format!("r{id}"),
+            url: format!("file://{}", dir.display()),
+            endpoint: None,
+            region: None,
+            domain: "test".into(),
+            added: 0,
+        }
+    }
+
+    #[test]
+    fn ranges_of_known_remotes_packs_come_back_and_nothing_else_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("packs")).unwrap();
+        let bytes: Vec<u8> = (0..=255u8).cycle().take(10_000).collect();
+        std::fs::write(dir.path().join("packs").join(PACK), &bytes).unwrap();
+        std::fs::write(dir.path().join("secret"), b"not a pack").unwrap();
+        let known = remote(1, dir.path());
+        let server = FetcherServer::new(vec![known.clone()], Timeouts::default());
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        std::thread::scope(|scope| {
+            scope.spawn(|| server.serve(theirs).unwrap());
+            let link = FetcherLink::new(vec![ours]);
+            assert_eq!(
+                link.get_range(&known, PACK, 100..1100).unwrap().as_ref(),
+                &bytes[100..1100]
+            );
+            // Not a pack name: nothing outside `packs/` is reachable.
+            let err = link.get_range(&known, "../secret", 0..4).unwrap_err();
+            assert!(err.to_string().contains("not a pack name"), "{err}");
+            // A remote the fetcher did not load is not reached.
+            let unknown = remote(2, dir.path());
+            let err = link.get_range(&unknown, PACK, 0..4).unwrap_err();
+            assert!(err.to_string().contains("restart the daemon"), "{err}");
+            // The connection stays usable after refusals.
+            assert_eq!(
+                link.get_range(&known, PACK, 0..10).unwrap().as_ref(),
+                &bytes[..10]
+            );
+            drop(link);
+        });
+    }
+}
