@@ -825,7 +825,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         }
         Command::Config(command) => crate::config_cmd::run(&settings, command),
         Command::RemoteFetcher { fds, sandbox } => {
-            init_logging(cli.verbose, None);
+            init_logging(cli.verbose);
             sandbox::serve_fetcher(&sandbox, &store, &fds).map(|()| 0)
         }
         Command::Key(command) => {

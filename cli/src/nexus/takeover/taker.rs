@@ -169,7 +169,7 @@ pub fn takeover(request: &TakeoverRequest, ready: Option<&mut Ready>) -> Result<
         (Message::Refused { reason }, _) => bail!("the daemon refused to hand over: {reason}"),
         (other, _) => bail!("the daemon answered {other:?}"),
     };
-    let daemon = adopt(&settings, view, state, fds)?;
+    let daemon = adopt(&settings, view, source, state, fds)?;
     // Point of no return: tell systemd first who its main process will be,
     // so that the old one's exit does not end the unit.
     systemd::main_pid();
@@ -188,6 +188,7 @@ pub fn takeover(request: &TakeoverRequest, ready: Option<&mut Ready>) -> Result<
 fn adopt(
     settings: &Settings,
     view: Arc<View>,
+    source: Arc<nexus_remote::RemotePacks>,
     state: HandedState,
     fds: Vec<OwnedFd>,
 ) -> Result<Daemon> {
