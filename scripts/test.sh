@@ -17,7 +17,7 @@
 #   2. cargo test --workspace (unit, property and end-to-end tests; the
 #      end-to-end tests fetch real Debian packages with apt-get download)
 #   3. the benchmark scripts' smoke runs (shellcheck, then bench/ingest.sh,
-#      bench/mount.sh, bench/images.sh and bench/virtiofs.sh --smoke on a
+#      bench/mount.sh, bench/programs.sh, bench/images.sh and bench/virtiofs.sh --smoke on a
 #      tiny corpus, with the debug builds)
 set -euo pipefail
 
@@ -52,6 +52,7 @@ log "benchmark smoke run"
 shellcheck -x bench/*.sh scripts/*.sh .ci/run
 NIP="$root/target/debug/nip" bench/ingest.sh --smoke
 NIP="$root/target/debug/nip" NEXUS="$root/target/debug/nexus" bench/mount.sh --smoke
+NIP="$root/target/debug/nip" NEXUS="$root/target/debug/nexus" bench/programs.sh --smoke
 NIP="$root/target/debug/nip" NEXUS="$root/target/debug/nexus" bench/images.sh --smoke --switches 6
 NIP="$root/target/debug/nip" NEXUS="$root/target/debug/nexus" bench/virtiofs.sh --smoke
 
