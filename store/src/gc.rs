@@ -39,7 +39,7 @@ use rusqlite::{Transaction, TransactionBehavior, params};
 
 use crate::error::{Result, StoreError};
 use crate::lock::{GC_LOCK, INGEST_LOCK, StoreLock};
-use crate::pack::{BlockBuilder, PACK_SUFFIX, PackWriter, SealedPack, block_compressor};
+use crate::pack::{BlockBuilder, BlockEncoder, ChunkKind, PACK_SUFFIX, PackWriter, SealedPack};
 use crate::runtime;
 use crate::store::{NoProgress, Progress, Store, now_secs, sync_dir};
 
@@ -452,24 +452,38 @@ fn repack(store: &mut Store, pack: &PackUse) -> Result<bool> {
     let _writer = StoreLock::shared(&store.locks_dir(), INGEST_LOCK)?;
     let locations = {
         let mut stmt = store.catalog_mut().conn().prepare(
-            "SELECT c.hash, p.name, c.offset, c.block_len, c.inner, c.len, c.id
+            "SELECT c.hash, p.name, c.offset, c.block_len, c.inner, c.len, c.id,
+                    EXISTS (SELECT 1 FROM blob_chunks bc JOIN blobs b ON b.id = bc.blob
+                            WHERE bc.chunk = c.id AND b.size >= ?2)
              FROM chunks c JOIN packs p ON p.id = c.pack WHERE c.pack = ?1 ORDER BY c.offset, c.inner",
         )?;
-        let rows = stmt.query_map([pack.id], |r| {
-            Ok((crate::catalog::location_from_row(r)?, r.get::<_, i64>(6)?))
+        let small_file_max = crate::params::SMALL_FILE_MAX as i64;
+        let rows = stmt.query_map(params![pack.id, small_file_max], |r| {
+            // Chunks of files cut into pieces are framed for random reads,
+            // as ingest frames them.
+            let kind = if r.get::<_, bool>(7)? {
+                ChunkKind::Part
+            } else {
+                ChunkKind::Whole
+            };
+            Ok((
+                crate::catalog::location_from_row(r)?,
+                r.get::<_, i64>(6)?,
+                kind,
+            ))
         })?;
         rows.collect::<rusqlite::Result<Vec<_>>>()?
     };
     let mut writer = PackWriter::create(&store.packs_dir())?;
-    let mut compressor = block_compressor(crate::params::ZSTD_LEVEL)?;
+    let mut encoder = BlockEncoder::store_default()?;
     let mut moved = Vec::with_capacity(locations.len());
     let mut builder = BlockBuilder::default();
     let mut pending_ids = Vec::new();
-    for (i, (loc, id)) in locations.iter().enumerate() {
+    for (i, (loc, id, kind)) in locations.iter().enumerate() {
         match store
             .reader()
             .blocks()
-            .chunk_with(loc, |data| builder.push(loc.hash, data))
+            .chunk_with(loc, |data| builder.push_kind(loc.hash, data, *kind))
         {
             Ok(()) => {}
             Err(e) => {
@@ -480,7 +494,7 @@ fn repack(store: &mut Store, pack: &PackUse) -> Result<bool> {
         }
         pending_ids.push(*id);
         if builder.raw_len() >= crate::params::BLOCK_TARGET || i + 1 == locations.len() {
-            let written = writer.append(&builder.finish(&mut compressor))?;
+            let written = writer.append(&builder.finish(&mut encoder))?;
             moved.extend(pending_ids.drain(..).zip(written));
         }
     }

@@ -221,6 +221,13 @@ const MIGRATIONS: &[&str] = &[
 
     INSERT OR IGNORE INTO meta(key, value) VALUES ('gc_epoch', '0');
     "#,
+    // v4: packs may hold blocks of format v2 (framed, codec 2). Nothing to
+    // convert (v1 blocks are still read); the version itself keeps builds
+    // that know only v1 blocks from reading this store, where they would
+    // take every new block for damage.
+    r#"
+    INSERT OR REPLACE INTO meta(key, value) VALUES ('block_format', '2');
+    "#,
 ];
 
 /// The schema version this build writes.
