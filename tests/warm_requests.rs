@@ -8,7 +8,9 @@
 //! each mount's root) must show that the second walk sent nothing but what
 //! the kernel forwards whatever the daemon answers: one `IOCTL` per
 //! `isatty()`, and on the Index an `OPENDIR`/`RELEASEDIR` pair per listing
-//! (the price of a listing never mixing two generations).
+//! (the price of a listing never mixing two generations). The kernel is not
+//! asked to apply POSIX ACLs (asking costs a round trip per inode), so a
+//! file whose ACL narrows its owning group must still be refused to it.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -16,7 +18,7 @@ use std::io::{ErrorKind, Read};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
-use nexus_integration_tests::fixtures::Scratch;
+use nexus_integration_tests::fixtures::{Scratch, cat_as_nobody, write_file};
 use nexus_integration_tests::nexus::Mount;
 use nexus_integration_tests::{Store, fetch_debs, is_root};
 
@@ -198,6 +200,79 @@ fn a_warm_walk_sends_the_daemon_nothing_avoidable() {
     assert!(
         opened_dirs > 0 && opened_dirs <= second_index.dirs,
         "at most one OPENDIR per index directory listed: {warm_index:?}"
+    );
+    mount.umount();
+}
+
+/// A POSIX access ACL in the kernel's xattr encoding: version 2, then
+/// (tag, perm, id) entries.
+fn acl_xattr(entries: &[(u16, u16)]) -> Vec<u8> {
+    let mut out = 2u32.to_le_bytes().to_vec();
+    for (tag, perm) in entries {
+        out.extend_from_slice(&tag.to_le_bytes());
+        out.extend_from_slice(&perm.to_le_bytes());
+        out.extend_from_slice(&u32::MAX.to_le_bytes());
+    }
+    out
+}
+
+#[test]
+fn an_acl_narrowing_the_owning_group_is_enforced() {
+    if !is_root() {
+        eprintln!("an_acl_narrowing_the_owning_group_is_enforced: skipped, mounting needs root");
+        return;
+    }
+    let scratch = Scratch::new("acl");
+    let src = scratch.join("src");
+    // Both files mode 0640, group nogroup (65534): the group may read. On
+    // `secret` an ACL says otherwise: group::--- with mask::r-- (which is
+    // what the mode's group bits show).
+    for name in ["secret", "open"] {
+        let path = src.join(name);
+        write_file(&path, format!("{name}\n").as_bytes());
+        std::os::unix::fs::chown(&path, Some(0), Some(65534)).unwrap();
+        nexus_integration_tests::fixtures::chmod(&path, 0o640);
+    }
+    let secret = src.join("secret");
+    let (user_obj, group_obj, mask, other) = (0x01, 0x04, 0x10, 0x20);
+    xattr::set(
+        &secret,
+        "system.posix_acl_access",
+        &acl_xattr(&[(user_obj, 6), (group_obj, 0), (mask, 4), (other, 0)]),
+    )
+    .expect("setting an ACL on the scratch file system");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        fs::metadata(&secret).unwrap().permissions().mode() & 0o777,
+        0o640,
+        "setup: the mode's group bits show the mask"
+    );
+    assert!(
+        !cat_as_nobody(&secret),
+        "setup: the ACL refuses the group natively"
+    );
+    assert!(
+        cat_as_nobody(&src.join("open")),
+        "setup: the group reads the other file"
+    );
+
+    let store = Store::init();
+    store.ok([
+        "add",
+        src.to_str().unwrap(),
+        "--name",
+        "acl",
+        "--version",
+        "1",
+    ]);
+    let mount = Mount::start(store.path(), &scratch.join("mnt"), &["--allow-other"]);
+    assert!(
+        cat_as_nobody(&mount.join("acl/1/open")),
+        "a member of the owning group cannot read a 0640 file"
+    );
+    assert!(
+        !cat_as_nobody(&mount.join("acl/1/secret")),
+        "a member of the owning group read a file whose ACL refuses it"
     );
     mount.umount();
 }

@@ -41,6 +41,7 @@ use crate::view::View;
 
 mod counts;
 mod index;
+mod push;
 mod reply;
 mod session;
 
@@ -69,6 +70,8 @@ pub struct NexusFs {
     lookups: Arc<Lookups>,
     /// Requests served, by kind.
     counts: Arc<RequestCounts>,
+    /// Hands the kernel decoded bytes ahead of its reads, once started.
+    pusher: Arc<push::Pusher>,
 }
 
 impl NexusFs {
@@ -79,6 +82,7 @@ impl NexusFs {
             view,
             lookups,
             counts: Arc::default(),
+            pusher: Arc::default(),
         }
     }
 
@@ -134,23 +138,25 @@ impl NexusFs {
 impl Filesystem for NexusFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         // Each is an optimisation: take what the kernel offers. Left out on
-        // purpose: FUSE_AUTO_INVAL_DATA, which re-checks a file's
-        // attributes on reads and a cached listing against its directory's
-        // mtime once the attributes expire. It was the fallback bounding a
-        // stale root or App listing to the 5 s those attributes lived;
-        // generation-bound answers now live long and are invalidated by
-        // notifications sent twice (see `Invalidator`), so it had nothing
-        // left to do.
+        // purpose:
+        // - FUSE_AUTO_INVAL_DATA, which re-checks a file's attributes on
+        //   reads and a cached listing against its directory's mtime once
+        //   the attributes expire. It was the fallback bounding a stale root
+        //   or App listing to the 5 s those attributes lived;
+        //   generation-bound answers now live long and are invalidated by
+        //   notifications sent twice (see `Invalidator`), so it had nothing
+        //   left to do.
+        // - FUSE_POSIX_ACL: with it the kernel asks for each inode's
+        //   `system.posix_acl_access` the first time it is listed (a cold
+        //   `ls -lR` of the corpus sent 125,117 GETXATTRs, one per inode).
+        //   Without it the kernel never asks, `ls` asks once, is told ACLs
+        //   are not supported (see `View::getxattr`) and stops for the
+        //   mount, and permissions are checked on mode bits that fail closed
+        //   for the rare inode carrying an ACL (see `attr::Attr`).
         for flag in [
             InitFlags::FUSE_DO_READDIRPLUS,
             InitFlags::FUSE_READDIRPLUS_AUTO,
             InitFlags::FUSE_PARALLEL_DIROPS,
-            // The kernel then caches each inode's (absent) POSIX ACLs, so
-            // `ls -l` asks the daemon for system.posix_acl_access once per
-            // inode instead of once per call (measured: without it a warm
-            // `ls -lR` sent one GETXATTR per entry; with it none, since
-            // package attributes never expire).
-            InitFlags::FUSE_POSIX_ACL,
             // Symlink targets are kept in the kernel's page cache: a path
             // walk through a link then costs no READLINK. Package links
             // never change; a switch invalidates each `Current` link whose
@@ -244,15 +250,21 @@ impl Filesystem for NexusFs {
         self.counts.count(Op::Read);
         // Opens are not sent (see `open`), so reads come without a handle.
         let _ = fh;
-        // The bytes go to the kernel straight from the block cache.
+        // The bytes go to the kernel straight from the frame cache.
         let mut reply = Some(reply);
         let read = self.view.read_inode_with(ino.0, offset, size, |data| {
             if let Some(reply) = reply.take() {
                 reply.data(data);
             }
+            data.len()
         });
-        if let (Err(e), Some(reply)) = (read, reply) {
-            reply.error(errno("read", ino, &e));
+        match (read, reply) {
+            (Err(e), Some(reply)) => reply.error(errno("read", ino, &e)),
+            // Not the end of the file: what follows may be decoded already.
+            (Ok(len), _) if len == size as usize => {
+                self.pusher.offer(ino.0, offset + u64::from(size));
+            }
+            _ => {}
         }
     }
 
@@ -382,6 +394,13 @@ impl Filesystem for NexusFs {
         self.counts.count(Op::Getxattr);
         match self.view.getxattr(ino.0, name.as_bytes()) {
             Ok(value) => reply_xattr(reply, size, &value),
+            // No ACL: "not supported", which makes `ls -l` stop asking for
+            // the mount (the kernel does not apply ACLs here, see `init`).
+            Err(ViewError::NoXattr)
+                if crate::view::UNSUPPORTED_WHEN_ABSENT.contains(&name.as_bytes()) =>
+            {
+                reply.error(Errno::from_i32(libc::EOPNOTSUPP));
+            }
             Err(e) => reply.error(errno("getxattr", ino, &e)),
         }
     }
@@ -405,5 +424,9 @@ pub fn mount(
     mountpoint: &Path,
     options: &MountOptions,
 ) -> io::Result<Mounted<NexusFs>> {
-    session::mount(NexusFs::new(view), mountpoint, "nexus", options)
+    let fs = NexusFs::new(view.clone());
+    let pusher = fs.pusher.clone();
+    let mounted = session::mount(fs, mountpoint, "nexus", options)?;
+    pusher.start(view, mounted.notifier())?;
+    Ok(mounted)
 }

@@ -199,15 +199,21 @@ impl Filesystem for IndexFs {
     }
 
     // The index has no extended attributes; answering (rather than "not
-    // implemented") keeps `ls -l` and friends from logging warnings.
+    // implemented") keeps `ls -l` and friends from logging warnings, and
+    // labels and ACLs are "not supported", which makes `ls -l` stop asking.
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         if ino == INodeNo::ROOT && name.as_bytes() == REQUESTS_XATTR {
             counts::reply_counts(&self.counts, req, size, reply);
             return;
         }
         self.counts.count(Op::Getxattr);
+        let absent = if crate::view::UNSUPPORTED_WHEN_ABSENT.contains(&name.as_bytes()) {
+            libc::EOPNOTSUPP
+        } else {
+            libc::ENODATA
+        };
         match self.index.getattr(node(ino)) {
-            Ok(_) => reply.error(fuser::Errno::from_i32(libc::ENODATA)),
+            Ok(_) => reply.error(fuser::Errno::from_i32(absent)),
             Err(e) => reply.error(errno("index getxattr", ino, &e)),
         }
     }

@@ -78,6 +78,11 @@ impl<FS: Filesystem> Mounted<FS> {
         }
     }
 
+    /// The session's notifier, for the adapters' own threads.
+    pub(super) fn notifier(&self) -> Notifier {
+        self.session.notifier()
+    }
+
     /// Something another thread can invalidate the kernel's caches with.
     pub fn invalidator(&self) -> Invalidator {
         Invalidator {
