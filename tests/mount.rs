@@ -537,6 +537,16 @@ fn nexus_umount_removes_the_mount_of_a_dead_daemon() {
     let scratch = Scratch::new("mount-dead");
     let (store, _) = small_store(&scratch);
     let mount = Mount::start(store.path(), &scratch.join("mnt"), &[]);
+    // The daemon's keeper detaches the mount of a daemon killed alone
+    // (tests/sandbox.rs): kill it first, as when everything dies at once.
+    let children = fs::read_to_string(format!("/proc/{0}/task/{0}/children", mount.pid()))
+        .expect("the daemon's children");
+    for child in children.split_whitespace() {
+        let child: i32 = child.parse().expect("a pid");
+        // SAFETY: plain kill(2) of the daemon's keeper.
+        assert_eq!(unsafe { libc::kill(child, libc::SIGKILL) }, 0);
+        assert!(wait_for(Duration::from_secs(10), || !alive(child)));
+    }
     // SAFETY: plain kill(2) of the daemon we started.
     assert_eq!(unsafe { libc::kill(mount.pid(), libc::SIGKILL) }, 0);
     assert!(wait_for(Duration::from_secs(10), || !alive(mount.pid())));

@@ -24,8 +24,8 @@
 //!
 //! Settings are named as the flags that override them. Paths must be
 //! absolute (a relative path would depend on where a command runs). A
-//! `remote` is parsed, checked and shown, and used by nothing yet: it is
-//! reserved for fetching from other stores. The file is parsed with the
+//! `remote` declares a remote for `nip pull`/`nip publish` (recorded in
+//! the store on first use, `nip remote list` shows it). The file is parsed with the
 //! `kdl` crate and checked with `nexus-system`'s schema helpers, so a
 //! problem is reported as profiles' are: file, line, the spot underlined.
 
@@ -143,14 +143,22 @@ pub struct Located<T> {
     pub line: usize,
 }
 
-/// A `remote` node: reserved for fetching from other stores, shown by
-/// `config show`, used by nothing yet.
+/// A `remote` node: a remote declared for every store this file
+/// configures. `nip pull NAME` and `nip publish NAME` record it in the
+/// store on first use (the store records the remotes its packs live on);
+/// `nip remote list` shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Remote {
     /// Its name.
     pub name: String,
-    /// Where it is.
+    /// Where it is (`s3://…`, `https://…`, `file:///…`).
     pub url: String,
+    /// S3 endpoint of an S3-compatible server.
+    pub endpoint: Option<String>,
+    /// S3 region.
+    pub region: Option<String>,
+    /// Trust domain of its manifests (default: its name).
+    pub domain: Option<String>,
     /// 1-based line of its node.
     pub line: usize,
 }
@@ -378,8 +386,9 @@ fn cache_mib(file: &SourceFile, node: &KdlNode) -> Result<u64, Diag> {
 }
 
 fn remote(file: &SourceFile, node: &KdlNode, earlier: &[Remote]) -> Result<Remote, Diag> {
-    const USAGE: &str = "remote \"NAME\" url=\"URL\"";
-    schema::only_props(file, node, &["url"])?;
+    const USAGE: &str =
+        "remote \"NAME\" url=\"URL\" [endpoint=\"URL\"] [region=\"R\"] [domain=\"D\"]";
+    schema::only_props(file, node, &["url", "endpoint", "region", "domain"])?;
     let name_entry = schema::exact_args(file, node, 1, USAGE)?[0];
     let name = schema::string(file, name_entry, "the remote's name")?;
     if let Some(first) = earlier.iter().find(|r| r.name == name) {
@@ -398,9 +407,15 @@ fn remote(file: &SourceFile, node: &KdlNode, earlier: &[Remote]) -> Result<Remot
             Some(format!("write it as {USAGE}")),
         ));
     };
+    let optional = |key: &str| -> Result<Option<String>, Diag> {
+        Ok(schema::string_prop(file, node, key)?.map(|(v, _)| v.to_string()))
+    };
     Ok(Remote {
         name: name.to_string(),
         url: url.to_string(),
+        endpoint: optional("endpoint")?,
+        region: optional("region")?,
+        domain: optional("domain")?,
         line: line_of(file, node),
     })
 }
@@ -458,7 +473,7 @@ pub struct Settings {
     pub mount: MountSettings,
     /// `nexus serve`.
     pub serve: ServeSettings,
-    /// Remotes (reserved).
+    /// Remotes the file declares.
     pub remotes: Vec<Remote>,
 }
 

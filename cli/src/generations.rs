@@ -30,7 +30,8 @@ pub enum SwitchTarget {
 
 /// Digits only: a generation number, whatever files exist (a file named
 /// `12` in the current directory must not turn `switch 12` into importing
-/// it). Anything else: an image file (`./12` names a file called `12`).
+/// it). Anything else: an existing image file (`./12` names a file called
+/// `12`); neither is a usage error.
 fn parse_target(text: &str) -> Result<SwitchTarget, String> {
     if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
         return text
@@ -38,7 +39,13 @@ fn parse_target(text: &str) -> Result<SwitchTarget, String> {
             .map(SwitchTarget::Generation)
             .map_err(|_| format!("generation {text} is out of range"));
     }
-    Ok(SwitchTarget::Image(PathBuf::from(text)))
+    let path = PathBuf::from(text);
+    if path.is_file() {
+        return Ok(SwitchTarget::Image(path));
+    }
+    Err(format!(
+        "{text:?} is neither a generation number (digits; see `nip history`) nor an image file"
+    ))
 }
 
 /// `switch`'s arguments (`nip switch`, and its alias `nexus switch`).
@@ -119,9 +126,7 @@ pub fn switch(store_dir: &Path, keys_dir: &Path, args: SwitchArgs) -> Result<i32
     let target = args.target();
     let (row, changed, image) = match &target {
         SwitchTarget::Generation(generation) => {
-            let mut store = open(store_dir)?;
-            let new = store.switch(*generation)?;
-            (generation_row(&store, new)?, true, None)
+            (switch_to_generation(store_dir, *generation)?, true, None)
         }
         SwitchTarget::Image(path) => {
             let (store, generation) = import_image(store_dir, keys_dir, path, &args)?;
@@ -149,7 +154,7 @@ pub fn switch(store_dir: &Path, keys_dir: &Path, args: SwitchArgs) -> Result<i32
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         match (image, changed) {
-            (None, _) => println!("generation {}: {} ({ms:.2} ms)", row.id, row.action),
+            (None, _) => println!("{} ({ms:.2} ms)", generation_made(&row)),
             (Some(path), true) => println!("generation {}: image {}", row.id, path.display()),
             (Some(path), false) => println!(
                 "nothing to do: the live generation {} is {} already",
@@ -163,15 +168,36 @@ pub fn switch(store_dir: &Path, keys_dir: &Path, args: SwitchArgs) -> Result<i32
 
 /// Runs `rollback`.
 pub fn rollback(store_dir: &Path, args: RollbackArgs) -> Result<i32> {
-    let mut store = open(store_dir)?;
-    let generation = store.rollback()?;
-    let row = generation_row(&store, generation)?;
+    let row = roll_back(store_dir)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&row_json(&row, true))?);
     } else {
-        println!("generation {}: {}", row.id, row.action);
+        println!("{}", generation_made(&row));
     }
     Ok(exit::OK)
+}
+
+/// Makes a new generation with the package set and Current choices of
+/// retained generation `generation`: the one operation behind `switch GEN`
+/// (and `nip tui`'s switch). Returns the new generation.
+pub fn switch_to_generation(store_dir: &Path, generation: i64) -> Result<GenerationRow> {
+    let mut store = open(store_dir)?;
+    let new = store.switch(generation)?;
+    generation_row(&store, new)
+}
+
+/// Goes back one step (see [`ROLLBACK_ABOUT`]): the one operation behind
+/// `rollback` (and `nip tui`'s). Returns the new generation.
+pub fn roll_back(store_dir: &Path) -> Result<GenerationRow> {
+    let mut store = open(store_dir)?;
+    let generation = store.rollback()?;
+    generation_row(&store, generation)
+}
+
+/// What a new generation is, as `switch` and `rollback` report it:
+/// `generation 8: switch to 3`.
+pub fn generation_made(row: &GenerationRow) -> String {
+    format!("generation {}: {}", row.id, row.action)
 }
 
 fn generation_row(store: &Store, id: i64) -> Result<GenerationRow> {
@@ -228,15 +254,24 @@ mod tests {
 
     #[test]
     fn digits_are_a_generation_and_anything_else_a_file() {
-        // Whatever files exist: the parser never looks at the disk.
+        // Digits are a generation whatever files exist.
         assert_eq!(parse_target("12"), Ok(SwitchTarget::Generation(12)));
-        for file in ["./12", "12.npk", "system.img", "/srv/12", "-1", "+3", "1e3"] {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["12", "12.npk", "system.img", "-1", "+3", "1e3"] {
+            let file = dir.path().join(name);
+            std::fs::write(&file, b"x").unwrap();
+            let text = file.to_str().unwrap();
             assert_eq!(
-                parse_target(file),
-                Ok(SwitchTarget::Image(PathBuf::from(file))),
-                "{file}"
+                parse_target(text),
+                Ok(SwitchTarget::Image(file.clone())),
+                "{text}"
             );
         }
+        assert!(parse_target("not-a-number").is_err(), "no such file");
+        assert!(
+            parse_target(dir.path().to_str().unwrap()).is_err(),
+            "a directory"
+        );
         assert!(parse_target("99999999999999999999").is_err());
     }
 }

@@ -1,7 +1,7 @@
 //! What to do about a refusal: the wording that names flags and commands,
 //! which library errors leave out (they do not know which command ran).
 
-use nexus_graft::{GraftError, OlderCurrent};
+use nexus_graft::{GraftError, Limit, LimitExceeded, OlderCurrent, Problem};
 use nexus_npk::{ArchiveKind, NpkError, ReplayError, TrustError};
 use nexus_store::StoreError;
 
@@ -88,6 +88,25 @@ fn hint_for(e: &(dyn std::error::Error + 'static)) -> Option<String> {
                 "make it private to its owner: chmod 600 {} (and chown it to the user who signs)",
                 path.display()
             )),
+            _ => None,
+        };
+    }
+    if let Some(GraftError::Package { problem, .. }) = e.downcast_ref::<GraftError>() {
+        return match problem {
+            Problem::Limit(LimitExceeded {
+                raisable: Some(limit),
+                ..
+            }) => Some(match limit {
+                Limit::Entries => "raise the limit with --max-entries".into(),
+                Limit::UnpackedSize => "raise the limit with --max-unpacked-size".into(),
+            }),
+            Problem::Special { .. } => {
+                Some("use --skip-special to leave device nodes, FIFOs and sockets out".into())
+            }
+            Problem::Naming(_) => Some(
+                "give the package's name and version with --name and --version (one package file at a time), or leave them out for an archive of several packages"
+                    .into(),
+            ),
             _ => None,
         };
     }

@@ -1,11 +1,17 @@
 //! Opening a store for a command, with errors that tell the user what to
 //! do: the library says what is wrong, the command says which command
-//! fixes it.
+//! fixes it. Stores are read through [`nexus_remote::RemotePacks`] (its
+//! own packs first, then for a pack that lives on a remote the disk cache,
+//! then the remote), so that commands and daemons serve pulled generations
+//! as any other.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::Result;
 use nexus_fs::{View, ViewError, ViewOptions};
+use nexus_remote::{RemotePacks, RemoteSettings};
+use nexus_store::read::{Reader, ReaderOptions};
 use nexus_store::{Store, StoreError};
 
 /// What to add to an error from opening the store in `dir`.
@@ -20,18 +26,48 @@ fn context(dir: &Path, not_a_store: bool) -> String {
     }
 }
 
+fn store_error(dir: &Path, e: StoreError) -> anyhow::Error {
+    let hint = matches!(e, StoreError::NotAStore { .. });
+    anyhow::Error::new(e).context(context(dir, hint))
+}
+
+/// The pack source of `store`: its own packs, then those of its remotes
+/// (a store with none never looks further than `packs/`).
+pub fn remote_source(store: &Store) -> Result<Arc<RemotePacks>> {
+    let settings = RemoteSettings::load(store.catalog())?;
+    Ok(Arc::new(RemotePacks::open(store.dir(), &settings)?))
+}
+
 /// Opens the store in `dir`.
 pub fn open_store(dir: &Path) -> Result<Store> {
-    Store::open(dir).map_err(|e| {
-        let hint = matches!(e, StoreError::NotAStore { .. });
-        anyhow::Error::new(e).context(context(dir, hint))
-    })
+    let mut store = Store::open(dir).map_err(|e| store_error(dir, e))?;
+    let source = remote_source(&store)?;
+    store.set_source(source)?;
+    Ok(store)
 }
 
 /// Opens a view of the store in `dir`.
 pub fn open_view(dir: &Path, options: ViewOptions) -> Result<View> {
-    View::open(dir, options).map_err(|e| {
+    let view_error = |e: ViewError| {
         let hint = matches!(e, ViewError::Store(StoreError::NotAStore { .. }));
         anyhow::Error::new(e).context(context(dir, hint))
-    })
+    };
+    // Always the remote-aware source: a generation pulled while the daemon
+    // runs is followed like any switch, and read from its remote.
+    let store = Store::open(dir).map_err(|e| store_error(dir, e))?;
+    let source = remote_source(&store)?;
+    drop(store);
+    let reader = Reader::with_source(
+        dir,
+        ReaderOptions {
+            cache_bytes: options.cache_bytes,
+            connections: options.connections,
+            snapshots: true,
+            // One reader of a large file decodes on every core.
+            read_ahead_threads: nexus_fs::view::READ_AHEAD_THREADS,
+        },
+        source,
+    )
+    .map_err(|e| store_error(dir, e))?;
+    View::with_reader(Arc::new(reader), options.generation).map_err(view_error)
 }

@@ -1,21 +1,15 @@
 //! What the view says about an inode and a directory entry, independent of
 //! the transport that carries it.
 
-use nexus_store::catalog::{InodeRow, kind};
+use nexus_store::catalog::InodeRow;
 
-use crate::error::{Result, ViewError};
+use crate::error::Result;
 use crate::ino::Node;
 
-/// The type of an inode.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    /// A directory.
-    Dir,
-    /// A regular file.
-    File,
-    /// A symbolic link.
-    Symlink,
-}
+/// The type of an inode: the store's (a directory, a regular file, a
+/// symbolic link), which is also what the view's own nodes (the root, Apps,
+/// `Current` links) are.
+pub use nexus_store::tree::InodeType as Kind;
 
 /// The attributes of an inode.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,17 +40,7 @@ pub struct Attr {
 impl Attr {
     /// The attributes of a package inode.
     pub(crate) fn of_row(row: &InodeRow) -> Result<Attr> {
-        let kind = match row.kind {
-            kind::DIR => Kind::Dir,
-            kind::FILE => Kind::File,
-            kind::SYMLINK => Kind::Symlink,
-            other => {
-                return Err(ViewError::Inconsistent(format!(
-                    "inode {} has unknown kind {other}",
-                    row.id
-                )));
-            }
-        };
+        let kind = row.kind;
         Ok(Attr {
             ino: Node::Package(row.id).ino()?,
             kind,
@@ -176,7 +160,7 @@ mod tests {
         InodeRow {
             id: 1,
             package: 1,
-            kind: kind::FILE,
+            kind: nexus_store::tree::InodeType::File,
             mode,
             uid: 0,
             gid: 0,

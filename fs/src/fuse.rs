@@ -25,7 +25,7 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fuser::{
     Errno, FileAttr, FileHandle, Filesystem, Generation, INodeNo, InitFlags, KernelConfig,
@@ -34,6 +34,7 @@ use fuser::{
 };
 
 use crate::attr::{Entry, Kind};
+use crate::changes::Invalidation;
 use crate::error::ViewError;
 use crate::ino::Node;
 use crate::lookups::Lookups;
@@ -92,6 +93,56 @@ impl NexusFs {
     }
 }
 
+/// How often a mount drops the cached names of held inodes whose package
+/// the view no longer shows (see [`Reaper`]).
+const REAP_EVERY: Duration = Duration::from_secs(1);
+
+/// Makes the kernel forget, once no program uses them, the inodes of
+/// packages the view no longer shows: it keeps unused names cached
+/// indefinitely otherwise, and so would pin them against gc
+/// (`crate::lookups`). A [`crate::follow::Follower`] of the mount's view.
+pub struct Reaper {
+    view: Arc<View>,
+    lookups: Arc<Lookups>,
+    invalidator: Invalidator,
+    last: Instant,
+}
+
+impl crate::follow::Follower for Reaper {
+    fn moved(&mut self, _changes: &crate::Changes) {}
+
+    fn tick(&mut self) {
+        if self.last.elapsed() < REAP_EVERY {
+            return;
+        }
+        self.last = Instant::now();
+        let orphans = self.lookups.orphans(&self.view.shown_packages());
+        if orphans.is_empty() {
+            return;
+        }
+        let all: Vec<Invalidation> = orphans
+            .into_iter()
+            .map(|(parent, name)| Invalidation::Entry { parent, name })
+            .collect();
+        // Names the kernel no longer holds, or holds in use, are no error.
+        if let Err(e) = self.invalidator.send(&all) {
+            tracing::debug!("dropping names of packages no longer shown: {e}");
+        }
+    }
+}
+
+impl Mounted<NexusFs> {
+    /// The [`Reaper`] of this mount of `view`.
+    pub fn reaper(&self, view: Arc<View>) -> Option<Reaper> {
+        Some(Reaper {
+            view,
+            lookups: self.lookups.clone()?,
+            invalidator: self.invalidator(),
+            last: Instant::now(),
+        })
+    }
+}
+
 fn ttl(immutable: bool) -> Duration {
     if immutable {
         IMMUTABLE_TTL
@@ -124,8 +175,8 @@ pub(crate) fn no_such_entry() -> FileAttr {
 }
 
 impl NexusFs {
-    fn reply_entry(&self, reply: ReplyEntry, entry: &Entry) {
-        self.view.looked_up(&self.lookups, entry);
+    fn reply_entry(&self, reply: ReplyEntry, parent: INodeNo, entry: &Entry) {
+        self.view.looked_up(&self.lookups, parent.0, entry);
         reply.entry_with_ttls(
             &ttl(entry.attr.immutable),
             &ttl(entry.immutable),
@@ -179,7 +230,7 @@ impl Filesystem for NexusFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         self.counts.count(Op::Lookup);
         match self.view.lookup(parent.0, name.as_bytes()) {
-            Ok(entry) => self.reply_entry(reply, &entry),
+            Ok(entry) => self.reply_entry(reply, parent, &entry),
             Err(ViewError::NotFound) => {
                 // Node id 0 with a lifetime: the kernel keeps the name's
                 // absence (an ENOENT error it would forget at once). Names
@@ -351,7 +402,7 @@ impl Filesystem for NexusFs {
                 INodeNo,
                 |e| ttl(e.immutable && e.attr.immutable),
                 Generation(self.view.inode_generation()),
-                |e| self.view.looked_up(&self.lookups, e),
+                |e| self.view.looked_up(&self.lookups, ino.0, e),
                 reply,
             ),
             Err(e) => reply.error(errno("readdirplus", ino, &e)),
@@ -426,7 +477,9 @@ pub fn mount(
 ) -> io::Result<Mounted<NexusFs>> {
     let fs = NexusFs::new(view.clone());
     let pusher = fs.pusher.clone();
-    let mounted = session::mount(fs, mountpoint, "nexus", options)?;
+    let lookups = fs.lookups.clone();
+    let mut mounted = session::mount(fs, mountpoint, "nexus", options)?;
+    mounted.lookups = Some(lookups);
     pusher.start(view, mounted.notifier())?;
     Ok(mounted)
 }

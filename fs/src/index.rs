@@ -71,7 +71,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, RwLock};
 
-use nexus_store::catalog::{Catalog, kind};
+use nexus_store::catalog::Catalog;
+use nexus_store::tree::InodeType;
 use quick_cache::Weighter;
 use quick_cache::sync::Cache;
 
@@ -179,7 +180,7 @@ const RETIRED_MAX: usize = 4;
 struct Child {
     name: Box<[u8]>,
     id: i64,
-    kind: i64,
+    kind: InodeType,
 }
 
 #[derive(Clone)]
@@ -495,7 +496,7 @@ impl Index {
             let children = self.children(dir)?;
             // Listings are sorted bytewise by name (the catalog's order).
             match children.binary_search_by(|c| c.name[..].cmp(part.as_bytes())) {
-                Ok(i) if children[i].kind == kind::DIR => dir = children[i].id,
+                Ok(i) if children[i].kind == InodeType::Dir => dir = children[i].id,
                 _ => return Ok(None),
             }
         }
@@ -540,7 +541,7 @@ impl Index {
         let mut merged = MergedDir::new();
         for source in sources {
             for child in self.children(source.dir)?.iter() {
-                let is_dir = child.kind == kind::DIR;
+                let is_dir = child.kind == InodeType::Dir;
                 match merged.get_mut(&child.name) {
                     None => {
                         let entry = if is_dir {

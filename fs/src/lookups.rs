@@ -7,35 +7,65 @@
 //! Each client has its own [`Lookups`] (one per FUSE mount, one per guest:
 //! a guest cannot forget another's inodes); the view sums them into the
 //! packages it publishes as runtime roots, which gc keeps.
+//!
+//! A kernel forgets an inode only when it evicts it, and it keeps unused
+//! names cached indefinitely: a name that was in use when a switch
+//! invalidated its directory stays cached after the program closed it.
+//! So each held inode remembers the name it was learned under, and a FUSE
+//! mount drops again, now and then, the names of held inodes whose
+//! package the view no longer shows ([`Lookups::orphans`]): the kernel then
+//! forgets what no program uses any more, and gc can take it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
+/// One inode a client holds.
+#[derive(Debug)]
+struct Held {
+    /// Its package.
+    package: i64,
+    /// The kernel's lookup count.
+    count: u64,
+    /// The directory and name it was last learned under.
+    parent: u64,
+    name: Box<[u8]>,
+}
+
 /// The package inodes one client holds, with the kernel's lookup counts.
 #[derive(Debug, Default)]
 pub struct Lookups {
-    /// Inode number → (its package, lookup count).
-    held: Mutex<HashMap<u64, (i64, u64)>>,
+    /// Inode number → what is held of it.
+    held: Mutex<HashMap<u64, Held>>,
     /// Shared by every client of a view: bumped whenever an inode starts or
     /// stops being held.
     changes: Arc<AtomicU64>,
 }
 
 impl Lookups {
-    fn held(&self) -> MutexGuard<'_, HashMap<u64, (i64, u64)>> {
+    fn held(&self) -> MutexGuard<'_, HashMap<u64, Held>> {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The client learned inode `ino` of `package` once more (a LOOKUP
-    /// reply, a READDIRPLUS entry other than `.` and `..`).
-    pub(crate) fn add(&self, ino: u64, package: i64) {
+    /// The client learned inode `ino` of `package`, named `name` in
+    /// directory `parent`, once more (a LOOKUP reply, a READDIRPLUS entry
+    /// other than `.` and `..`).
+    pub(crate) fn add(&self, ino: u64, package: i64, parent: u64, name: &[u8]) {
         let mut held = self.held();
         let entry = held.entry(ino).or_insert_with(|| {
             self.changes.fetch_add(1, Ordering::Relaxed);
-            (package, 0)
+            Held {
+                package,
+                count: 0,
+                parent,
+                name: Box::default(),
+            }
         });
-        entry.1 = entry.1.saturating_add(1);
+        entry.count = entry.count.saturating_add(1);
+        if *entry.name != *name || entry.parent != parent {
+            entry.parent = parent;
+            entry.name = name.into();
+        }
     }
 
     /// The client forgot `n` lookups of inode `ino` (FORGET); at zero it no
@@ -43,8 +73,8 @@ impl Lookups {
     pub fn forget(&self, ino: u64, n: u64) {
         let mut held = self.held();
         if let Some(entry) = held.get_mut(&ino) {
-            entry.1 = entry.1.saturating_sub(n);
-            if entry.1 == 0 {
+            entry.count = entry.count.saturating_sub(n);
+            if entry.count == 0 {
                 held.remove(&ino);
                 self.changes.fetch_add(1, Ordering::Relaxed);
             }
@@ -62,7 +92,19 @@ impl Lookups {
     }
 
     fn packages_into(&self, out: &mut HashSet<i64>) {
-        out.extend(self.held().values().map(|(package, _)| *package));
+        out.extend(self.held().values().map(|h| h.package));
+    }
+
+    /// `(directory, name)` of the held inodes whose package is not in
+    /// `shown`: names a client may have kept cached though no program uses
+    /// them (see the module documentation), for a transport that can tell
+    /// the client to drop them.
+    pub fn orphans(&self, shown: &HashSet<i64>) -> Vec<(u64, Vec<u8>)> {
+        self.held()
+            .values()
+            .filter(|h| !shown.contains(&h.package))
+            .map(|h| (h.parent, h.name.to_vec()))
+            .collect()
     }
 }
 
@@ -116,10 +158,15 @@ mod tests {
         let clients = Clients::default();
         let a = clients.register();
         let b = clients.register();
-        a.add(40, 7);
-        a.add(40, 7);
-        a.add(44, 8);
-        b.add(48, 9);
+        a.add(40, 7, 4, b"x");
+        a.add(40, 7, 4, b"x");
+        a.add(44, 8, 4, b"y");
+        b.add(48, 9, 8, b"z");
+        assert_eq!(
+            a.orphans(&HashSet::from([7])),
+            vec![(4, b"y".to_vec())],
+            "held inodes of packages not shown"
+        );
         assert_eq!(clients.held_packages(), HashSet::from([7, 8, 9]));
         a.forget(40, 1);
         a.forget(44, 5);

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use nexus_npk::ArchiveKind;
 use nexus_store::commit::{CommitOutcome, Membership, Precondition, StagedPackage};
-use nexus_store::dirs::{ScannedDir, scan_dirs, stage_dirs};
+use nexus_store::dirs::DirSet;
 use nexus_store::ingest::{FileContent, Producer};
 use nexus_store::scan::{ScanOptions, SourcePolicy};
 use nexus_store::{AddDir, Hash, Progress, Store, StoreError, names, version};
@@ -200,11 +200,7 @@ pub fn add_checked(
                     .ok_or_else(|| StoreError::NotFound(format!("{name}/{version}")))?;
                 // Its tree as stored: same tree hash, so the commit finds
                 // the package rather than inserting it (no content needed).
-                let (tree, _) =
-                    nexus_npk::write::package_tree(store, &row).map_err(|e| GraftError::Npk {
-                        file: PathBuf::from(row.spec()),
-                        error: e,
-                    })?;
+                let tree = store.catalog().package_tree(&row)?.tree;
                 stored.push(StagedPackage {
                     name: row.name,
                     version: row.version,
@@ -239,14 +235,14 @@ pub fn add_checked(
         names::check_version(&d.version)?;
     }
     progress.phase("scanning");
-    let scanned = scan_dirs(
+    let set = DirSet::scan(
         &dirs,
         ScanOptions {
             skip_special: options.read.skip_special,
             policy: options.source_policy,
         },
     )?;
-    let mut total: u64 = scanned.iter().map(ScannedDir::content_bytes).sum();
+    let mut total: u64 = set.content_bytes();
     for a in &archives {
         total += fs::metadata(&a.path)
             .map_err(|e| GraftError::Io {
@@ -258,16 +254,11 @@ pub fn add_checked(
     for (_, archive) in &npks {
         total += archive.body.blobs.iter().map(|b| b.size).sum::<u64>();
     }
-    let files = scanned
-        .iter()
-        .map(|d| d.scanned.sources.len())
-        .sum::<usize>()
-        + archives.len()
-        + npks.len();
+    let files = set.files() + archives.len() as u64 + npks.len() as u64;
     store.stage_and_commit(options.threads, progress, &membership, |session| {
-        progress.start(total, files as u64);
-        let advance = |n: u64| progress.advance(n);
-        let (mut staged, mut contents) = stage_dirs(session, &scanned, options.threads, &advance)?;
+        progress.start(total, files);
+        let (mut staged, mut contents) =
+            set.stage(session, options.threads, &|n| progress.advance(n))?;
         let mut producer = session.producer()?;
         for a in &archives {
             staged.push(stage_archive(
@@ -335,7 +326,7 @@ fn stage_archive(
     let version = request.version.clone().unwrap_or(package.version);
     let invalid = |e: StoreError| GraftError::Package {
         file: path.clone(),
-        problem: Problem::Metadata(format!("{e} (give --name/--version)")),
+        problem: Problem::Naming(e.to_string()),
     };
     names::check_name(&name).map_err(invalid)?;
     names::check_version(&version).map_err(invalid)?;

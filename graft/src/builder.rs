@@ -117,12 +117,12 @@ fn path_limit(name: &str, limit: PathLimit) -> Problem {
         PathLimit::TooDeep { depth } => LimitExceeded {
             what: format!("entry {name:?}: its depth of {depth} path components"),
             limit: MAX_DEPTH as u64,
-            flag: None,
+            raisable: None,
         },
         PathLimit::TooManyPathBytes => LimitExceeded {
             what: format!("at entry {name:?}, the bytes of all the package's paths"),
             limit: MAX_PATH_BYTES,
-            flag: None,
+            raisable: None,
         },
     })
 }
@@ -515,7 +515,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("FIFO") && err.contains("--skip-special"),
+            err.contains("FIFO") && err.contains("only files, directories and symlinks"),
             "{err}"
         );
         let mut b = TreeBuilder::new(true);

@@ -201,7 +201,7 @@ fn read_control(m: &mut dyn Read, name: &str, budget: &Budget) -> ReadResult<Con
             return Err(Problem::Limit(crate::error::LimitExceeded {
                 what: format!("the control files of {name}"),
                 limit: METADATA_FILE_MAX,
-                flag: None,
+                raisable: None,
             })
             .into());
         }

@@ -13,19 +13,24 @@ use nexus_store::StoreError;
 
 /// A limit that protects against decompression bombs was reached.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{what} exceeds the limit of {limit}{}", flag_hint(.flag))]
+#[error("{what} exceeds the limit of {limit}")]
 pub struct LimitExceeded {
     /// What grew too large, e.g. "the unpacked size".
     pub what: String,
     /// The limit in force.
     pub limit: u64,
-    /// The `nip add` flag that raises it, if it can be raised.
-    pub flag: Option<&'static str>,
+    /// Which of the caller's limits ([`crate::Limits`]) it was, if it can
+    /// be raised; `None` for fixed limits of the formats.
+    pub raisable: Option<Limit>,
 }
 
-fn flag_hint(flag: &Option<&'static str>) -> String {
-    flag.map(|f| format!(" (raise it with {f})"))
-        .unwrap_or_default()
+/// The limits a caller sets ([`crate::Limits`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Limit {
+    /// `Limits::max_entries`.
+    Entries,
+    /// `Limits::max_unpacked_size`.
+    UnpackedSize,
 }
 
 /// Something wrong with a package file: it is refused.
@@ -70,10 +75,15 @@ pub enum Problem {
     /// The package's own metadata is missing or malformed.
     #[error("invalid metadata: {0}")]
     Metadata(String),
-    /// A device node, FIFO or socket (refused unless `--skip-special`).
-    #[error(
-        "entry {entry:?} is {what}; packages may hold only files, directories and symlinks (use --skip-special to leave such entries out)"
-    )]
+    /// The package's name or version cannot be taken from it (a NAR named
+    /// by hash only, a name the store refuses), or a name and version were
+    /// given for an archive of several packages: the caller must say (or
+    /// not say) what to call it.
+    #[error("{0}")]
+    Naming(String),
+    /// A device node, FIFO or socket (refused unless special files are
+    /// skipped, `ReadOptions::skip_special`).
+    #[error("entry {entry:?} is {what}; packages may hold only files, directories and symlinks")]
     Special {
         /// The entry's path as the archive spells it.
         entry: String,

@@ -47,7 +47,7 @@ pub mod tarstream;
 mod tests;
 
 pub use add::{AddOptions, ArchiveRequest, OlderCurrent, Source, add, import_image};
-pub use error::{Failure, GraftError, LimitExceeded, Problem};
+pub use error::{Failure, GraftError, Limit, LimitExceeded, Problem};
 pub use limits::Limits;
 pub use npk::Trust;
 pub use package::{

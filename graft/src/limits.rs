@@ -11,7 +11,7 @@
 use std::cell::Cell;
 use std::io::{self, Read};
 
-use crate::error::LimitExceeded;
+use crate::error::{Limit, LimitExceeded};
 
 /// Largest metadata file kept in memory (`control`, `.PKGINFO`,
 /// `+CONTENTS`, maintainer scripts, ...): 16 MiB, room for the file lists of
@@ -72,7 +72,7 @@ impl Budget {
             return Err(LimitExceeded {
                 what: "the number of entries".into(),
                 limit: self.limits.max_entries,
-                flag: Some("--max-entries"),
+                raisable: Some(Limit::Entries),
             });
         }
         self.entries.set(n);
@@ -96,7 +96,7 @@ impl Budget {
         LimitExceeded {
             what: format!("{what}: the unpacked size"),
             limit: self.limits.max_unpacked_size,
-            flag: Some("--max-unpacked-size"),
+            raisable: Some(Limit::UnpackedSize),
         }
     }
 
@@ -176,7 +176,7 @@ pub fn read_capped(reader: &mut dyn Read, max: u64, what: &str) -> io::Result<Ve
             LimitExceeded {
                 what: what.to_string(),
                 limit: max,
-                flag: None,
+                raisable: None,
             },
         ));
     }
@@ -196,16 +196,10 @@ mod tests {
         let mut r = Metered::new(&[0u8; 11][..], &budget);
         let mut out = Vec::new();
         let err = r.read_to_end(&mut out).unwrap_err();
-        assert!(err.to_string().contains("--max-unpacked-size"), "{err}");
+        assert!(format!("{err:?}").contains("UnpackedSize"), "{err:?}");
         budget.entry().unwrap();
         budget.entry().unwrap();
-        assert!(
-            budget
-                .entry()
-                .unwrap_err()
-                .to_string()
-                .contains("--max-entries")
-        );
+        assert!(budget.entry().unwrap_err().raisable == Some(Limit::Entries));
     }
 
     #[test]

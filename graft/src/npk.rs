@@ -16,7 +16,7 @@ use nexus_store::tree::InodeKind;
 use nexus_store::{Progress, names};
 
 use crate::add::ArchiveRequest;
-use crate::error::{GraftError, Problem};
+use crate::error::{GraftError, Limit, Problem};
 use crate::limits::Limits;
 
 /// Whose `.npk` signatures `nip add` accepts.
@@ -134,9 +134,10 @@ pub fn stage(
         problem,
     };
     if archive.body.packages.len() != 1 && (request.name.is_some() || request.version.is_some()) {
-        return Err(refused(Problem::Metadata(
-            "--name/--version apply to an archive of one package".into(),
-        )));
+        return Err(refused(Problem::Naming(format!(
+            "a name and version were given for an archive of {} packages",
+            archive.body.packages.len()
+        ))));
     }
 
     // Which contents the packages use (the body holds no others, but only
@@ -211,7 +212,7 @@ fn check_limits(package: &BodyPackage, limits: &Limits) -> Result<(), Problem> {
         return Err(Problem::Limit(crate::error::LimitExceeded {
             what: format!("the entry count ({entries})"),
             limit: limits.max_entries,
-            flag: Some("--max-entries"),
+            raisable: Some(Limit::Entries),
         }));
     }
     let bytes: u64 = package
@@ -227,7 +228,7 @@ fn check_limits(package: &BodyPackage, limits: &Limits) -> Result<(), Problem> {
         return Err(Problem::Limit(crate::error::LimitExceeded {
             what: format!("the unpacked size ({bytes} bytes)"),
             limit: limits.max_unpacked_size,
-            flag: Some("--max-unpacked-size"),
+            raisable: Some(Limit::UnpackedSize),
         }));
     }
     Ok(())

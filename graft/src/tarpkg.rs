@@ -150,7 +150,7 @@ fn capture(
         return Err(Problem::Limit(crate::error::LimitExceeded {
             what: "the package's metadata files".into(),
             limit: METADATA_FILE_MAX,
-            flag: None,
+            raisable: None,
         })
         .into());
     }

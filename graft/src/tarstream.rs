@@ -386,10 +386,7 @@ mod tests {
         b.append(&h2, &[][..]).ok();
         let data = b.into_inner().unwrap();
         let err = read_all(&data).unwrap_err();
-        assert!(
-            format!("{err:?}").contains("--max-unpacked-size"),
-            "{err:?}"
-        );
+        assert!(format!("{err:?}").contains("UnpackedSize"), "{err:?}");
     }
 
     #[test]

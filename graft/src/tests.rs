@@ -311,7 +311,7 @@ fn limits_stop_bombs() {
         skip_special: false,
     };
     let err = problem(&bomb, small);
-    assert!(err.contains("--max-unpacked-size"), "{err}");
+    assert!(err.contains("unpacked size exceeds the limit"), "{err}");
     let few = ReadOptions {
         limits: Limits {
             max_unpacked_size: 1 << 30,
@@ -320,7 +320,7 @@ fn limits_stop_bombs() {
         skip_special: false,
     };
     let err = problem(&deb(hello_data()), few);
-    assert!(err.contains("--max-entries"), "{err}");
+    assert!(err.contains("exceeds the limit of 5"), "{err}");
 }
 
 #[test]
@@ -444,10 +444,7 @@ fn a_nar_needs_a_store_path_name_or_flags() {
         Err(Failure::Problem(p)) => p.to_string(),
         other => panic!("expected a problem, got {other:?}"),
     };
-    assert!(
-        err.contains("not a store path name") && err.contains("--name"),
-        "{err}"
-    );
+    assert!(err.contains("not a store path name"), "{err}");
     let naming = Naming {
         file_name: Some("hello.nar"),
         name: Some("hi"),

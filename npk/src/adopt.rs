@@ -61,6 +61,7 @@ pub fn adopt(archive: &Archive, dir: &Path) -> Result<(Store, CommitOutcome)> {
         packs: vec![SealedPack { name, size }],
         written,
         reused: Default::default(),
+        remote: None,
     };
     let staged: Vec<StagedPackage> = body
         .packages

@@ -130,6 +130,21 @@ impl Claim {
         })
     }
 
+    /// The claim of another signed statement about a whole system (a
+    /// remote's manifest): counter `counter` for root `root` in `domain`,
+    /// whose keys in `trust` may have format-1 records.
+    pub fn new(domain: &str, counter: u64, root: Hash, trust: &TrustSet) -> Claim {
+        Claim {
+            domain: domain.to_string(),
+            counter,
+            root,
+            legacy_ids: trust
+                .domain_keys(domain)
+                .map(|k| k.id()[..LEGACY_ID_LEN].to_string())
+                .collect(),
+        }
+    }
+
     /// The domain's record, read through `meta`.
     pub fn recorded(
         &self,

@@ -12,12 +12,11 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use nexus_store::catalog::{PackageRow, kind};
+use nexus_store::catalog::PackageRow;
 use nexus_store::pack::{
     BlockBuilder, BlockEncoder, ChunkKind, ChunkLocation, EncodedBlock, decode_block,
 };
 use nexus_store::params::{BLOCK_TARGET, SMALL_FILE_MAX};
-use nexus_store::tree::{Inode, InodeKind, Tree};
 use nexus_store::{Hash, NoProgress, Progress, Store, StoreError};
 
 use crate::body::{self, Body, BodyBlob, BodyChunk, BodyPackage, root_hash};
@@ -159,7 +158,8 @@ fn write_to(
     let mut packages = Vec::with_capacity(members.len());
     let mut files: Vec<(Hash, i64)> = Vec::new();
     for m in members {
-        let (tree, blobs) = package_tree(store, m.package)?;
+        let rebuilt = store.catalog().package_tree(m.package)?;
+        let (tree, blobs) = (rebuilt.tree, rebuilt.contents);
         files.extend(blobs);
         packages.push(BodyPackage {
             name: m.package.name.clone(),
@@ -172,7 +172,7 @@ fn write_to(
         });
         if packages.last().map(|p| p.tree_hash) != Some(m.package.tree_hash) {
             return Err(StoreError::Invalid(format!(
-                "{}: its stored tree no longer matches its tree hash (run `nip verify`)",
+                "{}: its stored tree no longer matches its tree hash",
                 m.package.spec()
             ))
             .into());
@@ -407,77 +407,6 @@ impl BlockWriter {
         }
         Ok(())
     }
-}
-
-/// A package's tree as the store holds it, and its files' (content, blob id)
-/// in canonical order.
-pub fn package_tree(store: &Store, package: &PackageRow) -> Result<(Tree, Vec<(Hash, i64)>)> {
-    let walk = store.walk_package(package)?;
-    let mut tree = Tree::default();
-    let mut by_id: HashMap<i64, u32> = HashMap::new();
-    let mut by_path: HashMap<Vec<u8>, u32> = HashMap::new();
-    let mut files = Vec::new();
-    for (path, row) in walk {
-        let index = match by_id.get(&row.id) {
-            Some(&i) => i,
-            None => {
-                let kind = match row.kind {
-                    kind::DIR => InodeKind::Dir,
-                    kind::FILE => {
-                        let (Some(content), Some(blob)) = (row.content, row.blob) else {
-                            return Err(StoreError::Invalid(format!(
-                                "{}: a file without content in the catalog",
-                                package.spec()
-                            ))
-                            .into());
-                        };
-                        files.push((content, blob));
-                        InodeKind::File {
-                            size: row.size,
-                            content: Some(content),
-                        }
-                    }
-                    _ => InodeKind::Symlink {
-                        target: row.target.clone().unwrap_or_default(),
-                    },
-                };
-                let i = tree.push_inode(Inode {
-                    kind,
-                    mode: row.mode,
-                    uid: row.uid,
-                    gid: row.gid,
-                    mtime: row.mtime,
-                    xattrs: row.xattrs.clone(),
-                });
-                by_id.insert(row.id, i);
-                i
-            }
-        };
-        if path.is_empty() {
-            continue; // the root, inode 0
-        }
-        let (parent_path, name) = match path.iter().rposition(|&b| b == b'/') {
-            Some(slash) => (&path[..slash], &path[slash + 1..]),
-            None => (&path[..0], &path[..]),
-        };
-        let parent = match by_path.get(parent_path) {
-            Some(&p) => p,
-            None if parent_path.is_empty() => 0,
-            None => {
-                return Err(StoreError::Invalid(format!(
-                    "{}: {} is listed before its directory",
-                    package.spec(),
-                    String::from_utf8_lossy(&path)
-                ))
-                .into());
-            }
-        };
-        tree.push_entry(parent, name.to_vec(), index);
-        if row.kind == kind::DIR {
-            by_path.insert(path.clone(), index);
-        }
-    }
-    Ok((tree, files))
 }
 
 #[cfg(test)]

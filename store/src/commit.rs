@@ -11,12 +11,13 @@ use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
-use crate::catalog::{Catalog, kind};
+use crate::catalog::Catalog;
 use crate::error::{Result, StoreError};
 use crate::generations::{self, Member};
 use crate::hash::Hash;
 use crate::ingest::{ContentBatch, FileContent};
-use crate::tree::{InodeKind, Tree, encode_xattrs};
+use crate::pack::SealedPack;
+use crate::tree::{InodeKind, InodeType, Tree, encode_xattrs};
 
 /// A package whose content has been ingested and which is ready to commit.
 pub struct StagedPackage {
@@ -204,16 +205,6 @@ impl PendingCommit<'_> {
     }
 }
 
-/// Commits `packages` and the content `batch` in one transaction, adding
-/// them to the live set.
-pub fn commit_packages(
-    catalog: &mut Catalog,
-    packages: &[StagedPackage],
-    batch: &ContentBatch,
-) -> Result<CommitOutcome> {
-    commit_with(catalog, packages, batch, &Membership::Add)
-}
-
 /// Commits `packages` and the content `batch` in one transaction; the new
 /// generation's members follow `membership`.
 pub fn commit_with(
@@ -353,16 +344,34 @@ fn apply_current(
 fn index_chunks(tx: &Transaction<'_>, batch: &ContentBatch) -> Result<HashMap<Hash, i64>> {
     let mut pack_ids = HashMap::new();
     for pack in &batch.packs {
-        tx.execute(
-            "INSERT INTO packs(name, size) VALUES (?1, ?2)",
-            params![pack.name, pack.size as i64],
-        )?;
-        pack_ids.insert(pack.name.clone(), tx.last_insert_rowid());
+        let id = match batch.remote {
+            None => {
+                tx.execute(
+                    "INSERT INTO packs(name, size) VALUES (?1, ?2)",
+                    params![pack.name, pack.size as i64],
+                )?;
+                tx.last_insert_rowid()
+            }
+            Some(remote) => index_remote_pack(tx, pack, remote)?,
+        };
+        pack_ids.insert(pack.name.clone(), id);
     }
-    let mut insert = tx.prepare_cached(
-        "INSERT OR IGNORE INTO chunks(hash, pack, offset, block_len, inner, len)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?;
+    // A chunk the store knows keeps its location, except that a chunk
+    // written to the store's own packs replaces a location on a remote
+    // (an import stores what was remote-only: `Catalog::has_chunk`).
+    let mut insert = tx.prepare_cached(match batch.remote {
+        None => {
+            "INSERT INTO chunks(hash, pack, offset, block_len, inner, len)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT(hash) DO UPDATE SET pack = excluded.pack, offset = excluded.offset,
+                 block_len = excluded.block_len, inner = excluded.inner
+             WHERE (SELECT remote FROM packs WHERE id = chunks.pack) IS NOT NULL"
+        }
+        Some(_) => {
+            "INSERT OR IGNORE INTO chunks(hash, pack, offset, block_len, inner, len)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+        }
+    })?;
     for loc in &batch.written {
         let pack = pack_ids
             .get(&*loc.pack)
@@ -397,6 +406,30 @@ fn index_chunks(tx: &Transaction<'_>, batch: &ContentBatch) -> Result<HashMap<Ha
     // Anything reused that has disappeared since we looked is left out of
     // the map; insert_blob reports it, unless the blob already exists.
     Ok(ids)
+}
+
+/// Indexes a pack of remote `remote` (or finds it indexed by an earlier
+/// pull: a pack several remotes serve is read from the one pulled from
+/// last). A name that is one of the store's own packs is refused: its
+/// chunk locations would be read from the wrong file.
+fn index_remote_pack(tx: &Transaction<'_>, pack: &SealedPack, remote: i64) -> Result<i64> {
+    tx.execute(
+        "INSERT INTO packs(name, size, remote) VALUES (?1, ?2, ?3)
+         ON CONFLICT(name) DO UPDATE SET remote = excluded.remote WHERE packs.remote IS NOT NULL",
+        params![pack.name, pack.size as i64, remote],
+    )?;
+    let (id, owner): (i64, Option<i64>) = tx.query_row(
+        "SELECT id, remote FROM packs WHERE name = ?1",
+        [&pack.name],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    if owner != Some(remote) {
+        return Err(StoreError::Invalid(format!(
+            "the remote names a pack {} as this store's own packs are named",
+            pack.name
+        )));
+    }
+    Ok(id)
 }
 
 /// Inserts (or finds) the blob for `content`. `Ok(Err(n))` means `n` of its
@@ -477,7 +510,7 @@ fn insert_package(
     let mut ids = Vec::with_capacity(tree.inodes.len());
     for (i, inode) in tree.inodes.iter().enumerate() {
         let (k, size, blob, target) = match &inode.kind {
-            InodeKind::Dir => (kind::DIR, 0u64, None, None),
+            InodeKind::Dir => (InodeType::Dir, 0u64, None, None),
             InodeKind::File { size, content } => {
                 let hash = content.ok_or_else(|| {
                     StoreError::Invalid(format!("{}: file content was not ingested", staged.name))
@@ -485,10 +518,10 @@ fn insert_package(
                 let blob = blob_ids.get(&hash).copied().ok_or_else(|| {
                     StoreError::Invalid(format!("{}: content {hash} has no blob", staged.name))
                 })?;
-                (kind::FILE, *size, Some(blob), None)
+                (InodeType::File, *size, Some(blob), None)
             }
             InodeKind::Symlink { target } => (
-                kind::SYMLINK,
+                InodeType::Symlink,
                 target.len() as u64,
                 None,
                 Some(target.clone()),
@@ -497,7 +530,7 @@ fn insert_package(
         let xattrs = (!inode.xattrs.is_empty()).then(|| encode_xattrs(&inode.xattrs));
         insert_inode.execute(params![
             package,
-            k,
+            k.to_i64(),
             inode.mode,
             inode.uid,
             inode.gid,

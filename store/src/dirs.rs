@@ -16,16 +16,15 @@ use crate::store::AddDir;
 use crate::tree::InodeKind;
 
 /// A directory scanned from disk, ready to be staged.
-pub struct ScannedDir {
+struct ScannedDir {
     /// What was asked for: the directory and its NAME/VERSION.
-    pub request: AddDir,
+    request: AddDir,
     /// Its tree, with file contents still to be read.
-    pub scanned: ScannedTree,
+    scanned: ScannedTree,
 }
 
 impl ScannedDir {
-    /// Bytes of file content to read (each hard-linked file once).
-    pub fn content_bytes(&self) -> u64 {
+    fn content_bytes(&self) -> u64 {
         self.scanned
             .sources
             .iter()
@@ -41,22 +40,56 @@ fn file_size(s: &ScannedTree, inode: u32) -> u64 {
     }
 }
 
-/// Scans every directory of `dirs`, in order.
-pub fn scan_dirs(dirs: &[AddDir], options: ScanOptions) -> Result<Vec<ScannedDir>> {
-    dirs.iter()
-        .map(|d| {
-            Ok(ScannedDir {
-                request: d.clone(),
-                scanned: scan_dir(&d.path, options)?,
-            })
-        })
-        .collect()
+/// Directories to import as packages, scanned: the one way a directory
+/// comes into the store, whichever importer asked (`Store::add_dirs`, `nip
+/// add` mixing directories and package files).
+pub struct DirSet {
+    dirs: Vec<ScannedDir>,
 }
 
-/// Stores the content of scanned directories in `session` with `threads`
-/// producers, and returns them as packages ready to commit together with
-/// the contents the commit needs.
-pub fn stage_dirs(
+impl DirSet {
+    /// Scans every directory of `dirs`, in order, refusing a bad tree
+    /// before anything is stored.
+    pub fn scan(dirs: &[AddDir], options: ScanOptions) -> Result<DirSet> {
+        let dirs = dirs
+            .iter()
+            .map(|d| {
+                Ok(ScannedDir {
+                    request: d.clone(),
+                    scanned: scan_dir(&d.path, options)?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(DirSet { dirs })
+    }
+
+    /// Bytes of file content to read (each hard-linked file once).
+    pub fn content_bytes(&self) -> u64 {
+        self.dirs.iter().map(ScannedDir::content_bytes).sum()
+    }
+
+    /// Files to read.
+    pub fn files(&self) -> u64 {
+        self.dirs
+            .iter()
+            .map(|d| d.scanned.sources.len() as u64)
+            .sum()
+    }
+
+    /// Stores the content of the directories in `session` with `threads`
+    /// producers, and returns them as packages ready to commit together
+    /// with the contents the commit needs.
+    pub fn stage(
+        &self,
+        session: &Session<'_>,
+        threads: usize,
+        progress: ProgressFn<'_>,
+    ) -> Result<(Vec<StagedPackage>, Vec<FileContent>)> {
+        stage_dirs(session, &self.dirs, threads, progress)
+    }
+}
+
+fn stage_dirs(
     session: &Session<'_>,
     dirs: &[ScannedDir],
     threads: usize,

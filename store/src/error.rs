@@ -168,6 +168,18 @@ pub enum StoreError {
         /// The pack's file name.
         pack: String,
     },
+    /// The bytes of a pack that lives on a remote could not be had, or the
+    /// remote served bytes that are not what the index names: nothing of
+    /// them was served or cached.
+    #[error("pack {pack} on remote {remote}: {reason}")]
+    Remote {
+        /// The pack's file name.
+        pack: String,
+        /// The remote's name.
+        remote: String,
+        /// What went wrong (unreachable, timed out, wrong or short bytes).
+        reason: String,
+    },
     /// A read extends past the end of a pack.
     #[error("{pack}: {len} bytes at {offset} extend past its end")]
     PackShort {
@@ -177,6 +189,15 @@ pub enum StoreError {
         offset: u64,
         /// How many bytes it wanted.
         len: u64,
+    },
+    /// A stored package's catalog rows do not form its tree (a damaged or
+    /// altered catalog).
+    #[error("package #{package}: {what}")]
+    CatalogDamaged {
+        /// The package's catalog id.
+        package: i64,
+        /// What is wrong.
+        what: String,
     },
     /// A concurrent `nip gc` removed data this transaction wanted to reuse.
     #[error("{0} chunks this transaction reuses were garbage-collected concurrently; retry")]

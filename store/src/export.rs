@@ -28,9 +28,10 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{self as rfs, AtFlags, Gid, Mode, OFlags, Timespec, Timestamps, Uid, XattrFlags};
 
-use crate::catalog::{DirEntryRow, InodeRow, PackageRow, kind};
+use crate::catalog::{DirEntryRow, InodeRow, PackageRow};
 use crate::error::{Result, StoreError};
 use crate::store::{NoProgress, Progress, Store};
+use crate::tree::InodeType;
 
 /// What [`export`] restores besides names, contents, permission bits and
 /// mtimes.
@@ -156,7 +157,7 @@ pub fn export_with_progress(
         let dir = top.fd.as_fd();
         let inode = entry.inode;
         match inode.kind {
-            kind::DIR => {
+            InodeType::Dir => {
                 rfs::mkdirat(dir, name.as_c_str(), Mode::from_raw_mode(0o700))
                     .map_err(io(&dest.join(&relative)))?;
                 let fd = rfs::openat(
@@ -174,7 +175,7 @@ pub fn export_with_progress(
                     entries,
                 });
             }
-            kind::FILE => {
+            InodeType::File => {
                 if let Some(existing) = first_path.get(&inode.id) {
                     // Relative to `dest`, whose directories are ours and
                     // out of everyone else's reach until the export ends.
@@ -193,17 +194,11 @@ pub fn export_with_progress(
                 writer.finish(file.as_fd(), None, &inode, &relative)?;
                 first_path.insert(inode.id, relative);
             }
-            kind::SYMLINK => {
+            InodeType::Symlink => {
                 let target = inode.target.clone().unwrap_or_default();
                 rfs::symlinkat(OsStr::from_bytes(&target), dir, name.as_c_str())
                     .map_err(io(&dest.join(&relative)))?;
                 writer.finish(dir, Some(&name), &inode, &relative)?;
-            }
-            other => {
-                return Err(StoreError::Invalid(format!(
-                    "{}: unknown inode kind {other}",
-                    dest.join(&relative).display()
-                )));
             }
         }
     }

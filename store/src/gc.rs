@@ -374,6 +374,9 @@ struct PackUse {
     size: i64,
     live_chunks: i64,
     live_bytes: i64,
+    /// The pack is an object of a remote: no file here to delete or
+    /// rewrite, only its row.
+    remote: bool,
 }
 
 fn sweep_packs(
@@ -387,7 +390,8 @@ fn sweep_packs(
             "SELECT p.id, p.name, p.size,
                     (SELECT count(*) FROM chunks c WHERE c.pack = p.id),
                     (SELECT coalesce(sum(block_len), 0) FROM
-                        (SELECT DISTINCT c.offset, c.block_len FROM chunks c WHERE c.pack = p.id))
+                        (SELECT DISTINCT c.offset, c.block_len FROM chunks c WHERE c.pack = p.id)),
+                    p.remote IS NOT NULL
              FROM packs p",
         )?;
         let rows = stmt.query_map([], |r| {
@@ -397,12 +401,16 @@ fn sweep_packs(
                 size: r.get(2)?,
                 live_chunks: r.get(3)?,
                 live_bytes: r.get(4)?,
+                remote: r.get(5)?,
             })
         })?;
         rows.collect::<rusqlite::Result<_>>()?
     };
     progress.start(
-        uses.iter().map(|p| p.size.max(0) as u64).sum(),
+        uses.iter()
+            .filter(|p| !p.remote)
+            .map(|p| p.size.max(0) as u64)
+            .sum(),
         uses.len() as u64,
     );
     progress.phase("packs");
@@ -421,11 +429,12 @@ fn sweep_packs(
                 bump_epoch(&tx)?;
             }
             tx.commit()?;
-            if deleted > 0 {
+            if deleted > 0 && !pack.remote {
                 remove_pack_file(store, &pack.name)?;
                 report.packs_deleted += 1;
             }
-        } else if (pack.live_bytes as f64) < options.repack_below * pack.size as f64
+        } else if !pack.remote
+            && (pack.live_bytes as f64) < options.repack_below * pack.size as f64
             && repack(store, &pack)?
         {
             report.packs_rewritten += 1;

@@ -83,6 +83,11 @@ pub struct ContentBatch {
     /// the commit re-checks they still exist (a concurrent gc may have removed
     /// them in between).
     pub reused: HashSet<Hash>,
+    /// The remote (catalog id) every pack of this batch lives on, when the
+    /// packs are objects of a remote rather than files in `packs/` (a
+    /// generation pulled from it). Chunks the store knows already keep
+    /// their location: what is local is never read from the remote.
+    pub remote: Option<i64>,
 }
 
 /// Progress callback: called with the number of content bytes just processed.
@@ -265,6 +270,7 @@ pub fn run_session<T>(
                 packs,
                 written,
                 reused,
+                remote: None,
             },
         ))
     })

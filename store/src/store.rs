@@ -19,9 +19,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{OptionalExtension, TransactionBehavior};
 
-use crate::catalog::{Catalog, InodeRow, PackageRow, kind};
+use crate::catalog::{Catalog, InodeRow, PackageRow};
 use crate::commit::{CommitOutcome, Membership, StagedPackage, commit_with};
-use crate::dirs::{ScannedDir, scan_dirs, stage_dirs};
+use crate::dirs::DirSet;
 use crate::error::{Result, StoreError};
 use crate::generations;
 use crate::ingest::{ContentBatch, FileContent, Session, run_session};
@@ -30,6 +30,7 @@ use crate::names;
 use crate::params::FROZEN;
 use crate::read::{LocalPacks, Reader, ReaderOptions};
 use crate::scan::{ScanOptions, SourcePolicy};
+use crate::tree::InodeType;
 
 /// Catalog file name inside the store directory.
 pub const CATALOG_FILE: &str = "catalog.db";
@@ -250,19 +251,16 @@ impl Store {
         // fails at once rather than after the content was stored.
         check_specs(dirs.iter().map(|d| (d.name.as_str(), d.version.as_str())))?;
         progress.phase("scanning");
-        let scanned = scan_dirs(
+        let set = DirSet::scan(
             dirs,
             ScanOptions {
                 skip_special: options.skip_special,
                 policy: options.policy,
             },
         )?;
-        let total: u64 = scanned.iter().map(ScannedDir::content_bytes).sum();
-        let files: usize = scanned.iter().map(|d| d.scanned.sources.len()).sum();
         self.add_staged_with(options.threads, progress, |session| {
-            progress.start(total, files as u64);
-            let advance = |n: u64| progress.advance(n);
-            stage_dirs(session, &scanned, options.threads, &advance)
+            progress.start(set.content_bytes(), set.files());
+            set.stage(session, options.threads, &|n| progress.advance(n))
         })
     }
 
@@ -454,7 +452,7 @@ impl Store {
             .split(|&b| b == b'/')
             .filter(|c| !c.is_empty() && *c != b".")
         {
-            if inode.kind != kind::DIR {
+            if inode.kind != InodeType::Dir {
                 return Err(no_such_path(package, path));
             }
             inode = self
@@ -482,7 +480,7 @@ impl Store {
                     path.push(b'/');
                 }
                 path.extend_from_slice(&entry.name);
-                if entry.inode.kind == kind::DIR {
+                if entry.inode.kind == InodeType::Dir {
                     subdirs.push((path.clone(), entry.inode.id));
                 }
                 out.push((path, entry.inode));
@@ -492,6 +490,13 @@ impl Store {
         }
         out.sort_by(|a, b| a.0.split(|&c| c == b'/').cmp(b.0.split(|&c| c == b'/')));
         Ok(out)
+    }
+
+    /// Reads pack bytes from `source` from now on (a source that also
+    /// reaches the packs of remotes, say) instead of `packs/` alone.
+    pub fn set_source(&mut self, source: Arc<dyn crate::read::PackSource>) -> Result<()> {
+        self.reader = Reader::open_checked(&self.dir, ReaderOptions::default(), source)?;
+        Ok(())
     }
 
     /// The read side of the store: file contents and verified chunks.

@@ -18,6 +18,40 @@ pub type InodeIndex = u32;
 /// Extended attributes: name and value, kept sorted by name.
 pub type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// The type of an inode, without its type-specific data: what the catalog
+/// stores in `inodes.kind` (FORMAT.md section 4) and what every reader of
+/// a package (the view, export, listings) matches on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum InodeType {
+    /// A directory (stored as 1).
+    Dir,
+    /// A regular file (stored as 2).
+    File,
+    /// A symbolic link (stored as 3).
+    Symlink,
+}
+
+impl InodeType {
+    /// The number the catalog stores.
+    pub fn to_i64(self) -> i64 {
+        match self {
+            InodeType::Dir => 1,
+            InodeType::File => 2,
+            InodeType::Symlink => 3,
+        }
+    }
+
+    /// The type a catalog number stands for, if any.
+    pub fn from_i64(n: i64) -> Option<InodeType> {
+        match n {
+            1 => Some(InodeType::Dir),
+            2 => Some(InodeType::File),
+            3 => Some(InodeType::Symlink),
+            _ => None,
+        }
+    }
+}
+
 /// What an inode is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum InodeKind {
@@ -36,6 +70,17 @@ pub enum InodeKind {
         /// The link target.
         target: Vec<u8>,
     },
+}
+
+impl InodeKind {
+    /// The inode's type.
+    pub fn inode_type(&self) -> InodeType {
+        match self {
+            InodeKind::Dir => InodeType::Dir,
+            InodeKind::File { .. } => InodeType::File,
+            InodeKind::Symlink { .. } => InodeType::Symlink,
+        }
+    }
 }
 
 /// One inode: kind plus the POSIX metadata the store keeps.

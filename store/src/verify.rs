@@ -12,14 +12,12 @@
 //! package was imported with. The tree hash is one digest over the whole
 //! tree, so such damage is named by package, not by path.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use crate::catalog::kind;
 use crate::error::{Result, StoreError};
 use crate::hash::Hash;
 use crate::pack::ChunkLocation;
 use crate::store::{NoProgress, Progress, Store};
-use crate::tree::{Inode, InodeIndex, InodeKind, Tree, decode_xattrs};
 
 /// One damaged file.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
@@ -52,6 +50,24 @@ pub struct VerifyReport {
     /// Packages whose catalog rows no longer match their tree hash, with
     /// the reason, sorted.
     pub damaged_packages: Vec<PackageDamage>,
+    /// Packs that live on a remote, not in `packs/` (a pulled generation):
+    /// their chunks are not read here (each is verified when fetched), and
+    /// the file contents made of them are not re-hashed.
+    pub remote_packs: Vec<RemotePack>,
+    /// File contents not re-hashed because some of their chunks are on a
+    /// remote.
+    pub files_remote: u64,
+}
+
+/// A pack verify did not read because it lives on a remote.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub struct RemotePack {
+    /// The pack.
+    pub pack: String,
+    /// The remote holding it.
+    pub remote: String,
+    /// Its indexed chunks.
+    pub chunks: u64,
 }
 
 /// A package whose metadata in the catalog is not what it was imported as.
@@ -85,17 +101,39 @@ pub fn verify_with_progress(store: &mut Store, progress: &dyn Progress) -> Resul
         ..Default::default()
     };
 
-    // Pass 1: every chunk.
+    // Pass 1: every chunk of the store's own packs; those of remote packs
+    // are only counted.
+    let mut remote_chunks: HashSet<i64> = HashSet::new();
+    let mut remote_packs: BTreeMap<String, RemotePack> = BTreeMap::new();
     let chunks: Vec<(i64, ChunkLocation)> = {
         let mut stmt = store.catalog_mut().conn().prepare(
-            "SELECT c.hash, p.name, c.offset, c.block_len, c.inner, c.len, c.id
-             FROM chunks c JOIN packs p ON p.id = c.pack ORDER BY c.pack, c.offset, c.inner",
+            "SELECT c.hash, p.name, c.offset, c.block_len, c.inner, c.len, c.id, r.name
+             FROM chunks c JOIN packs p ON p.id = c.pack LEFT JOIN remotes r ON r.id = p.remote
+             ORDER BY c.pack, c.offset, c.inner",
         )?;
-        let rows = stmt.query_map([], |r| {
-            Ok((r.get::<_, i64>(6)?, crate::catalog::location_from_row(r)?))
-        })?;
-        rows.collect::<rusqlite::Result<_>>()?
+        let mut rows = stmt.query([])?;
+        let mut local = Vec::new();
+        while let Some(r) = rows.next()? {
+            let id: i64 = r.get(6)?;
+            let loc = crate::catalog::location_from_row(r)?;
+            match r.get::<_, Option<String>>(7)? {
+                None => local.push((id, loc)),
+                Some(remote) => {
+                    remote_chunks.insert(id);
+                    remote_packs
+                        .entry(loc.pack.to_string())
+                        .or_insert_with(|| RemotePack {
+                            pack: loc.pack.to_string(),
+                            remote,
+                            chunks: 0,
+                        })
+                        .chunks += 1;
+                }
+            }
+        }
+        local
     };
+    report.remote_packs = remote_packs.into_values().collect();
     let mut bad_chunks: HashMap<i64, String> = HashMap::new();
     progress.start(
         chunks.iter().map(|(_, loc)| u64::from(loc.len)).sum(),
@@ -159,7 +197,8 @@ pub fn verify_with_progress(store: &mut Store, progress: &dyn Progress) -> Resul
         }
         out
     };
-    let known_chunks: std::collections::HashSet<i64> = chunks.iter().map(|(id, _)| *id).collect();
+    let mut known_chunks: HashSet<i64> = chunks.iter().map(|(id, _)| *id).collect();
+    known_chunks.extend(remote_chunks.iter().copied());
     let mut bad_blobs: HashMap<i64, String> = HashMap::new();
     for blob in &blobs {
         report.files_checked += 1;
@@ -175,6 +214,10 @@ pub fn verify_with_progress(store: &mut Store, progress: &dyn Progress) -> Resul
             bad_blobs.insert(blob.id, reason.clone());
             continue;
         }
+        let remote = blob
+            .chunks
+            .iter()
+            .any(|(c, _, _)| remote_chunks.contains(c));
         let size: u64 = blob.chunks.iter().map(|(_, _, len)| *len as u64).sum();
         if size != blob.size {
             bad_blobs.insert(
@@ -187,6 +230,12 @@ pub fn verify_with_progress(store: &mut Store, progress: &dyn Progress) -> Resul
             if blob.chunks[0].1 != blob.hash {
                 bad_blobs.insert(blob.id, "single chunk does not match the file hash".into());
             }
+            continue;
+        }
+        if remote {
+            // Its chunks are verified by name when fetched; hashing the
+            // whole content here would download it.
+            report.files_remote += 1;
             continue;
         }
         let mut hasher = HashingWriter(blake3::Hasher::new());
@@ -215,19 +264,21 @@ pub fn verify_with_progress(store: &mut Store, progress: &dyn Progress) -> Resul
     report.damaged = damaged.into_iter().collect();
 
     // Pass 3: every package's metadata against its tree hash.
-    let packages: Vec<(i64, String, Vec<u8>, i64)> = {
-        let conn = store.catalog_mut().conn();
-        let mut stmt = conn.prepare(
-            "SELECT id, name || '/' || version, tree_hash, root FROM packages ORDER BY id",
-        )?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
-        rows.collect::<rusqlite::Result<_>>()?
-    };
-    for (id, spec, recorded, root) in packages {
+    let packages = store.catalog().all_packages()?;
+    for package in packages {
         report.packages_checked += 1;
-        if let Some(reason) = check_package_tree(store, id, root, &recorded)? {
+        let problem = match store.catalog().package_tree(&package) {
+            Ok(rebuilt) if rebuilt.tree.tree_hash() == package.tree_hash => None,
+            Ok(_) => Some(
+                "its modes, owners, xattrs, names or links in the catalog no longer match its tree hash"
+                    .to_string(),
+            ),
+            Err(StoreError::CatalogDamaged { what, .. }) => Some(what),
+            Err(e) => return Err(e),
+        };
+        if let Some(reason) = problem {
             report.damaged_packages.push(PackageDamage {
-                package: spec,
+                package: package.spec(),
                 reason,
             });
         }
@@ -238,104 +289,6 @@ pub fn verify_with_progress(store: &mut Store, progress: &dyn Progress) -> Resul
         && report.catalog_problems.is_empty()
         && report.damaged_packages.is_empty();
     Ok(report)
-}
-
-/// Rebuilds package `id`'s tree from its catalog rows and compares its tree
-/// hash with `recorded`; says what is wrong, if anything.
-fn check_package_tree(
-    store: &mut Store,
-    id: i64,
-    root: i64,
-    recorded: &[u8],
-) -> Result<Option<String>> {
-    let conn = store.catalog_mut().conn();
-    let mut inodes = conn.prepare_cached(
-        "SELECT i.id, i.kind, i.mode, i.uid, i.gid, i.size, i.mtime, b.hash, i.target, i.xattrs
-         FROM inodes i LEFT JOIN blobs b ON b.id = i.blob WHERE i.package = ?1 ORDER BY i.id",
-    )?;
-    let mut tree = Tree::default();
-    let mut index: HashMap<i64, InodeIndex> = HashMap::new();
-    let mut rows = inodes.query([id])?;
-    let mut pending = Vec::new();
-    while let Some(r) = rows.next()? {
-        let inode_id: i64 = r.get(0)?;
-        let kind: i64 = r.get(1)?;
-        let content: Option<Vec<u8>> = r.get(7)?;
-        let target: Option<Vec<u8>> = r.get(8)?;
-        let xattrs: Option<Vec<u8>> = r.get(9)?;
-        let Some(xattrs) = xattrs.as_deref().map_or(Some(Vec::new()), decode_xattrs) else {
-            return Ok(Some(format!("inode #{inode_id}: malformed xattrs")));
-        };
-        let kind = match kind {
-            kind::DIR => InodeKind::Dir,
-            kind::FILE => InodeKind::File {
-                size: r.get::<_, i64>(5)? as u64,
-                content: Some(
-                    content
-                        .as_deref()
-                        .and_then(Hash::from_slice)
-                        .unwrap_or(Hash([0; 32])),
-                ),
-            },
-            kind::SYMLINK => InodeKind::Symlink {
-                target: target.unwrap_or_default(),
-            },
-            other => return Ok(Some(format!("inode #{inode_id}: unknown kind {other}"))),
-        };
-        let inode = Inode {
-            kind,
-            mode: r.get(2)?,
-            uid: r.get(3)?,
-            gid: r.get(4)?,
-            mtime: r.get(6)?,
-            xattrs,
-        };
-        // The root is inode 0 of a tree.
-        if inode_id == root {
-            pending.insert(0, (inode_id, inode));
-        } else {
-            pending.push((inode_id, inode));
-        }
-    }
-    drop(rows);
-    if pending.first().is_none_or(|(i, _)| *i != root) {
-        return Ok(Some("its root directory is missing".into()));
-    }
-    for (inode_id, inode) in pending {
-        index.insert(inode_id, tree.push_inode(inode));
-    }
-    let mut entries = conn.prepare_cached(
-        "SELECT d.dir, d.name, d.inode FROM dirents d JOIN inodes i ON i.id = d.dir
-         WHERE i.package = ?1",
-    )?;
-    let rows = entries.query_map([id], |r| {
-        Ok((
-            r.get::<_, i64>(0)?,
-            r.get::<_, Vec<u8>>(1)?,
-            r.get::<_, i64>(2)?,
-        ))
-    })?;
-    for row in rows {
-        let (dir, name, inode) = row?;
-        let (Some(&parent), Some(&child)) = (index.get(&dir), index.get(&inode)) else {
-            return Ok(Some(format!(
-                "entry {:?} names an inode of another package",
-                String::from_utf8_lossy(&name)
-            )));
-        };
-        tree.push_entry(parent, name, child);
-    }
-    // A cycle or an absurd depth would make the walk endless or costly.
-    if let Err(limit) = tree.check_limits() {
-        return Ok(Some(format!("its tree is malformed: {limit}")));
-    }
-    if tree.tree_hash().as_bytes().as_slice() != recorded {
-        return Ok(Some(
-            "its modes, owners, xattrs, names or links in the catalog no longer match its tree hash"
-                .into(),
-        ));
-    }
-    Ok(None)
 }
 
 struct HashingWriter(blake3::Hasher);

@@ -134,6 +134,17 @@ pub fn write_file(path: &Path, data: &[u8]) {
         .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
 }
 
+/// A small App/Version tree, `ROOT/NAME/VERSION/bin/NAME` (a script
+/// printing its name and version); returns `ROOT/NAME/VERSION`.
+pub fn app_tree(root: &Path, name: &str, version: &str) -> PathBuf {
+    let dir = root.join(name).join(version);
+    write_file(
+        &dir.join("bin").join(name),
+        format!("#!/bin/sh\necho {name} {version}\n").as_bytes(),
+    );
+    dir
+}
+
 fn c_path(path: &Path) -> CString {
     CString::new(path.as_os_str().as_bytes()).expect("path contains NUL")
 }

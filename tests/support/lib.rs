@@ -21,6 +21,7 @@ pub mod fixtures;
 pub mod nexus;
 pub mod nip;
 pub mod pack;
+pub mod remote;
 pub mod rng;
 pub mod rumk;
 pub mod tree;

@@ -37,7 +37,17 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
+    nexus_with_env(store, args, &[])
+}
+
+/// [`nexus`] with the variables `env` set (S3 credentials, say).
+pub fn nexus_with_env<I, S>(store: &Path, args: I, env: &[(&str, &str)]) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
     let mut cmd = Command::new(nexus_bin());
+    cmd.envs(env.iter().copied());
     cmd.arg("--store")
         .arg(store)
         .args(args)
@@ -115,6 +125,16 @@ impl Mount {
     /// test unless it returns 0 with the mount in place and the daemon
     /// running.
     pub fn start(store: &Path, point: &Path, extra: &[&str]) -> Mount {
+        Mount::start_with_env(store, point, extra, &[])
+    }
+
+    /// [`Mount::start`] with the variables `env` set for the daemon.
+    pub fn start_with_env(
+        store: &Path,
+        point: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Mount {
         let files = Scratch::new("nexus-daemon");
         let (pid_file, log) = (files.join("pid"), files.join("log"));
         fs::create_dir_all(point).unwrap_or_else(|e| panic!("mkdir {}: {e}", point.display()));
@@ -129,7 +149,7 @@ impl Mount {
             OsStr::new("-v"),
         ];
         args.extend(extra.iter().map(OsStr::new));
-        let out = nexus(store, &args);
+        let out = nexus_with_env(store, &args, env);
         let log_text = fs::read_to_string(&log).unwrap_or_default();
         assert!(
             out.status.success(),

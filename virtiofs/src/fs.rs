@@ -221,7 +221,7 @@ impl FileSystem for GuestFs {
     fn lookup(&self, _ctx: &Context, parent: u64, name: &CStr) -> io::Result<FuseEntry> {
         match self.view.lookup(parent, name.to_bytes()) {
             Ok(entry) => {
-                self.view.looked_up(&self.lookups, &entry);
+                self.view.looked_up(&self.lookups, parent, &entry);
                 Ok(fuse_entry(&entry, self.view.inode_generation()))
             }
             Err(e) => Err(view_error("lookup", parent, &e)),
@@ -401,7 +401,7 @@ impl FileSystem for GuestFs {
     fn readdirplus(
         &self,
         _ctx: &Context,
-        _ino: u64,
+        ino: u64,
         handle: u64,
         _size: u32,
         offset: u64,
@@ -414,7 +414,7 @@ impl FileSystem for GuestFs {
             // The guest's kernel counts a lookup of every entry it took
             // but `.` and `..`.
             if added > 0 && e.name != b"." && e.name != b".." {
-                self.view.looked_up(&self.lookups, e);
+                self.view.looked_up(&self.lookups, ino, e);
             }
             Ok(added)
         })

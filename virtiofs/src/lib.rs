@@ -32,7 +32,7 @@ mod tests;
 pub use device::FsDevice;
 pub use error::Error;
 pub use fs::{GENERATION_TTL, GuestFs, IMMUTABLE_TTL};
-pub use listener::{ServeOptions, serve};
+pub use listener::{GuestSocket, ServeOptions, SocketOptions, bind, serve};
 
 use std::time::Duration;
 

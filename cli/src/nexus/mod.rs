@@ -12,6 +12,7 @@ mod mounts;
 mod rumk;
 mod rumk_build;
 mod runtime_root;
+mod sandbox;
 mod serve;
 mod signals;
 mod status;
@@ -155,6 +156,8 @@ pub enum Command {
         /// one the daemon logs nothing; in the foreground, logs go to stderr].
         #[arg(long, value_name = "FILE")]
         log_file: Option<PathBuf>,
+        #[command(flatten)]
+        sandbox: sandbox::SandboxArgs,
     },
 
     /// Serve the store to VM guests as a virtio-fs device (vhost-user-fs).
@@ -211,6 +214,10 @@ and mounts it with: mount -t virtiofs -o ro programs /Programs")]
         /// serve.log-file].
         #[arg(long, value_name = "FILE")]
         log_file: Option<PathBuf>,
+        #[command(flatten)]
+        socket: sandbox::SocketArgs,
+        #[command(flatten)]
+        sandbox: sandbox::SandboxArgs,
     },
 
     /// Rumk guests: freestanding VMs that read the store over virtio-fs
@@ -503,6 +510,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             cache_mib,
             pid_file,
             log_file,
+            sandbox,
         } => {
             let m = &settings.mount;
             // The configuration's Index goes with the system mount only: a
@@ -537,6 +545,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 cache_bytes: cache_mib.value.saturating_mul(1 << 20),
                 pid_file: pid_file.map(std::path::absolute).transpose()?,
                 image,
+                sandbox,
             };
             let log = open_log(log_file.value)?;
             if foreground {
@@ -571,6 +580,8 @@ pub fn run(cli: Cli) -> Result<i32> {
             cache_mib,
             max_guests,
             log_file,
+            socket,
+            sandbox,
         } => {
             let s = &settings.serve;
             let cache_mib = s.cache_mib.clone().or_flag(cache_mib, "--cache-mib");
@@ -586,6 +597,8 @@ pub fn run(cli: Cli) -> Result<i32> {
                 image: image.request(&keys, &store)?,
                 cache_bytes: cache_mib.value.saturating_mul(1 << 20),
                 max_guests: usize::from(max_guests),
+                socket_options: socket.options()?,
+                sandbox,
             };
             virtiofs::serve(&request)?;
             Ok(exit::OK)

@@ -10,6 +10,7 @@ use nexus_fs::{GenerationChoice, ViewOptions};
 use nexus_store::runtime::ServedKind;
 
 use super::daemon::Ready;
+use super::sandbox::{self, Confinement, Daemon, SandboxArgs};
 use super::{index, runtime_root, signals};
 
 /// What `nexus mount` was asked for, with absolute paths.
@@ -33,6 +34,8 @@ pub struct Request {
     pub pid_file: Option<PathBuf>,
     /// Serve this signed image instead of the store (`--image`).
     pub image: Option<ImageRequest>,
+    /// The sandbox's switches.
+    pub sandbox: SandboxArgs,
 }
 
 /// An image to serve in place, the keys its signature must be by, and the
@@ -132,8 +135,8 @@ pub fn serve(request: &Request, ready: Option<&mut Ready>) -> Result<()> {
         connections: request.threads + 1,
     };
     // An image is served through a scratch store describing it (removed
-    // when serving ends and `_scratch` drops).
-    let (store_dir, _scratch) = match &request.image {
+    // when serving ends and `scratch` drops).
+    let (store_dir, scratch) = match &request.image {
         Some(image) => {
             let (dir, guard) = adopt_image(image)?;
             (dir, Some(guard))
@@ -171,15 +174,39 @@ pub fn serve(request: &Request, ready: Option<&mut Ready>) -> Result<()> {
     // The index first: its links lead into the main mount.
     let mut unmounters: Vec<_> = index.iter_mut().map(|i| i.unmounter()).collect();
     unmounters.push(mounted.unmounter());
-    signals::unmount_on_termination(unmounters)?;
+    let mut mounts: Vec<PathBuf> = request.index.iter().cloned().collect();
+    mounts.push(request.mountpoint.clone());
     if let Some(pid_file) = &request.pid_file {
         write_pid_file(pid_file).with_context(|| format!("writing {}", pid_file.display()))?;
     }
+    let confined = sandbox::confine(
+        &Confinement {
+            records: served.is_some(),
+            mounts,
+            pid_file: request.pid_file.as_deref(),
+            ..Confinement::new(&request.sandbox, Daemon::Mount, &store_dir)
+        }
+        .serving_image(
+            request.image.as_ref().map(|i| i.path.as_path()),
+            scratch.as_ref().map(|s| s.path()),
+        ),
+    )
+    .inspect_err(|_| {
+        if let Some(pid_file) = &request.pid_file {
+            let _ = std::fs::remove_file(pid_file);
+        }
+    })?;
+    signals::unmount_on_termination(confined.unmounters(unmounters))?;
     // Only once nothing else can fail: an early error return would leave the
     // index thread serving after the main mount is gone.
     let index = index.map(|i| i.serve()).transpose()?;
     // The main mount's kernel caches, then the index's, follow the view.
     let mut followers: Vec<Box<dyn Follower>> = vec![Box::new(mounted.invalidator())];
+    // Names of what the view no longer shows are dropped from the kernel
+    // once unused, so that gc can take them.
+    if let Some(reaper) = mounted.reaper(view.clone()) {
+        followers.push(Box::new(reaper));
+    }
     if let Some(index) = &index {
         followers.push(Box::new(index.follower()));
     }
@@ -213,12 +240,17 @@ pub fn serve(request: &Request, ready: Option<&mut Ready>) -> Result<()> {
     }
     let served = mounted.run().context("serving the mount");
     drop(following);
+    // Whatever of the daemon's mounts is still mounted (the index when the
+    // main mount went away from outside, the main mount when serving
+    // failed): confined, the mounts' own unmounting would be refused.
+    confined.unmount_remaining();
     if let Some(index) = index {
         index.stop();
     }
-    if let Some(pid_file) = &request.pid_file {
-        let _ = std::fs::remove_file(pid_file);
-    }
+    // The image's scratch store, then (confined, through the keeper, which
+    // may remove the emptied directory) the pid file.
+    drop(scratch);
+    drop(confined);
     tracing::info!("{} is unmounted", request.mountpoint.display());
     served
 }

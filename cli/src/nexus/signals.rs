@@ -11,7 +11,9 @@
 use std::io;
 
 use anyhow::{Context, Result};
-use nexus_fs::fuse::{Unmounted, Unmounter};
+use nexus_fs::fuse::Unmounted;
+
+use super::sandbox::Unmount;
 
 /// The signals that end the daemon.
 fn termination_set() -> libc::sigset_t {
@@ -38,8 +40,8 @@ pub fn block_termination() -> Result<()> {
 }
 
 /// Starts the thread that unmounts with each of `unmounters`, in order, on
-/// SIGTERM or SIGINT.
-pub fn unmount_on_termination(mut unmounters: Vec<Unmounter>) -> Result<()> {
+/// SIGTERM or SIGINT (directly, or through the sandbox's keeper).
+pub fn unmount_on_termination(mut unmounters: Vec<Box<dyn Unmount>>) -> Result<()> {
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {

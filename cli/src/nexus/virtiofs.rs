@@ -9,6 +9,7 @@ use nexus_fs::{GenerationChoice, ViewOptions};
 use nexus_store::runtime::ServedKind;
 use nexus_virtiofs::ServeOptions;
 
+use super::sandbox::{self, Confinement, Daemon, SandboxArgs};
 use super::{runtime_root, signals};
 
 /// What `nexus serve --virtio-fs` was asked for, with absolute paths.
@@ -26,6 +27,10 @@ pub struct Request {
     pub cache_bytes: u64,
     /// Guests served at once.
     pub max_guests: usize,
+    /// Who may connect to the socket.
+    pub socket_options: nexus_virtiofs::SocketOptions,
+    /// The sandbox's switches.
+    pub sandbox: SandboxArgs,
 }
 
 /// Serves until a termination signal.
@@ -43,8 +48,8 @@ pub fn serve(request: &Request) -> Result<()> {
         connections: request.max_guests.clamp(1, 8) + 1,
     };
     // An image is served through a scratch store describing it (removed
-    // when serving ends and `_scratch` drops), as `nexus mount --image`.
-    let (store_dir, _scratch) = match &request.image {
+    // when serving ends and `scratch` drops), as `nexus mount --image`.
+    let (store_dir, scratch) = match &request.image {
         Some(image) => {
             let (dir, guard) = super::serve::adopt_image(image)?;
             (dir, Some(guard))
@@ -63,13 +68,28 @@ pub fn serve(request: &Request) -> Result<()> {
             runtime_root::announce(&store_dir, ServedKind::VirtioFs, target, view.clone())
         })
         .transpose()?;
+    let socket = nexus_virtiofs::bind(&request.socket, &request.socket_options)
+        .with_context(|| format!("serving on {}", request.socket.display()))?;
+    let confined = sandbox::confine(
+        &Confinement {
+            records: served.is_some(),
+            socket: Some(&socket),
+            ..Confinement::new(&request.sandbox, Daemon::VirtioFs, &store_dir)
+        }
+        .serving_image(
+            request.image.as_ref().map(|i| i.path.as_path()),
+            scratch.as_ref().map(|s| s.path()),
+        ),
+    )?;
     let record = served.as_ref().map(|s| s.root());
-    let socket = request.socket.clone();
     signals::exit_on_termination(move || {
-        let _ = std::fs::remove_file(&socket);
         if let Some(record) = record {
             record.withdraw();
         }
+        // The image's scratch store, emptied here; its directory and the
+        // socket are removed by `finish` (confined, by the keeper).
+        drop(scratch);
+        confined.finish();
     })?;
     // Guests get no invalidations: what they cached of the old generation
     // expires by itself (`SWITCH_BOUND`); the loop moves the view and keeps
@@ -89,7 +109,7 @@ pub fn serve(request: &Request) -> Result<()> {
         max_guests: request.max_guests,
         ..ServeOptions::default()
     };
-    nexus_virtiofs::serve(view, &request.socket, serve_options, || {
+    nexus_virtiofs::serve(view, socket, serve_options, || {
         // On stderr even without -v: scripts wait for this line (or the
         // socket) before starting guests.
         eprintln!(

@@ -32,19 +32,25 @@ pub fn show_diff(dir: &Path, from: i64, to: Option<i64>, json: bool) -> Result<i
 }
 
 fn print_diff(d: &GenerationDiff) {
-    match d.from {
-        Some(from) => println!("generation {from} → {}", d.to),
-        None => println!("nothing → generation {}", d.to),
+    for line in diff_lines(d) {
+        println!("{line}");
     }
+}
+
+/// A diff in full, as `nip diff` prints it: one line per change, under a
+/// title per kind of change, then the sizes.
+pub fn diff_lines(d: &GenerationDiff) -> Vec<String> {
+    let mut out = vec![match d.from {
+        Some(from) => format!("generation {from} → {}", d.to),
+        None => format!("nothing → generation {}", d.to),
+    }];
     if d.is_empty() {
-        println!("  same Apps, versions and Current choices");
+        out.push("  same Apps, versions and Current choices".to_string());
     }
-    let list = |title: &str, items: Vec<String>| {
+    let mut list = |title: &str, items: Vec<String>| {
         if !items.is_empty() {
-            println!("{title}:");
-            for item in items {
-                println!("  {item}");
-            }
+            out.push(format!("{title}:"));
+            out.extend(items.into_iter().map(|item| format!("  {item}")));
         }
     };
     list("Apps added", d.apps_added.clone());
@@ -72,17 +78,26 @@ fn print_diff(d: &GenerationDiff) {
             .collect(),
     );
     let size = |what: &str, s: &nexus_store::generations::SizeChange| {
-        println!(
+        format!(
             "{what:<14} {} → {} ({})",
             human::size(s.before),
             human::size(s.after),
             signed_bytes(s.delta)
-        );
+        )
     };
-    size("Files", &d.logical_bytes);
+    out.push(size("Files", &d.logical_bytes));
     if let Some(stored) = &d.stored_bytes {
-        size("Stored", stored);
+        out.push(size("Stored", stored));
     }
+    out
+}
+
+/// The bracketed summary `nip history` gives a generation: what it changed
+/// from the one before, or `(oldest kept)` when gc removed every earlier
+/// one.
+pub fn history_summary(d: Option<&GenerationDiff>) -> String {
+    d.map(diff_summary)
+        .unwrap_or_else(|| "(oldest kept)".to_string())
 }
 
 /// `nip history`: every retained generation, oldest first, with what it
@@ -104,10 +119,7 @@ pub fn history(dir: &Path, json: bool) -> Result<i32> {
     } else {
         let live = history.last().map(|(g, _)| g.id);
         for (g, d) in &history {
-            let summary = d
-                .as_ref()
-                .map(diff_summary)
-                .unwrap_or_else(|| "(oldest kept)".to_string());
+            let summary = history_summary(d.as_ref());
             println!(
                 "{:>5}{} {}  {:>4} packages  {}  [{summary}]",
                 g.id,

@@ -10,7 +10,6 @@ use nexus_graft::{
     self as graft, AddOptions, ArchiveRequest, GraftError, Limits, ReadOptions, Source, Trust,
 };
 use nexus_npk::{ArchiveKind, KeyStore, Member, WriteOptions, write_archive_with_progress};
-use nexus_store::catalog::kind;
 use nexus_store::scan::SourcePolicy;
 use nexus_store::{AddDir, Store, export, gc, names, verify};
 use serde_json::json;
@@ -123,6 +122,11 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Rollback(args) => crate::generations::rollback(&dir, args),
         Command::Switch(args) => crate::generations::switch(&dir, &keys_dir, args),
         Command::Config(command) => crate::config_cmd::run(&settings, command),
+        Command::Tui => super::tui::run(&dir),
+        Command::Remote(command) => super::remote::run_remote(command, &dir, &keys_dir, &settings),
+        Command::Publish(args) => super::remote::run_publish(args, &dir, &keys_dir, &settings),
+        Command::Pull(args) => super::remote::run_pull(args, &dir, &keys_dir, &settings),
+        Command::Prefetch(args) => super::remote::run_prefetch(args, &dir),
         Command::Gc {
             keep,
             older_than,
@@ -187,6 +191,12 @@ pub fn run(cli: Cli) -> Result<i32> {
                 for d in &report.damaged_packages {
                     println!("damaged package: {}: {}", d.package, d.reason);
                 }
+                for r in &report.remote_packs {
+                    println!(
+                        "remote-only pack {} on {}: {} chunks not read here (each is verified when fetched)",
+                        r.pack, r.remote, r.chunks
+                    );
+                }
                 println!(
                     "{} chunks, {} file contents, {} package trees checked: {}",
                     report.chunks_checked,
@@ -201,7 +211,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             let store = open(&dir)?;
             let package = store.installed(&spec)?;
             let inode = store.resolve(&package, path.as_os_str().as_bytes())?;
-            if inode.kind != kind::FILE {
+            if inode.kind != nexus_store::tree::InodeType::File {
                 bail!(
                     "{spec}: {} is a {}, not a file",
                     path.display(),

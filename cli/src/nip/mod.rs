@@ -5,6 +5,8 @@ mod changes;
 mod commands;
 mod output;
 mod pins;
+mod remote;
+mod tui;
 
 use std::path::PathBuf;
 
@@ -330,6 +332,22 @@ pub enum Command {
     #[command(long_about = crate::generations::SWITCH_ABOUT)]
     Switch(crate::generations::SwitchArgs),
 
+    /// Browse and change the store in a terminal interface.
+    ///
+    /// Apps with their stored versions (which one is Current, which are
+    /// installed), the generations with what each changed (as `nip
+    /// history`; Enter for the whole `nip diff`) and the pins. Keys: s
+    /// switches to the selected generation, r rolls back, p pins or unpins
+    /// the selected generation, c makes the selected version Current; each
+    /// asks first, naming what will happen, and is the same command as
+    /// `nip switch`, `nip rollback`, `nip pin`/`unpin` and `nip current`.
+    /// Tab moves between the panes, ? lists the keys, q quits. The screen
+    /// follows the store while another nip changes it.
+    ///
+    /// Needs a terminal; scripts read the same with `nip list`, `nip
+    /// history` and `nip pin`, with --json.
+    Tui,
+
     /// Delete data that no retained generation references.
     ///
     /// Retained: the newest --keep generations (the live one always); with
@@ -421,6 +439,43 @@ pub enum Command {
     /// `nexus config`).
     #[command(subcommand)]
     Config(crate::config_cmd::ConfigCommand),
+
+    /// Remotes: S3-compatible object storage, HTTP mirrors and directories
+    /// this store publishes to or pulls from (add, list, remove, cache).
+    #[command(subcommand)]
+    Remote(remote::RemoteCommand),
+
+    /// Publish a generation to a remote: its new chunks, its metadata, then
+    /// a signed manifest (counter, expiry).
+    ///
+    /// Objects are written first and the manifest last, conditionally (S3
+    /// If-Match/If-None-Match; a lock for file:// remotes), so a publisher
+    /// killed at any moment leaves the previous manifest with everything
+    /// it names, and of two publishers at once one fails naming the
+    /// conflict. Chunks the remote has are not uploaded again; no byte of
+    /// a package that is not published is uploaded.
+    ///
+    /// Example: nip publish origin --expires-in 7d
+    Publish(remote::PublishArgs),
+
+    /// Make the newest generation a remote published a local generation,
+    /// exactly its packages; file contents are fetched when first read.
+    ///
+    /// The manifest must be signed by a key trusted for images of the
+    /// remote's trust domain, not revoked, not expired, with a counter
+    /// above the highest this store accepted there; its metadata must be
+    /// the bytes it names. Anything refused leaves the store as it was.
+    /// Chunks the store has are never fetched. Running mounts follow the
+    /// new generation as they follow any switch.
+    ///
+    /// Example: nip pull origin
+    Pull(remote::PullArgs),
+
+    /// Fetch the blocks of packages into the disk cache ahead of use, so
+    /// they read at local speed (and offline).
+    ///
+    /// Example: nip prefetch python3.11 openjdk-17-jre-headless/17.0.13
+    Prefetch(remote::PrefetchArgs),
 }
 
 /// Parses a size: a number of bytes with an optional binary suffix (`K`,

@@ -1,15 +1,15 @@
 //! Rendering catalog rows for humans and as JSON.
 
-use nexus_store::catalog::{InodeRow, kind};
+use nexus_store::catalog::InodeRow;
+use nexus_store::tree::InodeType;
 use serde_json::{Value, json};
 
 /// The `type` string of an inode.
-pub fn kind_name(k: i64) -> &'static str {
+pub fn kind_name(k: InodeType) -> &'static str {
     match k {
-        kind::DIR => "dir",
-        kind::FILE => "file",
-        kind::SYMLINK => "symlink",
-        _ => "unknown",
+        InodeType::Dir => "dir",
+        InodeType::File => "file",
+        InodeType::Symlink => "symlink",
     }
 }
 
@@ -49,12 +49,12 @@ pub fn file_json(path: &[u8], inode: &InodeRow) -> Value {
 }
 
 /// `ls -l`-style permission string.
-pub fn mode_string(k: i64, mode: u32) -> String {
+pub fn mode_string(k: InodeType, mode: u32) -> String {
     let mut s = String::with_capacity(10);
     s.push(match k {
-        kind::DIR => 'd',
-        kind::SYMLINK => 'l',
-        _ => '-',
+        InodeType::Dir => 'd',
+        InodeType::Symlink => 'l',
+        InodeType::File => '-',
     });
     let bits = [
         (0o400, 'r'),
@@ -93,7 +93,7 @@ mod tests {
 
     #[test]
     fn formats_modes() {
-        assert_eq!(mode_string(kind::FILE, 0o4755), "-rwsr-xr-x");
-        assert_eq!(mode_string(kind::DIR, 0o1777), "drwxrwxrwt");
+        assert_eq!(mode_string(InodeType::File, 0o4755), "-rwsr-xr-x");
+        assert_eq!(mode_string(InodeType::Dir, 0o1777), "drwxrwxrwt");
     }
 }

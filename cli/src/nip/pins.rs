@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use anyhow::{Result, bail};
-use nexus_store::StoreError;
 use nexus_store::gc::GcReport;
+use nexus_store::{CurrentChange, StoreError};
 use serde_json::json;
 
 use super::commands::open;
@@ -14,9 +14,8 @@ use crate::human;
 
 /// `nip pin [GEN]`: pins GEN, or lists the pins.
 pub fn pin(dir: &Path, generation: Option<i64>, json: bool) -> Result<i32> {
-    let mut store = open(dir)?;
     let Some(generation) = generation else {
-        let pins = store.catalog().pins()?;
+        let pins = open(dir)?.catalog().pins()?;
         if json {
             println!("{}", serde_json::to_string_pretty(&pins)?);
         } else if pins.is_empty() {
@@ -28,43 +27,66 @@ pub fn pin(dir: &Path, generation: Option<i64>, json: bool) -> Result<i32> {
         }
         return Ok(exit::OK);
     };
-    let changed = store.pin(generation)?;
+    let changed = set_pinned(dir, generation, true)?;
     print_pin_change(generation, true, changed, json)
 }
 
 /// `nip unpin GEN`.
 pub fn unpin(dir: &Path, generation: i64, json: bool) -> Result<i32> {
-    let changed = open(dir)?.unpin(generation)?;
+    let changed = set_pinned(dir, generation, false)?;
     print_pin_change(generation, false, changed, json)
+}
+
+/// Pins (`pinned`) or unpins generation `generation`: the one operation
+/// behind `nip pin GEN`, `nip unpin GEN` and `nip tui`'s pin key. Returns
+/// false when it was so already.
+pub fn set_pinned(dir: &Path, generation: i64, pinned: bool) -> Result<bool> {
+    let mut store = open(dir)?;
+    Ok(if pinned {
+        store.pin(generation)?
+    } else {
+        store.unpin(generation)?
+    })
 }
 
 fn print_pin_change(generation: i64, pinned: bool, changed: bool, json: bool) -> Result<i32> {
     if json {
         let report = json!({"generation": generation, "pinned": pinned, "changed": changed});
         println!("{}", serde_json::to_string_pretty(&report)?);
-        return Ok(exit::OK);
-    }
-    match (pinned, changed) {
-        (true, true) => println!(
-            "generation {generation} pinned: `nip gc` keeps it until `nip unpin {generation}`"
-        ),
-        (true, false) => println!("generation {generation} was pinned already"),
-        (false, true) => println!("generation {generation} unpinned: `nip gc` may collect it"),
-        (false, false) => println!("generation {generation} was not pinned"),
+    } else {
+        println!("{}", pin_change_text(generation, pinned, changed));
     }
     Ok(exit::OK)
 }
 
-/// `nip current APP VERSION`.
-pub fn current(dir: &Path, app: &str, version: &str, json: bool) -> Result<i32> {
+/// What a pin or unpin did, in words.
+pub fn pin_change_text(generation: i64, pinned: bool, changed: bool) -> String {
+    match (pinned, changed) {
+        (true, true) => format!(
+            "generation {generation} pinned: `nip gc` keeps it until `nip unpin {generation}`"
+        ),
+        (true, false) => format!("generation {generation} was pinned already"),
+        (false, true) => format!("generation {generation} unpinned: `nip gc` may collect it"),
+        (false, false) => format!("generation {generation} was not pinned"),
+    }
+}
+
+/// Makes stored version `version` of `app` its Current: the one operation
+/// behind `nip current APP VERSION` and `nip tui`'s Current key.
+pub fn make_current(dir: &Path, app: &str, version: &str) -> Result<CurrentChange> {
     let mut store = open(dir)?;
-    let change = match store.set_current(app, version) {
-        Ok(change) => change,
+    match store.set_current(app, version) {
+        Ok(change) => Ok(change),
         Err(e @ StoreError::VersionNotStored { .. }) => {
             bail!("{e}; `nip add` stores a new version, `nip info {app}` lists the installed ones")
         }
-        Err(e) => return Err(e.into()),
-    };
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `nip current APP VERSION`.
+pub fn current(dir: &Path, app: &str, version: &str, json: bool) -> Result<i32> {
+    let change = make_current(dir, app, version)?;
     if json {
         println!(
             "{}",
@@ -78,8 +100,14 @@ pub fn current(dir: &Path, app: &str, version: &str, json: bool) -> Result<i32> 
         );
         return Ok(exit::OK);
     }
+    println!("{}", current_change_text(app, version, &change));
+    Ok(exit::OK)
+}
+
+/// What making `app/version` Current did, in words.
+pub fn current_change_text(app: &str, version: &str, change: &CurrentChange) -> String {
     match (change.generation, &change.previous) {
-        (None, _) => println!("{app}/{version} is Current already; nothing to do"),
+        (None, _) => format!("{app}/{version} is Current already; nothing to do"),
         (Some(g), previous) => {
             let was = previous
                 .as_deref()
@@ -90,10 +118,9 @@ pub fn current(dir: &Path, app: &str, version: &str, json: bool) -> Result<i32> 
             } else {
                 ""
             };
-            println!("{app}/{version} is Current{was}{back}; generation {g}");
+            format!("{app}/{version} is Current{was}{back}; generation {g}")
         }
     }
-    Ok(exit::OK)
 }
 
 /// The lines `nip gc` adds about what it kept and why: generations only

@@ -11,7 +11,10 @@ use fuser::{
     Config, Filesystem, INodeNo, MountOption, Notifier, Session, SessionACL, SessionUnmounter,
 };
 
+use std::sync::Arc;
+
 use crate::changes::Invalidation;
+use crate::lookups::Lookups;
 
 /// How a view is mounted.
 #[derive(Clone, Debug)]
@@ -31,6 +34,9 @@ pub struct MountOptions {
 pub struct Mounted<FS: Filesystem> {
     session: Session<FS>,
     mountpoint: PathBuf,
+    /// What the kernel holds of a view's package inodes (the `/Programs`
+    /// mount; not the Index).
+    pub(super) lookups: Option<Arc<Lookups>>,
 }
 
 /// Mounts `fs` read-only at `mountpoint` as type `fuse.SUBTYPE`. When this
@@ -66,6 +72,7 @@ pub(super) fn mount<FS: Filesystem>(
     Ok(Mounted {
         session,
         mountpoint: mountpoint.to_path_buf(),
+        lookups: None,
     })
 }
 

@@ -7,8 +7,9 @@
 //! says what to read, and a transport that skips opens (FUSE once the
 //! kernel is told opens need no reply, virtio-fs) reads by inode number.
 
-use nexus_store::catalog::{InodeRow, kind};
+use nexus_store::catalog::InodeRow;
 use nexus_store::read::Reader;
+use nexus_store::tree::InodeType;
 
 use crate::error::{Result, ViewError};
 
@@ -24,8 +25,8 @@ pub(crate) fn read_with<T>(
     consume: impl FnOnce(&[u8]) -> T,
 ) -> Result<T> {
     match row.kind {
-        kind::FILE => {}
-        kind::DIR => return Err(ViewError::IsDir),
+        InodeType::File => {}
+        InodeType::Dir => return Err(ViewError::IsDir),
         _ => return Err(ViewError::WrongKind),
     }
     let blob = row
@@ -44,7 +45,7 @@ pub(crate) fn cached_after(
     limit: u64,
 ) -> Result<Vec<(u64, nexus_store::read::CachedBytes)>> {
     match (row.kind, row.blob) {
-        (kind::FILE, Some(blob)) => Ok(reader.cached_after(blob, row.size, at, limit)?),
+        (InodeType::File, Some(blob)) => Ok(reader.cached_after(blob, row.size, at, limit)?),
         _ => Ok(Vec::new()),
     }
 }

@@ -24,8 +24,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nexus_store::catalog::{InodeRow, kind};
+use nexus_store::catalog::InodeRow;
 use nexus_store::read::{Reader, ReaderOptions};
+use nexus_store::tree::InodeType;
 
 use crate::attr::{Attr, Entry, FsStats, Listing};
 use crate::changes::Changes;
@@ -96,7 +97,7 @@ impl Default for ViewOptions {
 pub const DEFAULT_BLOCK_CACHE_MIB: u64 = 40;
 
 /// Threads decoding ahead of sequential readers of a view's files.
-const READ_AHEAD_THREADS: usize = 2;
+pub const READ_AHEAD_THREADS: usize = 2;
 
 /// The transport-neutral file system over one store.
 pub struct View {
@@ -187,31 +188,30 @@ impl View {
         self.clients.register()
     }
 
-    /// Counts one more lookup of `entry` by `client` (a LOOKUP reply, a
-    /// READDIRPLUS entry other than `.` and `..`): while the client holds
+    /// Counts one more lookup of `entry`, found in directory `parent`, by
+    /// `client` (a LOOKUP reply, a READDIRPLUS entry other than `.` and
+    /// `..`): while the client holds
     /// a package inode, its package stays readable (see
     /// [`View::runtime_packages`]).
-    pub fn looked_up(&self, client: &Lookups, entry: &Entry) {
+    pub fn looked_up(&self, client: &Lookups, parent: u64, entry: &Entry) {
         if let Some(Node::Package(id)) = Node::from_ino(entry.attr.ino)
             && let Ok(row) = self.inode(id)
         {
-            client.add(entry.attr.ino, row.package);
+            client.add(entry.attr.ino, row.package, parent, &entry.name);
         }
     }
 
-    /// The generations a running daemon of this view serves: the one shown
-    /// first, then the one shown before while its names still resolve. A
-    /// daemon publishes them as its runtime root; gc keeps them.
+    /// The packages of the generation shown.
+    pub fn shown_packages(&self) -> std::collections::HashSet<i64> {
+        self.tree().packages.clone()
+    }
+
+    /// The generation a running daemon of this view serves (none for an
+    /// empty store). A daemon publishes it as its runtime root; gc keeps
+    /// it. (What a program still reads of an older one is kept through
+    /// [`View::held_packages`].)
     pub fn served_generations(&self) -> Vec<i64> {
-        let mut generations: Vec<i64> = Vec::new();
-        self.namespace.with_trees(|tree| {
-            if let Some(id) = tree.id
-                && !generations.contains(&id)
-            {
-                generations.push(id);
-            }
-        });
-        generations
+        self.generation().into_iter().collect()
     }
 
     /// The packages some client of this view still holds an inode of
@@ -298,7 +298,7 @@ impl View {
             Node::Package(id) => {
                 let row = self.inode(id)?;
                 match (&row.target, row.kind) {
-                    (Some(target), kind::SYMLINK) => Ok(target.clone()),
+                    (Some(target), InodeType::Symlink) => Ok(target.clone()),
                     _ => Err(ViewError::WrongKind),
                 }
             }
@@ -337,7 +337,7 @@ impl View {
             // read without it (one join fewer per lookup), so look it up now.
             let blob = row
                 .as_ref()
-                .filter(|r| r.kind == kind::FILE)
+                .filter(|r| r.kind == InodeType::File)
                 .and_then(|r| r.blob);
             let hash = match (row.as_ref().and_then(|r| r.content), blob) {
                 (Some(hash), _) => Some(hash),

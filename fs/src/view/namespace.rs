@@ -157,15 +157,6 @@ impl Namespace {
         self.tree.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Calls `f` with the tree shown, and with the one shown before while
-    /// its grace lasts.
-    pub(crate) fn with_trees(&self, mut f: impl FnMut(&GenerationTree)) {
-        f(&self.tree());
-        if let Some(recent) = self.recent() {
-            f(&recent);
-        }
-    }
-
     /// The tree shown before the last refresh, while its grace lasts.
     fn recent(&self) -> Option<Arc<GenerationTree>> {
         let recent = self.recent.read().unwrap_or_else(|p| p.into_inner());

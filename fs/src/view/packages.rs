@@ -18,8 +18,9 @@
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 
-use nexus_store::catalog::{InodeRow, kind};
+use nexus_store::catalog::InodeRow;
 use nexus_store::read::Reader;
+use nexus_store::tree::InodeType;
 use quick_cache::Weighter;
 use quick_cache::sync::Cache;
 
@@ -150,7 +151,7 @@ impl Packages {
         parent: impl FnOnce() -> Result<Option<Attr>>,
     ) -> Result<Entry> {
         let this = self.inode(reader, dir)?;
-        if this.kind != kind::DIR {
+        if this.kind != InodeType::Dir {
             return Err(ViewError::NotDir);
         }
         let listing = match self.listings.get(&dir) {
@@ -204,7 +205,7 @@ impl Packages {
             return Ok(listing);
         }
         let this = self.inode(reader, dir)?;
-        if this.kind != kind::DIR {
+        if this.kind != InodeType::Dir {
             return Err(ViewError::NotDir);
         }
         let rows = reader.query(|c| c.dir_entries_without_hash(dir))?;

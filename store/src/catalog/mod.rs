@@ -8,7 +8,9 @@
 //! for the commit itself: all slow work (reading, chunking, compressing,
 //! writing packs) happens before.
 
+mod remotes;
 mod schema;
+mod trees;
 
 use std::path::Path;
 use std::time::Duration;
@@ -19,19 +21,11 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use crate::error::{Result, StoreError};
 use crate::hash::Hash;
 use crate::pack::ChunkLocation;
-use crate::tree::{Xattrs, decode_xattrs};
+use crate::tree::{InodeType, Xattrs, decode_xattrs};
 
+pub use remotes::{BlockChunk, NewRemote, RemoteRow, RemoteUse};
 pub use schema::SCHEMA_VERSION;
-
-/// Inode kinds as stored in `inodes.kind`.
-pub mod kind {
-    /// Directory.
-    pub const DIR: i64 = 1;
-    /// Regular file.
-    pub const FILE: i64 = 2;
-    /// Symbolic link.
-    pub const SYMLINK: i64 = 3;
-}
+pub use trees::PackageTree;
 
 /// How long a connection waits for a lock held by another process.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -99,8 +93,8 @@ pub struct InodeRow {
     pub id: i64,
     /// Owning package id.
     pub package: i64,
-    /// One of [`kind`].
-    pub kind: i64,
+    /// Its type.
+    pub kind: InodeType,
     /// Permission bits (`& 0o7777`).
     pub mode: u32,
     /// Owner.
@@ -206,7 +200,10 @@ fn inode_from_row(r: &Row<'_>, base: usize) -> rusqlite::Result<InodeRow> {
     Ok(InodeRow {
         id: r.get(base)?,
         package: r.get(base + 1)?,
-        kind: r.get(base + 2)?,
+        kind: {
+            let n: i64 = r.get(base + 2)?;
+            InodeType::from_i64(n).ok_or(rusqlite::Error::IntegralValueOutOfRange(base + 2, n))?
+        },
         mode: r.get(base + 3)?,
         uid: r.get(base + 4)?,
         gid: r.get(base + 5)?,
@@ -285,11 +282,14 @@ impl Catalog {
     }
 
     /// Opens the catalog at `path`, which must exist at this build's
-    /// schema version: for the extra connections of a long-lived reader,
-    /// which must not take the write lock a migration check needs (the
-    /// store was opened, and migrated, once before).
+    /// schema version, read-only: for the connections of a reader, which
+    /// must not take the write lock a migration check needs (the store was
+    /// opened, and migrated, once before). Read-only, so that a daemon that
+    /// confines itself later holds no descriptor that could write the
+    /// catalog (the WAL index, `-shm`, stays writable, as every WAL reader
+    /// needs).
     pub fn open_existing(path: &Path) -> Result<Self> {
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags)?;
         configure(&conn)?;
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
@@ -484,6 +484,14 @@ impl Catalog {
             .optional()?)
     }
 
+    /// Every stored package, in catalog order.
+    pub fn all_packages(&self) -> Result<Vec<PackageRow>> {
+        let sql = format!("SELECT {PACKAGE_COLUMNS} FROM packages p ORDER BY p.id");
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map([], package_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// Every stored version of App `name`, whether or not any generation
     /// still includes it (a profile build reuses one that fits).
     pub fn packages_named(&self, name: &str) -> Result<Vec<PackageRow>> {
@@ -510,6 +518,13 @@ impl Catalog {
         // Cached: the mount asks for inodes one by one, often.
         let mut stmt = self.conn.prepare_cached(sql)?;
         Ok(stmt.query_row([id], |r| inode_from_row(r, 0)).optional()?)
+    }
+
+    /// Stored package `package` rebuilt as the tree that was committed
+    /// (see [`PackageTree`]); [`StoreError::CatalogDamaged`] when its rows
+    /// do not form one.
+    pub fn package_tree(&self, package: &PackageRow) -> Result<PackageTree> {
+        trees::package_tree(&self.conn, package.id, package.root)
     }
 
     /// The whole listing of directory `dir`, sorted by name, in one query.
@@ -597,11 +612,15 @@ impl Catalog {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// True when a chunk with this hash is indexed.
+    /// True when a chunk with this hash is indexed in one of the store's
+    /// own packs. A chunk known only on a remote counts as absent, so that
+    /// an import stores it here: what is added locally never depends on a
+    /// remote (the commit then moves the chunk's location to the new pack).
     pub fn has_chunk(&self, hash: &Hash) -> Result<bool> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT 1 FROM chunks WHERE hash = ?1")?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT 1 FROM chunks c JOIN packs p ON p.id = c.pack
+             WHERE c.hash = ?1 AND p.remote IS NULL",
+        )?;
         Ok(stmt.exists([hash.as_bytes()])?)
     }
 
@@ -774,7 +793,7 @@ mod tests {
         );
         for r in &rooted {
             assert_eq!(r.root.id, r.member.package.root);
-            assert_eq!(r.root.kind, super::kind::DIR);
+            assert_eq!(r.root.kind, crate::tree::InodeType::Dir);
         }
         assert_eq!(rooted[1].root.mode, 0o750);
         // The first generation still shows only hello/1.

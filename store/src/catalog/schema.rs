@@ -221,7 +221,24 @@ const MIGRATIONS: &[&str] = &[
 
     INSERT OR IGNORE INTO meta(key, value) VALUES ('gc_epoch', '0');
     "#,
-    // v4: packs may hold blocks of format v2 (framed, codec 2). Nothing to
+    // v4: remotes. A pack whose `remote` is set is not in `packs/`: it is
+    // the object `packs/NAME` of that remote (a generation pulled from it),
+    // read by range. `chunks_by_block` finds the chunks of one block, which
+    // a fetched block is verified against.
+    r#"
+    CREATE TABLE remotes (
+        id       INTEGER PRIMARY KEY AUTOINCREMENT,
+        name     TEXT NOT NULL UNIQUE,
+        url      TEXT NOT NULL,
+        endpoint TEXT,
+        region   TEXT,
+        domain   TEXT NOT NULL,
+        added    INTEGER NOT NULL
+    ) STRICT;
+    ALTER TABLE packs ADD COLUMN remote INTEGER REFERENCES remotes(id);
+    CREATE INDEX chunks_by_block ON chunks(pack, offset);
+    "#,
+    // v5: packs may hold blocks of format v2 (framed, codec 2). Nothing to
     // convert (v1 blocks are still read); the version itself keeps builds
     // that know only v1 blocks from reading this store, where they would
     // take every new block for damage.

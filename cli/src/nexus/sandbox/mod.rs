@@ -1,0 +1,499 @@
+//! The daemons' sandbox: once `nexus mount` has mounted (or `nexus serve
+//! --virtio-fs` has bound its socket) and opened the store, it confines
+//! itself before it reads a single request, as virtiofsd does and more.
+//!
+//! What a confined daemon is left with (ARCHITECTURE.md, "Threat model",
+//! names who this defends against and the tests that prove it):
+//!
+//! - **User**: started as root, it becomes the sandbox user (`--sandbox-user`;
+//!   default `nexus` if that user exists, else `nobody`) with no
+//!   supplementary groups. A daemon started by another user stays that
+//!   user.
+//! - **Capabilities**: as root, exactly `CAP_DAC_READ_SEARCH` (to read the
+//!   store, which is private to root, as new packs appear) and
+//!   `CAP_DAC_OVERRIDE` (to write its runtime record in root's `STORE/run`
+//!   and the catalog's `-shm`), effective and permitted; nothing
+//!   inheritable, ambient or in the bounding set beyond them. Landlock
+//!   confines what the two reach to exactly those paths. Otherwise none.
+//! - **Landlock** ([`rules`]): read the catalog, its `-wal` and the
+//!   packs; read and write the WAL index (`-shm`); create, write and
+//!   remove files (and bind sockets) in `STORE/run`; read, write and ioctl `/dev/fuse`
+//!   (a FUSE mount reopens it per request thread); for an image, read the
+//!   image and use its scratch store. Nothing else, no TCP, no abstract
+//!   sockets or signals outside the daemon, no mount changes.
+//! - **seccomp** ([`filter`]): an allowlist of the system calls serving
+//!   makes, with argument checks (threads but no processes, no executable
+//!   mappings, Unix stream sockets that accept but never connect, signals
+//!   to itself only); anything else fails with `EPERM`.
+//! - **`no_new_privs`**, and as root new **network and IPC namespaces**
+//!   (empty: no interface, not even loopback).
+//!
+//! Not used, and why: a mount namespace with `pivot_root` into the store
+//! (virtiofsd's model) would have to rebuild, at the same absolute paths,
+//! every file the daemon still uses (store, `STORE/run`, `/dev/fuse`, the
+//! image, a log reopened after rotation) and make every thread join it;
+//! Landlock grants the same files without moving them, and seccomp denies
+//! the metadata changes Landlock does not cover (`chmod`, `chown`,
+//! `setxattr`, `utimes`). A pid namespace applies to children only, and a
+//! confined daemon cannot create processes.
+//!
+//! Unmounting needs what the sandbox takes away, so a [`keeper`] process,
+//! forked just before, does it on the daemon's behalf, and tidies up
+//! after it however it ends. The steps that belong to each thread run on
+//! every thread ([`threads`]).
+//!
+//! What daemon features need from the sandbox, and have:
+//!
+//! - systemd notification: open and connect `NOTIFY_SOCKET` before
+//!   [`confine`]; `send`/`sendto` without an address on it is allowed, a
+//!   new datagram socket or `connect` is not.
+//! - takeover of the FUSE device by a new daemon: a listening Unix
+//!   stream socket in `STORE/run` (`socket`, `bind`, `listen`, `accept4`,
+//!   `sendmsg` with `SCM_RIGHTS`) is allowed; the new daemon connects, not
+//!   the old one. The old daemon must end through [`Confined::finish`]
+//!   (or drop its [`Confined`]) once it has handed the device over: a
+//!   daemon that ends without finishing has its keeper detach its mounts.
+//!   The new daemon confines itself as any other, with its own keeper.
+//! - a log reopened on SIGHUP: pass its directory as
+//!   [`Confinement::log_dir`]; files there may then be created and
+//!   appended to (so give logs a directory of their own).
+//! - `--no-sandbox` turns all of this off, loudly, for debugging.
+
+mod args;
+mod filter;
+mod keeper;
+mod mountinfo;
+mod rules;
+mod selftest;
+mod threads;
+mod user;
+
+use std::ffi::{CString, OsStr};
+use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use nexus_fs::fuse::{Unmounted, Unmounter};
+
+pub use args::{SandboxArgs, SocketArgs};
+use keeper::{Fusermount, KeeperPlan, KeptFile, KeptMount};
+use rules::{Grant, Rule};
+
+/// `CAP_DAC_OVERRIDE`.
+const CAP_DAC_OVERRIDE: u64 = 1 << 1;
+/// `CAP_DAC_READ_SEARCH`.
+const CAP_DAC_READ_SEARCH: u64 = 1 << 2;
+/// `CAP_SYS_ADMIN`.
+const CAP_SYS_ADMIN: u64 = 1 << 21;
+
+/// Which daemon confines itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Daemon {
+    /// `nexus mount`: serves `/dev/fuse`.
+    Mount,
+    /// `nexus serve --virtio-fs`: serves VM guests on a socket.
+    VirtioFs,
+}
+
+/// What a daemon still needs once confined.
+#[derive(Debug)]
+pub struct Confinement<'a> {
+    /// The command-line switches.
+    pub args: &'a SandboxArgs,
+    /// Which daemon.
+    pub daemon: Daemon,
+    /// The store it reads (for an image, its scratch store).
+    pub store: &'a Path,
+    /// Whether it keeps a runtime record in `STORE/run`.
+    pub records: bool,
+    /// The image it serves in place, and the scratch directory of the
+    /// store describing it (removed when serving ends).
+    pub image: Option<(&'a Path, &'a Path)>,
+    /// Its mounts, in the order to unmount them (an Index first).
+    pub mounts: Vec<PathBuf>,
+    /// Its vhost-user socket, removed when serving ends.
+    pub socket: Option<&'a nexus_virtiofs::GuestSocket>,
+    /// Its pid file, removed when serving ends.
+    pub pid_file: Option<&'a Path>,
+    /// A directory in which a log may be reopened.
+    pub log_dir: Option<&'a Path>,
+}
+
+impl<'a> Confinement<'a> {
+    /// A daemon reading `store` (no record, image, mounts, socket, pid
+    /// file or log directory: set those that apply).
+    pub fn new(args: &'a SandboxArgs, daemon: Daemon, store: &'a Path) -> Confinement<'a> {
+        Confinement {
+            args,
+            daemon,
+            store,
+            records: false,
+            image: None,
+            mounts: Vec::new(),
+            socket: None,
+            pid_file: None,
+            log_dir: None,
+        }
+    }
+
+    /// Serving `image` through the scratch store in `scratch`, when both
+    /// are given.
+    pub fn serving_image(self, image: Option<&'a Path>, scratch: Option<&'a Path>) -> Self {
+        Confinement {
+            image: image.zip(scratch),
+            ..self
+        }
+    }
+}
+
+/// Something that unmounts one mount (e.g. on SIGTERM).
+pub trait Unmount: Send {
+    /// Unmounts; a busy mount is detached.
+    fn unmount(&mut self) -> io::Result<Unmounted>;
+}
+
+impl Unmount for Unmounter {
+    fn unmount(&mut self) -> io::Result<Unmounted> {
+        Unmounter::unmount(self)
+    }
+}
+
+/// Unmounts through the keeper.
+struct KeeperUnmount {
+    keeper: Arc<keeper::Keeper>,
+    index: usize,
+}
+
+impl Unmount for KeeperUnmount {
+    fn unmount(&mut self) -> io::Result<Unmounted> {
+        self.keeper.unmount(self.index)
+    }
+}
+
+/// The socket's path and identity, to remove it only while it is ours.
+#[derive(Debug)]
+struct SocketFile {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl SocketFile {
+    fn remove_if_ours(&self) {
+        if let Ok(meta) = std::fs::symlink_metadata(&self.path)
+            && meta.dev() == self.dev
+            && meta.ino() == self.ino
+        {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// A daemon after [`confine`]: how it unmounts and tidies up.
+#[derive(Debug)]
+pub struct Confined {
+    keeper: Option<Arc<keeper::Keeper>>,
+    mounts: usize,
+    socket: Option<SocketFile>,
+    pid_file: Option<PathBuf>,
+}
+
+impl Confined {
+    /// What unmounts each mount: `direct` (in [`Confinement::mounts`]'s
+    /// order) when unconfined, the keeper otherwise.
+    pub fn unmounters(&self, direct: Vec<Unmounter>) -> Vec<Box<dyn Unmount>> {
+        match &self.keeper {
+            None => direct
+                .into_iter()
+                .map(|u| Box::new(u) as Box<dyn Unmount>)
+                .collect(),
+            Some(keeper) => (0..self.mounts)
+                .map(|index| {
+                    Box::new(KeeperUnmount {
+                        keeper: keeper.clone(),
+                        index,
+                    }) as Box<dyn Unmount>
+                })
+                .collect(),
+        }
+    }
+
+    /// Unmounts whatever of the daemon's mounts is still mounted (when the
+    /// main mount went away from outside, the Index stays): through the
+    /// keeper when confined; unconfined, each mount's own server does it.
+    pub fn unmount_remaining(&self) {
+        if let Some(keeper) = &self.keeper {
+            for index in 0..self.mounts {
+                match keeper.unmount(index) {
+                    Ok(_) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::ESTALE) => {}
+                    Err(e) => tracing::warn!("unmounting mount {index} of this daemon: {e}"),
+                }
+            }
+        }
+    }
+
+    /// Removes the socket and the pid file (each only while still this
+    /// daemon's), directly or through the keeper, which then exits.
+    pub fn finish(&self) {
+        match &self.keeper {
+            Some(keeper) => keeper.finish(),
+            None => {
+                if let Some(socket) = &self.socket {
+                    socket.remove_if_ours();
+                }
+                if let Some(pid_file) = &self.pid_file {
+                    let _ = std::fs::remove_file(pid_file);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Confined {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Confines the calling daemon as the module documentation says (or, with
+/// `--no-sandbox`, only says loudly that it does not). Call it once, after
+/// the mounts exist or the socket is bound, with the store opened, and
+/// before any request is read.
+pub fn confine(confinement: &Confinement) -> Result<Confined> {
+    let socket = confinement.socket.map(|s| SocketFile {
+        path: s.path().to_path_buf(),
+        dev: s.identity().0,
+        ino: s.identity().1,
+    });
+    if confinement.args.no_sandbox {
+        tracing::warn!(
+            "THE SANDBOX IS OFF (--no-sandbox): this daemon serves with all the privileges \
+             it was started with, and a flaw in request handling exposes all of them"
+        );
+        return Ok(Confined {
+            keeper: None,
+            mounts: confinement.mounts.len(),
+            socket,
+            pid_file: confinement.pid_file.map(Path::to_path_buf),
+        });
+    }
+    let root = is_root();
+    let identity = root
+        .then(|| user::sandbox_user(confinement.args.sandbox_user.as_deref()))
+        .transpose()?;
+    let keep_caps = if root {
+        CAP_DAC_READ_SEARCH | CAP_DAC_OVERRIDE
+    } else {
+        0
+    };
+    let abi = rules::kernel_abi();
+    let ruleset = rules::ruleset(&landlock_rules(confinement))
+        .context("preparing the daemon's sandbox (--no-sandbox serves without it)")?;
+    let report = confinement
+        .args
+        .sandbox_selftest
+        .as_deref()
+        .map(|path| {
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))
+        })
+        .transpose()?;
+    let last_cap = last_capability();
+    let server_filter =
+        filter::server(confinement.daemon).context("compiling the seccomp filter")?;
+    let plan = keeper_plan(confinement, root, last_cap)?;
+    let keeper = Arc::new(keeper::spawn(&plan).context("starting the keeper process")?);
+    let step = threads::ThreadStep {
+        unshare: if root {
+            libc::CLONE_NEWNET | libc::CLONE_NEWIPC
+        } else {
+            0
+        },
+        drop_bounding: root,
+        last_cap,
+        identity: identity.as_ref().map(|u| (u.uid, u.gid)),
+        keep_caps,
+        landlock: std::os::fd::AsRawFd::as_raw_fd(&ruleset),
+    };
+    let threads = threads::on_every_thread(&step).context("confining the daemon's threads")?;
+    drop(ruleset);
+    for filter in &server_filter {
+        seccompiler::apply_filter_all_threads(filter)
+            .context("installing the seccomp filter on every thread")?;
+    }
+    let who = match &identity {
+        Some(u) => format!(
+            "user {} (uid {}), capabilities dac_read_search and dac_override",
+            u.name, u.uid
+        ),
+        None => "its own user, no capabilities".to_string(),
+    };
+    tracing::info!(
+        "sandboxed: {who}; Landlock ABI {}; seccomp allowlist; no_new_privs{}; {threads} threads; \
+         keeper pid {}",
+        abi,
+        if root {
+            "; new network and IPC namespaces"
+        } else {
+            ""
+        },
+        keeper.pid(),
+    );
+    if let Some(mut report) = report {
+        selftest::run(&mut report, confinement);
+        let _ = report.flush();
+    }
+    Ok(Confined {
+        keeper: Some(keeper),
+        mounts: confinement.mounts.len(),
+        socket,
+        pid_file: confinement.pid_file.map(Path::to_path_buf),
+    })
+}
+
+/// The highest capability number this kernel knows.
+fn last_capability() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(63)
+}
+
+/// The Landlock rules of a daemon (module documentation).
+fn landlock_rules(c: &Confinement) -> Vec<Rule> {
+    let store = c.store;
+    let mut rules = vec![
+        Rule {
+            path: store.join(nexus_store::store::CATALOG_FILE),
+            grant: Grant::Read,
+        },
+        Rule {
+            path: store.join(nexus_store::store::PACKS_DIR),
+            grant: Grant::Read,
+        },
+    ];
+    // The WAL is only read (its writers are nip's); the WAL index is
+    // written by every reader (its read marks and locks). Both exist while
+    // any connection is open, as the daemon's are.
+    for (suffix, grant) in [("-wal", Grant::Read), ("-shm", Grant::ReadWrite)] {
+        let mut name = OsStr::new(nexus_store::store::CATALOG_FILE).to_os_string();
+        name.push(suffix);
+        let path = store.join(name);
+        if path.exists() {
+            rules.push(Rule { path, grant });
+        }
+    }
+    if c.records {
+        rules.push(Rule {
+            path: store.join(nexus_store::runtime::RUN_DIR),
+            grant: Grant::Records,
+        });
+    }
+    if let Some((image, scratch)) = c.image {
+        rules.push(Rule {
+            path: image.to_path_buf(),
+            grant: Grant::Read,
+        });
+        rules.push(Rule {
+            path: scratch.to_path_buf(),
+            grant: Grant::Scratch,
+        });
+    }
+    if c.daemon == Daemon::Mount {
+        rules.push(Rule {
+            path: PathBuf::from("/dev/fuse"),
+            grant: Grant::Device,
+        });
+    }
+    if let Some(dir) = c.log_dir {
+        rules.push(Rule {
+            path: dir.to_path_buf(),
+            grant: Grant::Append,
+        });
+    }
+    rules
+}
+
+fn cstring(path: &Path) -> Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .with_context(|| format!("{} has a NUL byte", path.display()))
+}
+
+/// What the keeper does for this daemon.
+fn keeper_plan(c: &Confinement, root: bool, last_cap: u32) -> Result<KeeperPlan> {
+    let mounts = c
+        .mounts
+        .iter()
+        .map(|path| {
+            Ok(KeptMount {
+                path: cstring(path)?,
+                dev: mountinfo::mount_device(path)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if mounts.len() > 8 {
+        bail!("a daemon with more than 8 mounts cannot be sandboxed");
+    }
+    let fusermount = (!root && !mounts.is_empty())
+        .then(|| {
+            find_program(&["fusermount3", "fusermount"])
+                .context("unmounting without root needs fusermount3 (package fuse3)")
+                .and_then(|p| cstring(&p))
+                .map(|program| Fusermount { program })
+        })
+        .transpose()?;
+    let socket = c
+        .socket
+        .map(|s| {
+            Ok::<_, anyhow::Error>(KeptFile {
+                path: cstring(s.path())?,
+                dev: s.identity().0,
+                ino: s.identity().1,
+            })
+        })
+        .transpose()?;
+    let pid_file = c
+        .pid_file
+        .map(|p| {
+            Ok::<_, anyhow::Error>((
+                cstring(p)?,
+                format!("{}\n", std::process::id()).into_bytes(),
+            ))
+        })
+        .transpose()?;
+    let scratch = c.image.map(|(_, dir)| cstring(dir)).transpose()?;
+    let (keep_caps, filter) = if root {
+        let keep = CAP_DAC_OVERRIDE | if mounts.is_empty() { 0 } else { CAP_SYS_ADMIN };
+        let filter = filter::keeper().context("compiling the keeper's seccomp filter")?;
+        (Some((keep, last_cap)), Some(filter))
+    } else {
+        (None, None)
+    };
+    Ok(KeeperPlan {
+        mounts,
+        fusermount,
+        socket,
+        pid_file,
+        scratch,
+        keep_caps,
+        filter,
+    })
+}
+
+/// The first of `names` found on `PATH`.
+fn find_program(names: &[&str]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
+    names.iter().find_map(|name| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    })
+}

@@ -1,0 +1,397 @@
+//! Publish from one store to a `file://` remote, pull into another, read
+//! back through the remote pack source: the library path end to end (the
+//! real S3 and HTTP servers are exercised by tests/remote.rs).
+
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use nexus_npk::{KeyStore, Scope};
+use nexus_remote::client::Timeouts;
+use nexus_remote::publish::{PublishOptions, publish};
+use nexus_remote::pull::{PullOptions, pull};
+use nexus_remote::{RemoteError, endpoint_of, open_reader};
+use nexus_store::catalog::NewRemote;
+use nexus_store::read::ReaderOptions;
+use nexus_store::{AddDir, AddOptions, NoProgress, Store};
+
+fn text(seed: u32, len: usize) -> Vec<u8> {
+    (0..len)
+        .flat_map(|i| format!("{seed}:{i} ").into_bytes())
+        .take(len)
+        .collect()
+}
+
+fn add(store: &mut Store, root: &Path, name: &str, version: &str, files: &[(&str, Vec<u8>)]) {
+    let dir = root.join(format!("src-{name}-{version}"));
+    fs::create_dir_all(&dir).unwrap();
+    for (f, bytes) in files {
+        fs::write(dir.join(f), bytes).unwrap();
+    }
+    let d = AddDir {
+        path: dir,
+        name: name.into(),
+        version: version.into(),
+    };
+    store
+        .add_dirs(&[d], AddOptions::default(), &NoProgress)
+        .unwrap();
+}
+
+fn read_all(dir: &Path, name: &str, version: &str, path: &str) -> (Vec<u8>, u64) {
+    let (reader, source) = open_reader(dir, ReaderOptions::default()).unwrap();
+    let store = Store::open(dir).unwrap();
+    let package = store.catalog().package(name, version).unwrap().unwrap();
+    let inode = store.resolve(&package, path.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    reader.copy_content(inode.blob.unwrap(), &mut out).unwrap();
+    (out, source.counters().bytes.load(Ordering::Relaxed))
+}
+
+#[test]
+fn a_published_generation_pulls_and_reads_lazily_and_only_the_difference() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let remote_dir = tmp.path().join("remote");
+    let keys = KeyStore::new(tmp.path().join("keys"));
+    keys.generate("pub").unwrap();
+    let key = keys.secret("pub").unwrap();
+    let public = keys.public_file("pub").unwrap();
+
+    let mut host_a = Store::init(&a).unwrap();
+    let big = text(1, 3 << 20);
+    add(
+        &mut host_a,
+        tmp.path(),
+        "tool",
+        "1",
+        &[("big", big.clone()), ("small", b"hi".to_vec())],
+    );
+    add(
+        &mut host_a,
+        tmp.path(),
+        "other",
+        "1",
+        &[("data", text(2, 500_000))],
+    );
+
+    let url = format!("file://{}", remote_dir.display());
+    let mut host_b = Store::init(&b).unwrap();
+    let row = host_b
+        .catalog()
+        .add_remote(&NewRemote {
+            name: "origin".into(),
+            url: url.clone(),
+            endpoint: None,
+            region: None,
+            domain: "origin".into(),
+        })
+        .unwrap();
+    let endpoint = endpoint_of(&row).unwrap();
+    let trust_b = tmp.path().join("keys-b");
+    let keys_b = KeyStore::new(&trust_b);
+    keys_b
+        .trust(
+            &public,
+            Scope::Images {
+                domain: "origin".into(),
+            },
+        )
+        .unwrap();
+
+    let (reader_a, _) = open_reader(&a, ReaderOptions::default()).unwrap();
+    let options = PublishOptions {
+        generation: None,
+        keys: &keys,
+        key_name: "pub",
+        trust: &keys.trust_set().unwrap(),
+        expires_in: Some(Duration::from_secs(3600)),
+        fresh: false,
+    };
+    let first = publish(&host_a, &reader_a, &endpoint, &key, &options, &NoProgress).unwrap();
+    assert_eq!(first.packages, 2);
+    assert!(first.packs_uploaded >= 1);
+
+    let pulled = pull(
+        &mut host_b,
+        &row,
+        &keys_b.trust_set().unwrap(),
+        Timeouts::default(),
+        PullOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(pulled.counter, first.counter);
+    assert!(pulled.generation.is_some());
+    // Nothing but metadata so far: no pack here, the cache empty.
+    assert_eq!(fs::read_dir(b.join("packs")).unwrap().count(), 0);
+    let (small, fetched) = read_all(&b, "tool", "1", "small");
+    assert_eq!(small, b"hi");
+    assert!(fetched < big.len() as u64 / 2, "{fetched}");
+    let (read, _) = read_all(&b, "tool", "1", "big");
+    assert_eq!(read, big);
+    // Cached: read again without the remote.
+    fs::rename(&remote_dir, tmp.path().join("gone")).unwrap();
+    let (again, fetched) = read_all(&b, "tool", "1", "big");
+    assert_eq!((again, fetched), (big.clone(), 0));
+    fs::rename(tmp.path().join("gone"), &remote_dir).unwrap();
+
+    // Replaying the same manifest: nothing new; an older one: refused.
+    let old_manifest = fs::read(remote_dir.join("manifest")).unwrap();
+    let mut big2 = big.clone();
+    big2.extend_from_slice(b"version two");
+    add(
+        &mut host_a,
+        tmp.path(),
+        "tool",
+        "2",
+        &[("big", big2.clone())],
+    );
+    let (reader_a, _) = open_reader(&a, ReaderOptions::default()).unwrap();
+    let second = publish(&host_a, &reader_a, &endpoint, &key, &options, &NoProgress).unwrap();
+    assert!(second.counter > first.counter);
+    assert!(second.chunks_reused > 0, "{second:?}");
+    assert!(
+        second.bytes_uploaded < big.len() as u64 / 2,
+        "only the difference is uploaded: {second:?}"
+    );
+    pull(
+        &mut host_b,
+        &row,
+        &keys_b.trust_set().unwrap(),
+        Timeouts::default(),
+        PullOptions::default(),
+    )
+    .unwrap();
+    let (read2, fetched) = read_all(&b, "tool", "2", "big");
+    assert_eq!(read2, big2);
+    assert!(
+        fetched < big.len() as u64 / 2,
+        "the previous version's blocks are cached: {fetched}"
+    );
+    fs::write(remote_dir.join("manifest"), &old_manifest).unwrap();
+    let replayed = pull(
+        &mut host_b,
+        &row,
+        &keys_b.trust_set().unwrap(),
+        Timeouts::default(),
+        PullOptions::default(),
+    );
+    assert!(
+        matches!(replayed, Err(RemoteError::Replayed { .. })),
+        "{replayed:?}"
+    );
+    let _ = Arc::new(());
+}
+
+/// Random (incompressible, so stored as is) bytes.
+fn noise(seed: u8, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len);
+    let mut h = blake3::Hasher::new();
+    h.update(&[seed]);
+    let mut reader = h.finalize_xof();
+    out.resize(len, 0);
+    reader.fill(&mut out);
+    out
+}
+
+#[test]
+fn no_byte_of_an_unpublished_package_leaves_the_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("a");
+    let keys = KeyStore::new(tmp.path().join("keys"));
+    keys.generate("pub").unwrap();
+    let key = keys.secret("pub").unwrap();
+    let mut store = Store::init(&a).unwrap();
+    // Both in one add: their chunks share blocks and a pack.
+    let (public, secret) = (noise(1, 200_000), noise(2, 200_000));
+    for (name, bytes) in [("public", &public), ("secret", &secret)] {
+        let dir = tmp.path().join(name);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("f"), bytes).unwrap();
+    }
+    let dirs: Vec<AddDir> = ["public", "secret"]
+        .iter()
+        .map(|n| AddDir {
+            path: tmp.path().join(n),
+            name: n.to_string(),
+            version: "1".into(),
+        })
+        .collect();
+    store
+        .add_dirs(&dirs, AddOptions::default(), &NoProgress)
+        .unwrap();
+    store.remove(&["secret".to_string()]).unwrap();
+    let pack = fs::read_dir(a.join("packs"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    let local = fs::read(pack.path()).unwrap();
+    let probe = &secret[100_000..100_064];
+    assert!(local.windows(64).any(|w| w == probe), "stored as is");
+
+    let remote_dir = tmp.path().join("remote");
+    let row = store
+        .catalog()
+        .add_remote(&NewRemote {
+            name: "out".into(),
+            url: format!("file://{}", remote_dir.display()),
+            endpoint: None,
+            region: None,
+            domain: "out".into(),
+        })
+        .unwrap();
+    let (reader, _) = open_reader(&a, ReaderOptions::default()).unwrap();
+    let options = PublishOptions {
+        generation: None,
+        keys: &keys,
+        key_name: "pub",
+        trust: &keys.trust_set().unwrap(),
+        expires_in: None,
+        fresh: false,
+    };
+    publish(
+        &store,
+        &reader,
+        &endpoint_of(&row).unwrap(),
+        &key,
+        &options,
+        &NoProgress,
+    )
+    .unwrap();
+    let mut published = Vec::new();
+    for entry in fs::read_dir(remote_dir.join("packs")).unwrap() {
+        published.extend(fs::read(entry.unwrap().path()).unwrap());
+    }
+    assert!(
+        published
+            .windows(64)
+            .any(|w| w == &public[100_000..100_064])
+    );
+    assert!(
+        !published.windows(64).any(|w| w == probe),
+        "bytes of the unpublished package were uploaded"
+    );
+}
+
+#[test]
+fn chunks_the_store_has_are_never_fetched_and_gc_forgets_remote_packs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let keys = KeyStore::new(tmp.path().join("keys"));
+    keys.generate("pub").unwrap();
+    let key = keys.secret("pub").unwrap();
+    let shared = text(7, 2 << 20);
+    let mut host_a = Store::init(&a).unwrap();
+    add(
+        &mut host_a,
+        tmp.path(),
+        "tool",
+        "1",
+        &[("big", shared.clone())],
+    );
+    // Host B has the same content locally already (another package).
+    let mut host_b = Store::init(&b).unwrap();
+    add(
+        &mut host_b,
+        &tmp.path().join("b-src"),
+        "mine",
+        "1",
+        &[("copy", shared.clone())],
+    );
+    let remote_dir = tmp.path().join("remote");
+    let url = format!("file://{}", remote_dir.display());
+    let new = |name: &str| NewRemote {
+        name: name.into(),
+        url: url.clone(),
+        endpoint: None,
+        region: None,
+        domain: "dir".into(),
+    };
+    let row_a = host_a.catalog().add_remote(&new("dir")).unwrap();
+    let (reader_a, _) = open_reader(&a, ReaderOptions::default()).unwrap();
+    let options = PublishOptions {
+        generation: None,
+        keys: &keys,
+        key_name: "pub",
+        trust: &keys.trust_set().unwrap(),
+        expires_in: None,
+        fresh: false,
+    };
+    publish(
+        &host_a,
+        &reader_a,
+        &endpoint_of(&row_a).unwrap(),
+        &key,
+        &options,
+        &NoProgress,
+    )
+    .unwrap();
+    let row_b = host_b.catalog().add_remote(&new("dir")).unwrap();
+    let trust_b = KeyStore::new(tmp.path().join("keys-b"));
+    trust_b
+        .trust(
+            &keys.public_file("pub").unwrap(),
+            Scope::Images {
+                domain: "dir".into(),
+            },
+        )
+        .unwrap();
+    let trust = trust_b.trust_set().unwrap();
+    pull(
+        &mut host_b,
+        &row_b,
+        &trust,
+        Timeouts::default(),
+        PullOptions::default(),
+    )
+    .unwrap();
+    let (read, fetched) = read_all(&b, "tool", "1", "big");
+    assert_eq!(read, shared);
+    assert_eq!(fetched, 0, "every chunk was local already");
+
+    // A package only the remote has; then its generation is collected.
+    add(
+        &mut host_a,
+        tmp.path(),
+        "only",
+        "1",
+        &[("f", text(9, 1 << 20))],
+    );
+    let (reader_a, _) = open_reader(&a, ReaderOptions::default()).unwrap();
+    publish(
+        &host_a,
+        &reader_a,
+        &endpoint_of(&row_a).unwrap(),
+        &key,
+        &options,
+        &NoProgress,
+    )
+    .unwrap();
+    pull(
+        &mut host_b,
+        &row_b,
+        &trust,
+        Timeouts::default(),
+        PullOptions::default(),
+    )
+    .unwrap();
+    assert!(!host_b.catalog().remote_packs().unwrap().is_empty());
+    host_b
+        .remove(&["only".to_string(), "tool".to_string()])
+        .unwrap();
+    let options = nexus_store::gc::GcOptions {
+        keep_last: 1,
+        grace: Duration::ZERO,
+        ..Default::default()
+    };
+    nexus_store::gc::collect(&mut host_b, options).unwrap();
+    nexus_store::gc::collect(&mut host_b, options).unwrap();
+    assert!(host_b.catalog().remote_packs().unwrap().is_empty());
+    assert!(host_b.catalog().remote_use(row_b.id).unwrap().packs == 0);
+    host_b.catalog().remove_remote("dir").unwrap();
+    let report = nexus_store::verify::verify(&mut host_b).unwrap();
+    assert!(report.ok && report.remote_packs.is_empty(), "{report:?}");
+}
