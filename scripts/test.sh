@@ -17,8 +17,8 @@
 #   2. cargo test --workspace (unit, property and end-to-end tests; the
 #      end-to-end tests fetch real Debian packages with apt-get download)
 #   3. the benchmark scripts' smoke runs (shellcheck, then bench/ingest.sh,
-#      bench/mount.sh, bench/images.sh, bench/virtiofs.sh and
-#      bench/remote.sh --smoke on a tiny corpus, with the debug builds)
+#      bench/mount.sh, bench/programs.sh, bench/images.sh, bench/virtiofs.sh
+#      and bench/remote.sh --smoke on a tiny corpus, with the debug builds)
 # SeaweedFS (the remote tests' S3 server) runs from step 2 to the end.
 set -euo pipefail
 
@@ -59,6 +59,7 @@ log "benchmark smoke run"
 shellcheck -x bench/*.sh scripts/*.sh .ci/run
 NIP="$root/target/debug/nip" bench/ingest.sh --smoke
 NIP="$root/target/debug/nip" NEXUS="$root/target/debug/nexus" bench/mount.sh --smoke
+NIP="$root/target/debug/nip" NEXUS="$root/target/debug/nexus" bench/programs.sh --smoke
 NIP="$root/target/debug/nip" NEXUS="$root/target/debug/nexus" bench/images.sh --smoke --switches 6
 NIP="$root/target/debug/nip" NEXUS="$root/target/debug/nexus" bench/virtiofs.sh --smoke
 NIP="$root/target/debug/nip" NEXUS="$root/target/debug/nexus" bench/remote.sh --smoke

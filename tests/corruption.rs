@@ -7,10 +7,15 @@
 //! Which chunks are damaged is computed here independently, from our own
 //! source files and the documented pack format (see `support/pack.rs`), with
 //! the reader rules of the format:
-//! * a damaged block header, a table whose lengths do not add up, or a zstd
-//!   payload that does not decode damages every chunk of the block;
+//! * a damaged block header, or a chunk or frame table whose lengths do not
+//!   add up, damages every chunk of the block;
+//! * a zstd frame that does not decode damages every chunk of its frame (a
+//!   block of format v2 is made of frames decoded on their own);
 //! * a table entry whose hash no longer names its chunk damages that chunk;
-//! * a flipped byte in a raw payload damages only the chunk covering it.
+//! * a flipped byte in a frame stored as is damages only the chunk covering
+//!   it;
+//! * a pack cut short damages the chunks of the frames it cuts or drops, or
+//!   every chunk of the block when it cuts the header or tables.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
@@ -143,20 +148,20 @@ fn fixture() -> Fixture {
         blocks,
         large,
     };
-    // The fixture is built so that both codecs occur, each in a block shared
-    // by several files; check that it worked.
+    // The fixture is built so that both kinds of frame occur, each in a
+    // block shared by several files; check that it worked.
     let zstd = fx.busiest_block(true);
     assert!(
-        fx.files_using(&fx.all_chunks(zstd)).len() >= 5,
-        "a compressed block should hold chunks of many files: {}",
+        fx.files_using(&fx.frame_chunks(zstd, true)).len() >= 5,
+        "a compressed frame should hold chunks of many files: {}",
         fx.layout()
     );
     let raw = fx.busiest_block(false);
     let large = &fx.chunks_of[&fx.large];
+    let raw_chunks = fx.frame_chunks(raw, false);
     assert!(
-        fx.files_using(&fx.all_chunks(raw)).len() >= 3
-            && raw.entries.iter().any(|e| large.contains(&e.hash)),
-        "a raw block should hold chunks of the large file and of small files: {}",
+        fx.files_using(&raw_chunks).len() >= 3 && !raw_chunks.is_disjoint(large),
+        "raw frames of one block should hold chunks of the large file and of small files: {}",
         fx.layout()
     );
     fx
@@ -224,13 +229,13 @@ fn file_chunks(
 }
 
 impl Fixture {
-    /// The zstd (or raw) block holding chunks of the most files.
+    /// The block whose zstd (or raw) frames hold chunks of the most files.
     fn busiest_block(&self, zstd: bool) -> &Block {
         self.blocks
             .iter()
             .map(|b| &b.block)
-            .filter(|b| b.is_zstd() == zstd)
-            .max_by_key(|b| self.files_using(&self.all_chunks(b)).len())
+            .filter(|b| b.frames.iter().any(|f| f.compressed == zstd))
+            .max_by_key(|b| self.files_using(&self.frame_chunks(b, zstd)).len())
             .unwrap_or_else(|| {
                 panic!(
                     "no {} block in the store: {}",
@@ -271,6 +276,23 @@ impl Fixture {
     /// Every chunk of `block`.
     fn all_chunks(&self, block: &Block) -> BTreeSet<Hash> {
         block.entries.iter().map(|e| e.hash).collect()
+    }
+
+    /// The chunks of `block` in its zstd (or raw) frames.
+    fn frame_chunks(&self, block: &Block, zstd: bool) -> BTreeSet<Hash> {
+        (0..block.entries.len())
+            .filter(|&k| block.frames[block.frame_of(k)].compressed == zstd)
+            .map(|k| block.entries[k].hash)
+            .collect()
+    }
+
+    /// The chunks of frame `j` of `block`.
+    fn chunks_of_frame(&self, block: &Block, j: usize) -> BTreeSet<Hash> {
+        block
+            .frame_entries(j)
+            .into_iter()
+            .map(|k| block.entries[k].hash)
+            .collect()
     }
 
     /// The files that use at least one of `chunks`.
@@ -386,22 +408,22 @@ fn assert_cat_refuses(run: &Run, data: &[u8], what: &str) {
 }
 
 #[test]
-fn flipped_byte_in_zstd_payload_damages_the_whole_block() {
+fn flipped_byte_in_a_zstd_frame_damages_the_chunks_of_that_frame() {
     let fx = fixture();
-    let block = fx.busiest_block(true);
     let shared = fx.small_chunk(&id("alpha/1", "shared.txt"));
+    let (block, k) = fx.locate(&shared);
+    let j = block.frame_of(k);
+    let frame = &block.frames[j];
     assert!(
-        block.position(&shared).is_some(),
-        "fixture: the text shared by three files should be in the zstd block"
+        frame.compressed,
+        "fixture: the text shared by three files should be in a zstd frame: {}",
+        block.describe()
     );
-    pack::flip_byte(
-        &block.pack,
-        block.payload_offset() + block.stored_len as u64 / 2,
-    );
+    pack::flip_byte(&block.pack, frame.stored_at + frame.stored_len as u64 / 2);
     fx.assert_damage_reported(
-        &fx.all_chunks(block),
+        &fx.chunks_of_frame(block, j),
         &format!(
-            "payload byte flipped in the middle of the {}",
+            "payload byte flipped in the middle of zstd frame {j} of the {}",
             block.describe()
         ),
     );
@@ -417,8 +439,8 @@ fn flipped_byte_in_raw_payload_damages_one_small_chunk() {
         .find(|(b, _)| fx.files_using(&fx.all_chunks(b)).len() >= 3)
         .unwrap_or_else(|| panic!("no small random file shares its block: {}", fx.layout()));
     assert!(
-        !block.is_zstd(),
-        "fixture: {} should be raw",
+        !block.frames[block.frame_of(k)].compressed,
+        "fixture: chunk {k} of {} should be in a raw frame",
         block.describe()
     );
     let range = block.raw_chunk_range(k);
@@ -447,7 +469,9 @@ fn flipped_byte_in_raw_payload_damages_one_large_file_chunk() {
     let block = fx.busiest_block(false);
     let large = &fx.chunks_of[&fx.large];
     let candidates: Vec<usize> = (0..block.entries.len())
-        .filter(|&k| large.contains(&block.entries[k].hash))
+        .filter(|&k| {
+            large.contains(&block.entries[k].hash) && !block.frames[block.frame_of(k)].compressed
+        })
         .collect();
     assert!(
         !candidates.is_empty(),
@@ -500,6 +524,11 @@ fn flipped_byte_in_block_header_or_lengths_damages_the_whole_block() {
             field::STORED_LEN + 1,
             "stored_len (block length)",
         ),
+        (
+            Target::Zstd,
+            field::FRAME_COUNT,
+            "frame count (block length)",
+        ),
     ];
     for &(target, at, what) in cases {
         let fx = fixture();
@@ -514,6 +543,18 @@ fn flipped_byte_in_block_header_or_lengths_damages_the_whole_block() {
                 "header byte {at} ({what}) flipped in the {}",
                 block.describe()
             ),
+        );
+    }
+    // A frame's raw length no longer adds up (or splits a chunk), its
+    // stored length no longer matches the payload.
+    for (field_at, what) in [(0u64, "raw length"), (5, "stored length")] {
+        let fx = fixture();
+        let block = fx.busiest_block(true);
+        let j = block.frames.len() / 2;
+        pack::flip_byte(&block.pack, block.frame_entry_offset(j) + field_at);
+        fx.assert_damage_reported(
+            &fx.all_chunks(block),
+            &format!("{what} of frame {j} flipped in the {}", block.describe()),
         );
     }
     // A table length no longer adds up to raw_len.
@@ -542,7 +583,10 @@ fn flipped_byte_in_table_hash_damages_only_that_chunk() {
         let fx = fixture();
         let target = id("alpha/1", "uniq/u3.bin");
         let (block, k) = fx.locate(&fx.small_chunk(&target));
-        assert!(block.is_zstd(), "fixture: {target:?} should be compressed");
+        assert!(
+            block.frames[block.frame_of(k)].compressed,
+            "fixture: {target:?} should be compressed"
+        );
         pack::flip_byte(&block.pack, block.entry_offset(k) + 5);
         fx.assert_damage_reported(
             &BTreeSet::from([block.entries[k].hash]),
@@ -559,8 +603,11 @@ fn flipped_byte_in_table_hash_damages_only_that_chunk() {
         let large = &fx.chunks_of[&fx.large];
         let k = (0..block.entries.len())
             .rev()
-            .find(|&k| large.contains(&block.entries[k].hash))
-            .expect("no large-file chunk in the busiest raw block");
+            .find(|&k| {
+                large.contains(&block.entries[k].hash)
+                    && !block.frames[block.frame_of(k)].compressed
+            })
+            .expect("no large-file chunk in a raw frame of the busiest raw block");
         pack::flip_byte(&block.pack, block.entry_offset(k) + 31);
         fx.assert_damage_reported(
             &BTreeSet::from([block.entries[k].hash]),
@@ -574,10 +621,10 @@ fn flipped_byte_in_table_hash_damages_only_that_chunk() {
 
 #[test]
 fn truncated_pack_damages_the_files_of_its_last_block() {
-    // The compressed block was written last, so it ends its pack. Cut that
-    // pack in the middle of the block's payload (the zstd frame no longer
-    // decodes), then (in a fresh store) in the middle of its header: either
-    // way every chunk of the block is lost.
+    // Cut the pack holding the last-written block in the middle of the
+    // block's payload (the frames from the cut on are lost), then (in a
+    // fresh store) in the middle of its header (every chunk of the block is
+    // lost).
     for (cut, what) in [
         (None, "in the middle of the payload"),
         (Some(field::COUNT + 2), "in the middle of the header"),
@@ -587,16 +634,31 @@ fn truncated_pack_damages_the_files_of_its_last_block() {
             .blocks
             .iter()
             .map(|b| &b.block)
-            .filter(|b| b.is_zstd())
+            .filter(|b| b.frames.len() > 1)
             .find(|b| std::fs::metadata(&b.pack).unwrap().len() == b.end())
-            .unwrap_or_else(|| panic!("no zstd block ends its pack: {}", fx.layout()));
+            .unwrap_or_else(|| panic!("no block of several frames ends its pack: {}", fx.layout()));
         let len = match cut {
             None => block.payload_offset() + block.stored_len as u64 / 2,
             Some(at) => block.offset + at,
         };
+        let lost = match cut {
+            None => (0..block.frames.len())
+                .filter(|&j| {
+                    let f = &block.frames[j];
+                    f.stored_at + f.stored_len as u64 > len
+                })
+                .flat_map(|j| fx.chunks_of_frame(block, j))
+                .collect(),
+            Some(_) => fx.all_chunks(block),
+        };
+        assert!(
+            cut.is_some() || lost.len() < block.entries.len(),
+            "fixture: a cut in the middle of the payload should spare the first frames: {}",
+            block.describe()
+        );
         pack::truncate(&block.pack, len);
         fx.assert_damage_reported(
-            &fx.all_chunks(block),
+            &lost,
             &format!(
                 "pack cut to {len} bytes, {what} of the {}",
                 block.describe()

@@ -69,6 +69,8 @@ pub fn open_view_and_source(dir: &Path, options: ViewOptions) -> Result<(View, A
             cache_bytes: options.cache_bytes,
             connections: options.connections,
             snapshots: true,
+            // One reader of a large file decodes on every core.
+            read_ahead_threads: nexus_fs::view::READ_AHEAD_THREADS,
         },
         source.clone(),
     )

@@ -1,18 +1,24 @@
 //! The FUSE adapter: serves a [`View`] to the kernel with `fuser`.
 //!
 //! Every request becomes one view call; this module only translates types
-//! and decides how long the kernel may cache each answer. Package content is
-//! immutable, so its entries and attributes get long lifetimes
-//! ([`IMMUTABLE_TTL`]), and opens of files and directories are answered
-//! `ENOSYS`: the kernel then opens them without asking the daemon and keeps
-//! their pages and listings cached across opens (no handles exist; reads
-//! and listings go by inode). The root, App directories and `Current` links
-//! change with the generation: when a live view moves, an [`Invalidator`]
-//! tells the kernel what became stale (FUSE notifications), and
-//! [`GENERATION_TTL`] bounds how long a stale answer could live should a
-//! notification be lost. Several request threads serve the mount, each with
-//! its own cloned `/dev/fuse` descriptor. The Index's mount (`index`)
-//! shares the reply and session code (`reply`, `session`).
+//! and decides how long the kernel may cache each answer. The aim is that
+//! a warm program start costs the daemon nothing: package content is
+//! immutable, so its entries, attributes, absent names and link targets
+//! are cached for [`IMMUTABLE_TTL`], and opens of files and directories
+//! are answered `ENOSYS`: the kernel then opens them without asking the
+//! daemon and keeps their pages and listings cached across opens (no
+//! handles exist; reads and listings go by inode). The root, App
+//! directories and `Current` links change with the generation: when a live
+//! view moves, an [`Invalidator`] tells the kernel what became stale (FUSE
+//! notifications, sent again [`RESEND_AFTER`] later in case a request
+//! answered from the old generation raced them), so they too get a long
+//! lifetime ([`GENERATION_TTL`]). What the kernel forwards whatever the
+//! daemon answers (`IOCTL`, `STATFS`) is answered as cheaply as possible,
+//! and every request is counted by kind ([`RequestCounts`], readable as
+//! the [`REQUESTS_XATTR`] attribute of the root). Several request threads
+//! serve the mount, each with its own cloned `/dev/fuse` descriptor. The
+//! Index's mount (`index`) shares the reply and session code (`reply`,
+//! `session`, `counts`).
 
 use std::ffi::OsStr;
 use std::io;
@@ -22,47 +28,68 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fuser::{
-    Errno, FileHandle, Filesystem, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
-    OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    Errno, FileAttr, FileHandle, Filesystem, Generation, INodeNo, InitFlags, KernelConfig,
+    LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 
 use crate::attr::{Entry, Kind};
 use crate::changes::Invalidation;
+use crate::error::ViewError;
+use crate::ino::Node;
 use crate::lookups::Lookups;
 use crate::view::View;
 
+mod counts;
 mod index;
+mod push;
 mod reply;
 mod session;
 
+pub use counts::{Op, REQUESTS_XATTR, RequestCounts};
 pub use index::{INDEX_TTL, IndexFollower, IndexFs, adopt_index, index_invalidations, mount_index};
 use reply::{errno, file_attr, fill_dir, fill_dir_plus, reply_xattr};
-pub use session::{Invalidator, MountOptions, Mounted, Unmounted, Unmounter, detach, fusermount};
+pub use session::{
+    Invalidator, MountOptions, Mounted, RESEND_AFTER, Unmounted, Unmounter, detach, fusermount,
+};
 
 /// How long the kernel may keep what never changes: package entries and
 /// attributes.
 pub const IMMUTABLE_TTL: Duration = Duration::from_secs(24 * 3600);
 /// How long the kernel may keep what a generation switch changes: the root,
-/// App directories, `Current` links and the names in them. A switch
-/// invalidates them at once through notifications, so this is only the bound
-/// on staleness should a notification fail; it is short enough for that and
-/// long enough for a test to tell a notification from an expiry. (`Current`
-/// targets are never cached: every path walk through a link reads it.)
-pub const GENERATION_TTL: Duration = Duration::from_secs(5);
+/// App directories, `Current` links (their targets too) and the names in
+/// them, present or absent. A switch invalidates all of it through
+/// notifications, twice ([`RESEND_AFTER`] apart), and a failed notification
+/// is retried, so the lifetime does not bound staleness; it is long so that
+/// a warm path walk through `App/Current/` asks the daemon nothing.
+pub const GENERATION_TTL: Duration = Duration::from_secs(3600);
 
 /// The `fuser` file system: a view, and what the kernel holds of it.
 pub struct NexusFs {
     view: Arc<View>,
     /// The inodes the kernel has looked up and not forgotten.
     lookups: Arc<Lookups>,
+    /// Requests served, by kind.
+    counts: Arc<RequestCounts>,
+    /// Hands the kernel decoded bytes ahead of its reads, once started.
+    pusher: Arc<push::Pusher>,
 }
 
 impl NexusFs {
     /// Serves `view`.
     pub fn new(view: Arc<View>) -> NexusFs {
         let lookups = view.new_client();
-        NexusFs { view, lookups }
+        NexusFs {
+            view,
+            lookups,
+            counts: Arc::default(),
+            pusher: Arc::default(),
+        }
+    }
+
+    /// The requests this file system has been sent, by kind.
+    pub fn counts(&self) -> Arc<RequestCounts> {
+        self.counts.clone()
     }
 }
 
@@ -124,6 +151,29 @@ fn ttl(immutable: bool) -> Duration {
     }
 }
 
+/// The attributes sent with a negative entry (node id 0): the kernel reads
+/// only the lifetimes.
+pub(crate) fn no_such_entry() -> FileAttr {
+    let t = std::time::UNIX_EPOCH;
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: t,
+        mtime: t,
+        ctime: t,
+        crtime: t,
+        kind: fuser::FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 0,
+        flags: 0,
+    }
+}
+
 impl NexusFs {
     fn reply_entry(&self, reply: ReplyEntry, parent: INodeNo, entry: &Entry) {
         self.view.looked_up(&self.lookups, parent.0, entry);
@@ -138,21 +188,32 @@ impl NexusFs {
 
 impl Filesystem for NexusFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
-        // Each is an optimisation: take what the kernel offers.
+        // Each is an optimisation: take what the kernel offers. Left out on
+        // purpose:
+        // - FUSE_AUTO_INVAL_DATA, which re-checks a file's attributes on
+        //   reads and a cached listing against its directory's mtime once
+        //   the attributes expire. It was the fallback bounding a stale root
+        //   or App listing to the 5 s those attributes lived;
+        //   generation-bound answers now live long and are invalidated by
+        //   notifications sent twice (see `Invalidator`), so it had nothing
+        //   left to do.
+        // - FUSE_POSIX_ACL: with it the kernel asks for each inode's
+        //   `system.posix_acl_access` the first time it is listed (a cold
+        //   `ls -lR` of the corpus sent 125,117 GETXATTRs, one per inode).
+        //   Without it the kernel never asks, `ls` asks once, is told ACLs
+        //   are not supported (see `View::getxattr`) and stops for the
+        //   mount, and permissions are checked on mode bits that fail closed
+        //   for the rare inode carrying an ACL (see `attr::Attr`).
         for flag in [
             InitFlags::FUSE_DO_READDIRPLUS,
             InitFlags::FUSE_READDIRPLUS_AUTO,
             InitFlags::FUSE_PARALLEL_DIROPS,
-            // The kernel then caches each inode's (absent) POSIX ACLs, so
-            // `ls -l` asks the daemon for system.posix_acl_* once per inode
-            // instead of once per call.
-            InitFlags::FUSE_POSIX_ACL,
-            // A cached directory listing is re-checked against the
-            // directory's mtime when its attributes expire: the fallback
-            // that bounds a stale root or App listing should a switch's
-            // invalidation be lost (package files never change, so for
-            // them this costs nothing).
-            InitFlags::FUSE_AUTO_INVAL_DATA,
+            // Symlink targets are kept in the kernel's page cache: a path
+            // walk through a link then costs no READLINK. Package links
+            // never change; a switch invalidates each `Current` link whose
+            // target changed (an inode invalidation drops the cached
+            // target, see `Invalidator`).
+            InitFlags::FUSE_CACHE_SYMLINKS,
         ] {
             if config.add_capabilities(flag).is_err() {
                 tracing::debug!("the kernel does not offer {flag:?}");
@@ -162,18 +223,35 @@ impl Filesystem for NexusFs {
         Ok(())
     }
 
+    fn destroy(&mut self) {
+        tracing::info!("requests served: {}", self.counts.summary());
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.counts.count(Op::Lookup);
         match self.view.lookup(parent.0, name.as_bytes()) {
             Ok(entry) => self.reply_entry(reply, parent, &entry),
+            Err(ViewError::NotFound) => {
+                // Node id 0 with a lifetime: the kernel keeps the name's
+                // absence (an ENOENT error it would forget at once). Names
+                // in a package directory never appear; in the root and in
+                // App directories a switch that adds the name invalidates
+                // it (see `Changes::invalidations`).
+                let immutable = matches!(Node::from_ino(parent.0), Some(Node::Package(_)));
+                let ttl = ttl(immutable);
+                reply.entry_with_ttls(&ttl, &ttl, &no_such_entry(), Generation(0));
+            }
             Err(e) => reply.error(errno("lookup", parent, &e)),
         }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.counts.count(Op::Forget);
         self.lookups.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.counts.count(Op::Getattr);
         match self.view.getattr(ino.0) {
             Ok(attr) => reply.attr(&ttl(attr.immutable), &file_attr(&attr)),
             Err(e) => reply.error(errno("getattr", ino, &e)),
@@ -181,6 +259,7 @@ impl Filesystem for NexusFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.counts.count(Op::Readlink);
         match self.view.readlink(ino.0) {
             Ok(target) => reply.data(&target),
             Err(e) => reply.error(errno("readlink", ino, &e)),
@@ -188,6 +267,7 @@ impl Filesystem for NexusFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.counts.count(Op::Open);
         if flags.acc_mode() != OpenAccMode::O_RDONLY {
             reply.error(Errno::from_i32(libc::EROFS));
             return;
@@ -218,17 +298,24 @@ impl Filesystem for NexusFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        self.counts.count(Op::Read);
         // Opens are not sent (see `open`), so reads come without a handle.
         let _ = fh;
-        // The bytes go to the kernel straight from the block cache.
+        // The bytes go to the kernel straight from the frame cache.
         let mut reply = Some(reply);
         let read = self.view.read_inode_with(ino.0, offset, size, |data| {
             if let Some(reply) = reply.take() {
                 reply.data(data);
             }
+            data.len()
         });
-        if let (Err(e), Some(reply)) = (read, reply) {
-            reply.error(errno("read", ino, &e));
+        match (read, reply) {
+            (Err(e), Some(reply)) => reply.error(errno("read", ino, &e)),
+            // Not the end of the file: what follows may be decoded already.
+            (Ok(len), _) if len == size as usize => {
+                self.pusher.offer(ino.0, offset + u64::from(size));
+            }
+            _ => {}
         }
     }
 
@@ -240,6 +327,7 @@ impl Filesystem for NexusFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        self.counts.count(Op::Flush);
         // ENOSYS once, and the kernel never sends FLUSH again (it succeeds
         // every close itself): a read-only file system has nothing to
         // flush, and a FLUSH round trip per close() was most of the cost
@@ -257,6 +345,7 @@ impl Filesystem for NexusFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.counts.count(Op::Release);
         // File opens are answered with ENOSYS (see `open`), so the kernel
         // sends no release, and no handle was handed out to forget.
         let _ = fh;
@@ -264,16 +353,16 @@ impl Filesystem for NexusFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.counts.count(Op::Opendir);
         // As with files (see `open`): check it is a directory, then answer
         // ENOSYS. The kernel then opens directories without asking (no
         // OPENDIR or RELEASEDIR round trips) and keeps every listing it has
         // read in its page cache (FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR is its
         // default in that mode), so a warm `find` or `ls -lR` sends no
         // request at all. Listings of the root and of Apps change with the
-        // generation: a switch invalidates them (see `Notifier`), and
-        // FUSE_AUTO_INVAL_DATA makes the kernel re-check a cached listing
-        // once the directory's 5 s attributes expire, should a notification
-        // be lost.
+        // generation: a switch invalidates them (see `Changes`); the
+        // notification is a synchronous write whose failure the follower
+        // logs, so a listing is never left stale silently.
         match self.view.getattr(ino.0) {
             Ok(attr) if attr.kind == Kind::Dir => reply.error(Errno::from_i32(libc::ENOSYS)),
             Ok(_) => reply.error(Errno::from_i32(libc::ENOTDIR)),
@@ -289,6 +378,7 @@ impl Filesystem for NexusFs {
         offset: u64,
         reply: ReplyDirectory,
     ) {
+        self.counts.count(Op::Readdir);
         // Directories are not opened (see `opendir`): read by inode.
         match self.view.list(ino.0) {
             Ok(listing) => fill_dir(&listing, offset, INodeNo, reply),
@@ -304,6 +394,7 @@ impl Filesystem for NexusFs {
         offset: u64,
         reply: ReplyDirectoryPlus,
     ) {
+        self.counts.count(Op::Readdirplus);
         match self.view.list(ino.0) {
             Ok(listing) => fill_dir_plus(
                 &listing,
@@ -326,11 +417,13 @@ impl Filesystem for NexusFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        self.counts.count(Op::Releasedir);
         // Directory opens are answered with ENOSYS too (see `opendir`).
         reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.counts.count(Op::Statfs);
         let s = self.view.statfs();
         reply.statfs(
             s.blocks,
@@ -344,19 +437,34 @@ impl Filesystem for NexusFs {
         );
     }
 
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if ino == INodeNo::ROOT && name.as_bytes() == REQUESTS_XATTR {
+            counts::reply_counts(&self.counts, req, size, reply);
+            return;
+        }
+        self.counts.count(Op::Getxattr);
         match self.view.getxattr(ino.0, name.as_bytes()) {
             Ok(value) => reply_xattr(reply, size, &value),
+            // No ACL: "not supported", which makes `ls -l` stop asking for
+            // the mount (the kernel does not apply ACLs here, see `init`).
+            Err(ViewError::NoXattr)
+                if crate::view::UNSUPPORTED_WHEN_ABSENT.contains(&name.as_bytes()) =>
+            {
+                reply.error(Errno::from_i32(libc::EOPNOTSUPP));
+            }
             Err(e) => reply.error(errno("getxattr", ino, &e)),
         }
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.counts.count(Op::Listxattr);
         match self.view.listxattr(ino.0) {
             Ok(names) => reply_xattr(reply, size, &names),
             Err(e) => reply.error(errno("listxattr", ino, &e)),
         }
     }
+
+    counts::cheap_answers!();
 }
 
 /// Mounts `view` read-only at `mountpoint` (type `fuse.nexus`). When this
@@ -367,10 +475,12 @@ pub fn mount(
     mountpoint: &Path,
     options: &MountOptions,
 ) -> io::Result<Mounted<NexusFs>> {
-    let fs = NexusFs::new(view);
+    let fs = NexusFs::new(view.clone());
+    let pusher = fs.pusher.clone();
     let lookups = fs.lookups.clone();
     let mut mounted = session::mount(fs, mountpoint, "nexus", options)?;
     mounted.lookups = Some(lookups);
+    pusher.start(view, mounted.notifier())?;
     Ok(mounted)
 }
 

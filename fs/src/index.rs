@@ -143,24 +143,28 @@ pub fn layout() -> &'static [IndexDir] {
 }
 
 /// What a generation change made stale in the index, for a transport that
-/// can tell its clients (FUSE invalidation notifications). Names that only
-/// appeared need nothing: a failed lookup is never cached.
+/// can tell its clients (FUSE invalidation notifications).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct IndexChanges {
     /// The generation the index shows now.
     pub generation: Option<i64>,
-    /// `(directory inode, name)` of entries that disappeared or now name
-    /// something else (another link target, a directory instead of a link
-    /// or the reverse), in directories that had been listed or looked in.
+    /// `(directory inode, name)` of entries that disappeared, appeared (a
+    /// client may cache that a name does not exist) or now name something
+    /// else (another link target, a directory instead of a link or the
+    /// reverse), in directories that had been listed or looked in.
     pub entries: Vec<(u64, Vec<u8>)>,
-    /// Symlinks whose target changed (their cached attributes are stale).
+    /// Symlinks whose target changed (their cached attributes and target
+    /// are stale).
     pub inodes: Vec<u64>,
+    /// Directories whose listing changed or that are gone (a cached
+    /// listing is stale).
+    pub dirs: Vec<u64>,
 }
 
 impl IndexChanges {
     /// True when nothing needs invalidating.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty() && self.inodes.is_empty()
+        self.entries.is_empty() && self.inodes.is_empty() && self.dirs.is_empty()
     }
 }
 
@@ -231,6 +235,9 @@ struct IndexGeneration {
     apps: Vec<(Arc<str>, i64)>,
     /// Index path (`bin`, `share/man/man1`) → its merged directory.
     dirs: Mutex<HashMap<Arc<[u8]>, Arc<MergedDir>>>,
+    /// Directory inode → its listing, as handed to each opener: a program
+    /// lists the same directories at every start.
+    listings: Mutex<HashMap<u64, Arc<Listing>>>,
 }
 
 impl IndexGeneration {
@@ -248,12 +255,17 @@ impl IndexGeneration {
             created: tree.created,
             apps,
             dirs: Mutex::new(HashMap::new()),
+            listings: Mutex::new(HashMap::new()),
         }
     }
 
     fn dirs(&self) -> MutexGuard<'_, HashMap<Arc<[u8]>, Arc<MergedDir>>> {
         // The map stays consistent even if a holder panicked.
         self.dirs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn listings(&self) -> MutexGuard<'_, HashMap<u64, Arc<Listing>>> {
+        self.listings.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -445,17 +457,21 @@ impl Index {
                 .map(|(p, d)| (p.clone(), d.clone()))
                 .collect();
             for (path, before) in dirs {
+                let dir_ino = self.number(&path)?;
                 // A directory gone in the new generation is reported by its
-                // parent (computed too, since it was looked in to reach it).
+                // parent (computed too, since it was looked in to reach it);
+                // its own listing is stale.
                 let Some(after) = self.dir(&now, &path)? else {
+                    changes.dirs.push(dir_ino);
                     continue;
                 };
-                let dir_ino = self.number(&path)?;
+                let mut changed = false;
                 for (name, was) in before.iter() {
                     match (was, after.get(name)) {
                         (Merged::Dir(_), Some(Merged::Dir(_))) => {}
                         (Merged::Link(a), Some(Merged::Link(b))) if a == b => {}
                         (was, _) => {
+                            changed = true;
                             changes.entries.push((dir_ino, name.to_vec()));
                             if matches!(was, Merged::Link(_)) {
                                 changes.inodes.push(self.number(&join(&path, name))?);
@@ -463,12 +479,21 @@ impl Index {
                         }
                     }
                 }
+                for name in after.keys().filter(|name| !before.contains_key(*name)) {
+                    changed = true;
+                    changes.entries.push((dir_ino, name.to_vec()));
+                }
+                if changed {
+                    changes.dirs.push(dir_ino);
+                }
             }
         }
         changes.entries.sort();
         changes.entries.dedup();
         changes.inodes.sort_unstable();
         changes.inodes.dedup();
+        changes.dirs.sort_unstable();
+        changes.dirs.dedup();
         Ok(Some(changes))
     }
 
@@ -719,8 +744,13 @@ impl Index {
     /// The whole listing of index directory `ino`, `.` and `..` first.
     pub fn list(&self, ino: u64) -> Result<Listing> {
         let generation = self.sync()?;
+        self.list_in(&generation, ino)
+    }
+
+    /// The listing of index directory `ino` in `generation`.
+    fn list_in(&self, generation: &IndexGeneration, ino: u64) -> Result<Listing> {
         let path = self.path(ino)?;
-        let this = self.dir_attr(&generation, ino);
+        let this = self.dir_attr(generation, ino);
         let mut entries = Vec::new();
         let dot = |name: &[u8], attr: Attr| Entry {
             name: name.to_vec(),
@@ -732,15 +762,15 @@ impl Index {
             entries.push(dot(b"..", this));
             for top in layout() {
                 let ino = self.number(top.name.as_bytes())?;
-                entries.push(dot(top.name.as_bytes(), self.dir_attr(&generation, ino)));
+                entries.push(dot(top.name.as_bytes(), self.dir_attr(generation, ino)));
             }
             return Ok(Listing {
                 entries,
                 immutable: false,
             });
         }
-        let Some(dir) = self.dir(&generation, &path)? else {
-            return Err(match self.find(&generation, &path) {
+        let Some(dir) = self.dir(generation, &path)? else {
+            return Err(match self.find(generation, &path) {
                 Ok(_) => ViewError::NotDir,
                 Err(e) => e,
             });
@@ -749,9 +779,9 @@ impl Index {
         let parent_ino = self.number(parent)?;
         entries.reserve(dir.len() + 2);
         entries.push(dot(b".", this));
-        entries.push(dot(b"..", self.dir_attr(&generation, parent_ino)));
+        entries.push(dot(b"..", self.dir_attr(generation, parent_ino)));
         for (name, what) in dir.iter() {
-            let attr = self.attr(&generation, &join(&path, name), what)?;
+            let attr = self.attr(generation, &join(&path, name), what)?;
             entries.push(dot(name, attr));
         }
         Ok(Listing {
@@ -773,10 +803,20 @@ impl Index {
         }
     }
 
-    /// Opens index directory `ino` for reading: its listing is taken now and
-    /// served from memory until [`Index::release`].
+    /// Opens index directory `ino` for reading: its listing is taken now
+    /// (computed once per generation) and served from memory until
+    /// [`Index::release`], so that one reading of it never mixes two
+    /// generations.
     pub fn opendir(&self, ino: u64) -> Result<(u64, Arc<Listing>)> {
-        let listing = Arc::new(self.list(ino)?);
+        let generation = self.sync()?;
+        let known = generation.listings().get(&ino).cloned();
+        let listing = match known {
+            Some(listing) => listing,
+            None => {
+                let listing = Arc::new(self.list_in(&generation, ino)?);
+                generation.listings().entry(ino).or_insert(listing).clone()
+            }
+        };
         let fh = self.handles.open(listing.clone())?;
         Ok((fh, listing))
     }

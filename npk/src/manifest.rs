@@ -13,8 +13,9 @@ pub const END_MAGIC: &[u8; 8] = b"NXNPKEND";
 /// First 8 bytes of the manifest.
 pub const MANIFEST_MAGIC: &[u8; 8] = b"NXMANIF1";
 /// The archive format version this build writes: 2 added the expiry time
-/// to the manifest.
-pub const VERSION: u32 = 2;
+/// to the manifest; 3 allows blocks of store format v2 (framed, codec 2),
+/// which builds reading only 1 and 2 would take for damage.
+pub const VERSION: u32 = 3;
 /// The oldest archive format version this build reads (version 1: no
 /// expiry, read as never expiring).
 pub const OLDEST_VERSION: u32 = 1;
@@ -282,7 +283,7 @@ mod tests {
         /// must encode back to exactly its bytes, in either version.
         #[test]
         fn decoded_manifests_encode_to_their_bytes(
-            version in 1u32..=2,
+            version in 1u32..=3,
             kind in 1u32..=2,
             fields in proptest::collection::vec(proptest::num::u8::ANY, 160),
             expires in proptest::num::i64::ANY,
@@ -291,7 +292,7 @@ mod tests {
             bytes.extend_from_slice(&version.to_le_bytes());
             bytes.extend_from_slice(&kind.to_le_bytes());
             bytes.extend_from_slice(&fields);
-            let expires = if version == 2 { expires } else { 0 };
+            let expires = if version >= 2 { expires } else { 0 };
             bytes.extend_from_slice(&expires.to_le_bytes());
             bytes.extend_from_slice(&[0; 8]);
             let m = Manifest::decode(&bytes).unwrap();
@@ -325,7 +326,7 @@ mod tests {
         assert_eq!(v1.encode(), bytes);
         bytes[176] = 1; // an "expiry" smuggled into a version-1 manifest
         assert!(Manifest::decode(&bytes).is_err());
-        for unknown in [0u32, 3] {
+        for unknown in [0u32, VERSION + 1] {
             let mut b = v2.encode();
             b[8..12].copy_from_slice(&unknown.to_le_bytes());
             assert!(matches!(

@@ -14,9 +14,9 @@ use std::sync::Arc;
 
 use nexus_store::catalog::PackageRow;
 use nexus_store::pack::{
-    BlockBuilder, ChunkLocation, EncodedBlock, block_compressor, decode_block,
+    BlockBuilder, BlockEncoder, ChunkKind, ChunkLocation, EncodedBlock, decode_block,
 };
-use nexus_store::params::{BLOCK_TARGET, ZSTD_LEVEL};
+use nexus_store::params::{BLOCK_TARGET, SMALL_FILE_MAX};
 use nexus_store::{Hash, NoProgress, Progress, Store, StoreError};
 
 use crate::body::{self, Body, BodyBlob, BodyChunk, BodyPackage, root_hash};
@@ -275,7 +275,14 @@ fn copy_chunks(
 ) -> Result<()> {
     let mut by_block: BTreeMap<(Arc<str>, u64), Vec<&ChunkLocation>> = BTreeMap::new();
     let mut seen: HashSet<Hash> = HashSet::new();
+    // Chunks of contents cut into pieces are framed for random reads, as
+    // the store frames them.
+    let mut parts: HashSet<Hash> = HashSet::new();
     for (_, locations) in wanted {
+        let size: u64 = locations.iter().map(|l| u64::from(l.len)).sum();
+        if size >= SMALL_FILE_MAX {
+            parts.extend(locations.iter().map(|l| l.hash));
+        }
         for loc in locations {
             if seen.insert(loc.hash) {
                 by_block
@@ -307,7 +314,12 @@ fn copy_chunks(
         } else {
             for loc in chunks {
                 let bytes = block.chunk(loc)?;
-                blocks.push(loc.hash, bytes, out)?;
+                let kind = if parts.contains(&loc.hash) {
+                    ChunkKind::Part
+                } else {
+                    ChunkKind::Whole
+                };
+                blocks.push(loc.hash, bytes, kind, out)?;
             }
         }
     }
@@ -318,7 +330,7 @@ fn copy_chunks(
 /// where each chunk went.
 struct BlockWriter {
     builder: BlockBuilder,
-    compressor: zstd::bulk::Compressor<'static>,
+    encoder: BlockEncoder,
     /// Chunks pushed but not yet written: (index in `chunks`, inner offset).
     pending: Vec<(usize, u32)>,
     chunks: Vec<BodyChunk>,
@@ -329,14 +341,20 @@ impl BlockWriter {
     fn new() -> Result<Self> {
         Ok(BlockWriter {
             builder: BlockBuilder::default(),
-            compressor: block_compressor(ZSTD_LEVEL)?,
+            encoder: BlockEncoder::store_default()?,
             pending: Vec::new(),
             chunks: Vec::new(),
             index: HashMap::new(),
         })
     }
 
-    fn push(&mut self, hash: Hash, bytes: &[u8], out: &mut Hashing) -> Result<u32> {
+    fn push(
+        &mut self,
+        hash: Hash,
+        bytes: &[u8],
+        kind: ChunkKind,
+        out: &mut Hashing,
+    ) -> Result<u32> {
         let i = self.chunks.len();
         self.pending.push((i, self.builder.raw_len() as u32));
         self.chunks.push(BodyChunk {
@@ -347,7 +365,7 @@ impl BlockWriter {
             inner: 0,
         });
         self.index.insert(hash, i as u32);
-        self.builder.push(hash, bytes);
+        self.builder.push_kind(hash, bytes, kind);
         if self.builder.raw_len() >= BLOCK_TARGET {
             self.flush(out)?;
         }
@@ -376,7 +394,7 @@ impl BlockWriter {
         if self.builder.is_empty() {
             return Ok(());
         }
-        let block: EncodedBlock = self.builder.finish(&mut self.compressor);
+        let block: EncodedBlock = self.builder.finish(&mut self.encoder);
         let offset = out.pos;
         out.write(&block.head())?;
         out.write(&block.payload)?;

@@ -31,9 +31,9 @@ use nexus_npk::body::{Body, BodyBlob, BodyChunk, BodyPackage, root_hash};
 use nexus_npk::read::unix_now;
 use nexus_npk::{CounterRequest, KeyStore, SecretKey, TrustSet};
 use nexus_store::pack::{
-    BlockBuilder, ChunkLocation, PACK_MAGIC, PACK_SUFFIX, block_compressor, decode_block,
+    BlockBuilder, BlockEncoder, ChunkKind, ChunkLocation, PACK_MAGIC, PACK_SUFFIX, decode_block,
 };
-use nexus_store::params::{BLOCK_TARGET, PACK_TARGET_SIZE, ZSTD_LEVEL};
+use nexus_store::params::{BLOCK_TARGET, PACK_TARGET_SIZE, SMALL_FILE_MAX};
 use nexus_store::read::Reader;
 use nexus_store::{Hash, Progress, Store, StoreError};
 
@@ -208,8 +208,14 @@ pub fn publish(
     let mut placed: HashMap<Hash, Placed> = HashMap::new();
     let mut wanted: HashSet<Hash> = HashSet::new();
     let mut by_block: BTreeMap<(Arc<str>, u64), Vec<ChunkLocation>> = BTreeMap::new();
+    // Chunks of contents cut into pieces, framed for random reads when
+    // re-encoded, as the store frames them.
+    let mut parts: HashSet<Hash> = HashSet::new();
     let mut reused = 0u64;
     for (_, chunks) in &contents {
+        if chunks.iter().map(|l| u64::from(l.len)).sum::<u64>() >= SMALL_FILE_MAX {
+            parts.extend(chunks.iter().map(|l| l.hash));
+        }
         for loc in chunks {
             if !wanted.insert(loc.hash) {
                 continue;
@@ -286,7 +292,15 @@ pub fn publish(
                 }
             });
         }
-        let built = build_packs(reader, &by_block, &wanted, progress, &tx, &uploaded.failed);
+        let built = build_packs(
+            reader,
+            &by_block,
+            &wanted,
+            &parts,
+            progress,
+            &tx,
+            &uploaded.failed,
+        );
         drop(tx);
         built
     });
@@ -469,7 +483,7 @@ struct OpenPack {
     bytes: Vec<u8>,
     chunks: Vec<(Hash, Placed)>,
     builder: BlockBuilder,
-    compressor: zstd::bulk::Compressor<'static>,
+    encoder: BlockEncoder,
     /// Chunks in `builder`: (hash, inner offset, length).
     pending: Vec<(Hash, u32, u32)>,
 }
@@ -480,7 +494,7 @@ impl OpenPack {
             bytes: PACK_MAGIC.to_vec(),
             chunks: Vec::new(),
             builder: BlockBuilder::default(),
-            compressor: block_compressor(ZSTD_LEVEL)?,
+            encoder: BlockEncoder::store_default()?,
             pending: Vec::new(),
         })
     }
@@ -502,10 +516,10 @@ impl OpenPack {
         }
     }
 
-    fn push(&mut self, hash: Hash, bytes: &[u8]) {
+    fn push(&mut self, hash: Hash, bytes: &[u8], kind: ChunkKind) {
         self.pending
             .push((hash, self.builder.raw_len() as u32, bytes.len() as u32));
-        self.builder.push(hash, bytes);
+        self.builder.push_kind(hash, bytes, kind);
         if self.builder.raw_len() >= BLOCK_TARGET {
             self.flush();
         }
@@ -515,7 +529,7 @@ impl OpenPack {
         if self.builder.is_empty() {
             return;
         }
-        let block = self.builder.finish(&mut self.compressor);
+        let block = self.builder.finish(&mut self.encoder);
         let mut raw = block.head();
         raw.extend_from_slice(&block.payload);
         let pending = std::mem::take(&mut self.pending);
@@ -539,11 +553,13 @@ impl OpenPack {
 }
 
 /// Copies the chunks of `by_block` into new packs, sending each sealed
-/// pack to `uploads`.
+/// pack to `uploads`; re-encoded chunks in `parts` are framed as pieces of
+/// large files.
 fn build_packs(
     reader: &Reader,
     by_block: &BTreeMap<(Arc<str>, u64), Vec<ChunkLocation>>,
     wanted: &HashSet<Hash>,
+    parts: &HashSet<Hash>,
     progress: &dyn Progress,
     uploads: &std::sync::mpsc::SyncSender<(String, Bytes)>,
     failed: &std::sync::atomic::AtomicBool,
@@ -583,7 +599,12 @@ fn build_packs(
         } else {
             for loc in chunks {
                 let bytes = block.chunk(loc)?;
-                open.push(loc.hash, bytes);
+                let kind = if parts.contains(&loc.hash) {
+                    ChunkKind::Part
+                } else {
+                    ChunkKind::Whole
+                };
+                open.push(loc.hash, bytes, kind);
             }
         }
         if open.bytes.len() as u64 + open.builder.raw_len() as u64 >= PACK_TARGET_SIZE {

@@ -330,6 +330,44 @@ impl PackSource for RemotePacks {
                 pack: pack.to_string(),
             });
         };
+        // Readers ask for a block's head, then for the frames they need
+        // (FORMAT.md, section 3); a remote block is fetched, verified and
+        // cached whole, and the part asked for copied out of it.
+        let holding = self
+            .catalog()
+            .block_holding(pack, offset, buf.len() as u64)?;
+        match holding {
+            Some((start, len)) if (start, len as usize) != (offset, buf.len()) => {
+                let mut whole = vec![0; len as usize];
+                self.read_block(&remote, pack, start, &mut whole)?;
+                let from = (offset - start) as usize;
+                buf.copy_from_slice(&whole[from..from + buf.len()]);
+                Ok(())
+            }
+            _ => self.read_block(&remote, pack, offset, buf),
+        }
+    }
+
+    fn forget(&self) {
+        self.local.forget();
+        self.remotes_of
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+}
+
+impl RemotePacks {
+    /// Reads the block (or, when the catalog knows no block there, the
+    /// range) at `offset` of remote pack `pack` into `buf`: from the cache,
+    /// or fetched once however many readers ask at the same time.
+    fn read_block(
+        &self,
+        remote: &Arc<RemoteRow>,
+        pack: &str,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<()> {
         if self.cache.get(pack, offset, buf) {
             self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(());
@@ -350,7 +388,7 @@ impl PackSource for RemotePacks {
                 self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             } else {
-                self.fetch(&remote, pack, offset, buf)
+                self.fetch(remote, pack, offset, buf)
             }
         };
         let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
@@ -360,13 +398,5 @@ impl PackSource for RemotePacks {
             inflight.remove(&key);
         }
         result
-    }
-
-    fn forget(&self) {
-        self.local.forget();
-        self.remotes_of
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
     }
 }

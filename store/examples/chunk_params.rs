@@ -16,7 +16,8 @@ use std::time::Instant;
 
 use nexus_store::Hash;
 use nexus_store::chunker::chunk_stream;
-use nexus_store::pack::{BlockBuilder, block_compressor};
+use nexus_store::Hash;
+use nexus_store::pack::{BlockBuilder, BlockEncoder, ChunkKind};
 use nexus_store::params::ChunkParams;
 
 fn collect(dir: &Path, seen: &mut HashSet<(u64, u64)>, out: &mut Vec<(PathBuf, u64)>) {
@@ -104,11 +105,13 @@ fn main() {
         std::thread::scope(|s| {
             for _ in 0..threads {
                 s.spawn(|| {
-                    let mut compressor = block_compressor(params.zstd_level).expect("zstd");
+                    let mut encoder =
+                        BlockEncoder::new(params.zstd_level, nexus_store::params::FRAME_ZSTD_LEVEL)
+                            .expect("zstd");
                     let mut block = BlockBuilder::default();
                     let mut flush = |block: &mut BlockBuilder| {
                         if !block.is_empty() {
-                            let enc = block.finish(&mut compressor);
+                            let enc = block.finish(&mut encoder);
                             stored.fetch_add(enc.encoded_len() as u64, Ordering::Relaxed);
                         }
                     };
@@ -119,6 +122,12 @@ fn main() {
                             break;
                         };
                         let Ok(file) = File::open(path) else { continue };
+                        // Framed as ingest frames them (FORMAT.md, section 3).
+                        let kind = if *size >= params.small_file_max {
+                            ChunkKind::Part
+                        } else {
+                            ChunkKind::Whole
+                        };
                         let _ = chunk_stream(file, *size, &params, |c| {
                             if seen
                                 .lock()
@@ -126,7 +135,7 @@ fn main() {
                                 .insert(c.hash)
                             {
                                 chunks.fetch_add(1, Ordering::Relaxed);
-                                block.push(c.hash, &c.data);
+                                block.push_kind(c.hash, &c.data, kind);
                                 if block.raw_len() >= params.block_target {
                                     flush(&mut block);
                                 }

@@ -38,7 +38,7 @@ use std::time::Duration;
 use crate::catalog::sweep::{self, PackUse, Retention};
 use crate::error::{Result, StoreError};
 use crate::lock::{GC_LOCK, INGEST_LOCK, StoreLock};
-use crate::pack::{BlockBuilder, PACK_SUFFIX, PackWriter, SealedPack, block_compressor};
+use crate::pack::{BlockBuilder, BlockEncoder, ChunkKind, PACK_SUFFIX, PackWriter, SealedPack};
 use crate::runtime;
 use crate::store::{NoProgress, Progress, Store, now_secs, sync_dir};
 
@@ -257,15 +257,15 @@ fn repack(store: &mut Store, pack: &PackUse) -> Result<bool> {
     let _writer = StoreLock::shared(&store.locks_dir(), INGEST_LOCK)?;
     let locations = sweep::pack_chunks(store.catalog_mut().conn(), pack.id)?;
     let mut writer = PackWriter::create(&store.packs_dir())?;
-    let mut compressor = block_compressor(crate::params::ZSTD_LEVEL)?;
+    let mut encoder = BlockEncoder::store_default()?;
     let mut moved = Vec::with_capacity(locations.len());
     let mut builder = BlockBuilder::default();
     let mut pending_ids = Vec::new();
-    for (i, (loc, id)) in locations.iter().enumerate() {
+    for (i, (loc, id, kind)) in locations.iter().enumerate() {
         match store
             .reader()
             .blocks()
-            .chunk_with(loc, |data| builder.push(loc.hash, data))
+            .chunk_with(loc, |data| builder.push_kind(loc.hash, data, *kind))
         {
             Ok(()) => {}
             Err(e) => {
@@ -276,7 +276,7 @@ fn repack(store: &mut Store, pack: &PackUse) -> Result<bool> {
         }
         pending_ids.push(*id);
         if builder.raw_len() >= crate::params::BLOCK_TARGET || i + 1 == locations.len() {
-            let written = writer.append(&builder.finish(&mut compressor))?;
+            let written = writer.append(&builder.finish(&mut encoder))?;
             moved.extend(pending_ids.drain(..).zip(written));
         }
     }

@@ -33,7 +33,7 @@ use crate::chunker::{ChunkError, RawChunk, chunk_stream};
 use crate::error::{Result, StoreError};
 use crate::hash::Hash;
 use crate::pack::{
-    BlockBuilder, ChunkLocation, EncodedBlock, PackWriter, SealedPack, block_compressor,
+    BlockBuilder, BlockEncoder, ChunkKind, ChunkLocation, EncodedBlock, PackWriter, SealedPack,
 };
 use crate::params::{BLOCK_TARGET, ChunkParams, PACK_TARGET_SIZE};
 use crate::scan::SourceFile;
@@ -141,17 +141,24 @@ impl Producer<'_> {
     ) -> std::result::Result<FileContent, ChunkError> {
         let mut chunks = Vec::new();
         let params = self.session.params;
+        // A file cut into chunks is read at any offset (mapped, seeked):
+        // its chunks go into frames of their own (see `BlockBuilder`).
+        let kind = if size >= params.small_file_max {
+            ChunkKind::Part
+        } else {
+            ChunkKind::Whole
+        };
         let (hash, size) = chunk_stream(source, size, params, |chunk| {
             chunks.push((chunk.hash, chunk.data.len() as u32));
             let len = chunk.data.len() as u64;
-            self.take(chunk).map_err(|e| e.to_string())?;
+            self.take(chunk, kind).map_err(|e| e.to_string())?;
             progress(len);
             Ok(())
         })?;
         Ok(FileContent { hash, size, chunks })
     }
 
-    fn take(&mut self, chunk: RawChunk) -> Result<()> {
+    fn take(&mut self, chunk: RawChunk, kind: ChunkKind) -> Result<()> {
         let session = self.session;
         let is_new = session
             .claimed
@@ -169,7 +176,7 @@ impl Producer<'_> {
                 .insert(chunk.hash);
             return Ok(());
         }
-        self.block.push(chunk.hash, &chunk.data);
+        self.block.push_kind(chunk.hash, &chunk.data, kind);
         if self.block.raw_len() >= session.params.block_target {
             self.flush()?;
         }
@@ -270,9 +277,13 @@ pub fn run_session<T>(
 }
 
 fn compress_blocks(level: i32, rx: Receiver<BlockBuilder>, tx: Sender<EncodedBlock>) -> Result<()> {
-    let mut compressor = block_compressor(level)?;
+    let mut encoder = if level == crate::params::ZSTD_LEVEL {
+        BlockEncoder::store_default()?
+    } else {
+        BlockEncoder::new(level, crate::params::FRAME_ZSTD_LEVEL.max(level))?
+    };
     for mut block in rx {
-        tx.send(block.finish(&mut compressor))
+        tx.send(block.finish(&mut encoder))
             .map_err(|_| StoreError::Invalid("the pack writer stopped".into()))?;
     }
     Ok(())

@@ -23,6 +23,13 @@ pub const MIN_SAVING_DIVISOR: usize = 32;
 /// 12% smaller than compressing chunk by chunk, at the cost of decoding at
 /// most one block (< 1.25 MiB) to read any chunk.
 pub const BLOCK_TARGET: usize = 1024 * 1024;
+/// A frame of chunks of cut files (format v2) is closed once it holds at
+/// least this many raw bytes: the most a random read of such a file decodes
+/// beyond its own chunk. See FORMAT.md, "Packs and blocks".
+pub const FRAME_TARGET: usize = 64 * 1024;
+/// zstd level of the frames of cut files' chunks (format v2). Small frames
+/// lose the context a whole block gives; a higher level wins it back.
+pub const FRAME_ZSTD_LEVEL: i32 = 7;
 /// Readers refuse blocks claiming more raw bytes than this (a damaged or
 /// hostile header must not make them allocate gigabytes).
 pub const BLOCK_MAX_RAW: usize = 4 * 1024 * 1024;

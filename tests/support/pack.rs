@@ -1,23 +1,30 @@
-//! An independent reader for pack files (store format v1 with compression
-//! blocks), used to check the on-disk format and to find and damage specific
-//! blocks and chunks.
+//! An independent reader for pack files (blocks of format v1 and v2), used
+//! to check the on-disk format and to find and damage specific blocks,
+//! frames and chunks.
 //!
 //! A pack is the 8-byte magic `NXPACK01` followed by blocks. A block is a
-//! 32-byte header, a table of `count` 36-byte entries, then `stored_len`
-//! payload bytes:
+//! 32-byte header, a table of `count` 36-byte entries, a frame table of
+//! `frame_count` 8-byte entries (codec 2 only), then `stored_len` payload
+//! bytes:
 //!
-//! * header: bytes 0..4 the magic `NXBK`, byte 4 the codec (0 raw, 1 zstd),
-//!   5..8 zero, 8..12 `count` (u32 LE, at least 1), 12..16 `raw_len` (u32 LE,
-//!   the sum of the chunk lengths, at most 4 MiB), 16..20 `stored_len` (u32 LE),
-//!   20..32 zero;
+//! * header: bytes 0..4 the magic `NXBK`, byte 4 the codec (0 raw, 1 zstd:
+//!   format v1; 2 framed: format v2), 5..8 zero, 8..12 `count` (u32 LE, at
+//!   least 1), 12..16 `raw_len` (u32 LE, the sum of the chunk lengths, at
+//!   most 4 MiB), 16..20 `stored_len` (u32 LE), 20..24 `frame_count` (codec
+//!   2; zero otherwise), 24..32 zero;
 //! * table entry `k`: the BLAKE3 of chunk `k` (32 bytes), then its length
 //!   (u32 LE);
+//! * frame entry `j` (codec 2): its decoded length, then its stored length
+//!   (u32 LE each). Frames hold whole chunks, in order; a frame whose stored
+//!   length equals its decoded length is stored as is, any other is one
+//!   zstd frame with the content checksum on;
 //! * payload: the chunks concatenated in table order (chunk `k` starts at the
-//!   sum of the lengths before it, its "inner offset"), stored as is (raw) or as
-//!   one zstd frame of exactly `raw_len` bytes with the content checksum on.
+//!   sum of the lengths before it, its "inner offset"), stored as is (codec
+//!   0), as one zstd frame of exactly `raw_len` bytes with the content
+//!   checksum on (codec 1), or as the frames one after another (codec 2).
 //!
-//! A block is compressed only if that saves at least 1/32 of its raw length,
-//! and it is closed as soon as its raw length reaches 1 MiB.
+//! A block (a frame) is compressed only if that saves at least 1/32 of its
+//! raw length, and a block is closed as soon as its raw length reaches 1 MiB.
 //!
 //! This module deliberately does not use the store crate: the tests check the
 //! format as documented, not as implemented.
@@ -36,8 +43,12 @@ pub const BLOCK_HEADER_LEN: u64 = 32;
 pub const ENTRY_LEN: u64 = 36;
 /// Codec byte of a block stored as is.
 pub const CODEC_RAW: u8 = 0;
-/// Codec byte of a zstd-compressed block.
+/// Codec byte of a zstd-compressed block (format v1).
 pub const CODEC_ZSTD: u8 = 1;
+/// Codec byte of a framed block (format v2).
+pub const CODEC_FRAMED: u8 = 2;
+/// Size of one frame table entry.
+pub const FRAME_ENTRY_LEN: u64 = 8;
 /// Readers refuse blocks holding more raw bytes than this.
 pub const BLOCK_MAX_RAW: u32 = 4 * 1024 * 1024;
 /// A block is closed once its raw length reaches this.
@@ -63,7 +74,10 @@ pub mod field {
     pub const RAW_LEN: u64 = 12;
     /// Payload length, u32 LE.
     pub const STORED_LEN: u64 = 16;
-    /// Second reserved range (must be zero), 12 bytes.
+    /// Number of frames (codec 2), u32 LE.
+    pub const FRAME_COUNT: u64 = 20;
+    /// Second reserved range (must be zero): 12 bytes in format v1, the last
+    /// 8 of them in format v2.
     pub const RESERVED_B: u64 = 20;
 }
 
@@ -85,6 +99,21 @@ impl Entry {
     }
 }
 
+/// One frame of a block (a block of format v1 is one frame).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    /// Offset of its first byte in the decoded block.
+    pub raw_start: u64,
+    /// Its decoded length.
+    pub raw_len: u32,
+    /// Offset of its stored bytes in the pack.
+    pub stored_at: u64,
+    /// Its stored length.
+    pub stored_len: u32,
+    /// A zstd frame (else stored as is).
+    pub compressed: bool,
+}
+
 /// One block found in a pack.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Block {
@@ -92,7 +121,7 @@ pub struct Block {
     pub pack: PathBuf,
     /// Offset of the block header in the pack.
     pub offset: u64,
-    /// Codec byte ([`CODEC_RAW`] or [`CODEC_ZSTD`]).
+    /// Codec byte ([`CODEC_RAW`], [`CODEC_ZSTD`] or [`CODEC_FRAMED`]).
     pub codec: u8,
     /// Sum of the chunk lengths.
     pub raw_len: u32,
@@ -100,6 +129,8 @@ pub struct Block {
     pub stored_len: u32,
     /// The table, in payload order.
     pub entries: Vec<Entry>,
+    /// The frames, in payload order.
+    pub frames: Vec<Frame>,
 }
 
 impl Block {
@@ -108,14 +139,31 @@ impl Block {
         self.offset + BLOCK_HEADER_LEN + ENTRY_LEN * k as u64
     }
 
-    /// Offset of the first payload byte in the pack.
-    pub fn payload_offset(&self) -> u64 {
-        self.entry_offset(self.entries.len())
+    /// Offset of frame table entry `j` in the pack (codec 2).
+    pub fn frame_entry_offset(&self, j: usize) -> u64 {
+        self.entry_offset(self.entries.len()) + FRAME_ENTRY_LEN * j as u64
     }
 
-    /// Header, table and payload length.
+    /// Length of the frame table.
+    fn frame_table_len(&self) -> u64 {
+        if self.codec == CODEC_FRAMED {
+            FRAME_ENTRY_LEN * self.frames.len() as u64
+        } else {
+            0
+        }
+    }
+
+    /// Offset of the first payload byte in the pack.
+    pub fn payload_offset(&self) -> u64 {
+        self.entry_offset(self.entries.len()) + self.frame_table_len()
+    }
+
+    /// Header, tables and payload length.
     pub fn block_len(&self) -> u64 {
-        BLOCK_HEADER_LEN + ENTRY_LEN * self.entries.len() as u64 + self.stored_len as u64
+        BLOCK_HEADER_LEN
+            + ENTRY_LEN * self.entries.len() as u64
+            + self.frame_table_len()
+            + self.stored_len as u64
     }
 
     /// Offset just past the block in the pack.
@@ -123,9 +171,9 @@ impl Block {
         self.offset + self.block_len()
     }
 
-    /// True for a zstd block.
+    /// True when some frame of the block is zstd.
     pub fn is_zstd(&self) -> bool {
-        self.codec == CODEC_ZSTD
+        self.frames.iter().any(|f| f.compressed)
     }
 
     /// The index of the entry for chunk `hash`, if the block holds it.
@@ -133,25 +181,45 @@ impl Block {
         self.entries.iter().position(|e| e.hash == *hash)
     }
 
-    /// Where the bytes of chunk `k` lie in the pack; only meaningful for raw
-    /// blocks, whose payload is the chunks as is.
+    /// The frame holding entry `k` (an empty chunk where a frame starts
+    /// belongs to that frame).
+    pub fn frame_of(&self, k: usize) -> usize {
+        let inner = self.entries[k].inner;
+        self.frames
+            .iter()
+            .rposition(|f| f.raw_start <= inner)
+            .expect("every chunk is in a frame")
+    }
+
+    /// The entries of frame `j`.
+    pub fn frame_entries(&self, j: usize) -> Vec<usize> {
+        (0..self.entries.len())
+            .filter(|&k| self.frame_of(k) == j)
+            .collect()
+    }
+
+    /// Where the bytes of chunk `k` lie in the pack; only meaningful for
+    /// chunks of a frame stored as is.
     pub fn raw_chunk_range(&self, k: usize) -> std::ops::Range<u64> {
-        assert_eq!(
-            self.codec, CODEC_RAW,
-            "chunk byte ranges exist only in raw blocks: {self:?}"
+        let frame = &self.frames[self.frame_of(k)];
+        assert!(
+            !frame.compressed,
+            "chunk byte ranges exist only in raw frames: {self:?}"
         );
-        let start = self.payload_offset() + self.entries[k].inner;
+        let start = frame.stored_at + (self.entries[k].inner - frame.raw_start);
         start..start + self.entries[k].len as u64
     }
 
     /// A short description for failure messages.
     pub fn describe(&self) -> String {
+        let zstd = self.frames.iter().filter(|f| f.compressed).count();
         format!(
-            "{} block at {}@{} ({} chunks, {} raw / {} stored bytes)",
-            if self.is_zstd() { "zstd" } else { "raw" },
+            "block at {}@{} (codec {}, {} chunks, {} frames of which {zstd} zstd, {} raw / {} stored bytes)",
             self.pack.display(),
             self.offset,
+            self.codec,
             self.entries.len(),
+            self.frames.len(),
             self.raw_len,
             self.stored_len
         )
@@ -219,23 +287,38 @@ pub fn read_pack(path: &Path) -> Vec<DecodedBlock> {
         );
         let codec = h[4];
         assert!(
-            codec == CODEC_RAW || codec == CODEC_ZSTD,
+            codec == CODEC_RAW || codec == CODEC_ZSTD || codec == CODEC_FRAMED,
             "{name}: block at offset {pos} has unknown codec {codec}"
         );
+        let reserved = if codec == CODEC_FRAMED {
+            &h[24..32]
+        } else {
+            &h[20..32]
+        };
         assert!(
-            h[5..8].iter().chain(&h[20..32]).all(|&b| b == 0),
+            h[5..8].iter().chain(reserved).all(|&b| b == 0),
             "{name}: block at offset {pos} has non-zero reserved bytes: {h:?}"
         );
         let count = u32_at(h, 8) as usize;
         let raw_len = u32_at(h, 12);
         let stored_len = u32_at(h, 16);
+        let frame_count = if codec == CODEC_FRAMED {
+            u32_at(h, 20) as usize
+        } else {
+            0
+        };
         assert!(count >= 1, "{name}: block at offset {pos} holds no chunk");
+        assert!(
+            codec != CODEC_FRAMED || (1..=count).contains(&frame_count),
+            "{name}: block at offset {pos}: {frame_count} frames for {count} chunks"
+        );
         assert!(
             raw_len <= BLOCK_MAX_RAW,
             "{name}: block at offset {pos} claims {raw_len} raw bytes, over {BLOCK_MAX_RAW}"
         );
         let table = pos + hlen;
-        let payload = table + count * ENTRY_LEN as usize;
+        let frame_table = table + count * ENTRY_LEN as usize;
+        let payload = frame_table + frame_count * FRAME_ENTRY_LEN as usize;
         let end = payload + stored_len as usize;
         assert!(
             end <= data.len(),
@@ -267,33 +350,82 @@ pub fn read_pack(path: &Path) -> Vec<DecodedBlock> {
             inner - last_len < BLOCK_TARGET,
             "{name}: block at offset {pos} ({raw_len} raw bytes) was not closed when it reached {BLOCK_TARGET} bytes"
         );
-        let stored = &data[payload..end];
-        let raw = match codec {
-            CODEC_RAW => {
-                assert_eq!(
-                    stored_len, raw_len,
-                    "{name}: raw block at offset {pos}: stored and raw lengths differ"
-                );
-                check_incompressible(stored, &format!("{name}: raw block at offset {pos}"));
-                stored.to_vec()
-            }
-            _ => {
+        let frames: Vec<Frame> = if codec == CODEC_FRAMED {
+            let starts: Vec<u64> = entries.iter().map(|e| e.inner).collect();
+            let (mut raw_at, mut stored_at) = (0u64, payload as u64);
+            let mut frames = Vec::new();
+            for j in 0..frame_count {
+                let f = &data[frame_table + j * 8..frame_table + j * 8 + 8];
+                let (raw, stored) = (u32_at(f, 0), u32_at(f, 4));
                 assert!(
-                    stored_len < raw_len && raw_len - stored_len >= raw_len / 32,
-                    "{name}: zstd block at offset {pos} saves less than 1/32 ({raw_len} -> {stored_len}): it should be raw"
+                    raw > 0 || raw_len == 0,
+                    "{name}: block at offset {pos}, frame {j}: empty"
                 );
-                check_zstd_frame(stored, &format!("{name}: zstd block at offset {pos}"));
-                let raw = zstd::bulk::decompress(stored, raw_len as usize).unwrap_or_else(|e| {
-                    panic!("{name}: zstd block at offset {pos} does not decode: {e}")
+                assert!(
+                    raw_at == raw_len as u64 || starts.contains(&raw_at),
+                    "{name}: block at offset {pos}, frame {j} starts at {raw_at}, where no chunk starts"
+                );
+                frames.push(Frame {
+                    raw_start: raw_at,
+                    raw_len: raw,
+                    stored_at,
+                    stored_len: stored,
+                    compressed: stored != raw,
                 });
-                assert_eq!(
-                    raw.len(),
-                    raw_len as usize,
-                    "{name}: zstd block at offset {pos} decodes to the wrong length"
-                );
-                raw
+                raw_at += raw as u64;
+                stored_at += stored as u64;
             }
+            assert_eq!(
+                (raw_at, stored_at),
+                (raw_len as u64, end as u64),
+                "{name}: block at offset {pos}: the frame lengths do not add up"
+            );
+            for e in &entries {
+                let f = frames.iter().rposition(|f| f.raw_start <= e.inner).unwrap();
+                assert!(
+                    e.inner + e.len as u64 <= frames[f].raw_start + frames[f].raw_len as u64,
+                    "{name}: block at offset {pos}: a chunk runs over the end of its frame"
+                );
+            }
+            frames
+        } else {
+            assert!(
+                codec == CODEC_ZSTD || stored_len == raw_len,
+                "{name}: raw block at offset {pos}: stored and raw lengths differ"
+            );
+            vec![Frame {
+                raw_start: 0,
+                raw_len,
+                stored_at: payload as u64,
+                stored_len,
+                compressed: codec == CODEC_ZSTD,
+            }]
         };
+        let mut raw = Vec::with_capacity(raw_len as usize);
+        for (j, f) in frames.iter().enumerate() {
+            let what = format!("{name}: block at offset {pos}, frame {j}");
+            let stored = &data[f.stored_at as usize..(f.stored_at + f.stored_len as u64) as usize];
+            if f.compressed {
+                assert!(
+                    f.stored_len < f.raw_len && f.raw_len - f.stored_len >= f.raw_len / 32,
+                    "{what}: zstd saves less than 1/32 ({} -> {}): it should be raw",
+                    f.raw_len,
+                    f.stored_len
+                );
+                check_zstd_frame(stored, &what);
+                let decoded = zstd::bulk::decompress(stored, f.raw_len as usize)
+                    .unwrap_or_else(|e| panic!("{what}: does not decode: {e}"));
+                assert_eq!(
+                    decoded.len(),
+                    f.raw_len as usize,
+                    "{what}: decodes to the wrong length"
+                );
+                raw.extend_from_slice(&decoded);
+            } else {
+                check_incompressible(stored, &what);
+                raw.extend_from_slice(stored);
+            }
+        }
         let chunks: Vec<Vec<u8>> = entries
             .iter()
             .enumerate()
@@ -315,6 +447,7 @@ pub fn read_pack(path: &Path) -> Vec<DecodedBlock> {
                 raw_len,
                 stored_len,
                 entries,
+                frames,
             },
             chunks,
         });

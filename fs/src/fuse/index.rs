@@ -1,11 +1,13 @@
 //! The FUSE adapter of the [`Index`]: a second, read-only mount of
 //! directories and symlinks only.
 //!
-//! Everything in the index changes with the generation, so every entry and
-//! attribute gets the short [`INDEX_TTL`] and no directory listing is cached
-//! by the kernel; [`IndexNotifier`] additionally tells the kernel at once
-//! which cached names a generation change made stale. FUSE calls the root
-//! `1`; the index calls it [`ROOT`], and this adapter translates both ways.
+//! Everything in the index changes with the generation, and a program
+//! started through it walks the index for every file it opens, so the
+//! kernel keeps all of it (entries, absent names, attributes, link targets,
+//! listings) for [`INDEX_TTL`], and [`IndexFollower`] tells it at each
+//! generation change exactly what became stale (FUSE notifications, sent
+//! again [`super::RESEND_AFTER`] later). FUSE calls the root `1`; the index
+//! calls it [`ROOT`], and this adapter translates both ways.
 
 use std::ffi::OsStr;
 use std::io;
@@ -20,25 +22,39 @@ use fuser::{
     ReplyStatfs, ReplyXattr, Request,
 };
 
+use super::counts::{self, Op, REQUESTS_XATTR, RequestCounts};
 use super::reply::{errno, file_attr, fill_dir, fill_dir_plus, reply_xattr};
 use super::session::{self, MountOptions, Mounted};
 use crate::changes::Invalidation;
+use crate::error::ViewError;
 use crate::index::{Index, IndexChanges, ROOT};
 
-/// How long the kernel may keep an index entry or attribute. Short, because
-/// all of them change with the generation: should a notification be lost, a
-/// switch still shows within this; with notifications it shows at once.
-pub const INDEX_TTL: Duration = Duration::from_secs(1);
+/// How long the kernel may keep an index entry, attribute, absent name,
+/// link target or listing. All of them change with the generation, but a
+/// generation change invalidates each that changed, twice (see
+/// [`super::GENERATION_TTL`]); a short lifetime would make every warm
+/// program start through the index look up every path it opens again.
+pub const INDEX_TTL: Duration = super::GENERATION_TTL;
 
 /// The `fuser` file system of an index.
 pub struct IndexFs {
     index: Arc<Index>,
+    /// Requests served, by kind.
+    counts: Arc<RequestCounts>,
 }
 
 impl IndexFs {
     /// Serves `index`.
     pub fn new(index: Arc<Index>) -> IndexFs {
-        IndexFs { index }
+        IndexFs {
+            index,
+            counts: Arc::default(),
+        }
+    }
+
+    /// The requests this file system has been sent, by kind.
+    pub fn counts(&self) -> Arc<RequestCounts> {
+        self.counts.clone()
     }
 }
 
@@ -62,6 +78,9 @@ impl Filesystem for IndexFs {
             InitFlags::FUSE_DO_READDIRPLUS,
             InitFlags::FUSE_READDIRPLUS_AUTO,
             InitFlags::FUSE_PARALLEL_DIROPS,
+            // Link targets kept by the kernel: a link whose target changes
+            // is invalidated (`IndexChanges::inodes`), which drops it.
+            InitFlags::FUSE_CACHE_SYMLINKS,
         ] {
             if config.add_capabilities(flag).is_err() {
                 tracing::debug!("the kernel does not offer {flag:?}");
@@ -71,6 +90,7 @@ impl Filesystem for IndexFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.counts.count(Op::Lookup);
         match self.index.lookup(node(parent), name.as_bytes()) {
             Ok(entry) => reply.entry_with_ttls(
                 &INDEX_TTL,
@@ -78,11 +98,21 @@ impl Filesystem for IndexFs {
                 &file_attr(&entry.attr),
                 Generation(0),
             ),
+            // Node id 0 with a lifetime: the kernel keeps the name's
+            // absence (a program searching a path asks for the same missing
+            // names at every start); a name that appears is invalidated.
+            Err(ViewError::NotFound) => reply.entry_with_ttls(
+                &INDEX_TTL,
+                &INDEX_TTL,
+                &super::no_such_entry(),
+                Generation(0),
+            ),
             Err(e) => reply.error(errno("index lookup", parent, &e)),
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.counts.count(Op::Getattr);
         match self.index.getattr(node(ino)) {
             Ok(attr) => reply.attr(&INDEX_TTL, &file_attr(&attr)),
             Err(e) => reply.error(errno("index getattr", ino, &e)),
@@ -90,6 +120,7 @@ impl Filesystem for IndexFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.counts.count(Op::Readlink);
         match self.index.readlink(node(ino)) {
             Ok(target) => reply.data(&target),
             Err(e) => reply.error(errno("index readlink", ino, &e)),
@@ -97,9 +128,14 @@ impl Filesystem for IndexFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.counts.count(Op::Opendir);
         match self.index.opendir(node(ino)) {
-            // No FOPEN_CACHE_DIR: a listing is only good for its generation.
-            Ok((fh, _)) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            // The kernel keeps the listing across opens: a generation change
+            // that changes it invalidates it (`IndexChanges::dirs`).
+            Ok((fh, _)) => reply.opened(
+                FileHandle(fh),
+                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+            ),
             Err(e) => reply.error(errno("index opendir", ino, &e)),
         }
     }
@@ -112,6 +148,7 @@ impl Filesystem for IndexFs {
         offset: u64,
         reply: ReplyDirectory,
     ) {
+        self.counts.count(Op::Readdir);
         match self.index.listing_of(fh.0, node(ino)) {
             Ok(listing) => fill_dir(&listing, offset, fuse_node, reply),
             Err(e) => reply.error(errno("index readdir", ino, &e)),
@@ -126,6 +163,7 @@ impl Filesystem for IndexFs {
         offset: u64,
         reply: ReplyDirectoryPlus,
     ) {
+        self.counts.count(Op::Readdirplus);
         match self.index.listing_of(fh.0, node(ino)) {
             Ok(listing) => fill_dir_plus(
                 &listing,
@@ -149,30 +187,50 @@ impl Filesystem for IndexFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        self.counts.count(Op::Releasedir);
         self.index.release(fh.0);
         reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.counts.count(Op::Statfs);
         // Only links and directories: nothing to count in blocks or files.
         reply.statfs(0, 0, 0, 0, 0, 4096, 255, 4096);
     }
 
     // The index has no extended attributes; answering (rather than "not
-    // implemented") keeps `ls -l` and friends from logging warnings.
-    fn getxattr(&self, _req: &Request, ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
+    // implemented") keeps `ls -l` and friends from logging warnings, and
+    // labels and ACLs are "not supported", which makes `ls -l` stop asking.
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if ino == INodeNo::ROOT && name.as_bytes() == REQUESTS_XATTR {
+            counts::reply_counts(&self.counts, req, size, reply);
+            return;
+        }
+        self.counts.count(Op::Getxattr);
+        let absent = if crate::view::UNSUPPORTED_WHEN_ABSENT.contains(&name.as_bytes()) {
+            libc::EOPNOTSUPP
+        } else {
+            libc::ENODATA
+        };
         match self.index.getattr(node(ino)) {
-            Ok(_) => reply.error(fuser::Errno::from_i32(libc::ENODATA)),
+            Ok(_) => reply.error(fuser::Errno::from_i32(absent)),
             Err(e) => reply.error(errno("index getxattr", ino, &e)),
         }
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.counts.count(Op::Listxattr);
         match self.index.getattr(node(ino)) {
             Ok(_) => reply_xattr(reply, size, &[]),
             Err(e) => reply.error(errno("index listxattr", ino, &e)),
         }
     }
+
+    fn destroy(&mut self) {
+        tracing::info!("index requests served: {}", self.counts.summary());
+    }
+
+    counts::cheap_answers!();
 }
 
 /// Mounts `index` read-only at `mountpoint` (type `fuse.nexus-index`), with
@@ -205,8 +263,9 @@ pub fn adopt_index(
 }
 
 /// The kernel invalidations `changes` calls for: each stale name in its
-/// directory, and the cached attributes of each changed symlink, with the
-/// index's numbers translated to FUSE's.
+/// directory, the cached attributes and target of each changed symlink and
+/// the cached listing of each changed directory, with the index's numbers
+/// translated to FUSE's.
 pub fn index_invalidations(changes: &IndexChanges) -> Vec<Invalidation> {
     let entries = changes
         .entries
@@ -218,6 +277,7 @@ pub fn index_invalidations(changes: &IndexChanges) -> Vec<Invalidation> {
     let inodes = changes
         .inodes
         .iter()
+        .chain(&changes.dirs)
         .map(|ino| Invalidation::Inode(fuse_node(*ino).0));
     entries.chain(inodes).collect()
 }
@@ -256,21 +316,25 @@ impl crate::follow::Follower for IndexFollower {
             Ok(None) => {}
             Ok(Some(changes)) => {
                 let invalidations = index_invalidations(&changes);
-                match self.invalidator.send(&invalidations) {
+                match self.invalidator.send_and_repeat(invalidations) {
                     Ok(sent) => tracing::info!(
                         "index now shows generation {:?}; {sent} cache invalidations in {:?}",
                         changes.generation,
                         started.elapsed()
                     ),
-                    // Stale entries expire on their own within the TTL.
                     Err(e) => tracing::warn!(
-                        "index now shows generation {:?}, but {e}; stale entries may remain \
-                         for up to {INDEX_TTL:?}",
+                        "index now shows generation {:?}, but {e}; retrying on the next turn",
                         changes.generation,
                     ),
                 }
             }
             Err(e) => tracing::warn!("moving the index to a new generation: {e}"),
+        }
+    }
+
+    fn tick(&mut self) {
+        if !self.ended.load(std::sync::atomic::Ordering::Relaxed) {
+            self.invalidator.send_due();
         }
     }
 }

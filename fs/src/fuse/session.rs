@@ -7,6 +7,7 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use fuser::{
     Config, Filesystem, INodeNo, MountOption, Notifier, Session, SessionACL, SessionUnmounter,
@@ -165,10 +166,16 @@ impl<FS: Filesystem> Mounted<FS> {
         self.session.notifier().resend()
     }
 
+    /// The session's notifier, for the adapters' own threads.
+    pub(super) fn notifier(&self) -> Notifier {
+        self.session.notifier()
+    }
+
     /// Something another thread can invalidate the kernel's caches with.
     pub fn invalidator(&self) -> Invalidator {
         Invalidator {
             notifier: self.session.notifier(),
+            again: Vec::new(),
         }
     }
 
@@ -178,6 +185,15 @@ impl<FS: Filesystem> Mounted<FS> {
     }
 }
 
+/// How long after a move its invalidations are sent once more. A request
+/// answered from the generation shown before the move whose reply reached
+/// the kernel after the move's notifications (a request thread delayed
+/// between the two) cached a stale answer; sending everything again this
+/// much later drops it. Generation-bound answers get long lifetimes
+/// ([`super::GENERATION_TTL`]), so this, not a lifetime, bounds how long
+/// such a raced answer can live.
+pub const RESEND_AFTER: Duration = Duration::from_secs(5);
+
 /// Tells the kernel which of its cached answers became stale (a
 /// generation change: [`crate::Changes`], or the Index's changes), so that
 /// a switch shows at once instead of when they expire.
@@ -185,9 +201,14 @@ impl<FS: Filesystem> Mounted<FS> {
 /// Call it after the view has moved (never before: the kernel would ask
 /// again and cache the old answers anew), and never from a request handler:
 /// dropping a name waits for the lookups in progress in its directory.
+/// As a [`crate::follow::Follower`] it also sends each move's
+/// invalidations again [`RESEND_AFTER`] later, and retries those that
+/// failed on the next turn of the loop.
 #[derive(Clone, Debug)]
 pub struct Invalidator {
     notifier: Notifier,
+    /// Invalidations to send again, each batch with when it is due.
+    again: Vec<(Instant, Vec<Invalidation>)>,
 }
 
 impl Invalidator {
@@ -196,7 +217,16 @@ impl Invalidator {
     /// no error. The error, if any, counts the failures and carries the
     /// first.
     pub fn send(&self, all: &[Invalidation]) -> io::Result<usize> {
-        let mut failed = 0usize;
+        self.send_keeping_failures(all).map_err(|(_, e)| e)
+    }
+
+    /// [`Invalidator::send`], returning with the error the invalidations
+    /// that failed.
+    fn send_keeping_failures(
+        &self,
+        all: &[Invalidation],
+    ) -> Result<usize, (Vec<Invalidation>, io::Error)> {
+        let mut failed = Vec::new();
         let mut first = None;
         for invalidation in all {
             let sent = match invalidation {
@@ -208,45 +238,83 @@ impl Invalidator {
                 Invalidation::Inode(ino) => self.notifier.inval_inode(INodeNo(*ino), 0, 0),
             };
             if let Err(e) = sent {
-                failed += 1;
+                failed.push(invalidation.clone());
                 first.get_or_insert(e);
             }
         }
         match first {
             None => Ok(all.len()),
-            Some(e) => Err(io::Error::new(
-                e.kind(),
-                format!(
-                    "{failed} of {} cache invalidations failed, the first with: {e}",
-                    all.len()
-                ),
-            )),
+            Some(e) => {
+                let error = io::Error::new(
+                    e.kind(),
+                    format!(
+                        "{} of {} cache invalidations failed, the first with: {e}",
+                        failed.len(),
+                        all.len()
+                    ),
+                );
+                Err((failed, error))
+            }
+        }
+    }
+
+    /// Sends `all` now and once more [`RESEND_AFTER`] later; failures are
+    /// retried on the next turn. Returns how many were sent now.
+    pub fn send_and_repeat(&mut self, all: Vec<Invalidation>) -> io::Result<usize> {
+        let sent = self.send_retrying(&all);
+        self.again.push((Instant::now() + RESEND_AFTER, all));
+        sent
+    }
+
+    /// Sends `all`, keeping those that failed for the next turn.
+    fn send_retrying(&mut self, all: &[Invalidation]) -> io::Result<usize> {
+        match self.send_keeping_failures(all) {
+            Ok(sent) => Ok(sent),
+            Err((failed, e)) => {
+                self.again.push((Instant::now(), failed));
+                Err(e)
+            }
+        }
+    }
+
+    /// Sends the invalidations that are due again (see
+    /// [`Invalidator::send_and_repeat`]).
+    pub fn send_due(&mut self) {
+        let now = Instant::now();
+        if self.again.iter().all(|(due, _)| *due > now) {
+            return;
+        }
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.again)
+            .into_iter()
+            .partition(|(due, _)| *due <= now);
+        self.again = later;
+        for (_, batch) in due {
+            if let Err(e) = self.send_retrying(&batch) {
+                tracing::warn!("{e}; retrying on the next turn");
+            }
         }
     }
 }
 
 impl crate::follow::Follower for Invalidator {
     fn moved(&mut self, changes: &crate::Changes) {
-        let started = std::time::Instant::now();
-        match self.send(&changes.invalidations()) {
+        let started = Instant::now();
+        match self.send_and_repeat(changes.invalidations()) {
             Ok(sent) => {
                 tracing::info!("{sent} cache invalidations sent in {:?}", started.elapsed())
             }
-            // The kernel's answers expire on their own within the TTL.
-            Err(e) => tracing::warn!(
-                "{e}; stale answers may remain for up to {:?}",
-                super::GENERATION_TTL
-            ),
+            Err(e) => tracing::warn!("{e}; retrying on the next turn"),
         }
     }
 
     fn grace_ended(&mut self, later: &[Invalidation]) {
-        if let Err(e) = self.send(later) {
-            tracing::warn!(
-                "dropping removed names: {e}; they may resolve for up to {:?} more",
-                super::GENERATION_TTL
-            );
+        if let Err(e) = self.send_retrying(later) {
+            tracing::warn!("dropping removed names: {e}; retrying on the next turn");
         }
+    }
+
+    fn tick(&mut self) {
+        self.send_due();
     }
 }
 

@@ -326,6 +326,11 @@ fn the_index_follows_its_view_and_reports_what_went_stale() {
         "gone and changed names; the unchanged share/doc/beta is not listed"
     );
     assert_eq!(changes.inodes, [tool.min(a), tool.max(a)]);
+    assert_eq!(
+        changes.dirs,
+        [bin],
+        "bin's listing changed, share's did not"
+    );
     assert_eq!(index.refresh().unwrap(), None, "reported once");
 
     // The same paths keep their numbers; what is gone is gone.
@@ -339,8 +344,13 @@ fn the_index_follows_its_view_and_reports_what_went_stale() {
     view.refresh().unwrap();
     assert_eq!(target(&index, "bin/tool"), "/P/alpha/Current/bin/tool");
     let changes = index.refresh().unwrap().expect("the view moved");
-    assert_eq!(changes.entries, [(bin, b"tool".to_vec())]);
+    assert_eq!(
+        changes.entries,
+        [(bin, b"a".to_vec()), (bin, b"tool".to_vec())],
+        "a name that appears is reported too: its absence may be cached"
+    );
     assert!(changes.inodes.contains(&tool));
+    assert_eq!(changes.dirs, [bin]);
 
     // A new version of an App changes no link: they go through `Current`.
     f.add(

@@ -34,3 +34,18 @@ pub(crate) fn read_with<T>(
         .ok_or_else(|| ViewError::Inconsistent(format!("file inode {} has no content", row.id)))?;
     Ok(reader.read_with(blob, row.size, offset, size, consume)?)
 }
+
+/// The verified bytes of the regular file `row` from `at` on, at most
+/// `limit`, that lie decoded in the store's frame cache (see
+/// [`Reader::cached_after`]); empty for anything else.
+pub(crate) fn cached_after(
+    reader: &Reader,
+    row: &InodeRow,
+    at: u64,
+    limit: u64,
+) -> Result<Vec<(u64, nexus_store::read::CachedBytes)>> {
+    match (row.kind, row.blob) {
+        (InodeType::File, Some(blob)) => Ok(reader.cached_after(blob, row.size, at, limit)?),
+        _ => Ok(Vec::new()),
+    }
+}

@@ -51,6 +51,15 @@ pub const CONTENT_HASH_XATTR: &[u8] = b"user.nexus.blake3";
 /// The SELinux label attribute (see [`View::getxattr`]).
 const SELINUX_XATTR: &[u8] = b"security.selinux";
 
+/// Attributes a FUSE mount answers "not supported" for when a file has
+/// none, which makes `ls -l` stop asking: the SELinux label and the POSIX
+/// ACLs (the mount does not let the kernel apply ACLs; see `fuse`).
+pub(crate) const UNSUPPORTED_WHEN_ABSENT: [&[u8]; 3] = [
+    SELINUX_XATTR,
+    crate::attr::ACL_ACCESS_XATTR,
+    crate::attr::ACL_DEFAULT_XATTR,
+];
+
 /// Which generation a view shows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GenerationChoice {
@@ -87,6 +96,9 @@ impl Default for ViewOptions {
 /// blocks); bench/README.md has the measurements.
 pub const DEFAULT_BLOCK_CACHE_MIB: u64 = 40;
 
+/// Threads decoding ahead of sequential readers of a view's files.
+pub const READ_AHEAD_THREADS: usize = 2;
+
 /// The transport-neutral file system over one store.
 pub struct View {
     reader: Arc<Reader>,
@@ -107,6 +119,8 @@ impl View {
                 cache_bytes: options.cache_bytes,
                 connections: options.connections,
                 snapshots: true,
+                // One reader of a large file decodes on every core.
+                read_ahead_threads: READ_AHEAD_THREADS,
             },
         )?;
         View::with_reader(Arc::new(reader), options.generation)
@@ -354,7 +368,9 @@ impl View {
     /// and `ls -l` asks for the label of every file it lists — a round
     /// trip to the daemon each, since the kernel caches no xattrs of FUSE
     /// file systems — until one answer says the file system does not
-    /// support labels; then it stops asking for the whole mount.
+    /// support labels; then it stops asking for the whole mount. (The FUSE
+    /// mount answers POSIX ACLs the same way, see `fuse::NexusFs`; VM
+    /// guests, whose kernels apply ACLs, are told "no such attribute".)
     pub fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>> {
         let row = self.xattr_row(ino)?;
         if name == CONTENT_HASH_XATTR {
@@ -419,6 +435,23 @@ impl View {
     /// error, never returned.
     pub fn read_inode(&self, ino: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
         self.read_inode_with(ino, offset, size, <[u8]>::to_vec)
+    }
+
+    /// The verified bytes of regular file `ino` from `at` on, at most
+    /// `limit` of them, that its reads (or the read-ahead) already decoded,
+    /// each run with the file offset it starts at: what a transport may
+    /// hand its client ahead of the reads that would ask for them. Reads
+    /// and decodes nothing.
+    pub fn cached_after(
+        &self,
+        ino: u64,
+        at: u64,
+        limit: u64,
+    ) -> Result<Vec<(u64, nexus_store::read::CachedBytes)>> {
+        let Node::Package(id) = Self::node(ino)? else {
+            return Ok(Vec::new());
+        };
+        files::cached_after(&self.reader, &*self.inode(id)?, at, limit)
     }
 
     /// Reads up to `size` bytes at `offset` of regular file `ino` and hands

@@ -216,6 +216,25 @@ impl Catalog {
         Ok(found)
     }
 
+    /// The block of pack `pack` whose bytes hold `offset..offset + len`:
+    /// its offset and length, from the catalog's chunk locations (`None`
+    /// when no indexed block does). Readers ask for a block's head or one
+    /// of its frames; a remote block is fetched and verified whole.
+    pub fn block_holding(&self, pack: &str, offset: u64, len: u64) -> Result<Option<(u64, u32)>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT c.offset, c.block_len FROM chunks c JOIN packs p ON p.id = c.pack
+             WHERE p.name = ?1 AND c.offset <= ?2 ORDER BY c.offset DESC LIMIT 1",
+        )?;
+        let found = stmt
+            .query_row(params![pack, offset as i64], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, u32>(1)?))
+            })
+            .optional()?;
+        Ok(found.filter(|&(start, block_len)| {
+            offset.checked_add(len) <= start.checked_add(u64::from(block_len))
+        }))
+    }
+
     /// The indexed chunks of the block at `offset` of pack `pack`.
     pub fn block_chunks(&self, pack: &str, offset: u64) -> Result<Vec<BlockChunk>> {
         let mut stmt = self.conn.prepare_cached(

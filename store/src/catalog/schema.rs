@@ -238,6 +238,13 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE packs ADD COLUMN remote INTEGER REFERENCES remotes(id);
     CREATE INDEX chunks_by_block ON chunks(pack, offset);
     "#,
+    // v5: packs may hold blocks of format v2 (framed, codec 2). Nothing to
+    // convert (v1 blocks are still read); the version itself keeps builds
+    // that know only v1 blocks from reading this store, where they would
+    // take every new block for damage.
+    r#"
+    INSERT OR REPLACE INTO meta(key, value) VALUES ('block_format', '2');
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use rusqlite::{Connection, Transaction, params};
 
 use crate::error::Result;
-use crate::pack::{ChunkLocation, SealedPack};
+use crate::pack::{ChunkKind, ChunkLocation, SealedPack};
 
 /// The `meta` key bumped whenever gc deleted catalog rows or packs.
 pub const GC_EPOCH_KEY: &str = "gc_epoch";
@@ -300,14 +300,27 @@ pub(crate) fn delete_empty_pack(conn: &mut Connection, id: i64) -> Result<bool> 
     Ok(deleted)
 }
 
-/// The chunks located in pack `id`, in pack order, with their ids.
-pub(crate) fn pack_chunks(conn: &Connection, id: i64) -> Result<Vec<(ChunkLocation, i64)>> {
+/// The chunks located in pack `id`, in pack order, with their ids and
+/// whether they are whole files or pieces of a cut file (framed for random
+/// reads when written again, as ingest frames them).
+pub(crate) fn pack_chunks(
+    conn: &Connection,
+    id: i64,
+) -> Result<Vec<(ChunkLocation, i64, ChunkKind)>> {
     let mut stmt = conn.prepare(
-        "SELECT c.hash, p.name, c.offset, c.block_len, c.inner, c.len, c.id
+        "SELECT c.hash, p.name, c.offset, c.block_len, c.inner, c.len, c.id,
+                EXISTS (SELECT 1 FROM blob_chunks bc JOIN blobs b ON b.id = bc.blob
+                        WHERE bc.chunk = c.id AND b.size >= ?2)
          FROM chunks c JOIN packs p ON p.id = c.pack WHERE c.pack = ?1 ORDER BY c.offset, c.inner",
     )?;
-    let rows = stmt.query_map([id], |r| {
-        Ok((super::location_from_row(r)?, r.get::<_, i64>(6)?))
+    let small_file_max = crate::params::SMALL_FILE_MAX as i64;
+    let rows = stmt.query_map(params![id, small_file_max], |r| {
+        let kind = if r.get::<_, bool>(7)? {
+            ChunkKind::Part
+        } else {
+            ChunkKind::Whole
+        };
+        Ok((super::location_from_row(r)?, r.get::<_, i64>(6)?, kind))
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }

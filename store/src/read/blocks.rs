@@ -1,16 +1,21 @@
-//! Decoded blocks: reading a block from a [`PackSource`], decoding it,
-//! verifying each chunk against its BLAKE3 name, and keeping recently used
-//! blocks in a bounded cache.
+//! Decoded frames: reading a block's head and the frames a read needs from
+//! a [`PackSource`], decoding them, verifying each chunk against its
+//! BLAKE3 name, and keeping recently used frames in a bounded cache.
 //!
-//! Chunks are stored compressed together in blocks of about 1 MiB, and
-//! readers take pieces of 4 KiB to 1 MiB, so without a cache a sequential
-//! read would decode each block several times. Decoded blocks are kept in a
-//! [`quick_cache`] bounded by their byte size; each chunk is checked against
-//! its BLAKE3 name the first time it is taken out of a cached block and
-//! trusted while the block stays cached. A chunk that fails the check is an
-//! error every time: **no bytes whose hash differs from the chunk's name
-//! ever leave this module.** Blocks are named by pack and offset, and packs
-//! are immutable and never renamed, so a cached block never goes stale.
+//! Chunks are stored compressed together in blocks of about 1 MiB, each
+//! made of frames decoded on their own (FORMAT.md, "Packs and blocks"): a
+//! run of small files shares one frame, the chunks of a large file are
+//! framed in about 64 KiB, and a block of format v1 is one frame. Readers
+//! take pieces of 4 KiB to 1 MiB, so a read decodes only the frames holding
+//! the chunks it covers, and a sequential read does not decode a frame
+//! twice: decoded frames are kept in a [`quick_cache`] bounded by their
+//! byte size, and each block's parsed head (its chunk and frame tables) in
+//! another. Each chunk is checked against its BLAKE3 name the first time it
+//! is taken out of a cached frame and trusted while the frame stays cached.
+//! A chunk that fails the check is an error every time: **no bytes whose
+//! hash differs from the chunk's name ever leave this module.** Blocks are
+//! named by pack and offset, and packs are immutable and never renamed, so
+//! nothing cached ever goes stale.
 
 use std::cell::RefCell;
 use std::io::Write;
@@ -20,35 +25,55 @@ use std::sync::{Arc, Mutex};
 use quick_cache::sync::{Cache, DefaultLifecycle};
 use quick_cache::{DefaultHashBuilder, OptionsBuilder, Weighter};
 
+use super::ahead::ReadAhead;
 use super::layout::{Layout, contiguous_run};
 use super::source::PackSource;
 use crate::error::{Result, StoreError};
-use crate::pack::{Block, ChunkLocation, damaged, decode_block_into};
+use crate::pack::{BlockHead, ChunkLocation, ParsedHead, chunk_of, damaged, decode_frame_into};
 use crate::params::{BLOCK_MAX_STORED, BLOCK_TARGET};
 
-/// Share of the block cache for blocks used more than once. Blocks are used
-/// by recency, not frequency: a reader works through one block in several
+/// Share of the frame cache for frames used more than once. Frames are used
+/// by recency, not frequency: a reader works through one frame in several
 /// requests, then moves on. quick_cache keeps only 3% of its space for newly
 /// admitted entries by default, less than one block for a small cache, so
 /// with a few readers a block was evicted before its next request and
 /// decoded again; half the space for new entries lets each reader's current
-/// blocks stay.
+/// frames stay.
 const HOT_SHARE: f64 = 0.5;
 
-/// Decoded-block buffers kept for reuse (at most this many, about 1 MiB
+/// Decoded-frame buffers kept for reuse (at most this many, up to 2 MiB
 /// each): enough for the threads decoding at once.
-const SPARE_BUFFERS: usize = 4;
+const SPARE_BUFFERS: usize = 8;
 
-/// Payload buffers of evicted blocks, handed to the next decode. A block
-/// decoded into fresh memory makes the kernel map and zero a megabyte page
-/// by page; under a cold read of many files that cost more than zstd.
+/// Bytes read first from a block not seen yet: its header and tables
+/// (those of a block of 100 chunks fit), before the frames a read needs.
+const HEAD_READ: usize = 4096;
+
+/// Bytes of parsed block heads kept: a head is its chunk table (about 50
+/// bytes a chunk), and a pack of 64 MiB has about 64 blocks.
+const HEAD_CACHE_BYTES: u64 = 4 << 20;
+
+/// Payload buffers of evicted frames, handed to the next decode. A frame
+/// decoded into fresh memory makes the kernel map and zero it page by page;
+/// under a cold read of many files that cost more than zstd.
 #[derive(Default)]
 struct SpareBuffers(Mutex<Vec<Vec<u8>>>);
 
 impl SpareBuffers {
-    fn take(&self) -> Vec<u8> {
+    /// A buffer for `len` bytes: the smallest spare one that holds them, or
+    /// any spare one (it grows), or a new one.
+    fn take(&self, len: usize) -> Vec<u8> {
         let mut spare = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        spare.pop().unwrap_or_default()
+        let fits = spare
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.capacity() >= len)
+            .min_by_key(|(_, b)| b.capacity())
+            .map(|(i, _)| i);
+        match fits {
+            Some(i) => spare.swap_remove(i),
+            None => spare.pop().unwrap_or_default(),
+        }
     }
 
     fn give(&self, buffer: Vec<u8>) {
@@ -65,119 +90,229 @@ impl SpareBuffers {
 }
 
 thread_local! {
-    /// Stored (compressed) bytes of the block being decoded, per thread.
+    /// Stored (compressed) bytes of the frame being decoded, per thread.
     static STORED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-    /// Bytes of a read spanning several blocks, assembled per thread.
+    /// Bytes of a read spanning several frames, assembled per thread.
     static ASSEMBLED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-/// A decoded block and which of its chunks were verified already.
-struct CachedBlock {
-    block: Block,
+/// A decoded frame and which of its chunks were verified already.
+struct CachedFrame {
+    /// The head of its block (for the chunk table).
+    head: Arc<BlockHead>,
+    /// Offset of the frame's first byte in the decoded block.
+    raw_start: u32,
+    /// The decoded bytes.
+    data: Vec<u8>,
+    /// Index in the block's table of the frame's first chunk.
+    first_entry: usize,
+    /// Whether each of the frame's chunks (from `first_entry` on) was
+    /// verified.
     verified: Vec<AtomicBool>,
-    /// Where the payload buffer goes when the block leaves the cache.
+    /// Where the buffer goes when the frame leaves the cache.
     spare: Arc<SpareBuffers>,
 }
 
-impl Drop for CachedBlock {
+impl Drop for CachedFrame {
     fn drop(&mut self) {
-        self.spare.give(std::mem::take(&mut self.block.data));
+        self.spare.give(std::mem::take(&mut self.data));
     }
 }
 
-impl CachedBlock {
-    fn new(block: Block, spare: Arc<SpareBuffers>) -> CachedBlock {
-        let verified = block
-            .entries
-            .iter()
-            .map(|_| AtomicBool::new(false))
-            .collect();
-        CachedBlock {
-            block,
-            verified,
+impl CachedFrame {
+    fn new(head: Arc<BlockHead>, frame: usize, data: Vec<u8>, spare: Arc<SpareBuffers>) -> Self {
+        let f = head.frames[frame];
+        // The chunks starting in the frame (an empty chunk at its end
+        // belongs to the next frame, as `BlockHead::frame_of` says, unless
+        // this is the last).
+        let first_entry = head.entries.partition_point(|e| e.inner < f.raw_start);
+        let next_entry = if frame + 1 == head.frames.len() {
+            head.entries.len()
+        } else {
+            head.entries
+                .partition_point(|e| e.inner < f.raw_start + f.raw_len)
+        };
+        let count = next_entry.saturating_sub(first_entry);
+        CachedFrame {
+            raw_start: f.raw_start,
+            head,
+            data,
+            first_entry,
+            verified: (0..count).map(|_| AtomicBool::new(false)).collect(),
             spare,
         }
     }
 
     /// The verified bytes of the chunk `loc` names.
     fn chunk(&self, loc: &ChunkLocation) -> Result<&[u8]> {
-        let entries = &self.block.entries;
-        // Empty chunks share their inner offset with the next chunk.
-        let first = entries.partition_point(|e| e.inner < loc.inner);
-        let index = entries[first..]
-            .iter()
-            .take_while(|e| e.inner == loc.inner)
-            .position(|e| e.hash == loc.hash && e.len == loc.len)
-            .map(|i| first + i);
-        if let Some(i) = index
-            && self.verified[i].load(Ordering::Acquire)
+        let flag = self
+            .head
+            .entry_of(loc)
+            .and_then(|i| i.checked_sub(self.first_entry))
+            .and_then(|i| self.verified.get(i));
+        if let Some(flag) = flag
+            && flag.load(Ordering::Acquire)
         {
-            let start = loc.inner as usize;
-            if let Some(bytes) = self.block.data.get(start..start + loc.len as usize) {
+            let start = (loc.inner - self.raw_start) as usize;
+            if let Some(bytes) = self.data.get(start..start + loc.len as usize) {
                 return Ok(bytes);
             }
         }
         // Not verified yet (or not listed): the full check, which hashes the
         // bytes and explains any mismatch.
-        let bytes = self.block.chunk(loc)?;
-        if let Some(i) = index {
-            self.verified[i].store(true, Ordering::Release);
+        let bytes = chunk_of(&self.head.entries, &self.data, self.raw_start, loc)?;
+        if let Some(flag) = flag {
+            flag.store(true, Ordering::Release);
         }
         Ok(bytes)
     }
 
-    /// The verified bytes of `chunks`, which [`contiguous_run`] found to
-    /// lie one after another in this block, as one slice.
+    /// The verified bytes of `chunks`, which lie one after another in this
+    /// frame, as one slice.
     fn run(&self, chunks: &[ChunkLocation]) -> Result<&[u8]> {
         let mut span: Option<(usize, usize)> = None;
         for loc in chunks.iter().filter(|c| c.len > 0) {
             let bytes = self.chunk(loc)?;
-            let start = loc.inner as usize;
+            let start = (loc.inner - self.raw_start) as usize;
             span = Some(match span {
                 None => (start, start + bytes.len()),
                 Some((from, _)) => (from, start + bytes.len()),
             });
         }
         let (from, to) = span.unwrap_or((0, 0));
-        self.block
-            .data
+        self.data
             .get(from..to)
-            .ok_or_else(|| StoreError::Invalid("a chunk run extends past its block".into()))
+            .ok_or_else(|| StoreError::Invalid("a chunk run extends past its frame".into()))
+    }
+
+    /// True when the frame holds every byte of `inner..end` of its block.
+    fn holds(&self, inner: u32, end: u64) -> bool {
+        inner >= self.raw_start && end <= u64::from(self.raw_start) + self.data.len() as u64
     }
 
     fn weight(&self) -> u64 {
-        // The capacity: a recycled buffer may be larger than this block,
+        // The capacity: a recycled buffer may be larger than this frame,
         // and all of it was touched by an earlier one.
-        (self.block.data.capacity() + self.block.entries.len() * 48 + 128) as u64
+        (self.data.capacity() + self.verified.len() * 8 + 160) as u64
     }
 }
 
+/// Verified bytes of a content that lie decoded in the frame cache,
+/// held (the frame stays alive while this does): what a transport may hand
+/// its client ahead of a read ([`BlockReader::cached_after`]).
+pub struct CachedBytes {
+    frame: Arc<CachedFrame>,
+    range: std::ops::Range<usize>,
+}
+
+impl CachedBytes {
+    /// The bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.frame.data[self.range.clone()]
+    }
+}
+
+/// A frame's name: its block's pack and offset, and its index.
+type FrameKey = (Arc<str>, u64, u32);
 /// A block's name: its pack and offset.
-type BlockKey = (Arc<str>, u64);
+type HeadKey = (Arc<str>, u64);
 
 #[derive(Clone)]
-struct BlockWeighter;
+struct FrameWeighter;
 
-impl Weighter<BlockKey, Arc<CachedBlock>> for BlockWeighter {
-    fn weight(&self, _key: &BlockKey, block: &Arc<CachedBlock>) -> u64 {
-        block.weight()
+impl Weighter<FrameKey, Arc<CachedFrame>> for FrameWeighter {
+    fn weight(&self, _key: &FrameKey, frame: &Arc<CachedFrame>) -> u64 {
+        frame.weight()
     }
 }
 
-/// Reads verified chunks and byte ranges of file contents from a
-/// [`PackSource`], through a bounded cache of decoded blocks.
-pub struct BlockReader {
+#[derive(Clone)]
+struct HeadWeighter;
+
+impl Weighter<HeadKey, Arc<BlockHead>> for HeadWeighter {
+    fn weight(&self, _key: &HeadKey, head: &Arc<BlockHead>) -> u64 {
+        (head.entries.len() * 48 + head.frames.len() * 24 + 96) as u64
+    }
+}
+
+/// Block heads and decoded frames of a [`PackSource`], in bounded caches:
+/// what [`BlockReader`] and its read-ahead threads share.
+pub(super) struct Frames {
     source: Arc<dyn PackSource>,
-    blocks: Cache<BlockKey, Arc<CachedBlock>, BlockWeighter>,
+    frames: Cache<FrameKey, Arc<CachedFrame>, FrameWeighter>,
+    heads: Cache<HeadKey, Arc<BlockHead>, HeadWeighter>,
     spare: Arc<SpareBuffers>,
 }
 
+/// Reads verified chunks and byte ranges of file contents from a
+/// [`PackSource`], through bounded caches of block heads and decoded
+/// frames, optionally decoding ahead of sequential readers on other
+/// threads.
+pub struct BlockReader {
+    frames: Arc<Frames>,
+    ahead: Option<ReadAhead>,
+}
+
 impl BlockReader {
-    /// A reader of `source` keeping up to `cache_bytes` of decoded blocks.
+    /// A reader of `source` keeping up to `cache_bytes` of decoded frames.
     pub fn new(source: Arc<dyn PackSource>, cache_bytes: u64) -> BlockReader {
-        // Blocks are about 1 MiB decoded.
-        let estimated = (cache_bytes / (1 << 20)).max(4) as usize;
-        let blocks = OptionsBuilder::new()
+        BlockReader {
+            frames: Arc::new(Frames::new(source, cache_bytes)),
+            ahead: None,
+        }
+    }
+
+    /// Also decodes the frames a sequential reader will want next, on
+    /// `threads` threads of its own (none: no read-ahead), so that one
+    /// reader of a large file uses more than one core. What they decode
+    /// goes into the same bounded cache; a read-ahead that cannot keep up
+    /// is dropped, never waited for.
+    pub fn with_read_ahead(mut self, threads: usize) -> BlockReader {
+        if threads > 0 {
+            match ReadAhead::start(self.frames.clone(), threads) {
+                Ok(ahead) => self.ahead = Some(ahead),
+                Err(e) => tracing::warn!("no read-ahead: {e}"),
+            }
+        }
+        self
+    }
+
+    /// Where the packs are read from.
+    pub fn source(&self) -> &dyn PackSource {
+        &*self.frames.source
+    }
+
+    /// Closes the source's open packs (after gc replaced some); decoded
+    /// frames stay cached, since a block's bytes never change.
+    pub fn forget_packs(&self) {
+        self.frames.source.forget();
+    }
+
+    /// The block holding `loc`, exactly as stored (header, tables, payload),
+    /// not decoded or verified: for copying blocks verbatim into an archive
+    /// after checking them with [`crate::pack::decode_block`].
+    pub fn stored_block(&self, loc: &ChunkLocation) -> Result<Vec<u8>> {
+        let mut buf = vec![0; checked_block_len(loc)?];
+        self.frames.read_at(loc, 0, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// Hands the verified bytes of chunk `loc` to `consume`.
+    pub fn chunk_with<T>(
+        &self,
+        loc: &ChunkLocation,
+        consume: impl FnOnce(&[u8]) -> T,
+    ) -> Result<T> {
+        let frame = self.frames.frame_of(loc)?;
+        Ok(consume(frame.chunk(loc)?))
+    }
+}
+
+impl Frames {
+    fn new(source: Arc<dyn PackSource>, cache_bytes: u64) -> Frames {
+        // Frames are 64 KiB to 1 MiB decoded.
+        let estimated = (cache_bytes / (256 << 10)).max(16) as usize;
+        let frames = OptionsBuilder::new()
             .estimated_items_capacity(estimated)
             .weight_capacity(cache_bytes.max(1))
             .hot_allocation(HOT_SHARE)
@@ -185,52 +320,26 @@ impl BlockReader {
             .map(|options| {
                 Cache::with_options(
                     options,
-                    BlockWeighter,
+                    FrameWeighter,
                     DefaultHashBuilder::default(),
                     DefaultLifecycle::default(),
                 )
             })
-            .unwrap_or_else(|_| Cache::with_weighter(estimated, cache_bytes.max(1), BlockWeighter));
-        BlockReader {
+            .unwrap_or_else(|_| Cache::with_weighter(estimated, cache_bytes.max(1), FrameWeighter));
+        Frames {
             source,
-            blocks,
+            frames,
+            heads: Cache::with_weighter(4096, HEAD_CACHE_BYTES, HeadWeighter),
             spare: Arc::default(),
         }
     }
 
-    /// Where the packs are read from.
-    pub fn source(&self) -> &dyn PackSource {
-        &*self.source
-    }
-
-    /// Closes the source's open packs (after gc replaced some); decoded
-    /// blocks stay cached, since a block's bytes never change.
-    pub fn forget_packs(&self) {
-        self.source.forget();
-    }
-
-    /// The block holding `loc`, exactly as stored (header, table, payload),
-    /// not decoded or verified: for copying blocks verbatim into an archive
-    /// after checking them with [`crate::pack::decode_block`].
-    pub fn stored_block(&self, loc: &ChunkLocation) -> Result<Vec<u8>> {
-        let mut buf = Vec::new();
-        self.read_stored(loc, &mut buf)?;
-        Ok(buf)
-    }
-
-    /// Reads the stored block holding `loc` into `buf` (resized to its
-    /// length). A block that is not where the index says damages the
-    /// chunk; a missing pack is [`StoreError::PackMissing`].
-    fn read_stored(&self, loc: &ChunkLocation, buf: &mut Vec<u8>) -> Result<()> {
-        if loc.block_len as usize > BLOCK_MAX_STORED {
-            return Err(damaged(
-                loc,
-                format!("absurd block length {}", loc.block_len),
-            ));
-        }
-        buf.resize(loc.block_len as usize, 0);
+    /// Reads `buf.len()` bytes at `at` of the block holding `loc`. A block
+    /// that is not where the index says damages the chunk; a missing pack
+    /// is [`StoreError::PackMissing`].
+    fn read_at(&self, loc: &ChunkLocation, at: usize, buf: &mut [u8]) -> Result<()> {
         self.source
-            .read_exact_at(&loc.pack, loc.offset, buf)
+            .read_exact_at(&loc.pack, loc.offset + at as u64, buf)
             .map_err(|e| match e {
                 StoreError::PackShort { .. } => {
                     damaged(loc, "block extends past the end of the pack".into())
@@ -240,34 +349,104 @@ impl BlockReader {
             })
     }
 
-    fn block(&self, loc: &ChunkLocation) -> Result<Arc<CachedBlock>> {
+    /// The parsed head of the block holding `loc`: read (its first
+    /// [`HEAD_READ`] bytes, more if its tables are longer) and checked the
+    /// first time, then cached.
+    fn head(&self, loc: &ChunkLocation) -> Result<Arc<BlockHead>> {
         let key = (loc.pack.clone(), loc.offset);
-        self.blocks.get_or_insert_with(&key, || {
-            let block = STORED.with(|stored| {
-                let mut stored = stored.borrow_mut();
-                self.read_stored(loc, &mut stored)?;
-                decode_block_into(&stored, self.spare.take()).map_err(|why| damaged(loc, why))
-            })?;
-            Ok(Arc::new(CachedBlock::new(block, self.spare.clone())))
+        self.heads.get_or_insert_with(&key, || {
+            let block_len = checked_block_len(loc)?;
+            let mut buf = vec![0; block_len.min(HEAD_READ)];
+            if let Err(e) = self.read_at(loc, 0, &mut buf) {
+                // A pack cut short inside the block: the head alone may
+                // still be there (then only the frames past the cut are
+                // lost). Any other failure stands.
+                if !matches!(e, StoreError::Damaged { .. }) {
+                    return Err(e);
+                }
+                buf.truncate(crate::pack::BLOCK_HEADER_LEN.min(block_len));
+                self.read_at(loc, 0, &mut buf)?;
+            }
+            let parsed = BlockHead::parse(&buf, block_len).map_err(|why| damaged(loc, why))?;
+            let head = match parsed {
+                ParsedHead::Head(head) => head,
+                ParsedHead::NeedBytes(n) => {
+                    buf.resize(n, 0);
+                    self.read_at(loc, 0, &mut buf)?;
+                    match BlockHead::parse(&buf, block_len).map_err(|why| damaged(loc, why))? {
+                        ParsedHead::Head(head) => head,
+                        ParsedHead::NeedBytes(_) => {
+                            return Err(damaged(loc, "block tables longer than the block".into()));
+                        }
+                    }
+                }
+            };
+            Ok(Arc::new(head))
         })
     }
 
-    /// Hands the verified bytes of chunk `loc` to `consume`.
-    pub fn chunk_with<T>(
+    /// Frame `index` of the block whose head is `head`, decoded (read and
+    /// decoded the first time, then cached).
+    fn frame(
         &self,
         loc: &ChunkLocation,
-        consume: impl FnOnce(&[u8]) -> T,
-    ) -> Result<T> {
-        let block = self.block(loc)?;
-        Ok(consume(block.chunk(loc)?))
+        head: &Arc<BlockHead>,
+        index: usize,
+    ) -> Result<Arc<CachedFrame>> {
+        let key = (loc.pack.clone(), loc.offset, index as u32);
+        self.frames.get_or_insert_with(&key, || {
+            let frame = head.frames[index];
+            let data = STORED.with(|stored| {
+                let mut stored = stored.borrow_mut();
+                stored.resize(frame.stored_len as usize, 0);
+                self.read_at(loc, frame.stored_at as usize, &mut stored)?;
+                let buffer = self.spare.take(frame.raw_len as usize);
+                decode_frame_into(&frame, &stored, buffer).map_err(|why| damaged(loc, why))
+            })?;
+            Ok(Arc::new(CachedFrame::new(
+                head.clone(),
+                index,
+                data,
+                self.spare.clone(),
+            )))
+        })
     }
 
+    /// The decoded frame holding chunk `loc`.
+    fn frame_of(&self, loc: &ChunkLocation) -> Result<Arc<CachedFrame>> {
+        let head = self.head(loc)?;
+        let index = head
+            .frame_of(loc.inner, loc.len)
+            .ok_or_else(|| damaged(loc, "no frame of the block holds the chunk".into()))?;
+        self.frame(loc, &head, index)
+    }
+
+    /// Decodes the frame holding chunk `loc` into the cache, if it is not
+    /// there (for read-ahead: errors are left for the reader to meet).
+    pub(super) fn warm(&self, loc: &ChunkLocation) {
+        let _ = self.frame_of(loc);
+    }
+
+    /// True when the frame holding chunk `loc` is decoded in the cache.
+    pub(super) fn is_cached(&self, loc: &ChunkLocation) -> bool {
+        let Some(head) = self.heads.peek(&(loc.pack.clone(), loc.offset)) else {
+            return false;
+        };
+        head.frame_of(loc.inner, loc.len).is_some_and(|index| {
+            self.frames
+                .peek(&(loc.pack.clone(), loc.offset, index as u32))
+                .is_some()
+        })
+    }
+}
+
+impl BlockReader {
     /// Reads up to `size` bytes at `offset` of the content `layout`
     /// describes (fewer only at the end of the content) and hands them to
     /// `consume`, which must not read through this reader again.
     ///
-    /// A range inside one block is handed over straight from the cached
-    /// block; a range over several blocks is assembled in a buffer this
+    /// A range inside one frame is handed over straight from the cached
+    /// frame; a range over several frames is assembled in a buffer this
     /// thread reuses. Either way no memory is allocated per read: a
     /// transport writes the bytes to its channel from where they lie.
     pub fn read_with<T>(
@@ -284,13 +463,21 @@ impl BlockReader {
         let (mut i, last) = layout.covering(offset, end);
         let covering = &layout.chunks()[i..=last];
         if let Some(first) = contiguous_run(covering) {
-            // One stretch of one decoded block (the usual case: a file's
-            // chunks were stored one after another).
-            let block = self.block(first)?;
-            let bytes = block.run(covering)?;
-            let from = (offset - layout.start(i)) as usize;
-            let to = (end - layout.start(i)) as usize;
-            return Ok(consume(&bytes[from..to]));
+            // One stretch of one block (the usual case: a file's chunks were
+            // stored one after another); one slice if one frame holds it.
+            let run_end = covering
+                .iter()
+                .rev()
+                .find(|c| c.len > 0)
+                .map_or(0, |c| u64::from(c.inner) + u64::from(c.len));
+            let frame = self.frames.frame_of(first)?;
+            if frame.holds(first.inner, run_end) {
+                let bytes = frame.run(covering)?;
+                let from = (offset - layout.start(i)) as usize;
+                let to = (end - layout.start(i)) as usize;
+                self.read_ahead(layout, offset, end);
+                return Ok(consume(&bytes[from..to]));
+            }
         }
         ASSEMBLED.with(|assembled| {
             let mut out = assembled.borrow_mut();
@@ -302,13 +489,14 @@ impl BlockReader {
                 if loc.len == 0 {
                     continue;
                 }
-                let block = self.block(loc)?;
-                let bytes = block.chunk(loc)?;
+                let frame = self.frames.frame_of(loc)?;
+                let bytes = frame.chunk(loc)?;
                 let from = (at - start) as usize;
                 let to = ((end - start) as usize).min(bytes.len());
                 out.extend_from_slice(&bytes[from..to]);
                 at = start + to as u64;
             }
+            self.read_ahead(layout, offset, end);
             let result = consume(&out);
             // A rare huge read should not pin its buffer for the thread's life.
             if out.capacity() > 4 << 20 {
@@ -316,6 +504,59 @@ impl BlockReader {
             }
             Ok(result)
         })
+    }
+
+    /// The bytes of the content `layout` describes from `at` on, at most
+    /// `limit` of them, as far as they lie one after another in frames
+    /// already decoded: each run with the content offset it starts at.
+    /// Every chunk is verified first. Nothing is read or decoded: a
+    /// transport pushes what a read or the read-ahead decoded anyway.
+    pub fn cached_after(
+        &self,
+        layout: &Layout,
+        at: u64,
+        limit: u64,
+    ) -> Result<Vec<(u64, CachedBytes)>> {
+        let end = layout.size().min(at.saturating_add(limit));
+        let mut out: Vec<(u64, CachedBytes)> = Vec::new();
+        if at >= end {
+            return Ok(out);
+        }
+        let (first, last) = layout.covering(at, end);
+        for i in first..=last {
+            let loc = &layout.chunks()[i];
+            if loc.len == 0 {
+                continue;
+            }
+            if !self.frames.is_cached(loc) {
+                break;
+            }
+            let frame = self.frames.frame_of(loc)?;
+            frame.chunk(loc)?;
+            let start = layout.start(i);
+            // The part of the chunk inside at..end, as a range of the frame.
+            let from = at.max(start) - start;
+            let to = (end - start).min(u64::from(loc.len));
+            let inner = (loc.inner - frame.raw_start) as usize;
+            let range = inner + from as usize..inner + to as usize;
+            match out.last_mut() {
+                Some((_, run))
+                    if Arc::ptr_eq(&run.frame, &frame) && run.range.end == range.start =>
+                {
+                    run.range.end = range.end;
+                }
+                _ => out.push((start + from, CachedBytes { frame, range })),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Asks the read-ahead threads, if any, for what follows a read of
+    /// `offset..end` of `layout`.
+    fn read_ahead(&self, layout: &Layout, offset: u64, end: u64) {
+        if let Some(ahead) = &self.ahead {
+            ahead.after_read(&self.frames, layout, offset, end);
+        }
     }
 
     /// Writes chunks `from..` of `layout` to `out`, verified, one after
@@ -343,12 +584,137 @@ impl BlockReader {
     }
 }
 
+/// The length of the block holding `loc`, refused when absurd (a damaged
+/// or hostile index must not make a reader allocate gigabytes).
+fn checked_block_len(loc: &ChunkLocation) -> Result<usize> {
+    if loc.block_len as usize > BLOCK_MAX_STORED {
+        return Err(damaged(
+            loc,
+            format!("absurd block length {}", loc.block_len),
+        ));
+    }
+    Ok(loc.block_len as usize)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::hash::Hash;
-    use crate::pack::{BlockBuilder, PackWriter, block_compressor};
+    use crate::pack::{BlockBuilder, BlockEncoder, ChunkKind, PackWriter};
     use crate::read::source::LocalPacks;
+    use std::sync::atomic::AtomicU64;
+
+    /// The store's packs, counting the bytes read from them.
+    struct Counting {
+        packs: LocalPacks,
+        bytes: AtomicU64,
+    }
+
+    impl PackSource for Counting {
+        fn read_exact_at(&self, pack: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
+            self.bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
+            self.packs.read_exact_at(pack, offset, buf)
+        }
+
+        fn forget(&self) {}
+    }
+
+    /// Chunks of about 50 KiB, compressible but each different.
+    fn part(i: u8) -> Vec<u8> {
+        (0..50_000u32)
+            .map(|n| (n % 251) as u8 ^ i ^ ((n / 1000) as u8))
+            .collect()
+    }
+
+    #[test]
+    fn a_small_read_of_a_large_file_reads_and_decodes_one_frame() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = b"a small file next to a large one ".repeat(100);
+        let parts: Vec<Vec<u8>> = (0..16).map(part).collect();
+        let mut writer = PackWriter::create(dir.path()).unwrap();
+        let mut builder = BlockBuilder::default();
+        builder.push(Hash::of(&small), &small);
+        for p in &parts {
+            builder.push_kind(Hash::of(p), p, ChunkKind::Part);
+        }
+        let block = builder.finish(&mut BlockEncoder::new(3, 3).unwrap());
+        assert_eq!(
+            block.frames.len(),
+            1 + 8,
+            "the small file, then parts two by two"
+        );
+        let locs = writer.append(&block).unwrap();
+        writer.seal().unwrap();
+        let counting = Arc::new(Counting {
+            packs: LocalPacks::new(dir.path()),
+            bytes: AtomicU64::new(0),
+        });
+        let reader = BlockReader::new(counting.clone(), 8 << 20);
+        let layout = Layout::of_chunks(locs[1..].to_vec());
+        let at = 11 * 50_000 + 1234;
+        let got = reader
+            .read_with(&layout, at as u64, 4096, <[u8]>::to_vec)
+            .unwrap();
+        assert_eq!(got, parts[11][1234..1234 + 4096]);
+        let read = counting.bytes.load(Ordering::Relaxed);
+        let frame = block.frames[1 + 11 / 2].1 as u64;
+        assert!(
+            read <= HEAD_READ as u64 + frame,
+            "a 4 KiB read read {read} bytes of a {}-byte block",
+            block.encoded_len()
+        );
+        // A read across two frames assembles both; the whole file reads back.
+        let across = reader
+            .read_with(&layout, 2 * 50_000 - 10, 20, <[u8]>::to_vec)
+            .unwrap();
+        assert_eq!(across, [&parts[1][49_990..], &parts[2][..10]].concat());
+        let mut all = Vec::new();
+        reader.copy_chunks(&layout, 0, &mut all).1.unwrap();
+        assert_eq!(all, parts.concat());
+    }
+
+    #[test]
+    fn sequential_reads_get_the_next_frames_decoded_ahead() {
+        let dir = tempfile::tempdir().unwrap();
+        let parts: Vec<Vec<u8>> = (0..24).map(part).collect();
+        let mut writer = PackWriter::create(dir.path()).unwrap();
+        let mut locs = Vec::new();
+        let mut encoder = BlockEncoder::new(3, 3).unwrap();
+        for block in parts.chunks(12) {
+            let mut builder = BlockBuilder::default();
+            for p in block {
+                builder.push_kind(Hash::of(p), p, ChunkKind::Part);
+            }
+            locs.extend(writer.append(&builder.finish(&mut encoder)).unwrap());
+        }
+        writer.seal().unwrap();
+        let layout = Layout::of_chunks(locs.clone());
+        let source = Arc::new(LocalPacks::new(dir.path()));
+        let plain = BlockReader::new(source.clone(), 16 << 20);
+        let ahead = BlockReader::new(source, 16 << 20).with_read_ahead(2);
+        for reader in [&plain, &ahead] {
+            let first = reader.read_with(&layout, 0, 4096, <[u8]>::to_vec).unwrap();
+            let next = reader
+                .read_with(&layout, 4096, 4096, <[u8]>::to_vec)
+                .unwrap();
+            assert_eq!([first, next].concat(), parts[0][..8192]);
+        }
+        // The chunks of the next 2 MiB, in both blocks, get decoded without
+        // being read; without read-ahead, nothing past the read is.
+        let last = &locs[23];
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !ahead.frames.is_cached(last) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(
+            ahead.frames.is_cached(last),
+            "the last frame was not decoded ahead"
+        );
+        assert!(!plain.frames.is_cached(&locs[2]));
+        let mut all = Vec::new();
+        ahead.copy_chunks(&layout, 0, &mut all).1.unwrap();
+        assert_eq!(all, parts.concat());
+    }
 
     fn pack_of(dir: &std::path::Path, chunks: &[&[u8]]) -> Vec<ChunkLocation> {
         let mut writer = PackWriter::create(dir).unwrap();
@@ -357,7 +723,7 @@ mod tests {
             builder.push(Hash::of(c), c);
         }
         let locs = writer
-            .append(&builder.finish(&mut block_compressor(3).unwrap()))
+            .append(&builder.finish(&mut BlockEncoder::new(3, 3).unwrap()))
             .unwrap();
         writer.seal().unwrap();
         locs

@@ -1,6 +1,8 @@
 //! Where the bytes of one file content are: its chunks in order, and the
 //! offset in the file at which each starts.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use crate::error::{Result, StoreError};
 use crate::pack::ChunkLocation;
 
@@ -10,6 +12,8 @@ pub struct Layout {
     chunks: Vec<ChunkLocation>,
     starts: Vec<u64>,
     size: u64,
+    /// Where the last read of this content ended (for read-ahead).
+    last_read_end: AtomicU64,
 }
 
 impl Layout {
@@ -26,6 +30,7 @@ impl Layout {
             chunks,
             starts,
             size: at,
+            last_read_end: AtomicU64::new(u64::MAX),
         }
     }
 
@@ -64,6 +69,12 @@ impl Layout {
     /// Where chunk `i` starts in the content.
     pub(crate) fn start(&self, i: usize) -> u64 {
         self.starts[i]
+    }
+
+    /// Records that a read of this content ended at `end`; returns where the
+    /// previous one ended (`u64::MAX` before the first).
+    pub(crate) fn note_read(&self, end: u64) -> u64 {
+        self.last_read_end.swap(end, Ordering::Relaxed)
     }
 
     /// Approximate memory the layout takes (for cache weights).

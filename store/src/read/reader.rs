@@ -21,7 +21,7 @@ use crate::store::{CATALOG_FILE, PACKS_DIR, Store};
 /// How a [`Reader`] is set up.
 #[derive(Clone, Copy, Debug)]
 pub struct ReaderOptions {
-    /// Bytes of decoded blocks kept in memory.
+    /// Bytes of decoded frames kept in memory.
     pub cache_bytes: u64,
     /// Catalog connections opened up front (one per thread that queries at
     /// once is right; more are opened when needed).
@@ -32,6 +32,9 @@ pub struct ReaderOptions {
     /// a commit made in the last 200 ms. Off: every query sees the latest
     /// commit.
     pub snapshots: bool,
+    /// Threads decoding ahead of sequential readers (0: none; see
+    /// [`BlockReader::with_read_ahead`]): for daemons serving many reads.
+    pub read_ahead_threads: usize,
 }
 
 impl Default for ReaderOptions {
@@ -40,6 +43,7 @@ impl Default for ReaderOptions {
             cache_bytes: 8 << 20,
             connections: 0,
             snapshots: false,
+            read_ahead_threads: 0,
         }
     }
 }
@@ -110,7 +114,8 @@ impl Reader {
         let reader = Reader {
             dir: store_dir.to_path_buf(),
             pool,
-            blocks: BlockReader::new(source, options.cache_bytes),
+            blocks: BlockReader::new(source, options.cache_bytes)
+                .with_read_ahead(options.read_ahead_threads),
             layouts: Cache::with_weighter(4096, LAYOUT_CACHE_BYTES, LayoutWeighter),
             gc_epoch: AtomicU64::new(u64::MAX),
         };
@@ -271,6 +276,20 @@ impl Reader {
             other => other,
         }?;
         result.ok_or_else(|| StoreError::Invalid("a read was answered twice".into()))
+    }
+
+    /// The verified bytes of content `blob` (`size` bytes long) from `at`
+    /// on, at most `limit` of them, that lie in frames already decoded (see
+    /// [`BlockReader::cached_after`]).
+    pub fn cached_after(
+        &self,
+        blob: i64,
+        size: u64,
+        at: u64,
+        limit: u64,
+    ) -> Result<Vec<(u64, super::CachedBytes)>> {
+        let layout = self.layout(blob, size)?;
+        self.blocks.cached_after(&layout, at, limit)
     }
 
     /// Writes the whole content `blob` to `out`, every chunk verified; a

@@ -1,0 +1,278 @@
+//! A warm program start costs the daemon nothing: real Debian packages
+//! (Python's standard library, Perl's modules) grafted into a store,
+//! mounted with the Index, and walked twice the way interpreters do —
+//! listing directories, `stat` and `lstat` of every entry, reading every
+//! link, opening, `isatty()`, reading and closing every file, asking for
+//! names that do not exist — through `App/Current/` and through the Index.
+//! The daemon's request counter (the `user.nexus.requests` attribute of
+//! each mount's root) must show that the second walk sent nothing but what
+//! the kernel forwards whatever the daemon answers: one `IOCTL` per
+//! `isatty()`, and on the Index an `OPENDIR`/`RELEASEDIR` pair per listing
+//! (the price of a listing never mixing two generations). The kernel is not
+//! asked to apply POSIX ACLs (asking costs a round trip per inode), so a
+//! file whose ACL narrows its owning group must still be refused to it.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{ErrorKind, Read};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use nexus_integration_tests::fixtures::{Scratch, cat_as_nobody, write_file};
+use nexus_integration_tests::nexus::Mount;
+use nexus_integration_tests::{Store, fetch_debs, is_root};
+
+/// What one walk did.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Walked {
+    dirs: u64,
+    files: u64,
+    links: u64,
+    bytes: u64,
+}
+
+/// The request counts of the mount whose root is `root`.
+fn counts(root: &Path) -> BTreeMap<String, u64> {
+    let raw = xattr::get(root, "user.nexus.requests")
+        .unwrap_or_else(|e| panic!("reading the request counts of {}: {e}", root.display()))
+        .unwrap_or_else(|| panic!("{} answers no request counts", root.display()));
+    serde_json::from_slice(&raw).unwrap_or_else(|e| {
+        panic!(
+            "the request counts of {} are not a JSON object of numbers ({e}): {}",
+            root.display(),
+            String::from_utf8_lossy(&raw)
+        )
+    })
+}
+
+/// `after - before`, kinds that did not change left out.
+fn delta(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    after
+        .iter()
+        .filter_map(|(kind, n)| {
+            let d = n - before.get(kind).copied().unwrap_or(0);
+            (d > 0).then(|| (kind.clone(), d))
+        })
+        .collect()
+}
+
+/// Opens, asks `isatty()` (Python does on every open), reads and closes
+/// the file at `path`; returns its length.
+fn read_like_python(path: &Path) -> u64 {
+    let mut file = File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    // SAFETY: isatty on a descriptor we own.
+    let tty = unsafe { libc::isatty(file.as_raw_fd()) };
+    let errno = std::io::Error::last_os_error().raw_os_error();
+    assert!(
+        tty == 0 && errno == Some(libc::ENOTTY),
+        "isatty({}) = {tty}, errno {errno:?}: a file must answer ENOTTY",
+        path.display()
+    );
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)
+        .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    bytes.len() as u64
+}
+
+/// Walks `dir` as an interpreter searching and loading modules would;
+/// `depth` limits how deep (the Index is walked only near its top).
+fn walk(dir: &Path, depth: usize, out: &mut Walked) {
+    out.dirs += 1;
+    let mut names: Vec<_> = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("readdir {}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names.sort();
+    // A module searched where it is not.
+    match fs::symlink_metadata(dir.join("__no_such_module__.py")) {
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        other => panic!("a missing name in {}: {other:?}", dir.display()),
+    }
+    for name in names {
+        let path = dir.join(&name);
+        let meta =
+            fs::symlink_metadata(&path).unwrap_or_else(|e| panic!("lstat {}: {e}", path.display()));
+        if meta.file_type().is_symlink() {
+            out.links += 1;
+            fs::read_link(&path).unwrap_or_else(|e| panic!("readlink {}: {e}", path.display()));
+            match fs::metadata(&path) {
+                Ok(m) if m.is_file() => {
+                    out.files += 1;
+                    out.bytes += read_like_python(&path);
+                }
+                Ok(m) if m.is_dir() && depth > 0 => walk(&path, depth - 1, out),
+                // Links to directories beyond the depth, or dangling (a
+                // package's link to a file another package ships).
+                _ => {}
+            }
+        } else if meta.is_dir() {
+            if depth > 0 {
+                walk(&path, depth - 1, out);
+            }
+        } else {
+            fs::metadata(&path).unwrap();
+            out.files += 1;
+            out.bytes += read_like_python(&path);
+        }
+    }
+}
+
+/// Walks the packages through `Current` and part of the Index; returns
+/// the walks (packages, index).
+fn pass(mount: &Mount, index: &Path) -> (Walked, Walked) {
+    let mut packages = Walked::default();
+    for app in ["libpython3.11-stdlib", "perl-modules-5.36"] {
+        walk(&mount.join(app).join("Current"), usize::MAX, &mut packages);
+    }
+    let mut indexed = Walked::default();
+    walk(&index.join("lib/python3.11"), 1, &mut indexed);
+    walk(&index.join("share/perl"), 2, &mut indexed);
+    (packages, indexed)
+}
+
+#[test]
+fn a_warm_walk_sends_the_daemon_nothing_avoidable() {
+    if !is_root() {
+        eprintln!("a_warm_walk_sends_the_daemon_nothing_avoidable: skipped, mounting needs root");
+        return;
+    }
+    let scratch = Scratch::new("warm-requests");
+    let store = Store::init();
+    let debs = fetch_debs(&["libpython3.11-stdlib", "perl-modules-5.36"]);
+    let mut add = vec!["add".to_string()];
+    add.extend(debs.iter().map(|d| d.to_string_lossy().into_owned()));
+    store.ok(&add);
+    let index = scratch.join("index");
+    fs::create_dir_all(&index).unwrap();
+    let index = fs::canonicalize(index).unwrap();
+    let mount = Mount::start(
+        store.path(),
+        &scratch.join("mnt"),
+        &["--index", index.to_str().unwrap()],
+    );
+
+    let cold = (counts(mount.point()), counts(&index));
+    let (first, first_index) = pass(&mount, &index);
+    let warm = (counts(mount.point()), counts(&index));
+    let (second, second_index) = pass(&mount, &index);
+    let after = (counts(mount.point()), counts(&index));
+    assert_eq!(first, second, "the two walks saw different trees");
+    assert_eq!(first_index, second_index, "the two index walks differ");
+    assert!(
+        second.files > 1000 && second_index.files > 100 && second_index.links > 100,
+        "too small a walk to mean anything: {second:?}, index {second_index:?}"
+    );
+
+    let cold_mount = delta(&cold.0, &warm.0);
+    for kind in ["LOOKUP", "READ", "READDIRPLUS"] {
+        assert!(
+            cold_mount.contains_key(kind),
+            "the cold walk sent no {kind}: is the counter counting? {cold_mount:?}"
+        );
+    }
+    let warm_mount = delta(&warm.0, &after.0);
+    let warm_index = delta(&warm.1, &after.1);
+    eprintln!(
+        "walked {second:?} and in the index {second_index:?}; cold: {cold_mount:?}, index {:?}; \
+         warm: {warm_mount:?}, index {warm_index:?}",
+        delta(&cold.1, &warm.1)
+    );
+    // The floor: the kernel forwards every ioctl, and remembers no answer.
+    let opened = second.files + second_index.files;
+    assert_eq!(
+        warm_mount,
+        BTreeMap::from([("IOCTL".to_string(), opened)]),
+        "a warm walk of the mount sent requests besides one IOCTL per opened file\n{}",
+        mount.log()
+    );
+    let avoidable: BTreeMap<_, _> = warm_index
+        .iter()
+        .filter(|(kind, _)| *kind != "OPENDIR" && *kind != "RELEASEDIR")
+        .collect();
+    assert!(
+        avoidable.is_empty(),
+        "a warm walk through the Index sent {avoidable:?}\n{}",
+        mount.log()
+    );
+    // (Some of the directories walked are package directories reached
+    // through index links: they are listed from the kernel's cache.)
+    let opened_dirs = warm_index.get("OPENDIR").copied().unwrap_or(0);
+    assert!(
+        opened_dirs > 0 && opened_dirs <= second_index.dirs,
+        "at most one OPENDIR per index directory listed: {warm_index:?}"
+    );
+    mount.umount();
+}
+
+/// A POSIX access ACL in the kernel's xattr encoding: version 2, then
+/// (tag, perm, id) entries.
+fn acl_xattr(entries: &[(u16, u16)]) -> Vec<u8> {
+    let mut out = 2u32.to_le_bytes().to_vec();
+    for (tag, perm) in entries {
+        out.extend_from_slice(&tag.to_le_bytes());
+        out.extend_from_slice(&perm.to_le_bytes());
+        out.extend_from_slice(&u32::MAX.to_le_bytes());
+    }
+    out
+}
+
+#[test]
+fn an_acl_narrowing_the_owning_group_is_enforced() {
+    if !is_root() {
+        eprintln!("an_acl_narrowing_the_owning_group_is_enforced: skipped, mounting needs root");
+        return;
+    }
+    let scratch = Scratch::new("acl");
+    let src = scratch.join("src");
+    // Both files mode 0640, group nogroup (65534): the group may read. On
+    // `secret` an ACL says otherwise: group::--- with mask::r-- (which is
+    // what the mode's group bits show).
+    for name in ["secret", "open"] {
+        let path = src.join(name);
+        write_file(&path, format!("{name}\n").as_bytes());
+        std::os::unix::fs::chown(&path, Some(0), Some(65534)).unwrap();
+        nexus_integration_tests::fixtures::chmod(&path, 0o640);
+    }
+    let secret = src.join("secret");
+    let (user_obj, group_obj, mask, other) = (0x01, 0x04, 0x10, 0x20);
+    xattr::set(
+        &secret,
+        "system.posix_acl_access",
+        &acl_xattr(&[(user_obj, 6), (group_obj, 0), (mask, 4), (other, 0)]),
+    )
+    .expect("setting an ACL on the scratch file system");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        fs::metadata(&secret).unwrap().permissions().mode() & 0o777,
+        0o640,
+        "setup: the mode's group bits show the mask"
+    );
+    assert!(
+        !cat_as_nobody(&secret),
+        "setup: the ACL refuses the group natively"
+    );
+    assert!(
+        cat_as_nobody(&src.join("open")),
+        "setup: the group reads the other file"
+    );
+
+    let store = Store::init();
+    store.ok([
+        "add",
+        src.to_str().unwrap(),
+        "--name",
+        "acl",
+        "--version",
+        "1",
+    ]);
+    let mount = Mount::start(store.path(), &scratch.join("mnt"), &["--allow-other"]);
+    assert!(
+        cat_as_nobody(&mount.join("acl/1/open")),
+        "a member of the owning group cannot read a 0640 file"
+    );
+    assert!(
+        !cat_as_nobody(&mount.join("acl/1/secret")),
+        "a member of the owning group read a file whose ACL refuses it"
+    );
+    mount.umount();
+}
