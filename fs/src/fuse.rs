@@ -495,17 +495,17 @@ pub fn adopt(
     device: std::os::fd::OwnedFd,
     mountpoint: &Path,
     options: &MountOptions,
-) -> Mounted<NexusFs> {
+) -> io::Result<Mounted<NexusFs>> {
     let lookups = view.new_client_holding(held);
-    let mut mounted = session::adopt(
-        NexusFs {
-            view,
-            lookups: lookups.clone(),
-        },
-        device,
-        mountpoint,
-        options,
-    );
+    let fs = NexusFs {
+        view: view.clone(),
+        lookups: lookups.clone(),
+        counts: Arc::default(),
+        pusher: Arc::default(),
+    };
+    let pusher = fs.pusher.clone();
+    let mut mounted = session::adopt(fs, device, mountpoint, options);
     mounted.lookups = Some(lookups);
-    mounted
+    pusher.start(view, mounted.notifier())?;
+    Ok(mounted)
 }

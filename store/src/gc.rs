@@ -38,7 +38,7 @@ use std::time::Duration;
 use crate::catalog::sweep::{self, PackUse, Retention};
 use crate::error::{Result, StoreError};
 use crate::lock::{GC_LOCK, INGEST_LOCK, StoreLock};
-use crate::pack::{BlockBuilder, BlockEncoder, ChunkKind, PACK_SUFFIX, PackWriter, SealedPack};
+use crate::pack::{BlockBuilder, BlockEncoder, PACK_SUFFIX, PackWriter, SealedPack};
 use crate::runtime;
 use crate::store::{NoProgress, Progress, Store, now_secs, sync_dir};
 

@@ -55,7 +55,8 @@ pub(super) fn mounts(view: &Arc<View>, settings: &Settings) -> Result<Option<Mou
         "resuming the live mount on {} that the previous daemon left",
         mountpoint.display()
     );
-    let main = fuse::adopt(view.clone(), &[], main_fd, mountpoint, &settings.mount);
+    let main = fuse::adopt(view.clone(), &[], main_fd, mountpoint, &settings.mount)
+        .context("starting to serve the mount systemd kept")?;
     let index = match &settings.index {
         Some(dir) => {
             if let Some(fd) = index_fd {

@@ -221,7 +221,8 @@ fn adopt(
         main_fd,
         &settings.mountpoint,
         &settings.mount,
-    );
+    )
+    .context("starting to serve the handed-over mount")?;
     let index = match &settings.index {
         Some(dir) => {
             let paths = state
