@@ -21,7 +21,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use nexus_store::hash::Hash;
+use nexus_store::Hash;
 use nexus_store::pack::{BLOCK_HEADER_LEN, TABLE_ENTRY_LEN, decode_block};
 
 #[derive(Clone, Copy, Debug)]
