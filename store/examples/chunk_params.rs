@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use nexus_store::Hash;
-use nexus_store::Hash;
 use nexus_store::chunker::chunk_stream;
 use nexus_store::pack::{BlockBuilder, BlockEncoder, ChunkKind};
 use nexus_store::params::ChunkParams;
