@@ -76,6 +76,98 @@ impl Clients {
     }
 }
 
+/// One request of the fetcher link (FORMAT.md, "Fetcher link"): bytes
+/// `start..start+len` of `packs/NAME` on the remote whose id is `remote`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RangeRequest {
+    /// The remote's catalog id.
+    pub remote: i64,
+    /// First byte.
+    pub start: u64,
+    /// How many bytes.
+    pub len: u32,
+    /// The pack's object name, as sent (checked by [`RangeRequest::checked`]).
+    pub name: Vec<u8>,
+}
+
+impl RangeRequest {
+    /// Bytes before the name.
+    const HEAD_LEN: usize = 21;
+
+    /// The request as sent; `None` when the name is longer than 255 bytes
+    /// (no pack name is).
+    pub fn encode(&self) -> Option<Vec<u8>> {
+        let name_len = u8::try_from(self.name.len()).ok()?;
+        let mut out = Vec::with_capacity(Self::HEAD_LEN + self.name.len());
+        out.extend_from_slice(&self.remote.to_le_bytes());
+        out.extend_from_slice(&self.start.to_le_bytes());
+        out.extend_from_slice(&self.len.to_le_bytes());
+        out.push(name_len);
+        out.extend_from_slice(&self.name);
+        Some(out)
+    }
+
+    /// Reads one request; `None` when the stream ends before a request
+    /// begins (the daemon closed the connection).
+    pub fn read_from(stream: &mut impl Read) -> io::Result<Option<RangeRequest>> {
+        let mut head = [0u8; Self::HEAD_LEN];
+        match stream.read_exact(&mut head) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        let [
+            r0,
+            r1,
+            r2,
+            r3,
+            r4,
+            r5,
+            r6,
+            r7,
+            s0,
+            s1,
+            s2,
+            s3,
+            s4,
+            s5,
+            s6,
+            s7,
+            l0,
+            l1,
+            l2,
+            l3,
+            n,
+        ] = head;
+        let mut name = vec![0u8; usize::from(n)];
+        stream.read_exact(&mut name)?;
+        Ok(Some(RangeRequest {
+            remote: i64::from_le_bytes([r0, r1, r2, r3, r4, r5, r6, r7]),
+            start: u64::from_le_bytes([s0, s1, s2, s3, s4, s5, s6, s7]),
+            len: u32::from_le_bytes([l0, l1, l2, l3]),
+            name,
+        }))
+    }
+
+    /// The pack name and byte range asked for, if the request is one a
+    /// fetcher may serve: a well-formed pack name, 1 to [`MAX_RANGE`]
+    /// bytes, a range that does not pass 2^64.
+    pub fn checked(&self) -> std::result::Result<(&str, Range<u64>), String> {
+        let pack = std::str::from_utf8(&self.name)
+            .ok()
+            .filter(|n| is_pack_name(n))
+            .ok_or("not a pack name")?;
+        if self.len == 0 || self.len > MAX_RANGE {
+            return Err(format!("a range of {} bytes", self.len));
+        }
+        let end = self
+            .start
+            .checked_add(u64::from(self.len))
+            .ok_or("a range past 2^64")?;
+        Ok((pack, self.start..end))
+    }
+}
+
 /// The fetcher process's side: the remotes it serves.
 pub struct FetcherServer {
     remotes: HashMap<i64, RemoteRow>,
@@ -94,19 +186,8 @@ impl FetcherServer {
 
     /// Answers the requests of one connection until the daemon closes it.
     pub fn serve(&self, mut stream: UnixStream) -> io::Result<()> {
-        loop {
-            let mut head = [0u8; 21];
-            match stream.read_exact(&mut head) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
-                Err(e) => return Err(e),
-            }
-            let id = i64::from_le_bytes(head[0..8].try_into().unwrap_or_default());
-            let start = u64::from_le_bytes(head[8..16].try_into().unwrap_or_default());
-            let len = u32::from_le_bytes(head[16..20].try_into().unwrap_or_default());
-            let mut name = vec![0u8; usize::from(head[20])];
-            stream.read_exact(&mut name)?;
-            let answer = self.answer(id, start, len, &name);
+        while let Some(request) = RangeRequest::read_from(&mut stream)? {
+            let answer = self.answer(&request);
             let (status, body) = match &answer {
                 Ok(bytes) => (OK, bytes.as_ref()),
                 Err(why) => (FAILED, why.as_bytes()),
@@ -117,31 +198,17 @@ impl FetcherServer {
             out.extend_from_slice(body);
             stream.write_all(&out)?;
         }
+        Ok(())
     }
 
-    fn answer(
-        &self,
-        id: i64,
-        start: u64,
-        len: u32,
-        name: &[u8],
-    ) -> std::result::Result<Bytes, String> {
-        let pack = std::str::from_utf8(name)
-            .ok()
-            .filter(|n| is_pack_name(n))
-            .ok_or("not a pack name")?;
+    fn answer(&self, request: &RangeRequest) -> std::result::Result<Bytes, String> {
+        let (pack, range) = request.checked()?;
         let remote = self
             .remotes
-            .get(&id)
+            .get(&request.remote)
             .ok_or("a remote added after the daemon started (restart the daemon to read it)")?;
-        if len == 0 || len > MAX_RANGE {
-            return Err(format!("a range of {len} bytes"));
-        }
-        let end = start
-            .checked_add(u64::from(len))
-            .ok_or("a range past 2^64")?;
         self.clients
-            .get_range(remote, pack, start..end)
+            .get_range(remote, pack, range)
             .map_err(|e| e.to_string())
     }
 }
@@ -187,7 +254,14 @@ impl FetcherLink {
             .ok()
             .filter(|&l| l <= MAX_RANGE)
             .ok_or_else(|| unavailable("a range too long for one request".into()))?;
-        let name = u8::try_from(pack.len()).map_err(|_| unavailable("not a pack name".into()))?;
+        let request = RangeRequest {
+            remote: remote.id,
+            start: range.start,
+            len,
+            name: pack.as_bytes().to_vec(),
+        }
+        .encode()
+        .ok_or_else(|| unavailable("not a pack name".into()))?;
         let mut stream = {
             let mut pool = self.pool();
             loop {
@@ -200,12 +274,6 @@ impl FetcherLink {
                 pool = self.returned.wait(pool).unwrap_or_else(|p| p.into_inner());
             }
         };
-        let mut request = Vec::with_capacity(21 + pack.len());
-        request.extend_from_slice(&remote.id.to_le_bytes());
-        request.extend_from_slice(&range.start.to_le_bytes());
-        request.extend_from_slice(&len.to_le_bytes());
-        request.push(name);
-        request.extend_from_slice(pack.as_bytes());
         let exchange = |stream: &mut UnixStream| -> io::Result<(u8, Vec<u8>)> {
             stream.write_all(&request)?;
             let mut head = [0u8; 5];
@@ -239,6 +307,54 @@ impl FetcherLink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        #[test]
+        fn requests_read_back_as_written(
+            remote in proptest::prelude::any::<i64>(),
+            start in proptest::prelude::any::<u64>(),
+            len in proptest::prelude::any::<u32>(),
+            name in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..=255),
+        ) {
+            let request = RangeRequest { remote, start, len, name };
+            let bytes = request.encode().expect("a name of at most 255 bytes");
+            let mut reader = &bytes[..];
+            let back = RangeRequest::read_from(&mut reader).unwrap();
+            proptest::prop_assert_eq!(back, Some(request));
+            proptest::prop_assert!(reader.is_empty());
+        }
+    }
+
+    #[test]
+    fn bad_requests_are_refused_and_cut_ones_are_errors() {
+        let ok = RangeRequest {
+            remote: 1,
+            start: 5,
+            len: 10,
+            name: PACK.as_bytes().to_vec(),
+        };
+        assert_eq!(ok.checked(), Ok((PACK, 5..15)));
+        let with = |f: &dyn Fn(&mut RangeRequest)| {
+            let mut r = ok.clone();
+            f(&mut r);
+            r.checked().is_err()
+        };
+        assert!(with(&|r| r.name = b"../catalog.db".to_vec()));
+        assert!(with(&|r| r.len = 0));
+        assert!(with(&|r| r.len = MAX_RANGE + 1));
+        assert!(with(&|r| r.start = u64::MAX));
+        let bytes = ok.encode().unwrap();
+        assert_eq!(RangeRequest::read_from(&mut &bytes[..0]).unwrap(), None);
+        assert!(RangeRequest::read_from(&mut &bytes[..30]).is_err());
+        assert!(
+            RangeRequest {
+                name: vec![b'a'; 256],
+                ..ok
+            }
+            .encode()
+            .is_none()
+        );
+    }
 
     const PACK: &str = "0123456789abcdef0123456789abcdef.pack";
 
