@@ -11,7 +11,7 @@
 
 use std::ffi::OsString;
 use std::sync::Barrier;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use nexus_integration_tests::debs::{Unpacked, fetch_and_unpack};
@@ -35,15 +35,21 @@ struct Round {
 }
 
 /// Starts the four adds (`add_args[i]` each) at once, plus a thread running
-/// `nip gc --keep 1 --grace 0` back to back, starting `gc_delay` later, until
-/// all adds have finished.
+/// `nip gc --keep 1 --grace 0` back to back until all adds have finished,
+/// starting `gc_delay` later or as soon as the first add has finished,
+/// whichever comes first: adds that reuse garbage can all end within a
+/// fraction of the delay, and a round in which gc never ran tests nothing.
 fn concurrent_round(store: &Store, add_args: &[Vec<OsString>], gc_delay: Duration) -> Round {
     let start = Barrier::new(add_args.len() + 1);
     let adds_done = AtomicBool::new(false);
+    let adds_finished = AtomicUsize::new(0);
     std::thread::scope(|s| {
         let gc = s.spawn(|| {
             start.wait();
-            std::thread::sleep(gc_delay);
+            let woke = Instant::now();
+            while woke.elapsed() < gc_delay && adds_finished.load(Ordering::SeqCst) == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
             let mut runs = Vec::new();
             while !adds_done.load(Ordering::SeqCst) {
                 runs.push(store.run(["gc", "--keep", "1", "--grace", "0"]));
@@ -53,10 +59,12 @@ fn concurrent_round(store: &Store, add_args: &[Vec<OsString>], gc_delay: Duratio
         let adders: Vec<_> = add_args
             .iter()
             .map(|args| {
-                let start = &start;
+                let (start, adds_finished) = (&start, &adds_finished);
                 s.spawn(move || {
                     start.wait();
-                    store.run(args)
+                    let run = store.run(args);
+                    adds_finished.fetch_add(1, Ordering::SeqCst);
+                    run
                 })
             })
             .collect();
