@@ -3,10 +3,11 @@
 //!
 //! A reader of one large file is otherwise one thread decoding one frame
 //! after another, each request waiting for its decode: one core, however
-//! many the machine has. After every read that continues the previous one
-//! (within [`AHEAD_BYTES`] of where it ended), the chunks of the next
-//! [`AHEAD_BYTES`] whose frames are not decoded yet are queued for the
-//! read-ahead threads, which decode them into the shared frame cache. The
+//! many the machine has. Once [`SEQUENTIAL_READS`] reads in a row each
+//! continued the one before (within [`AHEAD_BYTES`] of where it ended: the
+//! kernel's own read-ahead requests may arrive out of order), the chunks of
+//! the next [`AHEAD_BYTES`] whose frames are not decoded yet are queued for
+//! the read-ahead threads, which decode them into the shared frame cache. The
 //! queue is bounded and never waited for: a read-ahead that cannot keep up
 //! is dropped, and the reader decodes the frame itself as it would without
 //! read-ahead. Memory stays bounded by the frame cache.
@@ -23,6 +24,12 @@ use crate::pack::ChunkLocation;
 /// How far past a read its read-ahead reaches, and how close a read must be
 /// to the end of the previous one to count as sequential.
 pub(super) const AHEAD_BYTES: u64 = 2 << 20;
+
+/// Reads in a row that must each continue the one before for the reads to
+/// count as sequential. One is not enough: random reads of a large file
+/// land near the previous one now and then, and each false start would
+/// decode [`AHEAD_BYTES`] nobody reads, on the cores the reader needs.
+const SEQUENTIAL_READS: u32 = 2;
 
 /// Chunks waiting for a read-ahead thread; more are dropped.
 const QUEUE: usize = 64;
@@ -50,11 +57,11 @@ impl ReadAhead {
         Ok(ReadAhead { queue })
     }
 
-    /// Called after a read of `offset..end` of `layout`: if it continues
-    /// the previous read of the same content, queues what follows.
+    /// Called after a read of `offset..end` of `layout`: if it and the
+    /// reads before it read the content sequentially, queues what follows.
     pub(super) fn after_read(&self, frames: &Frames, layout: &Layout, offset: u64, end: u64) {
-        let previous = layout.note_read(end);
-        if previous.abs_diff(offset) > AHEAD_BYTES || end >= layout.size() {
+        let streak = layout.note_read(offset, end, AHEAD_BYTES);
+        if streak < SEQUENTIAL_READS || end >= layout.size() {
             return;
         }
         let until = layout.size().min(end + AHEAD_BYTES);

@@ -1,7 +1,7 @@
 //! Where the bytes of one file content are: its chunks in order, and the
 //! offset in the file at which each starts.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::error::{Result, StoreError};
 use crate::pack::ChunkLocation;
@@ -14,6 +14,8 @@ pub struct Layout {
     size: u64,
     /// Where the last read of this content ended (for read-ahead).
     last_read_end: AtomicU64,
+    /// How many reads in a row continued the one before (for read-ahead).
+    sequential_reads: AtomicU32,
 }
 
 impl Layout {
@@ -31,6 +33,7 @@ impl Layout {
             starts,
             size: at,
             last_read_end: AtomicU64::new(u64::MAX),
+            sequential_reads: AtomicU32::new(0),
         }
     }
 
@@ -71,10 +74,19 @@ impl Layout {
         self.starts[i]
     }
 
-    /// Records that a read of this content ended at `end`; returns where the
-    /// previous one ended (`u64::MAX` before the first).
-    pub(crate) fn note_read(&self, end: u64) -> u64 {
-        self.last_read_end.swap(end, Ordering::Relaxed)
+    /// Records a read of `offset..end` of this content; returns how many
+    /// reads in a row, this one included, began within `gap` bytes of where
+    /// the one before ended (0: this read did not).
+    pub(crate) fn note_read(&self, offset: u64, end: u64, gap: u64) -> u32 {
+        let previous = self.last_read_end.swap(end, Ordering::Relaxed);
+        if previous != u64::MAX && previous.abs_diff(offset) <= gap {
+            self.sequential_reads
+                .fetch_add(1, Ordering::Relaxed)
+                .saturating_add(1)
+        } else {
+            self.sequential_reads.store(0, Ordering::Relaxed);
+            0
+        }
     }
 
     /// Approximate memory the layout takes (for cache weights).
@@ -122,6 +134,19 @@ mod tests {
             inner,
             ..loc(len)
         }
+    }
+
+    #[test]
+    fn only_reads_that_continue_the_one_before_make_a_streak() {
+        let layout = Layout::of_chunks(vec![loc(1 << 20), loc(1 << 20)]);
+        // The first read continues nothing.
+        assert_eq!(layout.note_read(0, 4096, 1024), 0);
+        assert_eq!(layout.note_read(4096, 8192, 1024), 1);
+        // Out of order by less than the gap still counts.
+        assert_eq!(layout.note_read(8192 + 512, 9000, 1024), 2);
+        // A jump ends the streak; the read after it starts a new one.
+        assert_eq!(layout.note_read(500_000, 504_096, 1024), 0);
+        assert_eq!(layout.note_read(504_096, 508_192, 1024), 1);
     }
 
     #[test]
