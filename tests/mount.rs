@@ -324,6 +324,39 @@ fn sigterm_detaches_a_busy_mount_and_the_daemon_ends_with_its_last_user() {
     mount.assert_gone(Duration::from_secs(10), "after the last user left");
 }
 
+/// The read-ahead window, in KiB, of the file system mounted at `point`
+/// (its backing device info in sysfs, found by the device number).
+fn read_ahead_kib(point: &Path) -> u32 {
+    let dev = fs::metadata(point)
+        .unwrap_or_else(|e| panic!("stat {}: {e}", point.display()))
+        .dev();
+    let file = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    );
+    fs::read_to_string(&file)
+        .unwrap_or_else(|e| panic!("reading {file}: {e}"))
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{file}: {e}"))
+}
+
+#[test]
+fn a_mount_reads_large_files_ahead_in_wide_windows() {
+    if !root_or_skip("a_mount_reads_large_files_ahead_in_wide_windows") {
+        return;
+    }
+    let scratch = Scratch::new("mount-read-ahead");
+    let (store, data) = small_store(&scratch);
+    let mount = Mount::start(store.path(), &scratch.join("mnt"), &[]);
+    // The kernel's default for a FUSE mount is 128 KiB, one 128 KiB
+    // request after another for a sequential reader.
+    assert_eq!(read_ahead_kib(mount.point()), 4096, "{}", mount.log());
+    let read = fs::read(mount.join("small/1/data/big.bin")).expect("read the large file");
+    assert!(read == data, "the large file read back differs");
+}
+
 #[test]
 fn damaged_data_reads_as_an_error_never_as_other_bytes() {
     if !root_or_skip("damaged_data_reads_as_an_error") {

@@ -42,15 +42,18 @@ use crate::view::View;
 
 mod counts;
 mod index;
+mod mountinfo;
 mod push;
 mod reply;
 mod session;
 
 pub use counts::{Op, REQUESTS_XATTR, RequestCounts};
 pub use index::{INDEX_TTL, IndexFollower, IndexFs, adopt_index, index_invalidations, mount_index};
+pub use mountinfo::{mount_device, read_ahead, set_read_ahead};
 use reply::{errno, file_attr, fill_dir, fill_dir_plus, reply_xattr};
 pub use session::{
-    Invalidator, MountOptions, Mounted, RESEND_AFTER, Unmounted, Unmounter, detach, fusermount,
+    Invalidator, MountOptions, Mounted, READ_AHEAD_KIB, RESEND_AFTER, Unmounted, Unmounter, detach,
+    fusermount,
 };
 
 /// How long the kernel may keep what never changes: package entries and
@@ -312,7 +315,10 @@ impl Filesystem for NexusFs {
         match (read, reply) {
             (Err(e), Some(reply)) => reply.error(errno("read", ino, &e)),
             // Not the end of the file: what follows may be decoded already.
-            (Ok(len), _) if len == size as usize => {
+            // A READ as large as the kernel's widest read-ahead request
+            // means the kernel is reading ahead in wide windows itself:
+            // pushing would copy the same pages into its cache twice.
+            (Ok(len), _) if len == size as usize && size < push::KERNEL_READS_AHEAD => {
                 self.pusher.offer(ino.0, offset + u64::from(size));
             }
             _ => {}

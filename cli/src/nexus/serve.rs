@@ -160,6 +160,7 @@ impl Settings {
                 threads: request.threads,
                 suid: is_root() && !request.nosuid,
                 source: request.store.clone(),
+                read_ahead_kib: fuse::READ_AHEAD_KIB,
             },
             cache_bytes: request.cache_bytes,
             pid_file: request.pid_file.clone(),

@@ -245,6 +245,8 @@ pub fn mount_index(
 ) -> io::Result<Mounted<IndexFs>> {
     let options = MountOptions {
         suid: false,
+        // Symbolic links only: nothing to read ahead.
+        read_ahead_kib: 0,
         ..options.clone()
     };
     session::mount(IndexFs::new(index), mountpoint, "nexus-index", &options)

@@ -26,6 +26,10 @@ use crate::view::View;
 /// How far past a read the pusher stores what is decoded.
 pub const PUSH_BYTES: u64 = 2 << 20;
 
+/// READs of at least this many bytes are the kernel's own read-ahead at
+/// full width (see [`super::READ_AHEAD_KIB`]): nothing is pushed after them.
+pub(super) const KERNEL_READS_AHEAD: u32 = 512 << 10;
+
 /// Offers waiting for the pusher; more are dropped.
 const QUEUE: usize = 256;
 

@@ -33,7 +33,18 @@ pub struct MountOptions {
     /// The mount's source as mount tables show it (`findmnt`'s SOURCE):
     /// the store directory.
     pub source: PathBuf,
+    /// How far ahead the kernel reads a file read sequentially, in KiB
+    /// (see [`super::set_read_ahead`]); 0 leaves the kernel's default.
+    /// Set when the mount is made (by root); a mount taken over keeps it.
+    pub read_ahead_kib: u32,
 }
+
+/// The read-ahead window of a `/Programs` mount, in KiB: wide enough that
+/// the kernel asks for a large file 1 MiB (the most one request carries)
+/// at a time with several requests in flight, which lets every core decode.
+/// Reads of scattered pages (a program's page faults) are not widened by
+/// it: the kernel reads ahead only around what it sees read sequentially.
+pub const READ_AHEAD_KIB: u32 = 4096;
 
 /// A mounted file system, not yet serving requests.
 pub struct Mounted<FS: Filesystem> {
@@ -95,6 +106,17 @@ pub(super) fn mount<FS: Filesystem>(
         },
     ];
     let session = Session::new(fs, mountpoint, &config)?;
+    if options.read_ahead_kib > 0
+        && let Err(e) = super::set_read_ahead(mountpoint, options.read_ahead_kib)
+    {
+        // Only root may write sysfs; the mount works with the default.
+        let mountpoint = mountpoint.display();
+        if is_root() {
+            tracing::warn!("read-ahead of {mountpoint} left at the kernel's default: {e}");
+        } else {
+            tracing::debug!("read-ahead of {mountpoint} left at the kernel's default: {e}");
+        }
+    }
     Ok(Mounted {
         session,
         mountpoint: mountpoint.to_path_buf(),

@@ -68,7 +68,6 @@ mod args;
 mod fetcher;
 mod filter;
 mod keeper;
-mod mountinfo;
 mod rules;
 mod selftest;
 mod threads;
@@ -492,7 +491,8 @@ fn keeper_plan(c: &Confinement, root: bool, last_cap: u32) -> Result<KeeperPlan>
             Ok(KeptMount {
                 unique_id: keeper::unique_mount_id(&path_c).ok().flatten(),
                 path: path_c,
-                dev: mountinfo::mount_device(path)?,
+                dev: nexus_fs::fuse::mount_device(path)
+                    .with_context(|| format!("finding the device of {}", path.display()))?,
             })
         })
         .collect::<Result<Vec<_>>>()?;

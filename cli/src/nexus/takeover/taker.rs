@@ -70,6 +70,8 @@ fn settings_of(offer: &Offer, request: &TakeoverRequest) -> Result<Settings> {
             threads: offer.threads.max(1),
             suid: offer.suid,
             source: store.clone(),
+            // A mount taken over keeps the window it was made with.
+            read_ahead_kib: fuse::READ_AHEAD_KIB,
         },
         store,
         mountpoint,
