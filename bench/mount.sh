@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
-# Mount benchmark: `nexus mount` vs squashfuse vs erofsfuse vs the native
-# unpacked tree, measured in the same run.
+# Mount benchmark: `nexus mount` vs squashfuse vs erofsfuse vs the kernel's
+# erofs vs the native unpacked tree, measured in the same run.
 #
 #   bench/mount.sh [options]
 #
 # Options:
 #   --smoke             build a tiny corpus (hello, jq, libonig5) in a temp
-#                       dir and run every step on it (< 1 min). erofsfuse is
-#                       measured only if it is already built (see below).
+#                       dir and run every step on it (< 1 min). erofsfuse and
+#                       erofs are measured only if erofs-utils is already
+#                       built (see below).
 #   --runs N            repetitions of every measurement, median reported
 #                       (default 1)
 #   --fs LIST           comma-separated subset of native,nexus,squashfuse,
-#                       squashfuse_ll,erofsfuse (default: all five)
+#                       squashfuse_ll,erofsfuse,erofs (default: all six;
+#                       erofs = the kernel's driver on the erofsfuse image)
 #   --store DIR         mount this existing nexus store, which must hold the
 #                       corpus, instead of building a fresh one with nip
 #   --erofs-src SRC     erofs-utils source to build erofsfuse and mkfs.erofs
@@ -73,7 +75,7 @@ ANCHOR_EROFS_COLD_READ_S=15.8
 RAND_SEED=20261127
 MOUNT_TIMEOUT=120             # seconds a mount command may take
 
-all_fs="native,nexus,squashfuse,squashfuse_ll,erofsfuse"
+all_fs="native,nexus,squashfuse,squashfuse_ll,erofsfuse,erofs"
 smoke=0 runs=1 check=0 keep=0 verify=0 readers=4 rand_reads=20000
 fs_arg=$all_fs
 store_arg=""
@@ -261,7 +263,9 @@ drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 
 alive() { [[ -e /proc/$1/status ]] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null; }
 
+# The daemon binary of each FUSE file system; the kernel's erofs has none.
 declare -A bin_of=([nexus]="$nexus" [squashfuse]=squashfuse [squashfuse_ll]=squashfuse_ll [erofsfuse]="")
+has_daemon() { [[ -v bin_of[$1] ]]; }
 
 # daemon_pid V MP: the process that has MP as one of its arguments, preferring
 # one named like V's binary.
@@ -302,6 +306,7 @@ mount_fs() {
         nexus) cmd=("$nexus" --store "$store" mount "$mp") ;;
         squashfuse|squashfuse_ll) cmd=("$v" "$sqfs_img" "$mp") ;;
         erofsfuse) cmd=("$erofsfuse_bin" "$erofs_img" "$mp") ;;
+        erofs) cmd=(mount -t erofs -o "ro,loop" "$erofs_img" "$mp") ;;
     esac
     printf '%q ' "${cmd[@]}" > "$logs/mount-$v.cmd"
     t0=${EPOCHREALTIME/./}
@@ -327,6 +332,7 @@ mount_fs() {
         error "$v: $mp/$probe exists but $mp is not a mount point"
         return 1
     fi
+    has_daemon "$v" || return 0
     dpid[$v]=$(daemon_pid "$v" "$mp")
     [[ -n ${dpid[$v]} ]] || warn "$v: daemon process not found (no RSS figures)"
     return 0
@@ -338,7 +344,7 @@ umount_fs() {
     [[ -n $mp ]] || return 0
     if [[ $v == nexus ]]; then
         "$nexus" umount "$mp" >> "$logs/umount-$v.log" 2>&1 || rc=$?
-    elif [[ -n $fusermount ]]; then
+    elif has_daemon "$v" && [[ -n $fusermount ]]; then
         "$fusermount" -u "$mp" >> "$logs/umount-$v.log" 2>&1 || rc=$?
     else
         umount "$mp" >> "$logs/umount-$v.log" 2>&1 || rc=$?
@@ -460,12 +466,29 @@ if want squashfuse || want squashfuse_ll; then
     sqfs_bytes=$(stat -c %s "$sqfs_img")
 fi
 
-# ---- erofsfuse -----------------------------------------------------------------
-# erofsfuse and mkfs.erofs come from $tools_dir/bin (Debian 12 packages no
+# ---- erofs image: erofsfuse and the kernel's erofs --------------------------
+# mkfs.erofs and erofsfuse come from $tools_dir/bin (Debian 12 packages no
 # erofsfuse). They are built there from an erofs-utils source when missing.
+# One image serves both erofsfuse and the kernel's erofs driver, so the two
+# differ only in who reads it.
 erofsfuse_bin="$tools_dir/bin/erofsfuse" mkfs_erofs="$tools_dir/bin/mkfs.erofs"
 erofs_img="" erofs_build_s="" erofs_bytes="" erofs_source="" erofs_tool_source=""
 erofs_ref=${EROFS_UTILS_REF:-v1.9.3}
+erofs_family=()   # the wanted file systems that need the erofs image
+for v in erofsfuse erofs; do want "$v" && erofs_family+=("$v"); done
+skip_erofs_family() {   # skip_erofs_family REASON: skip every wanted one not skipped yet
+    local v
+    for v in "${erofs_family[@]}"; do
+        [[ -n ${skipped_fs[$v]:-} ]] || skip_fs "$v" "$1"
+    done
+}
+erofs_family_left() {   # true while some wanted erofs-family file system is not skipped
+    local v
+    for v in "${erofs_family[@]}"; do
+        [[ -n ${skipped_fs[$v]:-} ]] || return 0
+    done
+    return 1
+}
 
 find_erofs_src() {
     local c
@@ -483,7 +506,7 @@ build_erofs() {   # build_erofs SRC: build into $tools_dir; 1 + skip reason on f
         pkg-config --exists "$c" 2>/dev/null || missing+=("$c.pc")
     done
     if [[ ${#missing[@]} -gt 0 ]]; then
-        skip_fs erofsfuse "cannot build erofs-utils, missing: ${missing[*]} (apt-get install -y build-essential autoconf automake libtool pkg-config libfuse3-dev liblz4-dev libzstd-dev uuid-dev)"
+        skip_erofs_family "cannot build erofs-utils, missing: ${missing[*]} (apt-get install -y build-essential autoconf automake libtool pkg-config libfuse3-dev liblz4-dev libzstd-dev uuid-dev)"
         return 1
     fi
     log "building erofs-utils (erofsfuse, mkfs.erofs) from $src into $tools_dir (log: $blog)"
@@ -498,49 +521,58 @@ build_erofs() {   # build_erofs SRC: build into $tools_dir; 1 + skip reason on f
         (cd "$b" && ./autogen.sh && ./configure --prefix="$tools_dir" --enable-fuse &&
             make -j"$(nproc)" && make install)
     } > "$blog" 2>&1 || {
-        skip_fs erofsfuse "building erofs-utils from $src failed: $(tail -1 "$blog") (full log: $blog)"
+        skip_erofs_family "building erofs-utils from $src failed: $(tail -1 "$blog") (full log: $blog)"
         return 1
     }
     if [[ ! -x $erofsfuse_bin || ! -x $mkfs_erofs ]]; then
-        skip_fs erofsfuse "erofs-utils built from $src but $erofsfuse_bin or $mkfs_erofs is missing (log: $blog)"
+        skip_erofs_family "erofs-utils built from $src but $erofsfuse_bin or $mkfs_erofs is missing (log: $blog)"
         return 1
     fi
     printf '%s\n' "$src" > "$tools_dir/erofs-utils.source"
     rm -rf "$tools_dir/build"
 }
 
-if want erofsfuse; then
+if want erofs; then
+    # The kernel driver and a loop device are all the kernel side needs.
+    grep -qw erofs /proc/filesystems || modprobe erofs 2>/dev/null || true
+    if ! grep -qw erofs /proc/filesystems; then
+        skip_fs erofs "the kernel ($(uname -r)) has no erofs driver (not in /proc/filesystems, modprobe erofs failed)"
+    elif [[ ! -e /dev/loop-control ]]; then
+        skip_fs erofs "no /dev/loop-control: mount -o loop needs loop devices"
+    fi
+fi
+if erofs_family_left; then
     if [[ ! -x $erofsfuse_bin || ! -x $mkfs_erofs ]]; then
         src=$(find_erofs_src)
         if [[ $smoke -eq 1 && -z $erofs_src ]]; then
-            skip_fs erofsfuse "not built in $tools_dir/bin, and --smoke does not build erofs-utils (a full run or --erofs-src builds it)"
+            skip_erofs_family "erofs-utils not built in $tools_dir/bin, and --smoke does not build it (a full run or --erofs-src builds it)"
         elif [[ -z $src ]]; then
-            skip_fs erofsfuse "not built in $tools_dir/bin and no erofs-utils source found (Debian 12 packages no erofsfuse; put a source tree or tarball at $bench_root/src/erofs-utils-VERSION[.tar.gz] or pass --erofs-src; see bench/README.md)"
+            skip_erofs_family "erofs-utils not built in $tools_dir/bin and no erofs-utils source found (Debian 12 packages no erofsfuse; put a source tree or tarball at $bench_root/src/erofs-utils-VERSION[.tar.gz] or pass --erofs-src; see bench/README.md)"
         else
             build_erofs "$src" || true
         fi
     fi
-    if [[ -z ${skipped_fs[erofsfuse]:-} ]]; then
-        bin_of[erofsfuse]=$erofsfuse_bin
-        erofs_tool_source=$(cat "$tools_dir/erofs-utils.source" 2>/dev/null || echo "prebuilt in $tools_dir/bin")
-        erofs_img="$img_dir/corpus-$list_sum.${erofs_comp//[^A-Za-z0-9]/_}.erofs"
-        if [[ -s $erofs_img ]]; then
-            erofs_source="cached image (built $(date -u -r "$erofs_img" +%Y-%m-%dT%H:%MZ))"
-            log "erofs image: $erofs_img (cached)"
+fi
+if erofs_family_left; then
+    bin_of[erofsfuse]=$erofsfuse_bin
+    erofs_tool_source=$(cat "$tools_dir/erofs-utils.source" 2>/dev/null || echo "prebuilt in $tools_dir/bin")
+    erofs_img="$img_dir/corpus-$list_sum.${erofs_comp//[^A-Za-z0-9]/_}.erofs"
+    if [[ -s $erofs_img ]]; then
+        erofs_source="cached image (built $(date -u -r "$erofs_img" +%Y-%m-%dT%H:%MZ))"
+        log "erofs image: $erofs_img (cached)"
+    else
+        log "building the erofs image (mkfs.erofs -z$erofs_comp; about 70 s on the full corpus): $erofs_img"
+        t0=$(us_now)
+        if "$mkfs_erofs" "-z$erofs_comp" "$erofs_img.partial" "$native" > "$logs/mkfs-erofs.log" 2>&1; then
+            mv "$erofs_img.partial" "$erofs_img"
+            erofs_build_s=$(us_to_s $(($(us_now) - t0)))
+            erofs_source="built in this run"
         else
-            log "building the erofs image (mkfs.erofs -z$erofs_comp; about 70 s on the full corpus): $erofs_img"
-            t0=$(us_now)
-            if "$mkfs_erofs" "-z$erofs_comp" "$erofs_img.partial" "$native" > "$logs/mkfs-erofs.log" 2>&1; then
-                mv "$erofs_img.partial" "$erofs_img"
-                erofs_build_s=$(us_to_s $(($(us_now) - t0)))
-                erofs_source="built in this run"
-            else
-                rm -f "$erofs_img.partial"
-                skip_fs erofsfuse "mkfs.erofs -z$erofs_comp failed: $(tail -1 "$logs/mkfs-erofs.log")"
-            fi
+            rm -f "$erofs_img.partial"
+            skip_erofs_family "mkfs.erofs -z$erofs_comp failed: $(tail -1 "$logs/mkfs-erofs.log")"
         fi
-        [[ -s $erofs_img ]] && erofs_bytes=$(stat -c %s "$erofs_img")
     fi
+    [[ -s $erofs_img ]] && erofs_bytes=$(stat -c %s "$erofs_img")
 fi
 
 variants=()
@@ -744,6 +776,11 @@ if have erofsfuse; then
     cmdline[erofsfuse]="\`erofsfuse IMG MP\`; \`fusermount3 -u MP\`"
     backing[erofsfuse]="\`mkfs.erofs -z$erofs_comp IMG DIR\`: $erofs_bytes bytes ($erofs_source$(opt_s ', %.0f s' "$erofs_build_s"))"
 fi
+if have erofs; then
+    ver[erofs]="kernel erofs driver (kernel $(uname -r)); image by $(first_line "$mkfs_erofs" --version | sed 's/^mkfs.erofs (erofs-utils) /erofs-utils /')"
+    cmdline[erofs]="\`mount -t erofs -o ro,loop IMG MP\`; \`umount MP\`"
+    backing[erofs]="the erofsfuse image: \`mkfs.erofs -z$erofs_comp IMG DIR\`, $erofs_bytes bytes"
+fi
 
 ms() { fmt '%.1f' "$(fmul "$1" 1000)"; }
 mib() { [[ -z $1 ]] && { printf 'n/a'; return; }; awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
@@ -795,7 +832,7 @@ rx() { fmt '%.2f×' "$1"; }
         echo "| $v | $(fmt '%.0f' "${M[$v.rand_cold]}") | $(rx "$(ratio "$v" rand_cold)") | $(fmt '%.0f' "${M[$v.rand_warm]}") | $(rx "$(ratio "$v" rand_warm)") | $(ms "${M[$v.mount_cold]}") | $(ms "${M[$v.mount_warm]}") | $(mib "${M[$v.rss_kb]}") | $(mib "${M[$v.hwm_kb]}") |"
     done
     echo
-    echo "VmRSS is read from \`/proc/PID/status\` after the full read and after \`ls -lR\` (largest sample); VmHWM is the daemon's peak."
+    echo "VmRSS is read from \`/proc/PID/status\` after the full read and after \`ls -lR\` (largest sample); VmHWM is the daemon's peak. The kernel's erofs has no daemon."
     if have nexus; then
         echo
         echo "## Targets (issue 3), nexus"
