@@ -52,10 +52,11 @@
 #      system) with N parallel `cat`s: cold; again: warm; daemon VmRSS
 #   2. fresh; `find ROOT`: cold; again: warm
 #   3. fresh; `ls -lR ROOT`: cold; again: warm; daemon VmRSS
-#   4. fresh; random 4 KiB preads at fixed-seed offsets in the largest file:
+#   4. fresh; `cat` of the largest file (one reader): cold; again: warm
+#   5. fresh; random 4 KiB preads at fixed-seed offsets in the largest file:
 #      cold; again: warm (reads/s; the bytes read are hashed and compared)
-#   5. three unmount/mount cycles with a warm page cache: warm mount time
-#   6. (first run only, untimed) the tree's listing (type, mode, owner,
+#   6. three unmount/mount cycles with a warm page cache: warm mount time
+#   7. (first run only, untimed) the tree's listing (type, mode, owner,
 #      size, mtime, link target) is compared with the native tree
 set -euo pipefail
 export LC_ALL=C
@@ -398,6 +399,7 @@ timed() {
 op_read() { (cd "$1" && exec xargs -0 -P "$readers" -n 256 cat -- < "$files0"); }
 op_find() { find "$1"; }
 op_ls() { ls -lR "$1"; }
+op_large() { cat -- "$1/$rand_rel"; }
 op_rand() { python3 "$work/randread.py" "$1/$rand_rel" "$rand_reads" "$RAND_SEED"; }
 
 cat > "$work/randread.py" <<'EOF'
@@ -655,6 +657,10 @@ measure_steps() {
     timed "$v-ls-cold-run$r" /dev/null op_ls "$dir"; add_sample "$v" ls_cold "$T_S"
     timed "$v-ls-warm-run$r" /dev/null op_ls "$dir"; add_sample "$v" ls_warm "$T_S"
     sample_rss "$v"
+    log "run $r: $v: read of the largest file"
+    fresh "$v" || return 0
+    timed "$v-large-cold-run$r" /dev/null op_large "$dir"; add_sample "$v" large_cold "$T_S"
+    timed "$v-large-warm-run$r" /dev/null op_large "$dir"; add_sample "$v" large_warm "$T_S"
     log "run $r: $v: random 4 KiB reads"
     fresh "$v" || return 0
     rand_step "$v" "$r" cold
@@ -683,7 +689,7 @@ bench_s=$(us_to_s $(($(us_now) - t_start)))
 
 # ---- medians and ratios --------------------------------------------------------
 declare -A M=()   # M[fs.metric] = median (max for RSS)
-metrics=(mount_cold mount_warm read_cold read_warm find_cold find_warm ls_cold ls_warm rand_cold rand_warm)
+metrics=(mount_cold mount_warm read_cold read_warm find_cold find_warm ls_cold ls_warm large_cold large_warm rand_cold rand_warm)
 for v in "${variants[@]}"; do
     for k in "${metrics[@]}" rss_kb hwm_kb; do
         read -r -a xs <<< "${S[$v.$k]:-}"
@@ -695,19 +701,22 @@ for v in "${variants[@]}"; do
     done
     M[$v.read_cold_mbps]=$(fdiv "$(fdiv "$c_bytes" 1e6)" "${M[$v.read_cold]}")
     M[$v.read_warm_mbps]=$(fdiv "$(fdiv "$c_bytes" 1e6)" "${M[$v.read_warm]}")
+    M[$v.large_cold_mbps]=$(fdiv "$(fdiv "$rand_size" 1e6)" "${M[$v.large_cold]}")
+    M[$v.large_warm_mbps]=$(fdiv "$(fdiv "$rand_size" 1e6)" "${M[$v.large_warm]}")
 done
-have_native=0
-[[ " ${variants[*]} " == *" native "* ]] && have_native=1
-ratio() {   # ratio V METRIC: V / native for times, native / V for reads/s
-    [[ $have_native -eq 1 ]] || return 0
+have() { [[ " ${variants[*]} " == *" $1 "* ]]; }
+# ratio_to V METRIC REF: how much longer V takes than REF (V / REF for
+# times, REF / V for reads/s), empty when REF was not measured.
+ratio_to() {
+    have "$3" || return 0
     case "$2" in
-        rand_*) fdiv "${M[native.$2]}" "${M[$1.$2]}" ;;
-        *) fdiv "${M[$1.$2]}" "${M[native.$2]}" ;;
+        rand_*) fdiv "${M[$3.$2]}" "${M[$1.$2]}" ;;
+        *) fdiv "${M[$1.$2]}" "${M[$3.$2]}" ;;
     esac
 }
+ratio() { ratio_to "$1" "$2" native; }   # ratio V METRIC: against the native tree
 
 # Targets, for nexus.
-have() { [[ " ${variants[*]} " == *" $1 "* ]]; }
 status() {   # status VALUE OP LIMIT -> PASS / FAIL / n/a
     [[ -n $1 ]] || { echo "n/a"; return; }
     awk -v x="$1" -v op="$2" -v t="$3" 'BEGIN { ok = (op == "<") ? (x < t) : (x <= t); print ok ? "PASS" : "FAIL" }'
@@ -796,6 +805,7 @@ rx() { fmt '%.2f×' "$1"; }
     echo "- runs: $runs (medians; daemon RSS: largest sample); whole benchmark $(fmt '%.0f' "$bench_s") s"
     echo "- cold = \`sync; echo 3 > /proc/sys/vm/drop_caches\` and, for FUSE, a fresh mount; warm = the same command again right after"
     echo "- full read: \`xargs -0 -P $readers -n 256 cat\` over every regular file (sorted list), MB = 10^6 bytes"
+    echo "- largest file: \`cat FILE > /dev/null\` of \`$rand_rel\` ($rand_size bytes), one reader"
     echo "- random reads: $rand_reads preads of 4 KiB at 4 KiB-aligned offsets (seed $RAND_SEED) in \`$rand_rel\` ($rand_size bytes); reads/s of the pread loop"
     echo "- mount time: from the mount command's start until \`MP/$probe\` exists (cold: after dropping caches; warm: median of 3 remounts)"
     echo
@@ -822,6 +832,16 @@ rx() { fmt '%.2f×' "$1"; }
     echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
     for v in "${variants[@]}"; do
         echo "| $v | $(fmt '%.3f' "${M[$v.find_cold]}") | $(rx "$(ratio "$v" find_cold)") | $(fmt '%.3f' "${M[$v.find_warm]}") | $(rx "$(ratio "$v" find_warm)") | $(fmt '%.3f' "${M[$v.ls_cold]}") | $(rx "$(ratio "$v" ls_cold)") | $(fmt '%.3f' "${M[$v.ls_warm]}") | $(rx "$(ratio "$v" ls_warm)") |"
+    done
+    echo
+    echo "## Read of the largest file"
+    echo
+    echo "\`cat\` of \`$rand_rel\` ($(fmt '%.1f' "$(fdiv "$rand_size" 1e6)") MB), one reader; ratios are times (> 1 is slower)."
+    echo
+    echo "| file system | cold s | cold MB/s | cold vs native | cold vs erofsfuse | cold vs erofs | warm s | warm MB/s | warm vs native |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    for v in "${variants[@]}"; do
+        echo "| $v | $(fmt '%.3f' "${M[$v.large_cold]}") | $(fmt '%.0f' "${M[$v.large_cold_mbps]}") | $(rx "$(ratio "$v" large_cold)") | $(rx "$(ratio_to "$v" large_cold erofsfuse)") | $(rx "$(ratio_to "$v" large_cold erofs)") | $(fmt '%.3f' "${M[$v.large_warm]}") | $(fmt '%.0f' "${M[$v.large_warm_mbps]}") | $(rx "$(ratio "$v" large_warm)") |"
     done
     echo
     echo "## Random 4 KiB reads, mount time, daemon memory"
@@ -911,11 +931,12 @@ jtarget() {   # jtarget VALUE LIMIT STATUS [BASIS]
         for k in "${metrics[@]}"; do
             printf '"%s": %s, ' "$k" "$(jnum "${M[$v.$k]}")"
         done
-        printf '"read_cold_mb_per_s": %s, "read_warm_mb_per_s": %s, "rss_kb_max": %s, "hwm_kb_max": %s},\n' \
-            "$(jnum "${M[$v.read_cold_mbps]}")" "$(jnum "${M[$v.read_warm_mbps]}")" "$(jnum "${M[$v.rss_kb]}")" "$(jnum "${M[$v.hwm_kb]}")"
+        printf '"read_cold_mb_per_s": %s, "read_warm_mb_per_s": %s, "large_cold_mb_per_s": %s, "large_warm_mb_per_s": %s, "rss_kb_max": %s, "hwm_kb_max": %s},\n' \
+            "$(jnum "${M[$v.read_cold_mbps]}")" "$(jnum "${M[$v.read_warm_mbps]}")" "$(jnum "${M[$v.large_cold_mbps]}")" "$(jnum "${M[$v.large_warm_mbps]}")" \
+            "$(jnum "${M[$v.rss_kb]}")" "$(jnum "${M[$v.hwm_kb]}")"
         printf '      "vs_native": {'
         sep=""
-        for k in read_cold read_warm find_cold find_warm ls_cold ls_warm rand_cold rand_warm; do
+        for k in read_cold read_warm find_cold find_warm ls_cold ls_warm large_cold large_warm rand_cold rand_warm; do
             printf '%s"%s": %s' "$sep" "$k" "$(jnum "$(ratio "$v" "$k")")"
             sep=", "
         done
