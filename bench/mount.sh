@@ -69,6 +69,16 @@ TARGET_MOUNT_MS=50            # warm mount time, ms, below
 TARGET_WARM_READ_RATIO=1.10   # warm full read / native, at most
 TARGET_LS_RATIO=1.5           # warm ls -lR / native, at most
 TARGET_RSS_BYTES=100000000    # daemon VmRSS after the full walk, below (100 MB)
+# Targets (issue 14) for nexus, cold, as time ratios (nexus / reference;
+# for reads/s reference / nexus), at most.
+cold_rows=(read_cold large_cold rand_cold ls_cold find_cold)
+declare -A cold_label=([read_cold]="cold full read" [large_cold]="cold read of the largest file"
+    [rand_cold]="cold random 4 KiB reads" [ls_cold]="cold ls -lR" [find_cold]="cold find")
+declare -A cold_unit=([read_cold]=s [large_cold]=s [rand_cold]=reads/s [ls_cold]=s [find_cold]=s)
+declare -A cold_ref=([read_cold]=erofsfuse [large_cold]=erofsfuse [rand_cold]=erofsfuse [ls_cold]=native [find_cold]=native)
+declare -A cold_limit=([read_cold]=0.8 [large_cold]=1.0 [rand_cold]=1.0 [ls_cold]=1.5 [find_cold]=1.5)
+declare -A cold_goal=([read_cold]="time <= 0.8x erofsfuse's" [large_cold]="time <= erofsfuse's"
+    [rand_cold]="reads/s >= erofsfuse's" [ls_cold]="time <= 1.5x native" [find_cold]="time <= 1.5x native")
 # Anchor figures (shared/bench-corpus/README.md, issue 3), full corpus only.
 FULL_CORPUS_FILES=98351
 FULL_CORPUS_BYTES=3616338746
@@ -742,9 +752,18 @@ s_read=$(status "$t_read" "<=" "$TARGET_WARM_READ_RATIO")
 s_cold=$(status "$t_cold" "<" 1)
 s_ls=$(status "$t_ls" "<=" "$TARGET_LS_RATIO")
 s_rss=$(status "$t_rss" "<" "$TARGET_RSS_BYTES")
+declare -A cold_value=() cold_status=()   # issue 14: nexus' ratio to the row's reference
+for k in "${cold_rows[@]}"; do
+    cold_value[$k]=""
+    have nexus && cold_value[$k]=$(ratio_to nexus "$k" "${cold_ref[$k]}")
+    cold_status[$k]=$(status "${cold_value[$k]}" "<=" "${cold_limit[$k]}")
+done
 if [[ $smoke -eq 1 ]]; then   # a tiny corpus says nothing about the targets
     for s in s_mount s_read s_cold s_ls s_rss; do
         [[ ${!s} == n/a ]] || printf -v "$s" '%s (smoke)' "${!s}"
+    done
+    for k in "${cold_rows[@]}"; do
+        [[ ${cold_status[$k]} == n/a ]] || cold_status[$k]+=" (smoke)"
     done
 fi
 
@@ -866,6 +885,31 @@ rx() { fmt '%.2f×' "$1"; }
         echo "| daemon VmRSS after the full walk | $(fmt '%.1f' "$(fdiv "$t_rss" 1e6)") MB | < $((TARGET_RSS_BYTES / 1000000)) MB | $s_rss |"
     fi
     echo
+    echo "## Cold table (issue 14)"
+    echo
+    echo "Each after a fresh mount and \`drop_caches\`. nexus' ratios are times (nexus / other; for reads/s other / nexus): > 1 is slower."
+    echo
+    line="| measure |" rule="|---|"
+    for v in "${variants[@]}"; do line+=" $v |"; rule+="---:|"; done
+    echo "$line nexus vs native | nexus vs erofsfuse | nexus vs erofs | target (nexus) | status |"
+    echo "$rule---:|---:|---:|---|---|"
+    for k in "${cold_rows[@]}"; do
+        line="| ${cold_label[$k]} (${cold_unit[$k]}) |"
+        for v in "${variants[@]}"; do
+            case "$k" in
+                read_cold) line+=" $(fmt '%.2f' "${M[$v.$k]}") |" ;;
+                rand_cold) line+=" $(fmt '%.0f' "${M[$v.$k]}") |" ;;
+                *) line+=" $(fmt '%.3f' "${M[$v.$k]}") |" ;;
+            esac
+        done
+        if have nexus; then
+            line+=" $(rx "$(ratio nexus "$k")") | $(rx "$(ratio_to nexus "$k" erofsfuse)") | $(rx "$(ratio_to nexus "$k" erofs)") |"
+        else
+            line+=" n/a | n/a | n/a |"
+        fi
+        echo "$line ${cold_goal[$k]} | ${cold_status[$k]} |"
+    done
+    echo
     echo "## Tree check (untimed, first run)"
     echo
     echo "Listing below App/ (type, mode, owner, size, mtime in seconds, link target; nexus' App/Current links left out) compared with the native tree$([[ $verify -eq 1 ]] && echo "; content: md5sum of every file")."
@@ -956,7 +1000,24 @@ jtarget() {   # jtarget VALUE LIMIT STATUS [BASIS]
     printf '    "cold_read_over_erofsfuse": %s,\n' "$(jtarget "$t_cold" 1 "$s_cold" "$t_cold_basis")"
     printf '    "warm_ls_lR_over_native": %s,\n' "$(jtarget "$t_ls" "$TARGET_LS_RATIO" "$s_ls")"
     printf '    "daemon_rss_bytes": %s\n' "$(jtarget "$t_rss" "$TARGET_RSS_BYTES" "$s_rss")"
-    printf '  }\n}\n'
+    printf '  },\n'
+    printf '  "cold_table_issue14": {\n'
+    printf '    "ratio": "time: nexus / reference (for reads/s reference / nexus); > 1 is slower",\n'
+    printf '    "rows": [\n'
+    sep=""
+    for k in "${cold_rows[@]}"; do
+        printf '%s      {"measure": %s, "label": %s, "unit": %s, "values": {' "$sep" "$(jstr "$k")" "$(jstr "${cold_label[$k]}")" "$(jstr "${cold_unit[$k]}")"
+        sep2=""
+        for v in "${variants[@]}"; do
+            printf '%s%s: %s' "$sep2" "$(jstr "$v")" "$(jnum "${M[$v.$k]}")"
+            sep2=", "
+        done
+        printf '},\n        "nexus_over": {"native": %s, "erofsfuse": %s, "erofs": %s},\n' \
+            "$(jnum "$(have nexus && ratio nexus "$k")")" "$(jnum "$(have nexus && ratio_to nexus "$k" erofsfuse)")" "$(jnum "$(have nexus && ratio_to nexus "$k" erofs)")"
+        printf '        "target": %s}' "$(jtarget "${cold_value[$k]}" "${cold_limit[$k]}" "${cold_status[$k]}" "${cold_goal[$k]} (nexus against ${cold_ref[$k]} in this run)")"
+        sep=$',\n'
+    done
+    printf '\n    ]\n  }\n}\n'
 } > "$json"
 
 cat "$md"
@@ -967,7 +1028,7 @@ if [[ ${#errors[@]} -gt 0 ]]; then
     log "${#errors[@]} error(s) during the benchmark (see Problems in the report)"
     exit 1
 fi
-if [[ $check -eq 1 && $smoke -eq 0 ]] && [[ "$s_mount $s_read $s_cold $s_ls $s_rss" == *FAIL* ]]; then
+if [[ $check -eq 1 && $smoke -eq 0 ]] && [[ "$s_mount $s_read $s_cold $s_ls $s_rss ${cold_status[*]}" == *FAIL* ]]; then
     log "target missed"
     exit 3
 fi
