@@ -23,7 +23,11 @@
 #                       $NEXUS_BENCH_DIR/src/erofs-utils* if there is one.
 #   --erofs-comp SPEC   mkfs.erofs -z compression (default lz4hc)
 #   --readers N         parallel readers for the full read (default 4)
-#   --rand-reads N      random 4 KiB preads in the largest file (default 20000)
+#   --large-file PATH   the large file (App/Version/...) that is read whole
+#                       and at random (default: libLLVM-15.so.1, 117 MB, on
+#                       the full corpus, as in issue 14; the largest file on
+#                       any other corpus)
+#   --rand-reads N      random 4 KiB preads in the large file (default 20000)
 #   --verify            also compare every file's content with the native
 #                       tree (md5sum, untimed; always on with --smoke)
 #   --check             exit with status 3 when a nexus target is missed
@@ -52,8 +56,8 @@
 #      system) with N parallel `cat`s: cold; again: warm; daemon VmRSS
 #   2. fresh; `find ROOT`: cold; again: warm
 #   3. fresh; `ls -lR ROOT`: cold; again: warm; daemon VmRSS
-#   4. fresh; `cat` of the largest file (one reader): cold; again: warm
-#   5. fresh; random 4 KiB preads at fixed-seed offsets in the largest file:
+#   4. fresh; `cat` of the large file (one reader): cold; again: warm
+#   5. fresh; random 4 KiB preads at fixed-seed offsets in the large file:
 #      cold; again: warm (reads/s; the bytes read are hashed and compared)
 #   6. three unmount/mount cycles with a warm page cache: warm mount time
 #   7. (first run only, untimed) the tree's listing (type, mode, owner,
@@ -72,7 +76,7 @@ TARGET_RSS_BYTES=100000000    # daemon VmRSS after the full walk, below (100 MB)
 # Targets (issue 14) for nexus, cold, as time ratios (nexus / reference;
 # for reads/s reference / nexus), at most.
 cold_rows=(read_cold large_cold rand_cold ls_cold find_cold)
-declare -A cold_label=([read_cold]="cold full read" [large_cold]="cold read of the largest file"
+declare -A cold_label=([read_cold]="cold full read" [large_cold]="cold read of the large file"
     [rand_cold]="cold random 4 KiB reads" [ls_cold]="cold ls -lR" [find_cold]="cold find")
 declare -A cold_unit=([read_cold]=s [large_cold]=s [rand_cold]=reads/s [ls_cold]=s [find_cold]=s)
 declare -A cold_ref=([read_cold]=erofsfuse [large_cold]=erofsfuse [rand_cold]=erofsfuse [ls_cold]=native [find_cold]=native)
@@ -83,13 +87,17 @@ declare -A cold_goal=([read_cold]="time <= 0.8x erofsfuse's" [large_cold]="time 
 FULL_CORPUS_FILES=98351
 FULL_CORPUS_BYTES=3616338746
 ANCHOR_EROFS_COLD_READ_S=15.8
+# The large file of issue 14's cold table. Not the corpus' largest (two
+# versions of openjdk's `modules`, 129 MB, which share most of their bytes
+# and so measure deduplication as much as reading).
+FULL_CORPUS_LARGE_FILE=libllvm15/15.0.6-4+b1/usr/lib/x86_64-linux-gnu/libLLVM-15.so.1
 RAND_SEED=20261127
 MOUNT_TIMEOUT=120             # seconds a mount command may take
 
 all_fs="native,nexus,squashfuse,squashfuse_ll,erofsfuse,erofs"
 smoke=0 runs=1 check=0 keep=0 verify=0 readers=4 rand_reads=20000
 fs_arg=$all_fs
-store_arg=""
+store_arg="" large_arg=""
 erofs_src=${EROFS_UTILS_SRC:-}
 erofs_comp=lz4hc
 out_dir="$here/out"
@@ -104,6 +112,7 @@ while [[ $# -gt 0 ]]; do
         --erofs-src) erofs_src=$2; shift 2 ;;
         --erofs-comp) erofs_comp=$2; shift 2 ;;
         --readers) readers=$2; shift 2 ;;
+        --large-file) large_arg=$2; shift 2 ;;
         --rand-reads) rand_reads=$2; shift 2 ;;
         --verify) verify=1; shift ;;
         --check) check=1; shift ;;
@@ -248,12 +257,22 @@ read -r c_files c_bytes < <(find "$native" -type f -printf '%s\n' | awk '{ s += 
 c_dirs=$(find "$native" -type d | wc -l)
 c_links=$(find "$native" -type l | wc -l)
 [[ $c_files -gt 0 ]] || die "the corpus holds no regular file"
-IFS=$'\t' read -r rand_size rand_rel < <((cd "$native" && find . -type f -printf '%s\t%P\n') | sort -t $'\t' -k1,1nr -k2,2 | head -1)
 probe=${list_all[0]%%/*}   # an App dir: the mount is usable once it exists
 full_corpus=0
 [[ $c_files -eq $FULL_CORPUS_FILES && $c_bytes -eq $FULL_CORPUS_BYTES ]] && full_corpus=1
+# The large file: read whole (one reader) and at random.
+if [[ -n $large_arg ]]; then
+    big_rel=${large_arg#./} big_why="chosen with --large-file"
+elif [[ $full_corpus -eq 1 ]]; then
+    big_rel=$FULL_CORPUS_LARGE_FILE big_why="issue 14's file"
+else
+    IFS=$'\t' read -r _ big_rel < <((cd "$native" && find . -type f -printf '%s\t%P\n') | sort -t $'\t' -k1,1nr -k2,2 | head -1)
+    big_why="the corpus' largest file"
+fi
+[[ -f $native/$big_rel && ! -L $native/$big_rel ]] || die "large file $big_rel: not a regular file in $native"
+big_size=$(stat -c %s "$native/$big_rel")
 log "corpus: ${#list_all[@]} app-versions, $c_files files, $c_bytes bytes over paths; native tree $native ($native_fstype)"
-log "random reads: $rand_rel ($rand_size bytes)"
+log "large file ($big_why): $big_rel ($big_size bytes)"
 
 # ---- helpers -----------------------------------------------------------------
 us_now() { local t=$EPOCHREALTIME; printf '%s' "${t/./}"; }   # microseconds
@@ -409,8 +428,8 @@ timed() {
 op_read() { (cd "$1" && exec xargs -0 -P "$readers" -n 256 cat -- < "$files0"); }
 op_find() { find "$1"; }
 op_ls() { ls -lR "$1"; }
-op_large() { cat -- "$1/$rand_rel"; }
-op_rand() { python3 "$work/randread.py" "$1/$rand_rel" "$rand_reads" "$RAND_SEED"; }
+op_large() { cat -- "$1/$big_rel"; }
+op_rand() { python3 "$work/randread.py" "$1/$big_rel" "$rand_reads" "$RAND_SEED"; }
 
 cat > "$work/randread.py" <<'EOF'
 # randread.py FILE N SEED: N preads of 4 KiB at block-aligned offsets drawn
@@ -667,7 +686,7 @@ measure_steps() {
     timed "$v-ls-cold-run$r" /dev/null op_ls "$dir"; add_sample "$v" ls_cold "$T_S"
     timed "$v-ls-warm-run$r" /dev/null op_ls "$dir"; add_sample "$v" ls_warm "$T_S"
     sample_rss "$v"
-    log "run $r: $v: read of the largest file"
+    log "run $r: $v: read of the large file"
     fresh "$v" || return 0
     timed "$v-large-cold-run$r" /dev/null op_large "$dir"; add_sample "$v" large_cold "$T_S"
     timed "$v-large-warm-run$r" /dev/null op_large "$dir"; add_sample "$v" large_warm "$T_S"
@@ -711,8 +730,8 @@ for v in "${variants[@]}"; do
     done
     M[$v.read_cold_mbps]=$(fdiv "$(fdiv "$c_bytes" 1e6)" "${M[$v.read_cold]}")
     M[$v.read_warm_mbps]=$(fdiv "$(fdiv "$c_bytes" 1e6)" "${M[$v.read_warm]}")
-    M[$v.large_cold_mbps]=$(fdiv "$(fdiv "$rand_size" 1e6)" "${M[$v.large_cold]}")
-    M[$v.large_warm_mbps]=$(fdiv "$(fdiv "$rand_size" 1e6)" "${M[$v.large_warm]}")
+    M[$v.large_cold_mbps]=$(fdiv "$(fdiv "$big_size" 1e6)" "${M[$v.large_cold]}")
+    M[$v.large_warm_mbps]=$(fdiv "$(fdiv "$big_size" 1e6)" "${M[$v.large_warm]}")
 done
 have() { [[ " ${variants[*]} " == *" $1 "* ]]; }
 # ratio_to V METRIC REF: how much longer V takes than REF (V / REF for
@@ -824,8 +843,8 @@ rx() { fmt '%.2f×' "$1"; }
     echo "- runs: $runs (medians; daemon RSS: largest sample); whole benchmark $(fmt '%.0f' "$bench_s") s"
     echo "- cold = \`sync; echo 3 > /proc/sys/vm/drop_caches\` and, for FUSE, a fresh mount; warm = the same command again right after"
     echo "- full read: \`xargs -0 -P $readers -n 256 cat\` over every regular file (sorted list), MB = 10^6 bytes"
-    echo "- largest file: \`cat FILE > /dev/null\` of \`$rand_rel\` ($rand_size bytes), one reader"
-    echo "- random reads: $rand_reads preads of 4 KiB at 4 KiB-aligned offsets (seed $RAND_SEED) in \`$rand_rel\` ($rand_size bytes); reads/s of the pread loop"
+    echo "- large file ($big_why): \`cat FILE > /dev/null\` of \`$big_rel\` ($big_size bytes), one reader"
+    echo "- random reads: $rand_reads preads of 4 KiB at 4 KiB-aligned offsets (seed $RAND_SEED) in \`$big_rel\` ($big_size bytes); reads/s of the pread loop"
     echo "- mount time: from the mount command's start until \`MP/$probe\` exists (cold: after dropping caches; warm: median of 3 remounts)"
     echo
     echo "| file system | version | commands | backing data |"
@@ -853,9 +872,9 @@ rx() { fmt '%.2f×' "$1"; }
         echo "| $v | $(fmt '%.3f' "${M[$v.find_cold]}") | $(rx "$(ratio "$v" find_cold)") | $(fmt '%.3f' "${M[$v.find_warm]}") | $(rx "$(ratio "$v" find_warm)") | $(fmt '%.3f' "${M[$v.ls_cold]}") | $(rx "$(ratio "$v" ls_cold)") | $(fmt '%.3f' "${M[$v.ls_warm]}") | $(rx "$(ratio "$v" ls_warm)") |"
     done
     echo
-    echo "## Read of the largest file"
+    echo "## Read of the large file"
     echo
-    echo "\`cat\` of \`$rand_rel\` ($(fmt '%.1f' "$(fdiv "$rand_size" 1e6)") MB), one reader; ratios are times (> 1 is slower)."
+    echo "\`cat\` of \`$big_rel\` ($(fmt '%.1f' "$(fdiv "$big_size" 1e6)") MB), one reader; ratios are times (> 1 is slower)."
     echo
     echo "| file system | cold s | cold MB/s | cold vs native | cold vs erofsfuse | cold vs erofs | warm s | warm MB/s | warm vs native |"
     echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
@@ -951,8 +970,8 @@ jtarget() {   # jtarget VALUE LIMIT STATUS [BASIS]
     printf '  "host": {"cores": %s, "cpu": %s, "kernel": %s, "mem": %s, "loadavg_end": %s},\n' "$(nproc)" "$(jstr "$cpu")" "$(jstr "$(uname -r)")" "$(jstr "$mem_total")" "$(jstr "$load_end")"
     printf '  "corpus": {"dir": %s, "fstype": %s, "app_versions": %s, "files": %s, "symlinks": %s, "dirs": %s, "bytes_over_paths": %s, "list_sha256_prefix": %s, "skipped": %s},\n' \
         "$(jstr "$native")" "$(jstr "$native_fstype")" "${#list_all[@]}" "$c_files" "$c_links" "$c_dirs" "$c_bytes" "$(jstr "$list_sum")" "$(jstr "$skipped")"
-    printf '  "method": {"runs": %s, "readers": %s, "rand_reads": %s, "rand_seed": %s, "rand_file": %s, "rand_file_bytes": %s, "probe": %s, "verify_content": %s, "bench_seconds": %s},\n' \
-        "$runs" "$readers" "$rand_reads" "$RAND_SEED" "$(jstr "$rand_rel")" "$rand_size" "$(jstr "$probe")" "$([[ $verify -eq 1 ]] && echo true || echo false)" "$bench_s"
+    printf '  "method": {"runs": %s, "readers": %s, "rand_reads": %s, "rand_seed": %s, "rand_file": %s, "rand_file_bytes": %s, "rand_file_choice": %s, "probe": %s, "verify_content": %s, "bench_seconds": %s},\n' \
+        "$runs" "$readers" "$rand_reads" "$RAND_SEED" "$(jstr "$big_rel")" "$big_size" "$(jstr "$big_why")" "$(jstr "$probe")" "$([[ $verify -eq 1 ]] && echo true || echo false)" "$bench_s"
     printf '  "backing": {"nexus_store_bytes": %s, "nexus_store_build_s": %s, "nexus_store": %s, "squashfs_bytes": %s, "squashfs_build_s": %s, "squashfs": %s, "erofs_bytes": %s, "erofs_build_s": %s, "erofs": %s, "erofs_comp": %s},\n' \
         "$(jnum "$store_bytes")" "$(jnum "$store_build_s")" "$(jstr "$store_source")" "$(jnum "$sqfs_bytes")" "$(jnum "$sqfs_build_s")" "$(jstr "$sqfs_source")" \
         "$(jnum "$erofs_bytes")" "$(jnum "$erofs_build_s")" "$(jstr "$erofs_source")" "$(jstr "$erofs_comp")"
