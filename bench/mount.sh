@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
-# Mount benchmark: `nexus mount` vs squashfuse vs erofsfuse vs the native
-# unpacked tree, measured in the same run.
+# Mount benchmark: `nexus mount` vs squashfuse vs erofsfuse vs the kernel's
+# erofs vs the native unpacked tree, measured in the same run.
 #
 #   bench/mount.sh [options]
 #
 # Options:
 #   --smoke             build a tiny corpus (hello, jq, libonig5) in a temp
-#                       dir and run every step on it (< 1 min). erofsfuse is
-#                       measured only if it is already built (see below).
+#                       dir and run every step on it (< 1 min). erofsfuse and
+#                       erofs are measured only if erofs-utils is already
+#                       built (see below).
 #   --runs N            repetitions of every measurement, median reported
 #                       (default 1)
 #   --fs LIST           comma-separated subset of native,nexus,squashfuse,
-#                       squashfuse_ll,erofsfuse (default: all five)
+#                       squashfuse_ll,erofsfuse,erofs (default: all six;
+#                       erofs = the kernel's driver on the erofsfuse image)
 #   --store DIR         mount this existing nexus store, which must hold the
 #                       corpus, instead of building a fresh one with nip
 #   --erofs-src SRC     erofs-utils source to build erofsfuse and mkfs.erofs
@@ -21,7 +23,11 @@
 #                       $NEXUS_BENCH_DIR/src/erofs-utils* if there is one.
 #   --erofs-comp SPEC   mkfs.erofs -z compression (default lz4hc)
 #   --readers N         parallel readers for the full read (default 4)
-#   --rand-reads N      random 4 KiB preads in the largest file (default 20000)
+#   --large-file PATH   the large file (App/Version/...) that is read whole
+#                       and at random (default: libLLVM-15.so.1, 117 MB, on
+#                       the full corpus, as in issue 14; the largest file on
+#                       any other corpus)
+#   --rand-reads N      random 4 KiB preads in the large file (default 20000)
 #   --verify            also compare every file's content with the native
 #                       tree (md5sum, untimed; always on with --smoke)
 #   --check             exit with status 3 when a nexus target is missed
@@ -50,10 +56,11 @@
 #      system) with N parallel `cat`s: cold; again: warm; daemon VmRSS
 #   2. fresh; `find ROOT`: cold; again: warm
 #   3. fresh; `ls -lR ROOT`: cold; again: warm; daemon VmRSS
-#   4. fresh; random 4 KiB preads at fixed-seed offsets in the largest file:
+#   4. fresh; `cat` of the large file (one reader): cold; again: warm
+#   5. fresh; random 4 KiB preads at fixed-seed offsets in the large file:
 #      cold; again: warm (reads/s; the bytes read are hashed and compared)
-#   5. three unmount/mount cycles with a warm page cache: warm mount time
-#   6. (first run only, untimed) the tree's listing (type, mode, owner,
+#   6. three unmount/mount cycles with a warm page cache: warm mount time
+#   7. (first run only, untimed) the tree's listing (type, mode, owner,
 #      size, mtime, link target) is compared with the native tree
 set -euo pipefail
 export LC_ALL=C
@@ -66,17 +73,31 @@ TARGET_MOUNT_MS=50            # warm mount time, ms, below
 TARGET_WARM_READ_RATIO=1.10   # warm full read / native, at most
 TARGET_LS_RATIO=1.5           # warm ls -lR / native, at most
 TARGET_RSS_BYTES=100000000    # daemon VmRSS after the full walk, below (100 MB)
+# Targets (issue 14) for nexus, cold, as time ratios (nexus / reference;
+# for reads/s reference / nexus), at most.
+cold_rows=(read_cold large_cold rand_cold ls_cold find_cold)
+declare -A cold_label=([read_cold]="cold full read" [large_cold]="cold read of the large file"
+    [rand_cold]="cold random 4 KiB reads" [ls_cold]="cold ls -lR" [find_cold]="cold find")
+declare -A cold_unit=([read_cold]=s [large_cold]=s [rand_cold]=reads/s [ls_cold]=s [find_cold]=s)
+declare -A cold_ref=([read_cold]=erofsfuse [large_cold]=erofsfuse [rand_cold]=erofsfuse [ls_cold]=native [find_cold]=native)
+declare -A cold_limit=([read_cold]=0.8 [large_cold]=1.0 [rand_cold]=1.0 [ls_cold]=1.5 [find_cold]=1.5)
+declare -A cold_goal=([read_cold]="time <= 0.8x erofsfuse's" [large_cold]="time <= erofsfuse's"
+    [rand_cold]="reads/s >= erofsfuse's" [ls_cold]="time <= 1.5x native" [find_cold]="time <= 1.5x native")
 # Anchor figures (shared/bench-corpus/README.md, issue 3), full corpus only.
 FULL_CORPUS_FILES=98351
 FULL_CORPUS_BYTES=3616338746
 ANCHOR_EROFS_COLD_READ_S=15.8
+# The large file of issue 14's cold table. Not the corpus' largest (two
+# versions of openjdk's `modules`, 129 MB, which share most of their bytes
+# and so measure deduplication as much as reading).
+FULL_CORPUS_LARGE_FILE=libllvm15/15.0.6-4+b1/usr/lib/x86_64-linux-gnu/libLLVM-15.so.1
 RAND_SEED=20261127
 MOUNT_TIMEOUT=120             # seconds a mount command may take
 
-all_fs="native,nexus,squashfuse,squashfuse_ll,erofsfuse"
+all_fs="native,nexus,squashfuse,squashfuse_ll,erofsfuse,erofs"
 smoke=0 runs=1 check=0 keep=0 verify=0 readers=4 rand_reads=20000
 fs_arg=$all_fs
-store_arg=""
+store_arg="" large_arg=""
 erofs_src=${EROFS_UTILS_SRC:-}
 erofs_comp=lz4hc
 out_dir="$here/out"
@@ -91,6 +112,7 @@ while [[ $# -gt 0 ]]; do
         --erofs-src) erofs_src=$2; shift 2 ;;
         --erofs-comp) erofs_comp=$2; shift 2 ;;
         --readers) readers=$2; shift 2 ;;
+        --large-file) large_arg=$2; shift 2 ;;
         --rand-reads) rand_reads=$2; shift 2 ;;
         --verify) verify=1; shift ;;
         --check) check=1; shift ;;
@@ -235,12 +257,22 @@ read -r c_files c_bytes < <(find "$native" -type f -printf '%s\n' | awk '{ s += 
 c_dirs=$(find "$native" -type d | wc -l)
 c_links=$(find "$native" -type l | wc -l)
 [[ $c_files -gt 0 ]] || die "the corpus holds no regular file"
-IFS=$'\t' read -r rand_size rand_rel < <((cd "$native" && find . -type f -printf '%s\t%P\n') | sort -t $'\t' -k1,1nr -k2,2 | head -1)
 probe=${list_all[0]%%/*}   # an App dir: the mount is usable once it exists
 full_corpus=0
 [[ $c_files -eq $FULL_CORPUS_FILES && $c_bytes -eq $FULL_CORPUS_BYTES ]] && full_corpus=1
+# The large file: read whole (one reader) and at random.
+if [[ -n $large_arg ]]; then
+    big_rel=${large_arg#./} big_why="chosen with --large-file"
+elif [[ $full_corpus -eq 1 ]]; then
+    big_rel=$FULL_CORPUS_LARGE_FILE big_why="issue 14's file"
+else
+    IFS=$'\t' read -r _ big_rel < <((cd "$native" && find . -type f -printf '%s\t%P\n') | sort -t $'\t' -k1,1nr -k2,2 | head -1)
+    big_why="the corpus' largest file"
+fi
+[[ -f $native/$big_rel && ! -L $native/$big_rel ]] || die "large file $big_rel: not a regular file in $native"
+big_size=$(stat -c %s "$native/$big_rel")
 log "corpus: ${#list_all[@]} app-versions, $c_files files, $c_bytes bytes over paths; native tree $native ($native_fstype)"
-log "random reads: $rand_rel ($rand_size bytes)"
+log "large file ($big_why): $big_rel ($big_size bytes)"
 
 # ---- helpers -----------------------------------------------------------------
 us_now() { local t=$EPOCHREALTIME; printf '%s' "${t/./}"; }   # microseconds
@@ -261,7 +293,9 @@ drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 
 alive() { [[ -e /proc/$1/status ]] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null; }
 
+# The daemon binary of each FUSE file system; the kernel's erofs has none.
 declare -A bin_of=([nexus]="$nexus" [squashfuse]=squashfuse [squashfuse_ll]=squashfuse_ll [erofsfuse]="")
+has_daemon() { [[ -v bin_of[$1] ]]; }
 
 # daemon_pid V MP: the process that has MP as one of its arguments, preferring
 # one named like V's binary.
@@ -302,6 +336,7 @@ mount_fs() {
         nexus) cmd=("$nexus" --store "$store" mount "$mp") ;;
         squashfuse|squashfuse_ll) cmd=("$v" "$sqfs_img" "$mp") ;;
         erofsfuse) cmd=("$erofsfuse_bin" "$erofs_img" "$mp") ;;
+        erofs) cmd=(mount -t erofs -o "ro,loop" "$erofs_img" "$mp") ;;
     esac
     printf '%q ' "${cmd[@]}" > "$logs/mount-$v.cmd"
     t0=${EPOCHREALTIME/./}
@@ -327,6 +362,7 @@ mount_fs() {
         error "$v: $mp/$probe exists but $mp is not a mount point"
         return 1
     fi
+    has_daemon "$v" || return 0
     dpid[$v]=$(daemon_pid "$v" "$mp")
     [[ -n ${dpid[$v]} ]] || warn "$v: daemon process not found (no RSS figures)"
     return 0
@@ -338,7 +374,7 @@ umount_fs() {
     [[ -n $mp ]] || return 0
     if [[ $v == nexus ]]; then
         "$nexus" umount "$mp" >> "$logs/umount-$v.log" 2>&1 || rc=$?
-    elif [[ -n $fusermount ]]; then
+    elif has_daemon "$v" && [[ -n $fusermount ]]; then
         "$fusermount" -u "$mp" >> "$logs/umount-$v.log" 2>&1 || rc=$?
     else
         umount "$mp" >> "$logs/umount-$v.log" 2>&1 || rc=$?
@@ -392,7 +428,8 @@ timed() {
 op_read() { (cd "$1" && exec xargs -0 -P "$readers" -n 256 cat -- < "$files0"); }
 op_find() { find "$1"; }
 op_ls() { ls -lR "$1"; }
-op_rand() { python3 "$work/randread.py" "$1/$rand_rel" "$rand_reads" "$RAND_SEED"; }
+op_large() { cat -- "$1/$big_rel"; }
+op_rand() { python3 "$work/randread.py" "$1/$big_rel" "$rand_reads" "$RAND_SEED"; }
 
 cat > "$work/randread.py" <<'EOF'
 # randread.py FILE N SEED: N preads of 4 KiB at block-aligned offsets drawn
@@ -460,12 +497,29 @@ if want squashfuse || want squashfuse_ll; then
     sqfs_bytes=$(stat -c %s "$sqfs_img")
 fi
 
-# ---- erofsfuse -----------------------------------------------------------------
-# erofsfuse and mkfs.erofs come from $tools_dir/bin (Debian 12 packages no
+# ---- erofs image: erofsfuse and the kernel's erofs --------------------------
+# mkfs.erofs and erofsfuse come from $tools_dir/bin (Debian 12 packages no
 # erofsfuse). They are built there from an erofs-utils source when missing.
+# One image serves both erofsfuse and the kernel's erofs driver, so the two
+# differ only in who reads it.
 erofsfuse_bin="$tools_dir/bin/erofsfuse" mkfs_erofs="$tools_dir/bin/mkfs.erofs"
 erofs_img="" erofs_build_s="" erofs_bytes="" erofs_source="" erofs_tool_source=""
 erofs_ref=${EROFS_UTILS_REF:-v1.9.3}
+erofs_family=()   # the wanted file systems that need the erofs image
+for v in erofsfuse erofs; do want "$v" && erofs_family+=("$v"); done
+skip_erofs_family() {   # skip_erofs_family REASON: skip every wanted one not skipped yet
+    local v
+    for v in "${erofs_family[@]}"; do
+        [[ -n ${skipped_fs[$v]:-} ]] || skip_fs "$v" "$1"
+    done
+}
+erofs_family_left() {   # true while some wanted erofs-family file system is not skipped
+    local v
+    for v in "${erofs_family[@]}"; do
+        [[ -n ${skipped_fs[$v]:-} ]] || return 0
+    done
+    return 1
+}
 
 find_erofs_src() {
     local c
@@ -483,7 +537,7 @@ build_erofs() {   # build_erofs SRC: build into $tools_dir; 1 + skip reason on f
         pkg-config --exists "$c" 2>/dev/null || missing+=("$c.pc")
     done
     if [[ ${#missing[@]} -gt 0 ]]; then
-        skip_fs erofsfuse "cannot build erofs-utils, missing: ${missing[*]} (apt-get install -y build-essential autoconf automake libtool pkg-config libfuse3-dev liblz4-dev libzstd-dev uuid-dev)"
+        skip_erofs_family "cannot build erofs-utils, missing: ${missing[*]} (apt-get install -y build-essential autoconf automake libtool pkg-config libfuse3-dev liblz4-dev libzstd-dev uuid-dev)"
         return 1
     fi
     log "building erofs-utils (erofsfuse, mkfs.erofs) from $src into $tools_dir (log: $blog)"
@@ -498,49 +552,58 @@ build_erofs() {   # build_erofs SRC: build into $tools_dir; 1 + skip reason on f
         (cd "$b" && ./autogen.sh && ./configure --prefix="$tools_dir" --enable-fuse &&
             make -j"$(nproc)" && make install)
     } > "$blog" 2>&1 || {
-        skip_fs erofsfuse "building erofs-utils from $src failed: $(tail -1 "$blog") (full log: $blog)"
+        skip_erofs_family "building erofs-utils from $src failed: $(tail -1 "$blog") (full log: $blog)"
         return 1
     }
     if [[ ! -x $erofsfuse_bin || ! -x $mkfs_erofs ]]; then
-        skip_fs erofsfuse "erofs-utils built from $src but $erofsfuse_bin or $mkfs_erofs is missing (log: $blog)"
+        skip_erofs_family "erofs-utils built from $src but $erofsfuse_bin or $mkfs_erofs is missing (log: $blog)"
         return 1
     fi
     printf '%s\n' "$src" > "$tools_dir/erofs-utils.source"
     rm -rf "$tools_dir/build"
 }
 
-if want erofsfuse; then
+if want erofs; then
+    # The kernel driver and a loop device are all the kernel side needs.
+    grep -qw erofs /proc/filesystems || modprobe erofs 2>/dev/null || true
+    if ! grep -qw erofs /proc/filesystems; then
+        skip_fs erofs "the kernel ($(uname -r)) has no erofs driver (not in /proc/filesystems, modprobe erofs failed)"
+    elif [[ ! -e /dev/loop-control ]]; then
+        skip_fs erofs "no /dev/loop-control: mount -o loop needs loop devices"
+    fi
+fi
+if erofs_family_left; then
     if [[ ! -x $erofsfuse_bin || ! -x $mkfs_erofs ]]; then
         src=$(find_erofs_src)
         if [[ $smoke -eq 1 && -z $erofs_src ]]; then
-            skip_fs erofsfuse "not built in $tools_dir/bin, and --smoke does not build erofs-utils (a full run or --erofs-src builds it)"
+            skip_erofs_family "erofs-utils not built in $tools_dir/bin, and --smoke does not build it (a full run or --erofs-src builds it)"
         elif [[ -z $src ]]; then
-            skip_fs erofsfuse "not built in $tools_dir/bin and no erofs-utils source found (Debian 12 packages no erofsfuse; put a source tree or tarball at $bench_root/src/erofs-utils-VERSION[.tar.gz] or pass --erofs-src; see bench/README.md)"
+            skip_erofs_family "erofs-utils not built in $tools_dir/bin and no erofs-utils source found (Debian 12 packages no erofsfuse; put a source tree or tarball at $bench_root/src/erofs-utils-VERSION[.tar.gz] or pass --erofs-src; see bench/README.md)"
         else
             build_erofs "$src" || true
         fi
     fi
-    if [[ -z ${skipped_fs[erofsfuse]:-} ]]; then
-        bin_of[erofsfuse]=$erofsfuse_bin
-        erofs_tool_source=$(cat "$tools_dir/erofs-utils.source" 2>/dev/null || echo "prebuilt in $tools_dir/bin")
-        erofs_img="$img_dir/corpus-$list_sum.${erofs_comp//[^A-Za-z0-9]/_}.erofs"
-        if [[ -s $erofs_img ]]; then
-            erofs_source="cached image (built $(date -u -r "$erofs_img" +%Y-%m-%dT%H:%MZ))"
-            log "erofs image: $erofs_img (cached)"
+fi
+if erofs_family_left; then
+    bin_of[erofsfuse]=$erofsfuse_bin
+    erofs_tool_source=$(cat "$tools_dir/erofs-utils.source" 2>/dev/null || echo "prebuilt in $tools_dir/bin")
+    erofs_img="$img_dir/corpus-$list_sum.${erofs_comp//[^A-Za-z0-9]/_}.erofs"
+    if [[ -s $erofs_img ]]; then
+        erofs_source="cached image (built $(date -u -r "$erofs_img" +%Y-%m-%dT%H:%MZ))"
+        log "erofs image: $erofs_img (cached)"
+    else
+        log "building the erofs image (mkfs.erofs -z$erofs_comp; about 70 s on the full corpus): $erofs_img"
+        t0=$(us_now)
+        if "$mkfs_erofs" "-z$erofs_comp" "$erofs_img.partial" "$native" > "$logs/mkfs-erofs.log" 2>&1; then
+            mv "$erofs_img.partial" "$erofs_img"
+            erofs_build_s=$(us_to_s $(($(us_now) - t0)))
+            erofs_source="built in this run"
         else
-            log "building the erofs image (mkfs.erofs -z$erofs_comp; about 70 s on the full corpus): $erofs_img"
-            t0=$(us_now)
-            if "$mkfs_erofs" "-z$erofs_comp" "$erofs_img.partial" "$native" > "$logs/mkfs-erofs.log" 2>&1; then
-                mv "$erofs_img.partial" "$erofs_img"
-                erofs_build_s=$(us_to_s $(($(us_now) - t0)))
-                erofs_source="built in this run"
-            else
-                rm -f "$erofs_img.partial"
-                skip_fs erofsfuse "mkfs.erofs -z$erofs_comp failed: $(tail -1 "$logs/mkfs-erofs.log")"
-            fi
+            rm -f "$erofs_img.partial"
+            skip_erofs_family "mkfs.erofs -z$erofs_comp failed: $(tail -1 "$logs/mkfs-erofs.log")"
         fi
-        [[ -s $erofs_img ]] && erofs_bytes=$(stat -c %s "$erofs_img")
     fi
+    [[ -s $erofs_img ]] && erofs_bytes=$(stat -c %s "$erofs_img")
 fi
 
 variants=()
@@ -623,6 +686,10 @@ measure_steps() {
     timed "$v-ls-cold-run$r" /dev/null op_ls "$dir"; add_sample "$v" ls_cold "$T_S"
     timed "$v-ls-warm-run$r" /dev/null op_ls "$dir"; add_sample "$v" ls_warm "$T_S"
     sample_rss "$v"
+    log "run $r: $v: read of the large file"
+    fresh "$v" || return 0
+    timed "$v-large-cold-run$r" /dev/null op_large "$dir"; add_sample "$v" large_cold "$T_S"
+    timed "$v-large-warm-run$r" /dev/null op_large "$dir"; add_sample "$v" large_warm "$T_S"
     log "run $r: $v: random 4 KiB reads"
     fresh "$v" || return 0
     rand_step "$v" "$r" cold
@@ -651,7 +718,7 @@ bench_s=$(us_to_s $(($(us_now) - t_start)))
 
 # ---- medians and ratios --------------------------------------------------------
 declare -A M=()   # M[fs.metric] = median (max for RSS)
-metrics=(mount_cold mount_warm read_cold read_warm find_cold find_warm ls_cold ls_warm rand_cold rand_warm)
+metrics=(mount_cold mount_warm read_cold read_warm find_cold find_warm ls_cold ls_warm large_cold large_warm rand_cold rand_warm)
 for v in "${variants[@]}"; do
     for k in "${metrics[@]}" rss_kb hwm_kb; do
         read -r -a xs <<< "${S[$v.$k]:-}"
@@ -663,19 +730,22 @@ for v in "${variants[@]}"; do
     done
     M[$v.read_cold_mbps]=$(fdiv "$(fdiv "$c_bytes" 1e6)" "${M[$v.read_cold]}")
     M[$v.read_warm_mbps]=$(fdiv "$(fdiv "$c_bytes" 1e6)" "${M[$v.read_warm]}")
+    M[$v.large_cold_mbps]=$(fdiv "$(fdiv "$big_size" 1e6)" "${M[$v.large_cold]}")
+    M[$v.large_warm_mbps]=$(fdiv "$(fdiv "$big_size" 1e6)" "${M[$v.large_warm]}")
 done
-have_native=0
-[[ " ${variants[*]} " == *" native "* ]] && have_native=1
-ratio() {   # ratio V METRIC: V / native for times, native / V for reads/s
-    [[ $have_native -eq 1 ]] || return 0
+have() { [[ " ${variants[*]} " == *" $1 "* ]]; }
+# ratio_to V METRIC REF: how much longer V takes than REF (V / REF for
+# times, REF / V for reads/s), empty when REF was not measured.
+ratio_to() {
+    have "$3" || return 0
     case "$2" in
-        rand_*) fdiv "${M[native.$2]}" "${M[$1.$2]}" ;;
-        *) fdiv "${M[$1.$2]}" "${M[native.$2]}" ;;
+        rand_*) fdiv "${M[$3.$2]}" "${M[$1.$2]}" ;;
+        *) fdiv "${M[$1.$2]}" "${M[$3.$2]}" ;;
     esac
 }
+ratio() { ratio_to "$1" "$2" native; }   # ratio V METRIC: against the native tree
 
 # Targets, for nexus.
-have() { [[ " ${variants[*]} " == *" $1 "* ]]; }
 status() {   # status VALUE OP LIMIT -> PASS / FAIL / n/a
     [[ -n $1 ]] || { echo "n/a"; return; }
     awk -v x="$1" -v op="$2" -v t="$3" 'BEGIN { ok = (op == "<") ? (x < t) : (x <= t); print ok ? "PASS" : "FAIL" }'
@@ -701,9 +771,18 @@ s_read=$(status "$t_read" "<=" "$TARGET_WARM_READ_RATIO")
 s_cold=$(status "$t_cold" "<" 1)
 s_ls=$(status "$t_ls" "<=" "$TARGET_LS_RATIO")
 s_rss=$(status "$t_rss" "<" "$TARGET_RSS_BYTES")
+declare -A cold_value=() cold_status=()   # issue 14: nexus' ratio to the row's reference
+for k in "${cold_rows[@]}"; do
+    cold_value[$k]=""
+    have nexus && cold_value[$k]=$(ratio_to nexus "$k" "${cold_ref[$k]}")
+    cold_status[$k]=$(status "${cold_value[$k]}" "<=" "${cold_limit[$k]}")
+done
 if [[ $smoke -eq 1 ]]; then   # a tiny corpus says nothing about the targets
     for s in s_mount s_read s_cold s_ls s_rss; do
         [[ ${!s} == n/a ]] || printf -v "$s" '%s (smoke)' "${!s}"
+    done
+    for k in "${cold_rows[@]}"; do
+        [[ ${cold_status[$k]} == n/a ]] || cold_status[$k]+=" (smoke)"
     done
 fi
 
@@ -744,6 +823,11 @@ if have erofsfuse; then
     cmdline[erofsfuse]="\`erofsfuse IMG MP\`; \`fusermount3 -u MP\`"
     backing[erofsfuse]="\`mkfs.erofs -z$erofs_comp IMG DIR\`: $erofs_bytes bytes ($erofs_source$(opt_s ', %.0f s' "$erofs_build_s"))"
 fi
+if have erofs; then
+    ver[erofs]="kernel erofs driver (kernel $(uname -r)); image by $(first_line "$mkfs_erofs" --version | sed 's/^mkfs.erofs (erofs-utils) /erofs-utils /')"
+    cmdline[erofs]="\`mount -t erofs -o ro,loop IMG MP\`; \`umount MP\`"
+    backing[erofs]="the erofsfuse image: \`mkfs.erofs -z$erofs_comp IMG DIR\`, $erofs_bytes bytes"
+fi
 
 ms() { fmt '%.1f' "$(fmul "$1" 1000)"; }
 mib() { [[ -z $1 ]] && { printf 'n/a'; return; }; awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
@@ -759,7 +843,8 @@ rx() { fmt '%.2f×' "$1"; }
     echo "- runs: $runs (medians; daemon RSS: largest sample); whole benchmark $(fmt '%.0f' "$bench_s") s"
     echo "- cold = \`sync; echo 3 > /proc/sys/vm/drop_caches\` and, for FUSE, a fresh mount; warm = the same command again right after"
     echo "- full read: \`xargs -0 -P $readers -n 256 cat\` over every regular file (sorted list), MB = 10^6 bytes"
-    echo "- random reads: $rand_reads preads of 4 KiB at 4 KiB-aligned offsets (seed $RAND_SEED) in \`$rand_rel\` ($rand_size bytes); reads/s of the pread loop"
+    echo "- large file ($big_why): \`cat FILE > /dev/null\` of \`$big_rel\` ($big_size bytes), one reader"
+    echo "- random reads: $rand_reads preads of 4 KiB at 4 KiB-aligned offsets (seed $RAND_SEED) in \`$big_rel\` ($big_size bytes); reads/s of the pread loop"
     echo "- mount time: from the mount command's start until \`MP/$probe\` exists (cold: after dropping caches; warm: median of 3 remounts)"
     echo
     echo "| file system | version | commands | backing data |"
@@ -787,6 +872,16 @@ rx() { fmt '%.2f×' "$1"; }
         echo "| $v | $(fmt '%.3f' "${M[$v.find_cold]}") | $(rx "$(ratio "$v" find_cold)") | $(fmt '%.3f' "${M[$v.find_warm]}") | $(rx "$(ratio "$v" find_warm)") | $(fmt '%.3f' "${M[$v.ls_cold]}") | $(rx "$(ratio "$v" ls_cold)") | $(fmt '%.3f' "${M[$v.ls_warm]}") | $(rx "$(ratio "$v" ls_warm)") |"
     done
     echo
+    echo "## Read of the large file"
+    echo
+    echo "\`cat\` of \`$big_rel\` ($(fmt '%.1f' "$(fdiv "$big_size" 1e6)") MB), one reader; ratios are times (> 1 is slower)."
+    echo
+    echo "| file system | cold s | cold MB/s | cold vs native | cold vs erofsfuse | cold vs erofs | warm s | warm MB/s | warm vs native |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    for v in "${variants[@]}"; do
+        echo "| $v | $(fmt '%.3f' "${M[$v.large_cold]}") | $(fmt '%.0f' "${M[$v.large_cold_mbps]}") | $(rx "$(ratio "$v" large_cold)") | $(rx "$(ratio_to "$v" large_cold erofsfuse)") | $(rx "$(ratio_to "$v" large_cold erofs)") | $(fmt '%.3f' "${M[$v.large_warm]}") | $(fmt '%.0f' "${M[$v.large_warm_mbps]}") | $(rx "$(ratio "$v" large_warm)") |"
+    done
+    echo
     echo "## Random 4 KiB reads, mount time, daemon memory"
     echo
     echo "| file system | random cold reads/s | time vs native | random warm reads/s | time vs native | mount cold ms | mount warm ms | daemon VmRSS MiB | daemon VmHWM MiB |"
@@ -795,7 +890,7 @@ rx() { fmt '%.2f×' "$1"; }
         echo "| $v | $(fmt '%.0f' "${M[$v.rand_cold]}") | $(rx "$(ratio "$v" rand_cold)") | $(fmt '%.0f' "${M[$v.rand_warm]}") | $(rx "$(ratio "$v" rand_warm)") | $(ms "${M[$v.mount_cold]}") | $(ms "${M[$v.mount_warm]}") | $(mib "${M[$v.rss_kb]}") | $(mib "${M[$v.hwm_kb]}") |"
     done
     echo
-    echo "VmRSS is read from \`/proc/PID/status\` after the full read and after \`ls -lR\` (largest sample); VmHWM is the daemon's peak."
+    echo "VmRSS is read from \`/proc/PID/status\` after the full read and after \`ls -lR\` (largest sample); VmHWM is the daemon's peak. The kernel's erofs has no daemon."
     if have nexus; then
         echo
         echo "## Targets (issue 3), nexus"
@@ -808,6 +903,31 @@ rx() { fmt '%.2f×' "$1"; }
         echo "| warm ls -lR / native | $(fmt '%.3f' "$t_ls") | <= $TARGET_LS_RATIO | $s_ls |"
         echo "| daemon VmRSS after the full walk | $(fmt '%.1f' "$(fdiv "$t_rss" 1e6)") MB | < $((TARGET_RSS_BYTES / 1000000)) MB | $s_rss |"
     fi
+    echo
+    echo "## Cold table (issue 14)"
+    echo
+    echo "Each after a fresh mount and \`drop_caches\`. nexus' ratios are times (nexus / other; for reads/s other / nexus): > 1 is slower."
+    echo
+    line="| measure |" rule="|---|"
+    for v in "${variants[@]}"; do line+=" $v |"; rule+="---:|"; done
+    echo "$line nexus vs native | nexus vs erofsfuse | nexus vs erofs | target (nexus) | status |"
+    echo "$rule---:|---:|---:|---|---|"
+    for k in "${cold_rows[@]}"; do
+        line="| ${cold_label[$k]} (${cold_unit[$k]}) |"
+        for v in "${variants[@]}"; do
+            case "$k" in
+                read_cold) line+=" $(fmt '%.2f' "${M[$v.$k]}") |" ;;
+                rand_cold) line+=" $(fmt '%.0f' "${M[$v.$k]}") |" ;;
+                *) line+=" $(fmt '%.3f' "${M[$v.$k]}") |" ;;
+            esac
+        done
+        if have nexus; then
+            line+=" $(rx "$(ratio nexus "$k")") | $(rx "$(ratio_to nexus "$k" erofsfuse)") | $(rx "$(ratio_to nexus "$k" erofs)") |"
+        else
+            line+=" n/a | n/a | n/a |"
+        fi
+        echo "$line ${cold_goal[$k]} | ${cold_status[$k]} |"
+    done
     echo
     echo "## Tree check (untimed, first run)"
     echo
@@ -850,8 +970,8 @@ jtarget() {   # jtarget VALUE LIMIT STATUS [BASIS]
     printf '  "host": {"cores": %s, "cpu": %s, "kernel": %s, "mem": %s, "loadavg_end": %s},\n' "$(nproc)" "$(jstr "$cpu")" "$(jstr "$(uname -r)")" "$(jstr "$mem_total")" "$(jstr "$load_end")"
     printf '  "corpus": {"dir": %s, "fstype": %s, "app_versions": %s, "files": %s, "symlinks": %s, "dirs": %s, "bytes_over_paths": %s, "list_sha256_prefix": %s, "skipped": %s},\n' \
         "$(jstr "$native")" "$(jstr "$native_fstype")" "${#list_all[@]}" "$c_files" "$c_links" "$c_dirs" "$c_bytes" "$(jstr "$list_sum")" "$(jstr "$skipped")"
-    printf '  "method": {"runs": %s, "readers": %s, "rand_reads": %s, "rand_seed": %s, "rand_file": %s, "rand_file_bytes": %s, "probe": %s, "verify_content": %s, "bench_seconds": %s},\n' \
-        "$runs" "$readers" "$rand_reads" "$RAND_SEED" "$(jstr "$rand_rel")" "$rand_size" "$(jstr "$probe")" "$([[ $verify -eq 1 ]] && echo true || echo false)" "$bench_s"
+    printf '  "method": {"runs": %s, "readers": %s, "rand_reads": %s, "rand_seed": %s, "rand_file": %s, "rand_file_bytes": %s, "rand_file_choice": %s, "probe": %s, "verify_content": %s, "bench_seconds": %s},\n' \
+        "$runs" "$readers" "$rand_reads" "$RAND_SEED" "$(jstr "$big_rel")" "$big_size" "$(jstr "$big_why")" "$(jstr "$probe")" "$([[ $verify -eq 1 ]] && echo true || echo false)" "$bench_s"
     printf '  "backing": {"nexus_store_bytes": %s, "nexus_store_build_s": %s, "nexus_store": %s, "squashfs_bytes": %s, "squashfs_build_s": %s, "squashfs": %s, "erofs_bytes": %s, "erofs_build_s": %s, "erofs": %s, "erofs_comp": %s},\n' \
         "$(jnum "$store_bytes")" "$(jnum "$store_build_s")" "$(jstr "$store_source")" "$(jnum "$sqfs_bytes")" "$(jnum "$sqfs_build_s")" "$(jstr "$sqfs_source")" \
         "$(jnum "$erofs_bytes")" "$(jnum "$erofs_build_s")" "$(jstr "$erofs_source")" "$(jstr "$erofs_comp")"
@@ -874,11 +994,12 @@ jtarget() {   # jtarget VALUE LIMIT STATUS [BASIS]
         for k in "${metrics[@]}"; do
             printf '"%s": %s, ' "$k" "$(jnum "${M[$v.$k]}")"
         done
-        printf '"read_cold_mb_per_s": %s, "read_warm_mb_per_s": %s, "rss_kb_max": %s, "hwm_kb_max": %s},\n' \
-            "$(jnum "${M[$v.read_cold_mbps]}")" "$(jnum "${M[$v.read_warm_mbps]}")" "$(jnum "${M[$v.rss_kb]}")" "$(jnum "${M[$v.hwm_kb]}")"
+        printf '"read_cold_mb_per_s": %s, "read_warm_mb_per_s": %s, "large_cold_mb_per_s": %s, "large_warm_mb_per_s": %s, "rss_kb_max": %s, "hwm_kb_max": %s},\n' \
+            "$(jnum "${M[$v.read_cold_mbps]}")" "$(jnum "${M[$v.read_warm_mbps]}")" "$(jnum "${M[$v.large_cold_mbps]}")" "$(jnum "${M[$v.large_warm_mbps]}")" \
+            "$(jnum "${M[$v.rss_kb]}")" "$(jnum "${M[$v.hwm_kb]}")"
         printf '      "vs_native": {'
         sep=""
-        for k in read_cold read_warm find_cold find_warm ls_cold ls_warm rand_cold rand_warm; do
+        for k in read_cold read_warm find_cold find_warm ls_cold ls_warm large_cold large_warm rand_cold rand_warm; do
             printf '%s"%s": %s' "$sep" "$k" "$(jnum "$(ratio "$v" "$k")")"
             sep=", "
         done
@@ -898,7 +1019,24 @@ jtarget() {   # jtarget VALUE LIMIT STATUS [BASIS]
     printf '    "cold_read_over_erofsfuse": %s,\n' "$(jtarget "$t_cold" 1 "$s_cold" "$t_cold_basis")"
     printf '    "warm_ls_lR_over_native": %s,\n' "$(jtarget "$t_ls" "$TARGET_LS_RATIO" "$s_ls")"
     printf '    "daemon_rss_bytes": %s\n' "$(jtarget "$t_rss" "$TARGET_RSS_BYTES" "$s_rss")"
-    printf '  }\n}\n'
+    printf '  },\n'
+    printf '  "cold_table_issue14": {\n'
+    printf '    "ratio": "time: nexus / reference (for reads/s reference / nexus); > 1 is slower",\n'
+    printf '    "rows": [\n'
+    sep=""
+    for k in "${cold_rows[@]}"; do
+        printf '%s      {"measure": %s, "label": %s, "unit": %s, "values": {' "$sep" "$(jstr "$k")" "$(jstr "${cold_label[$k]}")" "$(jstr "${cold_unit[$k]}")"
+        sep2=""
+        for v in "${variants[@]}"; do
+            printf '%s%s: %s' "$sep2" "$(jstr "$v")" "$(jnum "${M[$v.$k]}")"
+            sep2=", "
+        done
+        printf '},\n        "nexus_over": {"native": %s, "erofsfuse": %s, "erofs": %s},\n' \
+            "$(jnum "$(have nexus && ratio nexus "$k")")" "$(jnum "$(have nexus && ratio_to nexus "$k" erofsfuse)")" "$(jnum "$(have nexus && ratio_to nexus "$k" erofs)")"
+        printf '        "target": %s}' "$(jtarget "${cold_value[$k]}" "${cold_limit[$k]}" "${cold_status[$k]}" "${cold_goal[$k]} (nexus against ${cold_ref[$k]} in this run)")"
+        sep=$',\n'
+    done
+    printf '\n    ]\n  }\n}\n'
 } > "$json"
 
 cat "$md"
@@ -909,7 +1047,7 @@ if [[ ${#errors[@]} -gt 0 ]]; then
     log "${#errors[@]} error(s) during the benchmark (see Problems in the report)"
     exit 1
 fi
-if [[ $check -eq 1 && $smoke -eq 0 ]] && [[ "$s_mount $s_read $s_cold $s_ls $s_rss" == *FAIL* ]]; then
+if [[ $check -eq 1 && $smoke -eq 0 ]] && [[ "$s_mount $s_read $s_cold $s_ls $s_rss ${cold_status[*]}" == *FAIL* ]]; then
     log "target missed"
     exit 3
 fi
