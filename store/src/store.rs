@@ -114,6 +114,15 @@ pub struct Store {
     lock_timeout: Duration,
 }
 
+impl Drop for Store {
+    fn drop(&mut self) {
+        // The writer is the one to do it: the catalog pool's read-only
+        // connections cannot, and the last connection to close (often one
+        // of them) leaves the log as large as the last transaction made it.
+        self.catalog.shrink_wal();
+    }
+}
+
 impl Store {
     /// Creates a store in `dir` (which may exist and be empty, or hold a store
     /// already: then this only opens it).

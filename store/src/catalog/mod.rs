@@ -64,6 +64,14 @@ pub struct Stats {
 /// How long a connection waits for a lock held by another process.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Bytes of write-ahead log kept between transactions (see
+/// [`Catalog::shrink_wal`]).
+const WAL_KEEP_BYTES: i64 = 4 << 20;
+
+/// How long [`Catalog::shrink_wal`] waits for readers of older snapshots
+/// (a mount daemon renews its snapshots within 200 ms).
+const SHRINK_WAIT: Duration = Duration::from_secs(1);
+
 /// A package as the catalog records it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PackageRow {
@@ -282,6 +290,11 @@ fn configure(conn: &Connection) -> Result<()> {
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
     conn.pragma_update(None, "cache_size", -32_000)?;
+    // The write-ahead log holds every page a transaction writes until the
+    // checkpoint after it, so adding many packages grows it to the size of
+    // the catalog; without a limit SQLite keeps the file that large for
+    // reuse. With one, the next transaction starts a log this small again.
+    conn.pragma_update(None, "journal_size_limit", WAL_KEEP_BYTES)?;
     // Without the query planner stability guarantee, SQLite (3.47 and later)
     // marks a statement whose plan looked at the value bound to an `= ?`
     // term for re-preparation whenever that value changes: every cached
@@ -293,6 +306,31 @@ fn configure(conn: &Connection) -> Result<()> {
 }
 
 impl Catalog {
+    /// Checkpoints the write-ahead log into the catalog and truncates it
+    /// when a large transaction left it over [`WAL_KEEP_BYTES`], so that a
+    /// store at rest takes its catalog's size on disk, not twice it. Waits
+    /// at most [`SHRINK_WAIT`] for readers of older snapshots; a log still
+    /// in use is left (the next transaction shrinks it). Only an
+    /// optimisation: nothing fails when it does not happen.
+    pub fn shrink_wal(&self) {
+        let Some(path) = self.conn.path() else {
+            return;
+        };
+        let large =
+            std::fs::metadata(format!("{path}-wal")).is_ok_and(|m| m.len() > WAL_KEEP_BYTES as u64);
+        if !large {
+            return;
+        }
+        let _ = self.conn.busy_timeout(SHRINK_WAIT);
+        if let Err(e) = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        {
+            tracing::debug!("the catalog's write-ahead log stays as it is: {e}");
+        }
+        let _ = self.conn.busy_timeout(BUSY_TIMEOUT);
+    }
+
     /// Opens (and if needed creates and migrates) the catalog at `path`.
     pub fn open(path: &Path, create: bool) -> Result<Self> {
         let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -899,5 +937,53 @@ mod tests {
         assert_eq!(catalog.parent_dir(b.id).unwrap(), Some(a.id));
         assert_eq!(catalog.parent_dir(a.id).unwrap(), Some(package.root));
         assert_eq!(catalog.parent_dir(package.root).unwrap(), None);
+    }
+}
+
+#[cfg(test)]
+mod wal_tests {
+    use super::*;
+
+    fn wal_len(dir: &Path) -> u64 {
+        std::fs::metadata(dir.join("catalog.db-wal")).map_or(0, |m| m.len())
+    }
+
+    #[test]
+    fn a_large_transaction_leaves_no_large_log_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.db");
+        let catalog = Catalog::open(&path, true).unwrap();
+        // Another connection that stays open, as a mount daemon's would:
+        // then closing the writer does not remove the log.
+        let reader = Connection::open(&path).unwrap();
+        let _: i64 = reader
+            .query_row("SELECT count(*) FROM meta", [], |r| r.get(0))
+            .unwrap();
+        let tx = catalog.conn.unchecked_transaction().unwrap();
+        let value = "x".repeat(4096);
+        for i in 0..3000 {
+            tx.execute(
+                "INSERT INTO meta(key, value) VALUES (?1, ?2)",
+                (format!("k{i}"), &value),
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+        assert!(
+            wal_len(dir.path()) > WAL_KEEP_BYTES as u64,
+            "the test wrote too little"
+        );
+        catalog.shrink_wal();
+        assert!(
+            wal_len(dir.path()) <= WAL_KEEP_BYTES as u64,
+            "the log is still {} bytes",
+            wal_len(dir.path())
+        );
+        let rows: i64 = reader
+            .query_row("SELECT count(*) FROM meta WHERE key LIKE 'k%'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(rows, 3000);
     }
 }
