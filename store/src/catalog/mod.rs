@@ -9,6 +9,7 @@
 //! writing packs) happens before.
 
 pub(crate) mod audit;
+mod bulk;
 pub(crate) mod generations;
 mod remotes;
 mod schema;
@@ -282,6 +283,9 @@ fn configure(conn: &Connection) -> Result<()> {
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
     conn.pragma_update(None, "cache_size", -32_000)?;
+    // Room for the multi-row inserts of a commit (`bulk`: a few sizes per
+    // table) next to every reader's statements.
+    conn.set_prepared_statement_cache_capacity(64);
     // Without the query planner stability guarantee, SQLite (3.47 and later)
     // marks a statement whose plan looked at the value bound to an `= ?`
     // term for re-preparation whenever that value changes: every cached
