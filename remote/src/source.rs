@@ -12,8 +12,9 @@
 //! cached copy.
 //!
 //! Read-ahead (daemons, [`RemotePacks::start_read_ahead`]): after a block
-//! is fetched on demand, the [`AHEAD_BLOCKS`] blocks that follow it in its
-//! pack — the rest of a large file, or the next files of its package,
+//! is fetched on demand right after the block before it in its pack was
+//! read (a sequential reader), the [`AHEAD_BLOCKS`] blocks that follow it
+//! in its pack — the rest of a large file, or the next files of its package,
 //! which a pack keeps together — are fetched in one range request on
 //! another thread, verified and cached like any block, while the reader
 //! goes on; reading the last block of such a run queues the next run, so
@@ -67,9 +68,7 @@ impl Weighter<BlockKey, Bytes> for BlockWeight {
     }
 }
 
-/// Blocks fetched ahead after a block read from a remote (about 0.4 MiB
-/// each in a pack of mixed files): four roughly doubled the bytes a first
-/// `java -version` fetched and halved the fetches it waited for.
+/// Blocks fetched ahead, in one request, for a sequential reader.
 pub const AHEAD_BLOCKS: usize = 4;
 /// Read-ahead threads of a daemon: fetches wait on the network more than
 /// on a core.
@@ -77,7 +76,8 @@ pub const AHEAD_THREADS: usize = 2;
 /// Read-ahead runs waiting for a thread; more are dropped (the readers
 /// fetch what they need themselves).
 const AHEAD_QUEUE: usize = 16;
-/// Ends of read-ahead runs remembered; all forgotten at once beyond.
+/// Ends of read-ahead runs (and of blocks read) remembered; all forgotten
+/// at once beyond.
 const MARKS_MAX: usize = 4096;
 
 /// What a source has fetched, for reports and tests.
@@ -140,6 +140,8 @@ pub struct RemotePacks {
     /// The last block of each run fetched ahead, until read: reading it
     /// queues the next run.
     marks: Mutex<HashSet<(String, u64)>>,
+    /// Where the blocks read lately end, by pack (read-ahead only).
+    read_ends: Mutex<HashSet<(String, u64)>>,
     counters: Arc<Counters>,
     /// The access record (`remote-cache/access.log`), opened on first use.
     record: Mutex<Option<std::fs::File>>,
@@ -171,6 +173,7 @@ impl RemotePacks {
             recent: Cache::with_weighter(RECENT_BLOCKS, RECENT_BYTES, BlockWeight),
             ahead: OnceLock::new(),
             marks: Mutex::new(HashSet::new()),
+            read_ends: Mutex::new(HashSet::new()),
             counters: Arc::default(),
             record: Mutex::new(None),
             store_dir: store_dir.to_path_buf(),
@@ -464,7 +467,9 @@ impl RemotePacks {
             match self.cached(remote, &key) {
                 Some(block) => Ok(block),
                 None => self.fetch(remote, pack, offset, len).inspect(|_| {
-                    self.queue_ahead(remote, pack, offset + len as u64);
+                    if self.follows_a_read(pack, offset, len) {
+                        self.queue_ahead(remote, pack, offset + len as u64);
+                    }
                 }),
             }
         };
@@ -552,12 +557,30 @@ impl RemotePacks {
         }
     }
 
+    /// Notes that the block at `offset..offset + len` of `pack` was read;
+    /// true when the block just before it was read too: a sequential
+    /// reader, worth reading ahead for (a program faulting in pieces of
+    /// its libraries here and there is not: blocks fetched ahead for it
+    /// were mostly never read, and took the link from those it waited for).
+    fn follows_a_read(&self, pack: &str, offset: u64, len: usize) -> bool {
+        if self.ahead.get().is_none() {
+            return false;
+        }
+        let mut ends = self.read_ends.lock().unwrap_or_else(|p| p.into_inner());
+        if ends.len() >= MARKS_MAX {
+            ends.clear();
+        }
+        ends.insert((pack.to_string(), offset + len as u64));
+        ends.contains(&(pack.to_string(), offset))
+    }
+
     /// After a cache hit: the last block of a run fetched ahead is being
     /// read, so the next run is queued.
     fn after_hit(&self, remote: &Arc<RemoteRow>, pack: &str, offset: u64, len: usize) {
         if self.ahead.get().is_none() {
             return;
         }
+        self.follows_a_read(pack, offset, len);
         let marked = self
             .marks
             .lock()

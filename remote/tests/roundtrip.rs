@@ -464,7 +464,7 @@ fn wait_until(what: &str, done: impl Fn() -> bool) {
 }
 
 #[test]
-fn read_ahead_fetches_the_following_blocks_in_one_request_and_caches_only_verified_ones() {
+fn a_sequential_reader_gets_the_following_blocks_in_one_request_only_verified_ones_cached() {
     use nexus_remote::source::AHEAD_BLOCKS;
     use nexus_store::read::PackSource;
 
@@ -481,7 +481,7 @@ fn read_ahead_fetches_the_following_blocks_in_one_request_and_caches_only_verifi
         assert_eq!(pair[0].0 + u64::from(pair[0].1), pair[1].0, "adjacent");
     }
     // The server alters one byte of the second block fetched ahead.
-    let altered = blocks[2];
+    let altered = blocks[3];
     let object = remote_dir.join("packs").join(pack);
     let mut bytes = fs::read(&object).unwrap();
     bytes[(altered.0 + u64::from(altered.1) / 2) as usize] ^= 1;
@@ -490,16 +490,17 @@ fn read_ahead_fetches_the_following_blocks_in_one_request_and_caches_only_verifi
     let (_reader, source) = open_reader(&b, ReaderOptions::default()).unwrap();
     source.start_read_ahead(1).unwrap();
     let counters = source.counters();
-    let (first, first_len) = blocks[0];
+    // One block read is no sequential reader: nothing is read ahead. The
+    // next one is: blocks 2..=AHEAD_BLOCKS + 1 come in one more request;
+    // the altered one is refused, the others verified and cached.
     let mut head = [0u8; 16];
-    source.read_exact_at(pack, first, &mut head).unwrap();
-    // Blocks 1..=AHEAD_BLOCKS come in one more request; the altered one is
-    // refused, the others verified and cached.
+    source.read_exact_at(pack, blocks[0].0, &mut head).unwrap();
+    source.read_exact_at(pack, blocks[1].0, &mut head).unwrap();
     wait_until("the read-ahead ends", || {
         counters.ahead.load(Ordering::Relaxed) + counters.refused.load(Ordering::Relaxed)
             >= AHEAD_BLOCKS as u64
     });
-    assert_eq!(counters.fetches.load(Ordering::Relaxed), 2);
+    assert_eq!(counters.fetches.load(Ordering::Relaxed), 3);
     assert_eq!(counters.refused.load(Ordering::Relaxed), 1);
     assert_eq!(
         counters.ahead.load(Ordering::Relaxed),
@@ -508,10 +509,9 @@ fn read_ahead_fetches_the_following_blocks_in_one_request_and_caches_only_verifi
     let cache = source.cache();
     for (i, &(offset, len)) in blocks.iter().enumerate() {
         let cached = cache.contains(pack, offset, len as usize);
-        let expected = i <= AHEAD_BLOCKS && (offset, len) != altered;
+        let expected = i <= AHEAD_BLOCKS + 1 && (offset, len) != altered;
         assert_eq!(cached, expected, "block {i} at {offset}");
     }
-    assert!(first_len > 0);
     // The altered block is fetched again when read, and refused again.
     let mut buf = [0u8; 16];
     let err = source.read_exact_at(pack, altered.0, &mut buf).unwrap_err();
@@ -529,12 +529,14 @@ fn reading_the_last_block_fetched_ahead_fetches_the_next_run() {
     let store = Store::open(&b).unwrap();
     let pack = store.catalog().remote_packs().unwrap()[0].0.clone();
     let blocks = store.catalog().blocks_from(&pack, 0, 100).unwrap();
-    assert!(blocks.len() > 2 * AHEAD_BLOCKS + 1, "{blocks:?}");
+    let last = 2 * AHEAD_BLOCKS + 1;
+    assert!(blocks.len() > last + 1, "{blocks:?}");
     let (_reader, source) = open_reader(&b, ReaderOptions::default()).unwrap();
     source.start_read_ahead(1).unwrap();
     let counters = source.counters();
     let mut buf = [0u8; 16];
     source.read_exact_at(&pack, blocks[0].0, &mut buf).unwrap();
+    source.read_exact_at(&pack, blocks[1].0, &mut buf).unwrap();
     let ahead = |n: u64| {
         wait_until("the read-ahead ends", || {
             counters.ahead.load(Ordering::Relaxed) >= n
@@ -542,23 +544,20 @@ fn reading_the_last_block_fetched_ahead_fetches_the_next_run() {
     };
     ahead(AHEAD_BLOCKS as u64);
     // Reading a block fetched ahead, not the last: nothing more.
-    source.read_exact_at(&pack, blocks[1].0, &mut buf).unwrap();
+    source.read_exact_at(&pack, blocks[2].0, &mut buf).unwrap();
     // The last: the next run.
     source
-        .read_exact_at(&pack, blocks[AHEAD_BLOCKS].0, &mut buf)
+        .read_exact_at(&pack, blocks[AHEAD_BLOCKS + 1].0, &mut buf)
         .unwrap();
     ahead(2 * AHEAD_BLOCKS as u64);
-    assert_eq!(counters.fetches.load(Ordering::Relaxed), 3);
+    assert_eq!(counters.fetches.load(Ordering::Relaxed), 4);
     assert_eq!(
         counters.ahead.load(Ordering::Relaxed),
         2 * AHEAD_BLOCKS as u64
     );
-    for &(offset, len) in &blocks[..=2 * AHEAD_BLOCKS] {
+    for &(offset, len) in &blocks[..=last] {
         assert!(source.cache().contains(&pack, offset, len as usize));
     }
-    assert!(!source.cache().contains(
-        &pack,
-        blocks[2 * AHEAD_BLOCKS + 1].0,
-        blocks[2 * AHEAD_BLOCKS + 1].1 as usize
-    ));
+    let (offset, len) = blocks[last + 1];
+    assert!(!source.cache().contains(&pack, offset, len as usize));
 }

@@ -61,7 +61,7 @@ pub(crate) fn insert(
     columns: usize,
     cells: &[Cell<'_>],
 ) -> Result<()> {
-    debug_assert!(columns > 0 && cells.len() % columns == 0);
+    debug_assert!(columns > 0 && cells.len().is_multiple_of(columns));
     let mut rest = cells;
     while !rest.is_empty() {
         let rows = rest.len() / columns;
