@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use nexus_fs::{View, ViewError, ViewOptions};
 use nexus_remote::{RemotePacks, RemoteSettings};
 use nexus_store::read::{Reader, ReaderOptions};
@@ -63,6 +63,11 @@ pub fn open_view_and_source(dir: &Path, options: ViewOptions) -> Result<(View, A
     let store = Store::open(dir).map_err(|e| store_error(dir, e))?;
     let source = remote_source(&store)?;
     drop(store);
+    // A daemon serves programs: the blocks after one they fetch are
+    // likely read next.
+    source
+        .start_read_ahead(nexus_remote::source::AHEAD_THREADS)
+        .context("starting the remote read-ahead threads")?;
     let reader = Reader::with_source(
         dir,
         ReaderOptions {

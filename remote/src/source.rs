@@ -11,16 +11,31 @@
 //! fetch a block the other is fetching at the same moment, then share the
 //! cached copy.
 //!
+//! Read-ahead (daemons, [`RemotePacks::start_read_ahead`]): after a block
+//! is fetched on demand right after the block before it in its pack was
+//! read (a sequential reader), the [`AHEAD_BLOCKS`] blocks that follow it
+//! in its pack — the rest of a large file, or the next files of its package,
+//! which a pack keeps together — are fetched in one range request on
+//! another thread, verified and cached like any block, while the reader
+//! goes on; reading the last block of such a run queues the next run, so
+//! a sequential reader keeps a run in flight ahead of it. A block being
+//! fetched ahead counts as in flight: its readers wait for it.
+//!
 //! Offline: a remote that fails a read (after its retries, within its
 //! deadline) is marked unreachable for a few seconds, during which uncached
 //! reads from it fail at once instead of each waiting out the deadline; one
 //! line is logged when it goes and one when it is back. Cached blocks and
 //! local packs read as before.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, TryLockError};
+
+use bytes::Bytes;
+use crossbeam_channel::Sender;
+use quick_cache::Weighter;
+use quick_cache::sync::Cache;
 use std::time::{Duration, Instant};
 
 use nexus_store::catalog::{Catalog, RemoteRow};
@@ -36,6 +51,35 @@ use crate::settings::RemoteSettings;
 /// How long a remote that failed a read is treated as unreachable.
 const OFFLINE_FOR: Duration = Duration::from_secs(3);
 
+/// Bytes of verified blocks kept in memory: a reader asks for a block's
+/// head, then for its frames one at a time, and each answer from the disk
+/// cache read and hashed the whole cache file again.
+const RECENT_BYTES: u64 = 32 << 20;
+/// Blocks kept in memory at most (an estimate for the cache's table).
+const RECENT_BLOCKS: usize = 128;
+
+/// Weighs a block kept in memory by its bytes.
+#[derive(Clone)]
+struct BlockWeight;
+
+impl Weighter<BlockKey, Bytes> for BlockWeight {
+    fn weight(&self, _: &BlockKey, block: &Bytes) -> u64 {
+        block.len() as u64 + 64
+    }
+}
+
+/// Blocks fetched ahead, in one request, for a sequential reader.
+pub const AHEAD_BLOCKS: usize = 4;
+/// Read-ahead threads of a daemon: fetches wait on the network more than
+/// on a core.
+pub const AHEAD_THREADS: usize = 2;
+/// Read-ahead runs waiting for a thread; more are dropped (the readers
+/// fetch what they need themselves).
+const AHEAD_QUEUE: usize = 16;
+/// Ends of read-ahead runs (and of blocks read) remembered; all forgotten
+/// at once beyond.
+const MARKS_MAX: usize = 4096;
+
 /// What a source has fetched, for reports and tests.
 #[derive(Default, Debug)]
 pub struct Counters {
@@ -47,6 +91,16 @@ pub struct Counters {
     pub cache_hits: AtomicU64,
     /// Fetched blocks refused (wrong or short bytes).
     pub refused: AtomicU64,
+    /// Blocks fetched ahead of their readers (in `fetches` and `bytes`
+    /// too: one range request fetches several).
+    pub ahead: AtomicU64,
+}
+
+/// A run of blocks to fetch ahead: those that follow `from` in `pack`.
+struct AheadJob {
+    remote: Arc<RemoteRow>,
+    pack: String,
+    from: u64,
 }
 
 /// A remote's health as this process saw it.
@@ -60,6 +114,9 @@ struct Health {
 
 /// One block in flight: readers of the same block wait on its lock.
 type Inflight = Arc<Mutex<()>>;
+
+/// A block: pack, offset and length.
+type BlockKey = (String, u64, usize);
 
 /// The pack source of a store whose generations may read from remotes.
 pub struct RemotePacks {
@@ -75,7 +132,16 @@ pub struct RemotePacks {
     /// confined daemon has no network of its own).
     link: OnceLock<FetcherLink>,
     health: Mutex<HashMap<i64, Health>>,
-    inflight: Mutex<HashMap<(String, u64, usize), Inflight>>,
+    inflight: Mutex<HashMap<BlockKey, Inflight>>,
+    /// Verified blocks recently fetched or read from the disk cache.
+    recent: Cache<BlockKey, Bytes, BlockWeight>,
+    /// The read-ahead threads' queue, once started.
+    ahead: OnceLock<Sender<AheadJob>>,
+    /// The last block of each run fetched ahead, until read: reading it
+    /// queues the next run.
+    marks: Mutex<HashSet<(String, u64)>>,
+    /// Where the blocks read lately end, by pack (read-ahead only).
+    read_ends: Mutex<HashSet<(String, u64)>>,
     counters: Arc<Counters>,
     /// The access record (`remote-cache/access.log`), opened on first use.
     record: Mutex<Option<std::fs::File>>,
@@ -104,6 +170,10 @@ impl RemotePacks {
             link: OnceLock::new(),
             health: Mutex::new(HashMap::new()),
             inflight: Mutex::new(HashMap::new()),
+            recent: Cache::with_weighter(RECENT_BLOCKS, RECENT_BYTES, BlockWeight),
+            ahead: OnceLock::new(),
+            marks: Mutex::new(HashSet::new()),
+            read_ends: Mutex::new(HashSet::new()),
             counters: Arc::default(),
             record: Mutex::new(None),
             store_dir: store_dir.to_path_buf(),
@@ -194,11 +264,23 @@ impl RemotePacks {
         }
     }
 
-    /// Fetches `buf.len()` bytes at `offset` of remote pack `pack`,
-    /// verifies them as the block the catalog places there, caches them.
-    fn fetch(&self, remote: &RemoteRow, pack: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
+    /// Fetches `len` bytes at `offset` of remote pack `pack`, verifies
+    /// them as the block the catalog places there, caches them.
+    fn fetch(&self, remote: &RemoteRow, pack: &str, offset: u64, len: usize) -> Result<Bytes> {
+        let bytes = self.fetch_range(remote, pack, offset..offset + len as u64)?;
+        self.accept(remote, pack, offset, &bytes)?;
+        Ok(bytes)
+    }
+
+    /// Fetches `range` of remote pack `pack` (unverified), keeping the
+    /// remote's health and the counters.
+    fn fetch_range(
+        &self,
+        remote: &RemoteRow,
+        pack: &str,
+        range: std::ops::Range<u64>,
+    ) -> Result<Bytes> {
         self.check_online(remote, pack)?;
-        let range = offset..offset + buf.len() as u64;
         let fetched = match self.link.get() {
             Some(link) => link.get_range(remote, pack, range),
             None => self.clients.get_range(remote, pack, range),
@@ -220,7 +302,14 @@ impl RemotePacks {
         self.counters
             .bytes
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        let cacheable = match self.verify(pack, offset, &bytes) {
+        Ok(bytes)
+    }
+
+    /// Verifies fetched `bytes`, the block at `offset` of remote pack
+    /// `pack`, and caches them (an error, and nothing cached, when they
+    /// are not the block the catalog places there).
+    fn accept(&self, remote: &RemoteRow, pack: &str, offset: u64, bytes: &Bytes) -> Result<()> {
+        let cacheable = match self.verify(pack, offset, bytes) {
             Ok(cacheable) => cacheable,
             Err(why) => {
                 self.counters.refused.fetch_add(1, Ordering::Relaxed);
@@ -236,10 +325,11 @@ impl RemotePacks {
             }
         };
         if cacheable {
-            self.cache.put(pack, offset, &bytes);
+            self.cache.put(pack, offset, bytes);
+            self.recent
+                .insert((pack.to_string(), offset, bytes.len()), bytes.clone());
             self.record(pack, offset, bytes.len());
         }
-        buf.copy_from_slice(&bytes);
         Ok(())
     }
 
@@ -336,16 +426,11 @@ impl PackSource for RemotePacks {
         let holding = self
             .catalog()
             .block_holding(pack, offset, buf.len() as u64)?;
-        match holding {
-            Some((start, len)) if (start, len as usize) != (offset, buf.len()) => {
-                let mut whole = vec![0; len as usize];
-                self.read_block(&remote, pack, start, &mut whole)?;
-                let from = (offset - start) as usize;
-                buf.copy_from_slice(&whole[from..from + buf.len()]);
-                Ok(())
-            }
-            _ => self.read_block(&remote, pack, offset, buf),
-        }
+        let (start, len) = holding.map_or((offset, buf.len()), |(s, l)| (s, l as usize));
+        let block = self.read_block(&remote, pack, start, len)?;
+        let from = (offset - start) as usize;
+        buf.copy_from_slice(&block[from..from + buf.len()]);
+        Ok(())
     }
 
     fn forget(&self) {
@@ -354,49 +439,227 @@ impl PackSource for RemotePacks {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
+        self.marks.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 }
 
 impl RemotePacks {
-    /// Reads the block (or, when the catalog knows no block there, the
-    /// range) at `offset` of remote pack `pack` into `buf`: from the cache,
-    /// or fetched once however many readers ask at the same time.
+    /// The block (or, when the catalog knows no block there, the range)
+    /// of `len` bytes at `offset` of remote pack `pack`: from memory, from
+    /// the disk cache, or fetched once however many readers ask at the
+    /// same time.
     fn read_block(
         &self,
         remote: &Arc<RemoteRow>,
         pack: &str,
         offset: u64,
-        buf: &mut [u8],
-    ) -> Result<()> {
-        if self.cache.get(pack, offset, buf) {
-            self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(());
+        len: usize,
+    ) -> Result<Bytes> {
+        let key = (pack.to_string(), offset, len);
+        if let Some(block) = self.cached(remote, &key) {
+            return Ok(block);
         }
-        // One fetch per block: later readers wait for the first, then find
-        // its bytes in the cache.
-        let key = (pack.to_string(), offset, buf.len());
-        let slot = self
-            .inflight
+        // One fetch per block: later readers wait for the first (or for
+        // the read-ahead fetching it), then find its bytes cached.
+        let slot = self.slot(&key);
+        let result = {
+            let _turn = slot.lock().unwrap_or_else(|p| p.into_inner());
+            match self.cached(remote, &key) {
+                Some(block) => Ok(block),
+                None => self.fetch(remote, pack, offset, len).inspect(|_| {
+                    if self.follows_a_read(pack, offset, len) {
+                        self.queue_ahead(remote, pack, offset + len as u64);
+                    }
+                }),
+            }
+        };
+        self.release(&key, slot);
+        result
+    }
+
+    /// Block `key` from memory or from the disk cache (kept in memory
+    /// then: a reader takes a block's head, then its frames one by one).
+    fn cached(&self, remote: &Arc<RemoteRow>, key: &BlockKey) -> Option<Bytes> {
+        let (pack, offset, len) = (&key.0, key.1, key.2);
+        let block = match self.recent.get(key) {
+            Some(block) => block,
+            None => {
+                let mut buf = vec![0; len];
+                if !self.cache.get(pack, offset, &mut buf) {
+                    return None;
+                }
+                let block = Bytes::from(buf);
+                self.recent.insert(key.clone(), block.clone());
+                block
+            }
+        };
+        self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
+        self.after_hit(remote, pack, offset, len);
+        Some(block)
+    }
+
+    /// The in-flight slot of block `key` (made if there is none).
+    fn slot(&self, key: &BlockKey) -> Inflight {
+        self.inflight
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .entry(key.clone())
             .or_default()
-            .clone();
-        let result = {
-            let _turn = slot.lock().unwrap_or_else(|p| p.into_inner());
-            if self.cache.get(pack, offset, buf) {
-                self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            } else {
-                self.fetch(remote, pack, offset, buf)
-            }
-        };
+            .clone()
+    }
+
+    /// Drops `slot`, and its entry once no one else holds it.
+    fn release(&self, key: &BlockKey, slot: Inflight) {
         let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
-        if inflight.get(&key).is_some_and(|s| Arc::ptr_eq(s, &slot))
-            && Arc::strong_count(&slot) <= 2
+        if inflight.get(key).is_some_and(|s| Arc::ptr_eq(s, &slot)) && Arc::strong_count(&slot) <= 2
         {
-            inflight.remove(&key);
+            inflight.remove(key);
         }
-        result
+    }
+
+    /// From now on, after each block fetched on demand, `threads` threads
+    /// fetch the blocks that follow it (module documentation). For daemons
+    /// serving programs; one-shot commands read only what they name.
+    /// Only the first call counts.
+    pub fn start_read_ahead(self: &Arc<Self>, threads: usize) -> std::io::Result<()> {
+        if threads == 0 || self.ahead.get().is_some() {
+            return Ok(());
+        }
+        let (queue, jobs) = crossbeam_channel::bounded::<AheadJob>(AHEAD_QUEUE);
+        for i in 0..threads {
+            // Weak: the threads end when the source is dropped (its queue
+            // with it), not keep it alive.
+            let (source, jobs) = (Arc::downgrade(self), jobs.clone());
+            std::thread::Builder::new()
+                .name(format!("remote-ahead-{i}"))
+                .spawn(move || {
+                    for job in jobs {
+                        let Some(source) = source.upgrade() else {
+                            break;
+                        };
+                        source.read_ahead(&job);
+                    }
+                })?;
+        }
+        let _ = self.ahead.set(queue);
+        Ok(())
+    }
+
+    /// Queues the run of blocks that follow `from` in `pack`, if read-ahead
+    /// runs and its queue has room.
+    fn queue_ahead(&self, remote: &Arc<RemoteRow>, pack: &str, from: u64) {
+        if let Some(queue) = self.ahead.get() {
+            let _ = queue.try_send(AheadJob {
+                remote: remote.clone(),
+                pack: pack.to_string(),
+                from,
+            });
+        }
+    }
+
+    /// Notes that the block at `offset..offset + len` of `pack` was read;
+    /// true when the block just before it was read too: a sequential
+    /// reader, worth reading ahead for (a program faulting in pieces of
+    /// its libraries here and there is not: blocks fetched ahead for it
+    /// were mostly never read, and took the link from those it waited for).
+    fn follows_a_read(&self, pack: &str, offset: u64, len: usize) -> bool {
+        if self.ahead.get().is_none() {
+            return false;
+        }
+        let mut ends = self.read_ends.lock().unwrap_or_else(|p| p.into_inner());
+        if ends.len() >= MARKS_MAX {
+            ends.clear();
+        }
+        ends.insert((pack.to_string(), offset + len as u64));
+        ends.contains(&(pack.to_string(), offset))
+    }
+
+    /// After a cache hit: the last block of a run fetched ahead is being
+    /// read, so the next run is queued.
+    fn after_hit(&self, remote: &Arc<RemoteRow>, pack: &str, offset: u64, len: usize) {
+        if self.ahead.get().is_none() {
+            return;
+        }
+        self.follows_a_read(pack, offset, len);
+        let marked = self
+            .marks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(pack.to_string(), offset));
+        if marked {
+            self.queue_ahead(remote, pack, offset + len as u64);
+        }
+    }
+
+    /// Fetches, in one range request, the blocks of `job.pack` that follow
+    /// one another from `job.from`, up to [`AHEAD_BLOCKS`], stopping at
+    /// the first one cached or in flight; each is verified and cached as
+    /// a block fetched on demand, and its waiting readers released.
+    fn read_ahead(&self, job: &AheadJob) {
+        let Ok(blocks) = self
+            .catalog()
+            .blocks_from(&job.pack, job.from, AHEAD_BLOCKS)
+        else {
+            return;
+        };
+        let mut slots = Vec::new();
+        let mut end = job.from;
+        for (offset, len) in blocks {
+            let len = len as usize;
+            if offset != end || self.cache.contains(&job.pack, offset, len) {
+                break;
+            }
+            let key = (job.pack.clone(), offset, len);
+            let slot = self.slot(&key);
+            slots.push((key, slot));
+            end = offset + len as u64;
+        }
+        // The guards end with this block, before the slots are released.
+        {
+            let mut guards = Vec::new();
+            for (key, slot) in &slots {
+                let guard = match slot.try_lock() {
+                    Ok(guard) => guard,
+                    Err(TryLockError::Poisoned(p)) => p.into_inner(),
+                    Err(TryLockError::WouldBlock) => break,
+                };
+                // Fetched by a reader between the look above and the lock.
+                if self.cache.contains(&key.0, key.1, key.2) {
+                    break;
+                }
+                guards.push(guard);
+            }
+            if let (Some(first), Some(last)) =
+                (slots.first(), slots.get(guards.len().wrapping_sub(1)))
+            {
+                let (start, stop) = (first.0.1, last.0.1 + last.0.2 as u64);
+                if let Ok(bytes) = self.fetch_range(&job.remote, &job.pack, start..stop) {
+                    let mut guards = guards.into_iter();
+                    for ((_, offset, len), _) in &slots[..guards.len()] {
+                        let from = (offset - start) as usize;
+                        if self
+                            .accept(
+                                &job.remote,
+                                &job.pack,
+                                *offset,
+                                &bytes.slice(from..from + len),
+                            )
+                            .is_ok()
+                        {
+                            self.counters.ahead.fetch_add(1, Ordering::Relaxed);
+                        }
+                        drop(guards.next());
+                    }
+                    let mut marks = self.marks.lock().unwrap_or_else(|p| p.into_inner());
+                    if marks.len() >= MARKS_MAX {
+                        marks.clear();
+                    }
+                    marks.insert((job.pack.clone(), last.0.1));
+                }
+            }
+        }
+        for (key, slot) in slots {
+            self.release(&key, slot);
+        }
     }
 }

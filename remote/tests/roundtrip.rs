@@ -395,3 +395,169 @@ fn chunks_the_store_has_are_never_fetched_and_gc_forgets_remote_packs() {
     let report = nexus_store::verify::verify(&mut host_b).unwrap();
     assert!(report.ok && report.remote_packs.is_empty(), "{report:?}");
 }
+
+/// A store `b` that pulled, from a `file://` remote, a package holding
+/// one file of `len` random bytes; the remote's directory is returned.
+fn pulled_noise(tmp: &Path, len: usize) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (a, b) = (tmp.join("a"), tmp.join("b"));
+    let remote_dir = tmp.join("remote");
+    let keys = KeyStore::new(tmp.join("keys"));
+    keys.generate("pub").unwrap();
+    let mut host_a = Store::init(&a).unwrap();
+    add(&mut host_a, tmp, "big", "1", &[("data", noise(7, len))]);
+    let url = format!("file://{}", remote_dir.display());
+    let new = |name: &str| NewRemote {
+        name: name.into(),
+        url: url.clone(),
+        endpoint: None,
+        region: None,
+        domain: "origin".into(),
+    };
+    let out = host_a.catalog().add_remote(&new("origin")).unwrap();
+    let (reader_a, _) = open_reader(&a, ReaderOptions::default()).unwrap();
+    let options = PublishOptions {
+        generation: None,
+        keys: &keys,
+        key_name: "pub",
+        trust: &keys.trust_set().unwrap(),
+        expires_in: None,
+        fresh: false,
+    };
+    let secret = keys.secret("pub").unwrap();
+    publish(
+        &host_a,
+        &reader_a,
+        &endpoint_of(&out).unwrap(),
+        &secret,
+        &options,
+        &NoProgress,
+    )
+    .unwrap();
+    let mut host_b = Store::init(&b).unwrap();
+    let row = host_b.catalog().add_remote(&new("origin")).unwrap();
+    let keys_b = KeyStore::new(tmp.join("keys-b"));
+    let domain = Scope::Images {
+        domain: "origin".into(),
+    };
+    keys_b
+        .trust(&keys.public_file("pub").unwrap(), domain)
+        .unwrap();
+    let trust = keys_b.trust_set().unwrap();
+    pull(
+        &mut host_b,
+        &row,
+        &trust,
+        Timeouts::default(),
+        PullOptions::default(),
+    )
+    .unwrap();
+    (b, remote_dir)
+}
+
+/// Waits (bounded) until `done` holds.
+fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(start.elapsed() < Duration::from_secs(30), "{what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_sequential_reader_gets_the_following_blocks_in_one_request_only_verified_ones_cached() {
+    use nexus_remote::source::AHEAD_BLOCKS;
+    use nexus_store::read::PackSource;
+
+    let tmp = tempfile::tempdir().unwrap();
+    // Random bytes are stored as is: about one block per MiB.
+    let (b, remote_dir) = pulled_noise(tmp.path(), 8 << 20);
+    let store = Store::open(&b).unwrap();
+    let packs = store.catalog().remote_packs().unwrap();
+    assert_eq!(packs.len(), 1, "{packs:?}");
+    let pack = &packs[0].0;
+    let blocks = store.catalog().blocks_from(pack, 0, 100).unwrap();
+    assert!(blocks.len() > AHEAD_BLOCKS + 2, "{blocks:?}");
+    for pair in blocks.windows(2) {
+        assert_eq!(pair[0].0 + u64::from(pair[0].1), pair[1].0, "adjacent");
+    }
+    // The server alters one byte of the second block fetched ahead.
+    let altered = blocks[3];
+    let object = remote_dir.join("packs").join(pack);
+    let mut bytes = fs::read(&object).unwrap();
+    bytes[(altered.0 + u64::from(altered.1) / 2) as usize] ^= 1;
+    fs::write(&object, &bytes).unwrap();
+
+    let (_reader, source) = open_reader(&b, ReaderOptions::default()).unwrap();
+    source.start_read_ahead(1).unwrap();
+    let counters = source.counters();
+    // One block read is no sequential reader: nothing is read ahead. The
+    // next one is: blocks 2..=AHEAD_BLOCKS + 1 come in one more request;
+    // the altered one is refused, the others verified and cached.
+    let mut head = [0u8; 16];
+    source.read_exact_at(pack, blocks[0].0, &mut head).unwrap();
+    source.read_exact_at(pack, blocks[1].0, &mut head).unwrap();
+    wait_until("the read-ahead ends", || {
+        counters.ahead.load(Ordering::Relaxed) + counters.refused.load(Ordering::Relaxed)
+            >= AHEAD_BLOCKS as u64
+    });
+    assert_eq!(counters.fetches.load(Ordering::Relaxed), 3);
+    assert_eq!(counters.refused.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        counters.ahead.load(Ordering::Relaxed),
+        AHEAD_BLOCKS as u64 - 1
+    );
+    let cache = source.cache();
+    for (i, &(offset, len)) in blocks.iter().enumerate() {
+        let cached = cache.contains(pack, offset, len as usize);
+        let expected = i <= AHEAD_BLOCKS + 1 && (offset, len) != altered;
+        assert_eq!(cached, expected, "block {i} at {offset}");
+    }
+    // The altered block is fetched again when read, and refused again.
+    let mut buf = [0u8; 16];
+    let err = source.read_exact_at(pack, altered.0, &mut buf).unwrap_err();
+    assert!(err.to_string().contains("wrong bytes"), "{err}");
+    assert!(!cache.contains(pack, altered.0, altered.1 as usize));
+}
+
+#[test]
+fn reading_the_last_block_fetched_ahead_fetches_the_next_run() {
+    use nexus_remote::source::AHEAD_BLOCKS;
+    use nexus_store::read::PackSource;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let (b, _remote) = pulled_noise(tmp.path(), 12 << 20);
+    let store = Store::open(&b).unwrap();
+    let pack = store.catalog().remote_packs().unwrap()[0].0.clone();
+    let blocks = store.catalog().blocks_from(&pack, 0, 100).unwrap();
+    let last = 2 * AHEAD_BLOCKS + 1;
+    assert!(blocks.len() > last + 1, "{blocks:?}");
+    let (_reader, source) = open_reader(&b, ReaderOptions::default()).unwrap();
+    source.start_read_ahead(1).unwrap();
+    let counters = source.counters();
+    let mut buf = [0u8; 16];
+    source.read_exact_at(&pack, blocks[0].0, &mut buf).unwrap();
+    source.read_exact_at(&pack, blocks[1].0, &mut buf).unwrap();
+    let ahead = |n: u64| {
+        wait_until("the read-ahead ends", || {
+            counters.ahead.load(Ordering::Relaxed) >= n
+        })
+    };
+    ahead(AHEAD_BLOCKS as u64);
+    // Reading a block fetched ahead, not the last: nothing more.
+    source.read_exact_at(&pack, blocks[2].0, &mut buf).unwrap();
+    // The last: the next run.
+    source
+        .read_exact_at(&pack, blocks[AHEAD_BLOCKS + 1].0, &mut buf)
+        .unwrap();
+    ahead(2 * AHEAD_BLOCKS as u64);
+    assert_eq!(counters.fetches.load(Ordering::Relaxed), 4);
+    assert_eq!(
+        counters.ahead.load(Ordering::Relaxed),
+        2 * AHEAD_BLOCKS as u64
+    );
+    for &(offset, len) in &blocks[..=last] {
+        assert!(source.cache().contains(&pack, offset, len as usize));
+    }
+    let (offset, len) = blocks[last + 1];
+    assert!(!source.cache().contains(&pack, offset, len as usize));
+}

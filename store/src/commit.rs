@@ -205,20 +205,14 @@ pub fn commit_with(
         .conn()
         .transaction_with_behavior(TransactionBehavior::Immediate)?;
     let chunk_ids = writes::index_chunks(&tx, batch)?;
-    let mut blob_ids = HashMap::new();
-    let mut missing = 0usize;
-    for content in crate::ingest::distinct_contents(&batch.files).into_values() {
-        match writes::insert_blob(&tx, content, &chunk_ids)? {
-            Ok(id) => {
-                blob_ids.insert(content.hash, id);
-            }
-            Err(n) => missing += n,
-        }
-    }
-    if missing > 0 {
+    let contents: Vec<_> = crate::ingest::distinct_contents(&batch.files)
+        .into_values()
+        .collect();
+    let blob_ids = match writes::insert_blobs(&tx, &contents, &chunk_ids)? {
+        Ok(ids) => ids,
         // Dropping the transaction rolls it back: nothing of this add lands.
-        return Err(StoreError::ConcurrentGc(missing));
-    }
+        Err(missing) => return Err(StoreError::ConcurrentGc(missing)),
+    };
 
     let previous = generations::current_in(&tx)?;
     let before = generations::members_of(&tx, previous)?;

@@ -9,6 +9,7 @@
 //! writing packs) happens before.
 
 pub(crate) mod audit;
+mod bulk;
 pub(crate) mod generations;
 mod remotes;
 mod schema;
@@ -295,6 +296,9 @@ fn configure(conn: &Connection) -> Result<()> {
     // the catalog; without a limit SQLite keeps the file that large for
     // reuse. With one, the next transaction starts a log this small again.
     conn.pragma_update(None, "journal_size_limit", WAL_KEEP_BYTES)?;
+    // Room for the multi-row inserts of a commit (`bulk`: a few sizes per
+    // table) next to every reader's statements.
+    conn.set_prepared_statement_cache_capacity(64);
     // Without the query planner stability guarantee, SQLite (3.47 and later)
     // marks a statement whose plan looked at the value bound to an `= ?`
     // term for re-preparation whenever that value changes: every cached

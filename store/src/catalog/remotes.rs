@@ -235,6 +235,19 @@ impl Catalog {
         }))
     }
 
+    /// The first `limit` indexed blocks of pack `pack` at or after
+    /// `offset`, in pack order: offset and length of each.
+    pub fn blocks_from(&self, pack: &str, offset: u64, limit: usize) -> Result<Vec<(u64, u32)>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT DISTINCT c.offset, c.block_len FROM chunks c JOIN packs p ON p.id = c.pack
+             WHERE p.name = ?1 AND c.offset >= ?2 ORDER BY c.offset LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![pack, offset as i64, limit as i64], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get(1)?))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// The indexed chunks of the block at `offset` of pack `pack`.
     pub fn block_chunks(&self, pack: &str, offset: u64) -> Result<Vec<BlockChunk>> {
         let mut stmt = self.conn.prepare_cached(

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
+use super::bulk;
 use crate::commit::StagedPackage;
 use crate::error::{Result, StoreError};
 use crate::hash::Hash;
@@ -95,34 +96,40 @@ pub(crate) fn index_chunks(
     // A chunk the store knows keeps its location, except that a chunk
     // written to the store's own packs replaces a location on a remote
     // (an import stores what was remote-only: `Catalog::has_chunk`).
-    let mut insert = tx.prepare_cached(match batch.remote {
+    let conflict = match batch.remote {
         None => {
-            "INSERT INTO chunks(hash, pack, offset, block_len, inner, len)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT(hash) DO UPDATE SET pack = excluded.pack, offset = excluded.offset,
+            "ON CONFLICT(hash) DO UPDATE SET pack = excluded.pack, offset = excluded.offset,
                  block_len = excluded.block_len, inner = excluded.inner
              WHERE (SELECT remote FROM packs WHERE id = chunks.pack) IS NOT NULL"
         }
-        Some(_) => {
-            "INSERT OR IGNORE INTO chunks(hash, pack, offset, block_len, inner, len)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
-        }
-    })?;
+        Some(_) => "ON CONFLICT(hash) DO NOTHING",
+    };
+    let mut cells = Vec::with_capacity(batch.written.len() * 6);
     for loc in &batch.written {
         let pack = pack_ids
             .get(&*loc.pack)
             .ok_or_else(|| StoreError::Invalid(format!("chunk in unknown pack {}", loc.pack)))?;
-        insert.execute(params![
-            loc.hash.as_bytes(),
-            pack,
-            loc.offset as i64,
-            loc.block_len,
-            loc.inner,
-            loc.len
-        ])?;
+        cells.extend([
+            bulk::blob(loc.hash.as_bytes()),
+            bulk::int(*pack),
+            bulk::int(loc.offset as i64),
+            bulk::int(loc.block_len.into()),
+            bulk::int(loc.inner.into()),
+            bulk::int(loc.len.into()),
+        ]);
     }
+    let before = max_id(tx, "chunks")?;
+    bulk::insert(
+        tx,
+        "INSERT OR FAIL INTO chunks(hash, pack, offset, block_len, inner, len)",
+        conflict,
+        6,
+        &cells,
+    )?;
+    // The new rows are those above the highest id before; chunks known
+    // before (kept or moved) are looked up one by one.
+    let mut ids = new_rows_by_hash(tx, "chunks", before)?;
     let mut select = tx.prepare_cached("SELECT id FROM chunks WHERE hash = ?1")?;
-    let mut ids = HashMap::new();
     for hash in batch
         .written
         .iter()
@@ -140,7 +147,35 @@ pub(crate) fn index_chunks(
         }
     }
     // Anything reused that has disappeared since we looked is left out of
-    // the map; insert_blob reports it, unless the blob already exists.
+    // the map; insert_blobs reports it, unless the blob already exists.
+    Ok(ids)
+}
+
+/// The highest id of `table` (0 when empty): rows inserted from now on in
+/// this transaction have higher ids (`AUTOINCREMENT`).
+fn max_id(conn: &Connection, table: &str) -> Result<i64> {
+    Ok(conn.query_row(
+        &format!("SELECT COALESCE(MAX(id), 0) FROM {table}"),
+        [],
+        |r| r.get(0),
+    )?)
+}
+
+/// Hash -> id of the rows of `table` (`chunks` or `blobs`) above id
+/// `above`.
+fn new_rows_by_hash(conn: &Connection, table: &str, above: i64) -> Result<HashMap<Hash, i64>> {
+    let mut stmt = conn.prepare_cached(&format!("SELECT id, hash FROM {table} WHERE id > ?1"))?;
+    let mut rows = stmt.query([above])?;
+    let mut ids = HashMap::new();
+    while let Some(row) = rows.next()? {
+        let hash = row
+            .get_ref(1)?
+            .as_blob()
+            .ok()
+            .and_then(Hash::from_slice)
+            .ok_or_else(|| StoreError::Invalid(format!("a {table} row's hash is not 32 bytes")))?;
+        ids.insert(hash, row.get(0)?);
+    }
     Ok(ids)
 }
 
@@ -168,44 +203,90 @@ fn index_remote_pack(tx: &Transaction<'_>, pack: &SealedPack, remote: i64) -> Re
     Ok(id)
 }
 
-/// Inserts (or finds) the blob for `content`. `Ok(Err(n))` means `n` of its
-/// chunks no longer exist.
-pub(crate) fn insert_blob(
+/// Inserts (or finds) the blobs of `contents`: content hash -> blob id.
+/// `Ok(Err(n))` means `n` chunks of blobs not stored yet no longer exist
+/// (gc took them meanwhile); nothing is inserted then.
+pub(crate) fn insert_blobs(
     tx: &Transaction<'_>,
-    content: &FileContent,
+    contents: &[&FileContent],
     chunk_ids: &HashMap<Hash, i64>,
-) -> Result<std::result::Result<i64, usize>> {
-    if let Some(id) = tx
-        .prepare_cached("SELECT id FROM blobs WHERE hash = ?1")?
-        .query_row([content.hash.as_bytes()], |r| r.get::<_, i64>(0))
-        .optional()?
-    {
+) -> Result<std::result::Result<HashMap<Hash, i64>, usize>> {
+    let mut find = tx.prepare_cached("SELECT id FROM blobs WHERE hash = ?1")?;
+    let mut ids = HashMap::with_capacity(contents.len());
+    let mut missing = 0;
+    let mut complete = Vec::with_capacity(contents.len());
+    for &content in contents {
+        let lost = content
+            .chunks
+            .iter()
+            .filter(|(h, _)| !chunk_ids.contains_key(h))
+            .count();
+        if lost == 0 {
+            complete.push(content);
+            continue;
+        }
         // Invariant: a blob row exists only while all its chunks do (gc
-        // deletes blobs before the chunks they reference).
-        return Ok(Ok(id));
+        // deletes blobs before the chunks they reference): a stored blob
+        // whose chunks are not in the map is one this batch reused.
+        match find
+            .query_row([content.hash.as_bytes()], |r| r.get::<_, i64>(0))
+            .optional()?
+        {
+            Some(id) => {
+                ids.insert(content.hash, id);
+            }
+            None => missing += lost,
+        }
     }
-    let missing = content
-        .chunks
-        .iter()
-        .filter(|(h, _)| !chunk_ids.contains_key(h))
-        .count();
     if missing > 0 {
         return Ok(Err(missing));
     }
-    tx.prepare_cached("INSERT INTO blobs(hash, size) VALUES (?1, ?2)")?
-        .execute(params![content.hash.as_bytes(), content.size as i64])?;
-    let blob = tx.last_insert_rowid();
-    let mut stmt =
-        tx.prepare_cached("INSERT INTO blob_chunks(blob, seq, chunk) VALUES (?1, ?2, ?3)")?;
-    for (seq, (hash, _)) in content.chunks.iter().enumerate() {
-        stmt.execute(params![blob, seq as i64, chunk_ids[hash]])?;
+    let mut cells = Vec::with_capacity(complete.len() * 2);
+    for content in &complete {
+        cells.extend([
+            bulk::blob(content.hash.as_bytes()),
+            bulk::int(content.size as i64),
+        ]);
     }
-    // Chunks condemned by an earlier gc run are live again.
+    let before = max_id(tx, "blobs")?;
+    bulk::insert(
+        tx,
+        "INSERT OR FAIL INTO blobs(hash, size)",
+        "ON CONFLICT(hash) DO NOTHING",
+        2,
+        &cells,
+    )?;
+    let new = new_rows_by_hash(tx, "blobs", before)?;
+    // Chunks condemned by an earlier gc run are live again (a store that
+    // never ran gc, a fresh subscriber, has none to look for).
+    let condemned: bool = tx.query_row("SELECT EXISTS (SELECT 1 FROM gc_condemned)", [], |r| {
+        r.get(0)
+    })?;
     let mut rescue = tx.prepare_cached("DELETE FROM gc_condemned WHERE chunk = ?1")?;
-    for (hash, _) in &content.chunks {
-        rescue.execute([chunk_ids[hash]])?;
+    let mut cells = Vec::new();
+    for content in complete {
+        let Some(&blob) = new.get(&content.hash) else {
+            let id = find.query_row([content.hash.as_bytes()], |r| r.get::<_, i64>(0))?;
+            ids.insert(content.hash, id);
+            continue;
+        };
+        ids.insert(content.hash, blob);
+        for (seq, (hash, _)) in content.chunks.iter().enumerate() {
+            let chunk = chunk_ids[hash];
+            cells.extend([bulk::int(blob), bulk::int(seq as i64), bulk::int(chunk)]);
+            if condemned {
+                rescue.execute([chunk])?;
+            }
+        }
     }
-    Ok(Ok(blob))
+    bulk::insert(
+        tx,
+        "INSERT OR FAIL INTO blob_chunks(blob, seq, chunk)",
+        "",
+        3,
+        &cells,
+    )?;
+    Ok(Ok(ids))
 }
 
 /// Inserts the package row, its inodes and its directory entries.
@@ -239,12 +320,13 @@ pub(crate) fn insert_package(
     )?;
     let package = tx.last_insert_rowid();
     let nlinks = tree.link_counts();
-    let mut insert_inode = tx.prepare_cached(
-        "INSERT INTO inodes(package, kind, mode, uid, gid, size, mtime, nlink, blob, target, xattrs)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-    )?;
-    let mut ids = Vec::with_capacity(tree.inodes.len());
-    for (i, inode) in tree.inodes.iter().enumerate() {
+    let xattrs: Vec<Option<Vec<u8>>> = tree
+        .inodes
+        .iter()
+        .map(|inode| (!inode.xattrs.is_empty()).then(|| encode_xattrs(&inode.xattrs)))
+        .collect();
+    let mut cells = Vec::with_capacity(tree.inodes.len() * 11);
+    for ((inode, nlink), xattrs) in tree.inodes.iter().zip(&nlinks).zip(&xattrs) {
         let (k, size, blob, target) = match &inode.kind {
             InodeKind::Dir => (InodeType::Dir, 0u64, None, None),
             InodeKind::File { size, content } => {
@@ -260,51 +342,80 @@ pub(crate) fn insert_package(
                 InodeType::Symlink,
                 target.len() as u64,
                 None,
-                Some(target.clone()),
+                Some(target.as_slice()),
             ),
         };
-        let xattrs = (!inode.xattrs.is_empty()).then(|| encode_xattrs(&inode.xattrs));
-        insert_inode.execute(params![
-            package,
-            k.to_i64(),
-            inode.mode,
-            inode.uid,
-            inode.gid,
-            size as i64,
-            inode.mtime,
-            nlinks[i],
-            blob,
-            target,
-            xattrs
-        ])?;
-        ids.push(tx.last_insert_rowid());
+        cells.extend([
+            bulk::int(package),
+            bulk::int(k.to_i64()),
+            bulk::int(inode.mode.into()),
+            bulk::int(inode.uid.into()),
+            bulk::int(inode.gid.into()),
+            bulk::int(size as i64),
+            bulk::int(inode.mtime),
+            bulk::int((*nlink).into()),
+            bulk::opt_int(blob),
+            bulk::opt_blob(target),
+            bulk::opt_blob(xattrs.as_deref()),
+        ]);
+    }
+    bulk::insert(
+        tx,
+        "INSERT OR FAIL INTO inodes(package, kind, mode, uid, gid, size, mtime, nlink, blob, target, xattrs)",
+        "",
+        11,
+        &cells,
+    )?;
+    // In id order, the package's inodes are in the order inserted.
+    let ids: Vec<i64> = tx
+        .prepare_cached("SELECT id FROM inodes WHERE package = ?1 ORDER BY id")?
+        .query_map([package], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    if ids.len() != tree.inodes.len() {
+        return Err(StoreError::Invalid(format!(
+            "{}/{}: {} inodes stored of {}",
+            staged.name,
+            staged.version,
+            ids.len(),
+            tree.inodes.len()
+        )));
     }
     tx.execute(
         "UPDATE packages SET root = ?1 WHERE id = ?2",
         params![ids[0], package],
     )?;
-    let mut insert_dirent =
-        tx.prepare_cached("INSERT INTO dirents(dir, name, inode) VALUES (?1, ?2, ?3)")?;
+    let mut cells = Vec::with_capacity(tree.entries.len() * 3);
     for e in &tree.entries {
-        insert_dirent
-            .execute(params![
-                ids[e.parent as usize],
-                e.name,
-                ids[e.inode as usize]
-            ])
-            .map_err(|err| match err {
-                rusqlite::Error::SqliteFailure(f, _)
-                    if f.code == rusqlite::ErrorCode::ConstraintViolation =>
-                {
-                    StoreError::Invalid(format!(
-                        "{}/{}: duplicate entry {:?}",
-                        staged.name,
-                        staged.version,
-                        String::from_utf8_lossy(&e.name)
-                    ))
-                }
-                other => other.into(),
-            })?;
+        cells.extend([
+            bulk::int(ids[e.parent as usize]),
+            bulk::blob(&e.name),
+            bulk::int(ids[e.inode as usize]),
+        ]);
     }
+    bulk::insert(
+        tx,
+        "INSERT OR FAIL INTO dirents(dir, name, inode)",
+        "",
+        3,
+        &cells,
+    )
+    .map_err(|err| match err {
+        StoreError::Catalog(rusqlite::Error::SqliteFailure(f, _))
+            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            let mut seen = std::collections::HashSet::new();
+            let name = tree
+                .entries
+                .iter()
+                .find(|e| !seen.insert((e.parent, e.name.as_slice())))
+                .map(|e| String::from_utf8_lossy(&e.name).into_owned())
+                .unwrap_or_default();
+            StoreError::Invalid(format!(
+                "{}/{}: duplicate entry {name:?}",
+                staged.name, staged.version
+            ))
+        }
+        other => other,
+    })?;
     Ok(package)
 }
