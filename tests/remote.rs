@@ -608,6 +608,33 @@ fn an_object_altered_on_the_server_is_detected_and_never_served_or_cached() {
 }
 
 #[test]
+fn a_confined_mount_reads_a_directory_remote() {
+    if !is_root() {
+        eprintln!("skipped: mounting needs root");
+        return;
+    }
+    let scratch = Scratch::new("remote-dir-mount");
+    let a = Store::init();
+    let key = signing_key(&a);
+    let tree = scratch.join("published");
+    let url = format!("file://{}", tree.display());
+    a.ok(["remote", "add", "dir", &url]);
+    add_random(&a, scratch.path(), "app", "1", 2 << 20);
+    a.ok(["publish", "dir"]);
+    let s = subscriber("dir", &url, &key, &[]);
+    s.ok(["pull", "dir"]);
+    // The fetcher runs confined: it reads the published directory and
+    // must not need to create it.
+    let mount = Mount::start(s.path(), &scratch.join("mnt"), &[]);
+    let data = fs::read(mount.join("app/Current/data"))
+        .unwrap_or_else(|e| panic!("reading through a file:// remote: {e}\n{}", mount.log()));
+    assert!(
+        data == random_bytes(b"app1", 2 << 20),
+        "other bytes than published"
+    );
+}
+
+#[test]
 fn replayed_expired_and_untrusted_manifests_are_refused() {
     let scratch = Scratch::new("remote-replay");
     let a = Store::init();

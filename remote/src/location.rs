@@ -169,7 +169,9 @@ pub(crate) fn open(
             Ok((Arc::new(store), ObjectPath::default()))
         }
         Location::File { dir } => {
-            std::fs::create_dir_all(dir).map_err(|e| RemoteError::io(dir, e))?;
+            // Readers never create it: a confined fetcher may not, and a
+            // missing directory is a remote with nothing published. The
+            // publisher creates it first (`publish`).
             let store = LocalFileSystem::new_with_prefix(dir).map_err(failed)?;
             Ok((Arc::new(store), ObjectPath::default()))
         }

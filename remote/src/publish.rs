@@ -123,6 +123,9 @@ pub fn publish(
     };
     // Publishing waits for large uploads; the read deadline still bounds
     // every read.
+    if let Location::File { dir } = &endpoint.location {
+        std::fs::create_dir_all(dir).map_err(|e| RemoteError::io(dir, e))?;
+    }
     let client = Client::open(endpoint, Timeouts::default())?;
     let remote = endpoint.name.clone();
 
