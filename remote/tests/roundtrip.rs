@@ -4,16 +4,15 @@
 
 use std::fs;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use nexus_npk::{KeyStore, Scope};
+use nexus_npk::{KeyStore, Scope, TrustSet};
 use nexus_remote::client::Timeouts;
-use nexus_remote::publish::{PublishOptions, publish};
-use nexus_remote::pull::{PullOptions, pull};
+use nexus_remote::publish::{PublishOptions, Published, publish};
+use nexus_remote::pull::{PullOptions, Pulled, pull};
 use nexus_remote::{RemoteError, endpoint_of, open_reader};
-use nexus_store::catalog::NewRemote;
+use nexus_store::catalog::{NewRemote, RemoteRow};
 use nexus_store::read::ReaderOptions;
 use nexus_store::{AddDir, AddOptions, NoProgress, Store};
 
@@ -50,6 +49,69 @@ fn read_all(dir: &Path, name: &str, version: &str, path: &str) -> (Vec<u8>, u64)
     (out, source.counters().bytes.load(Ordering::Relaxed))
 }
 
+/// The `file://` remote at `dir`, recorded in `store` as `name` (its trust
+/// domain too).
+fn dir_remote(store: &Store, name: &str, dir: &Path) -> RemoteRow {
+    store
+        .catalog()
+        .add_remote(&NewRemote {
+            name: name.into(),
+            url: format!("file://{}", dir.display()),
+            endpoint: None,
+            region: None,
+            domain: name.into(),
+        })
+        .unwrap()
+}
+
+/// Publishes `host`'s live generation to `remote`, signed by the key
+/// `pub` of `keys`.
+fn publish_to(
+    host: &Store,
+    remote: &RemoteRow,
+    keys: &KeyStore,
+    expires_in: Option<Duration>,
+) -> Published {
+    let (reader, _) = open_reader(host.dir(), ReaderOptions::default()).unwrap();
+    let options = PublishOptions {
+        generation: None,
+        keys,
+        key_name: "pub",
+        trust: &keys.trust_set().unwrap(),
+        expires_in,
+        fresh: false,
+    };
+    let key = keys.secret("pub").unwrap();
+    let endpoint = endpoint_of(remote).unwrap();
+    publish(host, &reader, &endpoint, &key, &options, &NoProgress).unwrap()
+}
+
+/// What a subscriber keeping its keys in `dir` trusts: the key `pub` of
+/// `keys`, for images of trust domain `domain`.
+fn subscriber_trust(keys: &KeyStore, dir: &Path, domain: &str) -> TrustSet {
+    let trusted = KeyStore::new(dir);
+    let scope = Scope::Images {
+        domain: domain.into(),
+    };
+    trusted
+        .trust(&keys.public_file("pub").unwrap(), scope)
+        .unwrap();
+    trusted.trust_set().unwrap()
+}
+
+/// Pulls the newest manifest of `remote` into `store`, which must accept
+/// it.
+fn pull_from(store: &mut Store, remote: &RemoteRow, trust: &TrustSet) -> Pulled {
+    pull(
+        store,
+        remote,
+        trust,
+        Timeouts::default(),
+        PullOptions::default(),
+    )
+    .unwrap()
+}
+
 #[test]
 fn a_published_generation_pulls_and_reads_lazily_and_only_the_difference() {
     let tmp = tempfile::tempdir().unwrap();
@@ -57,8 +119,6 @@ fn a_published_generation_pulls_and_reads_lazily_and_only_the_difference() {
     let remote_dir = tmp.path().join("remote");
     let keys = KeyStore::new(tmp.path().join("keys"));
     keys.generate("pub").unwrap();
-    let key = keys.secret("pub").unwrap();
-    let public = keys.public_file("pub").unwrap();
 
     let mut host_a = Store::init(&a).unwrap();
     let big = text(1, 3 << 20);
@@ -77,51 +137,16 @@ fn a_published_generation_pulls_and_reads_lazily_and_only_the_difference() {
         &[("data", text(2, 500_000))],
     );
 
-    let url = format!("file://{}", remote_dir.display());
     let mut host_b = Store::init(&b).unwrap();
-    let row = host_b
-        .catalog()
-        .add_remote(&NewRemote {
-            name: "origin".into(),
-            url: url.clone(),
-            endpoint: None,
-            region: None,
-            domain: "origin".into(),
-        })
-        .unwrap();
-    let endpoint = endpoint_of(&row).unwrap();
-    let trust_b = tmp.path().join("keys-b");
-    let keys_b = KeyStore::new(&trust_b);
-    keys_b
-        .trust(
-            &public,
-            Scope::Images {
-                domain: "origin".into(),
-            },
-        )
-        .unwrap();
+    let row = dir_remote(&host_b, "origin", &remote_dir);
+    let trust = subscriber_trust(&keys, &tmp.path().join("keys-b"), "origin");
 
-    let (reader_a, _) = open_reader(&a, ReaderOptions::default()).unwrap();
-    let options = PublishOptions {
-        generation: None,
-        keys: &keys,
-        key_name: "pub",
-        trust: &keys.trust_set().unwrap(),
-        expires_in: Some(Duration::from_secs(3600)),
-        fresh: false,
-    };
-    let first = publish(&host_a, &reader_a, &endpoint, &key, &options, &NoProgress).unwrap();
+    let expires_in = Some(Duration::from_secs(3600));
+    let first = publish_to(&host_a, &row, &keys, expires_in);
     assert_eq!(first.packages, 2);
     assert!(first.packs_uploaded >= 1);
 
-    let pulled = pull(
-        &mut host_b,
-        &row,
-        &keys_b.trust_set().unwrap(),
-        Timeouts::default(),
-        PullOptions::default(),
-    )
-    .unwrap();
+    let pulled = pull_from(&mut host_b, &row, &trust);
     assert_eq!(pulled.counter, first.counter);
     assert!(pulled.generation.is_some());
     // Nothing but metadata so far: no pack here, the cache empty.
@@ -148,22 +173,14 @@ fn a_published_generation_pulls_and_reads_lazily_and_only_the_difference() {
         "2",
         &[("big", big2.clone())],
     );
-    let (reader_a, _) = open_reader(&a, ReaderOptions::default()).unwrap();
-    let second = publish(&host_a, &reader_a, &endpoint, &key, &options, &NoProgress).unwrap();
+    let second = publish_to(&host_a, &row, &keys, expires_in);
     assert!(second.counter > first.counter);
     assert!(second.chunks_reused > 0, "{second:?}");
     assert!(
         second.bytes_uploaded < big.len() as u64 / 2,
         "only the difference is uploaded: {second:?}"
     );
-    pull(
-        &mut host_b,
-        &row,
-        &keys_b.trust_set().unwrap(),
-        Timeouts::default(),
-        PullOptions::default(),
-    )
-    .unwrap();
+    pull_from(&mut host_b, &row, &trust);
     let (read2, fetched) = read_all(&b, "tool", "2", "big");
     assert_eq!(read2, big2);
     assert!(
@@ -174,7 +191,7 @@ fn a_published_generation_pulls_and_reads_lazily_and_only_the_difference() {
     let replayed = pull(
         &mut host_b,
         &row,
-        &keys_b.trust_set().unwrap(),
+        &trust,
         Timeouts::default(),
         PullOptions::default(),
     );
@@ -182,7 +199,6 @@ fn a_published_generation_pulls_and_reads_lazily_and_only_the_difference() {
         matches!(replayed, Err(RemoteError::Replayed { .. })),
         "{replayed:?}"
     );
-    let _ = Arc::new(());
 }
 
 /// Random (incompressible, so stored as is) bytes.
@@ -202,7 +218,6 @@ fn no_byte_of_an_unpublished_package_leaves_the_store() {
     let a = tmp.path().join("a");
     let keys = KeyStore::new(tmp.path().join("keys"));
     keys.generate("pub").unwrap();
-    let key = keys.secret("pub").unwrap();
     let mut store = Store::init(&a).unwrap();
     // Both in one add: their chunks share blocks and a pack.
     let (public, secret) = (noise(1, 200_000), noise(2, 200_000));
@@ -233,34 +248,8 @@ fn no_byte_of_an_unpublished_package_leaves_the_store() {
     assert!(local.windows(64).any(|w| w == probe), "stored as is");
 
     let remote_dir = tmp.path().join("remote");
-    let row = store
-        .catalog()
-        .add_remote(&NewRemote {
-            name: "out".into(),
-            url: format!("file://{}", remote_dir.display()),
-            endpoint: None,
-            region: None,
-            domain: "out".into(),
-        })
-        .unwrap();
-    let (reader, _) = open_reader(&a, ReaderOptions::default()).unwrap();
-    let options = PublishOptions {
-        generation: None,
-        keys: &keys,
-        key_name: "pub",
-        trust: &keys.trust_set().unwrap(),
-        expires_in: None,
-        fresh: false,
-    };
-    publish(
-        &store,
-        &reader,
-        &endpoint_of(&row).unwrap(),
-        &key,
-        &options,
-        &NoProgress,
-    )
-    .unwrap();
+    let row = dir_remote(&store, "out", &remote_dir);
+    publish_to(&store, &row, &keys, None);
     let mut published = Vec::new();
     for entry in fs::read_dir(remote_dir.join("packs")).unwrap() {
         published.extend(fs::read(entry.unwrap().path()).unwrap());
@@ -282,7 +271,6 @@ fn chunks_the_store_has_are_never_fetched_and_gc_forgets_remote_packs() {
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     let keys = KeyStore::new(tmp.path().join("keys"));
     keys.generate("pub").unwrap();
-    let key = keys.secret("pub").unwrap();
     let shared = text(7, 2 << 20);
     let mut host_a = Store::init(&a).unwrap();
     add(
@@ -302,52 +290,11 @@ fn chunks_the_store_has_are_never_fetched_and_gc_forgets_remote_packs() {
         &[("copy", shared.clone())],
     );
     let remote_dir = tmp.path().join("remote");
-    let url = format!("file://{}", remote_dir.display());
-    let new = |name: &str| NewRemote {
-        name: name.into(),
-        url: url.clone(),
-        endpoint: None,
-        region: None,
-        domain: "dir".into(),
-    };
-    let row_a = host_a.catalog().add_remote(&new("dir")).unwrap();
-    let (reader_a, _) = open_reader(&a, ReaderOptions::default()).unwrap();
-    let options = PublishOptions {
-        generation: None,
-        keys: &keys,
-        key_name: "pub",
-        trust: &keys.trust_set().unwrap(),
-        expires_in: None,
-        fresh: false,
-    };
-    publish(
-        &host_a,
-        &reader_a,
-        &endpoint_of(&row_a).unwrap(),
-        &key,
-        &options,
-        &NoProgress,
-    )
-    .unwrap();
-    let row_b = host_b.catalog().add_remote(&new("dir")).unwrap();
-    let trust_b = KeyStore::new(tmp.path().join("keys-b"));
-    trust_b
-        .trust(
-            &keys.public_file("pub").unwrap(),
-            Scope::Images {
-                domain: "dir".into(),
-            },
-        )
-        .unwrap();
-    let trust = trust_b.trust_set().unwrap();
-    pull(
-        &mut host_b,
-        &row_b,
-        &trust,
-        Timeouts::default(),
-        PullOptions::default(),
-    )
-    .unwrap();
+    let row_a = dir_remote(&host_a, "dir", &remote_dir);
+    publish_to(&host_a, &row_a, &keys, None);
+    let row_b = dir_remote(&host_b, "dir", &remote_dir);
+    let trust = subscriber_trust(&keys, &tmp.path().join("keys-b"), "dir");
+    pull_from(&mut host_b, &row_b, &trust);
     let (read, fetched) = read_all(&b, "tool", "1", "big");
     assert_eq!(read, shared);
     assert_eq!(fetched, 0, "every chunk was local already");
@@ -360,24 +307,8 @@ fn chunks_the_store_has_are_never_fetched_and_gc_forgets_remote_packs() {
         "1",
         &[("f", text(9, 1 << 20))],
     );
-    let (reader_a, _) = open_reader(&a, ReaderOptions::default()).unwrap();
-    publish(
-        &host_a,
-        &reader_a,
-        &endpoint_of(&row_a).unwrap(),
-        &key,
-        &options,
-        &NoProgress,
-    )
-    .unwrap();
-    pull(
-        &mut host_b,
-        &row_b,
-        &trust,
-        Timeouts::default(),
-        PullOptions::default(),
-    )
-    .unwrap();
+    publish_to(&host_a, &row_a, &keys, None);
+    pull_from(&mut host_b, &row_b, &trust);
     assert!(!host_b.catalog().remote_packs().unwrap().is_empty());
     host_b
         .remove(&["only".to_string(), "tool".to_string()])
@@ -405,52 +336,12 @@ fn pulled_noise(tmp: &Path, len: usize) -> (std::path::PathBuf, std::path::PathB
     keys.generate("pub").unwrap();
     let mut host_a = Store::init(&a).unwrap();
     add(&mut host_a, tmp, "big", "1", &[("data", noise(7, len))]);
-    let url = format!("file://{}", remote_dir.display());
-    let new = |name: &str| NewRemote {
-        name: name.into(),
-        url: url.clone(),
-        endpoint: None,
-        region: None,
-        domain: "origin".into(),
-    };
-    let out = host_a.catalog().add_remote(&new("origin")).unwrap();
-    let (reader_a, _) = open_reader(&a, ReaderOptions::default()).unwrap();
-    let options = PublishOptions {
-        generation: None,
-        keys: &keys,
-        key_name: "pub",
-        trust: &keys.trust_set().unwrap(),
-        expires_in: None,
-        fresh: false,
-    };
-    let secret = keys.secret("pub").unwrap();
-    publish(
-        &host_a,
-        &reader_a,
-        &endpoint_of(&out).unwrap(),
-        &secret,
-        &options,
-        &NoProgress,
-    )
-    .unwrap();
+    let out = dir_remote(&host_a, "origin", &remote_dir);
+    publish_to(&host_a, &out, &keys, None);
     let mut host_b = Store::init(&b).unwrap();
-    let row = host_b.catalog().add_remote(&new("origin")).unwrap();
-    let keys_b = KeyStore::new(tmp.join("keys-b"));
-    let domain = Scope::Images {
-        domain: "origin".into(),
-    };
-    keys_b
-        .trust(&keys.public_file("pub").unwrap(), domain)
-        .unwrap();
-    let trust = keys_b.trust_set().unwrap();
-    pull(
-        &mut host_b,
-        &row,
-        &trust,
-        Timeouts::default(),
-        PullOptions::default(),
-    )
-    .unwrap();
+    let row = dir_remote(&host_b, "origin", &remote_dir);
+    let trust = subscriber_trust(&keys, &tmp.join("keys-b"), "origin");
+    pull_from(&mut host_b, &row, &trust);
     (b, remote_dir)
 }
 
