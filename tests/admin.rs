@@ -19,7 +19,7 @@ use nexus_integration_tests::fixtures::{Scratch, random_bytes, write_file};
 use nexus_integration_tests::nexus::{nexus, show, wait_for};
 use nexus_integration_tests::nip::EXIT_USAGE;
 use nexus_integration_tests::vm::Server;
-use nexus_integration_tests::{Mount, Store, deb_field, fetch_debs, is_root, unpack_deb};
+use nexus_integration_tests::{Mount, Store, deb_field, fetch_debs, root_or_skip, unpack_deb};
 use serde_json::Value;
 
 /// `nexus --store STORE ARGS... --json`, which must succeed, as JSON.
@@ -90,8 +90,7 @@ fn small_package(src: &Path, app: &str, version: &str) -> PathBuf {
 /// and the first cold lookup fails.
 #[test]
 fn gc_in_a_loop_never_takes_what_a_fixed_generation_mount_reads() {
-    if !is_root() {
-        eprintln!("skipped: needs root for FUSE");
+    if !root_or_skip("gc_in_a_loop_never_takes_what_a_fixed_generation_mount_reads") {
         return;
     }
     let scratch = Scratch::new("admin-gc-mount");
@@ -398,8 +397,7 @@ fn diff_history_and_current_tell_and_make_changes() {
 /// it. Closed, the next gc collects it.
 #[test]
 fn a_program_holding_files_under_the_mount_keeps_its_package() {
-    if !is_root() {
-        eprintln!("skipped: needs root for FUSE");
+    if !root_or_skip("a_program_holding_files_under_the_mount_keeps_its_package") {
         return;
     }
     let scratch = Scratch::new("admin-open");
@@ -461,8 +459,7 @@ fn a_program_holding_files_under_the_mount_keeps_its_package() {
 /// the list and gc removes its record.
 #[test]
 fn nexus_status_shows_what_runs_and_what_it_serves() {
-    if !is_root() {
-        eprintln!("skipped: needs root for FUSE");
+    if !root_or_skip("nexus_status_shows_what_runs_and_what_it_serves") {
         return;
     }
     let scratch = Scratch::new("admin-status");

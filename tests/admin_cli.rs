@@ -10,7 +10,7 @@ use std::process::{Command, Output, Stdio};
 use nexus_integration_tests::fixtures::app_tree as app;
 use nexus_integration_tests::nexus::{is_mounted, show, wait_for};
 use nexus_integration_tests::nip::{EXIT_ERROR, EXIT_OK, EXIT_USAGE};
-use nexus_integration_tests::{Scratch, Store, is_root, nexus_bin, nip_bin};
+use nexus_integration_tests::{Scratch, Store, nexus_bin, nip_bin, root_or_skip};
 use serde_json::Value;
 
 /// `BIN ARGS...` with only the environment given (no inherited NEXUS_*).
@@ -581,8 +581,7 @@ fn man_pages_and_completions_come_from_the_command_definitions() {
 
 #[test]
 fn nexus_mount_without_a_mountpoint_makes_the_configured_system_mount() {
-    if !is_root() {
-        eprintln!("skipped: mounting needs root");
+    if !root_or_skip("nexus_mount_without_a_mountpoint_makes_the_configured_system_mount") {
         return;
     }
     let scratch = Scratch::new("config-mount");

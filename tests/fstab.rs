@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use nexus_integration_tests::fixtures::{Scratch, write_file};
 use nexus_integration_tests::nexus::{is_mounted, show, wait_for};
-use nexus_integration_tests::{Store, is_root, nexus_bin};
+use nexus_integration_tests::{Store, nexus_bin, root_or_skip};
 
 /// Where mount(8) looks for `mount.TYPE` helpers (`/sbin`, which is
 /// `/usr/sbin` on a merged-/usr system).
@@ -133,8 +133,7 @@ fn check_and_umount(store: &Path, point: &Path, index: &Path) {
 
 #[test]
 fn mount_t_fuse_nexus_and_an_fstab_line_mount_the_store() {
-    if !is_root() {
-        eprintln!("mount_t_fuse_nexus: skipped, mounting needs root");
+    if !root_or_skip("mount_t_fuse_nexus_and_an_fstab_line_mount_the_store") {
         return;
     }
     let scratch = Scratch::new("fstab");

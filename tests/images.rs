@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use nexus_integration_tests::fixtures::{chmod, write_file};
 use nexus_integration_tests::nexus::{Mount, nexus, nexus_bin, show, wait_for};
-use nexus_integration_tests::{Scratch, Store, fetch_debs, is_root};
+use nexus_integration_tests::{Scratch, Store, fetch_debs, is_root, root_or_skip};
 
 /// Adds a one-script package `tool/VERSION` whose program prints `says`
 /// and exits with `code`, plus a 300 KiB data file.
@@ -56,8 +56,7 @@ fn ok(store: &Path, args: &[&str]) -> String {
 
 #[test]
 fn a_bad_update_is_rolled_back_in_one_step_on_a_live_mount() {
-    if !is_root() {
-        eprintln!("skipped: needs root for FUSE");
+    if !root_or_skip("a_bad_update_is_rolled_back_in_one_step_on_a_live_mount") {
         return;
     }
     let scratch = Scratch::new("images-rollback");
@@ -186,8 +185,7 @@ fn snapshots_are_reproducible_and_expire() {
 
 #[test]
 fn altered_images_never_serve_wrong_bytes() {
-    if !is_root() {
-        eprintln!("skipped: needs root for FUSE");
+    if !root_or_skip("altered_images_never_serve_wrong_bytes") {
         return;
     }
     let scratch = Scratch::new("images-tamper");
@@ -451,8 +449,7 @@ fn image_counters_are_per_trust_domain_not_per_key() {
 /// the older one refused by `switch`.
 #[test]
 fn serving_an_image_checks_and_records_its_counter() {
-    if !is_root() {
-        eprintln!("skipped: needs root for FUSE");
+    if !root_or_skip("serving_an_image_checks_and_records_its_counter") {
         return;
     }
     let scratch = Scratch::new("images-serve-counter");

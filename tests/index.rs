@@ -15,19 +15,12 @@ use std::time::{Duration, Instant};
 use nexus_integration_tests::debs::{Unpacked, fetch_and_unpack};
 use nexus_integration_tests::fixtures::{Scratch, chmod, write_file};
 use nexus_integration_tests::nexus::{Mount, alive, is_mounted, nexus, show, wait_for};
-use nexus_integration_tests::{Store, is_root};
+use nexus_integration_tests::{Store, root_or_skip};
 
 /// How long a generation change may take to show in the index.
 const SHOW_WITHIN: Duration = Duration::from_secs(1);
 
 /// The FUSE tests mount file systems: root only (as CI runs them).
-fn root_or_skip(test: &str) -> bool {
-    if !is_root() {
-        eprintln!("{test}: skipped, mounting needs root");
-    }
-    is_root()
-}
-
 /// Names in a directory, sorted.
 fn names(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(dir)

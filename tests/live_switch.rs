@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use nexus_integration_tests::fixtures::{Scratch, random_bytes, write_file};
 use nexus_integration_tests::nexus::Mount;
-use nexus_integration_tests::{Store, is_root};
+use nexus_integration_tests::{Store, root_or_skip};
 
 /// How long a switch may take to show in the mount.
 const SHOW_WITHIN: Duration = Duration::from_secs(1);
@@ -207,8 +207,7 @@ fn exists(path: &Path) -> bool {
 
 #[test]
 fn switches_show_within_a_second_and_readers_never_see_a_mix() {
-    if !is_root() {
-        eprintln!("switches_show_within_a_second: skipped, mounting needs root");
+    if !root_or_skip("switches_show_within_a_second_and_readers_never_see_a_mix") {
         return;
     }
     let scratch = Scratch::new("live-switch");
@@ -404,8 +403,7 @@ fn add_dir(store: &Store, dir: &Path, name: &str, version: &str) {
 /// daemon, which had read foo's file, served foo's bytes as bar's.
 #[test]
 fn a_package_added_after_gc_never_reads_as_the_collected_one() {
-    if !is_root() {
-        eprintln!("a_package_added_after_gc: skipped, mounting needs root");
+    if !root_or_skip("a_package_added_after_gc_never_reads_as_the_collected_one") {
         return;
     }
     let scratch = Scratch::new("gc-ids");

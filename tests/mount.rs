@@ -21,16 +21,11 @@ use nexus_integration_tests::fixtures::{
 };
 use nexus_integration_tests::nexus::{Mount, alive, is_mounted, nexus, show, wait_for};
 use nexus_integration_tests::tree::{Kind, assert_same_tree, snapshot};
-use nexus_integration_tests::{Store, fetch_debs, heavy_test_guard, is_root, pack, unpack_deb};
+use nexus_integration_tests::{
+    Store, fetch_debs, heavy_test_guard, pack, root_or_skip, unpack_deb,
+};
 
 /// The FUSE tests mount file systems: root only (as CI runs them).
-fn root_or_skip(test: &str) -> bool {
-    if !is_root() {
-        eprintln!("{test}: skipped, mounting needs root");
-    }
-    is_root()
-}
-
 /// Names in a directory, sorted.
 fn names(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(dir)

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use nexus_integration_tests::nip::EXIT_ERROR;
-use nexus_integration_tests::{Scratch, Store, deb_field, fetch_debs, nexus_bin};
+use nexus_integration_tests::{Scratch, Store, deb_field, fetch_debs, nexus_bin, root_or_skip};
 
 /// The Debian packages the repository's recipes fetch.
 const DEBIAN: &[&str] = &[
@@ -451,8 +451,7 @@ fn store_with_base() -> (Store, Scratch) {
 
 #[test]
 fn a_profile_planted_in_a_writable_ancestor_is_not_built_as_root() {
-    if !nexus_integration_tests::is_root() {
-        eprintln!("skipped: needs root");
+    if !root_or_skip("a_profile_planted_in_a_writable_ancestor_is_not_built_as_root") {
         return;
     }
     // A user (nobody) plants profiles/ and a script recipe in a shared,
@@ -560,8 +559,7 @@ fn a_profile_planted_in_a_writable_ancestor_is_not_built_as_root() {
 
 #[test]
 fn build_scripts_run_sandboxed_and_their_output_is_normalised() {
-    if !nexus_integration_tests::is_root() {
-        eprintln!("skipped: needs root");
+    if !root_or_skip("build_scripts_run_sandboxed_and_their_output_is_normalised") {
         return;
     }
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

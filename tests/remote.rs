@@ -17,7 +17,7 @@ use nexus_integration_tests::remote::{
     Nginx, S3_ENDPOINT, bucket, copy_tree, ensure_seaweedfs, nip_env, nip_env_ok, packs_in, s3_env,
 };
 use nexus_integration_tests::rng::Rng;
-use nexus_integration_tests::{Store, fetch_debs, heavy_test_guard, is_root};
+use nexus_integration_tests::{Store, fetch_debs, heavy_test_guard, root_or_skip};
 
 /// The publisher's key: generated in `store`, its public file returned.
 fn signing_key(store: &Store) -> PathBuf {
@@ -83,8 +83,7 @@ fn remote_pack_bytes(store: &Store) -> u64 {
 
 #[test]
 fn a_host_pulls_a_published_store_and_runs_a_program_reading_only_part_of_it() {
-    if !is_root() {
-        eprintln!("skipped: mounting needs root");
+    if !root_or_skip("a_host_pulls_a_published_store_and_runs_a_program_reading_only_part_of_it") {
         return;
     }
     let _heavy = heavy_test_guard();
@@ -422,8 +421,9 @@ fn assert_refused(report: &BTreeMap<String, serde_json::Value>, who: &str, probe
 
 #[test]
 fn a_store_with_remotes_keeps_its_daemon_off_the_network_and_its_fetcher_to_the_remotes_port() {
-    if !is_root() {
-        eprintln!("skipped: mounting needs root");
+    if !root_or_skip(
+        "a_store_with_remotes_keeps_its_daemon_off_the_network_and_its_fetcher_to_the_remotes_port",
+    ) {
         return;
     }
     let m = mirrored("remote-sandbox", "5");
@@ -477,8 +477,9 @@ fn a_store_with_remotes_keeps_its_daemon_off_the_network_and_its_fetcher_to_the_
 
 #[test]
 fn a_dead_or_frozen_server_fails_reads_in_bounded_time_and_cached_files_keep_working() {
-    if !is_root() {
-        eprintln!("skipped: mounting needs root");
+    if !root_or_skip(
+        "a_dead_or_frozen_server_fails_reads_in_bounded_time_and_cached_files_keep_working",
+    ) {
         return;
     }
     let mut m = mirrored("remote-offline", "2");
@@ -527,8 +528,7 @@ fn a_dead_or_frozen_server_fails_reads_in_bounded_time_and_cached_files_keep_wor
 
 #[test]
 fn an_object_altered_on_the_server_is_detected_and_never_served_or_cached() {
-    if !is_root() {
-        eprintln!("skipped: mounting needs root");
+    if !root_or_skip("an_object_altered_on_the_server_is_detected_and_never_served_or_cached") {
         return;
     }
     let m = mirrored("remote-altered", "3");
@@ -609,8 +609,7 @@ fn an_object_altered_on_the_server_is_detected_and_never_served_or_cached() {
 
 #[test]
 fn a_confined_mount_reads_a_directory_remote() {
-    if !is_root() {
-        eprintln!("skipped: mounting needs root");
+    if !root_or_skip("a_confined_mount_reads_a_directory_remote") {
         return;
     }
     let scratch = Scratch::new("remote-dir-mount");
@@ -699,8 +698,7 @@ fn replayed_expired_and_untrusted_manifests_are_refused() {
 
 #[test]
 fn concurrent_readers_of_a_cold_file_cause_one_fetch_per_block() {
-    if !is_root() {
-        eprintln!("skipped: mounting needs root");
+    if !root_or_skip("concurrent_readers_of_a_cold_file_cause_one_fetch_per_block") {
         return;
     }
     let m = mirrored("remote-collapse", "10");

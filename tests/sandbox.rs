@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use nexus_integration_tests::fixtures::{Scratch, write_file};
 use nexus_integration_tests::nexus::{alive, is_mounted, nexus, show, wait_for};
 use nexus_integration_tests::vm::Server;
-use nexus_integration_tests::{Mount, Store, fetch_debs, is_root, nexus_bin};
+use nexus_integration_tests::{Mount, Store, fetch_debs, nexus_bin, root_or_skip};
 
 /// `CAP_DAC_OVERRIDE | CAP_DAC_READ_SEARCH`: what a confined daemon keeps.
 const SERVER_CAPS: u64 = 0x6;
@@ -52,13 +52,6 @@ const REFUSED: [&str; 17] = [
     "mmap-exec",
 ];
 const ALLOWED: [&str; 3] = ["read-catalog", "list-packs", "spawn-thread"];
-
-fn root_or_skip(test: &str) -> bool {
-    if !is_root() {
-        eprintln!("{test}: skipped, needs root");
-    }
-    is_root()
-}
 
 /// The fields of `/proc/PID/task/TID/status`, if the thread still exists.
 fn task_status(pid: i32, tid: i32) -> Option<BTreeMap<String, String>> {

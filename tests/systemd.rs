@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use nexus_integration_tests::fixtures::{Scratch, write_file};
 use nexus_integration_tests::nexus::{alive, is_mounted, vhost_user_features, wait_for};
-use nexus_integration_tests::{Store, is_root, nexus_bin};
+use nexus_integration_tests::{Store, nexus_bin, root_or_skip};
 
 /// The repository.
 fn repo() -> PathBuf {
@@ -37,13 +37,6 @@ fn repo() -> PathBuf {
 }
 
 /// The FUSE tests mount file systems: root only (as CI runs them).
-fn root_or_skip(test: &str) -> bool {
-    if !is_root() {
-        eprintln!("{test}: skipped, mounting needs root");
-    }
-    is_root()
-}
-
 /// The value of `key=` in `section` of a unit file.
 fn unit_value(unit: &str, section: &str, key: &str) -> String {
     let text = fs::read_to_string(repo().join("dist/systemd").join(unit))

@@ -25,16 +25,9 @@ use std::time::{Duration, Instant};
 use nexus_integration_tests::debs::fetch_and_unpack;
 use nexus_integration_tests::fixtures::{Scratch, random_bytes, write_file};
 use nexus_integration_tests::nexus::{Mount, alive, is_mounted, nexus, show, wait_for};
-use nexus_integration_tests::{Store, env_knob, is_root};
+use nexus_integration_tests::{Store, env_knob, root_or_skip};
 
 /// The FUSE tests mount file systems: root only (as CI runs them).
-fn root_or_skip(test: &str) -> bool {
-    if !is_root() {
-        eprintln!("{test}: skipped, mounting needs root");
-    }
-    is_root()
-}
-
 /// Every regular file under `root`, by path relative to it, with content.
 fn files_of(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     let mut out = BTreeMap::new();

@@ -26,20 +26,13 @@ use std::time::{Duration, Instant};
 use nexus_integration_tests::archive::{TarEntry, pacman};
 use nexus_integration_tests::fixtures::{Scratch, cat_as_nobody, chmod, lchown, write_file};
 use nexus_integration_tests::nip::{EXIT_DAMAGED, EXIT_ERROR};
-use nexus_integration_tests::{Store, is_root};
+use nexus_integration_tests::{Store, root_or_skip};
 
 const NOBODY: u32 = 65534;
 
 /// The value of `security.capability` for `cap_net_raw+ep`.
 fn capability() -> Vec<u8> {
     nexus_integration_tests::crafted::cap_net_raw_ep()
-}
-
-fn needs_root(test: &str) -> bool {
-    if !is_root() {
-        eprintln!("SKIPPED {test}: needs root (files of other owners, nobody)");
-    }
-    is_root()
 }
 
 /// A tree owned by `nobody`: a setuid program with a capability, a file in
@@ -69,7 +62,7 @@ fn file(store: &Store, spec: &str, path: &str) -> nexus_integration_tests::nip::
 
 #[test]
 fn as_root_foreign_trees_need_trust_and_lose_privileges() {
-    if !needs_root("as_root_foreign_trees_need_trust_and_lose_privileges") {
+    if !root_or_skip("as_root_foreign_trees_need_trust_and_lose_privileges") {
         return;
     }
     let scratch = Scratch::new("trust-foreign");
@@ -136,7 +129,7 @@ fn mode_of(path: &Path) -> u32 {
 
 #[test]
 fn the_store_is_private_to_its_owner() {
-    if !needs_root("the_store_is_private_to_its_owner") {
+    if !root_or_skip("the_store_is_private_to_its_owner") {
         return;
     }
     let scratch = Scratch::new("trust-private");
@@ -281,7 +274,7 @@ fn privileged_package(store: &Store, scratch: &Scratch) {
 
 #[test]
 fn export_restores_no_privileges_unless_asked() {
-    if !needs_root("export_restores_no_privileges_unless_asked") {
+    if !root_or_skip("export_restores_no_privileges_unless_asked") {
         return;
     }
     let scratch = Scratch::new("trust-export");

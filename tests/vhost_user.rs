@@ -19,7 +19,7 @@ use std::process::{Child, Command, Stdio};
 
 use nexus_integration_tests::fixtures::{Scratch, write_file};
 use nexus_integration_tests::nexus::{show, vhost_user_features};
-use nexus_integration_tests::{Store, is_root, nexus_bin};
+use nexus_integration_tests::{Store, nexus_bin, root_or_skip};
 
 /// The repository.
 fn repo() -> PathBuf {
@@ -129,8 +129,7 @@ fn an_inherited_socket_is_served() {
 /// connect.
 #[test]
 fn the_socket_is_private_whatever_the_umask() {
-    if !is_root() {
-        eprintln!("the_socket_is_private: skipped, needs root to connect as nobody");
+    if !root_or_skip("the_socket_is_private_whatever_the_umask") {
         return;
     }
     let scratch = Scratch::new("vhost-mode");

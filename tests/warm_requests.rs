@@ -20,7 +20,7 @@ use std::path::Path;
 
 use nexus_integration_tests::fixtures::{Scratch, cat_as_nobody, write_file};
 use nexus_integration_tests::nexus::Mount;
-use nexus_integration_tests::{Store, fetch_debs, is_root};
+use nexus_integration_tests::{Store, fetch_debs, root_or_skip};
 
 /// What one walk did.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -132,8 +132,7 @@ fn pass(mount: &Mount, index: &Path) -> (Walked, Walked) {
 
 #[test]
 fn a_warm_walk_sends_the_daemon_nothing_avoidable() {
-    if !is_root() {
-        eprintln!("a_warm_walk_sends_the_daemon_nothing_avoidable: skipped, mounting needs root");
+    if !root_or_skip("a_warm_walk_sends_the_daemon_nothing_avoidable") {
         return;
     }
     let scratch = Scratch::new("warm-requests");
@@ -218,8 +217,7 @@ fn acl_xattr(entries: &[(u16, u16)]) -> Vec<u8> {
 
 #[test]
 fn an_acl_narrowing_the_owning_group_is_enforced() {
-    if !is_root() {
-        eprintln!("an_acl_narrowing_the_owning_group_is_enforced: skipped, mounting needs root");
+    if !root_or_skip("an_acl_narrowing_the_owning_group_is_enforced") {
         return;
     }
     let scratch = Scratch::new("acl");

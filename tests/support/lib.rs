@@ -41,6 +41,15 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// True when the tests run as root; otherwise says that `test` is skipped
+/// (mounting, namespaces and other users need root).
+pub fn root_or_skip(test: &str) -> bool {
+    if !is_root() {
+        eprintln!("{test}: skipped, it needs root");
+    }
+    is_root()
+}
+
 /// Serialises the heavy tests of one test binary.
 ///
 /// `cargo test` runs the tests of a binary on parallel threads; tests that
