@@ -49,7 +49,7 @@ mod session;
 
 pub use counts::{Op, REQUESTS_XATTR, RequestCounts};
 pub use index::{INDEX_TTL, IndexFollower, IndexFs, adopt_index, index_invalidations, mount_index};
-pub use mountinfo::{mount_device, read_ahead, set_read_ahead};
+pub use mountinfo::{mount_device, set_read_ahead};
 use reply::{errno, file_attr, fill_dir, fill_dir_plus, reply_xattr};
 pub use session::{
     Invalidator, MountOptions, Mounted, READ_AHEAD_KIB, RESEND_AFTER, Unmounted, Unmounter, detach,

@@ -62,14 +62,6 @@ pub fn set_read_ahead(path: &Path, kib: u32) -> io::Result<()> {
     std::fs::write(read_ahead_file(path)?, format!("{kib}\n"))
 }
 
-/// The read-ahead window, in KiB, of the mount at `path`.
-pub fn read_ahead(path: &Path) -> io::Result<u32> {
-    let text = std::fs::read_to_string(read_ahead_file(path)?)?;
-    text.trim()
-        .parse()
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("read_ahead_kb: {e}")))
-}
-
 /// A mountinfo field with its octal escapes (`\040` for a space) decoded.
 fn unescape_mountinfo(field: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(field.len());

@@ -316,7 +316,7 @@ impl Catalog {
     /// at most [`SHRINK_WAIT`] for readers of older snapshots; a log still
     /// in use is left (the next transaction shrinks it). Only an
     /// optimisation: nothing fails when it does not happen.
-    pub fn shrink_wal(&self) {
+    pub(crate) fn shrink_wal(&self) {
         let Some(path) = self.conn.path() else {
             return;
         };
