@@ -12,7 +12,7 @@
 //!     index "/System/Index"
 //!     allow-other #true
 //!     threads 4
-//!     cache-mib 40
+//!     cache-mib 16
 //!     log-file "/var/log/nexus/mount.log"
 //! }
 //! serve {

@@ -155,11 +155,11 @@ pub enum Command {
         #[arg(long, value_name = "N",
               value_parser = clap::value_parser!(u16).range(1..=64))]
         threads: Option<u16>,
-        /// Mebibytes of decompressed blocks kept in memory. Once read,
-        /// files are served from the kernel's page cache; this cache only
-        /// spares re-decoding a block while readers work through it, so a
-        /// few blocks (1 MiB each) per concurrent reader suffice [default:
-        /// mount.cache-mib, or 40].
+        /// Mebibytes of decompressed data kept in memory. Once read, files
+        /// are served from the kernel's page cache; this cache only spares
+        /// re-decoding a frame (about 64 KiB of a large file, up to 1 MiB of
+        /// small ones) while readers work through it, so a few frames per
+        /// concurrent reader suffice [default: mount.cache-mib, or 16].
         #[arg(long, value_name = "MIB")]
         cache_mib: Option<u64>,
         /// Write the daemon's process id to FILE once the mount is ready
