@@ -352,6 +352,88 @@ fn a_mount_reads_large_files_ahead_in_wide_windows() {
     assert!(read == data, "the large file read back differs");
 }
 
+/// Whether page `index` of `file` is in the page cache.
+fn page_cached(file: &fs::File, index: usize) -> bool {
+    use std::os::fd::AsRawFd;
+    let page = 4096;
+    let len = file.metadata().expect("stat the mapped file").len() as usize;
+    // SAFETY: a private read-only mapping of a file we hold open, unmapped
+    // below; mincore only reads the page tables.
+    unsafe {
+        let map = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        );
+        assert!(
+            map != libc::MAP_FAILED,
+            "mmap: {}",
+            std::io::Error::last_os_error()
+        );
+        let mut residency = vec![0u8; len.div_ceil(page)];
+        let rc = libc::mincore(map, len, residency.as_mut_ptr());
+        let err = std::io::Error::last_os_error();
+        libc::munmap(map, len);
+        assert_eq!(rc, 0, "mincore: {err}");
+        residency[index] & 1 == 1
+    }
+}
+
+/// The number of READ requests the mount at `root` answered.
+fn reads_answered(root: &Path) -> u64 {
+    let raw = xattr::get(root, "user.nexus.requests")
+        .expect("read the request counts")
+        .expect("the mount answers request counts");
+    let counts: BTreeMap<String, u64> =
+        serde_json::from_slice(&raw).expect("request counts are a JSON object of numbers");
+    counts.get("READ").copied().unwrap_or(0)
+}
+
+#[test]
+fn a_random_read_hands_the_kernel_what_it_decoded_before_the_read() {
+    if !root_or_skip("a_random_read_hands_the_kernel_what_it_decoded_before_the_read") {
+        return;
+    }
+    let scratch = Scratch::new("mount-push-back");
+    let (store, data) = small_store(&scratch);
+    let mount = Mount::start(store.path(), &scratch.join("mnt"), &[]);
+    let file = fs::File::open(mount.join("small/1/data/big.bin")).expect("open the large file");
+    // A 4 KiB read in the middle of the file: the daemon decodes (and
+    // verifies) the whole chunk, which begins pages before it.
+    let page = 4096;
+    let at = 1024 * 1024 + 40 * page;
+    let mut buf = vec![0u8; page];
+    std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, at as u64).expect("random read");
+    assert!(
+        buf == data[at..at + page],
+        "the random read returned other bytes"
+    );
+    // The kernel reads nothing before a random read itself: the page
+    // before it arrives only if the daemon stored it.
+    assert!(
+        wait_for(Duration::from_secs(5), || page_cached(&file, at / page - 1)),
+        "the page before a random read was not handed to the kernel\n{}",
+        mount.log()
+    );
+    let before = reads_answered(mount.point());
+    std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, (at - page) as u64)
+        .expect("read the page before");
+    assert!(
+        buf == data[at - page..at],
+        "the page stored before the read holds other bytes"
+    );
+    assert_eq!(
+        reads_answered(mount.point()) - before,
+        0,
+        "reading a page the daemon stored still sent a READ"
+    );
+    drop(file);
+    mount.umount();
+}
+
 #[test]
 fn damaged_data_reads_as_an_error_never_as_other_bytes() {
     if !root_or_skip("damaged_data_reads_as_an_error") {

@@ -314,12 +314,17 @@ impl Filesystem for NexusFs {
         });
         match (read, reply) {
             (Err(e), Some(reply)) => reply.error(errno("read", ino, &e)),
-            // Not the end of the file: what follows may be decoded already.
-            // A READ as large as the kernel's widest read-ahead request
-            // means the kernel is reading ahead in wide windows itself:
-            // pushing would copy the same pages into its cache twice.
-            (Ok(len), _) if len == size as usize && size < push::KERNEL_READS_AHEAD => {
-                self.pusher.offer(ino.0, offset + u64::from(size));
+            // What lies around the READ may be decoded already. A READ as
+            // large as the kernel's widest read-ahead request means the
+            // kernel is reading ahead in wide windows itself: pushing would
+            // copy the same pages into its cache twice.
+            (Ok(len), _) if size < push::KERNEL_READS_AHEAD => {
+                self.pusher.offer(push::Offer {
+                    ino: ino.0,
+                    start: offset,
+                    end: offset + len as u64,
+                    more_follows: len == size as usize,
+                });
             }
             _ => {}
         }

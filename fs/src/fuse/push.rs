@@ -7,9 +7,12 @@
 //! read costs one more. After each READ of a file the pusher thread stores
 //! the bytes that follow it, as far as they lie verified in decoded frames
 //! (at most [`PUSH_BYTES`]), into the file's page cache with a FUSE store
-//! notification: reads of them never reach the daemon. Package files never
-//! change, so pages stored this way never go stale, and the kernel may
-//! evict them like any other.
+//! notification: reads of them never reach the daemon. After a READ that
+//! does not continue the file's last one (a random read, or a loader
+//! jumping to a section) it also stores the decoded bytes just before it
+//! (at most [`PUSH_BACK_BYTES`]): the rest of the frame the READ decoded.
+//! Package files never change, so pages stored this way never go stale,
+//! and the kernel may evict them like any other.
 //!
 //! The pusher is its own thread because storing pages waits for the locks
 //! of pages a READ in flight is filling; request threads never wait for
@@ -20,11 +23,17 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 
 use fuser::{INodeNo, Notifier};
+use nexus_store::read::{CachedBytes, Side};
 
 use crate::view::View;
 
 /// How far past a read the pusher stores what is decoded.
 pub const PUSH_BYTES: u64 = 2 << 20;
+
+/// How far before a random read the pusher stores what is decoded: more
+/// than a frame of a large file holds (64 KiB, more when one chunk is
+/// larger, at most 256 KiB).
+pub const PUSH_BACK_BYTES: u64 = 320 << 10;
 
 /// READs of at least this many bytes are the kernel's own read-ahead at
 /// full width (see [`super::READ_AHEAD_KIB`]): nothing is pushed after them.
@@ -42,7 +51,30 @@ const PAGE: u64 = 4096;
 /// The request threads' end of the pusher.
 #[derive(Default)]
 pub(super) struct Pusher {
-    queue: Mutex<Option<SyncSender<(u64, u64)>>>,
+    queue: Mutex<Option<SyncSender<Offer>>>,
+}
+
+/// A READ the kernel was answered: file `ino`, bytes `start..end`.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Offer {
+    /// The file's inode.
+    pub ino: u64,
+    /// Where the READ began.
+    pub start: u64,
+    /// Where the bytes it returned end.
+    pub end: u64,
+    /// Whether the file goes on after `end` (the READ was answered in
+    /// full): then what follows may be pushed too.
+    pub more_follows: bool,
+}
+
+/// What the pusher remembers of a file.
+#[derive(Clone, Copy, Default)]
+struct Pushed {
+    /// Where its last READ ended.
+    read_end: u64,
+    /// Where the last store of pages after a READ ended.
+    stored_end: u64,
 }
 
 impl Pusher {
@@ -56,61 +88,104 @@ impl Pusher {
         Ok(())
     }
 
-    /// Offers the bytes of file `ino` from `end` on (a READ just ended
-    /// there); never waits.
-    pub(super) fn offer(&self, ino: u64, end: u64) {
+    /// Offers the decoded bytes around a READ just answered; never waits.
+    pub(super) fn offer(&self, offer: Offer) {
         let queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(queue) = queue.as_ref()
-            && let Err(TrySendError::Disconnected(_)) = queue.try_send((ino, end))
+            && let Err(TrySendError::Disconnected(_)) = queue.try_send(offer)
         {
             tracing::debug!("the pusher thread is gone");
         }
     }
 }
 
-fn push_loop(view: &View, notifier: &Notifier, offers: Receiver<(u64, u64)>) {
-    // How far each file's pages were stored: a READ inside what was stored
-    // (the kernel's readahead was already under way) offers nothing new.
-    let mut stored: HashMap<u64, u64> = HashMap::new();
+fn push_loop(view: &View, notifier: &Notifier, offers: Receiver<Offer>) {
+    // What was read and stored of each file: a READ that continues the
+    // last one has the pages before it cached already, and one inside what
+    // was stored after a READ (the kernel's read-ahead was already under
+    // way) offers nothing new after it.
+    let mut files: HashMap<u64, Pushed> = HashMap::new();
     let mut run = Vec::new();
-    for (ino, end) in offers {
-        if stored.len() > REMEMBERED {
-            stored.clear();
+    for offer in offers {
+        if files.len() > REMEMBERED {
+            files.clear();
         }
-        // From the first whole page after the read (the READ filled its
-        // last page), or from where the last store ended.
-        let from = end
-            .next_multiple_of(PAGE)
-            .max(stored.get(&ino).copied().unwrap_or(0));
-        let spans = match view.cached_after(ino, from, PUSH_BYTES) {
-            Ok(spans) => spans,
-            Err(_) => continue,
-        };
-        // One contiguous run of whole pages (or up to the end of the file):
-        // a partial page would not be marked up to date.
-        run.clear();
-        let mut at = from;
-        for (offset, bytes) in &spans {
-            if *offset != at {
-                break;
+        let pushed = files.get(&offer.ino).copied().unwrap_or_default();
+        let size = view.getattr(offer.ino).map(|a| a.size).unwrap_or(0);
+        let continues = offer.start == pushed.read_end || offer.start == pushed.stored_end;
+        if !continues {
+            // Up to the READ's first page (it filled that page on), from
+            // the first whole page of what is decoded before it.
+            let end = offer.start - offer.start % PAGE;
+            if let Ok(spans) = view.cached_beside(offer.ino, end, Side::Before, PUSH_BACK_BYTES)
+                && let Some(from) = contiguous(&spans, end, &mut run)
+            {
+                let skip = (from.next_multiple_of(PAGE) - from) as usize;
+                if skip < run.len() {
+                    store(notifier, offer.ino, from + skip as u64, &run[skip..]);
+                }
             }
-            run.extend_from_slice(bytes.bytes());
-            at += bytes.bytes().len() as u64;
         }
-        let size = view.getattr(ino).map(|a| a.size).unwrap_or(0);
-        let keep = if at >= size {
-            run.len()
-        } else {
-            (run.len() as u64 - run.len() as u64 % PAGE) as usize
-        };
-        if keep == 0 {
-            continue;
-        }
-        match notifier.store(INodeNo(ino), from, &run[..keep]) {
-            Ok(()) => {
-                stored.insert(ino, from + keep as u64);
+        let mut stored_end = pushed.stored_end;
+        if offer.more_follows {
+            // From the first whole page after the read (the READ filled its
+            // last page), or from where the last store ended.
+            let from = offer.end.next_multiple_of(PAGE).max(pushed.stored_end);
+            if let Ok(spans) = view.cached_beside(offer.ino, from, Side::After, PUSH_BYTES) {
+                run.clear();
+                let mut at = from;
+                for (offset, bytes) in &spans {
+                    if *offset != at {
+                        break;
+                    }
+                    run.extend_from_slice(bytes.bytes());
+                    at += bytes.bytes().len() as u64;
+                }
+                // Whole pages only (or up to the end of the file): a
+                // partial page would not be marked up to date.
+                let keep = if at >= size {
+                    run.len()
+                } else {
+                    (run.len() as u64 - run.len() as u64 % PAGE) as usize
+                };
+                if keep > 0 && store(notifier, offer.ino, from, &run[..keep]) {
+                    stored_end = from + keep as u64;
+                }
             }
-            Err(e) => tracing::debug!("storing pages of inode {ino}: {e}"),
+        }
+        files.insert(
+            offer.ino,
+            Pushed {
+                read_end: offer.end,
+                stored_end,
+            },
+        );
+    }
+}
+
+/// Gathers `spans` into `run` if they lie one after another and end at
+/// `end`; returns where they begin.
+fn contiguous(spans: &[(u64, CachedBytes)], end: u64, run: &mut Vec<u8>) -> Option<u64> {
+    let (first, _) = spans.first()?;
+    run.clear();
+    let mut at = *first;
+    for (offset, bytes) in spans {
+        if *offset != at {
+            return None;
+        }
+        run.extend_from_slice(bytes.bytes());
+        at += bytes.bytes().len() as u64;
+    }
+    (at == end).then_some(*first)
+}
+
+/// Stores `bytes` at `offset` of file `ino` in the kernel's page cache.
+fn store(notifier: &Notifier, ino: u64, offset: u64, bytes: &[u8]) -> bool {
+    match notifier.store(INodeNo(ino), offset, bytes) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::debug!("storing pages of inode {ino}: {e}");
+            false
         }
     }
 }

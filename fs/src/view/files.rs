@@ -8,7 +8,7 @@
 //! kernel is told opens need no reply, virtio-fs) reads by inode number.
 
 use nexus_store::catalog::InodeRow;
-use nexus_store::read::Reader;
+use nexus_store::read::{Reader, Side};
 use nexus_store::tree::InodeType;
 
 use crate::error::{Result, ViewError};
@@ -35,17 +35,18 @@ pub(crate) fn read_with<T>(
     Ok(reader.read_with(blob, row.size, offset, size, consume)?)
 }
 
-/// The verified bytes of the regular file `row` from `at` on, at most
-/// `limit`, that lie decoded in the store's frame cache (see
-/// [`Reader::cached_after`]); empty for anything else.
-pub(crate) fn cached_after(
+/// The verified bytes of the regular file `row` on `side` of offset `at`,
+/// at most `limit`, that lie decoded in the store's frame cache (see
+/// [`Reader::cached_beside`]); empty for anything else.
+pub(crate) fn cached_beside(
     reader: &Reader,
     row: &InodeRow,
     at: u64,
+    side: Side,
     limit: u64,
 ) -> Result<Vec<(u64, nexus_store::read::CachedBytes)>> {
     match (row.kind, row.blob) {
-        (InodeType::File, Some(blob)) => Ok(reader.cached_after(blob, row.size, at, limit)?),
+        (InodeType::File, Some(blob)) => Ok(reader.cached_beside(blob, row.size, at, side, limit)?),
         _ => Ok(Vec::new()),
     }
 }

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nexus_store::catalog::InodeRow;
-use nexus_store::read::{Reader, ReaderOptions};
+use nexus_store::read::{Reader, ReaderOptions, Side};
 use nexus_store::tree::InodeType;
 
 use crate::attr::{Attr, Entry, FsStats, Listing};
@@ -439,21 +439,22 @@ impl View {
         self.read_inode_with(ino, offset, size, <[u8]>::to_vec)
     }
 
-    /// The verified bytes of regular file `ino` from `at` on, at most
-    /// `limit` of them, that its reads (or the read-ahead) already decoded,
-    /// each run with the file offset it starts at: what a transport may
-    /// hand its client ahead of the reads that would ask for them. Reads
-    /// and decodes nothing.
-    pub fn cached_after(
+    /// The verified bytes of regular file `ino` on `side` of offset `at`,
+    /// at most `limit` of them, that its reads (or the read-ahead) already
+    /// decoded, each run with the file offset it starts at: what a
+    /// transport may hand its client before the reads that would ask for
+    /// them. Reads and decodes nothing.
+    pub fn cached_beside(
         &self,
         ino: u64,
         at: u64,
+        side: Side,
         limit: u64,
     ) -> Result<Vec<(u64, nexus_store::read::CachedBytes)>> {
         let Node::Package(id) = Self::node(ino)? else {
             return Ok(Vec::new());
         };
-        files::cached_after(&self.reader, &*self.inode(id)?, at, limit)
+        files::cached_beside(&self.reader, &*self.inode(id)?, at, side, limit)
     }
 
     /// Reads up to `size` bytes at `offset` of regular file `ino` and hands

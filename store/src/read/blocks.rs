@@ -199,7 +199,7 @@ impl CachedFrame {
 
 /// Verified bytes of a content that lie decoded in the frame cache,
 /// held (the frame stays alive while this does): what a transport may hand
-/// its client ahead of a read ([`BlockReader::cached_after`]).
+/// its client ahead of a read ([`BlockReader::cached_beside`]).
 pub struct CachedBytes {
     frame: Arc<CachedFrame>,
     range: std::ops::Range<usize>,
@@ -210,6 +210,15 @@ impl CachedBytes {
     pub fn bytes(&self) -> &[u8] {
         &self.frame.data[self.range.clone()]
     }
+}
+
+/// Which side of a content offset [`BlockReader::cached_beside`] looks on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// The bytes that end at the offset.
+    Before,
+    /// The bytes that start at the offset.
+    After,
 }
 
 /// A frame's name: its block's pack and offset, and its index.
@@ -506,17 +515,48 @@ impl BlockReader {
         })
     }
 
-    /// The bytes of the content `layout` describes from `at` on, at most
-    /// `limit` of them, as far as they lie one after another in frames
-    /// already decoded: each run with the content offset it starts at.
-    /// Every chunk is verified first. Nothing is read or decoded: a
-    /// transport pushes what a read or the read-ahead decoded anyway.
-    pub fn cached_after(
+    /// The bytes of the content `layout` describes on `side` of offset
+    /// `at`, at most `limit` of them, as far as they lie one after another
+    /// in frames already decoded: each run with the content offset it
+    /// starts at, in content order. Every chunk is verified first. Nothing
+    /// is read or decoded: a transport pushes what a read or the
+    /// read-ahead decoded anyway.
+    pub fn cached_beside(
         &self,
         layout: &Layout,
         at: u64,
+        side: Side,
         limit: u64,
     ) -> Result<Vec<(u64, CachedBytes)>> {
+        match side {
+            Side::After => self.cached_from(layout, at, limit),
+            Side::Before => {
+                let at = at.min(layout.size());
+                let start = at.saturating_sub(limit);
+                if start >= at {
+                    return Ok(Vec::new());
+                }
+                // The cached chunks that end the range, walking back from
+                // the one holding the byte before `at`.
+                let (first, last) = layout.covering(start, at);
+                let mut begin = None;
+                for i in (first..=last).rev() {
+                    let loc = &layout.chunks()[i];
+                    if loc.len > 0 && !self.frames.is_cached(loc) {
+                        break;
+                    }
+                    begin = Some(layout.start(i).max(start));
+                }
+                match begin {
+                    Some(begin) => self.cached_from(layout, begin, at - begin),
+                    None => Ok(Vec::new()),
+                }
+            }
+        }
+    }
+
+    /// [`BlockReader::cached_beside`] after `at`.
+    fn cached_from(&self, layout: &Layout, at: u64, limit: u64) -> Result<Vec<(u64, CachedBytes)>> {
         let end = layout.size().min(at.saturating_add(limit));
         let mut out: Vec<(u64, CachedBytes)> = Vec::new();
         if at >= end {
@@ -719,6 +759,71 @@ mod tests {
         let mut all = Vec::new();
         ahead.copy_chunks(&layout, 0, &mut all).1.unwrap();
         assert_eq!(all, parts.concat());
+    }
+
+    #[test]
+    fn what_lies_decoded_beside_a_read_is_found_on_either_side() {
+        let dir = tempfile::tempdir().unwrap();
+        let parts: Vec<Vec<u8>> = (0..8).map(part).collect();
+        let mut writer = PackWriter::create(dir.path()).unwrap();
+        let mut builder = BlockBuilder::default();
+        for p in &parts {
+            builder.push_kind(Hash::of(p), p, ChunkKind::Part);
+        }
+        let locs = writer
+            .append(&builder.finish(&mut BlockEncoder::new(3, 3).unwrap()))
+            .unwrap();
+        writer.seal().unwrap();
+        let reader = BlockReader::new(Arc::new(LocalPacks::new(dir.path())), 8 << 20);
+        let layout = Layout::of_chunks(locs);
+        let joined = |spans: Vec<(u64, CachedBytes)>| -> (u64, Vec<u8>) {
+            let start = spans.first().map_or(0, |(at, _)| *at);
+            (
+                start,
+                spans.iter().flat_map(|(_, b)| b.bytes().to_vec()).collect(),
+            )
+        };
+        // Nothing decoded yet: nothing on either side.
+        let at = 5 * 50_000 + 4096;
+        assert!(
+            reader
+                .cached_beside(&layout, at, Side::Before, 1 << 20)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            reader
+                .cached_beside(&layout, at, Side::After, 1 << 20)
+                .unwrap()
+                .is_empty()
+        );
+        // A read of part 5 decodes its frame (parts 4 and 5, two by two).
+        reader.read_with(&layout, at, 4096, <[u8]>::to_vec).unwrap();
+        let all = parts.concat();
+        let (start, before) = joined(
+            reader
+                .cached_beside(&layout, at, Side::Before, 1 << 20)
+                .unwrap(),
+        );
+        assert_eq!(start, 4 * 50_000, "the frame's first chunk begins the run");
+        assert_eq!(before, all[4 * 50_000..at as usize]);
+        let (start, after) = joined(
+            reader
+                .cached_beside(&layout, at, Side::After, 1 << 20)
+                .unwrap(),
+        );
+        assert_eq!(start, at);
+        assert_eq!(after, all[at as usize..6 * 50_000]);
+        // A limit cuts the run short on its far end.
+        let (start, near) = joined(
+            reader
+                .cached_beside(&layout, at, Side::Before, 100)
+                .unwrap(),
+        );
+        assert_eq!(
+            (start, near.as_slice()),
+            (at - 100, &all[at as usize - 100..at as usize])
+        );
     }
 
     fn pack_of(dir: &std::path::Path, chunks: &[&[u8]]) -> Vec<ChunkLocation> {

@@ -24,7 +24,7 @@ mod pool;
 mod reader;
 mod source;
 
-pub use blocks::{BlockReader, CachedBytes};
+pub use blocks::{BlockReader, CachedBytes, Side};
 pub use layout::Layout;
 pub use reader::{Reader, ReaderOptions};
 pub use source::{LocalPacks, OPEN_PACKS, PackSource, SingleFile};

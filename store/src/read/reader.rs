@@ -278,18 +278,19 @@ impl Reader {
         result.ok_or_else(|| StoreError::Invalid("a read was answered twice".into()))
     }
 
-    /// The verified bytes of content `blob` (`size` bytes long) from `at`
-    /// on, at most `limit` of them, that lie in frames already decoded (see
-    /// [`BlockReader::cached_after`]).
-    pub fn cached_after(
+    /// The verified bytes of content `blob` (`size` bytes long) on `side`
+    /// of offset `at`, at most `limit` of them, that lie in frames already
+    /// decoded (see [`BlockReader::cached_beside`]).
+    pub fn cached_beside(
         &self,
         blob: i64,
         size: u64,
         at: u64,
+        side: super::Side,
         limit: u64,
     ) -> Result<Vec<(u64, super::CachedBytes)>> {
         let layout = self.layout(blob, size)?;
-        self.blocks.cached_after(&layout, at, limit)
+        self.blocks.cached_beside(&layout, at, side, limit)
     }
 
     /// Writes the whole content `blob` to `out`, every chunk verified; a
