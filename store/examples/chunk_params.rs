@@ -8,8 +8,7 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
@@ -19,21 +18,7 @@ use nexus_store::chunker::chunk_stream;
 use nexus_store::pack::{BlockBuilder, BlockEncoder, ChunkKind};
 use nexus_store::params::ChunkParams;
 
-fn collect(dir: &Path, seen: &mut HashSet<(u64, u64)>, out: &mut Vec<(PathBuf, u64)>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let Ok(meta) = entry.path().symlink_metadata() else {
-            continue;
-        };
-        if meta.is_dir() {
-            collect(&entry.path(), seen, out);
-        } else if meta.is_file() && seen.insert((meta.dev(), meta.ino())) {
-            out.push((entry.path(), meta.len()));
-        }
-    }
-}
+mod common;
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -64,8 +49,7 @@ fn main() {
             (64, 6, 1024),
         ];
     }
-    let mut files = Vec::new();
-    collect(Path::new(&corpus), &mut HashSet::new(), &mut files);
+    let mut files = common::corpus_files(Path::new(&corpus));
     // Large files first (largest first), then small files in path order, as
     // the store's ingest does, so small neighbours share blocks.
     files.sort_by(|a, b| {

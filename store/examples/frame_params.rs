@@ -14,12 +14,12 @@
 //! Usage: cargo run --release -p nexus-store --example frame_params -- CORPUS_DIR [SAMPLE_MB] [FRAME_KIB:LEVEL:PREFIX_KIB ...]
 //! (FRAME_KIB 0: the whole block is one frame.)
 
-use std::collections::HashSet;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nexus_store::params::{BLOCK_TARGET, SMALL_FILE_MAX};
+
+mod common;
 
 /// One way of cutting and compressing blocks.
 #[derive(Clone, Copy, Debug)]
@@ -41,40 +41,17 @@ struct Cost {
     decode: Duration,
 }
 
-fn collect(dir: &Path, seen: &mut HashSet<(u64, u64)>, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    let mut entries: Vec<_> = entries.flatten().map(|e| e.path()).collect();
-    entries.sort();
-    for path in entries {
-        let Ok(meta) = path.symlink_metadata() else {
-            continue;
-        };
-        if meta.is_dir() {
-            collect(&path, seen, out);
-        } else if meta.is_file()
-            && meta.len() > SMALL_FILE_MAX
-            && seen.insert((meta.dev(), meta.ino()))
-        {
-            out.push(path);
-        }
-    }
-}
-
 /// Every `step`-th large file of the corpus until `limit` bytes: a sample
 /// spread over all packages, the same on every run.
 fn sample(corpus: &Path, limit: usize) -> Vec<u8> {
-    let mut files = Vec::new();
-    collect(corpus, &mut HashSet::new(), &mut files);
-    let total: u64 = files
-        .iter()
-        .filter_map(|f| f.metadata().ok())
-        .map(|m| m.len())
-        .sum();
+    let files: Vec<(PathBuf, u64)> = common::corpus_files(corpus)
+        .into_iter()
+        .filter(|(_, size)| *size > SMALL_FILE_MAX)
+        .collect();
+    let total: u64 = files.iter().map(|(_, size)| size).sum();
     let step = ((total as usize / limit.max(1)).max(1)).min(files.len().max(1));
     let mut data = Vec::with_capacity(limit);
-    for file in files.iter().step_by(step) {
+    for (file, _) in files.iter().step_by(step) {
         if data.len() >= limit {
             break;
         }

@@ -713,14 +713,16 @@ mod tests {
         assert_eq!(all, parts.concat());
     }
 
-    #[test]
-    fn sequential_reads_get_the_next_frames_decoded_ahead() {
-        let dir = tempfile::tempdir().unwrap();
-        let parts: Vec<Vec<u8>> = (0..24).map(part).collect();
-        let mut writer = PackWriter::create(dir.path()).unwrap();
+    /// A pack of `parts`, cut files' chunks, `per_block` to a block.
+    fn pack_of_parts(
+        dir: &std::path::Path,
+        parts: &[Vec<u8>],
+        per_block: usize,
+    ) -> Vec<ChunkLocation> {
+        let mut writer = PackWriter::create(dir).unwrap();
         let mut locs = Vec::new();
         let mut encoder = BlockEncoder::new(3, 3).unwrap();
-        for block in parts.chunks(12) {
+        for block in parts.chunks(per_block) {
             let mut builder = BlockBuilder::default();
             for p in block {
                 builder.push_kind(Hash::of(p), p, ChunkKind::Part);
@@ -728,6 +730,14 @@ mod tests {
             locs.extend(writer.append(&builder.finish(&mut encoder)).unwrap());
         }
         writer.seal().unwrap();
+        locs
+    }
+
+    #[test]
+    fn sequential_reads_get_the_next_frames_decoded_ahead() {
+        let dir = tempfile::tempdir().unwrap();
+        let parts: Vec<Vec<u8>> = (0..24).map(part).collect();
+        let locs = pack_of_parts(dir.path(), &parts, 12);
         let layout = Layout::of_chunks(locs.clone());
         let source = Arc::new(LocalPacks::new(dir.path()));
         let plain = BlockReader::new(source.clone(), 16 << 20);
@@ -765,15 +775,7 @@ mod tests {
     fn what_lies_decoded_beside_a_read_is_found_on_either_side() {
         let dir = tempfile::tempdir().unwrap();
         let parts: Vec<Vec<u8>> = (0..8).map(part).collect();
-        let mut writer = PackWriter::create(dir.path()).unwrap();
-        let mut builder = BlockBuilder::default();
-        for p in &parts {
-            builder.push_kind(Hash::of(p), p, ChunkKind::Part);
-        }
-        let locs = writer
-            .append(&builder.finish(&mut BlockEncoder::new(3, 3).unwrap()))
-            .unwrap();
-        writer.seal().unwrap();
+        let locs = pack_of_parts(dir.path(), &parts, 8);
         let reader = BlockReader::new(Arc::new(LocalPacks::new(dir.path())), 8 << 20);
         let layout = Layout::of_chunks(locs);
         let joined = |spans: Vec<(u64, CachedBytes)>| -> (u64, Vec<u8>) {
