@@ -430,6 +430,23 @@ fn a_random_read_hands_the_kernel_what_it_decoded_before_the_read() {
         0,
         "reading a page the daemon stored still sent a READ"
     );
+    // A random read before everything stored so far gets what follows it
+    // in its frame stored too.
+    let earlier = 256 * 1024 + 8 * page;
+    std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, earlier as u64)
+        .expect("an earlier random read");
+    assert!(
+        buf == data[earlier..earlier + page],
+        "the earlier random read returned other bytes"
+    );
+    assert!(
+        wait_for(Duration::from_secs(5), || page_cached(
+            &file,
+            earlier / page + 1
+        )),
+        "the page after an earlier random read was not handed to the kernel\n{}",
+        mount.log()
+    );
     drop(file);
     mount.umount();
 }

@@ -129,8 +129,15 @@ fn push_loop(view: &View, notifier: &Notifier, offers: Receiver<Offer>) {
         let mut stored_end = pushed.stored_end;
         if offer.more_follows {
             // From the first whole page after the read (the READ filled its
-            // last page), or from where the last store ended.
-            let from = offer.end.next_multiple_of(PAGE).max(pushed.stored_end);
+            // last page), or from where the last store ended if the read
+            // lies in what it stored (READs sent before the store).
+            let after_read = offer.end.next_multiple_of(PAGE);
+            let in_last_store = offer.start >= pushed.read_end && after_read <= pushed.stored_end;
+            let from = if in_last_store {
+                pushed.stored_end
+            } else {
+                after_read
+            };
             if let Ok(spans) = view.cached_beside(offer.ino, from, Side::After, PUSH_BYTES) {
                 run.clear();
                 let mut at = from;
