@@ -111,15 +111,16 @@ fn push_loop(view: &View, notifier: &Notifier, offers: Receiver<Offer>) {
             files.clear();
         }
         let pushed = files.get(&offer.ino).copied().unwrap_or_default();
-        let size = view.getattr(offer.ino).map(|a| a.size).unwrap_or(0);
         let continues = offer.start == pushed.read_end || offer.start == pushed.stored_end;
         if !continues {
             // Up to the READ's first page (it filled that page on), from
             // the first whole page of what is decoded before it.
             let end = offer.start - offer.start % PAGE;
             if let Ok(spans) = view.cached_beside(offer.ino, end, Side::Before, PUSH_BACK_BYTES)
-                && let Some(from) = contiguous(&spans, end, &mut run)
+                && let Some(stored) = gather(&spans, &mut run)
+                && stored.end == end
             {
+                let from = stored.start;
                 let skip = (from.next_multiple_of(PAGE) - from) as usize;
                 if skip < run.len() {
                     store(notifier, offer.ino, from + skip as u64, &run[skip..]);
@@ -138,19 +139,14 @@ fn push_loop(view: &View, notifier: &Notifier, offers: Receiver<Offer>) {
             } else {
                 after_read
             };
-            if let Ok(spans) = view.cached_beside(offer.ino, from, Side::After, PUSH_BYTES) {
-                run.clear();
-                let mut at = from;
-                for (offset, bytes) in &spans {
-                    if *offset != at {
-                        break;
-                    }
-                    run.extend_from_slice(bytes.bytes());
-                    at += bytes.bytes().len() as u64;
-                }
+            if let Ok(spans) = view.cached_beside(offer.ino, from, Side::After, PUSH_BYTES)
+                && let Some(stored) = gather(&spans, &mut run)
+                && stored.start == from
+            {
                 // Whole pages only (or up to the end of the file): a
                 // partial page would not be marked up to date.
-                let keep = if at >= size {
+                let size = view.getattr(offer.ino).map(|a| a.size).unwrap_or(0);
+                let keep = if stored.end >= size {
                     run.len()
                 } else {
                     (run.len() as u64 - run.len() as u64 % PAGE) as usize
@@ -170,20 +166,20 @@ fn push_loop(view: &View, notifier: &Notifier, offers: Receiver<Offer>) {
     }
 }
 
-/// Gathers `spans` into `run` if they lie one after another and end at
-/// `end`; returns where they begin.
-fn contiguous(spans: &[(u64, CachedBytes)], end: u64, run: &mut Vec<u8>) -> Option<u64> {
+/// Gathers into `run` the first of `spans` and those that follow it
+/// without a gap; returns the file range they cover.
+fn gather(spans: &[(u64, CachedBytes)], run: &mut Vec<u8>) -> Option<std::ops::Range<u64>> {
     let (first, _) = spans.first()?;
     run.clear();
     let mut at = *first;
     for (offset, bytes) in spans {
         if *offset != at {
-            return None;
+            break;
         }
         run.extend_from_slice(bytes.bytes());
         at += bytes.bytes().len() as u64;
     }
-    (at == end).then_some(*first)
+    Some(*first..at)
 }
 
 /// Stores `bytes` at `offset` of file `ino` in the kernel's page cache.
