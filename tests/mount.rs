@@ -19,13 +19,14 @@ use nexus_integration_tests::debs::{Unpacked, fetch_and_unpack};
 use nexus_integration_tests::fixtures::{
     Scratch, cat_as_nobody, copy_tree, random_bytes, write_file,
 };
-use nexus_integration_tests::nexus::{Mount, alive, is_mounted, nexus, show, wait_for};
+use nexus_integration_tests::nexus::{
+    Mount, alive, is_mounted, nexus, request_counts, show, wait_for,
+};
 use nexus_integration_tests::tree::{Kind, assert_same_tree, snapshot};
 use nexus_integration_tests::{
     Store, fetch_debs, heavy_test_guard, pack, root_or_skip, unpack_deb,
 };
 
-/// The FUSE tests mount file systems: root only (as CI runs them).
 /// Names in a directory, sorted.
 fn names(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(dir)
@@ -384,12 +385,7 @@ fn page_cached(file: &fs::File, index: usize) -> bool {
 
 /// The number of READ requests the mount at `root` answered.
 fn reads_answered(root: &Path) -> u64 {
-    let raw = xattr::get(root, "user.nexus.requests")
-        .expect("read the request counts")
-        .expect("the mount answers request counts");
-    let counts: BTreeMap<String, u64> =
-        serde_json::from_slice(&raw).expect("request counts are a JSON object of numbers");
-    counts.get("READ").copied().unwrap_or(0)
+    request_counts(root).get("READ").copied().unwrap_or(0)
 }
 
 #[test]

@@ -607,19 +607,27 @@ fn an_object_altered_on_the_server_is_detected_and_never_served_or_cached() {
     assert_eq!(m.subscriber.ok(["history", "--json"]).stdout_text(), live);
 }
 
+/// A publisher store with a `file://` remote `dir` (a directory of
+/// `scratch`) to which it published package `app` 1 (`len` random bytes in
+/// `data`): the store, its public key, the directory and its URL.
+fn directory_publisher(scratch: &Scratch, len: usize) -> (Store, PathBuf, PathBuf, String) {
+    let a = Store::init();
+    let key = signing_key(&a);
+    let tree = scratch.join("published");
+    let url = format!("file://{}", tree.display());
+    a.ok(["remote", "add", "dir", &url]);
+    add_random(&a, scratch.path(), "app", "1", len);
+    a.ok(["publish", "dir"]);
+    (a, key, tree, url)
+}
+
 #[test]
 fn a_confined_mount_reads_a_directory_remote() {
     if !root_or_skip("a_confined_mount_reads_a_directory_remote") {
         return;
     }
     let scratch = Scratch::new("remote-dir-mount");
-    let a = Store::init();
-    let key = signing_key(&a);
-    let tree = scratch.join("published");
-    let url = format!("file://{}", tree.display());
-    a.ok(["remote", "add", "dir", &url]);
-    add_random(&a, scratch.path(), "app", "1", 2 << 20);
-    a.ok(["publish", "dir"]);
+    let (_publisher, key, _, url) = directory_publisher(&scratch, 2 << 20);
     let s = subscriber("dir", &url, &key, &[]);
     s.ok(["pull", "dir"]);
     // The fetcher runs confined: it reads the published directory and
@@ -636,13 +644,7 @@ fn a_confined_mount_reads_a_directory_remote() {
 #[test]
 fn replayed_expired_and_untrusted_manifests_are_refused() {
     let scratch = Scratch::new("remote-replay");
-    let a = Store::init();
-    let key = signing_key(&a);
-    let tree = scratch.join("published");
-    let url = format!("file://{}", tree.display());
-    a.ok(["remote", "add", "dir", &url]);
-    add_random(&a, scratch.path(), "app", "1", 1 << 20);
-    a.ok(["publish", "dir"]);
+    let (a, key, tree, url) = directory_publisher(&scratch, 1 << 20);
     let first = fs::read(tree.join("manifest")).unwrap();
     add_random(&a, scratch.path(), "app", "2", 1 << 20);
     a.ok(["publish", "dir"]);

@@ -19,7 +19,7 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use nexus_integration_tests::fixtures::{Scratch, cat_as_nobody, write_file};
-use nexus_integration_tests::nexus::Mount;
+use nexus_integration_tests::nexus::{Mount, request_counts};
 use nexus_integration_tests::{Store, fetch_debs, root_or_skip};
 
 /// What one walk did.
@@ -29,20 +29,6 @@ struct Walked {
     files: u64,
     links: u64,
     bytes: u64,
-}
-
-/// The request counts of the mount whose root is `root`.
-fn counts(root: &Path) -> BTreeMap<String, u64> {
-    let raw = xattr::get(root, "user.nexus.requests")
-        .unwrap_or_else(|e| panic!("reading the request counts of {}: {e}", root.display()))
-        .unwrap_or_else(|| panic!("{} answers no request counts", root.display()));
-    serde_json::from_slice(&raw).unwrap_or_else(|e| {
-        panic!(
-            "the request counts of {} are not a JSON object of numbers ({e}): {}",
-            root.display(),
-            String::from_utf8_lossy(&raw)
-        )
-    })
 }
 
 /// `after - before`, kinds that did not change left out.
@@ -150,11 +136,11 @@ fn a_warm_walk_sends_the_daemon_nothing_avoidable() {
         &["--index", index.to_str().unwrap()],
     );
 
-    let cold = (counts(mount.point()), counts(&index));
+    let cold = (request_counts(mount.point()), request_counts(&index));
     let (first, first_index) = pass(&mount, &index);
-    let warm = (counts(mount.point()), counts(&index));
+    let warm = (request_counts(mount.point()), request_counts(&index));
     let (second, second_index) = pass(&mount, &index);
-    let after = (counts(mount.point()), counts(&index));
+    let after = (request_counts(mount.point()), request_counts(&index));
     assert_eq!(first, second, "the two walks saw different trees");
     assert_eq!(first_index, second_index, "the two index walks differ");
     assert!(

@@ -97,6 +97,21 @@ pub fn alive(pid: i32) -> bool {
     }
 }
 
+/// The request counts by kind of the nexus mount whose root is `root`
+/// (its `user.nexus.requests` attribute).
+pub fn request_counts(root: &Path) -> std::collections::BTreeMap<String, u64> {
+    let raw = xattr::get(root, "user.nexus.requests")
+        .unwrap_or_else(|e| panic!("reading the request counts of {}: {e}", root.display()))
+        .unwrap_or_else(|| panic!("{} answers no request counts", root.display()));
+    serde_json::from_slice(&raw).unwrap_or_else(|e| {
+        panic!(
+            "the request counts of {} are not a JSON object of numbers ({e}): {}",
+            root.display(),
+            String::from_utf8_lossy(&raw)
+        )
+    })
+}
+
 /// Polls `condition` every 20 ms until it holds or `timeout` passes.
 pub fn wait_for(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
