@@ -12,14 +12,15 @@
 //! cached copy.
 //!
 //! Read-ahead (daemons, [`RemotePacks::start_read_ahead`]): after a block
-//! is fetched on demand right after the block before it in its pack was
-//! read (a sequential reader), the [`AHEAD_BLOCKS`] blocks that follow it
-//! in its pack — the rest of a large file, or the next files of its package,
-//! which a pack keeps together — are fetched in one range request on
-//! another thread, verified and cached like any block, while the reader
-//! goes on; reading the last block of such a run queues the next run, so
-//! a sequential reader keeps a run in flight ahead of it. A block being
-//! fetched ahead counts as in flight: its readers wait for it.
+//! is fetched on demand that ends a run of [`SEQUENTIAL_BLOCKS`] blocks
+//! read one after the other in its pack (a sequential reader), the
+//! [`AHEAD_BLOCKS`] blocks that follow it in its pack — the rest of a
+//! large file, or the next files of its package, which a pack keeps
+//! together — are fetched in one range request on another thread, verified
+//! and cached like any block, while the reader goes on; reading the last
+//! block of such a run queues the next run, so a sequential reader keeps a
+//! run in flight ahead of it. A block being fetched ahead counts as in
+//! flight: its readers wait for it.
 //!
 //! Offline: a remote that fails a read (after its retries, within its
 //! deadline) is marked unreachable for a few seconds, during which uncached
@@ -70,6 +71,11 @@ impl Weighter<BlockKey, Bytes> for BlockWeight {
 
 /// Blocks fetched ahead, in one request, for a sequential reader.
 pub const AHEAD_BLOCKS: usize = 4;
+/// How many blocks in a row of one pack a reader must have read before
+/// what follows is fetched ahead. A program faulting in its libraries
+/// reads two neighbouring blocks now and then, a file read through reads
+/// them all: at three, a JVM's start fetched nothing ahead it did not read.
+pub const SEQUENTIAL_BLOCKS: u32 = 3;
 /// Read-ahead threads of a daemon: fetches wait on the network more than
 /// on a core.
 pub const AHEAD_THREADS: usize = 2;
@@ -140,8 +146,9 @@ pub struct RemotePacks {
     /// The last block of each run fetched ahead, until read: reading it
     /// queues the next run.
     marks: Mutex<HashSet<(String, u64)>>,
-    /// Where the blocks read lately end, by pack (read-ahead only).
-    read_ends: Mutex<HashSet<(String, u64)>>,
+    /// Where the blocks read lately end, by pack, and how many blocks in
+    /// a row end there (read-ahead only).
+    read_ends: Mutex<HashMap<(String, u64), u32>>,
     counters: Arc<Counters>,
     /// The access record (`remote-cache/access.log`), opened on first use.
     record: Mutex<Option<std::fs::File>>,
@@ -173,7 +180,7 @@ impl RemotePacks {
             recent: Cache::with_weighter(RECENT_BLOCKS, RECENT_BYTES, BlockWeight),
             ahead: OnceLock::new(),
             marks: Mutex::new(HashSet::new()),
-            read_ends: Mutex::new(HashSet::new()),
+            read_ends: Mutex::new(HashMap::new()),
             counters: Arc::default(),
             record: Mutex::new(None),
             store_dir: store_dir.to_path_buf(),
@@ -361,10 +368,20 @@ impl RemotePacks {
                 .chunk(&at(e.hash, e.inner, e.len))
                 .map_err(|e| e.to_string())?;
         }
+        // Every listed chunk hashed right: a chunk the catalog places here
+        // needs only to be listed where it says (hashing it again doubled
+        // the verification's cost).
         for c in &indexed {
-            block
-                .chunk(&at(c.hash, c.inner, c.len))
-                .map_err(|e| e.to_string())?;
+            let listed = block
+                .entries
+                .iter()
+                .any(|e| e.hash == c.hash && e.inner == c.inner && e.len == c.len);
+            if !listed {
+                return Err(format!(
+                    "the block's table does not list chunk {} at {} where the catalog places it",
+                    c.hash, c.inner
+                ));
+            }
         }
         Ok(true)
     }
@@ -558,10 +575,11 @@ impl RemotePacks {
     }
 
     /// Notes that the block at `offset..offset + len` of `pack` was read;
-    /// true when the block just before it was read too: a sequential
-    /// reader, worth reading ahead for (a program faulting in pieces of
-    /// its libraries here and there is not: blocks fetched ahead for it
-    /// were mostly never read, and took the link from those it waited for).
+    /// true when it ends a run of [`SEQUENTIAL_BLOCKS`] or more read one
+    /// after the other: a sequential reader, worth reading ahead for (a
+    /// program faulting in pieces of its libraries here and there is not:
+    /// blocks fetched ahead for it were mostly never read, and took the
+    /// cores and the link from those it waited for).
     fn follows_a_read(&self, pack: &str, offset: u64, len: usize) -> bool {
         if self.ahead.get().is_none() {
             return false;
@@ -570,8 +588,12 @@ impl RemotePacks {
         if ends.len() >= MARKS_MAX {
             ends.clear();
         }
-        ends.insert((pack.to_string(), offset + len as u64));
-        ends.contains(&(pack.to_string(), offset))
+        let run = ends.get(&(pack.to_string(), offset)).copied().unwrap_or(0) + 1;
+        let end = ends
+            .entry((pack.to_string(), offset + len as u64))
+            .or_default();
+        *end = (*end).max(run);
+        run >= SEQUENTIAL_BLOCKS
     }
 
     /// After a cache hit: the last block of a run fetched ahead is being

@@ -356,7 +356,7 @@ fn wait_until(what: &str, done: impl Fn() -> bool) {
 
 #[test]
 fn a_sequential_reader_gets_the_following_blocks_in_one_request_only_verified_ones_cached() {
-    use nexus_remote::source::AHEAD_BLOCKS;
+    use nexus_remote::source::{AHEAD_BLOCKS, SEQUENTIAL_BLOCKS};
     use nexus_store::read::PackSource;
 
     let tmp = tempfile::tempdir().unwrap();
@@ -367,12 +367,13 @@ fn a_sequential_reader_gets_the_following_blocks_in_one_request_only_verified_on
     assert_eq!(packs.len(), 1, "{packs:?}");
     let pack = &packs[0].0;
     let blocks = store.catalog().blocks_from(pack, 0, 100).unwrap();
-    assert!(blocks.len() > AHEAD_BLOCKS + 2, "{blocks:?}");
+    let seq = SEQUENTIAL_BLOCKS as usize;
+    assert!(blocks.len() > seq + AHEAD_BLOCKS, "{blocks:?}");
     for pair in blocks.windows(2) {
         assert_eq!(pair[0].0 + u64::from(pair[0].1), pair[1].0, "adjacent");
     }
     // The server alters one byte of the second block fetched ahead.
-    let altered = blocks[3];
+    let altered = blocks[SEQUENTIAL_BLOCKS as usize + 1];
     let object = remote_dir.join("packs").join(pack);
     let mut bytes = fs::read(&object).unwrap();
     bytes[(altered.0 + u64::from(altered.1) / 2) as usize] ^= 1;
@@ -381,17 +382,25 @@ fn a_sequential_reader_gets_the_following_blocks_in_one_request_only_verified_on
     let (_reader, source) = open_reader(&b, ReaderOptions::default()).unwrap();
     source.start_read_ahead(1).unwrap();
     let counters = source.counters();
-    // One block read is no sequential reader: nothing is read ahead. The
-    // next one is: blocks 2..=AHEAD_BLOCKS + 1 come in one more request;
-    // the altered one is refused, the others verified and cached.
+    // Fewer than SEQUENTIAL_BLOCKS blocks in a row are no sequential
+    // reader: nothing is read ahead. One more is: the AHEAD_BLOCKS blocks
+    // after it come in one more request; the altered one is refused, the
+    // others verified and cached.
     let mut head = [0u8; 16];
-    source.read_exact_at(pack, blocks[0].0, &mut head).unwrap();
-    source.read_exact_at(pack, blocks[1].0, &mut head).unwrap();
+    for &(offset, _) in &blocks[..seq - 1] {
+        source.read_exact_at(pack, offset, &mut head).unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(counters.ahead.load(Ordering::Relaxed), 0);
+    assert_eq!(counters.fetches.load(Ordering::Relaxed), seq as u64 - 1);
+    source
+        .read_exact_at(pack, blocks[seq - 1].0, &mut head)
+        .unwrap();
     wait_until("the read-ahead ends", || {
         counters.ahead.load(Ordering::Relaxed) + counters.refused.load(Ordering::Relaxed)
             >= AHEAD_BLOCKS as u64
     });
-    assert_eq!(counters.fetches.load(Ordering::Relaxed), 3);
+    assert_eq!(counters.fetches.load(Ordering::Relaxed), seq as u64 + 1);
     assert_eq!(counters.refused.load(Ordering::Relaxed), 1);
     assert_eq!(
         counters.ahead.load(Ordering::Relaxed),
@@ -400,7 +409,7 @@ fn a_sequential_reader_gets_the_following_blocks_in_one_request_only_verified_on
     let cache = source.cache();
     for (i, &(offset, len)) in blocks.iter().enumerate() {
         let cached = cache.contains(pack, offset, len as usize);
-        let expected = i <= AHEAD_BLOCKS + 1 && (offset, len) != altered;
+        let expected = i < seq + AHEAD_BLOCKS && (offset, len) != altered;
         assert_eq!(cached, expected, "block {i} at {offset}");
     }
     // The altered block is fetched again when read, and refused again.
@@ -412,22 +421,24 @@ fn a_sequential_reader_gets_the_following_blocks_in_one_request_only_verified_on
 
 #[test]
 fn reading_the_last_block_fetched_ahead_fetches_the_next_run() {
-    use nexus_remote::source::AHEAD_BLOCKS;
+    use nexus_remote::source::{AHEAD_BLOCKS, SEQUENTIAL_BLOCKS};
     use nexus_store::read::PackSource;
 
     let tmp = tempfile::tempdir().unwrap();
-    let (b, _remote) = pulled_noise(tmp.path(), 12 << 20);
+    let (b, _remote) = pulled_noise(tmp.path(), 14 << 20);
     let store = Store::open(&b).unwrap();
     let pack = store.catalog().remote_packs().unwrap()[0].0.clone();
     let blocks = store.catalog().blocks_from(&pack, 0, 100).unwrap();
-    let last = 2 * AHEAD_BLOCKS + 1;
+    let seq = SEQUENTIAL_BLOCKS as usize;
+    let last = seq + 2 * AHEAD_BLOCKS - 1;
     assert!(blocks.len() > last + 1, "{blocks:?}");
     let (_reader, source) = open_reader(&b, ReaderOptions::default()).unwrap();
     source.start_read_ahead(1).unwrap();
     let counters = source.counters();
     let mut buf = [0u8; 16];
-    source.read_exact_at(&pack, blocks[0].0, &mut buf).unwrap();
-    source.read_exact_at(&pack, blocks[1].0, &mut buf).unwrap();
+    for &(offset, _) in &blocks[..seq] {
+        source.read_exact_at(&pack, offset, &mut buf).unwrap();
+    }
     let ahead = |n: u64| {
         wait_until("the read-ahead ends", || {
             counters.ahead.load(Ordering::Relaxed) >= n
@@ -435,13 +446,15 @@ fn reading_the_last_block_fetched_ahead_fetches_the_next_run() {
     };
     ahead(AHEAD_BLOCKS as u64);
     // Reading a block fetched ahead, not the last: nothing more.
-    source.read_exact_at(&pack, blocks[2].0, &mut buf).unwrap();
+    source
+        .read_exact_at(&pack, blocks[seq].0, &mut buf)
+        .unwrap();
     // The last: the next run.
     source
-        .read_exact_at(&pack, blocks[AHEAD_BLOCKS + 1].0, &mut buf)
+        .read_exact_at(&pack, blocks[seq + AHEAD_BLOCKS - 1].0, &mut buf)
         .unwrap();
     ahead(2 * AHEAD_BLOCKS as u64);
-    assert_eq!(counters.fetches.load(Ordering::Relaxed), 4);
+    assert_eq!(counters.fetches.load(Ordering::Relaxed), seq as u64 + 2);
     assert_eq!(
         counters.ahead.load(Ordering::Relaxed),
         2 * AHEAD_BLOCKS as u64
