@@ -58,6 +58,13 @@ const OFFLINE_FOR: Duration = Duration::from_secs(3);
 const RECENT_BYTES: u64 = 32 << 20;
 /// Blocks kept in memory at most (an estimate for the cache's table).
 const RECENT_BLOCKS: usize = 128;
+/// Bytes of blocks kept decoded, as verifying them left them: the block
+/// reader takes the frames it needs from here instead of decoding them a
+/// second time (a program faulting in its libraries reads the block of each
+/// fault right after it was fetched).
+const DECODED_BYTES: u64 = 8 << 20;
+/// Decoded blocks kept at most (an estimate for the cache's table).
+const DECODED_BLOCKS: usize = 16;
 
 /// Weighs a block kept in memory by its bytes.
 #[derive(Clone)]
@@ -141,6 +148,8 @@ pub struct RemotePacks {
     inflight: Mutex<HashMap<BlockKey, Inflight>>,
     /// Verified blocks recently fetched or read from the disk cache.
     recent: Cache<BlockKey, Bytes, BlockWeight>,
+    /// The same blocks decoded, the latest few ([`DECODED_BYTES`]).
+    decoded: Cache<BlockKey, Bytes, BlockWeight>,
     /// The read-ahead threads' queue, once started.
     ahead: OnceLock<Sender<AheadJob>>,
     /// The last block of each run fetched ahead, until read: reading it
@@ -178,6 +187,7 @@ impl RemotePacks {
             health: Mutex::new(HashMap::new()),
             inflight: Mutex::new(HashMap::new()),
             recent: Cache::with_weighter(RECENT_BLOCKS, RECENT_BYTES, BlockWeight),
+            decoded: Cache::with_weighter(DECODED_BLOCKS, DECODED_BYTES, BlockWeight),
             ahead: OnceLock::new(),
             marks: Mutex::new(HashSet::new()),
             read_ends: Mutex::new(HashMap::new()),
@@ -316,8 +326,8 @@ impl RemotePacks {
     /// `pack`, and caches them (an error, and nothing cached, when they
     /// are not the block the catalog places there).
     fn accept(&self, remote: &RemoteRow, pack: &str, offset: u64, bytes: &Bytes) -> Result<()> {
-        let cacheable = match self.verify(pack, offset, bytes) {
-            Ok(cacheable) => cacheable,
+        let decoded = match self.verify(pack, offset, bytes) {
+            Ok(decoded) => decoded,
             Err(why) => {
                 self.counters.refused.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(
@@ -331,10 +341,11 @@ impl RemotePacks {
                 });
             }
         };
-        if cacheable {
+        if let Some(decoded) = decoded {
             self.cache.put(pack, offset, bytes);
-            self.recent
-                .insert((pack.to_string(), offset, bytes.len()), bytes.clone());
+            let key = (pack.to_string(), offset, bytes.len());
+            self.recent.insert(key.clone(), bytes.clone());
+            self.decoded.insert(key, Bytes::from(decoded));
             self.record(pack, offset, bytes.len());
         }
         Ok(())
@@ -343,16 +354,22 @@ impl RemotePacks {
     /// Checks fetched bytes that should be the block at `offset` of `pack`:
     /// they decode, every chunk of the block's table hashes to its name,
     /// and every chunk the catalog places in this block is listed where
-    /// the catalog says. True when they are such a block (and may be
-    /// cached); false for a range the catalog knows no block at (served
-    /// uncached: the block reader verifies the chunks it takes from it).
-    fn verify(&self, pack: &str, offset: u64, bytes: &[u8]) -> std::result::Result<bool, String> {
+    /// the catalog says. The block decoded when they are such a block (and
+    /// may be cached); `None` for a range the catalog knows no block at
+    /// (served uncached: the block reader verifies the chunks it takes
+    /// from it).
+    fn verify(
+        &self,
+        pack: &str,
+        offset: u64,
+        bytes: &[u8],
+    ) -> std::result::Result<Option<Vec<u8>>, String> {
         let indexed = self
             .catalog()
             .block_chunks(pack, offset)
             .map_err(|e| e.to_string())?;
         if indexed.is_empty() {
-            return Ok(false);
+            return Ok(None);
         }
         let block = decode_block(bytes)?;
         let at = |hash, inner, len| ChunkLocation {
@@ -383,7 +400,7 @@ impl RemotePacks {
                 ));
             }
         }
-        Ok(true)
+        Ok(Some(block.data))
     }
 
     /// Appends a fetched block to the access record (best effort).
@@ -448,6 +465,24 @@ impl PackSource for RemotePacks {
         let from = (offset - start) as usize;
         buf.copy_from_slice(&block[from..from + buf.len()]);
         Ok(())
+    }
+
+    fn decoded(
+        &self,
+        pack: &str,
+        offset: u64,
+        block_len: u32,
+        raw: std::ops::Range<usize>,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        if self.decoded.is_empty() {
+            return false;
+        }
+        let key = (pack.to_string(), offset, block_len as usize);
+        self.decoded
+            .get(&key)
+            .and_then(|block| block.get(raw).map(|bytes| out.extend_from_slice(bytes)))
+            .is_some()
     }
 
     fn forget(&self) {

@@ -465,3 +465,46 @@ fn reading_the_last_block_fetched_ahead_fetches_the_next_run() {
     let (offset, len) = blocks[last + 1];
     assert!(!source.cache().contains(&pack, offset, len as usize));
 }
+
+#[test]
+fn a_verified_block_stays_decoded_for_the_reader_and_a_refused_one_does_not() {
+    use nexus_store::read::PackSource;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let (b, remote_dir) = pulled_noise(tmp.path(), 3 << 20);
+    let store = Store::open(&b).unwrap();
+    let pack = store.catalog().remote_packs().unwrap()[0].0.clone();
+    let blocks = store.catalog().blocks_from(&pack, 0, 100).unwrap();
+    assert!(blocks.len() >= 2, "{blocks:?}");
+    // The server alters the second block.
+    let object = remote_dir.join("packs").join(&pack);
+    let mut bytes = fs::read(&object).unwrap();
+    let (bad, bad_len) = blocks[1];
+    bytes[(bad + u64::from(bad_len) / 2) as usize] ^= 1;
+    fs::write(&object, &bytes).unwrap();
+
+    let (_reader, source) = open_reader(&b, ReaderOptions::default()).unwrap();
+    let (good, good_len) = blocks[0];
+    let mut out = Vec::new();
+    assert!(
+        !source.decoded(&pack, good, good_len, 0..16, &mut out),
+        "nothing is decoded before it is fetched"
+    );
+    let mut head = [0u8; 16];
+    source.read_exact_at(&pack, good, &mut head).unwrap();
+    let stored = &bytes[good as usize..(good + u64::from(good_len)) as usize];
+    let expected = nexus_store::pack::decode_block(stored).unwrap().data;
+    assert!(source.decoded(&pack, good, good_len, 0..expected.len(), &mut out));
+    assert_eq!(out, expected, "the block as the format decodes it");
+    let mut past = Vec::new();
+    assert!(!source.decoded(&pack, good, good_len, 8..expected.len() + 1, &mut past));
+    assert!(
+        past.is_empty(),
+        "nothing appended for a range past the block"
+    );
+
+    let err = source.read_exact_at(&pack, bad, &mut head).unwrap_err();
+    assert!(err.to_string().contains("wrong bytes"), "{err}");
+    assert!(!source.decoded(&pack, bad, bad_len, 0..16, &mut past));
+    assert!(past.is_empty());
+}

@@ -405,11 +405,25 @@ impl Frames {
         let key = (loc.pack.clone(), loc.offset, index as u32);
         self.frames.get_or_insert_with(&key, || {
             let frame = head.frames[index];
+            let mut buffer = self.spare.take(frame.raw_len as usize);
+            buffer.clear();
+            buffer.reserve_exact(frame.raw_len as usize);
+            let raw = frame.raw_start as usize..(frame.raw_start + frame.raw_len) as usize;
+            if self
+                .source
+                .decoded(&loc.pack, loc.offset, loc.block_len, raw, &mut buffer)
+            {
+                return Ok(Arc::new(CachedFrame::new(
+                    head.clone(),
+                    index,
+                    buffer,
+                    self.spare.clone(),
+                )));
+            }
             let data = STORED.with(|stored| {
                 let mut stored = stored.borrow_mut();
                 stored.resize(frame.stored_len as usize, 0);
                 self.read_at(loc, frame.stored_at as usize, &mut stored)?;
-                let buffer = self.spare.take(frame.raw_len as usize);
                 decode_frame_into(&frame, &stored, buffer).map_err(|why| damaged(loc, why))
             })?;
             Ok(Arc::new(CachedFrame::new(
@@ -711,6 +725,80 @@ mod tests {
         let mut all = Vec::new();
         reader.copy_chunks(&layout, 0, &mut all).1.unwrap();
         assert_eq!(all, parts.concat());
+    }
+
+    /// The store's packs, with every block also held decoded (as a remote
+    /// source holds the blocks it fetched and verified), its bytes flipped
+    /// at `flip` when given; counts the stored bytes read.
+    struct HoldingDecoded {
+        counting: Counting,
+        decoded: Vec<u8>,
+        flip: Option<usize>,
+    }
+
+    impl PackSource for HoldingDecoded {
+        fn read_exact_at(&self, pack: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
+            self.counting.read_exact_at(pack, offset, buf)
+        }
+
+        fn decoded(
+            &self,
+            _pack: &str,
+            _offset: u64,
+            _block_len: u32,
+            raw: std::ops::Range<usize>,
+            out: &mut Vec<u8>,
+        ) -> bool {
+            let start = out.len();
+            out.extend_from_slice(&self.decoded[raw.clone()]);
+            if let Some(at) = self.flip.filter(|at| raw.contains(at)) {
+                out[start + at - raw.start] ^= 1;
+            }
+            true
+        }
+
+        fn forget(&self) {}
+    }
+
+    #[test]
+    fn frames_the_source_holds_decoded_are_taken_from_it_and_still_verified() {
+        let dir = tempfile::tempdir().unwrap();
+        let parts: Vec<Vec<u8>> = (0..8).map(part).collect();
+        let locs = pack_of_parts(dir.path(), &parts, 8);
+        let layout = Layout::of_chunks(locs.clone());
+        let decoded = parts.concat();
+        let source = |flip| {
+            Arc::new(HoldingDecoded {
+                counting: Counting {
+                    packs: LocalPacks::new(dir.path()),
+                    bytes: AtomicU64::new(0),
+                },
+                decoded: decoded.clone(),
+                flip,
+            })
+        };
+        let holding = source(None);
+        let reader = BlockReader::new(holding.clone(), 8 << 20);
+        let mut all = Vec::new();
+        reader.copy_chunks(&layout, 0, &mut all).1.unwrap();
+        assert_eq!(all, decoded);
+        let read = holding.counting.bytes.load(Ordering::Relaxed);
+        assert!(
+            read <= HEAD_READ as u64,
+            "only the head was read from the pack, not {read} bytes"
+        );
+
+        // Decoded bytes that are not the chunks': refused, never served.
+        let flipped = source(Some(3 * 50_000 + 7));
+        let reader = BlockReader::new(flipped, 8 << 20);
+        let err = reader
+            .read_with(&layout, 3 * 50_000, 4096, <[u8]>::to_vec)
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Damaged { .. }), "{err}");
+        let fine = reader
+            .read_with(&layout, 50_000, 4096, <[u8]>::to_vec)
+            .unwrap();
+        assert_eq!(fine, parts[1][..4096]);
     }
 
     /// A pack of `parts`, cut files' chunks, `per_block` to a block.

@@ -27,6 +27,24 @@ pub trait PackSource: Send + Sync {
     /// pack's end, anything else when the bytes could not be had.
     fn read_exact_at(&self, pack: &str, offset: u64, buf: &mut [u8]) -> Result<()>;
 
+    /// Appends to `out` the bytes `raw` of the decoded block of
+    /// `block_len` bytes at `offset` of pack `pack`, and returns true, when
+    /// the source holds that block decoded already (a remote source
+    /// decodes a block it fetched whole, to verify it before caching it);
+    /// false, with `out` untouched, when it does not: the caller then reads
+    /// the stored bytes and decodes them itself. Either way the caller
+    /// verifies every chunk it takes, as it would have.
+    fn decoded(
+        &self,
+        _pack: &str,
+        _offset: u64,
+        _block_len: u32,
+        _raw: std::ops::Range<usize>,
+        _out: &mut Vec<u8>,
+    ) -> bool {
+        false
+    }
+
     /// Drops whatever the source keeps open: called when gc may have
     /// deleted or replaced packs, so that their space is freed.
     fn forget(&self);
