@@ -40,7 +40,7 @@ use quick_cache::sync::Cache;
 use std::time::{Duration, Instant};
 
 use nexus_store::catalog::{Catalog, RemoteRow};
-use nexus_store::pack::{ChunkLocation, decode_block};
+use nexus_store::pack::{ChunkLocation, decode_block, lists};
 use nexus_store::read::{LocalPacks, PackSource};
 use nexus_store::{CATALOG_FILE, PACKS_DIR};
 use nexus_store::{Result, StoreError};
@@ -389,11 +389,7 @@ impl RemotePacks {
         // needs only to be listed where it says (hashing it again doubled
         // the verification's cost).
         for c in &indexed {
-            let listed = block
-                .entries
-                .iter()
-                .any(|e| e.hash == c.hash && e.inner == c.inner && e.len == c.len);
-            if !listed {
+            if !lists(&block.entries, c.hash, c.inner, c.len) {
                 return Err(format!(
                     "the block's table does not list chunk {} at {} where the catalog places it",
                     c.hash, c.inner

@@ -678,6 +678,16 @@ impl Block {
     }
 }
 
+/// True when `entries` (a block's table, in the order of their offsets)
+/// lists chunk `hash` of `len` bytes at offset `inner` of the decoded block.
+pub fn lists(entries: &[BlockEntry], hash: Hash, inner: u32, len: u32) -> bool {
+    let first = entries.partition_point(|e| e.inner < inner);
+    entries[first..]
+        .iter()
+        .take_while(|e| e.inner == inner)
+        .any(|e| e.hash == hash && e.len == len)
+}
+
 /// The bytes of chunk `loc` in `data`, the decoded bytes of a block from
 /// offset `data_start` on (a frame, or the whole block), after checking
 /// that `entries` (the block's table) lists it at that place and that its
@@ -689,12 +699,7 @@ pub fn chunk_of<'d>(
     loc: &ChunkLocation,
 ) -> Result<&'d [u8]> {
     let damaged = |reason: &str| damaged(loc, reason.to_string());
-    let first = entries.partition_point(|e| e.inner < loc.inner);
-    let listed = entries[first..]
-        .iter()
-        .take_while(|e| e.inner == loc.inner)
-        .any(|e| e.hash == loc.hash && e.len == loc.len);
-    if !listed {
+    if !lists(entries, loc.hash, loc.inner, loc.len) {
         return Err(damaged(
             "the block's table does not list the chunk where the index says",
         ));

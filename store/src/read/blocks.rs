@@ -409,23 +409,20 @@ impl Frames {
             buffer.clear();
             buffer.reserve_exact(frame.raw_len as usize);
             let raw = frame.raw_start as usize..(frame.raw_start + frame.raw_len) as usize;
-            if self
-                .source
-                .decoded(&loc.pack, loc.offset, loc.block_len, raw, &mut buffer)
-            {
-                return Ok(Arc::new(CachedFrame::new(
-                    head.clone(),
-                    index,
-                    buffer,
-                    self.spare.clone(),
-                )));
-            }
-            let data = STORED.with(|stored| {
-                let mut stored = stored.borrow_mut();
-                stored.resize(frame.stored_len as usize, 0);
-                self.read_at(loc, frame.stored_at as usize, &mut stored)?;
-                decode_frame_into(&frame, &stored, buffer).map_err(|why| damaged(loc, why))
-            })?;
+            let data =
+                if self
+                    .source
+                    .decoded(&loc.pack, loc.offset, loc.block_len, raw, &mut buffer)
+                {
+                    buffer
+                } else {
+                    STORED.with(|stored| {
+                        let mut stored = stored.borrow_mut();
+                        stored.resize(frame.stored_len as usize, 0);
+                        self.read_at(loc, frame.stored_at as usize, &mut stored)?;
+                        decode_frame_into(&frame, &stored, buffer).map_err(|why| damaged(loc, why))
+                    })?
+                };
             Ok(Arc::new(CachedFrame::new(
                 head.clone(),
                 index,
