@@ -16,7 +16,7 @@ use nexus_store::catalog::PackageRow;
 use nexus_store::pack::{
     BlockBuilder, BlockEncoder, ChunkKind, ChunkLocation, EncodedBlock, decode_block,
 };
-use nexus_store::params::{BLOCK_TARGET, SMALL_FILE_MAX};
+use nexus_store::params::{BLOCK_TARGET, FROZEN};
 use nexus_store::{Hash, NoProgress, Progress, Store, StoreError};
 
 use crate::body::{self, Body, BodyBlob, BodyChunk, BodyPackage, root_hash};
@@ -275,12 +275,12 @@ fn copy_chunks(
 ) -> Result<()> {
     let mut by_block: BTreeMap<(Arc<str>, u64), Vec<&ChunkLocation>> = BTreeMap::new();
     let mut seen: HashSet<Hash> = HashSet::new();
-    // Chunks of contents cut into pieces are framed for random reads, as
-    // the store frames them.
+    // Chunks of large contents are framed for random reads, as the store
+    // frames them.
     let mut parts: HashSet<Hash> = HashSet::new();
     for (_, locations) in wanted {
         let size: u64 = locations.iter().map(|l| u64::from(l.len)).sum();
-        if size >= SMALL_FILE_MAX {
+        if FROZEN.chunk_kind(size) == ChunkKind::Part {
             parts.extend(locations.iter().map(|l| l.hash));
         }
         for loc in locations {

@@ -33,7 +33,7 @@ use nexus_npk::{CounterRequest, KeyStore, SecretKey, TrustSet};
 use nexus_store::pack::{
     BlockBuilder, BlockEncoder, ChunkKind, ChunkLocation, PACK_MAGIC, PACK_SUFFIX, decode_block,
 };
-use nexus_store::params::{BLOCK_TARGET, PACK_TARGET_SIZE, SMALL_FILE_MAX};
+use nexus_store::params::{BLOCK_TARGET, FROZEN, PACK_TARGET_SIZE};
 use nexus_store::read::Reader;
 use nexus_store::{Hash, Progress, Store, StoreError};
 
@@ -211,12 +211,13 @@ pub fn publish(
     let mut placed: HashMap<Hash, Placed> = HashMap::new();
     let mut wanted: HashSet<Hash> = HashSet::new();
     let mut by_block: BTreeMap<(Arc<str>, u64), Vec<ChunkLocation>> = BTreeMap::new();
-    // Chunks of contents cut into pieces, framed for random reads when
-    // re-encoded, as the store frames them.
+    // Chunks of large contents, framed for random reads when re-encoded,
+    // as the store frames them.
     let mut parts: HashSet<Hash> = HashSet::new();
     let mut reused = 0u64;
     for (_, chunks) in &contents {
-        if chunks.iter().map(|l| u64::from(l.len)).sum::<u64>() >= SMALL_FILE_MAX {
+        let size = chunks.iter().map(|l| u64::from(l.len)).sum::<u64>();
+        if FROZEN.chunk_kind(size) == ChunkKind::Part {
             parts.extend(chunks.iter().map(|l| l.hash));
         }
         for loc in chunks {

@@ -76,6 +76,7 @@ fn main() {
             small_file_max: (avg * 2) as u64,
             zstd_level: level,
             block_target: block_kib * 1024,
+            framed_file_min: nexus_store::params::FRAMED_FILE_MIN,
         };
         let seen: Mutex<HashSet<Hash>> = Mutex::new(HashSet::new());
         let stored = AtomicU64::new(0);

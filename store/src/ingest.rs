@@ -141,13 +141,9 @@ impl Producer<'_> {
     ) -> std::result::Result<FileContent, ChunkError> {
         let mut chunks = Vec::new();
         let params = self.session.params;
-        // A file cut into chunks is read at any offset (mapped, seeked):
-        // its chunks go into frames of their own (see `BlockBuilder`).
-        let kind = if size >= params.small_file_max {
-            ChunkKind::Part
-        } else {
-            ChunkKind::Whole
-        };
+        // A large file is read at any offset (mapped, seeked): its chunks
+        // go into frames of their own (see `BlockBuilder`).
+        let kind = params.chunk_kind(size);
         let (hash, size) = chunk_stream(source, size, params, |chunk| {
             chunks.push((chunk.hash, chunk.data.len() as u32));
             let len = chunk.data.len() as u64;
@@ -401,4 +397,86 @@ fn pack_writer(
 /// Groups identical contents so the commit writes each blob once.
 pub fn distinct_contents(files: &[FileContent]) -> HashMap<Hash, &FileContent> {
     files.iter().map(|f| (f.hash, f)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::pack::{BlockHead, ParsedHead};
+    use crate::params::{CHUNK_MAX, FRAME_TARGET, FRAMED_FILE_MIN, SMALL_FILE_MAX};
+    use crate::store::{AddDir, AddOptions, NoProgress, Store};
+
+    /// Compressible bytes that differ from line to line, so FastCDC cuts
+    /// them where it would cut real text.
+    fn text(seed: u32, len: usize) -> Vec<u8> {
+        (0..len)
+            .flat_map(|i| format!("line {i} of file {seed}\n").into_bytes())
+            .take(len)
+            .collect()
+    }
+
+    /// For each chunk of `file` in package `p/1`: the decoded length of
+    /// the frame holding it.
+    fn frames_of(store: &Store, file: &str) -> Vec<u32> {
+        let catalog = store.catalog();
+        let package = catalog.package("p", "1").unwrap().unwrap();
+        let inode = catalog
+            .lookup(package.root, file.as_bytes())
+            .unwrap()
+            .unwrap();
+        let locations = catalog.blob_chunks(inode.blob.unwrap()).unwrap();
+        locations
+            .iter()
+            .map(|loc| {
+                let raw = store.reader().blocks().stored_block(loc).unwrap();
+                let ParsedHead::Head(head) = BlockHead::parse(&raw, raw.len()).unwrap() else {
+                    panic!("a whole block's head parses");
+                };
+                let f = head.frame_of(loc.inner, loc.len).unwrap();
+                head.frames[f].raw_len
+            })
+            .collect()
+    }
+
+    #[test]
+    fn only_files_of_a_block_or_more_are_framed_apart() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("p");
+        std::fs::create_dir(&dir).unwrap();
+        let medium = 3 * SMALL_FILE_MAX as usize;
+        let large = 3 * FRAMED_FILE_MIN as usize;
+        std::fs::write(dir.join("a-small"), text(1, 20_000)).unwrap();
+        std::fs::write(dir.join("b-medium"), text(2, medium)).unwrap();
+        std::fs::write(dir.join("c-large"), text(3, large)).unwrap();
+        let mut store = Store::init(&tmp.path().join("store")).unwrap();
+        let add = AddDir {
+            path: dir,
+            name: "p".into(),
+            version: "1".into(),
+        };
+        store
+            .add_dirs(&[add], AddOptions::default(), &NoProgress)
+            .unwrap();
+
+        // A medium file is cut into chunks, but they share one frame with
+        // the files beside them: it is read whole, like them.
+        let medium_frames = frames_of(&store, "b-medium");
+        assert!(medium_frames.len() > 1, "the medium file is cut");
+        assert!(
+            medium_frames.iter().all(|&f| f as usize >= medium),
+            "a medium file's chunks share a frame at least its size: {medium_frames:?}"
+        );
+        // A large file's chunks are framed apart, in frames of about the
+        // frame target, so a random read decodes one such frame.
+        let large_frames = frames_of(&store, "c-large");
+        assert!(
+            large_frames
+                .iter()
+                .all(|&f| (f as usize) < FRAME_TARGET + CHUNK_MAX),
+            "{large_frames:?}"
+        );
+        assert!(
+            large_frames.iter().any(|&f| f as usize >= FRAME_TARGET),
+            "{large_frames:?}"
+        );
+    }
 }

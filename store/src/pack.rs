@@ -5,9 +5,11 @@
 //! independently decodable zstd frame of whole chunks: the chunks of small
 //! files, read whole and usually with their neighbours, share large frames
 //! (whole blocks compress far better than single chunks, measured in
-//! `bench/README.md`); the chunks of files cut into pieces, which programs
-//! map and read at any offset, are framed in about [`FRAME_TARGET`] raw
-//! bytes, so that reading 4 KiB of them decodes a frame, not a megabyte.
+//! `bench/README.md`), and so do the chunks of files up to a few MiB, read
+//! whole or nearly; the chunks of large files, which programs map and read
+//! at any offset, are framed in about [`FRAME_TARGET`] raw bytes, so that
+//! reading 4 KiB of them decodes a frame, not a megabyte
+//! ([`crate::params::ChunkParams::chunk_kind`] decides).
 //! Each block starts with a 32-byte header, a table naming its chunks
 //! (BLAKE3 and length) and, since format v2 (codec 2), a table of its
 //! frames, so a pack can be checked, or the index rebuilt, from the pack
@@ -100,11 +102,11 @@ impl ChunkLocation {
 /// goes into.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ChunkKind {
-    /// A whole small file: read whole, usually with the files next to it.
-    /// Consecutive whole files share one frame (it compresses best).
+    /// A piece of a file read whole, usually with the files next to it:
+    /// consecutive such chunks share one frame (it compresses best).
     Whole,
-    /// A piece of a file cut into chunks: read at any offset. Such chunks
-    /// are framed in about [`FRAME_TARGET`] raw bytes.
+    /// A piece of a large file, read at any offset: such chunks are framed
+    /// in about [`FRAME_TARGET`] raw bytes.
     Part,
 }
 
@@ -926,7 +928,7 @@ mod tests {
     fn parts_are_framed_apart_and_decode_on_their_own() {
         let dir = tempfile::tempdir().unwrap();
         let part = |i: u64| {
-            let mut c = b"a mapped library, read at any offset ".repeat(1500);
+            let mut c = b"a mapped library, read at any offset ".repeat(2000);
             c.extend_from_slice(&noise(i, 9000));
             c
         };
@@ -941,7 +943,7 @@ mod tests {
             (&w2, ChunkKind::Whole),
         ];
         let (locs, enc) = write_kinds(dir.path(), &chunks);
-        // p1 and p2 make a frame of at least FRAME_TARGET (64 KiB); p3
+        // p1 and p2 make a frame of at least FRAME_TARGET (128 KiB); p3
         // starts the next; whole files around them get frames of their own.
         let raws: Vec<u32> = enc.frames.iter().map(|f| f.0).collect();
         assert_eq!(

@@ -23,13 +23,20 @@ pub const MIN_SAVING_DIVISOR: usize = 32;
 /// 12% smaller than compressing chunk by chunk, at the cost of decoding at
 /// most one block (< 1.25 MiB) to read any chunk.
 pub const BLOCK_TARGET: usize = 1024 * 1024;
-/// A frame of chunks of cut files (format v2) is closed once it holds at
+/// A frame of chunks of a large file (format v2) is closed once it holds at
 /// least this many raw bytes: the most a random read of such a file decodes
 /// beyond its own chunk. See FORMAT.md, "Packs and blocks".
-pub const FRAME_TARGET: usize = 64 * 1024;
-/// zstd level of the frames of cut files' chunks (format v2). Small frames
-/// lose the context a whole block gives; a higher level wins it back.
+pub const FRAME_TARGET: usize = 128 * 1024;
+/// zstd level of the frames of large files' chunks (format v2). Small
+/// frames lose the context a whole block gives; a higher level wins it back.
 pub const FRAME_ZSTD_LEVEL: i32 = 7;
+/// Files at least a block long have their chunks framed in about
+/// [`FRAME_TARGET`] raw bytes (format v2), so that a random read decodes a
+/// frame, not a block; smaller files, read whole or nearly, share frames
+/// as large as a block at [`ZSTD_LEVEL`], which is about three times
+/// faster to write, and framing them would only split runs of small files.
+/// A writer's choice: readers read either kind anywhere.
+pub const FRAMED_FILE_MIN: u64 = BLOCK_TARGET as u64;
 /// Readers refuse blocks claiming more raw bytes than this (a damaged or
 /// hostile header must not make them allocate gigabytes).
 pub const BLOCK_MAX_RAW: usize = 4 * 1024 * 1024;
@@ -38,6 +45,11 @@ pub const BLOCK_MAX_RAW: usize = 4 * 1024 * 1024;
 /// near it, so a larger length in an index or archive is refused before
 /// anything is allocated for it.
 pub const BLOCK_MAX_STORED: usize = BLOCK_MAX_RAW * 2 + (1 << 20);
+// A framed file is always cut into chunks, and its largest frame fits in a
+// block.
+const _: () = assert!(FRAMED_FILE_MIN >= SMALL_FILE_MAX);
+const _: () = assert!(FRAME_TARGET + CHUNK_MAX <= BLOCK_MAX_RAW);
+
 /// A pack is closed once it holds at least this many bytes.
 pub const PACK_TARGET_SIZE: u64 = 64 * 1024 * 1024;
 
@@ -57,6 +69,20 @@ pub struct ChunkParams {
     pub zstd_level: i32,
     /// Raw bytes collected before a block is compressed and written.
     pub block_target: usize,
+    /// Files at least this large have their chunks framed for random reads.
+    pub framed_file_min: u64,
+}
+
+impl ChunkParams {
+    /// How the chunks of a file (or content) of `size` bytes go into
+    /// blocks: the one rule every writer of blocks follows.
+    pub fn chunk_kind(&self, size: u64) -> crate::pack::ChunkKind {
+        if size >= self.framed_file_min {
+            crate::pack::ChunkKind::Part
+        } else {
+            crate::pack::ChunkKind::Whole
+        }
+    }
 }
 
 /// The parameters of store format v1.
@@ -67,4 +93,20 @@ pub const FROZEN: ChunkParams = ChunkParams {
     small_file_max: SMALL_FILE_MAX,
     zstd_level: ZSTD_LEVEL,
     block_target: BLOCK_TARGET,
+    framed_file_min: FRAMED_FILE_MIN,
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pack::ChunkKind;
+
+    #[test]
+    fn files_of_a_block_or_more_are_framed_apart() {
+        assert_eq!(FROZEN.chunk_kind(0), ChunkKind::Whole);
+        assert_eq!(FROZEN.chunk_kind(SMALL_FILE_MAX), ChunkKind::Whole);
+        assert_eq!(FROZEN.chunk_kind(FRAMED_FILE_MIN - 1), ChunkKind::Whole);
+        assert_eq!(FROZEN.chunk_kind(FRAMED_FILE_MIN), ChunkKind::Part);
+        assert_eq!(FROZEN.chunk_kind(u64::MAX), ChunkKind::Part);
+    }
+}

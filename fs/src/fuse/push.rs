@@ -1,6 +1,6 @@
 //! Handing the kernel decoded file bytes before it asks for them.
 //!
-//! A READ decodes a whole frame (about 64 KiB of a large file, or a run of
+//! A READ decodes a whole frame (about 128 KiB of a large file, or a run of
 //! small files), and the read-ahead decodes the frames after it; the
 //! kernel, though, asks for its pages a window at a time, each a round
 //! trip, and a random 4 KiB read of a page decoded a moment ago by another
@@ -23,6 +23,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 
 use fuser::{INodeNo, Notifier};
+use nexus_store::params::{CHUNK_MAX, FRAME_TARGET};
 use nexus_store::read::{CachedBytes, Side};
 
 use crate::view::View;
@@ -30,10 +31,10 @@ use crate::view::View;
 /// How far past a read the pusher stores what is decoded.
 pub const PUSH_BYTES: u64 = 2 << 20;
 
-/// How far before a random read the pusher stores what is decoded: more
-/// than a frame of a large file holds (64 KiB, more when one chunk is
-/// larger, at most 256 KiB).
-pub const PUSH_BACK_BYTES: u64 = 320 << 10;
+/// How far before a random read the pusher stores what is decoded: as much
+/// as a frame of a large file can hold (it is closed at the frame target,
+/// and its last chunk may be as long as a chunk can be).
+pub const PUSH_BACK_BYTES: u64 = (FRAME_TARGET + CHUNK_MAX) as u64;
 
 /// READs of at least this many bytes are the kernel's own read-ahead at
 /// full width (see [`super::READ_AHEAD_KIB`]): nothing is pushed after them.

@@ -93,8 +93,8 @@ impl Default for ViewOptions {
 /// Default size of the decoded-frame cache, in MiB. Readers of different
 /// packages at once each need their current frames kept (and a file of a
 /// newer version often reads chunks deduplicated into the older version's
-/// frames); frames of large files are about 64 KiB, so 16 MiB holds a few
-/// hundred, and what the kernel was handed is served from its page cache.
+/// frames); frames of large files are about 128 KiB, so 16 MiB holds a
+/// hundred or more, and what the kernel was handed is served from its page cache.
 /// bench/README.md has the measurements.
 pub const DEFAULT_BLOCK_CACHE_MIB: u64 = 16;
 

@@ -301,8 +301,8 @@ pub(crate) fn delete_empty_pack(conn: &mut Connection, id: i64) -> Result<bool> 
 }
 
 /// The chunks located in pack `id`, in pack order, with their ids and
-/// whether they are whole files or pieces of a cut file (framed for random
-/// reads when written again, as ingest frames them).
+/// whether they are pieces of a large file (framed for random reads when
+/// written again, as ingest frames them).
 pub(crate) fn pack_chunks(
     conn: &Connection,
     id: i64,
@@ -313,8 +313,8 @@ pub(crate) fn pack_chunks(
                         WHERE bc.chunk = c.id AND b.size >= ?2)
          FROM chunks c JOIN packs p ON p.id = c.pack WHERE c.pack = ?1 ORDER BY c.offset, c.inner",
     )?;
-    let small_file_max = crate::params::SMALL_FILE_MAX as i64;
-    let rows = stmt.query_map(params![id, small_file_max], |r| {
+    let framed_file_min = crate::params::FRAMED_FILE_MIN as i64;
+    let rows = stmt.query_map(params![id, framed_file_min], |r| {
         let kind = if r.get::<_, bool>(7)? {
             ChunkKind::Part
         } else {

@@ -5,7 +5,7 @@
 //! Chunks are stored compressed together in blocks of about 1 MiB, each
 //! made of frames decoded on their own (FORMAT.md, "Packs and blocks"): a
 //! run of small files shares one frame, the chunks of a large file are
-//! framed in about 64 KiB, and a block of format v1 is one frame. Readers
+//! framed in about 128 KiB, and a block of format v1 is one frame. Readers
 //! take pieces of 4 KiB to 1 MiB, so a read decodes only the frames holding
 //! the chunks it covers, and a sequential read does not decode a frame
 //! twice: decoded frames are kept in a [`quick_cache`] bounded by their
@@ -319,7 +319,7 @@ impl BlockReader {
 
 impl Frames {
     fn new(source: Arc<dyn PackSource>, cache_bytes: u64) -> Frames {
-        // Frames are 64 KiB to 1 MiB decoded.
+        // Frames are 128 KiB to 1 MiB decoded.
         let estimated = (cache_bytes / (256 << 10)).max(16) as usize;
         let frames = OptionsBuilder::new()
             .estimated_items_capacity(estimated)
@@ -689,10 +689,12 @@ mod tests {
             builder.push_kind(Hash::of(p), p, ChunkKind::Part);
         }
         let block = builder.finish(&mut BlockEncoder::new(3, 3).unwrap());
+        // A frame of parts closes once it holds the frame target.
+        let per = crate::params::FRAME_TARGET.div_ceil(50_000);
         assert_eq!(
             block.frames.len(),
-            1 + 8,
-            "the small file, then parts two by two"
+            1 + 16usize.div_ceil(per),
+            "the small file, then parts {per} by {per}"
         );
         let locs = writer.append(&block).unwrap();
         writer.seal().unwrap();
@@ -708,7 +710,7 @@ mod tests {
             .unwrap();
         assert_eq!(got, parts[11][1234..1234 + 4096]);
         let read = counting.bytes.load(Ordering::Relaxed);
-        let frame = block.frames[1 + 11 / 2].1 as u64;
+        let frame = block.frames[1 + 11 / per].1 as u64;
         assert!(
             read <= HEAD_READ as u64 + frame,
             "a 4 KiB read read {read} bytes of a {}-byte block",
@@ -716,9 +718,12 @@ mod tests {
         );
         // A read across two frames assembles both; the whole file reads back.
         let across = reader
-            .read_with(&layout, 2 * 50_000 - 10, 20, <[u8]>::to_vec)
+            .read_with(&layout, (per * 50_000 - 10) as u64, 20, <[u8]>::to_vec)
             .unwrap();
-        assert_eq!(across, [&parts[1][49_990..], &parts[2][..10]].concat());
+        assert_eq!(
+            across,
+            [&parts[per - 1][49_990..], &parts[per][..10]].concat()
+        );
         let mut all = Vec::new();
         reader.copy_chunks(&layout, 0, &mut all).1.unwrap();
         assert_eq!(all, parts.concat());
@@ -850,7 +855,9 @@ mod tests {
             ahead.frames.is_cached(last),
             "the last frame was not decoded ahead"
         );
-        assert!(!plain.frames.is_cached(&locs[2]));
+        // The first chunk of the second frame (frames close at the target).
+        let per = crate::params::FRAME_TARGET.div_ceil(50_000);
+        assert!(!plain.frames.is_cached(&locs[per]));
         let mut all = Vec::new();
         ahead.copy_chunks(&layout, 0, &mut all).1.unwrap();
         assert_eq!(all, parts.concat());
@@ -884,7 +891,10 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
-        // A read of part 5 decodes its frame (parts 4 and 5, two by two).
+        // A read of part 5 decodes its frame (frames close once they hold
+        // the frame target: `per` parts of 50,000 bytes each).
+        let per = crate::params::FRAME_TARGET.div_ceil(50_000);
+        let (first, end) = (5 / per * per, (5 / per * per + per).min(8));
         reader.read_with(&layout, at, 4096, <[u8]>::to_vec).unwrap();
         let all = parts.concat();
         let (start, before) = joined(
@@ -892,15 +902,19 @@ mod tests {
                 .cached_beside(&layout, at, Side::Before, 1 << 20)
                 .unwrap(),
         );
-        assert_eq!(start, 4 * 50_000, "the frame's first chunk begins the run");
-        assert_eq!(before, all[4 * 50_000..at as usize]);
+        assert_eq!(
+            start,
+            (first * 50_000) as u64,
+            "the frame's first chunk begins the run"
+        );
+        assert_eq!(before, all[first * 50_000..at as usize]);
         let (start, after) = joined(
             reader
                 .cached_beside(&layout, at, Side::After, 1 << 20)
                 .unwrap(),
         );
         assert_eq!(start, at);
-        assert_eq!(after, all[at as usize..6 * 50_000]);
+        assert_eq!(after, all[at as usize..end * 50_000]);
         // A limit cuts the run short on its far end.
         let (start, near) = joined(
             reader
