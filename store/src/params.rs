@@ -13,8 +13,9 @@ pub const CHUNK_AVG: usize = 64 * 1024;
 pub const CHUNK_MAX: usize = 256 * 1024;
 /// Files smaller than this are stored as a single chunk, never cut.
 pub const SMALL_FILE_MAX: u64 = 128 * 1024;
-/// zstd level used for block payloads.
-pub const ZSTD_LEVEL: i32 = 3;
+/// zstd level of the frames of small and medium files, as large as a block
+/// (chosen by measurement: bench/README.md, "Frames only for large files").
+pub const ZSTD_LEVEL: i32 = 4;
 /// A block is stored compressed only when that saves at least 1/32 of its
 /// size; otherwise decompression would cost time for almost nothing.
 pub const MIN_SAVING_DIVISOR: usize = 32;
@@ -33,8 +34,8 @@ pub const FRAME_ZSTD_LEVEL: i32 = 7;
 /// Files at least a block long have their chunks framed in about
 /// [`FRAME_TARGET`] raw bytes (format v2), so that a random read decodes a
 /// frame, not a block; smaller files, read whole or nearly, share frames
-/// as large as a block at [`ZSTD_LEVEL`], which is about three times
-/// faster to write, and framing them would only split runs of small files.
+/// as large as a block at [`ZSTD_LEVEL`], much faster to write, and framing
+/// them would only split runs of small files.
 /// A writer's choice: readers read either kind anywhere.
 pub const FRAMED_FILE_MIN: u64 = BLOCK_TARGET as u64;
 /// Readers refuse blocks claiming more raw bytes than this (a damaged or

@@ -54,7 +54,7 @@ pub const BLOCK_MAX_RAW: u32 = 4 * 1024 * 1024;
 /// A block is closed once its raw length reaches this.
 pub const BLOCK_TARGET: u64 = 1024 * 1024;
 /// The zstd level blocks are compressed with.
-pub const ZSTD_LEVEL: i32 = 3;
+pub const ZSTD_LEVEL: i32 = 4;
 /// The largest chunk the chunker cuts.
 pub const CHUNK_MAX: u64 = 256 * 1024;
 /// Files smaller than this are a single chunk (chunk hash = file hash).
