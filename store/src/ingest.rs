@@ -10,8 +10,8 @@
 //! goes over a bounded channel to the compressors, and from them to the
 //! writer, which appends it to a pack and seals (fsyncs) each full pack.
 //!
-//! Directories use one producer per core, each taking whole files
-//! ([`ingest_files`]); an archive, which can only be read front to back, uses
+//! Directories use one producer per core, each taking runs of whole
+//! neighbouring files, about a block at a time ([`ingest_files`]); an archive, which can only be read front to back, uses
 //! one producer while compression still runs on every core. Memory is bounded
 //! by the channel depths times the block size plus one block per producer,
 //! whatever the file sizes.
@@ -21,6 +21,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -302,6 +303,10 @@ pub fn ingest_files(
         let size = jobs[i].size;
         std::cmp::Reverse(if size >= LARGE_FILE { size } else { 0 })
     });
+    // Workers take runs of consecutive files rather than single files: two
+    // workers taking alternate small files would split each directory's
+    // files between two blocks, and neighbours compress best together.
+    let runs = runs_of(order.iter().map(|&i| jobs[i].size));
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<FileContent>>> = Mutex::new(vec![None; jobs.len()]);
     thread::scope(|scope| {
@@ -309,17 +314,18 @@ pub fn ingest_files(
             .map(|_| {
                 scope.spawn(|| -> Result<()> {
                     let mut producer = session.producer()?;
-                    while let Some(&index) = order.get(next.fetch_add(1, Ordering::SeqCst)) {
-                        let content = ingest_file(&mut producer, &jobs[index], progress);
-                        let content = match content {
-                            Ok(c) => c,
-                            Err(e) => {
-                                // Stop the other workers early.
-                                next.store(order.len(), Ordering::SeqCst);
-                                return Err(e);
-                            }
-                        };
-                        results.lock().map_err(Session::lock_failed)?[index] = Some(content);
+                    while let Some(run) = runs.get(next.fetch_add(1, Ordering::SeqCst)) {
+                        for &index in &order[run.clone()] {
+                            let content = match ingest_file(&mut producer, &jobs[index], progress) {
+                                Ok(c) => c,
+                                Err(e) => {
+                                    // Stop the other workers early.
+                                    next.store(runs.len(), Ordering::SeqCst);
+                                    return Err(e);
+                                }
+                            };
+                            results.lock().map_err(Session::lock_failed)?[index] = Some(content);
+                        }
                     }
                     Ok(())
                 })
@@ -342,6 +348,36 @@ pub fn ingest_files(
         .into_iter()
         .collect::<Option<Vec<_>>>()
         .ok_or_else(|| StoreError::Invalid("a file was not processed".into()))
+}
+
+/// Cuts files, given by their sizes in ingest order, into the runs one
+/// worker takes whole: a file of a block or more alone (it fills blocks of
+/// its own), smaller files together until the run holds about a block.
+fn runs_of(sizes: impl IntoIterator<Item = u64>) -> Vec<Range<usize>> {
+    let block = BLOCK_TARGET as u64;
+    let mut runs = Vec::new();
+    let (mut start, mut bytes) = (0, 0u64);
+    let mut end = 0;
+    for (i, size) in sizes.into_iter().enumerate() {
+        end = i + 1;
+        if size >= block {
+            if start < i {
+                runs.push(start..i);
+            }
+            runs.push(i..end);
+            (start, bytes) = (end, 0);
+            continue;
+        }
+        bytes += size;
+        if bytes >= block {
+            runs.push(start..end);
+            (start, bytes) = (end, 0);
+        }
+    }
+    if start < end {
+        runs.push(start..end);
+    }
+    runs
 }
 
 fn ingest_file(
@@ -402,7 +438,7 @@ pub fn distinct_contents(files: &[FileContent]) -> HashMap<Hash, &FileContent> {
 #[cfg(test)]
 mod tests {
     use crate::pack::{BlockHead, ParsedHead};
-    use crate::params::{CHUNK_MAX, FRAME_TARGET, FRAMED_FILE_MIN, SMALL_FILE_MAX};
+    use crate::params::{BLOCK_TARGET, CHUNK_MAX, FRAME_TARGET, FRAMED_FILE_MIN, SMALL_FILE_MAX};
     use crate::store::{AddDir, AddOptions, NoProgress, Store};
 
     /// Compressible bytes that differ from line to line, so FastCDC cuts
@@ -435,6 +471,30 @@ mod tests {
                 head.frames[f].raw_len
             })
             .collect()
+    }
+
+    #[test]
+    fn workers_take_large_files_alone_and_small_ones_a_block_at_a_time() {
+        let block = BLOCK_TARGET as u64;
+        let quarter = block / 4;
+        // Two large files first (the ingest order puts them there), then
+        // small ones: each large file is a run of its own, the small ones
+        // are grouped until a run holds a block, and the rest ends a run.
+        let sizes = [3 * block, block, quarter, quarter, quarter, quarter, 10, 20];
+        assert_eq!(super::runs_of(sizes), vec![0..1, 1..2, 2..6, 6..8]);
+        // A large file among small ones closes the run before it.
+        let sizes = [10, 20, 2 * block, 30];
+        assert_eq!(super::runs_of(sizes), vec![0..2, 2..3, 3..4]);
+        assert!(super::runs_of([]).is_empty());
+        // Every file lands in exactly one run, in order.
+        let sizes: Vec<u64> = (0..500).map(|i| (i * 7919 % 300_000) as u64).collect();
+        let runs = super::runs_of(sizes.iter().copied());
+        let flat: Vec<usize> = runs.iter().flat_map(|r| r.clone()).collect();
+        assert_eq!(flat, (0..sizes.len()).collect::<Vec<_>>());
+        assert!(runs.iter().all(|r| {
+            let bytes: u64 = sizes[r.clone()].iter().sum();
+            r.len() == 1 || bytes < block + 300_000
+        }));
     }
 
     #[test]
