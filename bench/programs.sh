@@ -9,6 +9,13 @@
 #                 each side and of the per-pair ratios are reported
 #   --only LIST   comma-separated subset of walk,walk-raw,import,tests,gcc
 #                 (default: all)
+#   --kernel-metadata
+#                 also run every workload on the kernel-served metadata path
+#                 proposed for issue 14 (`kmeta` below) and report it beside
+#                 nexus; needs mkfs.erofs (erofs-utils, or the build
+#                 bench/mount.sh makes) and overlayfs with data-only layers;
+#                 skipped, with the reason in the report, where either is
+#                 missing
 #   --smoke       Python's packages only and one run of a small version of
 #                 each Python workload (seconds once the packages are
 #                 cached); its figures only show that the script works
@@ -42,6 +49,13 @@
 #   gcc       W/bin/gcc-12 -O2 compiling and linking a small C program:
 #             cc1, collect2, as, ld, headers, crt files and libgcc from W
 #
+#   kmeta     (--kernel-metadata) the same trees as composefs would serve
+#             them: an EROFS image of the metadata only (every file sparse,
+#             with overlayfs's metacopy and redirect xattrs), mounted by the
+#             kernel, under an overlayfs whose data-only lower layer is MNT:
+#             names, attributes, listings, links and ioctls are the
+#             kernel's, file contents still come from the nexus mount
+#
 # Python runs with PYTHONHOME=W and PYTHONDONTWRITEBYTECODE=1 (no .pyc is
 # written to the native tree, none can be to the mount). Every workload runs
 # once on each side untimed (warm-up, outputs checked), then RUNS times in
@@ -65,7 +79,7 @@ IMPORTS="json, email.parser, asyncio, decimal, sqlite3, csv, argparse, logging, 
 TESTS="test_json test_csv test_base64 test_bisect test_heapq test_textwrap test_difflib test_fnmatch test_string test_operator"
 SMOKE_PACKAGES="python3.11-minimal libpython3.11-minimal libpython3.11-stdlib libpython3.11-testsuite"
 
-runs=11 smoke=0 check=0 keep=0
+runs=11 smoke=0 check=0 keep=0 kmeta=0
 only=$all_workloads
 out_dir="$here/out"
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
@@ -74,6 +88,7 @@ while [[ $# -gt 0 ]]; do
         --runs) runs=$2; shift 2 ;;
         --only) only=$2; shift 2 ;;
         --smoke) smoke=1; shift ;;
+        --kernel-metadata) kmeta=1; shift ;;
         --check) check=1; shift ;;
         --keep) keep=1; shift ;;
         --out) out_dir=$2; shift 2 ;;
@@ -110,8 +125,11 @@ logs="$work/logs"
 mkdir -p "$logs"
 mnt="$work/mnt" idx="$work/index"
 mounted=0
+kmeta_mounts=()   # the kernel-metadata path's mounts, innermost first
 # shellcheck disable=SC2317 # called by the EXIT trap
 cleanup() {
+    local m
+    for m in "${kmeta_mounts[@]}"; do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; done
     if [[ $mounted -eq 1 ]]; then
         "$nexus" umount "$mnt" >> "$logs/umount.log" 2>&1 || umount -l "$mnt" 2>/dev/null || true
         mountpoint -q "$idx" && umount -l "$idx" 2>/dev/null
@@ -181,6 +199,69 @@ mkdir -p "$mnt" "$idx"
 mounted=1
 read -r t_files t_bytes < <(find "$native_tree" -type f -printf '%s\n' | awk '{ s += $1; n++ } END { printf "%.0f %.0f\n", n, s }')
 log "store $(du -sb "$store" | cut -f1) bytes; ${t_files} files, ${t_bytes} bytes in $(wc -l < "$work/packages.list") packages; mounted on $mnt, index $idx"
+
+# ---- the kernel-metadata path (--kernel-metadata) ------------------------------
+# meta.py SRC META RESOLVE DATA: META gets SRC's directories, symlinks and
+# modes, and for each regular file a sparse file of its size whose
+# overlayfs xattrs send reads to the file RESOLVE/<its path> resolves to,
+# named by its path below DATA (the data-only layer).
+cat > "$work/meta.py" <<'EOF'
+import os, sys
+src, dst, resolve, data = sys.argv[1:5]
+n = 0
+for d, dirs, names in os.walk(src):
+    rel = os.path.relpath(d, src)
+    out = os.path.normpath(os.path.join(dst, rel))
+    os.makedirs(out, exist_ok=True)
+    os.chmod(out, os.lstat(d).st_mode & 0o7777)
+    for name in dirs + names:
+        p, q = os.path.join(d, name), os.path.join(out, name)
+        st = os.lstat(p)
+        if os.path.islink(p):
+            os.symlink(os.readlink(p), q)
+        elif os.path.isfile(p):
+            real = os.path.realpath(os.path.join(resolve, rel, name))
+            if not real.startswith(data + "/"):
+                sys.exit("%s/%s resolves to %s, outside %s" % (rel, name, real, data))
+            with open(q, "wb") as f:
+                f.truncate(st.st_size)
+            os.chmod(q, st.st_mode & 0o7777)
+            os.setxattr(q, "trusted.overlay.metacopy", b"")
+            os.setxattr(q, "trusted.overlay.redirect", real[len(data):].encode())
+            n += 1
+print(n)
+EOF
+kmeta_skipped=""
+# kmeta_view NAME SRC RESOLVE: mounts the kernel-metadata view of SRC on
+# $work/kmeta-NAME (metadata image of SRC, data from $mnt); 1 on failure.
+kmeta_view() {
+    local name=$1 src=$2 resolve=$3 meta="$work/kmeta-$1.tree" img="$work/kmeta-$1.erofs"
+    local lower="$work/kmeta-$1.lower" view="$work/kmeta-$1" klog="$logs/kmeta-$1.log"
+    if ! { python3 "$work/meta.py" "$src" "$meta" "$resolve" "$mnt" > "$klog" 2>&1 &&
+        "$mkfs_erofs" "$img" "$meta" >> "$klog" 2>&1; }; then
+        kmeta_skipped="building the $name metadata image failed: $(tail -1 "$klog")"
+        return 1
+    fi
+    mkdir -p "$lower" "$view"
+    mount -t erofs -o ro,loop "$img" "$lower" >> "$klog" 2>&1 || {
+        kmeta_skipped="the kernel did not mount the EROFS image: $(tail -1 "$klog")"; return 1; }
+    kmeta_mounts=("$lower" "${kmeta_mounts[@]}")
+    mount -t overlay overlay -o "ro,metacopy=on,redirect_dir=follow,lowerdir=$lower::$mnt" "$view" >> "$klog" 2>&1 || {
+        kmeta_skipped="overlayfs refused a data-only lower layer (it needs kernel 6.5 or later): $(tail -1 "$klog")"; return 1; }
+    kmeta_mounts=("$view" "${kmeta_mounts[@]}")
+}
+sides=(nexus)
+if [[ $kmeta -eq 1 ]]; then
+    mkfs_erofs="$bench_root/tools/bin/mkfs.erofs"
+    [[ -x $mkfs_erofs ]] || mkfs_erofs=$(command -v mkfs.erofs || true)
+    if [[ -z $mkfs_erofs ]]; then
+        kmeta_skipped="mkfs.erofs not found (apt-get install -y erofs-utils, or run bench/mount.sh once)"
+    elif kmeta_view tree "$native_tree" "$mnt" && kmeta_view usr "$native_root/usr" "$idx"; then
+        sides+=(kmeta)
+        log "kernel-metadata views: $work/kmeta-tree (the per-package tree), $work/kmeta-usr (the Index's)"
+    fi
+    [[ -z $kmeta_skipped ]] || log "kernel metadata skipped: $kmeta_skipped"
+fi
 
 # ---- helpers ---------------------------------------------------------------------
 cat > "$work/walk.py" <<'EOF'
@@ -285,8 +366,9 @@ requests() { python3 -c 'import os, sys; print(os.getxattr(sys.argv[1], "user.ne
 # links for gcc (binutils' own `ld` is a link to a file of another package,
 # binutils-x86-64-linux-gnu, which a per-package tree cannot resolve; the
 # linker and assembler are reached by their target-prefixed names).
-declare -A W=([native]="$native_root/usr" [nexus]="$idx") TREE=([native]="$native_tree" [nexus]="$mnt")
-for side in native nexus; do
+declare -A W=([native]="$native_root/usr" [nexus]="$idx" [kmeta]="$work/kmeta-usr")
+declare -A TREE=([native]="$native_tree" [nexus]="$mnt" [kmeta]="$work/kmeta-tree")
+for side in native "${sides[@]}"; do
     mkdir -p "$work/cwd-$side" "$work/tools-$side"
     ln -s "${W[$side]}/bin/x86_64-linux-gnu-as" "$work/tools-$side/as"
     ln -s "${W[$side]}/bin/x86_64-linux-gnu-ld.bfd" "$work/tools-$side/ld"
@@ -326,46 +408,53 @@ run_once() {
     fi
 }
 
-# check_output WORKLOAD: the warm-up outputs of both sides must say the same.
+# check_output WORKLOAD SIDE: the warm-up outputs of native and SIDE must
+# say the same.
 check_output() {
-    local w=$1 a="$logs/$1-native.out" b="$logs/$1-nexus.out"
+    local w=$1 side=$2 a="$logs/$1-native.out" b="$logs/$1-$2.out"
     case "$w" in
         walk|walk-raw)
-            [[ $(cat "$a") == "$(cat "$b")" ]] || error "$w: native read '$(cat "$a")', nexus '$(cat "$b")'"
+            [[ $(cat "$a") == "$(cat "$b")" ]] || error "$w: native read '$(cat "$a")', $side '$(cat "$b")'"
             [[ $(cat "$a") == "$t_files $t_bytes" ]] || error "$w: read '$(cat "$a")' of $t_files files, $t_bytes bytes" ;;
-        import) grep -qx imported "$b" || error "import through the Index printed: $(tail -3 "$b")" ;;
-        tests) grep -q 'Tests result: SUCCESS' "$b" || error "the tests through the Index did not pass: $(tail -3 "$b")" ;;
-        gcc) [[ $("$work/cwd-nexus/prog") == "$("$work/cwd-native/prog")" ]] || error "gcc: the programs built differ in output" ;;
+        import) grep -qx imported "$b" || error "import on $side printed: $(tail -3 "$b")" ;;
+        tests) grep -q 'Tests result: SUCCESS' "$b" || error "the tests on $side did not pass: $(tail -3 "$b")" ;;
+        gcc) [[ $("$work/cwd-$side/prog") == "$("$work/cwd-native/prog")" ]] || error "gcc on $side: the programs built differ in output" ;;
     esac
 }
 
+# Results are keyed by workload for nexus and by "WORKLOAD/kmeta" for the
+# kernel-metadata path.
 declare -A MED_NATIVE=() MED_NEXUS=() MED_RATIO=() REQ_MOUNT=() REQ_INDEX=() SAMPLES=()
+# measure WORKLOAD SIDE: warm-up and output check, the daemon's requests in
+# one more warm run, then RUNS pairs of native and SIDE.
 measure() {
-    local w=$1 i a b first second ratios=() na=() nx=() m0 i0
-    log "$w: warm-up"
+    local w=$1 side=$2 key=$1 i a b first second ratios=() na=() nx=() m0 i0
+    [[ $side == nexus ]] || key="$w/$side"
+    log "$key: warm-up"
     run_once "$w" native "$logs/$w-native.out"; [[ -n $RUN_S ]] || return 0
-    run_once "$w" nexus "$logs/$w-nexus.out"; [[ -n $RUN_S ]] || return 0
-    check_output "$w"
+    run_once "$w" "$side" "$logs/$w-$side.out"; [[ -n $RUN_S ]] || return 0
+    check_output "$w" "$side"
     m0=$(requests "$mnt") i0=$(requests "$idx")
-    run_once "$w" nexus "$logs/$w-nexus-counted.out"
-    REQ_MOUNT[$w]=$(python3 "$work/counts.py" "$m0" "$(requests "$mnt")")
-    REQ_INDEX[$w]=$(python3 "$work/counts.py" "$i0" "$(requests "$idx")")
-    log "$w: requests in one warm run: mount ${REQ_MOUNT[$w]}; index ${REQ_INDEX[$w]}"
+    run_once "$w" "$side" "$logs/$w-$side-counted.out"
+    REQ_MOUNT[$key]=$(python3 "$work/counts.py" "$m0" "$(requests "$mnt")")
+    REQ_INDEX[$key]=$(python3 "$work/counts.py" "$i0" "$(requests "$idx")")
+    log "$key: requests in one warm run: mount ${REQ_MOUNT[$key]}; index ${REQ_INDEX[$key]}"
     for ((i = 1; i <= runs; i++)); do
-        if ((i % 2)); then first=native second=nexus; else first=nexus second=native; fi
+        if ((i % 2)); then first=native second=$side; else first=$side second=native; fi
         run_once "$w" "$first" "$logs/$w-run.out"; a=$RUN_S
         run_once "$w" "$second" "$logs/$w-run.out"; b=$RUN_S
         [[ -n $a && -n $b ]] || continue
-        if [[ $first == nexus ]]; then local t=$a; a=$b; b=$t; fi
+        if [[ $first == "$side" ]]; then local t=$a; a=$b; b=$t; fi
         na+=("$a") nx+=("$b") ratios+=("$(fdiv "$b" "$a")")
     done
-    MED_NATIVE[$w]=$(median "${na[@]}") MED_NEXUS[$w]=$(median "${nx[@]}") MED_RATIO[$w]=$(median "${ratios[@]}")
-    SAMPLES[$w]="native ${na[*]}; nexus ${nx[*]}"
-    log "$w: native $(fmt %.3f "${MED_NATIVE[$w]}") s, nexus $(fmt %.3f "${MED_NEXUS[$w]}") s, ratio $(fmt %.3f "${MED_RATIO[$w]}") (medians of $runs pairs)"
+    MED_NATIVE[$key]=$(median "${na[@]}") MED_NEXUS[$key]=$(median "${nx[@]}") MED_RATIO[$key]=$(median "${ratios[@]}")
+    SAMPLES[$key]="native ${na[*]}; $side ${nx[*]}"
+    log "$key: native $(fmt %.3f "${MED_NATIVE[$key]}") s, $side $(fmt %.3f "${MED_NEXUS[$key]}") s, ratio $(fmt %.3f "${MED_RATIO[$key]}") (medians of $runs pairs)"
 }
 
 for w in ${all_workloads//,/ }; do
-    want "$w" && measure "$w"
+    want "$w" || continue
+    for side in "${sides[@]}"; do measure "$w" "$side"; done
 done
 
 # ---- report ----------------------------------------------------------------------
@@ -400,6 +489,24 @@ fi
             "$(fmt %.3f "${MED_RATIO[$w]:-}")" "${t:+<= $t}" "${st:-}" "${REQ_MOUNT[$w]:-n/a}" "${REQ_INDEX[$w]:-n/a}"
     done
     echo
+    if [[ $kmeta -eq 1 ]]; then
+        echo
+        echo "The kernel-metadata path (proposed, not what \`nexus mount\` serves): EROFS metadata and overlayfs, contents from the nexus mount."
+        echo
+        if [[ -n $kmeta_skipped ]]; then
+            echo "Not measured: $kmeta_skipped."
+        else
+            echo "| workload | native s | kernel metadata s | kmeta/native (paired) | requests in one warm run (mount; index) |"
+            echo "|---|---:|---:|---:|---|"
+            for w in ${all_workloads//,/ }; do
+                want "$w" || continue
+                k="$w/kmeta"
+                printf '| %s | %s | %s | %s | %s; %s |\n' "$w" "$(fmt %.3f "${MED_NATIVE[$k]:-}")" "$(fmt %.3f "${MED_NEXUS[$k]:-}")" \
+                    "$(fmt %.3f "${MED_RATIO[$k]:-}")" "${REQ_MOUNT[$k]:-n/a}" "${REQ_INDEX[$k]:-n/a}"
+            done
+        fi
+    fi
+    echo
     [[ -n $floor_us ]] && echo "Per-file floor: (walk - walk-raw) on nexus minus the same on native = $floor_us µs per opened file (one FUSE_IOCTL round trip for isatty())."
     echo
     echo "Samples (s): "
@@ -417,7 +524,19 @@ fi
             "$(jstr "${REQ_MOUNT[$w]:-}")" "$(jstr "${REQ_INDEX[$w]:-}")"
         sep=", "
     done
-    printf '}, "errors": %s}\n' "${#errors[@]}"
+    printf '}, "kernel_metadata": {'
+    sep=""
+    if [[ $kmeta -eq 1 && -z $kmeta_skipped ]]; then
+        for w in ${all_workloads//,/ }; do
+            want "$w" || continue
+            k="$w/kmeta"
+            printf '%s%s: {"native_s": %s, "kmeta_s": %s, "ratio": %s, "requests_mount": %s, "requests_index": %s}' "$sep" "$(jstr "$w")" \
+                "$(jnum "${MED_NATIVE[$k]:-}")" "$(jnum "${MED_NEXUS[$k]:-}")" "$(jnum "${MED_RATIO[$k]:-}")" \
+                "$(jstr "${REQ_MOUNT[$k]:-}")" "$(jstr "${REQ_INDEX[$k]:-}")"
+            sep=", "
+        done
+    fi
+    printf '}, "kernel_metadata_skipped": %s, "errors": %s}\n' "$(jstr "$kmeta_skipped")" "${#errors[@]}"
 } > "$json"
 cat "$md"
 log "report: $md"
