@@ -234,11 +234,13 @@ EOF
 kmeta_skipped=""
 # kmeta_view NAME SRC RESOLVE: mounts the kernel-metadata view of SRC on
 # $work/kmeta-NAME (metadata image of SRC, data from $mnt); 1 on failure.
+# Chunked files let mkfs.erofs keep the sparse files as holes: the image
+# holds metadata only.
 kmeta_view() {
     local name=$1 src=$2 resolve=$3 meta="$work/kmeta-$1.tree" img="$work/kmeta-$1.erofs"
     local lower="$work/kmeta-$1.lower" view="$work/kmeta-$1" klog="$logs/kmeta-$1.log"
     if ! { python3 "$work/meta.py" "$src" "$meta" "$resolve" "$mnt" > "$klog" 2>&1 &&
-        "$mkfs_erofs" "$img" "$meta" >> "$klog" 2>&1; }; then
+        "$mkfs_erofs" --chunksize=4096 "$img" "$meta" >> "$klog" 2>&1; }; then
         kmeta_skipped="building the $name metadata image failed: $(tail -1 "$klog")"
         return 1
     fi

@@ -59,7 +59,7 @@ log "benchmark smoke run"
 shellcheck -x bench/*.sh scripts/*.sh .ci/run
 NIP="$root/target/debug/nip" bench/ingest.sh --smoke
 NIP="$root/target/debug/nip" NEXUS="$root/target/debug/nexus" bench/mount.sh --smoke
-NIP="$root/target/debug/nip" NEXUS="$root/target/debug/nexus" bench/programs.sh --smoke
+NIP="$root/target/debug/nip" NEXUS="$root/target/debug/nexus" bench/programs.sh --smoke --kernel-metadata
 NIP="$root/target/debug/nip" NEXUS="$root/target/debug/nexus" bench/images.sh --smoke --switches 6
 NIP="$root/target/debug/nip" NEXUS="$root/target/debug/nexus" bench/virtiofs.sh --smoke
 NIP="$root/target/debug/nip" NEXUS="$root/target/debug/nexus" bench/remote.sh --smoke
