@@ -556,14 +556,110 @@ impl OpenPack {
     }
 }
 
+/// Blocks read and verified ahead of the one the pack builder waits for.
+const PREPARE_AHEAD: usize = 8;
+
+/// What one stored block brings to the new packs, worked out on any
+/// thread: read, decoded, and every published chunk in it verified.
+enum Prepared {
+    /// Every chunk of the block is published: its stored bytes as they
+    /// are, with (hash, inner offset, length) of the chunks wanted.
+    Verbatim(Vec<u8>, Vec<(Hash, u32, u32)>),
+    /// Only some are: their bytes, to encode into new blocks.
+    Chunks(Vec<(Hash, Vec<u8>, ChunkKind)>),
+}
+
+fn prepare(
+    reader: &Reader,
+    chunks: &[ChunkLocation],
+    wanted: &HashSet<Hash>,
+    parts: &HashSet<Hash>,
+) -> Result<Prepared> {
+    let first = &chunks[0];
+    let raw = reader.blocks().stored_block(first)?;
+    let block = decode_block(&raw).map_err(|reason| StoreError::Damaged {
+        chunk: first.hash,
+        reason: format!("pack {} block at {}: {reason}", first.pack, first.offset),
+    })?;
+    // Verbatim only when every chunk of the block is published: no byte
+    // of anything else leaves the store.
+    if block.entries.iter().all(|e| wanted.contains(&e.hash)) {
+        for loc in chunks {
+            block.chunk(loc)?;
+        }
+        let list = chunks.iter().map(|l| (l.hash, l.inner, l.len)).collect();
+        return Ok(Prepared::Verbatim(raw, list));
+    }
+    let mut out = Vec::with_capacity(chunks.len());
+    for loc in chunks {
+        let kind = if parts.contains(&loc.hash) {
+            ChunkKind::Part
+        } else {
+            ChunkKind::Whole
+        };
+        out.push((loc.hash, block.chunk(loc)?.to_vec(), kind));
+    }
+    Ok(Prepared::Chunks(out))
+}
+
 /// Copies the chunks of `by_block` into new packs, sending each sealed
 /// pack to `uploads`; re-encoded chunks in `parts` are framed as pieces of
 /// large files.
+///
+/// Reading, decoding and verifying blocks is most of the work: it runs on
+/// every core, at most [`PREPARE_AHEAD`] blocks ahead, while this thread
+/// lays the prepared blocks into packs in `by_block`'s order, so the packs
+/// are the same whatever the threads' timing.
 fn build_packs(
     reader: &Reader,
     by_block: &BTreeMap<(Arc<str>, u64), Vec<ChunkLocation>>,
     wanted: &HashSet<Hash>,
     parts: &HashSet<Hash>,
+    progress: &dyn Progress,
+    uploads: &std::sync::mpsc::SyncSender<(String, Bytes)>,
+    failed: &std::sync::atomic::AtomicBool,
+) -> Result<Vec<NewPack>> {
+    let blocks: Vec<&[ChunkLocation]> = by_block.values().map(Vec::as_slice).collect();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // A worker takes a ticket before a block and this thread gives one back
+    // for each block it lays: never more than PREPARE_AHEAD blocks wait.
+    let (ticket_back, tickets) = std::sync::mpsc::sync_channel::<()>(PREPARE_AHEAD);
+    for _ in 0..PREPARE_AHEAD {
+        let _ = ticket_back.send(());
+    }
+    let tickets = std::sync::Mutex::new(tickets);
+    let (prepared_tx, prepared) = std::sync::mpsc::sync_channel(PREPARE_AHEAD);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            let prepared_tx = prepared_tx.clone();
+            let (tickets, next, blocks) = (&tickets, &next, &blocks);
+            scope.spawn(move || {
+                loop {
+                    let ticket = tickets.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                    let index = next.fetch_add(1, Ordering::Relaxed);
+                    let (Ok(()), Some(chunks)) = (ticket, blocks.get(index)) else {
+                        return;
+                    };
+                    let outcome = prepare(reader, chunks, wanted, parts);
+                    if prepared_tx.send((index, outcome)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(prepared_tx);
+        // Dropping `ticket_back` on the way out (an error) stops the
+        // workers after the blocks they hold tickets for.
+        lay_out(&blocks, &prepared, ticket_back, progress, uploads, failed)
+    })
+}
+
+/// Lays the prepared blocks into packs in order (see [`build_packs`]).
+fn lay_out(
+    blocks: &[&[ChunkLocation]],
+    prepared: &std::sync::mpsc::Receiver<(usize, Result<Prepared>)>,
+    ticket_back: std::sync::mpsc::SyncSender<()>,
     progress: &dyn Progress,
     uploads: &std::sync::mpsc::SyncSender<(String, Bytes)>,
     failed: &std::sync::atomic::AtomicBool,
@@ -581,34 +677,29 @@ fn build_packs(
         done.push(new);
         Ok(())
     };
-    for chunks in by_block.values() {
-        let first = &chunks[0];
-        let raw = reader.blocks().stored_block(first)?;
-        let block = decode_block(&raw).map_err(|reason| StoreError::Damaged {
-            chunk: first.hash,
-            reason: format!("pack {} block at {}: {reason}", first.pack, first.offset),
-        })?;
-        progress.advance(chunks.iter().map(|l| u64::from(l.len)).sum());
-        // Verbatim only when every chunk of the block is published: no
-        // byte of anything else leaves the store.
-        let all_wanted = block.entries.iter().all(|e| wanted.contains(&e.hash));
-        if all_wanted {
-            for loc in chunks {
-                block.chunk(loc)?;
+    let mut waiting: BTreeMap<usize, Result<Prepared>> = BTreeMap::new();
+    for (index, chunks) in blocks.iter().enumerate() {
+        let block = loop {
+            if let Some(block) = waiting.remove(&index) {
+                break block?;
             }
-            let list: Vec<(Hash, u32, u32)> =
-                chunks.iter().map(|l| (l.hash, l.inner, l.len)).collect();
-            open.flush();
-            open.verbatim(&raw, &list);
-        } else {
-            for loc in chunks {
-                let bytes = block.chunk(loc)?;
-                let kind = if parts.contains(&loc.hash) {
-                    ChunkKind::Part
-                } else {
-                    ChunkKind::Whole
-                };
-                open.push(loc.hash, bytes, kind);
+            let (at, outcome) = prepared
+                .recv()
+                .map_err(|_| RemoteError::Invalid("the block readers stopped".into()))?;
+            waiting.insert(at, outcome);
+        };
+        // The workers are gone once every block is taken.
+        let _ = ticket_back.send(());
+        progress.advance(chunks.iter().map(|l| u64::from(l.len)).sum());
+        match block {
+            Prepared::Verbatim(raw, list) => {
+                open.flush();
+                open.verbatim(&raw, &list);
+            }
+            Prepared::Chunks(chunks) => {
+                for (hash, bytes, kind) in chunks {
+                    open.push(hash, &bytes, kind);
+                }
             }
         }
         if open.bytes.len() as u64 + open.builder.raw_len() as u64 >= PACK_TARGET_SIZE {

@@ -265,6 +265,76 @@ fn no_byte_of_an_unpublished_package_leaves_the_store() {
     );
 }
 
+/// The packs of `dir`'s `packs/`, by name.
+fn packs_in(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    fs::read_dir(dir.join("packs"))
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().into_string().unwrap(),
+                fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn blocks_verified_on_every_core_still_make_the_same_packs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = KeyStore::new(tmp.path().join("keys"));
+    keys.generate("pub").unwrap();
+    let mut store = Store::init(&tmp.path().join("a")).unwrap();
+    // Far more blocks than are prepared at once, some copied as stored
+    // and, where the removed package shares a block, some re-encoded.
+    let mut dirs = Vec::new();
+    for (name, files) in [("keep", 40u8), ("gone", 6)] {
+        let dir = tmp.path().join(name);
+        fs::create_dir_all(&dir).unwrap();
+        for i in 0..files {
+            let seed = if name == "keep" { i } else { 100 + i };
+            fs::write(dir.join(format!("f{i:02}")), noise(seed, 300_000)).unwrap();
+        }
+        dirs.push(AddDir {
+            path: dir,
+            name: name.into(),
+            version: "1".into(),
+        });
+    }
+    store
+        .add_dirs(&dirs, AddOptions::default(), &NoProgress)
+        .unwrap();
+    store.remove(&["gone".to_string()]).unwrap();
+
+    let (one, two) = (tmp.path().join("one"), tmp.path().join("two"));
+    publish_to(&store, &dir_remote(&store, "one", &one), &keys, None);
+    publish_to(&store, &dir_remote(&store, "two", &two), &keys, None);
+    let (first, second) = (packs_in(&one), packs_in(&two));
+    assert!(!first.is_empty());
+    assert_eq!(
+        first.keys().collect::<Vec<_>>(),
+        second.keys().collect::<Vec<_>>()
+    );
+    assert!(first == second, "the same generation made different packs");
+    let published: usize = first.values().map(Vec::len).sum();
+    assert!(published > 40 * 300_000, "every kept byte is published");
+    let gone = noise(100, 300_000);
+    assert!(
+        !first
+            .values()
+            .any(|p| p.windows(64).any(|w| w == &gone[1000..1064])),
+        "bytes of the removed package were published"
+    );
+
+    // And what was laid out in order reads back.
+    let mut sub = Store::init(&tmp.path().join("b")).unwrap();
+    let trust = subscriber_trust(&keys, &tmp.path().join("sub-keys"), "one");
+    let row = dir_remote(&sub, "one", &one);
+    pull_from(&mut sub, &row, &trust);
+    let (bytes, _) = read_all(&tmp.path().join("b"), "keep", "1", "f17");
+    assert_eq!(bytes, noise(17, 300_000));
+}
+
 #[test]
 fn chunks_the_store_has_are_never_fetched_and_gc_forgets_remote_packs() {
     let tmp = tempfile::tempdir().unwrap();
