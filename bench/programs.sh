@@ -426,7 +426,7 @@ check_output() {
 
 # Results are keyed by workload for nexus and by "WORKLOAD/kmeta" for the
 # kernel-metadata path.
-declare -A MED_NATIVE=() MED_NEXUS=() MED_RATIO=() REQ_MOUNT=() REQ_INDEX=() SAMPLES=()
+declare -A MED_NATIVE=() MED_SIDE=() MED_RATIO=() REQ_MOUNT=() REQ_INDEX=() SAMPLES=()
 # measure WORKLOAD SIDE: warm-up and output check, the daemon's requests in
 # one more warm run, then RUNS pairs of native and SIDE.
 measure() {
@@ -449,9 +449,9 @@ measure() {
         if [[ $first == "$side" ]]; then local t=$a; a=$b; b=$t; fi
         na+=("$a") nx+=("$b") ratios+=("$(fdiv "$b" "$a")")
     done
-    MED_NATIVE[$key]=$(median "${na[@]}") MED_NEXUS[$key]=$(median "${nx[@]}") MED_RATIO[$key]=$(median "${ratios[@]}")
+    MED_NATIVE[$key]=$(median "${na[@]}") MED_SIDE[$key]=$(median "${nx[@]}") MED_RATIO[$key]=$(median "${ratios[@]}")
     SAMPLES[$key]="native ${na[*]}; $side ${nx[*]}"
-    log "$key: native $(fmt %.3f "${MED_NATIVE[$key]}") s, $side $(fmt %.3f "${MED_NEXUS[$key]}") s, ratio $(fmt %.3f "${MED_RATIO[$key]}") (medians of $runs pairs)"
+    log "$key: native $(fmt %.3f "${MED_NATIVE[$key]}") s, $side $(fmt %.3f "${MED_SIDE[$key]}") s, ratio $(fmt %.3f "${MED_RATIO[$key]}") (medians of $runs pairs)"
 }
 
 for w in ${all_workloads//,/ }; do
@@ -468,8 +468,8 @@ commit=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
 target_of() { if [[ $1 == walk ]]; then echo "$TARGET_WALK_RATIO"; elif [[ $1 == walk-raw ]]; then echo ""; else echo "$TARGET_PROGRAM_RATIO"; fi; }
 missed=0
 floor_us=""
-if [[ -n ${MED_NEXUS[walk]:-} && -n ${MED_NEXUS[walk-raw]:-} ]]; then
-    floor_us=$(awk -v a="${MED_NEXUS[walk]}" -v b="${MED_NEXUS[walk-raw]}" -v c="${MED_NATIVE[walk]}" -v d="${MED_NATIVE[walk-raw]}" -v n="$t_files" \
+if [[ -n ${MED_SIDE[walk]:-} && -n ${MED_SIDE[walk-raw]:-} ]]; then
+    floor_us=$(awk -v a="${MED_SIDE[walk]}" -v b="${MED_SIDE[walk-raw]}" -v c="${MED_NATIVE[walk]}" -v d="${MED_NATIVE[walk-raw]}" -v n="$t_files" \
         'BEGIN { printf "%.2f", ((a - b) - (c - d)) / n * 1e6 }')
 fi
 {
@@ -487,7 +487,7 @@ fi
             st=$(status_le "${MED_RATIO[$w]:-}" "$t")
             [[ $st == MISS ]] && missed=1
         fi
-        printf '| %s | %s | %s | %s | %s | %s | %s; %s |\n' "$w" "$(fmt %.3f "${MED_NATIVE[$w]:-}")" "$(fmt %.3f "${MED_NEXUS[$w]:-}")" \
+        printf '| %s | %s | %s | %s | %s | %s | %s; %s |\n' "$w" "$(fmt %.3f "${MED_NATIVE[$w]:-}")" "$(fmt %.3f "${MED_SIDE[$w]:-}")" \
             "$(fmt %.3f "${MED_RATIO[$w]:-}")" "${t:+<= $t}" "${st:-}" "${REQ_MOUNT[$w]:-n/a}" "${REQ_INDEX[$w]:-n/a}"
     done
     echo
@@ -503,7 +503,7 @@ fi
             for w in ${all_workloads//,/ }; do
                 want "$w" || continue
                 k="$w/kmeta"
-                printf '| %s | %s | %s | %s | %s; %s |\n' "$w" "$(fmt %.3f "${MED_NATIVE[$k]:-}")" "$(fmt %.3f "${MED_NEXUS[$k]:-}")" \
+                printf '| %s | %s | %s | %s | %s; %s |\n' "$w" "$(fmt %.3f "${MED_NATIVE[$k]:-}")" "$(fmt %.3f "${MED_SIDE[$k]:-}")" \
                     "$(fmt %.3f "${MED_RATIO[$k]:-}")" "${REQ_MOUNT[$k]:-n/a}" "${REQ_INDEX[$k]:-n/a}"
             done
         fi
@@ -522,7 +522,7 @@ fi
     for w in ${all_workloads//,/ }; do
         want "$w" || continue
         printf '%s%s: {"native_s": %s, "nexus_s": %s, "ratio": %s, "requests_mount": %s, "requests_index": %s}' "$sep" "$(jstr "$w")" \
-            "$(jnum "${MED_NATIVE[$w]:-}")" "$(jnum "${MED_NEXUS[$w]:-}")" "$(jnum "${MED_RATIO[$w]:-}")" \
+            "$(jnum "${MED_NATIVE[$w]:-}")" "$(jnum "${MED_SIDE[$w]:-}")" "$(jnum "${MED_RATIO[$w]:-}")" \
             "$(jstr "${REQ_MOUNT[$w]:-}")" "$(jstr "${REQ_INDEX[$w]:-}")"
         sep=", "
     done
@@ -533,7 +533,7 @@ fi
             want "$w" || continue
             k="$w/kmeta"
             printf '%s%s: {"native_s": %s, "kmeta_s": %s, "ratio": %s, "requests_mount": %s, "requests_index": %s}' "$sep" "$(jstr "$w")" \
-                "$(jnum "${MED_NATIVE[$k]:-}")" "$(jnum "${MED_NEXUS[$k]:-}")" "$(jnum "${MED_RATIO[$k]:-}")" \
+                "$(jnum "${MED_NATIVE[$k]:-}")" "$(jnum "${MED_SIDE[$k]:-}")" "$(jnum "${MED_RATIO[$k]:-}")" \
                 "$(jstr "${REQ_MOUNT[$k]:-}")" "$(jstr "${REQ_INDEX[$k]:-}")"
             sep=", "
         done

@@ -475,9 +475,13 @@ fn check_tree(tree: &Tree) -> Result<(), String> {
     Ok(())
 }
 
-/// Decompresses a body frame, refusing more than [`BODY_MAX`] bytes.
+/// Decompresses a body frame, refusing more than [`BODY_MAX`] bytes and a
+/// window wider than [`BODY_WINDOW_LOG`] allows.
 pub fn decompress(frame: &[u8]) -> Result<Vec<u8>, FormatError> {
-    let decoder = zstd::stream::read::Decoder::new(frame)
+    let mut decoder = zstd::stream::read::Decoder::new(frame)
+        .map_err(|e| malformed(format!("body: zstd: {e}")))?;
+    decoder
+        .window_log_max(BODY_WINDOW_LOG)
         .map_err(|e| malformed(format!("body: zstd: {e}")))?;
     let mut out = Vec::new();
     decoder
@@ -492,7 +496,7 @@ pub fn decompress(frame: &[u8]) -> Result<Vec<u8>, FormatError> {
 
 /// zstd level of a body.
 const BODY_ZSTD_LEVEL: i32 = 12;
-/// Window of a body's long-distance matching: 128 MiB, the most every zstd
+/// Window of a body, writing and reading: 128 MiB, the most every zstd
 /// decoder accepts by default.
 const BODY_WINDOW_LOG: u32 = 27;
 

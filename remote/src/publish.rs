@@ -688,7 +688,8 @@ fn lay_out(
                 .map_err(|_| RemoteError::Invalid("the block readers stopped".into()))?;
             waiting.insert(at, outcome);
         };
-        // The workers are gone once every block is taken.
+        // Never blocks: only a ticket taken for a block comes back. It
+        // fails only once the workers are gone, when none is needed.
         let _ = ticket_back.send(());
         progress.advance(chunks.iter().map(|l| u64::from(l.len)).sum());
         match block {

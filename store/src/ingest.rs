@@ -11,8 +11,9 @@
 //! writer, which appends it to a pack and seals (fsyncs) each full pack.
 //!
 //! Directories use one producer per core, each taking runs of whole
-//! neighbouring files, about a block at a time ([`ingest_files`]); an archive, which can only be read front to back, uses
-//! one producer while compression still runs on every core. Memory is bounded
+//! neighbouring files, about a block at a time ([`ingest_files`]); an
+//! archive, which can only be read front to back, uses one producer while
+//! compression still runs on every core. Memory is bounded
 //! by the channel depths times the block size plus one block per producer,
 //! whatever the file sizes.
 //!
