@@ -80,7 +80,6 @@ use crate::attr::{Attr, Entry, Kind, Listing};
 use crate::error::{Result, ViewError};
 use crate::gate::Gate;
 use crate::generation::GenerationTree;
-use crate::handles::DirHandles;
 use crate::view::{CURRENT, View};
 
 /// The index root's inode number (`4·0 + 3`). FUSE calls its root `1`; the
@@ -287,17 +286,6 @@ impl Numbers {
     }
 }
 
-/// The first directory handle number of an index: the time in nanoseconds,
-/// so that a daemon that took the mount over (or restarted on it) never
-/// gives a number its predecessor gave to a directory the kernel still has
-/// open (each predecessor opened fewer directories than nanoseconds passed).
-fn handle_base() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX >> 1))
-        .max(1)
-}
-
 /// `PARENT/NAME` as an index path (no leading slash; the root is empty).
 fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
     let mut path = Vec::with_capacity(parent.len() + 1 + name.len());
@@ -329,7 +317,6 @@ pub struct Index {
     listings: Cache<i64, Arc<[Child]>, ListingWeighter>,
     current: RwLock<Arc<IndexGeneration>>,
     retired: Mutex<Vec<Arc<IndexGeneration>>>,
-    handles: DirHandles,
 }
 
 impl Index {
@@ -380,7 +367,6 @@ impl Index {
             listings: Cache::with_weighter(16_384, LISTING_CACHE_ENTRIES, ListingWeighter),
             current: RwLock::new(Arc::new(IndexGeneration::new(&generation))),
             retired: Mutex::new(Vec::new()),
-            handles: DirHandles::default().numbered_from(handle_base()),
         }
     }
 
@@ -741,10 +727,15 @@ impl Index {
         })
     }
 
-    /// The whole listing of index directory `ino`, `.` and `..` first.
-    pub fn list(&self, ino: u64) -> Result<Listing> {
+    /// The whole listing of index directory `ino`, `.` and `..` first,
+    /// computed once per generation.
+    pub fn list(&self, ino: u64) -> Result<Arc<Listing>> {
         let generation = self.sync()?;
-        self.list_in(&generation, ino)
+        if let Some(listing) = generation.listings().get(&ino) {
+            return Ok(listing.clone());
+        }
+        let listing = Arc::new(self.list_in(&generation, ino)?);
+        Ok(generation.listings().entry(ino).or_insert(listing).clone())
     }
 
     /// The listing of index directory `ino` in `generation`.
@@ -801,44 +792,6 @@ impl Index {
             Merged::Link(target) => Ok(target),
             Merged::Dir(_) => Err(ViewError::WrongKind),
         }
-    }
-
-    /// Opens index directory `ino` for reading: its listing is taken now
-    /// (computed once per generation) and served from memory until
-    /// [`Index::release`], so that one reading of it never mixes two
-    /// generations.
-    pub fn opendir(&self, ino: u64) -> Result<(u64, Arc<Listing>)> {
-        let generation = self.sync()?;
-        let known = generation.listings().get(&ino).cloned();
-        let listing = match known {
-            Some(listing) => listing,
-            None => {
-                let listing = Arc::new(self.list_in(&generation, ino)?);
-                generation.listings().entry(ino).or_insert(listing).clone()
-            }
-        };
-        let fh = self.handles.open(listing.clone())?;
-        Ok((fh, listing))
-    }
-
-    /// The listing of an open directory handle.
-    pub fn listing(&self, fh: u64) -> Result<Arc<Listing>> {
-        self.handles.get(fh)
-    }
-
-    /// The listing of handle `fh` of directory `ino`; for a handle this
-    /// index never gave (one the daemon it took the mount over from gave),
-    /// the listing of `ino` now.
-    pub fn listing_of(&self, fh: u64, ino: u64) -> Result<Arc<Listing>> {
-        match self.handles.get(fh) {
-            Err(ViewError::BadHandle(_)) => self.list(ino).map(Arc::new),
-            other => other,
-        }
-    }
-
-    /// Forgets a directory handle.
-    pub fn release(&self, fh: u64) {
-        self.handles.release(fh);
     }
 }
 

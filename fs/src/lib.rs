@@ -23,7 +23,7 @@
 //!   symlinks into the mount, served by [`fuse::mount_index`] as a second
 //!   mount. It shares the view's reader and generation tree.
 //! - [`handles`] holds directory handles for the clients that open
-//!   directories (VM guests, the Index mount), bounded in count and bytes.
+//!   directories (VM guests), bounded in count and bytes.
 //! - [`gate`] holds request threads back while a daemon hands its mounts
 //!   to a successor and copies what the kernel holds.
 //!

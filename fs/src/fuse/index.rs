@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fuser::{
-    FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, OpenFlags,
+    Errno, FileHandle, Filesystem, Generation, INodeNo, InitFlags, KernelConfig, OpenFlags,
     ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
     ReplyStatfs, ReplyXattr, Request,
 };
@@ -25,6 +25,7 @@ use fuser::{
 use super::counts::{self, Op, REQUESTS_XATTR, RequestCounts};
 use super::reply::{errno, file_attr, fill_dir, fill_dir_plus, reply_xattr};
 use super::session::{self, MountOptions, Mounted};
+use crate::attr::Kind;
 use crate::changes::Invalidation;
 use crate::error::ViewError;
 use crate::index::{Index, IndexChanges, ROOT};
@@ -129,13 +130,13 @@ impl Filesystem for IndexFs {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         self.counts.count(Op::Opendir);
-        match self.index.opendir(node(ino)) {
-            // The kernel keeps the listing across opens: a generation change
-            // that changes it invalidates it (`IndexChanges::dirs`).
-            Ok((fh, _)) => reply.opened(
-                FileHandle(fh),
-                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
-            ),
+        // As on the main mount (see `NexusFs::opendir`): ENOSYS for a
+        // directory, so that the kernel opens directories without asking
+        // and keeps their listings across opens; a generation change that
+        // changes a listing invalidates it (`IndexChanges::dirs`).
+        match self.index.getattr(node(ino)) {
+            Ok(attr) if attr.kind == Kind::Dir => reply.error(Errno::from_i32(libc::ENOSYS)),
+            Ok(_) => reply.error(Errno::from_i32(libc::ENOTDIR)),
             Err(e) => reply.error(errno("index opendir", ino, &e)),
         }
     }
@@ -144,12 +145,12 @@ impl Filesystem for IndexFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         reply: ReplyDirectory,
     ) {
         self.counts.count(Op::Readdir);
-        match self.index.listing_of(fh.0, node(ino)) {
+        match self.index.list(node(ino)) {
             Ok(listing) => fill_dir(&listing, offset, fuse_node, reply),
             Err(e) => reply.error(errno("index readdir", ino, &e)),
         }
@@ -159,12 +160,12 @@ impl Filesystem for IndexFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         reply: ReplyDirectoryPlus,
     ) {
         self.counts.count(Op::Readdirplus);
-        match self.index.listing_of(fh.0, node(ino)) {
+        match self.index.list(node(ino)) {
             Ok(listing) => fill_dir_plus(
                 &listing,
                 offset,
@@ -183,12 +184,12 @@ impl Filesystem for IndexFs {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
         self.counts.count(Op::Releasedir);
-        self.index.release(fh.0);
+        // Directory opens are answered with ENOSYS (see `opendir`).
         reply.ok();
     }
 

@@ -284,11 +284,11 @@ fn packages_merge_by_the_clash_rule() {
         Err(ViewError::NotFound)
     ));
 
-    // Directory handles serve the listing taken at opendir.
-    let (fh, listing) = index.opendir(bin).unwrap();
-    assert_eq!(index.listing(fh).unwrap(), listing);
-    index.release(fh);
-    assert!(matches!(index.listing(fh), Err(ViewError::BadHandle(_))));
+    // A listing is computed once per generation.
+    assert!(Arc::ptr_eq(
+        &index.list(bin).unwrap(),
+        &index.list(bin).unwrap()
+    ));
 }
 
 #[test]
@@ -406,13 +406,9 @@ fn handed_over_numbers_keep_their_paths() {
         seen.iter().all(|(_, ino)| *ino != fresh),
         "a new path reuses a handed-over number"
     );
-    // A handle of the old daemon: the listing of the directory now.
-    let bin = seen[2].1;
-    let listing = new.listing_of(12345, bin).unwrap();
+    // A directory numbered by the old daemon lists what is there now.
+    let listing = new.list(seen[2].1).unwrap();
     assert!(listing.entries.iter().any(|e| e.name == b"b"));
-    // A handle the new index gives is never one of a low, old number.
-    let (fh, _) = new.opendir(bin).unwrap();
-    assert!(fh > 1 << 40, "handle {fh} could be one the old daemon gave");
 
     let mut twice = paths.clone();
     twice.push(paths[1].clone());
