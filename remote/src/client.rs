@@ -169,15 +169,45 @@ impl Client {
         }
     }
 
-    /// The whole object `key`, or `None` if there is none.
-    pub fn get(&self, key: &str) -> Result<Option<Fetched>> {
+    /// The whole object `key`, or `None` if there is none; an object of
+    /// more than `max` bytes is refused (`Malformed`) without holding more
+    /// than `max` bytes of it: a server chooses what it answers, and
+    /// gathering the whole answer would let it take any amount of memory.
+    pub fn get(&self, key: &str, max: u64) -> Result<Option<Fetched>> {
         let path = self.path(key);
-        self.with_retries(key, || async {
+        let fetched = self.with_retries(key, || async {
             let result = self.store.get(&path).await?;
             let e_tag = result.meta.e_tag.clone();
-            let bytes = result.bytes().await?;
-            Ok(Fetched { bytes, e_tag })
-        })
+            let len = result.range.end.saturating_sub(result.range.start);
+            if len > max {
+                return Ok(Err(len));
+            }
+            let bytes = match result.payload {
+                // A local file: exactly the `len` bytes it had when opened.
+                object_store::GetResultPayload::File(..) => result.bytes().await?,
+                object_store::GetResultPayload::Stream(mut stream) => {
+                    let mut buf = Vec::with_capacity(len as usize);
+                    while let Some(part) = stream.next().await {
+                        let part = part?;
+                        if (buf.len() + part.len()) as u64 > max {
+                            return Ok(Err((buf.len() + part.len()) as u64));
+                        }
+                        buf.extend_from_slice(&part);
+                    }
+                    Bytes::from(buf)
+                }
+            };
+            Ok(Ok(Fetched { bytes, e_tag }))
+        })?;
+        match fetched {
+            None => Ok(None),
+            Some(Ok(fetched)) => Ok(Some(fetched)),
+            Some(Err(len)) => Err(RemoteError::Malformed {
+                remote: self.name.clone(),
+                what: key.to_string(),
+                why: format!("{len} bytes or more, more than the {max} it may have"),
+            }),
+        }
     }
 
     /// The bytes `range` of object `key`, exactly that many: a shorter or

@@ -66,7 +66,7 @@ pub(crate) struct Fetched {
 /// `None` when nothing is published.
 pub(crate) fn read_manifest(client: &Client) -> Result<Option<Fetched>> {
     let remote = client.name().to_string();
-    let Some(fetched) = client.get(MANIFEST_KEY)? else {
+    let Some(fetched) = client.get(MANIFEST_KEY, manifest::LEN as u64)? else {
         return Ok(None);
     };
     if fetched.bytes.len() != manifest::LEN {
@@ -154,7 +154,7 @@ pub(crate) fn fetch_meta(client: &Client, manifest: &RemoteManifest) -> Result<M
         )));
     }
     let fetched = client
-        .get(&key)?
+        .get(&key, manifest.meta_len)?
         .ok_or_else(|| malformed("missing (the manifest names it)".into()))?;
     if fetched.bytes.len() as u64 != manifest.meta_len || Hash::of(&fetched.bytes) != manifest.meta
     {
