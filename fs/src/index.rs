@@ -175,6 +175,23 @@ const LISTING_CACHE_ENTRIES: u64 = 1 << 18;
 /// covers what it held.
 const RETIRED_MAX: usize = 4;
 
+/// How long a superseded generation is compared again after the move: a
+/// request that took the old generation just before the move may compute
+/// a directory of it after the first comparison, and its answer must be
+/// invalidated too. Such a request takes milliseconds.
+pub const LATE_ANSWERS: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A superseded generation and what of it was compared already.
+struct Retired {
+    generation: Arc<IndexGeneration>,
+    /// When it was superseded.
+    since: std::time::Instant,
+    /// Paths of the directories compared so far.
+    compared: std::collections::HashSet<Arc<[u8]>>,
+    /// Whether a [`Index::refresh`] reported the move away from it.
+    reported: bool,
+}
+
 /// One entry of a package directory, as the merge needs it.
 #[derive(Debug)]
 struct Child {
@@ -316,7 +333,7 @@ pub struct Index {
     numbering: Gate,
     listings: Cache<i64, Arc<[Child]>, ListingWeighter>,
     current: RwLock<Arc<IndexGeneration>>,
-    retired: Mutex<Vec<Arc<IndexGeneration>>>,
+    retired: Mutex<Vec<Retired>>,
 }
 
 impl Index {
@@ -414,7 +431,12 @@ impl Index {
         let old = std::mem::replace(&mut *current, fresh.clone());
         drop(current);
         let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
-        retired.push(old);
+        retired.push(Retired {
+            generation: old,
+            since: std::time::Instant::now(),
+            compared: Default::default(),
+            reported: false,
+        });
         if retired.len() > RETIRED_MAX {
             retired.remove(0);
         }
@@ -423,12 +445,16 @@ impl Index {
 
     /// Moves the index to the generation the view shows and reports what
     /// that made stale since the previous call (`None` when the generation
-    /// did not change). Every directory of the superseded generations that
-    /// was computed (listed or looked in) is computed again for the new one
-    /// and compared name by name.
+    /// did not change and no late answer was found stale).
+    /// Every directory of the superseded generations that was computed
+    /// (listed or looked in) is computed again for the new one and compared
+    /// name by name; for [`LATE_ANSWERS`] after a move, each call also
+    /// compares the directories of a superseded generation computed since
+    /// (by requests that took it just before the move).
     pub fn refresh(&self) -> Result<Option<IndexChanges>> {
         let now = self.sync()?;
-        let retired = std::mem::take(&mut *self.retired.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut retired =
+            std::mem::take(&mut *self.retired.lock().unwrap_or_else(|p| p.into_inner()));
         if retired.is_empty() {
             return Ok(None);
         }
@@ -436,13 +462,18 @@ impl Index {
             generation: now.id,
             ..IndexChanges::default()
         };
-        for old in retired {
+        let moved = retired.iter().any(|old| !old.reported);
+        for old in &mut retired {
+            old.reported = true;
             let dirs: Vec<(Arc<[u8]>, Arc<MergedDir>)> = old
+                .generation
                 .dirs()
                 .iter()
+                .filter(|(p, _)| !old.compared.contains(*p))
                 .map(|(p, d)| (p.clone(), d.clone()))
                 .collect();
             for (path, before) in dirs {
+                old.compared.insert(path.clone());
                 let dir_ino = self.number(&path)?;
                 // A directory gone in the new generation is reported by its
                 // parent (computed too, since it was looked in to reach it);
@@ -474,6 +505,18 @@ impl Index {
                 }
             }
         }
+        // Kept for the late answers; a move meanwhile added its own.
+        retired.retain(|old| old.since.elapsed() < LATE_ANSWERS);
+        {
+            let mut kept = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+            retired.append(&mut kept);
+            *kept = retired;
+            let over = kept.len().saturating_sub(RETIRED_MAX);
+            kept.drain(..over);
+        }
+        if !moved && changes.is_empty() {
+            return Ok(None);
+        }
         changes.entries.sort();
         changes.entries.dedup();
         changes.inodes.sort_unstable();
@@ -481,6 +524,17 @@ impl Index {
         changes.dirs.sort_unstable();
         changes.dirs.dedup();
         Ok(Some(changes))
+    }
+
+    /// True while a superseded generation is still compared for late
+    /// answers ([`LATE_ANSWERS`]): [`Index::refresh`] is worth calling
+    /// then even though the view did not move.
+    pub fn comparing_late_answers(&self) -> bool {
+        !self
+            .retired
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
     }
 
     /// The inode number of index path `path`, given on first sight.

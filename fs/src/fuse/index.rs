@@ -309,11 +309,11 @@ impl IndexFollower {
     }
 }
 
-impl crate::follow::Follower for IndexFollower {
-    fn moved(&mut self, _changes: &crate::Changes) {
-        if self.ended.load(std::sync::atomic::Ordering::Relaxed) {
-            return;
-        }
+impl IndexFollower {
+    /// Moves the index to the view's generation, or compares what requests
+    /// answered late from the one before, and tells the kernel what became
+    /// stale.
+    fn catch_up(&mut self) {
         let started = std::time::Instant::now();
         match self.index.refresh() {
             Ok(None) => {}
@@ -334,9 +334,23 @@ impl crate::follow::Follower for IndexFollower {
             Err(e) => tracing::warn!("moving the index to a new generation: {e}"),
         }
     }
+}
+
+impl crate::follow::Follower for IndexFollower {
+    fn moved(&mut self, _changes: &crate::Changes) {
+        if self.ended.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        self.catch_up();
+    }
 
     fn tick(&mut self) {
         if !self.ended.load(std::sync::atomic::Ordering::Relaxed) {
+            // Answers a request computed from the previous generation after
+            // the move was compared (see `LATE_ANSWERS`).
+            if self.index.comparing_late_answers() {
+                self.catch_up();
+            }
             self.invalidator.send_due();
         }
     }

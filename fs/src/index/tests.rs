@@ -415,3 +415,30 @@ fn handed_over_numbers_keep_their_paths() {
     assert!(Index::open_numbered(view.clone(), Path::new(MOUNT), twice).is_err());
     assert!(Index::open_numbered(view, Path::new(MOUNT), paths[1..].to_vec()).is_err());
 }
+
+#[test]
+fn what_a_request_computes_from_the_old_generation_after_the_move_is_reported_too() {
+    let f = Fixture::new();
+    f.add("alpha", "1", &[("bin/tool", "alpha")]);
+    f.add("beta", "1", &[("bin/b", "b")]);
+    let (view, index) = f.index(GenerationChoice::Live);
+    // A request thread takes the generation shown...
+    let old = index.sync().unwrap();
+    // ...the view moves, and the follower compares what had been computed:
+    // `bin` had not been, so nothing is said of it.
+    f.store().remove(&["alpha/1".to_string()]).unwrap();
+    view.refresh().unwrap();
+    let first = index.refresh().unwrap().expect("the view moved");
+    let bin = index.number(b"bin").unwrap();
+    assert!(!first.dirs.contains(&bin), "{first:?}");
+    // ...then the request lists `bin` from the old generation, an answer
+    // the kernel keeps.
+    let stale = index.list_in(&old, bin).unwrap();
+    assert!(stale.entries.iter().any(|e| e.name == b"tool"));
+    // The follower's next turn finds that answer stale.
+    assert!(index.comparing_late_answers());
+    let late = index.refresh().unwrap().expect("a late answer was stale");
+    assert_eq!(late.dirs, [bin]);
+    assert!(late.entries.contains(&(bin, b"tool".to_vec())), "{late:?}");
+    assert_eq!(index.refresh().unwrap(), None, "reported once");
+}
