@@ -112,6 +112,23 @@ pub fn request_counts(root: &Path) -> std::collections::BTreeMap<String, u64> {
     })
 }
 
+/// The request counts of the mount at `root` once they stopped moving
+/// (unchanged over 100 ms, for at most 5 s): a read the kernel sent ahead
+/// at the end of one pass may reach the daemon after the pass returned,
+/// and belongs to that pass.
+pub fn settled_request_counts(root: &Path) -> std::collections::BTreeMap<String, u64> {
+    let start = Instant::now();
+    let mut last = request_counts(root);
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = request_counts(root);
+        if now == last || start.elapsed() > Duration::from_secs(5) {
+            return now;
+        }
+        last = now;
+    }
+}
+
 /// Polls `condition` every 20 ms until it holds or `timeout` passes.
 pub fn wait_for(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
