@@ -50,7 +50,7 @@ mod session;
 pub use counts::{Op, REQUESTS_XATTR, RequestCounts};
 pub use index::{INDEX_TTL, IndexFollower, IndexFs, adopt_index, index_invalidations, mount_index};
 pub use mountinfo::{mount_device, set_read_ahead};
-use reply::{errno, file_attr, fill_dir, fill_dir_plus, reply_xattr};
+use reply::{errno, file_attr, fill_dir, fill_dir_plus, reply_opendir, reply_xattr};
 pub use session::{
     Invalidator, MountOptions, Mounted, READ_AHEAD_KIB, RESEND_AFTER, Unmounted, Unmounter, detach,
     fusermount,
@@ -365,20 +365,13 @@ impl Filesystem for NexusFs {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         self.counts.count(Op::Opendir);
-        // As with files (see `open`): check it is a directory, then answer
-        // ENOSYS. The kernel then opens directories without asking (no
-        // OPENDIR or RELEASEDIR round trips) and keeps every listing it has
-        // read in its page cache (FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR is its
-        // default in that mode), so a warm `find` or `ls -lR` sends no
-        // request at all. Listings of the root and of Apps change with the
-        // generation: a switch invalidates them (see `Changes`); the
-        // notification is a synchronous write whose failure the follower
-        // logs, so a listing is never left stale silently.
-        match self.view.getattr(ino.0) {
-            Ok(attr) if attr.kind == Kind::Dir => reply.error(Errno::from_i32(libc::ENOSYS)),
-            Ok(_) => reply.error(Errno::from_i32(libc::ENOTDIR)),
-            Err(e) => reply.error(errno("opendir", ino, &e)),
-        }
+        // As with files (see `open`): ENOSYS for a directory (see
+        // `reply_opendir`), so a warm `find` or `ls -lR` sends no request at
+        // all. Listings of the root and of Apps change with the generation:
+        // a switch invalidates them (see `Changes`); the notification is a
+        // synchronous write whose failure the follower logs, so a listing
+        // is never left stale silently.
+        reply_opendir("opendir", ino, self.view.getattr(ino.0), reply);
     }
 
     fn readdir(

@@ -78,20 +78,6 @@ pub struct DirHandles {
     budget: Option<Arc<HandleBudget>>,
 }
 
-impl Default for DirHandles {
-    /// Handles of a trusted client (the local kernel): generous limits, no
-    /// shared budget.
-    fn default() -> Self {
-        DirHandles::new(
-            HandleLimits {
-                handles: 1 << 16,
-                bytes: 1 << 30,
-            },
-            None,
-        )
-    }
-}
-
 impl DirHandles {
     /// Handles within `limits`, counted against `budget` too if given.
     pub fn new(limits: HandleLimits, budget: Option<Arc<HandleBudget>>) -> DirHandles {
@@ -101,12 +87,6 @@ impl DirHandles {
             limits,
             budget,
         }
-    }
-
-    /// The same handles, numbered from `first` on instead of 1.
-    pub fn numbered_from(self, first: u64) -> DirHandles {
-        self.next.store(first, Ordering::Relaxed);
-        self
     }
 
     fn open_handles(&self) -> MutexGuard<'_, Open> {

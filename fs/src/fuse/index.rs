@@ -17,15 +17,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fuser::{
-    Errno, FileHandle, Filesystem, Generation, INodeNo, InitFlags, KernelConfig, OpenFlags,
-    ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyXattr, Request,
+    FileHandle, Filesystem, Generation, INodeNo, InitFlags, KernelConfig, OpenFlags, ReplyAttr,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyXattr, Request,
 };
 
 use super::counts::{self, Op, REQUESTS_XATTR, RequestCounts};
-use super::reply::{errno, file_attr, fill_dir, fill_dir_plus, reply_xattr};
+use super::reply::{errno, file_attr, fill_dir, fill_dir_plus, reply_opendir, reply_xattr};
 use super::session::{self, MountOptions, Mounted};
-use crate::attr::Kind;
 use crate::changes::Invalidation;
 use crate::error::ViewError;
 use crate::index::{Index, IndexChanges, ROOT};
@@ -130,15 +129,9 @@ impl Filesystem for IndexFs {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         self.counts.count(Op::Opendir);
-        // As on the main mount (see `NexusFs::opendir`): ENOSYS for a
-        // directory, so that the kernel opens directories without asking
-        // and keeps their listings across opens; a generation change that
-        // changes a listing invalidates it (`IndexChanges::dirs`).
-        match self.index.getattr(node(ino)) {
-            Ok(attr) if attr.kind == Kind::Dir => reply.error(Errno::from_i32(libc::ENOSYS)),
-            Ok(_) => reply.error(Errno::from_i32(libc::ENOTDIR)),
-            Err(e) => reply.error(errno("index opendir", ino, &e)),
-        }
+        // As on the main mount: the Index's listings are computed once per
+        // generation, and a change invalidates them (`IndexChanges::dirs`).
+        reply_opendir("index opendir", ino, self.index.getattr(node(ino)), reply);
     }
 
     fn readdir(

@@ -6,7 +6,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    Errno, FileAttr, FileType, Generation, INodeNo, ReplyDirectory, ReplyDirectoryPlus, ReplyXattr,
+    Errno, FileAttr, FileType, Generation, INodeNo, ReplyDirectory, ReplyDirectoryPlus, ReplyOpen,
+    ReplyXattr,
 };
 
 use crate::attr::{Attr, Entry, Kind, Listing};
@@ -110,6 +111,25 @@ pub(super) fn errno(op: &str, ino: INodeNo, e: &ViewError) -> Errno {
         tracing::debug!("{op} of inode {}: {e}", ino.0);
     }
     Errno::from_i32(e.errno())
+}
+
+/// Answers an OPENDIR of `ino`, whose attributes are `attr`: `ENOSYS` for
+/// a directory. The kernel then opens directories without asking (no
+/// OPENDIR or RELEASEDIR round trips) and keeps every listing it has read
+/// in its page cache (FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR is its default in
+/// that mode): listings are read by inode, and a generation change that
+/// changes one invalidates it.
+pub(super) fn reply_opendir(
+    op: &str,
+    ino: INodeNo,
+    attr: Result<Attr, ViewError>,
+    reply: ReplyOpen,
+) {
+    match attr {
+        Ok(attr) if attr.kind == Kind::Dir => reply.error(Errno::from_i32(libc::ENOSYS)),
+        Ok(_) => reply.error(Errno::from_i32(libc::ENOTDIR)),
+        Err(e) => reply.error(errno(op, ino, &e)),
+    }
 }
 
 /// Answers a size probe (`size == 0`) or the data of an xattr request.
