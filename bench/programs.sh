@@ -132,7 +132,8 @@ cleanup() {
     for m in "${kmeta_mounts[@]}"; do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; done
     if [[ $mounted -eq 1 ]]; then
         "$nexus" umount "$mnt" >> "$logs/umount.log" 2>&1 || umount -l "$mnt" 2>/dev/null || true
-        mountpoint -q "$idx" && umount -l "$idx" 2>/dev/null
+        # `nexus umount` takes the Index down too, maybe while this looks.
+        if mountpoint -q "$idx"; then umount -l "$idx" 2>/dev/null || true; fi
     fi
     if [[ $keep -eq 1 ]]; then
         log "work dir kept: $work"
