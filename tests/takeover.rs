@@ -608,3 +608,111 @@ fn an_image_mount_refuses_a_takeover_saying_why() {
     assert_eq!(fs::read(mount.join("a/1/bin/a")).unwrap(), b"a\n");
     mount.umount();
 }
+
+/// An upgrade of `nexus` whose catalog schema is newer than the running
+/// daemon's: `nip` refuses to upgrade the catalog under that daemon (its
+/// new catalog connections would fail), naming it and `nexus takeover`,
+/// and changes nothing; the takeover by the new build upgrades the catalog
+/// as it replaces the daemon, and `nip` works again.
+///
+/// The older build is played by this one: the catalog is put back one
+/// schema version (the last step dropped an index; it is put back) and
+/// the daemon's runtime record loses the schema field, as a build from
+/// before the field writes it.
+#[test]
+fn an_upgrade_under_an_older_daemon_waits_for_its_takeover() {
+    if !root_or_skip("an_upgrade_under_an_older_daemon") {
+        return;
+    }
+    let scratch = Scratch::new("takeover-upgrade");
+    write_file(&scratch.join("a/bin/a"), b"a\n");
+    write_file(&scratch.join("b/bin/b"), b"b\n");
+    let store = Store::init();
+    store.add_dir(&scratch.join("a"), "a", "1");
+    let mount = Mount::start(store.path(), &scratch.join("mnt"), &[]);
+    let _detach = Detach(mount.point().to_path_buf());
+    let latest = Arc::new(AtomicU64::new(mount.pid() as u64));
+    let _kill = LatestDaemon(latest.clone());
+    assert_eq!(fs::read(mount.join("a/1/bin/a")).unwrap(), b"a\n");
+
+    let catalog = rusqlite::Connection::open(store.path().join("catalog.db")).unwrap();
+    let version = || -> i64 {
+        catalog
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap()
+    };
+    let schema = version();
+    // Wait for the record to name package `a` (the daemon rewrites it when
+    // the kernel first holds a package's files), so it is not rewritten
+    // under the test.
+    let record_path = store.path().join(format!("run/{}.json", mount.pid()));
+    let read_record = || -> serde_json::Value {
+        serde_json::from_slice(&fs::read(&record_path).unwrap()).unwrap()
+    };
+    assert!(wait_for(Duration::from_secs(5), || {
+        !read_record()["packages"].as_array().unwrap().is_empty()
+    }));
+    let mut record = read_record();
+    assert_eq!(record["schema"], schema, "the record names its schema");
+    record.as_object_mut().unwrap().remove("schema");
+    fs::write(&record_path, serde_json::to_vec(&record).unwrap()).unwrap();
+    catalog
+        .execute_batch(&format!(
+            "CREATE INDEX IF NOT EXISTS chunks_by_pack ON chunks(pack);
+             DELETE FROM meta WHERE key = 'oldest_reader';
+             PRAGMA user_version = {};",
+            schema - 1
+        ))
+        .unwrap();
+
+    let refused = store.run([
+        OsString::from("add"),
+        scratch.join("b").into_os_string(),
+        "--name".into(),
+        "b".into(),
+        "--version".into(),
+        "1".into(),
+    ]);
+    assert_eq!(refused.code(), Some(1), "{}", refused.command_line());
+    let said = refused.stderr.clone();
+    for words in [
+        "would leave 1 running reader",
+        &format!("mount {}", mount.point().display()),
+        &format!("pid {}", mount.pid()),
+        "nexus takeover",
+    ] {
+        assert!(said.contains(words), "{words:?} not said:\n{said}");
+    }
+    assert_eq!(version(), schema - 1, "the catalog was upgraded anyway");
+    assert!(alive(mount.pid()));
+    assert_eq!(fs::read(mount.join("a/1/bin/a")).unwrap(), b"a\n");
+
+    let out = nexus(
+        store.path(),
+        [OsString::from("takeover"), mount.point().into()],
+    );
+    assert!(out.status.success(), "{}", show(&out));
+    let pids = serving_pids(store.path(), mount.point());
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    assert_ne!(pids[0], i64::from(mount.pid()));
+    latest.store(pids[0] as u64, Ordering::Relaxed);
+    assert_eq!(
+        version(),
+        schema,
+        "the takeover did not upgrade the catalog"
+    );
+
+    store.add_dir(&scratch.join("b"), "b", "1");
+    assert!(wait_for(Duration::from_secs(5), || fs::read(
+        mount.join("b/1/bin/b")
+    )
+    .is_ok_and(|b| b == b"b\n")));
+    assert_eq!(fs::read(mount.join("a/1/bin/a")).unwrap(), b"a\n");
+
+    let out = nexus(
+        store.path(),
+        [OsString::from("umount"), mount.point().into()],
+    );
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(wait_for(Duration::from_secs(10), || !alive(pids[0] as i32)));
+}

@@ -123,6 +123,10 @@ fn hint_for(e: &(dyn std::error::Error + 'static)) -> Option<String> {
                 "another nip add or gc holds the store; wait for it, or give it longer with --lock-timeout"
                     .into(),
             ),
+            StoreError::UpgradeStrandsReaders { .. } => Some(
+                "replace them with this build first: `nexus takeover MOUNTPOINT` for each mount (it upgrades the catalog as it takes over), and restart each `nexus serve --virtio-fs`; then run this command again"
+                    .into(),
+            ),
             StoreError::NotAStore { .. } => Some(
                 "create a store with `nip init`, or choose another with --store".into(),
             ),

@@ -46,6 +46,23 @@ pub enum StoreError {
         /// The version this build writes.
         expected: i64,
     },
+    /// Upgrading the catalog's schema would leave running readers of the
+    /// store (mount daemons, virtio-fs servers of an older build) unable to
+    /// read it. Nothing was changed.
+    #[error(
+        "upgrading the catalog from schema {from} to {to} would leave {} running reader{} of the store unable to read it: {}",
+        readers.len(),
+        if readers.len() == 1 { "" } else { "s" },
+        readers.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+    )]
+    UpgradeStrandsReaders {
+        /// The catalog's version.
+        from: i64,
+        /// The version this build needs.
+        to: i64,
+        /// The readers it would strand.
+        readers: Vec<StrandedReader>,
+    },
     /// A package name or version is not acceptable.
     #[error("invalid {what} {value:?}: {reason}")]
     InvalidName {
@@ -241,3 +258,34 @@ fn stored_versions(name: &str, stored: &[String]) -> String {
 
 /// Result alias for the store.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A running reader of the store that a schema upgrade would leave unable
+/// to read the catalog (see [`StoreError::UpgradeStrandsReaders`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StrandedReader {
+    /// Its process, if known.
+    pub pid: Option<u32>,
+    /// `mount` or `virtio-fs`, if its record could be read.
+    pub kind: Option<&'static str>,
+    /// Its mount point or socket, if its record could be read.
+    pub target: Option<PathBuf>,
+    /// The schema its build reads (`None`: only the one it opened).
+    pub schema: Option<i64>,
+}
+
+impl std::fmt::Display for StrandedReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.kind, &self.target) {
+            (Some(kind), Some(target)) => write!(f, "{kind} {}", target.display())?,
+            _ => write!(f, "a reader without a readable record")?,
+        }
+        match self.pid {
+            Some(pid) => write!(f, " (pid {pid}")?,
+            None => write!(f, " (pid unknown")?,
+        }
+        match self.schema {
+            Some(schema) => write!(f, ", reads schema {schema})"),
+            None => write!(f, ", an older build)"),
+        }
+    }
+}

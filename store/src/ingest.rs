@@ -38,6 +38,7 @@ use crate::pack::{
     BlockBuilder, BlockEncoder, ChunkKind, ChunkLocation, EncodedBlock, PackWriter, SealedPack,
 };
 use crate::params::{BLOCK_TARGET, ChunkParams, PACK_TARGET_SIZE};
+use crate::runtime;
 use crate::scan::SourceFile;
 
 /// Blocks in flight on each channel (to the compressors, to the writer).
@@ -111,7 +112,12 @@ impl Session<'_> {
     pub fn producer(&self) -> Result<Producer<'_>> {
         Ok(Producer {
             session: self,
-            catalog: Catalog::open(&self.catalog_path, false)?,
+            // The session's store was opened, and its catalog upgraded, by
+            // this process: no upgrade is left for this check to see.
+            catalog: Catalog::open(&self.catalog_path, false, &|upgrade| {
+                let store_dir = self.catalog_path.parent().unwrap_or(Path::new("."));
+                runtime::check_upgrade(store_dir, upgrade, &[])
+            })?,
             block: BlockBuilder::default(),
         })
     }

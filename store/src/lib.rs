@@ -32,7 +32,7 @@ mod lock;
 mod store;
 
 pub use catalog::Stats;
-pub use error::{Result, StoreError};
+pub use error::{Result, StoreError, StrandedReader};
 pub use hash::Hash;
 pub use lock::DEFAULT_LOCK_TIMEOUT;
 pub use store::{

@@ -34,7 +34,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Result, StoreError};
+use crate::catalog::{SCHEMA_VERSION, Upgrade};
+use crate::error::{Result, StoreError, StrandedReader};
 use crate::store::now_secs;
 
 /// The directory of runtime records inside the store.
@@ -97,6 +98,9 @@ pub struct ServedRecord {
     pub started: i64,
     /// When it last updated its record.
     pub updated: i64,
+    /// The catalog schema its build was made for; `None` for a build that
+    /// predates the field (it reads only the schema it opened).
+    pub schema: Option<i64>,
 }
 
 /// The record file as written: `target` is text when the path is UTF-8,
@@ -114,6 +118,8 @@ struct RecordFile {
     packages: Vec<i64>,
     started: i64,
     updated: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    schema: Option<i64>,
 }
 
 impl RecordFile {
@@ -130,6 +136,7 @@ impl RecordFile {
             packages: served.packages.clone(),
             started,
             updated: now_secs(),
+            schema: Some(SCHEMA_VERSION),
         }
     }
 
@@ -151,6 +158,7 @@ impl RecordFile {
             },
             started: self.started,
             updated: self.updated,
+            schema: self.schema,
         })
     }
 }
@@ -437,6 +445,56 @@ pub fn live(store_dir: &Path) -> Result<Vec<ServedRecord>> {
         (a.served.kind, &a.served.target, a.pid).cmp(&(b.served.kind, &b.served.target, b.pid))
     });
     Ok(records)
+}
+
+/// Refuses `upgrade` of the catalog of the store in `store_dir` if a
+/// running reader could not read the catalog after it: its connections
+/// opened from then on (a pool that grows, a fetcher starting) would fail
+/// until it is replaced. Readers whose pid is in `excused` are about to be
+/// replaced by the caller (a takeover). A reader whose record is not
+/// written yet, or not readable by this build, counts as one that reads
+/// only the schema it opened.
+pub fn check_upgrade(store_dir: &Path, upgrade: &Upgrade, excused: &[u32]) -> Result<()> {
+    let dir = store_dir.join(RUN_DIR);
+    let mut stranded = Vec::new();
+    for stem in stems(&dir)? {
+        if lock_held(&dir.join(format!("{stem}{LOCK_SUFFIX}")))? != Some(true) {
+            continue;
+        }
+        let record_path = dir.join(format!("{stem}{RECORD_SUFFIX}"));
+        let record = fs::read(&record_path)
+            .ok()
+            .and_then(|text| serde_json::from_slice::<RecordFile>(&text).ok())
+            .and_then(RecordFile::into_record);
+        let reader = match record {
+            Some(r) => StrandedReader {
+                pid: Some(r.pid),
+                kind: Some(r.served.kind.as_str()),
+                target: Some(r.served.target),
+                schema: r.schema,
+            },
+            None => StrandedReader {
+                pid: stem.split('-').next().and_then(|p| p.parse().ok()),
+                kind: None,
+                target: None,
+                schema: None,
+            },
+        };
+        if reader.pid.is_some_and(|pid| excused.contains(&pid))
+            || upgrade.keeps_reader(reader.schema)
+        {
+            continue;
+        }
+        stranded.push(reader);
+    }
+    if stranded.is_empty() {
+        return Ok(());
+    }
+    Err(StoreError::UpgradeStrandsReaders {
+        from: upgrade.from,
+        to: upgrade.to,
+        readers: stranded,
+    })
 }
 
 /// Deletes the records and lock files of processes that are gone (whose lock

@@ -29,6 +29,7 @@ use crate::lock::{DEFAULT_LOCK_TIMEOUT, INGEST_LOCK, StoreLock};
 use crate::names;
 use crate::params::FROZEN;
 use crate::read::{LocalPacks, Reader, ReaderOptions};
+use crate::runtime;
 use crate::scan::{ScanOptions, SourcePolicy};
 use crate::tree::InodeType;
 
@@ -159,7 +160,9 @@ impl Store {
             .open(&catalog_path)
             .map_err(|e| StoreError::io(&catalog_path, e))?;
         tighten_modes(dir);
-        let catalog = Catalog::open(&catalog_path, true)?;
+        let catalog = Catalog::open(&catalog_path, true, &|upgrade| {
+            runtime::check_upgrade(dir, upgrade, &[])
+        })?;
         match catalog.meta("format")? {
             None => {
                 catalog.set_meta("format", STORE_FORMAT)?;
@@ -182,8 +185,19 @@ impl Store {
         Self::open(dir)
     }
 
-    /// Opens an existing store.
+    /// Opens an existing store. If its catalog must be upgraded to this
+    /// build's schema first, and a running reader of an older build could
+    /// not read it then, nothing is changed and
+    /// [`StoreError::UpgradeStrandsReaders`] names them.
     pub fn open(dir: &Path) -> Result<Store> {
+        Self::open_excusing(dir, &[])
+    }
+
+    /// [`Store::open`], upgrading the catalog even if the readers whose
+    /// pids are in `excused` could not read it then: the caller is about to
+    /// replace them (a takeover, which opens the store while the daemon it
+    /// replaces still serves).
+    pub fn open_excusing(dir: &Path, excused: &[u32]) -> Result<Store> {
         let catalog_path = dir.join(CATALOG_FILE);
         if !catalog_path.is_file() {
             return Err(StoreError::NotAStore {
@@ -195,7 +209,9 @@ impl Store {
         // owner's first open; anyone else (a reader of a store it does not
         // own) changes nothing.
         tighten_modes(dir);
-        let catalog = Catalog::open(&catalog_path, false)?;
+        let catalog = Catalog::open(&catalog_path, false, &|upgrade| {
+            runtime::check_upgrade(dir, upgrade, excused)
+        })?;
         match catalog.meta("format")?.as_deref() {
             Some(STORE_FORMAT) => {}
             other => {

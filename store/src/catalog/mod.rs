@@ -29,7 +29,7 @@ use crate::pack::ChunkLocation;
 use crate::tree::{InodeType, Xattrs, decode_xattrs};
 
 pub use remotes::{BlockChunk, NewRemote, RemoteRow, RemoteUse};
-pub use schema::SCHEMA_VERSION;
+pub use schema::{OLDEST_READER_KEY, SCHEMA_VERSION, Upgrade};
 pub use trees::PackageTree;
 
 /// Store totals for `nip stats`: row counts and bytes of the catalog's
@@ -336,7 +336,9 @@ impl Catalog {
     }
 
     /// Opens (and if needed creates and migrates) the catalog at `path`.
-    pub fn open(path: &Path, create: bool) -> Result<Self> {
+    /// An upgrade of its schema is shown to `check` first, which may refuse
+    /// it (see [`schema::migrate`]).
+    pub fn open(path: &Path, create: bool, check: &dyn Fn(&Upgrade) -> Result<()>) -> Result<Self> {
         let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         if create {
             flags |= OpenFlags::SQLITE_OPEN_CREATE;
@@ -353,12 +355,13 @@ impl Catalog {
             e => e.into(),
         })?;
         configure(&conn)?;
-        schema::migrate(&mut conn)?;
+        schema::migrate(&mut conn, check)?;
         Ok(Catalog { conn })
     }
 
     /// Opens the catalog at `path`, which must exist at this build's
-    /// schema version, read-only: for the connections of a reader, which
+    /// schema version (or a newer one that readers of this version still
+    /// read, see [`schema::readable`]), read-only: for the connections of a reader, which
     /// must not take the write lock a migration check needs (the store was
     /// opened, and migrated, once before). Read-only, so that a daemon that
     /// confines itself later holds no descriptor that could write the
@@ -369,12 +372,7 @@ impl Catalog {
         let conn = Connection::open_with_flags(path, flags)?;
         configure(&conn)?;
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        if version != SCHEMA_VERSION {
-            return Err(StoreError::SchemaMismatch {
-                found: version,
-                expected: SCHEMA_VERSION,
-            });
-        }
+        schema::readable(&conn, version)?;
         Ok(Catalog { conn })
     }
 
@@ -956,7 +954,7 @@ mod wal_tests {
     fn a_large_transaction_leaves_no_large_log_behind() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("catalog.db");
-        let catalog = Catalog::open(&path, true).unwrap();
+        let catalog = Catalog::open(&path, true, &|_| Ok(())).unwrap();
         // Another connection that stays open, as a mount daemon's would:
         // then closing the writer does not remove the log.
         let reader = Connection::open(&path).unwrap();

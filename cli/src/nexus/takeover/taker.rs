@@ -158,6 +158,13 @@ pub fn takeover(request: &TakeoverRequest, ready: Option<&mut Ready>) -> Result<
         offer.pid,
         offer.version
     );
+    // A newer build may have to upgrade the catalog first. The daemon
+    // handing over may not read it then, but it stops serving in a moment:
+    // excuse it (by the pid the kernel gives for the socket's peer), and
+    // no other reader.
+    let (handing_pid, _) = peer(&stream)?;
+    nexus_store::Store::open_excusing(&settings.store, &[handing_pid])
+        .with_context(|| format!("opening the store {}", settings.store.display()))?;
     // The slow part, while the old daemon still serves.
     let (view, source) =
         crate::open::open_view_and_source(&settings.store, settings.view_options())?;
