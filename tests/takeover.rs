@@ -725,3 +725,84 @@ fn a_hostile_daemon_on_the_takeover_socket_chooses_nothing_root_writes() {
     drop(listener);
     mount.umount();
 }
+
+/// A successor that says it is ready and then stops reading (stopped with
+/// Ctrl-Z, stuck): the daemon holds back every lookup while it sends the
+/// state, and the successor has `QUICK` (10 s) to commit. The state of
+/// a mount whose kernel holds a few thousand inodes is larger than a unix
+/// socket's buffer, so the daemon blocked in sending it, for as long as
+/// the successor did not read: every lookup on the mount hung with it.
+#[test]
+fn a_successor_that_stops_reading_the_state_does_not_hang_the_mount() {
+    if !root_or_skip("a_successor_that_stops_reading_the_state") {
+        return;
+    }
+    let scratch = Scratch::new("takeover-stalled");
+    // Long names: each held inode takes its name, hex-encoded, in the state.
+    for i in 0..4000 {
+        write_file(
+            &scratch.join(format!("many/share/{i:04}-{}", "n".repeat(100))),
+            b"x",
+        );
+    }
+    write_file(&scratch.join("b/bin/b"), b"b\n");
+    let store = Store::init();
+    store.add_dir(&scratch.join("many"), "many", "1");
+    let mount = Mount::start(store.path(), &scratch.join("mnt"), &[]);
+    // The kernel looks up (and holds) every file.
+    let mut held = 0;
+    for entry in fs::read_dir(mount.join("many/1/share")).unwrap() {
+        assert_eq!(fs::metadata(entry.unwrap().path()).unwrap().len(), 1);
+        held += 1;
+    }
+    assert_eq!(held, 4000);
+    store.add_dir(&scratch.join("b"), "b", "1");
+    assert!(wait_for(Duration::from_secs(2), || mount
+        .join("b")
+        .exists()));
+
+    let socket = fs::read_dir(store.path().join("run"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "sock"))
+        .expect("a takeover socket in STORE/run");
+    let frame = |value: serde_json::Value| {
+        let body = serde_json::to_vec(&value).unwrap();
+        let mut out = (body.len() as u32).to_be_bytes().to_vec();
+        out.extend(body);
+        out
+    };
+    let mut stream = UnixStream::connect(&socket).unwrap();
+    stream
+        .write_all(&frame(serde_json::json!({
+            "format": "nexus-takeover-v1", "type": "hello", "pid": std::process::id(),
+            "version": "test"
+        })))
+        .unwrap();
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).unwrap();
+    let mut offer = vec![0u8; u32::from_be_bytes(len) as usize];
+    stream.read_exact(&mut offer).unwrap();
+    stream
+        .write_all(&frame(
+            serde_json::json!({"format": "nexus-takeover-v1", "type": "ready"}),
+        ))
+        .unwrap();
+    // ... and reads nothing more. A lookup waits, but not for ever.
+    let started = Instant::now();
+    let waiting = {
+        let path = mount.join("b/1/bin/b");
+        thread::spawn(move || fs::read(path))
+    };
+    let answered = wait_for(Duration::from_secs(20), || waiting.is_finished());
+    let waited = started.elapsed();
+    drop(stream);
+    assert!(
+        answered,
+        "a lookup still waited {waited:?} after the successor stopped reading\n{}",
+        mount.log()
+    );
+    assert_eq!(waiting.join().unwrap().unwrap(), b"b\n");
+    assert!(alive(mount.pid()));
+    mount.umount();
+}

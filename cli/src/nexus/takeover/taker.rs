@@ -39,7 +39,7 @@ pub struct TakeoverRequest {
 }
 
 fn send(stream: &mut UnixStream, message: Message) -> Result<()> {
-    wire::send(stream, &Envelope::new(message), &[])?;
+    wire::send(stream, &Envelope::new(message), &[], ANSWER)?;
     Ok(())
 }
 
