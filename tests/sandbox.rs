@@ -699,3 +699,46 @@ fn a_confined_daemon_holds_no_descriptor_that_writes_the_catalog() {
         "the confined daemons can write the catalog: mount {writable:?}, virtio-fs {guests:?}"
     );
 }
+
+/// `user.nexus.requests` on the mount's root shows what every user of the
+/// mount does: it is answered to root and to the user that started the
+/// daemon, not to the sandbox user a confined daemon serves as (`nobody`
+/// here, shared with other services and, without a `nexusbld` account,
+/// with build scripts), nor to anyone else.
+#[test]
+fn the_request_counts_are_not_answered_to_the_sandbox_user() {
+    if !root_or_skip("the_request_counts_are_not_answered_to_the_sandbox_user") {
+        return;
+    }
+    let scratch = Scratch::new("sandbox-counts");
+    fs::set_permissions(scratch.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let store = demo_store(&scratch);
+    let mount = Mount::start(store.path(), &scratch.join("mnt"), &["--allow-other"]);
+    assert_confined(mount.pid(), "nexus mount");
+    let sandbox = fs::metadata(format!("/proc/{}", mount.pid()))
+        .unwrap()
+        .uid();
+    assert_ne!(sandbox, 0);
+    let read_as = |uid: u32| {
+        Command::new("setpriv")
+            .arg(format!("--reuid={uid}"))
+            .arg(format!("--regid={uid}"))
+            .args(["--clear-groups", "--", "/usr/bin/python3", "-c"])
+            .arg("import os,sys; sys.stdout.write(os.getxattr(sys.argv[1], 'user.nexus.requests').decode())")
+            .arg(mount.point())
+            .output()
+            .unwrap()
+    };
+    let root = read_as(0);
+    assert!(root.status.success(), "root: {}", show(&root));
+    assert!(String::from_utf8_lossy(&root.stdout).starts_with('{'));
+    for uid in [sandbox, 4321] {
+        let out = read_as(uid);
+        assert!(
+            !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("No data"),
+            "uid {uid} read the request counts: {}",
+            show(&out)
+        );
+    }
+    mount.umount();
+}
