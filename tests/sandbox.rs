@@ -628,3 +628,117 @@ fn the_sandbox_user_must_exist_and_not_be_root() {
         assert!(!is_mounted(&point), "a refused daemon left its mount");
     }
 }
+
+/// The descriptors of `pid` open on `store`'s catalog or its WAL for
+/// writing, as `FD PATH flags`.
+fn writable_catalog_descriptors(pid: i32, store: &Path) -> Vec<String> {
+    let catalog = store.join("catalog.db");
+    let wal = store.join("catalog.db-wal");
+    let mut found = Vec::new();
+    for fd in fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
+        let Ok(target) = fs::read_link(fd.path()) else {
+            continue;
+        };
+        if target != catalog && target != wal {
+            continue;
+        }
+        let name = fd.file_name().to_string_lossy().into_owned();
+        let Ok(info) = fs::read_to_string(format!("/proc/{pid}/fdinfo/{name}")) else {
+            continue;
+        };
+        let flags = info
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+            .unwrap();
+        if flags as i32 & libc::O_ACCMODE != libc::O_RDONLY {
+            found.push(format!("{name} {} flags {flags:o}", target.display()));
+        }
+    }
+    found
+}
+
+/// ARCHITECTURE.md: the daemon's catalog connections are read-only, "so it
+/// holds no descriptor that writes the catalog or its WAL" — what keeps a
+/// daemon someone took over (a hostile guest's, say) from rewriting
+/// packages' modes, owners and contents for every other mount of the
+/// store (setuid honoured on /Programs). Landlock checks a path when it is
+/// opened, not a descriptor opened before the daemon confined itself, and
+/// the filter allows pwrite64: a descriptor open for writing is a way
+/// around both.
+///
+/// Not fixed yet: the read-write catalog descriptor is the one `Store::open`
+/// made in `open_view_and_source`, which SQLite keeps open after the store
+/// is dropped (another connection of the process holds a lock on the file,
+/// and closing would drop it), and SQLite opens `-wal` read-write for
+/// read-only connections too. Run with `--ignored`.
+#[test]
+#[ignore = "finding: the confined daemons hold read-write catalog and WAL descriptors"]
+fn a_confined_daemon_holds_no_descriptor_that_writes_the_catalog() {
+    if !root_or_skip("a_confined_daemon_holds_no_descriptor_that_writes_the_catalog") {
+        return;
+    }
+    let scratch = Scratch::new("sandbox-catalog-fds");
+    let store = demo_store(&scratch);
+    let mount = Mount::start(store.path(), &scratch.join("mnt"), &[]);
+    assert_confined(mount.pid(), "nexus mount");
+    assert_eq!(
+        fs::read(mount.join("demo/1/bin/tool")).unwrap(),
+        b"demo 1\n"
+    );
+    let writable = writable_catalog_descriptors(mount.pid(), store.path());
+    mount.umount();
+    // The guests' daemon, which parses what hostile kernels send.
+    let server = Server::start(store.path(), &[]);
+    assert_confined(server.pid(), "nexus serve --virtio-fs");
+    drop(vhost_user_handshake(server.socket()));
+    let guests = writable_catalog_descriptors(server.pid(), store.path());
+    server.stop();
+    assert!(
+        writable.is_empty() && guests.is_empty(),
+        "the confined daemons can write the catalog: mount {writable:?}, virtio-fs {guests:?}"
+    );
+}
+
+/// `user.nexus.requests` on the mount's root shows what every user of the
+/// mount does: it is answered to root and to the user that started the
+/// daemon, not to the sandbox user a confined daemon serves as (`nobody`
+/// here, shared with other services and, without a `nexusbld` account,
+/// with build scripts), nor to anyone else.
+#[test]
+fn the_request_counts_are_not_answered_to_the_sandbox_user() {
+    if !root_or_skip("the_request_counts_are_not_answered_to_the_sandbox_user") {
+        return;
+    }
+    let scratch = Scratch::new("sandbox-counts");
+    fs::set_permissions(scratch.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let store = demo_store(&scratch);
+    let mount = Mount::start(store.path(), &scratch.join("mnt"), &["--allow-other"]);
+    assert_confined(mount.pid(), "nexus mount");
+    let sandbox = fs::metadata(format!("/proc/{}", mount.pid()))
+        .unwrap()
+        .uid();
+    assert_ne!(sandbox, 0);
+    let read_as = |uid: u32| {
+        Command::new("setpriv")
+            .arg(format!("--reuid={uid}"))
+            .arg(format!("--regid={uid}"))
+            .args(["--clear-groups", "--", "/usr/bin/python3", "-c"])
+            .arg("import os,sys; sys.stdout.write(os.getxattr(sys.argv[1], 'user.nexus.requests').decode())")
+            .arg(mount.point())
+            .output()
+            .unwrap()
+    };
+    let root = read_as(0);
+    assert!(root.status.success(), "root: {}", show(&root));
+    assert!(String::from_utf8_lossy(&root.stdout).starts_with('{'));
+    for uid in [sandbox, 4321] {
+        let out = read_as(uid);
+        assert!(
+            !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("No data"),
+            "uid {uid} read the request counts: {}",
+            show(&out)
+        );
+    }
+    mount.umount();
+}

@@ -716,3 +716,201 @@ fn an_upgrade_under_an_older_daemon_waits_for_its_takeover() {
     assert!(out.status.success(), "{}", show(&out));
     assert!(wait_for(Duration::from_secs(10), || !alive(pids[0] as i32)));
 }
+
+/// The daemon on the takeover socket is a confined process (the sandbox
+/// user, no capability but two): should a request handling bug give one
+/// code execution in it, the offer it makes is an attacker's. The
+/// successor runs as root, so nothing in the offer may choose what root
+/// writes or serves: not the log file (root appended to any file, the
+/// offer's version string included, and the new daemon's Landlock rules
+/// granted appending under the log's directory), not the store (root
+/// served a store of the attacker's with setuid honoured), not the Index
+/// (its keeper unmounts it). Here the test answers on the mount's
+/// takeover socket as such a daemon would, and `nexus takeover` must write
+/// nothing, and refuse another store or Index before it says it is ready.
+#[test]
+fn a_hostile_daemon_on_the_takeover_socket_chooses_nothing_root_writes() {
+    if !root_or_skip("a_hostile_daemon_on_the_takeover_socket") {
+        return;
+    }
+    let scratch = Scratch::new("takeover-hostile");
+    write_file(&scratch.join("a/bin/a"), b"a\n");
+    let store = Store::init();
+    store.add_dir(&scratch.join("a"), "a", "1");
+    let other = Store::init();
+    other.add_dir(&scratch.join("a"), "evil", "1");
+    let mount = Mount::start(store.path(), &scratch.join("mnt"), &[]);
+    let socket = fs::read_dir(store.path().join("run"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "sock"))
+        .expect("a takeover socket in STORE/run");
+    // The compromised daemon answers on the socket (it may bind and replace
+    // files in STORE/run; its own socket would do as well).
+    fs::remove_file(&socket).unwrap();
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+
+    let victim = scratch.join("etc/victim");
+    write_file(&victim, b"precious\n");
+    let frame = |value: serde_json::Value| {
+        let body = serde_json::to_vec(&value).unwrap();
+        let mut out = (body.len() as u32).to_be_bytes().to_vec();
+        out.extend(body);
+        out
+    };
+    let read_frame = |stream: &mut UnixStream| -> Option<serde_json::Value> {
+        let mut len = [0u8; 4];
+        stream.read_exact(&mut len).ok()?;
+        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+        stream.read_exact(&mut body).ok()?;
+        serde_json::from_slice(&body).ok()
+    };
+    let offer = |store: &Path, log: Option<&Path>, index: Option<&Path>| {
+        serde_json::json!({
+            "format": "nexus-takeover-v1", "type": "offer",
+            "pid": std::process::id(), "version": "0.1.0\nroot# injected line",
+            "store": store, "mountpoint": mount.point(), "index": index,
+            "fixed_generation": null, "shown_generation": null,
+            "allow_other": true, "suid": true, "threads": 2, "cache_bytes": 1 << 20,
+            "pid_file": null, "log_file": log,
+        })
+    };
+    // A log file the old daemon does not hold is left out (the successor
+    // logs to stderr); another store or an Index that is not one is refused.
+    let cases = [
+        (
+            "a log file",
+            offer(store.path(), Some(&victim), None),
+            false,
+        ),
+        ("another store", offer(other.path(), None, None), true),
+        (
+            "an Index that is not one",
+            offer(store.path(), None, Some(&scratch.join("etc"))),
+            true,
+        ),
+    ];
+    for (what, offer, refused) in cases {
+        let giver = {
+            let listener = listener.try_clone().unwrap();
+            let hello = frame(offer);
+            thread::spawn(move || {
+                let (mut stream, _) = listener.accept().unwrap();
+                let first = read_frame(&mut stream);
+                assert_eq!(first.unwrap()["type"], "hello");
+                stream.write_all(&hello).unwrap();
+                // What the successor says next, if anything.
+                read_frame(&mut stream)
+            })
+        };
+        let out = nexus(
+            store.path(),
+            [
+                OsString::from("takeover"),
+                mount.point().into(),
+                "--foreground".into(),
+            ],
+        );
+        let answer = giver.join().unwrap();
+        assert!(
+            !out.status.success(),
+            "{what}: the takeover succeeded: {}",
+            show(&out)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&fs::read(&victim).unwrap()),
+            "precious\n",
+            "{what}: root wrote to the file the offer named"
+        );
+        assert!(
+            !refused || answer.is_none(),
+            "{what}: the successor went on with a hostile offer: {answer:?}\n{}",
+            show(&out)
+        );
+    }
+    assert!(alive(mount.pid()));
+    assert_eq!(fs::read(mount.join("a/1/bin/a")).unwrap(), b"a\n");
+    drop(listener);
+    mount.umount();
+}
+
+/// A successor that says it is ready and then stops reading (stopped with
+/// Ctrl-Z, stuck): the daemon holds back every lookup while it sends the
+/// state, and the successor has `QUICK` (10 s) to commit. The state of
+/// a mount whose kernel holds a few thousand inodes is larger than a unix
+/// socket's buffer, so the daemon blocked in sending it, for as long as
+/// the successor did not read: every lookup on the mount hung with it.
+#[test]
+fn a_successor_that_stops_reading_the_state_does_not_hang_the_mount() {
+    if !root_or_skip("a_successor_that_stops_reading_the_state") {
+        return;
+    }
+    let scratch = Scratch::new("takeover-stalled");
+    // Long names: each held inode takes its name, hex-encoded, in the state.
+    for i in 0..4000 {
+        write_file(
+            &scratch.join(format!("many/share/{i:04}-{}", "n".repeat(100))),
+            b"x",
+        );
+    }
+    write_file(&scratch.join("b/bin/b"), b"b\n");
+    let store = Store::init();
+    store.add_dir(&scratch.join("many"), "many", "1");
+    let mount = Mount::start(store.path(), &scratch.join("mnt"), &[]);
+    // The kernel looks up (and holds) every file.
+    let mut held = 0;
+    for entry in fs::read_dir(mount.join("many/1/share")).unwrap() {
+        assert_eq!(fs::metadata(entry.unwrap().path()).unwrap().len(), 1);
+        held += 1;
+    }
+    assert_eq!(held, 4000);
+    store.add_dir(&scratch.join("b"), "b", "1");
+    assert!(wait_for(Duration::from_secs(2), || mount
+        .join("b")
+        .exists()));
+
+    let socket = fs::read_dir(store.path().join("run"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "sock"))
+        .expect("a takeover socket in STORE/run");
+    let frame = |value: serde_json::Value| {
+        let body = serde_json::to_vec(&value).unwrap();
+        let mut out = (body.len() as u32).to_be_bytes().to_vec();
+        out.extend(body);
+        out
+    };
+    let mut stream = UnixStream::connect(&socket).unwrap();
+    stream
+        .write_all(&frame(serde_json::json!({
+            "format": "nexus-takeover-v1", "type": "hello", "pid": std::process::id(),
+            "version": "test"
+        })))
+        .unwrap();
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).unwrap();
+    let mut offer = vec![0u8; u32::from_be_bytes(len) as usize];
+    stream.read_exact(&mut offer).unwrap();
+    stream
+        .write_all(&frame(
+            serde_json::json!({"format": "nexus-takeover-v1", "type": "ready"}),
+        ))
+        .unwrap();
+    // ... and reads nothing more. A lookup waits, but not for ever.
+    let started = Instant::now();
+    let waiting = {
+        let path = mount.join("b/1/bin/b");
+        thread::spawn(move || fs::read(path))
+    };
+    let answered = wait_for(Duration::from_secs(20), || waiting.is_finished());
+    let waited = started.elapsed();
+    drop(stream);
+    assert!(
+        answered,
+        "a lookup still waited {waited:?} after the successor stopped reading\n{}",
+        mount.log()
+    );
+    assert_eq!(waiting.join().unwrap().unwrap(), b"b\n");
+    assert!(alive(mount.pid()));
+    mount.umount();
+}

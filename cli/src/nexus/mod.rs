@@ -186,9 +186,9 @@ pub enum Command {
     /// exits: programs running from the mount, files open in it and shells
     /// inside it carry on, and no request fails. The new daemon serves with
     /// the old one's settings (store, Index, allow-other, threads, cache,
-    /// pid file, log file) and, first, the generation it showed, then
-    /// follows the live one as usual. The command returns once the new
-    /// daemon serves.
+    /// pid file and log file, when the old daemon holds them) and, first,
+    /// the generation it showed, then follows the live one as usual. The
+    /// command returns once the new daemon serves.
     ///
     /// `systemctl reload nexus-mount@Programs` runs this through the unit.
     /// The old daemon hands over only to a process of its own user (root

@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// counts, as one JSON object `{"LOOKUP": 12, ...}` (opcodes in the
 /// kernel's spelling, without the `FUSE_` prefix; kinds never sent are
 /// left out). Not listed by `listxattr`; answered only to root and the
-/// user the daemon runs as. Reading it is not counted.
+/// user that started the daemon (not the sandbox user a confined daemon
+/// serves as, `nobody` when no `nexus` account exists, which other
+/// services and build scripts may share). Reading it is not counted.
 pub const REQUESTS_XATTR: &[u8] = b"user.nexus.requests";
 
 /// The request kinds counted: every request the kernel may send a
@@ -135,9 +137,22 @@ impl Op {
 }
 
 /// Requests counted by kind.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RequestCounts {
     counts: [AtomicU64; Op::ALL.len()],
+    /// The user the counts are answered to besides root: the effective
+    /// user when they were made, before the daemon confined itself.
+    owner: u32,
+}
+
+impl Default for RequestCounts {
+    fn default() -> RequestCounts {
+        RequestCounts {
+            counts: Default::default(),
+            // SAFETY: geteuid has no preconditions.
+            owner: unsafe { libc::geteuid() },
+        }
+    }
 }
 
 impl RequestCounts {
@@ -189,17 +204,16 @@ impl RequestCounts {
 }
 
 /// Answers a read of [`REQUESTS_XATTR`] with `counts`: to root and to the
-/// user the daemon runs as; anyone else is told there is no such
-/// attribute (the counts show what other users do).
+/// user that started the daemon; anyone else (the sandbox user included)
+/// is told there is no such attribute (the counts show what other users
+/// do).
 pub(super) fn reply_counts(
     counts: &RequestCounts,
     req: &fuser::Request,
     size: u32,
     reply: fuser::ReplyXattr,
 ) {
-    // SAFETY: geteuid has no preconditions.
-    let owner = unsafe { libc::geteuid() };
-    if req.uid() != 0 && req.uid() != owner {
+    if req.uid() != 0 && req.uid() != counts.owner {
         reply.error(fuser::Errno::from_i32(libc::ENODATA));
         return;
     }

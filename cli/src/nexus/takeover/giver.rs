@@ -145,7 +145,10 @@ fn send(
     message: Message,
     fds: &[std::os::fd::BorrowedFd<'_>],
 ) -> Result<()> {
-    wire::send(stream, &Envelope::new(message), fds)?;
+    // The successor reads at once; one that stops reading must not hold
+    // back the mount's lookups (see send_state_and_wait) any longer than
+    // it may take to commit.
+    wire::send(stream, &Envelope::new(message), fds, QUICK)?;
     Ok(())
 }
 

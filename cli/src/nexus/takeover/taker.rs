@@ -39,7 +39,7 @@ pub struct TakeoverRequest {
 }
 
 fn send(stream: &mut UnixStream, message: Message) -> Result<()> {
-    wire::send(stream, &Envelope::new(message), &[])?;
+    wire::send(stream, &Envelope::new(message), &[], ANSWER)?;
     Ok(())
 }
 
@@ -54,6 +54,13 @@ fn receive(stream: &mut UnixStream) -> Result<(Message, Vec<OwnedFd>)> {
 
 /// The settings the old daemon served with, checked against what was
 /// asked.
+///
+/// The offer comes from a confined process (the sandbox user) and this one
+/// runs as root: should a request handling bug have given someone code
+/// execution in the old daemon, the offer is theirs. So it chooses nothing
+/// root writes or serves: the mount point and the store must be the ones
+/// asked for, and the pid file and log file are taken from it only once
+/// [`vouch_for_files`] has seen that the old daemon really has them.
 fn settings_of(offer: &Offer, request: &TakeoverRequest) -> Result<Settings> {
     let mountpoint = PathBuf::from(&offer.mountpoint);
     if mountpoint != request.mountpoint {
@@ -64,6 +71,13 @@ fn settings_of(offer: &Offer, request: &TakeoverRequest) -> Result<Settings> {
         );
     }
     let store = PathBuf::from(&offer.store);
+    if !same_directory(&store, &request.store) {
+        bail!(
+            "the daemon on the takeover socket serves the store {}, not {}",
+            store.display(),
+            request.store.display()
+        );
+    }
     Ok(Settings {
         mount: MountOptions {
             allow_other: offer.allow_other,
@@ -78,23 +92,141 @@ fn settings_of(offer: &Offer, request: &TakeoverRequest) -> Result<Settings> {
         index: offer.index.as_ref().map(PathBuf::from),
         generation: offer.fixed_generation,
         cache_bytes: offer.cache_bytes,
-        pid_file: offer.pid_file.as_ref().map(PathBuf::from),
-        log_file: request
-            .log_file
-            .clone()
-            .or_else(|| offer.log_file.as_ref().map(PathBuf::from)),
+        // See vouch_for_files.
+        pid_file: None,
+        log_file: request.log_file.clone(),
         image: None,
         sandbox: request.sandbox.clone(),
     })
 }
 
+/// Whether `a` and `b` name the same directory.
+fn same_directory(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.is_dir() && a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// Takes the offer's pid file and log file into `settings` only where the
+/// old daemon, process `pid`, vouches for them by what it holds, not by
+/// what it says: the log file only if it has that very file open for
+/// appending (confined, it could open nothing outside its Landlock rules),
+/// the pid file only if it is a regular file of our user holding its pid
+/// (written before it confined itself; confined, it can make no file of
+/// ours). A path not vouched for is left out, with a warning: the new
+/// daemon logs to stderr (the journal under systemd) and writes no pid
+/// file rather than write where an attacker says. Returns the warnings, to
+/// log once logging is set up.
+fn vouch_for_files(offer: &Offer, pid: u32, settings: &mut Settings) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if settings.log_file.is_none()
+        && let Some(log) = &offer.log_file
+    {
+        let log = PathBuf::from(log);
+        if holds_for_appending(pid, &log) {
+            settings.log_file = Some(log);
+        } else {
+            warnings.push(format!(
+                "the old daemon (pid {pid}) named the log file {} but does not have it open: logging to stderr (pass --log-file)",
+                log.display()
+            ));
+        }
+    }
+    if let Some(pid_file) = &offer.pid_file {
+        let pid_file = PathBuf::from(pid_file);
+        if names_pid(&pid_file, pid) {
+            settings.pid_file = Some(pid_file);
+        } else {
+            warnings.push(format!(
+                "the old daemon (pid {pid}) named the pid file {}, which does not hold its pid: writing none",
+                pid_file.display()
+            ));
+        }
+    }
+    warnings
+}
+
+/// Whether process `pid` has the file at `path` open for appending.
+fn holds_for_appending(pid: u32, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(wanted) = std::fs::metadata(path) else {
+        return false;
+    };
+    if !wanted.is_file() {
+        return false;
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        let same = std::fs::metadata(fd.path())
+            .is_ok_and(|m| m.dev() == wanted.dev() && m.ino() == wanted.ino());
+        same && std::fs::read_to_string(format!(
+            "/proc/{pid}/fdinfo/{}",
+            fd.file_name().to_string_lossy()
+        ))
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("flags:"))
+                .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+        })
+        .is_some_and(|flags| {
+            let flags = flags as libc::c_int;
+            flags & libc::O_APPEND != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY
+        })
+    })
+}
+
+/// Whether `path` is a regular file (not a link) of our user that says
+/// `pid`, as a pid file does.
+fn names_pid(path: &Path, pid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return false;
+    };
+    meta.is_file()
+        && meta.uid() == rustix::process::geteuid().as_raw()
+        && meta.len() <= 32
+        && std::fs::read_to_string(path).is_ok_and(|text| text.trim() == pid.to_string())
+}
+
+/// Whether the Index the offer names is a nexus mount: the new daemon's
+/// keeper unmounts it when the daemon ends.
+fn check_index(settings: &Settings) -> Result<()> {
+    let Some(dir) = &settings.index else {
+        return Ok(());
+    };
+    let canonical = std::fs::canonicalize(dir).ok();
+    let mount = match &canonical {
+        Some(c) if c == dir => crate::nexus::mounts::find_mount(c)?,
+        _ => None,
+    };
+    if !mount.is_some_and(|m| m.is_nexus()) || dir == &settings.mountpoint {
+        bail!(
+            "the daemon on the takeover socket names {} as its Index, which is not a nexus mount",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 /// Whether the peer on the takeover socket is the daemon serving the mount
 /// point: of our own user, or (confined, it serves as another) the process
 /// whose live runtime record names the mount point and that made the offer.
-fn check_daemon(stream: &UnixStream, offer: &Offer, settings: &Settings) -> Result<()> {
+/// Returns its pid.
+fn check_daemon(stream: &UnixStream, offer: &Offer, settings: &Settings) -> Result<u32> {
     let (pid, uid) = peer(stream)?;
+    if pid != offer.pid {
+        bail!(
+            "the process on the takeover socket (pid {pid}) offered as pid {}",
+            offer.pid
+        );
+    }
     if uid == rustix::process::geteuid() {
-        return Ok(());
+        return Ok(pid);
     }
     let records =
         nexus_store::runtime::live(&settings.store).context("reading the runtime records")?;
@@ -108,7 +240,7 @@ fn check_daemon(stream: &UnixStream, offer: &Offer, settings: &Settings) -> Resu
             settings.mountpoint.display()
         );
     }
-    Ok(())
+    Ok(pid)
 }
 
 /// For a live view: shows `generation` first (see `View::show_first`).
@@ -146,14 +278,19 @@ pub fn takeover(request: &TakeoverRequest, ready: Option<&mut Ready>) -> Result<
         Message::Refused { reason } => bail!("the daemon refused to hand over: {reason}"),
         other => bail!("the daemon answered {other:?}"),
     };
-    let settings = settings_of(&offer, request)?;
-    check_daemon(&stream, &offer, &settings)?;
+    let mut settings = settings_of(&offer, request)?;
+    let pid = check_daemon(&stream, &offer, &settings)?;
+    check_index(&settings)?;
+    let warnings = vouch_for_files(&offer, pid, &mut settings);
     logging::init(
         request.verbose,
         &logging::destination(settings.log_file.clone()),
     )?;
+    for warning in warnings {
+        tracing::warn!("{warning}");
+    }
     tracing::info!(
-        "taking over {} from pid {} (nexus {})",
+        "taking over {} from pid {} (nexus {:?})",
         settings.mountpoint.display(),
         offer.pid,
         offer.version
@@ -162,8 +299,7 @@ pub fn takeover(request: &TakeoverRequest, ready: Option<&mut Ready>) -> Result<
     // handing over may not read it then, but it stops serving in a moment:
     // excuse it (by the pid the kernel gives for the socket's peer), and
     // no other reader.
-    let (handing_pid, _) = peer(&stream)?;
-    nexus_store::Store::open_excusing(&settings.store, &[handing_pid])
+    nexus_store::Store::open_excusing(&settings.store, &[pid])
         .with_context(|| format!("opening the store {}", settings.store.display()))?;
     // The slow part, while the old daemon still serves.
     let (view, source) =
@@ -330,10 +466,13 @@ mod tests {
 
     #[test]
     fn an_offer_for_another_mount_point_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        std::fs::create_dir(&store).unwrap();
         let offer = Offer {
             pid: 1,
             version: "0".into(),
-            store: "/var/lib/nexus".into(),
+            store: store.to_str().unwrap().into(),
             mountpoint: "/Programs".into(),
             index: Some("/System/Index".into()),
             fixed_generation: None,
@@ -346,7 +485,7 @@ mod tests {
             log_file: Some("/var/log/nexus.log".into()),
         };
         let mut request = TakeoverRequest {
-            store: "/var/lib/nexus".into(),
+            store: store.clone(),
             mountpoint: "/mnt".into(),
             log_file: None,
             verbose: 0,
@@ -356,11 +495,45 @@ mod tests {
         request.mountpoint = "/Programs".into();
         let settings = settings_of(&offer, &request).unwrap();
         assert_eq!(settings.index.as_deref(), Some(Path::new("/System/Index")));
-        assert_eq!(
-            settings.log_file.as_deref(),
-            Some(Path::new("/var/log/nexus.log"))
-        );
+        // Only once the old daemon vouches for them (vouch_for_files).
+        assert_eq!(settings.log_file, None);
+        assert_eq!(settings.pid_file, None);
         assert!(settings.mount.allow_other && settings.mount.suid);
         assert_eq!(settings.view_options().generation, GenerationChoice::Live);
+        // Another store (the offer is the old daemon's word) is refused.
+        request.store = dir.path().to_path_buf();
+        assert!(settings_of(&offer, &request).is_err());
+    }
+
+    /// The old daemon's word names no file root writes: a log file only if
+    /// it holds it open for appending, a pid file only if it is ours and
+    /// holds its pid.
+    #[test]
+    fn an_offer_names_only_files_the_old_daemon_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = std::process::id();
+        let (log, other, pid_file, victim) = (
+            dir.path().join("log"),
+            dir.path().join("other"),
+            dir.path().join("pid"),
+            dir.path().join("victim"),
+        );
+        let _held = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        std::fs::write(&other, b"precious").unwrap();
+        let _read_only = std::fs::File::open(&other).unwrap();
+        std::fs::write(&pid_file, format!("{me}\n")).unwrap();
+        std::fs::write(&victim, b"precious").unwrap();
+        assert!(holds_for_appending(me, &log));
+        assert!(!holds_for_appending(me, &other), "open, but read-only");
+        assert!(!holds_for_appending(me, &victim));
+        assert!(names_pid(&pid_file, me));
+        assert!(!names_pid(&victim, me));
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&pid_file, &link).unwrap();
+        assert!(!names_pid(&link, me), "a link is not a pid file");
     }
 }

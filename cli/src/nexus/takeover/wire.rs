@@ -2,10 +2,13 @@
 //! message is a 4-byte big-endian length and that many bytes of JSON; the
 //! descriptors a message carries (`SCM_RIGHTS`) come with its first byte.
 //!
-//! Receiving waits at most a given time, with `poll` rather than a socket
-//! timeout: a confined daemon may not `setsockopt` (`sandbox`).
+//! Sending and receiving wait at most a given time, with `poll` and
+//! non-blocking calls rather than a socket timeout: a confined daemon may
+//! not `setsockopt` (`sandbox`). A peer that stops reading must not hold a
+//! daemon (which holds back lookups while it sends the state) for longer
+//! than that.
 
-use std::io::{self, IoSlice, IoSliceMut, Read, Write};
+use std::io::{self, IoSlice, IoSliceMut, Read};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -24,57 +27,69 @@ pub const MAX_MESSAGE: u32 = 256 << 20;
 /// The most descriptors one message may carry (a mount and its Index).
 pub const MAX_FDS: usize = 4;
 
-/// Sends `message`, with `fds` attached.
+/// Sends `message`, with `fds` attached, within `timeout`: `TimedOut` if
+/// the peer did not take it all by then.
 pub fn send<T: Serialize>(
     stream: &mut UnixStream,
     message: &T,
     fds: &[BorrowedFd<'_>],
+    timeout: Duration,
 ) -> io::Result<()> {
+    let deadline = Instant::now() + timeout;
     let body = serde_json::to_vec(message).map_err(io::Error::other)?;
     let len = u32::try_from(body.len())
         .ok()
         .filter(|&n| n <= MAX_MESSAGE)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "message too large"))?;
-    let header = len.to_be_bytes();
     if fds.len() > MAX_FDS {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "too many descriptors for one message",
         ));
     }
-    // The descriptors go with the header, in one sendmsg that must take at
-    // least its first byte.
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
-    let mut control = SendAncillaryBuffer::new(&mut space);
-    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
-        return Err(io::Error::other("no room for the descriptors"));
-    }
-    let sent = loop {
+    let mut frame = Vec::with_capacity(4 + body.len());
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(&body);
+    drop(body);
+    let mut sent = 0;
+    while sent < frame.len() {
+        wait_for(stream, libc::POLLOUT, deadline)?;
+        // The descriptors go with the first byte: with every attempt until
+        // one sendmsg took some bytes.
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        if sent == 0 && !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+            return Err(io::Error::other("no room for the descriptors"));
+        }
         match rustix::net::sendmsg(
             stream.as_fd(),
-            &[IoSlice::new(&header)],
+            &[IoSlice::new(&frame[sent..])],
             &mut control,
-            SendFlags::NOSIGNAL,
+            SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
         ) {
-            Ok(n) => break n,
-            Err(rustix::io::Errno::INTR) => continue,
+            Ok(n) => sent += n,
+            Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => {}
             Err(e) => return Err(e.into()),
         }
-    };
-    stream.write_all(&header[sent..])?;
-    stream.write_all(&body)?;
-    stream.flush()
+    }
+    Ok(())
 }
 
 /// Waits until `stream` has something to read (or its peer went) by
 /// `deadline`; `TimedOut` after it.
 pub fn wait_readable(stream: &UnixStream, deadline: Instant) -> io::Result<()> {
+    wait_for(stream, libc::POLLIN, deadline)
+}
+
+/// Waits until `stream` is ready for `events` (or its peer went) by
+/// `deadline`; `TimedOut` after it.
+fn wait_for(stream: &UnixStream, events: libc::c_short, deadline: Instant) -> io::Result<()> {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let millis = i32::try_from(left.as_millis().max(1)).unwrap_or(i32::MAX);
         let mut poll = libc::pollfd {
             fd: std::os::fd::AsRawFd::as_raw_fd(stream),
-            events: libc::POLLIN,
+            events,
             revents: 0,
         };
         // SAFETY: one pollfd we own, for a descriptor `stream` keeps open.
@@ -173,14 +188,16 @@ pub fn receive<T: DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
     use std::os::fd::AsRawFd;
 
     #[test]
     fn messages_and_descriptors_cross_in_order() {
         let (mut a, mut b) = UnixStream::pair().unwrap();
         let file = tempfile::tempfile().unwrap();
-        send(&mut a, &serde_json::json!({"n": 1}), &[file.as_fd()]).unwrap();
-        send(&mut a, &serde_json::json!({"n": 2}), &[]).unwrap();
+        let quick = Duration::from_secs(5);
+        send(&mut a, &serde_json::json!({"n": 1}), &[file.as_fd()], quick).unwrap();
+        send(&mut a, &serde_json::json!({"n": 2}), &[], quick).unwrap();
         let (first, fds): (serde_json::Value, _) = receive(&mut b, Duration::from_secs(5)).unwrap();
         assert_eq!(first["n"], 1);
         assert_eq!(fds.len(), 1);
@@ -201,6 +218,18 @@ mod tests {
         let err = receive::<serde_json::Value>(&mut b, Duration::from_millis(200)).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert!(started.elapsed() >= Duration::from_millis(200));
+    }
+
+    /// A peer that stops reading holds the sender no longer than its
+    /// timeout, however large the message.
+    #[test]
+    fn a_peer_that_stops_reading_times_the_sender_out() {
+        let (mut a, _b) = UnixStream::pair().unwrap();
+        let big = "x".repeat(8 << 20);
+        let started = Instant::now();
+        let err = send(&mut a, &big, &[], Duration::from_millis(300)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 
     #[test]
