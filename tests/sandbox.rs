@@ -667,13 +667,13 @@ fn writable_catalog_descriptors(pid: i32, store: &Path) -> Vec<String> {
 /// the filter allows pwrite64: a descriptor open for writing is a way
 /// around both.
 ///
-/// Not fixed yet: the read-write catalog descriptor is the one `Store::open`
-/// made in `open_view_and_source`, which SQLite keeps open after the store
-/// is dropped (another connection of the process holds a lock on the file,
-/// and closing would drop it), and SQLite opens `-wal` read-write for
-/// read-only connections too. Run with `--ignored`.
+/// The descriptors come from before confinement: the read-write catalog
+/// descriptor `Store::open` made, which SQLite keeps open after the store
+/// is dropped while another connection of the process holds a lock on the
+/// file, and `-wal` opened read-write by read-only connections. Each daemon
+/// closes every catalog connection once confined and opens them again,
+/// read-only under Landlock (`sandbox/catalog.rs`).
 #[test]
-#[ignore = "finding: the confined daemons hold read-write catalog and WAL descriptors"]
 fn a_confined_daemon_holds_no_descriptor_that_writes_the_catalog() {
     if !root_or_skip("a_confined_daemon_holds_no_descriptor_that_writes_the_catalog") {
         return;

@@ -134,7 +134,8 @@ type BlockKey = (String, u64, usize);
 /// The pack source of a store whose generations may read from remotes.
 pub struct RemotePacks {
     local: LocalPacks,
-    catalog: Mutex<Catalog>,
+    /// `None` only between `disconnect_catalog` and `connect_catalog`.
+    catalog: Mutex<Option<Catalog>>,
     cache: DiskCache,
     /// Pack name → its remote (packs are never renamed, and a pack's
     /// remote changes only when another remote is pulled from, which is
@@ -171,6 +172,18 @@ pub const ACCESS_LOG: &str = "access.log";
 /// The record stops growing past this size.
 const ACCESS_LOG_MAX: u64 = 4 << 20;
 
+/// The source's catalog connection, borrowed.
+struct CatalogGuard<'a>(std::sync::MutexGuard<'a, Option<Catalog>>);
+
+impl std::ops::Deref for CatalogGuard<'_> {
+    type Target = Catalog;
+
+    fn deref(&self) -> &Catalog {
+        // Checked when the guard was made, and held locked since.
+        self.0.as_ref().expect("a connected catalog")
+    }
+}
+
 impl RemotePacks {
     /// The source of the store in `store_dir`, with its remote settings.
     pub fn open(store_dir: &Path, settings: &RemoteSettings) -> Result<RemotePacks> {
@@ -179,7 +192,7 @@ impl RemotePacks {
             .map_err(|e| StoreError::io(store_dir.join(crate::cache::CACHE_DIR), e))?;
         Ok(RemotePacks {
             local: LocalPacks::new(&store_dir.join(PACKS_DIR)),
-            catalog: Mutex::new(catalog),
+            catalog: Mutex::new(Some(catalog)),
             cache,
             remotes_of: Mutex::new(HashMap::new()),
             clients: Clients::new(settings.timeouts()),
@@ -207,8 +220,27 @@ impl RemotePacks {
         &self.cache
     }
 
-    fn catalog(&self) -> std::sync::MutexGuard<'_, Catalog> {
-        self.catalog.lock().unwrap_or_else(|p| p.into_inner())
+    fn catalog(&self) -> Result<CatalogGuard<'_>> {
+        let guard = self.catalog.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.is_none() {
+            return Err(StoreError::Invalid(
+                "the remote source's catalog connection is closed".into(),
+            ));
+        }
+        Ok(CatalogGuard(guard))
+    }
+
+    /// Closes the source's catalog connection (see
+    /// `Reader::disconnect_catalog`, whose rules it follows).
+    pub fn disconnect_catalog(&self) {
+        *self.catalog.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Opens the source's catalog connection again.
+    pub fn connect_catalog(&self) -> Result<()> {
+        let catalog = Catalog::open_existing(&self.store_dir.join(CATALOG_FILE))?;
+        *self.catalog.lock().unwrap_or_else(|p| p.into_inner()) = Some(catalog);
+        Ok(())
     }
 
     /// The remote holding `pack`, if it is a remote pack.
@@ -218,7 +250,7 @@ impl RemotePacks {
             return Ok(Some(remote.clone()));
         }
         // Not cached negatively: a pull may index the pack any moment.
-        let found = self.catalog().pack_remote(pack)?.map(Arc::new);
+        let found = self.catalog()?.pack_remote(pack)?.map(Arc::new);
         if let Some(remote) = &found {
             known.insert(pack.to_string(), remote.clone());
         }
@@ -232,7 +264,7 @@ impl RemotePacks {
 
     /// The remotes the catalog lists now.
     pub fn remotes(&self) -> Result<Vec<RemoteRow>> {
-        self.catalog().remotes()
+        self.catalog()?.remotes()
     }
 
     /// From now on, reads from remotes go through the fetcher process at
@@ -366,7 +398,7 @@ impl RemotePacks {
     ) -> std::result::Result<Option<Vec<u8>>, String> {
         let indexed = self
             .catalog()
-            .block_chunks(pack, offset)
+            .and_then(|c| c.block_chunks(pack, offset))
             .map_err(|e| e.to_string())?;
         if indexed.is_empty() {
             return Ok(None);
@@ -454,7 +486,7 @@ impl PackSource for RemotePacks {
         // (FORMAT.md, section 3); a remote block is fetched, verified and
         // cached whole, and the part asked for copied out of it.
         let holding = self
-            .catalog()
+            .catalog()?
             .block_holding(pack, offset, buf.len() as u64)?;
         let (start, len) = holding.map_or((offset, buf.len()), |(s, l)| (s, l as usize));
         let block = self.read_block(&remote, pack, start, len)?;
@@ -651,7 +683,7 @@ impl RemotePacks {
     fn read_ahead(&self, job: &AheadJob) {
         let Ok(blocks) = self
             .catalog()
-            .blocks_from(&job.pack, job.from, AHEAD_BLOCKS)
+            .and_then(|c| c.blocks_from(&job.pack, job.from, AHEAD_BLOCKS))
         else {
             return;
         };

@@ -360,6 +360,7 @@ impl Daemon {
                 log_dir,
                 mounts_outlive_daemon: stored,
                 remote: Some(&source),
+                reader: Some(view.reader()),
                 ..Confinement::new(&settings.sandbox, sandbox::Daemon::Mount, &store_dir)
                     .serving_image(
                         settings.image.as_deref(),

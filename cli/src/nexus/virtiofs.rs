@@ -136,6 +136,7 @@ pub fn serve(request: Request) -> Result<()> {
             records: served.is_some(),
             socket: Some(&socket),
             remote: Some(&source),
+            reader: Some(view.reader()),
             ..Confinement::new(&request.sandbox, Daemon::VirtioFs, &store_dir)
         }
         .serving_image(

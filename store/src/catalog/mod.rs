@@ -10,6 +10,7 @@
 
 pub(crate) mod audit;
 mod bulk;
+mod confined;
 pub(crate) mod generations;
 mod remotes;
 mod schema;
@@ -28,6 +29,7 @@ use crate::hash::Hash;
 use crate::pack::ChunkLocation;
 use crate::tree::{InodeType, Xattrs, decode_xattrs};
 
+pub use confined::check_access_as_effective_user;
 pub use remotes::{BlockChunk, NewRemote, RemoteRow, RemoteUse};
 pub use schema::{OLDEST_READER_KEY, SCHEMA_VERSION, Upgrade};
 pub use trees::PackageTree;

@@ -153,6 +153,25 @@ impl CatalogPool {
         self.shared.epoch.fetch_add(1, Ordering::AcqRel);
     }
 
+    /// Closes every idle connection; returns how many there were. A
+    /// connection borrowed by a query meanwhile stays open: call it while
+    /// no query runs.
+    pub(crate) fn disconnect(&self) -> usize {
+        let mut idle = self.shared.idle();
+        let count = idle.len();
+        idle.clear();
+        count
+    }
+
+    /// Opens `count` connections (after [`CatalogPool::disconnect`]).
+    pub(crate) fn connect(&self, count: usize) -> Result<()> {
+        let opened = (0..count)
+            .map(|_| open_small(&self.shared.path).map(Pooled::new))
+            .collect::<Result<Vec<_>>>()?;
+        self.shared.idle().extend(opened);
+        Ok(())
+    }
+
     fn run<T, E: From<StoreError>>(
         &self,
         fresh: bool,

@@ -78,6 +78,14 @@ pub struct Reader {
     gc_epoch: AtomicU64,
 }
 
+impl std::fmt::Debug for Reader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reader")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Reader {
     /// Opens the store in `store_dir` for reading its own packs.
     pub fn open(store_dir: &Path, options: ReaderOptions) -> Result<Reader> {
@@ -166,6 +174,27 @@ impl Reader {
         f: impl FnOnce(&Catalog) -> Result<T, E>,
     ) -> Result<T, E> {
         self.pool.with_fresh(f)
+    }
+
+    /// Closes the reader's catalog connections; returns how many there
+    /// were, for [`Reader::connect_catalog`]. Call it while no query runs.
+    ///
+    /// For a process that confines itself after opening the store, so that
+    /// it then holds no descriptor that writes the catalog or its WAL:
+    /// SQLite opens the WAL read-write even for a read-only connection (it
+    /// falls back to read-only only where writing is refused), and keeps a
+    /// closed connection's descriptor open while another connection of the
+    /// process holds a lock on the file. So every connection of the process
+    /// must be closed before the first is opened again, under the
+    /// confinement.
+    pub fn disconnect_catalog(&self) -> usize {
+        self.pool.disconnect()
+    }
+
+    /// Opens `count` catalog connections (after
+    /// [`Reader::disconnect_catalog`]).
+    pub fn connect_catalog(&self, count: usize) -> Result<()> {
+        self.pool.connect(count)
     }
 
     /// Makes every connection start a new snapshot before its next query:

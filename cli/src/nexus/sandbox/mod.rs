@@ -65,6 +65,7 @@
 //! - `--no-sandbox` turns all of this off, loudly, for debugging.
 
 mod args;
+mod catalog;
 mod fetcher;
 mod filter;
 mod keeper;
@@ -133,6 +134,9 @@ pub struct Confinement<'a> {
     /// The store's pack source: when the store has remotes, it is told to
     /// read them through a fetcher process.
     pub remote: Option<&'a nexus_remote::RemotePacks>,
+    /// The reader of the view it serves, whose catalog connections (and
+    /// the pack source's) are opened again once it is confined.
+    pub reader: Option<&'a nexus_store::read::Reader>,
 }
 
 impl<'a> Confinement<'a> {
@@ -151,6 +155,7 @@ impl<'a> Confinement<'a> {
             log_dir: None,
             mounts_outlive_daemon: false,
             remote: None,
+            reader: None,
         }
     }
 
@@ -310,6 +315,7 @@ pub fn confine(confinement: &Confinement) -> Result<Confined> {
             pid_file: confinement.pid_file.map(Path::to_path_buf),
         });
     }
+    let catalog_descriptors = catalog::CatalogDescriptors::list(confinement.store)?;
     let root = is_root();
     let identity = root
         .then(|| user::sandbox_user(confinement.args.sandbox_user.as_deref()))
@@ -370,6 +376,11 @@ pub fn confine(confinement: &Confinement) -> Result<Confined> {
     for filter in &server_filter {
         seccompiler::apply_filter_all_threads(filter)
             .context("installing the seccomp filter on every thread")?;
+    }
+    // An image's scratch store is the daemon's own (it may write it): only
+    // a shared store's catalog must be beyond its reach.
+    if let Some(reader) = confinement.reader.filter(|_| confinement.image.is_none()) {
+        catalog::reopen(reader, confinement.remote, &catalog_descriptors)?;
     }
     let who = match &identity {
         Some(u) => format!(
