@@ -80,10 +80,39 @@ pub fn diff_summary(diff: &GenerationDiff) -> String {
     line
 }
 
+/// `text` safe to print on a terminal: control characters (escape
+/// sequences a forged record or file name could carry) shown as Rust
+/// escapes, everything else as it is.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    std::borrow::Cow::Owned(
+        text.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use nexus_store::generations::{CurrentMove, SizeChange, VersionRef};
+
+    #[test]
+    fn control_characters_are_shown_escaped() {
+        assert_eq!(printable("/Programs"), "/Programs");
+        assert_eq!(
+            printable("/mnt\x1b]0;owned\x07\nroot#"),
+            "/mnt\\u{1b}]0;owned\\u{7}\\nroot#"
+        );
+    }
 
     #[test]
     fn sizes_read_like_people_write_them() {

@@ -196,7 +196,7 @@ fn print(s: &Status) {
             println!(
                 "  {:<9} {:<32} pid {:<7} {shown}, since {}",
                 r.served.kind.as_str(),
-                r.served.target.display(),
+                crate::human::printable(&r.served.target.to_string_lossy()),
                 r.pid,
                 human::time(r.started)
             );
