@@ -79,6 +79,9 @@ export NEXUS_CONFIG=/dev/null
 endpoint=http://127.0.0.1:8333
 
 work=$(mktemp -d /var/tmp/nexus-remote-bench.XXXXXX)
+# Logs beside the stores, not above them: a confined daemon may write
+# beneath its log's directory, so it refuses one that holds its store.
+mkdir -p "$work/logs"
 mounts=() pids=()
 cleanup() {
     local m p
@@ -172,11 +175,11 @@ subscriber() {
         "$NIP" --store "$s" prefetch "${apps[@]}" > /dev/null
     fi
     mkdir -p "$mnt"
-    "$NEXUS" --store "$s" mount "$mnt" --log-file "$work/mount-$label.log" > /dev/null
+    "$NEXUS" --store "$s" mount "$mnt" --log-file "$work/logs/mount-$label.log" > /dev/null
     mounts+=("$mnt")
     t1=$(us_now)
     (cd "$mnt" && "./${program[0]}" "${program[@]:1}") > "$work/run-$label.out" 2>&1 ||
-        { cat "$work/run-$label.out" "$work/mount-$label.log" >&2; die "$program_name failed from the $label mount"; }
+        { cat "$work/run-$label.out" "$work/logs/mount-$label.log" >&2; die "$program_name failed from the $label mount"; }
     t2=$(us_now)
     umount "$mnt"
     meta=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["fetched_bytes"])' "$work/pull-$label.json")
@@ -218,7 +221,7 @@ mkdir -p "$lmnt"
 # after the publish): the other anchor besides the warm mount.
 fresh_times=()
 for r in $(seq 1 3); do
-    "$NEXUS" --store "$pub" mount "$lmnt" --log-file "$work/mount-local.log" > /dev/null
+    "$NEXUS" --store "$pub" mount "$lmnt" --log-file "$work/logs/mount-local.log" > /dev/null
     t0=$(us_now)
     (cd "$lmnt" && "./${program[0]}" "${program[@]:1}") > /dev/null 2>&1
     t1=$(us_now)
@@ -226,7 +229,7 @@ for r in $(seq 1 3); do
     umount "$lmnt"
 done
 local_fresh_s=$(median "${fresh_times[@]}")
-"$NEXUS" --store "$pub" mount "$lmnt" --log-file "$work/mount-local.log" > /dev/null
+"$NEXUS" --store "$pub" mount "$lmnt" --log-file "$work/logs/mount-local.log" > /dev/null
 mounts+=("$lmnt")
 (cd "$lmnt" && "./${program[0]}" "${program[@]:1}") > /dev/null 2>&1
 local_times=()

@@ -742,3 +742,36 @@ fn the_request_counts_are_not_answered_to_the_sandbox_user() {
     }
     mount.umount();
 }
+
+/// A log file whose directory holds the store would let the confined
+/// daemon write the catalog (it may create and write files beneath its
+/// log's directory, to reopen the log): the mount is refused, saying so,
+/// and nothing is mounted.
+#[test]
+fn a_log_directory_holding_the_store_is_refused() {
+    if !root_or_skip("a_log_directory_holding_the_store_is_refused") {
+        return;
+    }
+    let scratch = Scratch::new("sandbox-log-over-store");
+    let store = demo_store(&scratch);
+    let point = scratch.join("mnt");
+    fs::create_dir_all(&point).unwrap();
+    let parent = store.path().parent().unwrap().to_path_buf();
+    let out = nexus(
+        store.path(),
+        [
+            OsString::from("mount"),
+            point.clone().into(),
+            "--log-file".into(),
+            parent.join("nexus.log").into(),
+        ],
+    );
+    assert!(!out.status.success(), "mounted: {}", show(&out));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("holds the store") && said.contains("put the log elsewhere"),
+        "{}",
+        show(&out)
+    );
+    assert!(!is_mounted(&point));
+}

@@ -172,6 +172,7 @@ pub enum Command {
         nosuid: bool,
         /// Append the daemon's log to FILE [default: mount.log-file; without
         /// one the daemon logs nothing; in the foreground, logs go to stderr].
+        /// Its directory must not hold the store (the daemon may write there).
         #[arg(long, value_name = "FILE")]
         log_file: Option<PathBuf>,
         #[command(flatten)]
@@ -289,7 +290,7 @@ and mounts it with: mount -t virtiofs -o ro programs /Programs")]
               value_parser = clap::value_parser!(u16).range(1..))]
         max_guests: u16,
         /// Append the log to FILE instead of stderr [default:
-        /// serve.log-file].
+        /// serve.log-file]. Its directory must not hold the store.
         #[arg(long, value_name = "FILE")]
         log_file: Option<PathBuf>,
         #[command(flatten)]

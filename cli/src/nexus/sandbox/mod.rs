@@ -315,6 +315,7 @@ pub fn confine(confinement: &Confinement) -> Result<Confined> {
             pid_file: confinement.pid_file.map(Path::to_path_buf),
         });
     }
+    refuse_log_dir_over_store(confinement)?;
     let catalog_descriptors = catalog::CatalogDescriptors::list(confinement.store)?;
     let root = is_root();
     let identity = root
@@ -415,6 +416,28 @@ pub fn confine(confinement: &Confinement) -> Result<Confined> {
         socket,
         pid_file: confinement.pid_file.map(Path::to_path_buf),
     })
+}
+
+/// Refuses a log directory that holds the store: the daemon may create and
+/// write files beneath it (to reopen its log), which Landlock cannot grant
+/// without granting the catalog too. (An image's scratch store is the
+/// daemon's own.)
+fn refuse_log_dir_over_store(c: &Confinement) -> Result<()> {
+    let Some(dir) = c.log_dir.filter(|_| c.image.is_none()) else {
+        return Ok(());
+    };
+    let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let (dir, store) = (canonical(dir), canonical(c.store));
+    if store.starts_with(&dir) {
+        bail!(
+            "the log file's directory {} holds the store {}: confined, the daemon may write \
+             files there (to reopen its log), the catalog among them; put the log elsewhere, \
+             e.g. in /var/log",
+            dir.display(),
+            store.display()
+        );
+    }
+    Ok(())
 }
 
 /// The highest capability number this kernel knows.

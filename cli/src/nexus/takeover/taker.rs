@@ -289,6 +289,15 @@ pub fn takeover(request: &TakeoverRequest, ready: Option<&mut Ready>) -> Result<
     for warning in warnings {
         tracing::warn!("{warning}");
     }
+    // The old daemon's word, which only it can vouch for: say it loudly,
+    // since a daemon that stays on one generation misses every update
+    // (`nexus status` shows it off the live one too).
+    if let Some(generation) = settings.generation {
+        tracing::warn!(
+            "serving generation {generation} only, as the old daemon did (mounted with \
+             --generation): updates are not followed; mount again to follow the live one"
+        );
+    }
     tracing::info!(
         "taking over {} from pid {} (nexus {:?})",
         settings.mountpoint.display(),
