@@ -21,7 +21,8 @@ use std::collections::{HashMap, HashSet};
 
 use nexus_store::Hash;
 use nexus_store::tree::{
-    Inode, InodeIndex, InodeKind, MAX_DEPTH, MAX_PATH_BYTES, PathBudget, PathLimit, Tree,
+    Inode, InodeIndex, InodeKind, MAX_DEPTH, MAX_PATH_BYTES, MAX_XATTR_BYTES, PathBudget,
+    PathLimit, Tree,
 };
 
 use crate::entry::{ArchiveEntry, EntryKind, EntryMeta, Placement, lossy};
@@ -124,6 +125,11 @@ fn path_limit(name: &str, limit: PathLimit) -> Problem {
             limit: MAX_PATH_BYTES,
             raisable: None,
         },
+        PathLimit::TooManyXattrBytes => LimitExceeded {
+            what: format!("at entry {name:?}, the bytes of all the package's extended attributes"),
+            limit: MAX_XATTR_BYTES,
+            raisable: None,
+        },
     })
 }
 
@@ -169,6 +175,7 @@ impl TreeBuilder {
         let name = entry.display();
         self.budget
             .charge(raw.len(), joined_len(raw))
+            .and_then(|()| self.budget.charge_xattrs(&entry.meta.xattrs))
             .map_err(|limit| path_limit(&name, limit))?;
         if !self.seen.insert(path_key(raw)) {
             return Err(Problem::Duplicate {

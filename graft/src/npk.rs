@@ -71,6 +71,16 @@ pub fn open(
         }));
     }
     let archive = Archive::open(path, policy).map_err(failed)?;
+    // Again on what was opened and verified: `kind_of` read the header
+    // through another open of the path, and whoever can write the file's
+    // directory can swap it in between (a signed package taken for a
+    // whole system, with no counter to check).
+    if archive.manifest.kind != kind {
+        return Err(failed(NpkError::KindMismatch {
+            expected: kind,
+            found: archive.manifest.kind,
+        }));
+    }
     // Unverified archives were reported by the reader already.
     if let Signer::Trusted(grant) = &archive.signer {
         tracing::info!(
@@ -232,4 +242,121 @@ fn check_limits(package: &BodyPackage, limits: &Limits) -> Result<(), Problem> {
         }));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+
+    use nexus_npk::manifest::encode_header;
+    use nexus_npk::{AppPattern, KeyStore, Member, Scope, WriteOptions, write_archive};
+    use nexus_store::{AddDir, AddOptions, NoProgress, Store};
+
+    use super::*;
+
+    /// The kind `open` checks (from the header, one open of the path) must
+    /// be the kind of the archive it returns (checked and read through a
+    /// second open). A file swapped in between, by whoever can write the
+    /// archive's directory, turned a signed package into a whole system
+    /// for `nexus switch` (no counter, every other App dropped), and a
+    /// signed image into packages for `nip add` (no counter either).
+    #[test]
+    fn an_archive_swapped_after_its_kind_was_read_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        fs::create_dir_all(src.join("bin")).unwrap();
+        fs::write(src.join("bin/vendortool"), b"#!/bin/sh\n").unwrap();
+        let mut store = Store::init(&dir.path().join("store")).unwrap();
+        let add = AddDir {
+            path: src,
+            name: "vendortool".into(),
+            version: "1".into(),
+        };
+        store
+            .add_dirs(&[add], AddOptions::default(), &NoProgress)
+            .unwrap();
+        let package = store.installed("vendortool/1").unwrap();
+        let keys = KeyStore::new(dir.path().join("keys"));
+        keys.generate("vendor").unwrap();
+        let secret = keys.secret("vendor").unwrap();
+        let public = keys.public_file("vendor").unwrap();
+        // A vendor key trusted for its own Apps' packages, and (another
+        // grant) for images.
+        keys.trust(
+            &public,
+            Scope::Packages {
+                apps: vec![AppPattern::parse("vendor*").unwrap()],
+            },
+        )
+        .unwrap();
+        keys.trust(
+            &public,
+            Scope::Images {
+                domain: "images".into(),
+            },
+        )
+        .unwrap();
+        let trust = Trust::Keys(keys.trust_set().unwrap());
+        let write = |kind: ArchiveKind, name: &str| {
+            let out = dir.path().join(name);
+            let member = Member {
+                package: &package,
+                current: true,
+            };
+            let options = WriteOptions {
+                kind,
+                counter: u64::from(kind == ArchiveKind::Image),
+                created: 0,
+                expires: None,
+                signer: Some(&secret),
+            };
+            write_archive(&store, &[member], &out, &options).unwrap();
+            out
+        };
+        let cases = [
+            (ArchiveKind::Image, write(ArchiveKind::Package, "real.npk")),
+            (ArchiveKind::Package, write(ArchiveKind::Image, "image.npk")),
+        ];
+        for (expected, real) in cases {
+            // A decoy whose header alone claims the expected kind.
+            let decoy = dir.path().join("decoy");
+            fs::write(&decoy, encode_header(expected)).unwrap();
+            let path = dir.path().join("offered.npk");
+            fs::copy(&decoy, &path).unwrap();
+            let stop = Arc::new(AtomicBool::new(false));
+            let swapper = {
+                let (stop, path, real, decoy) =
+                    (stop.clone(), path.clone(), real.clone(), decoy.clone());
+                let tmp = path.with_extension("tmp");
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        for from in [&real, &decoy] {
+                            let _ = fs::remove_file(&tmp);
+                            fs::hard_link(from, &tmp).unwrap();
+                            fs::rename(&tmp, &path).unwrap();
+                        }
+                    }
+                })
+            };
+            let started = Instant::now();
+            let mut opened = 0;
+            let mut wrong = None;
+            while started.elapsed() < Duration::from_secs(2) && wrong.is_none() {
+                if let Ok(archive) = open(&path, &trust, expected, false) {
+                    opened += 1;
+                    if archive.manifest.kind != expected {
+                        wrong = Some(archive.manifest.kind);
+                    }
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+            swapper.join().unwrap();
+            assert_eq!(
+                wrong, None,
+                "asked for {expected:?}, got an archive of another kind ({opened} opened)"
+            );
+        }
+    }
 }

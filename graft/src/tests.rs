@@ -462,3 +462,30 @@ fn a_nar_needs_a_store_path_name_or_flags() {
     let err = problem(&hello_nar(), ReadOptions::default());
     assert!(err.contains("a NAR names no package"), "{err}");
 }
+
+/// Extended attributes are held in memory with the tree until the package
+/// is committed, and the entry count and unpacked size (8 GiB by default,
+/// counted in decompressed bytes) were all that bounded them: pax records
+/// of zeros compress about a thousandfold, so a .deb of a few megabytes
+/// made root's `nip add` hold gigabytes. They are limited per package, as
+/// path bytes are.
+#[test]
+fn xattr_bytes_held_in_memory_are_limited_per_package() {
+    let value = vec![0u8; 64 << 10];
+    let mut pax = Vec::new();
+    for i in 0..15 {
+        pax.extend(record(format!("SCHILY.xattr.user.a{i}").as_bytes(), &value));
+    }
+    let names: Vec<String> = (0..80).map(|i| format!("./usr/lib/f{i}")).collect();
+    let entries: Vec<E<'_>> = names.iter().map(|n| E::Pax(n, b"x", pax.clone())).collect();
+    let bomb = deb(tar(&entries));
+    // About 78 MiB of xattrs from an archive this small.
+    assert!(bomb.len() < 1 << 20, "{}", bomb.len());
+    let err = problem(&bomb, ReadOptions::default());
+    assert!(err.contains("extended attributes"), "{err}");
+    // What real packages carry (a capability here and there) still reads.
+    let mut ok = Vec::new();
+    ok.extend(record(b"SCHILY.xattr.security.capability", &[1u8; 20]));
+    let p = read(&deb(tar(&[E::Pax("./usr/bin/ping", b"x", ok)]))).unwrap();
+    assert_eq!(paths(&p), ["bin", "bin/ping"]);
+}

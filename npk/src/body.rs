@@ -463,6 +463,11 @@ fn check_tree(tree: &Tree) -> Result<(), String> {
     // entries it does not reach hang off a cycle detached from the root.
     // The walk stops at the first entry beyond the depth or path limits.
     let mut budget = PathBudget::default();
+    for inode in &tree.inodes {
+        budget
+            .charge_xattrs(&inode.xattrs)
+            .map_err(|limit| limit.to_string())?;
+    }
     let mut reached = 0usize;
     tree.visit(|v| {
         reached += 1;

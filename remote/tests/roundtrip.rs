@@ -578,3 +578,86 @@ fn a_verified_block_stays_decoded_for_the_reader_and_a_refused_one_does_not() {
     assert!(!source.decoded(&pack, bad, bad_len, 0..16, &mut past));
     assert!(past.is_empty());
 }
+
+/// A remote's metadata names each content by its hash and lists its
+/// chunks, and a pull records both without reading a byte (contents are
+/// fetched on first read, each chunk checked against its own name only).
+/// A signer trusted for the packages of one remote's domain could list,
+/// under the hash of a content it does not have (the bytes of a popular
+/// file, say), chunks of its own: the store kept that row, and a package
+/// later added from elsewhere, whose file has that content, read the
+/// signer's bytes instead of its own (its setuid bits and all).
+#[test]
+fn a_remote_cannot_give_its_bytes_to_a_content_added_later_from_elsewhere() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let remote_dir = tmp.path().join("remote");
+    let keys = KeyStore::new(tmp.path().join("keys"));
+    keys.generate("pub").unwrap();
+
+    // The bytes root will add later from a trusted source, and the
+    // signer's own, of the same length.
+    let good = text(7, 100_000);
+    let mut evil = good.clone();
+    evil[..4].copy_from_slice(b"EVIL");
+    let good_hash = blake3::hash(&good);
+
+    // The publisher's store lists its own bytes under the good hash (a
+    // hostile publisher writes what it likes; here its catalog is forged
+    // and the package's tree hash recomputed, so it publishes).
+    let mut host_a = Store::init(&a).unwrap();
+    add(&mut host_a, tmp.path(), "bait", "1", &[("f", evil.clone())]);
+    drop(host_a);
+    {
+        let db = rusqlite::Connection::open(a.join(nexus_store::CATALOG_FILE)).unwrap();
+        let n = db
+            .execute(
+                "UPDATE blobs SET hash = ?1 WHERE hash = ?2",
+                rusqlite::params![
+                    good_hash.as_bytes().to_vec(),
+                    blake3::hash(&evil).as_bytes().to_vec()
+                ],
+            )
+            .unwrap();
+        assert_eq!(n, 1);
+        let host_a = Store::open(&a).unwrap();
+        let row = host_a.catalog().package("bait", "1").unwrap().unwrap();
+        let tree = host_a.catalog().package_tree(&row).unwrap().tree;
+        db.execute(
+            "UPDATE packages SET tree_hash = ?1 WHERE id = ?2",
+            rusqlite::params![tree.tree_hash().as_bytes().to_vec(), row.id],
+        )
+        .unwrap();
+    }
+    let host_a = Store::open(&a).unwrap();
+
+    let mut host_b = Store::init(&b).unwrap();
+    let row = dir_remote(&host_b, "origin", &remote_dir);
+    let trust = subscriber_trust(&keys, &tmp.path().join("keys-b"), "origin");
+    publish_to(&host_a, &row, &keys, Some(Duration::from_secs(3600)));
+    pull_from(&mut host_b, &row, &trust);
+    // Root then adds a package of its own from a directory it trusts.
+    let dir = tmp.path().join("src-trusted");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("f"), &good).unwrap();
+    let request = AddDir {
+        path: dir,
+        name: "trusted".into(),
+        version: "1".into(),
+    };
+    match host_b.add_dirs(&[request], AddOptions::default(), &NoProgress) {
+        // Refused: the store holds other chunks under that content's hash.
+        Err(e) => {
+            assert!(e.to_string().contains("recorded with other chunks"), "{e}");
+            assert!(host_b.catalog().package("trusted", "1").unwrap().is_none());
+        }
+        Ok(_) => {
+            let (read, _) = read_all(&b, "trusted", "1", "f");
+            assert!(
+                read == good,
+                "a package added from a local directory reads the remote signer's bytes ({:?}...)",
+                String::from_utf8_lossy(&read[..8])
+            );
+        }
+    }
+}

@@ -38,10 +38,7 @@ fn check(what: &'static str, value: &str) -> Result<()> {
     if value.chars().any(|c| c.is_control()) {
         return fail("must not contain control characters");
     }
-    if value
-        .chars()
-        .any(|c| c.general_category() == GeneralCategory::Format)
-    {
+    if value.chars().any(is_format) {
         return fail("must not contain Unicode format characters (such as U+202E)");
     }
     if value.starts_with('-') {
@@ -51,6 +48,13 @@ fn check(what: &'static str, value: &str) -> Result<()> {
         return fail("must not contain whitespace");
     }
     Ok(())
+}
+
+/// True for a Unicode format character (General_Category Cf: U+202E and
+/// the other bidirectional controls, zero-width joiners, the BOM): shown,
+/// it makes text read as other text.
+pub fn is_format(c: char) -> bool {
+    c.general_category() == GeneralCategory::Format
 }
 
 /// Checks a package name.

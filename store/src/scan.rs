@@ -414,6 +414,19 @@ impl Walk<'_> {
         p
     }
 
+    /// Reads the xattrs of `fd`, counting them against the package's
+    /// budget (they are held in memory until the commit).
+    fn read_xattrs(&mut self, fd: BorrowedFd<'_>, path: &Path) -> Result<Xattrs> {
+        let xattrs = read_xattrs(fd, path)?;
+        self.budget
+            .charge_xattrs(&xattrs)
+            .map_err(|limit| StoreError::PathLimit {
+                path: path.to_path_buf(),
+                limit,
+            })?;
+        Ok(xattrs)
+    }
+
     fn trust(&self, st: &Stat, path: &Path) -> Result<()> {
         match distrust(st).filter(|_| self.check_owner) {
             Some(reason) => Err(untrusted(path, reason)),
@@ -483,7 +496,7 @@ impl Walk<'_> {
             let policy = self.options.policy;
             match kind {
                 FileType::Directory => {
-                    let xattrs = read_xattrs(fd.as_fd(), &path)?;
+                    let xattrs = self.read_xattrs(fd.as_fd(), &path)?;
                     let ino = self
                         .tree
                         .push_inode(inode_from(&st, InodeKind::Dir, xattrs, policy));
@@ -498,7 +511,7 @@ impl Walk<'_> {
                         self.tree.push_entry(dir_inode, name, existing);
                         continue;
                     }
-                    let xattrs = read_xattrs(fd.as_fd(), &path)?;
+                    let xattrs = self.read_xattrs(fd.as_fd(), &path)?;
                     let kind = InodeKind::File {
                         size: st.st_size as u64,
                         content: None,
@@ -527,7 +540,7 @@ impl Walk<'_> {
                     let kind = InodeKind::Symlink {
                         target: target.into_bytes(),
                     };
-                    let xattrs = read_xattrs(fd.as_fd(), &path)?;
+                    let xattrs = self.read_xattrs(fd.as_fd(), &path)?;
                     let ino = self.tree.push_inode(inode_from(&st, kind, xattrs, policy));
                     self.tree.push_entry(dir_inode, name, ino);
                 }
@@ -603,7 +616,7 @@ pub fn scan_dir(root: &Path, options: ScanOptions) -> Result<ScannedTree> {
         relative: Vec::new(),
     };
     walk.trust(&st, root)?;
-    let xattrs = read_xattrs(root_fd.as_fd(), root)?;
+    let xattrs = walk.read_xattrs(root_fd.as_fd(), root)?;
     walk.tree
         .push_inode(inode_from(&st, InodeKind::Dir, xattrs, options.policy));
     let subdirs = walk.read_dir(&root_fd, 0, 1)?;

@@ -139,6 +139,11 @@ pub const MAX_PATH_BYTES: u64 = 256 << 20;
 pub const XATTR_NAME_MAX: usize = 255;
 /// Largest xattr value (the kernel's `XATTR_SIZE_MAX`).
 pub const XATTR_VALUE_MAX: usize = 64 << 10;
+/// Most bytes the xattrs of one package's inodes may add up to (names and
+/// values): importers hold them in memory with the tree, and a hostile
+/// archive's pax records compress a thousandfold. Real packages carry a
+/// few capabilities or labels, kilobytes at most.
+pub const MAX_XATTR_BYTES: u64 = 64 << 20;
 
 /// One entry as [`Tree::visit`] shows it.
 #[derive(Clone, Copy, Debug)]
@@ -164,6 +169,11 @@ pub enum PathLimit {
     /// The paths add up to more than [`MAX_PATH_BYTES`].
     #[error("the package's paths add up to more than the limit of {MAX_PATH_BYTES} bytes")]
     TooManyPathBytes,
+    /// The xattrs add up to more than [`MAX_XATTR_BYTES`].
+    #[error(
+        "the package's extended attributes add up to more than the limit of {MAX_XATTR_BYTES} bytes"
+    )]
+    TooManyXattrBytes,
 }
 
 /// What an importer has spent of the per-package path limits, entry by
@@ -171,6 +181,7 @@ pub enum PathLimit {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PathBudget {
     bytes: u64,
+    xattr_bytes: u64,
 }
 
 impl PathBudget {
@@ -183,6 +194,19 @@ impl PathBudget {
         self.bytes = self.bytes.saturating_add(path_len as u64);
         if self.bytes > MAX_PATH_BYTES {
             return Err(PathLimit::TooManyPathBytes);
+        }
+        Ok(())
+    }
+
+    /// Counts the xattrs of one more inode.
+    pub fn charge_xattrs(&mut self, xattrs: &Xattrs) -> Result<(), PathLimit> {
+        let len: u64 = xattrs
+            .iter()
+            .map(|(name, value)| (name.len() + value.len()) as u64)
+            .sum();
+        self.xattr_bytes = self.xattr_bytes.saturating_add(len);
+        if self.xattr_bytes > MAX_XATTR_BYTES {
+            return Err(PathLimit::TooManyXattrBytes);
         }
         Ok(())
     }

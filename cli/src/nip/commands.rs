@@ -14,7 +14,7 @@ use nexus_store::scan::SourcePolicy;
 use nexus_store::{AddDir, Store, export, gc, names, verify};
 use serde_json::json;
 
-use super::output::{file_json, kind_name, lossy, mode_string};
+use super::output::{file_json, file_line, kind_name};
 use super::{Cli, Command};
 use crate::config::Settings;
 use crate::epoch::{ExpiresIn, source_date_epoch};
@@ -632,19 +632,7 @@ fn files(dir: &Path, spec: &str, json: bool) -> Result<i32> {
     } else {
         let mut out = std::io::stdout().lock();
         for (path, inode) in entries.iter().skip(1) {
-            let mut line = format!(
-                "{} {:>5} {:>5} {:>10} {}",
-                mode_string(inode.kind, inode.mode),
-                inode.uid,
-                inode.gid,
-                inode.size,
-                lossy(path)
-            );
-            if let Some(t) = &inode.target {
-                line.push_str(" -> ");
-                line.push_str(&lossy(t));
-            }
-            writeln!(out, "{line}")?;
+            writeln!(out, "{}", file_line(path, inode))?;
         }
     }
     Ok(exit::OK)

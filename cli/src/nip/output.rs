@@ -19,6 +19,41 @@ pub fn lossy(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// A name from a package for a terminal: as [`lossy`], with control and
+/// Unicode format characters spelt out (`\n`, `\u{1b}`, `\u{202e}`) and
+/// backslashes doubled, so that a name shows what it holds and nothing
+/// else (no escape sequence reaches the terminal, no line or bidirectional
+/// override fakes another entry).
+pub fn for_terminal(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for c in String::from_utf8_lossy(bytes).chars() {
+        if c == '\\' || c.is_control() || nexus_store::names::is_format(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// One line of `nip files`: mode, owner, group, size, path and a symlink's
+/// target.
+pub fn file_line(path: &[u8], inode: &InodeRow) -> String {
+    let mut line = format!(
+        "{} {:>5} {:>5} {:>10} {}",
+        mode_string(inode.kind, inode.mode),
+        inode.uid,
+        inode.gid,
+        inode.size,
+        for_terminal(path)
+    );
+    if let Some(t) = &inode.target {
+        line.push_str(" -> ");
+        line.push_str(&for_terminal(t));
+    }
+    line
+}
+
 /// One `nip files --json` entry.
 pub fn file_json(path: &[u8], inode: &InodeRow) -> Value {
     let mut v = json!({
@@ -90,6 +125,44 @@ pub fn mode_string(k: InodeType, mode: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Names and symlink targets come from packages, `.deb`s and other
+    /// unsigned files included, and may hold any byte but `/` and NUL:
+    /// written as they are, an escape sequence reached the admin's
+    /// terminal (retitling it, writing its clipboard) and a newline or
+    /// U+202E made `nip files` show entries the package does not have.
+    #[test]
+    fn listed_names_reach_the_terminal_without_control_or_format_characters() {
+        let inode = InodeRow {
+            id: 1,
+            package: 1,
+            kind: InodeType::Symlink,
+            mode: 0o777,
+            uid: 0,
+            gid: 0,
+            size: 4,
+            mtime: 0,
+            nlink: 1,
+            blob: None,
+            content: None,
+            target: Some(b"\x1b]52;c;cm0gLXJmIH4=\x07x".to_vec()),
+            xattrs: Vec::new(),
+        };
+        let name =
+            "bin/a\n-rwsr-xr-x     0     0      12345 bin/sudo\u{202e}txt.exe\x1b[2J".as_bytes();
+        let line = file_line(name, &inode);
+        assert!(
+            !line
+                .chars()
+                .any(|c| c.is_control() || nexus_store::names::is_format(c)),
+            "{line:?}"
+        );
+        // Still readable: what was there is spelt out.
+        assert!(
+            line.contains("bin/a\\n-rwsr") && line.contains("\\u{202e}"),
+            "{line}"
+        );
+    }
 
     #[test]
     fn formats_modes() {

@@ -206,12 +206,44 @@ fn index_remote_pack(tx: &Transaction<'_>, pack: &SealedPack, remote: i64) -> Re
 /// Inserts (or finds) the blobs of `contents`: content hash -> blob id.
 /// `Ok(Err(n))` means `n` chunks of blobs not stored yet no longer exist
 /// (gc took them meanwhile); nothing is inserted then.
+///
+/// A stored blob is used only if its chunks are the ones `contents` lists
+/// for it: chunking is the same in every store ([`crate::params::FROZEN`]),
+/// so one content has one chunk list, and two lists under one content hash
+/// mean one was not made from its bytes (a remote's metadata is checked
+/// chunk by chunk as it is read, never as a whole). Using the stored list
+/// served a lying remote's chunks for the same content added later from a
+/// directory, a package file or another remote; the transaction is refused
+/// instead.
 pub(crate) fn insert_blobs(
     tx: &Transaction<'_>,
     contents: &[&FileContent],
     chunk_ids: &HashMap<Hash, i64>,
 ) -> Result<std::result::Result<HashMap<Hash, i64>, usize>> {
     let mut find = tx.prepare_cached("SELECT id FROM blobs WHERE hash = ?1")?;
+    let mut stored_chunks = tx.prepare_cached(
+        "SELECT c.hash FROM blob_chunks b JOIN chunks c ON c.id = b.chunk
+         WHERE b.blob = ?1 ORDER BY b.seq",
+    )?;
+    let mut check = |content: &FileContent, blob: i64| -> Result<()> {
+        let stored = stored_chunks
+            .query_map([blob], |r| r.get::<_, Vec<u8>>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let same = stored.len() == content.chunks.len()
+            && stored
+                .iter()
+                .zip(&content.chunks)
+                .all(|(s, (h, _))| s.as_slice() == h.as_bytes());
+        if same {
+            return Ok(());
+        }
+        Err(StoreError::Invalid(format!(
+            "content {} is recorded with other chunks than this transaction names for it \
+             (metadata pulled from a remote that lied?): refused, so that no file reads bytes \
+             other than its content; `nip verify` names the packages that use it",
+            content.hash
+        )))
+    };
     let mut ids = HashMap::with_capacity(contents.len());
     let mut missing = 0;
     let mut complete = Vec::with_capacity(contents.len());
@@ -233,6 +265,7 @@ pub(crate) fn insert_blobs(
             .optional()?
         {
             Some(id) => {
+                check(content, id)?;
                 ids.insert(content.hash, id);
             }
             None => missing += lost,
@@ -267,6 +300,7 @@ pub(crate) fn insert_blobs(
     for content in complete {
         let Some(&blob) = new.get(&content.hash) else {
             let id = find.query_row([content.hash.as_bytes()], |r| r.get::<_, i64>(0))?;
+            check(content, id)?;
             ids.insert(content.hash, id);
             continue;
         };
