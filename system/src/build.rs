@@ -106,7 +106,7 @@ pub fn build(
             sources[i] = Some(Source::Stored(entry.app.clone(), v));
         }
     }
-    let mut scratch = Vec::new(); // build scripts' outputs, kept until the commit
+    let mut scratch = Vec::new(); // build scripts' outputs and fetched .debs, kept until the commit
     let order = (0..recipes.len())
         .filter(|&i| matches!(recipes[i].source, recipe::Source::Script { .. }))
         .chain(
@@ -321,12 +321,19 @@ fn stored_version(
         .max_by(|a, b| version::compare(a, b)))
 }
 
+/// What a prepared source grafts from, kept (and removed when dropped)
+/// until the commit.
+enum Kept {
+    Script(#[allow(dead_code)] script::Output),
+    Deb(#[allow(dead_code)] fetch::Fetched),
+}
+
 /// Makes a recipe's source ready to graft: fetch, check or build it.
 fn prepare(
     app: &str,
     recipe: &Recipe,
     options: &BuildOptions,
-    scratch: &mut Vec<script::Output>,
+    scratch: &mut Vec<Kept>,
 ) -> Result<Source> {
     let archive = |path: PathBuf| {
         Source::Archive(ArchiveRequest {
@@ -358,7 +365,11 @@ fn prepare(
     };
     Ok(match &recipe.source {
         recipe::Source::Debian { package, version } => {
-            archive(fetch::fetch(&options.cache, package, version.as_deref())?)
+            // A private copy of the pinned bytes, kept until the commit.
+            let fetched = fetch::fetch(&options.cache, package, version.as_deref())?;
+            let path = fetched.path().to_path_buf();
+            scratch.push(Kept::Deb(fetched));
+            archive(path)
         }
         recipe::Source::File { format, path } => {
             exists(path)?;
@@ -382,7 +393,7 @@ fn prepare(
             exists(workdir)?;
             let output = script::run(recipe, path, workdir, &options.script)?;
             let root = output.root.clone();
-            scratch.push(output);
+            scratch.push(Kept::Script(output));
             dir(root)
         }
     })

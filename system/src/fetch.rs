@@ -12,6 +12,9 @@
 //! records when the file is fetched; a cached file is reused only if it
 //! still has those bytes. A cached file with no pin yet (another tool put
 //! it there) is taken only if apt's index gives its name and hash now.
+//! The build gets a private copy made while hashing ([`Fetched`]), never
+//! the cache's file, which whoever can write the cache could replace
+//! between the check and the graft.
 //!
 //! apt runs as the caller. As root it keeps its own privilege drop: it
 //! downloads as `_apt` into a private directory `_apt` owns, and root
@@ -162,15 +165,15 @@ fn version_in_name(name: &str) -> Option<String> {
     Some(version.replace("%3a", ":"))
 }
 
-/// Checks a cached file before reuse: against its pin, or (none yet)
-/// against apt's index, then pinned.
-fn check_cached(cache: &Path, pins: &mut Pins, path: &Path, package: &str) -> Result<()> {
+/// The pin a cached file must match: its own, or (none yet) what apt's
+/// index says now, which is recorded once the file matched it.
+fn pin_for_cached(path: &Path, pins: &Pins, package: &str) -> Result<(Pin, bool)> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     if let Some(pin) = pins.get(&name) {
-        return pins::verify(path, pin);
+        return Ok((pin.clone(), false));
     }
     let version = version_in_name(&name).ok_or_else(|| SystemError::DebUnverified {
         file: path.to_path_buf(),
@@ -189,8 +192,69 @@ fn check_cached(cache: &Path, pins: &mut Pins, path: &Path, package: &str) -> Re
             message: format!("apt's index names that version {}", apt.file),
         });
     }
-    pins::verify(path, &apt.pin)?;
-    pins.record(cache, &name, apt.pin)
+    Ok((apt.pin, true))
+}
+
+/// A fetched `.deb`: a private copy (in a directory only the caller can
+/// enter) of exactly the bytes its pin names, removed on drop. The build
+/// grafts this copy, not the cache's file, which whoever can write the
+/// cache could replace once it was checked.
+#[derive(Debug)]
+pub struct Fetched {
+    path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Fetched {
+    /// The copy.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl AsRef<Path> for Fetched {
+    fn as_ref(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Copies `path` privately while hashing it; refused unless it is `pin`.
+fn private_copy(path: &Path, pin: &Pin) -> Result<Fetched> {
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| SystemError::Io { path: p, source }
+    };
+    let source = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(io(path))?;
+    let dir = tempfile::Builder::new()
+        .prefix("nexus-deb-")
+        .permissions(fs::Permissions::from_mode(0o700))
+        .tempdir()
+        .map_err(io(&std::env::temp_dir()))?;
+    let copy = dir
+        .path()
+        .join(path.file_name().unwrap_or("package.deb".as_ref()));
+    let sink = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&copy)
+        .map_err(io(&copy))?;
+    let got = pins::hash_copy(source, sink).map_err(io(path))?;
+    if &got != pin {
+        return Err(SystemError::DebMismatch {
+            file: path.to_path_buf(),
+            expected_sha256: pin.sha256.clone(),
+            actual_sha256: got.sha256,
+        });
+    }
+    Ok(Fetched {
+        path: copy,
+        _dir: dir,
+    })
 }
 
 /// The `_apt` account apt drops to as root, if the system has one.
@@ -204,7 +268,7 @@ fn apt_user() -> Option<(u32, u32)> {
 /// Downloads `target` with apt into a private directory (owned by `_apt`
 /// as root, so apt's sandbox stays on) and copies it into the cache,
 /// checking it against apt's index; returns its path in the cache.
-fn download(cache: &Path, pins: &mut Pins, target: &str) -> Result<PathBuf> {
+fn download(cache: &Path, pins: &mut Pins, target: &str) -> Result<(PathBuf, Pin)> {
     let fail = |message: String| SystemError::Fetch {
         package: target.to_string(),
         message,
@@ -263,13 +327,14 @@ fn download(cache: &Path, pins: &mut Pins, target: &str) -> Result<PathBuf> {
     fs::set_permissions(partial.path(), fs::Permissions::from_mode(0o644))
         .map_err(io(partial.path()))?;
     partial.persist(&dest).map_err(|e| io(&dest)(e.error))?;
-    pins.record(cache, &expected.file, expected.pin)?;
-    Ok(dest)
+    pins.record(cache, &expected.file, expected.pin.clone())?;
+    Ok((dest, expected.pin))
 }
 
 /// The `.deb` of `package` (`version`, or apt's candidate), from the
-/// cache (checked against its pin) or fetched into it (and pinned).
-pub fn fetch(cache: &Path, package: &str, version: Option<&str>) -> Result<PathBuf> {
+/// cache (checked against its pin) or fetched into it (and pinned), as a
+/// private copy of the pinned bytes.
+pub fn fetch(cache: &Path, package: &str, version: Option<&str>) -> Result<Fetched> {
     fs::create_dir_all(cache).map_err(|e| SystemError::Io {
         path: cache.to_path_buf(),
         source: e,
@@ -277,15 +342,21 @@ pub fn fetch(cache: &Path, package: &str, version: Option<&str>) -> Result<PathB
     let _lock = CacheLock::acquire(cache)?;
     let mut pins = Pins::read(cache)?;
     if let Some(found) = cached(cache, package, version) {
-        check_cached(cache, &mut pins, &found, package)?;
+        let (pin, new) = pin_for_cached(&found, &pins, package)?;
+        let copy = private_copy(&found, &pin)?;
+        if new {
+            let name = found.file_name().unwrap_or_default().to_string_lossy();
+            pins.record(cache, &name, pin)?;
+        }
         tracing::info!("{package}: cached {}, SHA256 as pinned", found.display());
-        return Ok(found);
+        return Ok(copy);
     }
     let target = match version {
         Some(v) => format!("{package}={v}"),
         None => package.to_string(),
     };
-    download(cache, &mut pins, &target)
+    let (path, pin) = download(cache, &mut pins, &target)?;
+    private_copy(&path, &pin)
 }
 
 #[cfg(test)]
@@ -333,5 +404,27 @@ mod tests {
         assert_eq!(fs::read(&victim).unwrap(), b"precious");
         fs::remove_file(cache.join(".lock")).unwrap();
         drop(CacheLock::acquire(&cache).unwrap());
+    }
+
+    /// Whoever can write the cache may replace a file once it was checked
+    /// against its pin: a build fetches every package before it grafts
+    /// any, so the file it grafts must be the bytes the pin vouched for,
+    /// not whatever the cache holds by then.
+    #[test]
+    fn a_cached_deb_swapped_after_its_check_is_never_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path();
+        let name = "x_1_all.deb";
+        fs::write(cache.join(name), b"the pinned bytes").unwrap();
+        let mut pins = Pins::read(cache).unwrap();
+        pins.record(cache, name, pins::pin_of(&cache.join(name)).unwrap())
+            .unwrap();
+        let got = fetch(cache, "x", Some("1")).unwrap();
+        // The cache's writer swaps the file in before the graft reads it.
+        let planted = cache.join(".planted");
+        fs::write(&planted, b"other bytes").unwrap();
+        fs::rename(&planted, cache.join(name)).unwrap();
+        let path: &Path = got.as_ref();
+        assert_eq!(fs::read(path).unwrap(), b"the pinned bytes");
     }
 }
