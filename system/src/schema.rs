@@ -3,8 +3,12 @@
 //! a diagnostic at the offending node, argument or property.
 
 use kdl::{KdlEntry, KdlNode};
+use miette::SourceSpan;
 
 use crate::diag::{Diag, SourceFile};
+
+/// The most `{` a profile or recipe file may hold (in blocks or strings).
+const MAX_BRACES: usize = 256;
 
 /// Joins names for a help text: `a, b or c`.
 pub fn one_of(names: &[&str]) -> String {
@@ -156,6 +160,18 @@ pub fn string_prop<'a>(
 /// `kind NAME { ... }` with NAME equal to the file's stem (so that a
 /// profile or recipe is found by its name).
 pub fn top_node(file: &SourceFile, kind: &str) -> Result<kdl::KdlDocument, Diag> {
+    // The parser recurses once per block, and so would overflow the stack
+    // on a deep enough nesting. No schema nests more than two blocks, and
+    // no block opens without a `{`: counting them bounds the depth.
+    let opened = file.text.bytes().filter(|&b| b == b'{').count();
+    if opened > MAX_BRACES {
+        return Err(file.error(
+            SourceSpan::from(0..0),
+            format!("{opened} `{{` in one file: more than the {MAX_BRACES} a {kind} may hold"),
+            "here",
+            Some("profiles and recipes nest blocks at most two deep".into()),
+        ));
+    }
     let doc: kdl::KdlDocument = file.text.parse().map_err(|e| file.syntax_error(&e))?;
     let stem = file
         .path
@@ -217,4 +233,32 @@ pub fn top_node(file: &SourceFile, kind: &str) -> Result<kdl::KdlDocument, Diag>
         ));
     }
     Ok(doc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `kdl` parser recurses once per nested block: a file of a few
+    /// kilobytes of `{` overflowed the stack and aborted `nexus` (root)
+    /// before any diagnostic. Run on a thread with the main thread's
+    /// usual 8 MiB stack.
+    #[test]
+    fn deeply_nested_blocks_are_refused_without_overflowing_the_stack() {
+        let refused = std::thread::Builder::new()
+            .stack_size(8 << 20)
+            .spawn(|| {
+                let n = 100_000;
+                let text = format!("recipe \"x\" {}{}", "{ a ".repeat(n), "}".repeat(n));
+                let file = SourceFile::new("x.kdl", text);
+                top_node(&file, "recipe").is_err()
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(refused);
+        // A string holding braces is no block.
+        let file = SourceFile::new("x.kdl", "recipe \"x\" { description \"{}\" }");
+        assert!(top_node(&file, "recipe").is_ok());
+    }
 }
