@@ -504,4 +504,34 @@ mod tests {
         let got = fetch(cache, "x", None).unwrap();
         assert_eq!(fs::read(got.path()).unwrap(), b"new");
     }
+
+    /// `debs.lock` sits in the cache: whoever can write the cache could
+    /// replace it with pins of their own file and have that reused as
+    /// "pinned". A lock file the caller does not own (or that others can
+    /// write) must not vouch for anything.
+    #[test]
+    fn a_lock_file_planted_by_another_user_pins_nothing() {
+        if crate::trust::euid() != 0 {
+            return; // planting another user's file needs root
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path();
+        let name = "x_1_all.deb";
+        fs::write(cache.join(name), b"the attacker's bytes").unwrap();
+        // The attacker writes the lock file in the shared cache.
+        let planted = cache.join(".planted");
+        let pin = pins::pin_of(&cache.join(name)).unwrap();
+        fs::write(
+            &planted,
+            format!(
+                "# nexus debs.lock v1: SHA256 SIZE FILE\n{} {} {name}\n",
+                pin.sha256, pin.size
+            ),
+        )
+        .unwrap();
+        std::os::unix::fs::lchown(&planted, Some(65534), Some(65534)).unwrap();
+        fs::rename(&planted, cache.join(pins::LOCK_FILE)).unwrap();
+        // (apt's index knows no `x`: only the planted pin could vouch.)
+        assert!(fetch(cache, "x", Some("1")).is_err());
+    }
 }

@@ -16,6 +16,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -57,11 +58,33 @@ impl Pins {
     /// Reads the cache's lock file (none yet: no pins).
     pub fn read(cache: &Path) -> Result<Pins> {
         let path = cache.join(LOCK_FILE);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
+        // Never through a symlink, and only a file of the caller's that no
+        // one else can write: the cache may be shared, and whoever could
+        // write this file would choose what counts as pinned.
+        let mut file = match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(&path)
+        {
+            Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Pins::default()),
             Err(e) => return Err(io(&path)(e)),
         };
+        let meta = file.metadata().map_err(io(&path))?;
+        let caller = nix::unistd::geteuid().as_raw();
+        if !meta.is_file() || meta.uid() != caller || meta.mode() & 0o022 != 0 {
+            return Err(SystemError::DebPin {
+                file: path.clone(),
+                message: format!(
+                    "not a regular file of uid {caller} that only it can write (uid {}, mode {:o}): \
+                     it cannot vouch for the cache's files",
+                    meta.uid(),
+                    meta.mode()
+                ),
+            });
+        }
+        let mut text = String::new();
+        file.read_to_string(&mut text).map_err(io(&path))?;
         let bad = |line: usize, why: &str| SystemError::DebPin {
             file: path.clone(),
             message: format!("line {line}: {why}"),
