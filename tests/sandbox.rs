@@ -658,8 +658,8 @@ fn writable_catalog_descriptors(pid: i32, store: &Path) -> Vec<String> {
     found
 }
 
-/// ARCHITECTURE.md: the daemon's catalog connections are read-only, "so it
-/// holds no descriptor that writes the catalog or its WAL" — what keeps a
+/// ARCHITECTURE.md: "the daemon holds no descriptor that writes the
+/// catalog or its WAL" — what keeps a
 /// daemon someone took over (a hostile guest's, say) from rewriting
 /// packages' modes, owners and contents for every other mount of the
 /// store (setuid honoured on /Programs). Landlock checks a path when it is
