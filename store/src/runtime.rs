@@ -417,34 +417,46 @@ fn stems(dir: &Path) -> Result<Vec<String>> {
 /// whose lock is held. Records of dead processes, and records this build
 /// cannot read, are skipped. Sorted by kind, target and pid.
 pub fn live(store_dir: &Path) -> Result<Vec<ServedRecord>> {
-    let dir = store_dir.join(RUN_DIR);
-    let mut records = Vec::new();
-    for stem in stems(&dir)? {
-        let record_path = dir.join(format!("{stem}{RECORD_SUFFIX}"));
-        if lock_held(&dir.join(format!("{stem}{LOCK_SUFFIX}")))? != Some(true) {
-            continue;
-        }
-        let text = match fs::read(&record_path) {
-            Ok(text) => text,
-            // Registering (lock taken, record not written yet) or ending.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(StoreError::io(&record_path, e)),
-        };
-        match serde_json::from_slice::<RecordFile>(&text)
-            .ok()
-            .and_then(RecordFile::into_record)
-        {
-            Some(record) => records.push(record),
-            None => tracing::warn!(
-                "{}: not a runtime record this program can read; ignored",
-                record_path.display()
-            ),
-        }
-    }
+    let mut records: Vec<ServedRecord> = held_records(store_dir)?
+        .into_iter()
+        .filter_map(|(_, record)| record)
+        .collect();
     records.sort_by(|a, b| {
         (a.served.kind, &a.served.target, a.pid).cmp(&(b.served.kind, &b.served.target, b.pid))
     });
     Ok(records)
+}
+
+/// The name of every record whose lock is held (its process runs), with
+/// the record once it is written and this build can read it.
+fn held_records(store_dir: &Path) -> Result<Vec<(String, Option<ServedRecord>)>> {
+    let dir = store_dir.join(RUN_DIR);
+    let mut held = Vec::new();
+    for stem in stems(&dir)? {
+        if lock_held(&dir.join(format!("{stem}{LOCK_SUFFIX}")))? != Some(true) {
+            continue;
+        }
+        let record_path = dir.join(format!("{stem}{RECORD_SUFFIX}"));
+        let record = match fs::read(&record_path) {
+            Ok(text) => {
+                let record = serde_json::from_slice::<RecordFile>(&text)
+                    .ok()
+                    .and_then(RecordFile::into_record);
+                if record.is_none() {
+                    tracing::warn!(
+                        "{}: not a runtime record this program can read; ignored",
+                        record_path.display()
+                    );
+                }
+                record
+            }
+            // Registering (lock taken, record not written yet) or ending.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(StoreError::io(&record_path, e)),
+        };
+        held.push((stem, record));
+    }
+    Ok(held)
 }
 
 /// Refuses `upgrade` of the catalog of the store in `store_dir` if a
@@ -455,17 +467,8 @@ pub fn live(store_dir: &Path) -> Result<Vec<ServedRecord>> {
 /// written yet, or not readable by this build, counts as one that reads
 /// only the schema it opened.
 pub fn check_upgrade(store_dir: &Path, upgrade: &Upgrade, excused: &[u32]) -> Result<()> {
-    let dir = store_dir.join(RUN_DIR);
     let mut stranded = Vec::new();
-    for stem in stems(&dir)? {
-        if lock_held(&dir.join(format!("{stem}{LOCK_SUFFIX}")))? != Some(true) {
-            continue;
-        }
-        let record_path = dir.join(format!("{stem}{RECORD_SUFFIX}"));
-        let record = fs::read(&record_path)
-            .ok()
-            .and_then(|text| serde_json::from_slice::<RecordFile>(&text).ok())
-            .and_then(RecordFile::into_record);
+    for (stem, record) in held_records(store_dir)? {
         let reader = match record {
             Some(r) => StrandedReader {
                 pid: Some(r.pid),

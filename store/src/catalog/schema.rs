@@ -13,7 +13,7 @@
 //! would leave a running reader unable to open connections is refused
 //! before it starts (see [`Upgrade`]).
 
-use rusqlite::{Connection, OptionalExtension};
+use rusqlite::Connection;
 
 use crate::error::{Result, StoreError};
 
@@ -326,14 +326,7 @@ fn oldest_reader(conn: &Connection, version: i64) -> Result<i64> {
     if version == 0 {
         return Ok(0);
     }
-    let recorded: Option<String> = conn
-        .query_row(
-            "SELECT value FROM meta WHERE key = ?1",
-            [OLDEST_READER_KEY],
-            |r| r.get(0),
-        )
-        .optional()?;
-    Ok(recorded
+    Ok(super::read_meta(conn, OLDEST_READER_KEY)?
         .and_then(|v| v.parse::<i64>().ok())
         .filter(|&v| (0..=version).contains(&v))
         .unwrap_or(version))
@@ -403,11 +396,7 @@ pub fn migrate(conn: &mut Connection, check: &dyn Fn(&Upgrade) -> Result<()>) ->
         } else {
             version + 1
         };
-        tx.execute(
-            "INSERT INTO meta(key, value) VALUES (?1, ?2) \
-             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            rusqlite::params![OLDEST_READER_KEY, oldest.to_string()],
-        )?;
+        super::write_meta(&tx, OLDEST_READER_KEY, &oldest.to_string())?;
         tx.pragma_update(None, "user_version", version + 1)?;
         tx.commit()?;
     }
