@@ -80,24 +80,22 @@ pub fn diff_summary(diff: &GenerationDiff) -> String {
     line
 }
 
-/// `text` safe to print on a terminal: control characters (escape
-/// sequences a forged record or file name could carry) shown as Rust
-/// escapes, everything else as it is.
-pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.chars().any(char::is_control) {
-        return std::borrow::Cow::Borrowed(text);
+/// A name for a terminal (a file name or link target from a package, a
+/// mount point from a runtime record): as UTF-8, lossily, with control and
+/// Unicode format characters spelt out (`\n`, `\u{1b}`, `\u{202e}`) and
+/// backslashes doubled, so that a name shows what it holds and nothing
+/// else (no escape sequence reaches the terminal, no line or bidirectional
+/// override fakes another entry).
+pub fn for_terminal(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for c in String::from_utf8_lossy(bytes).chars() {
+        if c == '\\' || c.is_control() || nexus_store::names::is_format(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
     }
-    std::borrow::Cow::Owned(
-        text.chars()
-            .map(|c| {
-                if c.is_control() {
-                    c.escape_default().to_string()
-                } else {
-                    c.to_string()
-                }
-            })
-            .collect(),
-    )
+    out
 }
 
 #[cfg(test)]
@@ -107,9 +105,9 @@ mod tests {
 
     #[test]
     fn control_characters_are_shown_escaped() {
-        assert_eq!(printable("/Programs"), "/Programs");
+        assert_eq!(for_terminal(b"/Programs"), "/Programs");
         assert_eq!(
-            printable("/mnt\x1b]0;owned\x07\nroot#"),
+            for_terminal(b"/mnt\x1b]0;owned\x07\nroot#"),
             "/mnt\\u{1b}]0;owned\\u{7}\\nroot#"
         );
     }

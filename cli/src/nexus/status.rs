@@ -5,6 +5,7 @@
 //! domain, store size and the download cache.
 
 use std::fs;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -196,7 +197,7 @@ fn print(s: &Status) {
             println!(
                 "  {:<9} {:<32} pid {:<7} {shown}, since {}",
                 r.served.kind.as_str(),
-                crate::human::printable(&r.served.target.to_string_lossy()),
+                human::for_terminal(r.served.target.as_os_str().as_bytes()),
                 r.pid,
                 human::time(r.started)
             );

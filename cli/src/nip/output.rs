@@ -4,6 +4,8 @@ use nexus_store::catalog::InodeRow;
 use nexus_store::tree::InodeType;
 use serde_json::{Value, json};
 
+use crate::human::for_terminal;
+
 /// The `type` string of an inode.
 pub fn kind_name(k: InodeType) -> &'static str {
     match k {
@@ -17,23 +19,6 @@ pub fn kind_name(k: InodeType) -> &'static str {
 /// bytes in hex).
 pub fn lossy(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// A name from a package for a terminal: as [`lossy`], with control and
-/// Unicode format characters spelt out (`\n`, `\u{1b}`, `\u{202e}`) and
-/// backslashes doubled, so that a name shows what it holds and nothing
-/// else (no escape sequence reaches the terminal, no line or bidirectional
-/// override fakes another entry).
-pub fn for_terminal(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len());
-    for c in String::from_utf8_lossy(bytes).chars() {
-        if c == '\\' || c.is_control() || nexus_store::names::is_format(c) {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// One line of `nip files`: mode, owner, group, size, path and a symlink's
