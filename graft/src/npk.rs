@@ -61,26 +61,7 @@ pub fn open(
         Trust::Keys(set) => nexus_npk::Policy::Trusted(set, expiry),
         Trust::Insecure => nexus_npk::Policy::Insecure,
     };
-    // The kind first (from the header; the signed manifest must agree):
-    // "this is an image" says more than who may sign one.
-    let found = Archive::kind_of(path).map_err(failed)?;
-    if found != kind {
-        return Err(failed(NpkError::KindMismatch {
-            expected: kind,
-            found,
-        }));
-    }
-    let archive = Archive::open(path, policy).map_err(failed)?;
-    // Again on what was opened and verified: `kind_of` read the header
-    // through another open of the path, and whoever can write the file's
-    // directory can swap it in between (a signed package taken for a
-    // whole system, with no counter to check).
-    if archive.manifest.kind != kind {
-        return Err(failed(NpkError::KindMismatch {
-            expected: kind,
-            found: archive.manifest.kind,
-        }));
-    }
+    let archive = Archive::open_as(path, kind, policy).map_err(failed)?;
     // Unverified archives were reported by the reader already.
     if let Signer::Trusted(grant) = &archive.signer {
         tracing::info!(

@@ -119,29 +119,44 @@ pub fn is_archive(head: &[u8]) -> bool {
 }
 
 impl Archive {
-    /// What the archive at `path` says it is, from its header alone (not
-    /// verified: enough to refuse the wrong kind of archive early).
-    pub fn kind_of(path: &Path) -> Result<ArchiveKind> {
-        let file = File::open(path).map_err(|e| NpkError::io(path, e))?;
-        let mut header = [0u8; HEADER_LEN as usize];
-        read_header(&file, path, &mut header)?;
-        Ok(decode_header(&header)?.0)
-    }
-
     /// Opens `path`: checks the format, the signature against `policy`,
     /// the hash of every byte the manifest covers, and decodes the body.
     pub fn open(path: &Path, policy: Policy<'_>) -> Result<Archive> {
         Archive::open_with(path, policy, Check::Full)
     }
 
+    /// [`Archive::open`] for an archive that must be of `kind`: another
+    /// kind is refused as soon as the header says so, before its signer
+    /// is judged ("this is an image" says more than who may sign one). The
+    /// kind is read from the very file then verified, so a file swapped
+    /// after the check is not taken for the kind it replaced.
+    pub fn open_as(path: &Path, kind: ArchiveKind, policy: Policy<'_>) -> Result<Archive> {
+        Archive::open_file(path, policy, Check::Full, Some(kind))
+    }
+
     /// Opens `path` as [`Archive::open`] does, hashing as much as `check`
     /// says.
     pub fn open_with(path: &Path, policy: Policy<'_>, check: Check) -> Result<Archive> {
+        Archive::open_file(path, policy, check, None)
+    }
+
+    fn open_file(
+        path: &Path,
+        policy: Policy<'_>,
+        check: Check,
+        expected: Option<ArchiveKind>,
+    ) -> Result<Archive> {
         let file = File::open(path).map_err(|e| NpkError::io(path, e))?;
         let len = file.metadata().map_err(|e| NpkError::io(path, e))?.len();
         let mut header = [0u8; HEADER_LEN as usize];
         read_header(&file, path, &mut header)?;
         let (kind, version) = decode_header(&header)?;
+        if let Some(expected) = expected.filter(|&e| e != kind) {
+            return Err(NpkError::KindMismatch {
+                expected,
+                found: kind,
+            });
+        }
         if len < HEADER_LEN + TRAILER_LEN {
             return Err(FormatError::Malformed(
                 "truncated: shorter than header and trailer".into(),
