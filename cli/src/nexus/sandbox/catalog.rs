@@ -17,7 +17,7 @@ use nexus_store::read::Reader;
 
 /// The descriptors of this process open on the catalog or its WAL, listed
 /// before confinement (when `/proc/self/fd` can still be read).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct CatalogDescriptors {
     fds: Vec<RawFd>,
     /// Device and inode of the catalog and of its WAL.

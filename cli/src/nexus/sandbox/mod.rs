@@ -316,7 +316,14 @@ pub fn confine(confinement: &Confinement) -> Result<Confined> {
         });
     }
     refuse_log_dir_over_store(confinement)?;
-    let catalog_descriptors = catalog::CatalogDescriptors::list(confinement.store)?;
+    // An image's scratch store is the daemon's own (it may write it): only
+    // a shared store's catalog must be beyond its reach. Its descriptors
+    // are listed while /proc can still be read.
+    let shared_catalog = confinement
+        .reader
+        .filter(|_| confinement.image.is_none())
+        .map(|reader| catalog::CatalogDescriptors::list(confinement.store).map(|fds| (reader, fds)))
+        .transpose()?;
     let root = is_root();
     let identity = root
         .then(|| user::sandbox_user(confinement.args.sandbox_user.as_deref()))
@@ -378,10 +385,8 @@ pub fn confine(confinement: &Confinement) -> Result<Confined> {
         seccompiler::apply_filter_all_threads(filter)
             .context("installing the seccomp filter on every thread")?;
     }
-    // An image's scratch store is the daemon's own (it may write it): only
-    // a shared store's catalog must be beyond its reach.
-    if let Some(reader) = confinement.reader.filter(|_| confinement.image.is_none()) {
-        catalog::reopen(reader, confinement.remote, &catalog_descriptors)?;
+    if let Some((reader, before)) = &shared_catalog {
+        catalog::reopen(reader, confinement.remote, before)?;
     }
     let who = match &identity {
         Some(u) => format!(
