@@ -41,11 +41,12 @@ fn fail(recipe: &str, message: String) -> SystemError {
     }
 }
 
-/// Runs `command` in `dir` with a umask that leaves what it writes
-/// readable to the build user; returns its stdout.
-fn output(recipe: &str, mut command: Command, dir: &Path) -> Result<String> {
+/// Runs `command` from `/` (see the module's documentation) with a umask
+/// that leaves what it writes readable to the build user; returns its
+/// stdout.
+fn output(recipe: &str, mut command: Command) -> Result<String> {
     let shown = format!("{command:?}");
-    command.current_dir(dir);
+    command.current_dir("/");
     // SAFETY: umask(2) is async-signal-safe and touches no memory.
     unsafe {
         std::os::unix::process::CommandExt::pre_exec(&mut command, || {
@@ -71,17 +72,13 @@ fn output(recipe: &str, mut command: Command, dir: &Path) -> Result<String> {
 
 /// Vendors the crates of `manifest` into `scratch/vendor`, makes
 /// `scratch/cargo` the script's `CARGO_HOME` (owned by `owner`, when
-/// given), and finds the toolchain.
+/// given), and finds the toolchain. `manifest` must be absolute.
 pub fn prepare(
     recipe: &str,
     manifest: &Path,
     scratch: &Path,
     owner: Option<(u32, u32)>,
 ) -> Result<CargoKit> {
-    let dir = manifest
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
     let vendor = scratch.join(VENDOR);
     let mut command = Command::new("cargo");
     command
@@ -93,10 +90,10 @@ pub fn prepare(
         "recipe {recipe}: vendoring the crates of {}",
         manifest.display()
     );
-    output(recipe, command, dir)?;
+    output(recipe, command)?;
     let mut command = Command::new("rustc");
     command.args(["--print", "sysroot"]);
-    let sysroot = PathBuf::from(output(recipe, command, dir)?.trim());
+    let sysroot = PathBuf::from(output(recipe, command)?.trim());
     if !sysroot.join("bin/cargo").is_file() {
         return Err(fail(
             recipe,
@@ -148,4 +145,93 @@ pub fn prepare(
         path: format!("{RUN_DIR}/{RUST}/bin"),
         cargo_home: format!("{RUN_DIR}/{CARGO_HOME}"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    /// Set, for the test run again in a child, to the planted directory.
+    const PLANTED: &str = "NEXUS_TEST_PLANTED_ABOVE";
+
+    /// A project under a directory others may write, as `/tmp` is: a
+    /// toolchain file planted above it must not choose the cargo and rustc
+    /// that root runs, and a cargo configuration planted there must not be
+    /// read (this one cannot even parse, so reading it fails the vendoring).
+    #[test]
+    fn files_planted_above_the_project_choose_nothing() {
+        if let Some(above) = std::env::var_os(PLANTED) {
+            return prepare_below(Path::new(&above));
+        }
+        let above = tempfile::tempdir().unwrap();
+        let project = above.path().join("project");
+        fs::create_dir_all(project.join("src")).unwrap();
+        fs::write(project.join("src/lib.rs"), "").unwrap();
+        let manifest = project.join("Cargo.toml");
+        fs::write(
+            &manifest,
+            "[package]\nname = \"planted\"\nversion = \"0.1.0\"\nedition = \"2021\"\n",
+        )
+        .unwrap();
+        let mut lock = Command::new("cargo");
+        lock.args(["generate-lockfile", "--offline", "--manifest-path"])
+            .arg(&manifest);
+        output("planted", lock).unwrap();
+
+        // The planter's toolchain: its cargo and rustc only leave a mark.
+        let planted = above.path().join("toolchain");
+        fs::create_dir_all(planted.join("bin")).unwrap();
+        for tool in ["cargo", "rustc"] {
+            let path = planted.join("bin").join(tool);
+            let mark = above.path().join("ran");
+            fs::write(
+                &path,
+                format!("#!/bin/sh\ntouch '{}'\nexit 1\n", mark.display()),
+            )
+            .unwrap();
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        fs::write(
+            above.path().join("rust-toolchain.toml"),
+            format!("[toolchain]\npath = \"{}\"\n", planted.display()),
+        )
+        .unwrap();
+        fs::create_dir(above.path().join(".cargo")).unwrap();
+        fs::write(above.path().join(".cargo/config.toml"), "not [ toml").unwrap();
+
+        // `cargo test` sets RUSTUP_TOOLCHAIN for what it runs, and rustup
+        // then ignores toolchain files: the vendoring is tried again in a
+        // child without it, as root's shell would run `nexus build`.
+        let status = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "cargo::tests::files_planted_above_the_project_choose_nothing",
+                "--test-threads=1",
+                "--nocapture",
+            ])
+            .env(PLANTED, above.path())
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .status()
+            .unwrap();
+        assert!(status.success(), "the child found the plants used");
+    }
+
+    /// In the child: vendors the project below `above` and checks that
+    /// nothing planted there was used.
+    fn prepare_below(above: &Path) {
+        let scratch = tempfile::tempdir().unwrap();
+        let manifest = above.join("project/Cargo.toml");
+        let kit = prepare("planted", &manifest, scratch.path(), None).unwrap();
+        assert!(
+            !above.join("ran").exists(),
+            "root ran the planted toolchain"
+        );
+        assert!(
+            kit.mounts.iter().all(|m| !m.source.starts_with(above)),
+            "the sandbox was given the planted toolchain"
+        );
+    }
 }
