@@ -90,6 +90,34 @@ fn regular_file_instead_of_directory_is_refused() {
     store.assert_unchanged(&before, "after adding a regular file by name");
 }
 
+/// A package file swapped for a FIFO (in a directory its owner may write,
+/// while root runs `nip add`) must be refused at once: opening it plainly
+/// would wait for a writer forever, holding the store's write lock. A
+/// device is refused too rather than read without end.
+#[test]
+fn a_package_file_that_is_a_fifo_or_a_device_is_refused_at_once() {
+    let scratch = Scratch::new("bad-fifo-package");
+    let store = populated_store(&scratch);
+    let before = store.state();
+    let fifo = scratch.join("downloads/app_1_all.deb");
+    std::fs::create_dir_all(scratch.join("downloads")).unwrap();
+    mkfifo(&fifo);
+    for path in [fifo.as_path(), Path::new("/dev/zero")] {
+        for args in [
+            vec![OsString::from("add"), path.as_os_str().to_owned()],
+            add_named(path, "app", "1"),
+        ] {
+            let run = store.fails_with(&[EXIT_ERROR], &args);
+            assert!(
+                run.stderr.contains(&*path.to_string_lossy())
+                    && run.stderr.contains("not a regular file"),
+                "the error must name the path and what is wrong with it:\n{run}"
+            );
+        }
+    }
+    store.assert_unchanged(&before, "after adding a FIFO and a device");
+}
+
 #[test]
 fn unreadable_entries_are_refused() {
     if is_root() {

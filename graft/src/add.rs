@@ -310,7 +310,7 @@ fn stage_archive(
     progress: &dyn Progress,
 ) -> Result<StagedPackage, GraftError> {
     let path = &request.path;
-    let file = File::open(path).map_err(|e| GraftError::Io {
+    let file = nexus_store::regular::open_regular(path).map_err(|e| GraftError::Io {
         path: path.clone(),
         source: e,
     })?;

@@ -32,7 +32,7 @@ pub enum Trust {
 pub fn looks_like_npk(path: &Path) -> Result<bool, GraftError> {
     use std::io::Read;
     let mut head = [0u8; 8];
-    let mut f = fs::File::open(path).map_err(|e| GraftError::Io {
+    let mut f = nexus_store::regular::open_regular(path).map_err(|e| GraftError::Io {
         path: path.to_path_buf(),
         source: e,
     })?;

@@ -146,7 +146,7 @@ impl Archive {
         check: Check,
         expected: Option<ArchiveKind>,
     ) -> Result<Archive> {
-        let file = File::open(path).map_err(|e| NpkError::io(path, e))?;
+        let file = nexus_store::regular::open_regular(path).map_err(|e| NpkError::io(path, e))?;
         let len = file.metadata().map_err(|e| NpkError::io(path, e))?.len();
         let mut header = [0u8; HEADER_LEN as usize];
         read_header(&file, path, &mut header)?;

@@ -19,6 +19,7 @@ pub mod names;
 pub mod pack;
 pub mod params;
 pub mod read;
+pub mod regular;
 pub mod runtime;
 pub mod scan;
 pub mod tree;
