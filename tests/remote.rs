@@ -698,6 +698,70 @@ fn replayed_expired_and_untrusted_manifests_are_refused() {
     );
 }
 
+/// Whoever can write the bucket (or a key this store trusts only for
+/// another domain) must not choose the counter the publisher signs next:
+/// a manifest there with a counter near the end of the range would
+/// otherwise be "exceeded", spending the publisher's key to its last
+/// counter, after which it could never publish again.
+#[test]
+fn a_manifest_the_publisher_does_not_vouch_for_chooses_no_counter() {
+    let scratch = Scratch::new("remote-counter");
+    let (a, key, tree, url) = directory_publisher(&scratch, 1 << 16);
+    // The counter of the manifest on the remote (FORMAT.md: u64 at 48).
+    let counter_of = || -> u64 {
+        let manifest = fs::read(tree.join("manifest")).unwrap();
+        u64::from_le_bytes(manifest[48..56].try_into().unwrap())
+    };
+    let before = counter_of();
+
+    // The intruder: trusted by the publisher, but for images of another
+    // domain; its key's next counter the last but one.
+    let other = Store::init();
+    other.ok(["key", "generate", "intruder"]);
+    let intruder_pub = fs::read_dir(other.path().join("keys/public"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "pub"))
+        .unwrap();
+    a.ok([
+        "key",
+        "trust",
+        intruder_pub.to_str().unwrap(),
+        "--for",
+        "images",
+        "--domain",
+        "elsewhere",
+    ]);
+    fs::write(
+        other.path().join("keys/secret/intruder.counter"),
+        format!("{}\n", u64::MAX - 2),
+    )
+    .unwrap();
+    other.ok(["remote", "add", "dir", &url]);
+    add_random(&other, scratch.path(), "evil", "1", 1 << 12);
+    other.ok(["publish", "dir", "--fresh"]);
+    assert_eq!(counter_of(), u64::MAX - 1, "setup: the planted counter");
+
+    // Reusing what that manifest names is refused, naming the domain.
+    add_random(&a, scratch.path(), "app", "2", 1 << 12);
+    let refused = a.run(["publish", "dir"]);
+    assert!(
+        !refused.success() && refused.stderr.contains("--fresh"),
+        "{refused}"
+    );
+    // Replacing it takes the publisher's own next counter.
+    a.ok(["publish", "dir", "--fresh"]);
+    let after = counter_of();
+    assert!(
+        after > before && after < 1000,
+        "the publisher signed counter {after} (before: {before})"
+    );
+    let s = subscriber("dir", &url, &key, &[]);
+    s.ok(["pull", "dir"]);
+    a.ok(["publish", "dir"]);
+}
+
 #[test]
 fn concurrent_readers_of_a_cold_file_cause_one_fetch_per_block() {
     if !root_or_skip("concurrent_readers_of_a_cold_file_cause_one_fetch_per_block") {

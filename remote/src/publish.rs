@@ -29,7 +29,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use nexus_npk::body::{Body, BodyBlob, BodyChunk, BodyPackage, root_hash};
 use nexus_npk::read::unix_now;
-use nexus_npk::{CounterRequest, KeyStore, SecretKey, TrustSet};
+use nexus_npk::{CounterRequest, KeyStore, Scope, SecretKey, TrustSet, TrustedKey};
 use nexus_store::pack::{
     BlockBuilder, BlockEncoder, ChunkKind, ChunkLocation, PACK_MAGIC, PACK_SUFFIX, decode_block,
 };
@@ -58,9 +58,11 @@ pub struct PublishOptions<'a> {
     pub keys: &'a KeyStore,
     /// The signing key's name.
     pub key_name: &'a str,
-    /// Keys whose manifests already on the remote are trusted (to reuse
-    /// their chunks).
+    /// The store's trusted keys: of them, those trusted for images of
+    /// `domain` vouch for a manifest already on the remote.
     pub trust: &'a TrustSet,
+    /// The remote's trust domain.
+    pub domain: &'a str,
     /// How long subscribers accept the manifest (`None`: forever).
     pub expires_in: Option<Duration>,
     /// Reuse nothing already on the remote.
@@ -143,21 +145,36 @@ pub fn publish(
         ))));
     }
     progress.phase("reading the remote");
-    // The manifest this publish replaces: its counter is to be exceeded
-    // and its version replaced, whoever signed it; its chunks are reused
-    // only if a key this store trusts signed it (a remote could otherwise
-    // make the new manifest name objects that are not there).
+    // The manifest this publish replaces. Its counter is exceeded and its
+    // chunks reused only if it is vouched for: anyone who can write the
+    // bucket could otherwise choose the counter this key signs next (up
+    // to exhausting it) and make the new manifest name objects that are
+    // not there.
     let previous = read_manifest(&client)?;
-    if let Some(p) = &previous
-        && !options.fresh
-    {
-        accept(&remote, p, options.trust, None, true).map_err(|e| {
-            RemoteError::Invalid(format!(
-                "{e}; publish with --fresh to upload everything instead of reusing what it names"
-            ))
-        })?;
-    }
-    let reusable: HashMap<Hash, (String, u64, ChunkLocation)> = match &previous {
+    let vouched = match &previous {
+        None => None,
+        Some(p) => match accept(
+            &remote,
+            p,
+            &vouchers(key, options),
+            Some(options.domain),
+            true,
+        ) {
+            Ok(()) => Some(p),
+            Err(e) if options.fresh => {
+                tracing::warn!(
+                    "remote {remote}: {e}; the manifest there is replaced, and neither its counter nor its chunks are taken"
+                );
+                None
+            }
+            Err(e) => {
+                return Err(RemoteError::Invalid(format!(
+                    "{e}; publish with --fresh to replace it without reusing what it names"
+                )));
+            }
+        },
+    };
+    let reusable: HashMap<Hash, (String, u64, ChunkLocation)> = match vouched {
         Some(p) if !options.fresh => {
             let meta = fetch_meta(&client, &p.manifest)?;
             let present: HashMap<String, u64> = client.list("packs")?.into_iter().collect();
@@ -379,7 +396,8 @@ pub fn publish(
     }
 
     // The counter: above the remote's and above any this key signed.
-    let previous_counter = previous.as_ref().map_or(0, |p| p.manifest.counter);
+    let previous_counter = vouched.map_or(0, |p| p.manifest.counter);
+    let exhausted = || RemoteError::Invalid("the counter of the signing key is exhausted".into());
     let mut counter = options
         .keys
         .take_counter(options.key_name, CounterRequest::Next)?;
@@ -387,7 +405,7 @@ pub fn publish(
         counter = options.keys.take_counter(
             options.key_name,
             CounterRequest::Exactly {
-                counter: previous_counter + 1,
+                counter: previous_counter.checked_add(1).ok_or_else(exhausted)?,
                 force: false,
             },
         )?;
@@ -425,7 +443,7 @@ pub fn publish(
                 counter = options.keys.take_counter(
                     options.key_name,
                     CounterRequest::Exactly {
-                        counter: counter + 1,
+                        counter: counter.checked_add(1).ok_or_else(exhausted)?,
                         force: true,
                     },
                 )?;
@@ -459,6 +477,33 @@ pub fn publish(
         root: root.to_hex(),
         expires,
     })
+}
+
+/// The keys that vouch for a manifest already on the remote: the key
+/// publishing now, and the keys this store trusts for images of the
+/// remote's trust domain (a key trusted for another domain, or for
+/// packages only, vouches for nothing here). Revoked keys stay revoked.
+fn vouchers(key: &SecretKey, options: &PublishOptions<'_>) -> TrustSet {
+    let scope = Scope::Images {
+        domain: options.domain.to_string(),
+    };
+    let own = TrustedKey {
+        key: key.public(),
+        scope: scope.clone(),
+        legacy: false,
+    };
+    let domain_keys = options
+        .trust
+        .domain_keys(options.domain)
+        .map(|k| TrustedKey {
+            key: k.clone(),
+            scope: scope.clone(),
+            legacy: false,
+        });
+    TrustSet {
+        trusted: std::iter::once(own).chain(domain_keys).collect(),
+        revoked: options.trust.revoked.clone(),
+    }
 }
 
 fn unreachable_write(remote: &str, what: &str) -> Result<()> {

@@ -73,6 +73,7 @@ fn oversized_manifests_and_metadata_are_refused_without_being_held() {
         keys: &keys,
         key_name: "pub",
         trust: &keys.trust_set().unwrap(),
+        domain: &row.domain,
         expires_in: None,
         fresh: false,
     };

@@ -78,6 +78,7 @@ fn publish_to(
         keys,
         key_name: "pub",
         trust: &keys.trust_set().unwrap(),
+        domain: &remote.domain,
         expires_in,
         fresh: false,
     };

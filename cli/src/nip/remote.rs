@@ -472,6 +472,7 @@ pub fn run_publish(
         keys: &keys,
         key_name: &key_name,
         trust: &trust,
+        domain: &remote.domain,
         expires_in,
         fresh: args.fresh,
     };
