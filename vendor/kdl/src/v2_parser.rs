@@ -261,14 +261,13 @@ fn new_input(s: &str) -> Input<'_> {
 pub(crate) fn document(input: &mut Input<'_>) -> PResult<KdlDocument> {
     let bom = opt(bom.take()).parse_next(input)?;
     let mut doc = nodes.parse_next(input)?;
-    let badend = resume_after_cut(
-        cut_err(eof).context(cx().lbl("EOF").msg("Expected end of document")),
-        any.void(),
-    )
-    .parse_next(input)?
-    .is_none();
-    if badend {
-        document.parse_next(input)?;
+    // After a bad end, one character is skipped and the rest is parsed as
+    // a document of its own, only for its errors. A loop, not a recursive
+    // call to `document`: that took a stack frame per bad end, and a few
+    // kilobytes of `}` overflowed the stack. Same parses, same order.
+    while badend(input)? {
+        opt(self::bom).parse_next(input)?;
+        nodes.parse_next(input)?;
     }
     if let Some(bom) = bom
         && let Some(fmt) = doc.format_mut()
@@ -276,6 +275,17 @@ pub(crate) fn document(input: &mut Input<'_>) -> PResult<KdlDocument> {
         fmt.leading = format!("{bom}{}", fmt.leading);
     }
     Ok(doc)
+}
+
+/// Whether the document goes on past the nodes just parsed: if so, the
+/// error is recorded and one character skipped.
+fn badend(input: &mut Input<'_>) -> PResult<bool> {
+    Ok(resume_after_cut(
+        cut_err(eof).context(cx().lbl("EOF").msg("Expected end of document")),
+        any.void(),
+    )
+    .parse_next(input)?
+    .is_none())
 }
 
 /// `nodes := (line-space* node)* line-space*`
