@@ -12,16 +12,41 @@ use miette::{NamedSource, SourceSpan};
 pub struct SourceFile {
     /// Where it was read from.
     pub path: PathBuf,
-    /// Its text.
+    /// Its text (never changed after [`SourceFile::new`], which indexes
+    /// its lines).
     pub text: Arc<str>,
+    lines: LineStarts,
+}
+
+/// The byte offset at which each line of a text starts, the first at 0:
+/// a line number is then a binary search, where scanning the text up to
+/// each offset made a lookup per line of a profile (or per syntax error)
+/// quadratic in the file's size.
+#[derive(Clone)]
+struct LineStarts(Arc<[usize]>);
+
+impl LineStarts {
+    fn of(text: &str) -> Self {
+        let after_newlines = text.match_indices('\n').map(|(i, _)| i + 1);
+        LineStarts(std::iter::once(0).chain(after_newlines).collect())
+    }
+}
+
+// Not derived: a file's Debug would list an offset per line.
+impl std::fmt::Debug for LineStarts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LineStarts({} lines)", self.0.len())
+    }
 }
 
 impl SourceFile {
     /// A file from its path and text (tests build them from strings).
     pub fn new(path: impl Into<PathBuf>, text: impl Into<Arc<str>>) -> Self {
+        let text = text.into();
         SourceFile {
             path: path.into(),
-            text: text.into(),
+            lines: LineStarts::of(&text),
+            text,
         }
     }
 
@@ -33,10 +58,15 @@ impl SourceFile {
         while !self.text.is_char_boundary(offset) {
             offset -= 1;
         }
-        let before = &self.text[..offset];
-        let line = before.matches('\n').count() + 1;
-        let start = before.rfind('\n').map_or(0, |i| i + 1);
-        (line, before[start..].chars().count() + 1)
+        // The lines starting at or before the offset; the first starts
+        // at 0, so there is at least one.
+        let line = self.lines.0.partition_point(|&start| start <= offset);
+        let start = line
+            .checked_sub(1)
+            .and_then(|i| self.lines.0.get(i))
+            .copied()
+            .unwrap_or(0);
+        (line, self.text[start..offset].chars().count() + 1)
     }
 
     /// A diagnostic at `span`.
@@ -133,4 +163,45 @@ pub struct Problem {
     /// Further problems in the same file (several syntax errors).
     #[related]
     pub more: Vec<Problem>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_col_counts_lines_and_characters() {
+        let file = SourceFile::new("x.kdl", "ab\n\nçd\ne");
+        let at = |offset| file.line_col(offset);
+        assert_eq!(at(0), (1, 1));
+        assert_eq!(at(2), (1, 3)); // the newline ends line 1
+        assert_eq!(at(3), (2, 1)); // an empty line
+        assert_eq!(at(4), (3, 1));
+        assert_eq!(at(6), (3, 2)); // after the two bytes of ç
+        assert_eq!(at(5), (3, 1)); // inside ç: clamped to its start
+        assert_eq!(at(9), (4, 2)); // the end
+        assert_eq!(at(99), (4, 2)); // past the end: clamped
+        assert_eq!(SourceFile::new("x.kdl", "").line_col(0), (1, 1));
+    }
+
+    /// The index gives what scanning the text up to the offset gave.
+    #[test]
+    fn line_col_agrees_with_a_scan() {
+        let scan = |text: &str, offset: usize| {
+            let before = &text[..offset];
+            let line = before.matches('\n').count() + 1;
+            let start = before.rfind('\n').map_or(0, |i| i + 1);
+            (line, before[start..].chars().count() + 1)
+        };
+        for text in ["\n", "\n\n", "a\n", "\na", "é\n\nxyz\r\nü\n€ 1\n", "plain"] {
+            let file = SourceFile::new("x.kdl", text);
+            for offset in (0..=text.len()).filter(|&o| text.is_char_boundary(o)) {
+                assert_eq!(
+                    file.line_col(offset),
+                    scan(text, offset),
+                    "{text:?} at {offset}"
+                );
+            }
+        }
+    }
 }
