@@ -277,12 +277,27 @@ mod tests {
             .spawn(|| {
                 let lines = format!("recipe \"x\" {{\n{}}}\n", "a =\n".repeat(16_000));
                 let closing = format!("recipe \"x\" {{ }}\n{}", "}".repeat(64_000));
-                [lines, closing]
-                    .map(|text| top_node(&SourceFile::new("x.kdl", text), "recipe").is_err())
+                [lines, closing].map(|text| top_node(&SourceFile::new("x.kdl", text), "recipe"))
             })
             .unwrap()
             .join()
             .unwrap();
-        assert_eq!(refused, [true, true]);
+        for result in refused {
+            let diag = result.expect_err("accepted");
+            // The file, the line and kdl's message; then the next 19
+            // errors and how many more there are, not 16 000 snippets.
+            assert!(diag.to_string().starts_with("x.kdl:"), "{diag}");
+            assert!(!diag.message().is_empty(), "{diag}");
+            let related: Vec<String> = miette::Diagnostic::related(&diag)
+                .into_iter()
+                .flatten()
+                .map(|d| d.to_string())
+                .collect();
+            assert_eq!(related.len(), 20);
+            assert!(
+                related[19].contains("more syntax errors from here on"),
+                "{related:?}"
+            );
+        }
     }
 }
