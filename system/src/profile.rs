@@ -297,6 +297,30 @@ mod tests {
         assert!(msg.contains("file is `p.kdl`"), "{msg}");
     }
 
+    /// A profile far larger than any real one (a whole distribution,
+    /// commented) is accepted: the limits against hostile files (the
+    /// `{` count, the syntax errors shown) do not touch it.
+    #[test]
+    fn a_large_profile_is_accepted() {
+        let n = 10_000;
+        let mut text = String::from("// Every package of a large distribution.\n");
+        text.push_str("profile \"p\" {\n    description \"everything\"\n");
+        for i in 0..n {
+            text.push_str(&format!(
+                "    // lib{i}: a library several others need, at its stable series\n"
+            ));
+            text.push_str(&format!("    package \"lib{i}\" \">= 1.{i}, < 2\"\n"));
+        }
+        text.push_str("    package \"hello\" \"= 2.10-3\" current=#true\n");
+        text.push_str("    package \"hello\" \"= 2.10-6\" recipe=\"hello-traditional\"\n");
+        text.push_str("}\n");
+        assert!(text.len() > 1 << 20, "{}", text.len()); // over 1 MiB
+        let p = parse(&text).unwrap();
+        assert_eq!(p.entries.len(), n + 2);
+        assert_eq!(p.entries[n - 1].app, format!("lib{}", n - 1));
+        assert_eq!(p.file.line_col(p.entries[n + 1].span.offset()).0, 2 * n + 5);
+    }
+
     #[test]
     fn syntax_errors_point_at_the_line() {
         let (line, msg) = bad("profile \"p\" {\n  package \"jq\" \">= 1.6\n}\n");
