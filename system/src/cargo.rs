@@ -205,7 +205,7 @@ mod tests {
         // `cargo test` sets RUSTUP_TOOLCHAIN for what it runs, and rustup
         // then ignores toolchain files: the vendoring is tried again in a
         // child without it, as root's shell would run `nexus build`.
-        let status = Command::new(std::env::current_exe().unwrap())
+        let child = Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",
                 "cargo::tests::files_planted_above_the_project_choose_nothing",
@@ -214,9 +214,14 @@ mod tests {
             ])
             .env(PLANTED, above.path())
             .env_remove("RUSTUP_TOOLCHAIN")
-            .status()
+            .output()
             .unwrap();
-        assert!(status.success(), "the child found the plants used");
+        assert!(
+            child.status.success(),
+            "the child found the plants used:\n{}{}",
+            String::from_utf8_lossy(&child.stdout),
+            String::from_utf8_lossy(&child.stderr)
+        );
     }
 
     /// In the child: vendors the project below `above` and checks that
