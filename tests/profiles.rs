@@ -731,3 +731,84 @@ fn a_planted_or_altered_cached_deb_is_refused() {
     );
     other.assert_unchanged(&before, "a build from an altered cached .deb");
 }
+
+/// A recipe without a version builds apt's candidate. An older version in
+/// the cache, pinned by an earlier build (so its bytes pass) and touched
+/// to be the cache's newest file by whoever can write the cache, was
+/// built in its place (a rollback); it must not be.
+#[test]
+fn a_touched_older_cached_deb_is_not_built_for_apt_s_candidate() {
+    use nexus_integration_tests::archive::{self, TarEntry};
+    let real = fetch_debs(&["hello"]).remove(0);
+    let (s, p, r) = scratch_dirs(
+        "profile \"bad\" {\n    package \"hello\" \"*\"\n}\n",
+        &[(
+            "hello",
+            "recipe \"hello\" {\n    source \"debian\" \"hello\"\n}\n",
+        )],
+    );
+    // apt's candidate, from its local index as the build asks it.
+    let policy = Command::new("apt-cache")
+        .args(["show", "--no-all-versions", "hello"])
+        .env("LC_ALL", "C")
+        .output()
+        .unwrap();
+    assert!(policy.status.success(), "{}", show(&policy));
+    let candidate = String::from_utf8_lossy(&policy.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("Version: ").map(str::to_string))
+        .expect("apt-cache show names the candidate's version");
+
+    let cache = s.join("cache");
+    fs::create_dir(&cache).unwrap();
+    // The candidate cached already (apt's index vouches for it), unless
+    // the test cache's copy is no longer the candidate: then it is fetched.
+    let name = real.file_name().unwrap().to_str().unwrap();
+    fs::copy(&real, cache.join(name)).unwrap();
+    // An older version of hello, as a build fetched and pinned it then.
+    let arch = deb_field(&real, "Architecture");
+    let old_name = format!("hello_0.1-1_{arch}.deb");
+    let control = format!(
+        "Package: hello\nVersion: 0.1-1\nArchitecture: {arch}\nMaintainer: nobody\nDescription: old\n"
+    );
+    let data = archive::tar(&[
+        TarEntry::dir("./usr/"),
+        TarEntry::dir("./usr/bin/"),
+        TarEntry::file("./usr/bin/hello", b"#!/bin/sh\necho old\n", 0o755),
+    ]);
+    let old = cache.join(&old_name);
+    fs::write(&old, archive::deb(&control, &data)).unwrap();
+    let sum = Command::new("sha256sum").arg(&old).output().unwrap();
+    assert!(sum.status.success(), "{}", show(&sum));
+    let sha256 = String::from_utf8_lossy(&sum.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let size = fs::metadata(&old).unwrap().len();
+    fs::write(
+        cache.join("debs.lock"),
+        format!("# nexus debs.lock v1: SHA256 SIZE FILE\n{sha256} {size} {old_name}\n"),
+    )
+    .unwrap();
+    // The cache's writer makes it the newest file there.
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+    fs::File::options()
+        .write(true)
+        .open(&old)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+
+    let store = Store::init();
+    let args = dirs_args(&p, &r, &cache);
+    let mut all = vec!["--profile", "bad"];
+    all.extend(args.iter().map(String::as_str));
+    let out = build(&store, &all);
+    assert!(out.status.success(), "{}", show(&out));
+    let stored = candidate
+        .split_once(':')
+        .map_or(candidate.clone(), |(_, v)| v.to_string());
+    let want: BTreeMap<String, bool> = [(format!("hello/{stored}"), true)].into();
+    assert_eq!(live(&store), want, "apt's candidate, not the touched 0.1-1");
+}

@@ -53,14 +53,6 @@ pub enum SystemError {
         /// Its SHA256.
         actual_sha256: String,
     },
-    /// A cached `.deb` that nothing vouches for.
-    #[error("{}: refusing an unverified cached package: {message}", file.display())]
-    DebUnverified {
-        /// The file.
-        file: PathBuf,
-        /// Why it cannot be checked.
-        message: String,
-    },
     /// The cache's lock file of pins is malformed.
     #[error("{}: {message}", file.display())]
     DebPin {
@@ -68,6 +60,45 @@ pub enum SystemError {
         file: PathBuf,
         /// What is wrong.
         message: String,
+    },
+    /// apt's index knows no package (or version) of this name, and the
+    /// cache pins no file of it to fall back on.
+    #[error(
+        "{target}: apt's index does not know it (do apt's lists need `apt-get update`?), \
+         and no cached file of it is pinned in debs.lock"
+    )]
+    DebUnknown {
+        /// What was asked: `NAME` or `NAME=VERSION`.
+        target: String,
+    },
+    /// With no candidate from apt, the newest version of a package that
+    /// the cache pins is not in the cache: an older one is not taken in
+    /// its place, which would be a rollback.
+    #[error(
+        "{package}: apt's index does not know it, and {file}, the newest version debs.lock pins, \
+         is not in the cache: refusing to take an older one (restore the file, run \
+         `apt-get update`, or name a version in the recipe)"
+    )]
+    DebNewestMissing {
+        /// The package.
+        package: String,
+        /// The missing file's name in the cache.
+        file: String,
+    },
+    /// Several pinned cached files of one version (another architecture's,
+    /// in a cache shared between machines) and no index to say which.
+    #[error(
+        "{package} {version}: several cached files are pinned ({}) and apt's index cannot say \
+         which is this machine's: remove the others from the cache",
+        files.join(", ")
+    )]
+    DebAmbiguous {
+        /// The package.
+        package: String,
+        /// The version they share.
+        version: String,
+        /// Their names in the cache.
+        files: Vec<String>,
     },
     /// A recipe's build script failed (or cannot run yet).
     #[error("recipe `{recipe}`: build script {} failed ({status}):\n{output}", script.display())]

@@ -1,17 +1,31 @@
 //! Debian packages fetched with `apt-get download` into a cache directory,
-//! once: a package already in the cache is not fetched again, and is
-//! reused only with the bytes apt's signed index named.
+//! once per version: a version already in the cache is not fetched again,
+//! and is reused only with the bytes apt's signed index named.
+//!
+//! The version (`choose`) is the one a recipe asks for, else apt's
+//! candidate, which apt's local index gives at every fetch (`apt-get
+//! download --print-uris`, no network), so that a security update is
+//! taken once `apt-get update` has seen it. What the cache holds never
+//! decides it: whoever can write the cache would otherwise have an older
+//! version built (a rollback) by touching or planting a file. Only when
+//! apt's index knows no package of that name (an offline machine with only
+//! the cache) is it the newest version `debs.lock` pins, by Debian's
+//! ordering ([`crate::version`]), and that file must still be there: the
+//! build fails rather than take an older one. No file's modification time
+//! is ever read.
 //!
 //! An exclusive `flock` on `CACHE/.lock` serialises fetches between builds
-//! (and with the integration tests, which share the layout), and apt names
-//! each file `NAME_VERSION_ARCH.deb` (the epoch's `:` as `%3a`), which is
-//! how cached files are found again.
+//! (and with the integration tests, which share the layout). apt names
+//! each file `NAME_VERSION_ARCH.deb` (the epoch's `:` as `%3a`), and a
+//! cached file is found by exactly the name apt's index gives or
+//! `debs.lock` pins, never by another spelling of a version.
 //!
 //! Every file is pinned ([`crate::pins`]): `apt-get download --print-uris`
 //! gives the SHA256 of apt's (signed) index, which `CACHE/debs.lock`
 //! records when the file is fetched; a cached file is reused only if it
 //! still has those bytes. A cached file with no pin yet (another tool put
-//! it there) is taken only if apt's index gives its name and hash now.
+//! it there) is taken only if it is the one apt's index names now, with
+//! that hash.
 //! The build gets a private copy made while hashing ([`Fetched`]), never
 //! the cache's file, which whoever can write the cache could replace
 //! between the check and the graft.
@@ -21,6 +35,7 @@
 //! copies the file into the cache while hashing it, so nothing `_apt`
 //! could still change is what the pin vouches for.
 
+use std::cmp::Ordering;
 use std::fs::{self, File};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
@@ -28,8 +43,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use nexus_graft::control::split_version;
+
 use crate::error::{Result, SystemError};
 use crate::pins::{self, Pin, Pins};
+use crate::version;
 
 /// The default cache: `/var/cache/nexus/debs` for root, else
 /// `$XDG_CACHE_HOME/nexus/debs` (default `~/.cache/nexus/debs`).
@@ -86,26 +104,6 @@ impl Drop for CacheLock {
     }
 }
 
-/// The cached `.deb` of `package` (at `version` if given; else the most
-/// recently fetched), if any.
-fn cached(dir: &Path, package: &str, version: Option<&str>) -> Option<PathBuf> {
-    let prefix = match version {
-        Some(v) => format!("{package}_{}_", v.replace(':', "%3a")),
-        None => format!("{package}_"),
-    };
-    fs::read_dir(dir)
-        .ok()?
-        .filter_map(|e| e.ok())
-        .filter(|e| {
-            let n = e.file_name();
-            let n = n.to_string_lossy();
-            // Debian package names hold no `_`, so the prefix is exact.
-            n.starts_with(&prefix) && n.ends_with(".deb")
-        })
-        .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
-        .map(|e| e.path())
-}
-
 /// What apt's index says of one package version: its file name, size and
 /// SHA256.
 #[derive(Debug, PartialEq, Eq)]
@@ -131,68 +129,270 @@ fn parse_print_uris(out: &str) -> Option<Indexed> {
     })
 }
 
-/// What apt's index says of `target` (`NAME` or `NAME=VERSION`); reads
-/// only apt's local lists.
-fn indexed(target: &str) -> Result<Indexed> {
+/// Whether apt's complaint (in the C locale) is that it knows no package
+/// of the name asked for, rather than that something failed.
+fn apt_knows_no_such_package(stderr: &str) -> bool {
+    stderr
+        .lines()
+        .any(|l| l.starts_with("E: Unable to locate package "))
+}
+
+/// What apt's index says of `target` (`NAME` or `NAME=VERSION`), or `None`
+/// if it knows no package of that name (or there is no apt-get: a machine
+/// with only the cache); reads only apt's local lists.
+fn query_index(target: &str) -> Result<Option<Indexed>> {
     let fail = |message: String| SystemError::Fetch {
         package: target.to_string(),
         message,
     };
-    let out = Command::new("apt-get")
+    let out = match Command::new("apt-get")
+        // apt's messages untranslated: "no such package" is told from a
+        // failure by its words, and only that may send a build to the
+        // cache's newest pinned file instead of apt's candidate.
+        .env("LC_ALL", "C")
+        .env_remove("LANGUAGE")
         .args(["-q", "download", "--print-uris", "--", target])
         .output()
-        .map_err(|e| fail(format!("cannot run apt-get: {e}")))?;
+    {
+        Ok(out) => out,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::warn!("{target}: cannot run apt-get ({e}), so no index knows it");
+            return Ok(None);
+        }
+        Err(e) => return Err(fail(format!("cannot run apt-get: {e}"))),
+    };
     if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if apt_knows_no_such_package(&stderr) {
+            return Ok(None);
+        }
         return Err(fail(format!(
-            "{}\n{}(is the name right? do apt's lists need `apt-get update`?)",
+            "{}\n{stderr}(is the name right? do apt's lists need `apt-get update`?)",
             out.status,
-            String::from_utf8_lossy(&out.stderr)
         )));
     }
-    parse_print_uris(&String::from_utf8_lossy(&out.stdout)).ok_or_else(|| {
-        fail(format!(
-            "apt-get --print-uris gave no file with a SHA256:\n{}",
-            String::from_utf8_lossy(&out.stdout)
-        ))
+    parse_print_uris(&String::from_utf8_lossy(&out.stdout))
+        .map(Some)
+        .ok_or_else(|| {
+            fail(format!(
+                "apt-get --print-uris gave no file with a SHA256:\n{}",
+                String::from_utf8_lossy(&out.stdout)
+            ))
+        })
+}
+
+/// What apt's index says of `target`, which it must know.
+fn indexed(target: &str) -> Result<Indexed> {
+    query_index(target)?.ok_or_else(|| SystemError::Fetch {
+        package: target.to_string(),
+        message: "apt's index does not know it (is the name right? do apt's lists need \
+                  `apt-get update`?)"
+            .into(),
     })
 }
 
-/// The version in a cached file's name `NAME_VERSION_ARCH.deb`.
-fn version_in_name(name: &str) -> Option<String> {
-    let stem = name.strip_suffix(".deb")?;
-    let mut parts = stem.split('_');
-    let (_, version, _) = (parts.next()?, parts.next()?, parts.next()?);
-    Some(version.replace("%3a", ":"))
+/// A `.deb`'s name as apt writes it, `NAME_VERSION_ARCH.deb`, taken apart.
+#[derive(Debug, PartialEq, Eq)]
+struct DebName<'a> {
+    package: &'a str,
+    /// The version, its epoch's `:` decoded.
+    version: String,
 }
 
-/// The pin a cached file must match: its own, or (none yet) what apt's
-/// index says now, which is recorded once the file matched it.
-fn pin_for_cached(path: &Path, pins: &Pins, package: &str) -> Result<(Pin, bool)> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    if let Some(pin) = pins.get(&name) {
-        return Ok((pin.clone(), false));
+/// Parses a `.deb`'s name, accepting only the one spelling apt gives a
+/// package version: three `_`-separated fields, a package, a Debian
+/// version with its epoch's `:` as `%3a` (the one character of a
+/// version apt escapes), an architecture. Any other spelling (`%32` for
+/// `2`, a raw `:`, a fourth field) names no version at all, so that no
+/// name can pass for a version under a second spelling.
+fn parse_deb_name(name: &str) -> Option<DebName<'_>> {
+    let stem = name.strip_suffix(".deb")?;
+    let mut fields = stem.split('_');
+    let (package, quoted, arch) = (fields.next()?, fields.next()?, fields.next()?);
+    if fields.next().is_some() {
+        return None;
     }
-    let version = version_in_name(&name).ok_or_else(|| SystemError::DebUnverified {
-        file: path.to_path_buf(),
-        message: "its name is not NAME_VERSION_ARCH.deb".into(),
-    })?;
-    let apt = indexed(&format!("{package}={version}")).map_err(|e| SystemError::DebUnverified {
-        file: path.to_path_buf(),
-        message: format!(
-            "it is not pinned in {} and apt cannot vouch for it: {e}",
-            pins::LOCK_FILE
-        ),
-    })?;
-    if apt.file != name {
-        return Err(SystemError::DebUnverified {
-            file: path.to_path_buf(),
-            message: format!("apt's index names that version {}", apt.file),
+    // The package is whatever the caller asked for (a recipe's name,
+    // checked there); only a name equal to it is ever taken.
+    if package.is_empty() {
+        return None;
+    }
+    let version = quoted.replace("%3a", ":");
+    if version.replace(':', "%3a") != quoted {
+        return None;
+    }
+    // Digits only: `split_version` parses the epoch as a number, which
+    // would let `+1:` pass for `1:`.
+    if let Some((epoch, _)) = version.split_once(':')
+        && (epoch.is_empty() || !epoch.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return None;
+    }
+    split_version(&version).ok()?;
+    let arch_ok = !arch.is_empty()
+        && arch
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    arch_ok.then_some(DebName { package, version })
+}
+
+/// Where the `.deb` a fetch uses comes from.
+#[derive(Debug, PartialEq, Eq)]
+enum Choice {
+    /// The cache's file of this name, used only if it has these bytes;
+    /// `record` when the pin is what apt's index says now and `debs.lock`
+    /// has none yet (another tool put the file there).
+    Cached {
+        file: String,
+        pin: Pin,
+        record: bool,
+    },
+    /// Not cached: `apt-get download` this (`NAME=VERSION`).
+    Download(String),
+}
+
+/// Which `.deb` of `package` to use: the decision alone, with apt's index
+/// (`index`, asked at most once) and the cache (`present`: whether a name
+/// is taken there) passed in, so that it is tested without either.
+///
+/// With a version asked for, its one pinned cached file (apt is not asked:
+/// the version may have left the index since), else the file apt's index
+/// names for that version, cached or to be fetched. With none, apt's
+/// candidate, cached or to be fetched. Only when apt knows no package of
+/// that name (a machine offline with only the cache) does the cache
+/// decide, and then by what `debs.lock` pins (which only the caller
+/// writes): the newest version by Debian's ordering, which must still be
+/// cached. Never by which files the cache's directory holds, nor by when
+/// one was modified: whoever can write the cache chooses those, and would
+/// choose an older version (a rollback) or keep a security update out.
+fn choose(
+    package: &str,
+    version: Option<&str>,
+    pins: &Pins,
+    present: &dyn Fn(&str) -> bool,
+    index: impl FnOnce(&str) -> Result<Option<Indexed>>,
+) -> Result<Choice> {
+    let Some(version) = version else {
+        return match index(package)? {
+            Some(candidate) => from_index(package, candidate, pins, present),
+            None => {
+                tracing::warn!(
+                    "{package}: apt's index does not know it, so its candidate is unknown: \
+                     taking the newest version {} pins",
+                    pins::LOCK_FILE
+                );
+                newest_pinned(package, pins, present)
+            }
+        };
+    };
+    let target = format!("{package}={version}");
+    let pinned: Vec<(&str, &Pin)> = pins
+        .iter()
+        .filter(|(file, _)| {
+            parse_deb_name(file).is_some_and(|n| n.package == package && n.version == version)
+        })
+        .filter(|(file, _)| present(file))
+        .collect();
+    match (pinned.as_slice(), index) {
+        ([(file, pin)], _) => Ok(Choice::Cached {
+            file: file.to_string(),
+            pin: (*pin).clone(),
+            record: false,
+        }),
+        // No pinned file of that version: apt's index must name one.
+        ([], index) => match index(&target)? {
+            Some(indexed) => from_index(package, indexed, pins, present),
+            None => Err(SystemError::DebUnknown { target }),
+        },
+        // Several (each another architecture's): apt's index names this
+        // machine's, if it still has that version.
+        (several, index) => match index(&target) {
+            Ok(Some(indexed)) => from_index(package, indexed, pins, present),
+            Ok(None) | Err(_) => Err(SystemError::DebAmbiguous {
+                package: package.to_string(),
+                version: version.to_string(),
+                files: several.iter().map(|(f, _)| f.to_string()).collect(),
+            }),
+        },
+    }
+}
+
+/// The file apt's index names for `package`: the cached one, checked
+/// against its pin (or, none yet, against the index), else fetched.
+fn from_index(
+    package: &str,
+    indexed: Indexed,
+    pins: &Pins,
+    present: &dyn Fn(&str) -> bool,
+) -> Result<Choice> {
+    let Some(name) = parse_deb_name(&indexed.file).filter(|n| n.package == package) else {
+        return Err(SystemError::Fetch {
+            package: package.to_string(),
+            message: format!(
+                "apt's index names {} for it, not a {package}_VERSION_ARCH.deb",
+                indexed.file
+            ),
         });
+    };
+    if !present(&indexed.file) {
+        return Ok(Choice::Download(format!("{package}={}", name.version)));
     }
-    Ok((apt.pin, true))
+    Ok(match pins.get(&indexed.file) {
+        // debs.lock's pin stands: it is what apt's signed index named
+        // when this very file was fetched.
+        Some(pin) => Choice::Cached {
+            file: indexed.file,
+            pin: pin.clone(),
+            record: false,
+        },
+        None => Choice::Cached {
+            file: indexed.file,
+            pin: indexed.pin,
+            record: true,
+        },
+    })
+}
+
+/// With no index to ask: the newest version of `package` that `debs.lock`
+/// pins, by Debian's ordering. It must still be cached: were it gone (or
+/// removed by whoever can write the cache), taking the next older one
+/// would be the very rollback this guards against.
+fn newest_pinned(package: &str, pins: &Pins, present: &dyn Fn(&str) -> bool) -> Result<Choice> {
+    let mut newest: Vec<(&str, &Pin, String)> = Vec::new();
+    for (file, pin) in pins.iter() {
+        let Some(name) = parse_deb_name(file).filter(|n| n.package == package) else {
+            continue;
+        };
+        match newest
+            .first()
+            .map(|(_, _, v)| version::compare(&name.version, v))
+        {
+            None | Some(Ordering::Greater) => newest = vec![(file, pin, name.version)],
+            Some(Ordering::Equal) => newest.push((file, pin, name.version)),
+            Some(Ordering::Less) => {}
+        }
+    }
+    match newest.as_slice() {
+        [] => Err(SystemError::DebUnknown {
+            target: package.to_string(),
+        }),
+        [(file, pin, _)] if present(file) => Ok(Choice::Cached {
+            file: file.to_string(),
+            pin: (*pin).clone(),
+            record: false,
+        }),
+        [(file, _, _)] => Err(SystemError::DebNewestMissing {
+            package: package.to_string(),
+            file: file.to_string(),
+        }),
+        // Two architectures of one version, or two spellings dpkg orders
+        // alike (`1.0`, `1.0-0`): nothing says which is meant.
+        several => Err(SystemError::DebAmbiguous {
+            package: package.to_string(),
+            version: several[0].2.clone(),
+            files: several.iter().map(|(f, _, _)| f.to_string()).collect(),
+        }),
+    }
 }
 
 /// A fetched `.deb`: a private copy (in a directory only the caller can
@@ -344,7 +544,7 @@ fn download(cache: &Path, pins: &mut Pins, target: &str) -> Result<(PathBuf, Pin
 
 /// The `.deb` of `package` (`version`, or apt's candidate), from the
 /// cache (checked against its pin) or fetched into it (and pinned), as a
-/// private copy of the pinned bytes.
+/// private copy of the pinned bytes. Which file: see `choose`.
 pub fn fetch(cache: &Path, package: &str, version: Option<&str>) -> Result<Fetched> {
     fs::create_dir_all(cache).map_err(|e| SystemError::Io {
         path: cache.to_path_buf(),
@@ -352,22 +552,27 @@ pub fn fetch(cache: &Path, package: &str, version: Option<&str>) -> Result<Fetch
     })?;
     let _lock = CacheLock::acquire(cache)?;
     let mut pins = Pins::read(cache)?;
-    if let Some(found) = cached(cache, package, version) {
-        let (pin, new) = pin_for_cached(&found, &pins, package)?;
-        let copy = private_copy(&found, &pin)?;
-        if new {
-            let name = found.file_name().unwrap_or_default().to_string_lossy();
-            pins.record(cache, &name, pin)?;
-        }
-        tracing::info!("{package}: cached {}, SHA256 as pinned", found.display());
-        return Ok(copy);
-    }
-    let target = match version {
-        Some(v) => format!("{package}={v}"),
-        None => package.to_string(),
+    // Anything at a name counts as cached, a symlink or a FIFO too: it is
+    // then refused (by `private_copy`), never passed over for another file.
+    let present = |name: &str| {
+        !matches!(fs::symlink_metadata(cache.join(name)),
+                  Err(e) if e.kind() == std::io::ErrorKind::NotFound)
     };
-    let (path, pin) = download(cache, &mut pins, &target)?;
-    private_copy(&path, &pin)
+    match choose(package, version, &pins, &present, query_index)? {
+        Choice::Cached { file, pin, record } => {
+            let path = cache.join(&file);
+            let copy = private_copy(&path, &pin)?;
+            if record {
+                pins.record(cache, &file, pin)?;
+            }
+            tracing::info!("{package}: cached {}, SHA256 as pinned", path.display());
+            Ok(copy)
+        }
+        Choice::Download(target) => {
+            let (path, pin) = download(cache, &mut pins, &target)?;
+            private_copy(&path, &pin)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -394,10 +599,62 @@ mod tests {
             parse_print_uris(&out.replace(" hello_2", " ../hello_2")),
             None
         );
+    }
+
+    /// A cached file's name stands for a version only in the one spelling
+    /// apt gives it, so that a name in the cache cannot pass for another
+    /// version (or another package) than apt would have named it.
+    #[test]
+    fn cached_names_parse_only_as_apt_writes_them() {
+        let version = |name| parse_deb_name(name).map(|n| (n.package.to_string(), n.version));
         assert_eq!(
-            version_in_name("libc6_2.36-9%3a1_amd64.deb").as_deref(),
-            Some("2.36-9:1")
+            version("a2ps_1%3a4.14-8_amd64.deb"),
+            Some(("a2ps".into(), "1:4.14-8".into()))
         );
+        assert_eq!(
+            version("abiword-common_3.0.5~dfsg-3.2_all.deb"),
+            Some(("abiword-common".into(), "3.0.5~dfsg-3.2".into()))
+        );
+        for odd in [
+            "x_1_all",              // not a .deb
+            "x_1.deb",              // no architecture
+            "x_1_all_more.deb",     // a fourth field
+            "x__all.deb",           // no version
+            "x_1_.deb",             // no architecture
+            "x_1%3A2_all.deb",      // another spelling of the epoch
+            "x_1:2_all.deb",        // the epoch's colon unescaped
+            "x_%32_all.deb",        // another spelling of `2`
+            "x_+1%3a2_all.deb",     // an epoch that is no number
+            "x_%3a2_all.deb",       // an empty epoch
+            "x_2.36-9%3a1_all.deb", // an epoch that is no number
+            "x_a1_all.deb",         // a version not starting with a digit
+            "x_1-_all.deb",         // an empty revision
+            "x_1 2_all.deb",        // a space
+            "x_1_All.deb",          // an architecture in capitals
+            "_1_all.deb",           // no package
+        ] {
+            assert_eq!(parse_deb_name(odd), None, "{odd}");
+        }
+    }
+
+    /// apt's "no such package" is told from its failures: only the former
+    /// lets the cache's newest pinned file stand in for apt's candidate.
+    #[test]
+    fn only_an_unknown_package_counts_as_apt_not_knowing_it() {
+        assert!(apt_knows_no_such_package(
+            "E: Unable to locate package zzzz\n"
+        ));
+        for failure in [
+            "E: Version '9.9' for 'hello' was not found\n",
+            "E: Can't select candidate version from package mail-transport-agent as it has no \
+             candidate\n",
+            "E: Could not open lock file /var/lib/apt/lists/lock - open (13: Permission denied)\n",
+            "",
+        ] {
+            assert!(!apt_knows_no_such_package(failure), "{failure}");
+        }
+        // apt itself: no package is named `x` (the tests below rely on it).
+        assert_eq!(query_index("x").unwrap(), None);
     }
 
     /// A cache chosen through `NEXUS_CACHE` may hold a `.lock` an attacker
@@ -476,14 +733,13 @@ mod tests {
     }
 
     /// With no version asked for, the cache's most recently modified file
-    /// of the package is taken, not apt's candidate: whoever can write the
-    /// cache can touch an older pinned (or still indexed) version and have
-    /// it built instead of a newer one (a rollback), and a security update
-    /// is never fetched once an older version is cached. Fixing it needs
-    /// apt's candidate at every build (`indexed`), which changes the
-    /// fetch-once design: left for a decision.
+    /// of the package was taken, not apt's candidate: whoever can write the
+    /// cache could touch an older pinned version and have it built instead
+    /// of a newer one (a rollback), and a security update was never
+    /// fetched once an older version was cached. apt's index knows no `x`,
+    /// so this takes the newest pinned version by Debian's ordering; apt's
+    /// candidate, when it has one, is `choose`'s (tests below).
     #[test]
-    #[ignore = "rollback through the cache: the fix changes the fetch-once design"]
     fn an_older_cached_version_is_not_taken_for_the_candidate() {
         let dir = tempfile::tempdir().unwrap();
         let cache = dir.path();
@@ -503,6 +759,272 @@ mod tests {
             .unwrap();
         let got = fetch(cache, "x", None).unwrap();
         assert_eq!(fs::read(got.path()).unwrap(), b"new");
+    }
+
+    /// Once the offline choice has a newest pinned version, the cache's
+    /// writer can only make the build fail, not take an older one: not by
+    /// deleting the newest file, nor by altering it, nor by putting a
+    /// symlink to the older one in its place.
+    #[test]
+    fn offline_the_newest_pinned_version_is_never_traded_for_an_older_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path();
+        let mut pins = Pins::read(cache).unwrap();
+        for (name, bytes) in [("x_1.9_all.deb", b"old"), ("x_1.10_all.deb", b"new")] {
+            fs::write(cache.join(name), bytes).unwrap();
+            pins.record(cache, name, pins::pin_of(&cache.join(name)).unwrap())
+                .unwrap();
+        }
+        // 1.10 is newer than 1.9, which sorts after it as text.
+        assert_eq!(
+            fs::read(fetch(cache, "x", None).unwrap().path()).unwrap(),
+            b"new"
+        );
+        let newest = cache.join("x_1.10_all.deb");
+        fs::write(&newest, b"altered").unwrap();
+        assert!(matches!(
+            fetch(cache, "x", None),
+            Err(SystemError::DebMismatch { .. })
+        ));
+        fs::remove_file(&newest).unwrap();
+        std::os::unix::fs::symlink("x_1.9_all.deb", &newest).unwrap();
+        assert!(matches!(
+            fetch(cache, "x", None),
+            Err(SystemError::Io { .. })
+        ));
+        fs::remove_file(&newest).unwrap();
+        assert!(matches!(
+            fetch(cache, "x", None),
+            Err(SystemError::DebNewestMissing { file, .. }) if file == "x_1.10_all.deb"
+        ));
+        // An unpinned file, however new its name, is no candidate.
+        fs::write(cache.join("x_9_all.deb"), b"planted").unwrap();
+        assert!(matches!(
+            fetch(cache, "x", None),
+            Err(SystemError::DebNewestMissing { .. })
+        ));
+    }
+
+    /// A pin the decision never reads the bytes of.
+    fn pin(n: u8) -> Pin {
+        Pin {
+            sha256: format!("{n:02x}").repeat(32),
+            size: n.into(),
+        }
+    }
+
+    /// `debs.lock` pinning `names` (the `n`th with `pin(n)`), in a fresh
+    /// directory kept alive with it.
+    fn pinned(names: &[&str]) -> (tempfile::TempDir, Pins) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut pins = Pins::read(dir.path()).unwrap();
+        for (n, name) in names.iter().enumerate() {
+            pins.record(dir.path(), name, pin(n as u8)).unwrap();
+        }
+        (dir, pins)
+    }
+
+    /// What apt's index would say of a file.
+    fn indexed_as(file: &str, n: u8) -> Result<Option<Indexed>> {
+        Ok(Some(Indexed {
+            file: file.into(),
+            pin: pin(n),
+        }))
+    }
+
+    /// An index that must not be asked.
+    fn unasked(target: &str) -> Result<Option<Indexed>> {
+        panic!("apt's index was asked for {target}")
+    }
+
+    fn cached(file: &str, n: u8, record: bool) -> Choice {
+        Choice::Cached {
+            file: file.into(),
+            pin: pin(n),
+            record,
+        }
+    }
+
+    /// With no version asked for, apt's candidate is the version, whatever
+    /// the cache holds: its cached file if there is one (with the pin
+    /// debs.lock has, else apt's), else a download of exactly it.
+    #[test]
+    fn apt_s_candidate_is_taken_whatever_the_cache_holds() {
+        let (_dir, pins) = pinned(&["x_1_all.deb", "x_2_all.deb", "x_3_all.deb"]);
+        let all = |_: &str| true;
+        let choose_with = |candidate: &str, apt_pin: u8, present: &dyn Fn(&str) -> bool| {
+            choose("x", None, &pins, present, |target| {
+                assert_eq!(target, "x");
+                indexed_as(candidate, apt_pin)
+            })
+            .unwrap()
+        };
+        // The newest cached and pinned (3) is not the candidate.
+        assert_eq!(
+            choose_with("x_2_all.deb", 9, &all),
+            cached("x_2_all.deb", 1, false)
+        );
+        // apt's policy may prefer an older version than one cached.
+        assert_eq!(
+            choose_with("x_1_all.deb", 9, &all),
+            cached("x_1_all.deb", 0, false)
+        );
+        // A candidate newer than anything cached is fetched.
+        let none = |_: &str| false;
+        assert_eq!(
+            choose_with("x_4_all.deb", 9, &none),
+            Choice::Download("x=4".into())
+        );
+        assert_eq!(
+            choose_with("x_1%3a4_amd64.deb", 9, &none),
+            Choice::Download("x=1:4".into())
+        );
+        // Cached by another tool (no pin yet): apt's pin, then recorded.
+        assert_eq!(
+            choose_with("x_5_all.deb", 9, &all),
+            cached("x_5_all.deb", 9, true)
+        );
+        // A candidate cached but gone is fetched again, not replaced by
+        // another cached version.
+        let not_2 = |n: &str| n != "x_2_all.deb";
+        assert_eq!(
+            choose_with("x_2_all.deb", 9, &not_2),
+            Choice::Download("x=2".into())
+        );
+        // apt naming another package's file is refused.
+        assert!(matches!(
+            choose("x", None, &pins, &all, |_| indexed_as("y_2_all.deb", 9)),
+            Err(SystemError::Fetch { .. })
+        ));
+        // apt failing is a failure, not "unknown": the cache does not
+        // stand in for a candidate apt could not give.
+        let failed = |target: &str| {
+            Err(SystemError::Fetch {
+                package: target.into(),
+                message: "locked".into(),
+            })
+        };
+        assert!(matches!(
+            choose("x", None, &pins, &all, failed),
+            Err(SystemError::Fetch { .. })
+        ));
+    }
+
+    /// With no candidate (apt's index knows no such package), the newest
+    /// version debs.lock pins, by Debian's ordering: not by name as text,
+    /// not by which files are present, never by mtime.
+    #[test]
+    fn with_no_candidate_the_newest_pinned_version_by_debian_order_is_taken() {
+        let all = |_: &str| true;
+        for (names, want) in [
+            (&["x_1.9_all.deb", "x_1.10_all.deb"][..], "x_1.10_all.deb"),
+            (&["x_2.0~rc1_all.deb", "x_1.9_all.deb"], "x_2.0~rc1_all.deb"),
+            (&["x_2.0_all.deb", "x_2.0~rc1_all.deb"], "x_2.0_all.deb"),
+            (&["x_9_all.deb", "x_1%3a0.1_all.deb"], "x_1%3a0.1_all.deb"),
+            (
+                &["x_2.10-3+deb12u1_amd64.deb", "x_2.10-3_amd64.deb"],
+                "x_2.10-3+deb12u1_amd64.deb",
+            ),
+            // Other packages, and names apt would not write, are no
+            // versions of `x`, however high they read.
+            (
+                &[
+                    "x_1_all.deb",
+                    "xx_9_all.deb",
+                    "x-dev_9_all.deb",
+                    "x_%39_all.deb",
+                    "x_9_all_x.deb",
+                    "x_+9%3a1_all.deb",
+                ],
+                "x_1_all.deb",
+            ),
+        ] {
+            let (_dir, pins) = pinned(names);
+            let n = names.iter().position(|n| *n == want).unwrap() as u8;
+            let got = choose("x", None, &pins, &all, |_| Ok(None)).unwrap();
+            assert_eq!(got, cached(want, n, false), "{names:?}");
+        }
+    }
+
+    /// Without a candidate the cache's directory decides nothing: a newest
+    /// pinned version that is gone fails the build (taking the older one
+    /// would be a rollback), an unpinned file is never taken, and two
+    /// files of one version are not guessed between.
+    #[test]
+    fn with_no_candidate_nothing_older_or_unpinned_is_taken() {
+        let (_dir, pins) = pinned(&["x_1_all.deb", "x_2_all.deb"]);
+        let only_1 = |n: &str| n == "x_1_all.deb";
+        assert!(matches!(
+            choose("x", None, &pins, &only_1, |_| Ok(None)),
+            Err(SystemError::DebNewestMissing { file, .. }) if file == "x_2_all.deb"
+        ));
+        let all = |_: &str| true;
+        assert!(matches!(
+            choose("y", None, &pins, &all, |_| Ok(None)),
+            Err(SystemError::DebUnknown { target }) if target == "y"
+        ));
+        for names in [
+            ["x_2_amd64.deb", "x_2_arm64.deb"],
+            ["x_1.0_all.deb", "x_1.0-0_all.deb"],
+        ] {
+            let (_dir, pins) = pinned(&names);
+            assert!(
+                matches!(
+                    choose("x", None, &pins, &all, |_| Ok(None)),
+                    Err(SystemError::DebAmbiguous { files, .. }) if files.len() == 2
+                ),
+                "{names:?}"
+            );
+        }
+    }
+
+    /// A version asked for is its pinned cached file, with no need for
+    /// apt (it may have left the index); else the file apt's index names
+    /// for it.
+    #[test]
+    fn a_version_asked_for_is_its_pinned_file_or_apt_s() {
+        let (_dir, pins) = pinned(&["x_1_all.deb", "x_2_all.deb", "x_1%3a4_all.deb"]);
+        let all = |_: &str| true;
+        assert_eq!(
+            choose("x", Some("1"), &pins, &all, unasked).unwrap(),
+            cached("x_1_all.deb", 0, false)
+        );
+        assert_eq!(
+            choose("x", Some("1:4"), &pins, &all, unasked).unwrap(),
+            cached("x_1%3a4_all.deb", 2, false)
+        );
+        let asked = |want: &'static str, file: &'static str| {
+            move |target: &str| {
+                assert_eq!(target, want);
+                indexed_as(file, 9)
+            }
+        };
+        let none = |_: &str| false;
+        assert_eq!(
+            choose("x", Some("3"), &pins, &none, asked("x=3", "x_3_all.deb")).unwrap(),
+            Choice::Download("x=3".into())
+        );
+        // The pinned file gone: apt's index names it again, to fetch.
+        let not_1 = |n: &str| n != "x_1_all.deb";
+        assert_eq!(
+            choose("x", Some("1"), &pins, &not_1, asked("x=1", "x_1_all.deb")).unwrap(),
+            Choice::Download("x=1".into())
+        );
+        assert!(matches!(
+            choose("x", Some("3"), &pins, &none, |_| Ok(None)),
+            Err(SystemError::DebUnknown { target }) if target == "x=3"
+        ));
+        // Two architectures of the version: apt's index names this
+        // machine's; without it, neither is guessed.
+        let (_dir, pins) = pinned(&["x_2_amd64.deb", "x_2_arm64.deb"]);
+        assert_eq!(
+            choose("x", Some("2"), &pins, &all, asked("x=2", "x_2_arm64.deb")).unwrap(),
+            cached("x_2_arm64.deb", 1, false)
+        );
+        assert!(matches!(
+            choose("x", Some("2"), &pins, &all, |_| Ok(None)),
+            Err(SystemError::DebAmbiguous { .. })
+        ));
     }
 
     /// `debs.lock` sits in the cache: whoever can write the cache could

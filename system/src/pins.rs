@@ -122,6 +122,12 @@ impl Pins {
         self.0.get(name)
     }
 
+    /// Every pinned file name with its pin, sorted by name: what the cache
+    /// was known to hold, which whoever can write the cache cannot add to.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Pin)> {
+        self.0.iter().map(|(name, pin)| (name.as_str(), pin))
+    }
+
     /// Records `name`'s pin and rewrites the lock file.
     pub fn record(&mut self, cache: &Path, name: &str, pin: Pin) -> Result<()> {
         self.0.insert(name.to_string(), pin);
