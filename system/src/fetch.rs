@@ -14,6 +14,12 @@
 //! build fails rather than take an older one. No file's modification time
 //! is ever read.
 //!
+//! The cache directory must be safe for the caller ([`crate::trust`]:
+//! owned by root or the caller, writable by no one else, nor is any
+//! directory above it unless sticky). Whoever else could write it could
+//! move `debs.lock` aside and back, rolling back the pins an offline build
+//! chooses from, or hold a planted `.lock` and stall every build.
+//!
 //! An exclusive `flock` on `CACHE/.lock` serialises fetches between builds
 //! (and with the integration tests, which share the layout). apt names
 //! each file `NAME_VERSION_ARCH.deb` (the epoch's `:` as `%3a`), and a
@@ -550,6 +556,7 @@ pub fn fetch(cache: &Path, package: &str, version: Option<&str>) -> Result<Fetch
         path: cache.to_path_buf(),
         source: e,
     })?;
+    crate::trust::check(cache, crate::trust::euid())?;
     let _lock = CacheLock::acquire(cache)?;
     let mut pins = Pins::read(cache)?;
     // Anything at a name counts as cached, a symlink or a FIFO too: it is
@@ -1025,6 +1032,31 @@ mod tests {
             choose("x", Some("2"), &pins, &all, |_| Ok(None)),
             Err(SystemError::DebAmbiguous { .. })
         ));
+    }
+
+    /// A cache others may write (group- or world-writable, not sticky, or
+    /// owned by another user) is refused before anything in it is read:
+    /// its writers could swap `debs.lock` for an older one of the owner's.
+    #[test]
+    fn a_cache_others_can_write_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        fs::create_dir(&cache).unwrap();
+        for mode in [0o777, 0o775, 0o757] {
+            fs::set_permissions(&cache, fs::Permissions::from_mode(mode)).unwrap();
+            match fetch(&cache, "x", Some("1")) {
+                Err(SystemError::Untrusted(_)) => {}
+                other => panic!("mode {mode:o}: {:?}", other.map(|f| f.path().to_owned())),
+            }
+        }
+        if crate::trust::euid() == 0 {
+            fs::set_permissions(&cache, fs::Permissions::from_mode(0o755)).unwrap();
+            std::os::unix::fs::chown(&cache, Some(65534), None).unwrap();
+            assert!(matches!(
+                fetch(&cache, "x", Some("1")),
+                Err(SystemError::Untrusted(_))
+            ));
+        }
     }
 
     /// `debs.lock` sits in the cache: whoever can write the cache could
