@@ -113,7 +113,12 @@ pub fn check_package_name(name: &str) -> Result<(), Problem> {
 pub fn split_version(version: &str) -> Result<(Option<u32>, &str), Problem> {
     let bad = || Problem::Metadata(format!("{version:?} is not a valid Debian version"));
     let (epoch, rest) = match version.split_once(':') {
-        Some((e, rest)) => (Some(e.parse::<u32>().map_err(|_| bad())?), rest),
+        // Digits only: `u32::from_str` also takes a leading `+`, which
+        // would give `+1:2` and `1:2` one meaning and two spellings.
+        Some((e, rest)) if !e.is_empty() && e.bytes().all(|b| b.is_ascii_digit()) => {
+            (Some(e.parse::<u32>().map_err(|_| bad())?), rest)
+        }
+        Some(_) => return Err(bad()),
         None => (None, version),
     };
     let ok = rest.bytes().next().is_some_and(|b| b.is_ascii_digit())
@@ -194,7 +199,7 @@ mod tests {
         assert!(check_package_name("Hello").is_err());
         assert_eq!(split_version("1:2.10-3").unwrap(), (Some(1), "2.10-3"));
         assert_eq!(split_version("2.10").unwrap(), (None, "2.10"));
-        for bad in ["x:1", "a1", "1 2", "1/2", "", "1-"] {
+        for bad in ["x:1", "a1", "1 2", "1/2", "", "1-", "+1:2", ":2", "-1:2"] {
             assert!(split_version(bad).is_err(), "{bad}");
         }
     }

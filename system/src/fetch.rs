@@ -227,13 +227,6 @@ fn parse_deb_name(name: &str) -> Option<DebName<'_>> {
     if version.replace(':', "%3a") != quoted {
         return None;
     }
-    // Digits only: `split_version` parses the epoch as a number, which
-    // would let `+1:` pass for `1:`.
-    if let Some((epoch, _)) = version.split_once(':')
-        && (epoch.is_empty() || !epoch.bytes().all(|b| b.is_ascii_digit()))
-    {
-        return None;
-    }
     split_version(&version).ok()?;
     let arch_ok = !arch.is_empty()
         && arch
