@@ -1,9 +1,10 @@
 //! The Index (`nexus mount MOUNTPOINT --index DIR`): real Debian packages
 //! run through `PATH=DIR/bin` and `LD_LIBRARY_PATH=DIR/lib`, name clashes
-//! between crafted Apps resolve by the documented rule (the App whose name
-//! sorts first wins; within one App `bin/` beats `usr/bin/`), the index
-//! follows `nip remove` and `nip switch` within a second, and both mounts go
-//! away together on `nexus umount` and SIGTERM.
+//! between crafted Apps resolve by the documented rule (an App signed by a
+//! key trusted only for some Apps ranks after every other; then the App
+//! whose name sorts first wins; within one App `bin/` beats `usr/bin/`),
+//! the index follows `nip remove` and `nip switch` within a second, and
+//! both mounts go away together on `nexus umount` and SIGTERM.
 
 use std::ffi::OsString;
 use std::fs;
@@ -286,6 +287,79 @@ fn clashes_resolve_by_the_rule_and_switches_show_within_a_second() {
     );
 
     // `nexus umount MOUNTPOINT` takes the index down with the mount.
+    mount.umount();
+    index.assert_gone(Duration::from_secs(10), "after nexus umount");
+}
+
+/// The hole: a key trusted only for `aa-*` signs `aa-evil`, which sorts
+/// before `zz-core`, with a `bin/tool` of its own; by App name alone
+/// `INDEX/bin/tool` was its program for everyone with the Index in `PATH`,
+/// root included. Its package is recorded restricted and ranks after every
+/// unrestricted App: `zz-core`'s `tool` stays, and what only `aa-evil` has
+/// is still there.
+#[test]
+fn a_restricted_signer_takes_no_index_name_from_an_unrestricted_app() {
+    if !root_or_skip("a_restricted_signer_takes_no_index_name_from_an_unrestricted_app") {
+        return;
+    }
+    let scratch = Scratch::new("index-restricted");
+    let src = scratch.join("src");
+    let vendor = Store::init();
+    vendor.ok(["key", "generate", "vendor"]);
+    let evil = src.join("aa-evil/1");
+    program(&evil, "bin/tool", "evil");
+    program(&evil, "bin/only-evil", "only-evil");
+    vendor.add_dir(&evil, "aa-evil", "1");
+    let npk = scratch.join("aa-evil-1.npk");
+    vendor.ok([
+        OsString::from("pack"),
+        "aa-evil/1".into(),
+        "-o".into(),
+        npk.clone().into_os_string(),
+        "--key".into(),
+        "vendor".into(),
+    ]);
+    let public = fs::read_dir(vendor.path().join("keys/public"))
+        .unwrap()
+        .next()
+        .expect("the vendor's public key file")
+        .unwrap()
+        .path();
+
+    let store = Store::init();
+    let core = src.join("zz-core/1");
+    program(&core, "bin/tool", "core");
+    store.add_dir(&core, "zz-core", "1");
+    store.ok([
+        OsString::from("key"),
+        "trust".into(),
+        public.into_os_string(),
+        "--for".into(),
+        "packages".into(),
+        "--apps".into(),
+        "aa-*".into(),
+    ]);
+    store.ok([OsString::from("add"), npk.into_os_string()]);
+    assert_eq!(store.json(["info", "aa-evil"])[0]["restricted_to"], "aa-*");
+    assert!(store.json(["info", "zz-core"])[0]["restricted_to"].is_null());
+
+    let index = IndexDir::new(&scratch);
+    let mount = Mount::start(
+        store.path(),
+        &scratch.join("mnt"),
+        &["--index", index.arg()],
+    );
+    let link = |name: &str| fs::read_link(index.join("bin").join(name)).ok();
+    assert_eq!(
+        link("tool"),
+        Some(mount.join("zz-core/Current/bin/tool")),
+        "a restricted App took a name an unrestricted App has"
+    );
+    assert_eq!(
+        link("only-evil"),
+        Some(mount.join("aa-evil/Current/bin/only-evil"))
+    );
+    assert_eq!(sh_in(&index, "tool; only-evil", &[]), "core\nonly-evil\n");
     mount.umount();
     index.assert_gone(Duration::from_secs(10), "after nexus umount");
 }

@@ -22,6 +22,10 @@ pub(crate) struct App {
     pub versions: BTreeMap<String, InodeRow>,
     /// The version `Current` points to.
     pub current: Option<String>,
+    /// Whether the `Current` version's package is restricted (its signer
+    /// was trusted only for some Apps, `restricted_to` in the catalog):
+    /// the Index ranks it after every unrestricted App.
+    pub current_restricted: bool,
 }
 
 /// The Apps of one generation.
@@ -75,9 +79,11 @@ impl GenerationTree {
                     anchor: rooted.app_first_package,
                     versions: BTreeMap::new(),
                     current: None,
+                    current_restricted: false,
                 });
             if rooted.member.current {
                 app.current = Some(package.version.clone());
+                app.current_restricted = package.restricted_to.is_some();
             }
             app.versions.insert(package.version, rooted.root);
         }

@@ -39,13 +39,25 @@
 //!
 //! # The clash rule
 //!
-//! Sources are ranked by App name (bytewise ascending: `alpha` before `beta`,
-//! `Zed` before `abc`), then, within one App, by the order of the table
-//! above (`bin` before `usr/bin`). For every name the highest-ranked source
-//! that has it decides: its file or symlink wins outright (lower-ranked
-//! entries of that name are hidden, directories included); if it is a
-//! directory, the lower-ranked directories of that name are merged into it
-//! and lower-ranked files of that name are hidden.
+//! Sources are ranked first by provenance: every App whose `Current`
+//! package is unrestricted ranks before every App whose `Current` package is
+//! restricted (a `.npk` whose signer's key is trusted only for some Apps,
+//! `restricted_to` in the catalog). Then by App name (bytewise ascending:
+//! `alpha` before `beta`, `Zed` before `abc`), then, within one App, by the
+//! order of the table above (`bin` before `usr/bin`). For every name the
+//! highest-ranked source that has it decides: its file or symlink wins
+//! outright (lower-ranked entries of that name are hidden, directories
+//! included); if it is a directory, the lower-ranked directories of that
+//! name are merged into it and lower-ranked files of that name are hidden.
+//!
+//! Provenance comes first because the name order is the attacker's choice:
+//! a key trusted only for `acme-*` would otherwise ship `acme-tools` with
+//! `bin/ls`, sort before `coreutils`, and own `INDEX/bin/ls` for everyone.
+//! Ranked last, a restricted App decides only names no unrestricted App
+//! has, at every depth (the rank order holds in every merged directory):
+//! neither its files nor its directories hide an unrestricted entry, and a
+//! directory of its own only merges into an unrestricted one of that name.
+//! Its links point into its own `App/Current`, like every App's.
 //!
 //! # Numbers, caching and generations
 //!
@@ -246,8 +258,8 @@ type MergedDir = BTreeMap<Box<[u8]>, Merged>;
 struct IndexGeneration {
     id: Option<i64>,
     created: i64,
-    /// App name → the root inode of its `Current` version, sorted by name
-    /// (the rank order).
+    /// App name → the root inode of its `Current` version, in rank order:
+    /// unrestricted Apps first, each part sorted by name.
     apps: Vec<(Arc<str>, i64)>,
     /// Index path (`bin`, `share/man/man1`) → its merged directory.
     dirs: Mutex<HashMap<Arc<[u8]>, Arc<MergedDir>>>,
@@ -258,13 +270,25 @@ struct IndexGeneration {
 
 impl IndexGeneration {
     fn new(tree: &GenerationTree) -> IndexGeneration {
-        let apps = tree
+        let mut ranked: Vec<(bool, Arc<str>, i64)> = tree
             .apps
             .values()
             .filter_map(|app| {
                 let root = app.versions.get(app.current.as_deref()?)?;
-                Some((Arc::from(app.name.as_str()), root.id))
+                Some((
+                    app.current_restricted,
+                    Arc::from(app.name.as_str()),
+                    root.id,
+                ))
             })
+            .collect();
+        // The clash rule: provenance first (false, unrestricted, sorts
+        // first), then the name. The tree's Apps come sorted by name, and a
+        // stable sort by provenance keeps that order within each part.
+        ranked.sort_by_key(|(restricted, ..)| *restricted);
+        let apps = ranked
+            .into_iter()
+            .map(|(_, name, root)| (name, root))
             .collect();
         IndexGeneration {
             id: tree.id,

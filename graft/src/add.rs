@@ -207,6 +207,10 @@ pub fn add_checked(
                     origin: row.origin,
                     metadata: row.metadata,
                     tree,
+                    // As it was recorded: taking a stored package again (a
+                    // profile build) must not make a restricted one
+                    // unrestricted.
+                    restricted_to: row.restricted_to,
                 });
             }
             Source::Dir(d) => dirs.push(d.clone()),
@@ -285,6 +289,7 @@ pub fn add_checked(
             origin: p.origin.clone(),
             metadata: p.metadata.clone(),
             tree: p.tree.clone(),
+            restricted_to: p.restricted_to.clone(),
         }));
         accept(&staged).map_err(GraftError::Refused)?;
         Ok((staged, contents))
@@ -336,6 +341,8 @@ fn stage_archive(
         origin: format!("{}:{}", package.kind, absolute(path).display()),
         metadata: package.metadata.to_string(),
         tree: package.tree,
+        // Unsigned formats: root chose the file.
+        restricted_to: None,
     })
 }
 
@@ -382,5 +389,54 @@ impl ContentSink for ProducerSink<'_, '_> {
         let hash = stored.hash;
         self.contents.push(stored);
         Ok(hash)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use nexus_store::NoProgress;
+    use nexus_store::commit::ExactSet;
+
+    use super::*;
+
+    /// A profile build takes a stored package again as it is
+    /// ([`Source::Stored`]): a restricted one stays restricted, or every
+    /// build would vouch for it as if root had added it.
+    #[test]
+    fn a_stored_package_taken_again_keeps_its_restriction() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        fs::create_dir_all(src.join("bin")).unwrap();
+        fs::write(src.join("bin/tool"), b"tool").unwrap();
+        let mut store = Store::init(&dir.path().join("store")).unwrap();
+        let add = AddDir {
+            path: src,
+            name: "aa-app".into(),
+            version: "1".into(),
+        };
+        let set = DirSet::scan(&[add], ScanOptions::default()).unwrap();
+        store
+            .add_staged_with(1, &NoProgress, |session| {
+                let (mut staged, contents) = set.stage(session, 1, &|_| {})?;
+                staged[0].restricted_to = Some("aa-*".into());
+                Ok::<_, StoreError>((staged, contents))
+            })
+            .unwrap();
+        let options = AddOptions {
+            threads: 1,
+            read: ReadOptions::default(),
+            trust: Trust::Insecure,
+            allow_downgrade: false,
+            allow_expired: false,
+            source_policy: SourcePolicy::default(),
+        };
+        let membership = Membership::Exactly(ExactSet {
+            current: vec!["aa-app/1".into()],
+            action: "build".into(),
+        });
+        let stored = Source::Stored("aa-app".into(), "1".into());
+        add_as(&mut store, &[stored], options, membership, &NoProgress).unwrap();
+        let row = store.installed("aa-app/1").unwrap();
+        assert_eq!(row.restricted_to.as_deref(), Some("aa-*"));
     }
 }

@@ -172,6 +172,7 @@ pub fn stage(
         }
         contents.push(file);
     }
+    let restricted_to = restricted_to(archive);
     let mut staged = Vec::new();
     for package in &archive.body.packages {
         let name = request.name.clone().unwrap_or_else(|| package.name.clone());
@@ -192,9 +193,21 @@ pub fn stage(
             ),
             metadata: package.metadata.clone(),
             tree: package.tree.clone(),
+            restricted_to: restricted_to.clone(),
         });
     }
     Ok(staged)
+}
+
+/// The App patterns `archive`'s signer is restricted to, recorded with its
+/// packages: `None` for a key trusted for every App or for images, and for
+/// an archive accepted unverified (`--insecure`: root took it as is, and
+/// no grant limits what it claims).
+fn restricted_to(archive: &Archive) -> Option<String> {
+    match &archive.signer {
+        Signer::Trusted(grant) => grant.restricted_to(),
+        Signer::Unverified(_) => None,
+    }
 }
 
 fn check_limits(package: &BodyPackage, limits: &Limits) -> Result<(), Problem> {

@@ -57,6 +57,8 @@ pub fn adopt(archive: &Archive, dir: &Path) -> Result<(Store, CommitOutcome)> {
             origin: format!("image:{}", image.display()),
             metadata: p.metadata.clone(),
             tree: p.tree.clone(),
+            // An image's signer vouches for the whole system it is.
+            restricted_to: None,
         })
         .collect();
     let current = body.current_specs();

@@ -85,6 +85,22 @@ impl TrustedKey {
         }
     }
 
+    /// The App patterns (`a*,b`) this grant restricts packages to, to be
+    /// recorded with each package it signs (`restricted_to` in the
+    /// catalog); `None` for a grant of every App (no patterns, or one that
+    /// matches every name, `*`) and for an image key, whose images vouch
+    /// for a whole system.
+    pub fn restricted_to(&self) -> Option<String> {
+        match &self.scope {
+            Scope::Packages { apps }
+                if !apps.is_empty() && !apps.iter().any(AppPattern::matches_every_app) =>
+            {
+                Some(patterns_text(apps))
+            }
+            Scope::Packages { .. } | Scope::Images { .. } => None,
+        }
+    }
+
     /// The trust domain of an image key.
     pub fn domain(&self) -> Option<&str> {
         match &self.scope {
@@ -197,6 +213,11 @@ impl AppPattern {
         text.split(',').map(AppPattern::parse).collect()
     }
 
+    /// True when the pattern matches every App name (it is all `*`).
+    pub fn matches_every_app(&self) -> bool {
+        self.0.chars().all(|c| c == '*')
+    }
+
     /// True when `app` matches.
     pub fn matches(&self, app: &str) -> bool {
         let p: Vec<char> = self.0.chars().collect();
@@ -277,6 +298,41 @@ mod tests {
         }
         assert_eq!(AppPattern::parse_list("a*,b").unwrap().len(), 2);
         assert!(AppPattern::parse_list("a,,b").is_err());
+    }
+
+    #[test]
+    fn only_a_grant_of_some_apps_is_recorded_as_restricted() {
+        let key = crate::keys::PublicKey {
+            name: "k".into(),
+            key: ed25519_dalek::SigningKey::from_bytes(&[7; 32]).verifying_key(),
+        };
+        let grant = |scope| TrustedKey {
+            key: key.clone(),
+            scope,
+            legacy: false,
+        };
+        let packages = |text: &str| Scope::Packages {
+            apps: if text.is_empty() {
+                Vec::new()
+            } else {
+                AppPattern::parse_list(text).unwrap()
+            },
+        };
+        assert_eq!(
+            grant(packages("acme-*,tool")).restricted_to().as_deref(),
+            Some("acme-*,tool")
+        );
+        assert_eq!(grant(packages("")).restricted_to(), None);
+        // `*` matches every App: no restriction, whatever else is listed.
+        assert_eq!(grant(packages("acme-*,*")).restricted_to(), None);
+        assert_eq!(grant(packages("**")).restricted_to(), None);
+        assert_eq!(
+            grant(Scope::Images {
+                domain: DEFAULT_DOMAIN.into()
+            })
+            .restricted_to(),
+            None
+        );
     }
 
     #[test]

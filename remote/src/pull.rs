@@ -240,6 +240,8 @@ pub fn pull(
             origin: format!("remote:{}", remote.name),
             metadata: p.metadata.clone(),
             tree: p.tree.clone(),
+            // The remote's domain keys vouch for whole generations.
+            restricted_to: None,
         })
         .collect();
     let membership = Membership::Exactly(ExactSet {

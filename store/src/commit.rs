@@ -30,6 +30,14 @@ pub struct StagedPackage {
     pub metadata: String,
     /// The tree with every file's content hash filled in.
     pub tree: Tree,
+    /// The App patterns (`a*,b`) its signer's key is trusted for, when that
+    /// grant is restricted to some Apps (a `.npk` signed by a key trusted
+    /// only for them, `--apps`); `None` when it is added unrestricted: by
+    /// root from a directory or an unsigned format, signed by a key trusted
+    /// for every App, in an image or a pulled generation (whose keys vouch
+    /// for a whole system). The Index ranks restricted packages after every
+    /// unrestricted one (`nexus_fs::index`).
+    pub restricted_to: Option<String>,
 }
 
 /// What a commit did.
@@ -223,6 +231,8 @@ pub fn commit_with(
         before.clone()
     };
     let mut ids: HashMap<String, i64> = HashMap::new();
+    // Whether a stored package was found restricted and is no longer.
+    let mut widened = false;
     let mut outcome = CommitOutcome {
         generation: None,
         added: Vec::new(),
@@ -234,6 +244,15 @@ pub fn commit_with(
         let existing = writes::package_by_spec(&tx, &staged.name, &staged.version)?;
         let package_id = match existing {
             Some((id, stored)) if stored == tree_hash.as_bytes() => {
+                // The same content, now vouched for unrestricted: the
+                // most trusted grant it was ever added under stands. Kept
+                // even when no generation follows; a mount sees it from
+                // its next generation on (until then it ranks the package
+                // lower, never higher, than it now may).
+                if staged.restricted_to.is_none() && writes::mark_unrestricted(&tx, id)? {
+                    tracing::info!("{spec}: added unrestricted now, no longer restricted");
+                    widened = true;
+                }
                 if before.iter().any(|m| m.package == id) {
                     outcome.unchanged.push(spec.clone());
                     if exact.is_none() {
@@ -270,11 +289,12 @@ pub fn commit_with(
         tracing::debug!("checking {}", precondition.what);
         (precondition.check)(&mut pending)?;
     }
-    let recorded = pending.recorded;
+    let recorded = pending.recorded || widened;
     if generations::same_state(&before, &members) {
         // Nothing to show: keep the catalog as it was (packs written by this
         // run hold only chunks that are now unreferenced; gc reclaims them).
-        // What a precondition recorded (an image counter seen) is kept.
+        // What a precondition recorded (an image counter seen) is kept, and
+        // so is a package's widened grant.
         if recorded {
             tx.commit()?;
         }
@@ -329,6 +349,7 @@ mod tests {
             origin: "test".into(),
             metadata: "{}".into(),
             tree: Tree::with_root(0o755, 0, 0, mtime, Vec::new()),
+            restricted_to: None,
         }
     }
 

@@ -118,6 +118,8 @@ fn stage_dirs(
                 origin: format!("dir:{}", origin.display()),
                 metadata: "{}".into(),
                 tree: d.scanned.tree.clone(),
+                // Root chose the directory: unrestricted.
+                restricted_to: None,
             }
         })
         .collect();

@@ -491,6 +491,7 @@ mod tests {
             origin: format!("deb:/cache/{name}.deb"),
             metadata: "{}".into(),
             tree: Tree::default(),
+            restricted_to: None,
         }
     }
 

@@ -115,10 +115,12 @@ pub enum Command {
     /// lib/, usr/lib/ and the multiarch usr/lib/x86_64-linux-gnu/, ...) as
     /// directories of symlinks to MOUNTPOINT/App/Current/..., so that
     /// PATH=DIR/bin finds every program and LD_LIBRARY_PATH=DIR/lib every
-    /// library. On a name clash the App whose name sorts first (bytewise)
-    /// wins, and within one App bin/ beats usr/bin/. The index follows the
-    /// mount's generation and is unmounted with it; `nexus umount DIR`
-    /// removes only the index.
+    /// library. On a name clash an App whose Current package is
+    /// unrestricted beats one whose package is restricted (signed by a key
+    /// trusted only for some Apps); among Apps of the same kind the one
+    /// whose name sorts first (bytewise) wins, and within one App bin/ beats usr/bin/. The index
+    /// follows the mount's generation and is unmounted with it; `nexus
+    /// umount DIR` removes only the index.
     ///
     /// Without MOUNTPOINT, the system mount is made: on mount.mountpoint
     /// of the configuration (default /Programs), with the configuration's

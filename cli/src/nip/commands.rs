@@ -591,7 +591,8 @@ fn info(dir: &Path, name: &str, json: bool) -> Result<i32> {
             .map(|(p, installed, current)| {
                 json!({
                     "name": p.name, "version": p.version, "tree_hash": p.tree_hash.to_hex(),
-                    "origin": p.origin, "added": p.added, "files": p.files, "bytes": p.bytes,
+                    "origin": p.origin, "restricted_to": p.restricted_to,
+                    "added": p.added, "files": p.files, "bytes": p.bytes,
                     "installed": installed, "current": current,
                     "metadata": serde_json::from_str::<serde_json::Value>(&p.metadata).unwrap_or_default(),
                 })
@@ -608,6 +609,13 @@ fn info(dir: &Path, name: &str, json: bool) -> Result<i32> {
             );
             println!("  tree hash  {}", p.tree_hash);
             println!("  origin     {}", p.origin);
+            if let Some(apps) = &p.restricted_to {
+                // The Index ranks it after every unrestricted App.
+                println!(
+                    "  restricted {} (its signer is trusted only for these Apps)",
+                    human::for_terminal(apps.as_bytes())
+                );
+            }
             println!("  added      {}", human::time(p.added));
             println!(
                 "  files      {} ({})",

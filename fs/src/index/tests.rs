@@ -5,7 +5,9 @@ use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use nexus_store::{AddDir, AddOptions, NoProgress, Store};
+use nexus_store::dirs::DirSet;
+use nexus_store::scan::ScanOptions;
+use nexus_store::{AddDir, AddOptions, NoProgress, Store, StoreError};
 
 use super::{Index, MULTIARCH, ROOT};
 use crate::attr::Kind;
@@ -38,7 +40,36 @@ impl Fixture {
     /// Writes `files` (path → content; content `@TARGET` makes a symlink)
     /// below `NAME-VERSION` in the source root and adds it as NAME/VERSION.
     fn add(&self, name: &str, version: &str, files: &[(&str, &str)]) {
+        let add = self.write(name, version, files);
+        let mut store = Store::open(&self.store).unwrap();
+        store
+            .add_dirs(&[add], AddOptions::default(), &NoProgress)
+            .unwrap();
+    }
+
+    /// As [`Fixture::add`], as a package whose signer is trusted only for
+    /// the Apps `apps` (what `nip add` of such a `.npk` records).
+    fn add_restricted(&self, name: &str, version: &str, apps: &str, files: &[(&str, &str)]) {
+        let add = self.write(name, version, files);
+        let set = DirSet::scan(&[add], ScanOptions::default()).unwrap();
+        let mut store = Store::open(&self.store).unwrap();
+        store
+            .add_staged_with(1, &NoProgress, |session| {
+                let (mut staged, contents) = set.stage(session, 1, &|_| {})?;
+                for package in &mut staged {
+                    package.restricted_to = Some(apps.into());
+                }
+                Ok::<_, StoreError>((staged, contents))
+            })
+            .unwrap();
+    }
+
+    /// Writes the files of [`Fixture::add`] and names the directory. One
+    /// written before is taken as it is (rewritten, its mtimes would make
+    /// another tree): adding it again adds the same package.
+    fn write(&self, name: &str, version: &str, files: &[(&str, &str)]) -> AddDir {
         let dir = self.src.join(format!("{name}-{version}"));
+        let files = if dir.exists() { &[][..] } else { files };
         for (path, content) in files {
             let path = dir.join(path);
             fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -48,15 +79,11 @@ impl Fixture {
             }
         }
         fs::create_dir_all(&dir).unwrap();
-        let mut store = Store::open(&self.store).unwrap();
-        let add = AddDir {
+        AddDir {
             path: dir,
             name: name.into(),
             version: version.into(),
-        };
-        store
-            .add_dirs(&[add], AddOptions::default(), &NoProgress)
-            .unwrap();
+        }
     }
 
     fn store(&self) -> Store {
@@ -289,6 +316,131 @@ fn packages_merge_by_the_clash_rule() {
         &index.list(bin).unwrap(),
         &index.list(bin).unwrap()
     ));
+}
+
+/// A key trusted only for `aa-*` ships `aa-evil`, which sorts before
+/// `zz-core`: by name alone it would decide every name it shares with
+/// `zz-core`, files and directories alike. Ranked after every unrestricted
+/// App, it decides only the names no unrestricted App has.
+#[test]
+fn restricted_packages_rank_after_every_unrestricted_one() {
+    let f = Fixture::new();
+    f.add(
+        "zz-core",
+        "1",
+        &[
+            ("usr/games/tool", "core"),
+            ("bin/ls", "core ls"),
+            ("share/thing", "a file"),
+            ("share/doc/zz-core/README", "core doc"),
+            ("share/man/man1/ls.1", "core manual"),
+            ("usr/lib/x86_64-linux-gnu/libc.so.6", "core libc"),
+        ],
+    );
+    f.add_restricted(
+        "aa-evil",
+        "1",
+        "aa-*",
+        &[
+            // Its highest-ranked source against zz-core's lowest.
+            ("bin/tool", "evil"),
+            ("bin/ls", "@/tmp/evil"),
+            ("bin/only-evil", "evil"),
+            ("bin/both-restricted", "aa-evil"),
+            // A directory where zz-core has a file, a file where zz-core
+            // has a directory.
+            ("share/thing/inside", "evil"),
+            ("share/doc", "evil"),
+            ("share/man/man1/ls.1", "evil manual"),
+            ("share/man/man1/evil.1", "evil manual"),
+            ("lib/libc.so.6", "evil libc"),
+        ],
+    );
+    f.add_restricted(
+        "ab-other",
+        "1",
+        "ab-*",
+        &[("bin/both-restricted", "ab-other")],
+    );
+    let (_view, index) = f.index(GenerationChoice::Live);
+
+    assert_eq!(
+        target(&index, "bin/tool"),
+        "/P/zz-core/Current/usr/games/tool"
+    );
+    assert_eq!(target(&index, "bin/ls"), "/P/zz-core/Current/bin/ls");
+    assert_eq!(
+        target(&index, "share/thing"),
+        "/P/zz-core/Current/share/thing"
+    );
+    assert_eq!(walk(&index, "share/doc").unwrap().attr.kind, Kind::Dir);
+    assert_eq!(names(&index, "share/doc"), [".", "..", "zz-core"]);
+    assert_eq!(
+        target(&index, "share/man/man1/ls.1"),
+        "/P/zz-core/Current/share/man/man1/ls.1"
+    );
+    if MULTIARCH == Some("x86_64-linux-gnu") {
+        assert_eq!(
+            target(&index, "lib/libc.so.6"),
+            "/P/zz-core/Current/usr/lib/x86_64-linux-gnu/libc.so.6"
+        );
+    }
+    // What only restricted Apps have is still there, merged into the
+    // unrestricted directories; among them the name order holds.
+    assert_eq!(
+        target(&index, "bin/only-evil"),
+        "/P/aa-evil/Current/bin/only-evil"
+    );
+    assert_eq!(
+        target(&index, "share/man/man1/evil.1"),
+        "/P/aa-evil/Current/share/man/man1/evil.1"
+    );
+    assert_eq!(
+        target(&index, "bin/both-restricted"),
+        "/P/aa-evil/Current/bin/both-restricted"
+    );
+
+    // The rank follows the Current version: zz-core's restricted version 2
+    // ranks it after aa-evil, whose name then decides.
+    f.add_restricted("zz-core", "2", "zz-*", &[("bin/tool", "core 2")]);
+    let (_view, index) = f.index(GenerationChoice::Live);
+    assert_eq!(target(&index, "bin/tool"), "/P/aa-evil/Current/bin/tool");
+    let (_view, index) = f.index(GenerationChoice::Fixed(3));
+    assert_eq!(
+        target(&index, "bin/tool"),
+        "/P/zz-core/Current/usr/games/tool"
+    );
+}
+
+/// The same package (name, version and tree) added again unrestricted, by
+/// root or a key trusted for every App, is unrestricted from then on; a
+/// restricted add never narrows it again.
+#[test]
+fn a_package_added_again_unrestricted_ranks_as_unrestricted() {
+    let f = Fixture::new();
+    f.add("zz-core", "1", &[("bin/tool", "core")]);
+    f.add_restricted("aa-app", "1", "aa-*", &[("bin/tool", "aa")]);
+    let (_view, index) = f.index(GenerationChoice::Live);
+    assert_eq!(target(&index, "bin/tool"), "/P/zz-core/Current/bin/tool");
+    let restricted = |spec: &str| f.store().installed(spec).unwrap().restricted_to;
+    assert_eq!(restricted("aa-app/1").as_deref(), Some("aa-*"));
+    assert_eq!(restricted("zz-core/1"), None);
+
+    // No new generation (nothing to show changed), but the grant widens.
+    let generation = f.store().catalog().current_generation().unwrap();
+    f.add("aa-app", "1", &[("bin/tool", "aa")]);
+    assert_eq!(
+        f.store().catalog().current_generation().unwrap(),
+        generation
+    );
+    assert_eq!(restricted("aa-app/1"), None);
+    let (_view, index) = f.index(GenerationChoice::Live);
+    assert_eq!(target(&index, "bin/tool"), "/P/aa-app/Current/bin/tool");
+
+    f.add_restricted("aa-app", "1", "aa-*", &[("bin/tool", "aa")]);
+    f.add_restricted("zz-core", "1", "zz-*", &[("bin/tool", "core")]);
+    assert_eq!(restricted("aa-app/1"), None);
+    assert_eq!(restricted("zz-core/1"), None);
 }
 
 #[test]

@@ -98,6 +98,12 @@ pub struct PackageRow {
     pub bytes: i64,
     /// Package metadata as JSON (description, dependencies, licence...).
     pub metadata: String,
+    /// The App patterns (`a*,b`) its signer's key was trusted for, when
+    /// that grant was restricted to some Apps; `None` when it was added
+    /// unrestricted (see [`StagedPackage::restricted_to`]).
+    ///
+    /// [`StagedPackage::restricted_to`]: crate::commit::StagedPackage::restricted_to
+    pub restricted_to: Option<String>,
 }
 
 impl PackageRow {
@@ -267,8 +273,11 @@ fn inode_from_row(r: &Row<'_>, base: usize) -> rusqlite::Result<InodeRow> {
     })
 }
 
-const PACKAGE_COLUMNS: &str =
-    "p.id, p.name, p.version, p.origin, p.tree_hash, p.root, p.added, p.files, p.bytes, p.metadata";
+const PACKAGE_COLUMNS: &str = "p.id, p.name, p.version, p.origin, p.tree_hash, p.root, p.added, \
+     p.files, p.bytes, p.metadata, p.restricted_to";
+/// How many columns [`PACKAGE_COLUMNS`] selects: the index of the first
+/// column a query selects after them.
+const PACKAGE_COLUMN_COUNT: usize = 11;
 
 fn package_from_row(r: &Row<'_>) -> rusqlite::Result<PackageRow> {
     let tree_hash: Vec<u8> = r.get(4)?;
@@ -283,6 +292,7 @@ fn package_from_row(r: &Row<'_>) -> rusqlite::Result<PackageRow> {
         files: r.get(7)?,
         bytes: r.get(8)?,
         metadata: r.get(9)?,
+        restricted_to: r.get(10)?,
     })
 }
 
@@ -517,7 +527,7 @@ impl Catalog {
         let rows = stmt.query_map([generation], |r| {
             Ok(MemberRow {
                 package: package_from_row(r)?,
-                current: r.get(10)?,
+                current: r.get(PACKAGE_COLUMN_COUNT)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -548,10 +558,10 @@ impl Catalog {
             Ok(RootedMember {
                 member: MemberRow {
                     package: package_from_row(r)?,
-                    current: r.get(10)?,
+                    current: r.get(PACKAGE_COLUMN_COUNT)?,
                 },
-                app_first_package: r.get(11)?,
-                root: inode_from_row(r, 12)?,
+                app_first_package: r.get(PACKAGE_COLUMN_COUNT + 1)?,
+                root: inode_from_row(r, PACKAGE_COLUMN_COUNT + 2)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)

@@ -291,6 +291,18 @@ const MIGRATIONS: &[Migration] = &[
     DROP INDEX chunks_by_pack;
     "#,
     },
+    // v7: `packages.restricted_to`, the App patterns the package's signer
+    // was trusted for when that grant was restricted to some Apps (NULL:
+    // added unrestricted). The Index ranks restricted packages after every
+    // unrestricted one, so that a key trusted for `acme-*` cannot take
+    // `bin/ls` from `coreutils`. Readers of v6 never select the column;
+    // rows from before this step are NULL: their grant was not recorded.
+    Migration {
+        keeps_readers: true,
+        sql: r#"
+    ALTER TABLE packages ADD COLUMN restricted_to TEXT;
+    "#,
+    },
 ];
 
 /// The schema version this build writes.
@@ -507,9 +519,9 @@ mod tests {
 
     #[test]
     fn readers_of_the_last_version_keep_reading_through_steps_that_keep_them() {
-        // The last step (dropping an index) keeps readers: a daemon built
-        // for the version before it does not stop the upgrade, and reads
-        // the result.
+        // The last step (adding a column they never select) keeps
+        // readers: a daemon built for the version before it does not stop
+        // the upgrade, and reads the result.
         assert!(MIGRATIONS[(SCHEMA_VERSION - 1) as usize].keeps_readers);
         let store = tempfile::tempdir().unwrap();
         let path = catalog_at(store.path(), SCHEMA_VERSION - 1);
@@ -567,6 +579,35 @@ mod tests {
             open(&path, &[]),
             Err(StoreError::SchemaTooNew { .. })
         ));
+    }
+
+    #[test]
+    fn packages_stored_before_v7_read_as_unrestricted_and_v6_queries_still_work() {
+        let store = tempfile::tempdir().unwrap();
+        let path = catalog_at(store.path(), 6);
+        Connection::open(&path)
+            .unwrap()
+            .execute(
+                "INSERT INTO packages(name, version, origin, tree_hash, root, added, files, bytes)
+                 VALUES ('old', '1', 'npk:/old.npk', x'00', 1, 0, 0, 0)",
+                [],
+            )
+            .unwrap();
+        let catalog = open(&path, &[]).unwrap();
+        assert_eq!(version_of(&path), 7);
+        let row = catalog.package("old", "1").unwrap().unwrap();
+        assert_eq!(row.restricted_to, None, "its grant was never recorded");
+        // What a v6 reader selects, by name, still reads.
+        let origin: String = Connection::open(&path)
+            .unwrap()
+            .query_row(
+                "SELECT p.id, p.name, p.version, p.origin, p.tree_hash, p.root, p.added, p.files,
+                        p.bytes, p.metadata FROM packages p WHERE p.name = 'old'",
+                [],
+                |r| r.get(3),
+            )
+            .unwrap();
+        assert_eq!(origin, "npk:/old.npk");
     }
 
     #[test]

@@ -29,6 +29,23 @@ pub(crate) fn package_by_spec(
         .optional()?)
 }
 
+/// Records that package `id` was added unrestricted (again): its
+/// `restricted_to` becomes NULL. True when it was restricted until now.
+///
+/// A package is its tree: the same `name`/`version` with the same tree
+/// hash is the same content, and once an unrestricted source (root's own
+/// import, a key trusted for every App) has vouched for it, a restricted
+/// grant it also came under takes nothing away. The reverse never
+/// happens: a restricted add of a package stored unrestricted leaves it so.
+pub(crate) fn mark_unrestricted(conn: &Connection, id: i64) -> Result<bool> {
+    let changed = conn
+        .prepare_cached(
+            "UPDATE packages SET restricted_to = NULL WHERE id = ?1 AND restricted_to IS NOT NULL",
+        )?
+        .execute([id])?;
+    Ok(changed > 0)
+}
+
 /// The version of package `id`.
 pub(crate) fn package_version(conn: &Connection, id: i64) -> Result<String> {
     Ok(conn
@@ -339,8 +356,9 @@ pub(crate) fn insert_package(
         }
     }
     tx.execute(
-        "INSERT INTO packages(name, version, origin, tree_hash, root, added, files, bytes, metadata)
-         VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6, ?7, ?8)",
+        "INSERT INTO packages(name, version, origin, tree_hash, root, added, files, bytes, metadata,
+                              restricted_to)
+         VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6, ?7, ?8, ?9)",
         params![
             staged.name,
             staged.version,
@@ -349,7 +367,8 @@ pub(crate) fn insert_package(
             crate::store::now_secs(),
             files,
             bytes,
-            staged.metadata
+            staged.metadata,
+            staged.restricted_to,
         ],
     )?;
     let package = tx.last_insert_rowid();

@@ -472,6 +472,7 @@ mod tests {
                 files: 0,
                 bytes: 0,
                 metadata: String::new(),
+                restricted_to: None,
             },
             installed: true,
             current: false,
