@@ -38,7 +38,7 @@ pub struct Pin {
 }
 
 /// The pins of a cache, by file name.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct Pins(BTreeMap<String, Pin>);
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SystemError + '_ {
@@ -85,8 +85,15 @@ impl Pins {
         }
         let mut text = String::new();
         file.read_to_string(&mut text).map_err(io(&path))?;
+        Pins::parse(&path, &text)
+    }
+
+    /// Parses the text of a lock file (`path` is named in errors, never
+    /// opened); an error names the line. Public for the fuzz target
+    /// (`system/fuzz`): [`Pins::read`] is the way to a cache's pins.
+    pub fn parse(path: &Path, text: &str) -> Result<Pins> {
         let bad = |line: usize, why: &str| SystemError::DebPin {
-            file: path.clone(),
+            file: path.to_path_buf(),
             message: format!("line {line}: {why}"),
         };
         let mut pins = BTreeMap::new();
@@ -117,6 +124,16 @@ impl Pins {
         Ok(Pins(pins))
     }
 
+    /// The text of the lock file holding these pins, as [`Pins::record`]
+    /// writes it (and [`Pins::parse`] reads it back).
+    pub fn render(&self) -> String {
+        let mut text = format!("{HEADER}\n");
+        for (name, pin) in &self.0 {
+            text.push_str(&format!("{} {} {name}\n", pin.sha256, pin.size));
+        }
+        text
+    }
+
     /// The pin of file `name`.
     pub fn get(&self, name: &str) -> Option<&Pin> {
         self.0.get(name)
@@ -131,10 +148,7 @@ impl Pins {
     /// Records `name`'s pin and rewrites the lock file.
     pub fn record(&mut self, cache: &Path, name: &str, pin: Pin) -> Result<()> {
         self.0.insert(name.to_string(), pin);
-        let mut text = format!("{HEADER}\n");
-        for (name, pin) in &self.0 {
-            text.push_str(&format!("{} {} {name}\n", pin.sha256, pin.size));
-        }
+        let text = self.render();
         let path = cache.join(LOCK_FILE);
         let mut tmp = tempfile::Builder::new()
             .prefix(".debs.lock.")
