@@ -101,8 +101,9 @@ impl Profile {
         })
     }
 
-    /// `NAME/VERSION` of each App listed more than once, for its `Current`
-    /// version (such entries are pinned with `= V`).
+    /// `NAME/VERSION` of each App's `Current` version when its line pins
+    /// it with `= V`: every App listed more than once (whose lines all
+    /// pin), and an App listed once with `= V`.
     pub fn current_pins(&self) -> Vec<String> {
         self.entries
             .iter()
