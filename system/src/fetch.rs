@@ -111,15 +111,20 @@ impl Drop for CacheLock {
 }
 
 /// What apt's index says of one package version: its file name, size and
-/// SHA256.
+/// SHA256. Public (hidden) for the fuzz target (`system/fuzz`) only.
+#[doc(hidden)]
 #[derive(Debug, PartialEq, Eq)]
-struct Indexed {
-    file: String,
-    pin: Pin,
+pub struct Indexed {
+    /// The file name apt gives it, `NAME_VERSION_ARCH.deb`.
+    pub file: String,
+    /// Its size and SHA256 (lower-case), as apt's index gives them.
+    pub pin: Pin,
 }
 
 /// Parses `apt-get download --print-uris`: `'URI' FILE SIZE SHA256:HEX`.
-fn parse_print_uris(out: &str) -> Option<Indexed> {
+/// Public (hidden) for the fuzz target (`system/fuzz`) only.
+#[doc(hidden)]
+pub fn parse_print_uris(out: &str) -> Option<Indexed> {
     let line = out.lines().find(|l| l.starts_with('\''))?;
     let mut fields = line.rsplitn(4, ' ');
     let hash = fields.next()?;
@@ -198,11 +203,14 @@ fn indexed(target: &str) -> Result<Indexed> {
 }
 
 /// A `.deb`'s name as apt writes it, `NAME_VERSION_ARCH.deb`, taken apart.
+/// Public (hidden) for the fuzz target (`system/fuzz`) only.
+#[doc(hidden)]
 #[derive(Debug, PartialEq, Eq)]
-struct DebName<'a> {
-    package: &'a str,
+pub struct DebName<'a> {
+    /// The package.
+    pub package: &'a str,
     /// The version, its epoch's `:` decoded.
-    version: String,
+    pub version: String,
 }
 
 /// Parses a `.deb`'s name, accepting only the one spelling apt gives a
@@ -210,8 +218,10 @@ struct DebName<'a> {
 /// version with its epoch's `:` as `%3a` (the one character of a
 /// version apt escapes), an architecture. Any other spelling (`%32` for
 /// `2`, a raw `:`, a fourth field) names no version at all, so that no
-/// name can pass for a version under a second spelling.
-fn parse_deb_name(name: &str) -> Option<DebName<'_>> {
+/// name can pass for a version under a second spelling. Public (hidden)
+/// for the fuzz target (`system/fuzz`) only.
+#[doc(hidden)]
+pub fn parse_deb_name(name: &str) -> Option<DebName<'_>> {
     let stem = name.strip_suffix(".deb")?;
     let mut fields = stem.split('_');
     let (package, quoted, arch) = (fields.next()?, fields.next()?, fields.next()?);

@@ -38,7 +38,7 @@ pub struct Pin {
 }
 
 /// The pins of a cache, by file name.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct Pins(BTreeMap<String, Pin>);
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SystemError + '_ {
@@ -85,8 +85,15 @@ impl Pins {
         }
         let mut text = String::new();
         file.read_to_string(&mut text).map_err(io(&path))?;
+        Pins::parse(&path, &text)
+    }
+
+    /// Parses the text of a lock file (`path` is named in errors, never
+    /// opened); an error names the line. Public for the fuzz target
+    /// (`system/fuzz`): [`Pins::read`] is the way to a cache's pins.
+    pub fn parse(path: &Path, text: &str) -> Result<Pins> {
         let bad = |line: usize, why: &str| SystemError::DebPin {
-            file: path.clone(),
+            file: path.to_path_buf(),
             message: format!("line {line}: {why}"),
         };
         let mut pins = BTreeMap::new();
@@ -103,7 +110,13 @@ impl Pins {
                 return Err(bad(i + 1, "expected SHA256 SIZE FILE"));
             };
             let size = size.parse().map_err(|_| bad(i + 1, "bad size"))?;
-            if !is_sha256(sha256) || name.contains('/') || name.is_empty() {
+            // No control character: a name ending in `\r` (of a line
+            // `lines` does not take as `\r\n`) was written back shorter,
+            // so the file rewritten pinned another name.
+            if !is_sha256(sha256)
+                || name.is_empty()
+                || name.contains(|c: char| c == '/' || c.is_control())
+            {
                 return Err(bad(i + 1, "bad hash or file name"));
             }
             pins.insert(
@@ -115,6 +128,16 @@ impl Pins {
             );
         }
         Ok(Pins(pins))
+    }
+
+    /// The text of the lock file holding these pins, as [`Pins::record`]
+    /// writes it (and [`Pins::parse`] reads it back).
+    pub fn render(&self) -> String {
+        let mut text = format!("{HEADER}\n");
+        for (name, pin) in &self.0 {
+            text.push_str(&format!("{} {} {name}\n", pin.sha256, pin.size));
+        }
+        text
     }
 
     /// The pin of file `name`.
@@ -131,10 +154,7 @@ impl Pins {
     /// Records `name`'s pin and rewrites the lock file.
     pub fn record(&mut self, cache: &Path, name: &str, pin: Pin) -> Result<()> {
         self.0.insert(name.to_string(), pin);
-        let mut text = format!("{HEADER}\n");
-        for (name, pin) in &self.0 {
-            text.push_str(&format!("{} {} {name}\n", pin.sha256, pin.size));
-        }
+        let text = self.render();
         let path = cache.join(LOCK_FILE);
         let mut tmp = tempfile::Builder::new()
             .prefix(".debs.lock.")
@@ -215,5 +235,37 @@ mod tests {
         ));
         std::fs::write(tmp.path().join(LOCK_FILE), "garbage\n").unwrap();
         assert!(Pins::read(tmp.path()).is_err());
+    }
+
+    /// Found by fuzzing (system/fuzz, `pins`): a name ending in `\r` on
+    /// the last line (no `\n` after it, so `lines` kept the `\r`) was
+    /// written back with a line end that reads as `\r\n`: the rewritten
+    /// file pinned another name. Names with control characters are
+    /// refused; a file with `\r\n` line ends still reads the same.
+    #[test]
+    fn a_pin_s_name_reads_back_as_it_was_written() {
+        let sha = "2e6e2f1a0007dc43bc91c273fd36e91e40a4f1c2765a03eca68b70a42103878a";
+        let path = Path::new("debs.lock");
+        for name in [
+            "x_1_all.deb\r",
+            "x_1\r_all.deb",
+            "x_1_all.deb\x1b[2K",
+            "x\t.deb",
+        ] {
+            let text = format!("{HEADER}\n{sha} 5 {name}");
+            match Pins::parse(path, &text) {
+                Err(SystemError::DebPin { message, .. }) => {
+                    assert_eq!(message, "line 2: bad hash or file name", "{name:?}")
+                }
+                other => panic!("{name:?}: {other:?}"),
+            }
+        }
+        let crlf = format!("{HEADER}\r\n{sha} 5 x_1_all.deb\r\n");
+        let pins = Pins::parse(path, &crlf).unwrap();
+        assert_eq!(
+            pins.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            ["x_1_all.deb"]
+        );
+        assert_eq!(Pins::parse(path, &pins.render()).unwrap(), pins);
     }
 }

@@ -101,8 +101,9 @@ impl Profile {
         })
     }
 
-    /// `NAME/VERSION` of each App listed more than once, for its `Current`
-    /// version (such entries are pinned with `= V`).
+    /// `NAME/VERSION` of each App's `Current` version when its line pins
+    /// it with `= V`: every App listed more than once (whose lines all
+    /// pin), and an App listed once with `= V`.
     pub fn current_pins(&self) -> Vec<String> {
         self.entries
             .iter()
@@ -161,7 +162,21 @@ fn package(file: &SourceFile, node: &KdlNode) -> Result<Entry, Diag> {
             }
             r.to_string()
         }
-        None => app.to_string(),
+        // The App's name is the recipe's: refused here, at its line, when
+        // no recipe could have it (else only loading the recipe did).
+        None => {
+            if let Err(err) = crate::recipe::check_recipe_name(app) {
+                return Err(file.error(
+                    app_entry.span(),
+                    format!("the App `{app}` names no recipe: {err}"),
+                    "no recipe has this name",
+                    Some(format!(
+                        "name its recipe: package \"{app}\" \"...\" recipe=\"NAME\""
+                    )),
+                ));
+            }
+            app.to_string()
+        }
     };
     let current = schema::bool_prop(file, node, "current")?;
     Ok(Entry {
@@ -319,6 +334,27 @@ mod tests {
         assert_eq!(p.entries.len(), n + 2);
         assert_eq!(p.entries[n - 1].app, format!("lib{}", n - 1));
         assert_eq!(p.file.line_col(p.entries[n + 1].span.offset()).0, 2 * n + 5);
+    }
+
+    /// Found by fuzzing (system/fuzz, `profile`): an App name the store
+    /// takes but no recipe can have (`|`, a leading `.`, a letter outside
+    /// ASCII) was accepted without `recipe=`, and the build failed later,
+    /// loading the recipe, with no line of the profile to point at.
+    #[test]
+    fn an_app_that_names_no_recipe_needs_one_named() {
+        for app in ["busybox-sta|ic", ".hidden", "café"] {
+            nexus_store::names::check_name(app).unwrap();
+            let (line, msg) = bad(&format!(
+                "profile \"p\" {{\n  package \"{app}\" \"*\"\n}}\n"
+            ));
+            assert_eq!(line, 2, "{msg}");
+            assert!(msg.contains("names no recipe"), "{msg}");
+            let p = parse(&format!(
+                "profile \"p\" {{\n  package \"{app}\" \"*\" recipe=\"r\"\n}}\n"
+            ))
+            .unwrap();
+            assert_eq!(p.entries[0].recipe, "r");
+        }
     }
 
     #[test]
