@@ -226,7 +226,7 @@ pub enum ConfigError {
 impl FileConfig {
     /// Parses and checks a configuration file.
     pub fn parse(file: &SourceFile) -> Result<FileConfig, Diag> {
-        let doc: KdlDocument = file.text.parse().map_err(|e| file.syntax_error(&e))?;
+        let doc: KdlDocument = schema::parse(file, "configuration file")?;
         let mut config = FileConfig::default();
         for node in doc.nodes() {
             match node.name().value() {
@@ -658,6 +658,35 @@ mod tests {
         vars.entry(CONFIG_ENV.into())
             .or_insert_with(|| path.clone().into_os_string());
         Settings::load_with(&flags, |name| vars.get(name).cloned())
+    }
+
+    /// Found writing its fuzz target (cli/fuzz, `config`): the file went
+    /// to the `kdl` parser, which recurses once per block, without the
+    /// bound on `{` profiles and recipes have: 3 KB of `a{` overflowed an
+    /// 8 MiB stack and aborted nip or nexus before any diagnostic. Run on
+    /// a thread with the main thread's usual 8 MiB stack.
+    #[test]
+    fn deeply_nested_blocks_are_refused_without_overflowing_the_stack() {
+        let refused = std::thread::Builder::new()
+            .stack_size(8 << 20)
+            .spawn(|| {
+                let n = 100_000;
+                parse(&format!(
+                    "mount {{{}{}}}",
+                    "a{".repeat(n),
+                    "}".repeat(n + 1)
+                ))
+                .map_err(|d| (d.line(), d.to_string()))
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        let (line, msg) = refused.expect_err("accepted");
+        assert_eq!(line, 1);
+        assert!(msg.contains("100001 `{` in one file"), "{msg}");
+        // Every block the schema has stays well within the bound.
+        let c = parse("mount {\n    threads 2\n}\nserve {\n    cache-mib 8\n}\n").unwrap();
+        assert_eq!(c.mount.threads.map(|t| t.value), Some(2));
     }
 
     #[test]
