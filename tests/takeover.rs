@@ -616,7 +616,8 @@ fn an_image_mount_refuses_a_takeover_saying_why() {
 /// as it replaces the daemon, and `nip` works again.
 ///
 /// The older build is played by this one: the catalog is put back one
-/// schema version (the last step dropped an index; it is put back) and
+/// schema version (the last step added `packages.restricted_to`; it is
+/// dropped) and
 /// the daemon's runtime record loses the schema field, as a build from
 /// before the field writes it.
 #[test]
@@ -658,7 +659,7 @@ fn an_upgrade_under_an_older_daemon_waits_for_its_takeover() {
     fs::write(&record_path, serde_json::to_vec(&record).unwrap()).unwrap();
     catalog
         .execute_batch(&format!(
-            "CREATE INDEX IF NOT EXISTS chunks_by_pack ON chunks(pack);
+            "ALTER TABLE packages DROP COLUMN restricted_to;
              DELETE FROM meta WHERE key = 'oldest_reader';
              PRAGMA user_version = {};",
             schema - 1
