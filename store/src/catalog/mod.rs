@@ -321,22 +321,6 @@ fn configure(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
-/// A `meta` value, on any connection (a migration's transaction too).
-fn read_meta(conn: &Connection, key: &str) -> Result<Option<String>> {
-    Ok(conn
-        .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
-        .optional()?)
-}
-
-/// Writes a `meta` value, on any connection.
-fn write_meta(conn: &Connection, key: &str, value: &str) -> Result<()> {
-    conn.execute(
-        "INSERT INTO meta(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-        params![key, value],
-    )?;
-    Ok(())
-}
-
 impl Catalog {
     /// Checkpoints the write-ahead log into the catalog and truncates it
     /// when a large transaction left it over [`WAL_KEEP_BYTES`], so that a
@@ -440,12 +424,12 @@ impl Catalog {
 
     /// Reads a `meta` value.
     pub fn meta(&self, key: &str) -> Result<Option<String>> {
-        read_meta(&self.conn, key)
+        writes::meta(&self.conn, key)
     }
 
     /// Writes a `meta` value.
     pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
-        write_meta(&self.conn, key, value)
+        writes::set_meta(&self.conn, key, value)
     }
 
     /// The number naming this catalog's id space (FUSE inode generation

@@ -338,7 +338,7 @@ fn oldest_reader(conn: &Connection, version: i64) -> Result<i64> {
     if version == 0 {
         return Ok(0);
     }
-    Ok(super::read_meta(conn, OLDEST_READER_KEY)?
+    Ok(super::writes::meta(conn, OLDEST_READER_KEY)?
         .and_then(|v| v.parse::<i64>().ok())
         .filter(|&v| (0..=version).contains(&v))
         .unwrap_or(version))
@@ -408,7 +408,7 @@ pub fn migrate(conn: &mut Connection, check: &dyn Fn(&Upgrade) -> Result<()>) ->
         } else {
             version + 1
         };
-        super::write_meta(&tx, OLDEST_READER_KEY, &oldest.to_string())?;
+        super::writes::set_meta(&tx, OLDEST_READER_KEY, &oldest.to_string())?;
         tx.pragma_update(None, "user_version", version + 1)?;
         tx.commit()?;
     }
