@@ -17,9 +17,20 @@ use std::path::Path;
 /// refusing a directory, FIFO, socket or device with an
 /// [`io::ErrorKind::InvalidInput`] error that names what it is.
 pub fn open_regular(path: &Path) -> io::Result<File> {
+    open(path, 0)
+}
+
+/// [`open_regular`], refusing also a symlink at `path` itself (`ELOOP`):
+/// for a name in a directory others may write, whose symlink could point
+/// root at a file of the planter's choosing.
+pub fn open_regular_nofollow(path: &Path) -> io::Result<File> {
+    open(path, libc::O_NOFOLLOW)
+}
+
+fn open(path: &Path, flags: libc::c_int) -> io::Result<File> {
     let file = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | flags)
         .open(path)?;
     let kind = file.metadata()?.file_type();
     let what = if kind.is_file() {

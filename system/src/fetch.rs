@@ -50,6 +50,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use nexus_graft::control::split_version;
+// A file another user could have put in place (`_apt` in the staging
+// directory, a writer of the cache) is opened never through a symlink and
+// only if regular: a FIFO would block root forever.
+use nexus_store::regular::open_regular_nofollow;
 
 use crate::error::{Result, SystemError};
 use crate::pins::{self, Pin, Pins};
@@ -427,28 +431,13 @@ impl AsRef<Path> for Fetched {
     }
 }
 
-/// Opens a file another user could have put in place (`_apt` in the
-/// staging directory, a writer of the cache): never through a symlink
-/// (which would have root read, and report the hash of, a file of its
-/// choosing), and only a regular file (a FIFO would block root forever).
-fn open_planted(path: &Path) -> std::io::Result<File> {
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)?;
-    if !file.metadata()?.is_file() {
-        return Err(std::io::Error::other("not a regular file"));
-    }
-    Ok(file)
-}
-
 /// Copies `path` privately while hashing it; refused unless it is `pin`.
 fn private_copy(path: &Path, pin: &Pin) -> Result<Fetched> {
     let io = |p: &Path| {
         let p = p.to_path_buf();
         move |source| SystemError::Io { path: p, source }
     };
-    let source = open_planted(path).map_err(io(path))?;
+    let source = open_regular_nofollow(path).map_err(io(path))?;
     let dir = tempfile::Builder::new()
         .prefix("nexus-deb-")
         .permissions(fs::Permissions::from_mode(0o700))
@@ -523,7 +512,7 @@ fn download(cache: &Path, pins: &mut Pins, target: &str) -> Result<(PathBuf, Pin
         )));
     }
     let fetched = staging.path().join(&expected.file);
-    let source = open_planted(&fetched).map_err(|e| {
+    let source = open_regular_nofollow(&fetched).map_err(|e| {
         fail(format!(
             "apt-get succeeded but left no {} ({e})",
             expected.file
@@ -717,13 +706,13 @@ mod tests {
         fs::write(&secret, b"root only").unwrap();
         let link = dir.path().join("x_1_all.deb");
         std::os::unix::fs::symlink(&secret, &link).unwrap();
-        assert!(open_planted(&link).is_err());
+        assert!(open_regular_nofollow(&link).is_err());
         let fifo = dir.path().join("y_1_all.deb");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-        assert!(open_planted(&fifo).is_err());
+        assert!(open_regular_nofollow(&fifo).is_err());
         fs::remove_file(&link).unwrap();
         fs::write(&link, b"a deb").unwrap();
-        assert!(open_planted(&link).is_ok());
+        assert!(open_regular_nofollow(&link).is_ok());
         // Through fetch: a pinned name that is now a FIFO fails at once,
         // not holding the cache's lock forever.
         let cache = dir.path().join("cache");
