@@ -40,6 +40,7 @@ mod generation;
 pub mod handles;
 pub mod index;
 pub mod ino;
+pub mod kernel_view;
 pub mod lookups;
 pub mod view;
 

@@ -1,0 +1,329 @@
+//! The images are checked by the kernel itself: each test mounts what the
+//! writer made (root only; skipped, saying so, otherwise) and compares
+//! what the kernel shows with the tree written.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::erofs::{self, Body, ImageError, Node, Tree};
+
+fn node(perm: u32, body: Body) -> Node {
+    Node {
+        perm,
+        uid: 0,
+        gid: 0,
+        mtime: 1_700_000_000,
+        nlink: 1,
+        xattrs: Vec::new(),
+        body,
+    }
+}
+
+fn dir(parent: usize, entries: Vec<(&str, usize)>) -> Body {
+    Body::Dir {
+        parent,
+        entries: entries
+            .into_iter()
+            .map(|(n, i)| (n.as_bytes().to_vec(), i))
+            .collect(),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A valid `security.capability` value (revision 2, effective,
+/// `CAP_NET_RAW` permitted): the kernel checks the value it returns.
+const NET_RAW: [u8; 20] = [
+    1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+];
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// An image mounted by the kernel, unmounted on drop.
+struct Mounted {
+    _dir: tempfile::TempDir,
+    at: PathBuf,
+}
+
+impl Mounted {
+    fn new(image: &[u8]) -> Mounted {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("image.erofs");
+        std::fs::write(&file, image).unwrap();
+        let at = dir.path().join("mnt");
+        std::fs::create_dir(&at).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "erofs", "-o", "ro"])
+            .arg(&file)
+            .arg(&at)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "the kernel refused the image: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Mounted { _dir: dir, at }
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.at).status();
+    }
+}
+
+/// What the kernel shows below `root`: path → (mode, uid, gid, size,
+/// mtime, nlink, target, xattrs), and the inode of each path.
+type Shown = BTreeMap<String, (u32, u32, u32, u64, i64, u64, Option<String>, Vec<String>)>;
+
+fn shown(root: &Path) -> (Shown, BTreeMap<String, u64>) {
+    let mut out = Shown::new();
+    let mut inos = BTreeMap::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            let target = m
+                .file_type()
+                .is_symlink()
+                .then(|| std::fs::read_link(&p).unwrap().display().to_string());
+            let mut xattrs: Vec<String> = xattr::list(&p)
+                .unwrap()
+                .map(|n| {
+                    let v = xattr::get(&p, &n)
+                        .unwrap_or_else(|e| panic!("{} {n:?}: {e}", p.display()))
+                        .unwrap_or_default();
+                    format!("{}={}", n.to_string_lossy(), hex(&v))
+                })
+                .collect();
+            xattrs.sort();
+            if m.is_dir() {
+                pending.push(p.clone());
+            }
+            inos.insert(rel.clone(), m.ino());
+            out.insert(
+                rel,
+                (
+                    m.mode(),
+                    m.uid(),
+                    m.gid(),
+                    m.size(),
+                    m.mtime(),
+                    m.nlink(),
+                    target,
+                    xattrs,
+                ),
+            );
+        }
+    }
+    (out, inos)
+}
+
+/// A tree with every shape the writer handles: a directory of many blocks,
+/// inline and block directories, holes of several sizes, an empty file,
+/// short and long link targets, hard links, extended attributes of every
+/// prefix, odd modes and large owners.
+fn every_shape() -> Tree {
+    let mut nodes = vec![node(0o755, dir(0, vec![]))];
+    let mut root_entries = Vec::new();
+    // A directory of 400 long names: several blocks of entries.
+    let big = nodes.len();
+    nodes.push(node(0o750, dir(0, vec![])));
+    root_entries.push(("big", big));
+    let mut big_entries = Vec::new();
+    for i in 0..400 {
+        let idx = nodes.len();
+        let mut n = node(0o644, Body::File { size: i as u64 });
+        n.mtime = 1_600_000_000 + i;
+        nodes.push(n);
+        big_entries.push((format!("entry-with-a-rather-long-name-{i:04}"), idx));
+    }
+    nodes[big].body = Body::Dir {
+        parent: 0,
+        entries: big_entries
+            .into_iter()
+            .map(|(n, i)| (n.into_bytes(), i))
+            .collect(),
+    };
+    let mut f = node(0o4755, Body::File { size: 5000 });
+    f.uid = 100_000;
+    f.gid = 70_000;
+    f.xattrs = vec![
+        (b"user.note".to_vec(), b"hello".to_vec()),
+        (b"security.capability".to_vec(), NET_RAW.to_vec()),
+        (b"trusted.overlay.redirect".to_vec(), b"/a/b/c".to_vec()),
+        (b"trusted.overlay.metacopy".to_vec(), Vec::new()),
+    ];
+    f.nlink = 2;
+    let file = nodes.len();
+    nodes.push(f);
+    root_entries.push(("setuid", file));
+    root_entries.push(("hardlink", file));
+    let huge = nodes.len();
+    nodes.push(node(0o444, Body::File { size: 1 << 40 }));
+    root_entries.push(("huge", huge));
+    let empty = nodes.len();
+    nodes.push(node(0o600, Body::File { size: 0 }));
+    root_entries.push(("empty", empty));
+    let short = nodes.len();
+    nodes.push(node(0o777, Body::Symlink(b"big/entry".to_vec())));
+    root_entries.push(("link", short));
+    let long = nodes.len();
+    nodes.push(node(0o777, Body::Symlink(vec![b'x'; 4000])));
+    root_entries.push(("long-link", long));
+    // A directory whose entries are inline, with a subdirectory.
+    let sub = nodes.len();
+    nodes.push(node(0o1777, dir(0, vec![])));
+    root_entries.push(("sticky", sub));
+    let inner = nodes.len();
+    nodes.push(node(0o700, dir(sub, vec![])));
+    nodes[sub].body = dir(0, vec![("inner", inner)]);
+    nodes[0].body = dir(0, root_entries);
+    Tree { nodes }
+}
+
+#[test]
+fn the_kernel_shows_exactly_the_tree_written() {
+    if !is_root() {
+        eprintln!("skipped: mounting an image needs root");
+        return;
+    }
+    let tree = every_shape();
+    let image = erofs::write(&tree).unwrap();
+    let mounted = Mounted::new(&image);
+    let (shown, inos) = shown(&mounted.at);
+    assert_eq!(shown.len(), 400 + 9);
+    let big = &shown["big"];
+    assert_eq!(big.0, libc::S_IFDIR | 0o750);
+    for i in [0u64, 1, 255, 399] {
+        let e = &shown[&format!("big/entry-with-a-rather-long-name-{i:04}")];
+        assert_eq!(
+            (e.0, e.3, e.4),
+            (libc::S_IFREG | 0o644, i, 1_600_000_000 + i as i64)
+        );
+    }
+    let s = &shown["setuid"];
+    assert_eq!(
+        (s.0, s.1, s.2, s.3, s.5),
+        (libc::S_IFREG | 0o4755, 100_000, 70_000, 5000, 2)
+    );
+    assert_eq!(
+        s.7,
+        vec![
+            format!("security.capability={}", hex(&NET_RAW)),
+            "trusted.overlay.metacopy=".into(),
+            format!("trusted.overlay.redirect={}", hex(b"/a/b/c")),
+            format!("user.note={}", hex(b"hello")),
+        ]
+    );
+    assert_eq!(inos["setuid"], inos["hardlink"]);
+    assert_eq!(shown["huge"].3, 1 << 40);
+    assert_eq!(shown["empty"].3, 0);
+    assert_eq!(shown["link"].6.as_deref(), Some("big/entry"));
+    assert_eq!(shown["long-link"].6.as_ref().map(String::len), Some(4000));
+    assert_eq!(shown["sticky"].0, libc::S_IFDIR | 0o1777);
+    assert_eq!(shown["sticky/inner"].0, libc::S_IFDIR | 0o700);
+    // Holes read as zeros, to their size.
+    let bytes = std::fs::read(mounted.at.join("setuid")).unwrap();
+    assert_eq!(bytes, vec![0; 5000]);
+    // `..` of a subdirectory is its parent.
+    let up = std::fs::metadata(mounted.at.join("sticky/inner/..")).unwrap();
+    assert_eq!(up.ino(), inos["sticky"]);
+}
+
+#[test]
+fn names_and_attributes_erofs_cannot_hold_are_refused() {
+    let mut tree = Tree {
+        nodes: vec![node(0o755, dir(0, vec![("a/b", 0)]))],
+    };
+    assert!(matches!(
+        erofs::write(&tree),
+        Err(ImageError::BadName { .. })
+    ));
+    tree.nodes = vec![node(0o755, dir(0, vec![("x", 1), ("x", 1)]))];
+    tree.nodes.push(node(0o644, Body::File { size: 0 }));
+    assert!(matches!(
+        erofs::write(&tree),
+        Err(ImageError::BadName { .. })
+    ));
+    let mut f = node(0o644, Body::File { size: 1 });
+    f.xattrs = vec![(b"system.other".to_vec(), Vec::new())];
+    tree.nodes = vec![node(0o755, dir(0, vec![("f", 1)])), f.clone()];
+    assert!(matches!(
+        erofs::write(&tree),
+        Err(ImageError::BadXattrName { .. })
+    ));
+    f.xattrs = vec![(b"user.big".to_vec(), vec![0; 70_000])];
+    tree.nodes[1] = f;
+    assert!(matches!(
+        erofs::write(&tree),
+        Err(ImageError::XattrTooLarge { .. })
+    ));
+    tree.nodes[1] = node(0o777, Body::Symlink(vec![b'x'; 4096]));
+    assert!(matches!(
+        erofs::write(&tree),
+        Err(ImageError::BadTarget { .. })
+    ));
+    tree.nodes = vec![node(0o755, dir(0, vec![("f", 7)]))];
+    assert!(matches!(erofs::write(&tree), Err(ImageError::TooLarge(_))));
+}
+
+#[test]
+fn many_directories_of_every_size_mount() {
+    if !is_root() {
+        eprintln!("skipped: mounting an image needs root");
+        return;
+    }
+    // Directories of 0 to 600 entries with names of growing lengths: the
+    // boundaries between inline and block directories, and between blocks,
+    // are all crossed; each has a file with attributes after it, so inline
+    // records land at every offset in a block.
+    let mut nodes = vec![node(0o755, dir(0, vec![]))];
+    let mut root = Vec::new();
+    let mut expected = BTreeMap::new();
+    for n in (0..600).step_by(37) {
+        let d = nodes.len();
+        nodes.push(node(0o755, dir(0, vec![])));
+        let mut entries = Vec::new();
+        for i in 0..n {
+            let name = format!("{}{i}", "n".repeat(1 + (i * 7 + n) % 60));
+            let f = nodes.len();
+            let mut file = node(
+                0o644,
+                Body::File {
+                    size: (i * 13) as u64,
+                },
+            );
+            file.xattrs = vec![(b"user.i".to_vec(), vec![b'v'; i % 50])];
+            nodes.push(file);
+            expected.insert(format!("d{n}/{name}"), (i * 13) as u64);
+            entries.push((name.into_bytes(), f));
+        }
+        nodes[d].body = Body::Dir { parent: 0, entries };
+        root.push((format!("d{n}").into_bytes(), d));
+    }
+    nodes[0].body = Body::Dir {
+        parent: 0,
+        entries: root,
+    };
+    let image = erofs::write(&Tree { nodes }).unwrap();
+    let mounted = Mounted::new(&image);
+    let (shown, _) = shown(&mounted.at);
+    let files: BTreeMap<String, u64> = shown
+        .iter()
+        .filter(|(_, v)| v.0 & libc::S_IFMT == libc::S_IFREG)
+        .map(|(k, v)| (k.clone(), v.3))
+        .collect();
+    assert_eq!(files, expected);
+}
