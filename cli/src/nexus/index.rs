@@ -155,6 +155,11 @@ impl IndexMount {
 }
 
 impl IndexServer {
+    /// The Index it serves.
+    pub fn index(&self) -> Arc<Index> {
+        self.index.clone()
+    }
+
     /// What keeps the index on the view's generation (see
     /// `nexus_fs::follow`), until the index mount ends.
     pub fn follower(&self) -> IndexFollower {

@@ -9,6 +9,7 @@ mod daemon;
 mod image;
 mod index;
 mod inherited;
+mod kernel_view;
 mod logging;
 pub mod mount_helper;
 mod mounts;
@@ -172,6 +173,14 @@ pub enum Command {
         /// (mount's nosuid); a mount by root honours them otherwise.
         #[arg(long)]
         nosuid: bool,
+        /// Serve names, attributes, listings and links from the kernel: an
+        /// EROFS image of each generation's metadata, with overlayfs reading
+        /// file contents from the FUSE mount below it (composefs's split).
+        /// A warm program then costs the daemon no request at all, `isatty`
+        /// included. Needs root and Linux 6.12 or later; such a mount is not
+        /// handed over by `nexus takeover`
+        #[arg(long)]
+        kernel_metadata: bool,
         /// Append the daemon's log to FILE [default: mount.log-file; without
         /// one the daemon logs nothing; in the foreground, logs go to stderr].
         /// Its directory must not hold the store (the daemon may write there).
@@ -588,6 +597,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             cache_mib,
             pid_file,
             nosuid,
+            kernel_metadata,
             log_file,
             sandbox,
         } => {
@@ -628,6 +638,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 log_file: log_file.value.clone(),
                 nosuid,
                 image,
+                kernel_metadata,
                 sandbox,
             };
             let destination = logging::destination(log_file.value.clone());
@@ -741,7 +752,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             json,
         } => {
             init_logging(cli.verbose);
-            mounts::umount(&mountpoint, lazy)?;
+            mounts::umount(&store, &mountpoint, lazy)?;
             if json {
                 let unmounted = std::path::absolute(&mountpoint)?;
                 println!(

@@ -22,7 +22,17 @@ pub struct MountEntry {
 /// The types of nexus mounts: the store, and the Index.
 pub const NEXUS_TYPES: [&str; 2] = ["fuse.nexus", "fuse.nexus-index"];
 
+/// The source the kernel view's overlayfs is mounted with.
+pub const KERNEL_VIEW_SOURCE: &str = "nexus-kernel-view";
+
 impl MountEntry {
+    /// Whether this is a kernel view a nexus daemon stacked on its mount
+    /// (`--kernel-metadata`): its overlayfs, or the Index's EROFS image.
+    pub fn is_kernel_view(&self) -> bool {
+        (self.fs_type == "overlay" && self.source == KERNEL_VIEW_SOURCE)
+            || (self.fs_type == "erofs" && self.source.contains("/run/kernel-view-"))
+    }
+
     /// True for a mount made by `nexus mount`: of a nexus type, or (made by
     /// an older version, which gave the type `fuse`) with source `nexus`.
     pub fn is_nexus(&self) -> bool {
@@ -136,10 +146,26 @@ pub fn same_place(a: &Path, b: &Path) -> bool {
 }
 
 /// `nexus umount`: unmounts the nexus mount at `mountpoint`.
-pub fn umount(mountpoint: &Path, lazy: bool) -> Result<()> {
+pub fn umount(store: &Path, mountpoint: &Path, lazy: bool) -> Result<()> {
     let path = resolve(mountpoint)?;
-    let entry =
+    let mut entry =
         find_mount(&path)?.ok_or_else(|| anyhow!("{} is not a mount point", path.display()))?;
+    if entry.is_kernel_view() && entry.fs_type == "overlay" {
+        return stop_kernel_view_daemon(store, &path);
+    }
+    if entry.is_kernel_view() {
+        // The Index's image holds nothing of the FUSE mount below: detached
+        // (programs may hold its directories), the Index is unmounted as
+        // ever.
+        let c_path = CString::new(path.as_os_str().as_bytes())?;
+        // SAFETY: a valid NUL-terminated path.
+        if unsafe { libc::umount2(c_path.as_ptr(), libc::MNT_DETACH) } != 0 {
+            return Err(io::Error::last_os_error())
+                .with_context(|| format!("detaching the kernel view on {}", path.display()));
+        }
+        entry =
+            find_mount(&path)?.ok_or_else(|| anyhow!("{} is not a mount point", path.display()))?;
+    }
     if !entry.is_nexus() {
         bail!(
             "{} is a {} mount of {:?}, not a nexus mount; use umount(8)",
@@ -166,6 +192,43 @@ pub fn umount(mountpoint: &Path, lazy: bool) -> Result<()> {
         ),
         _ => Err(err).with_context(|| format!("unmounting {}", path.display())),
     }
+}
+
+/// Unmounts a mount the kernel view covers (`--kernel-metadata`) by
+/// stopping its daemon, which holds the FUSE mount below until it
+/// unmounts everything itself (detaching what is busy), as on SIGTERM.
+fn stop_kernel_view_daemon(store: &Path, path: &Path) -> Result<()> {
+    let records = nexus_store::runtime::live(store)
+        .with_context(|| format!("finding the daemon serving {}", path.display()))?;
+    let daemon = records
+        .iter()
+        .find(|r| same_place(&r.served.target, path))
+        .ok_or_else(|| {
+            anyhow!(
+                "the kernel view covers {} but no daemon of the store {} serves it; \
+                 stop its daemon (`nexus status --store ...` names it) with SIGTERM",
+                path.display(),
+                store.display()
+            )
+        })?;
+    let pid = libc::pid_t::try_from(daemon.pid).context("a daemon's pid out of range")?;
+    // SAFETY: kill with a pid from the live records (checked alive).
+    if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+        return Err(io::Error::last_os_error())
+            .with_context(|| format!("stopping the daemon {pid} serving {}", path.display()));
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        let still = find_mount(path)?.is_some_and(|m| m.is_nexus() || m.is_kernel_view());
+        if !still {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    bail!(
+        "the daemon {pid} serving {} did not unmount it within 10 s",
+        path.display()
+    )
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use nexus_store::runtime::ServedKind;
 use super::daemon::Ready;
 use super::sandbox::{self, Confinement, SandboxArgs};
 use super::signals::{self, Termination};
-use super::{index, inherited, runtime_root, systemd, takeover};
+use super::{index, inherited, kernel_view, runtime_root, systemd, takeover};
 
 /// What `nexus mount` was asked for, with absolute paths.
 #[derive(Debug)]
@@ -40,6 +40,8 @@ pub struct Request {
     pub nosuid: bool,
     /// Serve this signed image instead of the store (`--image`).
     pub image: Option<ImageRequest>,
+    /// Stack the kernel view on the mounts (`--kernel-metadata`).
+    pub kernel_metadata: bool,
     /// The sandbox's switches.
     pub sandbox: SandboxArgs,
 }
@@ -144,6 +146,9 @@ pub(super) struct Settings {
     /// The image served (`--image`), if any: such a mount is not handed
     /// over (its store is a scratch directory of this process).
     pub image: Option<PathBuf>,
+    /// Whether the kernel view covers the mounts (`--kernel-metadata`):
+    /// such a mount is not handed over, nor kept by systemd.
+    pub kernel_metadata: bool,
     /// The sandbox's switches.
     pub sandbox: SandboxArgs,
 }
@@ -166,6 +171,7 @@ impl Settings {
             pid_file: request.pid_file.clone(),
             log_file: request.log_file.clone(),
             image: request.image.as_ref().map(|i| i.path.clone()),
+            kernel_metadata: request.kernel_metadata,
             sandbox: request.sandbox.clone(),
         }
     }
@@ -338,10 +344,28 @@ impl Daemon {
             .map(|i| i.device())
             .transpose()
             .context("duplicating the index's descriptor")?;
-        let stored = systemd::store_fd(systemd::FUSE_FD_NAME, fuse_fd.as_fd());
-        if let Some(fd) = &index_fd {
+        // Not with the kernel view: a daemon restarted on the kept mounts
+        // would find them covered.
+        let stored =
+            !settings.kernel_metadata && systemd::store_fd(systemd::FUSE_FD_NAME, fuse_fd.as_fd());
+        if let Some(fd) = index_fd.as_ref().filter(|_| stored) {
             systemd::store_fd(systemd::INDEX_FD_NAME, fd.as_fd());
         }
+        // The kernel view's plan and the FUSE mount's root, opened before
+        // anything covers it.
+        let kernel_view = settings
+            .kernel_metadata
+            .then(|| {
+                let files = kernel_view::Files::new(&kernel_view::run_dir(&store_dir)?);
+                let plan = files.plan(
+                    &settings.mountpoint,
+                    settings.index.as_deref(),
+                    settings.mount.suid,
+                )?;
+                let data = kernel_view::open_data(&settings.mountpoint)?;
+                Ok::<_, anyhow::Error>((files, plan, data))
+            })
+            .transpose()?;
         // The takeover socket, bound while binding is still allowed.
         let takeover_socket = match takeover_socket(&settings, takeover) {
             Ok(socket) => Some(socket),
@@ -361,6 +385,9 @@ impl Daemon {
                 mounts_outlive_daemon: stored,
                 remote: Some(&source),
                 reader: Some(view.reader()),
+                kernel_view: kernel_view
+                    .as_ref()
+                    .map(|(_, plan, data)| (plan, data.as_fd())),
                 ..Confinement::new(&settings.sandbox, sandbox::Daemon::Mount, &store_dir)
                     .serving_image(
                         settings.image.as_deref(),
@@ -407,6 +434,33 @@ impl Daemon {
         if let Some(index) = &index {
             followers.push(Box::new(index.follower()));
         }
+        // Serving starts before the kernel view is shown: mounting
+        // overlayfs over the FUSE mount asks it questions.
+        let serving = std::thread::Builder::new()
+            .name("serve".into())
+            .spawn(move || mounted.run())
+            .context("starting the thread serving the mount")?;
+        // The kernel view: shown now, then after the Index moved. Should it
+        // fail now, the mounts are undone as on SIGTERM, and the error told.
+        let mut failed = None;
+        if let Some((files, plan, data)) = kernel_view {
+            // The keeper, or `confined`, holds its own duplicate.
+            drop(data);
+            let shower = confined.kernel_view_shower(plan);
+            let index = index.as_ref().map(|i| i.index());
+            match kernel_view::refresh(&view, index.as_deref(), &files, &*shower) {
+                Ok(()) => followers.push(Box::new(kernel_view::KernelViewFollower {
+                    view: view.clone(),
+                    index,
+                    files,
+                    shower,
+                })),
+                Err(e) => {
+                    termination.now();
+                    failed = Some(e);
+                }
+            }
+        }
         // What gc must keep, updated as the view moves and the kernel looks up
         // and forgets files. Withdrawn when serving ends (the takeover
         // thread holds the record too, and never ends).
@@ -447,10 +501,19 @@ impl Daemon {
         } else {
             systemd::ready(&status);
         }
-        if let Some(ready) = ready {
-            ready.ok(&message);
+        match (ready, &failed) {
+            (Some(ready), None) => ready.ok(&message),
+            (Some(ready), Some(e)) => ready.fail(&format!("{e:#}")),
+            (None, _) => {}
         }
-        let served = mounted.run().context("serving the mount");
+        let served = match serving.join() {
+            Ok(served) => served.context("serving the mount"),
+            Err(_) => Err(anyhow::anyhow!("the thread serving the mount panicked")),
+        };
+        let served = match failed {
+            Some(e) => Err(e),
+            None => served,
+        };
         drop(following);
         if let Some(record) = withdraw {
             record.withdraw();

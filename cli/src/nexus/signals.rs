@@ -70,6 +70,12 @@ impl Termination {
         }
     }
 
+    /// Does now what a termination signal would (starting failed after
+    /// the mounts were made).
+    pub fn now(&self) {
+        act(&mut self.state());
+    }
+
     /// From now on, termination signals are ignored: the daemon handed its
     /// mounts to a successor and exits by itself (unmounting now would take
     /// the mounts from the successor).

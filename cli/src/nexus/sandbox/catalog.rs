@@ -41,7 +41,22 @@ impl CatalogDescriptors {
             let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
                 continue;
             };
-            if std::fs::metadata(entry.path()).is_ok_and(|m| files.contains(&(m.dev(), m.ino()))) {
+            // Without asking a file system server (`AT_STATX_DONT_SYNC`): a
+            // descriptor may be on a FUSE mount of this very daemon, not
+            // serving yet (the kernel view's).
+            let identity = rustix::fs::statx(
+                rustix::fs::CWD,
+                entry.path(),
+                rustix::fs::AtFlags::STATX_DONT_SYNC,
+                rustix::fs::StatxFlags::INO,
+            )
+            .map(|s| {
+                (
+                    rustix::fs::makedev(s.stx_dev_major, s.stx_dev_minor),
+                    s.stx_ino,
+                )
+            });
+            if identity.is_ok_and(|id| files.contains(&id)) {
                 fds.push(fd);
             }
         }

@@ -376,7 +376,8 @@ fn daemon_sockets(rules: &mut Rules, daemon: Daemon) {
 }
 
 /// The keeper's filter (module `keeper`): its requests, unmounting,
-/// checking and removing files.
+/// checking and removing files, and mounting the kernel view (the new
+/// mount API only: `mount(2)` stays forbidden).
 pub(super) fn keeper() -> Result<BpfProgram, seccompiler::BackendError> {
     let mut rules = Rules::new();
     allow(
@@ -390,6 +391,11 @@ pub(super) fn keeper() -> Result<BpfProgram, seccompiler::BackendError> {
             libc::SYS_statx,
             libc::SYS_umount2,
             libc::SYS_unlinkat,
+            libc::SYS_fsopen,
+            libc::SYS_fsconfig,
+            libc::SYS_fsmount,
+            libc::SYS_move_mount,
+            libc::SYS_statfs,
             libc::SYS_exit,
             libc::SYS_exit_group,
             libc::SYS_rt_sigreturn,

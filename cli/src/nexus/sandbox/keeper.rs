@@ -86,17 +86,23 @@ pub(super) struct KeeperPlan {
     /// Leave the mounts when the daemon dies: systemd keeps their
     /// connections and restarts the daemon on them.
     pub leave_mounts: bool,
+    /// The kernel view (`--kernel-metadata`), mounted on request, and the
+    /// descriptor of the FUSE mount's root it reads contents from.
+    pub kernel_view: Option<(crate::nexus::kernel_view::Plan, RawFd)>,
 }
 
 /// Requests and answers.
 const UNMOUNT: u8 = b'U';
 const FINISH: u8 = b'F';
+const SHOW_KERNEL_VIEW: u8 = b'V';
 const CLEAN: u8 = b'C';
 const DETACHED: u8 = b'D';
 const FAILED: u8 = b'E';
 const FINISHED: u8 = b'K';
 /// The descriptor the keeper talks on.
 const KEEPER_FD: RawFd = 3;
+/// The FUSE mount's root, for the kernel view.
+const DATA_FD: RawFd = 4;
 
 /// The daemon's side: a running keeper.
 #[derive(Debug)]
@@ -188,6 +194,19 @@ impl Keeper {
         }
     }
 
+    /// Has the keeper show the kernel view's images (written beforehand).
+    pub(super) fn show_kernel_view(&self) -> io::Result<()> {
+        match self.request(&[SHOW_KERNEL_VIEW])?.as_slice() {
+            [CLEAN] => Ok(()),
+            [FAILED, errno @ ..] if errno.len() == 4 => {
+                Err(io::Error::from_raw_os_error(i32::from_le_bytes([
+                    errno[0], errno[1], errno[2], errno[3],
+                ])))
+            }
+            _ => Err(io::Error::other("the keeper answered nonsense")),
+        }
+    }
+
     /// Has the keeper remove the socket, pid file and scratch directory and
     /// exit, and reaps it. Later calls do nothing.
     pub(super) fn finish(&self) {
@@ -227,10 +246,15 @@ fn keeper_main(plan: &KeeperPlan, socket: RawFd) -> ! {
         if socket != KEEPER_FD && libc::dup2(socket, KEEPER_FD) != KEEPER_FD {
             exit(1);
         }
+        if let Some((_, data)) = &plan.kernel_view
+            && libc::dup2(*data, DATA_FD) != DATA_FD
+        {
+            exit(1);
+        }
         // Every other descriptor the daemon had (the FUSE device above
         // all) is closed; stdio stays, pointing where the daemon's does.
-        if libc::syscall(libc::SYS_close_range, KEEPER_FD + 1, u32::MAX, 0) != 0 {
-            for fd in KEEPER_FD + 1..4096 {
+        if libc::syscall(libc::SYS_close_range, DATA_FD + 1, u32::MAX, 0) != 0 {
+            for fd in DATA_FD + 1..4096 {
                 libc::close(fd);
             }
         }
@@ -275,6 +299,23 @@ fn keeper_main(plan: &KeeperPlan, socket: RawFd) -> ! {
                     }
                     None => {
                         let e = libc::EINVAL.to_le_bytes();
+                        reply(&[FAILED, e[0], e[1], e[2], e[3]]);
+                    }
+                }
+            }
+            (1.., SHOW_KERNEL_VIEW) => {
+                let answer = match &plan.kernel_view {
+                    // SAFETY: DATA_FD was duplicated from the plan's
+                    // descriptor above and stays open.
+                    Some((view, _)) => crate::nexus::kernel_view::show(view, unsafe {
+                        std::os::fd::BorrowedFd::borrow_raw(DATA_FD)
+                    }),
+                    None => Err(libc::EINVAL),
+                };
+                match answer {
+                    Ok(()) => reply(&[CLEAN]),
+                    Err(e) => {
+                        let e = e.to_le_bytes();
                         reply(&[FAILED, e[0], e[1], e[2], e[3]]);
                     }
                 }
@@ -351,6 +392,19 @@ fn still_ours(mount: &KeptMount) -> bool {
 /// Unmounts one mount: cleanly, or detached when busy (at once when
 /// `lazy`). Errors are errno values.
 fn unmount(plan: &KeeperPlan, mount: &KeptMount, lazy: bool) -> Result<Unmounted, i32> {
+    if let Some((view, _)) = &plan.kernel_view {
+        // The kernel view covers the FUSE mount: uncover it first.
+        if view.main.path == mount.path {
+            crate::nexus::kernel_view::remove(&view.main, true)?;
+            // The last reference this process holds on the FUSE mount:
+            // kept, it would keep the mount busy, and alive once detached.
+            // SAFETY: closing our own descriptor; a second close fails
+            // harmlessly with EBADF (the keeper opens nothing else).
+            unsafe { libc::close(DATA_FD) };
+        } else if let Some(index) = view.index.as_ref().filter(|i| i.path == mount.path) {
+            crate::nexus::kernel_view::remove(index, false)?;
+        }
+    }
     if !still_ours(mount) {
         return Err(libc::ESTALE);
     }

@@ -76,6 +76,7 @@ mod user;
 
 use std::ffi::{CString, OsStr};
 use std::io::{self, Write};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -84,6 +85,10 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use nexus_fs::fuse::{Unmounted, Unmounter};
 
+use crate::nexus::kernel_view::{
+    DataRoot, Direct as DirectShower, Layer as KernelViewLayer, Plan as KernelViewPlan,
+    Shower as KernelViewShower,
+};
 pub use args::{SandboxArgs, SocketArgs};
 pub use fetcher::serve as serve_fetcher;
 use keeper::{Fusermount, KeeperPlan, KeptFile, KeptMount};
@@ -137,6 +142,9 @@ pub struct Confinement<'a> {
     /// The reader of the view it serves, whose catalog connections (and
     /// the pack source's) are opened again once it is confined.
     pub reader: Option<&'a nexus_store::read::Reader>,
+    /// The kernel view over its mounts (`--kernel-metadata`), with the
+    /// FUSE mount's root it reads contents from.
+    pub kernel_view: Option<(&'a KernelViewPlan, BorrowedFd<'a>)>,
 }
 
 impl<'a> Confinement<'a> {
@@ -156,6 +164,7 @@ impl<'a> Confinement<'a> {
             mounts_outlive_daemon: false,
             remote: None,
             reader: None,
+            kernel_view: None,
         }
     }
 
@@ -166,6 +175,34 @@ impl<'a> Confinement<'a> {
             image: image.zip(scratch),
             ..self
         }
+    }
+}
+
+/// Unmounts a mount the kernel view covers: the kernel view first.
+struct UncoverAndUnmount {
+    layer: KernelViewLayer,
+    /// The FUSE mount's root, for the main mount: closed once uncovered.
+    data: Option<DataRoot>,
+    inner: Unmounter,
+}
+
+impl Unmount for UncoverAndUnmount {
+    fn unmount(&mut self) -> io::Result<Unmounted> {
+        crate::nexus::kernel_view::remove(&self.layer, self.data.is_some())
+            .map_err(io::Error::from_raw_os_error)?;
+        if let Some(data) = &self.data {
+            data.lock().unwrap_or_else(|p| p.into_inner()).take();
+        }
+        self.inner.unmount()
+    }
+}
+
+/// Shows the kernel view through the keeper.
+struct KeeperShower(Arc<keeper::Keeper>);
+
+impl KernelViewShower for KeeperShower {
+    fn show(&self) -> io::Result<()> {
+        self.0.show_kernel_view()
     }
 }
 
@@ -216,6 +253,11 @@ impl SocketFile {
 #[derive(Debug)]
 pub struct Confined {
     keeper: Option<Arc<keeper::Keeper>>,
+    /// The mount points, in unmounting order.
+    mount_points: Vec<PathBuf>,
+    /// The kernel view's plan and the FUSE mount's root, when there is
+    /// one and no keeper.
+    kernel_view: Option<(KernelViewPlan, DataRoot)>,
     mounts: usize,
     socket: Option<SocketFile>,
     pid_file: Option<PathBuf>,
@@ -228,7 +270,8 @@ impl Confined {
         match &self.keeper {
             None => direct
                 .into_iter()
-                .map(|u| Box::new(u) as Box<dyn Unmount>)
+                .zip(&self.mount_points)
+                .map(|(u, path)| self.uncovering(u, path))
                 .collect(),
             Some(keeper) => (0..self.mounts)
                 .map(|index| {
@@ -238,6 +281,42 @@ impl Confined {
                     }) as Box<dyn Unmount>
                 })
                 .collect(),
+        }
+    }
+
+    /// `unmounter` of the mount at `path`, uncovering it first when the
+    /// kernel view covers it (unconfined; the keeper does so itself).
+    fn uncovering(&self, unmounter: Unmounter, path: &Path) -> Box<dyn Unmount> {
+        let Some((plan, data)) = &self.kernel_view else {
+            return Box::new(unmounter);
+        };
+        let path = path.as_os_str().as_encoded_bytes();
+        let layer = std::iter::once((&plan.main, Some(data.clone())))
+            .chain(plan.index.iter().map(|l| (l, None)))
+            .find(|(l, _)| l.path.as_bytes() == path);
+        match layer {
+            Some((layer, data)) => Box::new(UncoverAndUnmount {
+                layer: layer.clone(),
+                data,
+                inner: unmounter,
+            }),
+            None => Box::new(unmounter),
+        }
+    }
+
+    /// What shows the kernel view's images: the keeper when confined,
+    /// else the daemon itself through `direct`.
+    pub fn kernel_view_shower(&self, plan: KernelViewPlan) -> Arc<dyn KernelViewShower> {
+        match (&self.keeper, &self.kernel_view) {
+            (Some(keeper), _) => Arc::new(KeeperShower(keeper.clone())),
+            (None, Some((_, data))) => Arc::new(DirectShower {
+                plan,
+                data: data.clone(),
+            }),
+            (None, None) => Arc::new(DirectShower {
+                plan,
+                data: DataRoot::default(),
+            }),
         }
     }
 
@@ -310,6 +389,15 @@ pub fn confine(confinement: &Confinement) -> Result<Confined> {
         );
         return Ok(Confined {
             keeper: None,
+            mount_points: confinement.mounts.clone(),
+            kernel_view: confinement
+                .kernel_view
+                .map(|(plan, data)| {
+                    data.try_clone_to_owned()
+                        .map(|fd| (plan.clone(), Arc::new(std::sync::Mutex::new(Some(fd)))))
+                })
+                .transpose()
+                .context("duplicating the kernel view's descriptor of the mount")?,
             mounts: confinement.mounts.len(),
             socket,
             pid_file: confinement.pid_file.map(Path::to_path_buf),
@@ -417,6 +505,8 @@ pub fn confine(confinement: &Confinement) -> Result<Confined> {
     }
     Ok(Confined {
         keeper: Some(keeper),
+        mount_points: confinement.mounts.clone(),
+        kernel_view: None,
         mounts: confinement.mounts.len(),
         socket,
         pid_file: confinement.pid_file.map(Path::to_path_buf),
@@ -582,6 +672,9 @@ fn keeper_plan(c: &Confinement, root: bool, last_cap: u32) -> Result<KeeperPlan>
         keep_caps,
         filter,
         leave_mounts: c.mounts_outlive_daemon,
+        kernel_view: c
+            .kernel_view
+            .map(|(plan, data)| (plan.clone(), data.as_raw_fd())),
     })
 }
 

@@ -169,6 +169,11 @@ pub(super) fn offer(settings: &super::serve::Settings, view: &nexus_fs::View) ->
             image.display()
         ));
     }
+    if settings.kernel_metadata {
+        return Err(anyhow!(
+            "its mounts are covered by the kernel view (--kernel-metadata); remount to upgrade"
+        ));
+    }
     let optional = |p: &Option<PathBuf>| p.as_deref().map(text).transpose();
     Ok(Offer {
         pid: std::process::id(),

@@ -96,6 +96,7 @@ fn settings_of(offer: &Offer, request: &TakeoverRequest) -> Result<Settings> {
         pid_file: None,
         log_file: request.log_file.clone(),
         image: None,
+        kernel_metadata: false,
         sandbox: request.sandbox.clone(),
     })
 }

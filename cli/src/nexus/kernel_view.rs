@@ -1,0 +1,341 @@
+//! `nexus mount --kernel-metadata`: the kernel view (see
+//! [`nexus_fs::kernel_view`]) stacked on the daemon's own mounts.
+//!
+//! The FUSE mounts stay where they are; on top of each, at the same path,
+//! the kernel serves the generation from an EROFS image: the main mount
+//! gets an overlayfs of its image over the FUSE mount below (the data-only
+//! layer, reached through a descriptor opened before anything covered it),
+//! the Index its image as it is. A new generation is shown by mounting the
+//! new stack *beneath* the old one (`MOVE_MOUNT_BENEATH`) and detaching the
+//! old: the path never shows anything but a whole generation, and programs
+//! that hold files of the old one keep them.
+//!
+//! Mounting is what a confined daemon cannot do, so [`show`] runs in the
+//! keeper (or, unconfined, in the daemon): it takes only prepared paths and
+//! descriptors and makes system calls, nothing else, as code between `fork`
+//! and `_exit` must. The daemon writes the images (under `STORE/run`, which
+//! it may write), asks, and removes the files: each mount holds its own.
+
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use nexus_fs::follow::Follower;
+use nexus_fs::{Changes, Index, View};
+use rustix::mount::{
+    FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags, UnmountFlags, fsconfig_create,
+    fsconfig_set_fd, fsconfig_set_string, fsmount, fsopen, move_mount, unmount,
+};
+
+/// overlayfs's `f_type`.
+const OVERLAYFS_MAGIC: i64 = 0x794c_7630;
+/// EROFS's `f_type`.
+const EROFS_MAGIC: i64 = 0xe0f5_e1e2;
+
+/// One path the kernel view covers: where, and the image shown there.
+#[derive(Debug, Clone)]
+pub(super) struct Layer {
+    /// The mount point (the FUSE mount's).
+    pub path: CString,
+    /// The image file (under `STORE/run`).
+    pub image: CString,
+}
+
+/// Everything [`show`] and [`remove`] need, prepared before any fork.
+#[derive(Debug, Clone)]
+pub(super) struct Plan {
+    /// The main mount: an overlayfs of its image over the FUSE mount.
+    pub main: Layer,
+    /// The Index, if mounted: its image alone.
+    pub index: Option<Layer>,
+    /// Let setuid and setgid bits count (as the FUSE mount does).
+    pub suid: bool,
+}
+
+/// The files of a daemon's kernel view: `STORE/run/kernel-view-PID-*.erofs`.
+#[derive(Debug, Clone)]
+pub(super) struct Files {
+    /// The main image.
+    pub main: PathBuf,
+    /// The Index's image.
+    pub index: PathBuf,
+}
+
+impl Files {
+    /// The image paths of this process under `run_dir`.
+    pub fn new(run_dir: &Path) -> Files {
+        let pid = std::process::id();
+        Files {
+            main: run_dir.join(format!("kernel-view-{pid}-main.erofs")),
+            index: run_dir.join(format!("kernel-view-{pid}-index.erofs")),
+        }
+    }
+
+    /// The plan for a daemon with its main mount on `mountpoint` and the
+    /// Index, if any, on `index`.
+    pub fn plan(&self, mountpoint: &Path, index: Option<&Path>, suid: bool) -> Result<Plan> {
+        Ok(Plan {
+            main: Layer {
+                path: cstring(mountpoint)?,
+                image: cstring(&self.main)?,
+            },
+            index: index
+                .map(|dir| {
+                    Ok::<_, anyhow::Error>(Layer {
+                        path: cstring(dir)?,
+                        image: cstring(&self.index)?,
+                    })
+                })
+                .transpose()?,
+            suid,
+        })
+    }
+
+    /// Removes the image files (the mounts keep what they opened).
+    pub fn remove(&self) {
+        let _ = std::fs::remove_file(&self.main);
+        let _ = std::fs::remove_file(&self.index);
+    }
+}
+
+/// `STORE/run` (the daemon's to write, confined too), made if missing.
+pub(super) fn run_dir(store: &Path) -> Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = store.join(nexus_store::runtime::RUN_DIR);
+    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Ok(()) => Ok(dir),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(dir),
+        Err(e) => Err(e).with_context(|| format!("creating {}", dir.display())),
+    }
+}
+
+fn cstring(path: &Path) -> Result<CString> {
+    CString::new(path.as_os_str().as_encoded_bytes())
+        .with_context(|| format!("{} has a NUL byte", path.display()))
+}
+
+/// The FUSE mount's root, for overlayfs's data-only layer: opened while
+/// nothing covers it.
+pub(super) fn open_data(mountpoint: &Path) -> Result<OwnedFd> {
+    rustix::fs::open(
+        mountpoint,
+        rustix::fs::OFlags::PATH
+            | rustix::fs::OFlags::DIRECTORY
+            | rustix::fs::OFlags::NOFOLLOW
+            | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .with_context(|| format!("opening the mount {}", mountpoint.display()))
+}
+
+/// Errno of a failed step.
+type Errno = i32;
+
+fn errno(e: rustix::io::Errno) -> Errno {
+    e.raw_os_error()
+}
+
+/// A detached mount of the EROFS image `image` (file-backed: no loop
+/// device).
+fn mount_image(image: &CStr) -> Result<OwnedFd, Errno> {
+    let fs = fsopen(c"erofs", FsOpenFlags::FSOPEN_CLOEXEC).map_err(errno)?;
+    fsconfig_set_string(&fs, c"source", image).map_err(errno)?;
+    fsconfig_create(&fs).map_err(errno)?;
+    fsmount(
+        &fs,
+        FsMountFlags::FSMOUNT_CLOEXEC,
+        MountAttrFlags::MOUNT_ATTR_RDONLY | MountAttrFlags::MOUNT_ATTR_NODEV,
+    )
+    .map_err(errno)
+}
+
+/// A detached overlayfs of the mounted image `meta` over the data-only
+/// layer `data`.
+fn overlay(meta: BorrowedFd, data: BorrowedFd, suid: bool) -> Result<OwnedFd, Errno> {
+    let fs = fsopen(c"overlay", FsOpenFlags::FSOPEN_CLOEXEC).map_err(errno)?;
+    // What `nexus umount` and `findmnt` recognise it by
+    // (`mounts::KERNEL_VIEW_SOURCE`).
+    fsconfig_set_string(&fs, c"source", c"nexus-kernel-view").map_err(errno)?;
+    fsconfig_set_fd(&fs, c"lowerdir+", meta).map_err(errno)?;
+    fsconfig_set_fd(&fs, c"datadir+", data).map_err(errno)?;
+    // Metacopy files with absolute redirects into the data-only layer.
+    fsconfig_set_string(&fs, c"metacopy", c"on").map_err(errno)?;
+    fsconfig_set_string(&fs, c"redirect_dir", c"follow").map_err(errno)?;
+    fsconfig_create(&fs).map_err(errno)?;
+    let mut attrs = MountAttrFlags::MOUNT_ATTR_RDONLY | MountAttrFlags::MOUNT_ATTR_NODEV;
+    if !suid {
+        attrs |= MountAttrFlags::MOUNT_ATTR_NOSUID;
+    }
+    fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs).map_err(errno)
+}
+
+/// The file system type on top at `path`.
+fn top_type(path: &CStr) -> Result<i64, Errno> {
+    rustix::fs::statfs(path)
+        .map(|s| s.f_type)
+        .map_err(errno)
+}
+
+/// Whether a kernel view of ours is on top at `layer.path` (rather than the
+/// FUSE mount).
+fn covered(layer: &Layer, main: bool) -> Result<bool, Errno> {
+    let kind = top_type(&layer.path)?;
+    Ok(kind == if main { OVERLAYFS_MAGIC } else { EROFS_MAGIC })
+}
+
+/// Puts the detached mount `mnt` on `layer.path`: beneath the kernel view
+/// shown there, which is then detached, or on top of the FUSE mount.
+fn place(mnt: BorrowedFd, layer: &Layer, main: bool) -> Result<(), Errno> {
+    let stacked = covered(layer, main)?;
+    let mut flags = MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH;
+    if stacked {
+        flags |= MoveMountFlags::MOVE_MOUNT_BENEATH;
+    }
+    move_mount(mnt, c"", rustix::fs::CWD, &layer.path, flags).map_err(errno)?;
+    if stacked {
+        unmount(&layer.path, UnmountFlags::DETACH).map_err(errno)?;
+    }
+    Ok(())
+}
+
+/// Shows the images the plan names (written beforehand), replacing the
+/// kernel view shown, if any. `data` is the FUSE mount's root.
+pub(super) fn show(plan: &Plan, data: BorrowedFd) -> Result<(), Errno> {
+    let meta = mount_image(&plan.main.image)?;
+    let top = overlay(meta.as_fd(), data, plan.suid)?;
+    // The index's image is mounted before anything is placed, so that a
+    // failure leaves both as they were.
+    let index = plan
+        .index
+        .as_ref()
+        .map(|layer| mount_image(&layer.image).map(|m| (m, layer)))
+        .transpose()?;
+    place(top.as_fd(), &plan.main, true)?;
+    if let Some((mnt, layer)) = index {
+        place(mnt.as_fd(), layer, false)?;
+    }
+    Ok(())
+}
+
+/// Detaches the kernel view on `path`, if one of ours is on top there
+/// (`main`: the main mount's overlay; else the Index's image), uncovering
+/// the FUSE mount.
+pub(super) fn remove(layer: &Layer, main: bool) -> Result<(), Errno> {
+    if covered(layer, main)? {
+        unmount(&layer.path, UnmountFlags::DETACH).map_err(errno)?;
+    }
+    Ok(())
+}
+
+/// How the daemon has a kernel view shown: itself, or through the keeper.
+pub(super) trait Shower: Send + Sync {
+    /// Shows the images written to the plan's paths.
+    fn show(&self) -> std::io::Result<()>;
+}
+
+/// The FUSE mount's root, until the mount is unmounted: held, it would
+/// keep the mount busy, and alive once detached.
+pub(super) type DataRoot = Arc<std::sync::Mutex<Option<OwnedFd>>>;
+
+/// Shows the kernel view from the daemon itself (unconfined).
+pub(super) struct Direct {
+    /// The plan.
+    pub plan: Plan,
+    /// The FUSE mount's root.
+    pub data: DataRoot,
+}
+
+impl Shower for Direct {
+    fn show(&self) -> std::io::Result<()> {
+        let data = self.data.lock().unwrap_or_else(|p| p.into_inner());
+        match data.as_ref() {
+            Some(fd) => show(&self.plan, fd.as_fd()).map_err(std::io::Error::from_raw_os_error),
+            None => Err(std::io::Error::other("the mount is being unmounted")),
+        }
+    }
+}
+
+/// Writes the images of the generation `view` shows (and of `index`, when
+/// mounted), each through a temporary file renamed into place.
+pub(super) fn write_images(view: &View, index: Option<&Index>, files: &Files) -> Result<()> {
+    let main = nexus_fs::kernel_view::main_image(view).context("making the kernel view's image")?;
+    write_atomically(&files.main, &main)?;
+    if let Some(index) = index {
+        let image =
+            nexus_fs::kernel_view::index_image(index).context("making the Index's image")?;
+        write_atomically(&files.index, &image)?;
+    }
+    Ok(())
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".kernel-view")
+        .tempfile_in(dir)
+        .with_context(|| format!("creating an image in {}", dir.display()))?;
+    tmp.write_all(bytes)
+        .with_context(|| format!("writing {}", path.display()))?;
+    tmp.persist(path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// Shows the generation the view (and Index) show now; logs what it took.
+pub(super) fn refresh(
+    view: &View,
+    index: Option<&Index>,
+    files: &Files,
+    shower: &dyn Shower,
+) -> Result<()> {
+    let started = Instant::now();
+    write_images(view, index, files)?;
+    let written = started.elapsed();
+    let shown = shower.show().context(
+        "mounting the kernel view (EROFS file-backed mounts and overlayfs data-only layers \
+         need Linux 6.12 or later)",
+    );
+    // Mounted images stay open in their mounts: nothing is left on disk.
+    files.remove();
+    shown?;
+    tracing::info!(
+        "kernel view of generation {:?}: images written in {:.0} ms, shown in {:.0} ms",
+        view.generation(),
+        written.as_secs_f64() * 1e3,
+        (started.elapsed() - written).as_secs_f64() * 1e3,
+    );
+    Ok(())
+}
+
+/// The follower that shows each new generation in the kernel view. It must
+/// come after the Index's follower, which moves the Index first.
+pub(super) struct KernelViewFollower {
+    /// The view.
+    pub view: Arc<View>,
+    /// The Index, when mounted.
+    pub index: Option<Arc<Index>>,
+    /// Where the images go.
+    pub files: Files,
+    /// Who mounts them.
+    pub shower: Arc<dyn Shower>,
+}
+
+impl Follower for KernelViewFollower {
+    fn moved(&mut self, _changes: &Changes) {
+        if let Err(e) = refresh(
+            &self.view,
+            self.index.as_deref(),
+            &self.files,
+            &*self.shower,
+        ) {
+            // The previous generation stays shown; the FUSE mount below
+            // already shows the new one to whoever reaches it.
+            tracing::error!("{e:#}: the kernel view still shows the previous generation");
+        }
+    }
+}
