@@ -57,8 +57,9 @@ pub fn adopt(archive: &Archive, dir: &Path) -> Result<(Store, CommitOutcome)> {
             origin: format!("image:{}", image.display()),
             metadata: p.metadata.clone(),
             tree: p.tree.clone(),
-            // An image's signer vouches for the whole system it is.
-            restricted_to: None,
+            // An image's signer vouches for the whole system it is,
+            // restricted packages as it states them included.
+            restricted_to: p.restricted_to.clone(),
         })
         .collect();
     let current = body.current_specs();

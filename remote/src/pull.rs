@@ -240,8 +240,10 @@ pub fn pull(
             origin: format!("remote:{}", remote.name),
             metadata: p.metadata.clone(),
             tree: p.tree.clone(),
-            // The remote's domain keys vouch for whole generations.
-            restricted_to: None,
+            // The remote's domain keys vouch for whole generations,
+            // restricted packages as the metadata states them included:
+            // ranked here as in the store that published them.
+            restricted_to: p.restricted_to.clone(),
         })
         .collect();
     let membership = Membership::Exactly(ExactSet {
