@@ -433,8 +433,11 @@ fn an_image_keeps_a_restricted_package_restricted_on_every_host() {
 
 /// The same hole through a remote: a generation published by that store
 /// carried no restriction, so every subscriber that pulled it ranked
-/// `aa-evil` unrestricted. The metadata states it now, and the subscriber
-/// ranks it as the publisher does.
+/// `aa-evil` unrestricted. The metadata states it now, and the pull makes
+/// it restricted even on a subscriber already holding the very package
+/// unrestricted (here added by root; as a pull by a build before this one
+/// left it): the publisher's key vouches for the whole generation,
+/// restrictions included.
 #[test]
 fn a_pulled_generation_keeps_a_restricted_package_restricted() {
     if !root_or_skip("a_pulled_generation_keeps_a_restricted_package_restricted") {
@@ -450,6 +453,12 @@ fn a_pulled_generation_keeps_a_restricted_package_restricted() {
     let key = public_key(publisher, "publisher");
 
     let host = Store::init();
+    host.ok([
+        OsString::from("add"),
+        "--insecure".into(),
+        scratch.join("aa-evil-1.npk").into_os_string(),
+    ]);
+    assert!(host.json(["info", "aa-evil"])[0]["restricted_to"].is_null());
     host.ok([
         OsString::from("remote"),
         "add".into(),

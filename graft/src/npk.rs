@@ -10,7 +10,7 @@ use std::path::Path;
 
 use nexus_npk::body::BodyPackage;
 use nexus_npk::{Archive, ArchiveKind, Claim, Expiry, NpkError, Signer, TrustSet};
-use nexus_store::commit::{ExactSet, Membership, StagedPackage};
+use nexus_store::commit::{ExactSet, Membership, Restrictions, StagedPackage};
 use nexus_store::ingest::{FileContent, Producer};
 use nexus_store::tree::InodeKind;
 use nexus_store::{Progress, names};
@@ -99,6 +99,8 @@ pub fn image_membership(image: &Archive, trust: &Trust, allow_downgrade: bool) -
             image.path().display(),
             image.manifest.counter
         ),
+        // Its key decides the rank of every package it holds.
+        restrictions: Restrictions::AsStated,
     });
     let claim = match trust {
         Trust::Keys(set) => Claim::of(image, set),

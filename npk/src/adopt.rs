@@ -7,7 +7,7 @@
 use std::os::unix::fs::symlink;
 use std::path::Path;
 
-use nexus_store::commit::{CommitOutcome, ExactSet, Membership, StagedPackage};
+use nexus_store::commit::{CommitOutcome, ExactSet, Membership, Restrictions, StagedPackage};
 use nexus_store::ingest::ContentBatch;
 use nexus_store::pack::{ChunkLocation, SealedPack};
 use nexus_store::{Store, StoreError};
@@ -66,6 +66,7 @@ pub fn adopt(archive: &Archive, dir: &Path) -> Result<(Store, CommitOutcome)> {
     let membership = Membership::Exactly(ExactSet {
         current,
         action: format!("image {}", image.display()),
+        restrictions: Restrictions::AsStated,
     });
     let outcome = store
         .commit_batch(&staged, &batch, &membership)

@@ -12,7 +12,7 @@ use nexus_npk::body::root_hash;
 use nexus_npk::read::unix_now;
 use nexus_npk::{Claim, ReplayError, TrustSet};
 use nexus_store::catalog::RemoteRow;
-use nexus_store::commit::{ExactSet, Membership, StagedPackage};
+use nexus_store::commit::{ExactSet, Membership, Restrictions, StagedPackage};
 use nexus_store::ingest::ContentBatch;
 use nexus_store::pack::SealedPack;
 use nexus_store::{Hash, Store, StoreError};
@@ -249,6 +249,8 @@ pub fn pull(
     let membership = Membership::Exactly(ExactSet {
         current: body.current_specs(),
         action: format!("pull {} (counter {})", remote.name, m.counter),
+        // The domain's key decides the rank of every package it publishes.
+        restrictions: Restrictions::AsStated,
     })
     .with_precondition(claim.precondition(false));
     let outcome = store
