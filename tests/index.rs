@@ -291,18 +291,12 @@ fn clashes_resolve_by_the_rule_and_switches_show_within_a_second() {
     index.assert_gone(Duration::from_secs(10), "after nexus umount");
 }
 
-/// The hole: a key trusted only for `aa-*` signs `aa-evil`, which sorts
-/// before `zz-core`, with a `bin/tool` of its own; by App name alone
-/// `INDEX/bin/tool` was its program for everyone with the Index in `PATH`,
-/// root included. Its package is recorded restricted and ranks after every
-/// unrestricted App: `zz-core`'s `tool` stays, and what only `aa-evil` has
-/// is still there.
-#[test]
-fn a_restricted_signer_takes_no_index_name_from_an_unrestricted_app() {
-    if !root_or_skip("a_restricted_signer_takes_no_index_name_from_an_unrestricted_app") {
-        return;
-    }
-    let scratch = Scratch::new("index-restricted");
+/// What the restricted-signer tests share: a store holding `zz-core/1`
+/// (added by root) and `aa-evil/1`, a `.npk` signed by a vendor key it
+/// trusts only for Apps `aa-*`, so recorded restricted; both ship
+/// `bin/tool`, and `aa-evil` sorts first. The `.npk` is left in
+/// `SCRATCH/aa-evil-1.npk`.
+fn restricted_setup(scratch: &Scratch) -> Store {
     let src = scratch.join("src");
     let vendor = Store::init();
     vendor.ok(["key", "generate", "vendor"]);
@@ -319,12 +313,7 @@ fn a_restricted_signer_takes_no_index_name_from_an_unrestricted_app() {
         "--key".into(),
         "vendor".into(),
     ]);
-    let public = fs::read_dir(vendor.path().join("keys/public"))
-        .unwrap()
-        .next()
-        .expect("the vendor's public key file")
-        .unwrap()
-        .path();
+    let public = public_key(&vendor, "vendor");
 
     let store = Store::init();
     let core = src.join("zz-core/1");
@@ -342,18 +331,37 @@ fn a_restricted_signer_takes_no_index_name_from_an_unrestricted_app() {
     store.ok([OsString::from("add"), npk.into_os_string()]);
     assert_eq!(store.json(["info", "aa-evil"])[0]["restricted_to"], "aa-*");
     assert!(store.json(["info", "zz-core"])[0]["restricted_to"].is_null());
+    store
+}
 
-    let index = IndexDir::new(&scratch);
-    let mount = Mount::start(
-        store.path(),
-        &scratch.join("mnt"),
-        &["--index", index.arg()],
-    );
+/// The public key file (`KEYS/public/ID.pub`) of the key named `name`
+/// generated in `store`.
+fn public_key(store: &Store, name: &str) -> PathBuf {
+    fs::read_dir(store.path().join("keys/public"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            // nexus-public-key-v1 ed25519 NAME HEX64
+            fs::read_to_string(p).unwrap().split(' ').nth(2) == Some(name)
+        })
+        .unwrap_or_else(|| panic!("no public key named {name}"))
+}
+
+/// Mounts `store` (or the image in `extra`) with an Index and checks that
+/// `bin/tool` is `zz-core`'s, not the restricted `aa-evil`'s, and that what
+/// only `aa-evil` has is there.
+fn assert_core_keeps_tool(store: &Store, scratch: &Scratch, label: &str, extra: &[&str]) {
+    let index = IndexDir(scratch.join(format!("index-{label}")));
+    fs::create_dir_all(&index.0).unwrap();
+    let index = IndexDir(fs::canonicalize(&index.0).unwrap());
+    let mut args = vec!["--index", index.arg()];
+    args.extend_from_slice(extra);
+    let mount = Mount::start(store.path(), &scratch.join(format!("mnt-{label}")), &args);
     let link = |name: &str| fs::read_link(index.join("bin").join(name)).ok();
     assert_eq!(
         link("tool"),
         Some(mount.join("zz-core/Current/bin/tool")),
-        "a restricted App took a name an unrestricted App has"
+        "{label}: a restricted App took a name an unrestricted App has"
     );
     assert_eq!(
         link("only-evil"),
@@ -361,7 +369,108 @@ fn a_restricted_signer_takes_no_index_name_from_an_unrestricted_app() {
     );
     assert_eq!(sh_in(&index, "tool; only-evil", &[]), "core\nonly-evil\n");
     mount.umount();
-    index.assert_gone(Duration::from_secs(10), "after nexus umount");
+    index.assert_gone(
+        Duration::from_secs(10),
+        &format!("{label}: after nexus umount"),
+    );
+}
+
+/// The hole: a key trusted only for `aa-*` signs `aa-evil`, which sorts
+/// before `zz-core`, with a `bin/tool` of its own; by App name alone
+/// `INDEX/bin/tool` was its program for everyone with the Index in `PATH`,
+/// root included. Its package is recorded restricted and ranks after every
+/// unrestricted App: `zz-core`'s `tool` stays, and what only `aa-evil` has
+/// is still there.
+#[test]
+fn a_restricted_signer_takes_no_index_name_from_an_unrestricted_app() {
+    if !root_or_skip("a_restricted_signer_takes_no_index_name_from_an_unrestricted_app") {
+        return;
+    }
+    let scratch = Scratch::new("index-restricted");
+    let store = restricted_setup(&scratch);
+    assert_core_keeps_tool(&store, &scratch, "local", &[]);
+}
+
+/// The same hole through an image: `nexus snapshot` of that store carried
+/// no restriction, so on every host that switched to the image (or served
+/// it with `mount --image`) `aa-evil` ranked unrestricted and took
+/// `bin/tool`. The image states it now, and the host ranks it as the
+/// publisher does.
+#[test]
+fn an_image_keeps_a_restricted_package_restricted_on_every_host() {
+    if !root_or_skip("an_image_keeps_a_restricted_package_restricted_on_every_host") {
+        return;
+    }
+    let scratch = Scratch::new("index-restricted-image");
+    let publisher = &restricted_setup(&scratch);
+    publisher.ok(["key", "generate", "admin"]);
+    let image = scratch.join("system.img");
+    let image_arg = image.to_str().expect("a UTF-8 scratch path");
+    let out = nexus(
+        publisher.path(),
+        ["snapshot", "--key", "admin", "-o", image_arg],
+    );
+    assert!(out.status.success(), "{}", show(&out));
+    let admin = public_key(publisher, "admin");
+
+    let host = Store::init();
+    host.ok([
+        OsString::from("key"),
+        "trust".into(),
+        admin.into_os_string(),
+        "--for".into(),
+        "images".into(),
+    ]);
+    // Served in place: the throw-away store made from the image.
+    assert_core_keeps_tool(&host, &scratch, "served", &["--image", image_arg]);
+    // Switched to: imported into the host's store.
+    let out = nexus(host.path(), ["switch", image_arg]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(host.json(["info", "aa-evil"])[0]["restricted_to"], "aa-*");
+    assert!(host.json(["info", "zz-core"])[0]["restricted_to"].is_null());
+    assert_core_keeps_tool(&host, &scratch, "switched", &[]);
+}
+
+/// The same hole through a remote: a generation published by that store
+/// carried no restriction, so every subscriber that pulled it ranked
+/// `aa-evil` unrestricted. The metadata states it now, and the pull makes
+/// it restricted even on a subscriber already holding the very package
+/// unrestricted (here added by root; as a pull by a build before this one
+/// left it): the publisher's key vouches for the whole generation,
+/// restrictions included.
+#[test]
+fn a_pulled_generation_keeps_a_restricted_package_restricted() {
+    if !root_or_skip("a_pulled_generation_keeps_a_restricted_package_restricted") {
+        return;
+    }
+    let scratch = Scratch::new("index-restricted-pull");
+    let publisher = &restricted_setup(&scratch);
+    publisher.ok(["key", "generate", "publisher"]);
+    let tree = scratch.join("published");
+    let url = format!("file://{}", tree.display());
+    publisher.ok(["remote", "add", "dir", &url]);
+    publisher.ok(["publish", "dir", "--key", "publisher"]);
+    let key = public_key(publisher, "publisher");
+
+    let host = Store::init();
+    host.ok([
+        OsString::from("add"),
+        "--insecure".into(),
+        scratch.join("aa-evil-1.npk").into_os_string(),
+    ]);
+    assert!(host.json(["info", "aa-evil"])[0]["restricted_to"].is_null());
+    host.ok([
+        OsString::from("remote"),
+        "add".into(),
+        "dir".into(),
+        url.into(),
+        "--key".into(),
+        key.into_os_string(),
+    ]);
+    host.ok(["pull", "dir"]);
+    assert_eq!(host.json(["info", "aa-evil"])[0]["restricted_to"], "aa-*");
+    assert!(host.json(["info", "zz-core"])[0]["restricted_to"].is_null());
+    assert_core_keeps_tool(&host, &scratch, "pulled", &[]);
 }
 
 #[test]

@@ -395,7 +395,7 @@ impl ContentSink for ProducerSink<'_, '_> {
 #[cfg(test)]
 mod tests {
     use nexus_store::NoProgress;
-    use nexus_store::commit::ExactSet;
+    use nexus_store::commit::{ExactSet, Restrictions};
 
     use super::*;
 
@@ -433,6 +433,7 @@ mod tests {
         let membership = Membership::Exactly(ExactSet {
             current: vec!["aa-app/1".into()],
             action: "build".into(),
+            restrictions: Restrictions::MostTrusted,
         });
         let stored = Source::Stored("aa-app".into(), "1".into());
         add_as(&mut store, &[stored], options, membership, &NoProgress).unwrap();

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use nexus_npk::body::BodyPackage;
 use nexus_npk::{Archive, ArchiveKind, Claim, Expiry, NpkError, Signer, TrustSet};
-use nexus_store::commit::{ExactSet, Membership, StagedPackage};
+use nexus_store::commit::{ExactSet, Membership, Restrictions, StagedPackage};
 use nexus_store::ingest::{FileContent, Producer};
 use nexus_store::tree::InodeKind;
 use nexus_store::{Progress, names};
@@ -99,6 +99,8 @@ pub fn image_membership(image: &Archive, trust: &Trust, allow_downgrade: bool) -
             image.path().display(),
             image.manifest.counter
         ),
+        // Its key decides the rank of every package it holds.
+        restrictions: Restrictions::AsStated,
     });
     let claim = match trust {
         Trust::Keys(set) => Claim::of(image, set),
@@ -172,7 +174,7 @@ pub fn stage(
         }
         contents.push(file);
     }
-    let restricted_to = restricted_to(archive);
+    let granted = restricted_to(archive);
     let mut staged = Vec::new();
     for package in &archive.body.packages {
         let name = request.name.clone().unwrap_or_else(|| package.name.clone());
@@ -193,7 +195,12 @@ pub fn stage(
             ),
             metadata: package.metadata.clone(),
             tree: package.tree.clone(),
-            restricted_to: restricted_to.clone(),
+            // The local grant first (it is this store's policy); else
+            // what the signed body states: an image's packages, which its
+            // key vouches for as a whole system, rank here as they did in
+            // the store that wrote it. A stated restriction only ever
+            // ranks a package lower, so it is honoured from any signer.
+            restricted_to: granted.clone().or_else(|| package.restricted_to.clone()),
         });
     }
     Ok(staged)
@@ -244,7 +251,7 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::{Duration, Instant};
 
-    use nexus_npk::manifest::encode_header;
+    use nexus_npk::manifest::{VERSION, encode_header};
     use nexus_npk::{AppPattern, KeyStore, Member, Scope, WriteOptions, write_archive};
     use nexus_store::{AddDir, AddOptions, NoProgress, Store};
 
@@ -316,7 +323,7 @@ mod tests {
         for (expected, real) in cases {
             // A decoy whose header alone claims the expected kind.
             let decoy = dir.path().join("decoy");
-            fs::write(&decoy, encode_header(expected)).unwrap();
+            fs::write(&decoy, encode_header(expected, VERSION)).unwrap();
             let path = dir.path().join("offered.npk");
             fs::copy(&decoy, &path).unwrap();
             let stop = Arc::new(AtomicBool::new(false));

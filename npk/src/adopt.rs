@@ -7,7 +7,7 @@
 use std::os::unix::fs::symlink;
 use std::path::Path;
 
-use nexus_store::commit::{CommitOutcome, ExactSet, Membership, StagedPackage};
+use nexus_store::commit::{CommitOutcome, ExactSet, Membership, Restrictions, StagedPackage};
 use nexus_store::ingest::ContentBatch;
 use nexus_store::pack::{ChunkLocation, SealedPack};
 use nexus_store::{Store, StoreError};
@@ -57,14 +57,16 @@ pub fn adopt(archive: &Archive, dir: &Path) -> Result<(Store, CommitOutcome)> {
             origin: format!("image:{}", image.display()),
             metadata: p.metadata.clone(),
             tree: p.tree.clone(),
-            // An image's signer vouches for the whole system it is.
-            restricted_to: None,
+            // An image's signer vouches for the whole system it is,
+            // restricted packages as it states them included.
+            restricted_to: p.restricted_to.clone(),
         })
         .collect();
     let current = body.current_specs();
     let membership = Membership::Exactly(ExactSet {
         current,
         action: format!("image {}", image.display()),
+        restrictions: Restrictions::AsStated,
     });
     let outcome = store
         .commit_batch(&staged, &batch, &membership)

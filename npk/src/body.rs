@@ -2,6 +2,13 @@
 //! file contents as lists of chunks, and where each chunk is in the
 //! archive (FORMAT.md, section 8.3).
 //!
+//! Two versions: 1 (`NXBODY01`) and 2 (`NXBODY02`), which adds each
+//! package's restriction (`restricted_to`: its signer was trusted only for
+//! some Apps, and the Index ranks it after every unrestricted App). A body
+//! is version 2 exactly when a package is restricted, so that builds
+//! reading only version 1 still read every body without one and refuse
+//! the others, which they would rank wrongly; each body has one encoding.
+//!
 //! Decoding validates everything a reader relies on, so that a hostile
 //! body is refused before anything acts on it: every count fits the bytes
 //! left, every index is in range, each tree is a tree (every directory but
@@ -24,10 +31,14 @@ use nexus_store::tree::{
 };
 
 use crate::error::FormatError;
+use crate::trust::AppPattern;
 use crate::wire::{Reader, Writer};
 
-/// First bytes of a decoded body.
-pub const BODY_MAGIC: &[u8; 8] = b"NXBODY01";
+/// First bytes of a decoded body of version 1: no package restricted.
+pub const BODY_MAGIC_V1: &[u8; 8] = b"NXBODY01";
+/// First bytes of a decoded body of version 2: every package states its
+/// restriction, and at least one is restricted.
+pub const BODY_MAGIC_V2: &[u8; 8] = b"NXBODY02";
 /// Largest decoded body accepted (a body describes metadata only).
 pub const BODY_MAX: u64 = 512 << 20;
 /// Domain string of the root hash.
@@ -50,6 +61,13 @@ pub struct BodyPackage {
     pub metadata: String,
     /// Whether it is its App's `Current` (images).
     pub current: bool,
+    /// The App patterns (`a*,b`) the key that signed the package was
+    /// trusted for, when that grant was restricted to some Apps
+    /// (`packages.restricted_to` of the store that wrote the body); `None`
+    /// when it is unrestricted, and for every package of a version-1 body.
+    /// The signature covers it (through the body hash), so a mirror cannot
+    /// strip it.
+    pub restricted_to: Option<String>,
     /// The tree hash (checked against `tree`).
     pub tree_hash: Hash,
     /// The package tree, every file's content hash filled in.
@@ -96,7 +114,10 @@ pub struct Body {
 /// The root hash of a set of packages: BLAKE3 over their names, versions,
 /// tree hashes and `Current` flags, sorted by name and version. It names
 /// what an archive holds independently of how it is laid out, so the same
-/// package packed in two stores has the same root.
+/// package packed in two stores has the same root. Restrictions are not
+/// in it (the definition predates them, and older archives must keep
+/// their roots): the body hash, and for a remote the metadata hash, which
+/// the signature covers, vouch for them.
 pub fn root_hash<'a>(packages: impl IntoIterator<Item = &'a BodyPackage>) -> Hash {
     let mut list: Vec<&BodyPackage> = packages.into_iter().collect();
     list.sort_by(|a, b| (&a.name, &a.version).cmp(&(&b.name, &b.version)));
@@ -112,7 +133,25 @@ pub fn root_hash<'a>(packages: impl IntoIterator<Item = &'a BodyPackage>) -> Has
     Hash::of(&w.buf)
 }
 
+/// The body format version of a body of `packages`: 2 when one is
+/// restricted, else 1 (see [`Body::version`]).
+pub fn body_version(packages: &[BodyPackage]) -> u32 {
+    if packages.iter().any(|p| p.restricted_to.is_some()) {
+        2
+    } else {
+        1
+    }
+}
+
 impl Body {
+    /// The body format version [`Body::encode`] writes: 2 when a package
+    /// is restricted, else 1 (which builds before version 2 read). A
+    /// decoded body was read from this version: decoding refuses a
+    /// version-2 body without a restricted package.
+    pub fn version(&self) -> u32 {
+        body_version(&self.packages)
+    }
+
     /// Every file content with its chunk list, as a store session commits
     /// contents (an archive or a remote's metadata made a content batch).
     pub fn file_contents(&self) -> Vec<nexus_store::ingest::FileContent> {
@@ -147,10 +186,21 @@ impl Body {
         self.blobs.iter().find(|b| &b.hash == hash)
     }
 
-    /// Encodes the body (uncompressed).
+    /// Encodes the body (uncompressed), in version [`Body::version`].
     pub fn encode(&self) -> Vec<u8> {
+        self.encode_as(self.version())
+    }
+
+    /// Encodes the body in format `version`; version 1 leaves every
+    /// restriction out (what a build before version 2 wrote, or what
+    /// stripping them would make).
+    fn encode_as(&self, version: u32) -> Vec<u8> {
         let mut w = Writer::default();
-        w.raw(BODY_MAGIC);
+        w.raw(if version == 2 {
+            BODY_MAGIC_V2
+        } else {
+            BODY_MAGIC_V1
+        });
         w.u32(self.packages.len() as u32);
         for p in &self.packages {
             w.str(&p.name);
@@ -158,6 +208,11 @@ impl Body {
             w.str(&p.origin);
             w.str(&p.metadata);
             w.u8(p.current as u8);
+            if version == 2 {
+                // Empty for an unrestricted package: a restricted one
+                // names at least one pattern.
+                w.str(p.restricted_to.as_deref().unwrap_or(""));
+            }
             w.hash(&p.tree_hash);
             w.u32(p.tree.inodes.len() as u32);
             for inode in &p.tree.inodes {
@@ -194,13 +249,15 @@ impl Body {
     /// `[blocks_start, blocks_end)` of the archive.
     pub fn decode(bytes: &[u8], blocks_start: u64, blocks_end: u64) -> Result<Body, FormatError> {
         let mut r = Reader::new(bytes, "body");
-        if r.take(8, "magic")? != BODY_MAGIC {
-            return Err(malformed("body: bad magic".into()));
-        }
+        let version = match r.take(8, "magic")? {
+            m if m == BODY_MAGIC_V1 => 1,
+            m if m == BODY_MAGIC_V2 => 2,
+            _ => return Err(malformed("body: bad magic".into())),
+        };
         let n = r.count("package count", 40)?;
         let mut packages = Vec::with_capacity(n);
         for _ in 0..n {
-            packages.push(decode_package(&mut r)?);
+            packages.push(decode_package(&mut r, version)?);
         }
         let n = r.count("blob count", 44)?;
         let mut blobs = Vec::with_capacity(n);
@@ -231,6 +288,13 @@ impl Body {
             blobs,
             chunks,
         };
+        if body.version() != version {
+            // Writers write version 1 then; a second encoding of the same
+            // body would only be one more thing to get wrong.
+            return Err(malformed(
+                "body: version 2, but no package is restricted".into(),
+            ));
+        }
         body.validate(blocks_start, blocks_end)?;
         Ok(body)
     }
@@ -367,7 +431,7 @@ fn decode_inode(r: &mut Reader<'_>) -> Result<Inode, FormatError> {
     })
 }
 
-fn decode_package(r: &mut Reader<'_>) -> Result<BodyPackage, FormatError> {
+fn decode_package(r: &mut Reader<'_>, format: u32) -> Result<BodyPackage, FormatError> {
     let name = r.str("package name")?.to_string();
     let version = r.str("package version")?.to_string();
     check_name(&name).map_err(|e| malformed(e.to_string()))?;
@@ -379,6 +443,19 @@ fn decode_package(r: &mut Reader<'_>) -> Result<BodyPackage, FormatError> {
         0 => false,
         1 => true,
         v => return Err(malformed(format!("{spec}: current flag {v}"))),
+    };
+    let restricted_to = match format {
+        2 => {
+            let apps = r.str("restricted to")?;
+            if apps.is_empty() {
+                None
+            } else {
+                check_restricted_to(apps)
+                    .map_err(|why| malformed(format!("{spec}: restricted to {apps:?}: {why}")))?;
+                Some(apps.to_string())
+            }
+        }
+        _ => None,
     };
     let tree_hash = r.hash("tree hash")?;
     let n = r.count("inode count", 25)?;
@@ -409,9 +486,21 @@ fn decode_package(r: &mut Reader<'_>) -> Result<BodyPackage, FormatError> {
         origin,
         metadata,
         current,
+        restricted_to,
         tree_hash,
         tree,
     })
+}
+
+/// Checks a package's restriction as `nip key trust --apps` would have
+/// made it: App patterns separated by `,`, none matching every App (a
+/// grant of every App restricts nothing and is written as none).
+fn check_restricted_to(apps: &str) -> Result<(), String> {
+    let patterns = AppPattern::parse_list(apps).map_err(|e| e.to_string())?;
+    if patterns.iter().any(AppPattern::matches_every_app) {
+        return Err("a pattern matches every App, which is no restriction".into());
+    }
+    Ok(())
 }
 
 /// Checks that `tree` is a tree a store can hold.

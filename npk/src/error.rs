@@ -14,7 +14,11 @@ pub enum FormatError {
     #[error("not a Nexus archive (no NEXUSNPK magic)")]
     NotNpk,
     /// A version this build does not read.
-    #[error("archive format version {0} is not supported (this build reads versions 1 and 2)")]
+    #[error(
+        "archive format version {0} is not supported (this build reads versions {oldest} to {newest})",
+        oldest = crate::manifest::OLDEST_VERSION,
+        newest = crate::manifest::VERSION
+    )]
     UnsupportedVersion(u32),
     /// Anything else malformed: truncation, bad lengths, inconsistent tables.
     #[error("malformed archive: {0}")]

@@ -12,10 +12,17 @@ pub const MAGIC: &[u8; 8] = b"NEXUSNPK";
 pub const END_MAGIC: &[u8; 8] = b"NXNPKEND";
 /// First 8 bytes of the manifest.
 pub const MANIFEST_MAGIC: &[u8; 8] = b"NXMANIF1";
-/// The archive format version this build writes: 2 added the expiry time
-/// to the manifest; 3 allows blocks of store format v2 (framed, codec 2),
-/// which builds reading only 1 and 2 would take for damage.
-pub const VERSION: u32 = 3;
+/// The newest archive format version this build writes and reads: 2
+/// added the expiry time to the manifest; 3 allows blocks of store format
+/// v2 (framed, codec 2), which builds reading only 1 and 2 would take for
+/// damage; 4 holds a body of version 2 (a package is restricted to some
+/// Apps), which builds reading only 1 to 3 refuse by this number rather
+/// than by the body's magic. See [`version_for`].
+pub const VERSION: u32 = 4;
+/// The archive format version of an archive holding a body of version 1:
+/// written whenever no package is restricted, so that builds reading
+/// versions 1 to 3 keep reading such archives.
+pub const VERSION_UNRESTRICTED: u32 = 3;
 /// The oldest archive format version this build reads (version 1: no
 /// expiry, read as never expiring).
 pub const OLDEST_VERSION: u32 = 1;
@@ -68,11 +75,29 @@ impl ArchiveKind {
     }
 }
 
-/// Encodes the 32-byte header of a current-version archive.
-pub fn encode_header(kind: ArchiveKind) -> Vec<u8> {
+/// The archive format version written for a body of format
+/// `body_version` ([`crate::body::body_version`]): [`VERSION`] for version
+/// 2 (a package is restricted), [`VERSION_UNRESTRICTED`] otherwise.
+pub fn version_for(body_version: u32) -> u32 {
+    if body_version >= 2 {
+        VERSION
+    } else {
+        VERSION_UNRESTRICTED
+    }
+}
+
+/// True when an archive of format `version` may hold a body of format
+/// `body_version`: version 2 exactly in an archive of version 4 (versions
+/// 1 to 3 hold bodies of version 1).
+pub fn holds(version: u32, body_version: u32) -> bool {
+    (version >= VERSION) == (body_version >= 2)
+}
+
+/// Encodes the 32-byte header of an archive of format `version`.
+pub fn encode_header(kind: ArchiveKind, version: u32) -> Vec<u8> {
     let mut w = Writer::default();
     w.raw(MAGIC);
-    w.u32(VERSION);
+    w.u32(version);
     w.u32(kind.code());
     w.raw(&[0; 16]);
     w.buf
@@ -105,9 +130,10 @@ fn check_version(version: u32) -> Result<u32, FormatError> {
 /// The signed statement about an archive.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Manifest {
-    /// The archive format version (as the header's): [`VERSION`] for
-    /// everything written now; 1 for archives written before expiry
-    /// times existed (kept, so that their signed bytes re-encode exactly).
+    /// The archive format version (as the header's): [`version_for`] the
+    /// body for everything written now; 1 for archives written before
+    /// expiry times existed (kept, so that their signed bytes re-encode
+    /// exactly).
     pub version: u32,
     /// Same as the header's.
     pub kind: ArchiveKind,
@@ -265,7 +291,7 @@ mod tests {
             assert_ne!(Manifest::decode(&b).ok(), Some(m.clone()), "byte {i}");
         }
         assert_eq!(
-            decode_header(&encode_header(ArchiveKind::Package)).unwrap(),
+            decode_header(&encode_header(ArchiveKind::Package, VERSION)).unwrap(),
             (ArchiveKind::Package, VERSION)
         );
         assert!(!m.expired_at(999_999));
@@ -283,7 +309,7 @@ mod tests {
         /// must encode back to exactly its bytes, in either version.
         #[test]
         fn decoded_manifests_encode_to_their_bytes(
-            version in 1u32..=3,
+            version in 1u32..=VERSION,
             kind in 1u32..=2,
             fields in proptest::collection::vec(proptest::num::u8::ANY, 160),
             expires in proptest::num::i64::ANY,
@@ -298,6 +324,22 @@ mod tests {
             let m = Manifest::decode(&bytes).unwrap();
             proptest::prop_assert_eq!(m.encode(), bytes);
         }
+    }
+
+    /// A body restricting a package goes in an archive of version 4, and
+    /// only there: every other archive stays version 3, which builds that
+    /// know nothing of restrictions read.
+    #[test]
+    fn restricted_bodies_take_version_4_and_only_they() {
+        assert_eq!(version_for(1), VERSION_UNRESTRICTED);
+        assert_eq!(version_for(2), VERSION);
+        assert_eq!(VERSION, 4);
+        for version in OLDEST_VERSION..VERSION {
+            assert!(holds(version, 1), "{version}");
+            assert!(!holds(version, 2), "{version}");
+        }
+        assert!(holds(VERSION, 2));
+        assert!(!holds(VERSION, 1));
     }
 
     /// A version-1 manifest (written before expiry times) still decodes,

@@ -16,7 +16,7 @@ use crate::body::{self, Body, BodyBlob, root_hash};
 use crate::error::{FormatError, NpkError, Result, TrustError};
 use crate::keys::{PublicKey, key_id};
 use crate::manifest::{
-    ArchiveKind, HEADER_LEN, Manifest, TRAILER_LEN, decode_header, decode_trailer,
+    ArchiveKind, HEADER_LEN, Manifest, TRAILER_LEN, decode_header, decode_trailer, holds,
 };
 use crate::trust::{Scope, TrustSet, TrustedKey};
 
@@ -215,6 +215,17 @@ impl Archive {
             HEADER_LEN,
             manifest.body_offset,
         )?;
+        // Restrictions only in an archive of version 4: one of version 3
+        // is read by builds that know nothing of them, and its signer
+        // wrote it for those.
+        if !holds(manifest.version, body.version()) {
+            return Err(FormatError::Malformed(format!(
+                "an archive of version {} holds a body of version {}",
+                manifest.version,
+                body.version()
+            ))
+            .into());
+        }
         if root_hash(&body.packages) != manifest.root {
             let problem =
                 TrustError::Tampered("its packages do not match the signed root hash".into());

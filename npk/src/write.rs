@@ -22,7 +22,7 @@ use nexus_store::{Hash, NoProgress, Progress, Store, StoreError};
 use crate::body::{self, Body, BodyBlob, BodyChunk, BodyPackage, root_hash};
 use crate::error::{NpkError, Result};
 use crate::keys::SecretKey;
-use crate::manifest::{ArchiveKind, END_MAGIC, HEADER_LEN, Manifest, encode_header};
+use crate::manifest::{ArchiveKind, END_MAGIC, HEADER_LEN, Manifest, encode_header, version_for};
 
 /// A package to write, and whether it is its App's `Current`.
 pub struct Member<'a> {
@@ -152,9 +152,6 @@ fn write_to(
         pos: 0,
         path: tmp.to_path_buf(),
     };
-    out.write(&encode_header(options.kind))?;
-    debug_assert_eq!(out.pos, HEADER_LEN);
-
     let mut packages = Vec::with_capacity(members.len());
     let mut files: Vec<(Hash, i64)> = Vec::new();
     for m in members {
@@ -167,6 +164,10 @@ fn write_to(
             origin: m.package.origin.clone(),
             metadata: m.package.metadata.clone(),
             current: m.current,
+            // As this store ranks it: an image of a store holding a
+            // restricted package must not make it unrestricted wherever
+            // it is switched to.
+            restricted_to: m.package.restricted_to.clone(),
             tree_hash: tree.tree_hash(),
             tree,
         });
@@ -178,6 +179,11 @@ fn write_to(
             .into());
         }
     }
+    // The packages decide the body's version, and with it the archive's:
+    // known before the first byte is written.
+    let version = version_for(body::body_version(&packages));
+    out.write(&encode_header(options.kind, version))?;
+    debug_assert_eq!(out.pos, HEADER_LEN);
 
     // Every distinct content and the chunks it needs, in the order files
     // first use them.
@@ -218,7 +224,7 @@ fn write_to(
     let body_offset = out.pos;
     out.write(&frame)?;
     let mut manifest = Manifest {
-        version: crate::manifest::VERSION,
+        version,
         kind: options.kind,
         signer: [0; 32],
         counter: options.counter,
@@ -412,7 +418,163 @@ impl BlockWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::TrustError;
+    use crate::manifest::{TRAILER_LEN, decode_trailer};
+    use crate::read::{Archive, Expiry, Policy};
+    use crate::trust::Scope;
+    use crate::{KeyStore, TrustSet};
+    use nexus_store::dirs::DirSet;
+    use nexus_store::scan::ScanOptions;
     use nexus_store::{AddDir, AddOptions, NoProgress};
+
+    /// A store in `dir` holding `zz-core/1`, added by root, and `aa-evil/1`,
+    /// recorded restricted to `aa-*` (what `nip add` of a `.npk` signed by
+    /// a key trusted only for those Apps records); both ship `bin/tool`.
+    fn mixed_store(dir: &Path) -> Store {
+        let mut store = Store::init(&dir.join("store")).unwrap();
+        let add = |name: &str| {
+            let src = dir.join(name);
+            fs::create_dir_all(src.join("bin")).unwrap();
+            fs::write(src.join("bin/tool"), format!("#!/bin/sh\necho {name}\n")).unwrap();
+            AddDir {
+                path: src,
+                name: name.into(),
+                version: "1".into(),
+            }
+        };
+        store
+            .add_dirs(&[add("zz-core")], AddOptions::default(), &NoProgress)
+            .unwrap();
+        let set = DirSet::scan(&[add("aa-evil")], ScanOptions::default()).unwrap();
+        store
+            .add_staged_with(1, &NoProgress, |session| {
+                let (mut staged, contents) = set.stage(session, 1, &|_| {})?;
+                staged[0].restricted_to = Some("aa-*".into());
+                Ok::<_, StoreError>((staged, contents))
+            })
+            .unwrap();
+        store
+    }
+
+    /// An image key `admin` in `dir/keys`, and a trust set trusting it.
+    fn image_key(dir: &Path) -> (SecretKey, TrustSet) {
+        let keys = KeyStore::new(dir.join("keys"));
+        keys.generate("admin").unwrap();
+        let scope = Scope::Images {
+            domain: "images".into(),
+        };
+        keys.trust(&keys.public_file("admin").unwrap(), scope)
+            .unwrap();
+        (keys.secret("admin").unwrap(), keys.trust_set().unwrap())
+    }
+
+    fn image_of(store: &Store, specs: &[&str], key: &SecretKey, out: &Path) -> Written {
+        let rows: Vec<PackageRow> = specs.iter().map(|s| store.installed(s).unwrap()).collect();
+        let members: Vec<Member<'_>> = rows
+            .iter()
+            .map(|package| Member {
+                package,
+                current: true,
+            })
+            .collect();
+        let options = WriteOptions {
+            kind: ArchiveKind::Image,
+            counter: 1,
+            created: 0,
+            expires: None,
+            signer: Some(key),
+        };
+        write_archive(store, &members, out, &options).unwrap()
+    }
+
+    /// The hole: an image of a store holding a restricted package carried
+    /// no restriction, so wherever it was switched to the package ranked
+    /// unrestricted and took Index names from unrestricted Apps. The image
+    /// now states it (archive version 4), and one without restricted
+    /// packages stays version 3, which builds before restrictions read.
+    #[test]
+    fn an_image_states_which_packages_are_restricted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = mixed_store(dir.path());
+        let (key, trust) = image_key(dir.path());
+        let policy = Policy::Trusted(&trust, Expiry::Ignore);
+
+        let mixed = dir.path().join("mixed.img");
+        let written = image_of(&store, &["aa-evil/1", "zz-core/1"], &key, &mixed);
+        assert_eq!(written.manifest.version, 4);
+        assert_eq!(fs::read(&mixed).unwrap()[8..12], 4u32.to_le_bytes());
+        let archive = Archive::open(&mixed, policy).unwrap();
+        let marks: Vec<_> = archive
+            .body
+            .packages
+            .iter()
+            .map(|p| (p.name.as_str(), p.restricted_to.as_deref()))
+            .collect();
+        assert_eq!(marks, [("aa-evil", Some("aa-*")), ("zz-core", None)]);
+
+        let plain = dir.path().join("plain.img");
+        let written = image_of(&store, &["zz-core/1"], &key, &plain);
+        assert_eq!(written.manifest.version, 3);
+        let archive = Archive::open(&plain, policy).unwrap();
+        assert_eq!(archive.body.version(), 1);
+    }
+
+    /// Whoever can change the image on its way (a mirror) cannot strip a
+    /// restriction: the body hash the signature covers names the body
+    /// with it. The forgery below is consistent in every other respect
+    /// (version 3, body, positions and hashes redone): only the signature
+    /// refuses it, and unverified it would indeed rank `aa-evil` as
+    /// unrestricted.
+    #[test]
+    fn a_stripped_restriction_breaks_the_signature() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = mixed_store(dir.path());
+        let (key, trust) = image_key(dir.path());
+        let image = dir.path().join("mixed.img");
+        image_of(&store, &["aa-evil/1", "zz-core/1"], &key, &image);
+
+        let bytes = fs::read(&image).unwrap();
+        let trailer_at = bytes.len() - TRAILER_LEN as usize;
+        let (mut manifest, signature) = decode_trailer(&bytes[trailer_at..]).unwrap();
+        let start = manifest.body_offset as usize;
+        let frame = &bytes[start..start + manifest.body_len as usize];
+        let mut body = Body::decode(
+            &body::decompress(frame).unwrap(),
+            HEADER_LEN,
+            manifest.body_offset,
+        )
+        .unwrap();
+        for p in &mut body.packages {
+            p.restricted_to = None;
+        }
+        let frame = body::compress(&body.encode()).unwrap();
+        let mut forged = bytes[..start].to_vec();
+        forged[8..12].copy_from_slice(&3u32.to_le_bytes());
+        forged.extend_from_slice(&frame);
+        manifest.version = 3;
+        manifest.body_len = frame.len() as u64;
+        manifest.body_hash = Hash::of(&frame);
+        manifest.content_hash = Hash::of(&forged);
+        forged.extend_from_slice(&manifest.encode());
+        forged.extend_from_slice(&signature);
+        forged.extend_from_slice(END_MAGIC);
+        let path = dir.path().join("forged.img");
+        fs::write(&path, &forged).unwrap();
+
+        let refused = Archive::open(&path, Policy::Trusted(&trust, Expiry::Ignore)).unwrap_err();
+        assert!(
+            matches!(refused, NpkError::Trust(TrustError::BadSignature { .. })),
+            "{refused}"
+        );
+        let unverified = Archive::open(&path, Policy::Insecure).unwrap();
+        assert!(
+            unverified
+                .body
+                .packages
+                .iter()
+                .all(|p| p.restricted_to.is_none())
+        );
+    }
 
     /// The review's L2: the temporary file had a predictable name
     /// (`.NAME.tmpPID`) and was opened with `File::create`, which follows a

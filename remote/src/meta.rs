@@ -2,14 +2,22 @@
 //! the packages, their trees and contents exactly as an image's body
 //! describes them (`nexus_npk::body`, validated the same way), plus which
 //! remote pack each chunk's block is in.
+//!
+//! Two versions, named by the magic: `NXRMETA1` holds a body of version 1,
+//! `NXRMETA2` one of version 2 (a package is restricted to some Apps).
+//! A publisher writes version 1 whenever no package is restricted, so that
+//! subscribers of builds before version 2 keep pulling such generations;
+//! they refuse the others, which they would rank wrongly in the Index.
 
 use nexus_npk::FormatError;
 use nexus_npk::body::{self, Body};
 use nexus_npk::wire::{Reader, Writer};
 use nexus_store::pack::{ChunkLocation, PACK_MAGIC, PACK_SUFFIX};
 
-/// First 8 bytes.
-pub const MAGIC: &[u8; 8] = b"NXRMETA1";
+/// First 8 bytes of a metadata object holding a body of version 1.
+pub const MAGIC_V1: &[u8; 8] = b"NXRMETA1";
+/// First 8 bytes of a metadata object holding a body of version 2.
+pub const MAGIC_V2: &[u8; 8] = b"NXRMETA2";
 /// Largest metadata object read (the body inside is limited on its own).
 pub const META_MAX: u64 = 640 << 20;
 
@@ -39,7 +47,11 @@ impl Meta {
     /// The object's bytes.
     pub fn encode(&self) -> std::io::Result<Vec<u8>> {
         let mut w = Writer::default();
-        w.raw(MAGIC);
+        w.raw(if self.body.version() == 2 {
+            MAGIC_V2
+        } else {
+            MAGIC_V1
+        });
         w.u32(self.packs.len() as u32);
         for (name, size) in &self.packs {
             w.str(name);
@@ -59,9 +71,11 @@ impl Meta {
     pub fn decode(bytes: &[u8]) -> Result<Meta, FormatError> {
         let bad = |why: String| FormatError::Malformed(format!("metadata: {why}"));
         let mut r = Reader::new(bytes, "metadata");
-        if r.take(8, "magic")? != MAGIC {
-            return Err(bad("bad magic".into()));
-        }
+        let version = match r.take(8, "magic")? {
+            m if m == MAGIC_V1 => 1,
+            m if m == MAGIC_V2 => 2,
+            _ => return Err(bad("bad magic".into())),
+        };
         let n = r.count("pack count", 12)?;
         let mut packs = Vec::with_capacity(n);
         let mut names = std::collections::HashSet::new();
@@ -87,6 +101,14 @@ impl Meta {
         // Blocks start after the pack magic; their ends are checked per
         // pack below.
         let body = Body::decode(&decoded, PACK_MAGIC.len() as u64, u64::MAX)?;
+        // The magic names the body's version: a version-1 object is what
+        // builds before restrictions read, and must hold none.
+        if body.version() != version {
+            return Err(bad(format!(
+                "an object of version {version} holds a body of version {}",
+                body.version()
+            )));
+        }
         if body.chunks.len() != chunk_packs.len() {
             return Err(bad(format!(
                 "{} chunks but {} pack indexes",
@@ -146,6 +168,52 @@ mod tests {
             "0123456789abcdef0123456789abcde.pack",
         ] {
             assert!(!is_pack_name(bad), "{bad}");
+        }
+    }
+
+    /// A metadata object with one empty package `name/1`, restricted to
+    /// `apps`.
+    fn one_package(name: &str, apps: Option<&str>) -> Meta {
+        let tree = nexus_store::tree::Tree::with_root(0o755, 0, 0, 0, Vec::new());
+        let package = nexus_npk::body::BodyPackage {
+            name: name.into(),
+            version: "1".into(),
+            origin: "dir:/x".into(),
+            metadata: "{}".into(),
+            current: true,
+            restricted_to: apps.map(str::to_string),
+            tree_hash: tree.tree_hash(),
+            tree,
+        };
+        Meta {
+            packs: Vec::new(),
+            chunk_packs: Vec::new(),
+            body: Body {
+                packages: vec![package],
+                ..Body::default()
+            },
+        }
+    }
+
+    /// Restrictions travel to subscribers: in an object of version 2,
+    /// which builds before them refuse by its magic; an object without
+    /// one stays version 1, which they read. The magic and the body's
+    /// version must agree.
+    #[test]
+    fn restricted_packages_make_a_version_2_object() {
+        let restricted = one_package("aa-evil", Some("aa-*"));
+        let bytes = restricted.encode().unwrap();
+        assert_eq!(&bytes[..8], MAGIC_V2);
+        assert_eq!(Meta::decode(&bytes).unwrap(), restricted);
+        let plain = one_package("zz-core", None);
+        let plain_bytes = plain.encode().unwrap();
+        assert_eq!(&plain_bytes[..8], MAGIC_V1);
+        assert_eq!(Meta::decode(&plain_bytes).unwrap(), plain);
+
+        for (mut bytes, magic) in [(bytes, MAGIC_V1), (plain_bytes, MAGIC_V2)] {
+            bytes[..8].copy_from_slice(magic);
+            let err = Meta::decode(&bytes).unwrap_err().to_string();
+            assert!(err.contains("holds a body of version"), "{err}");
         }
     }
 

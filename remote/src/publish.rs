@@ -210,6 +210,9 @@ pub fn publish(
             origin: m.package.origin.clone(),
             metadata: m.package.metadata.clone(),
             current: m.current,
+            // As this store ranks it: subscribers must not rank a
+            // restricted package as unrestricted.
+            restricted_to: m.package.restricted_to.clone(),
             tree_hash,
             tree,
         });

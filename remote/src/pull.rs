@@ -12,7 +12,7 @@ use nexus_npk::body::root_hash;
 use nexus_npk::read::unix_now;
 use nexus_npk::{Claim, ReplayError, TrustSet};
 use nexus_store::catalog::RemoteRow;
-use nexus_store::commit::{ExactSet, Membership, StagedPackage};
+use nexus_store::commit::{ExactSet, Membership, Restrictions, StagedPackage};
 use nexus_store::ingest::ContentBatch;
 use nexus_store::pack::SealedPack;
 use nexus_store::{Hash, Store, StoreError};
@@ -240,13 +240,17 @@ pub fn pull(
             origin: format!("remote:{}", remote.name),
             metadata: p.metadata.clone(),
             tree: p.tree.clone(),
-            // The remote's domain keys vouch for whole generations.
-            restricted_to: None,
+            // The remote's domain keys vouch for whole generations,
+            // restricted packages as the metadata states them included:
+            // ranked here as in the store that published them.
+            restricted_to: p.restricted_to.clone(),
         })
         .collect();
     let membership = Membership::Exactly(ExactSet {
         current: body.current_specs(),
         action: format!("pull {} (counter {})", remote.name, m.counter),
+        // The domain's key decides the rank of every package it publishes.
+        restrictions: Restrictions::AsStated,
     })
     .with_precondition(claim.precondition(false));
     let outcome = store

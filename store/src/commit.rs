@@ -32,11 +32,13 @@ pub struct StagedPackage {
     pub tree: Tree,
     /// The App patterns (`a*,b`) its signer's key is trusted for, when that
     /// grant is restricted to some Apps (a `.npk` signed by a key trusted
-    /// only for them, `--apps`); `None` when it is added unrestricted: by
-    /// root from a directory or an unsigned format, signed by a key trusted
-    /// for every App, in an image or a pulled generation (whose keys vouch
-    /// for a whole system). The Index ranks restricted packages after every
-    /// unrestricted one (`nexus_fs::index`).
+    /// only for them, `--apps`), or as an image or a pulled generation
+    /// states it (whose keys vouch for a whole system, restricted packages
+    /// included); `None` when it is added unrestricted: by root from a
+    /// directory or an unsigned format, signed by a key trusted for every
+    /// App, unrestricted in an image or a pulled generation. The Index
+    /// ranks restricted packages after every unrestricted one
+    /// (`nexus_fs::index`).
     pub restricted_to: Option<String>,
 }
 
@@ -102,6 +104,31 @@ pub struct ExactSet {
     pub current: Vec<String>,
     /// The history line, e.g. `switch to image hello.img`.
     pub action: String,
+    /// Whose word decides the restriction of a package the store holds
+    /// already.
+    pub restrictions: Restrictions,
+}
+
+/// Whose word decides the restriction (`packages.restricted_to`) of a
+/// package the store holds already (same name, version and tree) when it
+/// is staged again.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Restrictions {
+    /// The most trusted grant it was ever added under stands: an
+    /// unrestricted add lifts a restriction, a restricted one never sets
+    /// one (`nip add`, profile builds: a restricted signer takes nothing
+    /// from what root or a key of every App vouched for).
+    #[default]
+    MostTrusted,
+    /// As the staged packages state, either way: the set is a whole system
+    /// its signer vouches for (an image switched to, a generation pulled),
+    /// whose key decides every package's rank, so each ranks here as in
+    /// the store that wrote it. A stored package it marks restricted is
+    /// restricted from then on, even one that an image or pull of a build
+    /// before restrictions travelled (FORMAT.md, section 8) stored
+    /// unrestricted: that is what lets the fix reach hosts the attack
+    /// already reached.
+    AsStated,
 }
 
 /// A rule a commit must satisfy, written by the crate whose policy it is
@@ -231,8 +258,12 @@ pub fn commit_with(
         before.clone()
     };
     let mut ids: HashMap<String, i64> = HashMap::new();
-    // Whether a stored package was found restricted and is no longer.
-    let mut widened = false;
+    let restrictions = exact.map_or(Restrictions::MostTrusted, |set| set.restrictions);
+    // Whether a stored package's restriction changed (lifted, or set as
+    // an image states it), and whether one unrestricted until now is
+    // restricted.
+    let mut remarked = false;
+    let mut narrowed = false;
     let mut outcome = CommitOutcome {
         generation: None,
         added: Vec::new(),
@@ -249,9 +280,27 @@ pub fn commit_with(
                 // even when no generation follows; a mount sees it from
                 // its next generation on (until then it ranks the package
                 // lower, never higher, than it now may).
-                if staged.restricted_to.is_none() && writes::mark_unrestricted(&tx, id)? {
-                    tracing::info!("{spec}: added unrestricted now, no longer restricted");
-                    widened = true;
+                match (&staged.restricted_to, restrictions) {
+                    (None, _) => {
+                        if writes::mark_unrestricted(&tx, id)? {
+                            tracing::info!("{spec}: added unrestricted now, no longer restricted");
+                            remarked = true;
+                        }
+                    }
+                    (Some(apps), Restrictions::AsStated) => {
+                        match writes::mark_restricted(&tx, id, apps)? {
+                            writes::Marked::Unchanged => {}
+                            writes::Marked::Changed => remarked = true,
+                            writes::Marked::Narrowed => {
+                                tracing::info!(
+                                    "{spec}: restricted to Apps {apps} now, as the set states"
+                                );
+                                remarked = true;
+                                narrowed = true;
+                            }
+                        }
+                    }
+                    (Some(_), Restrictions::MostTrusted) => {}
                 }
                 if before.iter().any(|m| m.package == id) {
                     outcome.unchanged.push(spec.clone());
@@ -289,8 +338,13 @@ pub fn commit_with(
         tracing::debug!("checking {}", precondition.what);
         (precondition.check)(&mut pending)?;
     }
-    let recorded = pending.recorded || widened;
-    if generations::same_state(&before, &members) {
+    let recorded = pending.recorded || remarked;
+    // A package restricted now must rank lower at once: mounts load a
+    // package's rank with a generation, so one that was unrestricted
+    // makes a new generation even of the same packages. (A lifted
+    // restriction can wait for the next one: until then it ranks lower,
+    // never higher, than it may.)
+    if !narrowed && generations::same_state(&before, &members) {
         // Nothing to show: keep the catalog as it was (packs written by this
         // run hold only chunks that are now unreferenced; gc reclaims them).
         // What a precondition recorded (an image counter seen) is kept, and
@@ -425,5 +479,88 @@ mod tests {
         .unwrap();
         assert_eq!(outcome.generation, None, "nothing changed");
         assert_eq!(store.catalog().meta("k").unwrap().as_deref(), Some("v"));
+    }
+
+    /// An image or a pulled generation states every package's restriction
+    /// (its key vouches for the whole system): a stored package it marks
+    /// restricted is restricted from then on, with a new generation even
+    /// of the same packages so that mounts rank it lower at once, and one
+    /// it marks unrestricted is lifted. An add, or a profile build, never
+    /// narrows what the store holds unrestricted. Before, a pulled package
+    /// stayed as an earlier pull (which carried no restriction) stored it:
+    /// unrestricted, taking Index names, for good.
+    #[test]
+    fn a_whole_system_states_restrictions_and_an_add_never_narrows() {
+        let d = tempfile::tempdir().unwrap();
+        let mut store = Store::init(d.path()).unwrap();
+        let restricted = |apps: Option<&str>| StagedPackage {
+            restricted_to: apps.map(str::to_string),
+            ..package("aa-app", "1", 1)
+        };
+        let system = |restrictions| {
+            Membership::Exactly(ExactSet {
+                current: vec!["aa-app/1".into()],
+                action: "switch".into(),
+                restrictions,
+            })
+        };
+        let mark = |store: &Store| store.installed("aa-app/1").unwrap().restricted_to;
+
+        // Stored unrestricted (as a pull before restrictions travelled).
+        let first = add(
+            &mut store,
+            restricted(None),
+            &system(Restrictions::AsStated),
+        )
+        .unwrap();
+        let first = first.generation.unwrap();
+        for membership in [Membership::Add, system(Restrictions::MostTrusted)] {
+            let outcome = add(&mut store, restricted(Some("aa-*")), &membership).unwrap();
+            assert_eq!(outcome.generation, None);
+            assert_eq!(mark(&store), None, "a restricted add narrowed");
+        }
+
+        let narrowed = add(
+            &mut store,
+            restricted(Some("aa-*")),
+            &system(Restrictions::AsStated),
+        )
+        .unwrap();
+        assert_eq!(mark(&store).as_deref(), Some("aa-*"));
+        let second = narrowed.generation.expect("a generation for the mounts");
+        assert!(second > first);
+        assert_eq!(
+            store.catalog().members(second).unwrap().len(),
+            1,
+            "the same package set"
+        );
+        assert_eq!(narrowed.unchanged, ["aa-app/1"]);
+
+        // Stated again: nothing to do. Other patterns: recorded, no
+        // generation (it ranks as it did).
+        let again = add(
+            &mut store,
+            restricted(Some("aa-*")),
+            &system(Restrictions::AsStated),
+        )
+        .unwrap();
+        assert_eq!(again.generation, None);
+        let other = add(
+            &mut store,
+            restricted(Some("aa-*,ab")),
+            &system(Restrictions::AsStated),
+        )
+        .unwrap();
+        assert_eq!(other.generation, None);
+        assert_eq!(mark(&store).as_deref(), Some("aa-*,ab"));
+
+        // Stated unrestricted: lifted, as by any unrestricted add.
+        add(
+            &mut store,
+            restricted(None),
+            &system(Restrictions::AsStated),
+        )
+        .unwrap();
+        assert_eq!(mark(&store), None);
     }
 }

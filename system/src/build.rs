@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use nexus_graft::AddOptions;
 use nexus_graft::add::{ArchiveRequest, Source, add_checked};
-use nexus_store::commit::{ExactSet, Membership, StagedPackage};
+use nexus_store::commit::{ExactSet, Membership, Restrictions, StagedPackage};
 use nexus_store::{AddDir, Progress, Store};
 
 use crate::error::{Result, SystemError};
@@ -129,6 +129,9 @@ pub fn build(
     let membership = Membership::Exactly(ExactSet {
         current: profile.current_pins(),
         action: format!("build profile {}", profile.name),
+        // A profile build adds packages as `nip add` does: a restricted
+        // recipe takes nothing from what root vouched for.
+        restrictions: Restrictions::MostTrusted,
     });
     let accept = |staged: &[StagedPackage]| check_staged(profile, staged);
     let outcome = add_checked(

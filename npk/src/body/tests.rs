@@ -74,6 +74,7 @@ fn sample(contents: &[Vec<u8>]) -> Body {
         origin: "dir:/x".into(),
         metadata: "{}".into(),
         current: true,
+        restricted_to: None,
         tree_hash: tree.tree_hash(),
         tree,
     };
@@ -81,6 +82,130 @@ fn sample(contents: &[Vec<u8>]) -> Body {
         packages: vec![package],
         blobs,
         chunks,
+    }
+}
+
+/// [`sample`] with a second package, `aa-evil/1.0` (a copy of `tool`'s tree
+/// under another name), restricted to `apps`.
+fn with_restricted(apps: &str) -> Body {
+    let mut body = sample(&[b"a".to_vec(), b"bb".to_vec()]);
+    let mut evil = body.packages[0].clone();
+    evil.name = "aa-evil".into();
+    evil.restricted_to = Some(apps.into());
+    body.packages.push(evil);
+    body
+}
+
+/// The body of version 1 exactly as FORMAT.md spells it (and as builds
+/// before restrictions wrote it), for `body`, whose restrictions it has
+/// no room for.
+fn version_1_bytes(body: &Body) -> Vec<u8> {
+    let mut w = Writer::default();
+    w.raw(b"NXBODY01");
+    w.u32(body.packages.len() as u32);
+    for p in &body.packages {
+        w.str(&p.name);
+        w.str(&p.version);
+        w.str(&p.origin);
+        w.str(&p.metadata);
+        w.u8(p.current as u8);
+        w.hash(&p.tree_hash);
+        w.u32(p.tree.inodes.len() as u32);
+        for inode in &p.tree.inodes {
+            encode_inode(&mut w, inode);
+        }
+        w.u32(p.tree.entries.len() as u32);
+        for e in &p.tree.entries {
+            w.u32(e.parent);
+            w.u32(e.inode);
+            w.bytes(&e.name);
+        }
+    }
+    w.u32(body.blobs.len() as u32);
+    for b in &body.blobs {
+        w.hash(&b.hash);
+        w.u64(b.size);
+        w.u32(b.chunks.len() as u32);
+        for &c in &b.chunks {
+            w.u32(c);
+        }
+    }
+    w.u32(body.chunks.len() as u32);
+    for c in &body.chunks {
+        w.hash(&c.hash);
+        w.u32(c.len);
+        w.u64(c.offset);
+        w.u32(c.block_len);
+        w.u32(c.inner);
+    }
+    w.buf
+}
+
+/// Old data reads as it always did: a version-1 body (an image or a
+/// remote's metadata written before restrictions travelled) decodes with
+/// every package unrestricted, and a body without a restricted package is
+/// still written as version 1, byte for byte, so builds reading only
+/// version 1 read it.
+#[test]
+fn version_1_bodies_read_as_unrestricted_and_are_still_written() {
+    let mut stripped = with_restricted("aa-*");
+    for p in &mut stripped.packages {
+        p.restricted_to = None;
+    }
+    let old = version_1_bytes(&stripped);
+    let decoded = Body::decode(&old, 32, 1000).unwrap();
+    assert!(decoded.packages.iter().all(|p| p.restricted_to.is_none()));
+    assert_eq!(decoded, stripped);
+    assert_eq!(decoded.version(), 1);
+    assert_eq!(stripped.encode(), old, "an unrestricted body is version 1");
+}
+
+#[test]
+fn restrictions_round_trip_in_version_2_only() {
+    let body = with_restricted("aa-*,acme-tools");
+    assert_eq!(body.version(), 2);
+    let bytes = body.encode();
+    assert_eq!(&bytes[..8], BODY_MAGIC_V2);
+    let decoded = Body::decode(&bytes, 32, 1000).unwrap();
+    assert_eq!(decoded, body);
+    assert_eq!(decoded.packages[0].restricted_to, None);
+    assert_eq!(
+        decoded.packages[1].restricted_to.as_deref(),
+        Some("aa-*,acme-tools")
+    );
+    // Written as version 1, the restriction is gone: what a mirror would
+    // have to serve to strip it, which is not what the signer hashed.
+    let stripped = body.encode_as(1);
+    assert_ne!(Hash::of(&stripped), Hash::of(&bytes));
+    assert!(
+        Body::decode(&stripped, 32, 1000).unwrap().packages[1]
+            .restricted_to
+            .is_none()
+    );
+}
+
+/// Each body has one encoding: a version-2 body restricting nothing is
+/// refused (it would be written as version 1), and so is a restriction a
+/// grant could not have made.
+#[test]
+fn version_2_bodies_must_restrict_something_as_a_grant_would() {
+    let mut unrestricted = sample(&[b"a".to_vec()]);
+    let bytes = unrestricted.encode_as(2);
+    let err = Body::decode(&bytes, 32, 1000).unwrap_err().to_string();
+    assert!(err.contains("no package is restricted"), "{err}");
+    unrestricted.packages[0].restricted_to = Some(String::new());
+    assert!(Body::decode(&unrestricted.encode(), 32, 1000).is_err());
+
+    for bad in ["*", "aa-*,**", "a b", "a,,b", "a/b", ",", "x\u{7}"] {
+        let body = with_restricted(bad);
+        let err = Body::decode(&body.encode(), 32, 1000)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("aa-evil/1.0: restricted to"), "{bad:?}: {err}");
+    }
+    for good in ["aa-*", "a?c,b*", "\u{17c}\u{f3}\u{142}w*"] {
+        let body = with_restricted(good);
+        assert_eq!(Body::decode(&body.encode(), 32, 1000).unwrap(), body);
     }
 }
 
@@ -187,6 +312,28 @@ fn hostile_bodies_are_refused() {
 }
 
 proptest! {
+    /// Any mix of restricted and unrestricted packages decodes to what was
+    /// encoded, in the version its restrictions call for.
+    #[test]
+    fn random_restrictions_round_trip(
+        marks in proptest::collection::vec(proptest::option::of("[a-z?*]{0,6}[a-z][a-z*?]{0,3}(,[a-z][a-z*?]{0,5}){0,2}"), 1..5),
+    ) {
+        let mut body = sample(&[b"a".to_vec()]);
+        let template = body.packages[0].clone();
+        body.packages.clear();
+        for (i, mark) in marks.iter().enumerate() {
+            let mut p = template.clone();
+            p.name = format!("app{i}");
+            p.restricted_to = mark.clone();
+            body.packages.push(p);
+        }
+        let bytes = body.encode();
+        let version = if marks.iter().any(Option::is_some) { 2 } else { 1 };
+        prop_assert_eq!(body.version(), version);
+        prop_assert_eq!(&bytes[..8], if version == 2 { BODY_MAGIC_V2 } else { BODY_MAGIC_V1 });
+        prop_assert_eq!(Body::decode(&bytes, 32, 1000).unwrap(), body);
+    }
+
     #[test]
     fn random_contents_round_trip(contents in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 1..6)) {
         let body = sample(&contents);
@@ -194,8 +341,8 @@ proptest! {
     }
 
     #[test]
-    fn truncation_or_garbage_never_panics(cut in 0usize..400, flip in 0usize..400) {
-        let bytes = sample(&[b"xyz".to_vec()]).encode();
+    fn truncation_or_garbage_never_panics(cut in 0usize..800, flip in 0usize..800, v2: bool) {
+        let bytes = if v2 { with_restricted("aa-*") } else { sample(&[b"xyz".to_vec()]) }.encode();
         let _ = Body::decode(&bytes[..cut.min(bytes.len())], 32, 1000);
         let mut b = bytes.clone();
         if flip < b.len() {
@@ -215,6 +362,7 @@ fn unhashed(name: &str, tree: Tree, blobs: Vec<BodyBlob>) -> Body {
             origin: "dir:/x".into(),
             metadata: "{}".into(),
             current: true,
+            restricted_to: None,
             tree_hash: Hash::of(b"never computed"),
             tree,
         }],

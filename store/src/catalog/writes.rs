@@ -36,7 +36,9 @@ pub(crate) fn package_by_spec(
 /// hash is the same content, and once an unrestricted source (root's own
 /// import, a key trusted for every App) has vouched for it, a restricted
 /// grant it also came under takes nothing away. The reverse never
-/// happens: a restricted add of a package stored unrestricted leaves it so.
+/// happens through an add: a restricted add of a package stored
+/// unrestricted leaves it so. Only a whole system states otherwise
+/// ([`mark_restricted`]).
 pub(crate) fn mark_unrestricted(conn: &Connection, id: i64) -> Result<bool> {
     let changed = conn
         .prepare_cached(
@@ -44,6 +46,36 @@ pub(crate) fn mark_unrestricted(conn: &Connection, id: i64) -> Result<bool> {
         )?
         .execute([id])?;
     Ok(changed > 0)
+}
+
+/// What [`mark_restricted`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Marked {
+    /// The package was restricted to exactly these Apps already.
+    Unchanged,
+    /// It was restricted to other Apps (only the patterns shown change).
+    Changed,
+    /// It was unrestricted until now.
+    Narrowed,
+}
+
+/// Records that package `id` is restricted to `apps`, as a set whose
+/// signer vouches for whole systems states it (an image, a pulled
+/// generation: `Restrictions::AsStated` of the commit).
+pub(crate) fn mark_restricted(conn: &Connection, id: i64, apps: &str) -> Result<Marked> {
+    let was: Option<String> = conn
+        .prepare_cached("SELECT restricted_to FROM packages WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))?;
+    if was.as_deref() == Some(apps) {
+        return Ok(Marked::Unchanged);
+    }
+    conn.prepare_cached("UPDATE packages SET restricted_to = ?2 WHERE id = ?1")?
+        .execute(params![id, apps])?;
+    Ok(if was.is_none() {
+        Marked::Narrowed
+    } else {
+        Marked::Changed
+    })
 }
 
 /// The version of package `id`.
