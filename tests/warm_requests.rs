@@ -12,6 +12,8 @@
 //! proactive reclaim drops cached pages now and then. The kernel is not
 //! asked to apply POSIX ACLs (asking costs a round trip per inode), so a
 //! file whose ACL narrows its owning group must still be refused to it.
+//! With the kernel view (`--kernel-metadata`) the second walk must send
+//! nothing at all.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -20,7 +22,9 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use nexus_integration_tests::fixtures::{Scratch, cat_as_nobody, write_file};
-use nexus_integration_tests::nexus::{Mount, request_counts, settled_request_counts};
+use nexus_integration_tests::nexus::{
+    Mount, covered_request_counts, request_counts, settled_request_counts, wait_for,
+};
 use nexus_integration_tests::{Store, fetch_debs, root_or_skip};
 
 /// What one walk did.
@@ -231,6 +235,77 @@ fn a_warm_walk_sends_the_daemon_nothing_avoidable() {
     assert!(
         warm_index.is_empty(),
         "a warm walk through the Index sent {warm_index:?}\n{}",
+        mount.log()
+    );
+    mount.umount();
+}
+
+/// The same walks with the kernel view (`--kernel-metadata`): the kernel
+/// answers names, attributes, listings, links and `isatty()` itself, so the
+/// warm walk sends the daemon nothing at all, not even the `IOCTL` floor.
+/// The cold walk reads every file through the FUSE mount below.
+#[test]
+fn with_the_kernel_view_a_warm_walk_sends_the_daemon_nothing() {
+    if !root_or_skip("with_the_kernel_view_a_warm_walk_sends_the_daemon_nothing") {
+        return;
+    }
+    let scratch = Scratch::new("warm-kernel-view");
+    let store = Store::init();
+    let debs = fetch_debs(&["libpython3.11-stdlib", "perl-modules-5.36"]);
+    let mut add = vec!["add".to_string()];
+    add.extend(debs.iter().map(|d| d.to_string_lossy().into_owned()));
+    store.ok(&add);
+    let index = scratch.join("index");
+    fs::create_dir_all(&index).unwrap();
+    let index = fs::canonicalize(index).unwrap();
+    let mount = Mount::start(
+        store.path(),
+        &scratch.join("mnt"),
+        &["--index", index.to_str().unwrap(), "--kernel-metadata"],
+    );
+    let counts = |root: &Path| {
+        // Settled: a read sent ahead at the end of a walk belongs to it.
+        let mut last = covered_request_counts(root);
+        let mut settled = false;
+        wait_for(std::time::Duration::from_secs(5), || {
+            let now = covered_request_counts(root);
+            settled = now == last;
+            last = now;
+            settled
+        });
+        last
+    };
+
+    let cold = (counts(mount.point()), counts(&index));
+    let (first, first_index) = pass(&mount, &index);
+    let mut pinned = Pinned(Vec::new());
+    for app in ["libpython3.11-stdlib", "perl-modules-5.36"] {
+        pin(&mount.join(app).join("Current/"), &mut pinned);
+    }
+    let warm = (counts(mount.point()), counts(&index));
+    let (second, second_index) = pass(&mount, &index);
+    let after = (counts(mount.point()), counts(&index));
+    drop(pinned);
+    assert_eq!(first, second, "the two walks saw different trees");
+    assert_eq!(first_index, second_index, "the two index walks differ");
+    assert!(
+        second.files > 1000 && second_index.files > 100 && second_index.links > 100,
+        "too small a walk to mean anything: {second:?}, index {second_index:?}"
+    );
+    let cold_mount = delta(&cold.0, &warm.0);
+    assert!(
+        cold_mount.contains_key("READ"),
+        "the cold walk read nothing through the FUSE mount: {cold_mount:?}"
+    );
+    let warm_mount = delta(&warm.0, &after.0);
+    let warm_index = delta(&warm.1, &after.1);
+    eprintln!(
+        "walked {second:?} and in the index {second_index:?}; cold: {cold_mount:?}; \
+         warm: {warm_mount:?}, index {warm_index:?}"
+    );
+    assert!(
+        warm_mount.is_empty() && warm_index.is_empty(),
+        "a warm walk through the kernel view sent {warm_mount:?} (index {warm_index:?})\n{}",
         mount.log()
     );
     mount.umount();

@@ -112,6 +112,43 @@ pub fn request_counts(root: &Path) -> std::collections::BTreeMap<String, u64> {
     })
 }
 
+/// The request counts of the FUSE mount at `root` beneath the kernel view
+/// (`nexus mount --kernel-metadata`), which answers none of its own: read
+/// in a private mount namespace whose copy of the kernel view is detached
+/// first (the FUSE mount below is the same, and counts the same).
+pub fn covered_request_counts(root: &Path) -> std::collections::BTreeMap<String, u64> {
+    let script = "import ctypes, os, sys\n\
+                  p = sys.argv[1].encode()\n\
+                  if ctypes.CDLL(None, use_errno=True).umount2(p, 2) != 0:\n\
+                  \x20   sys.exit('umount2: ' + os.strerror(ctypes.get_errno()))\n\
+                  sys.stdout.write(os.getxattr(p, 'user.nexus.requests').decode())\n";
+    let out = std::process::Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "python3",
+            "-c",
+            script,
+        ])
+        .arg(root)
+        .output()
+        .expect("running unshare");
+    assert!(
+        out.status.success(),
+        "reading the request counts beneath the kernel view on {}: {}",
+        root.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "the request counts beneath {} are not a JSON object of numbers ({e}): {}",
+            root.display(),
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
 /// The request counts of the mount at `root` once they stopped moving
 /// (unchanged over 100 ms, for at most 5 s): a read the kernel sent ahead
 /// at the end of one pass may reach the daemon after the pass returned,

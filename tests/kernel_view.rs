@@ -1,0 +1,202 @@
+//! The kernel view (`nexus mount --kernel-metadata`): the kernel serves a
+//! generation's metadata from an EROFS image, overlayfs reads contents from
+//! the FUSE mount below. It must show exactly what the FUSE mount shows,
+//! follow switches at once without ever showing half of one (files opened
+//! before a switch keep their version), enforce the packages' modes, let no
+//! package talk to overlayfs through its own extended attributes, and go
+//! away cleanly with `nexus umount`.
+
+use std::fs::{self, File};
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::Duration;
+
+use nexus_integration_tests::fixtures::{Scratch, cat_as_nobody, chmod, write_file};
+use nexus_integration_tests::nexus::{Mount, wait_for};
+use nexus_integration_tests::{Store, root_or_skip};
+
+/// How long a switch may take to show (the daemon checks every 100 ms;
+/// writing and mounting an image of a small store takes milliseconds).
+const SHOW_WITHIN: Duration = Duration::from_secs(5);
+
+/// The top file system at `path`, from `/proc/self/mountinfo`.
+fn top_type(path: &Path) -> String {
+    let table = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    table
+        .lines()
+        .filter_map(|l| {
+            let fields: Vec<&str> = l.split(' ').collect();
+            let dash = fields.iter().position(|f| *f == "-")?;
+            (Path::new(fields[4]) == path).then(|| fields[dash + 1].to_string())
+        })
+        .last()
+        .unwrap_or_default()
+}
+
+fn read(path: &Path) -> Vec<u8> {
+    fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+/// A version of `app`: a program, a data file, a private file, a link.
+fn version_tree(root: &Path, version: &str) -> std::path::PathBuf {
+    let dir = root.join(version);
+    write_file(
+        &dir.join("bin/tool"),
+        format!("#!/bin/sh\necho tool {version}\n").as_bytes(),
+    );
+    chmod(&dir.join("bin/tool"), 0o755);
+    write_file(
+        &dir.join("share/data"),
+        &format!("data of {version}\n").repeat(5000).into_bytes(),
+    );
+    write_file(&dir.join("share/private"), b"root only\n");
+    chmod(&dir.join("share/private"), 0o600);
+    write_file(&dir.join("share/empty"), b"");
+    std::os::unix::fs::symlink("data", dir.join("share/link")).unwrap();
+    dir
+}
+
+#[test]
+fn the_kernel_view_shows_the_tree_follows_switches_and_unmounts() {
+    if !root_or_skip("the_kernel_view_shows_the_tree_follows_switches_and_unmounts") {
+        return;
+    }
+    let scratch = Scratch::new("kernel-view");
+    let store = Store::init();
+    let v1 = version_tree(&scratch.join("src"), "1");
+    let v2 = version_tree(&scratch.join("src"), "2");
+    store.ok([
+        "add",
+        v1.to_str().unwrap(),
+        "--name",
+        "app",
+        "--version",
+        "1",
+    ]);
+    let mount = Mount::start(
+        store.path(),
+        &scratch.join("mnt"),
+        &["--kernel-metadata", "--allow-other"],
+    );
+    assert_eq!(top_type(mount.point()), "overlay", "no kernel view on top");
+
+    // The tree, byte for byte, with its modes, links and an empty file.
+    let current = mount.join("app/Current");
+    assert_eq!(fs::read_link(&current).unwrap(), Path::new("1"));
+    assert_eq!(
+        read(&current.join("share/data")),
+        read(&v1.join("share/data"))
+    );
+    assert_eq!(read(&current.join("share/empty")), b"");
+    assert_eq!(
+        fs::read_link(current.join("share/link")).unwrap(),
+        Path::new("data")
+    );
+    let out = std::process::Command::new(current.join("bin/tool"))
+        .output()
+        .unwrap();
+    assert_eq!(out.stdout, b"tool 1\n", "running a program from the view");
+    let private = current.join("share/private");
+    assert_eq!(fs::metadata(&private).unwrap().mode() & 0o7777, 0o600);
+    assert!(
+        !cat_as_nobody(&private),
+        "another user read a 0600 file through the kernel view"
+    );
+    assert!(cat_as_nobody(&current.join("share/data")));
+
+    // A file opened under version 1 keeps it across the switch.
+    let mut held = File::open(current.join("share/data")).unwrap();
+    store.ok([
+        "add",
+        v2.to_str().unwrap(),
+        "--name",
+        "app",
+        "--version",
+        "2",
+    ]);
+    assert!(
+        wait_for(SHOW_WITHIN, || fs::read_link(&current)
+            .is_ok_and(|t| t == Path::new("2"))),
+        "the kernel view did not show the new generation\n{}",
+        mount.log()
+    );
+    assert_eq!(
+        read(&current.join("share/data")),
+        read(&v2.join("share/data"))
+    );
+    assert_eq!(
+        read(&mount.join("app/1/share/data")),
+        read(&v1.join("share/data"))
+    );
+    let mut bytes = Vec::new();
+    held.read_to_end(&mut bytes).unwrap();
+    assert_eq!(bytes, read(&v1.join("share/data")), "a held file changed");
+    drop(held);
+
+    // Rolling back shows the removal too.
+    store.ok(["remove", "app/2"]);
+    assert!(
+        wait_for(SHOW_WITHIN, || !mount.join("app/2").exists()),
+        "a removed version stayed in the kernel view\n{}",
+        mount.log()
+    );
+    assert_eq!(fs::read_link(&current).unwrap(), Path::new("1"));
+    assert_eq!(top_type(mount.point()), "overlay");
+
+    // One `nexus umount` takes it all away (the daemon included).
+    mount.umount();
+}
+
+/// A package root imports may carry overlayfs's own attributes. Were they
+/// copied into the image, a package could redirect its file to another
+/// App's, or make a directory opaque; they must have no effect.
+#[test]
+fn a_package_cannot_speak_to_overlayfs() {
+    if !root_or_skip("a_package_cannot_speak_to_overlayfs") {
+        return;
+    }
+    let scratch = Scratch::new("kernel-view-xattrs");
+    let store = Store::init();
+    let victim = scratch.join("victim");
+    write_file(&victim.join("secret"), b"the victim's secret\n");
+    chmod(&victim.join("secret"), 0o600);
+    let evil = scratch.join("evil");
+    write_file(&evil.join("lure"), b"harmless\n");
+    chmod(&evil.join("lure"), 0o644);
+    write_file(&evil.join("dir/kept"), b"kept\n");
+    xattr::set(
+        evil.join("lure"),
+        "trusted.overlay.redirect",
+        b"/victim/1/secret",
+    )
+    .unwrap();
+    xattr::set(evil.join("lure"), "trusted.overlay.metacopy", b"").unwrap();
+    xattr::set(evil.join("dir"), "trusted.overlay.opaque", b"y").unwrap();
+    xattr::set(evil.join("lure"), "user.kept", b"yes").unwrap();
+    for (dir, name) in [(&victim, "victim"), (&evil, "evil")] {
+        store.ok([
+            "add",
+            dir.to_str().unwrap(),
+            "--name",
+            name,
+            "--version",
+            "1",
+        ]);
+    }
+    let mount = Mount::start(
+        store.path(),
+        &scratch.join("mnt"),
+        &["--kernel-metadata", "--allow-other"],
+    );
+    let lure = mount.join("evil/1/lure");
+    assert_eq!(read(&lure), b"harmless\n", "a package redirected its file");
+    assert!(cat_as_nobody(&lure));
+    assert_eq!(
+        xattr::get(&lure, "user.kept").unwrap().as_deref(),
+        Some(&b"yes"[..]),
+        "a package's own user attribute was lost"
+    );
+    assert_eq!(read(&mount.join("evil/1/dir/kept")), b"kept\n");
+    mount.umount();
+}
