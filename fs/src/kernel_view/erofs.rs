@@ -3,7 +3,7 @@
 //! contents are holes (overlayfs fetches them from another layer; see
 //! [`super`]).
 //!
-//! The subset written (FORMAT.md, "Kernel metadata images"):
+//! The subset written (FORMAT.md, section 14):
 //!
 //! - 4 KiB blocks; the superblock at byte 1024 of block 0; inodes from
 //!   byte 1152 on (`meta_blkaddr` 0), so the root's number is 36 and no

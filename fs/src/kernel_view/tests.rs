@@ -327,3 +327,115 @@ fn many_directories_of_every_size_mount() {
         .collect();
     assert_eq!(files, expected);
 }
+
+/// A random tree: up to `n` nodes, each a directory, file or link placed
+/// in an earlier directory, some files named twice (hard links).
+fn random_tree(picks: &[(u8, u16, u32, u16)]) -> Tree {
+    let mut nodes = vec![node(0o755, dir(0, vec![]))];
+    let mut dirs = vec![0usize];
+    let mut files = Vec::new();
+    let mut entries: Vec<Vec<(Vec<u8>, usize)>> = vec![Vec::new()];
+    for (i, &(kind, len, size, perm)) in picks.iter().enumerate() {
+        let parent = dirs[usize::from(len) % dirs.len()];
+        // Names of varied lengths, unique in their directory by the index.
+        let name = format!("{i}-{}", "x".repeat(usize::from(len) % 200)).into_bytes();
+        let perm = u32::from(perm) & 0o7777;
+        let index = nodes.len();
+        match kind % 4 {
+            0 => {
+                nodes.push(node(perm | 0o700, dir(parent, vec![])));
+                dirs.push(index);
+                entries.push(Vec::new());
+            }
+            1 if !files.is_empty() => {
+                // Another name for an earlier file.
+                let f = files[usize::from(len) % files.len()];
+                entries[dirs.iter().position(|&d| d == parent).unwrap_or(0)].push((name, f));
+                continue;
+            }
+            2 => {
+                let target = format!("t{}", "y".repeat(size as usize % 3000)).into_bytes();
+                nodes.push(node(0o777, Body::Symlink(target)));
+            }
+            _ => {
+                let mut f = node(
+                    perm,
+                    Body::File {
+                        size: u64::from(size),
+                    },
+                );
+                f.xattrs = vec![(b"user.n".to_vec(), vec![b'v'; usize::from(len) % 300])];
+                nodes.push(f);
+                files.push(index);
+            }
+        }
+        entries[dirs.iter().position(|&d| d == parent).unwrap_or(0)].push((name, index));
+    }
+    for (d, e) in dirs.iter().zip(entries) {
+        let parent = match &nodes[*d].body {
+            Body::Dir { parent, .. } => *parent,
+            _ => 0,
+        };
+        nodes[*d].body = Body::Dir { parent, entries: e };
+    }
+    Tree { nodes }
+}
+
+/// Path → (type, size, link target) of a tree, as the writer was told.
+fn expected(tree: &Tree) -> BTreeMap<String, (u32, u64, Option<String>)> {
+    let mut out = BTreeMap::new();
+    let mut pending = vec![(0usize, String::new())];
+    while let Some((d, prefix)) = pending.pop() {
+        let Body::Dir { entries, .. } = &tree.nodes[d].body else {
+            continue;
+        };
+        for (name, i) in entries {
+            let path = format!("{prefix}{}", String::from_utf8_lossy(name));
+            let shown = match &tree.nodes[*i].body {
+                Body::Dir { .. } => {
+                    pending.push((*i, format!("{path}/")));
+                    (libc::S_IFDIR, 0, None)
+                }
+                Body::File { size } => (libc::S_IFREG, *size, None),
+                Body::Symlink(t) => (
+                    libc::S_IFLNK,
+                    t.len() as u64,
+                    Some(String::from_utf8_lossy(t).into_owned()),
+                ),
+            };
+            out.insert(path, shown);
+        }
+    }
+    out
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+    /// Every random tree the writer accepts mounts, and the kernel shows
+    /// each path with its type, size and target.
+    #[test]
+    fn random_trees_mount_as_written(
+        picks in proptest::collection::vec(
+            (proptest::prelude::any::<u8>(), proptest::prelude::any::<u16>(),
+             0u32..100_000, proptest::prelude::any::<u16>()),
+            1..400,
+        )
+    ) {
+        if !is_root() {
+            return Ok(());
+        }
+        let tree = random_tree(&picks);
+        let image = erofs::write(&tree).unwrap();
+        let mounted = Mounted::new(&image);
+        let (shown, _) = shown(&mounted.at);
+        let shown: BTreeMap<String, (u32, u64, Option<String>)> = shown
+            .into_iter()
+            .map(|(k, v)| {
+                let size = if v.0 & libc::S_IFMT == libc::S_IFDIR { 0 } else { v.3 };
+                (k, (v.0 & libc::S_IFMT, size, v.6))
+            })
+            .collect();
+        proptest::prop_assert_eq!(shown, expected(&tree));
+    }
+}
