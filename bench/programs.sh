@@ -10,12 +10,11 @@
 #   --only LIST   comma-separated subset of walk,walk-raw,import,tests,gcc
 #                 (default: all)
 #   --kernel-metadata
-#                 also run every workload on the kernel-served metadata path
-#                 proposed for issue 14 (`kmeta` below) and report it beside
-#                 nexus; needs mkfs.erofs (erofs-utils, or the build
-#                 bench/mount.sh makes) and overlayfs with data-only layers;
-#                 skipped, with the reason in the report, where either is
-#                 missing
+#                 also run every workload on a second mount of the same
+#                 store made with `nexus mount --kernel-metadata` (`kmeta`
+#                 below) and report it beside nexus; skipped, with the
+#                 reason in the report, where that mount fails (Linux older
+#                 than 6.12)
 #   --smoke       Python's packages only and one run of a small version of
 #                 each Python workload (seconds once the packages are
 #                 cached); its figures only show that the script works
@@ -49,12 +48,11 @@
 #   gcc       W/bin/gcc-12 -O2 compiling and linking a small C program:
 #             cc1, collect2, as, ld, headers, crt files and libgcc from W
 #
-#   kmeta     (--kernel-metadata) the same trees as composefs would serve
-#             them: an EROFS image of the metadata only (every file sparse,
-#             with overlayfs's metacopy and redirect xattrs), mounted by the
-#             kernel, under an overlayfs whose data-only lower layer is MNT:
-#             names, attributes, listings, links and ioctls are the
-#             kernel's, file contents still come from the nexus mount
+#   kmeta     (--kernel-metadata) the same workloads on `nexus mount
+#             --kernel-metadata` of the same store: the kernel serves names,
+#             attributes, listings, links and ioctls from an EROFS image of
+#             the generation, overlayfs reads contents from the FUSE mount
+#             below it
 #
 # Python runs with PYTHONHOME=W and PYTHONDONTWRITEBYTECODE=1 (no .pyc is
 # written to the native tree, none can be to the mount). Every workload runs
@@ -125,11 +123,14 @@ logs="$work/logs"
 mkdir -p "$logs"
 mnt="$work/mnt" idx="$work/index"
 mounted=0
-kmeta_mounts=()   # the kernel-metadata path's mounts, innermost first
+kmnt="$work/kmeta-tree" kidx="$work/kmeta-usr"
+kmounted=0
 # shellcheck disable=SC2317 # called by the EXIT trap
 cleanup() {
     local m
-    for m in "${kmeta_mounts[@]}"; do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; done
+    if [[ $kmounted -eq 1 ]]; then
+        "$nexus" --store "$store" umount "$kmnt" >> "$logs/umount.log" 2>&1 || true
+    fi
     if [[ $mounted -eq 1 ]]; then
         "$nexus" umount "$mnt" >> "$logs/umount.log" 2>&1 || umount -l "$mnt" 2>/dev/null || true
         # `nexus umount` takes the Index down too, maybe while this looks.
@@ -202,68 +203,19 @@ read -r t_files t_bytes < <(find "$native_tree" -type f -printf '%s\n' | awk '{ 
 log "store $(du -sb "$store" | cut -f1) bytes; ${t_files} files, ${t_bytes} bytes in $(wc -l < "$work/packages.list") packages; mounted on $mnt, index $idx"
 
 # ---- the kernel-metadata path (--kernel-metadata) ------------------------------
-# meta.py SRC META RESOLVE DATA: META gets SRC's directories, symlinks and
-# modes, and for each regular file a sparse file of its size whose
-# overlayfs xattrs send reads to the file RESOLVE/<its path> resolves to,
-# named by its path below DATA (the data-only layer).
-cat > "$work/meta.py" <<'EOF'
-import os, sys
-src, dst, resolve, data = sys.argv[1:5]
-n = 0
-for d, dirs, names in os.walk(src):
-    rel = os.path.relpath(d, src)
-    out = os.path.normpath(os.path.join(dst, rel))
-    os.makedirs(out, exist_ok=True)
-    os.chmod(out, os.lstat(d).st_mode & 0o7777)
-    for name in dirs + names:
-        p, q = os.path.join(d, name), os.path.join(out, name)
-        st = os.lstat(p)
-        if os.path.islink(p):
-            os.symlink(os.readlink(p), q)
-        elif os.path.isfile(p):
-            real = os.path.realpath(os.path.join(resolve, rel, name))
-            if not real.startswith(data + "/"):
-                sys.exit("%s/%s resolves to %s, outside %s" % (rel, name, real, data))
-            with open(q, "wb") as f:
-                f.truncate(st.st_size)
-            os.chmod(q, st.st_mode & 0o7777)
-            os.setxattr(q, "trusted.overlay.metacopy", b"")
-            os.setxattr(q, "trusted.overlay.redirect", real[len(data):].encode())
-            n += 1
-print(n)
-EOF
 kmeta_skipped=""
-# kmeta_view NAME SRC RESOLVE: mounts the kernel-metadata view of SRC on
-# $work/kmeta-NAME (metadata image of SRC, data from $mnt); 1 on failure.
-# Chunked files let mkfs.erofs keep the sparse files as holes: the image
-# holds metadata only.
-kmeta_view() {
-    local name=$1 src=$2 resolve=$3 meta="$work/kmeta-$1.tree" img="$work/kmeta-$1.erofs"
-    local lower="$work/kmeta-$1.lower" view="$work/kmeta-$1" klog="$logs/kmeta-$1.log"
-    if ! { python3 "$work/meta.py" "$src" "$meta" "$resolve" "$mnt" > "$klog" 2>&1 &&
-        "$mkfs_erofs" --chunksize=4096 "$img" "$meta" >> "$klog" 2>&1; }; then
-        kmeta_skipped="building the $name metadata image failed: $(tail -1 "$klog")"
-        return 1
-    fi
-    mkdir -p "$lower" "$view"
-    mount -t erofs -o ro,loop "$img" "$lower" >> "$klog" 2>&1 || {
-        kmeta_skipped="the kernel did not mount the EROFS image: $(tail -1 "$klog")"; return 1; }
-    kmeta_mounts=("$lower" "${kmeta_mounts[@]}")
-    mount -t overlay overlay -o "ro,metacopy=on,redirect_dir=follow,lowerdir=$lower::$mnt" "$view" >> "$klog" 2>&1 || {
-        kmeta_skipped="overlayfs refused a data-only lower layer (it needs kernel 6.5 or later): $(tail -1 "$klog")"; return 1; }
-    kmeta_mounts=("$view" "${kmeta_mounts[@]}")
-}
 sides=(nexus)
 if [[ $kmeta -eq 1 ]]; then
-    mkfs_erofs="$bench_root/tools/bin/mkfs.erofs"
-    [[ -x $mkfs_erofs ]] || mkfs_erofs=$(command -v mkfs.erofs || true)
-    if [[ -z $mkfs_erofs ]]; then
-        kmeta_skipped="mkfs.erofs not found (apt-get install -y erofs-utils, or run bench/mount.sh once)"
-    elif kmeta_view tree "$native_tree" "$mnt" && kmeta_view usr "$native_root/usr" "$idx"; then
+    mkdir -p "$kmnt" "$kidx"
+    if "$nexus" --store "$store" mount "$kmnt" --index "$kidx" --kernel-metadata \
+        --log-file "$logs/kmeta-daemon.log" > "$logs/kmeta-mount.log" 2>&1; then
+        kmounted=1
         sides+=(kmeta)
-        log "kernel-metadata views: $work/kmeta-tree (the per-package tree), $work/kmeta-usr (the Index's)"
+        log "kernel-metadata mount: $kmnt, its Index $kidx ($(grep -o 'kernel view of generation.*' "$logs/kmeta-daemon.log" | head -1))"
+    else
+        kmeta_skipped="nexus mount --kernel-metadata failed: $(tail -1 "$logs/kmeta-mount.log")"
+        log "kernel metadata skipped: $kmeta_skipped"
     fi
-    [[ -z $kmeta_skipped ]] || log "kernel metadata skipped: $kmeta_skipped"
 fi
 
 # ---- helpers ---------------------------------------------------------------------
@@ -363,14 +315,30 @@ int main(int argc, char **argv) {
 }
 EOF
 
-requests() { python3 -c 'import os, sys; print(os.getxattr(sys.argv[1], "user.nexus.requests").decode())' "$1" 2>/dev/null || true; }
+requests() { python3 -c 'import os, sys; print(os.getxattr(sys.argv[1], "user.nexus.requests").decode().replace(" ", ""))' "$1" 2>/dev/null || true; }
+# covered_requests DIR: the counts of the FUSE mount beneath the kernel view
+# on DIR, read in a private mount namespace with the view detached.
+covered_requests() {
+    unshare --mount --propagation private python3 -c 'import ctypes, os, sys
+p = sys.argv[1].encode()
+ctypes.CDLL(None).umount2(p, 2)
+print(os.getxattr(p, "user.nexus.requests").decode().replace(" ", ""))' "$1" 2>/dev/null || true
+}
+# side_requests SIDE: the counts of SIDE's mount and Index.
+side_requests() {
+    if [[ $1 == kmeta ]]; then
+        echo "$(covered_requests "$kmnt")" "$(covered_requests "$kidx")"
+    else
+        echo "$(requests "$mnt")" "$(requests "$idx")"
+    fi
+}
 
 # Per side: W, the walked tree, a writable working directory, and as/ld
 # links for gcc (binutils' own `ld` is a link to a file of another package,
 # binutils-x86-64-linux-gnu, which a per-package tree cannot resolve; the
 # linker and assembler are reached by their target-prefixed names).
-declare -A W=([native]="$native_root/usr" [nexus]="$idx" [kmeta]="$work/kmeta-usr")
-declare -A TREE=([native]="$native_tree" [nexus]="$mnt" [kmeta]="$work/kmeta-tree")
+declare -A W=([native]="$native_root/usr" [nexus]="$idx" [kmeta]="$kidx")
+declare -A TREE=([native]="$native_tree" [nexus]="$mnt" [kmeta]="$kmnt")
 for side in native "${sides[@]}"; do
     mkdir -p "$work/cwd-$side" "$work/tools-$side"
     ln -s "${W[$side]}/bin/x86_64-linux-gnu-as" "$work/tools-$side/as"
@@ -437,10 +405,12 @@ measure() {
     run_once "$w" native "$logs/$w-native.out"; [[ -n $RUN_S ]] || return 0
     run_once "$w" "$side" "$logs/$w-$side.out"; [[ -n $RUN_S ]] || return 0
     check_output "$w" "$side"
-    m0=$(requests "$mnt") i0=$(requests "$idx")
+    local m1 i1
+    read -r m0 i0 < <(side_requests "$side")
     run_once "$w" "$side" "$logs/$w-$side-counted.out"
-    REQ_MOUNT[$key]=$(python3 "$work/counts.py" "$m0" "$(requests "$mnt")")
-    REQ_INDEX[$key]=$(python3 "$work/counts.py" "$i0" "$(requests "$idx")")
+    read -r m1 i1 < <(side_requests "$side")
+    REQ_MOUNT[$key]=$(python3 "$work/counts.py" "$m0" "$m1")
+    REQ_INDEX[$key]=$(python3 "$work/counts.py" "$i0" "$i1")
     log "$key: requests in one warm run: mount ${REQ_MOUNT[$key]}; index ${REQ_INDEX[$key]}"
     for ((i = 1; i <= runs; i++)); do
         if ((i % 2)); then first=native second=$side; else first=$side second=native; fi
