@@ -11,7 +11,6 @@ NEXUS_APT_PACKAGES=(
     nix-bin xz-utils zstd                            # nix-store --dump/--restore, .nar.xz/.nar.zst in tests/graft.rs
     casync borgbackup squashfs-tools shellcheck      # benchmark comparisons
     squashfuse python3                               # mount benchmark (bench/mount.sh)
-    erofs-utils                                      # mkfs.erofs: the kernel-metadata path (bench/programs.sh --kernel-metadata)
     qemu-system-x86 busybox-static xz-utils          # virtio-fs guests (tests/virtiofs.rs, tests/rumk.rs, bench/virtiofs.sh, nexus rumk run; qemu-system-common ships virtiofsd)
     autoconf automake libtool libfuse3-dev liblz4-dev libzstd-dev uuid-dev  # erofsfuse build (bench/mount.sh)
 )

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use nexus_integration_tests::fixtures::{Scratch, cat_as_nobody, chmod, write_file};
-use nexus_integration_tests::nexus::{Mount, wait_for};
+use nexus_integration_tests::nexus::{Mount, nexus, wait_for};
 use nexus_integration_tests::{Store, root_or_skip};
 
 /// How long a switch may take to show (the daemon checks every 100 ms;
@@ -80,6 +80,13 @@ fn the_kernel_view_shows_the_tree_follows_switches_and_unmounts() {
         &["--kernel-metadata", "--allow-other"],
     );
     assert_eq!(top_type(mount.point()), "overlay", "no kernel view on top");
+    let status = nexus(store.path(), ["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(
+        status["serving"][0]["kernel_view"],
+        serde_json::Value::Bool(true),
+        "nexus status does not say the kernel view covers the mount: {status}"
+    );
 
     // The tree, byte for byte, with its modes, links and an empty file.
     let current = mount.join("app/Current");

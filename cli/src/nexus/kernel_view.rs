@@ -174,9 +174,7 @@ fn overlay(meta: BorrowedFd, data: BorrowedFd, suid: bool) -> Result<OwnedFd, Er
 
 /// The file system type on top at `path`.
 fn top_type(path: &CStr) -> Result<i64, Errno> {
-    rustix::fs::statfs(path)
-        .map(|s| s.f_type)
-        .map_err(errno)
+    rustix::fs::statfs(path).map(|s| s.f_type).map_err(errno)
 }
 
 /// Whether a kernel view of ours is on top at `layer.path` (rather than the

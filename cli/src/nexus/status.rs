@@ -116,11 +116,21 @@ fn dir_use(dir: &Path) -> Result<Option<DirUse>> {
     Ok(Some(usage))
 }
 
+/// Whether the kernel view (`--kernel-metadata`) covers the mount at
+/// `target` (read from the mount table: nothing asks the daemon).
+fn kernel_view(target: &Path) -> bool {
+    super::mounts::find_mount(target)
+        .ok()
+        .flatten()
+        .is_some_and(|m| m.is_kernel_view())
+}
+
 fn record_json(r: &ServedRecord) -> Value {
     json!({
         "pid": r.pid,
         "kind": r.served.kind.as_str(),
         "target": r.served.target.to_string_lossy(),
+        "kernel_view": kernel_view(&r.served.target),
         "generation": r.served.generations.first(),
         "generations": r.served.generations,
         "started": r.started,
@@ -194,8 +204,13 @@ fn print(s: &Status) {
                 Some(g) => format!("generation {g}"),
                 None => "the empty store".to_string(),
             };
+            let kernel = if kernel_view(&r.served.target) {
+                " (kernel view)"
+            } else {
+                ""
+            };
             println!(
-                "  {:<9} {:<32} pid {:<7} {shown}, since {}",
+                "  {:<9} {:<32} pid {:<7} {shown}{kernel}, since {}",
                 r.served.kind.as_str(),
                 human::for_terminal(r.served.target.as_os_str().as_bytes()),
                 r.pid,
