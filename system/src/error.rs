@@ -85,11 +85,12 @@ pub enum SystemError {
         /// The missing file's name in the cache.
         file: String,
     },
-    /// Several pinned cached files of one version (another architecture's,
-    /// in a cache shared between machines) and no index to say which.
+    /// Several pinned cached files of one version for this machine (two
+    /// spellings of it, or its architecture's and `all`) and no index to
+    /// say which.
     #[error(
         "{package} {version}: several cached files are pinned ({}) and apt's index cannot say \
-         which is this machine's: remove the others from the cache",
+         which is meant: remove the others from the cache",
         files.join(", ")
     )]
     DebAmbiguous {
@@ -98,6 +99,22 @@ pub enum SystemError {
         /// The version they share.
         version: String,
         /// Their names in the cache.
+        files: Vec<String>,
+    },
+    /// The cache pins files of the package (or version) only for other
+    /// architectures than this machine's, and apt's index cannot name this
+    /// machine's: another architecture's package is not taken instead.
+    #[error(
+        "{target}: apt's index does not know it, and the cache pins only other architectures' \
+         files of it ({}), none of this machine's ({arch}) or `all`",
+        files.join(", ")
+    )]
+    DebOtherArch {
+        /// What was asked: `NAME` or `NAME=VERSION`.
+        target: String,
+        /// This machine's architecture (`unknown` if it could not be told).
+        arch: String,
+        /// The pinned files of other architectures.
         files: Vec<String>,
     },
     /// A recipe's build script failed (or cannot run yet).
