@@ -2,6 +2,16 @@
 //! graft what is missing, check the version constraints against what was
 //! grafted, and commit a generation of exactly the profile's packages.
 //!
+//! Which version a line builds is decided before the store is looked at.
+//! A line or recipe that names the version (`= V`, `version`) builds that
+//! one, reused if stored. A Debian line that does not builds apt's
+//! candidate, asked of apt's local index for every such line in one call
+//! ([`fetch::Candidates`]): a stored package is reused only if it is that
+//! very version, so that a version stored once does not keep apt's newer
+//! candidate (a security update) out of every later build. Only for a
+//! package apt's index does not know (a machine with only the cache) is
+//! the highest stored version that fits reused.
+//!
 //! Everything is one store transaction (`nexus_graft::add::add_checked`
 //! with `Membership::Exactly`): a failed fetch, script or constraint
 //! leaves the store as it was.
@@ -95,15 +105,44 @@ pub fn build(
         check_app(profile, entry, recipe)?;
     }
 
+    // apt's candidate of every line that takes one, from its local index
+    // in one call: which version such a line builds is apt's to say, not
+    // the store's (a stored older version would keep a security update
+    // out forever).
+    let asked: Vec<&str> = profile
+        .entries
+        .iter()
+        .zip(&recipes)
+        .filter_map(|(entry, recipe)| takes_candidate(entry, recipe))
+        .collect();
+    if !asked.is_empty() {
+        progress.phase("asking apt for candidates");
+    }
+    let candidates = fetch::Candidates::query(&asked)?;
+
     // What the store already has is reused; a fetched or built package
     // needs its source made ready first (scripts first: they fail fastest).
     let mut sources: Vec<Option<Source>> = vec![None; recipes.len()];
     let mut reused = HashSet::new();
     for (i, (entry, recipe)) in profile.entries.iter().zip(&recipes).enumerate() {
-        if let Some(v) = stored_version(store, profile, entry, recipe, &reused)? {
-            tracing::info!("{}/{v}: already stored, reused", entry.app);
-            reused.insert(format!("{}/{v}", entry.app));
-            sources[i] = Some(Source::Stored(entry.app.clone(), v));
+        let offer = offer(entry, recipe, &candidates);
+        let stored: Vec<String> = store
+            .catalog()
+            .packages_named(&entry.app)?
+            .into_iter()
+            .map(|p| p.version)
+            .collect();
+        match pick_stored(profile, entry, recipe, &offer, stored, &reused) {
+            Some(v) => {
+                tracing::info!("{}/{v}: already stored, reused", entry.app);
+                reused.insert(format!("{}/{v}", entry.app));
+                sources[i] = Some(Source::Stored(entry.app.clone(), v));
+            }
+            None => {
+                if let Offer::Candidate(v) = &offer {
+                    tracing::info!("{}/{v}: apt's candidate, not stored yet", entry.app);
+                }
+            }
         }
     }
     let mut scratch = Vec::new(); // build scripts' outputs and fetched .debs, kept until the commit
@@ -120,6 +159,7 @@ pub fn build(
                 &profile.entries[i].app,
                 &recipes[i],
                 options,
+                &candidates,
                 &mut scratch,
             )?);
         }
@@ -213,6 +253,7 @@ pub fn add_recipe(
                 app.as_deref().unwrap_or(&recipe.name),
                 &recipe,
                 options,
+                &fetch::Candidates::default(),
                 &mut scratch,
             )?
         }
@@ -288,20 +329,64 @@ fn without_epoch(v: &str) -> &str {
     }
 }
 
-/// The highest stored version of the entry's App that satisfies its
-/// constraint and the recipe's own version (if it names one), and that no
-/// other line took already.
-fn stored_version(
-    store: &Store,
+/// The version a recipe names for its package: its `version`, else a
+/// Debian source's `version="V"` (epoch dropped, as stored).
+fn recipe_version(recipe: &Recipe) -> Option<&str> {
+    recipe.version.as_deref().or(match &recipe.source {
+        recipe::Source::Debian { version, .. } => version.as_deref().map(without_epoch),
+        _ => None,
+    })
+}
+
+/// The Debian package whose candidate decides what a line builds: a
+/// Debian recipe's, when neither the line (`= V`) nor the recipe names a
+/// version.
+fn takes_candidate<'a>(entry: &Entry, recipe: &'a Recipe) -> Option<&'a str> {
+    match &recipe.source {
+        recipe::Source::Debian { package, .. }
+            if recipe_version(recipe).is_none() && entry.constraint.exact().is_none() =>
+        {
+            Some(package)
+        }
+        _ => None,
+    }
+}
+
+/// What a line's source offers, as far as it is known before anything is
+/// fetched, read or built: which stored versions the line may reuse.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Offer {
+    /// The line (`= V`) or the recipe names the version, or apt's index
+    /// knows no such package (a machine with only the cache, which builds
+    /// as it did): the highest stored version that fits is reused.
+    Fitting,
+    /// apt's candidate (epoch dropped, as stored): the version the line
+    /// builds, reused only if that very version is stored.
+    Candidate(String),
+}
+
+fn offer(entry: &Entry, recipe: &Recipe, candidates: &fetch::Candidates) -> Offer {
+    match takes_candidate(entry, recipe).and_then(|package| candidates.version(package)) {
+        Some(v) => Offer::Candidate(without_epoch(&v).to_string()),
+        None => Offer::Fitting,
+    }
+}
+
+/// Which of `stored` (the versions the store has of the entry's App) the
+/// line reuses: with apt's candidate offered, that version if it is
+/// stored, never another (an older one stored before a security update
+/// would otherwise be built forever); else the highest stored version
+/// that satisfies the line's constraint and the recipe's version. Never
+/// one another line of the App pins with `= V` or took already.
+fn pick_stored(
     profile: &Profile,
     entry: &Entry,
     recipe: &Recipe,
+    offer: &Offer,
+    stored: Vec<String>,
     taken: &HashSet<String>,
-) -> Result<Option<String>> {
-    let pinned = recipe.version.as_deref().or(match &recipe.source {
-        recipe::Source::Debian { version, .. } => version.as_deref().map(without_epoch),
-        _ => None,
-    });
+) -> Option<String> {
+    let pinned = recipe_version(recipe);
     // Another line of the same App pins this version: leave it to that one.
     let others: Vec<&str> = profile
         .entries
@@ -309,16 +394,17 @@ fn stored_version(
         .filter(|e| e.app == entry.app && !std::ptr::eq(*e, entry))
         .filter_map(|e| e.constraint.exact())
         .collect();
-    Ok(store
-        .catalog()
-        .packages_named(&entry.app)?
+    stored
         .into_iter()
-        .map(|p| p.version)
         .filter(|v| entry.constraint.matches(v))
         .filter(|v| pinned.is_none_or(|p| p == v))
+        .filter(|v| match offer {
+            Offer::Fitting => true,
+            Offer::Candidate(c) => c == v,
+        })
         .filter(|v| !others.contains(&v.as_str()))
         .filter(|v| !taken.contains(&format!("{}/{v}", entry.app)))
-        .max_by(|a, b| version::compare(a, b)))
+        .max_by(|a, b| version::compare(a, b))
 }
 
 /// What a prepared source grafts from, kept (and removed when dropped)
@@ -333,6 +419,7 @@ fn prepare(
     app: &str,
     recipe: &Recipe,
     options: &BuildOptions,
+    candidates: &fetch::Candidates,
     scratch: &mut Vec<Kept>,
 ) -> Result<Source> {
     let archive = |path: PathBuf| {
@@ -366,7 +453,8 @@ fn prepare(
     Ok(match &recipe.source {
         recipe::Source::Debian { package, version } => {
             // A private copy of the pinned bytes, kept until the commit.
-            let fetched = fetch::fetch(&options.cache, package, version.as_deref())?;
+            let fetched =
+                fetch::fetch_with(&options.cache, package, version.as_deref(), candidates)?;
             let path = fetched.path().to_path_buf();
             scratch.push(Kept::Deb(fetched));
             archive(path)
@@ -481,6 +569,121 @@ mod tests {
 
     fn profile(text: &str) -> Profile {
         Profile::parse(SourceFile::new("profiles/p.kdl", text)).unwrap()
+    }
+
+    fn recipe(name: &str, body: &str) -> Recipe {
+        let text = format!("recipe \"{name}\" {{\n{body}\n}}\n");
+        Recipe::parse(SourceFile::new(format!("recipes/{name}.kdl"), text)).unwrap()
+    }
+
+    fn versions(list: &[&str]) -> Vec<String> {
+        list.iter().map(|v| v.to_string()).collect()
+    }
+
+    /// A line without an exact version builds apt's candidate: a stored
+    /// version is reused only if it is that very version. Once
+    /// openssl/3.0.11-1 was stored, every later build reused it, since it
+    /// fits `*`, and never took apt's security update. Only when apt knows
+    /// no such package (a machine with only the cache) does the highest
+    /// fitting stored version stand, and a line or recipe naming its
+    /// version reuses that version as before.
+    #[test]
+    fn a_line_without_an_exact_version_reuses_only_apt_s_candidate() {
+        let p = profile(
+            "profile \"p\" {\n  package \"openssl\" \"*\"\n  package \"hello\" \"= 2.10-3\"\n  package \"jq\" \">= 1.6\"\n  package \"busybox-static\" \">= 1.35\"\n}\n",
+        );
+        let [openssl, hello, jq, busybox] = [0, 1, 2, 3].map(|i| &p.entries[i]);
+        let debian = |name: &str| recipe(name, &format!("  source \"debian\" \"{name}\""));
+        let none = HashSet::new();
+        let candidates = fetch::Candidates::answered([
+            ("openssl", Some("openssl_3.0.11-1+deb12u1_amd64.deb")),
+            ("jq", Some("jq_1.5_amd64.deb")),
+            (
+                "busybox-static",
+                Some("busybox-static_1%3a1.35.0-4_amd64.deb"),
+            ),
+            ("hello", Some("hello_2.10-4_amd64.deb")),
+        ]);
+        let pick = |entry: &Entry, recipe: &Recipe, stored: &[&str]| {
+            let offer = offer(entry, recipe, &candidates);
+            pick_stored(&p, entry, recipe, &offer, versions(stored), &none)
+        };
+
+        // The defect: the stored older version is not apt's candidate.
+        let r = debian("openssl");
+        assert_eq!(pick(openssl, &r, &["3.0.11-1"]), None);
+        // The candidate stored: reused, even beside a higher version.
+        assert_eq!(
+            pick(openssl, &r, &["3.0.11-1", "3.0.11-1+deb12u1", "3.1"]).as_deref(),
+            Some("3.0.11-1+deb12u1")
+        );
+        // Stored under its version without the epoch, as grafted.
+        assert_eq!(
+            pick(
+                busybox,
+                &debian("busybox-static"),
+                &["1.35.0-3", "1.35.0-4"]
+            )
+            .as_deref(),
+            Some("1.35.0-4")
+        );
+        // A candidate outside the constraint is not traded for a stored
+        // version inside it: the build makes the candidate and refuses it,
+        // as it would on a machine that stored nothing.
+        assert_eq!(pick(jq, &debian("jq"), &["1.5", "1.6"]), None);
+
+        // `= V` on the line, or a version in the recipe: that version is
+        // reused, whatever apt's candidate; apt is not even asked.
+        let r = debian("hello");
+        assert_eq!(takes_candidate(hello, &r), None);
+        assert_eq!(
+            pick(hello, &r, &["2.10-3", "2.10-4"]).as_deref(),
+            Some("2.10-3")
+        );
+        let pinned = recipe(
+            "openssl",
+            "  source \"debian\" \"openssl\" version=\"3.0.11-1\"",
+        );
+        assert_eq!(takes_candidate(openssl, &pinned), None);
+        assert_eq!(
+            pick(openssl, &pinned, &["3.0.11-1", "3.0.11-1+deb12u1"]).as_deref(),
+            Some("3.0.11-1")
+        );
+        let dir = recipe("openssl", "  source \"dir\" \"tree\"\n  version \"3.0\"");
+        assert_eq!(takes_candidate(openssl, &dir), None);
+        assert_eq!(pick(openssl, &dir, &["2.9", "3.0"]).as_deref(), Some("3.0"));
+
+        // apt knows no such package (offline, only the cache): the highest
+        // stored version that fits, as before.
+        let offline = fetch::Candidates::answered([("openssl", None)]);
+        let r = debian("openssl");
+        assert_eq!(offer(openssl, &r, &offline), Offer::Fitting);
+        assert_eq!(
+            pick_stored(
+                &p,
+                openssl,
+                &r,
+                &Offer::Fitting,
+                versions(&["3.0.11-1", "2.0"]),
+                &none
+            )
+            .as_deref(),
+            Some("3.0.11-1")
+        );
+        // A candidate another line already took is not reused twice.
+        let taken: HashSet<String> = ["openssl/3.0.11-1+deb12u1".to_string()].into();
+        let offer = Offer::Candidate("3.0.11-1+deb12u1".into());
+        assert_eq!(
+            pick_stored(
+                &p,
+                openssl,
+                &r,
+                &offer,
+                versions(&["3.0.11-1+deb12u1"]),
+                &taken
+            ),
+            None
+        );
     }
 
     fn staged(spec: &str) -> StagedPackage {

@@ -42,6 +42,7 @@
 //! could still change is what the pin vouches for.
 
 use std::cmp::Ordering;
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
@@ -117,7 +118,7 @@ impl Drop for CacheLock {
 /// What apt's index says of one package version: its file name, size and
 /// SHA256. Public (hidden) for the fuzz target (`system/fuzz`) only.
 #[doc(hidden)]
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Indexed {
     /// The file name apt gives it, `NAME_VERSION_ARCH.deb`.
     pub file: String,
@@ -204,6 +205,167 @@ fn indexed(target: &str) -> Result<Indexed> {
                   `apt-get update`?)"
             .into(),
     })
+}
+
+/// apt's candidates of several packages, asked of its local index in one
+/// `apt-get download --print-uris` (no network): a build asks once for
+/// every package it takes the candidate of, where asking per package
+/// costs apt's start-up (about 0.6 s) each time.
+#[derive(Debug, Default)]
+pub struct Candidates {
+    /// By package: apt's candidate, or `None` if apt knows no such package.
+    asked: BTreeMap<String, Option<Indexed>>,
+}
+
+impl Candidates {
+    /// Asks apt's local index for the candidates of `packages` (names
+    /// checked by the recipe parser: they reach apt as arguments). A
+    /// package apt knows nothing of has none; no apt-get at all (a machine
+    /// with only the cache) means none has one. Any other complaint of
+    /// apt's is an error: the cache does not stand in for a candidate apt
+    /// could not give.
+    pub fn query(packages: &[&str]) -> Result<Candidates> {
+        let mut packages = packages.to_vec();
+        packages.sort_unstable();
+        packages.dedup();
+        if packages.is_empty() {
+            return Ok(Candidates::default());
+        }
+        let fail = |message: String| SystemError::Fetch {
+            package: packages.join(" "),
+            message,
+        };
+        let out = match Command::new("apt-get")
+            // Untranslated, as `query_index`: "no such package" is told
+            // from a failure by its words.
+            .env("LC_ALL", "C")
+            .env_remove("LANGUAGE")
+            .args(["-q", "download", "--print-uris", "--"])
+            .args(&packages)
+            .output()
+        {
+            Ok(out) => out,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::warn!("cannot run apt-get ({e}), so no index knows {packages:?}");
+                return Ok(Candidates {
+                    asked: packages.iter().map(|p| (p.to_string(), None)).collect(),
+                });
+            }
+            Err(e) => return Err(fail(format!("cannot run apt-get: {e}"))),
+        };
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        parse_candidates(
+            &packages,
+            &String::from_utf8_lossy(&out.stdout),
+            &stderr,
+            out.status.success(),
+        )
+        .map(|asked| Candidates { asked })
+        .map_err(|why| {
+            fail(format!(
+                "{why} ({})\n{stderr}(are the names right? do apt's lists need `apt-get \
+                 update`?)",
+                out.status
+            ))
+        })
+    }
+
+    /// The version (its epoch kept) of apt's candidate of `package`, or
+    /// `None` if apt's index knows no such package or it was not asked.
+    pub fn version(&self, package: &str) -> Option<String> {
+        let indexed = self.asked.get(package)?.as_ref()?;
+        parse_deb_name(&indexed.file).map(|n| n.version)
+    }
+
+    /// Candidates as apt would have answered: each package's file, or
+    /// `None` for one apt knows nothing of (for tests of the decisions
+    /// made on them).
+    #[cfg(test)]
+    pub(crate) fn answered<'a>(
+        answers: impl IntoIterator<Item = (&'a str, Option<&'a str>)>,
+    ) -> Candidates {
+        let pin = Pin {
+            sha256: "00".repeat(32),
+            size: 0,
+        };
+        Candidates {
+            asked: answers
+                .into_iter()
+                .map(|(package, file)| {
+                    let indexed = file.map(|file| Indexed {
+                        file: file.to_string(),
+                        pin: pin.clone(),
+                    });
+                    (package.to_string(), indexed)
+                })
+                .collect(),
+        }
+    }
+
+    /// What apt's index says of `target` (`NAME` or `NAME=VERSION`): the
+    /// answer already had for a package asked, else apt asked now.
+    fn answer(&self, target: &str) -> Result<Option<Indexed>> {
+        match self.asked.get(target) {
+            Some(answer) => Ok(answer.clone()),
+            None => query_index(target),
+        }
+    }
+}
+
+/// Reads what `apt-get download --print-uris -- PACKAGES...` printed (in
+/// the C locale) into each package's candidate, or `None` for a package
+/// apt says it cannot locate. apt takes a name that is no package as a
+/// pattern and may print files of other packages: only a file of the
+/// very package asked for counts, and a package asked that gets neither a
+/// file nor "Unable to locate" is an error, as is any other `E:` line
+/// when apt failed. Public (hidden) for the fuzz target (`system/fuzz`)
+/// only.
+#[doc(hidden)]
+pub fn parse_candidates(
+    packages: &[&str],
+    stdout: &str,
+    stderr: &str,
+    success: bool,
+) -> std::result::Result<BTreeMap<String, Option<Indexed>>, String> {
+    let mut found: BTreeMap<&str, Indexed> = BTreeMap::new();
+    for line in stdout.lines().filter(|l| l.starts_with('\'')) {
+        let indexed =
+            parse_print_uris(line).ok_or_else(|| format!("a file without a SHA256: {line}"))?;
+        let name =
+            parse_deb_name(&indexed.file).ok_or_else(|| format!("an odd file name: {line}"))?;
+        let Some(package) = packages.iter().find(|p| **p == name.package) else {
+            continue; // another package, of a name apt took as a pattern
+        };
+        if let Some(other) = found.get(package).filter(|other| **other != indexed) {
+            return Err(format!(
+                "two files for {package}: {} and {}",
+                other.file, indexed.file
+            ));
+        }
+        found.insert(package, indexed);
+    }
+    let mut unknown = Vec::new();
+    for line in stderr.lines().filter(|l| l.starts_with("E: ")) {
+        match line.strip_prefix("E: Unable to locate package ") {
+            Some(package) => unknown.push(package.trim_end()),
+            // Only apt's failing makes its complaints fatal.
+            None if !success => return Err(format!("apt failed: {line}")),
+            None => {}
+        }
+    }
+    if !success && unknown.is_empty() {
+        return Err("apt failed".into());
+    }
+    packages
+        .iter()
+        .map(
+            |package| match (found.remove(package), unknown.contains(package)) {
+                (Some(indexed), _) => Ok((package.to_string(), Some(indexed))),
+                (None, true) => Ok((package.to_string(), None)),
+                (None, false) => Err(format!("apt named no file for {package}")),
+            },
+        )
+        .collect()
 }
 
 /// A `.deb`'s name as apt writes it, `NAME_VERSION_ARCH.deb`, taken apart.
@@ -624,6 +786,18 @@ fn download(cache: &Path, pins: &mut Pins, target: &str) -> Result<(PathBuf, Pin
 /// cache (checked against its pin) or fetched into it (and pinned), as a
 /// private copy of the pinned bytes. Which file: see `choose`.
 pub fn fetch(cache: &Path, package: &str, version: Option<&str>) -> Result<Fetched> {
+    fetch_with(cache, package, version, &Candidates::default())
+}
+
+/// As [`fetch`], with the candidates apt gave already (a build asks once
+/// for all its packages): the very candidate the build chose by is the
+/// one fetched, and apt is not asked again.
+pub fn fetch_with(
+    cache: &Path,
+    package: &str,
+    version: Option<&str>,
+    candidates: &Candidates,
+) -> Result<Fetched> {
     fs::create_dir_all(cache).map_err(|e| SystemError::Io {
         path: cache.to_path_buf(),
         source: e,
@@ -644,7 +818,7 @@ pub fn fetch(cache: &Path, package: &str, version: Option<&str>) -> Result<Fetch
         &pins,
         &present,
         native.as_deref(),
-        query_index,
+        |target| candidates.answer(target),
     )? {
         Choice::Cached { file, pin, record } => {
             let path = cache.join(&file);
@@ -685,6 +859,83 @@ mod tests {
         assert_eq!(
             parse_print_uris(&out.replace(" hello_2", " ../hello_2")),
             None
+        );
+    }
+
+    /// One apt call answers for every package of a build: each its own
+    /// file, or none for a package apt cannot locate; anything else apt
+    /// says or fails with is no answer at all.
+    #[test]
+    fn one_apt_call_gives_every_candidate() {
+        let line = |file: &str| {
+            format!(
+                "'http://deb.example/pool/{file}' {file} 7 SHA256:{}\n",
+                "ab".repeat(32)
+            )
+        };
+        let both = line("hello_2.10-3_amd64.deb") + &line("jq_1.6-2.1+deb12u3_amd64.deb");
+        let got = parse_candidates(&["jq", "hello"], &both, "", true).unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(
+            got["hello"].as_ref().unwrap().file,
+            "hello_2.10-3_amd64.deb"
+        );
+        assert_eq!(
+            got["jq"].as_ref().unwrap().file,
+            "jq_1.6-2.1+deb12u3_amd64.deb"
+        );
+        let unknown = "E: Unable to locate package zz\n";
+        let got = parse_candidates(&["hello", "zz"], &both, unknown, false).unwrap();
+        assert_eq!(got["zz"], None);
+        assert!(got["hello"].is_some());
+        for (packages, stdout, stderr, success) in [
+            // A name apt took as a pattern: other packages' files only.
+            (&["hell."][..], both.as_str(), "", true),
+            // A failure that is not "no such package".
+            (
+                &["hello"],
+                "",
+                "E: Could not open lock file /var/lib/apt/lists/lock\n",
+                false,
+            ),
+            (
+                &["hello", "zz"],
+                &both,
+                "E: Unable to locate package zz\nE: Can't select candidate version from package hello\n",
+                false,
+            ),
+            (&["hello"], "", "", false),
+            // Two files for one package, or one without a SHA256.
+            (
+                &["hello"],
+                &(line("hello_1_amd64.deb") + &line("hello_2_amd64.deb")),
+                "",
+                true,
+            ),
+            (
+                &["hello"],
+                "'u' hello_1_amd64.deb 5 MD5Sum:abcd\n",
+                "",
+                true,
+            ),
+        ] {
+            assert!(
+                parse_candidates(packages, stdout, stderr, success).is_err(),
+                "{packages:?} {stdout:?} {stderr:?}"
+            );
+        }
+        // apt itself, asked once for several: what it says of each alone.
+        let candidates = Candidates::query(&["x", "hello", "x"]).unwrap();
+        assert_eq!(candidates.answer("x").unwrap(), None);
+        assert_eq!(
+            candidates.answer("hello").unwrap(),
+            query_index("hello").unwrap()
+        );
+        assert_eq!(
+            candidates.version("hello"),
+            query_index("hello")
+                .unwrap()
+                .and_then(|i| parse_deb_name(&i.file).map(|n| n.version))
         );
     }
 
