@@ -926,3 +926,39 @@ fn a_stored_older_version_is_not_built_for_apt_s_candidate() {
     let built = build_json(&store, "offline", nowhere);
     assert_eq!(built, [(format!("{absent}/2"), true)].into());
 }
+
+/// A package file recipe (`source "deb" FILE`) that names no version
+/// builds the version the file holds: replaced by a newer one, the file
+/// was passed over for the older version stored from it before (it fit
+/// `*`), never read again.
+#[test]
+fn a_package_file_recipe_builds_the_file_s_version_not_a_stored_one() {
+    let real = fetch_debs(&["hello"]).remove(0);
+    let (s, p, r) = scratch_dirs(
+        "profile \"bad\" {\n    package \"hello\" \"*\"\n}\n",
+        &[(
+            "hello",
+            "recipe \"hello\" {\n    source \"deb\" \"hello.deb\"\n}\n",
+        )],
+    );
+    let file = r.join("sub/hello.deb");
+    fs::rename(old_hello(&r.join("sub"), &real), &file).unwrap();
+    let store = Store::init();
+    let args = dirs_args(&p, &r, Path::new("/proc/no-cache-here"));
+    let mut all = vec!["--profile", "bad"];
+    all.extend(args.iter().map(String::as_str));
+    let out = build(&store, &all);
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(live(&store), [("hello/0.1-1".to_string(), true)].into());
+
+    fs::copy(&real, &file).unwrap();
+    let out = build(&store, &all);
+    assert!(out.status.success(), "{}", show(&out));
+    let newer = format!("hello/{}", stored_version(&real));
+    assert_eq!(
+        live(&store),
+        [(newer, true)].into(),
+        "the file's version, not the stored 0.1-1"
+    );
+    drop(s);
+}

@@ -363,9 +363,20 @@ enum Offer {
     /// apt's candidate (epoch dropped, as stored): the version the line
     /// builds, reused only if that very version is stored.
     Candidate(String),
+    /// A package file whose version is known only once it is read: it is
+    /// read every time (an identical package is found stored by the
+    /// commit), so that the file's newer version is never passed over for
+    /// a stored older one.
+    Unread,
 }
 
 fn offer(entry: &Entry, recipe: &Recipe, candidates: &fetch::Candidates) -> Offer {
+    if let recipe::Source::File { .. } = recipe.source
+        && recipe_version(recipe).is_none()
+        && entry.constraint.exact().is_none()
+    {
+        return Offer::Unread;
+    }
     match takes_candidate(entry, recipe).and_then(|package| candidates.version(package)) {
         Some(v) => Offer::Candidate(without_epoch(&v).to_string()),
         None => Offer::Fitting,
@@ -375,9 +386,10 @@ fn offer(entry: &Entry, recipe: &Recipe, candidates: &fetch::Candidates) -> Offe
 /// Which of `stored` (the versions the store has of the entry's App) the
 /// line reuses: with apt's candidate offered, that version if it is
 /// stored, never another (an older one stored before a security update
-/// would otherwise be built forever); else the highest stored version
-/// that satisfies the line's constraint and the recipe's version. Never
-/// one another line of the App pins with `= V` or took already.
+/// would otherwise be built forever); with a package file unread, none;
+/// else the highest stored version that satisfies the line's constraint
+/// and the recipe's version. Never one another line of the App pins with
+/// `= V` or took already.
 fn pick_stored(
     profile: &Profile,
     entry: &Entry,
@@ -401,6 +413,7 @@ fn pick_stored(
         .filter(|v| match offer {
             Offer::Fitting => true,
             Offer::Candidate(c) => c == v,
+            Offer::Unread => false,
         })
         .filter(|v| !others.contains(&v.as_str()))
         .filter(|v| !taken.contains(&format!("{}/{v}", entry.app)))
@@ -670,6 +683,22 @@ mod tests {
             .as_deref(),
             Some("3.0.11-1")
         );
+        // A package file names its version only once read: read again
+        // every time, unless the line or the recipe names the version.
+        let file = recipe("openssl", "  source \"deb\" \"openssl.deb\"");
+        assert_eq!(offer(openssl, &file, &candidates), Offer::Unread);
+        assert_eq!(pick(openssl, &file, &["3.0.11-1"]), None);
+        let file_at = recipe(
+            "openssl",
+            "  source \"deb\" \"openssl.deb\"\n  version \"3.0.11-1\"",
+        );
+        assert_eq!(
+            pick(openssl, &file_at, &["3.0.11-1", "3.1"]).as_deref(),
+            Some("3.0.11-1")
+        );
+        let file = recipe("hello", "  source \"deb\" \"hello.deb\"");
+        assert_eq!(pick(hello, &file, &["2.10-3"]).as_deref(), Some("2.10-3"));
+
         // A candidate another line already took is not reused twice.
         let taken: HashSet<String> = ["openssl/3.0.11-1+deb12u1".to_string()].into();
         let offer = Offer::Candidate("3.0.11-1+deb12u1".into());
