@@ -4,15 +4,18 @@
 //!
 //! The version (`choose`) is the one a recipe asks for, else apt's
 //! candidate, which apt's local index gives at every fetch (`apt-get
-//! download --print-uris`, no network), so that a security update is
-//! taken once `apt-get update` has seen it. What the cache holds never
-//! decides it: whoever can write the cache would otherwise have an older
-//! version built (a rollback) by touching or planting a file. Only when
-//! apt's index knows no package of that name (an offline machine with only
-//! the cache) is it the newest version `debs.lock` pins, by Debian's
-//! ordering ([`crate::version`]), and that file must still be there: the
-//! build fails rather than take an older one. No file's modification time
-//! is ever read.
+//! download --print-uris`, no network; a build asks once for all its
+//! packages, [`Candidates`], and decides what to reuse by the same
+//! answer), so that a security update is taken once `apt-get update` has
+//! seen it. What the cache holds never decides it: whoever can write the
+//! cache would otherwise have an older version built (a rollback) by
+//! touching or planting a file. Only when apt's index knows no package of
+//! that name (an offline machine with only the cache) is it the newest
+//! version `debs.lock` pins, by Debian's ordering ([`crate::version`]),
+//! and that file must still be there: the build fails rather than take an
+//! older one. No file's modification time is ever read, and no other
+//! architecture's file than this machine's (dpkg's) or `all` is taken
+//! without apt naming it.
 //!
 //! The cache directory must be safe for the caller ([`crate::trust`]:
 //! owned by root or the caller, writable by no one else, nor is any

@@ -26,8 +26,13 @@ Build a system profile into a generation (and a signed image).
 
 Reads profiles/NAME.kdl: the packages of the system, each with a version
 constraint, and which version of each App is Current (see
-profiles/README.md). A package the store already holds at a version that
-fits is reused as it is; every other one is made by its recipe
+profiles/README.md). A line builds the version it or its recipe pins;
+with none, a Debian package's is apt's candidate (asked of apt's local
+index, once for the whole build), never an older version merely because
+the store holds it, and a package file's is the one the file holds (read
+every time). A package the store already holds at that version is reused
+as it is (for a package apt's index does not know, the highest stored
+version that fits); every other one is made by its recipe
 (recipes/**/RECIPE.kdl, see recipes/README.md): a Debian package fetched
 with `apt-get download` into the cache, a package file, a directory, or
 a build script. Each grafted package's version is checked against its
