@@ -117,6 +117,26 @@ pub enum SystemError {
         /// The pinned files of other architectures.
         files: Vec<String>,
     },
+    /// A profile line that takes apt's candidate has no version to build:
+    /// the candidate is outside the line's constraint, and no stored
+    /// version is inside it.
+    #[error(
+        "package `{app}` does not satisfy `{constraint}` ({at}, recipe `{recipe}`): apt's \
+         candidate is {app}/{candidate} and no stored version fits (widen the constraint, or \
+         do apt's lists need `apt-get update`?)"
+    )]
+    NoEligibleVersion {
+        /// The line's App.
+        app: String,
+        /// The line's constraint.
+        constraint: String,
+        /// The line, `PROFILE_FILE:LINE`.
+        at: String,
+        /// The line's recipe.
+        recipe: String,
+        /// apt's candidate, as stored (epoch dropped).
+        candidate: String,
+    },
     /// A recipe's build script failed (or cannot run yet).
     #[error("recipe `{recipe}`: build script {} failed ({status}):\n{output}", script.display())]
     Script {
