@@ -399,10 +399,14 @@ fn bad_files_get_diagnostics_that_name_the_line() {
     );
 }
 
+/// A package outside its line's constraint is refused, naming the line:
+/// apt's candidate before it is fetched (nothing stored fits either), a
+/// package file once grafted.
 #[test]
 fn a_grafted_package_outside_its_constraint_is_refused() {
-    fetch_debs(&["hello"]);
+    let real = fetch_debs(&["hello"]).remove(0);
     let store = Store::init();
+    let candidate = format!("apt's candidate is hello/{}", apt_candidate("hello"));
     refused(
         &store,
         "profile \"bad\" {\n    package \"hello\" \">= 3\"\n}\n",
@@ -410,7 +414,27 @@ fn a_grafted_package_outside_its_constraint_is_refused() {
             "hello",
             "recipe \"hello\" {\n    source \"debian\" \"hello\"\n}\n",
         )],
-        &["package `hello` does not satisfy `>= 3`", "bad.kdl:2"],
+        &[
+            "package `hello` does not satisfy `>= 3`",
+            "bad.kdl:2",
+            &candidate,
+        ],
+    );
+    refused(
+        &store,
+        "profile \"bad\" {\n    package \"hello\" \">= 3\"\n}\n",
+        &[(
+            "hello",
+            &format!(
+                "recipe \"hello\" {{\n    source \"deb\" \"{}\"\n}}\n",
+                real.display()
+            ),
+        )],
+        &[
+            "package `hello` does not satisfy `>= 3`",
+            "bad.kdl:2",
+            "grafted hello/",
+        ],
     );
 }
 
@@ -830,8 +854,10 @@ fn old_hello(dir: &Path, real: &Path) -> PathBuf {
 /// a security update stored it), every later build reused it, since it
 /// fits `*`, and never took the candidate apt's index knew: it must not.
 /// The candidate, once stored, is reused; so is a version a line pins
-/// with `= V`, and (apt knowing no such package: a machine with only the
-/// cache) the highest stored version that fits.
+/// with `= V`, the highest stored version that fits when the constraint
+/// excludes the candidate or it is older, and (apt knowing no such
+/// package: a machine with only the cache) the highest stored version
+/// that fits.
 #[test]
 fn a_stored_older_version_is_not_built_for_apt_s_candidate() {
     let real = fetch_debs(&["hello"]).remove(0);
@@ -853,6 +879,14 @@ fn a_stored_older_version_is_not_built_for_apt_s_candidate() {
     fs::write(
         p.join("old.kdl"),
         "profile \"old\" {\n    package \"hello\" \"= 0.1-1\"\n}\n",
+    )
+    .unwrap();
+    fs::write(
+        p.join("below.kdl"),
+        format!(
+            "profile \"below\" {{\n    package \"hello\" \"< {}\"\n}}\n",
+            apt_candidate("hello")
+        ),
     )
     .unwrap();
     fs::write(
@@ -908,6 +942,25 @@ fn a_stored_older_version_is_not_built_for_apt_s_candidate() {
     let built = build_json(&store, "old", nowhere);
     assert_eq!(built, [("hello/0.1-1".to_string(), true)].into());
     assert_eq!(live(&store), [("hello/0.1-1".to_string(), true)].into());
+    // A constraint that excludes apt's candidate: the stored version that
+    // fits is reused, not the candidate fetched and refused.
+    let built = build_json(&store, "below", nowhere);
+    assert_eq!(built, [("hello/0.1-1".to_string(), true)].into());
+
+    // A stored version newer than apt's candidate (apt pinning, a stale
+    // mirror) is kept: a build never moves hello back to the candidate.
+    let newer = s.join("newer");
+    nexus_integration_tests::fixtures::write_file(&newer.join("bin/hello"), b"newer");
+    store.ok([
+        "add",
+        newer.to_str().unwrap(),
+        "--name",
+        "hello",
+        "--version",
+        "999-1",
+    ]);
+    let built = build_json(&store, "bad", nowhere);
+    assert_eq!(built, [("hello/999-1".to_string(), true)].into());
 
     // A package apt's index does not know (a machine with only the cache):
     // the highest stored version that fits is reused, as before.
