@@ -399,10 +399,14 @@ fn bad_files_get_diagnostics_that_name_the_line() {
     );
 }
 
+/// A package outside its line's constraint is refused, naming the line:
+/// apt's candidate before it is fetched (nothing stored fits either), a
+/// package file once grafted.
 #[test]
 fn a_grafted_package_outside_its_constraint_is_refused() {
-    fetch_debs(&["hello"]);
+    let real = fetch_debs(&["hello"]).remove(0);
     let store = Store::init();
+    let candidate = format!("apt's candidate is hello/{}", apt_candidate("hello"));
     refused(
         &store,
         "profile \"bad\" {\n    package \"hello\" \">= 3\"\n}\n",
@@ -410,7 +414,27 @@ fn a_grafted_package_outside_its_constraint_is_refused() {
             "hello",
             "recipe \"hello\" {\n    source \"debian\" \"hello\"\n}\n",
         )],
-        &["package `hello` does not satisfy `>= 3`", "bad.kdl:2"],
+        &[
+            "package `hello` does not satisfy `>= 3`",
+            "bad.kdl:2",
+            &candidate,
+        ],
+    );
+    refused(
+        &store,
+        "profile \"bad\" {\n    package \"hello\" \">= 3\"\n}\n",
+        &[(
+            "hello",
+            &format!(
+                "recipe \"hello\" {{\n    source \"deb\" \"{}\"\n}}\n",
+                real.display()
+            ),
+        )],
+        &[
+            "package `hello` does not satisfy `>= 3`",
+            "bad.kdl:2",
+            "grafted hello/",
+        ],
     );
 }
 
@@ -738,7 +762,6 @@ fn a_planted_or_altered_cached_deb_is_refused() {
 /// built in its place (a rollback); it must not be.
 #[test]
 fn a_touched_older_cached_deb_is_not_built_for_apt_s_candidate() {
-    use nexus_integration_tests::archive::{self, TarEntry};
     let real = fetch_debs(&["hello"]).remove(0);
     let (s, p, r) = scratch_dirs(
         "profile \"bad\" {\n    package \"hello\" \"*\"\n}\n",
@@ -747,18 +770,6 @@ fn a_touched_older_cached_deb_is_not_built_for_apt_s_candidate() {
             "recipe \"hello\" {\n    source \"debian\" \"hello\"\n}\n",
         )],
     );
-    // apt's candidate, from its local index as the build asks it.
-    let policy = Command::new("apt-cache")
-        .args(["show", "--no-all-versions", "hello"])
-        .env("LC_ALL", "C")
-        .output()
-        .unwrap();
-    assert!(policy.status.success(), "{}", show(&policy));
-    let candidate = String::from_utf8_lossy(&policy.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix("Version: ").map(str::to_string))
-        .expect("apt-cache show names the candidate's version");
-
     let cache = s.join("cache");
     fs::create_dir(&cache).unwrap();
     // The candidate cached already (apt's index vouches for it), unless
@@ -766,18 +777,8 @@ fn a_touched_older_cached_deb_is_not_built_for_apt_s_candidate() {
     let name = real.file_name().unwrap().to_str().unwrap();
     fs::copy(&real, cache.join(name)).unwrap();
     // An older version of hello, as a build fetched and pinned it then.
-    let arch = deb_field(&real, "Architecture");
-    let old_name = format!("hello_0.1-1_{arch}.deb");
-    let control = format!(
-        "Package: hello\nVersion: 0.1-1\nArchitecture: {arch}\nMaintainer: nobody\nDescription: old\n"
-    );
-    let data = archive::tar(&[
-        TarEntry::dir("./usr/"),
-        TarEntry::dir("./usr/bin/"),
-        TarEntry::file("./usr/bin/hello", b"#!/bin/sh\necho old\n", 0o755),
-    ]);
-    let old = cache.join(&old_name);
-    fs::write(&old, archive::deb(&control, &data)).unwrap();
+    let old = old_hello(&cache, &real);
+    let old_name = old.file_name().unwrap().to_str().unwrap().to_string();
     let sum = Command::new("sha256sum").arg(&old).output().unwrap();
     assert!(sum.status.success(), "{}", show(&sum));
     let sha256 = String::from_utf8_lossy(&sum.stdout)
@@ -806,9 +807,211 @@ fn a_touched_older_cached_deb_is_not_built_for_apt_s_candidate() {
     all.extend(args.iter().map(String::as_str));
     let out = build(&store, &all);
     assert!(out.status.success(), "{}", show(&out));
-    let stored = candidate
-        .split_once(':')
-        .map_or(candidate.clone(), |(_, v)| v.to_string());
-    let want: BTreeMap<String, bool> = [(format!("hello/{stored}"), true)].into();
+    let want: BTreeMap<String, bool> = [(format!("hello/{}", apt_candidate("hello")), true)].into();
     assert_eq!(live(&store), want, "apt's candidate, not the touched 0.1-1");
+}
+
+/// apt's candidate of `package` from its local index, as a build asks it,
+/// as the store names it (epoch dropped).
+fn apt_candidate(package: &str) -> String {
+    let policy = Command::new("apt-cache")
+        .args(["show", "--no-all-versions", package])
+        .env("LC_ALL", "C")
+        .output()
+        .unwrap();
+    assert!(policy.status.success(), "{}", show(&policy));
+    let candidate = String::from_utf8_lossy(&policy.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("Version: ").map(str::to_string))
+        .expect("apt-cache show names the candidate's version");
+    candidate
+        .split_once(':')
+        .map_or(candidate.clone(), |(_, v)| v.to_string())
+}
+
+/// A `.deb` of hello 0.1-1, older than any Debian has, for the
+/// architecture of `real` (a real hello `.deb`), written into `dir` as apt
+/// would name it: a version a build could have stored or cached before
+/// Debian's current one.
+fn old_hello(dir: &Path, real: &Path) -> PathBuf {
+    use nexus_integration_tests::archive::{self, TarEntry};
+    let arch = deb_field(real, "Architecture");
+    let control = format!(
+        "Package: hello\nVersion: 0.1-1\nArchitecture: {arch}\nMaintainer: nobody\nDescription: old\n"
+    );
+    let data = archive::tar(&[
+        TarEntry::dir("./usr/"),
+        TarEntry::dir("./usr/bin/"),
+        TarEntry::file("./usr/bin/hello", b"#!/bin/sh\necho old\n", 0o755),
+    ]);
+    let old = dir.join(format!("hello_0.1-1_{arch}.deb"));
+    fs::write(&old, archive::deb(&control, &data)).unwrap();
+    old
+}
+
+/// A profile line without an exact version builds apt's candidate. Once
+/// an older version was stored (hello 0.1-1 here, as a build made before
+/// a security update stored it), every later build reused it, since it
+/// fits `*`, and never took the candidate apt's index knew: it must not.
+/// The candidate, once stored, is reused; so is a version a line pins
+/// with `= V`, the highest stored version that fits when the constraint
+/// excludes the candidate or it is older, and (apt knowing no such
+/// package: a machine with only the cache) the highest stored version
+/// that fits.
+#[test]
+fn a_stored_older_version_is_not_built_for_apt_s_candidate() {
+    let real = fetch_debs(&["hello"]).remove(0);
+    let candidate = format!("hello/{}", apt_candidate("hello"));
+    let absent = "nexus-test-no-such-package";
+    let (s, p, r) = scratch_dirs(
+        "profile \"bad\" {\n    package \"hello\" \"*\"\n}\n",
+        &[
+            (
+                "hello",
+                "recipe \"hello\" {\n    source \"debian\" \"hello\"\n}\n",
+            ),
+            (
+                absent,
+                &format!("recipe \"{absent}\" {{\n    source \"debian\" \"{absent}\"\n}}\n"),
+            ),
+        ],
+    );
+    fs::write(
+        p.join("old.kdl"),
+        "profile \"old\" {\n    package \"hello\" \"= 0.1-1\"\n}\n",
+    )
+    .unwrap();
+    fs::write(
+        p.join("below.kdl"),
+        format!(
+            "profile \"below\" {{\n    package \"hello\" \"< {}\"\n}}\n",
+            apt_candidate("hello")
+        ),
+    )
+    .unwrap();
+    fs::write(
+        p.join("offline.kdl"),
+        format!("profile \"offline\" {{\n    package \"{absent}\" \"*\"\n}}\n"),
+    )
+    .unwrap();
+    let build_json = |store: &Store, profile: &str, cache: &Path| {
+        let args = dirs_args(&p, &r, cache);
+        let flag = format!("--profile={profile}");
+        let mut all = vec![flag.as_str(), "--json"];
+        all.extend(args.iter().map(String::as_str));
+        let out = build(store, &all);
+        assert!(out.status.success(), "{}", show(&out));
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        json["packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                let spec = p["spec"].as_str().unwrap().to_string();
+                (spec, p["reused"].as_bool().unwrap())
+            })
+            .collect::<BTreeMap<String, bool>>()
+    };
+
+    let store = Store::init();
+    let debs = s.join("debs");
+    fs::create_dir(&debs).unwrap();
+    let old = old_hello(&debs, &real);
+    store.ok(["add", old.to_str().unwrap()]);
+    assert_eq!(live(&store), [("hello/0.1-1".to_string(), true)].into());
+
+    // apt's candidate is fetched and grafted, Current, not the stored one.
+    let cache = nexus_integration_tests::debs::cache_dir();
+    let built = build_json(&store, "bad", &cache);
+    assert_eq!(
+        built,
+        [(candidate.clone(), false)].into(),
+        "grafted, not reused"
+    );
+    assert_eq!(
+        live(&store),
+        [(candidate.clone(), true)].into(),
+        "apt's candidate, not the stored 0.1-1"
+    );
+    // Stored now, the candidate itself is reused: nothing is fetched (the
+    // cache given cannot even be created).
+    let nowhere = Path::new("/proc/no-cache-here");
+    let built = build_json(&store, "bad", nowhere);
+    assert_eq!(built, [(candidate.clone(), true)].into());
+    // A line naming the old version exactly still has it, from the store.
+    let built = build_json(&store, "old", nowhere);
+    assert_eq!(built, [("hello/0.1-1".to_string(), true)].into());
+    assert_eq!(live(&store), [("hello/0.1-1".to_string(), true)].into());
+    // A constraint that excludes apt's candidate: the stored version that
+    // fits is reused, not the candidate fetched and refused.
+    let built = build_json(&store, "below", nowhere);
+    assert_eq!(built, [("hello/0.1-1".to_string(), true)].into());
+
+    // A stored version newer than apt's candidate (apt pinning, a stale
+    // mirror) is kept: a build never moves hello back to the candidate.
+    let newer = s.join("newer");
+    nexus_integration_tests::fixtures::write_file(&newer.join("bin/hello"), b"newer");
+    store.ok([
+        "add",
+        newer.to_str().unwrap(),
+        "--name",
+        "hello",
+        "--version",
+        "999-1",
+    ]);
+    let built = build_json(&store, "bad", nowhere);
+    assert_eq!(built, [("hello/999-1".to_string(), true)].into());
+
+    // A package apt's index does not know (a machine with only the cache):
+    // the highest stored version that fits is reused, as before.
+    let tree = s.join("tree");
+    for v in ["1", "2"] {
+        nexus_integration_tests::fixtures::write_file(&tree.join(v).join("bin/x"), v.as_bytes());
+        store.ok([
+            "add",
+            tree.join(v).to_str().unwrap(),
+            "--name",
+            absent,
+            "--version",
+            v,
+        ]);
+    }
+    let built = build_json(&store, "offline", nowhere);
+    assert_eq!(built, [(format!("{absent}/2"), true)].into());
+}
+
+/// A package file recipe (`source "deb" FILE`) that names no version
+/// builds the version the file holds: replaced by a newer one, the file
+/// was passed over for the older version stored from it before (it fit
+/// `*`), never read again.
+#[test]
+fn a_package_file_recipe_builds_the_file_s_version_not_a_stored_one() {
+    let real = fetch_debs(&["hello"]).remove(0);
+    let (s, p, r) = scratch_dirs(
+        "profile \"bad\" {\n    package \"hello\" \"*\"\n}\n",
+        &[(
+            "hello",
+            "recipe \"hello\" {\n    source \"deb\" \"hello.deb\"\n}\n",
+        )],
+    );
+    let file = r.join("sub/hello.deb");
+    fs::rename(old_hello(&r.join("sub"), &real), &file).unwrap();
+    let store = Store::init();
+    let args = dirs_args(&p, &r, Path::new("/proc/no-cache-here"));
+    let mut all = vec!["--profile", "bad"];
+    all.extend(args.iter().map(String::as_str));
+    let out = build(&store, &all);
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(live(&store), [("hello/0.1-1".to_string(), true)].into());
+
+    fs::copy(&real, &file).unwrap();
+    let out = build(&store, &all);
+    assert!(out.status.success(), "{}", show(&out));
+    let newer = format!("hello/{}", stored_version(&real));
+    assert_eq!(
+        live(&store),
+        [(newer, true)].into(),
+        "the file's version, not the stored 0.1-1"
+    );
+    drop(s);
 }

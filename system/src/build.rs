@@ -2,6 +2,18 @@
 //! graft what is missing, check the version constraints against what was
 //! grafted, and commit a generation of exactly the profile's packages.
 //!
+//! Which version a line builds is decided before anything is fetched
+//! ([`decide`]). A line or recipe that names the version (`= V`,
+//! `version`) builds that one, reused if stored. A Debian line that does
+//! not builds the highest of apt's candidate (asked of apt's local index
+//! for every such line in one call, [`fetch::Candidates`]), if it
+//! satisfies the line's constraint, and the stored versions that do: a
+//! version stored once does not keep apt's newer candidate (a security
+//! update) out of every later build, nor does an older candidate (apt
+//! pinning, a stale or rolled-back mirror) move the App back. Only for a
+//! package apt's index does not know (a machine with only the cache) is
+//! the highest stored version that fits reused without a candidate.
+//!
 //! Everything is one store transaction (`nexus_graft::add::add_checked`
 //! with `Membership::Exactly`): a failed fetch, script or constraint
 //! leaves the store as it was.
@@ -95,15 +107,57 @@ pub fn build(
         check_app(profile, entry, recipe)?;
     }
 
+    // apt's candidate of every line that takes one, from its local index
+    // in one call: without it a stored older version would keep a
+    // security update out forever (`decide` weighs it against the store).
+    let asked: Vec<&str> = profile
+        .entries
+        .iter()
+        .zip(&recipes)
+        .filter_map(|(entry, recipe)| takes_candidate(entry, recipe))
+        .collect();
+    if !asked.is_empty() {
+        progress.phase("asking apt for candidates");
+    }
+    let candidates = fetch::Candidates::query(&asked)?;
+
     // What the store already has is reused; a fetched or built package
     // needs its source made ready first (scripts first: they fail fastest).
     let mut sources: Vec<Option<Source>> = vec![None; recipes.len()];
     let mut reused = HashSet::new();
     for (i, (entry, recipe)) in profile.entries.iter().zip(&recipes).enumerate() {
-        if let Some(v) = stored_version(store, profile, entry, recipe, &reused)? {
-            tracing::info!("{}/{v}: already stored, reused", entry.app);
-            reused.insert(format!("{}/{v}", entry.app));
-            sources[i] = Some(Source::Stored(entry.app.clone(), v));
+        let offer = offer(entry, recipe, &candidates);
+        let stored: Vec<String> = store
+            .catalog()
+            .packages_named(&entry.app)?
+            .into_iter()
+            .map(|p| p.version)
+            .collect();
+        match decide(profile, entry, recipe, &offer, stored, &reused)? {
+            Decision::Reuse(v) => {
+                match &offer {
+                    Offer::Candidate(c) if !entry.constraint.matches(c) => tracing::info!(
+                        "{}/{v}: already stored, reused (apt's candidate {c} is outside `{}`)",
+                        entry.app,
+                        entry.constraint
+                    ),
+                    // Worth a warning: apt pinning, or a stale or
+                    // rolled-back mirror, offers an older version.
+                    Offer::Candidate(c) if version::compare(c, &v).is_lt() => tracing::warn!(
+                        "{}/{v}: already stored, kept: apt's candidate {c} is older, and a \
+                         build never moves back (apt pinning, or a stale mirror?)",
+                        entry.app
+                    ),
+                    _ => tracing::info!("{}/{v}: already stored, reused", entry.app),
+                }
+                reused.insert(format!("{}/{v}", entry.app));
+                sources[i] = Some(Source::Stored(entry.app.clone(), v));
+            }
+            Decision::Make => {
+                if let Offer::Candidate(v) = &offer {
+                    tracing::info!("{}/{v}: apt's candidate, not stored yet", entry.app);
+                }
+            }
         }
     }
     let mut scratch = Vec::new(); // build scripts' outputs and fetched .debs, kept until the commit
@@ -120,6 +174,7 @@ pub fn build(
                 &profile.entries[i].app,
                 &recipes[i],
                 options,
+                &candidates,
                 &mut scratch,
             )?);
         }
@@ -216,6 +271,7 @@ pub fn add_recipe(
                 app.as_deref().unwrap_or(&recipe.name),
                 &recipe,
                 options,
+                &fetch::Candidates::default(),
                 &mut scratch,
             )?
         }
@@ -291,20 +347,99 @@ fn without_epoch(v: &str) -> &str {
     }
 }
 
-/// The highest stored version of the entry's App that satisfies its
-/// constraint and the recipe's own version (if it names one), and that no
-/// other line took already.
-fn stored_version(
-    store: &Store,
+/// The version a recipe names for its package: its `version`, else a
+/// Debian source's `version="V"` (epoch dropped, as stored).
+fn recipe_version(recipe: &Recipe) -> Option<&str> {
+    recipe.version.as_deref().or(match &recipe.source {
+        recipe::Source::Debian { version, .. } => version.as_deref().map(without_epoch),
+        _ => None,
+    })
+}
+
+/// The Debian package whose candidate decides what a line builds: a
+/// Debian recipe's, when neither the line (`= V`) nor the recipe names a
+/// version.
+fn takes_candidate<'a>(entry: &Entry, recipe: &'a Recipe) -> Option<&'a str> {
+    match &recipe.source {
+        recipe::Source::Debian { package, .. }
+            if recipe_version(recipe).is_none() && entry.constraint.exact().is_none() =>
+        {
+            Some(package)
+        }
+        _ => None,
+    }
+}
+
+/// What a line's source offers, as far as it is known before anything is
+/// fetched, read or built: which versions the line may build.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Offer {
+    /// The line (`= V`) or the recipe names the version, or apt's index
+    /// knows no such package (a machine with only the cache, which builds
+    /// as it did): the highest stored version that fits is reused.
+    Fitting,
+    /// apt's candidate (epoch dropped, as stored): built unless a stored
+    /// version that fits is as high or higher ([`decide`]).
+    Candidate(String),
+    /// A package file whose version is known only once it is read: it is
+    /// read every time (an identical package is found stored by the
+    /// commit), so that the file's newer version is never passed over for
+    /// a stored older one.
+    Unread,
+}
+
+fn offer(entry: &Entry, recipe: &Recipe, candidates: &fetch::Candidates) -> Offer {
+    if let recipe::Source::File { .. } = recipe.source
+        && recipe_version(recipe).is_none()
+        && entry.constraint.exact().is_none()
+    {
+        return Offer::Unread;
+    }
+    match takes_candidate(entry, recipe).and_then(|package| candidates.version(package)) {
+        Some(v) => Offer::Candidate(without_epoch(&v).to_string()),
+        None => Offer::Fitting,
+    }
+}
+
+/// What a line builds, decided before anything is fetched, read or built.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Decision {
+    /// This stored version, taken as it is.
+    Reuse(String),
+    /// What the recipe makes: apt's candidate fetched, a file read, a
+    /// directory or a script's output.
+    Make,
+}
+
+/// What a line builds, given `stored` (the versions the store has of the
+/// entry's App). A stored version is eligible if it satisfies the line's
+/// constraint and the recipe's version, and no other line of the App pins
+/// it with `= V` or took it already.
+///
+/// With apt's candidate offered, the candidate is eligible too if it
+/// satisfies the constraint, and the highest eligible version is built:
+/// the candidate (made) only if it is higher than every eligible stored
+/// one, else the highest of those (reused). So a stored version older than
+/// the candidate does not keep a security update out, a candidate outside
+/// the constraint does not push out a stored version inside it, and a
+/// candidate older than a stored version that fits (apt pinning, or a
+/// stale or rolled-back mirror) never moves the App back: apt itself does
+/// not downgrade an installed package unpinned. Versions are compared as
+/// the store orders them (Debian's ordering, epochs dropped as grafting
+/// drops them). Nothing eligible is an error naming the line, the
+/// candidate and the constraint, before anything is fetched.
+///
+/// Otherwise: with a package file unread, the file is read; else the
+/// highest eligible stored version is reused, if there is one.
+fn decide(
     profile: &Profile,
     entry: &Entry,
     recipe: &Recipe,
+    offer: &Offer,
+    stored: Vec<String>,
     taken: &HashSet<String>,
-) -> Result<Option<String>> {
-    let pinned = recipe.version.as_deref().or(match &recipe.source {
-        recipe::Source::Debian { version, .. } => version.as_deref().map(without_epoch),
-        _ => None,
-    });
+) -> Result<Decision> {
+    let pinned = recipe_version(recipe);
     // Another line of the same App pins this version: leave it to that one.
     let others: Vec<&str> = profile
         .entries
@@ -312,16 +447,35 @@ fn stored_version(
         .filter(|e| e.app == entry.app && !std::ptr::eq(*e, entry))
         .filter_map(|e| e.constraint.exact())
         .collect();
-    Ok(store
-        .catalog()
-        .packages_named(&entry.app)?
+    let highest_stored = stored
         .into_iter()
-        .map(|p| p.version)
         .filter(|v| entry.constraint.matches(v))
         .filter(|v| pinned.is_none_or(|p| p == v))
         .filter(|v| !others.contains(&v.as_str()))
         .filter(|v| !taken.contains(&format!("{}/{v}", entry.app)))
-        .max_by(|a, b| version::compare(a, b)))
+        .max_by(|a, b| version::compare(a, b));
+    let candidate = match offer {
+        Offer::Unread => return Ok(Decision::Make),
+        Offer::Fitting => return Ok(highest_stored.map_or(Decision::Make, Decision::Reuse)),
+        Offer::Candidate(c) => c,
+    };
+    let eligible = entry.constraint.matches(candidate);
+    Ok(match highest_stored {
+        // A stored version as high as the candidate (the candidate itself,
+        // or a newer one) is kept: never a step back.
+        Some(v) if !eligible || version::compare(candidate, &v).is_le() => Decision::Reuse(v),
+        _ if eligible => Decision::Make,
+        _ => {
+            let (line, _) = profile.file.line_col(entry.span.offset());
+            return Err(SystemError::NoEligibleVersion {
+                app: entry.app.clone(),
+                constraint: entry.constraint.to_string(),
+                at: format!("{}:{line}", profile.file.path.display()),
+                recipe: entry.recipe.clone(),
+                candidate: candidate.clone(),
+            });
+        }
+    })
 }
 
 /// What a prepared source grafts from, kept (and removed when dropped)
@@ -336,6 +490,7 @@ fn prepare(
     app: &str,
     recipe: &Recipe,
     options: &BuildOptions,
+    candidates: &fetch::Candidates,
     scratch: &mut Vec<Kept>,
 ) -> Result<Source> {
     let archive = |path: PathBuf| {
@@ -369,7 +524,8 @@ fn prepare(
     Ok(match &recipe.source {
         recipe::Source::Debian { package, version } => {
             // A private copy of the pinned bytes, kept until the commit.
-            let fetched = fetch::fetch(&options.cache, package, version.as_deref())?;
+            let fetched =
+                fetch::fetch_with(&options.cache, package, version.as_deref(), candidates)?;
             let path = fetched.path().to_path_buf();
             scratch.push(Kept::Deb(fetched));
             archive(path)
@@ -484,6 +640,242 @@ mod tests {
 
     fn profile(text: &str) -> Profile {
         Profile::parse(SourceFile::new("profiles/p.kdl", text)).unwrap()
+    }
+
+    fn recipe(name: &str, body: &str) -> Recipe {
+        let text = format!("recipe \"{name}\" {{\n{body}\n}}\n");
+        Recipe::parse(SourceFile::new(format!("recipes/{name}.kdl"), text)).unwrap()
+    }
+
+    fn versions(list: &[&str]) -> Vec<String> {
+        list.iter().map(|v| v.to_string()).collect()
+    }
+
+    /// A Debian recipe for package `name`, without a version.
+    fn debian(name: &str) -> Recipe {
+        recipe(name, &format!("  source \"debian\" \"{name}\""))
+    }
+
+    /// `decide` for line `i` of `profile_text` (its recipe `recipe`), with
+    /// apt's `candidates` and the `stored` versions, nothing taken.
+    fn decide_line(
+        profile_text: &str,
+        i: usize,
+        recipe: &Recipe,
+        candidates: &fetch::Candidates,
+        stored: &[&str],
+    ) -> Result<Decision> {
+        let p = profile(profile_text);
+        let entry = &p.entries[i];
+        let offer = offer(entry, recipe, candidates);
+        decide(&p, entry, recipe, &offer, versions(stored), &HashSet::new())
+    }
+
+    fn reuse(v: &str) -> Option<Decision> {
+        Some(Decision::Reuse(v.into()))
+    }
+
+    const OPENSSL_ANY: &str = "profile \"p\" {\n  package \"openssl\" \"*\"\n}\n";
+
+    /// apt's candidate newer than every stored version that fits is built.
+    /// Once openssl/3.0.11-1 was stored, every later build reused it, since
+    /// it fits `*`, and never took apt's security update.
+    #[test]
+    fn apt_s_newer_candidate_is_built_over_a_stored_older_version() {
+        let candidates = fetch::Candidates::answered([
+            ("openssl", Some("openssl_3.0.11-1+deb12u1_amd64.deb")),
+            (
+                "busybox-static",
+                Some("busybox-static_1%3a1.35.0-4_amd64.deb"),
+            ),
+        ]);
+        let r = debian("openssl");
+        let got = decide_line(OPENSSL_ANY, 0, &r, &candidates, &["3.0.11-1"]);
+        assert_eq!(got.ok(), Some(Decision::Make));
+        // Nothing stored: the candidate is fetched, as always.
+        let got = decide_line(OPENSSL_ANY, 0, &r, &candidates, &[]);
+        assert_eq!(got.ok(), Some(Decision::Make));
+        // The candidate stored: reused, not fetched again.
+        let got = decide_line(
+            OPENSSL_ANY,
+            0,
+            &r,
+            &candidates,
+            &["3.0.11-1", "3.0.11-1+deb12u1"],
+        );
+        assert_eq!(got.ok(), reuse("3.0.11-1+deb12u1"));
+        // Stored under its version without the epoch, as grafted.
+        let got = decide_line(
+            "profile \"p\" {\n  package \"busybox-static\" \">= 1.35\"\n}\n",
+            0,
+            &debian("busybox-static"),
+            &candidates,
+            &["1.35.0-3", "1.35.0-4"],
+        );
+        assert_eq!(got.ok(), reuse("1.35.0-4"));
+    }
+
+    /// A candidate outside the line's constraint is not eligible: the
+    /// highest stored version inside it is reused, not the candidate
+    /// fetched and refused.
+    #[test]
+    fn a_candidate_outside_the_constraint_leaves_the_highest_stored_version_that_fits() {
+        let candidates =
+            fetch::Candidates::answered([("python3.11", Some("python3.11_3.11.6-1_amd64.deb"))]);
+        let got = decide_line(
+            "profile \"p\" {\n  package \"python3.11\" \"< 3.11.5\"\n}\n",
+            0,
+            &debian("python3.11"),
+            &candidates,
+            &["3.11.1-1", "3.11.2-6", "3.11.7-1"],
+        );
+        assert_eq!(got.ok(), reuse("3.11.2-6"));
+    }
+
+    /// apt's candidate older than a stored version that fits (apt
+    /// pinning, a stale or rolled-back mirror) never moves the App back:
+    /// the highest eligible version is built, whichever offers it.
+    #[test]
+    fn a_candidate_older_than_a_stored_version_that_fits_never_moves_it_back() {
+        let candidates =
+            fetch::Candidates::answered([("openssl", Some("openssl_3.0.11-1_amd64.deb"))]);
+        let r = debian("openssl");
+        let got = decide_line(
+            OPENSSL_ANY,
+            0,
+            &r,
+            &candidates,
+            &["3.0.11-1", "3.0.11-1+deb12u1"],
+        );
+        assert_eq!(got.ok(), reuse("3.0.11-1+deb12u1"));
+        let got = decide_line(OPENSSL_ANY, 0, &r, &candidates, &["3.0.11-1+deb12u1"]);
+        assert_eq!(got.ok(), reuse("3.0.11-1+deb12u1"));
+        // A newer stored version outside the constraint does not count:
+        // the candidate, inside it, is built.
+        let got = decide_line(
+            "profile \"p\" {\n  package \"openssl\" \"< 3.1\"\n}\n",
+            0,
+            &r,
+            &candidates,
+            &["3.0.2-1", "3.1.0-1"],
+        );
+        assert_eq!(got.ok(), Some(Decision::Make));
+    }
+
+    /// No eligible version, neither apt's candidate nor a stored one: the
+    /// build fails before fetching, naming the line, the candidate and the
+    /// constraint.
+    #[test]
+    fn nothing_eligible_is_an_error_naming_the_line_the_candidate_and_the_constraint() {
+        let candidates = fetch::Candidates::answered([("jq", Some("jq_1.5_amd64.deb"))]);
+        let text = "profile \"p\" {\n  package \"hello\" \"*\"\n  package \"jq\" \">= 1.6\"\n}\n";
+        let err = decide_line(text, 1, &debian("jq"), &candidates, &["1.4", "1.5"])
+            .expect_err("nothing eligible");
+        assert!(
+            matches!(&err, SystemError::NoEligibleVersion { app, constraint, at, recipe, candidate }
+                if app == "jq" && constraint == ">= 1.6" && at == "profiles/p.kdl:3"
+                    && recipe == "jq" && candidate == "1.5"),
+            "{err:?}"
+        );
+        let message = err.to_string();
+        for part in ["`jq`", "`>= 1.6`", "profiles/p.kdl:3", "jq/1.5"] {
+            assert!(message.contains(part), "{part} in {message}");
+        }
+    }
+
+    /// apt knowing no such package (a machine with only the cache), a
+    /// line or recipe naming its version, or a package file: as before.
+    #[test]
+    fn without_apt_s_candidate_a_line_builds_as_before() {
+        let p = profile(
+            "profile \"p\" {\n  package \"openssl\" \"*\"\n  package \"hello\" \"= 2.10-3\"\n}\n",
+        );
+        let [openssl, hello] = [0, 1].map(|i| &p.entries[i]);
+        let none = HashSet::new();
+        let candidates = fetch::Candidates::answered([
+            ("openssl", Some("openssl_3.0.11-1+deb12u1_amd64.deb")),
+            ("hello", Some("hello_2.10-4_amd64.deb")),
+        ]);
+        let decide_with = |entry: &Entry, recipe: &Recipe, c: &fetch::Candidates, s: &[&str]| {
+            let offer = offer(entry, recipe, c);
+            decide(&p, entry, recipe, &offer, versions(s), &none).ok()
+        };
+
+        // apt knows no such package: the highest stored version that fits.
+        let offline = fetch::Candidates::answered([("openssl", None)]);
+        let r = debian("openssl");
+        assert_eq!(offer(openssl, &r, &offline), Offer::Fitting);
+        assert_eq!(
+            decide_with(openssl, &r, &offline, &["3.0.11-1", "2.0"]),
+            reuse("3.0.11-1")
+        );
+        assert_eq!(
+            decide_with(openssl, &r, &offline, &[]),
+            Some(Decision::Make)
+        );
+
+        // `= V` on the line, or a version in the recipe: that version,
+        // whatever apt's candidate; apt is not even asked.
+        let r = debian("hello");
+        assert_eq!(takes_candidate(hello, &r), None);
+        assert_eq!(
+            decide_with(hello, &r, &candidates, &["2.10-3", "2.10-4"]),
+            reuse("2.10-3")
+        );
+        let pinned = recipe(
+            "openssl",
+            "  source \"debian\" \"openssl\" version=\"3.0.11-1\"",
+        );
+        assert_eq!(takes_candidate(openssl, &pinned), None);
+        assert_eq!(
+            decide_with(openssl, &pinned, &candidates, &["3.0.11-1", "3.1"]),
+            reuse("3.0.11-1")
+        );
+        let dir = recipe("openssl", "  source \"dir\" \"tree\"\n  version \"3.0\"");
+        assert_eq!(takes_candidate(openssl, &dir), None);
+        assert_eq!(
+            decide_with(openssl, &dir, &candidates, &["2.9", "3.0"]),
+            reuse("3.0")
+        );
+
+        // A package file names its version only once read: read again
+        // every time, unless the line or the recipe names the version.
+        let file = recipe("openssl", "  source \"deb\" \"openssl.deb\"");
+        assert_eq!(offer(openssl, &file, &candidates), Offer::Unread);
+        assert_eq!(
+            decide_with(openssl, &file, &candidates, &["3.0.11-1"]),
+            Some(Decision::Make)
+        );
+        let file_at = recipe(
+            "openssl",
+            "  source \"deb\" \"openssl.deb\"\n  version \"3.0.11-1\"",
+        );
+        assert_eq!(
+            decide_with(openssl, &file_at, &candidates, &["3.0.11-1", "3.1"]),
+            reuse("3.0.11-1")
+        );
+        let file = recipe("hello", "  source \"deb\" \"hello.deb\"");
+        assert_eq!(
+            decide_with(hello, &file, &candidates, &["2.10-3"]),
+            reuse("2.10-3")
+        );
+
+        // A stored version another line already took is not reused twice.
+        let taken: HashSet<String> = ["openssl/3.0.11-1+deb12u1".to_string()].into();
+        let offer = Offer::Candidate("3.0.11-1+deb12u1".into());
+        let r = debian("openssl");
+        assert_eq!(
+            decide(
+                &p,
+                openssl,
+                &r,
+                &offer,
+                versions(&["3.0.11-1+deb12u1"]),
+                &taken
+            )
+            .ok(),
+            Some(Decision::Make)
+        );
     }
 
     fn staged(spec: &str) -> StagedPackage {

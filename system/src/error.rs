@@ -85,11 +85,12 @@ pub enum SystemError {
         /// The missing file's name in the cache.
         file: String,
     },
-    /// Several pinned cached files of one version (another architecture's,
-    /// in a cache shared between machines) and no index to say which.
+    /// Several pinned cached files of one version for this machine (two
+    /// spellings of it, or its architecture's and `all`) and no index to
+    /// say which.
     #[error(
         "{package} {version}: several cached files are pinned ({}) and apt's index cannot say \
-         which is this machine's: remove the others from the cache",
+         which is meant: remove the others from the cache",
         files.join(", ")
     )]
     DebAmbiguous {
@@ -99,6 +100,42 @@ pub enum SystemError {
         version: String,
         /// Their names in the cache.
         files: Vec<String>,
+    },
+    /// The cache pins files of the package (or version) only for other
+    /// architectures than this machine's, and apt's index cannot name this
+    /// machine's: another architecture's package is not taken instead.
+    #[error(
+        "{target}: apt's index does not know it, and the cache pins only other architectures' \
+         files of it ({}), none of this machine's ({arch}) or `all`",
+        files.join(", ")
+    )]
+    DebOtherArch {
+        /// What was asked: `NAME` or `NAME=VERSION`.
+        target: String,
+        /// This machine's architecture (`unknown` if it could not be told).
+        arch: String,
+        /// The pinned files of other architectures.
+        files: Vec<String>,
+    },
+    /// A profile line that takes apt's candidate has no version to build:
+    /// the candidate is outside the line's constraint, and no stored
+    /// version is inside it.
+    #[error(
+        "package `{app}` does not satisfy `{constraint}` ({at}, recipe `{recipe}`): apt's \
+         candidate is {app}/{candidate} and no stored version fits (widen the constraint, or \
+         do apt's lists need `apt-get update`?)"
+    )]
+    NoEligibleVersion {
+        /// The line's App.
+        app: String,
+        /// The line's constraint.
+        constraint: String,
+        /// The line, `PROFILE_FILE:LINE`.
+        at: String,
+        /// The line's recipe.
+        recipe: String,
+        /// apt's candidate, as stored (epoch dropped).
+        candidate: String,
     },
     /// A recipe's build script failed (or cannot run yet).
     #[error("recipe `{recipe}`: build script {} failed ({status}):\n{output}", script.display())]

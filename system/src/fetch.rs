@@ -4,15 +4,18 @@
 //!
 //! The version (`choose`) is the one a recipe asks for, else apt's
 //! candidate, which apt's local index gives at every fetch (`apt-get
-//! download --print-uris`, no network), so that a security update is
-//! taken once `apt-get update` has seen it. What the cache holds never
-//! decides it: whoever can write the cache would otherwise have an older
-//! version built (a rollback) by touching or planting a file. Only when
-//! apt's index knows no package of that name (an offline machine with only
-//! the cache) is it the newest version `debs.lock` pins, by Debian's
-//! ordering ([`crate::version`]), and that file must still be there: the
-//! build fails rather than take an older one. No file's modification time
-//! is ever read.
+//! download --print-uris`, no network; a build asks once for all its
+//! packages, [`Candidates`], and decides what to reuse by the same
+//! answer), so that a security update is taken once `apt-get update` has
+//! seen it. What the cache holds never decides it: whoever can write the
+//! cache would otherwise have an older version built (a rollback) by
+//! touching or planting a file. Only when apt's index knows no package of
+//! that name (an offline machine with only the cache) is it the newest
+//! version `debs.lock` pins, by Debian's ordering ([`crate::version`]),
+//! and that file must still be there: the build fails rather than take an
+//! older one. No file's modification time is ever read, and no other
+//! architecture's file than this machine's (dpkg's) or `all` is taken
+//! without apt naming it.
 //!
 //! The cache directory must be safe for the caller ([`crate::trust`]:
 //! owned by root or the caller, writable by no one else, nor is any
@@ -42,6 +45,7 @@
 //! could still change is what the pin vouches for.
 
 use std::cmp::Ordering;
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
@@ -117,7 +121,7 @@ impl Drop for CacheLock {
 /// What apt's index says of one package version: its file name, size and
 /// SHA256. Public (hidden) for the fuzz target (`system/fuzz`) only.
 #[doc(hidden)]
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Indexed {
     /// The file name apt gives it, `NAME_VERSION_ARCH.deb`.
     pub file: String,
@@ -206,6 +210,167 @@ fn indexed(target: &str) -> Result<Indexed> {
     })
 }
 
+/// apt's candidates of several packages, asked of its local index in one
+/// `apt-get download --print-uris` (no network): a build asks once for
+/// every package it takes the candidate of, where asking per package
+/// costs apt's start-up (about 0.6 s) each time.
+#[derive(Debug, Default)]
+pub struct Candidates {
+    /// By package: apt's candidate, or `None` if apt knows no such package.
+    asked: BTreeMap<String, Option<Indexed>>,
+}
+
+impl Candidates {
+    /// Asks apt's local index for the candidates of `packages` (names
+    /// checked by the recipe parser: they reach apt as arguments). A
+    /// package apt knows nothing of has none; no apt-get at all (a machine
+    /// with only the cache) means none has one. Any other complaint of
+    /// apt's is an error: the cache does not stand in for a candidate apt
+    /// could not give.
+    pub fn query(packages: &[&str]) -> Result<Candidates> {
+        let mut packages = packages.to_vec();
+        packages.sort_unstable();
+        packages.dedup();
+        if packages.is_empty() {
+            return Ok(Candidates::default());
+        }
+        let fail = |message: String| SystemError::Fetch {
+            package: packages.join(" "),
+            message,
+        };
+        let out = match Command::new("apt-get")
+            // Untranslated, as `query_index`: "no such package" is told
+            // from a failure by its words.
+            .env("LC_ALL", "C")
+            .env_remove("LANGUAGE")
+            .args(["-q", "download", "--print-uris", "--"])
+            .args(&packages)
+            .output()
+        {
+            Ok(out) => out,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::warn!("cannot run apt-get ({e}), so no index knows {packages:?}");
+                return Ok(Candidates {
+                    asked: packages.iter().map(|p| (p.to_string(), None)).collect(),
+                });
+            }
+            Err(e) => return Err(fail(format!("cannot run apt-get: {e}"))),
+        };
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        parse_candidates(
+            &packages,
+            &String::from_utf8_lossy(&out.stdout),
+            &stderr,
+            out.status.success(),
+        )
+        .map(|asked| Candidates { asked })
+        .map_err(|why| {
+            fail(format!(
+                "{why} ({})\n{stderr}(are the names right? do apt's lists need `apt-get \
+                 update`?)",
+                out.status
+            ))
+        })
+    }
+
+    /// The version (its epoch kept) of apt's candidate of `package`, or
+    /// `None` if apt's index knows no such package or it was not asked.
+    pub fn version(&self, package: &str) -> Option<String> {
+        let indexed = self.asked.get(package)?.as_ref()?;
+        parse_deb_name(&indexed.file).map(|n| n.version)
+    }
+
+    /// Candidates as apt would have answered: each package's file, or
+    /// `None` for one apt knows nothing of (for tests of the decisions
+    /// made on them).
+    #[cfg(test)]
+    pub(crate) fn answered<'a>(
+        answers: impl IntoIterator<Item = (&'a str, Option<&'a str>)>,
+    ) -> Candidates {
+        let pin = Pin {
+            sha256: "00".repeat(32),
+            size: 0,
+        };
+        Candidates {
+            asked: answers
+                .into_iter()
+                .map(|(package, file)| {
+                    let indexed = file.map(|file| Indexed {
+                        file: file.to_string(),
+                        pin: pin.clone(),
+                    });
+                    (package.to_string(), indexed)
+                })
+                .collect(),
+        }
+    }
+
+    /// What apt's index says of `target` (`NAME` or `NAME=VERSION`): the
+    /// answer already had for a package asked, else apt asked now.
+    fn answer(&self, target: &str) -> Result<Option<Indexed>> {
+        match self.asked.get(target) {
+            Some(answer) => Ok(answer.clone()),
+            None => query_index(target),
+        }
+    }
+}
+
+/// Reads what `apt-get download --print-uris -- PACKAGES...` printed (in
+/// the C locale) into each package's candidate, or `None` for a package
+/// apt says it cannot locate. apt takes a name that is no package as a
+/// pattern and may print files of other packages: only a file of the
+/// very package asked for counts, and a package asked that gets neither a
+/// file nor "Unable to locate" is an error, as is any other `E:` line
+/// when apt failed. Public (hidden) for the fuzz target (`system/fuzz`)
+/// only.
+#[doc(hidden)]
+pub fn parse_candidates(
+    packages: &[&str],
+    stdout: &str,
+    stderr: &str,
+    success: bool,
+) -> std::result::Result<BTreeMap<String, Option<Indexed>>, String> {
+    let mut found: BTreeMap<&str, Indexed> = BTreeMap::new();
+    for line in stdout.lines().filter(|l| l.starts_with('\'')) {
+        let indexed =
+            parse_print_uris(line).ok_or_else(|| format!("a file without a SHA256: {line}"))?;
+        let name =
+            parse_deb_name(&indexed.file).ok_or_else(|| format!("an odd file name: {line}"))?;
+        let Some(package) = packages.iter().find(|p| **p == name.package) else {
+            continue; // another package, of a name apt took as a pattern
+        };
+        if let Some(other) = found.get(package).filter(|other| **other != indexed) {
+            return Err(format!(
+                "two files for {package}: {} and {}",
+                other.file, indexed.file
+            ));
+        }
+        found.insert(package, indexed);
+    }
+    let mut unknown = Vec::new();
+    for line in stderr.lines().filter(|l| l.starts_with("E: ")) {
+        match line.strip_prefix("E: Unable to locate package ") {
+            Some(package) => unknown.push(package.trim_end()),
+            // Only apt's failing makes its complaints fatal.
+            None if !success => return Err(format!("apt failed: {line}")),
+            None => {}
+        }
+    }
+    if !success && unknown.is_empty() {
+        return Err("apt failed".into());
+    }
+    packages
+        .iter()
+        .map(
+            |package| match (found.remove(package), unknown.contains(package)) {
+                (Some(indexed), _) => Ok((package.to_string(), Some(indexed))),
+                (None, true) => Ok((package.to_string(), None)),
+                (None, false) => Err(format!("apt named no file for {package}")),
+            },
+        )
+        .collect()
+}
+
 /// A `.deb`'s name as apt writes it, `NAME_VERSION_ARCH.deb`, taken apart.
 /// Public (hidden) for the fuzz target (`system/fuzz`) only.
 #[doc(hidden)]
@@ -215,6 +380,8 @@ pub struct DebName<'a> {
     pub package: &'a str,
     /// The version, its epoch's `:` decoded.
     pub version: String,
+    /// The architecture (`amd64`, `all`, ...).
+    pub arch: &'a str,
 }
 
 /// Parses a `.deb`'s name, accepting only the one spelling apt gives a
@@ -246,7 +413,11 @@ pub fn parse_deb_name(name: &str) -> Option<DebName<'_>> {
         && arch
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    arch_ok.then_some(DebName { package, version })
+    arch_ok.then_some(DebName {
+        package,
+        version,
+        arch,
+    })
 }
 
 /// Where the `.deb` a fetch uses comes from.
@@ -265,24 +436,30 @@ enum Choice {
 }
 
 /// Which `.deb` of `package` to use: the decision alone, with apt's index
-/// (`index`, asked at most once) and the cache (`present`: whether a name
-/// is taken there) passed in, so that it is tested without either.
+/// (`index`, asked at most once), the cache (`present`: whether a name is
+/// taken there) and this machine's architecture (`native`, dpkg's; `None`
+/// if unknown) passed in, so that it is tested without any of them.
 ///
-/// With a version asked for, its one pinned cached file (apt is not asked:
-/// the version may have left the index since), else the file apt's index
-/// names for that version, cached or to be fetched. With none, apt's
-/// candidate, cached or to be fetched. Only when apt knows no package of
-/// that name (a machine offline with only the cache) does the cache
-/// decide, and then by what `debs.lock` pins (which only the caller
-/// writes): the newest version by Debian's ordering, which must still be
-/// cached. Never by which files the cache's directory holds, nor by when
-/// one was modified: whoever can write the cache chooses those, and would
-/// choose an older version (a rollback) or keep a security update out.
+/// With a version asked for, its one pinned cached file of this machine's
+/// architecture or `all` (apt is not asked: the version may have left the
+/// index since), else the file apt's index names for that version, cached
+/// or to be fetched. Another architecture's file is never taken without
+/// apt: a cache shared between machines (or filled by `apt-get download
+/// NAME:ARCH`) may pin it, and it is not this machine's package. With no
+/// version, apt's candidate, cached or to be fetched. Only when apt knows
+/// no package of that name (a machine offline with only the cache) does
+/// the cache decide, and then by what `debs.lock` pins (which only the
+/// caller writes): the newest version of this machine's architecture by
+/// Debian's ordering, which must still be cached. Never by which files
+/// the cache's directory holds, nor by when one was modified: whoever can
+/// write the cache chooses those, and would choose an older version (a
+/// rollback) or keep a security update out.
 fn choose(
     package: &str,
     version: Option<&str>,
     pins: &Pins,
     present: &dyn Fn(&str) -> bool,
+    native: Option<&str>,
     index: impl FnOnce(&str) -> Result<Option<Indexed>>,
 ) -> Result<Choice> {
     let Some(version) = version else {
@@ -294,31 +471,46 @@ fn choose(
                      taking the newest version {} pins",
                     pins::LOCK_FILE
                 );
-                newest_pinned(package, pins, present)
+                newest_pinned(package, pins, present, native)
             }
         };
     };
     let target = format!("{package}={version}");
-    let pinned: Vec<(&str, &Pin)> = pins
+    // Every pinned, present file of the version, and which of them are
+    // this machine's.
+    let pinned: Vec<(&str, &Pin, bool)> = pins
         .iter()
-        .filter(|(file, _)| {
-            parse_deb_name(file).is_some_and(|n| n.package == package && n.version == version)
+        .filter_map(|(file, pin)| {
+            let name = parse_deb_name(file)?;
+            (name.package == package && name.version == version)
+                .then(|| (file, pin, runs_here(name.arch, native)))
         })
-        .filter(|(file, _)| present(file))
+        .filter(|(file, _, _)| present(file))
         .collect();
-    match (pinned.as_slice(), index) {
+    let here: Vec<(&str, &Pin)> = pinned
+        .iter()
+        .filter(|(_, _, here)| *here)
+        .map(|(file, pin, _)| (*file, *pin))
+        .collect();
+    match (here.as_slice(), index) {
         ([(file, pin)], _) => Ok(Choice::Cached {
             file: file.to_string(),
             pin: (*pin).clone(),
             record: false,
         }),
-        // No pinned file of that version: apt's index must name one.
+        // No pinned file of that version for this machine: apt's index
+        // must name one.
         ([], index) => match index(&target)? {
             Some(indexed) => from_index(package, indexed, pins, present),
-            None => Err(SystemError::DebUnknown { target }),
+            None if pinned.is_empty() => Err(SystemError::DebUnknown { target }),
+            None => Err(SystemError::DebOtherArch {
+                target,
+                arch: native.unwrap_or("unknown").to_string(),
+                files: pinned.iter().map(|(f, _, _)| f.to_string()).collect(),
+            }),
         },
-        // Several (each another architecture's): apt's index names this
-        // machine's, if it still has that version.
+        // Several (the machine's architecture's and `all`): apt's index
+        // names the one it means, if it still has it.
         (several, index) => match index(&target) {
             Ok(Some(indexed)) => from_index(package, indexed, pins, present),
             Ok(None) | Err(_) => Err(SystemError::DebAmbiguous {
@@ -328,6 +520,41 @@ fn choose(
             }),
         },
     }
+}
+
+/// Whether a `.deb` of architecture `arch` is this machine's to use: its
+/// own (`native`, dpkg's), or `all`. With the machine's unknown, only
+/// `all` is.
+fn runs_here(arch: &str, native: Option<&str>) -> bool {
+    arch == "all" || native == Some(arch)
+}
+
+/// This machine's Debian architecture, as dpkg names it (`amd64`): asked
+/// of dpkg, else (no dpkg: a machine with only the cache) the one Rust's
+/// target has, where that is unambiguous; `None` otherwise.
+fn native_arch() -> Option<String> {
+    let asked = Command::new("dpkg")
+        .arg("--print-architecture")
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .map(|out| out.trim().to_string())
+        .filter(|arch| !arch.is_empty());
+    asked.or_else(|| {
+        let arch = match (std::env::consts::ARCH, cfg!(target_endian = "little")) {
+            ("x86_64", _) => "amd64",
+            ("aarch64", true) => "arm64",
+            ("x86", _) => "i386",
+            ("riscv64", _) => "riscv64",
+            ("s390x", _) => "s390x",
+            ("powerpc64", true) => "ppc64el",
+            ("loongarch64", _) => "loong64",
+            // 32-bit arm (armel or armhf?) and the rest: not guessed.
+            _ => return None,
+        };
+        Some(arch.to_string())
+    })
 }
 
 /// The file apt's index names for `package`: the cached one, checked
@@ -366,16 +593,28 @@ fn from_index(
     })
 }
 
-/// With no index to ask: the newest version of `package` that `debs.lock`
-/// pins, by Debian's ordering. It must still be cached: were it gone (or
-/// removed by whoever can write the cache), taking the next older one
-/// would be the very rollback this guards against.
-fn newest_pinned(package: &str, pins: &Pins, present: &dyn Fn(&str) -> bool) -> Result<Choice> {
+/// With no index to ask: the newest version of `package` of this
+/// machine's architecture (or `all`) that `debs.lock` pins, by Debian's
+/// ordering. It must still be cached: were it gone (or removed by whoever
+/// can write the cache), taking the next older one would be the very
+/// rollback this guards against. Other architectures' files are not this
+/// machine's packages, however new.
+fn newest_pinned(
+    package: &str,
+    pins: &Pins,
+    present: &dyn Fn(&str) -> bool,
+    native: Option<&str>,
+) -> Result<Choice> {
     let mut newest: Vec<(&str, &Pin, String)> = Vec::new();
+    let mut elsewhere = Vec::new();
     for (file, pin) in pins.iter() {
         let Some(name) = parse_deb_name(file).filter(|n| n.package == package) else {
             continue;
         };
+        if !runs_here(name.arch, native) {
+            elsewhere.push(file.to_string());
+            continue;
+        }
         match newest
             .first()
             .map(|(_, _, v)| version::compare(&name.version, v))
@@ -386,8 +625,13 @@ fn newest_pinned(package: &str, pins: &Pins, present: &dyn Fn(&str) -> bool) -> 
         }
     }
     match newest.as_slice() {
-        [] => Err(SystemError::DebUnknown {
+        [] if elsewhere.is_empty() => Err(SystemError::DebUnknown {
             target: package.to_string(),
+        }),
+        [] => Err(SystemError::DebOtherArch {
+            target: package.to_string(),
+            arch: native.unwrap_or("unknown").to_string(),
+            files: elsewhere,
         }),
         [(file, pin, _)] if present(file) => Ok(Choice::Cached {
             file: file.to_string(),
@@ -398,8 +642,9 @@ fn newest_pinned(package: &str, pins: &Pins, present: &dyn Fn(&str) -> bool) -> 
             package: package.to_string(),
             file: file.to_string(),
         }),
-        // Two architectures of one version, or two spellings dpkg orders
-        // alike (`1.0`, `1.0-0`): nothing says which is meant.
+        // Two spellings dpkg orders alike (`1.0`, `1.0-0`), or a version
+        // both of this machine's architecture and `all`: nothing says
+        // which is meant.
         several => Err(SystemError::DebAmbiguous {
             package: package.to_string(),
             version: several[0].2.clone(),
@@ -544,6 +789,18 @@ fn download(cache: &Path, pins: &mut Pins, target: &str) -> Result<(PathBuf, Pin
 /// cache (checked against its pin) or fetched into it (and pinned), as a
 /// private copy of the pinned bytes. Which file: see `choose`.
 pub fn fetch(cache: &Path, package: &str, version: Option<&str>) -> Result<Fetched> {
+    fetch_with(cache, package, version, &Candidates::default())
+}
+
+/// As [`fetch`], with the candidates apt gave already (a build asks once
+/// for all its packages): the very candidate the build chose by is the
+/// one fetched, and apt is not asked again.
+pub fn fetch_with(
+    cache: &Path,
+    package: &str,
+    version: Option<&str>,
+    candidates: &Candidates,
+) -> Result<Fetched> {
     fs::create_dir_all(cache).map_err(|e| SystemError::Io {
         path: cache.to_path_buf(),
         source: e,
@@ -557,7 +814,15 @@ pub fn fetch(cache: &Path, package: &str, version: Option<&str>) -> Result<Fetch
         !matches!(fs::symlink_metadata(cache.join(name)),
                   Err(e) if e.kind() == std::io::ErrorKind::NotFound)
     };
-    match choose(package, version, &pins, &present, query_index)? {
+    let native = native_arch();
+    match choose(
+        package,
+        version,
+        &pins,
+        &present,
+        native.as_deref(),
+        |target| candidates.answer(target),
+    )? {
         Choice::Cached { file, pin, record } => {
             let path = cache.join(&file);
             let copy = private_copy(&path, &pin)?;
@@ -597,6 +862,83 @@ mod tests {
         assert_eq!(
             parse_print_uris(&out.replace(" hello_2", " ../hello_2")),
             None
+        );
+    }
+
+    /// One apt call answers for every package of a build: each its own
+    /// file, or none for a package apt cannot locate; anything else apt
+    /// says or fails with is no answer at all.
+    #[test]
+    fn one_apt_call_gives_every_candidate() {
+        let line = |file: &str| {
+            format!(
+                "'http://deb.example/pool/{file}' {file} 7 SHA256:{}\n",
+                "ab".repeat(32)
+            )
+        };
+        let both = line("hello_2.10-3_amd64.deb") + &line("jq_1.6-2.1+deb12u3_amd64.deb");
+        let got = parse_candidates(&["jq", "hello"], &both, "", true).unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(
+            got["hello"].as_ref().unwrap().file,
+            "hello_2.10-3_amd64.deb"
+        );
+        assert_eq!(
+            got["jq"].as_ref().unwrap().file,
+            "jq_1.6-2.1+deb12u3_amd64.deb"
+        );
+        let unknown = "E: Unable to locate package zz\n";
+        let got = parse_candidates(&["hello", "zz"], &both, unknown, false).unwrap();
+        assert_eq!(got["zz"], None);
+        assert!(got["hello"].is_some());
+        for (packages, stdout, stderr, success) in [
+            // A name apt took as a pattern: other packages' files only.
+            (&["hell."][..], both.as_str(), "", true),
+            // A failure that is not "no such package".
+            (
+                &["hello"],
+                "",
+                "E: Could not open lock file /var/lib/apt/lists/lock\n",
+                false,
+            ),
+            (
+                &["hello", "zz"],
+                &both,
+                "E: Unable to locate package zz\nE: Can't select candidate version from package hello\n",
+                false,
+            ),
+            (&["hello"], "", "", false),
+            // Two files for one package, or one without a SHA256.
+            (
+                &["hello"],
+                &(line("hello_1_amd64.deb") + &line("hello_2_amd64.deb")),
+                "",
+                true,
+            ),
+            (
+                &["hello"],
+                "'u' hello_1_amd64.deb 5 MD5Sum:abcd\n",
+                "",
+                true,
+            ),
+        ] {
+            assert!(
+                parse_candidates(packages, stdout, stderr, success).is_err(),
+                "{packages:?} {stdout:?} {stderr:?}"
+            );
+        }
+        // apt itself, asked once for several: what it says of each alone.
+        let candidates = Candidates::query(&["x", "hello", "x"]).unwrap();
+        assert_eq!(candidates.answer("x").unwrap(), None);
+        assert_eq!(
+            candidates.answer("hello").unwrap(),
+            query_index("hello").unwrap()
+        );
+        assert_eq!(
+            candidates.version("hello"),
+            query_index("hello")
+                .unwrap()
+                .and_then(|i| parse_deb_name(&i.file).map(|n| n.version))
         );
     }
 
@@ -804,6 +1146,9 @@ mod tests {
         ));
     }
 
+    /// The machine the decision's tests run on.
+    const HERE: Option<&str> = Some("amd64");
+
     /// A pin the decision never reads the bytes of.
     fn pin(n: u8) -> Pin {
         Pin {
@@ -852,7 +1197,7 @@ mod tests {
         let (_dir, pins) = pinned(&["x_1_all.deb", "x_2_all.deb", "x_3_all.deb"]);
         let all = |_: &str| true;
         let choose_with = |candidate: &str, apt_pin: u8, present: &dyn Fn(&str) -> bool| {
-            choose("x", None, &pins, present, |target| {
+            choose("x", None, &pins, present, HERE, |target| {
                 assert_eq!(target, "x");
                 indexed_as(candidate, apt_pin)
             })
@@ -892,7 +1237,10 @@ mod tests {
         );
         // apt naming another package's file is refused.
         assert!(matches!(
-            choose("x", None, &pins, &all, |_| indexed_as("y_2_all.deb", 9)),
+            choose("x", None, &pins, &all, HERE, |_| indexed_as(
+                "y_2_all.deb",
+                9
+            )),
             Err(SystemError::Fetch { .. })
         ));
         // apt failing is a failure, not "unknown": the cache does not
@@ -904,7 +1252,7 @@ mod tests {
             })
         };
         assert!(matches!(
-            choose("x", None, &pins, &all, failed),
+            choose("x", None, &pins, &all, HERE, failed),
             Err(SystemError::Fetch { .. })
         ));
     }
@@ -940,7 +1288,7 @@ mod tests {
         ] {
             let (_dir, pins) = pinned(names);
             let n = names.iter().position(|n| *n == want).unwrap() as u8;
-            let got = choose("x", None, &pins, &all, |_| Ok(None)).unwrap();
+            let got = choose("x", None, &pins, &all, HERE, |_| Ok(None)).unwrap();
             assert_eq!(got, cached(want, n, false), "{names:?}");
         }
     }
@@ -954,22 +1302,22 @@ mod tests {
         let (_dir, pins) = pinned(&["x_1_all.deb", "x_2_all.deb"]);
         let only_1 = |n: &str| n == "x_1_all.deb";
         assert!(matches!(
-            choose("x", None, &pins, &only_1, |_| Ok(None)),
+            choose("x", None, &pins, &only_1, HERE, |_| Ok(None)),
             Err(SystemError::DebNewestMissing { file, .. }) if file == "x_2_all.deb"
         ));
         let all = |_: &str| true;
         assert!(matches!(
-            choose("y", None, &pins, &all, |_| Ok(None)),
+            choose("y", None, &pins, &all, HERE, |_| Ok(None)),
             Err(SystemError::DebUnknown { target }) if target == "y"
         ));
         for names in [
-            ["x_2_amd64.deb", "x_2_arm64.deb"],
+            ["x_2_amd64.deb", "x_2_all.deb"],
             ["x_1.0_all.deb", "x_1.0-0_all.deb"],
         ] {
             let (_dir, pins) = pinned(&names);
             assert!(
                 matches!(
-                    choose("x", None, &pins, &all, |_| Ok(None)),
+                    choose("x", None, &pins, &all, HERE, |_| Ok(None)),
                     Err(SystemError::DebAmbiguous { files, .. }) if files.len() == 2
                 ),
                 "{names:?}"
@@ -985,11 +1333,11 @@ mod tests {
         let (_dir, pins) = pinned(&["x_1_all.deb", "x_2_all.deb", "x_1%3a4_all.deb"]);
         let all = |_: &str| true;
         assert_eq!(
-            choose("x", Some("1"), &pins, &all, unasked).unwrap(),
+            choose("x", Some("1"), &pins, &all, HERE, unasked).unwrap(),
             cached("x_1_all.deb", 0, false)
         );
         assert_eq!(
-            choose("x", Some("1:4"), &pins, &all, unasked).unwrap(),
+            choose("x", Some("1:4"), &pins, &all, HERE, unasked).unwrap(),
             cached("x_1%3a4_all.deb", 2, false)
         );
         let asked = |want: &'static str, file: &'static str| {
@@ -1000,30 +1348,112 @@ mod tests {
         };
         let none = |_: &str| false;
         assert_eq!(
-            choose("x", Some("3"), &pins, &none, asked("x=3", "x_3_all.deb")).unwrap(),
+            choose(
+                "x",
+                Some("3"),
+                &pins,
+                &none,
+                HERE,
+                asked("x=3", "x_3_all.deb")
+            )
+            .unwrap(),
             Choice::Download("x=3".into())
         );
         // The pinned file gone: apt's index names it again, to fetch.
         let not_1 = |n: &str| n != "x_1_all.deb";
         assert_eq!(
-            choose("x", Some("1"), &pins, &not_1, asked("x=1", "x_1_all.deb")).unwrap(),
+            choose(
+                "x",
+                Some("1"),
+                &pins,
+                &not_1,
+                HERE,
+                asked("x=1", "x_1_all.deb")
+            )
+            .unwrap(),
             Choice::Download("x=1".into())
         );
         assert!(matches!(
-            choose("x", Some("3"), &pins, &none, |_| Ok(None)),
+            choose("x", Some("3"), &pins, &none, HERE, |_| Ok(None)),
             Err(SystemError::DebUnknown { target }) if target == "x=3"
         ));
-        // Two architectures of the version: apt's index names this
-        // machine's; without it, neither is guessed.
-        let (_dir, pins) = pinned(&["x_2_amd64.deb", "x_2_arm64.deb"]);
+        // The version both for this machine and `all`: apt's index names
+        // the one it means; without it, neither is guessed.
+        let (_dir, pins) = pinned(&["x_2_amd64.deb", "x_2_all.deb"]);
         assert_eq!(
-            choose("x", Some("2"), &pins, &all, asked("x=2", "x_2_arm64.deb")).unwrap(),
-            cached("x_2_arm64.deb", 1, false)
+            choose(
+                "x",
+                Some("2"),
+                &pins,
+                &all,
+                HERE,
+                asked("x=2", "x_2_all.deb")
+            )
+            .unwrap(),
+            cached("x_2_all.deb", 1, false)
         );
         assert!(matches!(
-            choose("x", Some("2"), &pins, &all, |_| Ok(None)),
+            choose("x", Some("2"), &pins, &all, HERE, |_| Ok(None)),
             Err(SystemError::DebAmbiguous { .. })
         ));
+    }
+
+    /// A cache shared between machines (or filled by `apt-get download
+    /// NAME:ARCH`) may pin another architecture's file of a version. Its
+    /// one pinned file was taken without asking apt, whatever its
+    /// architecture: an arm64 package grafted on an amd64 machine. Only
+    /// this machine's architecture or `all` is taken without apt; offline,
+    /// only they are candidates.
+    #[test]
+    fn another_architecture_s_pinned_file_is_never_taken_without_apt() {
+        let all = |_: &str| true;
+        let only_arm64 = |n: &str| n == "x_2_arm64.deb";
+        let (_dir, pins) = pinned(&["x_2_arm64.deb"]);
+        let apt_names_amd64 = |target: &str| {
+            assert_eq!(target, "x=2");
+            indexed_as("x_2_amd64.deb", 9)
+        };
+        assert_eq!(
+            choose("x", Some("2"), &pins, &only_arm64, HERE, apt_names_amd64).unwrap(),
+            Choice::Download("x=2".into())
+        );
+        assert!(matches!(
+            choose("x", Some("2"), &pins, &all, HERE, |_| Ok(None)),
+            Err(SystemError::DebOtherArch { target, arch, files })
+                if target == "x=2" && arch == "amd64" && files == ["x_2_arm64.deb"]
+        ));
+        // This machine's file beside another's: taken, apt not asked.
+        let (_dir, pins) = pinned(&["x_2_arm64.deb", "x_2_amd64.deb"]);
+        assert_eq!(
+            choose("x", Some("2"), &pins, &all, HERE, unasked).unwrap(),
+            cached("x_2_amd64.deb", 1, false)
+        );
+        // The machine's architecture unknown: only `all` is its own.
+        assert!(matches!(
+            choose("x", Some("2"), &pins, &all, None, |_| Ok(None)),
+            Err(SystemError::DebOtherArch { arch, .. }) if arch == "unknown"
+        ));
+        // Offline: the newest of this machine's, not another's newer one.
+        let (_dir, pins) = pinned(&["x_1_amd64.deb", "x_2_arm64.deb"]);
+        assert_eq!(
+            choose("x", None, &pins, &all, HERE, |_| Ok(None)).unwrap(),
+            cached("x_1_amd64.deb", 0, false)
+        );
+        let (_dir, pins) = pinned(&["x_2_arm64.deb"]);
+        assert!(matches!(
+            choose("x", None, &pins, &all, HERE, |_| Ok(None)),
+            Err(SystemError::DebOtherArch { target, .. }) if target == "x"
+        ));
+    }
+
+    /// dpkg names this machine's architecture as the cache's files do.
+    #[test]
+    fn this_machine_s_architecture_is_dpkg_s() {
+        let arch = native_arch().expect("the tests' machine has a known architecture");
+        assert!(
+            parse_deb_name(&format!("x_1_{arch}.deb")).is_some_and(|n| n.arch == arch),
+            "{arch}"
+        );
     }
 
     /// A cache others may write (group- or world-writable, not sticky, or

@@ -6,60 +6,15 @@
 //! to the same settings.
 #![no_main]
 
-use std::path::Path;
-
 use kdl::{KdlDocument, KdlEntry, KdlNode};
 use libfuzzer_sys::fuzz_target;
-use miette::Diagnostic;
 use nexus_cli::config::{FileConfig, Located};
-use nexus_system::{Diag, SourceFile};
+use nexus_system::SourceFile;
+// The invariants of a diagnostic about a KDL file, as the profile and
+// recipe targets check them: one definition for every KDL file.
+use nexus_system_fuzz::{check_diag, lines_in};
 
 const PATH: &str = "/etc/nexus/nexus.kdl";
-
-fn lines_in(text: &str) -> usize {
-    text.matches('\n').count() + 1
-}
-
-/// `message` starts `PATH:LINE:COL: ` with LINE a line of `text` and COL
-/// at most one past the end of that line.
-fn check_location(text: &str, message: &str) {
-    let rest = message
-        .strip_prefix(PATH)
-        .and_then(|r| r.strip_prefix(':'))
-        .unwrap_or_else(|| panic!("does not start with {PATH}: {message}"));
-    let mut parts = rest.splitn(3, ':');
-    let (Some(line), Some(col), Some(what)) = (parts.next(), parts.next(), parts.next()) else {
-        panic!("no line and column: {message}");
-    };
-    let line: usize = line.parse().expect("a line number");
-    let col: usize = col.parse().expect("a column number");
-    assert!(what.starts_with(' ') && what.len() > 1, "{message}");
-    assert!((1..=lines_in(text)).contains(&line), "{message}");
-    let chars = text
-        .split('\n')
-        .nth(line - 1)
-        .unwrap_or_default()
-        .chars()
-        .count();
-    assert!((1..=chars + 1).contains(&col), "{message}");
-}
-
-/// A refusal names the file and a place within it (so do the further
-/// syntax errors related to it), and renders as nip renders it.
-fn check_diag(text: &str, diag: &Diag) {
-    assert_eq!(diag.file(), Path::new(PATH));
-    check_location(text, &diag.to_string());
-    for span in diag.labels().into_iter().flatten() {
-        assert!(span.offset() + span.len() <= text.len(), "{diag}");
-    }
-    for related in diag.related().into_iter().flatten() {
-        check_location(text, &related.to_string());
-    }
-    let mut out = String::new();
-    miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
-        .render_report(&mut out, diag)
-        .expect("a diagnostic renders");
-}
 
 fn value(name: &str, v: impl Into<kdl::KdlValue>) -> KdlNode {
     let mut node = KdlNode::new(name);
@@ -137,9 +92,10 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let config = match FileConfig::parse(&SourceFile::new(PATH, text)) {
+    let file = SourceFile::new(PATH, text);
+    let config = match FileConfig::parse(&file) {
         Ok(c) => c,
-        Err(diag) => return check_diag(text, &diag),
+        Err(diag) => return check_diag(&file, &diag),
     };
     let lines = 1..=lines_in(text);
     let m = &config.mount;

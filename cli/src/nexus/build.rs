@@ -26,8 +26,15 @@ Build a system profile into a generation (and a signed image).
 
 Reads profiles/NAME.kdl: the packages of the system, each with a version
 constraint, and which version of each App is Current (see
-profiles/README.md). A package the store already holds at a version that
-fits is reused as it is; every other one is made by its recipe
+profiles/README.md). A line builds the version it or its recipe pins;
+with none, a Debian package's is the highest of apt's candidate (asked
+of apt's local index, once for the whole build) and the stored versions,
+among those that satisfy the line's constraint: never an older version
+merely because the store holds it, nor an older candidate over a newer
+stored version; a package file's is the one the file holds (read every
+time). A package the store already holds at that version is reused
+as it is (for a package apt's index does not know, the highest stored
+version that fits); every other one is made by its recipe
 (recipes/**/RECIPE.kdl, see recipes/README.md): a Debian package fetched
 with `apt-get download` into the cache, a package file, a directory, or
 a build script. Each grafted package's version is checked against its

@@ -1,6 +1,8 @@
 //! What the KDL targets share: naming the file after the node an input
 //! declares (so that inputs get past the name check to the schema), and
-//! the invariants of every diagnostic.
+//! the invariants of every diagnostic. The configuration file's target
+//! (`cli/fuzz`) checks its diagnostics with these too: one definition of
+//! what a diagnostic must say for every KDL file nexus reads.
 
 use miette::Diagnostic;
 use nexus_system::{Diag, SourceFile};
@@ -23,7 +25,7 @@ pub fn stem(text: &str, kind: &str) -> String {
 
 /// How many lines `text` has, as a diagnostic counts them (the last one
 /// may be empty).
-fn lines_in(text: &str) -> usize {
+pub fn lines_in(text: &str) -> usize {
     text.matches('\n').count() + 1
 }
 
