@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use nexus_integration_tests::fixtures::{Scratch, cat_as_nobody, chmod, write_file};
-use nexus_integration_tests::nexus::{Mount, nexus, wait_for};
+use nexus_integration_tests::nexus::{Mount, alive, nexus, show, wait_for};
 use nexus_integration_tests::{Store, root_or_skip};
 
 /// How long a switch may take to show (the daemon checks every 100 ms;
@@ -206,4 +206,153 @@ fn a_package_cannot_speak_to_overlayfs() {
     );
     assert_eq!(read(&mount.join("evil/1/dir/kept")), b"kept\n");
     mount.umount();
+}
+
+/// `nexus takeover` replaces the daemon of a kernel-view mount without
+/// unmounting: the old daemon hands over the FUSE root beneath the view
+/// with its connections, the successor shows its own view beneath the old
+/// one and detaches it, a file held throughout still reads, and the
+/// successor follows the next switch.
+#[test]
+fn a_kernel_view_mount_is_taken_over_without_unmounting() {
+    if !root_or_skip("a_kernel_view_mount_is_taken_over_without_unmounting") {
+        return;
+    }
+    let scratch = Scratch::new("kernel-view-takeover");
+    let store = Store::init();
+    let v1 = version_tree(&scratch.join("src"), "1");
+    let v2 = version_tree(&scratch.join("src"), "2");
+    store.ok([
+        "add",
+        v1.to_str().unwrap(),
+        "--name",
+        "app",
+        "--version",
+        "1",
+    ]);
+    let index = scratch.join("index");
+    fs::create_dir_all(&index).unwrap();
+    let index = fs::canonicalize(index).unwrap();
+    let mount = Mount::start(
+        store.path(),
+        &scratch.join("mnt"),
+        &["--kernel-metadata", "--index", index.to_str().unwrap()],
+    );
+    let old = mount.pid();
+    let mut held = File::open(mount.join("app/Current/share/data")).unwrap();
+    let out = nexus(
+        store.path(),
+        [std::ffi::OsStr::new("takeover"), mount.point().as_os_str()],
+    );
+    assert!(
+        out.status.success(),
+        "takeover failed: {}\n{}",
+        show(&out),
+        mount.log()
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || !alive(old)),
+        "the old daemon still runs\n{}",
+        mount.log()
+    );
+    assert_eq!(
+        top_type(mount.point()),
+        "overlay",
+        "the kernel view is gone"
+    );
+    assert_eq!(top_type(&index), "erofs", "the Index's view is gone");
+    let status = nexus(store.path(), ["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let new = status["serving"][0]["pid"].as_i64().unwrap_or(0) as i32;
+    assert!(new != old && alive(new), "no successor serves: {status}");
+    assert_eq!(
+        status["serving"][0]["kernel_view"],
+        serde_json::Value::Bool(true)
+    );
+    // Exactly one view on each path: the successor detached the old one.
+    let table = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let on = |p: &Path| {
+        table
+            .lines()
+            .filter(|l| l.split(' ').nth(4) == p.to_str())
+            .count()
+    };
+    assert_eq!(
+        on(mount.point()),
+        2,
+        "FUSE and one view on the mount:\n{table}"
+    );
+    assert_eq!(on(&index), 2, "FUSE and one view on the Index:\n{table}");
+    let mut bytes = Vec::new();
+    held.read_to_end(&mut bytes).unwrap();
+    assert_eq!(bytes, read(&v1.join("share/data")));
+    drop(held);
+    assert_eq!(read(&index.join("bin/tool")), read(&v1.join("bin/tool")));
+    store.ok([
+        "add",
+        v2.to_str().unwrap(),
+        "--name",
+        "app",
+        "--version",
+        "2",
+    ]);
+    let current = mount.join("app/Current");
+    assert!(
+        wait_for(SHOW_WITHIN, || fs::read_link(&current)
+            .is_ok_and(|t| t == Path::new("2"))),
+        "the successor's kernel view did not follow the switch"
+    );
+    assert_eq!(read(&index.join("bin/tool")), read(&v2.join("bin/tool")));
+    let out = nexus(
+        store.path(),
+        [std::ffi::OsStr::new("umount"), mount.point().as_os_str()],
+    );
+    assert!(out.status.success(), "nexus umount: {}", show(&out));
+    assert!(
+        wait_for(Duration::from_secs(10), || !alive(new)),
+        "the successor still runs after nexus umount"
+    );
+    assert_eq!(on_now(mount.point()), 0, "something is still mounted");
+    assert_eq!(on_now(&index), 0, "something is still mounted on the Index");
+}
+
+/// How many mounts are on `path` now.
+fn on_now(path: &Path) -> usize {
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.split(' ').nth(4) == path.to_str())
+        .count()
+}
+
+/// A daemon killed outright leaves nothing behind: its keeper detaches the
+/// kernel view and the FUSE mount below it (no dead mount, no view over
+/// one).
+#[test]
+fn a_killed_daemon_leaves_no_view_and_no_dead_mount() {
+    if !root_or_skip("a_killed_daemon_leaves_no_view_and_no_dead_mount") {
+        return;
+    }
+    let scratch = Scratch::new("kernel-view-kill");
+    let store = Store::init();
+    let v1 = version_tree(&scratch.join("src"), "1");
+    store.ok([
+        "add",
+        v1.to_str().unwrap(),
+        "--name",
+        "app",
+        "--version",
+        "1",
+    ]);
+    let mount = Mount::start(store.path(), &scratch.join("mnt"), &["--kernel-metadata"]);
+    assert_eq!(on_now(mount.point()), 2);
+    // SAFETY: kill of the daemon this test started.
+    unsafe { libc::kill(mount.pid(), libc::SIGKILL) };
+    assert!(
+        wait_for(Duration::from_secs(10), || on_now(mount.point()) == 0),
+        "mounts left on {} after the daemon was killed:\n{}",
+        mount.point().display(),
+        fs::read_to_string("/proc/self/mountinfo").unwrap()
+    );
+    fs::read_dir(mount.point()).expect("the mount point is an ordinary directory again");
 }

@@ -82,6 +82,7 @@ pub(super) fn mounts(view: &Arc<View>, settings: &Settings) -> Result<Option<Mou
         None => None,
     };
     Ok(Some(Mounts {
+        kernel_data: None,
         main,
         index,
         adopted: true,

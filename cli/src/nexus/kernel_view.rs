@@ -222,7 +222,10 @@ pub(super) fn show(plan: &Plan, data: BorrowedFd) -> Result<(), Errno> {
 /// (`main`: the main mount's overlay; else the Index's image), uncovering
 /// the FUSE mount.
 pub(super) fn remove(layer: &Layer, main: bool) -> Result<(), Errno> {
-    if covered(layer, main)? {
+    // A path that cannot be examined (the FUSE mount of a dead daemon on
+    // top: ENOTCONN) has no view of ours on top: the mount below must
+    // still be unmounted.
+    if covered(layer, main).unwrap_or(false) {
         unmount(&layer.path, UnmountFlags::DETACH).map_err(errno)?;
     }
     Ok(())

@@ -177,8 +177,8 @@ pub enum Command {
         /// EROFS image of each generation's metadata, with overlayfs reading
         /// file contents from the FUSE mount below it (composefs's split).
         /// A warm program then costs the daemon no request at all, `isatty`
-        /// included. Needs root and Linux 6.12 or later; such a mount is not
-        /// handed over by `nexus takeover`
+        /// included. Needs root and Linux 6.12 or later; systemd's
+        /// descriptor store does not keep such a mount across a crash
         #[arg(long)]
         kernel_metadata: bool,
         /// Append the daemon's log to FILE [default: mount.log-file; without

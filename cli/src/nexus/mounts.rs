@@ -17,6 +17,8 @@ pub struct MountEntry {
     /// The source (the store directory for our mounts; `nexus` for those
     /// of older versions).
     pub source: String,
+    /// The device number (major, minor) of the file system mounted.
+    pub dev: Option<(u32, u32)>,
 }
 
 /// The types of nexus mounts: the store, and the Index.
@@ -78,6 +80,10 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
                 mount_point: PathBuf::from(OsString::from_vec(unescape(mount_point))),
                 fs_type: String::from_utf8_lossy(&unescape(fields.get(dash + 1)?)).into_owned(),
                 source: String::from_utf8_lossy(&unescape(fields.get(dash + 2)?)).into_owned(),
+                dev: fields.get(2).and_then(|d| {
+                    let (major, minor) = d.split_once(':')?;
+                    Some((major.parse().ok()?, minor.parse().ok()?))
+                }),
             })
         })
         .collect()
@@ -90,6 +96,21 @@ pub fn find_mount(path: &Path) -> Result<Option<MountEntry>> {
     Ok(parse_mountinfo(&text)
         .into_iter()
         .rfind(|m| m.mount_point == path))
+}
+
+/// The mount at `path` beneath the kernel view, if one covers it
+/// (`--kernel-metadata`), else the topmost: the daemon's own mount.
+pub fn find_served_mount(path: &Path) -> Result<Option<MountEntry>> {
+    let text =
+        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    let mut at: Vec<MountEntry> = parse_mountinfo(&text)
+        .into_iter()
+        .filter(|m| m.mount_point == path)
+        .collect();
+    while at.last().is_some_and(MountEntry::is_kernel_view) {
+        at.pop();
+    }
+    Ok(at.pop())
 }
 
 /// The canonical form of a mount point, even when it cannot be reached (the

@@ -147,7 +147,8 @@ pub(super) struct Settings {
     /// over (its store is a scratch directory of this process).
     pub image: Option<PathBuf>,
     /// Whether the kernel view covers the mounts (`--kernel-metadata`):
-    /// such a mount is not handed over, nor kept by systemd.
+    /// a takeover then hands over the main mount's root too; systemd's
+    /// descriptor store does not keep such mounts.
     pub kernel_metadata: bool,
     /// The sandbox's switches.
     pub sandbox: SandboxArgs,
@@ -199,6 +200,9 @@ pub(super) struct Mounts {
     /// systemd's file descriptor store after a crash): that process may
     /// have left requests unanswered, which the kernel must send again.
     pub adopted: bool,
+    /// The main mount's root as the previous daemon held it, beneath its
+    /// kernel view (a takeover of a `--kernel-metadata` mount).
+    pub kernel_data: Option<std::os::fd::OwnedFd>,
 }
 
 /// Mounts and serves until unmounted. `ready` (the daemon's pipe) is told
@@ -265,6 +269,7 @@ fn mount(view: &Arc<View>, settings: &Settings) -> Result<Mounts> {
         main,
         index,
         adopted: false,
+        kernel_data: None,
     })
 }
 
@@ -310,6 +315,7 @@ impl Daemon {
             main: mut mounted,
             index,
             adopted,
+            kernel_data,
         } = mounts;
         let mut index = index;
         // Before the sandbox forbids making the socket.
@@ -362,7 +368,11 @@ impl Daemon {
                     settings.index.as_deref(),
                     settings.mount.suid,
                 )?;
-                let data = kernel_view::open_data(&settings.mountpoint)?;
+                let data = match kernel_data {
+                    Some(fd) => fd,
+                    None => kernel_view::open_data(&settings.mountpoint)?,
+                };
+                let data: kernel_view::DataRoot = Arc::new(std::sync::Mutex::new(Some(data)));
                 Ok::<_, anyhow::Error>((files, plan, data))
             })
             .transpose()?;
@@ -385,9 +395,7 @@ impl Daemon {
                 mounts_outlive_daemon: stored,
                 remote: Some(&source),
                 reader: Some(view.reader()),
-                kernel_view: kernel_view
-                    .as_ref()
-                    .map(|(_, plan, data)| (plan, data.as_fd())),
+                kernel_view: kernel_view.as_ref().map(|(_, plan, data)| (plan, data)),
                 ..Confinement::new(&settings.sandbox, sandbox::Daemon::Mount, &store_dir)
                     .serving_image(
                         settings.image.as_deref(),
@@ -411,6 +419,7 @@ impl Daemon {
                 index: index.as_ref().map(|i| i.index()),
                 fuse: fuse_fd,
                 index_fuse: index_fd,
+                kernel_data: kernel_view.as_ref().map(|(_, _, data)| data.clone()),
                 record: record.as_ref().map(|r| r.root()),
                 termination: termination.clone(),
                 confined: confined.clone(),
@@ -443,9 +452,7 @@ impl Daemon {
         // The kernel view: shown now, then after the Index moved. Should it
         // fail now, the mounts are undone as on SIGTERM, and the error told.
         let mut failed = None;
-        if let Some((files, plan, data)) = kernel_view {
-            // The keeper, or `confined`, holds its own duplicate.
-            drop(data);
+        if let Some((files, plan, _)) = kernel_view {
             let shower = confined.kernel_view_shower(plan);
             let index = index.as_ref().map(|i| i.index());
             match kernel_view::refresh(&view, index.as_deref(), &files, &*shower) {

@@ -76,7 +76,7 @@ mod user;
 
 use std::ffi::{CString, OsStr};
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -144,7 +144,7 @@ pub struct Confinement<'a> {
     pub reader: Option<&'a nexus_store::read::Reader>,
     /// The kernel view over its mounts (`--kernel-metadata`), with the
     /// FUSE mount's root it reads contents from.
-    pub kernel_view: Option<(&'a KernelViewPlan, BorrowedFd<'a>)>,
+    pub kernel_view: Option<(&'a KernelViewPlan, &'a DataRoot)>,
 }
 
 impl<'a> Confinement<'a> {
@@ -230,6 +230,21 @@ impl Unmount for KeeperUnmount {
     }
 }
 
+/// Drops the daemon's descriptor of the FUSE mount's root before the
+/// keeper unmounts it: held, it would keep the mount busy, and alive once
+/// detached (the daemon would then wait for an end that never comes).
+struct DropDataFirst {
+    data: DataRoot,
+    inner: KeeperUnmount,
+}
+
+impl Unmount for DropDataFirst {
+    fn unmount(&mut self) -> io::Result<Unmounted> {
+        self.data.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.inner.unmount()
+    }
+}
+
 /// The socket's path and identity, to remove it only while it is ours.
 #[derive(Debug)]
 struct SocketFile {
@@ -256,7 +271,7 @@ pub struct Confined {
     /// The mount points, in unmounting order.
     mount_points: Vec<PathBuf>,
     /// The kernel view's plan and the FUSE mount's root, when there is
-    /// one and no keeper.
+    /// one (the daemon's own descriptor, which a takeover hands over).
     kernel_view: Option<(KernelViewPlan, DataRoot)>,
     mounts: usize,
     socket: Option<SocketFile>,
@@ -275,10 +290,22 @@ impl Confined {
                 .collect(),
             Some(keeper) => (0..self.mounts)
                 .map(|index| {
-                    Box::new(KeeperUnmount {
+                    let inner = KeeperUnmount {
                         keeper: keeper.clone(),
                         index,
-                    }) as Box<dyn Unmount>
+                    };
+                    let main = self.kernel_view.as_ref().filter(|(plan, _)| {
+                        self.mount_points.get(index).is_some_and(|p| {
+                            p.as_os_str().as_encoded_bytes() == plan.main.path.as_bytes()
+                        })
+                    });
+                    match main {
+                        Some((_, data)) => Box::new(DropDataFirst {
+                            data: data.clone(),
+                            inner,
+                        }) as Box<dyn Unmount>,
+                        None => Box::new(inner) as Box<dyn Unmount>,
+                    }
                 })
                 .collect(),
         }
@@ -392,12 +419,7 @@ pub fn confine(confinement: &Confinement) -> Result<Confined> {
             mount_points: confinement.mounts.clone(),
             kernel_view: confinement
                 .kernel_view
-                .map(|(plan, data)| {
-                    data.try_clone_to_owned()
-                        .map(|fd| (plan.clone(), Arc::new(std::sync::Mutex::new(Some(fd)))))
-                })
-                .transpose()
-                .context("duplicating the kernel view's descriptor of the mount")?,
+                .map(|(plan, data)| (plan.clone(), data.clone())),
             mounts: confinement.mounts.len(),
             socket,
             pid_file: confinement.pid_file.map(Path::to_path_buf),
@@ -506,7 +528,9 @@ pub fn confine(confinement: &Confinement) -> Result<Confined> {
     Ok(Confined {
         keeper: Some(keeper),
         mount_points: confinement.mounts.clone(),
-        kernel_view: None,
+        kernel_view: confinement
+            .kernel_view
+            .map(|(plan, data)| (plan.clone(), data.clone())),
         mounts: confinement.mounts.len(),
         socket,
         pid_file: confinement.pid_file.map(Path::to_path_buf),
@@ -617,11 +641,25 @@ fn keeper_plan(c: &Confinement, root: bool, last_cap: u32) -> Result<KeeperPlan>
         .iter()
         .map(|path| {
             let path_c = cstring(path)?;
-            Ok(KeptMount {
-                unique_id: keeper::unique_mount_id(&path_c).ok().flatten(),
-                path: path_c,
-                dev: nexus_fs::fuse::mount_device(path)
+            // Under the kernel view of a daemon this one takes over, the
+            // mount is known by its device only (what statx names is the
+            // view on top).
+            let covered =
+                crate::nexus::mounts::find_mount(path)?.is_some_and(|m| m.is_kernel_view());
+            let dev = match covered {
+                true => crate::nexus::mounts::find_served_mount(path)?
+                    .and_then(|m| m.dev)
+                    .with_context(|| format!("finding the device beneath {}", path.display()))?,
+                false => nexus_fs::fuse::mount_device(path)
                     .with_context(|| format!("finding the device of {}", path.display()))?,
+            };
+            Ok(KeptMount {
+                unique_id: match covered {
+                    true => None,
+                    false => keeper::unique_mount_id(&path_c).ok().flatten(),
+                },
+                path: path_c,
+                dev,
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -674,7 +712,14 @@ fn keeper_plan(c: &Confinement, root: bool, last_cap: u32) -> Result<KeeperPlan>
         leave_mounts: c.mounts_outlive_daemon,
         kernel_view: c
             .kernel_view
-            .map(|(plan, data)| (plan.clone(), data.as_raw_fd())),
+            .map(|(plan, data)| {
+                data.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                    .map(|fd| (plan.clone(), fd.as_raw_fd()))
+                    .context("the kernel view's descriptor of the mount is gone")
+            })
+            .transpose()?,
     })
 }
 

@@ -37,6 +37,9 @@ pub struct Giver {
     pub fuse: OwnedFd,
     /// The Index mount's.
     pub index_fuse: Option<OwnedFd>,
+    /// The main mount's root beneath the kernel view, if any: the
+    /// successor can reach it no other way.
+    pub kernel_data: Option<crate::nexus::kernel_view::DataRoot>,
     /// Its runtime record, withdrawn when it hands over.
     pub record: Option<Arc<RuntimeRoot>>,
     /// Its signal thread, told to ignore termination once handed over.
@@ -214,6 +217,22 @@ fn send_state_and_wait(
     if let Some(fd) = &giver.index_fuse {
         fds.push(fd.as_fd());
         names.push("index".to_string());
+    }
+    // A duplicate: the daemon's own is dropped when it unmounts.
+    let data = match &giver.kernel_data {
+        Some(data) => Some(
+            data.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .ok_or_else(|| anyhow::anyhow!("the mount is being unmounted"))?
+                .try_clone()
+                .context("duplicating the mount's root")?,
+        ),
+        None => None,
+    };
+    if let Some(fd) = &data {
+        fds.push(fd.as_fd());
+        names.push("data".to_string());
     }
     let state = HandedState {
         shown_generation: giver.view.generation(),

@@ -144,6 +144,11 @@ pub struct Offer {
     pub pid_file: Option<String>,
     /// Its log file.
     pub log_file: Option<String>,
+    /// Whether the kernel view covers its mounts (`--kernel-metadata`):
+    /// then the state carries the main mount's root as `data` (absent
+    /// from older daemons' offers: none had a kernel view).
+    #[serde(default)]
+    pub kernel_metadata: bool,
 }
 
 /// What the kernel holds of the daemon's mounts.
@@ -156,7 +161,8 @@ pub struct HandedState {
     /// The Index's paths by number (`index_paths[x]` is the path of inode
     /// `4·x + 3`), hex-encoded bytes; empty without an Index.
     pub index_paths: Vec<String>,
-    /// The descriptors attached: `fuse` (the mount), then `index`.
+    /// The descriptors attached: `fuse` (the mount), then `index`, then
+    /// `data` (the main mount's root, beneath the kernel view).
     pub fds: Vec<String>,
 }
 
@@ -167,11 +173,6 @@ pub(super) fn offer(settings: &super::serve::Settings, view: &nexus_fs::View) ->
         return Err(anyhow!(
             "it serves the image {} from a scratch store of its own; remount to upgrade",
             image.display()
-        ));
-    }
-    if settings.kernel_metadata {
-        return Err(anyhow!(
-            "its mounts are covered by the kernel view (--kernel-metadata); remount to upgrade"
         ));
     }
     let optional = |p: &Option<PathBuf>| p.as_deref().map(text).transpose();
@@ -189,6 +190,7 @@ pub(super) fn offer(settings: &super::serve::Settings, view: &nexus_fs::View) ->
         cache_bytes: settings.cache_bytes,
         pid_file: optional(&settings.pid_file)?,
         log_file: optional(&settings.log_file)?,
+        kernel_metadata: settings.kernel_metadata,
     })
 }
 

@@ -96,7 +96,7 @@ fn settings_of(offer: &Offer, request: &TakeoverRequest) -> Result<Settings> {
         pid_file: None,
         log_file: request.log_file.clone(),
         image: None,
-        kernel_metadata: false,
+        kernel_metadata: offer.kernel_metadata,
         sandbox: request.sandbox.clone(),
     })
 }
@@ -202,7 +202,7 @@ fn check_index(settings: &Settings) -> Result<()> {
     };
     let canonical = std::fs::canonicalize(dir).ok();
     let mount = match &canonical {
-        Some(c) if c == dir => crate::nexus::mounts::find_mount(c)?,
+        Some(c) if c == dir => crate::nexus::mounts::find_served_mount(c)?,
         _ => None,
     };
     if !mount.is_some_and(|m| m.is_nexus()) || dir == &settings.mountpoint {
@@ -347,11 +347,14 @@ fn adopt(
     state: HandedState,
     fds: Vec<OwnedFd>,
 ) -> Result<Daemon> {
-    let wanted: Vec<&str> = if settings.index.is_some() {
+    let mut wanted: Vec<&str> = if settings.index.is_some() {
         vec!["fuse", "index"]
     } else {
         vec!["fuse"]
     };
+    if settings.kernel_metadata {
+        wanted.push("data");
+    }
     if state.fds != wanted || fds.len() != wanted.len() {
         bail!(
             "the daemon sent descriptors {:?} ({} attached), expected {wanted:?}",
@@ -398,6 +401,15 @@ fn adopt(
         }
         None => None,
     };
+    // The main mount's root beneath the kernel view: no path reaches it.
+    let kernel_data = if settings.kernel_metadata {
+        Some(
+            fds.next()
+                .ok_or_else(|| anyhow!("no descriptor of the mount's root"))?,
+        )
+    } else {
+        None
+    };
     // Recorded before the old daemon withdraws its record, with the
     // packages the kernel holds: gc keeps them throughout.
     let record = runtime_root::announce(
@@ -425,6 +437,7 @@ fn adopt(
             main,
             index,
             adopted: true,
+            kernel_data,
         },
         record: Some(record),
         takeover: Some((listener, temporary)),
@@ -458,7 +471,7 @@ fn wait_for_exit(stream: &mut UnixStream, pid: u32) {
 pub fn canonical_mountpoint(path: &Path) -> Result<PathBuf> {
     let canonical =
         std::fs::canonicalize(path).with_context(|| format!("mount point {}", path.display()))?;
-    match crate::nexus::mounts::find_mount(&canonical)? {
+    match crate::nexus::mounts::find_served_mount(&canonical)? {
         Some(m) if m.is_nexus() => Ok(canonical),
         Some(m) => bail!(
             "{} is a {} mount, not a nexus mount",
@@ -493,6 +506,7 @@ mod tests {
             cache_bytes: 1 << 20,
             pid_file: None,
             log_file: Some("/var/log/nexus.log".into()),
+            kernel_metadata: false,
         };
         let mut request = TakeoverRequest {
             store: store.clone(),
