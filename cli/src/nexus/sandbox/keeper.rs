@@ -252,9 +252,14 @@ fn keeper_main(plan: &KeeperPlan, socket: RawFd) -> ! {
             exit(1);
         }
         // Every other descriptor the daemon had (the FUSE device above
-        // all) is closed; stdio stays, pointing where the daemon's does.
-        if libc::syscall(libc::SYS_close_range, DATA_FD + 1, u32::MAX, 0) != 0 {
-            for fd in DATA_FD + 1..4096 {
+        // all, and the pipe its parent waits on for EOF) is closed; stdio
+        // stays, pointing where the daemon's does.
+        let first = match plan.kernel_view {
+            Some(_) => DATA_FD + 1,
+            None => KEEPER_FD + 1,
+        };
+        if libc::syscall(libc::SYS_close_range, first, u32::MAX, 0) != 0 {
+            for fd in first..4096 {
                 libc::close(fd);
             }
         }
