@@ -11,9 +11,11 @@
 #                       built (see below).
 #   --runs N            repetitions of every measurement, median reported
 #                       (default 1)
-#   --fs LIST           comma-separated subset of native,nexus,squashfuse,
-#                       squashfuse_ll,erofsfuse,erofs (default: all six;
-#                       erofs = the kernel's driver on the erofsfuse image)
+#   --fs LIST           comma-separated subset of native,nexus,nexus-kv,
+#                       squashfuse,squashfuse_ll,erofsfuse,erofs (default:
+#                       all seven; nexus-kv = `nexus mount --kernel-metadata`
+#                       of the same store; erofs = the kernel's driver on the
+#                       erofsfuse image)
 #   --store DIR         mount this existing nexus store, which must hold the
 #                       corpus, instead of building a fresh one with nip
 #   --erofs-src SRC     erofs-utils source to build erofsfuse and mkfs.erofs
@@ -94,7 +96,7 @@ FULL_CORPUS_LARGE_FILE=libllvm15/15.0.6-4+b1/usr/lib/x86_64-linux-gnu/libLLVM-15
 RAND_SEED=20261127
 MOUNT_TIMEOUT=120             # seconds a mount command may take
 
-all_fs="native,nexus,squashfuse,squashfuse_ll,erofsfuse,erofs"
+all_fs="native,nexus,nexus-kv,squashfuse,squashfuse_ll,erofsfuse,erofs"
 smoke=0 runs=1 check=0 keep=0 verify=0 readers=4 rand_reads=20000
 fs_arg=$all_fs
 store_arg="" large_arg=""
@@ -154,7 +156,7 @@ skip_fs() {
     skipped_fs[$1]=$2
     log "$1 skipped: $2"
 }
-if want nexus; then
+if want nexus || want nexus-kv; then
     [[ -x $nexus ]] || die "nexus binary not found at $nexus (build it with: cargo build --release -p nexus-cli, set NEXUS=..., or leave it out with --fs)"
     if [[ -z $store_arg ]]; then
         [[ -x $nip ]] || die "nip binary not found at $nip (build it with: cargo build --release -p nexus-cli, or set NIP=...)"
@@ -294,7 +296,7 @@ drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 alive() { [[ -e /proc/$1/status ]] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null; }
 
 # The daemon binary of each FUSE file system; the kernel's erofs has none.
-declare -A bin_of=([nexus]="$nexus" [squashfuse]=squashfuse [squashfuse_ll]=squashfuse_ll [erofsfuse]="")
+declare -A bin_of=([nexus]="$nexus" [nexus-kv]="$nexus" [squashfuse]=squashfuse [squashfuse_ll]=squashfuse_ll [erofsfuse]="")
 has_daemon() { [[ -v bin_of[$1] ]]; }
 
 # daemon_pid V MP: the process that has MP as one of its arguments, preferring
@@ -334,6 +336,7 @@ mount_fs() {
     fi
     case "$v" in
         nexus) cmd=("$nexus" --store "$store" mount "$mp") ;;
+        nexus-kv) cmd=("$nexus" --store "$store" mount "$mp" --kernel-metadata) ;;
         squashfuse|squashfuse_ll) cmd=("$v" "$sqfs_img" "$mp") ;;
         erofsfuse) cmd=("$erofsfuse_bin" "$erofs_img" "$mp") ;;
         erofs) cmd=(mount -t erofs -o "ro,loop" "$erofs_img" "$mp") ;;
@@ -372,8 +375,8 @@ mount_fs() {
 umount_fs() {
     local v=$1 mp=${mounted[$1]:-} pid=${dpid[$1]:-} rc=0 i
     [[ -n $mp ]] || return 0
-    if [[ $v == nexus ]]; then
-        "$nexus" umount "$mp" >> "$logs/umount-$v.log" 2>&1 || rc=$?
+    if [[ $v == nexus || $v == nexus-kv ]]; then
+        "$nexus" --store "$store" umount "$mp" >> "$logs/umount-$v.log" 2>&1 || rc=$?
     elif has_daemon "$v" && [[ -n $fusermount ]]; then
         "$fusermount" -u "$mp" >> "$logs/umount-$v.log" 2>&1 || rc=$?
     else
@@ -456,7 +459,7 @@ EOF
 
 # ---- nexus store -------------------------------------------------------------
 store="" store_build_s="" store_bytes="" store_source=""
-if want nexus; then
+if want nexus || want nexus-kv; then
     if [[ -n $store_arg ]]; then
         store=$(realpath "$store_arg")
         [[ -d $store ]] || die "--store $store_arg: not a directory"
@@ -811,6 +814,11 @@ if have nexus; then
     [[ -n ${ver[nexus]} ]] || ver[nexus]="nexus (no --version), commit $commit"
     cmdline[nexus]="\`nexus --store R mount MP\`; \`nexus umount MP\`"
     backing[nexus]="store ${store_bytes} bytes (\`du -sb\`; $store_source$(opt_s ', nip add %.1f s' "$store_build_s"))"
+fi
+if have nexus-kv; then
+    ver[nexus-kv]=$(first_line "$nexus" --version)
+    cmdline[nexus-kv]="\`nexus --store R mount MP --kernel-metadata\`; \`nexus umount MP\`"
+    backing[nexus-kv]="the same store; the kernel view's images written at each mount"
 fi
 for v in squashfuse squashfuse_ll; do
     have "$v" || continue

@@ -25,12 +25,12 @@ fn top_type(path: &Path) -> String {
     let table = fs::read_to_string("/proc/self/mountinfo").unwrap();
     table
         .lines()
-        .filter_map(|l| {
+        .rev()
+        .find_map(|l| {
             let fields: Vec<&str> = l.split(' ').collect();
             let dash = fields.iter().position(|f| *f == "-")?;
             (Path::new(fields[4]) == path).then(|| fields[dash + 1].to_string())
         })
-        .last()
         .unwrap_or_default()
 }
 

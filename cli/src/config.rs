@@ -11,6 +11,7 @@
 //!     mountpoint "/Programs"
 //!     index "/System/Index"
 //!     allow-other #true
+//!     kernel-metadata #true
 //!     threads 4
 //!     cache-mib 16
 //!     log-file "/var/log/nexus/mount.log"
@@ -62,6 +63,7 @@ const MOUNT_NODES: &[&str] = &[
     "mountpoint",
     "index",
     "allow-other",
+    "kernel-metadata",
     "threads",
     "cache-mib",
     "log-file",
@@ -172,6 +174,8 @@ pub struct MountFile {
     pub index: Option<Located<PathBuf>>,
     /// `allow-other`.
     pub allow_other: Option<Located<bool>>,
+    /// `kernel-metadata`.
+    pub kernel_metadata: Option<Located<bool>>,
     /// `threads`.
     pub threads: Option<Located<u16>>,
     /// `cache-mib`.
@@ -239,6 +243,9 @@ impl FileConfig {
                             "mountpoint" => set(file, child, &mut m.mountpoint, path_value)?,
                             "index" => set(file, child, &mut m.index, path_value)?,
                             "allow-other" => set(file, child, &mut m.allow_other, bool_value)?,
+                            "kernel-metadata" => {
+                                set(file, child, &mut m.kernel_metadata, bool_value)?
+                            }
                             "threads" => set(file, child, &mut m.threads, |f, n| {
                                 count(f, n, 1, 64).map(|v| v as u16)
                             })?,
@@ -441,6 +448,8 @@ pub struct MountSettings {
     pub index: Setting<Option<PathBuf>>,
     /// Let every user use the mount.
     pub allow_other: Setting<bool>,
+    /// Stack the kernel view on the mount.
+    pub kernel_metadata: Setting<bool>,
     /// Request threads.
     pub threads: Setting<u16>,
     /// Block cache in MiB.
@@ -580,6 +589,10 @@ impl Settings {
             },
             index: or_default(&m.index, None),
             allow_other: match &m.allow_other {
+                Some(l) => Setting::new(l.value, from_file(l.line)),
+                None => Setting::new(false, Origin::Default("built-in")),
+            },
+            kernel_metadata: match &m.kernel_metadata {
                 Some(l) => Setting::new(l.value, from_file(l.line)),
                 None => Setting::new(false, Origin::Default("built-in")),
             },

@@ -191,6 +191,11 @@ fn rows(s: &Settings) -> Vec<Row> {
             m.allow_other.value,
             &m.allow_other.origin,
         ),
+        value_row(
+            "mount.kernel-metadata",
+            m.kernel_metadata.value,
+            &m.kernel_metadata.origin,
+        ),
         value_row("mount.threads", m.threads.value, &m.threads.origin),
         value_row("mount.cache-mib", m.cache_mib.value, &m.cache_mib.origin),
         optional_path_row(

@@ -178,9 +178,12 @@ pub enum Command {
         /// file contents from the FUSE mount below it (composefs's split).
         /// A warm program then costs the daemon no request at all, `isatty`
         /// included. Needs root and Linux 6.12 or later; systemd's
-        /// descriptor store does not keep such a mount across a crash
-        #[arg(long)]
-        kernel_metadata: bool,
+        /// descriptor store does not keep such a mount across a crash.
+        /// `--kernel-metadata=false` overrides the configuration
+        /// [default: mount.kernel-metadata, or false]
+        #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+              default_missing_value = "true")]
+        kernel_metadata: Option<bool>,
         /// Append the daemon's log to FILE [default: mount.log-file; without
         /// one the daemon logs nothing; in the foreground, logs go to stderr].
         /// Its directory must not hold the store (the daemon may write there).
@@ -617,6 +620,10 @@ pub fn run(cli: Cli) -> Result<i32> {
                 None => None,
             };
             let allow_other = m.allow_other.clone().or_flag(allow_other, "--allow-other");
+            let kernel_metadata = m
+                .kernel_metadata
+                .clone()
+                .or_flag(kernel_metadata, "--kernel-metadata");
             let threads = m.threads.clone().or_flag(threads, "--threads");
             let cache_mib = m.cache_mib.clone().or_flag(cache_mib, "--cache-mib");
             let log_file = m.log_file.clone().or_flag(log_file.map(Some), "--log-file");
@@ -638,7 +645,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 log_file: log_file.value.clone(),
                 nosuid,
                 image,
-                kernel_metadata,
+                kernel_metadata: kernel_metadata.value,
                 sandbox,
             };
             let destination = logging::destination(log_file.value.clone());

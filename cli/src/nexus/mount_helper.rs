@@ -17,6 +17,7 @@
 //! | `pid_file=FILE` | `--pid-file FILE` |
 //! | `config=FILE` | `--config FILE` |
 //! | `nosuid` | `--nosuid` |
+//! | `kernel_metadata` | `--kernel-metadata` |
 //!
 //! Options that mean nothing to a read-only FUSE mount, or that belong to
 //! mount(8), systemd or fstab, are ignored as other FUSE helpers ignore
@@ -161,6 +162,7 @@ pub fn translate(args: &[OsString]) -> Result<Vec<OsString>, Refusal> {
             "" => {}
             "allow_other" => mount.push("--allow-other".into()),
             "nosuid" => mount.push("--nosuid".into()),
+            "kernel_metadata" => mount.push("--kernel-metadata".into()),
             "index" => mount.extend(flag("--index", value)?),
             "threads" => mount.extend(flag("--threads", value)?),
             "cache_mib" | "cache-mib" => mount.extend(flag("--cache-mib", value)?),
@@ -227,7 +229,7 @@ mod tests {
             "/Programs",
             "-o",
             "ro,allow_other,index=/System/Index,noauto,nofail,_netdev,x-systemd.automount,\
-             threads=8,cache_mib=64,defaults,nosuid",
+             threads=8,cache_mib=64,defaults,nosuid,kernel_metadata",
             "-n",
             "-t",
             "fuse.nexus",
@@ -248,7 +250,8 @@ mod tests {
                 "8",
                 "--cache-mib",
                 "64",
-                "--nosuid"
+                "--nosuid",
+                "--kernel-metadata"
             ]
         );
     }
