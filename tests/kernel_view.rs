@@ -57,23 +57,22 @@ fn version_tree(root: &Path, version: &str) -> std::path::PathBuf {
     dir
 }
 
+/// A store holding `app/1`, and the trees of versions 1 and 2.
+fn app_store(scratch: &Scratch) -> (Store, std::path::PathBuf, std::path::PathBuf) {
+    let store = Store::init();
+    let v1 = version_tree(&scratch.join("src"), "1");
+    let v2 = version_tree(&scratch.join("src"), "2");
+    store.add_dir(&v1, "app", "1");
+    (store, v1, v2)
+}
+
 #[test]
 fn the_kernel_view_shows_the_tree_follows_switches_and_unmounts() {
     if !root_or_skip("the_kernel_view_shows_the_tree_follows_switches_and_unmounts") {
         return;
     }
     let scratch = Scratch::new("kernel-view");
-    let store = Store::init();
-    let v1 = version_tree(&scratch.join("src"), "1");
-    let v2 = version_tree(&scratch.join("src"), "2");
-    store.ok([
-        "add",
-        v1.to_str().unwrap(),
-        "--name",
-        "app",
-        "--version",
-        "1",
-    ]);
+    let (store, v1, v2) = app_store(&scratch);
     let mount = Mount::start(
         store.path(),
         &scratch.join("mnt"),
@@ -114,14 +113,7 @@ fn the_kernel_view_shows_the_tree_follows_switches_and_unmounts() {
 
     // A file opened under version 1 keeps it across the switch.
     let mut held = File::open(current.join("share/data")).unwrap();
-    store.ok([
-        "add",
-        v2.to_str().unwrap(),
-        "--name",
-        "app",
-        "--version",
-        "2",
-    ]);
+    store.add_dir(&v2, "app", "2");
     assert!(
         wait_for(SHOW_WITHIN, || fs::read_link(&current)
             .is_ok_and(|t| t == Path::new("2"))),
@@ -181,16 +173,8 @@ fn a_package_cannot_speak_to_overlayfs() {
     xattr::set(evil.join("lure"), "trusted.overlay.metacopy", b"").unwrap();
     xattr::set(evil.join("dir"), "trusted.overlay.opaque", b"y").unwrap();
     xattr::set(evil.join("lure"), "user.kept", b"yes").unwrap();
-    for (dir, name) in [(&victim, "victim"), (&evil, "evil")] {
-        store.ok([
-            "add",
-            dir.to_str().unwrap(),
-            "--name",
-            name,
-            "--version",
-            "1",
-        ]);
-    }
+    store.add_dir(&victim, "victim", "1");
+    store.add_dir(&evil, "evil", "1");
     let mount = Mount::start(
         store.path(),
         &scratch.join("mnt"),
@@ -219,17 +203,7 @@ fn a_kernel_view_mount_is_taken_over_without_unmounting() {
         return;
     }
     let scratch = Scratch::new("kernel-view-takeover");
-    let store = Store::init();
-    let v1 = version_tree(&scratch.join("src"), "1");
-    let v2 = version_tree(&scratch.join("src"), "2");
-    store.ok([
-        "add",
-        v1.to_str().unwrap(),
-        "--name",
-        "app",
-        "--version",
-        "1",
-    ]);
+    let (store, v1, v2) = app_store(&scratch);
     let index = scratch.join("index");
     fs::create_dir_all(&index).unwrap();
     let index = fs::canonicalize(index).unwrap();
@@ -288,14 +262,7 @@ fn a_kernel_view_mount_is_taken_over_without_unmounting() {
     assert_eq!(bytes, read(&v1.join("share/data")));
     drop(held);
     assert_eq!(read(&index.join("bin/tool")), read(&v1.join("bin/tool")));
-    store.ok([
-        "add",
-        v2.to_str().unwrap(),
-        "--name",
-        "app",
-        "--version",
-        "2",
-    ]);
+    store.add_dir(&v2, "app", "2");
     let current = mount.join("app/Current");
     assert!(
         wait_for(SHOW_WITHIN, || fs::read_link(&current)
@@ -334,16 +301,7 @@ fn a_killed_daemon_leaves_no_view_and_no_dead_mount() {
         return;
     }
     let scratch = Scratch::new("kernel-view-kill");
-    let store = Store::init();
-    let v1 = version_tree(&scratch.join("src"), "1");
-    store.ok([
-        "add",
-        v1.to_str().unwrap(),
-        "--name",
-        "app",
-        "--version",
-        "1",
-    ]);
+    let (store, _, _) = app_store(&scratch);
     let mount = Mount::start(store.path(), &scratch.join("mnt"), &["--kernel-metadata"]);
     assert_eq!(on_now(mount.point()), 2);
     // SAFETY: kill of the daemon this test started.

@@ -167,12 +167,9 @@ fn pass(mount: &Mount, index: &Path) -> (Walked, Walked) {
     (packages, indexed)
 }
 
-#[test]
-fn a_warm_walk_sends_the_daemon_nothing_avoidable() {
-    if !root_or_skip("a_warm_walk_sends_the_daemon_nothing_avoidable") {
-        return;
-    }
-    let scratch = Scratch::new("warm-requests");
+/// A store of Python's standard library and Perl's modules, and an
+/// empty directory for the Index.
+fn python_and_perl(scratch: &Scratch) -> (Store, std::path::PathBuf) {
     let store = Store::init();
     let debs = fetch_debs(&["libpython3.11-stdlib", "perl-modules-5.36"]);
     let mut add = vec!["add".to_string()];
@@ -180,7 +177,16 @@ fn a_warm_walk_sends_the_daemon_nothing_avoidable() {
     store.ok(&add);
     let index = scratch.join("index");
     fs::create_dir_all(&index).unwrap();
-    let index = fs::canonicalize(index).unwrap();
+    (store, fs::canonicalize(index).unwrap())
+}
+
+#[test]
+fn a_warm_walk_sends_the_daemon_nothing_avoidable() {
+    if !root_or_skip("a_warm_walk_sends_the_daemon_nothing_avoidable") {
+        return;
+    }
+    let scratch = Scratch::new("warm-requests");
+    let (store, index) = python_and_perl(&scratch);
     let mount = Mount::start(
         store.path(),
         &scratch.join("mnt"),
@@ -250,14 +256,7 @@ fn with_the_kernel_view_a_warm_walk_sends_the_daemon_nothing() {
         return;
     }
     let scratch = Scratch::new("warm-kernel-view");
-    let store = Store::init();
-    let debs = fetch_debs(&["libpython3.11-stdlib", "perl-modules-5.36"]);
-    let mut add = vec!["add".to_string()];
-    add.extend(debs.iter().map(|d| d.to_string_lossy().into_owned()));
-    store.ok(&add);
-    let index = scratch.join("index");
-    fs::create_dir_all(&index).unwrap();
-    let index = fs::canonicalize(index).unwrap();
+    let (store, index) = python_and_perl(&scratch);
     let mount = Mount::start(
         store.path(),
         &scratch.join("mnt"),
