@@ -336,7 +336,7 @@ mount_fs() {
     fi
     case "$v" in
         nexus) cmd=("$nexus" --store "$store" mount "$mp") ;;
-        nexus-kv) cmd=("$nexus" --store "$store" mount "$mp" --kernel-metadata) ;;
+        nexus-kv) cmd=("$nexus" --store "$store" mount "$mp" --kernel-metadata --allow-other) ;;
         squashfuse|squashfuse_ll) cmd=("$v" "$sqfs_img" "$mp") ;;
         erofsfuse) cmd=("$erofsfuse_bin" "$erofs_img" "$mp") ;;
         erofs) cmd=(mount -t erofs -o "ro,loop" "$erofs_img" "$mp") ;;
@@ -817,7 +817,7 @@ if have nexus; then
 fi
 if have nexus-kv; then
     ver[nexus-kv]=$(first_line "$nexus" --version)
-    cmdline[nexus-kv]="\`nexus --store R mount MP --kernel-metadata\`; \`nexus umount MP\`"
+    cmdline[nexus-kv]="\`nexus --store R mount MP --kernel-metadata --allow-other\`; \`nexus umount MP\`"
     backing[nexus-kv]="the same store; the kernel view's images written at each mount"
 fi
 for v in squashfuse squashfuse_ll; do

@@ -207,7 +207,7 @@ kmeta_skipped=""
 sides=(nexus)
 if [[ $kmeta -eq 1 ]]; then
     mkdir -p "$kmnt" "$kidx"
-    if "$nexus" --store "$store" mount "$kmnt" --index "$kidx" --kernel-metadata \
+    if "$nexus" --store "$store" mount "$kmnt" --index "$kidx" --kernel-metadata --allow-other \
         --log-file "$logs/kmeta-daemon.log" > "$logs/kmeta-mount.log" 2>&1; then
         kmounted=1
         sides+=(kmeta)

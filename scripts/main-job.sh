@@ -8,8 +8,9 @@
 # rustup if cargo is missing), builds nip, creates the store at the embedded
 # default location (/var/lib/nexus for root), downloads the given Debian
 # packages with `apt-get download` and grafts the .deb files as App/Version,
-# verifies the store, mounts it at /Programs (the
-# daemon stays running; `nexus umount /Programs` ends it), runs hello
+# verifies the store, mounts it at /Programs (with the kernel view on Linux
+# 6.12 and later; the daemon stays running; `nexus umount /Programs` ends
+# it), runs hello
 # from the mount, and boots a Rumk guest (`nexus build rumk`, `nexus rumk
 # run`) that reads hello over virtio-fs and verifies it. Running it again is
 # harmless: adding an identical package is a no-op, and an existing
@@ -52,7 +53,15 @@ if awk '$2 == "/Programs" { found = 1 } END { exit !found }' /proc/mounts; then
     "$nexus" umount /Programs
 fi
 mkdir -p /Programs
-"$nexus" mount /Programs --allow-other
+# The kernel view (programs start without a round trip to the daemon)
+# where the kernel has what it needs: file-backed EROFS and overlayfs
+# data-only layers, Linux 6.12 and later. Older kernels get the FUSE mount
+# alone, which serves the same tree.
+kernel_view=()
+if [[ $(printf '%s\n' 6.12 "$(uname -r)" | sort -V | head -1) == 6.12 ]]; then
+    kernel_view=(--kernel-metadata)
+fi
+"$nexus" mount /Programs --allow-other "${kernel_view[@]}"
 echo
 ls -l /Programs /Programs/*/
 if [[ -x /Programs/hello/Current/bin/hello ]]; then

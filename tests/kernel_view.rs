@@ -210,7 +210,12 @@ fn a_kernel_view_mount_is_taken_over_without_unmounting() {
     let mount = Mount::start(
         store.path(),
         &scratch.join("mnt"),
-        &["--kernel-metadata", "--index", index.to_str().unwrap()],
+        &[
+            "--kernel-metadata",
+            "--allow-other",
+            "--index",
+            index.to_str().unwrap(),
+        ],
     );
     let old = mount.pid();
     let mut held = File::open(mount.join("app/Current/share/data")).unwrap();
@@ -302,7 +307,11 @@ fn a_killed_daemon_leaves_no_view_and_no_dead_mount() {
     }
     let scratch = Scratch::new("kernel-view-kill");
     let (store, _, _) = app_store(&scratch);
-    let mount = Mount::start(store.path(), &scratch.join("mnt"), &["--kernel-metadata"]);
+    let mount = Mount::start(
+        store.path(),
+        &scratch.join("mnt"),
+        &["--kernel-metadata", "--allow-other"],
+    );
     assert_eq!(on_now(mount.point()), 2);
     // SAFETY: kill of the daemon this test started.
     unsafe { libc::kill(mount.pid(), libc::SIGKILL) };
@@ -313,4 +322,32 @@ fn a_killed_daemon_leaves_no_view_and_no_dead_mount() {
         fs::read_to_string("/proc/self/mountinfo").unwrap()
     );
     fs::read_dir(mount.point()).expect("the mount point is an ordinary directory again");
+}
+
+/// The kernel serves its view to every user (as each file's mode allows),
+/// so a mount that was not asked to let others in is not given one: the
+/// flag without `--allow-other` is refused, saying why, and nothing is
+/// mounted.
+#[test]
+fn the_kernel_view_is_refused_without_allow_other() {
+    if !root_or_skip("the_kernel_view_is_refused_without_allow_other") {
+        return;
+    }
+    let scratch = Scratch::new("kernel-view-private");
+    let (store, _, _) = app_store(&scratch);
+    let point = scratch.join("mnt");
+    fs::create_dir_all(&point).unwrap();
+    let point = fs::canonicalize(point).unwrap();
+    let out = nexus(
+        store.path(),
+        [
+            std::ffi::OsStr::new("mount"),
+            point.as_os_str(),
+            std::ffi::OsStr::new("--kernel-metadata"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("--allow-other"), "{}", show(&out));
+    assert_eq!(on_now(&point), 0, "something was mounted");
 }

@@ -260,7 +260,12 @@ fn with_the_kernel_view_a_warm_walk_sends_the_daemon_nothing() {
     let mount = Mount::start(
         store.path(),
         &scratch.join("mnt"),
-        &["--index", index.to_str().unwrap(), "--kernel-metadata"],
+        &[
+            "--index",
+            index.to_str().unwrap(),
+            "--kernel-metadata",
+            "--allow-other",
+        ],
     );
     let counts = |root: &Path| {
         // Settled: a read sent ahead at the end of a walk belongs to it.

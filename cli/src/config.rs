@@ -705,17 +705,18 @@ mod tests {
     #[test]
     fn a_full_file_is_read() {
         let c = parse(
-            "store \"/srv/nexus\"\nkeys \"/etc/nexus/keys\"\nmount {\n    mountpoint \"/Programs\"\n    index \"/System/Index\"\n    allow-other #true\n    threads 8\n    cache-mib 64\n    log-file \"/var/log/nexus.log\"\n}\nserve {\n    cache-mib 256\n}\nremote \"origin\" url=\"https://example.org/store\"\n",
+            "store \"/srv/nexus\"\nkeys \"/etc/nexus/keys\"\nmount {\n    mountpoint \"/Programs\"\n    index \"/System/Index\"\n    allow-other #true\n    kernel-metadata #true\n    threads 8\n    cache-mib 64\n    log-file \"/var/log/nexus.log\"\n}\nserve {\n    cache-mib 256\n}\nremote \"origin\" url=\"https://example.org/store\"\n",
         )
         .unwrap();
         assert_eq!(c.store.as_ref().unwrap().value, Path::new("/srv/nexus"));
         assert_eq!(c.store.as_ref().unwrap().line, 1);
         assert_eq!(c.mount.threads.as_ref().unwrap().value, 8);
-        assert_eq!(c.mount.threads.as_ref().unwrap().line, 7);
+        assert_eq!(c.mount.threads.as_ref().unwrap().line, 8);
         assert!(c.mount.allow_other.as_ref().unwrap().value);
+        assert!(c.mount.kernel_metadata.as_ref().unwrap().value);
         assert_eq!(c.serve.cache_mib.as_ref().unwrap().value, 256);
         assert_eq!(c.remotes[0].name, "origin");
-        assert_eq!(c.remotes[0].line, 14);
+        assert_eq!(c.remotes[0].line, 15);
     }
 
     #[test]

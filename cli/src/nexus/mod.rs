@@ -177,7 +177,9 @@ pub enum Command {
         /// EROFS image of each generation's metadata, with overlayfs reading
         /// file contents from the FUSE mount below it (composefs's split).
         /// A warm program then costs the daemon no request at all, `isatty`
-        /// included. Needs root and Linux 6.12 or later; systemd's
+        /// included. Needs root, `--allow-other` (the kernel serves the view
+        /// to every user, as each file's mode allows) and Linux 6.12 or
+        /// later; systemd's
         /// descriptor store does not keep such a mount across a crash.
         /// `--kernel-metadata=false` overrides the configuration
         /// [default: mount.kernel-metadata, or false]
@@ -624,6 +626,23 @@ pub fn run(cli: Cli) -> Result<i32> {
                 .kernel_metadata
                 .clone()
                 .or_flag(kernel_metadata, "--kernel-metadata");
+            if kernel_metadata.value && !allow_other.value {
+                // The kernel serves overlayfs and EROFS to every user (as
+                // each file's mode allows); a FUSE mount without
+                // allow_other only to the user who made it.
+                let asked = match &kernel_metadata.origin {
+                    crate::config::Origin::File { path, line } => {
+                        format!("mount.kernel-metadata ({}, line {line})", path.display())
+                    }
+                    _ => "--kernel-metadata".to_string(),
+                };
+                eprintln!(
+                    "nexus: error: {asked} needs --allow-other (or mount.allow-other #true): \
+                     the kernel view is open to every user, as each file's mode allows, \
+                     which a mount without allow-other is not"
+                );
+                return Ok(exit::USAGE);
+            }
             let threads = m.threads.clone().or_flag(threads, "--threads");
             let cache_mib = m.cache_mib.clone().or_flag(cache_mib, "--cache-mib");
             let log_file = m.log_file.clone().or_flag(log_file.map(Some), "--log-file");
