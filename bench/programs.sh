@@ -127,7 +127,6 @@ kmnt="$work/kmeta-tree" kidx="$work/kmeta-usr"
 kmounted=0
 # shellcheck disable=SC2317 # called by the EXIT trap
 cleanup() {
-    local m
     if [[ $kmounted -eq 1 ]]; then
         "$nexus" --store "$store" umount "$kmnt" >> "$logs/umount.log" 2>&1 || true
     fi
