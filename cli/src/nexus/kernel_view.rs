@@ -53,6 +53,9 @@ pub(super) struct Plan {
     pub index: Option<Layer>,
     /// Let setuid and setgid bits count (as the FUSE mount does).
     pub suid: bool,
+    /// The user the images are written by (the daemon's, confined or
+    /// not): an image file of anyone else is refused.
+    pub image_owner: u32,
 }
 
 /// The files of a daemon's kernel view: `STORE/run/kernel-view-PID-*.erofs`.
@@ -91,6 +94,7 @@ impl Files {
                 })
                 .transpose()?,
             suid,
+            image_owner: rustix::process::geteuid().as_raw(),
         })
     }
 
@@ -138,11 +142,64 @@ fn errno(e: rustix::io::Errno) -> Errno {
     e.raw_os_error()
 }
 
+/// `/proc/self/fd/N`, NUL-terminated, formatted on the stack (no
+/// allocation: this runs in the keeper).
+struct FdPath {
+    buf: [u8; 32],
+}
+
+impl FdPath {
+    fn new(fd: std::os::fd::RawFd) -> FdPath {
+        const PREFIX: &[u8] = b"/proc/self/fd/";
+        let mut buf = [0u8; 32];
+        buf[..PREFIX.len()].copy_from_slice(PREFIX);
+        let mut digits = [0u8; 10];
+        let (mut n, mut len) = (fd.unsigned_abs(), 0);
+        loop {
+            digits[len] = b'0' + (n % 10) as u8;
+            len += 1;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        for (i, d) in digits[..len].iter().rev().enumerate() {
+            buf[PREFIX.len() + i] = *d;
+        }
+        FdPath { buf }
+    }
+
+    fn as_cstr(&self) -> &CStr {
+        // The buffer always holds a NUL after the digits.
+        CStr::from_bytes_until_nul(&self.buf).unwrap_or(c"/")
+    }
+}
+
 /// A detached mount of the EROFS image `image` (file-backed: no loop
-/// device).
-fn mount_image(image: &CStr) -> Result<OwnedFd, Errno> {
+/// device). The image is opened here, without following a link, and must
+/// be a regular file of `owner` with one name: the kernel then gets that
+/// very file through its descriptor, so a link or another file planted at
+/// the path (by a compromised daemon, which writes there) is never mounted.
+fn mount_image(image: &CStr, owner: u32) -> Result<OwnedFd, Errno> {
+    use rustix::fs::{FileType, Mode, OFlags};
+    // `openat`, not `open`: the keeper's filter allows the former only.
+    let file = rustix::fs::openat(
+        rustix::fs::CWD,
+        image,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(errno)?;
+    let stat = rustix::fs::fstat(&file).map_err(errno)?;
+    if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile
+        || stat.st_uid != owner
+        || stat.st_nlink != 1
+    {
+        return Err(libc::EPERM);
+    }
+    let source = FdPath::new(std::os::fd::AsRawFd::as_raw_fd(&file));
     let fs = fsopen(c"erofs", FsOpenFlags::FSOPEN_CLOEXEC).map_err(errno)?;
-    fsconfig_set_string(&fs, c"source", image).map_err(errno)?;
+    fsconfig_set_string(&fs, c"source", source.as_cstr()).map_err(errno)?;
     fsconfig_create(&fs).map_err(errno)?;
     fsmount(
         &fs,
@@ -202,14 +259,14 @@ fn place(mnt: BorrowedFd, layer: &Layer, main: bool) -> Result<(), Errno> {
 /// Shows the images the plan names (written beforehand), replacing the
 /// kernel view shown, if any. `data` is the FUSE mount's root.
 pub(super) fn show(plan: &Plan, data: BorrowedFd) -> Result<(), Errno> {
-    let meta = mount_image(&plan.main.image)?;
+    let meta = mount_image(&plan.main.image, plan.image_owner)?;
     let top = overlay(meta.as_fd(), data, plan.suid)?;
     // The index's image is mounted before anything is placed, so that a
     // failure leaves both as they were.
     let index = plan
         .index
         .as_ref()
-        .map(|layer| mount_image(&layer.image).map(|m| (m, layer)))
+        .map(|layer| mount_image(&layer.image, plan.image_owner).map(|m| (m, layer)))
         .transpose()?;
     place(top.as_fd(), &plan.main, true)?;
     if let Some((mnt, layer)) = index {
@@ -342,5 +399,98 @@ impl Follower for KernelViewFollower {
             // already shows the new one to whoever reaches it.
             tracing::error!("{e:#}: the kernel view still shows the previous generation");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nexus_fs::kernel_view::{Body, Node, Tree, erofs};
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A valid image of an empty root directory, written by `uid` at `path`.
+    fn image_at(path: &Path, uid: u32) {
+        let tree = Tree {
+            nodes: vec![Node {
+                perm: 0o755,
+                uid: 0,
+                gid: 0,
+                mtime: 0,
+                nlink: 2,
+                xattrs: Vec::new(),
+                body: Body::Dir {
+                    parent: 0,
+                    entries: Vec::new(),
+                },
+            }],
+        };
+        std::fs::write(path, erofs::write(&tree).unwrap()).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::os::unix::fs::chown(path, Some(uid), None).unwrap();
+    }
+
+    fn c(path: &Path) -> CString {
+        cstring(path).unwrap()
+    }
+
+    #[test]
+    fn fd_paths_name_the_descriptor() {
+        for fd in [0, 7, 42, 1_000_000, i32::MAX] {
+            assert_eq!(
+                FdPath::new(fd).as_cstr().to_str().unwrap(),
+                format!("/proc/self/fd/{fd}")
+            );
+        }
+    }
+
+    /// The keeper mounts the daemon's own image and nothing a compromised
+    /// daemon could plant at its path: a link to another file system's
+    /// image, a second name of someone else's file, a file of another
+    /// user, a device or a fifo.
+    #[test]
+    fn only_the_writers_own_image_is_mounted() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipped: mounting needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let writer = 65534;
+        let own = dir.path().join("own.erofs");
+        image_at(&own, writer);
+        // The control: the very same bytes, as the writer's own file, mount.
+        let mounted = mount_image(&c(&own), writer);
+        assert!(mounted.is_ok(), "the writer's image: {mounted:?}");
+        drop(mounted);
+
+        // Someone else's image (root's, not readable by the writer).
+        let secret = dir.path().join("secret.erofs");
+        image_at(&secret, 0);
+        let link = dir.path().join("link.erofs");
+        std::os::unix::fs::symlink(&secret, &link).unwrap();
+        assert_eq!(mount_image(&c(&link), writer).err(), Some(libc::ELOOP));
+        // A link to the writer's own image is refused as well: only the
+        // file itself names it.
+        let own_link = dir.path().join("own-link.erofs");
+        std::os::unix::fs::symlink(&own, &own_link).unwrap();
+        assert_eq!(mount_image(&c(&own_link), writer).err(), Some(libc::ELOOP));
+        // A hard link to root's image, chowned by nobody: two names.
+        let hard = dir.path().join("hard.erofs");
+        std::fs::hard_link(&secret, &hard).unwrap();
+        assert_eq!(mount_image(&c(&hard), 0).err(), Some(libc::EPERM));
+        // Root's image at the path, under the writer's name.
+        assert_eq!(mount_image(&c(&secret), writer).err(), Some(libc::EPERM));
+        // Not regular files.
+        assert_eq!(mount_image(c"/dev/null", 0).err(), Some(libc::EPERM));
+        let fifo = dir.path().join("fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        std::os::unix::fs::chown(&fifo, Some(writer), None).unwrap();
+        assert_eq!(mount_image(&c(&fifo), writer).err(), Some(libc::EPERM));
     }
 }

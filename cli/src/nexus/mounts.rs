@@ -28,11 +28,9 @@ pub const NEXUS_TYPES: [&str; 2] = ["fuse.nexus", "fuse.nexus-index"];
 pub const KERNEL_VIEW_SOURCE: &str = "nexus-kernel-view";
 
 impl MountEntry {
-    /// Whether this is a kernel view a nexus daemon stacked on its mount
-    /// (`--kernel-metadata`): its overlayfs, or the Index's EROFS image.
+    /// Whether this is a kernel view's overlayfs (`--kernel-metadata`).
     pub fn is_kernel_view(&self) -> bool {
-        (self.fs_type == "overlay" && self.source == KERNEL_VIEW_SOURCE)
-            || (self.fs_type == "erofs" && self.source.contains("/run/kernel-view-"))
+        self.fs_type == "overlay" && self.source == KERNEL_VIEW_SOURCE
     }
 
     /// True for a mount made by `nexus mount`: of a nexus type, or (made by
@@ -98,16 +96,40 @@ pub fn find_mount(path: &Path) -> Result<Option<MountEntry>> {
         .rfind(|m| m.mount_point == path))
 }
 
+/// Whether the last of `at` (the mounts at one path, bottom first) is a
+/// kernel view a nexus daemon stacked on its mount: its overlayfs, or an
+/// EROFS image on an Index mount (the image is named by a descriptor, so
+/// the mount below says what it is).
+fn kernel_view_on_top(at: &[MountEntry]) -> bool {
+    match at.split_last() {
+        Some((top, _)) if top.is_kernel_view() => true,
+        Some((top, below)) if top.fs_type == "erofs" => below
+            .last()
+            .is_some_and(|m| m.fs_type == NEXUS_TYPES[1] || kernel_view_on_top(below)),
+        _ => false,
+    }
+}
+
+/// The mounts at `path`, bottom first.
+fn mounts_at(path: &Path) -> Result<Vec<MountEntry>> {
+    let text =
+        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    Ok(parse_mountinfo(&text)
+        .into_iter()
+        .filter(|m| m.mount_point == path)
+        .collect())
+}
+
+/// Whether a kernel view covers the mount at `path` (`--kernel-metadata`).
+pub fn covered_by_kernel_view(path: &Path) -> Result<bool> {
+    Ok(kernel_view_on_top(&mounts_at(path)?))
+}
+
 /// The mount at `path` beneath the kernel view, if one covers it
 /// (`--kernel-metadata`), else the topmost: the daemon's own mount.
 pub fn find_served_mount(path: &Path) -> Result<Option<MountEntry>> {
-    let text =
-        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
-    let mut at: Vec<MountEntry> = parse_mountinfo(&text)
-        .into_iter()
-        .filter(|m| m.mount_point == path)
-        .collect();
-    while at.last().is_some_and(MountEntry::is_kernel_view) {
+    let mut at = mounts_at(path)?;
+    while kernel_view_on_top(&at) {
         at.pop();
     }
     Ok(at.pop())
@@ -171,10 +193,10 @@ pub fn umount(store: &Path, mountpoint: &Path, lazy: bool) -> Result<()> {
     let path = resolve(mountpoint)?;
     let mut entry =
         find_mount(&path)?.ok_or_else(|| anyhow!("{} is not a mount point", path.display()))?;
-    if entry.is_kernel_view() && entry.fs_type == "overlay" {
+    if entry.is_kernel_view() {
         return stop_kernel_view_daemon(store, &path);
     }
-    if entry.is_kernel_view() {
+    if covered_by_kernel_view(&path)? {
         // The Index's image holds nothing of the FUSE mount below: detached
         // (programs may hold its directories), the Index is unmounted as
         // ever.
@@ -241,6 +263,7 @@ fn stop_kernel_view_daemon(store: &Path, path: &Path) -> Result<()> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while std::time::Instant::now() < deadline {
         let still = find_mount(path)?.is_some_and(|m| m.is_nexus() || m.is_kernel_view());
+        let still = still || covered_by_kernel_view(path)?;
         if !still {
             return Ok(());
         }
@@ -280,6 +303,41 @@ mod tests {
         assert!(mounts[2].is_nexus(), "mounted through fusermount");
         assert!(!mounts[3].is_nexus());
         assert!(!mounts[0].is_nexus());
+    }
+
+    #[test]
+    fn a_kernel_view_is_known_by_what_it_covers() {
+        let text = "\
+101 22 0:55 / /Programs ro,nosuid master:3 - fuse.nexus /var/lib/nexus ro,allow_other
+102 22 0:56 / /System/Index ro master:3 - fuse.nexus-index /var/lib/nexus ro,allow_other
+103 101 0:57 / /Programs ro - overlay nexus-kernel-view ro,lowerdir+=/
+104 102 7:0 / /System/Index ro - erofs /proc/self/fd/5 ro
+105 22 7:1 / /mnt/img ro - erofs /dev/loop1 ro
+106 22 0:58 / /mnt/ovl ro - overlay overlay ro
+";
+        let mounts = parse_mountinfo(text);
+        let at = |p: &str| -> Vec<MountEntry> {
+            mounts
+                .iter()
+                .filter(|m| m.mount_point == Path::new(p))
+                .cloned()
+                .collect()
+        };
+        assert!(kernel_view_on_top(&at("/Programs")));
+        assert!(
+            kernel_view_on_top(&at("/System/Index")),
+            "EROFS on an Index"
+        );
+        assert!(
+            !kernel_view_on_top(&at("/mnt/img")),
+            "EROFS on no nexus mount"
+        );
+        assert!(
+            !kernel_view_on_top(&at("/mnt/ovl")),
+            "someone else's overlay"
+        );
+        assert!(!kernel_view_on_top(&at("/Programs")[..1]), "FUSE alone");
+        assert!(!kernel_view_on_top(&at("/nowhere")));
     }
 
     #[test]

@@ -119,10 +119,7 @@ fn dir_use(dir: &Path) -> Result<Option<DirUse>> {
 /// Whether the kernel view (`--kernel-metadata`) covers the mount at
 /// `target` (read from the mount table: nothing asks the daemon).
 fn kernel_view(target: &Path) -> bool {
-    super::mounts::find_mount(target)
-        .ok()
-        .flatten()
-        .is_some_and(|m| m.is_kernel_view())
+    super::mounts::covered_by_kernel_view(target).unwrap_or(false)
 }
 
 fn record_json(r: &ServedRecord) -> Value {

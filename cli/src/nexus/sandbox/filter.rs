@@ -391,6 +391,7 @@ pub(super) fn keeper() -> Result<BpfProgram, seccompiler::BackendError> {
             libc::SYS_statx,
             libc::SYS_umount2,
             libc::SYS_unlinkat,
+            libc::SYS_fstat,
             libc::SYS_fsopen,
             libc::SYS_fsconfig,
             libc::SYS_fsmount,

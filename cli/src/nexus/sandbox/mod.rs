@@ -475,7 +475,12 @@ pub fn confine(confinement: &Confinement) -> Result<Confined> {
     let last_cap = last_capability();
     let server_filter =
         filter::server(confinement.daemon, remote_cache).context("compiling the seccomp filter")?;
-    let plan = keeper_plan(confinement, root, last_cap)?;
+    let plan = keeper_plan(
+        confinement,
+        root,
+        last_cap,
+        identity.as_ref().map(|u| u.uid),
+    )?;
     let keeper = Arc::new(keeper::spawn(&plan).context("starting the keeper process")?);
     let step = threads::ThreadStep {
         unshare: if root {
@@ -634,8 +639,14 @@ fn cstring(path: &Path) -> Result<CString> {
         .with_context(|| format!("{} has a NUL byte", path.display()))
 }
 
-/// What the keeper does for this daemon.
-fn keeper_plan(c: &Confinement, root: bool, last_cap: u32) -> Result<KeeperPlan> {
+/// What the keeper does for this daemon; `writer` is the user the
+/// confined daemon serves (and writes the kernel view's images) as.
+fn keeper_plan(
+    c: &Confinement,
+    root: bool,
+    last_cap: u32,
+    writer: Option<u32>,
+) -> Result<KeeperPlan> {
     let mounts = c
         .mounts
         .iter()
@@ -644,8 +655,7 @@ fn keeper_plan(c: &Confinement, root: bool, last_cap: u32) -> Result<KeeperPlan>
             // Under the kernel view of a daemon this one takes over, the
             // mount is known by its device only (what statx names is the
             // view on top).
-            let covered =
-                crate::nexus::mounts::find_mount(path)?.is_some_and(|m| m.is_kernel_view());
+            let covered = crate::nexus::mounts::covered_by_kernel_view(path)?;
             let dev = match covered {
                 true => crate::nexus::mounts::find_served_mount(path)?
                     .and_then(|m| m.dev)
@@ -713,10 +723,14 @@ fn keeper_plan(c: &Confinement, root: bool, last_cap: u32) -> Result<KeeperPlan>
         kernel_view: c
             .kernel_view
             .map(|(plan, data)| {
+                let mut plan = plan.clone();
+                if let Some(uid) = writer {
+                    plan.image_owner = uid;
+                }
                 data.lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .as_ref()
-                    .map(|fd| (plan.clone(), fd.as_raw_fd()))
+                    .map(|fd| (plan, fd.as_raw_fd()))
                     .context("the kernel view's descriptor of the mount is gone")
             })
             .transpose()?,
