@@ -62,6 +62,27 @@ pub struct Package {
     pub tree: Tree,
 }
 
+/// The full version a stored package was grafted from, epoch included
+/// (`1:2.0`), as its metadata (`packages.metadata`) records it for the
+/// formats that have epochs (`.deb`, pacman); `None` for other metadata, or
+/// a full version that does not drop to `stored`, the version the package
+/// is stored under.
+pub fn full_version(metadata: &str, stored: &str) -> Option<String> {
+    let metadata: serde_json::Value = serde_json::from_str(metadata).ok()?;
+    let format = metadata["format"].as_str()?;
+    if format != Kind::Deb.name() && format != Kind::Pacman.name() {
+        return None;
+    }
+    let full = metadata["version"].as_str()?;
+    let dropped = match full.split_once(':') {
+        Some((epoch, rest)) if !epoch.is_empty() && epoch.bytes().all(|b| b.is_ascii_digit()) => {
+            rest
+        }
+        _ => full,
+    };
+    (dropped == stored).then(|| full.to_string())
+}
+
 /// How to read packages.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ReadOptions {
@@ -183,5 +204,26 @@ pub fn read_named_package(
             hex_prefix(head)
         ))
         .into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::full_version;
+
+    #[test]
+    fn the_full_version_is_read_back_only_where_it_names_the_stored_one() {
+        let deb = r#"{"format":"deb","version":"1:2.36-9","epoch":1}"#;
+        assert_eq!(full_version(deb, "2.36-9").as_deref(), Some("1:2.36-9"));
+        let plain = r#"{"format":"pacman","version":"2.0-1"}"#;
+        assert_eq!(full_version(plain, "2.0-1").as_deref(), Some("2.0-1"));
+        // Metadata that names another version, or none, or another format.
+        assert_eq!(full_version(deb, "2.36-10"), None);
+        assert_eq!(full_version(r#"{"format":"deb"}"#, "1"), None);
+        assert_eq!(
+            full_version(r#"{"format":"nar","version":"1:1"}"#, "1"),
+            None
+        );
+        assert_eq!(full_version("not json", "1"), None);
     }
 }

@@ -127,27 +127,37 @@ pub fn build(
     let mut reused = HashSet::new();
     for (i, (entry, recipe)) in profile.entries.iter().zip(&recipes).enumerate() {
         let offer = offer(entry, recipe, &candidates);
-        let stored: Vec<String> = store
+        let stored: Vec<Stored> = store
             .catalog()
             .packages_named(&entry.app)?
-            .into_iter()
-            .map(|p| p.version)
+            .iter()
+            .map(Stored::of)
             .collect();
-        match decide(profile, entry, recipe, &offer, stored, &reused)? {
+        let ordered = |v: &str| {
+            stored
+                .iter()
+                .find(|s| s.version == v)
+                .map_or(v.to_string(), |s| s.ordered.clone())
+        };
+        match decide(profile, entry, recipe, &offer, &stored, &reused)? {
             Decision::Reuse(v) => {
                 match &offer {
-                    Offer::Candidate(c) if !entry.constraint.matches(c) => tracing::info!(
-                        "{}/{v}: already stored, reused (apt's candidate {c} is outside `{}`)",
-                        entry.app,
-                        entry.constraint
-                    ),
+                    Offer::Candidate(c) if !entry.constraint.matches(without_epoch(c)) => {
+                        tracing::info!(
+                            "{}/{v}: already stored, reused (apt's candidate {c} is outside `{}`)",
+                            entry.app,
+                            entry.constraint
+                        )
+                    }
                     // Worth a warning: apt pinning, or a stale or
                     // rolled-back mirror, offers an older version.
-                    Offer::Candidate(c) if version::compare(c, &v).is_lt() => tracing::warn!(
-                        "{}/{v}: already stored, kept: apt's candidate {c} is older, and a \
+                    Offer::Candidate(c) if version::compare(c, &ordered(&v)).is_lt() => {
+                        tracing::warn!(
+                            "{}/{v}: already stored, kept: apt's candidate {c} is older, and a \
                          build never moves back (apt pinning, or a stale mirror?)",
-                        entry.app
-                    ),
+                            entry.app
+                        )
+                    }
                     _ => tracing::info!("{}/{v}: already stored, reused", entry.app),
                 }
                 reused.insert(format!("{}/{v}", entry.app));
@@ -339,6 +349,27 @@ fn check_app(profile: &Profile, entry: &Entry, recipe: &Recipe) -> Result<()> {
     }
 }
 
+/// A stored version of an App, as [`decide`] weighs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Stored {
+    /// The version it is stored under (`App/VERSION`).
+    version: String,
+    /// The version Debian's ordering compares: a grafted package's full
+    /// version, epoch included (kept in its metadata, dropped from its
+    /// name), else the stored version.
+    ordered: String,
+}
+
+impl Stored {
+    fn of(package: &nexus_store::catalog::PackageRow) -> Stored {
+        Stored {
+            version: package.version.clone(),
+            ordered: nexus_graft::package::full_version(&package.metadata, &package.version)
+                .unwrap_or_else(|| package.version.clone()),
+        }
+    }
+}
+
 /// Drops a Debian epoch (`1:2.0` → `2.0`), as grafting does.
 fn without_epoch(v: &str) -> &str {
     match v.split_once(':') {
@@ -378,8 +409,8 @@ enum Offer {
     /// knows no such package (a machine with only the cache, which builds
     /// as it did): the highest stored version that fits is reused.
     Fitting,
-    /// apt's candidate (epoch dropped, as stored): built unless a stored
-    /// version that fits is as high or higher ([`decide`]).
+    /// apt's candidate (its full version, epoch included): built unless a
+    /// stored version that fits is as high or higher ([`decide`]).
     Candidate(String),
     /// A package file whose version is known only once it is read: it is
     /// read every time (an identical package is found stored by the
@@ -396,7 +427,7 @@ fn offer(entry: &Entry, recipe: &Recipe, candidates: &fetch::Candidates) -> Offe
         return Offer::Unread;
     }
     match takes_candidate(entry, recipe).and_then(|package| candidates.version(package)) {
-        Some(v) => Offer::Candidate(without_epoch(&v).to_string()),
+        Some(v) => Offer::Candidate(v),
         None => Offer::Fitting,
     }
 }
@@ -424,9 +455,11 @@ enum Decision {
 /// the constraint does not push out a stored version inside it, and a
 /// candidate older than a stored version that fits (apt pinning, or a
 /// stale or rolled-back mirror) never moves the App back: apt itself does
-/// not downgrade an installed package unpinned. Versions are compared as
-/// the store orders them (Debian's ordering, epochs dropped as grafting
-/// drops them). Nothing eligible is an error naming the line, the
+/// not downgrade an installed package unpinned. Versions are compared in
+/// Debian's ordering, epochs included: a grafted `.deb`'s epoch is read
+/// from its metadata (grafting drops it from the name), so a candidate
+/// whose epoch went up is built over a stored version with a higher
+/// number. Constraints match the stored names, without epochs. Nothing eligible is an error naming the line, the
 /// candidate and the constraint, before anything is fetched.
 ///
 /// Otherwise: with a package file unread, the file is read; else the
@@ -436,7 +469,7 @@ fn decide(
     entry: &Entry,
     recipe: &Recipe,
     offer: &Offer,
-    stored: Vec<String>,
+    stored: &[Stored],
     taken: &HashSet<String>,
 ) -> Result<Decision> {
     let pinned = recipe_version(recipe);
@@ -448,22 +481,35 @@ fn decide(
         .filter_map(|e| e.constraint.exact())
         .collect();
     let highest_stored = stored
-        .into_iter()
-        .filter(|v| entry.constraint.matches(v))
-        .filter(|v| pinned.is_none_or(|p| p == v))
-        .filter(|v| !others.contains(&v.as_str()))
-        .filter(|v| !taken.contains(&format!("{}/{v}", entry.app)))
-        .max_by(|a, b| version::compare(a, b));
+        .iter()
+        .filter(|s| entry.constraint.matches(&s.version))
+        .filter(|s| pinned.is_none_or(|p| p == s.version))
+        .filter(|s| !others.contains(&s.version.as_str()))
+        .filter(|s| !taken.contains(&format!("{}/{}", entry.app, s.version)))
+        .max_by(|a, b| version::compare(&a.ordered, &b.ordered));
     let candidate = match offer {
         Offer::Unread => return Ok(Decision::Make),
-        Offer::Fitting => return Ok(highest_stored.map_or(Decision::Make, Decision::Reuse)),
+        Offer::Fitting => {
+            return Ok(
+                highest_stored.map_or(Decision::Make, |s| Decision::Reuse(s.version.clone()))
+            );
+        }
         Offer::Candidate(c) => c,
     };
-    let eligible = entry.constraint.matches(candidate);
+    let name = without_epoch(candidate);
+    let eligible = entry.constraint.matches(name);
     Ok(match highest_stored {
         // A stored version as high as the candidate (the candidate itself,
-        // or a newer one) is kept: never a step back.
-        Some(v) if !eligible || version::compare(candidate, &v).is_le() => Decision::Reuse(v),
+        // or a newer one) is kept: never a step back. One stored under
+        // the candidate's name is the candidate (one name holds one
+        // package).
+        Some(s)
+            if !eligible
+                || s.version == name
+                || version::compare(candidate, &s.ordered).is_le() =>
+        {
+            Decision::Reuse(s.version.clone())
+        }
         _ if eligible => Decision::Make,
         _ => {
             let (line, _) = profile.file.line_col(entry.span.offset());
@@ -647,8 +693,15 @@ mod tests {
         Recipe::parse(SourceFile::new(format!("recipes/{name}.kdl"), text)).unwrap()
     }
 
-    fn versions(list: &[&str]) -> Vec<String> {
-        list.iter().map(|v| v.to_string()).collect()
+    /// Stored versions as a directory or a package without epochs
+    /// stores them; `E:V` is a package grafted from full version `E:V`.
+    fn versions(list: &[&str]) -> Vec<Stored> {
+        list.iter()
+            .map(|v| Stored {
+                version: without_epoch(v).to_string(),
+                ordered: v.to_string(),
+            })
+            .collect()
     }
 
     /// A Debian recipe for package `name`, without a version.
@@ -668,7 +721,14 @@ mod tests {
         let p = profile(profile_text);
         let entry = &p.entries[i];
         let offer = offer(entry, recipe, candidates);
-        decide(&p, entry, recipe, &offer, versions(stored), &HashSet::new())
+        decide(
+            &p,
+            entry,
+            recipe,
+            &offer,
+            &versions(stored),
+            &HashSet::new(),
+        )
     }
 
     fn reuse(v: &str) -> Option<Decision> {
@@ -783,6 +843,31 @@ mod tests {
         }
     }
 
+    /// Epochs count, though stored names drop them: a candidate whose
+    /// epoch went up (upstream renumbered) is built over a stored version
+    /// with a higher number, which it replaces in Debian's ordering; one
+    /// stored from a higher epoch is never moved back.
+    #[test]
+    fn epochs_decide_between_a_candidate_and_stored_versions() {
+        let text = "profile \"p\" {\n  package \"tzdata\" \"*\"\n}\n";
+        let r = debian("tzdata");
+        let renumbered =
+            fetch::Candidates::answered([("tzdata", Some("tzdata_1%3a1.0-1_all.deb"))]);
+        // Stored 2024a-1 (epoch 0): apt's 1:1.0-1 is newer.
+        let got = decide_line(text, 0, &r, &renumbered, &["2024a-1"]);
+        assert_eq!(got.ok(), Some(Decision::Make));
+        // The candidate itself stored (as 1.0-1): reused.
+        let got = decide_line(text, 0, &r, &renumbered, &["2024a-1", "1:1.0-1"]);
+        assert_eq!(got.ok(), reuse("1.0-1"));
+        // Stored from epoch 2: apt's epoch-1 candidate is older; kept.
+        let got = decide_line(text, 0, &r, &renumbered, &["2:0.5-1"]);
+        assert_eq!(got.ok(), reuse("0.5-1"));
+        // Without a candidate, the highest stored version in that order.
+        let offline = fetch::Candidates::answered([("tzdata", None)]);
+        let got = decide_line(text, 0, &r, &offline, &["2024a-1", "1:1.0-1"]);
+        assert_eq!(got.ok(), reuse("1.0-1"));
+    }
+
     /// apt knowing no such package (a machine with only the cache), a
     /// line or recipe naming its version, or a package file: as before.
     #[test]
@@ -798,7 +883,7 @@ mod tests {
         ]);
         let decide_with = |entry: &Entry, recipe: &Recipe, c: &fetch::Candidates, s: &[&str]| {
             let offer = offer(entry, recipe, c);
-            decide(&p, entry, recipe, &offer, versions(s), &none).ok()
+            decide(&p, entry, recipe, &offer, &versions(s), &none).ok()
         };
 
         // apt knows no such package: the highest stored version that fits.
@@ -870,7 +955,7 @@ mod tests {
                 openssl,
                 &r,
                 &offer,
-                versions(&["3.0.11-1+deb12u1"]),
+                &versions(&["3.0.11-1+deb12u1"]),
                 &taken
             )
             .ok(),
