@@ -874,8 +874,18 @@ fn a_stored_older_version_is_not_built_for_apt_s_candidate() {
                 absent,
                 &format!("recipe \"{absent}\" {{\n    source \"debian\" \"{absent}\"\n}}\n"),
             ),
+            // A virtual package: apt knows the name, with no candidate.
+            (
+                "awk",
+                "recipe \"awk\" {\n    source \"debian\" \"awk\"\n}\n",
+            ),
         ],
     );
+    fs::write(
+        p.join("virtual.kdl"),
+        "profile \"virtual\" {\n    package \"awk\" \"*\"\n}\n",
+    )
+    .unwrap();
     fs::write(
         p.join("old.kdl"),
         "profile \"old\" {\n    package \"hello\" \"= 0.1-1\"\n}\n",
@@ -978,6 +988,32 @@ fn a_stored_older_version_is_not_built_for_apt_s_candidate() {
     }
     let built = build_json(&store, "offline", nowhere);
     assert_eq!(built, [(format!("{absent}/2"), true)].into());
+
+    // A virtual package apt has no candidate of: refused while nothing of
+    // it is stored, naming why; once stored, reused.
+    let before = store.state();
+    let mut all = vec!["--profile=virtual".to_string()];
+    all.extend(dirs_args(&p, &r, &cache));
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    let out = build(&store, &all);
+    assert_eq!(out.status.code(), Some(EXIT_ERROR), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("virtual package"),
+        "{}",
+        show(&out)
+    );
+    store.assert_unchanged(&before, "a build of a virtual package");
+    nexus_integration_tests::fixtures::write_file(&tree.join("awk/bin/awk"), b"awk");
+    store.ok([
+        "add",
+        tree.join("awk").to_str().unwrap(),
+        "--name",
+        "awk",
+        "--version",
+        "1.3.4",
+    ]);
+    let built = build_json(&store, "virtual", nowhere);
+    assert_eq!(built, [("awk/1.3.4".to_string(), true)].into());
 }
 
 /// A package file recipe (`source "deb" FILE`) that names no version

@@ -74,13 +74,17 @@ pub fn full_version(metadata: &str, stored: &str) -> Option<String> {
         return None;
     }
     let full = metadata["version"].as_str()?;
-    let dropped = match full.split_once(':') {
+    (without_epoch(full) == stored).then(|| full.to_string())
+}
+
+/// A version without its epoch (`1:2.0` → `2.0`), as packages are stored.
+pub fn without_epoch(version: &str) -> &str {
+    match version.split_once(':') {
         Some((epoch, rest)) if !epoch.is_empty() && epoch.bytes().all(|b| b.is_ascii_digit()) => {
             rest
         }
-        _ => full,
-    };
-    (dropped == stored).then(|| full.to_string())
+        _ => version,
+    }
 }
 
 /// How to read packages.

@@ -32,6 +32,7 @@ use crate::profile::{Entry, Profile};
 use crate::recipe::{self, Recipe};
 use crate::script::{self, ScriptOptions};
 use crate::{fetch, version};
+use nexus_graft::package::without_epoch;
 
 /// Where recipes and fetched packages are, and how to graft.
 pub struct BuildOptions {
@@ -367,14 +368,6 @@ impl Stored {
             ordered: nexus_graft::package::full_version(&package.metadata, &package.version)
                 .unwrap_or_else(|| package.version.clone()),
         }
-    }
-}
-
-/// Drops a Debian epoch (`1:2.0` → `2.0`), as grafting does.
-fn without_epoch(v: &str) -> &str {
-    match v.split_once(':') {
-        Some((e, rest)) if e.bytes().all(|b| b.is_ascii_digit()) => rest,
-        _ => v,
     }
 }
 

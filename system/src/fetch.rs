@@ -156,6 +156,13 @@ fn apt_knows_no_such_package(stderr: &str) -> bool {
         .any(|l| l.starts_with("E: Unable to locate package "))
 }
 
+/// The package of apt's complaint that a name it knows has no candidate
+/// to download (a virtual package, or one pinned out), if `line` is one.
+fn without_candidate(line: &str) -> Option<&str> {
+    line.strip_prefix("E: Can't select candidate version from package ")?
+        .strip_suffix(" as it has no candidate")
+}
+
 /// What apt's index says of `target` (`NAME` or `NAME=VERSION`), or `None`
 /// if it knows no package of that name (or there is no apt-get: a machine
 /// with only the cache); reads only apt's local lists.
@@ -184,6 +191,13 @@ fn query_index(target: &str) -> Result<Option<Indexed>> {
         let stderr = String::from_utf8_lossy(&out.stderr);
         if apt_knows_no_such_package(&stderr) {
             return Ok(None);
+        }
+        if stderr.lines().any(|l| without_candidate(l).is_some()) {
+            return Err(fail(
+                "apt's index knows the name but has no package of it to download (a \
+                 virtual package? name one that provides it, or store it first)"
+                    .into(),
+            ));
         }
         return Err(fail(format!(
             "{}\n{stderr}(is the name right? do apt's lists need `apt-get update`?)",
@@ -216,7 +230,10 @@ fn indexed(target: &str) -> Result<Indexed> {
 /// costs apt's start-up (about 0.6 s) each time.
 #[derive(Debug, Default)]
 pub struct Candidates {
-    /// By package: apt's candidate, or `None` if apt knows no such package.
+    /// By package: apt's candidate, or `None` if apt knows no such package;
+    /// a package apt knows without a candidate (a virtual package) is not
+    /// here: it offers nothing to weigh, and fetching it asks apt again,
+    /// which refuses it.
     asked: BTreeMap<String, Option<Indexed>>,
 }
 
@@ -319,9 +336,10 @@ impl Candidates {
 /// the C locale) into each package's candidate, or `None` for a package
 /// apt says it cannot locate. apt takes a name that is no package as a
 /// pattern and may print files of other packages: only a file of the
-/// very package asked for counts, and a package asked that gets neither a
-/// file nor "Unable to locate" is an error, as is any other `E:` line
-/// when apt failed. Public (hidden) for the fuzz target (`system/fuzz`)
+/// very package asked for counts. A package apt knows without a candidate
+/// ("has no candidate": a virtual package, or one pinned out) is left out
+/// of the answer. A package asked that gets none of these is an error, as
+/// is any other `E:` line when apt failed. Public (hidden) for the fuzz target (`system/fuzz`)
 /// only.
 #[doc(hidden)]
 pub fn parse_candidates(
@@ -347,28 +365,32 @@ pub fn parse_candidates(
         }
         found.insert(package, indexed);
     }
-    let mut unknown = Vec::new();
+    let (mut unknown, mut no_candidate) = (Vec::new(), Vec::new());
     for line in stderr.lines().filter(|l| l.starts_with("E: ")) {
-        match line.strip_prefix("E: Unable to locate package ") {
-            Some(package) => unknown.push(package.trim_end()),
+        match (
+            line.strip_prefix("E: Unable to locate package "),
+            without_candidate(line),
+        ) {
+            (Some(package), _) => unknown.push(package.trim_end()),
+            (_, Some(package)) => no_candidate.push(package),
             // Only apt's failing makes its complaints fatal.
-            None if !success => return Err(format!("apt failed: {line}")),
-            None => {}
+            _ if !success => return Err(format!("apt failed: {line}")),
+            _ => {}
         }
     }
-    if !success && unknown.is_empty() {
+    if !success && unknown.is_empty() && no_candidate.is_empty() {
         return Err("apt failed".into());
     }
-    packages
-        .iter()
-        .map(
-            |package| match (found.remove(package), unknown.contains(package)) {
-                (Some(indexed), _) => Ok((package.to_string(), Some(indexed))),
-                (None, true) => Ok((package.to_string(), None)),
-                (None, false) => Err(format!("apt named no file for {package}")),
-            },
-        )
-        .collect()
+    let mut answers = BTreeMap::new();
+    for package in packages {
+        match (found.remove(package), unknown.contains(package)) {
+            (Some(indexed), _) => answers.insert(package.to_string(), Some(indexed)),
+            (None, true) => answers.insert(package.to_string(), None),
+            (None, false) if no_candidate.contains(package) => None,
+            (None, false) => return Err(format!("apt named no file for {package}")),
+        };
+    }
+    Ok(answers)
 }
 
 /// A `.deb`'s name as apt writes it, `NAME_VERSION_ARCH.deb`, taken apart.
@@ -891,6 +913,12 @@ mod tests {
         let got = parse_candidates(&["hello", "zz"], &both, unknown, false).unwrap();
         assert_eq!(got["zz"], None);
         assert!(got["hello"].is_some());
+        // A virtual package: known, without a candidate; no answer of it.
+        let virtual_ =
+            "E: Can't select candidate version from package awk as it has no candidate\n";
+        let got = parse_candidates(&["awk", "hello"], &both, virtual_, false).unwrap();
+        assert!(!got.contains_key("awk"));
+        assert!(got["hello"].is_some());
         for (packages, stdout, stderr, success) in [
             // A name apt took as a pattern: other packages' files only.
             (&["hell."][..], both.as_str(), "", true),
@@ -928,6 +956,13 @@ mod tests {
             );
         }
         // apt itself, asked once for several: what it says of each alone.
+        // A virtual package (Debian's `awk`) offers no candidate, and
+        // fetching it is refused, naming why.
+        let candidates = Candidates::query(&["awk", "hello"]).unwrap();
+        assert_eq!(candidates.version("awk"), None);
+        assert!(candidates.version("hello").is_some());
+        let refused = candidates.answer("awk").unwrap_err().to_string();
+        assert!(refused.contains("virtual package"), "{refused}");
         let candidates = Candidates::query(&["x", "hello", "x"]).unwrap();
         assert_eq!(candidates.answer("x").unwrap(), None);
         assert_eq!(
