@@ -540,6 +540,153 @@ fn a_restart_from_the_descriptor_store_remounts_only_the_index() {
     second.mountpoint = None;
 }
 
+/// The mounts at `point`, bottom first: (mount id, file system type).
+fn stack_at(point: &Path) -> Vec<(u64, String)> {
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.split(' ').nth(4) == point.to_str())
+        .filter_map(|l| {
+            let id = l.split(' ').next()?.parse().ok()?;
+            let kind = l.split(" - ").nth(1)?.split(' ').next()?.to_string();
+            Some((id, kind))
+        })
+        .collect()
+}
+
+/// Detaches every layer at `point` (a kernel view over a FUSE mount).
+struct Stack(PathBuf);
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        for _ in 0..4 {
+            if is_mounted(&self.0) {
+                let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+            }
+        }
+    }
+}
+
+/// With the kernel view (`--kernel-metadata`), the descriptor store keeps
+/// the FUSE mount's root beneath the view too: a daemon restarted after a
+/// crash resumes the same FUSE mount, the old view staying shown
+/// meanwhile (names and links answered with no daemon at all), then shows
+/// its own view in place of it, exactly one, and follows switches.
+#[test]
+fn a_kernel_view_mount_restarted_from_the_descriptor_store_stays_mounted() {
+    if !root_or_skip("a_kernel_view_mount_restarted_from_the_descriptor_store") {
+        return;
+    }
+    let Fixture {
+        scratch,
+        store,
+        mnt,
+        notify,
+    } = Fixture::new(
+        "systemd-kernel-view",
+        &[("share/late", b"read only after the crash\n")],
+    );
+    let index = scratch.join("Index");
+    fs::create_dir_all(&index).unwrap();
+    let index = fs::canonicalize(index).unwrap();
+    let _stacks = (Stack(mnt.clone()), Stack(index.clone()));
+    let mut argv = exec_start("nexus-mount@.service", "Programs", &mnt);
+    argv.extend(
+        ["--kernel-metadata", "--allow-other", "--index"]
+            .map(OsString::from)
+            .into_iter()
+            .chain([index.clone().into()]),
+    );
+    let first = start_service(&argv, &notify, store.path(), &scratch.join("log1"), &[]);
+    let mut first = Service {
+        child: first,
+        mountpoint: None,
+    };
+    let (_, before) = notify.until(Duration::from_secs(30), "READY=1", |n| n.has("READY=1"));
+    let mut stored: Vec<(OwnedFd, String)> = before
+        .into_iter()
+        .filter(|n| n.has("FDSTORE=1"))
+        .map(|mut n| {
+            let name = n.value("FDNAME").unwrap().to_string();
+            (n.fds.pop().expect("a descriptor"), name)
+        })
+        .collect();
+    stored.sort_by(|a, b| a.1.cmp(&b.1));
+    let names: Vec<&str> = stored.iter().map(|(_, n)| n.as_str()).collect();
+    assert_eq!(names, ["nexus-data", "nexus-fuse", "nexus-index"]);
+    let kinds = |p: &Path| -> Vec<String> { stack_at(p).into_iter().map(|(_, k)| k).collect() };
+    assert_eq!(kinds(&mnt), ["fuse.nexus", "overlay"]);
+    assert_eq!(kinds(&index), ["fuse.nexus-index", "erofs"]);
+    let fuse_id = stack_at(&mnt)[0].0;
+    assert_eq!(fs::read(mnt.join("a/1/bin/a")).unwrap(), b"first\n");
+
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    assert_eq!(
+        kinds(&mnt),
+        ["fuse.nexus", "overlay"],
+        "the view went with the daemon"
+    );
+    // The view answers names and links with no daemon; contents wait.
+    assert_eq!(
+        fs::read_link(mnt.join("a/Current")).unwrap(),
+        Path::new("1")
+    );
+    let late = mnt.join("a/1/share/late");
+    let waiting = std::thread::spawn(move || fs::read(late));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!waiting.is_finished(), "a read was answered with no daemon");
+
+    let passed: Vec<(RawFd, &str)> = stored
+        .iter()
+        .map(|(fd, name)| (fd.as_raw_fd(), name.as_str()))
+        .collect();
+    let second = start_service(&argv, &notify, store.path(), &scratch.join("log2"), &passed);
+    let mut second = Service {
+        child: second,
+        mountpoint: None,
+    };
+    notify.until(Duration::from_secs(30), "READY=1", |n| n.has("READY=1"));
+    drop(stored);
+    let log = || fs::read_to_string(scratch.join("log2")).unwrap_or_default();
+    assert_eq!(
+        waiting.join().unwrap().expect("the waiting read"),
+        b"read only after the crash\n",
+        "{}",
+        log()
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || kinds(&mnt)
+            == ["fuse.nexus", "overlay"]
+            && stack_at(&mnt)[0].0 == fuse_id),
+        "not the same FUSE mount under exactly one view: {:?}\n{}",
+        stack_at(&mnt),
+        log()
+    );
+    assert_eq!(kinds(&index), ["fuse.nexus-index", "erofs"], "{}", log());
+    assert_eq!(
+        fs::read_link(index.join("bin/a")).unwrap(),
+        mnt.join("a/Current/bin/a")
+    );
+    // The new daemon's view follows the live generation.
+    store.add_dir(&scratch.join("b"), "b", "1");
+    assert!(
+        wait_for(Duration::from_secs(10), || mnt.join("b/1/bin/b").exists()),
+        "the view did not follow the switch: {}",
+        log()
+    );
+    assert_eq!(fs::read(mnt.join("b/1/bin/b")).unwrap(), b"second\n");
+    terminate(&second.child);
+    assert!(second.child.wait().unwrap().success(), "{}", log());
+    assert!(
+        wait_for(Duration::from_secs(5), || !is_mounted(&mnt)
+            && !is_mounted(&index)),
+        "still mounted after SIGTERM: {:?} {:?}",
+        stack_at(&mnt),
+        stack_at(&index)
+    );
+}
+
 #[test]
 fn the_virtiofs_units_serve_on_the_activated_socket() {
     let scratch = Scratch::new("systemd-virtiofs");

@@ -12,6 +12,13 @@
 //! (a number would name another path), so its old mount is detached and a
 //! new one made: the Index alone disappears for a moment. A takeover
 //! (`nexus takeover`, `systemctl reload`) hands all of it over instead.
+//!
+//! Under a kernel view (`--kernel-metadata`) the main mount is found
+//! beneath it, and its root, which its path no longer reaches, comes from
+//! the store too: the dead daemon's view stays shown (its contents come
+//! from the adopted mount) until the new daemon shows its own beneath it
+//! and detaches it. A view no longer wanted, or whose root was not kept, is
+//! detached first.
 
 use std::sync::Arc;
 
@@ -26,31 +33,57 @@ use super::{index, mounts, systemd};
 /// `None` when it passed none (or the mount they were for is gone).
 pub(super) fn mounts(view: &Arc<View>, settings: &Settings) -> Result<Option<Mounts>> {
     let passed = systemd::passed_fds().context("reading the descriptors systemd passed")?;
-    let mut main_fd = None;
-    let mut index_fd = None;
+    let (mut main_fd, mut index_fd, mut data_fd) = (None, None, None);
     for (fd, name) in passed {
         match name.as_str() {
             systemd::FUSE_FD_NAME => main_fd = Some(fd),
             systemd::INDEX_FD_NAME => index_fd = Some(fd),
+            systemd::DATA_FD_NAME => data_fd = Some(fd),
             other => tracing::warn!("ignoring a descriptor named {other:?} from systemd"),
         }
     }
+    let forget_all = || {
+        for name in [
+            systemd::FUSE_FD_NAME,
+            systemd::INDEX_FD_NAME,
+            systemd::DATA_FD_NAME,
+        ] {
+            systemd::remove_fd(name);
+        }
+    };
     let Some(main_fd) = main_fd else {
-        if index_fd.is_some() {
-            systemd::remove_fd(systemd::INDEX_FD_NAME);
+        if index_fd.is_some() || data_fd.is_some() {
+            forget_all();
         }
         return Ok(None);
     };
     let mountpoint = &settings.mountpoint;
-    if !mounts::find_mount(mountpoint)?.is_some_and(|m| m.is_nexus()) {
+    if !mounts::find_served_mount(mountpoint)?.is_some_and(|m| m.is_nexus()) {
         tracing::warn!(
             "systemd kept a mount's descriptor, but {} is no nexus mount now: mounting afresh",
             mountpoint.display()
         );
-        systemd::remove_fd(systemd::FUSE_FD_NAME);
-        systemd::remove_fd(systemd::INDEX_FD_NAME);
+        forget_all();
         return Ok(None);
     }
+    let kernel_data = match (settings.kernel_metadata, data_fd) {
+        (true, Some(fd)) => Some(fd),
+        (_, fd) => {
+            if fd.is_some() {
+                systemd::remove_fd(systemd::DATA_FD_NAME);
+            }
+            while mounts::covered_by_kernel_view(mountpoint)? {
+                tracing::info!(
+                    "detaching the previous daemon's kernel view on {}",
+                    mountpoint.display()
+                );
+                fuse::detach(mountpoint).with_context(|| {
+                    format!("detaching the kernel view on {}", mountpoint.display())
+                })?;
+            }
+            None
+        }
+    };
     tracing::info!(
         "resuming the live mount on {} that the previous daemon left",
         mountpoint.display()
@@ -60,8 +93,11 @@ pub(super) fn mounts(view: &Arc<View>, settings: &Settings) -> Result<Option<Mou
     let index = match &settings.index {
         Some(dir) => {
             if let Some(fd) = index_fd {
-                // Its numbers died with the old daemon: replace the mount.
-                if mounts::find_mount(dir)?.is_some_and(|m| m.is_nexus()) {
+                // Its numbers died with the old daemon: replace the mount,
+                // and the kernel view's image over it.
+                while mounts::covered_by_kernel_view(dir)?
+                    || mounts::find_mount(dir)?.is_some_and(|m| m.is_nexus())
+                {
                     fuse::detach(dir)
                         .with_context(|| format!("detaching the old index on {}", dir.display()))?;
                 }
@@ -82,7 +118,7 @@ pub(super) fn mounts(view: &Arc<View>, settings: &Settings) -> Result<Option<Mou
         None => None,
     };
     Ok(Some(Mounts {
-        kernel_data: None,
+        kernel_data,
         main,
         index,
         adopted: true,

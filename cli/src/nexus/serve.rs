@@ -350,10 +350,7 @@ impl Daemon {
             .map(|i| i.device())
             .transpose()
             .context("duplicating the index's descriptor")?;
-        // Not with the kernel view: a daemon restarted on the kept mounts
-        // would find them covered.
-        let stored =
-            !settings.kernel_metadata && systemd::store_fd(systemd::FUSE_FD_NAME, fuse_fd.as_fd());
+        let stored = systemd::store_fd(systemd::FUSE_FD_NAME, fuse_fd.as_fd());
         if let Some(fd) = index_fd.as_ref().filter(|_| stored) {
             systemd::store_fd(systemd::INDEX_FD_NAME, fd.as_fd());
         }
@@ -372,6 +369,11 @@ impl Daemon {
                     Some(fd) => fd,
                     None => kernel_view::open_data(&settings.mountpoint)?,
                 };
+                // With the mount kept, the root beneath the view is kept
+                // too: a daemon restarted on it finds the mount covered.
+                if stored {
+                    systemd::store_fd(systemd::DATA_FD_NAME, data.as_fd());
+                }
                 let data: kernel_view::DataRoot = Arc::new(std::sync::Mutex::new(Some(data)));
                 Ok::<_, anyhow::Error>((files, plan, data))
             })
@@ -536,6 +538,9 @@ impl Daemon {
         systemd::remove_fd(systemd::FUSE_FD_NAME);
         if settings.index.is_some() {
             systemd::remove_fd(systemd::INDEX_FD_NAME);
+        }
+        if settings.kernel_metadata {
+            systemd::remove_fd(systemd::DATA_FD_NAME);
         }
         // The image's scratch store, then (confined, through the keeper,
         // which may remove the emptied directory) the pid file.

@@ -32,6 +32,10 @@ use sd_notify::NotifyState;
 pub const FUSE_FD_NAME: &str = "nexus-fuse";
 /// `FDNAME` of the Index mount's descriptor.
 pub const INDEX_FD_NAME: &str = "nexus-index";
+/// `FDNAME` of the main mount's root beneath its kernel view
+/// (`--kernel-metadata`): once covered, the mount cannot be opened again
+/// by its path.
+pub const DATA_FD_NAME: &str = "nexus-data";
 
 /// The connected `NOTIFY_SOCKET`, if there is one.
 static SOCKET: OnceLock<Option<UnixDatagram>> = OnceLock::new();

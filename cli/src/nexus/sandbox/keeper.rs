@@ -243,11 +243,17 @@ fn keeper_main(plan: &KeeperPlan, socket: RawFd) -> ! {
     // SAFETY (whole function): system calls on integers, on memory the plan
     // owns, or on buffers on this stack.
     unsafe {
-        if socket != KEEPER_FD && libc::dup2(socket, KEEPER_FD) != KEEPER_FD {
+        // Both are first copied above the numbers they go to: either may
+        // be at the other's (a descriptor systemd passed sits at 3), and
+        // the first dup2 would close it.
+        let above = |fd: RawFd| libc::fcntl(fd, libc::F_DUPFD, DATA_FD + 1);
+        let socket = above(socket);
+        let data = plan.kernel_view.as_ref().map(|(_, data)| above(*data));
+        if socket < 0 || libc::dup2(socket, KEEPER_FD) != KEEPER_FD {
             exit(1);
         }
-        if let Some((_, data)) = &plan.kernel_view
-            && libc::dup2(*data, DATA_FD) != DATA_FD
+        if let Some(data) = data
+            && (data < 0 || libc::dup2(data, DATA_FD) != DATA_FD)
         {
             exit(1);
         }
