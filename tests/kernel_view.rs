@@ -324,6 +324,47 @@ fn a_killed_daemon_leaves_no_view_and_no_dead_mount() {
     fs::read_dir(mount.point()).expect("the mount point is an ordinary directory again");
 }
 
+/// umount(8) of the mount point, as systemd runs it to stop an fstab
+/// mount, takes off the view alone: the daemon sees its FUSE mount on top
+/// and stops as on SIGTERM, so nothing stays mounted or busy.
+#[test]
+fn umount_of_the_view_stops_the_daemon_and_leaves_nothing_mounted() {
+    if !root_or_skip("umount_of_the_view_stops_the_daemon") {
+        return;
+    }
+    let scratch = Scratch::new("kernel-view-umount");
+    let (store, v1, _) = app_store(&scratch);
+    let mount = Mount::start(
+        store.path(),
+        &scratch.join("mnt"),
+        &["--kernel-metadata", "--allow-other"],
+    );
+    assert_eq!(on_now(mount.point()), 2);
+    assert_eq!(
+        read(&mount.join("app/1/share/data")),
+        read(&v1.join("share/data"))
+    );
+    let out = std::process::Command::new("umount")
+        .arg(mount.point())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(
+        wait_for(Duration::from_secs(10), || on_now(mount.point()) == 0
+            && !alive(mount.pid())),
+        "after umount(8) of the view: {} mounts on {}, daemon alive: {}\n{}",
+        on_now(mount.point()),
+        mount.point().display(),
+        alive(mount.pid()),
+        mount.log()
+    );
+    assert!(
+        mount.log().contains("unmounted from outside"),
+        "{}",
+        mount.log()
+    );
+}
+
 /// The kernel serves its view to every user (as each file's mode allows),
 /// so a mount that was not asked to let others in is not given one: the
 /// flag without `--allow-other` is refused, saying why, and nothing is

@@ -374,6 +374,51 @@ pub(super) fn refresh(
     Ok(())
 }
 
+/// How often a daemon checks that its kernel view is still shown.
+const REMOVAL_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Stops the daemon, as SIGTERM would, once its kernel view is unmounted
+/// from outside (umount(8) of the mount point, which is how systemd stops
+/// an fstab mount): the FUSE mount beneath, then on top, would otherwise
+/// stay mounted and served. Known by the device at `mountpoint` becoming
+/// the FUSE mount's (`data`, its root); asked without a request to the
+/// daemon (`AT_STATX_DONT_SYNC`). Switches and takeovers put a view
+/// beneath the old one before detaching it, so the FUSE mount never shows
+/// in between.
+pub(super) fn stop_when_removed(
+    mountpoint: &Path,
+    data: BorrowedFd,
+    termination: super::signals::Termination,
+) -> Result<()> {
+    use rustix::fs::{AtFlags, StatxFlags};
+    let fuse = rustix::fs::fstat(data).context("examining the FUSE mount's root")?;
+    let mountpoint = mountpoint.to_path_buf();
+    std::thread::Builder::new()
+        .name("view-watch".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(REMOVAL_CHECK);
+                let top = rustix::fs::statx(
+                    rustix::fs::CWD,
+                    &mountpoint,
+                    AtFlags::STATX_DONT_SYNC | AtFlags::SYMLINK_NOFOLLOW | AtFlags::NO_AUTOMOUNT,
+                    StatxFlags::TYPE,
+                );
+                let Ok(top) = top else { continue };
+                if rustix::fs::makedev(top.stx_dev_major, top.stx_dev_minor) == fuse.st_dev {
+                    tracing::info!(
+                        "the kernel view on {} was unmounted from outside",
+                        mountpoint.display()
+                    );
+                    termination.unmount_now();
+                    return;
+                }
+            }
+        })
+        .context("starting the thread that watches the kernel view")?;
+    Ok(())
+}
+
 /// The follower that shows each new generation in the kernel view. It must
 /// come after the Index's follower, which moves the Index first.
 pub(super) struct KernelViewFollower {

@@ -454,10 +454,20 @@ impl Daemon {
         // The kernel view: shown now, then after the Index moved. Should it
         // fail now, the mounts are undone as on SIGTERM, and the error told.
         let mut failed = None;
-        if let Some((files, plan, _)) = kernel_view {
+        if let Some((files, plan, data)) = kernel_view {
             let shower = confined.kernel_view_shower(plan);
             let index = index.as_ref().map(|i| i.index());
-            match kernel_view::refresh(&view, index.as_deref(), &files, &*shower) {
+            let shown =
+                kernel_view::refresh(&view, index.as_deref(), &files, &*shower).and_then(|()| {
+                    let data = data.lock().unwrap_or_else(|p| p.into_inner());
+                    let data = data.as_ref().context("the FUSE mount's root is gone")?;
+                    kernel_view::stop_when_removed(
+                        &settings.mountpoint,
+                        data.as_fd(),
+                        termination.clone(),
+                    )
+                });
+            match shown {
                 Ok(()) => followers.push(Box::new(kernel_view::KernelViewFollower {
                     view: view.clone(),
                     index,

@@ -76,6 +76,15 @@ impl Termination {
         act(&mut self.state());
     }
 
+    /// Unmounts now, as SIGTERM would, if the daemon serves its mounts
+    /// (neither starting, nor handed over, nor already stopping).
+    pub fn unmount_now(&self) {
+        let mut state = self.state();
+        if matches!(state.action, Action::Unmount(_)) {
+            act(&mut state);
+        }
+    }
+
     /// From now on, termination signals are ignored: the daemon handed its
     /// mounts to a successor and exits by itself (unmounting now would take
     /// the mounts from the successor).
