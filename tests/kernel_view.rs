@@ -363,6 +363,22 @@ fn umount_of_the_view_stops_the_daemon_and_leaves_nothing_mounted() {
         "{}",
         mount.log()
     );
+    drop(mount);
+
+    // `nexus umount` of a view whose daemon another store's records do not
+    // name (the admin forgot --store) takes it down the same way.
+    let mount = Mount::start(
+        store.path(),
+        &scratch.join("mnt"),
+        &["--kernel-metadata", "--allow-other"],
+    );
+    let other = Store::init();
+    let out = nexus(
+        other.path(),
+        [std::ffi::OsStr::new("umount"), mount.point().as_os_str()],
+    );
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(on_now(mount.point()), 0, "{}", mount.log());
 }
 
 /// The kernel serves its view to every user (as each file's mode allows),

@@ -454,6 +454,29 @@ fn a_daemon_restarted_with_its_stored_descriptor_resumes_the_live_mount() {
     second.mountpoint = None;
 }
 
+/// The descriptors the daemon stored (`FDSTORE=1`) among `notes`, with
+/// their names, sorted by name.
+fn stored_descriptors(notes: Vec<Note>) -> Vec<(OwnedFd, String)> {
+    let mut stored: Vec<(OwnedFd, String)> = notes
+        .into_iter()
+        .filter(|n| n.has("FDSTORE=1"))
+        .map(|mut n| {
+            let name = n.value("FDNAME").unwrap().to_string();
+            (n.fds.pop().expect("a descriptor"), name)
+        })
+        .collect();
+    stored.sort_by(|a, b| a.1.cmp(&b.1));
+    stored
+}
+
+/// `stored` as `start_service` passes descriptors.
+fn as_passed(stored: &[(OwnedFd, String)]) -> Vec<(RawFd, &str)> {
+    stored
+        .iter()
+        .map(|(fd, name)| (fd.as_raw_fd(), name.as_str()))
+        .collect()
+}
+
 /// The mount id (mountinfo's first field) of what is mounted at `point`.
 fn mount_id(point: &Path) -> Option<u64> {
     fs::read_to_string("/proc/self/mountinfo")
@@ -498,15 +521,7 @@ fn a_restart_from_the_descriptor_store_remounts_only_the_index() {
         mountpoint: Some(index.clone()),
     };
     let (_, before) = notify.until(Duration::from_secs(30), "READY=1", |n| n.has("READY=1"));
-    let mut stored: Vec<(OwnedFd, String)> = before
-        .into_iter()
-        .filter(|n| n.has("FDSTORE=1"))
-        .map(|mut n| {
-            let name = n.value("FDNAME").unwrap().to_string();
-            (n.fds.pop().expect("a descriptor"), name)
-        })
-        .collect();
-    stored.sort_by(|a, b| a.1.cmp(&b.1));
+    let stored = stored_descriptors(before);
     let names: Vec<&str> = stored.iter().map(|(_, n)| n.as_str()).collect();
     assert_eq!(names, ["nexus-fuse", "nexus-index"]);
     let link = mnt.join("a/Current/bin/a");
@@ -516,10 +531,7 @@ fn a_restart_from_the_descriptor_store_remounts_only_the_index() {
     first.child.kill().unwrap();
     first.child.wait().unwrap();
     first.mountpoint = None;
-    let passed: Vec<(RawFd, &str)> = stored
-        .iter()
-        .map(|(fd, name)| (fd.as_raw_fd(), name.as_str()))
-        .collect();
+    let passed = as_passed(&stored);
     let second = start_service(&argv, &notify, store.path(), &scratch.join("log2"), &passed);
     let mut second = Service {
         child: second,
@@ -603,15 +615,7 @@ fn a_kernel_view_mount_restarted_from_the_descriptor_store_stays_mounted() {
         mountpoint: None,
     };
     let (_, before) = notify.until(Duration::from_secs(30), "READY=1", |n| n.has("READY=1"));
-    let mut stored: Vec<(OwnedFd, String)> = before
-        .into_iter()
-        .filter(|n| n.has("FDSTORE=1"))
-        .map(|mut n| {
-            let name = n.value("FDNAME").unwrap().to_string();
-            (n.fds.pop().expect("a descriptor"), name)
-        })
-        .collect();
-    stored.sort_by(|a, b| a.1.cmp(&b.1));
+    let stored = stored_descriptors(before);
     let names: Vec<&str> = stored.iter().map(|(_, n)| n.as_str()).collect();
     assert_eq!(names, ["nexus-data", "nexus-fuse", "nexus-index"]);
     let kinds = |p: &Path| -> Vec<String> { stack_at(p).into_iter().map(|(_, k)| k).collect() };
@@ -637,10 +641,7 @@ fn a_kernel_view_mount_restarted_from_the_descriptor_store_stays_mounted() {
     std::thread::sleep(Duration::from_millis(300));
     assert!(!waiting.is_finished(), "a read was answered with no daemon");
 
-    let passed: Vec<(RawFd, &str)> = stored
-        .iter()
-        .map(|(fd, name)| (fd.as_raw_fd(), name.as_str()))
-        .collect();
+    let passed = as_passed(&stored);
     let second = start_service(&argv, &notify, store.path(), &scratch.join("log2"), &passed);
     let mut second = Service {
         child: second,

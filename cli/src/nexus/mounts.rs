@@ -240,26 +240,34 @@ pub fn umount(store: &Path, mountpoint: &Path, lazy: bool) -> Result<()> {
 /// Unmounts a mount the kernel view covers (`--kernel-metadata`) by
 /// stopping its daemon, which holds the FUSE mount below until it
 /// unmounts everything itself (detaching what is busy), as on SIGTERM.
+/// A daemon the records of `store` do not name (another store's) is
+/// stopped by taking its view off, as umount(8) would: it then stops
+/// itself within a second.
 fn stop_kernel_view_daemon(store: &Path, path: &Path) -> Result<()> {
     let records = nexus_store::runtime::live(store)
         .with_context(|| format!("finding the daemon serving {}", path.display()))?;
-    let daemon = records
-        .iter()
-        .find(|r| same_place(&r.served.target, path))
-        .ok_or_else(|| {
-            anyhow!(
-                "the kernel view covers {} but no daemon of the store {} serves it; \
-                 stop its daemon (`nexus status --store ...` names it) with SIGTERM",
-                path.display(),
-                store.display()
-            )
-        })?;
-    let pid = libc::pid_t::try_from(daemon.pid).context("a daemon's pid out of range")?;
-    // SAFETY: kill with a pid from the live records (checked alive).
-    if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
-        return Err(io::Error::last_os_error())
-            .with_context(|| format!("stopping the daemon {pid} serving {}", path.display()));
-    }
+    let daemon = records.iter().find(|r| same_place(&r.served.target, path));
+    let stopping = match daemon {
+        Some(daemon) => {
+            let pid = libc::pid_t::try_from(daemon.pid).context("a daemon's pid out of range")?;
+            // SAFETY: kill with a pid from the live records (checked alive).
+            if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+                return Err(io::Error::last_os_error()).with_context(|| {
+                    format!("stopping the daemon {pid} serving {}", path.display())
+                });
+            }
+            format!("the daemon {pid} serving {}", path.display())
+        }
+        None => {
+            let c_path = CString::new(path.as_os_str().as_bytes())?;
+            // SAFETY: a valid NUL-terminated path.
+            if unsafe { libc::umount2(c_path.as_ptr(), 0) } != 0 {
+                return Err(io::Error::last_os_error())
+                    .with_context(|| format!("unmounting the kernel view on {}", path.display()));
+            }
+            format!("the daemon serving {} (of another store)", path.display())
+        }
+    };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while std::time::Instant::now() < deadline {
         let still = find_mount(path)?.is_some_and(|m| m.is_nexus() || m.is_kernel_view());
@@ -269,10 +277,7 @@ fn stop_kernel_view_daemon(store: &Path, path: &Path) -> Result<()> {
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    bail!(
-        "the daemon {pid} serving {} did not unmount it within 10 s",
-        path.display()
-    )
+    bail!("{stopping} did not unmount it within 10 s")
 }
 
 #[cfg(test)]
