@@ -618,6 +618,14 @@ fn a_kernel_view_mount_restarted_from_the_descriptor_store_stays_mounted() {
     let stored = stored_descriptors(before);
     let names: Vec<&str> = stored.iter().map(|(_, n)| n.as_str()).collect();
     assert_eq!(names, ["nexus-data", "nexus-fuse", "nexus-index"]);
+    let store_max: usize = unit_value("nexus-mount@.service", "Service", "FileDescriptorStoreMax")
+        .parse()
+        .unwrap();
+    assert!(
+        names.len() <= store_max,
+        "the unit keeps {store_max} descriptors, the daemon stores {}",
+        names.len()
+    );
     let kinds = |p: &Path| -> Vec<String> { stack_at(p).into_iter().map(|(_, k)| k).collect() };
     assert_eq!(kinds(&mnt), ["fuse.nexus", "overlay"]);
     assert_eq!(kinds(&index), ["fuse.nexus-index", "erofs"]);
@@ -648,7 +656,6 @@ fn a_kernel_view_mount_restarted_from_the_descriptor_store_stays_mounted() {
         mountpoint: None,
     };
     notify.until(Duration::from_secs(30), "READY=1", |n| n.has("READY=1"));
-    drop(stored);
     let log = || fs::read_to_string(scratch.join("log2")).unwrap_or_default();
     assert_eq!(
         waiting.join().unwrap().expect("the waiting read"),
@@ -669,6 +676,35 @@ fn a_kernel_view_mount_restarted_from_the_descriptor_store_stays_mounted() {
         fs::read_link(index.join("bin/a")).unwrap(),
         mnt.join("a/Current/bin/a")
     );
+
+    // A compromised daemon could store a root of its choosing (a directory
+    // a user writes) for its successors' views to read contents from. A
+    // restart given one refuses it, takes the view off and opens the
+    // mount's root afresh.
+    second.child.kill().unwrap();
+    second.child.wait().unwrap();
+    let planted = scratch.join("planted");
+    write_file(&planted.join("a/1/bin/a"), b"planted\n");
+    let planted = fs::File::open(&planted).unwrap();
+    let mut passed = as_passed(&stored);
+    for (fd, name) in &mut passed {
+        if *name == "nexus-data" {
+            *fd = planted.as_raw_fd();
+        }
+    }
+    let third = start_service(&argv, &notify, store.path(), &scratch.join("log3"), &passed);
+    let mut third = Service {
+        child: third,
+        mountpoint: None,
+    };
+    notify.until(Duration::from_secs(30), "READY=1", |n| n.has("READY=1"));
+    drop(stored);
+    let log = || fs::read_to_string(scratch.join("log3")).unwrap_or_default();
+    assert!(log().contains("refused"), "{}", log());
+    assert_eq!(kinds(&mnt), ["fuse.nexus", "overlay"], "{}", log());
+    assert_eq!(stack_at(&mnt)[0].0, fuse_id, "{}", log());
+    assert_eq!(fs::read(mnt.join("a/1/bin/a")).unwrap(), b"first\n");
+
     // The new daemon's view follows the live generation.
     store.add_dir(&scratch.join("b"), "b", "1");
     assert!(
@@ -677,8 +713,8 @@ fn a_kernel_view_mount_restarted_from_the_descriptor_store_stays_mounted() {
         log()
     );
     assert_eq!(fs::read(mnt.join("b/1/bin/b")).unwrap(), b"second\n");
-    terminate(&second.child);
-    assert!(second.child.wait().unwrap().success(), "{}", log());
+    terminate(&third.child);
+    assert!(third.child.wait().unwrap().success(), "{}", log());
     assert!(
         wait_for(Duration::from_secs(5), || !is_mounted(&mnt)
             && !is_mounted(&index)),

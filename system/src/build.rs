@@ -134,12 +134,7 @@ pub fn build(
             .iter()
             .map(Stored::of)
             .collect();
-        let ordered = |v: &str| {
-            stored
-                .iter()
-                .find(|s| s.version == v)
-                .map_or(v.to_string(), |s| s.ordered.clone())
-        };
+        let kept = |v: &str| stored.iter().find(|s| s.version == v);
         match decide(profile, entry, recipe, &offer, &stored, &reused)? {
             Decision::Reuse(v) => {
                 match &offer {
@@ -152,11 +147,14 @@ pub fn build(
                     }
                     // Worth a warning: apt pinning, or a stale or
                     // rolled-back mirror, offers an older version.
-                    Offer::Candidate(c) if version::compare(c, &ordered(&v)).is_lt() => {
+                    Offer::Candidate(c) if kept(&v).is_some_and(|s| s.against(c).is_gt()) => {
                         tracing::warn!(
-                            "{}/{v}: already stored, kept: apt's candidate {c} is older, and a \
-                         build never moves back (apt pinning, or a stale mirror?)",
-                            entry.app
+                            "{}/{v}: already stored (as {}), kept: apt's candidate {c} is \
+                             older, and a build never moves back (apt pinning, or a stale \
+                             mirror?)",
+                            entry.app,
+                            kept(&v)
+                                .map_or(v.as_str(), |s| s.full.as_deref().unwrap_or(&s.version))
                         )
                     }
                     _ => tracing::info!("{}/{v}: already stored, reused", entry.app),
@@ -355,19 +353,35 @@ fn check_app(profile: &Profile, entry: &Entry, recipe: &Recipe) -> Result<()> {
 struct Stored {
     /// The version it is stored under (`App/VERSION`).
     version: String,
-    /// The version Debian's ordering compares: a grafted package's full
-    /// version, epoch included (kept in its metadata, dropped from its
-    /// name), else the stored version.
-    ordered: String,
+    /// A grafted package's full version, epoch included (kept in its
+    /// metadata, dropped from its name); `None` where no epoch is known (a
+    /// directory, a script's output, a NAR, a version renamed).
+    full: Option<String>,
 }
 
 impl Stored {
     fn of(package: &nexus_store::catalog::PackageRow) -> Stored {
         Stored {
             version: package.version.clone(),
-            ordered: nexus_graft::package::full_version(&package.metadata, &package.version)
-                .unwrap_or_else(|| package.version.clone()),
+            full: nexus_graft::package::full_version(&package.metadata, &package.version),
         }
+    }
+
+    /// How this stored version compares with apt's `candidate`: by full
+    /// versions, epochs included, where this one's is known; else by the
+    /// names alone (the candidate's epoch dropped), since an unknown epoch
+    /// is no evidence of epoch 0.
+    fn against(&self, candidate: &str) -> std::cmp::Ordering {
+        match &self.full {
+            Some(full) => version::compare(full, candidate),
+            None => version::compare(&self.version, without_epoch(candidate)),
+        }
+    }
+
+    /// The version ordered among the stored ones: the full version where
+    /// known.
+    fn ordered(&self) -> &str {
+        self.full.as_deref().unwrap_or(&self.version)
     }
 }
 
@@ -452,7 +466,9 @@ enum Decision {
 /// Debian's ordering, epochs included: a grafted `.deb`'s epoch is read
 /// from its metadata (grafting drops it from the name), so a candidate
 /// whose epoch went up is built over a stored version with a higher
-/// number. Constraints match the stored names, without epochs. Nothing eligible is an error naming the line, the
+/// number. A stored version whose epoch is unknown (a directory, a
+/// script's output) is compared by name, the candidate's epoch dropped.
+/// Constraints match the stored names, without epochs. Nothing eligible is an error naming the line, the
 /// candidate and the constraint, before anything is fetched.
 ///
 /// Otherwise: with a package file unread, the file is read; else the
@@ -479,7 +495,7 @@ fn decide(
         .filter(|s| pinned.is_none_or(|p| p == s.version))
         .filter(|s| !others.contains(&s.version.as_str()))
         .filter(|s| !taken.contains(&format!("{}/{}", entry.app, s.version)))
-        .max_by(|a, b| version::compare(&a.ordered, &b.ordered));
+        .max_by(|a, b| version::compare(a.ordered(), b.ordered()));
     let candidate = match offer {
         Offer::Unread => return Ok(Decision::Make),
         Offer::Fitting => {
@@ -496,11 +512,7 @@ fn decide(
         // or a newer one) is kept: never a step back. One stored under
         // the candidate's name is the candidate (one name holds one
         // package).
-        Some(s)
-            if !eligible
-                || s.version == name
-                || version::compare(candidate, &s.ordered).is_le() =>
-        {
+        Some(s) if !eligible || s.version == name || s.against(candidate).is_ge() => {
             Decision::Reuse(s.version.clone())
         }
         _ if eligible => Decision::Make,
@@ -686,13 +698,17 @@ mod tests {
         Recipe::parse(SourceFile::new(format!("recipes/{name}.kdl"), text)).unwrap()
     }
 
-    /// Stored versions as a directory or a package without epochs
-    /// stores them; `E:V` is a package grafted from full version `E:V`.
+    /// Stored versions: `V` as a directory or a script stores it (no
+    /// epoch known), `=V` or `E:V` a package grafted from full version `V`
+    /// or `E:V`.
     fn versions(list: &[&str]) -> Vec<Stored> {
         list.iter()
-            .map(|v| Stored {
-                version: without_epoch(v).to_string(),
-                ordered: v.to_string(),
+            .map(|v| {
+                let full = v.strip_prefix('=').unwrap_or(v);
+                Stored {
+                    version: without_epoch(full).to_string(),
+                    full: (v.starts_with('=') || full.contains(':')).then(|| full.to_string()),
+                }
             })
             .collect()
     }
@@ -846,18 +862,22 @@ mod tests {
         let r = debian("tzdata");
         let renumbered =
             fetch::Candidates::answered([("tzdata", Some("tzdata_1%3a1.0-1_all.deb"))]);
-        // Stored 2024a-1 (epoch 0): apt's 1:1.0-1 is newer.
-        let got = decide_line(text, 0, &r, &renumbered, &["2024a-1"]);
+        // Grafted from 2024a-1 (epoch 0): apt's 1:1.0-1 is newer.
+        let got = decide_line(text, 0, &r, &renumbered, &["=2024a-1"]);
         assert_eq!(got.ok(), Some(Decision::Make));
+        // Stored as 2024a-1 from a directory, no epoch known: compared by
+        // name, as before, so a build never steps back to 1.0-1.
+        let got = decide_line(text, 0, &r, &renumbered, &["2024a-1"]);
+        assert_eq!(got.ok(), reuse("2024a-1"));
         // The candidate itself stored (as 1.0-1): reused.
-        let got = decide_line(text, 0, &r, &renumbered, &["2024a-1", "1:1.0-1"]);
+        let got = decide_line(text, 0, &r, &renumbered, &["=2024a-1", "1:1.0-1"]);
         assert_eq!(got.ok(), reuse("1.0-1"));
         // Stored from epoch 2: apt's epoch-1 candidate is older; kept.
         let got = decide_line(text, 0, &r, &renumbered, &["2:0.5-1"]);
         assert_eq!(got.ok(), reuse("0.5-1"));
         // Without a candidate, the highest stored version in that order.
         let offline = fetch::Candidates::answered([("tzdata", None)]);
-        let got = decide_line(text, 0, &r, &offline, &["2024a-1", "1:1.0-1"]);
+        let got = decide_line(text, 0, &r, &offline, &["=2024a-1", "1:1.0-1"]);
         assert_eq!(got.ok(), reuse("1.0-1"));
     }
 

@@ -66,10 +66,18 @@ pub(super) fn mounts(view: &Arc<View>, settings: &Settings) -> Result<Option<Mou
         forget_all();
         return Ok(None);
     }
+    // A root that is not the adopted mount's is dropped (logged): the view
+    // is then detached and the root opened afresh.
+    let had_data = data_fd.is_some();
+    let data_fd = data_fd.and_then(|fd| {
+        super::kernel_view::checked_root(fd, mountpoint)
+            .inspect_err(|e| tracing::warn!("{e:#}"))
+            .ok()
+    });
     let kernel_data = match (settings.kernel_metadata, data_fd) {
         (true, Some(fd)) => Some(fd),
-        (_, fd) => {
-            if fd.is_some() {
+        (_, _) => {
+            if had_data {
                 systemd::remove_fd(systemd::DATA_FD_NAME);
             }
             while mounts::covered_by_kernel_view(mountpoint)? {

@@ -135,6 +135,46 @@ pub(super) fn open_data(mountpoint: &Path) -> Result<OwnedFd> {
     .with_context(|| format!("opening the mount {}", mountpoint.display()))
 }
 
+/// `root`, a descriptor handed over as the FUSE mount's root beneath the
+/// kernel view on `mountpoint` (by systemd's descriptor store, or by the
+/// daemon a takeover replaces), if it is that: the root directory, inode
+/// number 1, of a mount of the nexus FUSE file system at `mountpoint`.
+/// Anything else is refused: a compromised daemon could have stored a
+/// descriptor of a directory of its choosing, which overlayfs would then
+/// read every file's contents from, for this daemon and its successors.
+/// Asked without a request to the FUSE mount, which nothing serves yet.
+pub(super) fn checked_root(root: OwnedFd, mountpoint: &Path) -> Result<OwnedFd> {
+    use rustix::fs::{AtFlags, StatxAttributes, StatxFlags};
+    let served = super::mounts::find_served_mount(mountpoint)?
+        .filter(|m| m.is_nexus())
+        .and_then(|m| m.dev)
+        .ok_or_else(|| anyhow::anyhow!("no nexus mount on {}", mountpoint.display()))?;
+    let st = rustix::fs::statx(
+        &root,
+        c"",
+        AtFlags::EMPTY_PATH | AtFlags::STATX_DONT_SYNC,
+        StatxFlags::TYPE | StatxFlags::INO,
+    )
+    .context("examining the descriptor of the mount's root")?;
+    let is_root = st.stx_attributes_mask.contains(StatxAttributes::MOUNT_ROOT)
+        && st.stx_attributes.contains(StatxAttributes::MOUNT_ROOT)
+        && st.stx_ino == nexus_fs::ino::ROOT
+        && rustix::fs::FileType::from_raw_mode(u32::from(st.stx_mode))
+            == rustix::fs::FileType::Directory
+        && (st.stx_dev_major, st.stx_dev_minor) == served;
+    if !is_root {
+        anyhow::bail!(
+            "the descriptor handed over as the root of the mount on {} is not its root \
+             (device {}:{}, inode {}); refused",
+            mountpoint.display(),
+            st.stx_dev_major,
+            st.stx_dev_minor,
+            st.stx_ino
+        );
+    }
+    Ok(root)
+}
+
 /// Errno of a failed step.
 type Errno = i32;
 

@@ -403,10 +403,13 @@ fn adopt(
     };
     // The main mount's root beneath the kernel view: no path reaches it.
     let kernel_data = if settings.kernel_metadata {
-        Some(
-            fds.next()
-                .ok_or_else(|| anyhow!("no descriptor of the mount's root"))?,
-        )
+        let root = fds
+            .next()
+            .ok_or_else(|| anyhow!("no descriptor of the mount's root"))?;
+        Some(crate::nexus::kernel_view::checked_root(
+            root,
+            &settings.mountpoint,
+        )?)
     } else {
         None
     };
