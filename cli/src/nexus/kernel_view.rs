@@ -56,6 +56,9 @@ pub(super) struct Plan {
     /// The user the images are written by (the daemon's, confined or
     /// not): an image file of anyone else is refused.
     pub image_owner: u32,
+    /// Where the images are written (`STORE/run`): the copies mounted are
+    /// made there, unnamed.
+    pub image_dir: CString,
 }
 
 /// The files of a daemon's kernel view: `STORE/run/kernel-view-PID-*.erofs`.
@@ -95,6 +98,7 @@ impl Files {
                 .transpose()?,
             suid,
             image_owner: rustix::process::geteuid().as_raw(),
+            image_dir: cstring(self.main.parent().unwrap_or(Path::new("/")))?,
         })
     }
 
@@ -217,10 +221,12 @@ impl FdPath {
 
 /// A detached mount of the EROFS image `image` (file-backed: no loop
 /// device). The image is opened here, without following a link, and must
-/// be a regular file of `owner` with one name: the kernel then gets that
-/// very file through its descriptor, so a link or another file planted at
-/// the path (by a compromised daemon, which writes there) is never mounted.
-fn mount_image(image: &CStr, owner: u32) -> Result<OwnedFd, Errno> {
+/// be a regular file of `owner` with one name, so that a link or another
+/// file planted at the path (by a compromised daemon, which writes there)
+/// is never read. What is mounted is a copy of it, made unnamed in `dir`:
+/// the writer can still change its own file, and the kernel's parser must
+/// not see the image change under it.
+fn mount_image(image: &CStr, owner: u32, dir: &CStr) -> Result<OwnedFd, Errno> {
     use rustix::fs::{FileType, Mode, OFlags};
     // `openat`, not `open`: the keeper's filter allows the former only.
     let file = rustix::fs::openat(
@@ -237,7 +243,16 @@ fn mount_image(image: &CStr, owner: u32) -> Result<OwnedFd, Errno> {
     {
         return Err(libc::EPERM);
     }
-    let source = FdPath::new(std::os::fd::AsRawFd::as_raw_fd(&file));
+    let copy = rustix::fs::openat(
+        rustix::fs::CWD,
+        dir,
+        OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
+    .map_err(errno)?;
+    copy_all(&file, &copy)?;
+    drop(file);
+    let source = FdPath::new(std::os::fd::AsRawFd::as_raw_fd(&copy));
     let fs = fsopen(c"erofs", FsOpenFlags::FSOPEN_CLOEXEC).map_err(errno)?;
     fsconfig_set_string(&fs, c"source", source.as_cstr()).map_err(errno)?;
     fsconfig_create(&fs).map_err(errno)?;
@@ -247,6 +262,29 @@ fn mount_image(image: &CStr, owner: u32) -> Result<OwnedFd, Errno> {
         MountAttrFlags::MOUNT_ATTR_RDONLY | MountAttrFlags::MOUNT_ATTR_NODEV,
     )
     .map_err(errno)
+}
+
+/// Copies `from` to `to` (read and write only, as the keeper's filter
+/// allows; no allocation).
+fn copy_all(from: &OwnedFd, to: &OwnedFd) -> Result<(), Errno> {
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        let n = match rustix::io::read(from, &mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(errno(e)),
+        };
+        let mut rest = &buf[..n];
+        while !rest.is_empty() {
+            match rustix::io::write(to, rest) {
+                Ok(0) => return Err(libc::EIO),
+                Ok(w) => rest = &rest[w..],
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(errno(e)),
+            }
+        }
+    }
 }
 
 /// A detached overlayfs of the mounted image `meta` over the data-only
@@ -299,14 +337,16 @@ fn place(mnt: BorrowedFd, layer: &Layer, main: bool) -> Result<(), Errno> {
 /// Shows the images the plan names (written beforehand), replacing the
 /// kernel view shown, if any. `data` is the FUSE mount's root.
 pub(super) fn show(plan: &Plan, data: BorrowedFd) -> Result<(), Errno> {
-    let meta = mount_image(&plan.main.image, plan.image_owner)?;
+    let meta = mount_image(&plan.main.image, plan.image_owner, &plan.image_dir)?;
     let top = overlay(meta.as_fd(), data, plan.suid)?;
     // The index's image is mounted before anything is placed, so that a
     // failure leaves both as they were.
     let index = plan
         .index
         .as_ref()
-        .map(|layer| mount_image(&layer.image, plan.image_owner).map(|m| (m, layer)))
+        .map(|layer| {
+            mount_image(&layer.image, plan.image_owner, &plan.image_dir).map(|m| (m, layer))
+        })
         .transpose()?;
     place(top.as_fd(), &plan.main, true)?;
     if let Some((mnt, layer)) = index {
@@ -493,21 +533,20 @@ mod tests {
     use nexus_fs::kernel_view::{Body, Node, Tree, erofs};
     use std::os::unix::fs::PermissionsExt;
 
-    /// A valid image of an empty root directory, written by `uid` at `path`.
+    /// A valid image of a root directory holding an empty directory `d`,
+    /// written by `uid` at `path`.
     fn image_at(path: &Path, uid: u32) {
+        let dir = |parent, entries| Node {
+            perm: 0o755,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            nlink: 2,
+            xattrs: Vec::new(),
+            body: Body::Dir { parent, entries },
+        };
         let tree = Tree {
-            nodes: vec![Node {
-                perm: 0o755,
-                uid: 0,
-                gid: 0,
-                mtime: 0,
-                nlink: 2,
-                xattrs: Vec::new(),
-                body: Body::Dir {
-                    parent: 0,
-                    entries: Vec::new(),
-                },
-            }],
+            nodes: vec![dir(0, vec![(b"d".to_vec(), 1)]), dir(0, Vec::new())],
         };
         std::fs::write(path, erofs::write(&tree).unwrap()).unwrap();
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -542,30 +581,56 @@ mod tests {
         let writer = 65534;
         let own = dir.path().join("own.erofs");
         image_at(&own, writer);
+        let scratch = c(dir.path());
         // The control: the very same bytes, as the writer's own file, mount.
-        let mounted = mount_image(&c(&own), writer);
+        let mounted = mount_image(&c(&own), writer, &scratch);
         assert!(mounted.is_ok(), "the writer's image: {mounted:?}");
-        drop(mounted);
+        // What is mounted does not change with the writer's file: the
+        // kernel parses a copy.
+        let len = std::fs::metadata(&own).unwrap().len() as usize;
+        std::fs::write(&own, vec![0xa5; len]).unwrap();
+        let mnt = mounted.unwrap();
+        let lookup = rustix::fs::openat(
+            &mnt,
+            c"d",
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
+            rustix::fs::Mode::empty(),
+        );
+        assert!(lookup.is_ok(), "the mounted image changed: {lookup:?}");
+        drop((lookup, mnt));
+        image_at(&own, writer);
 
         // Someone else's image (root's, not readable by the writer).
         let secret = dir.path().join("secret.erofs");
         image_at(&secret, 0);
         let link = dir.path().join("link.erofs");
         std::os::unix::fs::symlink(&secret, &link).unwrap();
-        assert_eq!(mount_image(&c(&link), writer).err(), Some(libc::ELOOP));
+        assert_eq!(
+            mount_image(&c(&link), writer, &scratch).err(),
+            Some(libc::ELOOP)
+        );
         // A link to the writer's own image is refused as well: only the
         // file itself names it.
         let own_link = dir.path().join("own-link.erofs");
         std::os::unix::fs::symlink(&own, &own_link).unwrap();
-        assert_eq!(mount_image(&c(&own_link), writer).err(), Some(libc::ELOOP));
+        assert_eq!(
+            mount_image(&c(&own_link), writer, &scratch).err(),
+            Some(libc::ELOOP)
+        );
         // A hard link to root's image, chowned by nobody: two names.
         let hard = dir.path().join("hard.erofs");
         std::fs::hard_link(&secret, &hard).unwrap();
-        assert_eq!(mount_image(&c(&hard), 0).err(), Some(libc::EPERM));
+        assert_eq!(mount_image(&c(&hard), 0, &scratch).err(), Some(libc::EPERM));
         // Root's image at the path, under the writer's name.
-        assert_eq!(mount_image(&c(&secret), writer).err(), Some(libc::EPERM));
+        assert_eq!(
+            mount_image(&c(&secret), writer, &scratch).err(),
+            Some(libc::EPERM)
+        );
         // Not regular files.
-        assert_eq!(mount_image(c"/dev/null", 0).err(), Some(libc::EPERM));
+        assert_eq!(
+            mount_image(c"/dev/null", 0, &scratch).err(),
+            Some(libc::EPERM)
+        );
         let fifo = dir.path().join("fifo");
         rustix::fs::mknodat(
             rustix::fs::CWD,
@@ -576,6 +641,9 @@ mod tests {
         )
         .unwrap();
         std::os::unix::fs::chown(&fifo, Some(writer), None).unwrap();
-        assert_eq!(mount_image(&c(&fifo), writer).err(), Some(libc::EPERM));
+        assert_eq!(
+            mount_image(&c(&fifo), writer, &scratch).err(),
+            Some(libc::EPERM)
+        );
     }
 }
