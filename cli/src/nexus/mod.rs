@@ -323,7 +323,9 @@ and mounts it with: mount -t virtiofs -o ro programs /Programs")]
     /// Unmount a nexus mount (also one whose daemon died).
     ///
     /// Refuses a busy mount unless --lazy, and anything that is not a nexus
-    /// mount. The daemon ends by itself once its mount is gone.
+    /// mount. The daemon ends by itself once its mount is gone. A mount
+    /// under its kernel view (--kernel-metadata) is unmounted by stopping
+    /// its daemon, which takes the view, the mount and its Index down.
     Umount {
         /// Where the store is mounted.
         mountpoint: PathBuf,
