@@ -19,6 +19,8 @@ pub struct MountEntry {
     pub source: String,
     /// The device number (major, minor) of the file system mounted.
     pub dev: Option<(u32, u32)>,
+    /// The mount's id (mountinfo's first field, `statx`'s `STATX_MNT_ID`).
+    pub id: Option<u64>,
 }
 
 /// The types of nexus mounts: the store, and the Index.
@@ -82,6 +84,7 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
                     let (major, minor) = d.split_once(':')?;
                     Some((major.parse().ok()?, minor.parse().ok()?))
                 }),
+                id: fields.first().and_then(|id| id.parse().ok()),
             })
         })
         .collect()
@@ -194,18 +197,14 @@ pub fn umount(store: &Path, mountpoint: &Path, lazy: bool) -> Result<()> {
     let mut entry =
         find_mount(&path)?.ok_or_else(|| anyhow!("{} is not a mount point", path.display()))?;
     if entry.is_kernel_view() {
-        return stop_kernel_view_daemon(store, &path);
+        return stop_kernel_view_daemon(store, &path, &entry);
     }
     if covered_by_kernel_view(&path)? {
         // The Index's image holds nothing of the FUSE mount below: detached
         // (programs may hold its directories), the Index is unmounted as
         // ever.
-        let c_path = CString::new(path.as_os_str().as_bytes())?;
-        // SAFETY: a valid NUL-terminated path.
-        if unsafe { libc::umount2(c_path.as_ptr(), libc::MNT_DETACH) } != 0 {
-            return Err(io::Error::last_os_error())
-                .with_context(|| format!("detaching the kernel view on {}", path.display()));
-        }
+        unmount_exactly(&path, &entry, libc::MNT_DETACH)
+            .with_context(|| format!("detaching the kernel view on {}", path.display()))?;
         entry =
             find_mount(&path)?.ok_or_else(|| anyhow!("{} is not a mount point", path.display()))?;
     }
@@ -217,17 +216,20 @@ pub fn umount(store: &Path, mountpoint: &Path, lazy: bool) -> Result<()> {
             entry.source
         );
     }
-    let c_path = CString::new(path.as_os_str().as_bytes())?;
     let flags = if lazy { libc::MNT_DETACH } else { 0 };
-    // SAFETY: a valid NUL-terminated path.
-    if unsafe { libc::umount2(c_path.as_ptr(), flags) } == 0 {
-        return Ok(());
-    }
-    let err = io::Error::last_os_error();
+    let err = match unmount_exactly(&path, &entry, flags) {
+        Ok(()) => return Ok(()),
+        Err(err) => err,
+    };
     match err.raw_os_error() {
         // Not root: the setuid helper unmounts FUSE mounts of their owner.
         Some(libc::EPERM) => nexus_fs::fuse::fusermount(&path, lazy)
             .with_context(|| format!("unmounting {}", path.display())),
+        Some(libc::ESTALE) => bail!(
+            "{} no longer reaches the mount the mount table shows there (moved or replaced \
+             meanwhile?); nothing was unmounted",
+            path.display()
+        ),
         Some(libc::EBUSY) => bail!(
             "{} is busy: a process has a file open or its working directory in it; \
              end those, or use --lazy to detach it now and let it go when they finish",
@@ -237,13 +239,54 @@ pub fn umount(store: &Path, mountpoint: &Path, lazy: bool) -> Result<()> {
     }
 }
 
+/// Unmounts (`umount2` with `flags`) the mount `entry` that the mount table
+/// showed at `path`, and nothing else. Between reading the table and
+/// unmounting, whoever can rename a directory above the mount point could
+/// put a link there and have root unmount another mount: so the parent
+/// directory is opened and held, the mount its entry reaches must be that
+/// one (its id), and the unmount names the entry within that very
+/// directory, without following a link (nobody can rename or replace a
+/// mount point). Nothing asks a FUSE daemon (`AT_STATX_DONT_SYNC`): it may
+/// be dead. An error carries the errno of the step that failed (`ESTALE`:
+/// the path reaches another mount now).
+fn unmount_exactly(path: &Path, entry: &MountEntry, flags: libc::c_int) -> io::Result<()> {
+    use rustix::fs::{AtFlags, Mode, OFlags, StatxFlags};
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    };
+    let dir = rustix::fs::open(
+        parent,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let st = rustix::fs::statx(
+        &dir,
+        name,
+        AtFlags::SYMLINK_NOFOLLOW | AtFlags::NO_AUTOMOUNT | AtFlags::STATX_DONT_SYNC,
+        StatxFlags::MNT_ID,
+    )?;
+    let reached = (st.stx_mask & StatxFlags::MNT_ID.bits() != 0).then_some(st.stx_mnt_id);
+    if reached.is_none() || reached != entry.id {
+        return Err(io::Error::from_raw_os_error(libc::ESTALE));
+    }
+    let mut named =
+        format!("/proc/self/fd/{}/", std::os::fd::AsRawFd::as_raw_fd(&dir)).into_bytes();
+    named.extend_from_slice(name.as_bytes());
+    let named = CString::new(named)?;
+    // SAFETY: a valid NUL-terminated path.
+    if unsafe { libc::umount2(named.as_ptr(), flags | libc::UMOUNT_NOFOLLOW) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Unmounts a mount the kernel view covers (`--kernel-metadata`) by
 /// stopping its daemon, which holds the FUSE mount below until it
 /// unmounts everything itself (detaching what is busy), as on SIGTERM.
 /// A daemon the records of `store` do not name (another store's) is
 /// stopped by taking its view off, as umount(8) would: it then stops
 /// itself within a second.
-fn stop_kernel_view_daemon(store: &Path, path: &Path) -> Result<()> {
+fn stop_kernel_view_daemon(store: &Path, path: &Path, view: &MountEntry) -> Result<()> {
     let records = nexus_store::runtime::live(store)
         .with_context(|| format!("finding the daemon serving {}", path.display()))?;
     let daemon = records.iter().find(|r| same_place(&r.served.target, path));
@@ -259,12 +302,8 @@ fn stop_kernel_view_daemon(store: &Path, path: &Path) -> Result<()> {
             format!("the daemon {pid} serving {}", path.display())
         }
         None => {
-            let c_path = CString::new(path.as_os_str().as_bytes())?;
-            // SAFETY: a valid NUL-terminated path.
-            if unsafe { libc::umount2(c_path.as_ptr(), 0) } != 0 {
-                return Err(io::Error::last_os_error())
-                    .with_context(|| format!("unmounting the kernel view on {}", path.display()));
-            }
+            unmount_exactly(path, view, 0)
+                .with_context(|| format!("unmounting the kernel view on {}", path.display()))?;
             format!("the daemon serving {} (of another store)", path.display())
         }
     };
@@ -343,6 +382,44 @@ mod tests {
         );
         assert!(!kernel_view_on_top(&at("/Programs")[..1]), "FUSE alone");
         assert!(!kernel_view_on_top(&at("/nowhere")));
+    }
+
+    /// The mount table read, a directory above the mount point renamed and
+    /// a link to another mount put in its place: root unmounts neither
+    /// (the path reaches another mount), and the mount read is unmounted
+    /// where it now is.
+    #[test]
+    fn a_link_swapped_in_above_the_mount_point_unmounts_nothing_else() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipped: mounting needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        let tmpfs = |at: &Path| {
+            std::fs::create_dir_all(at).unwrap();
+            let ok = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "nexus-test"])
+                .arg(at)
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "mounting a tmpfs on {}", at.display());
+        };
+        tmpfs(&a.join("mnt"));
+        tmpfs(&b.join("mnt"));
+        let read = find_mount(&a.join("mnt")).unwrap().unwrap();
+        std::fs::rename(&a, dir.path().join("moved")).unwrap();
+        std::os::unix::fs::symlink(&b, &a).unwrap();
+        let err = unmount_exactly(&a.join("mnt"), &read, 0).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ESTALE));
+        let theirs = find_mount(&b.join("mnt")).unwrap();
+        assert!(theirs.is_some(), "the other mount was unmounted");
+        // The one read, where it is now: unmounted.
+        let moved = dir.path().join("moved/mnt");
+        unmount_exactly(&moved, &read, 0).unwrap();
+        assert!(find_mount(&moved).unwrap().is_none());
+        unmount_exactly(&b.join("mnt"), &theirs.unwrap(), 0).unwrap();
     }
 
     #[test]
