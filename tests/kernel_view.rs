@@ -365,20 +365,59 @@ fn umount_of_the_view_stops_the_daemon_and_leaves_nothing_mounted() {
     );
     drop(mount);
 
-    // `nexus umount` of a view whose daemon another store's records do not
-    // name (the admin forgot --store) takes it down the same way.
+    // `nexus umount` takes it down the same way, whatever store it is told
+    // of, and signals no process: a runtime record's pid is whatever its
+    // writer (a compromised daemon, say) claims. Here a forged record, its
+    // lock held, names a bystander as the daemon serving the mount point
+    // (started first: records are read in pid order).
+    let mut bystander = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
     let mount = Mount::start(
         store.path(),
         &scratch.join("mnt"),
         &["--kernel-metadata", "--allow-other"],
     );
-    let other = Store::init();
+    let run = store.path().join("run");
+    let name = bystander.id().to_string();
+    let lock = File::create(run.join(format!("{name}.lock"))).unwrap();
+    // SAFETY: flock on a descriptor this test owns.
+    assert_eq!(
+        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) },
+        0
+    );
+    let forged = serde_json::json!({
+        "format": "nexus-runtime-root-v1",
+        "pid": bystander.id(),
+        "kind": "mount",
+        "target": mount.point(),
+        "generations": [1],
+        "packages": [],
+        "started": 1,
+        "updated": 1,
+        "schema": 7,
+    });
+    fs::write(run.join(format!("{name}.json")), forged.to_string()).unwrap();
+    let listed = nexus(store.path(), ["status", "--json"]);
+    assert!(
+        String::from_utf8_lossy(&listed.stdout).contains(&format!("\"pid\": {name}")),
+        "the forged record is not read as live: {}",
+        show(&listed)
+    );
     let out = nexus(
-        other.path(),
+        store.path(),
         [std::ffi::OsStr::new("umount"), mount.point().as_os_str()],
     );
     assert!(out.status.success(), "{}", show(&out));
     assert_eq!(on_now(mount.point()), 0, "{}", mount.log());
+    assert!(
+        bystander.try_wait().unwrap().is_none(),
+        "nexus umount signalled the pid a record named"
+    );
+    bystander.kill().unwrap();
+    bystander.wait().unwrap();
+    drop(lock);
 }
 
 /// The kernel serves its view to every user (as each file's mode allows),

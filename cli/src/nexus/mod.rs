@@ -323,9 +323,9 @@ and mounts it with: mount -t virtiofs -o ro programs /Programs")]
     /// Unmount a nexus mount (also one whose daemon died).
     ///
     /// Refuses a busy mount unless --lazy, and anything that is not a nexus
-    /// mount. The daemon ends by itself once its mount is gone. A mount
-    /// under its kernel view (--kernel-metadata) is unmounted by stopping
-    /// its daemon, which takes the view, the mount and its Index down.
+    /// mount. The daemon ends by itself once its mount is gone. Of a mount
+    /// under its kernel view (--kernel-metadata) the view is unmounted; its
+    /// daemon then takes the mount and its Index down within a second.
     Umount {
         /// Where the store is mounted.
         mountpoint: PathBuf,
@@ -780,7 +780,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             json,
         } => {
             init_logging(cli.verbose);
-            mounts::umount(&store, &mountpoint, lazy)?;
+            mounts::umount(&mountpoint, lazy)?;
             if json {
                 let unmounted = std::path::absolute(&mountpoint)?;
                 println!(

@@ -192,12 +192,12 @@ pub fn same_place(a: &Path, b: &Path) -> bool {
 }
 
 /// `nexus umount`: unmounts the nexus mount at `mountpoint`.
-pub fn umount(store: &Path, mountpoint: &Path, lazy: bool) -> Result<()> {
+pub fn umount(mountpoint: &Path, lazy: bool) -> Result<()> {
     let path = resolve(mountpoint)?;
     let mut entry =
         find_mount(&path)?.ok_or_else(|| anyhow!("{} is not a mount point", path.display()))?;
     if entry.is_kernel_view() {
-        return stop_kernel_view_daemon(store, &path, &entry);
+        return stop_kernel_view_daemon(&path, &entry, lazy);
     }
     if covered_by_kernel_view(&path)? {
         // The Index's image holds nothing of the FUSE mount below: detached
@@ -280,33 +280,23 @@ fn unmount_exactly(path: &Path, entry: &MountEntry, flags: libc::c_int) -> io::R
     Ok(())
 }
 
-/// Unmounts a mount the kernel view covers (`--kernel-metadata`) by
-/// stopping its daemon, which holds the FUSE mount below until it
-/// unmounts everything itself (detaching what is busy), as on SIGTERM.
-/// A daemon the records of `store` do not name (another store's) is
-/// stopped by taking its view off, as umount(8) would: it then stops
-/// itself within a second.
-fn stop_kernel_view_daemon(store: &Path, path: &Path, view: &MountEntry) -> Result<()> {
-    let records = nexus_store::runtime::live(store)
-        .with_context(|| format!("finding the daemon serving {}", path.display()))?;
-    let daemon = records.iter().find(|r| same_place(&r.served.target, path));
-    let stopping = match daemon {
-        Some(daemon) => {
-            let pid = libc::pid_t::try_from(daemon.pid).context("a daemon's pid out of range")?;
-            // SAFETY: kill with a pid from the live records (checked alive).
-            if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
-                return Err(io::Error::last_os_error()).with_context(|| {
-                    format!("stopping the daemon {pid} serving {}", path.display())
-                });
-            }
-            format!("the daemon {pid} serving {}", path.display())
+/// Unmounts a mount the kernel view covers (`--kernel-metadata`): takes
+/// the view off (refused while busy unless `lazy`, as any unmount), and its
+/// daemon, seeing its FUSE mount on top, unmounts the rest itself within a
+/// second. No process is signalled: a runtime record's pid is whatever the
+/// daemon that wrote it claims, and a compromised one could name another.
+fn stop_kernel_view_daemon(path: &Path, view: &MountEntry, lazy: bool) -> Result<()> {
+    let flags = if lazy { libc::MNT_DETACH } else { 0 };
+    if let Err(e) = unmount_exactly(path, view, flags) {
+        if e.raw_os_error() == Some(libc::EBUSY) {
+            bail!(
+                "{} is busy: a process has a file open or its working directory in it; \
+                 end those, or use --lazy to detach it now and let it go when they finish",
+                path.display()
+            );
         }
-        None => {
-            unmount_exactly(path, view, 0)
-                .with_context(|| format!("unmounting the kernel view on {}", path.display()))?;
-            format!("the daemon serving {} (of another store)", path.display())
-        }
-    };
+        return Err(e).with_context(|| format!("unmounting the kernel view on {}", path.display()));
+    }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while std::time::Instant::now() < deadline {
         let still = find_mount(path)?.is_some_and(|m| m.is_nexus() || m.is_kernel_view());
@@ -316,7 +306,10 @@ fn stop_kernel_view_daemon(store: &Path, path: &Path, view: &MountEntry) -> Resu
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    bail!("{stopping} did not unmount it within 10 s")
+    bail!(
+        "the daemon serving {} did not unmount it within 10 s of its kernel view going",
+        path.display()
+    )
 }
 
 #[cfg(test)]
