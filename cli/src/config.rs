@@ -557,7 +557,7 @@ impl Settings {
                 .map(|l| Setting::new(l.value.clone(), from_file(l.line)))
         };
         let store = layered(&flags.store, "--store", STORE_ENV, &file.store).unwrap_or_else(|| {
-            let why = if is_root() {
+            let why = if crate::is_root() {
                 "built-in (root)"
             } else {
                 "built-in ($XDG_DATA_HOME/nexus)"
@@ -628,11 +628,6 @@ fn read(setting: &Setting<PathBuf>) -> Result<String, ConfigError> {
         origin: setting.origin.detail(),
         source,
     })
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
 }
 
 /// True when `a` and `b` name the same directory (both canonicalised when

@@ -19,3 +19,19 @@ pub mod nip;
 pub mod open;
 pub mod progress;
 pub mod report;
+
+/// Whether this process runs as root (effective uid 0): the store keeps
+/// owners, daemons confine themselves, and mounts are made differently.
+pub(crate) fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// For tests that mount or change users: true when running as root, else
+/// says the test was skipped (`why`) and returns false.
+#[cfg(test)]
+pub(crate) fn root_or_skip(why: &str) -> bool {
+    if !is_root() {
+        eprintln!("skipped: {why} needs root");
+    }
+    is_root()
+}

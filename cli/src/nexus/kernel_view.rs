@@ -573,8 +573,7 @@ mod tests {
     /// user, a device or a fifo.
     #[test]
     fn only_the_writers_own_image_is_mounted() {
-        if !rustix::process::geteuid().is_root() {
-            eprintln!("skipped: mounting needs root");
+        if !crate::root_or_skip("mounting") {
             return;
         }
         let dir = tempfile::tempdir().unwrap();

@@ -383,8 +383,7 @@ mod tests {
     /// where it now is.
     #[test]
     fn a_link_swapped_in_above_the_mount_point_unmounts_nothing_else() {
-        if !rustix::process::geteuid().is_root() {
-            eprintln!("skipped: mounting needs root");
+        if !crate::root_or_skip("mounting") {
             return;
         }
         let dir = tempfile::tempdir().unwrap();

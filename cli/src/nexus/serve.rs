@@ -118,11 +118,6 @@ pub fn check_mountpoint(path: &Path) -> Result<PathBuf> {
     super::mounts::check_dir(path, "mount point")
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// How a mount daemon serves, whichever way it got its mounts (made them,
 /// or took them over): what it tells a successor it serves.
 #[derive(Clone, Debug)]
@@ -164,7 +159,7 @@ impl Settings {
             mount: MountOptions {
                 allow_other: request.allow_other,
                 threads: request.threads,
-                suid: is_root() && !request.nosuid,
+                suid: crate::is_root() && !request.nosuid,
                 source: request.store.clone(),
                 read_ahead_kib: fuse::READ_AHEAD_KIB,
             },

@@ -29,7 +29,8 @@ use nexus_remote::{Location, RemoteSettings};
 use nexus_store::catalog::{Catalog, RemoteRow};
 
 use super::rules::{Grant, Rule};
-use super::{SandboxArgs, filter, is_root, last_capability, rules, selftest, threads, user};
+use super::{SandboxArgs, filter, last_capability, rules, selftest, threads, user};
+use crate::is_root;
 
 /// Connections between a daemon and its fetcher: as many remote reads at
 /// once (others wait for one to be free).

@@ -394,11 +394,6 @@ impl Drop for Confined {
     }
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// Confines the calling daemon as the module documentation says (or, with
 /// `--no-sandbox`, only says loudly that it does not). Call it once, after
 /// the mounts exist or the socket is bound, with the store opened, and
@@ -434,7 +429,7 @@ pub fn confine(confinement: &Confinement) -> Result<Confined> {
         .filter(|_| confinement.image.is_none())
         .map(|reader| catalog::CatalogDescriptors::list(confinement.store).map(|fds| (reader, fds)))
         .transpose()?;
-    let root = is_root();
+    let root = crate::is_root();
     let identity = root
         .then(|| user::sandbox_user(confinement.args.sandbox_user.as_deref()))
         .transpose()?;

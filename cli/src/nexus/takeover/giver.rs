@@ -272,8 +272,7 @@ mod tests {
     /// of another user is refused even where the socket is reachable.
     #[test]
     fn a_peer_of_another_user_is_refused() {
-        if !rustix::process::geteuid().is_root() {
-            eprintln!("skipped: needs root to connect as another user");
+        if !crate::root_or_skip("connecting as another user") {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
