@@ -153,8 +153,7 @@ pub fn build(
                              older, and a build never moves back (apt pinning, or a stale \
                              mirror?)",
                             entry.app,
-                            kept(&v)
-                                .map_or(v.as_str(), |s| s.full.as_deref().unwrap_or(&s.version))
+                            kept(&v).map_or(v.as_str(), Stored::ordered)
                         )
                     }
                     _ => tracing::info!("{}/{v}: already stored, reused", entry.app),
@@ -468,8 +467,9 @@ enum Decision {
 /// whose epoch went up is built over a stored version with a higher
 /// number. A stored version whose epoch is unknown (a directory, a
 /// script's output) is compared by name, the candidate's epoch dropped.
-/// Constraints match the stored names, without epochs. Nothing eligible is an error naming the line, the
-/// candidate and the constraint, before anything is fetched.
+/// Constraints match the stored names, without epochs. Nothing eligible is
+/// an error naming the line, the candidate and the constraint, before
+/// anything is fetched.
 ///
 /// Otherwise: with a package file unread, the file is read; else the
 /// highest eligible stored version is reused, if there is one.

@@ -151,9 +151,14 @@ pub fn parse_print_uris(out: &str) -> Option<Indexed> {
 /// Whether apt's complaint (in the C locale) is that it knows no package
 /// of the name asked for, rather than that something failed.
 fn apt_knows_no_such_package(stderr: &str) -> bool {
-    stderr
-        .lines()
-        .any(|l| l.starts_with("E: Unable to locate package "))
+    stderr.lines().any(|l| not_located(l).is_some())
+}
+
+/// The package of apt's complaint that it knows no package of a name, if
+/// `line` is one.
+fn not_located(line: &str) -> Option<&str> {
+    line.strip_prefix("E: Unable to locate package ")
+        .map(str::trim_end)
 }
 
 /// The package of apt's complaint that a name it knows has no candidate
@@ -339,8 +344,8 @@ impl Candidates {
 /// very package asked for counts. A package apt knows without a candidate
 /// ("has no candidate": a virtual package, or one pinned out) is left out
 /// of the answer. A package asked that gets none of these is an error, as
-/// is any other `E:` line when apt failed. Public (hidden) for the fuzz target (`system/fuzz`)
-/// only.
+/// is any other `E:` line when apt failed. Public (hidden) for the fuzz
+/// target (`system/fuzz`) only.
 #[doc(hidden)]
 pub fn parse_candidates(
     packages: &[&str],
@@ -367,11 +372,8 @@ pub fn parse_candidates(
     }
     let (mut unknown, mut no_candidate) = (Vec::new(), Vec::new());
     for line in stderr.lines().filter(|l| l.starts_with("E: ")) {
-        match (
-            line.strip_prefix("E: Unable to locate package "),
-            without_candidate(line),
-        ) {
-            (Some(package), _) => unknown.push(package.trim_end()),
+        match (not_located(line), without_candidate(line)) {
+            (Some(package), _) => unknown.push(package),
             (_, Some(package)) => no_candidate.push(package),
             // Only apt's failing makes its complaints fatal.
             _ if !success => return Err(format!("apt failed: {line}")),

@@ -197,7 +197,7 @@ pub fn umount(mountpoint: &Path, lazy: bool) -> Result<()> {
     let mut entry =
         find_mount(&path)?.ok_or_else(|| anyhow!("{} is not a mount point", path.display()))?;
     if entry.is_kernel_view() {
-        return stop_kernel_view_daemon(&path, &entry, lazy);
+        return unmount_kernel_view(&path, &entry, lazy);
     }
     if covered_by_kernel_view(&path)? {
         // The Index's image holds nothing of the FUSE mount below: detached
@@ -230,13 +230,18 @@ pub fn umount(mountpoint: &Path, lazy: bool) -> Result<()> {
              meanwhile?); nothing was unmounted",
             path.display()
         ),
-        Some(libc::EBUSY) => bail!(
-            "{} is busy: a process has a file open or its working directory in it; \
-             end those, or use --lazy to detach it now and let it go when they finish",
-            path.display()
-        ),
+        Some(libc::EBUSY) => Err(busy(&path)),
         _ => Err(err).with_context(|| format!("unmounting {}", path.display())),
     }
+}
+
+/// The refusal of an unmount that `EBUSY` answered.
+fn busy(path: &Path) -> anyhow::Error {
+    anyhow!(
+        "{} is busy: a process has a file open or its working directory in it; \
+         end those, or use --lazy to detach it now and let it go when they finish",
+        path.display()
+    )
 }
 
 /// Unmounts (`umount2` with `flags`) the mount `entry` that the mount table
@@ -285,23 +290,18 @@ fn unmount_exactly(path: &Path, entry: &MountEntry, flags: libc::c_int) -> io::R
 /// daemon, seeing its FUSE mount on top, unmounts the rest itself within a
 /// second. No process is signalled: a runtime record's pid is whatever the
 /// daemon that wrote it claims, and a compromised one could name another.
-fn stop_kernel_view_daemon(path: &Path, view: &MountEntry, lazy: bool) -> Result<()> {
+fn unmount_kernel_view(path: &Path, view: &MountEntry, lazy: bool) -> Result<()> {
     let flags = if lazy { libc::MNT_DETACH } else { 0 };
     if let Err(e) = unmount_exactly(path, view, flags) {
         if e.raw_os_error() == Some(libc::EBUSY) {
-            bail!(
-                "{} is busy: a process has a file open or its working directory in it; \
-                 end those, or use --lazy to detach it now and let it go when they finish",
-                path.display()
-            );
+            return Err(busy(path));
         }
         return Err(e).with_context(|| format!("unmounting the kernel view on {}", path.display()));
     }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while std::time::Instant::now() < deadline {
-        let still = find_mount(path)?.is_some_and(|m| m.is_nexus() || m.is_kernel_view());
-        let still = still || covered_by_kernel_view(path)?;
-        if !still {
+        let at = mounts_at(path)?;
+        if !at.last().is_some_and(MountEntry::is_nexus) && !kernel_view_on_top(&at) {
             return Ok(());
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
