@@ -32,10 +32,11 @@ const SERVER_CAPS: u64 = 0x6;
 const KEEPER_CAPS: u64 = (1 << 21) | (1 << 1);
 
 /// What the selftest must find refused, and what must still work.
-const REFUSED: [&str; 17] = [
+const REFUSED: [&str; 18] = [
     "read-etc-shadow",
     "write-catalog",
     "write-catalog-wal",
+    "write-catalog-shm",
     "create-in-store",
     "write-proc-self-mem",
     "chmod-catalog",
@@ -629,17 +630,20 @@ fn the_sandbox_user_must_exist_and_not_be_root() {
     }
 }
 
-/// The descriptors of `pid` open on `store`'s catalog or its WAL for
-/// writing, as `FD PATH flags`.
+/// The descriptors of `pid` open on `store`'s catalog, its WAL or the WAL
+/// index for writing, as `FD PATH flags`, and its shared mappings of them
+/// that write them, as `map PATH PERMS`.
 fn writable_catalog_descriptors(pid: i32, store: &Path) -> Vec<String> {
-    let catalog = store.join("catalog.db");
-    let wal = store.join("catalog.db-wal");
+    let files: Vec<_> = ["catalog.db", "catalog.db-wal", "catalog.db-shm"]
+        .iter()
+        .map(|name| store.join(name))
+        .collect();
     let mut found = Vec::new();
     for fd in fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
         let Ok(target) = fs::read_link(fd.path()) else {
             continue;
         };
-        if target != catalog && target != wal {
+        if !files.contains(&target) {
             continue;
         }
         let name = fd.file_name().to_string_lossy().into_owned();
@@ -655,11 +659,21 @@ fn writable_catalog_descriptors(pid: i32, store: &Path) -> Vec<String> {
             found.push(format!("{name} {} flags {flags:o}", target.display()));
         }
     }
+    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    for line in maps.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (Some(perms), Some(path)) = (fields.get(1), fields.get(5)) else {
+            continue;
+        };
+        if perms.contains('w') && files.iter().any(|f| f.as_os_str() == *path) {
+            found.push(format!("map {path} {perms}"));
+        }
+    }
     found
 }
 
 /// ARCHITECTURE.md: "the daemon holds no descriptor that writes the
-/// catalog or its WAL" — what keeps a
+/// catalog, its WAL or the WAL index" — what keeps a
 /// daemon someone took over (a hostile guest's, say) from rewriting
 /// packages' modes, owners and contents for every other mount of the
 /// store (setuid honoured on /Programs). Landlock checks a path when it is
@@ -670,7 +684,10 @@ fn writable_catalog_descriptors(pid: i32, store: &Path) -> Vec<String> {
 /// The descriptors come from before confinement: the read-write catalog
 /// descriptor `Store::open` made, which SQLite keeps open after the store
 /// is dropped while another connection of the process holds a lock on the
-/// file, and `-wal` opened read-write by read-only connections. Each daemon
+/// file, and `-wal` and `-shm` opened read-write by read-only connections.
+/// A writable WAL index would let the daemon tell other SQLite processes,
+/// nip's writers among them, that an older version of a page is the
+/// newest, so that a writer commits over what it never saw. Each daemon
 /// closes every catalog connection once confined and opens them again,
 /// read-only under Landlock (`sandbox/catalog.rs`).
 #[test]

@@ -377,8 +377,9 @@ impl Catalog {
     /// must not take the write lock a migration check needs (the store was
     /// opened, and migrated, once before). Read-only, so that a daemon that
     /// confines itself later holds no descriptor that could write the
-    /// catalog (the WAL index, `-shm`, stays writable, as every WAL reader
-    /// needs).
+    /// catalog; SQLite still opens the WAL index (`-shm`) for writing where
+    /// it may, so a confined daemon reopens its connections where it may
+    /// not.
     pub fn open_existing(path: &Path) -> Result<Self> {
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags)?;

@@ -1,5 +1,7 @@
 //! The daemon's catalog connections, opened again once it is confined, so
-//! that it then holds no descriptor that writes the catalog or its WAL:
+//! that it then holds no descriptor that writes the catalog, its WAL or the
+//! WAL index (nor a mapping of the index that writes it, which SQLite keeps
+//! only while it holds the index's descriptor):
 //! Landlock grants it reading them only, but checks a path when it is
 //! opened, not a descriptor opened before, and a descriptor open for
 //! writing is a way around it (see `Reader::disconnect_catalog` for where
@@ -15,12 +17,13 @@ use anyhow::{Context, Result, bail};
 use nexus_remote::RemotePacks;
 use nexus_store::read::Reader;
 
-/// The descriptors of this process open on the catalog or its WAL, listed
-/// before confinement (when `/proc/self/fd` can still be read).
+/// The descriptors of this process open on the catalog, its WAL or the WAL
+/// index, listed before confinement (when `/proc/self/fd` can still be
+/// read).
 #[derive(Debug)]
 pub struct CatalogDescriptors {
     fds: Vec<RawFd>,
-    /// Device and inode of the catalog and of its WAL.
+    /// Device and inode of the catalog, of its WAL and of the WAL index.
     files: HashSet<(u64, u64)>,
 }
 
@@ -28,7 +31,7 @@ impl CatalogDescriptors {
     /// Lists them for the store in `store`.
     pub fn list(store: &Path) -> Result<CatalogDescriptors> {
         let mut files = HashSet::new();
-        for suffix in ["", "-wal"] {
+        for suffix in ["", "-wal", "-shm"] {
             let mut name = OsString::from(nexus_store::CATALOG_FILE);
             name.push(suffix);
             if let Ok(meta) = std::fs::metadata(store.join(name)) {
@@ -63,7 +66,8 @@ impl CatalogDescriptors {
         Ok(CatalogDescriptors { fds, files })
     }
 
-    /// Those of them still open on the catalog or its WAL for writing.
+    /// Those of them still open on the catalog, its WAL or the WAL index
+    /// for writing.
     fn writable(&self) -> Vec<RawFd> {
         self.fds
             .iter()

@@ -11,12 +11,12 @@
 //!   user.
 //! - **Capabilities**: as root, exactly `CAP_DAC_READ_SEARCH` (to read the
 //!   store, which is private to root, as new packs appear) and
-//!   `CAP_DAC_OVERRIDE` (to write its runtime record in root's `STORE/run`
-//!   and the catalog's `-shm`), effective and permitted; nothing
+//!   `CAP_DAC_OVERRIDE` (to write its runtime record in root's
+//!   `STORE/run`), effective and permitted; nothing
 //!   inheritable, ambient or in the bounding set beyond them. Landlock
 //!   confines what the two reach to exactly those paths. Otherwise none.
-//! - **Landlock** ([`rules`]): read the catalog, its `-wal` and the
-//!   packs; read and write the WAL index (`-shm`); create, write and
+//! - **Landlock** ([`rules`]): read the catalog, its WAL (`-wal`), the
+//!   WAL index (`-shm`) and the packs; create, write and
 //!   remove files (and bind sockets) in `STORE/run`; read, write and ioctl `/dev/fuse`
 //!   (a FUSE mount reopens it per request thread); for an image, read the
 //!   image and use its scratch store. Nothing else, no TCP, no abstract
@@ -581,15 +581,20 @@ fn landlock_rules(c: &Confinement, remote_cache: bool) -> Vec<Rule> {
             grant: Grant::Read,
         },
     ];
-    // The WAL is only read (its writers are nip's); the WAL index is
-    // written by every reader (its read marks and locks). Both exist while
-    // any connection is open, as the daemon's are.
-    for (suffix, grant) in [("-wal", Grant::Read), ("-shm", Grant::ReadWrite)] {
+    // The WAL and its index are only read: their writers are nip's. SQLite
+    // opens an index it may not write read-only, and reads through it
+    // without the read marks a writable index would let it take (or, while
+    // no connection that may write it is open, from a private copy of the
+    // index). Both exist while any connection is open, as the daemon's are.
+    for suffix in ["-wal", "-shm"] {
         let mut name = OsStr::new(nexus_store::CATALOG_FILE).to_os_string();
         name.push(suffix);
         let path = store.join(name);
         if path.exists() {
-            rules.push(Rule { path, grant });
+            rules.push(Rule {
+                path,
+                grant: Grant::Read,
+            });
         }
     }
     if c.records {

@@ -27,8 +27,6 @@ const WANTED: ABI = ABI::V9;
 pub(super) enum Grant {
     /// Read a file, or read the files below a directory and list them.
     Read,
-    /// Read and write an existing file (the catalog's `-wal` and `-shm`).
-    ReadWrite,
     /// Read, write and ioctl a device (`/dev/fuse`, reopened for each
     /// request thread).
     Device,
@@ -53,7 +51,6 @@ impl Grant {
         let write = AccessFs::WriteFile | AccessFs::Truncate;
         match self {
             Grant::Read => read,
-            Grant::ReadWrite => write | AccessFs::ReadFile,
             Grant::Device => AccessFs::ReadFile | AccessFs::WriteFile | AccessFs::IoctlDev,
             Grant::Records => {
                 read | write | AccessFs::MakeReg | AccessFs::RemoveFile | AccessFs::MakeSock

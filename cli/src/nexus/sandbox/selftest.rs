@@ -69,13 +69,11 @@ pub(super) fn run(out: &mut File, c: &Confinement, remote_cache: bool) {
         open(Path::new("/etc/shadow"), libc::O_RDONLY),
     );
     report(out, "write-catalog", open(&catalog, libc::O_WRONLY));
-    let mut wal = catalog.clone().into_os_string();
-    wal.push("-wal");
-    report(
-        out,
-        "write-catalog-wal",
-        open(Path::new(&wal), libc::O_WRONLY),
-    );
+    for (probe, suffix) in [("write-catalog-wal", "-wal"), ("write-catalog-shm", "-shm")] {
+        let mut path = catalog.clone().into_os_string();
+        path.push(suffix);
+        report(out, probe, open(Path::new(&path), libc::O_RDWR));
+    }
     report(
         out,
         "create-in-store",
