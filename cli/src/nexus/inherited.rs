@@ -80,14 +80,11 @@ pub(super) fn mounts(view: &Arc<View>, settings: &Settings) -> Result<Option<Mou
             if had_data {
                 systemd::remove_fd(systemd::DATA_FD_NAME);
             }
-            while mounts::covered_by_kernel_view(mountpoint)? {
+            while mounts::detach_top(mountpoint, mounts::kernel_view_on_top)? {
                 tracing::info!(
-                    "detaching the previous daemon's kernel view on {}",
+                    "detached the previous daemon's kernel view on {}",
                     mountpoint.display()
                 );
-                fuse::detach(mountpoint).with_context(|| {
-                    format!("detaching the kernel view on {}", mountpoint.display())
-                })?;
             }
             None
         }
@@ -103,11 +100,12 @@ pub(super) fn mounts(view: &Arc<View>, settings: &Settings) -> Result<Option<Mou
             if let Some(fd) = index_fd {
                 // Its numbers died with the old daemon: replace the mount,
                 // and the kernel view's image over it.
-                while mounts::covered_by_kernel_view(dir)?
-                    || mounts::find_mount(dir)?.is_some_and(|m| m.is_nexus())
+                let old_index = |at: &[mounts::MountEntry]| {
+                    mounts::kernel_view_on_top(at) || at.last().is_some_and(|m| m.is_nexus())
+                };
+                while mounts::detach_top(dir, old_index)
+                    .with_context(|| format!("detaching the old index on {}", dir.display()))?
                 {
-                    fuse::detach(dir)
-                        .with_context(|| format!("detaching the old index on {}", dir.display()))?;
                 }
                 systemd::remove_fd(systemd::INDEX_FD_NAME);
                 drop(fd);

@@ -103,7 +103,7 @@ pub fn find_mount(path: &Path) -> Result<Option<MountEntry>> {
 /// kernel view a nexus daemon stacked on its mount: its overlayfs, or an
 /// EROFS image on an Index mount (the image is named by a descriptor, so
 /// the mount below says what it is).
-fn kernel_view_on_top(at: &[MountEntry]) -> bool {
+pub(super) fn kernel_view_on_top(at: &[MountEntry]) -> bool {
     match at.split_last() {
         Some((top, _)) if top.is_kernel_view() => true,
         Some((top, below)) if top.fs_type == "erofs" => below
@@ -285,6 +285,21 @@ fn unmount_exactly(path: &Path, entry: &MountEntry, flags: libc::c_int) -> io::R
     Ok(())
 }
 
+/// Detaches the topmost mount at `path` if `wanted` says so of the mounts
+/// there (bottom first), and only that mount, as [`unmount_exactly`] does;
+/// returns whether it detached one. For a daemon replacing what a dead
+/// predecessor left: it must not detach whatever a link swapped in above
+/// the mount point would reach instead.
+pub fn detach_top(path: &Path, wanted: impl Fn(&[MountEntry]) -> bool) -> Result<bool> {
+    let at = mounts_at(path)?;
+    let Some(top) = at.last().filter(|_| wanted(&at)) else {
+        return Ok(false);
+    };
+    unmount_exactly(path, top, libc::MNT_DETACH)
+        .with_context(|| format!("detaching the mount on {}", path.display()))?;
+    Ok(true)
+}
+
 /// Unmounts a mount the kernel view covers (`--kernel-metadata`): takes
 /// the view off (refused while busy unless `lazy`, as any unmount), and its
 /// daemon, seeing its FUSE mount on top, unmounts the rest itself within a
@@ -412,6 +427,39 @@ mod tests {
         unmount_exactly(&moved, &read, 0).unwrap();
         assert!(find_mount(&moved).unwrap().is_none());
         unmount_exactly(&b.join("mnt"), &theirs.unwrap(), 0).unwrap();
+    }
+
+    /// `detach_top` detaches the topmost mount at a path, and only when
+    /// asked of what is there: the mount beneath stays.
+    #[test]
+    fn detach_top_takes_off_only_the_wanted_topmost_mount() {
+        if !crate::root_or_skip("mounting") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let point = dir.path().join("mnt");
+        std::fs::create_dir_all(&point).unwrap();
+        for _ in 0..2 {
+            let ok = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "nexus-test"])
+                .arg(&point)
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "mounting a tmpfs on {}", point.display());
+        }
+        let stacked = |at: &[MountEntry]| at.len() == 2;
+        assert_eq!(mounts_at(&point).unwrap().len(), 2);
+        assert!(!detach_top(&point, |_| false).unwrap());
+        assert_eq!(mounts_at(&point).unwrap().len(), 2, "detached unasked");
+        let bottom = mounts_at(&point).unwrap()[0].id;
+        assert!(detach_top(&point, stacked).unwrap());
+        let left = mounts_at(&point).unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].id, bottom, "the mount beneath was detached");
+        assert!(!detach_top(&point, stacked).unwrap());
+        assert!(detach_top(&point, |_| true).unwrap());
+        assert!(mounts_at(&point).unwrap().is_empty());
     }
 
     #[test]
