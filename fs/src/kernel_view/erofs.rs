@@ -145,9 +145,10 @@ struct Placement {
     xattrs: Vec<u8>,
     /// Data layout.
     layout: u16,
-    /// For a directory: its entry blocks; for a symlink: its target as one
-    /// block. Empty for files.
-    data: Vec<Vec<u8>>,
+    /// The lengths of its data blocks: for a directory, its entry blocks
+    /// (encoded straight into the image once every inode has its number);
+    /// for a symlink, its target as one block. Empty for files.
+    blocks: Vec<usize>,
     /// Inline (after the inode) rather than in data blocks.
     inline: bool,
     /// First data block, when not inline.
@@ -165,7 +166,7 @@ impl Placement {
     fn record_len(&self) -> usize {
         let mut len = INODE + self.xattr_area();
         if self.inline {
-            len += self.data.first().map_or(0, Vec::len);
+            len += self.blocks.first().copied().unwrap_or(0);
         }
         len + self.chunks * 4
     }
@@ -323,7 +324,7 @@ pub fn write(tree: &Tree) -> Result<Vec<u8>, ImageError> {
             offset: 0,
             xattrs,
             layout: LAYOUT_FLAT_PLAIN,
-            data: Vec::new(),
+            blocks: Vec::new(),
             inline: false,
             first_block: 0,
             size: 0,
@@ -341,11 +342,8 @@ pub fn write(tree: &Tree) -> Result<Vec<u8>, ImageError> {
                         .sum()
                 });
                 place.size = ((blocks.len() - 1) * BLOCK + last) as u64;
-                // Placeholder blocks of the right lengths.
-                place.data = blocks
-                    .iter()
-                    .enumerate()
-                    .map(|(b, _)| vec![0; if b + 1 == blocks.len() { last } else { BLOCK }])
+                place.blocks = (0..blocks.len())
+                    .map(|b| if b + 1 == blocks.len() { last } else { BLOCK })
                     .collect();
             }
             Body::Symlink(target) => {
@@ -353,7 +351,7 @@ pub fn write(tree: &Tree) -> Result<Vec<u8>, ImageError> {
                     return Err(ImageError::BadTarget { len: target.len() });
                 }
                 place.size = target.len() as u64;
-                place.data = vec![target.clone()];
+                place.blocks = vec![target.len()];
             }
             Body::File { size } => {
                 place.size = *size;
@@ -369,7 +367,7 @@ pub fn write(tree: &Tree) -> Result<Vec<u8>, ImageError> {
         }
         // Inline when the data is one partial block that fits, with the
         // inode, in one block.
-        if place.data.len() == 1 && place.data[0].len() < BLOCK {
+        if place.blocks.len() == 1 && place.blocks[0] < BLOCK {
             place.inline = true;
             place.layout = LAYOUT_FLAT_INLINE;
             if place.record_len() > BLOCK {
@@ -391,11 +389,11 @@ pub fn write(tree: &Tree) -> Result<Vec<u8>, ImageError> {
     for &i in &order {
         if let Some(place) = places[i].as_mut()
             && !place.inline
-            && !place.data.is_empty()
+            && !place.blocks.is_empty()
         {
             place.first_block = u32::try_from(next_block)
                 .map_err(|_| ImageError::TooLarge("more than 2^32 blocks"))?;
-            next_block += place.data.len();
+            next_block += place.blocks.len();
         }
     }
     let total_blocks =
@@ -405,35 +403,6 @@ pub fn write(tree: &Tree) -> Result<Vec<u8>, ImageError> {
         .map(|p| p.as_ref().map_or(0, |p| (p.offset / SLOT) as u64))
         .collect();
     let nid = |i: usize| nids[i];
-    // Directory blocks, now that every inode has its number.
-    let mut dir_data: Vec<(usize, Vec<Vec<u8>>)> = Vec::new();
-    for &i in &order {
-        if let Some(entries) = &dirs[i] {
-            let mut blocks = Vec::new();
-            for (start, count) in entry_blocks(entries) {
-                let slice = &entries[start..start + count];
-                let mut block = Vec::with_capacity(BLOCK);
-                let mut name_off = DIRENT * count;
-                for (name, node) in slice {
-                    block.extend_from_slice(&nid(*node).to_le_bytes());
-                    block.extend_from_slice(&(name_off as u16).to_le_bytes());
-                    block.push(file_type(&nodes[*node].body));
-                    block.push(0);
-                    name_off += name.len();
-                }
-                for (name, _) in slice {
-                    block.extend_from_slice(name);
-                }
-                blocks.push(block);
-            }
-            dir_data.push((i, blocks));
-        }
-    }
-    for (i, blocks) in dir_data {
-        if let Some(place) = places[i].as_mut() {
-            place.data = blocks;
-        }
-    }
     // Everything into one buffer.
     let mut image = vec![0u8; total_blocks as usize * BLOCK];
     for &i in &order {
@@ -441,19 +410,51 @@ pub fn write(tree: &Tree) -> Result<Vec<u8>, ImageError> {
             continue;
         };
         write_inode(&mut image, node, place, nid(i));
-        for (b, data) in place.data.iter().enumerate() {
-            let at = if place.inline {
+        let at = |b: usize| {
+            if place.inline {
                 place.offset + INODE + place.xattr_area()
             } else {
                 (place.first_block as usize + b) * BLOCK
-            };
-            image[at..at + data.len()].copy_from_slice(data);
+            }
+        };
+        match (&node.body, &dirs[i]) {
+            (Body::Dir { .. }, Some(entries)) => {
+                for (b, (start, count)) in entry_blocks(entries).into_iter().enumerate() {
+                    let block = &mut image[at(b)..at(b) + place.blocks[b]];
+                    write_entry_block(block, &entries[start..start + count], nodes, &nid);
+                }
+            }
+            (Body::Symlink(target), _) => {
+                image[at(0)..at(0) + target.len()].copy_from_slice(target);
+            }
+            _ => {}
         }
     }
     let inodes = order.len() as u64;
     let root = u16::try_from(nid(0)).map_err(|_| ImageError::TooLarge("root inode too far"))?;
     write_super(&mut image, root, inodes, total_blocks);
     Ok(image)
+}
+
+/// Encodes one directory block, `entries` (sorted, those of this block),
+/// into `block`, which is exactly as long as they take: each entry's inode
+/// number, name offset and file type, then the names.
+fn write_entry_block(
+    block: &mut [u8],
+    entries: &[(&[u8], usize)],
+    nodes: &[Node],
+    nid: &impl Fn(usize) -> u64,
+) {
+    let mut name_off = DIRENT * entries.len();
+    for (k, (name, node)) in entries.iter().enumerate() {
+        let dirent = &mut block[k * DIRENT..(k + 1) * DIRENT];
+        dirent[..8].copy_from_slice(&nid(*node).to_le_bytes());
+        dirent[8..10].copy_from_slice(&(name_off as u16).to_le_bytes());
+        dirent[10] = file_type(&nodes[*node].body);
+        dirent[11] = 0;
+        block[name_off..name_off + name.len()].copy_from_slice(name);
+        name_off += name.len();
+    }
 }
 
 /// Node indices, depth first from the root, each once.
