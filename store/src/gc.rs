@@ -109,6 +109,11 @@ pub struct GcReport {
     pub debris_sweep_skipped: bool,
     /// Runtime records of processes that are gone, deleted.
     pub stale_runtime_records: u64,
+    /// Decoded copies (`STORE/decoded`) of contents no package holds any
+    /// more, and leftovers of interrupted copies, deleted.
+    pub decoded_removed: u64,
+    /// Their bytes.
+    pub decoded_bytes_removed: u64,
     /// The `gc_epoch` after this run.
     pub gc_epoch: i64,
 }
@@ -155,6 +160,7 @@ pub fn collect_with_progress(
     let before = pack_bytes(store)?;
     progress.phase("catalog");
     sweep_catalog(store, options, &roots, &mut report)?;
+    (report.decoded_removed, report.decoded_bytes_removed) = crate::decoded::prune(store)?;
     sweep_packs(store, options, &mut report, progress)?;
     progress.phase("debris");
     sweep_debris(store, options, &mut report)?;

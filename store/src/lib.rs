@@ -10,6 +10,7 @@
 pub mod catalog;
 pub mod chunker;
 pub mod commit;
+pub mod decoded;
 pub mod dirs;
 pub mod export;
 pub mod gc;

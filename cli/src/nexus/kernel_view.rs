@@ -59,6 +59,9 @@ pub(super) struct Plan {
     /// Where the images are written (`STORE/run`): the copies mounted are
     /// made there, unnamed.
     pub image_dir: CString,
+    /// The store's decoded copies (`STORE/decoded`), stacked as the first
+    /// data-only layer: the images redirect files with a copy there.
+    pub decoded: Option<CString>,
 }
 
 /// The files of a daemon's kernel view: `STORE/run/kernel-view-PID-*.erofs`.
@@ -68,15 +71,19 @@ pub(super) struct Files {
     pub main: PathBuf,
     /// The Index's image.
     pub index: PathBuf,
+    /// The store's decoded copies, if the view reads from them.
+    pub decoded: Option<PathBuf>,
 }
 
 impl Files {
-    /// The image paths of this process under `run_dir`.
-    pub fn new(run_dir: &Path) -> Files {
+    /// The image paths of this process under `run_dir`; `decoded`: the
+    /// store's decoded copies ([`decoded_dir`]).
+    pub fn new(run_dir: &Path, decoded: Option<PathBuf>) -> Files {
         let pid = std::process::id();
         Files {
             main: run_dir.join(format!("kernel-view-{pid}-main.erofs")),
             index: run_dir.join(format!("kernel-view-{pid}-index.erofs")),
+            decoded,
         }
     }
 
@@ -99,6 +106,7 @@ impl Files {
             suid,
             image_owner: rustix::process::geteuid().as_raw(),
             image_dir: cstring(self.main.parent().unwrap_or(Path::new("/")))?,
+            decoded: self.decoded.as_deref().map(cstring).transpose()?,
         })
     }
 
@@ -117,6 +125,28 @@ pub(super) fn run_dir(store: &Path) -> Result<PathBuf> {
         Ok(()) => Ok(dir),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(dir),
         Err(e) => Err(e).with_context(|| format!("creating {}", dir.display())),
+    }
+}
+
+/// `STORE/decoded` (root's `nip decode` writes it; daemons only read it),
+/// made if missing so that the kernel view always stacks it: a copy
+/// written later is used from the next image on. `None`, logged, if it
+/// cannot be made.
+pub(super) fn decoded_dir(store: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = nexus_store::decoded::dir(store);
+    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Ok(()) => Some(dir),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => std::fs::symlink_metadata(&dir)
+            .is_ok_and(|m| m.is_dir())
+            .then_some(dir),
+        Err(e) => {
+            tracing::warn!(
+                "the kernel view reads no decoded copies: creating {}: {e}",
+                dir.display()
+            );
+            None
+        }
     }
 }
 
@@ -264,6 +294,18 @@ fn mount_image(image: &CStr, owner: u32, dir: &CStr) -> Result<OwnedFd, Errno> {
     .map_err(errno)
 }
 
+/// A directory, for a layer: opened without following a link.
+fn open_dir(path: &CStr) -> Result<OwnedFd, Errno> {
+    use rustix::fs::{Mode, OFlags};
+    rustix::fs::openat(
+        rustix::fs::CWD,
+        path,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(errno)
+}
+
 /// Copies `from` to `to` (read and write only, as the keeper's filter
 /// allows; no allocation).
 fn copy_all(from: &OwnedFd, to: &OwnedFd) -> Result<(), Errno> {
@@ -288,13 +330,22 @@ fn copy_all(from: &OwnedFd, to: &OwnedFd) -> Result<(), Errno> {
 }
 
 /// A detached overlayfs of the mounted image `meta` over the data-only
-/// layer `data`.
-fn overlay(meta: BorrowedFd, data: BorrowedFd, suid: bool) -> Result<OwnedFd, Errno> {
+/// layers `decoded` (the decoded copies, if any: searched first) and
+/// `data` (the FUSE mount).
+fn overlay(
+    meta: BorrowedFd,
+    decoded: Option<BorrowedFd>,
+    data: BorrowedFd,
+    suid: bool,
+) -> Result<OwnedFd, Errno> {
     let fs = fsopen(c"overlay", FsOpenFlags::FSOPEN_CLOEXEC).map_err(errno)?;
     // What `nexus umount` and `findmnt` recognise it by
     // (`mounts::KERNEL_VIEW_SOURCE`).
     fsconfig_set_string(&fs, c"source", c"nexus-kernel-view").map_err(errno)?;
     fsconfig_set_fd(&fs, c"lowerdir+", meta).map_err(errno)?;
+    if let Some(decoded) = decoded {
+        fsconfig_set_fd(&fs, c"datadir+", decoded).map_err(errno)?;
+    }
     fsconfig_set_fd(&fs, c"datadir+", data).map_err(errno)?;
     // Metacopy files with absolute redirects into the data-only layer.
     fsconfig_set_string(&fs, c"metacopy", c"on").map_err(errno)?;
@@ -338,7 +389,13 @@ fn place(mnt: BorrowedFd, layer: &Layer, main: bool) -> Result<(), Errno> {
 /// kernel view shown, if any. `data` is the FUSE mount's root.
 pub(super) fn show(plan: &Plan, data: BorrowedFd) -> Result<(), Errno> {
     let meta = mount_image(&plan.main.image, plan.image_owner, &plan.image_dir)?;
-    let top = overlay(meta.as_fd(), data, plan.suid)?;
+    let decoded = plan.decoded.as_deref().map(open_dir).transpose()?;
+    let top = overlay(
+        meta.as_fd(),
+        decoded.as_ref().map(AsFd::as_fd),
+        data,
+        plan.suid,
+    )?;
     // The index's image is mounted before anything is placed, so that a
     // failure leaves both as they were.
     let index = plan
@@ -399,7 +456,8 @@ impl Shower for Direct {
 /// Writes the images of the generation `view` shows (and of `index`, when
 /// mounted), each through a temporary file renamed into place.
 pub(super) fn write_images(view: &View, index: Option<&Index>, files: &Files) -> Result<()> {
-    let main = nexus_fs::kernel_view::main_image(view).context("making the kernel view's image")?;
+    let main = nexus_fs::kernel_view::main_image(view, files.decoded.as_deref())
+        .context("making the kernel view's image")?;
     write_atomically(&files.main, &main)?;
     if let Some(index) = index {
         let image =

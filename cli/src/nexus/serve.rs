@@ -354,7 +354,10 @@ impl Daemon {
         let kernel_view = settings
             .kernel_metadata
             .then(|| {
-                let files = kernel_view::Files::new(&kernel_view::run_dir(&store_dir)?);
+                let files = kernel_view::Files::new(
+                    &kernel_view::run_dir(&store_dir)?,
+                    kernel_view::decoded_dir(&store_dir),
+                );
                 let plan = files.plan(
                     &settings.mountpoint,
                     settings.index.as_deref(),

@@ -11,7 +11,7 @@ use nexus_graft::{
 };
 use nexus_npk::{ArchiveKind, KeyStore, Member, WriteOptions, write_archive_with_progress};
 use nexus_store::scan::SourcePolicy;
-use nexus_store::{AddDir, Store, export, gc, names, verify};
+use nexus_store::{AddDir, Progress, Store, export, gc, names, verify};
 use serde_json::json;
 
 use super::output::{file_json, file_line, kind_name};
@@ -166,10 +166,18 @@ pub fn run(cli: Cli) -> Result<i32> {
                         ""
                     }
                 );
+                if report.decoded_removed > 0 {
+                    println!(
+                        "gc: {} decoded copies removed ({})",
+                        report.decoded_removed,
+                        human::size(report.decoded_bytes_removed)
+                    );
+                }
                 super::pins::print_gc_retention(&report, grace);
             }
             Ok(exit::OK)
         }
+        Command::Decode { generation, json } => decode(&dir, generation, json),
         Command::Verify { json } => {
             let mut store = open(&dir)?;
             let bar = Bar::for_stderr();
@@ -642,6 +650,43 @@ fn files(dir: &Path, spec: &str, json: bool) -> Result<i32> {
         for (path, inode) in entries.iter().skip(1) {
             writeln!(out, "{}", file_line(path, inode))?;
         }
+    }
+    Ok(exit::OK)
+}
+
+/// `nip decode`: decoded copies of a generation's large files.
+fn decode(dir: &Path, generation: Option<i64>, json: bool) -> Result<i32> {
+    let store = open(dir)?;
+    let generation = match generation {
+        Some(g) => g,
+        None => store
+            .catalog()
+            .current_generation()?
+            .context("the store has no generation yet: nothing to decode")?,
+    };
+    if store.catalog().generation(generation)?.is_none() {
+        bail!("there is no generation {generation} (see nip history)");
+    }
+    let wanted = nexus_store::decoded::wanted(&store, generation)?;
+    let bar = Bar::for_stderr();
+    bar.phase("decoding");
+    bar.start(wanted.iter().map(|w| w.size).sum(), wanted.len() as u64);
+    let report = nexus_store::decoded::decode(&store, &wanted, &mut |n| bar.advance(n));
+    bar.finish();
+    let report = report?;
+    if json {
+        let mut value = serde_json::to_value(&report)?;
+        value["generation"] = json!(generation);
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        println!(
+            "generation {generation}: {} decoded copies written ({}), {} already there ({}); \
+             kernel-view mounts read them from their next mount or switch",
+            report.written,
+            human::size(report.written_bytes),
+            report.present,
+            human::size(report.present_bytes)
+        );
     }
     Ok(exit::OK)
 }

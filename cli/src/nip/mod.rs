@@ -392,6 +392,30 @@ pub enum Command {
         json: bool,
     },
 
+    /// Keep decoded copies of the generation's large files for the kernel
+    /// to read itself.
+    ///
+    /// Every file of at least 1 MiB of the generation (the current one by
+    /// default) gets a whole, plain copy of its contents in STORE/decoded,
+    /// named by its content hash and read through the store's checks, so
+    /// every byte is verified. A mount with --kernel-metadata made or
+    /// switched after this reads those files from the copies through the
+    /// kernel (each identical file of several versions once, in one page
+    /// cache) instead of through its FUSE mount: at the speed of the disk,
+    /// cold or warm. The copies cost their plain size on disk; `nip gc`
+    /// removes those of contents no stored package holds.
+    ///
+    /// Example: nip decode && nexus umount /Programs && nexus mount /Programs --kernel-metadata --allow-other
+    Decode {
+        /// The generation whose files to decode (default: the current one).
+        #[arg(long, value_name = "N")]
+        generation: Option<i64>,
+        /// JSON report {generation, written, written_bytes, present,
+        /// present_bytes}.
+        #[arg(long)]
+        json: bool,
+    },
+
     /// Write a file of an installed package to stdout (verified).
     Cat {
         /// NAME/VERSION.

@@ -21,6 +21,7 @@
 pub mod erofs;
 
 use std::collections::HashMap;
+use std::path::Path;
 
 use crate::attr::{Kind, Listing};
 use crate::error::Result;
@@ -45,6 +46,8 @@ trait Served {
     /// Whether regular files get redirects (the main tree) or are refused
     /// (the Index has none).
     fn redirects(&self) -> bool;
+    /// The content hash of a regular file.
+    fn content_hash(&self, ino: u64) -> Result<Option<nexus_store::Hash>>;
 }
 
 impl Served for View {
@@ -68,6 +71,9 @@ impl Served for View {
     fn redirects(&self) -> bool {
         true
     }
+    fn content_hash(&self, ino: u64) -> Result<Option<nexus_store::Hash>> {
+        View::content_hash(self, ino)
+    }
 }
 
 impl Served for Index {
@@ -86,23 +92,31 @@ impl Served for Index {
     fn redirects(&self) -> bool {
         false
     }
+    fn content_hash(&self, _ino: u64) -> Result<Option<nexus_store::Hash>> {
+        Ok(None)
+    }
 }
 
 /// The tree of the generation `view` shows, for [`erofs::write`]: every
-/// non-empty regular file redirected to its own path in the data layer.
-pub fn main_tree(view: &View) -> Result<Tree> {
-    walk(view)
+/// non-empty regular file redirected to its own path in the data layer,
+/// or, when `decoded` (the store's decoded copies, stacked as the first
+/// data-only layer) holds a whole copy of its contents, to that copy.
+pub fn main_tree(view: &View, decoded: Option<&Path>) -> Result<Tree> {
+    walk(view, decoded)
 }
 
 /// The tree of the Index's generation, for [`erofs::write`]: directories
 /// and symbolic links only.
 pub fn index_tree(index: &Index) -> Result<Tree> {
-    walk(index)
+    walk(index, None)
 }
 
-/// The image of the generation `view` shows.
-pub fn main_image(view: &View) -> std::result::Result<Vec<u8>, KernelViewError> {
-    Ok(erofs::write(&main_tree(view)?)?)
+/// The image of the generation `view` shows (see [`main_tree`]).
+pub fn main_image(
+    view: &View,
+    decoded: Option<&Path>,
+) -> std::result::Result<Vec<u8>, KernelViewError> {
+    Ok(erofs::write(&main_tree(view, decoded)?)?)
 }
 
 /// The image of the Index's generation.
@@ -126,7 +140,30 @@ fn kept(name: &[u8]) -> bool {
     !name.starts_with(b"trusted.")
 }
 
-fn walk(served: &impl Served) -> Result<Tree> {
+/// Where the data-only layers hold the contents of a regular file of
+/// `size` bytes at `path`: its decoded copy (`/HASH`, found in the first
+/// layer) if `decoded` holds a whole one, else its own path, which
+/// overlayfs looks up in the FUSE mount (the first layer has no directory,
+/// so a path of several names is never found there, even under an App
+/// named like a copy).
+fn redirect(
+    served: &impl Served,
+    ino: u64,
+    size: u64,
+    path: Vec<u8>,
+    decoded: Option<&Path>,
+) -> Result<Vec<u8>> {
+    if let Some(dir) = decoded
+        && size >= nexus_store::decoded::MIN_SIZE
+        && let Some(hash) = served.content_hash(ino)?
+        && nexus_store::decoded::has_copy(dir, &hash, size)
+    {
+        return Ok(format!("/{}", nexus_store::decoded::name(&hash)).into_bytes());
+    }
+    Ok(path)
+}
+
+fn walk(served: &impl Served, decoded: Option<&Path>) -> Result<Tree> {
     let root = served.root();
     let listing = served.list(root)?;
     let root_attr = &listing.entries[0].attr;
@@ -187,8 +224,9 @@ fn walk(served: &impl Served) -> Result<Tree> {
                 Kind::Symlink => Body::Symlink(served.readlink(attr.ino)?),
                 Kind::File => {
                     if attr.size > 0 && served.redirects() {
+                        let target = redirect(served, attr.ino, attr.size, child_path, decoded)?;
                         xattrs.push((METACOPY_XATTR.to_vec(), Vec::new()));
-                        xattrs.push((REDIRECT_XATTR.to_vec(), child_path));
+                        xattrs.push((REDIRECT_XATTR.to_vec(), target));
                     }
                     Body::File { size: attr.size }
                 }

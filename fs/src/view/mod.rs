@@ -432,6 +432,18 @@ impl View {
         }
     }
 
+    /// The content hash of regular file `ino` (`None` for an empty file,
+    /// or another kind of node).
+    pub fn content_hash(&self, ino: u64) -> Result<Option<nexus_store::Hash>> {
+        let Node::Package(id) = Self::node(ino)? else {
+            return Ok(None);
+        };
+        let Some(blob) = self.inode(id)?.blob else {
+            return Ok(None);
+        };
+        Ok(self.reader.query(|c| c.blob_hash(blob))?)
+    }
+
     /// Reads up to `size` bytes at `offset` of regular file `ino` (fewer
     /// only at the end of the file) into a new vector. Damaged data is an
     /// error, never returned.

@@ -647,6 +647,54 @@ impl Catalog {
             .optional()?)
     }
 
+    /// The contents of at least `min_size` bytes of the files of generation
+    /// `generation`, each once, largest first: (blob id, hash, size).
+    pub fn generation_blobs_at_least(
+        &self,
+        generation: i64,
+        min_size: u64,
+    ) -> Result<Vec<(i64, Hash, u64)>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT DISTINCT b.id, b.hash, b.size FROM generation_packages gp \
+             JOIN inodes i ON i.package = gp.package \
+             JOIN blobs b ON b.id = i.blob \
+             WHERE gp.generation = ?1 AND b.size >= ?2 \
+             ORDER BY b.size DESC, b.hash",
+        )?;
+        let min = i64::try_from(min_size).unwrap_or(i64::MAX);
+        let rows = stmt.query_map(params![generation, min], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (blob, hash, size) = row?;
+            let hash = Hash::from_slice(&hash)
+                .ok_or_else(|| StoreError::Invalid(format!("blob {blob} has a malformed hash")))?;
+            out.push((blob, hash, u64::try_from(size).unwrap_or(0)));
+        }
+        Ok(out)
+    }
+
+    /// The hashes of every stored content of at least `min_size` bytes.
+    pub fn blob_hashes_at_least(&self, min_size: u64) -> Result<Vec<Hash>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT hash FROM blobs WHERE size >= ?1")?;
+        let min = i64::try_from(min_size).unwrap_or(i64::MAX);
+        let rows = stmt.query_map([min], |r| r.get::<_, Vec<u8>>(0))?;
+        let mut out = Vec::new();
+        for row in rows {
+            if let Some(hash) = Hash::from_slice(&row?) {
+                out.push(hash);
+            }
+        }
+        Ok(out)
+    }
+
     /// The content hash of blob `blob`, if it exists.
     pub fn blob_hash(&self, blob: i64) -> Result<Option<Hash>> {
         let mut stmt = self
