@@ -385,6 +385,43 @@ fn place(mnt: BorrowedFd, layer: &Layer, main: bool) -> Result<(), Errno> {
     Ok(())
 }
 
+/// The unique mount ids (`STATX_MNT_ID_UNIQUE`) of the views this process
+/// showed last, the main mount's and the Index's; 0 for none. Only those
+/// are ever removed: a daemon shutting down must not detach the view of a
+/// daemon mounted at the same path since (`nexus umount` returns once the
+/// old mounts are gone from the path, before the old daemon has finished).
+static SHOWN: [std::sync::atomic::AtomicU64; 2] = [
+    std::sync::atomic::AtomicU64::new(0),
+    std::sync::atomic::AtomicU64::new(0),
+];
+
+/// The unique mount id of the mount `fd` is the root of, or of the top
+/// mount at `path` (relative to `fd` unless absolute; `c""` for `fd`
+/// itself), without asking a file system server; 0 if unknown.
+fn unique_mount_id(fd: BorrowedFd, path: &CStr) -> u64 {
+    let mut flags = libc::AT_STATX_DONT_SYNC | libc::AT_SYMLINK_NOFOLLOW | libc::AT_NO_AUTOMOUNT;
+    if path.is_empty() {
+        flags |= libc::AT_EMPTY_PATH;
+    }
+    // SAFETY: statx into a zeroed structure on this stack, on a
+    // NUL-terminated path and a descriptor we hold.
+    unsafe {
+        let mut stx: libc::statx = std::mem::zeroed();
+        let rc = libc::statx(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            path.as_ptr(),
+            flags,
+            libc::STATX_MNT_ID_UNIQUE,
+            &mut stx,
+        );
+        if rc == 0 && stx.stx_mask & libc::STATX_MNT_ID_UNIQUE != 0 {
+            stx.stx_mnt_id
+        } else {
+            0
+        }
+    }
+}
+
 /// Shows the images the plan names (written beforehand), replacing the
 /// kernel view shown, if any. `data` is the FUSE mount's root.
 pub(super) fn show(plan: &Plan, data: BorrowedFd) -> Result<(), Errno> {
@@ -405,21 +442,32 @@ pub(super) fn show(plan: &Plan, data: BorrowedFd) -> Result<(), Errno> {
             mount_image(&layer.image, plan.image_owner, &plan.image_dir).map(|m| (m, layer))
         })
         .transpose()?;
+    let ordering = std::sync::atomic::Ordering::Relaxed;
     place(top.as_fd(), &plan.main, true)?;
+    SHOWN[0].store(unique_mount_id(top.as_fd(), c""), ordering);
     if let Some((mnt, layer)) = index {
         place(mnt.as_fd(), layer, false)?;
+        SHOWN[1].store(unique_mount_id(mnt.as_fd(), c""), ordering);
     }
     Ok(())
 }
 
-/// Detaches the kernel view on `path`, if one of ours is on top there
-/// (`main`: the main mount's overlay; else the Index's image), uncovering
-/// the FUSE mount.
+/// Detaches the kernel view on `path`, if the one this process showed
+/// last is on top there (`main`: the main mount's overlay; else the
+/// Index's image), uncovering the FUSE mount. A process that showed none
+/// (its views were shown by the daemon itself, unconfined) detaches a view
+/// of the right kind on top.
 pub(super) fn remove(layer: &Layer, main: bool) -> Result<(), Errno> {
+    let shown = SHOWN[usize::from(!main)].load(std::sync::atomic::Ordering::Relaxed);
     // A path that cannot be examined (the FUSE mount of a dead daemon on
     // top: ENOTCONN) has no view of ours on top: the mount below must
     // still be unmounted.
-    if covered(layer, main).unwrap_or(false) {
+    let ours = if shown != 0 {
+        unique_mount_id(rustix::fs::CWD, &layer.path) == shown
+    } else {
+        covered(layer, main).unwrap_or(false)
+    };
+    if ours {
         unmount(&layer.path, UnmountFlags::DETACH).map_err(errno)?;
     }
     Ok(())
