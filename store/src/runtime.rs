@@ -368,17 +368,34 @@ fn remove_if_present(path: &Path) -> Result<()> {
     }
 }
 
+/// Whether `e`, opening a name in `STORE/run`, says that no regular file
+/// is there: a socket, link or FIFO a daemon (which may write there)
+/// planted. Such a name is no one's record or lock; opening it must not
+/// fail gc and status for good, nor block them.
+fn not_a_file(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::InvalidInput
+        || matches!(e.raw_os_error(), Some(libc::ENXIO | libc::ELOOP))
+}
+
+/// Opens a record's lock file (never through a link, never blocking):
+/// `None` if there is none, or if what is there is not a regular file.
+fn open_lock(path: &Path) -> Result<Option<File>> {
+    match crate::regular::open_regular_nofollow(path) {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) if not_a_file(&e) => {
+            tracing::warn!("{}: {e}; not a runtime lock, ignored", path.display());
+            Ok(None)
+        }
+        Err(e) => Err(StoreError::io(path, e)),
+    }
+}
+
 /// Whether the lock of a record is held by a live process. `None` when the
-/// lock file does not exist.
+/// lock file does not exist (or is no file).
 fn lock_held(path: &Path) -> Result<Option<bool>> {
-    let file = match OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(StoreError::io(path, e)),
+    let Some(file) = open_lock(path)? else {
+        return Ok(None);
     };
     // A shared lock we can take means nobody holds the exclusive one; it is
     // released when `file` closes.
@@ -437,7 +454,7 @@ fn held_records(store_dir: &Path) -> Result<Vec<(String, Option<ServedRecord>)>>
             continue;
         }
         let record_path = dir.join(format!("{stem}{RECORD_SUFFIX}"));
-        let record = match fs::read(&record_path) {
+        let record = match read_record_file(&record_path) {
             Ok(text) => {
                 let record = serde_json::from_slice::<RecordFile>(&text)
                     .ok()
@@ -452,6 +469,13 @@ fn held_records(store_dir: &Path) -> Result<Vec<(String, Option<ServedRecord>)>>
             }
             // Registering (lock taken, record not written yet) or ending.
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) if not_a_file(&e) => {
+                tracing::warn!(
+                    "{}: {e}; not a runtime record, ignored",
+                    record_path.display()
+                );
+                None
+            }
             Err(e) => return Err(StoreError::io(&record_path, e)),
         };
         held.push((stem, record));
@@ -508,15 +532,7 @@ pub fn sweep_dead(store_dir: &Path) -> Result<u64> {
     for stem in stems(&dir)? {
         let lock_path = dir.join(format!("{stem}{LOCK_SUFFIX}"));
         let record_path = dir.join(format!("{stem}{RECORD_SUFFIX}"));
-        let lock = match OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&lock_path)
-        {
-            Ok(f) => Some(f),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(StoreError::io(&lock_path, e)),
-        };
+        let lock = open_lock(&lock_path)?;
         // Held exclusively while we delete, so nobody registers under this
         // name meanwhile (a registrant re-checks the path after locking).
         let dead = match &lock {
@@ -532,11 +548,22 @@ pub fn sweep_dead(store_dir: &Path) -> Result<u64> {
             removed += 1;
         }
         remove_if_present(&dir.join(format!(".{stem}{RECORD_SUFFIX}.tmp")))?;
-        if lock.is_some() {
+        // Ours (held), or something planted that is no file.
+        let planted = fs::symlink_metadata(&lock_path).is_ok_and(|m| !m.is_file());
+        if lock.is_some() || planted {
             remove_if_present(&lock_path)?;
         }
     }
     Ok(removed)
+}
+
+/// A record file's bytes, read only from a regular file (never through a
+/// link, never blocking on a FIFO).
+fn read_record_file(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    crate::regular::open_regular_nofollow(path)?.read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -615,6 +642,34 @@ mod tests {
         left.sort();
         let stem = std::process::id().to_string();
         assert_eq!(left, vec![format!("{stem}.json"), format!("{stem}.lock")]);
+        drop(root);
+    }
+
+    /// A daemon may write `STORE/run`: a socket bound at a lock's name, or
+    /// a FIFO at a held record's, must neither fail gc and status for good
+    /// nor block them; they are ignored, and gc removes the planted lock.
+    #[test]
+    fn planted_sockets_and_fifos_in_the_run_directory_are_ignored() {
+        let store = tempfile::tempdir().unwrap();
+        let root = RuntimeRoot::register(store.path(), served(vec![7])).unwrap();
+        let dir = store.path().join(RUN_DIR);
+        let _socket = std::os::unix::net::UnixListener::bind(dir.join("4242.lock")).unwrap();
+        // A FIFO as the record of a name whose lock is held.
+        let held = fs::File::create(dir.join("4243.lock")).unwrap();
+        assert!(try_flock(&held, libc::LOCK_EX).unwrap());
+        let fifo =
+            std::ffi::CString::new(dir.join("4243.json").into_os_string().into_encoded_bytes())
+                .unwrap();
+        // SAFETY: mkfifo on a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let pids: Vec<u32> = live(store.path()).unwrap().iter().map(|r| r.pid).collect();
+        assert_eq!(pids, vec![std::process::id()]);
+        sweep_dead(store.path()).unwrap();
+        assert!(
+            fs::symlink_metadata(dir.join("4242.lock")).is_err(),
+            "the planted socket is still there"
+        );
+        drop(held);
         drop(root);
     }
 
