@@ -262,6 +262,19 @@ fn a_kernel_view_mount_is_taken_over_without_unmounting() {
         "FUSE and one view on the mount:\n{table}"
     );
     assert_eq!(on(&index), 2, "FUSE and one view on the Index:\n{table}");
+    // The Index's image is shown as it is: it never makes a file setuid
+    // or executable of its own (it holds directories and links only).
+    let index_view = table
+        .lines()
+        .rfind(|l| l.split(' ').nth(4) == index.to_str())
+        .unwrap();
+    let options: Vec<&str> = index_view.split(' ').nth(5).unwrap().split(',').collect();
+    for wanted in ["ro", "nosuid", "nodev", "noexec"] {
+        assert!(
+            options.contains(&wanted),
+            "the Index's view is not {wanted}: {index_view}"
+        );
+    }
     let mut bytes = Vec::new();
     held.read_to_end(&mut bytes).unwrap();
     assert_eq!(bytes, read(&v1.join("share/data")));

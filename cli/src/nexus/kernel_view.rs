@@ -64,7 +64,8 @@ pub(super) struct Plan {
     pub decoded: Option<CString>,
 }
 
-/// The files of a daemon's kernel view: `STORE/run/kernel-view-PID-*.erofs`.
+/// The files of a daemon's kernel view:
+/// `STORE/kernel-view/PID/{main,index}.erofs`.
 #[derive(Debug, Clone)]
 pub(super) struct Files {
     /// The main image.
@@ -76,13 +77,12 @@ pub(super) struct Files {
 }
 
 impl Files {
-    /// The image paths of this process under `run_dir`; `decoded`: the
-    /// store's decoded copies ([`decoded_dir`]).
-    pub fn new(run_dir: &Path, decoded: Option<PathBuf>) -> Files {
-        let pid = std::process::id();
+    /// The image paths in `dir`, this daemon's own ([`image_dir`]);
+    /// `decoded`: the store's decoded copies ([`decoded_dir`]).
+    pub fn new(dir: &Path, decoded: Option<PathBuf>) -> Files {
         Files {
-            main: run_dir.join(format!("kernel-view-{pid}-main.erofs")),
-            index: run_dir.join(format!("kernel-view-{pid}-index.erofs")),
+            main: dir.join("main.erofs"),
+            index: dir.join("index.erofs"),
             decoded,
         }
     }
@@ -117,13 +117,55 @@ impl Files {
     }
 }
 
-/// `STORE/run` (the daemon's to write, confined too), made if missing.
-pub(super) fn run_dir(store: &Path) -> Result<PathBuf> {
+/// The directory of the kernel views' images, `STORE/kernel-view`, made
+/// if missing. Each mount daemon writes its images in a directory of its
+/// own below it, which its Landlock rules alone grant: the keeper mounts
+/// what it finds there as root for every user, and every daemon of the
+/// store runs as the same sandbox user, so a directory they share (as
+/// `STORE/run` is) would let any of them (a virtio-fs daemon a guest took
+/// over) plant the image another's keeper mounts.
+pub(crate) fn images_root(store: &Path) -> Result<PathBuf> {
+    let dir = store.join(IMAGES_DIR);
+    make_private_dir(&dir)?;
+    Ok(dir)
+}
+
+/// Where the kernel views' images are written, in the store.
+pub(crate) const IMAGES_DIR: &str = "kernel-view";
+
+/// This daemon's image directory, `STORE/kernel-view/PID`, made empty;
+/// those of daemons no longer running are removed first.
+pub(super) fn image_dir(store: &Path) -> Result<PathBuf> {
+    let root = images_root(store)?;
+    if let Ok(entries) = std::fs::read_dir(&root) {
+        for entry in entries.flatten() {
+            let alive = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+                .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+            if !alive {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    let dir = root.join(std::process::id().to_string());
+    let _ = std::fs::remove_dir_all(&dir);
+    make_private_dir(&dir)?;
+    Ok(dir)
+}
+
+fn make_private_dir(dir: &Path) -> Result<()> {
     use std::os::unix::fs::DirBuilderExt;
-    let dir = store.join(nexus_store::runtime::RUN_DIR);
-    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
-        Ok(()) => Ok(dir),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(dir),
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            if std::fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
+                Ok(())
+            } else {
+                anyhow::bail!("{} is not a directory", dir.display())
+            }
+        }
         Err(e) => Err(e).with_context(|| format!("creating {}", dir.display())),
     }
 }
@@ -249,6 +291,10 @@ impl FdPath {
     }
 }
 
+/// The largest image the keeper copies and mounts: far above any store's
+/// (about 270 bytes an inode: 25 MB for 94,000).
+const MAX_IMAGE: i64 = 1 << 30;
+
 /// A detached mount of the EROFS image `image` (file-backed: no loop
 /// device). The image is opened here, without following a link, and must
 /// be a regular file of `owner` with one name, so that a link or another
@@ -256,7 +302,7 @@ impl FdPath {
 /// is never read. What is mounted is a copy of it, made unnamed in `dir`:
 /// the writer can still change its own file, and the kernel's parser must
 /// not see the image change under it.
-fn mount_image(image: &CStr, owner: u32, dir: &CStr) -> Result<OwnedFd, Errno> {
+fn mount_image(image: &CStr, owner: u32, dir: &CStr, main: bool) -> Result<OwnedFd, Errno> {
     use rustix::fs::{FileType, Mode, OFlags};
     // `openat`, not `open`: the keeper's filter allows the former only.
     let file = rustix::fs::openat(
@@ -273,6 +319,11 @@ fn mount_image(image: &CStr, owner: u32, dir: &CStr) -> Result<OwnedFd, Errno> {
     {
         return Err(libc::EPERM);
     }
+    // The copy is root's: a daemon's image must not fill the disk with it
+    // (a sparse file costs the daemon nothing).
+    if stat.st_size > MAX_IMAGE {
+        return Err(libc::EFBIG);
+    }
     let copy = rustix::fs::openat(
         rustix::fs::CWD,
         dir,
@@ -286,12 +337,16 @@ fn mount_image(image: &CStr, owner: u32, dir: &CStr) -> Result<OwnedFd, Errno> {
     let fs = fsopen(c"erofs", FsOpenFlags::FSOPEN_CLOEXEC).map_err(errno)?;
     fsconfig_set_string(&fs, c"source", source.as_cstr()).map_err(errno)?;
     fsconfig_create(&fs).map_err(errno)?;
-    fsmount(
-        &fs,
-        FsMountFlags::FSMOUNT_CLOEXEC,
-        MountAttrFlags::MOUNT_ATTR_RDONLY | MountAttrFlags::MOUNT_ATTR_NODEV,
-    )
-    .map_err(errno)
+    // Never setuid from an image: the main one is only the overlay's lower
+    // layer (whose own flags count), the Index's is shown as it is and
+    // holds directories and links only.
+    let mut attrs = MountAttrFlags::MOUNT_ATTR_RDONLY
+        | MountAttrFlags::MOUNT_ATTR_NODEV
+        | MountAttrFlags::MOUNT_ATTR_NOSUID;
+    if !main {
+        attrs |= MountAttrFlags::MOUNT_ATTR_NOEXEC;
+    }
+    fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs).map_err(errno)
 }
 
 /// A directory, for a layer: opened without following a link.
@@ -425,7 +480,7 @@ fn unique_mount_id(fd: BorrowedFd, path: &CStr) -> u64 {
 /// Shows the images the plan names (written beforehand), replacing the
 /// kernel view shown, if any. `data` is the FUSE mount's root.
 pub(super) fn show(plan: &Plan, data: BorrowedFd) -> Result<(), Errno> {
-    let meta = mount_image(&plan.main.image, plan.image_owner, &plan.image_dir)?;
+    let meta = mount_image(&plan.main.image, plan.image_owner, &plan.image_dir, true)?;
     let decoded = plan.decoded.as_deref().map(open_dir).transpose()?;
     let top = overlay(
         meta.as_fd(),
@@ -439,7 +494,7 @@ pub(super) fn show(plan: &Plan, data: BorrowedFd) -> Result<(), Errno> {
         .index
         .as_ref()
         .map(|layer| {
-            mount_image(&layer.image, plan.image_owner, &plan.image_dir).map(|m| (m, layer))
+            mount_image(&layer.image, plan.image_owner, &plan.image_dir, false).map(|m| (m, layer))
         })
         .transpose()?;
     let ordering = std::sync::atomic::Ordering::Relaxed;
@@ -688,7 +743,7 @@ mod tests {
         image_at(&own, writer);
         let scratch = c(dir.path());
         // The control: the very same bytes, as the writer's own file, mount.
-        let mounted = mount_image(&c(&own), writer, &scratch);
+        let mounted = mount_image(&c(&own), writer, &scratch, true);
         assert!(mounted.is_ok(), "the writer's image: {mounted:?}");
         // What is mounted does not change with the writer's file: the
         // kernel parses a copy.
@@ -711,7 +766,7 @@ mod tests {
         let link = dir.path().join("link.erofs");
         std::os::unix::fs::symlink(&secret, &link).unwrap();
         assert_eq!(
-            mount_image(&c(&link), writer, &scratch).err(),
+            mount_image(&c(&link), writer, &scratch, true).err(),
             Some(libc::ELOOP)
         );
         // A link to the writer's own image is refused as well: only the
@@ -719,21 +774,24 @@ mod tests {
         let own_link = dir.path().join("own-link.erofs");
         std::os::unix::fs::symlink(&own, &own_link).unwrap();
         assert_eq!(
-            mount_image(&c(&own_link), writer, &scratch).err(),
+            mount_image(&c(&own_link), writer, &scratch, true).err(),
             Some(libc::ELOOP)
         );
         // A hard link to root's image, chowned by nobody: two names.
         let hard = dir.path().join("hard.erofs");
         std::fs::hard_link(&secret, &hard).unwrap();
-        assert_eq!(mount_image(&c(&hard), 0, &scratch).err(), Some(libc::EPERM));
+        assert_eq!(
+            mount_image(&c(&hard), 0, &scratch, true).err(),
+            Some(libc::EPERM)
+        );
         // Root's image at the path, under the writer's name.
         assert_eq!(
-            mount_image(&c(&secret), writer, &scratch).err(),
+            mount_image(&c(&secret), writer, &scratch, true).err(),
             Some(libc::EPERM)
         );
         // Not regular files.
         assert_eq!(
-            mount_image(c"/dev/null", 0, &scratch).err(),
+            mount_image(c"/dev/null", 0, &scratch, true).err(),
             Some(libc::EPERM)
         );
         let fifo = dir.path().join("fifo");
@@ -747,7 +805,7 @@ mod tests {
         .unwrap();
         std::os::unix::fs::chown(&fifo, Some(writer), None).unwrap();
         assert_eq!(
-            mount_image(&c(&fifo), writer, &scratch).err(),
+            mount_image(&c(&fifo), writer, &scratch, true).err(),
             Some(libc::EPERM)
         );
     }

@@ -355,7 +355,7 @@ impl Daemon {
             .kernel_metadata
             .then(|| {
                 let files = kernel_view::Files::new(
-                    &kernel_view::run_dir(&store_dir)?,
+                    &kernel_view::image_dir(&store_dir)?,
                     kernel_view::decoded_dir(&store_dir),
                 );
                 let plan = files.plan(
@@ -384,6 +384,9 @@ impl Daemon {
                 None
             }
         };
+        // Made if missing, so that what this daemon may not do there is the
+        // same whether or not it shows a kernel view (the selftest).
+        let _ = kernel_view::images_root(&store_dir);
         let owner = rustix::process::getuid();
         let log_dir = settings.log_file.as_deref().and_then(Path::parent);
         let confined = Arc::new(

@@ -131,6 +131,9 @@ pub fn serve(request: Request) -> Result<()> {
         .is_none()
         .then(|| runtime_root::announce(&store_dir, ServedKind::VirtioFs, &target, view.clone()))
         .transpose()?;
+    // Made if missing, so that what this daemon may not do there is the
+    // same whether or not a kernel view was ever mounted (the selftest).
+    let _ = crate::nexus::kernel_view::images_root(&store_dir);
     let confined = sandbox::confine(
         &Confinement {
             records: served.is_some(),

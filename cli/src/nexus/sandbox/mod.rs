@@ -603,6 +603,14 @@ fn landlock_rules(c: &Confinement, remote_cache: bool) -> Vec<Rule> {
             grant: Grant::Records,
         });
     }
+    // Its own image directory only (`kernel_view::images_root`): the
+    // keeper mounts what it finds there for every user.
+    if let Some((plan, _)) = c.kernel_view {
+        rules.push(Rule {
+            path: PathBuf::from(OsStr::from_bytes(plan.image_dir.to_bytes())),
+            grant: Grant::Records,
+        });
+    }
     if let Some((image, scratch)) = c.image {
         rules.push(Rule {
             path: image.to_path_buf(),

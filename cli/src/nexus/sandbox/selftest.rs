@@ -82,6 +82,19 @@ pub(super) fn run(out: &mut File, c: &Confinement, remote_cache: bool) {
             libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
         ),
     );
+    // The keeper mounts what a mount daemon's image directory holds: no
+    // daemon may write outside its own (a kernel-view mount's), and none
+    // other than a mount daemon there at all.
+    report(
+        out,
+        "plant-kernel-view-image",
+        open(
+            &c.store
+                .join(crate::nexus::kernel_view::IMAGES_DIR)
+                .join("planted"),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+        ),
+    );
     report(
         out,
         "write-proc-self-mem",
