@@ -460,3 +460,100 @@ fn the_kernel_view_is_refused_without_allow_other() {
     assert!(said.contains("--allow-other"), "{}", show(&out));
     assert_eq!(on_now(&point), 0, "something was mounted");
 }
+
+/// The daemon's count of `opcode` requests, from the line it logs when it
+/// stops (`requests served: LOOKUP 3, READ 2, …`; absent means none).
+fn served(log: &str, opcode: &str) -> u64 {
+    let line = log
+        .lines()
+        .rfind(|l| l.contains("requests served:"))
+        .unwrap_or_else(|| panic!("no request counts in the log:\n{log}"));
+    line.split("requests served:")
+        .nth(1)
+        .unwrap_or("")
+        .split(',')
+        .filter_map(|kv| {
+            let mut it = kv.split_whitespace();
+            (it.next()? == opcode).then(|| it.next()?.parse::<u64>().ok())?
+        })
+        .sum()
+}
+
+/// Mounts `store` with a kernel view, reads `file` of app/1 whole, and
+/// returns what was read and the daemon's log once it stopped.
+fn read_through_kernel_view(store: &Store, scratch: &Scratch, file: &str) -> (Vec<u8>, String) {
+    let mount = Mount::start(
+        store.path(),
+        &scratch.join("mnt"),
+        &["--kernel-metadata", "--allow-other"],
+    );
+    let bytes = read(&mount.join(format!("app/1/{file}")));
+    let out = nexus(
+        store.path(),
+        [std::ffi::OsStr::new("umount"), mount.point().as_os_str()],
+    );
+    assert!(out.status.success(), "nexus umount: {}", show(&out));
+    assert!(
+        wait_for(Duration::from_secs(10), || !alive(mount.pid())),
+        "the daemon still runs\n{}",
+        mount.log()
+    );
+    (bytes, mount.log())
+}
+
+/// `nip decode` keeps plain copies of a generation's large files; a kernel
+/// view stacks them as its first data-only layer, so the kernel reads such
+/// a file from its copy and the daemon is sent no READ for it (without the
+/// copy, the same read reaches the daemon). gc drops the copy once no
+/// package holds its contents.
+#[test]
+fn large_files_are_read_from_their_decoded_copies() {
+    if !root_or_skip("large_files_are_read_from_their_decoded_copies") {
+        return;
+    }
+    let scratch = Scratch::new("kernel-view-decoded");
+    let store = Store::init();
+    let src = scratch.join("src/1");
+    // Incompressible, and larger than a block: stored in frames.
+    let mut big = Vec::with_capacity(3 << 20);
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    while big.len() < 3 << 20 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        big.extend_from_slice(&x.to_le_bytes());
+    }
+    write_file(&src.join("lib/big.so"), &big);
+    write_file(&src.join("share/small"), b"small\n");
+    store.add_dir(&src, "app", "1");
+
+    // Without copies, the read reaches the daemon.
+    let (bytes, log) = read_through_kernel_view(&store, &scratch, "lib/big.so");
+    assert!(bytes == big, "the file read differs from the one added");
+    assert!(served(&log, "READ") > 0, "no READ without a copy:\n{log}");
+
+    let out = store.ok(["decode", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["written"], 1, "{report}");
+    assert_eq!(report["written_bytes"], big.len() as u64, "{report}");
+    let decoded = store.path().join("decoded");
+    let copies: Vec<_> = fs::read_dir(&decoded).unwrap().flatten().collect();
+    assert_eq!(copies.len(), 1);
+    assert_eq!(read(&copies[0].path()), big);
+
+    let (bytes, log) = read_through_kernel_view(&store, &scratch, "lib/big.so");
+    assert!(bytes == big, "the file read from its copy differs");
+    assert_eq!(served(&log, "READ"), 0, "the copy was not read:\n{log}");
+    // A small file still comes through the FUSE mount.
+    let (bytes, log) = read_through_kernel_view(&store, &scratch, "share/small");
+    assert_eq!(bytes, b"small\n");
+    assert!(served(&log, "READ") > 0, "{log}");
+
+    store.ok(["remove", "app"]);
+    store.ok(["gc", "--keep", "1", "--grace", "0"]);
+    assert_eq!(
+        fs::read_dir(&decoded).unwrap().count(),
+        0,
+        "gc left the copy of contents no package holds"
+    );
+}
