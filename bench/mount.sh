@@ -12,9 +12,11 @@
 #   --runs N            repetitions of every measurement, median reported
 #                       (default 1)
 #   --fs LIST           comma-separated subset of native,nexus,nexus-kv,
-#                       squashfuse,squashfuse_ll,erofsfuse,erofs (default:
-#                       all seven; nexus-kv = `nexus mount --kernel-metadata`
-#                       of the same store; erofs = the kernel's driver on the
+#                       nexus-kvd,squashfuse,squashfuse_ll,erofsfuse,erofs
+#                       (default: all eight; nexus-kv = `nexus mount
+#                       --kernel-metadata` of the same store; nexus-kvd = the
+#                       same after `nip decode`, large files read from their
+#                       decoded copies; erofs = the kernel's driver on the
 #                       erofsfuse image)
 #   --store DIR         mount this existing nexus store, which must hold the
 #                       corpus, instead of building a fresh one with nip
@@ -96,7 +98,7 @@ FULL_CORPUS_LARGE_FILE=libllvm15/15.0.6-4+b1/usr/lib/x86_64-linux-gnu/libLLVM-15
 RAND_SEED=20261127
 MOUNT_TIMEOUT=120             # seconds a mount command may take
 
-all_fs="native,nexus,nexus-kv,squashfuse,squashfuse_ll,erofsfuse,erofs"
+all_fs="native,nexus,nexus-kv,nexus-kvd,squashfuse,squashfuse_ll,erofsfuse,erofs"
 smoke=0 runs=1 check=0 keep=0 verify=0 readers=4 rand_reads=20000
 fs_arg=$all_fs
 store_arg="" large_arg=""
@@ -156,7 +158,7 @@ skip_fs() {
     skipped_fs[$1]=$2
     log "$1 skipped: $2"
 }
-if want nexus || want nexus-kv; then
+if want nexus || want nexus-kv || want nexus-kvd; then
     [[ -x $nexus ]] || die "nexus binary not found at $nexus (build it with: cargo build --release -p nexus-cli, set NEXUS=..., or leave it out with --fs)"
     if [[ -z $store_arg ]]; then
         [[ -x $nip ]] || die "nip binary not found at $nip (build it with: cargo build --release -p nexus-cli, or set NIP=...)"
@@ -191,6 +193,8 @@ cleanup() {
     for v in "${!mounted[@]}"; do
         umount_fs "$v" || true
     done
+    # Decoded copies moved aside go back (a --store given keeps them).
+    [[ -n ${store:-} ]] && decoded_copies nexus-kvd
     if [[ $keep -eq 1 ]]; then
         log "work dir kept: $work"
     elif grep -qF " $work/" /proc/self/mounts; then
@@ -296,7 +300,7 @@ drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 alive() { [[ -e /proc/$1/status ]] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null; }
 
 # The daemon binary of each FUSE file system; the kernel's erofs has none.
-declare -A bin_of=([nexus]="$nexus" [nexus-kv]="$nexus" [squashfuse]=squashfuse [squashfuse_ll]=squashfuse_ll [erofsfuse]="")
+declare -A bin_of=([nexus]="$nexus" [nexus-kv]="$nexus" [nexus-kvd]="$nexus" [squashfuse]=squashfuse [squashfuse_ll]=squashfuse_ll [erofsfuse]="")
 has_daemon() { [[ -v bin_of[$1] ]]; }
 
 # daemon_pid V MP: the process that has MP as one of its arguments, preferring
@@ -336,7 +340,9 @@ mount_fs() {
     fi
     case "$v" in
         nexus) cmd=("$nexus" --store "$store" mount "$mp") ;;
-        nexus-kv) cmd=("$nexus" --store "$store" mount "$mp" --kernel-metadata --allow-other) ;;
+        nexus-kv | nexus-kvd)
+            decoded_copies "$v"
+            cmd=("$nexus" --store "$store" mount "$mp" --kernel-metadata --allow-other) ;;
         squashfuse|squashfuse_ll) cmd=("$v" "$sqfs_img" "$mp") ;;
         erofsfuse) cmd=("$erofsfuse_bin" "$erofs_img" "$mp") ;;
         erofs) cmd=(mount -t erofs -o "ro,loop" "$erofs_img" "$mp") ;;
@@ -375,7 +381,7 @@ mount_fs() {
 umount_fs() {
     local v=$1 mp=${mounted[$1]:-} pid=${dpid[$1]:-} rc=0 i
     [[ -n $mp ]] || return 0
-    if [[ $v == nexus || $v == nexus-kv ]]; then
+    if [[ $v == nexus || $v == nexus-kv || $v == nexus-kvd ]]; then
         "$nexus" --store "$store" umount "$mp" >> "$logs/umount-$v.log" 2>&1 || rc=$?
     elif has_daemon "$v" && [[ -n $fusermount ]]; then
         "$fusermount" -u "$mp" >> "$logs/umount-$v.log" 2>&1 || rc=$?
@@ -458,8 +464,8 @@ print("reads=%d bytes=%d seconds=%.6f reads_per_s=%.1f sha256=%s"
 EOF
 
 # ---- nexus store -------------------------------------------------------------
-store="" store_build_s="" store_bytes="" store_source=""
-if want nexus || want nexus-kv; then
+store="" store_build_s="" store_bytes="" store_source="" decode_s="" decoded_bytes=""
+if want nexus || want nexus-kv || want nexus-kvd; then
     if [[ -n $store_arg ]]; then
         store=$(realpath "$store_arg")
         [[ -d $store ]] || die "--store $store_arg: not a directory"
@@ -478,6 +484,28 @@ if want nexus || want nexus-kv; then
     store_bytes=$(du_b "$store")
     log "nexus store: $store ($store_bytes bytes)"
 fi
+# nexus-kvd reads large files from decoded copies, nexus-kv from the FUSE
+# mount: the copies are moved aside (STORE/decoded.bench) while a kernel
+# view without them is mounted, and back for one with them (a view uses
+# the copies present when it is mounted). Put back at exit.
+if want nexus-kvd; then
+    log "nip decode (decoded copies of the large files)"
+    t0=$(us_now)
+    "$nip" --store "$store" decode > "$logs/nip-decode.log" 2>&1 ||
+        { tail -20 "$logs/nip-decode.log" >&2; die "nip decode failed"; }
+    decode_s=$(us_to_s $(($(us_now) - t0)))
+    decoded_bytes=$(du_b "$store/decoded")
+fi
+decoded_copies() {
+    local on="$store/decoded" off="$store/decoded.bench"
+    if [[ $1 == nexus-kvd ]]; then
+        [[ -d $off ]] || return 0
+        rmdir "$on" 2>/dev/null || true
+        mv "$off" "$on"
+    elif [[ -d $on && ! -d $off ]] && want nexus-kvd; then
+        mv "$on" "$off"
+    fi
+}
 
 # ---- squashfs image ----------------------------------------------------------
 if [[ $smoke -eq 1 ]]; then img_dir="$work/images"; else img_dir="$bench_root/images"; fi
@@ -814,6 +842,11 @@ if have nexus; then
     [[ -n ${ver[nexus]} ]] || ver[nexus]="nexus (no --version), commit $commit"
     cmdline[nexus]="\`nexus --store R mount MP\`; \`nexus umount MP\`"
     backing[nexus]="store ${store_bytes} bytes (\`du -sb\`; $store_source$(opt_s ', nip add %.1f s' "$store_build_s"))"
+fi
+if have nexus-kvd; then
+    ver[nexus-kvd]=$(first_line "$nexus" --version)
+    cmdline[nexus-kvd]="\`nip decode\` once; \`nexus --store R mount MP --kernel-metadata --allow-other\`; \`nexus umount MP\`"
+    backing[nexus-kvd]="the same store with decoded copies of its files of 1 MiB or more (${decoded_bytes} bytes, \`du -sb\`; nip decode $(opt_s '%.1f s' "$decode_s"))"
 fi
 if have nexus-kv; then
     ver[nexus-kv]=$(first_line "$nexus" --version)
