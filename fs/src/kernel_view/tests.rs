@@ -275,6 +275,16 @@ fn names_and_attributes_erofs_cannot_hold_are_refused() {
         erofs::write(&tree),
         Err(ImageError::BadTarget { .. })
     ));
+    // Attributes one word over what the inode's count holds are refused,
+    // never written with a count that wrapped.
+    let mut f = node(0o644, Body::File { size: 1 });
+    f.xattrs = full_xattrs();
+    f.xattrs.push((b"user.z".to_vec(), Vec::new()));
+    tree.nodes[1] = f;
+    assert!(matches!(
+        erofs::write(&tree),
+        Err(ImageError::XattrsTooLarge { .. })
+    ));
     tree.nodes = vec![node(0o755, dir(0, vec![("f", 7)]))];
     assert!(matches!(erofs::write(&tree), Err(ImageError::TooLarge(_))));
 }
@@ -438,4 +448,68 @@ proptest::proptest! {
             .collect();
         proptest::prop_assert_eq!(shown, expected(&tree));
     }
+}
+
+/// Package attributes whose entries take exactly [`erofs::XATTR_ROOM`]
+/// bytes: an inode count of 65,535, the most it holds.
+fn full_xattrs() -> Vec<(Vec<u8>, Vec<u8>)> {
+    // Entries of 4 + 1 + value bytes, padded to 4: three of 65,536 and one
+    // of 65,528.
+    let xattrs = vec![
+        (b"user.a".to_vec(), vec![b'a'; 65_531]),
+        (b"user.b".to_vec(), vec![b'b'; 65_531]),
+        (b"user.c".to_vec(), vec![b'c'; 65_531]),
+        (b"user.d".to_vec(), vec![b'd'; 65_523]),
+    ];
+    let len: usize = xattrs
+        .iter()
+        .map(|(n, v)| erofs::xattr_len(n, v).unwrap())
+        .sum();
+    assert_eq!(len, erofs::XATTR_ROOM);
+    xattrs
+}
+
+/// The extended attributes of `node` as [`shown`] lists them.
+fn xattrs_shown(node: &Node) -> Vec<String> {
+    let mut out: Vec<String> = node
+        .xattrs
+        .iter()
+        .map(|(n, v)| format!("{}={}", String::from_utf8_lossy(n), hex(v)))
+        .collect();
+    out.sort();
+    out
+}
+
+/// An inode whose attributes fill their count exactly is read whole by the
+/// kernel, and so are the file's chunk map and the directory's entries
+/// after them.
+#[test]
+fn attributes_filling_the_inode_count_mount() {
+    if !is_root() {
+        eprintln!("skipped: mounting an image needs root");
+        return;
+    }
+    let mut f = node(0o644, Body::File { size: 5000 });
+    f.xattrs = full_xattrs();
+    let mut d = node(0o755, dir(0, vec![("inner", 3)]));
+    d.xattrs = full_xattrs();
+    let tree = Tree {
+        nodes: vec![
+            node(0o755, dir(0, vec![("f", 1), ("d", 2)])),
+            f,
+            d,
+            node(0o600, Body::File { size: 7 }),
+        ],
+    };
+    let image = erofs::write(&tree).unwrap();
+    let mounted = Mounted::new(&image);
+    let (shown, _) = shown(&mounted.at);
+    assert_eq!(shown.len(), 3);
+    assert_eq!(shown["f"].7, xattrs_shown(&tree.nodes[1]));
+    assert_eq!(shown["d"].7, xattrs_shown(&tree.nodes[2]));
+    assert_eq!(shown["f"].3, 5000);
+    assert_eq!(shown["d/inner"].3, 7);
+    // Holes read as zeros: the block map after the attributes is the one
+    // written.
+    assert_eq!(std::fs::read(mounted.at.join("f")).unwrap(), vec![0; 5000]);
 }
