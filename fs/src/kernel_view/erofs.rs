@@ -54,8 +54,11 @@ const NAME_MAX: usize = 255;
 /// 65,535 − 1 four-byte words follow the header.
 pub const XATTR_ROOM: usize = (u16::MAX as usize - 1) * 4;
 
-/// Why an image cannot be written.
-#[derive(Debug, Error)]
+/// Why an image cannot be written. The writer refuses any tree holding
+/// what the format cannot: [`super::fit`] leaves such things out first,
+/// so for a tree it fitted only the inconsistencies remain
+/// ([`ImageError::TooLarge`], duplicate names).
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum ImageError {
     /// A name is empty, longer than 255 bytes, or holds `/` or NUL.
     #[error("the name {name:?} cannot be a directory entry")]
