@@ -10,7 +10,7 @@
 //!   inode is number 0 (which some programs take for a deleted entry);
 //! - every inode in the 64-byte extended form (32-bit owners, 64-bit
 //!   size, its own modification time), followed by its inline extended
-//!   attributes;
+//!   attributes (at most [`XATTR_ROOM`] bytes of entries);
 //! - a directory's entries, `.` and `..` included, sorted bytewise, packed
 //!   into blocks; stored inline after the inode when they fit in the
 //!   inode's block, else in data blocks after the inode area;
@@ -49,9 +49,16 @@ const NULL_ADDR: u32 = u32::MAX;
 /// The largest chunk: 2^(12+31) bytes.
 const MAX_CHUNK_BITS: u32 = BLOCK_BITS as u32 + 31;
 const NAME_MAX: usize = 255;
+/// The most bytes one inode's inline extended attribute entries may take:
+/// their 16-bit count (`i_xattr_icount`) is 1 + entries / 4, so at most
+/// 65,535 − 1 four-byte words follow the header.
+pub const XATTR_ROOM: usize = (u16::MAX as usize - 1) * 4;
 
-/// Why an image cannot be written.
-#[derive(Debug, Error)]
+/// Why an image cannot be written. The writer refuses any tree holding
+/// what the format cannot: [`super::fit`] leaves such things out first,
+/// so for a tree it fitted only the inconsistencies remain
+/// ([`ImageError::TooLarge`], duplicate names).
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum ImageError {
     /// A name is empty, longer than 255 bytes, or holds `/` or NUL.
     #[error("the name {name:?} cannot be a directory entry")]
@@ -72,6 +79,13 @@ pub enum ImageError {
         /// The name, lossily decoded.
         name: String,
         /// Its value's length.
+        len: usize,
+    },
+    /// One inode's extended attributes take more than [`XATTR_ROOM`]
+    /// bytes: their count would not fit its 16 bits.
+    #[error("an inode's extended attributes take {len} bytes, over EROFS's {XATTR_ROOM}")]
+    XattrsTooLarge {
+        /// The bytes their entries take.
         len: usize,
     },
     /// A symbolic link's target is empty, holds NUL or is 4096 bytes or
@@ -143,6 +157,8 @@ struct Placement {
     offset: usize,
     /// Its encoded extended attributes (without the header).
     xattrs: Vec<u8>,
+    /// Their count field: 0 without any, else 1 + their length / 4.
+    icount: u16,
     /// Data layout.
     layout: u16,
     /// The lengths of its data blocks: for a directory, its entry blocks
@@ -202,17 +218,40 @@ fn lossy(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// Inline extended attribute entries, 4-byte aligned each.
+/// The bytes one extended attribute's inline entry takes (header, name
+/// without its prefix, value, padding to 4), or why EROFS cannot hold it:
+/// a name without a prefix EROFS knows, or longer than 255 bytes after
+/// it, or a value over 65,535 bytes (its length has 16 bits).
+pub fn xattr_len(name: &[u8], value: &[u8]) -> Result<usize, ImageError> {
+    let (_, rest, _) = xattr_entry(name, value)?;
+    Ok((4 + rest.len() + value.len()).next_multiple_of(4))
+}
+
+/// An entry's name index, name without its prefix and value length.
+fn xattr_entry<'a>(name: &'a [u8], value: &[u8]) -> Result<(u8, &'a [u8], u16), ImageError> {
+    let (index, rest) = xattr_index(name)
+        .filter(|(_, rest)| rest.len() <= NAME_MAX)
+        .ok_or_else(|| ImageError::BadXattrName { name: lossy(name) })?;
+    let value_len = u16::try_from(value.len()).map_err(|_| ImageError::XattrTooLarge {
+        name: lossy(name),
+        len: value.len(),
+    })?;
+    Ok((index, rest, value_len))
+}
+
+/// Inline extended attribute entries, 4-byte aligned each, at most
+/// [`XATTR_ROOM`] bytes in all.
 fn encode_xattrs(xattrs: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<u8>, ImageError> {
-    let mut out = Vec::new();
+    let mut len = 0usize;
     for (name, value) in xattrs {
-        let (index, rest) = xattr_index(name)
-            .filter(|(_, rest)| rest.len() <= NAME_MAX)
-            .ok_or_else(|| ImageError::BadXattrName { name: lossy(name) })?;
-        let value_len = u16::try_from(value.len()).map_err(|_| ImageError::XattrTooLarge {
-            name: lossy(name),
-            len: value.len(),
-        })?;
+        len += xattr_len(name, value)?;
+    }
+    if len > XATTR_ROOM {
+        return Err(ImageError::XattrsTooLarge { len });
+    }
+    let mut out = Vec::with_capacity(len);
+    for (name, value) in xattrs {
+        let (index, rest, value_len) = xattr_entry(name, value)?;
         // The length fits: `rest` is at most 255 bytes.
         out.push(rest.len() as u8);
         out.push(index);
@@ -224,7 +263,9 @@ fn encode_xattrs(xattrs: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<u8>, ImageError> {
     Ok(out)
 }
 
-fn check_name(name: &[u8]) -> Result<(), ImageError> {
+/// Checks that `name` can be a directory entry: 1 to 255 bytes, neither
+/// `.` nor `..`, without `/` or NUL.
+pub fn check_name(name: &[u8]) -> Result<(), ImageError> {
     if name.is_empty()
         || name.len() > NAME_MAX
         || name.contains(&b'/')
@@ -233,6 +274,16 @@ fn check_name(name: &[u8]) -> Result<(), ImageError> {
         || name == b".."
     {
         return Err(ImageError::BadName { name: lossy(name) });
+    }
+    Ok(())
+}
+
+/// Checks that `target` can be a symbolic link's target: 1 to 4095 bytes
+/// (it is stored in one block, and the kernel follows nothing longer than
+/// `PATH_MAX` with its NUL), without NUL.
+pub fn check_target(target: &[u8]) -> Result<(), ImageError> {
+    if target.is_empty() || target.len() >= BLOCK || target.contains(&0) {
+        return Err(ImageError::BadTarget { len: target.len() });
     }
     Ok(())
 }
@@ -320,9 +371,19 @@ pub fn write(tree: &Tree) -> Result<Vec<u8>, ImageError> {
     for &i in &order {
         let node = &nodes[i];
         let xattrs = encode_xattrs(&node.xattrs)?;
+        let icount = if xattrs.is_empty() {
+            0
+        } else {
+            // The area is checked against XATTR_ROOM, which is exactly
+            // what the count holds; checked again so that a count that
+            // wrapped could never point the kernel at the wrong bytes.
+            u16::try_from(1 + xattrs.len() / 4)
+                .map_err(|_| ImageError::XattrsTooLarge { len: xattrs.len() })?
+        };
         let mut place = Placement {
             offset: 0,
             xattrs,
+            icount,
             layout: LAYOUT_FLAT_PLAIN,
             blocks: Vec::new(),
             inline: false,
@@ -347,9 +408,7 @@ pub fn write(tree: &Tree) -> Result<Vec<u8>, ImageError> {
                     .collect();
             }
             Body::Symlink(target) => {
-                if target.is_empty() || target.len() >= BLOCK || target.contains(&0) {
-                    return Err(ImageError::BadTarget { len: target.len() });
-                }
+                check_target(target)?;
                 place.size = target.len() as u64;
                 place.blocks = vec![target.len()];
             }
@@ -497,12 +556,7 @@ fn write_inode(image: &mut [u8], node: &Node, place: &Placement, nid: u64) {
     };
     // Extended form (bit 0) and the data layout.
     put16(image, at, 1 | (place.layout << 1));
-    let icount = if place.xattrs.is_empty() {
-        0
-    } else {
-        1 + place.xattrs.len() / 4
-    };
-    put16(image, at + 2, icount as u16);
+    put16(image, at + 2, place.icount);
     put16(image, at + 4, (kind | (node.perm & 0o7777)) as u16);
     put64(image, at + 8, place.size);
     let i_u = match place.layout {

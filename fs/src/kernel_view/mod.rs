@@ -17,10 +17,19 @@
 //! its file to another App's, or hide a directory's contents with
 //! `trusted.overlay.opaque`). The image is built from the view's answers,
 //! through the same checks every transport's requests go through.
+//!
+//! Packages come from outside, and a package may hold what EROFS cannot:
+//! an attribute EROFS has no prefix for, a value of 65,536 bytes, more
+//! attributes than one inode's count holds, a link target of 4096 bytes.
+//! [`fit`] leaves those out of the image (one warning each, see
+//! [`LeftOut`]) rather than fail it, so that no package can stop the
+//! kernel view of every other; the writer refuses them all the same, should
+//! anything reach it unfitted.
 
 pub mod erofs;
 
 use std::collections::HashMap;
+use std::fmt;
 use std::path::Path;
 
 use crate::attr::{Kind, Listing};
@@ -101,12 +110,13 @@ impl Served for Index {
 /// non-empty regular file redirected to its own path in the data layer,
 /// or, when `decoded` (the store's decoded copies, stacked as the first
 /// data-only layer) holds a whole copy of its contents, to that copy.
+/// What the image cannot hold is left out and warned of ([`fit`]).
 pub fn main_tree(view: &View, decoded: Option<&Path>) -> Result<Tree> {
     walk(view, decoded)
 }
 
 /// The tree of the Index's generation, for [`erofs::write`]: directories
-/// and symbolic links only.
+/// and symbolic links only, those the image cannot hold left out ([`fit`]).
 pub fn index_tree(index: &Index) -> Result<Tree> {
     walk(index, None)
 }
@@ -138,6 +148,206 @@ pub enum KernelViewError {
 /// Keeps a package's extended attribute unless overlayfs would read it.
 fn kept(name: &[u8]) -> bool {
     !name.starts_with(b"trusted.")
+}
+
+/// Something [`fit`] left out of an image because EROFS cannot hold it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeftOut {
+    /// A path of the node concerned, from the image's root
+    /// (`/App/Version/…`).
+    pub path: Vec<u8>,
+    /// The extended attribute left out, or `None` when it is the entry
+    /// (the name `path` ends with) that is.
+    pub xattr: Option<Vec<u8>>,
+    /// Why EROFS cannot hold it.
+    pub why: ImageError,
+}
+
+impl fmt::Display for LeftOut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Escaped: names are a package's, and could hold line breaks.
+        let path = self.path.escape_ascii();
+        match &self.xattr {
+            Some(name) => write!(
+                f,
+                "{path}: left its extended attribute {} out of the kernel view: {}",
+                name.escape_ascii(),
+                self.why
+            ),
+            None => write!(f, "{path}: left out of the kernel view: {}", self.why),
+        }
+    }
+}
+
+/// How many of the things [`fit`] leaves out are warned of one by one, per
+/// image: a hostile package may hold millions.
+const WARNINGS: usize = 32;
+
+/// Leaves out of `tree` what an EROFS image cannot hold, so that
+/// [`erofs::write`] takes it, and says what it left out:
+///
+/// - an extended attribute whose name has no EROFS prefix (or over 255
+///   bytes after it) or whose value is over 65,535 bytes: dropped;
+/// - a node's extended attributes beyond [`erofs::XATTR_ROOM`] bytes: the
+///   view's own (`trusted.*`, never a package's: see [`kept`]) are kept
+///   first, then the package's in their order while they fit, each that
+///   does not being dropped;
+/// - a node that cannot be shown as it is: a symbolic link whose target is
+///   empty, holds NUL or is 4096 bytes or longer (cutting it would point
+///   it elsewhere), a file whose own redirect cannot be held (it would
+///   read as zeros): every entry naming it is left out, so the path is
+///   absent from the kernel view rather than wrong;
+/// - an entry whose name cannot be a directory entry (over 255 bytes).
+///
+/// Everything else is left as it is. Inconsistencies of the tree itself
+/// (duplicate names, missing nodes) stay for the writer to refuse.
+pub fn fit(tree: &mut Tree) -> Vec<LeftOut> {
+    // What is left out, paths found only if anything is: (node, attribute
+    // name, why) and (directory, entry index, why).
+    let mut dropped: Vec<(usize, Vec<u8>, ImageError)> = Vec::new();
+    let mut cut: Vec<(usize, usize, ImageError)> = Vec::new();
+    // Why each node left out is.
+    let mut gone: HashMap<usize, ImageError> = HashMap::new();
+    for (i, node) in tree.nodes.iter_mut().enumerate() {
+        if let Body::Symlink(target) = &node.body
+            && let Err(e) = erofs::check_target(target)
+        {
+            gone.insert(i, e);
+            continue;
+        }
+        let (own, package): (Vec<_>, Vec<_>) = std::mem::take(&mut node.xattrs)
+            .into_iter()
+            .partition(|(name, _)| !kept(name));
+        let mut used = 0usize;
+        for (name, value) in &own {
+            match erofs::xattr_len(name, value) {
+                Ok(len) => used += len,
+                Err(e) => {
+                    gone.insert(i, e);
+                }
+            }
+        }
+        if !gone.contains_key(&i) && used > erofs::XATTR_ROOM {
+            gone.insert(i, ImageError::XattrsTooLarge { len: used });
+        }
+        if gone.contains_key(&i) {
+            continue;
+        }
+        for (name, value) in package {
+            let why = match erofs::xattr_len(&name, &value) {
+                Ok(len) if used + len <= erofs::XATTR_ROOM => {
+                    used += len;
+                    node.xattrs.push((name, value));
+                    continue;
+                }
+                Ok(len) => ImageError::XattrsTooLarge { len: used + len },
+                Err(e) => e,
+            };
+            dropped.push((i, name, why));
+        }
+        node.xattrs.extend(own);
+    }
+    for (d, node) in tree.nodes.iter().enumerate() {
+        let Body::Dir { entries, .. } = &node.body else {
+            continue;
+        };
+        for (k, (name, child)) in entries.iter().enumerate() {
+            let why = match erofs::check_name(name) {
+                Err(e) => e,
+                Ok(()) => match gone.get(child) {
+                    Some(e) => e.clone(),
+                    None => continue,
+                },
+            };
+            cut.push((d, k, why));
+        }
+    }
+    if dropped.is_empty() && cut.is_empty() {
+        return Vec::new();
+    }
+    let parents = first_parents(tree);
+    let mut left = Vec::with_capacity(dropped.len() + cut.len());
+    for (i, name, why) in dropped {
+        let mut path = path_of(tree, &parents, i);
+        if path.is_empty() {
+            path.push(b'/');
+        }
+        left.push(LeftOut {
+            path,
+            xattr: Some(name),
+            why,
+        });
+    }
+    for (d, k, why) in &cut {
+        let mut path = path_of(tree, &parents, *d);
+        if let Body::Dir { entries, .. } = &tree.nodes[*d].body {
+            path.push(b'/');
+            path.extend_from_slice(&entries[*k].0);
+        }
+        left.push(LeftOut {
+            path,
+            xattr: None,
+            why: why.clone(),
+        });
+    }
+    // `cut` is in directory and entry order.
+    let mut cut = cut.iter().map(|(d, k, _)| (*d, *k)).peekable();
+    for (d, node) in tree.nodes.iter_mut().enumerate() {
+        let Body::Dir { entries, .. } = &mut node.body else {
+            continue;
+        };
+        let mut k = 0;
+        entries.retain(|_| {
+            let keep = cut.next_if_eq(&(d, k)).is_none();
+            k += 1;
+            keep
+        });
+    }
+    left
+}
+
+/// For each node, the directory and entry index first met naming it,
+/// depth first from the root (`None` for the root and nodes no entry
+/// reaches).
+fn first_parents(tree: &Tree) -> Vec<Option<(usize, usize)>> {
+    let mut parents = vec![None; tree.nodes.len()];
+    let mut seen = vec![false; tree.nodes.len()];
+    let mut pending = Vec::new();
+    if let Some(root) = seen.first_mut() {
+        *root = true;
+        pending.push(0usize);
+    }
+    while let Some(d) = pending.pop() {
+        let Body::Dir { entries, .. } = &tree.nodes[d].body else {
+            continue;
+        };
+        for (k, (_, child)) in entries.iter().enumerate() {
+            if seen.get(*child) == Some(&false) {
+                seen[*child] = true;
+                parents[*child] = Some((d, k));
+                pending.push(*child);
+            }
+        }
+    }
+    parents
+}
+
+/// The path of node `i` from the root by `parents` (empty for the root).
+fn path_of(tree: &Tree, parents: &[Option<(usize, usize)>], i: usize) -> Vec<u8> {
+    let mut names = Vec::new();
+    let mut at = i;
+    while let Some((d, k)) = parents[at] {
+        if let Body::Dir { entries, .. } = &tree.nodes[d].body {
+            names.push(&entries[k].0[..]);
+        }
+        at = d;
+    }
+    let mut path = Vec::new();
+    for name in names.iter().rev() {
+        path.push(b'/');
+        path.extend_from_slice(name);
+    }
+    path
 }
 
 /// Where the data-only layers hold the contents of a regular file of
@@ -246,6 +456,16 @@ fn walk(served: &impl Served, decoded: Option<&Path>) -> Result<Tree> {
         if let Body::Dir { entries: e, .. } = &mut tree.nodes[index].body {
             *e = entries;
         }
+    }
+    let left = fit(&mut tree);
+    for one in left.iter().take(WARNINGS) {
+        tracing::warn!("{one}");
+    }
+    if left.len() > WARNINGS {
+        tracing::warn!(
+            "{} more names or extended attributes left out of the kernel view",
+            left.len() - WARNINGS
+        );
     }
     Ok(tree)
 }

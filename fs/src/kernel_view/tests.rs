@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::erofs::{self, Body, ImageError, Node, Tree};
+use super::{LeftOut, METACOPY_XATTR, REDIRECT_XATTR, fit};
 
 fn node(perm: u32, body: Body) -> Node {
     Node {
@@ -275,6 +276,16 @@ fn names_and_attributes_erofs_cannot_hold_are_refused() {
         erofs::write(&tree),
         Err(ImageError::BadTarget { .. })
     ));
+    // Attributes one word over what the inode's count holds are refused,
+    // never written with a count that wrapped.
+    let mut f = node(0o644, Body::File { size: 1 });
+    f.xattrs = full_xattrs();
+    f.xattrs.push((b"user.z".to_vec(), Vec::new()));
+    tree.nodes[1] = f;
+    assert!(matches!(
+        erofs::write(&tree),
+        Err(ImageError::XattrsTooLarge { .. })
+    ));
     tree.nodes = vec![node(0o755, dir(0, vec![("f", 7)]))];
     assert!(matches!(erofs::write(&tree), Err(ImageError::TooLarge(_))));
 }
@@ -354,7 +365,8 @@ fn random_tree(picks: &[(u8, u16, u32, u16)]) -> Tree {
                 continue;
             }
             2 => {
-                let target = format!("t{}", "y".repeat(size as usize % 3000)).into_bytes();
+                // Some over the 4095 bytes a target may take.
+                let target = format!("t{}", "y".repeat(size as usize % 4200)).into_bytes();
                 nodes.push(node(0o777, Body::Symlink(target)));
             }
             _ => {
@@ -412,8 +424,9 @@ fn expected(tree: &Tree) -> BTreeMap<String, (u32, u64, Option<String>)> {
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
 
-    /// Every random tree the writer accepts mounts, and the kernel shows
-    /// each path with its type, size and target.
+    /// Every random tree, fitted, mounts, and the kernel shows each path
+    /// with its type, size and target; only the links too long are left
+    /// out.
     #[test]
     fn random_trees_mount_as_written(
         picks in proptest::collection::vec(
@@ -425,7 +438,11 @@ proptest::proptest! {
         if !is_root() {
             return Ok(());
         }
-        let tree = random_tree(&picks);
+        let mut tree = random_tree(&picks);
+        let mut all = expected(&tree);
+        fit(&mut tree);
+        all.retain(|_, (kind, size, _)| *kind != libc::S_IFLNK || *size < 4096);
+        proptest::prop_assert_eq!(&all, &expected(&tree));
         let image = erofs::write(&tree).unwrap();
         let mounted = Mounted::new(&image);
         let (shown, _) = shown(&mounted.at);
@@ -438,4 +455,345 @@ proptest::proptest! {
             .collect();
         proptest::prop_assert_eq!(shown, expected(&tree));
     }
+}
+
+/// Package attributes whose entries take exactly [`erofs::XATTR_ROOM`]
+/// bytes: an inode count of 65,535, the most it holds.
+fn full_xattrs() -> Vec<(Vec<u8>, Vec<u8>)> {
+    // Entries of 4 + 1 + value bytes, padded to 4: three of 65,536 and one
+    // of 65,528.
+    let xattrs = vec![
+        (b"user.a".to_vec(), vec![b'a'; 65_531]),
+        (b"user.b".to_vec(), vec![b'b'; 65_531]),
+        (b"user.c".to_vec(), vec![b'c'; 65_531]),
+        (b"user.d".to_vec(), vec![b'd'; 65_523]),
+    ];
+    let len: usize = xattrs
+        .iter()
+        .map(|(n, v)| erofs::xattr_len(n, v).unwrap())
+        .sum();
+    assert_eq!(len, erofs::XATTR_ROOM);
+    xattrs
+}
+
+/// The extended attributes of `node` as [`shown`] lists them.
+fn xattrs_shown(node: &Node) -> Vec<String> {
+    let mut out: Vec<String> = node
+        .xattrs
+        .iter()
+        .map(|(n, v)| format!("{}={}", String::from_utf8_lossy(n), hex(v)))
+        .collect();
+    out.sort();
+    out
+}
+
+/// Path → node index of every entry of `tree`.
+fn paths(tree: &Tree) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    let mut pending = vec![(0usize, String::new())];
+    while let Some((d, prefix)) = pending.pop() {
+        let Body::Dir { entries, .. } = &tree.nodes[d].body else {
+            continue;
+        };
+        for (name, i) in entries {
+            let path = format!("{prefix}{}", String::from_utf8_lossy(name));
+            if matches!(tree.nodes[*i].body, Body::Dir { .. }) {
+                pending.push((*i, format!("{path}/")));
+            }
+            out.insert(path, *i);
+        }
+    }
+    out
+}
+
+/// An inode whose attributes fill their count exactly is read whole by the
+/// kernel, and so are the file's chunk map and the directory's entries
+/// after them.
+#[test]
+fn attributes_filling_the_inode_count_mount() {
+    if !is_root() {
+        eprintln!("skipped: mounting an image needs root");
+        return;
+    }
+    let mut f = node(0o644, Body::File { size: 5000 });
+    f.xattrs = full_xattrs();
+    let mut d = node(0o755, dir(0, vec![("inner", 3)]));
+    d.xattrs = full_xattrs();
+    let tree = Tree {
+        nodes: vec![
+            node(0o755, dir(0, vec![("f", 1), ("d", 2)])),
+            f,
+            d,
+            node(0o600, Body::File { size: 7 }),
+        ],
+    };
+    let image = erofs::write(&tree).unwrap();
+    let mounted = Mounted::new(&image);
+    let (shown, _) = shown(&mounted.at);
+    assert_eq!(shown.len(), 3);
+    assert_eq!(shown["f"].7, xattrs_shown(&tree.nodes[1]));
+    assert_eq!(shown["d"].7, xattrs_shown(&tree.nodes[2]));
+    assert_eq!(shown["f"].3, 5000);
+    assert_eq!(shown["d/inner"].3, 7);
+    // Holes read as zeros: the block map after the attributes is the one
+    // written.
+    assert_eq!(std::fs::read(mounted.at.join("f")).unwrap(), vec![0; 5000]);
+}
+
+/// What a package may hold and EROFS cannot is left out of the image, one
+/// item each, and the rest of the tree is shown exactly as written.
+#[test]
+fn what_erofs_cannot_hold_is_left_out_and_the_rest_shown() {
+    let mut tree = every_shape();
+    // A whole untouched tree is left as it is.
+    let untouched = tree.clone();
+    assert_eq!(fit(&mut tree), Vec::new());
+    assert_eq!(tree.nodes, untouched.nodes);
+    let add = |tree: &mut Tree, name: &str, n: Node| {
+        let i = tree.nodes.len();
+        tree.nodes.push(n);
+        if let Body::Dir { entries, .. } = &mut tree.nodes[0].body {
+            entries.push((name.as_bytes().to_vec(), i));
+        }
+        i
+    };
+    // (a) A name without an EROFS prefix, as pax archives carry them.
+    let mut a = node(0o644, Body::File { size: 3 });
+    a.xattrs = vec![
+        (b"SCHILY.xattr.foo".to_vec(), b"x".to_vec()),
+        (b"user.kept".to_vec(), b"1".to_vec()),
+        (b"system.nfs4_acl".to_vec(), b"y".to_vec()),
+    ];
+    let a = add(&mut tree, "unknown-prefix", a);
+    // (b) A value of 64 KiB, which the store takes and EROFS's 16-bit
+    // length does not.
+    let mut b = node(0o755, dir(0, vec![]));
+    b.xattrs = vec![
+        (b"user.big".to_vec(), vec![b'v'; 65_536]),
+        (b"user.most".to_vec(), vec![b'w'; 65_535]),
+    ];
+    let b = add(&mut tree, "big-value", b);
+    // (c) Link targets of 4096 bytes and more, under two names, and an
+    // empty one.
+    let c = add(
+        &mut tree,
+        "long-target",
+        node(0o777, Body::Symlink(vec![b'y'; 4096])),
+    );
+    if let Body::Dir { entries, .. } = &mut tree.nodes[0].body {
+        entries.push((b"long-target-again".to_vec(), c));
+    }
+    add(
+        &mut tree,
+        "empty-target",
+        node(0o777, Body::Symlink(Vec::new())),
+    );
+    // (d) Five values of about 64 KiB on one file: four fit its count.
+    let mut d = node(0o644, Body::File { size: 10 });
+    d.xattrs = (0..5u8)
+        .map(|k| (format!("user.v{k}").into_bytes(), vec![b'0' + k; 65_000]))
+        .collect();
+    let d = add(&mut tree, "five-values", d);
+    // Deeper down: a link too long, a name too long for an entry (the
+    // second name of a file kept under its first), an attribute with
+    // nothing after its prefix two levels down.
+    let sub = add(&mut tree, "sub", node(0o755, dir(0, vec![])));
+    let ok = tree.nodes.len();
+    tree.nodes.push(node(0o644, Body::File { size: 1 }));
+    let deep = tree.nodes.len();
+    tree.nodes
+        .push(node(0o777, Body::Symlink(vec![b'z'; 5000])));
+    let inner = tree.nodes.len();
+    tree.nodes.push(node(0o755, dir(sub, vec![])));
+    let mut f_node = node(0o644, Body::File { size: 0 });
+    f_node.xattrs = vec![(b"user.".to_vec(), b"no name".to_vec())];
+    let f = tree.nodes.len();
+    tree.nodes.push(f_node);
+    tree.nodes[inner].body = dir(sub, vec![("f", f)]);
+    tree.nodes[sub].body = Body::Dir {
+        parent: 0,
+        entries: vec![
+            (b"ok".to_vec(), ok),
+            (vec![b'n'; 256], ok),
+            (b"deep-link".to_vec(), deep),
+            (b"inner".to_vec(), inner),
+        ],
+    };
+    let before = tree.clone();
+    let mut left = fit(&mut tree);
+    left.sort_by(|x, y| (&x.path, &x.xattr).cmp(&(&y.path, &y.xattr)));
+    let short = |l: &LeftOut| {
+        (
+            String::from_utf8_lossy(&l.path).into_owned(),
+            l.xattr
+                .as_deref()
+                .map(|n| String::from_utf8_lossy(n).into_owned()),
+        )
+    };
+    assert_eq!(
+        left.iter().map(short).collect::<Vec<_>>(),
+        vec![
+            ("/big-value".into(), Some("user.big".into())),
+            ("/empty-target".into(), None),
+            ("/five-values".into(), Some("user.v4".into())),
+            ("/long-target".into(), None),
+            ("/long-target-again".into(), None),
+            ("/sub/deep-link".into(), None),
+            ("/sub/inner/f".into(), Some("user.".into())),
+            (format!("/sub/{}", "n".repeat(256)), None),
+            ("/unknown-prefix".into(), Some("SCHILY.xattr.foo".into())),
+            ("/unknown-prefix".into(), Some("system.nfs4_acl".into())),
+        ]
+    );
+    assert!(matches!(
+        left[0].why,
+        ImageError::XattrTooLarge { len: 65_536, .. }
+    ));
+    assert!(matches!(left[2].why, ImageError::XattrsTooLarge { .. }));
+    assert!(matches!(left[3].why, ImageError::BadTarget { len: 4096 }));
+    assert!(matches!(left[7].why, ImageError::BadName { .. }));
+    assert!(matches!(left[8].why, ImageError::BadXattrName { .. }));
+    assert!(
+        left[8].to_string().contains("/unknown-prefix") && left[8].to_string().contains("SCHILY"),
+        "{}",
+        left[8]
+    );
+    // Only the offending items changed.
+    assert_eq!(
+        tree.nodes[a].xattrs,
+        vec![(b"user.kept".to_vec(), b"1".to_vec())]
+    );
+    assert_eq!(tree.nodes[b].xattrs, before.nodes[b].xattrs[1..]);
+    assert_eq!(tree.nodes[d].xattrs, before.nodes[d].xattrs[..4]);
+    for (i, (now, was)) in tree.nodes.iter().zip(&before.nodes).enumerate().skip(1) {
+        if ![a, b, d, sub, f].contains(&i) {
+            assert_eq!(now, was, "node {i}");
+        }
+    }
+    let mut gone = paths(&before);
+    gone.retain(|p, _| !paths(&tree).contains_key(p));
+    assert_eq!(
+        gone.keys().collect::<Vec<_>>(),
+        [
+            "empty-target",
+            "long-target",
+            "long-target-again",
+            "sub/deep-link",
+            &format!("sub/{}", "n".repeat(256)),
+        ]
+    );
+    // What is left out is left out for good: a second pass finds nothing.
+    let fitted = tree.clone();
+    assert_eq!(fit(&mut tree), Vec::new());
+    assert_eq!(tree.nodes, fitted.nodes);
+    if !is_root() {
+        eprintln!("skipped: mounting an image needs root");
+        return;
+    }
+    let image = erofs::write(&tree).unwrap();
+    let mounted = Mounted::new(&image);
+    let (shown, _) = shown(&mounted.at);
+    let types: BTreeMap<String, (u32, u64, Option<String>)> = shown
+        .iter()
+        .map(|(k, v)| {
+            let size = if v.0 & libc::S_IFMT == libc::S_IFDIR {
+                0
+            } else {
+                v.3
+            };
+            (k.clone(), (v.0 & libc::S_IFMT, size, v.6.clone()))
+        })
+        .collect();
+    assert_eq!(types, expected(&tree));
+    // Every node with all its attributes, mode and owners as written.
+    for (path, i) in paths(&tree) {
+        let n = &tree.nodes[i];
+        let s = &shown[&path];
+        assert_eq!(
+            (s.0 & 0o7777, s.1, s.2, s.4, &s.7),
+            (n.perm, n.uid, n.gid, n.mtime, &xattrs_shown(n)),
+            "{path}"
+        );
+    }
+}
+
+/// A file's own metacopy and redirect are kept before any of its package's
+/// attributes, so that overlayfs still reads its contents from the data
+/// layer; a file whose redirect cannot be held is left out, not shown as
+/// zeros.
+#[test]
+fn a_files_redirect_outlives_its_package_attributes() {
+    let data = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(data.path().join("App/1")).unwrap();
+    std::fs::write(data.path().join("App/1/f"), b"the contents").unwrap();
+    // Package attributes first, as the walk lists them, and more than the
+    // inode holds with the view's own.
+    let mut f = node(0o644, Body::File { size: 12 });
+    f.xattrs = full_xattrs();
+    f.xattrs.push((METACOPY_XATTR.to_vec(), Vec::new()));
+    f.xattrs
+        .push((REDIRECT_XATTR.to_vec(), b"/App/1/f".to_vec()));
+    let mut lost = node(0o644, Body::File { size: 12 });
+    lost.xattrs = vec![
+        (b"user.small".to_vec(), b"s".to_vec()),
+        (METACOPY_XATTR.to_vec(), Vec::new()),
+        (REDIRECT_XATTR.to_vec(), vec![b'/'; 65_536]),
+    ];
+    let mut tree = Tree {
+        nodes: vec![
+            node(0o755, dir(0, vec![("App", 1)])),
+            node(0o755, dir(0, vec![("1", 2)])),
+            node(0o755, dir(1, vec![("f", 3), ("lost", 4)])),
+            f,
+            lost,
+        ],
+    };
+    let left = fit(&mut tree);
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert_eq!(left[0].path, b"/App/1/f");
+    assert_eq!(left[0].xattr.as_deref(), Some(&b"user.d"[..]));
+    assert_eq!(
+        (&left[1].path[..], &left[1].xattr),
+        (&b"/App/1/lost"[..], &None)
+    );
+    let names: Vec<&[u8]> = tree.nodes[3].xattrs.iter().map(|(n, _)| &n[..]).collect();
+    assert_eq!(
+        names,
+        [
+            &b"user.a"[..],
+            b"user.b",
+            b"user.c",
+            METACOPY_XATTR,
+            REDIRECT_XATTR
+        ]
+    );
+    if !is_root() {
+        eprintln!("skipped: mounting an image needs root");
+        return;
+    }
+    let image = erofs::write(&tree).unwrap();
+    let meta = Mounted::new(&image);
+    let over = tempfile::tempdir().unwrap();
+    let out = Command::new("mount")
+        .args(["-t", "overlay", "nexus-test", "-o"])
+        .arg(format!(
+            "ro,metacopy=on,redirect_dir=follow,lowerdir={}::{}",
+            meta.at.display(),
+            data.path().display()
+        ))
+        .arg(over.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "overlayfs refused: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read = std::fs::read(over.path().join("App/1/f"));
+    let listed = xattr::list(over.path().join("App/1/f")).map(|l| l.count());
+    let lost = std::fs::symlink_metadata(over.path().join("App/1/lost"));
+    let _ = Command::new("umount").arg(over.path()).status();
+    assert_eq!(read.unwrap(), b"the contents");
+    assert_eq!(listed.unwrap(), 3);
+    assert_eq!(lost.unwrap_err().kind(), std::io::ErrorKind::NotFound);
 }
