@@ -188,7 +188,8 @@ pub enum Command {
         kernel_metadata: Option<bool>,
         /// Append the daemon's log to FILE [default: mount.log-file; without
         /// one the daemon logs nothing; in the foreground, logs go to stderr].
-        /// Its directory must not hold the store (the daemon may write there).
+        /// Give it a directory of its own (/var/log/nexus/): the daemon may
+        /// write every file there, and refuses one that holds the store.
         #[arg(long, value_name = "FILE")]
         log_file: Option<PathBuf>,
         #[command(flatten)]
@@ -306,7 +307,9 @@ and mounts it with: mount -t virtiofs -o ro programs /Programs")]
               value_parser = clap::value_parser!(u16).range(1..))]
         max_guests: u16,
         /// Append the log to FILE instead of stderr [default:
-        /// serve.log-file]. Its directory must not hold the store.
+        /// serve.log-file]. Give it a directory of its own (/var/log/nexus/):
+        /// the daemon may write every file there, and refuses one that holds
+        /// the store.
         #[arg(long, value_name = "FILE")]
         log_file: Option<PathBuf>,
         #[command(flatten)]

@@ -550,8 +550,8 @@ fn refuse_log_dir_over_store(c: &Confinement) -> Result<()> {
     if store.starts_with(&dir) {
         bail!(
             "the log file's directory {} holds the store {}: confined, the daemon may write \
-             files there (to reopen its log), the catalog among them; put the log elsewhere, \
-             e.g. in /var/log",
+             files there (to reopen its log), the catalog among them; give the log a \
+             directory of its own, e.g. /var/log/nexus/",
             dir.display(),
             store.display()
         );
