@@ -789,7 +789,7 @@ fn a_log_directory_holding_the_store_is_refused() {
     assert!(!out.status.success(), "mounted: {}", show(&out));
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(
-        said.contains("holds the store") && said.contains("put the log elsewhere"),
+        said.contains("holds the store") && said.contains("a directory of its own"),
         "{}",
         show(&out)
     );
