@@ -557,3 +557,84 @@ fn large_files_are_read_from_their_decoded_copies() {
         "gc left the copy of contents no package holds"
     );
 }
+
+/// Should a switch's image fail, the kernel view stays on the old
+/// generation, whose files it still redirects to by their App/Version path.
+/// The daemon's runtime record keeps naming that generation, so gc keeps
+/// its packages, and a different tree cannot be added under a name and
+/// version the view still shows (it would lend the old metadata, setuid
+/// bits included, its bytes). Once a switch shows again, gc may take them.
+#[test]
+fn a_generation_the_kernel_view_still_shows_is_kept_by_gc() {
+    if !root_or_skip("a_generation_the_kernel_view_still_shows_is_kept_by_gc") {
+        return;
+    }
+    let scratch = Scratch::new("kernel-view-shown-kept");
+    let (store, v1, v2) = app_store(&scratch);
+    let other = scratch.join("src/other");
+    write_file(&other.join("bin/other"), b"other\n");
+    store.add_dir(&other, "other", "1");
+    let mount = Mount::start(
+        store.path(),
+        &scratch.join("mnt"),
+        &["--kernel-metadata", "--allow-other"],
+    );
+    // Make the daemon's next image fail: a directory where it renames it.
+    let images: Vec<_> = fs::read_dir(store.path().join("kernel-view"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert_eq!(images.len(), 1, "one daemon, one image directory");
+    let blocker = images[0].path().join("main.erofs");
+    write_file(&blocker.join("blocked"), b"");
+    let failures = |log: &str| log.matches("still shows the previous generation").count();
+
+    store.ok(["remove", "app"]);
+    assert!(
+        wait_for(SHOW_WITHIN, || failures(&mount.log()) >= 1),
+        "the image did not fail\n{}",
+        mount.log()
+    );
+    let gc = store.ok(["gc", "--keep", "1", "--grace", "0", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&gc.stdout).unwrap();
+    assert_eq!(
+        report["packages_deleted"], 0,
+        "gc took a package the kernel view still shows: {report}"
+    );
+    // Another tree under app/1 is refused while app/1 is stored.
+    let other_tree = store.run([
+        std::ffi::OsStr::new("add"),
+        v2.as_os_str(),
+        std::ffi::OsStr::new("--name"),
+        std::ffi::OsStr::new("app"),
+        std::ffi::OsStr::new("--version"),
+        std::ffi::OsStr::new("1"),
+    ]);
+    assert!(
+        !other_tree.success(),
+        "another tree was stored as app/1 while the view shows app/1: {other_tree}"
+    );
+
+    // Shown again: the record drops the old generation, gc takes app/1.
+    fs::remove_dir_all(&blocker).unwrap();
+    store.add_dir(&v1, "other", "2");
+    assert!(
+        wait_for(SHOW_WITHIN, || {
+            fs::read_dir(mount.join("other"))
+                .map(|d| d.flatten().any(|e| e.file_name() == "2"))
+                .unwrap_or(false)
+        }),
+        "the view did not show the next generation\n{}",
+        mount.log()
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            let gc = store.ok(["gc", "--keep", "1", "--grace", "0", "--json"]);
+            let report: serde_json::Value = serde_json::from_slice(&gc.stdout).unwrap();
+            report["packages_deleted"].as_u64().unwrap_or(0) >= 1
+        }),
+        "gc never took app/1 once the view moved on\n{}",
+        mount.log()
+    );
+    mount.umount();
+}

@@ -671,19 +671,27 @@ pub(super) struct KernelViewFollower {
     pub files: Files,
     /// Who mounts them.
     pub shower: Arc<dyn Shower>,
+    /// The generation shown, for the runtime record.
+    pub shown: super::runtime_root::ShownGeneration,
 }
 
 impl Follower for KernelViewFollower {
     fn moved(&mut self, _changes: &Changes) {
-        if let Err(e) = refresh(
+        match refresh(
             &self.view,
             self.index.as_deref(),
             &self.files,
             &*self.shower,
         ) {
-            // The previous generation stays shown; the FUSE mount below
-            // already shows the new one to whoever reaches it.
-            tracing::error!("{e:#}: the kernel view still shows the previous generation");
+            Ok(()) => self.shown.store(
+                self.view.generation().unwrap_or(-1),
+                std::sync::atomic::Ordering::Release,
+            ),
+            // The previous generation stays shown (and recorded); the FUSE
+            // mount below already shows the new one to whoever reaches it.
+            Err(e) => {
+                tracing::error!("{e:#}: the kernel view still shows the previous generation")
+            }
         }
     }
 }

@@ -5,6 +5,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use anyhow::{Context, Result};
 use nexus_fs::View;
@@ -40,8 +41,17 @@ pub fn announce(
         root: Arc::new(root),
         view,
         published: None,
+        shown: None,
     })
 }
+
+/// The generation a kernel view shows (`-1`: none yet), which the record
+/// names besides the view's own: should a switch's image fail, the view
+/// moves on and the kernel view stays on the old generation, whose files
+/// it still redirects to by path, so gc must not take its packages (a
+/// package added since under the same name and version would otherwise
+/// lend the old metadata its bytes).
+pub type ShownGeneration = Arc<AtomicI64>;
 
 /// Keeps a runtime record in step with the view and its clients.
 pub struct Recorder {
@@ -49,6 +59,8 @@ pub struct Recorder {
     view: Arc<View>,
     /// The clients' version last published.
     published: Option<u64>,
+    /// The generation a kernel view over the mount shows, if any.
+    shown: Option<ShownGeneration>,
 }
 
 impl Recorder {
@@ -58,13 +70,32 @@ impl Recorder {
         self.root.clone()
     }
 
+    /// Names also the generation `shown` holds (a kernel view's).
+    pub fn with_shown(mut self, shown: ShownGeneration) -> Recorder {
+        self.shown = Some(shown);
+        self
+    }
+
+    /// The generations to record: the view's, and the kernel view's.
+    fn generations(&self) -> Vec<i64> {
+        let mut generations = self.view.served_generations();
+        if let Some(shown) = &self.shown {
+            let shown = shown.load(Ordering::Acquire);
+            if shown >= 0 && !generations.contains(&shown) {
+                generations.push(shown);
+                generations.sort_unstable();
+            }
+        }
+        generations
+    }
+
     /// Rewrites the record if what it says changed. A failure is logged,
     /// not fatal: serving goes on, and the record keeps naming what was
     /// served before (which gc then keeps longer than needed; the live
     /// generation gc always keeps).
     fn publish(&mut self) {
         let version = self.view.held_version();
-        let generations = self.view.served_generations();
+        let generations = self.generations();
         if let Err(e) = self.root.update(generations, self.view.held_packages()) {
             tracing::warn!("recording what this daemon serves: {e}");
             return;
@@ -82,7 +113,7 @@ impl Follower for Recorder {
         // The grace after a move ends with no move: the record drops the
         // old generation then (update() writes only when it changed).
         if self.published != Some(self.view.held_version())
-            || self.root.served().generations != self.view.served_generations()
+            || self.root.served().generations != self.generations()
         {
             self.publish();
         }

@@ -455,6 +455,8 @@ impl Daemon {
         // The kernel view: shown now, then after the Index moved. Should it
         // fail now, the mounts are undone as on SIGTERM, and the error told.
         let mut failed = None;
+        let shown_generation: runtime_root::ShownGeneration =
+            Arc::new(std::sync::atomic::AtomicI64::new(-1));
         if let Some((files, plan, data)) = kernel_view {
             let shower = confined.kernel_view_shower(plan);
             let index = index.as_ref().map(|i| i.index());
@@ -469,12 +471,19 @@ impl Daemon {
                     )
                 });
             match shown {
-                Ok(()) => followers.push(Box::new(kernel_view::KernelViewFollower {
-                    view: view.clone(),
-                    index,
-                    files,
-                    shower,
-                })),
+                Ok(()) => {
+                    shown_generation.store(
+                        view.generation().unwrap_or(-1),
+                        std::sync::atomic::Ordering::Release,
+                    );
+                    followers.push(Box::new(kernel_view::KernelViewFollower {
+                        view: view.clone(),
+                        index,
+                        files,
+                        shower,
+                        shown: shown_generation.clone(),
+                    }));
+                }
                 Err(e) => {
                     termination.now();
                     failed = Some(e);
@@ -486,7 +495,7 @@ impl Daemon {
         // thread holds the record too, and never ends).
         let withdraw = record.as_ref().map(|r| r.root());
         if let Some(record) = record {
-            followers.push(Box::new(record));
+            followers.push(Box::new(record.with_shown(shown_generation)));
         }
         let target = settings.mountpoint.display().to_string();
         if systemd::supervised() {
