@@ -128,11 +128,7 @@ fn write_copy(store: &Store, dir: &Path, want: &Wanted) -> Result<()> {
     let final_path = dir.join(name(&want.hash));
     // A temporary file a crash left, or a stale copy of another size.
     for stale in [&temp, &final_path] {
-        match fs::remove_file(stale) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(StoreError::io(stale, e)),
-        }
+        crate::runtime::remove_if_present(stale)?;
     }
     let file = fs::OpenOptions::new()
         .write(true)

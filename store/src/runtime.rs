@@ -360,7 +360,8 @@ fn try_flock(file: &File, op: libc::c_int) -> io::Result<bool> {
     }
 }
 
-fn remove_if_present(path: &Path) -> Result<()> {
+/// Removes `path`; one already gone is fine.
+pub(crate) fn remove_if_present(path: &Path) -> Result<()> {
     match fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),

@@ -395,19 +395,11 @@ fn random_tree(picks: &[(u8, u16, u32, u16)]) -> Tree {
 
 /// Path → (type, size, link target) of a tree, as the writer was told.
 fn expected(tree: &Tree) -> BTreeMap<String, (u32, u64, Option<String>)> {
-    let mut out = BTreeMap::new();
-    let mut pending = vec![(0usize, String::new())];
-    while let Some((d, prefix)) = pending.pop() {
-        let Body::Dir { entries, .. } = &tree.nodes[d].body else {
-            continue;
-        };
-        for (name, i) in entries {
-            let path = format!("{prefix}{}", String::from_utf8_lossy(name));
-            let shown = match &tree.nodes[*i].body {
-                Body::Dir { .. } => {
-                    pending.push((*i, format!("{path}/")));
-                    (libc::S_IFDIR, 0, None)
-                }
+    paths(tree)
+        .into_iter()
+        .map(|(path, i)| {
+            let shown = match &tree.nodes[i].body {
+                Body::Dir { .. } => (libc::S_IFDIR, 0, None),
                 Body::File { size } => (libc::S_IFREG, *size, None),
                 Body::Symlink(t) => (
                     libc::S_IFLNK,
@@ -415,10 +407,9 @@ fn expected(tree: &Tree) -> BTreeMap<String, (u32, u64, Option<String>)> {
                     Some(String::from_utf8_lossy(t).into_owned()),
                 ),
             };
-            out.insert(path, shown);
-        }
-    }
-    out
+            (path, shown)
+        })
+        .collect()
 }
 
 proptest::proptest! {
