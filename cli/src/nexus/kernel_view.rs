@@ -331,7 +331,9 @@ fn mount_image(image: &CStr, owner: u32, dir: &CStr, main: bool) -> Result<Owned
         Mode::from_raw_mode(0o600),
     )
     .map_err(errno)?;
-    copy_all(&file, &copy)?;
+    // The writer can still grow its file after the size was checked: no
+    // more than the size checked is copied.
+    copy_all(&file, &copy, u64::try_from(stat.st_size).unwrap_or(0))?;
     drop(file);
     let source = FdPath::new(std::os::fd::AsRawFd::as_raw_fd(&copy));
     let fs = fsopen(c"erofs", FsOpenFlags::FSOPEN_CLOEXEC).map_err(errno)?;
@@ -362,9 +364,11 @@ fn open_dir(path: &CStr) -> Result<OwnedFd, Errno> {
 }
 
 /// Copies `from` to `to` (read and write only, as the keeper's filter
-/// allows; no allocation).
-fn copy_all(from: &OwnedFd, to: &OwnedFd) -> Result<(), Errno> {
+/// allows; no allocation); `EFBIG` if `from` holds more than `limit`
+/// bytes, which are then not all written.
+fn copy_all(from: &OwnedFd, to: &OwnedFd, limit: u64) -> Result<(), Errno> {
     let mut buf = [0u8; 64 * 1024];
+    let mut copied: u64 = 0;
     loop {
         let n = match rustix::io::read(from, &mut buf) {
             Ok(0) => return Ok(()),
@@ -372,6 +376,10 @@ fn copy_all(from: &OwnedFd, to: &OwnedFd) -> Result<(), Errno> {
             Err(rustix::io::Errno::INTR) => continue,
             Err(e) => return Err(errno(e)),
         };
+        copied += n as u64;
+        if copied > limit {
+            return Err(libc::EFBIG);
+        }
         let mut rest = &buf[..n];
         while !rest.is_empty() {
             match rustix::io::write(to, rest) {
@@ -701,6 +709,37 @@ mod tests {
     use super::*;
     use nexus_fs::kernel_view::{Body, Node, Tree, erofs};
     use std::os::unix::fs::PermissionsExt;
+
+    /// The keeper copies no more than the size it checked: a writer that
+    /// grows its file afterwards (sparse, at no cost to it) gets EFBIG, not
+    /// root's disk.
+    #[test]
+    fn an_image_grown_after_its_check_is_not_copied_past_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("image");
+        std::fs::write(&source, vec![7u8; 200_000]).unwrap();
+        let open = |path: &Path| {
+            OwnedFd::from(
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(path)
+                    .unwrap(),
+            )
+        };
+        let (from, to) = (open(&source), open(&dir.path().join("copy")));
+        assert_eq!(copy_all(&from, &to, 100_000), Err(libc::EFBIG));
+        let copied = std::fs::metadata(dir.path().join("copy")).unwrap().len();
+        assert!(copied <= 100_000 + 64 * 1024, "copied {copied} bytes");
+        let (from, to) = (open(&source), open(&dir.path().join("copy2")));
+        assert_eq!(copy_all(&from, &to, 200_000), Ok(()));
+        assert_eq!(
+            std::fs::read(dir.path().join("copy2")).unwrap().len(),
+            200_000
+        );
+    }
 
     /// A valid image of a root directory holding an empty directory `d`,
     /// written by `uid` at `path`.
