@@ -794,4 +794,24 @@ fn a_log_directory_holding_the_store_is_refused() {
         show(&out)
     );
     assert!(!is_mounted(&point));
+    // Inside the store: the daemon could write decoded copies, which the
+    // kernel serves to every user, or another daemon's images.
+    let inside = store.path().join("decoded");
+    fs::create_dir_all(&inside).unwrap();
+    let out = nexus(
+        store.path(),
+        [
+            OsString::from("mount"),
+            point.clone().into(),
+            "--log-file".into(),
+            inside.join("nexus.log").into(),
+        ],
+    );
+    assert!(!out.status.success(), "mounted: {}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("lies inside the store"),
+        "{}",
+        show(&out)
+    );
+    assert!(!is_mounted(&point));
 }

@@ -537,10 +537,10 @@ pub fn confine(confinement: &Confinement) -> Result<Confined> {
     })
 }
 
-/// Refuses a log directory that holds the store: the daemon may create and
-/// write files beneath it (to reopen its log), which Landlock cannot grant
-/// without granting the catalog too. (An image's scratch store is the
-/// daemon's own.)
+/// Refuses a log directory that holds the store or lies inside it: the
+/// daemon may create and write files beneath it (to reopen its log), which
+/// Landlock cannot grant without granting those of the store too. (An
+/// image's scratch store is the daemon's own.)
 fn refuse_log_dir_over_store(c: &Confinement) -> Result<()> {
     let Some(dir) = c.log_dir.filter(|_| c.image.is_none()) else {
         return Ok(());
@@ -552,6 +552,17 @@ fn refuse_log_dir_over_store(c: &Confinement) -> Result<()> {
             "the log file's directory {} holds the store {}: confined, the daemon may write \
              files there (to reopen its log), the catalog among them; give the log a \
              directory of its own, e.g. /var/log/nexus/",
+            dir.display(),
+            store.display()
+        );
+    }
+    // Below the store, it would let the daemon write the store's own
+    // files there: decoded copies the kernel serves, other daemons' images.
+    if dir.starts_with(&store) {
+        bail!(
+            "the log file's directory {} lies inside the store {}: confined, the daemon may \
+             write every file there; give the log a directory of its own outside the store, \
+             e.g. /var/log/nexus/",
             dir.display(),
             store.display()
         );
