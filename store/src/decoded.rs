@@ -40,8 +40,54 @@ pub fn dir(store_dir: &Path) -> PathBuf {
 
 /// Whether `dir` holds a whole copy of content `hash` of `size` bytes: a
 /// regular file of that size under its name (never followed if a link).
+/// Its bytes are checked by [`decode`] and [`check`], not here: this is
+/// what an image asks of every large file.
 pub fn has_copy(dir: &Path, hash: &Hash, size: u64) -> bool {
     fs::symlink_metadata(dir.join(name(hash))).is_ok_and(|m| m.is_file() && m.len() == size)
+}
+
+/// The content hash of the file at `path` (never through a link).
+fn hash_file(path: &Path) -> std::io::Result<Hash> {
+    use std::io::Read;
+    let mut file = crate::regular::open_regular_nofollow(path)?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(Hash(*hasher.finalize().as_bytes()))
+}
+
+/// Whether a file name is a copy's (64 lowercase hex digits) or one of a
+/// copy being written (`.HEX.PID.tmp`): the only names this module writes,
+/// and the only ones [`prune`] removes.
+fn ours(file_name: &str) -> Option<bool> {
+    let is_hex =
+        |s: &str| s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    if is_hex(file_name) {
+        return Some(false);
+    }
+    let temp = file_name.strip_prefix('.')?.strip_suffix(".tmp")?;
+    let (hex, pid) = temp.split_once('.')?;
+    (is_hex(hex) && pid.bytes().all(|b| b.is_ascii_digit())).then_some(true)
+}
+
+/// The directory of copies, if it is one (a link there is never followed:
+/// gc would remove what it points at).
+fn real_dir(dir: &Path) -> Result<bool> {
+    match fs::symlink_metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(true),
+        Ok(_) => Err(StoreError::Invalid(format!(
+            "{} is not a directory",
+            dir.display()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(StoreError::io(dir, e)),
+    }
 }
 
 /// One content to decode.
@@ -62,10 +108,12 @@ pub struct Decoded {
     pub written: u64,
     /// Their bytes.
     pub written_bytes: u64,
-    /// Copies already there.
+    /// Copies already there (their bytes checked).
     pub present: u64,
     /// Their bytes.
     pub present_bytes: u64,
+    /// Copies found with other bytes than their name says, written anew.
+    pub replaced: u64,
 }
 
 /// The contents of at least [`MIN_SIZE`] bytes of the files of generation
@@ -87,10 +135,21 @@ pub fn decode(store: &Store, wanted: &[Wanted], progress: &mut dyn FnMut(u64)) -
     make_dir(&dir)?;
     let mut report = Decoded::default();
     for want in wanted {
-        if has_copy(&dir, &want.hash, want.size) {
+        let present = has_copy(&dir, &want.hash, want.size);
+        // A copy is served by the kernel without any check: one with other
+        // bytes (a damaged disk, a hand's edit) is found and replaced here.
+        let whole = present && hash_file(&dir.join(name(&want.hash))).is_ok_and(|h| h == want.hash);
+        if whole {
             report.present += 1;
             report.present_bytes += want.size;
         } else {
+            if present {
+                tracing::warn!(
+                    "{}: the decoded copy does not hold its content; written anew",
+                    dir.join(name(&want.hash)).display()
+                );
+                report.replaced += 1;
+            }
             write_copy(store, &dir, want)?;
             report.written += 1;
             report.written_bytes += want.size;
@@ -124,9 +183,11 @@ fn make_dir(dir: &Path) -> Result<()> {
 /// Writes one copy: to a temporary name (never through a link), synced,
 /// then renamed into place read-only.
 fn write_copy(store: &Store, dir: &Path, want: &Wanted) -> Result<()> {
-    let temp = dir.join(format!(".{}.tmp", name(&want.hash)));
+    // Named by the writer too: two `nip decode`s at once never write into
+    // each other's file.
+    let temp = dir.join(format!(".{}.{}.tmp", name(&want.hash), std::process::id()));
     let final_path = dir.join(name(&want.hash));
-    // A temporary file a crash left, or a stale copy of another size.
+    // A temporary file a crash of this pid left, or a copy to replace.
     for stale in [&temp, &final_path] {
         crate::runtime::remove_if_present(stale)?;
     }
@@ -151,21 +212,26 @@ fn write_copy(store: &Store, dir: &Path, want: &Wanted) -> Result<()> {
         )));
     }
     file.sync_all().map_err(|e| StoreError::io(&temp, e))?;
-    fs::set_permissions(&temp, fs::Permissions::from_mode(0o444))
+    // On the open file: a name can be swapped for a link meanwhile.
+    file.set_permissions(fs::Permissions::from_mode(0o444))
         .map_err(|e| StoreError::io(&temp, e))?;
     fs::rename(&temp, &final_path).map_err(|e| StoreError::io(&final_path, e))?;
     Ok(())
 }
 
-/// Removes every copy (and leftover temporary file) whose content no
-/// stored package holds; returns how many files it removed and their bytes.
+/// How long a temporary file may be another `nip decode`'s, still being
+/// written: younger ones are left to it.
+const TEMP_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Removes every copy whose content no stored package holds, and
+/// temporary files older than [`TEMP_GRACE`] (a crash's leftovers);
+/// returns how many files it removed and their bytes. Only names this
+/// module writes are touched, and only regular files.
 pub fn prune(store: &Store) -> Result<(u64, u64)> {
     let dir = dir(store.dir());
-    let entries = match fs::read_dir(&dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, 0)),
-        Err(e) => return Err(StoreError::io(&dir, e)),
-    };
+    if !real_dir(&dir)? {
+        return Ok((0, 0));
+    }
     let stored: HashSet<String> = store
         .catalog()
         .blob_hashes_at_least(MIN_SIZE)?
@@ -173,22 +239,67 @@ pub fn prune(store: &Store) -> Result<(u64, u64)> {
         .map(name)
         .collect();
     let (mut files, mut bytes) = (0, 0);
-    for entry in entries {
+    for entry in fs::read_dir(&dir).map_err(|e| StoreError::io(&dir, e))? {
         let entry = entry.map_err(|e| StoreError::io(&dir, e))?;
         let file_name = entry.file_name();
-        if file_name.to_str().is_some_and(|n| stored.contains(n)) {
+        let Some(file_name) = file_name.to_str() else {
+            continue;
+        };
+        let Some(temporary) = ours(file_name) else {
+            continue;
+        };
+        let Ok(meta) = fs::symlink_metadata(entry.path()) else {
+            continue;
+        };
+        let young = meta
+            .modified()
+            .ok()
+            .and_then(|m| m.elapsed().ok())
+            .is_none_or(|age| age < TEMP_GRACE);
+        let keep = if temporary {
+            young
+        } else {
+            stored.contains(file_name)
+        };
+        if keep || !meta.is_file() {
             continue;
         }
         let path = entry.path();
-        let size = entry.metadata().map_or(0, |m| m.len());
-        fs::remove_file(&path).map_err(|e| StoreError::io(&path, e))?;
+        crate::runtime::remove_if_present(&path)?;
         files += 1;
-        bytes += size;
+        bytes += meta.len();
     }
     if files > 0 {
         sync_dir(&dir)?;
     }
     Ok((files, bytes))
+}
+
+/// The copies whose bytes are not the content their name says, with why
+/// (`nip verify`): the kernel serves copies without checking them.
+pub fn check(store: &Store) -> Result<Vec<(String, String)>> {
+    let dir = dir(store.dir());
+    if !real_dir(&dir)? {
+        return Ok(Vec::new());
+    }
+    let mut damaged = Vec::new();
+    for entry in fs::read_dir(&dir).map_err(|e| StoreError::io(&dir, e))? {
+        let entry = entry.map_err(|e| StoreError::io(&dir, e))?;
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        if ours(&file_name) != Some(false) {
+            continue;
+        }
+        match hash_file(&entry.path()) {
+            Ok(hash) if name(&hash) == file_name => {}
+            Ok(hash) => damaged.push((
+                file_name,
+                format!("holds content {} (run nip decode)", name(&hash)),
+            )),
+            Err(e) => damaged.push((file_name, e.to_string())),
+        }
+    }
+    damaged.sort();
+    Ok(damaged)
 }
 
 #[cfg(test)]

@@ -160,7 +160,12 @@ pub fn collect_with_progress(
     let before = pack_bytes(store)?;
     progress.phase("catalog");
     sweep_catalog(store, options, &roots, &mut report)?;
-    (report.decoded_removed, report.decoded_bytes_removed) = crate::decoded::prune(store)?;
+    // Copies are only an optimisation: a decoded directory gc cannot
+    // prune (a link in its place) is said, not a reason to stop halfway.
+    match crate::decoded::prune(store) {
+        Ok(removed) => (report.decoded_removed, report.decoded_bytes_removed) = removed,
+        Err(e) => tracing::warn!("decoded copies left as they are: {e}"),
+    }
     sweep_packs(store, options, &mut report, progress)?;
     progress.phase("debris");
     sweep_debris(store, options, &mut report)?;

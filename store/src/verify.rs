@@ -58,6 +58,9 @@ pub struct VerifyReport {
     /// File contents not re-hashed because some of their chunks are on a
     /// remote.
     pub files_remote: u64,
+    /// Decoded copies (`STORE/decoded`) whose bytes are not the content
+    /// their name says, with why: the kernel serves them unchecked.
+    pub damaged_copies: Vec<(String, String)>,
 }
 
 /// A pack verify did not read because it lives on a remote.
@@ -234,7 +237,9 @@ pub fn verify_with_progress(store: &mut Store, progress: &dyn Progress) -> Resul
         }
     }
     report.damaged_packages.sort();
+    report.damaged_copies = crate::decoded::check(store)?;
     report.ok = report.damaged.is_empty()
+        && report.damaged_copies.is_empty()
         && report.damaged_chunks.is_empty()
         && report.catalog_problems.is_empty()
         && report.damaged_packages.is_empty();

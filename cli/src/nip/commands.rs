@@ -199,6 +199,9 @@ pub fn run(cli: Cli) -> Result<i32> {
                 for d in &report.damaged_packages {
                     println!("damaged package: {}: {}", d.package, d.reason);
                 }
+                for (copy, reason) in &report.damaged_copies {
+                    println!("damaged decoded copy {copy}: {reason}");
+                }
                 for r in &report.remote_packs {
                     println!(
                         "remote-only pack {} on {}: {} chunks not read here (each is verified when fetched)",
@@ -687,6 +690,12 @@ fn decode(dir: &Path, generation: Option<i64>, json: bool) -> Result<i32> {
             report.present,
             human::size(report.present_bytes)
         );
+        if report.replaced > 0 {
+            println!(
+                "{} copies held other bytes than their content and were written anew",
+                report.replaced
+            );
+        }
     }
     Ok(exit::OK)
 }

@@ -383,11 +383,13 @@ pub enum Command {
 
     /// Re-hash every chunk and file, and recompute every package's tree
     /// hash from the catalog; name each damaged file, and each package
-    /// whose modes, owners, xattrs, names or links were changed. Exit 3 if
-    /// any.
+    /// whose modes, owners, xattrs, names or links were changed, and
+    /// re-hash every decoded copy (nip decode writes a damaged one anew).
+    /// Exit 3 if any.
     Verify {
         /// JSON report {ok, chunks_checked, files_checked, damaged: [{package,
-        /// path, reason}], packages_checked, damaged_packages: [{package, reason}]}.
+        /// path, reason}], packages_checked, damaged_packages: [{package, reason}],
+        /// damaged_copies: [[copy, reason]]}.
         #[arg(long)]
         json: bool,
     },

@@ -91,8 +91,8 @@ fn only_a_whole_regular_copy_counts() {
     fs::write(&target, b"not yours").unwrap();
     std::os::unix::fs::symlink(&target, dir.join(name(&wanted[0].hash))).unwrap();
     fs::write(dir.join(name(&wanted[1].hash)), &files[1][..1000]).unwrap();
-    std::os::unix::fs::symlink(&target, dir.join(format!(".{}.tmp", name(&wanted[0].hash))))
-        .unwrap();
+    let temp = format!(".{}.{}.tmp", name(&wanted[0].hash), std::process::id());
+    std::os::unix::fs::symlink(&target, dir.join(temp)).unwrap();
     assert!(!has_copy(&dir, &wanted[0].hash, wanted[0].size));
     assert!(!has_copy(&dir, &wanted[1].hash, wanted[1].size));
     let report = decode(&store, &wanted, &mut |_| {}).unwrap();
@@ -114,7 +114,20 @@ fn gc_prunes_copies_of_contents_no_package_holds() {
     assert_eq!(all.len(), 4);
     decode(&store, &all, &mut |_| {}).unwrap();
     let dir = dir(store.dir());
-    fs::write(dir.join(".leftover.tmp"), b"crash").unwrap();
+    // A crash's leftover, two hours old, and another decode's, fresh.
+    let old = dir.join(format!(".{}.1.tmp", "ab".repeat(32)));
+    fs::write(&old, b"crash").unwrap();
+    let two_hours = std::time::SystemTime::now() - Duration::from_secs(7200);
+    fs::File::options()
+        .write(true)
+        .open(&old)
+        .unwrap()
+        .set_modified(two_hours)
+        .unwrap();
+    let fresh = format!(".{}.2.tmp", "cd".repeat(32));
+    fs::write(dir.join(&fresh), b"being written").unwrap();
+    // Not a name of ours: left alone.
+    fs::write(dir.join("notes.txt"), b"mine").unwrap();
     store.remove(&["gone".to_string()]).unwrap();
     let options = GcOptions {
         keep_last: 1,
@@ -132,6 +145,45 @@ fn gc_prunes_copies_of_contents_no_package_holds() {
         .collect();
     left.sort();
     let mut expected: Vec<String> = kept.iter().map(|w| name(&w.hash)).collect();
+    expected.push(fresh);
+    expected.push("notes.txt".into());
     expected.sort();
     assert_eq!(left, expected);
+}
+
+/// A copy with other bytes than its name says (of the right size: the
+/// image takes it) is reported by verify's check and written anew by the
+/// next decode; a link in place of the directory is never followed by gc.
+#[test]
+fn damaged_copies_are_found_and_replaced_and_links_never_followed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut store, files) = store_with_app(tmp.path(), "app", 5);
+    let wanted = wanted(&store, current(&store)).unwrap();
+    decode(&store, &wanted, &mut |_| {}).unwrap();
+    let dir = dir(store.dir());
+    let copy = dir.join(name(&wanted[0].hash));
+    let mut bytes = fs::read(&copy).unwrap();
+    bytes[1000] ^= 0xff;
+    fs::set_permissions(&copy, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::write(&copy, &bytes).unwrap();
+    assert!(has_copy(&dir, &wanted[0].hash, wanted[0].size));
+    let damaged = check(&store).unwrap();
+    assert_eq!(damaged.len(), 1, "{damaged:?}");
+    assert_eq!(damaged[0].0, name(&wanted[0].hash));
+    let verified = crate::verify::verify(&mut store).unwrap();
+    assert!(!verified.ok, "verify passed a damaged copy");
+    let report = decode(&store, &wanted, &mut |_| {}).unwrap();
+    assert_eq!((report.replaced, report.written, report.present), (1, 1, 1));
+    assert_eq!(fs::read(&copy).unwrap(), files[0]);
+    assert!(check(&store).unwrap().is_empty());
+
+    // gc with a link where the directory was: refused, the target kept.
+    let elsewhere = tmp.path().join("elsewhere");
+    fs::create_dir(&elsewhere).unwrap();
+    let victim = elsewhere.join(name(&Hash::of(b"victim")));
+    fs::write(&victim, b"victim").unwrap();
+    fs::rename(&dir, tmp.path().join("moved")).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &dir).unwrap();
+    assert!(prune(&store).is_err());
+    assert!(victim.exists(), "gc followed the link");
 }
