@@ -314,15 +314,24 @@ fn claim_name(dir: &Path, pid: u32) -> Result<(String, File)> {
         // gc may unlink a dead record's lock file between our open and our
         // flock; then lock the new file at that path instead.
         loop {
-            let file = OpenOptions::new()
+            let file = match OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create(true)
                 .truncate(false)
                 .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
                 .open(&path)
-                .map_err(|e| StoreError::io(&path, e))?;
+            {
+                Ok(file) => file,
+                // Something else planted at the name (a socket, a link):
+                // no one's lock; the next name is tried.
+                Err(e) if not_a_file(&e) => break,
+                Err(e) => return Err(StoreError::io(&path, e)),
+            };
+            if !file.metadata().is_ok_and(|m| m.is_file()) {
+                break;
+            }
             if !try_flock(&file, libc::LOCK_EX).map_err(|e| StoreError::io(&path, e))? {
                 break; // Held by a live process of another pid namespace.
             }
@@ -643,6 +652,25 @@ mod tests {
         left.sort();
         let stem = std::process::id().to_string();
         assert_eq!(left, vec![format!("{stem}.json"), format!("{stem}.lock")]);
+        drop(root);
+    }
+
+    /// A socket planted at a daemon's lock name does not stop it from
+    /// registering: the next name is taken.
+    #[test]
+    fn a_planted_socket_at_the_lock_name_takes_the_next_name() {
+        let store = tempfile::tempdir().unwrap();
+        let dir = store.path().join(RUN_DIR);
+        fs::create_dir_all(&dir).unwrap();
+        let pid = std::process::id();
+        let _socket =
+            std::os::unix::net::UnixListener::bind(dir.join(format!("{pid}.lock"))).unwrap();
+        let root = RuntimeRoot::register(store.path(), served(vec![7])).unwrap();
+        assert!(
+            root.record_path().ends_with(format!("{pid}-1.json")),
+            "{}",
+            root.record_path().display()
+        );
         drop(root);
     }
 

@@ -150,7 +150,13 @@ pub(super) fn image_dir(store: &Path) -> Result<PathBuf> {
         }
     }
     let dir = root.join(std::process::id().to_string());
-    let _ = std::fs::remove_dir_all(&dir);
+    // Never reused as it is: what a dead daemon of this pid left there is
+    // not this one's.
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("emptying {}", dir.display())),
+    }
     make_private_dir(&dir)?;
     Ok(dir)
 }
