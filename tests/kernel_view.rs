@@ -337,6 +337,61 @@ fn a_killed_daemon_leaves_no_view_and_no_dead_mount() {
     fs::read_dir(mount.point()).expect("the mount point is an ordinary directory again");
 }
 
+/// A daemon killed together with its keeper leaves its view and a dead
+/// FUSE mount (no one is left to detach them): `nexus umount` takes off
+/// both, as it does a dead daemon's mount without a view.
+#[test]
+fn nexus_umount_clears_a_view_whose_daemon_and_keeper_were_killed() {
+    if !root_or_skip("nexus_umount_clears_a_view_whose_daemon_and_keeper_were_killed") {
+        return;
+    }
+    let scratch = Scratch::new("kernel-view-kill-both");
+    let (store, _, _) = app_store(&scratch);
+    let mount = Mount::start(
+        store.path(),
+        &scratch.join("mnt"),
+        &["--kernel-metadata", "--allow-other"],
+    );
+    assert_eq!(on_now(mount.point()), 2);
+    let keeper = fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .find(|pid| {
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            let ppid = stat
+                .rsplit(')')
+                .next()
+                .and_then(|rest| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<i32>().ok());
+            comm.trim() == "nexus-keeper" && ppid == Some(mount.pid())
+        })
+        .expect("the daemon's keeper");
+    // SAFETY: kills of the processes this test started.
+    unsafe {
+        libc::kill(keeper, libc::SIGKILL);
+        libc::kill(mount.pid(), libc::SIGKILL);
+    }
+    assert!(wait_for(Duration::from_secs(10), || !alive(mount.pid())));
+    assert!(
+        on_now(mount.point()) > 0,
+        "something unmounted the dead mounts"
+    );
+    let out = nexus(
+        store.path(),
+        [std::ffi::OsStr::new("umount"), mount.point().as_os_str()],
+    );
+    assert!(out.status.success(), "nexus umount: {}", show(&out));
+    assert_eq!(
+        on_now(mount.point()),
+        0,
+        "{}",
+        fs::read_to_string("/proc/self/mountinfo").unwrap()
+    );
+    fs::read_dir(mount.point()).expect("the mount point is an ordinary directory again");
+}
+
 /// umount(8) of the mount point, as systemd runs it to stop an fstab
 /// mount, takes off the view alone: the daemon sees its FUSE mount on top
 /// and stops as on SIGTERM, so nothing stays mounted or busy.

@@ -319,6 +319,17 @@ fn unmount_kernel_view(path: &Path, view: &MountEntry, lazy: bool) -> Result<()>
         if !at.last().is_some_and(MountEntry::is_nexus) && !kernel_view_on_top(&at) {
             return Ok(());
         }
+        // A daemon that died with its keeper (both killed) stops nothing:
+        // its FUSE mount answers ENOTCONN, and is unmounted here, as a dead
+        // daemon's mount without a view is.
+        if let Some(fuse) = at.last().filter(|m| m.is_nexus())
+            && std::fs::metadata(path).is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN))
+        {
+            unmount_exactly(path, fuse, libc::MNT_DETACH).with_context(|| {
+                format!("unmounting the dead daemon's mount on {}", path.display())
+            })?;
+            continue;
+        }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     bail!(
