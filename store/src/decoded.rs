@@ -48,17 +48,9 @@ pub fn has_copy(dir: &Path, hash: &Hash, size: u64) -> bool {
 
 /// The content hash of the file at `path` (never through a link).
 fn hash_file(path: &Path) -> std::io::Result<Hash> {
-    use std::io::Read;
     let mut file = crate::regular::open_regular_nofollow(path)?;
     let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
+    std::io::copy(&mut file, &mut hasher)?;
     Ok(Hash(*hasher.finalize().as_bytes()))
 }
 
@@ -131,8 +123,7 @@ pub fn wanted(store: &Store, generation: i64) -> Result<Vec<Wanted>> {
 /// calling `progress` with the bytes of each content done (written or
 /// found).
 pub fn decode(store: &Store, wanted: &[Wanted], progress: &mut dyn FnMut(u64)) -> Result<Decoded> {
-    let dir = dir(store.dir());
-    make_dir(&dir)?;
+    let dir = ensure_dir(store.dir())?;
     let mut report = Decoded::default();
     for want in wanted {
         let present = has_copy(&dir, &want.hash, want.size);
@@ -161,23 +152,19 @@ pub fn decode(store: &Store, wanted: &[Wanted], progress: &mut dyn FnMut(u64)) -
 }
 
 /// Makes the directory, private to the store's owner as the store is.
-fn make_dir(dir: &Path) -> Result<()> {
-    match fs::create_dir(dir) {
-        Ok(()) => fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-            .map_err(|e| StoreError::io(dir, e)),
+/// The store's directory of copies, made (private to the store's owner,
+/// as the store is) if missing; an error if something else is there.
+pub fn ensure_dir(store_dir: &Path) -> Result<PathBuf> {
+    let dir = dir(store_dir);
+    match fs::create_dir(&dir) {
+        Ok(()) => fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+            .map_err(|e| StoreError::io(&dir, e))?,
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            let meta = fs::symlink_metadata(dir).map_err(|e| StoreError::io(dir, e))?;
-            if meta.is_dir() {
-                Ok(())
-            } else {
-                Err(StoreError::Invalid(format!(
-                    "{} is not a directory",
-                    dir.display()
-                )))
-            }
+            real_dir(&dir)?;
         }
-        Err(e) => Err(StoreError::io(dir, e)),
+        Err(e) => return Err(StoreError::io(&dir, e)),
     }
+    Ok(dir)
 }
 
 /// Writes one copy: to a temporary name (never through a link), synced,

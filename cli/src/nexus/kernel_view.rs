@@ -181,21 +181,9 @@ fn make_private_dir(dir: &Path) -> Result<()> {
 /// written later is used from the next image on. `None`, logged, if it
 /// cannot be made.
 pub(super) fn decoded_dir(store: &Path) -> Option<PathBuf> {
-    use std::os::unix::fs::DirBuilderExt;
-    let dir = nexus_store::decoded::dir(store);
-    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
-        Ok(()) => Some(dir),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => std::fs::symlink_metadata(&dir)
-            .is_ok_and(|m| m.is_dir())
-            .then_some(dir),
-        Err(e) => {
-            tracing::warn!(
-                "the kernel view reads no decoded copies: creating {}: {e}",
-                dir.display()
-            );
-            None
-        }
-    }
+    nexus_store::decoded::ensure_dir(store)
+        .inspect_err(|e| tracing::warn!("the kernel view reads no decoded copies: {e}"))
+        .ok()
 }
 
 fn cstring(path: &Path) -> Result<CString> {
@@ -464,10 +452,12 @@ static SHOWN: [std::sync::atomic::AtomicU64; 2] = [
     std::sync::atomic::AtomicU64::new(0),
 ];
 
-/// The unique mount id of the mount `fd` is the root of, or of the top
-/// mount at `path` (relative to `fd` unless absolute; `c""` for `fd`
-/// itself), without asking a file system server; 0 if unknown.
-fn unique_mount_id(fd: BorrowedFd, path: &CStr) -> u64 {
+/// The unique mount id (`STATX_MNT_ID_UNIQUE`) of the mount `fd` is the
+/// root of, or of the top mount at `path` (relative to `fd` unless
+/// absolute; `c""` for `fd` itself), read without asking a file system
+/// server (which may be dead, or not serving yet): `Err` (an errno) when
+/// it cannot be examined, `Ok(None)` on a kernel older than 6.8.
+pub(super) fn unique_mount_id(fd: BorrowedFd, path: &CStr) -> Result<Option<u64>, Errno> {
     let mut flags = libc::AT_STATX_DONT_SYNC | libc::AT_SYMLINK_NOFOLLOW | libc::AT_NO_AUTOMOUNT;
     if path.is_empty() {
         flags |= libc::AT_EMPTY_PATH;
@@ -480,14 +470,13 @@ fn unique_mount_id(fd: BorrowedFd, path: &CStr) -> u64 {
             std::os::fd::AsRawFd::as_raw_fd(&fd),
             path.as_ptr(),
             flags,
-            libc::STATX_MNT_ID_UNIQUE,
+            libc::STATX_TYPE | libc::STATX_MNT_ID_UNIQUE,
             &mut stx,
         );
-        if rc == 0 && stx.stx_mask & libc::STATX_MNT_ID_UNIQUE != 0 {
-            stx.stx_mnt_id
-        } else {
-            0
+        if rc != 0 {
+            return Err(*libc::__errno_location());
         }
+        Ok((stx.stx_mask & libc::STATX_MNT_ID_UNIQUE != 0).then_some(stx.stx_mnt_id))
     }
 }
 
@@ -513,10 +502,16 @@ pub(super) fn show(plan: &Plan, data: BorrowedFd) -> Result<(), Errno> {
         .transpose()?;
     let ordering = std::sync::atomic::Ordering::Relaxed;
     place(top.as_fd(), &plan.main, true)?;
-    SHOWN[0].store(unique_mount_id(top.as_fd(), c""), ordering);
+    let id = |mnt: &OwnedFd| {
+        unique_mount_id(mnt.as_fd(), c"")
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+    };
+    SHOWN[0].store(id(&top), ordering);
     if let Some((mnt, layer)) = index {
         place(mnt.as_fd(), layer, false)?;
-        SHOWN[1].store(unique_mount_id(mnt.as_fd(), c""), ordering);
+        SHOWN[1].store(id(&mnt), ordering);
     }
     Ok(())
 }
@@ -532,7 +527,7 @@ pub(super) fn remove(layer: &Layer, main: bool) -> Result<(), Errno> {
     // top: ENOTCONN) has no view of ours on top: the mount below must
     // still be unmounted.
     let ours = if shown != 0 {
-        unique_mount_id(rustix::fs::CWD, &layer.path) == shown
+        unique_mount_id(rustix::fs::CWD, &layer.path) == Ok(Some(shown))
     } else {
         covered(layer, main).unwrap_or(false)
     };

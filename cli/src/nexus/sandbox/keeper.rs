@@ -356,34 +356,14 @@ fn keeper_main(plan: &KeeperPlan, socket: RawFd) -> ! {
     }
 }
 
-/// The unique id of the mount at `path` (`STATX_MNT_ID_UNIQUE`), read
-/// without asking the (perhaps not yet serving, perhaps dead) FUSE server
-/// (`AT_STATX_DONT_SYNC`): `Err` when the path cannot be examined, `Ok(None)`
-/// on a kernel older than 6.8.
-pub(super) fn unique_mount_id(path: &std::ffi::CStr) -> Result<Option<u64>, i32> {
-    // SAFETY: statx into a zeroed structure on this stack, on a
-    // NUL-terminated path.
-    unsafe {
-        let mut stx: libc::statx = std::mem::zeroed();
-        let rc = libc::statx(
-            libc::AT_FDCWD,
-            path.as_ptr(),
-            libc::AT_STATX_DONT_SYNC | libc::AT_SYMLINK_NOFOLLOW | libc::AT_NO_AUTOMOUNT,
-            libc::STATX_TYPE | libc::STATX_MNT_ID_UNIQUE,
-            &mut stx,
-        );
-        if rc != 0 {
-            return Err(errno());
-        }
-        Ok((stx.stx_mask & libc::STATX_MNT_ID_UNIQUE != 0).then_some(stx.stx_mnt_id))
-    }
-}
-
 /// Whether the file system at `mount.path` is still the daemon's: the
 /// same mount (its unique id), or on older kernels the same device number.
 /// A path that cannot be examined is taken to be the daemon's dead mount.
 fn still_ours(mount: &KeptMount) -> bool {
-    if let (Some(ours), Ok(Some(there))) = (mount.unique_id, unique_mount_id(&mount.path)) {
+    if let (Some(ours), Ok(Some(there))) = (
+        mount.unique_id,
+        crate::nexus::kernel_view::unique_mount_id(rustix::fs::CWD, &mount.path),
+    ) {
         return ours == there;
     }
     // SAFETY: statx into a zeroed structure on this stack.

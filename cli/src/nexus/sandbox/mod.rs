@@ -685,7 +685,9 @@ fn keeper_plan(
             Ok(KeptMount {
                 unique_id: match covered {
                     true => None,
-                    false => keeper::unique_mount_id(&path_c).ok().flatten(),
+                    false => crate::nexus::kernel_view::unique_mount_id(rustix::fs::CWD, &path_c)
+                        .ok()
+                        .flatten(),
                 },
                 path: path_c,
                 dev,
