@@ -6,9 +6,9 @@
 #
 # Options:
 #   --smoke             build a tiny corpus (hello, jq, libonig5) in a temp
-#                       dir and run every step on it (< 1 min). erofsfuse and
-#                       erofs are measured only if erofs-utils is already
-#                       built (see below).
+#                       dir and run every step on it (< 1 min). erofsfuse is
+#                       measured only if erofs-utils is already built (see
+#                       below); erofs also with a mkfs.erofs on PATH.
 #   --runs N            repetitions of every measurement, median reported
 #                       (default 1)
 #   --fs LIST           comma-separated subset of native,nexus,nexus-kv,
@@ -17,7 +17,9 @@
 #                       --kernel-metadata` of the same store; nexus-kvd = the
 #                       same after `nip decode`, large files read from their
 #                       decoded copies; erofs = the kernel's driver on the
-#                       erofsfuse image)
+#                       erofsfuse image, or, when erofs-utils cannot be
+#                       built, on an image made by the mkfs.erofs on PATH,
+#                       e.g. Debian 12's erofs-utils 1.5)
 #   --store DIR         mount this existing nexus store, which must hold the
 #                       corpus, instead of building a fresh one with nip
 #   --erofs-src SRC     erofs-utils source to build erofsfuse and mkfs.erofs
@@ -552,6 +554,16 @@ erofs_family_left() {   # true while some wanted erofs-family file system is not
     return 1
 }
 
+# erofsfuse needs erofs-utils built here; the kernel's erofs only needs an
+# image, so without that build it reads one made by a mkfs.erofs on PATH
+# (Debian 12's erofs-utils) and erofsfuse alone is skipped.
+erofs_build_why=""
+no_erofs_build() {   # no_erofs_build REASON: erofsfuse cannot be had
+    erofs_build_why=$1
+    if want erofsfuse && [[ -z ${skipped_fs[erofsfuse]:-} ]]; then skip_fs erofsfuse "$1"; fi
+    return 0
+}
+
 find_erofs_src() {
     local c
     if [[ -n $erofs_src ]]; then printf '%s' "$erofs_src"; return 0; fi
@@ -568,7 +580,7 @@ build_erofs() {   # build_erofs SRC: build into $tools_dir; 1 + skip reason on f
         pkg-config --exists "$c" 2>/dev/null || missing+=("$c.pc")
     done
     if [[ ${#missing[@]} -gt 0 ]]; then
-        skip_erofs_family "cannot build erofs-utils, missing: ${missing[*]} (apt-get install -y build-essential autoconf automake libtool pkg-config libfuse3-dev liblz4-dev libzstd-dev uuid-dev)"
+        no_erofs_build "cannot build erofs-utils, missing: ${missing[*]} (apt-get install -y build-essential autoconf automake libtool pkg-config libfuse3-dev liblz4-dev libzstd-dev uuid-dev)"
         return 1
     fi
     log "building erofs-utils (erofsfuse, mkfs.erofs) from $src into $tools_dir (log: $blog)"
@@ -583,11 +595,11 @@ build_erofs() {   # build_erofs SRC: build into $tools_dir; 1 + skip reason on f
         (cd "$b" && ./autogen.sh && ./configure --prefix="$tools_dir" --enable-fuse &&
             make -j"$(nproc)" && make install)
     } > "$blog" 2>&1 || {
-        skip_erofs_family "building erofs-utils from $src failed: $(tail -1 "$blog") (full log: $blog)"
+        no_erofs_build "building erofs-utils from $src failed: $(tail -1 "$blog") (full log: $blog)"
         return 1
     }
     if [[ ! -x $erofsfuse_bin || ! -x $mkfs_erofs ]]; then
-        skip_erofs_family "erofs-utils built from $src but $erofsfuse_bin or $mkfs_erofs is missing (log: $blog)"
+        no_erofs_build "erofs-utils built from $src but $erofsfuse_bin or $mkfs_erofs is missing (log: $blog)"
         return 1
     fi
     printf '%s\n' "$src" > "$tools_dir/erofs-utils.source"
@@ -607,18 +619,31 @@ if erofs_family_left; then
     if [[ ! -x $erofsfuse_bin || ! -x $mkfs_erofs ]]; then
         src=$(find_erofs_src)
         if [[ $smoke -eq 1 && -z $erofs_src ]]; then
-            skip_erofs_family "erofs-utils not built in $tools_dir/bin, and --smoke does not build it (a full run or --erofs-src builds it)"
+            no_erofs_build "erofs-utils not built in $tools_dir/bin, and --smoke does not build it (a full run or --erofs-src builds it)"
         elif [[ -z $src ]]; then
-            skip_erofs_family "erofs-utils not built in $tools_dir/bin and no erofs-utils source found (Debian 12 packages no erofsfuse; put a source tree or tarball at $bench_root/src/erofs-utils-VERSION[.tar.gz] or pass --erofs-src; see bench/README.md)"
+            no_erofs_build "erofs-utils not built in $tools_dir/bin and no erofs-utils source found (Debian 12 packages no erofsfuse; put a source tree or tarball at $bench_root/src/erofs-utils-VERSION[.tar.gz] or pass --erofs-src; see bench/README.md)"
         else
             build_erofs "$src" || true
         fi
     fi
 fi
+erofs_img_tag=""
+if [[ -n $erofs_build_why ]] && want erofs && [[ -z ${skipped_fs[erofs]:-} ]]; then
+    if system_mkfs=$(command -v mkfs.erofs); then
+        mkfs_erofs=$system_mkfs
+        system_erofs=$(dpkg-query -W -f '${Version}' erofs-utils 2>/dev/null || echo unpackaged)
+        erofs_img_tag=".mkfs-${system_erofs//[^A-Za-z0-9.]/_}"
+        erofs_tool_source="$system_mkfs, erofs-utils $system_erofs; erofsfuse skipped"
+        log "erofs: the kernel's driver reads an image made by $system_mkfs (erofsfuse: $erofs_build_why)"
+    else
+        skip_fs erofs "$erofs_build_why; no mkfs.erofs on PATH either (apt-get install erofs-utils gives one for the kernel's erofs)"
+    fi
+fi
 if erofs_family_left; then
     bin_of[erofsfuse]=$erofsfuse_bin
-    erofs_tool_source=$(cat "$tools_dir/erofs-utils.source" 2>/dev/null || echo "prebuilt in $tools_dir/bin")
-    erofs_img="$img_dir/corpus-$list_sum.${erofs_comp//[^A-Za-z0-9]/_}.erofs"
+    [[ -n $erofs_tool_source ]] ||
+        erofs_tool_source=$(cat "$tools_dir/erofs-utils.source" 2>/dev/null || echo "prebuilt in $tools_dir/bin")
+    erofs_img="$img_dir/corpus-$list_sum.${erofs_comp//[^A-Za-z0-9]/_}$erofs_img_tag.erofs"
     if [[ -s $erofs_img ]]; then
         erofs_source="cached image (built $(date -u -r "$erofs_img" +%Y-%m-%dT%H:%MZ))"
         log "erofs image: $erofs_img (cached)"
@@ -865,7 +890,11 @@ if have erofsfuse; then
     backing[erofsfuse]="\`mkfs.erofs -z$erofs_comp IMG DIR\`: $erofs_bytes bytes ($erofs_source$(opt_s ', %.0f s' "$erofs_build_s"))"
 fi
 if have erofs; then
-    ver[erofs]="kernel erofs driver (kernel $(uname -r)); image by $(first_line "$mkfs_erofs" --version | sed 's/^mkfs.erofs (erofs-utils) /erofs-utils /')"
+    if [[ -n $erofs_img_tag ]]; then
+        ver[erofs]="kernel erofs driver (kernel $(uname -r)); image by $erofs_tool_source"
+    else
+        ver[erofs]="kernel erofs driver (kernel $(uname -r)); image by $(first_line "$mkfs_erofs" --version | sed 's/^mkfs.erofs (erofs-utils) /erofs-utils /')"
+    fi
     cmdline[erofs]="\`mount -t erofs -o ro,loop IMG MP\`; \`umount MP\`"
     backing[erofs]="the erofsfuse image: \`mkfs.erofs -z$erofs_comp IMG DIR\`, $erofs_bytes bytes"
 fi
