@@ -15,8 +15,8 @@
 #                       nexus-kvd,squashfuse,squashfuse_ll,erofsfuse,erofs
 #                       (default: all eight; nexus-kv = `nexus mount
 #                       --kernel-metadata` of the same store; nexus-kvd = the
-#                       same after `nip decode`, large files read from their
-#                       decoded copies; erofs = the kernel's driver on the
+#                       same after `nip decode`, files of --decode-min-size or
+#                       more read from their decoded copies; erofs = the kernel's driver on the
 #                       erofsfuse image, or, when erofs-utils cannot be
 #                       built, on an image made by the mkfs.erofs on PATH,
 #                       e.g. Debian 12's erofs-utils 1.5)
@@ -28,6 +28,9 @@
 #                       default v1.9.3). Default: the newest
 #                       $NEXUS_BENCH_DIR/src/erofs-utils* if there is one.
 #   --erofs-comp SPEC   mkfs.erofs -z compression (default lz4hc)
+#   --decode-min-size SIZE
+#                       nexus-kvd decodes files of at least SIZE (`nip decode
+#                       --min-size`; default 1M; 1 = every file)
 #   --readers N         parallel readers for the full read (default 4)
 #   --large-file PATH   the large file (App/Version/...) that is read whole
 #                       and at random (default: libLLVM-15.so.1, 117 MB, on
@@ -106,6 +109,7 @@ fs_arg=$all_fs
 store_arg="" large_arg=""
 erofs_src=${EROFS_UTILS_SRC:-}
 erofs_comp=lz4hc
+decode_min=1M
 out_dir="$here/out"
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
@@ -117,6 +121,7 @@ while [[ $# -gt 0 ]]; do
         --store) store_arg=$2; shift 2 ;;
         --erofs-src) erofs_src=$2; shift 2 ;;
         --erofs-comp) erofs_comp=$2; shift 2 ;;
+        --decode-min-size) decode_min=$2; shift 2 ;;
         --readers) readers=$2; shift 2 ;;
         --large-file) large_arg=$2; shift 2 ;;
         --rand-reads) rand_reads=$2; shift 2 ;;
@@ -132,6 +137,7 @@ for n in runs readers rand_reads; do
     [[ ${!n} =~ ^[1-9][0-9]*$ ]] || { echo "mount.sh: --${n//_/-} needs a positive integer" >&2; exit 2; }
 done
 [[ $erofs_comp =~ ^[A-Za-z0-9,=._-]+$ ]] || { echo "mount.sh: bad --erofs-comp: $erofs_comp" >&2; exit 2; }
+[[ $decode_min =~ ^[0-9]+[KMGkmg]?$ ]] || { echo "mount.sh: bad --decode-min-size: $decode_min (e.g. 1, 64K, 1M)" >&2; exit 2; }
 [[ $smoke -eq 1 ]] && verify=1
 
 log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -491,9 +497,9 @@ fi
 # view without them is mounted, and back for one with them (a view uses
 # the copies present when it is mounted). Put back at exit.
 if want nexus-kvd; then
-    log "nip decode (decoded copies of the large files)"
+    log "nip decode --min-size $decode_min (decoded copies)"
     t0=$(us_now)
-    "$nip" --store "$store" decode > "$logs/nip-decode.log" 2>&1 ||
+    "$nip" --store "$store" decode --min-size "$decode_min" > "$logs/nip-decode.log" 2>&1 ||
         { tail -20 "$logs/nip-decode.log" >&2; die "nip decode failed"; }
     decode_s=$(us_to_s $(($(us_now) - t0)))
     decoded_bytes=$(du_b "$store/decoded")
@@ -870,8 +876,8 @@ if have nexus; then
 fi
 if have nexus-kvd; then
     ver[nexus-kvd]=$(first_line "$nexus" --version)
-    cmdline[nexus-kvd]="\`nip decode\` once; \`nexus --store R mount MP --kernel-metadata --allow-other\`; \`nexus umount MP\`"
-    backing[nexus-kvd]="the same store with decoded copies of its files of 1 MiB or more (${decoded_bytes} bytes, \`du -sb\`; nip decode $(opt_s '%.1f s' "$decode_s"))"
+    cmdline[nexus-kvd]="\`nip decode --min-size $decode_min\` once; \`nexus --store R mount MP --kernel-metadata --allow-other\`; \`nexus umount MP\`"
+    backing[nexus-kvd]="the same store with decoded copies of its files of $decode_min or more (${decoded_bytes} bytes, \`du -sb\`; nip decode $(opt_s '%.1f s' "$decode_s"))"
 fi
 if have nexus-kv; then
     ver[nexus-kv]=$(first_line "$nexus" --version)

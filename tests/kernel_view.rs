@@ -559,11 +559,12 @@ fn read_through_kernel_view(store: &Store, scratch: &Scratch, file: &str) -> (Ve
 /// `nip decode` keeps plain copies of a generation's large files; a kernel
 /// view stacks them as its first data-only layer, so the kernel reads such
 /// a file from its copy and the daemon is sent no READ for it (without the
-/// copy, the same read reaches the daemon). gc drops the copy once no
-/// package holds its contents.
+/// copy, the same read reaches the daemon). `--min-size 1` does the same
+/// for every file. gc drops the copies once no package holds their
+/// contents.
 #[test]
-fn large_files_are_read_from_their_decoded_copies() {
-    if !root_or_skip("large_files_are_read_from_their_decoded_copies") {
+fn files_are_read_from_their_decoded_copies() {
+    if !root_or_skip("files_are_read_from_their_decoded_copies") {
         return;
     }
     let scratch = Scratch::new("kernel-view-decoded");
@@ -603,6 +604,23 @@ fn large_files_are_read_from_their_decoded_copies() {
     let (bytes, log) = read_through_kernel_view(&store, &scratch, "share/small");
     assert_eq!(bytes, b"small\n");
     assert!(served(&log, "READ") > 0, "{log}");
+
+    // Down to every file: the small one is read from its copy too.
+    let out = store.ok(["decode", "--min-size", "1", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (&report["written"], &report["present"]),
+        (&1.into(), &1.into()),
+        "{report}"
+    );
+    assert_eq!(report["min_size"], 1, "{report}");
+    let (bytes, log) = read_through_kernel_view(&store, &scratch, "share/small");
+    assert_eq!(bytes, b"small\n");
+    assert_eq!(
+        served(&log, "READ"),
+        0,
+        "the small file's copy was not read:\n{log}"
+    );
 
     store.ok(["remove", "app"]);
     store.ok(["gc", "--keep", "1", "--grace", "0"]);

@@ -1,7 +1,10 @@
-//! Decoded copies: the contents of large files kept whole and plain in
+//! Decoded copies: the contents of files kept whole and plain in
 //! `STORE/decoded/`, one file per content, named by its content hash, for
 //! the kernel to read itself (the kernel view stacks this directory as a
-//! data-only layer before the FUSE mount, FORMAT.md section 15).
+//! data-only layer before the FUSE mount, FORMAT.md section 15). By default
+//! only large files get one ([`DEFAULT_MIN_SIZE`]); an admin who trades
+//! disk for cold reads may decode smaller ones too, down to every file,
+//! which is composefs's layout.
 //!
 //! Only root's `nip decode` writes them, through the store's read path (so
 //! every chunk is verified before it is written), each to a temporary name
@@ -17,6 +20,7 @@ use std::io::BufWriter;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use crate::catalog::Catalog;
 use crate::error::{Result, StoreError};
 use crate::hash::Hash;
 use crate::store::{Store, sync_dir};
@@ -24,9 +28,34 @@ use crate::store::{Store, sync_dir};
 /// The directory of decoded copies, in the store.
 pub const DECODED_DIR: &str = "decoded";
 
-/// The smallest file that gets a decoded copy: the files stored in frames
-/// of their own (a file of a block or more), the ones read in large runs.
-pub const MIN_SIZE: u64 = 1 << 20;
+/// The smallest file that gets a decoded copy unless told otherwise: the
+/// files stored in frames of their own (a file of a block or more), the
+/// ones read in large runs.
+pub const DEFAULT_MIN_SIZE: u64 = 1 << 20;
+
+/// The catalog `meta` key holding the smallest size any `nip decode` was
+/// given: kernel views look for copies of files of at least that size.
+const MIN_SIZE_KEY: &str = "decoded_min_size";
+
+/// The smallest file a kernel view looks for a decoded copy of: the
+/// smallest size any [`record_min_size`] recorded, else
+/// [`DEFAULT_MIN_SIZE`]. Never 0: an empty file has no contents to copy.
+pub fn min_size(catalog: &Catalog) -> Result<u64> {
+    let recorded = catalog
+        .meta(MIN_SIZE_KEY)?
+        .and_then(|v| v.parse::<u64>().ok());
+    Ok(recorded.unwrap_or(DEFAULT_MIN_SIZE).max(1))
+}
+
+/// Records that copies of files of `size` bytes or more are being written,
+/// lowering what [`min_size`] answers if `size` is smaller (copies once
+/// written keep being used; [`prune`] removes them only with their
+/// content). Returns the size now recorded.
+pub fn record_min_size(catalog: &Catalog, size: u64) -> Result<u64> {
+    let size = size.max(1).min(min_size(catalog)?);
+    catalog.set_meta(MIN_SIZE_KEY, &size.to_string())?;
+    Ok(size)
+}
 
 /// The name of the copy of content `hash`: its hexadecimal form.
 pub fn name(hash: &Hash) -> String {
@@ -41,7 +70,7 @@ pub fn dir(store_dir: &Path) -> PathBuf {
 /// Whether `dir` holds a whole copy of content `hash` of `size` bytes: a
 /// regular file of that size under its name (never followed if a link).
 /// Its bytes are checked by [`decode`] and [`check`], not here: this is
-/// what an image asks of every large file.
+/// what an image asks of every file it looks for a copy of.
 pub fn has_copy(dir: &Path, hash: &Hash, size: u64) -> bool {
     fs::symlink_metadata(dir.join(name(hash))).is_ok_and(|m| m.is_file() && m.len() == size)
 }
@@ -108,12 +137,12 @@ pub struct Decoded {
     pub replaced: u64,
 }
 
-/// The contents of at least [`MIN_SIZE`] bytes of the files of generation
-/// `generation`, each once, largest first.
-pub fn wanted(store: &Store, generation: i64) -> Result<Vec<Wanted>> {
+/// The contents of at least `min_size` bytes (and at least one) of the
+/// files of generation `generation`, each once, largest first.
+pub fn wanted(store: &Store, generation: i64, min_size: u64) -> Result<Vec<Wanted>> {
     Ok(store
         .catalog()
-        .generation_blobs_at_least(generation, MIN_SIZE)?
+        .generation_blobs_at_least(generation, min_size.max(1))?
         .into_iter()
         .map(|(blob, hash, size)| Wanted { blob, hash, size })
         .collect())
@@ -151,7 +180,6 @@ pub fn decode(store: &Store, wanted: &[Wanted], progress: &mut dyn FnMut(u64)) -
     Ok(report)
 }
 
-/// Makes the directory, private to the store's owner as the store is.
 /// The store's directory of copies, made (private to the store's owner,
 /// as the store is) if missing; an error if something else is there.
 pub fn ensure_dir(store_dir: &Path) -> Result<PathBuf> {
@@ -219,9 +247,11 @@ pub fn prune(store: &Store) -> Result<(u64, u64)> {
     if !real_dir(&dir)? {
         return Ok((0, 0));
     }
+    // Every stored content's copy is kept, whatever its size: a kernel view
+    // built while smaller files were decoded may still name it.
     let stored: HashSet<String> = store
         .catalog()
-        .blob_hashes_at_least(MIN_SIZE)?
+        .blob_hashes_at_least(1)?
         .iter()
         .map(name)
         .collect();

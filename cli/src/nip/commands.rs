@@ -177,7 +177,11 @@ pub fn run(cli: Cli) -> Result<i32> {
             }
             Ok(exit::OK)
         }
-        Command::Decode { generation, json } => decode(&dir, generation, json),
+        Command::Decode {
+            generation,
+            min_size,
+            json,
+        } => decode(&dir, generation, min_size, json),
         Command::Verify { json } => {
             let mut store = open(&dir)?;
             let bar = Bar::for_stderr();
@@ -657,8 +661,9 @@ fn files(dir: &Path, spec: &str, json: bool) -> Result<i32> {
     Ok(exit::OK)
 }
 
-/// `nip decode`: decoded copies of a generation's large files.
-fn decode(dir: &Path, generation: Option<i64>, json: bool) -> Result<i32> {
+/// `nip decode`: decoded copies of a generation's files of at least
+/// `min_size` bytes.
+fn decode(dir: &Path, generation: Option<i64>, min_size: u64, json: bool) -> Result<i32> {
     let store = open(dir)?;
     let generation = match generation {
         Some(g) => g,
@@ -670,7 +675,10 @@ fn decode(dir: &Path, generation: Option<i64>, json: bool) -> Result<i32> {
     if store.catalog().generation(generation)?.is_none() {
         bail!("there is no generation {generation} (see nip history)");
     }
-    let wanted = nexus_store::decoded::wanted(&store, generation)?;
+    // Recorded first: a view made while copies are being written looks for
+    // them, and uses those already whole.
+    nexus_store::decoded::record_min_size(store.catalog(), min_size)?;
+    let wanted = nexus_store::decoded::wanted(&store, generation, min_size)?;
     let bar = Bar::for_stderr();
     bar.phase("decoding");
     bar.start(wanted.iter().map(|w| w.size).sum(), wanted.len() as u64);
@@ -680,6 +688,7 @@ fn decode(dir: &Path, generation: Option<i64>, json: bool) -> Result<i32> {
     if json {
         let mut value = serde_json::to_value(&report)?;
         value["generation"] = json!(generation);
+        value["min_size"] = json!(min_size);
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         println!(

@@ -397,8 +397,9 @@ pub enum Command {
     /// Keep decoded copies of the generation's large files for the kernel
     /// to read itself.
     ///
-    /// Every file of at least 1 MiB of the generation (the current one by
-    /// default) gets a whole, plain copy of its contents in STORE/decoded,
+    /// Every file of at least --min-size of the generation (the current
+    /// one by default) gets a whole, plain copy of its contents in
+    /// STORE/decoded,
     /// named by its content hash and read through the store's checks, so
     /// every byte is verified. A mount with --kernel-metadata made or
     /// switched after this reads those files from the copies through the
@@ -407,13 +408,22 @@ pub enum Command {
     /// cold or warm. The copies cost their plain size on disk; `nip gc`
     /// removes those of contents no stored package holds.
     ///
+    /// With --min-size 1 every file gets a copy and the kernel serves the
+    /// whole tree, metadata and contents, without the daemon (composefs's
+    /// layout): cold reads of many small files at the disk's speed, for
+    /// the plain size of the whole generation on disk. Kernel views look
+    /// for copies of files down to the smallest --min-size ever given.
+    ///
     /// Example: nip decode && nexus umount /Programs && nexus mount /Programs --kernel-metadata --allow-other
     Decode {
         /// The generation whose files to decode (default: the current one).
         #[arg(long, value_name = "N")]
         generation: Option<i64>,
-        /// JSON report {generation, written, written_bytes, present,
-        /// present_bytes}.
+        /// Decode files of at least this size (K, M, G suffixes).
+        #[arg(long, value_name = "SIZE", default_value = "1M", value_parser = parse_size)]
+        min_size: u64,
+        /// JSON report {generation, min_size, written, written_bytes,
+        /// present, present_bytes, replaced}.
         #[arg(long)]
         json: bool,
     },

@@ -55,9 +55,16 @@ trait Served {
     /// Whether regular files get redirects (the main tree) or are refused
     /// (the Index has none).
     fn redirects(&self) -> bool;
-    /// The content hash of a regular file.
-    fn content_hash(&self, ino: u64) -> Result<Option<nexus_store::Hash>>;
+    /// The content (catalog blob id) of a regular file.
+    fn content_blob(&self, ino: u64) -> Result<Option<i64>>;
+    /// The contents of the files shown that `dir` holds a whole decoded
+    /// copy of, by blob id.
+    fn copies(&self, dir: &Path) -> Result<Copies>;
 }
+
+/// Decoded copies a walk redirects to: the content hash (the copy's name)
+/// of each blob that has one.
+type Copies = HashMap<i64, nexus_store::Hash>;
 
 impl Served for View {
     fn root(&self) -> u64 {
@@ -80,8 +87,18 @@ impl Served for View {
     fn redirects(&self) -> bool {
         true
     }
-    fn content_hash(&self, ino: u64) -> Result<Option<nexus_store::Hash>> {
-        View::content_hash(self, ino)
+    fn content_blob(&self, ino: u64) -> Result<Option<i64>> {
+        View::content_blob(self, ino)
+    }
+    fn copies(&self, dir: &Path) -> Result<Copies> {
+        // One query for the candidates, then a stat of each: a lookup per
+        // file would cost a catalog query for every file of the generation.
+        Ok(self
+            .decoded_candidates()?
+            .into_iter()
+            .filter(|(_, hash, size)| nexus_store::decoded::has_copy(dir, hash, *size))
+            .map(|(blob, hash, _)| (blob, hash))
+            .collect())
     }
 }
 
@@ -101,8 +118,11 @@ impl Served for Index {
     fn redirects(&self) -> bool {
         false
     }
-    fn content_hash(&self, _ino: u64) -> Result<Option<nexus_store::Hash>> {
+    fn content_blob(&self, _ino: u64) -> Result<Option<i64>> {
         Ok(None)
+    }
+    fn copies(&self, _dir: &Path) -> Result<Copies> {
+        Ok(Copies::new())
     }
 }
 
@@ -350,30 +370,26 @@ fn path_of(tree: &Tree, parents: &[Option<(usize, usize)>], i: usize) -> Vec<u8>
     path
 }
 
-/// Where the data-only layers hold the contents of a regular file of
-/// `size` bytes at `path`: its decoded copy (`/HASH`, found in the first
-/// layer) if `decoded` holds a whole one, else its own path, which
-/// overlayfs looks up in the FUSE mount (the first layer has no directory,
-/// so a path of several names is never found there, even under an App
-/// named like a copy).
-fn redirect(
-    served: &impl Served,
-    ino: u64,
-    size: u64,
-    path: Vec<u8>,
-    decoded: Option<&Path>,
-) -> Result<Vec<u8>> {
-    if let Some(dir) = decoded
-        && size >= nexus_store::decoded::MIN_SIZE
-        && let Some(hash) = served.content_hash(ino)?
-        && nexus_store::decoded::has_copy(dir, &hash, size)
+/// Where the data-only layers hold the contents of regular file `ino` at
+/// `path`: its decoded copy (`/HASH`, found in the first layer) if
+/// `copies` has one, else its own path, which overlayfs looks up in the
+/// FUSE mount (the first layer has no directory, so a path of several
+/// names is never found there, even under an App named like a copy).
+fn redirect(served: &impl Served, ino: u64, path: Vec<u8>, copies: &Copies) -> Result<Vec<u8>> {
+    if !copies.is_empty()
+        && let Some(blob) = served.content_blob(ino)?
+        && let Some(hash) = copies.get(&blob)
     {
-        return Ok(format!("/{}", nexus_store::decoded::name(&hash)).into_bytes());
+        return Ok(format!("/{}", nexus_store::decoded::name(hash)).into_bytes());
     }
     Ok(path)
 }
 
 fn walk(served: &impl Served, decoded: Option<&Path>) -> Result<Tree> {
+    let copies = match decoded {
+        Some(dir) => served.copies(dir)?,
+        None => Copies::new(),
+    };
     let root = served.root();
     let listing = served.list(root)?;
     let root_attr = &listing.entries[0].attr;
@@ -434,7 +450,7 @@ fn walk(served: &impl Served, decoded: Option<&Path>) -> Result<Tree> {
                 Kind::Symlink => Body::Symlink(served.readlink(attr.ino)?),
                 Kind::File => {
                     if attr.size > 0 && served.redirects() {
-                        let target = redirect(served, attr.ino, attr.size, child_path, decoded)?;
+                        let target = redirect(served, attr.ino, child_path, &copies)?;
                         xattrs.push((METACOPY_XATTR.to_vec(), Vec::new()));
                         xattrs.push((REDIRECT_XATTR.to_vec(), target));
                     }

@@ -432,16 +432,26 @@ impl View {
         }
     }
 
-    /// The content hash of regular file `ino` (`None` for an empty file,
-    /// or another kind of node).
-    pub fn content_hash(&self, ino: u64) -> Result<Option<nexus_store::Hash>> {
+    /// The content (catalog blob id) of regular file `ino` (`None` for an
+    /// empty file, or another kind of node).
+    pub fn content_blob(&self, ino: u64) -> Result<Option<i64>> {
         let Node::Package(id) = Self::node(ino)? else {
             return Ok(None);
         };
-        let Some(blob) = self.inode(id)?.blob else {
-            return Ok(None);
+        Ok(self.inode(id)?.blob)
+    }
+
+    /// The contents of the generation shown that a kernel view looks for
+    /// decoded copies of (at least `nexus_store::decoded::min_size`
+    /// bytes), each once: blob id, content hash, size.
+    pub fn decoded_candidates(&self) -> Result<Vec<(i64, nexus_store::Hash, u64)>> {
+        let Some(generation) = self.generation() else {
+            return Ok(Vec::new());
         };
-        Ok(self.reader.query(|c| c.blob_hash(blob))?)
+        Ok(self.reader.query(|c| {
+            let min = nexus_store::decoded::min_size(c)?;
+            c.generation_blobs_at_least(generation, min)
+        })?)
     }
 
     /// Reads up to `size` bytes at `offset` of regular file `ino` (fewer

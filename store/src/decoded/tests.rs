@@ -57,7 +57,7 @@ fn current(store: &Store) -> i64 {
 fn large_files_get_whole_read_only_copies_once() {
     let tmp = tempfile::tempdir().unwrap();
     let (store, files) = store_with_app(tmp.path(), "app", 1);
-    let wanted = wanted(&store, current(&store)).unwrap();
+    let wanted = wanted(&store, current(&store), DEFAULT_MIN_SIZE).unwrap();
     assert_eq!(wanted.len(), 2, "{wanted:?}");
     assert!(wanted[0].size > wanted[1].size, "largest first");
     let mut seen = 0;
@@ -84,7 +84,7 @@ fn large_files_get_whole_read_only_copies_once() {
 fn only_a_whole_regular_copy_counts() {
     let tmp = tempfile::tempdir().unwrap();
     let (store, files) = store_with_app(tmp.path(), "app", 2);
-    let wanted = wanted(&store, current(&store)).unwrap();
+    let wanted = wanted(&store, current(&store), DEFAULT_MIN_SIZE).unwrap();
     let dir = dir(store.dir());
     fs::create_dir(&dir).unwrap();
     let target = tmp.path().join("elsewhere");
@@ -110,7 +110,7 @@ fn gc_prunes_copies_of_contents_no_package_holds() {
     let (store, _) = store_with_app(tmp.path(), "keep", 3);
     drop(store);
     let (mut store, _) = store_with_app(tmp.path(), "gone", 4);
-    let all = wanted(&store, current(&store)).unwrap();
+    let all = wanted(&store, current(&store), DEFAULT_MIN_SIZE).unwrap();
     assert_eq!(all.len(), 4);
     decode(&store, &all, &mut |_| {}).unwrap();
     let dir = dir(store.dir());
@@ -137,7 +137,7 @@ fn gc_prunes_copies_of_contents_no_package_holds() {
     };
     let report = collect(&mut store, options).unwrap();
     assert_eq!(report.decoded_removed, 3, "{report:?}");
-    let kept = wanted(&store, current(&store)).unwrap();
+    let kept = wanted(&store, current(&store), DEFAULT_MIN_SIZE).unwrap();
     assert_eq!(kept.len(), 2);
     let mut left: Vec<String> = fs::read_dir(&dir)
         .unwrap()
@@ -158,7 +158,7 @@ fn gc_prunes_copies_of_contents_no_package_holds() {
 fn damaged_copies_are_found_and_replaced_and_links_never_followed() {
     let tmp = tempfile::tempdir().unwrap();
     let (mut store, files) = store_with_app(tmp.path(), "app", 5);
-    let wanted = wanted(&store, current(&store)).unwrap();
+    let wanted = wanted(&store, current(&store), DEFAULT_MIN_SIZE).unwrap();
     decode(&store, &wanted, &mut |_| {}).unwrap();
     let dir = dir(store.dir());
     let copy = dir.join(name(&wanted[0].hash));
@@ -186,4 +186,33 @@ fn damaged_copies_are_found_and_replaced_and_links_never_followed() {
     std::os::unix::fs::symlink(&elsewhere, &dir).unwrap();
     assert!(prune(&store).is_err());
     assert!(victim.exists(), "gc followed the link");
+}
+
+/// A smaller --min-size decodes small files too and lowers what views look
+/// for; a larger one later never raises it (copies once written keep being
+/// used), and gc keeps a small file's copy while its content is stored.
+#[test]
+fn a_smaller_min_size_decodes_small_files_and_is_remembered() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut store, files) = store_with_app(tmp.path(), "app", 6);
+    assert_eq!(min_size(store.catalog()).unwrap(), DEFAULT_MIN_SIZE);
+    assert_eq!(record_min_size(store.catalog(), 0).unwrap(), 1, "never 0");
+    let all = wanted(&store, current(&store), 1).unwrap();
+    assert_eq!(all.len(), 3, "{all:?}");
+    let report = decode(&store, &all, &mut |_| {}).unwrap();
+    assert_eq!(report.written, 3);
+    let small = dir(store.dir()).join(name(&Hash::of(&files[2])));
+    assert_eq!(fs::read(&small).unwrap(), files[2]);
+    assert_eq!(record_min_size(store.catalog(), 4 << 20).unwrap(), 1);
+    assert_eq!(min_size(store.catalog()).unwrap(), 1);
+
+    let options = GcOptions {
+        keep_last: 1,
+        keep_younger_than: None,
+        grace: Duration::ZERO,
+        repack_below: 0.5,
+    };
+    let report = collect(&mut store, options).unwrap();
+    assert_eq!(report.decoded_removed, 0, "{report:?}");
+    assert!(small.exists());
 }
