@@ -631,6 +631,36 @@ fn files_are_read_from_their_decoded_copies() {
     );
 }
 
+/// A generation of many files, with copies looked for down to every file:
+/// the image's one query for the candidates sorts tens of thousands of
+/// contents, which SQLite spilled to a temporary file the confined daemon
+/// may not create ("unable to open database file"), and the mount failed.
+/// (Only the first generation's one file is decoded: what the query sorts
+/// is every content of at least the smallest size ever decoded.)
+#[test]
+fn a_view_looking_for_many_copies_is_made_by_the_confined_daemon() {
+    if !root_or_skip("a_view_looking_for_many_copies_is_made_by_the_confined_daemon") {
+        return;
+    }
+    let scratch = Scratch::new("kernel-view-many-copies");
+    let store = Store::init();
+    let src = scratch.join("src/1");
+    write_file(&src.join("small"), b"small\n");
+    store.add_dir(&src, "app", "1");
+    let out = store.ok(["decode", "--min-size", "1", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["written"], 1, "{report}");
+    let many = scratch.join("src/many");
+    for i in 0..20_000 {
+        let name = format!("d{:03}/f{i:05}", i / 200);
+        write_file(&many.join(name), format!("file {i}\n").as_bytes());
+    }
+    store.add_dir(&many, "many", "1");
+    let (bytes, log) = read_through_kernel_view(&store, &scratch, "small");
+    assert_eq!(bytes, b"small\n");
+    assert_eq!(served(&log, "READ"), 0, "not read from its copy:\n{log}");
+}
+
 /// Should a switch's image fail, the kernel view stays on the old
 /// generation, whose files it still redirects to by their App/Version path.
 /// The daemon's runtime record keeps naming that generation, so gc keeps

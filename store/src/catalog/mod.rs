@@ -384,6 +384,10 @@ impl Catalog {
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags)?;
         configure(&conn)?;
+        // Sorts and temporary b-trees stay in memory: SQLite spills a large
+        // one (a generation's contents, ordered) to a temporary file, which
+        // a confined daemon may not create.
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         schema::readable(&conn, version)?;
         Ok(Catalog { conn })
