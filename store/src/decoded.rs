@@ -148,38 +148,6 @@ pub fn wanted(store: &Store, generation: i64, min_size: u64) -> Result<Vec<Wante
         .collect())
 }
 
-/// Writes the decoded copy of each of `wanted` that the store lacks,
-/// calling `progress` with the bytes of each content done (written or
-/// found).
-pub fn decode(store: &Store, wanted: &[Wanted], progress: &mut dyn FnMut(u64)) -> Result<Decoded> {
-    let dir = ensure_dir(store.dir())?;
-    let mut report = Decoded::default();
-    for want in wanted {
-        let present = has_copy(&dir, &want.hash, want.size);
-        // A copy is served by the kernel without any check: one with other
-        // bytes (a damaged disk, a hand's edit) is found and replaced here.
-        let whole = present && hash_file(&dir.join(name(&want.hash))).is_ok_and(|h| h == want.hash);
-        if whole {
-            report.present += 1;
-            report.present_bytes += want.size;
-        } else {
-            if present {
-                tracing::warn!(
-                    "{}: the decoded copy does not hold its content; written anew",
-                    dir.join(name(&want.hash)).display()
-                );
-                report.replaced += 1;
-            }
-            write_copy(store, &dir, want)?;
-            report.written += 1;
-            report.written_bytes += want.size;
-        }
-        progress(want.size);
-    }
-    sync_dir(&dir)?;
-    Ok(report)
-}
-
 /// The store's directory of copies, made (private to the store's owner,
 /// as the store is) if missing; an error if something else is there.
 pub fn ensure_dir(store_dir: &Path) -> Result<PathBuf> {
@@ -195,43 +163,139 @@ pub fn ensure_dir(store_dir: &Path) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// Writes one copy: to a temporary name (never through a link), synced,
-/// then renamed into place read-only.
-fn write_copy(store: &Store, dir: &Path, want: &Wanted) -> Result<()> {
-    // Named by the writer too: two `nip decode`s at once never write into
-    // each other's file.
-    let temp = dir.join(format!(".{}.{}.tmp", name(&want.hash), std::process::id()));
-    let final_path = dir.join(name(&want.hash));
-    // A temporary file a crash of this pid left, or a copy to replace.
-    for stale in [&temp, &final_path] {
-        crate::runtime::remove_if_present(stale)?;
+/// Copies written between two syncs of the file system: one `syncfs` for
+/// many small copies costs far less than an `fsync` of each.
+const BATCH_BYTES: u64 = 256 << 20;
+/// See [`BATCH_BYTES`].
+const BATCH_FILES: usize = 4096;
+
+/// Writes the decoded copy of each of `wanted` that the store lacks,
+/// calling `progress` with the bytes of each content done (written or
+/// found).
+pub fn decode(store: &Store, wanted: &[Wanted], progress: &mut dyn FnMut(u64)) -> Result<Decoded> {
+    let dir = ensure_dir(store.dir())?;
+    let mut report = Decoded::default();
+    let mut batch = Batch::new(&dir)?;
+    let mut each = || -> Result<()> {
+        for want in wanted {
+            let present = has_copy(&dir, &want.hash, want.size);
+            // A copy is served by the kernel without any check: one with other
+            // bytes (a damaged disk, a hand's edit) is found and replaced here.
+            let whole =
+                present && hash_file(&dir.join(name(&want.hash))).is_ok_and(|h| h == want.hash);
+            if whole {
+                report.present += 1;
+                report.present_bytes += want.size;
+            } else {
+                if present {
+                    tracing::warn!(
+                        "{}: the decoded copy does not hold its content; written anew",
+                        dir.join(name(&want.hash)).display()
+                    );
+                    report.replaced += 1;
+                }
+                batch.write(store, want)?;
+                report.written += 1;
+                report.written_bytes += want.size;
+            }
+            progress(want.size);
+        }
+        Ok(())
+    };
+    let done = each();
+    // What was written is whole: put in place even when a later copy failed.
+    let committed = batch.commit();
+    done?;
+    committed?;
+    Ok(report)
+}
+
+/// Copies written under their temporary names, not yet synced nor renamed
+/// into place: a crash leaves only temporary files (gc removes them).
+struct Batch<'d> {
+    dir: &'d Path,
+    /// The directory, open: `syncfs` syncs its file system.
+    handle: fs::File,
+    /// Temporary and final name of each copy written.
+    pending: Vec<(PathBuf, PathBuf)>,
+    bytes: u64,
+}
+
+impl<'d> Batch<'d> {
+    fn new(dir: &'d Path) -> Result<Batch<'d>> {
+        let handle = fs::File::open(dir).map_err(|e| StoreError::io(dir, e))?;
+        Ok(Batch {
+            dir,
+            handle,
+            pending: Vec::new(),
+            bytes: 0,
+        })
     }
+
+    /// Writes one copy under its temporary name (never through a link),
+    /// made read-only, and commits the batch once it is large enough.
+    fn write(&mut self, store: &Store, want: &Wanted) -> Result<()> {
+        let dir = self.dir;
+        // Named by the writer too: two `nip decode`s at once never write
+        // into each other's file.
+        let temp = dir.join(format!(".{}.{}.tmp", name(&want.hash), std::process::id()));
+        let final_path = dir.join(name(&want.hash));
+        // A temporary file a crash of this pid left, or a copy to replace.
+        for stale in [&temp, &final_path] {
+            crate::runtime::remove_if_present(stale)?;
+        }
+        if let Err(e) = write_temp(store, &temp, want) {
+            let _ = fs::remove_file(&temp);
+            return Err(e);
+        }
+        self.pending.push((temp, final_path));
+        self.bytes += want.size;
+        if self.bytes >= BATCH_BYTES || self.pending.len() >= BATCH_FILES {
+            self.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Syncs the copies written, renames them into place and syncs the
+    /// directory: a file under a final name is whole, after a crash too.
+    fn commit(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        rustix::fs::syncfs(&self.handle).map_err(|e| StoreError::io(self.dir, e.into()))?;
+        for (temp, final_path) in self.pending.drain(..) {
+            fs::rename(&temp, &final_path).map_err(|e| StoreError::io(&final_path, e))?;
+        }
+        self.bytes = 0;
+        sync_dir(self.dir)
+    }
+}
+
+/// Writes the contents of `want` to the new file `temp` (created
+/// exclusively, never through a link) and makes it read-only for all.
+fn write_temp(store: &Store, temp: &Path, want: &Wanted) -> Result<()> {
     let file = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o400)
         .custom_flags(libc::O_NOFOLLOW)
-        .open(&temp)
-        .map_err(|e| StoreError::io(&temp, e))?;
+        .open(temp)
+        .map_err(|e| StoreError::io(temp, e))?;
     let mut out = BufWriter::with_capacity(1 << 20, file);
     let written = store.read_blob(want.blob, &mut out)?;
     let file = out
         .into_inner()
-        .map_err(|e| StoreError::io(&temp, e.into_error()))?;
+        .map_err(|e| StoreError::io(temp, e.into_error()))?;
     if written != want.size {
-        let _ = fs::remove_file(&temp);
         return Err(StoreError::Invalid(format!(
             "content {} read as {written} bytes, not {}",
             want.hash.to_hex(),
             want.size
         )));
     }
-    file.sync_all().map_err(|e| StoreError::io(&temp, e))?;
     // On the open file: a name can be swapped for a link meanwhile.
     file.set_permissions(fs::Permissions::from_mode(0o444))
-        .map_err(|e| StoreError::io(&temp, e))?;
-    fs::rename(&temp, &final_path).map_err(|e| StoreError::io(&final_path, e))?;
-    Ok(())
+        .map_err(|e| StoreError::io(temp, e))
 }
 
 /// How long a temporary file may be another `nip decode`'s, still being
