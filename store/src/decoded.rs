@@ -75,6 +75,25 @@ pub fn has_copy(dir: &Path, hash: &Hash, size: u64) -> bool {
     fs::symlink_metadata(dir.join(name(hash))).is_ok_and(|m| m.is_file() && m.len() == size)
 }
 
+/// The contents `dir` holds copies under the name of, as far as names say
+/// ([`has_copy`] checks one): none when there is no directory.
+pub fn names(dir: &Path) -> Result<HashSet<Hash>> {
+    if !real_dir(dir)? {
+        return Ok(HashSet::new());
+    }
+    let mut names = HashSet::new();
+    for entry in fs::read_dir(dir).map_err(|e| StoreError::io(dir, e))? {
+        let entry = entry.map_err(|e| StoreError::io(dir, e))?;
+        if let Some(name) = entry.file_name().to_str()
+            && ours(name) == Some(false)
+            && let Some(hash) = Hash::from_hex(name)
+        {
+            names.insert(hash);
+        }
+    }
+    Ok(names)
+}
+
 /// The content hash of the file at `path` (never through a link).
 fn hash_file(path: &Path) -> std::io::Result<Hash> {
     let mut file = crate::regular::open_regular_nofollow(path)?;
@@ -138,7 +157,9 @@ pub struct Decoded {
 }
 
 /// The contents of at least `min_size` bytes (and at least one) of the
-/// files of generation `generation`, each once, largest first.
+/// files of generation `generation`, each once, in the order they were
+/// stored: a block's contents one after the other, so that each block is
+/// decoded once, not once per file in it.
 pub fn wanted(store: &Store, generation: i64, min_size: u64) -> Result<Vec<Wanted>> {
     Ok(store
         .catalog()

@@ -91,12 +91,19 @@ impl Served for View {
         View::content_blob(self, ino)
     }
     fn copies(&self, dir: &Path) -> Result<Copies> {
-        // One query for the candidates, then a stat of each: a lookup per
-        // file would cost a catalog query for every file of the generation.
+        // The names first: without copies, nothing else is asked. Then one
+        // query for the candidates, and a stat of each one named: a query
+        // per file, or a stat per content, would cost more than the image.
+        let names = nexus_store::decoded::names(dir)?;
+        if names.is_empty() {
+            return Ok(Copies::new());
+        }
         Ok(self
             .decoded_candidates()?
             .into_iter()
-            .filter(|(_, hash, size)| nexus_store::decoded::has_copy(dir, hash, *size))
+            .filter(|(_, hash, size)| {
+                names.contains(hash) && nexus_store::decoded::has_copy(dir, hash, *size)
+            })
             .map(|(blob, hash, _)| (blob, hash))
             .collect())
     }

@@ -443,14 +443,14 @@ impl View {
 
     /// The contents of the generation shown that a kernel view looks for
     /// decoded copies of (at least `nexus_store::decoded::min_size`
-    /// bytes), each once: blob id, content hash, size.
+    /// bytes), in no order, once per file: blob id, content hash, size.
     pub fn decoded_candidates(&self) -> Result<Vec<(i64, nexus_store::Hash, u64)>> {
         let Some(generation) = self.generation() else {
             return Ok(Vec::new());
         };
         Ok(self.reader.query(|c| {
             let min = nexus_store::decoded::min_size(c)?;
-            c.generation_blobs_at_least(generation, min)
+            c.generation_contents_at_least(generation, min)
         })?)
     }
 

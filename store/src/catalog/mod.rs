@@ -652,7 +652,44 @@ impl Catalog {
     }
 
     /// The contents of at least `min_size` bytes of the files of generation
-    /// `generation`, each once, largest first: (blob id, hash, size).
+    /// `generation`, in no order, once per file that holds them: (blob id,
+    /// hash, size).
+    pub fn generation_contents_at_least(
+        &self,
+        generation: i64,
+        min_size: u64,
+    ) -> Result<Vec<(i64, Hash, u64)>> {
+        // Neither DISTINCT nor ORDER BY: a sort of every content of a
+        // generation costs more than the rows themselves.
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT b.id, b.hash, b.size FROM generation_packages gp \
+             JOIN inodes i ON i.package = gp.package \
+             JOIN blobs b ON b.id = i.blob \
+             WHERE gp.generation = ?1 AND b.size >= ?2",
+        )?;
+        let min = i64::try_from(min_size).unwrap_or(i64::MAX);
+        let rows = stmt.query_map(params![generation, min], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (blob, hash, size) = row?;
+            let hash = Hash::from_slice(&hash)
+                .ok_or_else(|| StoreError::Invalid(format!("blob {blob} has a malformed hash")))?;
+            out.push((blob, hash, u64::try_from(size).unwrap_or(0)));
+        }
+        Ok(out)
+    }
+
+    /// The contents of at least `min_size` bytes of the files of generation
+    /// `generation`, each once, in the order of their first chunks in the
+    /// packs (contents side by side in a block come one after the other):
+    /// (blob id, hash, size). Empty contents, which have no chunk, are
+    /// never among them.
     pub fn generation_blobs_at_least(
         &self,
         generation: i64,
@@ -662,8 +699,10 @@ impl Catalog {
             "SELECT DISTINCT b.id, b.hash, b.size FROM generation_packages gp \
              JOIN inodes i ON i.package = gp.package \
              JOIN blobs b ON b.id = i.blob \
+             JOIN blob_chunks bc ON bc.blob = b.id AND bc.seq = 0 \
+             JOIN chunks c ON c.id = bc.chunk \
              WHERE gp.generation = ?1 AND b.size >= ?2 \
-             ORDER BY b.size DESC, b.hash",
+             ORDER BY c.pack, c.offset, c.inner",
         )?;
         let min = i64::try_from(min_size).unwrap_or(i64::MAX);
         let rows = stmt.query_map(params![generation, min], |r| {

@@ -18,8 +18,9 @@
 //! - **Landlock** ([`rules`]): read the catalog, its WAL (`-wal`), the
 //!   WAL index (`-shm`) and the packs; create, write and
 //!   remove files (and bind sockets) in `STORE/run`; read, write and ioctl `/dev/fuse`
-//!   (a FUSE mount reopens it per request thread); for an image, read the
-//!   image and use its scratch store. Nothing else, no TCP, no abstract
+//!   (a FUSE mount reopens it per request thread); with a kernel view,
+//!   write its own image directory and read `STORE/decoded`; for an
+//!   image, read the image and use its scratch store. Nothing else, no TCP, no abstract
 //!   sockets or signals outside the daemon, no mount changes.
 //! - **seccomp** ([`filter`]): an allowlist of the system calls serving
 //!   makes, with argument checks (threads but no processes, no executable
@@ -621,6 +622,14 @@ fn landlock_rules(c: &Confinement, remote_cache: bool) -> Vec<Rule> {
             path: PathBuf::from(OsStr::from_bytes(plan.image_dir.to_bytes())),
             grant: Grant::Records,
         });
+        // The decoded copies, read only: an image lists them to know which
+        // files to redirect there (their bytes are the packs' own).
+        if let Some(decoded) = &plan.decoded {
+            rules.push(Rule {
+                path: PathBuf::from(OsStr::from_bytes(decoded.to_bytes())),
+                grant: Grant::Read,
+            });
+        }
     }
     if let Some((image, scratch)) = c.image {
         rules.push(Rule {
