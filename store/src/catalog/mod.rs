@@ -296,6 +296,32 @@ fn package_from_row(r: &Row<'_>) -> rusqlite::Result<PackageRow> {
     })
 }
 
+/// Runs `stmt`, a query of a generation's contents (`?1` the generation,
+/// `?2` the smallest size; columns blob id, hash, size), and collects
+/// its rows.
+fn generation_contents(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    generation: i64,
+    min_size: u64,
+) -> Result<Vec<(i64, Hash, u64)>> {
+    let min = i64::try_from(min_size).unwrap_or(i64::MAX);
+    let rows = stmt.query_map(params![generation, min], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, Vec<u8>>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (blob, hash, size) = row?;
+        let hash = Hash::from_slice(&hash)
+            .ok_or_else(|| StoreError::Invalid(format!("blob {blob} has a malformed hash")))?;
+        out.push((blob, hash, u64::try_from(size).unwrap_or(0)));
+    }
+    Ok(out)
+}
+
 /// Applies the connection settings every catalog connection uses.
 fn configure(conn: &Connection) -> Result<()> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
@@ -667,22 +693,7 @@ impl Catalog {
              JOIN blobs b ON b.id = i.blob \
              WHERE gp.generation = ?1 AND b.size >= ?2",
         )?;
-        let min = i64::try_from(min_size).unwrap_or(i64::MAX);
-        let rows = stmt.query_map(params![generation, min], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, Vec<u8>>(1)?,
-                r.get::<_, i64>(2)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (blob, hash, size) = row?;
-            let hash = Hash::from_slice(&hash)
-                .ok_or_else(|| StoreError::Invalid(format!("blob {blob} has a malformed hash")))?;
-            out.push((blob, hash, u64::try_from(size).unwrap_or(0)));
-        }
-        Ok(out)
+        generation_contents(&mut stmt, generation, min_size)
     }
 
     /// The contents of at least `min_size` bytes of the files of generation
@@ -704,22 +715,7 @@ impl Catalog {
              WHERE gp.generation = ?1 AND b.size >= ?2 \
              ORDER BY c.pack, c.offset, c.inner",
         )?;
-        let min = i64::try_from(min_size).unwrap_or(i64::MAX);
-        let rows = stmt.query_map(params![generation, min], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, Vec<u8>>(1)?,
-                r.get::<_, i64>(2)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (blob, hash, size) = row?;
-            let hash = Hash::from_slice(&hash)
-                .ok_or_else(|| StoreError::Invalid(format!("blob {blob} has a malformed hash")))?;
-            out.push((blob, hash, u64::try_from(size).unwrap_or(0)));
-        }
-        Ok(out)
+        generation_contents(&mut stmt, generation, min_size)
     }
 
     /// The hashes of every stored content of at least `min_size` bytes.

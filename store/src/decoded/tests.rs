@@ -47,6 +47,16 @@ fn store_with_app(root: &Path, app: &str, seed: u64) -> (Store, Vec<Vec<u8>>) {
     (store, files)
 }
 
+/// gc keeping only the current generation, with no grace time.
+fn gc_now() -> GcOptions {
+    GcOptions {
+        keep_last: 1,
+        keep_younger_than: None,
+        grace: Duration::ZERO,
+        repack_below: 0.5,
+    }
+}
+
 fn current(store: &Store) -> i64 {
     store.catalog().current_generation().unwrap().unwrap()
 }
@@ -132,12 +142,7 @@ fn gc_prunes_copies_of_contents_no_package_holds() {
     // Not a name of ours: left alone.
     fs::write(dir.join("notes.txt"), b"mine").unwrap();
     store.remove(&["gone".to_string()]).unwrap();
-    let options = GcOptions {
-        keep_last: 1,
-        keep_younger_than: None,
-        grace: Duration::ZERO,
-        repack_below: 0.5,
-    };
+    let options = gc_now();
     let report = collect(&mut store, options).unwrap();
     assert_eq!(report.decoded_removed, 3, "{report:?}");
     let kept = wanted(&store, current(&store), DEFAULT_MIN_SIZE).unwrap();
@@ -211,12 +216,7 @@ fn a_smaller_min_size_decodes_small_files_and_is_remembered() {
     assert_eq!(record_min_size(store.catalog(), 4 << 20).unwrap(), 1);
     assert_eq!(min_size(store.catalog()).unwrap(), 1);
 
-    let options = GcOptions {
-        keep_last: 1,
-        keep_younger_than: None,
-        grace: Duration::ZERO,
-        repack_below: 0.5,
-    };
+    let options = gc_now();
     let report = collect(&mut store, options).unwrap();
     assert_eq!(report.decoded_removed, 0, "{report:?}");
     assert!(small.exists());
