@@ -78,20 +78,40 @@ pub fn has_copy(dir: &Path, hash: &Hash, size: u64) -> bool {
 /// The contents `dir` holds copies under the name of, as far as names say
 /// ([`has_copy`] checks one): none when there is no directory.
 pub fn names(dir: &Path) -> Result<HashSet<Hash>> {
+    Ok(our_files(dir)?
+        .into_iter()
+        .filter(|f| !f.temporary)
+        .filter_map(|f| Hash::from_hex(&f.name))
+        .collect())
+}
+
+/// A file of the directory of copies named as this module names them.
+struct OurFile {
+    /// Its name: a copy's (64 hex digits) or a temporary one.
+    name: String,
+    /// Whether it is a copy being written (`.HEX.PID.tmp`).
+    temporary: bool,
+}
+
+/// The files of `dir` with names of ours ([`ours`]): none when there is no
+/// directory; an error if a link or anything else stands in its place.
+fn our_files(dir: &Path) -> Result<Vec<OurFile>> {
     if !real_dir(dir)? {
-        return Ok(HashSet::new());
+        return Ok(Vec::new());
     }
-    let mut names = HashSet::new();
+    let mut files = Vec::new();
     for entry in fs::read_dir(dir).map_err(|e| StoreError::io(dir, e))? {
         let entry = entry.map_err(|e| StoreError::io(dir, e))?;
         if let Some(name) = entry.file_name().to_str()
-            && ours(name) == Some(false)
-            && let Some(hash) = Hash::from_hex(name)
+            && let Some(temporary) = ours(name)
         {
-            names.insert(hash);
+            files.push(OurFile {
+                name: name.to_owned(),
+                temporary,
+            });
         }
     }
-    Ok(names)
+    Ok(files)
 }
 
 /// The content hash of the file at `path` (never through a link).
@@ -329,44 +349,30 @@ const TEMP_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
 /// module writes are touched, and only regular files.
 pub fn prune(store: &Store) -> Result<(u64, u64)> {
     let dir = dir(store.dir());
-    if !real_dir(&dir)? {
+    let ours = our_files(&dir)?;
+    if ours.is_empty() {
         return Ok((0, 0));
     }
     // Every stored content's copy is kept, whatever its size: a kernel view
     // built while smaller files were decoded may still name it.
-    let stored: HashSet<String> = store
-        .catalog()
-        .blob_hashes_at_least(1)?
-        .iter()
-        .map(name)
-        .collect();
+    let stored: HashSet<Hash> = store.catalog().blob_hashes()?.into_iter().collect();
     let (mut files, mut bytes) = (0, 0);
-    for entry in fs::read_dir(&dir).map_err(|e| StoreError::io(&dir, e))? {
-        let entry = entry.map_err(|e| StoreError::io(&dir, e))?;
-        let file_name = entry.file_name();
-        let Some(file_name) = file_name.to_str() else {
+    for file in ours {
+        let path = dir.join(&file.name);
+        let Ok(meta) = fs::symlink_metadata(&path) else {
             continue;
         };
-        let Some(temporary) = ours(file_name) else {
-            continue;
-        };
-        let Ok(meta) = fs::symlink_metadata(entry.path()) else {
-            continue;
-        };
-        let young = meta
-            .modified()
-            .ok()
-            .and_then(|m| m.elapsed().ok())
-            .is_none_or(|age| age < TEMP_GRACE);
-        let keep = if temporary {
-            young
+        let keep = if file.temporary {
+            meta.modified()
+                .ok()
+                .and_then(|m| m.elapsed().ok())
+                .is_none_or(|age| age < TEMP_GRACE)
         } else {
-            stored.contains(file_name)
+            Hash::from_hex(&file.name).is_some_and(|hash| stored.contains(&hash))
         };
         if keep || !meta.is_file() {
             continue;
         }
-        let path = entry.path();
         crate::runtime::remove_if_present(&path)?;
         files += 1;
         bytes += meta.len();
@@ -381,23 +387,15 @@ pub fn prune(store: &Store) -> Result<(u64, u64)> {
 /// (`nip verify`): the kernel serves copies without checking them.
 pub fn check(store: &Store) -> Result<Vec<(String, String)>> {
     let dir = dir(store.dir());
-    if !real_dir(&dir)? {
-        return Ok(Vec::new());
-    }
     let mut damaged = Vec::new();
-    for entry in fs::read_dir(&dir).map_err(|e| StoreError::io(&dir, e))? {
-        let entry = entry.map_err(|e| StoreError::io(&dir, e))?;
-        let file_name = entry.file_name().to_string_lossy().into_owned();
-        if ours(&file_name) != Some(false) {
-            continue;
-        }
-        match hash_file(&entry.path()) {
-            Ok(hash) if name(&hash) == file_name => {}
+    for file in our_files(&dir)?.into_iter().filter(|f| !f.temporary) {
+        match hash_file(&dir.join(&file.name)) {
+            Ok(hash) if name(&hash) == file.name => {}
             Ok(hash) => damaged.push((
-                file_name,
+                file.name,
                 format!("holds content {} (run nip decode)", name(&hash)),
             )),
-            Err(e) => damaged.push((file_name, e.to_string())),
+            Err(e) => damaged.push((file.name, e.to_string())),
         }
     }
     damaged.sort();

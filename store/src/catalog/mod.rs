@@ -718,13 +718,12 @@ impl Catalog {
         generation_contents(&mut stmt, generation, min_size)
     }
 
-    /// The hashes of every stored content of at least `min_size` bytes.
-    pub fn blob_hashes_at_least(&self, min_size: u64) -> Result<Vec<Hash>> {
+    /// The hashes of every stored non-empty content.
+    pub fn blob_hashes(&self) -> Result<Vec<Hash>> {
         let mut stmt = self
             .conn
-            .prepare_cached("SELECT hash FROM blobs WHERE size >= ?1")?;
-        let min = i64::try_from(min_size).unwrap_or(i64::MAX);
-        let rows = stmt.query_map([min], |r| r.get::<_, Vec<u8>>(0))?;
+            .prepare_cached("SELECT hash FROM blobs WHERE size > 0")?;
+        let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
         let mut out = Vec::new();
         for row in rows {
             if let Some(hash) = Hash::from_slice(&row?) {
