@@ -73,11 +73,7 @@ fn the_kernel_view_shows_the_tree_follows_switches_and_unmounts() {
     }
     let scratch = Scratch::new("kernel-view");
     let (store, v1, v2) = app_store(&scratch);
-    let mount = Mount::start(
-        store.path(),
-        &scratch.join("mnt"),
-        &["--kernel-metadata", "--allow-other"],
-    );
+    let mount = start_view(&store, &scratch);
     assert_eq!(top_type(mount.point()), "overlay", "no kernel view on top");
     let status = nexus(store.path(), ["status", "--json"]);
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
@@ -175,11 +171,7 @@ fn a_package_cannot_speak_to_overlayfs() {
     xattr::set(evil.join("lure"), "user.kept", b"yes").unwrap();
     store.add_dir(&victim, "victim", "1");
     store.add_dir(&evil, "evil", "1");
-    let mount = Mount::start(
-        store.path(),
-        &scratch.join("mnt"),
-        &["--kernel-metadata", "--allow-other"],
-    );
+    let mount = start_view(&store, &scratch);
     let lure = mount.join("evil/1/lure");
     assert_eq!(read(&lure), b"harmless\n", "a package redirected its file");
     assert!(cat_as_nobody(&lure));
@@ -288,10 +280,7 @@ fn a_kernel_view_mount_is_taken_over_without_unmounting() {
         "the successor's kernel view did not follow the switch"
     );
     assert_eq!(read(&index.join("bin/tool")), read(&v2.join("bin/tool")));
-    let out = nexus(
-        store.path(),
-        [std::ffi::OsStr::new("umount"), mount.point().as_os_str()],
-    );
+    let out = umount(&store, &mount);
     assert!(out.status.success(), "nexus umount: {}", show(&out));
     assert!(
         wait_for(Duration::from_secs(10), || !alive(new)),
@@ -310,6 +299,31 @@ fn on_now(path: &Path) -> usize {
         .count()
 }
 
+/// Mounts `store` on `scratch`'s `mnt` with a kernel view.
+fn start_view(store: &Store, scratch: &Scratch) -> Mount {
+    Mount::start(
+        store.path(),
+        &scratch.join("mnt"),
+        &["--kernel-metadata", "--allow-other"],
+    )
+}
+
+/// `nexus umount` of `mount`.
+fn umount(store: &Store, mount: &Mount) -> std::process::Output {
+    nexus(
+        store.path(),
+        [std::ffi::OsStr::new("umount"), mount.point().as_os_str()],
+    )
+}
+
+/// `nip decode ARGS --json`, its report.
+fn decode(store: &Store, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["decode"];
+    all.extend_from_slice(args);
+    all.push("--json");
+    serde_json::from_slice(&store.ok(all).stdout).unwrap()
+}
+
 /// A daemon killed outright leaves nothing behind: its keeper detaches the
 /// kernel view and the FUSE mount below it (no dead mount, no view over
 /// one).
@@ -320,11 +334,7 @@ fn a_killed_daemon_leaves_no_view_and_no_dead_mount() {
     }
     let scratch = Scratch::new("kernel-view-kill");
     let (store, _, _) = app_store(&scratch);
-    let mount = Mount::start(
-        store.path(),
-        &scratch.join("mnt"),
-        &["--kernel-metadata", "--allow-other"],
-    );
+    let mount = start_view(&store, &scratch);
     assert_eq!(on_now(mount.point()), 2);
     // SAFETY: kill of the daemon this test started.
     unsafe { libc::kill(mount.pid(), libc::SIGKILL) };
@@ -347,11 +357,7 @@ fn nexus_umount_clears_a_view_whose_daemon_and_keeper_were_killed() {
     }
     let scratch = Scratch::new("kernel-view-kill-both");
     let (store, _, _) = app_store(&scratch);
-    let mount = Mount::start(
-        store.path(),
-        &scratch.join("mnt"),
-        &["--kernel-metadata", "--allow-other"],
-    );
+    let mount = start_view(&store, &scratch);
     assert_eq!(on_now(mount.point()), 2);
     let keeper = fs::read_dir("/proc")
         .unwrap()
@@ -378,10 +384,7 @@ fn nexus_umount_clears_a_view_whose_daemon_and_keeper_were_killed() {
         on_now(mount.point()) > 0,
         "something unmounted the dead mounts"
     );
-    let out = nexus(
-        store.path(),
-        [std::ffi::OsStr::new("umount"), mount.point().as_os_str()],
-    );
+    let out = umount(&store, &mount);
     assert!(out.status.success(), "nexus umount: {}", show(&out));
     assert_eq!(
         on_now(mount.point()),
@@ -402,11 +405,7 @@ fn umount_of_the_view_stops_the_daemon_and_leaves_nothing_mounted() {
     }
     let scratch = Scratch::new("kernel-view-umount");
     let (store, v1, _) = app_store(&scratch);
-    let mount = Mount::start(
-        store.path(),
-        &scratch.join("mnt"),
-        &["--kernel-metadata", "--allow-other"],
-    );
+    let mount = start_view(&store, &scratch);
     assert_eq!(on_now(mount.point()), 2);
     assert_eq!(
         read(&mount.join("app/1/share/data")),
@@ -442,11 +441,7 @@ fn umount_of_the_view_stops_the_daemon_and_leaves_nothing_mounted() {
         .arg("30")
         .spawn()
         .unwrap();
-    let mount = Mount::start(
-        store.path(),
-        &scratch.join("mnt"),
-        &["--kernel-metadata", "--allow-other"],
-    );
+    let mount = start_view(&store, &scratch);
     let run = store.path().join("run");
     let name = bystander.id().to_string();
     let lock = File::create(run.join(format!("{name}.lock"))).unwrap();
@@ -473,10 +468,7 @@ fn umount_of_the_view_stops_the_daemon_and_leaves_nothing_mounted() {
         "the forged record is not read as live: {}",
         show(&listed)
     );
-    let out = nexus(
-        store.path(),
-        [std::ffi::OsStr::new("umount"), mount.point().as_os_str()],
-    );
+    let out = umount(&store, &mount);
     assert!(out.status.success(), "{}", show(&out));
     assert_eq!(on_now(mount.point()), 0, "{}", mount.log());
     assert!(
@@ -537,16 +529,9 @@ fn served(log: &str, opcode: &str) -> u64 {
 /// Mounts `store` with a kernel view, reads `file` of app/1 whole, and
 /// returns what was read and the daemon's log once it stopped.
 fn read_through_kernel_view(store: &Store, scratch: &Scratch, file: &str) -> (Vec<u8>, String) {
-    let mount = Mount::start(
-        store.path(),
-        &scratch.join("mnt"),
-        &["--kernel-metadata", "--allow-other"],
-    );
+    let mount = start_view(store, scratch);
     let bytes = read(&mount.join(format!("app/1/{file}")));
-    let out = nexus(
-        store.path(),
-        [std::ffi::OsStr::new("umount"), mount.point().as_os_str()],
-    );
+    let out = umount(store, &mount);
     assert!(out.status.success(), "nexus umount: {}", show(&out));
     assert!(
         wait_for(Duration::from_secs(10), || !alive(mount.pid())),
@@ -588,8 +573,7 @@ fn files_are_read_from_their_decoded_copies() {
     assert!(bytes == big, "the file read differs from the one added");
     assert!(served(&log, "READ") > 0, "no READ without a copy:\n{log}");
 
-    let out = store.ok(["decode", "--json"]);
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = decode(&store, &[]);
     assert_eq!(report["written"], 1, "{report}");
     assert_eq!(report["written_bytes"], big.len() as u64, "{report}");
     let decoded = store.path().join("decoded");
@@ -606,8 +590,7 @@ fn files_are_read_from_their_decoded_copies() {
     assert!(served(&log, "READ") > 0, "{log}");
 
     // Down to every file: the small one is read from its copy too.
-    let out = store.ok(["decode", "--min-size", "1", "--json"]);
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = decode(&store, &["--min-size", "1"]);
     assert_eq!(
         (&report["written"], &report["present"]),
         (&1.into(), &1.into()),
@@ -647,8 +630,7 @@ fn a_view_looking_for_many_copies_is_made_by_the_confined_daemon() {
     let src = scratch.join("src/1");
     write_file(&src.join("small"), b"small\n");
     store.add_dir(&src, "app", "1");
-    let out = store.ok(["decode", "--min-size", "1", "--json"]);
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = decode(&store, &["--min-size", "1"]);
     assert_eq!(report["written"], 1, "{report}");
     let many = scratch.join("src/many");
     for i in 0..20_000 {
@@ -677,11 +659,7 @@ fn a_generation_the_kernel_view_still_shows_is_kept_by_gc() {
     let other = scratch.join("src/other");
     write_file(&other.join("bin/other"), b"other\n");
     store.add_dir(&other, "other", "1");
-    let mount = Mount::start(
-        store.path(),
-        &scratch.join("mnt"),
-        &["--kernel-metadata", "--allow-other"],
-    );
+    let mount = start_view(&store, &scratch);
     // Make the daemon's next image fail: a directory where it renames it.
     let images: Vec<_> = fs::read_dir(store.path().join("kernel-view"))
         .unwrap()

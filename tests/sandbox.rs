@@ -777,15 +777,18 @@ fn a_log_directory_holding_the_store_is_refused() {
     let point = scratch.join("mnt");
     fs::create_dir_all(&point).unwrap();
     let parent = store.path().parent().unwrap().to_path_buf();
-    let out = nexus(
-        store.path(),
-        [
-            OsString::from("mount"),
-            point.clone().into(),
-            "--log-file".into(),
-            parent.join("nexus.log").into(),
-        ],
-    );
+    let mount_logging_in = |dir: &Path| {
+        nexus(
+            store.path(),
+            [
+                OsString::from("mount"),
+                point.clone().into(),
+                "--log-file".into(),
+                dir.join("nexus.log").into(),
+            ],
+        )
+    };
+    let out = mount_logging_in(&parent);
     assert!(!out.status.success(), "mounted: {}", show(&out));
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -798,15 +801,7 @@ fn a_log_directory_holding_the_store_is_refused() {
     // kernel serves to every user, or another daemon's images.
     let inside = store.path().join("decoded");
     fs::create_dir_all(&inside).unwrap();
-    let out = nexus(
-        store.path(),
-        [
-            OsString::from("mount"),
-            point.clone().into(),
-            "--log-file".into(),
-            inside.join("nexus.log").into(),
-        ],
-    );
+    let out = mount_logging_in(&inside);
     assert!(!out.status.success(), "mounted: {}", show(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("lies inside the store"),
