@@ -6,7 +6,7 @@
 //! fsynced, and the packs directory too, before this transaction begins; the
 //! transaction itself commits with `synchronous = FULL`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use rusqlite::{Connection, TransactionBehavior};
@@ -228,6 +228,57 @@ impl PendingCommit<'_> {
     }
 }
 
+/// A staged package's tree hash, and the stored package of its name and
+/// version (id and tree hash), if any.
+struct Standing {
+    existing: Option<(i64, Vec<u8>)>,
+    tree_hash: Hash,
+}
+
+impl Standing {
+    /// Of each of `packages`, as the transaction `conn` sees the store.
+    fn of(conn: &Connection, packages: &[StagedPackage]) -> Result<Vec<Standing>> {
+        packages
+            .iter()
+            .map(|p| {
+                Ok(Standing {
+                    existing: writes::package_by_spec(conn, &p.name, &p.version)?,
+                    tree_hash: p.tree.tree_hash(),
+                })
+            })
+            .collect()
+    }
+
+    /// Stored already, with the same tree.
+    fn is_stored(&self) -> bool {
+        matches!(&self.existing, Some((_, hash)) if hash == self.tree_hash.as_bytes())
+    }
+}
+
+/// The contents of the staged packages not stored yet with the same tree:
+/// the rows the commit must find or add. A package stored already has
+/// every row it needs, so a pull of a generation that changes a few of its
+/// packages costs what they hold, not what the generation holds.
+fn contents_of_new(packages: &[StagedPackage], standing: &[Standing]) -> HashSet<Hash> {
+    let mut needed = HashSet::new();
+    for (staged, _) in packages
+        .iter()
+        .zip(standing)
+        .filter(|(_, s)| !s.is_stored())
+    {
+        for inode in &staged.tree.inodes {
+            if let crate::tree::InodeKind::File {
+                content: Some(hash),
+                ..
+            } = &inode.kind
+            {
+                needed.insert(*hash);
+            }
+        }
+    }
+    needed
+}
+
 /// Commits `packages` and the content `batch` in one transaction; the new
 /// generation's members follow `membership`.
 pub fn commit_with(
@@ -239,10 +290,25 @@ pub fn commit_with(
     let tx = catalog
         .conn()
         .transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let chunk_ids = writes::index_chunks(&tx, batch)?;
+    let standing = Standing::of(&tx, packages)?;
+    let needed = contents_of_new(packages, &standing);
     let contents: Vec<_> = crate::ingest::distinct_contents(&batch.files)
         .into_values()
+        .filter(|c| needed.contains(&c.hash))
         .collect();
+    // A pull's batch locates every chunk of the generation; only those of
+    // the contents it adds are indexed. A local batch's chunks were
+    // written to this store's packs for it, and are all indexed.
+    let chunk_ids = match batch.remote {
+        Some(_) => {
+            let chunks: HashSet<Hash> = contents
+                .iter()
+                .flat_map(|c| c.chunks.iter().map(|(h, _)| *h))
+                .collect();
+            writes::index_chunks(&tx, batch, Some(&chunks))?
+        }
+        None => writes::index_chunks(&tx, batch, None)?,
+    };
     let blob_ids = match writes::insert_blobs(&tx, &contents, &chunk_ids)? {
         Ok(ids) => ids,
         // Dropping the transaction rolls it back: nothing of this add lands.
@@ -269,10 +335,15 @@ pub fn commit_with(
         added: Vec::new(),
         unchanged: Vec::new(),
     };
-    for staged in packages {
+    for (
+        staged,
+        Standing {
+            existing,
+            tree_hash,
+        },
+    ) in packages.iter().zip(standing)
+    {
         let spec = format!("{}/{}", staged.name, staged.version);
-        let tree_hash = staged.tree.tree_hash();
-        let existing = writes::package_by_spec(&tx, &staged.name, &staged.version)?;
         let package_id = match existing {
             Some((id, stored)) if stored == tree_hash.as_bytes() => {
                 // The same content, now vouched for unrestricted: the
@@ -393,6 +464,8 @@ fn apply_current(
 mod tests {
     use super::*;
     use crate::Store;
+    use crate::ingest::FileContent;
+    use crate::pack::ChunkLocation;
 
     /// An empty package `name/version` (a root directory, its mtime telling
     /// versions apart).
@@ -409,6 +482,123 @@ mod tests {
 
     fn add(store: &mut Store, p: StagedPackage, membership: &Membership) -> Result<CommitOutcome> {
         store.commit_batch(&[p], &ContentBatch::default(), membership)
+    }
+
+    /// A package `name/1` holding one file of one chunk, as a remote's
+    /// metadata describes it: the file's content, and where its chunk is.
+    fn remote_package(name: &str, pack: &str) -> (StagedPackage, FileContent, ChunkLocation) {
+        let bytes = format!("the one file of {name}");
+        let (content, chunk) = (Hash::of(bytes.as_bytes()), Hash::of(name.as_bytes()));
+        let mut tree = Tree::with_root(0o755, 0, 0, 1, Vec::new());
+        let file = tree.push_inode(crate::tree::Inode {
+            kind: crate::tree::InodeKind::File {
+                size: bytes.len() as u64,
+                content: Some(content),
+            },
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: 1,
+            xattrs: Vec::new(),
+        });
+        tree.push_entry(0, b"file".to_vec(), file);
+        let len = bytes.len() as u32;
+        (
+            StagedPackage {
+                tree,
+                ..package(name, "1", 1)
+            },
+            FileContent {
+                hash: content,
+                size: len.into(),
+                chunks: vec![(chunk, len)],
+            },
+            ChunkLocation {
+                hash: chunk,
+                pack: pack.into(),
+                offset: 8,
+                block_len: 100,
+                inner: 0,
+                len,
+            },
+        )
+    }
+
+    /// A pull that changes one package of a generation writes the rows of
+    /// that package alone: what the store holds for the packages it has
+    /// is neither looked up nor rewritten, whatever the batch says of them
+    /// (here: their chunk in a pack the batch does not even list), and a
+    /// pack holding only their chunks is not indexed.
+    #[test]
+    fn a_pull_writes_no_content_rows_of_the_packages_it_has() {
+        let d = tempfile::tempdir().unwrap();
+        let mut store = Store::init(d.path()).unwrap();
+        let remote = store
+            .catalog()
+            .add_remote(&crate::catalog::NewRemote {
+                name: "origin".into(),
+                url: "file:///nowhere".into(),
+                endpoint: None,
+                region: None,
+                domain: "test".into(),
+            })
+            .unwrap();
+        let (p1, p2, p3) = (
+            format!("{}.pack", "1".repeat(32)),
+            format!("{}.pack", "2".repeat(32)),
+            format!("{}.pack", "3".repeat(32)),
+        );
+        let sealed = |name: &str| crate::pack::SealedPack {
+            name: name.into(),
+            size: 1000,
+        };
+        let system = |current: &[&str]| {
+            Membership::Exactly(ExactSet {
+                current: current.iter().map(|s| s.to_string()).collect(),
+                action: "pull".into(),
+                restrictions: Restrictions::AsStated,
+            })
+        };
+        let (a, a_content, a_chunk) = remote_package("a", &p1);
+        let first = ContentBatch {
+            files: vec![a_content.clone()],
+            packs: vec![sealed(&p1)],
+            written: vec![a_chunk.clone()],
+            reused: Default::default(),
+            remote: Some(remote.id),
+        };
+        store.commit_batch(&[a], &first, &system(&["a/1"])).unwrap();
+
+        let (a, _, _) = remote_package("a", &p1);
+        let (b, b_content, b_chunk) = remote_package("b", &p3);
+        let moved = ChunkLocation {
+            pack: p2.as_str().into(),
+            ..a_chunk
+        };
+        let unlisted = ChunkLocation {
+            pack: "unlisted.pack".into(),
+            offset: 500,
+            ..moved.clone()
+        };
+        let second = ContentBatch {
+            files: vec![a_content, b_content],
+            packs: vec![sealed(&p2), sealed(&p3)],
+            written: vec![moved, unlisted, b_chunk],
+            reused: Default::default(),
+            remote: Some(remote.id),
+        };
+        let outcome = store
+            .commit_batch(&[a, b], &second, &system(&["a/1", "b/1"]))
+            .unwrap();
+        assert_eq!(outcome.added, ["b/1"]);
+        let packs: Vec<String> = store
+            .catalog()
+            .remote_packs()
+            .unwrap()
+            .into_iter()
+            .map(|(pack, _)| pack)
+            .collect();
+        assert_eq!(packs, [p1, p3], "the pack of known chunks only was indexed");
     }
 
     #[derive(Debug, thiserror::Error)]

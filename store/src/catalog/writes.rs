@@ -2,7 +2,7 @@
 //! batch, blobs, and packages with their inodes and directory entries.
 //! `commit` decides what is written; every statement is here.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
@@ -11,7 +11,7 @@ use crate::commit::StagedPackage;
 use crate::error::{Result, StoreError};
 use crate::hash::Hash;
 use crate::ingest::{ContentBatch, FileContent};
-use crate::pack::SealedPack;
+use crate::pack::{ChunkLocation, SealedPack};
 use crate::tree::{InodeKind, InodeType, encode_xattrs};
 
 /// The id and tree hash of package `name`/`version`, if stored.
@@ -122,14 +122,26 @@ pub(crate) fn set_meta(conn: &Connection, key: &str, value: &str) -> Result<()> 
     Ok(())
 }
 
-/// Indexes the packs and chunks this run wrote; returns hash -> chunk id for
-/// every chunk the batch references (written or reused) that exists now.
+/// Indexes the packs and chunks this run wrote, or only the chunks of
+/// `only` (and the packs they are in) when given; returns hash -> chunk id
+/// for every chunk indexed or reused that exists now.
 pub(crate) fn index_chunks(
     tx: &Transaction<'_>,
     batch: &ContentBatch,
+    only: Option<&HashSet<Hash>>,
 ) -> Result<HashMap<Hash, i64>> {
+    let wanted = |hash: &Hash| only.is_none_or(|set| set.contains(hash));
+    let written: Vec<&ChunkLocation> = batch.written.iter().filter(|l| wanted(&l.hash)).collect();
+    let used_packs: Option<HashSet<&str>> =
+        only.map(|_| written.iter().map(|l| &*l.pack).collect());
     let mut pack_ids = HashMap::new();
     for pack in &batch.packs {
+        if used_packs
+            .as_ref()
+            .is_some_and(|used| !used.contains(pack.name.as_str()))
+        {
+            continue;
+        }
         let id = match batch.remote {
             None => {
                 tx.execute(
@@ -153,8 +165,8 @@ pub(crate) fn index_chunks(
         }
         Some(_) => "ON CONFLICT(hash) DO NOTHING",
     };
-    let mut cells = Vec::with_capacity(batch.written.len() * 6);
-    for loc in &batch.written {
+    let mut cells = Vec::with_capacity(written.len() * 6);
+    for loc in &written {
         let pack = pack_ids
             .get(&*loc.pack)
             .ok_or_else(|| StoreError::Invalid(format!("chunk in unknown pack {}", loc.pack)))?;
@@ -179,11 +191,10 @@ pub(crate) fn index_chunks(
     // before (kept or moved) are looked up one by one.
     let mut ids = new_rows_by_hash(tx, "chunks", before)?;
     let mut select = tx.prepare_cached("SELECT id FROM chunks WHERE hash = ?1")?;
-    for hash in batch
-        .written
+    for hash in written
         .iter()
         .map(|l| &l.hash)
-        .chain(batch.reused.iter())
+        .chain(batch.reused.iter().filter(|h| wanted(h)))
     {
         if ids.contains_key(hash) {
             continue;
