@@ -614,6 +614,73 @@ fn files_are_read_from_their_decoded_copies() {
     );
 }
 
+/// `nip decode --min-size 1M --prune-smaller` takes back the disk a
+/// `--min-size 1` took: views made from then on name only the larger
+/// copies, and the smaller ones go once no running view names them. A
+/// running view that names one keeps it (it reads on), until its next
+/// switch makes an image under the raised threshold; then `nip gc` takes
+/// it, and the file reads through the FUSE mount.
+#[test]
+fn a_raised_decode_threshold_prunes_small_copies_once_no_view_names_them() {
+    if !root_or_skip("a_raised_decode_threshold_prunes_small_copies_once_no_view_names_them") {
+        return;
+    }
+    let scratch = Scratch::new("kernel-view-raised-threshold");
+    let store = Store::init();
+    let src = scratch.join("src/1");
+    write_file(&src.join("share/small"), b"small\n");
+    store.add_dir(&src, "app", "1");
+    let report = decode(&store, &["--min-size", "1"]);
+    assert_eq!(report["written"], 1, "{report}");
+    let copy = fs::read_dir(store.path().join("decoded"))
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
+
+    let mount = start_view(&store, &scratch);
+    let small = mount.join("app/1/share/small");
+    assert_eq!(read(&small), b"small\n");
+    let report = decode(&store, &["--min-size", "1M", "--prune-smaller"]);
+    assert_eq!(report["threshold"], 1 << 20, "{report}");
+    assert_eq!(
+        (&report["pruned"]["removed"], &report["pruned"]["held"]),
+        (&0.into(), &1.into()),
+        "a copy the running view names was not kept: {report}"
+    );
+    assert!(copy.exists());
+    assert_eq!(read(&small), b"small\n");
+
+    // A switch: the daemon's next image names copies of 1 MiB or more.
+    let other = scratch.join("src/other");
+    write_file(&other.join("bin/other"), b"other\n");
+    store.add_dir(&other, "other", "1");
+    let said_raised = || {
+        fs::read_dir(store.path().join("run"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+            .any(|e| {
+                fs::read_to_string(e.path())
+                    .is_ok_and(|t| t.contains(&format!("\"decoded_from\": {}", 1 << 20)))
+            })
+    };
+    assert!(
+        wait_for(SHOW_WITHIN, || mount.join("other/1").exists()
+            && said_raised()),
+        "the view did not switch under the raised threshold\n{}",
+        mount.log()
+    );
+    let gc = store.ok(["gc", "--keep", "1", "--grace", "0", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&gc.stdout).unwrap();
+    assert_eq!(report["decoded_removed"], 1, "{report}");
+    assert!(!copy.exists(), "gc left the small file's copy");
+    assert_eq!(read(&small), b"small\n", "the file no longer reads");
+    let out = umount(&store, &mount);
+    assert!(out.status.success(), "nexus umount: {}", show(&out));
+}
+
 /// A generation of many files, with copies looked for down to every file:
 /// the image's one query for the candidates sorts tens of thousands of
 /// contents, which SQLite spilled to a temporary file the confined daemon

@@ -9,10 +9,11 @@
 //! Only root's `nip decode` writes them, through the store's read path (so
 //! every chunk is verified before it is written), each to a temporary name
 //! first and renamed once synced: a copy present under its final name is
-//! whole. Daemons never write here. Copies of contents no stored package
-//! holds any more are removed by [`prune`] (`nip gc` runs it), and only
-//! those: a generation any mount still shows keeps its packages, so no
-//! kernel view is left naming a removed copy.
+//! whole. Daemons never write here. [`prune`] (`nip gc`, `nip decode
+//! --prune-smaller`) removes the copies of contents no stored package holds
+//! any more (a generation any mount still shows keeps its packages), and
+//! those smaller than the threshold once no running kernel view may name
+//! them ([`keep_from`]): no kernel view is left naming a removed copy.
 
 use std::collections::HashSet;
 use std::fs;
@@ -48,13 +49,35 @@ pub fn min_size(catalog: &Catalog) -> Result<u64> {
 }
 
 /// Records that copies of files of `size` bytes or more are being written,
-/// lowering what [`min_size`] answers if `size` is smaller (copies once
-/// written keep being used; [`prune`] removes them only with their
-/// content). Returns the size now recorded.
+/// lowering what [`min_size`] answers if `size` is smaller, never raising
+/// it (a routine `nip decode` does not undo an admin's smaller one).
+/// Returns the size now recorded.
 pub fn record_min_size(catalog: &Catalog, size: u64) -> Result<u64> {
-    let size = size.max(1).min(min_size(catalog)?);
+    set_min_size(catalog, size.min(min_size(catalog)?))
+}
+
+/// Makes `size` (at least 1) what [`min_size`] answers, raised or lowered:
+/// views made from now on look for copies of files that large, and the
+/// smaller copies go once no running view may name them ([`prune`]).
+/// Returns the size now recorded.
+pub fn set_min_size(catalog: &Catalog, size: u64) -> Result<u64> {
+    let size = size.max(1);
     catalog.set_meta(MIN_SIZE_KEY, &size.to_string())?;
     Ok(size)
+}
+
+/// The smallest copy that must stay: the threshold views made from now on
+/// use ([`min_size`]), or the one a running kernel view said it may name
+/// (its runtime record's `decoded_from`), whichever is smaller. A view
+/// writes its record before it reads the threshold, and reads it again
+/// after, so a prune that reads the records after changing the threshold
+/// sees every copy a view may name.
+pub fn keep_from(store: &Store) -> Result<u64> {
+    let views = crate::runtime::live(store.dir())?
+        .into_iter()
+        .map(|r| r.served.decoded_from)
+        .filter(|&from| from > 0);
+    Ok(views.fold(min_size(store.catalog())?, u64::min))
 }
 
 /// The name of the copy of content `hash`: its hexadecimal form.
@@ -343,20 +366,37 @@ fn write_temp(store: &Store, temp: &Path, want: &Wanted) -> Result<()> {
 /// written: younger ones are left to it.
 const TEMP_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
 
-/// Removes every copy whose content no stored package holds, and
-/// temporary files older than [`TEMP_GRACE`] (a crash's leftovers);
-/// returns how many files it removed and their bytes. Only names this
-/// module writes are touched, and only regular files.
-pub fn prune(store: &Store) -> Result<(u64, u64)> {
+/// What [`prune`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Pruned {
+    /// Files removed.
+    pub removed: u64,
+    /// Their bytes.
+    pub removed_bytes: u64,
+    /// Copies smaller than the threshold kept because a running kernel
+    /// view may name them (they go with a prune after it switches or is
+    /// mounted again).
+    pub held: u64,
+    /// Their bytes.
+    pub held_bytes: u64,
+}
+
+/// Removes every copy whose content no stored package holds, every copy
+/// smaller than [`keep_from`], and temporary files older than
+/// [`TEMP_GRACE`] (a crash's leftovers). Only names this module writes are
+/// touched, and only regular files.
+pub fn prune(store: &Store) -> Result<Pruned> {
     let dir = dir(store.dir());
     let ours = our_files(&dir)?;
+    let mut pruned = Pruned::default();
     if ours.is_empty() {
-        return Ok((0, 0));
+        return Ok(pruned);
     }
-    // Every stored content's copy is kept, whatever its size: a kernel view
-    // built while smaller files were decoded may still name it.
+    // Read before the copies are looked at: a view starting meanwhile
+    // names only copies of at least the threshold read here.
+    let threshold = min_size(store.catalog())?;
+    let keep_from = keep_from(store)?;
     let stored: HashSet<Hash> = store.catalog().blob_hashes()?.into_iter().collect();
-    let (mut files, mut bytes) = (0, 0);
     for file in ours {
         let path = dir.join(&file.name);
         let Ok(meta) = fs::symlink_metadata(&path) else {
@@ -368,19 +408,24 @@ pub fn prune(store: &Store) -> Result<(u64, u64)> {
                 .and_then(|m| m.elapsed().ok())
                 .is_none_or(|age| age < TEMP_GRACE)
         } else {
-            Hash::from_hex(&file.name).is_some_and(|hash| stored.contains(&hash))
+            let stored = Hash::from_hex(&file.name).is_some_and(|hash| stored.contains(&hash));
+            if stored && meta.len() < threshold && meta.len() >= keep_from {
+                pruned.held += 1;
+                pruned.held_bytes += meta.len();
+            }
+            stored && meta.len() >= keep_from
         };
         if keep || !meta.is_file() {
             continue;
         }
         crate::runtime::remove_if_present(&path)?;
-        files += 1;
-        bytes += meta.len();
+        pruned.removed += 1;
+        pruned.removed_bytes += meta.len();
     }
-    if files > 0 {
+    if pruned.removed > 0 {
         sync_dir(&dir)?;
     }
-    Ok((files, bytes))
+    Ok(pruned)
 }
 
 /// The copies whose bytes are not the content their name says, with why

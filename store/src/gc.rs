@@ -163,7 +163,10 @@ pub fn collect_with_progress(
     // Copies are only an optimisation: a decoded directory gc cannot
     // prune (a link in its place) is said, not a reason to stop halfway.
     match crate::decoded::prune(store) {
-        Ok(removed) => (report.decoded_removed, report.decoded_bytes_removed) = removed,
+        Ok(pruned) => {
+            (report.decoded_removed, report.decoded_bytes_removed) =
+                (pruned.removed, pruned.removed_bytes)
+        }
         Err(e) => tracing::warn!("decoded copies left as they are: {e}"),
     }
     sweep_packs(store, options, &mut report, progress)?;
@@ -448,6 +451,7 @@ mod tests {
                 target: "/Programs".into(),
                 generations: vec![3],
                 packages: Vec::new(),
+                decoded_from: 0,
             },
         )
         .unwrap();

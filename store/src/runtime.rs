@@ -85,6 +85,12 @@ pub struct Served {
     /// behind a mount, VM guests): files open in programs, whatever
     /// generation they came from. gc keeps them too.
     pub packages: Vec<i64>,
+    /// The smallest file whose decoded copy (`STORE/decoded`) a kernel
+    /// view it shows, or is about to show, may name; 0 when it shows none.
+    /// Copies at least that large are never pruned while it runs. A record
+    /// of a build before this field reads as 1 for a mount (any copy) and
+    /// 0 for a virtio-fs backend.
+    pub decoded_from: u64,
 }
 
 /// A record of a running reader, as [`live`] reads it.
@@ -120,6 +126,8 @@ struct RecordFile {
     updated: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     schema: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    decoded_from: Option<u64>,
 }
 
 impl RecordFile {
@@ -137,6 +145,7 @@ impl RecordFile {
             started,
             updated: now_secs(),
             schema: Some(SCHEMA_VERSION),
+            decoded_from: Some(served.decoded_from),
         }
     }
 
@@ -148,6 +157,11 @@ impl RecordFile {
             Some(h) => PathBuf::from(std::ffi::OsString::from_vec(hex::decode(h).ok()?)),
             None => PathBuf::from(self.target),
         };
+        // A build that did not say may show a kernel view naming any copy.
+        let decoded_from = self.decoded_from.unwrap_or(match self.kind {
+            ServedKind::Mount => 1,
+            ServedKind::VirtioFs => 0,
+        });
         Some(ServedRecord {
             pid: self.pid,
             served: Served {
@@ -155,6 +169,7 @@ impl RecordFile {
                 target,
                 generations: self.generations,
                 packages: self.packages,
+                decoded_from,
             },
             started: self.started,
             updated: self.updated,
@@ -212,6 +227,19 @@ impl RuntimeRoot {
         }
         served.generations = generations;
         served.packages = packages;
+        self.write(&served)
+    }
+
+    /// Rewrites the record with the smallest file whose decoded copy the
+    /// kernel view shown, or about to be shown, may name (0: none), when
+    /// it changed. Written before the view looks for copies, so that a
+    /// prune reading the record afterwards keeps them.
+    pub fn set_decoded_from(&self, from: u64) -> Result<()> {
+        let mut served = self.served.lock().unwrap_or_else(|p| p.into_inner());
+        if self.withdrawn.load(Ordering::Relaxed) || served.decoded_from == from {
+            return Ok(());
+        }
+        served.decoded_from = from;
         self.write(&served)
     }
 
@@ -586,6 +614,7 @@ mod tests {
             target: PathBuf::from("/Programs"),
             generations,
             packages: Vec::new(),
+            decoded_from: 0,
         }
     }
 
@@ -610,6 +639,21 @@ mod tests {
         let record = &super::live(store.path()).unwrap()[0].served;
         assert_eq!(record.generations, vec![5, 3]);
         assert_eq!(record.packages, vec![17, 40], "held packages are recorded");
+        root.set_decoded_from(1 << 20).unwrap();
+        let record = &super::live(store.path()).unwrap()[0].served;
+        assert_eq!(record.decoded_from, 1 << 20);
+        assert_eq!(record.generations, vec![5, 3], "the rest stays");
+        // A record of a build that did not say which decoded copies its
+        // kernel view names may name any.
+        let text = fs::read_to_string(root.record_path()).unwrap();
+        let old: String = text
+            .lines()
+            .filter(|l| !l.contains("decoded_from"))
+            .collect::<Vec<_>>()
+            .join("\n")
+            .replace(",\n}", "\n}");
+        fs::write(root.record_path(), old).unwrap();
+        assert_eq!(super::live(store.path()).unwrap()[0].served.decoded_from, 1);
         // A live record is never swept.
         assert_eq!(sweep_dead(store.path()).unwrap(), 0);
         assert_eq!(super::live(store.path()).unwrap().len(), 1);
@@ -713,6 +757,7 @@ mod tests {
                 target: PathBuf::from("/run/guests.sock"),
                 generations: vec![2],
                 packages: Vec::new(),
+                decoded_from: 0,
             },
         )
         .unwrap();
@@ -736,6 +781,7 @@ mod tests {
                 target: target.clone(),
                 generations: vec![],
                 packages: Vec::new(),
+                decoded_from: 0,
             },
         )
         .unwrap();

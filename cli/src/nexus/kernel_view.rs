@@ -25,6 +25,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use nexus_fs::follow::Follower;
 use nexus_fs::{Changes, Index, View};
+use nexus_store::runtime::RuntimeRoot;
 use rustix::mount::{
     FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags, UnmountFlags, fsconfig_create,
     fsconfig_set_fd, fsconfig_set_string, fsmount, fsopen, move_mount, unmount,
@@ -566,9 +567,17 @@ impl Shower for Direct {
 }
 
 /// Writes the images of the generation `view` shows (and of `index`, when
-/// mounted), each through a temporary file renamed into place.
-pub(super) fn write_images(view: &View, index: Option<&Index>, files: &Files) -> Result<()> {
-    let main = nexus_fs::kernel_view::main_image(view, files.decoded.as_deref())
+/// mounted), each through a temporary file renamed into place; the main
+/// image names decoded copies of files of `copies_from` bytes or more.
+fn write_images(view: &View, index: Option<&Index>, files: &Files, copies_from: u64) -> Result<()> {
+    let decoded = files
+        .decoded
+        .as_deref()
+        .map(|dir| nexus_fs::kernel_view::DecodedCopies {
+            dir,
+            min_size: copies_from,
+        });
+    let main = nexus_fs::kernel_view::main_image(view, decoded)
         .context("making the kernel view's image")?;
     write_atomically(&files.main, &main)?;
     if let Some(index) = index {
@@ -594,15 +603,55 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// The smallest file whose decoded copy the next image may name: the
+/// store's threshold (`nip decode`), said in the runtime record `record`
+/// before it is read, and read again after, so that a prune, which changes
+/// the threshold first and reads the records after, never removes a copy
+/// the image names. Until the new image replaces it, the record keeps
+/// covering the copies the one shown names (from `decoded_from` up).
+fn copies_from(view: &View, record: Option<&RuntimeRoot>) -> Result<u64> {
+    let read = || {
+        view.decoded_min_size()
+            .context("reading the decoded copies' threshold")
+    };
+    let Some(record) = record else {
+        return read();
+    };
+    let shown = record.served().decoded_from;
+    let covering = |threshold: u64| match shown {
+        0 => threshold,
+        shown => threshold.min(shown),
+    };
+    let mut said = covering(read()?);
+    loop {
+        record
+            .set_decoded_from(said)
+            .context("recording which decoded copies the kernel view may name")?;
+        let threshold = read()?;
+        if threshold >= said {
+            return Ok(threshold);
+        }
+        // Lowered meanwhile: say the lower one before using it.
+        said = covering(threshold);
+    }
+}
+
 /// Shows the generation the view (and Index) show now; logs what it took.
+/// `record`, the daemon's runtime record, says which decoded copies the
+/// images shown may name.
 pub(super) fn refresh(
     view: &View,
     index: Option<&Index>,
     files: &Files,
     shower: &dyn Shower,
+    record: Option<&RuntimeRoot>,
 ) -> Result<()> {
     let started = Instant::now();
-    write_images(view, index, files)?;
+    let copies_from = match files.decoded {
+        Some(_) => copies_from(view, record)?,
+        None => 0,
+    };
+    write_images(view, index, files, copies_from)?;
     let written = started.elapsed();
     let shown = shower.show().context(
         "mounting the kernel view (EROFS file-backed mounts and overlayfs data-only layers \
@@ -615,6 +664,13 @@ pub(super) fn refresh(
     // SAFETY: malloc_trim only returns free heap memory to the system.
     unsafe { libc::malloc_trim(0) };
     shown?;
+    // The image shown before is detached: only the new one's copies are
+    // named now.
+    if let Some(record) = record
+        && let Err(e) = record.set_decoded_from(copies_from)
+    {
+        tracing::warn!("recording which decoded copies the kernel view names: {e}");
+    }
     tracing::info!(
         "kernel view of generation {:?}: images written in {:.0} ms, shown in {:.0} ms",
         view.generation(),
@@ -682,6 +738,8 @@ pub(super) struct KernelViewFollower {
     pub shower: Arc<dyn Shower>,
     /// The generation shown, for the runtime record.
     pub shown: super::runtime_root::ShownGeneration,
+    /// The runtime record, which says which decoded copies are named.
+    pub record: Option<Arc<RuntimeRoot>>,
 }
 
 impl Follower for KernelViewFollower {
@@ -691,6 +749,7 @@ impl Follower for KernelViewFollower {
             self.index.as_deref(),
             &self.files,
             &*self.shower,
+            self.record.as_deref(),
         ) {
             Ok(()) => self.shown.store(
                 self.view.generation().unwrap_or(-1),

@@ -29,6 +29,8 @@ pub fn announce(
         // Not empty when the daemon took a mount over: the kernel already
         // holds files of these packages.
         packages: view.held_packages(),
+        // Said by the kernel view, if any, before it looks for copies.
+        decoded_from: 0,
     };
     let root = RuntimeRoot::register(store, served).with_context(|| {
         format!(

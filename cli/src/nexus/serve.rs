@@ -460,16 +460,18 @@ impl Daemon {
         if let Some((files, plan, data)) = kernel_view {
             let shower = confined.kernel_view_shower(plan);
             let index = index.as_ref().map(|i| i.index());
+            let record = record.as_ref().map(|r| r.root());
             let shown =
-                kernel_view::refresh(&view, index.as_deref(), &files, &*shower).and_then(|()| {
-                    let data = data.lock().unwrap_or_else(|p| p.into_inner());
-                    let data = data.as_ref().context("the FUSE mount's root is gone")?;
-                    kernel_view::stop_when_removed(
-                        &settings.mountpoint,
-                        data.as_fd(),
-                        termination.clone(),
-                    )
-                });
+                kernel_view::refresh(&view, index.as_deref(), &files, &*shower, record.as_deref())
+                    .and_then(|()| {
+                        let data = data.lock().unwrap_or_else(|p| p.into_inner());
+                        let data = data.as_ref().context("the FUSE mount's root is gone")?;
+                        kernel_view::stop_when_removed(
+                            &settings.mountpoint,
+                            data.as_fd(),
+                            termination.clone(),
+                        )
+                    });
             match shown {
                 Ok(()) => {
                     shown_generation.store(
@@ -482,6 +484,7 @@ impl Daemon {
                         files,
                         shower,
                         shown: shown_generation.clone(),
+                        record,
                     }));
                 }
                 Err(e) => {

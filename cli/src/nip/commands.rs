@@ -180,8 +180,9 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Decode {
             generation,
             min_size,
+            prune_smaller,
             json,
-        } => decode(&dir, generation, min_size, json),
+        } => decode(&dir, generation, min_size, prune_smaller, json),
         Command::Verify { json } => {
             let mut store = open(&dir)?;
             let bar = Bar::for_stderr();
@@ -663,7 +664,13 @@ fn files(dir: &Path, spec: &str, json: bool) -> Result<i32> {
 
 /// `nip decode`: decoded copies of a generation's files of at least
 /// `min_size` bytes.
-fn decode(dir: &Path, generation: Option<i64>, min_size: u64, json: bool) -> Result<i32> {
+fn decode(
+    dir: &Path,
+    generation: Option<i64>,
+    min_size: u64,
+    prune_smaller: bool,
+    json: bool,
+) -> Result<i32> {
     let store = open(dir)?;
     let generation = match generation {
         Some(g) => g,
@@ -677,7 +684,11 @@ fn decode(dir: &Path, generation: Option<i64>, min_size: u64, json: bool) -> Res
     }
     // Recorded first: a view made while copies are being written looks for
     // them, and uses those already whole.
-    nexus_store::decoded::record_min_size(store.catalog(), min_size)?;
+    let threshold = if prune_smaller {
+        nexus_store::decoded::set_min_size(store.catalog(), min_size)?
+    } else {
+        nexus_store::decoded::record_min_size(store.catalog(), min_size)?
+    };
     let wanted = nexus_store::decoded::wanted(&store, generation, min_size)?;
     let bar = Bar::for_stderr();
     bar.phase("decoding");
@@ -685,10 +696,20 @@ fn decode(dir: &Path, generation: Option<i64>, min_size: u64, json: bool) -> Res
     let report = nexus_store::decoded::decode(&store, &wanted, &mut |n| bar.advance(n));
     bar.finish();
     let report = report?;
+    // After the threshold was raised: the copies below it that no running
+    // kernel view names go now, the others once those views move on.
+    let pruned = prune_smaller
+        .then(|| nexus_store::decoded::prune(&store))
+        .transpose()
+        .context("removing the copies of smaller files")?;
     if json {
         let mut value = serde_json::to_value(&report)?;
         value["generation"] = json!(generation);
         value["min_size"] = json!(min_size);
+        value["threshold"] = json!(threshold);
+        if let Some(pruned) = &pruned {
+            value["pruned"] = serde_json::to_value(pruned)?;
+        }
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         println!(
@@ -704,6 +725,22 @@ fn decode(dir: &Path, generation: Option<i64>, min_size: u64, json: bool) -> Res
                 "{} copies held other bytes than their content and were written anew",
                 report.replaced
             );
+        }
+        if let Some(pruned) = pruned {
+            println!(
+                "{} copies removed ({}); kernel views look for copies of files of {} or more",
+                pruned.removed,
+                human::size(pruned.removed_bytes),
+                human::size(threshold)
+            );
+            if pruned.held > 0 {
+                println!(
+                    "{} copies of smaller files ({}) stay while running kernel views name them: \
+                     `nip gc` removes them once those views switch generation or are mounted again",
+                    pruned.held,
+                    human::size(pruned.held_bytes)
+                );
+            }
         }
     }
     Ok(exit::OK)

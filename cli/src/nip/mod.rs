@@ -412,9 +412,12 @@ pub enum Command {
     /// whole tree, metadata and contents, without the daemon (composefs's
     /// layout): cold reads of many small files at the disk's speed, for
     /// the plain size of the whole generation on disk. Kernel views look
-    /// for copies of files down to the smallest --min-size ever given.
+    /// for copies of files down to the smallest --min-size ever given,
+    /// until --prune-smaller raises it again.
     ///
     /// Example: nip decode && nexus umount /Programs && nexus mount /Programs --kernel-metadata --allow-other
+    ///
+    /// Example (take the disk back): nip decode --min-size 1M --prune-smaller
     Decode {
         /// The generation whose files to decode (default: the current one).
         #[arg(long, value_name = "N")]
@@ -422,8 +425,15 @@ pub enum Command {
         /// Decode files of at least this size (K, M, G suffixes).
         #[arg(long, value_name = "SIZE", default_value = "1M", value_parser = parse_size)]
         min_size: u64,
-        /// JSON report {generation, min_size, written, written_bytes,
-        /// present, present_bytes, replaced}.
+        /// Make --min-size the threshold even if a smaller one was given
+        /// before, and remove the copies of smaller files: at once those
+        /// no running kernel view names, the others with the first `nip
+        /// gc` after their views switch generation or are mounted again.
+        #[arg(long)]
+        prune_smaller: bool,
+        /// JSON report {generation, min_size, threshold, written,
+        /// written_bytes, present, present_bytes, replaced, pruned:
+        /// {removed, removed_bytes, held, held_bytes}}.
         #[arg(long)]
         json: bool,
     },

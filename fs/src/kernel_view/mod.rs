@@ -57,9 +57,20 @@ trait Served {
     fn redirects(&self) -> bool;
     /// The content (catalog blob id) of a regular file.
     fn content_blob(&self, ino: u64) -> Result<Option<i64>>;
-    /// The contents of the files shown that `dir` holds a whole decoded
-    /// copy of, by blob id.
-    fn copies(&self, dir: &Path) -> Result<Copies>;
+    /// The contents of the files shown that `decoded` holds a whole copy
+    /// of, by blob id.
+    fn copies(&self, decoded: &DecodedCopies<'_>) -> Result<Copies>;
+}
+
+/// Where a main image looks for decoded copies: the store's directory of
+/// them, and the smallest file it looks for one of.
+#[derive(Clone, Copy, Debug)]
+pub struct DecodedCopies<'a> {
+    /// `STORE/decoded`.
+    pub dir: &'a Path,
+    /// Files smaller than this are read through the FUSE mount, copy or
+    /// not: a prune may remove their copies.
+    pub min_size: u64,
 }
 
 /// Decoded copies a walk redirects to: the content hash (the copy's name)
@@ -90,16 +101,17 @@ impl Served for View {
     fn content_blob(&self, ino: u64) -> Result<Option<i64>> {
         View::content_blob(self, ino)
     }
-    fn copies(&self, dir: &Path) -> Result<Copies> {
+    fn copies(&self, decoded: &DecodedCopies<'_>) -> Result<Copies> {
         // The names first: without copies, nothing else is asked. Then one
         // query for the candidates, and a stat of each one named: a query
         // per file, or a stat per content, would cost more than the image.
+        let dir = decoded.dir;
         let names = nexus_store::decoded::names(dir)?;
         if names.is_empty() {
             return Ok(Copies::new());
         }
         Ok(self
-            .decoded_candidates()?
+            .decoded_candidates(decoded.min_size)?
             .into_iter()
             .filter(|(_, hash, size)| {
                 names.contains(hash) && nexus_store::decoded::has_copy(dir, hash, *size)
@@ -128,7 +140,7 @@ impl Served for Index {
     fn content_blob(&self, _ino: u64) -> Result<Option<i64>> {
         Ok(None)
     }
-    fn copies(&self, _dir: &Path) -> Result<Copies> {
+    fn copies(&self, _decoded: &DecodedCopies<'_>) -> Result<Copies> {
         Ok(Copies::new())
     }
 }
@@ -136,9 +148,10 @@ impl Served for Index {
 /// The tree of the generation `view` shows, for [`erofs::write`]: every
 /// non-empty regular file redirected to its own path in the data layer,
 /// or, when `decoded` (the store's decoded copies, stacked as the first
-/// data-only layer) holds a whole copy of its contents, to that copy.
+/// data-only layer) holds a whole copy of its contents and it is at least
+/// `decoded.min_size` bytes, to that copy.
 /// What the image cannot hold is left out and warned of ([`fit`]).
-pub fn main_tree(view: &View, decoded: Option<&Path>) -> Result<Tree> {
+pub fn main_tree(view: &View, decoded: Option<DecodedCopies<'_>>) -> Result<Tree> {
     walk(view, decoded)
 }
 
@@ -151,7 +164,7 @@ pub fn index_tree(index: &Index) -> Result<Tree> {
 /// The image of the generation `view` shows (see [`main_tree`]).
 pub fn main_image(
     view: &View,
-    decoded: Option<&Path>,
+    decoded: Option<DecodedCopies<'_>>,
 ) -> std::result::Result<Vec<u8>, KernelViewError> {
     Ok(erofs::write(&main_tree(view, decoded)?)?)
 }
@@ -392,9 +405,9 @@ fn redirect(served: &impl Served, ino: u64, path: Vec<u8>, copies: &Copies) -> R
     Ok(path)
 }
 
-fn walk(served: &impl Served, decoded: Option<&Path>) -> Result<Tree> {
+fn walk(served: &impl Served, decoded: Option<DecodedCopies<'_>>) -> Result<Tree> {
     let copies = match decoded {
-        Some(dir) => served.copies(dir)?,
+        Some(decoded) => served.copies(&decoded)?,
         None => Copies::new(),
     };
     let root = served.root();

@@ -441,17 +441,22 @@ impl View {
         Ok(self.inode(id)?.blob)
     }
 
-    /// The contents of the generation shown that a kernel view looks for
-    /// decoded copies of (at least `nexus_store::decoded::min_size`
-    /// bytes), in no order, once per file: blob id, content hash, size.
-    pub fn decoded_candidates(&self) -> Result<Vec<(i64, nexus_store::Hash, u64)>> {
+    /// The smallest file views made now look for a decoded copy of
+    /// (`nexus_store::decoded::min_size`, read afresh).
+    pub fn decoded_min_size(&self) -> Result<u64> {
+        Ok(self.reader.query_fresh(nexus_store::decoded::min_size)?)
+    }
+
+    /// The contents of the generation shown of at least `min_size` bytes,
+    /// which a kernel view looks for decoded copies of, in no order, once
+    /// per file: blob id, content hash, size.
+    pub fn decoded_candidates(&self, min_size: u64) -> Result<Vec<(i64, nexus_store::Hash, u64)>> {
         let Some(generation) = self.generation() else {
             return Ok(Vec::new());
         };
-        Ok(self.reader.query(|c| {
-            let min = nexus_store::decoded::min_size(c)?;
-            c.generation_contents_at_least(generation, min)
-        })?)
+        Ok(self
+            .reader
+            .query(|c| c.generation_contents_at_least(generation, min_size.max(1)))?)
     }
 
     /// Reads up to `size` bytes at `offset` of regular file `ino` (fewer

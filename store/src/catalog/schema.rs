@@ -457,6 +457,7 @@ mod tests {
             target: "/Programs".into(),
             generations: vec![1],
             packages: Vec::new(),
+            decoded_from: 0,
         };
         let root = RuntimeRoot::register(store, served).unwrap();
         let path = root.record_path();

@@ -221,3 +221,48 @@ fn a_smaller_min_size_decodes_small_files_and_is_remembered() {
     assert_eq!(report.decoded_removed, 0, "{report:?}");
     assert!(small.exists());
 }
+
+/// A raised threshold takes the disk back: copies of smaller files go at
+/// once when no running view names them, and stay while one says it may
+/// (its runtime record), until it says it names only the larger ones. A
+/// plain `record_min_size` never raises it.
+#[test]
+fn a_raised_threshold_prunes_smaller_copies_no_running_view_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, files) = store_with_app(tmp.path(), "app", 7);
+    set_min_size(store.catalog(), 1).unwrap();
+    let all = wanted(&store, current(&store), 1).unwrap();
+    assert_eq!(decode(&store, &all, &mut |_| {}).unwrap().written, 3);
+    let copy = |i: usize| dir(store.dir()).join(name(&Hash::of(&files[i])));
+
+    // A kernel view that named every copy is running.
+    let view = crate::runtime::RuntimeRoot::register(
+        store.dir(),
+        crate::runtime::Served {
+            kind: crate::runtime::ServedKind::Mount,
+            target: tmp.path().join("mnt"),
+            generations: vec![current(&store)],
+            packages: Vec::new(),
+            decoded_from: 1,
+        },
+    )
+    .unwrap();
+    assert_eq!(set_min_size(store.catalog(), 2 << 20).unwrap(), 2 << 20);
+    let held = prune(&store).unwrap();
+    assert_eq!((held.removed, held.held), (0, 2), "{held:?}");
+    assert_eq!(held.held_bytes, (3 << 19) + 4096);
+    assert!(copy(1).exists() && copy(2).exists());
+
+    // It switched: its image names copies of 2 MiB or more only.
+    view.set_decoded_from(2 << 20).unwrap();
+    let pruned = prune(&store).unwrap();
+    assert_eq!((pruned.removed, pruned.held), (2, 0), "{pruned:?}");
+    assert_eq!(pruned.removed_bytes, (3 << 19) + 4096);
+    assert!(copy(0).exists(), "a copy above the threshold stays");
+    assert!(!copy(1).exists() && !copy(2).exists());
+
+    assert_eq!(record_min_size(store.catalog(), 4 << 20).unwrap(), 2 << 20);
+    drop(view);
+    assert_eq!(prune(&store).unwrap(), Pruned::default());
+    assert!(copy(0).exists());
+}
