@@ -316,6 +316,18 @@ fn umount(store: &Store, mount: &Mount) -> std::process::Output {
     )
 }
 
+/// A store holding app/1 with one small file at `path` ("small\n"), which
+/// `nip decode --min-size 1` gave a copy.
+fn small_app_decoded_whole(scratch: &Scratch, path: &str) -> Store {
+    let store = Store::init();
+    let src = scratch.join("src/1");
+    write_file(&src.join(path), b"small\n");
+    store.add_dir(&src, "app", "1");
+    let report = decode(&store, &["--min-size", "1"]);
+    assert_eq!(report["written"], 1, "{report}");
+    store
+}
+
 /// `nip decode ARGS --json`, its report.
 fn decode(store: &Store, args: &[&str]) -> serde_json::Value {
     let mut all = vec!["decode"];
@@ -626,12 +638,7 @@ fn a_raised_decode_threshold_prunes_small_copies_once_no_view_names_them() {
         return;
     }
     let scratch = Scratch::new("kernel-view-raised-threshold");
-    let store = Store::init();
-    let src = scratch.join("src/1");
-    write_file(&src.join("share/small"), b"small\n");
-    store.add_dir(&src, "app", "1");
-    let report = decode(&store, &["--min-size", "1"]);
-    assert_eq!(report["written"], 1, "{report}");
+    let store = small_app_decoded_whole(&scratch, "share/small");
     let copy = fs::read_dir(store.path().join("decoded"))
         .unwrap()
         .flatten()
@@ -693,12 +700,7 @@ fn a_view_looking_for_many_copies_is_made_by_the_confined_daemon() {
         return;
     }
     let scratch = Scratch::new("kernel-view-many-copies");
-    let store = Store::init();
-    let src = scratch.join("src/1");
-    write_file(&src.join("small"), b"small\n");
-    store.add_dir(&src, "app", "1");
-    let report = decode(&store, &["--min-size", "1"]);
-    assert_eq!(report["written"], 1, "{report}");
+    let store = small_app_decoded_whole(&scratch, "small");
     let many = scratch.join("src/many");
     for i in 0..20_000 {
         let name = format!("d{:03}/f{i:05}", i / 200);
