@@ -492,6 +492,73 @@ fn umount_of_the_view_stops_the_daemon_and_leaves_nothing_mounted() {
     drop(lock);
 }
 
+/// umount(8) of the Index's kernel view alone takes the Index off: the
+/// daemon sees the FUSE Index uncovered, unmounts it too and serves the
+/// main mount on, and a later switch shows no image of the Index on the
+/// bare directory. (Before, the FUSE Index stayed mounted and served, and
+/// once that was unmounted as well, the next switch mounted the Index's
+/// image there again, with nothing beneath it.)
+#[test]
+fn umount_of_the_index_view_takes_the_index_off_for_good() {
+    if !root_or_skip("umount_of_the_index_view_takes_the_index_off_for_good") {
+        return;
+    }
+    let scratch = Scratch::new("kernel-view-index-umount");
+    let (store, v1, v2) = app_store(&scratch);
+    let index = scratch.join("index");
+    fs::create_dir_all(&index).unwrap();
+    let index = fs::canonicalize(index).unwrap();
+    let mount = Mount::start(
+        store.path(),
+        &scratch.join("mnt"),
+        &[
+            "--kernel-metadata",
+            "--allow-other",
+            "--index",
+            index.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(on_now(&index), 2, "the FUSE Index and its view");
+    let out = std::process::Command::new("umount")
+        .arg(&index)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(
+        wait_for(Duration::from_secs(10), || on_now(&index) == 0),
+        "after umount(8) of the Index's view: {} mounts on it\n{}",
+        on_now(&index),
+        mount.log()
+    );
+    assert!(alive(mount.pid()), "the daemon stopped\n{}", mount.log());
+    assert_eq!(
+        read(&mount.join("app/1/share/data")),
+        read(&v1.join("share/data"))
+    );
+
+    store.add_dir(&v2, "app", "2");
+    assert!(
+        wait_for(SHOW_WITHIN, || mount
+            .log()
+            .contains("kernel view of generation Some(2)")),
+        "the kernel view did not show the switch\n{}",
+        mount.log()
+    );
+    assert_eq!(
+        fs::read_link(mount.join("app/Current")).unwrap(),
+        Path::new("2")
+    );
+    assert_eq!(
+        on_now(&index),
+        0,
+        "the switch mounted the Index again\n{}",
+        mount.log()
+    );
+    let out = umount(&store, &mount);
+    assert!(out.status.success(), "nexus umount: {}", show(&out));
+    assert_eq!(on_now(mount.point()), 0, "{}", mount.log());
+}
+
 /// The kernel serves its view to every user (as each file's mode allows),
 /// so a mount that was not asked to let others in is not given one: the
 /// flag without `--allow-other` is refused, saying why, and nothing is

@@ -155,9 +155,12 @@ impl IndexMount {
 }
 
 impl IndexServer {
-    /// The Index it serves.
-    pub fn index(&self) -> Arc<Index> {
-        self.index.clone()
+    /// The Index, for as long as it stays mounted.
+    pub fn served(&self) -> ServedIndex {
+        ServedIndex {
+            index: self.index.clone(),
+            ended: self.ended.clone(),
+        }
     }
 
     /// What keeps the index on the view's generation (see
@@ -183,5 +186,20 @@ impl IndexServer {
         if self.serving.join().is_err() {
             tracing::error!("the index thread panicked");
         }
+    }
+}
+
+/// The Index of a running daemon, for as long as its mount lasts (it may be
+/// unmounted from outside while the main mount is served on).
+#[derive(Clone)]
+pub struct ServedIndex {
+    index: Arc<Index>,
+    ended: Arc<AtomicBool>,
+}
+
+impl ServedIndex {
+    /// The Index, unless its mount has ended.
+    pub fn mounted(&self) -> Option<&Index> {
+        (!self.ended.load(Ordering::Relaxed)).then_some(&*self.index)
     }
 }

@@ -43,6 +43,9 @@ pub(super) struct Layer {
     pub path: CString,
     /// The image file (under `STORE/run`).
     pub image: CString,
+    /// The device number of the FUSE mount the view covers there: on top
+    /// again, the view was unmounted from outside.
+    pub fuse: (u32, u32),
 }
 
 /// Everything [`show`] and [`remove`] need, prepared before any fork.
@@ -89,21 +92,22 @@ impl Files {
     }
 
     /// The plan for a daemon with its main mount on `mountpoint` and the
-    /// Index, if any, on `index`.
+    /// Index, if any, on `index` (both mounted already).
     pub fn plan(&self, mountpoint: &Path, index: Option<&Path>, suid: bool) -> Result<Plan> {
+        let layer = |path: &Path, image: &Path| -> Result<Layer> {
+            // Beneath a predecessor's view when taking over.
+            let fuse = super::mounts::find_served_mount(path)?
+                .and_then(|m| m.dev)
+                .with_context(|| format!("finding the FUSE mount on {}", path.display()))?;
+            Ok(Layer {
+                path: cstring(path)?,
+                image: cstring(image)?,
+                fuse,
+            })
+        };
         Ok(Plan {
-            main: Layer {
-                path: cstring(mountpoint)?,
-                image: cstring(&self.main)?,
-            },
-            index: index
-                .map(|dir| {
-                    Ok::<_, anyhow::Error>(Layer {
-                        path: cstring(dir)?,
-                        image: cstring(&self.index)?,
-                    })
-                })
-                .transpose()?,
+            main: layer(mountpoint, &self.main)?,
+            index: index.map(|dir| layer(dir, &self.index)).transpose()?,
             suid,
             image_owner: rustix::process::geteuid().as_raw(),
             image_dir: cstring(self.main.parent().unwrap_or(Path::new("/")))?,
@@ -428,6 +432,27 @@ fn covered(layer: &Layer, main: bool) -> Result<bool, Errno> {
     Ok(kind == if main { OVERLAYFS_MAGIC } else { EROFS_MAGIC })
 }
 
+/// The device number of what is on top at `path`, asked without a
+/// request to a file system server (`AT_STATX_DONT_SYNC`).
+fn top_device(path: &CStr) -> Result<(u32, u32), Errno> {
+    use rustix::fs::{AtFlags, StatxFlags};
+    let top = rustix::fs::statx(
+        rustix::fs::CWD,
+        path,
+        AtFlags::STATX_DONT_SYNC | AtFlags::SYMLINK_NOFOLLOW | AtFlags::NO_AUTOMOUNT,
+        StatxFlags::TYPE,
+    )
+    .map_err(errno)?;
+    Ok((top.stx_dev_major, top.stx_dev_minor))
+}
+
+/// Whether the Index is still where `layer` shows it: under a kernel view,
+/// or its FUSE mount uncovered. Neither once it was unmounted from outside
+/// (umount(8) of both): a new image there would stand on a bare directory.
+fn index_mounted(layer: &Layer) -> bool {
+    covered(layer, false).unwrap_or(false) || top_device(&layer.path) == Ok(layer.fuse)
+}
+
 /// Puts the detached mount `mnt` on `layer.path`: beneath the kernel view
 /// shown there, which is then detached, or on top of the FUSE mount.
 fn place(mnt: BorrowedFd, layer: &Layer, main: bool) -> Result<(), Errno> {
@@ -482,8 +507,9 @@ pub(super) fn unique_mount_id(fd: BorrowedFd, path: &CStr) -> Result<Option<u64>
 }
 
 /// Shows the images the plan names (written beforehand), replacing the
-/// kernel view shown, if any. `data` is the FUSE mount's root.
-pub(super) fn show(plan: &Plan, data: BorrowedFd) -> Result<(), Errno> {
+/// kernel view shown, if any; the Index's only `with_index` (its image was
+/// written) and while it is mounted. `data` is the FUSE mount's root.
+pub(super) fn show(plan: &Plan, data: BorrowedFd, with_index: bool) -> Result<(), Errno> {
     let meta = mount_image(&plan.main.image, plan.image_owner, &plan.image_dir, true)?;
     let decoded = plan.decoded.as_deref().map(open_dir).transpose()?;
     let top = overlay(
@@ -497,6 +523,7 @@ pub(super) fn show(plan: &Plan, data: BorrowedFd) -> Result<(), Errno> {
     let index = plan
         .index
         .as_ref()
+        .filter(|layer| with_index && index_mounted(layer))
         .map(|layer| {
             mount_image(&layer.image, plan.image_owner, &plan.image_dir, false).map(|m| (m, layer))
         })
@@ -540,8 +567,9 @@ pub(super) fn remove(layer: &Layer, main: bool) -> Result<(), Errno> {
 
 /// How the daemon has a kernel view shown: itself, or through the keeper.
 pub(super) trait Shower: Send + Sync {
-    /// Shows the images written to the plan's paths.
-    fn show(&self) -> std::io::Result<()>;
+    /// Shows the images written to the plan's paths (the Index's only
+    /// `with_index`).
+    fn show(&self, with_index: bool) -> std::io::Result<()>;
 }
 
 /// The FUSE mount's root, until the mount is unmounted: held, it would
@@ -557,10 +585,12 @@ pub(super) struct Direct {
 }
 
 impl Shower for Direct {
-    fn show(&self) -> std::io::Result<()> {
+    fn show(&self, with_index: bool) -> std::io::Result<()> {
         let data = self.data.lock().unwrap_or_else(|p| p.into_inner());
         match data.as_ref() {
-            Some(fd) => show(&self.plan, fd.as_fd()).map_err(std::io::Error::from_raw_os_error),
+            Some(fd) => {
+                show(&self.plan, fd.as_fd(), with_index).map_err(std::io::Error::from_raw_os_error)
+            }
             None => Err(std::io::Error::other("the mount is being unmounted")),
         }
     }
@@ -653,7 +683,7 @@ pub(super) fn refresh(
     };
     write_images(view, index, files, copies_from)?;
     let written = started.elapsed();
-    let shown = shower.show().context(
+    let shown = shower.show(index.is_some()).context(
         "mounting the kernel view (EROFS file-backed mounts and overlayfs data-only layers \
          need Linux 6.12 or later)",
     );
@@ -691,27 +721,40 @@ const REMOVAL_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 /// daemon (`AT_STATX_DONT_SYNC`). Switches and takeovers put a view
 /// beneath the old one before detaching it, so the FUSE mount never shows
 /// in between.
+///
+/// The Index's view (`index`, its layer) unmounted from outside the same
+/// way uncovers the FUSE Index: that one is then unmounted too, the main
+/// mount served on, and no image of the Index shown again.
 pub(super) fn stop_when_removed(
     mountpoint: &Path,
     data: BorrowedFd,
+    index: Option<&Layer>,
     termination: super::signals::Termination,
 ) -> Result<()> {
-    use rustix::fs::{AtFlags, StatxFlags};
     let fuse = rustix::fs::fstat(data).context("examining the FUSE mount's root")?;
+    let main = cstring(mountpoint)?;
     let mountpoint = mountpoint.to_path_buf();
+    let mut index = index.cloned();
     std::thread::Builder::new()
         .name("view-watch".into())
         .spawn(move || {
             loop {
                 std::thread::sleep(REMOVAL_CHECK);
-                let top = rustix::fs::statx(
-                    rustix::fs::CWD,
-                    &mountpoint,
-                    AtFlags::STATX_DONT_SYNC | AtFlags::SYMLINK_NOFOLLOW | AtFlags::NO_AUTOMOUNT,
-                    StatxFlags::TYPE,
-                );
-                let Ok(top) = top else { continue };
-                if rustix::fs::makedev(top.stx_dev_major, top.stx_dev_minor) == fuse.st_dev {
+                if let Some(layer) = &index
+                    && top_device(&layer.path) == Ok(layer.fuse)
+                {
+                    tracing::info!(
+                        "the kernel view of the Index on {} was unmounted from outside: \
+                         unmounting the Index",
+                        layer.path.to_string_lossy()
+                    );
+                    termination.unmount_index_now();
+                    index = None;
+                }
+                let Ok((major, minor)) = top_device(&main) else {
+                    continue;
+                };
+                if rustix::fs::makedev(major, minor) == fuse.st_dev {
                     tracing::info!(
                         "the kernel view on {} was unmounted from outside",
                         mountpoint.display()
@@ -730,8 +773,8 @@ pub(super) fn stop_when_removed(
 pub(super) struct KernelViewFollower {
     /// The view.
     pub view: Arc<View>,
-    /// The Index, when mounted.
-    pub index: Option<Arc<Index>>,
+    /// The Index, when mounted (until it is unmounted).
+    pub index: Option<super::index::ServedIndex>,
     /// Where the images go.
     pub files: Files,
     /// Who mounts them.
@@ -746,7 +789,7 @@ impl Follower for KernelViewFollower {
     fn moved(&mut self, _changes: &Changes) {
         match refresh(
             &self.view,
-            self.index.as_deref(),
+            self.index.as_ref().and_then(|i| i.mounted()),
             &self.files,
             &*self.shower,
             self.record.as_deref(),

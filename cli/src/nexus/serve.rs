@@ -458,20 +458,28 @@ impl Daemon {
         let shown_generation: runtime_root::ShownGeneration =
             Arc::new(std::sync::atomic::AtomicI64::new(-1));
         if let Some((files, plan, data)) = kernel_view {
+            let index_layer = plan.index.clone();
             let shower = confined.kernel_view_shower(plan);
-            let index = index.as_ref().map(|i| i.index());
+            let index = index.as_ref().map(|i| i.served());
             let record = record.as_ref().map(|r| r.root());
-            let shown =
-                kernel_view::refresh(&view, index.as_deref(), &files, &*shower, record.as_deref())
-                    .and_then(|()| {
-                        let data = data.lock().unwrap_or_else(|p| p.into_inner());
-                        let data = data.as_ref().context("the FUSE mount's root is gone")?;
-                        kernel_view::stop_when_removed(
-                            &settings.mountpoint,
-                            data.as_fd(),
-                            termination.clone(),
-                        )
-                    });
+            let shown = kernel_view::refresh(
+                &view,
+                index.as_ref().and_then(|i| i.mounted()),
+                &files,
+                &*shower,
+                record.as_deref(),
+            )
+            .and_then(|()| {
+                let data = data.lock().unwrap_or_else(|p| p.into_inner());
+                let data = data.as_ref().context("the FUSE mount's root is gone")?;
+                // The Index's unmounter comes first in termination's.
+                kernel_view::stop_when_removed(
+                    &settings.mountpoint,
+                    data.as_fd(),
+                    index_layer.as_ref(),
+                    termination.clone(),
+                )
+            });
             match shown {
                 Ok(()) => {
                     shown_generation.store(

@@ -25,8 +25,8 @@ enum Action {
     /// Not said yet: remember the signal.
     Unset,
     /// Unmount with each, in order (directly, or through the sandbox's
-    /// keeper).
-    Unmount(Vec<Box<dyn Unmount>>),
+    /// keeper); `None` for one unmounted already.
+    Unmount(Vec<Option<Box<dyn Unmount>>>),
     /// Run this, then exit with success.
     Exit(Box<dyn FnOnce() + Send>),
     /// The daemon handed its mounts over and is exiting: do nothing.
@@ -54,7 +54,7 @@ impl Termination {
     /// order; at once if a signal already came.
     pub fn unmount(&self, unmounters: Vec<Box<dyn Unmount>>) {
         let mut state = self.state();
-        state.action = Action::Unmount(unmounters);
+        state.action = Action::Unmount(unmounters.into_iter().map(Some).collect());
         if state.received > 0 {
             act(&mut state);
         }
@@ -74,6 +74,18 @@ impl Termination {
     /// the mounts were made).
     pub fn now(&self) {
         act(&mut self.state());
+    }
+
+    /// Unmounts with the first of the unmounters now, and not again at
+    /// termination: the Index's, which comes first when there is one (its
+    /// kernel view was unmounted from outside; the main mount stays).
+    pub fn unmount_index_now(&self) {
+        let mut state = self.state();
+        if let Action::Unmount(unmounters) = &mut state.action
+            && let Some(mut first) = unmounters.first_mut().and_then(Option::take)
+        {
+            report(first.unmount());
+        }
     }
 
     /// Unmounts now, as SIGTERM would, if the daemon serves its mounts
@@ -111,16 +123,21 @@ fn act(state: &mut State) {
         Action::Unmount(mut unmounters) => {
             systemd::stopping();
             tracing::info!("unmounting");
-            for unmounter in &mut unmounters {
-                match unmounter.unmount() {
-                    Ok(Unmounted::Clean) => tracing::info!("unmounted"),
-                    Ok(Unmounted::Detached) => tracing::warn!(
-                        "the mount is busy: detached it; exiting when its last file is closed"
-                    ),
-                    Err(e) => tracing::error!("unmounting failed: {e}"),
-                }
+            for unmounter in unmounters.iter_mut().flatten() {
+                report(unmounter.unmount());
             }
         }
+    }
+}
+
+/// Logs what an unmount did.
+fn report(unmounted: std::io::Result<Unmounted>) {
+    match unmounted {
+        Ok(Unmounted::Clean) => tracing::info!("unmounted"),
+        Ok(Unmounted::Detached) => {
+            tracing::warn!("the mount is busy: detached it; exiting when its last file is closed")
+        }
+        Err(e) => tracing::error!("unmounting failed: {e}"),
     }
 }
 

@@ -194,9 +194,13 @@ impl Keeper {
         }
     }
 
-    /// Has the keeper show the kernel view's images (written beforehand).
-    pub(super) fn show_kernel_view(&self) -> io::Result<()> {
-        match self.request(&[SHOW_KERNEL_VIEW])?.as_slice() {
+    /// Has the keeper show the kernel view's images (written beforehand;
+    /// the Index's only `with_index`).
+    pub(super) fn show_kernel_view(&self, with_index: bool) -> io::Result<()> {
+        match self
+            .request(&[SHOW_KERNEL_VIEW, u8::from(with_index)])?
+            .as_slice()
+        {
             [CLEAN] => Ok(()),
             [FAILED, errno @ ..] if errno.len() == 4 => {
                 Err(io::Error::from_raw_os_error(i32::from_le_bytes([
@@ -314,13 +318,15 @@ fn keeper_main(plan: &KeeperPlan, socket: RawFd) -> ! {
                     }
                 }
             }
-            (1.., SHOW_KERNEL_VIEW) => {
+            (2.., SHOW_KERNEL_VIEW) => {
                 let answer = match &plan.kernel_view {
                     // SAFETY: DATA_FD was duplicated from the plan's
                     // descriptor above and stays open.
-                    Some((view, _)) => crate::nexus::kernel_view::show(view, unsafe {
-                        std::os::fd::BorrowedFd::borrow_raw(DATA_FD)
-                    }),
+                    Some((view, _)) => crate::nexus::kernel_view::show(
+                        view,
+                        unsafe { std::os::fd::BorrowedFd::borrow_raw(DATA_FD) },
+                        request[1] != 0,
+                    ),
                     None => Err(libc::EINVAL),
                 };
                 match answer {

@@ -202,8 +202,8 @@ impl Unmount for UncoverAndUnmount {
 struct KeeperShower(Arc<keeper::Keeper>);
 
 impl KernelViewShower for KeeperShower {
-    fn show(&self) -> io::Result<()> {
-        self.0.show_kernel_view()
+    fn show(&self, with_index: bool) -> io::Result<()> {
+        self.0.show_kernel_view(with_index)
     }
 }
 
