@@ -335,15 +335,10 @@ pub fn commit_with(
         added: Vec::new(),
         unchanged: Vec::new(),
     };
-    for (
-        staged,
-        Standing {
-            existing,
-            tree_hash,
-        },
-    ) in packages.iter().zip(standing)
-    {
+    for (staged, Standing { tree_hash, .. }) in packages.iter().zip(standing) {
         let spec = format!("{}/{}", staged.name, staged.version);
+        // Asked again: a package earlier in this batch may be the same.
+        let existing = writes::package_by_spec(&tx, &staged.name, &staged.version)?;
         let package_id = match existing {
             Some((id, stored)) if stored == tree_hash.as_bytes() => {
                 // The same content, now vouched for unrestricted: the
