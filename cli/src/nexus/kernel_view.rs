@@ -43,9 +43,10 @@ pub(super) struct Layer {
     pub path: CString,
     /// The image file (under `STORE/run`).
     pub image: CString,
-    /// The device number of the FUSE mount the view covers there: on top
-    /// again, the view was unmounted from outside.
-    pub fuse: (u32, u32),
+    /// The device number of the FUSE mount the view covers there (if the
+    /// mount table names it): on top again, the view was unmounted from
+    /// outside.
+    pub fuse: Option<(u32, u32)>,
 }
 
 /// Everything [`show`] and [`remove`] need, prepared before any fork.
@@ -96,9 +97,7 @@ impl Files {
     pub fn plan(&self, mountpoint: &Path, index: Option<&Path>, suid: bool) -> Result<Plan> {
         let layer = |path: &Path, image: &Path| -> Result<Layer> {
             // Beneath a predecessor's view when taking over.
-            let fuse = super::mounts::find_served_mount(path)?
-                .and_then(|m| m.dev)
-                .with_context(|| format!("finding the FUSE mount on {}", path.display()))?;
+            let fuse = super::mounts::find_served_mount(path)?.and_then(|m| m.dev);
             Ok(Layer {
                 path: cstring(path)?,
                 image: cstring(image)?,
@@ -450,7 +449,10 @@ fn top_device(path: &CStr) -> Result<(u32, u32), Errno> {
 /// or its FUSE mount uncovered. Neither once it was unmounted from outside
 /// (umount(8) of both): a new image there would stand on a bare directory.
 fn index_mounted(layer: &Layer) -> bool {
-    covered(layer, false).unwrap_or(false) || top_device(&layer.path) == Ok(layer.fuse)
+    covered(layer, false).unwrap_or(false)
+        || layer
+            .fuse
+            .is_some_and(|fuse| top_device(&layer.path) == Ok(fuse))
 }
 
 /// Puts the detached mount `mnt` on `layer.path`: beneath the kernel view
@@ -741,7 +743,9 @@ pub(super) fn stop_when_removed(
             loop {
                 std::thread::sleep(REMOVAL_CHECK);
                 if let Some(layer) = &index
-                    && top_device(&layer.path) == Ok(layer.fuse)
+                    && layer
+                        .fuse
+                        .is_some_and(|fuse| top_device(&layer.path) == Ok(fuse))
                 {
                     tracing::info!(
                         "the kernel view of the Index on {} was unmounted from outside: \
