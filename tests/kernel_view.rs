@@ -196,19 +196,7 @@ fn a_kernel_view_mount_is_taken_over_without_unmounting() {
     }
     let scratch = Scratch::new("kernel-view-takeover");
     let (store, v1, v2) = app_store(&scratch);
-    let index = scratch.join("index");
-    fs::create_dir_all(&index).unwrap();
-    let index = fs::canonicalize(index).unwrap();
-    let mount = Mount::start(
-        store.path(),
-        &scratch.join("mnt"),
-        &[
-            "--kernel-metadata",
-            "--allow-other",
-            "--index",
-            index.to_str().unwrap(),
-        ],
-    );
+    let (mount, index) = start_view_with_index(&store, &scratch);
     let old = mount.pid();
     let mut held = File::open(mount.join("app/Current/share/data")).unwrap();
     let out = nexus(
@@ -306,6 +294,25 @@ fn start_view(store: &Store, scratch: &Scratch) -> Mount {
         &scratch.join("mnt"),
         &["--kernel-metadata", "--allow-other"],
     )
+}
+
+/// Mounts `store` on `scratch`'s `mnt` with a kernel view, and its Index
+/// on `scratch`'s `index` (returned, canonical).
+fn start_view_with_index(store: &Store, scratch: &Scratch) -> (Mount, std::path::PathBuf) {
+    let index = scratch.join("index");
+    fs::create_dir_all(&index).unwrap();
+    let index = fs::canonicalize(index).unwrap();
+    let mount = Mount::start(
+        store.path(),
+        &scratch.join("mnt"),
+        &[
+            "--kernel-metadata",
+            "--allow-other",
+            "--index",
+            index.to_str().unwrap(),
+        ],
+    );
+    (mount, index)
 }
 
 /// `nexus umount` of `mount`.
@@ -505,19 +512,7 @@ fn umount_of_the_index_view_takes_the_index_off_for_good() {
     }
     let scratch = Scratch::new("kernel-view-index-umount");
     let (store, v1, v2) = app_store(&scratch);
-    let index = scratch.join("index");
-    fs::create_dir_all(&index).unwrap();
-    let index = fs::canonicalize(index).unwrap();
-    let mount = Mount::start(
-        store.path(),
-        &scratch.join("mnt"),
-        &[
-            "--kernel-metadata",
-            "--allow-other",
-            "--index",
-            index.to_str().unwrap(),
-        ],
-    );
+    let (mount, index) = start_view_with_index(&store, &scratch);
     assert_eq!(on_now(&index), 2, "the FUSE Index and its view");
     let out = std::process::Command::new("umount")
         .arg(&index)
