@@ -572,13 +572,14 @@ fn nexus_status_shows_what_runs_and_what_it_serves() {
     // files only: the other daemons rewrite theirs meanwhile, through
     // temporary files.)
     let stopped = Server::start(store.path(), &[]);
-    let own = ["json", "lock"].map(|ext| store.path().join(format!("run/{}.{ext}", stopped.pid())));
+    let server = stopped.pid();
+    let own = ["json", "lock"].map(|ext| store.path().join(format!("run/{server}.{ext}")));
     assert!(own.iter().all(|f| f.exists()), "no record of the server");
     stopped.stop();
     for file in &own {
         assert!(!file.exists(), "SIGTERM left {}", file.display());
     }
-    let temporary = format!(".{pid}.");
+    let temporary = format!(".{server}.");
     let left: Vec<_> = fs::read_dir(store.path().join("run"))
         .unwrap()
         .flatten()
