@@ -228,11 +228,11 @@ impl PendingCommit<'_> {
     }
 }
 
-/// A staged package's tree hash, and the stored package of its name and
-/// version (id and tree hash), if any.
+/// A staged package's tree hash, and whether the store holds a package of
+/// its name and version with that tree.
 struct Standing {
-    existing: Option<(i64, Vec<u8>)>,
     tree_hash: Hash,
+    stored: bool,
 }
 
 impl Standing {
@@ -241,17 +241,14 @@ impl Standing {
         packages
             .iter()
             .map(|p| {
+                let tree_hash = p.tree.tree_hash();
+                let existing = writes::package_by_spec(conn, &p.name, &p.version)?;
                 Ok(Standing {
-                    existing: writes::package_by_spec(conn, &p.name, &p.version)?,
-                    tree_hash: p.tree.tree_hash(),
+                    stored: existing.is_some_and(|(_, hash)| hash == tree_hash.as_bytes()),
+                    tree_hash,
                 })
             })
             .collect()
-    }
-
-    /// Stored already, with the same tree.
-    fn is_stored(&self) -> bool {
-        matches!(&self.existing, Some((_, hash)) if hash == self.tree_hash.as_bytes())
     }
 }
 
@@ -261,11 +258,7 @@ impl Standing {
 /// packages costs what they hold, not what the generation holds.
 fn contents_of_new(packages: &[StagedPackage], standing: &[Standing]) -> HashSet<Hash> {
     let mut needed = HashSet::new();
-    for (staged, _) in packages
-        .iter()
-        .zip(standing)
-        .filter(|(_, s)| !s.is_stored())
-    {
+    for (staged, _) in packages.iter().zip(standing).filter(|(_, s)| !s.stored) {
         for inode in &staged.tree.inodes {
             if let crate::tree::InodeKind::File {
                 content: Some(hash),

@@ -13,7 +13,7 @@
 //! --prune-smaller`) removes the copies of contents no stored package holds
 //! any more (a generation any mount still shows keeps its packages), and
 //! those smaller than the threshold once no running kernel view may name
-//! them ([`keep_from`]): no kernel view is left naming a removed copy.
+//! them: no kernel view is left naming a removed copy.
 
 use std::collections::HashSet;
 use std::fs;
@@ -66,18 +66,18 @@ pub fn set_min_size(catalog: &Catalog, size: u64) -> Result<u64> {
     Ok(size)
 }
 
-/// The smallest copy that must stay: the threshold views made from now on
-/// use ([`min_size`]), or the one a running kernel view said it may name
-/// (its runtime record's `decoded_from`), whichever is smaller. A view
+/// The smallest copy that must stay: `threshold`, the one views made from
+/// now on use ([`min_size`]), or the one a running kernel view said it may
+/// name (its runtime record's `decoded_from`), whichever is smaller. A view
 /// writes its record before it reads the threshold, and reads it again
 /// after, so a prune that reads the records after changing the threshold
 /// sees every copy a view may name.
-pub fn keep_from(store: &Store) -> Result<u64> {
+fn keep_from(store: &Store, threshold: u64) -> Result<u64> {
     let views = crate::runtime::live(store.dir())?
         .into_iter()
         .map(|r| r.served.decoded_from)
         .filter(|&from| from > 0);
-    Ok(views.fold(min_size(store.catalog())?, u64::min))
+    Ok(views.fold(threshold, u64::min))
 }
 
 /// The name of the copy of content `hash`: its hexadecimal form.
@@ -382,7 +382,7 @@ pub struct Pruned {
 }
 
 /// Removes every copy whose content no stored package holds, every copy
-/// smaller than [`keep_from`], and temporary files older than
+/// smaller than the threshold that no running view may name, and temporary files older than
 /// [`TEMP_GRACE`] (a crash's leftovers). Only names this module writes are
 /// touched, and only regular files.
 pub fn prune(store: &Store) -> Result<Pruned> {
@@ -395,7 +395,7 @@ pub fn prune(store: &Store) -> Result<Pruned> {
     // Read before the copies are looked at: a view starting meanwhile
     // names only copies of at least the threshold read here.
     let threshold = min_size(store.catalog())?;
-    let keep_from = keep_from(store)?;
+    let keep_from = keep_from(store, threshold)?;
     let stored: HashSet<Hash> = store.catalog().blob_hashes()?.into_iter().collect();
     for file in ours {
         let path = dir.join(&file.name);

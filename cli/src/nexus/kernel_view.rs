@@ -43,9 +43,10 @@ pub(super) struct Layer {
     pub path: CString,
     /// The image file (under `STORE/run`).
     pub image: CString,
-    /// The device number of the FUSE mount the view covers there (if the
-    /// mount table names it): on top again, the view was unmounted from
-    /// outside.
+    /// The Index's only (the main view's removal is known by the FUSE
+    /// root, `data`): the device number of the FUSE mount the view covers
+    /// there, if the mount table names it. On top again, the view was
+    /// unmounted from outside.
     pub fuse: Option<(u32, u32)>,
 }
 
@@ -95,18 +96,23 @@ impl Files {
     /// The plan for a daemon with its main mount on `mountpoint` and the
     /// Index, if any, on `index` (both mounted already).
     pub fn plan(&self, mountpoint: &Path, index: Option<&Path>, suid: bool) -> Result<Plan> {
-        let layer = |path: &Path, image: &Path| -> Result<Layer> {
-            // Beneath a predecessor's view when taking over.
-            let fuse = super::mounts::find_served_mount(path)?.and_then(|m| m.dev);
-            Ok(Layer {
-                path: cstring(path)?,
-                image: cstring(image)?,
-                fuse,
+        let index = index
+            .map(|dir| {
+                Ok::<_, anyhow::Error>(Layer {
+                    path: cstring(dir)?,
+                    image: cstring(&self.index)?,
+                    // Beneath a predecessor's view when taking over.
+                    fuse: super::mounts::find_served_mount(dir)?.and_then(|m| m.dev),
+                })
             })
-        };
+            .transpose()?;
         Ok(Plan {
-            main: layer(mountpoint, &self.main)?,
-            index: index.map(|dir| layer(dir, &self.index)).transpose()?,
+            main: Layer {
+                path: cstring(mountpoint)?,
+                image: cstring(&self.main)?,
+                fuse: None,
+            },
+            index,
             suid,
             image_owner: rustix::process::geteuid().as_raw(),
             image_dir: cstring(self.main.parent().unwrap_or(Path::new("/")))?,
