@@ -318,13 +318,19 @@ impl Filesystem for NexusFs {
             // large as the kernel's widest read-ahead request means the
             // kernel is reading ahead in wide windows itself: pushing would
             // copy the same pages into its cache twice.
+            // A READ of a whole file (from its start to its end: most
+            // small files) has nothing before or after it to push, and an
+            // offer would only wake the pusher thread for nothing.
             (Ok(len), _) if size < push::KERNEL_READS_AHEAD => {
-                self.pusher.offer(push::Offer {
-                    ino: ino.0,
-                    start: offset,
-                    end: offset + len as u64,
-                    more_follows: len == size as usize,
-                });
+                let more_follows = len == size as usize;
+                if offset > 0 || more_follows {
+                    self.pusher.offer(push::Offer {
+                        ino: ino.0,
+                        start: offset,
+                        end: offset + len as u64,
+                        more_follows,
+                    });
+                }
             }
             _ => {}
         }
