@@ -554,6 +554,53 @@ fn umount_of_the_index_view_takes_the_index_off_for_good() {
     assert_eq!(on_now(mount.point()), 0, "{}", mount.log());
 }
 
+#[test]
+fn no_second_daemon_is_stacked_on_a_kernel_view_or_its_index() {
+    if !root_or_skip("no_second_daemon_is_stacked_on_a_kernel_view_or_its_index") {
+        return;
+    }
+    let scratch = Scratch::new("kernel-view-twice");
+    let (store, v1, _) = app_store(&scratch);
+    let (mount, index) = start_view_with_index(&store, &scratch);
+    let (here, there) = (on_now(mount.point()), on_now(&index));
+    assert_eq!((here, there), (2, 2), "FUSE mounts and their views");
+    // On the view's mount point; then elsewhere, with the Index's directory.
+    let elsewhere = scratch.join("elsewhere");
+    fs::create_dir_all(&elsewhere).unwrap();
+    let mountpoint = mount.point().as_os_str();
+    for (point, what) in [
+        (mountpoint, "mount point"),
+        (elsewhere.as_os_str(), "index directory"),
+    ] {
+        let refused = nexus(
+            store.path(),
+            [
+                std::ffi::OsStr::new("mount"),
+                point,
+                "--kernel-metadata".as_ref(),
+                "--allow-other".as_ref(),
+                "--index".as_ref(),
+                index.as_os_str(),
+            ],
+        );
+        assert_eq!(refused.status.code(), Some(1), "{}", show(&refused));
+        assert!(
+            String::from_utf8_lossy(&refused.stderr).contains(&format!("{what} ")),
+            "{}",
+            show(&refused)
+        );
+    }
+    assert_eq!((on_now(mount.point()), on_now(&index)), (here, there));
+    assert_eq!(on_now(&elsewhere), 0);
+    assert!(alive(mount.pid()), "{}", mount.log());
+    assert_eq!(
+        read(&mount.join("app/1/share/data")),
+        read(&v1.join("share/data"))
+    );
+    let out = umount(&store, &mount);
+    assert!(out.status.success(), "nexus umount: {}", show(&out));
+}
+
 /// The kernel serves its view to every user (as each file's mode allows),
 /// so a mount that was not asked to let others in is not given one: the
 /// flag without `--allow-other` is refused, saying why, and nothing is

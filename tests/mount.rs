@@ -683,5 +683,69 @@ fn nexus_umount_removes_the_mount_of_a_dead_daemon() {
         ),
         "{err}"
     );
+    // A new daemon is not stacked on the dead mount: it is told to remove
+    // it first, and once removed it mounts.
+    let refused = nexus(
+        store.path(),
+        [
+            OsString::from("mount"),
+            mount.point().as_os_str().to_owned(),
+        ],
+    );
+    assert_eq!(refused.status.code(), Some(1), "{}", show(&refused));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("nexus umount"),
+        "{}",
+        show(&refused)
+    );
+    let point = mount.point().to_path_buf();
+    mount.umount();
+    assert!(!is_mounted(&point), "nexus umount left the dead mount");
+    let again = Mount::start(store.path(), &point, &[]);
+    assert_eq!(
+        fs::read(again.join("small/1/bin/tool")).unwrap(),
+        b"#!/bin/sh\necho tool\n"
+    );
+    again.umount();
+}
+
+#[test]
+fn a_second_daemon_is_not_stacked_on_a_live_mount() {
+    if !root_or_skip("a_second_daemon_is_not_stacked_on_a_live_mount") {
+        return;
+    }
+    let scratch = Scratch::new("mount-twice");
+    let (store, _) = small_store(&scratch);
+    let mount = Mount::start(store.path(), &scratch.join("mnt"), &[]);
+    let mounts_here = || {
+        fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter(|l| l.split(' ').nth(4) == Some(mount.point().to_str().unwrap()))
+            .count()
+    };
+    assert_eq!(mounts_here(), 1);
+    for extra in [&[][..], &["--foreground"][..]] {
+        let mut args = vec![
+            OsString::from("mount"),
+            mount.point().as_os_str().to_owned(),
+        ];
+        args.extend(extra.iter().map(OsString::from));
+        let refused = nexus(store.path(), args);
+        assert_eq!(refused.status.code(), Some(1), "{}", show(&refused));
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            stderr.contains("is a nexus mount already") && stderr.contains("nexus takeover"),
+            "{}",
+            show(&refused)
+        );
+    }
+    // Nothing was stacked, and the first daemon serves on.
+    assert_eq!(mounts_here(), 1);
+    assert!(alive(mount.pid()));
+    assert_eq!(
+        fs::read(mount.join("small/1/bin/tool")).unwrap(),
+        b"#!/bin/sh\necho tool\n"
+    );
     mount.umount();
 }

@@ -128,6 +128,23 @@ pub fn covered_by_kernel_view(path: &Path) -> Result<bool> {
     Ok(kernel_view_on_top(&mounts_at(path)?))
 }
 
+/// Refuses to mount on `path` (canonical) when a nexus mount, or a kernel
+/// view over one, is on top of it already: a second daemon stacked on the
+/// first would hide it without ending it, and `nexus umount` would then
+/// take off one of the two. `what` names the place in the error.
+pub fn refuse_stacking(path: &Path, what: &str) -> Result<()> {
+    let at = mounts_at(path)?;
+    if kernel_view_on_top(&at) || at.last().is_some_and(MountEntry::is_nexus) {
+        let path = path.display();
+        bail!(
+            "{what} {path} is a nexus mount already: unmount it first with `nexus umount \
+             {path}` (which also removes a mount whose daemon is gone), or hand it to a \
+             new daemon without unmounting with `nexus takeover {path}`"
+        );
+    }
+    Ok(())
+}
+
 /// The mount at `path` beneath the kernel view, if one covers it
 /// (`--kernel-metadata`), else the topmost: the daemon's own mount.
 pub fn find_served_mount(path: &Path) -> Result<Option<MountEntry>> {

@@ -13,7 +13,7 @@ use nexus_store::runtime::ServedKind;
 use super::daemon::Ready;
 use super::sandbox::{self, Confinement, SandboxArgs};
 use super::signals::{self, Termination};
-use super::{index, inherited, kernel_view, runtime_root, systemd, takeover};
+use super::{index, inherited, kernel_view, mounts, runtime_root, systemd, takeover};
 
 /// What `nexus mount` was asked for, with absolute paths.
 #[derive(Debug)]
@@ -249,6 +249,10 @@ pub fn serve(request: &Request, ready: Option<&mut Ready>) -> Result<()> {
 
 /// Makes the mounts of `settings`.
 fn mount(view: &Arc<View>, settings: &Settings) -> Result<Mounts> {
+    mounts::refuse_stacking(&settings.mountpoint, "mount point")?;
+    if let Some(dir) = &settings.index {
+        mounts::refuse_stacking(dir, "index directory")?;
+    }
     let main = fuse::mount(view.clone(), &settings.mountpoint, &settings.mount)
         .with_context(|| format!("mounting on {}", settings.mountpoint.display()))?;
     let index = match &settings.index {
