@@ -197,6 +197,10 @@ pub struct Decoded {
     pub present_bytes: u64,
     /// Copies found with other bytes than their name says, written anew.
     pub replaced: u64,
+    /// Contents given no copy because their chunks, read back, hash to
+    /// another name (the catalog's chunk list of the content is wrong: a
+    /// remote's metadata lied): hex names.
+    pub refused: Vec<String>,
 }
 
 /// The contents of at least `min_size` bytes (and at least one) of the
@@ -258,9 +262,16 @@ pub fn decode(store: &Store, wanted: &[Wanted], progress: &mut dyn FnMut(u64)) -
                     );
                     report.replaced += 1;
                 }
-                batch.write(store, want)?;
-                report.written += 1;
-                report.written_bytes += want.size;
+                if batch.write(store, want)? {
+                    report.written += 1;
+                    report.written_bytes += want.size;
+                } else {
+                    tracing::warn!(
+                        "content {}: its chunks hash to another name; no decoded copy written",
+                        want.hash.to_hex()
+                    );
+                    report.refused.push(want.hash.to_hex());
+                }
             }
             progress(want.size);
         }
@@ -298,7 +309,9 @@ impl<'d> Batch<'d> {
 
     /// Writes one copy under its temporary name (never through a link),
     /// made read-only, and commits the batch once it is large enough.
-    fn write(&mut self, store: &Store, want: &Wanted) -> Result<()> {
+    /// False, and nothing kept, when the bytes written do not hash to the
+    /// content's name.
+    fn write(&mut self, store: &Store, want: &Wanted) -> Result<bool> {
         let dir = self.dir;
         // Named by the writer too: two `nip decode`s at once never write
         // into each other's file.
@@ -308,16 +321,19 @@ impl<'d> Batch<'d> {
         for stale in [&temp, &final_path] {
             crate::runtime::remove_if_present(stale)?;
         }
-        if let Err(e) = write_temp(store, &temp, want) {
-            let _ = fs::remove_file(&temp);
-            return Err(e);
+        match write_temp(store, &temp, want) {
+            Ok(hash) if hash == want.hash => {}
+            other => {
+                let _ = fs::remove_file(&temp);
+                return other.map(|_| false);
+            }
         }
         self.pending.push((temp, final_path));
         self.bytes += want.size;
         if self.bytes >= BATCH_BYTES || self.pending.len() >= BATCH_FILES {
             self.commit()?;
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Syncs the copies written, renames them into place and syncs the
@@ -336,8 +352,12 @@ impl<'d> Batch<'d> {
 }
 
 /// Writes the contents of `want` to the new file `temp` (created
-/// exclusively, never through a link) and makes it read-only for all.
-fn write_temp(store: &Store, temp: &Path, want: &Wanted) -> Result<()> {
+/// exclusively, never through a link), makes it read-only for all and
+/// returns the BLAKE3 of the bytes written. Each chunk read is checked
+/// against its own name, but only this says whether the chunks the
+/// catalog lists for the content add up to the content its name says: a
+/// copy is served by the kernel under that name, unchecked.
+fn write_temp(store: &Store, temp: &Path, want: &Wanted) -> Result<Hash> {
     let file = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -345,9 +365,14 @@ fn write_temp(store: &Store, temp: &Path, want: &Wanted) -> Result<()> {
         .custom_flags(libc::O_NOFOLLOW)
         .open(temp)
         .map_err(|e| StoreError::io(temp, e))?;
-    let mut out = BufWriter::with_capacity(1 << 20, file);
+    let mut out = Hashing {
+        out: BufWriter::with_capacity(1 << 20, file),
+        hasher: blake3::Hasher::new(),
+    };
     let written = store.read_blob(want.blob, &mut out)?;
+    let hash = Hash(*out.hasher.finalize().as_bytes());
     let file = out
+        .out
         .into_inner()
         .map_err(|e| StoreError::io(temp, e.into_error()))?;
     if written != want.size {
@@ -359,7 +384,26 @@ fn write_temp(store: &Store, temp: &Path, want: &Wanted) -> Result<()> {
     }
     // On the open file: a name can be swapped for a link meanwhile.
     file.set_permissions(fs::Permissions::from_mode(0o444))
-        .map_err(|e| StoreError::io(temp, e))
+        .map_err(|e| StoreError::io(temp, e))?;
+    Ok(hash)
+}
+
+/// A writer hashing what it passes on.
+struct Hashing<W> {
+    out: W,
+    hasher: blake3::Hasher,
+}
+
+impl<W: std::io::Write> std::io::Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.out.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
 }
 
 /// How long a temporary file may be another `nip decode`'s, still being

@@ -743,5 +743,17 @@ fn decode(
             }
         }
     }
-    Ok(exit::OK)
+    // Damaged metadata: the rest was decoded, and scripts are told.
+    for hash in &report.refused {
+        eprintln!(
+            "nip: content {hash}: its chunks hash to another name (damaged or forged metadata); \
+             no decoded copy written, and its files are read through the mount (`nip verify` \
+             checks the store)"
+        );
+    }
+    Ok(if report.refused.is_empty() {
+        exit::OK
+    } else {
+        exit::DAMAGED
+    })
 }

@@ -432,8 +432,9 @@ pub enum Command {
         #[arg(long)]
         prune_smaller: bool,
         /// JSON report {generation, min_size, threshold, written,
-        /// written_bytes, present, present_bytes, replaced, pruned:
-        /// {removed, removed_bytes, held, held_bytes}}.
+        /// written_bytes, present, present_bytes, replaced, refused (the
+        /// contents whose chunks hash to another name: no copy; exit status
+        /// 3), pruned: {removed, removed_bytes, held, held_bytes}}.
         #[arg(long)]
         json: bool,
     },

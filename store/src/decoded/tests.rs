@@ -88,6 +88,50 @@ fn large_files_get_whole_read_only_copies_once() {
     assert_eq!((again.written, again.present), (0, 2));
 }
 
+/// A content whose catalog chunk list does not add up to its name (what a
+/// lying remote's metadata makes: each chunk right, the whole another
+/// file's name) gets no copy: the kernel would serve the copy under that
+/// name, unchecked, to whatever file later has it. The others are decoded.
+#[test]
+fn a_content_whose_chunks_are_not_its_name_gets_no_copy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, files) = store_with_app(tmp.path(), "app", 7);
+    let claimed = Hash::of(&noise(99, files[0].len()));
+    {
+        let db = rusqlite::Connection::open(store.dir().join(crate::CATALOG_FILE)).unwrap();
+        let n = db
+            .execute(
+                "UPDATE blobs SET hash = ?1 WHERE hash = ?2",
+                rusqlite::params![
+                    claimed.as_bytes().to_vec(),
+                    Hash::of(&files[0]).as_bytes().to_vec()
+                ],
+            )
+            .unwrap();
+        assert_eq!(n, 1);
+    }
+    let store = Store::open(store.dir()).unwrap();
+    let wanted = wanted(&store, current(&store), DEFAULT_MIN_SIZE).unwrap();
+    assert!(wanted.iter().any(|w| w.hash == claimed), "{wanted:?}");
+    let report = decode(&store, &wanted, &mut |_| {}).unwrap();
+    assert_eq!(report.refused, [claimed.to_hex()]);
+    assert_eq!(report.written, 1, "the other large file");
+    let dir = dir(store.dir());
+    assert!(
+        !dir.join(name(&claimed)).exists(),
+        "a copy under the claimed name"
+    );
+    assert_eq!(
+        fs::read_dir(&dir).unwrap().count(),
+        1,
+        "no temporary file left behind"
+    );
+    assert_eq!(
+        fs::read(dir.join(name(&Hash::of(&files[1])))).unwrap(),
+        files[1]
+    );
+}
+
 /// A copy that is not whole (a crash's temporary file, a copy cut short)
 /// or not a file (a planted link) is never taken for one: it is replaced,
 /// and the link's target is left alone.
