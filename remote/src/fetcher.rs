@@ -297,7 +297,13 @@ impl FetcherLink {
         }
         self.returned.notify_all();
         match result {
-            Ok((OK, body)) => Ok(Bytes::from(body)),
+            // The fetcher holds what a hostile server may have taken over:
+            // its answer is checked as a server's is (readers slice it).
+            Ok((OK, body)) if body.len() == len as usize => Ok(Bytes::from(body)),
+            Ok((OK, body)) => Err(unavailable(format!(
+                "the fetcher process answered {} bytes for a range of {len}",
+                body.len()
+            ))),
             Ok((_, body)) => Err(unavailable(String::from_utf8_lossy(&body).into_owned())),
             Err(e) => Err(unavailable(format!("the fetcher process: {e}"))),
         }
@@ -357,6 +363,44 @@ mod tests {
     }
 
     const PACK: &str = "0123456789abcdef0123456789abcdef.pack";
+
+    /// A fetcher (taken over) that answers every request with `answer`
+    /// bytes, whatever the range.
+    fn lying_fetcher(answer: usize) -> (FetcherLink, std::thread::JoinHandle<()>) {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let far = std::thread::spawn(move || {
+            while let Ok(Some(_)) = RangeRequest::read_from(&mut theirs) {
+                let mut out = vec![OK];
+                out.extend_from_slice(&(answer as u32).to_le_bytes());
+                out.resize(5 + answer, 7);
+                if theirs.write_all(&out).is_err() {
+                    return;
+                }
+            }
+        });
+        (FetcherLink::new(vec![ours]), far)
+    }
+
+    #[test]
+    fn an_answer_of_another_length_than_the_range_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let known = remote(1, dir.path());
+        for answer in [99, 101, 0] {
+            let (link, far) = lying_fetcher(answer);
+            let err = link.get_range(&known, PACK, 1000..1100).unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains(&format!("answered {answer} bytes for a range of 100")),
+                "{err}"
+            );
+            drop(link);
+            far.join().unwrap();
+        }
+        let (link, far) = lying_fetcher(100);
+        assert_eq!(link.get_range(&known, PACK, 1000..1100).unwrap().len(), 100);
+        drop(link);
+        far.join().unwrap();
+    }
 
     fn remote(id: i64, dir: &std::path::Path) -> RemoteRow {
         RemoteRow {
