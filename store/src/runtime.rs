@@ -225,9 +225,17 @@ impl RuntimeRoot {
         if served.generations == generations && served.packages == packages {
             return Ok(());
         }
-        served.generations = generations;
-        served.packages = packages;
-        self.write(&served)
+        // Kept in memory only once written: after a failed write the next
+        // update with the same values writes them (what memory says is
+        // what the file says).
+        let new = Served {
+            generations,
+            packages,
+            ..served.clone()
+        };
+        self.write(&new)?;
+        *served = new;
+        Ok(())
     }
 
     /// Rewrites the record with the smallest file whose decoded copy the
@@ -239,8 +247,13 @@ impl RuntimeRoot {
         if self.withdrawn.load(Ordering::Relaxed) || served.decoded_from == from {
             return Ok(());
         }
-        served.decoded_from = from;
-        self.write(&served)
+        let new = Served {
+            decoded_from: from,
+            ..served.clone()
+        };
+        self.write(&new)?;
+        *served = new;
+        Ok(())
     }
 
     /// What the record says now.
@@ -661,6 +674,30 @@ mod tests {
         drop(root);
         assert!(super::live(store.path()).unwrap().is_empty());
         assert_eq!(fs::read_dir(&dir).unwrap().count(), 0, "files left behind");
+    }
+
+    /// A write that failed (a full disk) is made again by the next call
+    /// with the same values: the record never says less than the view
+    /// shows because an earlier write of it failed.
+    #[test]
+    fn a_failed_record_write_is_made_again_with_the_same_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = RuntimeRoot::register(dir.path(), served(vec![1])).unwrap();
+        // A directory where the temporary record goes makes writes fail.
+        let tmp = root.dir.join(format!(".{}{RECORD_SUFFIX}.tmp", root.stem));
+        fs::create_dir(&tmp).unwrap();
+        fs::write(tmp.join("x"), b"").unwrap();
+        root.set_decoded_from(1).unwrap_err();
+        root.update(vec![2, 1], vec![9]).unwrap_err();
+        fs::remove_dir_all(&tmp).unwrap();
+        root.set_decoded_from(1).unwrap();
+        root.update(vec![2, 1], vec![9]).unwrap();
+        let record = &live(dir.path()).unwrap()[0].served;
+        assert_eq!(record.decoded_from, 1);
+        assert_eq!(
+            (&record.generations[..], &record.packages[..]),
+            (&[2, 1][..], &[9][..])
+        );
     }
 
     /// The follow thread may update the record while the signal thread
