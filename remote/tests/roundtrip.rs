@@ -202,6 +202,65 @@ fn a_published_generation_pulls_and_reads_lazily_and_only_the_difference() {
     );
 }
 
+/// A host moves from its origin, gone, to a mirror of it (same trust
+/// domain): what it pulled before is read from the mirror too, not only
+/// the packages the mirror's newer generation adds.
+#[test]
+fn after_a_pull_from_a_mirror_every_pack_it_lists_is_read_from_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let (origin_dir, mirror_dir) = (tmp.path().join("origin"), tmp.path().join("mirror"));
+    let keys = KeyStore::new(tmp.path().join("keys"));
+    keys.generate("pub").unwrap();
+    let mut host_a = Store::init(&a).unwrap();
+    let big = text(5, 2 << 20);
+    add(
+        &mut host_a,
+        tmp.path(),
+        "tool",
+        "1",
+        &[("big", big.clone())],
+    );
+    let mut host_b = Store::init(&b).unwrap();
+    let origin = dir_remote(&host_b, "origin", &origin_dir);
+    let trust = subscriber_trust(&keys, &tmp.path().join("keys-b"), "origin");
+    publish_to(&host_a, &origin, &keys, None);
+    pull_from(&mut host_b, &origin, &trust);
+
+    add(
+        &mut host_a,
+        tmp.path(),
+        "other",
+        "1",
+        &[("data", text(6, 300_000))],
+    );
+    publish_to(&host_a, &origin, &keys, None);
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&origin_dir)
+        .arg(&mirror_dir)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    fs::rename(&origin_dir, tmp.path().join("origin-gone")).unwrap();
+    let mirror = host_b
+        .catalog()
+        .add_remote(&NewRemote {
+            name: "mirror".into(),
+            url: format!("file://{}", mirror_dir.display()),
+            endpoint: None,
+            region: None,
+            domain: "origin".into(),
+        })
+        .unwrap();
+    pull_from(&mut host_b, &mirror, &trust);
+    let (data, _) = read_all(&b, "other", "1", "data");
+    assert_eq!(data, text(6, 300_000));
+    let (read, fetched) = read_all(&b, "tool", "1", "big");
+    assert_eq!(read, big, "a package pulled before reads from the mirror");
+    assert!(fetched > 0);
+}
+
 /// Random (incompressible, so stored as is) bytes.
 fn noise(seed: u8, len: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(len);

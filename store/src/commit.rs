@@ -586,7 +586,20 @@ mod tests {
             .into_iter()
             .map(|(pack, _)| pack)
             .collect();
-        assert_eq!(packs, [p1, p3], "the pack of known chunks only was indexed");
+        // Every pack the remote lists is read from it (a host moved to a
+        // mirror reads what it had from there), but the known chunk keeps
+        // the location it had: none of the pull's rows about it is used.
+        assert_eq!(packs, [p1.clone(), p2, p3]);
+        let pack_of_known: String = store
+            .catalog_mut()
+            .conn()
+            .query_row(
+                "SELECT p.name FROM chunks c JOIN packs p ON p.id = c.pack WHERE c.hash = ?1",
+                [a_chunk.hash.as_bytes().to_vec()],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(pack_of_known, p1);
     }
 
     #[derive(Debug, thiserror::Error)]

@@ -123,8 +123,11 @@ pub(crate) fn set_meta(conn: &Connection, key: &str, value: &str) -> Result<()> 
 }
 
 /// Indexes the packs and chunks this run wrote, or only the chunks of
-/// `only` (and the packs they are in) when given; returns hash -> chunk id
-/// for every chunk indexed or reused that exists now.
+/// `only` when given (the packs all the same: a pull records every pack
+/// its remote lists as read from that remote, those of packages stored
+/// before too, so that a host moved to a mirror reads them from there);
+/// returns hash -> chunk id for every chunk indexed or reused that
+/// exists now.
 pub(crate) fn index_chunks(
     tx: &Transaction<'_>,
     batch: &ContentBatch,
@@ -132,16 +135,8 @@ pub(crate) fn index_chunks(
 ) -> Result<HashMap<Hash, i64>> {
     let wanted = |hash: &Hash| only.is_none_or(|set| set.contains(hash));
     let written: Vec<&ChunkLocation> = batch.written.iter().filter(|l| wanted(&l.hash)).collect();
-    let used_packs: Option<HashSet<&str>> =
-        only.map(|_| written.iter().map(|l| &*l.pack).collect());
     let mut pack_ids = HashMap::new();
     for pack in &batch.packs {
-        if used_packs
-            .as_ref()
-            .is_some_and(|used| !used.contains(pack.name.as_str()))
-        {
-            continue;
-        }
         let id = match batch.remote {
             None => {
                 tx.execute(
