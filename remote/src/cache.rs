@@ -138,6 +138,16 @@ impl DiskCache {
         true
     }
 
+    /// Deletes the cached block at `offset` of `pack`, if any.
+    pub fn remove(&self, pack: &str, offset: u64, len: usize) {
+        if let Some(path) = self.path(pack, offset, len)
+            && let Err(e) = fs::remove_file(&path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!("remote cache: deleting {}: {e}", path.display());
+        }
+    }
+
     /// Refreshes the file's time (its recency) at most every minute.
     fn touch(&self, path: &Path, file: &File) {
         let mut touched = self.touched.lock().unwrap_or_else(|p| p.into_inner());

@@ -568,7 +568,27 @@ impl RemotePacks {
                 if !self.cache.get(pack, offset, &mut buf) {
                     return None;
                 }
+                // Every process reading the store writes this cache, the
+                // confined daemons too: a cached block is checked as a
+                // fetched one is, and one that is not the block the
+                // catalog places there is fetched again, not left to fail
+                // every reader.
+                let decoded = match self.verify(pack, offset, &buf) {
+                    Ok(decoded) => decoded,
+                    Err(why) => {
+                        tracing::warn!(
+                            "remote cache: the cached block of pack {pack} at {offset} is not \
+                             the one the catalog places there ({why}); deleting it, it is \
+                             fetched again"
+                        );
+                        self.cache.remove(pack, offset, len);
+                        return None;
+                    }
+                };
                 let block = Bytes::from(buf);
+                if let Some(decoded) = decoded {
+                    self.decoded.insert(key.clone(), Bytes::from(decoded));
+                }
                 self.recent.insert(key.clone(), block.clone());
                 block
             }

@@ -261,6 +261,69 @@ fn after_a_pull_from_a_mirror_every_pack_it_lists_is_read_from_it() {
     assert!(fetched > 0);
 }
 
+/// The block cache files under `dir`.
+fn cache_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                todo.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files
+}
+
+/// Any process reading the store writes the block cache, a confined
+/// daemon a guest took over too. A cache file it forged, consistent with
+/// its own header, is not the block the catalog places there: it is
+/// fetched again, never served, and not left to fail every reader.
+#[test]
+fn a_forged_cache_file_is_fetched_again_not_left_to_fail_readers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let remote_dir = tmp.path().join("remote");
+    let keys = KeyStore::new(tmp.path().join("keys"));
+    keys.generate("pub").unwrap();
+    let mut host_a = Store::init(&a).unwrap();
+    let big = text(8, 2 << 20);
+    add(
+        &mut host_a,
+        tmp.path(),
+        "tool",
+        "1",
+        &[("big", big.clone())],
+    );
+    let mut host_b = Store::init(&b).unwrap();
+    let row = dir_remote(&host_b, "origin", &remote_dir);
+    let trust = subscriber_trust(&keys, &tmp.path().join("keys-b"), "origin");
+    publish_to(&host_a, &row, &keys, None);
+    pull_from(&mut host_b, &row, &trust);
+    let (read, _) = read_all(&b, "tool", "1", "big");
+    assert_eq!(read, big);
+    let blocks = b.join("remote-cache").join("blocks");
+    let files = cache_files(&blocks);
+    assert!(!files.is_empty());
+    let real: Vec<Vec<u8>> = files.iter().map(|f| fs::read(f).unwrap()).collect();
+    for (file, bytes) in files.iter().zip(&real) {
+        let junk = vec![0x5a; bytes.len() - 40];
+        let mut forged = b"NXRBLK01".to_vec();
+        forged.extend_from_slice(blake3::hash(&junk).as_bytes());
+        forged.extend_from_slice(&junk);
+        fs::write(file, forged).unwrap();
+    }
+    let (again, fetched) = read_all(&b, "tool", "1", "big");
+    assert_eq!(again, big);
+    assert!(fetched > 0, "the forged blocks were fetched again");
+    for (file, bytes) in files.iter().zip(&real) {
+        assert_eq!(&fs::read(file).unwrap(), bytes, "{}", file.display());
+    }
+}
+
 /// Random (incompressible, so stored as is) bytes.
 fn noise(seed: u8, len: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(len);
