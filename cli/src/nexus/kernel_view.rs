@@ -462,18 +462,68 @@ fn index_mounted(layer: &Layer) -> bool {
 }
 
 /// Puts the detached mount `mnt` on `layer.path`: beneath the kernel view
-/// shown there, which is then detached, or on top of the FUSE mount.
-fn place(mnt: BorrowedFd, layer: &Layer, main: bool) -> Result<(), Errno> {
-    let stacked = covered(layer, main)?;
-    let mut flags = MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH;
+/// shown there, which is then detached, or on top of the FUSE mount
+/// (`fuse_id`: the main FUSE mount's unique id, if known; the Index's is
+/// known by its device, `layer.fuse`).
+///
+/// The path is resolved once; what it reaches must be the view this
+/// process showed there last, or the FUSE mount, else nothing is done
+/// (`ESTALE`): a link swapped into a directory above the mount point
+/// must not have root place a view, or detach a mount, elsewhere. Every
+/// later step works on the descriptor it reached.
+fn place(mnt: BorrowedFd, layer: &Layer, main: bool, fuse_id: Option<u64>) -> Result<(), Errno> {
+    use rustix::fs::{Mode, OFlags};
+    let at = rustix::fs::openat(
+        rustix::fs::CWD,
+        &layer.path,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(errno)?;
+    let kind = rustix::fs::fstatfs(&at).map_err(errno)?.f_type;
+    let stacked = kind == if main { OVERLAYFS_MAGIC } else { EROFS_MAGIC };
+    let shown = SHOWN[usize::from(!main)].load(std::sync::atomic::Ordering::Relaxed);
+    let ours = if stacked {
+        // A view this process did not show (a predecessor's, after a
+        // takeover or a restart) is taken for ours by its kind alone.
+        shown == 0 || unique_mount_id(at.as_fd(), c"") == Ok(Some(shown))
+    } else if main {
+        fuse_id.is_none_or(|id| unique_mount_id(at.as_fd(), c"") == Ok(Some(id)))
+    } else {
+        layer
+            .fuse
+            .is_some_and(|fuse| top_device_of(at.as_fd()) == Ok(fuse))
+    };
+    if !ours {
+        return Err(libc::ESTALE);
+    }
+    let mut flags =
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH;
     if stacked {
         flags |= MoveMountFlags::MOVE_MOUNT_BENEATH;
     }
-    move_mount(mnt, c"", rustix::fs::CWD, &layer.path, flags).map_err(errno)?;
+    move_mount(mnt, c"", &at, c"", flags).map_err(errno)?;
     if stacked {
-        unmount(&layer.path, UnmountFlags::DETACH).map_err(errno)?;
+        // The view `at` is the root of, through the descriptor's own
+        // link: no name is looked up again.
+        let path = FdPath::new(std::os::fd::AsRawFd::as_raw_fd(&at));
+        unmount(path.as_cstr(), UnmountFlags::DETACH).map_err(errno)?;
     }
     Ok(())
+}
+
+/// The device number of the file system `fd` is on, asked without a
+/// request to a file system server.
+fn top_device_of(fd: BorrowedFd) -> Result<(u32, u32), Errno> {
+    use rustix::fs::{AtFlags, StatxFlags};
+    let st = rustix::fs::statx(
+        fd,
+        c"",
+        AtFlags::EMPTY_PATH | AtFlags::STATX_DONT_SYNC,
+        StatxFlags::TYPE,
+    )
+    .map_err(errno)?;
+    Ok((st.stx_dev_major, st.stx_dev_minor))
 }
 
 /// The unique mount ids (`STATX_MNT_ID_UNIQUE`) of the views this process
@@ -537,7 +587,8 @@ pub(super) fn show(plan: &Plan, data: BorrowedFd, with_index: bool) -> Result<()
         })
         .transpose()?;
     let ordering = std::sync::atomic::Ordering::Relaxed;
-    place(top.as_fd(), &plan.main, true)?;
+    let fuse_id = unique_mount_id(data, c"").ok().flatten();
+    place(top.as_fd(), &plan.main, true, fuse_id)?;
     let id = |mnt: &OwnedFd| {
         unique_mount_id(mnt.as_fd(), c"")
             .ok()
@@ -546,7 +597,7 @@ pub(super) fn show(plan: &Plan, data: BorrowedFd, with_index: bool) -> Result<()
     };
     SHOWN[0].store(id(&top), ordering);
     if let Some((mnt, layer)) = index {
-        place(mnt.as_fd(), layer, false)?;
+        place(mnt.as_fd(), layer, false, None)?;
         SHOWN[1].store(id(&mnt), ordering);
     }
     Ok(())
@@ -885,6 +936,77 @@ mod tests {
                 FdPath::new(fd).as_cstr().to_str().unwrap(),
                 format!("/proc/self/fd/{fd}")
             );
+        }
+    }
+
+    /// A new, detached tmpfs.
+    fn detached_tmpfs() -> OwnedFd {
+        let fs = fsopen(c"tmpfs", FsOpenFlags::FSOPEN_CLOEXEC).unwrap();
+        fsconfig_create(&fs).unwrap();
+        fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, MountAttrFlags::empty()).unwrap()
+    }
+
+    /// The unique mount id of the top mount at `path`.
+    fn id_at(path: &Path) -> Option<u64> {
+        unique_mount_id(rustix::fs::CWD, &c(path)).unwrap()
+    }
+
+    /// A link swapped into a directory above the mount point (one a local
+    /// user may write) must not have the keeper, as root, place the next
+    /// view where the link leads: what the path reaches is neither the
+    /// FUSE mount nor the view shown, so nothing is mounted anywhere.
+    #[test]
+    fn a_view_is_never_placed_where_a_link_above_the_mount_point_leads() {
+        if !crate::root_or_skip("mounting") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        for d in [&a, &b] {
+            std::fs::create_dir_all(d.join("mnt")).unwrap();
+        }
+        // A tmpfs stands for the FUSE mount at a/mnt.
+        let fuse = detached_tmpfs();
+        move_mount(
+            &fuse,
+            c"",
+            rustix::fs::CWD,
+            c(&a.join("mnt")),
+            MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+        .unwrap();
+        let fuse_id = unique_mount_id(fuse.as_fd(), c"").unwrap();
+        let layer = Layer {
+            path: c(&a.join("mnt")),
+            image: c(&dir.path().join("unused.erofs")),
+            fuse: None,
+        };
+        let bare = id_at(&b.join("mnt"));
+
+        let moved = dir.path().join("a-moved");
+        std::fs::rename(&a, &moved).unwrap();
+        std::os::unix::fs::symlink(&b, &a).unwrap();
+        let view = detached_tmpfs();
+        assert_eq!(
+            place(view.as_fd(), &layer, true, fuse_id),
+            Err(libc::ESTALE)
+        );
+        assert_eq!(
+            id_at(&b.join("mnt")),
+            bare,
+            "a view was placed where the link leads"
+        );
+
+        // The control: the path reaches the FUSE mount again.
+        std::fs::remove_file(&a).unwrap();
+        std::fs::rename(&moved, &a).unwrap();
+        place(view.as_fd(), &layer, true, fuse_id).unwrap();
+        assert_eq!(
+            id_at(&a.join("mnt")),
+            unique_mount_id(view.as_fd(), c"").unwrap()
+        );
+        for _ in 0..2 {
+            unmount(c(&a.join("mnt")), UnmountFlags::DETACH).unwrap();
         }
     }
 

@@ -397,6 +397,7 @@ pub(super) fn keeper() -> Result<BpfProgram, seccompiler::BackendError> {
             libc::SYS_fsmount,
             libc::SYS_move_mount,
             libc::SYS_statfs,
+            libc::SYS_fstatfs,
             libc::SYS_exit,
             libc::SYS_exit_group,
             libc::SYS_rt_sigreturn,
