@@ -285,25 +285,10 @@ fn cache_files(dir: &Path) -> Vec<std::path::PathBuf> {
 #[test]
 fn a_forged_cache_file_is_fetched_again_not_left_to_fail_readers() {
     let tmp = tempfile::tempdir().unwrap();
-    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
-    let remote_dir = tmp.path().join("remote");
-    let keys = KeyStore::new(tmp.path().join("keys"));
-    keys.generate("pub").unwrap();
-    let mut host_a = Store::init(&a).unwrap();
-    let big = text(8, 2 << 20);
-    add(
-        &mut host_a,
-        tmp.path(),
-        "tool",
-        "1",
-        &[("big", big.clone())],
-    );
-    let mut host_b = Store::init(&b).unwrap();
-    let row = dir_remote(&host_b, "origin", &remote_dir);
-    let trust = subscriber_trust(&keys, &tmp.path().join("keys-b"), "origin");
-    publish_to(&host_a, &row, &keys, None);
-    pull_from(&mut host_b, &row, &trust);
-    let (read, _) = read_all(&b, "tool", "1", "big");
+    let len = 2 << 20;
+    let (b, _) = pulled_noise(tmp.path(), len);
+    let big = noise(7, len);
+    let (read, _) = read_all(&b, "big", "1", "data");
     assert_eq!(read, big);
     let blocks = b.join("remote-cache").join("blocks");
     let files = cache_files(&blocks);
@@ -316,7 +301,7 @@ fn a_forged_cache_file_is_fetched_again_not_left_to_fail_readers() {
         forged.extend_from_slice(&junk);
         fs::write(file, forged).unwrap();
     }
-    let (again, fetched) = read_all(&b, "tool", "1", "big");
+    let (again, fetched) = read_all(&b, "big", "1", "data");
     assert_eq!(again, big);
     assert!(fetched > 0, "the forged blocks were fetched again");
     for (file, bytes) in files.iter().zip(&real) {
