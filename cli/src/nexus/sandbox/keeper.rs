@@ -320,8 +320,13 @@ fn keeper_main(plan: &KeeperPlan, socket: RawFd) -> ! {
             }
             (2.., SHOW_KERNEL_VIEW) => {
                 let answer = match &plan.kernel_view {
+                    // Once a mount is unmounted the daemon is ending, and
+                    // the main one's root (DATA_FD) may be closed: its
+                    // number could name another file by now.
+                    Some(_) if unmounted.iter().any(|&done| done) => Err(libc::EBADF),
                     // SAFETY: DATA_FD was duplicated from the plan's
-                    // descriptor above and stays open.
+                    // descriptor above and stays open while no mount is
+                    // unmounted.
                     Some((view, _)) => crate::nexus::kernel_view::show(
                         view,
                         unsafe { std::os::fd::BorrowedFd::borrow_raw(DATA_FD) },
@@ -487,5 +492,78 @@ fn finish(plan: &KeeperPlan) {
         if let Some(dir) = &plan.scratch {
             libc::rmdir(dir.as_ptr());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nexus::kernel_view::{Layer, Plan, unique_mount_id};
+    use std::os::fd::AsFd;
+
+    fn c(path: &std::path::Path) -> CString {
+        CString::new(path.as_os_str().as_encoded_bytes()).unwrap()
+    }
+
+    /// Once a mount is unmounted (the daemon is ending) the keeper closes
+    /// the FUSE root it shows views over: a show request after that is
+    /// refused before anything is looked at, not served from whatever
+    /// file has taken the descriptor's number.
+    #[test]
+    fn no_view_is_shown_once_a_mount_is_unmounted() {
+        if !crate::root_or_skip("mounting") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let point = dir.path().join("mnt");
+        std::fs::create_dir(&point).unwrap();
+        let path = c(&point);
+        // SAFETY: mount(2) of a tmpfs on our own directory.
+        let rc = unsafe {
+            libc::mount(
+                c"none".as_ptr(),
+                path.as_ptr(),
+                c"tmpfs".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+        let root = std::fs::File::open(&point).unwrap();
+        let st = rustix::fs::stat(&point).unwrap();
+        let mount = KeptMount {
+            path: path.clone(),
+            dev: (rustix::fs::major(st.st_dev), rustix::fs::minor(st.st_dev)),
+            unique_id: unique_mount_id(root.as_fd(), c"").unwrap(),
+        };
+        let view = Plan {
+            main: Layer {
+                path: path.clone(),
+                image: c(&dir.path().join("main.erofs")),
+                fuse: None,
+            },
+            index: None,
+            suid: false,
+            image_owner: 0,
+            image_dir: c(dir.path()),
+            decoded: None,
+        };
+        let plan = KeeperPlan {
+            mounts: vec![mount],
+            fusermount: None,
+            socket: None,
+            pid_file: None,
+            scratch: None,
+            keep_caps: None,
+            filter: None,
+            leave_mounts: false,
+            kernel_view: Some((view, std::os::fd::AsRawFd::as_raw_fd(&root))),
+        };
+        let keeper = spawn(&plan).unwrap();
+        drop(root);
+        assert!(matches!(keeper.unmount(0), Ok(Unmounted::Clean)));
+        let refused = keeper.show_kernel_view(false).unwrap_err();
+        assert_eq!(refused.raw_os_error(), Some(libc::EBADF), "{refused}");
+        keeper.finish();
     }
 }
