@@ -287,6 +287,8 @@ fn keeper_main(plan: &KeeperPlan, socket: RawFd) -> ! {
         }
     }
     let mut unmounted = [false; 8];
+    // Whether the main mount's unmount began, which closes DATA_FD.
+    let mut data_closed = false;
     let mut request = [0u8; 8];
     loop {
         // SAFETY: read into a buffer on this stack.
@@ -299,6 +301,13 @@ fn keeper_main(plan: &KeeperPlan, socket: RawFd) -> ! {
                 let index = usize::from(request[1]);
                 match plan.mounts.get(index) {
                     Some(mount) => {
+                        if plan
+                            .kernel_view
+                            .as_ref()
+                            .is_some_and(|(view, _)| view.main.path == mount.path)
+                        {
+                            data_closed = true;
+                        }
                         let answer = unmount(plan, mount, false);
                         if let Some(done) = unmounted.get_mut(index) {
                             *done = answer.is_ok();
@@ -320,13 +329,12 @@ fn keeper_main(plan: &KeeperPlan, socket: RawFd) -> ! {
             }
             (2.., SHOW_KERNEL_VIEW) => {
                 let answer = match &plan.kernel_view {
-                    // Once a mount is unmounted the daemon is ending, and
-                    // the main one's root (DATA_FD) may be closed: its
-                    // number could name another file by now.
-                    Some(_) if unmounted.iter().any(|&done| done) => Err(libc::EBADF),
+                    // Once the main mount's unmount began, its root
+                    // (DATA_FD) is closed: the number could name another
+                    // file by now.
+                    Some(_) if data_closed => Err(libc::EBADF),
                     // SAFETY: DATA_FD was duplicated from the plan's
-                    // descriptor above and stays open while no mount is
-                    // unmounted.
+                    // descriptor above and stays open until then.
                     Some((view, _)) => crate::nexus::kernel_view::show(
                         view,
                         unsafe { std::os::fd::BorrowedFd::borrow_raw(DATA_FD) },
@@ -505,10 +513,12 @@ mod tests {
         CString::new(path.as_os_str().as_encoded_bytes()).unwrap()
     }
 
-    /// Once a mount is unmounted (the daemon is ending) the keeper closes
-    /// the FUSE root it shows views over: a show request after that is
-    /// refused before anything is looked at, not served from whatever
-    /// file has taken the descriptor's number.
+    /// Unmounting the main mount closes the FUSE root the keeper shows
+    /// views over: a show request after that is refused before anything
+    /// is looked at, not served from whatever file has taken the
+    /// descriptor's number. (Unmounting the Index alone leaves it open:
+    /// `kernel_view::umount_of_the_index_view_takes_the_index_off_for_good`
+    /// shows views after it.)
     #[test]
     fn no_view_is_shown_once_a_mount_is_unmounted() {
         if !crate::root_or_skip("mounting") {
