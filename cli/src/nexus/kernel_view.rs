@@ -431,10 +431,29 @@ fn top_type(path: &CStr) -> Result<i64, Errno> {
 }
 
 /// Whether a kernel view of ours is on top at `layer.path` (rather than the
-/// FUSE mount).
+/// FUSE mount): a mount of its kind, mounted there (a directory that is no
+/// mount point, on a root file system of that kind, is not one).
 fn covered(layer: &Layer, main: bool) -> Result<bool, Errno> {
     let kind = top_type(&layer.path)?;
-    Ok(kind == if main { OVERLAYFS_MAGIC } else { EROFS_MAGIC })
+    Ok(kind == if main { OVERLAYFS_MAGIC } else { EROFS_MAGIC } && mount_point(&layer.path)?)
+}
+
+/// Whether something is mounted at `path`: the mount it reaches is not
+/// the one its parent directory is on (`..` of a mount's root is the
+/// parent of the mount point, below).
+fn mount_point(path: &CStr) -> Result<bool, Errno> {
+    use rustix::fs::{Mode, OFlags};
+    let at = rustix::fs::openat(
+        rustix::fs::CWD,
+        path,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(errno)?;
+    let here = unique_mount_id(at.as_fd(), c"")?;
+    let above = unique_mount_id(at.as_fd(), c"..")?;
+    // Without unique ids (before Linux 6.8) the kind alone decides.
+    Ok(here.is_none() || here != above)
 }
 
 /// The device number of what is on top at `path`, asked without a
@@ -1008,6 +1027,46 @@ mod tests {
         for _ in 0..2 {
             unmount(c(&a.join("mnt")), UnmountFlags::DETACH).unwrap();
         }
+    }
+
+    /// A directory of a file system of the view's kind (a host whose root
+    /// is overlayfs or EROFS) is not taken for a view shown on it: only a
+    /// mount at the path is.
+    #[test]
+    fn a_bare_directory_on_a_file_system_of_the_views_kind_is_no_view() {
+        if !crate::root_or_skip("mounting") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (lower, upper, at) = (
+            dir.path().join("lower"),
+            dir.path().join("lower2"),
+            dir.path().join("at"),
+        );
+        for d in [&lower.join("sub"), &upper, &at] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let options =
+            CString::new(format!("lowerdir={}:{}", lower.display(), upper.display())).unwrap();
+        // SAFETY: mount(2) of a read-only overlayfs on our own directory.
+        let rc = unsafe {
+            libc::mount(
+                c"overlay".as_ptr(),
+                c(&at).as_ptr(),
+                c"overlay".as_ptr(),
+                libc::MS_RDONLY,
+                options.as_ptr().cast(),
+            )
+        };
+        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+        let layer = |path: &Path| Layer {
+            path: c(path),
+            image: c(&dir.path().join("unused.erofs")),
+            fuse: None,
+        };
+        assert_eq!(covered(&layer(&at), true), Ok(true));
+        assert_eq!(covered(&layer(&at.join("sub")), true), Ok(false));
+        unmount(c(&at), UnmountFlags::DETACH).unwrap();
     }
 
     /// The keeper mounts the daemon's own image and nothing a compromised
