@@ -438,18 +438,24 @@ fn covered(layer: &Layer, main: bool) -> Result<bool, Errno> {
     Ok(kind == if main { OVERLAYFS_MAGIC } else { EROFS_MAGIC } && mount_point(&layer.path)?)
 }
 
-/// Whether something is mounted at `path`: the mount it reaches is not
-/// the one its parent directory is on (`..` of a mount's root is the
-/// parent of the mount point, below).
-fn mount_point(path: &CStr) -> Result<bool, Errno> {
+/// The directory `path` reaches (the root of the top mount, at a mount
+/// point), opened `O_PATH` without following a link at its end.
+fn reach(path: &CStr) -> Result<OwnedFd, Errno> {
     use rustix::fs::{Mode, OFlags};
-    let at = rustix::fs::openat(
+    rustix::fs::openat(
         rustix::fs::CWD,
         path,
         OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
     )
-    .map_err(errno)?;
+    .map_err(errno)
+}
+
+/// Whether something is mounted at `path`: the mount it reaches is not
+/// the one its parent directory is on (`..` of a mount's root is the
+/// parent of the mount point, below).
+fn mount_point(path: &CStr) -> Result<bool, Errno> {
+    let at = reach(path)?;
     let here = unique_mount_id(at.as_fd(), c"")?;
     let above = unique_mount_id(at.as_fd(), c"..")?;
     // Without unique ids (before Linux 6.8) the kind alone decides.
@@ -491,14 +497,7 @@ fn index_mounted(layer: &Layer) -> bool {
 /// must not have root place a view, or detach a mount, elsewhere. Every
 /// later step works on the descriptor it reached.
 fn place(mnt: BorrowedFd, layer: &Layer, main: bool, fuse_id: Option<u64>) -> Result<(), Errno> {
-    use rustix::fs::{Mode, OFlags};
-    let at = rustix::fs::openat(
-        rustix::fs::CWD,
-        &layer.path,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(errno)?;
+    let at = reach(&layer.path)?;
     let kind = rustix::fs::fstatfs(&at).map_err(errno)?.f_type;
     let stacked = kind == if main { OVERLAYFS_MAGIC } else { EROFS_MAGIC };
     let shown = SHOWN[usize::from(!main)].load(std::sync::atomic::Ordering::Relaxed);
