@@ -355,7 +355,8 @@ fn mount_image(image: &CStr, owner: u32, dir: &CStr, main: bool) -> Result<Owned
     fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs).map_err(errno)
 }
 
-/// A directory, for a layer: opened without following a link.
+/// A directory, for a layer or a mount point: opened `O_PATH` without
+/// following a link at its end (at a mount point, the top mount's root).
 fn open_dir(path: &CStr) -> Result<OwnedFd, Errno> {
     use rustix::fs::{Mode, OFlags};
     rustix::fs::openat(
@@ -438,41 +439,27 @@ fn covered(layer: &Layer, main: bool) -> Result<bool, Errno> {
     Ok(kind == if main { OVERLAYFS_MAGIC } else { EROFS_MAGIC } && mount_point(&layer.path)?)
 }
 
-/// The directory `path` reaches (the root of the top mount, at a mount
-/// point), opened `O_PATH` without following a link at its end.
-fn reach(path: &CStr) -> Result<OwnedFd, Errno> {
-    use rustix::fs::{Mode, OFlags};
-    rustix::fs::openat(
-        rustix::fs::CWD,
-        path,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(errno)
-}
-
 /// Whether something is mounted at `path`: the mount it reaches is not
 /// the one its parent directory is on (`..` of a mount's root is the
 /// parent of the mount point, below).
 fn mount_point(path: &CStr) -> Result<bool, Errno> {
-    let at = reach(path)?;
+    let at = open_dir(path)?;
     let here = unique_mount_id(at.as_fd(), c"")?;
     let above = unique_mount_id(at.as_fd(), c"..")?;
     // Without unique ids (before Linux 6.8) the kind alone decides.
     Ok(here.is_none() || here != above)
 }
 
-/// The device number of what is on top at `path`, asked without a
-/// request to a file system server (`AT_STATX_DONT_SYNC`).
-fn top_device(path: &CStr) -> Result<(u32, u32), Errno> {
+/// The device number of what is on top at `path` (relative to `dir`
+/// unless absolute; `c""` for `dir` itself), asked without a request to a
+/// file system server (`AT_STATX_DONT_SYNC`).
+fn top_device(dir: BorrowedFd, path: &CStr) -> Result<(u32, u32), Errno> {
     use rustix::fs::{AtFlags, StatxFlags};
-    let top = rustix::fs::statx(
-        rustix::fs::CWD,
-        path,
-        AtFlags::STATX_DONT_SYNC | AtFlags::SYMLINK_NOFOLLOW | AtFlags::NO_AUTOMOUNT,
-        StatxFlags::TYPE,
-    )
-    .map_err(errno)?;
+    let mut flags = AtFlags::STATX_DONT_SYNC | AtFlags::SYMLINK_NOFOLLOW | AtFlags::NO_AUTOMOUNT;
+    if path.is_empty() {
+        flags |= AtFlags::EMPTY_PATH;
+    }
+    let top = rustix::fs::statx(dir, path, flags, StatxFlags::TYPE).map_err(errno)?;
     Ok((top.stx_dev_major, top.stx_dev_minor))
 }
 
@@ -483,7 +470,7 @@ fn index_mounted(layer: &Layer) -> bool {
     covered(layer, false).unwrap_or(false)
         || layer
             .fuse
-            .is_some_and(|fuse| top_device(&layer.path) == Ok(fuse))
+            .is_some_and(|fuse| top_device(rustix::fs::CWD, &layer.path) == Ok(fuse))
 }
 
 /// Puts the detached mount `mnt` on `layer.path`: beneath the kernel view
@@ -497,7 +484,7 @@ fn index_mounted(layer: &Layer) -> bool {
 /// must not have root place a view, or detach a mount, elsewhere. Every
 /// later step works on the descriptor it reached.
 fn place(mnt: BorrowedFd, layer: &Layer, main: bool, fuse_id: Option<u64>) -> Result<(), Errno> {
-    let at = reach(&layer.path)?;
+    let at = open_dir(&layer.path)?;
     let kind = rustix::fs::fstatfs(&at).map_err(errno)?.f_type;
     let stacked = kind == if main { OVERLAYFS_MAGIC } else { EROFS_MAGIC };
     let shown = SHOWN[usize::from(!main)].load(std::sync::atomic::Ordering::Relaxed);
@@ -510,7 +497,7 @@ fn place(mnt: BorrowedFd, layer: &Layer, main: bool, fuse_id: Option<u64>) -> Re
     } else {
         layer
             .fuse
-            .is_some_and(|fuse| top_device_of(at.as_fd()) == Ok(fuse))
+            .is_some_and(|fuse| top_device(at.as_fd(), c"") == Ok(fuse))
     };
     if !ours {
         return Err(libc::ESTALE);
@@ -528,20 +515,6 @@ fn place(mnt: BorrowedFd, layer: &Layer, main: bool, fuse_id: Option<u64>) -> Re
         unmount(path.as_cstr(), UnmountFlags::DETACH).map_err(errno)?;
     }
     Ok(())
-}
-
-/// The device number of the file system `fd` is on, asked without a
-/// request to a file system server.
-fn top_device_of(fd: BorrowedFd) -> Result<(u32, u32), Errno> {
-    use rustix::fs::{AtFlags, StatxFlags};
-    let st = rustix::fs::statx(
-        fd,
-        c"",
-        AtFlags::EMPTY_PATH | AtFlags::STATX_DONT_SYNC,
-        StatxFlags::TYPE,
-    )
-    .map_err(errno)?;
-    Ok((st.stx_dev_major, st.stx_dev_minor))
 }
 
 /// The unique mount ids (`STATX_MNT_ID_UNIQUE`) of the views this process
@@ -820,7 +793,7 @@ pub(super) fn stop_when_removed(
                 if let Some(layer) = &index
                     && layer
                         .fuse
-                        .is_some_and(|fuse| top_device(&layer.path) == Ok(fuse))
+                        .is_some_and(|fuse| top_device(rustix::fs::CWD, &layer.path) == Ok(fuse))
                 {
                     tracing::info!(
                         "the kernel view of the Index on {} was unmounted from outside: \
@@ -830,7 +803,7 @@ pub(super) fn stop_when_removed(
                     termination.unmount_index_now();
                     index = None;
                 }
-                let Ok((major, minor)) = top_device(&main) else {
+                let Ok((major, minor)) = top_device(rustix::fs::CWD, &main) else {
                     continue;
                 };
                 if rustix::fs::makedev(major, minor) == fuse.st_dev {
