@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use crate::catalog::Catalog;
 use crate::error::{Result, StoreError};
-use crate::hash::Hash;
+use crate::hash::{Hash, HashingWriter};
 use crate::store::{Store, sync_dir};
 
 /// The directory of decoded copies, in the store.
@@ -266,10 +266,6 @@ pub fn decode(store: &Store, wanted: &[Wanted], progress: &mut dyn FnMut(u64)) -
                     report.written += 1;
                     report.written_bytes += want.size;
                 } else {
-                    tracing::warn!(
-                        "content {}: its chunks hash to another name; no decoded copy written",
-                        want.hash.to_hex()
-                    );
                     report.refused.push(want.hash.to_hex());
                 }
             }
@@ -365,14 +361,10 @@ fn write_temp(store: &Store, temp: &Path, want: &Wanted) -> Result<Hash> {
         .custom_flags(libc::O_NOFOLLOW)
         .open(temp)
         .map_err(|e| StoreError::io(temp, e))?;
-    let mut out = Hashing {
-        out: BufWriter::with_capacity(1 << 20, file),
-        hasher: blake3::Hasher::new(),
-    };
+    let mut out = HashingWriter::new(BufWriter::with_capacity(1 << 20, file));
     let written = store.read_blob(want.blob, &mut out)?;
-    let hash = Hash(*out.hasher.finalize().as_bytes());
+    let (out, hash) = out.finish();
     let file = out
-        .out
         .into_inner()
         .map_err(|e| StoreError::io(temp, e.into_error()))?;
     if written != want.size {
@@ -386,24 +378,6 @@ fn write_temp(store: &Store, temp: &Path, want: &Wanted) -> Result<Hash> {
     file.set_permissions(fs::Permissions::from_mode(0o444))
         .map_err(|e| StoreError::io(temp, e))?;
     Ok(hash)
-}
-
-/// A writer hashing what it passes on.
-struct Hashing<W> {
-    out: W,
-    hasher: blake3::Hasher,
-}
-
-impl<W: std::io::Write> std::io::Write for Hashing<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.out.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.out.flush()
-    }
 }
 
 /// How long a temporary file may be another `nip decode`'s, still being

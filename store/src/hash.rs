@@ -38,6 +38,40 @@ impl Hash {
     }
 }
 
+/// A writer that passes what it is given on to `out` and hashes it: the
+/// BLAKE3 of content read back through the store, checked against its name.
+pub(crate) struct HashingWriter<W> {
+    out: W,
+    hasher: blake3::Hasher,
+}
+
+impl<W: std::io::Write> HashingWriter<W> {
+    /// Hashes what is written on its way to `out`.
+    pub(crate) fn new(out: W) -> Self {
+        HashingWriter {
+            out,
+            hasher: blake3::Hasher::new(),
+        }
+    }
+
+    /// `out`, and the hash of everything written to it.
+    pub(crate) fn finish(self) -> (W, Hash) {
+        (self.out, Hash::from(self.hasher.finalize()))
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.out.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
 impl From<blake3::Hash> for Hash {
     fn from(h: blake3::Hash) -> Self {
         Hash(*h.as_bytes())
