@@ -41,9 +41,12 @@ use crate::params::{BLOCK_MAX_STORED, BLOCK_TARGET};
 /// frames stay.
 const HOT_SHARE: f64 = 0.5;
 
-/// Decoded-frame buffers kept for reuse (at most this many, up to 2 MiB
-/// each): enough for the threads decoding at once.
+/// Decoded-frame buffers kept for reuse: enough for the threads decoding
+/// at once.
 const SPARE_BUFFERS: usize = 8;
+
+/// The smallest buffer capacity handed out for a frame.
+const SMALLEST_BUFFER: usize = 64 << 10;
 
 /// Bytes read first from a block not seen yet: its header and tables
 /// (those of a block of 100 chunks fit), before the frames a read needs.
@@ -56,36 +59,60 @@ const HEAD_CACHE_BYTES: u64 = 4 << 20;
 /// Payload buffers of evicted frames, handed to the next decode. A frame
 /// decoded into fresh memory makes the kernel map and zero it page by page;
 /// under a cold read of many files that cost more than zstd.
+///
+/// Buffers come in size classes (powers of two and the halfway points
+/// between them), and a frame gets one of its own class only: the cache
+/// weighs a frame by its buffer, and a 128 KiB frame of a large file
+/// decoded into a spare 1 MiB buffer weighed eight times its bytes, so
+/// that a cold read of many files pushed out frames a few megabytes after
+/// they were decoded, and decoded them again.
 #[derive(Default)]
 struct SpareBuffers(Mutex<Vec<Vec<u8>>>);
 
 impl SpareBuffers {
-    /// A buffer for `len` bytes: the smallest spare one that holds them, or
-    /// any spare one (it grows), or a new one.
+    /// An empty buffer of capacity [`buffer_class`]`(len)`: a spare one of
+    /// that class, or a new one.
     fn take(&self, len: usize) -> Vec<u8> {
+        let class = buffer_class(len);
         let mut spare = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let fits = spare
-            .iter()
-            .enumerate()
-            .filter(|(_, b)| b.capacity() >= len)
-            .min_by_key(|(_, b)| b.capacity())
-            .map(|(i, _)| i);
-        match fits {
+        match spare.iter().rposition(|b| b.capacity() == class) {
             Some(i) => spare.swap_remove(i),
-            None => spare.pop().unwrap_or_default(),
+            None => Vec::with_capacity(class),
         }
     }
 
-    fn give(&self, buffer: Vec<u8>) {
-        // Buffers grown past the usual block size (a rare large block) are
-        // not worth keeping around.
-        if buffer.capacity() == 0 || buffer.capacity() > 2 * BLOCK_TARGET {
+    /// Keeps `buffer` for a later frame of its class, in place of the
+    /// spare kept longest when there are [`SPARE_BUFFERS`] already (the
+    /// sizes wanted follow what is being read).
+    fn give(&self, mut buffer: Vec<u8>) {
+        // Buffers grown past their class (a rare large block) are not
+        // worth keeping.
+        if buffer.capacity() != buffer_class(buffer.capacity())
+            || buffer.capacity() > 2 * BLOCK_TARGET
+        {
             return;
         }
+        buffer.clear();
         let mut spare = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if spare.len() < SPARE_BUFFERS {
-            spare.push(buffer);
+        if spare.len() >= SPARE_BUFFERS {
+            spare.remove(0);
         }
+        spare.push(buffer);
+    }
+}
+
+/// The capacity of the buffer a frame of `len` bytes is decoded into: the
+/// smallest power of two, or three quarters of one, that holds it (at
+/// least [`SMALLEST_BUFFER`]), so that a buffer is at most half again as
+/// large as its frame (beyond the smallest class).
+fn buffer_class(len: usize) -> usize {
+    let len = len.max(SMALLEST_BUFFER);
+    let power = len.checked_next_power_of_two().unwrap_or(len);
+    let three_quarters = power / 4 * 3;
+    if three_quarters >= len {
+        three_quarters
+    } else {
+        power
     }
 }
 
@@ -191,8 +218,8 @@ impl CachedFrame {
     }
 
     fn weight(&self) -> u64 {
-        // The capacity: a recycled buffer may be larger than this frame,
-        // and all of it was touched by an earlier one.
+        // The capacity (the frame's class, see `SpareBuffers`): all of it
+        // is memory a decode touched.
         (self.data.capacity() + self.verified.len() * 8 + 160) as u64
     }
 }
@@ -675,6 +702,53 @@ mod tests {
         (0..50_000u32)
             .map(|n| (n % 251) as u8 ^ i ^ ((n / 1000) as u8))
             .collect()
+    }
+
+    #[test]
+    fn buffer_classes_hold_their_frame_with_at_most_half_again() {
+        for len in (0..=(3 << 20)).step_by(997).chain([
+            SMALLEST_BUFFER,
+            128 << 10,
+            (128 << 10) + 1,
+            192 << 10,
+            (192 << 10) + 1,
+            1 << 20,
+            (1 << 20) + 1,
+        ]) {
+            let class = buffer_class(len);
+            assert!(class >= len, "{len} in a buffer of {class}");
+            assert!(
+                2 * class <= 3 * len.max(SMALLEST_BUFFER),
+                "{len} in a buffer of {class}"
+            );
+            assert_eq!(buffer_class(class), class, "a class is its own class");
+        }
+    }
+
+    #[test]
+    fn a_frame_never_gets_the_larger_buffer_of_an_earlier_one() {
+        let spare = SpareBuffers::default();
+        // A block-sized frame's buffer, evicted and kept.
+        let large = spare.take(1 << 20);
+        let large_at = large.as_ptr();
+        spare.give(large);
+        // A part frame of a large file gets a buffer of its own size: the
+        // cache weighs frames by their buffers.
+        let part = spare.take(130 << 10);
+        assert!(part.capacity() >= 130 << 10);
+        assert!(part.capacity() <= 195 << 10, "{}", part.capacity());
+        assert_ne!(part.as_ptr(), large_at);
+        // A frame of the large one's class gets it back.
+        let again = spare.take(900 << 10);
+        assert_eq!(again.as_ptr(), large_at);
+        assert_eq!(again.capacity(), 1 << 20);
+        // At most SPARE_BUFFERS are kept, the newest.
+        for len in 1..=SPARE_BUFFERS + 2 {
+            spare.give(Vec::with_capacity(buffer_class(len << 16)));
+        }
+        let kept = spare.0.lock().unwrap();
+        assert_eq!(kept.len(), SPARE_BUFFERS);
+        assert_eq!(kept[0].capacity(), buffer_class(3 << 16));
     }
 
     #[test]
