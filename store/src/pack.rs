@@ -727,24 +727,47 @@ pub(crate) fn damaged(loc: &ChunkLocation, reason: String) -> StoreError {
     }
 }
 
+/// Whether a decode checks a zstd frame's own checksum (XXH64 of its
+/// decoded bytes, which every writer adds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameCheck {
+    /// Checked: for callers that go on to hash fewer than all the decoded
+    /// bytes (a block copied verbatim after its wanted chunks were hashed).
+    Checksum,
+    /// Not checked: the caller hashes every byte it uses against its
+    /// chunk's BLAKE3 hash before using it (the read path), which the
+    /// checksum would only repeat, at a tenth of the decode's time.
+    ChunkHashes,
+}
+
 thread_local! {
-    /// One zstd decompression context per thread: creating one per block
-    /// allocates (and faults in) its tables every time.
-    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
-        const { RefCell::new(None) };
+    /// One zstd decompression context per thread and [`FrameCheck`]:
+    /// creating one per block allocates (and faults in) its tables every
+    /// time.
+    static DECOMPRESSORS: RefCell<[Option<zstd::bulk::Decompressor<'static>>; 2]> =
+        const { RefCell::new([None, None]) };
 }
 
 /// Decompresses the single zstd frame `payload` into `out` with this
-/// thread's context; returns the decoded length.
+/// thread's context for `check`; returns the decoded length.
 fn zstd_decompress<C: zstd::zstd_safe::WriteBuf + ?Sized>(
     payload: &[u8],
     out: &mut C,
+    check: FrameCheck,
 ) -> std::result::Result<usize, String> {
-    DECOMPRESSOR.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        let decompressor = match &mut *slot {
+    DECOMPRESSORS.with(|cell| {
+        let mut slots = cell.borrow_mut();
+        let slot = &mut slots[check as usize];
+        let decompressor = match slot {
             Some(d) => d,
-            None => slot.insert(zstd::bulk::Decompressor::new().map_err(|e| format!("zstd: {e}"))?),
+            None => {
+                let mut d = zstd::bulk::Decompressor::new().map_err(|e| format!("zstd: {e}"))?;
+                d.set_parameter(zstd::zstd_safe::DParameter::ForceIgnoreChecksum(
+                    check == FrameCheck::ChunkHashes,
+                ))
+                .map_err(|e| format!("zstd: {e}"))?;
+                slot.insert(d)
+            }
         };
         decompressor
             .decompress_to_buffer(payload, out)
@@ -756,11 +779,13 @@ fn zstd_decompress<C: zstd::zstd_safe::WriteBuf + ?Sized>(
 /// whose allocation is reused (its contents are discarded). The decoded
 /// length must be the frame's raw length; a compressed frame must be
 /// exactly one zstd frame (the format has no use for several, and a reader
-/// accepting them would accept payloads no writer makes).
+/// accepting them would accept payloads no writer makes). `check` says
+/// whether the frame's checksum is checked.
 pub fn decode_frame_into(
     frame: &Frame,
     stored: &[u8],
     mut out: Vec<u8>,
+    check: FrameCheck,
 ) -> std::result::Result<Vec<u8>, String> {
     let raw_len = frame.raw_len as usize;
     if stored.len() != frame.stored_len as usize {
@@ -777,7 +802,7 @@ pub fn decode_frame_into(
     if zstd::zstd_safe::find_frame_compressed_size(stored) != Ok(stored.len()) {
         return Err("zstd payload is not exactly one frame".into());
     }
-    zstd_decompress(stored, &mut out)?;
+    zstd_decompress(stored, &mut out, check)?;
     if out.len() != raw_len {
         return Err(format!("decoded {} bytes, expected {raw_len}", out.len()));
     }
@@ -798,13 +823,23 @@ pub fn decode_block_into(buf: &[u8], out: Vec<u8>) -> std::result::Result<Block,
     };
     let mut data = out;
     if let [frame] = head.frames[..] {
-        data = decode_frame_into(&frame, &buf[frame.stored_range()], data)?;
+        data = decode_frame_into(
+            &frame,
+            &buf[frame.stored_range()],
+            data,
+            FrameCheck::Checksum,
+        )?;
     } else {
         data.clear();
         data.reserve_exact(head.raw_len as usize);
         let mut part = Vec::new();
         for frame in &head.frames {
-            part = decode_frame_into(frame, &buf[frame.stored_range()], part)?;
+            part = decode_frame_into(
+                frame,
+                &buf[frame.stored_range()],
+                part,
+                FrameCheck::Checksum,
+            )?;
             data.extend_from_slice(&part);
         }
     }
@@ -963,8 +998,13 @@ mod tests {
             // Only the chunk's own frame is decoded.
             let f = head.frame_of(loc.inner, loc.len).unwrap();
             let frame = head.frames[f];
-            let decoded =
-                decode_frame_into(&frame, &block[frame.stored_range()], Vec::new()).unwrap();
+            let decoded = decode_frame_into(
+                &frame,
+                &block[frame.stored_range()],
+                Vec::new(),
+                FrameCheck::Checksum,
+            )
+            .unwrap();
             assert_eq!(
                 chunk_of(&head.entries, &decoded, frame.raw_start, loc).unwrap(),
                 *data

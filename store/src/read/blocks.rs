@@ -29,7 +29,9 @@ use super::ahead::ReadAhead;
 use super::layout::{Layout, contiguous_run};
 use super::source::PackSource;
 use crate::error::{Result, StoreError};
-use crate::pack::{BlockHead, ChunkLocation, ParsedHead, chunk_of, damaged, decode_frame_into};
+use crate::pack::{
+    BlockHead, ChunkLocation, FrameCheck, ParsedHead, chunk_of, damaged, decode_frame_into,
+};
 use crate::params::{BLOCK_MAX_STORED, BLOCK_TARGET};
 
 /// Share of the frame cache for frames used more than once. Frames are used
@@ -447,7 +449,10 @@ impl Frames {
                         let mut stored = stored.borrow_mut();
                         stored.resize(frame.stored_len as usize, 0);
                         self.read_at(loc, frame.stored_at as usize, &mut stored)?;
-                        decode_frame_into(&frame, &stored, buffer).map_err(|why| damaged(loc, why))
+                        // Every chunk is hashed before it is served
+                        // (`CachedFrame::chunk`).
+                        decode_frame_into(&frame, &stored, buffer, FrameCheck::ChunkHashes)
+                            .map_err(|why| damaged(loc, why))
                     })?
                 };
             Ok(Arc::new(CachedFrame::new(
@@ -1043,5 +1048,58 @@ mod tests {
             reader.chunk_with(&gone, <[u8]>::to_vec),
             Err(StoreError::PackMissing { .. })
         ));
+    }
+
+    /// The store's packs with one byte of the pack at `flip` changed.
+    struct Flipped {
+        packs: LocalPacks,
+        flip: u64,
+    }
+
+    impl PackSource for Flipped {
+        fn read_exact_at(&self, pack: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
+            self.packs.read_exact_at(pack, offset, buf)?;
+            if let Some(i) = self.flip.checked_sub(offset)
+                && let Some(byte) = buf.get_mut(i as usize)
+            {
+                *byte ^= 0x10;
+            }
+            Ok(())
+        }
+
+        fn forget(&self) {}
+    }
+
+    #[test]
+    fn a_damaged_byte_anywhere_in_a_block_reads_as_damage_never_as_other_bytes() {
+        // The read path skips zstd's checksum (`FrameCheck::ChunkHashes`):
+        // the chunks' hashes alone stand between damage and a reader.
+        let dir = tempfile::tempdir().unwrap();
+        let text = b"the quick brown fox jumps over the lazy dog; ".repeat(150);
+        let varied = part(7)[..12_000].to_vec();
+        let locs = pack_of(dir.path(), &[&text, &varied]);
+        let layout = Layout::of_chunks(locs.clone());
+        let expected = [text, varied].concat();
+        let block = locs[0].offset..locs[0].offset + u64::from(locs[0].block_len);
+        let mut served_intact = 0;
+        for flip in block.clone().step_by(3).chain(block.end - 8..block.end) {
+            let source = Flipped {
+                packs: LocalPacks::new(dir.path()),
+                flip,
+            };
+            let reader = BlockReader::new(Arc::new(source), 8 << 20);
+            let mut all = Vec::new();
+            match reader.copy_chunks(&layout, 0, &mut all).1 {
+                Ok(()) => {
+                    assert_eq!(all, expected, "byte {flip} damaged, other bytes served");
+                    served_intact += 1;
+                }
+                Err(StoreError::Damaged { .. }) => {}
+                Err(e) => panic!("byte {flip} damaged: {e}"),
+            }
+        }
+        // The frame's checksum (its last 4 bytes) is not what is checked:
+        // damaged alone, it leaves every chunk's hash right.
+        assert!(served_intact >= 4, "{served_intact}");
     }
 }
