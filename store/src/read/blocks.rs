@@ -43,9 +43,10 @@ use crate::params::{BLOCK_MAX_STORED, BLOCK_TARGET};
 /// frames stay.
 const HOT_SHARE: f64 = 0.5;
 
-/// Decoded-frame buffers kept for reuse: enough for the threads decoding
-/// at once.
-const SPARE_BUFFERS: usize = 8;
+/// Decoded-frame buffers kept for reuse. Frames are evicted as often as
+/// new ones are decoded, so a few suffice; each kept is resident memory
+/// (up to 1.5 MiB).
+const SPARE_BUFFERS: usize = 4;
 
 /// The smallest buffer capacity handed out for a frame.
 const SMALLEST_BUFFER: usize = 64 << 10;
