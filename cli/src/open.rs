@@ -76,6 +76,8 @@ pub fn open_view_and_source(dir: &Path, options: ViewOptions) -> Result<(View, A
             snapshots: true,
             // One reader of a large file decodes on every core.
             read_ahead_threads: nexus_fs::view::READ_AHEAD_THREADS,
+            // Every chunk served is hashed; the checksum would repeat it.
+            frame_check: nexus_store::pack::FrameCheck::ChunkHashes,
         },
         source.clone(),
     )

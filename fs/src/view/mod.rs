@@ -123,6 +123,8 @@ impl View {
                 snapshots: true,
                 // One reader of a large file decodes on every core.
                 read_ahead_threads: READ_AHEAD_THREADS,
+                // Every chunk served is hashed; the checksum would repeat it.
+                frame_check: nexus_store::pack::FrameCheck::ChunkHashes,
             },
         )?;
         View::with_reader(Arc::new(reader), options.generation)

@@ -281,6 +281,7 @@ pub(super) struct Frames {
     frames: Cache<FrameKey, Arc<CachedFrame>, FrameWeighter>,
     heads: Cache<HeadKey, Arc<BlockHead>, HeadWeighter>,
     spare: Arc<SpareBuffers>,
+    check: FrameCheck,
 }
 
 /// Reads verified chunks and byte ranges of file contents from a
@@ -293,10 +294,21 @@ pub struct BlockReader {
 }
 
 impl BlockReader {
-    /// A reader of `source` keeping up to `cache_bytes` of decoded frames.
+    /// A reader of `source` keeping up to `cache_bytes` of decoded frames,
+    /// checking frames' zstd checksums.
     pub fn new(source: Arc<dyn PackSource>, cache_bytes: u64) -> BlockReader {
+        BlockReader::checking(source, cache_bytes, FrameCheck::Checksum)
+    }
+
+    /// A reader of `source` keeping up to `cache_bytes` of decoded frames,
+    /// checking frames as `check` says (chunks are hashed either way).
+    pub fn checking(
+        source: Arc<dyn PackSource>,
+        cache_bytes: u64,
+        check: FrameCheck,
+    ) -> BlockReader {
         BlockReader {
-            frames: Arc::new(Frames::new(source, cache_bytes)),
+            frames: Arc::new(Frames::new(source, cache_bytes, check)),
             ahead: None,
         }
     }
@@ -348,7 +360,7 @@ impl BlockReader {
 }
 
 impl Frames {
-    fn new(source: Arc<dyn PackSource>, cache_bytes: u64) -> Frames {
+    fn new(source: Arc<dyn PackSource>, cache_bytes: u64, check: FrameCheck) -> Frames {
         // Frames are 128 KiB to 1 MiB decoded.
         let estimated = (cache_bytes / (256 << 10)).max(16) as usize;
         let frames = OptionsBuilder::new()
@@ -370,6 +382,7 @@ impl Frames {
             frames,
             heads: Cache::with_weighter(4096, HEAD_CACHE_BYTES, HeadWeighter),
             spare: Arc::default(),
+            check,
         }
     }
 
@@ -451,8 +464,8 @@ impl Frames {
                         stored.resize(frame.stored_len as usize, 0);
                         self.read_at(loc, frame.stored_at as usize, &mut stored)?;
                         // Every chunk is hashed before it is served
-                        // (`CachedFrame::chunk`).
-                        decode_frame_into(&frame, &stored, buffer, FrameCheck::ChunkHashes)
+                        // (`CachedFrame::chunk`), whatever `check` says.
+                        decode_frame_into(&frame, &stored, buffer, self.check)
                             .map_err(|why| damaged(loc, why))
                     })?
                 };
@@ -1073,8 +1086,6 @@ mod tests {
 
     #[test]
     fn a_damaged_byte_anywhere_in_a_block_reads_as_damage_never_as_other_bytes() {
-        // The read path skips zstd's checksum (`FrameCheck::ChunkHashes`):
-        // the chunks' hashes alone stand between damage and a reader.
         let dir = tempfile::tempdir().unwrap();
         let text = b"the quick brown fox jumps over the lazy dog; ".repeat(150);
         let varied = part(7)[..12_000].to_vec();
@@ -1082,25 +1093,40 @@ mod tests {
         let layout = Layout::of_chunks(locs.clone());
         let expected = [text, varied].concat();
         let block = locs[0].offset..locs[0].offset + u64::from(locs[0].block_len);
-        let mut served_intact = 0;
-        for flip in block.clone().step_by(3).chain(block.end - 8..block.end) {
-            let source = Flipped {
-                packs: LocalPacks::new(dir.path()),
-                flip,
-            };
-            let reader = BlockReader::new(Arc::new(source), 8 << 20);
-            let mut all = Vec::new();
-            match reader.copy_chunks(&layout, 0, &mut all).1 {
-                Ok(()) => {
-                    assert_eq!(all, expected, "byte {flip} damaged, other bytes served");
-                    served_intact += 1;
+        // The frame's checksum is its last 4 bytes.
+        let checksum = block.end - 4..block.end;
+        for check in [FrameCheck::ChunkHashes, FrameCheck::Checksum] {
+            let mut served_intact = std::collections::BTreeSet::new();
+            for flip in block.clone().step_by(3).chain(checksum.clone()) {
+                let source = Flipped {
+                    packs: LocalPacks::new(dir.path()),
+                    flip,
+                };
+                let reader = BlockReader::checking(Arc::new(source), 8 << 20, check);
+                let mut all = Vec::new();
+                match reader.copy_chunks(&layout, 0, &mut all).1 {
+                    Ok(()) => {
+                        assert_eq!(
+                            all, expected,
+                            "{check:?}: byte {flip} damaged, other bytes served"
+                        );
+                        served_intact.insert(flip);
+                    }
+                    Err(StoreError::Damaged { .. }) => {}
+                    Err(e) => panic!("{check:?}: byte {flip} damaged: {e}"),
                 }
-                Err(StoreError::Damaged { .. }) => {}
-                Err(e) => panic!("byte {flip} damaged: {e}"),
+            }
+            // Chunk hashes alone (the daemons) leave the chunks readable
+            // when only the checksum is damaged; a reader that reports
+            // damage (`nip verify`) names it.
+            let checksum_served = served_intact
+                .iter()
+                .filter(|f| checksum.contains(f))
+                .count();
+            match check {
+                FrameCheck::ChunkHashes => assert_eq!(checksum_served, 4),
+                FrameCheck::Checksum => assert_eq!(checksum_served, 0),
             }
         }
-        // The frame's checksum (its last 4 bytes) is not what is checked:
-        // damaged alone, it leaves every chunk's hash right.
-        assert!(served_intact >= 4, "{served_intact}");
     }
 }

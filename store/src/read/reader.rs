@@ -16,6 +16,7 @@ use super::pool::CatalogPool;
 use super::source::{LocalPacks, PackSource};
 use crate::catalog::Catalog;
 use crate::error::{Result, StoreError};
+use crate::pack::FrameCheck;
 use crate::store::{CATALOG_FILE, PACKS_DIR, Store};
 
 /// How a [`Reader`] is set up.
@@ -35,6 +36,13 @@ pub struct ReaderOptions {
     /// Threads decoding ahead of sequential readers (0: none; see
     /// [`BlockReader::with_read_ahead`]): for daemons serving many reads.
     pub read_ahead_threads: usize,
+    /// Whether frames' zstd checksums are checked. Every chunk is hashed
+    /// before it is used either way; daemons serving reads skip the
+    /// checksum ([`FrameCheck::ChunkHashes`]), tools that report damage
+    /// keep it, so that `nip verify` names a block whose stored bytes are
+    /// damaged even where its chunks still hash right (a copy of it into
+    /// an archive or a publish refuses it).
+    pub frame_check: FrameCheck,
 }
 
 impl Default for ReaderOptions {
@@ -44,6 +52,7 @@ impl Default for ReaderOptions {
             connections: 0,
             snapshots: false,
             read_ahead_threads: 0,
+            frame_check: FrameCheck::Checksum,
         }
     }
 }
@@ -122,7 +131,7 @@ impl Reader {
         let reader = Reader {
             dir: store_dir.to_path_buf(),
             pool,
-            blocks: BlockReader::new(source, options.cache_bytes)
+            blocks: BlockReader::checking(source, options.cache_bytes, options.frame_check)
                 .with_read_ahead(options.read_ahead_threads),
             layouts: Cache::with_weighter(4096, LAYOUT_CACHE_BYTES, LayoutWeighter),
             gc_epoch: AtomicU64::new(u64::MAX),
