@@ -210,22 +210,28 @@ fn altered_images_never_serve_wrong_bytes() {
     let body_offset =
         u64::from_le_bytes(bytes[manifest + 64..manifest + 72].try_into().unwrap()) as usize;
     let offsets = [
-        (0, "header"),
-        (36, "first block header"),
-        (32 + 32 + 10, "first block table"),
-        (body_offset / 3, "block data"),
-        (body_offset * 2 / 3, "block data"),
-        (body_offset - 2, "last block"),
-        (body_offset + 5, "body"),
-        ((body_offset + manifest) / 2, "body"),
-        (manifest + 20, "manifest signer"),
-        (manifest + 50, "manifest counter"),
-        (manifest + 100, "manifest content hash"),
-        (manifest + 160, "manifest body hash"),
-        (manifest + 210, "signature"),
-        (len - 1, "end mark"),
+        (0, "header", true),
+        (36, "first block header", true),
+        (32 + 32 + 10, "first block table", true),
+        (body_offset / 3, "block data", true),
+        (body_offset * 2 / 3, "block data", true),
+        (body_offset - 6, "last block", true),
+        // The last bytes of a compressed frame are zstd's checksum, which
+        // the mount daemon does not check (it hashes every chunk it serves
+        // instead): altered, no byte of a file changes, and the mount need
+        // not notice (`false`). `nexus verify` still refuses the image.
+        (body_offset - 2, "last frame's checksum", false),
+        (body_offset + 5, "body", true),
+        ((body_offset + manifest) / 2, "body", true),
+        (manifest + 20, "manifest signer", true),
+        (manifest + 50, "manifest counter", true),
+        (manifest + 100, "manifest content hash", true),
+        (manifest + 160, "manifest body hash", true),
+        (manifest + 210, "signature", true),
+        (len - 1, "end mark", true),
     ];
-    for (offset, what) in offsets {
+    // (offset, what is there, whether a mount must fail a read)
+    for (offset, what, noticed) in offsets {
         let mut bad = bytes.clone();
         bad[offset] ^= 0x40;
         let file = scratch.join(format!("bad-{offset}.img"));
@@ -262,7 +268,7 @@ fn altered_images_never_serve_wrong_bytes() {
             }
         }
         assert!(
-            failed > 0,
+            failed > 0 || !noticed,
             "{what} (offset {offset}) altered: the mount served everything"
         );
         ok(store.path(), &["umount", point.to_str().unwrap()]);
