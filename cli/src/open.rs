@@ -11,7 +11,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use nexus_fs::{View, ViewError, ViewOptions};
 use nexus_remote::{RemotePacks, RemoteSettings};
-use nexus_store::read::{Reader, ReaderOptions};
+use nexus_store::read::Reader;
 use nexus_store::{Store, StoreError};
 
 /// What to add to an error from opening the store in `dir`.
@@ -68,20 +68,8 @@ pub fn open_view_and_source(dir: &Path, options: ViewOptions) -> Result<(View, A
     source
         .start_read_ahead(nexus_remote::source::AHEAD_THREADS)
         .context("starting the remote read-ahead threads")?;
-    let reader = Reader::with_source(
-        dir,
-        ReaderOptions {
-            cache_bytes: options.cache_bytes,
-            connections: options.connections,
-            snapshots: true,
-            // One reader of a large file decodes on every core.
-            read_ahead_threads: nexus_fs::view::READ_AHEAD_THREADS,
-            // Every chunk served is hashed; the checksum would repeat it.
-            frame_check: nexus_store::pack::FrameCheck::ChunkHashes,
-        },
-        source.clone(),
-    )
-    .map_err(|e| store_error(dir, e))?;
+    let reader = Reader::with_source(dir, options.reader_options(), source.clone())
+        .map_err(|e| store_error(dir, e))?;
     let view = View::with_reader(Arc::new(reader), options.generation).map_err(view_error)?;
     Ok((view, source))
 }

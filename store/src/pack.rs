@@ -732,12 +732,13 @@ pub(crate) fn damaged(loc: &ChunkLocation, reason: String) -> StoreError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FrameCheck {
     /// Checked: for callers that go on to hash fewer than all the decoded
-    /// bytes (a block copied verbatim after its wanted chunks were hashed).
-    Checksum,
+    /// bytes (a block copied verbatim after its wanted chunks were hashed)
+    /// and those that report damage (`nip verify`).
+    Checksum = 0,
     /// Not checked: the caller hashes every byte it uses against its
-    /// chunk's BLAKE3 hash before using it (the read path), which the
-    /// checksum would only repeat, at a tenth of the decode's time.
-    ChunkHashes,
+    /// chunk's BLAKE3 hash before using it (the daemons' readers), which
+    /// the checksum would only repeat, at a tenth of the decode's time.
+    ChunkHashes = 1,
 }
 
 thread_local! {

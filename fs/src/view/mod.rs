@@ -80,6 +80,22 @@ pub struct ViewOptions {
     pub connections: usize,
 }
 
+impl ViewOptions {
+    /// The options of the store reader a view with these options reads
+    /// through (whatever its pack source): a daemon's.
+    pub fn reader_options(&self) -> ReaderOptions {
+        ReaderOptions {
+            cache_bytes: self.cache_bytes,
+            connections: self.connections,
+            snapshots: true,
+            // One reader of a large file decodes on every core.
+            read_ahead_threads: READ_AHEAD_THREADS,
+            // Every chunk served is hashed; the checksum would repeat it.
+            frame_check: nexus_store::pack::FrameCheck::ChunkHashes,
+        }
+    }
+}
+
 impl Default for ViewOptions {
     fn default() -> Self {
         ViewOptions {
@@ -115,18 +131,7 @@ pub struct View {
 impl View {
     /// Opens the store in `store_dir` and loads the generation to show.
     pub fn open(store_dir: &Path, options: ViewOptions) -> Result<View> {
-        let reader = Reader::open(
-            store_dir,
-            ReaderOptions {
-                cache_bytes: options.cache_bytes,
-                connections: options.connections,
-                snapshots: true,
-                // One reader of a large file decodes on every core.
-                read_ahead_threads: READ_AHEAD_THREADS,
-                // Every chunk served is hashed; the checksum would repeat it.
-                frame_check: nexus_store::pack::FrameCheck::ChunkHashes,
-            },
-        )?;
+        let reader = Reader::open(store_dir, options.reader_options())?;
         View::with_reader(Arc::new(reader), options.generation)
     }
 

@@ -448,9 +448,8 @@ impl Frames {
         let key = (loc.pack.clone(), loc.offset, index as u32);
         self.frames.get_or_insert_with(&key, || {
             let frame = head.frames[index];
+            // Empty, with room for the frame.
             let mut buffer = self.spare.take(frame.raw_len as usize);
-            buffer.clear();
-            buffer.reserve_exact(frame.raw_len as usize);
             let raw = frame.raw_start as usize..(frame.raw_start + frame.raw_len) as usize;
             let data =
                 if self
