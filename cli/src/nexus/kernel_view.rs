@@ -48,6 +48,10 @@ pub(super) struct Layer {
     /// there, if the mount table names it. On top again, the view was
     /// unmounted from outside.
     pub fuse: Option<(u32, u32)>,
+    /// The unique mount id of the kernel view on top at `path` when the
+    /// plan was made (a predecessor's, after a takeover or a restart), as
+    /// [`predecessor_view`] found it; `None` when none was.
+    pub predecessor: Option<u64>,
 }
 
 /// Everything [`show`] and [`remove`] need, prepared before any fork.
@@ -103,6 +107,7 @@ impl Files {
                     image: cstring(&self.index)?,
                     // Beneath a predecessor's view when taking over.
                     fuse: super::mounts::find_served_mount(dir)?.and_then(|m| m.dev),
+                    predecessor: predecessor_view(dir)?,
                 })
             })
             .transpose()?;
@@ -111,6 +116,7 @@ impl Files {
                 path: cstring(mountpoint)?,
                 image: cstring(&self.main)?,
                 fuse: None,
+                predecessor: predecessor_view(mountpoint)?,
             },
             index,
             suid,
@@ -125,6 +131,51 @@ impl Files {
         let _ = std::fs::remove_file(&self.main);
         let _ = std::fs::remove_file(&self.index);
     }
+}
+
+/// The unique mount id of the kernel view on top at `path` as a daemon
+/// starts there (a predecessor's, after a takeover or a restart), so that
+/// its keeper replaces that view and no other mount. The mount table's
+/// topmost line for the path itself must be a kernel view, and the mount
+/// the path reaches must be that line's (by its id): a link swapped into a
+/// directory above the mount point moves the view's line to where the
+/// directory went, so it cannot make another mount (a container's root)
+/// pass for the view. `None` when no view is on top, or the kernel has no
+/// unique mount ids (before Linux 6.8, views are known by their kind).
+pub(super) fn predecessor_view(path: &Path) -> Result<Option<u64>> {
+    let at = super::mounts::mounts_at(path)?;
+    let Some(top) = at.last().filter(|_| super::mounts::kernel_view_on_top(&at)) else {
+        return Ok(None);
+    };
+    let reached = open_dir(&cstring(path)?)
+        .and_then(|fd| {
+            Ok((
+                legacy_mount_id(fd.as_fd())?,
+                unique_mount_id(fd.as_fd(), c"")?,
+            ))
+        })
+        .map_err(std::io::Error::from_raw_os_error)
+        .with_context(|| format!("examining the kernel view on {}", path.display()))?;
+    match reached {
+        (legacy, unique) if Some(legacy) == top.id => Ok(unique),
+        _ => anyhow::bail!(
+            "{} reaches another mount than the mount table lists there \
+             (a directory above it replaced by a link?)",
+            path.display()
+        ),
+    }
+}
+
+/// The id `fd`'s mount has in the mount table (`STATX_MNT_ID`, reused once
+/// the mount is gone), read without asking a file system server.
+fn legacy_mount_id(fd: BorrowedFd) -> Result<u64, Errno> {
+    use rustix::fs::{AtFlags, StatxFlags};
+    let flags = AtFlags::EMPTY_PATH | AtFlags::STATX_DONT_SYNC | AtFlags::SYMLINK_NOFOLLOW;
+    let st = rustix::fs::statx(fd, c"", flags, StatxFlags::MNT_ID).map_err(errno)?;
+    if st.stx_mask & StatxFlags::MNT_ID.bits() == 0 {
+        return Err(libc::ENOSYS);
+    }
+    Ok(st.stx_mnt_id)
 }
 
 /// The directory of the kernel views' images, `STORE/kernel-view`, made
@@ -426,26 +477,25 @@ fn overlay(
     fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs).map_err(errno)
 }
 
-/// The file system type on top at `path`.
-fn top_type(path: &CStr) -> Result<i64, Errno> {
-    rustix::fs::statfs(path).map(|s| s.f_type).map_err(errno)
-}
-
 /// Whether a kernel view of ours is on top at `layer.path` (rather than the
 /// FUSE mount): a mount of its kind, mounted there (a directory that is no
 /// mount point, on a root file system of that kind, is not one).
 fn covered(layer: &Layer, main: bool) -> Result<bool, Errno> {
-    let kind = top_type(&layer.path)?;
-    Ok(kind == if main { OVERLAYFS_MAGIC } else { EROFS_MAGIC } && mount_point(&layer.path)?)
+    covered_at(open_dir(&layer.path)?.as_fd(), main)
 }
 
-/// Whether something is mounted at `path`: the mount it reaches is not
-/// the one its parent directory is on (`..` of a mount's root is the
-/// parent of the mount point, below).
-fn mount_point(path: &CStr) -> Result<bool, Errno> {
-    let at = open_dir(path)?;
-    let here = unique_mount_id(at.as_fd(), c"")?;
-    let above = unique_mount_id(at.as_fd(), c"..")?;
+/// [`covered`] for the directory `at` (a mount point's, opened once).
+fn covered_at(at: BorrowedFd, main: bool) -> Result<bool, Errno> {
+    let kind = rustix::fs::fstatfs(at).map_err(errno)?.f_type;
+    Ok(kind == if main { OVERLAYFS_MAGIC } else { EROFS_MAGIC } && mount_point(at)?)
+}
+
+/// Whether something is mounted at the directory `at`: the mount it
+/// reaches is not the one its parent directory is on (`..` of a mount's
+/// root is the parent of the mount point, below).
+fn mount_point(at: BorrowedFd) -> Result<bool, Errno> {
+    let here = unique_mount_id(at, c"")?;
+    let above = unique_mount_id(at, c"..")?;
     // Without unique ids (before Linux 6.8) the kind alone decides.
     Ok(here.is_none() || here != above)
 }
@@ -479,7 +529,8 @@ fn index_mounted(layer: &Layer) -> bool {
 /// known by its device, `layer.fuse`).
 ///
 /// The path is resolved once; what it reaches must be the view this
-/// process showed there last, or the FUSE mount, else nothing is done
+/// process showed there last (if none, the predecessor's view its plan
+/// found there), or the FUSE mount, else nothing is done
 /// (`ESTALE`): a link swapped into a directory above the mount point
 /// must not have root place a view, or detach a mount, elsewhere. Every
 /// later step works on the descriptor it reached.
@@ -489,9 +540,20 @@ fn place(mnt: BorrowedFd, layer: &Layer, main: bool, fuse_id: Option<u64>) -> Re
     let stacked = kind == if main { OVERLAYFS_MAGIC } else { EROFS_MAGIC };
     let shown = SHOWN[usize::from(!main)].load(std::sync::atomic::Ordering::Relaxed);
     let ours = if stacked {
-        // A view this process did not show (a predecessor's, after a
-        // takeover or a restart) is taken for ours by its kind alone.
-        shown == 0 || unique_mount_id(at.as_fd(), c"") == Ok(Some(shown))
+        // The view this process showed last, else the predecessor's it
+        // found on top when it started: known by id, never by kind, so
+        // that another mount a link leads to is never taken for it.
+        let known = if shown != 0 {
+            Some(shown)
+        } else {
+            layer.predecessor
+        };
+        match unique_mount_id(at.as_fd(), c"") {
+            Ok(Some(id)) => known == Some(id),
+            // Without unique ids (before Linux 6.8) the kind alone decides.
+            Ok(None) => true,
+            Err(_) => false,
+        }
     } else if main {
         fuse_id.is_none_or(|id| unique_mount_id(at.as_fd(), c"") == Ok(Some(id)))
     } else {
@@ -594,23 +656,34 @@ pub(super) fn show(plan: &Plan, data: BorrowedFd, with_index: bool) -> Result<()
     Ok(())
 }
 
-/// Detaches the kernel view on `path`, if the one this process showed
-/// last is on top there (`main`: the main mount's overlay; else the
-/// Index's image), uncovering the FUSE mount. A process that showed none
-/// (its views were shown by the daemon itself, unconfined) detaches a view
-/// of the right kind on top.
+/// Detaches the kernel view on `layer.path` (`main`: the main mount's
+/// overlay; else the Index's image), uncovering the FUSE mount: only the
+/// one this process showed last, or, if it showed none, the predecessor's
+/// its plan found there (by unique id; before Linux 6.8, a view of the
+/// right kind). The path is resolved once.
 pub(super) fn remove(layer: &Layer, main: bool) -> Result<(), Errno> {
     let shown = SHOWN[usize::from(!main)].load(std::sync::atomic::Ordering::Relaxed);
+    let known = if shown != 0 {
+        Some(shown)
+    } else {
+        layer.predecessor
+    };
     // A path that cannot be examined (the FUSE mount of a dead daemon on
     // top: ENOTCONN) has no view of ours on top: the mount below must
     // still be unmounted.
-    let ours = if shown != 0 {
-        unique_mount_id(rustix::fs::CWD, &layer.path) == Ok(Some(shown))
-    } else {
-        covered(layer, main).unwrap_or(false)
+    let Ok(at) = open_dir(&layer.path) else {
+        return Ok(());
+    };
+    let ours = match unique_mount_id(at.as_fd(), c"") {
+        Ok(Some(id)) => known == Some(id),
+        // Without unique ids (before Linux 6.8) the kind alone decides.
+        Ok(None) => covered_at(at.as_fd(), main).unwrap_or(false),
+        Err(_) => false,
     };
     if ours {
-        unmount(&layer.path, UnmountFlags::DETACH).map_err(errno)?;
+        // Through the descriptor: no name is looked up again.
+        let path = FdPath::new(std::os::fd::AsRawFd::as_raw_fd(&at));
+        unmount(path.as_cstr(), UnmountFlags::DETACH).map_err(errno)?;
     }
     Ok(())
 }
@@ -971,6 +1044,7 @@ mod tests {
             path: c(&a.join("mnt")),
             image: c(&dir.path().join("unused.erofs")),
             fuse: None,
+            predecessor: None,
         };
         let bare = id_at(&b.join("mnt"));
 
@@ -999,6 +1073,108 @@ mod tests {
         for _ in 0..2 {
             unmount(c(&a.join("mnt")), UnmountFlags::DETACH).unwrap();
         }
+    }
+
+    /// Mounts a read-only overlayfs with `source` on `at` (two fresh lower
+    /// directories in `scratch`).
+    fn overlay_at(at: &Path, source: &CStr, scratch: &Path) {
+        let (lower, lower2) = (scratch.join("lower"), scratch.join("lower2"));
+        for d in [&lower, &lower2] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let options =
+            CString::new(format!("lowerdir={}:{}", lower.display(), lower2.display())).unwrap();
+        // SAFETY: mount(2) of a read-only overlayfs on our own directory.
+        let rc = unsafe {
+            libc::mount(
+                source.as_ptr(),
+                c(at).as_ptr(),
+                c"overlay".as_ptr(),
+                libc::MS_RDONLY,
+                options.as_ptr().cast(),
+            )
+        };
+        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    }
+
+    /// After a takeover, the successor's keeper replaces the predecessor's
+    /// view by the id the mount table gave it for the mount point, never
+    /// by its kind: a link swapped in above the mount point before the
+    /// first switch must not have root place the view beneath another
+    /// overlayfs where the link leads (a container's root), nor detach it.
+    #[test]
+    fn a_predecessors_view_is_replaced_by_its_id_never_by_its_kind() {
+        if !crate::root_or_skip("mounting") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        for d in [&a, &b] {
+            std::fs::create_dir_all(d.join("mnt")).unwrap();
+        }
+        // A tmpfs stands for the FUSE mount at a/mnt, under the view of the
+        // daemon taken over; at b/mnt, an overlayfs that is no view.
+        let fuse = detached_tmpfs();
+        move_mount(
+            &fuse,
+            c"",
+            rustix::fs::CWD,
+            c(&a.join("mnt")),
+            MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+        .unwrap();
+        let fuse_id = unique_mount_id(fuse.as_fd(), c"").unwrap();
+        let source = CString::new(crate::nexus::mounts::KERNEL_VIEW_SOURCE).unwrap();
+        overlay_at(&a.join("mnt"), &source, dir.path());
+        overlay_at(&b.join("mnt"), c"overlay", dir.path());
+        let old_view = id_at(&a.join("mnt"));
+        let container = id_at(&b.join("mnt"));
+        let predecessor = predecessor_view(&a.join("mnt")).unwrap();
+        assert!(predecessor.is_some());
+        assert_eq!(predecessor, old_view);
+        let layer = Layer {
+            path: c(&a.join("mnt")),
+            image: c(&dir.path().join("unused.erofs")),
+            fuse: None,
+            predecessor,
+        };
+
+        let moved = dir.path().join("a-moved");
+        std::fs::rename(&a, &moved).unwrap();
+        std::os::unix::fs::symlink(&b, &a).unwrap();
+        // A plan made now finds no view at the path: the table lists it
+        // where the directory went.
+        assert_eq!(predecessor_view(&a.join("mnt")).unwrap(), None);
+        let view = detached_tmpfs();
+        for layer in [
+            &layer,
+            &Layer {
+                predecessor: None,
+                ..layer.clone()
+            },
+        ] {
+            assert_eq!(place(view.as_fd(), layer, true, fuse_id), Err(libc::ESTALE));
+            assert_eq!(remove(layer, true), Ok(()));
+            assert_eq!(
+                id_at(&b.join("mnt")),
+                container,
+                "the overlayfs the link leads to was replaced or detached"
+            );
+        }
+
+        // The control: the path reaches the predecessor's view again; the
+        // new view goes beneath it and the old one is detached.
+        std::fs::remove_file(&a).unwrap();
+        std::fs::rename(&moved, &a).unwrap();
+        place(view.as_fd(), &layer, true, fuse_id).unwrap();
+        assert_eq!(
+            id_at(&a.join("mnt")),
+            unique_mount_id(view.as_fd(), c"").unwrap()
+        );
+        for _ in 0..2 {
+            unmount(c(&a.join("mnt")), UnmountFlags::DETACH).unwrap();
+        }
+        unmount(c(&b.join("mnt")), UnmountFlags::DETACH).unwrap();
     }
 
     /// A directory of a file system of the view's kind (a host whose root
@@ -1035,6 +1211,7 @@ mod tests {
             path: c(path),
             image: c(&dir.path().join("unused.erofs")),
             fuse: None,
+            predecessor: None,
         };
         assert_eq!(covered(&layer(&at), true), Ok(true));
         assert_eq!(covered(&layer(&at.join("sub")), true), Ok(false));

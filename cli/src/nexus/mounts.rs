@@ -114,7 +114,7 @@ pub(super) fn kernel_view_on_top(at: &[MountEntry]) -> bool {
 }
 
 /// The mounts at `path`, bottom first.
-fn mounts_at(path: &Path) -> Result<Vec<MountEntry>> {
+pub(super) fn mounts_at(path: &Path) -> Result<Vec<MountEntry>> {
     let text =
         std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
     Ok(parse_mountinfo(&text)

@@ -551,6 +551,7 @@ mod tests {
                 path: path.clone(),
                 image: c(&dir.path().join("main.erofs")),
                 fuse: None,
+                predecessor: None,
             },
             index: None,
             suid: false,
