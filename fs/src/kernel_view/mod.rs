@@ -102,20 +102,19 @@ impl Served for View {
         View::content_blob(self, ino)
     }
     fn copies(&self, decoded: &DecodedCopies<'_>) -> Result<Copies> {
-        // The names first: without copies, nothing else is asked. Then one
-        // query for the candidates, and a stat of each one named: a query
-        // per file, or a stat per content, would cost more than the image.
+        // The names first: without copies, nothing else is asked. Then the
+        // contents of the generation among them, and a stat of each one: a
+        // query per file, or a stat per content, would cost more than the
+        // image.
         let dir = decoded.dir;
         let names = nexus_store::decoded::names(dir)?;
         if names.is_empty() {
             return Ok(Copies::new());
         }
         Ok(self
-            .decoded_candidates(decoded.min_size)?
+            .decoded_candidates(decoded.min_size, &names)?
             .into_iter()
-            .filter(|(_, hash, size)| {
-                names.contains(hash) && nexus_store::decoded::has_copy(dir, hash, *size)
-            })
+            .filter(|(_, hash, size)| nexus_store::decoded::has_copy(dir, hash, *size))
             .map(|(blob, hash, _)| (blob, hash))
             .collect())
     }

@@ -454,16 +454,21 @@ impl View {
         Ok(self.reader.query_fresh(nexus_store::decoded::min_size)?)
     }
 
-    /// The contents of the generation shown of at least `min_size` bytes,
-    /// which a kernel view looks for decoded copies of, in no order, once
-    /// per file: blob id, content hash, size.
-    pub fn decoded_candidates(&self, min_size: u64) -> Result<Vec<(i64, nexus_store::Hash, u64)>> {
+    /// The contents named in `names` (the decoded copies there are) of at
+    /// least `min_size` bytes that files of the generation shown hold, which
+    /// a kernel view redirects to their copies, in no order: blob id,
+    /// content hash, size.
+    pub fn decoded_candidates(
+        &self,
+        min_size: u64,
+        names: &std::collections::HashSet<nexus_store::Hash>,
+    ) -> Result<Vec<(i64, nexus_store::Hash, u64)>> {
         let Some(generation) = self.generation() else {
             return Ok(Vec::new());
         };
         Ok(self
             .reader
-            .query(|c| c.generation_contents_at_least(generation, min_size.max(1)))?)
+            .query(|c| c.generation_contents_named(generation, min_size.max(1), names))?)
     }
 
     /// Reads up to `size` bytes at `offset` of regular file `ino` (fewer

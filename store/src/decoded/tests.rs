@@ -310,3 +310,56 @@ fn a_raised_threshold_prunes_smaller_copies_no_running_view_names() {
     assert_eq!(prune(&store).unwrap(), Pruned::default());
     assert!(copy(0).exists());
 }
+
+/// The contents a kernel view looks for copies of: those named, of at
+/// least the threshold, that files of the generation hold, whether the
+/// names are looked up one by one or found in a pass over every file.
+#[test]
+fn the_contents_named_are_found_by_either_way_alike() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, a) = store_with_app(tmp.path(), "a", 11);
+    let first = current(&store);
+    drop(store);
+    let (store, b) = store_with_app(tmp.path(), "b", 21);
+    let second = current(&store);
+    let stranger = Hash::of(b"no file holds this");
+    let names: HashSet<Hash> = [&a[0], &a[1], &b[0], &b[1], &b[2]]
+        .into_iter()
+        .map(|bytes| Hash::of(bytes))
+        .chain([stranger])
+        .collect();
+    let size = |bytes: &Vec<u8>| (Hash::of(bytes), bytes.len() as u64);
+    let cases = [
+        (first, DEFAULT_MIN_SIZE, vec![size(&a[0]), size(&a[1])]),
+        (
+            second,
+            DEFAULT_MIN_SIZE,
+            vec![size(&a[0]), size(&a[1]), size(&b[0]), size(&b[1])],
+        ),
+        (
+            second,
+            1,
+            vec![
+                size(&a[0]),
+                size(&a[1]),
+                size(&b[0]),
+                size(&b[1]),
+                size(&b[2]),
+            ],
+        ),
+    ];
+    for (generation, min_size, wanted) in cases {
+        let wanted: HashSet<(Hash, u64)> = wanted.into_iter().collect();
+        for lookups_max in [0, usize::MAX] {
+            let found = store
+                .catalog()
+                .generation_contents_named_by(generation, min_size, &names, lookups_max)
+                .unwrap();
+            let found: HashSet<(Hash, u64)> = found.iter().map(|(_, h, s)| (*h, *s)).collect();
+            assert_eq!(
+                found, wanted,
+                "generation {generation}, at least {min_size} bytes, lookups up to {lookups_max}"
+            );
+        }
+    }
+}
