@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use crate::catalog::audit;
 use crate::error::{Result, StoreError};
 use crate::hash::HashingWriter;
-use crate::pack::ChunkLocation;
+use crate::pack::{ChunkLocation, Frame, FrameCheck, decode_frame_into};
 use crate::store::{NoProgress, Progress, Store};
 
 /// One damaged file.
@@ -61,6 +61,22 @@ pub struct VerifyReport {
     /// Decoded copies (`STORE/decoded`) whose bytes are not the content
     /// their name says, with why: the kernel serves them unchecked.
     pub damaged_copies: Vec<(String, String)>,
+    /// Blocks whose every indexed chunk reads right but that hold a damaged
+    /// frame of chunks no longer indexed: `nip publish` and `.npk` writing,
+    /// which check and copy blocks whole, refuse them.
+    pub damaged_blocks: Vec<BlockDamage>,
+}
+
+/// A block a whole-block copy refuses although its indexed chunks read
+/// right.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub struct BlockDamage {
+    /// The pack holding it.
+    pub pack: String,
+    /// Its offset in the pack.
+    pub offset: u64,
+    /// What failed.
+    pub reason: String,
 }
 
 /// A pack verify did not read because it lives on a remote.
@@ -133,17 +149,31 @@ pub fn verify_with_progress(store: &mut Store, progress: &dyn Progress) -> Resul
         chunks.len() as u64,
     );
     progress.phase("chunks");
-    // Chunks come in block order: each block is read and decoded once.
-    for (id, loc) in &chunks {
-        report.chunks_checked += 1;
-        progress.advance(u64::from(loc.len));
-        let checked = store.reader().blocks().chunk_with(loc, |_| ());
-        if let Err(e) = checked {
-            let reason = damage(e)?;
-            report
-                .damaged_chunks
-                .push((loc.hash.to_hex(), reason.clone()));
-            bad_chunks.insert(*id, reason);
+    // Chunks come in block order: each frame is read and decoded once.
+    let same_block = |(_, a): &(i64, ChunkLocation), (_, b): &(i64, ChunkLocation)| {
+        a.block_key() == b.block_key()
+    };
+    for block in chunks.chunk_by(same_block) {
+        let mut intact = true;
+        for (id, loc) in block {
+            report.chunks_checked += 1;
+            progress.advance(u64::from(loc.len));
+            let checked = store.reader().blocks().chunk_with(loc, |_| ());
+            if let Err(e) = checked {
+                let reason = damage(e)?;
+                report
+                    .damaged_chunks
+                    .push((loc.hash.to_hex(), reason.clone()));
+                bad_chunks.insert(*id, reason);
+                intact = false;
+            }
+        }
+        if intact && let Some(reason) = unindexed_frames_damage(store, block)? {
+            report.damaged_blocks.push(BlockDamage {
+                pack: block[0].1.pack.to_string(),
+                offset: block[0].1.offset,
+                reason,
+            });
         }
     }
 
@@ -242,6 +272,185 @@ pub fn verify_with_progress(store: &mut Store, progress: &dyn Progress) -> Resul
         && report.damaged_copies.is_empty()
         && report.damaged_chunks.is_empty()
         && report.catalog_problems.is_empty()
-        && report.damaged_packages.is_empty();
+        && report.damaged_packages.is_empty()
+        && report.damaged_blocks.is_empty();
     Ok(report)
+}
+
+/// Checks the frames of a block that hold none of its indexed chunks
+/// (`block`, each already read through its own frame): what gc left of
+/// chunks it deleted. No read needs them, but publishing and `.npk`
+/// writing check every frame, checksum included, before they copy a block
+/// whole. Why the first damaged one fails, if one does.
+fn unindexed_frames_damage(
+    store: &Store,
+    block: &[(i64, ChunkLocation)],
+) -> Result<Option<String>> {
+    let Some((_, first)) = block.first() else {
+        return Ok(None);
+    };
+    let blocks = store.reader().blocks();
+    let head = match blocks.head(first) {
+        Ok(head) => head,
+        Err(e) => return damage(e).map(Some),
+    };
+    let indexed = |frame: &Frame| {
+        let raw = frame.raw_start..frame.raw_start + frame.raw_len;
+        frame.raw_len == 0 || block.iter().any(|(_, loc)| raw.contains(&loc.inner))
+    };
+    for (j, frame) in head.frames.iter().enumerate() {
+        if indexed(frame) {
+            continue;
+        }
+        let stored = match blocks.stored_frame(first, frame) {
+            Ok(stored) => stored,
+            Err(e) => return damage(e).map(Some),
+        };
+        if let Err(why) = decode_frame_into(frame, &stored, Vec::new(), FrameCheck::Checksum) {
+            return Ok(Some(format!(
+                "frame {j}, which holds no indexed chunk, is damaged ({why}): \
+                 publishing or exporting this block's files fails"
+            )));
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gc::{GcOptions, collect};
+    use crate::pack::{BlockHead, ParsedHead};
+    use crate::store::{AddDir, AddOptions};
+    use std::io::{Read, Seek, SeekFrom, Write};
+    use std::time::Duration;
+
+    /// Text-like bytes: words drawn from a small vocabulary, which zstd
+    /// compresses (so frames carry checksums) and FastCDC cuts by content.
+    fn text(seed: u64, len: usize) -> Vec<u8> {
+        const WORDS: [&[u8]; 8] = [
+            b"store ", b"chunk ", b"frame ", b"block ", b"pack ", b"view ", b"mount\n", b"nexus ",
+        ];
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut out = Vec::with_capacity(len + 8);
+        while out.len() < len {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            out.extend_from_slice(WORDS[(x % 8) as usize]);
+            out.extend_from_slice(format!("{} ", x % 1000).as_bytes());
+        }
+        out.truncate(len);
+        out
+    }
+
+    /// The stored bytes of the block at `offset` of pack `pack`.
+    fn stored_block(store: &Store, pack: &str, offset: u64, len: u32) -> Vec<u8> {
+        let mut file = std::fs::File::open(store.dir().join("packs").join(pack)).unwrap();
+        file.seek(SeekFrom::Start(offset)).unwrap();
+        let mut buf = vec![0; len as usize];
+        file.read_exact(&mut buf).unwrap();
+        buf
+    }
+
+    /// gc leaves the frames of a removed file's chunks in a block it keeps
+    /// for another file's. No read needs them, but publishing and `.npk`
+    /// writing check every frame of a block they copy whole: verify checks
+    /// them too and names the block, while the files still read right.
+    #[test]
+    fn a_damaged_frame_of_deleted_chunks_is_named_by_its_block() {
+        let tmp = tempfile::tempdir().unwrap();
+        // A large file, stored in frames of its own; its version 2 has new
+        // bytes for the first 600 kB and the same after, so that the first
+        // frames of version 1 hold chunks no file has once it is gone.
+        let v1 = tmp.path().join("v1");
+        let v2 = tmp.path().join("v2");
+        std::fs::create_dir_all(&v1).unwrap();
+        std::fs::create_dir_all(&v2).unwrap();
+        let first = text(1, 3 << 19);
+        let mut second = text(2, 600_000);
+        second.extend_from_slice(&first[600_000..]);
+        std::fs::write(v1.join("f"), &first).unwrap();
+        std::fs::write(v2.join("f"), &second).unwrap();
+        let mut store = Store::init(&tmp.path().join("store")).unwrap();
+        for (path, version) in [(v1, "1"), (v2, "2")] {
+            let add = AddDir {
+                path,
+                name: "app".into(),
+                version: version.into(),
+            };
+            store
+                .add_dirs(&[add], AddOptions::default(), &NoProgress)
+                .unwrap();
+        }
+        store.remove(&["app/1".to_string()]).unwrap();
+        let options = GcOptions {
+            keep_last: 1,
+            keep_younger_than: None,
+            grace: Duration::ZERO,
+            repack_below: 0.0,
+        };
+        collect(&mut store, options).unwrap();
+        assert!(verify(&mut store).unwrap().ok, "the store before damage");
+
+        // A compressed frame of a block version 2 uses that holds none of
+        // the chunks still indexed.
+        let kept: Vec<ChunkLocation> = audit::chunk_locations(store.catalog_mut().conn())
+            .unwrap()
+            .into_iter()
+            .map(|(_, loc, _)| loc)
+            .collect();
+        let (loc, frame) = kept
+            .iter()
+            .find_map(|loc| {
+                let stored = stored_block(&store, &loc.pack, loc.offset, loc.block_len);
+                let Ok(ParsedHead::Head(head)) = BlockHead::parse(&stored, stored.len()) else {
+                    panic!("an undamaged block does not parse");
+                };
+                head.frames
+                    .into_iter()
+                    .find(|f| {
+                        let raw = f.raw_start..f.raw_start + f.raw_len;
+                        f.compressed
+                            && !kept
+                                .iter()
+                                .any(|k| k.block_key() == loc.block_key() && raw.contains(&k.inner))
+                    })
+                    .map(|f| (loc.clone(), f))
+            })
+            .expect("fixture: no block holds a frame of version 1's chunks beside version 2's");
+        // Its zstd checksum, the frame's last byte: the frame's data and so
+        // every chunk in it stay as they were.
+        let at = loc.offset + u64::from(frame.stored_at + frame.stored_len - 1);
+        let mut pack = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(store.dir().join("packs").join(&*loc.pack))
+            .unwrap();
+        let mut byte = [0u8];
+        pack.seek(SeekFrom::Start(at)).unwrap();
+        pack.read_exact(&mut byte).unwrap();
+        pack.seek(SeekFrom::Start(at)).unwrap();
+        pack.write_all(&[byte[0] ^ 0x40]).unwrap();
+        drop(pack);
+
+        let mut store = Store::open(store.dir()).unwrap();
+        let report = verify(&mut store).unwrap();
+        assert!(!report.ok, "{report:?}");
+        assert!(report.damaged_chunks.is_empty(), "{report:?}");
+        assert!(
+            report.damaged.is_empty(),
+            "version 2 reads right: {report:?}"
+        );
+        assert_eq!(report.damaged_blocks.len(), 1, "{report:?}");
+        let damage = &report.damaged_blocks[0];
+        assert_eq!((&*damage.pack, damage.offset), (&*loc.pack, loc.offset));
+        assert!(
+            damage.reason.contains("holds no indexed chunk"),
+            "{damage:?}"
+        );
+        // What a whole-block copy would do with it.
+        let stored = stored_block(&store, &loc.pack, loc.offset, loc.block_len);
+        assert!(crate::pack::decode_block(&stored).is_err());
+    }
 }

@@ -207,6 +207,12 @@ pub fn run(cli: Cli) -> Result<i32> {
                 for (copy, reason) in &report.damaged_copies {
                     println!("damaged decoded copy {copy}: {reason}");
                 }
+                for b in &report.damaged_blocks {
+                    println!(
+                        "damaged block at {} of pack {}: {}",
+                        b.offset, b.pack, b.reason
+                    );
+                }
                 for r in &report.remote_packs {
                     println!(
                         "remote-only pack {} on {}: {} chunks not read here (each is verified when fetched)",

@@ -30,7 +30,7 @@ use super::layout::{Layout, contiguous_run};
 use super::source::PackSource;
 use crate::error::{Result, StoreError};
 use crate::pack::{
-    BlockHead, ChunkLocation, FrameCheck, ParsedHead, chunk_of, damaged, decode_frame_into,
+    BlockHead, ChunkLocation, Frame, FrameCheck, ParsedHead, chunk_of, damaged, decode_frame_into,
 };
 use crate::params::{BLOCK_MAX_STORED, BLOCK_TARGET};
 
@@ -345,6 +345,21 @@ impl BlockReader {
     pub fn stored_block(&self, loc: &ChunkLocation) -> Result<Vec<u8>> {
         let mut buf = vec![0; checked_block_len(loc)?];
         self.frames.read_at(loc, 0, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// The head (header and tables, checked) of the block holding `loc`,
+    /// read once and then cached.
+    pub fn head(&self, loc: &ChunkLocation) -> Result<Arc<BlockHead>> {
+        self.frames.head(loc)
+    }
+
+    /// The stored bytes of `frame` of the block holding `loc` (a frame of
+    /// [`BlockReader::head`]'s), not decoded or verified.
+    pub fn stored_frame(&self, loc: &ChunkLocation, frame: &Frame) -> Result<Vec<u8>> {
+        let mut buf = vec![0; frame.stored_len as usize];
+        self.frames
+            .read_at(loc, frame.stored_at as usize, &mut buf)?;
         Ok(buf)
     }
 
