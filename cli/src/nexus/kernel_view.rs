@@ -1015,6 +1015,61 @@ mod tests {
         unique_mount_id(rustix::fs::CWD, &c(path)).unwrap()
     }
 
+    /// Two mount points, `a/mnt` and `b/mnt`, in a scratch directory, with
+    /// a tmpfs standing for the FUSE mount at `a/mnt`; `a` can be swapped
+    /// for a link to `b`, as a local user who may write the scratch
+    /// directory would.
+    struct LinkAbove {
+        dir: tempfile::TempDir,
+        a: PathBuf,
+        b: PathBuf,
+        /// The FUSE mount's unique id.
+        fuse_id: Option<u64>,
+    }
+
+    impl LinkAbove {
+        fn new() -> LinkAbove {
+            let dir = tempfile::tempdir().unwrap();
+            let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+            for d in [&a, &b] {
+                std::fs::create_dir_all(d.join("mnt")).unwrap();
+            }
+            let fuse = detached_tmpfs();
+            move_mount(
+                &fuse,
+                c"",
+                rustix::fs::CWD,
+                c(&a.join("mnt")),
+                MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+            )
+            .unwrap();
+            let fuse_id = unique_mount_id(fuse.as_fd(), c"").unwrap();
+            LinkAbove { dir, a, b, fuse_id }
+        }
+
+        /// The main view's layer on `a/mnt`.
+        fn layer(&self, predecessor: Option<u64>) -> Layer {
+            Layer {
+                path: c(&self.a.join("mnt")),
+                image: c(&self.dir.path().join("unused.erofs")),
+                fuse: None,
+                predecessor,
+            }
+        }
+
+        /// Moves `a` aside and puts a link to `b` in its place.
+        fn swap_in_link(&self) {
+            std::fs::rename(&self.a, self.dir.path().join("a-moved")).unwrap();
+            std::os::unix::fs::symlink(&self.b, &self.a).unwrap();
+        }
+
+        /// Puts `a` back.
+        fn restore(&self) {
+            std::fs::remove_file(&self.a).unwrap();
+            std::fs::rename(self.dir.path().join("a-moved"), &self.a).unwrap();
+        }
+    }
+
     /// A link swapped into a directory above the mount point (one a local
     /// user may write) must not have the keeper, as root, place the next
     /// view where the link leads: what the path reaches is neither the
@@ -1024,54 +1079,31 @@ mod tests {
         if !crate::root_or_skip("mounting") {
             return;
         }
-        let dir = tempfile::tempdir().unwrap();
-        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-        for d in [&a, &b] {
-            std::fs::create_dir_all(d.join("mnt")).unwrap();
-        }
-        // A tmpfs stands for the FUSE mount at a/mnt.
-        let fuse = detached_tmpfs();
-        move_mount(
-            &fuse,
-            c"",
-            rustix::fs::CWD,
-            c(&a.join("mnt")),
-            MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
-        )
-        .unwrap();
-        let fuse_id = unique_mount_id(fuse.as_fd(), c"").unwrap();
-        let layer = Layer {
-            path: c(&a.join("mnt")),
-            image: c(&dir.path().join("unused.erofs")),
-            fuse: None,
-            predecessor: None,
-        };
-        let bare = id_at(&b.join("mnt"));
+        let fx = LinkAbove::new();
+        let layer = fx.layer(None);
+        let bare = id_at(&fx.b.join("mnt"));
 
-        let moved = dir.path().join("a-moved");
-        std::fs::rename(&a, &moved).unwrap();
-        std::os::unix::fs::symlink(&b, &a).unwrap();
+        fx.swap_in_link();
         let view = detached_tmpfs();
         assert_eq!(
-            place(view.as_fd(), &layer, true, fuse_id),
+            place(view.as_fd(), &layer, true, fx.fuse_id),
             Err(libc::ESTALE)
         );
         assert_eq!(
-            id_at(&b.join("mnt")),
+            id_at(&fx.b.join("mnt")),
             bare,
             "a view was placed where the link leads"
         );
 
         // The control: the path reaches the FUSE mount again.
-        std::fs::remove_file(&a).unwrap();
-        std::fs::rename(&moved, &a).unwrap();
-        place(view.as_fd(), &layer, true, fuse_id).unwrap();
+        fx.restore();
+        place(view.as_fd(), &layer, true, fx.fuse_id).unwrap();
         assert_eq!(
-            id_at(&a.join("mnt")),
+            id_at(&fx.a.join("mnt")),
             unique_mount_id(view.as_fd(), c"").unwrap()
         );
         for _ in 0..2 {
-            unmount(c(&a.join("mnt")), UnmountFlags::DETACH).unwrap();
+            unmount(c(&fx.a.join("mnt")), UnmountFlags::DETACH).unwrap();
         }
     }
 
@@ -1107,56 +1139,33 @@ mod tests {
         if !crate::root_or_skip("mounting") {
             return;
         }
-        let dir = tempfile::tempdir().unwrap();
-        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-        for d in [&a, &b] {
-            std::fs::create_dir_all(d.join("mnt")).unwrap();
-        }
-        // A tmpfs stands for the FUSE mount at a/mnt, under the view of the
-        // daemon taken over; at b/mnt, an overlayfs that is no view.
-        let fuse = detached_tmpfs();
-        move_mount(
-            &fuse,
-            c"",
-            rustix::fs::CWD,
-            c(&a.join("mnt")),
-            MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
-        )
-        .unwrap();
-        let fuse_id = unique_mount_id(fuse.as_fd(), c"").unwrap();
+        // Under the view of the daemon taken over at a/mnt; at b/mnt, an
+        // overlayfs that is no view.
+        let fx = LinkAbove::new();
+        let (a, b) = (fx.a.join("mnt"), fx.b.join("mnt"));
         let source = CString::new(crate::nexus::mounts::KERNEL_VIEW_SOURCE).unwrap();
-        overlay_at(&a.join("mnt"), &source, dir.path());
-        overlay_at(&b.join("mnt"), c"overlay", dir.path());
-        let old_view = id_at(&a.join("mnt"));
-        let container = id_at(&b.join("mnt"));
-        let predecessor = predecessor_view(&a.join("mnt")).unwrap();
+        overlay_at(&a, &source, fx.dir.path());
+        overlay_at(&b, c"overlay", fx.dir.path());
+        let old_view = id_at(&a);
+        let container = id_at(&b);
+        let predecessor = predecessor_view(&a).unwrap();
         assert!(predecessor.is_some());
         assert_eq!(predecessor, old_view);
-        let layer = Layer {
-            path: c(&a.join("mnt")),
-            image: c(&dir.path().join("unused.erofs")),
-            fuse: None,
-            predecessor,
-        };
+        let layer = fx.layer(predecessor);
 
-        let moved = dir.path().join("a-moved");
-        std::fs::rename(&a, &moved).unwrap();
-        std::os::unix::fs::symlink(&b, &a).unwrap();
+        fx.swap_in_link();
         // A plan made now finds no view at the path: the table lists it
         // where the directory went.
-        assert_eq!(predecessor_view(&a.join("mnt")).unwrap(), None);
+        assert_eq!(predecessor_view(&a).unwrap(), None);
         let view = detached_tmpfs();
-        for layer in [
-            &layer,
-            &Layer {
-                predecessor: None,
-                ..layer.clone()
-            },
-        ] {
-            assert_eq!(place(view.as_fd(), layer, true, fuse_id), Err(libc::ESTALE));
+        for layer in [&layer, &fx.layer(None)] {
+            assert_eq!(
+                place(view.as_fd(), layer, true, fx.fuse_id),
+                Err(libc::ESTALE)
+            );
             assert_eq!(remove(layer, true), Ok(()));
             assert_eq!(
-                id_at(&b.join("mnt")),
+                id_at(&b),
                 container,
                 "the overlayfs the link leads to was replaced or detached"
             );
@@ -1164,17 +1173,13 @@ mod tests {
 
         // The control: the path reaches the predecessor's view again; the
         // new view goes beneath it and the old one is detached.
-        std::fs::remove_file(&a).unwrap();
-        std::fs::rename(&moved, &a).unwrap();
-        place(view.as_fd(), &layer, true, fuse_id).unwrap();
-        assert_eq!(
-            id_at(&a.join("mnt")),
-            unique_mount_id(view.as_fd(), c"").unwrap()
-        );
+        fx.restore();
+        place(view.as_fd(), &layer, true, fx.fuse_id).unwrap();
+        assert_eq!(id_at(&a), unique_mount_id(view.as_fd(), c"").unwrap());
         for _ in 0..2 {
-            unmount(c(&a.join("mnt")), UnmountFlags::DETACH).unwrap();
+            unmount(c(&a), UnmountFlags::DETACH).unwrap();
         }
-        unmount(c(&b.join("mnt")), UnmountFlags::DETACH).unwrap();
+        unmount(c(&b), UnmountFlags::DETACH).unwrap();
     }
 
     /// A directory of a file system of the view's kind (a host whose root
@@ -1186,27 +1191,11 @@ mod tests {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
-        let (lower, upper, at) = (
-            dir.path().join("lower"),
-            dir.path().join("lower2"),
-            dir.path().join("at"),
-        );
-        for d in [&lower.join("sub"), &upper, &at] {
+        let at = dir.path().join("at");
+        for d in [&dir.path().join("lower/sub"), &at] {
             std::fs::create_dir_all(d).unwrap();
         }
-        let options =
-            CString::new(format!("lowerdir={}:{}", lower.display(), upper.display())).unwrap();
-        // SAFETY: mount(2) of a read-only overlayfs on our own directory.
-        let rc = unsafe {
-            libc::mount(
-                c"overlay".as_ptr(),
-                c(&at).as_ptr(),
-                c"overlay".as_ptr(),
-                libc::MS_RDONLY,
-                options.as_ptr().cast(),
-            )
-        };
-        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+        overlay_at(&at, c"overlay", dir.path());
         let layer = |path: &Path| Layer {
             path: c(path),
             image: c(&dir.path().join("unused.erofs")),
