@@ -385,11 +385,14 @@ pub enum Command {
     /// hash from the catalog; name each damaged file, and each package
     /// whose modes, owners, xattrs, names or links were changed, and
     /// re-hash every decoded copy (nip decode writes a damaged one anew).
-    /// Exit 3 if any.
+    /// Frames gc left holding only deleted chunks are checked too: a
+    /// damaged one is named by its block, whose files still read right
+    /// but which nip publish and .npk export refuse. Exit 3 if any.
     Verify {
         /// JSON report {ok, chunks_checked, files_checked, damaged: [{package,
         /// path, reason}], packages_checked, damaged_packages: [{package, reason}],
-        /// damaged_copies: [[copy, reason]]}.
+        /// damaged_copies: [[copy, reason]], damaged_blocks: [{pack, offset,
+        /// reason}]}.
         #[arg(long)]
         json: bool,
     },
