@@ -278,9 +278,13 @@ impl RuntimeRoot {
     /// temporary name is ours alone while we hold the lock. No fsync: a
     /// record means nothing once its process is gone, and a crash ends it.
     fn write(&self, served: &Served) -> Result<()> {
-        let file = RecordFile::new(self.pid, served, self.started);
-        let text = serde_json::to_vec_pretty(&file)
-            .map_err(|e| StoreError::Invalid(format!("encoding a runtime record: {e}")))?;
+        let text = encode_record(&ServedRecord {
+            pid: self.pid,
+            served: served.clone(),
+            started: self.started,
+            updated: now_secs(),
+            schema: Some(SCHEMA_VERSION),
+        })?;
         let tmp = self.dir.join(format!(".{}{RECORD_SUFFIX}.tmp", self.stem));
         // A temporary file left by an earlier process of the same name.
         remove_if_present(&tmp)?;
@@ -507,9 +511,7 @@ fn held_records(store_dir: &Path) -> Result<Vec<(String, Option<ServedRecord>)>>
         let record_path = dir.join(format!("{stem}{RECORD_SUFFIX}"));
         let record = match read_record_file(&record_path) {
             Ok(text) => {
-                let record = serde_json::from_slice::<RecordFile>(&text)
-                    .ok()
-                    .and_then(RecordFile::into_record);
+                let record = parse_record(&text);
                 if record.is_none() {
                     tracing::warn!(
                         "{}: not a runtime record this program can read; ignored",
@@ -606,6 +608,28 @@ pub fn sweep_dead(store_dir: &Path) -> Result<u64> {
         }
     }
     Ok(removed)
+}
+
+/// The record a record file's bytes hold, if they are one this build can
+/// read. Records are written by daemons, confined to a sandbox user that
+/// may write `STORE/run`, and read by root (gc, prune, `nexus status`):
+/// whatever the bytes, this answers (fuzzed in `store/fuzz`, target
+/// `runtime_record`).
+pub fn parse_record(bytes: &[u8]) -> Option<ServedRecord> {
+    serde_json::from_slice::<RecordFile>(bytes)
+        .ok()
+        .and_then(RecordFile::into_record)
+}
+
+/// `record` as a record file says it, which [`parse_record`] reads back
+/// the same: what [`RuntimeRoot`] writes (with `updated` now and `schema`
+/// this build's), exposed for the fuzz target's check of that.
+pub fn encode_record(record: &ServedRecord) -> Result<Vec<u8>> {
+    let mut file = RecordFile::new(record.pid, &record.served, record.started);
+    file.updated = record.updated;
+    file.schema = record.schema;
+    serde_json::to_vec_pretty(&file)
+        .map_err(|e| StoreError::Invalid(format!("encoding a runtime record: {e}")))
 }
 
 /// A record file's bytes, read only from a regular file (never through a
@@ -831,5 +855,32 @@ mod tests {
         let root = RuntimeRoot::register(store.path(), served(vec![1])).unwrap();
         fs::write(root.record_path(), b"{\"format\": \"something-else\"}").unwrap();
         assert!(live(store.path()).unwrap().is_empty());
+    }
+
+    /// What root reads from a record a daemon wrote, without the files:
+    /// encoded records read back the same, a damaged one is no record.
+    #[test]
+    fn records_parse_back_and_damage_reads_as_none() {
+        let record = ServedRecord {
+            pid: 42,
+            served: Served {
+                kind: ServedKind::VirtioFs,
+                target: PathBuf::from(std::ffi::OsString::from_vec(b"/run/\xffs".to_vec())),
+                generations: vec![3, 2],
+                packages: vec![9],
+                decoded_from: 0,
+            },
+            started: 1,
+            updated: 2,
+            schema: None,
+        };
+        let text = encode_record(&record).unwrap();
+        assert_eq!(parse_record(&text), Some(record));
+        let text = String::from_utf8(text).unwrap();
+        let odd_hex = text.replace("\"2f72756e2fff73\"", "\"2f7\"");
+        assert_ne!(odd_hex, text);
+        assert_eq!(parse_record(odd_hex.as_bytes()), None);
+        assert_eq!(parse_record(b"\xff{"), None);
+        assert_eq!(parse_record(b"[]"), None);
     }
 }
