@@ -1,8 +1,8 @@
 # shellcheck shell=bash
 # Running cargo-fuzz targets for a set time, shared by graft/fuzz/run.sh,
 # npk/fuzz/run.sh, virtiofs/fuzz/run.sh, remote/fuzz/run.sh,
-# system/fuzz/run.sh and cli/fuzz/run.sh (sourced; run from the fuzz
-# crate's directory).
+# system/fuzz/run.sh, cli/fuzz/run.sh and store/fuzz/run.sh (sourced; run
+# from the fuzz crate's directory).
 
 # fuzz_targets SECONDS TARGET...: builds the targets, runs each for SECONDS
 # on corpus/TARGET (crashes in artifacts/TARGET/) and prints, per target,
