@@ -25,6 +25,13 @@ mod systemd;
 mod takeover;
 mod virtiofs;
 
+/// The takeover protocol's messages and framing, as a successor decodes
+/// them: public for `cli/fuzz` (target `takeover`), which feeds them what
+/// a compromised daemon handing over could send.
+pub mod takeover_wire {
+    pub use super::takeover::{Envelope, FORMAT, HandedState, Message, Offer, WireHeld, wire};
+}
+
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};

@@ -171,6 +171,16 @@ pub fn receive<T: DeserializeOwned>(
         }
         got += received.bytes;
     }
+    let mut body = vec![0u8; body_len(header)?];
+    read_exact_by(stream, &mut body, deadline)?;
+    Ok((decode(&body)?, fds))
+}
+
+/// The length of the body a message's `header` announces; `InvalidData`
+/// beyond [`MAX_MESSAGE`], before anything is allocated. Apart from
+/// [`receive`]'s socket calls, so that what a peer sends is fuzzed as the
+/// receiver reads it (`cli/fuzz`, target `takeover`).
+pub fn body_len(header: [u8; 4]) -> io::Result<usize> {
     let len = u32::from_be_bytes(header);
     if len > MAX_MESSAGE {
         return Err(io::Error::new(
@@ -178,11 +188,12 @@ pub fn receive<T: DeserializeOwned>(
             format!("a message of {len} bytes (at most {MAX_MESSAGE})"),
         ));
     }
-    let mut body = vec![0u8; len as usize];
-    read_exact_by(stream, &mut body, deadline)?;
-    let message =
-        serde_json::from_slice(&body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    Ok((message, fds))
+    Ok(len as usize)
+}
+
+/// Decodes a message's `body` (JSON); `InvalidData` if it is not a `T`.
+pub fn decode<T: DeserializeOwned>(body: &[u8]) -> io::Result<T> {
+    serde_json::from_slice(body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 #[cfg(test)]
@@ -230,6 +241,25 @@ mod tests {
         let err = send(&mut a, &big, &[], Duration::from_millis(300)).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    /// What [`receive`] reads, decoded without a socket: the length is
+    /// checked before any allocation, the body must be one JSON value.
+    #[test]
+    fn headers_and_bodies_decode_without_a_socket() {
+        assert_eq!(body_len(7u32.to_be_bytes()).unwrap(), 7);
+        assert_eq!(
+            body_len(MAX_MESSAGE.to_be_bytes()).unwrap(),
+            MAX_MESSAGE as usize
+        );
+        let err = body_len((MAX_MESSAGE + 1).to_be_bytes()).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        let value: serde_json::Value = decode(br#"{"n": 1}"#).unwrap();
+        assert_eq!(value["n"], 1);
+        for bad in [&b""[..], b"{", b"{} {}", b"\xff"] {
+            let err = decode::<serde_json::Value>(bad).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        }
     }
 
     #[test]
