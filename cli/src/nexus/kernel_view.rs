@@ -135,19 +135,23 @@ impl Files {
 
 /// The unique mount id of the kernel view on top at `path` as a daemon
 /// starts there (a predecessor's, after a takeover or a restart), so that
-/// its keeper replaces that view and no other mount. The mount table's
-/// topmost line for the path itself must be a kernel view, and the mount
-/// the path reaches must be that line's (by its id): a link swapped into a
-/// directory above the mount point moves the view's line to where the
-/// directory went, so it cannot make another mount (a container's root)
-/// pass for the view. `None` when no view is on top, or the kernel has no
-/// unique mount ids (before Linux 6.8, views are known by their kind).
+/// its keeper replaces that view and no other mount. The mount the path
+/// reaches must be one the mount table lists at the path itself (found by
+/// its id), and a kernel view there: a link swapped into a directory above
+/// the mount point moves the view's line to where the directory went, so
+/// it cannot make another mount (a container's root) pass for the view.
+/// The line is found by the id, not taken as the last one at the path: a
+/// switch cut short between placing the new view beneath and detaching
+/// the old one lists the new one after the old, which is still on top.
+/// `None` when no view is on top.
 pub(super) fn predecessor_view(path: &Path) -> Result<Option<u64>> {
-    let at = super::mounts::mounts_at(path)?;
-    let Some(top) = at.last().filter(|_| super::mounts::kernel_view_on_top(&at)) else {
+    use super::mounts::{MountEntry, kernel_view_on_top, mounts_at};
+    let at = mounts_at(path)?;
+    let view_kind = |m: &MountEntry| m.is_kernel_view() || m.fs_type == "erofs";
+    if !at.iter().any(view_kind) {
         return Ok(None);
-    };
-    let reached = open_dir(&cstring(path)?)
+    }
+    let (legacy, unique) = open_dir(&cstring(path)?)
         .and_then(|fd| {
             Ok((
                 legacy_mount_id(fd.as_fd())?,
@@ -156,14 +160,14 @@ pub(super) fn predecessor_view(path: &Path) -> Result<Option<u64>> {
         })
         .map_err(std::io::Error::from_raw_os_error)
         .with_context(|| format!("examining the kernel view on {}", path.display()))?;
-    match reached {
-        (legacy, unique) if Some(legacy) == top.id => Ok(unique),
-        _ => anyhow::bail!(
+    let Some(reached) = at.iter().position(|m| m.id == Some(legacy)) else {
+        anyhow::bail!(
             "{} reaches another mount than the mount table lists there \
              (a directory above it replaced by a link?)",
             path.display()
-        ),
-    }
+        );
+    };
+    Ok(unique.filter(|_| kernel_view_on_top(&at[..=reached])))
 }
 
 /// The id `fd`'s mount has in the mount table (`STATX_MNT_ID`, reused once
@@ -548,12 +552,8 @@ fn place(mnt: BorrowedFd, layer: &Layer, main: bool, fuse_id: Option<u64>) -> Re
         } else {
             layer.predecessor
         };
-        match unique_mount_id(at.as_fd(), c"") {
-            Ok(Some(id)) => known == Some(id),
-            // Without unique ids (before Linux 6.8) the kind alone decides.
-            Ok(None) => true,
-            Err(_) => false,
-        }
+        // Kernel views need Linux 6.12, which has unique ids.
+        known.is_some() && unique_mount_id(at.as_fd(), c"") == Ok(known)
     } else if main {
         fuse_id.is_none_or(|id| unique_mount_id(at.as_fd(), c"") == Ok(Some(id)))
     } else {
@@ -659,8 +659,7 @@ pub(super) fn show(plan: &Plan, data: BorrowedFd, with_index: bool) -> Result<()
 /// Detaches the kernel view on `layer.path` (`main`: the main mount's
 /// overlay; else the Index's image), uncovering the FUSE mount: only the
 /// one this process showed last, or, if it showed none, the predecessor's
-/// its plan found there (by unique id; before Linux 6.8, a view of the
-/// right kind). The path is resolved once.
+/// its plan found there, by unique id. The path is resolved once.
 pub(super) fn remove(layer: &Layer, main: bool) -> Result<(), Errno> {
     let shown = SHOWN[usize::from(!main)].load(std::sync::atomic::Ordering::Relaxed);
     let known = if shown != 0 {
@@ -674,12 +673,8 @@ pub(super) fn remove(layer: &Layer, main: bool) -> Result<(), Errno> {
     let Ok(at) = open_dir(&layer.path) else {
         return Ok(());
     };
-    let ours = match unique_mount_id(at.as_fd(), c"") {
-        Ok(Some(id)) => known == Some(id),
-        // Without unique ids (before Linux 6.8) the kind alone decides.
-        Ok(None) => covered_at(at.as_fd(), main).unwrap_or(false),
-        Err(_) => false,
-    };
+    // Kernel views need Linux 6.12, which has unique ids.
+    let ours = known.is_some() && unique_mount_id(at.as_fd(), c"") == Ok(known);
     if ours {
         // Through the descriptor: no name is looked up again.
         let path = FdPath::new(std::os::fd::AsRawFd::as_raw_fd(&at));
@@ -1180,6 +1175,42 @@ mod tests {
             unmount(c(&a), UnmountFlags::DETACH).unwrap();
         }
         unmount(c(&b), UnmountFlags::DETACH).unwrap();
+    }
+
+    /// A switch cut short (the keeper killed between placing the new view
+    /// beneath the old one and detaching the old) leaves the new view
+    /// listed after the old one, which is still on top: a daemon started
+    /// then knows the old one, the mount the path reaches, as the view it
+    /// replaces, rather than failing every start.
+    #[test]
+    fn a_switch_cut_short_leaves_the_view_on_top_known() {
+        if !crate::root_or_skip("mounting") {
+            return;
+        }
+        let fx = LinkAbove::new();
+        let a = fx.a.join("mnt");
+        let source = CString::new(crate::nexus::mounts::KERNEL_VIEW_SOURCE).unwrap();
+        overlay_at(&a, &source, fx.dir.path());
+        let old = id_at(&a);
+        let new = detached_tmpfs();
+        let at = open_dir(&c(&a)).unwrap();
+        move_mount(
+            &new,
+            c"",
+            &at,
+            c"",
+            MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH
+                | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH
+                | MoveMountFlags::MOVE_MOUNT_BENEATH,
+        )
+        .unwrap();
+        drop(at);
+        assert_eq!(id_at(&a), old, "the old view is still on top");
+        assert!(old.is_some());
+        assert_eq!(predecessor_view(&a).unwrap(), old);
+        for _ in 0..3 {
+            unmount(c(&a), UnmountFlags::DETACH).unwrap();
+        }
     }
 
     /// A directory of a file system of the view's kind (a host whose root
