@@ -270,14 +270,16 @@ pub(super) fn open_data(mountpoint: &Path) -> Result<OwnedFd> {
     .with_context(|| format!("opening the mount {}", mountpoint.display()))
 }
 
-/// `root`, a descriptor handed over as the FUSE mount's root beneath the
-/// kernel view on `mountpoint` (by systemd's descriptor store, or by the
-/// daemon a takeover replaces), if it is that: the root directory, inode
-/// number 1, of a mount of the nexus FUSE file system at `mountpoint`.
-/// Anything else is refused: a compromised daemon could have stored a
-/// descriptor of a directory of its choosing, which overlayfs would then
-/// read every file's contents from, for this daemon and its successors.
-/// Asked without a request to the FUSE mount, which nothing serves yet.
+/// `root`, a descriptor taken as the FUSE mount's root beneath the kernel
+/// view on `mountpoint` (handed over by systemd's descriptor store or by
+/// the daemon a takeover replaces, or opened by path at a fresh mount), if
+/// it is that: the root directory, inode number 1, of a mount of the nexus
+/// FUSE file system at `mountpoint`. Anything else is refused: a
+/// compromised daemon could have stored a descriptor of a directory of its
+/// choosing, and a link swapped into a directory above the mount point
+/// could have the path reach one, which overlayfs would then read every
+/// file's contents from. Asked without a request to the FUSE mount, which
+/// nothing serves yet.
 pub(super) fn checked_root(root: OwnedFd, mountpoint: &Path) -> Result<OwnedFd> {
     use rustix::fs::{AtFlags, StatxAttributes, StatxFlags};
     let served = super::mounts::find_served_mount(mountpoint)?
@@ -299,7 +301,7 @@ pub(super) fn checked_root(root: OwnedFd, mountpoint: &Path) -> Result<OwnedFd> 
         && (st.stx_dev_major, st.stx_dev_minor) == served;
     if !is_root {
         anyhow::bail!(
-            "the descriptor handed over as the root of the mount on {} is not its root \
+            "the directory taken as the root of the mount on {} is not its root \
              (device {}:{}, inode {}); refused",
             mountpoint.display(),
             st.stx_dev_major,
@@ -1210,6 +1212,76 @@ mod tests {
         assert_eq!(predecessor_view(&a).unwrap(), old);
         for _ in 0..3 {
             unmount(c(&a), UnmountFlags::DETACH).unwrap();
+        }
+    }
+
+    /// Mounts a FUSE file system of the nexus type on `at`, served by
+    /// nobody (its kernel side answers what is asked without a request to
+    /// a server, as the daemon asks of its root before serving); the
+    /// `/dev/fuse` descriptor is returned to keep the connection.
+    fn unserved_nexus_mount(at: &Path) -> OwnedFd {
+        let dev = rustix::fs::open(
+            "/dev/fuse",
+            rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .unwrap();
+        let options = CString::new(format!(
+            "fd={},rootmode=40000,user_id=0,group_id=0",
+            std::os::fd::AsRawFd::as_raw_fd(&dev)
+        ))
+        .unwrap();
+        // SAFETY: mount(2) of a FUSE file system on our own directory.
+        let rc = unsafe {
+            libc::mount(
+                c"nexus".as_ptr(),
+                c(at).as_ptr(),
+                c"fuse.nexus".as_ptr(),
+                libc::MS_RDONLY | libc::MS_NODEV | libc::MS_NOSUID,
+                options.as_ptr().cast(),
+            )
+        };
+        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+        dev
+    }
+
+    /// At a fresh mount the daemon opens the FUSE mount's root by path for
+    /// the kernel view to read contents through: a link swapped into a
+    /// directory above the mount point must not have it take another
+    /// directory, which the view would serve every file's bytes from.
+    #[test]
+    fn a_root_opened_through_a_link_above_the_mount_point_is_refused() {
+        if !crate::root_or_skip("mounting") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        for d in [&a, &b] {
+            std::fs::create_dir_all(d.join("mnt")).unwrap();
+        }
+        let _connection = unserved_nexus_mount(&a.join("mnt"));
+        let root = open_data(&a.join("mnt")).unwrap();
+        assert!(
+            checked_root(root, &a.join("mnt")).is_ok(),
+            "the mount's own root"
+        );
+
+        // b/mnt: a directory of the attacker's, and then a mount of the
+        // same kind (another daemon's).
+        std::fs::rename(&a, dir.path().join("a-moved")).unwrap();
+        std::os::unix::fs::symlink(&b, &a).unwrap();
+        let root = open_data(&a.join("mnt")).unwrap();
+        assert!(
+            checked_root(root, &a.join("mnt")).is_err(),
+            "a plain directory"
+        );
+        let _other = unserved_nexus_mount(&b.join("mnt"));
+        let root = open_data(&a.join("mnt")).unwrap();
+        let refused = checked_root(root, &a.join("mnt"));
+        assert!(refused.is_err(), "another nexus mount's root");
+
+        for at in [dir.path().join("a-moved/mnt"), b.join("mnt")] {
+            unmount(c(&at), UnmountFlags::DETACH).unwrap();
         }
     }
 

@@ -367,9 +367,15 @@ impl Daemon {
                     settings.index.as_deref(),
                     settings.mount.suid,
                 )?;
+                // Opened by path: what it reaches must be the mount's own
+                // root, or a link swapped in above the mount point would
+                // choose the directory the view reads every file from.
                 let data = match kernel_data {
                     Some(fd) => fd,
-                    None => kernel_view::open_data(&settings.mountpoint)?,
+                    None => kernel_view::checked_root(
+                        kernel_view::open_data(&settings.mountpoint)?,
+                        &settings.mountpoint,
+                    )?,
                 };
                 // With the mount kept, the root beneath the view is kept
                 // too: a daemon restarted on it finds the mount covered.
