@@ -597,6 +597,13 @@ static SHOWN: [std::sync::atomic::AtomicU64; 2] = [
 /// server (which may be dead, or not serving yet): `Err` (an errno) when
 /// it cannot be examined, `Ok(None)` on a kernel older than 6.8.
 pub(super) fn unique_mount_id(fd: BorrowedFd, path: &CStr) -> Result<Option<u64>, Errno> {
+    mount_identity(fd, path).map(|(_, id)| id)
+}
+
+/// The device number of the file system and the unique mount id of the
+/// mount `fd` is the root of, or of the top mount at `path`, read
+/// together as [`unique_mount_id`] reads the id.
+fn mount_identity(fd: BorrowedFd, path: &CStr) -> Result<((u32, u32), Option<u64>), Errno> {
     let mut flags = libc::AT_STATX_DONT_SYNC | libc::AT_SYMLINK_NOFOLLOW | libc::AT_NO_AUTOMOUNT;
     if path.is_empty() {
         flags |= libc::AT_EMPTY_PATH;
@@ -615,8 +622,23 @@ pub(super) fn unique_mount_id(fd: BorrowedFd, path: &CStr) -> Result<Option<u64>
         if rc != 0 {
             return Err(*libc::__errno_location());
         }
-        Ok((stx.stx_mask & libc::STATX_MNT_ID_UNIQUE != 0).then_some(stx.stx_mnt_id))
+        let id = (stx.stx_mask & libc::STATX_MNT_ID_UNIQUE != 0).then_some(stx.stx_mnt_id);
+        Ok(((stx.stx_dev_major, stx.stx_dev_minor), id))
     }
+}
+
+/// The unique mount id of the mount `path` reaches, which must be of the
+/// file system `dev` (the device the mount table lists at `path`): both
+/// are read by one `statx`, so a link swapped into a directory above the
+/// mount point between the table's read and this one gives `ESTALE`, never
+/// another mount's id for a keeper to unmount later. `Ok(None)` on a
+/// kernel older than 6.8.
+pub(super) fn unique_id_of_listed(path: &CStr, dev: (u32, u32)) -> Result<Option<u64>, Errno> {
+    let (reached, id) = mount_identity(rustix::fs::CWD, path)?;
+    if reached != dev {
+        return Err(libc::ESTALE);
+    }
+    Ok(id)
 }
 
 /// Shows the images the plan names (written beforehand), replacing the
@@ -1282,6 +1304,41 @@ mod tests {
 
         for at in [dir.path().join("a-moved/mnt"), b.join("mnt")] {
             unmount(c(&at), UnmountFlags::DETACH).unwrap();
+        }
+    }
+
+    /// The id a keeper later unmounts by is read with the device, which
+    /// must be the one the mount table listed at the mount point: a link
+    /// swapped in above the mount point in between gives ESTALE, never the
+    /// id of the mount the link leads to.
+    #[test]
+    fn a_mounts_id_is_taken_only_with_the_device_the_table_lists() {
+        if !crate::root_or_skip("mounting") {
+            return;
+        }
+        let fx = LinkAbove::new();
+        let (a, b) = (fx.a.join("mnt"), fx.b.join("mnt"));
+        let listed = nexus_fs::fuse::mount_device(&a).unwrap();
+        assert_eq!(unique_id_of_listed(&c(&a), listed), Ok(fx.fuse_id));
+        let other = detached_tmpfs();
+        move_mount(
+            &other,
+            c"",
+            rustix::fs::CWD,
+            c(&b),
+            MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+        .unwrap();
+        fx.swap_in_link();
+        // What the path alone names now: the other mount.
+        assert_eq!(
+            unique_mount_id(rustix::fs::CWD, &c(&a)),
+            unique_mount_id(other.as_fd(), c"")
+        );
+        assert_eq!(unique_id_of_listed(&c(&a), listed), Err(libc::ESTALE));
+        fx.restore();
+        for at in [&a, &b] {
+            unmount(c(at), UnmountFlags::DETACH).unwrap();
         }
     }
 

@@ -691,13 +691,22 @@ fn keeper_plan(
                 false => nexus_fs::fuse::mount_device(path)
                     .with_context(|| format!("finding the device of {}", path.display()))?,
             };
+            // The id is read with the device, which must be the one the
+            // table lists: a link swapped in above the mount point between
+            // the two reads would have the keeper unmount another mount.
+            let unique_id = match covered {
+                true => None,
+                false => crate::nexus::kernel_view::unique_id_of_listed(&path_c, dev)
+                    .map_err(io::Error::from_raw_os_error)
+                    .with_context(|| {
+                        format!(
+                            "examining the mount on {} (a directory above it replaced by a link?)",
+                            path.display()
+                        )
+                    })?,
+            };
             Ok(KeptMount {
-                unique_id: match covered {
-                    true => None,
-                    false => crate::nexus::kernel_view::unique_mount_id(rustix::fs::CWD, &path_c)
-                        .ok()
-                        .flatten(),
-                },
+                unique_id,
                 path: path_c,
                 dev,
             })
