@@ -278,13 +278,7 @@ impl RuntimeRoot {
     /// temporary name is ours alone while we hold the lock. No fsync: a
     /// record means nothing once its process is gone, and a crash ends it.
     fn write(&self, served: &Served) -> Result<()> {
-        let text = encode_record(&ServedRecord {
-            pid: self.pid,
-            served: served.clone(),
-            started: self.started,
-            updated: now_secs(),
-            schema: Some(SCHEMA_VERSION),
-        })?;
+        let text = encode(&RecordFile::new(self.pid, served, self.started))?;
         let tmp = self.dir.join(format!(".{}{RECORD_SUFFIX}.tmp", self.stem));
         // A temporary file left by an earlier process of the same name.
         remove_if_present(&tmp)?;
@@ -628,7 +622,12 @@ pub fn encode_record(record: &ServedRecord) -> Result<Vec<u8>> {
     let mut file = RecordFile::new(record.pid, &record.served, record.started);
     file.updated = record.updated;
     file.schema = record.schema;
-    serde_json::to_vec_pretty(&file)
+    encode(&file)
+}
+
+/// A record file's bytes.
+fn encode(file: &RecordFile) -> Result<Vec<u8>> {
+    serde_json::to_vec_pretty(file)
         .map_err(|e| StoreError::Invalid(format!("encoding a runtime record: {e}")))
 }
 

@@ -487,13 +487,9 @@ fn overlay(
 /// FUSE mount): a mount of its kind, mounted there (a directory that is no
 /// mount point, on a root file system of that kind, is not one).
 fn covered(layer: &Layer, main: bool) -> Result<bool, Errno> {
-    covered_at(open_dir(&layer.path)?.as_fd(), main)
-}
-
-/// [`covered`] for the directory `at` (a mount point's, opened once).
-fn covered_at(at: BorrowedFd, main: bool) -> Result<bool, Errno> {
-    let kind = rustix::fs::fstatfs(at).map_err(errno)?.f_type;
-    Ok(kind == if main { OVERLAYFS_MAGIC } else { EROFS_MAGIC } && mount_point(at)?)
+    let at = open_dir(&layer.path)?;
+    let kind = rustix::fs::fstatfs(&at).map_err(errno)?.f_type;
+    Ok(kind == if main { OVERLAYFS_MAGIC } else { EROFS_MAGIC } && mount_point(at.as_fd())?)
 }
 
 /// Whether something is mounted at the directory `at`: the mount it
@@ -544,18 +540,8 @@ fn place(mnt: BorrowedFd, layer: &Layer, main: bool, fuse_id: Option<u64>) -> Re
     let at = open_dir(&layer.path)?;
     let kind = rustix::fs::fstatfs(&at).map_err(errno)?.f_type;
     let stacked = kind == if main { OVERLAYFS_MAGIC } else { EROFS_MAGIC };
-    let shown = SHOWN[usize::from(!main)].load(std::sync::atomic::Ordering::Relaxed);
     let ours = if stacked {
-        // The view this process showed last, else the predecessor's it
-        // found on top when it started: known by id, never by kind, so
-        // that another mount a link leads to is never taken for it.
-        let known = if shown != 0 {
-            Some(shown)
-        } else {
-            layer.predecessor
-        };
-        // Kernel views need Linux 6.12, which has unique ids.
-        known.is_some() && unique_mount_id(at.as_fd(), c"") == Ok(known)
+        our_view(layer, main, at.as_fd())
     } else if main {
         fuse_id.is_none_or(|id| unique_mount_id(at.as_fd(), c"") == Ok(Some(id)))
     } else {
@@ -579,6 +565,21 @@ fn place(mnt: BorrowedFd, layer: &Layer, main: bool, fuse_id: Option<u64>) -> Re
         unmount(path.as_cstr(), UnmountFlags::DETACH).map_err(errno)?;
     }
     Ok(())
+}
+
+/// Whether `at`, the mount the path of `layer` reached, is our view there:
+/// the one this process showed last, else the predecessor's its plan found
+/// on top when it started. Known by unique id, never by kind, so that
+/// another mount a link leads to is never taken for it (kernel views need
+/// Linux 6.12, which has unique ids).
+fn our_view(layer: &Layer, main: bool, at: BorrowedFd) -> bool {
+    let shown = SHOWN[usize::from(!main)].load(std::sync::atomic::Ordering::Relaxed);
+    let known = if shown != 0 {
+        Some(shown)
+    } else {
+        layer.predecessor
+    };
+    known.is_some() && unique_mount_id(at, c"") == Ok(known)
 }
 
 /// The unique mount ids (`STATX_MNT_ID_UNIQUE`) of the views this process
@@ -685,21 +686,13 @@ pub(super) fn show(plan: &Plan, data: BorrowedFd, with_index: bool) -> Result<()
 /// one this process showed last, or, if it showed none, the predecessor's
 /// its plan found there, by unique id. The path is resolved once.
 pub(super) fn remove(layer: &Layer, main: bool) -> Result<(), Errno> {
-    let shown = SHOWN[usize::from(!main)].load(std::sync::atomic::Ordering::Relaxed);
-    let known = if shown != 0 {
-        Some(shown)
-    } else {
-        layer.predecessor
-    };
     // A path that cannot be examined (the FUSE mount of a dead daemon on
     // top: ENOTCONN) has no view of ours on top: the mount below must
     // still be unmounted.
     let Ok(at) = open_dir(&layer.path) else {
         return Ok(());
     };
-    // Kernel views need Linux 6.12, which has unique ids.
-    let ours = known.is_some() && unique_mount_id(at.as_fd(), c"") == Ok(known);
-    if ours {
+    if our_view(layer, main, at.as_fd()) {
         // Through the descriptor: no name is looked up again.
         let path = FdPath::new(std::os::fd::AsRawFd::as_raw_fd(&at));
         unmount(path.as_cstr(), UnmountFlags::DETACH).map_err(errno)?;
