@@ -32,7 +32,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 
-use crate::attr::{Kind, Listing};
+use crate::attr::{Entry, Kind, Listing};
 use crate::error::Result;
 use crate::index::Index;
 use crate::view::View;
@@ -60,6 +60,68 @@ trait Served {
     /// The contents of the files shown that `decoded` holds a whole copy
     /// of, by blob id.
     fn copies(&self, decoded: &DecodedCopies<'_>) -> Result<Copies>;
+    /// The entries of directory `ino` but `.` and `..`, described.
+    fn entries(&self, ino: u64) -> Result<Vec<Described>> {
+        described_one_by_one(self, ino)
+    }
+}
+
+/// A directory entry with what an image holds of it besides its
+/// attributes.
+struct Described {
+    entry: Entry,
+    /// Extended attributes as `getxattr` answers them, in `listxattr`'s
+    /// order.
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// A symbolic link's target.
+    target: Option<Vec<u8>>,
+    /// A regular file's content (catalog blob id; `None` when empty).
+    blob: Option<i64>,
+}
+
+/// The entries of directory `ino` of `served` but `.` and `..`, from its
+/// listing and one call per entry for the rest.
+fn described_one_by_one<S: Served + ?Sized>(served: &S, ino: u64) -> Result<Vec<Described>> {
+    let listing = served.list(ino)?;
+    let mut out = Vec::with_capacity(listing.entries.len());
+    for entry in &listing.entries {
+        if entry.name == b"." || entry.name == b".." {
+            continue;
+        }
+        let ino = entry.attr.ino;
+        let (target, blob) = match entry.attr.kind {
+            Kind::Symlink => (Some(served.readlink(ino)?), None),
+            Kind::File => (None, served.content_blob(ino)?),
+            Kind::Dir => (None, None),
+        };
+        out.push(Described {
+            entry: entry.clone(),
+            xattrs: served.xattrs(ino)?,
+            target,
+            blob,
+        });
+    }
+    Ok(out)
+}
+
+/// Extended attributes of a catalog row as the view's `listxattr` and
+/// `getxattr` answer them: every name listed, each with the first value
+/// stored under it.
+fn as_answered(stored: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let unique = stored
+        .iter()
+        .enumerate()
+        .all(|(i, (name, _))| stored[..i].iter().all(|(n, _)| n != name));
+    if unique {
+        return stored;
+    }
+    stored
+        .iter()
+        .map(|(name, _)| {
+            let first = stored.iter().find(|(n, _)| n == name).map(|(_, v)| v);
+            (name.clone(), first.cloned().unwrap_or_default())
+        })
+        .collect()
 }
 
 /// Where a main image looks for decoded copies: the store's directory of
@@ -100,6 +162,39 @@ impl Served for View {
     }
     fn content_blob(&self, ino: u64) -> Result<Option<i64>> {
         View::content_blob(self, ino)
+    }
+    fn entries(&self, ino: u64) -> Result<Vec<Described>> {
+        // A package directory's rows hold everything: one query, and
+        // nothing kept in the caches the transports' requests use (a walk
+        // of every directory would only push out what they use, and leave
+        // its memory in this thread's allocator).
+        let Some(rows) = self.package_entries_unkept(ino)? else {
+            return described_one_by_one(self, ino);
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let attr = crate::attr::Attr::of_row(&row.inode)?;
+            let inode = row.inode;
+            let target = match inode.kind {
+                nexus_store::tree::InodeType::Symlink => inode.target,
+                _ => None,
+            };
+            let blob = match inode.kind {
+                nexus_store::tree::InodeType::File => inode.blob,
+                _ => None,
+            };
+            out.push(Described {
+                entry: Entry {
+                    name: row.name,
+                    attr,
+                    immutable: true,
+                },
+                xattrs: as_answered(inode.xattrs),
+                target,
+                blob,
+            });
+        }
+        Ok(out)
     }
     fn copies(&self, decoded: &DecodedCopies<'_>) -> Result<Copies> {
         // The names first: without copies, nothing else is asked. Then the
@@ -389,19 +484,16 @@ fn path_of(tree: &Tree, parents: &[Option<(usize, usize)>], i: usize) -> Vec<u8>
     path
 }
 
-/// Where the data-only layers hold the contents of regular file `ino` at
-/// `path`: its decoded copy (`/HASH`, found in the first layer) if
+/// Where the data-only layers hold the contents of a regular file of
+/// content `blob` at `path`: its decoded copy (`/HASH`, found in the first layer) if
 /// `copies` has one, else its own path, which overlayfs looks up in the
 /// FUSE mount (the first layer has no directory, so a path of several
 /// names is never found there, even under an App named like a copy).
-fn redirect(served: &impl Served, ino: u64, path: Vec<u8>, copies: &Copies) -> Result<Vec<u8>> {
-    if !copies.is_empty()
-        && let Some(blob) = served.content_blob(ino)?
-        && let Some(hash) = copies.get(&blob)
-    {
-        return Ok(format!("/{}", nexus_store::decoded::name(hash)).into_bytes());
+fn redirect(blob: Option<i64>, path: Vec<u8>, copies: &Copies) -> Vec<u8> {
+    if let Some(hash) = blob.and_then(|blob| copies.get(&blob)) {
+        return format!("/{}", nexus_store::decoded::name(hash)).into_bytes();
     }
-    Ok(path)
+    path
 }
 
 fn walk(served: &impl Served, decoded: Option<DecodedCopies<'_>>) -> Result<Tree> {
@@ -409,6 +501,11 @@ fn walk(served: &impl Served, decoded: Option<DecodedCopies<'_>>) -> Result<Tree
         Some(decoded) => served.copies(&decoded)?,
         None => Copies::new(),
     };
+    walk_redirecting(served, &copies)
+}
+
+/// The tree of `served`, its files with a copy in `copies` redirected to it.
+fn walk_redirecting(served: &impl Served, copies: &Copies) -> Result<Tree> {
     let root = served.root();
     let listing = served.list(root)?;
     let root_attr = &listing.entries[0].attr;
@@ -431,33 +528,27 @@ fn walk(served: &impl Served, decoded: Option<DecodedCopies<'_>>) -> Result<Tree
     seen.insert(root, 0);
     // Directories to list: (inode number, node index, path from the root).
     let mut pending: Vec<(u64, usize, Vec<u8>)> = vec![(root, 0, Vec::new())];
-    let mut first = Some(listing);
     while let Some((ino, index, path)) = pending.pop() {
-        let listing = match first.take() {
-            Some(listing) => listing,
-            None => served.list(ino)?,
-        };
         let mut entries = Vec::new();
-        for entry in &listing.entries {
-            if entry.name == b"." || entry.name == b".." {
-                continue;
-            }
-            let attr = &entry.attr;
-            let mut child_path = path.clone();
-            child_path.push(b'/');
-            child_path.extend_from_slice(&entry.name);
+        for described in served.entries(ino)? {
+            let Described {
+                entry: Entry { name, attr, .. },
+                xattrs,
+                target,
+                blob,
+            } = described;
             if let Some(&known) = seen.get(&attr.ino) {
                 if attr.kind != Kind::Dir {
-                    entries.push((entry.name.clone(), known));
+                    entries.push((name, known));
                 }
                 continue;
             }
+            let mut child_path = Vec::with_capacity(path.len() + 1 + name.len());
+            child_path.extend_from_slice(&path);
+            child_path.push(b'/');
+            child_path.extend_from_slice(&name);
             let node_index = tree.nodes.len();
-            let mut xattrs: Vec<_> = served
-                .xattrs(attr.ino)?
-                .into_iter()
-                .filter(|(name, _)| kept(name))
-                .collect();
+            let mut xattrs: Vec<_> = xattrs.into_iter().filter(|(n, _)| kept(n)).collect();
             let body = match attr.kind {
                 Kind::Dir => {
                     pending.push((attr.ino, node_index, child_path));
@@ -466,10 +557,10 @@ fn walk(served: &impl Served, decoded: Option<DecodedCopies<'_>>) -> Result<Tree
                         entries: Vec::new(),
                     }
                 }
-                Kind::Symlink => Body::Symlink(served.readlink(attr.ino)?),
+                Kind::Symlink => Body::Symlink(target.ok_or(crate::error::ViewError::WrongKind)?),
                 Kind::File => {
                     if attr.size > 0 && served.redirects() {
-                        let target = redirect(served, attr.ino, child_path, &copies)?;
+                        let target = redirect(blob, child_path, copies);
                         xattrs.push((METACOPY_XATTR.to_vec(), Vec::new()));
                         xattrs.push((REDIRECT_XATTR.to_vec(), target));
                     }
@@ -486,7 +577,7 @@ fn walk(served: &impl Served, decoded: Option<DecodedCopies<'_>>) -> Result<Tree
                 xattrs,
                 body,
             });
-            entries.push((entry.name.clone(), node_index));
+            entries.push((name, node_index));
         }
         if let Body::Dir { entries: e, .. } = &mut tree.nodes[index].body {
             *e = entries;

@@ -8,7 +8,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::erofs::{self, Body, ImageError, Node, Tree};
-use super::{LeftOut, METACOPY_XATTR, REDIRECT_XATTR, fit};
+use super::{
+    Copies, DecodedCopies, LeftOut, METACOPY_XATTR, REDIRECT_XATTR, Served, fit, walk_redirecting,
+};
+use crate::attr::Listing;
+use crate::error::Result;
+use crate::view::{GenerationChoice, View, ViewOptions};
 
 fn node(perm: u32, body: Body) -> Node {
     Node {
@@ -787,4 +792,107 @@ fn a_files_redirect_outlives_its_package_attributes() {
     assert_eq!(read.unwrap(), b"the contents");
     assert_eq!(listed.unwrap(), 3);
     assert_eq!(lost.unwrap_err().kind(), std::io::ErrorKind::NotFound);
+}
+
+/// The view walked only through the answers a transport gets, one call per
+/// entry, as every directory but a package's is walked.
+struct OneByOne<'a>(&'a View);
+
+impl Served for OneByOne<'_> {
+    fn root(&self) -> u64 {
+        Served::root(self.0)
+    }
+    fn list(&self, ino: u64) -> Result<std::sync::Arc<Listing>> {
+        self.0.list(ino)
+    }
+    fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
+        Served::readlink(self.0, ino)
+    }
+    fn xattrs(&self, ino: u64) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.0.xattrs(ino)
+    }
+    fn redirects(&self) -> bool {
+        self.0.redirects()
+    }
+    fn content_blob(&self, ino: u64) -> Result<Option<i64>> {
+        Served::content_blob(self.0, ino)
+    }
+    fn copies(&self, decoded: &DecodedCopies<'_>) -> Result<Copies> {
+        self.0.copies(decoded)
+    }
+}
+
+#[test]
+fn package_rows_make_the_tree_the_answers_make() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    nexus_store::Store::init(&store).unwrap();
+    let src = tmp.path().join("src");
+    for (version, extra) in [("1", "one"), ("2", "two")] {
+        let root = src.join(version);
+        std::fs::create_dir_all(root.join("bin")).unwrap();
+        std::fs::create_dir_all(root.join("share/doc/deep")).unwrap();
+        std::fs::write(root.join("bin/tool"), b"#!/bin/sh\necho tool\n").unwrap();
+        std::fs::set_permissions(
+            root.join("bin/tool"),
+            std::fs::Permissions::from_mode(0o4755),
+        )
+        .unwrap();
+        std::fs::hard_link(root.join("bin/tool"), root.join("bin/tool-again")).unwrap();
+        std::fs::write(root.join("share/doc/README"), "read me\n".repeat(500)).unwrap();
+        std::fs::write(root.join("share/doc/deep/only"), extra).unwrap();
+        std::fs::write(root.join("share/empty"), b"").unwrap();
+        std::os::unix::fs::symlink("../share/doc/README", root.join("bin/readme")).unwrap();
+        xattr::set(root.join("share/doc/README"), "user.nexus", b"\x00value").unwrap();
+        xattr::set(root.join("share/doc"), "user.dir", extra.as_bytes()).unwrap();
+        xattr::set(root.join("bin/tool"), "user.a", b"1").unwrap();
+        xattr::set(root.join("bin/tool"), "user.b", b"").unwrap();
+        let mut store = nexus_store::Store::open(&store).unwrap();
+        let dir = nexus_store::AddDir {
+            path: root,
+            name: "App".into(),
+            version: version.into(),
+        };
+        store
+            .add_dirs(
+                &[dir],
+                nexus_store::AddOptions::default(),
+                &nexus_store::NoProgress,
+            )
+            .unwrap();
+    }
+    let options = ViewOptions {
+        generation: GenerationChoice::Live,
+        cache_bytes: 8 << 20,
+        connections: 1,
+    };
+    let view = View::open(&store, options).unwrap();
+    // Every content "has a copy", named after its blob id, so that each
+    // file's redirect says which content the walk found for it.
+    let copies: Copies = (1..64i64)
+        .map(|blob| (blob, nexus_store::Hash::of(&blob.to_le_bytes())))
+        .collect();
+    let by_rows = walk_redirecting(&view, &copies).unwrap();
+    let by_answers = walk_redirecting(&OneByOne(&view), &copies).unwrap();
+    assert_eq!(by_rows.nodes, by_answers.nodes);
+    let paths = paths(&by_rows);
+    for path in ["App/1/bin/tool", "App/2/share/doc/deep/only", "App/Current"] {
+        assert!(paths.contains_key(path), "{path} missing from {paths:?}");
+    }
+    let tool = &by_rows.nodes[paths["App/1/bin/tool"]];
+    assert_eq!(paths["App/1/bin/tool"], paths["App/1/bin/tool-again"]);
+    let names: Vec<&[u8]> = tool.xattrs.iter().map(|(n, _)| &n[..]).collect();
+    assert_eq!(
+        names,
+        [&b"user.a"[..], b"user.b", METACOPY_XATTR, REDIRECT_XATTR]
+    );
+    // A package's own directory entries, read by rows, are the same
+    // entries its listing answers.
+    let dir = by_rows.nodes[paths["App/2/share/doc"]].clone();
+    let Body::Dir { entries, .. } = &dir.body else {
+        panic!("not a directory")
+    };
+    let listed: Vec<&[u8]> = entries.iter().map(|(n, _)| &n[..]).collect();
+    assert_eq!(listed, [&b"README"[..], b"deep"]);
 }

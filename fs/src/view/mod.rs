@@ -343,6 +343,20 @@ impl View {
         }
     }
 
+    /// The entries of package directory `ino` with their whole rows, read
+    /// without keeping any in the caches requests use (`None` when `ino` is
+    /// no package inode): for a walk of every directory (a kernel view's
+    /// image).
+    pub(crate) fn package_entries_unkept(
+        &self,
+        ino: u64,
+    ) -> Result<Option<Vec<nexus_store::catalog::DirEntryRow>>> {
+        match Self::node(ino)? {
+            Node::Package(id) => Ok(Some(self.packages.entries_unkept(&self.reader, id)?)),
+            _ => Ok(None),
+        }
+    }
+
     /// The target of symlink `ino`.
     pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
         match Self::node(ino)? {

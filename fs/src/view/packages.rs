@@ -18,7 +18,7 @@
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 
-use nexus_store::catalog::InodeRow;
+use nexus_store::catalog::{DirEntryRow, InodeRow};
 use nexus_store::read::Reader;
 use nexus_store::tree::InodeType;
 use quick_cache::Weighter;
@@ -233,6 +233,19 @@ impl Packages {
         });
         self.listings.insert(dir, listing.clone());
         Ok(listing)
+    }
+
+    /// The entries of package directory `dir`, rows whole, none kept: see
+    /// [`View::package_entries_unkept`](super::View::package_entries_unkept).
+    /// Every entry must belong to a package the view serves, as an inode
+    /// looked up must; a directory's entries are of its package.
+    pub(crate) fn entries_unkept(&self, reader: &Reader, dir: i64) -> Result<Vec<DirEntryRow>> {
+        let rows = reader.query(|c| c.dir_entries_without_hash(dir))?;
+        let served = self.served.read().unwrap_or_else(|p| p.into_inner());
+        if rows.iter().any(|row| !served.contains(&row.inode.package)) {
+            return Err(ViewError::NotFound);
+        }
+        Ok(rows)
     }
 
     /// The attributes of the directory whose entry names package inode `id`
