@@ -134,7 +134,13 @@ pub(crate) fn index_chunks(
     only: Option<&HashSet<Hash>>,
 ) -> Result<HashMap<Hash, i64>> {
     let wanted = |hash: &Hash| only.is_none_or(|set| set.contains(hash));
-    let written: Vec<&ChunkLocation> = batch.written.iter().filter(|l| wanted(&l.hash)).collect();
+    let mut written: Vec<&ChunkLocation> =
+        batch.written.iter().filter(|l| wanted(&l.hash)).collect();
+    // In hash order, the unique index on the hash is written from one end
+    // to the other instead of at random: each page of it is changed once
+    // (new keys after every existing one are appended). Nothing reads the
+    // chunks in id order; where they lie is their pack and offset.
+    written.sort_unstable_by(|a, b| a.hash.as_bytes().cmp(b.hash.as_bytes()));
     let mut pack_ids = HashMap::new();
     for pack in &batch.packs {
         let id = match batch.remote {
