@@ -749,3 +749,99 @@ fn a_second_daemon_is_not_stacked_on_a_live_mount() {
     );
     mount.umount();
 }
+
+/// `nexus ARGS` must fail (exit 1) naming `dir` as what others could
+/// change, and leave `point` unmounted.
+fn refused_for(store: &Path, args: &[&Path], dir: &Path, point: &Path) {
+    let mut argv: Vec<OsString> = Vec::new();
+    argv.extend(args.iter().map(|a| a.as_os_str().to_owned()));
+    let out = nexus(store, argv);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(
+        err.contains(&format!("the directory {} on the way", dir.display()))
+            && err.contains("writable by its group or by others"),
+        "{}",
+        show(&out)
+    );
+    assert!(!is_mounted(point), "{} was mounted", point.display());
+}
+
+/// A user who can rename an entry in a directory on the way to a mount
+/// point can make the same path reach another place, or another mount,
+/// between two of root's looks: a daemon restarted from systemd's
+/// descriptor store (which runs the same `nexus mount` command line) would
+/// then take whatever mount the path reaches for its own, detach its view
+/// or cover it with one. As root, `nexus mount` (for the mount point and
+/// the Index) and `nexus takeover` refuse such a way, symlinks followed
+/// out of such a directory included; a sticky directory is fine.
+#[test]
+fn a_mount_point_whose_way_others_can_change_is_refused_as_root() {
+    use std::os::unix::fs::PermissionsExt;
+    if !root_or_skip("a_mount_point_whose_way_others_can_change_is_refused_as_root") {
+        return;
+    }
+    let scratch = Scratch::new("mount-way");
+    let (store, _) = small_store(&scratch);
+    let mode = |p: &Path, m: u32| fs::set_permissions(p, fs::Permissions::from_mode(m)).unwrap();
+    let base = fs::canonicalize(scratch.path()).unwrap();
+    mode(&base, 0o755);
+    // Another user's writable directory holding the mount point.
+    let shared = base.join("shared");
+    fs::create_dir_all(shared.join("Programs")).unwrap();
+    mode(&shared, 0o777);
+    let mount = Path::new("mount");
+    refused_for(
+        store.path(),
+        &[mount, &shared.join("Programs")],
+        &shared,
+        &shared.join("Programs"),
+    );
+    // A link in such a directory, though it leads to root's own.
+    let trusted = base.join("trusted");
+    fs::create_dir_all(trusted.join("Programs")).unwrap();
+    fs::create_dir_all(trusted.join("Index")).unwrap();
+    std::os::unix::fs::symlink(trusted.join("Programs"), shared.join("link")).unwrap();
+    refused_for(
+        store.path(),
+        &[mount, &shared.join("link")],
+        &shared,
+        &trusted.join("Programs"),
+    );
+    // The Index directory likewise.
+    fs::create_dir_all(shared.join("Index")).unwrap();
+    refused_for(
+        store.path(),
+        &[
+            mount,
+            &trusted.join("Programs"),
+            Path::new("--index"),
+            &shared.join("Index"),
+        ],
+        &shared,
+        &trusted.join("Programs"),
+    );
+    // Root's own way mounts; a takeover through the link is refused and
+    // the daemon serving the mount goes on serving it.
+    let served = Mount::start(store.path(), &trusted.join("Programs"), &[]);
+    refused_for(
+        store.path(),
+        &[Path::new("takeover"), &shared.join("link")],
+        &shared,
+        &shared.join("link"),
+    );
+    assert!(alive(served.pid()), "the daemon serving the mount ended");
+    assert_eq!(
+        fs::read(served.join("small/1/bin/tool")).unwrap(),
+        b"#!/bin/sh\necho tool\n"
+    );
+    drop(served);
+    // A sticky directory others can write: they cannot move root's
+    // entries in it.
+    let sticky = base.join("sticky");
+    fs::create_dir_all(sticky.join("Programs")).unwrap();
+    mode(&sticky, 0o1777);
+    let served = Mount::start(store.path(), &sticky.join("Programs"), &[]);
+    assert!(is_mounted(&sticky.join("Programs")));
+    drop(served);
+}

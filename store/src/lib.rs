@@ -21,6 +21,7 @@ pub mod pack;
 pub mod params;
 pub mod read;
 pub mod regular;
+pub mod root_way;
 pub mod runtime;
 pub mod scan;
 pub mod tree;

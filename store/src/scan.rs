@@ -47,6 +47,7 @@ use rustix::fs::{self as rfs, FileType, Mode, OFlags, ResolveFlags, Stat};
 use rustix::io::Errno;
 
 use crate::error::{Result, StoreError};
+use crate::root_way::{WayError, distrust};
 use crate::tree::{Inode, InodeIndex, InodeKind, PathBudget, Tree, Xattrs, check_xattr};
 
 /// The group a file not owned by root is given instead of group 0 (the
@@ -284,23 +285,6 @@ fn running_as_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
-/// Why root would not trust `st` as part of a tree (or a directory above
-/// one), if it would not.
-fn distrust(st: &Stat) -> Option<String> {
-    if st.st_uid != 0 {
-        return Some(format!("owned by uid {}, not root", st.st_uid));
-    }
-    let kind = FileType::from_raw_mode(st.st_mode);
-    let sticky_dir = kind == FileType::Directory && st.st_mode & 0o1000 != 0;
-    if kind != FileType::Symlink && st.st_mode & 0o022 != 0 && !sticky_dir {
-        return Some(format!(
-            "writable by its group or by others (mode {:04o})",
-            st.st_mode & 0o7777
-        ));
-    }
-    None
-}
-
 fn untrusted(path: &Path, reason: String) -> StoreError {
     StoreError::UntrustedSource {
         path: path.to_path_buf(),
@@ -345,32 +329,31 @@ fn open_root(root: &Path, check_ancestors: bool) -> Result<OwnedFd> {
     if !check_ancestors {
         return rfs::openat(rfs::CWD, root, read_dir, Mode::empty()).map_err(open_err);
     }
-    // From `/` down, one component at a time and through no symlink, so the
-    // directories checked are the ones the tree is found through.
-    let canonical = std::fs::canonicalize(root).map_err(|e| StoreError::io(root, e))?;
-    let step = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let mut at = rfs::openat(rfs::CWD, "/", step, Mode::empty()).map_err(open_err)?;
-    let mut above = PathBuf::from("/");
-    for component in canonical.components() {
-        let Component::Normal(name) = component else {
-            continue;
-        };
-        let st = rfs::fstat(&at).map_err(|e| StoreError::io(&above, e.into()))?;
-        if let Some(reason) = distrust(&st) {
-            return Err(untrusted(
-                &above,
-                format!("a directory above the tree is {reason}"),
-            ));
+    let way_error = |e: WayError| match e {
+        WayError::Untrusted { path, reason } => {
+            untrusted(&path, format!("a directory above the tree is {reason}"))
         }
-        at = rfs::openat(&at, name, step, Mode::empty()).map_err(|e| match e {
-            Errno::LOOP => StoreError::SourceChanged {
-                path: canonical.clone(),
-                what: "a directory on its path was replaced by a symlink".into(),
-            },
-            e => open_err(e),
-        })?;
-        above.push(name);
-    }
+        WayError::Replaced { path } => StoreError::SourceChanged {
+            path,
+            what: "a directory on its path was replaced by a symlink".into(),
+        },
+        WayError::Io { path, source } => StoreError::io(&path, source),
+    };
+    // Resolved with the directories holding the symlinks it follows
+    // checked too, then walked again by descriptors to the tree.
+    let canonical = crate::root_way::resolve_checked(root).map_err(way_error)?;
+    let parent = crate::root_way::open_parent_checked(&canonical).map_err(way_error)?;
+    let Some(name) = canonical.file_name() else {
+        return rfs::openat(&parent, ".", read_dir, Mode::empty()).map_err(open_err);
+    };
+    let step = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let at = rfs::openat(&parent, name, step, Mode::empty()).map_err(|e| match e {
+        Errno::LOOP => StoreError::SourceChanged {
+            path: canonical.clone(),
+            what: "a directory on its path was replaced by a symlink".into(),
+        },
+        e => open_err(e),
+    })?;
     rfs::openat(&at, ".", read_dir, Mode::empty()).map_err(open_err)
 }
 

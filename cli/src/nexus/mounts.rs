@@ -183,6 +183,17 @@ fn beside(path: &Path) -> Result<PathBuf> {
 /// the one starting (a restart on the live mount), and the kernel would
 /// wait for it.
 pub fn check_dir(path: &Path, what: &str) -> Result<PathBuf> {
+    if crate::is_root() {
+        let canonical = resolved_way(path, what)?;
+        // Before anything stats it (even lstat asks a FUSE daemon).
+        if find_mount(&canonical)?.is_some_and(|m| m.is_nexus()) {
+            return Ok(canonical);
+        }
+        if !canonical.is_dir() {
+            bail!("{what} {} is not a directory", path.display());
+        }
+        return Ok(canonical);
+    }
     let canonical = beside(path).with_context(|| format!("{what} {}", path.display()))?;
     // Before anything stats it (even lstat asks a FUSE daemon).
     if find_mount(&canonical)?.is_some_and(|m| m.is_nexus()) {
@@ -197,6 +208,31 @@ pub fn check_dir(path: &Path, what: &str) -> Result<PathBuf> {
         bail!("{what} {} is not a directory", path.display());
     }
     Ok(canonical)
+}
+
+/// The canonical path of `path`, a place root mounts on (`what` names it),
+/// resolved so that root alone can change every directory the resolution
+/// passes through, those holding the symlinks it follows included
+/// (`nexus_store::root_way`); the place itself is not looked at. Otherwise
+/// a user who can rename or replace an entry in one of them could make the
+/// path reach elsewhere: have root mount there or show a kernel view
+/// there, or, when a daemon restarts on its predecessor's mounts, take
+/// whatever mount the path then reaches for the daemon's own and detach it
+/// or cover it with a view.
+pub fn resolved_way(path: &Path, what: &str) -> Result<PathBuf> {
+    match nexus_store::root_way::resolve_checked(path) {
+        Ok(canonical) => Ok(canonical),
+        Err(nexus_store::root_way::WayError::Untrusted { path: dir, reason }) => bail!(
+            "{what} {}: the directory {} on the way to it is {reason}; as root, nexus \
+             mounts only where root alone can change every directory on the way to the \
+             mount point, and every symlink followed there (owned by root, and writable by \
+             nobody else unless sticky), since whoever can rename an entry in one could \
+             make the path reach another mount",
+            path.display(),
+            dir.display()
+        ),
+        Err(e) => Err(e).with_context(|| format!("{what} {}", path.display())),
+    }
 }
 
 /// Whether `a` and `b` name the same place, by their canonical parents and

@@ -147,6 +147,20 @@ fn as_root_foreign_or_writable_trees_are_refused_unless_trusted() {
         "{err}"
     );
     scan_dir(&above.join("tree"), trusting(false)).unwrap();
+
+    // A symlink kept in such a directory, though it leads to root's tree:
+    // whoever writes the directory chooses what it leads to next time.
+    std::os::unix::fs::symlink(&root, above.join("link")).unwrap();
+    let err = scan_dir(&above.join("link"), ScanOptions::default())
+        .err()
+        .unwrap();
+    assert!(
+        matches!(&err, StoreError::UntrustedSource { path, .. } if *path == above),
+        "{err}"
+    );
+    // The same link in a directory only root can change is followed.
+    chmod(&above, 0o755);
+    scan_dir(&above.join("link"), ScanOptions::default()).unwrap();
 }
 
 #[test]

@@ -472,8 +472,11 @@ fn wait_for_exit(stream: &mut UnixStream, pid: u32) {
 /// The mount point of `path` if a nexus mount is there, for `nexus
 /// takeover`'s argument.
 pub fn canonical_mountpoint(path: &Path) -> Result<PathBuf> {
-    let canonical =
-        std::fs::canonicalize(path).with_context(|| format!("mount point {}", path.display()))?;
+    let canonical = if crate::is_root() {
+        crate::nexus::mounts::resolved_way(path, "mount point")?
+    } else {
+        std::fs::canonicalize(path).with_context(|| format!("mount point {}", path.display()))?
+    };
     match crate::nexus::mounts::find_served_mount(&canonical)? {
         Some(m) if m.is_nexus() => Ok(canonical),
         Some(m) => bail!(
