@@ -231,15 +231,24 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
-    #[test]
-    fn the_way_is_trusted_only_when_root_alone_can_change_it() {
+    /// A fresh directory only root can change (kept while the first is),
+    /// when running as root; `None`, saying so, otherwise.
+    fn root_owned_base() -> Option<(tempfile::TempDir, PathBuf)> {
         if !rustix::process::geteuid().is_root() {
             eprintln!("skipped: ownership by root needs root");
-            return;
+            return None;
         }
         let tmp = tempfile::tempdir().unwrap();
         let base = std::fs::canonicalize(tmp.path()).unwrap();
         std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Some((tmp, base))
+    }
+
+    #[test]
+    fn the_way_is_trusted_only_when_root_alone_can_change_it() {
+        let Some((_tmp, base)) = root_owned_base() else {
+            return;
+        };
         let dir = base.join("dir");
         std::fs::create_dir(&dir).unwrap();
         let target = dir.join("mnt");
@@ -291,13 +300,9 @@ mod tests {
 
     #[test]
     fn a_link_is_followed_only_out_of_a_directory_root_alone_can_change() {
-        if !rustix::process::geteuid().is_root() {
-            eprintln!("skipped: ownership by root needs root");
+        let Some((_tmp, base)) = root_owned_base() else {
             return;
-        }
-        let tmp = tempfile::tempdir().unwrap();
-        let base = std::fs::canonicalize(tmp.path()).unwrap();
-        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).unwrap();
+        };
         let real = base.join("real");
         std::fs::create_dir_all(real.join("Programs")).unwrap();
         // Plain, `.`/`..`, and the last component absent.
