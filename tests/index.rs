@@ -485,7 +485,9 @@ fn the_index_alone_can_be_unmounted_and_bad_index_directories_are_refused() {
         OsString::from("add"),
         scratch.join("src/small/1").into_os_string(),
     ]);
-    let point = scratch.join("mnt");
+    // Below a directory of the scratch one, so that the directory above the
+    // mount point is not sticky /tmp (refused first, see `mount`).
+    let point = scratch.join("top/mnt");
     fs::create_dir_all(point.join("inside")).unwrap();
 
     // Refused before anything is mounted.
@@ -493,7 +495,7 @@ fn the_index_alone_can_be_unmounted_and_bad_index_directories_are_refused() {
         (scratch.join("nonexistent"), "index directory"),
         (point.clone(), "must not contain each other"),
         (point.join("inside"), "must not contain each other"),
-        (scratch.path().to_path_buf(), "must not contain each other"),
+        (scratch.join("top"), "must not contain each other"),
     ] {
         let out = nexus(
             store.path(),

@@ -760,7 +760,7 @@ fn refused_for(store: &Path, args: &[&Path], dir: &Path, point: &Path) {
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     assert!(
         err.contains(&format!("the directory {} on the way", dir.display()))
-            && err.contains("writable by its group or by others"),
+            && err.contains("writable by"),
         "{}",
         show(&out)
     );
@@ -774,7 +774,8 @@ fn refused_for(store: &Path, args: &[&Path], dir: &Path, point: &Path) {
 /// then take whatever mount the path reaches for its own, detach its view
 /// or cover it with one. As root, `nexus mount` (for the mount point and
 /// the Index) and `nexus takeover` refuse such a way, symlinks followed
-/// out of such a directory included; a sticky directory is fine.
+/// out of such a directory included; a sticky directory is fine above the
+/// mount point's own.
 #[test]
 fn a_mount_point_whose_way_others_can_change_is_refused_as_root() {
     use std::os::unix::fs::PermissionsExt;
@@ -836,12 +837,30 @@ fn a_mount_point_whose_way_others_can_change_is_refused_as_root() {
         b"#!/bin/sh\necho tool\n"
     );
     drop(served);
-    // A sticky directory others can write: they cannot move root's
-    // entries in it.
+    // A sticky directory others can write: above the mount point it is
+    // fine (they cannot move root's entries in it); as the mount point's
+    // own directory it is not (another user could make the entry first, or
+    // swap it between the check and the mount), nor is a symlink another
+    // user keeps there followed.
     let sticky = base.join("sticky");
     fs::create_dir_all(sticky.join("Programs")).unwrap();
+    fs::create_dir_all(sticky.join("roots/Programs")).unwrap();
     mode(&sticky, 0o1777);
-    let served = Mount::start(store.path(), &sticky.join("Programs"), &[]);
-    assert!(is_mounted(&sticky.join("Programs")));
+    refused_for(
+        store.path(),
+        &[mount, &sticky.join("Programs")],
+        &sticky,
+        &sticky.join("Programs"),
+    );
+    std::os::unix::fs::symlink(trusted.join("Programs"), sticky.join("theirs")).unwrap();
+    std::os::unix::fs::lchown(sticky.join("theirs"), Some(65534), Some(65534)).unwrap();
+    refused_for(
+        store.path(),
+        &[mount, &sticky.join("theirs")],
+        &sticky,
+        &trusted.join("Programs"),
+    );
+    let served = Mount::start(store.path(), &sticky.join("roots/Programs"), &[]);
+    assert!(is_mounted(&sticky.join("roots/Programs")));
     drop(served);
 }

@@ -117,8 +117,51 @@ const MAX_LINKS: usize = 40;
 ///
 /// Checking only the canonical path is not enough: a symlink kept in a
 /// directory that another user can write leads wherever that user likes
-/// next time, though every directory on the canonical path is root's.
+/// next time, though every directory on the canonical path is root's. So a
+/// symlink is followed only out of a directory nobody but root can write,
+/// sticky or not: in a sticky directory (`/tmp`) a symlink is its creator's
+/// to replace, and a hard link to one of root's symlinks can be put there.
 pub fn resolve_checked(path: &Path) -> Result<PathBuf, WayError> {
+    resolve(path, Holder::MayBeSticky)
+}
+
+/// [`resolve_checked`] for a place root mounts on: the directory holding
+/// it must be writable by nobody but root, sticky or not. In a sticky
+/// directory another user could make the entry first, or swap it for a
+/// symlink between the check and the mount.
+pub fn resolve_mount_point(path: &Path) -> Result<PathBuf, WayError> {
+    resolve(path, Holder::RootsAlone)
+}
+
+/// What the directory holding the last component may be.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Holder {
+    /// Any directory root trusts on the way (a sticky one included).
+    MayBeSticky,
+    /// Only a directory nobody but root can write.
+    RootsAlone,
+}
+
+/// Refuses `at` (at `path`) as the directory a symlink is followed out of,
+/// or a mount point's, unless nobody but root can write it.
+fn roots_alone(at: &OwnedFd, path: &Path, why: &str) -> Result<(), WayError> {
+    let st = rfs::fstat(at).map_err(|e| WayError::Io {
+        path: path.to_path_buf(),
+        source: e.into(),
+    })?;
+    if st.st_mode & 0o022 != 0 {
+        return Err(WayError::Untrusted {
+            path: path.to_path_buf(),
+            reason: format!(
+                "writable by others (mode {:04o}), where {why}",
+                st.st_mode & 0o7777
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn resolve(path: &Path, holder: Holder) -> Result<PathBuf, WayError> {
     use std::collections::VecDeque;
     use std::ffi::OsString;
     let io = |path: &Path, e: Errno| WayError::Io {
@@ -181,6 +224,9 @@ pub fn resolve_checked(path: &Path) -> Result<PathBuf, WayError> {
                 Some(target) => target,
                 None => {
                     let mut done = here(&entered);
+                    if holder == Holder::RootsAlone {
+                        roots_alone(at, &done, "its entries are not root's alone to make")?;
+                    }
                     done.push(&name);
                     return Ok(done);
                 }
@@ -200,6 +246,7 @@ pub fn resolve_checked(path: &Path) -> Result<PathBuf, WayError> {
                 Err(e) => return Err(io(&here(&entered).join(&name), e)),
             }
         };
+        roots_alone(at, &here(&entered), "a symlink is its creator's to change")?;
         links += 1;
         if links > MAX_LINKS {
             return Err(io(&abs, Errno::LOOP));
@@ -217,13 +264,45 @@ fn check(at: &OwnedFd, path: &Path) -> Result<(), WayError> {
         path: path.to_path_buf(),
         source: e.into(),
     })?;
-    match distrust(&st) {
-        Some(reason) => Err(WayError::Untrusted {
-            path: path.to_path_buf(),
-            reason,
-        }),
-        None => Ok(()),
-    }
+    let reason = match distrust(&st) {
+        Some(reason) => reason,
+        None => {
+            // A FUSE server says who owns what: another user's (mounted with
+            // fusermount, and let in with allow_other) could say root.
+            let fs = rfs::fstatfs(at).map_err(|e| WayError::Io {
+                path: path.to_path_buf(),
+                source: e.into(),
+            })?;
+            let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+            if fs.f_type as i64 != FUSE_SUPER_MAGIC || fuse_mounted_by_root(st.st_dev, &table) {
+                return Ok(());
+            }
+            "on a FUSE file system another user mounted, whose server says who owns what"
+                .to_string()
+        }
+    };
+    Err(WayError::Untrusted {
+        path: path.to_path_buf(),
+        reason,
+    })
+}
+
+/// `FUSE_SUPER_MAGIC`, a FUSE file system's `statfs` type.
+const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+
+/// Whether the FUSE file system of device `dev` was mounted by root
+/// (`user_id=0` among its super block options in `table`, the text of
+/// `/proc/self/mountinfo`).
+fn fuse_mounted_by_root(dev: u64, table: &str) -> bool {
+    let device = format!("{}:{}", rfs::major(dev), rfs::minor(dev));
+    table
+        .lines()
+        .filter(|line| line.split(' ').nth(2) == Some(device.as_str()))
+        .any(|line| {
+            line.rsplit(' ')
+                .next()
+                .is_some_and(|options| options.split(',').any(|o| o == "user_id=0"))
+        })
 }
 
 #[cfg(test)]
@@ -242,6 +321,20 @@ mod tests {
         let base = std::fs::canonicalize(tmp.path()).unwrap();
         std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).unwrap();
         Some((tmp, base))
+    }
+
+    #[test]
+    fn only_a_fuse_file_system_root_mounted_is_taken_at_its_word() {
+        let table = "\
+36 35 0:45 / /home/alice/x rw,nosuid,nodev - fuse.sshfs alice@h:/ rw,user_id=1000,group_id=1000
+37 35 0:46 / /Programs ro,nodev - fuse.nexus /var/lib/nexus ro,user_id=0,group_id=0,default_permissions
+38 35 0:47 / /mnt/odd ro - fuse.odd odd ro,group_id=0,user_id=10
+";
+        let dev = |minor| rfs::makedev(0, minor);
+        assert!(!fuse_mounted_by_root(dev(45), table));
+        assert!(fuse_mounted_by_root(dev(46), table));
+        assert!(!fuse_mounted_by_root(dev(47), table));
+        assert!(!fuse_mounted_by_root(dev(48), table), "not listed");
     }
 
     #[test]
@@ -355,6 +448,32 @@ mod tests {
                 other => panic!("{} not refused: {other:?}", path.display()),
             }
         }
+        // Nor out of a sticky one: the link is its creator's to replace.
+        let sticky = base.join("sticky");
+        std::fs::create_dir(&sticky).unwrap();
+        std::os::unix::fs::symlink(&real, sticky.join("to-real")).unwrap();
+        std::fs::set_permissions(&sticky, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        match resolve_checked(&sticky.join("to-real/Programs")) {
+            Err(WayError::Untrusted { path, reason }) => {
+                assert_eq!(path, sticky);
+                assert!(reason.contains("1777"), "{reason}");
+            }
+            other => panic!("not refused: {other:?}"),
+        }
+        // A sticky directory may hold a tree's way, not a mount point.
+        std::fs::create_dir(sticky.join("Programs")).unwrap();
+        assert_eq!(
+            resolve_checked(&sticky.join("Programs")).unwrap(),
+            sticky.join("Programs")
+        );
+        assert!(matches!(
+            resolve_mount_point(&sticky.join("Programs")),
+            Err(WayError::Untrusted { path, .. }) if path == sticky
+        ));
+        assert_eq!(
+            resolve_mount_point(&links.join("rel/Programs")).unwrap(),
+            real.join("Programs")
+        );
         // And a loop ends.
         std::os::unix::fs::symlink(links.join("loop"), links.join("loop")).unwrap();
         assert!(resolve_checked(&links.join("loop/x")).is_err());

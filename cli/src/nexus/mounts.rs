@@ -212,21 +212,23 @@ pub fn check_dir(path: &Path, what: &str) -> Result<PathBuf> {
 
 /// The canonical path of `path`, a place root mounts on (`what` names it),
 /// resolved so that root alone can change every directory the resolution
-/// passes through, those holding the symlinks it follows included
-/// (`nexus_store::root_way`); the place itself is not looked at. Otherwise
+/// passes through, those holding the symlinks it follows and the place
+/// included (`nexus_store::root_way::resolve_mount_point`); the place
+/// itself is not looked at. Otherwise
 /// a user who can rename or replace an entry in one of them could make the
 /// path reach elsewhere: have root mount there or show a kernel view
 /// there, or, when a daemon restarts on its predecessor's mounts, take
 /// whatever mount the path then reaches for the daemon's own and detach it
 /// or cover it with a view.
 pub fn resolved_way(path: &Path, what: &str) -> Result<PathBuf> {
-    match nexus_store::root_way::resolve_checked(path) {
+    match nexus_store::root_way::resolve_mount_point(path) {
         Ok(canonical) => Ok(canonical),
         Err(nexus_store::root_way::WayError::Untrusted { path: dir, reason }) => bail!(
             "{what} {}: the directory {} on the way to it is {reason}; as root, nexus \
-             mounts only where root alone can change every directory on the way to the \
-             mount point, and every symlink followed there (owned by root, and writable by \
-             nobody else unless sticky), since whoever can rename an entry in one could \
+             mounts only where root alone can change the way to the mount point: every \
+             directory on it owned by root and writable by nobody else (sticky ones \
+             excepted above the mount point), and symlinks followed only out of directories \
+             nobody else can write, since whoever can rename or make an entry in one could \
              make the path reach another mount",
             path.display(),
             dir.display()

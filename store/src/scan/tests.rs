@@ -158,6 +158,16 @@ fn as_root_foreign_or_writable_trees_are_refused_unless_trusted() {
         matches!(&err, StoreError::UntrustedSource { path, .. } if *path == above),
         "{err}"
     );
+    // Sticky, others cannot move root's entries there, but the link is its
+    // creator's to replace.
+    chmod(&above, 0o1777);
+    let err = scan_dir(&above.join("link"), ScanOptions::default())
+        .err()
+        .unwrap();
+    assert!(
+        matches!(&err, StoreError::UntrustedSource { path, .. } if *path == above),
+        "{err}"
+    );
     // The same link in a directory only root can change is followed.
     chmod(&above, 0o755);
     scan_dir(&above.join("link"), ScanOptions::default()).unwrap();
