@@ -774,8 +774,8 @@ fn refused_for(store: &Path, args: &[&Path], dir: &Path, point: &Path) {
 /// then take whatever mount the path reaches for its own, detach its view
 /// or cover it with one. As root, `nexus mount` (for the mount point and
 /// the Index) and `nexus takeover` refuse such a way, symlinks followed
-/// out of such a directory included; a sticky directory is fine above the
-/// mount point's own.
+/// out of such a directory included; a sticky directory holding root's
+/// own directories is fine.
 #[test]
 fn a_mount_point_whose_way_others_can_change_is_refused_as_root() {
     use std::os::unix::fs::PermissionsExt;
@@ -837,29 +837,34 @@ fn a_mount_point_whose_way_others_can_change_is_refused_as_root() {
         b"#!/bin/sh\necho tool\n"
     );
     drop(served);
-    // A sticky directory others can write: above the mount point it is
-    // fine (they cannot move root's entries in it); as the mount point's
-    // own directory it is not (another user could make the entry first, or
-    // swap it between the check and the mount), nor is a symlink another
-    // user keeps there followed.
+    // A sticky directory others can write: others cannot move root's
+    // entries in it, so it may hold root's mount point or a directory
+    // above it; but not another user's directory as the mount point (they
+    // could swap it between the check and the mount), nor is a symlink
+    // another user keeps there followed.
     let sticky = base.join("sticky");
-    fs::create_dir_all(sticky.join("Programs")).unwrap();
+    fs::create_dir_all(sticky.join("theirs")).unwrap();
+    std::os::unix::fs::lchown(sticky.join("theirs"), Some(65534), Some(65534)).unwrap();
     fs::create_dir_all(sticky.join("roots/Programs")).unwrap();
     mode(&sticky, 0o1777);
     refused_for(
         store.path(),
-        &[mount, &sticky.join("Programs")],
+        &[mount, &sticky.join("theirs")],
         &sticky,
-        &sticky.join("Programs"),
+        &sticky.join("theirs"),
     );
-    std::os::unix::fs::symlink(trusted.join("Programs"), sticky.join("theirs")).unwrap();
-    std::os::unix::fs::lchown(sticky.join("theirs"), Some(65534), Some(65534)).unwrap();
+    std::os::unix::fs::symlink(trusted.join("Programs"), sticky.join("link")).unwrap();
+    std::os::unix::fs::lchown(sticky.join("link"), Some(65534), Some(65534)).unwrap();
     refused_for(
         store.path(),
-        &[mount, &sticky.join("theirs")],
+        &[mount, &sticky.join("link")],
         &sticky,
         &trusted.join("Programs"),
     );
+    // Root's own directory in it, or below one of root's there, mounts.
+    let served = Mount::start(store.path(), &sticky.join("roots"), &[]);
+    assert!(is_mounted(&sticky.join("roots")));
+    drop(served);
     let served = Mount::start(store.path(), &sticky.join("roots/Programs"), &[]);
     assert!(is_mounted(&sticky.join("roots/Programs")));
     drop(served);

@@ -13,7 +13,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
-use rustix::fs::{self as rfs, FileType, Mode, OFlags, Stat};
+use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, Stat, StatxFlags};
 use rustix::io::Errno;
 
 /// Why the way to a path is not root's alone, or could not be walked.
@@ -34,8 +34,9 @@ pub enum WayError {
         /// The path walked.
         path: PathBuf,
     },
-    /// A directory on the way could not be opened or examined.
-    #[error("{path}: {source}")]
+    /// A directory on the way could not be opened or examined (the
+    /// cause is the error's source).
+    #[error("{path}")]
     Io {
         /// The directory.
         path: PathBuf,
@@ -73,6 +74,7 @@ pub fn open_parent_checked(canonical: &Path) -> Result<OwnedFd, WayError> {
         path: path.to_path_buf(),
         source: e.into(),
     };
+    let table = mount_table();
     let step = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let root = Path::new("/");
     let mut at = rfs::openat(rfs::CWD, root, step, Mode::empty()).map_err(|e| io(root, e))?;
@@ -88,7 +90,7 @@ pub fn open_parent_checked(canonical: &Path) -> Result<OwnedFd, WayError> {
         return Ok(at);
     };
     for name in parents {
-        check(&at, &above)?;
+        check(&at, &above, &table)?;
         above.push(name);
         at = rfs::openat(&at, *name, step, Mode::empty()).map_err(|e| match e {
             // With O_PATH and O_NOFOLLOW a symlink is ENOTDIR (O_DIRECTORY)
@@ -99,7 +101,7 @@ pub fn open_parent_checked(canonical: &Path) -> Result<OwnedFd, WayError> {
             e => io(&above, e),
         })?;
     }
-    check(&at, &above)?;
+    check(&at, &above, &table)?;
     Ok(at)
 }
 
@@ -126,9 +128,9 @@ pub fn resolve_checked(path: &Path) -> Result<PathBuf, WayError> {
 }
 
 /// [`resolve_checked`] for a place root mounts on: the directory holding
-/// it must be writable by nobody but root, sticky or not. In a sticky
-/// directory another user could make the entry first, or swap it for a
-/// symlink between the check and the mount.
+/// it must be writable by nobody but root, or be sticky and hold a
+/// directory of root's there. Otherwise another user could make the entry
+/// first, or swap it for a symlink between the check and the mount.
 pub fn resolve_mount_point(path: &Path) -> Result<PathBuf, WayError> {
     resolve(path, Holder::RootsAlone)
 }
@@ -142,8 +144,8 @@ enum Holder {
     RootsAlone,
 }
 
-/// Refuses `at` (at `path`) as the directory a symlink is followed out of,
-/// or a mount point's, unless nobody but root can write it.
+/// Refuses `at` (at `path`) as the directory a symlink is followed out of
+/// unless nobody but root can write it.
 fn roots_alone(at: &OwnedFd, path: &Path, why: &str) -> Result<(), WayError> {
     let st = rfs::fstat(at).map_err(|e| WayError::Io {
         path: path.to_path_buf(),
@@ -153,7 +155,7 @@ fn roots_alone(at: &OwnedFd, path: &Path, why: &str) -> Result<(), WayError> {
         return Err(WayError::Untrusted {
             path: path.to_path_buf(),
             reason: format!(
-                "writable by others (mode {:04o}), where {why}",
+                "writable by its group or by others (mode {:04o}), where {why}",
                 st.st_mode & 0o7777
             ),
         });
@@ -172,11 +174,12 @@ fn resolve(path: &Path, holder: Holder) -> Result<PathBuf, WayError> {
         path: path.to_path_buf(),
         source,
     })?;
+    let table = mount_table();
     let step = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let open_root = || {
         let root = Path::new("/");
         let at = rfs::openat(rfs::CWD, root, step, Mode::empty()).map_err(|e| io(root, e))?;
-        check(&at, root)?;
+        check(&at, root, &table)?;
         Ok::<_, WayError>(at)
     };
     // The directories entered, from `/` (its descriptor is `root`).
@@ -223,19 +226,18 @@ fn resolve(path: &Path, holder: Holder) -> Result<PathBuf, WayError> {
             match link(at)? {
                 Some(target) => target,
                 None => {
-                    let mut done = here(&entered);
+                    let holding = here(&entered);
                     if holder == Holder::RootsAlone {
-                        roots_alone(at, &done, "its entries are not root's alone to make")?;
+                        holds_only_roots(at, &holding, &name, &table)?;
                     }
-                    done.push(&name);
-                    return Ok(done);
+                    return Ok(holding.join(&name));
                 }
             }
         } else {
             match rfs::openat(at, &name, step, Mode::empty()) {
                 Ok(fd) => {
                     let path = here(&entered).join(&name);
-                    check(&fd, &path)?;
+                    check(&fd, &path, &table)?;
                     entered.push((fd, name));
                     continue;
                 }
@@ -246,7 +248,11 @@ fn resolve(path: &Path, holder: Holder) -> Result<PathBuf, WayError> {
                 Err(e) => return Err(io(&here(&entered).join(&name), e)),
             }
         };
-        roots_alone(at, &here(&entered), "a symlink is its creator's to change")?;
+        roots_alone(
+            at,
+            &here(&entered),
+            "a symlink there is its creator's to change",
+        )?;
         links += 1;
         if links > MAX_LINKS {
             return Err(io(&abs, Errno::LOOP));
@@ -255,53 +261,132 @@ fn resolve(path: &Path, holder: Holder) -> Result<PathBuf, WayError> {
             entered.clear();
         }
     }
-    Ok(here(&entered))
+    // Ended on a directory entered (a last `..`, or `/`): its holder is
+    // the one entered before it.
+    let done = here(&entered);
+    if holder == Holder::RootsAlone
+        && let Some(((_, name), above)) = entered.split_last()
+    {
+        let at = above.last().map_or(&root, |(fd, _)| fd);
+        let holding = here(above);
+        holds_only_roots(at, &holding, name, &table)?;
+    }
+    Ok(done)
 }
 
-/// Checks that root alone can change the directory `at` (at `path`).
-fn check(at: &OwnedFd, path: &Path) -> Result<(), WayError> {
+/// Checks that the entry `name` of directory `at` (at `path`) is a place
+/// only root can change: `at` writable by nobody but root, or, sticky, the
+/// entry a directory of root's (nobody else can move or remove it then).
+/// The entry is examined without asking a FUSE server (it may be a mount
+/// whose server is gone).
+fn holds_only_roots(
+    at: &OwnedFd,
+    path: &Path,
+    name: &std::ffi::OsStr,
+    table: &str,
+) -> Result<(), WayError> {
+    let why = "its entries are not root's alone to make or replace";
     let st = rfs::fstat(at).map_err(|e| WayError::Io {
         path: path.to_path_buf(),
         source: e.into(),
     })?;
-    let reason = match distrust(&st) {
-        Some(reason) => reason,
-        None => {
-            // A FUSE server says who owns what: another user's (mounted with
-            // fusermount, and let in with allow_other) could say root.
-            let fs = rfs::fstatfs(at).map_err(|e| WayError::Io {
-                path: path.to_path_buf(),
-                source: e.into(),
-            })?;
-            let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-            if fs.f_type as i64 != FUSE_SUPER_MAGIC || fuse_mounted_by_root(st.st_dev, &table) {
-                return Ok(());
-            }
-            "on a FUSE file system another user mounted, whose server says who owns what"
-                .to_string()
-        }
-    };
-    Err(WayError::Untrusted {
+    if st.st_mode & 0o022 == 0 {
+        return Ok(());
+    }
+    let entry = path.join(name);
+    let refused = || WayError::Untrusted {
         path: path.to_path_buf(),
-        reason,
-    })
+        reason: format!(
+            "writable by others (mode {:04o}) and {} is not a directory of root's, so {why}",
+            st.st_mode & 0o7777,
+            entry.display()
+        ),
+    };
+    let sticky = st.st_mode & 0o1000 != 0;
+    if !sticky {
+        return Err(refused());
+    }
+    let found = rfs::statx(
+        at,
+        name,
+        AtFlags::SYMLINK_NOFOLLOW | AtFlags::STATX_DONT_SYNC | AtFlags::NO_AUTOMOUNT,
+        StatxFlags::TYPE | StatxFlags::UID,
+    );
+    match found {
+        Ok(found)
+            if found.stx_uid == 0
+                && FileType::from_raw_mode(u32::from(found.stx_mode)) == FileType::Directory
+                && !foreign_fuse(
+                    rfs::makedev(found.stx_dev_major, found.stx_dev_minor),
+                    table,
+                ) =>
+        {
+            Ok(())
+        }
+        _ => Err(refused()),
+    }
 }
 
-/// `FUSE_SUPER_MAGIC`, a FUSE file system's `statfs` type.
-const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+/// Checks that root alone can change the directory `at` (at `path`);
+/// `table` is the text of `/proc/self/mountinfo`. A FUSE file system
+/// another user mounted is refused before anything asks its server (which
+/// could say root owns what it likes, or never answer).
+pub(crate) fn check(at: &OwnedFd, path: &Path, table: &str) -> Result<(), WayError> {
+    let io = |e: Errno| WayError::Io {
+        path: path.to_path_buf(),
+        source: e.into(),
+    };
+    // The device alone: nothing is asked of the file system's server.
+    let dev = rfs::statx(
+        at,
+        c"",
+        AtFlags::EMPTY_PATH | AtFlags::STATX_DONT_SYNC,
+        StatxFlags::empty(),
+    )
+    .map_err(io)?;
+    if foreign_fuse(rfs::makedev(dev.stx_dev_major, dev.stx_dev_minor), table) {
+        return Err(WayError::Untrusted {
+            path: path.to_path_buf(),
+            reason: FOREIGN_FUSE.to_string(),
+        });
+    }
+    let st = rfs::fstat(at).map_err(io)?;
+    match distrust(&st) {
+        Some(reason) => Err(WayError::Untrusted {
+            path: path.to_path_buf(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
 
-/// Whether the FUSE file system of device `dev` was mounted by root
-/// (`user_id=0` among its super block options in `table`, the text of
-/// `/proc/self/mountinfo`).
-fn fuse_mounted_by_root(dev: u64, table: &str) -> bool {
+/// Why a directory on a FUSE file system another user mounted is refused.
+pub(crate) const FOREIGN_FUSE: &str =
+    "on a FUSE file system another user mounted, whose server says who owns what";
+
+/// The text of `/proc/self/mountinfo` (empty if it cannot be read: then no
+/// mount is known to be a FUSE one, and `fstat` decides).
+pub(crate) fn mount_table() -> String {
+    std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default()
+}
+
+/// Whether device `dev` is a FUSE file system (`fuse`, `fuse.*`,
+/// `fuseblk`) that root did not mount (no `user_id=0` among its super
+/// block options in `table`, the text of `/proc/self/mountinfo`).
+/// Root-mounted FUSE servers (sshfs, bindfs, a nexus mount) are trusted as
+/// root's own, by design.
+pub(crate) fn foreign_fuse(dev: u64, table: &str) -> bool {
     let device = format!("{}:{}", rfs::major(dev), rfs::minor(dev));
     table
         .lines()
         .filter(|line| line.split(' ').nth(2) == Some(device.as_str()))
-        .any(|line| {
-            line.rsplit(' ')
-                .next()
-                .is_some_and(|options| options.split(',').any(|o| o == "user_id=0"))
+        .filter_map(|line| line.split_once(" - ").map(|(_, tail)| tail))
+        .any(|tail| {
+            let mut fields = tail.split(' ');
+            let kind = fields.next().unwrap_or_default();
+            let options = fields.nth(1).unwrap_or_default();
+            (kind == "fuse" || kind == "fuseblk" || kind.starts_with("fuse."))
+                && !options.split(',').any(|o| o == "user_id=0")
         })
 }
 
@@ -327,14 +412,70 @@ mod tests {
     fn only_a_fuse_file_system_root_mounted_is_taken_at_its_word() {
         let table = "\
 36 35 0:45 / /home/alice/x rw,nosuid,nodev - fuse.sshfs alice@h:/ rw,user_id=1000,group_id=1000
-37 35 0:46 / /Programs ro,nodev - fuse.nexus /var/lib/nexus ro,user_id=0,group_id=0,default_permissions
-38 35 0:47 / /mnt/odd ro - fuse.odd odd ro,group_id=0,user_id=10
+37 35 0:46 / /Programs ro,nodev shared:7 - fuse.nexus /var/lib/nexus ro,user_id=0,group_id=0
+38 35 0:47 / /mnt/odd ro - fuse odd ro,group_id=0,user_id=10
+39 35 0:48 / /mnt/a\\040b ro - fuse.x user_id=0 ro,user_id=10
+40 35 8:1 / / rw - ext4 /dev/vda rw
 ";
-        let dev = |minor| rfs::makedev(0, minor);
-        assert!(!fuse_mounted_by_root(dev(45), table));
-        assert!(fuse_mounted_by_root(dev(46), table));
-        assert!(!fuse_mounted_by_root(dev(47), table));
-        assert!(!fuse_mounted_by_root(dev(48), table), "not listed");
+        let dev = |major, minor| rfs::makedev(major, minor);
+        assert!(foreign_fuse(dev(0, 45), table));
+        assert!(!foreign_fuse(dev(0, 46), table));
+        assert!(foreign_fuse(dev(0, 47), table));
+        assert!(
+            foreign_fuse(dev(0, 48), table),
+            "the source is not the options"
+        );
+        assert!(!foreign_fuse(dev(8, 1), table), "not FUSE");
+        assert!(!foreign_fuse(dev(0, 49), table), "not listed");
+    }
+
+    /// A FUSE file system at `at` that nobody serves, mounted with
+    /// `user_id` as its owner; its `/dev/fuse` descriptor.
+    fn unserved_fuse(at: &Path, user_id: u32) -> OwnedFd {
+        let dev = rfs::open("/dev/fuse", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty()).unwrap();
+        let options = std::ffi::CString::new(format!(
+            "fd={},rootmode=40000,user_id={user_id},group_id={user_id},allow_other",
+            std::os::fd::AsRawFd::as_raw_fd(&dev)
+        ))
+        .unwrap();
+        let point = std::ffi::CString::new(at.as_os_str().as_bytes()).unwrap();
+        // SAFETY: mount(2) of a FUSE file system on our own directory.
+        let rc = unsafe {
+            libc::mount(
+                c"test".as_ptr(),
+                point.as_ptr(),
+                c"fuse.test".as_ptr(),
+                libc::MS_RDONLY | libc::MS_NODEV | libc::MS_NOSUID,
+                options.as_ptr().cast(),
+            )
+        };
+        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+        dev
+    }
+
+    #[test]
+    fn another_users_fuse_mount_on_the_way_is_refused_without_asking_it() {
+        let Some((_tmp, base)) = root_owned_base() else {
+            return;
+        };
+        let mnt = base.join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        let _dev = unserved_fuse(&mnt, 65534);
+        // Nobody serves it: anything asking the server would wait forever.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let way = mnt.join("Programs");
+        std::thread::spawn(move || {
+            let _ = tx.send(resolve_checked(&way).map_err(|e| e.to_string()));
+        });
+        let got = rx.recv_timeout(std::time::Duration::from_secs(10));
+        let point = std::ffi::CString::new(mnt.as_os_str().as_bytes()).unwrap();
+        // SAFETY: umount2 of the mount made above.
+        unsafe { libc::umount2(point.as_ptr(), libc::MNT_DETACH) };
+        match got {
+            Ok(Err(e)) => assert!(e.contains("another user mounted"), "{e}"),
+            Ok(Ok(path)) => panic!("{} taken", path.display()),
+            Err(_) => panic!("the check asked the FUSE server"),
+        }
     }
 
     #[test]
@@ -403,15 +544,13 @@ mod tests {
             resolve_checked(&real.join("Programs")).unwrap(),
             real.join("Programs")
         );
-        assert_eq!(
-            resolve_checked(&real.join("./x/../Programs"))
-                .unwrap_err()
-                .to_string(),
-            format!(
-                "{}: No such file or directory (os error 2)",
-                real.join("x").display()
-            )
-        );
+        match resolve_checked(&real.join("./x/../Programs")) {
+            Err(WayError::Io { path, source }) => {
+                assert_eq!(path, real.join("x"));
+                assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+            }
+            other => panic!("{other:?}"),
+        }
         assert_eq!(
             resolve_checked(&real.join("absent")).unwrap(),
             real.join("absent")
@@ -460,15 +599,40 @@ mod tests {
             }
             other => panic!("not refused: {other:?}"),
         }
-        // A sticky directory may hold a tree's way, not a mount point.
-        std::fs::create_dir(sticky.join("Programs")).unwrap();
-        assert_eq!(
-            resolve_checked(&sticky.join("Programs")).unwrap(),
-            sticky.join("Programs")
-        );
+        // A sticky directory holds a mount point only if the entry is a
+        // directory of root's (nobody else can move or remove it), also
+        // when the path ends in `..`.
+        std::fs::create_dir_all(sticky.join("Programs/inner")).unwrap();
+        std::fs::create_dir(sticky.join("theirs")).unwrap();
+        std::os::unix::fs::chown(sticky.join("theirs"), Some(65534), None).unwrap();
+        for roots in [sticky.join("Programs"), sticky.join("Programs/inner/..")] {
+            assert_eq!(
+                resolve_mount_point(&roots).unwrap(),
+                sticky.join("Programs")
+            );
+        }
+        for (theirs, named) in [
+            (sticky.join("theirs"), "theirs"),
+            (sticky.join("absent"), "absent"),
+            (sticky.join("Programs/../theirs"), "theirs"),
+        ] {
+            match resolve_mount_point(&theirs) {
+                Err(WayError::Untrusted { path, reason }) => {
+                    assert_eq!(path, sticky);
+                    assert!(reason.contains(named), "{reason}");
+                }
+                other => panic!("{} not refused: {other:?}", theirs.display()),
+            }
+            // A tree's way may end there (the tree itself is checked).
+            assert!(resolve_checked(&theirs).is_ok());
+        }
+        // A group-writable directory holds no mount point at all.
+        let group = base.join("group");
+        std::fs::create_dir_all(group.join("Programs")).unwrap();
+        std::fs::set_permissions(&group, std::fs::Permissions::from_mode(0o775)).unwrap();
         assert!(matches!(
-            resolve_mount_point(&sticky.join("Programs")),
-            Err(WayError::Untrusted { path, .. }) if path == sticky
+            resolve_mount_point(&group.join("Programs")),
+            Err(WayError::Untrusted { path, .. }) if path == group
         ));
         assert_eq!(
             resolve_mount_point(&links.join("rel/Programs")).unwrap(),

@@ -343,17 +343,21 @@ fn open_root(root: &Path, check_ancestors: bool) -> Result<OwnedFd> {
     // checked too, then walked again by descriptors to the tree.
     let canonical = crate::root_way::resolve_checked(root).map_err(way_error)?;
     let parent = crate::root_way::open_parent_checked(&canonical).map_err(way_error)?;
-    let Some(name) = canonical.file_name() else {
-        return rfs::openat(&parent, ".", read_dir, Mode::empty()).map_err(open_err);
+    let at = match canonical.file_name() {
+        Some(name) => {
+            let step = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            rfs::openat(&parent, name, step, Mode::empty()).map_err(open_err)?
+        }
+        None => parent,
     };
-    let step = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let at = rfs::openat(&parent, name, step, Mode::empty()).map_err(|e| match e {
-        Errno::LOOP => StoreError::SourceChanged {
-            path: canonical.clone(),
-            what: "a directory on its path was replaced by a symlink".into(),
+    // The tree's own file system too, before anything asks its server (a
+    // FUSE server another user runs says who owns what).
+    crate::root_way::check(&at, &canonical, &crate::root_way::mount_table()).map_err(
+        |e| match e {
+            WayError::Untrusted { path, reason } => untrusted(&path, reason),
+            e => way_error(e),
         },
-        e => open_err(e),
-    })?;
+    )?;
     rfs::openat(&at, ".", read_dir, Mode::empty()).map_err(open_err)
 }
 
@@ -379,6 +383,11 @@ struct Walk<'a> {
     budget: PathBudget,
     /// The path, below the root, of the directory being read.
     relative: Vec<u8>,
+    /// Devices of the file systems found in the tree so far that are not a
+    /// FUSE one another user mounted.
+    devices_trusted: std::collections::HashSet<u64>,
+    /// The mount table, read when a device is first met.
+    mount_table: Option<String>,
 }
 
 impl Walk<'_> {
@@ -410,11 +419,25 @@ impl Walk<'_> {
         Ok(xattrs)
     }
 
-    fn trust(&self, st: &Stat, path: &Path) -> Result<()> {
-        match distrust(st).filter(|_| self.check_owner) {
-            Some(reason) => Err(untrusted(path, reason)),
-            None => Ok(()),
+    fn trust(&mut self, st: &Stat, path: &Path) -> Result<()> {
+        if !self.check_owner {
+            return Ok(());
         }
+        if let Some(reason) = distrust(st) {
+            return Err(untrusted(path, reason));
+        }
+        // Another file system mounted inside the tree: not a FUSE one
+        // another user serves.
+        if !self.devices_trusted.contains(&st.st_dev) {
+            let table = self
+                .mount_table
+                .get_or_insert_with(crate::root_way::mount_table);
+            if crate::root_way::foreign_fuse(st.st_dev, table) {
+                return Err(untrusted(path, crate::root_way::FOREIGN_FUSE.into()));
+            }
+            self.devices_trusted.insert(st.st_dev);
+        }
+        Ok(())
     }
 
     /// Reads the directory `dir` (the tree's inode `dir_inode`, `depth`
@@ -597,6 +620,8 @@ pub fn scan_dir(root: &Path, options: ScanOptions) -> Result<ScannedTree> {
         hardlinks: HashMap::new(),
         budget: PathBudget::default(),
         relative: Vec::new(),
+        devices_trusted: std::collections::HashSet::new(),
+        mount_table: None,
     };
     walk.trust(&st, root)?;
     let xattrs = walk.read_xattrs(root_fd.as_fd(), root)?;

@@ -225,11 +225,12 @@ pub fn resolved_way(path: &Path, what: &str) -> Result<PathBuf> {
         Ok(canonical) => Ok(canonical),
         Err(nexus_store::root_way::WayError::Untrusted { path: dir, reason }) => bail!(
             "{what} {}: the directory {} on the way to it is {reason}; as root, nexus \
-             mounts only where root alone can change the way to the mount point: every \
-             directory on it owned by root and writable by nobody else (sticky ones \
-             excepted above the mount point), and symlinks followed only out of directories \
-             nobody else can write, since whoever can rename or make an entry in one could \
-             make the path reach another mount",
+             mounts only where root alone can change the way (whoever can rename or make an \
+             entry on it could make the path reach another mount): every directory on it \
+             root's and writable by nobody else, or sticky, symlinks followed only out of \
+             directories nobody else can write, and the mount point a directory of root's. \
+             Mount below a directory only root can write, e.g. `mkdir -m 0755 /tmp/nexus` \
+             and a mount point in it",
             path.display(),
             dir.display()
         ),
