@@ -134,40 +134,30 @@ fn as_root_foreign_or_writable_trees_are_refused_unless_trusted() {
     scan_dir(&root, trusting(false)).unwrap();
     chmod(&root.join("share"), 0o755);
 
+    // Refused as untrusted, naming `dir`.
+    let refused_naming = |tree: &Path, dir: &Path| {
+        let err = scan_dir(tree, ScanOptions::default()).err().unwrap();
+        assert!(
+            matches!(&err, StoreError::UntrustedSource { path, .. } if path == dir),
+            "{err}"
+        );
+    };
     // A directory above the tree that others can write to (without the
     // sticky bit, they could swap the whole tree).
     let above = dir.path().join("open");
     fs::create_dir_all(above.join("tree")).unwrap();
     chmod(&above, 0o777);
-    let err = scan_dir(&above.join("tree"), ScanOptions::default())
-        .err()
-        .unwrap();
-    assert!(
-        matches!(&err, StoreError::UntrustedSource { path, .. } if *path == above),
-        "{err}"
-    );
+    refused_naming(&above.join("tree"), &above);
     scan_dir(&above.join("tree"), trusting(false)).unwrap();
 
     // A symlink kept in such a directory, though it leads to root's tree:
     // whoever writes the directory chooses what it leads to next time.
     std::os::unix::fs::symlink(&root, above.join("link")).unwrap();
-    let err = scan_dir(&above.join("link"), ScanOptions::default())
-        .err()
-        .unwrap();
-    assert!(
-        matches!(&err, StoreError::UntrustedSource { path, .. } if *path == above),
-        "{err}"
-    );
+    refused_naming(&above.join("link"), &above);
     // Sticky, others cannot move root's entries there, but the link is its
     // creator's to replace.
     chmod(&above, 0o1777);
-    let err = scan_dir(&above.join("link"), ScanOptions::default())
-        .err()
-        .unwrap();
-    assert!(
-        matches!(&err, StoreError::UntrustedSource { path, .. } if *path == above),
-        "{err}"
-    );
+    refused_naming(&above.join("link"), &above);
     // The same link in a directory only root can change is followed.
     chmod(&above, 0o755);
     scan_dir(&above.join("link"), ScanOptions::default()).unwrap();
