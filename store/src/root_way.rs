@@ -1,10 +1,18 @@
 //! Whether root alone can change the way to a path: the rule root applies
 //! before it trusts what a path reaches (git's `safe.directory` rule).
-//! Every directory on the way must be owned by root and writable by nobody
-//! else, a sticky directory excepted (others cannot rename or remove
-//! root's entries in it). Whoever could write one of them could rename a
-//! directory below it, or swap in a symlink, and have the same path reach
-//! another tree, or another mount, between two of root's looks.
+//! Whoever could write a directory on the way could rename a directory
+//! below it, or swap in a symlink, and have the same path reach another
+//! tree, or another mount, between two of root's looks. So:
+//!
+//! - every directory on the way is owned by root and writable by nobody
+//!   else, a sticky directory excepted (others cannot rename or remove
+//!   root's entries in it);
+//! - a symlink is followed only out of a directory nobody but root can
+//!   write, sticky or not (in a sticky one it is its creator's to replace);
+//! - a directory on a FUSE file system counts only if root mounted it: the
+//!   server of another user's says who owns what, and is never asked;
+//! - a place root mounts on is, besides, held by a directory nobody but
+//!   root can write, or is a directory of root's in a sticky one.
 //!
 //! Used for the trees root imports (`scan`) and the places root mounts on
 //! (`nexus mount`, its Index, `nexus takeover`).
@@ -140,7 +148,8 @@ pub fn resolve_mount_point(path: &Path) -> Result<PathBuf, WayError> {
 enum Holder {
     /// Any directory root trusts on the way (a sticky one included).
     MayBeSticky,
-    /// Only a directory nobody but root can write.
+    /// A directory nobody but root can write, or a sticky one whose entry
+    /// is a directory of root's.
     RootsAlone,
 }
 
@@ -163,6 +172,7 @@ fn roots_alone(at: &OwnedFd, path: &Path, why: &str) -> Result<(), WayError> {
     Ok(())
 }
 
+/// [`resolve_checked`], with what the last component's directory may be.
 fn resolve(path: &Path, holder: Holder) -> Result<PathBuf, WayError> {
     use std::collections::VecDeque;
     use std::ffi::OsString;
