@@ -70,6 +70,26 @@ pub(crate) fn distrust(st: &Stat) -> Option<String> {
     None
 }
 
+/// How every directory on a way is opened: only as a place, never through
+/// a symlink.
+const STEP: OFlags = OFlags::PATH
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+
+/// The error of a failed step at `path`.
+fn io_error(path: &Path, e: Errno) -> WayError {
+    WayError::Io {
+        path: path.to_path_buf(),
+        source: e.into(),
+    }
+}
+
+/// The status of directory `at` (at `path`).
+fn stat_of(at: &OwnedFd, path: &Path) -> Result<Stat, WayError> {
+    rfs::fstat(at).map_err(|e| io_error(path, e))
+}
+
 /// Opens (`O_PATH`) the directory holding `canonical`, an absolute path
 /// with no symlink, `.` or `..` in it, after checking that root alone can
 /// change it and every directory above it: walked down from `/` one
@@ -78,14 +98,9 @@ pub(crate) fn distrust(st: &Stat) -> Option<String> {
 /// opened nor examined (it may be a mount whose server is gone). For `/`,
 /// `/` itself, unchecked.
 pub fn open_parent_checked(canonical: &Path) -> Result<OwnedFd, WayError> {
-    let io = |path: &Path, e: Errno| WayError::Io {
-        path: path.to_path_buf(),
-        source: e.into(),
-    };
     let table = mount_table();
-    let step = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let root = Path::new("/");
-    let mut at = rfs::openat(rfs::CWD, root, step, Mode::empty()).map_err(|e| io(root, e))?;
+    let mut at = rfs::openat(rfs::CWD, root, STEP, Mode::empty()).map_err(|e| io_error(root, e))?;
     let mut above = PathBuf::from("/");
     let names: Vec<_> = canonical
         .components()
@@ -100,13 +115,13 @@ pub fn open_parent_checked(canonical: &Path) -> Result<OwnedFd, WayError> {
     for name in parents {
         check(&at, &above, &table)?;
         above.push(name);
-        at = rfs::openat(&at, *name, step, Mode::empty()).map_err(|e| match e {
+        at = rfs::openat(&at, *name, STEP, Mode::empty()).map_err(|e| match e {
             // With O_PATH and O_NOFOLLOW a symlink is ENOTDIR (O_DIRECTORY)
             // rather than ELOOP.
             Errno::LOOP | Errno::NOTDIR => WayError::Replaced {
                 path: canonical.to_path_buf(),
             },
-            e => io(&above, e),
+            e => io_error(&above, e),
         })?;
     }
     check(&at, &above, &table)?;
@@ -155,16 +170,14 @@ enum Holder {
 
 /// Refuses `at` (at `path`) as the directory a symlink is followed out of
 /// unless nobody but root can write it.
-fn roots_alone(at: &OwnedFd, path: &Path, why: &str) -> Result<(), WayError> {
-    let st = rfs::fstat(at).map_err(|e| WayError::Io {
-        path: path.to_path_buf(),
-        source: e.into(),
-    })?;
+fn links_followable(at: &OwnedFd, path: &Path) -> Result<(), WayError> {
+    let st = stat_of(at, path)?;
     if st.st_mode & 0o022 != 0 {
         return Err(WayError::Untrusted {
             path: path.to_path_buf(),
             reason: format!(
-                "writable by its group or by others (mode {:04o}), where {why}",
+                "writable by its group or by others (mode {:04o}), where a symlink \
+                 there is its creator's to change",
                 st.st_mode & 0o7777
             ),
         });
@@ -176,24 +189,15 @@ fn roots_alone(at: &OwnedFd, path: &Path, why: &str) -> Result<(), WayError> {
 fn resolve(path: &Path, holder: Holder) -> Result<PathBuf, WayError> {
     use std::collections::VecDeque;
     use std::ffi::OsString;
-    let io = |path: &Path, e: Errno| WayError::Io {
-        path: path.to_path_buf(),
-        source: e.into(),
-    };
     let abs = std::path::absolute(path).map_err(|source| WayError::Io {
         path: path.to_path_buf(),
         source,
     })?;
     let table = mount_table();
-    let step = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let open_root = || {
-        let root = Path::new("/");
-        let at = rfs::openat(rfs::CWD, root, step, Mode::empty()).map_err(|e| io(root, e))?;
-        check(&at, root, &table)?;
-        Ok::<_, WayError>(at)
-    };
     // The directories entered, from `/` (its descriptor is `root`).
-    let root = open_root()?;
+    let slash = Path::new("/");
+    let root = rfs::openat(rfs::CWD, slash, STEP, Mode::empty()).map_err(|e| io_error(slash, e))?;
+    check(&root, slash, &table)?;
     let mut entered: Vec<(OwnedFd, OsString)> = Vec::new();
     let mut pending: VecDeque<OsString> = VecDeque::new();
     let push_front = |pending: &mut VecDeque<OsString>, path: &Path| -> bool {
@@ -230,7 +234,7 @@ fn resolve(path: &Path, holder: Holder) -> Result<PathBuf, WayError> {
                 target.as_bytes(),
             )))),
             Err(Errno::INVAL | Errno::NOENT) => Ok(None),
-            Err(e) => Err(io(&here(&entered).join(&name), e)),
+            Err(e) => Err(io_error(&here(&entered).join(&name), e)),
         };
         let target = if pending.is_empty() {
             match link(at)? {
@@ -244,7 +248,7 @@ fn resolve(path: &Path, holder: Holder) -> Result<PathBuf, WayError> {
                 }
             }
         } else {
-            match rfs::openat(at, &name, step, Mode::empty()) {
+            match rfs::openat(at, &name, STEP, Mode::empty()) {
                 Ok(fd) => {
                     let path = here(&entered).join(&name);
                     check(&fd, &path, &table)?;
@@ -253,19 +257,15 @@ fn resolve(path: &Path, holder: Holder) -> Result<PathBuf, WayError> {
                 }
                 Err(Errno::NOTDIR | Errno::LOOP) => match link(at)? {
                     Some(target) => target,
-                    None => return Err(io(&here(&entered).join(&name), Errno::NOTDIR)),
+                    None => return Err(io_error(&here(&entered).join(&name), Errno::NOTDIR)),
                 },
-                Err(e) => return Err(io(&here(&entered).join(&name), e)),
+                Err(e) => return Err(io_error(&here(&entered).join(&name), e)),
             }
         };
-        roots_alone(
-            at,
-            &here(&entered),
-            "a symlink there is its creator's to change",
-        )?;
+        links_followable(at, &here(&entered))?;
         links += 1;
         if links > MAX_LINKS {
-            return Err(io(&abs, Errno::LOOP));
+            return Err(io_error(&abs, Errno::LOOP));
         }
         if push_front(&mut pending, &target) {
             entered.clear();
@@ -296,10 +296,7 @@ fn holds_only_roots(
     table: &str,
 ) -> Result<(), WayError> {
     let why = "its entries are not root's alone to make or replace";
-    let st = rfs::fstat(at).map_err(|e| WayError::Io {
-        path: path.to_path_buf(),
-        source: e.into(),
-    })?;
+    let st = stat_of(at, path)?;
     if st.st_mode & 0o022 == 0 {
         return Ok(());
     }
@@ -342,10 +339,6 @@ fn holds_only_roots(
 /// another user mounted is refused before anything asks its server (which
 /// could say root owns what it likes, or never answer).
 pub(crate) fn check(at: &OwnedFd, path: &Path, table: &str) -> Result<(), WayError> {
-    let io = |e: Errno| WayError::Io {
-        path: path.to_path_buf(),
-        source: e.into(),
-    };
     // The device alone: nothing is asked of the file system's server.
     let dev = rfs::statx(
         at,
@@ -353,14 +346,14 @@ pub(crate) fn check(at: &OwnedFd, path: &Path, table: &str) -> Result<(), WayErr
         AtFlags::EMPTY_PATH | AtFlags::STATX_DONT_SYNC,
         StatxFlags::empty(),
     )
-    .map_err(io)?;
+    .map_err(|e| io_error(path, e))?;
     if foreign_fuse(rfs::makedev(dev.stx_dev_major, dev.stx_dev_minor), table) {
         return Err(WayError::Untrusted {
             path: path.to_path_buf(),
             reason: FOREIGN_FUSE.to_string(),
         });
     }
-    let st = rfs::fstat(at).map_err(io)?;
+    let st = stat_of(at, path)?;
     match distrust(&st) {
         Some(reason) => Err(WayError::Untrusted {
             path: path.to_path_buf(),
