@@ -183,18 +183,14 @@ fn beside(path: &Path) -> Result<PathBuf> {
 /// the one starting (a restart on the live mount), and the kernel would
 /// wait for it.
 pub fn check_dir(path: &Path, what: &str) -> Result<PathBuf> {
-    if crate::is_root() {
-        let canonical = resolved_way(path, what)?;
-        // Before anything stats it (even lstat asks a FUSE daemon).
-        if find_mount(&canonical)?.is_some_and(|m| m.is_nexus()) {
-            return Ok(canonical);
-        }
-        if !canonical.is_dir() {
-            bail!("{what} {} is not a directory", path.display());
-        }
-        return Ok(canonical);
-    }
-    let canonical = beside(path).with_context(|| format!("{what} {}", path.display()))?;
+    // As root the whole way is resolved and checked (the last name
+    // included, never stat'ed); otherwise the parent, and the last name
+    // below unless a nexus mount is there.
+    let canonical = if crate::is_root() {
+        resolved_way(path, what)?
+    } else {
+        beside(path).with_context(|| format!("{what} {}", path.display()))?
+    };
     // Before anything stats it (even lstat asks a FUSE daemon).
     if find_mount(&canonical)?.is_some_and(|m| m.is_nexus()) {
         return Ok(canonical);
