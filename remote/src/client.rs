@@ -14,7 +14,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
+use object_store::{
+    GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
+    UpdateVersion,
+};
 use tokio::runtime::Runtime;
 
 use crate::error::{RemoteError, Result};
@@ -211,24 +214,41 @@ impl Client {
     }
 
     /// The bytes `range` of object `key`, exactly that many: a shorter or
-    /// longer answer is an error.
+    /// longer answer is an error. An answer is read only until it holds
+    /// more than was asked for: the server declares its body's length, and
+    /// gathering a body of any declared length would let it take any amount
+    /// of memory (as [`Client::get`] bounds whole objects).
     pub fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
         let path = self.path(key);
         let want = range.end - range.start;
-        let bytes = self
-            .with_retries(key, || self.store.get_range(&path, range.clone()))?
+        let fetched = self
+            .with_retries(key, || async {
+                let options = GetOptions {
+                    range: Some(GetRange::Bounded(range.clone())),
+                    ..GetOptions::default()
+                };
+                let result = self.store.get_opts(&path, options).await?;
+                let mut stream = result.into_stream();
+                let mut buf = Vec::with_capacity(usize::try_from(want).unwrap_or(0));
+                while let Some(part) = stream.next().await {
+                    let part = part?;
+                    if (buf.len() + part.len()) as u64 > want {
+                        return Ok(Err((buf.len() + part.len()) as u64));
+                    }
+                    buf.extend_from_slice(&part);
+                }
+                Ok(Ok(Bytes::from(buf)))
+            })?
             .ok_or_else(|| self.unavailable(key, "no such object"))?;
-        if bytes.len() as u64 != want {
-            return Err(self.unavailable(
-                key,
-                format!(
-                    "asked for {want} bytes at {}, got {}",
-                    range.start,
-                    bytes.len()
-                ),
-            ));
-        }
-        Ok(bytes)
+        let got = match fetched {
+            Ok(bytes) if bytes.len() as u64 == want => return Ok(bytes),
+            Ok(bytes) => format!("{}", bytes.len()),
+            Err(more) => format!("{more} or more"),
+        };
+        Err(self.unavailable(
+            key,
+            format!("asked for {want} bytes at {}, got {got}", range.start),
+        ))
     }
 
     /// Writes object `key` as `mode` says. Not retried (a retried

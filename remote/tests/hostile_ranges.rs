@@ -1,0 +1,211 @@
+//! A mirror that answers a pack's range request with the right status and
+//! `Content-Range` but a body of any declared length must be refused once
+//! it has sent more than was asked for, never gathered: a daemon reading
+//! lazily would otherwise hold whatever the server streams until the read
+//! deadline. Alone in its test binary, so that the process's peak memory is
+//! this test's.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+
+use nexus_npk::{KeyStore, Scope};
+use nexus_remote::client::Timeouts;
+use nexus_remote::publish::{PublishOptions, publish};
+use nexus_remote::pull::{PullOptions, pull};
+use nexus_remote::{endpoint_of, open_reader};
+use nexus_store::catalog::NewRemote;
+use nexus_store::read::ReaderOptions;
+use nexus_store::{AddDir, AddOptions, NoProgress, Store};
+
+/// The body length the mirror declares for every range: a terabyte.
+const DECLARED: u64 = 1 << 40;
+
+/// The process's peak resident memory, in bytes.
+fn peak_rss() -> u64 {
+    let status = fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib << 10
+}
+
+/// Serves the files of `root` over HTTP/1.1: whole objects as they are,
+/// and every range request with a correct `206` head declaring
+/// [`DECLARED`] bytes, followed by zeros until the client hangs up.
+fn serve_hostile(listener: TcpListener, root: PathBuf) {
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { return };
+        let root = root.clone();
+        std::thread::spawn(move || answer(stream, &root));
+    }
+}
+
+fn answer(stream: TcpStream, root: &Path) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut out = stream;
+    loop {
+        let mut request = String::new();
+        if reader.read_line(&mut request).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut range = None;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some(value) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
+                let (start, end) = value.split_once('-').unwrap();
+                range = Some((start.parse::<u64>().unwrap(), end.parse::<u64>().unwrap()));
+            }
+        }
+        let mut parts = request.split_whitespace();
+        let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
+        let file = root.join(path.trim_start_matches('/'));
+        let Ok(bytes) = fs::read(&file) else {
+            let _ = out.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+            continue;
+        };
+        match range {
+            Some((start, end)) => {
+                let head = format!(
+                    "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {start}-{end}/{}\r\n\
+                     Content-Length: {DECLARED}\r\n\r\n",
+                    bytes.len()
+                );
+                if out.write_all(head.as_bytes()).is_err() {
+                    return;
+                }
+                let zeros = vec![0u8; 1 << 16];
+                while out.write_all(&zeros).is_ok() {}
+                return;
+            }
+            None => {
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", bytes.len());
+                if out.write_all(head.as_bytes()).is_err() {
+                    return;
+                }
+                if method != "HEAD" && out.write_all(&bytes).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_range_answer_longer_than_asked_is_refused_without_being_held() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = KeyStore::new(tmp.path().join("keys"));
+    keys.generate("pub").unwrap();
+    let mut host = Store::init(&tmp.path().join("a")).unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    let noise: Vec<u8> = (0..400_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    fs::write(src.join("f"), &noise).unwrap();
+    host.add_dirs(
+        &[AddDir {
+            path: src,
+            name: "tool".into(),
+            version: "1".into(),
+        }],
+        AddOptions::default(),
+        &NoProgress,
+    )
+    .unwrap();
+
+    // Published to a directory, which the hostile mirror then serves.
+    let published = tmp.path().join("published");
+    let dir_row = host
+        .catalog()
+        .add_remote(&NewRemote {
+            name: "origin".into(),
+            url: format!("file://{}", published.display()),
+            endpoint: None,
+            region: None,
+            domain: "origin".into(),
+        })
+        .unwrap();
+    let (reader, _) = open_reader(host.dir(), ReaderOptions::default()).unwrap();
+    publish(
+        &host,
+        &reader,
+        &endpoint_of(&dir_row).unwrap(),
+        &keys.secret("pub").unwrap(),
+        &PublishOptions {
+            generation: None,
+            keys: &keys,
+            key_name: "pub",
+            trust: &keys.trust_set().unwrap(),
+            domain: "origin",
+            expires_in: None,
+            fresh: false,
+        },
+        &NoProgress,
+    )
+    .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || serve_hostile(listener, published));
+
+    let mut subscriber = Store::init(&tmp.path().join("b")).unwrap();
+    let row = subscriber
+        .catalog()
+        .add_remote(&NewRemote {
+            name: "mirror".into(),
+            url: format!("http://127.0.0.1:{port}"),
+            endpoint: None,
+            region: None,
+            domain: "origin".into(),
+        })
+        .unwrap();
+    let trusted = KeyStore::new(tmp.path().join("keys-b"));
+    trusted
+        .trust(
+            &keys.public_file("pub").unwrap(),
+            Scope::Images {
+                domain: "origin".into(),
+            },
+        )
+        .unwrap();
+    pull(
+        &mut subscriber,
+        &row,
+        &trusted.trust_set().unwrap(),
+        Timeouts::default(),
+        PullOptions::default(),
+    )
+    .unwrap();
+
+    let before = peak_rss();
+    let (reader, _) = open_reader(subscriber.dir(), ReaderOptions::default()).unwrap();
+    let package = subscriber.catalog().package("tool", "1").unwrap().unwrap();
+    let inode = subscriber.resolve(&package, b"f").unwrap();
+    let started = std::time::Instant::now();
+    let err = reader
+        .copy_content(inode.blob.unwrap(), &mut Vec::new())
+        .unwrap_err()
+        .to_string();
+    let grown = peak_rss().saturating_sub(before);
+    assert!(
+        err.contains("or more"),
+        "the over-long range answer was not refused as such: {err}"
+    );
+    assert!(
+        grown < 256 << 20,
+        "a range answer of a declared terabyte took {} MiB",
+        grown >> 20
+    );
+    assert!(
+        started.elapsed() < Timeouts::default().read,
+        "the refusal waited for the read deadline ({:?})",
+        started.elapsed()
+    );
+}
