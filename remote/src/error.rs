@@ -103,6 +103,15 @@ pub enum RemoteError {
         /// What is wrong.
         why: String,
     },
+    /// A `file://` remote's directory that others could change, which a
+    /// publisher refuses to write into.
+    #[error("{path} is {why}: a publisher writes only into directories nobody else can change")]
+    UnsafeDir {
+        /// The directory (or file) refused.
+        path: PathBuf,
+        /// Who owns it or may change it.
+        why: String,
+    },
     /// The store has no remote of that name.
     #[error("no remote named {0}")]
     UnknownRemote(String),

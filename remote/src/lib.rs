@@ -27,6 +27,7 @@ pub mod cache;
 pub mod client;
 pub mod error;
 pub mod fetcher;
+pub mod file_remote;
 pub mod location;
 pub mod manifest;
 pub mod meta;

@@ -11,7 +11,8 @@
 //! and the other fails naming the conflict. A `file://` remote has no
 //! conditional replace: publishers of one directory take turns on an
 //! exclusive lock of `DIR/.nexus-publish.lock` (a lease the kernel ends
-//! with the process), and the manifest is renamed into place.
+//! with the process), and the manifest is renamed into place; the
+//! directory must be one nobody else can change ([`crate::file_remote`]).
 //!
 //! Packs on the remote are not the store's packs: they hold exactly the
 //! chunks of published generations. A chunk an earlier publish put there
@@ -120,14 +121,17 @@ pub fn publish(
         return Err(RemoteError::ReadOnly(endpoint.name.clone()));
     }
     let _lease = match &endpoint.location {
-        Location::File { dir } => Some(lease(dir)?),
+        Location::File { dir } => {
+            let dir = crate::file_remote::ready(dir)?;
+            Some(crate::file_remote::lease(
+                &dir,
+                crate::file_remote::LEASE_WAIT,
+            )?)
+        }
         _ => None,
     };
     // Publishing waits for large uploads; the read deadline still bounds
     // every read.
-    if let Location::File { dir } = &endpoint.location {
-        std::fs::create_dir_all(dir).map_err(|e| RemoteError::io(dir, e))?;
-    }
     let client = Client::open(endpoint, Timeouts::default())?;
     let remote = endpoint.name.clone();
 
@@ -760,49 +764,4 @@ fn lay_out(
         send(open, &mut done)?;
     }
     Ok(done)
-}
-
-/// The publish lease of a `file://` remote: an exclusive lock held until
-/// the returned file is dropped (or the process ends).
-fn lease(dir: &std::path::Path) -> Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::create_dir_all(dir).map_err(|e| RemoteError::io(dir, e))?;
-    let path = dir.join(".nexus-publish.lock");
-    // Never through a symlink: others may write the directory (a web
-    // server's), and a planted link would have root create its target.
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&path)
-        .map_err(|e| RemoteError::io(&path, e))?;
-    file.lock().map_err(|e| RemoteError::io(&path, e))?;
-    Ok(file)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Root publishing to a `file://` directory another user can write
-    /// (a web server's document root) opened the lease file by name,
-    /// through whatever symlink was planted there: a dangling one made
-    /// root create the file it names (`/etc/nologin`, anywhere).
-    #[test]
-    fn the_publish_lease_never_follows_a_planted_symlink() {
-        let dir = tempfile::tempdir().unwrap();
-        let victim = dir.path().join("victim");
-        let remote = dir.path().join("remote");
-        std::fs::create_dir(&remote).unwrap();
-        std::os::unix::fs::symlink(&victim, remote.join(".nexus-publish.lock")).unwrap();
-        assert!(lease(&remote).is_err());
-        assert!(
-            std::fs::symlink_metadata(&victim).is_err(),
-            "the lease created the symlink's target"
-        );
-        std::fs::remove_file(remote.join(".nexus-publish.lock")).unwrap();
-        drop(lease(&remote).unwrap());
-        assert!(remote.join(".nexus-publish.lock").is_file());
-    }
 }
