@@ -23,6 +23,7 @@ use std::io::{self, Read, Write};
 use std::ops::Range;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use nexus_store::catalog::RemoteRow;
@@ -218,6 +219,10 @@ impl FetcherServer {
 pub struct FetcherLink {
     pool: Mutex<Pool>,
     returned: Condvar,
+    /// How long a request waits for a connection to come free: the
+    /// streams' read timeout, so that a reader queued behind others fails
+    /// within one deadline, not one per request ahead of it.
+    wait: Option<Duration>,
 }
 
 /// The connections not in use, and how many still work.
@@ -230,12 +235,16 @@ impl FetcherLink {
     /// Requests go over `streams` (whose read timeout bounds a fetcher
     /// that stopped answering).
     pub fn new(streams: Vec<UnixStream>) -> FetcherLink {
+        let wait = streams
+            .first()
+            .and_then(|s| s.read_timeout().ok().flatten());
         FetcherLink {
             pool: Mutex::new(Pool {
                 alive: streams.len(),
                 idle: streams,
             }),
             returned: Condvar::new(),
+            wait,
         }
     }
 
@@ -243,8 +252,16 @@ impl FetcherLink {
         self.pool.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Reads `range` of pack `pack` from `remote` through the fetcher.
-    pub fn get_range(&self, remote: &RemoteRow, pack: &str, range: Range<u64>) -> Result<Bytes> {
+    /// Reads `range` of pack `pack` from `remote` through the fetcher,
+    /// once `ready` (asked when a connection is free, as the wait for one
+    /// may be long: whether the remote went offline meanwhile) allows.
+    pub fn get_range(
+        &self,
+        remote: &RemoteRow,
+        pack: &str,
+        range: Range<u64>,
+        ready: impl FnOnce() -> nexus_store::Result<()>,
+    ) -> Result<Bytes> {
         let unavailable = |why: String| RemoteError::Unavailable {
             remote: remote.name.clone(),
             what: format!("packs/{pack}"),
@@ -262,6 +279,7 @@ impl FetcherLink {
         }
         .encode()
         .ok_or_else(|| unavailable("not a pack name".into()))?;
+        let deadline = self.wait.map(|w| Instant::now() + w);
         let mut stream = {
             let mut pool = self.pool();
             loop {
@@ -271,9 +289,29 @@ impl FetcherLink {
                 if pool.alive == 0 {
                     return Err(unavailable("the fetcher process is gone".into()));
                 }
-                pool = self.returned.wait(pool).unwrap_or_else(|p| p.into_inner());
+                pool = match deadline {
+                    None => self.returned.wait(pool).unwrap_or_else(|p| p.into_inner()),
+                    Some(deadline) => {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            return Err(unavailable(format!(
+                                "no connection to the fetcher process came free within {:.1} s",
+                                self.wait.unwrap_or_default().as_secs_f64()
+                            )));
+                        }
+                        self.returned
+                            .wait_timeout(pool, left)
+                            .unwrap_or_else(|p| p.into_inner())
+                            .0
+                    }
+                };
             }
         };
+        if let Err(e) = ready() {
+            self.pool().idle.push(stream);
+            self.returned.notify_one();
+            return Err(e.into());
+        }
         let exchange = |stream: &mut UnixStream| -> io::Result<(u8, Vec<u8>)> {
             stream.write_all(&request)?;
             let mut head = [0u8; 5];
@@ -387,7 +425,9 @@ mod tests {
         let known = remote(1, dir.path());
         for answer in [99, 101, 0] {
             let (link, far) = lying_fetcher(answer);
-            let err = link.get_range(&known, PACK, 1000..1100).unwrap_err();
+            let err = link
+                .get_range(&known, PACK, 1000..1100, || Ok(()))
+                .unwrap_err();
             assert!(
                 err.to_string()
                     .contains(&format!("answered {answer} bytes for a range of 100")),
@@ -397,7 +437,89 @@ mod tests {
             far.join().unwrap();
         }
         let (link, far) = lying_fetcher(100);
-        assert_eq!(link.get_range(&known, PACK, 1000..1100).unwrap().len(), 100);
+        assert_eq!(
+            link.get_range(&known, PACK, 1000..1100, || Ok(()))
+                .unwrap()
+                .len(),
+            100
+        );
+        drop(link);
+        far.join().unwrap();
+    }
+
+    /// Readers queued behind a slow fetcher (each answer after `SLOW`,
+    /// within the read deadline) wait for a connection no longer than one
+    /// deadline from their own start, not one answer per reader ahead of
+    /// them; and one whose remote went offline while it waited is not sent
+    /// at all.
+    #[test]
+    fn a_reader_waits_for_a_connection_no_longer_than_one_deadline() {
+        const SLOW: Duration = Duration::from_millis(300);
+        let dir = tempfile::tempdir().unwrap();
+        let known = remote(1, dir.path());
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let deadline = Duration::from_millis(400);
+        ours.set_read_timeout(Some(deadline)).unwrap();
+        let far = std::thread::spawn(move || {
+            while let Ok(Some(request)) = RangeRequest::read_from(&mut theirs) {
+                std::thread::sleep(SLOW);
+                let mut out = vec![OK];
+                out.extend_from_slice(&request.len.to_le_bytes());
+                out.resize(5 + request.len as usize, 7);
+                if theirs.write_all(&out).is_err() {
+                    return;
+                }
+            }
+        });
+        let link = Arc::new(FetcherLink::new(vec![ours]));
+        let readers: Vec<_> = (0..4)
+            .map(|_| {
+                let (link, known) = (link.clone(), known.clone());
+                std::thread::spawn(move || {
+                    let started = Instant::now();
+                    let got = link.get_range(&known, PACK, 0..10, || Ok(()));
+                    (
+                        started.elapsed(),
+                        got.map(|b| b.len()).map_err(|e| e.to_string()),
+                    )
+                })
+            })
+            .collect();
+        let outcomes: Vec<_> = readers.into_iter().map(|r| r.join().unwrap()).collect();
+        let refused = outcomes
+            .iter()
+            .filter(|(_, got)| got.as_ref().is_err_and(|e| e.contains("came free")))
+            .count();
+        assert!(
+            refused >= 1,
+            "four readers of one slow connection all waited: {outcomes:?}"
+        );
+        for (took, _) in &outcomes {
+            assert!(
+                *took < deadline + SLOW + Duration::from_millis(200),
+                "a reader took {took:?}: {outcomes:?}"
+            );
+        }
+        drop(link);
+        far.join().unwrap();
+
+        // A free connection, but the remote went offline meanwhile.
+        let (link, far) = lying_fetcher(10);
+        let offline = || {
+            Err(nexus_store::StoreError::Remote {
+                pack: PACK.into(),
+                remote: "r".into(),
+                reason: "unreachable".into(),
+            })
+        };
+        let err = link.get_range(&known, PACK, 0..10, offline).unwrap_err();
+        assert!(err.to_string().contains("unreachable"), "{err}");
+        assert_eq!(
+            link.get_range(&known, PACK, 0..10, || Ok(()))
+                .unwrap()
+                .len(),
+            10
+        );
         drop(link);
         far.join().unwrap();
     }
@@ -428,19 +550,25 @@ mod tests {
             scope.spawn(|| server.serve(theirs).unwrap());
             let link = FetcherLink::new(vec![ours]);
             assert_eq!(
-                link.get_range(&known, PACK, 100..1100).unwrap().as_ref(),
+                link.get_range(&known, PACK, 100..1100, || Ok(()))
+                    .unwrap()
+                    .as_ref(),
                 &bytes[100..1100]
             );
             // Not a pack name: nothing outside `packs/` is reachable.
-            let err = link.get_range(&known, "../secret", 0..4).unwrap_err();
+            let err = link
+                .get_range(&known, "../secret", 0..4, || Ok(()))
+                .unwrap_err();
             assert!(err.to_string().contains("not a pack name"), "{err}");
             // A remote the fetcher did not load is not reached.
             let unknown = remote(2, dir.path());
-            let err = link.get_range(&unknown, PACK, 0..4).unwrap_err();
+            let err = link.get_range(&unknown, PACK, 0..4, || Ok(())).unwrap_err();
             assert!(err.to_string().contains("restart the daemon"), "{err}");
             // The connection stays usable after refusals.
             assert_eq!(
-                link.get_range(&known, PACK, 0..10).unwrap().as_ref(),
+                link.get_range(&known, PACK, 0..10, || Ok(()))
+                    .unwrap()
+                    .as_ref(),
                 &bytes[..10]
             );
             drop(link);

@@ -331,11 +331,15 @@ impl RemotePacks {
     ) -> Result<Bytes> {
         self.check_online(remote, pack)?;
         let fetched = match self.link.get() {
-            Some(link) => link.get_range(remote, pack, range),
+            // Readers may queue for the fetcher's connections: one that
+            // waited while the remote went offline fails at once.
+            Some(link) => link.get_range(remote, pack, range, || self.check_online(remote, pack)),
             None => self.clients.get_range(remote, pack, range),
         };
         let bytes = match fetched {
             Ok(bytes) => bytes,
+            // Offline meanwhile: recorded already.
+            Err(crate::error::RemoteError::Store(e)) => return Err(e),
             Err(e) => {
                 let why = e.to_string();
                 self.record_health(remote, Some(&why));
