@@ -179,6 +179,24 @@ fn a_host_pulls_a_published_store_and_runs_a_program_reading_only_part_of_it() {
         "the recorded blocks were all the first start needed"
     );
     mount.umount();
+
+    // A forged record: a real block with a length of 4 GiB (a buffer that
+    // size each), and a block the catalog places nowhere. Both skipped.
+    let text = fs::read_to_string(&record).expect("the access record");
+    let first = text.lines().next().expect("a recorded block");
+    let mut words = first.split(' ');
+    let (pack, offset) = (words.next().unwrap(), words.next().unwrap());
+    let forged = scratch.join("forged.log");
+    fs::write(
+        &forged,
+        format!("{pack} {offset} 4294967295\n{pack} 3 4096\n"),
+    )
+    .expect("write the forged record");
+    let report = d
+        .ok(["prefetch", "--recorded", forged.to_str().unwrap(), "--json"])
+        .json();
+    assert_eq!(report["recorded_skipped"], 2, "{report}");
+    assert_eq!(report["blocks"], 0, "{report}");
 }
 
 /// A package of `len` random bytes (so publishing it has something to

@@ -559,9 +559,13 @@ pub fn run_prefetch(args: PrefetchArgs, dir: &Path) -> Result<i32> {
             .with_context(|| format!("reading the access record {}", file.display()))?;
         let recorded = nexus_remote::prefetch::parse_recorded(&text)
             .map_err(|why| anyhow::anyhow!("{}: {why}", file.display()))?;
+        // A record is the daemon's (which a compromised daemon writes) or
+        // another host's: only blocks the catalog places there, at the
+        // length it places them, are fetched (a recorded length is
+        // otherwise a buffer of any size).
         for (pack, offset, len) in recorded {
             let known = store.catalog().pack_remote(&pack)?.is_some()
-                && !store.catalog().block_chunks(&pack, offset)?.is_empty();
+                && store.catalog().blocks_from(&pack, offset, 1)?.first() == Some(&(offset, len));
             if known {
                 blocks.push((pack, offset, len));
             } else {
