@@ -769,3 +769,109 @@ fn a_remote_cannot_give_its_bytes_to_a_content_added_later_from_elsewhere() {
         }
     }
 }
+
+/// Rewrites the publish in `dir` (signed by `keys`' key `pub`) so that its
+/// first chunk is placed in the first block of `victim`'s first pack, which
+/// it lists as its own: what a key trusted for one domain can sign.
+fn claim_first_block_of(dir: &Path, keys: &KeyStore, victim: &Path) {
+    use nexus_remote::manifest::RemoteManifest;
+    use nexus_remote::meta::Meta;
+    let meta_of = |dir: &Path| {
+        let (manifest, _) =
+            RemoteManifest::decode(&fs::read(dir.join("manifest")).unwrap()).unwrap();
+        let path = dir.join(nexus_remote::meta_key(&manifest.meta));
+        (manifest, Meta::decode(&fs::read(path).unwrap()).unwrap())
+    };
+    let (_, theirs) = meta_of(victim);
+    let (manifest, mut ours) = meta_of(dir);
+    let pack = theirs.chunk_packs[0] as usize;
+    ours.packs.push(theirs.packs[pack].clone());
+    ours.chunk_packs[0] = (ours.packs.len() - 1) as u32;
+    ours.body.chunks[0].offset = theirs.body.chunks[0].offset;
+    ours.body.chunks[0].block_len = theirs.body.chunks[0].block_len;
+    let bytes = ours.encode().unwrap();
+    let hash = nexus_store::Hash::of(&bytes);
+    fs::write(dir.join(nexus_remote::meta_key(&hash)), &bytes).unwrap();
+    let (_, signed) = RemoteManifest {
+        counter: manifest.counter + 1,
+        meta: hash,
+        meta_len: bytes.len() as u64,
+        ..manifest
+    }
+    .sign(&keys.secret("pub").unwrap());
+    fs::write(dir.join("manifest"), signed).unwrap();
+}
+
+/// A key trusted for one trust domain cannot place its chunks in another
+/// domain's packs: once they were indexed, every read of that block
+/// failed its check (the catalog placing a chunk there the block does not
+/// list), and the pack's reads went to the claiming domain's server.
+/// Claimed after the pack is indexed, the pull is refused; claimed first,
+/// the other domain's pull is refused, naming both — never a silent
+/// breakage.
+#[test]
+fn a_key_of_another_domain_cannot_claim_a_domains_packs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (origin_dir, evil_dir) = (tmp.path().join("origin"), tmp.path().join("evil"));
+    let (keys, evil_keys) = (
+        KeyStore::new(tmp.path().join("keys")),
+        KeyStore::new(tmp.path().join("evil-keys")),
+    );
+    keys.generate("pub").unwrap();
+    evil_keys.generate("pub").unwrap();
+    let mut host = Store::init(&tmp.path().join("a")).unwrap();
+    let big = text(7, 600_000);
+    add(&mut host, tmp.path(), "tool", "1", &[("big", big.clone())]);
+    let mut evil_host = Store::init(&tmp.path().join("c")).unwrap();
+    add(
+        &mut evil_host,
+        tmp.path(),
+        "evil",
+        "1",
+        &[("x", text(8, 50_000))],
+    );
+
+    let subscriber_dir = tmp.path().join("b");
+    let mut subscriber = Store::init(&subscriber_dir).unwrap();
+    let origin = dir_remote(&subscriber, "origin", &origin_dir);
+    let evil = dir_remote(&subscriber, "evil", &evil_dir);
+    subscriber_trust(&keys, &tmp.path().join("keys-b"), "origin");
+    let trust = subscriber_trust(&evil_keys, &tmp.path().join("keys-b"), "evil");
+    publish_to(&host, &origin, &keys, None);
+    publish_to(&evil_host, &evil, &evil_keys, None);
+    claim_first_block_of(&evil_dir, &evil_keys, &origin_dir);
+
+    pull_from(&mut subscriber, &origin, &trust);
+    let err = pull(
+        &mut subscriber,
+        &evil,
+        &trust,
+        Timeouts::default(),
+        PullOptions::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("trust domain origin") && err.contains("trust domain evil"),
+        "{err}"
+    );
+    let (read, _) = read_all(&subscriber_dir, "tool", "1", "big");
+    assert_eq!(read, big, "the domain's package no longer reads");
+
+    // Claimed first: the domain's own pull is refused, loudly.
+    let second_dir = tmp.path().join("b2");
+    let mut second = Store::init(&second_dir).unwrap();
+    let origin = dir_remote(&second, "origin", &origin_dir);
+    let evil = dir_remote(&second, "evil", &evil_dir);
+    pull_from(&mut second, &evil, &trust);
+    let err = pull(
+        &mut second,
+        &origin,
+        &trust,
+        Timeouts::default(),
+        PullOptions::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("cannot claim it"), "{err}");
+}

@@ -241,10 +241,42 @@ fn new_rows_by_hash(conn: &Connection, table: &str, above: i64) -> Result<HashMa
 }
 
 /// Indexes a pack of remote `remote` (or finds it indexed by an earlier
-/// pull: a pack several remotes serve is read from the one pulled from
-/// last). A name that is one of the store's own packs is refused: its
-/// chunk locations would be read from the wrong file.
+/// pull: a pack several remotes of one trust domain serve, a store and
+/// its mirrors, is read from the one pulled from last). A name that is one
+/// of the store's own packs is refused: its chunk locations would be read
+/// from the wrong file. So is a pack a remote of another trust domain
+/// holds, or one of another size: a key trusted for one domain would
+/// otherwise place its chunks in another domain's blocks (every read of
+/// such a block then fails its check) and send that domain's reads to its
+/// own server.
 fn index_remote_pack(tx: &Transaction<'_>, pack: &SealedPack, remote: i64) -> Result<i64> {
+    let held: Option<(i64, Option<String>, Option<String>)> = tx
+        .query_row(
+            "SELECT p.size, r.name, r.domain FROM packs p LEFT JOIN remotes r ON r.id = p.remote
+             WHERE p.name = ?1",
+            [&pack.name],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    if let Some((size, Some(holder), Some(holder_domain))) = held {
+        let domain: String =
+            tx.query_row("SELECT domain FROM remotes WHERE id = ?1", [remote], |r| {
+                r.get(0)
+            })?;
+        if holder_domain != domain {
+            return Err(StoreError::Invalid(format!(
+                "the remote names pack {}, which this store reads from remote {holder} of \
+                 trust domain {holder_domain}: a remote of trust domain {domain} cannot claim it",
+                pack.name
+            )));
+        }
+        if size != pack.size as i64 {
+            return Err(StoreError::Invalid(format!(
+                "the remote names pack {} of {} bytes, which remote {holder} holds with {size}",
+                pack.name, pack.size
+            )));
+        }
+    }
     tx.execute(
         "INSERT INTO packs(name, size, remote) VALUES (?1, ?2, ?3)
          ON CONFLICT(name) DO UPDATE SET remote = excluded.remote WHERE packs.remote IS NOT NULL",
