@@ -25,7 +25,7 @@ use std::io::Read;
 
 use nexus_store::Hash;
 use nexus_store::names::{check_name, check_version};
-use nexus_store::params::BLOCK_MAX_RAW;
+use nexus_store::params::{BLOCK_MAX_RAW, BLOCK_MAX_STORED};
 use nexus_store::tree::{
     Entry, Inode, InodeKind, PathBudget, Tree, check_xattr, decode_xattrs, encode_xattrs,
 };
@@ -310,6 +310,14 @@ impl Body {
                 return Err(malformed(format!(
                     "chunk {}: its block lies outside the archive's data",
                     c.hash
+                )));
+            }
+            // No reader reads a longer block: refused here, before any
+            // read-ahead or prefetch sizes a buffer by it.
+            if c.block_len as usize > BLOCK_MAX_STORED {
+                return Err(malformed(format!(
+                    "chunk {}: a block of {} bytes, longer than any block",
+                    c.hash, c.block_len
                 )));
             }
             // A block decodes to at most BLOCK_MAX_RAW bytes; the block

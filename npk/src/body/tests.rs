@@ -230,6 +230,20 @@ fn highly_compressed_blocks_are_accepted() {
 }
 
 #[test]
+fn a_block_longer_than_any_reader_reads_is_refused() {
+    // Read-ahead and prefetch size buffers by the declared length.
+    let mut body = sample(&[vec![7u8; 40]]);
+    body.chunks[0].inner = 0;
+    body.chunks[0].block_len = nexus_store::params::BLOCK_MAX_STORED as u32;
+    assert!(Body::decode(&body.encode(), 0, u64::MAX).is_ok());
+    body.chunks[0].block_len += 1;
+    let err = Body::decode(&body.encode(), 0, u64::MAX)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("longer than any block"), "{err}");
+}
+
+#[test]
 fn hostile_bodies_are_refused() {
     let good = sample(&[b"a".to_vec()]);
     let check = |mutate: &dyn Fn(&mut Body), why: &str| {
