@@ -312,16 +312,19 @@ impl FetcherLink {
             self.returned.notify_one();
             return Err(e.into());
         }
+        // The whole answer within one deadline: the streams' timeout bounds
+        // each read, and a fetcher sending a byte at a time would restart it.
+        let answer_by = self.wait.map(|w| Instant::now() + w);
         let exchange = |stream: &mut UnixStream| -> io::Result<(u8, Vec<u8>)> {
             stream.write_all(&request)?;
             let mut head = [0u8; 5];
-            stream.read_exact(&mut head)?;
+            read_exact_by(stream, &mut head, answer_by)?;
             let body_len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]);
             if body_len > MAX_RANGE {
                 return Err(io::Error::other("an answer too long"));
             }
             let mut body = vec![0u8; body_len as usize];
-            stream.read_exact(&mut body)?;
+            read_exact_by(stream, &mut body, answer_by)?;
             Ok((head[0], body))
         };
         let result = exchange(&mut stream);
@@ -346,6 +349,34 @@ impl FetcherLink {
             Err(e) => Err(unavailable(format!("the fetcher process: {e}"))),
         }
     }
+}
+
+/// Fills `buf` from `stream`, all of it by `deadline` (when there is one).
+fn read_exact_by(
+    stream: &mut UnixStream,
+    buf: &mut [u8],
+    deadline: Option<Instant>,
+) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        if let Some(deadline) = deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no whole answer within the read deadline",
+                ));
+            }
+            stream.set_read_timeout(Some(left))?;
+        }
+        match stream.read(&mut buf[done..]) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -519,6 +550,42 @@ mod tests {
                 .unwrap()
                 .len(),
             10
+        );
+        drop(link);
+        far.join().unwrap();
+    }
+
+    /// A fetcher (taken over) that sends its answer a byte every 50 ms,
+    /// each read well within the streams' timeout, is cut off at the
+    /// deadline of the whole answer.
+    #[test]
+    fn an_answer_sent_a_byte_at_a_time_is_cut_off_at_the_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let known = remote(1, dir.path());
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let deadline = Duration::from_millis(300);
+        ours.set_read_timeout(Some(deadline)).unwrap();
+        let far = std::thread::spawn(move || {
+            let Ok(Some(request)) = RangeRequest::read_from(&mut theirs) else {
+                return;
+            };
+            let mut out = vec![OK];
+            out.extend_from_slice(&request.len.to_le_bytes());
+            out.resize(5 + request.len as usize, 7);
+            for byte in out {
+                std::thread::sleep(Duration::from_millis(50));
+                if theirs.write_all(&[byte]).is_err() {
+                    return;
+                }
+            }
+        });
+        let link = FetcherLink::new(vec![ours]);
+        let started = Instant::now();
+        let err = link.get_range(&known, PACK, 0..20, || Ok(())).unwrap_err();
+        let took = started.elapsed();
+        assert!(
+            took < deadline + Duration::from_millis(150),
+            "the dripping answer held the reader {took:?}: {err}"
         );
         drop(link);
         far.join().unwrap();
