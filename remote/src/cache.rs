@@ -41,6 +41,8 @@ const TOUCH_EVERY: Duration = Duration::from_secs(60);
 const LOW_WATER: f64 = 0.9;
 /// Remembered hits (for [`TOUCH_EVERY`]); forgotten all at once beyond.
 const TOUCHED_MAX: usize = 65_536;
+/// Age past which a temporary file is a killed writer's.
+const STALE_TEMPORARY: Duration = Duration::from_secs(600);
 
 /// The cache directory's name inside the store.
 pub const CACHE_DIR: &str = "remote-cache";
@@ -249,11 +251,13 @@ impl DiskCache {
     }
 
     /// Deletes the least recently used files until the cache holds at most
-    /// [`LOW_WATER`] of its limit.
+    /// [`LOW_WATER`] of its limit, and the temporary files a killed writer
+    /// left behind (which the limit does not count).
     pub fn evict(&self) {
         let Ok(_one) = self.evicting.try_lock() else {
             return; // another thread is at it
         };
+        self.remove_stale_temporaries();
         let mut files = self.files();
         let mut total: u64 = files.iter().map(|(_, len, _)| len).sum();
         let target = (self.limit as f64 * LOW_WATER) as u64;
@@ -276,6 +280,28 @@ impl DiskCache {
             tracing::debug!("remote cache: evicted {removed} blocks");
         }
         self.estimate.store(total, Ordering::Relaxed);
+    }
+
+    /// Deletes temporary files older than [`STALE_TEMPORARY`]: a write
+    /// renames its file into place within moments, so an older one is a
+    /// killed process's.
+    fn remove_stale_temporaries(&self) {
+        let Ok(entries) = fs::read_dir(self.dir.join("tmp")) else {
+            return;
+        };
+        let now = SystemTime::now();
+        for entry in entries.flatten() {
+            let stale = entry.metadata().is_ok_and(|m| {
+                m.is_file()
+                    && m.modified()
+                        .ok()
+                        .and_then(|t| now.duration_since(t).ok())
+                        .is_some_and(|age| age > STALE_TEMPORARY)
+            });
+            if stale {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
     }
 
     /// Deletes every cached block.
@@ -347,5 +373,26 @@ mod tests {
         assert!(cache.contains(PACK, 8, 1000), "recently used");
         assert!(!cache.contains(PACK, 8 + 1000, 1000), "least recently used");
         assert!(cache.contains(PACK, 8 + 10 * 1000, 1000), "just written");
+    }
+
+    #[test]
+    fn a_killed_writers_temporary_files_go_with_the_next_eviction() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = DiskCache::open(dir.path(), 1000).unwrap();
+        cache.put(PACK, 8, &[1u8; 100]);
+        let (old, fresh) = (cache.dir.join("tmp/old"), cache.dir.join("tmp/fresh"));
+        for path in [&old, &fresh] {
+            fs::write(path, [0u8; 500]).unwrap();
+        }
+        let long_ago = SystemTime::now() - 2 * STALE_TEMPORARY;
+        File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(long_ago)
+            .unwrap();
+        cache.put(PACK, 9000, &[2u8; 900]);
+        assert!(!old.exists(), "a stale temporary file stayed");
+        assert!(fresh.exists(), "a write in progress lost its file");
     }
 }
