@@ -21,6 +21,7 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::ops::Range;
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -359,15 +360,38 @@ fn read_exact_by(
 ) -> io::Result<()> {
     let mut done = 0;
     while done < buf.len() {
+        // Waited for with poll(2), not by narrowing the socket's timeout:
+        // the confined daemon may not call setsockopt.
         if let Some(deadline) = deadline {
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(io::Error::new(
+            let timed_out = || {
+                io::Error::new(
                     io::ErrorKind::TimedOut,
                     "no whole answer within the read deadline",
-                ));
+                )
+            };
+            if left.is_zero() {
+                return Err(timed_out());
             }
-            stream.set_read_timeout(Some(left))?;
+            let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX).max(1);
+            let mut fds = [libc::pollfd {
+                fd: stream.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            // SAFETY: one pollfd of a descriptor `stream` owns, for the
+            // duration of the call.
+            match unsafe { libc::poll(fds.as_mut_ptr(), 1, ms) } {
+                0 => return Err(timed_out()),
+                rc if rc < 0 => {
+                    let e = io::Error::last_os_error();
+                    if e.kind() == io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    return Err(e);
+                }
+                _ => {}
+            }
         }
         match stream.read(&mut buf[done..]) {
             Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
