@@ -70,7 +70,7 @@ pub(crate) const ACL_DEFAULT_XATTR: &[u8] = b"system.posix_acl_default";
 /// ACL's mask, which can grant the owning group more than the ACL does:
 /// narrowing them to the owning group's entry (masked) fails closed. Named
 /// users and groups lose the access the ACL gave them, never gain any.
-fn enforced_mode(row: &InodeRow) -> u32 {
+pub(crate) fn enforced_mode(row: &InodeRow) -> u32 {
     let mode = row.mode & 0o7777;
     let Some((_, acl)) = row.xattrs.iter().find(|(n, _)| n == ACL_ACCESS_XATTR) else {
         return mode;

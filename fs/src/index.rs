@@ -59,6 +59,21 @@
 //! directory of its own only merges into an unrestricted one of that name.
 //! Its links point into its own `App/Current`, like every App's.
 //!
+//! # Owners and modes
+//!
+//! A merged directory lists names from every source, so it may show no user
+//! more than each source directory would through `/Programs`, where the
+//! kernel checks its mode (`default_permissions`, as here): a package's
+//! 0700 directory (polkit's `usr/share/polkit-1/rules.d`) must not be
+//! listed to everyone under `INDEX/share`. Its owner, group and mode are
+//! derived from its sources, and for a top directory from the directories
+//! on the way to them inside each package, by the rule of `index/access.rs`
+//! (`0755 ∩ 0700 = 0700`; a source of another owner that alone is
+//! restrictive keeps its owner). Every answer that carries attributes
+//! (lookups, `getattr`, listings and so the kernel view's image, which is
+//! written from them) gives these. The root is root's 0755, as is a top
+//! directory no App provides; links are 0777, their targets decide.
+//!
 //! # Numbers, caching and generations
 //!
 //! Index inode numbers are `4·x + 3` (see [`crate::ino`]), never a number of
@@ -88,11 +103,15 @@ use nexus_store::tree::InodeType;
 use quick_cache::Weighter;
 use quick_cache::sync::Cache;
 
-use crate::attr::{Attr, Entry, Kind, Listing};
+use crate::attr::{Attr, Entry, Kind, Listing, enforced_mode};
 use crate::error::{Result, ViewError};
 use crate::gate::Gate;
 use crate::generation::GenerationTree;
 use crate::view::{CURRENT, View};
+
+mod access;
+
+use access::Access;
 
 /// The index root's inode number (`4·0 + 3`). FUSE calls its root `1`; the
 /// adapter translates.
@@ -210,6 +229,8 @@ struct Child {
     name: Box<[u8]>,
     id: i64,
     kind: InodeType,
+    /// Its owner, group and mode, which a merged directory may not exceed.
+    access: Access,
 }
 
 #[derive(Clone)]
@@ -230,13 +251,22 @@ struct Source {
     dir: i64,
     /// Its path inside the App's `Current` version.
     rel: Arc<[u8]>,
+    /// Who may list it through `/Programs`: its own access, and for a top
+    /// directory's source also that of the directories on the way to it.
+    access: Access,
 }
 
 /// What a name in an index directory is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Merged {
-    /// A directory merged from these sources, highest rank first.
-    Dir(Vec<Source>),
+    /// A directory merged from these sources, highest rank first, that
+    /// gives no one more than `access` (the [`Access::meet`] of theirs).
+    Dir {
+        /// Its owner, group and mode.
+        access: Access,
+        /// Its sources.
+        sources: Vec<Source>,
+    },
     /// A symlink with this target.
     Link(Vec<u8>),
 }
@@ -244,23 +274,39 @@ enum Merged {
 impl Merged {
     fn kind(&self) -> Kind {
         match self {
-            Merged::Dir(_) => Kind::Dir,
+            Merged::Dir { .. } => Kind::Dir,
             Merged::Link(_) => Kind::Symlink,
         }
     }
 }
 
-/// A merged index directory: name → what it is, sorted bytewise.
-type MergedDir = BTreeMap<Box<[u8]>, Merged>;
+/// Who may list a directory merged from `sources` (highest rank first):
+/// no one more than through any of them; root's 0755 for none.
+fn access_of(sources: &[Source]) -> Access {
+    sources
+        .iter()
+        .map(|s| s.access)
+        .reduce(Access::meet)
+        .unwrap_or(Access::OPEN)
+}
+
+/// A merged index directory.
+struct MergedDir {
+    /// Its owner, group and mode, from its sources.
+    access: Access,
+    /// Name → what it is, sorted bytewise.
+    entries: BTreeMap<Box<[u8]>, Merged>,
+}
 
 /// The index of one generation: its Apps and the directories computed so
 /// far.
 struct IndexGeneration {
     id: Option<i64>,
     created: i64,
-    /// App name → the root inode of its `Current` version, in rank order:
-    /// unrestricted Apps first, each part sorted by name.
-    apps: Vec<(Arc<str>, i64)>,
+    /// App name → the root inode of its `Current` version and who may
+    /// search that root, in rank order: unrestricted Apps first, each part
+    /// sorted by name.
+    apps: Vec<(Arc<str>, i64, Access)>,
     /// Index path (`bin`, `share/man/man1`) → its merged directory.
     dirs: Mutex<HashMap<Arc<[u8]>, Arc<MergedDir>>>,
     /// Directory inode → its listing, as handed to each opener: a program
@@ -270,7 +316,7 @@ struct IndexGeneration {
 
 impl IndexGeneration {
     fn new(tree: &GenerationTree) -> IndexGeneration {
-        let mut ranked: Vec<(bool, Arc<str>, i64)> = tree
+        let mut ranked: Vec<(bool, Arc<str>, i64, Access)> = tree
             .apps
             .values()
             .filter_map(|app| {
@@ -279,6 +325,7 @@ impl IndexGeneration {
                     app.current_restricted,
                     Arc::from(app.name.as_str()),
                     root.id,
+                    Access::of_dir(root.uid, root.gid, enforced_mode(root)).to_pass(),
                 ))
             })
             .collect();
@@ -288,7 +335,7 @@ impl IndexGeneration {
         ranked.sort_by_key(|(restricted, ..)| *restricted);
         let apps = ranked
             .into_iter()
-            .map(|(_, name, root)| (name, root))
+            .map(|(_, name, root, access)| (name, root, access))
             .collect();
         IndexGeneration {
             id: tree.id,
@@ -506,10 +553,23 @@ impl Index {
                     changes.dirs.push(dir_ino);
                     continue;
                 };
+                // Its owner or mode changed (a package with a private
+                // directory came or went): the kernel checks permissions
+                // with the attributes it holds, which must not outlive
+                // this.
+                if before.access != after.access {
+                    changes.inodes.push(dir_ino);
+                }
                 let mut changed = false;
-                for (name, was) in before.iter() {
-                    match (was, after.get(name)) {
-                        (Merged::Dir(_), Some(Merged::Dir(_))) => {}
+                for (name, was) in before.entries.iter() {
+                    match (was, after.entries.get(name)) {
+                        (Merged::Dir { access: a, .. }, Some(Merged::Dir { access: b, .. }))
+                            if a == b => {}
+                        (Merged::Dir { .. }, Some(Merged::Dir { .. })) => {
+                            // Only its attributes are stale (it may never
+                            // have been computed, just listed).
+                            changes.inodes.push(self.number(&join(&path, name))?);
+                        }
                         (Merged::Link(a), Some(Merged::Link(b))) if a == b => {}
                         (was, _) => {
                             changed = true;
@@ -520,7 +580,11 @@ impl Index {
                         }
                     }
                 }
-                for name in after.keys().filter(|name| !before.contains_key(*name)) {
+                for name in after
+                    .entries
+                    .keys()
+                    .filter(|name| !before.entries.contains_key(*name))
+                {
                     changed = true;
                     changes.entries.push((dir_ino, name.to_vec()));
                 }
@@ -611,6 +675,7 @@ impl Index {
         let children: Arc<[Child]> = rows
             .into_iter()
             .map(|row| Child {
+                access: Access::of_dir(row.inode.uid, row.inode.gid, enforced_mode(&row.inode)),
                 name: row.name.into_boxed_slice(),
                 id: row.inode.id,
                 kind: row.inode.kind,
@@ -621,30 +686,42 @@ impl Index {
     }
 
     /// The package directory at `rel` below package directory `root`, if
-    /// every component is a real directory (symlinks are not followed).
-    fn resolve(&self, root: i64, rel: &str) -> Result<Option<i64>> {
-        let mut dir = root;
-        for part in rel.split('/') {
+    /// every component is a real directory (symlinks are not followed),
+    /// with who may list it there: its own access met with the passage
+    /// through `root` (`way`) and each directory between.
+    fn resolve(&self, root: i64, way: Access, rel: &str) -> Result<Option<(i64, Access)>> {
+        let (mut dir, mut access) = (root, way);
+        let mut parts = rel.split('/').peekable();
+        while let Some(part) = parts.next() {
             let children = self.children(dir)?;
             // Listings are sorted bytewise by name (the catalog's order).
             match children.binary_search_by(|c| c.name[..].cmp(part.as_bytes())) {
-                Ok(i) if children[i].kind == InodeType::Dir => dir = children[i].id,
+                Ok(i) if children[i].kind == InodeType::Dir => {
+                    let child = &children[i];
+                    dir = child.id;
+                    let gate = match parts.peek() {
+                        Some(_) => child.access.to_pass(),
+                        None => child.access,
+                    };
+                    access = access.meet(gate);
+                }
                 _ => return Ok(None),
             }
         }
-        Ok(Some(dir))
+        Ok(Some((dir, access)))
     }
 
     /// The sources of top-level index directory `top`, in rank order.
     fn top_sources(&self, generation: &IndexGeneration, top: &IndexDir) -> Result<Vec<Source>> {
         let mut sources = Vec::new();
-        for (app, root) in &generation.apps {
+        for (app, root, way) in &generation.apps {
             for rel in &top.sources {
-                if let Some(dir) = self.resolve(*root, rel)? {
+                if let Some((dir, access)) = self.resolve(*root, *way, rel)? {
                     sources.push(Source {
                         app: app.clone(),
                         dir,
                         rel: Arc::from(rel.as_bytes()),
+                        access,
                     });
                 }
             }
@@ -668,36 +745,49 @@ impl Index {
         target
     }
 
-    /// Merges `sources` (highest rank first) by the clash rule.
-    fn merge(&self, sources: &[Source]) -> Result<MergedDir> {
-        let mut merged = MergedDir::new();
+    /// Merges `sources` (highest rank first) by the clash rule, into a
+    /// directory that gives no one more than `access`.
+    fn merge(&self, access: Access, sources: &[Source]) -> Result<MergedDir> {
+        let mut merged = BTreeMap::new();
         for source in sources {
             for child in self.children(source.dir)?.iter() {
                 let is_dir = child.kind == InodeType::Dir;
+                // A subdirectory is reached through this one, which holds
+                // the gates on the way: its own access is its gate.
+                let sub = || Source {
+                    app: source.app.clone(),
+                    dir: child.id,
+                    rel: Arc::from(join(&source.rel, &child.name)),
+                    access: child.access,
+                };
                 match merged.get_mut(&child.name) {
                     None => {
                         let entry = if is_dir {
-                            Merged::Dir(vec![Source {
-                                app: source.app.clone(),
-                                dir: child.id,
-                                rel: Arc::from(join(&source.rel, &child.name)),
-                            }])
+                            Merged::Dir {
+                                access: child.access,
+                                sources: vec![sub()],
+                            }
                         } else {
                             Merged::Link(self.link_target(source, &child.name))
                         };
                         merged.insert(child.name.clone(), entry);
                     }
-                    Some(Merged::Dir(lower)) if is_dir => lower.push(Source {
-                        app: source.app.clone(),
-                        dir: child.id,
-                        rel: Arc::from(join(&source.rel, &child.name)),
-                    }),
+                    Some(Merged::Dir {
+                        access: lower_access,
+                        sources: lower,
+                    }) if is_dir => {
+                        *lower_access = lower_access.meet(child.access);
+                        lower.push(sub());
+                    }
                     // A higher-ranked source decided this name.
                     Some(_) => {}
                 }
             }
         }
-        Ok(merged)
+        Ok(MergedDir {
+            access,
+            entries: merged,
+        })
     }
 
     /// The merged directory at index path `path` (not the root) in
@@ -708,34 +798,38 @@ impl Index {
             return Ok(Some(dir.clone()));
         }
         let (parent, name) = split(path);
-        let sources = if parent.is_empty() {
+        let merged = if parent.is_empty() {
             match layout().iter().find(|d| d.name.as_bytes() == name) {
-                Some(top) => self.top_sources(generation, top)?,
+                Some(top) => {
+                    let sources = self.top_sources(generation, top)?;
+                    self.merge(access_of(&sources), &sources)?
+                }
                 None => return Ok(None),
             }
         } else {
             let Some(parent) = self.dir(generation, parent)? else {
                 return Ok(None);
             };
-            match parent.get(name) {
-                Some(Merged::Dir(sources)) => sources.clone(),
+            match parent.entries.get(name) {
+                Some(Merged::Dir { access, sources }) => self.merge(*access, sources)?,
                 _ => return Ok(None),
             }
         };
-        let merged = Arc::new(self.merge(&sources)?);
+        let merged = Arc::new(merged);
         // Another thread may have computed it meanwhile: keep the first, so
         // that every answer of a generation comes from one computation.
         let mut dirs = generation.dirs();
         Ok(Some(dirs.entry(Arc::from(path)).or_insert(merged).clone()))
     }
 
-    fn dir_attr(&self, generation: &IndexGeneration, ino: u64) -> Attr {
+    /// The attributes of a directory that gives no one more than `access`.
+    fn dir_attr(&self, generation: &IndexGeneration, ino: u64, access: Access) -> Attr {
         Attr {
             ino,
             kind: Kind::Dir,
-            perm: 0o755,
-            uid: 0,
-            gid: 0,
+            perm: access.perm,
+            uid: access.uid,
+            gid: access.gid,
             size: 0,
             mtime: generation.created,
             // The number of subdirectories is unknown until each is merged;
@@ -749,7 +843,7 @@ impl Index {
     fn attr(&self, generation: &IndexGeneration, path: &[u8], what: &Merged) -> Result<Attr> {
         let ino = self.number(path)?;
         Ok(match what {
-            Merged::Dir(_) => self.dir_attr(generation, ino),
+            Merged::Dir { access, .. } => self.dir_attr(generation, ino, *access),
             Merged::Link(target) => Attr {
                 ino,
                 kind: Kind::Symlink,
@@ -768,14 +862,16 @@ impl Index {
     fn find(&self, generation: &IndexGeneration, path: &[u8]) -> Result<Merged> {
         let (parent, name) = split(path);
         if parent.is_empty() {
-            return match layout().iter().any(|d| d.name.as_bytes() == name) {
-                // The sources are not needed to answer for a top directory.
-                true => Ok(Merged::Dir(Vec::new())),
-                false => Err(ViewError::NotFound),
-            };
+            // A top directory's access is its merged directory's; its
+            // sources are not needed to answer for it.
+            let dir = self.dir(generation, path)?.ok_or(ViewError::NotFound)?;
+            return Ok(Merged::Dir {
+                access: dir.access,
+                sources: Vec::new(),
+            });
         }
         let dir = self.dir(generation, parent)?.ok_or(ViewError::NotFound)?;
-        dir.get(name).cloned().ok_or(ViewError::NotFound)
+        dir.entries.get(name).cloned().ok_or(ViewError::NotFound)
     }
 
     /// The attributes of index inode `ino`.
@@ -783,7 +879,7 @@ impl Index {
         let generation = self.sync()?;
         let path = self.path(ino)?;
         if path.is_empty() {
-            return Ok(self.dir_attr(&generation, ROOT));
+            return Ok(self.dir_attr(&generation, ROOT, Access::OPEN));
         }
         let what = self.find(&generation, &path)?;
         self.attr(&generation, &path, &what)
@@ -819,7 +915,6 @@ impl Index {
     /// The listing of index directory `ino` in `generation`.
     fn list_in(&self, generation: &IndexGeneration, ino: u64) -> Result<Listing> {
         let path = self.path(ino)?;
-        let this = self.dir_attr(generation, ino);
         let mut entries = Vec::new();
         let dot = |name: &[u8], attr: Attr| Entry {
             name: name.to_vec(),
@@ -827,11 +922,13 @@ impl Index {
             immutable: false,
         };
         if path.is_empty() {
+            let this = self.dir_attr(generation, ino, Access::OPEN);
             entries.push(dot(b".", this.clone()));
             entries.push(dot(b"..", this));
             for top in layout() {
-                let ino = self.number(top.name.as_bytes())?;
-                entries.push(dot(top.name.as_bytes(), self.dir_attr(generation, ino)));
+                let name = top.name.as_bytes();
+                let what = self.find(generation, name)?;
+                entries.push(dot(name, self.attr(generation, name, &what)?));
             }
             return Ok(Listing {
                 entries,
@@ -846,10 +943,20 @@ impl Index {
         };
         let (parent, _) = split(&path);
         let parent_ino = self.number(parent)?;
-        entries.reserve(dir.len() + 2);
-        entries.push(dot(b".", this));
-        entries.push(dot(b"..", self.dir_attr(generation, parent_ino)));
-        for (name, what) in dir.iter() {
+        let parent_access = if parent.is_empty() {
+            Access::OPEN
+        } else {
+            self.dir(generation, parent)?
+                .ok_or(ViewError::NotFound)?
+                .access
+        };
+        entries.reserve(dir.entries.len() + 2);
+        entries.push(dot(b".", self.dir_attr(generation, ino, dir.access)));
+        entries.push(dot(
+            b"..",
+            self.dir_attr(generation, parent_ino, parent_access),
+        ));
+        for (name, what) in dir.entries.iter() {
             let attr = self.attr(generation, &join(&path, name), what)?;
             entries.push(dot(name, attr));
         }
@@ -868,7 +975,7 @@ impl Index {
         }
         match self.find(&generation, &path)? {
             Merged::Link(target) => Ok(target),
-            Merged::Dir(_) => Err(ViewError::WrongKind),
+            Merged::Dir { .. } => Err(ViewError::WrongKind),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Tests of the index against real stores built in temporary directories.
 
 use std::fs;
-use std::os::unix::fs::symlink;
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -593,4 +593,127 @@ fn what_a_request_computes_from_the_old_generation_after_the_move_is_reported_to
     assert_eq!(late.dirs, [bin]);
     assert!(late.entries.contains(&(bin, b"tool".to_vec())), "{late:?}");
     assert_eq!(index.refresh().unwrap(), None, "reported once");
+}
+
+/// Adds NAME/VERSION as [`Fixture::add`], after giving the directories
+/// `modes` names (paths inside the package; `""` is its root) those modes.
+fn add_with_modes(
+    f: &Fixture,
+    name: &str,
+    version: &str,
+    files: &[(&str, &str)],
+    modes: &[(&str, u32)],
+) {
+    let add = f.write(name, version, files);
+    for (rel, mode) in modes {
+        let path = if rel.is_empty() {
+            add.path.clone()
+        } else {
+            add.path.join(rel)
+        };
+        fs::set_permissions(&path, fs::Permissions::from_mode(*mode)).unwrap();
+    }
+    f.store()
+        .add_dirs(&[add], AddOptions::default(), &NoProgress)
+        .unwrap();
+}
+
+/// The owner, group and mode the index gives `path`, by lookup, by its
+/// own listing's `.` and by its parent's listing (what `getattr`, `lookup`
+/// and `readdirplus` answer, and what the kernel view's image takes).
+fn access(index: &Index, path: &str) -> (u32, u32, u32) {
+    let entry = walk(index, path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let by_lookup = (entry.attr.uid, entry.attr.gid, entry.attr.perm);
+    let by_getattr = index.getattr(entry.attr.ino).unwrap();
+    assert_eq!(
+        by_lookup,
+        (by_getattr.uid, by_getattr.gid, by_getattr.perm),
+        "{path}"
+    );
+    let own = index.list(entry.attr.ino).unwrap();
+    let dot = &own.entries[0].attr;
+    assert_eq!(by_lookup, (dot.uid, dot.gid, dot.perm), "{path}/.");
+    let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
+    let parent = if parent.is_empty() {
+        ROOT
+    } else {
+        walk(index, parent).unwrap().attr.ino
+    };
+    let listed = index.list(parent).unwrap();
+    let listed = listed
+        .entries
+        .iter()
+        .find(|e| e.name == name.as_bytes())
+        .unwrap();
+    assert_eq!(
+        by_lookup,
+        (listed.attr.uid, listed.attr.gid, listed.attr.perm),
+        "{path} listed"
+    );
+    by_lookup
+}
+
+/// A package's private directory stays private in the index: a merged
+/// directory gives no one more than each directory it merges, and no more
+/// than the directories on the way to those (the package root, `usr`).
+#[test]
+fn a_merged_directory_lists_to_no_one_more_than_its_sources_do() {
+    let f = Fixture::new();
+    add_with_modes(
+        &f,
+        "alpha",
+        "1",
+        &[("usr/share/secret/db.conf", "x"), ("usr/share/open/a", "a")],
+        &[("usr/share/secret", 0o700)],
+    );
+    let (view, index) = f.index(GenerationChoice::Live);
+    let me = fs::metadata(f.src.join("alpha-1")).unwrap();
+    let (uid, gid) = (me.uid(), me.gid());
+    assert_eq!(access(&index, "share/secret"), (uid, gid, 0o700));
+    assert_eq!(access(&index, "share/open"), (uid, gid, 0o755));
+    assert_eq!(access(&index, "share"), (uid, gid, 0o755));
+    assert_eq!(access(&index, "bin"), (0, 0, 0o755), "no source: root's");
+    let root = index.getattr(ROOT).unwrap();
+    assert_eq!((root.uid, root.gid, root.perm), (0, 0, 0o755));
+
+    // A second App's open directory of the same name opens nothing.
+    f.add("beta", "1", &[("share/secret/other.conf", "y")]);
+    view.refresh().unwrap();
+    index.refresh().unwrap();
+    assert_eq!(
+        names(&index, "share/secret"),
+        [".", "..", "db.conf", "other.conf"]
+    );
+    assert_eq!(access(&index, "share/secret"), (uid, gid, 0o700));
+
+    // A directory that turns private is reported stale, for the kernel to
+    // drop the attributes it holds.
+    let open = walk(&index, "share/open").unwrap().attr.ino;
+    add_with_modes(
+        &f,
+        "gamma",
+        "1",
+        &[("share/open/b", "b")],
+        &[("share/open", 0o750)],
+    );
+    view.refresh().unwrap();
+    let changes = index.refresh().unwrap().expect("the view moved");
+    assert!(changes.inodes.contains(&open), "{changes:?}");
+    assert_eq!(access(&index, "share/open"), (uid, gid, 0o750));
+
+    // A way into a package that others may not search closes what is
+    // below it: `usr` 0700 (and a root 0711, which lets them pass).
+    let share = walk(&index, "share").unwrap().attr.ino;
+    add_with_modes(
+        &f,
+        "delta",
+        "1",
+        &[("usr/share/doc/d", "d")],
+        &[("usr", 0o700), ("", 0o711)],
+    );
+    view.refresh().unwrap();
+    let changes = index.refresh().unwrap().expect("the view moved");
+    assert!(changes.inodes.contains(&share), "{changes:?}");
+    assert_eq!(access(&index, "share"), (uid, gid, 0o700));
+    assert_eq!(access(&index, "bin"), (0, 0, 0o755), "delta has no bin");
 }
