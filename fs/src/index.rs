@@ -56,7 +56,9 @@
 //! Ranked last, a restricted App decides only names no unrestricted App
 //! has, at every depth (the rank order holds in every merged directory):
 //! neither its files nor its directories hide an unrestricted entry, and a
-//! directory of its own only merges into an unrestricted one of that name.
+//! directory of its own only merges into an unrestricted one of that name,
+//! and only if it lets everyone list and search as much as that one does
+//! (see below).
 //! Its links point into its own `App/Current`, like every App's.
 //!
 //! # Owners and modes
@@ -69,7 +71,10 @@
 //! derived from its sources, and for a top directory from the directories
 //! on the way to them inside each package, by the rule of `index/access.rs`
 //! (`0755 ∩ 0700 = 0700`; a source of another owner that alone is
-//! restrictive keeps its owner). Every answer that carries attributes
+//! restrictive keeps its owner). A restricted App's directory that would
+//! narrow a directory an unrestricted App has is left out of it instead,
+//! so that it cannot hide that directory's names from other users.
+//! Every answer that carries attributes
 //! (lookups, `getattr`, listings and so the kernel view's image, which is
 //! written from them) gives these. The root is root's 0755, as is a top
 //! directory no App provides; links are 0777, their targets decide.
@@ -254,6 +259,8 @@ struct Source {
     /// Who may list it through `/Programs`: its own access, and for a top
     /// directory's source also that of the directories on the way to it.
     access: Access,
+    /// Whether the App's `Current` package is restricted.
+    restricted: bool,
 }
 
 /// What a name in an index directory is.
@@ -280,14 +287,29 @@ impl Merged {
     }
 }
 
-/// Who may list a directory merged from `sources` (highest rank first):
-/// no one more than through any of them; root's 0755 for none.
-fn access_of(sources: &[Source]) -> Access {
-    sources
-        .iter()
-        .map(|s| s.access)
-        .reduce(Access::meet)
-        .unwrap_or(Access::OPEN)
+/// Merges `source` into a directory merged from `sources` (higher-ranked)
+/// that gives no one more than `access`, narrowing that to what `source`
+/// gives; false if it is left out instead.
+///
+/// A restricted App's source is left out of a directory an unrestricted
+/// App has when it would take from anyone a permission to list or search
+/// it (write means nothing here): otherwise a key trusted only for `acme-*`
+/// would hide all of `INDEX/bin` from every user but root with a 0700
+/// `bin`, where the clash rule lets it hide no unrestricted name.
+fn add_source(access: &mut Access, sources: &mut Vec<Source>, source: Source) -> bool {
+    let Some(first) = sources.first() else {
+        *access = source.access;
+        sources.push(source);
+        return true;
+    };
+    let met = access.meet(source.access);
+    let read_search = |a: Access| (a.uid, a.gid, a.perm & 0o555);
+    if source.restricted && !first.restricted && read_search(met) != read_search(*access) {
+        return false;
+    }
+    *access = met;
+    sources.push(source);
+    true
 }
 
 /// A merged index directory.
@@ -298,15 +320,25 @@ struct MergedDir {
     entries: BTreeMap<Box<[u8]>, Merged>,
 }
 
+/// An App whose `Current` version feeds the index.
+struct RankedApp {
+    name: Arc<str>,
+    /// The root inode of its `Current` version.
+    root: i64,
+    /// Who may search that root.
+    way: Access,
+    /// Whether its `Current` package is restricted.
+    restricted: bool,
+}
+
 /// The index of one generation: its Apps and the directories computed so
 /// far.
 struct IndexGeneration {
     id: Option<i64>,
     created: i64,
-    /// App name → the root inode of its `Current` version and who may
-    /// search that root, in rank order: unrestricted Apps first, each part
-    /// sorted by name.
-    apps: Vec<(Arc<str>, i64, Access)>,
+    /// The Apps with a `Current` version, in rank order: unrestricted Apps
+    /// first, each part sorted by name.
+    apps: Vec<RankedApp>,
     /// Index path (`bin`, `share/man/man1`) → its merged directory.
     dirs: Mutex<HashMap<Arc<[u8]>, Arc<MergedDir>>>,
     /// Directory inode → its listing, as handed to each opener: a program
@@ -316,27 +348,23 @@ struct IndexGeneration {
 
 impl IndexGeneration {
     fn new(tree: &GenerationTree) -> IndexGeneration {
-        let mut ranked: Vec<(bool, Arc<str>, i64, Access)> = tree
+        let mut apps: Vec<RankedApp> = tree
             .apps
             .values()
             .filter_map(|app| {
                 let root = app.versions.get(app.current.as_deref()?)?;
-                Some((
-                    app.current_restricted,
-                    Arc::from(app.name.as_str()),
-                    root.id,
-                    Access::of_dir(root.uid, root.gid, enforced_mode(root)).to_pass(),
-                ))
+                Some(RankedApp {
+                    name: Arc::from(app.name.as_str()),
+                    root: root.id,
+                    way: Access::of_dir(root.uid, root.gid, enforced_mode(root)).to_pass(),
+                    restricted: app.current_restricted,
+                })
             })
             .collect();
         // The clash rule: provenance first (false, unrestricted, sorts
         // first), then the name. The tree's Apps come sorted by name, and a
         // stable sort by provenance keeps that order within each part.
-        ranked.sort_by_key(|(restricted, ..)| *restricted);
-        let apps = ranked
-            .into_iter()
-            .map(|(_, name, root, access)| (name, root, access))
-            .collect();
+        apps.sort_by_key(|app| app.restricted);
         IndexGeneration {
             id: tree.id,
             created: tree.created,
@@ -711,22 +739,29 @@ impl Index {
         Ok(Some((dir, access)))
     }
 
-    /// The sources of top-level index directory `top`, in rank order.
-    fn top_sources(&self, generation: &IndexGeneration, top: &IndexDir) -> Result<Vec<Source>> {
-        let mut sources = Vec::new();
-        for (app, root, way) in &generation.apps {
+    /// The sources of top-level index directory `top`, in rank order, and
+    /// who may list it (root's 0755 when no App has it).
+    fn top_sources(
+        &self,
+        generation: &IndexGeneration,
+        top: &IndexDir,
+    ) -> Result<(Access, Vec<Source>)> {
+        let (mut access, mut sources) = (Access::OPEN, Vec::new());
+        for app in &generation.apps {
             for rel in &top.sources {
-                if let Some((dir, access)) = self.resolve(*root, *way, rel)? {
-                    sources.push(Source {
-                        app: app.clone(),
+                if let Some((dir, own)) = self.resolve(app.root, app.way, rel)? {
+                    let source = Source {
+                        app: app.name.clone(),
                         dir,
                         rel: Arc::from(rel.as_bytes()),
-                        access,
-                    });
+                        access: own,
+                        restricted: app.restricted,
+                    };
+                    add_source(&mut access, &mut sources, source);
                 }
             }
         }
-        Ok(sources)
+        Ok((access, sources))
     }
 
     fn link_target(&self, source: &Source, name: &[u8]) -> Vec<u8> {
@@ -759,6 +794,7 @@ impl Index {
                     dir: child.id,
                     rel: Arc::from(join(&source.rel, &child.name)),
                     access: child.access,
+                    restricted: source.restricted,
                 };
                 match merged.get_mut(&child.name) {
                     None => {
@@ -776,8 +812,7 @@ impl Index {
                         access: lower_access,
                         sources: lower,
                     }) if is_dir => {
-                        *lower_access = lower_access.meet(child.access);
-                        lower.push(sub());
+                        add_source(lower_access, lower, sub());
                     }
                     // A higher-ranked source decided this name.
                     Some(_) => {}
@@ -801,8 +836,8 @@ impl Index {
         let merged = if parent.is_empty() {
             match layout().iter().find(|d| d.name.as_bytes() == name) {
                 Some(top) => {
-                    let sources = self.top_sources(generation, top)?;
-                    self.merge(access_of(&sources), &sources)?
+                    let (access, sources) = self.top_sources(generation, top)?;
+                    self.merge(access, &sources)?
                 }
                 None => return Ok(None),
             }

@@ -32,7 +32,9 @@
 //!
 //! One restrictive source narrows the whole merged directory for everyone,
 //! the other Apps' names included: showing less is the safe side, and root
-//! chose to add the package.
+//! chose to add the package. A restricted App's source (a key trusted only
+//! for some Apps) is left out instead where it would narrow a directory an
+//! unrestricted App has (`add_source` in the index).
 
 /// An owner, a group and permission bits (`rwxrwxrwx`, `& 0o777`): one
 /// source directory's, or a merged directory's.

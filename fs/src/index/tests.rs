@@ -717,3 +717,45 @@ fn a_merged_directory_lists_to_no_one_more_than_its_sources_do() {
     assert_eq!(access(&index, "share"), (uid, gid, 0o700));
     assert_eq!(access(&index, "bin"), (0, 0, 0o755), "delta has no bin");
 }
+
+/// A restricted App's private directory is left out of a directory an
+/// unrestricted App has rather than narrow it (hiding every name in it
+/// from users but root), and keeps its access where it is alone.
+#[test]
+fn a_restricted_apps_private_directory_never_narrows_an_unrestricted_one() {
+    let f = Fixture::new();
+    f.add(
+        "zz-core",
+        "1",
+        &[("bin/ls", "ls"), ("share/doc/zz-core/README", "doc")],
+    );
+    let evil = f.write(
+        "aa-evil",
+        "1",
+        &[
+            ("bin/evil", "evil"),
+            ("share/doc/aa-evil/README", "evil doc"),
+            ("share/private/x", "x"),
+        ],
+    );
+    for (rel, mode) in [
+        ("bin", 0o700),
+        ("share/doc", 0o700),
+        ("share/private", 0o700),
+    ] {
+        fs::set_permissions(evil.path.join(rel), fs::Permissions::from_mode(mode)).unwrap();
+    }
+    // Written already: taken as it is, modes included.
+    f.add_restricted("aa-evil", "1", "aa-*", &[]);
+    let (_view, index) = f.index(GenerationChoice::Live);
+    let me = fs::metadata(f.src.join("zz-core-1")).unwrap();
+    let (uid, gid) = (me.uid(), me.gid());
+
+    assert_eq!(access(&index, "bin"), (uid, gid, 0o755));
+    assert_eq!(names(&index, "bin"), [".", "..", "ls"]);
+    assert_eq!(access(&index, "share/doc"), (uid, gid, 0o755));
+    assert_eq!(names(&index, "share/doc"), [".", "..", "zz-core"]);
+    // Its own directory, which no unrestricted App has, stays private.
+    assert_eq!(access(&index, "share/private"), (uid, gid, 0o700));
+    assert_eq!(names(&index, "share/private"), [".", "..", "x"]);
+}
