@@ -3,7 +3,8 @@
 //! between crafted Apps resolve by the documented rule (an App signed by a
 //! key trusted only for some Apps ranks after every other; then the App
 //! whose name sorts first wins; within one App `bin/` beats `usr/bin/`),
-//! the index follows `nip remove` and `nip switch` within a second, and
+//! the index follows `nip remove` and `nip switch` within a second, a
+//! package's private directory is listed to no other user through it, and
 //! both mounts go away together on `nexus umount` and SIGTERM.
 
 use std::ffi::OsString;
@@ -14,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nexus_integration_tests::debs::{Unpacked, fetch_and_unpack};
-use nexus_integration_tests::fixtures::{Scratch, chmod, write_file};
+use nexus_integration_tests::fixtures::{Scratch, cat_as_nobody, chmod, ls_as_nobody, write_file};
 use nexus_integration_tests::nexus::{Mount, alive, is_mounted, nexus, show, wait_for};
 use nexus_integration_tests::{Store, root_or_skip};
 
@@ -527,4 +528,67 @@ fn the_index_alone_can_be_unmounted_and_bad_index_directories_are_refused() {
         "the main mount serves on"
     );
     mount.umount();
+}
+
+/// A package's private directory (0700, as polkit's `rules.d`) is listed
+/// to no other user through the Index, which merges it into `share`, any
+/// more than through the mount; root still lists it, and the open
+/// directories beside it stay open.
+#[test]
+fn a_private_directory_is_listed_to_no_other_user_through_the_index() {
+    if !root_or_skip("a_private_directory_is_listed_to_no_other_user_through_the_index") {
+        return;
+    }
+    let scratch = Scratch::new("index-private");
+    let src = scratch.join("src");
+    let secret = src.join("usr/share/secret/db-credentials-prod.conf");
+    write_file(&secret, b"x\n");
+    chmod(&secret, 0o600);
+    chmod(&src.join("usr/share/secret"), 0o700);
+    write_file(&src.join("usr/share/open/readme"), b"open\n");
+    let store = Store::init();
+    store.add_dir(&src, "demo", "1");
+
+    let index = IndexDir::new(&scratch);
+    let mount = Mount::start(
+        store.path(),
+        &scratch.join("mnt"),
+        &["--allow-other", "--index", index.arg()],
+    );
+    // Through the mount, as the package has it.
+    assert_eq!(ls_as_nobody(&mount.join("demo/1/usr/share/secret")), None);
+    let listed = ls_as_nobody(&mount.join("demo/1/usr/share/open"));
+    assert_eq!(
+        listed.as_deref(),
+        Some(&[".", "..", "readme"].map(String::from)[..])
+    );
+
+    // Through the Index: the same.
+    let merged = index.join("share/secret");
+    let meta = fs::metadata(&merged).unwrap();
+    assert_eq!(
+        (meta.mode() & 0o7777, meta.uid(), meta.gid()),
+        (0o700, 0, 0),
+        "the merged directory is the package's"
+    );
+    assert_eq!(
+        ls_as_nobody(&merged),
+        None,
+        "another user listed a 0700 directory through the Index"
+    );
+    assert!(!cat_as_nobody(&merged.join("db-credentials-prod.conf")));
+    assert_eq!(
+        names(&merged),
+        ["db-credentials-prod.conf"],
+        "root lists it"
+    );
+    let listed = ls_as_nobody(&index.join("share/open"));
+    assert_eq!(
+        listed.as_deref(),
+        Some(&[".", "..", "readme"].map(String::from)[..])
+    );
+    let share = ls_as_nobody(&index.join("share")).expect("share is open");
+    assert!(share.contains(&"secret".to_string()), "{share:?}");
+    mount.umount();
+    index.assert_gone(Duration::from_secs(10), "after nexus umount");
 }

@@ -12,7 +12,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::Duration;
 
-use nexus_integration_tests::fixtures::{Scratch, cat_as_nobody, chmod, write_file};
+use nexus_integration_tests::fixtures::{Scratch, cat_as_nobody, chmod, ls_as_nobody, write_file};
 use nexus_integration_tests::nexus::{Mount, alive, nexus, show, wait_for};
 use nexus_integration_tests::{Store, root_or_skip};
 
@@ -896,4 +896,30 @@ fn a_generation_the_kernel_view_still_shows_is_kept_by_gc() {
         mount.log()
     );
     mount.umount();
+}
+
+/// The Index's kernel view carries the modes the FUSE Index derives: a
+/// package's 0700 directory merged into `share` is 0700 in the image, and
+/// no other user lists it there.
+#[test]
+fn the_index_view_lists_a_private_directory_to_no_other_user() {
+    if !root_or_skip("the_index_view_lists_a_private_directory_to_no_other_user") {
+        return;
+    }
+    let scratch = Scratch::new("kernel-view-index-private");
+    let src = scratch.join("src");
+    write_file(&src.join("usr/share/secret/db.conf"), b"x\n");
+    chmod(&src.join("usr/share/secret"), 0o700);
+    write_file(&src.join("usr/share/open/readme"), b"open\n");
+    let store = Store::init();
+    store.add_dir(&src, "demo", "1");
+    let (mount, index) = start_view_with_index(&store, &scratch);
+    assert_eq!(top_type(&index), "erofs", "no kernel view on the Index");
+    let merged = index.join("share/secret");
+    let meta = fs::metadata(&merged).unwrap();
+    assert_eq!((meta.mode() & 0o7777, meta.uid()), (0o700, 0));
+    assert_eq!(ls_as_nobody(&merged), None, "another user listed it");
+    assert!(ls_as_nobody(&index.join("share/open")).is_some());
+    let out = umount(&store, &mount);
+    assert!(out.status.success(), "{}", show(&out));
 }

@@ -300,6 +300,30 @@ pub fn generate_data(dir: &Path, total: u64, seed: u64) {
     }
 }
 
+/// Runs `ls -a DIR` as the user `nobody` (uid and gid 65534, no other
+/// groups); returns the names it listed, or `None` if it could not list
+/// the directory.
+pub fn ls_as_nobody(dir: &Path) -> Option<Vec<String>> {
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "ls",
+            "-a",
+        ])
+        .arg(dir)
+        .stderr(Stdio::null())
+        .output()
+        .expect("run setpriv");
+    out.status.success().then(|| {
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    })
+}
+
 /// Runs `cat PATH` as the user `nobody` (uid and gid 65534, no other
 /// groups); returns whether it could read it.
 pub fn cat_as_nobody(path: &Path) -> bool {
