@@ -1,11 +1,13 @@
 //! Raw FUSE request bytes in, reply bytes out, through exactly the path a
-//! guest's requests take ([`Server::handle_message`] over a virtio
-//! descriptor chain in guest memory, then [`GuestFs`]), without a VM: for
-//! the hostile-request tests and the fuzz target (`virtiofs/fuzz`).
+//! guest's requests take (the device's checks, then
+//! [`Server::handle_message`] over a virtio descriptor chain in guest
+//! memory, then [`GuestFs`]), without a VM: for the hostile-request tests
+//! and the fuzz target (`virtiofs/fuzz`).
 //!
 //! Each request gets a fresh small guest memory holding a one-chain queue:
-//! the request bytes as the readable descriptor, `reply_room` bytes as the
-//! writable one.
+//! the request bytes as the readable descriptor (or as several that all
+//! point at the same bytes, [`Loopback::send_aliased`]), `reply_room` bytes
+//! as the writable one.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,6 +29,9 @@ use crate::fs::GuestFs;
 const BUFFERS: u64 = 0x1_0000;
 /// The largest reply buffer offered (a READ's 1 MiB and some).
 pub const MAX_REPLY_ROOM: u32 = (1 << 20) + 4096;
+/// Entries of the queue: room for a chain of this many descriptors, less
+/// the reply's.
+const QUEUE_SIZE: u16 = 256;
 
 /// One guest's request handler, fed by hand.
 pub struct Loopback {
@@ -60,32 +65,49 @@ impl Loopback {
     /// [`MAX_REPLY_ROOM`]); returns the reply, or `None` when the handler
     /// wrote none (requests that take no reply, and requests it rejected).
     pub fn send(&self, request: &[u8], reply_room: u32) -> Option<Reply> {
+        let len = u32::try_from(request.len()).ok()?;
+        self.send_aliased(request, len, 1, reply_room)
+    }
+
+    /// Sends `request` as a guest can that wants its request to look
+    /// larger than it is: `copies` readable descriptors that all point at
+    /// the same `region` bytes of guest memory, which start with `request`
+    /// (zeros after it). The chain then offers `copies * region` bytes to
+    /// read, from `region` bytes of memory. Fewer than one copy, or more
+    /// than the queue holds, is `None`; otherwise as [`Loopback::send`].
+    pub fn send_aliased(
+        &self,
+        request: &[u8],
+        region: u32,
+        copies: u16,
+        reply_room: u32,
+    ) -> Option<Reply> {
+        if copies == 0 || copies >= QUEUE_SIZE || (region as usize) < request.len() {
+            return None;
+        }
         let room = reply_room.min(MAX_REPLY_ROOM);
         let request_at = BUFFERS;
-        let reply_at = (request_at + request.len() as u64).next_multiple_of(4096);
+        let reply_at = (request_at + u64::from(region)).next_multiple_of(4096);
         let size = usize::try_from(reply_at + u64::from(room) + 4096).ok()?;
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), size)]).ok()?;
         mem.write_slice(request, GuestAddress(request_at)).ok()?;
-        let queue = MockSplitQueue::create(&mem, GuestAddress(0), 16);
-        let len = u32::try_from(request.len()).ok()?;
-        let descriptors = [
-            RawDescriptor::from(Descriptor::new(request_at, len, 0, 0)),
-            RawDescriptor::from(Descriptor::new(
-                reply_at,
-                room,
-                VRING_DESC_F_WRITE as u16,
-                0,
-            )),
-        ];
+        let queue = MockSplitQueue::create(&mem, GuestAddress(0), QUEUE_SIZE);
+        let mut descriptors: Vec<RawDescriptor> = (0..copies)
+            .map(|_| RawDescriptor::from(Descriptor::new(request_at, region, 0, 0)))
+            .collect();
+        descriptors.push(RawDescriptor::from(Descriptor::new(
+            reply_at,
+            room,
+            VRING_DESC_F_WRITE as u16,
+            0,
+        )));
         let chain = queue.build_desc_chain(&descriptors).ok()?;
         let reader = Reader::from_descriptor_chain(&mem, chain.clone()).ok()?;
         let writer = VirtioFsWriter::new(&mem, chain).ok()?;
         // A request the handler rejects may still have been answered (with
         // an error) before it gave up, as a guest would see: so the reply is
         // read from guest memory, not from the handler's count.
-        let _ = self
-            .server
-            .handle_message(reader, writer.into(), None, None);
+        let _ = crate::device::answer(&self.server, reader, writer.into());
         let header_len = std::mem::size_of::<OutHeader>();
         if (room as usize) < header_len {
             return None;

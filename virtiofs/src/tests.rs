@@ -4,9 +4,12 @@
 use std::mem::size_of;
 use std::sync::Arc;
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
 use fuse_backend_rs::abi::fuse_abi::{
-    AttrOut, CreateIn, EntryOut, FallocateIn, GetattrIn, LinkIn, MkdirIn, MknodIn, Opcode, OpenIn,
-    ReadIn, RenameIn, SetattrIn, SetxattrIn, WriteIn,
+    AttrOut, CreateIn, EntryOut, FallocateIn, GetattrIn, InHeader, IoctlIn, LinkIn, MkdirIn,
+    MknodIn, Opcode, OpenIn, ReadIn, RenameIn, SetattrIn, SetxattrIn, WriteIn,
 };
 use nexus_fs::{GenerationChoice, View, ViewOptions};
 use vm_memory::ByteValued;
@@ -18,6 +21,58 @@ use crate::loopback::{
     FixtureInodes, Loopback, Reply, fixture, fixture_data, fixture_inodes, request,
 };
 use nexus_fs::handles::HandleBudget;
+
+/// The test binary's allocator: the system's, noting the largest single
+/// allocation each thread asks for, so that a test can tell what a request
+/// made the daemon allocate (the size of a buffer, not the pages touched:
+/// a measure no other test running at the same time can disturb).
+struct NotingLargest;
+
+thread_local! {
+    static LARGEST: Cell<usize> = const { Cell::new(0) };
+}
+
+fn note(size: usize) {
+    // `try_with`: allocations during the thread's end must still work.
+    let _ = LARGEST.try_with(|largest| largest.set(largest.get().max(size)));
+}
+
+// SAFETY: every call goes to `System` unchanged; noting a size allocates
+// nothing (a const-initialised thread local without a destructor).
+unsafe impl GlobalAlloc for NotingLargest {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note(layout.size());
+        // SAFETY: the caller's guarantees, passed on.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        note(layout.size());
+        // SAFETY: the caller's guarantees, passed on.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note(new_size);
+        // SAFETY: the caller's guarantees, passed on.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: the caller's guarantees, passed on.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: NotingLargest = NotingLargest;
+
+/// The largest single allocation `f` makes on this thread.
+fn largest_allocation<T>(f: impl FnOnce() -> T) -> (T, usize) {
+    LARGEST.with(|largest| largest.set(0));
+    let out = f();
+    (out, LARGEST.with(Cell::get))
+}
 
 struct Setup {
     _dir: tempfile::TempDir,
@@ -216,6 +271,72 @@ fn wrong_lengths_are_refused_without_harm() {
     // No room for a reply at all.
     assert!(guest.send(&getattr, 0).is_none());
     assert!(guest.send(&getattr, 8).is_none());
+    getattr_works(&guest, s.ino.file);
+}
+
+/// The attack of the rev-guest review: IOCTL's `in_size` was checked
+/// against the bytes the descriptor chain offers, not the request's own
+/// length, and then allocated and filled. A guest whose chain repeats one
+/// region (an indirect table makes that 4 GiB) had a 72-byte request make
+/// the daemon allocate up to 4 GiB. IOCTL is now `ENOTTY` before anything
+/// is decoded.
+#[test]
+fn an_ioctl_allocates_nothing_however_large_its_chain_looks() {
+    let s = setup();
+    let guest = Loopback::new(s.view.clone());
+    let region: u32 = 4 << 20;
+    let copies = 16;
+    let ioctl = IoctlIn {
+        in_size: region * u32::from(copies) - 200,
+        ..Default::default()
+    };
+    let req = request(Opcode::Ioctl as u32, s.ino.file, None, ioctl.as_slice());
+    let (reply, largest) = largest_allocation(|| guest.send_aliased(&req, region, copies, 4096));
+    assert!(
+        largest < 1 << 20,
+        "an IOCTL of {} bytes made the daemon allocate {largest} bytes",
+        req.len()
+    );
+    assert_eq!(errno(&reply.expect("a reply")), libc::ENOTTY);
+    // However it is sent.
+    let reply = send(&guest, Opcode::Ioctl, s.ino.dir, ioctl.as_slice());
+    assert_eq!(errno(&reply), libc::ENOTTY);
+    getattr_works(&guest, s.ino.file);
+}
+
+/// What the decoder reads of a request ends where its header's `len`
+/// says, whatever else the descriptor chain offers: a fixed-size argument
+/// the declared length leaves out is not read from behind it, and lengths
+/// below a header are refused (above the decoder's cap:
+/// `wrong_lengths_are_refused_without_harm`).
+#[test]
+fn a_request_is_read_no_further_than_its_header_says() {
+    let s = setup();
+    let guest = Loopback::new(s.view.clone());
+    let header_only = size_of::<InHeader>() as u32;
+    let getattr = |len| {
+        request(
+            Opcode::Getattr as u32,
+            s.ino.file,
+            Some(len),
+            &zeroed::<GetattrIn>(),
+        )
+    };
+    // The GetattrIn is in the chain but not in the request: the decoder
+    // runs out, and the request is dropped.
+    assert!(guest.send(&getattr(header_only), 4096).is_none());
+    assert!(guest.send(&getattr(header_only + 8), 4096).is_none());
+    // The same through a chain that repeats it (as an IOCTL attack would).
+    let req = getattr(header_only);
+    assert!(guest.send_aliased(&req, 4096, 8, 4096).is_none());
+    // A length shorter than the header itself.
+    for len in [0, 1, header_only - 1] {
+        let reply = guest.send(&getattr(len), 4096).expect("a reply");
+        assert_eq!(errno(&reply), libc::EINVAL, "len {len}");
+    }
+    // What declares its true length is answered as always.
+    let reply = send(&guest, Opcode::Lookup, s.ino.dir, b"data.bin\0");
+    assert_eq!(errno(&reply), 0);
     getattr_works(&guest, s.ino.file);
 }
 
