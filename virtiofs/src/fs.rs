@@ -13,7 +13,9 @@
 //! handles are checked against the ones this guest opened (a guest cannot
 //! read or close another guest's), their number is capped, reads are clamped
 //! to the guest's buffer and [`MAX_READ`], and every request that would
-//! write is `EROFS`.
+//! write is `EROFS`. Nor is what a guest's requests make the daemon log
+//! the guest's to multiply: a refusal is logged at most once a minute per
+//! guest (`log_limit`), a wrong guess not at all.
 
 use std::ffi::CStr;
 use std::io;
@@ -30,6 +32,8 @@ use fuse_backend_rs::api::filesystem::{
 use nexus_fs::handles::{DirHandles, HandleBudget, HandleLimits};
 use nexus_fs::lookups::Lookups;
 use nexus_fs::{Attr, Entry, Kind, Listing, View, ViewError};
+
+use crate::log_limit::{LOG_EVERY, LogLimit, unlogged};
 
 /// How long a guest may keep what never changes: package entries and
 /// attributes (and, through the page cache, file contents).
@@ -71,6 +75,12 @@ pub struct GuestFs {
     /// The inodes this guest has looked up and not forgotten: their
     /// packages stay readable (see `nexus_fs::lookups`).
     lookups: Arc<Lookups>,
+    /// Directory opens refused for this guest's limits: the guest can ask
+    /// again and again.
+    refused_dirs: LogLimit,
+    /// Requests that met damage or an inconsistency: worth an error, but a
+    /// guest can repeat a request that meets it as often as it likes.
+    damage: LogLimit,
 }
 
 impl GuestFs {
@@ -86,12 +96,30 @@ impl GuestFs {
             view,
             dirs: DirHandles::new(limits, Some(budget)),
             lookups,
+            refused_dirs: LogLimit::new(LOG_EVERY),
+            damage: LogLimit::new(LOG_EVERY),
         }
     }
 
     /// The listing of directory handle `fh`, if this guest opened it.
     fn listing(&self, fh: u64) -> io::Result<Arc<Listing>> {
-        self.dirs.get(fh).map_err(|e| view_error("readdir", fh, &e))
+        self.dirs
+            .get(fh)
+            .map_err(|e| self.failed("readdir", fh, &e))
+    }
+
+    /// The error the guest gets for a failed view call; damage and
+    /// inconsistencies are logged (at most once per [`LOG_EVERY`]), a
+    /// guest's wrong guesses are not.
+    fn failed(&self, op: &str, ino: u64, e: &ViewError) -> io::Error {
+        if e.is_serious() {
+            if let Some(n) = self.damage.due() {
+                tracing::error!("{op} of inode {ino}: {e}{}", unlogged(n));
+            }
+        } else {
+            tracing::trace!("{op} of inode {ino}: {e}");
+        }
+        errno(e.errno())
     }
 }
 
@@ -101,17 +129,6 @@ fn errno(code: i32) -> io::Error {
 
 fn read_only() -> io::Error {
     errno(libc::EROFS)
-}
-
-/// The error a guest gets for a failed view call; damage and
-/// inconsistencies are logged (a guest's wrong guesses are not).
-fn view_error(op: &str, ino: u64, e: &ViewError) -> io::Error {
-    if e.is_serious() {
-        tracing::error!("{op} of inode {ino}: {e}");
-    } else {
-        tracing::trace!("{op} of inode {ino}: {e}");
-    }
-    errno(e.errno())
 }
 
 fn ttl(immutable: bool) -> Duration {
@@ -224,7 +241,7 @@ impl FileSystem for GuestFs {
                 self.view.looked_up(&self.lookups, parent, &entry);
                 Ok(fuse_entry(&entry, self.view.inode_generation()))
             }
-            Err(e) => Err(view_error("lookup", parent, &e)),
+            Err(e) => Err(self.failed("lookup", parent, &e)),
         }
     }
 
@@ -246,14 +263,14 @@ impl FileSystem for GuestFs {
     ) -> io::Result<(stat64, Duration)> {
         match self.view.getattr(ino) {
             Ok(attr) => Ok((stat(&attr), ttl(attr.immutable))),
-            Err(e) => Err(view_error("getattr", ino, &e)),
+            Err(e) => Err(self.failed("getattr", ino, &e)),
         }
     }
 
     fn readlink(&self, _ctx: &Context, ino: u64) -> io::Result<Vec<u8>> {
         self.view
             .readlink(ino)
-            .map_err(|e| view_error("readlink", ino, &e))
+            .map_err(|e| self.failed("readlink", ino, &e))
     }
 
     fn open(
@@ -275,7 +292,7 @@ impl FileSystem for GuestFs {
             Ok(attr) if attr.kind == Kind::File => Err(errno(libc::ENOSYS)),
             Ok(attr) if attr.kind == Kind::Dir => Err(errno(libc::EISDIR)),
             Ok(_) => Err(errno(libc::EINVAL)),
-            Err(e) => Err(view_error("open", ino, &e)),
+            Err(e) => Err(self.failed("open", ino, &e)),
         }
     }
 
@@ -297,7 +314,7 @@ impl FileSystem for GuestFs {
             .read_inode_with(ino, offset, size, |data| {
                 w.write_all(data).map(|()| data.len())
             })
-            .map_err(|e| view_error("read", ino, &e))?
+            .map_err(|e| self.failed("read", ino, &e))?
     }
 
     fn release(
@@ -337,7 +354,7 @@ impl FileSystem for GuestFs {
         let value = self
             .view
             .getxattr(ino, name.to_bytes())
-            .map_err(|e| view_error("getxattr", ino, &e))?;
+            .map_err(|e| self.failed("getxattr", ino, &e))?;
         let count = len_u32(&value);
         Ok(match xattr_reply(size, value)? {
             Some(value) => GetxattrReply::Value(value),
@@ -349,7 +366,7 @@ impl FileSystem for GuestFs {
         let names = self
             .view
             .listxattr(ino)
-            .map_err(|e| view_error("listxattr", ino, &e))?;
+            .map_err(|e| self.failed("listxattr", ino, &e))?;
         let count = len_u32(&names);
         Ok(match xattr_reply(size, names)? {
             Some(names) => ListxattrReply::Names(names),
@@ -366,15 +383,18 @@ impl FileSystem for GuestFs {
         let listing = self
             .view
             .list(ino)
-            .map_err(|e| view_error("opendir", ino, &e))?;
+            .map_err(|e| self.failed("opendir", ino, &e))?;
         let immutable = listing.immutable;
         let fh = self.dirs.open(listing).map_err(|e| {
-            let (handles, bytes) = self.dirs.usage();
-            tracing::warn!(
-                "a guest holds {handles} open directories ({bytes} bytes of listings): \
-                 refusing more"
-            );
-            view_error("opendir", ino, &e)
+            if let Some(n) = self.refused_dirs.due() {
+                let (handles, bytes) = self.dirs.usage();
+                tracing::warn!(
+                    "a guest holds {handles} open directories ({bytes} bytes of listings): \
+                     refusing more{}",
+                    unlogged(n)
+                );
+            }
+            self.failed("opendir", ino, &e)
         })?;
         // Listings inside packages never change: the guest may cache them.
         let options = if immutable {
@@ -433,7 +453,7 @@ impl FileSystem for GuestFs {
         self.view
             .getattr(ino)
             .map(|_| ())
-            .map_err(|e| view_error("access", ino, &e))
+            .map_err(|e| self.failed("access", ino, &e))
     }
 
     // Everything that would write: the view is read-only.

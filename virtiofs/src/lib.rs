@@ -23,6 +23,7 @@ pub mod device;
 pub mod error;
 pub mod fs;
 pub mod listener;
+mod log_limit;
 #[cfg(any(test, feature = "loopback"))]
 pub mod loopback;
 
