@@ -163,21 +163,33 @@ where
     }
 }
 
-/// Sets up `tracing` for `destination`. The level comes from `-v`
-/// (warnings by default at a terminal, info in a file or the journal), or
-/// RUST_LOG.
-pub fn init(verbose: u8, destination: &Destination) -> Result<()> {
-    // fuser warns "Failed to umount filesystem" whenever the mount was
-    // removed from outside (`nexus umount`, SIGTERM): the normal way to stop,
-    // so not worth a warning unless debugging.
-    let kept = *destination != Destination::Stderr;
-    let level = match (verbose, kept) {
-        (0, false) => "warn,fuser::session=error",
-        (0, true) | (1, _) => "info,fuser::session=error",
+/// The filter directives of a log at `verbose` (`-v` count), `kept` in a
+/// file or the journal, when RUST_LOG sets none: warnings by default at a
+/// terminal, info when kept or with `-v`, debug with `-vv`.
+///
+/// - fuser warns "Failed to umount filesystem" whenever the mount was
+///   removed from outside (`nexus umount`, SIGTERM): the normal way to
+///   stop, so not worth a warning unless debugging.
+/// - `fuse_backend_rs` (the virtio-fs decoder) is off unless debugging: it
+///   logs what a guest's refused requests were at error level, a line per
+///   request and whole request bodies (about 4 MiB for a 1 MiB name), so a
+///   hostile guest could write the host's log as fast as it sends
+///   requests. The daemon's own messages about guests are limited per
+///   guest instead (`nexus_virtiofs`).
+fn directives(verbose: u8, kept: bool) -> &'static str {
+    match (verbose, kept) {
+        (0, false) => "warn,fuser::session=error,fuse_backend_rs=off",
+        (0, true) | (1, _) => "info,fuser::session=error,fuse_backend_rs=off",
         _ => "debug",
-    };
+    }
+}
+
+/// Sets up `tracing` for `destination`. The level comes from `-v`
+/// ([`directives`]), or RUST_LOG.
+pub fn init(verbose: u8, destination: &Destination) -> Result<()> {
+    let kept = *destination != Destination::Stderr;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(directives(verbose, kept)));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match destination {
         Destination::File(path) => {
@@ -206,6 +218,54 @@ pub fn init(verbose: u8, destination: &Destination) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The events at warning level or above that reach it, by target.
+    #[derive(Clone, Default)]
+    struct Loud(Arc<Mutex<Vec<String>>>);
+
+    impl<S: Subscriber> tracing_subscriber::Layer<S> for Loud {
+        fn on_event(&self, event: &Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+            // A `log` record's own target, not the bridge's.
+            use tracing_log::NormalizeEvent;
+            let normalized = event.normalized_metadata();
+            let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
+            if *meta.level() <= Level::WARN {
+                let mut seen = self.0.lock().unwrap_or_else(|p| p.into_inner());
+                seen.push(meta.target().to_string());
+            }
+        }
+    }
+
+    /// The log flood of the rev-guest review: `fuse-backend-rs` logs each
+    /// refused request of a guest at error level, with its body. Its
+    /// records reach the daemon's filter through the `log` bridge, as in
+    /// the daemon, and are dropped at every level short of `-vv`, while
+    /// the daemon's own warnings still pass.
+    #[test]
+    fn the_virtio_fs_decoders_records_are_dropped_unless_debugging() {
+        use tracing_log::log;
+        use tracing_subscriber::layer::SubscriberExt;
+        // Bridges `log` records to whatever subscriber is current, as
+        // tracing-subscriber's `init` does in the daemon.
+        let _ = tracing_log::LogTracer::init();
+        for (verbose, kept) in [(0, false), (0, true), (1, false), (1, true)] {
+            let loud = Loud::default();
+            let filter = tracing_subscriber::EnvFilter::new(directives(verbose, kept));
+            let subscriber = tracing_subscriber::registry()
+                .with(filter)
+                .with(loud.clone());
+            tracing::subscriber::with_default(subscriber, || {
+                log::error!(
+                    target: "fuse_backend_rs::api::server::sync_io",
+                    "fuse: bytes to cstr error: [65, 65, 65]"
+                );
+                log::warn!(target: "fuse_backend_rs::api::server::sync_io", "a warning");
+                tracing::warn!(target: "nexus_virtiofs::fs", "a guest holds 4096 directories");
+            });
+            let seen = loud.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            assert_eq!(seen, ["nexus_virtiofs::fs"], "-v x{verbose}, kept: {kept}");
+        }
+    }
 
     #[test]
     fn priorities_follow_sd_daemon() {
