@@ -457,16 +457,21 @@ mod tests {
 
     const PACK: &str = "0123456789abcdef0123456789abcdef.pack";
 
+    /// A fetcher's successful answer of `len` bytes (all 7).
+    fn ok_answer(len: usize) -> Vec<u8> {
+        let mut out = vec![OK];
+        out.extend_from_slice(&(len as u32).to_le_bytes());
+        out.resize(5 + len, 7);
+        out
+    }
+
     /// A fetcher (taken over) that answers every request with `answer`
     /// bytes, whatever the range.
     fn lying_fetcher(answer: usize) -> (FetcherLink, std::thread::JoinHandle<()>) {
         let (ours, mut theirs) = UnixStream::pair().unwrap();
         let far = std::thread::spawn(move || {
             while let Ok(Some(_)) = RangeRequest::read_from(&mut theirs) {
-                let mut out = vec![OK];
-                out.extend_from_slice(&(answer as u32).to_le_bytes());
-                out.resize(5 + answer, 7);
-                if theirs.write_all(&out).is_err() {
+                if theirs.write_all(&ok_answer(answer)).is_err() {
                     return;
                 }
             }
@@ -518,10 +523,7 @@ mod tests {
         let far = std::thread::spawn(move || {
             while let Ok(Some(request)) = RangeRequest::read_from(&mut theirs) {
                 std::thread::sleep(SLOW);
-                let mut out = vec![OK];
-                out.extend_from_slice(&request.len.to_le_bytes());
-                out.resize(5 + request.len as usize, 7);
-                if theirs.write_all(&out).is_err() {
+                if theirs.write_all(&ok_answer(request.len as usize)).is_err() {
                     return;
                 }
             }
@@ -593,10 +595,7 @@ mod tests {
             let Ok(Some(request)) = RangeRequest::read_from(&mut theirs) else {
                 return;
             };
-            let mut out = vec![OK];
-            out.extend_from_slice(&request.len.to_le_bytes());
-            out.resize(5 + request.len as usize, 7);
-            for byte in out {
+            for byte in ok_answer(request.len as usize) {
                 std::thread::sleep(Duration::from_millis(50));
                 if theirs.write_all(&[byte]).is_err() {
                     return;

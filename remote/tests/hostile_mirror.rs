@@ -7,25 +7,15 @@
 use std::fs;
 use std::path::Path;
 
-use nexus_npk::{KeyStore, Scope};
 use nexus_remote::client::Timeouts;
-use nexus_remote::publish::{PublishOptions, publish};
 use nexus_remote::pull::{PullOptions, pull};
-use nexus_remote::{endpoint_of, open_reader};
-use nexus_store::catalog::NewRemote;
-use nexus_store::read::ReaderOptions;
-use nexus_store::{AddDir, AddOptions, NoProgress, Store};
+use nexus_store::Store;
+
+mod support;
+use support::{origin, peak_rss, publish_one_file, trusting};
 
 /// Bytes a hostile object is made to hold (sparse: nothing on disk).
 const HUGE: u64 = 3 << 30;
-
-/// The process's peak resident memory, in bytes.
-fn peak_rss() -> u64 {
-    let status = fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    kib << 10
-}
 
 fn grow_sparse(path: &Path) {
     fs::OpenOptions::new()
@@ -39,64 +29,11 @@ fn grow_sparse(path: &Path) {
 #[test]
 fn oversized_manifests_and_metadata_are_refused_without_being_held() {
     let tmp = tempfile::tempdir().unwrap();
-    let keys = KeyStore::new(tmp.path().join("keys"));
-    keys.generate("pub").unwrap();
-    let mut host = Store::init(&tmp.path().join("a")).unwrap();
-    let src = tmp.path().join("src");
-    fs::create_dir_all(&src).unwrap();
-    fs::write(src.join("f"), b"hello").unwrap();
-    host.add_dirs(
-        &[AddDir {
-            path: src,
-            name: "tool".into(),
-            version: "1".into(),
-        }],
-        AddOptions::default(),
-        &NoProgress,
-    )
-    .unwrap();
     let remote_dir = tmp.path().join("remote");
+    let keys = publish_one_file(tmp.path(), b"hello", &remote_dir);
     let mut subscriber = Store::init(&tmp.path().join("b")).unwrap();
-    let row = subscriber
-        .catalog()
-        .add_remote(&NewRemote {
-            name: "origin".into(),
-            url: format!("file://{}", remote_dir.display()),
-            endpoint: None,
-            region: None,
-            domain: "origin".into(),
-        })
-        .unwrap();
-    let (reader, _) = open_reader(host.dir(), ReaderOptions::default()).unwrap();
-    let options = PublishOptions {
-        generation: None,
-        keys: &keys,
-        key_name: "pub",
-        trust: &keys.trust_set().unwrap(),
-        domain: &row.domain,
-        expires_in: None,
-        fresh: false,
-    };
-    let key = keys.secret("pub").unwrap();
-    publish(
-        &host,
-        &reader,
-        &endpoint_of(&row).unwrap(),
-        &key,
-        &options,
-        &NoProgress,
-    )
-    .unwrap();
-    let trusted = KeyStore::new(tmp.path().join("keys-b"));
-    trusted
-        .trust(
-            &keys.public_file("pub").unwrap(),
-            Scope::Images {
-                domain: "origin".into(),
-            },
-        )
-        .unwrap();
-    let trust = trusted.trust_set().unwrap();
+    let row = origin(&subscriber, &format!("file://{}", remote_dir.display()));
+    let trust = trusting(tmp.path(), &keys);
     let try_pull = |subscriber: &mut Store| {
         pull(
             subscriber,

@@ -10,25 +10,17 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 
-use nexus_npk::{KeyStore, Scope};
 use nexus_remote::client::Timeouts;
-use nexus_remote::publish::{PublishOptions, publish};
+use nexus_remote::open_reader;
 use nexus_remote::pull::{PullOptions, pull};
-use nexus_remote::{endpoint_of, open_reader};
-use nexus_store::catalog::NewRemote;
+use nexus_store::Store;
 use nexus_store::read::ReaderOptions;
-use nexus_store::{AddDir, AddOptions, NoProgress, Store};
+
+mod support;
+use support::{origin, peak_rss, publish_one_file, trusting};
 
 /// The body length the mirror declares for every range: a terabyte.
 const DECLARED: u64 = 1 << 40;
-
-/// The process's peak resident memory, in bytes.
-fn peak_rss() -> u64 {
-    let status = fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    kib << 10
-}
 
 /// Serves the files of `root` over HTTP/1.1: whole objects as they are,
 /// and every range request with a correct `206` head declaring
@@ -101,84 +93,22 @@ fn answer(stream: TcpStream, root: &Path) {
 #[test]
 fn a_range_answer_longer_than_asked_is_refused_without_being_held() {
     let tmp = tempfile::tempdir().unwrap();
-    let keys = KeyStore::new(tmp.path().join("keys"));
-    keys.generate("pub").unwrap();
-    let mut host = Store::init(&tmp.path().join("a")).unwrap();
-    let src = tmp.path().join("src");
-    fs::create_dir_all(&src).unwrap();
     let noise: Vec<u8> = (0..400_000u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
-    fs::write(src.join("f"), &noise).unwrap();
-    host.add_dirs(
-        &[AddDir {
-            path: src,
-            name: "tool".into(),
-            version: "1".into(),
-        }],
-        AddOptions::default(),
-        &NoProgress,
-    )
-    .unwrap();
-
     // Published to a directory, which the hostile mirror then serves.
     let published = tmp.path().join("published");
-    let dir_row = host
-        .catalog()
-        .add_remote(&NewRemote {
-            name: "origin".into(),
-            url: format!("file://{}", published.display()),
-            endpoint: None,
-            region: None,
-            domain: "origin".into(),
-        })
-        .unwrap();
-    let (reader, _) = open_reader(host.dir(), ReaderOptions::default()).unwrap();
-    publish(
-        &host,
-        &reader,
-        &endpoint_of(&dir_row).unwrap(),
-        &keys.secret("pub").unwrap(),
-        &PublishOptions {
-            generation: None,
-            keys: &keys,
-            key_name: "pub",
-            trust: &keys.trust_set().unwrap(),
-            domain: "origin",
-            expires_in: None,
-            fresh: false,
-        },
-        &NoProgress,
-    )
-    .unwrap();
+    let keys = publish_one_file(tmp.path(), &noise, &published);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || serve_hostile(listener, published));
 
     let mut subscriber = Store::init(&tmp.path().join("b")).unwrap();
-    let row = subscriber
-        .catalog()
-        .add_remote(&NewRemote {
-            name: "mirror".into(),
-            url: format!("http://127.0.0.1:{port}"),
-            endpoint: None,
-            region: None,
-            domain: "origin".into(),
-        })
-        .unwrap();
-    let trusted = KeyStore::new(tmp.path().join("keys-b"));
-    trusted
-        .trust(
-            &keys.public_file("pub").unwrap(),
-            Scope::Images {
-                domain: "origin".into(),
-            },
-        )
-        .unwrap();
+    let row = origin(&subscriber, &format!("http://127.0.0.1:{port}"));
     pull(
         &mut subscriber,
         &row,
-        &trusted.trust_set().unwrap(),
+        &trusting(tmp.path(), &keys),
         Timeouts::default(),
         PullOptions::default(),
     )
