@@ -34,11 +34,15 @@ pub fn parse_control(text: &[u8]) -> Result<Fields, Problem> {
 pub fn paragraphs(text: &str) -> Result<Vec<Fields>, Problem> {
     let mut out: Vec<Fields> = Vec::new();
     let mut current: Fields = Vec::new();
+    // The current paragraph's field names, lowercased: a scan of `current`
+    // per field made a control file of many fields cost hours.
+    let mut names: std::collections::HashSet<String> = std::collections::HashSet::new();
     for (n, line) in text.lines().enumerate() {
         let bad = |why: &str| Problem::Metadata(format!("control line {}: {why}", n + 1));
         if line.trim().is_empty() {
             if !current.is_empty() {
                 out.push(std::mem::take(&mut current));
+                names.clear();
             }
             continue;
         }
@@ -59,7 +63,7 @@ pub fn paragraphs(text: &str) -> Result<Vec<Fields>, Problem> {
         if name.is_empty() || name.starts_with('-') || !name.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(bad("invalid field name"));
         }
-        if current.iter().any(|(k, _)| k.eq_ignore_ascii_case(name)) {
+        if !names.insert(name.to_ascii_lowercase()) {
             return Err(bad(&format!("field {name} given twice")));
         }
         current.push((name.to_string(), value.trim().to_string()));

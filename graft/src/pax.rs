@@ -13,6 +13,10 @@ pub type Records = Vec<(Vec<u8>, Vec<u8>)>;
 pub fn parse_records(mut data: &[u8]) -> Result<Records, Problem> {
     let bad = |why: &str| Problem::Corrupt(format!("malformed pax header: {why}"));
     let mut out: Records = Vec::new();
+    // Where each key's record is in `out`: a later record replaces it in
+    // place (a scan of `out` per record made one header of many records
+    // cost seconds, and every entry may bring its own).
+    let mut at: std::collections::HashMap<Vec<u8>, usize> = std::collections::HashMap::new();
     while !data.is_empty() {
         let space = data
             .iter()
@@ -38,8 +42,13 @@ pub fn parse_records(mut data: &[u8]) -> Result<Records, Problem> {
         if key.is_empty() {
             return Err(bad("empty key"));
         }
-        out.retain(|(k, _)| k != key);
-        out.push((key.to_vec(), value.to_vec()));
+        match at.get(key) {
+            Some(&i) => out[i].1 = value.to_vec(),
+            None => {
+                at.insert(key.to_vec(), out.len());
+                out.push((key.to_vec(), value.to_vec()));
+            }
+        }
         data = &data[len..];
     }
     Ok(out)
