@@ -22,7 +22,7 @@ use std::collections::{HashMap, HashSet};
 use nexus_store::Hash;
 use nexus_store::tree::{
     Inode, InodeIndex, InodeKind, MAX_DEPTH, MAX_PATH_BYTES, MAX_XATTR_BYTES, PathBudget,
-    PathLimit, Tree,
+    PathLimit, SYMLINK_TARGET_MAX, Tree,
 };
 
 use crate::entry::{ArchiveEntry, EntryKind, EntryMeta, Placement, lossy};
@@ -247,6 +247,17 @@ impl TreeBuilder {
                         "symlink {name:?} has an empty or invalid target"
                     )));
                 }
+                // What no kernel could make, and what a package may hold
+                // of link targets in all (they are paths too).
+                if target.len() > SYMLINK_TARGET_MAX {
+                    return Err(Problem::Corrupt(format!(
+                        "symlink {name:?} has a target of {} bytes, more than the {SYMLINK_TARGET_MAX} a link may hold",
+                        target.len()
+                    )));
+                }
+                self.budget
+                    .charge_target(target.len())
+                    .map_err(|limit| path_limit(&name, limit))?;
                 let kind = InodeKind::Symlink {
                     target: target.clone(),
                 };
@@ -454,6 +465,38 @@ mod tests {
             .unwrap()
             .inode;
         assert_eq!(counts[hello as usize], 2);
+    }
+
+    /// A link no kernel could make was stored, and a package holding one
+    /// could be packed but never read back; targets of a megabyte each
+    /// (GNU long-link records compress well) took gigabytes.
+    #[test]
+    fn link_targets_are_bounded_each_and_in_all() {
+        let link = |name: &str, len: usize| {
+            entry(
+                name,
+                EntryKind::Symlink {
+                    target: vec![b'a'; len],
+                },
+            )
+        };
+        let mut b = TreeBuilder::new(false);
+        add(&mut b, &link("longest", SYMLINK_TARGET_MAX)).unwrap();
+        let err = add(&mut b, &link("longer", SYMLINK_TARGET_MAX + 1))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("a link may hold"), "{err}");
+        let mut b = TreeBuilder::new(false);
+        let fit = MAX_PATH_BYTES as usize / SYMLINK_TARGET_MAX;
+        let mut refused = None;
+        for i in 0..fit + 2 {
+            if let Err(e) = add(&mut b, &link(&format!("l{i}"), SYMLINK_TARGET_MAX)) {
+                refused = Some((i, e.to_string()));
+                break;
+            }
+        }
+        let (at, err) = refused.expect("link targets of any total size were taken");
+        assert!(at <= fit, "refused only at link {at}: {err}");
     }
 
     #[test]

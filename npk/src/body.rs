@@ -27,7 +27,8 @@ use nexus_store::Hash;
 use nexus_store::names::{check_name, check_version};
 use nexus_store::params::{BLOCK_MAX_RAW, BLOCK_MAX_STORED};
 use nexus_store::tree::{
-    Entry, Inode, InodeKind, PathBudget, Tree, check_xattr, decode_xattrs, encode_xattrs,
+    Entry, Inode, InodeKind, PathBudget, SYMLINK_TARGET_MAX, Tree, check_xattr, decode_xattrs,
+    encode_xattrs,
 };
 
 use crate::error::FormatError;
@@ -420,7 +421,7 @@ fn decode_inode(r: &mut Reader<'_>) -> Result<Inode, FormatError> {
         },
         KIND_SYMLINK => {
             let target = r.bytes("symlink target")?.to_vec();
-            if target.is_empty() || target.len() > 4096 || target.contains(&0) {
+            if target.is_empty() || target.len() > SYMLINK_TARGET_MAX || target.contains(&0) {
                 return Err(malformed(
                     "symlink target empty, too long or with NUL".into(),
                 ));

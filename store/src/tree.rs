@@ -135,6 +135,10 @@ pub const MAX_DEPTH: usize = 256;
 /// largest Debian packages use, and a bound on what a small hostile
 /// archive can make an importer hold or hash.
 pub const MAX_PATH_BYTES: u64 = 256 << 20;
+/// Longest symlink target (the kernel's `PATH_MAX`): a link no kernel
+/// could make is refused by every importer, so that every stored package
+/// can be packed and read back.
+pub const SYMLINK_TARGET_MAX: usize = 4096;
 /// Longest xattr name (the kernel's `XATTR_NAME_MAX`).
 pub const XATTR_NAME_MAX: usize = 255;
 /// Largest xattr value (the kernel's `XATTR_SIZE_MAX`).
@@ -192,6 +196,16 @@ impl PathBudget {
             return Err(PathLimit::TooDeep { depth });
         }
         self.bytes = self.bytes.saturating_add(path_len as u64);
+        if self.bytes > MAX_PATH_BYTES {
+            return Err(PathLimit::TooManyPathBytes);
+        }
+        Ok(())
+    }
+
+    /// Counts the target of one more symlink, which is a path too: a
+    /// hostile archive's long link records compress a thousandfold.
+    pub fn charge_target(&mut self, len: usize) -> Result<(), PathLimit> {
+        self.bytes = self.bytes.saturating_add(len as u64);
         if self.bytes > MAX_PATH_BYTES {
             return Err(PathLimit::TooManyPathBytes);
         }
