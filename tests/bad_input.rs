@@ -118,6 +118,40 @@ fn a_package_file_that_is_a_fifo_or_a_device_is_refused_at_once() {
     store.assert_unchanged(&before, "after adding a FIFO and a device");
 }
 
+/// The `ar` crate the importer used panicked on a `.deb` of 76 bytes
+/// whose member name referred into a long-name table it did not have, and
+/// allocated whatever size a `//` table declared (9.3 GB) before reading it.
+#[test]
+fn a_deb_with_ar_long_name_tables_is_refused_without_a_crash() {
+    let scratch = Scratch::new("bad-ar-names");
+    let store = populated_store(&scratch);
+    let before = store.state();
+    std::fs::create_dir_all(scratch.join("downloads")).unwrap();
+    for (label, name, size, data) in [
+        ("reference", "/999", "4", &b"2.0\n"[..]),
+        ("table", "//", "9999999999", &b""[..]),
+        ("bsd", "#1/20", "9999999999", &b""[..]),
+    ] {
+        let mut deb = b"!<arch>\n".to_vec();
+        deb.extend(
+            format!(
+                "{name:<16}{:<12}{:<6}{:<6}{:<8}{size:<10}`\n",
+                0, 0, 0, "100644"
+            )
+            .bytes(),
+        );
+        deb.extend_from_slice(data);
+        let path = scratch.join(format!("downloads/{label}_1_all.deb"));
+        std::fs::write(&path, &deb).unwrap();
+        let run = store.fails_with(&[EXIT_ERROR], [OsStr::new("add"), path.as_os_str()]);
+        assert!(
+            run.stderr.contains("long-name tables"),
+            "{label}: the error must say what is wrong:\n{run}"
+        );
+    }
+    store.assert_unchanged(&before, "after adding .debs with ar long-name tables");
+}
+
 #[test]
 fn unreadable_entries_are_refused() {
     if is_root() {

@@ -46,7 +46,7 @@ pub fn read_deb(
     sink: &mut dyn ContentSink,
 ) -> ReadResult<Package> {
     let budget = Budget::new(options.limits);
-    let mut ar = ar::Archive::new(reader);
+    let mut ar = crate::ar::ArReader::new(reader);
 
     let first = member(&mut ar, &budget, |name, size, m| {
         if name != "debian-binary" {
@@ -227,23 +227,20 @@ fn read_control(m: &mut dyn Read, name: &str, budget: &Budget) -> ReadResult<Con
 /// Calls `f` with the next ar member's name and content, then checks the
 /// member was read whole. `None` at the end of the archive.
 fn member<R: Read, T>(
-    ar: &mut ar::Archive<R>,
+    ar: &mut crate::ar::ArReader<R>,
     budget: &Budget,
     f: impl FnOnce(String, u64, &mut dyn Read) -> ReadResult<T>,
 ) -> ReadResult<Option<T>> {
-    let Some(entry) = ar.next_entry() else {
+    let Some(header) = ar
+        .next_member()
+        .map_err(|e| Failure::from_io(e, "ar archive"))?
+    else {
         return Ok(None);
     };
-    let entry = entry.map_err(|e| Failure::from_io(e, "ar archive"))?;
     budget.entry()?;
-    let mut id = entry.header().identifier().to_vec();
-    // GNU ar ends names with `/`.
-    while id.last().is_some_and(|b| *b == b'/' || *b == b' ') {
-        id.pop();
-    }
-    let name = lossy(&id);
-    let size = entry.header().size();
-    let mut counted = Counted::new(entry);
+    let name = lossy(&header.name);
+    let size = header.size;
+    let mut counted = Counted::new(&mut *ar);
     let value = f(name.clone(), size, &mut counted)?;
     // Whatever the reader left must be nothing: a compressed stream ends
     // where its member ends.

@@ -26,6 +26,7 @@
 //! ARCHITECTURE.md.
 
 pub mod add;
+pub mod ar;
 pub mod builder;
 pub mod control;
 pub mod deb;
