@@ -21,7 +21,7 @@ use crate::control::{
 };
 use crate::entry::{EntryKind, Mapping, components, lossy};
 use crate::error::{Failure, Problem, ReadResult};
-use crate::limits::{Budget, Counted, METADATA_FILE_MAX, Metered, read_capped};
+use crate::limits::{Budget, Counted, METADATA_FILE_MAX, Metered, push_metadata_name, read_capped};
 use crate::package::{ContentSink, Kind, Package, ReadOptions, graft_entry};
 use crate::sniff::{Compression, Peeked, SNIFF_LEN, decoder, hex_prefix, is_tar_header};
 use crate::tarstream::read_tar;
@@ -191,7 +191,8 @@ fn read_control(m: &mut dyn Read, name: &str, budget: &Budget) -> ReadResult<Con
         let EntryKind::File { size } = entry.kind else {
             return Ok(());
         };
-        names.push(file.clone());
+        push_metadata_name(&mut names, file.clone(), || format!("the files of {name}"))
+            .map_err(Problem::Limit)?;
         let wanted = file == "control" || KEPT_CONTROL_FILES.contains(&file.as_str());
         if !wanted {
             return Ok(());

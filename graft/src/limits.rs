@@ -19,6 +19,29 @@ use crate::error::{Limit, LimitExceeded};
 pub const METADATA_FILE_MAX: u64 = 16 << 20;
 /// Largest pax extended header or GNU long name record.
 pub const EXTENSION_MAX: u64 = 1 << 20;
+/// Most names of metadata files a package's metadata lists (a `.deb`'s
+/// `control.tar` members, pacman's ignored top-level dot-files): real
+/// packages have about ten, and each name is kept, and stored, as text.
+pub const METADATA_NAMES_MAX: usize = 256;
+
+/// Records `name` in a package's list of metadata file names, refusing
+/// more than [`METADATA_NAMES_MAX`] of what `what` says.
+pub fn push_metadata_name(
+    names: &mut Vec<String>,
+    name: String,
+    what: impl FnOnce() -> String,
+) -> Result<(), LimitExceeded> {
+    if names.len() >= METADATA_NAMES_MAX {
+        return Err(LimitExceeded {
+            what: what(),
+            limit: METADATA_NAMES_MAX as u64,
+            raisable: None,
+        });
+    }
+    names.push(name);
+    Ok(())
+}
+
 /// Memory the xz decoder may use, in KiB (xz -9 needs about 65 MiB).
 pub const XZ_MEMORY_KIB: u32 = 256 * 1024;
 

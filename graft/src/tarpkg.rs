@@ -207,7 +207,10 @@ fn data_entry(
         }
         if mapping == Mapping::Fhs && name.starts_with('.') {
             // pacman skips unknown top-level dot-files "for future use".
-            ignored.push(name);
+            crate::limits::push_metadata_name(ignored, name, || {
+                "the package's top-level dot-files".into()
+            })
+            .map_err(Problem::Limit)?;
             return Ok(());
         }
     }

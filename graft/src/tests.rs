@@ -323,6 +323,44 @@ fn limits_stop_bombs() {
     assert!(err.contains("exceeds the limit of 5"), "{err}");
 }
 
+/// Every name of a `control.tar` member was kept and stored: 200,000
+/// empty files with long names in a 308 KB `.deb` took 900 MB and a
+/// 278 MB catalog.
+#[test]
+fn a_control_tar_of_too_many_files_is_refused() {
+    let names: Vec<String> = (0..=crate::limits::METADATA_NAMES_MAX)
+        .map(|i| format!("./extra{i}"))
+        .collect();
+    let mut entries = vec![
+        E::Dir("./"),
+        E::File("./control", b"Package: many\nVersion: 1\n", 0o644),
+    ];
+    entries.extend(names.iter().map(|n| E::File(n, b"", 0o644)));
+    let bytes = ar(&[
+        ("debian-binary", b"2.0\n".to_vec()),
+        ("control.tar.gz", gzip(&tar(&entries))),
+        (
+            "data.tar.zst",
+            zstd::encode_all(&hello_data()[..], 3).unwrap(),
+        ),
+    ]);
+    let err = problem(&bytes, ReadOptions::default());
+    assert!(err.contains("the files of control.tar.gz"), "{err}");
+    // `control` and 255 others: the limit, which reads.
+    entries.truncate(entries.len() - 2);
+    let bytes = ar(&[
+        ("debian-binary", b"2.0\n".to_vec()),
+        ("control.tar.gz", gzip(&tar(&entries))),
+        (
+            "data.tar.zst",
+            zstd::encode_all(&hello_data()[..], 3).unwrap(),
+        ),
+    ]);
+    if let Err(e) = read(&bytes) {
+        panic!("a control.tar of as many files as allowed: {e:?}");
+    }
+}
+
 #[test]
 fn recognises_what_is_not_a_package() {
     let err = problem(
