@@ -100,9 +100,8 @@ fn subscriber_trust(keys: &KeyStore, dir: &Path, domain: &str) -> TrustSet {
     trusted.trust_set().unwrap()
 }
 
-/// Pulls the newest manifest of `remote` into `store`, which must accept
-/// it.
-fn pull_from(store: &mut Store, remote: &RemoteRow, trust: &TrustSet) -> Pulled {
+/// Pulls the newest manifest of `remote` into `store`; the error as text.
+fn try_pull(store: &mut Store, remote: &RemoteRow, trust: &TrustSet) -> Result<Pulled, String> {
     pull(
         store,
         remote,
@@ -110,7 +109,12 @@ fn pull_from(store: &mut Store, remote: &RemoteRow, trust: &TrustSet) -> Pulled 
         Timeouts::default(),
         PullOptions::default(),
     )
-    .unwrap()
+    .map_err(|e| e.to_string())
+}
+
+/// [`try_pull`], which must be accepted.
+fn pull_from(store: &mut Store, remote: &RemoteRow, trust: &TrustSet) -> Pulled {
+    try_pull(store, remote, trust).unwrap_or_else(|e| panic!("pull: {e}"))
 }
 
 #[test]
@@ -842,15 +846,7 @@ fn a_key_of_another_domain_cannot_claim_a_domains_packs() {
     claim_first_block_of(&evil_dir, &evil_keys, &origin_dir);
 
     pull_from(&mut subscriber, &origin, &trust);
-    let err = pull(
-        &mut subscriber,
-        &evil,
-        &trust,
-        Timeouts::default(),
-        PullOptions::default(),
-    )
-    .unwrap_err()
-    .to_string();
+    let err = try_pull(&mut subscriber, &evil, &trust).unwrap_err();
     assert!(
         err.contains("trust domain origin") && err.contains("trust domain evil"),
         "{err}"
@@ -864,14 +860,6 @@ fn a_key_of_another_domain_cannot_claim_a_domains_packs() {
     let origin = dir_remote(&second, "origin", &origin_dir);
     let evil = dir_remote(&second, "evil", &evil_dir);
     pull_from(&mut second, &evil, &trust);
-    let err = pull(
-        &mut second,
-        &origin,
-        &trust,
-        Timeouts::default(),
-        PullOptions::default(),
-    )
-    .unwrap_err()
-    .to_string();
+    let err = try_pull(&mut second, &origin, &trust).unwrap_err();
     assert!(err.contains("cannot claim it"), "{err}");
 }
