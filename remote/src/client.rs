@@ -103,6 +103,26 @@ pub struct Client {
     timeouts: Timeouts,
 }
 
+/// Gathers `stream` (of `expected` bytes, as declared) unless it holds
+/// more than `max`: then `Err(n)`, `n` the bytes it had reached, of which
+/// at most `max` were held.
+async fn gather_at_most(
+    mut stream: impl futures_util::Stream<Item = object_store::Result<Bytes>> + Unpin,
+    expected: u64,
+    max: u64,
+) -> object_store::Result<std::result::Result<Bytes, u64>> {
+    let mut buf = Vec::with_capacity(usize::try_from(expected.min(max)).unwrap_or(0));
+    while let Some(part) = stream.next().await {
+        let part = part?;
+        let reached = (buf.len() + part.len()) as u64;
+        if reached > max {
+            return Ok(Err(reached));
+        }
+        buf.extend_from_slice(&part);
+    }
+    Ok(Ok(Bytes::from(buf)))
+}
+
 impl Client {
     /// Opens the remote `endpoint` (no request is made yet).
     pub fn open(endpoint: &Endpoint, timeouts: Timeouts) -> Result<Client> {
@@ -185,22 +205,9 @@ impl Client {
             if len > max {
                 return Ok(Err(len));
             }
-            let bytes = match result.payload {
-                // A local file: exactly the `len` bytes it had when opened.
-                object_store::GetResultPayload::File(..) => result.bytes().await?,
-                object_store::GetResultPayload::Stream(mut stream) => {
-                    let mut buf = Vec::with_capacity(len as usize);
-                    while let Some(part) = stream.next().await {
-                        let part = part?;
-                        if (buf.len() + part.len()) as u64 > max {
-                            return Ok(Err((buf.len() + part.len()) as u64));
-                        }
-                        buf.extend_from_slice(&part);
-                    }
-                    Bytes::from(buf)
-                }
-            };
-            Ok(Ok(Fetched { bytes, e_tag }))
+            Ok(gather_at_most(result.into_stream(), len, max)
+                .await?
+                .map(|bytes| Fetched { bytes, e_tag }))
         })?;
         match fetched {
             None => Ok(None),
@@ -228,16 +235,7 @@ impl Client {
                     ..GetOptions::default()
                 };
                 let result = self.store.get_opts(&path, options).await?;
-                let mut stream = result.into_stream();
-                let mut buf = Vec::with_capacity(usize::try_from(want).unwrap_or(0));
-                while let Some(part) = stream.next().await {
-                    let part = part?;
-                    if (buf.len() + part.len()) as u64 > want {
-                        return Ok(Err((buf.len() + part.len()) as u64));
-                    }
-                    buf.extend_from_slice(&part);
-                }
-                Ok(Ok(Bytes::from(buf)))
+                gather_at_most(result.into_stream(), want, want).await
             })?
             .ok_or_else(|| self.unavailable(key, "no such object"))?;
         let got = match fetched {
