@@ -274,7 +274,7 @@ fn wrong_lengths_are_refused_without_harm() {
     getattr_works(&guest, s.ino.file);
 }
 
-/// The attack of the rev-guest review: IOCTL's `in_size` was checked
+/// The attack: IOCTL's `in_size` was checked
 /// against the bytes the descriptor chain offers, not the request's own
 /// length, and then allocated and filled. A guest whose chain repeats one
 /// region (an indirect table makes that 4 GiB) had a 72-byte request make
@@ -652,7 +652,7 @@ impl tracing::Subscriber for Loud {
     fn exit(&self, _: &tracing::span::Id) {}
 }
 
-/// The log flood of the rev-guest review: each refused request of a guest
+/// The log flood a hostile guest could cause: each refused request of a guest
 /// was a log line, so a guest could write the host's log as fast as it
 /// sent requests (`fuse-backend-rs` logs whole request bodies at error
 /// level, about 4 MiB for a 1 MiB name; the daemon's filter now drops its

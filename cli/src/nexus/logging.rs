@@ -236,7 +236,7 @@ mod tests {
         }
     }
 
-    /// The log flood of the rev-guest review: `fuse-backend-rs` logs each
+    /// The log flood a hostile guest could cause: `fuse-backend-rs` logs each
     /// refused request of a guest at error level, with its body. Its
     /// records reach the daemon's filter through the `log` bridge, as in
     /// the daemon, and are dropped at every level short of `-vv`, while
