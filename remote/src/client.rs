@@ -21,6 +21,7 @@ use object_store::{
 use tokio::runtime::Runtime;
 
 use crate::error::{RemoteError, Result};
+use crate::http_client;
 use crate::location::{self, Endpoint, Location};
 
 /// How long reads may take.
@@ -123,6 +124,23 @@ async fn gather_at_most(
     Ok(Ok(Bytes::from(buf)))
 }
 
+/// `error`'s message followed by those of its causes that it does not
+/// already repeat: object_store's messages stop at the HTTP client's, whose
+/// causes say what actually went wrong.
+fn with_causes(error: &object_store::Error) -> String {
+    let mut message = error.to_string();
+    let mut cause = std::error::Error::source(error);
+    while let Some(e) = cause {
+        let part = e.to_string();
+        if !message.contains(&part) {
+            message.push_str(": ");
+            message.push_str(&part);
+        }
+        cause = e.source();
+    }
+    message
+}
+
 impl Client {
     /// Opens the remote `endpoint` (no request is made yet).
     pub fn open(endpoint: &Endpoint, timeouts: Timeouts) -> Result<Client> {
@@ -179,7 +197,12 @@ impl Client {
             let error = match outcome {
                 Ok(Ok(value)) => return Ok(Some(value)),
                 Ok(Err(object_store::Error::NotFound { .. })) => return Ok(None),
-                Ok(Err(e)) => e.to_string(),
+                Ok(Err(e)) if http_client::refused_redirect(&e) => {
+                    // The server's choice, not a passing fault: the same
+                    // request would be sent the same way again.
+                    return Err(self.unavailable(what, with_causes(&e)));
+                }
+                Ok(Err(e)) => with_causes(&e),
                 Err(_) => format!("no answer within {:.1} s", self.timeouts.read.as_secs_f64()),
             };
             let left = deadline.saturating_duration_since(Instant::now());

@@ -5,6 +5,8 @@
 //! are served or cached (FORMAT.md, "Remotes").
 //!
 //! - [`location`] — the URL forms and the object store each opens;
+//! - `http_client` — the HTTP client under S3 and HTTP remotes: redirects
+//!   followed only within the remote's origin;
 //! - [`client`] — a synchronous client over object_store with a runtime of
 //!   its own: deadlines, retries with backoff, conditional writes;
 //! - [`manifest`] — the signed manifest (counter, expiry, metadata hash);
@@ -28,6 +30,7 @@ pub mod client;
 pub mod error;
 pub mod fetcher;
 pub mod file_remote;
+mod http_client;
 pub mod location;
 pub mod manifest;
 pub mod meta;

@@ -22,6 +22,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ClientOptions, RetryConfig};
 
 use crate::error::{RemoteError, Result};
+use crate::http_client::SameOriginConnector;
 
 /// The kind of a remote, from its URL.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -130,12 +131,17 @@ pub(crate) fn open(
         what: "opening".into(),
         why: e.to_string(),
     };
+    // Large packs are uploaded in one request; reads are bounded by the
+    // caller's deadline.
+    let request_timeout = Duration::from_secs(600);
     let client = ClientOptions::new()
         .with_connect_timeout(connect_timeout)
-        // Large packs are uploaded in one request; reads are bounded by
-        // the caller's deadline.
-        .with_timeout(Duration::from_secs(600))
+        .with_timeout(request_timeout)
         .with_allow_http(true);
+    let connector = || SameOriginConnector {
+        connect_timeout,
+        timeout: request_timeout,
+    };
     let no_retries = RetryConfig {
         max_retries: 0,
         ..RetryConfig::default()
@@ -145,6 +151,7 @@ pub(crate) fn open(
             let mut builder = AmazonS3Builder::from_env()
                 .with_bucket_name(bucket)
                 .with_client_options(client)
+                .with_http_connector(connector())
                 .with_retry(no_retries);
             if let Some(url) = &endpoint.endpoint {
                 builder = builder.with_endpoint(url).with_allow_http(true);
@@ -163,6 +170,7 @@ pub(crate) fn open(
             let store = HttpBuilder::new()
                 .with_url(base)
                 .with_client_options(client)
+                .with_http_connector(connector())
                 .with_retry(no_retries)
                 .build()
                 .map_err(failed)?;

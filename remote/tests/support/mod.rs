@@ -14,6 +14,8 @@ use nexus_store::read::ReaderOptions;
 use nexus_store::{AddDir, AddOptions, NoProgress, Store};
 
 /// The process's peak resident memory, in bytes.
+// Not every test binary that shares this module measures memory.
+#[allow(dead_code)]
 pub fn peak_rss() -> u64 {
     let status = fs::read_to_string("/proc/self/status").unwrap();
     let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
