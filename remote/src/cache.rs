@@ -13,7 +13,10 @@
 //! take it past its limit, the files are listed and the least recently
 //! used (by modification time, which a hit refreshes at most once a
 //! minute) are deleted until it holds 90 % of the limit. Several processes
-//! (the mount daemon, `nip prefetch`) share the directory: files appear by
+//! (the mount daemons, fetchers, `nip prefetch`) share the directory, each
+//! seeing the others' writes only when it lists the files: so each also
+//! lists them again after writing a sixteenth of the limit, and together
+//! they pass the limit by at most that share each. Files appear by
 //! rename, whole, and a reader holds its open file even if another process
 //! evicts it meanwhile, so eviction never breaks a read. The catalog (the
 //! metadata of every generation) is not in the cache: it is never evicted.
@@ -43,6 +46,9 @@ const LOW_WATER: f64 = 0.9;
 const TOUCHED_MAX: usize = 65_536;
 /// Age past which a temporary file is a killed writer's.
 const STALE_TEMPORARY: Duration = Duration::from_secs(600);
+/// A process lists the cache again after writing this share of its limit,
+/// to see what the others wrote.
+const LOOK_AGAIN_EVERY: u64 = 16;
 
 /// The cache directory's name inside the store.
 pub const CACHE_DIR: &str = "remote-cache";
@@ -63,6 +69,8 @@ pub struct DiskCache {
     /// Bytes in the cache as of the last listing, plus what was written
     /// since (other processes' writes are seen at the next listing).
     estimate: AtomicU64,
+    /// Bytes this process wrote since the last listing.
+    written_since_look: AtomicU64,
     touched: Mutex<HashMap<PathBuf, Instant>>,
     evicting: Mutex<()>,
 }
@@ -76,6 +84,7 @@ impl DiskCache {
             dir,
             limit,
             estimate: AtomicU64::new(0),
+            written_since_look: AtomicU64::new(0),
             touched: Mutex::new(HashMap::new()),
             evicting: Mutex::new(()),
         };
@@ -178,10 +187,10 @@ impl DiskCache {
             tracing::warn!("remote cache: writing {}: {e}", path.display());
             return;
         }
-        let total = self
-            .estimate
-            .fetch_add((bytes.len() + HEADER) as u64, Ordering::Relaxed);
-        if total + (bytes.len() + HEADER) as u64 > self.limit {
+        let len = (bytes.len() + HEADER) as u64;
+        let total = self.estimate.fetch_add(len, Ordering::Relaxed) + len;
+        let written = self.written_since_look.fetch_add(len, Ordering::Relaxed) + len;
+        if total > self.limit || written > self.limit / LOOK_AGAIN_EVERY {
             self.evict();
         }
     }
@@ -250,18 +259,20 @@ impl DiskCache {
         }
     }
 
-    /// Deletes the least recently used files until the cache holds at most
-    /// [`LOW_WATER`] of its limit, and the temporary files a killed writer
-    /// left behind (which the limit does not count).
+    /// Lists the cache; when it holds more than its limit, deletes the
+    /// least recently used files until it holds at most [`LOW_WATER`] of
+    /// it. Deletes the temporary files a killed writer left behind too
+    /// (which the limit does not count).
     pub fn evict(&self) {
         let Ok(_one) = self.evicting.try_lock() else {
             return; // another thread is at it
         };
+        self.written_since_look.store(0, Ordering::Relaxed);
         self.remove_stale_temporaries();
         let mut files = self.files();
         let mut total: u64 = files.iter().map(|(_, len, _)| len).sum();
         let target = (self.limit as f64 * LOW_WATER) as u64;
-        if total > target {
+        if total > self.limit {
             files.sort_by_key(|(_, _, time)| *time);
             let mut removed = 0u64;
             for (path, len, _) in files {
@@ -312,6 +323,7 @@ impl DiskCache {
             Err(e) => return Err(e),
         }
         self.estimate.store(0, Ordering::Relaxed);
+        self.written_since_look.store(0, Ordering::Relaxed);
         Ok(())
     }
 }
@@ -373,6 +385,28 @@ mod tests {
         assert!(cache.contains(PACK, 8, 1000), "recently used");
         assert!(!cache.contains(PACK, 8 + 1000, 1000), "least recently used");
         assert!(cache.contains(PACK, 8 + 10 * 1000, 1000), "just written");
+    }
+
+    #[test]
+    fn processes_sharing_the_cache_keep_it_near_its_limit_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let limit = 64 * 1040;
+        // Four caches on one directory stand for four processes (a
+        // daemon, fetchers, `nip prefetch`), each with the same limit.
+        let caches: Vec<DiskCache> = (0..4)
+            .map(|_| DiskCache::open(dir.path(), limit).unwrap())
+            .collect();
+        let block = vec![3u8; 1000];
+        let mut most = 0;
+        for i in 0..400u64 {
+            caches[(i % 4) as usize].put(PACK, 8 + i * 1000, &block);
+            most = most.max(caches[0].usage().bytes);
+        }
+        let slack = caches.len() as u64 * (limit / LOOK_AGAIN_EVERY + 1040);
+        assert!(
+            most <= limit + slack,
+            "four processes took the cache to {most} bytes, its limit {limit}"
+        );
     }
 
     #[test]
