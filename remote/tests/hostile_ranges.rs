@@ -6,18 +6,16 @@
 //! this test's.
 
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 
 use nexus_remote::client::Timeouts;
 use nexus_remote::open_reader;
-use nexus_remote::pull::{PullOptions, pull};
-use nexus_store::Store;
 use nexus_store::read::ReaderOptions;
 
 mod support;
-use support::{origin, peak_rss, publish_one_file, trusting};
+use support::{Request, noise, peak_rss, publish_one_file, read_request, subscribe};
 
 /// The body length the mirror declares for every range: a terabyte.
 const DECLARED: u64 = 1 << 40;
@@ -36,28 +34,12 @@ fn serve_hostile(listener: TcpListener, root: PathBuf) {
 fn answer(stream: TcpStream, root: &Path) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut out = stream;
-    loop {
-        let mut request = String::new();
-        if reader.read_line(&mut request).unwrap_or(0) == 0 {
-            return;
-        }
-        let mut range = None;
-        loop {
-            let mut line = String::new();
-            if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                return;
-            }
-            let line = line.trim_end();
-            if line.is_empty() {
-                break;
-            }
-            if let Some(value) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
-                let (start, end) = value.split_once('-').unwrap();
-                range = Some((start.parse::<u64>().unwrap(), end.parse::<u64>().unwrap()));
-            }
-        }
-        let mut parts = request.split_whitespace();
-        let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
+    while let Some(Request {
+        method,
+        path,
+        range,
+    }) = read_request(&mut reader)
+    {
         let file = root.join(path.trim_start_matches('/'));
         let Ok(bytes) = fs::read(&file) else {
             let _ = out.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
@@ -93,9 +75,7 @@ fn answer(stream: TcpStream, root: &Path) {
 #[test]
 fn a_range_answer_longer_than_asked_is_refused_without_being_held() {
     let tmp = tempfile::tempdir().unwrap();
-    let noise: Vec<u8> = (0..400_000u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
+    let noise = noise(400_000);
     // Published to a directory, which the hostile mirror then serves.
     let published = tmp.path().join("published");
     let keys = publish_one_file(tmp.path(), &noise, &published);
@@ -103,16 +83,8 @@ fn a_range_answer_longer_than_asked_is_refused_without_being_held() {
     let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || serve_hostile(listener, published));
 
-    let mut subscriber = Store::init(&tmp.path().join("b")).unwrap();
-    let row = origin(&subscriber, &format!("http://127.0.0.1:{port}"));
-    pull(
-        &mut subscriber,
-        &row,
-        &trusting(tmp.path(), &keys),
-        Timeouts::default(),
-        PullOptions::default(),
-    )
-    .unwrap();
+    let (subscriber, pulled) = subscribe(tmp.path(), &keys, &format!("http://127.0.0.1:{port}"));
+    pulled.unwrap();
 
     let before = peak_rss();
     let (reader, _) = open_reader(subscriber.dir(), ReaderOptions::default()).unwrap();

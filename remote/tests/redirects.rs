@@ -5,20 +5,14 @@
 //! a request; a mirror's redirects to its own paths are followed.
 
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use nexus_remote::client::Timeouts;
-use nexus_remote::open_reader;
-use nexus_remote::pull::{PullOptions, pull};
-use nexus_store::Store;
-use nexus_store::read::ReaderOptions;
-
 mod support;
-use support::{origin, publish_one_file, trusting};
+use support::{Request, noise, publish_one_file, read_published_file, read_request, subscribe};
 
 /// What a test server does with a request for `path`.
 enum Answer {
@@ -46,33 +40,14 @@ fn serve(
 fn answer(stream: TcpStream, seen: &AtomicUsize, route: &dyn Fn(&str) -> Answer) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut out = stream;
-    loop {
-        let mut request = String::new();
-        if reader.read_line(&mut request).unwrap_or(0) == 0 {
-            return;
-        }
+    while let Some(Request {
+        method,
+        path,
+        range,
+    }) = read_request(&mut reader)
+    {
         seen.fetch_add(1, Ordering::SeqCst);
-        let mut range = None;
-        loop {
-            let mut line = String::new();
-            if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                return;
-            }
-            let line = line.trim_end();
-            if line.is_empty() {
-                break;
-            }
-            if let Some(value) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
-                let (start, end) = value.split_once('-').unwrap();
-                range = Some((
-                    start.parse::<usize>().unwrap(),
-                    end.parse::<usize>().unwrap(),
-                ));
-            }
-        }
-        let mut parts = request.split_whitespace();
-        let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
-        let (head, body) = match route(path) {
+        let (head, body) = match route(&path) {
             Answer::Redirect(to) => (
                 format!("HTTP/1.1 302 Found\r\nLocation: {to}\r\nContent-Length: 0\r\n\r\n"),
                 Vec::new(),
@@ -89,7 +64,7 @@ fn answer(stream: TcpStream, seen: &AtomicUsize, route: &dyn Fn(&str) -> Answer)
                         bytes.len(),
                         end + 1 - start
                     ),
-                    bytes[start..=end].to_vec(),
+                    bytes[start as usize..=end as usize].to_vec(),
                 ),
                 (Ok(bytes), None) => (
                     format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", bytes.len()),
@@ -133,16 +108,8 @@ fn a_redirect_to_another_origin_is_refused_before_anything_is_sent_there() {
     let (mirror, asked) =
         start(move |path| Answer::Redirect(format!("http://127.0.0.1:{elsewhere}{path}")));
 
-    let mut subscriber = Store::init(&tmp.path().join("b")).unwrap();
-    let row = origin(&subscriber, &format!("http://127.0.0.1:{mirror}"));
-    let err = pull(
-        &mut subscriber,
-        &row,
-        &trusting(tmp.path(), &keys),
-        Timeouts::default(),
-        PullOptions::default(),
-    )
-    .unwrap_err();
+    let (subscriber, pulled) = subscribe(tmp.path(), &keys, &format!("http://127.0.0.1:{mirror}"));
+    let err = pulled.unwrap_err();
     let message = format!("{err:#}");
     let chain = std::iter::successors(Some(&err as &dyn std::error::Error), |e| e.source())
         .map(|e| e.to_string())
@@ -168,9 +135,7 @@ fn a_redirect_to_another_origin_is_refused_before_anything_is_sent_there() {
 fn a_mirrors_redirects_within_its_own_origin_are_followed() {
     let tmp = tempfile::tempdir().unwrap();
     let published = tmp.path().join("published");
-    let noise: Vec<u8> = (0..300_000u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
+    let noise = noise(300_000);
     let keys = publish_one_file(tmp.path(), &noise, &published);
     // The mirror moved its tree from /old/ to /new/ and says so.
     let root = published.clone();
@@ -179,20 +144,12 @@ fn a_mirrors_redirects_within_its_own_origin_are_followed() {
         None => Answer::File(under(&root, path.trim_start_matches("/new"))),
     });
 
-    let mut subscriber = Store::init(&tmp.path().join("b")).unwrap();
-    let row = origin(&subscriber, &format!("http://127.0.0.1:{mirror}/old/"));
-    pull(
-        &mut subscriber,
-        &row,
-        &trusting(tmp.path(), &keys),
-        Timeouts::default(),
-        PullOptions::default(),
-    )
-    .unwrap();
-    let (reader, _) = open_reader(subscriber.dir(), ReaderOptions::default()).unwrap();
-    let package = subscriber.catalog().package("tool", "1").unwrap().unwrap();
-    let inode = subscriber.resolve(&package, b"f").unwrap();
-    let mut read = Vec::new();
-    reader.copy_content(inode.blob.unwrap(), &mut read).unwrap();
+    let (subscriber, pulled) = subscribe(
+        tmp.path(),
+        &keys,
+        &format!("http://127.0.0.1:{mirror}/old/"),
+    );
+    pulled.unwrap();
+    let read = read_published_file(&subscriber).unwrap();
     assert_eq!(read, noise, "the file read through the redirects");
 }
