@@ -47,6 +47,7 @@ pub fn adopt(archive: &Archive, dir: &Path) -> Result<(Store, CommitOutcome)> {
         written,
         reused: Default::default(),
         remote: None,
+        replaced: Default::default(),
     };
     let staged: Vec<StagedPackage> = body
         .packages

@@ -14,13 +14,15 @@ use nexus_npk::{Claim, ReplayError, TrustSet};
 use nexus_store::catalog::RemoteRow;
 use nexus_store::commit::{ExactSet, Membership, Restrictions, StagedPackage};
 use nexus_store::ingest::ContentBatch;
-use nexus_store::pack::SealedPack;
+use nexus_store::pack::{ChunkLocation, SealedPack};
 use nexus_store::{Hash, Store, StoreError};
 
 use crate::client::{Client, Timeouts};
 use crate::error::{RemoteError, Result};
 use crate::manifest::{self, RemoteManifest};
 use crate::meta::{META_MAX, Meta};
+use crate::settings::RemoteSettings;
+use crate::source::RemotePacks;
 use crate::{MANIFEST_KEY, endpoint_of, meta_key};
 
 /// How to pull.
@@ -217,6 +219,8 @@ pub fn pull(
     }
     let body = &meta.body;
     let files = body.file_contents();
+    let written = meta.locations();
+    let replaced = displaced(store, remote, &written)?;
     let batch = ContentBatch {
         files,
         packs: meta
@@ -227,9 +231,10 @@ pub fn pull(
                 size: *size,
             })
             .collect(),
-        written: meta.locations(),
+        written,
         reused: Default::default(),
         remote: Some(remote.id),
+        replaced,
     };
     let staged: Vec<StagedPackage> = body
         .packages
@@ -276,4 +281,53 @@ pub fn pull(
         expires: m.expires,
         root: m.root.to_hex(),
     })
+}
+
+/// The chunks of `written` (what `remote`'s metadata places) that the store
+/// places in a block of another trust domain's remote that does not hold
+/// them now: they are placed where `remote` says instead.
+///
+/// Chunk names are public (any subscriber reads them in a domain's
+/// metadata), and a chunk known already keeps its place. So a key trusted
+/// for one domain could name another domain's chunks in its own metadata,
+/// at places that do not hold them, and once pulled first, make every read
+/// of them fail. Each such block is checked (fetched and verified, then
+/// cached as any fetched block; nothing is fetched in a store whose
+/// remotes share one domain). A block that verifies keeps its chunks: a
+/// content two domains publish is fetched from one. One that does not, or
+/// whose remote cannot be reached now, yields them to this pull: otherwise
+/// a domain could keep its false places by going dark.
+fn displaced(
+    store: &Store,
+    remote: &RemoteRow,
+    written: &[ChunkLocation],
+) -> Result<std::collections::HashSet<Hash>> {
+    let hashes: Vec<Hash> = written.iter().map(|l| l.hash).collect();
+    let foreign = store
+        .catalog()
+        .foreign_placements(&hashes, &remote.domain)?;
+    let mut replaced = std::collections::HashSet::new();
+    if foreign.is_empty() {
+        return Ok(replaced);
+    }
+    let settings = RemoteSettings::load(store.catalog())?;
+    let source = RemotePacks::open(store.dir(), &settings)?;
+    for block in foreign {
+        let why = match source.placement_holds(&block.pack, block.offset, block.block_len as usize)
+        {
+            Ok(true) => continue,
+            Ok(false) => "does not hold them".to_string(),
+            Err(e) => format!("could not be checked ({e})"),
+        };
+        tracing::warn!(
+            "remote {}'s block at {} of pack {} {why}: {} of its chunks are read from remote {} now",
+            block.remote,
+            block.offset,
+            block.pack,
+            block.chunks.len(),
+            remote.name
+        );
+        replaced.extend(block.chunks);
+    }
+    Ok(replaced)
 }

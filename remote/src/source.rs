@@ -460,6 +460,25 @@ impl RemotePacks {
         }
     }
 
+    /// Whether the block of `len` bytes at `offset` of remote pack `pack`
+    /// is what the catalog places there now: true once it verifies (from
+    /// memory or the cache, or fetched, then cached as any fetched block);
+    /// false when its remote serves other bytes. An error when it cannot be
+    /// fetched.
+    pub fn placement_holds(&self, pack: &str, offset: u64, len: usize) -> Result<bool> {
+        let Some(remote) = self.remote_of(pack)? else {
+            return Err(StoreError::PackMissing {
+                pack: pack.to_string(),
+            });
+        };
+        let key = (pack.to_string(), offset, len);
+        if self.cached(&remote, &key).is_some() {
+            return Ok(true);
+        }
+        let bytes = self.fetch_range(&remote, pack, offset..offset + len as u64)?;
+        Ok(self.accept(&remote, pack, offset, &bytes).is_ok())
+    }
+
     /// True when the block is in the local packs or the cache (no read).
     pub fn is_local(&self, pack: &str, offset: u64, len: usize) -> Result<bool> {
         Ok(self.remote_of(pack)?.is_none() || self.cache.contains(pack, offset, len))

@@ -863,3 +863,172 @@ fn a_key_of_another_domain_cannot_claim_a_domains_packs() {
     let err = try_pull(&mut second, &origin, &trust).unwrap_err();
     assert!(err.contains("cannot claim it"), "{err}");
 }
+
+/// Rewrites the publish in `dir` (signed by `keys`' key `pub`) so that its
+/// first chunk is named as `victim`'s first chunk, where its own bytes
+/// are: a hash anyone reads in the victim's published metadata, placed by
+/// a key trusted for another domain in a block that does not hold it.
+fn misname_first_chunk_as(dir: &Path, keys: &KeyStore, victim: &Path) {
+    use nexus_remote::manifest::RemoteManifest;
+    use nexus_remote::meta::Meta;
+    let meta_of = |dir: &Path| {
+        let (manifest, _) =
+            RemoteManifest::decode(&fs::read(dir.join("manifest")).unwrap()).unwrap();
+        let path = dir.join(nexus_remote::meta_key(&manifest.meta));
+        (manifest, Meta::decode(&fs::read(path).unwrap()).unwrap())
+    };
+    let (_, theirs) = meta_of(victim);
+    let (manifest, mut ours) = meta_of(dir);
+    ours.body.chunks[0].hash = theirs.body.chunks[0].hash;
+    let bytes = ours.encode().unwrap();
+    let hash = nexus_store::Hash::of(&bytes);
+    fs::write(dir.join(nexus_remote::meta_key(&hash)), &bytes).unwrap();
+    let (_, signed) = RemoteManifest {
+        counter: manifest.counter + 1,
+        meta: hash,
+        meta_len: bytes.len() as u64,
+        ..manifest
+    }
+    .sign(&keys.secret("pub").unwrap());
+    fs::write(dir.join("manifest"), signed).unwrap();
+}
+
+/// A key trusted for one trust domain cannot break another domain's reads
+/// by naming that domain's chunks (public, in its published metadata) in
+/// its own metadata at places that do not hold them. A chunk known already
+/// kept its place, so once such a generation was pulled first, every read
+/// of the other domain's file failed. The other domain's pull now checks
+/// the block and places the chunks where its own metadata says, also when
+/// the claimant's server has gone dark; pulled in the other order, the
+/// false places are checked and never taken.
+#[test]
+fn a_key_of_another_domain_cannot_misplace_a_domains_chunks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (origin_dir, evil_dir) = (tmp.path().join("origin"), tmp.path().join("evil"));
+    let (keys, evil_keys) = (
+        KeyStore::new(tmp.path().join("keys")),
+        KeyStore::new(tmp.path().join("evil-keys")),
+    );
+    keys.generate("pub").unwrap();
+    evil_keys.generate("pub").unwrap();
+    let mut host = Store::init(&tmp.path().join("a")).unwrap();
+    let big = text(7, 600_000);
+    add(&mut host, tmp.path(), "tool", "1", &[("big", big.clone())]);
+    let mut evil_host = Store::init(&tmp.path().join("c")).unwrap();
+    add(
+        &mut evil_host,
+        tmp.path(),
+        "evil",
+        "1",
+        &[("x", text(8, 50_000))],
+    );
+    subscriber_trust(&keys, &tmp.path().join("keys-b"), "origin");
+    let trust = subscriber_trust(&evil_keys, &tmp.path().join("keys-b"), "evil");
+    let subscriber = |name: &str| {
+        let dir = tmp.path().join(name);
+        let store = Store::init(&dir).unwrap();
+        let origin = dir_remote(&store, "origin", &origin_dir);
+        let evil = dir_remote(&store, "evil", &evil_dir);
+        (dir, store, origin, evil)
+    };
+    let (dir, mut store, origin, evil) = subscriber("b");
+    publish_to(&host, &origin, &keys, None);
+    publish_to(&evil_host, &evil, &evil_keys, None);
+    misname_first_chunk_as(&evil_dir, &evil_keys, &origin_dir);
+
+    // The other domain's generation is pulled first.
+    pull_from(&mut store, &evil, &trust);
+    pull_from(&mut store, &origin, &trust);
+    let (read, _) = read_all(&dir, "tool", "1", "big");
+    assert_eq!(read, big, "the domain's package no longer reads");
+
+    // In the other order: the false place is checked and not taken.
+    let (dir, mut store, origin, evil) = subscriber("b2");
+    pull_from(&mut store, &origin, &trust);
+    pull_from(&mut store, &evil, &trust);
+    let (read, _) = read_all(&dir, "tool", "1", "big");
+    assert_eq!(
+        read, big,
+        "a later pull of the other domain broke the package"
+    );
+
+    // First, then dark: the claim cannot be checked, and yields.
+    let (dir, mut store, origin, evil) = subscriber("b3");
+    pull_from(&mut store, &evil, &trust);
+    let gone = tmp.path().join("evil-gone");
+    fs::rename(&evil_dir, &gone).unwrap();
+    pull_from(&mut store, &origin, &trust);
+    let (read, _) = read_all(&dir, "tool", "1", "big");
+    assert_eq!(read, big, "a claimant gone dark kept its false place");
+    fs::rename(&gone, &evil_dir).unwrap();
+}
+
+/// A content two trust domains both publish is fetched from one of them:
+/// the second domain's pull checks the first's block, finds it holds the
+/// chunks, and leaves them there; both packages read.
+#[test]
+fn a_content_two_domains_publish_is_read_from_the_first_place_that_holds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (one_dir, two_dir) = (tmp.path().join("one"), tmp.path().join("two"));
+    let (one_keys, two_keys) = (
+        KeyStore::new(tmp.path().join("keys-one")),
+        KeyStore::new(tmp.path().join("keys-two")),
+    );
+    one_keys.generate("pub").unwrap();
+    two_keys.generate("pub").unwrap();
+    let shared = text(9, 400_000);
+    let mut one = Store::init(&tmp.path().join("a")).unwrap();
+    // Each publish holds something of its own too: packs are named by
+    // their bytes, and two domains publishing the same pack is a claim
+    // refused (a_key_of_another_domain_cannot_claim_a_domains_packs).
+    add(
+        &mut one,
+        tmp.path(),
+        "lib",
+        "1",
+        &[("so", shared.clone()), ("own", text(10, 30_000))],
+    );
+    let mut two = Store::init(&tmp.path().join("c")).unwrap();
+    add(
+        &mut two,
+        tmp.path(),
+        "app",
+        "1",
+        &[("so", shared.clone()), ("own", text(11, 30_000))],
+    );
+    publish_to(&one, &dir_remote(&one, "one", &one_dir), &one_keys, None);
+    publish_to(&two, &dir_remote(&two, "two", &two_dir), &two_keys, None);
+
+    let dir = tmp.path().join("b");
+    let mut store = Store::init(&dir).unwrap();
+    let (first, second) = (
+        dir_remote(&store, "one", &one_dir),
+        dir_remote(&store, "two", &two_dir),
+    );
+    subscriber_trust(&one_keys, &tmp.path().join("keys-b"), "one");
+    let trust = subscriber_trust(&two_keys, &tmp.path().join("keys-b"), "two");
+    pull_from(&mut store, &first, &trust);
+    let packs_of_one: Vec<String> = store
+        .catalog()
+        .remote_packs()
+        .unwrap()
+        .into_iter()
+        .map(|(pack, _)| pack)
+        .collect();
+    pull_from(&mut store, &second, &trust);
+    let app = store.catalog().package("app", "1").unwrap().unwrap();
+    let blob = store.resolve(&app, b"so").unwrap().blob.unwrap();
+    let placed: Vec<String> = store
+        .catalog()
+        .blob_chunks(blob)
+        .unwrap()
+        .into_iter()
+        .map(|c| c.pack.to_string())
+        .collect();
+    assert!(
+        placed.iter().all(|p| packs_of_one.contains(p)),
+        "the shared content moved to the second domain's packs: {placed:?}"
+    );
+    assert_eq!(read_all(&dir, "app", "1", "so").0, shared);
+    assert_eq!(read_all(&dir, "lib", "1", "so").0, shared);
+}

@@ -554,6 +554,7 @@ mod tests {
             written: vec![a_chunk.clone()],
             reused: Default::default(),
             remote: Some(remote.id),
+            replaced: Default::default(),
         };
         store.commit_batch(&[a], &first, &system(&["a/1"])).unwrap();
 
@@ -574,6 +575,7 @@ mod tests {
             written: vec![moved, unlisted, b_chunk],
             reused: Default::default(),
             remote: Some(remote.id),
+            replaced: Default::default(),
         };
         let outcome = store
             .commit_batch(&[a, b], &second, &system(&["a/1", "b/1"]))
@@ -600,6 +602,109 @@ mod tests {
             )
             .unwrap();
         assert_eq!(pack_of_known, p1);
+    }
+
+    /// A pull places anew the known chunks its batch names as `replaced`
+    /// (their place on another domain's remote did not hold up) — but
+    /// never a chunk in the store's own packs.
+    #[test]
+    fn a_pull_replaces_only_the_remote_places_it_names() {
+        let d = tempfile::tempdir().unwrap();
+        let mut store = Store::init(d.path()).unwrap();
+        let remote = store
+            .catalog()
+            .add_remote(&crate::catalog::NewRemote {
+                name: "origin".into(),
+                url: "file:///nowhere".into(),
+                endpoint: None,
+                region: None,
+                domain: "test".into(),
+            })
+            .unwrap();
+        let (local, p1, p2) = (
+            format!("{}.pack", "1".repeat(32)),
+            format!("{}.pack", "2".repeat(32)),
+            format!("{}.pack", "3".repeat(32)),
+        );
+        let sealed = |name: &str| crate::pack::SealedPack {
+            name: name.into(),
+            size: 1000,
+        };
+        let (a, a_content, a_local) = remote_package("a", &local);
+        let (b, b_content, b_first) = remote_package("b", &p1);
+        let batch = |files, packs, written, remote, replaced| ContentBatch {
+            files,
+            packs,
+            written,
+            reused: Default::default(),
+            remote,
+            replaced,
+        };
+        store
+            .commit_batch(
+                &[a],
+                &batch(
+                    vec![a_content.clone()],
+                    vec![sealed(&local)],
+                    vec![a_local.clone()],
+                    None,
+                    Default::default(),
+                ),
+                &Membership::Add,
+            )
+            .unwrap();
+        store
+            .commit_batch(
+                &[b],
+                &batch(
+                    vec![b_content.clone()],
+                    vec![sealed(&p1)],
+                    vec![b_first.clone()],
+                    Some(remote.id),
+                    Default::default(),
+                ),
+                &Membership::Add,
+            )
+            .unwrap();
+        // A pull naming both chunks as replaced, placing them in p2 (its
+        // packages are new names for the same trees, so their chunks are
+        // indexed).
+        let renamed = |like: &str, name: &str| StagedPackage {
+            name: name.into(),
+            ..remote_package(like, &p1).0
+        };
+        let moved = |loc: &ChunkLocation| ChunkLocation {
+            pack: p2.as_str().into(),
+            offset: 300,
+            ..loc.clone()
+        };
+        store
+            .commit_batch(
+                &[renamed("a", "c"), renamed("b", "d")],
+                &batch(
+                    vec![a_content, b_content],
+                    vec![sealed(&p2)],
+                    vec![moved(&a_local), moved(&b_first)],
+                    Some(remote.id),
+                    HashSet::from([a_local.hash, b_first.hash]),
+                ),
+                &Membership::Add,
+            )
+            .unwrap();
+        let mut place = |hash: &Hash| -> (String, i64) {
+            store
+                .catalog_mut()
+                .conn()
+                .query_row(
+                    "SELECT p.name, c.offset FROM chunks c JOIN packs p ON p.id = c.pack
+                     WHERE c.hash = ?1",
+                    [hash.as_bytes().to_vec()],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .unwrap()
+        };
+        assert_eq!(place(&a_local.hash), (local, 8), "a local chunk moved");
+        assert_eq!(place(&b_first.hash), (p2, 300), "the remote chunk stayed");
     }
 
     #[derive(Debug, thiserror::Error)]

@@ -91,6 +91,11 @@ pub struct ContentBatch {
     /// generation pulled from it). Chunks the store knows already keep
     /// their location: what is local is never read from the remote.
     pub remote: Option<i64>,
+    /// Chunks known already, in a pack of another trust domain's remote,
+    /// that this batch of `remote` places anew where `written` says: their
+    /// placement there did not hold up when the pull checked it, or could
+    /// not be checked ([`crate::catalog::Catalog::foreign_placements`]).
+    pub replaced: HashSet<Hash>,
 }
 
 /// Progress callback: called with the number of content bytes just processed.
@@ -294,6 +299,7 @@ pub fn run_session<T>(
                 written,
                 reused,
                 remote: None,
+                replaced: HashSet::new(),
             },
         ))
     })

@@ -31,7 +31,7 @@ use crate::pack::ChunkLocation;
 use crate::tree::{InodeType, Xattrs, decode_xattrs};
 
 pub use confined::check_access_as_effective_user;
-pub use remotes::{BlockChunk, NewRemote, RemoteRow, RemoteUse};
+pub use remotes::{BlockChunk, ForeignBlock, NewRemote, RemoteRow, RemoteUse};
 pub use schema::{OLDEST_READER_KEY, SCHEMA_VERSION, Upgrade};
 pub use trees::PackageTree;
 

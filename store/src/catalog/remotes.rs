@@ -65,6 +65,23 @@ pub struct BlockChunk {
     pub len: u32,
 }
 
+/// A block of another trust domain's remote where the catalog places
+/// chunks that a pull's metadata places elsewhere
+/// ([`Catalog::foreign_placements`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForeignBlock {
+    /// The pack's name.
+    pub pack: String,
+    /// The block's offset in the pack.
+    pub offset: u64,
+    /// The block's length.
+    pub block_len: u32,
+    /// The remote that holds the pack.
+    pub remote: String,
+    /// The contested chunks the catalog places in it.
+    pub chunks: Vec<Hash>,
+}
+
 const REMOTE_COLUMNS: &str = "id, name, url, endpoint, region, domain, added";
 
 fn remote_from_row(r: &Row<'_>) -> rusqlite::Result<RemoteRow> {
@@ -263,6 +280,59 @@ impl Catalog {
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The blocks, each on a remote of a trust domain other than `domain`,
+    /// where the catalog places some of `chunks` (a pull's metadata, which
+    /// places each in a pack of its own remote): one domain's key names
+    /// chunks any subscriber can read in another's published metadata, so
+    /// where it placed them first is only its word, and a pull of the
+    /// other domain checks it ([`crate::ingest::ContentBatch::replaced`]).
+    /// Empty, and no chunk looked up, when no remote pack of another
+    /// domain is indexed.
+    pub fn foreign_placements(&self, chunks: &[Hash], domain: &str) -> Result<Vec<ForeignBlock>> {
+        let others: bool = self.conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM packs p JOIN remotes r ON r.id = p.remote
+                            WHERE r.domain != ?1)",
+            [domain],
+            |r| r.get(0),
+        )?;
+        if !others {
+            return Ok(Vec::new());
+        }
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT p.name, c.offset, c.block_len, r.name FROM chunks c
+             JOIN packs p ON p.id = c.pack JOIN remotes r ON r.id = p.remote
+             WHERE c.hash = ?1 AND r.domain != ?2",
+        )?;
+        let mut blocks: std::collections::BTreeMap<(String, u64, u32), ForeignBlock> =
+            Default::default();
+        for hash in chunks {
+            let found = stmt
+                .query_row(params![hash.as_bytes(), domain], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)? as u64,
+                        r.get::<_, u32>(2)?,
+                        r.get::<_, String>(3)?,
+                    ))
+                })
+                .optional()?;
+            if let Some((pack, offset, block_len, remote)) = found {
+                blocks
+                    .entry((pack.clone(), offset, block_len))
+                    .or_insert_with(|| ForeignBlock {
+                        pack,
+                        offset,
+                        block_len,
+                        remote,
+                        chunks: Vec::new(),
+                    })
+                    .chunks
+                    .push(*hash);
+            }
+        }
+        Ok(blocks.into_values().collect())
     }
 
     /// The distinct remote blocks `(pack, offset, block length)` holding

@@ -188,6 +188,28 @@ pub(crate) fn index_chunks(
         6,
         &cells,
     )?;
+    // A chunk another trust domain's remote placed first, whose placement
+    // the pull found false (or could not check), is placed where this
+    // remote says instead; a chunk in the store's own packs never moves.
+    if batch.remote.is_some() && !batch.replaced.is_empty() {
+        let mut place = tx.prepare_cached(
+            "UPDATE chunks SET pack = ?2, offset = ?3, block_len = ?4, inner = ?5, len = ?6
+             WHERE hash = ?1 AND (SELECT remote FROM packs WHERE id = chunks.pack) IS NOT NULL",
+        )?;
+        for loc in written.iter().filter(|l| batch.replaced.contains(&l.hash)) {
+            let pack = pack_ids.get(&*loc.pack).ok_or_else(|| {
+                StoreError::Invalid(format!("chunk in unknown pack {}", loc.pack))
+            })?;
+            place.execute(params![
+                loc.hash.as_bytes(),
+                pack,
+                loc.offset as i64,
+                loc.block_len,
+                loc.inner,
+                loc.len
+            ])?;
+        }
+    }
     // The new rows are those above the highest id before; chunks known
     // before (kept or moved) are looked up one by one.
     let mut ids = new_rows_by_hash(tx, "chunks", before)?;
