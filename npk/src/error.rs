@@ -117,6 +117,18 @@ pub enum NpkError {
     /// A problem with a key or the key store.
     #[error("{0}")]
     Key(String),
+    /// As root, a key store (or the way to it, or a key file in it) that
+    /// someone else could change.
+    #[error(
+        "refusing the key store as root: {}: {why}; make it root's and writable by root alone",
+        path.display()
+    )]
+    UnsafeKeyStore {
+        /// The directory or file.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
     /// A secret key file others could read or replace.
     #[error("refusing the secret key {}: {why}", path.display())]
     UnsafeSecretKey {

@@ -577,14 +577,15 @@ impl KeyStore {
         Ok(out)
     }
 
-    /// The trusted and revoked keys, for verifying. As root, warns when
-    /// the key store could be changed by someone else.
+    /// The trusted and revoked keys, for verifying. As root, refuses a key
+    /// store that someone else could change ([`KeyStore::audit`]): whoever
+    /// can write there decides which signatures root accepts.
     pub fn trust_set(&self) -> Result<TrustSet> {
         // SAFETY: geteuid has no preconditions and cannot fail.
-        if unsafe { libc::geteuid() } == 0 {
-            for warning in self.audit() {
-                tracing::warn!("{warning}");
-            }
+        if unsafe { libc::geteuid() } == 0
+            && let Some((path, why)) = self.unsafe_parts().into_iter().next()
+        {
+            return Err(NpkError::UnsafeKeyStore { path, why });
         }
         Ok(TrustSet {
             trusted: self.read_grants()?,
@@ -592,29 +593,71 @@ impl KeyStore {
         })
     }
 
-    /// What makes the key store unsafe to rely on as root: the store or a
-    /// list directory not owned by root, or writable by group or others
-    /// (anyone who can write there decides which signatures root accepts).
+    /// What makes the key store unsafe to rely on as root, one line each
+    /// (what [`KeyStore::trust_set`] refuses as root).
     pub fn audit(&self) -> Vec<String> {
+        self.unsafe_parts()
+            .into_iter()
+            .map(|(path, why)| format!("key store {}: {why}", path.display()))
+            .collect()
+    }
+
+    /// The parts of the key store someone other than root could change:
+    /// the way to it (`nexus_store::root_way`), the store and its list
+    /// directories (not root's, or writable by group or others), and the
+    /// key files in the lists (also: not plain files). Empty when there is
+    /// no key store.
+    fn unsafe_parts(&self) -> Vec<(PathBuf, String)> {
         let mut out = Vec::new();
+        if fs::symlink_metadata(&self.dir).is_err() {
+            return out;
+        }
+        if let Err(e) = nexus_store::root_way::resolve_checked(&self.dir) {
+            out.push((
+                self.dir.clone(),
+                format!("the way to it is not root's alone ({e})"),
+            ));
+        }
+        let shared = |meta: &fs::Metadata| -> Option<String> {
+            if meta.uid() != 0 {
+                Some(format!(
+                    "owned by uid {}, not root: that user decides which signatures root accepts",
+                    meta.uid()
+                ))
+            } else if meta.mode() & 0o022 != 0 {
+                Some(format!(
+                    "writable by group or others (mode {:04o}): they decide which signatures root accepts",
+                    meta.mode() & 0o7777
+                ))
+            } else {
+                None
+            }
+        };
         let lists = [PACKAGES, IMAGES, LEGACY, REVOKED].map(|l| self.dir.join(l));
-        for path in std::iter::once(self.dir.clone()).chain(lists) {
-            let Ok(meta) = fs::symlink_metadata(&path) else {
+        for dir in std::iter::once(self.dir.clone()).chain(lists.clone()) {
+            if let Ok(meta) = fs::symlink_metadata(&dir)
+                && let Some(why) = shared(&meta)
+            {
+                out.push((dir, why));
+            }
+        }
+        for list in lists {
+            let Ok(entries) = fs::read_dir(&list) else {
                 continue;
             };
-            if meta.uid() != 0 {
-                out.push(format!(
-                    "key store {} is owned by uid {}, not root: that user decides which signatures root accepts",
-                    path.display(),
-                    meta.uid()
-                ));
-            }
-            if meta.mode() & 0o022 != 0 {
-                out.push(format!(
-                    "key store {} is writable by group or others (mode {:04o}): they decide which signatures root accepts",
-                    path.display(),
-                    meta.mode() & 0o7777
-                ));
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.extension().is_none_or(|x| x != "pub") {
+                    continue;
+                }
+                let why = match fs::symlink_metadata(&path) {
+                    Ok(meta) if !meta.is_file() => Some("not a plain file".to_string()),
+                    Ok(meta) => shared(&meta),
+                    Err(e) => Some(e.to_string()),
+                };
+                if let Some(why) = why {
+                    out.push((path, why));
+                }
             }
         }
         out
@@ -1023,6 +1066,61 @@ mod tests {
         std::os::unix::fs::symlink(elsewhere.path(), hijacked.dir().join("secret")).unwrap();
         assert!(hijacked.generate("k").is_err());
         assert!(fs::read_dir(elsewhere.path()).unwrap().next().is_none());
+    }
+
+    /// Whoever can change root's key store decides which signatures root
+    /// accepts: as root, a store whose lists, key files or way others can
+    /// change is refused, not only warned of.
+    #[test]
+    fn as_root_a_key_store_others_can_change_is_refused() {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            return; // the rule is root's
+        }
+        let d = tempfile::tempdir().unwrap();
+        let keys = KeyStore::new(d.path().join("keys"));
+        let signer = KeyStore::new(d.path().join("signer"));
+        signer.generate("s").unwrap();
+        let scope = Scope::Images {
+            domain: "site".into(),
+        };
+        keys.trust(&signer.public_file("s").unwrap(), scope)
+            .unwrap();
+        keys.trust_set().unwrap();
+        let list = d.path().join("keys").join(IMAGES);
+        let file = fs::read_dir(&list).unwrap().next().unwrap().unwrap().path();
+        let refused = |what: &str| {
+            let err = keys.trust_set().unwrap_err();
+            assert!(
+                matches!(err, NpkError::UnsafeKeyStore { .. }),
+                "{what}: {err}"
+            );
+            err.to_string()
+        };
+
+        fs::set_permissions(&list, fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(refused("a list others can write").contains(IMAGES));
+        fs::set_permissions(&list, fs::Permissions::from_mode(0o755)).unwrap();
+
+        std::os::unix::fs::lchown(&file, Some(65534), None).unwrap();
+        assert!(refused("a key file of another user's").contains("uid 65534"));
+        std::os::unix::fs::lchown(&file, Some(0), None).unwrap();
+
+        let planted = d.path().join("planted.pub");
+        fs::rename(&file, &planted).unwrap();
+        std::os::unix::fs::symlink(&planted, &file).unwrap();
+        assert!(refused("a key file that is a link").contains("not a plain file"));
+        fs::remove_file(&file).unwrap();
+        fs::rename(&planted, &file).unwrap();
+        keys.trust_set().unwrap();
+
+        let theirs = d.path().join("theirs");
+        fs::create_dir(&theirs).unwrap();
+        std::os::unix::fs::lchown(&theirs, Some(65534), Some(65534)).unwrap();
+        fs::rename(d.path().join("keys"), theirs.join("keys")).unwrap();
+        let moved = KeyStore::new(theirs.join("keys"));
+        let err = moved.trust_set().unwrap_err();
+        assert!(err.to_string().contains("not root's alone"), "{err}");
     }
 
     #[test]
