@@ -482,18 +482,12 @@ fn decide(
     taken: &HashSet<String>,
 ) -> Result<Decision> {
     let pinned = recipe_version(recipe);
-    // Another line of the same App pins this version: leave it to that one.
-    let others: Vec<&str> = profile
-        .entries
-        .iter()
-        .filter(|e| e.app == entry.app && !std::ptr::eq(*e, entry))
-        .filter_map(|e| e.constraint.exact())
-        .collect();
     let highest_stored = stored
         .iter()
         .filter(|s| entry.constraint.matches(&s.version))
         .filter(|s| pinned.is_none_or(|p| p == s.version))
-        .filter(|s| !others.contains(&s.version.as_str()))
+        // Another line of the same App pins this version: leave it to that one.
+        .filter(|s| !profile.pinned_by_another_line(entry, &s.version))
         .filter(|s| !taken.contains(&format!("{}/{}", entry.app, s.version)))
         .max_by(|a, b| version::compare(a.ordered(), b.ordered()));
     let candidate = match offer {

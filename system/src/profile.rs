@@ -52,6 +52,8 @@ pub struct Profile {
     pub entries: Vec<Entry>,
     /// The file, for diagnostics about its lines found later.
     pub file: SourceFile,
+    /// App → the versions its lines pin exactly (`= V`).
+    pins: std::collections::HashMap<String, std::collections::HashSet<String>>,
 }
 
 impl Profile {
@@ -93,12 +95,33 @@ impl Profile {
             ));
         }
         check_versions(&file, &mut entries)?;
+        let mut pins: std::collections::HashMap<String, std::collections::HashSet<String>> =
+            Default::default();
+        for e in &entries {
+            if let Some(v) = e.constraint.exact() {
+                pins.entry(e.app.clone()).or_default().insert(v.to_string());
+            }
+        }
         Ok(Profile {
             name,
             description,
             entries,
             file,
+            pins,
         })
+    }
+
+    /// Whether a line of `entry`'s App other than `entry` pins `version`
+    /// exactly: that line builds it, so `entry` leaves it alone. (An App
+    /// listed more than once pins a distinct version on every line, so
+    /// another line pins `version` exactly when some line does and
+    /// `entry` does not.)
+    pub fn pinned_by_another_line(&self, entry: &Entry, version: &str) -> bool {
+        entry.constraint.exact() != Some(version)
+            && self
+                .pins
+                .get(&entry.app)
+                .is_some_and(|pinned| pinned.contains(version))
     }
 
     /// `NAME/VERSION` of each App's `Current` version when its line pins
@@ -203,7 +226,7 @@ fn check_versions(file: &SourceFile, entries: &mut [Entry]) -> Result<(), Diag> 
             entries[only].current = true;
             continue;
         }
-        let mut seen: Vec<&str> = Vec::new();
+        let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
         for &i in &lines {
             let e = &entries[i];
             let Some(v) = e.constraint.exact() else {
@@ -217,7 +240,7 @@ fn check_versions(file: &SourceFile, entries: &mut [Entry]) -> Result<(), Diag> 
                     Some(format!("e.g. package \"{app}\" \"= 1.2-3\"")),
                 ));
             };
-            if seen.contains(&v) {
+            if !seen.insert(v) {
                 return Err(file.error(
                     e.span,
                     format!("`{app}` {v} is listed twice"),
@@ -225,7 +248,6 @@ fn check_versions(file: &SourceFile, entries: &mut [Entry]) -> Result<(), Diag> 
                     None,
                 ));
             }
-            seen.push(v);
         }
         let current: Vec<usize> = lines
             .iter()
