@@ -64,7 +64,8 @@ the way to it) that another user owns or may write is refused, unless
 --trust-dirs says the caller vouches for it.
 
 Build scripts run sandboxed: as an unprivileged build user (--build-user;
-as root, the `nexusbld` account if it exists, else nobody), in new mount,
+as root, the `nexusbld` account if it exists, else a uid of the build's
+own that no account or process has), in new mount,
 pid, network, IPC and UTS namespaces, with no network, the host file
 system read-only, their sources read-only and only $NEXUS_OUT and a
 private /tmp writable. What they output is imported owned by root,
@@ -143,7 +144,8 @@ pub struct BuildArgs {
 
     /// The user build scripts run as when nexus runs as root: USER, UID,
     /// USER:GROUP or UID:GID, never root [default: the `nexusbld` account
-    /// if it exists, else nobody]. Another user's build runs as that user,
+    /// if it exists, else a uid from 1314390016 that no account or running
+    /// process has, one per build]. Another user's build runs as that user,
     /// in a user namespace of its own.
     #[arg(long, value_name = "USER")]
     pub build_user: Option<String>,
@@ -265,7 +267,7 @@ pub fn rumk_recipes_dir(args: &BuildArgs) -> Result<Located> {
 pub fn build_options(keys_dir: &Path, args: &BuildArgs, recipes: &Located) -> Result<BuildOptions> {
     let user = match &args.build_user {
         Some(spec) => BuildUser::parse(spec)?,
-        None => BuildUser::default_user(),
+        None => BuildUser::default_user()?,
     };
     Ok(BuildOptions {
         recipes: recipes.dir.clone(),

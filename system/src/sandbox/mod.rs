@@ -333,7 +333,7 @@ mod tests {
     fn sandboxed(script: &str, sources: &[PathBuf]) -> (i32, String, tempfile::TempDir) {
         let scratch = tempfile::tempdir().unwrap();
         let out = tempfile::tempdir().unwrap();
-        let user = BuildUser::default_user();
+        let user = BuildUser::default_user().unwrap();
         if nix::unistd::geteuid().is_root() {
             chown(out.path(), Some(user.uid), Some(user.gid)).unwrap();
         }
@@ -461,7 +461,7 @@ mod tests {
             cwd: Path::new("/"),
             sources: &[],
             run: &[],
-            user: &BuildUser::default_user(),
+            user: &BuildUser::default_user().unwrap(),
             scratch: scratch.path(),
         })
         .unwrap_err();
@@ -476,7 +476,7 @@ mod tests {
             cwd: Path::new("/"),
             sources: &[PathBuf::from("/run/secrets")],
             run: &[],
-            user: &BuildUser::default_user(),
+            user: &BuildUser::default_user().unwrap(),
             scratch: scratch.path(),
         })
         .unwrap_err();
