@@ -3,7 +3,7 @@
 //! real S3 and HTTP servers are exercised by tests/remote.rs).
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -774,10 +774,15 @@ fn a_remote_cannot_give_its_bytes_to_a_content_added_later_from_elsewhere() {
     }
 }
 
-/// Rewrites the publish in `dir` (signed by `keys`' key `pub`) so that its
-/// first chunk is placed in the first block of `victim`'s first pack, which
-/// it lists as its own: what a key trusted for one domain can sign.
-fn claim_first_block_of(dir: &Path, keys: &KeyStore, victim: &Path) {
+/// Rewrites the publish in `dir`, signed by `keys`' key `pub` with the
+/// next counter: `forge` changes its metadata, seeing `victim`'s. What a
+/// key trusted for one domain can sign.
+fn forge_meta(
+    dir: &Path,
+    keys: &KeyStore,
+    victim: &Path,
+    forge: impl FnOnce(&mut nexus_remote::meta::Meta, &nexus_remote::meta::Meta),
+) {
     use nexus_remote::manifest::RemoteManifest;
     use nexus_remote::meta::Meta;
     let meta_of = |dir: &Path| {
@@ -788,11 +793,7 @@ fn claim_first_block_of(dir: &Path, keys: &KeyStore, victim: &Path) {
     };
     let (_, theirs) = meta_of(victim);
     let (manifest, mut ours) = meta_of(dir);
-    let pack = theirs.chunk_packs[0] as usize;
-    ours.packs.push(theirs.packs[pack].clone());
-    ours.chunk_packs[0] = (ours.packs.len() - 1) as u32;
-    ours.body.chunks[0].offset = theirs.body.chunks[0].offset;
-    ours.body.chunks[0].block_len = theirs.body.chunks[0].block_len;
+    forge(&mut ours, &theirs);
     let bytes = ours.encode().unwrap();
     let hash = nexus_store::Hash::of(&bytes);
     fs::write(dir.join(nexus_remote::meta_key(&hash)), &bytes).unwrap();
@@ -804,6 +805,94 @@ fn claim_first_block_of(dir: &Path, keys: &KeyStore, victim: &Path) {
     }
     .sign(&keys.secret("pub").unwrap());
     fs::write(dir.join("manifest"), signed).unwrap();
+}
+
+/// Its first chunk placed in the first block of `victim`'s first pack,
+/// which it lists as its own.
+fn claim_first_block_of(dir: &Path, keys: &KeyStore, victim: &Path) {
+    forge_meta(dir, keys, victim, |ours, theirs| {
+        let pack = theirs.chunk_packs[0] as usize;
+        ours.packs.push(theirs.packs[pack].clone());
+        ours.chunk_packs[0] = (ours.packs.len() - 1) as u32;
+        ours.body.chunks[0].offset = theirs.body.chunks[0].offset;
+        ours.body.chunks[0].block_len = theirs.body.chunks[0].block_len;
+    });
+}
+
+/// Its first chunk named as `victim`'s first chunk, where its own bytes
+/// are: a hash anyone reads in the victim's published metadata, in a
+/// block that does not hold it.
+fn misname_first_chunk_as(dir: &Path, keys: &KeyStore, victim: &Path) {
+    forge_meta(dir, keys, victim, |ours, theirs| {
+        ours.body.chunks[0].hash = theirs.body.chunks[0].hash;
+    });
+}
+
+/// Two trust domains, each published to a directory: `origin` with
+/// package `tool/1` (one file `big`), `evil` with `evil/1`; a subscriber
+/// trusts each domain's key for its own domain.
+struct TwoDomains {
+    tmp: tempfile::TempDir,
+    origin_dir: PathBuf,
+    evil_dir: PathBuf,
+    evil_keys: KeyStore,
+    trust: TrustSet,
+    big: Vec<u8>,
+}
+
+impl TwoDomains {
+    fn published() -> TwoDomains {
+        let tmp = tempfile::tempdir().unwrap();
+        let (origin_dir, evil_dir) = (tmp.path().join("origin"), tmp.path().join("evil"));
+        let (keys, evil_keys) = (
+            KeyStore::new(tmp.path().join("keys")),
+            KeyStore::new(tmp.path().join("evil-keys")),
+        );
+        keys.generate("pub").unwrap();
+        evil_keys.generate("pub").unwrap();
+        let mut host = Store::init(&tmp.path().join("a")).unwrap();
+        let big = text(7, 600_000);
+        add(&mut host, tmp.path(), "tool", "1", &[("big", big.clone())]);
+        let mut evil_host = Store::init(&tmp.path().join("c")).unwrap();
+        add(
+            &mut evil_host,
+            tmp.path(),
+            "evil",
+            "1",
+            &[("x", text(8, 50_000))],
+        );
+        subscriber_trust(&keys, &tmp.path().join("keys-b"), "origin");
+        let trust = subscriber_trust(&evil_keys, &tmp.path().join("keys-b"), "evil");
+        publish_to(
+            &host,
+            &dir_remote(&host, "origin", &origin_dir),
+            &keys,
+            None,
+        );
+        publish_to(
+            &evil_host,
+            &dir_remote(&evil_host, "evil", &evil_dir),
+            &evil_keys,
+            None,
+        );
+        TwoDomains {
+            tmp,
+            origin_dir,
+            evil_dir,
+            evil_keys,
+            trust,
+            big,
+        }
+    }
+
+    /// A new subscriber store `name` with both remotes recorded.
+    fn subscriber(&self, name: &str) -> (PathBuf, Store, RemoteRow, RemoteRow) {
+        let dir = self.tmp.path().join(name);
+        let store = Store::init(&dir).unwrap();
+        let origin = dir_remote(&store, "origin", &self.origin_dir);
+        let evil = dir_remote(&store, "evil", &self.evil_dir);
+        (dir, store, origin, evil)
+    }
 }
 
 /// A key trusted for one trust domain cannot place its chunks in another
@@ -815,82 +904,24 @@ fn claim_first_block_of(dir: &Path, keys: &KeyStore, victim: &Path) {
 /// breakage.
 #[test]
 fn a_key_of_another_domain_cannot_claim_a_domains_packs() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (origin_dir, evil_dir) = (tmp.path().join("origin"), tmp.path().join("evil"));
-    let (keys, evil_keys) = (
-        KeyStore::new(tmp.path().join("keys")),
-        KeyStore::new(tmp.path().join("evil-keys")),
-    );
-    keys.generate("pub").unwrap();
-    evil_keys.generate("pub").unwrap();
-    let mut host = Store::init(&tmp.path().join("a")).unwrap();
-    let big = text(7, 600_000);
-    add(&mut host, tmp.path(), "tool", "1", &[("big", big.clone())]);
-    let mut evil_host = Store::init(&tmp.path().join("c")).unwrap();
-    add(
-        &mut evil_host,
-        tmp.path(),
-        "evil",
-        "1",
-        &[("x", text(8, 50_000))],
-    );
+    let d = TwoDomains::published();
+    claim_first_block_of(&d.evil_dir, &d.evil_keys, &d.origin_dir);
 
-    let subscriber_dir = tmp.path().join("b");
-    let mut subscriber = Store::init(&subscriber_dir).unwrap();
-    let origin = dir_remote(&subscriber, "origin", &origin_dir);
-    let evil = dir_remote(&subscriber, "evil", &evil_dir);
-    subscriber_trust(&keys, &tmp.path().join("keys-b"), "origin");
-    let trust = subscriber_trust(&evil_keys, &tmp.path().join("keys-b"), "evil");
-    publish_to(&host, &origin, &keys, None);
-    publish_to(&evil_host, &evil, &evil_keys, None);
-    claim_first_block_of(&evil_dir, &evil_keys, &origin_dir);
-
-    pull_from(&mut subscriber, &origin, &trust);
-    let err = try_pull(&mut subscriber, &evil, &trust).unwrap_err();
+    let (dir, mut store, origin, evil) = d.subscriber("b");
+    pull_from(&mut store, &origin, &d.trust);
+    let err = try_pull(&mut store, &evil, &d.trust).unwrap_err();
     assert!(
         err.contains("trust domain origin") && err.contains("trust domain evil"),
         "{err}"
     );
-    let (read, _) = read_all(&subscriber_dir, "tool", "1", "big");
-    assert_eq!(read, big, "the domain's package no longer reads");
+    let (read, _) = read_all(&dir, "tool", "1", "big");
+    assert_eq!(read, d.big, "the domain's package no longer reads");
 
     // Claimed first: the domain's own pull is refused, loudly.
-    let second_dir = tmp.path().join("b2");
-    let mut second = Store::init(&second_dir).unwrap();
-    let origin = dir_remote(&second, "origin", &origin_dir);
-    let evil = dir_remote(&second, "evil", &evil_dir);
-    pull_from(&mut second, &evil, &trust);
-    let err = try_pull(&mut second, &origin, &trust).unwrap_err();
+    let (_, mut second, origin, evil) = d.subscriber("b2");
+    pull_from(&mut second, &evil, &d.trust);
+    let err = try_pull(&mut second, &origin, &d.trust).unwrap_err();
     assert!(err.contains("cannot claim it"), "{err}");
-}
-
-/// Rewrites the publish in `dir` (signed by `keys`' key `pub`) so that its
-/// first chunk is named as `victim`'s first chunk, where its own bytes
-/// are: a hash anyone reads in the victim's published metadata, placed by
-/// a key trusted for another domain in a block that does not hold it.
-fn misname_first_chunk_as(dir: &Path, keys: &KeyStore, victim: &Path) {
-    use nexus_remote::manifest::RemoteManifest;
-    use nexus_remote::meta::Meta;
-    let meta_of = |dir: &Path| {
-        let (manifest, _) =
-            RemoteManifest::decode(&fs::read(dir.join("manifest")).unwrap()).unwrap();
-        let path = dir.join(nexus_remote::meta_key(&manifest.meta));
-        (manifest, Meta::decode(&fs::read(path).unwrap()).unwrap())
-    };
-    let (_, theirs) = meta_of(victim);
-    let (manifest, mut ours) = meta_of(dir);
-    ours.body.chunks[0].hash = theirs.body.chunks[0].hash;
-    let bytes = ours.encode().unwrap();
-    let hash = nexus_store::Hash::of(&bytes);
-    fs::write(dir.join(nexus_remote::meta_key(&hash)), &bytes).unwrap();
-    let (_, signed) = RemoteManifest {
-        counter: manifest.counter + 1,
-        meta: hash,
-        meta_len: bytes.len() as u64,
-        ..manifest
-    }
-    .sign(&keys.secret("pub").unwrap());
-    fs::write(dir.join("manifest"), signed).unwrap();
 }
 
 /// A key trusted for one trust domain cannot break another domain's reads
@@ -903,64 +934,35 @@ fn misname_first_chunk_as(dir: &Path, keys: &KeyStore, victim: &Path) {
 /// false places are checked and never taken.
 #[test]
 fn a_key_of_another_domain_cannot_misplace_a_domains_chunks() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (origin_dir, evil_dir) = (tmp.path().join("origin"), tmp.path().join("evil"));
-    let (keys, evil_keys) = (
-        KeyStore::new(tmp.path().join("keys")),
-        KeyStore::new(tmp.path().join("evil-keys")),
-    );
-    keys.generate("pub").unwrap();
-    evil_keys.generate("pub").unwrap();
-    let mut host = Store::init(&tmp.path().join("a")).unwrap();
-    let big = text(7, 600_000);
-    add(&mut host, tmp.path(), "tool", "1", &[("big", big.clone())]);
-    let mut evil_host = Store::init(&tmp.path().join("c")).unwrap();
-    add(
-        &mut evil_host,
-        tmp.path(),
-        "evil",
-        "1",
-        &[("x", text(8, 50_000))],
-    );
-    subscriber_trust(&keys, &tmp.path().join("keys-b"), "origin");
-    let trust = subscriber_trust(&evil_keys, &tmp.path().join("keys-b"), "evil");
-    let subscriber = |name: &str| {
-        let dir = tmp.path().join(name);
-        let store = Store::init(&dir).unwrap();
-        let origin = dir_remote(&store, "origin", &origin_dir);
-        let evil = dir_remote(&store, "evil", &evil_dir);
-        (dir, store, origin, evil)
-    };
-    let (dir, mut store, origin, evil) = subscriber("b");
-    publish_to(&host, &origin, &keys, None);
-    publish_to(&evil_host, &evil, &evil_keys, None);
-    misname_first_chunk_as(&evil_dir, &evil_keys, &origin_dir);
+    let d = TwoDomains::published();
+    misname_first_chunk_as(&d.evil_dir, &d.evil_keys, &d.origin_dir);
 
     // The other domain's generation is pulled first.
-    pull_from(&mut store, &evil, &trust);
-    pull_from(&mut store, &origin, &trust);
+    let (dir, mut store, origin, evil) = d.subscriber("b");
+    pull_from(&mut store, &evil, &d.trust);
+    pull_from(&mut store, &origin, &d.trust);
     let (read, _) = read_all(&dir, "tool", "1", "big");
-    assert_eq!(read, big, "the domain's package no longer reads");
+    assert_eq!(read, d.big, "the domain's package no longer reads");
 
     // In the other order: the false place is checked and not taken.
-    let (dir, mut store, origin, evil) = subscriber("b2");
-    pull_from(&mut store, &origin, &trust);
-    pull_from(&mut store, &evil, &trust);
+    let (dir, mut store, origin, evil) = d.subscriber("b2");
+    pull_from(&mut store, &origin, &d.trust);
+    pull_from(&mut store, &evil, &d.trust);
     let (read, _) = read_all(&dir, "tool", "1", "big");
     assert_eq!(
-        read, big,
+        read, d.big,
         "a later pull of the other domain broke the package"
     );
 
     // First, then dark: the claim cannot be checked, and yields.
-    let (dir, mut store, origin, evil) = subscriber("b3");
-    pull_from(&mut store, &evil, &trust);
-    let gone = tmp.path().join("evil-gone");
-    fs::rename(&evil_dir, &gone).unwrap();
-    pull_from(&mut store, &origin, &trust);
+    let (dir, mut store, origin, evil) = d.subscriber("b3");
+    pull_from(&mut store, &evil, &d.trust);
+    let gone = d.tmp.path().join("evil-gone");
+    fs::rename(&d.evil_dir, &gone).unwrap();
+    pull_from(&mut store, &origin, &d.trust);
     let (read, _) = read_all(&dir, "tool", "1", "big");
-    assert_eq!(read, big, "a claimant gone dark kept its false place");
-    fs::rename(&gone, &evil_dir).unwrap();
+    assert_eq!(read, d.big, "a claimant gone dark kept its false place");
+    fs::rename(&gone, &d.evil_dir).unwrap();
 }
 
 /// A content two trust domains both publish is fetched from one of them:

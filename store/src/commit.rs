@@ -512,15 +512,10 @@ mod tests {
         )
     }
 
-    /// A pull that changes one package of a generation writes the rows of
-    /// that package alone: what the store holds for the packages it has
-    /// is neither looked up nor rewritten, whatever the batch says of them
-    /// (here: their chunk in a pack the batch does not even list), and a
-    /// pack holding only their chunks is not indexed.
-    #[test]
-    fn a_pull_writes_no_content_rows_of_the_packages_it_has() {
+    /// A new store with one remote, `origin`.
+    fn store_with_remote() -> (tempfile::TempDir, Store, crate::catalog::RemoteRow) {
         let d = tempfile::tempdir().unwrap();
-        let mut store = Store::init(d.path()).unwrap();
+        let store = Store::init(d.path()).unwrap();
         let remote = store
             .catalog()
             .add_remote(&crate::catalog::NewRemote {
@@ -531,15 +526,31 @@ mod tests {
                 domain: "test".into(),
             })
             .unwrap();
-        let (p1, p2, p3) = (
-            format!("{}.pack", "1".repeat(32)),
-            format!("{}.pack", "2".repeat(32)),
-            format!("{}.pack", "3".repeat(32)),
-        );
-        let sealed = |name: &str| crate::pack::SealedPack {
+        (d, store, remote)
+    }
+
+    /// Three pack names.
+    fn pack_names() -> [String; 3] {
+        ["1", "2", "3"].map(|d| format!("{}.pack", d.repeat(32)))
+    }
+
+    /// A sealed pack of 1000 bytes named `name`.
+    fn sealed(name: &str) -> crate::pack::SealedPack {
+        crate::pack::SealedPack {
             name: name.into(),
             size: 1000,
-        };
+        }
+    }
+
+    /// A pull that changes one package of a generation writes the rows of
+    /// that package alone: what the store holds for the packages it has
+    /// is neither looked up nor rewritten, whatever the batch says of them
+    /// (here: their chunk in a pack the batch does not even list), and a
+    /// pack holding only their chunks is not indexed.
+    #[test]
+    fn a_pull_writes_no_content_rows_of_the_packages_it_has() {
+        let (_d, mut store, remote) = store_with_remote();
+        let [p1, p2, p3] = pack_names();
         let system = |current: &[&str]| {
             Membership::Exactly(ExactSet {
                 current: current.iter().map(|s| s.to_string()).collect(),
@@ -609,27 +620,8 @@ mod tests {
     /// never a chunk in the store's own packs.
     #[test]
     fn a_pull_replaces_only_the_remote_places_it_names() {
-        let d = tempfile::tempdir().unwrap();
-        let mut store = Store::init(d.path()).unwrap();
-        let remote = store
-            .catalog()
-            .add_remote(&crate::catalog::NewRemote {
-                name: "origin".into(),
-                url: "file:///nowhere".into(),
-                endpoint: None,
-                region: None,
-                domain: "test".into(),
-            })
-            .unwrap();
-        let (local, p1, p2) = (
-            format!("{}.pack", "1".repeat(32)),
-            format!("{}.pack", "2".repeat(32)),
-            format!("{}.pack", "3".repeat(32)),
-        );
-        let sealed = |name: &str| crate::pack::SealedPack {
-            name: name.into(),
-            size: 1000,
-        };
+        let (_d, mut store, remote) = store_with_remote();
+        let [local, p1, p2] = pack_names();
         let (a, a_content, a_local) = remote_package("a", &local);
         let (b, b_content, b_first) = remote_package("b", &p1);
         let batch = |files, packs, written, remote, replaced| ContentBatch {

@@ -169,6 +169,26 @@ impl Walk<'_> {
         Ok(())
     }
 
+    /// Opens the regular file `name` of locked directory `dir` for reading
+    /// (never a link), checked to be the inode `stat` describes.
+    fn open_file(
+        &self,
+        dir: &OwnedFd,
+        name: &OsStr,
+        stat: &rfs::Stat,
+        path: &Path,
+    ) -> Result<OwnedFd> {
+        let file = rfs::openat(
+            dir,
+            name,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(self.io(path))?;
+        self.same_inode(&file, stat, path)?;
+        Ok(file)
+    }
+
     /// Makes the entry `name` of locked directory `dir` root's, without
     /// following it (its name cannot change: `dir` is locked).
     fn own_entry(&self, dir: &OwnedFd, name: &OsStr, stat: &rfs::Stat, path: &Path) -> Result<()> {
@@ -188,14 +208,7 @@ impl Walk<'_> {
     /// A file without privileges: root's, no set-id bits, no capabilities.
     fn plain_file(&self, dir: &OwnedFd, name: &OsStr, stat: &rfs::Stat, path: &Path) -> Result<()> {
         let io = || self.io(path);
-        let file = rfs::openat(
-            dir,
-            name,
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(io())?;
-        self.same_inode(&file, stat, path)?;
+        let file = self.open_file(dir, name, stat, path)?;
         if self.as_root && (stat.st_uid != 0 || stat.st_gid != 0) {
             // chown also clears setuid/setgid and capabilities.
             rfs::fchown(&file, Some(Uid::ROOT), Some(Gid::ROOT)).map_err(io())?;
@@ -222,14 +235,7 @@ impl Walk<'_> {
         path: &Path,
     ) -> Result<()> {
         let io = || self.io(path);
-        let old = rfs::openat(
-            dir,
-            name,
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(io())?;
-        self.same_inode(&old, stat, path)?;
+        let old = self.open_file(dir, name, stat, path)?;
         let mut capability = [0u8; CAPABILITY_MAX];
         let capability = match rfs::fgetxattr(&old, CAPABILITY_XATTR, &mut capability) {
             Ok(len) => Some(capability[..len].to_vec()),
