@@ -5,6 +5,9 @@
 //! read-only, `/proc` shows only the sandbox's processes, the network is
 //! an empty namespace (not even the host's loopback), and only the build's
 //! private `/tmp` and the directories it is given writable are writable.
+//! A seccomp filter ([`filter`]) keeps the script from making sockets
+//! that would reach past those namespaces: host Unix sockets on the
+//! read-only tree, `AF_VSOCK`, io_uring's.
 //!
 //! The namespaces come from `unshare(2)` and `fork(2)` through the `nix`
 //! crate (typed flags and errors over the system calls, already a
@@ -12,6 +15,7 @@
 //! nothing but system calls runs between `fork` and `execve`: [`child`].
 
 mod child;
+pub mod filter;
 pub mod plan;
 pub mod user;
 
@@ -63,6 +67,10 @@ pub enum SandboxError {
         /// The build user.
         uid: u32,
     },
+    /// The seccomp filter could not be compiled (an architecture
+    /// `seccompiler` does not know).
+    #[error("compiling the build sandbox's seccomp filter: {0}")]
+    Filter(#[source] seccompiler::BackendError),
     /// A source directory lies where the sandbox puts its own file system.
     #[error("{} is under {masked}, which the build sandbox replaces", path.display())]
     Masked {
@@ -189,6 +197,7 @@ pub fn run(sandbox: &Sandbox<'_>) -> Result<Finished, SandboxError> {
         run: sandbox.run,
         hidden: &hidden,
     });
+    let filters = filter::programs().map_err(SandboxError::Filter)?;
     let mut argv = vec![c(sandbox.program)];
     argv.extend(sandbox.args.iter().map(c));
     let envp = sandbox
@@ -216,6 +225,8 @@ pub fn run(sandbox: &Sandbox<'_>) -> Result<Finished, SandboxError> {
         stdin: stdin.as_raw_fd(),
         output: output.as_raw_fd(),
         report: report_w.as_raw_fd(),
+        filters,
+        filter_progs: Vec::new(),
     };
     prepared.seal();
 
@@ -321,6 +332,7 @@ fn describe(stage: Stage, index: usize, steps: &[Step], sandbox: &Sandbox<'_>) -
         Stage::Workdir => format!("entering {}", sandbox.cwd.display()),
         Stage::Streams => "redirecting the standard streams".into(),
         Stage::Exec => format!("executing {}", sandbox.program.display()),
+        Stage::Filter => "installing the seccomp filter".into(),
     }
 }
 
@@ -389,6 +401,70 @@ mod tests {
         assert!(out.path().join("made").is_file());
         assert!(!src_path.join("planted").exists());
         assert!(!Path::new("/etc/nexus-sandbox-probe").exists());
+    }
+
+    #[test]
+    fn a_script_reaches_no_host_unix_socket_and_passes_no_descriptor_out() {
+        let python = Path::new("/usr/bin/python3");
+        if !python.exists() {
+            eprintln!("skipped: no {}", python.display());
+            return;
+        }
+        // A host daemon's socket outside /run, open to every user, as the
+        // relay a reviewer ran in /var/tmp (or /var/lib/mysql/mysql.sock).
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let path = dir.path().join("relay.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o777)).unwrap();
+        let script = format!(
+            r#"{python} - <<'PY'
+import array, errno, os, socket, sys
+out = os.open("/run/nexus/out", os.O_RDONLY | os.O_DIRECTORY)
+try:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect("{path}")
+    s.sendmsg([b"out"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [out]))])
+    sys.exit(10)
+except PermissionError:
+    pass
+# A pipe between the build's own processes still works, descriptors too.
+a, b = socket.socketpair()
+socket.send_fds(a, [b"x"], [out])
+if len(socket.recv_fds(b, 10, 1)[1]) != 1:
+    sys.exit(11)
+# Connected for good, even once its peer is gone.
+a.close()
+try:
+    b.connect("{path}")
+    sys.exit(12)
+except OSError:
+    pass
+# A datagram pair could be pointed at any path with sendto.
+try:
+    socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sys.exit(13)
+except PermissionError:
+    pass
+# vsock is not confined by the network namespace.
+try:
+    socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+    sys.exit(14)
+except OSError as e:
+    if e.errno != errno.EAFNOSUPPORT:
+        sys.exit(15)
+sys.exit(7)
+PY"#,
+            python = python.display(),
+            path = path.display(),
+        );
+        let (code, log, _out) = sandboxed(&script, &[]);
+        assert_eq!(code, 7, "check {code} failed:\n{log}");
+        assert!(
+            matches!(listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "the script reached the host's socket"
+        );
     }
 
     #[test]
