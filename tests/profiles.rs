@@ -714,6 +714,92 @@ chmod 6755 "$out/bin/keep"
 }
 
 #[test]
+fn a_recipe_outside_a_private_directory_cannot_build_from_it() {
+    if !root_or_skip("a_recipe_outside_a_private_directory_cannot_build_from_it") {
+        return;
+    }
+    // A third-party recipe, in a recipes directory root installed, names
+    // `../../priv/pub`: priv is root's, 0700, and pub/secret is 0644. Its
+    // script would copy the secret into its package, world-readable
+    // through /Programs; a `dir` source would graft it as it is.
+    let (s, p, r) = scratch_dirs(
+        "profile \"bad\" {\n    package \"tool\" \"= 1\"\n}\n",
+        &[(
+            "tool",
+            "recipe \"tool\" {\n    source \"script\" \"build.sh\" workdir=\"../../priv/pub\"\n    version \"1\"\n}\n",
+        )],
+    );
+    let build_sh = "cp -r . \"$NEXUS_OUT/loot\"; chmod -R a+rX \"$NEXUS_OUT\"\n";
+    fs::write(r.join("sub/build.sh"), build_sh).unwrap();
+    let private = s.join("priv");
+    let public = private.join("pub");
+    fs::create_dir_all(&public).unwrap();
+    nexus_integration_tests::fixtures::chmod(&private, 0o700);
+    nexus_integration_tests::fixtures::chmod(&public, 0o755);
+    fs::write(public.join("secret"), b"root's secret\n").unwrap();
+    nexus_integration_tests::fixtures::chmod(&public.join("secret"), 0o644);
+    let (private, public) = (
+        fs::canonicalize(&private).unwrap(),
+        fs::canonicalize(&public).unwrap(),
+    );
+
+    let store = Store::init();
+    let before = store.state();
+    let cache = nexus_integration_tests::debs::cache_dir();
+    let flags = dirs_args(&p, &r, &cache);
+    let mut args = vec!["--profile", "bad"];
+    args.extend(flags.iter().map(String::as_str));
+    let refused = |what: &str| {
+        let out = build(&store, &args);
+        assert_eq!(
+            out.status.code(),
+            Some(EXIT_ERROR),
+            "{what}: {}",
+            show(&out)
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&format!(
+                "{} lies below {},",
+                public.display(),
+                private.display()
+            )) && stderr.contains("cannot search"),
+            "{what}: {}",
+            show(&out)
+        );
+        store.assert_unchanged(&before, what);
+    };
+    refused("a script working below another's private directory");
+    fs::write(
+        r.join("sub/tool.kdl"),
+        "recipe \"tool\" {\n    source \"dir\" \"../../priv/pub\"\n    version \"1\"\n}\n",
+    )
+    .unwrap();
+    refused("a dir source below another's private directory");
+
+    // The same recipe inside priv (as the Rumk recipe in a repository
+    // under /root): its author reaches pub already, and it builds.
+    let inside = private.join("recipes");
+    fs::create_dir_all(&inside).unwrap();
+    fs::write(
+        inside.join("tool.kdl"),
+        "recipe \"tool\" {\n    source \"script\" \"build.sh\" workdir=\"../pub\"\n    version \"1\"\n}\n",
+    )
+    .unwrap();
+    fs::write(inside.join("build.sh"), build_sh).unwrap();
+    let flags = dirs_args(&p, &inside, &cache);
+    let mut args = vec!["--profile", "bad"];
+    args.extend(flags.iter().map(String::as_str));
+    let out = build(&store, &args);
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(
+        store.cat("tool/1", "loot/secret").stdout,
+        b"root's secret\n"
+    );
+    drop(s);
+}
+
+#[test]
 fn a_planted_or_altered_cached_deb_is_refused() {
     use nexus_integration_tests::archive::{self, TarEntry};
     let real = fetch_debs(&["hello"]).remove(0);
