@@ -589,6 +589,14 @@ fn build_scripts_run_sandboxed_and_their_output_is_normalised() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let port = listener.local_addr().unwrap().port();
+    // A host daemon's Unix socket outside /run, open to every user: the
+    // script must neither reach it nor pass its $NEXUS_OUT through it.
+    let sockets = tempfile::tempdir_in("/var/tmp").unwrap();
+    nexus_integration_tests::fixtures::chmod(sockets.path(), 0o755);
+    let relay = sockets.path().join("relay.sock");
+    let unix_listener = std::os::unix::net::UnixListener::bind(&relay).unwrap();
+    unix_listener.set_nonblocking(true).unwrap();
+    nexus_integration_tests::fixtures::chmod(&relay, 0o777);
     let host_pid = std::process::id();
     let etc_probe = format!("/etc/nexus-sandbox-probe-{host_pid}");
     let script = format!(
@@ -601,6 +609,8 @@ try write-etc "echo x > {etc_probe}"
 try write-tmp "echo x > /tmp/x"
 try network "bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port}'"
 try host-process "test -e /proc/{host_pid}"
+try python "/usr/bin/python3 -c pass"
+try host-socket "/usr/bin/python3 '$NEXUS_RECIPE_DIR/relay.py' '{relay}'"
 echo "processes $(ls -d /proc/[0-9]* | wc -l)" >> "$report"
 echo "uid $(id -u)" >> "$report"
 mkdir -p "$out/bin"
@@ -608,7 +618,8 @@ printf '#!/bin/sh\necho hi\n' > "$out/bin/evil"
 chmod 4755 "$out/bin/evil"
 cp "$out/bin/evil" "$out/bin/keep"
 chmod 6755 "$out/bin/keep"
-"#
+"#,
+        relay = relay.display(),
     );
     let (s, p, r) = scratch_dirs(
         "profile \"bad\" {\n    package \"probe\" \"= 1\"\n}\n",
@@ -618,6 +629,15 @@ chmod 6755 "$out/bin/keep"
         )],
     );
     fs::write(r.join("sub/probe.sh"), script).unwrap();
+    fs::write(
+        r.join("sub/relay.py"),
+        "import array, os, socket, sys\n\
+         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n\
+         s.connect(sys.argv[1])\n\
+         out = os.open(os.environ['NEXUS_OUT'], os.O_RDONLY | os.O_DIRECTORY)\n\
+         s.sendmsg([b'out'], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array('i', [out]))])\n",
+    )
+    .unwrap();
     let store = Store::init();
     let args = dirs_args(&p, &r, &nexus_integration_tests::debs::cache_dir());
     let mut all = vec!["--profile", "bad"];
@@ -633,12 +653,18 @@ chmod 6755 "$out/bin/keep"
         "write-tmp yes",
         "network no",
         "host-process no",
+        "host-socket no",
     ] {
         assert!(
             lines.contains(&want),
             "{want:?} not in the report:\n{report}"
         );
     }
+    // The socket probe needs Python to mean anything.
+    assert!(
+        lines.contains(&"python yes") || !Path::new("/usr/bin/python3").exists(),
+        "the script could not run /usr/bin/python3:\n{report}"
+    );
     // Its own pid namespace: the script's shell, its pid 1 and the
     // commands of that one line.
     let processes: usize = lines
@@ -660,6 +686,10 @@ chmod 6755 "$out/bin/keep"
         matches!(listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
         "the script reached the host's network"
     );
+    assert!(
+        matches!(unix_listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the script reached a host Unix socket"
+    );
 
     // Imported owned by root; setuid only where the recipe says so.
     let files = store.files("probe/1");
@@ -679,6 +709,92 @@ chmod 6755 "$out/bin/keep"
         file("bin/keep").mode,
         0o6755,
         "the declared privileged file"
+    );
+    drop(s);
+}
+
+#[test]
+fn a_recipe_outside_a_private_directory_cannot_build_from_it() {
+    if !root_or_skip("a_recipe_outside_a_private_directory_cannot_build_from_it") {
+        return;
+    }
+    // A third-party recipe, in a recipes directory root installed, names
+    // `../../priv/pub`: priv is root's, 0700, and pub/secret is 0644. Its
+    // script would copy the secret into its package, world-readable
+    // through /Programs; a `dir` source would graft it as it is.
+    let (s, p, r) = scratch_dirs(
+        "profile \"bad\" {\n    package \"tool\" \"= 1\"\n}\n",
+        &[(
+            "tool",
+            "recipe \"tool\" {\n    source \"script\" \"build.sh\" workdir=\"../../priv/pub\"\n    version \"1\"\n}\n",
+        )],
+    );
+    let build_sh = "cp -r . \"$NEXUS_OUT/loot\"; chmod -R a+rX \"$NEXUS_OUT\"\n";
+    fs::write(r.join("sub/build.sh"), build_sh).unwrap();
+    let private = s.join("priv");
+    let public = private.join("pub");
+    fs::create_dir_all(&public).unwrap();
+    nexus_integration_tests::fixtures::chmod(&private, 0o700);
+    nexus_integration_tests::fixtures::chmod(&public, 0o755);
+    fs::write(public.join("secret"), b"root's secret\n").unwrap();
+    nexus_integration_tests::fixtures::chmod(&public.join("secret"), 0o644);
+    let (private, public) = (
+        fs::canonicalize(&private).unwrap(),
+        fs::canonicalize(&public).unwrap(),
+    );
+
+    let store = Store::init();
+    let before = store.state();
+    let cache = nexus_integration_tests::debs::cache_dir();
+    let flags = dirs_args(&p, &r, &cache);
+    let mut args = vec!["--profile", "bad"];
+    args.extend(flags.iter().map(String::as_str));
+    let refused = |what: &str| {
+        let out = build(&store, &args);
+        assert_eq!(
+            out.status.code(),
+            Some(EXIT_ERROR),
+            "{what}: {}",
+            show(&out)
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&format!(
+                "{} lies below {},",
+                public.display(),
+                private.display()
+            )) && stderr.contains("cannot search"),
+            "{what}: {}",
+            show(&out)
+        );
+        store.assert_unchanged(&before, what);
+    };
+    refused("a script working below another's private directory");
+    fs::write(
+        r.join("sub/tool.kdl"),
+        "recipe \"tool\" {\n    source \"dir\" \"../../priv/pub\"\n    version \"1\"\n}\n",
+    )
+    .unwrap();
+    refused("a dir source below another's private directory");
+
+    // The same recipe inside priv (as the Rumk recipe in a repository
+    // under /root): its author reaches pub already, and it builds.
+    let inside = private.join("recipes");
+    fs::create_dir_all(&inside).unwrap();
+    fs::write(
+        inside.join("tool.kdl"),
+        "recipe \"tool\" {\n    source \"script\" \"build.sh\" workdir=\"../pub\"\n    version \"1\"\n}\n",
+    )
+    .unwrap();
+    fs::write(inside.join("build.sh"), build_sh).unwrap();
+    let flags = dirs_args(&p, &inside, &cache);
+    let mut args = vec!["--profile", "bad"];
+    args.extend(flags.iter().map(String::as_str));
+    let out = build(&store, &args);
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(
+        store.cat("tool/1", "loot/secret").stdout,
+        b"root's secret\n"
     );
     drop(s);
 }

@@ -556,6 +556,10 @@ fn prepare(
     let exists = |path: &Path| -> Result<()> {
         if path.exists() {
             options.script.trust.check(path)?;
+            // Root grafts a `dir` or package file as it is: what a private
+            // directory above it keeps from others would reach them
+            // through /Programs.
+            script::check_named(recipe, path, &options.script.user)?;
             Ok(())
         } else {
             Err(SystemError::Recipe(format!(

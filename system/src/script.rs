@@ -13,7 +13,9 @@
 //! | `CARGO_HOME` | for a Cargo recipe ([`crate::cargo`]) |
 //!
 //! Before it runs, every path the recipe names (script, working
-//! directory, manifest) passes the build's [`Trust`] check. What it leaves
+//! directory, manifest) passes the build's [`Trust`] check and, as root,
+//! [`check_named`]: nothing below a directory the build user cannot
+//! search unless the recipe lies there too. What it leaves
 //! in `NEXUS_OUT` is [normalised](crate::normalise) and then grafted as a
 //! directory.
 
@@ -62,6 +64,18 @@ fn canonical(path: &Path) -> Result<PathBuf> {
     fs::canonicalize(path).map_err(io(path))
 }
 
+/// Refuses, when the caller is root, a `path` that `recipe` names below a
+/// directory `user` cannot search, unless the recipe file lies below that
+/// directory too ([`sandbox::check_named`]). An unprivileged caller's
+/// build runs as the caller, who reaches nothing more through it.
+pub fn check_named(recipe: &Recipe, path: &Path, user: &BuildUser) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    sandbox::check_named(&canonical(path)?, &canonical(&recipe.file.path)?, user)?;
+    Ok(())
+}
+
 /// Runs `script` for `recipe` in `workdir`; returns the normalised output.
 pub fn run(
     recipe: &Recipe,
@@ -89,7 +103,13 @@ pub fn run(
     }
     if let Some(Fetch::Cargo { manifest }) = &recipe.fetch {
         options.trust.check(manifest)?;
+        check_named(recipe, manifest, &options.user)?;
     }
+    // Before anything is fetched; the sandbox checks its sources again.
+    for path in [script, workdir] {
+        check_named(recipe, path, &options.user)?;
+    }
+    let recipe_file = canonical(&recipe.file.path)?;
     let (script, workdir, recipe_dir) = (
         canonical(script)?,
         canonical(workdir)?,
@@ -159,6 +179,7 @@ pub fn run(
         env: &env,
         cwd: &workdir,
         sources: &sources,
+        named_by: &recipe_file,
         run: &run,
         user: &options.user,
         scratch: &sandbox_dir,

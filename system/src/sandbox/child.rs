@@ -8,8 +8,8 @@
 //!    it, becomes the build user, sets `no_new_privs`, forks the script and
 //!    reaps every process until the script ends; when it exits the kernel
 //!    kills whatever the script left running;
-//! 3. the *script* process points its standard streams at the log and
-//!    `execve`s.
+//! 3. the *script* process points its standard streams at the log,
+//!    installs the seccomp filter ([`super::filter`]) and `execve`s.
 //!
 //! The caller may be multi-threaded, so between `fork` and `execve` only
 //! system calls run, on data [`Prepared`] made beforehand: no allocation,
@@ -65,6 +65,8 @@ pub enum Stage {
     Streams = 9,
     /// Executing the program.
     Exec = 10,
+    /// Installing the seccomp filter.
+    Filter = 11,
 }
 
 impl Stage {
@@ -73,7 +75,7 @@ impl Stage {
         use Stage::*;
         [
             Step, Unshare, IdMaps, Fork, Pivot, Hostname, Identity, NoNewPrivs, Workdir, Streams,
-            Exec,
+            Exec, Filter,
         ]
         .into_iter()
         .find(|s| *s as u32 == n)
@@ -86,6 +88,14 @@ pub struct IdMaps {
     pub uid_map: CString,
     /// `"GID GID 1\n"`.
     pub gid_map: CString,
+}
+
+/// `struct sock_fprog`: a seccomp filter as `seccomp(2)` takes it,
+/// pointing into one of [`Prepared::filters`].
+#[repr(C)]
+pub struct FilterProg {
+    len: libc::c_ushort,
+    filter: *const seccompiler::sock_filter,
 }
 
 /// Everything the children need, made before `fork`.
@@ -118,6 +128,10 @@ pub struct Prepared {
     pub output: RawFd,
     /// The report pipe's write end (close-on-exec).
     pub report: RawFd,
+    /// The script's seccomp filters ([`super::filter`]).
+    pub filters: Vec<seccompiler::BpfProgram>,
+    /// Pointers into `filters`.
+    pub filter_progs: Vec<FilterProg>,
 }
 
 impl Prepared {
@@ -127,6 +141,16 @@ impl Prepared {
         self.argv_ptrs.push(std::ptr::null());
         self.envp_ptrs = self.envp.iter().map(|a| a.as_ptr()).collect();
         self.envp_ptrs.push(std::ptr::null());
+        // seccompiler keeps a program below 4096 instructions; a longer
+        // one would get length 0, which the kernel refuses (EINVAL).
+        self.filter_progs = self
+            .filters
+            .iter()
+            .map(|f| FilterProg {
+                len: libc::c_ushort::try_from(f.len()).unwrap_or(0),
+                filter: f.as_ptr(),
+            })
+            .collect();
     }
 }
 
@@ -371,6 +395,23 @@ fn script(p: &Prepared) -> ! {
         }
     }
     umask(Mode::from_bits_truncate(0o022));
+    // The filter last, just before exec: nothing of the setup runs under
+    // it, and `no_new_privs` (set by init) lets the build user install it.
+    for prog in &p.filter_progs {
+        // SAFETY: seccomp(2) copies the program; `prog` points into
+        // `p.filters`, which outlives the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                0,
+                prog as *const FilterProg,
+            )
+        };
+        if rc < 0 {
+            fail(p.report, Stage::Filter, 0, Errno::last());
+        }
+    }
     // SAFETY: execve(2) with NULL-terminated arrays of pointers into
     // C strings that live in `p`.
     unsafe {

@@ -5,6 +5,9 @@
 //! read-only, `/proc` shows only the sandbox's processes, the network is
 //! an empty namespace (not even the host's loopback), and only the build's
 //! private `/tmp` and the directories it is given writable are writable.
+//! A seccomp filter ([`filter`]) keeps the script from making sockets
+//! that would reach past those namespaces: host Unix sockets on the
+//! read-only tree, `AF_VSOCK`, io_uring's.
 //!
 //! The namespaces come from `unshare(2)` and `fork(2)` through the `nix`
 //! crate (typed flags and errors over the system calls, already a
@@ -12,6 +15,7 @@
 //! nothing but system calls runs between `fork` and `execve`: [`child`].
 
 mod child;
+pub mod filter;
 pub mod plan;
 pub mod user;
 
@@ -63,6 +67,23 @@ pub enum SandboxError {
         /// The build user.
         uid: u32,
     },
+    /// The seccomp filter could not be compiled (an architecture
+    /// `seccompiler` does not know).
+    #[error("compiling the build sandbox's seccomp filter: {0}")]
+    Filter(#[source] seccompiler::BackendError),
+    /// A recipe named a path below a directory the build user cannot
+    /// search, from outside that directory.
+    #[error("{} lies below {}, which the build user (uid {uid}) cannot search, and the recipe {} does not: a recipe may name what is below a private directory only from inside it", path.display(), dir.display(), recipe.display())]
+    Private {
+        /// The path the recipe named.
+        path: PathBuf,
+        /// The directory above it the build user cannot search.
+        dir: PathBuf,
+        /// The build user.
+        uid: u32,
+        /// The recipe file.
+        recipe: PathBuf,
+    },
     /// A source directory lies where the sandbox puts its own file system.
     #[error("{} is under {masked}, which the build sandbox replaces", path.display())]
     Masked {
@@ -93,6 +114,11 @@ pub struct Sandbox<'a> {
     /// Host directories that must be readable at their own paths
     /// (canonical): the sources.
     pub sources: &'a [PathBuf],
+    /// The file that named the sources (the recipe), canonical. When the
+    /// caller is root, a source below a directory the build user cannot
+    /// search is bound only if this file lies below that directory too
+    /// ([`check_named`]); else the run is refused.
+    pub named_by: &'a Path,
     /// Host directories at `/run/nexus/NAME`.
     pub run: &'a [RunMount],
     /// Who runs it when the caller is root (the caller is never root
@@ -146,7 +172,7 @@ pub fn run(sandbox: &Sandbox<'_>) -> Result<Finished, SandboxError> {
             .map_err(io(sandbox.scratch))?;
     }
     let hidden = if as_root {
-        hidden_above(sandbox.sources, sandbox.user)?
+        hidden_above(sandbox.sources, sandbox.user, sandbox.named_by)?
     } else {
         Vec::new()
     };
@@ -189,6 +215,7 @@ pub fn run(sandbox: &Sandbox<'_>) -> Result<Finished, SandboxError> {
         run: sandbox.run,
         hidden: &hidden,
     });
+    let filters = filter::programs().map_err(SandboxError::Filter)?;
     let mut argv = vec![c(sandbox.program)];
     argv.extend(sandbox.args.iter().map(c));
     let envp = sandbox
@@ -216,6 +243,8 @@ pub fn run(sandbox: &Sandbox<'_>) -> Result<Finished, SandboxError> {
         stdin: stdin.as_raw_fd(),
         output: output.as_raw_fd(),
         report: report_w.as_raw_fd(),
+        filters,
+        filter_progs: Vec::new(),
     };
     prepared.seal();
 
@@ -271,10 +300,41 @@ fn allows(meta: &fs::Metadata, user: &BuildUser, bits: u32) -> bool {
     class & bits == bits
 }
 
+/// Refuses `path` (canonical), which the recipe file `recipe` (canonical)
+/// names, if a directory above it that `user` may not search does not
+/// hold `recipe` too.
+///
+/// The sandbox binds a source found below such a directory (a project
+/// under `/root`, 0700), and root grafts `dir` and package file sources
+/// whatever the directories above them, so that a recipe, with `..` or an
+/// absolute path, could otherwise hand the build user, and through
+/// `/Programs` every user, what those directories keep from them. A
+/// recipe inside the directory was written by someone who could reach
+/// it already.
+pub fn check_named(path: &Path, recipe: &Path, user: &BuildUser) -> Result<(), SandboxError> {
+    for dir in path.ancestors().skip(1) {
+        let meta = fs::metadata(dir).map_err(io(dir))?;
+        if !allows(&meta, user, 0o1) && !recipe.starts_with(dir) {
+            return Err(SandboxError::Private {
+                path: path.to_path_buf(),
+                dir: dir.to_path_buf(),
+                uid: user.uid,
+                recipe: recipe.to_path_buf(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// For each source outside `/tmp`, the topmost directory above it that
 /// `user` may not search (see [`plan`]); each source itself must be
-/// readable by `user`.
-fn hidden_above(sources: &[PathBuf], user: &BuildUser) -> Result<Vec<PathBuf>, SandboxError> {
+/// readable by `user`, and pass [`check_named`] for `named_by` (under
+/// `/tmp` too, where it is bound whatever the directories above it).
+fn hidden_above(
+    sources: &[PathBuf],
+    user: &BuildUser,
+    named_by: &Path,
+) -> Result<Vec<PathBuf>, SandboxError> {
     let mut hidden: Vec<PathBuf> = Vec::new();
     for source in sources {
         let meta = fs::metadata(source).map_err(io(source))?;
@@ -284,6 +344,7 @@ fn hidden_above(sources: &[PathBuf], user: &BuildUser) -> Result<Vec<PathBuf>, S
                 uid: user.uid,
             });
         }
+        check_named(source, named_by, user)?;
         if masked_under(source).is_some() {
             continue;
         }
@@ -321,6 +382,7 @@ fn describe(stage: Stage, index: usize, steps: &[Step], sandbox: &Sandbox<'_>) -
         Stage::Workdir => format!("entering {}", sandbox.cwd.display()),
         Stage::Streams => "redirecting the standard streams".into(),
         Stage::Exec => format!("executing {}", sandbox.program.display()),
+        Stage::Filter => "installing the seccomp filter".into(),
     }
 }
 
@@ -329,8 +391,32 @@ mod tests {
     use super::*;
 
     /// Runs `script` with `sh -c` in a sandbox whose `/run/nexus/out` is
-    /// writable; returns the exit code, the log and the output directory.
-    fn sandboxed(script: &str, sources: &[PathBuf]) -> (i32, String, tempfile::TempDir) {
+    /// writable, for a recipe `named_by`; returns the exit code, the log
+    /// and the output directory.
+    fn sandboxed(
+        script: &str,
+        sources: &[PathBuf],
+        named_by: &Path,
+    ) -> (i32, String, tempfile::TempDir) {
+        let (finished, out, scratch) = attempt(script, sources, named_by);
+        let finished = finished.unwrap();
+        let log = fs::read_to_string(&finished.log).unwrap();
+        let private = fs::metadata(scratch.path()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(private, 0o700, "the scratch directory is not private");
+        (finished.code, log, out)
+    }
+
+    /// As [`sandboxed`]; returns what [`run`] did, the output directory
+    /// and the scratch directory (which holds the log).
+    fn attempt(
+        script: &str,
+        sources: &[PathBuf],
+        named_by: &Path,
+    ) -> (
+        Result<Finished, SandboxError>,
+        tempfile::TempDir,
+        tempfile::TempDir,
+    ) {
         let scratch = tempfile::tempdir().unwrap();
         let out = tempfile::tempdir().unwrap();
         let user = BuildUser::default_user().unwrap();
@@ -343,6 +429,7 @@ mod tests {
             env: &[("PATH".into(), "/usr/bin:/bin".into())],
             cwd: Path::new("/"),
             sources,
+            named_by,
             run: &[RunMount {
                 source: out.path().to_path_buf(),
                 name: "out".into(),
@@ -350,12 +437,8 @@ mod tests {
             }],
             user: &user,
             scratch: scratch.path(),
-        })
-        .unwrap();
-        let log = fs::read_to_string(&finished.log).unwrap();
-        let private = fs::metadata(scratch.path()).unwrap().permissions().mode() & 0o777;
-        assert_eq!(private, 0o700, "the scratch directory is not private");
-        (finished.code, log, out)
+        });
+        (finished, out, scratch)
     }
 
     #[test]
@@ -377,7 +460,8 @@ mod tests {
             src = src_path.display(),
             host = std::process::id(),
         );
-        let (code, log, out) = sandboxed(&script, std::slice::from_ref(&src_path));
+        let recipe = src_path.join("r.kdl");
+        let (code, log, out) = sandboxed(&script, std::slice::from_ref(&src_path), &recipe);
         assert_eq!(
             code, 7,
             "the probe script failed at its check {code}:\n{log}"
@@ -389,6 +473,70 @@ mod tests {
         assert!(out.path().join("made").is_file());
         assert!(!src_path.join("planted").exists());
         assert!(!Path::new("/etc/nexus-sandbox-probe").exists());
+    }
+
+    #[test]
+    fn a_script_reaches_no_host_unix_socket_and_passes_no_descriptor_out() {
+        let python = Path::new("/usr/bin/python3");
+        if !python.exists() {
+            eprintln!("skipped: no {}", python.display());
+            return;
+        }
+        // A host daemon's socket outside /run, open to every user, as the
+        // relay a reviewer ran in /var/tmp (or /var/lib/mysql/mysql.sock).
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let path = dir.path().join("relay.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o777)).unwrap();
+        let script = format!(
+            r#"{python} - <<'PY'
+import array, errno, os, socket, sys
+out = os.open("/run/nexus/out", os.O_RDONLY | os.O_DIRECTORY)
+try:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect("{path}")
+    s.sendmsg([b"out"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [out]))])
+    sys.exit(10)
+except PermissionError:
+    pass
+# A pipe between the build's own processes still works, descriptors too.
+a, b = socket.socketpair()
+socket.send_fds(a, [b"x"], [out])
+if len(socket.recv_fds(b, 10, 1)[1]) != 1:
+    sys.exit(11)
+# Connected for good, even once its peer is gone.
+a.close()
+try:
+    b.connect("{path}")
+    sys.exit(12)
+except OSError:
+    pass
+# A datagram pair could be pointed at any path with sendto.
+try:
+    socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sys.exit(13)
+except PermissionError:
+    pass
+# vsock is not confined by the network namespace.
+try:
+    socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+    sys.exit(14)
+except OSError as e:
+    if e.errno != errno.EAFNOSUPPORT:
+        sys.exit(15)
+sys.exit(7)
+PY"#,
+            python = python.display(),
+            path = path.display(),
+        );
+        let (code, log, _out) = sandboxed(&script, &[], Path::new("/r.kdl"));
+        assert_eq!(code, 7, "check {code} failed:\n{log}");
+        assert!(
+            matches!(listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "the script reached the host's socket"
+        );
     }
 
     #[test]
@@ -413,12 +561,102 @@ mod tests {
             src = src.display(),
             dir = private.path().display(),
         );
-        let (code, log, out) = sandboxed(&script, std::slice::from_ref(&src));
+        // The recipe is inside the private directory too, as the Rumk
+        // recipe is when the repository lives under /root.
+        let recipe = private.path().join("repo/recipes/r.kdl");
+        let (code, log, out) = sandboxed(&script, std::slice::from_ref(&src), &recipe);
         assert_eq!(code, 7, "check {code} failed:\n{log}");
         assert_eq!(
             fs::read(out.path().join("copied")).unwrap(),
             b"source bytes"
         );
+    }
+
+    #[test]
+    fn a_recipe_outside_a_private_directory_gets_nothing_below_it_bound() {
+        if !nix::unistd::geteuid().is_root() {
+            return; // an unprivileged caller's build reaches what it can
+        }
+        // The reviewer's layout, below /var/tmp and below /tmp (bound
+        // into the private /tmp whatever the directories above): a
+        // third-party recipe in a world-readable recipes directory names
+        // `../../priv/pub`, where priv is root's, 0700, and pub/secret
+        // is 0644.
+        for top in ["/var/tmp", "/tmp"] {
+            let base = tempfile::tempdir_in(top).unwrap();
+            let base_path = fs::canonicalize(base.path()).unwrap();
+            let recipes = base_path.join("a3/recipes");
+            let private = base_path.join("priv");
+            let public = private.join("pub");
+            fs::create_dir_all(&recipes).unwrap();
+            fs::create_dir_all(&public).unwrap();
+            for (d, mode) in [
+                (&base_path, 0o755),
+                (&base_path.join("a3"), 0o755),
+                (&recipes, 0o755),
+                (&private, 0o700),
+                (&public, 0o755),
+            ] {
+                fs::set_permissions(d, fs::Permissions::from_mode(mode)).unwrap();
+            }
+            fs::write(public.join("secret"), b"root's secret").unwrap();
+            fs::set_permissions(public.join("secret"), fs::Permissions::from_mode(0o644)).unwrap();
+            let script = format!(
+                "cp -r {public} /run/nexus/out/loot; exit 7",
+                public = public.display()
+            );
+            let sources = [recipes.clone(), public.clone()];
+            let (result, out, _scratch) = attempt(&script, &sources, &recipes.join("tool.kdl"));
+            match result {
+                Err(SandboxError::Private { path, dir, .. }) => {
+                    assert_eq!((path, dir), (public.clone(), private.clone()), "{top}");
+                }
+                Ok(f) => panic!(
+                    "{top}: the script ran with {} bound (exit {}):\n{}",
+                    public.display(),
+                    f.code,
+                    fs::read_to_string(&f.log).unwrap_or_default()
+                ),
+                Err(e) => panic!("{top}: {e}"),
+            }
+            assert!(!out.path().join("loot").exists(), "{top}");
+            // The message names both.
+            let message = check_named(
+                &public,
+                &recipes.join("tool.kdl"),
+                &BuildUser::default_user(),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                message.contains(&*public.to_string_lossy())
+                    && message.contains(&format!("below {},", private.display())),
+                "{message}"
+            );
+
+            // A recipe inside priv, but not inside a private directory
+            // within it, is refused that one.
+            let inner = private.join("inner");
+            fs::create_dir_all(inner.join("pub")).unwrap();
+            fs::set_permissions(&inner, fs::Permissions::from_mode(0o700)).unwrap();
+            let err = check_named(
+                &inner.join("pub"),
+                &private.join("recipes/tool.kdl"),
+                &BuildUser::default_user(),
+            )
+            .unwrap_err();
+            assert!(
+                matches!(&err, SandboxError::Private { dir, .. } if *dir == inner),
+                "{err}"
+            );
+            // From inside priv, pub is the recipe's author's own.
+            check_named(
+                &public,
+                &private.join("recipes/tool.kdl"),
+                &BuildUser::default_user(),
+            )
+            .unwrap();
+        }
     }
 
     #[test]
@@ -460,6 +698,7 @@ mod tests {
             env: &[],
             cwd: Path::new("/"),
             sources: &[],
+            named_by: Path::new("/r.kdl"),
             run: &[],
             user: &BuildUser::default_user().unwrap(),
             scratch: scratch.path(),
@@ -475,6 +714,7 @@ mod tests {
             env: &[],
             cwd: Path::new("/"),
             sources: &[PathBuf::from("/run/secrets")],
+            named_by: Path::new("/run/r.kdl"),
             run: &[],
             user: &BuildUser::default_user().unwrap(),
             scratch: scratch.path(),

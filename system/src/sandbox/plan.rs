@@ -18,7 +18,9 @@
 //! below a directory the build user may not search (as `/root`, 0700)
 //! would be unreachable at its own path: that directory is replaced by an
 //! empty read-only tmpfs in which only the sources below it reappear, so
-//! the build sees the sources and nothing else of it.
+//! the build sees the sources and nothing else of it. Such a source is
+//! given only when the recipe lies below that directory too
+//! ([`super::check_named`], checked before these steps are made).
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
