@@ -624,7 +624,7 @@ PY"#,
             let message = check_named(
                 &public,
                 &recipes.join("tool.kdl"),
-                &BuildUser::default_user(),
+                &BuildUser::default_user().unwrap(),
             )
             .unwrap_err()
             .to_string();
@@ -642,7 +642,7 @@ PY"#,
             let err = check_named(
                 &inner.join("pub"),
                 &private.join("recipes/tool.kdl"),
-                &BuildUser::default_user(),
+                &BuildUser::default_user().unwrap(),
             )
             .unwrap_err();
             assert!(
@@ -653,7 +653,7 @@ PY"#,
             check_named(
                 &public,
                 &private.join("recipes/tool.kdl"),
-                &BuildUser::default_user(),
+                &BuildUser::default_user().unwrap(),
             )
             .unwrap();
         }
