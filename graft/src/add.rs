@@ -139,6 +139,7 @@ pub fn import_image(
         &options.trust,
         ArchiveKind::Image,
         options.allow_expired,
+        &options.read.limits,
     )?;
     let membership = npk::image_membership(&image, &options.trust, options.allow_downgrade);
     let request = ArchiveRequest {
@@ -151,14 +152,7 @@ pub fn import_image(
         progress.start(total, 1);
         let mut contents = Vec::new();
         let mut producer = session.producer()?;
-        let staged = npk::stage(
-            &image,
-            &request,
-            &options.read.limits,
-            &mut producer,
-            &mut contents,
-            progress,
-        )?;
+        let staged = npk::stage(&image, &request, &mut producer, &mut contents, progress)?;
         Ok((staged, contents))
     })
 }
@@ -225,6 +219,7 @@ pub fn add_checked(
                         &options.trust,
                         ArchiveKind::Package,
                         options.allow_expired,
+                        &options.read.limits,
                     )?;
                     npk::check_rename(&archive, a)?;
                     npks.push((a.clone(), archive));
@@ -277,7 +272,6 @@ pub fn add_checked(
             staged.extend(npk::stage(
                 archive,
                 request,
-                &options.read.limits,
                 &mut producer,
                 &mut contents,
                 progress,

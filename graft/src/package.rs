@@ -6,6 +6,7 @@ use std::fmt;
 use std::io::Read;
 
 use nexus_store::Hash;
+use nexus_store::catalog::PackageRow;
 use nexus_store::tree::Tree;
 
 use crate::builder::{Added, TreeBuilder};
@@ -62,12 +63,49 @@ pub struct Package {
     pub tree: Tree,
 }
 
-/// The full version a stored package was grafted from, epoch included
-/// (`1:2.0`), as its metadata (`packages.metadata`) records it for the
-/// formats that have epochs (`.deb`, pacman); `None` for other metadata, or
-/// a full version that does not drop to `stored`, the version the package
-/// is stored under.
-pub fn full_version(metadata: &str, stored: &str) -> Option<String> {
+/// The full version of a stored package, epoch included (`1:2.0`), where
+/// this store can vouch for its epoch; `None` where it cannot, or where
+/// the metadata names no full version that drops to the version the
+/// package is stored under (other formats, a version renamed). Callers
+/// then compare by the stored version alone, as for a directory: an
+/// unknown epoch is no evidence of epoch 0.
+///
+/// A package's metadata (`packages.metadata`, whose `format` and `version`
+/// give the epoch grafting drops from the name) is believed when:
+///
+/// - this store's importer wrote it, reading a `.deb` or pacman file root
+///   chose (origin `deb:PATH`, `pacman:PATH`: the file's own control
+///   data); or
+/// - the package is unrestricted (`packages.restricted_to` NULL): root
+///   added it, or a key trusted for every App (or for whole systems: an
+///   image, a pulled generation) vouched for it, one that could as well
+///   have signed any version of any App under any name. A store's
+///   `nip pack` of its own grafted `.deb`, imported under such a key,
+///   keeps its place in Debian's order (a stored epoch-2 version is not
+///   taken back by apt's epoch-1 candidate).
+///
+/// Not from a signer restricted to some Apps: its `.npk`'s metadata is its
+/// own writing, and a claimed `99:1.0` stored as `1.0` would outrank every
+/// candidate apt offers, within any version constraint, and so hold back
+/// the App's updates in every build. Its packages are ordered by their
+/// stored names. (A restriction an unrestricted add lifts takes that
+/// add's metadata with it: see `nexus_store`'s commit.)
+pub fn full_version(package: &PackageRow) -> Option<String> {
+    let grafted_here = [Kind::Deb, Kind::Pacman].iter().any(|kind| {
+        package
+            .origin
+            .strip_prefix(kind.name())
+            .is_some_and(|path| path.starts_with(':'))
+    });
+    if !grafted_here && package.restricted_to.is_some() {
+        return None;
+    }
+    claimed_full_version(&package.metadata, &package.version)
+}
+
+/// The full version `metadata` states for a `.deb` or pacman package, if
+/// it drops to `stored`, whoever wrote it.
+fn claimed_full_version(metadata: &str, stored: &str) -> Option<String> {
     let metadata: serde_json::Value = serde_json::from_str(metadata).ok()?;
     let format = metadata["format"].as_str()?;
     if format != Kind::Deb.name() && format != Kind::Pacman.name() {
@@ -213,21 +251,63 @@ pub fn read_named_package(
 
 #[cfg(test)]
 mod tests {
-    use super::full_version;
+    use nexus_store::Hash;
+    use nexus_store::catalog::PackageRow;
+
+    use super::{claimed_full_version, full_version};
 
     #[test]
     fn the_full_version_is_read_back_only_where_it_names_the_stored_one() {
         let deb = r#"{"format":"deb","version":"1:2.36-9","epoch":1}"#;
-        assert_eq!(full_version(deb, "2.36-9").as_deref(), Some("1:2.36-9"));
-        let plain = r#"{"format":"pacman","version":"2.0-1"}"#;
-        assert_eq!(full_version(plain, "2.0-1").as_deref(), Some("2.0-1"));
-        // Metadata that names another version, or none, or another format.
-        assert_eq!(full_version(deb, "2.36-10"), None);
-        assert_eq!(full_version(r#"{"format":"deb"}"#, "1"), None);
         assert_eq!(
-            full_version(r#"{"format":"nar","version":"1:1"}"#, "1"),
+            claimed_full_version(deb, "2.36-9").as_deref(),
+            Some("1:2.36-9")
+        );
+        let plain = r#"{"format":"pacman","version":"2.0-1"}"#;
+        assert_eq!(
+            claimed_full_version(plain, "2.0-1").as_deref(),
+            Some("2.0-1")
+        );
+        // Metadata that names another version, or none, or another format.
+        assert_eq!(claimed_full_version(deb, "2.36-10"), None);
+        assert_eq!(claimed_full_version(r#"{"format":"deb"}"#, "1"), None);
+        assert_eq!(
+            claimed_full_version(r#"{"format":"nar","version":"1:1"}"#, "1"),
             None
         );
-        assert_eq!(full_version("not json", "1"), None);
+        assert_eq!(claimed_full_version("not json", "1"), None);
+    }
+
+    /// Whose word the epoch is: this store's grafting of a file, or a
+    /// package vouched for unrestricted; never a restricted signer's.
+    #[test]
+    fn an_epoch_is_believed_only_from_this_store_s_graft_or_an_unrestricted_package() {
+        let row = |origin: &str, restricted_to: Option<&str>| PackageRow {
+            id: 1,
+            name: "tzdata".into(),
+            version: "1.0-1".into(),
+            origin: origin.into(),
+            tree_hash: Hash([0; 32]),
+            root: 1,
+            added: 0,
+            files: 0,
+            bytes: 0,
+            metadata: r#"{"format":"deb","version":"99:1.0-1"}"#.into(),
+            restricted_to: restricted_to.map(str::to_string),
+        };
+        let believed = Some("99:1.0-1".to_string());
+        for origin in ["deb:/var/cache/tzdata.deb", "pacman:/p.pkg.tar.zst"] {
+            // Grafted here: the file's own control data, whatever rank an
+            // image gave the package since.
+            assert_eq!(full_version(&row(origin, None)), believed);
+            assert_eq!(full_version(&row(origin, Some("tz*"))), believed);
+        }
+        for origin in ["npk:/vendor.npk", "remote:origin", "image:/i.npk"] {
+            assert_eq!(full_version(&row(origin, None)), believed, "{origin}");
+            assert_eq!(full_version(&row(origin, Some("tz*"))), None, "{origin}");
+        }
+        // Not a grafted file's origin, however it starts.
+        assert_eq!(full_version(&row("debian:/x", Some("tz*"))), None);
+        assert_eq!(full_version(&row("deb", Some("tz*"))), None);
     }
 }

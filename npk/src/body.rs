@@ -19,21 +19,30 @@
 //! by one walk with one path buffer before the tree hash (which costs the
 //! sum of every path's length) is computed: a chain 20 000 directories
 //! deep once cost 771 MB to validate.
+//!
+//! An archive's body is decoded as zstd decompresses it
+//! ([`Body::decode_frame`]), never held whole, and within the reader's
+//! [`BodyLimits`]: each count is checked against them (and against what
+//! the body may still hold) before its items are read or anything is
+//! reserved for them, file sizes and attributes are charged as they are
+//! read. A signed body that claims 27 million entries of one package once
+//! made `nip add` hold 3.4 GB before the limits refused it; it is now
+//! refused at its count, the rest of the frame never decompressed.
 
 use std::collections::{HashMap, HashSet};
-use std::io::Read;
+use std::io::{BufReader, Read};
 
 use nexus_store::Hash;
 use nexus_store::names::{check_name, check_version};
 use nexus_store::params::{BLOCK_MAX_RAW, BLOCK_MAX_STORED};
 use nexus_store::tree::{
-    Entry, Inode, InodeKind, PathBudget, SYMLINK_TARGET_MAX, Tree, check_xattr, decode_xattrs,
+    Entry, Inode, InodeKind, PathBudget, SYMLINK_TARGET_MAX, Tree, Xattrs, check_xattr,
     encode_xattrs,
 };
 
-use crate::error::FormatError;
+use crate::error::{FormatError, OverLimit, PackageLimit};
 use crate::trust::AppPattern;
-use crate::wire::{Reader, Writer};
+use crate::wire::{StreamReader, Writer};
 
 /// First bytes of a decoded body of version 1: no package restricted.
 pub const BODY_MAGIC_V1: &[u8; 8] = b"NXBODY01";
@@ -44,6 +53,40 @@ pub const BODY_MAGIC_V2: &[u8; 8] = b"NXBODY02";
 pub const BODY_MAX: u64 = 512 << 20;
 /// Domain string of the root hash.
 const ROOT_DOMAIN: &[u8] = b"nexus-root-v1\n";
+/// Most items reserved for at once from a count: a longer list grows as
+/// its items arrive, so a count the body does not back costs nothing.
+const RESERVED_MAX: usize = 1 << 16;
+/// Decoded bytes read from zstd at a time.
+const DECODE_BUFFER: usize = 64 << 10;
+
+/// What a reader accepts of a body beyond the format's own bounds
+/// ([`BODY_MAX`] and the tree rules): the per-package limits of an import
+/// (`nip add --max-entries`, `--max-unpacked-size`), and how many packages
+/// the archive's kind holds. Each is checked as the body is decoded, a
+/// count before anything is read or allocated for its items, a size as it
+/// is read, so that a body over them is refused before it is held: a
+/// signer, even one trusted for a single App, cannot make the importer
+/// hold a tree larger than the limits allow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BodyLimits {
+    /// Most packages the body may hold (1 in a package archive).
+    pub max_packages: u64,
+    /// Most directory entries of one package (hard links each count).
+    pub max_entries: u64,
+    /// Most bytes the regular files of one package may add up to (a
+    /// hard-linked file once).
+    pub max_unpacked_size: u64,
+}
+
+impl BodyLimits {
+    /// The format's bounds only: for a body whose signer vouches for whole
+    /// systems (an image served, a remote's generation).
+    pub const NONE: BodyLimits = BodyLimits {
+        max_packages: u64::MAX,
+        max_entries: u64::MAX,
+        max_unpacked_size: u64::MAX,
+    };
+}
 
 const KIND_DIR: u8 = 1;
 const KIND_FILE: u8 = 2;
@@ -249,31 +292,72 @@ impl Body {
     /// Decodes and validates a body whose blocks lie in
     /// `[blocks_start, blocks_end)` of the archive.
     pub fn decode(bytes: &[u8], blocks_start: u64, blocks_end: u64) -> Result<Body, FormatError> {
-        let mut r = Reader::new(bytes, "body");
-        let version = match r.take(8, "magic")? {
+        Body::decode_from(
+            StreamReader::of_slice(bytes, "body"),
+            blocks_start,
+            blocks_end,
+            &BodyLimits::NONE,
+        )
+    }
+
+    /// Decodes and validates a body from its zstd `frame` as it is
+    /// decompressed, refusing it as soon as it exceeds [`BODY_MAX`] or
+    /// `limits`: neither the decoded body nor more of its trees than the
+    /// limits allow is ever held.
+    pub fn decode_frame(
+        frame: &[u8],
+        blocks_start: u64,
+        blocks_end: u64,
+        limits: &BodyLimits,
+    ) -> Result<Body, FormatError> {
+        let decoder = zstd_decoder(frame)?;
+        let stream = BufReader::with_capacity(DECODE_BUFFER, decoder);
+        Body::decode_from(
+            StreamReader::capped(stream, BODY_MAX, "body"),
+            blocks_start,
+            blocks_end,
+            limits,
+        )
+    }
+
+    fn decode_from<R: Read>(
+        mut r: StreamReader<R>,
+        blocks_start: u64,
+        blocks_end: u64,
+        limits: &BodyLimits,
+    ) -> Result<Body, FormatError> {
+        let magic = r.raw::<8>("magic")?;
+        let version = match &magic {
             m if m == BODY_MAGIC_V1 => 1,
             m if m == BODY_MAGIC_V2 => 2,
             _ => return Err(malformed("body: bad magic".into())),
         };
-        let n = r.count("package count", 40)?;
-        let mut packages = Vec::with_capacity(n);
+        let n = r.u32("package count")?;
+        if u64::from(n) > limits.max_packages {
+            return Err(malformed(format!(
+                "body: {n} packages, more than the {} its archive holds",
+                limits.max_packages
+            )));
+        }
+        let n = r.fits(n, "package count", 40)?;
+        let mut packages = Vec::with_capacity(n.min(RESERVED_MAX));
         for _ in 0..n {
-            packages.push(decode_package(&mut r, version)?);
+            packages.push(decode_package(&mut r, version, limits)?);
         }
         let n = r.count("blob count", 44)?;
-        let mut blobs = Vec::with_capacity(n);
+        let mut blobs = Vec::with_capacity(n.min(RESERVED_MAX));
         for _ in 0..n {
             let hash = r.hash("blob hash")?;
             let size = r.u64("blob size")?;
             let k = r.count("blob chunk count", 4)?;
-            let mut chunks = Vec::with_capacity(k);
+            let mut chunks = Vec::with_capacity(k.min(RESERVED_MAX));
             for _ in 0..k {
                 chunks.push(r.u32("chunk index")?);
             }
             blobs.push(BodyBlob { hash, size, chunks });
         }
         let n = r.count("chunk count", 52)?;
-        let mut chunks = Vec::with_capacity(n);
+        let mut chunks = Vec::with_capacity(n.min(RESERVED_MAX));
         for _ in 0..n {
             chunks.push(BodyChunk {
                 hash: r.hash("chunk hash")?,
@@ -301,9 +385,9 @@ impl Body {
     }
 
     fn validate(&self, blocks_start: u64, blocks_end: u64) -> Result<(), FormatError> {
-        let mut seen_chunks = HashSet::new();
+        let mut seen_chunks = HashSet::with_capacity(self.chunks.len());
         for c in &self.chunks {
-            if !seen_chunks.insert(c.hash) {
+            if !seen_chunks.insert(&c.hash) {
                 return Err(malformed(format!("chunk {} listed twice", c.hash)));
             }
             let end = c.offset.checked_add(u64::from(c.block_len));
@@ -330,7 +414,7 @@ impl Body {
                 )));
             }
         }
-        let mut blob_sizes = HashMap::new();
+        let mut blob_sizes = HashMap::with_capacity(self.blobs.len());
         for b in &self.blobs {
             let mut total: u64 = 0;
             for &i in &b.chunks {
@@ -345,7 +429,7 @@ impl Body {
                     b.hash, b.size
                 )));
             }
-            if blob_sizes.insert(b.hash, b.size).is_some() {
+            if blob_sizes.insert(&b.hash, b.size).is_some() {
                 return Err(malformed(format!("content {} listed twice", b.hash)));
             }
         }
@@ -396,7 +480,57 @@ fn encode_inode(w: &mut Writer, inode: &Inode) {
     }
 }
 
-fn decode_inode(r: &mut Reader<'_>) -> Result<Inode, FormatError> {
+/// Reads an inode's xattrs (one length-prefixed field holding the
+/// catalog encoding: a count, then each name and value), checking each
+/// attribute and charging it to the package's `budget` as it is read, so
+/// that a list over the budget is refused before it is held (27 million
+/// attributes of one inode once cost 2.6 GB to refuse).
+fn read_xattrs<R: Read>(
+    r: &mut StreamReader<R>,
+    budget: &mut PathBudget,
+) -> Result<Xattrs, FormatError> {
+    let bad = || malformed("malformed xattrs".into());
+    let len = u64::from(r.u32("xattrs")?);
+    let end = r.position().saturating_add(len);
+    // Each read below must end within the field.
+    let fits = |r: &StreamReader<R>, n: u64| {
+        if r.position().saturating_add(n) <= end {
+            Ok(())
+        } else {
+            Err(bad())
+        }
+    };
+    fits(r, 4)?;
+    let count = r.u32("xattr count")?;
+    let mut xattrs: Xattrs = Vec::with_capacity((count as usize).min(1024));
+    for _ in 0..count {
+        let mut item = [Vec::new(), Vec::new()];
+        for (part, field) in item.iter_mut().zip(["xattr name", "xattr value"]) {
+            fits(r, 4)?;
+            let n = r.u32(field)?;
+            fits(r, u64::from(n))?;
+            *part = r.take_bytes(n, field)?;
+        }
+        let [name, value] = item;
+        check_xattr(&name, &value).map_err(|reason| malformed(reason.to_string()))?;
+        if xattrs.last().is_some_and(|(last, _)| *last >= name) {
+            return Err(malformed("xattr names unsorted or repeated".into()));
+        }
+        budget
+            .charge_xattr(&name, &value)
+            .map_err(|limit| malformed(limit.to_string()))?;
+        xattrs.push((name, value));
+    }
+    if r.position() != end {
+        return Err(bad());
+    }
+    Ok(xattrs)
+}
+
+fn decode_inode<R: Read>(
+    r: &mut StreamReader<R>,
+    budget: &mut PathBudget,
+) -> Result<Inode, FormatError> {
     let kind = r.u8("inode kind")?;
     let mode = r.u32("mode")?;
     if mode & !0o7777 != 0 {
@@ -405,14 +539,7 @@ fn decode_inode(r: &mut Reader<'_>) -> Result<Inode, FormatError> {
     let uid = r.u32("uid")?;
     let gid = r.u32("gid")?;
     let mtime = r.i64("mtime")?;
-    let xattrs =
-        decode_xattrs(r.bytes("xattrs")?).ok_or_else(|| malformed("malformed xattrs".into()))?;
-    if xattrs.windows(2).any(|w| w[0].0 >= w[1].0) {
-        return Err(malformed("xattr names unsorted or repeated".into()));
-    }
-    for (name, value) in &xattrs {
-        check_xattr(name, value).map_err(|reason| malformed(reason.to_string()))?;
-    }
+    let xattrs = read_xattrs(r, budget)?;
     let kind = match kind {
         KIND_DIR => InodeKind::Dir,
         KIND_FILE => InodeKind::File {
@@ -420,7 +547,7 @@ fn decode_inode(r: &mut Reader<'_>) -> Result<Inode, FormatError> {
             content: Some(r.hash("content hash")?),
         },
         KIND_SYMLINK => {
-            let target = r.bytes("symlink target")?.to_vec();
+            let target = r.bytes("symlink target")?;
             if target.is_empty() || target.len() > SYMLINK_TARGET_MAX || target.contains(&0) {
                 return Err(malformed(
                     "symlink target empty, too long or with NUL".into(),
@@ -440,14 +567,18 @@ fn decode_inode(r: &mut Reader<'_>) -> Result<Inode, FormatError> {
     })
 }
 
-fn decode_package(r: &mut Reader<'_>, format: u32) -> Result<BodyPackage, FormatError> {
-    let name = r.str("package name")?.to_string();
-    let version = r.str("package version")?.to_string();
+fn decode_package<R: Read>(
+    r: &mut StreamReader<R>,
+    format: u32,
+    limits: &BodyLimits,
+) -> Result<BodyPackage, FormatError> {
+    let name = r.str("package name")?;
+    let version = r.str("package version")?;
     check_name(&name).map_err(|e| malformed(e.to_string()))?;
     check_version(&version).map_err(|e| malformed(e.to_string()))?;
     let spec = format!("{name}/{version}");
-    let origin = r.str("origin")?.to_string();
-    let metadata = r.str("metadata")?.to_string();
+    let origin = r.str("origin")?;
+    let metadata = r.str("metadata")?;
     let current = match r.u8("current")? {
         0 => false,
         1 => true,
@@ -459,31 +590,80 @@ fn decode_package(r: &mut Reader<'_>, format: u32) -> Result<BodyPackage, Format
             if apps.is_empty() {
                 None
             } else {
-                check_restricted_to(apps)
+                check_restricted_to(&apps)
                     .map_err(|why| malformed(format!("{spec}: restricted to {apps:?}: {why}")))?;
-                Some(apps.to_string())
+                Some(apps)
             }
         }
         _ => None,
     };
     let tree_hash = r.hash("tree hash")?;
-    let n = r.count("inode count", 25)?;
-    let mut tree = Tree::default();
-    for _ in 0..n {
-        tree.inodes.push(decode_inode(r)?);
+    let over = |what: String, limit: u64, which: PackageLimit| {
+        FormatError::from(OverLimit {
+            package: spec.clone(),
+            what,
+            limit,
+            which,
+        })
+    };
+    // Every inode but the root is named by an entry at least once: more
+    // inodes than the entries allowed make a package over the limit (or
+    // no tree), refused before one is read.
+    let n = r.u32("inode count")?;
+    let named = u64::from(n).saturating_sub(1);
+    if named > limits.max_entries {
+        return Err(over(
+            format!("the number of entries (at least {named}, to name its {n} inodes)"),
+            limits.max_entries,
+            PackageLimit::Entries,
+        ));
     }
-    let n = r.count("entry count", 12)?;
+    let n = r.fits(n, "inode count", 25)?;
+    let mut tree = Tree::default();
+    tree.inodes.reserve(n.min(RESERVED_MAX));
+    // The per-package limits, charged as they are read: the xattrs' (a
+    // store rule) attribute by attribute, the caller's unpacked size
+    // inode by inode.
+    let mut budget = PathBudget::default();
+    let mut unpacked: u64 = 0;
+    for _ in 0..n {
+        let inode = decode_inode(r, &mut budget).map_err(|e| match e {
+            FormatError::Malformed(why) => malformed(format!("{spec}: {why}")),
+            other => other,
+        })?;
+        if let InodeKind::File { size, .. } = inode.kind {
+            unpacked = unpacked.saturating_add(size);
+            if unpacked > limits.max_unpacked_size {
+                return Err(over(
+                    format!("the unpacked size (at least {unpacked} bytes)"),
+                    limits.max_unpacked_size,
+                    PackageLimit::UnpackedSize,
+                ));
+            }
+        }
+        tree.inodes.push(inode);
+    }
+    let n = r.u32("entry count")?;
+    if u64::from(n) > limits.max_entries {
+        return Err(over(
+            format!("the number of entries ({n})"),
+            limits.max_entries,
+            PackageLimit::Entries,
+        ));
+    }
+    let n = r.fits(n, "entry count", 12)?;
+    tree.entries.reserve(n.min(RESERVED_MAX));
     for _ in 0..n {
         let parent = r.u32("entry parent")?;
         let inode = r.u32("entry inode")?;
-        let name = r.bytes("entry name")?.to_vec();
+        let name = r.bytes("entry name")?;
         tree.entries.push(Entry {
             parent,
             name,
             inode,
         });
     }
-    check_tree(&tree).map_err(|why| malformed(format!("{spec}: {why}")))?;
+    check_tree(&tree, budget).map_err(|why| malformed(format!("{spec}: {why}")))?;
     if tree.tree_hash() != tree_hash {
         return Err(malformed(format!(
             "{spec}: the tree does not match its tree hash"
@@ -512,8 +692,9 @@ fn check_restricted_to(apps: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks that `tree` is a tree a store can hold.
-fn check_tree(tree: &Tree) -> Result<(), String> {
+/// Checks that `tree` is a tree a store can hold, charging its paths to
+/// `budget` (which holds its xattrs already).
+fn check_tree(tree: &Tree, mut budget: PathBudget) -> Result<(), String> {
     let n = tree.inodes.len();
     if tree.inodes.first().map(|i| &i.kind) != Some(&InodeKind::Dir) {
         return Err("the root is not a directory".into());
@@ -560,12 +741,6 @@ fn check_tree(tree: &Tree) -> Result<(), String> {
     // With every directory named once, walking from the root terminates;
     // entries it does not reach hang off a cycle detached from the root.
     // The walk stops at the first entry beyond the depth or path limits.
-    let mut budget = PathBudget::default();
-    for inode in &tree.inodes {
-        budget
-            .charge_xattrs(&inode.xattrs)
-            .map_err(|limit| limit.to_string())?;
-    }
     let mut reached = 0usize;
     tree.visit(|v| {
         reached += 1;
@@ -579,13 +754,11 @@ fn check_tree(tree: &Tree) -> Result<(), String> {
 }
 
 /// Decompresses a body frame, refusing more than [`BODY_MAX`] bytes and a
-/// window wider than [`BODY_WINDOW_LOG`] allows.
+/// window wider than [`BODY_WINDOW_LOG`] allows: for a reader that holds
+/// the decoded body whole (a remote's metadata); an archive's is decoded
+/// as it is decompressed ([`Body::decode_frame`]).
 pub fn decompress(frame: &[u8]) -> Result<Vec<u8>, FormatError> {
-    let mut decoder = zstd::stream::read::Decoder::new(frame)
-        .map_err(|e| malformed(format!("body: zstd: {e}")))?;
-    decoder
-        .window_log_max(BODY_WINDOW_LOG)
-        .map_err(|e| malformed(format!("body: zstd: {e}")))?;
+    let decoder = zstd_decoder(frame)?;
     let mut out = Vec::new();
     decoder
         .take(BODY_MAX + 1)
@@ -595,6 +768,17 @@ pub fn decompress(frame: &[u8]) -> Result<Vec<u8>, FormatError> {
         return Err(malformed(format!("body larger than {BODY_MAX} bytes")));
     }
     Ok(out)
+}
+
+/// A decoder of a body frame, refusing a window wider than
+/// [`BODY_WINDOW_LOG`] allows.
+fn zstd_decoder(frame: &[u8]) -> Result<zstd::stream::read::Decoder<'_, &[u8]>, FormatError> {
+    let mut decoder = zstd::stream::read::Decoder::with_buffer(frame)
+        .map_err(|e| malformed(format!("body: zstd: {e}")))?;
+    decoder
+        .window_log_max(BODY_WINDOW_LOG)
+        .map_err(|e| malformed(format!("body: zstd: {e}")))?;
+    Ok(decoder)
 }
 
 /// zstd level of a body.

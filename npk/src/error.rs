@@ -23,6 +23,34 @@ pub enum FormatError {
     /// Anything else malformed: truncation, bad lengths, inconsistent tables.
     #[error("malformed archive: {0}")]
     Malformed(String),
+    /// Well-formed so far, but a package is larger than the reader accepts
+    /// ([`crate::body::BodyLimits`]): refused as the body is decoded, before
+    /// the rest of it is read or held.
+    #[error(transparent)]
+    OverLimit(#[from] OverLimit),
+}
+
+/// A package of a body over a limit its reader set.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{package}: {what} exceeds the limit of {limit}")]
+pub struct OverLimit {
+    /// `NAME/VERSION` of the package.
+    pub package: String,
+    /// What grew too large, e.g. "the number of entries (1000001)".
+    pub what: String,
+    /// The limit in force.
+    pub limit: u64,
+    /// Which of the reader's limits it is.
+    pub which: PackageLimit,
+}
+
+/// The per-package limits of [`crate::body::BodyLimits`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PackageLimit {
+    /// [`crate::body::BodyLimits::max_entries`].
+    Entries,
+    /// [`crate::body::BodyLimits::max_unpacked_size`].
+    UnpackedSize,
 }
 
 /// Why an archive's signature is not accepted.

@@ -27,7 +27,7 @@ pub mod trust;
 pub mod wire;
 pub mod write;
 
-pub use error::{FormatError, NpkError, TrustError};
+pub use error::{FormatError, NpkError, OverLimit, PackageLimit, TrustError};
 pub use keys::{CounterRequest, KeyStore, PublicKey, SecretKey};
 pub use manifest::{ArchiveKind, Manifest};
 pub use read::{Archive, Check, Expiry, Policy, Signer, is_archive};

@@ -12,7 +12,7 @@ use nexus_store::Hash;
 use nexus_store::pack::ChunkLocation;
 use nexus_store::read::{BlockReader, SingleFile};
 
-use crate::body::{self, Body, BodyBlob, root_hash};
+use crate::body::{Body, BodyBlob, BodyLimits, root_hash};
 use crate::error::{FormatError, NpkError, Result, TrustError};
 use crate::keys::{PublicKey, key_id};
 use crate::manifest::{
@@ -120,7 +120,8 @@ pub fn is_archive(head: &[u8]) -> bool {
 
 impl Archive {
     /// Opens `path`: checks the format, the signature against `policy`,
-    /// the hash of every byte the manifest covers, and decodes the body.
+    /// the hash of every byte the manifest covers, and decodes the body
+    /// (within the format's bounds only: [`BodyLimits::NONE`]).
     pub fn open(path: &Path, policy: Policy<'_>) -> Result<Archive> {
         Archive::open_with(path, policy, Check::Full)
     }
@@ -129,15 +130,23 @@ impl Archive {
     /// kind is refused as soon as the header says so, before its signer
     /// is judged ("this is an image" says more than who may sign one). The
     /// kind is read from the very file then verified, so a file swapped
-    /// after the check is not taken for the kind it replaced.
-    pub fn open_as(path: &Path, kind: ArchiveKind, policy: Policy<'_>) -> Result<Archive> {
-        Archive::open_file(path, policy, Check::Full, Some(kind))
+    /// after the check is not taken for the kind it replaced. The body is
+    /// decoded within `limits` (a package archive holds one package
+    /// whatever they say): a package over them is refused as it is
+    /// decoded ([`crate::FormatError::OverLimit`]), before it is held.
+    pub fn open_as(
+        path: &Path,
+        kind: ArchiveKind,
+        policy: Policy<'_>,
+        limits: &BodyLimits,
+    ) -> Result<Archive> {
+        Archive::open_file(path, policy, Check::Full, Some(kind), limits)
     }
 
     /// Opens `path` as [`Archive::open`] does, hashing as much as `check`
     /// says.
     pub fn open_with(path: &Path, policy: Policy<'_>, check: Check) -> Result<Archive> {
-        Archive::open_file(path, policy, check, None)
+        Archive::open_file(path, policy, check, None, &BodyLimits::NONE)
     }
 
     fn open_file(
@@ -145,6 +154,7 @@ impl Archive {
         policy: Policy<'_>,
         check: Check,
         expected: Option<ArchiveKind>,
+        limits: &BodyLimits,
     ) -> Result<Archive> {
         let file = nexus_store::regular::open_regular(path).map_err(|e| NpkError::io(path, e))?;
         let len = file.metadata().map_err(|e| NpkError::io(path, e))?.len();
@@ -210,11 +220,16 @@ impl Archive {
                 Policy::Insecure => tracing::warn!("{}: {problem}", path.display()),
             }
         }
-        let body = Body::decode(
-            &body::decompress(&body_frame)?,
-            HEADER_LEN,
-            manifest.body_offset,
-        )?;
+        // Decoded as it is decompressed: a package over the limits, or a
+        // package archive of several packages, is refused at its count.
+        let limits = BodyLimits {
+            max_packages: match kind {
+                ArchiveKind::Package => limits.max_packages.min(1),
+                ArchiveKind::Image => limits.max_packages,
+            },
+            ..*limits
+        };
+        let body = Body::decode_frame(&body_frame, HEADER_LEN, manifest.body_offset, &limits)?;
         // Restrictions only in an archive of version 4: one of version 3
         // is read by builds that know nothing of them, and its signer
         // wrote it for those.

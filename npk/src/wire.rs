@@ -3,6 +3,8 @@
 //! what is left, so that hostile input yields an error, never a panic or a
 //! huge allocation.
 
+use std::io::Read;
+
 use nexus_store::Hash;
 
 use crate::error::FormatError;
@@ -151,6 +153,210 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Reads encoded values from a stream (a body as zstd decodes it), as
+/// [`Reader`] does from a slice, never past a cap: a count or length is
+/// checked against what the cap leaves before anything is done with it,
+/// and bytes are held only once they were read, so a claim the stream
+/// does not back costs nothing.
+pub struct StreamReader<R> {
+    inner: R,
+    /// Bytes read so far.
+    read: u64,
+    /// Most bytes the stream may hold.
+    cap: u64,
+    /// The cap is the stream's length (a slice), not a limit on it.
+    exact: bool,
+    /// What is being read, for error messages ("body").
+    what: &'static str,
+}
+
+impl<'a> StreamReader<&'a [u8]> {
+    /// Reads `bytes` (errors as [`Reader`]'s), naming them `what`.
+    pub fn of_slice(bytes: &'a [u8], what: &'static str) -> Self {
+        StreamReader {
+            inner: bytes,
+            read: 0,
+            cap: bytes.len() as u64,
+            exact: true,
+            what,
+        }
+    }
+}
+
+impl<R: Read> StreamReader<R> {
+    /// Reads `inner`, refusing more than `cap` bytes of it.
+    pub fn capped(inner: R, cap: u64, what: &'static str) -> Self {
+        StreamReader {
+            inner,
+            read: 0,
+            cap,
+            exact: false,
+            what,
+        }
+    }
+
+    /// Bytes read so far.
+    pub fn position(&self) -> u64 {
+        self.read
+    }
+
+    /// Bytes the cap still allows.
+    pub fn left(&self) -> u64 {
+        self.cap - self.read
+    }
+
+    fn short(&self, field: &str) -> FormatError {
+        FormatError::Malformed(format!("{}: truncated at {field}", self.what))
+    }
+
+    /// Reads exactly `buf.len()` bytes.
+    fn fill(&mut self, buf: &mut [u8], field: &str) -> Result<(), FormatError> {
+        self.admit(buf.len() as u64, field)?;
+        self.inner
+            .read_exact(buf)
+            .map_err(|e| self.failed(e, field))?;
+        self.read += buf.len() as u64;
+        Ok(())
+    }
+
+    /// Refuses `n` more bytes past the cap.
+    fn admit(&self, n: u64, field: &str) -> Result<(), FormatError> {
+        if n <= self.left() {
+            Ok(())
+        } else if self.exact {
+            Err(self.short(field))
+        } else {
+            Err(FormatError::Malformed(format!(
+                "{}: larger than {} bytes (at {field})",
+                self.what, self.cap
+            )))
+        }
+    }
+
+    fn failed(&self, e: std::io::Error, field: &str) -> FormatError {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            self.short(field)
+        } else {
+            FormatError::Malformed(format!("{}: {e} (at {field})", self.what))
+        }
+    }
+
+    fn array<const N: usize>(&mut self, field: &str) -> Result<[u8; N], FormatError> {
+        let mut out = [0u8; N];
+        self.fill(&mut out, field)?;
+        Ok(out)
+    }
+
+    /// Reads `N` raw bytes.
+    pub fn raw<const N: usize>(&mut self, field: &str) -> Result<[u8; N], FormatError> {
+        self.array(field)
+    }
+    /// Reads one byte.
+    pub fn u8(&mut self, field: &str) -> Result<u8, FormatError> {
+        Ok(self.array::<1>(field)?[0])
+    }
+    /// Reads a u32.
+    pub fn u32(&mut self, field: &str) -> Result<u32, FormatError> {
+        Ok(u32::from_le_bytes(self.array(field)?))
+    }
+    /// Reads a u64.
+    pub fn u64(&mut self, field: &str) -> Result<u64, FormatError> {
+        Ok(u64::from_le_bytes(self.array(field)?))
+    }
+    /// Reads an i64.
+    pub fn i64(&mut self, field: &str) -> Result<i64, FormatError> {
+        Ok(i64::from_le_bytes(self.array(field)?))
+    }
+    /// Reads a hash.
+    pub fn hash(&mut self, field: &str) -> Result<Hash, FormatError> {
+        Ok(Hash(self.array(field)?))
+    }
+
+    /// Reads length-prefixed bytes; the buffer grows as they arrive.
+    pub fn bytes(&mut self, field: &str) -> Result<Vec<u8>, FormatError> {
+        let len = self.u32(field)?;
+        self.take_bytes(len, field)
+    }
+
+    /// Reads `len` bytes whose length was read already; the buffer grows
+    /// as they arrive.
+    pub fn take_bytes(&mut self, len: u32, field: &str) -> Result<Vec<u8>, FormatError> {
+        let len = u64::from(len);
+        self.admit(len, field)?;
+        let mut out = Vec::new();
+        let got = (&mut self.inner)
+            .take(len)
+            .read_to_end(&mut out)
+            .map_err(|e| self.failed(e, field))?;
+        self.read += got as u64;
+        if got as u64 != len {
+            return Err(self.short(field));
+        }
+        Ok(out)
+    }
+
+    /// Reads a length-prefixed UTF-8 string.
+    pub fn str(&mut self, field: &str) -> Result<String, FormatError> {
+        String::from_utf8(self.bytes(field)?).map_err(|_| {
+            FormatError::Malformed(format!("{}: {field} is not valid UTF-8", self.what))
+        })
+    }
+
+    /// Refuses `n` items each at least `min_item` bytes long that the cap
+    /// cannot hold (as [`Reader::count`], for a count read already).
+    pub fn fits(&self, n: u32, field: &str, min_item: usize) -> Result<usize, FormatError> {
+        let n = n as usize;
+        if (n as u64).saturating_mul(min_item.max(1) as u64) > self.left() {
+            return Err(FormatError::Malformed(if self.exact {
+                format!(
+                    "{}: {field} claims {n} items, more than the {} bytes left can hold",
+                    self.what,
+                    self.left()
+                )
+            } else {
+                format!(
+                    "{}: {field} claims {n} items, more than the {} bytes it may still hold",
+                    self.what,
+                    self.left()
+                )
+            }));
+        }
+        Ok(n)
+    }
+
+    /// Reads a count of items each at least `min_item` bytes long, refusing
+    /// counts the cap cannot hold.
+    pub fn count(&mut self, field: &str, min_item: usize) -> Result<usize, FormatError> {
+        let n = self.u32(field)?;
+        self.fits(n, field, min_item)
+    }
+
+    /// Fails unless the stream ends here.
+    pub fn finish(mut self) -> Result<(), FormatError> {
+        let mut probe = [0u8; 1];
+        loop {
+            match self.inner.read(&mut probe) {
+                Ok(0) => return Ok(()),
+                Ok(_) if self.exact => {
+                    return Err(FormatError::Malformed(format!(
+                        "{}: {} unexpected trailing bytes",
+                        self.what,
+                        self.left()
+                    )));
+                }
+                Ok(_) => {
+                    return Err(FormatError::Malformed(format!(
+                        "{}: unexpected trailing bytes",
+                        self.what
+                    )));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.failed(e, "the end")),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,5 +383,48 @@ mod tests {
         assert!(r.count("n", 1).is_err());
         let mut r = Reader::new(&[5, 0, 0, 0, b'a'], "test");
         assert!(r.bytes("s").is_err());
+    }
+
+    /// A stream reads as the slice does, and refuses what its cap cannot
+    /// hold before reading or holding any of it.
+    #[test]
+    fn a_stream_reads_as_the_slice_and_stops_at_its_cap() {
+        let mut w = Writer::default();
+        w.u8(7);
+        w.u32(1);
+        w.u64(2);
+        w.i64(-3);
+        w.str("héllo");
+        w.hash(&Hash::of(b"x"));
+        for mut r in [
+            StreamReader::of_slice(&w.buf, "test"),
+            StreamReader::capped(&w.buf[..], w.buf.len() as u64, "test"),
+        ] {
+            assert_eq!(r.u8("a").unwrap(), 7);
+            assert_eq!(r.u32("b").unwrap(), 1);
+            assert_eq!(r.u64("c").unwrap(), 2);
+            assert_eq!(r.i64("d").unwrap(), -3);
+            assert_eq!(r.str("e").unwrap(), "héllo");
+            assert_eq!(r.hash("f").unwrap(), Hash::of(b"x"));
+            r.finish().unwrap();
+        }
+        let long = [0xff, 0xff, 0xff, 0x7f];
+        let mut r = StreamReader::of_slice(&long, "test");
+        assert!(
+            r.count("n", 1)
+                .unwrap_err()
+                .to_string()
+                .contains("bytes left")
+        );
+        // A length the cap cannot hold is refused before it is read.
+        let claim = [0, 0, 0, 0x40, b'a'];
+        let mut r = StreamReader::capped(std::io::repeat(b'a'), 1000, "test");
+        let err = r.bytes("s").unwrap_err().to_string();
+        assert!(err.contains("larger than 1000 bytes"), "{err}");
+        let mut r = StreamReader::capped(&claim[..], 1 << 40, "test");
+        assert!(r.bytes("s").unwrap_err().to_string().contains("truncated"));
+        let mut r = StreamReader::capped(&[1u8, 2][..], 1, "test");
+        assert_eq!(r.u8("x").unwrap(), 1);
+        assert!(r.finish().unwrap_err().to_string().contains("trailing"));
     }
 }

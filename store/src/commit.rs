@@ -335,13 +335,15 @@ pub fn commit_with(
         let package_id = match existing {
             Some((id, stored)) if stored == tree_hash.as_bytes() => {
                 // The same content, now vouched for unrestricted: the
-                // most trusted grant it was ever added under stands. Kept
-                // even when no generation follows; a mount sees it from
-                // its next generation on (until then it ranks the package
+                // most trusted grant it was ever added under stands, with
+                // that add's origin and metadata (a restricted signer's
+                // claimed version never speaks for it then). Kept even
+                // when no generation follows; a mount sees it from its
+                // next generation on (until then it ranks the package
                 // lower, never higher, than it now may).
                 match (&staged.restricted_to, restrictions) {
                     (None, _) => {
-                        if writes::mark_unrestricted(&tx, id)? {
+                        if writes::mark_unrestricted(&tx, id, &staged.origin, &staged.metadata)? {
                             tracing::info!("{spec}: added unrestricted now, no longer restricted");
                             remarked = true;
                         }
@@ -850,5 +852,49 @@ mod tests {
         )
         .unwrap();
         assert_eq!(mark(&store), None);
+    }
+
+    /// A restricted signer's metadata (its claimed version, epoch
+    /// included, which `nexus build` orders versions by) stays with its
+    /// restriction: an unrestricted add of the same package lifts both,
+    /// the row then describing that add; a later add of a package stored
+    /// unrestricted changes nothing, a restricted one least of all.
+    #[test]
+    fn a_lifted_restriction_takes_the_lifting_add_s_description() {
+        let d = tempfile::tempdir().unwrap();
+        let mut store = Store::init(d.path()).unwrap();
+        let staged = |origin: &str, metadata: &str, apps: Option<&str>| StagedPackage {
+            origin: origin.into(),
+            metadata: metadata.into(),
+            restricted_to: apps.map(str::to_string),
+            ..package("aa-app", "1", 1)
+        };
+        let row = |store: &Store| {
+            let p = store.installed("aa-app/1").unwrap();
+            (p.origin, p.metadata, p.restricted_to)
+        };
+        let claim = r#"{"format":"deb","version":"99:1"}"#;
+        add(
+            &mut store,
+            staged("npk:/signer.npk", claim, Some("aa-*")),
+            &Membership::Add,
+        )
+        .unwrap();
+        assert_eq!(
+            row(&store),
+            ("npk:/signer.npk".into(), claim.into(), Some("aa-*".into()))
+        );
+        add(&mut store, staged("dir:/src", "{}", None), &Membership::Add).unwrap();
+        let lifted = ("dir:/src".to_string(), "{}".to_string(), None);
+        assert_eq!(row(&store), lifted);
+        for apps in [None, Some("aa-*")] {
+            add(
+                &mut store,
+                staged("npk:/other.npk", claim, apps),
+                &Membership::Add,
+            )
+            .unwrap();
+            assert_eq!(row(&store), lifted, "restricted to {apps:?}");
+        }
     }
 }

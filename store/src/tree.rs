@@ -212,6 +212,18 @@ impl PathBudget {
         Ok(())
     }
 
+    /// Counts one more extended attribute: a reader that decodes them one
+    /// by one charges each before it reads the next, so that a list over
+    /// the budget is refused before it is held.
+    pub fn charge_xattr(&mut self, name: &[u8], value: &[u8]) -> Result<(), PathLimit> {
+        let len = (name.len() + value.len()) as u64;
+        self.xattr_bytes = self.xattr_bytes.saturating_add(len);
+        if self.xattr_bytes > MAX_XATTR_BYTES {
+            return Err(PathLimit::TooManyXattrBytes);
+        }
+        Ok(())
+    }
+
     /// Counts the xattrs of one more inode.
     pub fn charge_xattrs(&mut self, xattrs: &Xattrs) -> Result<(), PathLimit> {
         let len: u64 = xattrs

@@ -354,7 +354,9 @@ struct Stored {
     version: String,
     /// A grafted package's full version, epoch included (kept in its
     /// metadata, dropped from its name); `None` where no epoch is known (a
-    /// directory, a script's output, a NAR, a version renamed).
+    /// directory, a script's output, a NAR, a version renamed) or none is
+    /// believed (a signer restricted to some Apps wrote the metadata:
+    /// [`nexus_graft::package::full_version`]).
     full: Option<String>,
 }
 
@@ -362,7 +364,7 @@ impl Stored {
     fn of(package: &nexus_store::catalog::PackageRow) -> Stored {
         Stored {
             version: package.version.clone(),
-            full: nexus_graft::package::full_version(&package.metadata, &package.version),
+            full: nexus_graft::package::full_version(package),
         }
     }
 
@@ -466,7 +468,9 @@ enum Decision {
 /// from its metadata (grafting drops it from the name), so a candidate
 /// whose epoch went up is built over a stored version with a higher
 /// number. A stored version whose epoch is unknown (a directory, a
-/// script's output) is compared by name, the candidate's epoch dropped.
+/// script's output) or only claimed (metadata a signer restricted to some
+/// Apps wrote, which could otherwise hold back every update with a high
+/// epoch) is compared by name, the candidate's epoch dropped.
 /// Constraints match the stored names, without epochs. Nothing eligible is
 /// an error naming the line, the candidate and the constraint, before
 /// anything is fetched.
@@ -972,6 +976,146 @@ mod tests {
             .ok(),
             Some(Decision::Make)
         );
+    }
+
+    /// The review's finding: `nexus build` took a stored package's epoch
+    /// from its metadata, which for a `.npk` its signer wrote. A signer
+    /// trusted only for App `tzdata` shipped tzdata/1.0-1 claiming
+    /// `"format":"deb","version":"2:1.0-1"`, and every build kept it over
+    /// apt's newer candidate 1:1.1-1 (epoch 2 outranks any epoch 1),
+    /// within any constraint: the App's updates held back for good. The
+    /// archive goes through the real import (signature, grant, commit);
+    /// the decision is the build's own.
+    ///
+    /// Now a restricted signer's package is ordered by its stored name,
+    /// and apt's candidate is built. The same archive under a key trusted
+    /// for every App keeps its epoch (that key could sign any version of
+    /// any App anyway; a store's packed `.deb` keeps its place in Debian's
+    /// order): the stored epoch-2 version is not moved back. And once
+    /// root adds the same tree itself, lifting the restriction, the
+    /// signer's metadata goes with it.
+    #[test]
+    fn a_restricted_signer_s_claimed_epoch_never_holds_back_apt_s_candidate() {
+        use nexus_graft::{AddOptions, ArchiveRequest, ReadOptions, Trust};
+        use nexus_npk::{
+            AppPattern, ArchiveKind, KeyStore, Member, Scope, WriteOptions, write_archive,
+        };
+        use nexus_store::dirs::DirSet;
+        use nexus_store::scan::{ScanOptions, SourcePolicy};
+        use nexus_store::{AddDir, NoProgress, Store, StoreError};
+
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(src.join("share/zoneinfo")).unwrap();
+        std::fs::write(src.join("share/zoneinfo/UTC"), b"TZif2").unwrap();
+        let tzdata = AddDir {
+            path: src,
+            name: "tzdata".into(),
+            version: "1.0-1".into(),
+        };
+
+        // The signer's store and archive: its metadata claims epoch 2.
+        let mut vendor = Store::init(&dir.path().join("vendor")).unwrap();
+        let set = DirSet::scan(std::slice::from_ref(&tzdata), ScanOptions::default()).unwrap();
+        vendor
+            .add_staged_with(1, &NoProgress, |session| {
+                let (mut staged, contents) = set.stage(session, 1, &|_| {})?;
+                staged[0].metadata = r#"{"format":"deb","version":"2:1.0-1"}"#.into();
+                Ok::<_, StoreError>((staged, contents))
+            })
+            .unwrap();
+        let keys = KeyStore::new(dir.path().join("vendor-keys"));
+        keys.generate("vendor").unwrap();
+        let npk = dir.path().join("tzdata.npk");
+        let member = Member {
+            package: &vendor.installed("tzdata/1.0-1").unwrap(),
+            current: true,
+        };
+        let options = WriteOptions {
+            kind: ArchiveKind::Package,
+            counter: 0,
+            created: 0,
+            expires: None,
+            signer: Some(&keys.secret("vendor").unwrap()),
+        };
+        write_archive(&vendor, &[member], &npk, &options).unwrap();
+
+        // A host trusting the key for `apps` (none: every App) imports it.
+        let import = |name: &str, apps: &[&str]| {
+            let host_keys = KeyStore::new(dir.path().join(format!("{name}-keys")));
+            let apps = apps.iter().map(|a| AppPattern::parse(a).unwrap()).collect();
+            host_keys
+                .trust(
+                    &keys.public_file("vendor").unwrap(),
+                    Scope::Packages { apps },
+                )
+                .unwrap();
+            let mut host = Store::init(&dir.path().join(name)).unwrap();
+            let options = AddOptions {
+                threads: 1,
+                read: ReadOptions::default(),
+                trust: Trust::Keys(host_keys.trust_set().unwrap()),
+                allow_downgrade: false,
+                allow_expired: false,
+                source_policy: SourcePolicy::default(),
+            };
+            let request = ArchiveRequest {
+                path: npk.clone(),
+                name: None,
+                version: None,
+            };
+            nexus_graft::add(&mut host, &[Source::Archive(request)], options, &NoProgress).unwrap();
+            host
+        };
+        let text = "profile \"p\" {\n  package \"tzdata\" \">= 1.0\"\n}\n";
+        let p = profile(text);
+        let r = debian("tzdata");
+        let candidates =
+            fetch::Candidates::answered([("tzdata", Some("tzdata_1%3a1.1-1_all.deb"))]);
+        let decide_in = |store: &Store| {
+            let stored: Vec<Stored> = store
+                .catalog()
+                .packages_named("tzdata")
+                .unwrap()
+                .iter()
+                .map(Stored::of)
+                .collect();
+            let offer = offer(&p.entries[0], &r, &candidates);
+            decide(&p, &p.entries[0], &r, &offer, &stored, &HashSet::new()).unwrap()
+        };
+
+        let mut restricted = import("restricted", &["tz*"]);
+        let row = restricted.installed("tzdata/1.0-1").unwrap();
+        assert_eq!(row.restricted_to.as_deref(), Some("tz*"));
+        assert_eq!(
+            decide_in(&restricted),
+            Decision::Make,
+            "the claimed epoch held back apt's candidate"
+        );
+
+        let unrestricted = import("unrestricted", &[]);
+        assert_eq!(
+            unrestricted
+                .installed("tzdata/1.0-1")
+                .unwrap()
+                .restricted_to,
+            None
+        );
+        assert_eq!(decide_in(&unrestricted), Decision::Reuse("1.0-1".into()));
+
+        // Root adds the same tree: the restriction is lifted, and the
+        // signer's claim is no longer the package's metadata.
+        restricted
+            .add_dirs(&[tzdata], nexus_store::AddOptions::default(), &NoProgress)
+            .unwrap();
+        let row = restricted.installed("tzdata/1.0-1").unwrap();
+        assert_eq!(row.restricted_to, None);
+        assert_eq!(
+            decide_in(&restricted),
+            Decision::Make,
+            "the signer's claim outlived its restriction"
+        );
+        assert!(row.origin.starts_with("dir:"), "{}", row.origin);
     }
 
     fn staged(spec: &str) -> StagedPackage {

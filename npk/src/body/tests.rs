@@ -1,6 +1,6 @@
 use proptest::prelude::*;
 
-use nexus_store::tree::{MAX_DEPTH, MAX_PATH_BYTES};
+use nexus_store::tree::{MAX_DEPTH, MAX_PATH_BYTES, MAX_XATTR_BYTES};
 
 use super::*;
 
@@ -252,7 +252,7 @@ fn hostile_bodies_are_refused() {
         // Keep the declared tree hash in step so that the structural check,
         // not the hash, must catch the problem.
         for p in &mut b.packages {
-            if check_tree(&p.tree).is_ok() {
+            if check_tree(&p.tree, PathBudget::default()).is_ok() {
                 p.tree_hash = p.tree.tree_hash();
             }
         }
@@ -448,4 +448,138 @@ fn total_path_bytes_are_limited() {
         .unwrap_err()
         .to_string();
     assert!(err.contains(&MAX_PATH_BYTES.to_string()), "{err}");
+}
+
+/// `limits` with `max_entries` and `max_unpacked_size` set, one package.
+fn limits(max_entries: u64, max_unpacked_size: u64) -> BodyLimits {
+    BodyLimits {
+        max_packages: 1,
+        max_entries,
+        max_unpacked_size,
+    }
+}
+
+fn over(err: FormatError) -> OverLimit {
+    match err {
+        FormatError::OverLimit(over) => over,
+        other => panic!("refused by a limit, not {other}"),
+    }
+}
+
+/// The per-package limits and the package count are checked while the
+/// body is decoded (from its zstd frame, as an archive holds it): exactly
+/// what the old check after decoding counted (entries, hard links each;
+/// file sizes, a hard-linked file once) is accepted up to the limit and
+/// refused one past it, naming the package and the limit.
+#[test]
+fn limits_are_checked_as_the_body_is_decoded() {
+    let body = sample(&[b"abc".to_vec(), b"de".to_vec()]);
+    let entries = body.packages[0].tree.entries.len() as u64;
+    let frame = compress(&body.encode()).unwrap();
+    let decode = |l: BodyLimits| Body::decode_frame(&frame, 32, 1000, &l);
+    assert_eq!(decode(BodyLimits::NONE).unwrap(), body);
+    assert_eq!(decode(limits(entries, 5)).unwrap(), body);
+
+    let refused = over(decode(limits(entries - 1, 5)).unwrap_err());
+    assert_eq!(refused.package, "tool/1.0");
+    assert_eq!(refused.which, PackageLimit::Entries);
+    assert_eq!(refused.limit, entries - 1);
+    assert!(refused.what.contains(&format!("({entries})")), "{refused}");
+    let refused = over(decode(limits(entries, 4)).unwrap_err());
+    assert_eq!(refused.which, PackageLimit::UnpackedSize);
+    assert!(refused.to_string().contains("limit of 4"), "{refused}");
+
+    let two = with_restricted("aa-*");
+    let frame = compress(&two.encode()).unwrap();
+    let err = Body::decode_frame(&frame, 32, 1000, &limits(100, 100))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("2 packages, more than the 1"), "{err}");
+}
+
+/// A count over the limits is refused when it is read: what follows it
+/// is neither read nor decompressed, so a body that claims millions of
+/// entries costs what its first bytes do. Here nothing follows the count
+/// at all; without limits the same body is refused as truncated.
+#[test]
+fn a_count_over_the_limits_is_refused_before_its_items_are_read() {
+    let body = sample(&[b"a".to_vec()]);
+    let bytes = body.encode();
+    let tree = &body.packages[0].tree;
+    let inodes_len: usize = tree
+        .inodes
+        .iter()
+        .map(|i| {
+            let mut w = Writer::default();
+            encode_inode(&mut w, i);
+            w.buf.len()
+        })
+        .sum();
+    // magic, package count, name, version, origin, metadata, current,
+    // tree hash, inode count, inodes: then the entry count.
+    let p = &body.packages[0];
+    let at = 8
+        + 4
+        + [&p.name, &p.version, &p.origin, &p.metadata]
+            .iter()
+            .map(|s| 4 + s.len())
+            .sum::<usize>()
+        + 1
+        + 32
+        + 4
+        + inodes_len;
+    assert_eq!(
+        bytes[at..at + 4],
+        (tree.entries.len() as u32).to_le_bytes(),
+        "the entry count is where the format puts it"
+    );
+    let mut cut = bytes[..at].to_vec();
+    cut.extend_from_slice(&40_000_000u32.to_le_bytes());
+    let frame = compress(&cut).unwrap();
+    let refused =
+        over(Body::decode_frame(&frame, 32, 1000, &limits(1_000_000, 1 << 30)).unwrap_err());
+    assert_eq!(refused.which, PackageLimit::Entries);
+    assert!(refused.what.contains("(40000000)"), "{refused}");
+    let err = Body::decode_frame(&frame, 32, 1000, &BodyLimits::NONE)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("truncated at entry parent"), "{err}");
+}
+
+/// An inode's attributes are checked and charged to the package's 64 MiB
+/// budget one by one as they are read: a list over it is refused at the
+/// attribute that passes it, before the rest is read or held (the whole
+/// list was decoded first: 28 million attributes of one inode, from a
+/// 17 MB archive, cost 2.6 GB to refuse). Here the list claims more than
+/// the body holds, which is only found after the budget refuses it.
+#[test]
+fn attributes_are_charged_to_the_budget_as_they_are_read() {
+    let value = vec![b'v'; 64 << 10];
+    let per = 255 + value.len();
+    let over = MAX_XATTR_BYTES as usize / per + 1;
+    let mut w = Writer::default();
+    w.raw(BODY_MAGIC_V1);
+    w.u32(1);
+    for text in ["tool", "1", "", "{}"] {
+        w.str(text);
+    }
+    w.u8(1);
+    w.hash(&Hash([7; 32]));
+    w.u32(1);
+    w.u8(KIND_DIR);
+    w.u32(0o755);
+    w.u32(0);
+    w.u32(0);
+    w.i64(0);
+    w.u32(u32::MAX); // the xattrs' length: more than follows
+    w.u32(2 * over as u32);
+    for i in 0..over {
+        w.bytes(format!("user.{i:0>250}").as_bytes());
+        w.bytes(&value);
+    }
+    let err = Body::decode(&w.buf, 32, 1000).unwrap_err().to_string();
+    assert!(
+        err.contains("tool/1") && err.contains(&format!("limit of {MAX_XATTR_BYTES} bytes")),
+        "{err}"
+    );
 }

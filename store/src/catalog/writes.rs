@@ -30,7 +30,8 @@ pub(crate) fn package_by_spec(
 }
 
 /// Records that package `id` was added unrestricted (again): its
-/// `restricted_to` becomes NULL. True when it was restricted until now.
+/// `restricted_to` becomes NULL, and its `origin` and `metadata` those of
+/// this add. True when it was restricted until now.
 ///
 /// A package is its tree: the same `name`/`version` with the same tree
 /// hash is the same content, and once an unrestricted source (root's own
@@ -39,12 +40,24 @@ pub(crate) fn package_by_spec(
 /// happens through an add: a restricted add of a package stored
 /// unrestricted leaves it so. Only a whole system states otherwise
 /// ([`mark_restricted`]).
-pub(crate) fn mark_unrestricted(conn: &Connection, id: i64) -> Result<bool> {
+///
+/// The description goes with the grant: the metadata a restricted signer
+/// wrote (its version, epoch included, which builds order versions by)
+/// must not come to speak for the package once it ranks as vouched for
+/// by root or a key of every App, so a lifted row takes the lifting add's
+/// origin and metadata; a row that is unrestricted already keeps its own.
+pub(crate) fn mark_unrestricted(
+    conn: &Connection,
+    id: i64,
+    origin: &str,
+    metadata: &str,
+) -> Result<bool> {
     let changed = conn
         .prepare_cached(
-            "UPDATE packages SET restricted_to = NULL WHERE id = ?1 AND restricted_to IS NOT NULL",
+            "UPDATE packages SET restricted_to = NULL, origin = ?2, metadata = ?3
+             WHERE id = ?1 AND restricted_to IS NOT NULL",
         )?
-        .execute([id])?;
+        .execute(params![id, origin, metadata])?;
     Ok(changed > 0)
 }
 
