@@ -42,7 +42,7 @@ use nexus_store::tree::{
 
 use crate::error::{FormatError, OverLimit, PackageLimit};
 use crate::trust::AppPattern;
-use crate::wire::{StreamReader, Writer};
+use crate::wire::{Fields, StreamReader, Writer};
 
 /// First bytes of a decoded body of version 1: no package restricted.
 pub const BODY_MAGIC_V1: &[u8; 8] = b"NXBODY01";

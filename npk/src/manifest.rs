@@ -4,7 +4,7 @@
 use nexus_store::Hash;
 
 use crate::error::FormatError;
-use crate::wire::{Reader, Writer};
+use crate::wire::{Fields, Reader, Writer};
 
 /// First 8 bytes of every archive.
 pub const MAGIC: &[u8; 8] = b"NEXUSNPK";

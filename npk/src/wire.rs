@@ -84,33 +84,6 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
 
-    fn array<const N: usize>(&mut self, field: &str) -> Result<[u8; N], FormatError> {
-        let bytes = self.take(N, field)?;
-        let mut out = [0u8; N];
-        out.copy_from_slice(bytes);
-        Ok(out)
-    }
-
-    /// Reads one byte.
-    pub fn u8(&mut self, field: &str) -> Result<u8, FormatError> {
-        Ok(self.array::<1>(field)?[0])
-    }
-    /// Reads a u32.
-    pub fn u32(&mut self, field: &str) -> Result<u32, FormatError> {
-        Ok(u32::from_le_bytes(self.array(field)?))
-    }
-    /// Reads a u64.
-    pub fn u64(&mut self, field: &str) -> Result<u64, FormatError> {
-        Ok(u64::from_le_bytes(self.array(field)?))
-    }
-    /// Reads an i64.
-    pub fn i64(&mut self, field: &str) -> Result<i64, FormatError> {
-        Ok(i64::from_le_bytes(self.array(field)?))
-    }
-    /// Reads a hash.
-    pub fn hash(&mut self, field: &str) -> Result<Hash, FormatError> {
-        Ok(Hash(self.array(field)?))
-    }
     /// Reads length-prefixed bytes.
     pub fn bytes(&mut self, field: &str) -> Result<&'a [u8], FormatError> {
         let len = self.u32(field)? as usize;
@@ -150,6 +123,52 @@ impl<'a> Reader<'a> {
                 self.rest.len()
             )))
         }
+    }
+}
+
+/// The fixed-size fields of the encoding, read alike from a slice
+/// ([`Reader`]) or a stream ([`StreamReader`]): each reader says how to
+/// take `N` bytes, the fields are made from them here.
+pub trait Fields {
+    /// Reads `N` raw bytes.
+    fn raw<const N: usize>(&mut self, field: &str) -> Result<[u8; N], FormatError>;
+
+    /// Reads one byte.
+    fn u8(&mut self, field: &str) -> Result<u8, FormatError> {
+        Ok(self.raw::<1>(field)?[0])
+    }
+    /// Reads a little-endian u32.
+    fn u32(&mut self, field: &str) -> Result<u32, FormatError> {
+        Ok(u32::from_le_bytes(self.raw(field)?))
+    }
+    /// Reads a little-endian u64.
+    fn u64(&mut self, field: &str) -> Result<u64, FormatError> {
+        Ok(u64::from_le_bytes(self.raw(field)?))
+    }
+    /// Reads a little-endian i64.
+    fn i64(&mut self, field: &str) -> Result<i64, FormatError> {
+        Ok(i64::from_le_bytes(self.raw(field)?))
+    }
+    /// Reads a hash.
+    fn hash(&mut self, field: &str) -> Result<Hash, FormatError> {
+        Ok(Hash(self.raw(field)?))
+    }
+}
+
+impl Fields for Reader<'_> {
+    fn raw<const N: usize>(&mut self, field: &str) -> Result<[u8; N], FormatError> {
+        let bytes = self.take(N, field)?;
+        let mut out = [0u8; N];
+        out.copy_from_slice(bytes);
+        Ok(out)
+    }
+}
+
+impl<R: Read> Fields for StreamReader<R> {
+    fn raw<const N: usize>(&mut self, field: &str) -> Result<[u8; N], FormatError> {
+        let mut out = [0u8; N];
+        self.fill(&mut out, field)?;
+        Ok(out)
     }
 }
 
@@ -239,37 +258,6 @@ impl<R: Read> StreamReader<R> {
         } else {
             FormatError::Malformed(format!("{}: {e} (at {field})", self.what))
         }
-    }
-
-    fn array<const N: usize>(&mut self, field: &str) -> Result<[u8; N], FormatError> {
-        let mut out = [0u8; N];
-        self.fill(&mut out, field)?;
-        Ok(out)
-    }
-
-    /// Reads `N` raw bytes.
-    pub fn raw<const N: usize>(&mut self, field: &str) -> Result<[u8; N], FormatError> {
-        self.array(field)
-    }
-    /// Reads one byte.
-    pub fn u8(&mut self, field: &str) -> Result<u8, FormatError> {
-        Ok(self.array::<1>(field)?[0])
-    }
-    /// Reads a u32.
-    pub fn u32(&mut self, field: &str) -> Result<u32, FormatError> {
-        Ok(u32::from_le_bytes(self.array(field)?))
-    }
-    /// Reads a u64.
-    pub fn u64(&mut self, field: &str) -> Result<u64, FormatError> {
-        Ok(u64::from_le_bytes(self.array(field)?))
-    }
-    /// Reads an i64.
-    pub fn i64(&mut self, field: &str) -> Result<i64, FormatError> {
-        Ok(i64::from_le_bytes(self.array(field)?))
-    }
-    /// Reads a hash.
-    pub fn hash(&mut self, field: &str) -> Result<Hash, FormatError> {
-        Ok(Hash(self.array(field)?))
     }
 
     /// Reads length-prefixed bytes; the buffer grows as they arrive.

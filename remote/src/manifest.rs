@@ -4,7 +4,7 @@
 //! an ed25519 signature over a domain string and those bytes.
 
 use ed25519_dalek::{Signature, VerifyingKey};
-use nexus_npk::wire::{Reader, Writer};
+use nexus_npk::wire::{Fields, Reader, Writer};
 use nexus_npk::{ArchiveKind, FormatError, SecretKey, TrustError, TrustSet, TrustedKey};
 use nexus_store::Hash;
 

@@ -11,7 +11,7 @@
 
 use nexus_npk::FormatError;
 use nexus_npk::body::{self, Body};
-use nexus_npk::wire::{Reader, Writer};
+use nexus_npk::wire::{Fields, Reader, Writer};
 use nexus_store::pack::{ChunkLocation, PACK_MAGIC, PACK_SUFFIX};
 
 /// First 8 bytes of a metadata object holding a body of version 1.
