@@ -14,7 +14,7 @@ use nexus_npk::{Claim, ReplayError, TrustSet};
 use nexus_store::catalog::RemoteRow;
 use nexus_store::commit::{ExactSet, Membership, Restrictions, StagedPackage};
 use nexus_store::ingest::ContentBatch;
-use nexus_store::pack::{ChunkLocation, SealedPack};
+use nexus_store::pack::SealedPack;
 use nexus_store::{Hash, Store, StoreError};
 
 use crate::client::{Client, Timeouts};
@@ -220,7 +220,7 @@ pub fn pull(
     let body = &meta.body;
     let files = body.file_contents();
     let written = meta.locations();
-    let replaced = displaced(store, remote, &written)?;
+    let replaced = displaced(store, remote, &chunks_of_new_packages(store, body)?)?;
     let batch = ContentBatch {
         files,
         packs: meta
@@ -283,9 +283,41 @@ pub fn pull(
     })
 }
 
-/// The chunks of `written` (what `remote`'s metadata places) that the store
+/// The chunks of the contents of `body`'s packages that the store does not
+/// hold yet with the same tree: those the commit indexes (the rows of a
+/// package held already stay as they are), so those whose places matter.
+fn chunks_of_new_packages(store: &Store, body: &nexus_npk::body::Body) -> Result<Vec<Hash>> {
+    let mut contents = std::collections::HashSet::new();
+    for package in &body.packages {
+        let held = store
+            .catalog()
+            .package(&package.name, &package.version)?
+            .is_some_and(|row| row.tree_hash == package.tree_hash);
+        if held {
+            continue;
+        }
+        for inode in &package.tree.inodes {
+            if let nexus_store::tree::InodeKind::File {
+                content: Some(hash),
+                ..
+            } = &inode.kind
+            {
+                contents.insert(*hash);
+            }
+        }
+    }
+    let chunks: std::collections::HashSet<Hash> = body
+        .blobs
+        .iter()
+        .filter(|blob| contents.contains(&blob.hash))
+        .flat_map(|blob| blob.chunks.iter().map(|&i| body.chunks[i as usize].hash))
+        .collect();
+    Ok(chunks.into_iter().collect())
+}
+
+/// The chunks of `new` (of the packages this pull adds) that the store
 /// places in a block of another trust domain's remote that does not hold
-/// them now: they are placed where `remote` says instead.
+/// them now: they are placed where `remote`'s metadata says instead.
 ///
 /// Chunk names are public (any subscriber reads them in a domain's
 /// metadata), and a chunk known already keeps its place. So a key trusted
@@ -300,12 +332,9 @@ pub fn pull(
 fn displaced(
     store: &Store,
     remote: &RemoteRow,
-    written: &[ChunkLocation],
+    new: &[Hash],
 ) -> Result<std::collections::HashSet<Hash>> {
-    let hashes: Vec<Hash> = written.iter().map(|l| l.hash).collect();
-    let foreign = store
-        .catalog()
-        .foreign_placements(&hashes, &remote.domain)?;
+    let foreign = store.catalog().foreign_placements(new, &remote.domain)?;
     let mut replaced = std::collections::HashSet::new();
     if foreign.is_empty() {
         return Ok(replaced);

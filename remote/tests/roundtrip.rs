@@ -999,7 +999,8 @@ fn a_content_two_domains_publish_is_read_from_the_first_place_that_holds() {
         &[("so", shared.clone()), ("own", text(11, 30_000))],
     );
     publish_to(&one, &dir_remote(&one, "one", &one_dir), &one_keys, None);
-    publish_to(&two, &dir_remote(&two, "two", &two_dir), &two_keys, None);
+    let remote_two = dir_remote(&two, "two", &two_dir);
+    publish_to(&two, &remote_two, &two_keys, None);
 
     let dir = tmp.path().join("b");
     let mut store = Store::init(&dir).unwrap();
@@ -1033,4 +1034,29 @@ fn a_content_two_domains_publish_is_read_from_the_first_place_that_holds() {
     );
     assert_eq!(read_all(&dir, "app", "1", "so").0, shared);
     assert_eq!(read_all(&dir, "lib", "1", "so").0, shared);
+
+    // The second domain publishes again, one package more. The pull checks
+    // the places of the new package's chunks only: app/1 is held already,
+    // and nothing of the first domain's is fetched again.
+    let log = dir
+        .join(nexus_remote::cache::CACHE_DIR)
+        .join(nexus_remote::source::ACCESS_LOG);
+    let _ = fs::remove_file(&log);
+    // Nothing cached either: a check would have to fetch.
+    let _ = fs::remove_dir_all(dir.join(nexus_remote::cache::CACHE_DIR).join("blocks"));
+    add(
+        &mut two,
+        tmp.path(),
+        "more",
+        "1",
+        &[("x", text(12, 20_000))],
+    );
+    publish_to(&two, &remote_two, &two_keys, None);
+    pull_from(&mut store, &second, &trust);
+    assert!(store.catalog().package("more", "1").unwrap().is_some());
+    let fetched = fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        packs_of_one.iter().all(|p| !fetched.contains(p.as_str())),
+        "a pull of a held package checked its places again: {fetched}"
+    );
 }
