@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use nexus_integration_tests::nip::EXIT_ERROR;
-use nexus_integration_tests::{Scratch, Store, deb_field, fetch_debs, nexus_bin, root_or_skip};
+use nexus_integration_tests::{
+    Scratch, Store, deb_field, fetch_debs, nexus_bin, nip_bin, root_or_skip,
+};
 
 /// The Debian packages the repository's recipes fetch.
 const DEBIAN: &[&str] = &[
@@ -711,6 +713,80 @@ chmod 6755 "$out/bin/keep"
         "the declared privileged file"
     );
     drop(s);
+}
+
+/// A user other than root builds as itself, in a user namespace, and its
+/// output is normalised as far as that user may: the walk once failed at
+/// the first file, since removing a `security.` attribute takes a
+/// privilege even where there is none to remove.
+#[test]
+fn a_user_other_than_root_builds_as_itself() {
+    if !root_or_skip("a_user_other_than_root_builds_as_itself") {
+        return; // root plays the other user
+    }
+    let s = Scratch::new("user-build");
+    let w = s.path();
+    for d in ["profiles", "recipes", "bin"] {
+        fs::create_dir(w.join(d)).unwrap();
+    }
+    fs::write(
+        w.join("profiles/p.kdl"),
+        "profile \"p\" {\n    package \"tool\" \"= 1.0\"\n}\n",
+    )
+    .unwrap();
+    fs::write(
+        w.join("recipes/tool.kdl"),
+        "recipe \"tool\" {\n    source \"script\" \"build.sh\"\n    version \"1.0\"\n}\n",
+    )
+    .unwrap();
+    fs::write(
+        w.join("recipes/build.sh"),
+        "echo \"uid $(id -u)\" > \"$NEXUS_OUT/who\"\n",
+    )
+    .unwrap();
+    // The binaries where the user can run them.
+    for bin in [nip_bin(), nexus_bin()] {
+        fs::copy(bin, w.join("bin").join(bin.file_name().unwrap())).unwrap();
+    }
+    fs::set_permissions(w, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    chown_tree(w, 65534);
+    let as_nobody = |program: &str, args: &[&str]| -> Output {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "env"])
+            .arg(format!("HOME={}", w.display()))
+            .arg("NO_COLOR=1")
+            .arg(w.join("bin").join(program))
+            .arg("--store")
+            .arg(w.join("store"))
+            .args(args)
+            .current_dir(w)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run setpriv")
+    };
+    let out = as_nobody("nip", &["init"]);
+    assert!(out.status.success(), "{}", show(&out));
+    let (profiles, recipes) = (w.join("profiles"), w.join("recipes"));
+    let out = as_nobody(
+        "nexus",
+        &[
+            "build",
+            "--profile",
+            "p",
+            "--profiles",
+            profiles.to_str().unwrap(),
+            "--recipes",
+            recipes.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", show(&out));
+    let out = as_nobody("nip", &["cat", "tool/1.0", "who"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "uid 65534\n",
+        "{}",
+        show(&out)
+    );
 }
 
 #[test]

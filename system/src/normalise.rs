@@ -218,8 +218,15 @@ impl Walk<'_> {
         if mode != stat.st_mode & 0o7777 {
             rfs::fchmod(&file, Mode::from_raw_mode(mode)).map_err(io())?;
         }
-        match rfs::fremovexattr(&file, CAPABILITY_XATTR) {
-            Ok(()) | Err(Errno::NODATA) => Ok(()),
+        // Looked for first: removing a `security.` attribute takes a
+        // privilege a build by another user than root does not have, even
+        // where there is none to remove.
+        match rfs::fgetxattr(&file, CAPABILITY_XATTR, &mut [0u8; CAPABILITY_MAX]) {
+            Err(Errno::NODATA) => Ok(()),
+            Ok(_) | Err(Errno::RANGE) => match rfs::fremovexattr(&file, CAPABILITY_XATTR) {
+                Ok(()) | Err(Errno::NODATA) => Ok(()),
+                Err(e) => Err(io()(e)),
+            },
             Err(e) => Err(io()(e)),
         }
     }

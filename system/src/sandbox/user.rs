@@ -37,9 +37,17 @@ pub struct BuildUser {
 }
 
 impl BuildUser {
-    /// The default build user: [`DEFAULT_BUILD_USER`] if it exists, else
-    /// a uid of [`DYNAMIC_UIDS`] no account, group or process has.
+    /// The default build user: as root, [`DEFAULT_BUILD_USER`] if it
+    /// exists, else a uid of [`DYNAMIC_UIDS`] no account, group or process
+    /// has; as another user, that user (its builds run as itself, in a
+    /// user namespace).
     pub fn default_user() -> Result<BuildUser> {
+        if !nix::unistd::geteuid().is_root() {
+            return Ok(BuildUser {
+                uid: nix::unistd::getuid().as_raw(),
+                gid: nix::unistd::getgid().as_raw(),
+            });
+        }
         match User::from_name(DEFAULT_BUILD_USER) {
             Ok(Some(u)) if !u.uid.is_root() => Ok(BuildUser {
                 uid: u.uid.as_raw(),
