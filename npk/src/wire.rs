@@ -295,19 +295,16 @@ impl<R: Read> StreamReader<R> {
     pub fn fits(&self, n: u32, field: &str, min_item: usize) -> Result<usize, FormatError> {
         let n = n as usize;
         if (n as u64).saturating_mul(min_item.max(1) as u64) > self.left() {
-            return Err(FormatError::Malformed(if self.exact {
-                format!(
-                    "{}: {field} claims {n} items, more than the {} bytes left can hold",
-                    self.what,
-                    self.left()
-                )
+            let room = if self.exact {
+                "left can hold"
             } else {
-                format!(
-                    "{}: {field} claims {n} items, more than the {} bytes it may still hold",
-                    self.what,
-                    self.left()
-                )
-            }));
+                "it may still hold"
+            };
+            return Err(FormatError::Malformed(format!(
+                "{}: {field} claims {n} items, more than the {} bytes {room}",
+                self.what,
+                self.left()
+            )));
         }
         Ok(n)
     }

@@ -220,7 +220,13 @@ pub fn pull(
     let body = &meta.body;
     let files = body.file_contents();
     let written = meta.locations();
-    let replaced = displaced(store, remote, &chunks_of_new_packages(store, body)?)?;
+    // Chunk places of another domain are possible only where one holds
+    // packs; a store whose remotes share one domain skips the search.
+    let replaced = if store.catalog().other_domains_hold_packs(&remote.domain)? {
+        displaced(store, remote, &chunks_of_new_packages(store, body)?)?
+    } else {
+        std::collections::HashSet::new()
+    };
     let batch = ContentBatch {
         files,
         packs: meta
@@ -324,8 +330,7 @@ fn chunks_of_new_packages(store: &Store, body: &nexus_npk::body::Body) -> Result
 /// for one domain could name another domain's chunks in its own metadata,
 /// at places that do not hold them, and once pulled first, make every read
 /// of them fail. Each such block is checked (fetched and verified, then
-/// cached as any fetched block; nothing is fetched in a store whose
-/// remotes share one domain). A block that verifies keeps its chunks: a
+/// cached as any fetched block). A block that verifies keeps its chunks: a
 /// content two domains publish is fetched from one. One that does not, or
 /// whose remote cannot be reached now, yields them to this pull: otherwise
 /// a domain could keep its false places by going dark.

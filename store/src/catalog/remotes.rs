@@ -282,24 +282,26 @@ impl Catalog {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// Whether a remote of a trust domain other than `domain` holds an
+    /// indexed pack: only then can [`Catalog::foreign_placements`] find
+    /// anything (a store whose remotes share one domain never asks it).
+    pub fn other_domains_hold_packs(&self, domain: &str) -> Result<bool> {
+        Ok(self.conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM packs p JOIN remotes r ON r.id = p.remote
+                            WHERE r.domain != ?1)",
+            [domain],
+            |r| r.get(0),
+        )?)
+    }
+
     /// The blocks, each on a remote of a trust domain other than `domain`,
     /// where the catalog places some of `chunks` (a pull's metadata, which
     /// places each in a pack of its own remote): one domain's key names
     /// chunks any subscriber can read in another's published metadata, so
     /// where it placed them first is only its word, and a pull of the
     /// other domain checks it ([`crate::ingest::ContentBatch::replaced`]).
-    /// Empty, and no chunk looked up, when no remote pack of another
-    /// domain is indexed.
+    /// Nothing to look up unless [`Catalog::other_domains_hold_packs`].
     pub fn foreign_placements(&self, chunks: &[Hash], domain: &str) -> Result<Vec<ForeignBlock>> {
-        let others: bool = self.conn.query_row(
-            "SELECT EXISTS (SELECT 1 FROM packs p JOIN remotes r ON r.id = p.remote
-                            WHERE r.domain != ?1)",
-            [domain],
-            |r| r.get(0),
-        )?;
-        if !others {
-            return Ok(Vec::new());
-        }
         let mut stmt = self.conn.prepare_cached(
             "SELECT p.name, c.offset, c.block_len, r.name FROM chunks c
              JOIN packs p ON p.id = c.pack JOIN remotes r ON r.id = p.remote
